@@ -1,0 +1,62 @@
+//! The command line: `venue-node <command>`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Exit codes, documented in `venue-node --help` and the README.
+pub mod exit {
+    /// Done.
+    pub const OK: u8 = 0;
+    /// The command failed at run time (I/O error, spool error, ...).
+    pub const FAILURE: u8 = 1;
+    /// The command line or the configuration is wrong.
+    pub const USAGE: u8 = 2;
+}
+
+const AFTER_HELP: &str = "\
+Exit codes:
+  0  success
+  1  failure at run time (the error is printed with its causes)
+  2  wrong command line or configuration";
+
+/// venue-node: reads MyLaps/AMB P3 timing decoders, spools every event durably on the box, serves the
+/// venue's live screens and forwards everything to the central store.
+#[derive(Debug, Parser)]
+#[command(name = "venue-node", version, about, long_about = None, after_help = AFTER_HELP)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Decode a P3 capture and print one JSON object per frame.
+    ///
+    /// Reads raw bytes as they came from a decoder's serial port or TCP socket (or, with --hex, text with
+    /// one hex frame a line; '#' comments and blank lines are ignored). Prints each frame as JSON on
+    /// stdout, each rejected frame as {"error": reason, "offset": byte offset}, and a summary on stderr.
+    /// Exits 0 whenever the input could be read, whatever the frames held.
+    Decode {
+        /// The capture file; '-' or nothing reads standard input.
+        file: Option<PathBuf>,
+        /// The input is hex text, one frame a line.
+        #[arg(long)]
+        hex: bool,
+    },
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> ExitCode {
+    let result = match cli.command {
+        Command::Decode { file, hex } => crate::decode::run(file.as_deref(), hex),
+    };
+    match result {
+        Ok(()) => ExitCode::from(exit::OK),
+        Err(err) => {
+            eprintln!("venue-node: {err:#}");
+            ExitCode::from(exit::FAILURE)
+        }
+    }
+}

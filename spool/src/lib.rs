@@ -1,0 +1,1 @@
+//! The spool: the venue's durable event store. Being written (issue 3).

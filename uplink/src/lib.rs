@@ -1,0 +1,1 @@
+//! The uplink: drain to central and central ingest. Being written (issue 5).
