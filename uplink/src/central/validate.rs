@@ -1,0 +1,557 @@
+//! Validation of a `track_ingest.v2` batch, event by event, field by field.
+//!
+//! Every refusal names the event index and the field (`events[3].payload.flags`) so an operator can
+//! find the offender in the node's spool. The batch envelope is parsed first with each event kept as
+//! its raw JSON: what central stores is the bytes the node sent, prefixed with the fields central adds.
+
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+use crate::wire::{
+    CONTRACT_VERSION, IdempotencyKey, MESSAGE_TYPE_PASSING, MESSAGE_TYPE_STATUS,
+    MESSAGE_TYPE_VERSION, RejectBody,
+};
+
+/// Largest request body central reads: bounds the memory one request holds. The drain's batches
+/// stay well below it ([`crate::drain::UPLINK_BATCH_BYTES_MAX`]); a larger body gets a 413.
+pub const INGEST_BODY_BYTES_MAX: usize = 8 * 1024 * 1024;
+
+/// Most events in one batch; more gets a 413 and the drain splits. Bounds the work of one commit.
+pub const INGEST_BATCH_EVENTS_MAX: usize = 10_000;
+
+/// Longest event, as raw JSON. Decoder records are a few hundred bytes; extension events (a raw
+/// frame kept for diagnosis, a judge's decision with a note) stay below. Longer gets a 422 for that
+/// event, which the drain then parks.
+pub const INGEST_EVENT_BYTES_MAX: usize = 64 * 1024;
+
+/// Longest track, client or boot id. They are NATS subject tokens and KV keys, so they are also
+/// restricted to `[A-Za-z0-9_-]`.
+pub const INGEST_ID_BYTES_MAX: usize = 64;
+
+/// Longest `message_type`.
+pub const INGEST_MESSAGE_TYPE_BYTES_MAX: usize = 64;
+
+/// Longest string inside a v2 payload (`description`, `transponder_string`, ...).
+pub const INGEST_PAYLOAD_STRING_BYTES_MAX: usize = 256;
+
+const _: () = assert!(INGEST_EVENT_BYTES_MAX < INGEST_BODY_BYTES_MAX);
+
+/// A refused request, as the client sees it. What is logged is richer (`tracing` in the handler).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reject {
+    pub status: StatusCode,
+    pub body: RejectBody,
+}
+
+impl Reject {
+    pub(crate) fn batch(status: StatusCode, field: &str, error: impl Into<String>) -> Self {
+        Self {
+            status,
+            body: RejectBody {
+                error: error.into(),
+                event_index: None,
+                field: Some(field.into()),
+            },
+        }
+    }
+
+    fn event(index: usize, field: impl Into<String>, error: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            body: RejectBody {
+                error: error.into(),
+                event_index: Some(index),
+                field: Some(field.into()),
+            },
+        }
+    }
+}
+
+/// A batch that passed every check, for the track its token allows.
+#[derive(Debug, Clone)]
+pub struct ValidBatch {
+    pub track_id: String,
+    pub events: Vec<ValidEvent>,
+}
+
+/// One valid event, ready to store.
+#[derive(Debug, Clone)]
+pub struct ValidEvent {
+    pub client_id: String,
+    pub seq: u64,
+    pub key: IdempotencyKey,
+    pub message_type: String,
+    /// The raw event JSON as the node sent it.
+    pub raw: Box<str>,
+}
+
+impl ValidEvent {
+    /// What a store keeps: the event object with `contract_version` and `ingested_at_us` in front
+    /// (the canonical envelope of ADR-0001).
+    pub fn stored_json(&self, ingested_at_us: u64) -> Vec<u8> {
+        let body = self.raw.trim_start();
+        debug_assert!(body.starts_with('{'), "a valid event is an object");
+        let mut out = Vec::with_capacity(body.len() + 80);
+        out.extend_from_slice(b"{\"contract_version\":\"");
+        out.extend_from_slice(CONTRACT_VERSION.as_bytes());
+        out.extend_from_slice(b"\",\"ingested_at_us\":");
+        out.extend_from_slice(ingested_at_us.to_string().as_bytes());
+        out.push(b',');
+        out.extend_from_slice(&body.as_bytes()[1..]);
+        out
+    }
+}
+
+#[derive(Deserialize)]
+struct RawBatch<'a> {
+    #[serde(borrow)]
+    contract_version: Option<&'a RawValue>,
+    #[serde(borrow)]
+    track_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    events: Option<Vec<&'a RawValue>>,
+}
+
+/// Checks a request body for the track `token_track` its bearer token allows.
+pub fn validate(body: &[u8], token_track: &str) -> Result<ValidBatch, Reject> {
+    let raw: RawBatch<'_> = serde_json::from_slice(body).map_err(|e| {
+        Reject::batch(
+            StatusCode::BAD_REQUEST,
+            "body",
+            format!("not a JSON batch object: {e}"),
+        )
+    })?;
+    let contract: Option<&str> = raw
+        .contract_version
+        .and_then(|v| serde_json::from_str(v.get()).ok());
+    if contract != Some(CONTRACT_VERSION) {
+        return Err(Reject::batch(
+            StatusCode::BAD_REQUEST,
+            "contract_version",
+            format!("contract_version must be \"{CONTRACT_VERSION}\""),
+        ));
+    }
+    let track_id: String = raw
+        .track_id
+        .and_then(|v| serde_json::from_str(v.get()).ok())
+        .ok_or_else(|| {
+            Reject::batch(
+                StatusCode::BAD_REQUEST,
+                "track_id",
+                "track_id must be a string",
+            )
+        })?;
+    if track_id != token_track {
+        return Err(Reject::batch(
+            StatusCode::FORBIDDEN,
+            "track_id",
+            "the token does not allow this track_id",
+        ));
+    }
+    let events = raw.events.ok_or_else(|| {
+        Reject::batch(
+            StatusCode::BAD_REQUEST,
+            "events",
+            "events must be an array of event objects",
+        )
+    })?;
+    if events.is_empty() {
+        return Err(Reject::batch(
+            StatusCode::BAD_REQUEST,
+            "events",
+            "events must hold at least one event",
+        ));
+    }
+    if events.len() > INGEST_BATCH_EVENTS_MAX {
+        return Err(Reject::batch(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "events",
+            format!("at most {INGEST_BATCH_EVENTS_MAX} events per batch"),
+        ));
+    }
+    let events = events
+        .into_iter()
+        .enumerate()
+        .map(|(index, raw)| validate_event(index, raw, &track_id))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(ValidBatch { track_id, events })
+}
+
+/// Field-by-field reader of one JSON object, producing errors that name the full path.
+struct Obj<'a> {
+    index: usize,
+    path: &'a str,
+    map: &'a Map<String, Value>,
+}
+
+impl<'a> Obj<'a> {
+    fn field(&self, name: &str) -> String {
+        format!("{}.{name}", self.path)
+    }
+
+    fn err(&self, name: &str, error: impl Into<String>) -> Reject {
+        Reject::event(self.index, self.field(name), error)
+    }
+
+    fn u64_opt(&self, name: &str, max: u64) -> Result<Option<u64>, Reject> {
+        match self.map.get(name) {
+            None => Ok(None),
+            Some(v) => match v.as_u64() {
+                Some(n) if n <= max => Ok(Some(n)),
+                _ => Err(self.err(name, format!("must be an integer in 0..={max}"))),
+            },
+        }
+    }
+
+    fn u64(&self, name: &str, max: u64) -> Result<u64, Reject> {
+        self.u64_opt(name, max)?
+            .ok_or_else(|| self.err(name, "is required"))
+    }
+
+    fn i64(&self, name: &str, min: i64, max: i64) -> Result<i64, Reject> {
+        match self.map.get(name).map(Value::as_i64) {
+            None => Err(self.err(name, "is required")),
+            Some(Some(n)) if (min..=max).contains(&n) => Ok(n),
+            Some(_) => Err(self.err(name, format!("must be an integer in {min}..={max}"))),
+        }
+    }
+
+    fn str_opt(&self, name: &str, max_bytes: usize) -> Result<Option<&'a str>, Reject> {
+        match self.map.get(name) {
+            None => Ok(None),
+            Some(Value::String(s)) if s.len() <= max_bytes => Ok(Some(s)),
+            Some(Value::String(_)) => {
+                Err(self.err(name, format!("must be at most {max_bytes} bytes")))
+            }
+            Some(_) => Err(self.err(name, "must be a string")),
+        }
+    }
+
+    fn str(&self, name: &str, max_bytes: usize) -> Result<&'a str, Reject> {
+        self.str_opt(name, max_bytes)?
+            .ok_or_else(|| self.err(name, "is required"))
+    }
+
+    fn id(&self, name: &str) -> Result<&'a str, Reject> {
+        let s = self.str(name, INGEST_ID_BYTES_MAX)?;
+        if s.is_empty() || !s.bytes().all(is_id_byte) {
+            return Err(self.err(name, "must be 1 or more of [A-Za-z0-9_-]"));
+        }
+        Ok(s)
+    }
+
+    fn decoder_id(&self, name: &str, required: bool) -> Result<(), Reject> {
+        match self.str_opt(name, 8)? {
+            None if required => Err(self.err(name, "is required")),
+            None => Ok(()),
+            Some(s)
+                if s.len() == 8
+                    && s.bytes()
+                        .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b)) =>
+            {
+                Ok(())
+            }
+            Some(_) => Err(self.err(name, "must be 8 upper-case hex digits")),
+        }
+    }
+
+    fn object(&self, name: &str) -> Result<Obj<'a>, Reject> {
+        match self.map.get(name) {
+            Some(Value::Object(map)) => Ok(Obj {
+                index: self.index,
+                path: "",
+                map,
+            }),
+            Some(_) => Err(self.err(name, "must be an object")),
+            None => Err(self.err(name, "is required")),
+        }
+    }
+
+    /// Refuses fields outside `known`: a v2 payload with an unknown field is a mapping bug on the node.
+    fn only(&self, known: &[&str]) -> Result<(), Reject> {
+        match self.map.keys().find(|k| !known.contains(&k.as_str())) {
+            Some(unknown) => Err(self.err(unknown, "is not a field of this message_type")),
+            None => Ok(()),
+        }
+    }
+}
+
+fn is_id_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b == b'-'
+}
+
+fn validate_event(index: usize, raw: &RawValue, batch_track: &str) -> Result<ValidEvent, Reject> {
+    let path = format!("events[{index}]");
+    if raw.get().len() > INGEST_EVENT_BYTES_MAX {
+        return Err(Reject::event(
+            index,
+            path,
+            format!("event is larger than {INGEST_EVENT_BYTES_MAX} bytes"),
+        ));
+    }
+    let value: Value = serde_json::from_str(raw.get())
+        .map_err(|e| Reject::event(index, path.clone(), format!("not JSON: {e}")))?;
+    let Value::Object(map) = &value else {
+        return Err(Reject::event(index, path, "must be an object"));
+    };
+    let event = Obj {
+        index,
+        path: &path,
+        map,
+    };
+    for central_only in ["contract_version", "ingested_at_us"] {
+        if map.contains_key(central_only) {
+            return Err(event.err(central_only, "is set by central, not by the node"));
+        }
+    }
+    let event_id = event.str("event_id", 36)?;
+    if uuid::Uuid::try_parse(event_id).is_err() {
+        return Err(event.err("event_id", "must be a UUID"));
+    }
+    if event.str("track_id", INGEST_ID_BYTES_MAX)? != batch_track {
+        return Err(event.err("track_id", "must equal the batch's track_id"));
+    }
+    let ctx_path = event.field("event_id_context");
+    let mut ctx = event.object("event_id_context")?;
+    ctx.path = &ctx_path;
+    let client_id = ctx.id("client_id")?;
+    let boot_id = ctx.id("boot_id")?;
+    let seq = ctx.u64("seq", u64::MAX)?;
+    event.u64("captured_at_us", u64::MAX)?;
+    let message_type = event.str("message_type", INGEST_MESSAGE_TYPE_BYTES_MAX)?;
+    let payload_path = event.field("payload");
+    let mut payload = event.object("payload")?;
+    payload.path = &payload_path;
+    if payload.str("message_type", INGEST_MESSAGE_TYPE_BYTES_MAX)? != message_type {
+        return Err(payload.err("message_type", "must equal the event's message_type"));
+    }
+    validate_payload(message_type, &event, &payload)?;
+    Ok(ValidEvent {
+        client_id: client_id.to_owned(),
+        seq,
+        key: IdempotencyKey::new(batch_track, client_id, boot_id, seq),
+        message_type: message_type.to_owned(),
+        raw: raw.get().into(),
+    })
+}
+
+fn validate_payload(message_type: &str, event: &Obj<'_>, p: &Obj<'_>) -> Result<(), Reject> {
+    const U8: u64 = u8::MAX as u64;
+    const U16: u64 = u16::MAX as u64;
+    const U32: u64 = u32::MAX as u64;
+    const STR: usize = INGEST_PAYLOAD_STRING_BYTES_MAX;
+    match message_type {
+        MESSAGE_TYPE_PASSING => {
+            p.only(&[
+                "message_type",
+                "passing_number",
+                "transponder_id",
+                "rtc_time_us",
+                "utc_time_us",
+                "strength",
+                "hits",
+                "transponder_string",
+                "flags",
+                "decoder_id",
+            ])?;
+            p.u64("passing_number", U32)?;
+            p.u64("transponder_id", U32)?;
+            p.u64("rtc_time_us", u64::MAX)?;
+            p.u64_opt("utc_time_us", u64::MAX)?;
+            p.u64_opt("strength", U16)?;
+            p.u64_opt("hits", U16)?;
+            p.str_opt("transponder_string", STR)?;
+            p.u64("flags", U16)?;
+            p.decoder_id("decoder_id", false)
+        }
+        MESSAGE_TYPE_STATUS => {
+            p.only(&[
+                "message_type",
+                "noise",
+                "gps_status",
+                "temperature",
+                "satellites",
+                "decoder_id",
+            ])?;
+            p.u64("noise", U16)?;
+            p.u64("gps_status", U8)?;
+            p.i64("temperature", i16::MIN.into(), i16::MAX.into())?;
+            p.u64("satellites", U8)?;
+            p.decoder_id("decoder_id", false)
+        }
+        MESSAGE_TYPE_VERSION => {
+            p.only(&[
+                "message_type",
+                "decoder_id",
+                "description",
+                "version",
+                "build",
+            ])?;
+            p.decoder_id("decoder_id", true)?;
+            p.str("description", STR)?;
+            p.str("version", STR)?;
+            p.u64_opt("build", U16)?;
+            Ok(())
+        }
+        extension => {
+            let valid = extension
+                .bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_uppercase())
+                && extension.bytes().all(|b| {
+                    b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_' || b == b'.'
+                });
+            if valid {
+                Ok(())
+            } else {
+                Err(event.err(
+                    "message_type",
+                    "must be PASSING, STATUS, VERSION or an extension type of [A-Z][A-Z0-9_.]*",
+                ))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn event(seq: u64, payload: Value) -> Value {
+        json!({
+            "event_id": "8d3c1f0e-0000-4000-8000-000000000000",
+            "track_id": "bmx-main",
+            "event_id_context": { "client_id": "node-7f3a", "boot_id": "b-000042", "seq": seq },
+            "captured_at_us": 1761855822438911u64,
+            "message_type": payload["message_type"].clone(),
+            "payload": payload,
+        })
+    }
+
+    fn passing() -> Value {
+        json!({ "message_type": "PASSING", "passing_number": 8855, "transponder_id": 9992,
+                "rtc_time_us": 1761855822438228u64, "flags": 0, "decoder_id": "D0000C00" })
+    }
+
+    fn batch(events: Vec<Value>) -> Vec<u8> {
+        serde_json::to_vec(&json!({
+            "contract_version": "track_ingest.v2", "track_id": "bmx-main", "events": events
+        }))
+        .unwrap()
+    }
+
+    fn reject(body: &[u8]) -> Reject {
+        validate(body, "bmx-main").expect_err("must be refused")
+    }
+
+    #[test]
+    fn the_contract_example_is_valid() {
+        let valid = validate(&batch(vec![event(181233, passing())]), "bmx-main").unwrap();
+        assert_eq!(valid.events.len(), 1);
+        assert_eq!(
+            valid.events[0].key.as_str(),
+            "bmx-main:node-7f3a:b-000042:181233"
+        );
+    }
+
+    #[test]
+    fn names_the_event_and_field() {
+        let mut bad = passing();
+        bad["transponder_id"] = json!(-1);
+        let r = reject(&batch(vec![event(1, passing()), event(2, bad)]));
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(r.body.event_index, Some(1));
+        assert_eq!(
+            r.body.field.as_deref(),
+            Some("events[1].payload.transponder_id")
+        );
+    }
+
+    #[test]
+    fn message_type_must_match_the_payload() {
+        let mut e = event(1, passing());
+        e["message_type"] = json!("STATUS");
+        let r = reject(&batch(vec![e]));
+        assert_eq!(
+            r.body.field.as_deref(),
+            Some("events[0].payload.message_type")
+        );
+        // A STATUS type with a PASSING body is caught by the field check.
+        let mut p = passing();
+        p["message_type"] = json!("STATUS");
+        let r = reject(&batch(vec![event(1, p)]));
+        assert_eq!(r.body.event_index, Some(0));
+    }
+
+    #[test]
+    fn wrong_track_and_contract() {
+        let body = batch(vec![event(1, passing())]);
+        assert_eq!(
+            validate(&body, "other").unwrap_err().status,
+            StatusCode::FORBIDDEN
+        );
+        let mut e = event(1, passing());
+        e["track_id"] = json!("other");
+        assert_eq!(
+            reject(&batch(vec![e])).body.field.as_deref(),
+            Some("events[0].track_id")
+        );
+        let body = serde_json::to_vec(&json!({
+            "contract_version": "track_ingest.v1", "track_id": "bmx-main", "events": [event(1, passing())]
+        }))
+        .unwrap();
+        let r = reject(&body);
+        assert_eq!(r.status, StatusCode::BAD_REQUEST);
+        assert_eq!(r.body.field.as_deref(), Some("contract_version"));
+        assert_eq!(reject(b"not json").status, StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn sizes_and_ids() {
+        let mut p = passing();
+        p["transponder_string"] = json!("x".repeat(INGEST_PAYLOAD_STRING_BYTES_MAX + 1));
+        assert_eq!(
+            reject(&batch(vec![event(1, p)])).body.field.as_deref(),
+            Some("events[0].payload.transponder_string")
+        );
+        let mut e = event(1, passing());
+        e["event_id_context"]["client_id"] = json!("a.b");
+        assert_eq!(
+            reject(&batch(vec![e])).body.field.as_deref(),
+            Some("events[0].event_id_context.client_id")
+        );
+        let mut p = passing();
+        p["decoder_id"] = json!("d0000c00");
+        assert_eq!(
+            reject(&batch(vec![event(1, p)])).body.field.as_deref(),
+            Some("events[0].payload.decoder_id")
+        );
+        let too_many: Vec<_> = (0..=INGEST_BATCH_EVENTS_MAX as u64)
+            .map(|s| event(s, passing()))
+            .collect();
+        assert_eq!(
+            reject(&batch(too_many)).status,
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+    }
+
+    #[test]
+    fn extensions_are_accepted_with_a_well_formed_type() {
+        let ext = json!({ "message_type": "RACE_DECISION", "decision": "dnf" });
+        assert!(validate(&batch(vec![event(1, ext)]), "bmx-main").is_ok());
+        let ext = json!({ "message_type": "race decision" });
+        assert!(validate(&batch(vec![event(1, ext)]), "bmx-main").is_err());
+    }
+
+    #[test]
+    fn stored_json_adds_central_fields() {
+        let valid = validate(&batch(vec![event(7, passing())]), "bmx-main").unwrap();
+        let stored: Value = serde_json::from_slice(&valid.events[0].stored_json(42)).unwrap();
+        assert_eq!(stored["contract_version"], "track_ingest.v2");
+        assert_eq!(stored["ingested_at_us"], 42);
+        assert_eq!(stored["event_id_context"]["seq"], 7);
+    }
+}

@@ -1,0 +1,809 @@
+//! The drain: forwards the spool to central, exactly as INGEST.md says, and never loses an event.
+//!
+//! ```text
+//!  spool ──read──▶ [reader task] ──batches (bounded)──▶ [sender] ──POST──▶ central
+//!    ▲              map + encode once                     │  200: ack the cursor (durable)
+//!    └──────── ack / park ◀─────────────────────────────────┘  400/422: split, park the offender
+//! ```
+//!
+//! - **Durable cursor.** The reader starts after the cursor [`DrainConfig::cursor`]; the sender acks
+//!   it only for events central answered 200 to (or that were parked, or not forwarded by kind).
+//!   After a crash the drain resends from the cursor; central deduplicates by idempotency key.
+//! - **Stable identity.** The key `{track}:{client}:{boot}:{seq}` is built from the spool's seq and
+//!   the boot id stored with the event, so every retry and restart sends the same key and
+//!   `event_id`.
+//! - **Batches** are cut by count ([`UPLINK_BATCH_EVENTS_MAX`]), bytes ([`UPLINK_BATCH_BYTES_MAX`])
+//!   and time ([`UPLINK_BATCH_LINGER_MS`]). One batch is in flight at a time, so the events of every
+//!   stream arrive in seq order.
+//! - **Failures.** Transient ones retry the same bytes for ever with capped, jittered exponential
+//!   backoff, honouring `Retry-After`. 400/422 bisect the batch (at central's `event_index` if it
+//!   names one) until the offender stands alone, which is parked in the spool with central's
+//!   reason; the rest flows. 413 splits. 401/403 raise [`DrainStatus::alarm`] and keep everything.
+//! - **The live path first.** The drain only reads the spool (reads never wait for the writer) and
+//!   writes one cursor ack per [`UPLINK_ACK_INTERVAL_MS`], so appends of live events keep their
+//!   latency while a backlog drains.
+
+mod backoff;
+mod http;
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use spool::schema::Schemas;
+use spool::{RecordedEvent, Seq, Spool};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use self::backoff::Backoff;
+use self::http::Outcome;
+pub use self::http::{UPLINK_REASON_BYTES_MAX, UPLINK_RETRY_AFTER_MS_MAX};
+use crate::Error;
+use crate::tls::ClientTlsConfig;
+use crate::wire::{EncodedEvent, EventIdContext, IdempotencyKey, WireEvent};
+
+/// Most events in one batch. Large enough that a day of backlog drains in a few hundred requests,
+/// small enough that a batch is validated and committed by central in milliseconds.
+pub const UPLINK_BATCH_EVENTS_MAX: usize = 2_000;
+
+/// Most bytes of one batch body. Central refuses bodies over
+/// [`crate::central::validate::INGEST_BODY_BYTES_MAX`]; staying well below leaves room for servers
+/// with a smaller limit (they answer 413, and the drain splits).
+pub const UPLINK_BATCH_BYTES_MAX: usize = 1024 * 1024;
+
+/// How long a batch that is not full waits for more live events before it is sent. Live timing
+/// reaches central within this; a backlog never waits (batches fill at once).
+pub const UPLINK_BATCH_LINGER_MS: u64 = 200;
+
+/// Batches read and encoded ahead of the one in flight. Two hide the read and encode time behind
+/// the network round trip; more would only hold memory (each is up to [`UPLINK_BATCH_BYTES_MAX`]).
+pub const UPLINK_PREFETCH_BATCHES_MAX: usize = 2;
+
+/// How often, at most, the cursor is acknowledged while batches keep succeeding. Each ack is a
+/// journal write and fsync that a live append could queue behind; a crash loses at most this much
+/// acknowledgement, and central deduplicates what is resent.
+pub const UPLINK_ACK_INTERVAL_MS: u64 = 500;
+
+/// First retry delay after a transient failure.
+pub const UPLINK_BACKOFF_MS_MIN: u64 = 250;
+
+/// Longest retry delay after transient failures: a WAN that comes back is used within half a
+/// minute, and a central that is down sees at most one try per node per half minute.
+pub const UPLINK_BACKOFF_MS_MAX: u64 = 30_000;
+
+/// Delay between tries while central refuses the token (401/403): slow, because only a person
+/// fixing the token or the token file can change the answer.
+pub const UPLINK_AUTH_RETRY_MS: u64 = 60_000;
+
+/// Longest one request may take, connect to last byte of the answer; then it counts as a transient
+/// failure and is retried.
+pub const UPLINK_REQUEST_MS_MAX: u64 = 30_000;
+
+/// Window over which [`DrainStatus::forward_rate_per_s`] is averaged.
+pub const UPLINK_RATE_WINDOW_MS: u64 = 10_000;
+
+const _: () = assert!(UPLINK_BACKOFF_MS_MIN <= UPLINK_BACKOFF_MS_MAX);
+const _: () = assert!(UPLINK_BATCH_BYTES_MAX < crate::central::validate::INGEST_BODY_BYTES_MAX);
+const _: () = assert!(UPLINK_BATCH_EVENTS_MAX <= crate::central::validate::INGEST_BATCH_EVENTS_MAX);
+const _: () = assert!(UPLINK_BATCH_EVENTS_MAX <= spool::READ_EVENTS_MAX);
+
+/// The cursor the drain keeps in the spool, unless configured otherwise.
+pub const UPLINK_CURSOR_DEFAULT: &str = "uplink";
+
+/// How the node reaches central. Everything but the URL, ids and token file has a default.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrainConfig {
+    /// Base URL of central (`https://central.example/`); the batch goes to `api/ingest/batch` below
+    /// it. `http://` is accepted only for a loopback host (the demo, tests).
+    pub central_url: String,
+    /// The track this node times; the token must be scoped to it.
+    pub track_id: String,
+    /// This box, stable across restarts and reinstalls.
+    pub client_id: String,
+    /// File holding the bearer token (never on the command line). Read at start and again after a
+    /// 401/403, so a fixed token is picked up without a restart.
+    pub token_file: PathBuf,
+    #[serde(default)]
+    pub tls: ClientTlsConfig,
+    /// Event types to forward; `prefix*` matches a prefix; empty forwards everything. Events not
+    /// forwarded are passed over (the cursor moves past them).
+    #[serde(default)]
+    pub forward: Vec<String>,
+    #[serde(default = "default_cursor")]
+    pub cursor: String,
+    #[serde(default)]
+    pub limits: DrainLimits,
+}
+
+fn default_cursor() -> String {
+    UPLINK_CURSOR_DEFAULT.into()
+}
+
+/// Batch and retry limits; the defaults are the `UPLINK_*` constants. Tests and the demo shorten them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DrainLimits {
+    pub batch_events_max: usize,
+    pub batch_bytes_max: usize,
+    pub batch_linger_ms: u64,
+    pub ack_interval_ms: u64,
+    pub backoff_ms_min: u64,
+    pub backoff_ms_max: u64,
+    pub auth_retry_ms: u64,
+    pub request_ms_max: u64,
+}
+
+impl Default for DrainLimits {
+    fn default() -> Self {
+        Self {
+            batch_events_max: UPLINK_BATCH_EVENTS_MAX,
+            batch_bytes_max: UPLINK_BATCH_BYTES_MAX,
+            batch_linger_ms: UPLINK_BATCH_LINGER_MS,
+            ack_interval_ms: UPLINK_ACK_INTERVAL_MS,
+            backoff_ms_min: UPLINK_BACKOFF_MS_MIN,
+            backoff_ms_max: UPLINK_BACKOFF_MS_MAX,
+            auth_retry_ms: UPLINK_AUTH_RETRY_MS,
+            request_ms_max: UPLINK_REQUEST_MS_MAX,
+        }
+    }
+}
+
+impl DrainConfig {
+    /// A configuration with every default.
+    pub fn new(
+        central_url: impl Into<String>,
+        track_id: impl Into<String>,
+        client_id: impl Into<String>,
+        token_file: impl Into<PathBuf>,
+    ) -> Self {
+        Self {
+            central_url: central_url.into(),
+            track_id: track_id.into(),
+            client_id: client_id.into(),
+            token_file: token_file.into(),
+            tls: ClientTlsConfig::default(),
+            forward: Vec::new(),
+            cursor: default_cursor(),
+            limits: DrainLimits::default(),
+        }
+    }
+
+    fn forwards(&self, event_type: &str) -> bool {
+        self.forward.is_empty()
+            || self
+                .forward
+                .iter()
+                .any(|pattern| match pattern.strip_suffix('*') {
+                    Some(prefix) => event_type.starts_with(prefix),
+                    None => event_type == pattern,
+                })
+    }
+}
+
+/// What the node shows about the link (status page, `spool stats`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct DrainStatus {
+    /// Events after the cursor: not yet acknowledged by central (nor parked, nor passed over).
+    pub backlog: u64,
+    /// The cursor: every event up to this seq is done.
+    pub acked_seq: u64,
+    /// Events central answered 200 for since start.
+    pub forwarded: u64,
+    /// Of those, how many central already held.
+    pub duplicates: u64,
+    /// Events parked as rejected since start.
+    pub parked: u64,
+    /// Events forwarded per second over the last [`UPLINK_RATE_WINDOW_MS`].
+    pub forward_rate_per_s: f64,
+    /// Host time (µs) of the last 200.
+    pub last_success_at_us: Option<u64>,
+    /// The last failure, with its time (µs); kept after recovery, for the technician.
+    pub last_error: Option<String>,
+    pub last_error_at_us: Option<u64>,
+    /// Set while central refuses the token (401/403): forwarding has stopped, nothing is lost.
+    pub alarm: Option<String>,
+}
+
+/// A batch as the reader hands it to the sender.
+struct Batch {
+    events: Vec<EncodedEvent>,
+    /// Every event up to here is in `events` or not forwarded by kind.
+    through: Seq,
+}
+
+/// The drain, ready to run.
+pub struct Drain {
+    config: DrainConfig,
+    spool: Spool,
+    url: reqwest::Url,
+    client: reqwest::Client,
+    status: watch::Sender<DrainStatus>,
+}
+
+impl Drain {
+    /// Checks the configuration and builds the TLS client; nothing is sent before [`Drain::run`].
+    pub fn new(config: DrainConfig, spool: Spool) -> Result<Self, Error> {
+        let base = reqwest::Url::parse(&config.central_url)
+            .map_err(|e| Error::Config(format!("central_url {:?}: {e}", config.central_url)))?;
+        let base = if base.path().ends_with('/') {
+            base
+        } else {
+            reqwest::Url::parse(&format!("{base}/")).expect("a valid URL with a slash is valid")
+        };
+        let url = base
+            .join("api/ingest/batch")
+            .map_err(|e| Error::Config(format!("central_url {:?}: {e}", config.central_url)))?;
+        match url.scheme() {
+            "https" => {}
+            "http" if is_loopback(&url) => {}
+            "http" => {
+                return Err(Error::Config(format!(
+                    "central_url {} must be https: plain HTTP only to a loopback address",
+                    config.central_url
+                )));
+            }
+            other => return Err(Error::Config(format!("central_url scheme {other:?}"))),
+        }
+        for (name, id) in [
+            ("track_id", &config.track_id),
+            ("client_id", &config.client_id),
+        ] {
+            if id.is_empty()
+                || id.len() > crate::central::validate::INGEST_ID_BYTES_MAX
+                || !id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            {
+                return Err(Error::Config(format!(
+                    "{name} {id:?} must be 1 to 64 of [A-Za-z0-9_-]"
+                )));
+            }
+        }
+        let tls = crate::tls::client_config(&config.tls)?;
+        let limits = &config.limits;
+        let client = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .timeout(Duration::from_millis(limits.request_ms_max))
+            .connect_timeout(Duration::from_millis(limits.request_ms_max.min(10_000)))
+            .no_proxy()
+            .build()
+            .map_err(Error::HttpClient)?;
+        let backlog = backlog_of(&spool, &config.cursor).unwrap_or_default();
+        let (status, _) = watch::channel(DrainStatus {
+            backlog: backlog.0,
+            acked_seq: backlog.1,
+            ..DrainStatus::default()
+        });
+        Ok(Self {
+            config,
+            spool,
+            url,
+            client,
+            status,
+        })
+    }
+
+    /// A live view of the drain's status.
+    pub fn status(&self) -> watch::Receiver<DrainStatus> {
+        self.status.subscribe()
+    }
+
+    /// Drains until `cancel`. Stops at a safe point: between tries, with everything central
+    /// acknowledged also acknowledged in the spool.
+    pub async fn run(self, cancel: CancellationToken) -> Result<(), Error> {
+        let (tx, rx) = mpsc::channel(UPLINK_PREFETCH_BATCHES_MAX);
+        let start = self
+            .spool
+            .cursor(&self.config.cursor)
+            .map_err(Error::spool("reading the uplink cursor"))?;
+        let reader = Reader {
+            spool: self.spool.clone(),
+            config: self.config.clone(),
+            next: start.next(),
+            tx,
+        };
+        let reader_cancel = cancel.child_token();
+        let reader_task = tokio::spawn(reader.run(reader_cancel.clone()));
+        let sender = Sender {
+            backoff: Backoff::new(
+                Duration::from_millis(self.config.limits.backoff_ms_min),
+                Duration::from_millis(self.config.limits.backoff_ms_max),
+            ),
+            drain: self,
+            token: None,
+            acked: start,
+            done: start,
+            last_ack: Instant::now(),
+            rate: VecDeque::new(),
+        };
+        let result = sender.run(rx, cancel).await;
+        reader_cancel.cancel();
+        match reader_task.await {
+            Ok(Ok(())) => result,
+            Ok(Err(e)) => result.and(Err(e)),
+            Err(source) => result.and(Err(Error::Join {
+                what: "the drain's reader",
+                source,
+            })),
+        }
+    }
+}
+
+fn is_loopback(url: &reqwest::Url) -> bool {
+    let host = url.host_str().unwrap_or_default();
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// (backlog, acked seq) of `cursor`.
+fn backlog_of(spool: &Spool, cursor: &str) -> Result<(u64, u64), Error> {
+    let acked = spool
+        .cursor(cursor)
+        .map_err(Error::spool("reading the uplink cursor"))?;
+    let head = spool
+        .head()
+        .map_err(Error::spool("reading the spool head"))?;
+    Ok((head.0.saturating_sub(acked.0), acked.0))
+}
+
+/// Reads the spool after the cursor, maps and encodes events, and cuts batches.
+struct Reader {
+    spool: Spool,
+    config: DrainConfig,
+    next: Seq,
+    tx: mpsc::Sender<Batch>,
+}
+
+impl Reader {
+    async fn run(mut self, cancel: CancellationToken) -> Result<(), Error> {
+        let mut head = self.spool.watch_head();
+        let limits = self.config.limits.clone();
+        let mut pending: Option<(Batch, usize, Instant)> = None;
+        loop {
+            if cancel.is_cancelled() {
+                return Ok(());
+            }
+            let room = pending
+                .as_ref()
+                .map_or(limits.batch_events_max, |(b, _, _)| {
+                    limits.batch_events_max - b.events.len()
+                });
+            // Reading and encoding are blocking CPU and disk work: off the async workers.
+            let encoded = {
+                let spool = self.spool.clone();
+                let config = self.config.clone();
+                let from = self.next;
+                tokio::task::spawn_blocking(move || {
+                    let read = spool.read_global(from, room)?;
+                    Ok(encode_all(&config, spool.schemas(), read))
+                })
+                .await
+                .map_err(|source| Error::Join {
+                    what: "reading the spool",
+                    source,
+                })?
+                .map_err(Error::spool("reading the spool"))?
+            };
+            let got_any = !encoded.is_empty();
+            for (seq, event) in encoded {
+                self.next = seq.next();
+                let (batch, bytes, _) = pending.get_or_insert_with(|| {
+                    (
+                        Batch {
+                            events: Vec::new(),
+                            through: seq,
+                        },
+                        crate::wire::batch_overhead_bytes(self.config.track_id.len() + 2, 0),
+                        Instant::now(),
+                    )
+                });
+                if let Some(event) = event {
+                    if *bytes + event.bytes().len() + 1 > limits.batch_bytes_max
+                        && !batch.events.is_empty()
+                    {
+                        let full = pending.take().expect("pending was just set").0;
+                        if self.tx.send(full).await.is_err() {
+                            return Ok(());
+                        }
+                        pending = Some((
+                            Batch {
+                                events: Vec::new(),
+                                through: seq,
+                            },
+                            crate::wire::batch_overhead_bytes(self.config.track_id.len() + 2, 0),
+                            Instant::now(),
+                        ));
+                    }
+                    let (batch, bytes, _) = pending.as_mut().expect("pending is set");
+                    *bytes += event.bytes().len() + 1;
+                    batch.events.push(event);
+                    batch.through = seq;
+                } else {
+                    batch.through = seq;
+                }
+            }
+            let ship = match &pending {
+                Some((batch, _, started)) => {
+                    batch.events.len() >= limits.batch_events_max
+                        || (!got_any
+                            && started.elapsed() >= Duration::from_millis(limits.batch_linger_ms))
+                        || (!got_any && batch.events.is_empty())
+                }
+                None => false,
+            };
+            if ship {
+                let batch = pending.take().expect("ship implies pending").0;
+                if self.tx.send(batch).await.is_err() {
+                    return Ok(());
+                }
+                continue;
+            }
+            if got_any {
+                continue;
+            }
+            // Caught up: wait for a new durable event, or for the linger of a partial batch.
+            let linger = match &pending {
+                Some((_, _, started)) => {
+                    Duration::from_millis(limits.batch_linger_ms).saturating_sub(started.elapsed())
+                }
+                None => Duration::from_secs(3600),
+            };
+            tokio::select! {
+                () = cancel.cancelled() => return Ok(()),
+                changed = head.changed() => if changed.is_err() { return Ok(()) },
+                () = tokio::time::sleep(linger) => {}
+            }
+        }
+    }
+}
+
+/// Maps and encodes a page of events; `None` for an event that is not forwarded by kind.
+fn encode_all(
+    config: &DrainConfig,
+    schemas: &Schemas,
+    events: Vec<RecordedEvent>,
+) -> Vec<(Seq, Option<EncodedEvent>)> {
+    events
+        .into_iter()
+        .map(|event| {
+            if !config.forwards(&event.event_type) {
+                return (event.seq, None);
+            }
+            (event.seq, Some(encode(config, schemas, &event)))
+        })
+        .collect()
+}
+
+/// One spooled event as `track_ingest.v2` JSON. The key comes from the spool's seq and the boot id
+/// stored with the event: the same on every try.
+pub fn encode(config: &DrainConfig, schemas: &Schemas, event: &RecordedEvent) -> EncodedEvent {
+    let key = IdempotencyKey::new(
+        &config.track_id,
+        &config.client_id,
+        boot_id_of(event),
+        event.seq.0,
+    );
+    let wire = WireEvent {
+        event_id: key.event_id(),
+        track_id: config.track_id.clone(),
+        event_id_context: EventIdContext {
+            client_id: config.client_id.clone(),
+            boot_id: boot_id_of(event).to_owned(),
+            seq: event.seq.0,
+        },
+        captured_at_us: event.meta.captured_at_us,
+        payload: crate::payload::to_payload(event, schemas),
+    };
+    wire.encode().expect("wire events always encode to JSON")
+}
+
+/// The boot id as sent: central requires `[A-Za-z0-9_-]`; anything else (or nothing) would make
+/// every try of this event fail, so it is replaced by a fixed stand-in that is still stable.
+fn boot_id_of(event: &RecordedEvent) -> &str {
+    let id = event.meta.boot_id.as_str();
+    let valid = !id.is_empty()
+        && id.len() <= crate::central::validate::INGEST_ID_BYTES_MAX
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if valid { id } else { "unknown" }
+}
+
+/// Sends batches one at a time and moves the cursor.
+struct Sender {
+    drain: Drain,
+    backoff: Backoff,
+    token: Option<String>,
+    /// What the spool's cursor holds.
+    acked: Seq,
+    /// Everything up to here is done (200, parked or passed over) but maybe not acked yet.
+    done: Seq,
+    last_ack: Instant,
+    rate: VecDeque<(Instant, u64)>,
+}
+
+/// The sender stopped because of `cancel`.
+struct Cancelled;
+
+impl Sender {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Batch>,
+        cancel: CancellationToken,
+    ) -> Result<(), Error> {
+        let ack_interval = Duration::from_millis(self.drain.config.limits.ack_interval_ms);
+        loop {
+            let batch = tokio::select! {
+                () = cancel.cancelled() => break,
+                batch = rx.recv() => match batch { Some(b) => b, None => break },
+            };
+            if self.deliver(&batch.events, &cancel).await.is_err() {
+                break;
+            }
+            self.done = batch.through;
+            let idle = rx.is_empty();
+            if idle || self.last_ack.elapsed() >= ack_interval {
+                self.ack(&cancel).await;
+            }
+        }
+        // Safe point: everything central acknowledged is acknowledged in the spool too.
+        self.ack(&CancellationToken::new()).await;
+        Ok(())
+    }
+
+    /// Acknowledges `done` in the spool; retried until it succeeds or `cancel`.
+    async fn ack(&mut self, cancel: &CancellationToken) {
+        if self.done <= self.acked {
+            self.publish(|_| {});
+            return;
+        }
+        loop {
+            match self
+                .drain
+                .spool
+                .ack(&self.drain.config.cursor, self.done)
+                .await
+            {
+                Ok(()) => {
+                    self.acked = self.done;
+                    self.last_ack = Instant::now();
+                    self.publish(|_| {});
+                    return;
+                }
+                Err(e) => {
+                    let error = Error::spool("acknowledging the uplink cursor")(e);
+                    self.error(&error.to_string(), &error);
+                    let delay = self.backoff.next_delay(None);
+                    if sleep_or_cancel(delay, cancel).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends `events` until every one is stored at central or parked. Splits on 413 and on
+    /// 400/422; retries everything else.
+    async fn deliver(
+        &mut self,
+        events: &[EncodedEvent],
+        cancel: &CancellationToken,
+    ) -> Result<(), Cancelled> {
+        // Work list of sub-slices, last first: popping keeps them in seq order.
+        let mut work = vec![(0, events.len())];
+        while let Some((lo, hi)) = work.pop() {
+            if lo == hi {
+                continue;
+            }
+            let part = &events[lo..hi];
+            loop {
+                let token = self.token(cancel).await?;
+                let body = crate::wire::batch_body(&self.drain.config.track_id, part);
+                let outcome = tokio::select! {
+                    () = cancel.cancelled() => return Err(Cancelled),
+                    outcome = http::post(&self.drain.client, &self.drain.url, &token, body) => outcome,
+                };
+                match outcome {
+                    Outcome::Stored(accepted) => {
+                        self.backoff.reset();
+                        self.stored(part.len() as u64, accepted.duplicates);
+                        break;
+                    }
+                    Outcome::Transient {
+                        reason,
+                        retry_after,
+                    } => {
+                        self.failure(&reason);
+                        let delay = self.backoff.next_delay(retry_after);
+                        sleep_or_cancel(delay, cancel).await?;
+                    }
+                    Outcome::Auth { reason } => {
+                        tracing::error!(%reason, "central refuses the token; forwarding stopped, nothing is lost");
+                        self.publish(|s| {
+                            s.alarm = Some(format!("central refuses the token: {reason}"))
+                        });
+                        self.failure(&reason);
+                        self.token = None;
+                        let delay = Duration::from_millis(self.drain.config.limits.auth_retry_ms);
+                        sleep_or_cancel(delay, cancel).await?;
+                    }
+                    Outcome::TooLarge { reason } if part.len() > 1 => {
+                        tracing::info!(events = part.len(), %reason, "batch too large; splitting");
+                        let mid = lo + part.len() / 2;
+                        work.push((mid, hi));
+                        work.push((lo, mid));
+                        break;
+                    }
+                    Outcome::Rejected {
+                        reason,
+                        event_index,
+                    } if part.len() > 1 => {
+                        tracing::info!(events = part.len(), ?event_index, %reason, "batch rejected; isolating the offender");
+                        match event_index.filter(|&i| i < part.len()) {
+                            // Central named the offender: the events before it are fine.
+                            Some(i) => {
+                                work.push((lo + i + 1, hi));
+                                work.push((lo + i, lo + i + 1));
+                                work.push((lo, lo + i));
+                            }
+                            None => {
+                                let mid = lo + part.len() / 2;
+                                work.push((mid, hi));
+                                work.push((lo, mid));
+                            }
+                        }
+                        break;
+                    }
+                    Outcome::Rejected { reason, .. } | Outcome::TooLarge { reason } => {
+                        self.park(part[0].seq, &reason, cancel).await?;
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn park(
+        &mut self,
+        seq: u64,
+        reason: &str,
+        cancel: &CancellationToken,
+    ) -> Result<(), Cancelled> {
+        let mut cut = reason.len().min(spool::PARK_REASON_BYTES_MAX);
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let reason = &reason[..cut];
+        tracing::warn!(
+            seq,
+            reason,
+            "central rejected an event; parked in the spool"
+        );
+        loop {
+            match self
+                .drain
+                .spool
+                .park(&self.drain.config.cursor, Seq(seq), reason)
+                .await
+            {
+                Ok(()) => {
+                    self.publish(|s| s.parked += 1);
+                    return Ok(());
+                }
+                Err(e) => {
+                    let error = Error::spool("parking a rejected event")(e);
+                    self.error(&error.to_string(), &error);
+                    let delay = self.backoff.next_delay(None);
+                    sleep_or_cancel(delay, cancel).await?;
+                }
+            }
+        }
+    }
+
+    /// The bearer token, read from its file when not held. A missing or empty file is an alarm,
+    /// retried slowly like a refused token.
+    async fn token(&mut self, cancel: &CancellationToken) -> Result<String, Cancelled> {
+        loop {
+            if let Some(token) = &self.token {
+                return Ok(token.clone());
+            }
+            let path = self.drain.config.token_file.clone();
+            match tokio::fs::read_to_string(&path).await {
+                Ok(text) if !text.trim().is_empty() => {
+                    self.token = Some(text.trim().to_owned());
+                }
+                read => {
+                    let problem = match read {
+                        Err(e) => format!("cannot read the token file {}: {e}", path.display()),
+                        Ok(_) => format!("the token file {} is empty", path.display()),
+                    };
+                    tracing::error!(%problem, "no bearer token; forwarding stopped, nothing is lost");
+                    self.publish(|s| s.alarm = Some(problem.clone()));
+                    self.failure(&problem);
+                    let delay = Duration::from_millis(self.drain.config.limits.auth_retry_ms);
+                    sleep_or_cancel(delay, cancel).await?;
+                }
+            }
+        }
+    }
+
+    fn stored(&mut self, events: u64, duplicates: u64) {
+        let now = Instant::now();
+        self.rate.push_back((now, events));
+        let window = Duration::from_millis(UPLINK_RATE_WINDOW_MS);
+        while self
+            .rate
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) > window)
+        {
+            self.rate.pop_front();
+        }
+        let in_window: u64 = self.rate.iter().map(|(_, n)| n).sum();
+        let span = self.rate.front().map_or(window, |(t, _)| {
+            now.duration_since(*t).max(Duration::from_secs(1))
+        });
+        self.publish(|s| {
+            s.forwarded += events;
+            s.duplicates += duplicates;
+            s.forward_rate_per_s = in_window as f64 / span.as_secs_f64();
+            s.last_success_at_us = Some(spool::now_us());
+            s.alarm = None;
+        });
+    }
+
+    fn failure(&self, reason: &str) {
+        tracing::warn!(reason, "forwarding a batch failed; will retry");
+        self.publish(|s| {
+            s.last_error = Some(reason.to_owned());
+            s.last_error_at_us = Some(spool::now_us());
+        });
+    }
+
+    fn error(&self, message: &str, error: &Error) {
+        tracing::error!(error = %crate::error::chain(error), "uplink");
+        self.publish(|s| {
+            s.last_error = Some(message.to_owned());
+            s.last_error_at_us = Some(spool::now_us());
+        });
+    }
+
+    /// Updates the status, and its backlog from the spool.
+    fn publish(&self, change: impl FnOnce(&mut DrainStatus)) {
+        let backlog = backlog_of(&self.drain.spool, &self.drain.config.cursor).ok();
+        self.drain.status.send_modify(|s| {
+            change(s);
+            if let Some((backlog, acked)) = backlog {
+                s.backlog = backlog;
+                s.acked_seq = acked;
+            }
+        });
+    }
+}
+
+async fn sleep_or_cancel(delay: Duration, cancel: &CancellationToken) -> Result<(), Cancelled> {
+    tokio::select! {
+        () = cancel.cancelled() => Err(Cancelled),
+        () = tokio::time::sleep(delay) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forward_patterns() {
+        let mut config = DrainConfig::new("https://c/", "t", "c", "/tok");
+        assert!(config.forwards("anything"));
+        config.forward = vec!["decoder.*".into(), "race_control.decision".into()];
+        assert!(config.forwards("decoder.passing"));
+        assert!(config.forwards("race_control.decision"));
+        assert!(!config.forwards("node.started"));
+    }
+}

@@ -1,0 +1,122 @@
+//! The crate's one error type.
+//!
+//! Messages say what was being done, with the path, address or limit involved; the cause is always the
+//! `#[source]`, never repeated in the message, so a log of the whole chain reads once from top to bottom.
+//! What a remote client sees is never this type: central answers with [`crate::central::Reject`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Everything that can go wrong in the uplink, on either end of the link.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A configured file (token, certificate, key, token map) could not be read.
+    #[error("reading the {what} file {path}")]
+    ReadFile {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A PEM file held something that is not the expected certificate or key.
+    #[error("parsing the {what} in {path}")]
+    Pem {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    /// A PEM file parsed but held none of the expected items.
+    #[error("no {what} found in {path}")]
+    PemEmpty { what: &'static str, path: PathBuf },
+    /// The configuration is inconsistent; the message says which setting and why.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// rustls refused the certificates, keys or protocol settings.
+    #[error("building the TLS configuration ({what})")]
+    Tls {
+        what: &'static str,
+        #[source]
+        source: rustls::Error,
+    },
+    /// The client-certificate verifier of central could not be built from the configured CA.
+    #[error("building the client-certificate verifier from {path}")]
+    ClientVerifier {
+        path: PathBuf,
+        #[source]
+        source: rustls::server::VerifierBuilderError,
+    },
+    /// The HTTP client could not be built.
+    #[error("building the HTTP client")]
+    HttpClient(#[source] reqwest::Error),
+    /// Central could not bind its listening socket.
+    #[error("binding {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Serving HTTP failed outside of any single request.
+    #[error("serving HTTP on {addr}")]
+    Serve {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A spool operation failed.
+    #[error("spool: {op}")]
+    Spool {
+        op: &'static str,
+        #[source]
+        source: spool::SpoolError,
+    },
+    /// A NATS or JetStream operation failed.
+    #[error("NATS: {op}")]
+    Nats {
+        op: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// Data read back from a store does not decode; the store holds something this code did not write.
+    #[error("corrupt {what}")]
+    Corrupt {
+        what: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A blocking task (redb work on its own thread) panicked or was cancelled.
+    #[error("blocking task for {what} did not finish")]
+    Join {
+        what: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+}
+
+impl Error {
+    pub(crate) fn spool(op: &'static str) -> impl FnOnce(spool::SpoolError) -> Self {
+        move |source| Self::Spool { op, source }
+    }
+
+    pub(crate) fn nats(
+        op: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self::Nats {
+            op: op.into(),
+            source: source.into(),
+        }
+    }
+}
+
+/// The whole chain of an error on one line, for logs: `a: b: c`.
+pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut next = err.source();
+    while let Some(cause) = next {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    out
+}
