@@ -1,1 +1,150 @@
-//! The spool: the venue's durable event store. Being written (issue 3).
+//! The spool: the venue's durable, append-only event store.
+//!
+//! Every decoder detection, race-control decision and system event is appended here before
+//! anything else happens to it. Live screens subscribe to it, the uplink drains it through a
+//! durable cursor, and the technician's CLI reads it (read-only, while the node runs). It is the
+//! only crate in the workspace that uses redb.
+//!
+//! ```no_run
+//! use spool::{AppendStream, ExpectedVersion, Filter, Metadata, Seq, Spool, SpoolConfig, StreamId};
+//! use spool::catalog::Decision;
+//! use spool::schema::EventPayload;
+//!
+//! # fn main() -> Result<(), spool::SpoolError> {
+//! let spool = Spool::open("/var/lib/venue-node/spool", SpoolConfig::default())?;
+//! let decision = Decision {
+//!     kind: "penalty".into(),
+//!     subject: "rider 12".into(),
+//!     text: "+2 s, cutting".into(),
+//!     user: "judge-1".into(),
+//! };
+//! let meta = Metadata { boot_id: "b-000042".into(), ..Metadata::default() };
+//! let stream = StreamId::race_control("moto-3").expect("a valid stream id");
+//! // Returns once the event is on disk (fdatasync).
+//! let appended = spool.append_blocking(vec![AppendStream::new(
+//!     stream.clone(),
+//!     ExpectedVersion::Any,
+//!     vec![decision.to_event(meta)],
+//! )])?;
+//! let events = spool.read_stream(&stream, 1, 100)?;
+//! let mut live = spool.subscribe(Filter::stream_prefix("race-control/"), Some(Seq::FIRST));
+//! # let _ = (appended, events, &mut live);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # The durability contract
+//!
+//! An append (or cursor acknowledgement) returns `Ok` only after its bytes are on disk: written
+//! to the journal and `fdatasync`ed. Such an event survives kill -9 and power loss. A failed
+//! write or sync answers `Err` to everything in its group and stops the writer
+//! ([`SpoolError::Failed`]) until the spool is reopened, which recovers what is on disk: an
+//! event that was answered `Err` may or may not be there afterwards (retry with its idempotency
+//! key), one answered `Ok` always is. A batch is atomic: it is one journal frame under one CRC.
+//!
+//! # Design: journal for acknowledgement, redb for indexes
+//!
+//! A naive redb commit with `Durability::Immediate` writes about seven 4 KiB pages and two
+//! syncs (the spool needs redb's multi-process `SingleWriter` mode, so the CLI can read beside
+//! the node, and that mode always commits in two phases and refuses non-durable commits). That
+//! is ~2× the cost of one `fdatasync` and ~28 KiB of flash wear per event at low rates. So:
+//!
+//! - **The journal is the acknowledgement point.** One writer thread takes everything queued
+//!   (group commit: many appends, one write and one `fdatasync`); a lone append commits at
+//!   once. The journal is preallocated and zero-filled, written in place from offset 0, so a sync
+//!   flushes data pages only, never file metadata.
+//! - **redb is the indexed store.** The writer applies each group to one long-lived write
+//!   transaction and commits it durably (with quick-repair, so a crash never needs a full-file
+//!   repair) at *checkpoints*: every [`SpoolConfig::checkpoint_events`] events, every
+//!   [`SpoolConfig::checkpoint_interval`], when the journal fills, and for rare operations that
+//!   are committed directly (park, projections, snapshots, retention). After a checkpoint the
+//!   journal restarts at offset 0.
+//! - **Reads merge the two.** Acknowledged events since the last checkpoint are kept in memory
+//!   (the tail) and merged into every read; a read-only open rebuilds the tail by scanning the
+//!   journal.
+//! - **Open replays the journal**: frames after the checkpoint are applied and checkpointed,
+//!   bounded by the checkpoint size, so reopening after kill -9 takes redb's quick-repair open
+//!   plus at most one checkpoint's worth of replay, whatever the spool's size.
+//!
+//! # On-disk layout
+//!
+//! ```text
+//! <spool dir>/
+//!   spool.redb       redb database (ConcurrencyMode::SingleWriter)
+//!   spool.journal    preallocated journal, SpoolConfig::journal_bytes long
+//!
+//! spool.journal:
+//!   offset 0                                                          journal_bytes
+//!   +-------------+-------------+-----+-------------+- - - - - - - - - - - - - -+
+//!   | frame lsn=n | frame n+1   | ... | frame n+k   | older frames, torn bytes  |
+//!   +-------------+-------------+-----+-------------+ or zeros (ignored)        |
+//!   frame:
+//!   +----------------+----------------+-------------------------------------------+
+//!   | body len u32le | CRC-32C u32le  | body: postcard JournalFrame::V1 { lsn, op }|
+//!   +----------------+----------------+-------------------------------------------+
+//!   op: Append { records: Vec<StoredRecord> } | Ack { cursor, seq }
+//!   n = checkpoint_lsn + 1 (from the database). A scan stops at the first frame whose
+//!   CRC fails, whose length runs past the end, or whose lsn does not continue the chain.
+//!
+//! spool.redb tables:
+//!   events        u64 seq            -> postcard StoredRecord::V1 { seq, stream, version,
+//!                                       event_type, schema_version, recorded_at_us,
+//!                                       captured_at_us, boot_id, causation_id,
+//!                                       correlation_id, user, idempotency_key, payload }
+//!   stream_index  (stream, version)  -> seq
+//!   stream_heads  stream             -> last version (kept after retention)
+//!   idempotency   key                -> seq          (kept after retention)
+//!   cursors       name               -> acknowledged seq
+//!   parked        (cursor, seq)      -> postcard ParkedRow::V1 { reason, parked_at_us }
+//!   projections   name               -> postcard ProjectionRow::V1 { checkpoint, state }
+//!   snapshots     stream             -> postcard SnapshotRow::V1 { version, state }
+//!   meta          "checkpoint_lsn" | "last_seq" | "first_seq" | "layout" -> u64
+//! ```
+//!
+//! Assumptions about the disk, as redb's: `fdatasync` returning means the data is durable; a
+//! write torn by power loss damages only the sectors being written. The CRC finds a torn frame.
+//!
+//! # Concurrency
+//!
+//! One process writes ([`Spool::open`] takes redb's writer lock; a second writer gets
+//! [`SpoolError::AlreadyOpen`]). Any number of processes may open [`SpoolReader::open`] beside
+//! it. Within the writing process, [`Spool`] is a cheap clone; reads run on the caller's thread
+//! and never wait for the writer.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod aggregate;
+pub mod catalog;
+mod error;
+mod journal;
+pub mod projection;
+mod reader;
+pub mod record;
+pub mod schema;
+mod spool;
+pub mod storage;
+mod subscription;
+mod tables;
+mod types;
+pub mod verify;
+mod writer;
+
+pub use crate::error::{Result, SpoolError};
+pub use crate::reader::{CursorStats, READ_EVENTS_MAX, SpoolReader, Stats};
+pub use crate::spool::{
+    SPOOL_CACHE_BYTES_DEFAULT, SPOOL_CHECKPOINT_EVENTS_DEFAULT,
+    SPOOL_CHECKPOINT_INTERVAL_MS_DEFAULT, SPOOL_JOURNAL_BYTES_DEFAULT, SPOOL_JOURNAL_BYTES_MIN,
+    Spool, SpoolConfig,
+};
+pub use crate::subscription::{SUBSCRIPTION_PAGE_EVENTS, Subscription};
+pub use crate::types::{
+    AppendStream, Appended, EVENT_PAYLOAD_BYTES_MAX, EVENT_TYPE_BYTES_MAX, ExpectedVersion, Filter,
+    IDEMPOTENCY_KEY_BYTES_MAX, InvalidStreamId, Metadata, NewEvent, Parked, RecordedEvent,
+    STREAM_ID_BYTES_MAX, Seq, StreamId, StreamVersion, now_us,
+};
+pub use crate::writer::{
+    CURSOR_NAME_BYTES_MAX, PARK_REASON_BYTES_MAX, RETENTION_EVENTS_PER_RUN_MAX,
+    SPOOL_BATCH_BYTES_MAX, SPOOL_BATCH_EVENTS_MAX, SPOOL_GROUP_BYTES_MAX, SPOOL_GROUP_REQUESTS_MAX,
+    SPOOL_QUEUE_REQUESTS_MAX, STATE_BYTES_MAX, error_chain,
+};

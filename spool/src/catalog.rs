@@ -1,0 +1,311 @@
+//! The venue's event catalog: every event type the node stores, with its schema version.
+//!
+//! Payloads are postcard structs. A field is never reordered or removed: a change is a new
+//! schema version with an upcaster from the one before (see [`crate::schema`]). The upgrade
+//! in use: `decoder.passing` v1 had no `utc_time_us`; v2 added it, and v1 events read as v2
+//! with `utc_time_us: None`.
+//!
+//! Decoder ids are the u32 of the DECODER_ID tag read little-endian, as on the wire; rendered
+//! they are the 8 upper-case hex digits of the wire bytes ([`decoder_id_hex`]), as in stream
+//! ids (`decoder/D0000C00`) and the uplink contract.
+
+use serde::{Deserialize, Serialize};
+
+use crate::schema::{EventPayload, Schemas};
+
+/// Unknown TLVs of a decoder record, kept verbatim: (tag, value bytes).
+pub type UnknownTlvs = Vec<(u8, Vec<u8>)>;
+
+/// 8 upper-case hex digits of a decoder id's wire bytes (DECODER_ID 0x000C00D0 → `D0000C00`).
+pub fn decoder_id_hex(decoder_id: u32) -> String {
+    decoder_id
+        .to_le_bytes()
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect()
+}
+
+/// `decoder.passing` v2: a transponder crossed the loop.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Passing {
+    /// The decoder's passing counter.
+    pub passing_number: u32,
+    /// TRANSPONDER tag.
+    pub transponder: Option<u32>,
+    /// The decoder's real-time clock, µs.
+    pub rtc_time_us: u64,
+    /// The decoder's UTC time (GPS), µs; new in v2.
+    pub utc_time_us: Option<u64>,
+    /// Signal strength.
+    pub strength: Option<u16>,
+    /// Hits.
+    pub hits: Option<u16>,
+    /// Flags.
+    pub flags: Option<u16>,
+    /// TRAN_CODE string.
+    pub tran_code: Option<String>,
+    /// DECODER_ID.
+    pub decoder_id: Option<u32>,
+    /// TLVs this release does not know.
+    pub unknown_tlvs: UnknownTlvs,
+}
+
+impl EventPayload for Passing {
+    const EVENT_TYPE: &'static str = "decoder.passing";
+    const SCHEMA_VERSION: u16 = 2;
+}
+
+/// `decoder.passing` v1, before `utc_time_us`. Stored events of this version are read as
+/// [`Passing`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PassingV1 {
+    /// The decoder's passing counter.
+    pub passing_number: u32,
+    /// TRANSPONDER tag.
+    pub transponder: Option<u32>,
+    /// The decoder's real-time clock, µs.
+    pub rtc_time_us: u64,
+    /// Signal strength.
+    pub strength: Option<u16>,
+    /// Hits.
+    pub hits: Option<u16>,
+    /// Flags.
+    pub flags: Option<u16>,
+    /// TRAN_CODE string.
+    pub tran_code: Option<String>,
+    /// DECODER_ID.
+    pub decoder_id: Option<u32>,
+    /// TLVs v1 did not know.
+    pub unknown_tlvs: UnknownTlvs,
+}
+
+/// The upcaster `decoder.passing` v1 → v2.
+pub fn upcast_passing_v1(bytes: &[u8]) -> Result<Vec<u8>, postcard::Error> {
+    let v1: PassingV1 = postcard::from_bytes(bytes)?;
+    postcard::to_allocvec(&Passing {
+        passing_number: v1.passing_number,
+        transponder: v1.transponder,
+        rtc_time_us: v1.rtc_time_us,
+        utc_time_us: None,
+        strength: v1.strength,
+        hits: v1.hits,
+        flags: v1.flags,
+        tran_code: v1.tran_code,
+        decoder_id: v1.decoder_id,
+        unknown_tlvs: v1.unknown_tlvs,
+    })
+}
+
+/// `decoder.status`: the decoder's periodic status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// Loop noise.
+    pub noise: Option<u16>,
+    /// GPS status.
+    pub gps: Option<u8>,
+    /// Temperature.
+    pub temperature: Option<i16>,
+    /// GPS satellites in use.
+    pub satellites: Option<u8>,
+    /// Input voltage.
+    pub input_voltage: Option<u16>,
+    /// DECODER_ID.
+    pub decoder_id: Option<u32>,
+    /// TLVs this release does not know.
+    pub unknown_tlvs: UnknownTlvs,
+}
+
+impl EventPayload for Status {
+    const EVENT_TYPE: &'static str = "decoder.status";
+    const SCHEMA_VERSION: u16 = 1;
+}
+
+/// `decoder.version`: the decoder's firmware description.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Version {
+    /// DECODER_ID.
+    pub decoder_id: Option<u32>,
+    /// Description.
+    pub description: Option<String>,
+    /// Firmware version.
+    pub version: Option<String>,
+    /// Build number.
+    pub build: Option<u16>,
+    /// TLVs this release does not know.
+    pub unknown_tlvs: UnknownTlvs,
+}
+
+impl EventPayload for Version {
+    const EVENT_TYPE: &'static str = "decoder.version";
+    const SCHEMA_VERSION: u16 = 1;
+}
+
+/// `decoder.record`: any other decoder record, stored raw.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// Type of record.
+    pub tor: u16,
+    /// The unescaped frame bytes.
+    pub frame: Vec<u8>,
+}
+
+impl EventPayload for Record {
+    const EVENT_TYPE: &'static str = "decoder.record";
+    const SCHEMA_VERSION: u16 = 1;
+}
+
+/// `decoder.rejected_frame`: bytes the decoder codec refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RejectedFrame {
+    /// Why.
+    pub reason: String,
+    /// The raw bytes.
+    pub raw: Vec<u8>,
+    /// Offset in the input stream.
+    pub offset: u64,
+}
+
+impl EventPayload for RejectedFrame {
+    const EVENT_TYPE: &'static str = "decoder.rejected_frame";
+    const SCHEMA_VERSION: u16 = 1;
+}
+
+/// `decoder.connected`: an input connected to its decoder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Connected {
+    /// The input's configured name.
+    pub input: String,
+    /// Serial path or network address.
+    pub address: String,
+}
+
+impl EventPayload for Connected {
+    const EVENT_TYPE: &'static str = "decoder.connected";
+    const SCHEMA_VERSION: u16 = 1;
+}
+
+/// `decoder.disconnected`: an input lost its decoder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Disconnected {
+    /// The input's configured name.
+    pub input: String,
+    /// Serial path or network address.
+    pub address: String,
+    /// Why.
+    pub reason: String,
+}
+
+impl EventPayload for Disconnected {
+    const EVENT_TYPE: &'static str = "decoder.disconnected";
+    const SCHEMA_VERSION: u16 = 1;
+}
+
+/// `decoder.clock`: the decoder's clock against the host's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Clock {
+    /// DECODER_ID.
+    pub decoder_id: Option<u32>,
+    /// Decoder real-time clock, µs.
+    pub decoder_rtc_us: u64,
+    /// Host UTC, µs.
+    pub host_us: u64,
+    /// `host_us - decoder_rtc_us`.
+    pub offset_us: i64,
+}
+
+impl EventPayload for Clock {
+    const EVENT_TYPE: &'static str = "decoder.clock";
+    const SCHEMA_VERSION: u16 = 1;
+}
+
+/// `decoder.passings_missing`: a gap in the decoder's passing numbers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PassingsMissing {
+    /// DECODER_ID.
+    pub decoder_id: Option<u32>,
+    /// First missing passing number.
+    pub from: u32,
+    /// Last missing passing number (inclusive).
+    pub until: u32,
+}
+
+impl EventPayload for PassingsMissing {
+    const EVENT_TYPE: &'static str = "decoder.passings_missing";
+    const SCHEMA_VERSION: u16 = 1;
+}
+
+/// `race_control.decision`: a judge's or race control's decision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decision {
+    /// Kind of decision (e.g. `penalty`, `dq`, `correction`).
+    pub kind: String,
+    /// Whom or what it is about.
+    pub subject: String,
+    /// The decision's text.
+    pub text: String,
+    /// Who took it.
+    pub user: String,
+}
+
+impl EventPayload for Decision {
+    const EVENT_TYPE: &'static str = "race_control.decision";
+    const SCHEMA_VERSION: u16 = 1;
+}
+
+/// `node.started`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStarted {
+    /// The node's version.
+    pub version: String,
+    /// This boot's id.
+    pub boot_id: String,
+}
+
+impl EventPayload for NodeStarted {
+    const EVENT_TYPE: &'static str = "node.started";
+    const SCHEMA_VERSION: u16 = 1;
+}
+
+/// `node.stopping`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStopping {
+    /// The node's version.
+    pub version: String,
+    /// This boot's id.
+    pub boot_id: String,
+}
+
+impl EventPayload for NodeStopping {
+    const EVENT_TYPE: &'static str = "node.stopping";
+    const SCHEMA_VERSION: u16 = 1;
+}
+
+/// The catalog's schemas with their upcasters: what a venue spool reads and verifies with.
+pub fn schemas() -> Schemas {
+    let mut schemas = Schemas::empty();
+    schemas
+        .register::<Passing>()
+        .register_upcaster::<Passing>(1, upcast_passing_v1)
+        .register::<Status>()
+        .register::<Version>()
+        .register::<Record>()
+        .register::<RejectedFrame>()
+        .register::<Connected>()
+        .register::<Disconnected>()
+        .register::<Clock>()
+        .register::<PassingsMissing>()
+        .register::<Decision>()
+        .register::<NodeStarted>()
+        .register::<NodeStopping>();
+    schemas
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decoder_id_renders_wire_order() {
+        assert_eq!(decoder_id_hex(0x000C_00D0), "D0000C00");
+    }
+}

@@ -1,0 +1,167 @@
+//! The crate's one error type.
+
+use std::path::PathBuf;
+
+use crate::types::{ExpectedVersion, Seq, StreamId, StreamVersion};
+
+/// Everything that can go wrong in the spool. Messages carry the context; the cause is the
+/// `source()` and is never repeated in the message.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpoolError {
+    /// Another process (or another `Spool` in this one) already has the spool open for writing.
+    #[error(
+        "spool {path} is already open for writing by another process; stop it (e.g. the node) or open the spool read-only"
+    )]
+    AlreadyOpen {
+        /// The spool's directory.
+        path: PathBuf,
+    },
+
+    /// A file operation failed.
+    #[error("I/O error on {path} while {action}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What the spool was doing.
+        action: &'static str,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// redb failed.
+    #[error("database error while {action}")]
+    Database {
+        /// What the spool was doing.
+        action: &'static str,
+        /// The cause.
+        #[source]
+        source: redb::Error,
+    },
+
+    /// A stream was not at the version the append expected; nothing of the batch was stored.
+    #[error("wrong expected version for stream {stream}: expected {expected}, actual {actual}")]
+    WrongExpectedVersion {
+        /// The stream.
+        stream: StreamId,
+        /// What the caller expected.
+        expected: ExpectedVersion,
+        /// The stream's version.
+        actual: StreamVersion,
+    },
+
+    /// An event or a batch was refused as invalid before anything was stored.
+    #[error("invalid input: {reason}")]
+    InvalidInput {
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// The spool reached its disk cap and only unacknowledged events remain: nothing is deleted,
+    /// new events are refused until a consumer acknowledges or the cap is raised.
+    #[error(
+        "spool full: {used_bytes} bytes used of a {cap_bytes}-byte cap and no acknowledged history left to delete"
+    )]
+    SpoolFull {
+        /// Bytes the spool occupies.
+        used_bytes: u64,
+        /// The configured cap.
+        cap_bytes: u64,
+    },
+
+    /// An earlier write or sync failed, so the spool refuses writes until it is reopened (which
+    /// replays what is actually on disk).
+    #[error("the spool stopped writing after an earlier failure ({reason}); reopen it")]
+    Failed {
+        /// The first failure, rendered.
+        reason: String,
+    },
+
+    /// The spool was closed.
+    #[error("the spool is closed")]
+    Closed,
+
+    /// A stored record could not be decoded: the file is corrupted or from a newer release.
+    #[error("cannot decode {what} at seq {seq}")]
+    Decode {
+        /// Which record kind.
+        what: &'static str,
+        /// Where.
+        seq: Seq,
+        /// The cause.
+        #[source]
+        source: postcard::Error,
+    },
+
+    /// A stored invariant does not hold: the file is corrupted.
+    #[error("corrupted spool: {what}")]
+    Corrupted {
+        /// Which invariant, and where.
+        what: String,
+    },
+
+    /// A payload could not be decoded or upcast by its schema.
+    #[error("payload of {event_type} v{schema_version} at seq {seq} does not decode")]
+    Payload {
+        /// Event type.
+        event_type: String,
+        /// Schema version as stored.
+        schema_version: u16,
+        /// Where.
+        seq: Seq,
+        /// The cause.
+        #[source]
+        source: postcard::Error,
+    },
+
+    /// A payload of an event type the spool's schemas do not know.
+    #[error("unknown event type {event_type:?} v{schema_version} at seq {seq}")]
+    UnknownEventType {
+        /// Event type.
+        event_type: String,
+        /// Schema version as stored.
+        schema_version: u16,
+        /// Where.
+        seq: Seq,
+    },
+
+    /// An aggregate's decision failed; nothing was appended.
+    #[error("aggregate {stream} refused the command")]
+    Rejected {
+        /// The aggregate's stream.
+        stream: StreamId,
+        /// The aggregate's reason.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// The crate's result.
+pub type Result<T, E = SpoolError> = std::result::Result<T, E>;
+
+impl SpoolError {
+    pub(crate) fn invalid(reason: impl Into<String>) -> SpoolError {
+        SpoolError::InvalidInput {
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn corrupted(what: impl Into<String>) -> SpoolError {
+        SpoolError::Corrupted { what: what.into() }
+    }
+}
+
+/// Turn any redb error into a [`SpoolError::Database`] with context.
+pub(crate) trait DbContext<T> {
+    fn ctx(self, action: &'static str) -> Result<T>;
+}
+
+impl<T, E: Into<redb::Error>> DbContext<T> for std::result::Result<T, E> {
+    fn ctx(self, action: &'static str) -> Result<T> {
+        self.map_err(|e| SpoolError::Database {
+            action,
+            source: e.into(),
+        })
+    }
+}

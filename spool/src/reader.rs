@@ -1,0 +1,637 @@
+//! The read side: a consistent view of the committed database plus the journal's tail.
+//!
+//! Events acknowledged since the last checkpoint live in the journal and, in memory, in the
+//! [`Tail`]; the database holds everything up to its checkpoint. A read takes the tail's lock,
+//! begins a read transaction, and uses the tail's events after the transaction's last seq. The
+//! writer clears the tail only after the checkpoint commit, under the same lock, so a read never
+//! sees a gap: at worst it sees an event in both, and takes it once.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+
+use redb::{Database, ReadOnlyDatabase, ReadTransaction, ReadableDatabase, ReadableTable};
+
+use crate::error::{DbContext, Result, SpoolError};
+use crate::record::{JournalFrame, JournalOpV1};
+use crate::schema::Schemas;
+use crate::storage::{DB_FILE, Storage};
+use crate::tables::{self, ParkedRow};
+use crate::types::{Filter, Parked, RecordedEvent, Seq, StreamId, StreamVersion};
+
+/// The most events one read returns, whatever limit the caller asks for. Reads hold the
+/// tail's lock briefly; a bound keeps them short so the writer is never held up.
+pub const READ_EVENTS_MAX: usize = 10_000;
+
+/// The database handle: the writer's own, or a read-only one beside a running writer.
+#[derive(Clone)]
+pub(crate) enum Db {
+    Writer(Arc<Database>),
+    ReadOnly(Arc<ReadOnlyDatabase>),
+}
+
+impl Db {
+    fn begin_read(&self) -> Result<ReadTransaction> {
+        match self {
+            Db::Writer(db) => db.begin_read().ctx("beginning a read"),
+            Db::ReadOnly(db) => db.begin_read().ctx("beginning a read"),
+        }
+    }
+}
+
+/// Acknowledged changes not yet checkpointed into the database.
+#[derive(Debug, Default)]
+pub(crate) struct Tail {
+    pub(crate) events: BTreeMap<u64, Arc<RecordedEvent>>,
+    pub(crate) streams: HashMap<String, BTreeMap<u64, u64>>,
+    pub(crate) keys: HashMap<String, u64>,
+    pub(crate) cursors: HashMap<String, u64>,
+}
+
+impl Tail {
+    pub(crate) fn push_event(&mut self, event: RecordedEvent) {
+        let seq = event.seq.0;
+        self.streams
+            .entry(event.stream.as_str().to_owned())
+            .or_default()
+            .insert(event.version, seq);
+        if let Some(key) = &event.meta.idempotency_key {
+            self.keys.insert(key.clone(), seq);
+        }
+        self.events.insert(seq, Arc::new(event));
+    }
+
+    pub(crate) fn ack(&mut self, cursor: &str, seq: u64) {
+        let entry = self.cursors.entry(cursor.to_owned()).or_insert(0);
+        *entry = (*entry).max(seq);
+    }
+
+    pub(crate) fn apply_frame(&mut self, frame: &JournalFrame) -> Result<()> {
+        let JournalFrame::V1 { op, .. } = frame;
+        match op {
+            JournalOpV1::Append { records } => {
+                for record in records {
+                    let event = record.clone().into_event().ok_or_else(|| {
+                        SpoolError::corrupted("journal record with an invalid stream id")
+                    })?;
+                    self.push_event(event);
+                }
+            }
+            JournalOpV1::Ack { cursor, seq } => self.ack(cursor, *seq),
+        }
+        Ok(())
+    }
+
+    pub(crate) fn clear(&mut self) {
+        *self = Tail::default();
+    }
+
+    fn last_seq(&self) -> Option<u64> {
+        self.events.keys().next_back().copied()
+    }
+}
+
+/// Counters of the writing process (zero in a read-only open).
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) appended_events: AtomicU64,
+    pub(crate) duplicate_events: AtomicU64,
+    pub(crate) rejected_appends: AtomicU64,
+    pub(crate) commits: AtomicU64,
+    pub(crate) checkpoints: AtomicU64,
+    pub(crate) retained_deleted_events: AtomicU64,
+    pub(crate) spool_full: AtomicBool,
+    pub(crate) db_allocated_bytes: AtomicU64,
+}
+
+/// One cursor's position and backlog.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CursorStats {
+    /// Cursor name.
+    pub name: String,
+    /// Everything up to this seq is acknowledged.
+    pub acked: Seq,
+    /// Events after `acked` up to the head.
+    pub backlog: u64,
+    /// Events parked as rejected.
+    pub parked: u64,
+}
+
+/// What the spool holds and what it has done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stats {
+    /// Events held (after retention).
+    pub events: u64,
+    /// The oldest event held.
+    pub first_seq: Option<Seq>,
+    /// The newest event.
+    pub last_seq: Option<Seq>,
+    /// Recorded-at time of the oldest event held, µs.
+    pub oldest_recorded_at_us: Option<u64>,
+    /// Recorded-at time of the newest event, µs.
+    pub newest_recorded_at_us: Option<u64>,
+    /// Streams ever written.
+    pub streams: u64,
+    /// Size of the database file.
+    pub db_file_bytes: u64,
+    /// Size of the journal file.
+    pub journal_bytes: u64,
+    /// Every cursor with its backlog.
+    pub cursors: Vec<CursorStats>,
+    /// Events appended since this process opened the spool.
+    pub appended_events: u64,
+    /// Appended events recognised as duplicates by idempotency key since open.
+    pub duplicate_events: u64,
+    /// Append calls refused (bad input, wrong expected version, spool full) since open.
+    pub rejected_appends: u64,
+    /// Group commits (journal syncs) since open.
+    pub commits: u64,
+    /// Checkpoints into the database since open.
+    pub checkpoints: u64,
+    /// Events deleted by retention since open.
+    pub retention_deleted_events: u64,
+    /// Whether the last append found the spool full.
+    pub spool_full: bool,
+}
+
+/// Reads of a spool: the writer's own ([`crate::Spool`] dereferences to this) or a read-only
+/// open beside a running writer ([`SpoolReader::open`]).
+pub struct SpoolReader {
+    pub(crate) db: Db,
+    pub(crate) tail: Arc<RwLock<Tail>>,
+    pub(crate) schemas: Arc<Schemas>,
+    pub(crate) storage: Arc<dyn Storage>,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) journal_capacity: u64,
+}
+
+/// A consistent view: the tail's guard and a read transaction begun under it.
+struct View<'a> {
+    tail: RwLockReadGuard<'a, Tail>,
+    txn: ReadTransaction,
+    /// The last seq the transaction holds.
+    db_last_seq: u64,
+}
+
+impl View<'_> {
+    fn tail_events_from(&self, from: u64) -> impl Iterator<Item = &Arc<RecordedEvent>> {
+        self.tail
+            .events
+            .range(from.max(self.db_last_seq + 1)..)
+            .map(|(_, e)| e)
+    }
+}
+
+impl SpoolReader {
+    /// Open a spool directory read-only, beside a writer that may be running. The view is of the
+    /// moment of opening; [`SpoolReader::refresh`] takes a newer one.
+    pub fn open(dir: impl AsRef<std::path::Path>, schemas: Arc<Schemas>) -> Result<SpoolReader> {
+        let path = dir.as_ref().to_path_buf();
+        let storage = crate::storage::DirStorage::new(&path).map_err(|source| SpoolError::Io {
+            path: path.clone(),
+            action: "opening the spool directory",
+            source,
+        })?;
+        SpoolReader::open_with_storage(Arc::new(storage), schemas)
+    }
+
+    /// [`SpoolReader::open`] on any storage.
+    pub fn open_with_storage(
+        storage: Arc<dyn Storage>,
+        schemas: Arc<Schemas>,
+    ) -> Result<SpoolReader> {
+        let path = storage.describe();
+        let io = |action: &'static str| {
+            let path = path.clone();
+            move |source| SpoolError::Io {
+                path,
+                action,
+                source,
+            }
+        };
+        let backend = storage
+            .open_read_only(DB_FILE)
+            .map_err(io("opening the database read-only"))?;
+        let mut builder = redb::Builder::new();
+        if storage.supports_shared_readers() {
+            builder.set_concurrency_mode(redb::ConcurrencyMode::SingleWriter);
+        }
+        let db = builder
+            .open_read_only_with_backend(crate::storage::Boxed(backend))
+            .ctx("opening the database read-only")?;
+        let reader = SpoolReader {
+            db: Db::ReadOnly(Arc::new(db)),
+            tail: Arc::new(RwLock::new(Tail::default())),
+            schemas,
+            storage,
+            counters: Arc::new(Counters::default()),
+            journal_capacity: 0,
+        };
+        reader.refresh()?;
+        Ok(reader)
+    }
+
+    /// Re-read the journal of a read-only open, to see events acknowledged since. A no-op for
+    /// the writer's own reader, which is always current.
+    pub fn refresh(&self) -> Result<()> {
+        if matches!(self.db, Db::Writer(_)) {
+            return Ok(());
+        }
+        let path = self.storage.describe();
+        let journal = self
+            .storage
+            .open_read_only(crate::storage::JOURNAL_FILE)
+            .map_err(|source| SpoolError::Io {
+                path: path.clone(),
+                action: "opening the journal read-only",
+                source,
+            })?;
+        let capacity = journal.len().map_err(|source| SpoolError::Io {
+            path,
+            action: "reading the journal's length",
+            source,
+        })?;
+        // The writer may checkpoint and restart the journal while we scan it: then the frames
+        // after our checkpoint are gone from the journal but in the database; try again.
+        let mut tail = Tail::default();
+        for _ in 0..3 {
+            let lsn_before = self.checkpoint_lsn()?;
+            let (frames, _) = crate::journal::scan(journal.as_ref(), capacity, lsn_before)?;
+            tail = Tail::default();
+            for frame in &frames {
+                tail.apply_frame(frame)?;
+            }
+            if self.checkpoint_lsn()? == lsn_before {
+                break;
+            }
+        }
+        *self.tail.write().unwrap_or_else(|p| p.into_inner()) = tail;
+        Ok(())
+    }
+
+    fn checkpoint_lsn(&self) -> Result<u64> {
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(tables::META).ctx("opening meta")?;
+        tables::meta(&meta, tables::META_CHECKPOINT_LSN)
+    }
+
+    /// A read transaction of the committed database alone (state kept only there: projections,
+    /// snapshots, parked events).
+    pub(crate) fn db_read(&self) -> Result<ReadTransaction> {
+        self.db.begin_read()
+    }
+
+    fn view(&self) -> Result<View<'_>> {
+        let tail = self.tail.read().unwrap_or_else(|p| p.into_inner());
+        let txn = self.db.begin_read()?;
+        let db_last_seq = {
+            let meta = txn.open_table(tables::META).ctx("opening meta")?;
+            tables::meta(&meta, tables::META_LAST_SEQ)?
+        };
+        Ok(View {
+            tail,
+            txn,
+            db_last_seq,
+        })
+    }
+
+    fn finish(&self, event: RecordedEvent) -> Result<RecordedEvent> {
+        self.schemas.upcast(event)
+    }
+
+    /// The seq of the newest event (0 when empty).
+    pub fn head(&self) -> Result<Seq> {
+        let view = self.view()?;
+        Ok(Seq(view.tail.last_seq().unwrap_or(0).max(view.db_last_seq)))
+    }
+
+    /// Up to `limit` events from `from` (inclusive) in global order.
+    pub fn read_global(&self, from: Seq, limit: usize) -> Result<Vec<RecordedEvent>> {
+        Ok(self.read_filtered(from, &Filter::all(), limit)?.0)
+    }
+
+    /// Up to `limit` events at or after `from` that pass `filter`, and the position to continue
+    /// from. Scans at most [`READ_EVENTS_MAX`] events, so the result can be empty before the head.
+    pub fn read_filtered(
+        &self,
+        from: Seq,
+        filter: &Filter,
+        limit: usize,
+    ) -> Result<(Vec<RecordedEvent>, Seq)> {
+        let (events, next) = self.read_raw(from, filter, limit)?;
+        let events = events
+            .into_iter()
+            .map(|e| self.finish(e))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((events, next))
+    }
+
+    /// [`SpoolReader::read_filtered`] without upcasting: events as stored.
+    pub(crate) fn read_raw(
+        &self,
+        from: Seq,
+        filter: &Filter,
+        limit: usize,
+    ) -> Result<(Vec<RecordedEvent>, Seq)> {
+        let limit = limit.min(READ_EVENTS_MAX);
+        let mut out = Vec::new();
+        let mut next = from.0.max(1);
+        let mut scanned = 0usize;
+        let view = self.view()?;
+        if next <= view.db_last_seq {
+            let table = view.txn.open_table(tables::EVENTS).ctx("opening events")?;
+            for item in table.range(next..=view.db_last_seq).ctx("reading events")? {
+                if out.len() >= limit || scanned >= READ_EVENTS_MAX {
+                    break;
+                }
+                let (seq, bytes) = item.ctx("reading an event")?;
+                let event = tables::decode_event(seq.value(), bytes.value())?;
+                next = seq.value() + 1;
+                scanned += 1;
+                if filter.matches(event.stream.as_str(), &event.event_type) {
+                    out.push(event);
+                }
+            }
+            if out.len() < limit && scanned < READ_EVENTS_MAX {
+                next = next.max(view.db_last_seq + 1);
+            }
+        }
+        if out.len() < limit && scanned < READ_EVENTS_MAX {
+            for event in view.tail_events_from(next) {
+                if out.len() >= limit || scanned >= READ_EVENTS_MAX {
+                    break;
+                }
+                next = event.seq.0 + 1;
+                scanned += 1;
+                if filter.matches(event.stream.as_str(), &event.event_type) {
+                    out.push(RecordedEvent::clone(event));
+                }
+            }
+        }
+        Ok((out, Seq(next)))
+    }
+
+    /// Up to `limit` events of `stream` from version `from_version` (inclusive; versions start
+    /// at 1).
+    pub fn read_stream(
+        &self,
+        stream: &StreamId,
+        from_version: StreamVersion,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>> {
+        let limit = limit.min(READ_EVENTS_MAX);
+        let mut out = Vec::new();
+        let mut next_version = from_version.max(1);
+        let view = self.view()?;
+        {
+            let index = view
+                .txn
+                .open_table(tables::STREAM_INDEX)
+                .ctx("opening the stream index")?;
+            let events = view.txn.open_table(tables::EVENTS).ctx("opening events")?;
+            for item in index
+                .range((stream.as_str(), next_version)..=(stream.as_str(), u64::MAX))
+                .ctx("reading the stream index")?
+            {
+                if out.len() >= limit {
+                    break;
+                }
+                let (key, seq) = item.ctx("reading the stream index")?;
+                let seq = seq.value();
+                if seq > view.db_last_seq {
+                    break;
+                }
+                let bytes = events.get(seq).ctx("reading an event")?.ok_or_else(|| {
+                    SpoolError::corrupted(format!(
+                        "stream index {stream} v{} points at missing seq {seq}",
+                        key.value().1
+                    ))
+                })?;
+                out.push(tables::decode_event(seq, bytes.value())?);
+                next_version = key.value().1 + 1;
+            }
+        }
+        if out.len() < limit
+            && let Some(versions) = view.tail.streams.get(stream.as_str())
+        {
+            for (_, seq) in versions.range(next_version..) {
+                if out.len() >= limit {
+                    break;
+                }
+                if *seq <= view.db_last_seq {
+                    continue;
+                }
+                if let Some(event) = view.tail.events.get(seq) {
+                    out.push(RecordedEvent::clone(event));
+                }
+            }
+        }
+        drop(view);
+        out.into_iter().map(|e| self.finish(e)).collect()
+    }
+
+    /// The current version of a stream (0 if it has no events).
+    pub fn stream_version(&self, stream: &StreamId) -> Result<StreamVersion> {
+        let view = self.view()?;
+        if let Some(versions) = view.tail.streams.get(stream.as_str())
+            && let Some((version, _)) = versions.iter().next_back()
+        {
+            return Ok(*version);
+        }
+        let heads = view
+            .txn
+            .open_table(tables::STREAM_HEADS)
+            .ctx("opening stream heads")?;
+        Ok(heads
+            .get(stream.as_str())
+            .ctx("reading a stream head")?
+            .map(|v| v.value())
+            .unwrap_or(0))
+    }
+
+    /// The last event of a stream, if it has one that retention has not deleted.
+    pub fn last_in_stream(&self, stream: &StreamId) -> Result<Option<RecordedEvent>> {
+        let version = self.stream_version(stream)?;
+        if version == 0 {
+            return Ok(None);
+        }
+        Ok(self.read_stream(stream, version, 1)?.into_iter().next())
+    }
+
+    /// The event stored with an idempotency key, if any (and not deleted by retention).
+    pub fn find_by_idempotency_key(&self, key: &str) -> Result<Option<RecordedEvent>> {
+        let seq = {
+            let view = self.view()?;
+            match view.tail.keys.get(key) {
+                Some(seq) => Some(*seq),
+                None => {
+                    let keys = view
+                        .txn
+                        .open_table(tables::IDEMPOTENCY)
+                        .ctx("opening idempotency keys")?;
+                    keys.get(key)
+                        .ctx("reading an idempotency key")?
+                        .map(|v| v.value())
+                }
+            }
+        };
+        match seq {
+            Some(seq) => self.get(Seq(seq)),
+            None => Ok(None),
+        }
+    }
+
+    /// The event at `seq`, if held.
+    pub fn get(&self, seq: Seq) -> Result<Option<RecordedEvent>> {
+        let event = self
+            .read_global(seq, 1)?
+            .into_iter()
+            .next()
+            .filter(|e| e.seq == seq);
+        Ok(event)
+    }
+
+    /// How far a cursor has acknowledged (`Seq::ZERO` if never).
+    pub fn cursor(&self, name: &str) -> Result<Seq> {
+        let view = self.view()?;
+        if let Some(seq) = view.tail.cursors.get(name) {
+            return Ok(Seq(*seq));
+        }
+        let cursors = view
+            .txn
+            .open_table(tables::CURSORS)
+            .ctx("opening cursors")?;
+        Ok(Seq(cursors
+            .get(name)
+            .ctx("reading a cursor")?
+            .map(|v| v.value())
+            .unwrap_or(0)))
+    }
+
+    /// The events a cursor parked as rejected, oldest first.
+    pub fn parked(&self, cursor: &str) -> Result<Vec<Parked>> {
+        let view = self.view()?;
+        let table = view.txn.open_table(tables::PARKED).ctx("opening parked")?;
+        let mut out = Vec::new();
+        for item in table
+            .range((cursor, 0)..=(cursor, u64::MAX))
+            .ctx("reading parked")?
+        {
+            let (key, row) = item.ctx("reading parked")?;
+            let seq = Seq(key.value().1);
+            let row: ParkedRow =
+                postcard::from_bytes(row.value()).map_err(|source| SpoolError::Decode {
+                    what: "parked row",
+                    seq,
+                    source,
+                })?;
+            let ParkedRow::V1 {
+                reason,
+                parked_at_us,
+            } = row;
+            out.push(Parked {
+                seq,
+                reason,
+                parked_at_us,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Counts, sizes, oldest and newest, and every cursor's backlog.
+    pub fn stats(&self) -> Result<Stats> {
+        let view = self.view()?;
+        let meta = view.txn.open_table(tables::META).ctx("opening meta")?;
+        let first_seq = tables::meta(&meta, tables::META_FIRST_SEQ)?.max(1);
+        let last_seq = view.tail.last_seq().unwrap_or(0).max(view.db_last_seq);
+        let events = (last_seq + 1).saturating_sub(first_seq);
+        let table = view.txn.open_table(tables::EVENTS).ctx("opening events")?;
+        let oldest = match table.first().ctx("reading events")? {
+            Some((seq, bytes)) => Some(tables::decode_event(seq.value(), bytes.value())?),
+            None => view
+                .tail
+                .events
+                .values()
+                .next()
+                .map(|e| RecordedEvent::clone(e)),
+        };
+        let newest = match view.tail.events.values().next_back() {
+            Some(e) => Some(RecordedEvent::clone(e)),
+            None => match table.last().ctx("reading events")? {
+                Some((seq, bytes)) => Some(tables::decode_event(seq.value(), bytes.value())?),
+                None => None,
+            },
+        };
+        let heads = view
+            .txn
+            .open_table(tables::STREAM_HEADS)
+            .ctx("opening stream heads")?;
+        let mut streams = redb::ReadableTableMetadata::len(&heads).ctx("counting streams")?;
+        for name in view.tail.streams.keys() {
+            if heads
+                .get(name.as_str())
+                .ctx("reading a stream head")?
+                .is_none()
+            {
+                streams += 1;
+            }
+        }
+        let cursors_table = view
+            .txn
+            .open_table(tables::CURSORS)
+            .ctx("opening cursors")?;
+        let mut positions: BTreeMap<String, u64> = BTreeMap::new();
+        for item in cursors_table.iter().ctx("reading cursors")? {
+            let (name, seq) = item.ctx("reading cursors")?;
+            positions.insert(name.value().to_owned(), seq.value());
+        }
+        for (name, seq) in &view.tail.cursors {
+            let entry = positions.entry(name.clone()).or_insert(0);
+            *entry = (*entry).max(*seq);
+        }
+        let parked_table = view.txn.open_table(tables::PARKED).ctx("opening parked")?;
+        let mut cursors = Vec::new();
+        for (name, acked) in positions {
+            let parked = parked_table
+                .range((name.as_str(), 0)..=(name.as_str(), u64::MAX))
+                .ctx("reading parked")?
+                .count() as u64;
+            cursors.push(CursorStats {
+                backlog: last_seq.saturating_sub(acked),
+                name,
+                acked: Seq(acked),
+                parked,
+            });
+        }
+        drop(view);
+        let db_file_bytes = self
+            .storage
+            .open_read_only(DB_FILE)
+            .and_then(|f| f.len())
+            .unwrap_or(0);
+        let c = &self.counters;
+        Ok(Stats {
+            events,
+            first_seq: (events > 0).then_some(Seq(first_seq)),
+            last_seq: (last_seq > 0).then_some(Seq(last_seq)),
+            oldest_recorded_at_us: oldest.map(|e| e.recorded_at_us),
+            newest_recorded_at_us: newest.map(|e| e.recorded_at_us),
+            streams,
+            db_file_bytes,
+            journal_bytes: self.journal_capacity,
+            cursors,
+            appended_events: c.appended_events.load(Ordering::Relaxed),
+            duplicate_events: c.duplicate_events.load(Ordering::Relaxed),
+            rejected_appends: c.rejected_appends.load(Ordering::Relaxed),
+            commits: c.commits.load(Ordering::Relaxed),
+            checkpoints: c.checkpoints.load(Ordering::Relaxed),
+            retention_deleted_events: c.retained_deleted_events.load(Ordering::Relaxed),
+            spool_full: c.spool_full.load(Ordering::Relaxed),
+        })
+    }
+
+    /// The schemas this spool reads with.
+    pub fn schemas(&self) -> &Schemas {
+        &self.schemas
+    }
+}

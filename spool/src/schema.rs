@@ -1,0 +1,164 @@
+//! Payload schemas: which event types a spool knows, their current schema versions, the
+//! upcasters that lift an older stored payload to the current version, and rendering to JSON.
+//!
+//! Readers always get the current version of a known type: an event stored as
+//! `decoder.passing` v1 is read as v2. The stored bytes are never rewritten.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{Result, SpoolError};
+use crate::types::{Metadata, NewEvent, RecordedEvent};
+
+/// A payload type with its event type name and schema version.
+pub trait EventPayload: Serialize + DeserializeOwned {
+    /// The event type name, e.g. `decoder.passing`.
+    const EVENT_TYPE: &'static str;
+    /// The current schema version of this payload type.
+    const SCHEMA_VERSION: u16;
+
+    /// This payload as an event to append.
+    fn to_event(&self, meta: Metadata) -> NewEvent {
+        // Our payload types hold plain data; postcard cannot fail on them.
+        let payload = postcard::to_allocvec(self).unwrap_or_default();
+        NewEvent::new(Self::EVENT_TYPE, Self::SCHEMA_VERSION, payload, meta)
+    }
+
+    /// Decode a read event of this type (reads are upcast to the current version).
+    fn from_event(event: &RecordedEvent) -> Result<Self> {
+        if event.event_type != Self::EVENT_TYPE || event.schema_version != Self::SCHEMA_VERSION {
+            return Err(SpoolError::invalid(format!(
+                "event at seq {} is {} v{}, not {} v{}",
+                event.seq,
+                event.event_type,
+                event.schema_version,
+                Self::EVENT_TYPE,
+                Self::SCHEMA_VERSION
+            )));
+        }
+        postcard::from_bytes(&event.payload).map_err(|source| SpoolError::Payload {
+            event_type: event.event_type.clone(),
+            schema_version: event.schema_version,
+            seq: event.seq,
+            source,
+        })
+    }
+}
+
+/// Lifts a payload from one schema version to the next.
+pub type Upcaster = fn(&[u8]) -> Result<Vec<u8>, postcard::Error>;
+type ToJson = fn(&[u8]) -> Result<serde_json::Value, postcard::Error>;
+
+struct TypeSchema {
+    current: u16,
+    to_json: ToJson,
+    /// `upcasters[v]` lifts version `v` to `v + 1`.
+    upcasters: HashMap<u16, Upcaster>,
+}
+
+/// The registry of known event types.
+#[derive(Default)]
+pub struct Schemas {
+    types: HashMap<&'static str, TypeSchema>,
+}
+
+impl fmt::Debug for Schemas {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut names: Vec<_> = self.types.keys().collect();
+        names.sort();
+        f.debug_struct("Schemas").field("types", &names).finish()
+    }
+}
+
+impl Schemas {
+    /// A registry that knows nothing: every payload passes through as stored.
+    pub fn empty() -> Schemas {
+        Schemas::default()
+    }
+
+    /// Register the current version of a payload type.
+    pub fn register<T: EventPayload + 'static>(&mut self) -> &mut Self {
+        fn to_json<T: EventPayload>(bytes: &[u8]) -> Result<serde_json::Value, postcard::Error> {
+            let value: T = postcard::from_bytes(bytes)?;
+            Ok(serde_json::to_value(value).unwrap_or(serde_json::Value::Null))
+        }
+        self.types.insert(
+            T::EVENT_TYPE,
+            TypeSchema {
+                current: T::SCHEMA_VERSION,
+                to_json: to_json::<T>,
+                upcasters: HashMap::new(),
+            },
+        );
+        self
+    }
+
+    /// Register the upcaster from `from_version` to `from_version + 1` of a registered type.
+    pub fn register_upcaster<T: EventPayload + 'static>(
+        &mut self,
+        from_version: u16,
+        upcaster: Upcaster,
+    ) -> &mut Self {
+        if let Some(schema) = self.types.get_mut(T::EVENT_TYPE) {
+            schema.upcasters.insert(from_version, upcaster);
+        }
+        self
+    }
+
+    /// The current version of a known type.
+    pub fn current_version(&self, event_type: &str) -> Option<u16> {
+        self.types.get(event_type).map(|s| s.current)
+    }
+
+    /// Bring a read event to the current version of its type. Unknown types and current
+    /// versions pass through unchanged.
+    pub fn upcast(&self, mut event: RecordedEvent) -> Result<RecordedEvent> {
+        let Some(schema) = self.types.get(event.event_type.as_str()) else {
+            return Ok(event);
+        };
+        while event.schema_version < schema.current {
+            let Some(upcaster) = schema.upcasters.get(&event.schema_version) else {
+                return Err(SpoolError::invalid(format!(
+                    "no upcaster from {} v{} at seq {}",
+                    event.event_type, event.schema_version, event.seq
+                )));
+            };
+            event.payload = upcaster(&event.payload).map_err(|source| SpoolError::Payload {
+                event_type: event.event_type.clone(),
+                schema_version: event.schema_version,
+                seq: event.seq,
+                source,
+            })?;
+            event.schema_version += 1;
+        }
+        Ok(event)
+    }
+
+    /// Render a read (upcast) event's payload as JSON; an error for unknown types, versions
+    /// newer than known, or payloads that do not decode.
+    pub fn to_json(&self, event: &RecordedEvent) -> Result<serde_json::Value> {
+        let Some(schema) = self.types.get(event.event_type.as_str()) else {
+            return Err(SpoolError::UnknownEventType {
+                event_type: event.event_type.clone(),
+                schema_version: event.schema_version,
+                seq: event.seq,
+            });
+        };
+        if event.schema_version != schema.current {
+            return Err(SpoolError::UnknownEventType {
+                event_type: event.event_type.clone(),
+                schema_version: event.schema_version,
+                seq: event.seq,
+            });
+        }
+        (schema.to_json)(&event.payload).map_err(|source| SpoolError::Payload {
+            event_type: event.event_type.clone(),
+            schema_version: event.schema_version,
+            seq: event.seq,
+            source,
+        })
+    }
+}

@@ -1,0 +1,511 @@
+//! [`Spool`]: the writing handle, its configuration and its open.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use redb::ReadableTable;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::error::{DbContext, Result, SpoolError};
+use crate::journal::Journal;
+use crate::reader::{Counters, Db, SpoolReader, Tail};
+use crate::record::{JournalFrame, JournalOpV1};
+use crate::schema::Schemas;
+use crate::storage::{Boxed, DB_FILE, DirStorage, Storage};
+use crate::subscription::Subscription;
+use crate::tables;
+use crate::types::{AppendStream, Appended, Filter, RecordedEvent, Seq, StreamId, StreamVersion};
+use crate::writer::{self, DirectOp, DirectOutcome, Policy, Request, Writer};
+
+/// The default journal size. 32 MiB holds about 150,000 decoder events between checkpoints;
+/// it is written in place, so it costs its size once, at creation.
+pub const SPOOL_JOURNAL_BYTES_DEFAULT: u64 = 32 * 1024 * 1024;
+
+/// The smallest journal: two of the largest appends.
+pub const SPOOL_JOURNAL_BYTES_MIN: u64 = 64 * 1024;
+
+/// Checkpoint after this many events by default. It bounds the journal replay at open (and so
+/// the restart time) and the memory the un-checkpointed tail takes.
+pub const SPOOL_CHECKPOINT_EVENTS_DEFAULT: usize = 20_000;
+
+/// Checkpoint at least this often (ms) when events arrive. Each checkpoint writes a few
+/// database pages; at 10 events/s a 30 s interval spreads them over 300 events (SD card wear).
+pub const SPOOL_CHECKPOINT_INTERVAL_MS_DEFAULT: u64 = 30_000;
+
+/// redb's page cache for the writer, in bytes. The box has little memory; the spool reads
+/// mostly recent pages.
+pub const SPOOL_CACHE_BYTES_DEFAULT: usize = 64 * 1024 * 1024;
+
+/// How a spool is opened.
+#[derive(Debug, Clone)]
+pub struct SpoolConfig {
+    /// Journal size in bytes (at least [`SPOOL_JOURNAL_BYTES_MIN`]).
+    pub journal_bytes: u64,
+    /// Checkpoint after this many events.
+    pub checkpoint_events: usize,
+    /// Checkpoint at least this often when there is something to checkpoint.
+    pub checkpoint_interval: Duration,
+    /// Delete history older than this once every required cursor has acknowledged it; `None`
+    /// keeps everything (unless the disk cap needs room).
+    pub retention_age: Option<Duration>,
+    /// Cursors that must acknowledge an event before retention or the disk cap may delete it.
+    pub required_cursors: Vec<String>,
+    /// The most bytes the spool may occupy; near it acknowledged history is deleted, at it
+    /// appends fail with [`SpoolError::SpoolFull`].
+    pub disk_cap_bytes: Option<u64>,
+    /// redb page cache in bytes.
+    pub cache_bytes: usize,
+    /// Known event types and their upcasters.
+    pub schemas: Arc<Schemas>,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> SpoolConfig {
+        SpoolConfig {
+            journal_bytes: SPOOL_JOURNAL_BYTES_DEFAULT,
+            checkpoint_events: SPOOL_CHECKPOINT_EVENTS_DEFAULT,
+            checkpoint_interval: Duration::from_millis(SPOOL_CHECKPOINT_INTERVAL_MS_DEFAULT),
+            retention_age: None,
+            required_cursors: Vec::new(),
+            disk_cap_bytes: None,
+            cache_bytes: SPOOL_CACHE_BYTES_DEFAULT,
+            schemas: Arc::new(crate::catalog::schemas()),
+        }
+    }
+}
+
+struct Inner {
+    reader: Arc<SpoolReader>,
+    tx: Mutex<Option<mpsc::Sender<Request>>>,
+    head: watch::Receiver<Seq>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Closing the channel lets the writer finish its queue and checkpoint.
+        drop(self.tx.lock().unwrap_or_else(|p| p.into_inner()).take());
+        if let Some(thread) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            drop(thread.join());
+        }
+    }
+}
+
+/// The spool, opened for writing. Cheap to clone; the writer thread stops (after a final
+/// checkpoint) when the last clone is dropped. Reads are on [`SpoolReader`], which `Spool`
+/// dereferences to.
+#[derive(Clone)]
+pub struct Spool {
+    inner: Arc<Inner>,
+}
+
+impl std::ops::Deref for Spool {
+    type Target = SpoolReader;
+    fn deref(&self) -> &SpoolReader {
+        &self.inner.reader
+    }
+}
+
+impl std::fmt::Debug for Spool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Spool")
+            .field("storage", &self.inner.reader.storage)
+            .finish()
+    }
+}
+
+impl Spool {
+    /// Open (or create) the spool in `dir` for writing. Fails with
+    /// [`SpoolError::AlreadyOpen`] while another writer has it open.
+    pub fn open(dir: impl AsRef<Path>, config: SpoolConfig) -> Result<Spool> {
+        let path = dir.as_ref().to_path_buf();
+        let storage = DirStorage::new(&path).map_err(|source| SpoolError::Io {
+            path,
+            action: "creating the spool directory",
+            source,
+        })?;
+        Spool::open_with_storage(Arc::new(storage), config)
+    }
+
+    /// [`Spool::open`] on any storage (the crash tests' simulated disks).
+    pub fn open_with_storage(storage: Arc<dyn Storage>, config: SpoolConfig) -> Result<Spool> {
+        if config.journal_bytes < SPOOL_JOURNAL_BYTES_MIN {
+            return Err(SpoolError::invalid(format!(
+                "journal of {} bytes is below SPOOL_JOURNAL_BYTES_MIN ({SPOOL_JOURNAL_BYTES_MIN})",
+                config.journal_bytes
+            )));
+        }
+        let path = storage.describe();
+        let backend = storage.open(DB_FILE).map_err(|source| SpoolError::Io {
+            path: path.join(DB_FILE),
+            action: "opening the database",
+            source,
+        })?;
+        let mut builder = redb::Builder::new();
+        builder.set_cache_size(config.cache_bytes);
+        if storage.supports_shared_readers() {
+            builder.set_concurrency_mode(redb::ConcurrencyMode::SingleWriter);
+        }
+        let db = match builder.create_with_backend(Boxed(backend)) {
+            Ok(db) => db,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                return Err(SpoolError::AlreadyOpen { path });
+            }
+            Err(e) => {
+                return Err(SpoolError::Database {
+                    action: "opening the database",
+                    source: e.into(),
+                });
+            }
+        };
+        let db = Arc::new(db);
+        let mut journal = Journal::open(storage.as_ref(), config.journal_bytes)?;
+        let (next_seq, next_lsn, replayed) = recover(&db, &mut journal)?;
+        if replayed > 0 {
+            tracing::info!(
+                replayed,
+                "replayed acknowledged events from the journal into the database"
+            );
+        }
+        let tail = Arc::new(RwLock::new(Tail::default()));
+        let counters = Arc::new(Counters::default());
+        let (head_tx, head_rx) = watch::channel(Seq(next_seq - 1));
+        let policy = Policy {
+            checkpoint_events: config.checkpoint_events.max(1),
+            checkpoint_interval: config.checkpoint_interval,
+            retention_age_us: config
+                .retention_age
+                .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
+            required_cursors: config.required_cursors.clone(),
+            disk_cap_bytes: config.disk_cap_bytes,
+        };
+        let journal_capacity = journal.capacity();
+        let writer = Writer::new(
+            db.clone(),
+            journal,
+            tail.clone(),
+            head_tx,
+            next_seq,
+            next_lsn,
+            counters.clone(),
+            policy,
+            storage.clone(),
+        )?;
+        let (tx, rx) = mpsc::channel(writer::SPOOL_QUEUE_REQUESTS_MAX);
+        let thread = std::thread::Builder::new()
+            .name("spool-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|source| SpoolError::Io {
+                path: path.clone(),
+                action: "starting the writer thread",
+                source,
+            })?;
+        spawn_ticker(tx.downgrade(), config.checkpoint_interval);
+        let reader = SpoolReader {
+            db: Db::Writer(db),
+            tail,
+            schemas: config.schemas.clone(),
+            storage,
+            counters,
+            journal_capacity,
+        };
+        Ok(Spool {
+            inner: Arc::new(Inner {
+                reader: Arc::new(reader),
+                tx: Mutex::new(Some(tx)),
+                head: head_rx,
+                thread: Mutex::new(Some(thread)),
+            }),
+        })
+    }
+
+    fn sender(&self) -> Result<mpsc::Sender<Request>> {
+        self.inner
+            .tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or(SpoolError::Closed)
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T>>) -> Request) -> Result<T> {
+        let (reply, rx) = oneshot::channel();
+        self.sender()?
+            .send(make(reply))
+            .await
+            .map_err(|_| SpoolError::Closed)?;
+        rx.await.map_err(|_| SpoolError::Closed)?
+    }
+
+    fn call_blocking<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T>>) -> Request,
+    ) -> Result<T> {
+        let (reply, rx) = oneshot::channel();
+        self.sender()?
+            .blocking_send(make(reply))
+            .map_err(|_| SpoolError::Closed)?;
+        rx.blocking_recv().map_err(|_| SpoolError::Closed)?
+    }
+
+    /// Append a batch atomically: every part's expected version must hold, or nothing is
+    /// stored. Returns one [`Appended`] per event, in order, once the batch is on disk.
+    pub async fn append(&self, batch: Vec<AppendStream>) -> Result<Vec<Appended>> {
+        self.call(|reply| Request::Append {
+            parts: batch,
+            reply,
+        })
+        .await
+    }
+
+    /// [`Spool::append`] from synchronous code (not from inside an async runtime's thread).
+    pub fn append_blocking(&self, batch: Vec<AppendStream>) -> Result<Vec<Appended>> {
+        self.call_blocking(|reply| Request::Append {
+            parts: batch,
+            reply,
+        })
+    }
+
+    /// Record durably that cursor `name` has processed everything up to `up_to`.
+    pub async fn ack(&self, name: &str, up_to: Seq) -> Result<()> {
+        let cursor = name.to_owned();
+        self.call(|reply| Request::Ack {
+            cursor,
+            seq: up_to,
+            reply,
+        })
+        .await
+    }
+
+    /// [`Spool::ack`] from synchronous code.
+    pub fn ack_blocking(&self, name: &str, up_to: Seq) -> Result<()> {
+        let cursor = name.to_owned();
+        self.call_blocking(|reply| Request::Ack {
+            cursor,
+            seq: up_to,
+            reply,
+        })
+    }
+
+    async fn direct(&self, op: DirectOp) -> Result<DirectOutcome> {
+        self.call(|reply| Request::Direct { op, reply }).await
+    }
+
+    fn direct_blocking(&self, op: DirectOp) -> Result<DirectOutcome> {
+        self.call_blocking(|reply| Request::Direct { op, reply })
+    }
+
+    /// Park `seq` as rejected by cursor `name`, with a reason. Parked events stay listed (and
+    /// are kept by retention) until retried.
+    pub async fn park(&self, name: &str, seq: Seq, reason: &str) -> Result<()> {
+        self.direct(DirectOp::Park {
+            cursor: name.to_owned(),
+            seq,
+            reason: reason.to_owned(),
+        })
+        .await
+        .map(drop)
+    }
+
+    /// [`Spool::park`] from synchronous code.
+    pub fn park_blocking(&self, name: &str, seq: Seq, reason: &str) -> Result<()> {
+        self.direct_blocking(DirectOp::Park {
+            cursor: name.to_owned(),
+            seq,
+            reason: reason.to_owned(),
+        })
+        .map(drop)
+    }
+
+    /// Take parked events of cursor `name` back for another try: `only` one, or all. Returns
+    /// the events (oldest first) for the consumer to process again; it parks them again if they
+    /// are rejected again.
+    pub async fn retry_parked(&self, name: &str, only: Option<Seq>) -> Result<Vec<RecordedEvent>> {
+        let outcome = self
+            .direct(DirectOp::Unpark {
+                cursor: name.to_owned(),
+                only,
+            })
+            .await?;
+        self.events_at(&outcome.seqs)
+    }
+
+    /// [`Spool::retry_parked`] from synchronous code.
+    pub fn retry_parked_blocking(
+        &self,
+        name: &str,
+        only: Option<Seq>,
+    ) -> Result<Vec<RecordedEvent>> {
+        let outcome = self.direct_blocking(DirectOp::Unpark {
+            cursor: name.to_owned(),
+            only,
+        })?;
+        self.events_at(&outcome.seqs)
+    }
+
+    fn events_at(&self, seqs: &[Seq]) -> Result<Vec<RecordedEvent>> {
+        let mut out = Vec::with_capacity(seqs.len());
+        for seq in seqs {
+            if let Some(event) = self.get(*seq)? {
+                out.push(event);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Run retention now (it also runs after every checkpoint); returns events deleted.
+    pub async fn run_retention(&self) -> Result<u64> {
+        Ok(self
+            .direct(DirectOp::Retention {
+                now_us: crate::types::now_us(),
+            })
+            .await?
+            .deleted)
+    }
+
+    /// [`Spool::run_retention`] from synchronous code.
+    pub fn run_retention_blocking(&self) -> Result<u64> {
+        Ok(self
+            .direct_blocking(DirectOp::Retention {
+                now_us: crate::types::now_us(),
+            })?
+            .deleted)
+    }
+
+    /// Commit everything journaled into the database now.
+    pub fn checkpoint_blocking(&self) -> Result<()> {
+        self.direct_blocking(DirectOp::Checkpoint).map(drop)
+    }
+
+    /// Save a projection's state together with the last seq it has applied, in one
+    /// transaction.
+    pub fn save_projection_blocking(
+        &self,
+        name: &str,
+        checkpoint: Seq,
+        state: Vec<u8>,
+    ) -> Result<()> {
+        self.direct_blocking(DirectOp::SaveProjection {
+            name: name.to_owned(),
+            checkpoint,
+            state,
+        })
+        .map(drop)
+    }
+
+    /// Save an aggregate snapshot: its state after applying `version` events of `stream`.
+    pub fn save_snapshot_blocking(
+        &self,
+        stream: &StreamId,
+        version: StreamVersion,
+        state: Vec<u8>,
+    ) -> Result<()> {
+        self.direct_blocking(DirectOp::SaveSnapshot {
+            stream: stream.clone(),
+            version,
+            state,
+        })
+        .map(drop)
+    }
+
+    /// Events passing `filter` from `from` (inclusive; `None`: only events appended from now
+    /// on), first those already stored, then live ones as they become durable, with no gap and
+    /// no duplicate between the two.
+    pub fn subscribe(&self, filter: Filter, from: Option<Seq>) -> Subscription {
+        let head = self.inner.head.clone();
+        let start = from.unwrap_or_else(|| head.borrow().next()).max(Seq::FIRST);
+        Subscription::new(self.inner.reader.clone(), head, filter, start)
+    }
+
+    /// A receiver of the newest durable seq, for callers that want only the signal.
+    pub fn watch_head(&self) -> watch::Receiver<Seq> {
+        self.inner.head.clone()
+    }
+
+    /// The reader behind this spool, to hand to code that only reads.
+    pub fn reader(&self) -> Arc<SpoolReader> {
+        self.inner.reader.clone()
+    }
+}
+
+/// Replay the journal's current frames into the database and checkpoint them. Returns the next
+/// seq, the next lsn and how many events were replayed.
+fn recover(db: &redb::Database, journal: &mut Journal) -> Result<(u64, u64, usize)> {
+    let txn = writer::begin(db)?;
+    tables::create_all(&txn)?;
+    let (checkpoint_lsn, mut last_seq) = {
+        let meta = txn.open_table(tables::META).ctx("opening meta")?;
+        (
+            tables::meta(&meta, tables::META_CHECKPOINT_LSN)?,
+            tables::meta(&meta, tables::META_LAST_SEQ)?,
+        )
+    };
+    {
+        let events = txn.open_table(tables::EVENTS).ctx("opening events")?;
+        if let Some((seq, _)) = events.last().ctx("reading events")? {
+            assert!(
+                seq.value() <= last_seq,
+                "the meta last seq must cover every stored event (found {} beyond {last_seq})",
+                seq.value()
+            );
+        }
+    }
+    let (frames, _) = journal.scan(checkpoint_lsn)?;
+    let mut replayed = 0;
+    for frame in &frames {
+        let JournalFrame::V1 { op, .. } = frame;
+        match op {
+            JournalOpV1::Append { records } => {
+                let mut events = Vec::with_capacity(records.len());
+                for record in records {
+                    let event = record.clone().into_event().ok_or_else(|| {
+                        SpoolError::corrupted("journal record with an invalid stream id")
+                    })?;
+                    if event.seq.0 != last_seq + 1 {
+                        return Err(SpoolError::corrupted(format!(
+                            "journal replay: the spool sequence must be gapless, expected seq {} and found {}",
+                            last_seq + 1,
+                            event.seq
+                        )));
+                    }
+                    last_seq = event.seq.0;
+                    events.push(event);
+                }
+                replayed += events.len();
+                tables::insert_events(&txn, &events)?;
+            }
+            JournalOpV1::Ack { cursor, seq } => tables::ack_cursor(&txn, cursor, *seq)?,
+        }
+    }
+    let next_lsn = checkpoint_lsn + frames.len() as u64 + 1;
+    {
+        let mut meta = txn.open_table(tables::META).ctx("opening meta")?;
+        meta.insert(tables::META_CHECKPOINT_LSN, next_lsn - 1)
+            .ctx("writing the checkpoint")?;
+    }
+    txn.commit().ctx("committing the replayed journal")?;
+    journal.reset();
+    Ok((last_seq + 1, next_lsn, replayed))
+}
+
+/// Wake the writer every `interval` so a quiet spool still checkpoints. Holds only a weak
+/// sender: it ends when the spool does.
+fn spawn_ticker(tx: mpsc::WeakSender<Request>, interval: Duration) {
+    let spawned = std::thread::Builder::new()
+        .name("spool-ticker".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(interval);
+                let Some(tx) = tx.upgrade() else { break };
+                // A full queue means the writer is busy and checkpoints on its own.
+                if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(Request::Tick) {
+                    break;
+                }
+            }
+        });
+    if let Err(error) = spawned {
+        tracing::warn!(%error, "no checkpoint timer; checkpoints follow appends only");
+    }
+}

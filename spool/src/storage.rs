@@ -1,0 +1,170 @@
+//! Where the spool's files live. Production uses a directory ([`DirStorage`]); the crash and
+//! fault tests plug in their own [`Storage`] whose files drop unsynced writes or fail on demand.
+//! Every file, the redb database and the journal alike, is reached through redb's
+//! [`StorageBackend`] trait, so one fault model covers both.
+
+use std::fmt::Debug;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+
+use redb::{BackendError, StorageBackend};
+
+/// The database file's name inside the spool directory.
+pub const DB_FILE: &str = "spool.redb";
+/// The journal file's name inside the spool directory.
+pub const JOURNAL_FILE: &str = "spool.journal";
+
+/// A place that holds the spool's named files.
+pub trait Storage: Debug + Send + Sync + 'static {
+    /// Open `name` for reading and writing, creating it empty if missing.
+    fn open(&self, name: &str) -> io::Result<Box<dyn StorageBackend>>;
+    /// Open an existing `name` for reading only.
+    fn open_read_only(&self, name: &str) -> io::Result<Box<dyn StorageBackend>>;
+    /// Whether `name` exists.
+    fn exists(&self, name: &str) -> io::Result<bool>;
+    /// A path for messages.
+    fn describe(&self) -> PathBuf;
+    /// Whether the files support the byte-range locks that let read-only processes open the
+    /// database beside its writer (redb's `ConcurrencyMode::SingleWriter`).
+    fn supports_shared_readers(&self) -> bool;
+}
+
+/// The spool's files in a directory of the real file system.
+#[derive(Debug, Clone)]
+pub struct DirStorage {
+    dir: PathBuf,
+}
+
+impl DirStorage {
+    /// The files in `dir`, which is created if missing.
+    pub fn new(dir: impl AsRef<Path>) -> io::Result<DirStorage> {
+        std::fs::create_dir_all(dir.as_ref())?;
+        Ok(DirStorage {
+            dir: dir.as_ref().to_path_buf(),
+        })
+    }
+}
+
+impl Storage for DirStorage {
+    fn open(&self, name: &str) -> io::Result<Box<dyn StorageBackend>> {
+        let path = self.dir.join(name);
+        let existed = path.exists();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)?;
+        if !existed {
+            // Make the new directory entry durable, or a power cut could lose the whole file.
+            File::open(&self.dir)?.sync_all()?;
+        }
+        if name == DB_FILE {
+            let backend = redb::backends::FileBackend::new(file).map_err(io::Error::other)?;
+            Ok(Box::new(backend))
+        } else {
+            Ok(Box::new(PlainFile { file }))
+        }
+    }
+
+    fn open_read_only(&self, name: &str) -> io::Result<Box<dyn StorageBackend>> {
+        let file = OpenOptions::new().read(true).open(self.dir.join(name))?;
+        if name == DB_FILE {
+            let backend = redb::backends::FileBackend::new(file).map_err(io::Error::other)?;
+            Ok(Box::new(backend))
+        } else {
+            Ok(Box::new(PlainFile { file }))
+        }
+    }
+
+    fn exists(&self, name: &str) -> io::Result<bool> {
+        self.dir.join(name).try_exists()
+    }
+
+    fn describe(&self) -> PathBuf {
+        self.dir.clone()
+    }
+
+    fn supports_shared_readers(&self) -> bool {
+        true
+    }
+}
+
+/// A plain file without locks: the journal. `sync_data` is `fdatasync`.
+#[derive(Debug)]
+struct PlainFile {
+    file: File,
+}
+
+impl StorageBackend for PlainFile {
+    fn len(&self) -> Result<u64, io::Error> {
+        Ok(self.file.metadata()?.len())
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), io::Error> {
+        use std::os::unix::fs::FileExt;
+        self.file.read_exact_at(out, offset)
+    }
+
+    fn set_len(&self, len: u64) -> Result<(), io::Error> {
+        self.file.set_len(len)
+    }
+
+    fn sync_data(&self) -> Result<(), io::Error> {
+        self.file.sync_data()
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), io::Error> {
+        use std::os::unix::fs::FileExt;
+        self.file.write_all_at(data, offset)
+    }
+}
+
+/// A boxed backend handed to redb, which wants a concrete type.
+#[derive(Debug)]
+pub(crate) struct Boxed(pub(crate) Box<dyn StorageBackend>);
+
+impl StorageBackend for Boxed {
+    fn len(&self) -> Result<u64, io::Error> {
+        self.0.len()
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), io::Error> {
+        self.0.read(offset, out)
+    }
+    fn set_len(&self, len: u64) -> Result<(), io::Error> {
+        self.0.set_len(len)
+    }
+    fn sync_data(&self) -> Result<(), io::Error> {
+        self.0.sync_data()
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), io::Error> {
+        self.0.write(offset, data)
+    }
+    fn close(&self) -> Result<(), io::Error> {
+        self.0.close()
+    }
+    fn try_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
+        self.0.try_lock_range(start, end)
+    }
+    fn try_lock_shared_range(
+        &self,
+        start: Bound<u64>,
+        end: Bound<u64>,
+    ) -> Result<bool, BackendError> {
+        self.0.try_lock_shared_range(start, end)
+    }
+    fn lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
+        self.0.lock_range(start, end)
+    }
+    fn lock_shared_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
+        self.0.lock_shared_range(start, end)
+    }
+    fn unlock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
+        self.0.unlock_range(start, end)
+    }
+    fn query_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
+        self.0.query_lock_range(start, end)
+    }
+}

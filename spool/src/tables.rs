@@ -1,0 +1,155 @@
+//! The redb tables and the writes every path (live append, journal replay) shares.
+
+use redb::{ReadableTable, TableDefinition, WriteTransaction};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{DbContext, Result, SpoolError};
+use crate::record::StoredRecord;
+use crate::types::{RecordedEvent, Seq};
+
+/// seq → `StoredRecord` bytes.
+pub(crate) const EVENTS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("events");
+/// (stream, version) → seq.
+pub(crate) const STREAM_INDEX: TableDefinition<'_, (&str, u64), u64> =
+    TableDefinition::new("stream_index");
+/// stream → version of its last event. Kept after retention, so versions stay gapless.
+pub(crate) const STREAM_HEADS: TableDefinition<'_, &str, u64> =
+    TableDefinition::new("stream_heads");
+/// idempotency key → seq. Kept after retention, so a late retry is still recognised.
+pub(crate) const IDEMPOTENCY: TableDefinition<'_, &str, u64> = TableDefinition::new("idempotency");
+/// Spool-wide counters and positions, see the `META_*` keys.
+pub(crate) const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+/// cursor name → acknowledged seq.
+pub(crate) const CURSORS: TableDefinition<'_, &str, u64> = TableDefinition::new("cursors");
+/// (cursor, seq) → `ParkedRow` bytes.
+pub(crate) const PARKED: TableDefinition<'_, (&str, u64), &[u8]> = TableDefinition::new("parked");
+/// projection name → `ProjectionRow` bytes (state and checkpoint, written together).
+pub(crate) const PROJECTIONS: TableDefinition<'_, &str, &[u8]> =
+    TableDefinition::new("projections");
+/// stream → `SnapshotRow` bytes.
+pub(crate) const SNAPSHOTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("snapshots");
+
+/// The lsn of the last journal frame whose effects are committed in the database.
+pub(crate) const META_CHECKPOINT_LSN: &str = "checkpoint_lsn";
+/// The last seq committed in the database (0: none).
+pub(crate) const META_LAST_SEQ: &str = "last_seq";
+/// The first seq not yet deleted by retention (1 until retention runs).
+pub(crate) const META_FIRST_SEQ: &str = "first_seq";
+/// The layout version of the tables, so a later release can tell and migrate.
+pub(crate) const META_LAYOUT: &str = "layout";
+/// The current table layout.
+pub(crate) const LAYOUT_VERSION: u64 = 1;
+
+/// A parked event as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum ParkedRow {
+    V1 { reason: String, parked_at_us: u64 },
+}
+
+/// A projection's state with the position it has applied, written in one transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum ProjectionRow {
+    V1 { checkpoint: u64, state: Vec<u8> },
+}
+
+/// An aggregate snapshot as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum SnapshotRow {
+    V1 { version: u64, state: Vec<u8> },
+}
+
+/// Create every table, so read transactions can open them on a fresh spool.
+pub(crate) fn create_all(txn: &WriteTransaction) -> Result<()> {
+    txn.open_table(EVENTS).ctx("creating tables")?;
+    txn.open_table(STREAM_INDEX).ctx("creating tables")?;
+    txn.open_table(STREAM_HEADS).ctx("creating tables")?;
+    txn.open_table(IDEMPOTENCY).ctx("creating tables")?;
+    txn.open_table(CURSORS).ctx("creating tables")?;
+    txn.open_table(PARKED).ctx("creating tables")?;
+    txn.open_table(PROJECTIONS).ctx("creating tables")?;
+    txn.open_table(SNAPSHOTS).ctx("creating tables")?;
+    let mut meta = txn.open_table(META).ctx("creating tables")?;
+    if meta.get(META_LAYOUT).ctx("reading meta")?.is_none() {
+        meta.insert(META_LAYOUT, LAYOUT_VERSION)
+            .ctx("writing meta")?;
+        meta.insert(META_FIRST_SEQ, 1).ctx("writing meta")?;
+    }
+    Ok(())
+}
+
+/// Read one meta value (0 when absent).
+pub(crate) fn meta(table: &impl ReadableTable<&'static str, u64>, key: &str) -> Result<u64> {
+    Ok(table
+        .get(key)
+        .ctx("reading meta")?
+        .map(|v| v.value())
+        .unwrap_or(0))
+}
+
+/// Decode a stored event (before upcasting).
+pub(crate) fn decode_event(seq: u64, bytes: &[u8]) -> Result<RecordedEvent> {
+    let record = StoredRecord::from_bytes(bytes).map_err(|source| SpoolError::Decode {
+        what: "stored record",
+        seq: Seq(seq),
+        source,
+    })?;
+    let event = record.into_event().ok_or_else(|| {
+        SpoolError::corrupted(format!(
+            "stored record at seq {seq} has an invalid stream id"
+        ))
+    })?;
+    if event.seq.0 != seq {
+        return Err(SpoolError::corrupted(format!(
+            "record stored under seq {seq} says seq {}",
+            event.seq
+        )));
+    }
+    Ok(event)
+}
+
+/// Insert events whose seqs, versions and keys were already decided (live or replayed).
+pub(crate) fn insert_events(txn: &WriteTransaction, events: &[RecordedEvent]) -> Result<()> {
+    let mut table = txn.open_table(EVENTS).ctx("opening events")?;
+    let mut index = txn.open_table(STREAM_INDEX).ctx("opening stream index")?;
+    let mut heads = txn.open_table(STREAM_HEADS).ctx("opening stream heads")?;
+    let mut keys = txn.open_table(IDEMPOTENCY).ctx("opening idempotency")?;
+    let mut last_seq = 0;
+    for event in events {
+        let bytes = StoredRecord::from_event(event).to_bytes();
+        table
+            .insert(event.seq.0, bytes.as_slice())
+            .ctx("inserting an event")?;
+        index
+            .insert((event.stream.as_str(), event.version), event.seq.0)
+            .ctx("indexing an event")?;
+        heads
+            .insert(event.stream.as_str(), event.version)
+            .ctx("updating a stream head")?;
+        if let Some(key) = &event.meta.idempotency_key {
+            keys.insert(key.as_str(), event.seq.0)
+                .ctx("indexing an idempotency key")?;
+        }
+        last_seq = event.seq.0;
+    }
+    if last_seq > 0 {
+        let mut meta_table = txn.open_table(META).ctx("opening meta")?;
+        meta_table
+            .insert(META_LAST_SEQ, last_seq)
+            .ctx("writing meta")?;
+    }
+    Ok(())
+}
+
+/// Record a cursor acknowledgement (never moves a cursor back).
+pub(crate) fn ack_cursor(txn: &WriteTransaction, cursor: &str, seq: u64) -> Result<()> {
+    let mut table = txn.open_table(CURSORS).ctx("opening cursors")?;
+    let current = table
+        .get(cursor)
+        .ctx("reading a cursor")?
+        .map(|v| v.value())
+        .unwrap_or(0);
+    if seq > current {
+        table.insert(cursor, seq).ctx("writing a cursor")?;
+    }
+    Ok(())
+}

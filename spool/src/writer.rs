@@ -1,0 +1,953 @@
+//! The writer: one thread owns the database and the journal. Callers reach it through a bounded
+//! channel; it takes everything queued (group commit), validates each request against the open
+//! write transaction, writes one journal write and one `fdatasync` for the whole group, and only
+//! then answers and notifies subscribers. A lone request is committed at once: the thread never
+//! waits for company.
+//!
+//! The database is updated in the same long-lived write transaction and committed
+//! ([`redb::Durability::Immediate`], quick-repair) at checkpoints: every
+//! [`SpoolConfig::checkpoint_events`](crate::SpoolConfig) events, every checkpoint interval, when
+//! the journal fills, and for operations that are not journaled (parking, projections,
+//! snapshots, retention).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use redb::{Database, Durability, ReadableTable, WriteTransaction};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::error::{DbContext, Result, SpoolError};
+use crate::journal::Journal;
+use crate::reader::{Counters, Tail};
+use crate::record::{JournalFrame, JournalOpV1, StoredRecord};
+use crate::tables::{self, ParkedRow, ProjectionRow, SnapshotRow};
+use crate::types::{
+    AppendStream, Appended, EVENT_PAYLOAD_BYTES_MAX, EVENT_TYPE_BYTES_MAX,
+    IDEMPOTENCY_KEY_BYTES_MAX, RecordedEvent, Seq, StreamId, StreamVersion, now_us,
+};
+
+/// The most events in one append call. Bounds one journal frame and one caller's share of a
+/// group; larger imports are split by the caller.
+pub const SPOOL_BATCH_EVENTS_MAX: usize = 10_000;
+
+/// The most bytes of one append call's journal frame. The journal must hold at least two.
+pub const SPOOL_BATCH_BYTES_MAX: usize = 8 * 1024 * 1024;
+
+/// The most requests waiting for the writer. Producers beyond it wait (async) or block: the
+/// queue is back-pressure, never an unbounded buffer.
+pub const SPOOL_QUEUE_REQUESTS_MAX: usize = 1024;
+
+/// The most requests the writer folds into one group commit, so one group's latency stays
+/// bounded under a flood.
+pub const SPOOL_GROUP_REQUESTS_MAX: usize = 512;
+
+/// The most journal bytes in one group before the writer syncs it.
+pub const SPOOL_GROUP_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// The most events deleted by one retention run, so a run never stalls appends for long.
+pub const RETENTION_EVENTS_PER_RUN_MAX: u64 = 50_000;
+
+/// The largest projection or snapshot state, in bytes.
+pub const STATE_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// The longest cursor name, in bytes.
+pub const CURSOR_NAME_BYTES_MAX: usize = 64;
+
+/// The longest park reason, in bytes; longer reasons are cut (they are for people).
+pub const PARK_REASON_BYTES_MAX: usize = 2048;
+
+const _: () = assert!(SPOOL_GROUP_REQUESTS_MAX <= SPOOL_QUEUE_REQUESTS_MAX);
+const _: () = assert!(SPOOL_BATCH_BYTES_MAX <= SPOOL_GROUP_BYTES_MAX);
+
+/// What one request asks the writer.
+pub(crate) enum Request {
+    Append {
+        parts: Vec<AppendStream>,
+        reply: oneshot::Sender<Result<Vec<Appended>>>,
+    },
+    Ack {
+        cursor: String,
+        seq: Seq,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Direct {
+        op: DirectOp,
+        reply: oneshot::Sender<Result<DirectOutcome>>,
+    },
+    /// The checkpoint timer.
+    Tick,
+}
+
+/// Writes that are committed to the database at once instead of journaled.
+pub(crate) enum DirectOp {
+    Park {
+        cursor: String,
+        seq: Seq,
+        reason: String,
+    },
+    Unpark {
+        cursor: String,
+        only: Option<Seq>,
+    },
+    SaveProjection {
+        name: String,
+        checkpoint: Seq,
+        state: Vec<u8>,
+    },
+    SaveSnapshot {
+        stream: StreamId,
+        version: StreamVersion,
+        state: Vec<u8>,
+    },
+    Retention {
+        now_us: u64,
+    },
+    Checkpoint,
+}
+
+/// What a direct op returns.
+#[derive(Debug, Default)]
+pub(crate) struct DirectOutcome {
+    pub(crate) seqs: Vec<Seq>,
+    pub(crate) deleted: u64,
+}
+
+/// Retention and disk-cap settings the writer applies.
+#[derive(Debug, Clone)]
+pub(crate) struct Policy {
+    pub(crate) checkpoint_events: usize,
+    pub(crate) checkpoint_interval: Duration,
+    pub(crate) retention_age_us: Option<u64>,
+    pub(crate) required_cursors: Vec<String>,
+    pub(crate) disk_cap_bytes: Option<u64>,
+}
+
+/// Whether an event of an append is new or repeats a stored (or earlier) idempotency key.
+enum Dup {
+    New,
+    Stored(Appended),
+    /// Repeats the key of the event at this index of the same part.
+    Earlier(usize),
+}
+
+enum Pending {
+    Append(oneshot::Sender<Result<Vec<Appended>>>, Vec<Appended>),
+    Ack(oneshot::Sender<Result<()>>),
+}
+
+pub(crate) struct Writer {
+    pub(crate) db: Arc<Database>,
+    pub(crate) txn: Option<WriteTransaction>,
+    pub(crate) journal: Journal,
+    pub(crate) tail: Arc<RwLock<Tail>>,
+    pub(crate) head: watch::Sender<Seq>,
+    pub(crate) next_seq: u64,
+    pub(crate) next_lsn: u64,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) policy: Policy,
+    pub(crate) path: PathBuf,
+    pub(crate) storage: Arc<dyn crate::storage::Storage>,
+    uncheckpointed_events: usize,
+    last_checkpoint: Instant,
+    failed: Option<String>,
+    group_bytes: Vec<u8>,
+    group_events: Vec<RecordedEvent>,
+    group_acks: Vec<(String, u64)>,
+    group_pending: Vec<Pending>,
+}
+
+impl Writer {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        db: Arc<Database>,
+        journal: Journal,
+        tail: Arc<RwLock<Tail>>,
+        head: watch::Sender<Seq>,
+        next_seq: u64,
+        next_lsn: u64,
+        counters: Arc<Counters>,
+        policy: Policy,
+        storage: Arc<dyn crate::storage::Storage>,
+    ) -> Result<Writer> {
+        let path = storage.describe();
+        let txn = begin(&db)?;
+        Ok(Writer {
+            db,
+            txn: Some(txn),
+            journal,
+            tail,
+            head,
+            next_seq,
+            next_lsn,
+            counters,
+            policy,
+            path,
+            storage,
+            uncheckpointed_events: 0,
+            last_checkpoint: Instant::now(),
+            failed: None,
+            group_bytes: Vec::new(),
+            group_events: Vec::new(),
+            group_acks: Vec::new(),
+            group_pending: Vec::new(),
+        })
+    }
+
+    /// Serve requests until every sender is gone, then checkpoint and return.
+    pub(crate) fn run(mut self, mut rx: mpsc::Receiver<Request>) {
+        while let Some(first) = rx.blocking_recv() {
+            let mut group = vec![first];
+            while group.len() < SPOOL_GROUP_REQUESTS_MAX {
+                match rx.try_recv() {
+                    Ok(request) => group.push(request),
+                    Err(_) => break,
+                }
+            }
+            for request in group {
+                self.handle(request);
+            }
+            self.flush();
+            self.maybe_checkpoint(false);
+        }
+        if self.failed.is_none()
+            && self.uncheckpointed_events + self.journal_used() > 0
+            && let Err(error) = self.checkpoint()
+        {
+            tracing::error!(
+                error = %error_chain(&error),
+                "final checkpoint failed; the journal keeps every acknowledged event"
+            );
+        }
+    }
+
+    fn journal_used(&self) -> usize {
+        usize::try_from(self.journal.capacity() - self.journal.remaining()).unwrap_or(usize::MAX)
+    }
+
+    fn handle(&mut self, request: Request) {
+        if let Some(reason) = &self.failed {
+            let error = || SpoolError::Failed {
+                reason: reason.clone(),
+            };
+            match request {
+                Request::Append { reply, .. } => drop(reply.send(Err(error()))),
+                Request::Ack { reply, .. } => drop(reply.send(Err(error()))),
+                Request::Direct { reply, .. } => drop(reply.send(Err(error()))),
+                Request::Tick => {}
+            }
+            return;
+        }
+        match request {
+            Request::Append { parts, reply } => match self.prepare_append(parts) {
+                Ok((appended, events)) => self.stage_append(reply, appended, events),
+                Err(error) => {
+                    self.counters
+                        .rejected_appends
+                        .fetch_add(1, Ordering::Relaxed);
+                    drop(reply.send(Err(error)));
+                }
+            },
+            Request::Ack { cursor, seq, reply } => {
+                let head = self.next_seq - 1;
+                if cursor.is_empty() || cursor.len() > CURSOR_NAME_BYTES_MAX {
+                    drop(reply.send(Err(SpoolError::invalid(format!(
+                        "cursor name {cursor:?} must be 1 to {CURSOR_NAME_BYTES_MAX} bytes"
+                    )))));
+                    return;
+                }
+                if seq.0 > head {
+                    drop(reply.send(Err(SpoolError::invalid(format!(
+                        "cursor {cursor} cannot acknowledge seq {seq} beyond the head {head}"
+                    )))));
+                    return;
+                }
+                let frame = JournalFrame::V1 {
+                    lsn: 0,
+                    op: JournalOpV1::Ack {
+                        cursor: cursor.clone(),
+                        seq: seq.0,
+                    },
+                };
+                if let Err(error) = self.stage_frame(frame) {
+                    drop(reply.send(Err(error)));
+                    return;
+                }
+                let txn = self
+                    .txn
+                    .as_ref()
+                    .expect("an open write transaction while not failed");
+                if let Err(error) = tables::ack_cursor(txn, &cursor, seq.0) {
+                    self.fail(&error);
+                    drop(reply.send(Err(error)));
+                    return;
+                }
+                self.group_acks.push((cursor, seq.0));
+                self.group_pending.push(Pending::Ack(reply));
+            }
+            Request::Direct { op, reply } => {
+                self.flush();
+                let result = self.direct(op);
+                drop(reply.send(result));
+            }
+            Request::Tick => {}
+        }
+    }
+
+    /// Validate an append against the open transaction and decide seqs and versions (and which
+    /// events are duplicates). Nothing is written here.
+    fn prepare_append(
+        &mut self,
+        parts: Vec<AppendStream>,
+    ) -> Result<(Vec<Appended>, Vec<RecordedEvent>)> {
+        let count: usize = parts.iter().map(|p| p.events.len()).sum();
+        if count > SPOOL_BATCH_EVENTS_MAX {
+            return Err(SpoolError::invalid(format!(
+                "{count} events in one append, more than SPOOL_BATCH_EVENTS_MAX ({SPOOL_BATCH_EVENTS_MAX})"
+            )));
+        }
+        for part in &parts {
+            for event in &part.events {
+                check_event(event)?;
+            }
+        }
+        if self.counters.spool_full.load(Ordering::Relaxed) {
+            self.maybe_checkpoint(true);
+            if self.counters.spool_full.load(Ordering::Relaxed) {
+                let used = self.counters.db_allocated_bytes.load(Ordering::Relaxed);
+                return Err(SpoolError::SpoolFull {
+                    used_bytes: used + self.journal.capacity(),
+                    cap_bytes: self.policy.disk_cap_bytes.unwrap_or(0),
+                });
+            }
+        }
+        let txn = self
+            .txn
+            .as_ref()
+            .expect("an open write transaction while not failed");
+        let heads = txn
+            .open_table(tables::STREAM_HEADS)
+            .ctx("opening stream heads")?;
+        let keys = txn
+            .open_table(tables::IDEMPOTENCY)
+            .ctx("opening idempotency keys")?;
+        let events_table = txn.open_table(tables::EVENTS).ctx("opening events")?;
+        let mut versions: HashMap<String, StreamVersion> = HashMap::new();
+        let mut batch_keys: HashMap<String, Appended> = HashMap::new();
+        let mut appended = Vec::with_capacity(count);
+        let mut new_events = Vec::with_capacity(count);
+        let mut seq = self.next_seq;
+        let recorded_at_us = now_us();
+        for part in parts {
+            let stream_key = part.stream.as_str().to_owned();
+            let mut current = match versions.get(&stream_key) {
+                Some(v) => *v,
+                None => heads
+                    .get(stream_key.as_str())
+                    .ctx("reading a stream head")?
+                    .map(|v| v.value())
+                    .unwrap_or(0),
+            };
+            // Duplicates first: a retried batch whose events are all stored succeeds with the
+            // original seqs whatever the stream's version is now.
+            let mut dups: Vec<Dup> = Vec::with_capacity(part.events.len());
+            let mut part_keys: HashMap<&str, usize> = HashMap::new();
+            for (i, event) in part.events.iter().enumerate() {
+                let Some(key) = event.meta.idempotency_key.as_deref() else {
+                    dups.push(Dup::New);
+                    continue;
+                };
+                if let Some(earlier) = part_keys.get(key) {
+                    dups.push(Dup::Earlier(*earlier));
+                    continue;
+                }
+                if let Some(found) = batch_keys.get(key) {
+                    dups.push(Dup::Stored(*found));
+                    continue;
+                }
+                match keys.get(key).ctx("reading an idempotency key")? {
+                    Some(found) => {
+                        let found = found.value();
+                        let version = match events_table.get(found).ctx("reading an event")? {
+                            Some(bytes) => tables::decode_event(found, bytes.value())?.version,
+                            // Deleted by retention: the key outlives the event.
+                            None => 0,
+                        };
+                        dups.push(Dup::Stored(Appended {
+                            seq: Seq(found),
+                            version,
+                            duplicate: true,
+                        }));
+                    }
+                    None => {
+                        part_keys.insert(key, i);
+                        dups.push(Dup::New);
+                    }
+                }
+            }
+            let all_duplicates =
+                !part.events.is_empty() && dups.iter().all(|d| !matches!(d, Dup::New));
+            if !all_duplicates && !part.expected.matches(current) {
+                return Err(SpoolError::WrongExpectedVersion {
+                    stream: part.stream,
+                    expected: part.expected,
+                    actual: current,
+                });
+            }
+            let part_start = appended.len();
+            for (event, dup) in part.events.into_iter().zip(dups) {
+                match dup {
+                    Dup::Stored(found) => {
+                        appended.push(Appended {
+                            duplicate: true,
+                            ..found
+                        });
+                        continue;
+                    }
+                    Dup::Earlier(i) => {
+                        let found = appended[part_start + i];
+                        appended.push(Appended {
+                            duplicate: true,
+                            ..found
+                        });
+                        continue;
+                    }
+                    Dup::New => {}
+                }
+                current += 1;
+                let this = Appended {
+                    seq: Seq(seq),
+                    version: current,
+                    duplicate: false,
+                };
+                if let Some(key) = &event.meta.idempotency_key {
+                    batch_keys.insert(
+                        key.clone(),
+                        Appended {
+                            duplicate: true,
+                            ..this
+                        },
+                    );
+                }
+                appended.push(this);
+                new_events.push(RecordedEvent {
+                    seq: Seq(seq),
+                    stream: part.stream.clone(),
+                    version: current,
+                    event_type: event.event_type,
+                    schema_version: event.schema_version,
+                    stored_schema_version: event.schema_version,
+                    payload: event.payload,
+                    recorded_at_us,
+                    meta: event.meta,
+                });
+                seq += 1;
+            }
+            versions.insert(stream_key, current);
+        }
+        let duplicates = appended.iter().filter(|a| a.duplicate).count() as u64;
+        self.counters
+            .duplicate_events
+            .fetch_add(duplicates, Ordering::Relaxed);
+        Ok((appended, new_events))
+    }
+
+    /// Journal and apply a validated append. The reply waits for the group's sync.
+    fn stage_append(
+        &mut self,
+        reply: oneshot::Sender<Result<Vec<Appended>>>,
+        appended: Vec<Appended>,
+        events: Vec<RecordedEvent>,
+    ) {
+        if events.is_empty() {
+            // Only duplicates: nothing to write, but answer after the group is durable, since
+            // the originals may be in it.
+            self.group_pending.push(Pending::Append(reply, appended));
+            return;
+        }
+        let frame = JournalFrame::V1 {
+            lsn: 0,
+            op: JournalOpV1::Append {
+                records: events.iter().map(StoredRecord::from_event).collect(),
+            },
+        };
+        if let Err(error) = self.stage_frame(frame) {
+            self.counters
+                .rejected_appends
+                .fetch_add(1, Ordering::Relaxed);
+            drop(reply.send(Err(error)));
+            return;
+        }
+        let txn = self
+            .txn
+            .as_ref()
+            .expect("an open write transaction while not failed");
+        if let Err(error) = tables::insert_events(txn, &events) {
+            self.fail(&error);
+            drop(reply.send(Err(error)));
+            return;
+        }
+        self.next_seq += events.len() as u64;
+        self.uncheckpointed_events += events.len();
+        self.group_events.extend(events);
+        self.group_pending.push(Pending::Append(reply, appended));
+    }
+
+    /// Give the frame its lsn and add it to the group, making room in the journal first.
+    /// The lsn passed in is ignored.
+    fn stage_frame(&mut self, frame: JournalFrame) -> Result<()> {
+        let JournalFrame::V1 { op, .. } = frame;
+        let mut frame = JournalFrame::V1 {
+            lsn: self.next_lsn,
+            op,
+        };
+        let mut bytes = frame.encode();
+        if bytes.len() > SPOOL_BATCH_BYTES_MAX || bytes.len() as u64 > self.journal.capacity() / 2 {
+            return Err(SpoolError::invalid(format!(
+                "one append of {} journal bytes exceeds SPOOL_BATCH_BYTES_MAX ({SPOOL_BATCH_BYTES_MAX}) or half the journal",
+                bytes.len()
+            )));
+        }
+        let full = (self.group_bytes.len() + bytes.len()) as u64 > self.journal.remaining();
+        if full || self.group_bytes.len() + bytes.len() > SPOOL_GROUP_BYTES_MAX {
+            self.flush();
+            if full {
+                self.maybe_checkpoint(true);
+            }
+            if let Some(reason) = &self.failed {
+                return Err(SpoolError::Failed {
+                    reason: reason.clone(),
+                });
+            }
+            // The lsn is unchanged by a flush of earlier frames only if none was staged; take
+            // the current one.
+            let JournalFrame::V1 { op, .. } = frame;
+            frame = JournalFrame::V1 {
+                lsn: self.next_lsn,
+                op,
+            };
+            bytes = frame.encode();
+        }
+        self.next_lsn += 1;
+        self.group_bytes.extend_from_slice(&bytes);
+        Ok(())
+    }
+
+    /// Make the staged group durable, publish it, and answer its requests.
+    fn flush(&mut self) {
+        if self.group_pending.is_empty() && self.group_bytes.is_empty() {
+            return;
+        }
+        if self.failed.is_none() && !self.group_bytes.is_empty() {
+            if let Err(source) = self.journal.append(&self.group_bytes) {
+                let error = SpoolError::Io {
+                    path: self.path.join(crate::storage::JOURNAL_FILE),
+                    action: "appending to the journal",
+                    source,
+                };
+                self.fail(&error);
+            } else {
+                self.counters.commits.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.group_bytes.clear();
+        let events = std::mem::take(&mut self.group_events);
+        let acks = std::mem::take(&mut self.group_acks);
+        let pending = std::mem::take(&mut self.group_pending);
+        if let Some(reason) = &self.failed {
+            for p in pending {
+                let error = SpoolError::Failed {
+                    reason: reason.clone(),
+                };
+                match p {
+                    Pending::Append(reply, _) => drop(reply.send(Err(error))),
+                    Pending::Ack(reply) => drop(reply.send(Err(error))),
+                }
+            }
+            return;
+        }
+        let appended = events.len() as u64;
+        let last = events.last().map(|e| e.seq);
+        {
+            let mut tail = self.tail.write().unwrap_or_else(|p| p.into_inner());
+            for event in events {
+                tail.push_event(event);
+            }
+            for (cursor, seq) in &acks {
+                tail.ack(cursor, *seq);
+            }
+        }
+        self.counters
+            .appended_events
+            .fetch_add(appended, Ordering::Relaxed);
+        if let Some(last) = last {
+            self.head.send_replace(last);
+        }
+        for p in pending {
+            match p {
+                Pending::Append(reply, appended) => drop(reply.send(Ok(appended))),
+                Pending::Ack(reply) => drop(reply.send(Ok(()))),
+            }
+        }
+    }
+
+    /// Stop writing: drop the open transaction and refuse everything until reopened.
+    fn fail(&mut self, error: &SpoolError) {
+        if self.failed.is_none() {
+            let reason = error_chain(error);
+            tracing::error!(error = %reason, "spool writer failed; reopen to recover from disk");
+            self.failed = Some(reason);
+        }
+        self.txn = None;
+        self.group_bytes.clear();
+        self.group_events.clear();
+        self.group_acks.clear();
+    }
+
+    /// Checkpoint if a threshold is reached (or `force`), then apply retention and the cap.
+    fn maybe_checkpoint(&mut self, force: bool) {
+        if self.failed.is_some() {
+            return;
+        }
+        let due = self.uncheckpointed_events >= self.policy.checkpoint_events
+            || self.journal.remaining() < self.journal.capacity() / 4
+            || (self.uncheckpointed_events > 0
+                && self.last_checkpoint.elapsed() >= self.policy.checkpoint_interval);
+        if !(due || force) {
+            return;
+        }
+        let result = self.checkpoint().and_then(|()| self.enforce_policy());
+        if let Err(error) = result {
+            self.fail(&error);
+        }
+    }
+
+    /// Commit the open transaction durably with everything journaled so far; restart the
+    /// journal.
+    pub(crate) fn checkpoint(&mut self) -> Result<()> {
+        assert!(
+            self.group_bytes.is_empty(),
+            "a checkpoint must not overtake journal frames not yet synced"
+        );
+        let txn = self
+            .txn
+            .take()
+            .expect("an open write transaction while not failed");
+        {
+            let mut meta = txn.open_table(tables::META).ctx("opening meta")?;
+            meta.insert(tables::META_CHECKPOINT_LSN, self.next_lsn - 1)
+                .ctx("writing the checkpoint")?;
+        }
+        txn.commit().ctx("committing a checkpoint")?;
+        self.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
+        self.tail.write().unwrap_or_else(|p| p.into_inner()).clear();
+        self.journal.reset();
+        self.uncheckpointed_events = 0;
+        self.last_checkpoint = Instant::now();
+        self.txn = Some(begin(&self.db)?);
+        Ok(())
+    }
+
+    /// Retention by age and cursors, then the disk cap.
+    fn enforce_policy(&mut self) -> Result<()> {
+        let mut deleted = 0;
+        if let Some(age_us) = self.policy.retention_age_us {
+            deleted += self.retain(now_us().saturating_sub(age_us))?;
+        }
+        if let Some(cap) = self.policy.disk_cap_bytes {
+            let file_bytes = self.db_file_bytes();
+            // Walking the trees for exact usage is costly: only near the cap.
+            if file_bytes + self.journal.capacity() >= cap / 10 * 9 {
+                let mut used = self.db_used_bytes()? + self.journal.capacity();
+                if used >= cap / 10 * 9 {
+                    // Near the cap, acknowledged history goes whatever its age.
+                    deleted += self.retain(u64::MAX)?;
+                    used = self.db_used_bytes()? + self.journal.capacity();
+                }
+                let full = used >= cap;
+                let was_full = self.counters.spool_full.swap(full, Ordering::Relaxed);
+                if full && !was_full {
+                    tracing::error!(
+                        used_bytes = used,
+                        cap_bytes = cap,
+                        "ALARM: spool full; appends are refused until consumers acknowledge"
+                    );
+                }
+            } else {
+                self.counters.spool_full.store(false, Ordering::Relaxed);
+            }
+        }
+        if deleted > 0 {
+            self.checkpoint()?;
+        }
+        Ok(())
+    }
+
+    fn db_file_bytes(&self) -> u64 {
+        self.storage
+            .open_read_only(crate::storage::DB_FILE)
+            .and_then(|f| f.len())
+            .unwrap_or(0)
+    }
+
+    fn db_used_bytes(&self) -> Result<u64> {
+        let txn = self
+            .txn
+            .as_ref()
+            .expect("an open write transaction while not failed");
+        let stats = txn.stats().ctx("measuring the database")?;
+        let used = stats.allocated_pages() * stats.page_size() as u64;
+        self.counters
+            .db_allocated_bytes
+            .store(used, Ordering::Relaxed);
+        Ok(used)
+    }
+
+    /// Delete events recorded at or before `older_than_us` that every required cursor has
+    /// acknowledged and none has parked. Returns how many were deleted.
+    fn retain(&mut self, older_than_us: u64) -> Result<u64> {
+        let txn = self
+            .txn
+            .as_ref()
+            .expect("an open write transaction while not failed");
+        let mut limit = self.next_seq - 1;
+        {
+            let cursors = txn.open_table(tables::CURSORS).ctx("opening cursors")?;
+            let parked = txn.open_table(tables::PARKED).ctx("opening parked")?;
+            for name in &self.policy.required_cursors {
+                let acked = cursors
+                    .get(name.as_str())
+                    .ctx("reading a cursor")?
+                    .map(|v| v.value())
+                    .unwrap_or(0);
+                limit = limit.min(acked);
+                if let Some(first) = parked
+                    .range((name.as_str(), 0)..=(name.as_str(), u64::MAX))
+                    .ctx("reading parked")?
+                    .next()
+                {
+                    let (key, _) = first.ctx("reading parked")?;
+                    limit = limit.min(key.value().1.saturating_sub(1));
+                }
+            }
+        }
+        let mut meta = txn.open_table(tables::META).ctx("opening meta")?;
+        let first = tables::meta(&meta, tables::META_FIRST_SEQ)?.max(1);
+        let mut events = txn.open_table(tables::EVENTS).ctx("opening events")?;
+        let mut index = txn
+            .open_table(tables::STREAM_INDEX)
+            .ctx("opening the stream index")?;
+        let mut seq = first;
+        let mut deleted = 0;
+        while seq <= limit && deleted < RETENTION_EVENTS_PER_RUN_MAX {
+            let Some(bytes) = events.get(seq).ctx("reading an event")? else {
+                break;
+            };
+            let event = tables::decode_event(seq, bytes.value())?;
+            drop(bytes);
+            if event.recorded_at_us > older_than_us {
+                break;
+            }
+            events.remove(seq).ctx("deleting an event")?;
+            index
+                .remove((event.stream.as_str(), event.version))
+                .ctx("deleting an index entry")?;
+            seq += 1;
+            deleted += 1;
+        }
+        if deleted > 0 {
+            meta.insert(tables::META_FIRST_SEQ, seq)
+                .ctx("writing meta")?;
+            self.counters
+                .retained_deleted_events
+                .fetch_add(deleted, Ordering::Relaxed);
+            tracing::info!(
+                deleted,
+                first_seq = seq,
+                "retention deleted acknowledged history"
+            );
+        }
+        Ok(deleted)
+    }
+
+    /// Apply an operation that is committed at once rather than journaled.
+    fn direct(&mut self, op: DirectOp) -> Result<DirectOutcome> {
+        if let Some(reason) = &self.failed {
+            return Err(SpoolError::Failed {
+                reason: reason.clone(),
+            });
+        }
+        let mut outcome = DirectOutcome::default();
+        let head = self.next_seq - 1;
+        {
+            let txn = self
+                .txn
+                .as_ref()
+                .expect("an open write transaction while not failed");
+            match op {
+                DirectOp::Park {
+                    cursor,
+                    seq,
+                    mut reason,
+                } => {
+                    if cursor.is_empty() || cursor.len() > CURSOR_NAME_BYTES_MAX {
+                        return Err(SpoolError::invalid(format!(
+                            "cursor name {cursor:?} must be 1 to {CURSOR_NAME_BYTES_MAX} bytes"
+                        )));
+                    }
+                    if seq.0 == 0 || seq.0 > head {
+                        return Err(SpoolError::invalid(format!(
+                            "cannot park seq {seq}: the spool holds 1 to {head}"
+                        )));
+                    }
+                    truncate_utf8(&mut reason, PARK_REASON_BYTES_MAX);
+                    let row = postcard::to_allocvec(&ParkedRow::V1 {
+                        reason,
+                        parked_at_us: now_us(),
+                    })
+                    .unwrap_or_default();
+                    let mut parked = txn.open_table(tables::PARKED).ctx("opening parked")?;
+                    parked
+                        .insert((cursor.as_str(), seq.0), row.as_slice())
+                        .ctx("parking an event")?;
+                    outcome.seqs.push(seq);
+                }
+                DirectOp::Unpark { cursor, only } => {
+                    let mut parked = txn.open_table(tables::PARKED).ctx("opening parked")?;
+                    let seqs: Vec<u64> = match only {
+                        Some(seq) => vec![seq.0],
+                        None => parked
+                            .range((cursor.as_str(), 0)..=(cursor.as_str(), u64::MAX))
+                            .ctx("reading parked")?
+                            .map(|item| item.map(|(k, _)| k.value().1))
+                            .collect::<Result<_, _>>()
+                            .ctx("reading parked")?,
+                    };
+                    for seq in seqs {
+                        if parked
+                            .remove((cursor.as_str(), seq))
+                            .ctx("unparking an event")?
+                            .is_some()
+                        {
+                            outcome.seqs.push(Seq(seq));
+                        }
+                    }
+                }
+                DirectOp::SaveProjection {
+                    name,
+                    checkpoint,
+                    state,
+                } => {
+                    if state.len() > STATE_BYTES_MAX {
+                        return Err(SpoolError::invalid(format!(
+                            "projection {name} state of {} bytes exceeds STATE_BYTES_MAX ({STATE_BYTES_MAX})",
+                            state.len()
+                        )));
+                    }
+                    let row = postcard::to_allocvec(&ProjectionRow::V1 {
+                        checkpoint: checkpoint.0,
+                        state,
+                    })
+                    .unwrap_or_default();
+                    let mut table = txn
+                        .open_table(tables::PROJECTIONS)
+                        .ctx("opening projections")?;
+                    table
+                        .insert(name.as_str(), row.as_slice())
+                        .ctx("saving a projection")?;
+                }
+                DirectOp::SaveSnapshot {
+                    stream,
+                    version,
+                    state,
+                } => {
+                    if state.len() > STATE_BYTES_MAX {
+                        return Err(SpoolError::invalid(format!(
+                            "snapshot of {stream} of {} bytes exceeds STATE_BYTES_MAX ({STATE_BYTES_MAX})",
+                            state.len()
+                        )));
+                    }
+                    let row = postcard::to_allocvec(&SnapshotRow::V1 { version, state })
+                        .unwrap_or_default();
+                    let mut table = txn.open_table(tables::SNAPSHOTS).ctx("opening snapshots")?;
+                    table
+                        .insert(stream.as_str(), row.as_slice())
+                        .ctx("saving a snapshot")?;
+                }
+                DirectOp::Retention { now_us } => {
+                    let age = self.policy.retention_age_us.unwrap_or(u64::MAX);
+                    outcome.deleted = self.retain(now_us.saturating_sub(age))?;
+                }
+                DirectOp::Checkpoint => {}
+            }
+        }
+        if let Err(error) = self.checkpoint() {
+            self.fail(&error);
+            return Err(error);
+        }
+        Ok(outcome)
+    }
+}
+
+/// Begin the long-lived write transaction: durable commits with quick-repair, so reopening
+/// after a crash does not walk the whole file.
+pub(crate) fn begin(db: &Database) -> Result<WriteTransaction> {
+    let mut txn = db.begin_write().ctx("beginning a write")?;
+    txn.set_durability(Durability::Immediate)
+        .map_err(|e| SpoolError::Database {
+            action: "setting durability",
+            source: e.into(),
+        })?;
+    txn.set_quick_repair(true);
+    Ok(txn)
+}
+
+/// Refuse an event that breaks a bound, before anything is stored.
+fn check_event(event: &crate::types::NewEvent) -> Result<()> {
+    if event.event_type.is_empty() || event.event_type.len() > EVENT_TYPE_BYTES_MAX {
+        return Err(SpoolError::invalid(format!(
+            "event type {:?} must be 1 to {EVENT_TYPE_BYTES_MAX} bytes",
+            event.event_type
+        )));
+    }
+    if event.payload.len() > EVENT_PAYLOAD_BYTES_MAX {
+        return Err(SpoolError::invalid(format!(
+            "payload of {} bytes ({}) exceeds EVENT_PAYLOAD_BYTES_MAX ({EVENT_PAYLOAD_BYTES_MAX})",
+            event.payload.len(),
+            event.event_type
+        )));
+    }
+    if let Some(key) = &event.meta.idempotency_key
+        && (key.is_empty() || key.len() > IDEMPOTENCY_KEY_BYTES_MAX)
+    {
+        return Err(SpoolError::invalid(format!(
+            "idempotency key of {} bytes must be 1 to {IDEMPOTENCY_KEY_BYTES_MAX} bytes",
+            key.len()
+        )));
+    }
+    Ok(())
+}
+
+fn truncate_utf8(text: &mut String, max: usize) {
+    if text.len() > max {
+        let mut cut = max;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+    }
+}
+
+/// An error with its whole chain of causes, for logs.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}

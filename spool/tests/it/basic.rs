@@ -1,0 +1,177 @@
+//! Append, read, reopen, expected versions, idempotency.
+
+use spool::{ExpectedVersion, Seq, Spool, SpoolError};
+
+use crate::common::{body, event, keyed, opaque_config, part, stream};
+
+#[test]
+fn append_then_read_globally_and_by_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path(), opaque_config()).unwrap();
+    let appended = spool
+        .append_blocking(vec![
+            part(
+                "a",
+                ExpectedVersion::NoStream,
+                vec![event(b"a1"), event(b"a2")],
+            ),
+            part("b", ExpectedVersion::Any, vec![event(b"b1")]),
+        ])
+        .unwrap();
+    let seqs: Vec<u64> = appended.iter().map(|a| a.seq.0).collect();
+    assert_eq!(seqs, vec![1, 2, 3]);
+    let versions: Vec<u64> = appended.iter().map(|a| a.version).collect();
+    assert_eq!(versions, vec![1, 2, 1]);
+
+    let all = spool.read_global(Seq::FIRST, 100).unwrap();
+    let payloads: Vec<Vec<u8>> = all.iter().map(body).collect();
+    assert_eq!(
+        payloads,
+        vec![b"a1".to_vec(), b"a2".to_vec(), b"b1".to_vec()]
+    );
+    let a = spool.read_stream(&stream("a"), 2, 100).unwrap();
+    assert_eq!(a.len(), 1);
+    assert_eq!(body(&a[0]), b"a2");
+    assert_eq!(
+        spool.last_in_stream(&stream("a")).unwrap().unwrap().version,
+        2
+    );
+    assert!(spool.last_in_stream(&stream("zz")).unwrap().is_none());
+    assert_eq!(spool.head().unwrap(), Seq(3));
+}
+
+#[test]
+fn events_survive_a_reopen_with_and_without_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let spool = Spool::open(dir.path(), opaque_config()).unwrap();
+        spool
+            .append_blocking(vec![part("a", ExpectedVersion::Any, vec![event(b"1")])])
+            .unwrap();
+        spool.checkpoint_blocking().unwrap();
+        spool
+            .append_blocking(vec![part("a", ExpectedVersion::Any, vec![event(b"2")])])
+            .unwrap();
+    }
+    let spool = Spool::open(dir.path(), opaque_config()).unwrap();
+    let all = spool.read_global(Seq::FIRST, 10).unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!(body(&all[1]), b"2");
+    let next = spool
+        .append_blocking(vec![part(
+            "a",
+            ExpectedVersion::Exact(2),
+            vec![event(b"3")],
+        )])
+        .unwrap();
+    assert_eq!(next[0].seq, Seq(3));
+    assert_eq!(next[0].version, 3);
+}
+
+#[test]
+fn wrong_expected_version_fails_the_whole_batch_and_names_the_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path(), opaque_config()).unwrap();
+    spool
+        .append_blocking(vec![part(
+            "a",
+            ExpectedVersion::NoStream,
+            vec![event(b"1")],
+        )])
+        .unwrap();
+    let error = spool
+        .append_blocking(vec![
+            part("b", ExpectedVersion::NoStream, vec![event(b"b")]),
+            part("a", ExpectedVersion::Exact(5), vec![event(b"2")]),
+        ])
+        .unwrap_err();
+    match &error {
+        SpoolError::WrongExpectedVersion {
+            stream,
+            expected,
+            actual,
+        } => {
+            assert_eq!(stream.as_str(), "a");
+            assert_eq!(*expected, ExpectedVersion::Exact(5));
+            assert_eq!(*actual, 1);
+        }
+        other => panic!("expected WrongExpectedVersion, got {other:?}"),
+    }
+    assert!(error.to_string().contains("stream a"));
+    assert_eq!(
+        spool.head().unwrap(),
+        Seq(1),
+        "nothing of the batch is stored"
+    );
+    assert!(spool.last_in_stream(&stream("b")).unwrap().is_none());
+    assert_eq!(spool.stats().unwrap().rejected_appends, 1);
+}
+
+#[test]
+fn duplicate_idempotency_keys_return_the_existing_seq() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path(), opaque_config()).unwrap();
+    let first = spool
+        .append_blocking(vec![part(
+            "a",
+            ExpectedVersion::Any,
+            vec![keyed(b"x", "k1")],
+        )])
+        .unwrap();
+    assert!(!first[0].duplicate);
+    spool.checkpoint_blocking().unwrap();
+    let again = spool
+        .append_blocking(vec![part(
+            "a",
+            ExpectedVersion::Any,
+            vec![keyed(b"x", "k1"), keyed(b"y", "k2"), keyed(b"y", "k2")],
+        )])
+        .unwrap();
+    assert!(again[0].duplicate);
+    assert_eq!(again[0].seq, first[0].seq);
+    assert!(!again[1].duplicate);
+    assert!(
+        again[2].duplicate,
+        "a key repeated inside one batch is a duplicate"
+    );
+    assert_eq!(again[2].seq, again[1].seq);
+    assert_eq!(spool.head().unwrap(), Seq(2));
+    let found = spool.find_by_idempotency_key("k2").unwrap().unwrap();
+    assert_eq!(body(&found), b"y");
+    // A retried batch whose events are all stored succeeds whatever the version is now.
+    let retry = spool
+        .append_blocking(vec![part(
+            "a",
+            ExpectedVersion::NoStream,
+            vec![keyed(b"x", "k1")],
+        )])
+        .unwrap();
+    assert!(retry[0].duplicate);
+}
+
+#[test]
+fn bad_input_is_refused_with_a_clear_error_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path(), opaque_config()).unwrap();
+    let mut big = event(b"");
+    big.payload = vec![0; spool::EVENT_PAYLOAD_BYTES_MAX + 1];
+    let error = spool
+        .append_blocking(vec![part("a", ExpectedVersion::Any, vec![big])])
+        .unwrap_err();
+    assert!(
+        matches!(error, SpoolError::InvalidInput { .. }),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("EVENT_PAYLOAD_BYTES_MAX"));
+    let mut untyped = event(b"");
+    untyped.event_type.clear();
+    assert!(
+        spool
+            .append_blocking(vec![part("a", ExpectedVersion::Any, vec![untyped])])
+            .is_err()
+    );
+    assert!(spool::StreamId::new("").is_err());
+    assert!(spool::StreamId::new("a\nb").is_err());
+    assert_eq!(spool.stats().unwrap().rejected_appends, 2);
+    assert_eq!(spool.head().unwrap(), Seq(0));
+}

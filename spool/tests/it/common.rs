@@ -1,0 +1,79 @@
+//! Helpers shared by the test modules.
+
+use std::time::{Duration, Instant};
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use spool::schema::{EventPayload, Schemas};
+use spool::{AppendStream, ExpectedVersion, Metadata, NewEvent, RecordedEvent, StreamId};
+
+/// The tests' own event type: opaque bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TestEvent {
+    /// What the test put in.
+    pub body: Vec<u8>,
+}
+
+impl EventPayload for TestEvent {
+    const EVENT_TYPE: &'static str = "test.event";
+    const SCHEMA_VERSION: u16 = 1;
+}
+
+/// A test event of type `test.event` carrying `body`.
+pub fn event(body: &[u8]) -> NewEvent {
+    TestEvent {
+        body: body.to_vec(),
+    }
+    .to_event(Metadata {
+        captured_at_us: 1,
+        boot_id: "b-1".into(),
+        ..Metadata::default()
+    })
+}
+
+/// The body of a read test event.
+pub fn body(event: &RecordedEvent) -> Vec<u8> {
+    TestEvent::from_event(event).expect("a test event").body
+}
+
+/// A test event with an idempotency key.
+pub fn keyed(payload: &[u8], key: &str) -> NewEvent {
+    let mut e = event(payload);
+    e.meta.idempotency_key = Some(key.to_owned());
+    e
+}
+
+/// One part for stream `name`.
+pub fn part(name: &str, expected: ExpectedVersion, events: Vec<NewEvent>) -> AppendStream {
+    AppendStream::new(stream(name), expected, events)
+}
+
+/// A stream id.
+pub fn stream(name: &str) -> StreamId {
+    StreamId::new(name).expect("a valid test stream id")
+}
+
+/// The catalog's schemas plus the tests' own type.
+pub fn test_schemas() -> Arc<Schemas> {
+    let mut schemas = spool::catalog::schemas();
+    schemas.register::<TestEvent>();
+    Arc::new(schemas)
+}
+
+/// A default config that also knows `test.event`.
+pub fn opaque_config() -> spool::SpoolConfig {
+    spool::SpoolConfig {
+        schemas: test_schemas(),
+        ..spool::SpoolConfig::default()
+    }
+}
+
+/// Wait until `condition` holds, or panic after `timeout`.
+pub fn wait_for(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::yield_now();
+    }
+}

@@ -1,0 +1,76 @@
+//! One writer, readers beside it, concurrent appenders.
+
+use std::time::Duration;
+
+use spool::{ExpectedVersion, Seq, Spool, SpoolError, SpoolReader};
+
+use crate::common::{body, event, opaque_config, part};
+
+#[test]
+fn a_second_writer_is_refused_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let _spool = Spool::open(dir.path(), opaque_config()).unwrap();
+    let error = Spool::open(dir.path(), opaque_config()).unwrap_err();
+    assert!(matches!(error, SpoolError::AlreadyOpen { .. }), "{error:?}");
+    assert!(error.to_string().contains("already open for writing"));
+}
+
+#[test]
+fn a_read_only_open_sees_acknowledged_events_beside_the_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path(), opaque_config()).unwrap();
+    spool
+        .append_blocking(vec![part("a", ExpectedVersion::Any, vec![event(b"1")])])
+        .unwrap();
+    spool.checkpoint_blocking().unwrap();
+    // This one is only in the journal.
+    spool
+        .append_blocking(vec![part("a", ExpectedVersion::Any, vec![event(b"2")])])
+        .unwrap();
+    let reader = SpoolReader::open(dir.path(), opaque_config().schemas).unwrap();
+    let all = reader.read_global(Seq::FIRST, 10).unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!(body(&all[1]), b"2");
+    spool
+        .append_blocking(vec![part("a", ExpectedVersion::Any, vec![event(b"3")])])
+        .unwrap();
+    reader.refresh().unwrap();
+    assert_eq!(reader.head().unwrap(), Seq(3));
+}
+
+#[test]
+fn concurrent_appenders_share_commits_and_get_gapless_seqs() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path(), opaque_config()).unwrap();
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let spool = spool.clone();
+            std::thread::spawn(move || {
+                for i in 0..50u32 {
+                    let payload = format!("{t}-{i}");
+                    spool
+                        .append_blocking(vec![part(
+                            &format!("s{t}"),
+                            ExpectedVersion::Exact(u64::from(i)),
+                            vec![event(payload.as_bytes())],
+                        )])
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let all = spool.read_global(Seq::FIRST, 1000).unwrap();
+    assert_eq!(all.len(), 400);
+    for (i, e) in all.iter().enumerate() {
+        assert_eq!(e.seq.0, i as u64 + 1);
+    }
+    let stats = spool.stats().unwrap();
+    assert_eq!(stats.appended_events, 400);
+    assert!(stats.commits <= 400);
+    let report = spool.verify().unwrap();
+    assert!(report.is_ok(), "{report:?}");
+    let _ = Duration::ZERO;
+}
