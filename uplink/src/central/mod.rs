@@ -45,7 +45,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use server::Server;
 pub use store::jetstream::JetStreamStore;
-pub use store::spool::SpoolStore;
+pub use store::spool::{SpoolStore, StoredIngest};
 pub use tokens::Tokens;
 pub use validate::{Reject, ValidBatch, ValidEvent};
 
@@ -81,8 +81,13 @@ pub struct CentralConfig {
 pub enum StoreConfig {
     /// The embedded default: a local spool (redb) file.
     Spool { path: PathBuf },
-    /// NATS JetStream at `url` (`nats://host:4222`).
-    JetStream { url: String },
+    /// NATS JetStream at `url` (`nats://host:4222`); the raw stream holds at most `max_bytes`
+    /// (default 100 GB, ADR-0001).
+    JetStream {
+        url: String,
+        #[serde(default)]
+        max_bytes: Option<i64>,
+    },
 }
 
 /// Per-track counters of what central did with the events it was sent.
@@ -90,7 +95,7 @@ pub enum StoreConfig {
 pub struct TrackStats {
     pub accepted: u64,
     pub duplicates: u64,
-    /// Events in batches refused with a 4xx after authentication (invalid, too large).
+    /// Requests refused with a 400, 413 or 422 after authentication (invalid or too large).
     pub rejected: u64,
 }
 
@@ -144,8 +149,8 @@ pub async fn serve(config: CentralConfig, cancel: CancellationToken) -> Result<(
             let central = Central::new(store, tokens);
             server.run(router(central), cancel).await
         }
-        StoreConfig::JetStream { url } => {
-            let store = JetStreamStore::connect(url).await?;
+        StoreConfig::JetStream { url, max_bytes } => {
+            let store = JetStreamStore::connect(url, *max_bytes).await?;
             let central = Central::new(store, tokens);
             server.run(router(central), cancel).await
         }

@@ -220,6 +220,8 @@ pub struct Drain {
     url: reqwest::Url,
     client: reqwest::Client,
     status: watch::Sender<DrainStatus>,
+    /// The cursor when the drain was made: it resends from here.
+    start: Seq,
 }
 
 impl Drain {
@@ -270,10 +272,10 @@ impl Drain {
             .no_proxy()
             .build()
             .map_err(Error::HttpClient)?;
-        let backlog = backlog_of(&spool, &config.cursor).unwrap_or_default();
+        let (backlog, acked) = backlog_of(&spool, &config.cursor)?;
         let (status, _) = watch::channel(DrainStatus {
-            backlog: backlog.0,
-            acked_seq: backlog.1,
+            backlog,
+            acked_seq: acked,
             ..DrainStatus::default()
         });
         Ok(Self {
@@ -282,6 +284,7 @@ impl Drain {
             url,
             client,
             status,
+            start: Seq(acked),
         })
     }
 
@@ -294,10 +297,7 @@ impl Drain {
     /// acknowledged also acknowledged in the spool.
     pub async fn run(self, cancel: CancellationToken) -> Result<(), Error> {
         let (tx, rx) = mpsc::channel(UPLINK_PREFETCH_BATCHES_MAX);
-        let start = self
-            .spool
-            .cursor(&self.config.cursor)
-            .map_err(Error::spool("reading the uplink cursor"))?;
+        let start = self.start;
         let reader = Reader {
             spool: self.spool.clone(),
             config: self.config.clone(),
@@ -305,7 +305,9 @@ impl Drain {
             tx,
         };
         let reader_cancel = cancel.child_token();
-        let reader_task = tokio::spawn(reader.run(reader_cancel.clone()));
+        // Aborted with this future too, so a drain that is dropped (or its task aborted) leaves no
+        // reader behind.
+        let mut reader_task = AbortOnDrop(tokio::spawn(reader.run(reader_cancel.clone())));
         let sender = Sender {
             backoff: Backoff::new(
                 Duration::from_millis(self.config.limits.backoff_ms_min),
@@ -320,7 +322,7 @@ impl Drain {
         };
         let result = sender.run(rx, cancel).await;
         reader_cancel.cancel();
-        match reader_task.await {
+        match (&mut reader_task.0).await {
             Ok(Ok(())) => result,
             Ok(Err(e)) => result.and(Err(e)),
             Err(source) => result.and(Err(Error::Join {
@@ -328,6 +330,14 @@ impl Drain {
                 source,
             })),
         }
+    }
+}
+
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

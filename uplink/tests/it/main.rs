@@ -1,1 +1,10 @@
+//! Integration tests of the uplink, with real parts: real sockets on 127.0.0.1, real TLS with
+//! certificates made here, a real spool on disk, a real `nats-server` with JetStream, and a fault
+//! proxy between node and central.
 
+mod common;
+mod faults;
+mod jetstream;
+mod outage;
+mod restart;
+mod tls;

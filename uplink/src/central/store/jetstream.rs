@@ -1,9 +1,11 @@
 //! NATS JetStream store: stream `timing_ingest_raw_v1` on `timing.ingest.raw.v1.<track_id>`, file
 //! storage, each event published with its idempotency key as `Nats-Msg-Id`.
 //!
-//! The per-(track, client) seq ranges live in the KV bucket [`JETSTREAM_RANGES_BUCKET`], one key per
-//! `<track_id>.<client_id>`, plus [`WATERMARK_KEY`]: the last stream sequence whose event is
-//! reflected in the stored ranges. Publishing comes first and the ranges follow, so a crash between
+//! The per-(track, client) seq ranges live in the stream [`JETSTREAM_RANGES_STREAM`]: one subject
+//! that keeps only its last message, a JSON document of every `(track, client)` range set and the
+//! watermark, the last raw stream sequence whose event is reflected in it. (Not a KV bucket: the
+//! Debian nats-server 2.9 and async-nats 0.51 disagree on the KV creation answer; this is the same
+//! mechanism, one level down.) Publishing comes first and the ranges follow, so a crash between
 //! the two leaves events in the stream that the ranges miss; on start the store reads the stream from
 //! the watermark on and adds them back. That makes the ranges, not the two-minute duplicate window,
 //! the guard against a batch re-sent days later.
@@ -14,8 +16,8 @@
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
-use async_nats::jetstream::{self, kv, stream};
-use futures_util::StreamExt;
+use async_nats::jetstream::{self, stream};
+use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
 use crate::Error;
@@ -25,8 +27,15 @@ use crate::wire::BatchAccepted;
 
 pub const JETSTREAM_STREAM: &str = "timing_ingest_raw_v1";
 pub const JETSTREAM_SUBJECT_PREFIX: &str = "timing.ingest.raw.v1";
-pub const JETSTREAM_RANGES_BUCKET: &str = "timing_ingest_seq_ranges_v1";
-const WATERMARK_KEY: &str = "_watermark";
+pub const JETSTREAM_RANGES_STREAM: &str = "timing_ingest_seq_ranges_v1";
+const RANGES_SUBJECT: &str = "timing.ingest.seqranges.v1";
+
+/// The stored document of the ranges stream.
+#[derive(Serialize, Deserialize, Default)]
+struct RangesDoc {
+    watermark: u64,
+    ranges: Vec<(String, String, RangeSet)>,
+}
 
 /// JetStream's own duplicate window; the ranges cover everything older.
 pub const JETSTREAM_DUPLICATE_WINDOW_S: u64 = 120;
@@ -48,13 +57,13 @@ pub const JETSTREAM_REQUEST_MS_MAX: u64 = 10_000;
 
 pub struct JetStreamStore {
     js: jetstream::Context,
-    kv: kv::Store,
     ranges: Mutex<HashMap<(String, String), RangeSet>>,
 }
 
 impl JetStreamStore {
-    /// Connects, provisions the stream and the ranges bucket if they are missing, and loads the ranges.
-    pub async fn connect(url: &str) -> Result<Self, Error> {
+    /// Connects, provisions the stream (at most `max_bytes`, [`JETSTREAM_MAX_BYTES`] by default) and
+    /// the ranges bucket if they are missing, and loads the ranges.
+    pub async fn connect(url: &str, max_bytes: Option<i64>) -> Result<Self, Error> {
         let client = async_nats::connect(url)
             .await
             .map_err(|e| Error::nats(format!("connecting to {url}"), e))?;
@@ -69,29 +78,23 @@ impl JetStreamStore {
             retention: stream::RetentionPolicy::Limits,
             discard: stream::DiscardPolicy::Old,
             max_age: Duration::from_secs(JETSTREAM_MAX_AGE_S),
-            max_bytes: JETSTREAM_MAX_BYTES,
+            max_bytes: max_bytes.unwrap_or(JETSTREAM_MAX_BYTES),
             duplicate_window: Duration::from_secs(JETSTREAM_DUPLICATE_WINDOW_S),
             ..Default::default()
         })
         .await
         .map_err(|e| Error::nats(format!("provisioning stream {JETSTREAM_STREAM}"), e))?;
-        let kv = match js.get_key_value(JETSTREAM_RANGES_BUCKET).await {
-            Ok(kv) => kv,
-            Err(_) => js
-                .create_key_value(kv::Config {
-                    bucket: JETSTREAM_RANGES_BUCKET.into(),
-                    history: 1,
-                    storage: stream::StorageType::File,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| {
-                    Error::nats(format!("provisioning bucket {JETSTREAM_RANGES_BUCKET}"), e)
-                })?,
-        };
+        js.get_or_create_stream(stream::Config {
+            name: JETSTREAM_RANGES_STREAM.into(),
+            subjects: vec![RANGES_SUBJECT.into()],
+            storage: stream::StorageType::File,
+            max_messages_per_subject: 1,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| Error::nats(format!("provisioning stream {JETSTREAM_RANGES_STREAM}"), e))?;
         let store = Self {
             js,
-            kv,
             ranges: Mutex::new(HashMap::new()),
         };
         store.load_ranges().await?;
@@ -100,30 +103,29 @@ impl JetStreamStore {
 
     async fn load_ranges(&self) -> Result<(), Error> {
         let mut ranges = self.ranges.lock().await;
-        let mut keys = self
-            .kv
-            .keys()
+        let ranges_stream = self
+            .js
+            .get_stream(JETSTREAM_RANGES_STREAM)
             .await
-            .map_err(|e| Error::nats("listing seq ranges", e))?;
-        let mut watermark = 0u64;
-        while let Some(key) = keys.next().await {
-            let key = key.map_err(|e| Error::nats("listing seq ranges", e))?;
-            let Some(value) = self
-                .kv
-                .get(&key)
-                .await
-                .map_err(|e| Error::nats(format!("reading seq ranges {key}"), e))?
-            else {
-                continue;
-            };
-            if key == WATERMARK_KEY {
-                watermark = parse_json(&value, &key)?;
-                continue;
+            .map_err(|e| Error::nats("opening the ranges stream", e))?;
+        let doc: RangesDoc = match ranges_stream
+            .get_last_raw_message_by_subject(RANGES_SUBJECT)
+            .await
+        {
+            Ok(message) => {
+                serde_json::from_slice(&message.payload).map_err(|source| Error::Corrupt {
+                    what: "JetStream seq ranges".into(),
+                    source,
+                })?
             }
-            let Some((track, client)) = key.split_once('.') else {
-                continue;
-            };
-            ranges.insert((track.into(), client.into()), parse_json(&value, &key)?);
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => {
+                RangesDoc::default()
+            }
+            Err(e) => return Err(Error::nats("reading the seq ranges", e)),
+        };
+        let watermark = doc.watermark;
+        for (track, client, set) in doc.ranges {
+            ranges.insert((track, client), set);
         }
         // Events published after the last saved ranges (a crash between publish and save).
         let mut stream = self
@@ -160,32 +162,55 @@ impl JetStreamStore {
                 to = last,
                 "recovered seq ranges from the stream"
             );
-            self.save(&ranges, &touched, Some(last)).await?;
+            let _ = touched;
+            self.save(&ranges, Some(last)).await?;
         }
         Ok(())
     }
 
+    /// Saves every range set and, if given, the new watermark (else the stored one stays).
     async fn save(
         &self,
         ranges: &HashMap<(String, String), RangeSet>,
-        touched: &BTreeSet<(String, String)>,
         watermark: Option<u64>,
     ) -> Result<(), Error> {
-        for pair in touched {
-            let key = format!("{}.{}", pair.0, pair.1);
-            let value = serde_json::to_vec(&ranges[pair]).expect("ranges always encode");
-            self.kv
-                .put(&key, value.into())
-                .await
-                .map_err(|e| Error::nats(format!("saving seq ranges {key}"), e))?;
-        }
-        if let Some(watermark) = watermark {
-            self.kv
-                .put(WATERMARK_KEY, watermark.to_string().into())
-                .await
-                .map_err(|e| Error::nats("saving the watermark", e))?;
-        }
+        let watermark = match watermark {
+            Some(w) => w,
+            None => self.stored_watermark().await?,
+        };
+        let doc = RangesDoc {
+            watermark,
+            ranges: ranges
+                .iter()
+                .map(|((t, c), set)| (t.clone(), c.clone(), set.clone()))
+                .collect(),
+        };
+        let body = serde_json::to_vec(&doc).expect("ranges always encode");
+        self.js
+            .publish(RANGES_SUBJECT, body.into())
+            .await
+            .map_err(|e| Error::nats("saving the seq ranges", e))?
+            .await
+            .map_err(|e| Error::nats("acknowledgement of the seq ranges", e))?;
         Ok(())
+    }
+
+    async fn stored_watermark(&self) -> Result<u64, Error> {
+        let stream = self
+            .js
+            .get_stream(JETSTREAM_RANGES_STREAM)
+            .await
+            .map_err(|e| Error::nats("opening the ranges stream", e))?;
+        match stream.get_last_raw_message_by_subject(RANGES_SUBJECT).await {
+            Ok(message) => serde_json::from_slice::<RangesDoc>(&message.payload)
+                .map(|d| d.watermark)
+                .map_err(|source| Error::Corrupt {
+                    what: "JetStream seq ranges".into(),
+                    source,
+                }),
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(0),
+            Err(e) => Err(Error::nats("reading the seq ranges", e)),
+        }
     }
 
     /// The ranges of seqs held for `(track, client)`, for tests and the operator.
@@ -197,13 +222,6 @@ impl JetStreamStore {
             .cloned()
             .unwrap_or_default()
     }
-}
-
-fn parse_json<T: serde::de::DeserializeOwned>(value: &[u8], key: &str) -> Result<T, Error> {
-    serde_json::from_slice(value).map_err(|source| Error::Corrupt {
-        what: format!("seq ranges entry {key}"),
-        source,
-    })
 }
 
 impl IngestStore for JetStreamStore {
@@ -290,7 +308,7 @@ impl IngestStore for JetStreamStore {
         // been stored, and recovery must then read it back from the stream.
         if !touched.is_empty() {
             let watermark = failure.is_none().then_some(last_sequence);
-            self.save(&ranges, &touched, watermark).await?;
+            self.save(&ranges, watermark).await?;
         }
         match failure {
             Some(e) => Err(e),

@@ -1,0 +1,237 @@
+//! Shared helpers: spools with events in them, a central, a drain, and waiting on conditions.
+
+use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use spool::catalog;
+use spool::schema::EventPayload;
+use spool::{AppendStream, ExpectedVersion, Metadata, NewEvent, Spool, SpoolConfig, StreamId};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uplink::central::{Central, IngestStore, Server, SpoolStore, StoredIngest, Tokens};
+use uplink::drain::{Drain, DrainConfig, DrainLimits, DrainStatus};
+use uplink::tls::ServerTlsConfig;
+
+pub const TRACK: &str = "bmx-main";
+pub const CLIENT: &str = "node-7f3a";
+pub const TOKEN: &str = "s3cret-bmx";
+pub const OTHER_TRACK_TOKEN: &str = "s3cret-kart";
+
+/// Polls `condition` until it holds; panics naming `what` after `timeout`.
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition().await {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until the drain's status satisfies `condition`.
+pub async fn wait_status(
+    status: &mut watch::Receiver<DrainStatus>,
+    timeout: Duration,
+    what: &str,
+    condition: impl Fn(&DrainStatus) -> bool,
+) -> DrainStatus {
+    let waited = tokio::time::timeout(timeout, status.wait_for(|s| condition(s)))
+        .await
+        .map(|r| r.map(|s| s.clone()));
+    match waited {
+        Ok(Ok(s)) => s,
+        Ok(Err(_)) => panic!("drain stopped while waiting for {what}"),
+        Err(_) => panic!(
+            "timed out after {timeout:?} waiting for {what}; status {:?}",
+            *status.borrow()
+        ),
+    }
+}
+
+pub fn open_spool(dir: &Path) -> Spool {
+    Spool::open(dir, SpoolConfig::default()).expect("open spool")
+}
+
+pub fn passing(n: u32) -> NewEvent {
+    catalog::Passing {
+        passing_number: n,
+        transponder: Some(9000 + n % 100),
+        rtc_time_us: 1_761_855_822_000_000 + u64::from(n) * 1000,
+        utc_time_us: None,
+        strength: Some(120),
+        hits: Some(30),
+        flags: Some(0),
+        tran_code: None,
+        decoder_id: Some(0x000C_00D0),
+        unknown_tlvs: Vec::new(),
+    }
+    .to_event(meta())
+}
+
+/// A decoder.version whose description is longer than central accepts (256 bytes): central
+/// answers 422 for it, whatever batch it is in.
+pub fn poison() -> NewEvent {
+    catalog::Version {
+        decoder_id: Some(0x000C_00D0),
+        description: Some("x".repeat(300)),
+        version: Some("4.1".into()),
+        build: Some(7),
+        unknown_tlvs: Vec::new(),
+    }
+    .to_event(meta())
+}
+
+fn meta() -> Metadata {
+    Metadata {
+        captured_at_us: spool::now_us(),
+        boot_id: "b-000001".into(),
+        ..Metadata::default()
+    }
+}
+
+/// Appends `events` to the decoder stream, in appends of at most 1,000.
+pub async fn append(spool: &Spool, events: Vec<NewEvent>) {
+    let stream = StreamId::decoder([0xD0, 0x00, 0x0C, 0x00]);
+    let mut events = events.into_iter().peekable();
+    while events.peek().is_some() {
+        let chunk: Vec<_> = events.by_ref().take(1000).collect();
+        spool
+            .append(vec![AppendStream::new(
+                stream.clone(),
+                ExpectedVersion::Any,
+                chunk,
+            )])
+            .await
+            .expect("append");
+    }
+}
+
+pub async fn append_passings(spool: &Spool, from: u32, count: u32) {
+    append(spool, (from..from + count).map(passing).collect()).await;
+}
+
+pub fn write(path: &Path, text: &str) {
+    std::fs::write(path, text).expect("write file");
+}
+
+pub fn tokens() -> Tokens {
+    Tokens::parse(&format!("{TRACK} {TOKEN}\nkart-2 {OTHER_TRACK_TOKEN}\n")).expect("tokens")
+}
+
+/// A running central.
+pub struct RunningCentral<S> {
+    pub addr: SocketAddr,
+    pub central: Arc<Central<S>>,
+    pub cancel: CancellationToken,
+    pub task: JoinHandle<Result<(), uplink::Error>>,
+}
+
+impl<S> RunningCentral<S> {
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        self.task.await.expect("central task").expect("central run");
+    }
+}
+
+pub async fn start_central<S: IngestStore>(
+    store: S,
+    listen: SocketAddr,
+    tls: Option<&ServerTlsConfig>,
+) -> RunningCentral<S> {
+    let server = Server::bind(listen, tls).await.expect("bind central");
+    let addr = server.local_addr();
+    let central = Central::new(store, tokens());
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(server.run(uplink::central::router(central.clone()), cancel.clone()));
+    RunningCentral {
+        addr,
+        central,
+        cancel,
+        task,
+    }
+}
+
+pub async fn spool_store(dir: &Path) -> SpoolStore {
+    SpoolStore::open(dir).await.expect("open central store")
+}
+
+/// Limits that make a test fast: small batches, short backoff.
+pub fn fast_limits() -> DrainLimits {
+    DrainLimits {
+        batch_events_max: 200,
+        batch_linger_ms: 20,
+        ack_interval_ms: 100,
+        backoff_ms_min: 10,
+        backoff_ms_max: 200,
+        auth_retry_ms: 100,
+        request_ms_max: 2_000,
+        ..DrainLimits::default()
+    }
+}
+
+pub fn drain_config(url: &str, token_file: PathBuf) -> DrainConfig {
+    let mut config = DrainConfig::new(url, TRACK, CLIENT, token_file);
+    config.limits = fast_limits();
+    config
+}
+
+/// A running drain.
+pub struct RunningDrain {
+    pub status: watch::Receiver<DrainStatus>,
+    pub cancel: CancellationToken,
+    pub task: JoinHandle<Result<(), uplink::Error>>,
+}
+
+impl RunningDrain {
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        self.task.await.expect("drain task").expect("drain run");
+    }
+}
+
+pub fn start_drain(config: DrainConfig, spool: &Spool) -> RunningDrain {
+    let drain = Drain::new(config, spool.clone()).expect("drain");
+    let status = drain.status();
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(drain.run(cancel.clone()));
+    RunningDrain {
+        status,
+        cancel,
+        task,
+    }
+}
+
+/// Checks that `stored` holds each of `expected` node seqs exactly once, and per client in
+/// increasing seq order (excluding `out_of_order`, events re-sent later on purpose).
+pub fn assert_exactly_once(stored: &[StoredIngest], expected: &HashSet<u64>) {
+    let mut seen = HashSet::new();
+    for event in stored {
+        assert_eq!(event.track_id, TRACK);
+        assert!(seen.insert(event.seq), "seq {} stored twice", event.seq);
+        assert!(
+            expected.contains(&event.seq),
+            "seq {} was never sent",
+            event.seq
+        );
+    }
+    assert_eq!(seen.len(), expected.len(), "every spooled event is stored");
+    let mut last: BTreeMap<&str, u64> = BTreeMap::new();
+    for event in stored {
+        if let Some(prev) = last.insert(&event.client_id, event.seq) {
+            assert!(prev < event.seq, "seq {} stored after {prev}", event.seq);
+        }
+    }
+}
