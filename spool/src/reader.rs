@@ -209,16 +209,44 @@ impl SpoolReader {
                 source,
             }
         };
-        let backend = storage
-            .open_read_only(DB_FILE)
-            .map_err(io("opening the database read-only"))?;
-        let mut builder = redb::Builder::new();
-        if storage.supports_shared_readers() {
-            builder.set_concurrency_mode(redb::ConcurrencyMode::SingleWriter);
-        }
-        let db = builder
-            .open_read_only_with_backend(crate::storage::Boxed(backend))
-            .ctx("opening the database read-only")?;
+        let open = || -> Result<ReadOnlyDatabase> {
+            let backend = storage
+                .open_read_only(DB_FILE)
+                .map_err(io("opening the database read-only"))?;
+            let mut builder = redb::Builder::new();
+            if storage.supports_shared_readers() {
+                builder.set_concurrency_mode(redb::ConcurrencyMode::SingleWriter);
+            }
+            builder
+                .open_read_only_with_backend(crate::storage::Boxed(backend))
+                .ctx("opening the database read-only")
+        };
+        let db = match open() {
+            Err(SpoolError::Database {
+                source: redb::Error::RepairAborted,
+                ..
+            }) => {
+                // The last writer died without closing and none is running (a live writer
+                // would have let us in): recover by opening for writing once, then read.
+                tracing::info!(path = %path.display(), "spool was not closed cleanly; recovering it before reading");
+                let journal_bytes = storage
+                    .open_read_only(crate::storage::JOURNAL_FILE)
+                    .and_then(|j| j.len())
+                    .unwrap_or(0)
+                    .max(crate::SPOOL_JOURNAL_BYTES_MIN);
+                let writer = crate::Spool::open_with_storage(
+                    storage.clone(),
+                    crate::SpoolConfig {
+                        journal_bytes,
+                        schemas: schemas.clone(),
+                        ..crate::SpoolConfig::default()
+                    },
+                )?;
+                drop(writer);
+                open()?
+            }
+            other => other?,
+        };
         let reader = SpoolReader {
             db: Db::ReadOnly(Arc::new(db)),
             tail: Arc::new(RwLock::new(Tail::default())),
@@ -494,18 +522,19 @@ impl SpoolReader {
     /// How far a cursor has acknowledged (`Seq::ZERO` if never).
     pub fn cursor(&self, name: &str) -> Result<Seq> {
         let view = self.view()?;
-        if let Some(seq) = view.tail.cursors.get(name) {
-            return Ok(Seq(*seq));
-        }
         let cursors = view
             .txn
             .open_table(tables::CURSORS)
             .ctx("opening cursors")?;
-        Ok(Seq(cursors
+        let committed = cursors
             .get(name)
             .ctx("reading a cursor")?
             .map(|v| v.value())
-            .unwrap_or(0)))
+            .unwrap_or(0);
+        // A cursor never moves back: the tail holds acknowledgements since the checkpoint,
+        // which may be older than the committed position.
+        let tail = view.tail.cursors.get(name).copied().unwrap_or(0);
+        Ok(Seq(committed.max(tail)))
     }
 
     /// The events a cursor parked as rejected, oldest first.

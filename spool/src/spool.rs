@@ -138,16 +138,26 @@ impl Spool {
             )));
         }
         let path = storage.describe();
-        let backend = storage.open(DB_FILE).map_err(|source| SpoolError::Io {
-            path: path.join(DB_FILE),
-            action: "opening the database",
-            source,
-        })?;
+        let io = |action: &'static str| {
+            let path = path.clone();
+            move |source| SpoolError::Io {
+                path,
+                action,
+                source,
+            }
+        };
         let mut builder = redb::Builder::new();
         builder.set_cache_size(config.cache_bytes);
         if storage.supports_shared_readers() {
             builder.set_concurrency_mode(redb::ConcurrencyMode::SingleWriter);
         }
+        if !storage
+            .exists(DB_FILE)
+            .map_err(io("looking for the database"))?
+        {
+            create_database(storage.as_ref(), &builder)?;
+        }
+        let backend = storage.open(DB_FILE).map_err(io("opening the database"))?;
         let db = match builder.create_with_backend(Boxed(backend)) {
             Ok(db) => db,
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
@@ -430,6 +440,36 @@ impl Spool {
     }
 }
 
+/// Make a new, empty database under a temporary name and rename it into place, so a crash
+/// while creating it leaves no half-made database behind.
+fn create_database(storage: &dyn Storage, builder: &redb::Builder) -> Result<()> {
+    let path = storage.describe();
+    let io = |action: &'static str| {
+        let path = path.join(crate::storage::DB_TMP_FILE);
+        move |source| SpoolError::Io {
+            path,
+            action,
+            source,
+        }
+    };
+    storage
+        .remove(crate::storage::DB_TMP_FILE)
+        .map_err(io("removing a stale new database"))?;
+    let backend = storage
+        .open(crate::storage::DB_TMP_FILE)
+        .map_err(io("creating the database"))?;
+    let db = builder
+        .create_with_backend(Boxed(backend))
+        .ctx("creating the database")?;
+    let txn = writer::begin(&db)?;
+    tables::create_all(&txn)?;
+    txn.commit().ctx("initialising the database")?;
+    db.close().ctx("closing the new database")?;
+    storage
+        .rename(crate::storage::DB_TMP_FILE, DB_FILE)
+        .map_err(io("renaming the new database into place"))
+}
+
 /// Replay the journal's current frames into the database and checkpoint them. Returns the next
 /// seq, the next lsn and how many events were replayed.
 fn recover(db: &redb::Database, journal: &mut Journal) -> Result<(u64, u64, usize)> {
@@ -493,12 +533,19 @@ fn recover(db: &redb::Database, journal: &mut Journal) -> Result<(u64, u64, usiz
 /// Wake the writer every `interval` so a quiet spool still checkpoints. Holds only a weak
 /// sender: it ends when the spool does.
 fn spawn_ticker(tx: mpsc::WeakSender<Request>, interval: Duration) {
+    // Wake at least once a second to notice the spool has closed.
+    let nap = interval.min(Duration::from_secs(1));
     let spawned = std::thread::Builder::new()
         .name("spool-ticker".into())
         .spawn(move || {
+            let mut last = std::time::Instant::now();
             loop {
-                std::thread::sleep(interval);
+                std::thread::sleep(nap);
                 let Some(tx) = tx.upgrade() else { break };
+                if last.elapsed() < interval {
+                    continue;
+                }
+                last = std::time::Instant::now();
                 // A full queue means the writer is busy and checkpoints on its own.
                 if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(Request::Tick) {
                     break;

@@ -13,6 +13,9 @@ use redb::{BackendError, StorageBackend};
 
 /// The database file's name inside the spool directory.
 pub const DB_FILE: &str = "spool.redb";
+/// Where a new database is initialised before it is renamed into place, so a crash during
+/// creation never leaves a half-made `spool.redb`.
+pub const DB_TMP_FILE: &str = "spool.redb.tmp";
 /// The journal file's name inside the spool directory.
 pub const JOURNAL_FILE: &str = "spool.journal";
 
@@ -24,6 +27,10 @@ pub trait Storage: Debug + Send + Sync + 'static {
     fn open_read_only(&self, name: &str) -> io::Result<Box<dyn StorageBackend>>;
     /// Whether `name` exists.
     fn exists(&self, name: &str) -> io::Result<bool>;
+    /// Rename `from` to `to` durably, replacing `to`.
+    fn rename(&self, from: &str, to: &str) -> io::Result<()>;
+    /// Remove `name` if it exists.
+    fn remove(&self, name: &str) -> io::Result<()>;
     /// A path for messages.
     fn describe(&self) -> PathBuf;
     /// Whether the files support the byte-range locks that let read-only processes open the
@@ -61,11 +68,23 @@ impl Storage for DirStorage {
             // Make the new directory entry durable, or a power cut could lose the whole file.
             File::open(&self.dir)?.sync_all()?;
         }
-        if name == DB_FILE {
+        if name == DB_FILE || name == DB_TMP_FILE {
             let backend = redb::backends::FileBackend::new(file).map_err(io::Error::other)?;
             Ok(Box::new(backend))
         } else {
             Ok(Box::new(PlainFile { file }))
+        }
+    }
+
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        std::fs::rename(self.dir.join(from), self.dir.join(to))?;
+        File::open(&self.dir)?.sync_all()
+    }
+
+    fn remove(&self, name: &str) -> io::Result<()> {
+        match std::fs::remove_file(self.dir.join(name)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
         }
     }
 

@@ -662,9 +662,15 @@ impl Writer {
             if file_bytes + self.journal.capacity() >= cap / 10 * 9 {
                 let mut used = self.db_used_bytes()? + self.journal.capacity();
                 if used >= cap / 10 * 9 {
-                    // Near the cap, acknowledged history goes whatever its age.
-                    deleted += self.retain(u64::MAX)?;
-                    used = self.db_used_bytes()? + self.journal.capacity();
+                    // Near the cap, acknowledged history goes whatever its age. redb frees the
+                    // pages of deleted rows at the commits after the deleting one.
+                    let freed = self.retain(u64::MAX)?;
+                    if freed > 0 {
+                        deleted += freed;
+                        self.checkpoint()?;
+                        self.checkpoint()?;
+                        used = self.db_used_bytes()? + self.journal.capacity();
+                    }
                 }
                 let full = used >= cap;
                 let was_full = self.counters.spool_full.swap(full, Ordering::Relaxed);

@@ -1,7 +1,5 @@
 //! Helpers shared by the test modules.
 
-use std::time::{Duration, Instant};
-
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -66,14 +64,5 @@ pub fn opaque_config() -> spool::SpoolConfig {
     spool::SpoolConfig {
         schemas: test_schemas(),
         ..spool::SpoolConfig::default()
-    }
-}
-
-/// Wait until `condition` holds, or panic after `timeout`.
-pub fn wait_for(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::yield_now();
     }
 }

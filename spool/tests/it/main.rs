@@ -1,5 +1,14 @@
 //! The spool's integration tests: one binary, one module per concern.
 
 mod basic;
+mod big;
 mod common;
 mod concurrency;
+mod crash;
+mod cursors;
+mod format;
+mod model;
+mod projections;
+mod sim;
+mod subscribe;
+mod upcast;

@@ -1,0 +1,590 @@
+//! The spool's benchmark: figures beside baselines measured in the same run, on the same disk.
+//!
+//! ```text
+//! cargo bench -p spool --bench spool
+//! ```
+//!
+//! Baselines: the floor (append a record of the journal frame's size to a file in the same
+//! directory, then `fdatasync`), SQLite (WAL, synchronous=FULL, same records and batch sizes) and
+//! naive redb (one `Durability::Immediate` commit per append, the spool's tables).
+//!
+//! Sizes come from the environment, so a run fits in a few minutes by default:
+//!
+//! | variable | default | what |
+//! |---|---|---|
+//! | `SPOOL_BENCH_DIR` | system temp dir | where the files go (use the disk you care about) |
+//! | `SPOOL_BENCH_SINGLE` | 2000 | single-event appends timed one by one |
+//! | `SPOOL_BENCH_EVENTS` | 100000 | events per throughput figure |
+//! | `SPOOL_BENCH_REOPEN` | 1000000 | comma-separated spool sizes for the kill -9 reopen (add 10000000) |
+//! | `SPOOL_BENCH_WEAR_SECS` | 65 | seconds of the steady 10 events/s run (spans two checkpoints) |
+
+use std::fs::OpenOptions;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use spool::catalog::Passing;
+use spool::schema::EventPayload;
+use spool::{
+    AppendStream, ExpectedVersion, Filter, Metadata, NewEvent, Seq, Spool, SpoolConfig, StreamId,
+};
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A realistic decoder passing with its metadata.
+fn passing(n: u32) -> NewEvent {
+    Passing {
+        passing_number: n,
+        transponder: Some(1_000_000 + n % 300),
+        rtc_time_us: 1_761_855_822_438_228 + u64::from(n) * 1000,
+        utc_time_us: Some(1_761_855_822_438_911 + u64::from(n) * 1000),
+        strength: Some(120),
+        hits: Some(33),
+        flags: Some(0),
+        tran_code: None,
+        decoder_id: Some(0x000C_00D0),
+        unknown_tlvs: Vec::new(),
+    }
+    .to_event(Metadata {
+        captured_at_us: 1_761_855_822_438_911 + u64::from(n) * 1000,
+        boot_id: "b-000042".into(),
+        ..Metadata::default()
+    })
+}
+
+fn decoder_stream() -> StreamId {
+    StreamId::decoder([0xD0, 0x00, 0x0C, 0x00])
+}
+
+/// The bytes one event costs in the journal, for the baselines' record size.
+fn record_bytes() -> usize {
+    let event = passing(1);
+    let recorded = spool::RecordedEvent {
+        seq: Seq(1_000_000),
+        stream: decoder_stream(),
+        version: 1_000_000,
+        event_type: event.event_type.clone(),
+        schema_version: event.schema_version,
+        stored_schema_version: event.schema_version,
+        payload: event.payload.clone(),
+        recorded_at_us: spool::now_us(),
+        meta: event.meta.clone(),
+    };
+    spool::record::JournalFrame::V1 {
+        lsn: 1_000_000,
+        op: spool::record::JournalOpV1::Append {
+            records: vec![spool::record::StoredRecord::from_event(&recorded)],
+        },
+    }
+    .encode()
+    .len()
+}
+
+struct Percentiles {
+    p50: Duration,
+    p99: Duration,
+    p999: Duration,
+}
+
+fn percentiles(mut samples: Vec<Duration>) -> Percentiles {
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];
+    Percentiles {
+        p50: at(0.50),
+        p99: at(0.99),
+        p999: at(0.999),
+    }
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn config() -> SpoolConfig {
+    SpoolConfig::default()
+}
+
+/// The floor: append a record and fdatasync, to a file in the same directory.
+fn floor(dir: &Path, n: usize, record: usize) -> Percentiles {
+    let path = dir.join("floor.bin");
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .expect("floor file");
+    let bytes = vec![0xA5u8; record];
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let start = Instant::now();
+        file.write_all(&bytes).expect("floor write");
+        file.sync_data().expect("floor fdatasync");
+        samples.push(start.elapsed());
+    }
+    drop(std::fs::remove_file(path));
+    percentiles(samples)
+}
+
+fn single_appends(spool: &Spool, n: usize) -> Percentiles {
+    let stream = decoder_stream();
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n {
+        let event = passing(i as u32);
+        let start = Instant::now();
+        spool
+            .append_blocking(vec![AppendStream::new(
+                stream.clone(),
+                ExpectedVersion::Any,
+                vec![event],
+            )])
+            .expect("append");
+        samples.push(start.elapsed());
+    }
+    percentiles(samples)
+}
+
+/// Events/s with `appenders` threads appending single events.
+fn concurrent(spool: &Spool, appenders: usize, total: usize) -> f64 {
+    let per = total / appenders;
+    let start = Instant::now();
+    let threads: Vec<_> = (0..appenders)
+        .map(|t| {
+            let spool = spool.clone();
+            std::thread::spawn(move || {
+                let stream = StreamId::new(format!("bench/{t}")).expect("stream id");
+                for i in 0..per {
+                    spool
+                        .append_blocking(vec![AppendStream::new(
+                            stream.clone(),
+                            ExpectedVersion::Any,
+                            vec![passing(i as u32)],
+                        )])
+                        .expect("append");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("appender");
+    }
+    (per * appenders) as f64 / start.elapsed().as_secs_f64()
+}
+
+fn batched(spool: &Spool, batch: usize, total: usize) -> f64 {
+    let stream = decoder_stream();
+    let start = Instant::now();
+    let mut n = 0u32;
+    for _ in 0..total / batch {
+        let events = (0..batch)
+            .map(|_| {
+                n += 1;
+                passing(n)
+            })
+            .collect();
+        spool
+            .append_blocking(vec![AppendStream::new(
+                stream.clone(),
+                ExpectedVersion::Any,
+                events,
+            )])
+            .expect("append");
+    }
+    (total / batch * batch) as f64 / start.elapsed().as_secs_f64()
+}
+
+/// SQLite WAL, synchronous=FULL: the spool's essentials (events by seq, unique stream index).
+fn sqlite_open(dir: &Path) -> rusqlite::Connection {
+    let db = rusqlite::Connection::open(dir.join("baseline.sqlite")).expect("sqlite");
+    db.execute_batch(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;
+         CREATE TABLE events (seq INTEGER PRIMARY KEY, stream TEXT NOT NULL, version INTEGER NOT NULL, record BLOB NOT NULL);
+         CREATE UNIQUE INDEX stream_version ON events (stream, version);",
+    )
+    .expect("sqlite schema");
+    db
+}
+
+fn sqlite_batched(
+    db: &mut rusqlite::Connection,
+    batch: usize,
+    total: usize,
+    record: usize,
+    seq: &mut i64,
+) -> (f64, Vec<Duration>) {
+    let blob = vec![0xA5u8; record];
+    let start = Instant::now();
+    let mut samples = Vec::new();
+    for _ in 0..total / batch {
+        let t0 = Instant::now();
+        let tx = db.transaction().expect("sqlite txn");
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO events (seq, stream, version, record) VALUES (?1, ?2, ?3, ?4)",
+                )
+                .expect("sqlite prepare");
+            for _ in 0..batch {
+                *seq += 1;
+                insert
+                    .execute(rusqlite::params![*seq, "decoder/D0000C00", *seq, blob])
+                    .expect("sqlite insert");
+            }
+        }
+        tx.commit().expect("sqlite commit");
+        samples.push(t0.elapsed());
+    }
+    (
+        (total / batch * batch) as f64 / start.elapsed().as_secs_f64(),
+        samples,
+    )
+}
+
+/// Naive redb: one Immediate commit per append, SingleWriter mode, same record bytes.
+fn naive_redb(dir: &Path, n: usize, record: usize) -> Percentiles {
+    const T: redb::TableDefinition<'_, u64, &[u8]> = redb::TableDefinition::new("events");
+    let mut builder = redb::Builder::new();
+    builder.set_concurrency_mode(redb::ConcurrencyMode::SingleWriter);
+    let db = builder.create(dir.join("naive.redb")).expect("naive redb");
+    let blob = vec![0xA5u8; record];
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n as u64 {
+        let start = Instant::now();
+        let txn = db.begin_write().expect("begin");
+        {
+            let mut t = txn.open_table(T).expect("table");
+            t.insert(i, blob.as_slice()).expect("insert");
+        }
+        txn.commit().expect("commit");
+        samples.push(start.elapsed());
+    }
+    percentiles(samples)
+}
+
+fn process_write_bytes() -> Option<u64> {
+    let io = std::fs::read_to_string("/proc/self/io").ok()?;
+    io.lines()
+        .find_map(|l| l.strip_prefix("write_bytes: "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// The child of the kill -9 figure: fill a spool, say so, then keep appending until killed.
+fn child(dir: &Path, count: usize) {
+    let spool = Spool::open(dir, config()).expect("child open");
+    let have = spool.head().expect("head").0 as usize;
+    let stream = decoder_stream();
+    let mut n = have as u32;
+    let mut left = count.saturating_sub(have);
+    while left > 0 {
+        let batch = left.min(1000);
+        let events = (0..batch)
+            .map(|_| {
+                n += 1;
+                passing(n)
+            })
+            .collect();
+        spool
+            .append_blocking(vec![AppendStream::new(
+                stream.clone(),
+                ExpectedVersion::Any,
+                events,
+            )])
+            .expect("child append");
+        left -= batch;
+    }
+    println!("loaded {}", spool.head().expect("head"));
+    std::io::stdout().flush().expect("stdout");
+    loop {
+        n += 1;
+        spool
+            .append_blocking(vec![AppendStream::new(
+                stream.clone(),
+                ExpectedVersion::Any,
+                vec![passing(n)],
+            )])
+            .expect("child append");
+    }
+}
+
+fn reopen_after_kill(dir: &Path, count: usize) -> (Duration, Duration, u64, u64) {
+    let exe = std::env::current_exe().expect("current exe");
+    let mut child = Command::new(exe)
+        .env("SPOOL_BENCH_CHILD", format!("{}|{count}", dir.display()))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn child");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("child stdout"))
+        .read_line(&mut line)
+        .expect("child line");
+    assert!(line.starts_with("loaded"), "child said {line:?}");
+    // Let it append live for a moment so the kill lands mid-write.
+    std::thread::sleep(Duration::from_millis(300));
+    child.kill().expect("kill -9");
+    child.wait().expect("reap");
+    let start = Instant::now();
+    let spool = Spool::open(dir, config()).expect("reopen after kill");
+    let opened = start.elapsed();
+    spool
+        .append_blocking(vec![AppendStream::new(
+            decoder_stream(),
+            ExpectedVersion::Any,
+            vec![passing(0)],
+        )])
+        .expect("append after reopen");
+    let ready = start.elapsed();
+    let head = spool.head().expect("head").0;
+    let db = std::fs::metadata(dir.join(spool::storage::DB_FILE))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    (opened, ready, head, db)
+}
+
+fn main() {
+    if let Ok(spec) = std::env::var("SPOOL_BENCH_CHILD") {
+        let (dir, count) = spec.rsplit_once('|').expect("dir|count");
+        child(Path::new(dir), count.parse().expect("count"));
+        return;
+    }
+    let base = std::env::var("SPOOL_BENCH_DIR").map_or_else(|_| std::env::temp_dir(), Into::into);
+    let dir = tempfile::tempdir_in(&base).expect("bench dir");
+    let single_n = env_usize("SPOOL_BENCH_SINGLE", 2000);
+    let events = env_usize("SPOOL_BENCH_EVENTS", 100_000);
+    let wear_secs = env_usize("SPOOL_BENCH_WEAR_SECS", 65);
+    let reopen: Vec<usize> = std::env::var("SPOOL_BENCH_REOPEN")
+        .unwrap_or_else(|_| "1000000".into())
+        .split(',')
+        .filter_map(|v| v.trim().parse().ok())
+        .collect();
+    let record = record_bytes();
+    println!(
+        "spool benchmark in {} (record: {record} journal bytes per event)",
+        dir.path().display()
+    );
+
+    // Latency: floor, spool, naive redb, interleaved in rounds so disk noise hits all alike.
+    let rounds = 4;
+    let mut floor_s = Vec::new();
+    let mut spool_s = Vec::new();
+    let mut naive_s = Vec::new();
+    let spool_dir = dir.path().join("latency");
+    let spool = Spool::open(&spool_dir, config()).expect("open");
+    for _ in 0..rounds {
+        let f = floor(dir.path(), single_n / rounds, record);
+        floor_s.push(f);
+        spool_s.push(single_appends(&spool, single_n / rounds));
+        naive_s.push(naive_redb(dir.path(), single_n / rounds / 2, record));
+        drop(std::fs::remove_file(dir.path().join("naive.redb")));
+    }
+    let med = |v: &[Percentiles], f: fn(&Percentiles) -> Duration| {
+        let mut x: Vec<Duration> = v.iter().map(f).collect();
+        x.sort();
+        x[x.len() / 2]
+    };
+    let (fp50, fp99, fp999) = (
+        med(&floor_s, |p| p.p50),
+        med(&floor_s, |p| p.p99),
+        med(&floor_s, |p| p.p999),
+    );
+    let (sp50, sp99, sp999) = (
+        med(&spool_s, |p| p.p50),
+        med(&spool_s, |p| p.p99),
+        med(&spool_s, |p| p.p999),
+    );
+    let (np50, np99, np999) = (
+        med(&naive_s, |p| p.p50),
+        med(&naive_s, |p| p.p99),
+        med(&naive_s, |p| p.p999),
+    );
+    println!(
+        "\n## durable single-event append latency ({single_n} appends, median of {rounds} interleaved rounds)"
+    );
+    println!("| | p50 µs | p99 µs | p99.9 µs | p50 / floor | p99 / floor |");
+    println!("|---|---|---|---|---|---|");
+    println!(
+        "| floor (append + fdatasync) | {:.0} | {:.0} | {:.0} | 1.00 | 1.00 |",
+        us(fp50),
+        us(fp99),
+        us(fp999)
+    );
+    println!(
+        "| spool | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} |",
+        us(sp50),
+        us(sp99),
+        us(sp999),
+        us(sp50) / us(fp50),
+        us(sp99) / us(fp99)
+    );
+    println!(
+        "| naive redb (Immediate, SingleWriter) | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} |",
+        us(np50),
+        us(np99),
+        us(np999),
+        us(np50) / us(fp50),
+        us(np99) / us(fp99)
+    );
+    drop(spool);
+
+    // Throughput.
+    println!("\n## durable group-commit throughput ({events} events per figure)");
+    println!("| appenders × batch | spool events/s | SQLite events/s | spool / SQLite |");
+    println!("|---|---|---|---|");
+    let mut sqlite = sqlite_open(dir.path());
+    let mut sqlite_seq = 0i64;
+    for appenders in [1usize, 8, 64] {
+        let spool = Spool::open(dir.path().join(format!("c{appenders}")), config()).expect("open");
+        let n = events.min(20_000 * appenders.min(8));
+        let rate = concurrent(&spool, appenders, n);
+        println!("| {appenders} × 1 | {rate:.0} | | |");
+    }
+    for batch in [1usize, 10, 100, 1000] {
+        let spool = Spool::open(dir.path().join(format!("b{batch}")), config()).expect("open");
+        let n = if batch == 1 { events.min(5000) } else { events };
+        let rate = batched(&spool, batch, n);
+        let (sq, _) = sqlite_batched(&mut sqlite, batch, n, record, &mut sqlite_seq);
+        println!("| 1 × {batch} | {rate:.0} | {sq:.0} | {:.2} |", rate / sq);
+    }
+
+    // Reads.
+    println!("\n## read throughput");
+    let spool = Spool::open(dir.path().join("b1000"), config()).expect("open");
+    let start = Instant::now();
+    let mut from = Seq::FIRST;
+    let mut read = 0usize;
+    loop {
+        let page = spool.read_global(from, 10_000).expect("read");
+        let Some(last) = page.last() else { break };
+        from = last.seq.next();
+        read += page.len();
+    }
+    let global = read as f64 / start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    let mut version = 1;
+    let mut read_s = 0usize;
+    loop {
+        let page = spool
+            .read_stream(&decoder_stream(), version, 10_000)
+            .expect("read");
+        let Some(last) = page.last() else { break };
+        version = last.version + 1;
+        read_s += page.len();
+    }
+    let by_stream = read_s as f64 / start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    let mut sub = spool.subscribe(Filter::stream_prefix("decoder/"), Some(Seq::FIRST));
+    let mut got = 0usize;
+    while sub.try_next().expect("subscription").is_some() {
+        got += 1;
+    }
+    let subscribed = got as f64 / start.elapsed().as_secs_f64();
+    println!("| read | events | events/s |");
+    println!("|---|---|---|");
+    println!("| global (pages of 10000) | {read} | {global:.0} |");
+    println!("| by stream (pages of 10000) | {read_s} | {by_stream:.0} |");
+    println!("| subscription catch-up, filtered | {got} | {subscribed:.0} |");
+    drop(spool);
+
+    // Reopen after kill -9.
+    println!("\n## reopen after kill -9 (child fills the spool, appends live, is killed)");
+    println!("| events | open ms | ready to append ms | db file MiB |");
+    println!("|---|---|---|---|");
+    for count in reopen {
+        let d = dir.path().join(format!("kill{count}"));
+        let load = Instant::now();
+        let (opened, ready, head, db) = reopen_after_kill(&d, count);
+        eprintln!(
+            "(filling {count} took {:.1} s)",
+            load.elapsed().as_secs_f64()
+        );
+        println!(
+            "| {head} | {:.1} | {:.1} | {:.0} |",
+            opened.as_secs_f64() * 1e3,
+            ready.as_secs_f64() * 1e3,
+            db as f64 / 1048576.0
+        );
+        drop(std::fs::remove_dir_all(&d));
+    }
+
+    // Flash wear at a steady 10 events/s.
+    println!(
+        "\n## bytes written per event at a steady 10 events/s, single-event commits ({wear_secs} s)"
+    );
+    let wear = |name: &str, mut append: Box<dyn FnMut(u32)>| {
+        let before = process_write_bytes();
+        let start = Instant::now();
+        let mut n = 0u32;
+        while start.elapsed() < Duration::from_secs(wear_secs as u64) {
+            n += 1;
+            append(n);
+            let due = Duration::from_millis(100) * n;
+            if let Some(wait) = due.checked_sub(start.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+        drop(append);
+        match (before, process_write_bytes()) {
+            (Some(b), Some(a)) => println!(
+                "| {name} | {n} events | {:.0} bytes/event | {:.1} KiB/event |",
+                (a - b) as f64 / f64::from(n),
+                (a - b) as f64 / f64::from(n) / 1024.0
+            ),
+            _ => println!("| {name} | /proc/self/io unavailable | | |"),
+        }
+    };
+    println!("| store | events | written (process write_bytes) | |");
+    println!("|---|---|---|---|");
+    let spool = Arc::new(Spool::open(dir.path().join("wear"), config()).expect("open"));
+    let s = spool.clone();
+    wear(
+        "spool",
+        Box::new(move |n| {
+            s.append_blocking(vec![AppendStream::new(
+                decoder_stream(),
+                ExpectedVersion::Any,
+                vec![passing(n)],
+            )])
+            .expect("append");
+        }),
+    );
+    drop(spool);
+    let floor_file = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(false)
+        .open(dir.path().join("floor-wear.bin"))
+        .expect("floor file");
+    let mut at = 0u64;
+    let blob = vec![0xA5u8; record];
+    wear(
+        "floor (append + fdatasync)",
+        Box::new(move |_| {
+            floor_file.write_all_at(&blob, at).expect("write");
+            floor_file.sync_data().expect("sync");
+            at += blob.len() as u64;
+        }),
+    );
+    const T: redb::TableDefinition<'_, u64, &[u8]> = redb::TableDefinition::new("events");
+    let mut builder = redb::Builder::new();
+    builder.set_concurrency_mode(redb::ConcurrencyMode::SingleWriter);
+    let naive = builder
+        .create(dir.path().join("naive-wear.redb"))
+        .expect("naive redb");
+    let blob = vec![0xA5u8; record];
+    wear(
+        "naive redb (Immediate, SingleWriter)",
+        Box::new(move |n| {
+            let txn = naive.begin_write().expect("begin");
+            {
+                let mut t = txn.open_table(T).expect("table");
+                t.insert(u64::from(n), blob.as_slice()).expect("insert");
+            }
+            txn.commit().expect("commit");
+        }),
+    );
+}

@@ -1,0 +1,153 @@
+//! Durable cursors, parking, retention and the disk cap.
+
+use std::time::Duration;
+
+use spool::{ExpectedVersion, Seq, Spool, SpoolConfig, SpoolError};
+
+use crate::common::{body, event, keyed, opaque_config, part};
+
+fn fill(spool: &Spool, n: u32) {
+    for chunk in 0..n.div_ceil(100) {
+        let events = (chunk * 100..((chunk + 1) * 100).min(n))
+            .map(|i| event(&i.to_le_bytes()))
+            .collect();
+        spool
+            .append_blocking(vec![part("s", ExpectedVersion::Any, events)])
+            .unwrap();
+    }
+}
+
+#[test]
+fn cursor_acks_are_durable_and_never_move_back() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let spool = Spool::open(dir.path(), opaque_config()).unwrap();
+        fill(&spool, 10);
+        assert_eq!(spool.cursor("uplink").unwrap(), Seq::ZERO);
+        spool.ack_blocking("uplink", Seq(7)).unwrap();
+        spool.ack_blocking("uplink", Seq(3)).unwrap();
+        assert_eq!(spool.cursor("uplink").unwrap(), Seq(7));
+        let error = spool.ack_blocking("uplink", Seq(11)).unwrap_err();
+        assert!(matches!(error, SpoolError::InvalidInput { .. }));
+        let stats = spool.stats().unwrap();
+        let uplink = stats.cursors.iter().find(|c| c.name == "uplink").unwrap();
+        assert_eq!((uplink.acked, uplink.backlog), (Seq(7), 3));
+    }
+    let spool = Spool::open(dir.path(), opaque_config()).unwrap();
+    assert_eq!(spool.cursor("uplink").unwrap(), Seq(7));
+}
+
+#[test]
+fn parked_events_are_listed_with_their_reason_and_can_be_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path(), opaque_config()).unwrap();
+    fill(&spool, 5);
+    spool
+        .park_blocking("uplink", Seq(2), "HTTP 422: unknown message_type")
+        .unwrap();
+    spool.park_blocking("uplink", Seq(4), "HTTP 400").unwrap();
+    spool.ack_blocking("uplink", Seq(5)).unwrap();
+    let parked = spool.parked("uplink").unwrap();
+    assert_eq!(parked.len(), 2);
+    assert_eq!(parked[0].seq, Seq(2));
+    assert_eq!(parked[0].reason, "HTTP 422: unknown message_type");
+    assert!(spool.park_blocking("uplink", Seq(99), "x").is_err());
+    assert_eq!(spool.stats().unwrap().cursors[0].parked, 2);
+
+    let retried = spool.retry_parked_blocking("uplink", Some(Seq(2))).unwrap();
+    assert_eq!(retried.len(), 1);
+    assert_eq!(body(&retried[0]), 1u32.to_le_bytes());
+    assert_eq!(spool.parked("uplink").unwrap().len(), 1);
+    let all = spool.retry_parked_blocking("uplink", None).unwrap();
+    assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![Seq(4)]);
+    assert!(spool.parked("uplink").unwrap().is_empty());
+}
+
+#[test]
+fn retention_deletes_only_acknowledged_old_history_and_keeps_parked_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = SpoolConfig {
+        retention_age: Some(Duration::ZERO),
+        required_cursors: vec!["uplink".into()],
+        ..opaque_config()
+    };
+    let spool = Spool::open(dir.path(), config).unwrap();
+    let keyed_first = spool
+        .append_blocking(vec![part(
+            "s",
+            ExpectedVersion::Any,
+            vec![keyed(b"k", "key-1")],
+        )])
+        .unwrap();
+    fill(&spool, 99);
+    assert_eq!(
+        spool.run_retention_blocking().unwrap(),
+        0,
+        "nothing acknowledged yet"
+    );
+    spool.park_blocking("uplink", Seq(40), "rejected").unwrap();
+    spool.ack_blocking("uplink", Seq(50)).unwrap();
+    assert_eq!(
+        spool.run_retention_blocking().unwrap(),
+        39,
+        "stops before the parked event"
+    );
+    spool.retry_parked_blocking("uplink", None).unwrap();
+    assert_eq!(spool.run_retention_blocking().unwrap(), 11);
+    let first = spool.read_global(Seq::FIRST, 1).unwrap();
+    assert_eq!(first[0].seq, Seq(51));
+    let stats = spool.stats().unwrap();
+    assert_eq!(stats.first_seq, Some(Seq(51)));
+    assert_eq!(stats.events, 50);
+    // The key outlives its event: a late retry is still a duplicate.
+    let again = spool
+        .append_blocking(vec![part(
+            "s",
+            ExpectedVersion::Any,
+            vec![keyed(b"k", "key-1")],
+        )])
+        .unwrap();
+    assert!(again[0].duplicate);
+    assert_eq!(again[0].seq, keyed_first[0].seq);
+    assert!(
+        spool.verify().unwrap().is_ok(),
+        "{:?}",
+        spool.verify().unwrap()
+    );
+}
+
+#[test]
+fn at_the_disk_cap_unacknowledged_events_are_kept_and_appends_fail_with_spool_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = SpoolConfig {
+        journal_bytes: spool::SPOOL_JOURNAL_BYTES_MIN,
+        checkpoint_events: 100,
+        disk_cap_bytes: Some(3 * 1024 * 1024),
+        required_cursors: vec!["uplink".into()],
+        ..opaque_config()
+    };
+    let spool = Spool::open(dir.path(), config).unwrap();
+    let payload = vec![7u8; 2000];
+    let mut stored = 0u64;
+    let full = loop {
+        let events = (0..10).map(|_| event(&payload)).collect();
+        match spool.append_blocking(vec![part("s", ExpectedVersion::Any, events)]) {
+            Ok(a) => stored = a.last().unwrap().seq.0,
+            Err(e) => break e,
+        }
+        assert!(stored < 100_000, "the cap must stop appends");
+    };
+    assert!(matches!(full, SpoolError::SpoolFull { .. }), "{full:?}");
+    assert!(full.to_string().contains("spool full"));
+    assert!(spool.stats().unwrap().spool_full);
+    // Nothing unacknowledged was deleted.
+    assert_eq!(spool.read_global(Seq::FIRST, 1).unwrap()[0].seq, Seq(1));
+    assert_eq!(spool.head().unwrap(), Seq(stored));
+    // Once the consumer acknowledges, acknowledged history makes room.
+    spool.ack_blocking("uplink", Seq(stored)).unwrap();
+    spool.checkpoint_blocking().unwrap();
+    spool
+        .append_blocking(vec![part("s", ExpectedVersion::Any, vec![event(&payload)])])
+        .expect("room again after the acknowledgement");
+    assert!(spool.stats().unwrap().first_seq.unwrap() > Seq(1));
+}
