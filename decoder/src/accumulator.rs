@@ -31,7 +31,36 @@
 //! assert_eq!(acc.stats().junk_bytes, 1);
 //! ```
 
-use crate::frame::{ESC, ESC_OFFSET, EOR, FRAME_BYTES_MAX, Frame, Reject, SOR};
+use crate::frame::{EOR, ESC, ESC_OFFSET, FRAME_BYTES_MAX, Frame, Reject, SOR};
+
+/// The index of the first byte of `bytes` that is ESC, SOR or EOR (0x8D..=0x8F), if any.
+///
+/// Eight bytes a step (SWAR): a frame is mostly ordinary bytes, and this scan is the accumulator's
+/// per-byte work.
+#[inline]
+fn find_special(bytes: &[u8]) -> Option<usize> {
+    const LOW: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |v: u64| v.wrapping_sub(LOW) & !v & HIGH;
+    let mut chunks = bytes.chunks_exact(8);
+    let mut base = 0;
+    for c in &mut chunks {
+        let v = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+        let hit = has_zero(v ^ (LOW * u64::from(ESC)))
+            | has_zero(v ^ (LOW * u64::from(SOR)))
+            | has_zero(v ^ (LOW * u64::from(EOR)));
+        if hit != 0 {
+            // `has_zero` can flag a byte above a true hit, never below one: the lowest flag is exact.
+            return Some(base + (hit.trailing_zeros() / 8) as usize);
+        }
+        base += 8;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&b| (ESC..=EOR).contains(&b))
+        .map(|at| base + at)
+}
 
 /// What the accumulator found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,7 +69,11 @@ pub enum Event<'a> {
     Frame { frame: Frame<'a>, offset: u64 },
     /// A rejected frame. `offset` is the stream offset of its SOR; `bytes` are its unescaped bytes as far
     /// as they were kept (at most [`FRAME_BYTES_MAX`]), for forensics.
-    Rejected { reason: Reject, offset: u64, bytes: &'a [u8] },
+    Rejected {
+        reason: Reject,
+        offset: u64,
+        bytes: &'a [u8],
+    },
 }
 
 /// Running counts since the accumulator was created.
@@ -67,7 +100,9 @@ impl Stats {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Hunting,
-    InFrame { escape: bool },
+    InFrame {
+        escape: bool,
+    },
     /// The frame overflowed and was reported; skip to its EOR.
     Discarding,
 }
@@ -109,7 +144,12 @@ impl Accumulator {
             pending: Pending::None,
             offset: 0,
             frame_offset: 0,
-            stats: Stats { frames: 0, rejected: [0; Reject::ALL.len()], junk_bytes: 0, bytes: 0 },
+            stats: Stats {
+                frames: 0,
+                rejected: [0; Reject::ALL.len()],
+                junk_bytes: 0,
+                bytes: 0,
+            },
         }
     }
 
@@ -157,12 +197,19 @@ impl Accumulator {
     fn reject(&mut self, reason: Reject, pending: Pending) -> Event<'_> {
         self.stats.rejected[reason.index()] += 1;
         self.pending = pending;
-        Event::Rejected { reason, offset: self.frame_offset, bytes: &self.buf }
+        Event::Rejected {
+            reason,
+            offset: self.frame_offset,
+            bytes: &self.buf,
+        }
     }
 
     /// Consumes bytes from `input` until an event completes, and returns it; returns `None` once `input`
     /// is used up with no event. A frame may span any number of calls.
-    pub fn feed(&mut self, input: &mut &[u8]) -> Option<Event<'_>> {
+    ///
+    /// A frame that arrives whole in one chunk, without escapes (the common case), is validated where it
+    /// lies in `input`, without a copy; the event then borrows `input` rather than the accumulator.
+    pub fn feed<'s, 'i: 's>(&'s mut self, input: &mut &'i [u8]) -> Option<Event<'s>> {
         self.apply_pending();
         loop {
             match self.state {
@@ -173,6 +220,33 @@ impl Accumulator {
                     self.consume(input, skipped);
                     found?;
                     self.frame_offset = self.offset;
+                    // Fast path: the whole frame is here, with no escape and no second SOR in it.
+                    let whole: &'i [u8] = input;
+                    let end = find_special(&whole[1..]).map(|at| at + 1);
+                    if let Some(end) = end
+                        && whole[end] == EOR
+                        && end < FRAME_BYTES_MAX
+                    {
+                        let bytes = &whole[..=end];
+                        self.consume(input, end + 1);
+                        return Some(match Frame::parse(bytes) {
+                            Ok(frame) => {
+                                self.stats.frames += 1;
+                                Event::Frame {
+                                    frame,
+                                    offset: self.frame_offset,
+                                }
+                            }
+                            Err(reason) => {
+                                self.stats.rejected[reason.index()] += 1;
+                                Event::Rejected {
+                                    reason,
+                                    offset: self.frame_offset,
+                                    bytes,
+                                }
+                            }
+                        });
+                    }
                     self.consume(input, 1);
                     self.buf.clear();
                     let _ = self.buf.push(SOR);
@@ -198,28 +272,42 @@ impl Accumulator {
                     if input.is_empty() {
                         return None;
                     }
-                    // Copy the run of ordinary bytes in one go; stop at the next special byte.
+                    // Copy runs of ordinary bytes in one go; stop at the next SOR or EOR.
                     let mut i = 0;
                     let mut overflow = false;
                     while i < input.len() {
-                        let b = input[i];
-                        if b == SOR || b == EOR {
-                            break;
-                        }
-                        i += 1;
-                        let byte = if escape {
+                        if escape {
                             escape = false;
-                            b.wrapping_sub(ESC_OFFSET)
-                        } else if b == ESC {
-                            escape = true;
+                            let b = input[i];
+                            if b == SOR || b == EOR {
+                                break;
+                            }
+                            i += 1;
+                            if self.buf.len() + 1 >= FRAME_BYTES_MAX {
+                                overflow = true;
+                                break;
+                            }
+                            let _ = self.buf.push(b.wrapping_sub(ESC_OFFSET));
                             continue;
-                        } else {
-                            b
-                        };
+                        }
+                        let rest = &input[i..];
+                        let run = find_special(rest).unwrap_or(rest.len());
                         // Leave room for the EOR.
-                        if self.buf.len() + 1 >= FRAME_BYTES_MAX || self.buf.push(byte).is_err() {
+                        let room = FRAME_BYTES_MAX - 1 - self.buf.len();
+                        if run > room {
+                            let _ = self.buf.extend_from_slice(&rest[..room]);
+                            i += room + 1;
                             overflow = true;
                             break;
+                        }
+                        let _ = self.buf.extend_from_slice(&rest[..run]);
+                        i += run;
+                        match input.get(i) {
+                            Some(&ESC) => {
+                                escape = true;
+                                i += 1;
+                            }
+                            _ => break,
                         }
                     }
                     self.consume(input, i);
@@ -229,9 +317,7 @@ impl Accumulator {
                         return Some(self.reject(Reject::Overflow, Pending::None));
                     }
                     self.state = State::InFrame { escape };
-                    let Some(&b) = input.first() else {
-                        return None;
-                    };
+                    let &b = input.first()?;
                     let at = self.offset;
                     self.consume(input, 1);
                     if b == SOR {
@@ -244,7 +330,10 @@ impl Accumulator {
                     return match Frame::parse(&self.buf).err() {
                         None => {
                             self.stats.frames += 1;
-                            Some(Event::Frame { frame: Frame::validated(&self.buf), offset: self.frame_offset })
+                            Some(Event::Frame {
+                                frame: Frame::validated(&self.buf),
+                                offset: self.frame_offset,
+                            })
                         }
                         Some(reason) => Some(self.reject(reason, Pending::Clear)),
                     };
@@ -259,6 +348,32 @@ impl Accumulator {
         match self.state {
             State::InFrame { .. } => Some(self.reject(Reject::Truncated, Pending::Clear)),
             State::Hunting | State::Discarding => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::find_special;
+
+    #[test]
+    fn find_special_agrees_with_a_plain_scan() {
+        let mut x = 0x9e37_79b9u32;
+        for len in 0..100 {
+            for _ in 0..50 {
+                let bytes: std::vec::Vec<u8> = (0..len)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 17;
+                        x ^= x << 5;
+                        // Mostly bytes near the special ones, to catch carries between lanes.
+                        [0x8c, 0x8d, 0x8e, 0x8f, 0x90, 0x00, 0xff, 0x0d][(x % 8) as usize]
+                            ^ ((x >> 8) as u8 & 0x01)
+                    })
+                    .collect();
+                let plain = bytes.iter().position(|&b| (0x8d..=0x8f).contains(&b));
+                assert_eq!(find_special(&bytes), plain, "{bytes:02x?}");
+            }
         }
     }
 }

@@ -192,7 +192,10 @@ impl<'a> Frame<'a> {
 
     /// Wraps bytes that [`Frame::parse`] has just accepted.
     pub(crate) fn validated(bytes: &'a [u8]) -> Self {
-        debug_assert!(Frame::parse(bytes).is_ok(), "only validated bytes become a Frame");
+        debug_assert!(
+            Frame::parse(bytes).is_ok(),
+            "only validated bytes become a Frame"
+        );
         Frame { bytes }
     }
 
@@ -251,7 +254,9 @@ impl core::fmt::Display for EncodeError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             EncodeError::FrameTooLong => write!(f, "frame longer than {FRAME_BYTES_MAX} bytes"),
-            EncodeError::ValueTooLong { tag } => write!(f, "value of tag 0x{tag:02X} longer than 255 bytes"),
+            EncodeError::ValueTooLong { tag } => {
+                write!(f, "value of tag 0x{tag:02X} longer than 255 bytes")
+            }
             EncodeError::OutputTooSmall => f.write_str("output buffer too small"),
         }
     }

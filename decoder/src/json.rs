@@ -35,7 +35,9 @@ fn value_of(kind: Option<FieldKind>, raw: &[u8]) -> Value {
         return Value::Null;
     }
     match kind {
-        Some(FieldKind::Uint) if raw.len() <= 8 => Value::from(crate::frame::le_uint(raw).unwrap_or(0)),
+        Some(FieldKind::Uint) if raw.len() <= 8 => {
+            Value::from(crate::frame::le_uint(raw).unwrap_or(0))
+        }
         Some(FieldKind::Text) => Value::from(String::from_utf8_lossy(raw).into_owned()),
         _ => Value::from(hex(raw)),
     }
@@ -58,7 +60,10 @@ pub fn fields(frame: &Frame<'_>) -> Map<String, Value> {
 /// One accepted frame.
 pub fn frame(frame: &Frame<'_>) -> Value {
     let mut o = Map::new();
-    o.insert("type".into(), tor::name(frame.tor()).unwrap_or("UNKNOWN").into());
+    o.insert(
+        "type".into(),
+        tor::name(frame.tor()).unwrap_or("UNKNOWN").into(),
+    );
     o.insert("tor".into(), frame.tor().into());
     o.insert("version".into(), frame.version().into());
     o.insert("length".into(), frame.length().into());
@@ -139,8 +144,11 @@ pub fn parse_hex(text: &str) -> Result<Vec<u8>, HexError> {
     for (i, raw) in text.lines().enumerate() {
         let line = raw.split('#').next().unwrap_or("");
         let digits: Vec<u8> = line.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-        if digits.len() % 2 != 0 {
-            return Err(HexError { line: i + 1, what: format!("odd number of hex digits ({})", digits.len()) });
+        if !digits.len().is_multiple_of(2) {
+            return Err(HexError {
+                line: i + 1,
+                what: format!("odd number of hex digits ({})", digits.len()),
+            });
         }
         for pair in digits.chunks(2) {
             let hi = char::from(pair[0]).to_digit(16);
@@ -149,7 +157,10 @@ pub fn parse_hex(text: &str) -> Result<Vec<u8>, HexError> {
                 (Some(h), Some(l)) => out.push((h * 16 + l) as u8),
                 _ => {
                     let bad = if hi.is_none() { pair[0] } else { pair[1] };
-                    return Err(HexError { line: i + 1, what: format!("{:?} is not a hex digit", char::from(bad)) });
+                    return Err(HexError {
+                        line: i + 1,
+                        what: format!("{:?} is not a hex digit", char::from(bad)),
+                    });
                 }
             }
         }

@@ -48,10 +48,10 @@ pub mod record;
 
 pub use accumulator::{Accumulator, Event, Stats};
 pub use frame::{
-    EncodeError, FRAME_BYTES_MAX, FRAME_BYTES_MIN, Frame, FrameBuilder, PROTOCOL_VERSION, Reject, Tlv,
-    WIRE_BYTES_MAX,
+    EncodeError, FRAME_BYTES_MAX, FRAME_BYTES_MIN, Frame, FrameBuilder, PROTOCOL_VERSION, Reject,
+    Tlv, TlvIter, WIRE_BYTES_MAX,
 };
 pub use record::{
-    Body, DecoderId, ErrorRecord, FieldKind, GetTime, Passing, Record, Resend, Status, Version, command, field,
-    tag, tor,
+    Body, DecoderId, ErrorRecord, FieldKind, GetTime, Passing, Record, Resend, Status, Unknown,
+    Version, command, field, tag, tor,
 };

@@ -189,14 +189,80 @@ impl core::fmt::Display for DecoderId {
     }
 }
 
-/// Unknown or unexpected TLVs of one record, most that a typed record keeps.
-///
-/// 16 is four times the unknown tags seen in any real frame. A record with more is returned as
-/// [`Body::Other`], whole, rather than losing any.
-pub const UNKNOWN_TLVS_MAX: usize = 16;
+/// The most TLVs a frame may have for a typed view to keep track of its unknown ones (bit positions of
+/// a `u64`). Real frames carry up to 9; a frame with an unknown TLV beyond this is kept whole as
+/// [`Body::Other`] rather than losing any.
+pub const TLV_POSITIONS_MAX: usize = 64;
 
-/// TLVs kept raw.
-pub type Unknown<'a> = heapless::Vec<Tlv<'a>, UNKNOWN_TLVS_MAX>;
+/// The TLVs of a record that its typed view does not know, kept raw and in order.
+///
+/// It borrows the record body and marks which of its TLVs are unknown, so a typed record stays small
+/// (no copy of any value) and keeps the order the decoder sent.
+#[derive(Clone, Copy, Default)]
+pub struct Unknown<'a> {
+    body: &'a [u8],
+    /// Bit i: the i-th TLV of `body` is unknown.
+    mask: u64,
+}
+
+impl<'a> Unknown<'a> {
+    /// All the TLVs of `tlv_bytes` (a well-formed TLV list of at most [`TLV_POSITIONS_MAX`] entries).
+    pub fn all(tlv_bytes: &'a [u8]) -> Option<Self> {
+        let mut n = 0;
+        for tlv in crate::frame::TlvIter::new(tlv_bytes) {
+            tlv.ok()?;
+            n += 1;
+        }
+        if n > TLV_POSITIONS_MAX {
+            return None;
+        }
+        let mask = if n == 64 { u64::MAX } else { (1u64 << n) - 1 };
+        Some(Unknown {
+            body: tlv_bytes,
+            mask,
+        })
+    }
+
+    fn within(body: &'a [u8]) -> Self {
+        Unknown { body, mask: 0 }
+    }
+
+    /// Marks the i-th TLV of the body as unknown; `None` if it is beyond [`TLV_POSITIONS_MAX`].
+    fn mark(&mut self, i: usize) -> Option<()> {
+        (i < TLV_POSITIONS_MAX).then(|| self.mask |= 1 << i)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = Tlv<'a>> + 'a {
+        let mask = self.mask;
+        crate::frame::TlvIter::new(self.body)
+            .flatten()
+            .enumerate()
+            .filter(move |(i, _)| *i < TLV_POSITIONS_MAX && mask & (1 << i) != 0)
+            .map(|(_, t)| t)
+    }
+
+    pub fn len(&self) -> usize {
+        self.mask.count_ones() as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.mask == 0
+    }
+}
+
+impl PartialEq for Unknown<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for Unknown<'_> {}
+
+impl core::fmt::Debug for Unknown<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
 
 /// A typed field value, for encoding.
 #[derive(Debug, Clone, Copy)]
@@ -211,7 +277,7 @@ trait Fields<'a> {
     /// Known tags in the order the encoder writes them by default.
     const CANON: &'static [u8];
     fn value(&self, tag: u8) -> Option<Val<'_>>;
-    fn unknown(&self) -> &[Tlv<'a>];
+    fn unknown(&self) -> Unknown<'a>;
 }
 
 /// Reads `tlv` into `slot` if it has exactly `width` bytes and the slot is empty; otherwise keeps it.
@@ -274,8 +340,8 @@ impl<'a> Fields<'a> for Passing<'a> {
             _ => return None,
         })
     }
-    fn unknown(&self) -> &[Tlv<'a>] {
-        &self.unknown
+    fn unknown(&self) -> Unknown<'a> {
+        self.unknown
     }
 }
 
@@ -283,8 +349,13 @@ impl<'a> Passing<'a> {
     fn read(frame: &Frame<'a>) -> Option<Self> {
         use tag::passing::*;
         let (mut number, mut rtc, mut decoder_id) = (None::<u32>, None::<u64>, None::<u32>);
-        let mut p = Passing::default();
-        for tlv in frame.tlvs().flatten() {
+        let mut seen = 0u32;
+        let mut p = Passing {
+            unknown: Unknown::within(frame.body()),
+            ..Default::default()
+        };
+        for (i, tlv) in frame.tlvs().flatten().enumerate() {
+            first_of_known(&mut seen, Self::CANON, tlv.tag)?;
             let known = match tlv.tag {
                 PASSING_NUMBER => take_uint(&mut number, tlv, 4),
                 TRANSPONDER => take_uint(&mut p.transponder, tlv, 4),
@@ -298,7 +369,7 @@ impl<'a> Passing<'a> {
                 _ => false,
             };
             if !known {
-                p.unknown.push(tlv).ok()?;
+                p.unknown.mark(i)?;
             }
         }
         p.passing_number = number?;
@@ -342,18 +413,23 @@ impl<'a> Fields<'a> for Status<'a> {
             _ => return None,
         })
     }
-    fn unknown(&self) -> &[Tlv<'a>] {
-        &self.unknown
+    fn unknown(&self) -> Unknown<'a> {
+        self.unknown
     }
 }
 
 impl<'a> Status<'a> {
     fn read(frame: &Frame<'a>) -> Option<Self> {
         use tag::status::*;
-        let mut s = Status::default();
+        let mut seen = 0u32;
+        let mut s = Status {
+            unknown: Unknown::within(frame.body()),
+            ..Default::default()
+        };
         let mut temperature = None::<u16>;
         let mut decoder_id = None::<u32>;
-        for tlv in frame.tlvs().flatten() {
+        for (i, tlv) in frame.tlvs().flatten().enumerate() {
+            first_of_known(&mut seen, Self::CANON, tlv.tag)?;
             let known = match tlv.tag {
                 NOISE => take_uint(&mut s.noise, tlv, 2),
                 GPS => take_uint(&mut s.gps, tlv, 1),
@@ -365,7 +441,7 @@ impl<'a> Status<'a> {
                 _ => false,
             };
             if !known {
-                s.unknown.push(tlv).ok()?;
+                s.unknown.mark(i)?;
             }
         }
         s.temperature = temperature.map(|t| t as i16);
@@ -405,17 +481,22 @@ impl<'a> Fields<'a> for Version<'a> {
             _ => return None,
         }))
     }
-    fn unknown(&self) -> &[Tlv<'a>] {
-        &self.unknown
+    fn unknown(&self) -> Unknown<'a> {
+        self.unknown
     }
 }
 
 impl<'a> Version<'a> {
     fn read(frame: &Frame<'a>) -> Option<Self> {
         use tag::version::*;
-        let mut v = Version::default();
+        let mut seen = 0u32;
+        let mut v = Version {
+            unknown: Unknown::within(frame.body()),
+            ..Default::default()
+        };
         let mut decoder_id = None::<u32>;
-        for tlv in frame.tlvs().flatten() {
+        for (i, tlv) in frame.tlvs().flatten().enumerate() {
+            first_of_known(&mut seen, Self::CANON, tlv.tag)?;
             let known = match tlv.tag {
                 DECODER_TYPE => take_bytes(&mut v.decoder_type, tlv),
                 DESCRIPTION => take_bytes(&mut v.description, tlv),
@@ -428,7 +509,7 @@ impl<'a> Version<'a> {
                 _ => false,
             };
             if !known {
-                v.unknown.push(tlv).ok()?;
+                v.unknown.mark(i)?;
             }
         }
         v.decoder_id = decoder_id.map(DecoderId);
@@ -460,17 +541,22 @@ impl<'a> Fields<'a> for GetTime<'a> {
             _ => return None,
         })
     }
-    fn unknown(&self) -> &[Tlv<'a>] {
-        &self.unknown
+    fn unknown(&self) -> Unknown<'a> {
+        self.unknown
     }
 }
 
 impl<'a> GetTime<'a> {
     fn read(frame: &Frame<'a>) -> Option<Self> {
         use tag::get_time::*;
-        let mut g = GetTime::default();
+        let mut seen = 0u32;
+        let mut g = GetTime {
+            unknown: Unknown::within(frame.body()),
+            ..Default::default()
+        };
         let mut decoder_id = None::<u32>;
-        for tlv in frame.tlvs().flatten() {
+        for (i, tlv) in frame.tlvs().flatten().enumerate() {
+            first_of_known(&mut seen, Self::CANON, tlv.tag)?;
             let known = match tlv.tag {
                 RTC_TIME => take_uint(&mut g.rtc_time_us, tlv, 8),
                 FLAGS => take_uint(&mut g.flags, tlv, 2),
@@ -479,7 +565,7 @@ impl<'a> GetTime<'a> {
                 _ => false,
             };
             if !known {
-                g.unknown.push(tlv).ok()?;
+                g.unknown.mark(i)?;
             }
         }
         g.decoder_id = decoder_id.map(DecoderId);
@@ -508,16 +594,21 @@ impl<'a> Fields<'a> for ErrorRecord<'a> {
             _ => return None,
         })
     }
-    fn unknown(&self) -> &[Tlv<'a>] {
-        &self.unknown
+    fn unknown(&self) -> Unknown<'a> {
+        self.unknown
     }
 }
 
 impl<'a> ErrorRecord<'a> {
     fn read(frame: &Frame<'a>) -> Option<Self> {
-        let mut e = ErrorRecord::default();
+        let mut seen = 0u32;
+        let mut e = ErrorRecord {
+            unknown: Unknown::within(frame.body()),
+            ..Default::default()
+        };
         let mut decoder_id = None::<u32>;
-        for tlv in frame.tlvs().flatten() {
+        for (i, tlv) in frame.tlvs().flatten().enumerate() {
+            first_of_known(&mut seen, Self::CANON, tlv.tag)?;
             let known = match tlv.tag {
                 tag::error::CODE => take_uint(&mut e.code, tlv, 2),
                 tag::error::DESCRIPTION => take_bytes(&mut e.description, tlv),
@@ -525,7 +616,7 @@ impl<'a> ErrorRecord<'a> {
                 _ => false,
             };
             if !known {
-                e.unknown.push(tlv).ok()?;
+                e.unknown.mark(i)?;
             }
         }
         e.decoder_id = decoder_id.map(DecoderId);
@@ -553,16 +644,21 @@ impl<'a> Fields<'a> for Resend<'a> {
             _ => return None,
         })
     }
-    fn unknown(&self) -> &[Tlv<'a>] {
-        &self.unknown
+    fn unknown(&self) -> Unknown<'a> {
+        self.unknown
     }
 }
 
 impl<'a> Resend<'a> {
     fn read(frame: &Frame<'a>) -> Option<Self> {
         let (mut from, mut until, mut decoder_id) = (None::<u32>, None::<u32>, None::<u32>);
-        let mut r = Resend::default();
-        for tlv in frame.tlvs().flatten() {
+        let mut seen = 0u32;
+        let mut r = Resend {
+            unknown: Unknown::within(frame.body()),
+            ..Default::default()
+        };
+        for (i, tlv) in frame.tlvs().flatten().enumerate() {
+            first_of_known(&mut seen, Self::CANON, tlv.tag)?;
             let known = match tlv.tag {
                 tag::resend::FROM => take_uint(&mut from, tlv, 4),
                 tag::resend::UNTIL => take_uint(&mut until, tlv, 4),
@@ -570,7 +666,7 @@ impl<'a> Resend<'a> {
                 _ => false,
             };
             if !known {
-                r.unknown.push(tlv).ok()?;
+                r.unknown.mark(i)?;
             }
         }
         r.from = from?;
@@ -605,7 +701,11 @@ pub struct Record<'a> {
 
 impl<'a> From<Body<'a>> for Record<'a> {
     fn from(body: Body<'a>) -> Self {
-        Record { version: crate::PROTOCOL_VERSION, flags: 0, body }
+        Record {
+            version: crate::PROTOCOL_VERSION,
+            flags: 0,
+            body,
+        }
     }
 }
 
@@ -619,8 +719,7 @@ fn build<'a, F: Fields<'a>>(
     let unknown = f.unknown();
     // Bit i set: the i-th canonical tag, or the i-th unknown TLV, has been written.
     let mut known_done = 0u32;
-    let mut unknown_done = 0u32;
-    const _: () = assert!(UNKNOWN_TLVS_MAX <= 32);
+    let mut unknown_done = 0u64;
     fn write_known<'a, F: Fields<'a>>(
         f: &F,
         b: &mut FrameBuilder,
@@ -648,9 +747,13 @@ fn build<'a, F: Fields<'a>>(
             write_known(f, &mut b, &mut known_done, i)?;
             continue;
         }
-        if let Some(i) = (0..unknown.len()).find(|&i| unknown_done & (1 << i) == 0 && unknown[i].tag == t) {
+        if let Some((i, tlv)) = unknown
+            .iter()
+            .enumerate()
+            .find(|(i, u)| unknown_done & (1 << i) == 0 && u.tag == t)
+        {
             unknown_done |= 1 << i;
-            b.tlv(t, unknown[i].value)?;
+            b.tlv(t, tlv.value)?;
         }
     }
     for i in 0..F::CANON.len() {
@@ -664,8 +767,24 @@ fn build<'a, F: Fields<'a>>(
     Ok(b)
 }
 
+/// Notes that a known tag was seen; `None` if it was seen before. A frame in which a known tag repeats is
+/// ambiguous (which one is the value?) and is kept whole as [`Body::Other`] instead.
+#[inline]
+fn first_of_known(seen: &mut u32, known: &[u8], tag: u8) -> Option<()> {
+    if let Some(i) = known.iter().position(|&k| k == tag) {
+        if *seen & (1 << i) != 0 {
+            return None;
+        }
+        *seen |= 1 << i;
+    }
+    Some(())
+}
+
 impl<'a> Record<'a> {
     /// Reads the typed view of a validated frame.
+    ///
+    /// Falls back to [`Body::Other`] (the frame, whole) when a required field is missing, a known tag
+    /// repeats, or an unknown TLV lies beyond position [`TLV_POSITIONS_MAX`].
     pub fn parse(frame: Frame<'a>) -> Self {
         let body = match frame.tor() {
             tor::PASSING => Passing::read(&frame).map(Body::Passing),
@@ -676,7 +795,11 @@ impl<'a> Record<'a> {
             tor::RESEND => Resend::read(&frame).map(Body::Resend),
             _ => None,
         };
-        Record { version: frame.version(), flags: frame.flags(), body: body.unwrap_or(Body::Other(frame)) }
+        Record {
+            version: frame.version(),
+            flags: frame.flags(),
+            body: body.unwrap_or(Body::Other(frame)),
+        }
     }
 
     /// The record type.
@@ -728,14 +851,32 @@ pub mod command {
     use super::*;
 
     /// RESEND of passings `from..=until`, in the layout of the protocol notes.
-    pub fn resend(from: u32, until: u32, decoder_id: Option<DecoderId>) -> Result<FrameBuilder, EncodeError> {
-        build(&Resend { from, until, decoder_id, unknown: Unknown::new() }, 2, 0, &mut core::iter::empty())
+    pub fn resend(
+        from: u32,
+        until: u32,
+        decoder_id: Option<DecoderId>,
+    ) -> Result<FrameBuilder, EncodeError> {
+        build(
+            &Resend {
+                from,
+                until,
+                decoder_id,
+                unknown: Unknown::default(),
+            },
+            2,
+            0,
+            &mut core::iter::empty(),
+        )
     }
 
     /// The GET_TIME query: tags RTC_TIME, FLAGS and UTC_TIME present with length 0.
     pub fn get_time_query() -> FrameBuilder {
         let mut b = FrameBuilder::new(tor::GET_TIME);
-        for t in [tag::get_time::RTC_TIME, tag::get_time::FLAGS, tag::get_time::UTC_TIME] {
+        for t in [
+            tag::get_time::RTC_TIME,
+            tag::get_time::FLAGS,
+            tag::get_time::UTC_TIME,
+        ] {
             // Three empty TLVs always fit.
             let _ = b.tlv(t, &[]);
         }
@@ -745,7 +886,10 @@ pub mod command {
     /// The VERSION query: every known VERSION tag present with length 0.
     pub fn version_query() -> FrameBuilder {
         let mut b = FrameBuilder::new(tor::VERSION);
-        for &t in <Version<'_> as Fields<'_>>::CANON.iter().filter(|&&t| t != tag::DECODER_ID) {
+        for &t in <Version<'_> as Fields<'_>>::CANON
+            .iter()
+            .filter(|&&t| t != tag::DECODER_ID)
+        {
             let _ = b.tlv(t, &[]);
         }
         b

@@ -10,8 +10,12 @@ use decoder::{Accumulator, Event, Reject, json};
 fn read_input(file: Option<&Path>) -> anyhow::Result<Vec<u8>> {
     let mut bytes = Vec::new();
     match file {
-        None => io::stdin().read_to_end(&mut bytes).context("reading standard input")?,
-        Some(p) if p == Path::new("-") => io::stdin().read_to_end(&mut bytes).context("reading standard input")?,
+        None => io::stdin()
+            .read_to_end(&mut bytes)
+            .context("reading standard input")?,
+        Some(p) if p == Path::new("-") => io::stdin()
+            .read_to_end(&mut bytes)
+            .context("reading standard input")?,
         Some(p) => {
             bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
             bytes.len()
@@ -29,7 +33,13 @@ pub struct Summary {
 impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let s = &self.stats;
-        write!(f, "{} bytes: {} frames accepted, {} rejected", s.bytes, s.frames, s.rejected_total())?;
+        write!(
+            f,
+            "{} bytes: {} frames accepted, {} rejected",
+            s.bytes,
+            s.frames,
+            s.rejected_total()
+        )?;
         let reasons: Vec<String> = Reject::ALL
             .iter()
             .filter(|r| s.rejected(**r) > 0)

@@ -19,7 +19,8 @@ pub fn capture_bytes(rel: &str) -> Vec<u8> {
     let path = data_dir().join(rel);
     let raw = std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     if rel.ends_with(".hex") {
-        decoder::json::parse_hex(&String::from_utf8(raw).expect("hex capture is text")).expect("valid hex capture")
+        decoder::json::parse_hex(&String::from_utf8(raw).expect("hex capture is text"))
+            .expect("valid hex capture")
     } else {
         raw
     }
@@ -27,7 +28,10 @@ pub fn capture_bytes(rel: &str) -> Vec<u8> {
 
 /// Every capture file the expected values name, in a stable order.
 pub fn capture_files() -> Vec<String> {
-    let mut files: Vec<String> = expected().iter().map(|e| e["file"].as_str().unwrap().to_string()).collect();
+    let mut files: Vec<String> = expected()
+        .iter()
+        .map(|e| e["file"].as_str().unwrap().to_string())
+        .collect();
     files.dedup();
     files.sort();
     files.dedup();
@@ -37,7 +41,9 @@ pub fn capture_files() -> Vec<String> {
 /// The lines of `expected.jsonl`.
 pub fn expected() -> Vec<serde_json::Value> {
     let text = std::fs::read_to_string(data_dir().join("expected.jsonl")).expect("expected.jsonl");
-    text.lines().map(|l| serde_json::from_str(l).expect("expected.jsonl line is JSON")).collect()
+    text.lines()
+        .map(|l| serde_json::from_str(l).expect("expected.jsonl line is JSON"))
+        .collect()
 }
 
 /// What the accumulator reported, owned so runs can be compared.
@@ -52,7 +58,10 @@ pub fn run_chunks<'a>(chunks: impl IntoIterator<Item = &'a [u8]>) -> (Vec<Seen>,
     let mut acc = Accumulator::new();
     let mut seen = Vec::new();
     let mut record = |e: Event<'_>| match e {
-        Event::Frame { frame, offset } => seen.push(Seen::Frame { offset, bytes: frame.as_bytes().to_vec() }),
+        Event::Frame { frame, offset } => seen.push(Seen::Frame {
+            offset,
+            bytes: frame.as_bytes().to_vec(),
+        }),
         Event::Rejected { reason, offset, .. } => seen.push(Seen::Rejected { offset, reason }),
     };
     for chunk in chunks {

@@ -1,6 +1,6 @@
 //! Properties: what the encoder builds decodes back to itself; arbitrary bytes never panic.
 
-use decoder::{Body, Passing, Record, Status, Tlv, WIRE_BYTES_MAX, frame::escape_into};
+use decoder::{Body, Passing, Record, Status, WIRE_BYTES_MAX, frame::escape_into};
 use proptest::prelude::*;
 
 use crate::{run_chunks, run_whole};
@@ -38,8 +38,13 @@ proptest! {
         decoder_id: Option<u32>, version in 0u8..=255, header_flags: u16,
         unknown in proptest::collection::vec((0x40u8..0x80, proptest::collection::vec(any::<u8>(), 0..12)), 0..4),
     ) {
-        let unknown_tlvs: heapless::Vec<Tlv<'_>, 16> =
-            unknown.iter().map(|(tag, v)| Tlv { tag: *tag, value: v }).collect();
+        let mut tlv_bytes = Vec::new();
+        for (tag, v) in &unknown {
+            tlv_bytes.push(*tag);
+            tlv_bytes.push(v.len() as u8);
+            tlv_bytes.extend(v);
+        }
+        let unknown_tlvs = decoder::Unknown::all(&tlv_bytes).unwrap();
         let p = Passing {
             passing_number, transponder, rtc_time_us, utc_time_us, strength, hits, flags,
             tran_code: code.as_deref(), decoder_id: decoder_id.map(decoder::DecoderId), unknown: unknown_tlvs,
@@ -115,4 +120,20 @@ proptest! {
         let found = matches!(&seen[..], [crate::Seen::Frame { offset, .. }] if *offset == at);
         prop_assert!(found, "one frame at the end of the junk");
     }
+}
+
+/// Found by the `record` fuzz target: a GET_TIME with tag 0x04 first with length 0, then with length 2.
+/// Which one is FLAGS is ambiguous, so the record must be kept whole and re-encode exactly.
+#[test]
+fn fuzz_repeated_known_tag_is_kept_whole() {
+    let mut b = decoder::FrameBuilder::new(decoder::tor::GET_TIME);
+    b.tlv(0x04, &[]).unwrap().tlv(0x04, &[0, 4]).unwrap();
+    let bytes = b.finish();
+    let frame = decoder::Frame::parse(&bytes).unwrap();
+    let record = Record::parse(frame);
+    assert!(matches!(record.body, Body::Other(_)), "{record:?}");
+    let rebuilt = record
+        .encode_in_order(&mut frame.tlvs().flatten().map(|t| t.tag))
+        .unwrap();
+    assert_eq!(&rebuilt[..], &bytes[..]);
 }

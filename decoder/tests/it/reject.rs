@@ -18,12 +18,26 @@ fn passing() -> Vec<u8> {
 }
 
 fn frames(seen: &[Seen]) -> Vec<u64> {
-    seen.iter().filter_map(|s| if let Seen::Frame { offset, .. } = s { Some(*offset) } else { None }).collect()
+    seen.iter()
+        .filter_map(|s| {
+            if let Seen::Frame { offset, .. } = s {
+                Some(*offset)
+            } else {
+                None
+            }
+        })
+        .collect()
 }
 
 fn rejections(seen: &[Seen]) -> Vec<(u64, Reject)> {
     seen.iter()
-        .filter_map(|s| if let Seen::Rejected { offset, reason } = s { Some((*offset, *reason)) } else { None })
+        .filter_map(|s| {
+            if let Seen::Rejected { offset, reason } = s {
+                Some((*offset, *reason))
+            } else {
+                None
+            }
+        })
         .collect()
 }
 
@@ -117,10 +131,16 @@ fn oversized_frame_is_rejected_and_the_next_found() {
     let third = input.len() as u64;
     input.extend(passing());
     let (seen, stats) = run_whole(&input);
-    assert_eq!(rejections(&seen), [(0, Reject::Overflow), (second, Reject::Overflow)]);
+    assert_eq!(
+        rejections(&seen),
+        [(0, Reject::Overflow), (second, Reject::Overflow)]
+    );
     assert_eq!(frames(&seen), [after, third]);
     assert_eq!(stats.rejected(Reject::Overflow), 2);
-    assert_eq!(stats.junk_bytes, 0, "bytes of a rejected frame are not junk");
+    assert_eq!(
+        stats.junk_bytes, 0,
+        "bytes of a rejected frame are not junk"
+    );
 }
 
 #[test]
@@ -134,7 +154,13 @@ fn escapes_of_any_byte_are_accepted() {
     let at = wire.iter().position(|&x| x == 0x2A).unwrap();
     wire.splice(at..=at, [0x8d, 0x4a]);
     let (seen, _) = run_whole(&wire);
-    assert_eq!(seen, [Seen::Frame { offset: 0, bytes: frame.to_vec() }]);
+    assert_eq!(
+        seen,
+        [Seen::Frame {
+            offset: 0,
+            bytes: frame.to_vec()
+        }]
+    );
 }
 
 #[test]
@@ -145,5 +171,8 @@ fn stats_account_for_every_byte() {
     input.extend(passing());
     let (_, stats) = run_whole(&input);
     assert_eq!(stats.bytes, input.len() as u64);
-    assert_eq!((stats.frames, stats.rejected_total(), stats.junk_bytes), (2, 1, 2));
+    assert_eq!(
+        (stats.frames, stats.rejected_total(), stats.junk_bytes),
+        (2, 1, 2)
+    );
 }

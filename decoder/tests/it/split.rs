@@ -42,7 +42,11 @@ fn split_at_every_position_equals_whole() {
 fn odd_chunk_sizes_over_everything() {
     let all = all_captures();
     let whole = run_whole(&all);
-    assert_eq!(whole.1.junk_bytes, 6 * capture_files().len() as u64 + 9, "junk between captures + need_trimming");
+    assert_eq!(
+        whole.1.junk_bytes,
+        6 * capture_files().len() as u64 + 9,
+        "junk between captures + need_trimming"
+    );
     for size in [2, 3, 7, 31, 50, 51, 52, 509, 4096] {
         assert_eq!(run_chunks(all.chunks(size)), whole, "chunks of {size}");
     }
