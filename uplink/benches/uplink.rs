@@ -1,1 +1,287 @@
-fn main() {}
+//! The uplink's figures, each beside a baseline measured in the same run:
+//!
+//! - drain throughput of a 1,000,000-event backlog over loopback HTTP into a spool-store central,
+//!   beside the spool's raw read throughput (the ceiling of any drain);
+//! - live append latency p50/p99 while the drain runs, as a ratio to the same figures idle;
+//! - central ingest throughput with the spool store and with JetStream (if `nats-server` is on
+//!   PATH), beside validation alone.
+//!
+//! `cargo bench -p uplink` (release build). Set `UPLINK_BENCH_EVENTS` for a smaller backlog.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use spool::catalog;
+use spool::schema::EventPayload;
+use spool::{AppendStream, ExpectedVersion, Metadata, Seq, Spool, SpoolConfig, StreamId};
+use tokio_util::sync::CancellationToken;
+use uplink::central::{Central, IngestStore, JetStreamStore, Server, SpoolStore, Tokens, validate};
+use uplink::drain::{Drain, DrainConfig};
+
+const TRACK: &str = "bmx-main";
+const TOKEN: &str = "bench-token";
+/// Live appends during the latency measurement: one every this many ms, like a busy decoder.
+const LIVE_INTERVAL_MS: u64 = 5;
+
+fn passing(n: u32) -> spool::NewEvent {
+    catalog::Passing {
+        passing_number: n,
+        transponder: Some(9000 + n % 100),
+        rtc_time_us: 1_761_855_822_000_000 + u64::from(n) * 1000,
+        utc_time_us: None,
+        strength: Some(120),
+        hits: Some(30),
+        flags: Some(0),
+        tran_code: None,
+        decoder_id: Some(0x000C_00D0),
+        unknown_tlvs: Vec::new(),
+    }
+    .to_event(Metadata {
+        captured_at_us: spool::now_us(),
+        boot_id: "b-000001".into(),
+        ..Metadata::default()
+    })
+}
+
+fn stream() -> StreamId {
+    StreamId::decoder([0xD0, 0x00, 0x0C, 0x00])
+}
+
+async fn fill(spool: &Spool, count: u32) {
+    for start in (0..count).step_by(5_000) {
+        let chunk = (start..(start + 5_000).min(count)).map(passing).collect();
+        spool
+            .append(vec![AppendStream::new(
+                stream(),
+                ExpectedVersion::Any,
+                chunk,
+            )])
+            .await
+            .unwrap();
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
+}
+
+/// Appends single events every LIVE_INTERVAL_MS until `stop`, returning each append's latency.
+async fn live_appends(spool: Spool, stop: CancellationToken) -> Vec<Duration> {
+    let mut out = Vec::new();
+    let live = StreamId::new("decoder/LIVE0000").unwrap();
+    let mut n = 0;
+    while !stop.is_cancelled() {
+        let event = passing(n);
+        n += 1;
+        let t = Instant::now();
+        spool
+            .append(vec![AppendStream::new(
+                live.clone(),
+                ExpectedVersion::Any,
+                vec![event],
+            )])
+            .await
+            .unwrap();
+        out.push(t.elapsed());
+        tokio::time::sleep(Duration::from_millis(LIVE_INTERVAL_MS)).await;
+    }
+    out
+}
+
+fn summary(samples: &mut [Duration]) -> (Duration, Duration) {
+    samples.sort();
+    (percentile(samples, 0.50), percentile(samples, 0.99))
+}
+
+async fn ingest_throughput<S: IngestStore>(store: &S, batches: &[Vec<u8>]) -> f64 {
+    let start = Instant::now();
+    let mut events = 0u64;
+    for body in batches {
+        let batch = validate::validate(body, TRACK).unwrap();
+        let done = store.ingest(batch).await.unwrap();
+        events += done.accepted;
+    }
+    events as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Batches of 2,000 encoded events for central, from a spool of `count` passings.
+async fn bodies(dir: &std::path::Path, count: u32) -> Vec<Vec<u8>> {
+    let spool = Spool::open(dir.join("bodies"), SpoolConfig::default()).unwrap();
+    fill(&spool, count).await;
+    let config = DrainConfig::new("https://central/", TRACK, "node-bench", "/dev/null");
+    let events = spool.read_global(Seq::FIRST, count as usize).unwrap();
+    events
+        .chunks(2_000)
+        .map(|chunk| {
+            let encoded: Vec<_> = chunk
+                .iter()
+                .map(|e| uplink::drain::encode(&config, spool.schemas(), e))
+                .collect();
+            uplink::wire::batch_body(TRACK, &encoded)
+        })
+        .collect()
+}
+
+fn nats_server() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin")])
+        .map(|d| d.join("nats-server"))
+        .find(|p| p.is_file())
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let events: u32 = std::env::var("UPLINK_BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path().join("node"), SpoolConfig::default()).unwrap();
+
+    print!("filling the node spool with {events} events... ");
+    let t = Instant::now();
+    fill(&spool, events).await;
+    println!("{:.1} s", t.elapsed().as_secs_f64());
+
+    // Baseline: reading the backlog alone.
+    let t = Instant::now();
+    let mut from = Seq::FIRST;
+    let mut read = 0usize;
+    loop {
+        let page = spool.read_global(from, 2_000).unwrap();
+        let Some(last) = page.last() else { break };
+        from = last.seq.next();
+        read += page.len();
+    }
+    let read_rate = read as f64 / t.elapsed().as_secs_f64();
+
+    // Idle live latency.
+    let stop = CancellationToken::new();
+    let idle = tokio::spawn(live_appends(spool.clone(), stop.clone()));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    stop.cancel();
+    let mut idle = idle.await.unwrap();
+    let (idle_p50, idle_p99) = summary(&mut idle);
+
+    // Central on loopback, spool store.
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, TOKEN).unwrap();
+    let tokens = Tokens::parse(&format!("{TRACK} {TOKEN}")).unwrap();
+    let store = SpoolStore::open(&dir.path().join("central")).await.unwrap();
+    let central = Central::new(store, tokens);
+    let server = Server::bind("127.0.0.1:0".parse().unwrap(), None)
+        .await
+        .unwrap();
+    let addr = server.local_addr();
+    let central_cancel = CancellationToken::new();
+    let central_task = tokio::spawn(server.run(
+        uplink::central::router(central.clone()),
+        central_cancel.clone(),
+    ));
+
+    let head = spool.head().unwrap().0;
+    let config = DrainConfig::new(format!("http://{addr}/"), TRACK, "node-bench", &token_file);
+    let drain = Drain::new(config, spool.clone()).unwrap();
+    let mut status = drain.status();
+    let drain_cancel = CancellationToken::new();
+    let stop = CancellationToken::new();
+    let live = tokio::spawn(live_appends(spool.clone(), stop.clone()));
+    let t = Instant::now();
+    let drain_task = tokio::spawn(drain.run(drain_cancel.clone()));
+    status.wait_for(|s| s.acked_seq >= head).await.unwrap();
+    let drain_time = t.elapsed();
+    stop.cancel();
+    let mut busy = live.await.unwrap();
+    let (busy_p50, busy_p99) = summary(&mut busy);
+    drain_cancel.cancel();
+    drain_task.await.unwrap().unwrap();
+    central_cancel.cancel();
+    central_task.await.unwrap().unwrap();
+    let stats = central.stats()[TRACK];
+    // The live appends are forwarded too; the backlog alone must have arrived once.
+    assert!(
+        stats.accepted >= u64::from(events),
+        "every backlog event arrived"
+    );
+    assert_eq!(stats.duplicates, 0, "nothing was sent twice");
+
+    println!();
+    println!(
+        "drain of a {events}-event backlog over loopback HTTP (spool-store central, same process)"
+    );
+    println!(
+        "  time {:.2} s (bar: under 10 s for 1M)  throughput {:.0} events/s",
+        drain_time.as_secs_f64(),
+        f64::from(events) / drain_time.as_secs_f64()
+    );
+    println!(
+        "  baseline: spool read alone {read_rate:.0} events/s (drain = {:.2}x of it)",
+        f64::from(events) / drain_time.as_secs_f64() / read_rate
+    );
+    println!("live single-event append latency, one every {LIVE_INTERVAL_MS} ms");
+    println!(
+        "  idle      p50 {idle_p50:?}  p99 {idle_p99:?}  ({} samples)",
+        idle.len()
+    );
+    println!(
+        "  draining  p50 {busy_p50:?}  p99 {busy_p99:?}  ({} samples)",
+        busy.len()
+    );
+    println!(
+        "  ratio draining/idle: p50 {:.2}x  p99 {:.2}x (bar: p99 at most 2x)",
+        busy_p50.as_secs_f64() / idle_p50.as_secs_f64(),
+        busy_p99.as_secs_f64() / idle_p99.as_secs_f64()
+    );
+
+    // Central ingest alone, without HTTP.
+    let sample = events.min(200_000);
+    let batches = bodies(dir.path(), sample).await;
+    let t = Instant::now();
+    for body in &batches {
+        validate::validate(body, TRACK).unwrap();
+    }
+    let validate_rate = f64::from(sample) / t.elapsed().as_secs_f64();
+    let store = SpoolStore::open(&dir.path().join("central-ingest"))
+        .await
+        .unwrap();
+    let spool_rate = ingest_throughput(&store, &batches).await;
+    println!("central ingest of {sample} events in batches of 2,000 (validate + store, no HTTP)");
+    println!("  baseline: validation alone {validate_rate:.0} events/s");
+    println!("  spool store  {spool_rate:.0} events/s");
+    match nats_server() {
+        None => println!("  JetStream    skipped: nats-server not on PATH"),
+        Some(bin) => {
+            let nats_dir = dir.path().join("nats");
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let mut child = Command::new(bin)
+                .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+                .arg(&nats_dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let url = format!("nats://127.0.0.1:{port}");
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_err()
+            {
+                assert!(Instant::now() < deadline, "nats-server did not start");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let store = JetStreamStore::connect(&url, Some(4 << 30)).await.unwrap();
+            let js_rate = ingest_throughput(&store, &batches).await;
+            println!(
+                "  JetStream    {js_rate:.0} events/s (file storage, every publish acknowledged)"
+            );
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

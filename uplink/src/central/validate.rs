@@ -24,7 +24,7 @@ pub const INGEST_BATCH_EVENTS_MAX: usize = 10_000;
 /// Longest event, as raw JSON. Decoder records are a few hundred bytes; extension events (a raw
 /// frame kept for diagnosis, a judge's decision with a note) stay below. Longer gets a 422 for that
 /// event, which the drain then parks.
-pub const INGEST_EVENT_BYTES_MAX: usize = 64 * 1024;
+pub const INGEST_EVENT_BYTES_MAX: usize = 32 * 1024;
 
 /// Longest track, client or boot id. They are NATS subject tokens and KV keys, so they are also
 /// restricted to `[A-Za-z0-9_-]`.

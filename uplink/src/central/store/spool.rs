@@ -1,34 +1,51 @@
-//! The embedded store of central: a spool file of its own (the spool crate is the only user of redb).
+//! The embedded store of central: a spool directory of its own (the spool crate is the only user of
+//! redb).
 //!
-//! Each accepted event becomes one spool event in stream `ingest/<track_id>/<client_id>`, type
-//! [`STORED_EVENT_TYPE`], payload the stored JSON envelope, idempotency key the INGEST key (so the
-//! spool's own key index is a second guard against a duplicate). The per-(track, client) seq ranges
-//! are rebuilt from the stored events when the store opens and kept in memory after that; an append
-//! returns only after its `fdatasync`, so the ranges never claim an event the disk does not hold.
+//! Accepted events are stored in chunks: one spool event of type [`STORED_EVENT_TYPE`] in stream
+//! `ingest/<track_id>/<client_id>` holds up to [`STORED_CHUNK_BYTES_MAX`] of events, as JSON
+//! `{"seqs": [...], "events": [<stored envelope>, ...]}`. A spool event per ingested event would cost
+//! the spool's per-event indexes for every one of them; chunks make a 2,000-event batch a dozen spool
+//! events, committed in one append.
+//!
+//! The per-(track, client) seq ranges are rebuilt from the chunks when the store opens and kept in
+//! memory after that. They are updated only after the append returned, which is after its
+//! `fdatasync`: the ranges never claim an event the disk does not hold, and a batch is checked and
+//! stored under one lock, so a retry racing its lost original sees the original's ranges.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use spool::schema::Schemas;
 use spool::{AppendStream, ExpectedVersion, Metadata, NewEvent, Seq, Spool, SpoolConfig, StreamId};
 use tokio::sync::Mutex;
 
 use crate::Error;
+use crate::central::validate::INGEST_EVENT_BYTES_MAX;
 use crate::central::{IngestStore, ValidBatch};
 use crate::ranges::RangeSet;
 use crate::wire::BatchAccepted;
 
-/// The spool event type of an ingested event.
-pub const STORED_EVENT_TYPE: &str = "ingest.event";
+/// The spool event type of a chunk of ingested events.
+pub const STORED_EVENT_TYPE: &str = "ingest.chunk";
 
-/// Events read per page when the ranges are rebuilt at open.
-const REBUILD_PAGE_EVENTS: usize = 10_000;
+/// Most bytes of one chunk: the spool's payload bound, less room for the chunk's own JSON.
+pub const STORED_CHUNK_BYTES_MAX: usize = spool::EVENT_PAYLOAD_BYTES_MAX - 4 * 1024;
 
-/// Most bytes of ingested JSON per spool append: half the spool's frame bound leaves room for the
-/// record's own fields (stream id, key, metadata). A larger batch is appended in several commits,
-/// each durable; a crash between them leaves a prefix stored, which the retry then deduplicates.
-const APPEND_JSON_BYTES_MAX: usize = spool::SPOOL_BATCH_BYTES_MAX / 2;
+/// Most bytes of chunks per spool append. Half the spool's frame bound leaves room for the records'
+/// own fields. A batch larger than this is appended in several commits, each durable; a crash
+/// between them leaves a prefix stored, which the retry then finds in the ranges.
+pub const STORED_APPEND_BYTES_MAX: usize = spool::SPOOL_BATCH_BYTES_MAX / 2;
+
+/// Chunks read per page when the ranges are rebuilt at open.
+const REBUILD_PAGE_EVENTS: usize = 1_000;
+
+/// The stored envelope adds `contract_version` and `ingested_at_us` to the event: well under this.
+const ENVELOPE_EXTRA_BYTES_MAX: usize = 128;
+const _: () = assert!(INGEST_EVENT_BYTES_MAX + ENVELOPE_EXTRA_BYTES_MAX < STORED_CHUNK_BYTES_MAX);
+const _: () = assert!(STORED_CHUNK_BYTES_MAX < STORED_APPEND_BYTES_MAX);
 
 pub struct SpoolStore {
     spool: Spool,
@@ -38,14 +55,24 @@ pub struct SpoolStore {
 /// One event as central stored it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredIngest {
-    /// Position in central's spool: the order central stored things in.
-    pub central_seq: u64,
     pub track_id: String,
     pub client_id: String,
-    pub key: String,
-    /// The node's seq (from the key).
+    /// The node's seq.
     pub seq: u64,
-    pub json: Vec<u8>,
+    /// The stored envelope.
+    pub json: String,
+}
+
+#[derive(Serialize)]
+struct ChunkOut<'a> {
+    seqs: &'a [u64],
+    events: &'a [&'a RawValue],
+}
+
+#[derive(Deserialize)]
+struct ChunkIn {
+    seqs: Vec<u64>,
+    events: Vec<Box<RawValue>>,
 }
 
 impl SpoolStore {
@@ -67,12 +94,12 @@ impl SpoolStore {
         };
         let spool = Spool::open(path, config).map_err(Error::spool("opening the central store"))?;
         let mut ranges: HashMap<(String, String), RangeSet> = HashMap::new();
-        for event in all_events(&spool)? {
-            ranges
-                .entry((event.track_id, event.client_id))
-                .or_default()
-                .insert(event.seq);
-        }
+        visit(&spool, |track, client, seqs, _| {
+            let set = ranges.entry((track.into(), client.into())).or_default();
+            for &seq in seqs {
+                set.insert(seq);
+            }
+        })?;
         Ok(Self {
             spool,
             ranges: Mutex::new(ranges),
@@ -82,53 +109,104 @@ impl SpoolStore {
     /// Everything stored, in the order it was stored.
     pub async fn stored(&self) -> Result<Vec<StoredIngest>, Error> {
         let spool = self.spool.clone();
-        tokio::task::spawn_blocking(move || all_events(&spool))
-            .await
-            .map_err(|source| Error::Join {
-                what: "reading the spool store",
-                source,
-            })?
+        tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            visit(&spool, |track, client, seqs, events| {
+                for (seq, json) in seqs.iter().zip(events) {
+                    out.push(StoredIngest {
+                        track_id: track.into(),
+                        client_id: client.into(),
+                        seq: *seq,
+                        json: json.get().into(),
+                    });
+                }
+            })?;
+            Ok(out)
+        })
+        .await
+        .map_err(|source| Error::Join {
+            what: "reading the spool store",
+            source,
+        })?
     }
 }
 
-fn all_events(spool: &Spool) -> Result<Vec<StoredIngest>, Error> {
-    let mut out = Vec::new();
+/// Calls `f(track, client, seqs, events)` for every stored chunk, in store order.
+fn visit(
+    spool: &Spool,
+    mut f: impl FnMut(&str, &str, &[u64], &[Box<RawValue>]),
+) -> Result<(), Error> {
     let mut from = Seq::FIRST;
     loop {
         let page = spool
             .read_global(from, REBUILD_PAGE_EVENTS)
             .map_err(Error::spool("reading the central store"))?;
         let Some(last) = page.last() else {
-            return Ok(out);
+            return Ok(());
         };
         from = last.seq.next();
         for event in page {
             if event.event_type != STORED_EVENT_TYPE {
                 continue;
             }
-            let Some((track, client, seq)) = event
-                .meta
-                .idempotency_key
-                .as_deref()
-                .and_then(super::parse_key)
-            else {
+            let Some(("ingest", rest)) = event.stream.as_str().split_once('/') else {
                 continue;
             };
-            out.push(StoredIngest {
-                central_seq: event.seq.0,
-                track_id: track.into(),
-                client_id: client.into(),
-                key: event.meta.idempotency_key.clone().unwrap_or_default(),
-                seq,
-                json: event.payload,
-            });
+            let Some((track, client)) = rest.split_once('/') else {
+                continue;
+            };
+            let chunk: ChunkIn =
+                serde_json::from_slice(&event.payload).map_err(|source| Error::Corrupt {
+                    what: format!("central chunk at seq {}", event.seq),
+                    source,
+                })?;
+            assert_eq!(
+                chunk.seqs.len(),
+                chunk.events.len(),
+                "a stored chunk holds one seq per event"
+            );
+            f(track, client, &chunk.seqs, &chunk.events);
         }
+    }
+}
+
+/// One chunk being filled: the events of one client, in batch order.
+struct Chunk {
+    client_id: String,
+    seqs: Vec<u64>,
+    events: Vec<String>,
+    bytes: usize,
+}
+
+impl Chunk {
+    fn encode(&self, track: &str, ingested_at_us: u64) -> Result<AppendStream, Error> {
+        let raws: Vec<&RawValue> = self
+            .events
+            .iter()
+            .map(|e| serde_json::from_str::<&RawValue>(e).expect("stored envelopes are JSON"))
+            .collect();
+        let payload = serde_json::to_vec(&ChunkOut {
+            seqs: &self.seqs,
+            events: &raws,
+        })
+        .expect("chunks always encode");
+        let stream = StreamId::new(format!("ingest/{track}/{}", self.client_id))
+            .map_err(|e| Error::Config(format!("central stream id: {e}")))?;
+        let event = NewEvent::new(
+            STORED_EVENT_TYPE,
+            1,
+            payload,
+            Metadata {
+                captured_at_us: ingested_at_us,
+                ..Metadata::default()
+            },
+        );
+        Ok(AppendStream::new(stream, ExpectedVersion::Any, vec![event]))
     }
 }
 
 impl IngestStore for SpoolStore {
     async fn ingest(&self, batch: ValidBatch) -> Result<BatchAccepted, Error> {
-        // One batch at a time: a retry racing its lost original must see the original's ranges.
         let mut ranges = self.ranges.lock().await;
         let ingested_at_us = super::now_us();
         let mut done = BatchAccepted {
@@ -136,71 +214,62 @@ impl IngestStore for SpoolStore {
             duplicates: 0,
         };
         let mut seen: HashSet<(&str, u64)> = HashSet::new();
-        let mut fresh = Vec::new();
+        let mut chunks: Vec<Chunk> = Vec::new();
         for event in &batch.events {
             let held = ranges
                 .get(&(batch.track_id.clone(), event.client_id.clone()))
                 .is_some_and(|set| set.contains(event.seq));
             if held || !seen.insert((&event.client_id, event.seq)) {
                 done.duplicates += 1;
-            } else {
-                fresh.push(event);
+                continue;
             }
+            let json = String::from_utf8(event.stored_json(ingested_at_us))
+                .expect("the envelope of a valid event is UTF-8");
+            let fits = chunks.last().is_some_and(|c| {
+                c.client_id == event.client_id
+                    && c.bytes + json.len() + 32 <= STORED_CHUNK_BYTES_MAX
+            });
+            if !fits {
+                chunks.push(Chunk {
+                    client_id: event.client_id.clone(),
+                    seqs: Vec::new(),
+                    events: Vec::new(),
+                    bytes: 64,
+                });
+            }
+            let chunk = chunks.last_mut().expect("a chunk was just ensured");
+            chunk.bytes += json.len() + 32;
+            chunk.seqs.push(event.seq);
+            chunk.events.push(json);
         }
-        let mut start = 0;
-        while start < fresh.len() {
+        let mut chunks = chunks.into_iter().peekable();
+        while chunks.peek().is_some() {
             let mut bytes = 0;
-            let mut parts: Vec<AppendStream> = Vec::new();
-            let mut end = start;
-            while end < fresh.len() && (end == start || bytes < APPEND_JSON_BYTES_MAX) {
-                let event = fresh[end];
-                let json = event.stored_json(ingested_at_us);
-                bytes += json.len();
-                let boot_id = event.key.as_str().split(':').nth(2).unwrap_or_default();
-                let new = NewEvent::new(
-                    STORED_EVENT_TYPE,
-                    1,
-                    json,
-                    Metadata {
-                        captured_at_us: ingested_at_us,
-                        boot_id: boot_id.to_owned(),
-                        idempotency_key: Some(event.key.as_str().to_owned()),
-                        ..Metadata::default()
-                    },
-                );
-                let stream = format!("ingest/{}/{}", batch.track_id, event.client_id);
-                match parts.last_mut() {
-                    Some(part) if part.stream.as_str() == stream => part.events.push(new),
-                    _ => {
-                        let stream = StreamId::new(stream)
-                            .map_err(|e| Error::Config(format!("central stream id: {e}")))?;
-                        parts.push(AppendStream::new(stream, ExpectedVersion::Any, vec![new]));
-                    }
-                }
-                end += 1;
+            let mut group = Vec::new();
+            while let Some(chunk) =
+                chunks.next_if(|c| group.is_empty() || bytes + c.bytes <= STORED_APPEND_BYTES_MAX)
+            {
+                bytes += chunk.bytes;
+                group.push(chunk);
             }
-            let appended = self
-                .spool
+            let parts = group
+                .iter()
+                .map(|c| c.encode(&batch.track_id, ingested_at_us))
+                .collect::<Result<Vec<_>, _>>()?;
+            self.spool
                 .append(parts)
                 .await
                 .map_err(Error::spool("appending to the central store"))?;
-            assert_eq!(
-                appended.len(),
-                end - start,
-                "the spool answers one outcome per appended event"
-            );
-            for (event, outcome) in fresh[start..end].iter().zip(&appended) {
-                if outcome.duplicate {
-                    done.duplicates += 1;
-                } else {
+            // Durable now: only now may the ranges claim these seqs.
+            for chunk in group {
+                let set = ranges
+                    .entry((batch.track_id.clone(), chunk.client_id))
+                    .or_default();
+                for seq in chunk.seqs {
+                    set.insert(seq);
                     done.accepted += 1;
                 }
-                ranges
-                    .entry((batch.track_id.clone(), event.client_id.clone()))
-                    .or_default()
-                    .insert(event.seq);
             }
-            start = end;
         }
         Ok(done)
     }
