@@ -7,4 +7,8 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod config;
 pub mod decode;
+pub mod doctor;
+pub mod inspect;
+pub mod sim;

@@ -45,12 +45,21 @@ pub enum Command {
         #[arg(long)]
         hex: bool,
     },
+    /// Serve a simulated P3 decoder on a pseudo-terminal or TCP.
+    Simulate(crate::sim::SimulateArgs),
+    /// Inspect the spool (works while the node runs, read-only beside it).
+    Spool(crate::inspect::SpoolArgs),
+    /// Check the box: serial devices, disk, data directory, clock, configuration.
+    Doctor(crate::doctor::DoctorArgs),
 }
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Decode { file, hex } => crate::decode::run(file.as_deref(), hex),
+        Command::Simulate(args) => crate::sim::run(args),
+        Command::Spool(args) => crate::inspect::run(args),
+        Command::Doctor(args) => crate::doctor::run(args),
     };
     match result {
         Ok(()) => ExitCode::from(exit::OK),

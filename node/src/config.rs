@@ -1,0 +1,611 @@
+//! The node's configuration: one TOML file, checked key by key.
+//!
+//! Every mistake is reported with the key and the line it is on, all of them at once (not only the
+//! first), because the person reading the message is at a track with a laptop and little time:
+//!
+//! ```text
+//! venue.toml:7: decoder[0].baud: 11520 is not a supported baud rate (9600, 19200, 38400, 57600, 115200)
+//! venue.toml:12: decoder[1].adress: unknown key (expected one of: name, kind, address)
+//! ```
+//!
+//! `venue-node config check FILE` prints exactly these lines. `node/venue-node.example.toml` documents
+//! every key.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+/// The TCP port P3 decoders listen on.
+pub const P3_TCP_PORT: u16 = 5403;
+
+/// Baud rates a decoder's RS-232 port can be set to. The P3 default is not documented publicly, so the
+/// rate is configurable; 8N1 is assumed.
+pub const SERIAL_BAUDS: [u32; 5] = [9600, 19200, 38400, 57600, 115_200];
+
+/// The baud rate used when the file names none.
+pub const SERIAL_BAUD_DEFAULT: u32 = 115_200;
+
+/// Longest decoder name: it becomes part of the stream id `input/<name>`.
+pub const DECODER_NAME_BYTES_MAX: usize = 32;
+
+/// Most decoders one box reads. A track has a handful of loops; 16 bounds the tasks and buffers.
+pub const DECODERS_MAX: usize = 16;
+
+/// How often the node asks each decoder for its clock (GET_TIME), by default.
+pub const CLOCK_QUERY_INTERVAL_S_DEFAULT: u64 = 60;
+
+/// Clock offset change beyond which the node flags drift, by default.
+pub const CLOCK_DRIFT_ALARM_MS_DEFAULT: u64 = 200;
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Stable id of this box; `None` means "generate on first start and keep in the data directory".
+    pub node_id: Option<String>,
+    pub track_id: String,
+    pub data_dir: PathBuf,
+    pub decoders: Vec<DecoderConfig>,
+    pub spool: SpoolSettings,
+    pub clock: ClockSettings,
+    pub uplink: Option<UplinkSettings>,
+}
+
+/// Spool settings a site may tune.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SpoolSettings {
+    /// Disk cap for the spool, in bytes; `None` for the spool's default.
+    pub cap_bytes: Option<u64>,
+    /// Keep acknowledged history at least this many days.
+    pub retention_days: Option<u64>,
+}
+
+/// Decoder clock supervision.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClockSettings {
+    pub query_interval_s: u64,
+    pub drift_alarm_ms: u64,
+}
+
+impl Default for ClockSettings {
+    fn default() -> Self {
+        Self { query_interval_s: CLOCK_QUERY_INTERVAL_S_DEFAULT, drift_alarm_ms: CLOCK_DRIFT_ALARM_MS_DEFAULT }
+    }
+}
+
+/// Where the node forwards its spool.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UplinkSettings {
+    pub central_url: String,
+    pub token_file: PathBuf,
+    pub ca_file: Option<PathBuf>,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    /// Event types forwarded; `None` forwards the contract's default set.
+    pub forward: Option<Vec<String>>,
+}
+
+/// One decoder input.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecoderConfig {
+    pub name: String,
+    pub kind: DecoderKind,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum DecoderKind {
+    /// A serial device, opened by path on every attempt (use a stable `/dev/serial/by-id/...` path).
+    Serial { device: PathBuf, baud: u32 },
+    /// A networked decoder: the decoder is the server.
+    Tcp { address: String },
+    /// The built-in simulator, in-process.
+    Sim { seed: u64, rate_per_s: f64 },
+}
+
+/// One mistake in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// The key's path, e.g. `decoder[1].baud`.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{line}: {}: {}", self.key, self.message),
+            None => write!(f, "{}: {}", self.key, self.message),
+        }
+    }
+}
+
+/// Every mistake found in one file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors {
+    pub path: PathBuf,
+    pub errors: Vec<ConfigError>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.errors.len();
+        writeln!(f, "{} has {n} mistake{}:", self.path.display(), if n == 1 { "" } else { "s" })?;
+        for (i, e) in self.errors.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{}:{e}", self.path.display())?;
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Reads and checks a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+            path: path.to_path_buf(),
+            errors: vec![ConfigError { line: None, key: "(file)".into(), message: format!("cannot read: {e}") }],
+        })?;
+        Config::parse(&text).map_err(|errors| ConfigErrors { path: path.to_path_buf(), errors })
+    }
+
+    /// Checks a configuration text; returns every mistake.
+    pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
+        let mut c = Checker { text, errors: Vec::new() };
+        let (root, syntax) = DeTable::parse_recoverable(text);
+        for e in syntax {
+            let line = e.span().map(|s| c.line(s.start));
+            c.errors.push(ConfigError { line, key: "(syntax)".into(), message: e.message().trim().to_string() });
+        }
+        let config = c.root(root.get_ref(), root.span());
+        if c.errors.is_empty() {
+            // Every required key was checked above, so a config was built.
+            config.ok_or_else(Vec::new)
+        } else {
+            c.errors.sort_by_key(|e| e.line.unwrap_or(0));
+            Err(c.errors)
+        }
+    }
+
+    /// Where the spool lives: `<data_dir>/spool`.
+    pub fn spool_dir(&self) -> PathBuf {
+        spool_dir(&self.data_dir)
+    }
+
+    /// The example file shipped with the node, which must always check clean.
+    pub const EXAMPLE: &'static str = include_str!("../venue-node.example.toml");
+
+    /// The configuration `venue-node demo` uses: one simulated decoder, data in `data_dir`.
+    pub fn demo(data_dir: PathBuf, device: PathBuf) -> Config {
+        Config {
+            node_id: None,
+            track_id: "demo-track".into(),
+            data_dir,
+            decoders: vec![DecoderConfig {
+                name: "finish".into(),
+                kind: DecoderKind::Serial { device, baud: SERIAL_BAUD_DEFAULT },
+            }],
+            spool: SpoolSettings::default(),
+            clock: ClockSettings::default(),
+            uplink: None,
+        }
+    }
+}
+
+/// Where the spool of a data directory lives.
+pub fn spool_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("spool")
+}
+
+/// The file a running node rewrites every second with its live status (decoders, uplink), for
+/// `venue-node spool stats` and other readers outside the process. JSON; see `runtime::status`.
+pub fn status_file(data_dir: &Path) -> PathBuf {
+    data_dir.join("status.json")
+}
+
+/// Where `run` looks for its configuration when none is given.
+pub const CONFIG_PATH_DEFAULT: &str = "/etc/venue-node/venue-node.toml";
+
+struct Checker<'t> {
+    text: &'t str,
+    errors: Vec<ConfigError>,
+}
+
+type Table<'i> = DeTable<'i>;
+type Value<'i> = Spanned<DeValue<'i>>;
+
+impl Checker<'_> {
+    fn line(&self, offset: usize) -> usize {
+        self.text[..offset.min(self.text.len())].bytes().filter(|&b| b == b'\n').count() + 1
+    }
+
+    fn err(&mut self, span: Range<usize>, key: impl Into<String>, message: impl Into<String>) {
+        let line = Some(self.line(span.start));
+        self.errors.push(ConfigError { line, key: key.into(), message: message.into() });
+    }
+
+    /// Reports keys not in `allowed`.
+    fn unknown_keys(&mut self, table: &Table<'_>, path: &str, allowed: &[&str]) {
+        for (k, _) in table.iter() {
+            if !allowed.contains(&k.get_ref().as_ref()) {
+                let key = join(path, k.get_ref());
+                self.err(k.span(), key, format!("unknown key (expected one of: {})", allowed.join(", ")));
+            }
+        }
+    }
+
+    fn get<'a, 'i>(&self, table: &'a Table<'i>, key: &str) -> Option<&'a Value<'i>> {
+        table.iter().find(|(k, _)| k.get_ref() == key).map(|(_, v)| v)
+    }
+
+    fn string(&mut self, table: &Table<'_>, path: &str, key: &str, whole: &Range<usize>) -> Option<Option<String>> {
+        let Some(v) = self.get(table, key) else { return Some(None) };
+        match v.get_ref().as_str() {
+            Some(s) if !s.trim().is_empty() => Some(Some(s.to_string())),
+            Some(_) => {
+                self.err(v.span(), join(path, key), "must not be empty");
+                None
+            }
+            None => {
+                let _ = whole;
+                self.err(v.span(), join(path, key), format!("expected a string, found {}", v.get_ref().type_str()));
+                None
+            }
+        }
+    }
+
+    fn required_string(&mut self, table: &Table<'_>, path: &str, key: &str, whole: &Range<usize>) -> Option<String> {
+        match self.string(table, path, key, whole)? {
+            Some(s) => Some(s),
+            None => {
+                self.err(whole.clone(), join(path, key), "missing (required)");
+                None
+            }
+        }
+    }
+
+    fn integer(&mut self, table: &Table<'_>, path: &str, key: &str) -> Option<Option<u64>> {
+        let Some(v) = self.get(table, key) else { return Some(None) };
+        let parsed = v
+            .get_ref()
+            .as_integer()
+            .and_then(|i| u64::from_str_radix(&i.as_str().replace('_', ""), i.radix()).ok());
+        match parsed {
+            Some(n) => Some(Some(n)),
+            None => {
+                let found = match v.get_ref().as_integer() {
+                    Some(i) => format!("{}", i.as_str()),
+                    None => v.get_ref().type_str().to_string(),
+                };
+                self.err(v.span(), join(path, key), format!("expected a non-negative integer, found {found}"));
+                None
+            }
+        }
+    }
+
+    fn number(&mut self, table: &Table<'_>, path: &str, key: &str) -> Option<Option<f64>> {
+        let Some(v) = self.get(table, key) else { return Some(None) };
+        let n = match v.get_ref() {
+            DeValue::Float(f) => f.as_str().replace('_', "").parse::<f64>().ok(),
+            DeValue::Integer(i) => i64::from_str_radix(&i.as_str().replace('_', ""), i.radix()).ok().map(|n| n as f64),
+            _ => None,
+        };
+        match n {
+            Some(n) if n.is_finite() && n > 0.0 => Some(Some(n)),
+            _ => {
+                self.err(v.span(), join(path, key), "expected a positive number");
+                None
+            }
+        }
+    }
+
+    fn table<'a, 'i>(&mut self, table: &'a Table<'i>, path: &str, key: &str) -> Option<Option<&'a Value<'i>>> {
+        let Some(v) = self.get(table, key) else { return Some(None) };
+        if v.get_ref().is_table() {
+            Some(Some(v))
+        } else {
+            self.err(v.span(), join(path, key), format!("expected a table, found {}", v.get_ref().type_str()));
+            None
+        }
+    }
+
+    fn root(&mut self, root: &Table<'_>, span: Range<usize>) -> Option<Config> {
+        const KEYS: &[&str] = &["node_id", "track_id", "data_dir", "decoder", "spool", "clock", "uplink"];
+        self.unknown_keys(root, "", KEYS);
+        let start = 0..span.end.min(1);
+        let node_id = self.string(root, "", "node_id", &start);
+        if let Some(Some(id)) = &node_id
+            && !valid_id(id)
+        {
+            let v = self.get(root, "node_id").map(|v| v.span()).unwrap_or(start.clone());
+            self.err(v, "node_id", "use letters, digits, '-', '_' and '.' only (at most 64)");
+        }
+        let track_id = self.required_string(root, "", "track_id", &start);
+        if let Some(id) = &track_id
+            && !valid_id(id)
+        {
+            let v = self.get(root, "track_id").map(|v| v.span()).unwrap_or(start.clone());
+            self.err(v, "track_id", "use letters, digits, '-', '_' and '.' only (at most 64)");
+        }
+        let data_dir = self.required_string(root, "", "data_dir", &start);
+        let decoders = self.decoders(root, &start);
+        let spool = self.spool(root);
+        let clock = self.clock(root);
+        let uplink = self.uplink(root);
+        Some(Config {
+            node_id: node_id?,
+            track_id: track_id?,
+            data_dir: PathBuf::from(data_dir?),
+            decoders: decoders?,
+            spool: spool?,
+            clock: clock?,
+            uplink: uplink?,
+        })
+    }
+
+    fn decoders(&mut self, root: &Table<'_>, start: &Range<usize>) -> Option<Vec<DecoderConfig>> {
+        let Some(v) = self.get(root, "decoder") else {
+            self.err(start.clone(), "decoder", "missing: add at least one [[decoder]] table");
+            return None;
+        };
+        let Some(items) = v.get_ref().as_array() else {
+            self.err(v.span(), "decoder", "expected [[decoder]] tables (an array of tables)");
+            return None;
+        };
+        if items.len() > DECODERS_MAX {
+            self.err(v.span(), "decoder", format!("at most {DECODERS_MAX} decoders"));
+        }
+        let mut out = Vec::new();
+        let mut ok = true;
+        for (i, item) in items.iter().enumerate() {
+            let path = format!("decoder[{i}]");
+            let Some(t) = item.get_ref().as_table() else {
+                self.err(item.span(), path, "expected a table");
+                ok = false;
+                continue;
+            };
+            match self.decoder(t, &path, item.span()) {
+                Some(d) => {
+                    if out.iter().any(|o: &DecoderConfig| o.name == d.name) {
+                        let span = self.get(t, "name").map(|v| v.span()).unwrap_or(item.span());
+                        self.err(span, format!("{path}.name"), format!("{:?} is used by another decoder", d.name));
+                        ok = false;
+                    }
+                    out.push(d);
+                }
+                None => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
+    fn decoder(&mut self, t: &Table<'_>, path: &str, span: Range<usize>) -> Option<DecoderConfig> {
+        let name = self.required_string(t, path, "name", &span);
+        if let Some(n) = &name
+            && (n.len() > DECODER_NAME_BYTES_MAX
+                || !n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+        {
+            let s = self.get(t, "name").map(|v| v.span()).unwrap_or(span.clone());
+            self.err(s, format!("{path}.name"), format!("use letters, digits, '-' and '_' only (at most {DECODER_NAME_BYTES_MAX})"));
+        }
+        let kind = self.required_string(t, path, "kind", &span)?;
+        let kind = match kind.as_str() {
+            "serial" => {
+                self.unknown_keys(t, path, &["name", "kind", "device", "baud"]);
+                let device = self.required_string(t, path, "device", &span);
+                let baud = self.integer(t, path, "baud")?.unwrap_or(u64::from(SERIAL_BAUD_DEFAULT));
+                let baud = match u32::try_from(baud).ok().filter(|b| SERIAL_BAUDS.contains(b)) {
+                    Some(b) => b,
+                    None => {
+                        let s = self.get(t, "baud").map(|v| v.span()).unwrap_or(span.clone());
+                        let list: Vec<String> = SERIAL_BAUDS.iter().map(u32::to_string).collect();
+                        self.err(s, format!("{path}.baud"), format!("{baud} is not a supported baud rate ({})", list.join(", ")));
+                        return None;
+                    }
+                };
+                DecoderKind::Serial { device: PathBuf::from(device?), baud }
+            }
+            "tcp" => {
+                self.unknown_keys(t, path, &["name", "kind", "address"]);
+                let address = self.required_string(t, path, "address", &span)?;
+                let address = with_default_port(&address);
+                if address.parse::<SocketAddr>().is_err() && !address.contains(':') {
+                    let s = self.get(t, "address").map(|v| v.span()).unwrap_or(span.clone());
+                    self.err(s, format!("{path}.address"), "expected host or host:port");
+                    return None;
+                }
+                DecoderKind::Tcp { address }
+            }
+            "sim" => {
+                self.unknown_keys(t, path, &["name", "kind", "seed", "rate"]);
+                let seed = self.integer(t, path, "seed")?.unwrap_or(1);
+                let rate_per_s = self.number(t, path, "rate")?.unwrap_or(2.0);
+                DecoderKind::Sim { seed, rate_per_s }
+            }
+            other => {
+                let s = self.get(t, "kind").map(|v| v.span()).unwrap_or(span.clone());
+                self.err(s, format!("{path}.kind"), format!("{other:?} is not a decoder kind (serial, tcp, sim)"));
+                return None;
+            }
+        };
+        Some(DecoderConfig { name: name?, kind })
+    }
+
+    fn spool(&mut self, root: &Table<'_>) -> Option<SpoolSettings> {
+        let Some(v) = self.table(root, "", "spool")? else { return Some(SpoolSettings::default()) };
+        let t = v.get_ref().as_table()?;
+        self.unknown_keys(t, "spool", &["cap_bytes", "retention_days"]);
+        let cap_bytes = self.integer(t, "spool", "cap_bytes");
+        let retention_days = self.integer(t, "spool", "retention_days");
+        Some(SpoolSettings { cap_bytes: cap_bytes?, retention_days: retention_days? })
+    }
+
+    fn clock(&mut self, root: &Table<'_>) -> Option<ClockSettings> {
+        let Some(v) = self.table(root, "", "clock")? else { return Some(ClockSettings::default()) };
+        let t = v.get_ref().as_table()?;
+        self.unknown_keys(t, "clock", &["query_interval_s", "drift_alarm_ms"]);
+        let d = ClockSettings::default();
+        let q = self.integer(t, "clock", "query_interval_s");
+        let a = self.integer(t, "clock", "drift_alarm_ms");
+        let (q, a) = (q?, a?);
+        if q == Some(0) {
+            let s = self.get(t, "query_interval_s").map(|v| v.span()).unwrap_or(v.span());
+            self.err(s, "clock.query_interval_s", "must be at least 1");
+            return None;
+        }
+        Some(ClockSettings {
+            query_interval_s: q.unwrap_or(d.query_interval_s),
+            drift_alarm_ms: a.unwrap_or(d.drift_alarm_ms),
+        })
+    }
+
+    fn uplink(&mut self, root: &Table<'_>) -> Option<Option<UplinkSettings>> {
+        let Some(v) = self.table(root, "", "uplink")? else { return Some(None) };
+        let span = v.span();
+        let t = v.get_ref().as_table()?;
+        self.unknown_keys(t, "uplink", &["central_url", "token_file", "ca_file", "client_cert", "client_key", "forward"]);
+        let url = self.required_string(t, "uplink", "central_url", &span);
+        if let Some(u) = &url
+            && !(u.starts_with("https://") || u.starts_with("http://127.") || u.starts_with("http://localhost"))
+        {
+            let s = self.get(t, "central_url").map(|v| v.span()).unwrap_or(span.clone());
+            self.err(s, "uplink.central_url", "must be https:// (plain http only to loopback)");
+        }
+        let token_file = self.required_string(t, "uplink", "token_file", &span);
+        let ca_file = self.string(t, "uplink", "ca_file", &span);
+        let client_cert = self.string(t, "uplink", "client_cert", &span);
+        let client_key = self.string(t, "uplink", "client_key", &span);
+        let forward = match self.get(t, "forward") {
+            None => Some(None),
+            Some(f) => match f.get_ref().as_array() {
+                Some(items) if items.iter().all(|i| i.get_ref().is_str()) => {
+                    Some(Some(items.iter().filter_map(|i| i.get_ref().as_str().map(String::from)).collect()))
+                }
+                _ => {
+                    self.err(f.span(), "uplink.forward", "expected a list of event types, e.g. [\"decoder.passing\"]");
+                    None
+                }
+            },
+        };
+        let (cc, ck) = (client_cert?, client_key?);
+        if cc.is_some() != ck.is_some() {
+            self.err(span.clone(), "uplink.client_cert", "client_cert and client_key go together");
+            return None;
+        }
+        Some(Some(UplinkSettings {
+            central_url: url?,
+            token_file: PathBuf::from(token_file?),
+            ca_file: ca_file?.map(PathBuf::from),
+            client_cert: cc.map(PathBuf::from),
+            client_key: ck.map(PathBuf::from),
+            forward: forward?,
+        }))
+    }
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() { key.to_string() } else { format!("{path}.{key}") }
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+/// `host` becomes `host:5403`; `host:port` and `[v6]:port` stay.
+fn with_default_port(address: &str) -> String {
+    let has_port = match address.rsplit_once(':') {
+        Some((host, port)) => port.parse::<u16>().is_ok() && (!host.contains(':') || host.ends_with(']')),
+        None => false,
+    };
+    if has_port { address.to_string() } else { format!("{address}:{P3_TCP_PORT}") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(text: &str) -> Vec<String> {
+        Config::parse(text).expect_err("has mistakes").iter().map(|e| e.to_string()).collect()
+    }
+
+    #[test]
+    fn example_file_is_valid() {
+        let c = Config::parse(Config::EXAMPLE).unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(!c.decoders.is_empty());
+    }
+
+    #[test]
+    fn minimal_file_gets_defaults() {
+        let c = Config::parse(
+            "track_id = \"bmx-main\"\ndata_dir = \"/var/lib/venue-node\"\n\n[[decoder]]\nname = \"finish\"\nkind = \"tcp\"\naddress = \"192.168.1.21\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.decoders[0].kind, DecoderKind::Tcp { address: "192.168.1.21:5403".into() });
+        assert_eq!(c.node_id, None);
+        assert_eq!(c.clock, ClockSettings::default());
+    }
+
+    #[test]
+    fn every_mistake_is_named_with_key_and_line() {
+        let text = "\
+track_id = \"bmx main\"
+data_dir = 5
+colour = \"red\"
+
+[[decoder]]
+name = \"finish\"
+kind = \"serial\"
+device = \"/dev/ttyUSB0\"
+baud = 11520
+
+[[decoder]]
+name = \"finish\"
+kind = \"tcp\"
+adress = \"10.0.0.2\"
+
+[[decoder]]
+name = \"x\"
+kind = \"usb\"
+";
+        assert_eq!(
+            errors(text),
+            [
+                "1: track_id: use letters, digits, '-', '_' and '.' only (at most 64)",
+                "2: data_dir: expected a string, found integer",
+                "3: colour: unknown key (expected one of: node_id, track_id, data_dir, decoder, spool, clock, uplink)",
+                "9: decoder[0].baud: 11520 is not a supported baud rate (9600, 19200, 38400, 57600, 115200)",
+                "11: decoder[1].address: missing (required)",
+                "14: decoder[1].adress: unknown key (expected one of: name, kind, address)",
+                "18: decoder[2].kind: \"usb\" is not a decoder kind (serial, tcp, sim)",
+            ]
+            .map(String::from)
+        );
+    }
+
+    #[test]
+    fn missing_required_keys() {
+        assert_eq!(
+            errors("[[decoder]]\nname = \"a\"\nkind = \"serial\"\n"),
+            [
+                "1: track_id: missing (required)",
+                "1: data_dir: missing (required)",
+                "1: decoder[0].device: missing (required)",
+            ]
+            .map(String::from)
+        );
+    }
+
+    #[test]
+    fn duplicate_names_and_syntax_errors() {
+        let dup = "track_id = \"t\"\ndata_dir = \"/d\"\n[[decoder]]\nname = \"a\"\nkind = \"sim\"\n[[decoder]]\nname = \"a\"\nkind = \"sim\"\n";
+        assert_eq!(errors(dup), ["7: decoder[1].name: \"a\" is used by another decoder"]);
+        let bad = errors("track_id = \"t\"\ndata_dir = \n[[decoder]]\nname = \"a\"\nkind = \"sim\"\n");
+        assert!(bad.iter().any(|e| e.starts_with("2: (syntax): ")), "{bad:?}");
+    }
+}

@@ -1,0 +1,1 @@
+//! End-to-end tests of the node, one binary: real pseudo-terminals, real sockets, real processes.
