@@ -243,12 +243,12 @@ async fn main() {
         validate::validate(body, TRACK).unwrap();
     }
     let validate_rate = f64::from(sample) / t.elapsed().as_secs_f64();
+    println!("central ingest of {sample} events in batches of 2,000 (validate + store, no HTTP)");
+    println!("  baseline: validation alone {validate_rate:.0} events/s");
     let store = SpoolStore::open(&dir.path().join("central-ingest"))
         .await
         .unwrap();
     let spool_rate = ingest_throughput(&store, &batches).await;
-    println!("central ingest of {sample} events in batches of 2,000 (validate + store, no HTTP)");
-    println!("  baseline: validation alone {validate_rate:.0} events/s");
     println!("  spool store  {spool_rate:.0} events/s");
     match nats_server() {
         None => println!("  JetStream    skipped: nats-server not on PATH"),

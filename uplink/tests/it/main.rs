@@ -2,6 +2,7 @@
 //! certificates made here, a real spool on disk, a real `nats-server` with JetStream, and a fault
 //! proxy between node and central.
 
+mod central;
 mod common;
 mod faults;
 mod jetstream;

@@ -16,7 +16,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::value::RawValue;
 use spool::schema::Schemas;
 use spool::{AppendStream, ExpectedVersion, Metadata, NewEvent, Seq, Spool, SpoolConfig, StreamId};
@@ -61,12 +61,6 @@ pub struct StoredIngest {
     pub seq: u64,
     /// The stored envelope.
     pub json: String,
-}
-
-#[derive(Serialize)]
-struct ChunkOut<'a> {
-    seqs: &'a [u64],
-    events: &'a [&'a RawValue],
 }
 
 #[derive(Deserialize)]
@@ -170,26 +164,27 @@ fn visit(
     }
 }
 
-/// One chunk being filled: the events of one client, in batch order.
+/// One chunk being filled: the events of one client, in batch order. The JSON is written as it
+/// goes (`{"seqs":[..],"events":[..]}`): the events are already checked JSON, so they are copied, not
+/// parsed again.
 struct Chunk {
     client_id: String,
     seqs: Vec<u64>,
-    events: Vec<String>,
-    bytes: usize,
+    events_json: Vec<u8>,
 }
 
 impl Chunk {
+    fn bytes(&self) -> usize {
+        self.events_json.len() + self.seqs.len() * 21 + 32
+    }
+
     fn encode(&self, track: &str, ingested_at_us: u64) -> Result<AppendStream, Error> {
-        let raws: Vec<&RawValue> = self
-            .events
-            .iter()
-            .map(|e| serde_json::from_str::<&RawValue>(e).expect("stored envelopes are JSON"))
-            .collect();
-        let payload = serde_json::to_vec(&ChunkOut {
-            seqs: &self.seqs,
-            events: &raws,
-        })
-        .expect("chunks always encode");
+        let mut payload = Vec::with_capacity(self.bytes());
+        payload.extend_from_slice(b"{\"seqs\":");
+        serde_json::to_writer(&mut payload, &self.seqs).expect("seqs always encode");
+        payload.extend_from_slice(b",\"events\":[");
+        payload.extend_from_slice(&self.events_json);
+        payload.extend_from_slice(b"]}");
         let stream = StreamId::new(format!("ingest/{track}/{}", self.client_id))
             .map_err(|e| Error::Config(format!("central stream id: {e}")))?;
         let event = NewEvent::new(
@@ -223,33 +218,33 @@ impl IngestStore for SpoolStore {
                 done.duplicates += 1;
                 continue;
             }
-            let json = String::from_utf8(event.stored_json(ingested_at_us))
-                .expect("the envelope of a valid event is UTF-8");
+            let json = event.stored_json(ingested_at_us);
             let fits = chunks.last().is_some_and(|c| {
                 c.client_id == event.client_id
-                    && c.bytes + json.len() + 32 <= STORED_CHUNK_BYTES_MAX
+                    && c.bytes() + json.len() + 22 <= STORED_CHUNK_BYTES_MAX
             });
             if !fits {
                 chunks.push(Chunk {
                     client_id: event.client_id.clone(),
                     seqs: Vec::new(),
-                    events: Vec::new(),
-                    bytes: 64,
+                    events_json: Vec::with_capacity(STORED_CHUNK_BYTES_MAX),
                 });
             }
             let chunk = chunks.last_mut().expect("a chunk was just ensured");
-            chunk.bytes += json.len() + 32;
+            if !chunk.seqs.is_empty() {
+                chunk.events_json.push(b',');
+            }
+            chunk.events_json.extend_from_slice(&json);
             chunk.seqs.push(event.seq);
-            chunk.events.push(json);
         }
         let mut chunks = chunks.into_iter().peekable();
         while chunks.peek().is_some() {
             let mut bytes = 0;
             let mut group = Vec::new();
             while let Some(chunk) =
-                chunks.next_if(|c| group.is_empty() || bytes + c.bytes <= STORED_APPEND_BYTES_MAX)
+                chunks.next_if(|c| group.is_empty() || bytes + c.bytes() <= STORED_APPEND_BYTES_MAX)
             {
-                bytes += chunk.bytes;
+                bytes += chunk.bytes();
                 group.push(chunk);
             }
             let parts = group
