@@ -17,6 +17,7 @@
 //! | `SPOOL_BENCH_EVENTS` | 100000 | events per throughput figure |
 //! | `SPOOL_BENCH_REOPEN` | 1000000 | comma-separated spool sizes for the kill -9 reopen (add 10000000) |
 //! | `SPOOL_BENCH_WEAR_SECS` | 65 | seconds of the steady 10 events/s run (spans two checkpoints) |
+//! | `SPOOL_BENCH_ONLY` | all | comma-separated sections: latency, throughput, read, reopen, wear |
 
 use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader, Write};
@@ -362,155 +363,169 @@ fn main() {
         .split(',')
         .filter_map(|v| v.trim().parse().ok())
         .collect();
+    let only = std::env::var("SPOOL_BENCH_ONLY").unwrap_or_default();
+    let run = |section: &str| only.is_empty() || only.split(',').any(|s| s.trim() == section);
     let record = record_bytes();
     println!(
         "spool benchmark in {} (record: {record} journal bytes per event)",
         dir.path().display()
     );
 
-    // Latency: floor, spool, naive redb, interleaved in rounds so disk noise hits all alike.
-    let rounds = 4;
-    let mut floor_s = Vec::new();
-    let mut spool_s = Vec::new();
-    let mut naive_s = Vec::new();
-    let spool_dir = dir.path().join("latency");
-    let spool = Spool::open(&spool_dir, config()).expect("open");
-    for _ in 0..rounds {
-        let f = floor(dir.path(), single_n / rounds, record);
-        floor_s.push(f);
-        spool_s.push(single_appends(&spool, single_n / rounds));
-        naive_s.push(naive_redb(dir.path(), single_n / rounds / 2, record));
-        drop(std::fs::remove_file(dir.path().join("naive.redb")));
-    }
-    let med = |v: &[Percentiles], f: fn(&Percentiles) -> Duration| {
-        let mut x: Vec<Duration> = v.iter().map(f).collect();
-        x.sort();
-        x[x.len() / 2]
-    };
-    let (fp50, fp99, fp999) = (
-        med(&floor_s, |p| p.p50),
-        med(&floor_s, |p| p.p99),
-        med(&floor_s, |p| p.p999),
-    );
-    let (sp50, sp99, sp999) = (
-        med(&spool_s, |p| p.p50),
-        med(&spool_s, |p| p.p99),
-        med(&spool_s, |p| p.p999),
-    );
-    let (np50, np99, np999) = (
-        med(&naive_s, |p| p.p50),
-        med(&naive_s, |p| p.p99),
-        med(&naive_s, |p| p.p999),
-    );
-    println!(
-        "\n## durable single-event append latency ({single_n} appends, median of {rounds} interleaved rounds)"
-    );
-    println!("| | p50 µs | p99 µs | p99.9 µs | p50 / floor | p99 / floor |");
-    println!("|---|---|---|---|---|---|");
-    println!(
-        "| floor (append + fdatasync) | {:.0} | {:.0} | {:.0} | 1.00 | 1.00 |",
-        us(fp50),
-        us(fp99),
-        us(fp999)
-    );
-    println!(
-        "| spool | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} |",
-        us(sp50),
-        us(sp99),
-        us(sp999),
-        us(sp50) / us(fp50),
-        us(sp99) / us(fp99)
-    );
-    println!(
-        "| naive redb (Immediate, SingleWriter) | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} |",
-        us(np50),
-        us(np99),
-        us(np999),
-        us(np50) / us(fp50),
-        us(np99) / us(fp99)
-    );
-    drop(spool);
-
-    // Throughput.
-    println!("\n## durable group-commit throughput ({events} events per figure)");
-    println!("| appenders × batch | spool events/s | SQLite events/s | spool / SQLite |");
-    println!("|---|---|---|---|");
-    let mut sqlite = sqlite_open(dir.path());
-    let mut sqlite_seq = 0i64;
-    for appenders in [1usize, 8, 64] {
-        let spool = Spool::open(dir.path().join(format!("c{appenders}")), config()).expect("open");
-        let n = events.min(20_000 * appenders.min(8));
-        let rate = concurrent(&spool, appenders, n);
-        println!("| {appenders} × 1 | {rate:.0} | | |");
-    }
-    for batch in [1usize, 10, 100, 1000] {
-        let spool = Spool::open(dir.path().join(format!("b{batch}")), config()).expect("open");
-        let n = if batch == 1 { events.min(5000) } else { events };
-        let rate = batched(&spool, batch, n);
-        let (sq, _) = sqlite_batched(&mut sqlite, batch, n, record, &mut sqlite_seq);
-        println!("| 1 × {batch} | {rate:.0} | {sq:.0} | {:.2} |", rate / sq);
-    }
-
-    // Reads.
-    println!("\n## read throughput");
-    let spool = Spool::open(dir.path().join("b1000"), config()).expect("open");
-    let start = Instant::now();
-    let mut from = Seq::FIRST;
-    let mut read = 0usize;
-    loop {
-        let page = spool.read_global(from, 10_000).expect("read");
-        let Some(last) = page.last() else { break };
-        from = last.seq.next();
-        read += page.len();
-    }
-    let global = read as f64 / start.elapsed().as_secs_f64();
-    let start = Instant::now();
-    let mut version = 1;
-    let mut read_s = 0usize;
-    loop {
-        let page = spool
-            .read_stream(&decoder_stream(), version, 10_000)
-            .expect("read");
-        let Some(last) = page.last() else { break };
-        version = last.version + 1;
-        read_s += page.len();
-    }
-    let by_stream = read_s as f64 / start.elapsed().as_secs_f64();
-    let start = Instant::now();
-    let mut sub = spool.subscribe(Filter::stream_prefix("decoder/"), Some(Seq::FIRST));
-    let mut got = 0usize;
-    while sub.try_next().expect("subscription").is_some() {
-        got += 1;
-    }
-    let subscribed = got as f64 / start.elapsed().as_secs_f64();
-    println!("| read | events | events/s |");
-    println!("|---|---|---|");
-    println!("| global (pages of 10000) | {read} | {global:.0} |");
-    println!("| by stream (pages of 10000) | {read_s} | {by_stream:.0} |");
-    println!("| subscription catch-up, filtered | {got} | {subscribed:.0} |");
-    drop(spool);
-
-    // Reopen after kill -9.
-    println!("\n## reopen after kill -9 (child fills the spool, appends live, is killed)");
-    println!("| events | open ms | ready to append ms | db file MiB |");
-    println!("|---|---|---|---|");
-    for count in reopen {
-        let d = dir.path().join(format!("kill{count}"));
-        let load = Instant::now();
-        let (opened, ready, head, db) = reopen_after_kill(&d, count);
-        eprintln!(
-            "(filling {count} took {:.1} s)",
-            load.elapsed().as_secs_f64()
+    if run("latency") {
+        // Latency: floor, spool, naive redb, interleaved in rounds so disk noise hits all alike.
+        let rounds = 4;
+        let mut floor_s = Vec::new();
+        let mut spool_s = Vec::new();
+        let mut naive_s = Vec::new();
+        let spool_dir = dir.path().join("latency");
+        let spool = Spool::open(&spool_dir, config()).expect("open");
+        for _ in 0..rounds {
+            let f = floor(dir.path(), single_n / rounds, record);
+            floor_s.push(f);
+            spool_s.push(single_appends(&spool, single_n / rounds));
+            naive_s.push(naive_redb(dir.path(), single_n / rounds / 2, record));
+            drop(std::fs::remove_file(dir.path().join("naive.redb")));
+        }
+        let med = |v: &[Percentiles], f: fn(&Percentiles) -> Duration| {
+            let mut x: Vec<Duration> = v.iter().map(f).collect();
+            x.sort();
+            x[x.len() / 2]
+        };
+        let (fp50, fp99, fp999) = (
+            med(&floor_s, |p| p.p50),
+            med(&floor_s, |p| p.p99),
+            med(&floor_s, |p| p.p999),
+        );
+        let (sp50, sp99, sp999) = (
+            med(&spool_s, |p| p.p50),
+            med(&spool_s, |p| p.p99),
+            med(&spool_s, |p| p.p999),
+        );
+        let (np50, np99, np999) = (
+            med(&naive_s, |p| p.p50),
+            med(&naive_s, |p| p.p99),
+            med(&naive_s, |p| p.p999),
         );
         println!(
-            "| {head} | {:.1} | {:.1} | {:.0} |",
-            opened.as_secs_f64() * 1e3,
-            ready.as_secs_f64() * 1e3,
-            db as f64 / 1048576.0
+            "\n## durable single-event append latency ({single_n} appends, median of {rounds} interleaved rounds)"
         );
-        drop(std::fs::remove_dir_all(&d));
+        println!("| | p50 µs | p99 µs | p99.9 µs | p50 / floor | p99 / floor |");
+        println!("|---|---|---|---|---|---|");
+        println!(
+            "| floor (append + fdatasync) | {:.0} | {:.0} | {:.0} | 1.00 | 1.00 |",
+            us(fp50),
+            us(fp99),
+            us(fp999)
+        );
+        println!(
+            "| spool | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} |",
+            us(sp50),
+            us(sp99),
+            us(sp999),
+            us(sp50) / us(fp50),
+            us(sp99) / us(fp99)
+        );
+        println!(
+            "| naive redb (Immediate, SingleWriter) | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} |",
+            us(np50),
+            us(np99),
+            us(np999),
+            us(np50) / us(fp50),
+            us(np99) / us(fp99)
+        );
+        drop(spool);
     }
 
+    if run("throughput") || run("read") {
+        // Throughput.
+        println!("\n## durable group-commit throughput ({events} events per figure)");
+        println!("| appenders × batch | spool events/s | SQLite events/s | spool / SQLite |");
+        println!("|---|---|---|---|");
+        let mut sqlite = sqlite_open(dir.path());
+        let mut sqlite_seq = 0i64;
+        for appenders in [1usize, 8, 64] {
+            let spool =
+                Spool::open(dir.path().join(format!("c{appenders}")), config()).expect("open");
+            let n = events.min(20_000 * appenders.min(8));
+            let rate = concurrent(&spool, appenders, n);
+            println!("| {appenders} × 1 | {rate:.0} | | |");
+        }
+        for batch in [1usize, 10, 100, 1000] {
+            let spool = Spool::open(dir.path().join(format!("b{batch}")), config()).expect("open");
+            let n = if batch == 1 { events.min(5000) } else { events };
+            let rate = batched(&spool, batch, n);
+            let (sq, _) = sqlite_batched(&mut sqlite, batch, n, record, &mut sqlite_seq);
+            println!("| 1 × {batch} | {rate:.0} | {sq:.0} | {:.2} |", rate / sq);
+        }
+    }
+
+    if run("read") {
+        // Reads.
+        println!("\n## read throughput");
+        let spool = Spool::open(dir.path().join("b1000"), config()).expect("open");
+        let start = Instant::now();
+        let mut from = Seq::FIRST;
+        let mut read = 0usize;
+        loop {
+            let page = spool.read_global(from, 10_000).expect("read");
+            let Some(last) = page.last() else { break };
+            from = last.seq.next();
+            read += page.len();
+        }
+        let global = read as f64 / start.elapsed().as_secs_f64();
+        let start = Instant::now();
+        let mut version = 1;
+        let mut read_s = 0usize;
+        loop {
+            let page = spool
+                .read_stream(&decoder_stream(), version, 10_000)
+                .expect("read");
+            let Some(last) = page.last() else { break };
+            version = last.version + 1;
+            read_s += page.len();
+        }
+        let by_stream = read_s as f64 / start.elapsed().as_secs_f64();
+        let start = Instant::now();
+        let mut sub = spool.subscribe(Filter::stream_prefix("decoder/"), Some(Seq::FIRST));
+        let mut got = 0usize;
+        while sub.try_next().expect("subscription").is_some() {
+            got += 1;
+        }
+        let subscribed = got as f64 / start.elapsed().as_secs_f64();
+        println!("| read | events | events/s |");
+        println!("|---|---|---|");
+        println!("| global (pages of 10000) | {read} | {global:.0} |");
+        println!("| by stream (pages of 10000) | {read_s} | {by_stream:.0} |");
+        println!("| subscription catch-up, filtered | {got} | {subscribed:.0} |");
+        drop(spool);
+    }
+
+    if run("reopen") {
+        // Reopen after kill -9.
+        println!("\n## reopen after kill -9 (child fills the spool, appends live, is killed)");
+        println!("| events | open ms | ready to append ms | db file MiB |");
+        println!("|---|---|---|---|");
+        for count in reopen {
+            let d = dir.path().join(format!("kill{count}"));
+            let load = Instant::now();
+            let (opened, ready, head, db) = reopen_after_kill(&d, count);
+            eprintln!(
+                "(filling {count} took {:.1} s)",
+                load.elapsed().as_secs_f64()
+            );
+            println!(
+                "| {head} | {:.1} | {:.1} | {:.0} |",
+                opened.as_secs_f64() * 1e3,
+                ready.as_secs_f64() * 1e3,
+                db as f64 / 1048576.0
+            );
+            drop(std::fs::remove_dir_all(&d));
+        }
+    }
+
+    if !run("wear") {
+        return;
+    }
     // Flash wear at a steady 10 events/s.
     println!(
         "\n## bytes written per event at a steady 10 events/s, single-event commits ({wear_secs} s)"

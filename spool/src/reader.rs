@@ -6,7 +6,7 @@
 //! writer clears the tail only after the checkpoint commit, under the same lock, so a read never
 //! sees a gap: at worst it sees an event in both, and takes it once.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
@@ -42,7 +42,8 @@ impl Db {
 /// Acknowledged changes not yet checkpointed into the database.
 #[derive(Debug, Default)]
 pub(crate) struct Tail {
-    pub(crate) events: BTreeMap<u64, Arc<RecordedEvent>>,
+    /// Consecutive seqs: `events[i].seq == events[0].seq + i`.
+    pub(crate) events: VecDeque<RecordedEvent>,
     pub(crate) streams: HashMap<String, BTreeMap<u64, u64>>,
     pub(crate) keys: HashMap<String, u64>,
     pub(crate) cursors: HashMap<String, u64>,
@@ -51,14 +52,45 @@ pub(crate) struct Tail {
 impl Tail {
     pub(crate) fn push_event(&mut self, event: RecordedEvent) {
         let seq = event.seq.0;
-        self.streams
-            .entry(event.stream.as_str().to_owned())
-            .or_default()
-            .insert(event.version, seq);
+        match self.streams.get_mut(event.stream.as_str()) {
+            Some(versions) => {
+                versions.insert(event.version, seq);
+            }
+            None => {
+                let versions = BTreeMap::from([(event.version, seq)]);
+                self.streams
+                    .insert(event.stream.as_str().to_owned(), versions);
+            }
+        }
         if let Some(key) = &event.meta.idempotency_key {
             self.keys.insert(key.clone(), seq);
         }
-        self.events.insert(seq, Arc::new(event));
+        if let Some(last) = self.events.back() {
+            assert_eq!(
+                last.seq.0 + 1,
+                seq,
+                "the tail's seqs must be gapless (the writer publishes in seq order)"
+            );
+        }
+        self.events.push_back(event);
+    }
+
+    /// The tail's event at `seq`.
+    pub(crate) fn get(&self, seq: u64) -> Option<&RecordedEvent> {
+        let first = self.events.front()?.seq.0;
+        self.events
+            .get(usize::try_from(seq.checked_sub(first)?).ok()?)
+    }
+
+    /// The tail's events from `seq` on.
+    pub(crate) fn range_from(&self, seq: u64) -> impl Iterator<Item = &RecordedEvent> {
+        let skip = self
+            .events
+            .front()
+            .map_or(0, |first| seq.saturating_sub(first.seq.0));
+        self.events
+            .iter()
+            .skip(usize::try_from(skip).unwrap_or(usize::MAX))
     }
 
     pub(crate) fn ack(&mut self, cursor: &str, seq: u64) {
@@ -87,7 +119,7 @@ impl Tail {
     }
 
     fn last_seq(&self) -> Option<u64> {
-        self.events.keys().next_back().copied()
+        self.events.back().map(|e| e.seq.0)
     }
 }
 
@@ -174,11 +206,8 @@ struct View<'a> {
 }
 
 impl View<'_> {
-    fn tail_events_from(&self, from: u64) -> impl Iterator<Item = &Arc<RecordedEvent>> {
-        self.tail
-            .events
-            .range(from.max(self.db_last_seq + 1)..)
-            .map(|(_, e)| e)
+    fn tail_events_from(&self, from: u64) -> impl Iterator<Item = &RecordedEvent> {
+        self.tail.range_from(from.max(self.db_last_seq + 1))
     }
 }
 
@@ -449,8 +478,8 @@ impl SpoolReader {
                 if *seq <= view.db_last_seq {
                     continue;
                 }
-                if let Some(event) = view.tail.events.get(seq) {
-                    out.push(RecordedEvent::clone(event));
+                if let Some(event) = view.tail.get(*seq) {
+                    out.push(event.clone());
                 }
             }
         }
@@ -577,15 +606,10 @@ impl SpoolReader {
         let table = view.txn.open_table(tables::EVENTS).ctx("opening events")?;
         let oldest = match table.first().ctx("reading events")? {
             Some((seq, bytes)) => Some(tables::decode_event(seq.value(), bytes.value())?),
-            None => view
-                .tail
-                .events
-                .values()
-                .next()
-                .map(|e| RecordedEvent::clone(e)),
+            None => view.tail.events.front().cloned(),
         };
-        let newest = match view.tail.events.values().next_back() {
-            Some(e) => Some(RecordedEvent::clone(e)),
+        let newest = match view.tail.events.back() {
+            Some(e) => Some(e.clone()),
             None => match table.last().ctx("reading events")? {
                 Some((seq, bytes)) => Some(tables::decode_event(seq.value(), bytes.value())?),
                 None => None,

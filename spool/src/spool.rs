@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::error::{DbContext, Result, SpoolError};
 use crate::journal::Journal;
 use crate::reader::{Counters, Db, SpoolReader, Tail};
-use crate::record::{JournalFrame, JournalOpV1};
+use crate::record::{JournalFrame, JournalOpV1, StoredRecord};
 use crate::schema::Schemas;
 use crate::storage::{Boxed, DB_FILE, DirStorage, Storage};
 use crate::subscription::Subscription;
@@ -514,7 +514,8 @@ fn recover(db: &redb::Database, journal: &mut Journal) -> Result<(u64, u64, usiz
                     events.push(event);
                 }
                 replayed += events.len();
-                tables::insert_events(&txn, &events)?;
+                let encoded: Vec<Vec<u8>> = records.iter().map(StoredRecord::to_bytes).collect();
+                tables::insert_events(&txn, &events, &encoded)?;
             }
             JournalOpV1::Ack { cursor, seq } => tables::ack_cursor(&txn, cursor, *seq)?,
         }

@@ -107,24 +107,39 @@ pub(crate) fn decode_event(seq: u64, bytes: &[u8]) -> Result<RecordedEvent> {
     Ok(event)
 }
 
-/// Insert events whose seqs, versions and keys were already decided (live or replayed).
-pub(crate) fn insert_events(txn: &WriteTransaction, events: &[RecordedEvent]) -> Result<()> {
+/// Insert events whose seqs, versions and keys were already decided (live or replayed), with
+/// their `StoredRecord` bytes.
+pub(crate) fn insert_events(
+    txn: &WriteTransaction,
+    events: &[RecordedEvent],
+    encoded: &[Vec<u8>],
+) -> Result<()> {
+    assert_eq!(
+        events.len(),
+        encoded.len(),
+        "every event to insert must come with its encoding"
+    );
     let mut table = txn.open_table(EVENTS).ctx("opening events")?;
     let mut index = txn.open_table(STREAM_INDEX).ctx("opening stream index")?;
     let mut heads = txn.open_table(STREAM_HEADS).ctx("opening stream heads")?;
     let mut keys = txn.open_table(IDEMPOTENCY).ctx("opening idempotency")?;
     let mut last_seq = 0;
-    for event in events {
-        let bytes = StoredRecord::from_event(event).to_bytes();
+    for (i, (event, bytes)) in events.iter().zip(encoded).enumerate() {
         table
             .insert(event.seq.0, bytes.as_slice())
             .ctx("inserting an event")?;
         index
             .insert((event.stream.as_str(), event.version), event.seq.0)
             .ctx("indexing an event")?;
-        heads
-            .insert(event.stream.as_str(), event.version)
-            .ctx("updating a stream head")?;
+        // One head update per run of events of the same stream.
+        let run_ends = events
+            .get(i + 1)
+            .is_none_or(|next| next.stream != event.stream);
+        if run_ends {
+            heads
+                .insert(event.stream.as_str(), event.version)
+                .ctx("updating a stream head")?;
+        }
         if let Some(key) = &event.meta.idempotency_key {
             keys.insert(key.as_str(), event.seq.0)
                 .ctx("indexing an idempotency key")?;

@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::error::{DbContext, Result, SpoolError};
 use crate::journal::Journal;
 use crate::reader::{Counters, Tail};
-use crate::record::{JournalFrame, JournalOpV1, StoredRecord};
+use crate::record::{JournalFrame, JournalOpV1, encode_append_frame, encode_event};
 use crate::tables::{self, ParkedRow, ProjectionRow, SnapshotRow};
 use crate::types::{
     AppendStream, Appended, EVENT_PAYLOAD_BYTES_MAX, EVENT_TYPE_BYTES_MAX,
@@ -467,13 +467,8 @@ impl Writer {
             self.group_pending.push(Pending::Append(reply, appended));
             return;
         }
-        let frame = JournalFrame::V1 {
-            lsn: 0,
-            op: JournalOpV1::Append {
-                records: events.iter().map(StoredRecord::from_event).collect(),
-            },
-        };
-        if let Err(error) = self.stage_frame(frame) {
+        let encoded: Vec<Vec<u8>> = events.iter().map(encode_event).collect();
+        if let Err(error) = self.stage_bytes(|lsn| encode_append_frame(lsn, &encoded)) {
             self.counters
                 .rejected_appends
                 .fetch_add(1, Ordering::Relaxed);
@@ -484,7 +479,7 @@ impl Writer {
             .txn
             .as_ref()
             .expect("an open write transaction while not failed");
-        if let Err(error) = tables::insert_events(txn, &events) {
+        if let Err(error) = tables::insert_events(txn, &events, &encoded) {
             self.fail(&error);
             drop(reply.send(Err(error)));
             return;
@@ -499,11 +494,18 @@ impl Writer {
     /// The lsn passed in is ignored.
     fn stage_frame(&mut self, frame: JournalFrame) -> Result<()> {
         let JournalFrame::V1 { op, .. } = frame;
-        let mut frame = JournalFrame::V1 {
-            lsn: self.next_lsn,
-            op,
-        };
-        let mut bytes = frame.encode();
+        self.stage_bytes(|lsn| {
+            JournalFrame::V1 {
+                lsn,
+                op: op.clone(),
+            }
+            .encode()
+        })
+    }
+
+    /// Add the frame `encode(lsn)` to the group, making room in the journal first.
+    fn stage_bytes(&mut self, encode: impl Fn(u64) -> Vec<u8>) -> Result<()> {
+        let mut bytes = encode(self.next_lsn);
         if bytes.len() > SPOOL_BATCH_BYTES_MAX || bytes.len() as u64 > self.journal.capacity() / 2 {
             return Err(SpoolError::invalid(format!(
                 "one append of {} journal bytes exceeds SPOOL_BATCH_BYTES_MAX ({SPOOL_BATCH_BYTES_MAX}) or half the journal",
@@ -521,14 +523,7 @@ impl Writer {
                     reason: reason.clone(),
                 });
             }
-            // The lsn is unchanged by a flush of earlier frames only if none was staged; take
-            // the current one.
-            let JournalFrame::V1 { op, .. } = frame;
-            frame = JournalFrame::V1 {
-                lsn: self.next_lsn,
-                op,
-            };
-            bytes = frame.encode();
+            bytes = encode(self.next_lsn);
         }
         self.next_lsn += 1;
         self.group_bytes.extend_from_slice(&bytes);
