@@ -72,7 +72,10 @@ pub struct ClockSettings {
 
 impl Default for ClockSettings {
     fn default() -> Self {
-        Self { query_interval_s: CLOCK_QUERY_INTERVAL_S_DEFAULT, drift_alarm_ms: CLOCK_DRIFT_ALARM_MS_DEFAULT }
+        Self {
+            query_interval_s: CLOCK_QUERY_INTERVAL_S_DEFAULT,
+            drift_alarm_ms: CLOCK_DRIFT_ALARM_MS_DEFAULT,
+        }
     }
 }
 
@@ -134,7 +137,12 @@ pub struct ConfigErrors {
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.errors.len();
-        writeln!(f, "{} has {n} mistake{}:", self.path.display(), if n == 1 { "" } else { "s" })?;
+        writeln!(
+            f,
+            "{} has {n} mistake{}:",
+            self.path.display(),
+            if n == 1 { "" } else { "s" }
+        )?;
         for (i, e) in self.errors.iter().enumerate() {
             if i > 0 {
                 writeln!(f)?;
@@ -150,18 +158,32 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
             path: path.to_path_buf(),
-            errors: vec![ConfigError { line: None, key: "(file)".into(), message: format!("cannot read: {e}") }],
+            errors: vec![ConfigError {
+                line: None,
+                key: "(file)".into(),
+                message: format!("cannot read: {e}"),
+            }],
         })?;
-        Config::parse(&text).map_err(|errors| ConfigErrors { path: path.to_path_buf(), errors })
+        Config::parse(&text).map_err(|errors| ConfigErrors {
+            path: path.to_path_buf(),
+            errors,
+        })
     }
 
     /// Checks a configuration text; returns every mistake.
     pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
-        let mut c = Checker { text, errors: Vec::new() };
+        let mut c = Checker {
+            text,
+            errors: Vec::new(),
+        };
         let (root, syntax) = DeTable::parse_recoverable(text);
         for e in syntax {
             let line = e.span().map(|s| c.line(s.start));
-            c.errors.push(ConfigError { line, key: "(syntax)".into(), message: e.message().trim().to_string() });
+            c.errors.push(ConfigError {
+                line,
+                key: "(syntax)".into(),
+                message: e.message().trim().to_string(),
+            });
         }
         let config = c.root(root.get_ref(), root.span());
         if c.errors.is_empty() {
@@ -189,7 +211,10 @@ impl Config {
             data_dir,
             decoders: vec![DecoderConfig {
                 name: "finish".into(),
-                kind: DecoderKind::Serial { device, baud: SERIAL_BAUD_DEFAULT },
+                kind: DecoderKind::Serial {
+                    device,
+                    baud: SERIAL_BAUD_DEFAULT,
+                },
             }],
             spool: SpoolSettings::default(),
             clock: ClockSettings::default(),
@@ -222,12 +247,20 @@ type Value<'i> = Spanned<DeValue<'i>>;
 
 impl Checker<'_> {
     fn line(&self, offset: usize) -> usize {
-        self.text[..offset.min(self.text.len())].bytes().filter(|&b| b == b'\n').count() + 1
+        self.text[..offset.min(self.text.len())]
+            .bytes()
+            .filter(|&b| b == b'\n')
+            .count()
+            + 1
     }
 
     fn err(&mut self, span: Range<usize>, key: impl Into<String>, message: impl Into<String>) {
         let line = Some(self.line(span.start));
-        self.errors.push(ConfigError { line, key: key.into(), message: message.into() });
+        self.errors.push(ConfigError {
+            line,
+            key: key.into(),
+            message: message.into(),
+        });
     }
 
     /// Reports keys not in `allowed`.
@@ -235,17 +268,32 @@ impl Checker<'_> {
         for (k, _) in table.iter() {
             if !allowed.contains(&k.get_ref().as_ref()) {
                 let key = join(path, k.get_ref());
-                self.err(k.span(), key, format!("unknown key (expected one of: {})", allowed.join(", ")));
+                self.err(
+                    k.span(),
+                    key,
+                    format!("unknown key (expected one of: {})", allowed.join(", ")),
+                );
             }
         }
     }
 
     fn get<'a, 'i>(&self, table: &'a Table<'i>, key: &str) -> Option<&'a Value<'i>> {
-        table.iter().find(|(k, _)| k.get_ref() == key).map(|(_, v)| v)
+        table
+            .iter()
+            .find(|(k, _)| k.get_ref() == key)
+            .map(|(_, v)| v)
     }
 
-    fn string(&mut self, table: &Table<'_>, path: &str, key: &str, whole: &Range<usize>) -> Option<Option<String>> {
-        let Some(v) = self.get(table, key) else { return Some(None) };
+    fn string(
+        &mut self,
+        table: &Table<'_>,
+        path: &str,
+        key: &str,
+        whole: &Range<usize>,
+    ) -> Option<Option<String>> {
+        let Some(v) = self.get(table, key) else {
+            return Some(None);
+        };
         match v.get_ref().as_str() {
             Some(s) if !s.trim().is_empty() => Some(Some(s.to_string())),
             Some(_) => {
@@ -254,13 +302,23 @@ impl Checker<'_> {
             }
             None => {
                 let _ = whole;
-                self.err(v.span(), join(path, key), format!("expected a string, found {}", v.get_ref().type_str()));
+                self.err(
+                    v.span(),
+                    join(path, key),
+                    format!("expected a string, found {}", v.get_ref().type_str()),
+                );
                 None
             }
         }
     }
 
-    fn required_string(&mut self, table: &Table<'_>, path: &str, key: &str, whole: &Range<usize>) -> Option<String> {
+    fn required_string(
+        &mut self,
+        table: &Table<'_>,
+        path: &str,
+        key: &str,
+        whole: &Range<usize>,
+    ) -> Option<String> {
         match self.string(table, path, key, whole)? {
             Some(s) => Some(s),
             None => {
@@ -271,7 +329,9 @@ impl Checker<'_> {
     }
 
     fn integer(&mut self, table: &Table<'_>, path: &str, key: &str) -> Option<Option<u64>> {
-        let Some(v) = self.get(table, key) else { return Some(None) };
+        let Some(v) = self.get(table, key) else {
+            return Some(None);
+        };
         let parsed = v
             .get_ref()
             .as_integer()
@@ -280,20 +340,28 @@ impl Checker<'_> {
             Some(n) => Some(Some(n)),
             None => {
                 let found = match v.get_ref().as_integer() {
-                    Some(i) => format!("{}", i.as_str()),
+                    Some(i) => i.as_str().to_string(),
                     None => v.get_ref().type_str().to_string(),
                 };
-                self.err(v.span(), join(path, key), format!("expected a non-negative integer, found {found}"));
+                self.err(
+                    v.span(),
+                    join(path, key),
+                    format!("expected a non-negative integer, found {found}"),
+                );
                 None
             }
         }
     }
 
     fn number(&mut self, table: &Table<'_>, path: &str, key: &str) -> Option<Option<f64>> {
-        let Some(v) = self.get(table, key) else { return Some(None) };
+        let Some(v) = self.get(table, key) else {
+            return Some(None);
+        };
         let n = match v.get_ref() {
             DeValue::Float(f) => f.as_str().replace('_', "").parse::<f64>().ok(),
-            DeValue::Integer(i) => i64::from_str_radix(&i.as_str().replace('_', ""), i.radix()).ok().map(|n| n as f64),
+            DeValue::Integer(i) => i64::from_str_radix(&i.as_str().replace('_', ""), i.radix())
+                .ok()
+                .map(|n| n as f64),
             _ => None,
         };
         match n {
@@ -305,33 +373,60 @@ impl Checker<'_> {
         }
     }
 
-    fn table<'a, 'i>(&mut self, table: &'a Table<'i>, path: &str, key: &str) -> Option<Option<&'a Value<'i>>> {
-        let Some(v) = self.get(table, key) else { return Some(None) };
+    fn table<'a, 'i>(
+        &mut self,
+        table: &'a Table<'i>,
+        path: &str,
+        key: &str,
+    ) -> Option<Option<&'a Value<'i>>> {
+        let Some(v) = self.get(table, key) else {
+            return Some(None);
+        };
         if v.get_ref().is_table() {
             Some(Some(v))
         } else {
-            self.err(v.span(), join(path, key), format!("expected a table, found {}", v.get_ref().type_str()));
+            self.err(
+                v.span(),
+                join(path, key),
+                format!("expected a table, found {}", v.get_ref().type_str()),
+            );
             None
         }
     }
 
     fn root(&mut self, root: &Table<'_>, span: Range<usize>) -> Option<Config> {
-        const KEYS: &[&str] = &["node_id", "track_id", "data_dir", "decoder", "spool", "clock", "uplink"];
+        const KEYS: &[&str] = &[
+            "node_id", "track_id", "data_dir", "decoder", "spool", "clock", "uplink",
+        ];
         self.unknown_keys(root, "", KEYS);
         let start = 0..span.end.min(1);
         let node_id = self.string(root, "", "node_id", &start);
         if let Some(Some(id)) = &node_id
             && !valid_id(id)
         {
-            let v = self.get(root, "node_id").map(|v| v.span()).unwrap_or(start.clone());
-            self.err(v, "node_id", "use letters, digits, '-', '_' and '.' only (at most 64)");
+            let v = self
+                .get(root, "node_id")
+                .map(|v| v.span())
+                .unwrap_or(start.clone());
+            self.err(
+                v,
+                "node_id",
+                "use letters, digits, '-', '_' and '.' only (at most 64)",
+            );
         }
         let track_id = self.required_string(root, "", "track_id", &start);
         if let Some(id) = &track_id
             && !valid_id(id)
         {
-            let v = self.get(root, "track_id").map(|v| v.span()).unwrap_or(start.clone());
-            self.err(v, "track_id", "use letters, digits, '-', '_' and '.' only (at most 64)");
+            let v = self
+                .get(root, "track_id")
+                .map(|v| v.span())
+                .unwrap_or(start.clone());
+            self.err(
+                v,
+                "track_id",
+                "use letters, digits, '-', '_' and '.' only (at most 64)",
+            );
         }
         let data_dir = self.required_string(root, "", "data_dir", &start);
         let decoders = self.decoders(root, &start);
@@ -351,15 +446,27 @@ impl Checker<'_> {
 
     fn decoders(&mut self, root: &Table<'_>, start: &Range<usize>) -> Option<Vec<DecoderConfig>> {
         let Some(v) = self.get(root, "decoder") else {
-            self.err(start.clone(), "decoder", "missing: add at least one [[decoder]] table");
+            self.err(
+                start.clone(),
+                "decoder",
+                "missing: add at least one [[decoder]] table",
+            );
             return None;
         };
         let Some(items) = v.get_ref().as_array() else {
-            self.err(v.span(), "decoder", "expected [[decoder]] tables (an array of tables)");
+            self.err(
+                v.span(),
+                "decoder",
+                "expected [[decoder]] tables (an array of tables)",
+            );
             return None;
         };
         if items.len() > DECODERS_MAX {
-            self.err(v.span(), "decoder", format!("at most {DECODERS_MAX} decoders"));
+            self.err(
+                v.span(),
+                "decoder",
+                format!("at most {DECODERS_MAX} decoders"),
+            );
         }
         let mut out = Vec::new();
         let mut ok = true;
@@ -374,7 +481,11 @@ impl Checker<'_> {
                 Some(d) => {
                     if out.iter().any(|o: &DecoderConfig| o.name == d.name) {
                         let span = self.get(t, "name").map(|v| v.span()).unwrap_or(item.span());
-                        self.err(span, format!("{path}.name"), format!("{:?} is used by another decoder", d.name));
+                        self.err(
+                            span,
+                            format!("{path}.name"),
+                            format!("{:?} is used by another decoder", d.name),
+                        );
                         ok = false;
                     }
                     out.push(d);
@@ -389,34 +500,61 @@ impl Checker<'_> {
         let name = self.required_string(t, path, "name", &span);
         if let Some(n) = &name
             && (n.len() > DECODER_NAME_BYTES_MAX
-                || !n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+                || !n
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
         {
-            let s = self.get(t, "name").map(|v| v.span()).unwrap_or(span.clone());
-            self.err(s, format!("{path}.name"), format!("use letters, digits, '-' and '_' only (at most {DECODER_NAME_BYTES_MAX})"));
+            let s = self
+                .get(t, "name")
+                .map(|v| v.span())
+                .unwrap_or(span.clone());
+            self.err(
+                s,
+                format!("{path}.name"),
+                format!("use letters, digits, '-' and '_' only (at most {DECODER_NAME_BYTES_MAX})"),
+            );
         }
         let kind = self.required_string(t, path, "kind", &span)?;
         let kind = match kind.as_str() {
             "serial" => {
                 self.unknown_keys(t, path, &["name", "kind", "device", "baud"]);
                 let device = self.required_string(t, path, "device", &span);
-                let baud = self.integer(t, path, "baud")?.unwrap_or(u64::from(SERIAL_BAUD_DEFAULT));
-                let baud = match u32::try_from(baud).ok().filter(|b| SERIAL_BAUDS.contains(b)) {
+                let baud = self
+                    .integer(t, path, "baud")?
+                    .unwrap_or(u64::from(SERIAL_BAUD_DEFAULT));
+                let baud = match u32::try_from(baud)
+                    .ok()
+                    .filter(|b| SERIAL_BAUDS.contains(b))
+                {
                     Some(b) => b,
                     None => {
-                        let s = self.get(t, "baud").map(|v| v.span()).unwrap_or(span.clone());
+                        let s = self
+                            .get(t, "baud")
+                            .map(|v| v.span())
+                            .unwrap_or(span.clone());
                         let list: Vec<String> = SERIAL_BAUDS.iter().map(u32::to_string).collect();
-                        self.err(s, format!("{path}.baud"), format!("{baud} is not a supported baud rate ({})", list.join(", ")));
+                        self.err(
+                            s,
+                            format!("{path}.baud"),
+                            format!("{baud} is not a supported baud rate ({})", list.join(", ")),
+                        );
                         return None;
                     }
                 };
-                DecoderKind::Serial { device: PathBuf::from(device?), baud }
+                DecoderKind::Serial {
+                    device: PathBuf::from(device?),
+                    baud,
+                }
             }
             "tcp" => {
                 self.unknown_keys(t, path, &["name", "kind", "address"]);
                 let address = self.required_string(t, path, "address", &span)?;
                 let address = with_default_port(&address);
                 if address.parse::<SocketAddr>().is_err() && !address.contains(':') {
-                    let s = self.get(t, "address").map(|v| v.span()).unwrap_or(span.clone());
+                    let s = self
+                        .get(t, "address")
+                        .map(|v| v.span())
+                        .unwrap_or(span.clone());
                     self.err(s, format!("{path}.address"), "expected host or host:port");
                     return None;
                 }
@@ -429,8 +567,15 @@ impl Checker<'_> {
                 DecoderKind::Sim { seed, rate_per_s }
             }
             other => {
-                let s = self.get(t, "kind").map(|v| v.span()).unwrap_or(span.clone());
-                self.err(s, format!("{path}.kind"), format!("{other:?} is not a decoder kind (serial, tcp, sim)"));
+                let s = self
+                    .get(t, "kind")
+                    .map(|v| v.span())
+                    .unwrap_or(span.clone());
+                self.err(
+                    s,
+                    format!("{path}.kind"),
+                    format!("{other:?} is not a decoder kind (serial, tcp, sim)"),
+                );
                 return None;
             }
         };
@@ -438,16 +583,23 @@ impl Checker<'_> {
     }
 
     fn spool(&mut self, root: &Table<'_>) -> Option<SpoolSettings> {
-        let Some(v) = self.table(root, "", "spool")? else { return Some(SpoolSettings::default()) };
+        let Some(v) = self.table(root, "", "spool")? else {
+            return Some(SpoolSettings::default());
+        };
         let t = v.get_ref().as_table()?;
         self.unknown_keys(t, "spool", &["cap_bytes", "retention_days"]);
         let cap_bytes = self.integer(t, "spool", "cap_bytes");
         let retention_days = self.integer(t, "spool", "retention_days");
-        Some(SpoolSettings { cap_bytes: cap_bytes?, retention_days: retention_days? })
+        Some(SpoolSettings {
+            cap_bytes: cap_bytes?,
+            retention_days: retention_days?,
+        })
     }
 
     fn clock(&mut self, root: &Table<'_>) -> Option<ClockSettings> {
-        let Some(v) = self.table(root, "", "clock")? else { return Some(ClockSettings::default()) };
+        let Some(v) = self.table(root, "", "clock")? else {
+            return Some(ClockSettings::default());
+        };
         let t = v.get_ref().as_table()?;
         self.unknown_keys(t, "clock", &["query_interval_s", "drift_alarm_ms"]);
         let d = ClockSettings::default();
@@ -455,7 +607,10 @@ impl Checker<'_> {
         let a = self.integer(t, "clock", "drift_alarm_ms");
         let (q, a) = (q?, a?);
         if q == Some(0) {
-            let s = self.get(t, "query_interval_s").map(|v| v.span()).unwrap_or(v.span());
+            let s = self
+                .get(t, "query_interval_s")
+                .map(|v| v.span())
+                .unwrap_or(v.span());
             self.err(s, "clock.query_interval_s", "must be at least 1");
             return None;
         }
@@ -466,16 +621,38 @@ impl Checker<'_> {
     }
 
     fn uplink(&mut self, root: &Table<'_>) -> Option<Option<UplinkSettings>> {
-        let Some(v) = self.table(root, "", "uplink")? else { return Some(None) };
+        let Some(v) = self.table(root, "", "uplink")? else {
+            return Some(None);
+        };
         let span = v.span();
         let t = v.get_ref().as_table()?;
-        self.unknown_keys(t, "uplink", &["central_url", "token_file", "ca_file", "client_cert", "client_key", "forward"]);
+        self.unknown_keys(
+            t,
+            "uplink",
+            &[
+                "central_url",
+                "token_file",
+                "ca_file",
+                "client_cert",
+                "client_key",
+                "forward",
+            ],
+        );
         let url = self.required_string(t, "uplink", "central_url", &span);
         if let Some(u) = &url
-            && !(u.starts_with("https://") || u.starts_with("http://127.") || u.starts_with("http://localhost"))
+            && !(u.starts_with("https://")
+                || u.starts_with("http://127.")
+                || u.starts_with("http://localhost"))
         {
-            let s = self.get(t, "central_url").map(|v| v.span()).unwrap_or(span.clone());
-            self.err(s, "uplink.central_url", "must be https:// (plain http only to loopback)");
+            let s = self
+                .get(t, "central_url")
+                .map(|v| v.span())
+                .unwrap_or(span.clone());
+            self.err(
+                s,
+                "uplink.central_url",
+                "must be https:// (plain http only to loopback)",
+            );
         }
         let token_file = self.required_string(t, "uplink", "token_file", &span);
         let ca_file = self.string(t, "uplink", "ca_file", &span);
@@ -484,18 +661,29 @@ impl Checker<'_> {
         let forward = match self.get(t, "forward") {
             None => Some(None),
             Some(f) => match f.get_ref().as_array() {
-                Some(items) if items.iter().all(|i| i.get_ref().is_str()) => {
-                    Some(Some(items.iter().filter_map(|i| i.get_ref().as_str().map(String::from)).collect()))
-                }
+                Some(items) if items.iter().all(|i| i.get_ref().is_str()) => Some(Some(
+                    items
+                        .iter()
+                        .filter_map(|i| i.get_ref().as_str().map(String::from))
+                        .collect(),
+                )),
                 _ => {
-                    self.err(f.span(), "uplink.forward", "expected a list of event types, e.g. [\"decoder.passing\"]");
+                    self.err(
+                        f.span(),
+                        "uplink.forward",
+                        "expected a list of event types, e.g. [\"decoder.passing\"]",
+                    );
                     None
                 }
             },
         };
         let (cc, ck) = (client_cert?, client_key?);
         if cc.is_some() != ck.is_some() {
-            self.err(span.clone(), "uplink.client_cert", "client_cert and client_key go together");
+            self.err(
+                span.clone(),
+                "uplink.client_cert",
+                "client_cert and client_key go together",
+            );
             return None;
         }
         Some(Some(UplinkSettings {
@@ -510,20 +698,34 @@ impl Checker<'_> {
 }
 
 fn join(path: &str, key: &str) -> String {
-    if path.is_empty() { key.to_string() } else { format!("{path}.{key}") }
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
 }
 
 fn valid_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
 /// `host` becomes `host:5403`; `host:port` and `[v6]:port` stay.
 fn with_default_port(address: &str) -> String {
     let has_port = match address.rsplit_once(':') {
-        Some((host, port)) => port.parse::<u16>().is_ok() && (!host.contains(':') || host.ends_with(']')),
+        Some((host, port)) => {
+            port.parse::<u16>().is_ok() && (!host.contains(':') || host.ends_with(']'))
+        }
         None => false,
     };
-    if has_port { address.to_string() } else { format!("{address}:{P3_TCP_PORT}") }
+    if has_port {
+        address.to_string()
+    } else {
+        format!("{address}:{P3_TCP_PORT}")
+    }
 }
 
 #[cfg(test)]
@@ -531,7 +733,11 @@ mod tests {
     use super::*;
 
     fn errors(text: &str) -> Vec<String> {
-        Config::parse(text).expect_err("has mistakes").iter().map(|e| e.to_string()).collect()
+        Config::parse(text)
+            .expect_err("has mistakes")
+            .iter()
+            .map(|e| e.to_string())
+            .collect()
     }
 
     #[test]
@@ -546,7 +752,12 @@ mod tests {
             "track_id = \"bmx-main\"\ndata_dir = \"/var/lib/venue-node\"\n\n[[decoder]]\nname = \"finish\"\nkind = \"tcp\"\naddress = \"192.168.1.21\"\n",
         )
         .unwrap();
-        assert_eq!(c.decoders[0].kind, DecoderKind::Tcp { address: "192.168.1.21:5403".into() });
+        assert_eq!(
+            c.decoders[0].kind,
+            DecoderKind::Tcp {
+                address: "192.168.1.21:5403".into()
+            }
+        );
         assert_eq!(c.node_id, None);
         assert_eq!(c.clock, ClockSettings::default());
     }
@@ -604,8 +815,15 @@ kind = \"usb\"
     #[test]
     fn duplicate_names_and_syntax_errors() {
         let dup = "track_id = \"t\"\ndata_dir = \"/d\"\n[[decoder]]\nname = \"a\"\nkind = \"sim\"\n[[decoder]]\nname = \"a\"\nkind = \"sim\"\n";
-        assert_eq!(errors(dup), ["7: decoder[1].name: \"a\" is used by another decoder"]);
-        let bad = errors("track_id = \"t\"\ndata_dir = \n[[decoder]]\nname = \"a\"\nkind = \"sim\"\n");
-        assert!(bad.iter().any(|e| e.starts_with("2: (syntax): ")), "{bad:?}");
+        assert_eq!(
+            errors(dup),
+            ["7: decoder[1].name: \"a\" is used by another decoder"]
+        );
+        let bad =
+            errors("track_id = \"t\"\ndata_dir = \n[[decoder]]\nname = \"a\"\nkind = \"sim\"\n");
+        assert!(
+            bad.iter().any(|e| e.starts_with("2: (syntax): ")),
+            "{bad:?}"
+        );
     }
 }

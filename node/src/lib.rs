@@ -11,4 +11,5 @@ pub mod config;
 pub mod decode;
 pub mod doctor;
 pub mod inspect;
+pub mod runtime;
 pub mod sim;

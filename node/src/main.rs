@@ -4,5 +4,13 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let cli = node::cli::Cli::parse();
+    // Logs go to stderr, which journald captures; RUST_LOG overrides the level.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     node::cli::run(cli)
 }

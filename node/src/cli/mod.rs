@@ -45,6 +45,20 @@ pub enum Command {
         #[arg(long)]
         hex: bool,
     },
+    /// Run the node: read the configured decoders into the spool until SIGTERM or Ctrl-C.
+    ///
+    /// Opens the spool in the data directory, stores every frame of every decoder durably, asks decoders
+    /// to resend passings it missed, and tells systemd when it is ready (Type=notify).
+    Run {
+        /// The configuration file.
+        #[arg(long, short, default_value = crate::config::CONFIG_PATH_DEFAULT)]
+        config: PathBuf,
+    },
+    /// Check a configuration file; every mistake is printed with its key and line.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Serve a simulated P3 decoder on a pseudo-terminal or TCP.
     Simulate(crate::sim::SimulateArgs),
     /// Inspect the spool (works while the node runs, read-only beside it).
@@ -53,16 +67,54 @@ pub enum Command {
     Doctor(crate::doctor::DoctorArgs),
 }
 
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Check FILE and print every mistake with its line; exit 2 if there is any.
+    Check { file: PathBuf },
+    /// Print a documented example configuration.
+    Example,
+}
+
+/// A mistake in the command line or configuration: exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Decode { file, hex } => crate::decode::run(file.as_deref(), hex),
+        Command::Run { config } => crate::runtime::run(&config),
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => match crate::config::Config::load(&file) {
+            Ok(c) => {
+                println!(
+                    "{}: ok ({} decoder{})",
+                    file.display(),
+                    c.decoders.len(),
+                    if c.decoders.len() == 1 { "" } else { "s" }
+                );
+                Ok(())
+            }
+            Err(e) => Err(anyhow::Error::new(UsageError(e.to_string()))),
+        },
+        Command::Config {
+            command: ConfigCommand::Example,
+        } => {
+            print!("{}", crate::config::Config::EXAMPLE);
+            Ok(())
+        }
         Command::Simulate(args) => crate::sim::run(args),
         Command::Spool(args) => crate::inspect::run(args),
         Command::Doctor(args) => crate::doctor::run(args),
     };
     match result {
         Ok(()) => ExitCode::from(exit::OK),
+        Err(err) if err.downcast_ref::<UsageError>().is_some() => {
+            eprintln!("{err}");
+            ExitCode::from(exit::USAGE)
+        }
         Err(err) => {
             eprintln!("venue-node: {err:#}");
             ExitCode::from(exit::FAILURE)

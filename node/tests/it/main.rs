@@ -1,1 +1,3 @@
 //! End-to-end tests of the node, one binary: real pseudo-terminals, real sockets, real processes.
+
+mod runtime;

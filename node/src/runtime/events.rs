@@ -1,0 +1,144 @@
+//! Decoder records to spool events: which stream, which type, which idempotency key.
+
+use decoder::{Body, Frame, Record, Reject};
+use spool::catalog;
+use spool::schema::EventPayload;
+use spool::{Metadata, NewEvent, StreamId};
+
+/// What one accepted frame becomes.
+pub struct FrameEvent {
+    pub stream: StreamId,
+    pub event: NewEvent,
+    /// Set for a PASSING: its decoder (if it said) and number.
+    pub passing: Option<(Option<u32>, u32)>,
+    /// The decoder id the frame carried, if any.
+    pub decoder_id: Option<u32>,
+    /// Set for a GET_TIME answer: the decoder's RTC in µs.
+    pub clock_rtc_us: Option<u64>,
+}
+
+fn unknown(u: decoder::Unknown<'_>) -> catalog::UnknownTlvs {
+    u.iter().map(|t| (t.tag, t.value.to_vec())).collect()
+}
+
+fn text(b: Option<&[u8]>) -> Option<String> {
+    b.map(|b| String::from_utf8_lossy(b).into_owned())
+}
+
+/// The stream of a decoder, or of the input when the frame did not say which decoder sent it.
+pub fn stream_for(decoder_id: Option<u32>, input: &str) -> StreamId {
+    match decoder_id {
+        Some(id) => StreamId::decoder(id.to_le_bytes()),
+        None => input_stream(input),
+    }
+}
+
+/// The stream of an input's connection events: `input/<name>`.
+pub fn input_stream(input: &str) -> StreamId {
+    // Decoder names are checked by the configuration to be valid stream id parts.
+    StreamId::input(input).unwrap_or_else(|_| StreamId::node())
+}
+
+/// The idempotency key of a passing: a decoder sends each number once, and again only when asked.
+pub fn passing_key(decoder_id: Option<u32>, input: &str, number: u32) -> String {
+    match decoder_id {
+        Some(id) => format!("passing/{}/{number}", catalog::decoder_id_hex(id)),
+        None => format!("passing/input-{input}/{number}"),
+    }
+}
+
+/// Turns an accepted frame into its event.
+pub fn from_frame(frame: Frame<'_>, input: &str, meta: Metadata) -> FrameEvent {
+    let record = Record::parse(frame);
+    let mut clock_rtc_us = None;
+    let mut passing = None;
+    let (decoder_id, event) = match &record.body {
+        Body::Passing(p) => {
+            let id = p.decoder_id.map(|d| d.0);
+            passing = Some((id, p.passing_number));
+            let payload = catalog::Passing {
+                passing_number: p.passing_number,
+                transponder: p.transponder,
+                rtc_time_us: p.rtc_time_us,
+                utc_time_us: p.utc_time_us,
+                strength: p.strength,
+                hits: p.hits,
+                flags: p.flags,
+                tran_code: text(p.tran_code),
+                decoder_id: id,
+                unknown_tlvs: unknown(p.unknown),
+            };
+            let meta = Metadata {
+                idempotency_key: Some(passing_key(id, input, p.passing_number)),
+                ..meta
+            };
+            (id, payload.to_event(meta))
+        }
+        Body::Status(s) => {
+            let id = s.decoder_id.map(|d| d.0);
+            let payload = catalog::Status {
+                noise: s.noise,
+                gps: s.gps,
+                temperature: s.temperature,
+                satellites: s.satellites,
+                input_voltage: s.input_voltage.map(u16::from),
+                decoder_id: id,
+                unknown_tlvs: unknown(s.unknown),
+            };
+            (id, payload.to_event(meta))
+        }
+        Body::Version(v) => {
+            let id = v.decoder_id.map(|d| d.0);
+            let build = v
+                .build_number
+                .and_then(decoder::frame::le_uint)
+                .and_then(|b| u16::try_from(b).ok());
+            let payload = catalog::Version {
+                decoder_id: id,
+                description: text(v.description),
+                version: text(v.version),
+                build,
+                unknown_tlvs: unknown(v.unknown),
+            };
+            (id, payload.to_event(meta))
+        }
+        Body::GetTime(g) => {
+            clock_rtc_us = g.rtc_time_us;
+            (g.decoder_id.map(|d| d.0), raw(&frame, meta))
+        }
+        Body::Error(e) => (e.decoder_id.map(|d| d.0), raw(&frame, meta)),
+        Body::Resend(r) => (r.decoder_id.map(|d| d.0), raw(&frame, meta)),
+        Body::Other(f) => (
+            f.tlv(decoder::tag::DECODER_ID)
+                .and_then(|t| t.uint())
+                .map(|v| v as u32),
+            raw(&frame, meta),
+        ),
+    };
+    FrameEvent {
+        stream: stream_for(decoder_id, input),
+        event,
+        passing,
+        decoder_id,
+        clock_rtc_us,
+    }
+}
+
+/// Any record without a typed event: stored whole, unescaped.
+fn raw(frame: &Frame<'_>, meta: Metadata) -> NewEvent {
+    catalog::Record {
+        tor: frame.tor(),
+        frame: frame.as_bytes().to_vec(),
+    }
+    .to_event(meta)
+}
+
+/// A rejected frame, kept for forensics.
+pub fn rejected(reason: Reject, offset: u64, bytes: &[u8], meta: Metadata) -> NewEvent {
+    catalog::RejectedFrame {
+        reason: reason.as_str().into(),
+        raw: bytes.to_vec(),
+        offset,
+    }
+    .to_event(meta)
+}

@@ -1,0 +1,251 @@
+//! `venue-node run`: the appliance. Opens the spool, starts one task per decoder input, keeps the
+//! status file fresh, talks to systemd, and shuts down in order.
+//!
+//! Shutdown (SIGTERM or Ctrl-C) cancels one token; each input stops at a safe point (between chunk
+//! appends, so every frame already read is durable), then `node.stopping` is stored and the spool is
+//! closed with a final checkpoint.
+
+pub mod events;
+pub mod gaps;
+pub mod identity;
+pub mod input;
+pub mod notify;
+pub mod status;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use spool::catalog;
+use spool::schema::EventPayload;
+use spool::{AppendStream, ExpectedVersion, Metadata, Spool, SpoolConfig, StreamId, now_us};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, DecoderKind};
+use status::{NodeStatus, Shared};
+
+/// How often the status file is rewritten.
+pub const STATUS_WRITE_INTERVAL_MS: u64 = 1_000;
+
+/// Opens the spool the way the node does, from its configuration.
+pub fn spool_config(config: &Config) -> SpoolConfig {
+    let mut sc = SpoolConfig {
+        disk_cap_bytes: config.spool.cap_bytes,
+        ..SpoolConfig::default()
+    };
+    if let Some(days) = config.spool.retention_days {
+        sc.retention_age = Some(Duration::from_secs(days * 86_400));
+    }
+    if config.uplink.is_some() {
+        sc.required_cursors = vec![UPLINK_CURSOR.to_string()];
+    }
+    sc
+}
+
+/// The durable cursor the uplink drains through.
+pub const UPLINK_CURSOR: &str = "uplink";
+
+/// A running node, for `run`, `demo` and the tests.
+pub struct Node {
+    pub spool: Spool,
+    pub status: Shared,
+    pub boot_id: String,
+    pub node_id: String,
+    pub data_dir: PathBuf,
+}
+
+impl Node {
+    /// Opens the data directory and the spool, and stores `node.started`.
+    pub async fn open(config: &Config) -> anyhow::Result<Node> {
+        let data_dir = config.data_dir.clone();
+        std::fs::create_dir_all(&data_dir)
+            .with_context(|| format!("creating data directory {}", data_dir.display()))?;
+        let node_id = identity::node_id(&data_dir, config.node_id.as_deref())?;
+        let boot_id = identity::next_boot_id(&data_dir)?;
+        let dir = config.spool_dir();
+        let sc = spool_config(config);
+        let spool = tokio::task::spawn_blocking(move || Spool::open(&dir, sc))
+            .await
+            .context("spool open task")?
+            .with_context(|| format!("opening the spool in {}", config.spool_dir().display()))?;
+        let started = catalog::NodeStarted {
+            version: env!("CARGO_PKG_VERSION").into(),
+            boot_id: boot_id.clone(),
+        };
+        let meta = Metadata {
+            captured_at_us: now_us(),
+            boot_id: boot_id.clone(),
+            ..Metadata::default()
+        };
+        spool
+            .append(vec![AppendStream::new(
+                StreamId::node(),
+                ExpectedVersion::Any,
+                vec![started.to_event(meta)],
+            )])
+            .await
+            .context("storing node.started")?;
+        let status = Shared::new(NodeStatus {
+            node_id: node_id.clone(),
+            boot_id: boot_id.clone(),
+            track_id: config.track_id.clone(),
+            ..NodeStatus::default()
+        });
+        tracing::info!(%node_id, %boot_id, spool = %config.spool_dir().display(), "node started");
+        Ok(Node {
+            spool,
+            status,
+            boot_id,
+            node_id,
+            data_dir,
+        })
+    }
+
+    /// Runs every input and the status writer until `cancel`, then shuts down in order.
+    pub async fn run(self, config: &Config, cancel: CancellationToken) -> anyhow::Result<()> {
+        let tracker = TaskTracker::new();
+        for d in &config.decoders {
+            let Some(source) = input::Source::from_config(&d.kind) else {
+                if let DecoderKind::Sim { .. } = d.kind {
+                    anyhow::bail!(
+                        "decoder {:?}: kind \"sim\" runs only under `venue-node demo`",
+                        d.name
+                    );
+                }
+                continue;
+            };
+            let input = input::Input::new(
+                d,
+                source,
+                self.spool.clone(),
+                self.boot_id.clone(),
+                config.clock.clone(),
+                self.status.clone(),
+            );
+            tracker.spawn(input.run(cancel.clone()));
+        }
+        tracker.spawn(write_status(
+            self.data_dir.clone(),
+            self.status.clone(),
+            self.spool.clone(),
+            cancel.clone(),
+        ));
+        tracker.close();
+        notify::notify("READY=1");
+        let watchdog = notify::watchdog_interval();
+        let mut ping =
+            tokio::time::interval(watchdog.map(|w| w / 2).unwrap_or(Duration::from_secs(3600)));
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                _ = ping.tick() => {
+                    if watchdog.is_some() && self.status.update(|s| s.spool_alarm.is_none()) {
+                        notify::notify("WATCHDOG=1");
+                    }
+                }
+            }
+        }
+        notify::notify("STOPPING=1");
+        tracing::info!("shutting down: finishing in-flight frames");
+        tracker.wait().await;
+        let stopping = catalog::NodeStopping {
+            version: env!("CARGO_PKG_VERSION").into(),
+            boot_id: self.boot_id.clone(),
+        };
+        let meta = Metadata {
+            captured_at_us: now_us(),
+            boot_id: self.boot_id.clone(),
+            ..Metadata::default()
+        };
+        self.spool
+            .append(vec![AppendStream::new(
+                StreamId::node(),
+                ExpectedVersion::Any,
+                vec![stopping.to_event(meta)],
+            )])
+            .await
+            .context("storing node.stopping")?;
+        let spool = self.spool;
+        // The last clone: dropping it checkpoints and joins the writer thread, which blocks.
+        tokio::task::spawn_blocking(move || drop(spool))
+            .await
+            .context("closing the spool")?;
+        tracing::info!("stopped cleanly");
+        Ok(())
+    }
+}
+
+/// Rewrites the status file every second (atomically: temp file and rename), so readers outside the
+/// process never see half a file.
+async fn write_status(data_dir: PathBuf, status: Shared, spool: Spool, cancel: CancellationToken) {
+    let path = crate::config::status_file(&data_dir);
+    let tmp = path.with_extension("json.tmp");
+    let mut tick = tokio::time::interval(Duration::from_millis(STATUS_WRITE_INTERVAL_MS));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = cancel.cancelled() => break,
+        }
+        let _ = &spool;
+        let mut snap = status.snapshot();
+        snap.updated_at_us = now_us();
+        let Ok(json) = serde_json::to_vec_pretty(&snap) else {
+            continue;
+        };
+        if let Err(e) = std::fs::write(&tmp, json).and_then(|()| std::fs::rename(&tmp, &path)) {
+            tracing::warn!(error = %e, path = %path.display(), "could not write status file");
+        }
+    }
+}
+
+/// Builds the runtime, installs the signal handlers and runs `f` until it returns or a signal asks
+/// for shutdown.
+pub fn block_on<F, Fut>(f: F) -> anyhow::Result<()>
+where
+    F: FnOnce(CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async {
+        let cancel = CancellationToken::new();
+        let signals = cancel.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            tracing::info!("shutdown requested");
+            signals.cancel();
+        });
+        f(cancel).await
+    })
+}
+
+/// SIGTERM (systemd stop) and SIGINT (Ctrl-C) start the same orderly shutdown.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without handlers the default action (exit) applies; nothing better to do.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+/// `venue-node run`.
+pub fn run(config_path: &std::path::Path) -> anyhow::Result<()> {
+    let config = Config::load(config_path)
+        .map_err(|e| anyhow::Error::new(crate::cli::UsageError(e.to_string())))?;
+    let config = Arc::new(config);
+    block_on(|cancel| async move {
+        let node = Node::open(&config).await?;
+        node.run(&config, cancel).await
+    })
+}

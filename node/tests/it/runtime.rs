@@ -1,0 +1,287 @@
+//! The node against a scripted decoder on a real pseudo-terminal: the test plays the decoder byte by
+//! byte through the PTY master, the node opens the slave by a stable symlink through tokio-serial.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use decoder::{Accumulator, Body, Event, FrameBuilder, Record, tor};
+use node::config::{ClockSettings, Config, DecoderConfig, DecoderKind, SpoolSettings};
+use node::runtime::Node;
+use spool::catalog;
+use spool::schema::EventPayload;
+use spool::{Seq, Spool};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_serial::SerialPort;
+use tokio_util::sync::CancellationToken;
+
+const DECODER_ID: u32 = 0x0004_1813;
+const WAIT: Duration = Duration::from_secs(20);
+
+fn passing(n: u32) -> Vec<u8> {
+    let mut b = FrameBuilder::new(tor::PASSING);
+    b.u32(0x01, n)
+        .unwrap()
+        .u32(0x03, 5_000_000 + n % 7)
+        .unwrap()
+        .u64(0x04, 1_700_000_000_000_000 + u64::from(n) * 1000)
+        .unwrap();
+    b.u16(0x05, 100)
+        .unwrap()
+        .u16(0x06, 20)
+        .unwrap()
+        .u16(0x08, 0)
+        .unwrap()
+        .u32(0x81, DECODER_ID)
+        .unwrap();
+    wire(b)
+}
+
+fn status_frame() -> Vec<u8> {
+    let mut b = FrameBuilder::new(tor::STATUS);
+    b.u16(0x01, 40)
+        .unwrap()
+        .u16(0x07, 22)
+        .unwrap()
+        .u8(0x0c, 118)
+        .unwrap()
+        .u8(0x06, 0)
+        .unwrap()
+        .u32(0x81, DECODER_ID)
+        .unwrap();
+    wire(b)
+}
+
+fn wire(b: FrameBuilder) -> Vec<u8> {
+    let mut out = [0u8; decoder::WIRE_BYTES_MAX];
+    let n = b.finish_wire(&mut out).unwrap();
+    out[..n].to_vec()
+}
+
+/// A PTY whose slave is reachable through a symlink, as `/dev/serial/by-id/...` is.
+pub struct Pty {
+    pub master: tokio_serial::SerialStream,
+    pub link: PathBuf,
+    acc: Accumulator,
+    pending: Vec<Vec<u8>>,
+}
+
+impl Pty {
+    pub fn new(dir: &Path) -> Pty {
+        let (master, slave) = tokio_serial::SerialStream::pair().expect("a pseudo-terminal pair");
+        let name = slave.name().expect("the slave has a device name");
+        drop(slave);
+        let link = dir.join("decoder0");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&name, &link).unwrap();
+        Pty {
+            master,
+            link,
+            acc: Accumulator::new(),
+            pending: Vec::new(),
+        }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.master.write_all(bytes).await.unwrap();
+        self.master.flush().await.unwrap();
+    }
+
+    /// Waits for the next command the node sends, as (tor, unescaped frame).
+    pub async fn command(&mut self) -> (u16, Vec<u8>) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if !self.pending.is_empty() {
+                let f = self.pending.remove(0);
+                return (u16::from_le_bytes([f[8], f[9]]), f);
+            }
+            let mut buf = [0u8; 512];
+            let left = deadline.saturating_duration_since(Instant::now());
+            let n = tokio::time::timeout(left, self.master.read(&mut buf))
+                .await
+                .expect("a command from the node in time")
+                .unwrap();
+            let mut input = &buf[..n];
+            while let Some(e) = self.acc.feed(&mut input) {
+                if let Event::Frame { frame, .. } = e {
+                    self.pending.push(frame.as_bytes().to_vec());
+                }
+            }
+        }
+    }
+
+    /// Waits for a RESEND and returns its range.
+    pub async fn resend(&mut self) -> (u32, u32) {
+        loop {
+            let (t, f) = self.command().await;
+            if t == tor::RESEND {
+                let frame = decoder::Frame::parse(&f).unwrap();
+                let Body::Resend(r) = Record::parse(frame).body else {
+                    panic!("RESEND without FROM/UNTIL")
+                };
+                return (r.from, r.until);
+            }
+        }
+    }
+}
+
+pub fn config(dir: &Path, device: PathBuf) -> Config {
+    Config {
+        node_id: Some("test-node".into()),
+        track_id: "test-track".into(),
+        data_dir: dir.join("data"),
+        decoders: vec![DecoderConfig {
+            name: "finish".into(),
+            kind: DecoderKind::Serial {
+                device,
+                baud: 115_200,
+            },
+        }],
+        spool: SpoolSettings::default(),
+        clock: ClockSettings::default(),
+        uplink: None,
+    }
+}
+
+/// The passing numbers stored, in spool order.
+pub fn stored_passings(spool: &Spool) -> Vec<u32> {
+    let mut out = Vec::new();
+    let mut from = Seq::FIRST;
+    loop {
+        let page = spool.read_global(from, 1000).unwrap();
+        let Some(last) = page.last() else { break };
+        from = last.seq.next();
+        for e in &page {
+            if e.event_type == catalog::Passing::EVENT_TYPE {
+                out.push(catalog::Passing::from_event(e).unwrap().passing_number);
+            }
+        }
+    }
+    out
+}
+
+pub fn events_of<T: EventPayload>(spool: &Spool) -> Vec<T> {
+    spool
+        .read_global(Seq::FIRST, 100_000)
+        .unwrap()
+        .iter()
+        .filter(|e| e.event_type == T::EVENT_TYPE)
+        .map(|e| T::from_event(e).unwrap())
+        .collect()
+}
+
+pub async fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gaps_are_filled_by_resend_and_unfillable_ones_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut pty = Pty::new(dir.path());
+    let config = config(dir.path(), pty.link.clone());
+    let node = Node::open(&config).await.unwrap();
+    let spool = node.spool.clone();
+    let status = node.status.clone();
+    let cancel = CancellationToken::new();
+    let run = tokio::spawn({
+        let (config, cancel) = (config.clone(), cancel.clone());
+        async move { node.run(&config, cancel).await }
+    });
+
+    // The node asks for the decoder's clock as soon as it connects.
+    let (t, _) = pty.command().await;
+    assert_eq!(t, tor::GET_TIME);
+
+    let mut bytes = status_frame();
+    for n in 1..=3 {
+        bytes.extend(passing(n));
+    }
+    bytes.extend(passing(6));
+    pty.send(&bytes).await;
+    // 4 and 5 never came: the node asks for exactly them.
+    assert_eq!(pty.resend().await, (4, 5));
+    let mut fill = passing(5);
+    fill.extend(passing(4));
+    fill.extend(passing(3)); // sent twice: stored once
+    pty.send(&fill).await;
+    wait_for("passings 1..=6", || {
+        let mut got = stored_passings(&spool);
+        got.sort();
+        got == [1, 2, 3, 4, 5, 6]
+    })
+    .await;
+
+    // 7..=9 are lost for good: asked for RESEND_ATTEMPTS_MAX times, then recorded as missing.
+    pty.send(&passing(10)).await;
+    for _ in 0..node::runtime::gaps::RESEND_ATTEMPTS_MAX {
+        assert_eq!(pty.resend().await, (7, 9));
+    }
+    wait_for("a passings_missing event", || {
+        !events_of::<catalog::PassingsMissing>(&spool).is_empty()
+    })
+    .await;
+    let missing = events_of::<catalog::PassingsMissing>(&spool);
+    assert_eq!(
+        missing,
+        [catalog::PassingsMissing {
+            decoder_id: Some(DECODER_ID),
+            from: 7,
+            until: 9
+        }]
+    );
+
+    let s = status.snapshot();
+    assert_eq!(s.decoders[0].passings_stored, 7);
+    assert_eq!(s.decoders[0].passings_duplicate, 1);
+    assert_eq!(s.decoders[0].passings_declared_missing, 3);
+
+    cancel.cancel();
+    run.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_corrupted_frames_are_counted_and_good_frames_around_them_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut pty = Pty::new(dir.path());
+    let config = config(dir.path(), pty.link.clone());
+    let node = Node::open(&config).await.unwrap();
+    let spool = node.spool.clone();
+    let status = node.status.clone();
+    let cancel = CancellationToken::new();
+    let run = tokio::spawn({
+        let (config, cancel) = (config.clone(), cancel.clone());
+        async move { node.run(&config, cancel).await }
+    });
+    let _ = pty.command().await;
+
+    let mut bytes = passing(1);
+    bytes.extend(b"\x00\xffline noise\x0d\x0a");
+    let mut bad = passing(2);
+    bad[14] ^= 0x40; // a flipped bit inside the frame: bad CRC
+    bytes.extend(&bad);
+    bytes.extend(passing(2));
+    let mut cut = passing(3);
+    cut.truncate(20);
+    bytes.extend(&cut); // cut off by the next frame
+    bytes.extend(passing(3));
+    pty.send(&bytes).await;
+
+    wait_for("passings 1..=3", || stored_passings(&spool) == [1, 2, 3]).await;
+    let s = status.snapshot();
+    let d = &s.decoders[0];
+    assert_eq!(d.rejected.get("bad_crc"), Some(&1), "{:?}", d.rejected);
+    assert_eq!(d.rejected.get("truncated"), Some(&1), "{:?}", d.rejected);
+    assert_eq!(d.junk_bytes, 14);
+    // Rejected frames are kept with their bytes for forensics.
+    let kept = events_of::<catalog::RejectedFrame>(&spool);
+    assert_eq!(
+        kept.iter().map(|r| r.reason.as_str()).collect::<Vec<_>>(),
+        ["bad_crc", "truncated"]
+    );
+    assert_eq!(kept[1].raw.len(), 20);
+    cancel.cancel();
+    run.await.unwrap().unwrap();
+}
