@@ -1,10 +1,605 @@
-//! `venue-node doctor`: checks the box before a race day. Being written.
+//! `venue-node doctor`: checks the box before a race day, one line a check.
+//!
+//! ```text
+//! OK    configuration /etc/venue-node/venue-node.toml is valid (2 decoders, data in /var/lib/venue-node)
+//! FAIL  decoder finish: /dev/serial/by-id/usb-FTDI_FT232R-if00-port0 does not exist
+//!       fix: plug the adapter in; `ls -l /dev/serial/by-id/` lists the ones present ...
+//! OK    disk: 27.1 GiB free on the data directory's filesystem; the spool uses 1.2 GiB of its 8.0 GiB cap
+//! OK    data directory /var/lib/venue-node is writable (as uid 998)
+//! WARN  clock: unknown (no timedatectl, chronyc or ntpstat answered)
+//! ```
+//!
+//! Each check says OK, WARN (works, but look at it) or FAIL (the node will not work as it should),
+//! and every WARN and FAIL says how to fix it. The command exits 1 when anything FAILs. Checks only
+//! read, except the data directory's, which creates and removes one probe file.
+
+use std::fmt;
+use std::io::{Read as _, Write as _};
+use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::config::{self, Config, DecoderKind};
+use crate::inspect::render::bytes;
+
+/// The group whose members may open serial ports on Debian-like systems; the service user is in it.
+pub const SERIAL_GROUP_DEFAULT: &str = "dialout";
+
+/// Longest wait for one clock-status command (`timedatectl`, `chronyc`, `ntpstat`). They answer in
+/// milliseconds; a hung D-Bus must not hang the doctor, so after this the command is killed and the
+/// next source is asked.
+pub const CLOCK_COMMAND_TIMEOUT_MS: u64 = 3_000;
+
+/// How often a running clock-status command is checked for having finished.
+pub const CLOCK_COMMAND_POLL_MS: u64 = 10;
+
+/// Most bytes of a clock-status command's output read; their answers are a few hundred bytes.
+pub const CLOCK_COMMAND_OUTPUT_BYTES_MAX: u64 = 64 * 1024;
+
+/// Free space beyond what the spool may still grow by, as a percentage of its cap, under which the
+/// disk check warns: the OS, logs and redb's own growth need room too.
+pub const DISK_HEADROOM_PERCENT: u64 = 10;
+
+/// `/etc/group` larger than this is not read (it is a few KiB on the box).
+pub const GROUP_FILE_BYTES_MAX: u64 = 4 * 1024 * 1024;
 
 /// The `doctor` command's arguments.
 #[derive(Debug, clap::Args)]
-pub struct DoctorArgs {}
+#[command(after_help = "\
+Checks, one line each, OK / WARN / FAIL with how to fix it:
+  configuration   the file loads, every mistake listed with its line
+  decoder NAME    each serial device exists (symlinks such as /dev/serial/by-id/... resolved), is a
+                  serial port, and is readable and writable by the service user's group (dialout)
+  disk            free space on the data directory's filesystem against spool.cap_bytes
+  data directory  exists and is writable (a probe file is created and removed)
+  clock           the host clock is synchronised (timedatectl, systemd-timesyncd, chrony or ntpd)
+Exits 1 if any check FAILs, 0 otherwise. Run it as the service user to see exactly what the node sees.")]
+pub struct DoctorArgs {
+    /// The configuration to check.
+    #[arg(long, value_name = "FILE", default_value = config::CONFIG_PATH_DEFAULT)]
+    pub config: PathBuf,
+    /// The group through which the service user opens serial devices.
+    #[arg(long, value_name = "GROUP", default_value = SERIAL_GROUP_DEFAULT)]
+    pub serial_group: String,
+}
+
+/// How a check came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Ok,
+    Warn,
+    Fail,
+}
+
+impl fmt::Display for Level {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Level::Ok => "OK",
+            Level::Warn => "WARN",
+            Level::Fail => "FAIL",
+        })
+    }
+}
+
+/// One check's outcome: a line, and for WARN and FAIL how to fix it.
+#[derive(Debug, Clone)]
+pub struct Finding {
+    pub level: Level,
+    pub text: String,
+    pub fix: Option<String>,
+}
+
+impl Finding {
+    fn ok(text: impl Into<String>) -> Finding {
+        Finding {
+            level: Level::Ok,
+            text: text.into(),
+            fix: None,
+        }
+    }
+    fn warn(text: impl Into<String>, fix: impl Into<String>) -> Finding {
+        Finding {
+            level: Level::Warn,
+            text: text.into(),
+            fix: Some(fix.into()),
+        }
+    }
+    fn fail(text: impl Into<String>, fix: impl Into<String>) -> Finding {
+        Finding {
+            level: Level::Fail,
+            text: text.into(),
+            fix: Some(fix.into()),
+        }
+    }
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut lines = self.text.lines();
+        write!(
+            f,
+            "{:<6}{}",
+            self.level.to_string(),
+            lines.next().unwrap_or_default()
+        )?;
+        for line in lines {
+            write!(f, "\n      {line}")?;
+        }
+        if let Some(fix) = &self.fix {
+            write!(f, "\n      fix: {fix}")?;
+        }
+        Ok(())
+    }
+}
 
 /// The `doctor` command.
-pub fn run(_args: DoctorArgs) -> anyhow::Result<()> {
-    anyhow::bail!("doctor is not built yet")
+pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
+    let findings = check_all(&args);
+    let mut stdout = std::io::stdout().lock();
+    for finding in &findings {
+        // Printed as found would be nicer for slow checks, but every check is quick.
+        writeln!(stdout, "{finding}")?;
+    }
+    let count = |l: Level| findings.iter().filter(|f| f.level == l).count();
+    let (fails, warns, oks) = (count(Level::Fail), count(Level::Warn), count(Level::Ok));
+    writeln!(stdout, "doctor: {fails} FAIL, {warns} WARN, {oks} OK")?;
+    if fails > 0 {
+        anyhow::bail!(
+            "doctor found {fails} problem{} (FAIL above)",
+            if fails == 1 { "" } else { "s" }
+        );
+    }
+    Ok(())
+}
+
+/// Runs every check in order.
+pub fn check_all(args: &DoctorArgs) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    let config = check_config(&args.config, &mut findings);
+    match &config {
+        Some(config) => {
+            let groups = GroupDb::load();
+            for decoder in &config.decoders {
+                if let DecoderKind::Serial { device, .. } = &decoder.kind {
+                    findings.push(check_serial(&decoder.name, device, &args.serial_group, &groups));
+                }
+            }
+            findings.push(check_disk(config));
+            findings.push(check_data_dir(&config.data_dir));
+        }
+        None => findings.push(Finding::warn(
+            "serial devices, disk space and data directory: not checked without a valid configuration",
+            "fix the configuration first, then run doctor again",
+        )),
+    }
+    findings.push(check_clock());
+    findings
+}
+
+fn check_config(path: &Path, findings: &mut Vec<Finding>) -> Option<Config> {
+    match Config::load(path) {
+        Ok(config) => {
+            findings.push(Finding::ok(format!(
+                "configuration {} is valid ({} decoder{}, data in {})",
+                path.display(),
+                config.decoders.len(),
+                if config.decoders.len() == 1 { "" } else { "s" },
+                config.data_dir.display()
+            )));
+            Some(config)
+        }
+        Err(errors) if !path.exists() => {
+            let _ = errors;
+            findings.push(Finding::fail(
+                format!("configuration {} does not exist", path.display()),
+                format!(
+                    "give the file with --config FILE, or install one at {} (node/venue-node.example.toml documents every key)",
+                    config::CONFIG_PATH_DEFAULT
+                ),
+            ));
+            None
+        }
+        Err(errors) => {
+            findings.push(Finding::fail(
+                errors.to_string(),
+                format!(
+                    "correct the lines above; `venue-node config check {}` lists them again",
+                    path.display()
+                ),
+            ));
+            None
+        }
+    }
+}
+
+/// `/etc/group`, for group names and members.
+struct GroupDb {
+    /// (name, gid, members)
+    groups: Vec<(String, u32, Vec<String>)>,
+}
+
+impl GroupDb {
+    fn load() -> GroupDb {
+        let mut groups = Vec::new();
+        let text = std::fs::File::open("/etc/group").and_then(|f| {
+            let mut text = String::new();
+            f.take(GROUP_FILE_BYTES_MAX).read_to_string(&mut text)?;
+            Ok(text)
+        });
+        for line in text.unwrap_or_default().lines() {
+            let mut parts = line.split(':');
+            let (Some(name), Some(_), Some(gid), members) =
+                (parts.next(), parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            let Ok(gid) = gid.parse() else { continue };
+            let members = members
+                .unwrap_or_default()
+                .split(',')
+                .filter(|m| !m.is_empty())
+                .map(String::from)
+                .collect();
+            groups.push((name.to_string(), gid, members));
+        }
+        GroupDb { groups }
+    }
+
+    fn gid(&self, name: &str) -> Option<u32> {
+        self.groups.iter().find(|g| g.0 == name).map(|g| g.1)
+    }
+
+    fn name(&self, gid: u32) -> String {
+        self.groups
+            .iter()
+            .find(|g| g.1 == gid)
+            .map(|g| g.0.clone())
+            .unwrap_or_else(|| gid.to_string())
+    }
+}
+
+/// Whether this process is in group `gid` (its effective group or a supplementary one).
+fn in_group(gid: u32) -> bool {
+    if rustix::process::getegid().as_raw() == gid {
+        return true;
+    }
+    rustix::process::getgroups()
+        .map(|groups| groups.iter().any(|g| g.as_raw() == gid))
+        .unwrap_or(false)
+}
+
+fn check_serial(name: &str, device: &Path, group: &str, groups: &GroupDb) -> Finding {
+    let label = format!("decoder {name}: {}", device.display());
+    let resolved = match std::fs::canonicalize(device) {
+        Ok(resolved) => resolved,
+        Err(error) => {
+            let dangling = std::fs::symlink_metadata(device).is_ok();
+            let text = if dangling {
+                format!("{label} is a link to a device that does not exist ({error})")
+            } else {
+                format!("{label} does not exist ({error})")
+            };
+            return Finding::fail(
+                text,
+                "plug the adapter in and check it is powered; `ls -l /dev/serial/by-id/` lists the adapters \
+                 present: put that path in the decoder's `device`",
+            );
+        }
+    };
+    let shown = if resolved == device {
+        label.clone()
+    } else {
+        format!("{label} (= {})", resolved.display())
+    };
+    let meta = match std::fs::metadata(&resolved) {
+        Ok(meta) => meta,
+        Err(error) => {
+            return Finding::fail(
+                format!("{shown} cannot be examined: {error}"),
+                "check the path and its permissions",
+            );
+        }
+    };
+    if !meta.file_type().is_char_device() {
+        return Finding::fail(
+            format!("{shown} is not a serial device (not a character device)"),
+            "point the decoder's `device` at the adapter's tty, e.g. /dev/serial/by-id/usb-...-port0",
+        );
+    }
+    let mode = meta.mode() & 0o777;
+    let owner_group = groups.name(meta.gid());
+    let service_gid = groups.gid(group);
+    let group_rw = service_gid == Some(meta.gid()) && mode & 0o060 == 0o060;
+    let world_rw = mode & 0o006 == 0o006;
+    let perms = format!("group {owner_group}, mode {mode:03o}");
+    if service_gid.is_none() {
+        return Finding::warn(
+            format!(
+                "{shown} ({perms}): this system has no group {group}, so the service user's access cannot be checked"
+            ),
+            format!(
+                "give --serial-group the group the service user opens serial ports through (`ls -l {}`)",
+                resolved.display()
+            ),
+        );
+    }
+    if !group_rw && !world_rw {
+        return Finding::fail(
+            format!(
+                "{shown} ({perms}) is not readable and writable by group {group}, so the service user cannot open it"
+            ),
+            format!(
+                "add a udev rule, e.g. /etc/udev/rules.d/60-venue-node.rules: SUBSYSTEM==\"tty\", GROUP=\"{group}\", MODE=\"0660\", \
+                 then `sudo udevadm control --reload && sudo udevadm trigger`; for now: sudo chgrp {group} {0} && sudo chmod g+rw {0}",
+                resolved.display()
+            ),
+        );
+    }
+    // access(2) answers for this process's real user: exactly "could I open it".
+    let me_ok = rustix::fs::access(
+        &resolved,
+        rustix::fs::Access::READ_OK | rustix::fs::Access::WRITE_OK,
+    )
+    .is_ok();
+    let uid = rustix::process::getuid().as_raw();
+    let member = service_gid.is_some_and(in_group);
+    let me = match (uid == 0, member) {
+        (true, _) => "you are root".to_string(),
+        (false, true) => format!("you are in {group}"),
+        (false, false) => format!("you (uid {uid}) are not in {group}"),
+    };
+    if !me_ok || (uid != 0 && !member && !world_rw) {
+        return Finding::warn(
+            format!(
+                "{shown} ({perms}) is open to group {group}, but {me} and cannot open it yourself"
+            ),
+            format!(
+                "if you are the service user, the node cannot read the decoder: `sudo usermod -aG {group} $USER`, then log in again (or restart the service)"
+            ),
+        );
+    }
+    Finding::ok(format!(
+        "{shown} is a serial device readable and writable by group {group} ({perms}; {me})"
+    ))
+}
+
+/// The nearest existing directory at or above `path` (the filesystem the data directory will be on).
+fn existing_ancestor(path: &Path) -> Option<&Path> {
+    path.ancestors().find(|p| p.is_dir())
+}
+
+/// Bytes the files directly in `dir` occupy (the spool's database and journal).
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter_map(|e| e.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn check_disk(config: &Config) -> Finding {
+    let Some(at) = existing_ancestor(&config.data_dir) else {
+        return Finding::fail(
+            format!(
+                "disk: no existing directory above {}",
+                config.data_dir.display()
+            ),
+            "check data_dir in the configuration",
+        );
+    };
+    let vfs = match rustix::fs::statvfs(at) {
+        Ok(vfs) => vfs,
+        Err(error) => {
+            return Finding::warn(
+                format!(
+                    "disk: cannot read the free space of {}: {error}",
+                    at.display()
+                ),
+                "check with `df -h`",
+            );
+        }
+    };
+    // f_bavail: blocks available to an unprivileged user such as the service user.
+    let free = vfs.f_bavail.saturating_mul(vfs.f_frsize);
+    let used = dir_bytes(&config.spool_dir());
+    match config.spool.cap_bytes {
+        None => Finding::warn(
+            format!(
+                "disk: {} free on {}'s filesystem, and spool.cap_bytes is not set: the spool grows until the disk is full",
+                bytes(free),
+                at.display()
+            ),
+            format!(
+                "set [spool] cap_bytes to what the spool may use, e.g. {} (80 % of what it has and what is free)",
+                (used + free) / 5 * 4
+            ),
+        ),
+        Some(cap) => {
+            let growth = cap.saturating_sub(used);
+            let headroom = cap / 100 * DISK_HEADROOM_PERCENT;
+            let figures = format!(
+                "{} free on {}'s filesystem; the spool uses {} of its {} cap and may grow by {}",
+                bytes(free),
+                at.display(),
+                bytes(used),
+                bytes(cap),
+                bytes(growth)
+            );
+            if free < growth {
+                Finding::fail(
+                    format!("disk: {figures}: the disk fills before the cap is reached"),
+                    format!(
+                        "free space on that filesystem, or lower [spool] cap_bytes to at most {} (used + free, less {DISK_HEADROOM_PERCENT} %)",
+                        (used + free) / 100 * (100 - DISK_HEADROOM_PERCENT)
+                    ),
+                )
+            } else if free < growth.saturating_add(headroom) {
+                Finding::warn(
+                    format!(
+                        "disk: {figures}: less than {DISK_HEADROOM_PERCENT} % of the cap would be left for everything else"
+                    ),
+                    "free some space or lower [spool] cap_bytes a little",
+                )
+            } else {
+                Finding::ok(format!("disk: {figures}"))
+            }
+        }
+    }
+}
+
+fn check_data_dir(dir: &Path) -> Finding {
+    let uid = rustix::process::getuid().as_raw();
+    match std::fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => {
+            return Finding::fail(
+                format!("data directory {} is not a directory", dir.display()),
+                "point data_dir at a directory, or move the file out of the way",
+            );
+        }
+        Err(error) => {
+            return Finding::fail(
+                format!("data directory {} does not exist ({error})", dir.display()),
+                format!(
+                    "create it for the service user: sudo mkdir -p {0} && sudo chown SERVICE_USER: {0}",
+                    dir.display()
+                ),
+            );
+        }
+    }
+    let probe = dir.join(format!(".venue-node-doctor-probe-{}", std::process::id()));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+        .and_then(|mut f| {
+            f.write_all(b"venue-node doctor probe\n")?;
+            f.sync_all()
+        });
+    let removed = std::fs::remove_file(&probe);
+    match (written, removed) {
+        (Ok(()), Ok(())) => Finding::ok(format!(
+            "data directory {} is writable (as uid {uid})",
+            dir.display()
+        )),
+        (Err(error), _) => Finding::fail(
+            format!(
+                "data directory {} is not writable (as uid {uid}): {error}",
+                dir.display()
+            ),
+            format!(
+                "make it writable by the service user (sudo chown SERVICE_USER: {}); if the filesystem is read-only, check `dmesg` for disk errors",
+                dir.display()
+            ),
+        ),
+        (Ok(()), Err(error)) => Finding::warn(
+            format!(
+                "data directory {}: the probe file {} was written but not removed: {error}",
+                dir.display(),
+                probe.display()
+            ),
+            format!("remove {} by hand", probe.display()),
+        ),
+    }
+}
+
+/// A command's exit code and standard output, or `None` if it is missing, fails to start or does
+/// not answer within [`CLOCK_COMMAND_TIMEOUT_MS`].
+fn run_bounded(program: &str, args: &[&str]) -> Option<(i32, String)> {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .env("LC_ALL", "C")
+        .spawn()
+        .ok()?;
+    let deadline = Instant::now() + Duration::from_millis(CLOCK_COMMAND_TIMEOUT_MS);
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(CLOCK_COMMAND_POLL_MS))
+            }
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+        }
+    };
+    let mut out = String::new();
+    child
+        .stdout
+        .take()?
+        .take(CLOCK_COMMAND_OUTPUT_BYTES_MAX)
+        .read_to_string(&mut out)
+        .ok()?;
+    Some((status.code()?, out))
+}
+
+/// What one source says about the clock.
+enum Sync {
+    Yes(String),
+    No(String),
+}
+
+fn clock_sources() -> Option<Sync> {
+    if let Some((0, out)) =
+        run_bounded("timedatectl", &["show", "-p", "NTPSynchronized", "--value"])
+    {
+        match out.trim() {
+            "yes" => return Some(Sync::Yes("timedatectl: NTPSynchronized=yes".into())),
+            "no" => return Some(Sync::No("timedatectl: NTPSynchronized=no".into())),
+            _ => {}
+        }
+    }
+    // systemd-timesyncd touches this file once it has synchronised.
+    if Path::new("/run/systemd/timesync/synchronized").exists() {
+        return Some(Sync::Yes(
+            "systemd-timesyncd: /run/systemd/timesync/synchronized exists".into(),
+        ));
+    }
+    if let Some((0, out)) = run_bounded("chronyc", &["-n", "tracking"]) {
+        let leap = out
+            .lines()
+            .find(|l| l.starts_with("Leap status"))
+            .and_then(|l| l.split(':').nth(1))
+            .map(str::trim);
+        match leap {
+            Some("Normal") | Some("Insert second") | Some("Delete second") => {
+                return Some(Sync::Yes("chrony: leap status normal".into()));
+            }
+            Some(other) => return Some(Sync::No(format!("chrony: leap status {other}"))),
+            None => {}
+        }
+    }
+    match run_bounded("ntpstat", &[]) {
+        Some((0, _)) => Some(Sync::Yes("ntpstat: synchronised".into())),
+        Some((1, _)) => Some(Sync::No("ntpstat: unsynchronised".into())),
+        _ => None,
+    }
+}
+
+fn check_clock() -> Finding {
+    match clock_sources() {
+        Some(Sync::Yes(how)) => Finding::ok(format!("clock: synchronised ({how})")),
+        Some(Sync::No(how)) => Finding::fail(
+            format!(
+                "clock: not synchronised ({how}): host receive times and recorded-at times will be off"
+            ),
+            "give the box a network with NTP (`sudo timedatectl set-ntp true`) or a GPS time source; \
+             passings keep the decoder's own clock as well, so timing results are not affected",
+        ),
+        None => Finding::warn(
+            "clock: unknown (no timedatectl, systemd-timesyncd, chronyc or ntpstat answered)",
+            "check the time source by hand (`timedatectl status`, `chronyc tracking`)",
+        ),
+    }
 }

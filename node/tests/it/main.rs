@@ -1,3 +1,4 @@
 //! End-to-end tests of the node, one binary: real pseudo-terminals, real sockets, real processes.
 
 mod runtime;
+mod inspect;

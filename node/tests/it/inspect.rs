@@ -1,0 +1,869 @@
+//! The technician's CLI (`venue-node spool ...`, `venue-node doctor`) run as the real binary against a
+//! spool this test writes with the spool crate, while the test still holds the spool open for writing,
+//! as the running node does.
+
+use std::io::{BufRead as _, BufReader, Read as _};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use spool::catalog::{Decision, NodeStarted, Passing, Status};
+use spool::schema::EventPayload;
+use spool::{AppendStream, ExpectedVersion, Metadata, NewEvent, Seq, Spool, SpoolConfig, StreamId};
+
+/// Longest one CLI run may take before the test fails; they take well under a second.
+const CLI_TIMEOUT_S: u64 = 60;
+
+/// Longest `tail -f` may take to show an event appended after it started (it polls every 200 ms).
+const FOLLOW_TIMEOUT_S: u64 = 30;
+
+/// The journal of test spools: small, so a test does not write the 32 MiB default.
+const TEST_JOURNAL_BYTES: u64 = 1024 * 1024;
+
+const DECODER: &str = "decoder/D0000C00";
+const PARK_REASON: &str = "HTTP 422: transponder 1003 out of range";
+const DECISION_TEXT: &str = "+2 s, cutting \"the\" corner";
+
+struct Output {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Output {
+    fn ok(self) -> Output {
+        assert_eq!(
+            self.code,
+            Some(0),
+            "expected success\nstdout:\n{}\nstderr:\n{}",
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", self.stdout))
+    }
+
+    fn json_lines(&self) -> Vec<Value> {
+        self.stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect()
+    }
+}
+
+/// Runs `venue-node ARGS` to completion within [`CLI_TIMEOUT_S`].
+fn venue_node(args: &[&str]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_venue-node"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting venue-node");
+    let mut out = child.stdout.take().expect("stdout");
+    let mut err = child.stderr.take().expect("stderr");
+    let out = std::thread::spawn(move || {
+        let mut s = String::new();
+        out.read_to_string(&mut s).map(|_| s)
+    });
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        err.read_to_string(&mut s).map(|_| s)
+    });
+    let deadline = Instant::now() + Duration::from_secs(CLI_TIMEOUT_S);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for venue-node") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("venue-node {args:?} did not finish within {CLI_TIMEOUT_S} s");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    Output {
+        code: status.code(),
+        stdout: out.join().expect("stdout reader").expect("reading stdout"),
+        stderr: err.join().expect("stderr reader").expect("reading stderr"),
+    }
+}
+
+fn meta(key: Option<String>) -> Metadata {
+    Metadata {
+        captured_at_us: 1_700_000_000_000_000,
+        boot_id: "b-test".into(),
+        idempotency_key: key,
+        ..Metadata::default()
+    }
+}
+
+fn passing(number: u32) -> NewEvent {
+    Passing {
+        passing_number: number,
+        transponder: Some(900 + number),
+        rtc_time_us: u64::from(number) * 1_000_000,
+        utc_time_us: None,
+        strength: Some(120),
+        hits: Some(30),
+        flags: None,
+        tran_code: None,
+        decoder_id: Some(0x000C_00D0),
+        unknown_tlvs: Vec::new(),
+    }
+    .to_event(meta(Some(format!("D0000C00:{number}"))))
+}
+
+fn status() -> NewEvent {
+    Status {
+        noise: Some(12),
+        gps: Some(1),
+        temperature: Some(31),
+        satellites: None,
+        input_voltage: None,
+        decoder_id: Some(0x000C_00D0),
+        unknown_tlvs: Vec::new(),
+    }
+    .to_event(meta(None))
+}
+
+/// A data directory with a spool of nine events in three streams, the uplink cursor acknowledged to
+/// seq 4 and seq 3 parked; the writer stays open, as the node's would.
+///
+/// ```text
+/// seq 1..5  decoder/D0000C00 v1..5  decoder.passing 101..105
+/// seq 6     decoder/D0000C00 v6     decoder.status
+/// seq 7     node v1                 node.started
+/// seq 8     decoder/D0000C00 v7     decoder.passing 106
+/// seq 9     race-control/moto-1 v1  race_control.decision (text with a comma and quotes)
+/// ```
+struct Fixture {
+    dir: tempfile::TempDir,
+    spool: Option<Spool>,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let spool = open_writer(&node::config::spool_dir(dir.path()));
+        let decoder = StreamId::new(DECODER).unwrap();
+        let append = |stream: &StreamId, events: Vec<NewEvent>| {
+            spool
+                .append_blocking(vec![AppendStream::new(
+                    stream.clone(),
+                    ExpectedVersion::Any,
+                    events,
+                )])
+                .expect("append")
+        };
+        append(&decoder, (101..=105).map(passing).collect());
+        append(&decoder, vec![status()]);
+        append(
+            &StreamId::node(),
+            vec![
+                NodeStarted {
+                    version: "0.1.0".into(),
+                    boot_id: "b-test".into(),
+                }
+                .to_event(meta(None)),
+            ],
+        );
+        append(&decoder, vec![passing(106)]);
+        let decision = Decision {
+            kind: "penalty".into(),
+            subject: "rider 12".into(),
+            text: DECISION_TEXT.into(),
+            user: "judge-1".into(),
+        };
+        let appended = append(
+            &StreamId::race_control("moto-1").unwrap(),
+            vec![decision.to_event(meta(None))],
+        );
+        assert_eq!(appended[0].seq, Seq(9), "the fixture's layout");
+        spool.ack_blocking("uplink", Seq(4)).expect("ack");
+        spool
+            .park_blocking("uplink", Seq(3), PARK_REASON)
+            .expect("park");
+        Fixture {
+            dir,
+            spool: Some(spool),
+        }
+    }
+
+    fn data_dir(&self) -> &str {
+        self.dir.path().to_str().expect("a UTF-8 temp path")
+    }
+
+    fn spool(&self) -> &Spool {
+        self.spool.as_ref().expect("the writer is open")
+    }
+
+    /// `venue-node spool --data-dir DIR ARGS`.
+    fn cli(&self, args: &[&str]) -> Output {
+        let mut all = vec!["spool", "--data-dir", self.data_dir()];
+        all.extend_from_slice(args);
+        venue_node(&all)
+    }
+}
+
+fn open_writer(dir: &Path) -> Spool {
+    Spool::open(
+        dir,
+        SpoolConfig {
+            journal_bytes: TEST_JOURNAL_BYTES,
+            ..SpoolConfig::default()
+        },
+    )
+    .expect("open the spool")
+}
+
+fn seqs(events: &[Value]) -> Vec<u64> {
+    events
+        .iter()
+        .map(|e| e["seq"].as_u64().expect("a seq"))
+        .collect()
+}
+
+#[test]
+fn stats_counts_events_and_cursor_backlog_beside_a_writer() {
+    let f = Fixture::new();
+    let stats = f.cli(&["stats", "--json"]).ok().json();
+    assert_eq!(stats["events"], 9);
+    assert_eq!(stats["first_seq"], 1);
+    assert_eq!(stats["last_seq"], 9);
+    assert_eq!(stats["streams"], 3);
+    assert_eq!(stats["cursors"][0]["name"], "uplink");
+    assert_eq!(stats["cursors"][0]["acked_seq"], 4);
+    assert_eq!(stats["cursors"][0]["backlog"], 5);
+    assert_eq!(stats["cursors"][0]["parked"], 1);
+    assert_eq!(stats["journal_bytes"], TEST_JOURNAL_BYTES);
+    assert!(stats["db_file_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(stats["node_status"], Value::Null, "no status file yet");
+
+    let text = f.cli(&["stats"]).ok().stdout;
+    assert!(text.contains("9 (seq 1 to 9)"), "{text}");
+    assert!(
+        text.contains("uplink      acked to seq 4, backlog 5, parked 1"),
+        "{text}"
+    );
+    assert!(text.contains("the node is not running"), "{text}");
+}
+
+#[test]
+fn stats_shows_the_node_status_file_and_says_when_it_is_stale() {
+    let f = Fixture::new();
+    let status_path = node::config::status_file(f.dir.path());
+    let write_status = |updated_at_us: u64| {
+        let status = serde_json::json!({
+            "updated_at_us": updated_at_us,
+            "uplink": {"backlog": 42, "forward_rate_per_s": 12.5, "last_success_at_us": updated_at_us,
+                       "last_error": "HTTP 503 from central"},
+            "decoders": [{"name": "finish", "state": "connected", "passings_stored": 7}],
+        });
+        std::fs::write(&status_path, status.to_string()).expect("write the status file");
+    };
+    write_status(spool::now_us());
+    let fresh = f.cli(&["stats"]).ok().stdout;
+    assert!(fresh.contains("backlog 42, forwarding 12.5/s"), "{fresh}");
+    assert!(
+        fresh.contains("last error  HTTP 503 from central"),
+        "{fresh}"
+    );
+    assert!(fresh.contains("finish      connected"), "{fresh}");
+    assert!(fresh.contains("passings_stored=7"), "{fresh}");
+    assert!(!fresh.contains("STALE"), "{fresh}");
+    let json = f.cli(&["stats", "--json"]).ok().json();
+    assert_eq!(json["node_status"]["stale"], false);
+    assert_eq!(json["node_status"]["status"]["uplink"]["backlog"], 42);
+
+    write_status(spool::now_us() - 3_600_000_000);
+    let stale = f.cli(&["stats"]).ok().stdout;
+    assert!(stale.contains("STALE"), "{stale}");
+    assert_eq!(
+        f.cli(&["stats", "--json"]).ok().json()["node_status"]["stale"],
+        true
+    );
+}
+
+#[test]
+fn tail_filters_by_type_and_stream() {
+    let f = Fixture::new();
+    let passings = f
+        .cli(&["tail", "--json", "-n", "3", "--type", "decoder.passing"])
+        .ok()
+        .json_lines();
+    assert_eq!(seqs(&passings), [4, 5, 8]);
+    assert_eq!(passings[2]["payload"]["passing_number"], 106);
+
+    let node = f
+        .cli(&["tail", "--json", "--stream", "node"])
+        .ok()
+        .json_lines();
+    assert_eq!(seqs(&node), [7]);
+    let decoders = f
+        .cli(&["tail", "--json", "-n", "100", "--stream", "decoder/"])
+        .ok()
+        .json_lines();
+    assert_eq!(seqs(&decoders), [1, 2, 3, 4, 5, 6, 8]);
+    // An exact stream is not a prefix of a longer one.
+    assert_eq!(
+        f.cli(&["tail", "--json", "--stream", "decoder/D0000C0"])
+            .ok()
+            .stdout,
+        ""
+    );
+    let both = f
+        .cli(&[
+            "tail",
+            "--json",
+            "--type",
+            "decoder.status",
+            "--type",
+            "node.started",
+        ])
+        .ok()
+        .json_lines();
+    assert_eq!(seqs(&both), [6, 7]);
+
+    let text = f.cli(&["tail", "-n", "2"]).ok().stdout;
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(
+        lines[0].trim_start().starts_with("8 ") && lines[0].contains("decoder.passing"),
+        "{text}"
+    );
+    assert!(
+        lines[1].contains("race-control/moto-1 v1  race_control.decision"),
+        "{text}"
+    );
+}
+
+#[test]
+fn tail_follow_prints_new_matching_events_until_ctrl_c() {
+    let f = Fixture::new();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_venue-node"))
+        .args([
+            "spool",
+            "--data-dir",
+            f.data_dir(),
+            "tail",
+            "-f",
+            "--json",
+            "-n",
+            "1",
+            "--type",
+            "decoder.passing",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting tail -f");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let next_seq = |rx: &mpsc::Receiver<String>| -> u64 {
+        let line = rx
+            .recv_timeout(Duration::from_secs(FOLLOW_TIMEOUT_S))
+            .expect("tail -f printed a line in time");
+        let v: Value = serde_json::from_str(&line).expect("a JSON line");
+        v["seq"].as_u64().expect("a seq")
+    };
+    assert_eq!(next_seq(&rx), 8, "the newest passing first");
+
+    // A status (filtered out) and then a passing, written after tail started.
+    let decoder = StreamId::new(DECODER).unwrap();
+    f.spool()
+        .append_blocking(vec![AppendStream::new(
+            decoder.clone(),
+            ExpectedVersion::Any,
+            vec![status()],
+        )])
+        .unwrap();
+    f.spool()
+        .append_blocking(vec![AppendStream::new(
+            decoder,
+            ExpectedVersion::Any,
+            vec![passing(107)],
+        )])
+        .unwrap();
+    assert_eq!(
+        next_seq(&rx),
+        11,
+        "the new passing, and not the status at seq 10"
+    );
+
+    // Ctrl-C ends it cleanly.
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill -INT");
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(CLI_TIMEOUT_S);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("tail -f did not stop on SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert_eq!(status.code(), Some(0), "tail -f exits 0 on Ctrl-C");
+    assert!(rx.try_recv().is_err(), "nothing else was printed");
+}
+
+#[test]
+fn show_prints_the_envelope_and_the_payload() {
+    let f = Fixture::new();
+    let event = f.cli(&["show", "2", "--json"]).ok().json();
+    assert_eq!(event["seq"], 2);
+    assert_eq!(event["stream"], DECODER);
+    assert_eq!(event["version"], 2);
+    assert_eq!(event["event_type"], "decoder.passing");
+    assert_eq!(event["schema_version"], 2);
+    assert_eq!(event["boot_id"], "b-test");
+    assert_eq!(event["idempotency_key"], "D0000C00:102");
+    assert_eq!(event["payload"]["passing_number"], 102);
+    assert_eq!(event["payload"]["transponder"], 1002);
+
+    let text = f.cli(&["show", "9"]).ok().stdout;
+    assert!(text.contains("race-control/moto-1 (version 1)"), "{text}");
+    assert!(text.contains("\"subject\": \"rider 12\""), "{text}");
+
+    let missing = f.cli(&["show", "99"]);
+    assert_eq!(missing.code, Some(1));
+    assert!(
+        missing
+            .stderr
+            .contains("no event at seq 99: the spool holds seq 1 to 9"),
+        "{}",
+        missing.stderr
+    );
+    let usage = f.cli(&["show", "nine"]);
+    assert_eq!(
+        usage.code,
+        Some(2),
+        "a wrong command line is exit 2: {}",
+        usage.stderr
+    );
+}
+
+#[test]
+fn streams_lists_each_stream_with_its_version() {
+    let f = Fixture::new();
+    let streams = f.cli(&["streams", "--json"]).ok().json();
+    let rows: Vec<(String, u64, u64)> = streams
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["stream"].as_str().unwrap().to_owned(),
+                s["version"].as_u64().unwrap(),
+                s["last_seq"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            (DECODER.to_owned(), 7, 8),
+            ("node".to_owned(), 1, 7),
+            ("race-control/moto-1".to_owned(), 1, 9)
+        ]
+    );
+    let text = f.cli(&["streams"]).ok().stdout;
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with(DECODER) && l.contains(" 7 ")),
+        "{text}"
+    );
+}
+
+/// Splits CSV text (RFC 4180) into records of fields.
+fn parse_csv(text: &str) -> Vec<Vec<String>> {
+    let mut records = Vec::new();
+    let mut record = Vec::new();
+    let mut field = String::new();
+    let mut quoted = false;
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (quoted, c) {
+            (true, '"') if chars.peek() == Some(&'"') => {
+                chars.next();
+                field.push('"');
+            }
+            (true, '"') => quoted = false,
+            (true, c) => field.push(c),
+            (false, '"') => quoted = true,
+            (false, ',') => record.push(std::mem::take(&mut field)),
+            (false, '\n') => {
+                record.push(std::mem::take(&mut field));
+                records.push(std::mem::take(&mut record));
+            }
+            (false, c) => field.push(c),
+        }
+    }
+    assert!(
+        field.is_empty() && record.is_empty(),
+        "CSV ends with a line end"
+    );
+    records
+}
+
+#[test]
+fn export_writes_jsonl_and_csv() {
+    let f = Fixture::new();
+    let out_dir = tempfile::tempdir().unwrap();
+    let jsonl = out_dir.path().join("passings.jsonl");
+    let run = f.cli(&[
+        "export",
+        "--format",
+        "jsonl",
+        "--stream",
+        "decoder/",
+        "--type",
+        "decoder.passing",
+        "-o",
+        jsonl.to_str().unwrap(),
+    ]);
+    let run = run.ok();
+    assert!(run.stderr.contains("exported 6 events"), "{}", run.stderr);
+    assert_eq!(run.stdout, "", "the export went to the file");
+    let lines: Vec<Value> = std::fs::read_to_string(&jsonl)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let numbers: Vec<u64> = lines
+        .iter()
+        .map(|l| l["payload"]["passing_number"].as_u64().unwrap())
+        .collect();
+    assert_eq!(numbers, [101, 102, 103, 104, 105, 106]);
+    assert_eq!(
+        std::fs::read_dir(out_dir.path()).unwrap().count(),
+        1,
+        "no partial file is left behind"
+    );
+
+    let range = f
+        .cli(&["export", "--format", "jsonl", "--from", "2", "--to", "4"])
+        .ok()
+        .json_lines();
+    assert_eq!(seqs(&range), [2, 3, 4]);
+
+    let csv = out_dir.path().join("all.csv");
+    f.cli(&["export", "--format", "csv", "-o", csv.to_str().unwrap()])
+        .ok();
+    let records = parse_csv(&std::fs::read_to_string(&csv).unwrap());
+    assert_eq!(records.len(), 10, "a header and nine events");
+    assert_eq!(records[0][0], "seq");
+    assert_eq!(records[0][11], "payload");
+    assert!(
+        records.iter().all(|r| r.len() == 12),
+        "every row has every column"
+    );
+    let decision = &records[9];
+    assert_eq!(decision[0], "9");
+    assert_eq!(decision[3], "race-control/moto-1");
+    assert_eq!(decision[5], "race_control.decision");
+    let payload: Value = serde_json::from_str(&decision[11]).unwrap();
+    assert_eq!(
+        payload["text"], DECISION_TEXT,
+        "a comma and quotes survive CSV"
+    );
+    assert_eq!(records[2][9], "D0000C00:102", "the idempotency key column");
+
+    let empty = f.cli(&["export", "--format", "csv", "--from", "5", "--to", "4"]);
+    assert_eq!(empty.code, Some(1));
+    assert!(
+        empty.stderr.contains("--from 5 is after --to 4"),
+        "{}",
+        empty.stderr
+    );
+}
+
+#[test]
+fn verify_passes_on_a_good_spool_and_fails_on_an_undecodable_payload() {
+    let f = Fixture::new();
+    let good = f.cli(&["verify"]).ok().stdout;
+    assert!(good.contains("checked 9 events in 3 streams"), "{good}");
+    assert!(good.contains("OK"), "{good}");
+
+    // An event no schema knows: verify must report it and exit 1.
+    let odd = NewEvent::new("x.unknown", 1, vec![1, 2, 3], meta(None));
+    f.spool()
+        .append_blocking(vec![AppendStream::new(
+            StreamId::new("odd").unwrap(),
+            ExpectedVersion::Any,
+            vec![odd],
+        )])
+        .unwrap();
+    let bad = f.cli(&["verify"]);
+    assert_eq!(bad.code, Some(1), "{}", bad.stdout);
+    assert!(
+        bad.stdout.contains("PROBLEM: payload at seq 10"),
+        "{}",
+        bad.stdout
+    );
+    assert!(
+        bad.stderr.contains("verify found 1 problem"),
+        "{}",
+        bad.stderr
+    );
+}
+
+#[test]
+fn rejected_lists_parked_events_and_retry_needs_the_node_stopped() {
+    let mut f = Fixture::new();
+    let listed = f.cli(&["rejected"]).ok().stdout;
+    assert!(listed.contains("cursor uplink parked 1 event"), "{listed}");
+    assert!(listed.contains(PARK_REASON), "{listed}");
+    assert!(
+        listed.contains(&format!("decoder.passing {DECODER} v3")),
+        "{listed}"
+    );
+    let json = f.cli(&["rejected", "--json"]).ok().json();
+    assert_eq!(json[0]["seq"], 3);
+    assert_eq!(json[0]["reason"], PARK_REASON);
+
+    // The writer is open, as the node's is: retry must refuse and say what to do.
+    let refused = f.cli(&["rejected", "retry"]);
+    assert_eq!(refused.code, Some(1));
+    assert!(
+        refused
+            .stderr
+            .contains("the node is running and holds the spool"),
+        "{}",
+        refused.stderr
+    );
+    assert!(
+        refused.stderr.contains("sudo systemctl stop venue-node"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(
+        f.cli(&["rejected", "--json"]).ok().json()[0]["seq"],
+        3,
+        "nothing changed"
+    );
+
+    // The node stopped: retry queues the event for the uplink.
+    drop(f.spool.take());
+    let not_parked = f.cli(&["rejected", "retry", "5"]);
+    assert_eq!(not_parked.code, Some(1));
+    assert!(
+        not_parked
+            .stderr
+            .contains("seq 5 is not parked by cursor uplink"),
+        "{}",
+        not_parked.stderr
+    );
+    let retried = f.cli(&["rejected", "retry", "3"]).ok().stdout;
+    assert!(
+        retried.contains("queued 1 event for retry by uplink"),
+        "{retried}"
+    );
+    let after = f.cli(&["rejected"]).ok().stdout;
+    assert!(
+        after.contains("cursor uplink has no parked events"),
+        "{after}"
+    );
+    assert!(after.contains("1 event is queued for retry"), "{after}");
+    let queue = f
+        .cli(&["rejected", "--cursor", "uplink.retry", "--json"])
+        .ok()
+        .json();
+    assert_eq!(queue[0]["seq"], 3);
+    assert!(
+        queue[0]["reason"].as_str().unwrap().contains(PARK_REASON),
+        "{queue}"
+    );
+}
+
+#[test]
+fn the_spool_is_found_through_the_configuration_and_never_created_by_a_reader() {
+    let f = Fixture::new();
+    let config_dir = tempfile::tempdir().unwrap();
+    let config = config_dir.path().join("venue-node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "track_id = \"t\"\ndata_dir = \"{}\"\n[[decoder]]\nname = \"sim\"\nkind = \"sim\"\n",
+            f.data_dir()
+        ),
+    )
+    .unwrap();
+    let stats = venue_node(&[
+        "spool",
+        "--config",
+        config.to_str().unwrap(),
+        "stats",
+        "--json",
+    ])
+    .ok()
+    .json();
+    assert_eq!(stats["events"], 9);
+
+    let nowhere: PathBuf = config_dir.path().join("no-such-data-dir");
+    let missing = venue_node(&["spool", "--data-dir", nowhere.to_str().unwrap(), "stats"]);
+    assert_eq!(missing.code, Some(1));
+    assert!(missing.stderr.contains("no spool at"), "{}", missing.stderr);
+    assert!(!nowhere.exists(), "a read must not create a spool");
+}
+
+fn write_config(dir: &Path, decoders: &str) -> PathBuf {
+    let config = dir.join("venue-node.toml");
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "track_id = \"t\"\ndata_dir = \"{}\"\n{decoders}",
+            data.display()
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// The line of `doctor`'s output that starts with `level` and contains `text`.
+fn doctor_line<'a>(out: &'a str, level: &str, text: &str) -> Option<&'a str> {
+    out.lines()
+        .find(|l| l.starts_with(level) && l.contains(text))
+}
+
+#[test]
+fn doctor_fails_on_a_missing_serial_device_and_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let device = dir.path().join("ttyUSB-gone");
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[[decoder]]\nname = \"finish\"\nkind = \"serial\"\ndevice = \"{}\"\n",
+            device.display()
+        ),
+    );
+    let out = venue_node(&["doctor", "--config", config.to_str().unwrap()]);
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    let line = doctor_line(&out.stdout, "FAIL", "decoder finish")
+        .unwrap_or_else(|| panic!("{}", out.stdout));
+    assert!(
+        line.contains(&device.display().to_string()) && line.contains("does not exist"),
+        "{line}"
+    );
+    assert!(
+        out.stdout.contains("fix: plug the adapter in"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        doctor_line(&out.stdout, "OK", "data directory").is_some(),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stderr.contains("doctor found"), "{}", out.stderr);
+}
+
+#[test]
+fn doctor_resolves_links_and_checks_what_a_device_is() {
+    let dir = tempfile::tempdir().unwrap();
+    // /dev/null stands in for a serial port's permissions (a character device, mode 666); a link to
+    // it stands in for /dev/serial/by-id/...; a plain file is not a serial device.
+    let link = dir.path().join("usb-FTDI-if00-port0");
+    std::os::unix::fs::symlink("/dev/null", &link).unwrap();
+    let plain = dir.path().join("not-a-tty");
+    std::fs::write(&plain, b"").unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[[decoder]]\nname = \"finish\"\nkind = \"serial\"\ndevice = \"{}\"\n\
+             [[decoder]]\nname = \"start\"\nkind = \"serial\"\ndevice = \"{}\"\n",
+            link.display(),
+            plain.display()
+        ),
+    );
+    let out = venue_node(&["doctor", "--config", config.to_str().unwrap()]);
+    let finish = doctor_line(&out.stdout, "OK", "decoder finish")
+        .unwrap_or_else(|| panic!("{}", out.stdout));
+    assert!(finish.contains("(= /dev/null)"), "{finish}");
+    let start = doctor_line(&out.stdout, "FAIL", "decoder start")
+        .unwrap_or_else(|| panic!("{}", out.stdout));
+    assert!(start.contains("not a serial device"), "{start}");
+    assert_eq!(out.code, Some(1));
+}
+
+#[test]
+fn doctor_on_a_good_setup_reports_the_data_directory_writable_and_a_broken_config_with_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "[spool]\ncap_bytes = 1000\n[[decoder]]\nname = \"sim\"\nkind = \"sim\"\n",
+    );
+    let out = venue_node(&["doctor", "--config", config.to_str().unwrap()]);
+    assert!(
+        doctor_line(&out.stdout, "OK", "configuration").is_some(),
+        "{}",
+        out.stdout
+    );
+    let data = dir.path().join("data");
+    let line = doctor_line(&out.stdout, "OK", "data directory")
+        .unwrap_or_else(|| panic!("{}", out.stdout));
+    assert!(
+        line.contains(&data.display().to_string()) && line.contains("writable"),
+        "{line}"
+    );
+    assert!(
+        doctor_line(&out.stdout, "OK", "disk:").is_some(),
+        "a 1000-byte cap fits: {}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.lines().any(|l| l.contains("clock:")),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        std::fs::read_dir(&data).unwrap().count(),
+        0,
+        "the probe file is removed"
+    );
+    // Only the clock may fail here (it depends on the host); nothing else does.
+    let fails: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("FAIL"))
+        .collect();
+    assert!(fails.iter().all(|l| l.contains("clock:")), "{fails:?}");
+
+    std::fs::write(
+        &config,
+        "track_id = \"t\"\ndata_dir = 5\n[[decoder]]\nname = \"a\"\nkind = \"sim\"\n",
+    )
+    .unwrap();
+    let broken = venue_node(&["doctor", "--config", config.to_str().unwrap()]);
+    assert_eq!(broken.code, Some(1));
+    assert!(broken.stdout.starts_with("FAIL"), "{}", broken.stdout);
+    assert!(
+        broken
+            .stdout
+            .contains(":2: data_dir: expected a string, found integer"),
+        "{}",
+        broken.stdout
+    );
+}
