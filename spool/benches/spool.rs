@@ -450,11 +450,27 @@ fn main() {
             let rate = concurrent(&spool, appenders, n);
             println!("| {appenders} × 1 | {rate:.0} | | |");
         }
+        // Spool and SQLite alternate, three rounds each, and each reports its median: background
+        // writeback and the other engineers' compiles hit both alike.
         for batch in [1usize, 10, 100, 1000] {
-            let spool = Spool::open(dir.path().join(format!("b{batch}")), config()).expect("open");
             let n = if batch == 1 { events.min(5000) } else { events };
-            let rate = batched(&spool, batch, n);
-            let (sq, _) = sqlite_batched(&mut sqlite, batch, n, record, &mut sqlite_seq);
+            let mut spool_rates = Vec::new();
+            let mut sqlite_rates = Vec::new();
+            for round in 0..3 {
+                let spool = Spool::open(dir.path().join(format!("b{batch}-{round}")), config())
+                    .expect("open");
+                spool_rates.push(batched(&spool, batch, n));
+                drop(spool);
+                if round > 0 || batch != 1000 {
+                    drop(std::fs::remove_dir_all(
+                        dir.path().join(format!("b{batch}-{round}")),
+                    ));
+                }
+                sqlite_rates.push(sqlite_batched(&mut sqlite, batch, n, record, &mut sqlite_seq).0);
+            }
+            spool_rates.sort_by(f64::total_cmp);
+            sqlite_rates.sort_by(f64::total_cmp);
+            let (rate, sq) = (spool_rates[1], sqlite_rates[1]);
             println!("| 1 × {batch} | {rate:.0} | {sq:.0} | {:.2} |", rate / sq);
         }
     }
@@ -462,7 +478,7 @@ fn main() {
     if run("read") {
         // Reads.
         println!("\n## read throughput");
-        let spool = Spool::open(dir.path().join("b1000"), config()).expect("open");
+        let spool = Spool::open(dir.path().join("b1000-0"), config()).expect("open");
         let start = Instant::now();
         let mut from = Seq::FIRST;
         let mut read = 0usize;

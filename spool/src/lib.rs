@@ -91,7 +91,8 @@
 //!                                       event_type, schema_version, recorded_at_us,
 //!                                       captured_at_us, boot_id, causation_id,
 //!                                       correlation_id, user, idempotency_key, payload }
-//!   stream_index  (stream, version)  -> seq
+//!   stream_runs   (stream, first version) -> (first seq, count): one row per run of
+//!                                       consecutive versions and seqs (one append)
 //!   stream_heads  stream             -> last version (kept after retention)
 //!   idempotency   key                -> seq          (kept after retention)
 //!   cursors       name               -> acknowledged seq
@@ -135,7 +136,7 @@ pub use crate::reader::{CursorStats, READ_EVENTS_MAX, SpoolReader, Stats};
 pub use crate::spool::{
     SPOOL_CACHE_BYTES_DEFAULT, SPOOL_CHECKPOINT_EVENTS_DEFAULT,
     SPOOL_CHECKPOINT_INTERVAL_MS_DEFAULT, SPOOL_JOURNAL_BYTES_DEFAULT, SPOOL_JOURNAL_BYTES_MIN,
-    Spool, SpoolConfig,
+    Spool, SpoolConfig, compact,
 };
 pub use crate::subscription::{SUBSCRIPTION_PAGE_EVENTS, Subscription};
 pub use crate::types::{

@@ -441,31 +441,43 @@ impl SpoolReader {
         let mut next_version = from_version.max(1);
         let view = self.view()?;
         {
-            let index = view
+            let runs = view
                 .txn
-                .open_table(tables::STREAM_INDEX)
-                .ctx("opening the stream index")?;
+                .open_table(tables::STREAM_RUNS)
+                .ctx("opening stream runs")?;
             let events = view.txn.open_table(tables::EVENTS).ctx("opening events")?;
-            for item in index
-                .range((stream.as_str(), next_version)..=(stream.as_str(), u64::MAX))
-                .ctx("reading the stream index")?
+            let meta = view.txn.open_table(tables::META).ctx("opening meta")?;
+            let first_seq = tables::meta(&meta, tables::META_FIRST_SEQ)?;
+            let start = tables::run_containing(&runs, stream.as_str(), next_version)?
+                .map_or(next_version, |run| run.first_version);
+            'runs: for item in runs
+                .range((stream.as_str(), start)..=(stream.as_str(), u64::MAX))
+                .ctx("reading stream runs")?
             {
-                if out.len() >= limit {
-                    break;
+                let (key, value) = item.ctx("reading stream runs")?;
+                let (first_seq_of_run, count) = value.value();
+                let run = tables::Run {
+                    first_version: key.value().1,
+                    first_seq: first_seq_of_run,
+                    count,
+                };
+                for version in next_version.max(run.first_version)..run.first_version + count {
+                    let seq = run.seq_of(version);
+                    if out.len() >= limit || seq > view.db_last_seq {
+                        break 'runs;
+                    }
+                    next_version = version + 1;
+                    match events.get(seq).ctx("reading an event")? {
+                        Some(bytes) => out.push(tables::decode_event(seq, bytes.value())?),
+                        // Deleted by retention.
+                        None if seq < first_seq => {}
+                        None => {
+                            return Err(SpoolError::corrupted(format!(
+                                "stream {stream} v{version} points at missing seq {seq}"
+                            )));
+                        }
+                    }
                 }
-                let (key, seq) = item.ctx("reading the stream index")?;
-                let seq = seq.value();
-                if seq > view.db_last_seq {
-                    break;
-                }
-                let bytes = events.get(seq).ctx("reading an event")?.ok_or_else(|| {
-                    SpoolError::corrupted(format!(
-                        "stream index {stream} v{} points at missing seq {seq}",
-                        key.value().1
-                    ))
-                })?;
-                out.push(tables::decode_event(seq, bytes.value())?);
-                next_version = key.value().1 + 1;
             }
         }
         if out.len() < limit

@@ -440,6 +440,43 @@ impl Spool {
     }
 }
 
+/// Return the space freed by retention to the file system: replay and checkpoint the journal,
+/// then compact the database file. Needs the spool closed (it takes the writer's place, and
+/// redb compacts only without readers); the node runs it as maintenance, e.g. at startup
+/// before it opens the spool. Returns the database file's size before and after.
+///
+/// Between compactions the space is not lost: redb reuses freed pages for new events, so a
+/// spool under retention stops growing.
+pub fn compact(dir: impl AsRef<Path>, config: SpoolConfig) -> Result<(u64, u64)> {
+    let dir = dir.as_ref();
+    let path = dir.join(DB_FILE);
+    let size = |action: &'static str| {
+        std::fs::metadata(&path)
+            .map(|m| m.len())
+            .map_err(|source| SpoolError::Io {
+                path: path.clone(),
+                action,
+                source,
+            })
+    };
+    // A writer open and close leaves everything checkpointed and the file closed cleanly.
+    drop(Spool::open(dir, config)?);
+    let before = size("measuring the database")?;
+    let mut builder = redb::Builder::new();
+    builder.set_concurrency_mode(redb::ConcurrencyMode::SingleWriter);
+    let mut db = match builder.open(&path) {
+        Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+            return Err(SpoolError::AlreadyOpen {
+                path: dir.to_path_buf(),
+            });
+        }
+        other => other.ctx("opening the database to compact")?,
+    };
+    while db.compact().ctx("compacting the database")? {}
+    db.close().ctx("closing the compacted database")?;
+    Ok((before, size("measuring the compacted database")?))
+}
+
 /// Make a new, empty database under a temporary name and rename it into place, so a crash
 /// while creating it leaves no half-made database behind.
 fn create_database(storage: &dyn Storage, builder: &redb::Builder) -> Result<()> {

@@ -9,9 +9,12 @@ use crate::types::{RecordedEvent, Seq};
 
 /// seq → `StoredRecord` bytes.
 pub(crate) const EVENTS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("events");
-/// (stream, version) → seq.
-pub(crate) const STREAM_INDEX: TableDefinition<'_, (&str, u64), u64> =
-    TableDefinition::new("stream_index");
+/// (stream, first version of a run) → (first seq, event count). A run is a stretch of one
+/// stream's events with consecutive versions and consecutive seqs, as one append writes them.
+/// One entry per run rather than per event: the per-event index cost half the write
+/// throughput of a batch (measured: 140k → 220k+ events/s at batch 1000).
+pub(crate) const STREAM_RUNS: TableDefinition<'_, (&str, u64), (u64, u64)> =
+    TableDefinition::new("stream_runs");
 /// stream → version of its last event. Kept after retention, so versions stay gapless.
 pub(crate) const STREAM_HEADS: TableDefinition<'_, &str, u64> =
     TableDefinition::new("stream_heads");
@@ -61,7 +64,7 @@ pub(crate) enum SnapshotRow {
 /// Create every table, so read transactions can open them on a fresh spool.
 pub(crate) fn create_all(txn: &WriteTransaction) -> Result<()> {
     txn.open_table(EVENTS).ctx("creating tables")?;
-    txn.open_table(STREAM_INDEX).ctx("creating tables")?;
+    txn.open_table(STREAM_RUNS).ctx("creating tables")?;
     txn.open_table(STREAM_HEADS).ctx("creating tables")?;
     txn.open_table(IDEMPOTENCY).ctx("creating tables")?;
     txn.open_table(CURSORS).ctx("creating tables")?;
@@ -120,31 +123,35 @@ pub(crate) fn insert_events(
         "every event to insert must come with its encoding"
     );
     let mut table = txn.open_table(EVENTS).ctx("opening events")?;
-    let mut index = txn.open_table(STREAM_INDEX).ctx("opening stream index")?;
+    let mut runs = txn.open_table(STREAM_RUNS).ctx("opening stream runs")?;
     let mut heads = txn.open_table(STREAM_HEADS).ctx("opening stream heads")?;
     let mut keys = txn.open_table(IDEMPOTENCY).ctx("opening idempotency")?;
     let mut last_seq = 0;
+    let mut run_start = 0;
     for (i, (event, bytes)) in events.iter().zip(encoded).enumerate() {
         table
             .insert(event.seq.0, bytes.as_slice())
             .ctx("inserting an event")?;
-        index
-            .insert((event.stream.as_str(), event.version), event.seq.0)
-            .ctx("indexing an event")?;
-        // One head update per run of events of the same stream.
-        let run_ends = events
-            .get(i + 1)
-            .is_none_or(|next| next.stream != event.stream);
-        if run_ends {
-            heads
-                .insert(event.stream.as_str(), event.version)
-                .ctx("updating a stream head")?;
-        }
         if let Some(key) = &event.meta.idempotency_key {
             keys.insert(key.as_str(), event.seq.0)
                 .ctx("indexing an idempotency key")?;
         }
         last_seq = event.seq.0;
+        let continues = events.get(i + 1).is_some_and(|next| {
+            next.stream == event.stream
+                && next.version == event.version + 1
+                && next.seq.0 == event.seq.0 + 1
+        });
+        if !continues {
+            let first = &events[run_start];
+            let count = (i - run_start + 1) as u64;
+            runs.insert((first.stream.as_str(), first.version), (first.seq.0, count))
+                .ctx("indexing a run of events")?;
+            heads
+                .insert(event.stream.as_str(), event.version)
+                .ctx("updating a stream head")?;
+            run_start = i + 1;
+        }
     }
     if last_seq > 0 {
         let mut meta_table = txn.open_table(META).ctx("opening meta")?;
@@ -153,6 +160,43 @@ pub(crate) fn insert_events(
             .ctx("writing meta")?;
     }
     Ok(())
+}
+
+/// A run of a stream's events: first version, first seq, count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Run {
+    pub(crate) first_version: u64,
+    pub(crate) first_seq: u64,
+    pub(crate) count: u64,
+}
+
+impl Run {
+    /// The seq of `version`, which the run must contain.
+    pub(crate) fn seq_of(self, version: u64) -> u64 {
+        self.first_seq + (version - self.first_version)
+    }
+}
+
+/// The run of `stream` that holds `version`, if any.
+pub(crate) fn run_containing(
+    runs: &impl ReadableTable<(&'static str, u64), (u64, u64)>,
+    stream: &str,
+    version: u64,
+) -> Result<Option<Run>> {
+    let mut range = runs
+        .range((stream, 0)..=(stream, version))
+        .ctx("reading stream runs")?;
+    let Some(item) = range.next_back() else {
+        return Ok(None);
+    };
+    let (key, value) = item.ctx("reading stream runs")?;
+    let (first_seq, count) = value.value();
+    let run = Run {
+        first_version: key.value().1,
+        first_seq,
+        count,
+    };
+    Ok((version < run.first_version + run.count).then_some(run))
 }
 
 /// Record a cursor acknowledgement (never moves a cursor back).

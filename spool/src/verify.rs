@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use redb::ReadableTableMetadata;
+use redb::ReadableTable;
 
 use crate::error::{DbContext, Result};
 use crate::reader::SpoolReader;
@@ -52,9 +52,9 @@ impl SpoolReader {
         let txn = self.db_read()?;
         let meta = txn.open_table(tables::META).ctx("opening meta")?;
         let first_seq = tables::meta(&meta, tables::META_FIRST_SEQ)?.max(1);
-        let index = txn
-            .open_table(tables::STREAM_INDEX)
-            .ctx("opening the stream index")?;
+        let runs = txn
+            .open_table(tables::STREAM_RUNS)
+            .ctx("opening stream runs")?;
         let heads = txn
             .open_table(tables::STREAM_HEADS)
             .ctx("opening stream heads")?;
@@ -96,10 +96,8 @@ impl SpoolReader {
                 versions.insert(stream.clone(), event.version);
                 if seq <= db_last_seq {
                     db_events += 1;
-                    let indexed = index
-                        .get((stream.as_str(), event.version))
-                        .ctx("reading the stream index")?
-                        .map(|v| v.value());
+                    let indexed = tables::run_containing(&runs, &stream, event.version)?
+                        .map(|run| run.seq_of(event.version));
                     if indexed != Some(seq) {
                         report.problem(format!(
                             "stream index {stream} v{} is {indexed:?}, the event is at seq {seq}",
@@ -129,10 +127,18 @@ impl SpoolReader {
             }
             next = after;
         }
-        let indexed = index.len().ctx("counting the stream index")?;
+        // The runs cover exactly the committed events, no more.
+        let mut indexed = 0u64;
+        for item in runs.iter().ctx("reading stream runs")? {
+            let (_, value) = item.ctx("reading stream runs")?;
+            let (run_first, count) = value.value();
+            let lo = run_first.max(first_seq);
+            let hi = (run_first + count).min(db_last_seq + 1);
+            indexed += hi.saturating_sub(lo);
+        }
         if indexed != db_events {
             report.problem(format!(
-                "the stream index has {indexed} entries for {db_events} committed events"
+                "the stream runs cover {indexed} seqs for {db_events} committed events"
             ));
         }
         for (stream, version) in &versions {
@@ -150,5 +156,92 @@ impl SpoolReader {
         }
         report.streams = versions.len() as u64;
         Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::tables;
+    use crate::types::{AppendStream, ExpectedVersion, Metadata, NewEvent, StreamId};
+    use crate::{Spool, SpoolConfig, SpoolReader};
+
+    fn spool_with_events(dir: &std::path::Path) {
+        let spool = Spool::open(dir, SpoolConfig::default()).unwrap();
+        let decision = crate::catalog::NodeStarted {
+            version: "1".into(),
+            boot_id: "b".into(),
+        };
+        let event = |_| -> NewEvent {
+            crate::schema::EventPayload::to_event(&decision, Metadata::default())
+        };
+        spool
+            .append_blocking(vec![AppendStream::new(
+                StreamId::node(),
+                ExpectedVersion::Any,
+                (0..5).map(event).collect(),
+            )])
+            .unwrap();
+        assert!(spool.verify().unwrap().is_ok());
+    }
+
+    /// Tamper with the closed database directly, as corruption would.
+    fn tamper(dir: &std::path::Path, change: impl FnOnce(&redb::WriteTransaction)) {
+        let mut builder = redb::Builder::new();
+        builder.set_concurrency_mode(redb::ConcurrencyMode::SingleWriter);
+        let db = builder.open(dir.join(crate::storage::DB_FILE)).unwrap();
+        let txn = db.begin_write().unwrap();
+        change(&txn);
+        txn.commit().unwrap();
+    }
+
+    fn problems(dir: &std::path::Path) -> Vec<String> {
+        let schemas = Arc::new(crate::catalog::schemas());
+        SpoolReader::open(dir, schemas)
+            .unwrap()
+            .verify()
+            .unwrap()
+            .problems
+    }
+
+    #[test]
+    fn verify_reports_a_missing_stream_run() {
+        let dir = tempfile::tempdir().unwrap();
+        spool_with_events(dir.path());
+        tamper(dir.path(), |txn| {
+            let mut runs = txn.open_table(tables::STREAM_RUNS).unwrap();
+            runs.remove(("node", 1)).unwrap();
+        });
+        let found = problems(dir.path());
+        assert!(
+            found.iter().any(|p| p.contains("stream runs cover 0")),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn verify_reports_a_seq_gap_and_an_undecodable_payload() {
+        let dir = tempfile::tempdir().unwrap();
+        spool_with_events(dir.path());
+        tamper(dir.path(), |txn| {
+            let mut events = txn.open_table(tables::EVENTS).unwrap();
+            let third = events.remove(3).unwrap().unwrap().value().to_vec();
+            let mut record = crate::record::StoredRecord::from_bytes(&third).unwrap();
+            let crate::record::StoredRecord::V1(v1) = &mut record;
+            v1.seq = 2;
+            v1.payload = vec![0xFF];
+            let bytes = record.to_bytes();
+            events.insert(2, bytes.as_slice()).unwrap();
+        });
+        let found = problems(dir.path());
+        assert!(
+            found.iter().any(|p| p.contains("global seq gap")),
+            "{found:?}"
+        );
+        assert!(
+            found.iter().any(|p| p.contains("payload at seq 2")),
+            "{found:?}"
+        );
     }
 }

@@ -737,9 +737,9 @@ impl Writer {
         let mut meta = txn.open_table(tables::META).ctx("opening meta")?;
         let first = tables::meta(&meta, tables::META_FIRST_SEQ)?.max(1);
         let mut events = txn.open_table(tables::EVENTS).ctx("opening events")?;
-        let mut index = txn
-            .open_table(tables::STREAM_INDEX)
-            .ctx("opening the stream index")?;
+        let mut runs = txn
+            .open_table(tables::STREAM_RUNS)
+            .ctx("opening stream runs")?;
         let mut seq = first;
         let mut deleted = 0;
         while seq <= limit && deleted < RETENTION_EVENTS_PER_RUN_MAX {
@@ -752,9 +752,13 @@ impl Writer {
                 break;
             }
             events.remove(seq).ctx("deleting an event")?;
-            index
-                .remove((event.stream.as_str(), event.version))
-                .ctx("deleting an index entry")?;
+            // A run goes with its last event (events are deleted in seq order).
+            if let Some(run) = tables::run_containing(&runs, event.stream.as_str(), event.version)?
+                && run.seq_of(event.version) == run.first_seq + run.count - 1
+            {
+                runs.remove((event.stream.as_str(), run.first_version))
+                    .ctx("deleting a run")?;
+            }
             seq += 1;
             deleted += 1;
         }

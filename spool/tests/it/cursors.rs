@@ -151,3 +151,39 @@ fn at_the_disk_cap_unacknowledged_events_are_kept_and_appends_fail_with_spool_fu
         .expect("room again after the acknowledgement");
     assert!(spool.stats().unwrap().first_seq.unwrap() > Seq(1));
 }
+
+#[test]
+fn compaction_returns_the_space_retention_freed_to_the_file_system() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = SpoolConfig {
+        retention_age: Some(Duration::ZERO),
+        required_cursors: vec!["uplink".into()],
+        ..opaque_config()
+    };
+    {
+        let spool = Spool::open(dir.path(), config.clone()).unwrap();
+        let payload = vec![9u8; 4000];
+        for _ in 0..200 {
+            let events = (0..10).map(|_| event(&payload)).collect();
+            spool
+                .append_blocking(vec![part("s", ExpectedVersion::Any, events)])
+                .unwrap();
+        }
+        let head = spool.head().unwrap();
+        spool.ack_blocking("uplink", head).unwrap();
+        assert_eq!(spool.run_retention_blocking().unwrap(), head.0);
+    }
+    let (before, after) = spool::compact(dir.path(), config.clone()).unwrap();
+    assert!(before > 4 * 1024 * 1024, "the filled file ({before} bytes)");
+    assert!(
+        after < before / 4,
+        "compaction shrinks the file: {before} -> {after} bytes"
+    );
+    // Still a working spool, and a running writer refuses compaction.
+    let spool = Spool::open(dir.path(), config.clone()).unwrap();
+    assert_eq!(spool.stats().unwrap().events, 0);
+    assert!(matches!(
+        spool::compact(dir.path(), config),
+        Err(SpoolError::AlreadyOpen { .. })
+    ));
+}
