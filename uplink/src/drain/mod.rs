@@ -43,14 +43,15 @@ use crate::Error;
 use crate::tls::ClientTlsConfig;
 use crate::wire::{EncodedEvent, EventIdContext, IdempotencyKey, WireEvent};
 
-/// Most events in one batch. Large enough that a day of backlog drains in a few hundred requests,
-/// small enough that a batch is validated and committed by central in milliseconds.
-pub const UPLINK_BATCH_EVENTS_MAX: usize = 2_000;
+/// Most events in one batch. Central makes each batch durable with one fsync, so a backlog drains
+/// at about this many events per fsync; small enough that central validates and commits a batch in
+/// milliseconds and a lost answer resends little.
+pub const UPLINK_BATCH_EVENTS_MAX: usize = 5_000;
 
 /// Most bytes of one batch body. Central refuses bodies over
 /// [`crate::central::validate::INGEST_BODY_BYTES_MAX`]; staying well below leaves room for servers
 /// with a smaller limit (they answer 413, and the drain splits).
-pub const UPLINK_BATCH_BYTES_MAX: usize = 1024 * 1024;
+pub const UPLINK_BATCH_BYTES_MAX: usize = 2 * 1024 * 1024;
 
 /// How long a batch that is not full waits for more live events before it is sent. Live timing
 /// reaches central within this; a backlog never waits (batches fill at once).
