@@ -142,7 +142,7 @@ pub fn run(reader: &SpoolReader, args: &ExportArgs) -> anyhow::Result<()> {
     if let (Some(f), Some(t)) = (args.from, args.to)
         && f > t
     {
-        anyhow::bail!("--from {f} is after --to {t}");
+        return Err(crate::cli::UsageError(format!("--from {f} is after --to {t}")).into());
     }
     let filter = args.filter.to_filter();
     let mut sink = Sink::open(args.output.as_deref())?;

@@ -65,9 +65,8 @@ impl Location {
             .clone()
             .unwrap_or_else(|| PathBuf::from(config::CONFIG_PATH_DEFAULT));
         let config = Config::load(&path).map_err(|errors| {
-            anyhow::anyhow!("{errors}").context(format!(
-                "cannot find the spool through the configuration {} (give --data-dir DIR or --config FILE)",
-                path.display()
+            crate::cli::UsageError(format!(
+                "cannot find the spool through the configuration (give --data-dir DIR or --config FILE): {errors}"
             ))
         })?;
         Ok(config.data_dir)
@@ -76,19 +75,32 @@ impl Location {
 
 #[derive(Debug, Subcommand)]
 pub enum SpoolCommand {
-    /// What the spool holds: event count, size on disk, oldest and newest event, each cursor's
-    /// backlog, and (when the node is running) the uplink's backlog, forward rate, last success and
-    /// last error and the decoders' states from the node's status file.
+    /// Counts, size, oldest and newest event, cursor backlogs, and the running node's status.
+    ///
+    /// From the spool: how many events it holds (seq range), how many streams, its size on disk
+    /// (database + journal), the oldest and newest event's time, and for each cursor (the uplink's
+    /// is `uplink`) how far it has acknowledged, its backlog and how many events it parked. From the
+    /// running node's status file (DATA_DIR/status.json, rewritten every second): the uplink's
+    /// backlog, forward rate, last success and last error, and each decoder's state; marked STALE
+    /// when the node has stopped writing it.
     Stats {
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
     },
-    /// The newest events, oldest first, one line each; with -f, keep printing new events as they
-    /// are stored until Ctrl-C.
+    /// The newest events, one line each; with -f, new events as they are stored.
+    ///
+    /// Prints the last N events (default 10) that pass the filters, oldest first:
+    /// `seq  recorded-at (UTC)  stream vVERSION  type  payload`. With -f it keeps printing new
+    /// events as the node stores them (it looks every 200 ms) until Ctrl-C. Example:
+    /// `venue-node spool tail -f --type decoder.passing`.
     Tail(TailArgs),
-    /// One event in full: its envelope (seq, stream, version, type, times, ids) and its payload
-    /// decoded to JSON.
+    /// One event in full: its envelope and its payload as JSON.
+    ///
+    /// The envelope is the seq, the stream and the event's version in it, the type and schema
+    /// version (events stored with an older schema are shown upgraded, and say so), the
+    /// recorded-at and captured-at times, the boot id and the idempotency, causation and
+    /// correlation ids.
     Show {
         /// The event's global position (the first column of `tail`).
         seq: u64,
@@ -96,21 +108,33 @@ pub enum SpoolCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Every stream that holds events, with its version (its number of events ever written) and
-    /// its newest event.
+    /// Every stream, with its version and its newest event.
+    ///
+    /// A stream is one source: `decoder/<id>` per decoder, `input/<name>` per configured input,
+    /// `node`, `race-control/<session>`. Its version is the number of events ever written to it;
+    /// `held` is how many the spool still holds after retention. Reads the whole spool once.
     Streams {
         /// Print a JSON array instead of text.
         #[arg(long)]
         json: bool,
     },
-    /// Write events to a file or standard output as JSON lines or CSV, for a spreadsheet, a
-    /// protest or a bug report. A progress bar goes to the terminal (stderr) on long exports.
+    /// Write events as JSON lines or CSV, to a file or standard output.
+    ///
+    /// For a spreadsheet, a protest or a bug report. Choose events by seq range (--from, --to),
+    /// stream and type. A progress bar is drawn on stderr when it is a terminal; the export itself
+    /// never contains it. With -o the file appears only once complete.
+    /// Example: `venue-node spool export --format csv --type decoder.passing -o passings.csv`.
     Export(ExportArgs),
-    /// Check the spool end to end: global seq without gaps, stream versions without gaps, every
-    /// payload decodable, indexes agreeing with the log. Exits 1 if anything is wrong.
+    /// Check the spool's invariants end to end; exit 1 if anything is wrong.
+    ///
+    /// Global seq without gaps, stream versions without gaps, every payload decodable by its schema,
+    /// indexes agreeing with the log. Safe while the node runs; reads every event once.
     Verify,
-    /// Events a consumer (the uplink: central refused them, e.g. HTTP 422) parked as rejected,
-    /// with the reason; `rejected retry` takes them back for another try.
+    /// Events a consumer parked as rejected, with the reason; `rejected retry` queues them again.
+    ///
+    /// The uplink parks an event when central refuses it for good (HTTP 400/422), keeps it in the
+    /// spool, and goes on with the rest. `rejected` lists them; `rejected retry [SEQ]` (node
+    /// stopped) queues them for another try.
     Rejected(rejected::RejectedArgs),
 }
 

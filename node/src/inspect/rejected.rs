@@ -42,10 +42,11 @@ pub struct RejectedArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum RejectedAction {
-    /// Queue parked events for another try: their mark moves from the cursor to its retry queue
-    /// (`uplink` to `uplink.retry`), from which the consumer takes them, sends them again and
-    /// parks them again if they are refused again. Needs the node stopped. Without SEQ, every
-    /// event the cursor parked.
+    /// Queue parked events for another try (needs the node stopped).
+    ///
+    /// Their mark moves from the cursor to its retry queue (`uplink` to `uplink.retry`), from
+    /// which the consumer takes them, sends them again and parks them again if they are refused
+    /// again. Without SEQ, every event the cursor parked.
     Retry {
         /// Only this parked event (its seq, as `spool rejected` lists it).
         seq: Option<u64>,

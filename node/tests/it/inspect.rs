@@ -590,7 +590,7 @@ fn export_writes_jsonl_and_csv() {
     assert_eq!(records[2][9], "D0000C00:102", "the idempotency key column");
 
     let empty = f.cli(&["export", "--format", "csv", "--from", "5", "--to", "4"]);
-    assert_eq!(empty.code, Some(1));
+    assert_eq!(empty.code, Some(2), "a wrong range is a usage error");
     assert!(
         empty.stderr.contains("--from 5 is after --to 4"),
         "{}",
@@ -719,6 +719,26 @@ fn the_spool_is_found_through_the_configuration_and_never_created_by_a_reader() 
     .ok()
     .json();
     assert_eq!(stats["events"], 9);
+
+    let wrong = config_dir.path().join("missing.toml");
+    let unconfigured = venue_node(&["spool", "--config", wrong.to_str().unwrap(), "stats"]);
+    assert_eq!(
+        unconfigured.code,
+        Some(2),
+        "a configuration that cannot be read is a usage error"
+    );
+    assert!(
+        unconfigured
+            .stderr
+            .contains("give --data-dir DIR or --config FILE"),
+        "{}",
+        unconfigured.stderr
+    );
+    assert!(
+        unconfigured.stderr.contains("missing.toml"),
+        "{}",
+        unconfigured.stderr
+    );
 
     let nowhere: PathBuf = config_dir.path().join("no-such-data-dir");
     let missing = venue_node(&["spool", "--data-dir", nowhere.to_str().unwrap(), "stats"]);
