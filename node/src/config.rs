@@ -89,6 +89,8 @@ pub struct UplinkSettings {
     pub client_key: Option<PathBuf>,
     /// Event types forwarded; `None` forwards the contract's default set.
     pub forward: Option<Vec<String>>,
+    /// Batch and retry limits; not in the file (the defaults suit a venue), set by the demo and tests.
+    pub limits: Option<uplink::drain::DrainLimits>,
 }
 
 /// One decoder input.
@@ -693,6 +695,7 @@ impl Checker<'_> {
             client_cert: cc.map(PathBuf::from),
             client_key: ck.map(PathBuf::from),
             forward: forward?,
+            limits: None,
         }))
     }
 }

@@ -9,6 +9,7 @@
 pub mod cli;
 pub mod config;
 pub mod decode;
+pub mod demo;
 pub mod doctor;
 pub mod inspect;
 pub mod runtime;

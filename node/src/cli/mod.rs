@@ -45,6 +45,12 @@ pub enum Command {
         #[arg(long)]
         hex: bool,
     },
+    /// Try the whole box with no hardware and no internet: a simulated decoder on a pseudo-terminal,
+    /// the node reading it, a local central behind a WAN that fails on a schedule.
+    ///
+    /// Prints every event as it is stored: passings, passings fetched again after a gap, the decoder
+    /// being unplugged and found again, the uplink's backlog growing and draining.
+    Demo(crate::demo::DemoArgs),
     /// Run the node: read the configured decoders into the spool until SIGTERM or Ctrl-C.
     ///
     /// Opens the spool in the data directory, stores every frame of every decoder durably, asks decoders
@@ -59,12 +65,42 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Run a central ingest server: the receiving end of nodes' uplinks (POST /api/ingest/batch).
+    ///
+    /// Stores every event exactly once, in a local spool file (default) or NATS JetStream (--nats),
+    /// and answers 200 only once the store is durable. Plain HTTP is allowed only on loopback.
+    Central(CentralArgs),
     /// Serve a simulated P3 decoder on a pseudo-terminal or TCP.
     Simulate(crate::sim::SimulateArgs),
     /// Inspect the spool (works while the node runs, read-only beside it).
     Spool(crate::inspect::SpoolArgs),
     /// Check the box: serial devices, disk, data directory, clock, configuration.
     Doctor(crate::doctor::DoctorArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CentralArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    pub listen: std::net::SocketAddr,
+    /// Tokens file: one `<track_id> <token>` per line.
+    #[arg(long)]
+    pub tokens: PathBuf,
+    /// Server certificate (PEM). Without --tls-cert and --tls-key, plain HTTP on loopback only.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Server private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (mTLS).
+    #[arg(long, requires = "tls_cert")]
+    pub client_ca: Option<PathBuf>,
+    /// Directory of the embedded store (a spool file).
+    #[arg(long, default_value = "central-data", conflicts_with = "nats")]
+    pub store: PathBuf,
+    /// Store in NATS JetStream at this URL instead (e.g. nats://127.0.0.1:4222).
+    #[arg(long)]
+    pub nats: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -80,10 +116,42 @@ pub enum ConfigCommand {
 #[error("{0}")]
 pub struct UsageError(pub String);
 
+fn central(args: CentralArgs) -> anyhow::Result<()> {
+    use uplink::central::{CentralConfig, StoreConfig};
+    let tls = match (args.tls_cert, args.tls_key) {
+        (Some(cert_file), Some(key_file)) => Some(uplink::tls::ServerTlsConfig {
+            cert_file,
+            key_file,
+            client_ca_file: args.client_ca,
+        }),
+        _ => None,
+    };
+    let store = match args.nats {
+        Some(url) => StoreConfig::JetStream {
+            url,
+            max_bytes: None,
+        },
+        None => StoreConfig::Spool { path: args.store },
+    };
+    let config = CentralConfig {
+        listen: args.listen,
+        tls,
+        tokens_file: args.tokens,
+        store,
+    };
+    crate::runtime::block_on(|cancel| async move {
+        tracing::info!(listen = %config.listen, "central starting");
+        uplink::central::serve(config, cancel)
+            .await
+            .map_err(|e| anyhow::anyhow!(uplink::chain(&e)))
+    })
+}
+
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Decode { file, hex } => crate::decode::run(file.as_deref(), hex),
+        Command::Demo(args) => crate::demo::run(args),
         Command::Run { config } => crate::runtime::run(&config),
         Command::Config {
             command: ConfigCommand::Check { file },
@@ -105,6 +173,7 @@ pub fn run(cli: Cli) -> ExitCode {
             print!("{}", crate::config::Config::EXAMPLE);
             Ok(())
         }
+        Command::Central(args) => central(args),
         Command::Simulate(args) => crate::sim::run(args),
         Command::Spool(args) => crate::inspect::run(args),
         Command::Doctor(args) => crate::doctor::run(args),

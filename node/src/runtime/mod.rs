@@ -44,6 +44,37 @@ pub fn spool_config(config: &Config) -> SpoolConfig {
     sc
 }
 
+/// How long `run` waits for the spool's writer lock when another process holds it. A technician's
+/// read-only `venue-node spool ...` that finds a crashed spool recovers it, briefly as its writer; the
+/// node waits that out rather than failing its start. A second node still gets a clear error.
+pub const SPOOL_OPEN_WAIT_MS: u64 = 10_000;
+
+/// Opens the spool for writing, waiting out a brief holder of the writer lock.
+pub async fn open_spool(config: &Config) -> anyhow::Result<Spool> {
+    let deadline = std::time::Instant::now() + Duration::from_millis(SPOOL_OPEN_WAIT_MS);
+    let mut logged = false;
+    loop {
+        let (dir, sc) = (config.spool_dir(), spool_config(config));
+        let opened = tokio::task::spawn_blocking(move || Spool::open(&dir, sc))
+            .await
+            .context("spool open task")?;
+        match opened {
+            Err(spool::SpoolError::AlreadyOpen { .. }) if std::time::Instant::now() < deadline => {
+                if !logged {
+                    tracing::warn!(spool = %config.spool_dir().display(), "spool is held by another process; waiting");
+                    logged = true;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => {
+                return other.with_context(|| {
+                    format!("opening the spool in {}", config.spool_dir().display())
+                });
+            }
+        }
+    }
+}
+
 /// The durable cursor the uplink drains through.
 pub const UPLINK_CURSOR: &str = "uplink";
 
@@ -64,12 +95,7 @@ impl Node {
             .with_context(|| format!("creating data directory {}", data_dir.display()))?;
         let node_id = identity::node_id(&data_dir, config.node_id.as_deref())?;
         let boot_id = identity::next_boot_id(&data_dir)?;
-        let dir = config.spool_dir();
-        let sc = spool_config(config);
-        let spool = tokio::task::spawn_blocking(move || Spool::open(&dir, sc))
-            .await
-            .context("spool open task")?
-            .with_context(|| format!("opening the spool in {}", config.spool_dir().display()))?;
+        let spool = open_spool(config).await?;
         let started = catalog::NodeStarted {
             version: env!("CARGO_PKG_VERSION").into(),
             boot_id: boot_id.clone(),
@@ -126,10 +152,12 @@ impl Node {
             );
             tracker.spawn(input.run(cancel.clone()));
         }
+        if let Some(u) = &config.uplink {
+            self.start_uplink(&tracker, config, u, cancel.clone())?;
+        }
         tracker.spawn(write_status(
             self.data_dir.clone(),
             self.status.clone(),
-            self.spool.clone(),
             cancel.clone(),
         ));
         tracker.close();
@@ -177,9 +205,62 @@ impl Node {
     }
 }
 
+impl Node {
+    /// Starts the drain to central beside the inputs; its status is mirrored into the node's.
+    fn start_uplink(
+        &self,
+        tracker: &TaskTracker,
+        config: &Config,
+        u: &crate::config::UplinkSettings,
+        cancel: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let mut dc = uplink::drain::DrainConfig::new(
+            u.central_url.clone(),
+            config.track_id.clone(),
+            self.node_id.clone(),
+            u.token_file.clone(),
+        );
+        dc.tls = uplink::tls::ClientTlsConfig {
+            ca_file: u.ca_file.clone(),
+            client_cert_file: u.client_cert.clone(),
+            client_key_file: u.client_key.clone(),
+        };
+        dc.forward = u.forward.clone().unwrap_or_default();
+        dc.cursor = UPLINK_CURSOR.to_string();
+        if let Some(limits) = &u.limits {
+            dc.limits = limits.clone();
+        }
+        let drain = uplink::drain::Drain::new(dc, self.spool.clone())
+            .map_err(|e| anyhow::anyhow!(uplink::chain(&e)))?;
+        let mut watch = drain.status();
+        let status = self.status.clone();
+        tracker.spawn(async move {
+            if let Err(e) = drain.run(cancel).await {
+                tracing::error!(error = %uplink::chain(&e), "uplink stopped");
+            }
+        });
+        tracker.spawn(async move {
+            while watch.changed().await.is_ok() {
+                let d = watch.borrow_and_update().clone();
+                status.update(|s| {
+                    s.uplink = Some(status::UplinkStatus {
+                        backlog: d.backlog,
+                        forward_rate_per_s: d.forward_rate_per_s,
+                        last_success_at_us: d.last_success_at_us,
+                        last_error: d.last_error.clone(),
+                        last_error_at_us: d.last_error_at_us,
+                        alarm: d.alarm.clone(),
+                    })
+                });
+            }
+        });
+        Ok(())
+    }
+}
+
 /// Rewrites the status file every second (atomically: temp file and rename), so readers outside the
 /// process never see half a file.
-async fn write_status(data_dir: PathBuf, status: Shared, spool: Spool, cancel: CancellationToken) {
+async fn write_status(data_dir: PathBuf, status: Shared, cancel: CancellationToken) {
     let path = crate::config::status_file(&data_dir);
     let tmp = path.with_extension("json.tmp");
     let mut tick = tokio::time::interval(Duration::from_millis(STATUS_WRITE_INTERVAL_MS));
@@ -188,7 +269,6 @@ async fn write_status(data_dir: PathBuf, status: Shared, spool: Spool, cancel: C
             _ = tick.tick() => {}
             () = cancel.cancelled() => break,
         }
-        let _ = &spool;
         let mut snap = status.snapshot();
         snap.updated_at_us = now_us();
         let Ok(json) = serde_json::to_vec_pretty(&snap) else {

@@ -38,6 +38,7 @@ pub struct UplinkStatus {
     pub forward_rate_per_s: f64,
     pub last_success_at_us: Option<u64>,
     pub last_error: Option<String>,
+    pub last_error_at_us: Option<u64>,
     pub alarm: Option<String>,
 }
 

@@ -69,6 +69,7 @@ impl Pty {
     pub fn new(dir: &Path) -> Pty {
         let (master, slave) = tokio_serial::SerialStream::pair().expect("a pseudo-terminal pair");
         let name = slave.name().expect("the slave has a device name");
+        // Closed, so the node can open it; until it does, the master reads EIO ("no slave").
         drop(slave);
         let link = dir.join("decoder0");
         let _ = std::fs::remove_file(&link);
@@ -96,10 +97,18 @@ impl Pty {
             }
             let mut buf = [0u8; 512];
             let left = deadline.saturating_duration_since(Instant::now());
-            let n = tokio::time::timeout(left, self.master.read(&mut buf))
+            let n = match tokio::time::timeout(left, self.master.read(&mut buf))
                 .await
                 .expect("a command from the node in time")
-                .unwrap();
+            {
+                Ok(n) => n,
+                // EIO: the node has not opened its end yet; a PTY master reads EIO with no slave.
+                Err(e) if e.raw_os_error() == Some(5) => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+                Err(e) => panic!("reading the PTY master: {e}"),
+            };
             let mut input = &buf[..n];
             while let Some(e) = self.acc.feed(&mut input) {
                 if let Event::Frame { frame, .. } = e {

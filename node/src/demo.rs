@@ -1,0 +1,399 @@
+//! `venue-node demo`: the whole box on one machine, with no hardware and no internet.
+//!
+//! ```text
+//!  simulated decoder ──PTY──> node (tokio-serial) ──> spool ──> uplink ──"WAN"──> local central
+//!   (drops a frame now        (asks for the gap        (fsync)    (drains       (a proxy the demo
+//!    and then; unplugged       back with RESEND)                   backlog)      cuts on a schedule)
+//!    every 45 s for 4 s)
+//! ```
+//!
+//! It prints what happens as it happens: passings (and the ones fetched back after a gap), the
+//! decoder's connection and clock, the WAN going down and the backlog draining when it comes back.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use spool::catalog;
+use spool::schema::EventPayload;
+use spool::{Filter, RecordedEvent};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, UplinkSettings};
+use crate::runtime::{self, Node};
+use crate::sim;
+
+/// How long the demo's decoder cable stays plugged in between pulls.
+pub const DEMO_UNPLUG_EVERY_S: u64 = 45;
+/// How long the cable stays out.
+pub const DEMO_UNPLUGGED_S: u64 = 4;
+/// How long the WAN stays up between outages.
+pub const DEMO_WAN_UP_S: u64 = 40;
+/// How long each WAN outage lasts.
+pub const DEMO_WAN_DOWN_S: u64 = 20;
+/// How often the one-line summary is printed.
+pub const DEMO_SUMMARY_EVERY_S: u64 = 10;
+
+/// The `demo` command's arguments.
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Where the demo keeps its spool, its central store and the decoder's device link.
+    #[arg(long, default_value = "demo-data")]
+    pub dir: PathBuf,
+    /// Passings per second from the simulated decoder.
+    #[arg(long, default_value_t = 3.0)]
+    pub rate: f64,
+    /// Seed of the simulated decoder.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Stop after this many seconds (default: run until Ctrl-C).
+    #[arg(long)]
+    pub seconds: Option<u64>,
+    /// No dropped frames, no unplugging, no WAN outages.
+    #[arg(long)]
+    pub calm: bool,
+}
+
+/// A TCP proxy standing in for the WAN: while `up` is false it refuses connections and cuts the open
+/// ones, as a dead uplink router would.
+struct Wan {
+    up: Arc<AtomicBool>,
+    generation: Arc<AtomicU64>,
+}
+
+impl Wan {
+    async fn start(to: SocketAddr, cancel: CancellationToken) -> anyhow::Result<(Wan, SocketAddr)> {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("binding the WAN proxy")?;
+        let addr = listener.local_addr()?;
+        let up = Arc::new(AtomicBool::new(true));
+        let generation = Arc::new(AtomicU64::new(0));
+        let (up2, gen2) = (up.clone(), generation.clone());
+        tokio::spawn(async move {
+            loop {
+                let (mut client, _) = tokio::select! {
+                    r = listener.accept() => match r { Ok(c) => c, Err(_) => continue },
+                    () = cancel.cancelled() => return,
+                };
+                if !up2.load(Ordering::SeqCst) {
+                    continue; // dropped: connection refused, in effect
+                }
+                let born = gen2.load(Ordering::SeqCst);
+                let (up3, gen3, cancel) = (up2.clone(), gen2.clone(), cancel.clone());
+                tokio::spawn(async move {
+                    let Ok(mut server) = TcpStream::connect(to).await else {
+                        return;
+                    };
+                    let cut = async {
+                        while up3.load(Ordering::SeqCst) && gen3.load(Ordering::SeqCst) == born {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        () = cut => {}
+                        () = cancel.cancelled() => {}
+                    }
+                });
+            }
+        });
+        Ok((Wan { up, generation }, addr))
+    }
+
+    fn set(&self, up: bool) {
+        self.up.store(up, Ordering::SeqCst);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+fn clock(us: u64) -> String {
+    let s = us / 1_000_000;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        (s / 3600) % 24,
+        (s / 60) % 60,
+        s % 60,
+        (us / 1000) % 1000
+    )
+}
+
+/// One line per event, for a human watching.
+fn describe(e: &RecordedEvent, highest: &mut u32) -> Option<String> {
+    let at = clock(e.meta.captured_at_us.max(e.recorded_at_us));
+    let line = match e.event_type.as_str() {
+        t if t == catalog::Passing::EVENT_TYPE => {
+            let p = catalog::Passing::from_event(e).ok()?;
+            let note = if p.passing_number < *highest {
+                "  (fetched again after a gap)"
+            } else {
+                ""
+            };
+            *highest = (*highest).max(p.passing_number);
+            let who = match (&p.tran_code, p.transponder) {
+                (Some(code), _) => code.clone(),
+                (None, Some(9992 | 9995)) => "start gate".to_string(),
+                (None, Some(t)) => t.to_string(),
+                (None, None) => "?".into(),
+            };
+            format!(
+                "PASSING  #{:<7} transponder {who:<10} decoder clock {}{note}",
+                p.passing_number,
+                clock(p.rtc_time_us)
+            )
+        }
+        t if t == catalog::Status::EVENT_TYPE => {
+            let s = catalog::Status::from_event(e).ok()?;
+            format!(
+                "STATUS   noise {} temperature {} gps {}",
+                opt(s.noise),
+                opt(s.temperature),
+                opt(s.gps)
+            )
+        }
+        t if t == catalog::Connected::EVENT_TYPE => {
+            let c = catalog::Connected::from_event(e).ok()?;
+            format!("DECODER  connected on {}", c.address)
+        }
+        t if t == catalog::Disconnected::EVENT_TYPE => {
+            let c = catalog::Disconnected::from_event(e).ok()?;
+            format!("DECODER  disconnected: {}", c.reason)
+        }
+        t if t == catalog::Clock::EVENT_TYPE => {
+            let c = catalog::Clock::from_event(e).ok()?;
+            format!(
+                "CLOCK    decoder clock is {:+.3} s from the host's",
+                c.offset_us as f64 / 1e6
+            )
+        }
+        t if t == catalog::PassingsMissing::EVENT_TYPE => {
+            let m = catalog::PassingsMissing::from_event(e).ok()?;
+            format!(
+                "MISSING  passings {}..={} could not be fetched from the decoder",
+                m.from, m.until
+            )
+        }
+        t if t == catalog::RejectedFrame::EVENT_TYPE => {
+            let r = catalog::RejectedFrame::from_event(e).ok()?;
+            format!(
+                "REJECTED a damaged frame ({}), kept for forensics",
+                r.reason
+            )
+        }
+        t if t == catalog::Record::EVENT_TYPE => {
+            let r = catalog::Record::from_event(e).ok()?;
+            format!(
+                "RECORD   type 0x{:04X} from the decoder, kept raw ({} bytes)",
+                r.tor,
+                r.frame.len()
+            )
+        }
+        _ => format!("{:<8} {}", e.event_type, e.stream.as_str()),
+    };
+    Some(format!("{at}  seq {:<6} {line}", e.seq.0))
+}
+
+fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
+}
+
+/// `venue-node demo`.
+pub fn run(args: DemoArgs) -> anyhow::Result<()> {
+    runtime::block_on(|cancel| async move { demo(args, cancel).await })
+}
+
+async fn demo(args: DemoArgs, cancel: CancellationToken) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.dir)
+        .with_context(|| format!("creating {}", args.dir.display()))?;
+    let dir = std::fs::canonicalize(&args.dir)?;
+    if let Some(s) = args.seconds {
+        let c = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(s)).await;
+            c.cancel();
+        });
+    }
+
+    // The decoder.
+    let faults = if args.calm {
+        sim::Faults::default()
+    } else {
+        sim::Faults {
+            drop: 0.03,
+            ..sim::Faults::default()
+        }
+    };
+    let decoder = sim::Decoder::new(sim::SimConfig {
+        seed: args.seed,
+        rate_per_s: args.rate,
+        faults,
+        ..Default::default()
+    })
+    .context("configuring the simulated decoder")?;
+    let link = dir.join("decoder-tty");
+    let pty = sim::serve_pty(decoder, sim::PtyOptions::new(&link), cancel.clone())
+        .await
+        .context("starting the simulated decoder")?;
+
+    // The central store and the "WAN" in front of it.
+    let token = "demo-token-not-secret";
+    let tokens_file = dir.join("central-tokens");
+    std::fs::write(&tokens_file, format!("demo-track {token}\n"))?;
+    let token_file = dir.join("uplink-token");
+    std::fs::write(&token_file, token)?;
+    let central_store = uplink::central::SpoolStore::open(&dir.join("central"))
+        .await
+        .map_err(|e| anyhow::anyhow!(uplink::chain(&e)))?;
+    let central = uplink::central::Central::new(
+        central_store,
+        uplink::central::Tokens::load(&tokens_file)
+            .map_err(|e| anyhow::anyhow!(uplink::chain(&e)))?,
+    );
+    let server = uplink::central::Server::bind("127.0.0.1:0".parse()?, None)
+        .await
+        .map_err(|e| anyhow::anyhow!(uplink::chain(&e)))?;
+    let central_addr = server.local_addr();
+    tokio::spawn(server.run(uplink::central::router(central.clone()), cancel.clone()));
+    let (wan, wan_addr) = Wan::start(central_addr, cancel.clone()).await?;
+
+    // The node.
+    let mut config = Config::demo(dir.join("node"), link.clone());
+    config.uplink = Some(UplinkSettings {
+        central_url: format!("http://{wan_addr}"),
+        token_file,
+        ca_file: None,
+        client_cert: None,
+        client_key: None,
+        forward: None,
+        // Retry within seconds, so the backlog visibly drains soon after the WAN is back.
+        limits: Some(uplink::drain::DrainLimits {
+            backoff_ms_max: 2_000,
+            ..Default::default()
+        }),
+    });
+    let node = Node::open(&config).await?;
+    let spool = node.spool.clone();
+    let status = node.status.clone();
+    println!(
+        "venue-node demo: a simulated decoder on {} (a pseudo-terminal behind {}),",
+        pty.device()
+            .map(|d| d.display().to_string())
+            .unwrap_or_default(),
+        link.display()
+    );
+    println!(
+        "read by the node through tokio-serial; spool in {}; central on {central_addr} behind a flaky WAN.",
+        config.spool_dir().display()
+    );
+    println!(
+        "Try `venue-node spool stats --data-dir {}` in another terminal. Ctrl-C stops.\n",
+        config.data_dir.display()
+    );
+
+    // What happens, as it happens.
+    let mut sub = spool.subscribe(Filter::all(), Some(spool.head()?.next()));
+    let printer = tokio::spawn({
+        let cancel = cancel.clone();
+        async move {
+            let mut highest = 0;
+            loop {
+                let e = tokio::select! {
+                    r = sub.next() => match r { Ok(e) => e, Err(_) => return },
+                    () = cancel.cancelled() => return,
+                };
+                if let Some(line) = describe(&e, &mut highest) {
+                    println!("{line}");
+                }
+            }
+        }
+    });
+
+    // Faults on a schedule: the cable, the WAN; and a summary line now and then.
+    let chaos = tokio::spawn({
+        let cancel = cancel.clone();
+        let status = status.clone();
+        let calm = args.calm;
+        async move {
+            let start = tokio::time::Instant::now();
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let (mut unplugged, mut wan_down) = (false, false);
+            loop {
+                tokio::select! { _ = tick.tick() => {}, () = cancel.cancelled() => return }
+                let t = start.elapsed().as_secs();
+                if !calm {
+                    let cable_out =
+                        t % DEMO_UNPLUG_EVERY_S >= DEMO_UNPLUG_EVERY_S - DEMO_UNPLUGGED_S;
+                    if cable_out && !unplugged {
+                        println!(
+                            "---- demo: pulling the decoder's USB cable for {DEMO_UNPLUGGED_S} s"
+                        );
+                        let _ = pty.yank().await;
+                        unplugged = true;
+                    } else if !cable_out && unplugged {
+                        let dev = pty
+                            .plug()
+                            .await
+                            .map(|d| d.display().to_string())
+                            .unwrap_or_default();
+                        println!(
+                            "---- demo: cable back in, now {dev}; the node follows the link and asks for what it missed"
+                        );
+                        unplugged = false;
+                    }
+                    let period = DEMO_WAN_UP_S + DEMO_WAN_DOWN_S;
+                    let down = t % period >= DEMO_WAN_UP_S;
+                    if down != wan_down {
+                        wan.set(!down);
+                        wan_down = down;
+                        println!(
+                            "---- demo: WAN {}",
+                            if down {
+                                "DOWN: events keep being stored; the backlog grows"
+                            } else {
+                                "back UP: the backlog drains"
+                            }
+                        );
+                    }
+                }
+                if t > 0 && t % DEMO_SUMMARY_EVERY_S == 0 {
+                    let s = status.snapshot();
+                    let stats = central.stats();
+                    let at_central = stats.get("demo-track").map(|c| c.accepted).unwrap_or(0);
+                    for d in &s.decoders {
+                        println!(
+                            "---- summary: decoder {} {}; {} passings stored, {} resend requests, {} declared missing, {} damaged frames",
+                            d.name,
+                            d.state,
+                            d.passings_stored,
+                            d.resend_requests,
+                            d.passings_declared_missing,
+                            d.rejected.values().sum::<u64>()
+                        );
+                    }
+                    if let Some(u) = &s.uplink {
+                        println!(
+                            "---- summary: uplink backlog {} events, {:.0} events/s, {at_central} stored at central{}",
+                            u.backlog,
+                            u.forward_rate_per_s,
+                            match (&u.last_error, u.last_error_at_us) {
+                                (Some(e), Some(at))
+                                    if u.last_success_at_us.is_none_or(|ok| at > ok) =>
+                                    format!(", failing: {e}"),
+                                _ => String::new(),
+                            }
+                        );
+                    }
+                }
+            }
+        }
+    });
+
+    let result = node.run(&config, cancel.clone()).await;
+    cancel.cancel();
+    let _ = tokio::join!(printer, chaos);
+    result
+}
