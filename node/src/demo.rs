@@ -359,7 +359,7 @@ async fn demo(args: DemoArgs, cancel: CancellationToken) -> anyhow::Result<()> {
                         );
                     }
                 }
-                if t > 0 && t % DEMO_SUMMARY_EVERY_S == 0 {
+                if t > 0 && t.is_multiple_of(DEMO_SUMMARY_EVERY_S) {
                     let s = status.snapshot();
                     let stats = central.stats();
                     let at_central = stats.get("demo-track").map(|c| c.accepted).unwrap_or(0);
