@@ -59,7 +59,16 @@ impl Output {
 
 /// Runs `venue-node ARGS` to completion within [`CLI_TIMEOUT_S`].
 fn venue_node(args: &[&str]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_venue-node"))
+    venue_node_with_path(args, None)
+}
+
+/// [`venue_node`] with `PATH` set to `path` (to stand fake system tools in for real ones).
+fn venue_node_with_path(args: &[&str], path: Option<&Path>) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_venue-node"));
+    if let Some(path) = path {
+        command.env("PATH", path);
+    }
+    let mut child = command
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -545,6 +554,11 @@ fn export_writes_jsonl_and_csv() {
     let run = run.ok();
     assert!(run.stderr.contains("exported 6 events"), "{}", run.stderr);
     assert_eq!(run.stdout, "", "the export went to the file");
+    assert!(
+        !run.stderr.contains('\r') && !run.stderr.contains('#'),
+        "no progress bar when stderr is not a terminal: {:?}",
+        run.stderr
+    );
     let lines: Vec<Value> = std::fs::read_to_string(&jsonl)
         .unwrap()
         .lines()
@@ -885,5 +899,76 @@ fn doctor_on_a_good_setup_reports_the_data_directory_writable_and_a_broken_confi
             .contains(":2: data_dir: expected a string, found integer"),
         "{}",
         broken.stdout
+    );
+}
+
+/// Writes an executable shell script `name` into `dir`.
+fn fake_tool(dir: &Path, name: &str, script: &str) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{script}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+fn doctor_clock_line(config: &Path, tools: &Path) -> String {
+    let out = venue_node_with_path(
+        &["doctor", "--config", config.to_str().unwrap()],
+        Some(tools),
+    );
+    out.stdout
+        .lines()
+        .find(|l| l.contains("clock:"))
+        .unwrap_or_else(|| panic!("no clock line: {}", out.stdout))
+        .to_owned()
+}
+
+#[test]
+fn doctor_reads_the_clock_state_from_the_tools_it_finds() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "[[decoder]]\nname = \"sim\"\nkind = \"sim\"\n");
+    let tools = dir.path().join("bin");
+    std::fs::create_dir(&tools).unwrap();
+
+    fake_tool(&tools, "timedatectl", "echo yes");
+    let synced = doctor_clock_line(&config, &tools);
+    assert!(
+        synced.starts_with("OK") && synced.contains("NTPSynchronized=yes"),
+        "{synced}"
+    );
+
+    fake_tool(&tools, "timedatectl", "echo no");
+    let unsynced = doctor_clock_line(&config, &tools);
+    assert!(
+        unsynced.starts_with("FAIL") && unsynced.contains("not synchronised"),
+        "{unsynced}"
+    );
+
+    // systemd-timesyncd's flag file answers before chrony when timedatectl cannot.
+    if std::path::Path::new("/run/systemd/timesync/synchronized").exists() {
+        return;
+    }
+    // timedatectl failing (no systemd, as in a container) falls through to chrony.
+    fake_tool(
+        &tools,
+        "timedatectl",
+        "echo 'System has not been booted with systemd' >&2; exit 1",
+    );
+    fake_tool(
+        &tools,
+        "chronyc",
+        "echo 'Reference ID    : 00000000 ()'; echo 'Leap status     : Not synchronised'",
+    );
+    let chrony = doctor_clock_line(&config, &tools);
+    assert!(
+        chrony.starts_with("FAIL") && chrony.contains("chrony: leap status Not synchronised"),
+        "{chrony}"
+    );
+
+    // Nothing answers: say so, do not guess.
+    std::fs::remove_file(tools.join("chronyc")).unwrap();
+    let unknown = doctor_clock_line(&config, &tools);
+    assert!(
+        unknown.starts_with("WARN") && unknown.contains("clock: unknown"),
+        "{unknown}"
     );
 }
