@@ -54,13 +54,13 @@ pub(super) fn for_each_in(
     Ok(next)
 }
 
-/// The newest `n` events passing `filter`, oldest first.
+/// The newest `n` events up to `head` passing `filter`, oldest first.
 fn last_matching(
     reader: &SpoolReader,
     filter: &EventFilter,
     n: usize,
+    head: Seq,
 ) -> anyhow::Result<Vec<RecordedEvent>> {
-    let head = reader.head().context("reading the spool's head")?;
     let mut found: Vec<RecordedEvent> = Vec::new();
     if n == 0 {
         return Ok(found);
@@ -123,7 +123,7 @@ pub fn tail(reader: &SpoolReader, args: &TailArgs) -> anyhow::Result<()> {
     let stdout = io::stdout();
     let mut out = stdout.lock();
     let head = reader.head().context("reading the spool's head")?;
-    for event in last_matching(reader, &filter, args.lines)? {
+    for event in last_matching(reader, &filter, args.lines, head)? {
         if !print_event(&mut out, reader, &event, args.json)? {
             return Ok(());
         }

@@ -353,87 +353,138 @@ fn tail_filters_by_type_and_stream() {
     );
 }
 
-#[test]
-fn tail_follow_prints_new_matching_events_until_ctrl_c() {
-    let f = Fixture::new();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_venue-node"))
-        .args([
-            "spool",
-            "--data-dir",
-            f.data_dir(),
-            "tail",
-            "-f",
-            "--json",
-            "-n",
-            "1",
-            "--type",
-            "decoder.passing",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting tail -f");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { return };
-            if tx.send(line).is_err() {
-                return;
+/// A running `venue-node spool tail -f --json ...`, its lines read on a thread.
+struct Follower {
+    child: std::process::Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Follower {
+    fn start(data_dir: &str, args: &[&str]) -> Follower {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_venue-node"))
+            .args(["spool", "--data-dir", data_dir, "tail", "-f", "--json"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting tail -f");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
             }
-        }
-    });
-    let next_seq = |rx: &mpsc::Receiver<String>| -> u64 {
-        let line = rx
+        });
+        Follower { child, lines }
+    }
+
+    /// The seq of the next line, waiting up to [`FOLLOW_TIMEOUT_S`].
+    fn next_seq(&self) -> u64 {
+        let line = self
+            .lines
             .recv_timeout(Duration::from_secs(FOLLOW_TIMEOUT_S))
             .expect("tail -f printed a line in time");
         let v: Value = serde_json::from_str(&line).expect("a JSON line");
         v["seq"].as_u64().expect("a seq")
-    };
-    assert_eq!(next_seq(&rx), 8, "the newest passing first");
+    }
+
+    /// Ctrl-C; the exit code and any lines printed after the last one read. Panics if it does not
+    /// stop.
+    fn interrupt(mut self) -> (Option<i32>, Vec<String>) {
+        let killed = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status()
+            .expect("kill -INT");
+        assert!(killed.success());
+        let deadline = Instant::now() + Duration::from_secs(CLI_TIMEOUT_S);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                // The reader thread ends at the end of the output: take everything it read.
+                let mut rest = Vec::new();
+                loop {
+                    match self.lines.recv_timeout(Duration::from_secs(CLI_TIMEOUT_S)) {
+                        Ok(line) => rest.push(line),
+                        Err(mpsc::RecvTimeoutError::Disconnected) => return (status.code(), rest),
+                        Err(mpsc::RecvTimeoutError::Timeout) => {
+                            panic!("tail -f's output did not end")
+                        }
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("tail -f did not stop on SIGINT");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        // A failed test must not leave tail -f running.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn tail_follow_prints_new_matching_events_until_ctrl_c() {
+    let f = Fixture::new();
+    let follower = Follower::start(f.data_dir(), &["-n", "1", "--type", "decoder.passing"]);
+    assert_eq!(follower.next_seq(), 8, "the newest passing first");
 
     // A status (filtered out) and then a passing, written after tail started.
     let decoder = StreamId::new(DECODER).unwrap();
-    f.spool()
-        .append_blocking(vec![AppendStream::new(
-            decoder.clone(),
-            ExpectedVersion::Any,
-            vec![status()],
-        )])
-        .unwrap();
-    f.spool()
-        .append_blocking(vec![AppendStream::new(
-            decoder,
-            ExpectedVersion::Any,
-            vec![passing(107)],
-        )])
-        .unwrap();
+    let append = |event| {
+        f.spool()
+            .append_blocking(vec![AppendStream::new(
+                decoder.clone(),
+                ExpectedVersion::Any,
+                vec![event],
+            )])
+            .unwrap()
+    };
+    append(status());
+    append(passing(107));
     assert_eq!(
-        next_seq(&rx),
+        follower.next_seq(),
         11,
         "the new passing, and not the status at seq 10"
     );
 
-    // Ctrl-C ends it cleanly.
-    let killed = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .expect("kill -INT");
-    assert!(killed.success());
-    let deadline = Instant::now() + Duration::from_secs(CLI_TIMEOUT_S);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("tail -f did not stop on SIGINT");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    assert_eq!(status.code(), Some(0), "tail -f exits 0 on Ctrl-C");
-    assert!(rx.try_recv().is_err(), "nothing else was printed");
+    let (code, rest) = follower.interrupt();
+    assert_eq!(code, Some(0), "tail -f exits 0 on Ctrl-C");
+    assert!(rest.is_empty(), "nothing else was printed: {rest:?}");
+}
+
+#[test]
+fn tail_follow_keeps_up_across_checkpoints() {
+    // The node moves the journal into the database at checkpoints and starts the journal over;
+    // a follower must see events on both sides of each.
+    let f = Fixture::new();
+    let follower = Follower::start(f.data_dir(), &["-n", "1"]);
+    // Once the newest event is printed, tail is following: what comes next is new.
+    assert_eq!(follower.next_seq(), 9);
+    let decoder = StreamId::new(DECODER).unwrap();
+    for (i, number) in (200..205).enumerate() {
+        f.spool()
+            .append_blocking(vec![AppendStream::new(
+                decoder.clone(),
+                ExpectedVersion::Any,
+                vec![passing(number)],
+            )])
+            .unwrap();
+        assert_eq!(follower.next_seq(), 10 + i as u64);
+        f.spool().checkpoint_blocking().expect("checkpoint");
+    }
+    let (code, rest) = follower.interrupt();
+    assert_eq!(code, Some(0));
+    assert!(rest.is_empty(), "each event once: {rest:?}");
 }
 
 #[test]
