@@ -226,7 +226,8 @@ async fn report(
                 next = p.number.wrapping_add(1);
             }
         }
-        if last_summary.elapsed() >= Duration::from_secs(1) {
+        // A little under a second, so the 1 s tick always prints.
+        if last_summary.elapsed() >= Duration::from_millis(900) {
             last_summary = tokio::time::Instant::now();
             let s = stats();
             if !print_each {

@@ -692,3 +692,48 @@ async fn the_simulate_command_prints_the_device_serves_it_and_stops_on_ctrl_c() 
     assert!(exit.success(), "{exit}");
     assert!(std::fs::symlink_metadata(&link).is_err(), "link removed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stall_pauses_the_output_and_loses_nothing() {
+    let cancel = CancellationToken::new();
+    let mut cfg = config(12, 200.0);
+    cfg.faults = "stall=700ms/400ms".parse().unwrap();
+    let sim = serve_tcp(
+        Decoder::new(cfg).unwrap(),
+        "127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap(),
+        cancel.clone(),
+    )
+    .await
+    .unwrap();
+    let mut r = Reader::new(TcpStream::connect(sim.local_addr()).await.unwrap());
+    // Read through at least one whole stall, noting when each read returned.
+    let mut gap_max = Duration::ZERO;
+    let mut last = Instant::now();
+    let deadline = Instant::now() + WAIT;
+    while sim.stats().stalls < 2 || r.count(tor::PASSING) < 300 {
+        assert!(Instant::now() < deadline, "no stall seen");
+        let n = tokio::time::timeout(WAIT, r.s.read(&mut r.buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0);
+        r.feed(n);
+        gap_max = gap_max.max(last.elapsed());
+        last = Instant::now();
+    }
+    // At 200/s bytes come every few milliseconds, except during a stall.
+    assert!(
+        gap_max >= Duration::from_millis(300),
+        "longest silence {gap_max:?}"
+    );
+    let numbers = r.numbers();
+    assert!(
+        numbers
+            .iter()
+            .copied()
+            .eq(numbers[0]..numbers[0] + numbers.len() as u32),
+        "what was generated during the stall went out afterwards"
+    );
+    cancel.cancel();
+    tokio::time::timeout(WAIT, sim.closed()).await.unwrap();
+}
