@@ -16,6 +16,25 @@ pub const STATUS_STALE_S: u64 = 10;
 /// Largest status file read; the node writes a few KiB. Guards against reading a wrong, huge file.
 pub const STATUS_FILE_BYTES_MAX: u64 = 1024 * 1024;
 
+/// Width the decoders' figures are wrapped to, so each fits a terminal or a phone's SSH window.
+pub const STATUS_LINE_CHARS_MAX: usize = 80;
+
+/// `items` joined with spaces into lines of at most `width` characters (an item longer than
+/// `width` gets a line of its own).
+fn wrap(items: &[String], width: usize) -> Vec<String> {
+    let mut lines: Vec<String> = Vec::new();
+    for item in items {
+        match lines.last_mut() {
+            Some(line) if line.chars().count() + 1 + item.chars().count() <= width => {
+                line.push(' ');
+                line.push_str(item);
+            }
+            _ => lines.push(item.clone()),
+        }
+    }
+    lines
+}
+
 /// The node's status file, as found.
 enum NodeStatus {
     Absent,
@@ -238,7 +257,10 @@ fn print_status(path: &Path, status: &Value, age_s: Option<u64>) {
                 .filter(|(k, v)| k.as_str() != "name" && k.as_str() != "state" && !v.is_null())
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect();
-            println!("    {name:<12}{state:<12}{}", rest.join(" "));
+            println!("    {name:<12}{state}");
+            for line in wrap(&rest, STATUS_LINE_CHARS_MAX) {
+                println!("                {line}");
+            }
         }
     }
     if let Some(alarm) = status.get("spool_alarm").filter(|v| !v.is_null()) {
