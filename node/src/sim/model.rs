@@ -128,12 +128,13 @@ impl Emitted {
 
     /// The passings numbered `from` and later that are still in the log.
     pub fn since(&self, from: u32) -> Vec<EmittedPassing> {
-        self.log()
-            .entries
-            .iter()
-            .filter(|p| p.number >= from)
-            .copied()
-            .collect()
+        let log = self.log();
+        let Some(first) = log.entries.front().map(|p| p.number) else {
+            return Vec::new();
+        };
+        // Numbers in the log are consecutive, so `from` is found by arithmetic, not by a scan.
+        let skip = from.saturating_sub(first) as usize;
+        log.entries.iter().skip(skip).copied().collect()
     }
 
     /// The number of the last passing generated.
@@ -990,6 +991,10 @@ mod tests {
         assert_eq!(e.evicted(), u64::from(last) - 60);
         assert_eq!(e.get(last).unwrap().number, last);
         assert_eq!(e.get(1), None);
+        let tail: Vec<u32> = e.since(last - 2).iter().map(|p| p.number).collect();
+        assert_eq!(tail, [last - 2, last - 1, last]);
+        assert_eq!(e.since(1).len(), 60, "evicted ones are not there to give");
+        assert!(e.since(last + 1).is_empty());
         const _: () = assert!(PASSING_MEMORY_MAX >= 1);
     }
 
