@@ -309,18 +309,7 @@ impl Drain {
         // Aborted with this future too, so a drain that is dropped (or its task aborted) leaves no
         // reader behind.
         let mut reader_task = AbortOnDrop(tokio::spawn(reader.run(reader_cancel.clone())));
-        let sender = Sender {
-            backoff: Backoff::new(
-                Duration::from_millis(self.config.limits.backoff_ms_min),
-                Duration::from_millis(self.config.limits.backoff_ms_max),
-            ),
-            drain: self,
-            token: None,
-            acked: start,
-            done: start,
-            last_ack: Instant::now(),
-            rate: VecDeque::new(),
-        };
+        let sender = Sender::new(&self, start);
         let result = sender.run(rx, cancel).await;
         reader_cancel.cancel();
         match (&mut reader_task.0).await {
@@ -525,9 +514,64 @@ fn boot_id_of(event: &RecordedEvent) -> &str {
     if valid { id } else { "unknown" }
 }
 
+/// What [`Drain::resend_parked`] came to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ResendOutcome {
+    /// Events central answered 200 for (stored now, or held already).
+    pub resent: u64,
+    /// Events rejected again, and parked again with the new reason.
+    pub parked_again: u64,
+}
+
+impl Drain {
+    /// Sends parked events again (`only` one, or all), for a technician who fixed the cause. An event
+    /// rejected again is parked again with central's new reason. Cancelled midway, the events not
+    /// yet confirmed are parked again ("resend interrupted"), so none is left neither sent nor parked.
+    pub async fn resend_parked(
+        &self,
+        only: Option<Seq>,
+        cancel: CancellationToken,
+    ) -> Result<ResendOutcome, Error> {
+        let events = self
+            .spool
+            .retry_parked(&self.config.cursor, only)
+            .await
+            .map_err(Error::spool("taking parked events back"))?;
+        let encoded: Vec<EncodedEvent> = events
+            .iter()
+            .map(|e| encode(&self.config, self.spool.schemas(), e))
+            .collect();
+        let mut sender = Sender::new(self, Seq::ZERO);
+        match sender.deliver(&encoded, &cancel).await {
+            Ok(()) => Ok(ResendOutcome {
+                resent: encoded.len() as u64 - sender.parked_now,
+                parked_again: sender.parked_now,
+            }),
+            Err(Cancelled) => {
+                for event in &encoded {
+                    self.spool
+                        .park(
+                            &self.config.cursor,
+                            Seq(event.seq),
+                            "resend interrupted; send again",
+                        )
+                        .await
+                        .map_err(Error::spool("parking an event again"))?;
+                }
+                Ok(ResendOutcome {
+                    resent: 0,
+                    parked_again: encoded.len() as u64,
+                })
+            }
+        }
+    }
+}
+
 /// Sends batches one at a time and moves the cursor.
-struct Sender {
-    drain: Drain,
+struct Sender<'a> {
+    drain: &'a Drain,
+    /// Events parked by this sender.
+    parked_now: u64,
     backoff: Backoff,
     token: Option<String>,
     /// What the spool's cursor holds.
@@ -541,7 +585,23 @@ struct Sender {
 /// The sender stopped because of `cancel`.
 struct Cancelled;
 
-impl Sender {
+impl<'a> Sender<'a> {
+    fn new(drain: &'a Drain, start: Seq) -> Self {
+        Self {
+            backoff: Backoff::new(
+                Duration::from_millis(drain.config.limits.backoff_ms_min),
+                Duration::from_millis(drain.config.limits.backoff_ms_max),
+            ),
+            drain,
+            parked_now: 0,
+            token: None,
+            acked: start,
+            done: start,
+            last_ack: Instant::now(),
+            rate: VecDeque::new(),
+        }
+    }
+
     async fn run(
         mut self,
         mut rx: mpsc::Receiver<Batch>,
@@ -704,6 +764,7 @@ impl Sender {
                 .await
             {
                 Ok(()) => {
+                    self.parked_now += 1;
                     self.publish(|s| s.parked += 1);
                     return Ok(());
                 }

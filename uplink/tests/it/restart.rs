@@ -72,3 +72,52 @@ async fn a_restart_mid_drain_stores_nothing_twice() {
     assert_eq!(stats.accepted, u64::from(EVENTS));
     central.stop().await;
 }
+
+/// An event a stricter server rejected earlier is parked; sent again to a central that takes it,
+/// it is stored once and leaves the parked list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_event_resent_by_a_technician_is_stored_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = open_spool(&dir.path().join("node"));
+    append_passings(&spool, 0, 10).await;
+    spool
+        .park(
+            "uplink",
+            spool::Seq(4),
+            "HTTP 400: unsupported message_type (a strict v2 server)",
+        )
+        .await
+        .unwrap();
+    let central = start_central(
+        spool_store(&dir.path().join("central")).await,
+        "127.0.0.1:0".parse().unwrap(),
+        None,
+    )
+    .await;
+    let token = dir.path().join("token");
+    write(&token, TOKEN);
+    let config = drain_config(&format!("http://{}/", central.addr), token);
+    let drain = uplink::drain::Drain::new(config, spool.clone()).unwrap();
+    let outcome = drain
+        .resend_parked(None, tokio_util::sync::CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome,
+        uplink::drain::ResendOutcome {
+            resent: 1,
+            parked_again: 0
+        }
+    );
+    assert!(spool.parked("uplink").unwrap().is_empty());
+    let stored = central.central.store().stored().await.unwrap();
+    assert_eq!(stored.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![4]);
+    // Sent again (say, the technician pressed twice): a duplicate, not a second copy.
+    let outcome = drain
+        .resend_parked(None, tokio_util::sync::CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(outcome, uplink::drain::ResendOutcome::default());
+    assert_eq!(central.central.store().stored().await.unwrap().len(), 1);
+    central.stop().await;
+}
