@@ -145,8 +145,14 @@ pub struct TailArgs {
     #[arg(short = 'f', long)]
     pub follow: bool,
     /// How many of the newest matching events to print first.
-    #[arg(short = 'n', long, default_value_t = TAIL_EVENTS_DEFAULT, value_name = "N")]
-    pub lines: usize,
+    #[arg(
+        short = 'n',
+        long,
+        default_value_t = TAIL_EVENTS_DEFAULT,
+        value_name = "N",
+        value_parser = clap::value_parser!(u64).range(0..=TAIL_EVENTS_MAX)
+    )]
+    pub lines: u64,
     #[command(flatten)]
     pub filter: FilterArgs,
     /// Print one JSON object a line (the same as `show --json`) instead of text.
@@ -203,7 +209,16 @@ impl EventFilter {
 }
 
 /// Events `tail` prints first when no -n is given.
-pub const TAIL_EVENTS_DEFAULT: usize = 10;
+pub const TAIL_EVENTS_DEFAULT: u64 = 10;
+
+/// The most events `tail -n` prints first; they are held in memory until printed. More is a job
+/// for `spool export`, which streams.
+pub const TAIL_EVENTS_MAX: u64 = 100_000;
+
+const _: () = assert!(
+    TAIL_EVENTS_DEFAULT <= TAIL_EVENTS_MAX,
+    "the default -n must be allowed"
+);
 
 /// `spool export`.
 #[derive(Debug, Args)]

@@ -1,6 +1,6 @@
 //! `tail`, `show`, `streams` and `verify`: reads of the spool, printed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, Write};
 use std::time::Duration;
 
@@ -69,14 +69,15 @@ fn last_matching(
     let mut window = TAIL_WINDOW_EVENTS_MIN.max(n as u64);
     while end >= 1 && found.len() < n {
         let start = end.saturating_sub(window - 1).max(1);
-        let mut page = Vec::new();
+        let mut page = VecDeque::with_capacity(n.min(TAIL_WINDOW_EVENTS_MIN as usize) + 1);
         for_each_in(reader, Seq(start), Seq(end), filter, |e| {
-            page.push(e);
+            page.push_back(e);
             if page.len() > n {
-                page.remove(0);
+                page.pop_front();
             }
             Ok(())
         })?;
+        let mut page = Vec::from(page);
         page.extend(found);
         found = page;
         if start == 1 {
@@ -123,7 +124,7 @@ pub fn tail(reader: &SpoolReader, args: &TailArgs) -> anyhow::Result<()> {
     let stdout = io::stdout();
     let mut out = stdout.lock();
     let head = reader.head().context("reading the spool's head")?;
-    for event in last_matching(reader, &filter, args.lines, head)? {
+    for event in last_matching(reader, &filter, args.lines as usize, head)? {
         if !print_event(&mut out, reader, &event, args.json)? {
             return Ok(());
         }

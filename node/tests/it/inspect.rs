@@ -340,6 +340,9 @@ fn tail_filters_by_type_and_stream() {
         .json_lines();
     assert_eq!(seqs(&both), [6, 7]);
 
+    let too_many = f.cli(&["tail", "-n", "100001"]);
+    assert_eq!(too_many.code, Some(2), "-n is bounded: {}", too_many.stderr);
+
     let text = f.cli(&["tail", "-n", "2"]).ok().stdout;
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 2, "{text}");
