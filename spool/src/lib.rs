@@ -44,15 +44,16 @@
 //!
 //! # Design: journal for acknowledgement, redb for indexes
 //!
-//! A naive redb commit with `Durability::Immediate` writes about seven 4 KiB pages and two
-//! syncs (the spool needs redb's multi-process `SingleWriter` mode, so the CLI can read beside
-//! the node, and that mode always commits in two phases and refuses non-durable commits). That
-//! is ~2× the cost of one `fdatasync` and ~28 KiB of flash wear per event at low rates. So:
+//! The spool must run in redb's multi-process `SingleWriter` mode, so the CLI can read beside
+//! the node. That mode always commits in two phases and refuses non-durable commits, so a
+//! naive redb commit per append (`Durability::Immediate`) costs two syncs and about seven
+//! 4 KiB pages: measured here at ~2.2× the latency of one `fdatasync` and 27.9 KiB of flash per
+//! event at 10 events/s. So:
 //!
 //! - **The journal is the acknowledgement point.** One writer thread takes everything queued
 //!   (group commit: many appends, one write and one `fdatasync`); a lone append commits at
-//!   once. The journal is preallocated and zero-filled, written in place from offset 0, so a sync
-//!   flushes data pages only, never file metadata.
+//!   once. The journal is preallocated and zero-filled, written in place from offset 0 in
+//!   page-sized writes, so a sync flushes one data page and never file metadata.
 //! - **redb is the indexed store.** The writer applies each group to one long-lived write
 //!   transaction and commits it durably (with quick-repair, so a crash never needs a full-file
 //!   repair) at *checkpoints*: every [`SpoolConfig::checkpoint_events`] events, every
@@ -65,6 +66,16 @@
 //! - **Open replays the journal**: frames after the checkpoint are applied and checkpointed,
 //!   bounded by the checkpoint size, so reopening after kill -9 takes redb's quick-repair open
 //!   plus at most one checkpoint's worth of replay, whatever the spool's size.
+//!
+//! Measured with `cargo bench -p spool` on the shared 2-core build machine (figures move with
+//! the other engineers' load; ratios are against baselines taken in the same run): single
+//! append p50 0.93–0.98× and p99 0.90–1.19× the append+`fdatasync` floor; reopen after kill -9
+//! at 10 M events ready to append in ~44 ms; 4.4 KiB written per event at 10 events/s (floor
+//! 4.1 KiB). Segment files were the alternative for bounded restart; quick-repair plus a
+//! bounded journal replay met the bar without them.
+//!
+//! Retention deletes rows; redb reuses the freed pages, so a spool under retention stops
+//! growing, and [`compact`] (with the spool closed) returns the space to the file system.
 //!
 //! # On-disk layout
 //!

@@ -137,6 +137,34 @@ impl Schemas {
         Ok(event)
     }
 
+    /// A whole event as JSON for people and exports (`spool show`): the envelope, and the
+    /// payload rendered by its schema, or as hex with the reason when it cannot be.
+    pub fn event_json(&self, event: &RecordedEvent) -> serde_json::Value {
+        let payload = match self.to_json(event) {
+            Ok(value) => value,
+            Err(error) => serde_json::json!({
+                "undecoded_hex": event.payload.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+                "error": crate::writer::error_chain(&error),
+            }),
+        };
+        serde_json::json!({
+            "seq": event.seq.0,
+            "stream": event.stream.as_str(),
+            "version": event.version,
+            "event_type": event.event_type,
+            "schema_version": event.schema_version,
+            "stored_schema_version": event.stored_schema_version,
+            "recorded_at_us": event.recorded_at_us,
+            "captured_at_us": event.meta.captured_at_us,
+            "boot_id": event.meta.boot_id,
+            "causation_id": event.meta.causation_id,
+            "correlation_id": event.meta.correlation_id,
+            "user": event.meta.user,
+            "idempotency_key": event.meta.idempotency_key,
+            "payload": payload,
+        })
+    }
+
     /// Render a read (upcast) event's payload as JSON; an error for unknown types, versions
     /// newer than known, or payloads that do not decode.
     pub fn to_json(&self, event: &RecordedEvent) -> Result<serde_json::Value> {

@@ -54,6 +54,10 @@ fn a_fixture_spool_written_with_passing_v1_reads_as_v2_read_only_and_for_writing
     let json = spool.schemas().to_json(&events[0]).unwrap();
     assert_eq!(json["passing_number"], 1);
     assert!(json["utc_time_us"].is_null());
+    let whole = spool.schemas().event_json(&events[0]);
+    assert_eq!(whole["stream"], "decoder/D0000C00");
+    assert_eq!(whole["stored_schema_version"], 1);
+    assert_eq!(whole["payload"]["transponder"], 9992);
     let found = spool
         .find_by_idempotency_key("bmx-main:node-7f3a:b-000001:3")
         .unwrap()
@@ -84,6 +88,8 @@ fn an_unknown_schema_version_fails_to_render_and_verify_reports_it() {
         .unwrap();
     let read = spool.read_global(Seq::FIRST, 1).unwrap();
     assert!(spool.schemas().to_json(&read[0]).is_err());
+    let whole = spool.schemas().event_json(&read[0]);
+    assert!(whole["payload"]["undecoded_hex"].is_string());
     let report = spool.verify().unwrap();
     assert_eq!(report.problem_count, 1, "{:?}", report.problems);
 }
