@@ -737,3 +737,43 @@ async fn a_stall_pauses_the_output_and_loses_nothing() {
     cancel.cancel();
     tokio::time::timeout(WAIT, sim.closed()).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_disconnects_cut_tcp_clients_who_can_come_back() {
+    let cancel = CancellationToken::new();
+    let mut cfg = config(13, 100.0);
+    cfg.faults = "disconnect=800ms/300ms".parse().unwrap();
+    let sim = serve_tcp(
+        Decoder::new(cfg).unwrap(),
+        "127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap(),
+        cancel.clone(),
+    )
+    .await
+    .unwrap();
+    let mut r = Reader::new(TcpStream::connect(sim.local_addr()).await.unwrap());
+    r.read_until("a passing", |r| r.count(tor::PASSING) >= 1)
+        .await;
+    // The cut: the connection ends.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match tokio::time::timeout_at(deadline, r.s.read(&mut r.buf)).await {
+            Err(_) => panic!("never cut off"),
+            Ok(Ok(0) | Err(_)) => break,
+            Ok(Ok(n)) => r.feed(n),
+        }
+    }
+    assert!(sim.stats().disconnects >= 1);
+    // Coming back: connections during the outage are closed at once; after it, served again.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        assert!(Instant::now() < deadline, "never served again");
+        let mut s = TcpStream::connect(sim.local_addr()).await.unwrap();
+        let mut buf = [0u8; 256];
+        match tokio::time::timeout(WAIT, s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => break,
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    cancel.cancel();
+    tokio::time::timeout(WAIT, sim.closed()).await.unwrap();
+}
