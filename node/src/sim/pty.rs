@@ -48,7 +48,7 @@ pub struct PtyOptions {
     /// The stable path the node opens; a symlink to the current `/dev/pts/N`. Its directory is created
     /// if missing. An existing symlink there is replaced; anything else is an error.
     pub link: PathBuf,
-    /// Output queue limit in bytes, at most [`OUTPUT_QUEUE_BYTES_MAX`] is the default.
+    /// Output queue limit in bytes; [`OUTPUT_QUEUE_BYTES_MAX`] by default. Past it the oldest batch goes.
     pub queue_bytes_max: usize,
 }
 
