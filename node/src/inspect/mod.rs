@@ -55,6 +55,28 @@ pub struct Location {
 }
 
 impl Location {
+    /// The configuration: `--config FILE` or the default path. Commands that need more than
+    /// the data directory (`rejected retry` needs the uplink's settings) use it.
+    pub fn config(&self) -> anyhow::Result<Config> {
+        if self.data_dir.is_some() {
+            return Err(crate::cli::UsageError(
+                "this command needs the node's configuration, not only its data directory: give --config FILE"
+                    .into(),
+            )
+            .into());
+        }
+        let path = self
+            .config
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(config::CONFIG_PATH_DEFAULT));
+        Config::load(&path).map_err(|errors| {
+            crate::cli::UsageError(format!(
+                "cannot load the configuration (give --config FILE): {errors}"
+            ))
+            .into()
+        })
+    }
+
     /// The data directory: `--data-dir`, or the configuration's `data_dir`.
     pub fn data_dir(&self) -> anyhow::Result<PathBuf> {
         if let Some(dir) = &self.data_dir {
@@ -257,7 +279,7 @@ pub fn run(args: SpoolArgs) -> anyhow::Result<()> {
         SpoolCommand::Streams { json } => query::streams(&open(&dir)?, json),
         SpoolCommand::Export(export) => export::run(&open(&dir)?, &export),
         SpoolCommand::Verify => query::verify(&open(&dir)?, &dir),
-        SpoolCommand::Rejected(rejected) => rejected::run(&dir, rejected),
+        SpoolCommand::Rejected(rejected) => rejected::run(&dir, &args.location, rejected),
     }
 }
 

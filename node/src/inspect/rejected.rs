@@ -1,36 +1,43 @@
-//! `spool rejected`: events a consumer parked as rejected, and taking them back (`retry`).
+//! `spool rejected`: events a consumer parked as rejected, and sending them again (`retry`).
 //!
-//! Listing reads only. `retry` moves the parked mark to the cursor's retry queue
-//! ([`RETRY_QUEUE_SUFFIX`]), which is a write: only the spool's one
-//! writer may do it, and while the node runs the node is that writer. The CLI then refuses with
+//! The uplink parks an event when central refuses it for good (HTTP 400/422): the event stays in
+//! the spool, is marked parked under the uplink's cursor with central's reason, and the rest flows.
+//! Listing reads only. `retry` hands the parked events to the uplink's
+//! [`uplink::drain::Drain::resend_parked`], which sends them to central again and parks again,
+//! with the new reason, whatever is refused again (or not confirmed when it is interrupted), so no
+//! event is ever left neither sent nor parked. That changes the spool, which only its one writer
+//! may do, and while the node runs the node is that writer: the CLI then refuses with
 //! [`spool::SpoolError::AlreadyOpen`] and says what to do, rather than waiting or guessing.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use serde_json::json;
-use spool::{Seq, Spool, SpoolConfig, SpoolError, SpoolReader};
+use spool::{Seq, Spool, SpoolError, SpoolReader};
+use tokio_util::sync::CancellationToken;
 
+use super::Location;
 use super::render::{self, utc};
+use crate::config::Config;
 
-/// Retried events are parked again under the consumer's cursor name plus this suffix
-/// (`uplink.retry`), as a queue: the consumer takes them with
-/// `Spool::retry_parked("<cursor>.retry", None)`, sends them again, and parks them under its own
-/// cursor if they are refused again. Moving the mark (rather than only removing it) keeps a
-/// retried event visible until its consumer has really taken it back, since the consumer's
-/// cursor is already past it and would never read it again.
-pub const RETRY_QUEUE_SUFFIX: &str = ".retry";
+/// Longest `rejected retry` waits for central. The drain retries transient failures (no network,
+/// HTTP 503) for ever; a technician at the box wants an answer, so after this the resend is
+/// cancelled and the events not confirmed are parked again ("resend interrupted").
+pub const REJECTED_RETRY_TIMEOUT_S: u64 = 60;
 
 /// `spool rejected`.
 #[derive(Debug, Args)]
 #[command(after_help = "\
 Events stay in the spool whatever happens; parking only marks that a consumer gave up on one.
 `rejected retry` needs the node stopped (it holds the spool's write lock):
-  sudo systemctl stop venue-node && venue-node spool rejected retry && sudo systemctl start venue-node")]
+  sudo systemctl stop venue-node
+  venue-node spool --config /etc/venue-node/venue-node.toml rejected retry
+  sudo systemctl start venue-node")]
 pub struct RejectedArgs {
-    /// The consumer whose parked events to list or retry (the uplink's cursor is `uplink`).
+    /// The consumer whose parked events to list (the uplink's cursor is `uplink`; only its
+    /// events can be retried).
     #[arg(long, global = true, default_value = uplink::drain::UPLINK_CURSOR_DEFAULT, value_name = "NAME")]
     pub cursor: String,
     /// Print a JSON array instead of text.
@@ -42,11 +49,11 @@ pub struct RejectedArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum RejectedAction {
-    /// Queue parked events for another try (needs the node stopped).
+    /// Send parked events to central again (needs the node stopped and --config).
     ///
-    /// Their mark moves from the cursor to its retry queue (`uplink` to `uplink.retry`), from
-    /// which the consumer takes them, sends them again and parks them again if they are refused
-    /// again. Without SEQ, every event the cursor parked.
+    /// For after the cause was fixed (central's validation, the track's setup). Central
+    /// deduplicates, so an event it already holds is not stored twice. An event refused again is
+    /// parked again with central's new reason. Without SEQ, every event the uplink parked.
     Retry {
         /// Only this parked event (its seq, as `spool rejected` lists it).
         seq: Option<u64>,
@@ -54,19 +61,25 @@ pub enum RejectedAction {
 }
 
 /// `spool rejected [retry]`.
-pub fn run(dir: &Path, args: RejectedArgs) -> anyhow::Result<()> {
+pub fn run(dir: &Path, location: &Location, args: RejectedArgs) -> anyhow::Result<()> {
     super::ensure_spool(dir)?;
     match args.action {
         None => list(&super::open(dir)?, &args.cursor, args.json),
-        Some(RejectedAction::Retry { seq }) => retry(dir, &args.cursor, seq.map(Seq)),
+        Some(RejectedAction::Retry { seq }) => {
+            if args.cursor != crate::runtime::UPLINK_CURSOR {
+                return Err(crate::cli::UsageError(format!(
+                    "only the uplink's parked events can be retried (cursor {}), not {}'s",
+                    crate::runtime::UPLINK_CURSOR,
+                    args.cursor
+                ))
+                .into());
+            }
+            retry(&location.config()?, seq.map(Seq))
+        }
     }
 }
 
 fn list(reader: &SpoolReader, cursor: &str, json: bool) -> anyhow::Result<()> {
-    let queue = retry_queue(cursor);
-    let queued = reader
-        .parked(&queue)
-        .with_context(|| format!("reading the retry queue {queue}"))?;
     let parked = reader
         .parked(cursor)
         .with_context(|| format!("reading the events {cursor} parked"))?;
@@ -90,13 +103,6 @@ fn list(reader: &SpoolReader, cursor: &str, json: bool) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    if !queued.is_empty() {
-        println!(
-            "{} event{} queued for retry, waiting for {cursor} to take them (see --cursor {queue})",
-            queued.len(),
-            if queued.len() == 1 { " is" } else { "s are" }
-        );
-    }
     if parked.is_empty() {
         println!("cursor {cursor} has no parked events");
         return Ok(());
@@ -118,27 +124,20 @@ fn list(reader: &SpoolReader, cursor: &str, json: bool) -> anyhow::Result<()> {
         println!("          reason: {}", render::clip(&p.reason, 400));
     }
     println!(
-        "`venue-node spool show SEQ` shows an event; `venue-node spool rejected retry [SEQ]` (node stopped) retries."
+        "`venue-node spool show SEQ` shows an event; `venue-node spool rejected retry [SEQ]` (node stopped) sends again."
     );
     Ok(())
 }
 
-fn retry(dir: &Path, cursor: &str, only: Option<Seq>) -> anyhow::Result<()> {
-    let queue = retry_queue(cursor);
-    if queue.len() > spool::CURSOR_NAME_BYTES_MAX {
-        anyhow::bail!("cursor name {cursor:?} is too long to have a retry queue");
-    }
-    // The writer must open the journal at the size it has: ask the file, as a recovering reader does.
-    let journal_bytes = std::fs::metadata(dir.join(spool::storage::JOURNAL_FILE))
-        .map(|m| m.len())
-        .unwrap_or(spool::SPOOL_JOURNAL_BYTES_DEFAULT)
-        .max(spool::SPOOL_JOURNAL_BYTES_MIN);
-    let config = SpoolConfig {
-        journal_bytes,
-        schemas: Arc::new(spool::catalog::schemas()),
-        ..SpoolConfig::default()
+fn retry(config: &Config, only: Option<Seq>) -> anyhow::Result<()> {
+    let Some(settings) = &config.uplink else {
+        anyhow::bail!(
+            "the configuration has no [uplink]: there is no central to send parked events to"
+        );
     };
-    let spool = match Spool::open(dir, config) {
+    let dir = config.spool_dir();
+    super::ensure_spool(&dir)?;
+    let spool = match Spool::open(&dir, crate::runtime::spool_config(config)) {
         Ok(spool) => spool,
         Err(SpoolError::AlreadyOpen { .. }) => anyhow::bail!(
             "cannot retry: the node is running and holds the spool {} for writing, and only the \
@@ -153,56 +152,98 @@ fn retry(dir: &Path, cursor: &str, only: Option<Seq>) -> anyhow::Result<()> {
                 .with_context(|| format!("opening the spool {} for writing", dir.display()));
         }
     };
+    let cursor = crate::runtime::UPLINK_CURSOR;
     let parked = spool.parked(cursor).context("reading parked events")?;
-    let chosen: Vec<_> = match only {
-        Some(seq) => {
-            let Some(p) = parked.into_iter().find(|p| p.seq == seq) else {
-                anyhow::bail!(
-                    "seq {seq} is not parked by cursor {cursor} (see `venue-node spool rejected --cursor {cursor}`)"
-                );
-            };
-            vec![p]
+    let count = match only {
+        Some(seq) if !parked.iter().any(|p| p.seq == seq) => {
+            anyhow::bail!("seq {seq} is not parked by the uplink (see `venue-node spool rejected`)")
         }
-        None => parked,
+        Some(_) => 1,
+        None => parked.len(),
     };
-    if chosen.is_empty() {
-        println!("cursor {cursor} has no parked events to retry");
+    if count == 0 {
+        println!("the uplink has no parked events to retry");
         return Ok(());
     }
-    let now = spool::now_us();
-    for p in &chosen {
-        // Queue first, unmark second: a crash between leaves the event in both lists, never in
-        // neither.
-        let reason = format!(
-            "retry requested {}; rejected before: {}",
-            utc(now),
-            p.reason
-        );
-        spool
-            .park_blocking(&queue, p.seq, &reason)
-            .with_context(|| format!("queueing seq {} for retry", p.seq))?;
-        spool
-            .retry_parked_blocking(cursor, Some(p.seq))
-            .with_context(|| format!("removing the parked mark of seq {}", p.seq))?;
-    }
-    let n = chosen.len();
-    println!(
-        "queued {n} event{} for retry by {cursor} (listed under --cursor {queue}):",
-        if n == 1 { "" } else { "s" }
+    let node_id = crate::runtime::identity::node_id(&config.data_dir, config.node_id.as_deref())
+        .context("reading the node's id")?;
+    // As the node builds its drain (runtime::Node::start_uplink), so events get the same ids.
+    let mut drain_config = uplink::drain::DrainConfig::new(
+        settings.central_url.clone(),
+        config.track_id.clone(),
+        node_id,
+        settings.token_file.clone(),
     );
-    for p in &chosen {
-        match spool
-            .get(p.seq)
-            .with_context(|| format!("reading seq {}", p.seq))?
-        {
-            Some(e) => println!("{}", render::event_line(spool.schemas(), &e)),
-            None => println!("{:>8}  (event no longer held)", p.seq.0),
-        }
+    drain_config.tls = uplink::tls::ClientTlsConfig {
+        ca_file: settings.ca_file.clone(),
+        client_cert_file: settings.client_cert.clone(),
+        client_key_file: settings.client_key.clone(),
+    };
+    drain_config.forward = settings.forward.clone().unwrap_or_default();
+    drain_config.cursor = cursor.to_owned();
+    if let Some(limits) = &settings.limits {
+        drain_config.limits = limits.clone();
+    }
+    let drain = uplink::drain::Drain::new(drain_config, spool.clone())
+        .map_err(|e| anyhow::anyhow!(uplink::chain(&e)))
+        .context("preparing the uplink")?;
+    println!(
+        "sending {count} parked event{} to {} ...",
+        if count == 1 { "" } else { "s" },
+        settings.central_url
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime for the resend")?;
+    let (outcome, interrupted) = runtime.block_on(async {
+        let cancel = CancellationToken::new();
+        let stop = cancel.clone();
+        let watchdog = tokio::spawn(async move {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => "Ctrl-C",
+                _ = tokio::time::sleep(Duration::from_secs(REJECTED_RETRY_TIMEOUT_S)) => "the time limit",
+            }
+        });
+        let resend = drain.resend_parked(only, cancel.clone());
+        tokio::pin!(resend);
+        let mut watchdog = watchdog;
+        let mut interrupted = None;
+        let outcome = loop {
+            tokio::select! {
+                outcome = &mut resend => break outcome,
+                why = &mut watchdog, if interrupted.is_none() => {
+                    interrupted = Some(why.unwrap_or("an error"));
+                    stop.cancel();
+                }
+            }
+        };
+        watchdog.abort();
+        (outcome, interrupted)
+    });
+    let outcome = outcome
+        .map_err(|e| anyhow::anyhow!(uplink::chain(&e)))
+        .context("sending parked events")?;
+    drop(drain);
+    drop(spool);
+    if let Some(why) = interrupted {
+        anyhow::bail!(
+            "resend stopped by {why} ({REJECTED_RETRY_TIMEOUT_S} s at most): central did not confirm \
+             {} event(s), which are parked again (`venue-node spool rejected`); {} were stored",
+            outcome.parked_again,
+            outcome.resent
+        );
+    }
+    println!(
+        "central stored {} event{}",
+        outcome.resent,
+        if outcome.resent == 1 { "" } else { "s" }
+    );
+    if outcome.parked_again > 0 {
+        println!(
+            "central refused {} again; parked again with its new reason (`venue-node spool rejected`)",
+            outcome.parked_again
+        );
     }
     Ok(())
-}
-
-/// The queue a consumer's retried events wait in: the cursor's name with [`RETRY_QUEUE_SUFFIX`].
-pub fn retry_queue(cursor: &str) -> String {
-    format!("{cursor}{RETRY_QUEUE_SUFFIX}")
 }

@@ -696,6 +696,88 @@ fn verify_passes_on_a_good_spool_and_fails_on_an_undecodable_payload() {
     );
 }
 
+/// The track and token the test central accepts.
+const CENTRAL_TRACK: &str = "t";
+const CENTRAL_TOKEN: &str = "test-token-0123456789";
+
+/// A central (the uplink's receiving side) on 127.0.0.1, in this process, storing in a temp dir.
+struct TestCentral {
+    /// The server runs on it; kept alive as long as this.
+    _runtime: tokio::runtime::Runtime,
+    addr: std::net::SocketAddr,
+    central: std::sync::Arc<uplink::central::Central<uplink::central::SpoolStore>>,
+    cancel: tokio_util::sync::CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+impl TestCentral {
+    fn start() -> TestCentral {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("a runtime for central");
+        let dir = tempfile::tempdir().unwrap();
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let (addr, central) = runtime.block_on(async {
+            let store = uplink::central::SpoolStore::open(dir.path())
+                .await
+                .expect("central's store");
+            let tokens =
+                uplink::central::Tokens::parse(&format!("{CENTRAL_TRACK} {CENTRAL_TOKEN}\n"))
+                    .expect("tokens");
+            let central = uplink::central::Central::new(store, tokens);
+            let server = uplink::central::Server::bind("127.0.0.1:0".parse().unwrap(), None)
+                .await
+                .expect("bind central");
+            let addr = server.local_addr();
+            tokio::spawn(server.run(uplink::central::router(central.clone()), cancel.clone()));
+            (addr, central)
+        });
+        TestCentral {
+            _runtime: runtime,
+            addr,
+            central,
+            cancel,
+            _dir: dir,
+        }
+    }
+
+    fn accepted(&self) -> u64 {
+        self.central
+            .stats()
+            .get(CENTRAL_TRACK)
+            .map_or(0, |s| s.accepted)
+    }
+}
+
+impl Drop for TestCentral {
+    fn drop(&mut self) {
+        // Stops the server; the runtime is dropped after, with its tasks.
+        self.cancel.cancel();
+    }
+}
+
+/// A configuration for the fixture's data directory that forwards to `central`.
+fn uplink_config(f: &Fixture, central: &TestCentral) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, CENTRAL_TOKEN).unwrap();
+    let config = dir.path().join("venue-node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "track_id = \"{CENTRAL_TRACK}\"\ndata_dir = \"{}\"\n[[decoder]]\nname = \"sim\"\nkind = \"sim\"\n\
+             [uplink]\ncentral_url = \"http://{}\"\ntoken_file = \"{}\"\n",
+            f.data_dir(),
+            central.addr,
+            token.display()
+        ),
+    )
+    .unwrap();
+    (dir, config)
+}
+
 #[test]
 fn rejected_lists_parked_events_and_retry_needs_the_node_stopped() {
     let mut f = Fixture::new();
@@ -710,8 +792,17 @@ fn rejected_lists_parked_events_and_retry_needs_the_node_stopped() {
     assert_eq!(json[0]["seq"], 3);
     assert_eq!(json[0]["reason"], PARK_REASON);
 
+    let central = TestCentral::start();
+    let (_config_dir, config) = uplink_config(&f, &central);
+    let config = config.to_str().unwrap();
+    let retry = |args: &[&str]| {
+        let mut all = vec!["spool", "--config", config, "rejected", "retry"];
+        all.extend_from_slice(args);
+        venue_node(&all)
+    };
+
     // The writer is open, as the node's is: retry must refuse and say what to do.
-    let refused = f.cli(&["rejected", "retry"]);
+    let refused = retry(&[]);
     assert_eq!(refused.code, Some(1));
     assert!(
         refused
@@ -730,38 +821,30 @@ fn rejected_lists_parked_events_and_retry_needs_the_node_stopped() {
         3,
         "nothing changed"
     );
+    assert_eq!(central.accepted(), 0, "nothing was sent");
+    // It needs the configuration (the uplink's settings), not only the data directory.
+    assert_eq!(f.cli(&["rejected", "retry"]).code, Some(2));
 
-    // The node stopped: retry queues the event for the uplink.
+    // The node stopped: retry sends the event to central and unparks it.
     drop(f.spool.take());
-    let not_parked = f.cli(&["rejected", "retry", "5"]);
+    let not_parked = retry(&["5"]);
     assert_eq!(not_parked.code, Some(1));
     assert!(
         not_parked
             .stderr
-            .contains("seq 5 is not parked by cursor uplink"),
+            .contains("seq 5 is not parked by the uplink"),
         "{}",
         not_parked.stderr
     );
-    let retried = f.cli(&["rejected", "retry", "3"]).ok().stdout;
-    assert!(
-        retried.contains("queued 1 event for retry by uplink"),
-        "{retried}"
-    );
+    let retried = retry(&["3"]).ok().stdout;
+    assert!(retried.contains("central stored 1 event"), "{retried}");
+    assert_eq!(central.accepted(), 1, "central holds the event now");
     let after = f.cli(&["rejected"]).ok().stdout;
     assert!(
         after.contains("cursor uplink has no parked events"),
         "{after}"
     );
-    assert!(after.contains("1 event is queued for retry"), "{after}");
-    let queue = f
-        .cli(&["rejected", "--cursor", "uplink.retry", "--json"])
-        .ok()
-        .json();
-    assert_eq!(queue[0]["seq"], 3);
-    assert!(
-        queue[0]["reason"].as_str().unwrap().contains(PARK_REASON),
-        "{queue}"
-    );
+    assert!(retry(&[]).ok().stdout.contains("no parked events to retry"));
 }
 
 #[test]
