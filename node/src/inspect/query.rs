@@ -240,17 +240,16 @@ pub fn show(reader: &SpoolReader, seq: u64, json: bool) -> anyhow::Result<()> {
         }
     }
     print!("{text}");
-    match value.get("payload_error") {
-        Some(error) => {
+    match reader.schemas().to_json(&event) {
+        Err(error) => {
             println!(
                 "payload         does not decode: {}",
-                error.as_str().unwrap_or_default()
+                spool::error_chain(&error)
             );
             println!("payload (hex)   {}", render::hex(&event.payload));
         }
-        None => {
-            let pretty =
-                serde_json::to_string_pretty(&value["payload"]).context("rendering JSON")?;
+        Ok(payload) => {
+            let pretty = serde_json::to_string_pretty(&payload).context("rendering JSON")?;
             println!("payload");
             for l in pretty.lines() {
                 println!("  {l}");

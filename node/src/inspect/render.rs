@@ -1,7 +1,7 @@
 //! Rendering events and figures for people (one line, local conventions avoided: UTC, ISO 8601) and
 //! for programs (JSON objects, CSV rows).
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use spool::RecordedEvent;
 use spool::schema::Schemas;
 
@@ -9,34 +9,12 @@ use spool::schema::Schemas;
 /// `spool show SEQ` for the whole event). Keeps one event on one terminal line or two.
 pub const PAYLOAD_LINE_CHARS_MAX: usize = 160;
 
-/// An event as one JSON object: the envelope, and the payload decoded by its schema. A payload
-/// that does not decode (unknown type, newer release) is kept as hex with the reason, so an export
-/// never drops an event.
+/// An event as one JSON object: the spool's rendering ([`Schemas::event_json`]: the envelope, and
+/// the payload decoded by its schema, or as `{"undecoded_hex", "error"}` when it does not decode, so
+/// an export never drops an event), plus `recorded_at` as UTC text for people reading it.
 pub fn event_json(schemas: &Schemas, event: &RecordedEvent) -> Value {
-    let mut object = json!({
-        "seq": event.seq.0,
-        "stream": event.stream.as_str(),
-        "version": event.version,
-        "event_type": event.event_type,
-        "schema_version": event.schema_version,
-        "stored_schema_version": event.stored_schema_version,
-        "recorded_at_us": event.recorded_at_us,
-        "recorded_at": utc(event.recorded_at_us),
-        "captured_at_us": event.meta.captured_at_us,
-        "boot_id": event.meta.boot_id,
-        "causation_id": event.meta.causation_id,
-        "correlation_id": event.meta.correlation_id,
-        "user": event.meta.user,
-        "idempotency_key": event.meta.idempotency_key,
-    });
-    match schemas.to_json(event) {
-        Ok(payload) => object["payload"] = payload,
-        Err(error) => {
-            object["payload"] = Value::Null;
-            object["payload_error"] = Value::String(spool::error_chain(&error));
-            object["payload_hex"] = Value::String(hex(&event.payload));
-        }
-    }
+    let mut object = schemas.event_json(event);
+    object["recorded_at"] = Value::String(utc(event.recorded_at_us));
     object
 }
 

@@ -682,6 +682,27 @@ fn verify_passes_on_a_good_spool_and_fails_on_an_undecodable_payload() {
             vec![odd],
         )])
         .unwrap();
+    // show and export keep such an event, as hex with the reason.
+    let odd = f.cli(&["show", "10", "--json"]).ok().json();
+    assert_eq!(odd["payload"]["undecoded_hex"], "010203", "{odd}");
+    assert!(
+        odd["payload"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("x.unknown"),
+        "{odd}"
+    );
+    let text = f.cli(&["show", "10"]).ok().stdout;
+    assert!(text.contains("payload (hex)   010203"), "{text}");
+    assert_eq!(
+        f.cli(&["export", "--format", "jsonl"])
+            .ok()
+            .stdout
+            .lines()
+            .count(),
+        10
+    );
+
     let bad = f.cli(&["verify"]);
     assert_eq!(bad.code, Some(1), "{}", bad.stdout);
     assert!(
