@@ -3,6 +3,8 @@
 use std::fs::File;
 use std::io::{self, BufWriter, IsTerminal, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -145,6 +147,11 @@ pub fn run(reader: &SpoolReader, args: &ExportArgs) -> anyhow::Result<()> {
         return Err(crate::cli::UsageError(format!("--from {f} is after --to {t}")).into());
     }
     let filter = args.filter.to_filter();
+    // Only a file export has something to clean up; Ctrl-C on standard output just ends it.
+    let interrupted = match args.output {
+        Some(_) => Some(interrupt_flag()?),
+        None => None,
+    };
     let mut sink = Sink::open(args.output.as_deref())?;
     let mut progress = Progress::new(from, to.max(from));
     let mut written = 0u64;
@@ -158,6 +165,15 @@ pub fn run(reader: &SpoolReader, args: &ExportArgs) -> anyhow::Result<()> {
             for_each_in(reader, Seq(from), Seq(to), &filter, |event| {
                 if !open {
                     return Ok(());
+                }
+                if interrupted
+                    .as_ref()
+                    .is_some_and(|i| i.load(Ordering::Relaxed))
+                {
+                    anyhow::bail!(
+                        "export interrupted at seq {}; nothing was written",
+                        event.seq
+                    );
                 }
                 let line = match args.format {
                     ExportFormat::Jsonl => event_json(reader.schemas(), &event).to_string(),
@@ -192,6 +208,46 @@ pub fn run(reader: &SpoolReader, args: &ExportArgs) -> anyhow::Result<()> {
         None => eprintln!("exported {written} events ({range})"),
     }
     Ok(())
+}
+
+/// A flag set when Ctrl-C or SIGTERM arrives, so a file export stops between events and removes
+/// its partial file instead of leaving it behind. The signals are listened for by the time this
+/// returns.
+fn interrupt_flag() -> anyhow::Result<Arc<AtomicBool>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let flag = Arc::new(AtomicBool::new(false));
+    let set = flag.clone();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .context("starting the signal listener")?;
+    let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<std::io::Result<()>>(1);
+    std::thread::spawn(move || {
+        runtime.block_on(async move {
+            let listeners = signal(SignalKind::interrupt())
+                .and_then(|i| signal(SignalKind::terminate()).map(|t| (i, t)));
+            let (mut interrupt, mut terminate) = match listeners {
+                Ok(l) => {
+                    let _ = ready_tx.send(Ok(()));
+                    l
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+            set.store(true, Ordering::Relaxed);
+        });
+    });
+    ready_rx
+        .recv()
+        .context("the signal listener stopped")?
+        .context("listening for Ctrl-C")?;
+    Ok(flag)
 }
 
 /// Writes one line; `Ok(false)` if the reader of standard output went away.

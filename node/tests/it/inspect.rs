@@ -1130,3 +1130,85 @@ fn doctor_reads_the_clock_state_from_the_tools_it_finds() {
         "{unknown}"
     );
 }
+
+/// Events in the spool of the interrupted-export test: enough that a debug build takes seconds to
+/// export them, so Ctrl-C lands mid-export.
+const BIG_EXPORT_EVENTS: u32 = 60_000;
+
+#[test]
+fn ctrl_c_during_a_file_export_leaves_no_partial_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = open_writer(&node::config::spool_dir(dir.path()));
+    let decoder = StreamId::new(DECODER).unwrap();
+    for start in (0..BIG_EXPORT_EVENTS).step_by(1_000) {
+        let batch = (start..start + 1_000).map(passing).collect();
+        spool
+            .append_blocking(vec![AppendStream::new(
+                decoder.clone(),
+                ExpectedVersion::Any,
+                batch,
+            )])
+            .unwrap();
+    }
+    let out_dir = tempfile::tempdir().unwrap();
+    let target = out_dir.path().join("big.jsonl");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_venue-node"))
+        .args([
+            "spool",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "export",
+            "--format",
+            "jsonl",
+        ])
+        .args(["-o", target.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting export");
+    // The partial file exists once the export listens for Ctrl-C and has started writing.
+    let deadline = Instant::now() + Duration::from_secs(CLI_TIMEOUT_S);
+    while std::fs::read_dir(out_dir.path()).unwrap().count() == 0 {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "export ended before writing anything"
+        );
+        assert!(Instant::now() < deadline, "export did not start");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(CLI_TIMEOUT_S);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "export did not stop on Ctrl-C");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "interrupted, not finished (make the spool bigger?): {stderr}"
+    );
+    assert!(stderr.contains("export interrupted"), "{stderr}");
+    let left: Vec<_> = std::fs::read_dir(out_dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(
+        left.is_empty(),
+        "no partial or complete file is left: {left:?}"
+    );
+}
