@@ -199,7 +199,7 @@ fn retry(config: &Config, only: Option<Seq>) -> anyhow::Result<()> {
     let (outcome, interrupted) = runtime.block_on(async {
         let cancel = CancellationToken::new();
         let stop = cancel.clone();
-        let watchdog = tokio::spawn(async move {
+        let mut watchdog = tokio::spawn(async move {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => "Ctrl-C",
                 _ = tokio::time::sleep(Duration::from_secs(REJECTED_RETRY_TIMEOUT_S)) => "the time limit",
@@ -207,7 +207,6 @@ fn retry(config: &Config, only: Option<Seq>) -> anyhow::Result<()> {
         });
         let resend = drain.resend_parked(only, cancel.clone());
         tokio::pin!(resend);
-        let mut watchdog = watchdog;
         let mut interrupted = None;
         let outcome = loop {
             tokio::select! {
