@@ -99,6 +99,34 @@ pub fn execute_blocking<A: Aggregate>(
     stream: &StreamId,
     command: &A::Command,
 ) -> Result<Vec<Appended>> {
+    let (events, expected) = decide::<A>(spool, stream, command)?;
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    spool.append_blocking(vec![AppendStream::new(stream.clone(), expected, events)])
+}
+
+/// [`execute_blocking`] for async callers: the reads run inline (they are short), the append
+/// awaits the writer.
+pub async fn execute<A: Aggregate>(
+    spool: &Spool,
+    stream: &StreamId,
+    command: &A::Command,
+) -> Result<Vec<Appended>> {
+    let (events, expected) = decide::<A>(spool, stream, command)?;
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    spool
+        .append(vec![AppendStream::new(stream.clone(), expected, events)])
+        .await
+}
+
+fn decide<A: Aggregate>(
+    spool: &Spool,
+    stream: &StreamId,
+    command: &A::Command,
+) -> Result<(Vec<NewEvent>, ExpectedVersion)> {
     let loaded = load::<A>(spool, stream)?;
     let events = loaded
         .state
@@ -107,14 +135,11 @@ pub fn execute_blocking<A: Aggregate>(
             stream: stream.clone(),
             source: Box::new(e),
         })?;
-    if events.is_empty() {
-        return Ok(Vec::new());
-    }
     let expected = match loaded.version {
         0 => ExpectedVersion::NoStream,
         v => ExpectedVersion::Exact(v),
     };
-    spool.append_blocking(vec![AppendStream::new(stream.clone(), expected, events)])
+    Ok((events, expected))
 }
 
 /// Save a snapshot of the aggregate at its current version; returns that version.

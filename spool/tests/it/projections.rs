@@ -115,3 +115,19 @@ fn aggregates_load_from_their_snapshot_and_append_with_the_expected_version() {
     assert!(matches!(conflict, SpoolError::WrongExpectedVersion { .. }));
     let _ = Metadata::default();
 }
+
+#[tokio::test]
+async fn the_async_aggregate_helper_appends_with_the_expected_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path(), opaque_config()).unwrap();
+    let s = stream("race-control/moto-2");
+    let first = aggregate::execute::<Ledger>(&spool, &s, &10).await.unwrap();
+    assert_eq!(first[0].version, 1);
+    let second = aggregate::execute::<Ledger>(&spool, &s, &20).await.unwrap();
+    assert_eq!(second[0].version, 2);
+    assert!(aggregate::execute::<Ledger>(&spool, &s, &31).await.is_err());
+    assert_eq!(
+        aggregate::load::<Ledger>(&spool, &s).unwrap().state.seconds,
+        30
+    );
+}
