@@ -221,7 +221,21 @@ async fn ingest_batch<S: IngestStore>(
         }
     };
     let events = batch.events.len() as u64;
-    match central.store.ingest(batch).await {
+    // The store works in a task of its own: if the client goes away mid-request, hyper drops this
+    // handler, but a store must never stop between making events durable and recording them in its
+    // ranges (a retry would then store them twice).
+    let stored = {
+        let central = central.clone();
+        tokio::spawn(async move { central.store.ingest(batch).await }).await
+    };
+    let stored = match stored {
+        Ok(stored) => stored,
+        Err(join) => {
+            tracing::error!(track, error = %join, "ingest store task failed");
+            return server_error("the store is unavailable; retry later");
+        }
+    };
+    match stored {
         Ok(done) => {
             assert_eq!(
                 done.accepted + done.duplicates,
