@@ -20,6 +20,10 @@ pub const SUBSCRIPTION_PAGE_EVENTS: usize = 256;
 
 /// A stream of events passing a filter, from a position on, then live. See
 /// [`crate::Spool::subscribe`].
+///
+/// It shares the spool's database handle: drop subscriptions before reopening the spool in
+/// the same process, or the new open finds the file still open
+/// ([`SpoolError::AlreadyOpen`]).
 pub struct Subscription {
     reader: Arc<SpoolReader>,
     head: watch::Receiver<Seq>,

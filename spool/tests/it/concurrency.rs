@@ -1,7 +1,5 @@
 //! One writer, readers beside it, concurrent appenders.
 
-use std::time::Duration;
-
 use spool::{ExpectedVersion, Seq, Spool, SpoolError, SpoolReader};
 
 use crate::common::{body, event, opaque_config, part};
@@ -72,5 +70,4 @@ fn concurrent_appenders_share_commits_and_get_gapless_seqs() {
     assert!(stats.commits <= 400);
     let report = spool.verify().unwrap();
     assert!(report.is_ok(), "{report:?}");
-    let _ = Duration::ZERO;
 }
