@@ -96,6 +96,23 @@ impl Schemas {
         self
     }
 
+    /// Register a type whose payload is UTF-8 JSON rather than postcard (central stores the
+    /// ingested JSON as it came): it decodes when it parses as JSON.
+    pub fn register_json(&mut self, event_type: &'static str, current: u16) -> &mut Self {
+        fn to_json(bytes: &[u8]) -> Result<serde_json::Value, postcard::Error> {
+            serde_json::from_slice(bytes).map_err(|_| postcard::Error::DeserializeBadEncoding)
+        }
+        self.types.insert(
+            event_type,
+            TypeSchema {
+                current,
+                to_json,
+                upcasters: HashMap::new(),
+            },
+        );
+        self
+    }
+
     /// Register the upcaster from `from_version` to `from_version + 1` of a registered type.
     pub fn register_upcaster<T: EventPayload + 'static>(
         &mut self,

@@ -93,3 +93,38 @@ fn an_unknown_schema_version_fails_to_render_and_verify_reports_it() {
     let report = spool.verify().unwrap();
     assert_eq!(report.problem_count, 1, "{:?}", report.problems);
 }
+
+#[test]
+fn json_payload_types_verify_when_they_parse() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut schemas = spool::schema::Schemas::empty();
+    schemas.register_json("ingest.event", 1);
+    let config = SpoolConfig {
+        schemas: Arc::new(schemas),
+        ..SpoolConfig::default()
+    };
+    let spool = Spool::open(dir.path(), config).unwrap();
+    let event = |json: &str| {
+        spool::NewEvent::new(
+            "ingest.event",
+            1,
+            json.as_bytes().to_vec(),
+            spool::Metadata::default(),
+        )
+    };
+    spool
+        .append_blocking(vec![spool::AppendStream::new(
+            StreamId::new("ingest/bmx-main/node-7f3a").unwrap(),
+            spool::ExpectedVersion::Any,
+            vec![event(r#"{"seq": 1}"#), event("not json")],
+        )])
+        .unwrap();
+    let read = spool.read_global(Seq::FIRST, 2).unwrap();
+    assert_eq!(spool.schemas().to_json(&read[0]).unwrap()["seq"], 1);
+    let report = spool.verify().unwrap();
+    assert_eq!(
+        report.problem_count, 1,
+        "only the invalid JSON: {:?}",
+        report.problems
+    );
+}
