@@ -1,0 +1,208 @@
+//! Decoder byte in to durable in the spool, through a real pseudo-terminal and tokio-serial.
+//!
+//! The bench plays the decoder on the PTY master, stamping the moment each PASSING's last byte is
+//! written; the node (in this process) reads the slave, and a live spool subscription, which fires only
+//! after the group's fdatasync, stamps the moment each passing is durable. Reported: p50/p99/p99.9 of
+//! that latency at 100 and 1,000 passings/s, beside the floor measured in the same run (write one
+//! record + fdatasync to a file in the same directory) as a ratio. Then the node as its own process at
+//! a steady 100 passings/s: CPU % and RSS, the small-box budget.
+//!
+//! `cargo bench -p node --bench node` (`NODE_BENCH_SECONDS` scales the run, default 10).
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use decoder::{FrameBuilder, tor};
+use node::config::{ClockSettings, Config, DecoderConfig, DecoderKind, SpoolSettings};
+use node::runtime::Node;
+use spool::catalog;
+use spool::schema::EventPayload;
+use spool::{Filter, Spool};
+use tokio::io::AsyncWriteExt;
+use tokio_serial::SerialPort;
+use tokio_util::sync::CancellationToken;
+
+fn passing(n: u32) -> Vec<u8> {
+    let mut b = FrameBuilder::new(tor::PASSING);
+    b.u32(0x01, n).unwrap().u32(0x03, 1000 + n % 40).unwrap().u64(0x04, 1_700_000_000_000_000 + u64::from(n)).unwrap();
+    b.u16(0x05, 120).unwrap().u16(0x06, 30).unwrap().u16(0x08, 0).unwrap().u32(0x81, 0x000C_00D0).unwrap();
+    let mut out = [0u8; 128];
+    let len = b.finish_wire(&mut out).unwrap();
+    out[..len].to_vec()
+}
+
+fn pty(dir: &Path) -> (tokio_serial::SerialStream, std::path::PathBuf) {
+    let (master, slave) = tokio_serial::SerialStream::pair().unwrap();
+    let name = slave.name().unwrap();
+    drop(slave);
+    let link = dir.join("decoder0");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(name, &link).unwrap();
+    (master, link)
+}
+
+fn config(dir: &Path, device: std::path::PathBuf) -> Config {
+    Config {
+        node_id: Some("bench".into()),
+        track_id: "bench".into(),
+        data_dir: dir.join("data"),
+        decoders: vec![DecoderConfig { name: "finish".into(), kind: DecoderKind::Serial { device, baud: 115_200 } }],
+        spool: SpoolSettings::default(),
+        clock: ClockSettings::default(),
+        uplink: None,
+    }
+}
+
+fn pct(sorted: &[f64], q: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+/// The floor: one small record appended and fdatasynced, `n` times, in `dir`.
+fn floor(dir: &Path, n: usize) -> Vec<f64> {
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("floor")).unwrap();
+    let record = [0x5au8; 96];
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        f.write_all(&record).unwrap();
+        f.sync_data().unwrap();
+        out.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    out.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    out
+}
+
+async fn latency_run(rate: u32, seconds: u64) -> Vec<f64> {
+    let dir = tempfile::tempdir_in(".").unwrap();
+    let (mut master, link) = pty(dir.path());
+    let config = config(dir.path(), link);
+    let node = Node::open(&config).await.unwrap();
+    let spool: Spool = node.spool.clone();
+    let cancel = CancellationToken::new();
+    let run = tokio::spawn({
+        let (config, cancel) = (config.clone(), cancel.clone());
+        async move { node.run(&config, cancel).await }
+    });
+    // Wait for the node to open the device: its first command (GET_TIME) arrives on the master.
+    let mut sub = spool.subscribe(Filter::all().with_event_types([catalog::Passing::EVENT_TYPE]), None);
+    let mut probe = [0u8; 64];
+    loop {
+        use tokio::io::AsyncReadExt;
+        match master.read(&mut probe).await {
+            Ok(n) if n > 0 => break,
+            _ => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+    let total = rate as u64 * seconds;
+    let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
+    let sent: std::sync::Arc<std::sync::Mutex<HashMap<u32, Instant>>> = Default::default();
+    let writer = tokio::spawn({
+        let sent = sent.clone();
+        async move {
+            let start = tokio::time::Instant::now();
+            for n in 1..=total as u32 {
+                tokio::time::sleep_until(start + interval * n).await;
+                let frame = passing(n);
+                AsyncWriteExt::write_all(&mut master, &frame).await.unwrap();
+                sent.lock().unwrap().insert(n, Instant::now());
+            }
+            master
+        }
+    });
+    let mut lat = Vec::with_capacity(total as usize);
+    while (lat.len() as u64) < total {
+        let e = tokio::time::timeout(Duration::from_secs(10), sub.next()).await.expect("passings keep arriving").unwrap();
+        let durable = Instant::now();
+        let p = catalog::Passing::from_event(&e).unwrap();
+        if let Some(t) = sent.lock().unwrap().get(&p.passing_number) {
+            lat.push(durable.saturating_duration_since(*t).as_secs_f64() * 1e6);
+        }
+    }
+    let _master = writer.await.unwrap();
+    cancel.cancel();
+    run.await.unwrap().unwrap();
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    lat
+}
+
+/// The node as a process at 100 passings/s: CPU % and peak RSS.
+fn resources(seconds: u64) -> (f64, u64, u64) {
+    let dir = tempfile::tempdir_in(".").unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (mut master, link) = rt.block_on(async { pty(dir.path()) });
+    let cfg = dir.path().join("venue.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "track_id = \"bench\"\ndata_dir = \"{}\"\n[[decoder]]\nname = \"finish\"\nkind = \"serial\"\ndevice = \"{}\"\n",
+            dir.path().join("data").display(),
+            link.display()
+        ),
+    )
+    .unwrap();
+    let exe = env!("CARGO_BIN_EXE_venue-node");
+    let mut child = std::process::Command::new(&exe)
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {exe}: {e}"));
+    let pid = child.id();
+    let ticks = |pid: u32| -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let after = stat.rsplit_once(')').unwrap().1;
+        let f: Vec<&str> = after.split_whitespace().collect();
+        (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0
+    };
+    let status = |pid: u32, key: &str| -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        s.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0)
+    };
+    rt.block_on(async {
+        // Warm up for 2 s, then measure.
+        let mut n = 0u32;
+        let interval = Duration::from_millis(10);
+        let start = tokio::time::Instant::now();
+        let mut cpu0 = None;
+        let total = (seconds + 2) * 100;
+        while u64::from(n) < total {
+            n += 1;
+            tokio::time::sleep_until(start + interval * n).await;
+            let _ = AsyncWriteExt::write_all(&mut master, &passing(n)).await;
+            if n == 200 {
+                cpu0 = Some((ticks(pid), Instant::now()));
+            }
+        }
+        let (c0, t0) = cpu0.unwrap();
+        let cpu = (ticks(pid) - c0) / t0.elapsed().as_secs_f64() * 100.0;
+        let rss = status(pid, "VmRSS:");
+        let hwm = status(pid, "VmHWM:");
+        let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        let _ = child.wait();
+        (cpu, rss, hwm)
+    })
+}
+
+fn main() {
+    let seconds: u64 = std::env::var("NODE_BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let dir = tempfile::tempdir_in(".").unwrap();
+    let fl = floor(dir.path(), 2000);
+    println!("floor (append 96 B + fdatasync, same disk): p50 {:.0} µs  p99 {:.0} µs  p99.9 {:.0} µs", pct(&fl, 0.5), pct(&fl, 0.99), pct(&fl, 0.999));
+    for rate in [100u32, 1000] {
+        let lat = rt.block_on(latency_run(rate, seconds));
+        println!(
+            "{rate:>5} passings/s: byte in -> durable p50 {:.0} µs ({:.2}x floor)  p99 {:.0} µs ({:.2}x floor p99)  p99.9 {:.0} µs  [{} samples]",
+            pct(&lat, 0.5),
+            pct(&lat, 0.5) / pct(&fl, 0.5),
+            pct(&lat, 0.99),
+            pct(&lat, 0.99) / pct(&fl, 0.99),
+            pct(&lat, 0.999),
+            lat.len()
+        );
+    }
+    let (cpu, rss, hwm) = resources(seconds);
+    println!("node process at 100 passings/s: CPU {cpu:.1} % of one core, RSS {} KiB (peak {} KiB)", rss, hwm);
+}
