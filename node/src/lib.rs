@@ -1,7 +1,7 @@
 //! venue-node: the software of a timing box at a race track.
 //!
-//! The binary (`venue-node`) reads MyLaps/AMB P3 decoders, spools every event durably, serves the
-//! venue's live screens and drains the spool to the central store. This library holds everything the
+//! The binary (`venue-node`) reads MyLaps/AMB P3 decoders, spools every event durably and drains the
+//! spool to the central store. This library holds everything the
 //! binary does, so tests drive it without a process; `main.rs` only parses the command line.
 
 #![forbid(unsafe_code)]

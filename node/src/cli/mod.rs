@@ -21,10 +21,10 @@ Exit codes:
   1  failure at run time (the error is printed with its causes)
   2  wrong command line or configuration";
 
-/// venue-node: reads MyLaps/AMB P3 timing decoders, spools every event durably on the box, serves the
-/// venue's live screens and forwards everything to the central store.
+/// venue-node: reads MyLaps/AMB P3 timing decoders, stores every event durably on the box, and forwards
+/// everything to the central store whenever the WAN works. Start with `venue-node demo`.
 #[derive(Debug, Parser)]
-#[command(name = "venue-node", version, about, long_about = None, after_help = AFTER_HELP)]
+#[command(name = "venue-node", version, after_help = AFTER_HELP)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
