@@ -26,8 +26,20 @@ use tokio_util::sync::CancellationToken;
 
 fn passing(n: u32) -> Vec<u8> {
     let mut b = FrameBuilder::new(tor::PASSING);
-    b.u32(0x01, n).unwrap().u32(0x03, 1000 + n % 40).unwrap().u64(0x04, 1_700_000_000_000_000 + u64::from(n)).unwrap();
-    b.u16(0x05, 120).unwrap().u16(0x06, 30).unwrap().u16(0x08, 0).unwrap().u32(0x81, 0x000C_00D0).unwrap();
+    b.u32(0x01, n)
+        .unwrap()
+        .u32(0x03, 1000 + n % 40)
+        .unwrap()
+        .u64(0x04, 1_700_000_000_000_000 + u64::from(n))
+        .unwrap();
+    b.u16(0x05, 120)
+        .unwrap()
+        .u16(0x06, 30)
+        .unwrap()
+        .u16(0x08, 0)
+        .unwrap()
+        .u32(0x81, 0x000C_00D0)
+        .unwrap();
     let mut out = [0u8; 128];
     let len = b.finish_wire(&mut out).unwrap();
     out[..len].to_vec()
@@ -48,7 +60,13 @@ fn config(dir: &Path, device: std::path::PathBuf) -> Config {
         node_id: Some("bench".into()),
         track_id: "bench".into(),
         data_dir: dir.join("data"),
-        decoders: vec![DecoderConfig { name: "finish".into(), kind: DecoderKind::Serial { device, baud: 115_200 } }],
+        decoders: vec![DecoderConfig {
+            name: "finish".into(),
+            kind: DecoderKind::Serial {
+                device,
+                baud: 115_200,
+            },
+        }],
         spool: SpoolSettings::default(),
         clock: ClockSettings::default(),
         uplink: None,
@@ -61,7 +79,11 @@ fn pct(sorted: &[f64], q: f64) -> f64 {
 
 /// The floor: one small record appended and fdatasynced, `n` times, in `dir`.
 fn floor(dir: &Path, n: usize) -> Vec<f64> {
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("floor")).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("floor"))
+        .unwrap();
     let record = [0x5au8; 96];
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
@@ -86,7 +108,10 @@ async fn latency_run(rate: u32, seconds: u64) -> Vec<f64> {
         async move { node.run(&config, cancel).await }
     });
     // Wait for the node to open the device: its first command (GET_TIME) arrives on the master.
-    let mut sub = spool.subscribe(Filter::all().with_event_types([catalog::Passing::EVENT_TYPE]), None);
+    let mut sub = spool.subscribe(
+        Filter::all().with_event_types([catalog::Passing::EVENT_TYPE]),
+        None,
+    );
     let mut probe = [0u8; 64];
     loop {
         use tokio::io::AsyncReadExt;
@@ -113,7 +138,10 @@ async fn latency_run(rate: u32, seconds: u64) -> Vec<f64> {
     });
     let mut lat = Vec::with_capacity(total as usize);
     while (lat.len() as u64) < total {
-        let e = tokio::time::timeout(Duration::from_secs(10), sub.next()).await.expect("passings keep arriving").unwrap();
+        let e = tokio::time::timeout(Duration::from_secs(10), sub.next())
+            .await
+            .expect("passings keep arriving")
+            .unwrap();
         let durable = Instant::now();
         let p = catalog::Passing::from_event(&e).unwrap();
         if let Some(t) = sent.lock().unwrap().get(&p.passing_number) {
@@ -143,7 +171,7 @@ fn resources(seconds: u64) -> (f64, u64, u64) {
     )
     .unwrap();
     let exe = env!("CARGO_BIN_EXE_venue-node");
-    let mut child = std::process::Command::new(&exe)
+    let mut child = std::process::Command::new(exe)
         .args(["run", "--config"])
         .arg(&cfg)
         .env("RUST_LOG", "warn")
@@ -158,7 +186,11 @@ fn resources(seconds: u64) -> (f64, u64, u64) {
     };
     let status = |pid: u32, key: &str| -> u64 {
         let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-        s.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0)
+        s.lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
     };
     rt.block_on(async {
         // Warm up for 2 s, then measure.
@@ -179,18 +211,32 @@ fn resources(seconds: u64) -> (f64, u64, u64) {
         let cpu = (ticks(pid) - c0) / t0.elapsed().as_secs_f64() * 100.0;
         let rss = status(pid, "VmRSS:");
         let hwm = status(pid, "VmHWM:");
-        let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
         let _ = child.wait();
         (cpu, rss, hwm)
     })
 }
 
 fn main() {
-    let seconds: u64 = std::env::var("NODE_BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let seconds: u64 = std::env::var("NODE_BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let dir = tempfile::tempdir_in(".").unwrap();
     let fl = floor(dir.path(), 2000);
-    println!("floor (append 96 B + fdatasync, same disk): p50 {:.0} µs  p99 {:.0} µs  p99.9 {:.0} µs", pct(&fl, 0.5), pct(&fl, 0.99), pct(&fl, 0.999));
+    println!(
+        "floor (append 96 B + fdatasync, same disk): p50 {:.0} µs  p99 {:.0} µs  p99.9 {:.0} µs",
+        pct(&fl, 0.5),
+        pct(&fl, 0.99),
+        pct(&fl, 0.999)
+    );
     for rate in [100u32, 1000] {
         let lat = rt.block_on(latency_run(rate, seconds));
         println!(
@@ -204,5 +250,8 @@ fn main() {
         );
     }
     let (cpu, rss, hwm) = resources(seconds);
-    println!("node process at 100 passings/s: CPU {cpu:.1} % of one core, RSS {} KiB (peak {} KiB)", rss, hwm);
+    println!(
+        "node process at 100 passings/s: CPU {cpu:.1} % of one core, RSS {} KiB (peak {} KiB)",
+        rss, hwm
+    );
 }

@@ -161,15 +161,13 @@ fn spawn_node(dir: &Path, config_file: &Path) -> Child {
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(
-            std::fs::File::create(
-                dir.join(format!(
+            std::fs::File::create(dir.join(format!(
                     "node-{}.log",
                     std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)
                         .unwrap()
                         .as_nanos()
-                )),
-            )
+                )))
             .unwrap(),
         )
         .spawn()

@@ -1,6 +1,6 @@
 //! End-to-end tests of the node, one binary: real pseudo-terminals, real sockets, real processes.
 
 mod e2e;
-mod runtime;
 mod inspect;
+mod runtime;
 mod sim;
