@@ -247,10 +247,15 @@ impl IngestStore for SpoolStore {
                 bytes += chunk.bytes();
                 group.push(chunk);
             }
-            let parts = group
-                .iter()
-                .map(|c| c.encode(&batch.track_id, ingested_at_us))
-                .collect::<Result<Vec<_>, _>>()?;
+            // One part per stream: consecutive chunks of the same client go in together.
+            let mut parts: Vec<AppendStream> = Vec::new();
+            for chunk in &group {
+                let part = chunk.encode(&batch.track_id, ingested_at_us)?;
+                match parts.last_mut() {
+                    Some(last) if last.stream == part.stream => last.events.extend(part.events),
+                    _ => parts.push(part),
+                }
+            }
             self.spool
                 .append(parts)
                 .await
