@@ -133,14 +133,36 @@ impl Node {
     pub async fn run(self, config: &Config, cancel: CancellationToken) -> anyhow::Result<()> {
         let tracker = TaskTracker::new();
         for d in &config.decoders {
-            let Some(source) = input::Source::from_config(&d.kind) else {
-                if let DecoderKind::Sim { .. } = d.kind {
-                    anyhow::bail!(
-                        "decoder {:?}: kind \"sim\" runs only under `venue-node demo`",
-                        d.name
-                    );
+            let source = match &d.kind {
+                DecoderKind::Sim { seed, rate_per_s } => {
+                    // The built-in simulator: served on a PTY in the data directory and read through
+                    // tokio-serial like any serial decoder, so the node's path is the real one.
+                    let sim_config = crate::sim::SimConfig {
+                        seed: *seed,
+                        rate_per_s: *rate_per_s,
+                        ..Default::default()
+                    };
+                    let decoder = crate::sim::Decoder::new(sim_config)
+                        .map_err(|e| anyhow::anyhow!("decoder {:?}: {e}", d.name))?;
+                    let link = self.data_dir.join(format!("sim-{}", d.name));
+                    let _pty = crate::sim::serve_pty(
+                        decoder,
+                        crate::sim::PtyOptions::new(&link),
+                        cancel.clone(),
+                    )
+                    .await
+                    .map_err(|e| {
+                        anyhow::anyhow!("decoder {:?}: starting the simulator: {e}", d.name)
+                    })?;
+                    input::Source::Serial {
+                        device: link,
+                        baud: crate::config::SERIAL_BAUD_DEFAULT,
+                    }
                 }
-                continue;
+                other => match input::Source::from_config(other) {
+                    Some(source) => source,
+                    None => continue,
+                },
             };
             let input = input::Input::new(
                 d,
