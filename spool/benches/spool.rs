@@ -178,24 +178,29 @@ fn concurrent(spool: &Spool, appenders: usize, total: usize) -> f64 {
     (per * appenders) as f64 / start.elapsed().as_secs_f64()
 }
 
+/// Append `count` passings numbered after `n` in one call.
+fn append_passings(spool: &Spool, stream: &StreamId, n: &mut u32, count: usize) {
+    let events = (0..count)
+        .map(|_| {
+            *n += 1;
+            passing(*n)
+        })
+        .collect();
+    spool
+        .append_blocking(vec![AppendStream::new(
+            stream.clone(),
+            ExpectedVersion::Any,
+            events,
+        )])
+        .expect("append");
+}
+
 fn batched(spool: &Spool, batch: usize, total: usize) -> f64 {
     let stream = decoder_stream();
     let start = Instant::now();
     let mut n = 0u32;
     for _ in 0..total / batch {
-        let events = (0..batch)
-            .map(|_| {
-                n += 1;
-                passing(n)
-            })
-            .collect();
-        spool
-            .append_blocking(vec![AppendStream::new(
-                stream.clone(),
-                ExpectedVersion::Any,
-                events,
-            )])
-            .expect("append");
+        append_passings(spool, &stream, &mut n, batch);
     }
     (total / batch * batch) as f64 / start.elapsed().as_secs_f64()
 }
@@ -248,21 +253,40 @@ fn sqlite_batched(
 }
 
 /// Naive redb: one Immediate commit per append, SingleWriter mode, same record bytes.
+struct NaiveRedb {
+    db: redb::Database,
+    blob: Vec<u8>,
+}
+
+impl NaiveRedb {
+    const EVENTS: redb::TableDefinition<'static, u64, &'static [u8]> =
+        redb::TableDefinition::new("events");
+
+    fn create(path: &Path, record: usize) -> NaiveRedb {
+        let mut builder = redb::Builder::new();
+        builder.set_concurrency_mode(redb::ConcurrencyMode::SingleWriter);
+        NaiveRedb {
+            db: builder.create(path).expect("naive redb"),
+            blob: vec![0xA5u8; record],
+        }
+    }
+
+    fn append(&self, key: u64) {
+        let txn = self.db.begin_write().expect("begin");
+        {
+            let mut t = txn.open_table(Self::EVENTS).expect("table");
+            t.insert(key, self.blob.as_slice()).expect("insert");
+        }
+        txn.commit().expect("commit");
+    }
+}
+
 fn naive_redb(dir: &Path, n: usize, record: usize) -> Percentiles {
-    const T: redb::TableDefinition<'_, u64, &[u8]> = redb::TableDefinition::new("events");
-    let mut builder = redb::Builder::new();
-    builder.set_concurrency_mode(redb::ConcurrencyMode::SingleWriter);
-    let db = builder.create(dir.join("naive.redb")).expect("naive redb");
-    let blob = vec![0xA5u8; record];
+    let naive = NaiveRedb::create(&dir.join("naive.redb"), record);
     let mut samples = Vec::with_capacity(n);
     for i in 0..n as u64 {
         let start = Instant::now();
-        let txn = db.begin_write().expect("begin");
-        {
-            let mut t = txn.open_table(T).expect("table");
-            t.insert(i, blob.as_slice()).expect("insert");
-        }
-        txn.commit().expect("commit");
+        naive.append(i);
         samples.push(start.elapsed());
     }
     percentiles(samples)
@@ -284,19 +308,7 @@ fn child(dir: &Path, count: usize) {
     let mut left = count.saturating_sub(have);
     while left > 0 {
         let batch = left.min(1000);
-        let events = (0..batch)
-            .map(|_| {
-                n += 1;
-                passing(n)
-            })
-            .collect();
-        spool
-            .append_blocking(vec![AppendStream::new(
-                stream.clone(),
-                ExpectedVersion::Any,
-                events,
-            )])
-            .expect("child append");
+        append_passings(&spool, &stream, &mut n, batch);
         left -= batch;
     }
     println!("loaded {}", spool.head().expect("head"));
@@ -600,22 +612,9 @@ fn main() {
             at += blob.len() as u64;
         }),
     );
-    const T: redb::TableDefinition<'_, u64, &[u8]> = redb::TableDefinition::new("events");
-    let mut builder = redb::Builder::new();
-    builder.set_concurrency_mode(redb::ConcurrencyMode::SingleWriter);
-    let naive = builder
-        .create(dir.path().join("naive-wear.redb"))
-        .expect("naive redb");
-    let blob = vec![0xA5u8; record];
+    let naive = NaiveRedb::create(&dir.path().join("naive-wear.redb"), record);
     wear(
         "naive redb (Immediate, SingleWriter)",
-        Box::new(move |n| {
-            let txn = naive.begin_write().expect("begin");
-            {
-                let mut t = txn.open_table(T).expect("table");
-                t.insert(u64::from(n), blob.as_slice()).expect("insert");
-            }
-            txn.commit().expect("commit");
-        }),
+        Box::new(move |n| naive.append(u64::from(n))),
     );
 }
