@@ -404,7 +404,7 @@ impl Checker<'_> {
         let start = 0..span.end.min(1);
         let node_id = self.string(root, "", "node_id", &start);
         if let Some(Some(id)) = &node_id
-            && !valid_id(id)
+            && !valid_id(id, NODE_ID_BYTES_MAX)
         {
             let v = self
                 .get(root, "node_id")
@@ -413,12 +413,12 @@ impl Checker<'_> {
             self.err(
                 v,
                 "node_id",
-                "use letters, digits, '-', '_' and '.' only (at most 64)",
+                format!("use letters, digits, '-' and '_' only (at most {NODE_ID_BYTES_MAX})"),
             );
         }
         let track_id = self.required_string(root, "", "track_id", &start);
         if let Some(id) = &track_id
-            && !valid_id(id)
+            && !valid_id(id, TRACK_ID_BYTES_MAX)
         {
             let v = self
                 .get(root, "track_id")
@@ -427,7 +427,7 @@ impl Checker<'_> {
             self.err(
                 v,
                 "track_id",
-                "use letters, digits, '-', '_' and '.' only (at most 64)",
+                format!("use letters, digits, '-' and '_' only (at most {TRACK_ID_BYTES_MAX})"),
             );
         }
         let data_dir = self.required_string(root, "", "data_dir", &start);
@@ -708,13 +708,22 @@ fn join(path: &str, key: &str) -> String {
     }
 }
 
-fn valid_id(id: &str) -> bool {
+/// Ids go into the uplink's idempotency keys, whose parts central accepts as 1 to 64 of
+/// `[A-Za-z0-9_-]`.
+fn valid_id(id: &str, max: usize) -> bool {
     !id.is_empty()
-        && id.len() <= 64
+        && id.len() <= max
         && id
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
 }
+
+/// Longest track id.
+pub const TRACK_ID_BYTES_MAX: usize = 64;
+
+/// Longest node id: the uplink's client id is the node id, '-' and 8 hex digits of the spool's epoch,
+/// and must stay within 64 bytes.
+pub const NODE_ID_BYTES_MAX: usize = 55;
 
 /// `host` becomes `host:5403`; `host:port` and `[v6]:port` stay.
 fn with_default_port(address: &str) -> String {
@@ -790,7 +799,7 @@ kind = \"usb\"
         assert_eq!(
             errors(text),
             [
-                "1: track_id: use letters, digits, '-', '_' and '.' only (at most 64)",
+                "1: track_id: use letters, digits, '-' and '_' only (at most 64)",
                 "2: data_dir: expected a string, found integer",
                 "3: colour: unknown key (expected one of: node_id, track_id, data_dir, decoder, spool, clock, uplink)",
                 "9: decoder[0].baud: 11520 is not a supported baud rate (9600, 19200, 38400, 57600, 115200)",

@@ -167,23 +167,11 @@ fn retry(config: &Config, only: Option<Seq>) -> anyhow::Result<()> {
     }
     let node_id = crate::runtime::identity::node_id(&config.data_dir, config.node_id.as_deref())
         .context("reading the node's id")?;
-    // As the node builds its drain (runtime::Node::start_uplink), so events get the same ids.
-    let mut drain_config = uplink::drain::DrainConfig::new(
-        settings.central_url.clone(),
-        config.track_id.clone(),
-        node_id,
-        settings.token_file.clone(),
-    );
-    drain_config.tls = uplink::tls::ClientTlsConfig {
-        ca_file: settings.ca_file.clone(),
-        client_cert_file: settings.client_cert.clone(),
-        client_key_file: settings.client_key.clone(),
-    };
-    drain_config.forward = settings.forward.clone().unwrap_or_default();
+    let client_id = crate::runtime::identity::client_id(&node_id, &config.spool_dir())
+        .context("reading the spool's epoch")?;
+    // Built as the node builds it, so events get the same ids.
+    let mut drain_config = crate::runtime::drain_config(config, settings, client_id);
     drain_config.cursor = cursor.to_owned();
-    if let Some(limits) = &settings.limits {
-        drain_config.limits = limits.clone();
-    }
     let drain = uplink::drain::Drain::new(drain_config, spool.clone())
         .map_err(|e| anyhow::anyhow!(uplink::chain(&e)))
         .context("preparing the uplink")?;

@@ -39,6 +39,30 @@ pub fn next_boot_id(data_dir: &Path) -> anyhow::Result<String> {
     Ok(format!("b-{this:06}"))
 }
 
+/// The uplink's `client_id`: the node id, plus the epoch of the spool it drains.
+///
+/// Central deduplicates per `(track, client_id)` by spool seq. A spool created afresh (new disk, wiped
+/// data) counts seqs from 1 again, so it must not reuse the old client id, or central would drop its
+/// events as duplicates. The epoch lives inside the spool directory and is created with the spool, so it
+/// changes exactly when the seqs start over.
+pub fn client_id(node_id: &str, spool_dir: &Path) -> anyhow::Result<String> {
+    let path = spool_dir.join("epoch");
+    let epoch = match std::fs::read_to_string(&path) {
+        Ok(s) if !s.trim().is_empty() => s.trim().to_string(),
+        Ok(_) => anyhow::bail!(
+            "{} is empty; it names this spool for central",
+            path.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let epoch = random_hex(4)?;
+            write_durably(&path, epoch.as_bytes())?;
+            epoch
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    Ok(format!("{node_id}-{epoch}"))
+}
+
 fn random_hex(bytes: usize) -> anyhow::Result<String> {
     let mut buf = vec![0u8; bytes];
     std::fs::File::open("/dev/urandom")
@@ -78,5 +102,26 @@ mod tests {
         assert_eq!(node_id(dir.path(), Some("box-7")).unwrap(), "box-7");
         assert_eq!(next_boot_id(dir.path()).unwrap(), "b-000001");
         assert_eq!(next_boot_id(dir.path()).unwrap(), "b-000002");
+    }
+
+    #[test]
+    fn client_id_changes_only_with_a_new_spool() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = dir.path().join("spool");
+        std::fs::create_dir_all(&spool).unwrap();
+        let a = client_id("node-1", &spool).unwrap();
+        assert!(a.starts_with("node-1-") && a.len() == 15, "{a}");
+        assert_eq!(
+            client_id("node-1", &spool).unwrap(),
+            a,
+            "stable across restarts"
+        );
+        std::fs::remove_dir_all(&spool).unwrap();
+        std::fs::create_dir_all(&spool).unwrap();
+        assert_ne!(
+            client_id("node-1", &spool).unwrap(),
+            a,
+            "a new spool is a new client"
+        );
     }
 }

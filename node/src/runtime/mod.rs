@@ -75,6 +75,32 @@ pub async fn open_spool(config: &Config) -> anyhow::Result<Spool> {
     }
 }
 
+/// The drain's configuration for this node: the one place it is built, so the node and a technician's
+/// `spool rejected retry` send events with the same ids.
+pub fn drain_config(
+    config: &Config,
+    u: &crate::config::UplinkSettings,
+    client_id: String,
+) -> uplink::drain::DrainConfig {
+    let mut dc = uplink::drain::DrainConfig::new(
+        u.central_url.clone(),
+        config.track_id.clone(),
+        client_id,
+        u.token_file.clone(),
+    );
+    dc.tls = uplink::tls::ClientTlsConfig {
+        ca_file: u.ca_file.clone(),
+        client_cert_file: u.client_cert.clone(),
+        client_key_file: u.client_key.clone(),
+    };
+    dc.forward = u.forward.clone().unwrap_or_default();
+    dc.cursor = UPLINK_CURSOR.to_string();
+    if let Some(limits) = &u.limits {
+        dc.limits = limits.clone();
+    }
+    dc
+}
+
 /// The durable cursor the uplink drains through.
 pub const UPLINK_CURSOR: &str = "uplink";
 
@@ -84,6 +110,8 @@ pub struct Node {
     pub status: Shared,
     pub boot_id: String,
     pub node_id: String,
+    /// The uplink's client id: the node id and the spool's epoch (see [`identity::client_id`]).
+    pub client_id: String,
     pub data_dir: PathBuf,
 }
 
@@ -96,6 +124,7 @@ impl Node {
         let node_id = identity::node_id(&data_dir, config.node_id.as_deref())?;
         let boot_id = identity::next_boot_id(&data_dir)?;
         let spool = open_spool(config).await?;
+        let client_id = identity::client_id(&node_id, &config.spool_dir())?;
         let started = catalog::NodeStarted {
             version: env!("CARGO_PKG_VERSION").into(),
             boot_id: boot_id.clone(),
@@ -125,6 +154,7 @@ impl Node {
             status,
             boot_id,
             node_id,
+            client_id,
             data_dir,
         })
     }
@@ -236,22 +266,7 @@ impl Node {
         u: &crate::config::UplinkSettings,
         cancel: CancellationToken,
     ) -> anyhow::Result<()> {
-        let mut dc = uplink::drain::DrainConfig::new(
-            u.central_url.clone(),
-            config.track_id.clone(),
-            self.node_id.clone(),
-            u.token_file.clone(),
-        );
-        dc.tls = uplink::tls::ClientTlsConfig {
-            ca_file: u.ca_file.clone(),
-            client_cert_file: u.client_cert.clone(),
-            client_key_file: u.client_key.clone(),
-        };
-        dc.forward = u.forward.clone().unwrap_or_default();
-        dc.cursor = UPLINK_CURSOR.to_string();
-        if let Some(limits) = &u.limits {
-            dc.limits = limits.clone();
-        }
+        let dc = drain_config(config, u, self.client_id.clone());
         let drain = uplink::drain::Drain::new(dc, self.spool.clone())
             .map_err(|e| anyhow::anyhow!(uplink::chain(&e)))?;
         let mut watch = drain.status();
