@@ -96,8 +96,8 @@ pub fn update(mut crc: u16, bytes: &[u8]) -> u16 {
 /// `frame` must be at least 6 bytes long; shorter input is checksummed as it is.
 pub fn frame_crc(frame: &[u8]) -> u16 {
     let n = frame.len();
-    if n < 8 {
-        let mut zeroed = [0u8; 8];
+    if n < 10 {
+        let mut zeroed = [0u8; 10];
         zeroed[..n].copy_from_slice(frame);
         if n >= 6 {
             zeroed[4] = 0;
@@ -106,9 +106,10 @@ pub fn frame_crc(frame: &[u8]) -> u16 {
         return update(CRC_INIT, &zeroed[..n]);
     }
     // Standard form over everything but the last two bytes, CRC field as zero; then the last two.
-    let crc = standard_update(STANDARD_INIT, &frame[..4]);
-    let crc = standard_update(crc, &[0, 0]);
-    let crc = standard_update(crc, &frame[6..n - 2]);
+    // The first 8 bytes (SOR, VER, LEN, zeroed CRC, FLAGS) go in as one slicing step.
+    let head = [frame[0], frame[1], frame[2], frame[3], 0, 0, frame[6], frame[7]];
+    let crc = standard_update(STANDARD_INIT, &head);
+    let crc = standard_update(crc, &frame[8..n - 2]);
     crc ^ u16::from_be_bytes([frame[n - 2], frame[n - 1]])
 }
 

@@ -276,6 +276,8 @@ trait Fields<'a> {
     const TOR: u16;
     /// Known tags in the order the encoder writes them by default.
     const CANON: &'static [u8];
+    /// `CANON` as a lookup table.
+    const KNOWN: [bool; 256] = known_table(Self::CANON);
     fn value(&self, tag: u8) -> Option<Val<'_>>;
     fn unknown(&self) -> Unknown<'a>;
 }
@@ -349,13 +351,13 @@ impl<'a> Passing<'a> {
     fn read(frame: &Frame<'a>) -> Option<Self> {
         use tag::passing::*;
         let (mut number, mut rtc, mut decoder_id) = (None::<u32>, None::<u64>, None::<u32>);
-        let mut seen = 0u32;
+        let mut seen = [0u64; 4];
         let mut p = Passing {
             unknown: Unknown::within(frame.body()),
             ..Default::default()
         };
         for (i, tlv) in frame.tlvs().flatten().enumerate() {
-            first_of_known(&mut seen, Self::CANON, tlv.tag)?;
+            first_of_known(&mut seen, &Self::KNOWN, tlv.tag)?;
             let known = match tlv.tag {
                 PASSING_NUMBER => take_uint(&mut number, tlv, 4),
                 TRANSPONDER => take_uint(&mut p.transponder, tlv, 4),
@@ -421,7 +423,7 @@ impl<'a> Fields<'a> for Status<'a> {
 impl<'a> Status<'a> {
     fn read(frame: &Frame<'a>) -> Option<Self> {
         use tag::status::*;
-        let mut seen = 0u32;
+        let mut seen = [0u64; 4];
         let mut s = Status {
             unknown: Unknown::within(frame.body()),
             ..Default::default()
@@ -429,7 +431,7 @@ impl<'a> Status<'a> {
         let mut temperature = None::<u16>;
         let mut decoder_id = None::<u32>;
         for (i, tlv) in frame.tlvs().flatten().enumerate() {
-            first_of_known(&mut seen, Self::CANON, tlv.tag)?;
+            first_of_known(&mut seen, &Self::KNOWN, tlv.tag)?;
             let known = match tlv.tag {
                 NOISE => take_uint(&mut s.noise, tlv, 2),
                 GPS => take_uint(&mut s.gps, tlv, 1),
@@ -489,14 +491,14 @@ impl<'a> Fields<'a> for Version<'a> {
 impl<'a> Version<'a> {
     fn read(frame: &Frame<'a>) -> Option<Self> {
         use tag::version::*;
-        let mut seen = 0u32;
+        let mut seen = [0u64; 4];
         let mut v = Version {
             unknown: Unknown::within(frame.body()),
             ..Default::default()
         };
         let mut decoder_id = None::<u32>;
         for (i, tlv) in frame.tlvs().flatten().enumerate() {
-            first_of_known(&mut seen, Self::CANON, tlv.tag)?;
+            first_of_known(&mut seen, &Self::KNOWN, tlv.tag)?;
             let known = match tlv.tag {
                 DECODER_TYPE => take_bytes(&mut v.decoder_type, tlv),
                 DESCRIPTION => take_bytes(&mut v.description, tlv),
@@ -549,14 +551,14 @@ impl<'a> Fields<'a> for GetTime<'a> {
 impl<'a> GetTime<'a> {
     fn read(frame: &Frame<'a>) -> Option<Self> {
         use tag::get_time::*;
-        let mut seen = 0u32;
+        let mut seen = [0u64; 4];
         let mut g = GetTime {
             unknown: Unknown::within(frame.body()),
             ..Default::default()
         };
         let mut decoder_id = None::<u32>;
         for (i, tlv) in frame.tlvs().flatten().enumerate() {
-            first_of_known(&mut seen, Self::CANON, tlv.tag)?;
+            first_of_known(&mut seen, &Self::KNOWN, tlv.tag)?;
             let known = match tlv.tag {
                 RTC_TIME => take_uint(&mut g.rtc_time_us, tlv, 8),
                 FLAGS => take_uint(&mut g.flags, tlv, 2),
@@ -601,14 +603,14 @@ impl<'a> Fields<'a> for ErrorRecord<'a> {
 
 impl<'a> ErrorRecord<'a> {
     fn read(frame: &Frame<'a>) -> Option<Self> {
-        let mut seen = 0u32;
+        let mut seen = [0u64; 4];
         let mut e = ErrorRecord {
             unknown: Unknown::within(frame.body()),
             ..Default::default()
         };
         let mut decoder_id = None::<u32>;
         for (i, tlv) in frame.tlvs().flatten().enumerate() {
-            first_of_known(&mut seen, Self::CANON, tlv.tag)?;
+            first_of_known(&mut seen, &Self::KNOWN, tlv.tag)?;
             let known = match tlv.tag {
                 tag::error::CODE => take_uint(&mut e.code, tlv, 2),
                 tag::error::DESCRIPTION => take_bytes(&mut e.description, tlv),
@@ -652,13 +654,13 @@ impl<'a> Fields<'a> for Resend<'a> {
 impl<'a> Resend<'a> {
     fn read(frame: &Frame<'a>) -> Option<Self> {
         let (mut from, mut until, mut decoder_id) = (None::<u32>, None::<u32>, None::<u32>);
-        let mut seen = 0u32;
+        let mut seen = [0u64; 4];
         let mut r = Resend {
             unknown: Unknown::within(frame.body()),
             ..Default::default()
         };
         for (i, tlv) in frame.tlvs().flatten().enumerate() {
-            first_of_known(&mut seen, Self::CANON, tlv.tag)?;
+            first_of_known(&mut seen, &Self::KNOWN, tlv.tag)?;
             let known = match tlv.tag {
                 tag::resend::FROM => take_uint(&mut from, tlv, 4),
                 tag::resend::UNTIL => take_uint(&mut until, tlv, 4),
@@ -770,14 +772,26 @@ fn build<'a, F: Fields<'a>>(
 /// Notes that a known tag was seen; `None` if it was seen before. A frame in which a known tag repeats is
 /// ambiguous (which one is the value?) and is kept whole as [`Body::Other`] instead.
 #[inline]
-fn first_of_known(seen: &mut u32, known: &[u8], tag: u8) -> Option<()> {
-    if let Some(i) = known.iter().position(|&k| k == tag) {
-        if *seen & (1 << i) != 0 {
+fn first_of_known(seen: &mut [u64; 4], known: &[bool; 256], tag: u8) -> Option<()> {
+    if known[usize::from(tag)] {
+        let (word, bit) = (usize::from(tag >> 6), 1u64 << (tag & 63));
+        if seen[word] & bit != 0 {
             return None;
         }
-        *seen |= 1 << i;
+        seen[word] |= bit;
     }
     Some(())
+}
+
+/// A lookup table of the tags in `canon`, built at compile time.
+const fn known_table(canon: &[u8]) -> [bool; 256] {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < canon.len() {
+        t[canon[i] as usize] = true;
+        i += 1;
+    }
+    t
 }
 
 impl<'a> Record<'a> {
