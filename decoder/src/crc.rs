@@ -107,7 +107,9 @@ pub fn frame_crc(frame: &[u8]) -> u16 {
     }
     // Standard form over everything but the last two bytes, CRC field as zero; then the last two.
     // The first 8 bytes (SOR, VER, LEN, zeroed CRC, FLAGS) go in as one slicing step.
-    let head = [frame[0], frame[1], frame[2], frame[3], 0, 0, frame[6], frame[7]];
+    let head = [
+        frame[0], frame[1], frame[2], frame[3], 0, 0, frame[6], frame[7],
+    ];
     let crc = standard_update(STANDARD_INIT, &head);
     let crc = standard_update(crc, &frame[8..n - 2]);
     crc ^ u16::from_be_bytes([frame[n - 2], frame[n - 1]])
