@@ -269,3 +269,45 @@ async fn kill_9_at_1000_passings_per_second_loses_nothing_and_duplicates_nothing
     assert!(report.is_ok(), "spool verifies after kill -9: {report:?}");
     cancel.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn networked_decoder_over_tcp_survives_a_dropped_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let cancel = CancellationToken::new();
+    let decoder = Decoder::new(SimConfig {
+        seed: 11,
+        rate_per_s: 300.0,
+        ..Default::default()
+    })
+    .unwrap();
+    let emitted = decoder.emitted();
+    let addr: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let tcp = sim::serve_tcp(decoder, addr, cancel.clone()).await.unwrap();
+
+    let mut config = config(dir.path(), dir.path().join("unused"));
+    config.decoders[0].kind = node::config::DecoderKind::Tcp {
+        address: tcp.local_addr().to_string(),
+    };
+    let node = Node::open(&config).await.unwrap();
+    let spool = node.spool.clone();
+    let run = tokio::spawn({
+        let (config, cancel) = (config.clone(), cancel.clone());
+        async move { node.run(&config, cancel).await }
+    });
+    let read = |from| spool.read_global(from, 5000).unwrap();
+    wait_for("200 passings over TCP", || stored(read).len() >= 200).await;
+    let first = *stored(read).keys().next().unwrap();
+
+    // The decoder drops every client, as a switch reboot would; the node connects again.
+    tcp.disconnect_all();
+    let until = emitted.last_number().unwrap() + 300;
+    wait_for("every passing up to 300 after the drop", || {
+        covers(&stored(read), first, until)
+    })
+    .await;
+    assert_exactly_once(&emitted, &stored(read), first, until);
+    assert!(events_of::<catalog::Disconnected>(&spool).len() >= 1);
+    assert!(events_of::<catalog::Connected>(&spool).len() >= 2);
+    cancel.cancel();
+    run.await.unwrap().unwrap();
+}
