@@ -178,6 +178,33 @@ pub fn events_of<T: EventPayload>(spool: &Spool) -> Vec<T> {
         .collect()
 }
 
+/// A node running in this process, as `venue-node run` would.
+pub struct Running {
+    pub spool: Spool,
+    pub status: node::runtime::status::Shared,
+    cancel: CancellationToken,
+    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    pub async fn start(config: &Config) -> Running {
+        let node = Node::open(config).await.unwrap();
+        let (spool, status) = (node.spool.clone(), node.status.clone());
+        let cancel = CancellationToken::new();
+        let handle = tokio::spawn({
+            let (config, cancel) = (config.clone(), cancel.clone());
+            async move { node.run(&config, cancel).await }
+        });
+        Running { spool, status, cancel, handle }
+    }
+
+    /// Shuts the node down as SIGTERM would and checks it stopped cleanly.
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        self.handle.await.unwrap().unwrap();
+    }
+}
+
 pub async fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + WAIT;
     while !check() {
@@ -191,14 +218,8 @@ async fn gaps_are_filled_by_resend_and_unfillable_ones_recorded() {
     let dir = tempfile::tempdir().unwrap();
     let mut pty = Pty::new(dir.path());
     let config = config(dir.path(), pty.link.clone());
-    let node = Node::open(&config).await.unwrap();
-    let spool = node.spool.clone();
-    let status = node.status.clone();
-    let cancel = CancellationToken::new();
-    let run = tokio::spawn({
-        let (config, cancel) = (config.clone(), cancel.clone());
-        async move { node.run(&config, cancel).await }
-    });
+    let node = Running::start(&config).await;
+    let (spool, status) = (node.spool.clone(), node.status.clone());
 
     // The node asks for the decoder's clock as soon as it connects.
     let (t, _) = pty.command().await;
@@ -247,8 +268,7 @@ async fn gaps_are_filled_by_resend_and_unfillable_ones_recorded() {
     assert_eq!(s.decoders[0].passings_duplicate, 1);
     assert_eq!(s.decoders[0].passings_declared_missing, 3);
 
-    cancel.cancel();
-    run.await.unwrap().unwrap();
+    node.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -256,14 +276,8 @@ async fn garbage_and_corrupted_frames_are_counted_and_good_frames_around_them_st
     let dir = tempfile::tempdir().unwrap();
     let mut pty = Pty::new(dir.path());
     let config = config(dir.path(), pty.link.clone());
-    let node = Node::open(&config).await.unwrap();
-    let spool = node.spool.clone();
-    let status = node.status.clone();
-    let cancel = CancellationToken::new();
-    let run = tokio::spawn({
-        let (config, cancel) = (config.clone(), cancel.clone());
-        async move { node.run(&config, cancel).await }
-    });
+    let node = Running::start(&config).await;
+    let (spool, status) = (node.spool.clone(), node.status.clone());
     let _ = pty.command().await;
 
     let mut bytes = passing(1);
@@ -291,6 +305,5 @@ async fn garbage_and_corrupted_frames_are_counted_and_good_frames_around_them_st
         ["bad_crc", "truncated"]
     );
     assert_eq!(kept[1].raw.len(), 20);
-    cancel.cancel();
-    run.await.unwrap().unwrap();
+    node.stop().await;
 }
