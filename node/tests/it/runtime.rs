@@ -195,7 +195,12 @@ impl Running {
             let (config, cancel) = (config.clone(), cancel.clone());
             async move { node.run(&config, cancel).await }
         });
-        Running { spool, status, cancel, handle }
+        Running {
+            spool,
+            status,
+            cancel,
+            handle,
+        }
     }
 
     /// Shuts the node down as SIGTERM would and checks it stopped cleanly.
