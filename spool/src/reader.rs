@@ -5,6 +5,12 @@
 //! begins a read transaction, and uses the tail's events after the transaction's last seq. The
 //! writer clears the tail only after the checkpoint commit, under the same lock, so a read never
 //! sees a gap: at worst it sees an event in both, and takes it once.
+//!
+//! The long reads (a page of events, a stream) let go of the lock while they walk the database,
+//! because the writer takes it for every append it publishes: a technician's export or the
+//! uplink's backlog must not add their read time to a live append's latency. They note the tail's
+//! generation, which every checkpoint bumps, and take the lock again for the tail part; if a
+//! checkpoint came between, they read again.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -47,6 +53,9 @@ pub(crate) struct Tail {
     pub(crate) streams: HashMap<String, BTreeMap<u64, u64>>,
     pub(crate) keys: HashMap<String, u64>,
     pub(crate) cursors: HashMap<String, u64>,
+    /// Counts clears and replacements: a reader that let go of the lock knows the tail it saw
+    /// still continues its read transaction only while this is unchanged.
+    pub(crate) generation: u64,
 }
 
 impl Tail {
@@ -115,7 +124,20 @@ impl Tail {
     }
 
     pub(crate) fn clear(&mut self) {
-        *self = Tail::default();
+        let generation = self.generation + 1;
+        *self = Tail {
+            generation,
+            ..Tail::default()
+        };
+    }
+
+    /// Puts `other` in place of this tail, as a new generation.
+    pub(crate) fn replace(&mut self, other: Tail) {
+        let generation = self.generation + 1;
+        *self = Tail {
+            generation,
+            ..other
+        };
     }
 
     fn last_seq(&self) -> Option<u64> {
@@ -205,10 +227,13 @@ struct View<'a> {
     db_last_seq: u64,
 }
 
-impl View<'_> {
-    fn tail_events_from(&self, from: u64) -> impl Iterator<Item = &RecordedEvent> {
-        self.tail.range_from(from.max(self.db_last_seq + 1))
-    }
+/// A read transaction begun under the tail's lock, and the tail generation it continues, without
+/// holding the lock: long reads of the database must not hold up the writer, which takes the lock
+/// to publish every append.
+struct Detached {
+    txn: ReadTransaction,
+    db_last_seq: u64,
+    generation: u64,
 }
 
 impl SpoolReader {
@@ -322,7 +347,10 @@ impl SpoolReader {
                 break;
             }
         }
-        *self.tail.write().unwrap_or_else(|p| p.into_inner()) = tail;
+        self.tail
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(tail);
         Ok(())
     }
 
@@ -350,6 +378,21 @@ impl SpoolReader {
             txn,
             db_last_seq,
         })
+    }
+
+    fn detached(&self) -> Result<Detached> {
+        let view = self.view()?;
+        Ok(Detached {
+            generation: view.tail.generation,
+            txn: view.txn,
+            db_last_seq: view.db_last_seq,
+        })
+    }
+
+    /// The tail again, if it still continues `detached`'s transaction (no checkpoint since).
+    fn tail_after(&self, detached: &Detached) -> Option<RwLockReadGuard<'_, Tail>> {
+        let tail = self.tail.read().unwrap_or_else(|p| p.into_inner());
+        (tail.generation == detached.generation).then_some(tail)
     }
 
     fn finish(&self, event: RecordedEvent) -> Result<RecordedEvent> {
@@ -390,11 +433,27 @@ impl SpoolReader {
         filter: &Filter,
         limit: usize,
     ) -> Result<(Vec<RecordedEvent>, Seq)> {
+        // A checkpoint between the database part and the tail part would make the tail skip events
+        // this transaction lacks: then the read is done again (rare: checkpoints come seconds apart).
+        loop {
+            if let Some(read) = self.try_read_raw(from, filter, limit)? {
+                return Ok(read);
+            }
+        }
+    }
+
+    /// One try of [`Self::read_raw`]; `None` if a checkpoint came between the two parts.
+    fn try_read_raw(
+        &self,
+        from: Seq,
+        filter: &Filter,
+        limit: usize,
+    ) -> Result<Option<(Vec<RecordedEvent>, Seq)>> {
         let limit = limit.min(READ_EVENTS_MAX);
         let mut out = Vec::new();
         let mut next = from.0.max(1);
         let mut scanned = 0usize;
-        let view = self.view()?;
+        let view = self.detached()?;
         if next <= view.db_last_seq {
             let table = view.txn.open_table(tables::EVENTS).ctx("opening events")?;
             for item in table.range(next..=view.db_last_seq).ctx("reading events")? {
@@ -414,7 +473,10 @@ impl SpoolReader {
             }
         }
         if out.len() < limit && scanned < READ_EVENTS_MAX {
-            for event in view.tail_events_from(next) {
+            let Some(tail) = self.tail_after(&view) else {
+                return Ok(None);
+            };
+            for event in tail.range_from(next.max(view.db_last_seq + 1)) {
                 if out.len() >= limit || scanned >= READ_EVENTS_MAX {
                     break;
                 }
@@ -425,7 +487,7 @@ impl SpoolReader {
                 }
             }
         }
-        Ok((out, Seq(next)))
+        Ok(Some((out, Seq(next))))
     }
 
     /// Up to `limit` events of `stream` from version `from_version` (inclusive; versions start
@@ -436,10 +498,24 @@ impl SpoolReader {
         from_version: StreamVersion,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>> {
+        // As in `read_raw`: tried again if a checkpoint came between the two parts.
+        loop {
+            if let Some(events) = self.try_read_stream(stream, from_version, limit)? {
+                return events.into_iter().map(|e| self.finish(e)).collect();
+            }
+        }
+    }
+
+    fn try_read_stream(
+        &self,
+        stream: &StreamId,
+        from_version: StreamVersion,
+        limit: usize,
+    ) -> Result<Option<Vec<RecordedEvent>>> {
         let limit = limit.min(READ_EVENTS_MAX);
         let mut out = Vec::new();
         let mut next_version = from_version.max(1);
-        let view = self.view()?;
+        let view = self.detached()?;
         {
             let runs = view
                 .txn
@@ -480,9 +556,13 @@ impl SpoolReader {
                 }
             }
         }
-        if out.len() < limit
-            && let Some(versions) = view.tail.streams.get(stream.as_str())
-        {
+        if out.len() >= limit {
+            return Ok(Some(out));
+        }
+        let Some(tail) = self.tail_after(&view) else {
+            return Ok(None);
+        };
+        if let Some(versions) = tail.streams.get(stream.as_str()) {
             for (_, seq) in versions.range(next_version..) {
                 if out.len() >= limit {
                     break;
@@ -490,13 +570,12 @@ impl SpoolReader {
                 if *seq <= view.db_last_seq {
                     continue;
                 }
-                if let Some(event) = view.tail.get(*seq) {
+                if let Some(event) = tail.get(*seq) {
                     out.push(event.clone());
                 }
             }
         }
-        drop(view);
-        out.into_iter().map(|e| self.finish(e)).collect()
+        Ok(Some(out))
     }
 
     /// The current version of a stream (0 if it has no events).

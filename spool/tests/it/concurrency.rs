@@ -71,3 +71,78 @@ fn concurrent_appenders_share_commits_and_get_gapless_seqs() {
     let report = spool.verify().unwrap();
     assert!(report.is_ok(), "{report:?}");
 }
+
+/// Page reads and stream reads let go of the tail's lock while they walk the database. With a
+/// checkpoint every few events, reads that span the database and the tail straddle one often;
+/// each must still return a gapless run, in order, from where it was asked.
+#[test]
+fn reads_that_straddle_checkpoints_see_no_gap_and_no_repeat() {
+    const EVENTS: u64 = 6_000;
+    const BEHIND: u64 = 1_500;
+    let dir = tempfile::tempdir().unwrap();
+    let config = spool::SpoolConfig {
+        checkpoint_events: 7,
+        ..opaque_config()
+    };
+    let spool = Spool::open(dir.path(), config).unwrap();
+    let writer = {
+        let spool = spool.clone();
+        std::thread::spawn(move || {
+            for n in 0..EVENTS {
+                let payload = n.to_string();
+                spool
+                    .append_blocking(vec![part(
+                        "s",
+                        ExpectedVersion::Any,
+                        vec![event(payload.as_bytes())],
+                    )])
+                    .unwrap();
+            }
+        })
+    };
+    let mut straddling = 0u64;
+    loop {
+        let head = spool.head().unwrap().0;
+        if head == 0 {
+            std::thread::yield_now();
+            continue;
+        }
+        // Start well inside the database, so the read walks it and then the tail.
+        let from = head.saturating_sub(BEHIND).max(1);
+        let page = spool.read_global(Seq(from), 5_000).unwrap();
+        assert_eq!(page.first().map(|e| e.seq.0), Some(from));
+        for (i, e) in page.iter().enumerate() {
+            assert_eq!(e.seq.0, from + i as u64, "a gap or a repeat in a page read");
+            assert_eq!(body(e), (e.seq.0 - 1).to_string().as_bytes());
+        }
+        let last = page.last().unwrap().seq.0;
+        assert!(
+            last >= head,
+            "a page read stops short of the head it was started after"
+        );
+        let run = spool
+            .read_stream(&crate::common::stream("s"), from, 5_000)
+            .unwrap();
+        for (i, e) in run.iter().enumerate() {
+            assert_eq!(
+                e.version,
+                from + i as u64,
+                "a gap or a repeat in a stream read"
+            );
+        }
+        assert!(run.last().unwrap().version >= head);
+        straddling += 1;
+        if head >= EVENTS {
+            break;
+        }
+    }
+    writer.join().unwrap();
+    assert!(
+        straddling > 10,
+        "the reads ran beside the writer ({straddling})"
+    );
+    assert!(
+        spool.stats().unwrap().checkpoints > 100,
+        "checkpoints happened"
+    );
+}
