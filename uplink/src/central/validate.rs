@@ -174,9 +174,122 @@ pub fn validate(body: &[u8], token_track: &str) -> Result<ValidBatch, Reject> {
     let events = events
         .into_iter()
         .enumerate()
-        .map(|(index, raw)| validate_event(index, raw, &track_id))
+        .map(|(index, raw)| match fast::passing(raw, &track_id) {
+            Some(valid) => Ok(valid),
+            None => validate_event(index, raw, &track_id),
+        })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(ValidBatch { track_id, events })
+}
+
+/// The common case without a `Value` tree: a PASSING event with exactly the contract's fields and
+/// strings that need no unescaping, read straight into borrowed structs. It accepts only what
+/// [`validate_event`] accepts (a property test holds them together); anything else, valid or not,
+/// goes the field-by-field way, which decides, and names the field when it refuses. A backlog is
+/// almost all passings, so this is most of what central parses.
+mod fast {
+    use serde::{Deserialize, Deserializer};
+    use serde_json::value::RawValue;
+
+    use super::{
+        INGEST_EVENT_BYTES_MAX, INGEST_ID_BYTES_MAX, INGEST_PAYLOAD_STRING_BYTES_MAX, ValidEvent,
+        is_id_byte,
+    };
+    use crate::wire::{IdempotencyKey, MESSAGE_TYPE_PASSING};
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Event<'a> {
+        event_id: &'a str,
+        track_id: &'a str,
+        #[serde(borrow)]
+        event_id_context: Context<'a>,
+        #[allow(dead_code, reason = "checked to be a u64 by parsing")]
+        captured_at_us: u64,
+        message_type: &'a str,
+        #[serde(borrow)]
+        payload: Passing<'a>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Context<'a> {
+        client_id: &'a str,
+        boot_id: &'a str,
+        seq: u64,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code, reason = "the u64 fields are checked by parsing")]
+    struct Passing<'a> {
+        message_type: &'a str,
+        passing_number: u64,
+        transponder_id: u64,
+        rtc_time_us: u64,
+        #[serde(default, deserialize_with = "present")]
+        utc_time_us: Option<u64>,
+        #[serde(default, deserialize_with = "present")]
+        strength: Option<u64>,
+        #[serde(default, deserialize_with = "present")]
+        hits: Option<u64>,
+        #[serde(default, borrow, deserialize_with = "present")]
+        transponder_string: Option<&'a str>,
+        flags: u64,
+        #[serde(default, borrow, deserialize_with = "present")]
+        decoder_id: Option<&'a str>,
+    }
+
+    /// An optional field that, when present, must hold a value: `null` is refused, as the
+    /// field-by-field path refuses it.
+    fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+        deserializer: D,
+    ) -> Result<Option<T>, D::Error> {
+        T::deserialize(deserializer).map(Some)
+    }
+
+    fn id(s: &str) -> bool {
+        !s.is_empty() && s.len() <= INGEST_ID_BYTES_MAX && s.bytes().all(is_id_byte)
+    }
+
+    /// The event, if it is a PASSING this path can vouch for; `None` sends it the slow way.
+    pub(super) fn passing(raw: &RawValue, batch_track: &str) -> Option<ValidEvent> {
+        const U16: u64 = u16::MAX as u64;
+        const U32: u64 = u32::MAX as u64;
+        let json = raw.get();
+        if json.len() > INGEST_EVENT_BYTES_MAX {
+            return None;
+        }
+        let event: Event<'_> = serde_json::from_str(json).ok()?;
+        let ctx = &event.event_id_context;
+        let p = &event.payload;
+        let valid = event.event_id.len() <= 36
+            && uuid::Uuid::try_parse(event.event_id).is_ok()
+            && event.track_id == batch_track
+            && id(ctx.client_id)
+            && id(ctx.boot_id)
+            && event.message_type == MESSAGE_TYPE_PASSING
+            && p.message_type == MESSAGE_TYPE_PASSING
+            && p.passing_number <= U32
+            && p.transponder_id <= U32
+            && p.strength.is_none_or(|v| v <= U16)
+            && p.hits.is_none_or(|v| v <= U16)
+            && p.transponder_string
+                .is_none_or(|s| s.len() <= INGEST_PAYLOAD_STRING_BYTES_MAX)
+            && p.flags <= U16
+            && p.decoder_id.is_none_or(|s| {
+                s.len() == 8
+                    && s.bytes()
+                        .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
+            });
+        valid.then(|| ValidEvent {
+            client_id: ctx.client_id.to_owned(),
+            seq: ctx.seq,
+            key: IdempotencyKey::new(batch_track, ctx.client_id, ctx.boot_id, ctx.seq),
+            message_type: MESSAGE_TYPE_PASSING.to_owned(),
+            raw: json.into(),
+        })
+    }
 }
 
 /// Field-by-field reader of one JSON object, producing errors that name the full path.
@@ -445,6 +558,148 @@ mod tests {
 
     fn reject(body: &[u8]) -> Reject {
         validate(body, "bmx-main").expect_err("must be refused")
+    }
+
+    /// Every field of a full passing event, as (object, name); "" is the event itself.
+    const FIELDS: [(&str, &str); 18] = [
+        ("", "event_id"),
+        ("", "track_id"),
+        ("", "captured_at_us"),
+        ("", "message_type"),
+        ("", "note"),
+        ("", "contract_version"),
+        ("event_id_context", "client_id"),
+        ("event_id_context", "boot_id"),
+        ("event_id_context", "seq"),
+        ("payload", "message_type"),
+        ("payload", "passing_number"),
+        ("payload", "transponder_id"),
+        ("payload", "rtc_time_us"),
+        ("payload", "utc_time_us"),
+        ("payload", "strength"),
+        ("payload", "flags"),
+        ("payload", "transponder_string"),
+        ("payload", "decoder_id"),
+    ];
+
+    /// Values one of the two paths might take differently from the other; `None` removes the field.
+    fn variants() -> Vec<Option<Value>> {
+        vec![
+            None,
+            Some(Value::Null),
+            Some(json!(0)),
+            Some(json!(100)),
+            Some(json!(65_535)),
+            Some(json!(65_536)),
+            Some(json!(4_294_967_295u64)),
+            Some(json!(4_294_967_296u64)),
+            Some(json!(u64::MAX)),
+            Some(json!(-1)),
+            Some(json!(1.5)),
+            Some(json!("7")),
+            Some(json!("")),
+            Some(json!("K\"T")),
+            Some(json!("x".repeat(257))),
+            Some(json!("D0000C00")),
+            Some(json!("D0000c00")),
+            Some(json!("PASSING")),
+            Some(json!("STATUS")),
+            Some(json!("bmx-main")),
+            Some(json!("8d3c1f0e-0000-4000-8000-000000000000")),
+            Some(json!({})),
+        ]
+    }
+
+    fn full_passing() -> Value {
+        let mut p = passing();
+        p["utc_time_us"] = json!(1761855822438228u64);
+        p["strength"] = json!(120);
+        p["hits"] = json!(30);
+        p["transponder_string"] = json!("KT-01");
+        event(181233, p)
+    }
+
+    fn mutate(event: &mut Value, (object, name): (&str, &str), value: &Option<Value>) {
+        let target = if object.is_empty() {
+            &mut *event
+        } else {
+            &mut event[object]
+        };
+        let map = target.as_object_mut().expect("an object");
+        match value {
+            Some(v) => map.insert(name.into(), v.clone()),
+            None => map.remove(name),
+        };
+    }
+
+    /// Both paths on one event: the fast path may decline, but what it accepts the full check
+    /// accepts too, read the same. True if the fast path accepted.
+    fn agree(event: &Value) -> bool {
+        let raw = RawValue::from_string(event.to_string()).unwrap();
+        let slow = validate_event(0, &raw, "bmx-main");
+        let Some(fast) = fast::passing(&raw, "bmx-main") else {
+            return false;
+        };
+        let slow = slow.unwrap_or_else(|r| {
+            panic!("the fast path accepted what the full check refuses ({r:?}): {event}")
+        });
+        assert_eq!(fast.client_id, slow.client_id);
+        assert_eq!(fast.seq, slow.seq);
+        assert_eq!(fast.key, slow.key);
+        assert_eq!(fast.message_type, slow.message_type);
+        assert_eq!(fast.raw, slow.raw);
+        true
+    }
+
+    /// Every single change and every pair of changes of a full passing event, from the values in
+    /// [`variants`]: the fast path never accepts what the field-by-field check refuses.
+    #[test]
+    fn the_fast_path_accepts_only_what_the_full_check_accepts() {
+        let variants = variants();
+        let changes: Vec<_> = FIELDS
+            .iter()
+            .flat_map(|&f| variants.iter().map(move |v| (f, v)))
+            .collect();
+        let mut fast = 0;
+        for (i, (f1, v1)) in changes.iter().enumerate() {
+            let mut one = full_passing();
+            mutate(&mut one, *f1, v1);
+            fast += usize::from(agree(&one));
+            for (f2, v2) in &changes[i + 1..] {
+                let mut two = one.clone();
+                mutate(&mut two, *f2, v2);
+                fast += usize::from(agree(&two));
+            }
+        }
+        // The check means something only if the fast path took many of the cases.
+        assert!(fast > 1_000, "the fast path accepted only {fast} cases");
+    }
+
+    #[test]
+    fn the_fast_path_takes_plain_passings_and_leaves_the_rest() {
+        let take = |e: Value| {
+            let raw = RawValue::from_string(e.to_string()).unwrap();
+            fast::passing(&raw, "bmx-main").is_some()
+        };
+        assert!(take(event(1, passing())));
+        let mut with_all = passing();
+        with_all["utc_time_us"] = json!(1761855822438228u64);
+        with_all["strength"] = json!(120);
+        with_all["hits"] = json!(30);
+        with_all["transponder_string"] = json!("KT-01");
+        assert!(take(event(1, with_all)));
+        let mut null = passing();
+        null["strength"] = Value::Null;
+        assert!(!take(event(1, null)), "null is refused by the full check");
+        let mut escaped = passing();
+        escaped["transponder_string"] = json!("K\"T");
+        assert!(
+            !take(event(1, escaped)),
+            "a string with an escape is not borrowed"
+        );
+        let status = json!({ "message_type": "STATUS", "noise": 1, "gps_status": 0,
+                             "temperature": 20, "satellites": 0 });
+        assert!(!take(event(1, status)));
     }
 
     #[test]
