@@ -224,9 +224,27 @@ async fn ingest_batch<S: IngestStore>(
     // The store works in a task of its own: if the client goes away mid-request, hyper drops this
     // handler, but a store must never stop between making events durable and recording them in its
     // ranges (a retry would then store them twice).
+    // The counters are kept in that task too: a batch stored for a client that went away still
+    // counts as accepted (its retry then counts as duplicates).
     let stored = {
         let central = central.clone();
-        tokio::spawn(async move { central.store.ingest(batch).await }).await
+        let track = track.clone();
+        tokio::spawn(async move {
+            let stored = central.store.ingest(batch).await;
+            if let Ok(done) = &stored {
+                assert_eq!(
+                    done.accepted + done.duplicates,
+                    events,
+                    "a store must account for every event of a batch"
+                );
+                central.count(&track, |s| {
+                    s.accepted += done.accepted;
+                    s.duplicates += done.duplicates;
+                });
+            }
+            stored
+        })
+        .await
     };
     let stored = match stored {
         Ok(stored) => stored,
@@ -236,18 +254,7 @@ async fn ingest_batch<S: IngestStore>(
         }
     };
     match stored {
-        Ok(done) => {
-            assert_eq!(
-                done.accepted + done.duplicates,
-                events,
-                "a store must account for every event of a batch"
-            );
-            central.count(&track, |s| {
-                s.accepted += done.accepted;
-                s.duplicates += done.duplicates;
-            });
-            (StatusCode::OK, axum::Json(done)).into_response()
-        }
+        Ok(done) => (StatusCode::OK, axum::Json(done)).into_response(),
         Err(error) => {
             tracing::error!(track, error = %crate::error::chain(&error), "ingest store failed");
             server_error("the store is unavailable; retry later")
