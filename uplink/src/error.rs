@@ -84,6 +84,9 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// The drain's own thread or runtime could not be started, or it panicked.
+    #[error("the drain's background thread: {0}")]
+    Background(String),
     /// A blocking task (redb work on its own thread) panicked or was cancelled.
     #[error("blocking task for {what} did not finish")]
     Join {

@@ -271,8 +271,13 @@ impl Node {
             .map_err(|e| anyhow::anyhow!(uplink::chain(&e)))?;
         let mut watch = drain.status();
         let status = self.status.clone();
+        // On a thread of its own at a lower CPU priority: a backlog of days drains with the cores
+        // the live path leaves idle, and never queues ahead of it.
+        let background = drain
+            .spawn(cancel)
+            .map_err(|e| anyhow::anyhow!(uplink::chain(&e)))?;
         tracker.spawn(async move {
-            if let Err(e) = drain.run(cancel).await {
+            if let Err(e) = background.join().await {
                 tracing::error!(error = %uplink::chain(&e), "uplink stopped");
             }
         });

@@ -323,6 +323,78 @@ impl Drain {
     }
 }
 
+/// How much nicer than the rest of the node the drain's thread runs (`nice(1)` steps, 0 to 19).
+/// Encoding, TLS and HTTP for a backlog can keep both cores of a small box busy; at this priority
+/// the scheduler hands a core to the live path (decoder input, spool writer) as soon as it wakes,
+/// and the drain still gets every cycle the live path leaves idle.
+pub const UPLINK_NICE: i32 = 19;
+
+/// Most threads the drain's runtime starts for blocking work (spool reads and batch encoding): one
+/// batch is prepared while another is in flight.
+pub const UPLINK_BLOCKING_THREADS_MAX: usize = 2;
+
+/// A drain running on a thread of its own; see [`Drain::spawn`].
+pub struct Background {
+    done: tokio::sync::oneshot::Receiver<Result<(), Error>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Background {
+    /// Waits for the drain to stop (after its `cancel`), and returns how it ended.
+    pub async fn join(mut self) -> Result<(), Error> {
+        let result = match (&mut self.done).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Background("the drain thread panicked".into())),
+        };
+        if let Some(thread) = self.thread.take() {
+            // It has sent its result, so it is about to end; joining does not block for long.
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        result
+    }
+}
+
+/// Lowers the calling thread's CPU priority by [`UPLINK_NICE`]. Only a warning if it cannot: the
+/// drain still works, it just competes with the live path as an equal.
+fn lower_priority() {
+    let tid = rustix::thread::gettid();
+    if let Err(e) = rustix::process::setpriority_process(Some(tid), UPLINK_NICE) {
+        tracing::warn!(error = %e, "cannot lower the drain thread's priority; it competes with live input");
+    }
+}
+
+impl Drain {
+    /// Runs the drain until `cancel` on an OS thread of its own, with its own single-threaded
+    /// runtime, at a lower CPU priority ([`UPLINK_NICE`]). This is how the node runs it: the live path
+    /// keeps its latency while a backlog of days drains, because the drain's CPU work (reading,
+    /// encoding, TLS, HTTP) never queues ahead of it, neither on the node's async workers nor in the
+    /// kernel's scheduler.
+    pub fn spawn(self, cancel: CancellationToken) -> Result<Background, Error> {
+        let (tx, done) = tokio::sync::oneshot::channel();
+        let thread = std::thread::Builder::new()
+            .name("uplink-drain".into())
+            .spawn(move || {
+                lower_priority();
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .thread_name("uplink-blocking")
+                    .max_blocking_threads(UPLINK_BLOCKING_THREADS_MAX)
+                    .on_thread_start(lower_priority)
+                    .build();
+                let result = match runtime {
+                    Ok(runtime) => runtime.block_on(self.run(cancel)),
+                    Err(e) => Err(Error::Background(format!("starting its runtime: {e}"))),
+                };
+                let _ = tx.send(result);
+            })
+            .map_err(|e| Error::Background(format!("starting the thread: {e}")))?;
+        Ok(Background {
+            done,
+            thread: Some(thread),
+        })
+    }
+}
+
 struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
 
 impl<T> Drop for AbortOnDrop<T> {
