@@ -1,5 +1,6 @@
 //! End-to-end tests of the node, one binary: real pseudo-terminals, real sockets, real processes.
 
+mod chaos;
 mod e2e;
 mod inspect;
 mod runtime;
