@@ -1035,13 +1035,13 @@ fn doctor_on_a_good_setup_reports_the_data_directory_writable_and_a_broken_confi
         0,
         "the probe file is removed"
     );
-    // Only the clock may fail here (it depends on the host); nothing else does.
+    // Nothing fails here; the clock only warns when the host is not synchronised.
     let fails: Vec<&str> = out
         .stdout
         .lines()
         .filter(|l| l.starts_with("FAIL"))
         .collect();
-    assert!(fails.iter().all(|l| l.contains("clock:")), "{fails:?}");
+    assert!(fails.is_empty(), "{fails:?}");
 
     std::fs::write(
         &config,
@@ -1097,7 +1097,7 @@ fn doctor_reads_the_clock_state_from_the_tools_it_finds() {
     fake_tool(&tools, "timedatectl", "echo no");
     let unsynced = doctor_clock_line(&config, &tools);
     assert!(
-        unsynced.starts_with("FAIL") && unsynced.contains("not synchronised"),
+        unsynced.starts_with("WARN") && unsynced.contains("not synchronised"),
         "{unsynced}"
     );
 
@@ -1118,7 +1118,7 @@ fn doctor_reads_the_clock_state_from_the_tools_it_finds() {
     );
     let chrony = doctor_clock_line(&config, &tools);
     assert!(
-        chrony.starts_with("FAIL") && chrony.contains("chrony: leap status Not synchronised"),
+        chrony.starts_with("WARN") && chrony.contains("chrony: leap status Not synchronised"),
         "{chrony}"
     );
 
