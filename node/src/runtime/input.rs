@@ -205,31 +205,22 @@ impl Input {
 
     /// Loads the gap state of a decoder from the spool: its highest stored passing and any holes in the
     /// most recent history.
-    fn load_decoder(&self, decoder_id: u32) -> (DecoderState, Actions) {
-        let stream = StreamId::decoder(decoder_id.to_le_bytes());
-        let mut numbers = Vec::new();
-        let result = (|| -> spool::Result<()> {
-            let version = self.spool.stream_version(&stream)?;
-            let mut from = version.saturating_sub(gaps::GAP_SCAN_EVENTS_MAX).max(1);
-            loop {
-                let page = self
-                    .spool
-                    .read_stream(&stream, from, spool::READ_EVENTS_MAX)?;
-                let Some(last) = page.last() else { break };
-                from = last.version + 1;
-                for e in &page {
-                    if e.event_type == catalog::Passing::EVENT_TYPE
-                        && let Ok(p) = catalog::Passing::from_event(e)
-                    {
-                        numbers.push(p.passing_number);
-                    }
-                }
+    /// The reads (up to [`gaps::GAP_SCAN_EVENTS_MAX`] events, once per decoder) run on a blocking
+    /// thread, not on the async workers that serve the other inputs.
+    async fn load_decoder(&self, decoder_id: u32) -> (DecoderState, Actions) {
+        let spool = self.spool.clone();
+        let read = tokio::task::spawn_blocking(move || stored_numbers(&spool, decoder_id)).await;
+        let numbers = match read {
+            Ok(Ok(numbers)) => numbers,
+            Ok(Err(e)) => {
+                tracing::warn!(input = %self.name, error = %spool::error_chain(&e), "could not read stored passings");
+                Vec::new()
             }
-            Ok(())
-        })();
-        if let Err(e) = result {
-            tracing::warn!(input = %self.name, error = %spool::error_chain(&e), "could not read stored passings");
-        }
+            Err(e) => {
+                tracing::warn!(input = %self.name, error = %e, "could not read stored passings");
+                Vec::new()
+            }
+        };
         let (gaps, actions) = Gaps::from_stored(numbers, Instant::now());
         (
             DecoderState {
@@ -396,7 +387,7 @@ impl Input {
                         if let Some(id) = decoder_id
                             && !decoders.contains_key(&id)
                         {
-                            let (state, actions) = self.load_decoder(id);
+                            let (state, actions) = self.load_decoder(id).await;
                             decoders.insert(id, state);
                             self.status
                                 .input(&self.name, |s| s.decoder_id = Some(decoder_id_hex(id)));
@@ -597,4 +588,26 @@ async fn send<W: AsyncWrite + Unpin>(
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     tx.write_all(&wire[..n]).await?;
     tx.flush().await
+}
+
+/// The passing numbers stored for `decoder_id` in the last [`gaps::GAP_SCAN_EVENTS_MAX`] events of its
+/// stream, in stream order.
+fn stored_numbers(spool: &Spool, decoder_id: u32) -> spool::Result<Vec<u32>> {
+    let stream = StreamId::decoder(decoder_id.to_le_bytes());
+    let mut numbers = Vec::new();
+    let version = spool.stream_version(&stream)?;
+    let mut from = version.saturating_sub(gaps::GAP_SCAN_EVENTS_MAX).max(1);
+    loop {
+        let page = spool.read_stream(&stream, from, spool::READ_EVENTS_MAX)?;
+        let Some(last) = page.last() else { break };
+        from = last.version + 1;
+        for e in &page {
+            if e.event_type == catalog::Passing::EVENT_TYPE
+                && let Ok(p) = catalog::Passing::from_event(e)
+            {
+                numbers.push(p.passing_number);
+            }
+        }
+    }
+    Ok(numbers)
 }
