@@ -221,11 +221,24 @@ async fn drain_run(
     let central_thread = {
         let cancel = central_cancel.clone();
         std::thread::spawn(move || {
-            // Central as another machine: never ahead of the node's threads for a core.
+            // Central as another machine: never ahead of the node's threads for a core, and kept
+            // to the one core the drain keeps to (the last), so the node's other cores see none of
+            // the link's work, as on a real deployment. The drain then shares its core with
+            // central, so the drain time here is pessimistic.
             let nice = move || {
                 if remote {
                     rustix::process::setpriority_process(Some(rustix::thread::gettid()), 19)
                         .unwrap();
+                    let allowed = rustix::thread::sched_getaffinity(None).unwrap();
+                    if allowed.count() >= 2 {
+                        let last = (0..rustix::thread::CpuSet::MAX_CPU)
+                            .rev()
+                            .find(|&c| allowed.is_set(c))
+                            .unwrap();
+                        let mut one = rustix::thread::CpuSet::new();
+                        one.set(last);
+                        rustix::thread::sched_setaffinity(None, &one).unwrap();
+                    }
                 }
             };
             nice();
@@ -350,7 +363,8 @@ async fn main() {
     std::fs::write(&token_file, TOKEN).unwrap();
     // Central stands in for a server on another machine. In the first run it is kept off the
     // node's resources as far as one box allows: its store on a RAM disk (its fsyncs land on a
-    // device of their own), one worker and one blocking thread at the lowest CPU priority. The
+    // device of their own), one worker and one blocking thread at the lowest CPU priority, on the
+    // drain's core. The
     // second run shares everything with the node (its store on the node's disk, two workers at
     // normal priority): the worst case for the live path, not a deployment.
     let ram = PathBuf::from("/dev/shm");

@@ -354,32 +354,54 @@ impl Background {
     }
 }
 
-/// Lowers the calling thread's CPU priority by [`UPLINK_NICE`]. Only a warning if it cannot: the
-/// drain still works, it just competes with the live path as an equal.
-fn lower_priority() {
+/// The core the drain keeps to: the last one this process may use, when it may use two or more.
+/// The other cores stay free of drain work, so the spool's writer and the kernel's I/O completion
+/// find one idle whenever a live event arrives. `None` on a single core: priority alone then.
+fn drain_core() -> Option<usize> {
+    let allowed = rustix::thread::sched_getaffinity(None).ok()?;
+    if allowed.count() < 2 {
+        return None;
+    }
+    (0..rustix::thread::CpuSet::MAX_CPU)
+        .rev()
+        .find(|&cpu| allowed.is_set(cpu))
+}
+
+/// Puts the calling thread behind the live path: [`UPLINK_NICE`], and on `core` alone if given.
+/// Only a warning if it cannot: the drain still works, it just competes with live input as an equal.
+fn step_aside(core: Option<usize>) {
     let tid = rustix::thread::gettid();
     if let Err(e) = rustix::process::setpriority_process(Some(tid), UPLINK_NICE) {
         tracing::warn!(error = %e, "cannot lower the drain thread's priority; it competes with live input");
+    }
+    if let Some(core) = core {
+        let mut set = rustix::thread::CpuSet::new();
+        set.set(core);
+        if let Err(e) = rustix::thread::sched_setaffinity(None, &set) {
+            tracing::warn!(error = %e, core, "cannot keep the drain thread to one core");
+        }
     }
 }
 
 impl Drain {
     /// Runs the drain until `cancel` on an OS thread of its own, with its own single-threaded
-    /// runtime, at a lower CPU priority ([`UPLINK_NICE`]). This is how the node runs it: the live path
-    /// keeps its latency while a backlog of days drains, because the drain's CPU work (reading,
-    /// encoding, TLS, HTTP) never queues ahead of it, neither on the node's async workers nor in the
-    /// kernel's scheduler.
+    /// runtime, at a lower CPU priority ([`UPLINK_NICE`]) and, on a box with two or more cores, on
+    /// the last core alone. This is how the node runs it: the live path keeps its latency while a
+    /// backlog of days drains, because the drain's CPU work (reading, encoding, TLS, HTTP) never
+    /// queues ahead of it, neither on the node's async workers nor in the kernel's scheduler, and
+    /// never takes every core.
     pub fn spawn(self, cancel: CancellationToken) -> Result<Background, Error> {
         let (tx, done) = tokio::sync::oneshot::channel();
+        let core = drain_core();
         let thread = std::thread::Builder::new()
             .name("uplink-drain".into())
             .spawn(move || {
-                lower_priority();
+                step_aside(core);
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .thread_name("uplink-blocking")
                     .max_blocking_threads(UPLINK_BLOCKING_THREADS_MAX)
-                    .on_thread_start(lower_priority)
+                    .on_thread_start(move || step_aside(core))
                     .build();
                 let result = match runtime {
                     Ok(runtime) => runtime.block_on(self.run(cancel)),

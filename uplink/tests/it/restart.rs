@@ -121,3 +121,81 @@ async fn a_parked_event_resent_by_a_technician_is_stored_once() {
     assert_eq!(central.central.store().stored().await.unwrap().len(), 1);
     central.stop().await;
 }
+
+/// `Drain::spawn`, as the node runs it: the drain works from a thread of its own at nice 19, kept
+/// to one core when there are two or more, and stops cleanly on cancel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spawned_drain_runs_on_its_own_thread_behind_the_live_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = open_spool(&dir.path().join("node"));
+    append_passings(&spool, 0, 2_000).await;
+    let head = spool.head().unwrap().0;
+    let central = start_central(
+        spool_store(&dir.path().join("central")).await,
+        "127.0.0.1:0".parse().unwrap(),
+        None,
+    )
+    .await;
+    let token = dir.path().join("token");
+    write(&token, TOKEN);
+    let config = drain_config(&format!("http://{}/", central.addr), token);
+    let drain = uplink::drain::Drain::new(config, spool.clone()).unwrap();
+    let mut status = drain.status();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let background = drain.spawn(cancel.clone()).unwrap();
+    wait_status(
+        &mut status,
+        Duration::from_secs(60),
+        "the backlog acknowledged",
+        |s| s.acked_seq == head,
+    )
+    .await;
+
+    // The thread, as the kernel sees it.
+    let task = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .flatten()
+        .find(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == "uplink-drain")
+        })
+        .expect("a thread named uplink-drain");
+    let stat = std::fs::read_to_string(task.path().join("stat")).unwrap();
+    // Fields after the command name (which ends with ')'): nice is the 19th field of the line.
+    let nice: i32 = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .nth(16)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(nice, uplink::drain::UPLINK_NICE);
+    let allowed = |path: &std::path::Path| {
+        std::fs::read_to_string(path.join("status"))
+            .unwrap()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("Cpus_allowed_list:")
+                    .map(|v| v.trim().to_owned())
+            })
+            .unwrap()
+    };
+    let process = allowed(std::path::Path::new("/proc/self"));
+    let drain_cpus = allowed(&task.path());
+    if process.contains(',') || process.contains('-') {
+        assert!(
+            !drain_cpus.contains(',') && !drain_cpus.contains('-'),
+            "kept to one core of {process}: {drain_cpus}"
+        );
+    } else {
+        assert_eq!(drain_cpus, process, "one core: nothing to keep to");
+    }
+
+    cancel.cancel();
+    background.join().await.unwrap();
+    let stored = central.central.store().stored().await.unwrap();
+    let expected: HashSet<u64> = (1..=head).collect();
+    assert_exactly_once(&stored, &expected);
+    central.stop().await;
+}
