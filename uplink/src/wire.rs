@@ -251,10 +251,14 @@ pub fn batch_body(track_id: &str, events: &[EncodedEvent]) -> Vec<u8> {
     out
 }
 
-/// Central's answer to a stored batch.
+/// Central's answer to a stored batch. The drain reads it leniently: a central written by others
+/// that leaves `duplicates` out (or adds fields) has still stored the batch; only `accepted` is
+/// required, so that a 200 from something that is not a central (a captive portal's page) is not
+/// taken for one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BatchAccepted {
     pub accepted: u64,
+    #[serde(default)]
     pub duplicates: u64,
 }
 

@@ -166,6 +166,14 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        // Another central's 200 may leave out duplicates, or add fields.
+        assert_eq!(
+            classify(StatusCode::OK, br#"{"accepted":3,"batch_id":"x"}"#, None),
+            Outcome::Stored(BatchAccepted {
+                accepted: 3,
+                duplicates: 0
+            })
+        );
         // A 200 whose body is not the contract's is not trusted as stored.
         assert!(matches!(
             classify(StatusCode::OK, b"ok", None),
