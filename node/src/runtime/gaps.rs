@@ -32,7 +32,14 @@ pub const GAP_SCAN_EVENTS_MAX: u64 = 20_000;
 /// passings after the last stored one, and the decoder sends those it has.
 pub const RESEND_ON_CONNECT_PASSINGS: u32 = 1_000;
 
+/// The first time the node hears a decoder it holds nothing of (a box plugged in mid-session), it asks
+/// once for this many passings before the first one it receives: those the decoder recorded before
+/// anyone was listening. What the decoder still holds is stored; the rest is not declared missing,
+/// since the node never knew it existed.
+pub const RESEND_BEFORE_FIRST_PASSINGS: u32 = 1_000;
+
 const _: () = assert!(RESEND_ON_CONNECT_PASSINGS <= RESEND_SPAN_PASSINGS_MAX);
+const _: () = assert!(RESEND_BEFORE_FIRST_PASSINGS <= RESEND_SPAN_PASSINGS_MAX);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Gap {
@@ -118,7 +125,14 @@ impl Gaps {
     pub fn stored(&mut self, n: u32, now: Instant) -> Actions {
         let mut actions = Actions::default();
         match self.highest {
-            None => self.highest = Some(n),
+            None => {
+                self.highest = Some(n);
+                // Once, untracked: a RESEND for what came before the first passing heard.
+                if n > 1 {
+                    let from = n.saturating_sub(RESEND_BEFORE_FIRST_PASSINGS).max(1);
+                    actions.resend.push((from, n - 1));
+                }
+            }
             Some(h) if n > h => {
                 if n > h + 1 {
                     self.open_gap(h + 1, n - 1, now, &mut actions);
@@ -210,7 +224,7 @@ mod tests {
     fn a_jump_asks_for_the_missing_range_and_fills_close_it() {
         let t = Instant::now();
         let mut g = Gaps::default();
-        assert_eq!(g.stored(10, t), Actions::default());
+        g.stored(10, t);
         assert_eq!(g.stored(11, t), Actions::default());
         assert_eq!(g.stored(15, t).resend, [(12, 14)]);
         g.stored(13, t);
@@ -238,6 +252,33 @@ mod tests {
         assert_eq!(a.missing, [(2, 2), (4, 4)]);
         assert_eq!(g.open().count(), 0);
         assert_eq!(g.next_deadline(), None);
+    }
+
+    #[test]
+    fn a_decoder_heard_first_is_asked_once_for_what_came_before() {
+        let t = Instant::now();
+        let mut g = Gaps::default();
+        let first = RESEND_BEFORE_FIRST_PASSINGS + 500;
+        let a = g.stored(first, t);
+        assert_eq!(
+            a.resend,
+            [(500, first - 1)],
+            "exactly RESEND_BEFORE_FIRST_PASSINGS"
+        );
+        // Untracked: nothing to ask again, nothing declared missing if the decoder has none of it.
+        assert_eq!(g.open().count(), 0);
+        assert_eq!(g.tick(t + Duration::from_secs(3_600)), Actions::default());
+        // What the decoder sends back is simply stored; later passings behave as ever.
+        assert_eq!(g.stored(700, t), Actions::default());
+        assert_eq!(g.stored(first + 1, t), Actions::default());
+        assert_eq!(g.highest(), Some(first + 1));
+        // A decoder whose first passing is number 1 (or 0) has nothing before it.
+        assert_eq!(Gaps::default().stored(1, t), Actions::default());
+        assert_eq!(Gaps::default().stored(0, t), Actions::default());
+        assert_eq!(Gaps::default().stored(3, t).resend, [(1, 2)]);
+        // A decoder with history in the spool is not asked: its holes are, from the history.
+        let (mut g, _) = Gaps::from_stored([40, 41], t);
+        assert_eq!(g.stored(42, t), Actions::default());
     }
 
     #[test]

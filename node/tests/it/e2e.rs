@@ -111,13 +111,23 @@ async fn simulator_to_node_over_a_pty_stores_exactly_what_it_emitted_through_a_c
         .await
         .unwrap();
 
+    // The box is plugged in after the decoder started timing.
+    wait_for("20 passings emitted before the node starts", || {
+        emitted.last_number().is_some_and(|n| n >= 20)
+    })
+    .await;
     let config = config(dir.path(), link.clone());
     let node = Running::start(&config).await;
     let spool = node.spool.clone();
     let read = |from| spool.read_global(from, 5000).unwrap();
 
     wait_for("300 passings stored", || stored(read).len() >= 300).await;
-    let first = *stored(read).keys().next().unwrap();
+    // It asked for what came before the first passing it heard, and got it: from number 1 on.
+    wait_for("the passings from before the node listened", || {
+        stored(read).keys().next() == Some(&1)
+    })
+    .await;
+    let first = 1;
 
     // Pull the cable; the decoder keeps timing while nobody listens.
     pty.yank().await.unwrap();
