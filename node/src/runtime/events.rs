@@ -39,11 +39,18 @@ pub fn input_stream(input: &str) -> StreamId {
     StreamId::input(input).unwrap_or_else(|_| StreamId::node())
 }
 
-/// The idempotency key of a passing: a decoder sends each number once, and again only when asked.
-pub fn passing_key(decoder_id: Option<u32>, input: &str, number: u32) -> String {
+/// The idempotency key of a passing: `passing/<decoder>/<number>/<rtc_time_us>`. A decoder sends each
+/// passing once, and again, byte for byte, only when asked (RESEND), so the number and the decoder's
+/// own time of the passing name it. The time is in the key because numbering can start again (a
+/// decoder whose memory was cleared counts from 1 anew): its new passing 1 is a different passing
+/// from the old one, and must be stored, not taken for a duplicate.
+pub fn passing_key(decoder_id: Option<u32>, input: &str, number: u32, rtc_time_us: u64) -> String {
     match decoder_id {
-        Some(id) => format!("passing/{}/{number}", catalog::decoder_id_hex(id)),
-        None => format!("passing/input-{input}/{number}"),
+        Some(id) => format!(
+            "passing/{}/{number}/{rtc_time_us}",
+            catalog::decoder_id_hex(id)
+        ),
+        None => format!("passing/input-{input}/{number}/{rtc_time_us}"),
     }
 }
 
@@ -69,7 +76,7 @@ pub fn from_frame(frame: Frame<'_>, input: &str, meta: Metadata) -> FrameEvent {
                 unknown_tlvs: unknown(p.unknown),
             };
             let meta = Metadata {
-                idempotency_key: Some(passing_key(id, input, p.passing_number)),
+                idempotency_key: Some(passing_key(id, input, p.passing_number, p.rtc_time_us)),
                 ..meta
             };
             (id, payload.to_event(meta))
@@ -141,4 +148,28 @@ pub fn rejected(reason: Reject, offset: u64, bytes: &[u8], meta: Metadata) -> Ne
         offset,
     }
     .to_event(meta)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The key is stored with every passing and decides what a RESEND answer deduplicates against:
+    /// its form is pinned.
+    #[test]
+    fn the_passing_key_is_pinned() {
+        assert_eq!(
+            passing_key(Some(0x000C_00D0), "finish", 8855, 1_761_855_822_438_228),
+            "passing/D0000C00/8855/1761855822438228"
+        );
+        assert_eq!(
+            passing_key(None, "finish", 7, 42),
+            "passing/input-finish/7/42"
+        );
+        // A decoder that counts from 1 again: same number, another passing.
+        assert_ne!(
+            passing_key(Some(1), "a", 1, 1_000),
+            passing_key(Some(1), "a", 1, 2_000)
+        );
+    }
 }

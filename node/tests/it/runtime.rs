@@ -18,12 +18,16 @@ const DECODER_ID: u32 = 0x0004_1813;
 const WAIT: Duration = Duration::from_secs(20);
 
 fn passing(n: u32) -> Vec<u8> {
+    passing_at(n, 1_700_000_000_000_000 + u64::from(n) * 1000)
+}
+
+fn passing_at(n: u32, rtc_time_us: u64) -> Vec<u8> {
     let mut b = FrameBuilder::new(tor::PASSING);
     b.u32(0x01, n)
         .unwrap()
         .u32(0x03, 5_000_000 + n % 7)
         .unwrap()
-        .u64(0x04, 1_700_000_000_000_000 + u64::from(n) * 1000)
+        .u64(0x04, rtc_time_us)
         .unwrap();
     b.u16(0x05, 100)
         .unwrap()
@@ -272,6 +276,19 @@ async fn gaps_are_filled_by_resend_and_unfillable_ones_recorded() {
     assert_eq!(s.decoders[0].passings_stored, 7);
     assert_eq!(s.decoders[0].passings_duplicate, 1);
     assert_eq!(s.decoders[0].passings_declared_missing, 3);
+
+    // The decoder's memory is cleared and it counts from 1 again, days later: new passings with old
+    // numbers are stored, not taken for duplicates.
+    let later = 1_800_000_000_000_000;
+    pty.send(&[passing_at(1, later), passing_at(2, later + 1_000)].concat())
+        .await;
+    wait_for("the renumbered passings", || {
+        stored_passings(&spool).len() == 9
+    })
+    .await;
+    let s = status.snapshot();
+    assert_eq!(s.decoders[0].passings_stored, 9);
+    assert_eq!(s.decoders[0].passings_duplicate, 1);
 
     node.stop().await;
 }
