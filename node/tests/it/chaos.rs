@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -17,6 +17,8 @@ use spool::{Seq, SpoolReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+
+use crate::process::{logs, spawn, spawn_node, terminate};
 
 const TRACK: &str = "chaos-track";
 const TOKEN: &str = "chaos-token";
@@ -79,68 +81,28 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn log_file(dir: &Path, what: &str) -> std::fs::File {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    std::fs::File::create(dir.join(format!("{what}-{nanos}.log"))).unwrap()
-}
-
 fn spawn_central(dir: &Path, port: u16) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_venue-node"))
-        .args([
-            "central",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--tokens",
-        ])
-        .arg(dir.join("tokens"))
-        .arg("--store")
-        .arg(dir.join("central-store"))
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log_file(dir, "central"))
-        .spawn()
-        .expect("venue-node central starts")
-}
-
-fn spawn_node(dir: &Path, config: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_venue-node"))
-        .args(["run", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log_file(dir, "node"))
-        .spawn()
-        .expect("venue-node run starts")
+    let listen = format!("127.0.0.1:{port}");
+    let tokens = dir.join("tokens");
+    let store = dir.join("central-store");
+    spawn(
+        dir,
+        "central",
+        &[
+            "central".as_ref(),
+            "--listen".as_ref(),
+            listen.as_ref(),
+            "--tokens".as_ref(),
+            tokens.as_os_str(),
+            "--store".as_ref(),
+            store.as_os_str(),
+        ],
+    )
 }
 
 fn kill_9(child: &mut Child) {
     child.kill().unwrap();
     child.wait().unwrap();
-}
-
-fn terminate(child: &mut Child) {
-    let pid = child.id().to_string();
-    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "process {pid} stops on SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn logs(dir: &Path) -> String {
-    let mut out = String::new();
-    for entry in std::fs::read_dir(dir).unwrap().flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.ends_with(".log") {
-            out.push_str(&format!("--- {name}\n"));
-            out.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
-        }
-    }
-    out
 }
 
 async fn wait_until(dir: &Path, what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
@@ -157,6 +119,15 @@ async fn wait_until(dir: &Path, what: &str, limit: Duration, mut check: impl FnM
 fn progress(spool_dir: &Path) -> Option<(u64, u64)> {
     let reader = SpoolReader::open(spool_dir, Arc::new(spool::catalog::schemas())).ok()?;
     Some((reader.head().ok()?.0, reader.cursor("uplink").ok()?.0))
+}
+
+/// Waits until central has confirmed more than it had when called: the link works again.
+async fn forwarding_again(dir: &Path, spool_dir: &Path, what: &str) {
+    let before = progress(spool_dir).map_or(0, |(_, acked)| acked);
+    wait_until(dir, what, Duration::from_secs(60), || {
+        progress(spool_dir).is_some_and(|(_, acked)| acked > before)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -208,22 +179,22 @@ async fn wan_cuts_and_kill_9_of_node_and_central_lose_nothing_and_store_nothing_
     )
     .await;
 
-    for round in 0..ROUNDS {
-        // The WAN goes away mid-batch, and comes back.
+    for _ in 0..ROUNDS {
+        // The WAN is away for a while (the fault's length, not a wait for anything), then back.
         wan.cut();
         tokio::time::sleep(Duration::from_millis(1_500)).await;
         wan.restore();
-        tokio::time::sleep(Duration::from_millis(700 + 200 * round as u64)).await;
-        // The node dies mid-drain and mid-append, and comes back.
+        forwarding_again(dir, &spool_dir, "forwarding after the WAN came back").await;
+        // The node dies mid-drain and mid-append, stays dead a moment, and comes back.
         kill_9(&mut node);
         tokio::time::sleep(Duration::from_millis(300)).await;
         node = spawn_node(dir, &config);
-        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        forwarding_again(dir, &spool_dir, "forwarding after the node restarted").await;
         // Central dies with batches in flight, and comes back on the same port.
         kill_9(&mut central);
         tokio::time::sleep(Duration::from_millis(500)).await;
         central = spawn_central(dir, central_port);
-        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        forwarding_again(dir, &spool_dir, "forwarding after central restarted").await;
     }
 
     // Calm: the decoder stops, and the node drains everything it holds.

@@ -2,8 +2,6 @@
 //! decoder emitted end up in the spool, once each, through cable pulls and kill -9.
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use node::sim::{self, Decoder, Emitted, PtyOptions, SimConfig};
@@ -12,6 +10,7 @@ use spool::schema::EventPayload;
 use spool::{Seq, SpoolReader};
 use tokio_util::sync::CancellationToken;
 
+use crate::process::{logs, spawn_node, terminate};
 use crate::runtime::{Running, config, events_of, wait_for};
 
 /// Stored passings by number, with how many times each was stored.
@@ -158,27 +157,6 @@ async fn simulator_to_node_over_a_pty_stores_exactly_what_it_emitted_through_a_c
     pty.closed().await;
 }
 
-/// A `venue-node run` child process with a config file pointing at `link`.
-fn spawn_node(dir: &Path, config_file: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_venue-node"))
-        .args(["run", "--config"])
-        .arg(config_file)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(
-            std::fs::File::create(dir.join(format!(
-                    "node-{}.log",
-                    std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .unwrap()
-                        .as_nanos()
-                )))
-            .unwrap(),
-        )
-        .spawn()
-        .expect("venue-node starts")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_at_1000_passings_per_second_loses_nothing_and_duplicates_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -242,12 +220,7 @@ async fn kill_9_at_1000_passings_per_second_loses_nothing_and_duplicates_nothing
             break;
         }
         if Instant::now() > deadline {
-            let log: String = std::fs::read_dir(dir.path())
-                .unwrap()
-                .filter_map(|e| e.ok())
-                .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
-                .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
-                .collect();
+            let log = logs(dir.path());
             panic!(
                 "not every passing of {first}..={until} was stored; missing {:?}\nnode logs:\n{log}",
                 missing(&got, first, until)
@@ -256,16 +229,7 @@ async fn kill_9_at_1000_passings_per_second_loses_nothing_and_duplicates_nothing
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // A clean stop this time, then the whole spool is checked.
-    let pid = child.id().to_string();
-    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "node stops on SIGTERM");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status = terminate(&mut child);
     assert!(status.success(), "clean exit on SIGTERM: {status:?}");
     let r = reader().unwrap();
     let got = stored(|from| r.read_global(from, 5000).unwrap());

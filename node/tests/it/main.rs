@@ -3,5 +3,6 @@
 mod chaos;
 mod e2e;
 mod inspect;
+mod process;
 mod runtime;
 mod sim;

@@ -1,0 +1,58 @@
+//! `venue-node` as a child process: started with its log in the test's directory, stopped with
+//! SIGTERM, its logs read back for a failure message.
+
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// `venue-node <args>`, logging at info to `<dir>/<what>-<nanos>.log` (one file per start).
+pub fn spawn(dir: &Path, what: &str, args: &[&std::ffi::OsStr]) -> Child {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let log = std::fs::File::create(dir.join(format!("{what}-{nanos}.log"))).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_venue-node"))
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("venue-node {what} starts: {e}"))
+}
+
+/// `venue-node run --config <config>`.
+pub fn spawn_node(dir: &Path, config: &Path) -> Child {
+    spawn(
+        dir,
+        "node",
+        &["run".as_ref(), "--config".as_ref(), config.as_os_str()],
+    )
+}
+
+/// SIGTERM, then waits (at most 30 s) for the process to exit.
+pub fn terminate(child: &mut Child) -> ExitStatus {
+    let pid = child.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "process {pid} stops on SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Every `*.log` in `dir`, each under its name.
+pub fn logs(dir: &Path) -> String {
+    let mut out = String::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".log") {
+            out.push_str(&format!("--- {name}\n"));
+            out.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
+        }
+    }
+    out
+}
