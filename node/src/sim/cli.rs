@@ -132,6 +132,7 @@ impl SimulateArgs {
 pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
     // Logs go to stderr; the device path or address goes to stdout, for scripts.
     let _ = tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),

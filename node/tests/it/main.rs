@@ -3,6 +3,7 @@
 mod chaos;
 mod e2e;
 mod inspect;
+mod logs;
 mod process;
 mod runtime;
 mod sim;
