@@ -464,5 +464,34 @@ mod tests {
         let mut c = SimConfig::default();
         c.faults.corrupt = 1.5;
         assert_eq!(err(c), "faults.corrupt");
+        assert_eq!(
+            err(SimConfig {
+                loop_ids: vec![DEFAULT_DECODER_ID],
+                ..Default::default()
+            }),
+            "loop_ids"
+        );
+        assert_eq!(
+            err(SimConfig {
+                loop_ids: vec![1, 2, 1],
+                ..Default::default()
+            }),
+            "loop_ids"
+        );
+        assert_eq!(
+            err(SimConfig {
+                loop_ids: (1..LOOPS_MAX as u32 + 1).collect(),
+                ..Default::default()
+            }),
+            "loop_ids"
+        );
+        assert!(
+            SimConfig {
+                loop_ids: vec![1, 2],
+                ..Default::default()
+            }
+            .validate()
+            .is_ok()
+        );
     }
 }
