@@ -223,6 +223,23 @@ impl EventPayload for Flapping {
     const SCHEMA_VERSION: u16 = 1;
 }
 
+/// `decoder.counter_shared`: DECODER_IDs heard on one input that are numbered by one passing counter
+/// (the loops of a multi-loop decoder). Stored in the input's stream each time the group grows, so
+/// a restarted node reads their stored passings together instead of taking each loop's numbers for
+/// holes in the others'.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CounterShared {
+    /// The input's configured name.
+    pub input: String,
+    /// The ids sharing the counter; RESENDs go to the first.
+    pub decoder_ids: Vec<u32>,
+}
+
+impl EventPayload for CounterShared {
+    const EVENT_TYPE: &'static str = "decoder.counter_shared";
+    const SCHEMA_VERSION: u16 = 1;
+}
+
 /// `decoder.clock`: the decoder's clock against the host's.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Clock {
@@ -316,6 +333,7 @@ pub fn schemas() -> Schemas {
         .register::<Connected>()
         .register::<Disconnected>()
         .register::<Flapping>()
+        .register::<CounterShared>()
         .register::<Clock>()
         .register::<PassingsMissing>()
         .register::<Decision>()
@@ -331,6 +349,25 @@ mod tests {
     #[test]
     fn decoder_id_renders_wire_order() {
         assert_eq!(decoder_id_hex(0x000C_00D0), "D0000C00");
+    }
+
+    /// Stored events outlive releases: the bytes of `decoder.counter_shared` v1 are pinned.
+    #[test]
+    fn counter_shared_v1_bytes_are_pinned() {
+        let e = CounterShared {
+            input: "bmx".into(),
+            decoder_ids: vec![0x0B01, 0x0B02, 300],
+        };
+        let bytes = postcard::to_allocvec(&e).unwrap();
+        assert_eq!(
+            bytes,
+            [&[3][..], b"bmx", &[3, 0x81, 0x16, 0x82, 0x16, 0xAC, 0x02]].concat()
+        );
+        assert_eq!(postcard::from_bytes::<CounterShared>(&bytes).unwrap(), e);
+        assert_eq!(
+            (CounterShared::EVENT_TYPE, CounterShared::SCHEMA_VERSION),
+            ("decoder.counter_shared", 1)
+        );
     }
 
     /// Stored events outlive releases: the bytes of `decoder.flapping` v1 are pinned.

@@ -385,6 +385,11 @@ pub struct Counters {
     pending: BTreeMap<u32, Vec<(u32, u64)>>,
     /// Whether a connection is up: a counter made now gets its reconnect RESEND at once.
     connected: bool,
+    /// Groups of ids the spool says share a counter (`decoder.counter_shared`), for a node that
+    /// restarted: their stored passings are read together.
+    remembered: Vec<Vec<u32>>,
+    /// A counter that gained an id since the caller last asked: its ids, to store.
+    grown: Option<Vec<u32>>,
 }
 
 impl Counters {
@@ -431,23 +436,49 @@ impl Counters {
         self.counters.iter().map(|c| c.gaps.restarts()).sum()
     }
 
-    /// A new id is heard, with what the spool holds of it (number, decoder clock, in stream order).
-    /// The first id of an input gets its counter at once; a later one waits for its first passing
-    /// to show whose numbering it follows.
+    /// Notes ids that, as the spool remembers, share a counter.
+    pub fn remember(&mut self, ids: Vec<u32>) {
+        if ids.len() > 1 {
+            self.remembered.push(ids);
+        }
+    }
+
+    /// The ids whose stored passings belong with those of `id`: itself, or the group the spool
+    /// remembers it in. The caller reads them all, in the decoder's time order, for [`Counters::heard`].
+    pub fn loads_with(&self, id: u32) -> Vec<u32> {
+        self.remembered
+            .iter()
+            .find(|g| g.contains(&id))
+            .cloned()
+            .unwrap_or_else(|| vec![id])
+    }
+
+    /// A new id is heard, with what the spool holds of it and of the ids it loads with (number,
+    /// decoder clock, in order). The first id of an input, or of a remembered group, gets its counter
+    /// at once; a later one waits for its first passing to show whose numbering it follows.
     pub fn heard(&mut self, id: u32, history: Vec<(u32, u64)>, now: Instant) -> Option<Addressed> {
         if self.knows(id) {
             return None;
         }
-        if self.counters.is_empty() {
-            return self.add_counter(id, history, now);
+        let ids = self.loads_with(id);
+        if ids.len() > 1 || self.counters.is_empty() {
+            for i in &ids {
+                self.pending.remove(i);
+            }
+            return self.add_counter(ids, history, now);
         }
         self.pending.insert(id, history);
         None
     }
 
+    /// Takes the ids of a counter that gained an id since the last call.
+    pub fn take_grown(&mut self) -> Option<Vec<u32>> {
+        self.grown.take()
+    }
+
     fn add_counter(
         &mut self,
-        id: u32,
+        ids: Vec<u32>,
         history: Vec<(u32, u64)>,
         now: Instant,
     ) -> Option<Addressed> {
@@ -458,12 +489,10 @@ impl Counters {
         if self.connected {
             actions.extend(gaps.on_connect(now));
         }
-        self.counters.push(Counter {
-            ids: vec![id],
-            gaps,
-        });
+        let decoder_id = ids[0];
+        self.counters.push(Counter { ids, gaps });
         Some(Addressed {
-            decoder_id: id,
+            decoder_id,
             actions,
         })
     }
@@ -478,7 +507,7 @@ impl Counters {
         let i = match self.counter_of(id) {
             Some(i) => i,
             None => {
-                first.extend(self.add_counter(id, Vec::new(), now)?.actions);
+                first.extend(self.add_counter(vec![id], Vec::new(), now)?.actions);
                 self.counters.len() - 1
             }
         };
@@ -505,9 +534,10 @@ impl Counters {
             Some(i) => {
                 let counter = &mut self.counters[i];
                 counter.ids.push(id);
+                self.grown = Some(counter.ids.clone());
                 Some(counter.gaps.absorb(&history, now))
             }
-            None => self.add_counter(id, history, now).map(|a| a.actions),
+            None => self.add_counter(vec![id], history, now).map(|a| a.actions),
         }
     }
 
@@ -883,5 +913,36 @@ mod tests {
         }
         c.heard(999, Vec::new(), t);
         assert_eq!(c.stored(999, h(1), t), None);
+    }
+
+    /// After a node restart the spool's `decoder.counter_shared` says which ids go together: their
+    /// histories are read as one, and no loop's numbers look like holes in another's, however long.
+    #[test]
+    fn a_remembered_group_is_loaded_as_one_counter() {
+        let t = Instant::now();
+        let mut c = Counters::default();
+        c.remember(vec![GATE, SPLIT, FINISH]);
+        assert_eq!(c.loads_with(SPLIT), [GATE, SPLIT, FINISH]);
+        assert_eq!(c.loads_with(7), [7]);
+        // Far more interleaved holes per loop than GAPS_TRACKED_MAX.
+        let history: Vec<(u32, u64)> = (1..=10_000u32).map(|n| (n, u64::from(n) * 1000)).collect();
+        let a = c.heard(SPLIT, history, t).unwrap();
+        assert_eq!(a.decoder_id, GATE);
+        assert!(a.actions.is_empty(), "{:?}", a.actions.resend.len());
+        assert!(c.knows(FINISH));
+        assert_eq!(c.heard(FINISH, Vec::new(), t), None);
+        assert_eq!(
+            c.stored(FINISH, h(10_001), t).unwrap().actions,
+            Actions::default()
+        );
+        assert_eq!(c.take_grown(), None, "nothing new to store");
+        // A group learnt live is reported once, to be stored.
+        let mut c = Counters::default();
+        c.heard(GATE, Vec::new(), t);
+        c.stored(GATE, h(1), t);
+        c.heard(SPLIT, Vec::new(), t);
+        c.stored(SPLIT, h(2), t);
+        assert_eq!(c.take_grown(), Some(vec![GATE, SPLIT]));
+        assert_eq!(c.take_grown(), None);
     }
 }

@@ -341,9 +341,31 @@ impl Input {
         }
     }
 
+    /// The groups of DECODER_IDs this input's stream says share a counter, each as last stored.
+    /// Read on a blocking thread, once at start.
+    async fn remembered_counters(&self) -> Vec<Vec<u32>> {
+        let spool = self.spool.clone();
+        let stream = events::input_stream(&self.name);
+        let read = tokio::task::spawn_blocking(move || shared_counters(&spool, &stream)).await;
+        match read {
+            Ok(Ok(groups)) => groups,
+            Ok(Err(e)) => {
+                tracing::warn!(input = %self.name, error = %spool::error_chain(&e), "could not read which decoders share a counter");
+                Vec::new()
+            }
+            Err(e) => {
+                tracing::warn!(input = %self.name, error = %e, "could not read which decoders share a counter");
+                Vec::new()
+            }
+        }
+    }
+
     /// Runs until cancelled: connect, read, reconnect.
     pub async fn run(self, cancel: CancellationToken) {
         let mut memory = Memory::default();
+        for group in self.remembered_counters().await {
+            memory.counters.remember(group);
+        }
         let mut flapping: Option<Flapping> = None;
         let mut backoff_ms = RECONNECT_BACKOFF_MS_MIN;
         let stream = events::input_stream(&self.name);
@@ -622,7 +644,15 @@ impl Input {
                     if let Some(id) = e.decoder_id
                         && !memory.counters.knows(id)
                     {
-                        let history = self.history(id).await;
+                        let ids = memory.counters.loads_with(id);
+                        let mut history = Vec::new();
+                        for i in &ids {
+                            history.extend(self.history(*i).await);
+                        }
+                        if ids.len() > 1 {
+                            // One counter over several streams: the decoder's time puts them in order.
+                            history.sort_by_key(|&(_, rtc_time_us)| rtc_time_us);
+                        }
                         if let Some(a) = memory.counters.heard(id, history, Instant::now()) {
                             self.act(tx, a, &memory.counters).await?;
                         }
@@ -742,6 +772,16 @@ impl Input {
             };
             if let Some(a) = memory.counters.stored(id, heard, Instant::now()) {
                 self.act(tx, a, &memory.counters).await?;
+            }
+            if let Some(decoder_ids) = memory.counters.take_grown() {
+                let ids: Vec<String> = decoder_ids.iter().map(|&i| decoder_id_hex(i)).collect();
+                tracing::info!(input = %self.name, ids = ?ids, "these DECODER_IDs share one passing counter");
+                let e = catalog::CounterShared {
+                    input: self.name.clone(),
+                    decoder_ids,
+                };
+                self.append_logged(vec![(events::input_stream(&self.name), e)], now_us())
+                    .await;
             }
         }
         for (id, rtc) in clock_answers {
@@ -868,6 +908,36 @@ async fn send<W: AsyncWrite + Unpin>(
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     tx.write_all(&wire[..n]).await?;
     tx.flush().await
+}
+
+/// How far back, in events of an input's stream, the node looks at start for `decoder.counter_shared`.
+/// The stream holds connection events, at most 60 rejected frames a minute and the flapping counts:
+/// 10,000 events cover days of an ordinary line, and a group is stored again whenever it grows.
+pub const COUNTER_SHARED_SCAN_EVENTS_MAX: u64 = 10_000;
+
+/// The groups in the last `decoder.counter_shared` events of an input's stream: the latest of each
+/// group (a group grows by appending, so its first id names it).
+fn shared_counters(spool: &Spool, stream: &StreamId) -> spool::Result<Vec<Vec<u32>>> {
+    let mut groups: Vec<Vec<u32>> = Vec::new();
+    let version = spool.stream_version(stream)?;
+    let mut from = version
+        .saturating_sub(COUNTER_SHARED_SCAN_EVENTS_MAX)
+        .max(1);
+    loop {
+        let page = spool.read_stream(stream, from, spool::READ_EVENTS_MAX)?;
+        let Some(last) = page.last() else { break };
+        from = last.version + 1;
+        for e in &page {
+            if e.event_type == catalog::CounterShared::EVENT_TYPE
+                && let Ok(c) = catalog::CounterShared::from_event(e)
+                && let Some(&first) = c.decoder_ids.first()
+            {
+                groups.retain(|g| g.first() != Some(&first));
+                groups.push(c.decoder_ids);
+            }
+        }
+    }
+    Ok(groups)
 }
 
 /// The passings stored for `decoder_id` in the last [`gaps::GAP_SCAN_EVENTS_MAX`] events of its
