@@ -388,7 +388,12 @@ impl Input {
                     continue;
                 }
             };
-            tracing::info!(input = %self.name, %address, "decoder connected");
+            // While flapping, a line per attempt would flood the journal: the count tells it.
+            if flapping.is_none() {
+                tracing::info!(input = %self.name, %address, "decoder connected");
+            } else {
+                tracing::debug!(input = %self.name, %address, "decoder connected");
+            }
             self.status.input(&self.name, |s| {
                 s.state = "connected".into();
                 s.connects += 1;
@@ -465,9 +470,10 @@ impl Input {
             s.empty_sessions += u64::from(empty);
         });
         match flapping {
+            // Connected was not stored for this one (flapping ends at its first frame, so it had
+            // none): it is counted instead of a pair of events; one cut short by the shutdown is not.
             Some(f) => {
-                // Connected was not stored for this one: count it instead of a pair of events.
-                if empty || stopping {
+                if empty {
                     f.sessions += 1;
                     f.reason = reason;
                     f.address = address;
@@ -479,8 +485,8 @@ impl Input {
                         f.reported_at = Instant::now();
                         self.report_flapping(report).await;
                     }
-                    return;
                 }
+                return;
             }
             None => {
                 tracing::warn!(input = %self.name, %address, %reason, "decoder disconnected");
@@ -773,16 +779,7 @@ impl Input {
             if let Some(a) = memory.counters.stored(id, heard, Instant::now()) {
                 self.act(tx, a, &memory.counters).await?;
             }
-            if let Some(decoder_ids) = memory.counters.take_grown() {
-                let ids: Vec<String> = decoder_ids.iter().map(|&i| decoder_id_hex(i)).collect();
-                tracing::info!(input = %self.name, ids = ?ids, "these DECODER_IDs share one passing counter");
-                let e = catalog::CounterShared {
-                    input: self.name.clone(),
-                    decoder_ids,
-                };
-                self.append_logged(vec![(events::input_stream(&self.name), e)], now_us())
-                    .await;
-            }
+            self.store_grown(&mut memory.counters).await;
         }
         for (id, rtc) in clock_answers {
             let Some(q) = clock_query.take() else {
@@ -798,6 +795,21 @@ impl Input {
             self.record_clock(id, rtc, host_us, memory).await;
         }
         Ok(())
+    }
+
+    /// Stores a group of ids that grew, so a restarted node knows they share a counter.
+    async fn store_grown(&self, counters: &mut Counters) {
+        let Some(decoder_ids) = counters.take_grown() else {
+            return;
+        };
+        let ids: Vec<String> = decoder_ids.iter().map(|&i| decoder_id_hex(i)).collect();
+        tracing::info!(input = %self.name, ids = ?ids, "these DECODER_IDs share one passing counter");
+        let e = catalog::CounterShared {
+            input: self.name.clone(),
+            decoder_ids,
+        };
+        self.append_logged(vec![(events::input_stream(&self.name), e)], now_us())
+            .await;
     }
 
     /// Sends the RESENDs and stores the missing-passings events an [`Addressed`] asks for, and shows
