@@ -15,8 +15,11 @@
 //!   counter already holds. RESENDs for a shared counter go to the id it was first heard under.
 //! * **A counter can start again.** A decoder whose memory was cleared counts from 1 anew, with its
 //!   clock running on. A new (not duplicate) passing below the highest number, outside every open
-//!   gap and later by the decoder's clock than the highest, starts a new run of numbers ([`Gaps`]
-//!   then checks the new run from its first number), rather than being waved through unchecked.
+//!   gap and the range asked for before the first passing, and later by the decoder's clock than the
+//!   highest, starts a new run of numbers ([`Gaps`] then checks the new run from its first number),
+//!   rather than being waved through unchecked. A decoder whose clock went back with its memory is
+//!   not recognised this way: its new passings are stored but not gap-checked until they pass the
+//!   old highest number.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
