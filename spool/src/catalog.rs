@@ -200,6 +200,46 @@ impl EventPayload for Disconnected {
     const SCHEMA_VERSION: u16 = 1;
 }
 
+/// `decoder.flapping`: connections to an input that ended before the decoder sent one valid frame
+/// (a decoder at its client limit accepts and closes at once), counted in one event instead of a
+/// connected/disconnected pair each. Stored when a connection delivers frames again, when the input
+/// stops, and once a minute while it goes on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Flapping {
+    /// The input's configured name.
+    pub input: String,
+    /// Serial path or network address of the last connection.
+    pub address: String,
+    /// Connections that ended without a valid frame since the last such event.
+    pub sessions: u64,
+    /// When the first of them ended, host µs.
+    pub since_us: u64,
+    /// Why the last of them ended.
+    pub reason: String,
+}
+
+impl EventPayload for Flapping {
+    const EVENT_TYPE: &'static str = "decoder.flapping";
+    const SCHEMA_VERSION: u16 = 1;
+}
+
+/// `decoder.counter_shared`: DECODER_IDs heard on one input that are numbered by one passing counter
+/// (the loops of a multi-loop decoder). Stored in the input's stream each time the group grows, so
+/// a restarted node reads their stored passings together instead of taking each loop's numbers for
+/// holes in the others'.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CounterShared {
+    /// The input's configured name.
+    pub input: String,
+    /// The ids sharing the counter; RESENDs go to the first.
+    pub decoder_ids: Vec<u32>,
+}
+
+impl EventPayload for CounterShared {
+    const EVENT_TYPE: &'static str = "decoder.counter_shared";
+    const SCHEMA_VERSION: u16 = 1;
+}
+
 /// `decoder.clock`: the decoder's clock against the host's.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Clock {
@@ -292,6 +332,8 @@ pub fn schemas() -> Schemas {
         .register::<RejectedFrame>()
         .register::<Connected>()
         .register::<Disconnected>()
+        .register::<Flapping>()
+        .register::<CounterShared>()
         .register::<Clock>()
         .register::<PassingsMissing>()
         .register::<Decision>()
@@ -307,5 +349,56 @@ mod tests {
     #[test]
     fn decoder_id_renders_wire_order() {
         assert_eq!(decoder_id_hex(0x000C_00D0), "D0000C00");
+    }
+
+    /// Stored events outlive releases: the bytes of `decoder.counter_shared` v1 are pinned.
+    #[test]
+    fn counter_shared_v1_bytes_are_pinned() {
+        let e = CounterShared {
+            input: "bmx".into(),
+            decoder_ids: vec![0x0B01, 0x0B02, 300],
+        };
+        let bytes = postcard::to_allocvec(&e).unwrap();
+        assert_eq!(
+            bytes,
+            [&[3][..], b"bmx", &[3, 0x81, 0x16, 0x82, 0x16, 0xAC, 0x02]].concat()
+        );
+        assert_eq!(postcard::from_bytes::<CounterShared>(&bytes).unwrap(), e);
+        assert_eq!(
+            (CounterShared::EVENT_TYPE, CounterShared::SCHEMA_VERSION),
+            ("decoder.counter_shared", 1)
+        );
+    }
+
+    /// Stored events outlive releases: the bytes of `decoder.flapping` v1 are pinned.
+    #[test]
+    fn flapping_v1_bytes_are_pinned() {
+        let e = Flapping {
+            input: "gate".into(),
+            address: "10.0.0.5:5403".into(),
+            sessions: 300,
+            since_us: 1_796_000_000_000_000,
+            reason: "end of stream".into(),
+        };
+        let bytes = postcard::to_allocvec(&e).unwrap();
+        assert_eq!(
+            bytes,
+            [
+                &[4][..],
+                b"gate",
+                &[13],
+                b"10.0.0.5:5403",
+                &[0xAC, 0x02],
+                &[0x80, 0x80, 0x91, 0xB0, 0xBD, 0xAE, 0x98, 0x03],
+                &[13],
+                b"end of stream",
+            ]
+            .concat()
+        );
+        assert_eq!(postcard::from_bytes::<Flapping>(&bytes).unwrap(), e);
+        assert_eq!(
+            (Flapping::EVENT_TYPE, Flapping::SCHEMA_VERSION),
+            ("decoder.flapping", 1)
+        );
     }
 }

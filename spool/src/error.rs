@@ -115,6 +115,18 @@ pub enum SpoolError {
         source: postcard::Error,
     },
 
+    /// A payload could not be encoded: nothing is appended, rather than an empty payload.
+    #[error("payload of {event_type} v{schema_version} does not encode")]
+    Encode {
+        /// Event type.
+        event_type: &'static str,
+        /// Schema version it was to be stored as.
+        schema_version: u16,
+        /// The cause.
+        #[source]
+        source: postcard::Error,
+    },
+
     /// A payload of an event type the spool's schemas do not know.
     #[error("unknown event type {event_type:?} v{schema_version} at seq {seq}")]
     UnknownEventType {

@@ -20,6 +20,22 @@ pub trait EventPayload: Serialize + DeserializeOwned {
     /// The current schema version of this payload type.
     const SCHEMA_VERSION: u16;
 
+    /// This payload as an event to append, or [`SpoolError::Encode`] when it does not encode: never
+    /// an event with an empty payload. Paths that store what comes from outside use this one.
+    fn encode(&self, meta: Metadata) -> Result<NewEvent> {
+        let payload = postcard::to_allocvec(self).map_err(|source| SpoolError::Encode {
+            event_type: Self::EVENT_TYPE,
+            schema_version: Self::SCHEMA_VERSION,
+            source,
+        })?;
+        Ok(NewEvent::new(
+            Self::EVENT_TYPE,
+            Self::SCHEMA_VERSION,
+            payload,
+            meta,
+        ))
+    }
+
     /// This payload as an event to append.
     fn to_event(&self, meta: Metadata) -> NewEvent {
         // Our payload types hold plain data; postcard cannot fail on them.
@@ -205,5 +221,40 @@ impl Schemas {
             seq: event.seq,
             source,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::{Deserialize, Serialize, Serializer};
+
+    use super::*;
+
+    /// A payload postcard cannot encode.
+    #[derive(Debug, Deserialize)]
+    struct Unencodable;
+
+    impl Serialize for Unencodable {
+        fn serialize<S: Serializer>(&self, _: S) -> std::result::Result<S::Ok, S::Error> {
+            Err(serde::ser::Error::custom("cannot"))
+        }
+    }
+
+    impl EventPayload for Unencodable {
+        const EVENT_TYPE: &'static str = "test.unencodable";
+        const SCHEMA_VERSION: u16 = 3;
+    }
+
+    /// Issue 9.4: an encoding failure is an error, never an event with an empty payload.
+    #[test]
+    fn a_payload_that_does_not_encode_is_an_error() {
+        match Unencodable.encode(Metadata::default()) {
+            Err(SpoolError::Encode {
+                event_type,
+                schema_version,
+                ..
+            }) => assert_eq!((event_type, schema_version), ("test.unencodable", 3)),
+            other => panic!("expected an encode error, got {other:?}"),
+        }
     }
 }

@@ -3,18 +3,21 @@
 use decoder::{Body, Frame, Record, Reject};
 use spool::catalog;
 use spool::schema::EventPayload;
-use spool::{Metadata, NewEvent, StreamId};
+use spool::{Metadata, NewEvent, SpoolError, StreamId};
 
 /// What one accepted frame becomes.
 pub struct FrameEvent {
     pub stream: StreamId,
     pub event: NewEvent,
-    /// Set for a PASSING: its decoder (if it said) and number.
-    pub passing: Option<(Option<u32>, u32)>,
+    /// Set for a PASSING: its decoder (if it said), number and the decoder's time of it.
+    pub passing: Option<(Option<u32>, u32, u64)>,
     /// The decoder id the frame carried, if any.
     pub decoder_id: Option<u32>,
     /// Set for a GET_TIME answer: the decoder's RTC in µs.
     pub clock_rtc_us: Option<u64>,
+    /// The frame had a DECODER_ID wider than 32 bits. It is not cut to fit (that would file it under
+    /// another decoder): the frame is stored under the input, and the caller counts it.
+    pub decoder_id_too_wide: bool,
 }
 
 fn unknown(u: decoder::Unknown<'_>) -> catalog::UnknownTlvs {
@@ -54,15 +57,16 @@ pub fn passing_key(decoder_id: Option<u32>, input: &str, number: u32, rtc_time_u
     }
 }
 
-/// Turns an accepted frame into its event.
-pub fn from_frame(frame: Frame<'_>, input: &str, meta: Metadata) -> FrameEvent {
+/// Turns an accepted frame into its event; an error if the event does not encode (nothing to store).
+pub fn from_frame(frame: Frame<'_>, input: &str, meta: Metadata) -> Result<FrameEvent, SpoolError> {
     let record = Record::parse(frame);
     let mut clock_rtc_us = None;
     let mut passing = None;
+    let mut decoder_id_too_wide = false;
     let (decoder_id, event) = match &record.body {
         Body::Passing(p) => {
             let id = p.decoder_id.map(|d| d.0);
-            passing = Some((id, p.passing_number));
+            passing = Some((id, p.passing_number, p.rtc_time_us));
             let payload = catalog::Passing {
                 passing_number: p.passing_number,
                 transponder: p.transponder,
@@ -79,7 +83,7 @@ pub fn from_frame(frame: Frame<'_>, input: &str, meta: Metadata) -> FrameEvent {
                 idempotency_key: Some(passing_key(id, input, p.passing_number, p.rtc_time_us)),
                 ..meta
             };
-            (id, payload.to_event(meta))
+            (id, payload.encode(meta)?)
         }
         Body::Status(s) => {
             let id = s.decoder_id.map(|d| d.0);
@@ -92,7 +96,7 @@ pub fn from_frame(frame: Frame<'_>, input: &str, meta: Metadata) -> FrameEvent {
                 decoder_id: id,
                 unknown_tlvs: unknown(s.unknown),
             };
-            (id, payload.to_event(meta))
+            (id, payload.encode(meta)?)
         }
         Body::Version(v) => {
             let id = v.decoder_id.map(|d| d.0);
@@ -107,47 +111,53 @@ pub fn from_frame(frame: Frame<'_>, input: &str, meta: Metadata) -> FrameEvent {
                 build,
                 unknown_tlvs: unknown(v.unknown),
             };
-            (id, payload.to_event(meta))
+            (id, payload.encode(meta)?)
         }
         Body::GetTime(g) => {
             clock_rtc_us = g.rtc_time_us;
-            (g.decoder_id.map(|d| d.0), raw(&frame, meta))
+            (g.decoder_id.map(|d| d.0), raw(&frame, meta)?)
         }
-        Body::Error(e) => (e.decoder_id.map(|d| d.0), raw(&frame, meta)),
-        Body::Resend(r) => (r.decoder_id.map(|d| d.0), raw(&frame, meta)),
-        Body::Other(f) => (
-            f.tlv(decoder::tag::DECODER_ID)
-                .and_then(|t| t.uint())
-                .map(|v| v as u32),
-            raw(&frame, meta),
-        ),
+        Body::Error(e) => (e.decoder_id.map(|d| d.0), raw(&frame, meta)?),
+        Body::Resend(r) => (r.decoder_id.map(|d| d.0), raw(&frame, meta)?),
+        Body::Other(f) => {
+            let wide = f.tlv(decoder::tag::DECODER_ID).and_then(|t| t.uint());
+            let id = wide.and_then(|v| u32::try_from(v).ok());
+            decoder_id_too_wide = wide.is_some() && id.is_none();
+            (id, raw(&frame, meta)?)
+        }
     };
-    FrameEvent {
+    Ok(FrameEvent {
         stream: stream_for(decoder_id, input),
         event,
         passing,
         decoder_id,
         clock_rtc_us,
-    }
+        decoder_id_too_wide,
+    })
 }
 
 /// Any record without a typed event: stored whole, unescaped.
-fn raw(frame: &Frame<'_>, meta: Metadata) -> NewEvent {
+fn raw(frame: &Frame<'_>, meta: Metadata) -> Result<NewEvent, SpoolError> {
     catalog::Record {
         tor: frame.tor(),
         frame: frame.as_bytes().to_vec(),
     }
-    .to_event(meta)
+    .encode(meta)
 }
 
 /// A rejected frame, kept for forensics.
-pub fn rejected(reason: Reject, offset: u64, bytes: &[u8], meta: Metadata) -> NewEvent {
+pub fn rejected(
+    reason: Reject,
+    offset: u64,
+    bytes: &[u8],
+    meta: Metadata,
+) -> Result<NewEvent, SpoolError> {
     catalog::RejectedFrame {
         reason: reason.as_str().into(),
         raw: bytes.to_vec(),
         offset,
     }
-    .to_event(meta)
+    .encode(meta)
 }
 
 #[cfg(test)]
@@ -171,5 +181,31 @@ mod tests {
             passing_key(Some(1), "a", 1, 1_000),
             passing_key(Some(1), "a", 1, 2_000)
         );
+    }
+
+    /// Issue 9.4: a DECODER_ID of more than four bytes used to be cut to its low 32 bits, filing the
+    /// frame under another decoder's stream.
+    #[test]
+    fn a_wide_decoder_id_is_never_truncated() {
+        let mut b = decoder::FrameBuilder::new(0x00F0);
+        b.u64(decoder::tag::DECODER_ID, 0x0000_0001_0000_0005)
+            .unwrap();
+        let unescaped = b.finish();
+        let frame = Frame::parse(&unescaped).unwrap();
+        let e = from_frame(frame, "finish", Metadata::default()).unwrap();
+        assert_eq!(e.decoder_id, None);
+        assert!(e.decoder_id_too_wide);
+        assert_eq!(e.stream, input_stream("finish"));
+        // Four bytes are an ordinary id.
+        let mut b = decoder::FrameBuilder::new(0x00F0);
+        b.u32(decoder::tag::DECODER_ID, 5).unwrap();
+        let unescaped = b.finish();
+        let e = from_frame(
+            Frame::parse(&unescaped).unwrap(),
+            "finish",
+            Metadata::default(),
+        )
+        .unwrap();
+        assert_eq!((e.decoder_id, e.decoder_id_too_wide), (Some(5), false));
     }
 }

@@ -8,11 +8,17 @@
 //!   │        │
 //!   │   read chunk ─> frames ─> one spool append (fsync) ─> gap check ─> RESEND / missing events
 //!   │        │ EOF, error, idle timeout
-//!   └── disconnected event
+//!   └── disconnected event; backoff again if not one valid frame came
 //! ```
 //!
 //! Gap state changes only after the append is durable: a passing that could not be stored is fetched
 //! again by the next gap check, never counted as received.
+//!
+//! A connection that ends before the decoder sent one valid frame (a networked decoder at its client
+//! limit accepts and closes at once) does not reset the backoff: it grows as for a failed open. Such
+//! connections after the first are not stored as connected/disconnected pairs but counted, and
+//! stored as one `decoder.flapping` event when frames flow again, when the input stops, and at most
+//! once per [`FLAPPING_REPORT_INTERVAL_MS`] while it goes on.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -21,12 +27,14 @@ use std::time::{Duration, Instant};
 use decoder::{Accumulator, Event};
 use spool::catalog::{self, decoder_id_hex};
 use spool::schema::EventPayload;
-use spool::{AppendStream, ExpectedVersion, Metadata, NewEvent, Spool, StreamId, now_us};
+use spool::{
+    AppendStream, ExpectedVersion, Metadata, NewEvent, Spool, SpoolError, StreamId, now_us,
+};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use super::events::{self, FrameEvent};
-use super::gaps::{self, Actions, Gaps};
+use super::gaps::{self, Addressed, Counters, Heard};
 use super::status::Shared;
 use crate::config::{ClockSettings, DecoderConfig, DecoderKind};
 
@@ -40,8 +48,13 @@ pub const INPUT_IDLE_TIMEOUT_MS: u64 = 15_000;
 /// First wait before reconnecting after a failure.
 pub const RECONNECT_BACKOFF_MS_MIN: u64 = 100;
 
-/// Longest wait between reconnect attempts: a USB adapter plugged back in is read within 2 s.
+/// Longest wait between reconnect attempts: a USB adapter plugged back in is read within 2 s. It also
+/// bounds a decoder that accepts and drops every connection to about 30 connects a minute.
 pub const RECONNECT_BACKOFF_MS_MAX: u64 = 2_000;
+
+/// While connections keep ending before a valid frame, their count is stored at most this often, so
+/// a decoder that flaps for hours shows in the spool without an event per attempt.
+pub const FLAPPING_REPORT_INTERVAL_MS: u64 = 60_000;
 
 /// Rejected frames stored with their bytes, at most this many a minute per input; the rest are only
 /// counted. A noisy line must not fill the spool with noise.
@@ -51,6 +64,7 @@ pub const REJECTED_FRAMES_STORED_PER_MIN_MAX: u32 = 60;
 pub const CLOCK_ANSWER_TIMEOUT_MS: u64 = 2_000;
 
 const _: () = assert!(RECONNECT_BACKOFF_MS_MIN < RECONNECT_BACKOFF_MS_MAX);
+const _: () = assert!(RECONNECT_BACKOFF_MS_MAX < FLAPPING_REPORT_INTERVAL_MS);
 
 /// Where the bytes come from.
 #[derive(Debug, Clone)]
@@ -89,16 +103,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Line for T {}
 async fn open(source: &Source) -> std::io::Result<(Box<dyn Line>, String)> {
     match source {
         Source::Serial { device, baud } => {
-            let resolved = std::fs::canonicalize(device)?;
-            let path = device.to_string_lossy().into_owned();
-            let port = tokio_serial::new(path, *baud)
-                .data_bits(tokio_serial::DataBits::Eight)
-                .parity(tokio_serial::Parity::None)
-                .stop_bits(tokio_serial::StopBits::One)
-                .flow_control(tokio_serial::FlowControl::None)
-                .timeout(Duration::from_millis(100));
-            let stream = tokio_serial::SerialStream::open(&port).map_err(std::io::Error::from)?;
-            Ok((Box::new(stream), resolved.display().to_string()))
+            // open(2), the termios ioctls and the link lookup block: they run on a blocking thread,
+            // not on the workers that serve the other inputs.
+            let (device, baud) = (device.clone(), *baud);
+            let (stream, resolved) =
+                tokio::task::spawn_blocking(move || open_serial(&device, baud))
+                    .await
+                    .map_err(std::io::Error::other)??;
+            Ok((Box::new(stream), resolved))
         }
         Source::Tcp { address } => {
             let connect = tokio::net::TcpStream::connect(address.as_str());
@@ -117,10 +129,93 @@ async fn open(source: &Source) -> std::io::Result<(Box<dyn Line>, String)> {
     }
 }
 
-/// Per-decoder state that outlives a connection.
-struct DecoderState {
-    gaps: Gaps,
-    last_clock_offset_us: Option<i64>,
+/// Opens a serial device, blocking. Registers it with the Tokio reactor, so it runs on a thread of
+/// the runtime (`spawn_blocking`).
+fn open_serial(
+    device: &std::path::Path,
+    baud: u32,
+) -> std::io::Result<(tokio_serial::SerialStream, String)> {
+    let resolved = std::fs::canonicalize(device)?;
+    let path = device.to_string_lossy().into_owned();
+    let port = tokio_serial::new(path, baud)
+        .data_bits(tokio_serial::DataBits::Eight)
+        .parity(tokio_serial::Parity::None)
+        .stop_bits(tokio_serial::StopBits::One)
+        .flow_control(tokio_serial::FlowControl::None)
+        .timeout(Duration::from_millis(100));
+    let stream = tokio_serial::SerialStream::open(&port).map_err(std::io::Error::from)?;
+    Ok((stream, resolved.display().to_string()))
+}
+
+/// What an input knows of its decoders beyond one connection.
+#[derive(Default)]
+struct Memory {
+    /// The passing counters and the DECODER_IDs that use them.
+    counters: Counters,
+    /// The last clock offset per DECODER_ID, µs.
+    clock_offsets_us: HashMap<u32, i64>,
+}
+
+/// How a connection ended.
+struct SessionEnd {
+    reason: String,
+    /// Valid frames it delivered.
+    frames: u64,
+}
+
+/// Connections that ended before a valid frame, counted since the last `decoder.flapping` event.
+#[derive(Clone)]
+struct Flapping {
+    /// Connections counted and not yet stored.
+    sessions: u64,
+    /// When the first of them ended, host µs.
+    since_us: u64,
+    /// When the count was last stored (or counting began).
+    reported_at: Instant,
+    address: String,
+    reason: String,
+}
+
+/// Rejected frames stored in the current minute, for [`REJECTED_FRAMES_STORED_PER_MIN_MAX`].
+struct RejectedWindow {
+    started: Instant,
+    stored: u32,
+}
+
+/// The GET_TIME query awaiting its answer.
+#[derive(Clone, Copy)]
+struct ClockQuery {
+    sent: Instant,
+    host_sent_us: u64,
+}
+
+/// A passing in a batch: where it is and what the gap check needs.
+struct BatchPassing {
+    index: usize,
+    decoder_id: Option<u32>,
+    number: u32,
+    rtc_time_us: u64,
+}
+
+/// What one chunk of bytes became.
+#[derive(Default)]
+struct Chunk {
+    batch: Vec<(StreamId, NewEvent)>,
+    passings: Vec<BatchPassing>,
+    clock_answers: Vec<(Option<u32>, u64)>,
+}
+
+/// The offset of the decoder's clock from the host's, `rtc - host`, in µs: saturated to the i64 range
+/// for any two u64 clocks (a decoder reporting a garbage time must not overflow it).
+pub fn clock_offset_us(rtc_us: u64, host_us: u64) -> i64 {
+    let offset = i128::from(rtc_us) - i128::from(host_us);
+    i64::try_from(offset).unwrap_or(if offset < 0 { i64::MIN } else { i64::MAX })
+}
+
+/// Whether the offset moved by more than `alarm_ms` since the last one, without overflow.
+pub fn clock_drifted(previous_us: i64, offset_us: i64, alarm_ms: u64) -> bool {
+    let moved = (i128::from(offset_us) - i128::from(previous_us)).unsigned_abs();
+    moved > u128::from(alarm_ms) * 1000
 }
 
 /// One configured decoder input.
@@ -193,9 +288,33 @@ impl Input {
             .collect())
     }
 
+    /// Counts and logs an event that could not be encoded: it is not stored.
+    fn encode_failed(&self, e: &SpoolError) {
+        let msg = spool::error_chain(e);
+        tracing::error!(input = %self.name, error = %msg, "could not encode an event; not stored");
+        self.status.input(&self.name, |s| {
+            s.encode_errors += 1;
+            s.last_error = Some(msg);
+        });
+    }
+
     /// Appends events that are not on the hot path (connection changes, missing passings), logging a
     /// failure: the caller cannot do more than report it.
-    async fn append_logged(&self, batch: Vec<(StreamId, NewEvent)>) {
+    async fn append_logged<T: EventPayload>(
+        &self,
+        events: Vec<(StreamId, T)>,
+        captured_at_us: u64,
+    ) {
+        let mut batch = Vec::with_capacity(events.len());
+        for (stream, payload) in events {
+            match payload.encode(self.meta(captured_at_us)) {
+                Ok(e) => batch.push((stream, e)),
+                Err(e) => self.encode_failed(&e),
+            }
+        }
+        if batch.is_empty() {
+            return;
+        }
         if let Err(e) = self.append(batch).await {
             let msg = spool::error_chain(&e);
             tracing::error!(input = %self.name, error = %msg, "could not store event");
@@ -203,15 +322,14 @@ impl Input {
         }
     }
 
-    /// Loads the gap state of a decoder from the spool: its highest stored passing and any holes in the
-    /// most recent history.
-    /// The reads (up to [`gaps::GAP_SCAN_EVENTS_MAX`] events, once per decoder) run on a blocking
-    /// thread, not on the async workers that serve the other inputs.
-    async fn load_decoder(&self, decoder_id: u32) -> (DecoderState, Actions) {
+    /// The passings stored for a decoder, as (number, decoder clock) in stream order, for its gap
+    /// state. The reads (up to [`gaps::GAP_SCAN_EVENTS_MAX`] events, once per decoder) run on a
+    /// blocking thread, not on the async workers that serve the other inputs.
+    async fn history(&self, decoder_id: u32) -> Vec<(u32, u64)> {
         let spool = self.spool.clone();
-        let read = tokio::task::spawn_blocking(move || stored_numbers(&spool, decoder_id)).await;
-        let numbers = match read {
-            Ok(Ok(numbers)) => numbers,
+        let read = tokio::task::spawn_blocking(move || stored_passings(&spool, decoder_id)).await;
+        match read {
+            Ok(Ok(history)) => history,
             Ok(Err(e)) => {
                 tracing::warn!(input = %self.name, error = %spool::error_chain(&e), "could not read stored passings");
                 Vec::new()
@@ -220,21 +338,36 @@ impl Input {
                 tracing::warn!(input = %self.name, error = %e, "could not read stored passings");
                 Vec::new()
             }
-        };
-        let (gaps, actions) = Gaps::from_stored(numbers, Instant::now());
-        (
-            DecoderState {
-                gaps,
-                last_clock_offset_us: None,
-            },
-            actions,
-        )
+        }
+    }
+
+    /// The groups of DECODER_IDs this input's stream says share a counter, each as last stored.
+    /// Read on a blocking thread, once at start.
+    async fn remembered_counters(&self) -> Vec<Vec<u32>> {
+        let spool = self.spool.clone();
+        let stream = events::input_stream(&self.name);
+        let read = tokio::task::spawn_blocking(move || shared_counters(&spool, &stream)).await;
+        match read {
+            Ok(Ok(groups)) => groups,
+            Ok(Err(e)) => {
+                tracing::warn!(input = %self.name, error = %spool::error_chain(&e), "could not read which decoders share a counter");
+                Vec::new()
+            }
+            Err(e) => {
+                tracing::warn!(input = %self.name, error = %e, "could not read which decoders share a counter");
+                Vec::new()
+            }
+        }
     }
 
     /// Runs until cancelled: connect, read, reconnect.
     pub async fn run(self, cancel: CancellationToken) {
-        let mut decoders: HashMap<u32, DecoderState> = HashMap::new();
-        let mut backoff = RECONNECT_BACKOFF_MS_MIN;
+        let mut memory = Memory::default();
+        for group in self.remembered_counters().await {
+            memory.counters.remember(group);
+        }
+        let mut flapping: Option<Flapping> = None;
+        let mut backoff_ms = RECONNECT_BACKOFF_MS_MIN;
         let stream = events::input_stream(&self.name);
         self.status
             .input(&self.name, |s| s.address = self.source.describe());
@@ -248,84 +381,190 @@ impl Input {
             let (line, address) = match opened {
                 Ok(x) => x,
                 Err(e) => {
-                    let msg = format!("{}: {e}", self.source.describe());
-                    self.status.input(&self.name, |s| {
-                        // Log a failure once per change, not every attempt: an unplugged adapter would
-                        // otherwise fill the journal.
-                        if s.last_error.as_deref() != Some(&msg) {
-                            tracing::warn!(input = %self.name, error = %msg, "cannot open decoder input; retrying");
-                        }
-                        s.last_error = Some(msg);
-                        s.state = "waiting".into();
-                    });
-                    tokio::select! {
-                        () = tokio::time::sleep(Duration::from_millis(backoff)) => {}
-                        () = cancel.cancelled() => break,
+                    self.open_failed(&e);
+                    if !self.wait(&mut backoff_ms, &cancel).await {
+                        break;
                     }
-                    backoff = (backoff * 2).min(RECONNECT_BACKOFF_MS_MAX);
                     continue;
                 }
             };
-            backoff = RECONNECT_BACKOFF_MS_MIN;
-            tracing::info!(input = %self.name, %address, "decoder connected");
+            // While flapping, a line per attempt would flood the journal: the count tells it.
+            if flapping.is_none() {
+                tracing::info!(input = %self.name, %address, "decoder connected");
+            } else {
+                tracing::debug!(input = %self.name, %address, "decoder connected");
+            }
             self.status.input(&self.name, |s| {
                 s.state = "connected".into();
                 s.connects += 1;
                 s.last_error = None;
             });
-            let connected = catalog::Connected {
-                input: self.name.clone(),
-                address: address.clone(),
-            };
-            self.append_logged(vec![(
-                stream.clone(),
-                connected.to_event(self.meta(now_us())),
-            )])
-            .await;
-
-            let reason = self.session(line, &mut decoders, &cancel).await;
-            tracing::warn!(input = %self.name, %address, %reason, "decoder disconnected");
-            self.status.input(&self.name, |s| {
-                s.state = if cancel.is_cancelled() {
-                    "stopped".into()
-                } else {
-                    "waiting".into()
+            if flapping.is_none() {
+                let connected = catalog::Connected {
+                    input: self.name.clone(),
+                    address: address.clone(),
                 };
-                s.last_error = Some(reason.clone());
-            });
-            let gone = catalog::Disconnected {
-                input: self.name.clone(),
-                address,
-                reason,
-            };
-            self.append_logged(vec![(stream.clone(), gone.to_event(self.meta(now_us())))])
+                self.append_logged(vec![(stream.clone(), connected)], now_us())
+                    .await;
+            }
+            let end = self
+                .session(line, &mut memory, &mut flapping, &address, &cancel)
                 .await;
+            memory.counters.on_disconnect();
+            let empty = end.frames == 0 && !cancel.is_cancelled();
+            self.ended(end, address, &mut flapping, cancel.is_cancelled())
+                .await;
+            if empty {
+                if !self.wait(&mut backoff_ms, &cancel).await {
+                    break;
+                }
+            } else {
+                backoff_ms = RECONNECT_BACKOFF_MS_MIN;
+            }
+        }
+        if let Some(f) = flapping.take() {
+            self.report_flapping(f).await;
         }
         self.status
             .input(&self.name, |s| s.state = "stopped".into());
     }
 
-    /// Reads one connection until it ends; returns why it ended.
+    fn open_failed(&self, e: &std::io::Error) {
+        let msg = format!("{}: {e}", self.source.describe());
+        self.status.input(&self.name, |s| {
+            // Log a failure once per change, not every attempt: an unplugged adapter would otherwise
+            // fill the journal.
+            if s.last_error.as_deref() != Some(&msg) {
+                tracing::warn!(input = %self.name, error = %msg, "cannot open decoder input; retrying");
+            }
+            s.last_error = Some(msg);
+            s.state = "waiting".into();
+        });
+    }
+
+    /// Waits `backoff_ms`, then doubles it up to [`RECONNECT_BACKOFF_MS_MAX`]. False if cancelled.
+    async fn wait(&self, backoff_ms: &mut u64, cancel: &CancellationToken) -> bool {
+        let wait_ms = *backoff_ms;
+        self.status.input(&self.name, |s| s.backoff_ms = wait_ms);
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(wait_ms)) => {}
+            () = cancel.cancelled() => return false,
+        }
+        *backoff_ms = (wait_ms * 2).min(RECONNECT_BACKOFF_MS_MAX);
+        true
+    }
+
+    /// Records the end of a connection: a disconnected event, or one more flapping connection.
+    async fn ended(
+        &self,
+        end: SessionEnd,
+        address: String,
+        flapping: &mut Option<Flapping>,
+        stopping: bool,
+    ) {
+        let SessionEnd { reason, frames } = end;
+        let empty = frames == 0 && !stopping;
+        self.status.input(&self.name, |s| {
+            s.state = if stopping { "stopped" } else { "waiting" }.into();
+            s.last_error = Some(reason.clone());
+            s.empty_sessions += u64::from(empty);
+        });
+        match flapping {
+            // Connected was not stored for this one (flapping ends at its first frame, so it had
+            // none): it is counted instead of a pair of events; one cut short by the shutdown is not.
+            Some(f) => {
+                if empty {
+                    f.sessions += 1;
+                    f.reason = reason;
+                    f.address = address;
+                    if f.reported_at.elapsed() >= Duration::from_millis(FLAPPING_REPORT_INTERVAL_MS)
+                    {
+                        let report = f.clone();
+                        f.sessions = 0;
+                        f.since_us = now_us();
+                        f.reported_at = Instant::now();
+                        self.report_flapping(report).await;
+                    }
+                }
+                return;
+            }
+            None => {
+                tracing::warn!(input = %self.name, %address, %reason, "decoder disconnected");
+                if empty {
+                    *flapping = Some(Flapping::new(address.clone(), now_us()));
+                    self.status
+                        .input(&self.name, |s| s.flapping_since_us = Some(now_us()));
+                }
+            }
+        }
+        let gone = catalog::Disconnected {
+            input: self.name.clone(),
+            address,
+            reason,
+        };
+        self.append_logged(vec![(events::input_stream(&self.name), gone)], now_us())
+            .await;
+    }
+
+    /// Stores the count of flapping connections, if any.
+    async fn report_flapping(&self, f: Flapping) {
+        if f.sessions == 0 {
+            return;
+        }
+        tracing::warn!(input = %self.name, address = %f.address, sessions = f.sessions, reason = %f.reason, "connections keep ending before the decoder sends a frame");
+        let e = catalog::Flapping {
+            input: self.name.clone(),
+            address: f.address,
+            sessions: f.sessions,
+            since_us: f.since_us,
+            reason: f.reason,
+        };
+        self.append_logged(vec![(events::input_stream(&self.name), e)], now_us())
+            .await;
+    }
+
+    /// The first valid frame after flapping: the count is stored, then the connection that works.
+    async fn flapping_over(&self, f: Flapping, address: &str) {
+        self.report_flapping(f).await;
+        self.status
+            .input(&self.name, |s| s.flapping_since_us = None);
+        let connected = catalog::Connected {
+            input: self.name.clone(),
+            address: address.to_string(),
+        };
+        self.append_logged(
+            vec![(events::input_stream(&self.name), connected)],
+            now_us(),
+        )
+        .await;
+    }
+
+    /// Reads one connection until it ends.
     async fn session(
         &self,
         line: Box<dyn Line>,
-        decoders: &mut HashMap<u32, DecoderState>,
+        memory: &mut Memory,
+        flapping: &mut Option<Flapping>,
+        address: &str,
         cancel: &CancellationToken,
-    ) -> String {
+    ) -> SessionEnd {
         let (mut rx, mut tx) = tokio::io::split(line);
         let mut acc = Accumulator::new();
         let mut buf = vec![0u8; READ_CHUNK_BYTES];
-        let mut rejected_window = (Instant::now(), 0u32);
-        let mut clock_query: Option<(Instant, u64)> = None;
+        let mut rejected = RejectedWindow {
+            started: Instant::now(),
+            stored: 0,
+        };
+        let mut clock_query: Option<ClockQuery> = None;
         let mut next_clock = Instant::now();
-        // Decoders whose reconnect RESEND has been sent on this connection.
-        let mut greeted: Vec<u32> = Vec::new();
+        let end = |reason: String, acc: &Accumulator| SessionEnd {
+            reason,
+            frames: acc.stats().frames,
+        };
         // Known decoders get their RESEND at once, before the first frame.
-        for (id, state) in decoders.iter_mut() {
-            let actions = state.gaps.on_connect(Instant::now());
-            greeted.push(*id);
-            if let Err(e) = self.act(&mut tx, Some(*id), actions).await {
-                return e;
+        for a in memory.counters.on_connect(Instant::now()) {
+            if let Err(e) = self.act(&mut tx, a, &memory.counters).await {
+                return end(e, &acc);
             }
         }
         loop {
@@ -333,182 +572,262 @@ impl Input {
             if now >= next_clock {
                 next_clock = now + Duration::from_secs(self.clock.query_interval_s);
                 if let Err(e) = send(&mut tx, decoder::command::get_time_query()).await {
-                    return format!("write failed: {e}");
+                    return end(format!("write failed: {e}"), &acc);
                 }
-                clock_query = Some((now, now_us()));
+                clock_query = Some(ClockQuery {
+                    sent: now,
+                    host_sent_us: now_us(),
+                });
             }
-            let deadline = decoders
-                .values()
-                .filter_map(|d| d.gaps.next_deadline())
-                .min()
-                .unwrap_or(next_clock)
-                .min(next_clock);
+            let deadline = memory
+                .counters
+                .next_deadline()
+                .map_or(next_clock, |d| d.min(next_clock));
             let read = tokio::select! {
                 r = tokio::time::timeout(Duration::from_millis(INPUT_IDLE_TIMEOUT_MS), rx.read(&mut buf)) => r,
                 () = tokio::time::sleep_until(deadline.into()) => {
                     // Gap deadlines: ask again or give up.
-                    for (id, state) in decoders.iter_mut() {
-                        let actions = state.gaps.tick(Instant::now());
-                        if let Err(e) = self.act_for(&mut tx, *id, state, actions).await {
-                            return e;
+                    for a in memory.counters.tick(Instant::now()) {
+                        if let Err(e) = self.act(&mut tx, a, &memory.counters).await {
+                            return end(e, &acc);
                         }
                     }
                     continue;
                 }
-                () = cancel.cancelled() => return "node shutting down".into(),
+                () = cancel.cancelled() => return end("node shutting down".into(), &acc),
             };
             let n = match read {
-                Err(_) => return format!("no data for {} s", INPUT_IDLE_TIMEOUT_MS / 1000),
-                Ok(Err(e)) => return format!("read failed: {e}"),
-                Ok(Ok(0)) => return "end of stream".into(),
+                Err(_) => {
+                    return end(
+                        format!("no data for {} s", INPUT_IDLE_TIMEOUT_MS / 1000),
+                        &acc,
+                    );
+                }
+                Ok(Err(e)) => return end(format!("read failed: {e}"), &acc),
+                Ok(Ok(0)) => return end("end of stream".into(), &acc),
                 Ok(Ok(n)) => n,
             };
-            let captured_at_us = now_us();
-            let mut batch: Vec<(StreamId, NewEvent)> = Vec::new();
-            let mut passings: Vec<(Option<u32>, u32)> = Vec::new();
-            let mut clock_answers: Vec<(Option<u32>, u64)> = Vec::new();
-            let mut input = &buf[..n];
-            while let Some(event) = acc.feed(&mut input) {
-                match event {
-                    Event::Frame { frame, .. } => {
-                        let FrameEvent {
-                            stream,
-                            event,
-                            passing,
-                            decoder_id,
-                            clock_rtc_us,
-                        } = events::from_frame(frame, &self.name, self.meta(captured_at_us));
-                        if let Some(p) = passing {
-                            passings.push(p);
-                        }
-                        if let Some(rtc) = clock_rtc_us {
-                            clock_answers.push((decoder_id, rtc));
-                        }
-                        if let Some(id) = decoder_id
-                            && !decoders.contains_key(&id)
-                        {
-                            let (state, actions) = self.load_decoder(id).await;
-                            decoders.insert(id, state);
-                            self.status
-                                .input(&self.name, |s| s.decoder_id = Some(decoder_id_hex(id)));
-                            let state = decoders.get_mut(&id).expect("just inserted");
-                            let mut actions = actions;
-                            if !greeted.contains(&id) {
-                                greeted.push(id);
-                                let more = state.gaps.on_connect(Instant::now());
-                                actions.resend.extend(more.resend);
-                            }
-                            if let Err(e) = self.act_for(&mut tx, id, state, actions).await {
-                                return e;
-                            }
-                        }
-                        batch.push((stream, event));
-                    }
-                    Event::Rejected {
-                        reason,
-                        offset,
-                        bytes,
-                    } => {
-                        let now = Instant::now();
-                        if now.duration_since(rejected_window.0) >= Duration::from_secs(60) {
-                            rejected_window = (now, 0);
-                        }
-                        self.status.input(&self.name, |s| {
-                            *s.rejected.entry(reason.as_str().into()).or_default() += 1
-                        });
-                        if rejected_window.1 < REJECTED_FRAMES_STORED_PER_MIN_MAX {
-                            rejected_window.1 += 1;
-                            let e =
-                                events::rejected(reason, offset, bytes, self.meta(captured_at_us));
-                            batch.push((events::input_stream(&self.name), e));
-                        }
-                    }
-                }
-            }
-            let stats = acc.stats();
-            self.status.input(&self.name, |s| {
-                s.bytes = stats.bytes;
-                s.frames = stats.frames;
-                s.junk_bytes = stats.junk_bytes;
-            });
-            if batch.is_empty() {
-                continue;
-            }
-            // Which events are passings, to learn after the append which were new.
-            let passing_flags: Vec<bool> = batch
-                .iter()
-                .map(|(_, e)| e.event_type == catalog::Passing::EVENT_TYPE)
-                .collect();
-            let appended = match self.append(batch).await {
-                Ok(a) => a,
-                Err(e) => {
-                    // Not stored: the gap check of a later passing fetches these again.
-                    let msg = spool::error_chain(&e);
-                    tracing::error!(input = %self.name, error = %msg, "could not store frames; they will be fetched again");
-                    self.status.input(&self.name, |s| s.last_error = Some(msg));
-                    continue;
-                }
+            let chunk = match self
+                .frames(&mut acc, &buf[..n], memory, &mut tx, &mut rejected)
+                .await
+            {
+                Ok(chunk) => chunk,
+                Err(e) => return end(e, &acc),
             };
-            let (mut new, mut dup) = (0, 0);
-            for (a, is_passing) in appended.iter().zip(&passing_flags) {
-                if *is_passing {
-                    if a.duplicate { dup += 1 } else { new += 1 }
-                }
+            if acc.stats().frames > 0
+                && let Some(f) = flapping.take()
+            {
+                self.flapping_over(f, address).await;
             }
-            let last = passings.last().map(|p| p.1);
-            self.status.input(&self.name, |s| {
-                s.passings_stored += new;
-                s.passings_duplicate += dup;
-                if last.is_some() {
-                    s.last_passing_number = last;
-                }
-            });
-            for (id, number) in passings {
-                let Some(id) = id else { continue };
-                let Some(state) = decoders.get_mut(&id) else {
-                    continue;
-                };
-                let actions = state.gaps.stored(number, Instant::now());
-                if let Err(e) = self.act_for(&mut tx, id, state, actions).await {
-                    return e;
-                }
-            }
-            for (id, rtc) in clock_answers {
-                let Some((sent, host_sent_us)) = clock_query.take() else {
-                    continue;
-                };
-                let rtt = sent.elapsed();
-                if rtt > Duration::from_millis(CLOCK_ANSWER_TIMEOUT_MS) {
-                    continue;
-                }
-                self.record_clock(id, rtc, host_sent_us + rtt.as_micros() as u64 / 2, decoders)
-                    .await;
+            if let Err(e) = self.store(chunk, memory, &mut tx, &mut clock_query).await {
+                return end(e, &acc);
             }
         }
     }
 
-    async fn act_for<W: AsyncWrite + Unpin>(
+    /// Turns a chunk of bytes into events; a decoder heard for the first time gets its gap state (and
+    /// the RESENDs it calls for) before its frames are stored.
+    async fn frames<W: AsyncWrite + Unpin>(
         &self,
+        acc: &mut Accumulator,
+        mut input: &[u8],
+        memory: &mut Memory,
         tx: &mut W,
-        id: u32,
-        state: &mut DecoderState,
-        actions: Actions,
-    ) -> Result<(), String> {
-        let open = state.gaps.open().count() as u64;
-        self.status.input(&self.name, |s| s.gaps_open = open);
-        self.act(tx, Some(id), actions).await
+        rejected: &mut RejectedWindow,
+    ) -> Result<Chunk, String> {
+        let captured_at_us = now_us();
+        let mut chunk = Chunk::default();
+        while let Some(event) = acc.feed(&mut input) {
+            match event {
+                Event::Frame { frame, .. } => {
+                    let e = match events::from_frame(frame, &self.name, self.meta(captured_at_us)) {
+                        Ok(e) => e,
+                        Err(e) => {
+                            self.encode_failed(&e);
+                            continue;
+                        }
+                    };
+                    if let Some(id) = e.decoder_id
+                        && !memory.counters.knows(id)
+                    {
+                        let ids = memory.counters.loads_with(id);
+                        let mut history = Vec::new();
+                        for i in &ids {
+                            history.extend(self.history(*i).await);
+                        }
+                        if ids.len() > 1 {
+                            // One counter over several streams: the decoder's time puts them in order.
+                            history.sort_by_key(|&(_, rtc_time_us)| rtc_time_us);
+                        }
+                        if let Some(a) = memory.counters.heard(id, history, Instant::now()) {
+                            self.act(tx, a, &memory.counters).await?;
+                        }
+                    }
+                    self.push_frame(e, &mut chunk);
+                }
+                Event::Rejected {
+                    reason,
+                    offset,
+                    bytes,
+                } => {
+                    let now = Instant::now();
+                    if now.duration_since(rejected.started) >= Duration::from_secs(60) {
+                        *rejected = RejectedWindow {
+                            started: now,
+                            stored: 0,
+                        };
+                    }
+                    self.status.input(&self.name, |s| {
+                        *s.rejected.entry(reason.as_str().into()).or_default() += 1
+                    });
+                    if rejected.stored < REJECTED_FRAMES_STORED_PER_MIN_MAX {
+                        rejected.stored += 1;
+                        match events::rejected(reason, offset, bytes, self.meta(captured_at_us)) {
+                            Ok(e) => chunk.batch.push((events::input_stream(&self.name), e)),
+                            Err(e) => self.encode_failed(&e),
+                        }
+                    }
+                }
+            }
+        }
+        let stats = acc.stats();
+        self.status.input(&self.name, |s| {
+            s.bytes = stats.bytes;
+            s.frames = stats.frames;
+            s.junk_bytes = stats.junk_bytes;
+        });
+        Ok(chunk)
     }
 
-    /// Sends the RESENDs and stores the missing-passings events an [`Actions`] asks for.
+    fn push_frame(&self, e: FrameEvent, chunk: &mut Chunk) {
+        let FrameEvent {
+            stream,
+            event,
+            passing,
+            decoder_id,
+            clock_rtc_us,
+            decoder_id_too_wide,
+        } = e;
+        if let Some((decoder_id, number, rtc_time_us)) = passing {
+            chunk.passings.push(BatchPassing {
+                index: chunk.batch.len(),
+                decoder_id,
+                number,
+                rtc_time_us,
+            });
+        }
+        if let Some(rtc) = clock_rtc_us {
+            chunk.clock_answers.push((decoder_id, rtc));
+        }
+        if let Some(id) = decoder_id {
+            self.status
+                .input(&self.name, |s| s.decoder_id = Some(decoder_id_hex(id)));
+        }
+        if decoder_id_too_wide {
+            self.status
+                .input(&self.name, |s| s.decoder_id_too_wide += 1);
+        }
+        chunk.batch.push((stream, event));
+    }
+
+    /// Stores a chunk in one append, then checks the gaps its passings reveal and records the clock.
+    async fn store<W: AsyncWrite + Unpin>(
+        &self,
+        chunk: Chunk,
+        memory: &mut Memory,
+        tx: &mut W,
+        clock_query: &mut Option<ClockQuery>,
+    ) -> Result<(), String> {
+        let Chunk {
+            batch,
+            passings,
+            clock_answers,
+        } = chunk;
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let appended = match self.append(batch).await {
+            Ok(a) => a,
+            Err(e) => {
+                // Not stored: the gap check of a later passing fetches these again.
+                let msg = spool::error_chain(&e);
+                tracing::error!(input = %self.name, error = %msg, "could not store frames; they will be fetched again");
+                self.status.input(&self.name, |s| s.last_error = Some(msg));
+                return Ok(());
+            }
+        };
+        let dup = passings
+            .iter()
+            .filter(|p| appended[p.index].duplicate)
+            .count() as u64;
+        let new = passings.len() as u64 - dup;
+        let last = passings.last().map(|p| p.number);
+        self.status.input(&self.name, |s| {
+            s.passings_stored += new;
+            s.passings_duplicate += dup;
+            if last.is_some() {
+                s.last_passing_number = last;
+            }
+        });
+        for p in passings {
+            let Some(id) = p.decoder_id else { continue };
+            let heard = Heard {
+                number: p.number,
+                rtc_time_us: p.rtc_time_us,
+                duplicate: appended[p.index].duplicate,
+            };
+            if let Some(a) = memory.counters.stored(id, heard, Instant::now()) {
+                self.act(tx, a, &memory.counters).await?;
+            }
+            self.store_grown(&mut memory.counters).await;
+        }
+        for (id, rtc) in clock_answers {
+            let Some(q) = clock_query.take() else {
+                continue;
+            };
+            let rtt = q.sent.elapsed();
+            if rtt > Duration::from_millis(CLOCK_ANSWER_TIMEOUT_MS) {
+                continue;
+            }
+            let host_us = q
+                .host_sent_us
+                .saturating_add(u64::try_from(rtt.as_micros() / 2).unwrap_or(u64::MAX));
+            self.record_clock(id, rtc, host_us, memory).await;
+        }
+        Ok(())
+    }
+
+    /// Stores a group of ids that grew, so a restarted node knows they share a counter.
+    async fn store_grown(&self, counters: &mut Counters) {
+        let Some(decoder_ids) = counters.take_grown() else {
+            return;
+        };
+        let ids: Vec<String> = decoder_ids.iter().map(|&i| decoder_id_hex(i)).collect();
+        tracing::info!(input = %self.name, ids = ?ids, "these DECODER_IDs share one passing counter");
+        let e = catalog::CounterShared {
+            input: self.name.clone(),
+            decoder_ids,
+        };
+        self.append_logged(vec![(events::input_stream(&self.name), e)], now_us())
+            .await;
+    }
+
+    /// Sends the RESENDs and stores the missing-passings events an [`Addressed`] asks for, and shows
+    /// the counters in the status.
     async fn act<W: AsyncWrite + Unpin>(
         &self,
         tx: &mut W,
-        id: Option<u32>,
-        actions: Actions,
+        addressed: Addressed,
+        counters: &Counters,
     ) -> Result<(), String> {
+        let Addressed {
+            decoder_id: id,
+            actions,
+        } = addressed;
+        self.show_counters(counters);
         for (from, until) in &actions.resend {
-            tracing::info!(input = %self.name, from, until, "asking the decoder to resend passings");
-            let cmd = decoder::command::resend(*from, *until, id.map(decoder::DecoderId))
+            tracing::info!(input = %self.name, decoder = %decoder_id_hex(id), from, until, "asking the decoder to resend passings");
+            let cmd = decoder::command::resend(*from, *until, Some(decoder::DecoderId(id)))
                 .map_err(|e| format!("encoding RESEND: {e}"))?;
             send(tx, cmd)
                 .await
@@ -520,14 +839,13 @@ impl Input {
         if !actions.missing.is_empty() {
             let mut batch = Vec::new();
             for (from, until) in &actions.missing {
-                tracing::error!(input = %self.name, from, until, "decoder could not resend these passings; recording them as missing");
+                tracing::error!(input = %self.name, decoder = %decoder_id_hex(id), from, until, "decoder could not resend these passings; recording them as missing");
                 let e = catalog::PassingsMissing {
-                    decoder_id: id,
+                    decoder_id: Some(id),
                     from: *from,
                     until: *until,
                 };
-                let stream = events::stream_for(id, &self.name);
-                batch.push((stream, e.to_event(self.meta(now_us()))));
+                batch.push((events::stream_for(Some(id), &self.name), e));
             }
             let count: u64 = actions
                 .missing
@@ -536,29 +854,34 @@ impl Input {
                 .sum();
             self.status
                 .input(&self.name, |s| s.passings_declared_missing += count);
-            self.append_logged(batch).await;
+            self.append_logged(batch, now_us()).await;
         }
         Ok(())
     }
 
-    async fn record_clock(
-        &self,
-        id: Option<u32>,
-        rtc_us: u64,
-        host_us: u64,
-        decoders: &mut HashMap<u32, DecoderState>,
-    ) {
-        let offset_us = rtc_us as i64 - host_us as i64;
-        let alarm_us = self.clock.drift_alarm_ms as i64 * 1000;
+    fn show_counters(&self, counters: &Counters) {
+        let ids: Vec<String> = counters.ids().map(decoder_id_hex).collect();
+        let sharing: Vec<String> = counters.sharing().map(decoder_id_hex).collect();
+        let (open, restarts) = (counters.open_gaps(), counters.restarts());
+        self.status.input(&self.name, |s| {
+            s.decoder_ids = ids;
+            s.decoder_ids_sharing_a_counter = sharing;
+            s.gaps_open = open;
+            s.counter_restarts = restarts;
+        });
+    }
+
+    async fn record_clock(&self, id: Option<u32>, rtc_us: u64, host_us: u64, memory: &mut Memory) {
+        let offset_us = clock_offset_us(rtc_us, host_us);
         let mut drift = false;
-        if let Some(state) = id.and_then(|i| decoders.get_mut(&i)) {
-            if let Some(prev) = state.last_clock_offset_us
-                && (offset_us - prev).abs() > alarm_us
+        if let Some(id) = id {
+            if let Some(&prev) = memory.clock_offsets_us.get(&id)
+                && clock_drifted(prev, offset_us, self.clock.drift_alarm_ms)
             {
                 drift = true;
                 tracing::warn!(input = %self.name, offset_us, previous_us = prev, "decoder clock drifted");
             }
-            state.last_clock_offset_us = Some(offset_us);
+            memory.clock_offsets_us.insert(id, offset_us);
         }
         self.status.input(&self.name, |s| {
             s.clock_offset_us = Some(offset_us);
@@ -570,11 +893,20 @@ impl Input {
             host_us,
             offset_us,
         };
-        self.append_logged(vec![(
-            events::stream_for(id, &self.name),
-            e.to_event(self.meta(host_us)),
-        )])
-        .await;
+        self.append_logged(vec![(events::stream_for(id, &self.name), e)], host_us)
+            .await;
+    }
+}
+
+impl Flapping {
+    fn new(address: String, since_us: u64) -> Flapping {
+        Flapping {
+            sessions: 0,
+            since_us,
+            reported_at: Instant::now(),
+            address,
+            reason: String::new(),
+        }
     }
 }
 
@@ -590,11 +922,41 @@ async fn send<W: AsyncWrite + Unpin>(
     tx.flush().await
 }
 
-/// The passing numbers stored for `decoder_id` in the last [`gaps::GAP_SCAN_EVENTS_MAX`] events of its
-/// stream, in stream order.
-fn stored_numbers(spool: &Spool, decoder_id: u32) -> spool::Result<Vec<u32>> {
+/// How far back, in events of an input's stream, the node looks at start for `decoder.counter_shared`.
+/// The stream holds connection events, at most 60 rejected frames a minute and the flapping counts:
+/// 10,000 events cover days of an ordinary line, and a group is stored again whenever it grows.
+pub const COUNTER_SHARED_SCAN_EVENTS_MAX: u64 = 10_000;
+
+/// The groups in the last `decoder.counter_shared` events of an input's stream: the latest of each
+/// group (a group grows by appending, so its first id names it).
+fn shared_counters(spool: &Spool, stream: &StreamId) -> spool::Result<Vec<Vec<u32>>> {
+    let mut groups: Vec<Vec<u32>> = Vec::new();
+    let version = spool.stream_version(stream)?;
+    let mut from = version
+        .saturating_sub(COUNTER_SHARED_SCAN_EVENTS_MAX)
+        .max(1);
+    loop {
+        let page = spool.read_stream(stream, from, spool::READ_EVENTS_MAX)?;
+        let Some(last) = page.last() else { break };
+        from = last.version + 1;
+        for e in &page {
+            if e.event_type == catalog::CounterShared::EVENT_TYPE
+                && let Ok(c) = catalog::CounterShared::from_event(e)
+                && let Some(&first) = c.decoder_ids.first()
+            {
+                groups.retain(|g| g.first() != Some(&first));
+                groups.push(c.decoder_ids);
+            }
+        }
+    }
+    Ok(groups)
+}
+
+/// The passings stored for `decoder_id` in the last [`gaps::GAP_SCAN_EVENTS_MAX`] events of its
+/// stream, as (number, decoder clock) in stream order.
+fn stored_passings(spool: &Spool, decoder_id: u32) -> spool::Result<Vec<(u32, u64)>> {
     let stream = StreamId::decoder(decoder_id.to_le_bytes());
-    let mut numbers = Vec::new();
+    let mut history = Vec::new();
     let version = spool.stream_version(&stream)?;
     let mut from = version.saturating_sub(gaps::GAP_SCAN_EVENTS_MAX).max(1);
     loop {
@@ -605,9 +967,39 @@ fn stored_numbers(spool: &Spool, decoder_id: u32) -> spool::Result<Vec<u32>> {
             if e.event_type == catalog::Passing::EVENT_TYPE
                 && let Ok(p) = catalog::Passing::from_event(e)
             {
-                numbers.push(p.passing_number);
+                history.push((p.passing_number, p.rtc_time_us));
             }
         }
     }
-    Ok(numbers)
+    Ok(history)
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Issue 9.4: `rtc as i64 - host as i64` overflowed for clocks past i64::MAX (a decoder
+        /// reporting garbage): a panic in debug, a wrong sign in release.
+        #[test]
+        fn the_clock_offset_never_overflows(rtc in any::<u64>(), host in any::<u64>(), prev in any::<i64>(), alarm in any::<u64>()) {
+            let offset = clock_offset_us(rtc, host);
+            let exact = i128::from(rtc) - i128::from(host);
+            prop_assert_eq!(i128::from(offset), exact.clamp(i128::from(i64::MIN), i128::from(i64::MAX)));
+            let _ = clock_drifted(prev, offset, alarm);
+        }
+    }
+
+    #[test]
+    fn clock_offsets_at_the_edges() {
+        assert_eq!(clock_offset_us(u64::MAX, 0), i64::MAX);
+        assert_eq!(clock_offset_us(0, u64::MAX), i64::MIN);
+        assert_eq!(clock_offset_us(1_500, 1_000), 500);
+        assert!(clock_drifted(i64::MIN, i64::MAX, u64::MAX / 1000 - 1));
+        assert!(!clock_drifted(0, 2_000, 2));
+        assert!(clock_drifted(0, 2_001, 2));
+        assert!(!clock_drifted(0, i64::MAX, u64::MAX));
+    }
 }

@@ -13,8 +13,28 @@ pub struct InputStatus {
     /// `connecting`, `connected`, `waiting` (backoff after a failure) or `stopped`.
     pub state: String,
     pub address: String,
+    /// The DECODER_ID heard last. Kept for older readers; `decoder_ids` has them all.
     pub decoder_id: Option<String>,
+    /// Every DECODER_ID heard on this input, in the order first heard: a decoder with several loops
+    /// sends under several.
+    #[serde(default)]
+    pub decoder_ids: Vec<String>,
+    /// DECODER_IDs numbered by a passing counter they share with another id on this input.
+    #[serde(default)]
+    pub decoder_ids_sharing_a_counter: Vec<String>,
+    /// Times a decoder's passing counter started again (memory cleared).
+    #[serde(default)]
+    pub counter_restarts: u64,
     pub connects: u64,
+    /// Connections that ended before the decoder sent one valid frame, since the node started.
+    #[serde(default)]
+    pub empty_sessions: u64,
+    /// Set while connections keep ending before a valid frame: when the first of them ended, µs.
+    #[serde(default)]
+    pub flapping_since_us: Option<u64>,
+    /// The wait before the next connection attempt, ms; it grows while connections fail or flap.
+    #[serde(default)]
+    pub backoff_ms: u64,
     pub bytes: u64,
     pub frames: u64,
     pub junk_bytes: u64,
@@ -28,6 +48,12 @@ pub struct InputStatus {
     pub passings_declared_missing: u64,
     pub clock_offset_us: Option<i64>,
     pub clock_drift_alarm: bool,
+    /// Frames whose DECODER_ID is wider than 32 bits: stored under the input, not a decoder.
+    #[serde(default)]
+    pub decoder_id_too_wide: u64,
+    /// Events that could not be encoded and were not stored.
+    #[serde(default)]
+    pub encode_errors: u64,
     pub last_error: Option<String>,
 }
 

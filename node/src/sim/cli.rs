@@ -77,6 +77,14 @@ pub struct SimulateArgs {
     /// The number of the first passing.
     #[arg(long, default_value_t = 1)]
     pub first_number: u32,
+    /// More loops on the same decoder (a BMX split and finish after the gate): their DECODER_IDs,
+    /// comma-separated. Passings take turns over the loops, numbered by one shared counter.
+    #[arg(long, value_parser = parse_u32, value_delimiter = ',', value_name = "ID,...")]
+    pub loop_ids: Vec<u32>,
+    /// With --tcp: clients served at once (real decoders: 4). 0 plays a decoder at its client limit,
+    /// which accepts every connection and closes it at once.
+    #[arg(long, default_value_t = super::TCP_CLIENTS_MAX, requires = "tcp")]
+    pub clients_max: usize,
     /// The decoder clock's drift against real time, in parts per million.
     #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
     pub drift_ppm: i32,
@@ -118,6 +126,7 @@ impl SimulateArgs {
             gate_interval: seconds("gate-interval", self.gate_interval)?,
             status_interval: seconds("status-interval", self.status_interval)?,
             decoder_id: self.decoder_id.unwrap_or(super::DEFAULT_DECODER_ID),
+            loop_ids: self.loop_ids.clone(),
             first_passing_number: self.first_number,
             clock_drift_ppm: self.drift_ppm,
             memory_passings: self.memory,
@@ -172,7 +181,11 @@ async fn serve(args: SimulateArgs, decoder: Decoder) -> anyhow::Result<()> {
     let id = decoder.decoder_id();
     let print_each = !args.quiet && args.rate <= PRINT_PASSINGS_PER_S_MAX as f64;
     if let Some(addr) = args.tcp {
-        let tcp = serve_tcp(decoder, addr, cancel.clone()).await?;
+        let opts = super::TcpOptions {
+            clients_max: args.clients_max,
+            ..super::TcpOptions::from(addr)
+        };
+        let tcp = serve_tcp(decoder, opts, cancel.clone()).await?;
         println!("listening on {} (decoder id {id})", tcp.local_addr());
         report(&emitted, || tcp.stats(), print_each, &cancel).await;
         tcp.closed().await;

@@ -42,6 +42,10 @@ pub const GATE_BEACONS: [u32; 2] = [9992, 9995];
 /// The decoder id the simulator reports unless told otherwise; displays as `5E1A0700`.
 pub const DEFAULT_DECODER_ID: u32 = 0x0007_1A5E;
 
+/// The most loops one simulated decoder serves: a BMX track has gate, split and finish, a big karting
+/// circuit a few sectors.
+pub const LOOPS_MAX: usize = 8;
+
 /// Which real decoder the record layout copies (PROTOCOL.md §5, tag orders VERIFIED in captures).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum TagStyle {
@@ -240,6 +244,10 @@ pub struct SimConfig {
     pub gate_interval: Duration,
     /// Tag 0x81, sent in every record.
     pub decoder_id: u32,
+    /// More loops on the same decoder (gate, split, finish...), at most [`LOOPS_MAX`] in all: their
+    /// DECODER_IDs, sent in passings after `decoder_id` in turn, one passing each, all numbered by the
+    /// one shared counter. Empty: one loop.
+    pub loop_ids: Vec<u32>,
     pub style: TagStyle,
     /// The number of the first passing.
     pub first_passing_number: u32,
@@ -268,6 +276,7 @@ impl Default for SimConfig {
             gate_beacons: false,
             gate_interval: Duration::from_secs(40),
             decoder_id: DEFAULT_DECODER_ID,
+            loop_ids: Vec::new(),
             style: TagStyle::Rc,
             first_passing_number: 1,
             rtc_start_us: None,
@@ -343,6 +352,17 @@ impl SimConfig {
             if !(0.0..=1.0).contains(&p) {
                 return bad(name, format!("{p} is not a probability"));
             }
+        }
+        if self.loop_ids.len() + 1 > LOOPS_MAX {
+            return bad(
+                "loop_ids",
+                format!("{} loops is more than {LOOPS_MAX}", self.loop_ids.len() + 1),
+            );
+        }
+        if self.loop_ids.contains(&self.decoder_id)
+            || (1..self.loop_ids.len()).any(|i| self.loop_ids[i..].contains(&self.loop_ids[i - 1]))
+        {
+            return bad("loop_ids", "each loop needs its own DECODER_ID".into());
         }
         if self.clock_drift_ppm.unsigned_abs() > 1_000_000 {
             return bad(
@@ -444,5 +464,34 @@ mod tests {
         let mut c = SimConfig::default();
         c.faults.corrupt = 1.5;
         assert_eq!(err(c), "faults.corrupt");
+        assert_eq!(
+            err(SimConfig {
+                loop_ids: vec![DEFAULT_DECODER_ID],
+                ..Default::default()
+            }),
+            "loop_ids"
+        );
+        assert_eq!(
+            err(SimConfig {
+                loop_ids: vec![1, 2, 1],
+                ..Default::default()
+            }),
+            "loop_ids"
+        );
+        assert_eq!(
+            err(SimConfig {
+                loop_ids: (1..LOOPS_MAX as u32 + 1).collect(),
+                ..Default::default()
+            }),
+            "loop_ids"
+        );
+        assert!(
+            SimConfig {
+                loop_ids: vec![1, 2],
+                ..Default::default()
+            }
+            .validate()
+            .is_ok()
+        );
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! It behaves like the real decoders in the captures (PROTOCOL.md §4–7, §11): a STATUS about every 5 s,
 //! passings of a field of transponders with plausible lap times and, for BMX, start-gate beacons, with
-//! passing numbers counting up by one decoder-wide. It remembers what it sent (a bounded passing memory)
+//! passing numbers counting up by one decoder-wide (also across its loops, when it serves several
+//! under their own DECODER_IDs, [`SimConfig::loop_ids`]). It remembers what it sent (a bounded passing memory)
 //! and answers RESEND and GET_TIME. Everything follows from a seed. Faults can be injected: dropped
 //! frames, damaged bytes, garbage, disconnects and stalls.
 //!
@@ -47,8 +48,8 @@ use std::path::PathBuf;
 pub use cli::{SimulateArgs, run};
 pub use config::{
     DEFAULT_DECODER_ID, EMITTED_LOG_MAX, FIELD_SIZE_MAX, Faults, GARBAGE_BURST_BYTES_MAX,
-    GATE_BEACONS, LapTimes, PASSING_MEMORY_MAX, RATE_PER_S_MAX, STATUS_INTERVAL_MS_MIN, Schedule,
-    SimConfig, TagStyle,
+    GATE_BEACONS, LOOPS_MAX, LapTimes, PASSING_MEMORY_MAX, RATE_PER_S_MAX, STATUS_INTERVAL_MS_MIN,
+    Schedule, SimConfig, TagStyle,
 };
 pub use model::{
     ADVANCE_FRAMES_MAX, Decoder, Emitted, EmittedPassing, FrameFault, ModelStats, Reply,

@@ -66,6 +66,8 @@ pub struct EmittedPassing {
     pub rtc_us: u64,
     /// A BMX start-gate beacon rather than a rider.
     pub gate_beacon: bool,
+    /// The DECODER_ID of the loop it was sent under.
+    pub decoder_id: u32,
     /// A fault injected into its first (live) sending; `None` if it went out intact. Later RESENDs of it
     /// are not recorded here.
     pub fault: Option<FrameFault>,
@@ -216,6 +218,8 @@ struct Stored {
     strength: u16,
     hits: u16,
     gate_beacon: bool,
+    /// The DECODER_ID of its loop, so a RESEND sends it byte for byte as first sent.
+    decoder_id: u32,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -434,6 +438,7 @@ impl Decoder {
             strength: strength as u16,
             hits: hits as u16,
             gate_beacon,
+            decoder_id: self.loop_of(self.next_number),
         };
         self.next_number = self.next_number.wrapping_add(1);
         if self.memory.len() == self.cfg.memory_passings {
@@ -449,8 +454,18 @@ impl Decoder {
             transponder,
             rtc_us,
             gate_beacon,
+            decoder_id: stored.decoder_id,
             fault,
         });
+    }
+
+    /// The loop that sends passing `number`: the loops take turns, one passing each, on one counter.
+    fn loop_of(&self, number: u32) -> u32 {
+        let loops = 1 + self.cfg.loop_ids.len() as u32;
+        match number.wrapping_sub(self.cfg.first_passing_number) % loops {
+            0 => self.cfg.decoder_id,
+            k => self.cfg.loop_ids[k as usize - 1],
+        }
     }
 
     /// The unescaped frame of a remembered passing, in the configured tag order.
@@ -478,7 +493,7 @@ impl Decoder {
                         .u64(RTC_TIME, p.rtc_us)?;
                 }
             }
-            b.u16(FLAGS, 0)?.u32(tag::DECODER_ID, self.cfg.decoder_id)?;
+            b.u16(FLAGS, 0)?.u32(tag::DECODER_ID, p.decoder_id)?;
             Ok(())
         })();
         if built.is_err() {

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use decoder::Accumulator;
 use tokio::io::AsyncReadExt;
@@ -28,6 +29,9 @@ pub struct TcpOptions {
     pub addr: SocketAddr,
     /// Output queue limit per client in bytes; [`OUTPUT_QUEUE_BYTES_MAX`] is the default.
     pub queue_bytes_max: usize,
+    /// Clients served at once, at most [`TCP_CLIENTS_MAX`]; one more is accepted and closed at once.
+    /// 0 plays a decoder already at its client limit: it accepts every connection and closes it.
+    pub clients_max: usize,
 }
 
 impl From<SocketAddr> for TcpOptions {
@@ -35,6 +39,7 @@ impl From<SocketAddr> for TcpOptions {
         Self {
             addr,
             queue_bytes_max: OUTPUT_QUEUE_BYTES_MAX,
+            clients_max: TCP_CLIENTS_MAX,
         }
     }
 }
@@ -48,9 +53,17 @@ pub struct TcpHandle {
     emitted: Emitted,
     tracker: TaskTracker,
     cut: Arc<std::sync::Mutex<CancellationToken>>,
+    clients_max: Arc<AtomicUsize>,
 }
 
 impl TcpHandle {
+    /// Changes how many clients are served at once (at most [`TCP_CLIENTS_MAX`]); 0 turns every new
+    /// connection away, as a decoder at its client limit does. Connected clients stay.
+    pub fn set_clients_max(&self, clients_max: usize) {
+        self.clients_max
+            .store(clients_max.min(TCP_CLIENTS_MAX), Ordering::Relaxed);
+    }
+
     /// The address it listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
@@ -110,9 +123,11 @@ pub async fn serve_tcp(
     let tracker = TaskTracker::new();
     let cut = Arc::new(std::sync::Mutex::new(CancellationToken::new()));
     tracker.spawn(serve::generate(core.clone(), cancel.clone()));
+    let clients_max = Arc::new(AtomicUsize::new(opts.clients_max.min(TCP_CLIENTS_MAX)));
     tracker.spawn(accept_loop(
         core.clone(),
         listener,
+        clients_max.clone(),
         cancel,
         tracker.clone(),
         cut.clone(),
@@ -124,12 +139,14 @@ pub async fn serve_tcp(
         emitted,
         tracker,
         cut,
+        clients_max,
     })
 }
 
 async fn accept_loop(
     core: Arc<Core>,
     listener: TcpListener,
+    clients_max: Arc<AtomicUsize>,
     cancel: CancellationToken,
     tracker: TaskTracker,
     cut: Arc<std::sync::Mutex<CancellationToken>>,
@@ -175,9 +192,10 @@ async fn accept_loop(
                         continue;
                     }
                 };
-                if core.clients() >= super::TCP_CLIENTS_MAX {
+                let limit = clients_max.load(Ordering::Relaxed);
+                if core.clients() >= limit {
                     core.count_refused();
-                    tracing::info!(%peer, limit = super::TCP_CLIENTS_MAX, "client refused: too many");
+                    tracing::debug!(%peer, limit, "client refused: too many");
                     drop(stream);
                     continue;
                 }

@@ -276,3 +276,199 @@ async fn networked_decoder_over_tcp_survives_a_dropped_connection() {
     node.stop().await;
     cancel.cancel();
 }
+
+/// The node on a TCP decoder served by the simulator.
+fn tcp_config(dir: &std::path::Path, tcp: &sim::TcpHandle) -> node::config::Config {
+    let mut config = config(dir, dir.join("unused"));
+    config.decoders[0].kind = node::config::DecoderKind::Tcp {
+        address: tcp.local_addr().to_string(),
+    };
+    config
+}
+
+/// Issue 15.1: a decoder at its client limit accepts and closes every connection. The node used to
+/// reconnect at once (the backoff was reset by every successful open): thousands of connects in
+/// 10 s, each with a connected/disconnected pair of events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decoder_that_drops_every_connection_is_retried_with_backoff_and_recorded_once() {
+    use node::runtime::input::{RECONNECT_BACKOFF_MS_MAX, RECONNECT_BACKOFF_MS_MIN};
+    let dir = tempfile::tempdir().unwrap();
+    let cancel = CancellationToken::new();
+    let decoder = Decoder::new(SimConfig {
+        seed: 15,
+        rate_per_s: 50.0,
+        ..Default::default()
+    })
+    .unwrap();
+    let opts = sim::TcpOptions {
+        clients_max: 0,
+        ..sim::TcpOptions::from("127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap())
+    };
+    let tcp = sim::serve_tcp(decoder, opts, cancel.clone()).await.unwrap();
+    let node = Running::start(&tcp_config(dir.path(), &tcp)).await;
+    let (spool, status) = (node.spool.clone(), node.status.clone());
+
+    let started = Instant::now();
+    let attempts = 8;
+    wait_for("8 connections turned away", || {
+        tcp.stats().connections_refused >= attempts
+    })
+    .await;
+    let elapsed = started.elapsed();
+    eprintln!(
+        "connects while the decoder drops every connection: {attempts} in {:.1} s, {:.0} a minute",
+        elapsed.as_secs_f64(),
+        attempts as f64 * 60.0 / elapsed.as_secs_f64()
+    );
+    // The waits between the 8 attempts double from the minimum up to the cap.
+    let mut floor_ms = 0;
+    let mut wait_ms = RECONNECT_BACKOFF_MS_MIN;
+    for _ in 1..attempts {
+        floor_ms += wait_ms;
+        wait_ms = (wait_ms * 2).min(RECONNECT_BACKOFF_MS_MAX);
+    }
+    assert!(
+        elapsed >= Duration::from_millis(floor_ms),
+        "{attempts} connects took {elapsed:?}, less than the backoff's {floor_ms} ms"
+    );
+    // One connected/disconnected pair for the first; the rest are counted, not stored one by one.
+    assert_eq!(events_of::<catalog::Connected>(&spool).len(), 1);
+    assert_eq!(events_of::<catalog::Disconnected>(&spool).len(), 1);
+    let s = status.snapshot().decoders[0].clone();
+    assert!(s.empty_sessions >= attempts - 1, "{s:?}");
+    assert!(s.flapping_since_us.is_some(), "{s:?}");
+    assert_eq!(s.backoff_ms, RECONNECT_BACKOFF_MS_MAX);
+
+    // A client slot frees up: the node gets frames, and the flapping is stored as one event.
+    tcp.set_clients_max(sim::TCP_CLIENTS_MAX);
+    wait_for(
+        "the flapping recorded, then the connection that works",
+        || events_of::<catalog::Connected>(&spool).len() == 2,
+    )
+    .await;
+    let flaps = events_of::<catalog::Flapping>(&spool);
+    assert_eq!(flaps.len(), 1);
+    assert!(flaps[0].sessions >= attempts - 1, "{flaps:?}");
+    // End of stream, or a reset when the node's GET_TIME meets the closed socket.
+    assert!(
+        ["end of stream", "read failed", "write failed"]
+            .iter()
+            .any(|r| flaps[0].reason.starts_with(r)),
+        "{flaps:?}"
+    );
+    wait_for("passings stored", || {
+        !crate::runtime::stored_passings(&spool).is_empty()
+    })
+    .await;
+    assert_eq!(status.snapshot().decoders[0].flapping_since_us, None);
+    node.stop().await;
+    cancel.cancel();
+}
+
+/// Issue 15.2: gate, split and finish loops of one decoder send under three DECODER_IDs with one
+/// passing counter. Gap tracking per DECODER_ID declared the siblings' passings missing. The first
+/// run is long enough that each loop's stream holds more holes (its siblings' numbers) than
+/// GAPS_TRACKED_MAX, so a restarted node that did not know the loops go together would declare
+/// passings missing at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loops_sharing_one_counter_declare_nothing_missing_through_a_node_restart() {
+    const GATE: u32 = 0x0000_0B01;
+    const SPLIT: u32 = 0x0000_0B02;
+    const FINISH: u32 = 0x0000_0B03;
+    let dir = tempfile::tempdir().unwrap();
+    let cancel = CancellationToken::new();
+    let rate = 600.0;
+    let decoder = Decoder::new(SimConfig {
+        seed: 16,
+        rate_per_s: rate,
+        decoder_id: GATE,
+        loop_ids: vec![SPLIT, FINISH],
+        ..Default::default()
+    })
+    .unwrap();
+    let emitted = decoder.emitted();
+    let tcp = sim::serve_tcp(
+        decoder,
+        "127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap(),
+        cancel.clone(),
+    )
+    .await
+    .unwrap();
+    let config = tcp_config(dir.path(), &tcp);
+    // Long enough for every gap to be asked for RESEND_ATTEMPTS_MAX times and declared.
+    let settle = (node::runtime::gaps::GAP_FILL_TIMEOUT_MS
+        * u64::from(node::runtime::gaps::RESEND_ATTEMPTS_MAX)
+        + 1_000) as f64
+        / 1000.0
+        * rate;
+    let mut declared = 0;
+    for run in 0..2 {
+        let node = Running::start(&config).await;
+        let spool = node.spool.clone();
+        let read = |from| spool.read_global(from, 5000).unwrap();
+        let ahead = if run == 0 {
+            3 * node::runtime::gaps::GAPS_TRACKED_MAX as u32 + 600
+        } else {
+            300
+        };
+        let until = emitted.last_number().unwrap_or(0) + ahead;
+        // The status first, cheaply: reading the whole spool every 20 ms would starve the other
+        // tests on a 2-core machine.
+        wait_for("passings up to the mark stored", || {
+            node.status
+                .snapshot()
+                .decoders
+                .first()
+                .and_then(|d| d.last_passing_number)
+                .is_some_and(|n| n >= until)
+        })
+        .await;
+        wait_for("every passing stored", || covers(&stored(read), 1, until)).await;
+        let later = until + settle as u32;
+        wait_for("the gap timeouts to pass", || {
+            emitted.last_number().is_some_and(|n| n >= later)
+        })
+        .await;
+        let s = node.status.snapshot().decoders[0].clone();
+        declared += s.passings_declared_missing;
+        let missing = events_of::<catalog::PassingsMissing>(&spool);
+        eprintln!(
+            "run {run}: passings declared missing {} in {} events; none were lost",
+            s.passings_declared_missing,
+            missing.len()
+        );
+        assert!(missing.is_empty(), "declared missing: {missing:?}");
+        let hex = |ids: &[u32]| {
+            ids.iter()
+                .map(|&i| catalog::decoder_id_hex(i))
+                .collect::<Vec<_>>()
+        };
+        // In the order first heard, which depends on which loop's passing came first.
+        let sorted = |mut v: Vec<String>| {
+            v.sort();
+            v
+        };
+        assert_eq!(
+            sorted(s.decoder_ids.clone()),
+            hex(&[GATE, SPLIT, FINISH]),
+            "{s:?}"
+        );
+        assert_eq!(s.decoder_ids_sharing_a_counter, s.decoder_ids);
+        let shared = events_of::<catalog::CounterShared>(&spool);
+        assert_eq!(
+            shared.last().map(|c| sorted(hex(&c.decoder_ids))),
+            Some(hex(&[GATE, SPLIT, FINISH])),
+            "the group is stored for the next start"
+        );
+        assert_exactly_once(&emitted, &stored(read), 1, until);
+        node.stop().await;
+        // The decoder keeps timing while the node is down.
+        let at_stop = emitted.last_number().unwrap();
+        wait_for("passings while the node is down", || {
+            emitted.last_number().unwrap() >= at_stop + 100
+        })
+        .await;
+    }
+    assert_eq!(declared, 0);
+    cancel.cancel();
+}

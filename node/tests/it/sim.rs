@@ -781,3 +781,106 @@ async fn scheduled_disconnects_cut_tcp_clients_who_can_come_back() {
     cancel.cancel();
     tokio::time::timeout(WAIT, sim.closed()).await.unwrap();
 }
+
+/// Issue 15.1: a decoder at its client limit accepts a connection and closes it at once; the
+/// simulator plays it with a client limit of 0, and serves again when the limit is raised.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decoder_at_its_client_limit_accepts_and_closes_every_connection() {
+    let cancel = CancellationToken::new();
+    let opts = node::sim::TcpOptions {
+        clients_max: 0,
+        ..node::sim::TcpOptions::from("127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap())
+    };
+    let sim = serve_tcp(
+        Decoder::new(config(12, 100.0)).unwrap(),
+        opts,
+        cancel.clone(),
+    )
+    .await
+    .unwrap();
+    for attempt in 1..=3 {
+        let mut s = TcpStream::connect(sim.local_addr()).await.unwrap();
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(WAIT, s.read(&mut buf))
+            .await
+            .expect("closed, not left hanging");
+        assert!(matches!(n, Ok(0) | Err(_)), "attempt {attempt} got data");
+        assert_eq!(sim.stats().connections_refused, attempt);
+    }
+    sim.set_clients_max(node::sim::TCP_CLIENTS_MAX);
+    let mut r = Reader::new(TcpStream::connect(sim.local_addr()).await.unwrap());
+    r.read_until("passings once served", |r| r.count(tor::PASSING) >= 3)
+        .await;
+    cancel.cancel();
+    sim.closed().await;
+}
+
+/// Issue 15.2: a decoder with several loops sends each under its own DECODER_ID, numbered by one
+/// counter; a RESEND brings them back byte for byte, each under its own id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loops_take_turns_on_one_shared_counter() {
+    const GATE: u32 = 0x0000_0A01;
+    const SPLIT: u32 = 0x0000_0A02;
+    const FINISH: u32 = 0x0000_0A03;
+    let cancel = CancellationToken::new();
+    let cfg = SimConfig {
+        decoder_id: GATE,
+        loop_ids: vec![SPLIT, FINISH],
+        ..config(13, 300.0)
+    };
+    let sim = serve_tcp(
+        Decoder::new(cfg).unwrap(),
+        "127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap(),
+        cancel.clone(),
+    )
+    .await
+    .unwrap();
+    let emitted = sim.emitted();
+    let mut r = Reader::new(TcpStream::connect(sim.local_addr()).await.unwrap());
+    r.read_until("30 passings", |r| r.count(tor::PASSING) >= 30)
+        .await;
+    let ids_of = |frames: &[Got]| -> Vec<(u32, u32)> {
+        frames
+            .iter()
+            .filter(|g| g.tor == tor::PASSING)
+            .map(|g| match g.record().body {
+                Body::Passing(p) => (p.passing_number, p.decoder_id.unwrap().0),
+                _ => unreachable!("a passing"),
+            })
+            .collect()
+    };
+    let live = ids_of(&r.frames);
+    let first = live[0].0;
+    for (k, &(number, id)) in live.iter().enumerate() {
+        assert_eq!(number, first + k as u32, "one counter over all loops");
+        assert_eq!(id, [GATE, SPLIT, FINISH][((number - 1) % 3) as usize]);
+    }
+    assert_eq!(
+        emitted.get(first + 1).unwrap().decoder_id,
+        [GATE, SPLIT, FINISH][(first % 3) as usize],
+        "the log says which loop sent it"
+    );
+    let live_bytes: BTreeMap<u32, Vec<u8>> = r
+        .frames
+        .iter()
+        .filter_map(|g| g.number.map(|n| (n, g.bytes.clone())))
+        .collect();
+    r.frames.clear();
+    r.send(decoder::command::resend(first, first + 5, Some(decoder::DecoderId(SPLIT))).unwrap())
+        .await;
+    r.read_until("the resent range", |r| {
+        (first..=first + 5).all(|n| r.frames.iter().any(|g| g.number == Some(n)))
+    })
+    .await;
+    for g in r.frames.iter().filter(|g| g.tor == tor::PASSING) {
+        let n = g.number.unwrap();
+        if (first..=first + 5).contains(&n) {
+            assert_eq!(
+                &g.bytes, &live_bytes[&n],
+                "passing {n} resent byte for byte"
+            );
+        }
+    }
+    cancel.cancel();
+    sim.closed().await;
+}
