@@ -4,7 +4,8 @@
 //!
 //! 1. the bearer token names the one track it may write ([`Tokens`]): none or unknown → 401;
 //! 2. the batch is validated event by event ([`validate`]): 400, 403, 413 or 422 naming the event
-//!    index and field;
+//!    index and field; a central in [`Contract::StrictV2`] also refuses every extension type, as a
+//!    reference `track_ingest.v2` server does (422, plain text naming `events[N]`);
 //! 3. the store ([`IngestStore`]) drops what it already holds (per-(track, client) seq ranges) and makes
 //!    the rest durable;
 //! 4. only then 200 `{"accepted": a, "duplicates": d}`. A store failure is a 503: the node retries the
@@ -12,12 +13,13 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), uplink::Error> {
-//! use uplink::central::{CentralConfig, StoreConfig};
+//! use uplink::central::{CentralConfig, Contract, StoreConfig};
 //! let config = CentralConfig {
 //!     listen: "127.0.0.1:8443".parse().unwrap(),
 //!     tls: None, // plain HTTP is allowed on loopback only
 //!     tokens_file: "tokens.txt".into(),
 //!     store: StoreConfig::Spool { path: "central.redb".into() },
+//!     contract: Contract::WithExtensions,
 //! };
 //! uplink::central::serve(config, tokio_util::sync::CancellationToken::new()).await
 //! # }
@@ -74,7 +76,30 @@ pub struct CentralConfig {
     /// One `<track_id> <token>` per line; `#` starts a comment.
     pub tokens_file: PathBuf,
     pub store: StoreConfig,
+    /// Which event types central takes.
+    #[serde(default)]
+    pub contract: Contract,
 }
+
+/// Which `message_type`s central accepts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Contract {
+    /// The contract's types and this project's extensions (INGEST.md "Extensions").
+    #[default]
+    WithExtensions,
+    /// Only PASSING, STATUS and VERSION, refused otherwise the way the reference `track_ingest.v2`
+    /// server refuses them: a 422 whose body is plain text naming `events[N]`. For testing a node
+    /// against such a central.
+    StrictV2,
+}
+
+/// The message types a [`Contract::StrictV2`] central accepts.
+pub const STRICT_V2_MESSAGE_TYPES: [&str; 3] = [
+    crate::wire::MESSAGE_TYPE_PASSING,
+    crate::wire::MESSAGE_TYPE_STATUS,
+    crate::wire::MESSAGE_TYPE_VERSION,
+];
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
@@ -95,6 +120,8 @@ pub enum StoreConfig {
 pub struct TrackStats {
     pub accepted: u64,
     pub duplicates: u64,
+    /// Requests answered 200.
+    pub batches: u64,
     /// Requests refused with a 400, 413 or 422 after authentication (invalid or too large).
     pub rejected: u64,
 }
@@ -103,14 +130,21 @@ pub struct TrackStats {
 pub struct Central<S> {
     store: S,
     tokens: Tokens,
+    contract: Contract,
     stats: Mutex<BTreeMap<String, TrackStats>>,
 }
 
 impl<S: IngestStore> Central<S> {
+    /// A central that takes the contract's types and this project's extensions.
     pub fn new(store: S, tokens: Tokens) -> Arc<Self> {
+        Self::with_contract(store, tokens, Contract::WithExtensions)
+    }
+
+    pub fn with_contract(store: S, tokens: Tokens, contract: Contract) -> Arc<Self> {
         Arc::new(Self {
             store,
             tokens,
+            contract,
             stats: Mutex::new(BTreeMap::new()),
         })
     }
@@ -146,12 +180,12 @@ pub async fn serve(config: CentralConfig, cancel: CancellationToken) -> Result<(
     match &config.store {
         StoreConfig::Spool { path } => {
             let store = store::spool::SpoolStore::open(path).await?;
-            let central = Central::new(store, tokens);
+            let central = Central::with_contract(store, tokens, config.contract);
             server.run(router(central), cancel).await
         }
         StoreConfig::JetStream { url, max_bytes } => {
             let store = JetStreamStore::connect(url, *max_bytes).await?;
-            let central = Central::new(store, tokens);
+            let central = Central::with_contract(store, tokens, config.contract);
             server.run(router(central), cancel).await
         }
     }
@@ -220,6 +254,27 @@ async fn ingest_batch<S: IngestStore>(
             return server_error("validation failed; retry later");
         }
     };
+    if central.contract == Contract::StrictV2
+        && let Some((index, event)) = batch
+            .events
+            .iter()
+            .enumerate()
+            .find(|(_, e)| !STRICT_V2_MESSAGE_TYPES.contains(&e.message_type.as_str()))
+    {
+        tracing::warn!(track, index, message_type = %event.message_type, "ingest refused: not a track_ingest.v2 type");
+        central.count(&track, |s| s.rejected += 1);
+        let text = format!(
+            "events[{index}]: unsupported message_type {:?} (track_ingest.v2 accepts {})",
+            event.message_type,
+            STRICT_V2_MESSAGE_TYPES.join(", ")
+        );
+        return (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            text,
+        )
+            .into_response();
+    }
     let events = batch.events.len() as u64;
     // The store works in a task of its own: if the client goes away mid-request, hyper drops this
     // handler, but a store must never stop between making events durable and recording them in its
@@ -240,6 +295,7 @@ async fn ingest_batch<S: IngestStore>(
                 central.count(&track, |s| {
                     s.accepted += done.accepted;
                     s.duplicates += done.duplicates;
+                    s.batches += 1;
                 });
             }
             stored
@@ -275,6 +331,19 @@ fn server_error(message: &str) -> Response {
     response
 }
 
-async fn ingest_stats<S: IngestStore>(State(central): State<Arc<Central<S>>>) -> Response {
-    axum::Json(central.stats()).into_response()
+/// The counters of the one track the bearer token may write; other tracks' traffic is not its
+/// business. `{"<track_id>": {...}}`.
+async fn ingest_stats<S: IngestStore>(
+    State(central): State<Arc<Central<S>>>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(track) = bearer(&headers).and_then(|token| central.tokens.track_of(token)) else {
+        return reject_response(Reject::batch(
+            StatusCode::UNAUTHORIZED,
+            "authorization",
+            "a valid bearer token is required",
+        ));
+    };
+    let stats = central.stats().remove(track).unwrap_or_default();
+    axum::Json(BTreeMap::from([(track, stats)])).into_response()
 }

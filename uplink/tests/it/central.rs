@@ -102,3 +102,55 @@ async fn the_contract_answers() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, json!({ "accepted": 0, "duplicates": 2 }));
 }
+
+/// Issue 9.3: the counters are not public. Without a valid token: 401; with one, only its track.
+#[tokio::test]
+async fn stats_need_a_token_and_show_only_that_token_s_track() {
+    let dir = tempfile::tempdir().unwrap();
+    let central = Central::new(spool_store(dir.path()).await, tokens());
+    let (status, _) = post(
+        &central,
+        Some(TOKEN),
+        batch(vec![event(1, json!(7)), event(2, json!(8))]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+
+    let stats = |token: Option<&str>| {
+        let central = central.clone();
+        let token = token.map(str::to_owned);
+        async move {
+            let mut request = Request::get("/api/ingest/stats");
+            if let Some(token) = token {
+                request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+            }
+            let response = router(central)
+                .oneshot(request.body(Body::empty()).unwrap())
+                .await
+                .unwrap();
+            let status = response.status();
+            let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+                .await
+                .unwrap();
+            (
+                status,
+                serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null),
+            )
+        }
+    };
+    assert_eq!(stats(None).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(stats(Some("wrong")).await.0, StatusCode::UNAUTHORIZED);
+    let (status, body) = stats(Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        body,
+        json!({ TRACK: { "accepted": 2, "duplicates": 0, "batches": 1, "rejected": 0 } })
+    );
+    // The other track's token sees its own (empty) counters, never bmx-main's.
+    let (status, body) = stats(Some(OTHER_TRACK_TOKEN)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        body,
+        json!({ "kart-2": { "accepted": 0, "duplicates": 0, "batches": 0, "rejected": 0 } })
+    );
+}
