@@ -8,4 +8,5 @@ mod faults;
 mod jetstream;
 mod outage;
 mod restart;
+mod strict;
 mod tls;
