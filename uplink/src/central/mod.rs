@@ -35,17 +35,21 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::body::{Body, Bytes};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-pub use server::Server;
+pub use server::{
+    CENTRAL_BODY_READ_MS_MAX, CENTRAL_CONNECTIONS_MAX, CENTRAL_HEADER_READ_MS_MAX,
+    CENTRAL_TLS_HANDSHAKE_MS_MAX, CENTRAL_TLS_HANDSHAKES_MAX, Server, ServerLimits,
+};
 pub use store::jetstream::JetStreamStore;
 pub use store::spool::{SpoolStore, StoredIngest};
 pub use tokens::Tokens;
@@ -122,7 +126,8 @@ pub struct TrackStats {
     pub duplicates: u64,
     /// Requests answered 200.
     pub batches: u64,
-    /// Requests refused with a 400, 413 or 422 after authentication (invalid or too large).
+    /// Requests refused with a 400, 408, 413 or 422 after authentication (invalid, too slow or too
+    /// large).
     pub rejected: u64,
 }
 
@@ -169,7 +174,6 @@ pub fn router<S: IngestStore>(central: Arc<Central<S>>) -> Router {
     Router::new()
         .route("/api/ingest/batch", post(ingest_batch::<S>))
         .route("/api/ingest/stats", get(ingest_stats::<S>))
-        .layer(DefaultBodyLimit::max(validate::INGEST_BODY_BYTES_MAX))
         .with_state(central)
 }
 
@@ -208,10 +212,69 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
+/// Reads a request body of at most [`validate::INGEST_BODY_BYTES_MAX`] within
+/// [`CENTRAL_BODY_READ_MS_MAX`]: a body announced or found larger is refused before it is read
+/// whole (413), one that trickles is cut off (408, and the connection closes).
+async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, Response> {
+    use futures_util::StreamExt;
+    let too_large = || {
+        reject_response(Reject::batch(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body",
+            format!(
+                "the body is larger than {} bytes; send smaller batches",
+                validate::INGEST_BODY_BYTES_MAX
+            ),
+        ))
+    };
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > validate::INGEST_BODY_BYTES_MAX as u64) {
+        return Err(too_large());
+    }
+    let read = async {
+        let mut stream = body.into_data_stream();
+        // Grown as bytes arrive, not sized from Content-Length: an announced size costs a client
+        // nothing to send, and must not make central hold memory for it.
+        let mut out = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|error| {
+                tracing::info!(%error, "reading a request body failed");
+                reject_response(Reject::batch(
+                    StatusCode::BAD_REQUEST,
+                    "body",
+                    "the body could not be read",
+                ))
+            })?;
+            if out.len() + chunk.len() > validate::INGEST_BODY_BYTES_MAX {
+                return Err(too_large());
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok(Bytes::from(out))
+    };
+    match tokio::time::timeout(Duration::from_millis(CENTRAL_BODY_READ_MS_MAX), read).await {
+        Ok(read) => read,
+        Err(_) => {
+            let mut response = reject_response(Reject::batch(
+                StatusCode::REQUEST_TIMEOUT,
+                "body",
+                format!("the body did not arrive within {CENTRAL_BODY_READ_MS_MAX} ms"),
+            ));
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, "close".parse().expect("static header"));
+            Err(response)
+        }
+    }
+}
+
 async fn ingest_batch<S: IngestStore>(
     State(central): State<Arc<Central<S>>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     let Some(token) = bearer(&headers) else {
         return reject_response(Reject::batch(
@@ -227,6 +290,14 @@ async fn ingest_batch<S: IngestStore>(
             "authorization",
             "the bearer token is not valid",
         ));
+    };
+    // Only a client with a valid token makes central read a body.
+    let body = match read_body(&headers, body).await {
+        Ok(body) => body,
+        Err(response) => {
+            central.count(&track, |s| s.rejected += 1);
+            return response;
+        }
     };
     // Parsing and checking a large batch takes milliseconds of CPU: off the async workers.
     let validated = {

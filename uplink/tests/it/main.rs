@@ -5,6 +5,7 @@
 mod central;
 mod common;
 mod faults;
+mod hostile;
 mod jetstream;
 mod outage;
 mod restart;
