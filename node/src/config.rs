@@ -87,7 +87,9 @@ pub struct UplinkSettings {
     pub ca_file: Option<PathBuf>,
     pub client_cert: Option<PathBuf>,
     pub client_key: Option<PathBuf>,
-    /// Event types forwarded; `None` forwards the contract's default set.
+    /// Event types forwarded (`prefix*` matches a prefix, `"*"` every type); `None` forwards the
+    /// contract's default set, [`uplink::drain::FORWARD_DEFAULT`]: decoder passings, statuses and
+    /// versions, which a strict `track_ingest.v2` central accepts. Extension types are opt-in.
     pub forward: Option<Vec<String>>,
     /// Batch and retry limits; not in the file (the defaults suit a venue), set by the demo and tests.
     pub limits: Option<uplink::drain::DrainLimits>,
@@ -663,6 +665,15 @@ impl Checker<'_> {
         let forward = match self.get(t, "forward") {
             None => Some(None),
             Some(f) => match f.get_ref().as_array() {
+                Some(items) if items.is_empty() => {
+                    self.err(
+                        f.span(),
+                        "uplink.forward",
+                        "an empty list forwards nothing; leave `forward` out for the contract's \
+                         default set, or use [\"*\"] for every event type",
+                    );
+                    None
+                }
                 Some(items) if items.iter().all(|i| i.get_ref().is_str()) => Some(Some(
                     items
                         .iter()
@@ -836,6 +847,30 @@ kind = \"usb\"
         assert!(
             bad.iter().any(|e| e.starts_with("2: (syntax): ")),
             "{bad:?}"
+        );
+    }
+
+    /// Issue 15.3: an omitted `forward` sends what the docs promise and a strict v2 central takes,
+    /// not every event type; an empty list is a mistake, not "everything".
+    #[test]
+    fn uplink_forward_defaults_to_the_contract_set() {
+        let base = "track_id = \"bmx-main\"\ndata_dir = \"/d\"\n[[decoder]]\nname = \"f\"\nkind = \"tcp\"\naddress = \"h\"\n[uplink]\ncentral_url = \"https://c.example\"\ntoken_file = \"/t\"\n";
+        let config = Config::parse(base).unwrap();
+        let u = config.uplink.clone().unwrap();
+        assert_eq!(u.forward, None);
+        let dc = crate::runtime::drain_config(&config, &u, "node-1".into());
+        assert_eq!(dc.forward, uplink::drain::FORWARD_DEFAULT.map(String::from));
+
+        let all = Config::parse(&format!("{base}forward = [\"*\"]\n")).unwrap();
+        let u = all.uplink.clone().unwrap();
+        let dc = crate::runtime::drain_config(&all, &u, "node-1".into());
+        assert_eq!(dc.forward, vec!["*".to_string()]);
+
+        let empty = errors(&format!("{base}forward = []\n"));
+        assert_eq!(empty.len(), 1, "{empty:?}");
+        assert!(
+            empty[0].contains("uplink.forward") && empty[0].contains("forwards nothing"),
+            "{empty:?}"
         );
     }
 }

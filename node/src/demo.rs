@@ -268,7 +268,9 @@ async fn demo(args: DemoArgs, cancel: CancellationToken) -> anyhow::Result<()> {
         ca_file: None,
         client_cert: None,
         client_key: None,
-        forward: None,
+        // The demo's central is ours, which takes the extension types too: forward everything,
+        // so node and decoder events show up there as well.
+        forward: Some(vec![uplink::drain::FORWARD_ALL.into()]),
         // Retry within seconds, so the backlog visibly drains soon after the WAN is back.
         limits: Some(uplink::drain::DrainLimits {
             backoff_ms_max: 2_000,

@@ -101,6 +101,11 @@ pub struct CentralArgs {
     /// Store in NATS JetStream at this URL instead (e.g. nats://127.0.0.1:4222).
     #[arg(long)]
     pub nats: Option<String>,
+    /// Accept only PASSING, STATUS and VERSION and refuse extension types as a strict
+    /// track_ingest.v2 server does (422, plain text naming events[N]): to try a node's settings
+    /// against such a central.
+    #[arg(long)]
+    pub strict_v2: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -117,7 +122,7 @@ pub enum ConfigCommand {
 pub struct UsageError(pub String);
 
 fn central(args: CentralArgs) -> anyhow::Result<()> {
-    use uplink::central::{CentralConfig, StoreConfig};
+    use uplink::central::{CentralConfig, Contract, StoreConfig};
     let tls = match (args.tls_cert, args.tls_key) {
         (Some(cert_file), Some(key_file)) => Some(uplink::tls::ServerTlsConfig {
             cert_file,
@@ -138,6 +143,11 @@ fn central(args: CentralArgs) -> anyhow::Result<()> {
         tls,
         tokens_file: args.tokens,
         store,
+        contract: if args.strict_v2 {
+            Contract::StrictV2
+        } else {
+            Contract::WithExtensions
+        },
     };
     crate::runtime::block_on(|cancel| async move {
         tracing::info!(listen = %config.listen, "central starting");

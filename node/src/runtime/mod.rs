@@ -93,7 +93,10 @@ pub fn drain_config(
         client_cert_file: u.client_cert.clone(),
         client_key_file: u.client_key.clone(),
     };
-    dc.forward = u.forward.clone().unwrap_or_default();
+    // Left out, the drain's own default: the contract's types, which any v2 central accepts.
+    if let Some(forward) = &u.forward {
+        dc.forward = forward.clone();
+    }
     dc.cursor = UPLINK_CURSOR.to_string();
     if let Some(limits) = &u.limits {
         dc.limits = limits.clone();

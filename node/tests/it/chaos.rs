@@ -162,7 +162,8 @@ async fn wan_cuts_and_kill_9_of_node_and_central_lose_nothing_and_store_nothing_
         format!(
             "node_id = \"chaos-node\"\ntrack_id = \"{TRACK}\"\ndata_dir = \"{}\"\n\
              [[decoder]]\nname = \"finish\"\nkind = \"serial\"\ndevice = \"{}\"\n\
-             [uplink]\ncentral_url = \"http://{wan_addr}/\"\ntoken_file = \"{}\"\n",
+             [uplink]\ncentral_url = \"http://{wan_addr}/\"\ntoken_file = \"{}\"\n\
+             forward = [\"*\"]\n",
             data.display(),
             link.display(),
             dir.join("token").display(),

@@ -4,7 +4,8 @@
 //!
 //! 1. the bearer token names the one track it may write ([`Tokens`]): none or unknown → 401;
 //! 2. the batch is validated event by event ([`validate`]): 400, 403, 413 or 422 naming the event
-//!    index and field;
+//!    index and field; a central in [`Contract::StrictV2`] also refuses every extension type, as a
+//!    reference `track_ingest.v2` server does (422, plain text naming `events[N]`);
 //! 3. the store ([`IngestStore`]) drops what it already holds (per-(track, client) seq ranges) and makes
 //!    the rest durable;
 //! 4. only then 200 `{"accepted": a, "duplicates": d}`. A store failure is a 503: the node retries the
@@ -12,12 +13,13 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), uplink::Error> {
-//! use uplink::central::{CentralConfig, StoreConfig};
+//! use uplink::central::{CentralConfig, Contract, StoreConfig};
 //! let config = CentralConfig {
 //!     listen: "127.0.0.1:8443".parse().unwrap(),
 //!     tls: None, // plain HTTP is allowed on loopback only
 //!     tokens_file: "tokens.txt".into(),
 //!     store: StoreConfig::Spool { path: "central.redb".into() },
+//!     contract: Contract::WithExtensions,
 //! };
 //! uplink::central::serve(config, tokio_util::sync::CancellationToken::new()).await
 //! # }
@@ -33,17 +35,21 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::body::{Body, Bytes};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-pub use server::Server;
+pub use server::{
+    CENTRAL_BODY_READ_MS_MAX, CENTRAL_CONNECTIONS_MAX, CENTRAL_HEADER_READ_MS_MAX,
+    CENTRAL_TLS_HANDSHAKE_MS_MAX, CENTRAL_TLS_HANDSHAKES_MAX, Server, ServerLimits,
+};
 pub use store::jetstream::JetStreamStore;
 pub use store::spool::{SpoolStore, StoredIngest};
 pub use tokens::Tokens;
@@ -74,7 +80,30 @@ pub struct CentralConfig {
     /// One `<track_id> <token>` per line; `#` starts a comment.
     pub tokens_file: PathBuf,
     pub store: StoreConfig,
+    /// Which event types central takes.
+    #[serde(default)]
+    pub contract: Contract,
 }
+
+/// Which `message_type`s central accepts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Contract {
+    /// The contract's types and this project's extensions (INGEST.md "Extensions").
+    #[default]
+    WithExtensions,
+    /// Only PASSING, STATUS and VERSION, refused otherwise the way the reference `track_ingest.v2`
+    /// server refuses them: a 422 whose body is plain text naming `events[N]`. For testing a node
+    /// against such a central.
+    StrictV2,
+}
+
+/// The message types a [`Contract::StrictV2`] central accepts.
+pub const STRICT_V2_MESSAGE_TYPES: [&str; 3] = [
+    crate::wire::MESSAGE_TYPE_PASSING,
+    crate::wire::MESSAGE_TYPE_STATUS,
+    crate::wire::MESSAGE_TYPE_VERSION,
+];
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
@@ -95,7 +124,10 @@ pub enum StoreConfig {
 pub struct TrackStats {
     pub accepted: u64,
     pub duplicates: u64,
-    /// Requests refused with a 400, 413 or 422 after authentication (invalid or too large).
+    /// Requests answered 200.
+    pub batches: u64,
+    /// Requests refused with a 400, 408, 413 or 422 after authentication (invalid, too slow or too
+    /// large).
     pub rejected: u64,
 }
 
@@ -103,14 +135,21 @@ pub struct TrackStats {
 pub struct Central<S> {
     store: S,
     tokens: Tokens,
+    contract: Contract,
     stats: Mutex<BTreeMap<String, TrackStats>>,
 }
 
 impl<S: IngestStore> Central<S> {
+    /// A central that takes the contract's types and this project's extensions.
     pub fn new(store: S, tokens: Tokens) -> Arc<Self> {
+        Self::with_contract(store, tokens, Contract::WithExtensions)
+    }
+
+    pub fn with_contract(store: S, tokens: Tokens, contract: Contract) -> Arc<Self> {
         Arc::new(Self {
             store,
             tokens,
+            contract,
             stats: Mutex::new(BTreeMap::new()),
         })
     }
@@ -135,7 +174,6 @@ pub fn router<S: IngestStore>(central: Arc<Central<S>>) -> Router {
     Router::new()
         .route("/api/ingest/batch", post(ingest_batch::<S>))
         .route("/api/ingest/stats", get(ingest_stats::<S>))
-        .layer(DefaultBodyLimit::max(validate::INGEST_BODY_BYTES_MAX))
         .with_state(central)
 }
 
@@ -146,12 +184,12 @@ pub async fn serve(config: CentralConfig, cancel: CancellationToken) -> Result<(
     match &config.store {
         StoreConfig::Spool { path } => {
             let store = store::spool::SpoolStore::open(path).await?;
-            let central = Central::new(store, tokens);
+            let central = Central::with_contract(store, tokens, config.contract);
             server.run(router(central), cancel).await
         }
         StoreConfig::JetStream { url, max_bytes } => {
             let store = JetStreamStore::connect(url, *max_bytes).await?;
-            let central = Central::new(store, tokens);
+            let central = Central::with_contract(store, tokens, config.contract);
             server.run(router(central), cancel).await
         }
     }
@@ -174,10 +212,69 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
+/// Reads a request body of at most [`validate::INGEST_BODY_BYTES_MAX`] within
+/// [`CENTRAL_BODY_READ_MS_MAX`]: a body announced or found larger is refused before it is read
+/// whole (413), one that trickles is cut off (408, and the connection closes).
+async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, Response> {
+    use futures_util::StreamExt;
+    let too_large = || {
+        reject_response(Reject::batch(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body",
+            format!(
+                "the body is larger than {} bytes; send smaller batches",
+                validate::INGEST_BODY_BYTES_MAX
+            ),
+        ))
+    };
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > validate::INGEST_BODY_BYTES_MAX as u64) {
+        return Err(too_large());
+    }
+    let read = async {
+        let mut stream = body.into_data_stream();
+        // Grown as bytes arrive, not sized from Content-Length: an announced size costs a client
+        // nothing to send, and must not make central hold memory for it.
+        let mut out = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|error| {
+                tracing::info!(%error, "reading a request body failed");
+                reject_response(Reject::batch(
+                    StatusCode::BAD_REQUEST,
+                    "body",
+                    "the body could not be read",
+                ))
+            })?;
+            if out.len() + chunk.len() > validate::INGEST_BODY_BYTES_MAX {
+                return Err(too_large());
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok(Bytes::from(out))
+    };
+    match tokio::time::timeout(Duration::from_millis(CENTRAL_BODY_READ_MS_MAX), read).await {
+        Ok(read) => read,
+        Err(_) => {
+            let mut response = reject_response(Reject::batch(
+                StatusCode::REQUEST_TIMEOUT,
+                "body",
+                format!("the body did not arrive within {CENTRAL_BODY_READ_MS_MAX} ms"),
+            ));
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, "close".parse().expect("static header"));
+            Err(response)
+        }
+    }
+}
+
 async fn ingest_batch<S: IngestStore>(
     State(central): State<Arc<Central<S>>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     let Some(token) = bearer(&headers) else {
         return reject_response(Reject::batch(
@@ -193,6 +290,14 @@ async fn ingest_batch<S: IngestStore>(
             "authorization",
             "the bearer token is not valid",
         ));
+    };
+    // Only a client with a valid token makes central read a body.
+    let body = match read_body(&headers, body).await {
+        Ok(body) => body,
+        Err(response) => {
+            central.count(&track, |s| s.rejected += 1);
+            return response;
+        }
     };
     // Parsing and checking a large batch takes milliseconds of CPU: off the async workers.
     let validated = {
@@ -220,6 +325,27 @@ async fn ingest_batch<S: IngestStore>(
             return server_error("validation failed; retry later");
         }
     };
+    if central.contract == Contract::StrictV2
+        && let Some((index, event)) = batch
+            .events
+            .iter()
+            .enumerate()
+            .find(|(_, e)| !STRICT_V2_MESSAGE_TYPES.contains(&e.message_type.as_str()))
+    {
+        tracing::warn!(track, index, message_type = %event.message_type, "ingest refused: not a track_ingest.v2 type");
+        central.count(&track, |s| s.rejected += 1);
+        let text = format!(
+            "events[{index}]: unsupported message_type {:?} (track_ingest.v2 accepts {})",
+            event.message_type,
+            STRICT_V2_MESSAGE_TYPES.join(", ")
+        );
+        return (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            text,
+        )
+            .into_response();
+    }
     let events = batch.events.len() as u64;
     // The store works in a task of its own: if the client goes away mid-request, hyper drops this
     // handler, but a store must never stop between making events durable and recording them in its
@@ -240,6 +366,7 @@ async fn ingest_batch<S: IngestStore>(
                 central.count(&track, |s| {
                     s.accepted += done.accepted;
                     s.duplicates += done.duplicates;
+                    s.batches += 1;
                 });
             }
             stored
@@ -275,6 +402,19 @@ fn server_error(message: &str) -> Response {
     response
 }
 
-async fn ingest_stats<S: IngestStore>(State(central): State<Arc<Central<S>>>) -> Response {
-    axum::Json(central.stats()).into_response()
+/// The counters of the one track the bearer token may write; other tracks' traffic is not its
+/// business. `{"<track_id>": {...}}`.
+async fn ingest_stats<S: IngestStore>(
+    State(central): State<Arc<Central<S>>>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(track) = bearer(&headers).and_then(|token| central.tokens.track_of(token)) else {
+        return reject_response(Reject::batch(
+            StatusCode::UNAUTHORIZED,
+            "authorization",
+            "a valid bearer token is required",
+        ));
+    };
+    let stats = central.stats().remove(track).unwrap_or_default();
+    axum::Json(BTreeMap::from([(track, stats)])).into_response()
 }

@@ -1,34 +1,90 @@
 //! The listening socket of central: plain HTTP on loopback, or HTTPS through rustls.
 //!
-//! TLS handshakes run in their own tasks so one slow or hostile client cannot hold up the accept
-//! loop; finished handshakes reach axum through a bounded channel.
+//! Central faces the internet, so every connection is bounded in number and in time:
+//!
+//! ```text
+//!  accept ──(a permit of CENTRAL_CONNECTIONS_MAX, or wait in the kernel's queue)──▶ task
+//!    task: [TLS handshake: a permit of CENTRAL_TLS_HANDSHAKES_MAX, CENTRAL_TLS_HANDSHAKE_MS_MAX]
+//!          ──▶ HTTP/1.1: each request's headers within CENTRAL_HEADER_READ_MS_MAX of the
+//!              connection's start or of the previous answer, else the connection is closed;
+//!              the body within CENTRAL_BODY_READ_MS_MAX and INGEST_BODY_BYTES_MAX (the handler)
+//! ```
+//!
+//! A flood of idle or slow sockets therefore holds at most [`CENTRAL_CONNECTIONS_MAX`] file
+//! descriptors, each for a bounded time; new connections, a node's among them, queue in the
+//! kernel in arrival order and are served as places free up.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::Error;
 use crate::tls::ServerTlsConfig;
 
-/// Longest a client may take to finish its TLS handshake before the connection is dropped.
+/// Longest a client may take to finish its TLS handshake, waiting for a handshake place included,
+/// before the connection is dropped.
 pub const CENTRAL_TLS_HANDSHAKE_MS_MAX: u64 = 10_000;
 
-/// Handshaken connections waiting for axum to take them. Small: axum takes them at once; if it
-/// does not, new handshakes wait (back-pressure on the accept loop) rather than pile up.
-pub const CENTRAL_ACCEPT_QUEUE_MAX: usize = 64;
+/// Most TLS handshakes in progress at once. A handshake costs a signature on central's CPU; this
+/// many keep a small central's cores from being taken by clients that only ever handshake. Beyond
+/// it a connection waits for a place (within its handshake time).
+pub const CENTRAL_TLS_HANDSHAKES_MAX: usize = 64;
+
+/// Most connections served at once, idle, handshaking or busy. Each holds a file descriptor and a
+/// few kilobytes; the common soft limit of a process is 1,024 descriptors, so this keeps a flood of
+/// sockets from exhausting central's (and then nothing, not even its store, can open a file). A
+/// node holds one connection: room for hundreds of tracks. At the limit, new connections wait in
+/// the kernel's accept queue until a place frees.
+pub const CENTRAL_CONNECTIONS_MAX: usize = 512;
+
+/// Longest a client may take to send a request's headers, counted from the connection's start or
+/// from the end of the previous answer; then central closes the connection. A node sends its
+/// headers at once, in one packet; a socket that sends nothing, or trickles (slowloris), is closed
+/// after this and gives its place to the next.
+pub const CENTRAL_HEADER_READ_MS_MAX: u64 = 10_000;
+
+/// Longest a client may take to send a request's body, once its headers are in; then central
+/// answers 408 and closes. A 2 MB batch over a 1 Mbit/s venue uplink takes about 16 s.
+pub const CENTRAL_BODY_READ_MS_MAX: u64 = 60_000;
+
+const _: () = assert!(CENTRAL_TLS_HANDSHAKES_MAX <= CENTRAL_CONNECTIONS_MAX);
+
+/// The limits of [`Server`]; the defaults are the `CENTRAL_*` constants. Tests shorten the times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerLimits {
+    pub connections_max: usize,
+    pub tls_handshakes_max: usize,
+    pub tls_handshake_ms_max: u64,
+    pub header_read_ms_max: u64,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            connections_max: CENTRAL_CONNECTIONS_MAX,
+            tls_handshakes_max: CENTRAL_TLS_HANDSHAKES_MAX,
+            tls_handshake_ms_max: CENTRAL_TLS_HANDSHAKE_MS_MAX,
+            header_read_ms_max: CENTRAL_HEADER_READ_MS_MAX,
+        }
+    }
+}
 
 /// A bound, not yet serving, central listener. Binding first lets a caller learn the port (`:0`).
 pub struct Server {
     listener: TcpListener,
     addr: SocketAddr,
     tls: Option<Arc<rustls::ServerConfig>>,
+    limits: ServerLimits,
 }
 
 impl Server {
@@ -55,7 +111,17 @@ impl Server {
             listener,
             addr,
             tls,
+            limits: ServerLimits::default(),
         })
+    }
+
+    /// The same server with other limits.
+    pub fn with_limits(self, limits: ServerLimits) -> Self {
+        assert!(
+            limits.connections_max > 0 && limits.tls_handshakes_max > 0,
+            "a server with no room for a connection serves nobody"
+        );
+        Self { limits, ..self }
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -65,90 +131,111 @@ impl Server {
     /// Serves `router` until `cancel`, then lets requests in progress finish.
     pub async fn run(self, router: Router, cancel: CancellationToken) -> Result<(), Error> {
         let addr = self.addr;
-        let shutdown = cancel.clone().cancelled_owned();
-        let served = match self.tls {
-            None => {
-                tracing::info!(%addr, "central serving plain HTTP (loopback)");
-                axum::serve(self.listener, router)
-                    .with_graceful_shutdown(shutdown)
-                    .await
-            }
-            Some(tls) => {
-                tracing::info!(%addr, "central serving HTTPS");
-                let (tx, rx) = mpsc::channel(CENTRAL_ACCEPT_QUEUE_MAX);
-                let acceptor = tokio::spawn(accept_tls(
-                    self.listener,
-                    TlsAcceptor::from(tls),
-                    tx,
-                    cancel.clone(),
-                ));
-                let served = axum::serve(TlsListener { rx, addr }, router)
-                    .with_graceful_shutdown(shutdown)
-                    .await;
-                acceptor.abort();
-                served
-            }
-        };
-        served.map_err(|source| Error::Serve { addr, source })
+        let limits = self.limits;
+        let acceptor = self.tls.map(TlsAcceptor::from);
+        tracing::info!(
+            %addr,
+            https = acceptor.is_some(),
+            connections_max = limits.connections_max,
+            "central serving"
+        );
+        let places = Arc::new(Semaphore::new(limits.connections_max));
+        let handshakes = Arc::new(Semaphore::new(limits.tls_handshakes_max));
+        let connections = TaskTracker::new();
+        loop {
+            // A place first: at the limit, connections wait in the kernel's queue, not in ours.
+            let place = tokio::select! {
+                () = cancel.cancelled() => break,
+                place = places.clone().acquire_owned() => place.expect("the semaphore is never closed"),
+            };
+            let (tcp, peer) = tokio::select! {
+                () = cancel.cancelled() => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok(pair) => pair,
+                    Err(error) => {
+                        // EMFILE and the like: back off a little instead of spinning.
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let router = router.clone();
+            let cancel = cancel.clone();
+            let acceptor = acceptor.clone();
+            let handshakes = handshakes.clone();
+            connections.spawn(async move {
+                // Held until the connection ends, whichever way.
+                let _place = place;
+                match acceptor {
+                    None => serve_connection(tcp, router, limits, cancel).await,
+                    Some(acceptor) => {
+                        if let Some(tls) =
+                            handshake(tcp, peer, &acceptor, &handshakes, limits).await
+                        {
+                            serve_connection(tls, router, limits, cancel).await;
+                        }
+                    }
+                }
+            });
+        }
+        connections.close();
+        connections.wait().await;
+        Ok(())
     }
 }
 
-async fn accept_tls(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    tx: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
-    cancel: CancellationToken,
-) {
-    loop {
-        let (tcp, peer) = tokio::select! {
-            () = cancel.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(error) => {
-                    // EMFILE and the like: back off a little instead of spinning.
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let acceptor = acceptor.clone();
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            let handshake = tokio::time::timeout(
-                Duration::from_millis(CENTRAL_TLS_HANDSHAKE_MS_MAX),
-                acceptor.accept(tcp),
-            )
-            .await;
-            match handshake {
-                Ok(Ok(stream)) => {
-                    let _ = tx.send((stream, peer)).await;
-                }
-                Ok(Err(error)) => tracing::info!(%peer, %error, "TLS handshake refused"),
-                Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
-            }
-        });
-    }
-}
-
-struct TlsListener {
-    rx: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    addr: SocketAddr,
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.rx.recv().await {
-            Some(pair) => pair,
-            // The accept loop stopped: shutdown is under way, and graceful shutdown ends `serve`.
-            None => std::future::pending().await,
+/// The TLS handshake of one connection, within its time and a handshake place.
+async fn handshake(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    acceptor: &TlsAcceptor,
+    handshakes: &Semaphore,
+    limits: ServerLimits,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let handshake =
+        tokio::time::timeout(Duration::from_millis(limits.tls_handshake_ms_max), async {
+            let _place = handshakes
+                .acquire()
+                .await
+                .expect("the semaphore is never closed");
+            acceptor.accept(tcp).await
+        })
+        .await;
+    match handshake {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(error)) => {
+            tracing::info!(%peer, %error, "TLS handshake refused");
+            None
+        }
+        Err(_) => {
+            tracing::info!(%peer, "TLS handshake timed out");
+            None
         }
     }
+}
 
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.addr)
+/// HTTP/1.1 on one connection until the client leaves, a header timeout closes it, or `cancel`
+/// (then the request in progress finishes, and the connection closes).
+async fn serve_connection<I>(io: I, router: Router, limits: ServerLimits, cancel: CancellationToken)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_millis(limits.header_read_ms_max));
+    let connection = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(router));
+    tokio::pin!(connection);
+    let served = tokio::select! {
+        served = connection.as_mut() => served,
+        () = cancel.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = served {
+        // Timeouts and clients that vanish are routine on the internet: not warnings.
+        tracing::debug!(error = %error, "connection ended");
     }
 }

@@ -30,7 +30,8 @@ pub(crate) enum Outcome {
     Auth { reason: String },
     /// 413: split.
     TooLarge { reason: String },
-    /// 400 or 422: isolate the offender. `event_index` is central's hint, if it gave one.
+    /// 400 or 422: isolate the offender. `event_index` is central's hint, if it gave one (see
+    /// [`offender_hint`]); the drain checks it before it parks anything.
     Rejected {
         reason: String,
         event_index: Option<usize>,
@@ -108,9 +109,7 @@ pub(crate) fn classify(status: StatusCode, body: &[u8], retry_after: Option<Dura
         413 => Outcome::TooLarge { reason: reason() },
         400 | 422 => Outcome::Rejected {
             reason: reason(),
-            event_index: serde_json::from_slice::<RejectBody>(body)
-                .ok()
-                .and_then(|b| b.event_index),
+            event_index: offender_hint(body),
         },
         // 408, 429, 5xx are transient by contract. Anything else (a 404 from a wrong URL, a 3xx from
         // a proxy) is a configuration problem: retrying keeps every event until it is fixed, while
@@ -120,6 +119,39 @@ pub(crate) fn classify(status: StatusCode, body: &[u8], retry_after: Option<Dura
             retry_after,
         },
     }
+}
+
+/// The event a 400/422 names, in the forms centrals use: our JSON `event_index`, a field path such
+/// as `events[3].transponder` (in a JSON `field`, or anywhere in the body), or a plain-text body
+/// that says `events[3]`. `None` when the answer names no event: the drain then halves the batch.
+/// Only a hint: it may be out of range or wrong, and the drain treats it so.
+pub(crate) fn offender_hint(body: &[u8]) -> Option<usize> {
+    if let Ok(reject) = serde_json::from_slice::<RejectBody>(body) {
+        if let Some(index) = reject.event_index {
+            return Some(index);
+        }
+        if let Some(index) = reject.field.as_deref().and_then(events_index) {
+            return Some(index);
+        }
+    }
+    events_index(&String::from_utf8_lossy(body))
+}
+
+/// The first `events[N]` in `text`, with N a decimal number that fits a `usize`.
+fn events_index(text: &str) -> Option<usize> {
+    const OPEN: &str = "events[";
+    let mut rest = text;
+    while let Some(at) = rest.find(OPEN) {
+        rest = &rest[at + OPEN.len()..];
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits > 0
+            && rest.as_bytes().get(digits) == Some(&b']')
+            && let Ok(index) = rest[..digits].parse()
+        {
+            return Some(index);
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -179,6 +211,34 @@ mod tests {
             classify(StatusCode::OK, b"ok", None),
             Outcome::Transient { .. }
         ));
+    }
+
+    #[test]
+    fn hints_in_every_form_a_central_gives_them() {
+        let hint = |body: &str| offender_hint(body.as_bytes());
+        assert_eq!(
+            hint(r#"{"error":"x","event_index":4,"field":"events[9].a"}"#),
+            Some(4)
+        );
+        assert_eq!(
+            hint(r#"{"error":"bad","field":"events[3].transponder"}"#),
+            Some(3)
+        );
+        assert_eq!(
+            hint("events[17]: unsupported message_type \"NODE.STARTED\""),
+            Some(17)
+        );
+        assert_eq!(hint("invalid value at events[2].payload.flags"), Some(2));
+        // Nothing that names an event: no hint, the drain halves.
+        assert_eq!(
+            hint(r#"{"error":"bad contract_version","field":"contract_version"}"#),
+            None
+        );
+        assert_eq!(hint("events[] events[x] events[-1] events[3"), None);
+        assert_eq!(hint("events[99999999999999999999999]"), None);
+        assert_eq!(hint(""), None);
+        // The first well-formed index counts.
+        assert_eq!(hint("events[] then events[5] and events[6]"), Some(5));
     }
 
     #[test]

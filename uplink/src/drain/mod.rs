@@ -9,6 +9,12 @@
 //! - **Durable cursor.** The reader starts after the cursor [`DrainConfig::cursor`]; the sender acks
 //!   it only for events central answered 200 to (or that were parked, or not forwarded by kind).
 //!   After a crash the drain resends from the cursor; central deduplicates by idempotency key.
+//!   While a refused batch is taken apart, the cursor moves over each settled prefix (stored or
+//!   parked) before the next piece is sent, so a crash mid-isolation resends at most the piece
+//!   that was in flight.
+//! - **What is forwarded.** By default only the contract's own types ([`FORWARD_DEFAULT`]), which
+//!   any `track_ingest.v2` central accepts; extension types (`node.*`, `decoder.connected`, ...)
+//!   are opt-in through [`DrainConfig::forward`].
 //! - **Stable identity.** The key `{track}:{client}:{boot}:{seq}` is built from the spool's seq and
 //!   the boot id stored with the event, so every retry and restart sends the same key and
 //!   `event_id`.
@@ -16,9 +22,13 @@
 //!   and time ([`UPLINK_BATCH_LINGER_MS`]). One batch is in flight at a time, so the events of every
 //!   stream arrive in seq order.
 //! - **Failures.** Transient ones retry the same bytes for ever with capped, jittered exponential
-//!   backoff, honouring `Retry-After`. 400/422 bisect the batch (at central's `event_index` if it
-//!   names one) until the offender stands alone, which is parked in the spool with central's
-//!   reason; the rest flows. 413 splits. 401/403 raise [`DrainStatus::alarm`] and keep everything.
+//!   backoff, honouring `Retry-After`. A 400/422 that names its event (JSON `event_index`, a field
+//!   path `events[3].x`, or `events[3]` in a text body) is isolated in one step: the events before
+//!   it are sent, it is sent alone, then the rest. An event is parked (in the spool, with central's
+//!   reason) only when central refuses it alone, so a wrong hint cannot park an innocent event; a
+//!   hint proved wrong, or one out of range, makes the drain halve the batch instead, as it does
+//!   for refusals that name nothing. 413 splits. 401/403 raise [`DrainStatus::alarm`] and keep
+//!   everything.
 //! - **The live path first.** The drain only reads the spool (reads never wait for the writer) and
 //!   writes one cursor ack per [`UPLINK_ACK_INTERVAL_MS`], so appends of live events keep their
 //!   latency while a backlog drains.
@@ -31,7 +41,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use spool::schema::Schemas;
+use spool::schema::{EventPayload, Schemas};
 use spool::{RecordedEvent, Seq, Spool};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -92,6 +102,18 @@ const _: () = assert!(UPLINK_BATCH_EVENTS_MAX <= spool::READ_EVENTS_MAX);
 /// The cursor the drain keeps in the spool, unless configured otherwise.
 pub const UPLINK_CURSOR_DEFAULT: &str = "uplink";
 
+/// What the drain forwards unless configured otherwise: the event types that map onto the
+/// contract's own message types (PASSING, STATUS, VERSION), which a strict `track_ingest.v2` central
+/// accepts. Everything else is an extension that such a central refuses, so it is opt-in.
+pub const FORWARD_DEFAULT: [&str; 3] = [
+    spool::catalog::Passing::EVENT_TYPE,
+    spool::catalog::Status::EVENT_TYPE,
+    spool::catalog::Version::EVENT_TYPE,
+];
+
+/// The pattern that forwards every event type, for a central that takes extensions (ours).
+pub const FORWARD_ALL: &str = "*";
+
 /// How the node reaches central. Everything but the URL, ids and token file has a default.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -108,9 +130,10 @@ pub struct DrainConfig {
     pub token_file: PathBuf,
     #[serde(default)]
     pub tls: ClientTlsConfig,
-    /// Event types to forward; `prefix*` matches a prefix; empty forwards everything. Events not
-    /// forwarded are passed over (the cursor moves past them).
-    #[serde(default)]
+    /// Event types to forward; `prefix*` matches a prefix, [`FORWARD_ALL`] matches every type.
+    /// Defaults to [`FORWARD_DEFAULT`]; an empty list is refused (it would forward nothing). Events
+    /// not forwarded are passed over (the cursor moves past them).
+    #[serde(default = "default_forward")]
     pub forward: Vec<String>,
     #[serde(default = "default_cursor")]
     pub cursor: String,
@@ -120,6 +143,10 @@ pub struct DrainConfig {
 
 fn default_cursor() -> String {
     UPLINK_CURSOR_DEFAULT.into()
+}
+
+fn default_forward() -> Vec<String> {
+    FORWARD_DEFAULT.iter().map(|&t| t.to_owned()).collect()
 }
 
 /// Batch and retry limits; the defaults are the `UPLINK_*` constants. Tests and the demo shorten them.
@@ -165,21 +192,19 @@ impl DrainConfig {
             client_id: client_id.into(),
             token_file: token_file.into(),
             tls: ClientTlsConfig::default(),
-            forward: Vec::new(),
+            forward: default_forward(),
             cursor: default_cursor(),
             limits: DrainLimits::default(),
         }
     }
 
     fn forwards(&self, event_type: &str) -> bool {
-        self.forward.is_empty()
-            || self
-                .forward
-                .iter()
-                .any(|pattern| match pattern.strip_suffix('*') {
-                    Some(prefix) => event_type.starts_with(prefix),
-                    None => event_type == pattern,
-                })
+        self.forward
+            .iter()
+            .any(|pattern| match pattern.strip_suffix('*') {
+                Some(prefix) => event_type.starts_with(prefix),
+                None => event_type == pattern,
+            })
     }
 }
 
@@ -221,13 +246,19 @@ pub struct Drain {
     url: reqwest::Url,
     client: reqwest::Client,
     status: watch::Sender<DrainStatus>,
-    /// The cursor when the drain was made: it resends from here.
-    start: Seq,
 }
 
 impl Drain {
     /// Checks the configuration and builds the TLS client; nothing is sent before [`Drain::run`].
+    /// Reads nothing from the spool, so it may be called on an async worker: [`Drain::run`] reads
+    /// the cursor (on a blocking thread) and publishes the first status.
     pub fn new(config: DrainConfig, spool: Spool) -> Result<Self, Error> {
+        if config.forward.is_empty() {
+            return Err(Error::Config(format!(
+                "forward is empty, so nothing would be forwarded; leave it out for the contract's \
+                 types {FORWARD_DEFAULT:?}, or use [\"{FORWARD_ALL}\"] for every type"
+            )));
+        }
         let base = reqwest::Url::parse(&config.central_url)
             .map_err(|e| Error::Config(format!("central_url {:?}: {e}", config.central_url)))?;
         let base = if base.path().ends_with('/') {
@@ -273,19 +304,13 @@ impl Drain {
             .no_proxy()
             .build()
             .map_err(Error::HttpClient)?;
-        let (backlog, acked) = backlog_of(&spool, &config.cursor)?;
-        let (status, _) = watch::channel(DrainStatus {
-            backlog,
-            acked_seq: acked,
-            ..DrainStatus::default()
-        });
+        let (status, _) = watch::channel(DrainStatus::default());
         Ok(Self {
             config,
             spool,
             url,
             client,
             status,
-            start: Seq(acked),
         })
     }
 
@@ -297,8 +322,19 @@ impl Drain {
     /// Drains until `cancel`. Stops at a safe point: between tries, with everything central
     /// acknowledged also acknowledged in the spool.
     pub async fn run(self, cancel: CancellationToken) -> Result<(), Error> {
+        // The cursor is a redb read: off the async workers. The drain resends from here.
+        let start = {
+            let spool = self.spool.clone();
+            let cursor = self.config.cursor.clone();
+            tokio::task::spawn_blocking(move || spool.cursor(&cursor))
+                .await
+                .map_err(|source| Error::Join {
+                    what: "reading the uplink cursor",
+                    source,
+                })?
+                .map_err(Error::spool("reading the uplink cursor"))?
+        };
         let (tx, rx) = mpsc::channel(UPLINK_PREFETCH_BATCHES_MAX);
-        let start = self.start;
         let reader = Reader {
             spool: self.spool.clone(),
             config: self.config.clone(),
@@ -309,7 +345,8 @@ impl Drain {
         // Aborted with this future too, so a drain that is dropped (or its task aborted) leaves no
         // reader behind.
         let mut reader_task = AbortOnDrop(tokio::spawn(reader.run(reader_cancel.clone())));
-        let sender = Sender::new(&self, start);
+        let sender = Sender::new(&self, Some(start));
+        sender.publish(|_| {});
         let result = sender.run(rx, cancel).await;
         reader_cancel.cancel();
         match (&mut reader_task.0).await {
@@ -432,17 +469,6 @@ fn is_loopback(url: &reqwest::Url) -> bool {
         || host
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback())
-}
-
-/// (backlog, acked seq) of `cursor`.
-fn backlog_of(spool: &Spool, cursor: &str) -> Result<(u64, u64), Error> {
-    let acked = spool
-        .cursor(cursor)
-        .map_err(Error::spool("reading the uplink cursor"))?;
-    let head = spool
-        .head()
-        .map_err(Error::spool("reading the spool head"))?;
-    Ok((head.0.saturating_sub(acked.0), acked.0))
 }
 
 /// Reads the spool after the cursor, maps and encodes events, and cuts batches.
@@ -635,7 +661,8 @@ impl Drain {
             .iter()
             .map(|e| encode(&self.config, self.spool.schemas(), e))
             .collect();
-        let mut sender = Sender::new(self, Seq::ZERO);
+        // Not the cursor's sender: these events are behind the cursor already.
+        let mut sender = Sender::new(self, None);
         match sender.deliver(&encoded, &cancel).await {
             Ok(()) => Ok(ResendOutcome {
                 resent: encoded.len() as u64 - sender.parked_now,
@@ -668,6 +695,9 @@ struct Sender<'a> {
     parked_now: u64,
     backoff: Backoff,
     token: Option<String>,
+    /// Whether this sender moves the cursor: the drain's does; a technician's resend of parked
+    /// events (which lie behind the cursor) does not.
+    moves_cursor: bool,
     /// What the spool's cursor holds.
     acked: Seq,
     /// Everything up to here is done (200, parked or passed over) but maybe not acked yet.
@@ -679,8 +709,19 @@ struct Sender<'a> {
 /// The sender stopped because of `cancel`.
 struct Cancelled;
 
+/// A part of a batch still to send: `events[lo..hi]`.
+#[derive(Debug, Clone, Copy)]
+struct Piece {
+    lo: usize,
+    hi: usize,
+    /// Central named this event as the offender of a larger part; sent alone to check the hint.
+    named: bool,
+}
+
 impl<'a> Sender<'a> {
-    fn new(drain: &'a Drain, start: Seq) -> Self {
+    /// A sender; `cursor` is where the drain's cursor stands, or `None` for one that must not move it.
+    fn new(drain: &'a Drain, cursor: Option<Seq>) -> Self {
+        let start = cursor.unwrap_or(Seq::ZERO);
         Self {
             backoff: Backoff::new(
                 Duration::from_millis(drain.config.limits.backoff_ms_min),
@@ -689,6 +730,7 @@ impl<'a> Sender<'a> {
             drain,
             parked_now: 0,
             token: None,
+            moves_cursor: cursor.is_some(),
             acked: start,
             done: start,
             last_ack: Instant::now(),
@@ -723,7 +765,7 @@ impl<'a> Sender<'a> {
 
     /// Acknowledges `done` in the spool; retried until it succeeds or `cancel`.
     async fn ack(&mut self, cancel: &CancellationToken) {
-        if self.done <= self.acked {
+        if !self.moves_cursor || self.done <= self.acked {
             self.publish(|_| {});
             return;
         }
@@ -752,21 +794,36 @@ impl<'a> Sender<'a> {
         }
     }
 
-    /// Sends `events` until every one is stored at central or parked. Splits on 413 and on
-    /// 400/422; retries everything else.
+    /// Sends `events` until every one is stored at central or parked. Splits on 413; takes a
+    /// 400/422 apart at central's hint, or by halves (see the module docs); retries everything
+    /// else. Once a batch is split, the cursor is acknowledged over each settled prefix before the
+    /// next piece goes out: a crash then resends only the piece in flight, never what central
+    /// already answered 200 for.
     async fn deliver(
         &mut self,
         events: &[EncodedEvent],
         cancel: &CancellationToken,
     ) -> Result<(), Cancelled> {
-        // Work list of sub-slices, last first: popping keeps them in seq order.
-        let mut work = vec![(0, events.len())];
-        while let Some((lo, hi)) = work.pop() {
+        // Pieces still to send, last first: popping keeps them in seq order, so every piece
+        // settled also settles every event before it.
+        let mut work = vec![Piece {
+            lo: 0,
+            hi: events.len(),
+            named: false,
+        }];
+        // Central's hints are followed until one proves wrong (the named event alone was stored);
+        // then this batch is halved, so a central that names the wrong event costs at most one
+        // request per hint it gave.
+        let mut trust_hints = true;
+        let mut split = false;
+        while let Some(piece) = work.pop() {
+            let Piece { lo, hi, named } = piece;
             if lo == hi {
                 continue;
             }
             let part = &events[lo..hi];
-            loop {
+            // Whether this piece is settled (stored or parked), or was split into pieces to send.
+            let settled = loop {
                 let token = self.token(cancel).await?;
                 let body = crate::wire::batch_body(&self.drain.config.track_id, part);
                 let outcome = tokio::select! {
@@ -777,7 +834,14 @@ impl<'a> Sender<'a> {
                     Outcome::Stored(accepted) => {
                         self.backoff.reset();
                         self.stored(part.len() as u64, accepted.duplicates);
-                        break;
+                        if named {
+                            tracing::info!(
+                                seq = part[0].seq,
+                                "central named an event it then stored alone; halving from here"
+                            );
+                            trust_hints = false;
+                        }
+                        break true;
                     }
                     Outcome::Transient {
                         reason,
@@ -799,36 +863,52 @@ impl<'a> Sender<'a> {
                     }
                     Outcome::TooLarge { reason } if part.len() > 1 => {
                         tracing::info!(events = part.len(), %reason, "batch too large; splitting");
-                        let mid = lo + part.len() / 2;
-                        work.push((mid, hi));
-                        work.push((lo, mid));
-                        break;
+                        halve(&mut work, lo, hi);
+                        split = true;
+                        break false;
                     }
                     Outcome::Rejected {
                         reason,
                         event_index,
                     } if part.len() > 1 => {
-                        tracing::info!(events = part.len(), ?event_index, %reason, "batch rejected; isolating the offender");
-                        match event_index.filter(|&i| i < part.len()) {
-                            // Central named the offender: the events before it are fine.
+                        let hint = event_index.filter(|&i| trust_hints && i < part.len());
+                        tracing::info!(events = part.len(), ?event_index, followed = hint.is_some(), %reason, "batch rejected; isolating the offender");
+                        match hint {
+                            // The events before the named one, then it alone (parked only if
+                            // central refuses it alone), then the rest.
                             Some(i) => {
-                                work.push((lo + i + 1, hi));
-                                work.push((lo + i, lo + i + 1));
-                                work.push((lo, lo + i));
+                                work.push(Piece {
+                                    lo: lo + i + 1,
+                                    hi,
+                                    named: false,
+                                });
+                                work.push(Piece {
+                                    lo: lo + i,
+                                    hi: lo + i + 1,
+                                    named: true,
+                                });
+                                work.push(Piece {
+                                    lo,
+                                    hi: lo + i,
+                                    named: false,
+                                });
                             }
-                            None => {
-                                let mid = lo + part.len() / 2;
-                                work.push((mid, hi));
-                                work.push((lo, mid));
-                            }
+                            None => halve(&mut work, lo, hi),
                         }
-                        break;
+                        split = true;
+                        break false;
                     }
                     Outcome::Rejected { reason, .. } | Outcome::TooLarge { reason } => {
                         self.park(part[0].seq, &reason, cancel).await?;
-                        break;
+                        break true;
                     }
                 }
+            };
+            // Within a split batch, every event up to this piece's last is settled now: the
+            // pieces are sent in order. A whole batch is acknowledged by `run`, at its pace.
+            if settled && split && self.moves_cursor {
+                self.done = self.done.max(Seq(events[hi - 1].seq));
+                self.ack(cancel).await;
             }
         }
         Ok(())
@@ -939,17 +1019,35 @@ impl<'a> Sender<'a> {
         });
     }
 
-    /// Updates the status, and its backlog from the spool.
+    /// Updates the status. The backlog comes from the spool's head as the writer publishes it
+    /// and from the cursor this sender acknowledged: nothing is read from disk here.
     fn publish(&self, change: impl FnOnce(&mut DrainStatus)) {
-        let backlog = backlog_of(&self.drain.spool, &self.drain.config.cursor).ok();
+        let head = *self.drain.spool.watch_head().borrow();
+        let moves_cursor = self.moves_cursor;
+        let acked = self.acked;
         self.drain.status.send_modify(|s| {
             change(s);
-            if let Some((backlog, acked)) = backlog {
-                s.backlog = backlog;
-                s.acked_seq = acked;
+            if moves_cursor {
+                s.backlog = head.0.saturating_sub(acked.0);
+                s.acked_seq = acked.0;
             }
         });
     }
+}
+
+/// Pushes the two halves of `events[lo..hi]` onto `work`, first half on top.
+fn halve(work: &mut Vec<Piece>, lo: usize, hi: usize) {
+    let mid = lo + (hi - lo) / 2;
+    work.push(Piece {
+        lo: mid,
+        hi,
+        named: false,
+    });
+    work.push(Piece {
+        lo,
+        hi: mid,
+        named: false,
+    });
 }
 
 async fn sleep_or_cancel(delay: Duration, cancel: &CancellationToken) -> Result<(), Cancelled> {
@@ -966,6 +1064,19 @@ mod tests {
     #[test]
     fn forward_patterns() {
         let mut config = DrainConfig::new("https://c/", "t", "c", "/tok");
+        // The default is the contract's own types, which a strict v2 central accepts.
+        for event_type in FORWARD_DEFAULT {
+            assert!(config.forwards(event_type));
+        }
+        for extension in [
+            "node.started",
+            "decoder.clock",
+            "decoder.connected",
+            "decoder.record",
+        ] {
+            assert!(!config.forwards(extension), "{extension} is opt-in");
+        }
+        config.forward = vec![FORWARD_ALL.into()];
         assert!(config.forwards("anything"));
         config.forward = vec!["decoder.*".into(), "race_control.decision".into()];
         assert!(config.forwards("decoder.passing"));

@@ -2,6 +2,7 @@
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
+use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 use uplink::central::{Central, SpoolStore, router};
@@ -101,4 +102,100 @@ async fn the_contract_answers() {
     let (status, body) = post(&central, Some(TOKEN), good).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, json!({ "accepted": 0, "duplicates": 2 }));
+}
+
+/// Issue 9.3: the counters are not public. Without a valid token: 401; with one, only its track.
+#[tokio::test]
+async fn stats_need_a_token_and_show_only_that_token_s_track() {
+    let dir = tempfile::tempdir().unwrap();
+    let central = Central::new(spool_store(dir.path()).await, tokens());
+    let (status, _) = post(
+        &central,
+        Some(TOKEN),
+        batch(vec![event(1, json!(7)), event(2, json!(8))]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+
+    let stats = |token: Option<&str>| {
+        let central = central.clone();
+        let token = token.map(str::to_owned);
+        async move {
+            let mut request = Request::get("/api/ingest/stats");
+            if let Some(token) = token {
+                request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+            }
+            let response = router(central)
+                .oneshot(request.body(Body::empty()).unwrap())
+                .await
+                .unwrap();
+            let status = response.status();
+            let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+                .await
+                .unwrap();
+            (
+                status,
+                serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null),
+            )
+        }
+    };
+    assert_eq!(stats(None).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(stats(Some("wrong")).await.0, StatusCode::UNAUTHORIZED);
+    let (status, body) = stats(Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        body,
+        json!({ TRACK: { "accepted": 2, "duplicates": 0, "batches": 1, "rejected": 0 } })
+    );
+    // The other track's token sees its own (empty) counters, never bmx-main's.
+    let (status, body) = stats(Some(OTHER_TRACK_TOKEN)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        body,
+        json!({ "kart-2": { "accepted": 0, "duplicates": 0, "batches": 0, "rejected": 0 } })
+    );
+}
+
+/// Issue 9.3: a body larger than central reads is refused from its Content-Length, before it is
+/// read; one that trickles is cut off with a 408 once its time is up.
+#[tokio::test(start_paused = true)]
+async fn bodies_are_limited_in_size_and_time_before_parsing() {
+    let dir = tempfile::tempdir().unwrap();
+    let central = Central::new(spool_store(dir.path()).await, tokens());
+    let send = |body: Body, length: Option<u64>| {
+        let mut request = Request::post("/api/ingest/batch")
+            .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"));
+        if let Some(length) = length {
+            request = request.header(header::CONTENT_LENGTH, length);
+        }
+        router(central.clone()).oneshot(request.body(body).unwrap())
+    };
+    let announced = (uplink::central::validate::INGEST_BODY_BYTES_MAX + 1) as u64;
+    // The body never comes: only the announcement is refused.
+    let never = Body::from_stream(futures_util::stream::pending::<
+        Result<Vec<u8>, std::io::Error>,
+    >());
+    let response = send(never, Some(announced)).await.unwrap();
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+
+    // Unannounced, the limit holds on the bytes as they come.
+    let chunk = vec![b' '; 1024 * 1024];
+    let chunks = (0..9).map(move |_| Ok::<_, std::io::Error>(chunk.clone()));
+    let response = send(Body::from_stream(futures_util::stream::iter(chunks)), None)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+
+    // A body that stops halfway: 408 after CENTRAL_BODY_READ_MS_MAX (the paused clock jumps there).
+    let started = tokio::time::Instant::now();
+    let half = futures_util::stream::iter([Ok::<_, std::io::Error>(b"{\"events\":".to_vec())])
+        .chain(futures_util::stream::pending());
+    let response = send(Body::from_stream(half), Some(1_000)).await.unwrap();
+    assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
+    assert_eq!(response.headers()[header::CONNECTION], "close");
+    assert_eq!(
+        started.elapsed(),
+        std::time::Duration::from_millis(uplink::central::CENTRAL_BODY_READ_MS_MAX)
+    );
+    assert_eq!(central.stats()[TRACK].rejected, 3);
 }

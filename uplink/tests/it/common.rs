@@ -13,7 +13,7 @@ use spool::{AppendStream, ExpectedVersion, Metadata, NewEvent, Spool, SpoolConfi
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use uplink::central::{Central, IngestStore, Server, SpoolStore, StoredIngest, Tokens};
+use uplink::central::{Central, Contract, IngestStore, Server, SpoolStore, StoredIngest, Tokens};
 use uplink::drain::{Drain, DrainConfig, DrainLimits, DrainStatus};
 use uplink::tls::ServerTlsConfig;
 
@@ -94,6 +94,24 @@ pub fn poison() -> NewEvent {
     .to_event(meta())
 }
 
+/// An extension event (`decoder.connected`, `node.started`, in turn): a strict v2 central refuses
+/// it; ours takes it.
+pub fn extension(n: u32) -> NewEvent {
+    if n.is_multiple_of(2) {
+        catalog::Connected {
+            input: "finish".into(),
+            address: format!("/dev/ttyUSB{n}"),
+        }
+        .to_event(meta())
+    } else {
+        catalog::NodeStarted {
+            version: "0.1.0".into(),
+            boot_id: "b-000001".into(),
+        }
+        .to_event(meta())
+    }
+}
+
 fn meta() -> Metadata {
     Metadata {
         captured_at_us: spool::now_us(),
@@ -151,9 +169,18 @@ pub async fn start_central<S: IngestStore>(
     listen: SocketAddr,
     tls: Option<&ServerTlsConfig>,
 ) -> RunningCentral<S> {
+    start_central_with(store, listen, tls, Contract::WithExtensions).await
+}
+
+pub async fn start_central_with<S: IngestStore>(
+    store: S,
+    listen: SocketAddr,
+    tls: Option<&ServerTlsConfig>,
+    contract: Contract,
+) -> RunningCentral<S> {
     let server = Server::bind(listen, tls).await.expect("bind central");
     let addr = server.local_addr();
-    let central = Central::new(store, tokens());
+    let central = Central::with_contract(store, tokens(), contract);
     let cancel = CancellationToken::new();
     let task = tokio::spawn(server.run(uplink::central::router(central.clone()), cancel.clone()));
     RunningCentral {

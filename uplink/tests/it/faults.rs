@@ -27,6 +27,8 @@ pub enum Fault {
     TooMany429,
     /// Forward, let central commit and answer, then cut the connection before the answer's body.
     CutAfterCommit,
+    /// Never forward and never answer: a request in flight when the node dies.
+    Hold,
 }
 
 pub struct FaultProxy {
@@ -47,6 +49,7 @@ pub struct ProxyState {
     pub errors_500: AtomicUsize,
     pub errors_429: AtomicUsize,
     pub cut_after_commit: AtomicUsize,
+    pub held: AtomicUsize,
     client: reqwest::Client,
 }
 
@@ -72,6 +75,7 @@ impl FaultProxy {
             errors_500: AtomicUsize::new(0),
             errors_429: AtomicUsize::new(0),
             cut_after_commit: AtomicUsize::new(0),
+            held: AtomicUsize::new(0),
             client: reqwest::Client::builder()
                 .no_proxy()
                 .build()
@@ -155,6 +159,10 @@ async fn handle(State(state): State<Arc<ProxyState>>, request: Request) -> Respo
     let n = state.requests.fetch_add(1, Ordering::SeqCst);
     let fault = state.schedule[n % state.schedule.len()];
     let mut response = match fault {
+        Fault::Hold => {
+            state.held.fetch_add(1, Ordering::SeqCst);
+            std::future::pending::<Response>().await
+        }
         Fault::Error500 => {
             state.errors_500.fetch_add(1, Ordering::SeqCst);
             (StatusCode::INTERNAL_SERVER_ERROR, "injected").into_response()

@@ -5,7 +5,9 @@
 mod central;
 mod common;
 mod faults;
+mod hostile;
 mod jetstream;
 mod outage;
 mod restart;
+mod strict;
 mod tls;

@@ -42,7 +42,12 @@ async fn a_restart_mid_drain_stores_nothing_twice() {
     let held_at_restart = central.central.stats()[TRACK].accepted;
     let mut second = start_drain(drain_config(&url, token), &spool);
     // An acknowledgement the killed drain had handed to the spool may still land after the kill;
-    // the new drain resends from the cursor it found.
+    // the new drain resends from the cursor it found, which its first status shows.
+    second
+        .status
+        .changed()
+        .await
+        .expect("the drain's first status");
     let resend_from = second.status.borrow().acked_seq;
     assert!(resend_from >= cursor_at_kill && resend_from < head);
     let status = wait_status(
