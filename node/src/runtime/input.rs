@@ -197,8 +197,8 @@ impl Input {
     /// failure: the caller cannot do more than report it.
     async fn append_logged(&self, batch: Vec<(StreamId, NewEvent)>) {
         if let Err(e) = self.append(batch).await {
+            super::status::log_store_failure(&self.name, &e, "could not store event");
             let msg = spool::error_chain(&e);
-            tracing::error!(input = %self.name, error = %msg, "could not store event");
             self.status.input(&self.name, |s| s.last_error = Some(msg));
         }
     }
@@ -443,8 +443,12 @@ impl Input {
                 Ok(a) => a,
                 Err(e) => {
                     // Not stored: the gap check of a later passing fetches these again.
+                    super::status::log_store_failure(
+                        &self.name,
+                        &e,
+                        "could not store frames; they will be fetched again",
+                    );
                     let msg = spool::error_chain(&e);
-                    tracing::error!(input = %self.name, error = %msg, "could not store frames; they will be fetched again");
                     self.status.input(&self.name, |s| s.last_error = Some(msg));
                     continue;
                 }

@@ -434,15 +434,12 @@ fn is_loopback(url: &reqwest::Url) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-/// (backlog, acked seq) of `cursor`.
+/// (backlog, acked seq) of `cursor`, by the spool's one definition ([`spool::Backlog`]).
 fn backlog_of(spool: &Spool, cursor: &str) -> Result<(u64, u64), Error> {
-    let acked = spool
-        .cursor(cursor)
+    let backlog = spool
+        .backlog(cursor)
         .map_err(Error::spool("reading the uplink cursor"))?;
-    let head = spool
-        .head()
-        .map_err(Error::spool("reading the spool head"))?;
-    Ok((head.0.saturating_sub(acked.0), acked.0))
+    Ok((backlog.events(), backlog.acked.0))
 }
 
 /// Reads the spool after the cursor, maps and encodes events, and cuts batches.
