@@ -690,9 +690,9 @@ impl Writer {
     /// Refuse appends while the file system has less free space than the reserve, measured at
     /// most every [`SPOOL_DISK_CHECK_INTERVAL_MS`].
     fn check_disk(&mut self) -> Result<()> {
-        let due = self.disk_checked.is_none_or(|at| {
-            at.elapsed() >= Duration::from_millis(SPOOL_DISK_CHECK_INTERVAL_MS)
-        });
+        let due = self
+            .disk_checked
+            .is_none_or(|at| at.elapsed() >= Duration::from_millis(SPOOL_DISK_CHECK_INTERVAL_MS));
         if due {
             self.disk_checked = Some(Instant::now());
             let was_low = self.disk_low.is_some();

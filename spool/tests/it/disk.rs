@@ -181,7 +181,11 @@ fn appends_are_refused_below_the_reserve_and_resume_when_space_is_freed() {
     eprintln!("storing resumed {resumed:?} after space was freed");
     assert_eq!(spool.health(), SpoolHealth::Storing);
     spool.checkpoint_blocking().unwrap();
-    assert_eq!(stored(&spool), acked, "every acknowledged event, nothing else");
+    assert_eq!(
+        stored(&spool),
+        acked,
+        "every acknowledged event, nothing else"
+    );
     drop(spool);
     let reopened = Spool::open(&dir, config()).unwrap();
     assert_eq!(stored(&reopened), acked);
