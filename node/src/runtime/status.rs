@@ -95,7 +95,7 @@ impl SpoolStatus {
                     "spool full: {used_bytes} bytes used of the {cap_bytes}-byte cap, all of it not yet confirmed by central"
                 )),
                 Some(
-                    "get the uplink to central working (see `uplink` above), or raise [spool] cap_bytes and restart the node;                      storing resumes by itself once central confirms events"
+                    "get the uplink to central working (see `uplink` above), or raise [spool] cap_bytes and restart the node; storing resumes by itself once central confirms events"
                         .to_owned(),
                 ),
             ),
@@ -108,7 +108,7 @@ impl SpoolStatus {
                     "disk nearly full: {free_bytes} bytes free, less than the {reserve_bytes} bytes the spool keeps free for itself"
                 )),
                 Some(
-                    "free space on the disk that holds the data directory (`df -h`, `du -sh /var/log/* /var/lib/*`;                      `journalctl --vacuum-size=100M`); storing resumes by itself, missed passings are fetched from the decoder again"
+                    "free space on the disk that holds the data directory (`df -h`, `du -sh /var/log/* /var/lib/*`, `journalctl --vacuum-size=100M`); storing resumes by itself, missed passings are fetched from the decoder again"
                         .to_owned(),
                 ),
             ),
@@ -122,7 +122,7 @@ impl SpoolStatus {
                     "spool write failed: {reason}; {reopen_attempts} reopen attempts so far"
                 )),
                 Some(
-                    "check the disk: `df -h` for space, `dmesg` for I/O errors; the node reopens the spool every second                      and systemd restarts it if that keeps failing; nothing already stored is lost"
+                    "check the disk: `df -h` for space, `dmesg` for I/O errors; the node reopens the spool every second and systemd restarts it if that keeps failing; nothing already stored is lost"
                         .to_owned(),
                 ),
             ),
