@@ -9,7 +9,7 @@ use std::io;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 
-use redb::{BackendError, StorageBackend};
+pub use redb::{BackendError, StorageBackend};
 
 /// The database file's name inside the spool directory.
 pub const DB_FILE: &str = "spool.redb";
