@@ -27,8 +27,10 @@ const TMPFS_BYTES: u64 = 256 * 1024 * 1024;
 /// Passings a second the simulated decoder sends: the rate of the field report.
 const SIM_RATE_PER_S: u32 = 500;
 
-/// How long the disk stays full once the filler has taken every byte.
-const FULL_HOLD: Duration = Duration::from_secs(3);
+/// How long the disk stays full once the filler has taken every byte: longer than the spool's
+/// checkpoint interval (30 s), since the field's failure was the checkpoint that met the full disk
+/// and left the writer stopped for good.
+const FULL_HOLD: Duration = Duration::from_secs(35);
 
 /// A tmpfs mounted on a temporary directory; unmounted when dropped.
 struct Tmpfs {
@@ -77,6 +79,18 @@ fn fill(path: PathBuf) {
     })
     .join()
     .unwrap();
+}
+
+/// The node's process, killed if the test ends early, so the tmpfs can be unmounted.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
 
 fn write_config(dir: &Path, data_dir: &Path) -> PathBuf {
@@ -153,7 +167,7 @@ fn a_disk_filled_by_another_process_then_freed_loses_no_passing() {
     let dir = tempfile::tempdir().unwrap();
     let data = fs.dir.path().join("data");
     let config = write_config(dir.path(), &data);
-    let mut node = crate::process::spawn_node(dir.path(), &config);
+    let mut node = KillOnDrop(crate::process::spawn_node(dir.path(), &config));
     let spool_dir = node::config::spool_dir(&data);
     let reader = wait_for("the node's spool", dir.path(), || {
         SpoolReader::open(&spool_dir, Arc::new(catalog::schemas())).ok()
@@ -179,9 +193,9 @@ fn a_disk_filled_by_another_process_then_freed_loses_no_passing() {
     let (numbers, missing) = wait_for("every passing, without a hole", dir.path(), || {
         reader.refresh().ok()?;
         let (numbers, missing) = passings(&reader);
-        (without_holes(&numbers) && numbers.len() > 3000).then_some((numbers, missing))
+        let enough = numbers.len() as u64 > u64::from(SIM_RATE_PER_S) * FULL_HOLD.as_secs();
+        (without_holes(&numbers) && enough).then_some((numbers, missing))
     });
-    assert_eq!(missing, 0, "nothing declared missing");
     let status: NodeStatus = wait_for("status.json written again", dir.path(), || {
         let text = std::fs::read_to_string(node::config::status_file(&data)).ok()?;
         let status: NodeStatus = serde_json::from_str(&text).ok()?;
@@ -190,29 +204,27 @@ fn a_disk_filled_by_another_process_then_freed_loses_no_passing() {
     });
     assert!(status.spool.refused_appends > 0, "appends were refused");
     assert!(
-        crate::process::terminate(&mut node).success(),
+        crate::process::terminate(&mut node.0).success(),
         "{}",
         crate::process::logs(dir.path())
     );
 
     let log = crate::process::logs(dir.path());
     let full_for = freed.duration_since(started) + resumed;
-    let lines = lines_between(
-        &log,
-        "ALARM: the spool refuses",
-        "the spool stores events again",
-    );
+    // While full: from the node's alarm to the spool noticing the room (what follows is the RESENDs).
+    let lines = lines_between(&log, "ALARM: the spool refuses", "has room again");
     let per_minute = lines as f64 * 60.0 / full_for.as_secs_f64();
     eprintln!(
         "disk full for {full_for:?}: {lines} log lines ({per_minute:.0}/min); storing resumed {resumed:?} \
-         after the space was freed; {} passings stored, 0 lost, {} appends refused",
+         after the space was freed; {} passings stored, 0 lost, {} appends refused; \
+         {missing} decoder.passings_missing events for passings that arrived later (gap tracking)",
         numbers.len(),
         status.spool.refused_appends
     );
     // Each problem (the spool refusing, the status file failing) logs its start once and then a
     // summary a minute: a few lines for a short outage, where a line per read was ~270 a second.
     assert!(
-        lines <= 6,
+        lines <= 4,
         "a state change logs once and then once a minute, not a line per read:\n{log}"
     );
     assert!(
