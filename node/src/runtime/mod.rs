@@ -477,8 +477,9 @@ impl StatusWriter {
         self.status.update(|s| {
             s.spool_alarm = spool_status.problem.clone();
             s.spool = spool_status;
-            if let (Some(backlog), Some(uplink)) = (backlog, s.uplink.as_mut()) {
-                uplink.backlog = backlog;
+            if let Some(backlog) = backlog {
+                // Shown from the first write, before the drain has reported anything.
+                s.uplink.get_or_insert_with(Default::default).backlog = backlog;
             }
         });
     }

@@ -1372,3 +1372,67 @@ fn export_and_verify_do_not_change_a_crashed_spool() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_and_spool_stats_count_the_uplink_backlog_alike() {
+    // A central that accepts and never answers: the drain waits on its first batch and reports
+    // nothing more, as during a long WAN stall.
+    let central = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let central_url = format!("http://{}", central.local_addr().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "secret\n").unwrap();
+    let mut config = crate::runtime::config(dir.path(), dir.path().join("no-decoder"));
+    config.decoders.clear();
+    config.uplink = Some(node::config::UplinkSettings {
+        central_url,
+        token_file: token,
+        ca_file: None,
+        client_cert: None,
+        client_key: None,
+        forward: None,
+        limits: None,
+    });
+    let node = crate::runtime::Running::start(&config).await;
+    // Events arrive while the drain is stuck.
+    for n in 0..50 {
+        node.spool
+            .append(vec![AppendStream::new(
+                StreamId::new(DECODER).unwrap(),
+                ExpectedVersion::Any,
+                vec![passing(n)],
+            )])
+            .await
+            .unwrap();
+    }
+    let data_dir = config.data_dir.to_str().unwrap().to_owned();
+    let status_path = node::config::status_file(&config.data_dir);
+    let agree = || -> Option<(u64, u64)> {
+        let status: Value =
+            serde_json::from_str(&std::fs::read_to_string(&status_path).ok()?).ok()?;
+        let in_status = status["uplink"]["backlog"].as_u64()?;
+        let stats = venue_node(&["spool", "--data-dir", &data_dir, "stats", "--json"]);
+        let stats: Value = serde_json::from_str(&stats.stdout).ok()?;
+        let in_stats = stats["cursors"]
+            .as_array()?
+            .iter()
+            .find(|c| c["name"] == "uplink")
+            .map_or(stats["last_seq"].as_u64()?, |c| {
+                c["backlog"].as_u64().unwrap_or(0)
+            });
+        Some((in_status, in_stats))
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match agree() {
+            Some((a, b)) if a == b && a >= 50 => break,
+            seen => assert!(
+                Instant::now() < deadline,
+                "status.json and `spool stats` disagree on the backlog: (status, stats) = {seen:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    node.stop().await;
+    drop(central);
+}
