@@ -83,6 +83,11 @@ pub fn run(reader: &SpoolReader, dir: &Path, data_dir: &Path, json: bool) -> any
     let journal_bytes = std::fs::metadata(dir.join(spool::storage::JOURNAL_FILE))
         .map(|m| m.len())
         .unwrap_or(0);
+    // The node refuses new events below the spool's reserve; show how close the disk is to it.
+    let disk_free = rustix::fs::statvfs(dir)
+        .ok()
+        .map(|vfs| vfs.f_bavail.saturating_mul(vfs.f_frsize));
+    let reserve = crate::runtime::spool_config_reserve_bytes();
     let now = now_us();
     let status_path = config::status_file(data_dir);
     let status = read_status(&status_path, now);
@@ -113,6 +118,8 @@ pub fn run(reader: &SpoolReader, dir: &Path, data_dir: &Path, json: bool) -> any
             "streams": stats.streams,
             "db_file_bytes": stats.db_file_bytes,
             "journal_bytes": journal_bytes,
+            "disk_free_bytes": disk_free,
+            "disk_reserve_bytes": reserve,
             "cursors": cursors,
             "node_status": node,
         });
@@ -143,6 +150,21 @@ pub fn run(reader: &SpoolReader, dir: &Path, data_dir: &Path, json: bool) -> any
             bytes(journal_bytes)
         ),
     );
+    if let Some(free) = disk_free {
+        let warning = if free < reserve {
+            ": BELOW the reserve, the node refuses new events; free space on this disk"
+        } else {
+            ""
+        };
+        line(
+            "disk free",
+            format!(
+                "{} (the node refuses new events below {}){warning}",
+                bytes(free),
+                bytes(reserve)
+            ),
+        );
+    }
     if let (Some(at), Some(seq)) = (stats.oldest_recorded_at_us, stats.first_seq) {
         line(
             "oldest",

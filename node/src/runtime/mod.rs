@@ -54,6 +54,12 @@ pub fn spool_config(config: &Config) -> SpoolConfig {
     sc
 }
 
+/// The free space the node's spool keeps on its disk ([`spool::SpoolConfig::disk_reserve_bytes`]),
+/// for the technician's view.
+pub fn spool_config_reserve_bytes() -> u64 {
+    SpoolConfig::default().disk_reserve_bytes
+}
+
 /// How long `run` waits for the spool's writer lock when another process holds it: a technician's
 /// `spool rejected retry` or a maintenance `compact` holds it briefly, and the node waits that out
 /// rather than failing its start. A second node still gets a clear error.

@@ -1263,6 +1263,10 @@ fn stats_reads_the_status_file_through_its_types_and_prints_times_for_people() {
     );
     assert!(text.contains("passings_stored=7"), "{text}");
     assert!(
+        text.contains("disk free") && text.contains("the node refuses new events below 96.0 MiB"),
+        "{text}"
+    );
+    assert!(
         !text.contains("unreadable"),
         "a field this build does not know, and one it misses, do not stop it reading the file: {text}"
     );
