@@ -47,11 +47,6 @@ impl Notifier {
     }
 }
 
-/// Sends `state` (e.g. `READY=1`) to systemd, if the node runs under it (see [`Notifier::notify`]).
-pub fn notify(state: &str) {
-    Notifier::from_env().notify(state);
-}
-
 /// Sends `state` to the notify socket at `path` (`@name` for an abstract socket).
 pub fn notify_to(path: &std::ffi::OsStr, state: &str) -> std::io::Result<()> {
     {
