@@ -18,6 +18,16 @@ pub enum SpoolError {
         path: PathBuf,
     },
 
+    /// A read-only open found a spool whose writer died without closing it, and no writer running.
+    /// Reading it needs a recovery that writes to its files, which a read-only open never does.
+    #[error(
+        "spool {path} was not closed cleanly (its writer died) and no writer has it open; reading it needs a recovery that writes to it, which a read-only command does not do: start the node (it recovers the spool as it opens it) and run this again"
+    )]
+    NeedsRecovery {
+        /// The spool's directory.
+        path: PathBuf,
+    },
+
     /// A file operation failed.
     #[error("I/O error on {path} while {action}")]
     Io {
@@ -70,9 +80,26 @@ pub enum SpoolError {
         cap_bytes: u64,
     },
 
+    /// The file system holding the spool has less free space than the reserve the spool keeps
+    /// for its checkpoints: new events are refused (cleanly, before the disk is full) until
+    /// space is freed, and then accepted again without a restart.
+    #[error(
+        "spool full: the file system holding {path} has {free_bytes} bytes free, less than the {reserve_bytes}-byte reserve kept for checkpoints; free space on it and storing resumes by itself"
+    )]
+    DiskLow {
+        /// The spool's directory.
+        path: PathBuf,
+        /// Bytes free on its file system.
+        free_bytes: u64,
+        /// The reserve ([`crate::SpoolConfig::disk_reserve_bytes`]).
+        reserve_bytes: u64,
+    },
+
     /// An earlier write or sync failed, so the spool refuses writes until it is reopened (which
     /// replays what is actually on disk).
-    #[error("the spool stopped writing after an earlier failure ({reason}); reopen it")]
+    #[error(
+        "the spool stopped writing after an earlier failure ({reason}); it retries reopening itself from disk"
+    )]
     Failed {
         /// The first failure, rendered.
         reason: String,

@@ -38,9 +38,10 @@
 //! An append (or cursor acknowledgement) returns `Ok` only after its bytes are on disk: written
 //! to the journal and `fdatasync`ed. Such an event survives kill -9 and power loss. A failed
 //! write or sync answers `Err` to everything in its group and stops the writer
-//! ([`SpoolError::Failed`]) until the spool is reopened, which recovers what is on disk: an
-//! event that was answered `Err` may or may not be there afterwards (retry with its idempotency
-//! key), one answered `Ok` always is. A batch is atomic: it is one journal frame under one CRC.
+//! ([`SpoolError::Failed`]) until the spool is reopened, which recovers what is on disk; the
+//! writer tries that itself every [`SPOOL_REOPEN_INTERVAL_MS`]. An event that was answered `Err`
+//! may or may not be there afterwards (retry with its idempotency key), one answered `Ok` always
+//! is. [`SpoolReader::health`] says which state the writer is in. A batch is atomic: it is one journal frame under one CRC.
 //!
 //! # Design: journal for acknowledgement, redb for indexes
 //!
@@ -118,7 +119,11 @@
 //!
 //! # Limits
 //!
-//! Every queue and batch is bounded by a named constant (see the `*_MAX` re-exports). The disk
+//! Every queue and batch is bounded by a named constant (see the `*_MAX` re-exports). Whatever
+//! the cap, appends are refused with [`SpoolError::DiskLow`] while the file system has less free
+//! space than [`SpoolConfig::disk_reserve_bytes`] (measured every
+//! [`SPOOL_DISK_CHECK_INTERVAL_MS`]), so checkpoints never meet a full disk that the spool itself
+//! filled; they are accepted again as soon as space is freed. The disk
 //! cap is evaluated at checkpoints, so the spool may pass it by up to one checkpoint's worth of
 //! events before appends fail with [`SpoolError::SpoolFull`]. An idempotency key outlives its
 //! event under retention, so a late retry is still recognised.
@@ -150,11 +155,11 @@ pub mod verify;
 mod writer;
 
 pub use crate::error::{Result, SpoolError};
-pub use crate::reader::{CursorStats, READ_EVENTS_MAX, SpoolReader, Stats};
+pub use crate::reader::{Backlog, CursorStats, READ_EVENTS_MAX, SpoolHealth, SpoolReader, Stats};
 pub use crate::spool::{
     SPOOL_CACHE_BYTES_DEFAULT, SPOOL_CHECKPOINT_EVENTS_DEFAULT,
-    SPOOL_CHECKPOINT_INTERVAL_MS_DEFAULT, SPOOL_JOURNAL_BYTES_DEFAULT, SPOOL_JOURNAL_BYTES_MIN,
-    Spool, SpoolConfig, compact,
+    SPOOL_CHECKPOINT_INTERVAL_MS_DEFAULT, SPOOL_DISK_RESERVE_BYTES_DEFAULT,
+    SPOOL_JOURNAL_BYTES_DEFAULT, SPOOL_JOURNAL_BYTES_MIN, Spool, SpoolConfig, compact,
 };
 pub use crate::subscription::{SUBSCRIPTION_PAGE_EVENTS, Subscription};
 pub use crate::types::{
@@ -164,6 +169,7 @@ pub use crate::types::{
 };
 pub use crate::writer::{
     CURSOR_NAME_BYTES_MAX, PARK_REASON_BYTES_MAX, RETENTION_EVENTS_PER_RUN_MAX,
-    SPOOL_BATCH_BYTES_MAX, SPOOL_BATCH_EVENTS_MAX, SPOOL_GROUP_BYTES_MAX, SPOOL_GROUP_REQUESTS_MAX,
-    SPOOL_QUEUE_REQUESTS_MAX, STATE_BYTES_MAX, error_chain,
+    SPOOL_BATCH_BYTES_MAX, SPOOL_BATCH_EVENTS_MAX, SPOOL_DISK_CHECK_INTERVAL_MS,
+    SPOOL_GROUP_BYTES_MAX, SPOOL_GROUP_REQUESTS_MAX, SPOOL_QUEUE_REQUESTS_MAX,
+    SPOOL_REOPEN_INTERVAL_MS, STATE_BYTES_MAX, error_chain,
 };

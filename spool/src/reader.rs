@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
 use redb::{Database, ReadOnlyDatabase, ReadTransaction, ReadableDatabase, ReadableTable};
 
@@ -29,17 +29,44 @@ use crate::types::{Filter, Parked, RecordedEvent, Seq, StreamId, StreamVersion};
 /// tail's lock briefly; a bound keeps them short so the writer is never held up.
 pub const READ_EVENTS_MAX: usize = 10_000;
 
+/// The writer's database, which the writer replaces when it reopens the spool after a failed
+/// write (redb refuses every operation after an I/O error until the database is reopened).
+/// Empty while the reopen is under way.
+#[derive(Debug, Default)]
+pub(crate) struct DbSlot(RwLock<Option<Arc<Database>>>);
+
+impl DbSlot {
+    pub(crate) fn new(db: Arc<Database>) -> DbSlot {
+        DbSlot(RwLock::new(Some(db)))
+    }
+
+    /// The current database, if one is open.
+    pub(crate) fn get(&self) -> Option<Arc<Database>> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub(crate) fn set(&self, db: Option<Arc<Database>>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = db;
+    }
+}
+
 /// The database handle: the writer's own, or a read-only one beside a running writer.
 #[derive(Clone)]
 pub(crate) enum Db {
-    Writer(Arc<Database>),
+    Writer(Arc<DbSlot>),
     ReadOnly(Arc<ReadOnlyDatabase>),
 }
 
 impl Db {
     fn begin_read(&self) -> Result<ReadTransaction> {
         match self {
-            Db::Writer(db) => db.begin_read().ctx("beginning a read"),
+            Db::Writer(slot) => slot
+                .get()
+                .ok_or_else(|| SpoolError::Failed {
+                    reason: "the database is being reopened after a failed write".into(),
+                })?
+                .begin_read()
+                .ctx("beginning a read"),
             Db::ReadOnly(db) => db.begin_read().ctx("beginning a read"),
         }
     }
@@ -156,6 +183,66 @@ pub(crate) struct Counters {
     pub(crate) retained_deleted_events: AtomicU64,
     pub(crate) spool_full: AtomicBool,
     pub(crate) db_allocated_bytes: AtomicU64,
+    pub(crate) health: Mutex<SpoolHealth>,
+}
+
+/// Whether the writer takes new events, as its last append, check or checkpoint found. A read-only
+/// open does not know (it is not the writer) and always says [`SpoolHealth::Storing`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum SpoolHealth {
+    /// Appends are accepted.
+    #[default]
+    Storing,
+    /// Appends are refused: the disk cap is reached and only unacknowledged history is left. Storing
+    /// resumes once a consumer acknowledges (retention then makes room) or the cap is raised.
+    CapReached {
+        /// Bytes the spool occupies.
+        used_bytes: u64,
+        /// The configured cap.
+        cap_bytes: u64,
+    },
+    /// Appends are refused: the file system has less free space than the reserve kept for
+    /// checkpoints. Storing resumes by itself once space is freed.
+    DiskLow {
+        /// Bytes free on the spool's file system.
+        free_bytes: u64,
+        /// The reserve.
+        reserve_bytes: u64,
+    },
+    /// A write or sync failed; the writer refuses everything and reopens the spool from disk every
+    /// [`crate::SPOOL_REOPEN_INTERVAL_MS`] until a reopen succeeds.
+    Failed {
+        /// The first failure, with its causes.
+        reason: String,
+        /// When it failed, µs since the Unix epoch.
+        since_us: u64,
+        /// Reopens tried since.
+        reopen_attempts: u64,
+    },
+}
+
+impl SpoolHealth {
+    /// Whether appends are accepted.
+    pub fn is_storing(&self) -> bool {
+        matches!(self, SpoolHealth::Storing)
+    }
+}
+
+/// A cursor's position and how many events lie after it: the one definition of a cursor's backlog,
+/// used by the drain's status and by `spool stats`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backlog {
+    /// Everything up to this seq is acknowledged.
+    pub acked: Seq,
+    /// The newest durable seq.
+    pub head: Seq,
+}
+
+impl Backlog {
+    /// Events after the cursor up to the head (parked events included: they are not acknowledged).
+    pub fn events(&self) -> u64 {
+        self.head.0.saturating_sub(self.acked.0)
+    }
 }
 
 /// One cursor's position and backlog.
@@ -238,7 +325,9 @@ struct Detached {
 
 impl SpoolReader {
     /// Open a spool directory read-only, beside a writer that may be running. The view is of the
-    /// moment of opening; [`SpoolReader::refresh`] takes a newer one.
+    /// moment of opening; [`SpoolReader::refresh`] takes a newer one. Nothing is ever written: a
+    /// spool whose writer died uncleanly, with no writer running, is refused with
+    /// [`SpoolError::NeedsRecovery`] (opening it with [`crate::Spool::open`] recovers it).
     pub fn open(dir: impl AsRef<std::path::Path>, schemas: Arc<Schemas>) -> Result<SpoolReader> {
         let path = dir.as_ref().to_path_buf();
         let storage = crate::storage::DirStorage::new(&path).map_err(|source| SpoolError::Io {
@@ -280,24 +369,10 @@ impl SpoolReader {
                 source: redb::Error::RepairAborted,
                 ..
             }) => {
-                // The last writer died without closing and none is running (a live writer
-                // would have let us in): recover by opening for writing once, then read.
-                tracing::info!(path = %path.display(), "spool was not closed cleanly; recovering it before reading");
-                let journal_bytes = storage
-                    .open_read_only(crate::storage::JOURNAL_FILE)
-                    .and_then(|j| j.len())
-                    .unwrap_or(0)
-                    .max(crate::SPOOL_JOURNAL_BYTES_MIN);
-                let writer = crate::Spool::open_with_storage(
-                    storage.clone(),
-                    crate::SpoolConfig {
-                        journal_bytes,
-                        schemas: schemas.clone(),
-                        ..crate::SpoolConfig::default()
-                    },
-                )?;
-                drop(writer);
-                open()?
+                // The last writer died without closing and none is running (a live writer would
+                // have let us in). Reading would need redb's repair and a journal replay, which
+                // write to the files: a read-only open refuses rather than change them.
+                return Err(SpoolError::NeedsRecovery { path });
             }
             other => other?,
         };
@@ -740,8 +815,12 @@ impl SpoolReader {
                 .range((name.as_str(), 0)..=(name.as_str(), u64::MAX))
                 .ctx("reading parked")?
                 .count() as u64;
+            let backlog = Backlog {
+                acked: Seq(acked),
+                head: Seq(last_seq),
+            };
             cursors.push(CursorStats {
-                backlog: last_seq.saturating_sub(acked),
+                backlog: backlog.events(),
                 name,
                 acked: Seq(acked),
                 parked,
@@ -772,6 +851,43 @@ impl SpoolReader {
             retention_deleted_events: c.retained_deleted_events.load(Ordering::Relaxed),
             spool_full: c.spool_full.load(Ordering::Relaxed),
         })
+    }
+
+    /// Cursor `name`'s acknowledged position and the head, read in one view ([`Backlog::events`] is
+    /// its backlog).
+    pub fn backlog(&self, name: &str) -> Result<Backlog> {
+        let view = self.view()?;
+        let cursors = view
+            .txn
+            .open_table(tables::CURSORS)
+            .ctx("opening cursors")?;
+        let committed = cursors
+            .get(name)
+            .ctx("reading a cursor")?
+            .map(|v| v.value())
+            .unwrap_or(0);
+        let tail = view.tail.cursors.get(name).copied().unwrap_or(0);
+        let head = view.tail.last_seq().unwrap_or(0).max(view.db_last_seq);
+        Ok(Backlog {
+            acked: Seq(committed.max(tail)),
+            head: Seq(head),
+        })
+    }
+
+    /// Append calls refused since this process opened the spool (bad input, wrong expected version,
+    /// spool full, disk low, failed writer); zero for a read-only open. Cheaper than
+    /// [`SpoolReader::stats`].
+    pub fn rejected_appends(&self) -> u64 {
+        self.counters.rejected_appends.load(Ordering::Relaxed)
+    }
+
+    /// Whether the writer takes new events (always [`SpoolHealth::Storing`] for a read-only open).
+    pub fn health(&self) -> SpoolHealth {
+        self.counters
+            .health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The schemas this spool reads with.

@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::{DbContext, Result, SpoolError};
 use crate::journal::Journal;
-use crate::reader::{Counters, Db, SpoolReader, Tail};
+use crate::reader::{Counters, Db, DbSlot, SpoolReader, Tail};
 use crate::record::{JournalFrame, JournalOpV1, StoredRecord};
 use crate::schema::Schemas;
 use crate::storage::{Boxed, DB_FILE, DirStorage, Storage};
@@ -38,6 +38,13 @@ pub const SPOOL_CHECKPOINT_INTERVAL_MS_DEFAULT: u64 = 30_000;
 /// mostly recent pages.
 pub const SPOOL_CACHE_BYTES_DEFAULT: usize = 64 * 1024 * 1024;
 
+/// The free space kept on the spool's file system by default, in bytes: appends are refused
+/// (with [`SpoolError::DiskLow`]) while less is free, so the checkpoint that moves a full journal
+/// into the database still finds room, whatever fills the disk. A checkpoint writes at most a
+/// journal's worth of events, which with the indexes and redb's copy-on-write pages takes up to
+/// about twice the journal; the rest is room for the node's status file and logs.
+pub const SPOOL_DISK_RESERVE_BYTES_DEFAULT: u64 = 3 * SPOOL_JOURNAL_BYTES_DEFAULT;
+
 /// How a spool is opened.
 #[derive(Debug, Clone)]
 pub struct SpoolConfig {
@@ -55,6 +62,10 @@ pub struct SpoolConfig {
     /// The most bytes the spool may occupy; near it acknowledged history is deleted, at it
     /// appends fail with [`SpoolError::SpoolFull`].
     pub disk_cap_bytes: Option<u64>,
+    /// Free space to keep on the file system, in bytes, whatever `disk_cap_bytes` says: below it
+    /// appends fail with [`SpoolError::DiskLow`] and resume by themselves once space is freed.
+    /// Zero keeps no reserve.
+    pub disk_reserve_bytes: u64,
     /// redb page cache in bytes.
     pub cache_bytes: usize,
     /// Known event types and their upcasters.
@@ -70,6 +81,7 @@ impl Default for SpoolConfig {
             retention_age: None,
             required_cursors: Vec::new(),
             disk_cap_bytes: None,
+            disk_reserve_bytes: SPOOL_DISK_RESERVE_BYTES_DEFAULT,
             cache_bytes: SPOOL_CACHE_BYTES_DEFAULT,
             schemas: Arc::new(crate::catalog::schemas()),
         }
@@ -190,10 +202,17 @@ impl Spool {
                 .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
             required_cursors: config.required_cursors.clone(),
             disk_cap_bytes: config.disk_cap_bytes,
+            disk_reserve_bytes: config.disk_reserve_bytes,
         };
+        let reopen = writer::ReopenSettings {
+            cache_bytes: config.cache_bytes,
+            shared_readers: storage.supports_shared_readers(),
+        };
+        let slot = Arc::new(DbSlot::new(db));
         let journal_capacity = journal.capacity();
         let writer = Writer::new(
-            db.clone(),
+            slot.clone(),
+            reopen,
             journal,
             tail.clone(),
             head_tx,
@@ -214,7 +233,7 @@ impl Spool {
             })?;
         spawn_ticker(tx.downgrade(), config.checkpoint_interval);
         let reader = SpoolReader {
-            db: Db::Writer(db),
+            db: Db::Writer(slot),
             tail,
             schemas: config.schemas.clone(),
             storage,
@@ -442,8 +461,9 @@ impl Spool {
 
 /// Return the space freed by retention to the file system: replay and checkpoint the journal,
 /// then compact the database file. Needs the spool closed (it takes the writer's place, and
-/// redb compacts only without readers); the node runs it as maintenance, e.g. at startup
-/// before it opens the spool. Returns the database file's size before and after.
+/// redb compacts only without readers). Nothing calls it on its own, the node neither at startup
+/// nor later: it is for maintenance with the node stopped. Returns the database file's size
+/// before and after.
 ///
 /// Between compactions the space is not lost: redb reuses freed pages for new events, so a
 /// spool under retention stops growing.
@@ -509,7 +529,7 @@ fn create_database(storage: &dyn Storage, builder: &redb::Builder) -> Result<()>
 
 /// Replay the journal's current frames into the database and checkpoint them. Returns the next
 /// seq, the next lsn and how many events were replayed.
-fn recover(db: &redb::Database, journal: &mut Journal) -> Result<(u64, u64, usize)> {
+pub(crate) fn recover(db: &redb::Database, journal: &mut Journal) -> Result<(u64, u64, usize)> {
     let txn = writer::begin(db)?;
     tables::create_all(&txn)?;
     let (checkpoint_lsn, mut last_seq) = {
@@ -568,22 +588,17 @@ fn recover(db: &redb::Database, journal: &mut Journal) -> Result<(u64, u64, usiz
     Ok((last_seq + 1, next_lsn, replayed))
 }
 
-/// Wake the writer every `interval` so a quiet spool still checkpoints. Holds only a weak
-/// sender: it ends when the spool does.
+/// Wake the writer at least once a second (more often if `interval` is shorter), so a quiet
+/// spool still checkpoints after `interval` and a failed writer still tries to reopen. The writer
+/// decides what is due. Holds only a weak sender: it ends when the spool does.
 fn spawn_ticker(tx: mpsc::WeakSender<Request>, interval: Duration) {
-    // Wake at least once a second to notice the spool has closed.
     let nap = interval.min(Duration::from_secs(1));
     let spawned = std::thread::Builder::new()
         .name("spool-ticker".into())
         .spawn(move || {
-            let mut last = std::time::Instant::now();
             loop {
                 std::thread::sleep(nap);
                 let Some(tx) = tx.upgrade() else { break };
-                if last.elapsed() < interval {
-                    continue;
-                }
-                last = std::time::Instant::now();
                 // A full queue means the writer is busy and checkpoints on its own.
                 if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(Request::Tick) {
                     break;

@@ -9,7 +9,7 @@ use std::io;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 
-use redb::{BackendError, StorageBackend};
+pub use redb::{BackendError, StorageBackend};
 
 /// The database file's name inside the spool directory.
 pub const DB_FILE: &str = "spool.redb";
@@ -36,6 +36,12 @@ pub trait Storage: Debug + Send + Sync + 'static {
     /// Whether the files support the byte-range locks that let read-only processes open the
     /// database beside its writer (redb's `ConcurrencyMode::SingleWriter`).
     fn supports_shared_readers(&self) -> bool;
+    /// Bytes free for an unprivileged writer on the file system that holds the files, or `None`
+    /// when the storage is not on one (the tests' simulated disks): the writer then keeps no
+    /// free-space reserve.
+    fn free_bytes(&self) -> io::Result<Option<u64>> {
+        Ok(None)
+    }
 }
 
 /// The spool's files in a directory of the real file system.
@@ -108,6 +114,12 @@ impl Storage for DirStorage {
 
     fn supports_shared_readers(&self) -> bool {
         true
+    }
+
+    fn free_bytes(&self) -> io::Result<Option<u64>> {
+        let vfs = rustix::fs::statvfs(&self.dir)?;
+        // f_bavail: blocks available to an unprivileged user such as the service user.
+        Ok(Some(vfs.f_bavail.saturating_mul(vfs.f_frsize)))
     }
 }
 

@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::{DbContext, Result, SpoolError};
 use crate::journal::Journal;
-use crate::reader::{Counters, Tail};
+use crate::reader::{Counters, SpoolHealth, Tail};
 use crate::record::{JournalFrame, JournalOpV1, encode_append_frame, encode_event};
 use crate::tables::{self, ParkedRow, ProjectionRow, SnapshotRow};
 use crate::types::{
@@ -58,6 +58,17 @@ pub const CURSOR_NAME_BYTES_MAX: usize = 64;
 
 /// The longest park reason, in bytes; longer reasons are cut (they are for people).
 pub const PARK_REASON_BYTES_MAX: usize = 2048;
+
+/// How often (ms) the writer measures the free space of the spool's file system while appends
+/// arrive. Appends go into the preallocated journal and take no new space; only checkpoints do,
+/// and the reserve covers one. So a stale figure costs nothing but the delay before appends are
+/// refused or, once space returns, accepted again.
+pub const SPOOL_DISK_CHECK_INTERVAL_MS: u64 = 100;
+
+/// How often (ms) a failed writer tries to reopen the spool from disk. Each try replays the
+/// journal into the database, which needs free space; between tries every request is refused at
+/// once with [`SpoolError::Failed`].
+pub const SPOOL_REOPEN_INTERVAL_MS: u64 = 1_000;
 
 const _: () = assert!(SPOOL_GROUP_REQUESTS_MAX <= SPOOL_QUEUE_REQUESTS_MAX);
 const _: () = assert!(SPOOL_BATCH_BYTES_MAX <= SPOOL_GROUP_BYTES_MAX);
@@ -123,6 +134,23 @@ pub(crate) struct Policy {
     pub(crate) retention_age_us: Option<u64>,
     pub(crate) required_cursors: Vec<String>,
     pub(crate) disk_cap_bytes: Option<u64>,
+    pub(crate) disk_reserve_bytes: u64,
+}
+
+/// How the writer opens the database again after a failure: as [`crate::Spool::open`] did.
+#[derive(Debug, Clone)]
+pub(crate) struct ReopenSettings {
+    pub(crate) cache_bytes: usize,
+    pub(crate) shared_readers: bool,
+}
+
+/// Why the writer stopped writing, and its attempts to start again.
+#[derive(Debug)]
+struct Failure {
+    reason: String,
+    since_us: u64,
+    last_attempt: Instant,
+    attempts: u64,
 }
 
 /// Whether an event of an append is new or repeats a stored (or earlier) idempotency key.
@@ -139,7 +167,8 @@ enum Pending {
 }
 
 pub(crate) struct Writer {
-    pub(crate) db: Arc<Database>,
+    pub(crate) db: Arc<crate::reader::DbSlot>,
+    pub(crate) reopen: ReopenSettings,
     pub(crate) txn: Option<WriteTransaction>,
     pub(crate) journal: Journal,
     pub(crate) tail: Arc<RwLock<Tail>>,
@@ -152,7 +181,10 @@ pub(crate) struct Writer {
     pub(crate) storage: Arc<dyn crate::storage::Storage>,
     uncheckpointed_events: usize,
     last_checkpoint: Instant,
-    failed: Option<String>,
+    failed: Option<Failure>,
+    /// When the free space was last measured, and what was free if it was below the reserve.
+    disk_checked: Option<Instant>,
+    disk_low: Option<u64>,
     group_bytes: Vec<u8>,
     group_events: Vec<RecordedEvent>,
     group_acks: Vec<(String, u64)>,
@@ -162,7 +194,8 @@ pub(crate) struct Writer {
 impl Writer {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
-        db: Arc<Database>,
+        db: Arc<crate::reader::DbSlot>,
+        reopen: ReopenSettings,
         journal: Journal,
         tail: Arc<RwLock<Tail>>,
         head: watch::Sender<Seq>,
@@ -173,9 +206,10 @@ impl Writer {
         storage: Arc<dyn crate::storage::Storage>,
     ) -> Result<Writer> {
         let path = storage.describe();
-        let txn = begin(&db)?;
+        let txn = begin(&*current(&db)?)?;
         Ok(Writer {
             db,
+            reopen,
             txn: Some(txn),
             journal,
             tail,
@@ -189,6 +223,8 @@ impl Writer {
             uncheckpointed_events: 0,
             last_checkpoint: Instant::now(),
             failed: None,
+            disk_checked: None,
+            disk_low: None,
             group_bytes: Vec::new(),
             group_events: Vec::new(),
             group_acks: Vec::new(),
@@ -228,12 +264,18 @@ impl Writer {
     }
 
     fn handle(&mut self, request: Request) {
-        if let Some(reason) = &self.failed {
+        self.reopen_if_due();
+        if let Some(failure) = &self.failed {
             let error = || SpoolError::Failed {
-                reason: reason.clone(),
+                reason: failure.reason.clone(),
             };
             match request {
-                Request::Append { reply, .. } => drop(reply.send(Err(error()))),
+                Request::Append { reply, .. } => {
+                    self.counters
+                        .rejected_appends
+                        .fetch_add(1, Ordering::Relaxed);
+                    drop(reply.send(Err(error())));
+                }
                 Request::Ack { reply, .. } => drop(reply.send(Err(error()))),
                 Request::Direct { reply, .. } => drop(reply.send(Err(error()))),
                 Request::Tick => {}
@@ -313,7 +355,10 @@ impl Writer {
                 check_event(event)?;
             }
         }
+        self.check_disk()?;
         if self.counters.spool_full.load(Ordering::Relaxed) {
+            // A checkpoint must not overtake frames staged by earlier requests of this group.
+            self.flush();
             self.maybe_checkpoint(true);
             if self.counters.spool_full.load(Ordering::Relaxed) {
                 let used = self.counters.db_allocated_bytes.load(Ordering::Relaxed);
@@ -518,9 +563,9 @@ impl Writer {
             if full {
                 self.maybe_checkpoint(true);
             }
-            if let Some(reason) = &self.failed {
+            if let Some(failure) = &self.failed {
                 return Err(SpoolError::Failed {
-                    reason: reason.clone(),
+                    reason: failure.reason.clone(),
                 });
             }
             bytes = encode(self.next_lsn);
@@ -551,10 +596,10 @@ impl Writer {
         let events = std::mem::take(&mut self.group_events);
         let acks = std::mem::take(&mut self.group_acks);
         let pending = std::mem::take(&mut self.group_pending);
-        if let Some(reason) = &self.failed {
+        if let Some(failure) = &self.failed {
             for p in pending {
                 let error = SpoolError::Failed {
-                    reason: reason.clone(),
+                    reason: failure.reason.clone(),
                 };
                 match p {
                     Pending::Append(reply, _) => drop(reply.send(Err(error))),
@@ -592,13 +637,184 @@ impl Writer {
     fn fail(&mut self, error: &SpoolError) {
         if self.failed.is_none() {
             let reason = error_chain(error);
-            tracing::error!(error = %reason, "spool writer failed; reopen to recover from disk");
-            self.failed = Some(reason);
+            tracing::error!(
+                error = %reason,
+                "spool writer failed; refusing events and reopening from disk every {SPOOL_REOPEN_INTERVAL_MS} ms"
+            );
+            self.failed = Some(Failure {
+                reason,
+                since_us: now_us(),
+                last_attempt: Instant::now(),
+                attempts: 0,
+            });
         }
         self.txn = None;
         self.group_bytes.clear();
         self.group_events.clear();
         self.group_acks.clear();
+        self.publish_health();
+    }
+
+    /// Tell readers what the writer now does with appends.
+    fn publish_health(&self) {
+        let health = if let Some(f) = &self.failed {
+            SpoolHealth::Failed {
+                reason: f.reason.clone(),
+                since_us: f.since_us,
+                reopen_attempts: f.attempts,
+            }
+        } else if let Some(free_bytes) = self.disk_low {
+            SpoolHealth::DiskLow {
+                free_bytes,
+                reserve_bytes: self.policy.disk_reserve_bytes,
+            }
+        } else if self.counters.spool_full.load(Ordering::Relaxed) {
+            SpoolHealth::CapReached {
+                used_bytes: self.counters.db_allocated_bytes.load(Ordering::Relaxed)
+                    + self.journal.capacity(),
+                cap_bytes: self.policy.disk_cap_bytes.unwrap_or(0),
+            }
+        } else {
+            SpoolHealth::Storing
+        };
+        let mut slot = self
+            .counters
+            .health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if *slot != health {
+            *slot = health;
+        }
+    }
+
+    /// Refuse appends while the file system has less free space than the reserve, measured at
+    /// most every [`SPOOL_DISK_CHECK_INTERVAL_MS`].
+    fn check_disk(&mut self) -> Result<()> {
+        let due = self
+            .disk_checked
+            .is_none_or(|at| at.elapsed() >= Duration::from_millis(SPOOL_DISK_CHECK_INTERVAL_MS));
+        if due {
+            self.disk_checked = Some(Instant::now());
+            let was_low = self.disk_low.is_some();
+            self.disk_low = match self.storage.free_bytes() {
+                Ok(Some(free)) if free < self.policy.disk_reserve_bytes => Some(free),
+                Ok(_) => None,
+                Err(error) => {
+                    // Not knowing is no reason to refuse events; the checkpoint will tell.
+                    tracing::debug!(%error, "cannot measure the spool's free space");
+                    None
+                }
+            };
+            match (was_low, self.disk_low) {
+                (false, Some(free)) => {
+                    tracing::error!(
+                        free_bytes = free,
+                        reserve_bytes = self.policy.disk_reserve_bytes,
+                        "ALARM: the spool's file system is nearly full; refusing new events until space is freed"
+                    );
+                    // Use the reserve now for what it is for: move the journal into the database
+                    // while there is room, before anything else takes it.
+                    if self.uncheckpointed_events > 0 {
+                        self.flush();
+                        self.maybe_checkpoint(true);
+                    }
+                }
+                (true, None) => {
+                    tracing::info!("the spool's file system has room again; storing resumes");
+                }
+                _ => {}
+            }
+            self.publish_health();
+        }
+        match self.disk_low {
+            Some(free_bytes) => Err(SpoolError::DiskLow {
+                path: self.path.clone(),
+                free_bytes,
+                reserve_bytes: self.policy.disk_reserve_bytes,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// A failed writer tries, at most every [`SPOOL_REOPEN_INTERVAL_MS`], to open the database
+    /// again and replay the journal into it, as a restart would: redb fails every operation after
+    /// an I/O error until it is reopened, and a full disk that was freed should not need a person.
+    fn reopen_if_due(&mut self) {
+        let Some(failure) = &mut self.failed else {
+            return;
+        };
+        if failure.last_attempt.elapsed() < Duration::from_millis(SPOOL_REOPEN_INTERVAL_MS) {
+            return;
+        }
+        failure.last_attempt = Instant::now();
+        failure.attempts += 1;
+        let attempts = failure.attempts;
+        match self.reopen() {
+            Ok(replayed) => {
+                tracing::info!(
+                    replayed,
+                    attempts,
+                    "spool reopened after the failure; storing resumes"
+                );
+                self.failed = None;
+                self.disk_checked = None;
+            }
+            Err(error) => {
+                // Logged once a minute: the failure itself was logged when it happened.
+                if attempts == 1 || attempts % 60 == 0 {
+                    tracing::warn!(
+                        error = %error_chain(&error),
+                        attempts,
+                        "spool still cannot reopen; retrying"
+                    );
+                }
+            }
+        }
+        self.publish_health();
+    }
+
+    /// Open the database again and replay the journal into it. Returns how many events were
+    /// replayed.
+    fn reopen(&mut self) -> Result<usize> {
+        // Let go of the failed database first: redb holds its file lock until the last handle
+        // (and the last read transaction on it) is gone. Readers get `Failed` meanwhile.
+        self.txn = None;
+        self.db.set(None);
+        let mut builder = redb::Builder::new();
+        builder.set_cache_size(self.reopen.cache_bytes);
+        if self.reopen.shared_readers {
+            builder.set_concurrency_mode(redb::ConcurrencyMode::SingleWriter);
+        }
+        let backend = self
+            .storage
+            .open(crate::storage::DB_FILE)
+            .map_err(|source| SpoolError::Io {
+                path: self.path.clone(),
+                action: "reopening the database",
+                source,
+            })?;
+        let db = builder
+            .create_with_backend(crate::storage::Boxed(backend))
+            .ctx("reopening the database")?;
+        let db = Arc::new(db);
+        let (next_seq, next_lsn, replayed) = crate::spool::recover(&db, &mut self.journal)?;
+        let txn = begin(&db)?;
+        // Everything acknowledged is in the database now: the tail's events were in the journal.
+        self.tail.write().unwrap_or_else(|p| p.into_inner()).clear();
+        self.next_seq = next_seq;
+        self.next_lsn = next_lsn;
+        self.uncheckpointed_events = 0;
+        self.last_checkpoint = Instant::now();
+        self.txn = Some(txn);
+        self.db.set(Some(db));
+        // An append answered `Err` may have reached the journal before the failure; it is stored
+        // now, and subscribers learn of it.
+        self.head.send_if_modified(|head| {
+            let changed = head.0 != next_seq - 1;
+            *head = Seq(next_seq - 1);
+            changed
+        });
+        Ok(replayed)
     }
 
     /// Checkpoint if a threshold is reached (or `force`), then apply retention and the cap.
@@ -641,7 +857,7 @@ impl Writer {
         self.journal.reset();
         self.uncheckpointed_events = 0;
         self.last_checkpoint = Instant::now();
-        self.txn = Some(begin(&self.db)?);
+        self.txn = Some(begin(&*current(&self.db)?)?);
         Ok(())
     }
 
@@ -669,6 +885,7 @@ impl Writer {
                 }
                 let full = used >= cap;
                 let was_full = self.counters.spool_full.swap(full, Ordering::Relaxed);
+                self.publish_health();
                 if full && !was_full {
                     tracing::error!(
                         used_bytes = used,
@@ -678,6 +895,7 @@ impl Writer {
                 }
             } else {
                 self.counters.spool_full.store(false, Ordering::Relaxed);
+                self.publish_health();
             }
         }
         if deleted > 0 {
@@ -779,9 +997,9 @@ impl Writer {
 
     /// Apply an operation that is committed at once rather than journaled.
     fn direct(&mut self, op: DirectOp) -> Result<DirectOutcome> {
-        if let Some(reason) = &self.failed {
+        if let Some(failure) = &self.failed {
             return Err(SpoolError::Failed {
-                reason: reason.clone(),
+                reason: failure.reason.clone(),
             });
         }
         let mut outcome = DirectOutcome::default();
@@ -894,6 +1112,14 @@ impl Writer {
         }
         Ok(outcome)
     }
+}
+
+/// The writer's database; only a reopen in progress leaves the slot empty, and the writer does
+/// nothing else meanwhile.
+fn current(slot: &crate::reader::DbSlot) -> Result<Arc<Database>> {
+    slot.get().ok_or_else(|| SpoolError::Failed {
+        reason: "the database is being reopened after a failed write".into(),
+    })
 }
 
 /// Begin the long-lived write transaction: durable commits with quick-repair, so reopening

@@ -5,6 +5,36 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// `println!` to standard output that returns the write's error instead of panicking: a reader
+/// that goes away (`venue-node spool stats | head`) gives `BrokenPipe`, which [`run`] takes as a
+/// quiet end, as `decode` does.
+#[macro_export]
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
+
+/// `print!` as [`outln!`] does it.
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        write!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
+
+/// Whether `err` is standard output closed by its reader: the command stops quietly, with success,
+/// as `head` expects of the commands it cuts short.
+fn is_closed_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 /// Exit codes, documented in `venue-node --help` and the README.
 pub mod exit {
     /// Done.
@@ -166,23 +196,18 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Config {
             command: ConfigCommand::Check { file },
         } => match crate::config::Config::load(&file) {
-            Ok(c) => {
-                println!(
-                    "{}: ok ({} decoder{})",
-                    file.display(),
-                    c.decoders.len(),
-                    if c.decoders.len() == 1 { "" } else { "s" }
-                );
-                Ok(())
-            }
+            Ok(c) => crate::outln!(
+                "{}: ok ({} decoder{})",
+                file.display(),
+                c.decoders.len(),
+                if c.decoders.len() == 1 { "" } else { "s" }
+            )
+            .map_err(anyhow::Error::from),
             Err(e) => Err(anyhow::Error::new(UsageError(e.to_string()))),
         },
         Command::Config {
             command: ConfigCommand::Example,
-        } => {
-            print!("{}", crate::config::Config::EXAMPLE);
-            Ok(())
-        }
+        } => crate::out!("{}", crate::config::Config::EXAMPLE).map_err(anyhow::Error::from),
         Command::Central(args) => central(args),
         Command::Simulate(args) => crate::sim::run(args),
         Command::Spool(args) => crate::inspect::run(args),
@@ -190,6 +215,7 @@ pub fn run(cli: Cli) -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::from(exit::OK),
+        Err(err) if is_closed_pipe(&err) => ExitCode::from(exit::OK),
         Err(err) if err.downcast_ref::<UsageError>().is_some() => {
             eprintln!("{err}");
             ExitCode::from(exit::USAGE)

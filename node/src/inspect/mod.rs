@@ -2,7 +2,8 @@
 //!
 //! Every command but `rejected retry` opens the spool **read-only** ([`spool::SpoolReader::open`]),
 //! so it works beside a running node (redb's single-writer mode lets readers in) and when the node
-//! is stopped. A read-only open sees the spool as of the moment it opened; `tail -f` calls
+//! is stopped. It never writes: a spool whose node died uncleanly, with none running, is refused
+//! with a message saying to start the node, rather than recovered. A read-only open sees the spool as of the moment it opened; `tail -f` calls
 //! [`spool::SpoolReader::refresh`] to see newer events. `rejected retry` changes the spool, so it
 //! needs the writer's lock, which the running node holds: it then says so and what to do.
 //!
@@ -35,7 +36,8 @@ use crate::config::{self, Config};
 #[command(after_help = "\
 Where the spool is: --data-dir DIR uses DIR/spool; otherwise the data_dir of the configuration
 (--config FILE, default /etc/venue-node/venue-node.toml). Every command except `rejected retry`
-only reads, and is safe while the node runs.")]
+only reads, and is safe while the node runs. None writes to the spool: a spool left unclosed by a
+node that died, with no node running, is refused until the node is started (which recovers it).")]
 pub struct SpoolArgs {
     #[command(flatten)]
     pub location: Location,
@@ -103,8 +105,10 @@ pub enum SpoolCommand {
     /// (database + journal), the oldest and newest event's time, and for each cursor (the uplink's
     /// is `uplink`) how far it has acknowledged, its backlog and how many events it parked. From the
     /// running node's status file (DATA_DIR/status.json, rewritten every second): the uplink's
-    /// backlog, forward rate, last success and last error, and each decoder's state; marked STALE
-    /// when the node has stopped writing it.
+    /// backlog, forward rate, last success and last error, each decoder's state, and the spool's
+    /// state: storing, or refusing new events (disk nearly full, cap reached, a failed write) with
+    /// the problem and the fix; marked STALE when the node has stopped writing it. Also the disk's
+    /// free space beside the reserve below which the node refuses new events.
     Stats {
         /// Print one JSON object instead of text.
         #[arg(long)]

@@ -189,10 +189,10 @@ pub fn show(reader: &SpoolReader, seq: u64, json: bool) -> anyhow::Result<()> {
     };
     let value = event_json(reader.schemas(), &event);
     if json {
-        println!(
+        crate::outln!(
             "{}",
             serde_json::to_string_pretty(&value).context("rendering JSON")?
-        );
+        )?;
         return Ok(());
     }
     let mut text = String::new();
@@ -239,20 +239,20 @@ pub fn show(reader: &SpoolReader, seq: u64, json: bool) -> anyhow::Result<()> {
             line(k, v.clone());
         }
     }
-    print!("{text}");
+    crate::out!("{text}")?;
     match reader.schemas().to_json(&event) {
         Err(error) => {
-            println!(
+            crate::outln!(
                 "payload         does not decode: {}",
                 spool::error_chain(&error)
-            );
-            println!("payload (hex)   {}", render::hex(&event.payload));
+            )?;
+            crate::outln!("payload (hex)   {}", render::hex(&event.payload))?;
         }
         Ok(payload) => {
             let pretty = serde_json::to_string_pretty(&payload).context("rendering JSON")?;
-            println!("payload");
+            crate::outln!("payload")?;
             for l in pretty.lines() {
-                println!("  {l}");
+                crate::outln!("  {l}")?;
             }
         }
     }
@@ -311,14 +311,14 @@ pub fn streams(reader: &SpoolReader, json: bool) -> anyhow::Result<()> {
                 })
             })
             .collect();
-        println!(
+        crate::outln!(
             "{}",
             serde_json::to_string_pretty(&array).context("rendering JSON")?
-        );
+        )?;
         return Ok(());
     }
     if listed.is_empty() {
-        println!("the spool holds no events");
+        crate::outln!("the spool holds no events")?;
         return Ok(());
     }
     let width = listed
@@ -327,25 +327,28 @@ pub fn streams(reader: &SpoolReader, json: bool) -> anyhow::Result<()> {
         .max()
         .unwrap_or(6)
         .max(6);
-    println!(
+    crate::outln!(
         "{:<width$}  {:>8}  {:>8}  {:<24}  last event",
-        "stream", "version", "held", "last recorded at"
-    );
+        "stream",
+        "version",
+        "held",
+        "last recorded at"
+    )?;
     for (name, version, row) in &listed {
-        println!(
+        crate::outln!(
             "{name:<width$}  {version:>8}  {:>8}  {:<24}  {} (seq {})",
             row.events_held,
             render::utc(row.last_recorded_at_us),
             row.last_event_type,
             row.last_seq
-        );
+        )?;
     }
     let held = listed.len() as u64;
     if ever > held {
-        println!(
+        crate::outln!(
             "({held} streams hold events; {} more were written earlier and their events removed by retention)",
             ever - held
-        );
+        )?;
     }
     Ok(())
 }
@@ -355,24 +358,24 @@ pub fn verify(reader: &SpoolReader, dir: &std::path::Path) -> anyhow::Result<()>
     let report = reader
         .verify()
         .with_context(|| format!("verifying the spool {}", dir.display()))?;
-    println!(
+    crate::outln!(
         "checked {} events in {} streams of {}",
         report.events,
         report.streams,
         dir.display()
-    );
+    )?;
     if report.is_ok() {
-        println!(
+        crate::outln!(
             "OK: global seq and stream versions without gaps, every payload decodes, indexes agree"
-        );
+        )?;
         return Ok(());
     }
     for problem in &report.problems {
-        println!("PROBLEM: {problem}");
+        crate::outln!("PROBLEM: {problem}")?;
     }
     let unlisted = report.problem_count - report.problems.len() as u64;
     if unlisted > 0 {
-        println!("... and {unlisted} more");
+        crate::outln!("... and {unlisted} more")?;
     }
     anyhow::bail!(
         "verify found {} problem{} in {}",

@@ -97,21 +97,21 @@ fn list(reader: &SpoolReader, cursor: &str, json: bool) -> anyhow::Result<()> {
                 "event_type": event.as_ref().map(|e| e.event_type.clone()),
             }));
         }
-        println!(
+        crate::outln!(
             "{}",
             serde_json::to_string_pretty(&rows).context("rendering JSON")?
-        );
+        )?;
         return Ok(());
     }
     if parked.is_empty() {
-        println!("cursor {cursor} has no parked events");
+        crate::outln!("cursor {cursor} has no parked events")?;
         return Ok(());
     }
-    println!(
+    crate::outln!(
         "cursor {cursor} parked {} event{}:",
         parked.len(),
         if parked.len() == 1 { "" } else { "s" }
-    );
+    )?;
     for p in &parked {
         let what = match reader
             .get(p.seq)
@@ -120,12 +120,12 @@ fn list(reader: &SpoolReader, cursor: &str, json: bool) -> anyhow::Result<()> {
             Some(e) => format!("{} {} v{}", e.event_type, e.stream, e.version),
             None => "(event no longer held)".to_owned(),
         };
-        println!("{:>8}  parked {}  {what}", p.seq.0, utc(p.parked_at_us));
-        println!("          reason: {}", render::clip(&p.reason, 400));
+        crate::outln!("{:>8}  parked {}  {what}", p.seq.0, utc(p.parked_at_us))?;
+        crate::outln!("          reason: {}", render::clip(&p.reason, 400))?;
     }
-    println!(
+    crate::outln!(
         "`venue-node spool show SEQ` shows an event; `venue-node spool rejected retry [SEQ]` (node stopped) sends again."
-    );
+    )?;
     Ok(())
 }
 
@@ -162,7 +162,7 @@ fn retry(config: &Config, only: Option<Seq>) -> anyhow::Result<()> {
         None => parked.len(),
     };
     if count == 0 {
-        println!("the uplink has no parked events to retry");
+        crate::outln!("the uplink has no parked events to retry")?;
         return Ok(());
     }
     let node_id = crate::runtime::identity::node_id(&config.data_dir, config.node_id.as_deref())
@@ -175,11 +175,11 @@ fn retry(config: &Config, only: Option<Seq>) -> anyhow::Result<()> {
     let drain = uplink::drain::Drain::new(drain_config, spool.clone())
         .map_err(|e| anyhow::anyhow!(uplink::chain(&e)))
         .context("preparing the uplink")?;
-    println!(
+    crate::outln!(
         "sending {count} parked event{} to {} ...",
         if count == 1 { "" } else { "s" },
         settings.central_url
-    );
+    )?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -221,16 +221,16 @@ fn retry(config: &Config, only: Option<Seq>) -> anyhow::Result<()> {
             outcome.resent
         );
     }
-    println!(
+    crate::outln!(
         "central stored {} event{}",
         outcome.resent,
         if outcome.resent == 1 { "" } else { "s" }
-    );
+    )?;
     if outcome.parked_again > 0 {
-        println!(
+        crate::outln!(
             "central refused {} again; parked again with its new reason (`venue-node spool rejected`)",
             outcome.parked_again
-        );
+        )?;
     }
     Ok(())
 }

@@ -8,6 +8,7 @@ use spool::{SpoolReader, now_us};
 
 use super::render::{ago, bytes, utc};
 use crate::config;
+use crate::runtime::status::{NodeStatus, SpoolState};
 
 /// A status file older than this is reported as stale: the node rewrites it every second, so a
 /// few missed writes mean the node is stopped, hung or its disk is full.
@@ -36,36 +37,42 @@ fn wrap(items: &[String], width: usize) -> Vec<String> {
 }
 
 /// The node's status file, as found.
-enum NodeStatus {
+enum StatusFile {
     Absent,
     Unreadable(String),
-    Present { status: Value, age_s: Option<u64> },
+    Present {
+        status: Box<NodeStatus>,
+        age_s: Option<u64>,
+    },
 }
 
-fn read_status(path: &Path, now: u64) -> NodeStatus {
+/// Reads the status file through the types that write it ([`NodeStatus`]): fields it does not know
+/// (a newer node) are ignored, missing ones (an older node) take their defaults.
+fn read_status(path: &Path, now: u64) -> StatusFile {
     let len = match std::fs::metadata(path) {
         Ok(meta) => meta.len(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return NodeStatus::Absent,
-        Err(e) => return NodeStatus::Unreadable(e.to_string()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return StatusFile::Absent,
+        Err(e) => return StatusFile::Unreadable(e.to_string()),
     };
     if len > STATUS_FILE_BYTES_MAX {
-        return NodeStatus::Unreadable(format!(
+        return StatusFile::Unreadable(format!(
             "{len} bytes, more than the {STATUS_FILE_BYTES_MAX} expected"
         ));
     }
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
-        Err(e) => return NodeStatus::Unreadable(e.to_string()),
+        Err(e) => return StatusFile::Unreadable(e.to_string()),
     };
-    match serde_json::from_str::<Value>(&text) {
+    match serde_json::from_str::<NodeStatus>(&text) {
         Ok(status) => {
-            let age_s = status
-                .get("updated_at_us")
-                .and_then(Value::as_u64)
-                .map(|at| now.saturating_sub(at) / 1_000_000);
-            NodeStatus::Present { status, age_s }
+            let age_s = (status.updated_at_us > 0)
+                .then(|| now.saturating_sub(status.updated_at_us) / 1_000_000);
+            StatusFile::Present {
+                status: Box::new(status),
+                age_s,
+            }
         }
-        Err(e) => NodeStatus::Unreadable(format!("not JSON: {e}")),
+        Err(e) => StatusFile::Unreadable(format!("not a status file: {e}")),
     }
 }
 
@@ -76,6 +83,11 @@ pub fn run(reader: &SpoolReader, dir: &Path, data_dir: &Path, json: bool) -> any
     let journal_bytes = std::fs::metadata(dir.join(spool::storage::JOURNAL_FILE))
         .map(|m| m.len())
         .unwrap_or(0);
+    // The node refuses new events below the spool's reserve; show how close the disk is to it.
+    let disk_free = rustix::fs::statvfs(dir)
+        .ok()
+        .map(|vfs| vfs.f_bavail.saturating_mul(vfs.f_frsize));
+    let reserve = crate::runtime::spool_config_reserve_bytes();
     let now = now_us();
     let status_path = config::status_file(data_dir);
     let status = read_status(&status_path, now);
@@ -87,9 +99,9 @@ pub fn run(reader: &SpoolReader, dir: &Path, data_dir: &Path, json: bool) -> any
             .map(|c| json!({"name": c.name, "acked_seq": c.acked.0, "backlog": c.backlog, "parked": c.parked}))
             .collect();
         let node = match &status {
-            NodeStatus::Absent => Value::Null,
-            NodeStatus::Unreadable(error) => json!({"file": status_path, "error": error}),
-            NodeStatus::Present { status, age_s } => json!({
+            StatusFile::Absent => Value::Null,
+            StatusFile::Unreadable(error) => json!({"file": status_path, "error": error}),
+            StatusFile::Present { status, age_s } => json!({
                 "file": status_path,
                 "age_s": age_s,
                 "stale": age_s.is_none_or(|a| a > STATUS_STALE_S),
@@ -106,19 +118,21 @@ pub fn run(reader: &SpoolReader, dir: &Path, data_dir: &Path, json: bool) -> any
             "streams": stats.streams,
             "db_file_bytes": stats.db_file_bytes,
             "journal_bytes": journal_bytes,
+            "disk_free_bytes": disk_free,
+            "disk_reserve_bytes": reserve,
             "cursors": cursors,
             "node_status": node,
         });
-        println!(
+        crate::outln!(
             "{}",
             serde_json::to_string_pretty(&out).context("rendering JSON")?
-        );
+        )?;
         return Ok(());
     }
 
     let mut o = String::new();
     let mut line = |k: &str, v: String| o.push_str(&format!("  {k:<14}{v}\n"));
-    println!("spool {}", dir.display());
+    crate::outln!("spool {}", dir.display())?;
     match (stats.first_seq, stats.last_seq) {
         (Some(first), Some(last)) => line(
             "events",
@@ -136,6 +150,21 @@ pub fn run(reader: &SpoolReader, dir: &Path, data_dir: &Path, json: bool) -> any
             bytes(journal_bytes)
         ),
     );
+    if let Some(free) = disk_free {
+        let warning = if free < reserve {
+            ": BELOW the reserve, the node refuses new events; free space on this disk"
+        } else {
+            ""
+        };
+        line(
+            "disk free",
+            format!(
+                "{} (the node refuses new events below {}){warning}",
+                bytes(free),
+                bytes(reserve)
+            ),
+        );
+    }
     if let (Some(at), Some(seq)) = (stats.oldest_recorded_at_us, stats.first_seq) {
         line(
             "oldest",
@@ -154,116 +183,135 @@ pub fn run(reader: &SpoolReader, dir: &Path, data_dir: &Path, json: bool) -> any
             "none (nothing has consumed the spool yet)".into(),
         );
     }
-    print!("{o}");
+    crate::out!("{o}")?;
     if !stats.cursors.is_empty() {
-        println!("  cursors");
+        crate::outln!("  cursors")?;
         for c in &stats.cursors {
-            println!(
+            crate::outln!(
                 "    {:<12}acked to seq {}, backlog {}, parked {}",
-                c.name, c.acked, c.backlog, c.parked
-            );
+                c.name,
+                c.acked,
+                c.backlog,
+                c.parked
+            )?;
         }
     }
 
     match &status {
-        NodeStatus::Absent => {
-            println!(
-                "node status   no {} (the node is not running, or has not written it yet)",
-                status_path.display()
-            )
-        }
-        NodeStatus::Unreadable(error) => println!(
+        StatusFile::Absent => crate::outln!(
+            "node status   no {} (the node is not running, or has not written it yet)",
+            status_path.display()
+        )?,
+        StatusFile::Unreadable(error) => crate::outln!(
             "node status   {} is unreadable: {error}",
             status_path.display()
-        ),
-        NodeStatus::Present { status, age_s } => print_status(&status_path, status, *age_s),
+        )?,
+        StatusFile::Present { status, age_s } => {
+            print_status(&status_path, status, *age_s, now)?;
+        }
     }
     Ok(())
 }
 
-/// The status file for people. Known fields first, then whatever else each decoder reports.
-fn print_status(path: &Path, status: &Value, age_s: Option<u64>) {
+/// A time for people: `2026-12-01T10:15:02.123Z (4 s ago)`.
+fn when(at_us: u64, now: u64) -> String {
+    format!("{} ({})", utc(at_us), ago(at_us, now))
+}
+
+/// One field of a status section as `key=value`; times (`*_at_us`) rendered for people.
+fn field(key: &str, value: &Value, now: u64) -> String {
+    match (key.strip_suffix("_at_us"), value.as_u64()) {
+        (Some(name), Some(at)) => format!("{name}_at={}", when(at, now)),
+        _ => match value.as_str() {
+            Some(text) => format!("{key}={text}"),
+            None => format!("{key}={value}"),
+        },
+    }
+}
+
+/// The status file for people. Known fields by name; whatever else a decoder reports after them.
+fn print_status(
+    path: &Path,
+    status: &NodeStatus,
+    age_s: Option<u64>,
+    now: u64,
+) -> std::io::Result<()> {
     match age_s {
-        Some(age) if age > STATUS_STALE_S => println!(
+        Some(age) if age > STATUS_STALE_S => crate::outln!(
             "node status   STALE: {} was last updated {age} s ago (the node writes it every second): \
              the node is probably stopped or hung; figures below are from then",
             path.display()
-        ),
-        Some(age) => println!("node status   {} (updated {age} s ago)", path.display()),
-        None => println!(
+        )?,
+        Some(age) => crate::outln!("node status   {} (updated {age} s ago)", path.display())?,
+        None => crate::outln!(
             "node status   {} (no updated_at_us: cannot tell how old it is)",
             path.display()
-        ),
+        )?,
     }
-    match status.get("uplink") {
-        Some(Value::Object(uplink)) => {
-            let field = |k: &str| uplink.get(k).filter(|v| !v.is_null());
-            let mut parts = Vec::new();
-            if let Some(v) = field("backlog") {
-                parts.push(format!("backlog {v}"));
+    let spool = &status.spool;
+    match spool.state {
+        SpoolState::Storing => match &status.spool_alarm {
+            // An older node wrote only the one-line alarm.
+            Some(alarm) => crate::outln!("  spool       ALARM: {alarm}")?,
+            None => crate::outln!("  spool       storing")?,
+        },
+        _ => {
+            crate::outln!(
+                "  spool       ALARM: refusing new events since {}",
+                when(spool.since_us, now)
+            )?;
+            if let Some(problem) = &spool.problem {
+                crate::outln!("    problem     {problem}")?;
             }
-            if let Some(v) = field("forward_rate_per_s").and_then(Value::as_f64) {
-                parts.push(format!("forwarding {v:.1}/s"));
+            if let Some(fix) = &spool.fix {
+                crate::outln!("    fix         {fix}")?;
             }
-            match field("last_success_at_us").and_then(Value::as_u64) {
-                Some(at) => parts.push(format!("last success {} ({})", utc(at), ago(at, now_us()))),
+            crate::outln!(
+                "    refused     {} appends since the node started",
+                spool.refused_appends
+            )?;
+        }
+    }
+    match &status.uplink {
+        Some(uplink) => {
+            let mut parts = vec![
+                format!("backlog {}", uplink.backlog),
+                format!("forwarding {:.1}/s", uplink.forward_rate_per_s),
+            ];
+            match uplink.last_success_at_us {
+                Some(at) => parts.push(format!("last success {}", when(at, now))),
                 None => parts.push("no success yet".into()),
             }
-            println!("  uplink      {}", parts.join(", "));
-            if let Some(error) = field("last_error") {
-                println!(
-                    "    last error  {}",
-                    error
-                        .as_str()
-                        .map(str::to_owned)
-                        .unwrap_or_else(|| error.to_string())
-                );
-            }
-            if let Some(alarm) = field("alarm") {
-                println!(
-                    "    ALARM       {}",
-                    alarm
-                        .as_str()
-                        .map(str::to_owned)
-                        .unwrap_or_else(|| alarm.to_string())
-                );
-            }
-            for (k, v) in uplink {
-                if ![
-                    "backlog",
-                    "forward_rate_per_s",
-                    "last_success_at_us",
-                    "last_error",
-                    "alarm",
-                ]
-                .contains(&k.as_str())
-                    && !v.is_null()
-                {
-                    println!("    {k:<12}{v}");
+            crate::outln!("  uplink      {}", parts.join(", "))?;
+            if let Some(error) = &uplink.last_error {
+                match uplink.last_error_at_us {
+                    Some(at) => crate::outln!("    last error  {error}, at {}", when(at, now))?,
+                    None => crate::outln!("    last error  {error}")?,
                 }
             }
-        }
-        _ => println!("  uplink      not configured"),
-    }
-    if let Some(Value::Array(decoders)) = status.get("decoders") {
-        println!("  decoders");
-        for d in decoders {
-            let name = d.get("name").and_then(Value::as_str).unwrap_or("?");
-            let state = d.get("state").and_then(Value::as_str).unwrap_or("?");
-            let rest: Vec<String> = d
-                .as_object()
-                .into_iter()
-                .flatten()
-                .filter(|(k, v)| k.as_str() != "name" && k.as_str() != "state" && !v.is_null())
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect();
-            println!("    {name:<12}{state}");
-            for line in wrap(&rest, STATUS_LINE_CHARS_MAX) {
-                println!("                {line}");
+            if let Some(alarm) = &uplink.alarm {
+                crate::outln!("    ALARM       {alarm}")?;
             }
         }
+        None => crate::outln!("  uplink      not configured")?,
     }
-    if let Some(alarm) = status.get("spool_alarm").filter(|v| !v.is_null()) {
-        println!("  SPOOL ALARM {alarm}");
+    if !status.decoders.is_empty() {
+        crate::outln!("  decoders")?;
     }
+    for d in &status.decoders {
+        crate::outln!("    {:<12}{}", d.name, d.state)?;
+        // Every other field, by the names the writer gives them, so a field added there shows here.
+        let rest: Vec<String> = match serde_json::to_value(d) {
+            Ok(Value::Object(fields)) => fields
+                .iter()
+                .filter(|(k, v)| k.as_str() != "name" && k.as_str() != "state" && !v.is_null())
+                .map(|(k, v)| field(k, v, now))
+                .collect(),
+            _ => Vec::new(),
+        };
+        for line in wrap(&rest, STATUS_LINE_CHARS_MAX) {
+            crate::outln!("                {line}")?;
+        }
+    }
+    Ok(())
 }

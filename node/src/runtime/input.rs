@@ -316,8 +316,8 @@ impl Input {
             return;
         }
         if let Err(e) = self.append(batch).await {
+            super::status::log_store_failure(&self.name, &e, "could not store event");
             let msg = spool::error_chain(&e);
-            tracing::error!(input = %self.name, error = %msg, "could not store event");
             self.status.input(&self.name, |s| s.last_error = Some(msg));
         }
     }
@@ -750,8 +750,12 @@ impl Input {
             Ok(a) => a,
             Err(e) => {
                 // Not stored: the gap check of a later passing fetches these again.
+                super::status::log_store_failure(
+                    &self.name,
+                    &e,
+                    "could not store frames; they will be fetched again",
+                );
                 let msg = spool::error_chain(&e);
-                tracing::error!(input = %self.name, error = %msg, "could not store frames; they will be fetched again");
                 self.status.input(&self.name, |s| s.last_error = Some(msg));
                 return Ok(());
             }

@@ -4,6 +4,11 @@
 //! Shutdown (SIGTERM or Ctrl-C) cancels one token; each input stops at a safe point (between chunk
 //! appends, so every frame already read is durable), then `node.stopping` is stored and the spool is
 //! closed with a final checkpoint.
+//!
+//! The watchdog tells the truth: `WATCHDOG=1` is sent only while the spool's writer has not failed,
+//! so a node that cannot store is restarted by systemd unless the writer reopens the spool by
+//! itself first. A spool that refuses events cleanly (disk nearly full, cap reached) keeps the
+//! watchdog going: restarting would not help, and storing resumes by itself.
 
 pub mod events;
 pub mod gaps;
@@ -29,6 +34,11 @@ use status::{NodeStatus, Shared};
 /// How often the status file is rewritten.
 pub const STATUS_WRITE_INTERVAL_MS: u64 = 1_000;
 
+/// How often (s) a lasting problem is logged again, as one summary line: the spool refusing events,
+/// or the status file that cannot be written. Its start and its end are logged once each, at once;
+/// a line per read would flood a journal that may sit on the same full disk.
+pub const SPOOL_ALARM_SUMMARY_INTERVAL_S: u64 = 60;
+
 /// Opens the spool the way the node does, from its configuration.
 pub fn spool_config(config: &Config) -> SpoolConfig {
     let mut sc = SpoolConfig {
@@ -44,9 +54,15 @@ pub fn spool_config(config: &Config) -> SpoolConfig {
     sc
 }
 
-/// How long `run` waits for the spool's writer lock when another process holds it. A technician's
-/// read-only `venue-node spool ...` that finds a crashed spool recovers it, briefly as its writer; the
-/// node waits that out rather than failing its start. A second node still gets a clear error.
+/// The free space the node's spool keeps on its disk ([`spool::SpoolConfig::disk_reserve_bytes`]),
+/// for the technician's view.
+pub fn spool_config_reserve_bytes() -> u64 {
+    SpoolConfig::default().disk_reserve_bytes
+}
+
+/// How long `run` waits for the spool's writer lock when another process holds it: a technician's
+/// `spool rejected retry` or a maintenance `compact` holds it briefly, and the node waits that out
+/// rather than failing its start. A second node still gets a clear error.
 pub const SPOOL_OPEN_WAIT_MS: u64 = 10_000;
 
 /// Opens the spool for writing, waiting out a brief holder of the writer lock.
@@ -116,18 +132,54 @@ pub struct Node {
     /// The uplink's client id: the node id and the spool's epoch (see [`identity::client_id`]).
     pub client_id: String,
     pub data_dir: PathBuf,
+    /// systemd's notify socket and watchdog, from the environment ([`notify::Notifier::from_env`]).
+    pub notifier: notify::Notifier,
 }
 
 impl Node {
     /// Opens the data directory and the spool, and stores `node.started`.
     pub async fn open(config: &Config) -> anyhow::Result<Node> {
-        let data_dir = config.data_dir.clone();
-        std::fs::create_dir_all(&data_dir)
-            .with_context(|| format!("creating data directory {}", data_dir.display()))?;
-        let node_id = identity::node_id(&data_dir, config.node_id.as_deref())?;
-        let boot_id = identity::next_boot_id(&data_dir)?;
+        let (node_id, boot_id) = Node::identity(config).await?;
         let spool = open_spool(config).await?;
-        let client_id = identity::client_id(&node_id, &config.spool_dir())?;
+        Node::start(config, spool, node_id, boot_id).await
+    }
+
+    /// [`Node::open`] with a spool the caller opened (on a disk of its own, in the tests).
+    pub async fn open_with_spool(config: &Config, spool: Spool) -> anyhow::Result<Node> {
+        let (node_id, boot_id) = Node::identity(config).await?;
+        Node::start(config, spool, node_id, boot_id).await
+    }
+
+    /// Creates the data directory and takes the node id and the next boot id (both written and
+    /// fsynced), on a blocking thread.
+    async fn identity(config: &Config) -> anyhow::Result<(String, String)> {
+        let data_dir = config.data_dir.clone();
+        let configured = config.node_id.clone();
+        tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&data_dir)
+                .with_context(|| format!("creating data directory {}", data_dir.display()))?;
+            let node_id = identity::node_id(&data_dir, configured.as_deref())?;
+            let boot_id = identity::next_boot_id(&data_dir)?;
+            Ok((node_id, boot_id))
+        })
+        .await
+        .context("identity task")?
+    }
+
+    /// Stores `node.started` in the opened spool.
+    async fn start(
+        config: &Config,
+        spool: Spool,
+        node_id: String,
+        boot_id: String,
+    ) -> anyhow::Result<Node> {
+        let data_dir = config.data_dir.clone();
+        let client_id = {
+            let (node_id, spool_dir) = (node_id.clone(), config.spool_dir());
+            tokio::task::spawn_blocking(move || identity::client_id(&node_id, &spool_dir))
+                .await
+                .context("client id task")??
+        };
         let started = catalog::NodeStarted {
             version: env!("CARGO_PKG_VERSION").into(),
             boot_id: boot_id.clone(),
@@ -159,6 +211,7 @@ impl Node {
             node_id,
             client_id,
             data_dir,
+            notifier: notify::Notifier::from_env(),
         })
     }
 
@@ -210,27 +263,32 @@ impl Node {
         if let Some(u) = &config.uplink {
             self.start_uplink(&tracker, config, u, cancel.clone())?;
         }
-        tracker.spawn(write_status(
+        let writer = StatusWriter::new(
             self.data_dir.clone(),
             self.status.clone(),
-            cancel.clone(),
-        ));
+            self.spool.clone(),
+            self.notifier.clone(),
+            config.uplink.is_some(),
+        );
+        tracker.spawn(writer.run(cancel.clone()));
         tracker.close();
-        notify::notify("READY=1");
-        let watchdog = notify::watchdog_interval();
+        self.notifier.notify("READY=1");
+        let watchdog = self.notifier.watchdog();
         let mut ping =
             tokio::time::interval(watchdog.map(|w| w / 2).unwrap_or(Duration::from_secs(3600)));
         loop {
             tokio::select! {
                 () = cancel.cancelled() => break,
                 _ = ping.tick() => {
-                    if watchdog.is_some() && self.status.update(|s| s.spool_alarm.is_none()) {
-                        notify::notify("WATCHDOG=1");
+                    // Only a failed writer stops the watchdog: see the module docs.
+                    let failed = matches!(self.spool.health(), spool::SpoolHealth::Failed { .. });
+                    if watchdog.is_some() && !failed {
+                        self.notifier.notify("WATCHDOG=1");
                     }
                 }
             }
         }
-        notify::notify("STOPPING=1");
+        self.notifier.notify("STOPPING=1");
         tracing::info!("shutting down: finishing in-flight frames");
         tracker.wait().await;
         let stopping = catalog::NodeStopping {
@@ -288,8 +346,11 @@ impl Node {
             while watch.changed().await.is_ok() {
                 let d = watch.borrow_and_update().clone();
                 status.update(|s| {
+                    // The backlog is refreshed from the spool at every status write (the drain's
+                    // figure is from its last batch); keep that one once there is one.
+                    let backlog = s.uplink.as_ref().map_or(d.backlog, |u| u.backlog);
                     s.uplink = Some(status::UplinkStatus {
-                        backlog: d.backlog,
+                        backlog,
                         forward_rate_per_s: d.forward_rate_per_s,
                         last_success_at_us: d.last_success_at_us,
                         last_error: d.last_error.clone(),
@@ -303,26 +364,169 @@ impl Node {
     }
 }
 
-/// Rewrites the status file every second (atomically: temp file and rename), so readers outside the
-/// process never see half a file.
-async fn write_status(data_dir: PathBuf, status: Shared, cancel: CancellationToken) {
-    let path = crate::config::status_file(&data_dir);
-    let tmp = path.with_extension("json.tmp");
-    let mut tick = tokio::time::interval(Duration::from_millis(STATUS_WRITE_INTERVAL_MS));
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            () = cancel.cancelled() => break,
-        }
-        let mut snap = status.snapshot();
-        snap.updated_at_us = now_us();
-        let Ok(json) = serde_json::to_vec_pretty(&snap) else {
-            continue;
-        };
-        if let Err(e) = std::fs::write(&tmp, json).and_then(|()| std::fs::rename(&tmp, &path)) {
-            tracing::warn!(error = %e, path = %path.display(), "could not write status file");
+/// Keeps the status file fresh and the spool's state in it: every second it reads the spool's
+/// health and the uplink's backlog, and rewrites the file (atomically: temp file and rename, so
+/// readers outside the process never see half a file). Reads and writes run on a blocking thread.
+/// A problem is logged when it starts and ends, and summarised every
+/// [`SPOOL_ALARM_SUMMARY_INTERVAL_S`] while it lasts.
+struct StatusWriter {
+    data_dir: PathBuf,
+    status: Shared,
+    spool: Spool,
+    notifier: notify::Notifier,
+    uplink: bool,
+    /// The spool's state as last seen, since when, and its refused appends then.
+    state: status::SpoolState,
+    since_us: u64,
+    refused_at_summary: u64,
+    last_summary: std::time::Instant,
+    /// The status file's write error, while writes fail, and how many failed.
+    file_error: Option<(String, u64)>,
+    last_file_summary: std::time::Instant,
+}
+
+/// What one status tick learned on its blocking thread.
+struct Tick {
+    health: spool::SpoolHealth,
+    refused: u64,
+    backlog: Option<u64>,
+}
+
+impl StatusWriter {
+    fn new(
+        data_dir: PathBuf,
+        status: Shared,
+        spool: Spool,
+        notifier: notify::Notifier,
+        uplink: bool,
+    ) -> StatusWriter {
+        StatusWriter {
+            data_dir,
+            status,
+            spool,
+            notifier,
+            uplink,
+            state: status::SpoolState::Storing,
+            since_us: now_us(),
+            refused_at_summary: 0,
+            last_summary: std::time::Instant::now(),
+            file_error: None,
+            last_file_summary: std::time::Instant::now(),
         }
     }
+
+    async fn run(mut self, cancel: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_millis(STATUS_WRITE_INTERVAL_MS));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = cancel.cancelled() => break,
+            }
+            let (spool, uplink) = (self.spool.clone(), self.uplink);
+            let read = tokio::task::spawn_blocking(move || Tick {
+                health: spool.health(),
+                refused: spool.rejected_appends(),
+                backlog: uplink
+                    .then(|| spool.backlog(UPLINK_CURSOR).ok().map(|b| b.events()))
+                    .flatten(),
+            })
+            .await;
+            let Ok(read) = read else { continue };
+            self.spool_state(&read);
+            let mut snap = self.status.snapshot();
+            snap.updated_at_us = now_us();
+            let path = crate::config::status_file(&self.data_dir);
+            let written = tokio::task::spawn_blocking(move || write_status_file(&path, &snap))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            self.file_result(written);
+        }
+    }
+
+    /// Records the spool's state in the status; logs and notifies a change once.
+    fn spool_state(&mut self, read: &Tick) {
+        let now = now_us();
+        let probe = status::SpoolStatus::from_health(&read.health, now, read.refused);
+        if probe.state != self.state {
+            match &probe.problem {
+                Some(problem) => tracing::error!(
+                    state = ?probe.state,
+                    fix = probe.fix.as_deref().unwrap_or(""),
+                    "ALARM: the spool refuses new events: {problem}"
+                ),
+                None => tracing::info!(
+                    refused_appends = read.refused.saturating_sub(self.refused_at_summary),
+                    "the spool stores events again"
+                ),
+            }
+            let line = probe.problem.as_deref().unwrap_or("storing");
+            self.notifier.notify(&format!("STATUS={line}"));
+            self.state = probe.state;
+            self.since_us = now;
+            self.refused_at_summary = read.refused;
+            self.last_summary = std::time::Instant::now();
+        } else if probe.state != status::SpoolState::Storing
+            && self.last_summary.elapsed() >= Duration::from_secs(SPOOL_ALARM_SUMMARY_INTERVAL_S)
+        {
+            tracing::warn!(
+                state = ?probe.state,
+                refused_appends = read.refused.saturating_sub(self.refused_at_summary),
+                for_s = now.saturating_sub(self.since_us) / 1_000_000,
+                "the spool still refuses new events: {}",
+                probe.problem.as_deref().unwrap_or("")
+            );
+            self.refused_at_summary = read.refused;
+            self.last_summary = std::time::Instant::now();
+        }
+        let spool_status = status::SpoolStatus {
+            since_us: self.since_us,
+            ..probe
+        };
+        let backlog = read.backlog;
+        self.status.update(|s| {
+            s.spool_alarm = spool_status.problem.clone();
+            s.spool = spool_status;
+            if let Some(backlog) = backlog {
+                // Shown from the first write, before the drain has reported anything.
+                s.uplink.get_or_insert_with(Default::default).backlog = backlog;
+            }
+        });
+    }
+
+    /// Logs a failing status file once, then a summary every [`SPOOL_ALARM_SUMMARY_INTERVAL_S`].
+    fn file_result(&mut self, written: std::io::Result<()>) {
+        let path = crate::config::status_file(&self.data_dir);
+        match (written, &mut self.file_error) {
+            (Ok(()), None) => {}
+            (Ok(()), Some((_, failures))) => {
+                tracing::info!(path = %path.display(), failures = *failures, "the status file is written again");
+                self.file_error = None;
+            }
+            (Err(e), None) => {
+                tracing::warn!(error = %e, path = %path.display(), "could not write the status file; retrying every second");
+                self.file_error = Some((e.to_string(), 1));
+                self.last_file_summary = std::time::Instant::now();
+            }
+            (Err(e), Some((last, failures))) => {
+                *failures += 1;
+                *last = e.to_string();
+                if self.last_file_summary.elapsed()
+                    >= Duration::from_secs(SPOOL_ALARM_SUMMARY_INTERVAL_S)
+                {
+                    tracing::warn!(error = %last, path = %path.display(), failures = *failures, "the status file still cannot be written");
+                    self.last_file_summary = std::time::Instant::now();
+                }
+            }
+        }
+    }
+}
+
+/// Writes the status file atomically: a temp file beside it, then a rename.
+fn write_status_file(path: &std::path::Path, status: &NodeStatus) -> std::io::Result<()> {
+    let json = serde_json::to_vec_pretty(status).map_err(std::io::Error::other)?;
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, json)?;
+    std::fs::rename(&tmp, path)
 }
 
 /// Builds the runtime, installs the signal handlers and runs `f` until it returns or a signal asks

@@ -1,13 +1,17 @@
 //! Live status of the node, shared by its tasks and written to `<data_dir>/status.json` every second
 //! for readers outside the process (`venue-node spool stats`, the demo's screen).
+//!
+//! The same types write the file and read it back: readers deserialize them, tolerating fields they
+//! do not know (a newer node) and missing ones (an older node), so a field is named in one place.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// One decoder input, as the session sees it.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct InputStatus {
     pub name: String,
     /// `connecting`, `connected`, `waiting` (backoff after a failure) or `stopped`.
@@ -58,8 +62,11 @@ pub struct InputStatus {
 }
 
 /// The uplink as the drain reports it.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct UplinkStatus {
+    /// Events after the uplink cursor, from [`spool::Backlog::events`] (as `spool stats` counts
+    /// them), refreshed at every write of the status file.
     pub backlog: u64,
     pub forward_rate_per_s: f64,
     pub last_success_at_us: Option<u64>,
@@ -68,8 +75,97 @@ pub struct UplinkStatus {
     pub alarm: Option<String>,
 }
 
+/// What the spool does with new events.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SpoolState {
+    /// Storing every event.
+    #[default]
+    Storing,
+    /// Refusing events: the configured `cap_bytes` is reached and only events central has not yet
+    /// confirmed are left.
+    CapReached,
+    /// Refusing events: the disk is nearly full (below the spool's reserve).
+    DiskLow,
+    /// Refusing events: a write failed; the spool reopens itself from disk every second.
+    Failed,
+}
+
+/// The spool as the node sees it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SpoolStatus {
+    pub state: SpoolState,
+    /// Since when the state holds, µs since the Unix epoch.
+    pub since_us: u64,
+    /// What is wrong, with figures; `None` while storing.
+    pub problem: Option<String>,
+    /// What the technician can do about it; `None` while storing.
+    pub fix: Option<String>,
+    /// Appends refused since the node started (by this state or any other reason).
+    pub refused_appends: u64,
+}
+
+impl SpoolStatus {
+    /// The status of a spool whose writer is in `health`.
+    pub fn from_health(health: &spool::SpoolHealth, since_us: u64, refused_appends: u64) -> Self {
+        use spool::SpoolHealth as H;
+        let (state, problem, fix) = match health {
+            H::Storing => (SpoolState::Storing, None, None),
+            H::CapReached {
+                used_bytes,
+                cap_bytes,
+            } => (
+                SpoolState::CapReached,
+                Some(format!(
+                    "spool full: {used_bytes} bytes used of the {cap_bytes}-byte cap, all of it not yet confirmed by central"
+                )),
+                Some(
+                    "get the uplink to central working (see `uplink` above), or raise [spool] cap_bytes and restart the node; storing resumes by itself once central confirms events"
+                        .to_owned(),
+                ),
+            ),
+            H::DiskLow {
+                free_bytes,
+                reserve_bytes,
+            } => (
+                SpoolState::DiskLow,
+                Some(format!(
+                    "disk nearly full: {free_bytes} bytes free, less than the {reserve_bytes} bytes the spool keeps free for itself"
+                )),
+                Some(
+                    "free space on the disk that holds the data directory (`df -h`, `du -sh /var/log/* /var/lib/*`, `journalctl --vacuum-size=100M`); storing resumes by itself, missed passings are fetched from the decoder again"
+                        .to_owned(),
+                ),
+            ),
+            H::Failed {
+                reason,
+                reopen_attempts,
+                ..
+            } => (
+                SpoolState::Failed,
+                Some(format!(
+                    "spool write failed: {reason}; {reopen_attempts} reopen attempts so far"
+                )),
+                Some(
+                    "check the disk: `df -h` for space, `dmesg` for I/O errors; the node reopens the spool every second and systemd restarts it if that keeps failing; nothing already stored is lost"
+                        .to_owned(),
+                ),
+            ),
+        };
+        SpoolStatus {
+            state,
+            since_us,
+            problem,
+            fix,
+            refused_appends,
+        }
+    }
+}
+
 /// Everything the status file holds.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct NodeStatus {
     pub updated_at_us: u64,
     pub node_id: String,
@@ -77,7 +173,25 @@ pub struct NodeStatus {
     pub track_id: String,
     pub decoders: Vec<InputStatus>,
     pub uplink: Option<UplinkStatus>,
+    pub spool: SpoolStatus,
+    /// The spool's problem in one line while it refuses events (`spool.problem`); `None` while it
+    /// stores. The watchdog stops while the spool has failed.
     pub spool_alarm: Option<String>,
+}
+
+/// Logs an append that failed. A refusal caused by the spool's state (full, disk low, failed) is
+/// logged at debug only: the status writer logs each state change once and then a summary every
+/// [`super::SPOOL_ALARM_SUMMARY_INTERVAL_S`], never a line per read.
+pub fn log_store_failure(input: &str, error: &spool::SpoolError, what: &str) {
+    let msg = spool::error_chain(error);
+    match error {
+        spool::SpoolError::SpoolFull { .. }
+        | spool::SpoolError::DiskLow { .. }
+        | spool::SpoolError::Failed { .. } => {
+            tracing::debug!(input, error = %msg, "{what}");
+        }
+        _ => tracing::error!(input, error = %msg, "{what}"),
+    }
 }
 
 /// A cheap handle every task updates.

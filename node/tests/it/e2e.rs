@@ -205,6 +205,8 @@ async fn kill_9_at_1000_passings_per_second_loses_nothing_and_duplicates_nothing
     .await;
 
     let mut child = spawn_node(dir.path(), &config_file);
+    // A read-only open refuses the crashed spool until the new node has recovered it.
+    wait_for("the new node to recover the spool", || reader().is_some()).await;
     let r = reader().unwrap();
     let first = *stored(|from| r.read_global(from, 5000).unwrap())
         .keys()

@@ -1212,3 +1212,231 @@ fn ctrl_c_during_a_file_export_leaves_no_partial_file() {
         "no partial or complete file is left: {left:?}"
     );
 }
+
+#[test]
+fn stats_reads_the_status_file_through_its_types_and_prints_times_for_people() {
+    use node::runtime::status::{InputStatus, NodeStatus, SpoolStatus, UplinkStatus};
+    let f = Fixture::new();
+    let now = spool::now_us();
+    let health = spool::SpoolHealth::DiskLow {
+        free_bytes: 1_000,
+        reserve_bytes: 2_000,
+    };
+    let status = NodeStatus {
+        updated_at_us: now,
+        uplink: Some(UplinkStatus {
+            backlog: 5,
+            last_error: Some("HTTP 503 from central".into()),
+            last_error_at_us: Some(now - 4_000_000),
+            ..UplinkStatus::default()
+        }),
+        decoders: vec![InputStatus {
+            name: "finish".into(),
+            state: "connected".into(),
+            passings_stored: 7,
+            ..InputStatus::default()
+        }],
+        spool: SpoolStatus::from_health(&health, now - 60_000_000, 12),
+        spool_alarm: Some("disk nearly full".into()),
+        ..NodeStatus::default()
+    };
+    let mut json = serde_json::to_value(&status).unwrap();
+    // A newer node's field, and an older node's missing one: both are fine.
+    json["decoders"][0]["flapping"] = serde_json::json!({"sessions": 3});
+    json.as_object_mut().unwrap().remove("track_id");
+    std::fs::write(node::config::status_file(f.dir.path()), json.to_string()).unwrap();
+
+    let text = f.cli(&["stats"]).ok().stdout;
+    assert!(
+        !text.contains("_at_us1") && !text.contains("_at_us="),
+        "no raw microseconds: {text}"
+    );
+    assert!(
+        text.contains("last error  HTTP 503 from central, at 20") && text.contains("(4 s ago)"),
+        "the error's time for people: {text}"
+    );
+    assert!(text.contains("ALARM: refusing new events since"), "{text}");
+    assert!(text.contains("1000 bytes free"), "{text}");
+    assert!(
+        text.contains("fix         free space on the disk"),
+        "{text}"
+    );
+    assert!(text.contains("passings_stored=7"), "{text}");
+    assert!(
+        text.contains("disk free") && text.contains("the node refuses new events below 96.0 MiB"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("unreadable"),
+        "a field this build does not know, and one it misses, do not stop it reading the file: {text}"
+    );
+    let json = f.cli(&["stats", "--json"]).ok().json();
+    assert_eq!(json["node_status"]["status"]["spool"]["state"], "disk_low");
+}
+
+#[test]
+fn every_command_ends_quietly_when_its_reader_closes_the_pipe() {
+    let f = Fixture::new();
+    for args in [
+        vec!["stats"],
+        vec!["streams"],
+        vec!["tail", "-n", "9"],
+        vec!["show", "1"],
+        vec!["rejected"],
+    ] {
+        let mut all = vec!["spool", "--data-dir", f.data_dir()];
+        all.extend_from_slice(&args);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_venue-node"))
+            .args(&all)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting venue-node");
+        // The reader goes away before the command writes, as `| head -0` would.
+        drop(child.stdout.take());
+        let mut stderr = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        let status = child.wait().unwrap();
+        assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
+        assert_eq!(status.code(), Some(0), "{args:?}: {stderr}");
+    }
+}
+
+/// The spool's files: their bytes and modification times.
+fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>, std::time::SystemTime)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let meta = e.metadata().unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+                meta.modified().unwrap(),
+            )
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn export_and_verify_do_not_change_a_crashed_spool() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "[[decoder]]\nname = \"sim\"\nkind = \"sim\"\nrate = 50\n",
+    );
+    let data = dir.path().join("data");
+    let mut node = crate::process::spawn_node(dir.path(), &config);
+    // Kill -9 once the node has stored passings (they are in its journal, not yet checkpointed).
+    let deadline = Instant::now() + Duration::from_secs(CLI_TIMEOUT_S);
+    loop {
+        let stored = std::fs::read_to_string(node::config::status_file(&data))
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .and_then(|s| s["decoders"][0]["passings_stored"].as_u64())
+            .unwrap_or(0);
+        if stored > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the node stored nothing: {}",
+            crate::process::logs(dir.path())
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    node.kill().unwrap();
+    node.wait().unwrap();
+    let spool_dir = node::config::spool_dir(&data);
+    let before = snapshot(&spool_dir);
+    let data = data.to_str().unwrap();
+    for args in [
+        vec!["spool", "--data-dir", data, "export", "--format", "jsonl"],
+        vec!["spool", "--data-dir", data, "verify"],
+        vec!["spool", "--data-dir", data, "stats"],
+    ] {
+        let out = venue_node(&args);
+        assert_eq!(out.code, Some(1), "{args:?} refuses: {}", out.stderr);
+        assert!(
+            out.stderr.contains("not closed cleanly") && out.stderr.contains("start the node"),
+            "{args:?} says why and what to do: {}",
+            out.stderr
+        );
+        assert!(
+            snapshot(&spool_dir) == before,
+            "{args:?} left the crashed spool's files byte-identical, mtimes too"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_and_spool_stats_count_the_uplink_backlog_alike() {
+    // A central that accepts and never answers: the drain waits on its first batch and reports
+    // nothing more, as during a long WAN stall.
+    let central = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let central_url = format!("http://{}", central.local_addr().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "secret\n").unwrap();
+    let mut config = crate::runtime::config(dir.path(), dir.path().join("no-decoder"));
+    config.decoders.clear();
+    config.uplink = Some(node::config::UplinkSettings {
+        central_url,
+        token_file: token,
+        ca_file: None,
+        client_cert: None,
+        client_key: None,
+        forward: None,
+        limits: None,
+    });
+    let node = crate::runtime::Running::start(&config).await;
+    // Events arrive while the drain is stuck.
+    for n in 0..50 {
+        node.spool
+            .append(vec![AppendStream::new(
+                StreamId::new(DECODER).unwrap(),
+                ExpectedVersion::Any,
+                vec![passing(n)],
+            )])
+            .await
+            .unwrap();
+    }
+    let data_dir = config.data_dir.to_str().unwrap().to_owned();
+    let status_path = node::config::status_file(&config.data_dir);
+    let agree = || -> Option<(u64, u64)> {
+        let status: Value =
+            serde_json::from_str(&std::fs::read_to_string(&status_path).ok()?).ok()?;
+        let in_status = status["uplink"]["backlog"].as_u64()?;
+        let stats = venue_node(&["spool", "--data-dir", &data_dir, "stats", "--json"]);
+        let stats: Value = serde_json::from_str(&stats.stdout).ok()?;
+        let in_stats = stats["cursors"]
+            .as_array()?
+            .iter()
+            .find(|c| c["name"] == "uplink")
+            .map_or(stats["last_seq"].as_u64()?, |c| {
+                c["backlog"].as_u64().unwrap_or(0)
+            });
+        Some((in_status, in_stats))
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match agree() {
+            Some((a, b)) if a == b && a >= 50 => break,
+            seen => assert!(
+                Instant::now() < deadline,
+                "status.json and `spool stats` disagree on the backlog: (status, stats) = {seen:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    node.stop().await;
+    drop(central);
+}

@@ -6,6 +6,7 @@ mod common;
 mod concurrency;
 mod crash;
 mod cursors;
+mod disk;
 mod format;
 mod model;
 mod projections;

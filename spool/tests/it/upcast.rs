@@ -40,11 +40,28 @@ fn check(events: &[spool::RecordedEvent]) {
 fn a_fixture_spool_written_with_passing_v1_reads_as_v2_read_only_and_for_writing() {
     let dir = fixture_copy();
     let schemas = Arc::new(catalog::schemas());
+    // The fixture's writer never closed it: a read-only open refuses to recover it (that would
+    // write), and leaves the files as they were.
+    let before: Vec<Vec<u8>> = [spool::storage::DB_FILE, spool::storage::JOURNAL_FILE]
+        .iter()
+        .map(|name| std::fs::read(dir.path().join(name)).unwrap())
+        .collect();
+    match SpoolReader::open(dir.path(), schemas.clone()) {
+        Err(spool::SpoolError::NeedsRecovery { .. }) => {}
+        Err(other) => panic!("expected NeedsRecovery, got {other}"),
+        Ok(_) => panic!("a read-only open of an unclosed spool must not recover it"),
+    }
+    let after: Vec<Vec<u8>> = [spool::storage::DB_FILE, spool::storage::JOURNAL_FILE]
+        .iter()
+        .map(|name| std::fs::read(dir.path().join(name)).unwrap())
+        .collect();
+    assert!(before == after, "a refused read-only open changes no byte");
+    let spool = Spool::open(dir.path(), SpoolConfig::default()).unwrap();
     {
+        // Recovered by the writer, it reads read-only beside it.
         let reader = SpoolReader::open(dir.path(), schemas.clone()).unwrap();
         check(&reader.read_global(Seq::FIRST, 100).unwrap());
     }
-    let spool = Spool::open(dir.path(), SpoolConfig::default()).unwrap();
     let events = spool.read_global(Seq::FIRST, 100).unwrap();
     check(&events);
     let by_stream = spool

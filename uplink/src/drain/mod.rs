@@ -1019,8 +1019,8 @@ impl<'a> Sender<'a> {
         });
     }
 
-    /// Updates the status. The backlog comes from the spool's head as the writer publishes it
-    /// and from the cursor this sender acknowledged: nothing is read from disk here.
+    /// Updates the status. The backlog ([`spool::Backlog`]) comes from the spool's head as the writer
+    /// publishes it and from the cursor this sender acknowledged: nothing is read from disk here.
     fn publish(&self, change: impl FnOnce(&mut DrainStatus)) {
         let head = *self.drain.spool.watch_head().borrow();
         let moves_cursor = self.moves_cursor;
@@ -1028,7 +1028,8 @@ impl<'a> Sender<'a> {
         self.drain.status.send_modify(|s| {
             change(s);
             if moves_cursor {
-                s.backlog = head.0.saturating_sub(acked.0);
+                // The spool's one definition, the same that `spool stats` and status.json print.
+                s.backlog = spool::Backlog { acked, head }.events();
                 s.acked_seq = acked.0;
             }
         });
