@@ -25,7 +25,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, UplinkSettings};
 use crate::runtime::{self, Node};
-use crate::sim;
 
 /// How long the demo's decoder cable stays plugged in between pulls.
 pub const DEMO_UNPLUG_EVERY_S: u64 = 45;

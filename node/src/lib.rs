@@ -13,4 +13,4 @@ pub mod demo;
 pub mod doctor;
 pub mod inspect;
 pub mod runtime;
-pub mod sim;
+pub mod simulate;

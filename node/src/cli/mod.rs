@@ -71,7 +71,7 @@ pub enum Command {
     /// and answers 200 only once the store is durable. Plain HTTP is allowed only on loopback.
     Central(CentralArgs),
     /// Serve a simulated P3 decoder on a pseudo-terminal or TCP.
-    Simulate(crate::sim::SimulateArgs),
+    Simulate(crate::simulate::SimulateArgs),
     /// Inspect the spool (works while the node runs, read-only beside it).
     Spool(crate::inspect::SpoolArgs),
     /// Check the box: serial devices, disk, data directory, clock, configuration.
@@ -174,7 +174,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Ok(())
         }
         Command::Central(args) => central(args),
-        Command::Simulate(args) => crate::sim::run(args),
+        Command::Simulate(args) => crate::simulate::run(args),
         Command::Spool(args) => crate::inspect::run(args),
         Command::Doctor(args) => crate::doctor::run(args),
     };

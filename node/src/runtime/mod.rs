@@ -167,17 +167,17 @@ impl Node {
                 DecoderKind::Sim { seed, rate_per_s } => {
                     // The built-in simulator: served on a PTY in the data directory and read through
                     // tokio-serial like any serial decoder, so the node's path is the real one.
-                    let sim_config = crate::sim::SimConfig {
+                    let sim_config = sim::SimConfig {
                         seed: *seed,
                         rate_per_s: *rate_per_s,
                         ..Default::default()
                     };
-                    let decoder = crate::sim::Decoder::new(sim_config)
+                    let decoder = sim::Decoder::new(sim_config)
                         .map_err(|e| anyhow::anyhow!("decoder {:?}: {e}", d.name))?;
                     let link = self.data_dir.join(format!("sim-{}", d.name));
-                    let _pty = crate::sim::serve_pty(
+                    let _pty = sim::serve_pty(
                         decoder,
-                        crate::sim::PtyOptions::new(&link),
+                        sim::PtyOptions::new(&link),
                         cancel.clone(),
                     )
                     .await

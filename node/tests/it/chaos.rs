@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use node::sim::{self, Decoder, PtyOptions, SimConfig};
+use ::sim::{self, Decoder, PtyOptions, SimConfig};
 use spool::{Seq, SpoolReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use node::sim::{self, Decoder, Emitted, PtyOptions, SimConfig};
+use ::sim::{self, Decoder, Emitted, PtyOptions, SimConfig};
 use spool::catalog;
 use spool::schema::EventPayload;
 use spool::{Seq, SpoolReader};

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use decoder::{Accumulator, Body, Event, Frame, FrameBuilder, Record, tor};
-use node::sim::{
+use ::sim::{
     Decoder, FrameFault, PtyHandle, PtyOptions, SimConfig, TOR_HELLO, TagStyle, serve_pty,
     serve_tcp,
 };
@@ -192,7 +192,7 @@ async fn pty_reader_gets_status_and_consecutive_passings_as_emitted() {
             (p.transponder, p.rtc_time_us, e.fault),
             (Some(e.transponder), e.rtc_us, None)
         );
-        assert_eq!(p.decoder_id.unwrap().0, node::sim::DEFAULT_DECODER_ID);
+        assert_eq!(p.decoder_id.unwrap().0, ::sim::DEFAULT_DECODER_ID);
     }
     for g in r.frames.iter().filter(|g| g.tor == tor::STATUS) {
         assert!(matches!(g.record().body, Body::Status(s) if s.noise.is_some()));
@@ -294,7 +294,7 @@ async fn get_time_is_answered_also_in_the_vmindru_form() {
             rtc - RTC_START_US <= started.elapsed().as_micros() as u64,
             "{form}: clock ahead of real time"
         );
-        assert_eq!(t.decoder_id.unwrap().0, node::sim::DEFAULT_DECODER_ID);
+        assert_eq!(t.decoder_id.unwrap().0, ::sim::DEFAULT_DECODER_ID);
     }
     assert_eq!(sim.stats().model.get_time_requests, 2);
     assert_eq!(sim.stats().model.commands_refused, 0);
@@ -563,7 +563,7 @@ async fn tcp_serves_four_clients_the_same_passings_and_turns_a_fifth_away() {
             r.count(tor::PASSING) >= 100
                 && r.frames.iter().any(|g| {
                     matches!(g.record().body, Body::Passing(p)
-                        if node::sim::GATE_BEACONS.contains(&p.transponder.unwrap_or(0)))
+                        if ::sim::GATE_BEACONS.contains(&p.transponder.unwrap_or(0)))
                 })
         })
         .await;

@@ -7,11 +7,10 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-use super::config::{Faults, PASSING_MEMORY_MAX, SimConfig, TagStyle};
-use super::model::{Decoder, Emitted};
-use super::pty::{PtyOptions, serve_pty};
-use super::serve::ServeStats;
-use super::tcp::serve_tcp;
+use sim::{
+    Decoder, Emitted, Faults, PASSING_MEMORY_MAX, PtyOptions, ServeStats, SimConfig, TagStyle,
+    serve_pty, serve_tcp,
+};
 
 /// Up to this many passings a second are printed one per line; above it, one summary line a second, so
 /// a stress run does not drown the terminal.
@@ -117,7 +116,7 @@ impl SimulateArgs {
             gate_beacons: self.gate_beacons,
             gate_interval: seconds("gate-interval", self.gate_interval)?,
             status_interval: seconds("status-interval", self.status_interval)?,
-            decoder_id: self.decoder_id.unwrap_or(super::DEFAULT_DECODER_ID),
+            decoder_id: self.decoder_id.unwrap_or(sim::DEFAULT_DECODER_ID),
             first_passing_number: self.first_number,
             clock_drift_ppm: self.drift_ppm,
             memory_passings: self.memory,

@@ -15,11 +15,11 @@
 //!   5403, up to 4 clients). The model keeps generating on schedule whatever the reader does: output
 //!   goes through a bounded queue per reader, the oldest dropped when full, and output with nobody
 //!   listening is dropped. Both count what they drop.
-//! * `venue-node simulate` ([`run`]) is the command line around them.
+//! * `venue-node simulate` (`node::simulate`) is the command line around them.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), node::sim::SimError> {
-//! use node::sim::{Decoder, PtyOptions, SimConfig, serve_pty};
+//! # async fn demo() -> Result<(), sim::SimError> {
+//! use sim::{Decoder, PtyOptions, SimConfig, serve_pty};
 //! let cancel = tokio_util::sync::CancellationToken::new();
 //! let decoder = Decoder::new(SimConfig { rate_per_s: 100.0, ..Default::default() })?;
 //! let emitted = decoder.emitted();
@@ -33,7 +33,6 @@
 //! # Ok(()) }
 //! ```
 
-mod cli;
 mod config;
 mod model;
 mod pty;
@@ -44,7 +43,6 @@ mod tcp;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-pub use cli::{SimulateArgs, run};
 pub use config::{
     DEFAULT_DECODER_ID, EMITTED_LOG_MAX, FIELD_SIZE_MAX, Faults, GARBAGE_BURST_BYTES_MAX,
     GATE_BEACONS, LapTimes, PASSING_MEMORY_MAX, RATE_PER_S_MAX, STATUS_INTERVAL_MS_MIN, Schedule,
