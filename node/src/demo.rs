@@ -244,19 +244,19 @@ async fn demo(args: DemoArgs, cancel: CancellationToken) -> anyhow::Result<()> {
     std::fs::write(&tokens_file, format!("demo-track {token}\n"))?;
     let token_file = dir.join("uplink-token");
     std::fs::write(&token_file, token)?;
-    let central_store = uplink::central::SpoolStore::open(&dir.join("central"))
+    let central_store = central::SpoolStore::open(&dir.join("central"))
         .await
         .map_err(|e| anyhow::anyhow!(uplink::chain(&e)))?;
-    let central = uplink::central::Central::new(
+    let central = central::Central::new(
         central_store,
-        uplink::central::Tokens::load(&tokens_file)
+        central::Tokens::load(&tokens_file)
             .map_err(|e| anyhow::anyhow!(uplink::chain(&e)))?,
     );
-    let server = uplink::central::Server::bind("127.0.0.1:0".parse()?, None)
+    let server = central::Server::bind("127.0.0.1:0".parse()?, None)
         .await
         .map_err(|e| anyhow::anyhow!(uplink::chain(&e)))?;
     let central_addr = server.local_addr();
-    tokio::spawn(server.run(uplink::central::router(central.clone()), cancel.clone()));
+    tokio::spawn(server.run(central::router(central.clone()), cancel.clone()));
     let (wan, wan_addr) = Wan::start(central_addr, cancel.clone()).await?;
 
     // The node.

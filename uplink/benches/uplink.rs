@@ -19,7 +19,7 @@ use spool::catalog;
 use spool::schema::EventPayload;
 use spool::{AppendStream, ExpectedVersion, Metadata, Seq, Spool, SpoolConfig, StreamId};
 use tokio_util::sync::CancellationToken;
-use uplink::central::{Central, IngestStore, JetStreamStore, Server, SpoolStore, Tokens, validate};
+use central::{Central, IngestStore, JetStreamStore, Server, SpoolStore, Tokens, validate};
 use uplink::drain::{Drain, DrainConfig};
 
 const TRACK: &str = "bmx-main";
@@ -259,7 +259,7 @@ async fn drain_run(
                     .unwrap();
                 addr_tx.send(server.local_addr()).unwrap();
                 server
-                    .run(uplink::central::router(central.clone()), cancel)
+                    .run(central::router(central.clone()), cancel)
                     .await
                     .unwrap();
                 central.stats()[TRACK]

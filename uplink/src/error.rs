@@ -97,11 +97,13 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn spool(op: &'static str) -> impl FnOnce(spool::SpoolError) -> Self {
+    /// Wraps a spool error with the operation that failed (the drain's reads, central's spool store).
+    pub fn spool(op: &'static str) -> impl FnOnce(spool::SpoolError) -> Self {
         move |source| Self::Spool { op, source }
     }
 
-    pub(crate) fn nats(
+    /// A NATS failure during `op` (central's JetStream store).
+    pub fn nats(
         op: impl Into<String>,
         source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
     ) -> Self {

@@ -117,7 +117,7 @@ pub enum ConfigCommand {
 pub struct UsageError(pub String);
 
 fn central(args: CentralArgs) -> anyhow::Result<()> {
-    use uplink::central::{CentralConfig, StoreConfig};
+    use central::{CentralConfig, StoreConfig};
     let tls = match (args.tls_cert, args.tls_key) {
         (Some(cert_file), Some(key_file)) => Some(uplink::tls::ServerTlsConfig {
             cert_file,
@@ -141,7 +141,7 @@ fn central(args: CentralArgs) -> anyhow::Result<()> {
     };
     crate::runtime::block_on(|cancel| async move {
         tracing::info!(listen = %config.listen, "central starting");
-        uplink::central::serve(config, cancel)
+        central::serve(config, cancel)
             .await
             .map_err(|e| anyhow::anyhow!(uplink::chain(&e)))
     })

@@ -49,7 +49,7 @@ use crate::wire::{EncodedEvent, EventIdContext, IdempotencyKey, WireEvent};
 pub const UPLINK_BATCH_EVENTS_MAX: usize = 5_000;
 
 /// Most bytes of one batch body. Central refuses bodies over
-/// [`crate::central::validate::INGEST_BODY_BYTES_MAX`]; staying well below leaves room for servers
+/// [`crate::wire::INGEST_BODY_BYTES_MAX`]; staying well below leaves room for servers
 /// with a smaller limit (they answer 413, and the drain splits).
 pub const UPLINK_BATCH_BYTES_MAX: usize = 2 * 1024 * 1024;
 
@@ -85,8 +85,8 @@ pub const UPLINK_REQUEST_MS_MAX: u64 = 30_000;
 pub const UPLINK_RATE_WINDOW_MS: u64 = 10_000;
 
 const _: () = assert!(UPLINK_BACKOFF_MS_MIN <= UPLINK_BACKOFF_MS_MAX);
-const _: () = assert!(UPLINK_BATCH_BYTES_MAX < crate::central::validate::INGEST_BODY_BYTES_MAX);
-const _: () = assert!(UPLINK_BATCH_EVENTS_MAX <= crate::central::validate::INGEST_BATCH_EVENTS_MAX);
+const _: () = assert!(UPLINK_BATCH_BYTES_MAX < crate::wire::INGEST_BODY_BYTES_MAX);
+const _: () = assert!(UPLINK_BATCH_EVENTS_MAX <= crate::wire::INGEST_BATCH_EVENTS_MAX);
 const _: () = assert!(UPLINK_BATCH_EVENTS_MAX <= spool::READ_EVENTS_MAX);
 
 /// The cursor the drain keeps in the spool, unless configured otherwise.
@@ -254,7 +254,7 @@ impl Drain {
             ("client_id", &config.client_id),
         ] {
             if id.is_empty()
-                || id.len() > crate::central::validate::INGEST_ID_BYTES_MAX
+                || id.len() > crate::wire::INGEST_ID_BYTES_MAX
                 || !id
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
@@ -601,7 +601,7 @@ pub fn encode(config: &DrainConfig, schemas: &Schemas, event: &RecordedEvent) ->
 fn boot_id_of(event: &RecordedEvent) -> &str {
     let id = event.meta.boot_id.as_str();
     let valid = !id.is_empty()
-        && id.len() <= crate::central::validate::INGEST_ID_BYTES_MAX
+        && id.len() <= crate::wire::INGEST_ID_BYTES_MAX
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');

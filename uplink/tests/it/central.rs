@@ -4,7 +4,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use serde_json::{Value, json};
 use tower::ServiceExt;
-use uplink::central::{Central, SpoolStore, router};
+use central::{Central, SpoolStore, router};
 
 use crate::common::*;
 

@@ -13,7 +13,7 @@ use spool::{AppendStream, ExpectedVersion, Metadata, NewEvent, Spool, SpoolConfi
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use uplink::central::{Central, IngestStore, Server, SpoolStore, StoredIngest, Tokens};
+use central::{Central, IngestStore, Server, SpoolStore, StoredIngest, Tokens};
 use uplink::drain::{Drain, DrainConfig, DrainLimits, DrainStatus};
 use uplink::tls::ServerTlsConfig;
 
@@ -155,7 +155,7 @@ pub async fn start_central<S: IngestStore>(
     let addr = server.local_addr();
     let central = Central::new(store, tokens());
     let cancel = CancellationToken::new();
-    let task = tokio::spawn(server.run(uplink::central::router(central.clone()), cancel.clone()));
+    let task = tokio::spawn(server.run(central::router(central.clone()), cancel.clone()));
     RunningCentral {
         addr,
         central,

@@ -14,8 +14,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::Error;
-use crate::tls::ServerTlsConfig;
+use uplink::Error;
+use uplink::tls::ServerTlsConfig;
 
 /// Longest a client may take to finish its TLS handshake before the connection is dropped.
 pub const CENTRAL_TLS_HANDSHAKE_MS_MAX: u64 = 10_000;
@@ -40,7 +40,7 @@ impl Server {
                 "central on {listen} needs TLS: plain HTTP is only allowed on loopback"
             )));
         }
-        let tls = tls.map(crate::tls::server_config).transpose()?;
+        let tls = tls.map(uplink::tls::server_config).transpose()?;
         let listener = TcpListener::bind(listen)
             .await
             .map_err(|source| Error::Bind {

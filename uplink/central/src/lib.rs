@@ -49,9 +49,9 @@ pub use store::spool::{SpoolStore, StoredIngest};
 pub use tokens::Tokens;
 pub use validate::{Reject, ValidBatch, ValidEvent};
 
-use crate::Error;
-use crate::tls::ServerTlsConfig;
-use crate::wire::{BatchAccepted, RejectBody};
+use uplink::Error;
+use uplink::tls::ServerTlsConfig;
+use uplink::wire::{BatchAccepted, RejectBody};
 
 /// Where central keeps what it accepted. Implementations make a batch durable before they return, and
 /// count an event whose `(track_id, client_id, seq)` they already hold as a duplicate, for ever.
@@ -256,7 +256,7 @@ async fn ingest_batch<S: IngestStore>(
     match stored {
         Ok(done) => (StatusCode::OK, axum::Json(done)).into_response(),
         Err(error) => {
-            tracing::error!(track, error = %crate::error::chain(&error), "ingest store failed");
+            tracing::error!(track, error = %uplink::chain(&error), "ingest store failed");
             server_error("the store is unavailable; retry later")
         }
     }
