@@ -13,4 +13,5 @@ pub mod demo;
 pub mod doctor;
 pub mod inspect;
 pub mod runtime;
+pub mod signal;
 pub mod simulate;

@@ -36,7 +36,7 @@ Faults (--faults, comma-separated):
   stall=EVERY/FOR        every EVERY, the decoder stops writing for FOR, then sends what it kept
   P is 0..1 or a percentage (0.5%); durations like 500ms, 30s, 2m.
 
-It answers RESEND (TOR 0x0004, FROM..=UNTIL) and GET_TIME (TOR 0x0024). Stop it with Ctrl-C.";
+It answers RESEND (TOR 0x0004, FROM..=UNTIL) and GET_TIME (TOR 0x0024). Stop it with Ctrl-C or SIGTERM.";
 
 /// The `simulate` command's arguments.
 #[derive(Debug, Clone, clap::Args)]
@@ -148,24 +148,8 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
 
 async fn serve(args: SimulateArgs, decoder: Decoder) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
-    {
-        let cancel = cancel.clone();
-        tokio::spawn(async move {
-            let _ = tokio::signal::ctrl_c().await;
-            cancel.cancel();
-        });
-    }
-    #[cfg(unix)]
-    {
-        // SIGTERM (systemd, kill) stops it the same way.
-        let cancel = cancel.clone();
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .context("installing the SIGTERM handler")?;
-        tokio::spawn(async move {
-            term.recv().await;
-            cancel.cancel();
-        });
-    }
+    crate::signal::cancel_on_shutdown_signal(cancel.clone())
+        .context("listening for SIGTERM and Ctrl-C")?;
     let emitted = decoder.emitted();
     let id = decoder.decoder_id();
     let print_each = !args.quiet && args.rate <= PRINT_PASSINGS_PER_S_MAX as f64;

@@ -637,6 +637,19 @@ fn lines_of(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_simulate_command_prints_the_device_serves_it_and_stops_on_ctrl_c() {
+    simulate_serves_then_stops_on("INT").await;
+}
+
+/// systemd and `kill` stop the simulator with SIGTERM; it must stop as cleanly as on Ctrl-C, with its
+/// link removed, not die by the default action (issue 9, item 6).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_simulate_command_stops_cleanly_on_sigterm() {
+    simulate_serves_then_stops_on("TERM").await;
+}
+
+/// Runs `venue-node simulate` on a PTY, reads passings from it, sends `signal` and waits for a clean
+/// exit (status 0, link removed).
+async fn simulate_serves_then_stops_on(signal: &str) {
     let dir = tempfile::tempdir().unwrap();
     let link = dir.path().join("decoder0");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_venue-node"))
@@ -679,9 +692,8 @@ async fn the_simulate_command_prints_the_device_serves_it_and_stops_on_ctrl_c() 
             break;
         }
     }
-    // Ctrl-C.
     let status = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+        .args([&format!("-{signal}"), &child.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
@@ -690,11 +702,14 @@ async fn the_simulate_command_prints_the_device_serves_it_and_stops_on_ctrl_c() 
         if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
-        assert!(Instant::now() < deadline, "still running after Ctrl-C");
+        assert!(Instant::now() < deadline, "still running after SIG{signal}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
-    assert!(exit.success(), "{exit}");
-    assert!(std::fs::symlink_metadata(&link).is_err(), "link removed");
+    assert!(exit.success(), "SIG{signal}: {exit}");
+    assert!(
+        std::fs::symlink_metadata(&link).is_err(),
+        "link removed after SIG{signal}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
