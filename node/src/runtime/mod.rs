@@ -129,19 +129,7 @@ impl Node {
             version: env!("CARGO_PKG_VERSION").into(),
             boot_id: boot_id.clone(),
         };
-        let meta = Metadata {
-            captured_at_us: now_us(),
-            boot_id: boot_id.clone(),
-            ..Metadata::default()
-        };
-        spool
-            .append(vec![AppendStream::new(
-                StreamId::node(),
-                ExpectedVersion::Any,
-                vec![started.to_event(meta)],
-            )])
-            .await
-            .context("storing node.started")?;
+        append_node_event(&spool, &boot_id, started).await?;
         let status = Shared::new(NodeStatus {
             node_id: node_id.clone(),
             boot_id: boot_id.clone(),
@@ -234,19 +222,7 @@ impl Node {
             version: env!("CARGO_PKG_VERSION").into(),
             boot_id: self.boot_id.clone(),
         };
-        let meta = Metadata {
-            captured_at_us: now_us(),
-            boot_id: self.boot_id.clone(),
-            ..Metadata::default()
-        };
-        self.spool
-            .append(vec![AppendStream::new(
-                StreamId::node(),
-                ExpectedVersion::Any,
-                vec![stopping.to_event(meta)],
-            )])
-            .await
-            .context("storing node.stopping")?;
+        append_node_event(&self.spool, &self.boot_id, stopping).await?;
         let spool = self.spool;
         // The last clone: dropping it checkpoints and joins the writer thread, which blocks.
         tokio::task::spawn_blocking(move || drop(spool))
@@ -300,6 +276,29 @@ impl Node {
     }
 }
 
+/// Stores one of the node's own lifecycle events (`node.started`, `node.stopping`) on the node's
+/// stream: the one place their metadata and stream are chosen.
+async fn append_node_event<E: EventPayload>(
+    spool: &Spool,
+    boot_id: &str,
+    payload: E,
+) -> anyhow::Result<()> {
+    let meta = Metadata {
+        captured_at_us: now_us(),
+        boot_id: boot_id.to_string(),
+        ..Metadata::default()
+    };
+    spool
+        .append(vec![AppendStream::new(
+            StreamId::node(),
+            ExpectedVersion::Any,
+            vec![payload.to_event(meta)],
+        )])
+        .await
+        .with_context(|| format!("storing {}", E::EVENT_TYPE))?;
+    Ok(())
+}
+
 /// Rewrites the status file every second (atomically: temp file and rename), so readers outside the
 /// process never see half a file.
 async fn write_status(data_dir: PathBuf, status: Shared, cancel: CancellationToken) {
@@ -335,30 +334,10 @@ where
         .context("starting the async runtime")?;
     rt.block_on(async {
         let cancel = CancellationToken::new();
-        let signals = cancel.clone();
-        tokio::spawn(async move {
-            shutdown_signal().await;
-            tracing::info!("shutdown requested");
-            signals.cancel();
-        });
+        crate::signal::cancel_on_shutdown_signal(cancel.clone())
+            .context("listening for SIGTERM and Ctrl-C")?;
         f(cancel).await
     })
-}
-
-/// SIGTERM (systemd stop) and SIGINT (Ctrl-C) start the same orderly shutdown.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        // Without handlers the default action (exit) applies; nothing better to do.
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
 }
 
 /// `venue-node run`.
