@@ -8,8 +8,8 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use sim::{
-    Decoder, Emitted, Faults, PASSING_MEMORY_MAX, PtyOptions, ServeStats, SimConfig, TagStyle,
-    serve_pty, serve_tcp,
+    Decoder, Faults, PASSING_MEMORY_MAX, PtyOptions, SimConfig, SimHandle, TagStyle, serve_pty,
+    serve_tcp,
 };
 
 /// Up to this many passings a second are printed one per line; above it, one summary line a second, so
@@ -150,14 +150,12 @@ async fn serve(args: SimulateArgs, decoder: Decoder) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
     crate::signal::cancel_on_shutdown_signal(cancel.clone())
         .context("listening for SIGTERM and Ctrl-C")?;
-    let emitted = decoder.emitted();
     let id = decoder.decoder_id();
     let print_each = !args.quiet && args.rate <= PRINT_PASSINGS_PER_S_MAX as f64;
     if let Some(addr) = args.tcp {
         let tcp = serve_tcp(decoder, addr, cancel.clone()).await?;
         println!("listening on {} (decoder id {id})", tcp.local_addr());
-        report(&emitted, || tcp.stats(), print_each, &cancel).await;
-        tcp.closed().await;
+        report(&tcp, print_each, &cancel).await;
     } else {
         let link = args
             .pty
@@ -170,20 +168,17 @@ async fn serve(args: SimulateArgs, decoder: Decoder) -> anyhow::Result<()> {
             device.display(),
             link.display()
         );
-        report(&emitted, || pty.stats(), print_each, &cancel).await;
-        pty.closed().await;
+        report(&pty, print_each, &cancel).await;
     }
     eprintln!("simulator stopped");
     Ok(())
 }
 
-/// Prints what the decoder sends until cancelled: each passing at low rates, a summary each second.
-async fn report(
-    emitted: &Emitted,
-    stats: impl Fn() -> ServeStats,
-    print_each: bool,
-    cancel: &CancellationToken,
-) {
+/// Prints what the decoder sends until cancelled (each passing at low rates, a summary each second),
+/// then waits for the simulator to stop.
+async fn report<T>(sim: &SimHandle<T>, print_each: bool, cancel: &CancellationToken) {
+    let emitted = sim.emitted();
+    let stats = || sim.stats();
     let mut tick =
         tokio::time::interval(Duration::from_millis(if print_each { 100 } else { 1000 }));
     let mut next = emitted.last_number().map_or(0, |n| n.wrapping_add(1));
@@ -191,7 +186,7 @@ async fn report(
     let mut last_stats = stats();
     loop {
         tokio::select! {
-            () = cancel.cancelled() => return,
+            () = cancel.cancelled() => break,
             _ = tick.tick() => {}
         }
         if print_each {
@@ -229,4 +224,5 @@ async fn report(
             last_stats = s;
         }
     }
+    sim.closed().await;
 }

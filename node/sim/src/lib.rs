@@ -52,9 +52,11 @@ pub use model::{
     ADVANCE_FRAMES_MAX, Decoder, Emitted, EmittedPassing, FrameFault, ModelStats, Reply,
     ResendCursor, TOR_HELLO,
 };
-pub use pty::{PtyHandle, PtyOptions, serve_pty};
-pub use serve::{OUTPUT_QUEUE_BYTES_MAX, RESEND_CHUNK_FRAMES, RESEND_REQUESTS_MAX, ServeStats};
-pub use tcp::{DEFAULT_PORT, TCP_CLIENTS_MAX, TcpHandle, TcpOptions, serve_tcp};
+pub use pty::{Pty, PtyHandle, PtyOptions, serve_pty};
+pub use serve::{
+    OUTPUT_QUEUE_BYTES_MAX, RESEND_CHUNK_FRAMES, RESEND_REQUESTS_MAX, ServeStats, SimHandle,
+};
+pub use tcp::{DEFAULT_PORT, TCP_CLIENTS_MAX, Tcp, TcpHandle, TcpOptions, serve_tcp};
 
 /// What can go wrong with the simulator.
 #[derive(Debug, thiserror::Error)]

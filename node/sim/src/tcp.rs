@@ -11,8 +11,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::SimError;
-use super::model::{Decoder, Emitted};
-use super::serve::{self, Conn, Core, OUTPUT_QUEUE_BYTES_MAX, READ_BYTES_MAX, ServeStats};
+use super::model::Decoder;
+use super::serve::{self, Conn, Core, OUTPUT_QUEUE_BYTES_MAX, READ_BYTES_MAX, SimHandle};
 
 /// The port P3 decoders listen on.
 pub const DEFAULT_PORT: u16 = 5403;
@@ -39,21 +39,20 @@ impl From<SocketAddr> for TcpOptions {
     }
 }
 
-/// A running TCP simulator. Dropping the handle does not stop it: cancel the token given to
-/// [`serve_tcp`], then await [`TcpHandle::closed`].
+/// A running TCP simulator: [`SimHandle`] with the controls of a networked decoder.
+pub type TcpHandle = SimHandle<Tcp>;
+
+/// What only a TCP simulator has: its address and the switch that cuts every client.
 #[derive(Debug)]
-pub struct TcpHandle {
+pub struct Tcp {
     local_addr: SocketAddr,
-    core: Arc<Core>,
-    emitted: Emitted,
-    tracker: TaskTracker,
     cut: Arc<std::sync::Mutex<CancellationToken>>,
 }
 
-impl TcpHandle {
+impl SimHandle<Tcp> {
     /// The address it listens on.
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.transport.local_addr
     }
 
     /// Clients connected now.
@@ -61,28 +60,10 @@ impl TcpHandle {
         self.core.clients()
     }
 
-    pub fn emitted(&self) -> Emitted {
-        self.emitted.clone()
-    }
-
-    pub fn stats(&self) -> ServeStats {
-        self.core.stats()
-    }
-
-    /// Runs `f` on the decoder model. Keep it short: the generator waits.
-    pub fn with_decoder<T>(&self, f: impl FnOnce(&mut Decoder) -> T) -> T {
-        f(&mut self.core.model())
-    }
-
     /// Closes every client connection now, as a decoder reboot or a network cut would; new clients are
     /// accepted again at once.
     pub fn disconnect_all(&self) {
-        cut_all(&self.cut);
-    }
-
-    /// Waits until the simulator has stopped, after its token is cancelled.
-    pub async fn closed(&self) {
-        self.tracker.wait().await;
+        cut_all(&self.transport.cut);
     }
 }
 
@@ -118,12 +99,11 @@ pub async fn serve_tcp(
         cut.clone(),
     ));
     tracker.close();
-    Ok(TcpHandle {
-        local_addr,
+    Ok(SimHandle {
         core,
         emitted,
         tracker,
-        cut,
+        transport: Tcp { local_addr, cut },
     })
 }
 
