@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use decoder::{FrameBuilder, tor};
 use node::config::{ClockSettings, Config, DecoderConfig, DecoderKind, SpoolSettings};
 use node::runtime::Node;
-use spool::catalog;
+use events::catalog;
 use spool::schema::EventPayload;
 use spool::{Filter, Spool};
 use tokio::io::AsyncWriteExt;

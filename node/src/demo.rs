@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
-use spool::catalog;
+use events::catalog;
 use spool::schema::EventPayload;
 use spool::{Filter, RecordedEvent};
 use tokio::net::{TcpListener, TcpStream};

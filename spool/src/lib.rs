@@ -7,8 +7,16 @@
 //!
 //! ```no_run
 //! use spool::{AppendStream, ExpectedVersion, Filter, Metadata, Seq, Spool, SpoolConfig, StreamId};
-//! use spool::catalog::Decision;
 //! use spool::schema::EventPayload;
+//!
+//! // The spool stores any versioned postcard payload; what they are is its user's business (the
+//! // venue's catalog is the `events` crate).
+//! #[derive(serde::Serialize, serde::Deserialize)]
+//! struct Decision { kind: String, subject: String, text: String, user: String }
+//! impl EventPayload for Decision {
+//!     const EVENT_TYPE: &'static str = "race_control.decision";
+//!     const SCHEMA_VERSION: u16 = 1;
+//! }
 //!
 //! # fn main() -> Result<(), spool::SpoolError> {
 //! let spool = Spool::open("/var/lib/venue-node/spool", SpoolConfig::default())?;
@@ -134,7 +142,6 @@
 #![warn(missing_docs)]
 
 pub mod aggregate;
-pub mod catalog;
 mod error;
 mod journal;
 pub mod projection;

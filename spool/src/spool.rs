@@ -71,7 +71,8 @@ impl Default for SpoolConfig {
             required_cursors: Vec::new(),
             disk_cap_bytes: None,
             cache_bytes: SPOOL_CACHE_BYTES_DEFAULT,
-            schemas: Arc::new(crate::catalog::schemas()),
+            // The spool knows no event types: a venue's catalog comes from whoever opens it.
+            schemas: Arc::new(crate::schema::Schemas::empty()),
         }
     }
 }

@@ -164,7 +164,7 @@ pub const EVENT_PAYLOAD_BYTES_MAX: usize = 64 * 1024;
 /// An event to append. The spool adds the seq, the stream version and the recorded-at time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewEvent {
-    /// The event type, e.g. `decoder.passing` (see [`crate::catalog`]).
+    /// The event type, e.g. `decoder.passing` (the venue's catalog is the `events` crate).
     pub event_type: String,
     /// The payload's schema version for its type.
     pub schema_version: u16,

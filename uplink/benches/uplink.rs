@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use spool::catalog;
+use events::catalog;
 use spool::schema::EventPayload;
 use spool::{AppendStream, ExpectedVersion, Metadata, Seq, Spool, SpoolConfig, StreamId};
 use tokio_util::sync::CancellationToken;

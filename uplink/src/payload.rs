@@ -1,4 +1,4 @@
-//! The venue's spooled events ([`spool::catalog`]) as `track_ingest.v2` payloads.
+//! The venue's spooled events ([`events::catalog`]) as `track_ingest.v2` payloads.
 //!
 //! | spool event type | message_type | notes |
 //! |---|---|---|
@@ -12,7 +12,7 @@
 
 use serde_json::{Map, Value};
 use spool::RecordedEvent;
-use spool::catalog::{self, decoder_id_hex};
+use events::catalog::{self, decoder_id_hex};
 use spool::schema::{EventPayload, Schemas};
 
 use crate::wire::{Passing, Payload, Status, Version};

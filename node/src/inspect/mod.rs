@@ -300,6 +300,6 @@ fn ensure_spool(dir: &Path) -> anyhow::Result<()> {
 /// Opens the spool read-only, beside a node that may be running.
 fn open(dir: &Path) -> anyhow::Result<spool::SpoolReader> {
     ensure_spool(dir)?;
-    spool::SpoolReader::open(dir, Arc::new(spool::catalog::schemas()))
+    spool::SpoolReader::open(dir, Arc::new(events::catalog::schemas()))
         .with_context(|| format!("opening the spool {} read-only", dir.display()))
 }

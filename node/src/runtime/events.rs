@@ -1,7 +1,7 @@
 //! Decoder records to spool events: which stream, which type, which idempotency key.
 
 use decoder::{Body, Frame, Record, Reject};
-use spool::catalog;
+use ::events::catalog;
 use spool::schema::EventPayload;
 use spool::{Metadata, NewEvent, StreamId};
 

@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use decoder::{Accumulator, Event};
-use spool::catalog::{self, decoder_id_hex};
+use ::events::catalog::{self, decoder_id_hex};
 use spool::schema::EventPayload;
 use spool::{AppendStream, ExpectedVersion, Metadata, NewEvent, Spool, StreamId, now_us};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use spool::catalog;
+use ::events::catalog;
 use spool::schema::EventPayload;
 use spool::{AppendStream, ExpectedVersion, Metadata, Spool, SpoolConfig, StreamId, now_us};
 use tokio_util::sync::CancellationToken;
@@ -33,7 +33,7 @@ pub const STATUS_WRITE_INTERVAL_MS: u64 = 1_000;
 pub fn spool_config(config: &Config) -> SpoolConfig {
     let mut sc = SpoolConfig {
         disk_cap_bytes: config.spool.cap_bytes,
-        ..SpoolConfig::default()
+        ..::events::spool_config()
     };
     if let Some(days) = config.spool.retention_days {
         sc.retention_age = Some(Duration::from_secs(days * 86_400));

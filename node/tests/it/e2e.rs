@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use ::sim::{self, Decoder, Emitted, PtyOptions, SimConfig};
-use spool::catalog;
+use events::catalog;
 use spool::schema::EventPayload;
 use spool::{Seq, SpoolReader};
 use tokio_util::sync::CancellationToken;

@@ -9,7 +9,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use spool::catalog::{Decision, NodeStarted, Passing, Status};
+use events::catalog::{Decision, NodeStarted, Passing, Status};
 use spool::schema::EventPayload;
 use spool::{AppendStream, ExpectedVersion, Metadata, NewEvent, Seq, Spool, SpoolConfig, StreamId};
 
@@ -226,7 +226,7 @@ fn open_writer(dir: &Path) -> Spool {
         dir,
         SpoolConfig {
             journal_bytes: TEST_JOURNAL_BYTES,
-            ..SpoolConfig::default()
+            ..events::spool_config()
         },
     )
     .expect("open the spool")

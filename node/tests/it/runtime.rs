@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use decoder::{Accumulator, Body, Event, FrameBuilder, Record, tor};
 use node::config::{ClockSettings, Config, DecoderConfig, DecoderKind, SpoolSettings};
 use node::runtime::Node;
-use spool::catalog;
+use events::catalog;
 use spool::schema::EventPayload;
 use spool::{Seq, Spool};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use spool::catalog::{self, Passing};
+use events::catalog::{self, Passing};
 use spool::schema::EventPayload;
 use spool::{Seq, Spool, SpoolConfig, SpoolReader, StreamId};
 
@@ -44,7 +44,7 @@ fn a_fixture_spool_written_with_passing_v1_reads_as_v2_read_only_and_for_writing
         let reader = SpoolReader::open(dir.path(), schemas.clone()).unwrap();
         check(&reader.read_global(Seq::FIRST, 100).unwrap());
     }
-    let spool = Spool::open(dir.path(), SpoolConfig::default()).unwrap();
+    let spool = Spool::open(dir.path(), events::spool_config()).unwrap();
     let events = spool.read_global(Seq::FIRST, 100).unwrap();
     check(&events);
     let by_stream = spool
@@ -70,7 +70,7 @@ fn a_fixture_spool_written_with_passing_v1_reads_as_v2_read_only_and_for_writing
 #[test]
 fn an_unknown_schema_version_fails_to_render_and_verify_reports_it() {
     let dir = tempfile::tempdir().unwrap();
-    let spool = Spool::open(dir.path(), SpoolConfig::default()).unwrap();
+    let spool = Spool::open(dir.path(), events::spool_config()).unwrap();
     let mut event = catalog::Decision {
         kind: "penalty".into(),
         subject: "12".into(),

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use spool::catalog;
+use events::catalog;
 use spool::schema::EventPayload;
-use spool::{AppendStream, ExpectedVersion, Metadata, NewEvent, Spool, SpoolConfig, StreamId};
+use spool::{AppendStream, ExpectedVersion, Metadata, NewEvent, Spool, StreamId};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -62,7 +62,7 @@ pub async fn wait_status(
 }
 
 pub fn open_spool(dir: &Path) -> Spool {
-    Spool::open(dir, SpoolConfig::default()).expect("open spool")
+    Spool::open(dir, events::spool_config()).expect("open spool")
 }
 
 pub fn passing(n: u32) -> NewEvent {
