@@ -135,7 +135,9 @@ fn describe(e: &RecordedEvent, highest: &mut u32) -> Option<String> {
             *highest = (*highest).max(p.passing_number);
             let who = match (&p.tran_code, p.transponder) {
                 (Some(code), _) => code.clone(),
-                (None, Some(9992 | 9995)) => "start gate".to_string(),
+                (None, Some(t)) if events::GATE_BEACON_TRANSPONDERS.contains(&t) => {
+                    "start gate".to_string()
+                }
                 (None, Some(t)) => t.to_string(),
                 (None, None) => "?".into(),
             };

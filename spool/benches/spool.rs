@@ -28,6 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use events::catalog::Passing;
+use events::VenueStreams;
 use spool::schema::EventPayload;
 use spool::{
     AppendStream, ExpectedVersion, Filter, Metadata, NewEvent, Seq, Spool, SpoolConfig, StreamId,

@@ -10,6 +10,7 @@
 //! ```
 
 use events::catalog::PassingV1;
+use events::VenueStreams;
 use spool::{AppendStream, ExpectedVersion, Metadata, NewEvent, Spool, SpoolConfig, StreamId};
 
 fn passing_v1(n: u32) -> NewEvent {

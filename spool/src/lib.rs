@@ -27,7 +27,7 @@
 //!     user: "judge-1".into(),
 //! };
 //! let meta = Metadata { boot_id: "b-000042".into(), ..Metadata::default() };
-//! let stream = StreamId::race_control("moto-3").expect("a valid stream id");
+//! let stream = StreamId::new("race-control/moto-3").expect("a valid stream id");
 //! // Returns once the event is on disk (fdatasync).
 //! let appended = spool.append_blocking(vec![AppendStream::new(
 //!     stream.clone(),

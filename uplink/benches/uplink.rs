@@ -16,6 +16,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use events::catalog;
+use events::VenueStreams;
 use spool::schema::EventPayload;
 use spool::{AppendStream, ExpectedVersion, Metadata, Seq, Spool, SpoolConfig, StreamId};
 use tokio_util::sync::CancellationToken;

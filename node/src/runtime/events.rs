@@ -2,6 +2,7 @@
 
 use decoder::{Body, Frame, Record, Reject};
 use ::events::catalog;
+use ::events::VenueStreams;
 use spool::schema::EventPayload;
 use spool::{Metadata, NewEvent, StreamId};
 

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use decoder::{Accumulator, Event};
 use ::events::catalog::{self, decoder_id_hex};
+use ::events::VenueStreams;
 use spool::schema::EventPayload;
 use spool::{AppendStream, ExpectedVersion, Metadata, NewEvent, Spool, StreamId, now_us};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use ::events::catalog;
+use ::events::VenueStreams;
 use spool::schema::EventPayload;
 use spool::{AppendStream, ExpectedVersion, Metadata, Spool, SpoolConfig, StreamId, now_us};
 use tokio_util::sync::CancellationToken;
@@ -101,8 +102,8 @@ pub fn drain_config(
     dc
 }
 
-/// The durable cursor the uplink drains through.
-pub const UPLINK_CURSOR: &str = "uplink";
+/// The durable cursor the uplink drains through (defined with the venue's other names).
+pub use ::events::UPLINK_CURSOR;
 
 /// A running node, for `run`, `demo` and the tests.
 pub struct Node {

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use events::catalog::{Decision, NodeStarted, Passing, Status};
+use events::VenueStreams;
 use spool::schema::EventPayload;
 use spool::{AppendStream, ExpectedVersion, Metadata, NewEvent, Seq, Spool, SpoolConfig, StreamId};
 

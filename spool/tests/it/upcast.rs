@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use events::catalog::{self, Passing};
+use events::VenueStreams;
 use spool::schema::EventPayload;
 use spool::{Seq, Spool, SpoolConfig, SpoolReader, StreamId};
 

@@ -5,6 +5,7 @@
 //! its raw JSON: what central stores is the bytes the node sent, prefixed with the fields central adds.
 
 use axum::http::StatusCode;
+use events::is_id_byte;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
@@ -371,10 +372,6 @@ impl<'a> Obj<'a> {
             None => Ok(()),
         }
     }
-}
-
-fn is_id_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'_' || b == b'-'
 }
 
 fn validate_event(index: usize, raw: &RawValue, batch_track: &str) -> Result<ValidEvent, Reject> {

@@ -253,14 +253,11 @@ impl Drain {
             ("track_id", &config.track_id),
             ("client_id", &config.client_id),
         ] {
-            if id.is_empty()
-                || id.len() > crate::wire::INGEST_ID_BYTES_MAX
-                || !id
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-            {
+            if !events::is_id(id, crate::wire::INGEST_ID_BYTES_MAX) {
                 return Err(Error::Config(format!(
-                    "{name} {id:?} must be 1 to 64 of [A-Za-z0-9_-]"
+                    "{name} {id:?} must be 1 to {} of {}",
+                    crate::wire::INGEST_ID_BYTES_MAX,
+                    events::ID_ALPHABET
                 )));
             }
         }
@@ -600,12 +597,11 @@ pub fn encode(config: &DrainConfig, schemas: &Schemas, event: &RecordedEvent) ->
 /// every try of this event fail, so it is replaced by a fixed stand-in that is still stable.
 fn boot_id_of(event: &RecordedEvent) -> &str {
     let id = event.meta.boot_id.as_str();
-    let valid = !id.is_empty()
-        && id.len() <= crate::wire::INGEST_ID_BYTES_MAX
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if valid { id } else { "unknown" }
+    if events::is_id(id, crate::wire::INGEST_ID_BYTES_MAX) {
+        id
+    } else {
+        "unknown"
+    }
 }
 
 /// What [`Drain::resend_parked`] came to.
