@@ -14,4 +14,7 @@ pub mod doctor;
 pub mod inspect;
 pub mod runtime;
 pub mod signal;
+mod usage;
 pub mod simulate;
+
+pub use usage::UsageError;

@@ -156,7 +156,7 @@ mod types;
 pub mod verify;
 mod writer;
 
-pub use crate::error::{Result, SpoolError};
+pub use crate::error::{Result, SpoolError, error_chain};
 pub use crate::reader::{CursorStats, READ_EVENTS_MAX, SpoolReader, Stats};
 pub use crate::spool::{
     SPOOL_CACHE_BYTES_DEFAULT, SPOOL_CHECKPOINT_EVENTS_DEFAULT,
@@ -172,5 +172,5 @@ pub use crate::types::{
 pub use crate::writer::{
     CURSOR_NAME_BYTES_MAX, PARK_REASON_BYTES_MAX, RETENTION_EVENTS_PER_RUN_MAX,
     SPOOL_BATCH_BYTES_MAX, SPOOL_BATCH_EVENTS_MAX, SPOOL_GROUP_BYTES_MAX, SPOOL_GROUP_REQUESTS_MAX,
-    SPOOL_QUEUE_REQUESTS_MAX, STATE_BYTES_MAX, error_chain,
+    SPOOL_QUEUE_REQUESTS_MAX, STATE_BYTES_MAX,
 };

@@ -121,7 +121,7 @@ impl SpoolReader {
                     Ok(_) => {}
                     Err(error) => report.problem(format!(
                         "payload at seq {seq}: {}",
-                        crate::writer::error_chain(&error)
+                        crate::error::error_chain(&error)
                     )),
                 }
             }

@@ -114,14 +114,6 @@ impl Error {
     }
 }
 
-/// The whole chain of an error on one line, for logs: `a: b: c`.
-pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = err.to_string();
-    let mut next = err.source();
-    while let Some(cause) = next {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        next = cause.source();
-    }
-    out
-}
+/// The whole chain of an error on one line, for logs: `a: b: c` (the spool's rule, so both read
+/// the same in the journal).
+pub use spool::error_chain as chain;

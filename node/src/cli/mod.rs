@@ -111,10 +111,7 @@ pub enum ConfigCommand {
     Example,
 }
 
-/// A mistake in the command line or configuration: exit code 2.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UsageError(pub String);
+pub use crate::usage::UsageError;
 
 fn central(args: CentralArgs) -> anyhow::Result<()> {
     use central::{CentralConfig, StoreConfig};

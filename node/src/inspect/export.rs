@@ -144,7 +144,7 @@ pub fn run(reader: &SpoolReader, args: &ExportArgs) -> anyhow::Result<()> {
     if let (Some(f), Some(t)) = (args.from, args.to)
         && f > t
     {
-        return Err(crate::cli::UsageError(format!("--from {f} is after --to {t}")).into());
+        return Err(crate::UsageError(format!("--from {f} is after --to {t}")).into());
     }
     let filter = args.filter.to_filter();
     // Only a file export has something to clean up; Ctrl-C on standard output just ends it.

@@ -59,7 +59,7 @@ impl Location {
     /// the data directory (`rejected retry` needs the uplink's settings) use it.
     pub fn config(&self) -> anyhow::Result<Config> {
         if self.data_dir.is_some() {
-            return Err(crate::cli::UsageError(
+            return Err(crate::UsageError(
                 "this command needs the node's configuration, not only its data directory: give --config FILE"
                     .into(),
             )
@@ -70,7 +70,7 @@ impl Location {
             .clone()
             .unwrap_or_else(|| PathBuf::from(config::CONFIG_PATH_DEFAULT));
         Config::load(&path).map_err(|errors| {
-            crate::cli::UsageError(format!(
+            crate::UsageError(format!(
                 "cannot load the configuration (give --config FILE): {errors}"
             ))
             .into()
@@ -87,7 +87,7 @@ impl Location {
             .clone()
             .unwrap_or_else(|| PathBuf::from(config::CONFIG_PATH_DEFAULT));
         let config = Config::load(&path).map_err(|errors| {
-            crate::cli::UsageError(format!(
+            crate::UsageError(format!(
                 "cannot find the spool through the configuration (give --data-dir DIR or --config FILE): {errors}"
             ))
         })?;

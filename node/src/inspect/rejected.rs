@@ -67,7 +67,7 @@ pub fn run(dir: &Path, location: &Location, args: RejectedArgs) -> anyhow::Resul
         None => list(&super::open(dir)?, &args.cursor, args.json),
         Some(RejectedAction::Retry { seq }) => {
             if args.cursor != crate::runtime::UPLINK_CURSOR {
-                return Err(crate::cli::UsageError(format!(
+                return Err(crate::UsageError(format!(
                     "only the uplink's parked events can be retried (cursor {}), not {}'s",
                     crate::runtime::UPLINK_CURSOR,
                     args.cursor

@@ -344,7 +344,7 @@ where
 /// `venue-node run`.
 pub fn run(config_path: &std::path::Path) -> anyhow::Result<()> {
     let config = Config::load(config_path)
-        .map_err(|e| anyhow::Error::new(crate::cli::UsageError(e.to_string())))?;
+        .map_err(|e| anyhow::Error::new(crate::UsageError(e.to_string())))?;
     let config = Arc::new(config);
     block_on(|cancel| async move {
         let node = Node::open(&config).await?;
