@@ -149,7 +149,7 @@ pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Decode { file, hex } => crate::decode::run(file.as_deref(), hex),
         Command::Demo(args) => crate::demo::run(args),
-        Command::Run { config } => crate::runtime::run(&config),
+        Command::Run { config } => crate::run::run(&config),
         Command::Config {
             command: ConfigCommand::Check { file },
         } => match crate::config::Config::load(&file) {

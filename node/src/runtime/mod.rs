@@ -13,7 +13,6 @@ pub mod notify;
 pub mod status;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -24,7 +23,7 @@ use spool::{AppendStream, ExpectedVersion, Metadata, Spool, SpoolConfig, StreamI
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, DecoderKind};
+use crate::config::Config;
 use status::{NodeStatus, Shared};
 
 /// How often the status file is rewritten.
@@ -152,36 +151,13 @@ impl Node {
     pub async fn run(self, config: &Config, cancel: CancellationToken) -> anyhow::Result<()> {
         let tracker = TaskTracker::new();
         for d in &config.decoders {
-            let source = match &d.kind {
-                DecoderKind::Sim { seed, rate_per_s } => {
-                    // The built-in simulator: served on a PTY in the data directory and read through
-                    // tokio-serial like any serial decoder, so the node's path is the real one.
-                    let sim_config = sim::SimConfig {
-                        seed: *seed,
-                        rate_per_s: *rate_per_s,
-                        ..Default::default()
-                    };
-                    let decoder = sim::Decoder::new(sim_config)
-                        .map_err(|e| anyhow::anyhow!("decoder {:?}: {e}", d.name))?;
-                    let link = self.data_dir.join(format!("sim-{}", d.name));
-                    let _pty = sim::serve_pty(
-                        decoder,
-                        sim::PtyOptions::new(&link),
-                        cancel.clone(),
-                    )
-                    .await
-                    .map_err(|e| {
-                        anyhow::anyhow!("decoder {:?}: starting the simulator: {e}", d.name)
-                    })?;
-                    input::Source::Serial {
-                        device: link,
-                        baud: crate::config::SERIAL_BAUD_DEFAULT,
-                    }
-                }
-                other => match input::Source::from_config(other) {
-                    Some(source) => source,
-                    None => continue,
-                },
+            let Some(source) = input::Source::from_config(&d.kind) else {
+                // The runtime reads real devices only; `venue-node run` (node::run) serves a
+                // simulated decoder on a PTY and hands it over as a serial one.
+                anyhow::bail!(
+                    "decoder {:?}: kind = \"sim\" must be started as a serial device before the runtime",
+                    d.name
+                );
             };
             let input = input::Input::new(
                 d,
@@ -338,16 +314,5 @@ where
         crate::signal::cancel_on_shutdown_signal(cancel.clone())
             .context("listening for SIGTERM and Ctrl-C")?;
         f(cancel).await
-    })
-}
-
-/// `venue-node run`.
-pub fn run(config_path: &std::path::Path) -> anyhow::Result<()> {
-    let config = Config::load(config_path)
-        .map_err(|e| anyhow::Error::new(crate::UsageError(e.to_string())))?;
-    let config = Arc::new(config);
-    block_on(|cancel| async move {
-        let node = Node::open(&config).await?;
-        node.run(&config, cancel).await
     })
 }

@@ -4,5 +4,6 @@ mod chaos;
 mod e2e;
 mod inspect;
 mod process;
+mod run;
 mod runtime;
 mod sim;
