@@ -30,13 +30,9 @@ fn config(seed: u64, rate_per_s: f64) -> SimConfig {
     }
 }
 
-/// Waits for `cond` with a timeout, checking every 5 ms.
-async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+/// Waits for `cond` with a timeout.
+async fn wait_for(what: &str, cond: impl FnMut() -> bool) {
+    testkit::wait_for(what, WAIT, cond).await;
 }
 
 /// One frame a reader got.

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use events::catalog;
 use events::VenueStreams;
@@ -24,22 +24,12 @@ pub const TOKEN: &str = "s3cret-bmx";
 pub const OTHER_TRACK_TOKEN: &str = "s3cret-kart";
 
 /// Polls `condition` until it holds; panics naming `what` after `timeout`.
-pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut condition: F)
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, condition: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if condition().await {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    testkit::wait_for_async(what, timeout, condition).await;
 }
 
 /// Waits until the drain's status satisfies `condition`.
@@ -67,19 +57,7 @@ pub fn open_spool(dir: &Path) -> Spool {
 }
 
 pub fn passing(n: u32) -> NewEvent {
-    catalog::Passing {
-        passing_number: n,
-        transponder: Some(9000 + n % 100),
-        rtc_time_us: 1_761_855_822_000_000 + u64::from(n) * 1000,
-        utc_time_us: None,
-        strength: Some(120),
-        hits: Some(30),
-        flags: Some(0),
-        tran_code: None,
-        decoder_id: Some(0x000C_00D0),
-        unknown_tlvs: Vec::new(),
-    }
-    .to_event(meta())
+    testkit::passing_event(n, meta())
 }
 
 /// A decoder.version whose description is longer than central accepts (256 bytes): central
