@@ -14,9 +14,9 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use events::catalog;
 use node::config::{ClockSettings, Config, DecoderConfig, DecoderKind, SpoolSettings};
 use node::runtime::Node;
-use events::catalog;
 use spool::schema::EventPayload;
 use spool::{Filter, Spool};
 use tokio::io::AsyncWriteExt;

@@ -251,8 +251,7 @@ async fn demo(args: DemoArgs, cancel: CancellationToken) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!(uplink::chain(&e)))?;
     let central = central::Central::new(
         central_store,
-        central::Tokens::load(&tokens_file)
-            .map_err(|e| anyhow::anyhow!(uplink::chain(&e)))?,
+        central::Tokens::load(&tokens_file).map_err(|e| anyhow::anyhow!(uplink::chain(&e)))?,
     );
     let server = central::Server::bind("127.0.0.1:0".parse()?, None)
         .await

@@ -15,7 +15,7 @@ pub mod inspect;
 pub mod run;
 pub mod runtime;
 pub mod signal;
-mod usage;
 pub mod simulate;
+mod usage;
 
 pub use usage::UsageError;

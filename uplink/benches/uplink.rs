@@ -15,10 +15,10 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use central::{Central, IngestStore, JetStreamStore, Server, SpoolStore, Tokens, validate};
 use events::VenueStreams;
 use spool::{AppendStream, ExpectedVersion, Metadata, Seq, Spool, SpoolConfig, StreamId};
 use tokio_util::sync::CancellationToken;
-use central::{Central, IngestStore, JetStreamStore, Server, SpoolStore, Tokens, validate};
 use uplink::drain::{Drain, DrainConfig};
 
 const TRACK: &str = "bmx-main";
@@ -30,10 +30,10 @@ fn passing(n: u32) -> spool::NewEvent {
     testkit::passing_event(
         n,
         Metadata {
-        captured_at_us: spool::now_us(),
-        boot_id: "b-000001".into(),
-        ..Metadata::default()
-    },
+            captured_at_us: spool::now_us(),
+            boot_id: "b-000001".into(),
+            ..Metadata::default()
+        },
     )
 }
 

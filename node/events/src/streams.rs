@@ -23,7 +23,10 @@ pub trait VenueStreams: Sized {
 
 impl VenueStreams for StreamId {
     fn decoder(decoder_id_wire: [u8; 4]) -> StreamId {
-        let id = format!("decoder/{}", decoder_id_hex(u32::from_le_bytes(decoder_id_wire)));
+        let id = format!(
+            "decoder/{}",
+            decoder_id_hex(u32::from_le_bytes(decoder_id_wire))
+        );
         StreamId::new(id).expect("a decoder stream id is 16 printable bytes, always valid")
     }
 

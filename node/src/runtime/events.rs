@@ -1,8 +1,8 @@
 //! Decoder records to spool events: which stream, which type, which idempotency key.
 
-use decoder::{Body, Frame, Record, Reject};
-use ::events::catalog;
 use ::events::VenueStreams;
+use ::events::catalog;
+use decoder::{Body, Frame, Record, Reject};
 use spool::schema::EventPayload;
 use spool::{Metadata, NewEvent, StreamId};
 

@@ -18,9 +18,9 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use decoder::{Accumulator, Event};
-use ::events::catalog::{self, decoder_id_hex};
 use ::events::VenueStreams;
+use ::events::catalog::{self, decoder_id_hex};
+use decoder::{Accumulator, Event};
 use spool::schema::EventPayload;
 use spool::{AppendStream, ExpectedVersion, Metadata, NewEvent, Spool, StreamId, now_us};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};

@@ -15,9 +15,9 @@ pub mod status;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context;
-use ::events::catalog;
 use ::events::VenueStreams;
+use ::events::catalog;
+use anyhow::Context;
 use spool::schema::EventPayload;
 use spool::{AppendStream, ExpectedVersion, Metadata, Spool, SpoolConfig, StreamId, now_us};
 use tokio_util::sync::CancellationToken;

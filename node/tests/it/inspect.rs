@@ -8,9 +8,9 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-use events::catalog::{Decision, NodeStarted, Passing, Status};
 use events::VenueStreams;
+use events::catalog::{Decision, NodeStarted, Passing, Status};
+use serde_json::Value;
 use spool::schema::EventPayload;
 use spool::{AppendStream, ExpectedVersion, Metadata, NewEvent, Seq, Spool, SpoolConfig, StreamId};
 
@@ -745,9 +745,8 @@ impl TestCentral {
             let store = central::SpoolStore::open(dir.path())
                 .await
                 .expect("central's store");
-            let tokens =
-                central::Tokens::parse(&format!("{CENTRAL_TRACK} {CENTRAL_TOKEN}\n"))
-                    .expect("tokens");
+            let tokens = central::Tokens::parse(&format!("{CENTRAL_TRACK} {CENTRAL_TOKEN}\n"))
+                .expect("tokens");
             let central = central::Central::new(store, tokens);
             let server = central::Server::bind("127.0.0.1:0".parse().unwrap(), None)
                 .await

@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use decoder::{Accumulator, Body, Event, FrameBuilder, Record, tor};
+use events::catalog;
 use node::config::{ClockSettings, Config, DecoderConfig, DecoderKind, SpoolSettings};
 use node::runtime::Node;
-use events::catalog;
 use spool::schema::EventPayload;
 use spool::{Seq, Spool};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

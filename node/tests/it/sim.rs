@@ -6,11 +6,11 @@ use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use decoder::{Accumulator, Body, Event, Frame, FrameBuilder, Record, tor};
 use ::sim::{
     Decoder, FrameFault, PtyHandle, PtyOptions, SimConfig, TOR_HELLO, TagStyle, serve_pty,
     serve_tcp,
 };
+use decoder::{Accumulator, Body, Event, Frame, FrameBuilder, Record, tor};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_serial::SerialPortBuilderExt;

@@ -4,8 +4,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use events::catalog::{self, Passing};
 use events::VenueStreams;
+use events::catalog::{self, Passing};
 use spool::schema::EventPayload;
 use spool::{Seq, Spool, SpoolConfig, SpoolReader, StreamId};
 

@@ -2,9 +2,9 @@
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
+use central::{Central, SpoolStore, router};
 use serde_json::{Value, json};
 use tower::ServiceExt;
-use central::{Central, SpoolStore, router};
 
 use crate::common::*;
 

@@ -7,14 +7,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use events::catalog;
+use central::{Central, IngestStore, Server, SpoolStore, StoredIngest, Tokens};
 use events::VenueStreams;
+use events::catalog;
 use spool::schema::EventPayload;
 use spool::{AppendStream, ExpectedVersion, Metadata, NewEvent, Spool, StreamId};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use central::{Central, IngestStore, Server, SpoolStore, StoredIngest, Tokens};
 use uplink::drain::{Drain, DrainConfig, DrainLimits, DrainStatus};
 use uplink::tls::ServerTlsConfig;
 

@@ -20,8 +20,8 @@ use async_nats::jetstream::{self, stream};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
-use uplink::Error;
 use crate::{IngestStore, ValidBatch};
+use uplink::Error;
 use uplink::ranges::RangeSet;
 use uplink::wire::BatchAccepted;
 

@@ -22,9 +22,9 @@ use spool::schema::Schemas;
 use spool::{AppendStream, ExpectedVersion, Metadata, NewEvent, Seq, Spool, SpoolConfig, StreamId};
 use tokio::sync::Mutex;
 
-use uplink::Error;
 use crate::validate::INGEST_EVENT_BYTES_MAX;
 use crate::{IngestStore, ValidBatch};
+use uplink::Error;
 use uplink::ranges::RangeSet;
 use uplink::wire::BatchAccepted;
 
