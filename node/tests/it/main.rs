@@ -6,4 +6,4 @@ mod inspect;
 mod process;
 mod run;
 mod runtime;
-mod sim;
+mod simulate;

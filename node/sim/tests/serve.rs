@@ -2,15 +2,14 @@
 //! as the node opens it, and real TCP sockets. Readers decode with `decoder::Accumulator`.
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use ::sim::{
+use decoder::{Accumulator, Body, Event, Frame, FrameBuilder, Record, tor};
+use sim::{
     Decoder, FrameFault, PtyHandle, PtyOptions, SimConfig, TOR_HELLO, TagStyle, serve_pty,
     serve_tcp,
 };
-use decoder::{Accumulator, Body, Event, Frame, FrameBuilder, Record, tor};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_serial::SerialPortBuilderExt;
@@ -188,7 +187,7 @@ async fn pty_reader_gets_status_and_consecutive_passings_as_emitted() {
             (p.transponder, p.rtc_time_us, e.fault),
             (Some(e.transponder), e.rtc_us, None)
         );
-        assert_eq!(p.decoder_id.unwrap().0, ::sim::DEFAULT_DECODER_ID);
+        assert_eq!(p.decoder_id.unwrap().0, sim::DEFAULT_DECODER_ID);
     }
     for g in r.frames.iter().filter(|g| g.tor == tor::STATUS) {
         assert!(matches!(g.record().body, Body::Status(s) if s.noise.is_some()));
@@ -290,7 +289,7 @@ async fn get_time_is_answered_also_in_the_vmindru_form() {
             rtc - RTC_START_US <= started.elapsed().as_micros() as u64,
             "{form}: clock ahead of real time"
         );
-        assert_eq!(t.decoder_id.unwrap().0, ::sim::DEFAULT_DECODER_ID);
+        assert_eq!(t.decoder_id.unwrap().0, sim::DEFAULT_DECODER_ID);
     }
     assert_eq!(sim.stats().model.get_time_requests, 2);
     assert_eq!(sim.stats().model.commands_refused, 0);
@@ -559,7 +558,7 @@ async fn tcp_serves_four_clients_the_same_passings_and_turns_a_fifth_away() {
             r.count(tor::PASSING) >= 100
                 && r.frames.iter().any(|g| {
                     matches!(g.record().body, Body::Passing(p)
-                        if ::sim::GATE_BEACONS.contains(&p.transponder.unwrap_or(0)))
+                        if sim::GATE_BEACONS.contains(&p.transponder.unwrap_or(0)))
                 })
         })
         .await;
@@ -614,98 +613,6 @@ async fn tcp_serves_four_clients_the_same_passings_and_turns_a_fifth_away() {
         .await;
     cancel.cancel();
     tokio::time::timeout(WAIT, sim.closed()).await.unwrap();
-}
-
-/// Reads the child's stdout lines on a thread, so the test can wait with a timeout.
-fn lines_of(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(out).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_simulate_command_prints_the_device_serves_it_and_stops_on_ctrl_c() {
-    simulate_serves_then_stops_on("INT").await;
-}
-
-/// systemd and `kill` stop the simulator with SIGTERM; it must stop as cleanly as on Ctrl-C, with its
-/// link removed, not die by the default action (issue 9, item 6).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_simulate_command_stops_cleanly_on_sigterm() {
-    simulate_serves_then_stops_on("TERM").await;
-}
-
-/// Runs `venue-node simulate` on a PTY, reads passings from it, sends `signal` and waits for a clean
-/// exit (status 0, link removed).
-async fn simulate_serves_then_stops_on(signal: &str) {
-    let dir = tempfile::tempdir().unwrap();
-    let link = dir.path().join("decoder0");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_venue-node"))
-        .args([
-            "simulate",
-            "--rate",
-            "20",
-            "--seed",
-            "9",
-            "--status-interval",
-            "0.2",
-        ])
-        .arg("--pty")
-        .arg(&link)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let lines = lines_of(&mut child);
-    let first = lines
-        .recv_timeout(WAIT)
-        .expect("the command prints the device");
-    assert!(
-        first.starts_with("device /dev/pts/") && first.contains(&*link.to_string_lossy()),
-        "{first}"
-    );
-    let mut r = Reader::new(open_link(&link));
-    r.read_until("passings and a STATUS", |r| {
-        r.count(tor::PASSING) >= 10 && r.count(tor::STATUS) >= 1
-    })
-    .await;
-    // It logs what it sends, one line a passing at this rate.
-    let n = r.numbers()[0];
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let line = lines
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("a line for each passing");
-        if line.starts_with(&format!("PASSING #{n} ")) {
-            break;
-        }
-    }
-    let status = std::process::Command::new("kill")
-        .args([&format!("-{signal}"), &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let deadline = Instant::now() + WAIT;
-    let exit = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "still running after SIG{signal}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
-    assert!(exit.success(), "SIG{signal}: {exit}");
-    assert!(
-        std::fs::symlink_metadata(&link).is_err(),
-        "link removed after SIG{signal}"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
