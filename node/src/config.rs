@@ -106,7 +106,8 @@ pub enum DecoderKind {
     Serial { device: PathBuf, baud: u32 },
     /// A networked decoder: the decoder is the server.
     Tcp { address: String },
-    /// The built-in simulator, in-process.
+    /// The built-in simulator: `venue-node run` serves it on a pseudo-terminal at
+    /// `<data_dir>/sim-<name>` and the runtime reads it as a serial decoder.
     Sim { seed: u64, rate_per_s: f64 },
 }
 
