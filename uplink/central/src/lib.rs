@@ -12,14 +12,14 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), uplink::Error> {
-//! use uplink::central::{CentralConfig, StoreConfig};
+//! use central::{CentralConfig, StoreConfig};
 //! let config = CentralConfig {
 //!     listen: "127.0.0.1:8443".parse().unwrap(),
 //!     tls: None, // plain HTTP is allowed on loopback only
 //!     tokens_file: "tokens.txt".into(),
 //!     store: StoreConfig::Spool { path: "central.redb".into() },
 //! };
-//! uplink::central::serve(config, tokio_util::sync::CancellationToken::new()).await
+//! central::serve(config, tokio_util::sync::CancellationToken::new()).await
 //! # }
 //! ```
 
