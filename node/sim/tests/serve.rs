@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use decoder::{Accumulator, Body, Event, Frame, FrameBuilder, Record, tor};
 use sim::{
-    Decoder, FrameFault, PtyHandle, PtyOptions, SimConfig, TOR_HELLO, TagStyle, serve_pty,
-    serve_tcp,
+    Decoder, FrameFault, PtyHandle, PtyOptions, SimConfig, TOR_HELLO, TagStyle, TcpHandle,
+    serve_pty, serve_tcp,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -138,6 +138,21 @@ async fn pty(cfg: SimConfig, dir: &Path, cancel: &CancellationToken) -> (PtyHand
     .await
     .unwrap();
     (handle, link)
+}
+
+/// A simulator on TCP on a free port of 127.0.0.1.
+async fn tcp(cfg: SimConfig, cancel: &CancellationToken) -> TcpHandle {
+    let addr = "127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap();
+    serve_tcp(Decoder::new(cfg).unwrap(), addr, cancel.clone())
+        .await
+        .unwrap()
+}
+
+async fn stop_tcp(handle: &TcpHandle, cancel: &CancellationToken) {
+    cancel.cancel();
+    tokio::time::timeout(WAIT, handle.closed())
+        .await
+        .expect("the simulator stops when cancelled");
 }
 
 async fn stop(handle: &PtyHandle, cancel: &CancellationToken) {
@@ -531,13 +546,7 @@ async fn tcp_serves_four_clients_the_same_passings_and_turns_a_fifth_away() {
         gate_interval: Duration::from_millis(100),
         ..config(10, 200.0)
     };
-    let sim = serve_tcp(
-        Decoder::new(cfg).unwrap(),
-        "127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap(),
-        cancel.clone(),
-    )
-    .await
-    .unwrap();
+    let sim = tcp(cfg, &cancel).await;
     let addr = sim.local_addr();
     let mut clients = Vec::new();
     for _ in 0..4 {
@@ -611,8 +620,7 @@ async fn tcp_serves_four_clients_the_same_passings_and_turns_a_fifth_away() {
     again
         .read_until("passings after the cut", |r| r.count(tor::PASSING) >= 5)
         .await;
-    cancel.cancel();
-    tokio::time::timeout(WAIT, sim.closed()).await.unwrap();
+    stop_tcp(&sim, &cancel).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -620,13 +628,7 @@ async fn a_stall_pauses_the_output_and_loses_nothing() {
     let cancel = CancellationToken::new();
     let mut cfg = config(12, 200.0);
     cfg.faults = "stall=700ms/400ms".parse().unwrap();
-    let sim = serve_tcp(
-        Decoder::new(cfg).unwrap(),
-        "127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap(),
-        cancel.clone(),
-    )
-    .await
-    .unwrap();
+    let sim = tcp(cfg, &cancel).await;
     let mut r = Reader::new(TcpStream::connect(sim.local_addr()).await.unwrap());
     // Read through at least one whole stall, noting when each read returned.
     let mut gap_max = Duration::ZERO;
@@ -656,8 +658,7 @@ async fn a_stall_pauses_the_output_and_loses_nothing() {
             .eq(numbers[0]..numbers[0] + numbers.len() as u32),
         "what was generated during the stall went out afterwards"
     );
-    cancel.cancel();
-    tokio::time::timeout(WAIT, sim.closed()).await.unwrap();
+    stop_tcp(&sim, &cancel).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -665,13 +666,7 @@ async fn scheduled_disconnects_cut_tcp_clients_who_can_come_back() {
     let cancel = CancellationToken::new();
     let mut cfg = config(13, 100.0);
     cfg.faults = "disconnect=800ms/300ms".parse().unwrap();
-    let sim = serve_tcp(
-        Decoder::new(cfg).unwrap(),
-        "127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap(),
-        cancel.clone(),
-    )
-    .await
-    .unwrap();
+    let sim = tcp(cfg, &cancel).await;
     let mut r = Reader::new(TcpStream::connect(sim.local_addr()).await.unwrap());
     r.read_until("a passing", |r| r.count(tor::PASSING) >= 1)
         .await;
@@ -696,6 +691,5 @@ async fn scheduled_disconnects_cut_tcp_clients_who_can_come_back() {
             _ => tokio::time::sleep(Duration::from_millis(20)).await,
         }
     }
-    cancel.cancel();
-    tokio::time::timeout(WAIT, sim.closed()).await.unwrap();
+    stop_tcp(&sim, &cancel).await;
 }
