@@ -14,10 +14,9 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use decoder::{FrameBuilder, tor};
+use events::catalog;
 use node::config::{ClockSettings, Config, DecoderConfig, DecoderKind, SpoolSettings};
 use node::runtime::Node;
-use spool::catalog;
 use spool::schema::EventPayload;
 use spool::{Filter, Spool};
 use tokio::io::AsyncWriteExt;
@@ -25,24 +24,7 @@ use tokio_serial::SerialPort;
 use tokio_util::sync::CancellationToken;
 
 fn passing(n: u32) -> Vec<u8> {
-    let mut b = FrameBuilder::new(tor::PASSING);
-    b.u32(0x01, n)
-        .unwrap()
-        .u32(0x03, 1000 + n % 40)
-        .unwrap()
-        .u64(0x04, 1_700_000_000_000_000 + u64::from(n))
-        .unwrap();
-    b.u16(0x05, 120)
-        .unwrap()
-        .u16(0x06, 30)
-        .unwrap()
-        .u16(0x08, 0)
-        .unwrap()
-        .u32(0x81, 0x000C_00D0)
-        .unwrap();
-    let mut out = [0u8; 128];
-    let len = b.finish_wire(&mut out).unwrap();
-    out[..len].to_vec()
+    testkit::passing_frame(n, testkit::DECODER_ID, 1_700_000_000_000_000 + u64::from(n))
 }
 
 fn pty(dir: &Path) -> (tokio_serial::SerialStream, std::path::PathBuf) {

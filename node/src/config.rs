@@ -108,7 +108,8 @@ pub enum DecoderKind {
     Serial { device: PathBuf, baud: u32 },
     /// A networked decoder: the decoder is the server.
     Tcp { address: String },
-    /// The built-in simulator, in-process.
+    /// The built-in simulator: `venue-node run` serves it on a pseudo-terminal at
+    /// `<data_dir>/sim-<name>` and the runtime reads it as a serial decoder.
     Sim { seed: u64, rate_per_s: f64 },
 }
 
@@ -503,10 +504,7 @@ impl Checker<'_> {
     fn decoder(&mut self, t: &Table<'_>, path: &str, span: Range<usize>) -> Option<DecoderConfig> {
         let name = self.required_string(t, path, "name", &span);
         if let Some(n) = &name
-            && (n.len() > DECODER_NAME_BYTES_MAX
-                || !n
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+            && (n.len() > DECODER_NAME_BYTES_MAX || !n.bytes().all(events::is_id_byte))
         {
             let s = self
                 .get(t, "name")
@@ -722,11 +720,7 @@ fn join(path: &str, key: &str) -> String {
 /// Ids go into the uplink's idempotency keys, whose parts central accepts as 1 to 64 of
 /// `[A-Za-z0-9_-]`.
 fn valid_id(id: &str, max: usize) -> bool {
-    !id.is_empty()
-        && id.len() <= max
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+    events::is_id(id, max)
 }
 
 /// Longest track id.

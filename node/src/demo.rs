@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
-use spool::catalog;
+use events::catalog;
 use spool::schema::EventPayload;
 use spool::{Filter, RecordedEvent};
 use tokio::net::{TcpListener, TcpStream};
@@ -25,7 +25,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, UplinkSettings};
 use crate::runtime::{self, Node};
-use crate::sim;
 
 /// How long the demo's decoder cable stays plugged in between pulls.
 pub const DEMO_UNPLUG_EVERY_S: u64 = 45;
@@ -136,7 +135,9 @@ fn describe(e: &RecordedEvent, highest: &mut u32) -> Option<String> {
             *highest = (*highest).max(p.passing_number);
             let who = match (&p.tran_code, p.transponder) {
                 (Some(code), _) => code.clone(),
-                (None, Some(9992 | 9995)) => "start gate".to_string(),
+                (None, Some(t)) if events::GATE_BEACON_TRANSPONDERS.contains(&t) => {
+                    "start gate".to_string()
+                }
                 (None, Some(t)) => t.to_string(),
                 (None, None) => "?".into(),
             };
@@ -245,19 +246,18 @@ async fn demo(args: DemoArgs, cancel: CancellationToken) -> anyhow::Result<()> {
     std::fs::write(&tokens_file, format!("demo-track {token}\n"))?;
     let token_file = dir.join("uplink-token");
     std::fs::write(&token_file, token)?;
-    let central_store = uplink::central::SpoolStore::open(&dir.join("central"))
+    let central_store = central::SpoolStore::open(&dir.join("central"))
         .await
         .map_err(|e| anyhow::anyhow!(uplink::chain(&e)))?;
-    let central = uplink::central::Central::new(
+    let central = central::Central::new(
         central_store,
-        uplink::central::Tokens::load(&tokens_file)
-            .map_err(|e| anyhow::anyhow!(uplink::chain(&e)))?,
+        central::Tokens::load(&tokens_file).map_err(|e| anyhow::anyhow!(uplink::chain(&e)))?,
     );
-    let server = uplink::central::Server::bind("127.0.0.1:0".parse()?, None)
+    let server = central::Server::bind("127.0.0.1:0".parse()?, None)
         .await
         .map_err(|e| anyhow::anyhow!(uplink::chain(&e)))?;
     let central_addr = server.local_addr();
-    tokio::spawn(server.run(uplink::central::router(central.clone()), cancel.clone()));
+    tokio::spawn(server.run(central::router(central.clone()), cancel.clone()));
     let (wan, wan_addr) = Wan::start(central_addr, cancel.clone()).await?;
 
     // The node.

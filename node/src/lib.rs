@@ -12,5 +12,10 @@ pub mod decode;
 pub mod demo;
 pub mod doctor;
 pub mod inspect;
+pub mod run;
 pub mod runtime;
-pub mod sim;
+pub mod signal;
+pub mod simulate;
+mod usage;
+
+pub use usage::UsageError;

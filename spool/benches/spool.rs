@@ -27,7 +27,8 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use spool::catalog::Passing;
+use events::VenueStreams;
+use events::catalog::Passing;
 use spool::schema::EventPayload;
 use spool::{
     AppendStream, ExpectedVersion, Filter, Metadata, NewEvent, Seq, Spool, SpoolConfig, StreamId,

@@ -9,7 +9,8 @@
 //! cargo run -p spool --example make_fixture -- spool/tests/data/v1-passing
 //! ```
 
-use spool::catalog::PassingV1;
+use events::VenueStreams;
+use events::catalog::PassingV1;
 use spool::{AppendStream, ExpectedVersion, Metadata, NewEvent, Spool, SpoolConfig, StreamId};
 
 fn passing_v1(n: u32) -> NewEvent {

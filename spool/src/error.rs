@@ -204,3 +204,15 @@ impl<T, E: Into<redb::Error>> DbContext<T> for std::result::Result<T, E> {
         })
     }
 }
+
+/// An error with its whole chain of causes, for logs.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}

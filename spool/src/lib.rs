@@ -7,8 +7,16 @@
 //!
 //! ```no_run
 //! use spool::{AppendStream, ExpectedVersion, Filter, Metadata, Seq, Spool, SpoolConfig, StreamId};
-//! use spool::catalog::Decision;
 //! use spool::schema::EventPayload;
+//!
+//! // The spool stores any versioned postcard payload; what they are is its user's business (the
+//! // venue's catalog is the `events` crate).
+//! #[derive(serde::Serialize, serde::Deserialize)]
+//! struct Decision { kind: String, subject: String, text: String, user: String }
+//! impl EventPayload for Decision {
+//!     const EVENT_TYPE: &'static str = "race_control.decision";
+//!     const SCHEMA_VERSION: u16 = 1;
+//! }
 //!
 //! # fn main() -> Result<(), spool::SpoolError> {
 //! let spool = Spool::open("/var/lib/venue-node/spool", SpoolConfig::default())?;
@@ -19,7 +27,7 @@
 //!     user: "judge-1".into(),
 //! };
 //! let meta = Metadata { boot_id: "b-000042".into(), ..Metadata::default() };
-//! let stream = StreamId::race_control("moto-3").expect("a valid stream id");
+//! let stream = StreamId::new("race-control/moto-3").expect("a valid stream id");
 //! // Returns once the event is on disk (fdatasync).
 //! let appended = spool.append_blocking(vec![AppendStream::new(
 //!     stream.clone(),
@@ -139,7 +147,6 @@
 #![warn(missing_docs)]
 
 pub mod aggregate;
-pub mod catalog;
 mod error;
 mod journal;
 pub mod projection;
@@ -154,7 +161,7 @@ mod types;
 pub mod verify;
 mod writer;
 
-pub use crate::error::{Result, SpoolError};
+pub use crate::error::{Result, SpoolError, error_chain};
 pub use crate::reader::{Backlog, CursorStats, READ_EVENTS_MAX, SpoolHealth, SpoolReader, Stats};
 pub use crate::spool::{
     SPOOL_CACHE_BYTES_DEFAULT, SPOOL_CHECKPOINT_EVENTS_DEFAULT,
@@ -171,5 +178,5 @@ pub use crate::writer::{
     CURSOR_NAME_BYTES_MAX, PARK_REASON_BYTES_MAX, RETENTION_EVENTS_PER_RUN_MAX,
     SPOOL_BATCH_BYTES_MAX, SPOOL_BATCH_EVENTS_MAX, SPOOL_DISK_CHECK_INTERVAL_MS,
     SPOOL_GROUP_BYTES_MAX, SPOOL_GROUP_REQUESTS_MAX, SPOOL_QUEUE_REQUESTS_MAX,
-    SPOOL_REOPEN_INTERVAL_MS, STATE_BYTES_MAX, error_chain,
+    SPOOL_REOPEN_INTERVAL_MS, STATE_BYTES_MAX,
 };

@@ -177,7 +177,7 @@ impl Schemas {
             Ok(value) => value,
             Err(error) => serde_json::json!({
                 "undecoded_hex": event.payload.iter().map(|b| format!("{b:02x}")).collect::<String>(),
-                "error": crate::writer::error_chain(&error),
+                "error": crate::error::error_chain(&error),
             }),
         };
         serde_json::json!({

@@ -83,7 +83,8 @@ impl Default for SpoolConfig {
             disk_cap_bytes: None,
             disk_reserve_bytes: SPOOL_DISK_RESERVE_BYTES_DEFAULT,
             cache_bytes: SPOOL_CACHE_BYTES_DEFAULT,
-            schemas: Arc::new(crate::catalog::schemas()),
+            // The spool knows no event types: a venue's catalog comes from whoever opens it.
+            schemas: Arc::new(crate::schema::Schemas::empty()),
         }
     }
 }

@@ -27,7 +27,7 @@ impl fmt::Display for Seq {
     }
 }
 
-/// The name of a stream: `decoder/D0000C00`, `input/<name>`, `race-control/<session>`, `node`.
+/// The name of a stream, such as the venue's `decoder/D0000C00` or `node` (the `events` crate names them).
 ///
 /// Any non-empty string up to [`STREAM_ID_BYTES_MAX`] bytes without control characters; the `/`
 /// convention is what subscriptions filter on by prefix.
@@ -47,31 +47,6 @@ impl StreamId {
             return Err(InvalidStreamId { id });
         }
         Ok(StreamId(id))
-    }
-
-    /// The stream of one decoder: `decoder/` and the 8 upper-case hex digits of its DECODER_ID
-    /// bytes in wire order.
-    pub fn decoder(decoder_id_wire: [u8; 4]) -> StreamId {
-        let mut id = String::from("decoder/");
-        for byte in decoder_id_wire {
-            id.push_str(&format!("{byte:02X}"));
-        }
-        StreamId(id)
-    }
-
-    /// The stream of connection events of one input.
-    pub fn input(name: &str) -> Result<StreamId, InvalidStreamId> {
-        StreamId::new(format!("input/{name}"))
-    }
-
-    /// The stream of one race-control session.
-    pub fn race_control(session: &str) -> Result<StreamId, InvalidStreamId> {
-        StreamId::new(format!("race-control/{session}"))
-    }
-
-    /// The node's own stream.
-    pub fn node() -> StreamId {
-        StreamId("node".to_owned())
     }
 
     /// The id as a string.
@@ -164,7 +139,7 @@ pub const EVENT_PAYLOAD_BYTES_MAX: usize = 64 * 1024;
 /// An event to append. The spool adds the seq, the stream version and the recorded-at time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewEvent {
-    /// The event type, e.g. `decoder.passing` (see [`crate::catalog`]).
+    /// The event type, e.g. `decoder.passing` (the venue's catalog is the `events` crate).
     pub event_type: String,
     /// The payload's schema version for its type.
     pub schema_version: u16,

@@ -121,7 +121,7 @@ impl SpoolReader {
                     Ok(_) => {}
                     Err(error) => report.problem(format!(
                         "payload at seq {seq}: {}",
-                        crate::writer::error_chain(&error)
+                        crate::error::error_chain(&error)
                     )),
                 }
             }
@@ -167,18 +167,36 @@ mod tests {
     use crate::types::{AppendStream, ExpectedVersion, Metadata, NewEvent, StreamId};
     use crate::{Spool, SpoolConfig, SpoolReader};
 
+    /// A payload of the tests' own: the spool knows no event types of its own.
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Noted {
+        text: String,
+    }
+
+    impl crate::schema::EventPayload for Noted {
+        const EVENT_TYPE: &'static str = "test.noted";
+        const SCHEMA_VERSION: u16 = 1;
+    }
+
+    fn schemas() -> Arc<crate::schema::Schemas> {
+        let mut schemas = crate::schema::Schemas::empty();
+        schemas.register::<Noted>();
+        Arc::new(schemas)
+    }
+
     fn spool_with_events(dir: &std::path::Path) {
-        let spool = Spool::open(dir, SpoolConfig::default()).unwrap();
-        let decision = crate::catalog::NodeStarted {
-            version: "1".into(),
-            boot_id: "b".into(),
+        let config = SpoolConfig {
+            schemas: schemas(),
+            ..SpoolConfig::default()
         };
+        let spool = Spool::open(dir, config).unwrap();
+        let decision = Noted { text: "n".into() };
         let event = |_| -> NewEvent {
             crate::schema::EventPayload::to_event(&decision, Metadata::default())
         };
         spool
             .append_blocking(vec![AppendStream::new(
-                StreamId::node(),
+                StreamId::new("node").unwrap(),
                 ExpectedVersion::Any,
                 (0..5).map(event).collect(),
             )])
@@ -197,8 +215,7 @@ mod tests {
     }
 
     fn problems(dir: &std::path::Path) -> Vec<String> {
-        let schemas = Arc::new(crate::catalog::schemas());
-        SpoolReader::open(dir, schemas)
+        SpoolReader::open(dir, schemas())
             .unwrap()
             .verify()
             .unwrap()

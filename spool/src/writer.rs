@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use redb::{Database, Durability, ReadableTable, WriteTransaction};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::error::{DbContext, Result, SpoolError};
+use crate::error::{DbContext, Result, SpoolError, error_chain};
 use crate::journal::Journal;
 use crate::reader::{Counters, SpoolHealth, Tail};
 use crate::record::{JournalFrame, JournalOpV1, encode_append_frame, encode_event};
@@ -1169,16 +1169,4 @@ fn truncate_utf8(text: &mut String, max: usize) {
         }
         text.truncate(cut);
     }
-}
-
-/// An error with its whole chain of causes, for logs.
-pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    out
 }

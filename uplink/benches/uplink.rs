@@ -15,11 +15,10 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use spool::catalog;
-use spool::schema::EventPayload;
+use central::{Central, IngestStore, JetStreamStore, Server, SpoolStore, Tokens, validate};
+use events::VenueStreams;
 use spool::{AppendStream, ExpectedVersion, Metadata, Seq, Spool, SpoolConfig, StreamId};
 use tokio_util::sync::CancellationToken;
-use uplink::central::{Central, IngestStore, JetStreamStore, Server, SpoolStore, Tokens, validate};
 use uplink::drain::{Drain, DrainConfig};
 
 const TRACK: &str = "bmx-main";
@@ -28,23 +27,14 @@ const TOKEN: &str = "bench-token";
 const LIVE_INTERVAL_MS: u64 = 5;
 
 fn passing(n: u32) -> spool::NewEvent {
-    catalog::Passing {
-        passing_number: n,
-        transponder: Some(9000 + n % 100),
-        rtc_time_us: 1_761_855_822_000_000 + u64::from(n) * 1000,
-        utc_time_us: None,
-        strength: Some(120),
-        hits: Some(30),
-        flags: Some(0),
-        tran_code: None,
-        decoder_id: Some(0x000C_00D0),
-        unknown_tlvs: Vec::new(),
-    }
-    .to_event(Metadata {
-        captured_at_us: spool::now_us(),
-        boot_id: "b-000001".into(),
-        ..Metadata::default()
-    })
+    testkit::passing_event(
+        n,
+        Metadata {
+            captured_at_us: spool::now_us(),
+            boot_id: "b-000001".into(),
+            ..Metadata::default()
+        },
+    )
 }
 
 fn stream() -> StreamId {
@@ -259,7 +249,7 @@ async fn drain_run(
                     .unwrap();
                 addr_tx.send(server.local_addr()).unwrap();
                 server
-                    .run(uplink::central::router(central.clone()), cancel)
+                    .run(central::router(central.clone()), cancel)
                     .await
                     .unwrap();
                 central.stats()[TRACK]

@@ -97,11 +97,13 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn spool(op: &'static str) -> impl FnOnce(spool::SpoolError) -> Self {
+    /// Wraps a spool error with the operation that failed (the drain's reads, central's spool store).
+    pub fn spool(op: &'static str) -> impl FnOnce(spool::SpoolError) -> Self {
         move |source| Self::Spool { op, source }
     }
 
-    pub(crate) fn nats(
+    /// A NATS failure during `op` (central's JetStream store).
+    pub fn nats(
         op: impl Into<String>,
         source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
     ) -> Self {
@@ -112,14 +114,6 @@ impl Error {
     }
 }
 
-/// The whole chain of an error on one line, for logs: `a: b: c`.
-pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = err.to_string();
-    let mut next = err.source();
-    while let Some(cause) = next {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        next = cause.source();
-    }
-    out
-}
+/// The whole chain of an error on one line, for logs: `a: b: c` (the spool's rule, so both read
+/// the same in the journal).
+pub use spool::error_chain as chain;

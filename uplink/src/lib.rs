@@ -2,9 +2,9 @@
 //!
 //! - [`drain`]: inside `venue-node run`, forwards the spool to central through a durable cursor, in
 //!   batches, exactly as `track_ingest.v2` says; the cursor moves only after a 200.
-//! - [`central`]: `venue-node central`, the receiving side: validates, deduplicates per
-//!   `(track_id, client_id)` seq ranges and stores durably in a spool file or NATS JetStream before
-//!   it answers.
+//! - the receiving side, `venue-node central`, is the `central` crate beside this one
+//!   (`uplink/central/`): it validates, deduplicates per `(track_id, client_id)` seq ranges and
+//!   stores durably in a spool file or NATS JetStream before it answers.
 //! - [`wire`]: the JSON both ends speak; [`payload`] maps the venue's spooled events onto it.
 //!
 //! ```no_run
@@ -22,7 +22,6 @@
 
 #![forbid(unsafe_code)]
 
-pub mod central;
 pub mod drain;
 mod error;
 pub mod payload;

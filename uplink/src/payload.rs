@@ -1,4 +1,4 @@
-//! The venue's spooled events ([`spool::catalog`]) as `track_ingest.v2` payloads.
+//! The venue's spooled events ([`events::catalog`]) as `track_ingest.v2` payloads.
 //!
 //! | spool event type | message_type | notes |
 //! |---|---|---|
@@ -10,9 +10,9 @@
 //! Unknown TLVs of decoder records are not sent in v2 payloads (v2 has no field for them); they stay
 //! in the spool, and the raw record is its own `decoder.record` event.
 
+use events::catalog::{self, decoder_id_hex};
 use serde_json::{Map, Value};
 use spool::RecordedEvent;
-use spool::catalog::{self, decoder_id_hex};
 use spool::schema::{EventPayload, Schemas};
 
 use crate::wire::{Passing, Payload, Status, Version};

@@ -178,7 +178,8 @@ fn read_key(path: &Path, what: &'static str) -> Result<PrivateKeyDer<'static>, E
     })
 }
 
-pub(crate) fn read_file(path: &Path, what: &'static str) -> Result<Vec<u8>, Error> {
+/// Reads a whole configuration file (a key, a certificate, the token list), naming it on failure.
+pub fn read_file(path: &Path, what: &'static str) -> Result<Vec<u8>, Error> {
     std::fs::read(path).map_err(|source| Error::ReadFile {
         what,
         path: path.into(),

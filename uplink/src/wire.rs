@@ -273,6 +273,33 @@ pub struct RejectBody {
     pub field: Option<String>,
 }
 
+// Central's limits on what it reads. The drain builds its batches under them (a const assertion there
+// ties the two), so they are part of the contract and live here, beside the types.
+
+/// Largest request body central reads: bounds the memory one request holds. The drain's batches
+/// stay well below it ([`crate::drain::UPLINK_BATCH_BYTES_MAX`]); a larger body gets a 413.
+pub const INGEST_BODY_BYTES_MAX: usize = 8 * 1024 * 1024;
+
+/// Most events in one batch; more gets a 413 and the drain splits. Bounds the work of one commit.
+pub const INGEST_BATCH_EVENTS_MAX: usize = 10_000;
+
+/// Longest event, as raw JSON. Decoder records are a few hundred bytes; extension events (a raw
+/// frame kept for diagnosis, a judge's decision with a note) stay below. Longer gets a 422 for that
+/// event, which the drain then parks.
+pub const INGEST_EVENT_BYTES_MAX: usize = 32 * 1024;
+
+/// Longest track, client or boot id. They are NATS subject tokens and KV keys, so they are also
+/// restricted to `[A-Za-z0-9_-]`.
+pub const INGEST_ID_BYTES_MAX: usize = 64;
+
+/// Longest `message_type`.
+pub const INGEST_MESSAGE_TYPE_BYTES_MAX: usize = 64;
+
+/// Longest string inside a v2 payload (`description`, `transponder_string`, ...).
+pub const INGEST_PAYLOAD_STRING_BYTES_MAX: usize = 256;
+
+const _: () = assert!(INGEST_EVENT_BYTES_MAX < INGEST_BODY_BYTES_MAX);
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -101,7 +101,7 @@ pub enum Command {
     /// and answers 200 only once the store is durable. Plain HTTP is allowed only on loopback.
     Central(CentralArgs),
     /// Serve a simulated P3 decoder on a pseudo-terminal or TCP.
-    Simulate(crate::sim::SimulateArgs),
+    Simulate(crate::simulate::SimulateArgs),
     /// Inspect the spool (works while the node runs, read-only beside it).
     Spool(crate::inspect::SpoolArgs),
     /// Check the box: serial devices, disk, data directory, clock, configuration.
@@ -146,13 +146,10 @@ pub enum ConfigCommand {
     Example,
 }
 
-/// A mistake in the command line or configuration: exit code 2.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UsageError(pub String);
+pub use crate::usage::UsageError;
 
 fn central(args: CentralArgs) -> anyhow::Result<()> {
-    use uplink::central::{CentralConfig, Contract, StoreConfig};
+    use central::{CentralConfig, Contract, StoreConfig};
     let tls = match (args.tls_cert, args.tls_key) {
         (Some(cert_file), Some(key_file)) => Some(uplink::tls::ServerTlsConfig {
             cert_file,
@@ -181,7 +178,7 @@ fn central(args: CentralArgs) -> anyhow::Result<()> {
     };
     crate::runtime::block_on(|cancel| async move {
         tracing::info!(listen = %config.listen, "central starting");
-        uplink::central::serve(config, cancel)
+        central::serve(config, cancel)
             .await
             .map_err(|e| anyhow::anyhow!(uplink::chain(&e)))
     })
@@ -192,7 +189,7 @@ pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Decode { file, hex } => crate::decode::run(file.as_deref(), hex),
         Command::Demo(args) => crate::demo::run(args),
-        Command::Run { config } => crate::runtime::run(&config),
+        Command::Run { config } => crate::run::run(&config),
         Command::Config {
             command: ConfigCommand::Check { file },
         } => match crate::config::Config::load(&file) {
@@ -209,7 +206,7 @@ pub fn run(cli: Cli) -> ExitCode {
             command: ConfigCommand::Example,
         } => crate::out!("{}", crate::config::Config::EXAMPLE).map_err(anyhow::Error::from),
         Command::Central(args) => central(args),
-        Command::Simulate(args) => crate::sim::run(args),
+        Command::Simulate(args) => crate::simulate::run(args),
         Command::Spool(args) => crate::inspect::run(args),
         Command::Doctor(args) => crate::doctor::run(args),
     };

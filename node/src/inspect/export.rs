@@ -144,7 +144,7 @@ pub fn run(reader: &SpoolReader, args: &ExportArgs) -> anyhow::Result<()> {
     if let (Some(f), Some(t)) = (args.from, args.to)
         && f > t
     {
-        return Err(crate::cli::UsageError(format!("--from {f} is after --to {t}")).into());
+        return Err(crate::UsageError(format!("--from {f} is after --to {t}")).into());
     }
     let filter = args.filter.to_filter();
     // Only a file export has something to clean up; Ctrl-C on standard output just ends it.
@@ -214,7 +214,6 @@ pub fn run(reader: &SpoolReader, args: &ExportArgs) -> anyhow::Result<()> {
 /// its partial file instead of leaving it behind. The signals are listened for by the time this
 /// returns.
 fn interrupt_flag() -> anyhow::Result<Arc<AtomicBool>> {
-    use tokio::signal::unix::{SignalKind, signal};
     let flag = Arc::new(AtomicBool::new(false));
     let set = flag.clone();
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -224,29 +223,21 @@ fn interrupt_flag() -> anyhow::Result<Arc<AtomicBool>> {
     let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<std::io::Result<()>>(1);
     std::thread::spawn(move || {
         runtime.block_on(async move {
-            let listeners = signal(SignalKind::interrupt())
-                .and_then(|i| signal(SignalKind::terminate()).map(|t| (i, t)));
-            let (mut interrupt, mut terminate) = match listeners {
-                Ok(l) => {
-                    let _ = ready_tx.send(Ok(()));
-                    l
-                }
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e));
-                    return;
-                }
-            };
-            tokio::select! {
-                _ = interrupt.recv() => {}
-                _ = terminate.recv() => {}
+            let stop = tokio_util::sync::CancellationToken::new();
+            let listening = crate::signal::cancel_on_shutdown_signal(stop.clone());
+            let failed = listening.is_err();
+            let _ = ready_tx.send(listening);
+            if failed {
+                return;
             }
+            stop.cancelled().await;
             set.store(true, Ordering::Relaxed);
         });
     });
     ready_rx
         .recv()
         .context("the signal listener stopped")?
-        .context("listening for Ctrl-C")?;
+        .context("listening for SIGTERM and Ctrl-C")?;
     Ok(flag)
 }
 

@@ -61,7 +61,7 @@ impl Location {
     /// the data directory (`rejected retry` needs the uplink's settings) use it.
     pub fn config(&self) -> anyhow::Result<Config> {
         if self.data_dir.is_some() {
-            return Err(crate::cli::UsageError(
+            return Err(crate::UsageError(
                 "this command needs the node's configuration, not only its data directory: give --config FILE"
                     .into(),
             )
@@ -72,7 +72,7 @@ impl Location {
             .clone()
             .unwrap_or_else(|| PathBuf::from(config::CONFIG_PATH_DEFAULT));
         Config::load(&path).map_err(|errors| {
-            crate::cli::UsageError(format!(
+            crate::UsageError(format!(
                 "cannot load the configuration (give --config FILE): {errors}"
             ))
             .into()
@@ -89,7 +89,7 @@ impl Location {
             .clone()
             .unwrap_or_else(|| PathBuf::from(config::CONFIG_PATH_DEFAULT));
         let config = Config::load(&path).map_err(|errors| {
-            crate::cli::UsageError(format!(
+            crate::UsageError(format!(
                 "cannot find the spool through the configuration (give --data-dir DIR or --config FILE): {errors}"
             ))
         })?;
@@ -304,6 +304,6 @@ fn ensure_spool(dir: &Path) -> anyhow::Result<()> {
 /// Opens the spool read-only, beside a node that may be running.
 fn open(dir: &Path) -> anyhow::Result<spool::SpoolReader> {
     ensure_spool(dir)?;
-    spool::SpoolReader::open(dir, Arc::new(spool::catalog::schemas()))
+    spool::SpoolReader::open(dir, Arc::new(events::catalog::schemas()))
         .with_context(|| format!("opening the spool {} read-only", dir.display()))
 }

@@ -138,15 +138,15 @@ pub fn tail(reader: &SpoolReader, args: &TailArgs) -> anyhow::Result<()> {
 
 /// `tail -f`: polls the journal for new events until Ctrl-C or SIGTERM.
 fn follow(reader: &SpoolReader, filter: &EventFilter, from: Seq, json: bool) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the runtime for tail -f")?;
     runtime.block_on(async {
         // Installed before the first look, so a Ctrl-C at any time after this ends cleanly.
-        let mut interrupt = signal(SignalKind::interrupt()).context("listening for Ctrl-C")?;
-        let mut terminate = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+        let stop = tokio_util::sync::CancellationToken::new();
+        crate::signal::cancel_on_shutdown_signal(stop.clone())
+            .context("listening for SIGTERM and Ctrl-C")?;
         let mut next = from;
         loop {
             reader.refresh().context("re-reading the spool's journal")?;
@@ -165,8 +165,7 @@ fn follow(reader: &SpoolReader, filter: &EventFilter, from: Seq, json: bool) -> 
             }
             drop(out);
             tokio::select! {
-                _ = interrupt.recv() => return Ok(()),
-                _ = terminate.recv() => return Ok(()),
+                () = stop.cancelled() => return Ok(()),
                 _ = tokio::time::sleep(Duration::from_millis(TAIL_FOLLOW_POLL_MS)) => {}
             }
         }

@@ -67,7 +67,7 @@ pub fn run(dir: &Path, location: &Location, args: RejectedArgs) -> anyhow::Resul
         None => list(&super::open(dir)?, &args.cursor, args.json),
         Some(RejectedAction::Retry { seq }) => {
             if args.cursor != crate::runtime::UPLINK_CURSOR {
-                return Err(crate::cli::UsageError(format!(
+                return Err(crate::UsageError(format!(
                     "only the uplink's parked events can be retried (cursor {}), not {}'s",
                     crate::runtime::UPLINK_CURSOR,
                     args.cursor
@@ -187,9 +187,15 @@ fn retry(config: &Config, only: Option<Seq>) -> anyhow::Result<()> {
     let (outcome, interrupted) = runtime.block_on(async {
         let cancel = CancellationToken::new();
         let stop = cancel.clone();
+        let signalled = CancellationToken::new();
+        let listening = crate::signal::cancel_on_shutdown_signal(signalled.clone());
         let mut watchdog = tokio::spawn(async move {
+            if listening.is_err() {
+                // Without handlers a signal exits at once; the time limit still applies.
+                tracing::warn!("cannot listen for SIGTERM and Ctrl-C");
+            }
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => "Ctrl-C",
+                () = signalled.cancelled() => "Ctrl-C or SIGTERM",
                 _ = tokio::time::sleep(Duration::from_secs(REJECTED_RETRY_TIMEOUT_S)) => "the time limit",
             }
         });

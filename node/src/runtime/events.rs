@@ -1,7 +1,8 @@
 //! Decoder records to spool events: which stream, which type, which idempotency key.
 
+use ::events::VenueStreams;
+use ::events::catalog;
 use decoder::{Body, Frame, Record, Reject};
-use spool::catalog;
 use spool::schema::EventPayload;
 use spool::{Metadata, NewEvent, SpoolError, StreamId};
 

@@ -24,8 +24,9 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use ::events::VenueStreams;
+use ::events::catalog::{self, decoder_id_hex};
 use decoder::{Accumulator, Event};
-use spool::catalog::{self, decoder_id_hex};
 use spool::schema::EventPayload;
 use spool::{
     AppendStream, ExpectedVersion, Metadata, NewEvent, Spool, SpoolError, StreamId, now_us,

@@ -18,17 +18,17 @@ pub mod notify;
 pub mod status;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
+use ::events::VenueStreams;
+use ::events::catalog;
 use anyhow::Context;
-use spool::catalog;
 use spool::schema::EventPayload;
 use spool::{AppendStream, ExpectedVersion, Metadata, Spool, SpoolConfig, StreamId, now_us};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, DecoderKind};
+use crate::config::Config;
 use status::{NodeStatus, Shared};
 
 /// How often the status file is rewritten.
@@ -43,7 +43,7 @@ pub const SPOOL_ALARM_SUMMARY_INTERVAL_S: u64 = 60;
 pub fn spool_config(config: &Config) -> SpoolConfig {
     let mut sc = SpoolConfig {
         disk_cap_bytes: config.spool.cap_bytes,
-        ..SpoolConfig::default()
+        ..::events::spool_config()
     };
     if let Some(days) = config.spool.retention_days {
         sc.retention_age = Some(Duration::from_secs(days * 86_400));
@@ -120,8 +120,8 @@ pub fn drain_config(
     dc
 }
 
-/// The durable cursor the uplink drains through.
-pub const UPLINK_CURSOR: &str = "uplink";
+/// The durable cursor the uplink drains through (defined with the venue's other names).
+pub use ::events::UPLINK_CURSOR;
 
 /// A running node, for `run`, `demo` and the tests.
 pub struct Node {
@@ -184,19 +184,7 @@ impl Node {
             version: env!("CARGO_PKG_VERSION").into(),
             boot_id: boot_id.clone(),
         };
-        let meta = Metadata {
-            captured_at_us: now_us(),
-            boot_id: boot_id.clone(),
-            ..Metadata::default()
-        };
-        spool
-            .append(vec![AppendStream::new(
-                StreamId::node(),
-                ExpectedVersion::Any,
-                vec![started.to_event(meta)],
-            )])
-            .await
-            .context("storing node.started")?;
+        append_node_event(&spool, &boot_id, started).await?;
         let status = Shared::new(NodeStatus {
             node_id: node_id.clone(),
             boot_id: boot_id.clone(),
@@ -219,36 +207,13 @@ impl Node {
     pub async fn run(self, config: &Config, cancel: CancellationToken) -> anyhow::Result<()> {
         let tracker = TaskTracker::new();
         for d in &config.decoders {
-            let source = match &d.kind {
-                DecoderKind::Sim { seed, rate_per_s } => {
-                    // The built-in simulator: served on a PTY in the data directory and read through
-                    // tokio-serial like any serial decoder, so the node's path is the real one.
-                    let sim_config = crate::sim::SimConfig {
-                        seed: *seed,
-                        rate_per_s: *rate_per_s,
-                        ..Default::default()
-                    };
-                    let decoder = crate::sim::Decoder::new(sim_config)
-                        .map_err(|e| anyhow::anyhow!("decoder {:?}: {e}", d.name))?;
-                    let link = self.data_dir.join(format!("sim-{}", d.name));
-                    let _pty = crate::sim::serve_pty(
-                        decoder,
-                        crate::sim::PtyOptions::new(&link),
-                        cancel.clone(),
-                    )
-                    .await
-                    .map_err(|e| {
-                        anyhow::anyhow!("decoder {:?}: starting the simulator: {e}", d.name)
-                    })?;
-                    input::Source::Serial {
-                        device: link,
-                        baud: crate::config::SERIAL_BAUD_DEFAULT,
-                    }
-                }
-                other => match input::Source::from_config(other) {
-                    Some(source) => source,
-                    None => continue,
-                },
+            let Some(source) = input::Source::from_config(&d.kind) else {
+                // The runtime reads real devices only; `venue-node run` (node::run) serves a
+                // simulated decoder on a PTY and hands it over as a serial one.
+                anyhow::bail!(
+                    "decoder {:?}: kind = \"sim\" must be started as a serial device before the runtime",
+                    d.name
+                );
             };
             let input = input::Input::new(
                 d,
@@ -295,19 +260,7 @@ impl Node {
             version: env!("CARGO_PKG_VERSION").into(),
             boot_id: self.boot_id.clone(),
         };
-        let meta = Metadata {
-            captured_at_us: now_us(),
-            boot_id: self.boot_id.clone(),
-            ..Metadata::default()
-        };
-        self.spool
-            .append(vec![AppendStream::new(
-                StreamId::node(),
-                ExpectedVersion::Any,
-                vec![stopping.to_event(meta)],
-            )])
-            .await
-            .context("storing node.stopping")?;
+        append_node_event(&self.spool, &self.boot_id, stopping).await?;
         let spool = self.spool;
         // The last clone: dropping it checkpoints and joins the writer thread, which blocks.
         tokio::task::spawn_blocking(move || drop(spool))
@@ -362,6 +315,32 @@ impl Node {
         });
         Ok(())
     }
+}
+
+/// Stores one of the node's own lifecycle events (`node.started`, `node.stopping`) on the node's
+/// stream: the one place their metadata and stream are chosen.
+async fn append_node_event<E: EventPayload>(
+    spool: &Spool,
+    boot_id: &str,
+    payload: E,
+) -> anyhow::Result<()> {
+    let meta = Metadata {
+        captured_at_us: now_us(),
+        boot_id: boot_id.to_string(),
+        ..Metadata::default()
+    };
+    let event = payload
+        .encode(meta)
+        .with_context(|| format!("encoding {}", E::EVENT_TYPE))?;
+    spool
+        .append(vec![AppendStream::new(
+            StreamId::node(),
+            ExpectedVersion::Any,
+            vec![event],
+        )])
+        .await
+        .with_context(|| format!("storing {}", E::EVENT_TYPE))?;
+    Ok(())
 }
 
 /// Keeps the status file fresh and the spool's state in it: every second it reads the spool's
@@ -542,39 +521,8 @@ where
         .context("starting the async runtime")?;
     rt.block_on(async {
         let cancel = CancellationToken::new();
-        let signals = cancel.clone();
-        tokio::spawn(async move {
-            shutdown_signal().await;
-            tracing::info!("shutdown requested");
-            signals.cancel();
-        });
+        crate::signal::cancel_on_shutdown_signal(cancel.clone())
+            .context("listening for SIGTERM and Ctrl-C")?;
         f(cancel).await
-    })
-}
-
-/// SIGTERM (systemd stop) and SIGINT (Ctrl-C) start the same orderly shutdown.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        // Without handlers the default action (exit) applies; nothing better to do.
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-}
-
-/// `venue-node run`.
-pub fn run(config_path: &std::path::Path) -> anyhow::Result<()> {
-    let config = Config::load(config_path)
-        .map_err(|e| anyhow::Error::new(crate::cli::UsageError(e.to_string())))?;
-    let config = Arc::new(config);
-    block_on(|cancel| async move {
-        let node = Node::open(&config).await?;
-        node.run(&config, cancel).await
     })
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use node::sim::{self, Decoder, PtyOptions, SimConfig};
+use ::sim::{self, Decoder, PtyOptions, SimConfig};
 use spool::{Seq, SpoolReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -117,7 +117,7 @@ async fn wait_until(dir: &Path, what: &str, limit: Duration, mut check: impl FnM
 
 /// (head, uplink cursor) of the node's spool, read beside the running node.
 fn progress(spool_dir: &Path) -> Option<(u64, u64)> {
-    let reader = SpoolReader::open(spool_dir, Arc::new(spool::catalog::schemas())).ok()?;
+    let reader = SpoolReader::open(spool_dir, Arc::new(events::catalog::schemas())).ok()?;
     Some((reader.head().ok()?.0, reader.cursor("uplink").ok()?.0))
 }
 
@@ -219,7 +219,7 @@ async fn wan_cuts_and_kill_9_of_node_and_central_lose_nothing_and_store_nothing_
     let acked = settled.unwrap();
 
     // What the node holds, by seq.
-    let reader = SpoolReader::open(&spool_dir, Arc::new(spool::catalog::schemas())).unwrap();
+    let reader = SpoolReader::open(&spool_dir, Arc::new(events::catalog::schemas())).unwrap();
     let head = reader.head().unwrap().0;
     let mut from = Seq::FIRST;
     let mut node_seqs = Vec::new();
@@ -237,7 +237,7 @@ async fn wan_cuts_and_kill_9_of_node_and_central_lose_nothing_and_store_nothing_
     let passings = node_seqs.len();
 
     // What central stored, by (client, seq).
-    let store = uplink::central::SpoolStore::open(&dir.join("central-store"))
+    let store = central::SpoolStore::open(&dir.join("central-store"))
         .await
         .unwrap();
     let mut stored: BTreeMap<(String, u64), usize> = BTreeMap::new();

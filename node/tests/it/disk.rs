@@ -9,10 +9,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use events::VenueStreams;
+use events::catalog;
 use node::runtime::Node;
 use node::runtime::notify::Notifier;
 use node::runtime::status::{NodeStatus, SpoolState};
-use spool::catalog;
 use spool::schema::EventPayload;
 use spool::storage::{BackendError, DirStorage, Storage, StorageBackend};
 use spool::{AppendStream, ExpectedVersion, Seq, Spool, SpoolReader, StreamId};

@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use node::sim::{self, Decoder, Emitted, PtyOptions, SimConfig};
-use spool::catalog;
+use ::sim::{self, Decoder, Emitted, PtyOptions, SimConfig};
+use events::catalog;
 use spool::schema::EventPayload;
 use spool::{Seq, SpoolReader};
 use tokio_util::sync::CancellationToken;

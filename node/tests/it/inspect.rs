@@ -8,8 +8,9 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use events::VenueStreams;
+use events::catalog::{Decision, NodeStarted, Passing, Status};
 use serde_json::Value;
-use spool::catalog::{Decision, NodeStarted, Passing, Status};
 use spool::schema::EventPayload;
 use spool::{AppendStream, ExpectedVersion, Metadata, NewEvent, Seq, Spool, SpoolConfig, StreamId};
 
@@ -226,7 +227,7 @@ fn open_writer(dir: &Path) -> Spool {
         dir,
         SpoolConfig {
             journal_bytes: TEST_JOURNAL_BYTES,
-            ..SpoolConfig::default()
+            ..events::spool_config()
         },
     )
     .expect("open the spool")
@@ -726,7 +727,7 @@ struct TestCentral {
     /// The server runs on it; kept alive as long as this.
     _runtime: tokio::runtime::Runtime,
     addr: std::net::SocketAddr,
-    central: std::sync::Arc<uplink::central::Central<uplink::central::SpoolStore>>,
+    central: std::sync::Arc<central::Central<central::SpoolStore>>,
     cancel: tokio_util::sync::CancellationToken,
     _dir: tempfile::TempDir,
 }
@@ -741,18 +742,17 @@ impl TestCentral {
         let dir = tempfile::tempdir().unwrap();
         let cancel = tokio_util::sync::CancellationToken::new();
         let (addr, central) = runtime.block_on(async {
-            let store = uplink::central::SpoolStore::open(dir.path())
+            let store = central::SpoolStore::open(dir.path())
                 .await
                 .expect("central's store");
-            let tokens =
-                uplink::central::Tokens::parse(&format!("{CENTRAL_TRACK} {CENTRAL_TOKEN}\n"))
-                    .expect("tokens");
-            let central = uplink::central::Central::new(store, tokens);
-            let server = uplink::central::Server::bind("127.0.0.1:0".parse().unwrap(), None)
+            let tokens = central::Tokens::parse(&format!("{CENTRAL_TRACK} {CENTRAL_TOKEN}\n"))
+                .expect("tokens");
+            let central = central::Central::new(store, tokens);
+            let server = central::Server::bind("127.0.0.1:0".parse().unwrap(), None)
                 .await
                 .expect("bind central");
             let addr = server.local_addr();
-            tokio::spawn(server.run(uplink::central::router(central.clone()), cancel.clone()));
+            tokio::spawn(server.run(central::router(central.clone()), cancel.clone()));
             (addr, central)
         });
         TestCentral {

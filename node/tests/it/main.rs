@@ -6,5 +6,6 @@ mod e2e;
 mod inspect;
 mod logs;
 mod process;
+mod run;
 mod runtime;
-mod sim;
+mod simulate;

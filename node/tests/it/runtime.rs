@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use decoder::{Accumulator, Body, Event, FrameBuilder, Record, tor};
+use events::catalog;
 use node::config::{ClockSettings, Config, DecoderConfig, DecoderKind, SpoolSettings};
 use node::runtime::Node;
-use spool::catalog;
 use spool::schema::EventPayload;
 use spool::{Seq, Spool};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -22,22 +22,7 @@ fn passing(n: u32) -> Vec<u8> {
 }
 
 fn passing_at(n: u32, rtc_time_us: u64) -> Vec<u8> {
-    let mut b = FrameBuilder::new(tor::PASSING);
-    b.u32(0x01, n)
-        .unwrap()
-        .u32(0x03, 5_000_000 + n % 7)
-        .unwrap()
-        .u64(0x04, rtc_time_us)
-        .unwrap();
-    b.u16(0x05, 100)
-        .unwrap()
-        .u16(0x06, 20)
-        .unwrap()
-        .u16(0x08, 0)
-        .unwrap()
-        .u32(0x81, DECODER_ID)
-        .unwrap();
-    wire(b)
+    testkit::passing_frame(n, DECODER_ID, rtc_time_us)
 }
 
 fn status_frame() -> Vec<u8> {
@@ -214,12 +199,8 @@ impl Running {
     }
 }
 
-pub async fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+pub async fn wait_for(what: &str, check: impl FnMut() -> bool) {
+    testkit::wait_for(what, WAIT, check).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

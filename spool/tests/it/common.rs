@@ -52,9 +52,9 @@ pub fn stream(name: &str) -> StreamId {
     StreamId::new(name).expect("a valid test stream id")
 }
 
-/// The catalog's schemas plus the tests' own type.
+/// The tests' own type: the spool knows no other.
 pub fn test_schemas() -> Arc<Schemas> {
-    let mut schemas = spool::catalog::schemas();
+    let mut schemas = Schemas::empty();
     schemas.register::<TestEvent>();
     Arc::new(schemas)
 }

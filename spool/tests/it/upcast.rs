@@ -4,7 +4,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use spool::catalog::{self, Passing};
+use events::VenueStreams;
+use events::catalog::{self, Passing};
 use spool::schema::EventPayload;
 use spool::{Seq, Spool, SpoolConfig, SpoolReader, StreamId};
 
@@ -56,7 +57,7 @@ fn a_fixture_spool_written_with_passing_v1_reads_as_v2_read_only_and_for_writing
         .map(|name| std::fs::read(dir.path().join(name)).unwrap())
         .collect();
     assert!(before == after, "a refused read-only open changes no byte");
-    let spool = Spool::open(dir.path(), SpoolConfig::default()).unwrap();
+    let spool = Spool::open(dir.path(), events::spool_config()).unwrap();
     {
         // Recovered by the writer, it reads read-only beside it.
         let reader = SpoolReader::open(dir.path(), schemas.clone()).unwrap();
@@ -87,7 +88,7 @@ fn a_fixture_spool_written_with_passing_v1_reads_as_v2_read_only_and_for_writing
 #[test]
 fn an_unknown_schema_version_fails_to_render_and_verify_reports_it() {
     let dir = tempfile::tempdir().unwrap();
-    let spool = Spool::open(dir.path(), SpoolConfig::default()).unwrap();
+    let spool = Spool::open(dir.path(), events::spool_config()).unwrap();
     let mut event = catalog::Decision {
         kind: "penalty".into(),
         subject: "12".into(),

@@ -59,7 +59,7 @@ use crate::wire::{EncodedEvent, EventIdContext, IdempotencyKey, WireEvent};
 pub const UPLINK_BATCH_EVENTS_MAX: usize = 5_000;
 
 /// Most bytes of one batch body. Central refuses bodies over
-/// [`crate::central::validate::INGEST_BODY_BYTES_MAX`]; staying well below leaves room for servers
+/// [`crate::wire::INGEST_BODY_BYTES_MAX`]; staying well below leaves room for servers
 /// with a smaller limit (they answer 413, and the drain splits).
 pub const UPLINK_BATCH_BYTES_MAX: usize = 2 * 1024 * 1024;
 
@@ -95,8 +95,8 @@ pub const UPLINK_REQUEST_MS_MAX: u64 = 30_000;
 pub const UPLINK_RATE_WINDOW_MS: u64 = 10_000;
 
 const _: () = assert!(UPLINK_BACKOFF_MS_MIN <= UPLINK_BACKOFF_MS_MAX);
-const _: () = assert!(UPLINK_BATCH_BYTES_MAX < crate::central::validate::INGEST_BODY_BYTES_MAX);
-const _: () = assert!(UPLINK_BATCH_EVENTS_MAX <= crate::central::validate::INGEST_BATCH_EVENTS_MAX);
+const _: () = assert!(UPLINK_BATCH_BYTES_MAX < crate::wire::INGEST_BODY_BYTES_MAX);
+const _: () = assert!(UPLINK_BATCH_EVENTS_MAX <= crate::wire::INGEST_BATCH_EVENTS_MAX);
 const _: () = assert!(UPLINK_BATCH_EVENTS_MAX <= spool::READ_EVENTS_MAX);
 
 /// The cursor the drain keeps in the spool, unless configured otherwise.
@@ -106,9 +106,9 @@ pub const UPLINK_CURSOR_DEFAULT: &str = "uplink";
 /// contract's own message types (PASSING, STATUS, VERSION), which a strict `track_ingest.v2` central
 /// accepts. Everything else is an extension that such a central refuses, so it is opt-in.
 pub const FORWARD_DEFAULT: [&str; 3] = [
-    spool::catalog::Passing::EVENT_TYPE,
-    spool::catalog::Status::EVENT_TYPE,
-    spool::catalog::Version::EVENT_TYPE,
+    events::catalog::Passing::EVENT_TYPE,
+    events::catalog::Status::EVENT_TYPE,
+    events::catalog::Version::EVENT_TYPE,
 ];
 
 /// The pattern that forwards every event type, for a central that takes extensions (ours).
@@ -284,14 +284,11 @@ impl Drain {
             ("track_id", &config.track_id),
             ("client_id", &config.client_id),
         ] {
-            if id.is_empty()
-                || id.len() > crate::central::validate::INGEST_ID_BYTES_MAX
-                || !id
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-            {
+            if !events::is_id(id, crate::wire::INGEST_ID_BYTES_MAX) {
                 return Err(Error::Config(format!(
-                    "{name} {id:?} must be 1 to 64 of [A-Za-z0-9_-]"
+                    "{name} {id:?} must be 1 to {} of {}",
+                    crate::wire::INGEST_ID_BYTES_MAX,
+                    events::ID_ALPHABET
                 )));
             }
         }
@@ -626,12 +623,11 @@ pub fn encode(config: &DrainConfig, schemas: &Schemas, event: &RecordedEvent) ->
 /// every try of this event fail, so it is replaced by a fixed stand-in that is still stable.
 fn boot_id_of(event: &RecordedEvent) -> &str {
     let id = event.meta.boot_id.as_str();
-    let valid = !id.is_empty()
-        && id.len() <= crate::central::validate::INGEST_ID_BYTES_MAX
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if valid { id } else { "unknown" }
+    if events::is_id(id, crate::wire::INGEST_ID_BYTES_MAX) {
+        id
+    } else {
+        "unknown"
+    }
 }
 
 /// What [`Drain::resend_parked`] came to.

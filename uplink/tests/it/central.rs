@@ -2,10 +2,10 @@
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
+use central::{Central, SpoolStore, router};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tower::ServiceExt;
-use uplink::central::{Central, SpoolStore, router};
 
 use crate::common::*;
 
@@ -170,7 +170,7 @@ async fn bodies_are_limited_in_size_and_time_before_parsing() {
         }
         router(central.clone()).oneshot(request.body(body).unwrap())
     };
-    let announced = (uplink::central::validate::INGEST_BODY_BYTES_MAX + 1) as u64;
+    let announced = (::central::validate::INGEST_BODY_BYTES_MAX + 1) as u64;
     // The body never comes: only the announcement is refused.
     let never = Body::from_stream(futures_util::stream::pending::<
         Result<Vec<u8>, std::io::Error>,
@@ -195,7 +195,7 @@ async fn bodies_are_limited_in_size_and_time_before_parsing() {
     assert_eq!(response.headers()[header::CONNECTION], "close");
     assert_eq!(
         started.elapsed(),
-        std::time::Duration::from_millis(uplink::central::CENTRAL_BODY_READ_MS_MAX)
+        std::time::Duration::from_millis(::central::CENTRAL_BODY_READ_MS_MAX)
     );
     assert_eq!(central.stats()[TRACK].rejected, 3);
 }

@@ -5,15 +5,16 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use spool::catalog;
+use central::{Central, Contract, IngestStore, Server, SpoolStore, StoredIngest, Tokens};
+use events::VenueStreams;
+use events::catalog;
 use spool::schema::EventPayload;
-use spool::{AppendStream, ExpectedVersion, Metadata, NewEvent, Spool, SpoolConfig, StreamId};
+use spool::{AppendStream, ExpectedVersion, Metadata, NewEvent, Spool, StreamId};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use uplink::central::{Central, Contract, IngestStore, Server, SpoolStore, StoredIngest, Tokens};
 use uplink::drain::{Drain, DrainConfig, DrainLimits, DrainStatus};
 use uplink::tls::ServerTlsConfig;
 
@@ -23,22 +24,12 @@ pub const TOKEN: &str = "s3cret-bmx";
 pub const OTHER_TRACK_TOKEN: &str = "s3cret-kart";
 
 /// Polls `condition` until it holds; panics naming `what` after `timeout`.
-pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut condition: F)
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, condition: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if condition().await {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    testkit::wait_for_async(what, timeout, condition).await;
 }
 
 /// Waits until the drain's status satisfies `condition`.
@@ -62,23 +53,11 @@ pub async fn wait_status(
 }
 
 pub fn open_spool(dir: &Path) -> Spool {
-    Spool::open(dir, SpoolConfig::default()).expect("open spool")
+    Spool::open(dir, events::spool_config()).expect("open spool")
 }
 
 pub fn passing(n: u32) -> NewEvent {
-    catalog::Passing {
-        passing_number: n,
-        transponder: Some(9000 + n % 100),
-        rtc_time_us: 1_761_855_822_000_000 + u64::from(n) * 1000,
-        utc_time_us: None,
-        strength: Some(120),
-        hits: Some(30),
-        flags: Some(0),
-        tran_code: None,
-        decoder_id: Some(0x000C_00D0),
-        unknown_tlvs: Vec::new(),
-    }
-    .to_event(meta())
+    testkit::passing_event(n, meta())
 }
 
 /// A decoder.version whose description is longer than central accepts (256 bytes): central
@@ -182,7 +161,7 @@ pub async fn start_central_with<S: IngestStore>(
     let addr = server.local_addr();
     let central = Central::with_contract(store, tokens(), contract);
     let cancel = CancellationToken::new();
-    let task = tokio::spawn(server.run(uplink::central::router(central.clone()), cancel.clone()));
+    let task = tokio::spawn(server.run(central::router(central.clone()), cancel.clone()));
     RunningCentral {
         addr,
         central,

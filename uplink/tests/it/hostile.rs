@@ -13,10 +13,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use ::central::{Central, Server, ServerLimits};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
-use uplink::central::{Central, Server, ServerLimits};
 
 use crate::common::*;
 
@@ -31,7 +31,7 @@ const FD_LIMIT: u64 = 3_000;
 const ATTACKERS: usize = 2_000;
 
 const _: () = assert!(
-    (ATTACKERS + uplink::central::CENTRAL_CONNECTIONS_MAX) as u64 + 200 < FD_LIMIT
+    (ATTACKERS + ::central::CENTRAL_CONNECTIONS_MAX) as u64 + 200 < FD_LIMIT
         && (2 * ATTACKERS) as u64 > FD_LIMIT
 );
 
@@ -144,10 +144,8 @@ async fn hostile_load() {
     let addr = server.local_addr();
     let central = Central::new(spool_store(&dir.path().join("central")).await, tokens());
     let central_cancel = CancellationToken::new();
-    let central_task = tokio::spawn(server.run(
-        uplink::central::router(central.clone()),
-        central_cancel.clone(),
-    ));
+    let central_task =
+        tokio::spawn(server.run(::central::router(central.clone()), central_cancel.clone()));
 
     // Written before the flood, so that a failure to open files shows where it matters: the drain.
     let token = dir.path().join("token");

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use uplink::central::JetStreamStore;
-use uplink::central::store::jetstream::JETSTREAM_STREAM;
+use central::JetStreamStore;
+use central::store::jetstream::JETSTREAM_STREAM;
 
 use crate::common::*;
 use crate::faults::{FaultProxy, assert_every_fault_happened, chaos_schedule};

@@ -4,10 +4,10 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use ::central::{Central, Contract, TrackStats};
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use tower::ServiceExt;
-use uplink::central::{Central, Contract, TrackStats};
 use uplink::drain::{FORWARD_ALL, FORWARD_DEFAULT};
 
 use crate::common::*;
@@ -51,7 +51,7 @@ async fn a_strict_central_refuses_extensions_in_plain_text_naming_the_event() {
     ] {
         let store = spool_store(&dir.path().join(format!("{contract:?}"))).await;
         let central = Central::with_contract(store, tokens(), contract);
-        let response = uplink::central::router(central.clone())
+        let response = ::central::router(central.clone())
             .oneshot(
                 Request::post("/api/ingest/batch")
                     .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))

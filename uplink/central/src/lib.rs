@@ -13,7 +13,7 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), uplink::Error> {
-//! use uplink::central::{CentralConfig, Contract, StoreConfig};
+//! use central::{CentralConfig, Contract, StoreConfig};
 //! let config = CentralConfig {
 //!     listen: "127.0.0.1:8443".parse().unwrap(),
 //!     tls: None, // plain HTTP is allowed on loopback only
@@ -21,7 +21,7 @@
 //!     store: StoreConfig::Spool { path: "central.redb".into() },
 //!     contract: Contract::WithExtensions,
 //! };
-//! uplink::central::serve(config, tokio_util::sync::CancellationToken::new()).await
+//! central::serve(config, tokio_util::sync::CancellationToken::new()).await
 //! # }
 //! ```
 
@@ -55,9 +55,9 @@ pub use store::spool::{SpoolStore, StoredIngest};
 pub use tokens::Tokens;
 pub use validate::{Reject, ValidBatch, ValidEvent};
 
-use crate::Error;
-use crate::tls::ServerTlsConfig;
-use crate::wire::{BatchAccepted, RejectBody};
+use uplink::Error;
+use uplink::tls::ServerTlsConfig;
+use uplink::wire::{BatchAccepted, RejectBody};
 
 /// Where central keeps what it accepted. Implementations make a batch durable before they return, and
 /// count an event whose `(track_id, client_id, seq)` they already hold as a duplicate, for ever.
@@ -100,9 +100,9 @@ pub enum Contract {
 
 /// The message types a [`Contract::StrictV2`] central accepts.
 pub const STRICT_V2_MESSAGE_TYPES: [&str; 3] = [
-    crate::wire::MESSAGE_TYPE_PASSING,
-    crate::wire::MESSAGE_TYPE_STATUS,
-    crate::wire::MESSAGE_TYPE_VERSION,
+    uplink::wire::MESSAGE_TYPE_PASSING,
+    uplink::wire::MESSAGE_TYPE_STATUS,
+    uplink::wire::MESSAGE_TYPE_VERSION,
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -383,7 +383,7 @@ async fn ingest_batch<S: IngestStore>(
     match stored {
         Ok(done) => (StatusCode::OK, axum::Json(done)).into_response(),
         Err(error) => {
-            tracing::error!(track, error = %crate::error::chain(&error), "ingest store failed");
+            tracing::error!(track, error = %uplink::chain(&error), "ingest store failed");
             server_error("the store is unavailable; retry later")
         }
     }

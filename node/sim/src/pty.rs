@@ -28,8 +28,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::SimError;
-use super::model::{Decoder, Emitted};
-use super::serve::{self, Conn, Core, OUTPUT_QUEUE_BYTES_MAX, READ_BYTES_MAX, ServeStats};
+use super::model::Decoder;
+use super::serve::{self, Conn, Core, OUTPUT_QUEUE_BYTES_MAX, READ_BYTES_MAX, SimHandle};
 
 /// How often, in milliseconds, a PTY with no reader checks whether someone opened it. Frames generated
 /// before it notices are dropped as unheard, like bytes on a serial line nobody reads.
@@ -72,52 +72,39 @@ struct Shared {
     peer_open: AtomicBool,
 }
 
-/// A running PTY simulator. Dropping the handle does not stop it: cancel the token given to
-/// [`serve_pty`], then await [`PtyHandle::closed`].
+/// A running PTY simulator: [`SimHandle`] with the controls of a USB cable.
+pub type PtyHandle = SimHandle<Pty>;
+
+/// What only a PTY simulator has: its stable link, its current device, and the cable to pull.
 #[derive(Debug)]
-pub struct PtyHandle {
+pub struct Pty {
     link: PathBuf,
-    core: Arc<Core>,
-    emitted: Emitted,
     shared: Arc<Shared>,
     control: mpsc::Sender<Control>,
-    tracker: TaskTracker,
 }
 
-impl PtyHandle {
+impl SimHandle<Pty> {
     /// The stable path to open.
     pub fn link(&self) -> &Path {
-        &self.link
+        &self.transport.link
     }
 
     /// The device the link points to now; `None` while yanked.
     pub fn device(&self) -> Option<PathBuf> {
-        lock(&self.shared.device).clone()
+        lock(&self.transport.shared.device).clone()
     }
 
     /// Whether someone has the device open, as far as the simulator has noticed.
     pub fn is_open_by_reader(&self) -> bool {
-        self.shared.peer_open.load(Ordering::Relaxed)
-    }
-
-    pub fn emitted(&self) -> Emitted {
-        self.emitted.clone()
-    }
-
-    pub fn stats(&self) -> ServeStats {
-        self.core.stats()
-    }
-
-    /// Runs `f` on the decoder model, e.g. to read its state. Keep it short: the generator waits.
-    pub fn with_decoder<T>(&self, f: impl FnOnce(&mut Decoder) -> T) -> T {
-        f(&mut self.core.model())
+        self.transport.shared.peer_open.load(Ordering::Relaxed)
     }
 
     /// Unplugs the device: removes the link and closes the PTY. The decoder keeps generating passings,
     /// which nobody hears. Does nothing if already unplugged.
     pub async fn yank(&self) -> Result<(), SimError> {
         let (tx, rx) = oneshot::channel();
-        self.control
+        self.transport
+            .control
             .send(Control::Yank(tx))
             .await
             .map_err(|_| SimError::Stopped)?;
@@ -128,16 +115,12 @@ impl PtyHandle {
     /// Returns the new device path; if already plugged, the current one.
     pub async fn plug(&self) -> Result<PathBuf, SimError> {
         let (tx, rx) = oneshot::channel();
-        self.control
+        self.transport
+            .control
             .send(Control::Plug(tx))
             .await
             .map_err(|_| SimError::Stopped)?;
         rx.await.map_err(|_| SimError::Stopped)?
-    }
-
-    /// Waits until the simulator has stopped (after its token is cancelled) and removed its link.
-    pub async fn closed(&self) {
-        self.tracker.wait().await;
     }
 }
 
@@ -171,13 +154,15 @@ pub async fn serve_pty(
         tracker.clone(),
     ));
     tracker.close();
-    Ok(PtyHandle {
-        link: opts.link,
+    Ok(SimHandle {
         core,
         emitted,
-        shared,
-        control,
         tracker,
+        transport: Pty {
+            link: opts.link,
+            shared,
+            control,
+        },
     })
 }
 

@@ -1,7 +1,7 @@
 //! The venue's event catalog: every event type the node stores, with its schema version.
 //!
 //! Payloads are postcard structs. A field is never reordered or removed: a change is a new
-//! schema version with an upcaster from the one before (see [`crate::schema`]). The upgrade
+//! schema version with an upcaster from the one before (see [`spool::schema`]). The upgrade
 //! in use: `decoder.passing` v1 had no `utc_time_us`; v2 added it, and v1 events read as v2
 //! with `utc_time_us: None`.
 //!
@@ -11,7 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::schema::{EventPayload, Schemas};
+use spool::schema::{EventPayload, Schemas};
 
 /// Unknown TLVs of a decoder record, kept verbatim: (tag, value bytes).
 pub type UnknownTlvs = Vec<(u8, Vec<u8>)>;

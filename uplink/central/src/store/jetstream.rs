@@ -20,10 +20,10 @@ use async_nats::jetstream::{self, stream};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
-use crate::Error;
-use crate::central::{IngestStore, ValidBatch};
-use crate::ranges::RangeSet;
-use crate::wire::BatchAccepted;
+use crate::{IngestStore, ValidBatch};
+use uplink::Error;
+use uplink::ranges::RangeSet;
+use uplink::wire::BatchAccepted;
 
 pub const JETSTREAM_STREAM: &str = "timing_ingest_raw_v1";
 pub const JETSTREAM_SUBJECT_PREFIX: &str = "timing.ingest.raw.v1";
@@ -319,7 +319,7 @@ impl IngestStore for JetStreamStore {
 
 async fn settle(
     ack: jetstream::context::PublishAckFuture,
-    event: &crate::central::ValidEvent,
+    event: &crate::ValidEvent,
     track: &str,
     ranges: &mut HashMap<(String, String), RangeSet>,
     done: &mut BatchAccepted,

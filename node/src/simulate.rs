@@ -7,11 +7,10 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-use super::config::{Faults, PASSING_MEMORY_MAX, SimConfig, TagStyle};
-use super::model::{Decoder, Emitted};
-use super::pty::{PtyOptions, serve_pty};
-use super::serve::ServeStats;
-use super::tcp::serve_tcp;
+use sim::{
+    Decoder, Faults, PASSING_MEMORY_MAX, PtyOptions, SimConfig, SimHandle, TagStyle, serve_pty,
+    serve_tcp,
+};
 
 /// Up to this many passings a second are printed one per line; above it, one summary line a second, so
 /// a stress run does not drown the terminal.
@@ -37,7 +36,7 @@ Faults (--faults, comma-separated):
   stall=EVERY/FOR        every EVERY, the decoder stops writing for FOR, then sends what it kept
   P is 0..1 or a percentage (0.5%); durations like 500ms, 30s, 2m.
 
-It answers RESEND (TOR 0x0004, FROM..=UNTIL) and GET_TIME (TOR 0x0024). Stop it with Ctrl-C.";
+It answers RESEND (TOR 0x0004, FROM..=UNTIL) and GET_TIME (TOR 0x0024). Stop it with Ctrl-C or SIGTERM.";
 
 /// The `simulate` command's arguments.
 #[derive(Debug, Clone, clap::Args)]
@@ -83,7 +82,7 @@ pub struct SimulateArgs {
     pub loop_ids: Vec<u32>,
     /// With --tcp: clients served at once (real decoders: 4). 0 plays a decoder at its client limit,
     /// which accepts every connection and closes it at once.
-    #[arg(long, default_value_t = super::TCP_CLIENTS_MAX, requires = "tcp")]
+    #[arg(long, default_value_t = sim::TCP_CLIENTS_MAX, requires = "tcp")]
     pub clients_max: usize,
     /// The decoder clock's drift against real time, in parts per million.
     #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
@@ -125,7 +124,7 @@ impl SimulateArgs {
             gate_beacons: self.gate_beacons,
             gate_interval: seconds("gate-interval", self.gate_interval)?,
             status_interval: seconds("status-interval", self.status_interval)?,
-            decoder_id: self.decoder_id.unwrap_or(super::DEFAULT_DECODER_ID),
+            decoder_id: self.decoder_id.unwrap_or(sim::DEFAULT_DECODER_ID),
             loop_ids: self.loop_ids.clone(),
             first_passing_number: self.first_number,
             clock_drift_ppm: self.drift_ppm,
@@ -159,36 +158,18 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
 
 async fn serve(args: SimulateArgs, decoder: Decoder) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
-    {
-        let cancel = cancel.clone();
-        tokio::spawn(async move {
-            let _ = tokio::signal::ctrl_c().await;
-            cancel.cancel();
-        });
-    }
-    #[cfg(unix)]
-    {
-        // SIGTERM (systemd, kill) stops it the same way.
-        let cancel = cancel.clone();
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .context("installing the SIGTERM handler")?;
-        tokio::spawn(async move {
-            term.recv().await;
-            cancel.cancel();
-        });
-    }
-    let emitted = decoder.emitted();
+    crate::signal::cancel_on_shutdown_signal(cancel.clone())
+        .context("listening for SIGTERM and Ctrl-C")?;
     let id = decoder.decoder_id();
     let print_each = !args.quiet && args.rate <= PRINT_PASSINGS_PER_S_MAX as f64;
     if let Some(addr) = args.tcp {
-        let opts = super::TcpOptions {
+        let opts = sim::TcpOptions {
             clients_max: args.clients_max,
-            ..super::TcpOptions::from(addr)
+            ..sim::TcpOptions::from(addr)
         };
         let tcp = serve_tcp(decoder, opts, cancel.clone()).await?;
         println!("listening on {} (decoder id {id})", tcp.local_addr());
-        report(&emitted, || tcp.stats(), print_each, &cancel).await;
-        tcp.closed().await;
+        report(&tcp, print_each, &cancel).await;
     } else {
         let link = args
             .pty
@@ -201,20 +182,17 @@ async fn serve(args: SimulateArgs, decoder: Decoder) -> anyhow::Result<()> {
             device.display(),
             link.display()
         );
-        report(&emitted, || pty.stats(), print_each, &cancel).await;
-        pty.closed().await;
+        report(&pty, print_each, &cancel).await;
     }
     eprintln!("simulator stopped");
     Ok(())
 }
 
-/// Prints what the decoder sends until cancelled: each passing at low rates, a summary each second.
-async fn report(
-    emitted: &Emitted,
-    stats: impl Fn() -> ServeStats,
-    print_each: bool,
-    cancel: &CancellationToken,
-) {
+/// Prints what the decoder sends until cancelled (each passing at low rates, a summary each second),
+/// then waits for the simulator to stop.
+async fn report<T>(sim: &SimHandle<T>, print_each: bool, cancel: &CancellationToken) {
+    let emitted = sim.emitted();
+    let stats = || sim.stats();
     let mut tick =
         tokio::time::interval(Duration::from_millis(if print_each { 100 } else { 1000 }));
     let mut next = emitted.last_number().map_or(0, |n| n.wrapping_add(1));
@@ -222,7 +200,7 @@ async fn report(
     let mut last_stats = stats();
     loop {
         tokio::select! {
-            () = cancel.cancelled() => return,
+            () = cancel.cancelled() => break,
             _ = tick.tick() => {}
         }
         if print_each {
@@ -260,4 +238,5 @@ async fn report(
             last_stats = s;
         }
     }
+    sim.closed().await;
 }

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use crate::Error;
+use uplink::Error;
 
 /// Bearer token → track id. A token is scoped to exactly one track (INGEST.md).
 #[derive(Debug, Clone, Default)]
@@ -14,7 +14,7 @@ pub struct Tokens {
 impl Tokens {
     /// Reads `<track_id> <token>` lines; blank lines and `#` comments are skipped.
     pub fn load(path: &Path) -> Result<Self, Error> {
-        let text = crate::tls::read_file(path, "tokens")?;
+        let text = uplink::tls::read_file(path, "tokens")?;
         let text = String::from_utf8(text)
             .map_err(|_| Error::Config(format!("{} is not UTF-8", path.display())))?;
         Self::parse(&text).map_err(|line| {

@@ -22,11 +22,11 @@ use spool::schema::Schemas;
 use spool::{AppendStream, ExpectedVersion, Metadata, NewEvent, Seq, Spool, SpoolConfig, StreamId};
 use tokio::sync::Mutex;
 
-use crate::Error;
-use crate::central::validate::INGEST_EVENT_BYTES_MAX;
-use crate::central::{IngestStore, ValidBatch};
-use crate::ranges::RangeSet;
-use crate::wire::BatchAccepted;
+use crate::validate::INGEST_EVENT_BYTES_MAX;
+use crate::{IngestStore, ValidBatch};
+use uplink::Error;
+use uplink::ranges::RangeSet;
+use uplink::wire::BatchAccepted;
 
 /// The spool event type of a chunk of ingested events.
 pub const STORED_EVENT_TYPE: &str = "ingest.chunk";

@@ -2,14 +2,13 @@
 //! as the node opens it, and real TCP sockets. Readers decode with `decoder::Accumulator`.
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use decoder::{Accumulator, Body, Event, Frame, FrameBuilder, Record, tor};
-use node::sim::{
-    Decoder, FrameFault, PtyHandle, PtyOptions, SimConfig, TOR_HELLO, TagStyle, serve_pty,
-    serve_tcp,
+use sim::{
+    Decoder, FrameFault, PtyHandle, PtyOptions, SimConfig, TOR_HELLO, TagStyle, TcpHandle,
+    serve_pty, serve_tcp,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -30,13 +29,9 @@ fn config(seed: u64, rate_per_s: f64) -> SimConfig {
     }
 }
 
-/// Waits for `cond` with a timeout, checking every 5 ms.
-async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+/// Waits for `cond` with a timeout.
+async fn wait_for(what: &str, cond: impl FnMut() -> bool) {
+    testkit::wait_for(what, WAIT, cond).await;
 }
 
 /// One frame a reader got.
@@ -145,6 +140,21 @@ async fn pty(cfg: SimConfig, dir: &Path, cancel: &CancellationToken) -> (PtyHand
     (handle, link)
 }
 
+/// A simulator on TCP on a free port of 127.0.0.1.
+async fn tcp(cfg: SimConfig, cancel: &CancellationToken) -> TcpHandle {
+    let addr = "127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap();
+    serve_tcp(Decoder::new(cfg).unwrap(), addr, cancel.clone())
+        .await
+        .unwrap()
+}
+
+async fn stop_tcp(handle: &TcpHandle, cancel: &CancellationToken) {
+    cancel.cancel();
+    tokio::time::timeout(WAIT, handle.closed())
+        .await
+        .expect("the simulator stops when cancelled");
+}
+
 async fn stop(handle: &PtyHandle, cancel: &CancellationToken) {
     cancel.cancel();
     tokio::time::timeout(WAIT, handle.closed())
@@ -192,7 +202,7 @@ async fn pty_reader_gets_status_and_consecutive_passings_as_emitted() {
             (p.transponder, p.rtc_time_us, e.fault),
             (Some(e.transponder), e.rtc_us, None)
         );
-        assert_eq!(p.decoder_id.unwrap().0, node::sim::DEFAULT_DECODER_ID);
+        assert_eq!(p.decoder_id.unwrap().0, sim::DEFAULT_DECODER_ID);
     }
     for g in r.frames.iter().filter(|g| g.tor == tor::STATUS) {
         assert!(matches!(g.record().body, Body::Status(s) if s.noise.is_some()));
@@ -294,7 +304,7 @@ async fn get_time_is_answered_also_in_the_vmindru_form() {
             rtc - RTC_START_US <= started.elapsed().as_micros() as u64,
             "{form}: clock ahead of real time"
         );
-        assert_eq!(t.decoder_id.unwrap().0, node::sim::DEFAULT_DECODER_ID);
+        assert_eq!(t.decoder_id.unwrap().0, sim::DEFAULT_DECODER_ID);
     }
     assert_eq!(sim.stats().model.get_time_requests, 2);
     assert_eq!(sim.stats().model.commands_refused, 0);
@@ -536,13 +546,7 @@ async fn tcp_serves_four_clients_the_same_passings_and_turns_a_fifth_away() {
         gate_interval: Duration::from_millis(100),
         ..config(10, 200.0)
     };
-    let sim = serve_tcp(
-        Decoder::new(cfg).unwrap(),
-        "127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap(),
-        cancel.clone(),
-    )
-    .await
-    .unwrap();
+    let sim = tcp(cfg, &cancel).await;
     let addr = sim.local_addr();
     let mut clients = Vec::new();
     for _ in 0..4 {
@@ -563,7 +567,7 @@ async fn tcp_serves_four_clients_the_same_passings_and_turns_a_fifth_away() {
             r.count(tor::PASSING) >= 100
                 && r.frames.iter().any(|g| {
                     matches!(g.record().body, Body::Passing(p)
-                        if node::sim::GATE_BEACONS.contains(&p.transponder.unwrap_or(0)))
+                        if sim::GATE_BEACONS.contains(&p.transponder.unwrap_or(0)))
                 })
         })
         .await;
@@ -616,85 +620,7 @@ async fn tcp_serves_four_clients_the_same_passings_and_turns_a_fifth_away() {
     again
         .read_until("passings after the cut", |r| r.count(tor::PASSING) >= 5)
         .await;
-    cancel.cancel();
-    tokio::time::timeout(WAIT, sim.closed()).await.unwrap();
-}
-
-/// Reads the child's stdout lines on a thread, so the test can wait with a timeout.
-fn lines_of(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(out).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_simulate_command_prints_the_device_serves_it_and_stops_on_ctrl_c() {
-    let dir = tempfile::tempdir().unwrap();
-    let link = dir.path().join("decoder0");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_venue-node"))
-        .args([
-            "simulate",
-            "--rate",
-            "20",
-            "--seed",
-            "9",
-            "--status-interval",
-            "0.2",
-        ])
-        .arg("--pty")
-        .arg(&link)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let lines = lines_of(&mut child);
-    let first = lines
-        .recv_timeout(WAIT)
-        .expect("the command prints the device");
-    assert!(
-        first.starts_with("device /dev/pts/") && first.contains(&*link.to_string_lossy()),
-        "{first}"
-    );
-    let mut r = Reader::new(open_link(&link));
-    r.read_until("passings and a STATUS", |r| {
-        r.count(tor::PASSING) >= 10 && r.count(tor::STATUS) >= 1
-    })
-    .await;
-    // It logs what it sends, one line a passing at this rate.
-    let n = r.numbers()[0];
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let line = lines
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("a line for each passing");
-        if line.starts_with(&format!("PASSING #{n} ")) {
-            break;
-        }
-    }
-    // Ctrl-C.
-    let status = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let deadline = Instant::now() + WAIT;
-    let exit = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "still running after Ctrl-C");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
-    assert!(exit.success(), "{exit}");
-    assert!(std::fs::symlink_metadata(&link).is_err(), "link removed");
+    stop_tcp(&sim, &cancel).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -702,13 +628,7 @@ async fn a_stall_pauses_the_output_and_loses_nothing() {
     let cancel = CancellationToken::new();
     let mut cfg = config(12, 200.0);
     cfg.faults = "stall=700ms/400ms".parse().unwrap();
-    let sim = serve_tcp(
-        Decoder::new(cfg).unwrap(),
-        "127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap(),
-        cancel.clone(),
-    )
-    .await
-    .unwrap();
+    let sim = tcp(cfg, &cancel).await;
     let mut r = Reader::new(TcpStream::connect(sim.local_addr()).await.unwrap());
     // Read through at least one whole stall, noting when each read returned.
     let mut gap_max = Duration::ZERO;
@@ -738,8 +658,7 @@ async fn a_stall_pauses_the_output_and_loses_nothing() {
             .eq(numbers[0]..numbers[0] + numbers.len() as u32),
         "what was generated during the stall went out afterwards"
     );
-    cancel.cancel();
-    tokio::time::timeout(WAIT, sim.closed()).await.unwrap();
+    stop_tcp(&sim, &cancel).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -747,13 +666,7 @@ async fn scheduled_disconnects_cut_tcp_clients_who_can_come_back() {
     let cancel = CancellationToken::new();
     let mut cfg = config(13, 100.0);
     cfg.faults = "disconnect=800ms/300ms".parse().unwrap();
-    let sim = serve_tcp(
-        Decoder::new(cfg).unwrap(),
-        "127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap(),
-        cancel.clone(),
-    )
-    .await
-    .unwrap();
+    let sim = tcp(cfg, &cancel).await;
     let mut r = Reader::new(TcpStream::connect(sim.local_addr()).await.unwrap());
     r.read_until("a passing", |r| r.count(tor::PASSING) >= 1)
         .await;
@@ -778,8 +691,7 @@ async fn scheduled_disconnects_cut_tcp_clients_who_can_come_back() {
             _ => tokio::time::sleep(Duration::from_millis(20)).await,
         }
     }
-    cancel.cancel();
-    tokio::time::timeout(WAIT, sim.closed()).await.unwrap();
+    stop_tcp(&sim, &cancel).await;
 }
 
 /// Issue 15.1: a decoder at its client limit accepts a connection and closes it at once; the
@@ -787,9 +699,9 @@ async fn scheduled_disconnects_cut_tcp_clients_who_can_come_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_decoder_at_its_client_limit_accepts_and_closes_every_connection() {
     let cancel = CancellationToken::new();
-    let opts = node::sim::TcpOptions {
+    let opts = sim::TcpOptions {
         clients_max: 0,
-        ..node::sim::TcpOptions::from("127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap())
+        ..sim::TcpOptions::from("127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap())
     };
     let sim = serve_tcp(
         Decoder::new(config(12, 100.0)).unwrap(),
@@ -807,7 +719,7 @@ async fn a_decoder_at_its_client_limit_accepts_and_closes_every_connection() {
         assert!(matches!(n, Ok(0) | Err(_)), "attempt {attempt} got data");
         assert_eq!(sim.stats().connections_refused, attempt);
     }
-    sim.set_clients_max(node::sim::TCP_CLIENTS_MAX);
+    sim.set_clients_max(sim::TCP_CLIENTS_MAX);
     let mut r = Reader::new(TcpStream::connect(sim.local_addr()).await.unwrap());
     r.read_until("passings once served", |r| r.count(tor::PASSING) >= 3)
         .await;

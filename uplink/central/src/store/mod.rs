@@ -1,7 +1,7 @@
 //! The stores of central: the embedded spool file (default) and NATS JetStream.
 //!
 //! Both apply the same rule (INGEST.md "Exactly once at central"): per `(track_id, client_id)` a
-//! [`RangeSet`](crate::ranges::RangeSet) of the seqs already stored decides what is a duplicate, for
+//! [`RangeSet`](uplink::ranges::RangeSet) of the seqs already stored decides what is a duplicate, for
 //! ever, not only within JetStream's two-minute duplicate window.
 
 pub mod jetstream;

@@ -773,7 +773,7 @@ fn zero_length_request(bytes: &[u8]) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::config::{Faults, PASSING_MEMORY_MAX};
+    use crate::config::{Faults, PASSING_MEMORY_MAX};
     use decoder::{Accumulator, Passing};
     use std::time::Duration;
 
@@ -924,7 +924,7 @@ mod tests {
             );
         }
     }
-    const DEFAULT_ID: u32 = crate::sim::config::DEFAULT_DECODER_ID;
+    const DEFAULT_ID: u32 = crate::config::DEFAULT_DECODER_ID;
 
     fn command(b: FrameBuilder) -> Vec<u8> {
         b.finish().to_vec()

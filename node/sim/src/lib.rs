@@ -16,11 +16,11 @@
 //!   5403, up to 4 clients). The model keeps generating on schedule whatever the reader does: output
 //!   goes through a bounded queue per reader, the oldest dropped when full, and output with nobody
 //!   listening is dropped. Both count what they drop.
-//! * `venue-node simulate` ([`run`]) is the command line around them.
+//! * `venue-node simulate` (`node::simulate`) is the command line around them.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), node::sim::SimError> {
-//! use node::sim::{Decoder, PtyOptions, SimConfig, serve_pty};
+//! # async fn demo() -> Result<(), sim::SimError> {
+//! use sim::{Decoder, PtyOptions, SimConfig, serve_pty};
 //! let cancel = tokio_util::sync::CancellationToken::new();
 //! let decoder = Decoder::new(SimConfig { rate_per_s: 100.0, ..Default::default() })?;
 //! let emitted = decoder.emitted();
@@ -34,7 +34,6 @@
 //! # Ok(()) }
 //! ```
 
-mod cli;
 mod config;
 mod model;
 mod pty;
@@ -45,7 +44,6 @@ mod tcp;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-pub use cli::{SimulateArgs, run};
 pub use config::{
     DEFAULT_DECODER_ID, EMITTED_LOG_MAX, FIELD_SIZE_MAX, Faults, GARBAGE_BURST_BYTES_MAX,
     GATE_BEACONS, LOOPS_MAX, LapTimes, PASSING_MEMORY_MAX, RATE_PER_S_MAX, STATUS_INTERVAL_MS_MIN,
@@ -55,9 +53,11 @@ pub use model::{
     ADVANCE_FRAMES_MAX, Decoder, Emitted, EmittedPassing, FrameFault, ModelStats, Reply,
     ResendCursor, TOR_HELLO,
 };
-pub use pty::{PtyHandle, PtyOptions, serve_pty};
-pub use serve::{OUTPUT_QUEUE_BYTES_MAX, RESEND_CHUNK_FRAMES, RESEND_REQUESTS_MAX, ServeStats};
-pub use tcp::{DEFAULT_PORT, TCP_CLIENTS_MAX, TcpHandle, TcpOptions, serve_tcp};
+pub use pty::{Pty, PtyHandle, PtyOptions, serve_pty};
+pub use serve::{
+    OUTPUT_QUEUE_BYTES_MAX, RESEND_CHUNK_FRAMES, RESEND_REQUESTS_MAX, ServeStats, SimHandle,
+};
+pub use tcp::{DEFAULT_PORT, TCP_CLIENTS_MAX, Tcp, TcpHandle, TcpOptions, serve_tcp};
 
 /// What can go wrong with the simulator.
 #[derive(Debug, thiserror::Error)]

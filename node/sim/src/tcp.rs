@@ -12,8 +12,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::SimError;
-use super::model::{Decoder, Emitted};
-use super::serve::{self, Conn, Core, OUTPUT_QUEUE_BYTES_MAX, READ_BYTES_MAX, ServeStats};
+use super::model::Decoder;
+use super::serve::{self, Conn, Core, OUTPUT_QUEUE_BYTES_MAX, READ_BYTES_MAX, SimHandle};
 
 /// The port P3 decoders listen on.
 pub const DEFAULT_PORT: u16 = 5403;
@@ -44,29 +44,29 @@ impl From<SocketAddr> for TcpOptions {
     }
 }
 
-/// A running TCP simulator. Dropping the handle does not stop it: cancel the token given to
-/// [`serve_tcp`], then await [`TcpHandle::closed`].
+/// A running TCP simulator: [`SimHandle`] with the controls of a networked decoder.
+pub type TcpHandle = SimHandle<Tcp>;
+
+/// What only a TCP simulator has: its address and the switch that cuts every client.
 #[derive(Debug)]
-pub struct TcpHandle {
+pub struct Tcp {
     local_addr: SocketAddr,
-    core: Arc<Core>,
-    emitted: Emitted,
-    tracker: TaskTracker,
     cut: Arc<std::sync::Mutex<CancellationToken>>,
     clients_max: Arc<AtomicUsize>,
 }
 
-impl TcpHandle {
+impl SimHandle<Tcp> {
     /// Changes how many clients are served at once (at most [`TCP_CLIENTS_MAX`]); 0 turns every new
     /// connection away, as a decoder at its client limit does. Connected clients stay.
     pub fn set_clients_max(&self, clients_max: usize) {
-        self.clients_max
+        self.transport
+            .clients_max
             .store(clients_max.min(TCP_CLIENTS_MAX), Ordering::Relaxed);
     }
 
     /// The address it listens on.
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.transport.local_addr
     }
 
     /// Clients connected now.
@@ -74,28 +74,10 @@ impl TcpHandle {
         self.core.clients()
     }
 
-    pub fn emitted(&self) -> Emitted {
-        self.emitted.clone()
-    }
-
-    pub fn stats(&self) -> ServeStats {
-        self.core.stats()
-    }
-
-    /// Runs `f` on the decoder model. Keep it short: the generator waits.
-    pub fn with_decoder<T>(&self, f: impl FnOnce(&mut Decoder) -> T) -> T {
-        f(&mut self.core.model())
-    }
-
     /// Closes every client connection now, as a decoder reboot or a network cut would; new clients are
     /// accepted again at once.
     pub fn disconnect_all(&self) {
-        cut_all(&self.cut);
-    }
-
-    /// Waits until the simulator has stopped, after its token is cancelled.
-    pub async fn closed(&self) {
-        self.tracker.wait().await;
+        cut_all(&self.transport.cut);
     }
 }
 
@@ -133,13 +115,15 @@ pub async fn serve_tcp(
         cut.clone(),
     ));
     tracker.close();
-    Ok(TcpHandle {
-        local_addr,
+    Ok(SimHandle {
         core,
         emitted,
         tracker,
-        cut,
-        clients_max,
+        transport: Tcp {
+            local_addr,
+            cut,
+            clients_max,
+        },
     })
 }
 

@@ -28,8 +28,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::Error;
-use crate::tls::ServerTlsConfig;
+use uplink::Error;
+use uplink::tls::ServerTlsConfig;
 
 /// Longest a client may take to finish its TLS handshake, waiting for a handshake place included,
 /// before the connection is dropped.
@@ -96,7 +96,7 @@ impl Server {
                 "central on {listen} needs TLS: plain HTTP is only allowed on loopback"
             )));
         }
-        let tls = tls.map(crate::tls::server_config).transpose()?;
+        let tls = tls.map(uplink::tls::server_config).transpose()?;
         let listener = TcpListener::bind(listen)
             .await
             .map_err(|source| Error::Bind {

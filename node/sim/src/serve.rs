@@ -22,9 +22,10 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::config::Faults;
-use super::model::{ADVANCE_FRAMES_MAX, Decoder, ModelStats, Reply, ResendCursor};
+use super::model::{ADVANCE_FRAMES_MAX, Decoder, Emitted, ModelStats, Reply, ResendCursor};
 
 /// Bytes waiting for one reader, at most. 1 MiB is about 3.7 s of output at 5,000 passings/s (and
 /// hours at real rates), so a reader that pauses briefly loses nothing; beyond it the oldest batch is
@@ -107,6 +108,40 @@ pub(crate) struct Core {
     conns: Mutex<Vec<Arc<Conn>>>,
     counters: Counters,
     queue_bytes_max: usize,
+}
+
+/// A running simulator, on a pseudo-terminal ([`PtyHandle`](crate::PtyHandle)) or on TCP
+/// ([`TcpHandle`](crate::TcpHandle)): what both serve the same way is here once, the transport's own
+/// controls are in `T`. Dropping the handle does not stop the simulator: cancel the token given to
+/// `serve_pty` or `serve_tcp`, then await [`SimHandle::closed`].
+#[derive(Debug)]
+pub struct SimHandle<T> {
+    pub(crate) core: Arc<Core>,
+    pub(crate) emitted: Emitted,
+    pub(crate) tracker: TaskTracker,
+    pub(crate) transport: T,
+}
+
+impl<T> SimHandle<T> {
+    /// The log of what the model generated, shared with the running simulator.
+    pub fn emitted(&self) -> Emitted {
+        self.emitted.clone()
+    }
+
+    pub fn stats(&self) -> ServeStats {
+        self.core.stats()
+    }
+
+    /// Runs `f` on the decoder model, e.g. to read its state. Keep it short: the generator waits.
+    pub fn with_decoder<R>(&self, f: impl FnOnce(&mut Decoder) -> R) -> R {
+        f(&mut self.core.model())
+    }
+
+    /// Waits until the simulator has stopped, after its token is cancelled (a PTY's link is removed
+    /// by then).
+    pub async fn closed(&self) {
+        self.tracker.wait().await;
+    }
 }
 
 impl Core {

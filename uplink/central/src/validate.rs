@@ -5,38 +5,21 @@
 //! its raw JSON: what central stores is the bytes the node sent, prefixed with the fields central adds.
 
 use axum::http::StatusCode;
+use events::is_id_byte;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use crate::wire::{
+use uplink::wire::{
     CONTRACT_VERSION, IdempotencyKey, MESSAGE_TYPE_PASSING, MESSAGE_TYPE_STATUS,
     MESSAGE_TYPE_VERSION, RejectBody,
 };
 
-/// Largest request body central reads: bounds the memory one request holds. The drain's batches
-/// stay well below it ([`crate::drain::UPLINK_BATCH_BYTES_MAX`]); a larger body gets a 413.
-pub const INGEST_BODY_BYTES_MAX: usize = 8 * 1024 * 1024;
-
-/// Most events in one batch; more gets a 413 and the drain splits. Bounds the work of one commit.
-pub const INGEST_BATCH_EVENTS_MAX: usize = 10_000;
-
-/// Longest event, as raw JSON. Decoder records are a few hundred bytes; extension events (a raw
-/// frame kept for diagnosis, a judge's decision with a note) stay below. Longer gets a 422 for that
-/// event, which the drain then parks.
-pub const INGEST_EVENT_BYTES_MAX: usize = 32 * 1024;
-
-/// Longest track, client or boot id. They are NATS subject tokens and KV keys, so they are also
-/// restricted to `[A-Za-z0-9_-]`.
-pub const INGEST_ID_BYTES_MAX: usize = 64;
-
-/// Longest `message_type`.
-pub const INGEST_MESSAGE_TYPE_BYTES_MAX: usize = 64;
-
-/// Longest string inside a v2 payload (`description`, `transponder_string`, ...).
-pub const INGEST_PAYLOAD_STRING_BYTES_MAX: usize = 256;
-
-const _: () = assert!(INGEST_EVENT_BYTES_MAX < INGEST_BODY_BYTES_MAX);
+// The limits are part of the contract both ends follow, so they live with the wire types.
+pub use uplink::wire::{
+    INGEST_BATCH_EVENTS_MAX, INGEST_BODY_BYTES_MAX, INGEST_EVENT_BYTES_MAX, INGEST_ID_BYTES_MAX,
+    INGEST_MESSAGE_TYPE_BYTES_MAX, INGEST_PAYLOAD_STRING_BYTES_MAX,
+};
 
 /// A refused request, as the client sees it. What is logged is richer (`tracing` in the handler).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -195,7 +178,7 @@ mod fast {
         INGEST_EVENT_BYTES_MAX, INGEST_ID_BYTES_MAX, INGEST_PAYLOAD_STRING_BYTES_MAX, ValidEvent,
         is_id_byte,
     };
-    use crate::wire::{IdempotencyKey, MESSAGE_TYPE_PASSING};
+    use uplink::wire::{IdempotencyKey, MESSAGE_TYPE_PASSING};
 
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -389,10 +372,6 @@ impl<'a> Obj<'a> {
             None => Ok(()),
         }
     }
-}
-
-fn is_id_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'_' || b == b'-'
 }
 
 fn validate_event(index: usize, raw: &RawValue, batch_track: &str) -> Result<ValidEvent, Reject> {

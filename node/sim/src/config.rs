@@ -35,9 +35,8 @@ pub const STATUS_INTERVAL_MS_MIN: u64 = 10;
 /// The longest garbage burst, in bytes: line noise from a loose connector is short.
 pub const GARBAGE_BURST_BYTES_MAX: usize = 64;
 
-/// Transponder numbers of the BMX start-gate beacons on ProChip decoders (PROTOCOL.md §5). They pass
-/// alternately, each gate drop; what distinguishes them is not documented.
-pub const GATE_BEACONS: [u32; 2] = [9992, 9995];
+/// Transponder numbers of the BMX start-gate beacons on ProChip decoders: the venue's one definition.
+pub const GATE_BEACONS: [u32; 2] = events::GATE_BEACON_TRANSPONDERS;
 
 /// The decoder id the simulator reports unless told otherwise; displays as `5E1A0700`.
 pub const DEFAULT_DECODER_ID: u32 = 0x0007_1A5E;

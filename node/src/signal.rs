@@ -1,0 +1,26 @@
+//! Shutdown on a signal, the same way in every command: SIGTERM (systemd's stop, `kill`) and SIGINT
+//! (Ctrl-C) both cancel one token, and whatever runs stops at its next safe point.
+
+use tokio_util::sync::CancellationToken;
+
+/// Cancels `cancel` on the first SIGTERM or SIGINT.
+///
+/// The handlers are installed before this returns, so a signal that arrives any time afterwards is
+/// seen; one that arrived before still has the default action (exit). Call it inside a Tokio runtime
+/// with I/O enabled; the listening task lives as long as that runtime. An error means the handlers
+/// could not be installed, and the caller should not pretend it can stop in order.
+pub fn cancel_on_shutdown_signal(cancel: CancellationToken) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    tokio::spawn(async move {
+        let which = tokio::select! {
+            _ = terminate.recv() => "SIGTERM",
+            _ = interrupt.recv() => "SIGINT",
+            () = cancel.cancelled() => return,
+        };
+        tracing::info!(signal = which, "shutdown requested");
+        cancel.cancel();
+    });
+    Ok(())
+}

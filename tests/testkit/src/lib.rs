@@ -1,0 +1,97 @@
+//! Helpers shared by the workspace's tests and benchmarks, so each rule of a test is written once.
+//!
+//! - [`wait_for`] and [`wait_for_async`]: poll a condition until it holds or a deadline passes. No
+//!   test sleeps and hopes; each waits on what it needs, and fails naming it.
+//! - [`passing_frame`]: a decoder's PASSING as wire bytes, as a real decoder sends it.
+//! - [`passing_event`]: a `decoder.passing` event as the node stores it.
+//!
+//! A dev-dependency only; nothing here ships in the box.
+//!
+//! ```no_run
+//! # async fn demo(spool: spool::Spool) {
+//! use std::time::Duration;
+//! testkit::wait_for("ten events stored", Duration::from_secs(20), || {
+//!     spool.head().is_ok_and(|h| h.0 >= 10)
+//! })
+//! .await;
+//! # }
+//! ```
+
+#![forbid(unsafe_code)]
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use decoder::{FrameBuilder, tor};
+use events::catalog;
+use spool::schema::EventPayload;
+use spool::{Metadata, NewEvent};
+
+/// How often a condition is looked at again: short against the waits (seconds), long enough not to
+/// spin a core of a shared two-core machine.
+pub const POLL_INTERVAL_MS: u64 = 20;
+
+/// Waits until `check` holds, looking every [`POLL_INTERVAL_MS`]; panics naming `what` once `limit`
+/// has passed.
+pub async fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+    wait_for_async(what, limit, || std::future::ready(check())).await;
+}
+
+/// [`wait_for`] with a condition that must itself await (a request, a lock).
+pub async fn wait_for_async<F, Fut>(what: &str, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while !check().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(POLL_INTERVAL_MS)).await;
+    }
+}
+
+/// The decoder id the factories use unless told otherwise; renders as `D0000C00`.
+pub const DECODER_ID: u32 = 0x000C_00D0;
+
+/// The decoder's real-time clock at passing 0 in the factories, µs (late 2025).
+pub const RTC_START_US: u64 = 1_761_855_822_000_000;
+
+/// A PASSING frame on the wire (escaped, with its CRC), as decoder `decoder_id` sends passing `n`
+/// at `rtc_time_us`: transponder, strength, hits and flags filled as in the captures.
+pub fn passing_frame(n: u32, decoder_id: u32, rtc_time_us: u64) -> Vec<u8> {
+    let mut b = FrameBuilder::new(tor::PASSING);
+    b.u32(0x01, n)
+        .and_then(|b| b.u32(0x03, 5_000_000 + n % 7))
+        .and_then(|b| b.u64(0x04, rtc_time_us))
+        .and_then(|b| b.u16(0x05, 100))
+        .and_then(|b| b.u16(0x06, 20))
+        .and_then(|b| b.u16(0x08, 0))
+        .and_then(|b| b.u32(0x81, decoder_id))
+        .expect("a passing's seven tags fit in a frame");
+    let mut out = [0u8; decoder::WIRE_BYTES_MAX];
+    let len = b
+        .finish_wire(&mut out)
+        .expect("a frame that fits unescaped fits escaped in WIRE_BYTES_MAX");
+    out[..len].to_vec()
+}
+
+/// Passing `n` of decoder [`DECODER_ID`] as the node stores it, one millisecond after passing
+/// `n - 1`, with `meta` as its metadata.
+pub fn passing_event(n: u32, meta: Metadata) -> NewEvent {
+    catalog::Passing {
+        passing_number: n,
+        transponder: Some(9000 + n % 100),
+        rtc_time_us: RTC_START_US + u64::from(n) * 1000,
+        utc_time_us: None,
+        strength: Some(120),
+        hits: Some(30),
+        flags: Some(0),
+        tran_code: None,
+        decoder_id: Some(DECODER_ID),
+        unknown_tlvs: Vec::new(),
+    }
+    .to_event(meta)
+}
