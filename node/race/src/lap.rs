@@ -199,7 +199,8 @@ fn laps_of(run: &Run) -> Vec<u64> {
         .collect()
 }
 
-/// The minimum lap in force: absolute, or a fraction of the median lap as read (never below the floor).
+/// The minimum lap in force: absolute, or a fraction of the median lap as read (the lower middle of an
+/// even count), never below the floor.
 fn min_lap_us(rule: MinLap, runs: &BTreeMap<CompetitorId, Run>) -> u64 {
     match rule {
         MinLap::Absolute { us } => us,

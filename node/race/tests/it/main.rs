@@ -1,1 +1,9 @@
-mod smoke {}
+//! The race engine's tests, one binary. Scenarios with known truth, worked out by hand in each test.
+
+mod bmx;
+mod decisions;
+mod determinism;
+mod laps;
+mod pins;
+mod roster;
+mod support;
