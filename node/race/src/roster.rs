@@ -4,7 +4,8 @@
 //! `class`, `club` and `transponders` optional; other columns are an error, so a misspelt header is
 //! not silently ignored. Transponders are separated by spaces or `;`; digits are a transponder
 //! number, anything else a ProChip code. Fields may be quoted (`"Smith, J"`, `""` for a quote).
-//! A row whose number is already in the roster edits that competitor; an unchanged row yields nothing.
+//! A row whose number is already in the roster edits that competitor (a column the file lacks keeps
+//! its value); an unchanged row yields nothing.
 
 use std::collections::BTreeMap;
 
@@ -260,15 +261,22 @@ impl Columns {
                 transponders.push(t);
             }
         }
-        let id = roster.by_number(&number).unwrap_or(next);
-        let c = Competitor {
-            id,
-            number,
-            name,
-            class,
-            club,
-            transponders,
-        };
+        let existing = roster.by_number(&number).and_then(|id| roster.get(id));
+        let id = existing.map_or(next, |c| c.id);
+        let mut c = Competitor { id, number, name, class, club, transponders };
+        // A column the file does not have leaves an existing competitor's value as it was.
+        if let Some(old) = existing {
+            let absent = |i: usize| !self.order.contains(&i);
+            if absent(2) {
+                c.class = old.class.clone();
+            }
+            if absent(3) {
+                c.club = old.club.clone();
+            }
+            if absent(4) {
+                c.transponders = old.transponders.clone();
+            }
+        }
         roster.check(&c).map_err(|e| {
             let column = match e {
                 Error::TransponderTaken { .. } => "transponders",
