@@ -511,7 +511,14 @@ impl Engine {
     /// lookback before the oldest one shown, and judge decisions are not applied: it is the raw feed.
     pub fn feed(&self, max: usize) -> Vec<FeedItem> {
         let max = max.min(FEED_PASSINGS_MAX);
-        let Some(oldest) = self.passings.keys().rev().take(max).next_back().map(|k| k.0) else {
+        let Some(oldest) = self
+            .passings
+            .keys()
+            .rev()
+            .take(max)
+            .next_back()
+            .map(|k| k.0)
+        else {
             return Vec::new();
         };
         let from = oldest.saturating_sub(self.track.lookback_us());

@@ -263,7 +263,14 @@ impl Columns {
         }
         let existing = roster.by_number(&number).and_then(|id| roster.get(id));
         let id = existing.map_or(next, |c| c.id);
-        let mut c = Competitor { id, number, name, class, club, transponders };
+        let mut c = Competitor {
+            id,
+            number,
+            name,
+            class,
+            club,
+            transponders,
+        };
         // A column the file does not have leaves an existing competitor's value as it was.
         if let Some(old) = existing {
             let absent = |i: usize| !self.order.contains(&i);

@@ -17,7 +17,11 @@ fn track() -> World {
     w.line(HILL, LineKind::Start, s(0.2), s(5.0));
     w.line(SPLIT, LineKind::Split(1), s(0.2), s(5.0));
     for (decoder, line) in [(HILL_DECODER, HILL), (SPLIT_DECODER, SPLIT)] {
-        w.run(RaceEvent::DecoderMapped { decoder, line, role: LoopRole::Main });
+        w.run(RaceEvent::DecoderMapped {
+            decoder,
+            line,
+            role: LoopRole::Main,
+        });
     }
     for (i, number) in ["11", "22", "33", "44", "55"].into_iter().enumerate() {
         w.rider(number, 500 + i as u32);
@@ -28,13 +32,27 @@ fn track() -> World {
 /// A moto of the five riders, gate n+1 for rider n, armed at `armed` seconds.
 fn moto(w: &mut World, id: u32, armed: f64) -> SessionId {
     let settings = Settings {
-        moto: MotoSettings { gate_delay_us: s(0.075), ..MotoSettings::default() },
+        moto: MotoSettings {
+            gate_delay_us: s(0.075),
+            ..MotoSettings::default()
+        },
         ..Settings::default()
     };
     let moto = w.session(id, SessionKind::Moto, settings);
-    let gates = (1..=5).map(|g| Staged { gate: g, competitor: CompetitorId(u32::from(g)) }).collect();
-    w.run(RaceEvent::RidersStaged { session: moto, gates });
-    w.run(RaceEvent::SessionStarted { session: moto, start: Start::Green { at_us: s(armed) } });
+    let gates = (1..=5)
+        .map(|g| Staged {
+            gate: g,
+            competitor: CompetitorId(u32::from(g)),
+        })
+        .collect();
+    w.run(RaceEvent::RidersStaged {
+        session: moto,
+        gates,
+    });
+    w.run(RaceEvent::SessionStarted {
+        session: moto,
+        start: Start::Green { at_us: s(armed) },
+    });
     moto
 }
 
@@ -72,15 +90,55 @@ fn a_gate_drop_from_the_beacon_gives_the_finish_order_splits_dnf_and_dns() {
     // 180 s after the drop the moto is decided: the next moto's beacon shows the decoders' clock.
     w.pass(FINISH_MAIN, 9991, s(1200.0));
     let b = w.engine.moto_board(m).unwrap();
-    assert_eq!(b.drop, Some(race::bmx::GateDrop { at_us: s(drop), source: DropSource::Beacon }));
+    assert_eq!(
+        b.drop,
+        Some(race::bmx::GateDrop {
+            at_us: s(drop),
+            source: DropSource::Beacon
+        })
+    );
     assert!(b.decided);
-    let rows: Vec<_> = b.rows.iter().map(|r| (r.gate, r.number.as_str(), r.place, r.time_us, r.status, r.points)).collect();
+    let rows: Vec<_> = b
+        .rows
+        .iter()
+        .map(|r| {
+            (
+                r.gate,
+                r.number.as_str(),
+                r.place,
+                r.time_us,
+                r.status,
+                r.points,
+            )
+        })
+        .collect();
     assert_eq!(
         rows,
         [
-            (3, "33", Some(1), Some(s(39.8)), MotoStatus::Finished, Some(1)),
-            (1, "11", Some(2), Some(s(40.2)), MotoStatus::Finished, Some(2)),
-            (2, "22", Some(3), Some(s(41.0)), MotoStatus::Finished, Some(3)),
+            (
+                3,
+                "33",
+                Some(1),
+                Some(s(39.8)),
+                MotoStatus::Finished,
+                Some(1)
+            ),
+            (
+                1,
+                "11",
+                Some(2),
+                Some(s(40.2)),
+                MotoStatus::Finished,
+                Some(2)
+            ),
+            (
+                2,
+                "22",
+                Some(3),
+                Some(s(41.0)),
+                MotoStatus::Finished,
+                Some(3)
+            ),
             (4, "44", None, None, MotoStatus::Dnf, Some(5)),
             (5, "55", None, None, MotoStatus::Dns, Some(10)),
         ]
@@ -103,10 +161,18 @@ fn a_drop_entered_by_hand_wins_and_a_rerun_forgets_the_first_run() {
     assert_eq!(b.drop.unwrap().source, DropSource::Judge);
     assert_eq!(b.rows[0].time_us, Some(s(40.0)));
     // A crash on the first straight: the heat is rerun from 1300, in another order.
-    w.decide(m, Action::Rerun { after_us: s(1300.0) });
+    w.decide(
+        m,
+        Action::Rerun {
+            after_us: s(1300.0),
+        },
+    );
     w.pass(FINISH_MAIN, 9992, s(1310.0));
     ride(&mut w, 1310.075, &[504, 503, 502, 501, 500]);
-    w.run(RaceEvent::SessionEnded { session: m, at_us: s(1400.0) });
+    w.run(RaceEvent::SessionEnded {
+        session: m,
+        at_us: s(1400.0),
+    });
     let b = w.engine.moto_board(m).unwrap();
     assert_eq!(b.drop.unwrap().source, DropSource::Beacon);
     let order: Vec<_> = b.rows.iter().map(|r| r.number.as_str()).collect();
@@ -115,18 +181,30 @@ fn a_drop_entered_by_hand_wins_and_a_rerun_forgets_the_first_run() {
 
 /// Three motos of five riders with points (transponder order = finishing order).
 fn series(w: &mut World, settings: SeriesSettings) -> SeriesId {
-    let orders: [&[u32]; 3] = [&[500, 501, 502, 503, 504], &[501, 502, 500, 504, 503], &[502, 500, 501, 503, 504]];
+    let orders: [&[u32]; 3] = [
+        &[500, 501, 502, 503, 504],
+        &[501, 502, 500, 504, 503],
+        &[502, 500, 501, 503, 504],
+    ];
     let mut motos = Vec::new();
     for (i, order) in orders.iter().enumerate() {
         let armed = 1000.0 + 500.0 * i as f64;
         let m = moto(w, i as u32 + 1, armed);
         w.pass(FINISH_MAIN, 9992, s(armed + 10.0));
         ride(w, armed + 10.075, order);
-        w.run(RaceEvent::SessionEnded { session: m, at_us: s(armed + 300.0) });
+        w.run(RaceEvent::SessionEnded {
+            session: m,
+            at_us: s(armed + 300.0),
+        });
         motos.push(m);
     }
     let series = SeriesId(1);
-    w.run(RaceEvent::SeriesCreated { series, name: "Boys 10".into(), motos, settings });
+    w.run(RaceEvent::SeriesCreated {
+        series,
+        name: "Boys 10".into(),
+        motos,
+        settings,
+    });
     series
 }
 
@@ -138,7 +216,11 @@ fn a_three_moto_series_totals_breaks_ties_and_transfers() {
     let id = series(&mut w, SeriesSettings::default());
     let b = w.engine.series_board(id).unwrap();
     assert!(b.complete);
-    let rows: Vec<_> = b.rows.iter().map(|r| (r.rank, r.number.as_str(), r.total, r.tied, r.qualified)).collect();
+    let rows: Vec<_> = b
+        .rows
+        .iter()
+        .map(|r| (r.rank, r.number.as_str(), r.total, r.tied, r.qualified))
+        .collect();
     assert_eq!(
         rows,
         [
@@ -152,9 +234,19 @@ fn a_three_moto_series_totals_breaks_ties_and_transfers() {
     assert_eq!(b.rows[0].points, [Some(3), Some(2), Some(1)]);
     // British Cycling: a run-off decides, so the three are flagged tied.
     let mut w = track();
-    let run_off = SeriesSettings { tie_break: TieBreak::RunOff, ..SeriesSettings::default() };
+    let run_off = SeriesSettings {
+        tie_break: TieBreak::RunOff,
+        ..SeriesSettings::default()
+    };
     let id = series(&mut w, run_off);
-    let tied: Vec<_> = w.engine.series_board(id).unwrap().rows.iter().map(|r| r.tied).collect();
+    let tied: Vec<_> = w
+        .engine
+        .series_board(id)
+        .unwrap()
+        .rows
+        .iter()
+        .map(|r| r.tied)
+        .collect();
     assert_eq!(tied, [true, true, true, false, false]);
 }
 
@@ -165,14 +257,40 @@ fn usa_bmx_transfers_come_from_a_table_loaded_as_data() {
     // 5 riders: 1-1-2. Moto 1 winner 11; moto 2 winner 22; moto 3: 33 and 11 placed, but 11 is
     // through already, so 33 and the next not yet through (22 is through too) -> 33 and 44.
     let mut w = track();
-    let id = series(&mut w, SeriesSettings { transfer: Transfer::PerMoto(table), ..SeriesSettings::default() });
+    let id = series(
+        &mut w,
+        SeriesSettings {
+            transfer: Transfer::PerMoto(table),
+            ..SeriesSettings::default()
+        },
+    );
     let b = w.engine.series_board(id).unwrap();
-    let mut through: Vec<_> = b.rows.iter().filter(|r| r.qualified).map(|r| (r.number.as_str(), r.transferred_in)).collect();
+    let mut through: Vec<_> = b
+        .rows
+        .iter()
+        .filter(|r| r.qualified)
+        .map(|r| (r.number.as_str(), r.transferred_in))
+        .collect();
     through.sort();
-    assert_eq!(through, [("11", Some(1)), ("22", Some(2)), ("33", Some(3)), ("44", Some(3))]);
+    assert_eq!(
+        through,
+        [
+            ("11", Some(1)),
+            ("22", Some(2)),
+            ("33", Some(3)),
+            ("44", Some(3))
+        ]
+    );
     // A bad table is refused with its line and column.
     let bad = TransferTable::parse("riders,m1,m2,m3\n4,1,1,1\n5,1,x,2\n").unwrap_err();
-    assert_eq!(bad, Error::Csv { line: 3, column: "3".into(), why: "not a number from 0 to 255".into() });
+    assert_eq!(
+        bad,
+        Error::Csv {
+            line: 3,
+            column: "3".into(),
+            why: "not a number from 0 to 255".into()
+        }
+    );
     let greedy = TransferTable::parse("riders,m1\n2,3\n").unwrap_err();
     assert!(matches!(greedy, Error::Csv { line: 2, .. }), "{greedy:?}");
 }

@@ -57,13 +57,28 @@ fn lap_counts_and_times_of_a_race_with_a_lapped_rider() {
     let [a, bb, c] = &b.rows[..] else {
         panic!("three rows")
     };
-    assert_eq!((a.last_lap_us, a.best_lap_us), (Some(s(29.5)), Some(s(29.5))));
+    assert_eq!(
+        (a.last_lap_us, a.best_lap_us),
+        (Some(s(29.5)), Some(s(29.5)))
+    );
     assert!(a.personal_best && a.overall_best);
-    assert_eq!((bb.gap, bb.interval), (Some(Gap::Time { us: s(3.0) }), Some(Gap::Time { us: s(3.0) })));
+    assert_eq!(
+        (bb.gap, bb.interval),
+        (
+            Some(Gap::Time { us: s(3.0) }),
+            Some(Gap::Time { us: s(3.0) })
+        )
+    );
     assert_eq!(bb.best_lap_us, Some(s(31.0)));
     assert!(bb.personal_best && !bb.overall_best);
-    assert_eq!((c.gap, c.interval), (Some(Gap::Laps { laps: 1 }), Some(Gap::Laps { laps: 1 })));
-    assert_eq!((c.last_lap_us, c.best_lap_us), (Some(s(50.0)), Some(s(45.0))));
+    assert_eq!(
+        (c.gap, c.interval),
+        (Some(Gap::Laps { laps: 1 }), Some(Gap::Laps { laps: 1 }))
+    );
+    assert_eq!(
+        (c.last_lap_us, c.best_lap_us),
+        (Some(s(50.0)), Some(s(45.0)))
+    );
     assert!(!c.personal_best);
     assert_eq!(
         b.rows.iter().map(|r| r.position).collect::<Vec<_>>(),
@@ -83,7 +98,10 @@ fn a_main_and_a_backup_loop_count_one_crossing() {
         w.pass(FINISH_BACKUP, t, s(x));
     }
     let with_backup = w.engine.leaderboard(race).unwrap();
-    assert_eq!(with_backup, before, "backup reads merge into the main loop's crossings");
+    assert_eq!(
+        with_backup, before,
+        "backup reads merge into the main loop's crossings"
+    );
     // Now the main loop misses C's second crossing: the backup alone carries it, 40 ms late.
     let mut w = World::new(s(0.5), s(1.0));
     riders(&mut w);
@@ -96,7 +114,15 @@ fn a_main_and_a_backup_loop_count_one_crossing() {
         session: race,
         start: Start::Green { at_us: 0 },
     });
-    for (t, x) in [(101, 30.0), (101, 60.5), (101, 90.0), (102, 31.0), (102, 62.0), (102, 93.0), (103, 45.0)] {
+    for (t, x) in [
+        (101, 30.0),
+        (101, 60.5),
+        (101, 90.0),
+        (102, 31.0),
+        (102, 62.0),
+        (102, 93.0),
+        (103, 45.0),
+    ] {
         w.pass(FINISH_MAIN, t, s(x));
     }
     w.pass(FINISH_BACKUP, 103, s(95.04));
@@ -105,7 +131,10 @@ fn a_main_and_a_backup_loop_count_one_crossing() {
     assert_eq!(b.rows[2].laps, 2);
     // The feed shows which read counted and which merged.
     let feed = w.engine.feed(3);
-    assert!(matches!(feed[0].outcome, Outcome::Counted { .. }), "{feed:?}");
+    assert!(
+        matches!(feed[0].outcome, Outcome::Counted { .. }),
+        "{feed:?}"
+    );
 }
 
 #[test]
@@ -124,9 +153,18 @@ fn the_feed_marks_merged_and_too_soon_reads() {
         [
             Outcome::UnmappedDecoder,
             Outcome::UnknownTransponder,
-            Outcome::TooSoon { line: FINISH, competitor: a },
-            Outcome::Merged { line: FINISH, competitor: a },
-            Outcome::Counted { line: FINISH, competitor: a },
+            Outcome::TooSoon {
+                line: FINISH,
+                competitor: a
+            },
+            Outcome::Merged {
+                line: FINISH,
+                competitor: a
+            },
+            Outcome::Counted {
+                line: FINISH,
+                competitor: a
+            },
         ]
     );
 }
@@ -150,7 +188,11 @@ fn a_late_resend_passing_lands_in_its_place() {
         start: Start::Green { at_us: 0 },
     });
     let mut late = None;
-    for (t, times) in [(101, [30.0, 60.5, 90.0]), (102, [31.0, 62.0, 93.0]), (103, [45.0, 95.0, 140.0])] {
+    for (t, times) in [
+        (101, [30.0, 60.5, 90.0]),
+        (102, [31.0, 62.0, 93.0]),
+        (103, [45.0, 95.0, 140.0]),
+    ] {
         for x in times {
             let p = w.passing(FINISH_MAIN, t, s(x));
             if t == 102 && x == 62.0 {
@@ -163,7 +205,10 @@ fn a_late_resend_passing_lands_in_its_place() {
     let missing = w.engine.leaderboard(race).unwrap();
     assert_eq!(missing.rows[1].number, "B");
     // Without 62.0, B's crossing at 93.0 ends a 62 s lap and B is a lap down.
-    assert_eq!((missing.rows[1].laps, missing.rows[1].last_lap_us), (2, Some(s(62.0))));
+    assert_eq!(
+        (missing.rows[1].laps, missing.rows[1].last_lap_us),
+        (2, Some(s(62.0)))
+    );
     assert_eq!(missing.rows[1].gap, Some(Gap::Laps { laps: 1 }));
     assert_ne!(missing, full);
     let late = late.unwrap();
@@ -182,11 +227,17 @@ fn a_minimum_lap_change_after_the_race_recomputes() {
     w.rider("D", 104);
     let settings = Settings {
         limit: Limit::None,
-        min_lap: MinLap::FractionOfMedian { permille: 400, floor_us: s(2.0) },
+        min_lap: MinLap::FractionOfMedian {
+            permille: 400,
+            floor_us: s(2.0),
+        },
         ..Settings::default()
     };
     let race = w.session(1, SessionKind::Race, settings.clone());
-    w.run(RaceEvent::SessionStarted { session: race, start: Start::Green { at_us: 0 } });
+    w.run(RaceEvent::SessionStarted {
+        session: race,
+        start: Start::Green { at_us: 0 },
+    });
     // Laps of 30 s; D's 45.0 read is a transponder picked up from the pit lane: a 15 s "lap".
     // A 0.3 s double read of A is under 40 % of the median lap and is dropped. The laps as read are
     // 0.3, 14, 16, 29.7, 30, 30, 30, 31: the median (the lower middle) is 29.7 s, 40 % of it 11.88 s.
@@ -196,14 +247,24 @@ fn a_minimum_lap_change_after_the_race_recomputes() {
     for x in [31.0, 45.0, 61.0, 91.0] {
         w.pass(FINISH_MAIN, 104, s(x));
     }
-    w.run(RaceEvent::SessionEnded { session: race, at_us: s(100.0) });
+    w.run(RaceEvent::SessionEnded {
+        session: race,
+        at_us: s(100.0),
+    });
     let b = w.engine.leaderboard(race).unwrap();
     assert_eq!(b.min_lap_us, s(11.88));
     assert_eq!((b.rows[0].number.as_str(), b.rows[0].laps), ("D", 4));
     assert_eq!(b.rows[0].best_lap_us, Some(s(14.0)));
     // The judge sets an absolute 20 s minimum after the race: D's 45.0 read no longer counts.
-    let changed = Settings { min_lap: MinLap::Absolute { us: s(20.0) }, ..settings };
-    w.run(RaceEvent::SettingsChanged { session: race, settings: changed, meta: meta("judge", "pit lane reads") });
+    let changed = Settings {
+        min_lap: MinLap::Absolute { us: s(20.0) },
+        ..settings
+    };
+    w.run(RaceEvent::SettingsChanged {
+        session: race,
+        settings: changed,
+        meta: meta("judge", "pit lane reads"),
+    });
     let b = w.engine.leaderboard(race).unwrap();
     assert_eq!(b.min_lap_us, s(20.0));
     assert_eq!(
@@ -220,12 +281,21 @@ fn a_minimum_lap_change_after_the_race_recomputes() {
 fn a_timed_race_ends_on_the_leaders_next_crossing() {
     let mut w = World::new(0, 0);
     riders(&mut w);
-    let settings = Settings { limit: Limit::Time { us: s(60.0) }, ..Settings::default() };
+    let settings = Settings {
+        limit: Limit::Time { us: s(60.0) },
+        ..Settings::default()
+    };
     let race = w.session(1, SessionKind::Race, settings);
-    w.run(RaceEvent::SessionStarted { session: race, start: Start::Green { at_us: s(1000.0) } });
+    w.run(RaceEvent::SessionStarted {
+        session: race,
+        start: Start::Green { at_us: s(1000.0) },
+    });
     // At 1060 A leads with 2 laps (last 1058). C crosses first after the time, at 1080, but the flag
     // falls on A's next crossing at 1087; B then finishes at 1088, C, not lapped, at 1120.
-    for (t, xs) in [(101, [1029.0, 1058.0, 1087.0, 1116.0]), (102, [1030.0, 1059.0, 1088.0, 1117.0])] {
+    for (t, xs) in [
+        (101, [1029.0, 1058.0, 1087.0, 1116.0]),
+        (102, [1030.0, 1059.0, 1088.0, 1117.0]),
+    ] {
         for x in xs {
             w.pass(FINISH_MAIN, t, s(x));
         }
@@ -250,7 +320,11 @@ fn a_timed_race_ends_on_the_leaders_next_crossing() {
         finish: FinishRule::EachAfterTime,
         ..Settings::default()
     };
-    w.run(RaceEvent::SettingsChanged { session: race, settings: rc, meta: meta("rd", "RC rules") });
+    w.run(RaceEvent::SettingsChanged {
+        session: race,
+        settings: rc,
+        meta: meta("rd", "RC rules"),
+    });
     let b = w.engine.leaderboard(race).unwrap();
     assert_eq!(
         standings(&b),
@@ -268,22 +342,43 @@ fn practice_ranks_by_best_lap_and_an_equal_best_goes_to_who_set_it_first() {
     riders(&mut w);
     let practice = w.session(1, SessionKind::Practice, Settings::default());
     // First crossing starts each rider's lap 1.
-    w.run(RaceEvent::SessionStarted { session: practice, start: Start::FirstCrossing { armed_at_us: 0 } });
+    w.run(RaceEvent::SessionStarted {
+        session: practice,
+        start: Start::FirstCrossing { armed_at_us: 0 },
+    });
     // A: 10, 40 (30.0), 69 (29.0). B: 12, 41 (29.0 set at 41, before A's at 69), 75 (34). C: one crossing.
-    for (t, xs) in [(101, &[10.0, 40.0, 69.0][..]), (102, &[12.0, 41.0, 75.0]), (103, &[20.0])] {
+    for (t, xs) in [
+        (101, &[10.0, 40.0, 69.0][..]),
+        (102, &[12.0, 41.0, 75.0]),
+        (103, &[20.0]),
+    ] {
         for &x in xs {
             w.pass(FINISH_MAIN, t, s(x));
         }
     }
     let b = w.engine.leaderboard(practice).unwrap();
     assert_eq!(b.clock_start_us, Some(s(10.0)));
-    let order: Vec<_> = b.rows.iter().map(|r| (r.number.as_str(), r.best_lap_us)).collect();
-    assert_eq!(order, [("B", Some(s(29.0))), ("A", Some(s(29.0))), ("C", None)]);
+    let order: Vec<_> = b
+        .rows
+        .iter()
+        .map(|r| (r.number.as_str(), r.best_lap_us))
+        .collect();
+    assert_eq!(
+        order,
+        [("B", Some(s(29.0))), ("A", Some(s(29.0))), ("C", None)]
+    );
     assert_eq!(b.rows[1].gap, Some(Gap::Time { us: 0 }));
     assert!(b.rows[0].overall_best && b.rows[1].overall_best);
     // RotorHazard's rule: the lower total time ranks ahead (A's last crossing 69 - 10, B's 75 - 10).
-    let total = Settings { best_lap_tie: BestLapTie::TotalTime, ..Settings::default() };
-    w.run(RaceEvent::SettingsChanged { session: practice, settings: total, meta: meta("rd", "club rules") });
+    let total = Settings {
+        best_lap_tie: BestLapTie::TotalTime,
+        ..Settings::default()
+    };
+    w.run(RaceEvent::SettingsChanged {
+        session: practice,
+        settings: total,
+        meta: meta("rd", "club rules"),
+    });
     let b = w.engine.leaderboard(practice).unwrap();
     assert_eq!(b.rows[0].number, "A");
 }

@@ -36,8 +36,16 @@ fn an_import_keeps_good_lines_and_names_each_bad_one() {
             (7, "-".into()),
         ]
     );
-    assert!(import.errors[0].to_string().contains("number is empty"), "{}", import.errors[0]);
-    assert!(import.errors[1].to_string().contains("2906141"), "{}", import.errors[1]);
+    assert!(
+        import.errors[0].to_string().contains("number is empty"),
+        "{}",
+        import.errors[0]
+    );
+    assert!(
+        import.errors[1].to_string().contains("2906141"),
+        "{}",
+        import.errors[1]
+    );
     let added: Vec<Competitor> = import
         .events
         .iter()
@@ -51,9 +59,15 @@ fn an_import_keeps_good_lines_and_names_each_bad_one() {
     assert_eq!(added[1].id, CompetitorId(2));
     assert_eq!(
         added[1].transponders,
-        [Transponder::Code("FL-94890".into()), Transponder::Number(4242)]
+        [
+            Transponder::Code("FL-94890".into()),
+            Transponder::Number(4242)
+        ]
     );
-    assert_eq!(added[2].transponders[0], Transponder::Code("PV-38463".into()));
+    assert_eq!(
+        added[2].transponders[0],
+        Transponder::Code("PV-38463".into())
+    );
 }
 
 #[test]
@@ -63,8 +77,14 @@ fn imported_competitors_are_found_by_prochip_code_and_a_second_import_edits() {
         w.run(event);
     }
     assert_eq!(w.engine.roster().len(), 3);
-    assert_eq!(w.engine.roster().owner(None, Some("fl-94890")), Some(CompetitorId(2)));
-    assert_eq!(w.engine.roster().owner(Some(2906141), None), Some(CompetitorId(1)));
+    assert_eq!(
+        w.engine.roster().owner(None, Some("fl-94890")),
+        Some(CompetitorId(2))
+    );
+    assert_eq!(
+        w.engine.roster().owner(Some(2906141), None),
+        Some(CompetitorId(1))
+    );
     // The same file again changes nothing; a changed class is an edit of the same competitor.
     assert!(w.engine.roster().import_csv(CSV).events.is_empty());
     let again = w
@@ -75,8 +95,15 @@ fn imported_competitors_are_found_by_prochip_code_and_a_second_import_edits() {
         panic!("{again:?}")
     };
     assert_eq!((c.id, c.class.as_str()), (CompetitorId(1), "Masters"));
-    assert_eq!((c.club.as_str(), c.transponders.len()), ("Velo Club", 1), "absent columns are kept");
+    assert_eq!(
+        (c.club.as_str(), c.transponders.len()),
+        ("Velo Club", 1),
+        "absent columns are kept"
+    );
     // Headers are checked too.
     let bad = w.engine.roster().import_csv("numbr,name\n1,x\n");
-    assert!(matches!(&bad.errors[..], [Error::Csv { line: 1, .. }]), "{bad:?}");
+    assert!(
+        matches!(&bad.errors[..], [Error::Csv { line: 1, .. }]),
+        "{bad:?}"
+    );
 }
