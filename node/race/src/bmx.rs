@@ -16,9 +16,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::{Engine, Series};
 use crate::error::Error;
-use crate::event::{LineKind, ResultsStatus, TieBreak, Transfer};
+use crate::event::{LineKind, MotoSettings, ResultsStatus, TieBreak, Transfer};
 use crate::ids::{CompetitorId, SeriesId, SessionId};
-use crate::session::{Session, Verdict};
+use crate::session::{Overlay, Session, Verdict};
+use crate::track::{Crossing, Gathered};
 
 /// The board of one moto.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,42 +76,16 @@ pub enum MotoStatus {
 
 pub(crate) fn moto_board(engine: &Engine, s: &Session) -> MotoBoard {
     let overlay = s.overlay();
+    let gathered = engine.gather(s, &overlay).unwrap_or_default();
+    let m = &s.settings.moto;
+    let drop = find_drop(s, &overlay, &gathered);
     let mut board = MotoBoard {
         session: s.id,
         status: s.status,
-        drop: None,
+        drop,
         decided: false,
         rows: Vec::new(),
     };
-    let gathered = engine.gather(s, &overlay).unwrap_or_default();
-    let m = &s.settings.moto;
-    let staged_ids: Vec<CompetitorId> = s.staged.iter().map(|g| g.competitor).collect();
-    let drop = overlay
-        .gate_drop_us
-        .map(|at_us| GateDrop {
-            at_us,
-            source: DropSource::Judge,
-        })
-        .or_else(|| {
-            gathered.beacons_us.first().map(|b| GateDrop {
-                at_us: b + m.gate_delay_us,
-                source: DropSource::Beacon,
-            })
-        })
-        .or_else(|| {
-            let hill = staged_ids.iter().filter_map(|c| {
-                gathered
-                    .crossings
-                    .get(c)?
-                    .iter()
-                    .find(|x| x.kind == LineKind::Start)
-            });
-            hill.map(|x| x.t_us).min().map(|at_us| GateDrop {
-                at_us,
-                source: DropSource::HillLoop,
-            })
-        });
-    board.drop = drop;
     let Some(drop) = drop else {
         board.rows = s
             .staged
@@ -123,29 +98,19 @@ pub(crate) fn moto_board(engine: &Engine, s: &Session) -> MotoBoard {
     board.decided = s.ended_us.is_some() || engine.latest_us().is_some_and(|t| t > deadline);
     for g in &s.staged {
         let mut row = blank_row(engine, g.gate, g.competitor, MotoStatus::Racing);
-        let seen: Vec<_> = gathered
+        let seen: Vec<&Crossing> = gathered
             .crossings
             .get(&g.competitor)
             .into_iter()
             .flatten()
             .filter(|x| (drop.at_us..=deadline).contains(&x.t_us))
             .collect();
-        for x in &seen {
-            if let LineKind::Split(n) = x.kind
-                && !row.splits.iter().any(|(k, _)| *k == n)
-            {
-                row.splits.push((n, x.t_us - drop.at_us));
-            }
-        }
         let penalty = overlay
             .penalties_us
             .get(&g.competitor)
             .copied()
             .unwrap_or(0);
-        row.time_us = seen
-            .iter()
-            .find(|x| x.kind == LineKind::Finish)
-            .map(|x| x.t_us - drop.at_us + penalty);
+        timing(&mut row, &seen, drop.at_us, penalty);
         row.status = match (overlay.verdicts.get(&g.competitor), row.time_us) {
             (Some(Verdict::Dq), _) => MotoStatus::Dq,
             (Some(Verdict::Dnf), _) => MotoStatus::Dnf,
@@ -157,18 +122,60 @@ pub(crate) fn moto_board(engine: &Engine, s: &Session) -> MotoBoard {
         };
         board.rows.push(row);
     }
-    board.rows.sort_by_key(|r| {
-        (
-            r.status,
-            if r.status == MotoStatus::Finished {
-                r.time_us
-            } else {
-                None
-            },
-            r.gate,
-        )
+    score(&mut board, s.staged.len() as u32, m);
+    board
+}
+
+/// The drop: a judge's, else the first beacon plus the gate delay, else the first hill-loop crossing.
+fn find_drop(s: &Session, overlay: &Overlay, gathered: &Gathered) -> Option<GateDrop> {
+    let judge = overlay.gate_drop_us.map(|at_us| GateDrop {
+        at_us,
+        source: DropSource::Judge,
     });
-    let riders = s.staged.len() as u32;
+    let beacon = || {
+        gathered.beacons_us.first().map(|b| GateDrop {
+            at_us: b.saturating_add(s.settings.moto.gate_delay_us),
+            source: DropSource::Beacon,
+        })
+    };
+    let hill = || {
+        let firsts = s.staged.iter().filter_map(|g| {
+            let list = gathered.crossings.get(&g.competitor)?;
+            list.iter().find(|x| x.kind == LineKind::Start)
+        });
+        firsts.map(|x| x.t_us).min().map(|at_us| GateDrop {
+            at_us,
+            source: DropSource::HillLoop,
+        })
+    };
+    judge.or_else(beacon).or_else(hill)
+}
+
+/// A rider's splits and finish time from their crossings after the drop.
+fn timing(row: &mut MotoRow, seen: &[&Crossing], drop_us: u64, penalty_us: u64) {
+    for x in seen {
+        if let LineKind::Split(n) = x.kind
+            && !row.splits.iter().any(|(k, _)| *k == n)
+        {
+            row.splits.push((n, x.t_us - drop_us));
+        }
+    }
+    row.time_us = seen
+        .iter()
+        .find(|x| x.kind == LineKind::Finish)
+        .map(|x| (x.t_us - drop_us).saturating_add(penalty_us));
+}
+
+/// Orders the rows (finishers by time) and gives places and, once decided, points.
+fn score(board: &mut MotoBoard, riders: u32, m: &MotoSettings) {
+    board.rows.sort_by_key(|r| {
+        let time = if r.status == MotoStatus::Finished {
+            r.time_us
+        } else {
+            None
+        };
+        (r.status, time, r.gate)
+    });
     let mut place = 0;
     for r in &mut board.rows {
         if r.status == MotoStatus::Finished {
@@ -182,7 +189,6 @@ pub(crate) fn moto_board(engine: &Engine, s: &Session) -> MotoBoard {
             MotoStatus::Dq => m.dq_points,
         });
     }
-    board
 }
 
 fn blank_row(engine: &Engine, gate: u8, id: CompetitorId, status: MotoStatus) -> MotoRow {

@@ -160,18 +160,7 @@ impl Engine {
     fn check(&self, event: &RaceEvent) -> Result<(), Error> {
         use RaceEvent::*;
         match event {
-            CompetitorAdded(c) => {
-                if self.roster.get(c.id).is_some() {
-                    return Err(Error::CompetitorExists(c.id));
-                }
-                if self.roster.len() >= ROSTER_COMPETITORS_MAX {
-                    return Err(Error::Limit {
-                        what: "the roster",
-                        limit: ROSTER_COMPETITORS_MAX,
-                    });
-                }
-                self.roster.check(c)
-            }
+            CompetitorAdded(c) => self.check_new_competitor(c),
             CompetitorEdited(c) => {
                 self.competitor(c.id)?;
                 self.roster.check(c)
@@ -220,22 +209,7 @@ impl Engine {
                 session,
                 target_version,
                 ..
-            } => {
-                let s = self.get_session(*session)?;
-                if !s.decisions.contains_key(target_version) {
-                    return Err(Error::UnknownDecision {
-                        session: *session,
-                        version: *target_version,
-                    });
-                }
-                if s.undone.contains(target_version) {
-                    return Err(Error::AlreadyUndone {
-                        session: *session,
-                        version: *target_version,
-                    });
-                }
-                Ok(())
-            }
+            } => self.check_undo(*session, *target_version),
             StatusSet {
                 session, status, ..
             } => {
@@ -252,6 +226,31 @@ impl Engine {
                 settings,
             } => self.check_series(*series, name, motos, settings),
         }
+    }
+
+    fn check_new_competitor(&self, c: &crate::Competitor) -> Result<(), Error> {
+        if self.roster.get(c.id).is_some() {
+            return Err(Error::CompetitorExists(c.id));
+        }
+        if self.roster.len() >= ROSTER_COMPETITORS_MAX {
+            return Err(Error::Limit {
+                what: "the roster",
+                limit: ROSTER_COMPETITORS_MAX,
+            });
+        }
+        self.roster.check(c)
+    }
+
+    /// Only a decision in force can be undone; an undo is not itself undone (decide again instead).
+    fn check_undo(&self, session: SessionId, version: u64) -> Result<(), Error> {
+        let s = self.get_session(session)?;
+        if !s.decisions.contains_key(&version) {
+            return Err(Error::UnknownDecision { session, version });
+        }
+        if s.undone.contains(&version) {
+            return Err(Error::AlreadyUndone { session, version });
+        }
+        Ok(())
     }
 
     fn check_staging(&self, session: SessionId, gates: &[crate::Staged]) -> Result<(), Error> {

@@ -246,7 +246,7 @@ fn finish(s: &Session, clock: u64, runs: &mut BTreeMap<CompetitorId, Run>) -> Op
         (Some(at), _) => leader_next(runs, at),
         (None, Limit::Laps(n)) => runs
             .values()
-            .filter_map(|r| r.ends_us.get(n as usize - 1))
+            .filter_map(|r| r.ends_us.get((n as usize).checked_sub(1)?))
             .min()
             .copied(),
         (None, Limit::Time { .. }) => leader_next(runs, time_limit?),
@@ -314,7 +314,10 @@ fn row(
         best_lap_us: best,
         gap: None,
         interval: None,
-        total_us: run.ends_us.last().map(|t| t - clock + penalty),
+        total_us: run
+            .ends_us
+            .last()
+            .map(|t| (t - clock).saturating_add(penalty)),
         status,
         personal_best: laps.last().is_some() && laps.last().copied() == best,
         overall_best: false,
