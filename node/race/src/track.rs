@@ -220,3 +220,62 @@ fn filter_group(
     }
     kept
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reads(times: &[u64]) -> Vec<Read> {
+        let key = |n: u32, t| PassingRef {
+            decoder: DecoderId(1),
+            number: n,
+            rtc_time_us: t,
+        };
+        times
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| Read {
+                t_us: t,
+                key: Some(key(i as u32, t)),
+            })
+            .collect()
+    }
+
+    fn def(kind: LineKind) -> LineDef {
+        LineDef {
+            line: LineId(1),
+            name: String::new(),
+            kind,
+            merge_window_us: 100,
+            min_gap_us: 1_000,
+        }
+    }
+
+    fn times(kind: LineKind, group: &[u64]) -> Vec<u64> {
+        let mut outcomes = BTreeMap::new();
+        let kept = filter_group(
+            &def(kind),
+            CompetitorId(1),
+            &reads(group),
+            &mut outcomes,
+            true,
+        );
+        assert_eq!(outcomes.len(), group.len(), "every read is accounted for");
+        kept.iter().map(|c| c.t_us).collect()
+    }
+
+    #[test]
+    fn a_finish_takes_a_clusters_first_read_and_a_start_its_last() {
+        // 0, 60 and 100 are one crossing (within 100 of the first); 150 is under the 1,000 gap.
+        assert_eq!(
+            times(LineKind::Finish, &[0, 60, 100, 150, 1_200]),
+            [0, 1_200]
+        );
+        assert_eq!(
+            times(LineKind::Start, &[0, 60, 100, 150, 1_200]),
+            [100, 1_200]
+        );
+        // The gap runs from the crossing kept, so a chain of close reads cannot creep forward.
+        assert_eq!(times(LineKind::Finish, &[0, 900, 1_800, 2_000]), [0, 1_800]);
+    }
+}

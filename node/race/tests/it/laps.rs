@@ -382,3 +382,52 @@ fn practice_ranks_by_best_lap_and_an_equal_best_goes_to_who_set_it_first() {
     let b = w.engine.leaderboard(practice).unwrap();
     assert_eq!(b.rows[0].number, "A");
 }
+
+#[test]
+fn a_chequered_flag_by_hand_finishes_the_leader_then_the_rest() {
+    let mut w = World::new(0, 0);
+    riders(&mut w);
+    let race = w.session(1, SessionKind::Race, Settings::default());
+    w.run(RaceEvent::SessionStarted {
+        session: race,
+        start: Start::Green { at_us: 0 },
+    });
+    for (t, xs) in [
+        (101, [30.0, 60.0, 90.0]),
+        (102, [35.0, 70.0, 105.0]),
+        (103, [40.0, 80.0, 120.0]),
+    ] {
+        for x in xs {
+            w.pass(FINISH_MAIN, t, s(x));
+        }
+    }
+    // Shown at 75: C crosses first after it (80) but is not leading; A's 90 takes the flag, B
+    // finishes at 105, C at 120.
+    w.run(RaceEvent::Chequered {
+        session: race,
+        at_us: s(75.0),
+    });
+    let b = w.engine.leaderboard(race).unwrap();
+    assert_eq!(b.flag_us, Some(s(90.0)));
+    let finished: Vec<_> = b
+        .rows
+        .iter()
+        .map(|r| (r.number.as_str(), r.total_us, r.status))
+        .collect();
+    assert_eq!(
+        finished,
+        [
+            ("A", Some(s(90.0)), RowStatus::Finished),
+            ("B", Some(s(105.0)), RowStatus::Finished),
+            ("C", Some(s(120.0)), RowStatus::Finished),
+        ]
+    );
+    // The operator moves the flag to the leader's previous crossing: the result ends there.
+    w.run(RaceEvent::Chequered {
+        session: race,
+        at_us: s(60.0),
+    });
+    let b = w.engine.leaderboard(race).unwrap();
+    let laps: Vec<_> = b.rows.iter().map(|r| (r.number.as_str(), r.laps)).collect();
+    assert_eq!(laps, [("A", 2), ("B", 2), ("C", 2)]);
+}
