@@ -331,7 +331,11 @@ impl Engine {
     /// Folds an accepted event in. It must be the next of its stream.
     pub fn apply(&mut self, r: &Recorded) -> Result<(), Error> {
         let current = self.version(r.stream);
-        if r.version != current + 1 || r.event.stream() != r.stream {
+        if r.event.stream() != r.stream {
+            let why = format!("it belongs to {:?}, not {:?}", r.event.stream(), r.stream);
+            return Err(invalid("recorded event", why));
+        }
+        if r.version != current + 1 {
             return Err(Error::VersionGap {
                 stream: r.stream,
                 current,
@@ -402,6 +406,14 @@ impl Engine {
             .sessions
             .get_mut(&id)
             .ok_or(Error::UnknownSession(id))?;
+        // Final results that change become Revised, in the fold itself, so replay agrees.
+        let changes_results = matches!(
+            event,
+            SettingsChanged { .. } | Decided { .. } | Undone { .. }
+        );
+        if changes_results && s.status == crate::ResultsStatus::Final {
+            s.status = crate::ResultsStatus::Revised;
+        }
         match event {
             SettingsChanged { settings, .. } => s.settings = settings.clone(),
             SessionStarted { start, .. } => s.start = Some(*start),
@@ -522,11 +534,18 @@ impl Engine {
         };
         let from = oldest.saturating_sub(self.track.lookback_us());
         let overlay = crate::session::Overlay::default();
+        // Any session's gate beacons, and the default ones, are beacons to the announcer.
+        let mut beacons = crate::MotoSettings::default().gate_beacons;
+        for s in self.sessions.values() {
+            beacons.extend(&s.settings.moto.gate_beacons);
+        }
+        beacons.sort_unstable();
+        beacons.dedup();
         let src = Sources {
             track: &self.track,
             roster: &self.roster,
             overlay: &overlay,
-            beacons: &[],
+            beacons: &beacons,
         };
         let passings = self
             .passings

@@ -364,7 +364,8 @@ pub enum ResultsStatus {
     Provisional,
     /// Confirmed after the protest window.
     Final,
-    /// Changed after they were final.
+    /// Changed after they were final: a decision, an undo or a settings change on final results makes
+    /// them Revised by itself; they are confirmed again by setting Final.
     Revised,
 }
 

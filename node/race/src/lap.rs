@@ -137,14 +137,26 @@ pub(crate) fn leaderboard(engine: &Engine, s: &Session) -> Leaderboard {
     board.flag_us = finish(s, clock, &mut runs);
     let mut rows: Vec<Row> = runs
         .iter()
-        .map(|(id, run)| row(engine, s, *id, run, clock, &overlay))
+        .map(|(id, run)| row(engine, *id, run, clock, &overlay))
         .collect();
     for (&id, _) in overlay
         .verdicts
         .iter()
         .filter(|(id, _)| !runs.contains_key(id))
     {
-        rows.push(row(engine, s, id, &Run::default(), clock, &overlay));
+        rows.push(row(engine, id, &Run::default(), clock, &overlay));
+    }
+    // Once the session has ended, nobody is still running: without a flag everyone is classified as
+    // they stand; after one, whoever did not take it did not finish (placed by their last crossing).
+    if s.ended_us.is_some() {
+        let after = if board.flag_us.is_some() {
+            RowStatus::Dnf
+        } else {
+            RowStatus::Finished
+        };
+        for r in rows.iter_mut().filter(|r| r.status == RowStatus::Running) {
+            r.status = after;
+        }
     }
     board.best_lap_us = rows.iter().filter_map(|r| r.best_lap_us).min();
     rank(s, &mut rows, &runs, board.best_lap_us);
@@ -286,7 +298,6 @@ fn leader_next(runs: &BTreeMap<CompetitorId, Run>, t: u64) -> Option<u64> {
 
 fn row(
     engine: &Engine,
-    s: &Session,
     id: CompetitorId,
     run: &Run,
     clock: u64,
@@ -301,7 +312,6 @@ fn row(
         Some(Verdict::Dnf) => RowStatus::Dnf,
         Some(Verdict::Dns) => RowStatus::Dns,
         None if run.finished => RowStatus::Finished,
-        None if s.ended_us.is_some() && s.settings.limit != Limit::None => RowStatus::Dnf,
         None => RowStatus::Running,
     };
     Row {

@@ -204,6 +204,17 @@ fn results_go_provisional_final_revised() {
     set(&mut w, ResultsStatus::Revised).unwrap();
     set(&mut w, ResultsStatus::Final).unwrap();
     assert_eq!(status(&w), ResultsStatus::Final);
+    // A decision on final results makes them Revised by itself, until confirmed again.
+    w.decide(
+        race,
+        Action::TimePenalty {
+            competitor: CompetitorId(2),
+            penalty_us: s(1.0),
+        },
+    );
+    assert_eq!(status(&w), ResultsStatus::Revised);
+    set(&mut w, ResultsStatus::Final).unwrap();
+    assert_eq!(status(&w), ResultsStatus::Final);
 }
 
 #[test]

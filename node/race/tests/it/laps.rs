@@ -84,6 +84,32 @@ fn lap_counts_and_times_of_a_race_with_a_lapped_rider() {
         b.rows.iter().map(|r| r.position).collect::<Vec<_>>(),
         [1, 2, 3]
     );
+    // Had C stopped after 45.0, ending the session would make C a DNF, placed by laps.
+    let c_out = PassingRef {
+        decoder: FINISH_MAIN,
+        number: 8,
+        rtc_time_us: s(95.0),
+    };
+    w.decide(race, Action::VoidPassing { passing: c_out });
+    let c_end = PassingRef {
+        decoder: FINISH_MAIN,
+        number: 9,
+        rtc_time_us: s(140.0),
+    };
+    w.decide(race, Action::VoidPassing { passing: c_end });
+    assert_eq!(
+        w.engine.leaderboard(race).unwrap().rows[2].status,
+        RowStatus::Running
+    );
+    w.run(RaceEvent::SessionEnded {
+        session: race,
+        at_us: s(200.0),
+    });
+    let b = w.engine.leaderboard(race).unwrap();
+    assert_eq!(
+        (b.rows[2].number.as_str(), b.rows[2].laps, b.rows[2].status),
+        ("C", 1, RowStatus::Dnf)
+    );
 }
 
 #[test]
@@ -146,11 +172,13 @@ fn the_feed_marks_merged_and_too_soon_reads() {
     w.pass(FINISH_MAIN, 101, s(12.0)); // 2 s after: under the 3 s minimum gap
     w.pass(FINISH_MAIN, 999, s(13.0));
     w.pass(DecoderId(55), 101, s(14.0));
+    w.pass(FINISH_MAIN, 9992, s(15.0));
     let outcomes: Vec<Outcome> = w.engine.feed(10).into_iter().map(|f| f.outcome).collect();
     let a = CompetitorId(1);
     assert_eq!(
         outcomes,
         [
+            Outcome::Beacon,
             Outcome::UnmappedDecoder,
             Outcome::UnknownTransponder,
             Outcome::TooSoon {
@@ -270,8 +298,8 @@ fn a_minimum_lap_change_after_the_race_recomputes() {
     assert_eq!(
         standings(&b),
         [
-            ("A".into(), 3, Some(s(90.0)), RowStatus::Running),
-            ("D".into(), 3, Some(s(91.0)), RowStatus::Running),
+            ("A".into(), 3, Some(s(90.0)), RowStatus::Finished),
+            ("D".into(), 3, Some(s(91.0)), RowStatus::Finished),
         ]
     );
     assert_eq!(b.rows[1].best_lap_us, Some(s(30.0)));
