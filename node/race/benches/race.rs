@@ -198,7 +198,10 @@ fn main() {
         let event = RaceEvent::SettingsChanged {
             session,
             settings,
-            meta: Meta::default(),
+            meta: Meta {
+                user: "bench".into(),
+                ..Meta::default()
+            },
         };
         full.execute(Command {
             expected_version: version,

@@ -142,6 +142,9 @@ impl Engine {
                 state,
             });
         }
+        if let Some(meta) = cmd.event.meta() {
+            check_meta(meta)?;
+        }
         self.check(&cmd.event)?;
         Ok(Recorded {
             stream,
@@ -278,10 +281,6 @@ impl Engine {
 
     fn check_decision(&self, session: SessionId, decision: &Decision) -> Result<(), Error> {
         let s = self.get_session(session)?;
-        if decision.meta.user.trim().is_empty() {
-            return Err(invalid("decision", "it names no user"));
-        }
-        text("user", &decision.meta.user)?;
         if s.decisions.len() >= DECISIONS_PER_SESSION_MAX {
             return Err(Error::Limit {
                 what: "the session's decisions",
@@ -601,6 +600,16 @@ fn text(what: &'static str, value: &str) -> Result<(), Error> {
         true => Ok(()),
         false => Err(invalid(what, format!("longer than {TEXT_BYTES_MAX} bytes"))),
     }
+}
+
+/// Every decision names its user; no text grows without bound.
+fn check_meta(meta: &crate::Meta) -> Result<(), Error> {
+    if meta.user.trim().is_empty() {
+        return Err(invalid("decision", "it names no user"));
+    }
+    text("user", &meta.user)?;
+    text("reason", &meta.reason)?;
+    text("causation", meta.causation.as_deref().unwrap_or(""))
 }
 
 fn check_settings(s: &Settings) -> Result<(), Error> {

@@ -118,6 +118,19 @@ impl RaceEvent {
     }
 }
 
+impl RaceEvent {
+    /// Who decided and why, for the events that say.
+    pub fn meta(&self) -> Option<&Meta> {
+        match self {
+            RaceEvent::SettingsChanged { meta, .. }
+            | RaceEvent::Undone { meta, .. }
+            | RaceEvent::StatusSet { meta, .. } => Some(meta),
+            RaceEvent::Decided { decision, .. } => Some(&decision.meta),
+            _ => None,
+        }
+    }
+}
+
 /// A roster entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Competitor {

@@ -87,9 +87,9 @@ pub const ROSTER_COMPETITORS_MAX: usize = 20_000;
 /// one event carries to every scoreboard.
 pub const TEXT_BYTES_MAX: usize = 120;
 
-/// The most passings held in memory. A busy day is about 20 passings/s for 10 hours (720,000); beyond
-/// the limit new passings are refused and counted ([`Counts::refused_full`]) until the node restarts
-/// from a snapshot of the sessions it still needs.
+/// The most passings held in memory. A busy day is about 20 passings/s for 10 hours (720,000), so
+/// this is several days; beyond it new passings are refused and counted ([`Counts::refused_full`]),
+/// never dropped silently.
 pub const PASSINGS_HELD_MAX: usize = 4_000_000;
 
 /// The most decisions in one session; a judge makes tens. At the limit a decision is refused with

@@ -178,6 +178,16 @@ fn check_fields(c: &Competitor) -> Result<(), Error> {
             )));
         }
     }
+    let long_code = c.transponders.iter().any(|t| match t {
+        Transponder::Code(code) => code.len() > crate::TRANSPONDER_CODE_BYTES_MAX,
+        Transponder::Number(_) => false,
+    });
+    if long_code {
+        return Err(invalid(format!(
+            "a transponder code is longer than {} bytes",
+            crate::TRANSPONDER_CODE_BYTES_MAX
+        )));
+    }
     if c.transponders.len() > TRANSPONDERS_PER_COMPETITOR_MAX {
         return Err(invalid(format!(
             "more than {TRANSPONDERS_PER_COMPETITOR_MAX} transponders"

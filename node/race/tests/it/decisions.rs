@@ -241,6 +241,15 @@ fn bad_commands_get_typed_refusals() {
         }),
         Error::Invalid { .. }
     ));
+    let rambling = RaceEvent::StatusSet {
+        session: race,
+        status: ResultsStatus::Final,
+        meta: meta("judge", &"x".repeat(TEXT_BYTES_MAX + 1)),
+    };
+    assert!(matches!(
+        try_event(rambling),
+        Error::Invalid { what: "reason", .. }
+    ));
     let ghost = Decision {
         meta: meta("judge", "x"),
         action: Action::Disqualify {
