@@ -29,7 +29,8 @@ pub(crate) struct Track {
 }
 
 impl Track {
-    /// How far before a time a passing can still change the fate of one at that time.
+    /// One merge window and one minimum gap, the longest of any line: the span before a passing in
+    /// which the reads that decide its outcome most directly lie. The announcer's feed looks back this far.
     pub fn lookback_us(&self) -> u64 {
         self.lines
             .values()
