@@ -166,3 +166,75 @@ proptest! {
         prop_assert_eq!(results(&replay, session), results(&truth, session));
     }
 }
+
+/// A moto: riders' hill, split and finish passings, a beacon, some backup reads.
+fn moto_passings(w: &mut World, finish_s: &[u32]) -> Vec<Passing> {
+    let mut out = vec![w.passing(FINISH_MAIN, 9992, 10_000_000)];
+    for (i, &ms) in finish_s.iter().enumerate() {
+        let t = 700 + i as u32;
+        out.push(w.passing(DecoderId(20), t, 12_000_000 + 100_000 * i as u64));
+        let finish = 10_000_000 + u64::from(ms) * 1_000;
+        out.push(w.passing(FINISH_MAIN, t, finish));
+        if ms % 3 == 0 {
+            out.push(w.passing(FINISH_BACKUP, t, finish + 20_000));
+        }
+    }
+    out.push(w.passing(FINISH_MAIN, 9991, 400_000_000));
+    out
+}
+
+fn moto_world() -> (World, SessionId) {
+    let mut w = World::new(300_000, 1_000_000);
+    w.line(LineId(2), LineKind::Start, 300_000, 1_000_000);
+    w.run(RaceEvent::DecoderMapped {
+        decoder: DecoderId(20),
+        line: LineId(2),
+        role: LoopRole::Main,
+    });
+    for r in 0..8 {
+        w.rider(&format!("{}", 10 + r), 700 + r);
+    }
+    let moto = w.session(1, SessionKind::Moto, Settings::default());
+    let gates = (1..=8)
+        .map(|g| Staged {
+            gate: g,
+            competitor: CompetitorId(u32::from(g)),
+        })
+        .collect();
+    w.run(RaceEvent::RidersStaged {
+        session: moto,
+        gates,
+    });
+    w.run(RaceEvent::SessionStarted {
+        session: moto,
+        start: Start::Green { at_us: 0 },
+    });
+    (w, moto)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn a_moto_board_does_not_depend_on_arrival_order(
+        finish_ms in proptest::collection::vec(30_000u32..60_000, 1..8),
+        order in Just((0..40usize).collect::<Vec<_>>()).prop_shuffle(),
+    ) {
+        let (mut truth, moto) = moto_world();
+        let all = moto_passings(&mut truth, &finish_ms);
+        for p in &all {
+            truth.engine.ingest(p.clone());
+        }
+        let (mut shuffled, _) = moto_world();
+        let same = moto_passings(&mut shuffled, &finish_ms);
+        let mut arrival: Vec<&Passing> = order.iter().filter_map(|&i| same.get(i)).collect();
+        arrival.extend(same.iter().skip(order.len()));
+        for p in arrival {
+            shuffled.engine.ingest(p.clone());
+        }
+        let bytes = |w: &World| postcard::to_allocvec(&w.engine.moto_board(moto).unwrap()).unwrap();
+        let board = truth.engine.moto_board(moto).unwrap();
+        prop_assert!(board.decided);
+        prop_assert_eq!(bytes(&shuffled), bytes(&truth));
+    }
+}
