@@ -5,5 +5,6 @@ mod decisions;
 mod determinism;
 mod laps;
 mod pins;
+mod robust;
 mod roster;
 mod support;
