@@ -116,7 +116,7 @@ fn passings() -> Vec<Passing> {
         {
             numbers[i] += 1;
             out.push(Passing {
-                decoder: DecoderId(decoder),
+                decoder_id: DecoderId(decoder),
                 transponder: Some(1000 + r as u32),
                 tran_code: None,
                 passing_number: numbers[i],

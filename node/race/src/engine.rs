@@ -112,7 +112,7 @@ impl Engine {
 
     /// Takes in a passing. Its place is its decoder time; when it arrives does not matter.
     pub fn ingest(&mut self, p: Passing) -> Ingest {
-        let key = (p.rtc_time_us, p.decoder, p.passing_number);
+        let key = (p.rtc_time_us, p.decoder_id, p.passing_number);
         if self.passings.contains_key(&key) {
             self.counts.duplicates += 1;
             return Ingest::Duplicate;

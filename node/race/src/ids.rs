@@ -72,7 +72,8 @@ pub struct PassingRef {
 /// part, so a passing fetched late by RESEND lands where it belongs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Passing {
-    pub decoder: DecoderId,
+    /// DECODER_ID, as the spool's `decoder.passing` holds it.
+    pub decoder_id: DecoderId,
     pub transponder: Option<u32>,
     /// The ProChip TRAN_CODE, if the passing carries one.
     pub tran_code: Option<String>,
@@ -84,7 +85,7 @@ pub struct Passing {
 impl Passing {
     pub fn key(&self) -> PassingRef {
         PassingRef {
-            decoder: self.decoder,
+            decoder: self.decoder_id,
             number: self.passing_number,
             rtc_time_us: self.rtc_time_us,
         }

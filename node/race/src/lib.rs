@@ -39,7 +39,7 @@
 //! run(&mut engine, RaceEvent::SessionStarted { session: SessionId(1), start: Start::Green { at_us: 0 } });
 //! for (n, t) in [(1, 30_000_000), (2, 61_000_000)] {
 //!     engine.ingest(Passing {
-//!         decoder: DecoderId(7), transponder: Some(4242), tran_code: None,
+//!         decoder_id: DecoderId(7), transponder: Some(4242), tran_code: None,
 //!         passing_number: n, rtc_time_us: t,
 //!     });
 //! }

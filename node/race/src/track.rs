@@ -154,7 +154,7 @@ fn classify(src: &Sources<'_>, p: &Passing) -> Result<(CompetitorId, LineId), Ou
     if p.transponder.is_some_and(|t| src.beacons.contains(&t)) {
         return Err(Outcome::Beacon);
     }
-    let Some(&(line, _)) = src.track.decoders.get(&p.decoder) else {
+    let Some(&(line, _)) = src.track.decoders.get(&p.decoder_id) else {
         return Err(Outcome::UnmappedDecoder);
     };
     if !src.track.lines.contains_key(&line) {

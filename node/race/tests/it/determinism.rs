@@ -92,7 +92,7 @@ fn passings(w: &mut World, crossings: &[Crossing]) -> Vec<Passing> {
             ));
         }
     }
-    out.sort_by_key(|p| (p.rtc_time_us, p.decoder, p.passing_number));
+    out.sort_by_key(|p| (p.rtc_time_us, p.decoder_id, p.passing_number));
     out
 }
 
@@ -137,7 +137,7 @@ proptest! {
                 arrivals.push((p.rtc_time_us + RESEND_WINDOW_US, p.clone()));
             }
         }
-        arrivals.sort_by_key(|(at, p)| (*at, p.decoder, p.passing_number));
+        arrivals.sort_by_key(|(at, p)| (*at, p.decoder_id, p.passing_number));
         for p in &all {
             truth.engine.ingest(p.clone());
         }

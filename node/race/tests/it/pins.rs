@@ -203,7 +203,7 @@ fn every_race_event_keeps_its_bytes() {
 #[test]
 fn a_passing_keeps_its_bytes() {
     let p = Passing {
-        decoder: DecoderId(7),
+        decoder_id: DecoderId(7),
         transponder: Some(9992),
         tran_code: Some("FL-94890".into()),
         passing_number: 3,

@@ -97,7 +97,7 @@ impl World {
     pub fn passing(&mut self, decoder: DecoderId, transponder: u32, t_us: u64) -> Passing {
         let n = self.numbers.entry(decoder).or_insert(1);
         let p = Passing {
-            decoder,
+            decoder_id: decoder,
             transponder: Some(transponder),
             tran_code: None,
             passing_number: *n,
