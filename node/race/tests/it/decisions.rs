@@ -13,11 +13,7 @@ fn race(w: &mut World) -> SessionId {
         limit: Limit::Laps(3),
         ..Settings::default()
     };
-    let race = w.session(1, SessionKind::Race, settings);
-    w.run(RaceEvent::SessionStarted {
-        session: race,
-        start: Start::Green { at_us: 0 },
-    });
+    let race = w.green(1, SessionKind::Race, settings, 0);
     for (t, xs) in [(101, [30.0, 60.0, 90.0]), (102, [31.0, 62.0, 93.0])] {
         for x in xs {
             w.pass(FINISH_MAIN, t, s(x));

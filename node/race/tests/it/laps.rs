@@ -11,25 +11,32 @@ use crate::support::*;
 /// C: 45.0, 95.0, 140.0 -> lapped; finishes on the first crossing after the flag (95.0), 2 laps;
 ///    the 140.0 crossing comes after C's finish and does not count.
 fn three_lap_race(w: &mut World) -> SessionId {
+    three_lap_race_without(w, None).0
+}
+
+/// The same race with one passing made but not ingested: (transponder, seconds).
+fn three_lap_race_without(w: &mut World, held: Option<(u32, f64)>) -> (SessionId, Option<Passing>) {
     let settings = Settings {
         limit: Limit::Laps(3),
         ..Settings::default()
     };
-    let race = w.session(1, SessionKind::Race, settings);
-    w.run(RaceEvent::SessionStarted {
-        session: race,
-        start: Start::Green { at_us: 0 },
-    });
+    let race = w.green(1, SessionKind::Race, settings, 0);
+    let mut kept = None;
     for (t, times) in [
         (101, [30.0, 60.5, 90.0]),
         (102, [31.0, 62.0, 93.0]),
         (103, [45.0, 95.0, 140.0]),
     ] {
         for x in times {
-            w.pass(FINISH_MAIN, t, s(x));
+            let p = w.passing(FINISH_MAIN, t, s(x));
+            if held == Some((t, x)) {
+                kept = Some(p);
+            } else {
+                w.engine.ingest(p);
+            }
         }
     }
-    race
+    (race, kept)
 }
 
 fn riders(w: &mut World) {
@@ -131,26 +138,8 @@ fn a_main_and_a_backup_loop_count_one_crossing() {
     // Now the main loop misses C's second crossing: the backup alone carries it, 40 ms late.
     let mut w = World::new(s(0.5), s(1.0));
     riders(&mut w);
-    let settings = Settings {
-        limit: Limit::Laps(3),
-        ..Settings::default()
-    };
-    let race = w.session(1, SessionKind::Race, settings);
-    w.run(RaceEvent::SessionStarted {
-        session: race,
-        start: Start::Green { at_us: 0 },
-    });
-    for (t, x) in [
-        (101, 30.0),
-        (101, 60.5),
-        (101, 90.0),
-        (102, 31.0),
-        (102, 62.0),
-        (102, 93.0),
-        (103, 45.0),
-    ] {
-        w.pass(FINISH_MAIN, t, s(x));
-    }
+    let (race, missed) = three_lap_race_without(&mut w, Some((103, 95.0)));
+    assert!(missed.is_some());
     w.pass(FINISH_BACKUP, 103, s(95.04));
     let b = w.engine.leaderboard(race).unwrap();
     assert_eq!(b.rows[2].total_us, Some(s(95.04)));
@@ -206,30 +195,7 @@ fn a_late_resend_passing_lands_in_its_place() {
     // The same race, but B's 62.0 passing is lost on the line and fetched by RESEND after the race.
     let mut w = World::new(s(0.5), s(1.0));
     riders(&mut w);
-    let settings = Settings {
-        limit: Limit::Laps(3),
-        ..Settings::default()
-    };
-    let race = w.session(1, SessionKind::Race, settings);
-    w.run(RaceEvent::SessionStarted {
-        session: race,
-        start: Start::Green { at_us: 0 },
-    });
-    let mut late = None;
-    for (t, times) in [
-        (101, [30.0, 60.5, 90.0]),
-        (102, [31.0, 62.0, 93.0]),
-        (103, [45.0, 95.0, 140.0]),
-    ] {
-        for x in times {
-            let p = w.passing(FINISH_MAIN, t, s(x));
-            if t == 102 && x == 62.0 {
-                late = Some(p);
-            } else {
-                w.engine.ingest(p);
-            }
-        }
-    }
+    let (race, late) = three_lap_race_without(&mut w, Some((102, 62.0)));
     let missing = w.engine.leaderboard(race).unwrap();
     assert_eq!(missing.rows[1].number, "B");
     // Without 62.0, B's crossing at 93.0 ends a 62 s lap and B is a lap down.
@@ -239,7 +205,7 @@ fn a_late_resend_passing_lands_in_its_place() {
     );
     assert_eq!(missing.rows[1].gap, Some(Gap::Laps { laps: 1 }));
     assert_ne!(missing, full);
-    let late = late.unwrap();
+    let late = late.expect("the passing held back");
     assert_eq!(w.engine.ingest(late.clone()), Ingest::Held);
     assert_eq!(w.engine.leaderboard(race).unwrap(), full);
     // Sent again by a second RESEND: counted as a duplicate, results unchanged.
@@ -261,11 +227,7 @@ fn a_minimum_lap_change_after_the_race_recomputes() {
         },
         ..Settings::default()
     };
-    let race = w.session(1, SessionKind::Race, settings.clone());
-    w.run(RaceEvent::SessionStarted {
-        session: race,
-        start: Start::Green { at_us: 0 },
-    });
+    let race = w.green(1, SessionKind::Race, settings.clone(), 0);
     // Laps of 30 s; D's 45.0 read is a transponder picked up from the pit lane: a 15 s "lap".
     // A 0.3 s double read of A is under 40 % of the median lap and is dropped. The laps as read are
     // 0.3, 14, 16, 29.7, 30, 30, 30, 31: the median (the lower middle) is 29.7 s, 40 % of it 11.88 s.
@@ -313,11 +275,7 @@ fn a_timed_race_ends_on_the_leaders_next_crossing() {
         limit: Limit::Time { us: s(60.0) },
         ..Settings::default()
     };
-    let race = w.session(1, SessionKind::Race, settings);
-    w.run(RaceEvent::SessionStarted {
-        session: race,
-        start: Start::Green { at_us: s(1000.0) },
-    });
+    let race = w.green(1, SessionKind::Race, settings, s(1000.0));
     // At 1060 A leads with 2 laps (last 1058). C crosses first after the time, at 1080, but the flag
     // falls on A's next crossing at 1087; B then finishes at 1088, C, not lapped, at 1120.
     for (t, xs) in [
@@ -415,11 +373,7 @@ fn practice_ranks_by_best_lap_and_an_equal_best_goes_to_who_set_it_first() {
 fn a_chequered_flag_by_hand_finishes_the_leader_then_the_rest() {
     let mut w = World::new(0, 0);
     riders(&mut w);
-    let race = w.session(1, SessionKind::Race, Settings::default());
-    w.run(RaceEvent::SessionStarted {
-        session: race,
-        start: Start::Green { at_us: 0 },
-    });
+    let race = w.green(1, SessionKind::Race, Settings::default(), 0);
     for (t, xs) in [
         (101, [30.0, 60.0, 90.0]),
         (102, [35.0, 70.0, 105.0]),

@@ -93,6 +93,22 @@ impl World {
         session
     }
 
+    /// A session started on a green flag at `at_us`.
+    pub fn green(
+        &mut self,
+        id: u32,
+        kind: SessionKind,
+        settings: Settings,
+        at_us: u64,
+    ) -> SessionId {
+        let session = self.session(id, kind, settings);
+        self.run(RaceEvent::SessionStarted {
+            session,
+            start: Start::Green { at_us },
+        });
+        session
+    }
+
     /// A passing of `transponder` at `decoder`, `t_us` on the decoder's clock.
     pub fn passing(&mut self, decoder: DecoderId, transponder: u32, t_us: u64) -> Passing {
         let n = self.numbers.entry(decoder).or_insert(1);
