@@ -2,10 +2,12 @@
 //! models computed from it.
 
 use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 
 use serde::{Deserialize, Serialize};
 
 use crate::bmx::{self, MotoBoard, SeriesBoard};
+use crate::cache::{Cache, Live};
 use crate::error::Error;
 use crate::event::{
     Action, Decision, RaceEvent, SeriesSettings, SessionKind, Settings, Stream, Transfer,
@@ -84,6 +86,8 @@ pub struct Engine {
     /// Every passing held, in decoder time (ties by decoder and number), so order of arrival is lost.
     pub(crate) passings: BTreeMap<(u64, DecoderId, u32), Passing>,
     counts: Counts,
+    /// Crossings gathered for live leaderboards; derived, never part of the state compared or saved.
+    pub(crate) cache: Cache,
 }
 
 impl Engine {
@@ -121,6 +125,7 @@ impl Engine {
             self.counts.refused_full += 1;
             return Ingest::Full;
         }
+        self.cache.passing(&self.track, &self.roster, &p);
         self.passings.insert(key, p);
         self.counts.passings_held += 1;
         Ingest::Held
@@ -341,6 +346,7 @@ impl Engine {
                 got: r.version,
             });
         }
+        self.cache.event(r.stream);
         self.fold(r)?;
         self.versions.insert(r.stream, r.version);
         if let Stream::Session(id) = r.stream
@@ -488,16 +494,74 @@ impl Engine {
     }
 
     /// The leaderboard of a practice, qualifying or race session.
+    ///
+    /// Live: the crossings gathered for the last call are kept, and a passing that is the newest of
+    /// the session's window only re-filters its competitor's; anything else (a late passing, a race
+    /// event) gathers in full again. See [`Engine::recompute_leaderboard`].
     pub fn leaderboard(&self, id: SessionId) -> Result<Leaderboard, Error> {
+        let s = self.lap_session(id)?;
+        let mut cache = self.cache.lock();
+        let live = match cache.entry(id) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => match self.gather_live(s) {
+                Some(live) => e.insert(live),
+                None => return Ok(lap::leaderboard(self, s, &s.overlay(), None)),
+            },
+        };
+        Ok(lap::leaderboard(
+            self,
+            s,
+            &live.overlay,
+            Some(&live.gathered),
+        ))
+    }
+
+    /// The leaderboard recomputed in full from the passings, as after a rule change: what the live
+    /// path of [`Engine::leaderboard`] must always equal.
+    pub fn recompute_leaderboard(&self, id: SessionId) -> Result<Leaderboard, Error> {
+        let s = self.lap_session(id)?;
+        let overlay = s.overlay();
+        let gathered = self.gather(s, &overlay);
+        Ok(lap::leaderboard(self, s, &overlay, gathered.as_ref()))
+    }
+
+    fn lap_session(&self, id: SessionId) -> Result<&Session, Error> {
         let s = self.get_session(id)?;
-        if s.kind == SessionKind::Moto {
-            return Err(Error::WrongKind {
+        match s.kind {
+            SessionKind::Moto => Err(Error::WrongKind {
                 session: id,
                 kind: "moto",
                 wanted: "lap session",
-            });
+            }),
+            _ => Ok(s),
         }
-        Ok(lap::leaderboard(self, s))
+    }
+
+    /// A session's crossings gathered in full, kept with what the live path needs to add to them.
+    fn gather_live(&self, s: &Session) -> Option<Live> {
+        let overlay = s.overlay();
+        let window = (s.window_start_us(&overlay)?, s.window_end_us());
+        let beacons = s.settings.moto.gate_beacons.clone();
+        let src = Sources {
+            track: &self.track,
+            roster: &self.roster,
+            overlay: &overlay,
+            beacons: &beacons,
+        };
+        let held = self
+            .passings
+            .range((window.0, DecoderId(0), 0)..)
+            .take_while(|(k, _)| k.0 <= window.1);
+        let newest = held.clone().last().map(|(k, _)| *k);
+        let (gathered, groups) = track::gather_groups(&src, held.map(|(_, p)| p), window, false);
+        Some(Live {
+            window,
+            overlay,
+            beacons,
+            newest,
+            groups,
+            gathered,
+        })
     }
 
     /// The board of a BMX moto.

@@ -21,7 +21,8 @@ use crate::event::{
     BestLapTie, FinishRule, Limit, LineKind, MinLap, ResultsStatus, SessionKind, Start,
 };
 use crate::ids::{CompetitorId, SessionId};
-use crate::session::{Session, Verdict};
+use crate::session::{Overlay, Session, Verdict};
+use crate::track::Gathered;
 
 /// A session's leaderboard.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,8 +99,13 @@ struct Run {
     finished: bool,
 }
 
-pub(crate) fn leaderboard(engine: &Engine, s: &Session) -> Leaderboard {
-    let overlay = s.overlay();
+/// The board from the session's crossings (`None` before the session's window opens).
+pub(crate) fn leaderboard(
+    engine: &Engine,
+    s: &Session,
+    overlay: &Overlay,
+    gathered: Option<&Gathered>,
+) -> Leaderboard {
     let mut board = Leaderboard {
         session: s.id,
         status: s.status,
@@ -109,7 +115,7 @@ pub(crate) fn leaderboard(engine: &Engine, s: &Session) -> Leaderboard {
         best_lap_us: None,
         rows: Vec::new(),
     };
-    let Some(gathered) = engine.gather(s, &overlay) else {
+    let Some(gathered) = gathered else {
         return board;
     };
     let crossings: BTreeMap<CompetitorId, Vec<u64>> = gathered
@@ -137,14 +143,14 @@ pub(crate) fn leaderboard(engine: &Engine, s: &Session) -> Leaderboard {
     board.flag_us = finish(s, clock, &mut runs);
     let mut rows: Vec<Row> = runs
         .iter()
-        .map(|(id, run)| row(engine, *id, run, clock, &overlay))
+        .map(|(id, run)| row(engine, *id, run, clock, overlay))
         .collect();
     for (&id, _) in overlay
         .verdicts
         .iter()
         .filter(|(id, _)| !runs.contains_key(id))
     {
-        rows.push(row(engine, id, &Run::default(), clock, &overlay));
+        rows.push(row(engine, id, &Run::default(), clock, overlay));
     }
     // Once the session has ended, nobody is still running: without a flag everyone is classified as
     // they stand; after one, whoever did not take it did not finish (placed by their last crossing).
@@ -297,13 +303,7 @@ fn leader_next(runs: &BTreeMap<CompetitorId, Run>, t: u64) -> Option<u64> {
     leader.ends_us.iter().find(|&&e| e >= t).copied()
 }
 
-fn row(
-    engine: &Engine,
-    id: CompetitorId,
-    run: &Run,
-    clock: u64,
-    overlay: &crate::session::Overlay,
-) -> Row {
+fn row(engine: &Engine, id: CompetitorId, run: &Run, clock: u64, overlay: &Overlay) -> Row {
     let who = engine.roster.get(id);
     let laps = laps_of(run);
     let best = laps.iter().min().copied();

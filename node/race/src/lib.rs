@@ -12,6 +12,9 @@
 //! Read models are folds computed on demand from that state: [`Engine::leaderboard`],
 //! [`Engine::moto_board`], [`Engine::series_board`], [`Engine::feed`]. They are pure functions of the
 //! events and passings held, never of the order they came in, so replaying gives the same bytes.
+//! The leaderboard keeps the crossings it gathered, so a passing that is the newest of its session
+//! costs one competitor's re-filtering, not a pass over the session; anything else recomputes in full
+//! ([`Engine::recompute_leaderboard`], held equal by a property test).
 //!
 //! ```
 //! use race::*;
@@ -54,6 +57,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bmx;
+mod cache;
 mod engine;
 mod error;
 mod event;

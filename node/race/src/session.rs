@@ -54,7 +54,7 @@ pub enum Verdict {
 }
 
 /// The decisions in force, folded into what the read models apply over the raw passings.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct Overlay {
     pub voided: BTreeSet<PassingRef>,
     pub reassigned: BTreeMap<PassingRef, CompetitorId>,

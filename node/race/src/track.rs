@@ -77,7 +77,7 @@ pub(crate) struct Crossing {
 }
 
 /// Crossings of the passings in a window.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct Gathered {
     /// Per competitor, in decoder time.
     pub crossings: BTreeMap<CompetitorId, Vec<Crossing>>,
@@ -87,10 +87,11 @@ pub(crate) struct Gathered {
     pub outcomes: BTreeMap<PassingRef, Outcome>,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Read {
-    t_us: u64,
-    key: Option<PassingRef>,
+/// One read of a line by a competitor: a passing, or (without a key) one a judge inserted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Read {
+    pub t_us: u64,
+    pub key: Option<PassingRef>,
 }
 
 /// What [`gather`] reads from.
@@ -101,6 +102,9 @@ pub(crate) struct Sources<'a> {
     pub beacons: &'a [u32],
 }
 
+/// Reads per (competitor, line), each group in (time, key) order: what the crossings are filtered from.
+pub(crate) type Groups = BTreeMap<(CompetitorId, LineId), Vec<Read>>;
+
 /// Turns the passings of a window (in decoder time order) into crossings.
 pub(crate) fn gather<'p>(
     src: &Sources<'_>,
@@ -108,8 +112,18 @@ pub(crate) fn gather<'p>(
     window: (u64, u64),
     keep_outcomes: bool,
 ) -> Gathered {
+    gather_groups(src, passings, window, keep_outcomes).0
+}
+
+/// [`gather`], also handing back the groups of reads it filtered, so that a cache can add to them.
+pub(crate) fn gather_groups<'p>(
+    src: &Sources<'_>,
+    passings: impl Iterator<Item = &'p Passing>,
+    window: (u64, u64),
+    keep_outcomes: bool,
+) -> (Gathered, Groups) {
     let mut out = Gathered::default();
-    let mut reads: BTreeMap<(CompetitorId, LineId), Vec<Read>> = BTreeMap::new();
+    let mut reads = Groups::new();
     for p in passings {
         let key = p.key();
         let outcome = classify(src, p);
@@ -133,20 +147,50 @@ pub(crate) fn gather<'p>(
                 .push(Read { t_us, key: None });
         }
     }
-    for ((competitor, line), mut group) in reads {
-        let def = &src.track.lines[&line];
+    for group in reads.values_mut() {
         group.sort_by_key(|r| (r.t_us, r.key));
-        let kept = filter_group(def, competitor, &group, &mut out.outcomes, keep_outcomes);
-        out.crossings.entry(competitor).or_default().extend(kept);
     }
-    for list in out.crossings.values_mut() {
-        list.sort_by_key(|c| (c.t_us, c.line));
+    for (&(competitor, _), _) in reads.iter() {
+        if !out.crossings.contains_key(&competitor) {
+            let list = crossings_of(
+                src.track,
+                competitor,
+                &reads,
+                &mut out.outcomes,
+                keep_outcomes,
+            );
+            out.crossings.insert(competitor, list);
+        }
     }
-    out
+    (out, reads)
+}
+
+/// One competitor's crossings of every line, from its groups of reads, in (time, line) order.
+pub(crate) fn crossings_of(
+    track: &Track,
+    competitor: CompetitorId,
+    groups: &Groups,
+    outcomes: &mut BTreeMap<PassingRef, Outcome>,
+    keep_outcomes: bool,
+) -> Vec<Crossing> {
+    let mut list = Vec::new();
+    let mine = groups.range((competitor, LineId(0))..=(competitor, LineId(u16::MAX)));
+    for ((_, line), group) in mine {
+        let def = &track.lines[line];
+        list.extend(filter_group(
+            def,
+            competitor,
+            group,
+            outcomes,
+            keep_outcomes,
+        ));
+    }
+    list.sort_by_key(|c| (c.t_us, c.line));
+    list
 }
 
 /// Where a passing goes: to a competitor on a line, or an outcome that keeps it out.
-fn classify(src: &Sources<'_>, p: &Passing) -> Result<(CompetitorId, LineId), Outcome> {
+pub(crate) fn classify(src: &Sources<'_>, p: &Passing) -> Result<(CompetitorId, LineId), Outcome> {
     let key = p.key();
     if src.overlay.voided.contains(&key) {
         return Err(Outcome::Voided);

@@ -3,6 +3,7 @@
 mod bmx;
 mod decisions;
 mod determinism;
+mod incremental;
 mod laps;
 mod pins;
 mod robust;
