@@ -68,7 +68,7 @@ pub struct FeedItem {
     pub outcome: Outcome,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Series {
     pub name: String,
     pub motos: Vec<SessionId>,
@@ -78,14 +78,14 @@ pub(crate) struct Series {
 /// The race engine's state. See the crate docs.
 #[derive(Debug, Clone, Default)]
 pub struct Engine {
-    versions: BTreeMap<Stream, u64>,
+    pub(crate) versions: BTreeMap<Stream, u64>,
     pub(crate) roster: Roster,
     pub(crate) track: Track,
     pub(crate) sessions: BTreeMap<SessionId, Session>,
     pub(crate) series: BTreeMap<SeriesId, Series>,
     /// Every passing held, in decoder time (ties by decoder and number), so order of arrival is lost.
     pub(crate) passings: BTreeMap<(u64, DecoderId, u32), Passing>,
-    counts: Counts,
+    pub(crate) counts: Counts,
     /// Crossings gathered for live leaderboards; derived, never part of the state compared or saved.
     pub(crate) cache: Cache,
 }

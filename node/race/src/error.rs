@@ -70,4 +70,9 @@ pub enum Error {
         column: String,
         why: String,
     },
+    /// A snapshot made by an engine that folds differently: replay the events in full instead.
+    #[error(
+        "the snapshot is of engine version {found}, this engine is version {wanted}; replay in full"
+    )]
+    SnapshotStale { found: u32, wanted: u32 },
 }

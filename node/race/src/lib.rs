@@ -16,6 +16,10 @@
 //! costs one competitor's re-filtering, not a pass over the session; anything else recomputes in full
 //! ([`Engine::recompute_leaderboard`], held equal by a property test).
 //!
+//! [`Engine::snapshot`] and [`Engine::restore`] save and bring back the folded state in a versioned
+//! envelope ([`Snapshot`]), so a restart folds only what came after; see [`Snapshot`] for what it holds
+//! and when it must be thrown away ([`ENGINE_VERSION`]).
+//!
 //! ```
 //! use race::*;
 //!
@@ -65,6 +69,7 @@ mod ids;
 pub mod lap;
 pub mod roster;
 mod session;
+mod snapshot;
 mod track;
 
 pub use bmx::{MotoBoard, SeriesBoard};
@@ -74,6 +79,7 @@ pub use event::*;
 pub use ids::*;
 pub use lap::Leaderboard;
 pub use session::SessionSummary;
+pub use snapshot::{ENGINE_VERSION, Snapshot, State};
 
 /// The longest ProChip TRAN_CODE accepted. Real codes are 8 ASCII bytes (`FL-94890`); twice that
 /// leaves room for other makes without letting a roster cell grow without bound.

@@ -10,7 +10,7 @@ use crate::event::{Action, Decision, ResultsStatus, SessionKind, Settings, Stage
 use crate::ids::{CompetitorId, LineId, PassingRef, SessionId};
 
 /// A session as folded from its stream.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Session {
     pub id: SessionId,
     pub name: String,

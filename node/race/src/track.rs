@@ -22,7 +22,7 @@ use crate::roster::Roster;
 use crate::session::Overlay;
 
 /// The track as folded from its stream.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(crate) struct Track {
     pub lines: BTreeMap<LineId, LineDef>,
     pub decoders: BTreeMap<DecoderId, (LineId, LoopRole)>,

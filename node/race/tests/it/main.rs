@@ -8,4 +8,5 @@ mod laps;
 mod pins;
 mod robust;
 mod roster;
+mod snapshot;
 mod support;
