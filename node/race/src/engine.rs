@@ -12,6 +12,7 @@ use crate::error::Error;
 use crate::event::{
     Action, Decision, RaceEvent, SeriesSettings, SessionKind, Settings, Stream, Transfer,
 };
+use crate::health::DecoderCounts;
 use crate::ids::{CompetitorId, DecoderId, Passing, PassingRef, SeriesId, SessionId};
 use crate::lap::{self, Leaderboard};
 use crate::roster::Roster;
@@ -86,6 +87,8 @@ pub struct Engine {
     /// Every passing held, in decoder time (ties by decoder and number), so order of arrival is lost.
     pub(crate) passings: BTreeMap<(u64, DecoderId, u32), Passing>,
     pub(crate) counts: Counts,
+    /// What each decoder sent, for [`Engine::decoder_health`].
+    pub(crate) decoders: BTreeMap<DecoderId, DecoderCounts>,
     /// Crossings gathered for live leaderboards; derived, never part of the state compared or saved.
     pub(crate) cache: Cache,
 }
@@ -117,11 +120,20 @@ impl Engine {
     /// Takes in a passing. Its place is its decoder time; when it arrives does not matter.
     pub fn ingest(&mut self, p: Passing) -> Ingest {
         let key = (p.rtc_time_us, p.decoder_id, p.passing_number);
-        if self.passings.contains_key(&key) {
+        let duplicate = self.passings.contains_key(&key);
+        let full = !duplicate && self.passings.len() >= PASSINGS_HELD_MAX;
+        // A decoder is known once one of its passings is held, so the map is no larger than they are.
+        if !full || self.decoders.contains_key(&p.decoder_id) {
+            self.decoders
+                .entry(p.decoder_id)
+                .or_default()
+                .seen(&p, duplicate);
+        }
+        if duplicate {
             self.counts.duplicates += 1;
             return Ingest::Duplicate;
         }
-        if self.passings.len() >= PASSINGS_HELD_MAX {
+        if full {
             self.counts.refused_full += 1;
             return Ingest::Full;
         }
@@ -597,13 +609,7 @@ impl Engine {
         };
         let from = oldest.saturating_sub(self.track.lookback_us());
         let overlay = crate::session::Overlay::default();
-        // Any session's gate beacons, and the default ones, are beacons to the announcer.
-        let mut beacons = crate::MotoSettings::default().gate_beacons;
-        for s in self.sessions.values() {
-            beacons.extend(&s.settings.moto.gate_beacons);
-        }
-        beacons.sort_unstable();
-        beacons.dedup();
+        let beacons = self.all_beacons();
         let src = Sources {
             track: &self.track,
             roster: &self.roster,
@@ -640,6 +646,19 @@ impl Engine {
                 }
             })
             .collect()
+    }
+}
+
+impl Engine {
+    /// Any session's gate beacons, and the default ones: beacons to the announcer and the health page.
+    pub(crate) fn all_beacons(&self) -> Vec<u32> {
+        let mut beacons = crate::MotoSettings::default().gate_beacons;
+        for s in self.sessions.values() {
+            beacons.extend(&s.settings.moto.gate_beacons);
+        }
+        beacons.sort_unstable();
+        beacons.dedup();
+        beacons
     }
 }
 

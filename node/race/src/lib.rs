@@ -10,7 +10,7 @@
 //!   state and the stream's version (optimistic concurrency: two tablets cannot overwrite each other).
 //!
 //! Read models are folds computed on demand from that state: [`Engine::leaderboard`],
-//! [`Engine::moto_board`], [`Engine::series_board`], [`Engine::feed`]. They are pure functions of the
+//! [`Engine::moto_board`], [`Engine::series_board`], [`Engine::feed`], [`Engine::decoder_health`]. They are pure functions of the
 //! events and passings held, never of the order they came in, so replaying gives the same bytes.
 //! The leaderboard keeps the crossings it gathered, so a passing that is the newest of its session
 //! costs one competitor's re-filtering, not a pass over the session; anything else recomputes in full
@@ -65,6 +65,7 @@ mod cache;
 mod engine;
 mod error;
 mod event;
+mod health;
 mod ids;
 pub mod lap;
 pub mod roster;
@@ -76,6 +77,7 @@ pub use bmx::{MotoBoard, SeriesBoard};
 pub use engine::{Command, Counts, Engine, FeedItem, Ingest, Outcome, Recorded};
 pub use error::Error;
 pub use event::*;
+pub use health::DecoderHealth;
 pub use ids::*;
 pub use lap::Leaderboard;
 pub use session::SessionSummary;

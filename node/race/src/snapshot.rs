@@ -2,7 +2,7 @@
 //!
 //! What it holds: every stream's last applied version, the roster's competitors, the track's lines
 //! and decoder mappings, every session and series as folded (settings, course, staging, decisions and
-//! undos, results status), every passing held and the intake counters. Read models are not in it:
+//! undos, results status), every passing held, the intake counters and each decoder's counters. Read models are not in it:
 //! they are computed from that state, so [`Engine::restore`] plus the events and passings after the
 //! snapshot gives the same bytes as a full replay (the test `snapshot::`).
 //!
@@ -29,7 +29,8 @@ use serde::{Deserialize, Serialize};
 use crate::engine::{Counts, Engine, Series};
 use crate::error::Error;
 use crate::event::{Competitor, Stream};
-use crate::ids::{Passing, SeriesId, SessionId};
+use crate::health::DecoderCounts;
+use crate::ids::{DecoderId, Passing, SeriesId, SessionId};
 use crate::session::Session;
 use crate::track::Track;
 use crate::{PASSINGS_HELD_MAX, ROSTER_COMPETITORS_MAX};
@@ -62,6 +63,7 @@ pub struct State {
     /// In decoder time order, as held.
     passings: Vec<Passing>,
     counts: Counts,
+    decoders: BTreeMap<DecoderId, DecoderCounts>,
 }
 
 impl Engine {
@@ -78,6 +80,7 @@ impl Engine {
                 series: self.series.clone(),
                 passings: self.passings.values().cloned().collect(),
                 counts: self.counts,
+                decoders: self.decoders.clone(),
             },
         }
     }
@@ -128,6 +131,7 @@ impl Engine {
             series: state.series,
             passings,
             counts: state.counts,
+            decoders: state.decoders,
             ..Engine::default()
         };
         Ok((e, position))

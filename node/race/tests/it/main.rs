@@ -3,6 +3,7 @@
 mod bmx;
 mod decisions;
 mod determinism;
+mod health;
 mod incremental;
 mod laps;
 mod pins;

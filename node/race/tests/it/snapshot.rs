@@ -172,7 +172,8 @@ fn results(engine: &Engine) -> Vec<u8> {
         .collect();
     let feed = engine.feed(FEED_PASSINGS_MAX);
     let state = postcard::to_allocvec(&engine.snapshot(0)).unwrap();
-    postcard::to_allocvec(&(boards, feed, engine.counts(), state)).unwrap()
+    let health = engine.decoder_health();
+    postcard::to_allocvec(&(boards, feed, engine.counts(), health, state)).unwrap()
 }
 
 #[test]
@@ -259,6 +260,6 @@ fn a_snapshot_keeps_its_bytes() {
         "000109030003010302010103010231300752696465722030044f70656e000100bc05020231310752696465722031\
          044f70656e000100bd05030231320752696465722032044f70656e000100be050101010666696e69736802e0a7\
          12c0843d02070100080101010101014602000001900380897a0003874e884e8b4e0080aaea550a0a0000000000\
-         00000100010701bc05000105010000"
+         00000100010701bc05000105010000010701000105"
     );
 }
