@@ -1,0 +1,13 @@
+//! The race engine's tests, one binary. Scenarios with known truth, worked out by hand in each test.
+
+mod bmx;
+mod decisions;
+mod determinism;
+mod health;
+mod incremental;
+mod laps;
+mod pins;
+mod robust;
+mod roster;
+mod snapshot;
+mod support;
