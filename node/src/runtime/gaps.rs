@@ -235,7 +235,10 @@ impl Gaps {
                 self.highest = Some(n);
                 self.highest_rtc_us = rtc_time_us;
             }
-            Some(_) if self.is_open(n) => self.fill(n),
+            Some(_) if self.is_open(n) => {
+                self.fill(n);
+                self.answers_flowing(now);
+            }
             Some(_)
                 if !duplicate
                     && rtc_time_us > self.highest_rtc_us
@@ -265,6 +268,19 @@ impl Gaps {
         self.highest_rtc_us = rtc_time_us;
         if n > 1 {
             self.open_gap(1, n - 1, now, actions);
+        }
+    }
+
+    /// A RESEND answer just filled a gap: the decoder is replaying what it was asked for, in order, so
+    /// no open gap is asked again (or, at the last attempt, declared missing) until the answers have
+    /// stopped for [`GAP_FILL_TIMEOUT_MS`]. Without this, a gap of many pieces (a disk that was full
+    /// for a minute leaves tens of thousands) timed out while the decoder was still sending its first
+    /// pieces, and passings that then arrived had been declared missing. Bounded: every extension is
+    /// bought by one filled number, and a gap holds finitely many.
+    fn answers_flowing(&mut self, now: Instant) {
+        let deadline = now + Duration::from_millis(GAP_FILL_TIMEOUT_MS);
+        for gap in self.open.values_mut() {
+            gap.deadline = gap.deadline.max(deadline);
         }
     }
 
@@ -704,6 +720,41 @@ mod tests {
         }
         assert_eq!(g.open().count(), GAPS_TRACKED_MAX);
         assert_eq!(missing, 10);
+    }
+
+    /// Issue 15.6, related: a gap of several pieces, answered in order more slowly than one
+    /// [`GAP_FILL_TIMEOUT_MS`] in all, is neither asked again nor declared missing while the answers
+    /// keep coming; once they stop, the rest is asked again and then declared, as before.
+    #[test]
+    fn a_long_replay_that_keeps_answering_is_not_declared_missing() {
+        let t = Instant::now();
+        let step = Duration::from_millis(GAP_FILL_TIMEOUT_MS);
+        let mut g = Gaps::default();
+        g.stored(h(0), t);
+        let last = RESEND_SPAN_PASSINGS_MAX * 3;
+        assert_eq!(g.stored(h(last + 1), t).resend.len(), 3);
+        // One answer every 10 ms: the whole replay takes far longer than the attempts allow.
+        let mut now = t;
+        for n in 1..=RESEND_SPAN_PASSINGS_MAX * 2 {
+            now = t + Duration::from_millis(u64::from(n) * 10);
+            let a = g.tick(now);
+            assert!(
+                a.is_empty(),
+                "nothing asked again or declared at {n}: {a:?}"
+            );
+            g.stored(h(n), now);
+        }
+        assert!(now > t + step * (RESEND_ATTEMPTS_MAX + 1));
+        // The decoder stops answering: the last piece is asked again, then declared.
+        let mut asked = 0;
+        let mut missing = Vec::new();
+        for k in 1..=RESEND_ATTEMPTS_MAX + 1 {
+            let a = g.tick(now + step * k);
+            asked += a.resend.len();
+            missing.extend(a.missing);
+        }
+        assert_eq!(asked, (RESEND_ATTEMPTS_MAX - 1) as usize);
+        assert_eq!(missing, [(RESEND_SPAN_PASSINGS_MAX * 2 + 1, last)]);
     }
 
     /// Issue 15.2, related: after a restart numbers below the old highest were not checked at all.
