@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use decoder::{Accumulator, Body, Event, FrameBuilder, Record, tor};
 use events::catalog;
-use node::config::{ClockSettings, Config, DecoderConfig, DecoderKind, SpoolSettings};
+use node::config::Config;
 use node::runtime::Node;
 use spool::schema::EventPayload;
 use spool::{Seq, Spool};
@@ -126,17 +126,7 @@ pub fn config(dir: &Path, device: PathBuf) -> Config {
     Config {
         node_id: Some("test-node".into()),
         track_id: "test-track".into(),
-        data_dir: dir.join("data"),
-        decoders: vec![DecoderConfig {
-            name: "finish".into(),
-            kind: DecoderKind::Serial {
-                device,
-                baud: 115_200,
-            },
-        }],
-        spool: SpoolSettings::default(),
-        clock: ClockSettings::default(),
-        uplink: None,
+        ..Config::demo(dir.join("data"), device)
     }
 }
 
