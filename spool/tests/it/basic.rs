@@ -2,7 +2,7 @@
 
 use spool::{ExpectedVersion, Seq, Spool, SpoolError};
 
-use crate::common::{body, event, keyed, opaque_config, part, stream};
+use crate::common::{body, event, keyed, opaque_config, part, spool_half_checkpointed, stream};
 
 #[test]
 fn append_then_read_globally_and_by_stream() {
@@ -43,16 +43,7 @@ fn append_then_read_globally_and_by_stream() {
 #[test]
 fn events_survive_a_reopen_with_and_without_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        let spool = Spool::open(dir.path(), opaque_config()).unwrap();
-        spool
-            .append_blocking(vec![part("a", ExpectedVersion::Any, vec![event(b"1")])])
-            .unwrap();
-        spool.checkpoint_blocking().unwrap();
-        spool
-            .append_blocking(vec![part("a", ExpectedVersion::Any, vec![event(b"2")])])
-            .unwrap();
-    }
+    drop(spool_half_checkpointed(dir.path()));
     let spool = Spool::open(dir.path(), opaque_config()).unwrap();
     let all = spool.read_global(Seq::FIRST, 10).unwrap();
     assert_eq!(all.len(), 2);

@@ -2,7 +2,7 @@
 
 use spool::{ExpectedVersion, Seq, Spool, SpoolError, SpoolReader};
 
-use crate::common::{body, event, opaque_config, part};
+use crate::common::{append_one, body, event, opaque_config, part, spool_half_checkpointed};
 
 #[test]
 fn a_second_writer_is_refused_with_a_clear_message() {
@@ -16,22 +16,12 @@ fn a_second_writer_is_refused_with_a_clear_message() {
 #[test]
 fn a_read_only_open_sees_acknowledged_events_beside_the_writer() {
     let dir = tempfile::tempdir().unwrap();
-    let spool = Spool::open(dir.path(), opaque_config()).unwrap();
-    spool
-        .append_blocking(vec![part("a", ExpectedVersion::Any, vec![event(b"1")])])
-        .unwrap();
-    spool.checkpoint_blocking().unwrap();
-    // This one is only in the journal.
-    spool
-        .append_blocking(vec![part("a", ExpectedVersion::Any, vec![event(b"2")])])
-        .unwrap();
+    let spool = spool_half_checkpointed(dir.path());
     let reader = SpoolReader::open(dir.path(), opaque_config().schemas).unwrap();
     let all = reader.read_global(Seq::FIRST, 10).unwrap();
     assert_eq!(all.len(), 2);
     assert_eq!(body(&all[1]), b"2");
-    spool
-        .append_blocking(vec![part("a", ExpectedVersion::Any, vec![event(b"3")])])
-        .unwrap();
+    append_one(&spool, b"3");
     reader.refresh().unwrap();
     assert_eq!(reader.head().unwrap(), Seq(3));
 }
