@@ -174,6 +174,26 @@ pub async fn spool_store(dir: &Path) -> SpoolStore {
     SpoolStore::open(dir).await.expect("open central store")
 }
 
+/// A central storing under `dir/central`, on a free loopback port, over TLS when `tls` is given.
+pub async fn start_spool_central(
+    dir: &Path,
+    tls: Option<&ServerTlsConfig>,
+) -> RunningCentral<SpoolStore> {
+    start_central(
+        spool_store(&dir.join("central")).await,
+        "127.0.0.1:0".parse().unwrap(),
+        tls,
+    )
+    .await
+}
+
+/// `dir/token`, holding the track's token, for a drain to read.
+pub fn token_file(dir: &Path) -> PathBuf {
+    let token = dir.join("token");
+    write(&token, TOKEN);
+    token
+}
+
 /// Limits that make a test fast: small batches, short backoff.
 pub fn fast_limits() -> DrainLimits {
     DrainLimits {
@@ -218,6 +238,28 @@ pub fn start_drain(config: DrainConfig, spool: &Spool) -> RunningDrain {
         cancel,
         task,
     }
+}
+
+/// Runs a drain with `config` until it has acknowledged `head`, stops it, and checks that central
+/// stored each of seqs `1..=head` exactly once. Returns the drain's last status.
+pub async fn drain_all_exactly_once(
+    config: DrainConfig,
+    spool: &Spool,
+    central: &RunningCentral<SpoolStore>,
+    head: u64,
+) -> DrainStatus {
+    let mut drain = start_drain(config, spool);
+    let status = wait_status(
+        &mut drain.status,
+        Duration::from_secs(60),
+        "everything acknowledged",
+        |s| s.acked_seq == head,
+    )
+    .await;
+    drain.stop().await;
+    let stored = central.central.store().stored().await.unwrap();
+    assert_exactly_once(&stored, &(1..=head).collect());
+    status
 }
 
 /// Checks that `stored` holds each of `expected` node seqs exactly once, and per client in

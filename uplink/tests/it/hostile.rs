@@ -148,8 +148,7 @@ async fn hostile_load() {
         tokio::spawn(server.run(::central::router(central.clone()), central_cancel.clone()));
 
     // Written before the flood, so that a failure to open files shows where it matters: the drain.
-    let token = dir.path().join("token");
-    write(&token, TOKEN);
+    let token = token_file(dir.path());
 
     let counters = Arc::new(Counters::default());
     let stop = CancellationToken::new();
