@@ -222,6 +222,12 @@ pub struct RunningDrain {
 }
 
 impl RunningDrain {
+    /// Waits until the drain has acknowledged every event up to `head`; panics naming `what`
+    /// after `timeout`.
+    pub async fn wait_acked(&mut self, head: u64, timeout: Duration, what: &str) -> DrainStatus {
+        wait_status(&mut self.status, timeout, what, |s| s.acked_seq == head).await
+    }
+
     pub async fn stop(self) {
         self.cancel.cancel();
         self.task.await.expect("drain task").expect("drain run");
@@ -249,13 +255,9 @@ pub async fn drain_all_exactly_once(
     head: u64,
 ) -> DrainStatus {
     let mut drain = start_drain(config, spool);
-    let status = wait_status(
-        &mut drain.status,
-        Duration::from_secs(60),
-        "everything acknowledged",
-        |s| s.acked_seq == head,
-    )
-    .await;
+    let status = drain
+        .wait_acked(head, Duration::from_secs(60), "everything acknowledged")
+        .await;
     drain.stop().await;
     let stored = central.central.store().stored().await.unwrap();
     assert_exactly_once(&stored, &(1..=head).collect());

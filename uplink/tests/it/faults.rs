@@ -259,13 +259,13 @@ pub async fn drain_through_chaos(
     config.limits.batch_events_max = 100;
     config.limits.request_ms_max = 1_000;
     let mut drain = start_drain(config, spool);
-    wait_status(
-        &mut drain.status,
-        Duration::from_secs(120),
-        "the whole spool acknowledged",
-        |s| s.acked_seq == head,
-    )
-    .await;
+    drain
+        .wait_acked(
+            head,
+            Duration::from_secs(120),
+            "the whole spool acknowledged",
+        )
+        .await;
     let status = drain.status.borrow().clone();
     drain.stop().await;
     assert_every_fault_happened(&proxy.state);

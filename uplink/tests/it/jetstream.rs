@@ -140,13 +140,9 @@ async fn every_event_once_in_jetstream_through_a_faulty_network_and_a_central_re
     let mut config = drain_config(&format!("http://{addr}/"), token);
     config.cursor = "uplink-replay".into();
     let mut drain = start_drain(config, &spool);
-    wait_status(
-        &mut drain.status,
-        Duration::from_secs(60),
-        "the replay acknowledged",
-        |s| s.acked_seq == head,
-    )
-    .await;
+    drain
+        .wait_acked(head, Duration::from_secs(60), "the replay acknowledged")
+        .await;
     drain.stop().await;
     let stats = central.central.stats()[TRACK];
     assert_eq!(stats.accepted, 0);

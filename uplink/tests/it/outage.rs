@@ -48,13 +48,13 @@ async fn a_long_outage_drains_once_and_a_poison_event_is_parked_not_blocking() {
     );
 
     let central = start_central(spool_store(&dir.path().join("central")).await, addr, None).await;
-    wait_status(
-        &mut drain.status,
-        Duration::from_secs(300),
-        "the whole backlog acknowledged",
-        |s| s.acked_seq == head,
-    )
-    .await;
+    drain
+        .wait_acked(
+            head,
+            Duration::from_secs(300),
+            "the whole backlog acknowledged",
+        )
+        .await;
     let status = drain.status.borrow().clone();
     drain.stop().await;
 

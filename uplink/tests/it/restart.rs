@@ -44,13 +44,9 @@ async fn a_restart_mid_drain_stores_nothing_twice() {
         .expect("the drain's first status");
     let resend_from = second.status.borrow().acked_seq;
     assert!(resend_from >= cursor_at_kill && resend_from < head);
-    let status = wait_status(
-        &mut second.status,
-        Duration::from_secs(120),
-        "the rest acknowledged",
-        |s| s.acked_seq == head,
-    )
-    .await;
+    let status = second
+        .wait_acked(head, Duration::from_secs(120), "the rest acknowledged")
+        .await;
     second.stop().await;
     assert_eq!(
         status.forwarded,

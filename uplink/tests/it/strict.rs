@@ -111,13 +111,9 @@ async fn drain_into_strict_central(forward: Vec<String>) -> Run {
     config.forward = forward;
     config.limits.batch_events_max = uplink::drain::UPLINK_BATCH_EVENTS_MAX;
     let mut drain = start_drain(config, &spool);
-    let status = wait_status(
-        &mut drain.status,
-        Duration::from_secs(120),
-        "the whole spool settled",
-        |s| s.acked_seq == head,
-    )
-    .await;
+    let status = drain
+        .wait_acked(head, Duration::from_secs(120), "the whole spool settled")
+        .await;
     drain.stop().await;
     let parked: HashSet<u64> = spool
         .parked("uplink")
@@ -218,13 +214,9 @@ async fn a_drain_killed_mid_isolation_resends_nothing_central_stored() {
 
     config.central_url = format!("http://{}/", central.addr);
     let mut second = start_drain(config, &spool);
-    wait_status(
-        &mut second.status,
-        Duration::from_secs(120),
-        "the rest settled",
-        |s| s.acked_seq == head,
-    )
-    .await;
+    second
+        .wait_acked(head, Duration::from_secs(120), "the rest settled")
+        .await;
     second.stop().await;
     let after = central.central.stats()[TRACK];
     eprintln!(
