@@ -118,7 +118,10 @@ async fn wait_until(dir: &Path, what: &str, limit: Duration, mut check: impl FnM
 /// (head, uplink cursor) of the node's spool, read beside the running node.
 fn progress(spool_dir: &Path) -> Option<(u64, u64)> {
     let reader = SpoolReader::open(spool_dir, Arc::new(events::catalog::schemas())).ok()?;
-    Some((reader.head().ok()?.0, reader.cursor(events::UPLINK_CURSOR).ok()?.0))
+    Some((
+        reader.head().ok()?.0,
+        reader.cursor(events::UPLINK_CURSOR).ok()?.0,
+    ))
 }
 
 /// Waits until central has confirmed more than it had when called: the link works again.
