@@ -164,12 +164,14 @@ async fn pty(cfg: SimConfig) -> Served {
     }
 }
 
-/// A simulator on TCP on a free port of 127.0.0.1.
-async fn tcp(cfg: SimConfig, cancel: &CancellationToken) -> TcpHandle {
+/// A simulator on TCP on a free port of 127.0.0.1, and the token that stops it.
+async fn tcp(cfg: SimConfig) -> (TcpHandle, CancellationToken) {
+    let cancel = CancellationToken::new();
     let addr = "127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap();
-    serve_tcp(Decoder::new(cfg).unwrap(), addr, cancel.clone())
+    let sim = serve_tcp(Decoder::new(cfg).unwrap(), addr, cancel.clone())
         .await
-        .unwrap()
+        .unwrap();
+    (sim, cancel)
 }
 
 async fn stop_tcp(handle: &TcpHandle, cancel: &CancellationToken) {
@@ -555,14 +557,13 @@ async fn scheduled_disconnects_yank_and_replug_the_device() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_serves_four_clients_the_same_passings_and_turns_a_fifth_away() {
-    let cancel = CancellationToken::new();
     let cfg = SimConfig {
         style: TagStyle::ProChip,
         gate_beacons: true,
         gate_interval: Duration::from_millis(100),
         ..config(10, 200.0)
     };
-    let sim = tcp(cfg, &cancel).await;
+    let (sim, cancel) = tcp(cfg).await;
     let addr = sim.local_addr();
     let mut clients = Vec::new();
     for _ in 0..4 {
@@ -641,9 +642,7 @@ async fn tcp_serves_four_clients_the_same_passings_and_turns_a_fifth_away() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stall_pauses_the_output_and_loses_nothing() {
-    let cancel = CancellationToken::new();
-    let cfg = faulty_config(12, 200.0, "stall=700ms/400ms");
-    let sim = tcp(cfg, &cancel).await;
+    let (sim, cancel) = tcp(faulty_config(12, 200.0, "stall=700ms/400ms")).await;
     let mut r = Reader::new(TcpStream::connect(sim.local_addr()).await.unwrap());
     // Read through at least one whole stall, noting when each read returned.
     let mut gap_max = Duration::ZERO;
@@ -678,9 +677,7 @@ async fn a_stall_pauses_the_output_and_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scheduled_disconnects_cut_tcp_clients_who_can_come_back() {
-    let cancel = CancellationToken::new();
-    let cfg = faulty_config(13, 100.0, "disconnect=800ms/300ms");
-    let sim = tcp(cfg, &cancel).await;
+    let (sim, cancel) = tcp(faulty_config(13, 100.0, "disconnect=800ms/300ms")).await;
     let mut r = Reader::new(TcpStream::connect(sim.local_addr()).await.unwrap());
     r.read_until("a passing", |r| r.count(tor::PASSING) >= 1)
         .await;
