@@ -121,6 +121,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Reader<S> {
         self.frames.iter().filter_map(|g| g.number).collect()
     }
 
+    /// The passing numbers read, which must count up by one from the first (none lost, none
+    /// reordered); `what` says why they must.
+    fn consecutive_numbers(&self, what: &str) -> Vec<u32> {
+        let numbers = self.numbers();
+        let first = numbers[0];
+        assert!(
+            numbers
+                .iter()
+                .copied()
+                .eq(first..first + numbers.len() as u32),
+            "{what}: {numbers:?}"
+        );
+        numbers
+    }
+
     fn count(&self, tor: u16) -> usize {
         self.frames.iter().filter(|g| g.tor == tor).count()
     }
@@ -209,15 +224,7 @@ async fn pty_reader_gets_status_and_consecutive_passings_as_emitted() {
     })
     .await;
     assert!(sim.is_open_by_reader());
-    let numbers = r.numbers();
-    let first = numbers[0];
-    assert!(
-        numbers
-            .iter()
-            .copied()
-            .eq(first..first + numbers.len() as u32),
-        "passing numbers count up by one: {numbers:?}"
-    );
+    r.consecutive_numbers("passing numbers count up by one");
     let emitted = sim.emitted();
     for g in r.frames.iter().filter(|g| g.tor == tor::PASSING) {
         let Body::Passing(p) = g.record().body else {
@@ -466,15 +473,8 @@ async fn sustains_5000_passings_per_second_over_a_pty() {
         r.max_number() >= Some(n1)
     })
     .await;
-    let numbers = r.numbers();
+    let numbers = r.consecutive_numbers("no passing lost or reordered");
     let first = numbers[0];
-    assert!(
-        numbers
-            .iter()
-            .copied()
-            .eq(first..first + numbers.len() as u32),
-        "no passing lost or reordered"
-    );
     assert!(first <= n0 + 1);
     let s = sim.stats();
     assert_eq!(s.frames_dropped_queue_full, 0);
@@ -664,14 +664,7 @@ async fn a_stall_pauses_the_output_and_loses_nothing() {
         gap_max >= Duration::from_millis(300),
         "longest silence {gap_max:?}"
     );
-    let numbers = r.numbers();
-    assert!(
-        numbers
-            .iter()
-            .copied()
-            .eq(numbers[0]..numbers[0] + numbers.len() as u32),
-        "what was generated during the stall went out afterwards"
-    );
+    r.consecutive_numbers("what was generated during the stall went out afterwards");
     stop_tcp(&sim, &cancel).await;
 }
 
