@@ -134,8 +134,8 @@ impl Spool {
     /// [`SpoolError::AlreadyOpen`] while another writer has it open.
     pub fn open(dir: impl AsRef<Path>, config: SpoolConfig) -> Result<Spool> {
         let path = dir.as_ref().to_path_buf();
-        let storage =
-            DirStorage::new(&path).map_err(SpoolError::io(&path, "creating the spool directory"))?;
+        let storage = DirStorage::new(&path)
+            .map_err(SpoolError::io(&path, "creating the spool directory"))?;
         Spool::open_with_storage(Arc::new(storage), config)
     }
 
