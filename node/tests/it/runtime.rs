@@ -130,6 +130,16 @@ pub fn config(dir: &Path, device: PathBuf) -> Config {
     }
 }
 
+/// A simulated decoder with default settings but for its seed and rate.
+pub fn sim_decoder(seed: u64, rate_per_s: f64) -> ::sim::Decoder {
+    ::sim::Decoder::new(::sim::SimConfig {
+        seed,
+        rate_per_s,
+        ..Default::default()
+    })
+    .expect("a valid simulator config")
+}
+
 /// The passing numbers stored, in spool order.
 pub fn stored_passings(spool: &Spool) -> Vec<u32> {
     let mut out = Vec::new();
