@@ -228,6 +228,15 @@ impl RunningDrain {
         wait_status(&mut self.status, timeout, what, |s| s.acked_seq == head).await
     }
 
+    /// Waits as [`RunningDrain::wait_acked`] does, then stops the drain; returns its status as it
+    /// stood just before the stop.
+    pub async fn finish(mut self, head: u64, timeout: Duration, what: &str) -> DrainStatus {
+        self.wait_acked(head, timeout, what).await;
+        let status = self.status.borrow().clone();
+        self.stop().await;
+        status
+    }
+
     pub async fn stop(self) {
         self.cancel.cancel();
         self.task.await.expect("drain task").expect("drain run");
@@ -254,11 +263,10 @@ pub async fn drain_all_exactly_once(
     central: &RunningCentral<SpoolStore>,
     head: u64,
 ) -> DrainStatus {
-    let mut drain = start_drain(config, spool);
+    let drain = start_drain(config, spool);
     let status = drain
-        .wait_acked(head, Duration::from_secs(60), "everything acknowledged")
+        .finish(head, Duration::from_secs(60), "everything acknowledged")
         .await;
-    drain.stop().await;
     let stored = central.central.store().stored().await.unwrap();
     assert_exactly_once(&stored, &(1..=head).collect());
     status

@@ -258,16 +258,14 @@ pub async fn drain_through_chaos(
     let mut config = drain_config(&proxy.url(), token);
     config.limits.batch_events_max = 100;
     config.limits.request_ms_max = 1_000;
-    let mut drain = start_drain(config, spool);
-    drain
-        .wait_acked(
+    let drain = start_drain(config, spool);
+    let status = drain
+        .finish(
             head,
             Duration::from_secs(120),
             "the whole spool acknowledged",
         )
         .await;
-    let status = drain.status.borrow().clone();
-    drain.stop().await;
     assert_every_fault_happened(&proxy.state);
     status
 }

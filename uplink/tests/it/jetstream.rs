@@ -139,11 +139,10 @@ async fn every_event_once_in_jetstream_through_a_faulty_network_and_a_central_re
     let central = start_central(store, addr, None).await;
     let mut config = drain_config(&format!("http://{addr}/"), token);
     config.cursor = "uplink-replay".into();
-    let mut drain = start_drain(config, &spool);
+    let drain = start_drain(config, &spool);
     drain
-        .wait_acked(head, Duration::from_secs(60), "the replay acknowledged")
+        .finish(head, Duration::from_secs(60), "the replay acknowledged")
         .await;
-    drain.stop().await;
     let stats = central.central.stats()[TRACK];
     assert_eq!(stats.accepted, 0);
     assert_eq!(stats.duplicates, u64::from(EVENTS));

@@ -48,15 +48,13 @@ async fn a_long_outage_drains_once_and_a_poison_event_is_parked_not_blocking() {
     );
 
     let central = start_central(spool_store(&dir.path().join("central")).await, addr, None).await;
-    drain
-        .wait_acked(
+    let status = drain
+        .finish(
             head,
             Duration::from_secs(300),
             "the whole backlog acknowledged",
         )
         .await;
-    let status = drain.status.borrow().clone();
-    drain.stop().await;
 
     assert_eq!(status.backlog, 0);
     assert_eq!(status.parked, 1);

@@ -45,9 +45,8 @@ async fn a_restart_mid_drain_stores_nothing_twice() {
     let resend_from = second.status.borrow().acked_seq;
     assert!(resend_from >= cursor_at_kill && resend_from < head);
     let status = second
-        .wait_acked(head, Duration::from_secs(120), "the rest acknowledged")
+        .finish(head, Duration::from_secs(120), "the rest acknowledged")
         .await;
-    second.stop().await;
     assert_eq!(
         status.forwarded,
         head - resend_from,

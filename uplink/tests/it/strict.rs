@@ -110,11 +110,10 @@ async fn drain_into_strict_central(forward: Vec<String>) -> Run {
     let mut config = drain_config(&format!("http://{}/", central.addr), token);
     config.forward = forward;
     config.limits.batch_events_max = uplink::drain::UPLINK_BATCH_EVENTS_MAX;
-    let mut drain = start_drain(config, &spool);
+    let drain = start_drain(config, &spool);
     let status = drain
-        .wait_acked(head, Duration::from_secs(120), "the whole spool settled")
+        .finish(head, Duration::from_secs(120), "the whole spool settled")
         .await;
-    drain.stop().await;
     let parked: HashSet<u64> = spool
         .parked("uplink")
         .unwrap()
@@ -213,11 +212,10 @@ async fn a_drain_killed_mid_isolation_resends_nothing_central_stored() {
     );
 
     config.central_url = format!("http://{}/", central.addr);
-    let mut second = start_drain(config, &spool);
+    let second = start_drain(config, &spool);
     second
-        .wait_acked(head, Duration::from_secs(120), "the rest settled")
+        .finish(head, Duration::from_secs(120), "the rest settled")
         .await;
-    second.stop().await;
     let after = central.central.stats()[TRACK];
     eprintln!(
         "killed mid-isolation with {} events stored at central; re-sent after the restart: {}",

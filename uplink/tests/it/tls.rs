@@ -205,9 +205,8 @@ async fn refused_tokens_raise_an_alarm_and_lose_nothing() {
     // The right token: picked up without a restart, and everything arrives once.
     write(&token, TOKEN);
     let status = drain
-        .wait_acked(head, Duration::from_secs(60), "everything acknowledged")
+        .finish(head, Duration::from_secs(60), "everything acknowledged")
         .await;
-    drain.stop().await;
     assert_eq!(status.alarm, None, "the alarm clears");
     let stored = central.central.store().stored().await.unwrap();
     assert_exactly_once(&stored, &(1..=head).collect::<HashSet<_>>());
