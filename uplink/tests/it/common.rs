@@ -120,6 +120,14 @@ pub async fn append_passings(spool: &Spool, from: u32, count: u32) {
     append(spool, (from..from + count).map(passing).collect()).await;
 }
 
+/// A spool under `dir/node` holding passings 0 to `count - 1`, and its head seq.
+pub async fn spool_of_passings(dir: &Path, count: u32) -> (Spool, u64) {
+    let spool = open_spool(&dir.join("node"));
+    append_passings(&spool, 0, count).await;
+    let head = spool.head().unwrap().0;
+    (spool, head)
+}
+
 pub fn write(path: &Path, text: &str) {
     std::fs::write(path, text).expect("write file");
 }

@@ -115,9 +115,7 @@ async fn a_parked_event_resent_by_a_technician_is_stored_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spawned_drain_runs_on_its_own_thread_behind_the_live_path() {
     let dir = tempfile::tempdir().unwrap();
-    let spool = open_spool(&dir.path().join("node"));
-    append_passings(&spool, 0, 2_000).await;
-    let head = spool.head().unwrap().0;
+    let (spool, head) = spool_of_passings(dir.path(), 2_000).await;
     let central = start_spool_central(dir.path(), None).await;
     let token = token_file(dir.path());
     let config = drain_config(&format!("http://{}/", central.addr), token);

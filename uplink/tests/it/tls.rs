@@ -45,6 +45,22 @@ fn leaf(
     (cert_path, key_path)
 }
 
+/// Runs a drain with `config` until it reports an error (named by `what`), then stops it; returns
+/// its status.
+async fn refused(
+    config: uplink::drain::DrainConfig,
+    spool: &spool::Spool,
+    what: &str,
+) -> uplink::drain::DrainStatus {
+    let mut drain = start_drain(config, spool);
+    let status = wait_status(&mut drain.status, Duration::from_secs(30), what, |s| {
+        s.last_error.is_some()
+    })
+    .await;
+    drain.stop().await;
+    status
+}
+
 /// Central's TLS settings from `pki`, asking for a client certificate when `client_ca`.
 fn server_tls(pki: &Pki, client_ca: bool) -> ServerTlsConfig {
     ServerTlsConfig {
@@ -83,24 +99,14 @@ fn pki(dir: &Path) -> Pki {
 async fn a_wrong_ca_is_refused_and_the_right_one_drains() {
     let dir = tempfile::tempdir().unwrap();
     let pki = pki(dir.path());
-    let spool = open_spool(&dir.path().join("node"));
-    append_passings(&spool, 0, 500).await;
-    let head = spool.head().unwrap().0;
+    let (spool, head) = spool_of_passings(dir.path(), 500).await;
     let central = start_spool_central(dir.path(), Some(&server_tls(&pki, false))).await;
     let url = format!("https://localhost:{}/", central.addr.port());
     let token = token_file(dir.path());
 
     let mut config = drain_config(&url, token.clone());
     config.tls.ca_file = Some(pki.other_ca.clone());
-    let mut drain = start_drain(config, &spool);
-    let status = wait_status(
-        &mut drain.status,
-        Duration::from_secs(30),
-        "a TLS failure",
-        |s| s.last_error.is_some(),
-    )
-    .await;
-    drain.stop().await;
+    let status = refused(config, &spool, "a TLS failure").await;
     let error = status.last_error.unwrap();
     assert!(
         error.contains("certificate") || error.contains("UnknownIssuer"),
@@ -122,9 +128,7 @@ async fn a_wrong_ca_is_refused_and_the_right_one_drains() {
 async fn mtls_requires_the_client_certificate() {
     let dir = tempfile::tempdir().unwrap();
     let pki = pki(dir.path());
-    let spool = open_spool(&dir.path().join("node"));
-    append_passings(&spool, 0, 300).await;
-    let head = spool.head().unwrap().0;
+    let (spool, head) = spool_of_passings(dir.path(), 300).await;
     let central = start_spool_central(dir.path(), Some(&server_tls(&pki, true))).await;
     let url = format!("https://127.0.0.1:{}/", central.addr.port());
     let token = token_file(dir.path());
@@ -132,15 +136,7 @@ async fn mtls_requires_the_client_certificate() {
     // Without a client certificate the handshake fails.
     let mut config = drain_config(&url, token.clone());
     config.tls.ca_file = Some(pki.ca.clone());
-    let mut drain = start_drain(config, &spool);
-    let status = wait_status(
-        &mut drain.status,
-        Duration::from_secs(30),
-        "a refused handshake",
-        |s| s.last_error.is_some(),
-    )
-    .await;
-    drain.stop().await;
+    let status = refused(config, &spool, "a refused handshake").await;
     assert_eq!(status.forwarded, 0);
     assert!(central.central.stats().is_empty());
 
@@ -158,9 +154,7 @@ async fn mtls_requires_the_client_certificate() {
 async fn refused_tokens_raise_an_alarm_and_lose_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let pki = pki(dir.path());
-    let spool = open_spool(&dir.path().join("node"));
-    append_passings(&spool, 0, 400).await;
-    let head = spool.head().unwrap().0;
+    let (spool, head) = spool_of_passings(dir.path(), 400).await;
     let central = start_spool_central(dir.path(), Some(&server_tls(&pki, false))).await;
     let url = format!("https://localhost:{}/", central.addr.port());
     let token = dir.path().join("token");
