@@ -67,6 +67,18 @@ pub fn opaque_config() -> spool::SpoolConfig {
     }
 }
 
+/// Appends `events` to stream `name` in a batch of one part, which must succeed.
+pub fn append_part(
+    spool: &Spool,
+    name: &str,
+    expected: ExpectedVersion,
+    events: Vec<NewEvent>,
+) -> Vec<spool::Appended> {
+    spool
+        .append_blocking(vec![part(name, expected, events)])
+        .expect("append")
+}
+
 /// Appends one test event carrying `body` to stream `a`, with no version expected.
 pub fn append_one(spool: &Spool, body: &[u8]) {
     spool

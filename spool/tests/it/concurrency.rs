@@ -2,7 +2,7 @@
 
 use spool::{ExpectedVersion, Seq, Spool, SpoolError, SpoolReader};
 
-use crate::common::{append_one, body, event, opaque_config, part, spool_half_checkpointed};
+use crate::common::{append_one, append_part, body, event, opaque_config, spool_half_checkpointed};
 
 #[test]
 fn a_second_writer_is_refused_with_a_clear_message() {
@@ -36,13 +36,12 @@ fn concurrent_appenders_share_commits_and_get_gapless_seqs() {
             std::thread::spawn(move || {
                 for i in 0..50u32 {
                     let payload = format!("{t}-{i}");
-                    spool
-                        .append_blocking(vec![part(
-                            &format!("s{t}"),
-                            ExpectedVersion::Exact(u64::from(i)),
-                            vec![event(payload.as_bytes())],
-                        )])
-                        .unwrap();
+                    append_part(
+                        &spool,
+                        &format!("s{t}"),
+                        ExpectedVersion::Exact(u64::from(i)),
+                        vec![event(payload.as_bytes())],
+                    );
                 }
             })
         })
@@ -80,13 +79,12 @@ fn reads_that_straddle_checkpoints_see_no_gap_and_no_repeat() {
         std::thread::spawn(move || {
             for n in 0..EVENTS {
                 let payload = n.to_string();
-                spool
-                    .append_blocking(vec![part(
-                        "s",
-                        ExpectedVersion::Any,
-                        vec![event(payload.as_bytes())],
-                    )])
-                    .unwrap();
+                append_part(
+                    &spool,
+                    "s",
+                    ExpectedVersion::Any,
+                    vec![event(payload.as_bytes())],
+                );
             }
         })
     };
