@@ -148,26 +148,24 @@ fn typed_passing_and_status_from_the_prochip_capture() {
 
 #[test]
 fn commands_match_the_bytes_in_the_protocol_notes() {
-    let mut out = [0u8; 64];
-    let n = decoder::command::get_time_query()
-        .finish_wire(&mut out)
-        .unwrap();
-    assert_eq!(json::hex(&out[..n]), "8e0211004e4e000024000100040005008f");
-    let n = decoder::command::resend(157_777, 157_860, None)
-        .unwrap()
-        .finish_wire(&mut out)
-        .unwrap();
-    assert_eq!(
-        json::hex(&out[..n]),
-        "8e021700aaab000004000104516802000204a46802008f"
-    );
     let id = Some(decoder::DecoderId(0x0004_1813));
-    let n = decoder::command::resend(157_777, 157_860, id)
-        .unwrap()
-        .finish_wire(&mut out)
-        .unwrap();
-    assert_eq!(
-        json::hex(&out[..n]),
-        "8e021d00711d000004000104516802000204a46802008104131804008f"
-    );
+    let cases = [
+        (
+            decoder::command::get_time_query(),
+            "8e0211004e4e000024000100040005008f",
+        ),
+        (
+            decoder::command::resend(157_777, 157_860, None).unwrap(),
+            "8e021700aaab000004000104516802000204a46802008f",
+        ),
+        (
+            decoder::command::resend(157_777, 157_860, id).unwrap(),
+            "8e021d00711d000004000104516802000204a46802008104131804008f",
+        ),
+    ];
+    let mut out = [0u8; 64];
+    for (command, hex) in cases {
+        let n = command.finish_wire(&mut out).unwrap();
+        assert_eq!(json::hex(&out[..n]), hex);
+    }
 }
