@@ -304,6 +304,32 @@ fn take_bytes<'a>(slot: &mut Option<&'a [u8]>, tlv: Tlv<'a>) -> bool {
     true
 }
 
+/// Reads the TLVs of a typed body: `take` stores each tag it knows and says whether it did; every
+/// other TLV is marked unknown, kept in place. The decoder id, which every body carries, is read
+/// here. `None` when a known tag comes twice or an unknown one lies beyond [`TLV_POSITIONS_MAX`]:
+/// the caller then keeps the frame whole as [`Body::Other`].
+fn read_tlvs<'a>(
+    frame: &Frame<'a>,
+    known: &[bool; 256],
+    mut take: impl FnMut(Tlv<'a>) -> bool,
+) -> Option<(Unknown<'a>, Option<DecoderId>)> {
+    let mut seen = [0u64; 4];
+    let mut unknown = Unknown::within(frame.body());
+    let mut decoder_id = None::<u32>;
+    for (i, tlv) in frame.tlvs().flatten().enumerate() {
+        first_of_known(&mut seen, known, tlv.tag)?;
+        let taken = if tlv.tag == tag::DECODER_ID {
+            take_uint(&mut decoder_id, tlv, 4)
+        } else {
+            take(tlv)
+        };
+        if !taken {
+            unknown.mark(i)?;
+        }
+    }
+    Some((unknown, decoder_id.map(DecoderId)))
+}
+
 /// A transponder passing the loop (TOR 0x0001).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Passing<'a> {
@@ -350,34 +376,26 @@ impl<'a> Fields<'a> for Passing<'a> {
 impl<'a> Passing<'a> {
     fn read(frame: &Frame<'a>) -> Option<Self> {
         use tag::passing::*;
-        let (mut number, mut rtc, mut decoder_id) = (None::<u32>, None::<u64>, None::<u32>);
-        let mut seen = [0u64; 4];
-        let mut p = Passing {
-            unknown: Unknown::within(frame.body()),
-            ..Default::default()
-        };
-        for (i, tlv) in frame.tlvs().flatten().enumerate() {
-            first_of_known(&mut seen, &Self::KNOWN, tlv.tag)?;
-            let known = match tlv.tag {
-                PASSING_NUMBER => take_uint(&mut number, tlv, 4),
-                TRANSPONDER => take_uint(&mut p.transponder, tlv, 4),
-                RTC_TIME => take_uint(&mut rtc, tlv, 8),
-                UTC_TIME => take_uint(&mut p.utc_time_us, tlv, 8),
-                STRENGTH => take_uint(&mut p.strength, tlv, 2),
-                HITS => take_uint(&mut p.hits, tlv, 2),
-                FLAGS => take_uint(&mut p.flags, tlv, 2),
-                TRAN_CODE => take_bytes(&mut p.tran_code, tlv),
-                tag::DECODER_ID => take_uint(&mut decoder_id, tlv, 4),
-                _ => false,
-            };
-            if !known {
-                p.unknown.mark(i)?;
-            }
-        }
-        p.passing_number = number?;
-        p.rtc_time_us = rtc?;
-        p.decoder_id = decoder_id.map(DecoderId);
-        Some(p)
+        let (mut number, mut rtc) = (None::<u32>, None::<u64>);
+        let mut p = Passing::default();
+        let (unknown, decoder_id) = read_tlvs(frame, &Self::KNOWN, |tlv| match tlv.tag {
+            PASSING_NUMBER => take_uint(&mut number, tlv, 4),
+            TRANSPONDER => take_uint(&mut p.transponder, tlv, 4),
+            RTC_TIME => take_uint(&mut rtc, tlv, 8),
+            UTC_TIME => take_uint(&mut p.utc_time_us, tlv, 8),
+            STRENGTH => take_uint(&mut p.strength, tlv, 2),
+            HITS => take_uint(&mut p.hits, tlv, 2),
+            FLAGS => take_uint(&mut p.flags, tlv, 2),
+            TRAN_CODE => take_bytes(&mut p.tran_code, tlv),
+            _ => false,
+        })?;
+        Some(Passing {
+            passing_number: number?,
+            rtc_time_us: rtc?,
+            decoder_id,
+            unknown,
+            ..p
+        })
     }
 }
 
@@ -423,32 +441,23 @@ impl<'a> Fields<'a> for Status<'a> {
 impl<'a> Status<'a> {
     fn read(frame: &Frame<'a>) -> Option<Self> {
         use tag::status::*;
-        let mut seen = [0u64; 4];
-        let mut s = Status {
-            unknown: Unknown::within(frame.body()),
-            ..Default::default()
-        };
+        let mut s = Status::default();
         let mut temperature = None::<u16>;
-        let mut decoder_id = None::<u32>;
-        for (i, tlv) in frame.tlvs().flatten().enumerate() {
-            first_of_known(&mut seen, &Self::KNOWN, tlv.tag)?;
-            let known = match tlv.tag {
-                NOISE => take_uint(&mut s.noise, tlv, 2),
-                GPS => take_uint(&mut s.gps, tlv, 1),
-                TEMPERATURE => take_uint(&mut temperature, tlv, 2),
-                SATINUSE => take_uint(&mut s.satellites, tlv, 1),
-                INPUT_VOLTAGE => take_uint(&mut s.input_voltage, tlv, 1),
-                LOOP_TRIGGERS => take_bytes(&mut s.loop_triggers, tlv),
-                tag::DECODER_ID => take_uint(&mut decoder_id, tlv, 4),
-                _ => false,
-            };
-            if !known {
-                s.unknown.mark(i)?;
-            }
-        }
-        s.temperature = temperature.map(|t| t as i16);
-        s.decoder_id = decoder_id.map(DecoderId);
-        Some(s)
+        let (unknown, decoder_id) = read_tlvs(frame, &Self::KNOWN, |tlv| match tlv.tag {
+            NOISE => take_uint(&mut s.noise, tlv, 2),
+            GPS => take_uint(&mut s.gps, tlv, 1),
+            TEMPERATURE => take_uint(&mut temperature, tlv, 2),
+            SATINUSE => take_uint(&mut s.satellites, tlv, 1),
+            INPUT_VOLTAGE => take_uint(&mut s.input_voltage, tlv, 1),
+            LOOP_TRIGGERS => take_bytes(&mut s.loop_triggers, tlv),
+            _ => false,
+        })?;
+        Some(Status {
+            temperature: temperature.map(|t| t as i16),
+            decoder_id,
+            unknown,
+            ..s
+        })
     }
 }
 
@@ -491,31 +500,22 @@ impl<'a> Fields<'a> for Version<'a> {
 impl<'a> Version<'a> {
     fn read(frame: &Frame<'a>) -> Option<Self> {
         use tag::version::*;
-        let mut seen = [0u64; 4];
-        let mut v = Version {
-            unknown: Unknown::within(frame.body()),
-            ..Default::default()
-        };
-        let mut decoder_id = None::<u32>;
-        for (i, tlv) in frame.tlvs().flatten().enumerate() {
-            first_of_known(&mut seen, &Self::KNOWN, tlv.tag)?;
-            let known = match tlv.tag {
-                DECODER_TYPE => take_bytes(&mut v.decoder_type, tlv),
-                DESCRIPTION => take_bytes(&mut v.description, tlv),
-                VERSION => take_bytes(&mut v.version, tlv),
-                RELEASE => take_bytes(&mut v.release, tlv),
-                REGISTRATION => take_bytes(&mut v.registration, tlv),
-                BUILD_NUMBER => take_bytes(&mut v.build_number, tlv),
-                OPTIONS => take_bytes(&mut v.options, tlv),
-                tag::DECODER_ID => take_uint(&mut decoder_id, tlv, 4),
-                _ => false,
-            };
-            if !known {
-                v.unknown.mark(i)?;
-            }
-        }
-        v.decoder_id = decoder_id.map(DecoderId);
-        Some(v)
+        let mut v = Version::default();
+        let (unknown, decoder_id) = read_tlvs(frame, &Self::KNOWN, |tlv| match tlv.tag {
+            DECODER_TYPE => take_bytes(&mut v.decoder_type, tlv),
+            DESCRIPTION => take_bytes(&mut v.description, tlv),
+            VERSION => take_bytes(&mut v.version, tlv),
+            RELEASE => take_bytes(&mut v.release, tlv),
+            REGISTRATION => take_bytes(&mut v.registration, tlv),
+            BUILD_NUMBER => take_bytes(&mut v.build_number, tlv),
+            OPTIONS => take_bytes(&mut v.options, tlv),
+            _ => false,
+        })?;
+        Some(Version {
+            decoder_id,
+            unknown,
+            ..v
+        })
     }
 }
 
@@ -551,27 +551,18 @@ impl<'a> Fields<'a> for GetTime<'a> {
 impl<'a> GetTime<'a> {
     fn read(frame: &Frame<'a>) -> Option<Self> {
         use tag::get_time::*;
-        let mut seen = [0u64; 4];
-        let mut g = GetTime {
-            unknown: Unknown::within(frame.body()),
-            ..Default::default()
-        };
-        let mut decoder_id = None::<u32>;
-        for (i, tlv) in frame.tlvs().flatten().enumerate() {
-            first_of_known(&mut seen, &Self::KNOWN, tlv.tag)?;
-            let known = match tlv.tag {
-                RTC_TIME => take_uint(&mut g.rtc_time_us, tlv, 8),
-                FLAGS => take_uint(&mut g.flags, tlv, 2),
-                UTC_TIME => take_uint(&mut g.utc_time_us, tlv, 8),
-                tag::DECODER_ID => take_uint(&mut decoder_id, tlv, 4),
-                _ => false,
-            };
-            if !known {
-                g.unknown.mark(i)?;
-            }
-        }
-        g.decoder_id = decoder_id.map(DecoderId);
-        Some(g)
+        let mut g = GetTime::default();
+        let (unknown, decoder_id) = read_tlvs(frame, &Self::KNOWN, |tlv| match tlv.tag {
+            RTC_TIME => take_uint(&mut g.rtc_time_us, tlv, 8),
+            FLAGS => take_uint(&mut g.flags, tlv, 2),
+            UTC_TIME => take_uint(&mut g.utc_time_us, tlv, 8),
+            _ => false,
+        })?;
+        Some(GetTime {
+            decoder_id,
+            unknown,
+            ..g
+        })
     }
 }
 
@@ -603,26 +594,17 @@ impl<'a> Fields<'a> for ErrorRecord<'a> {
 
 impl<'a> ErrorRecord<'a> {
     fn read(frame: &Frame<'a>) -> Option<Self> {
-        let mut seen = [0u64; 4];
-        let mut e = ErrorRecord {
-            unknown: Unknown::within(frame.body()),
-            ..Default::default()
-        };
-        let mut decoder_id = None::<u32>;
-        for (i, tlv) in frame.tlvs().flatten().enumerate() {
-            first_of_known(&mut seen, &Self::KNOWN, tlv.tag)?;
-            let known = match tlv.tag {
-                tag::error::CODE => take_uint(&mut e.code, tlv, 2),
-                tag::error::DESCRIPTION => take_bytes(&mut e.description, tlv),
-                tag::DECODER_ID => take_uint(&mut decoder_id, tlv, 4),
-                _ => false,
-            };
-            if !known {
-                e.unknown.mark(i)?;
-            }
-        }
-        e.decoder_id = decoder_id.map(DecoderId);
-        Some(e)
+        let mut e = ErrorRecord::default();
+        let (unknown, decoder_id) = read_tlvs(frame, &Self::KNOWN, |tlv| match tlv.tag {
+            tag::error::CODE => take_uint(&mut e.code, tlv, 2),
+            tag::error::DESCRIPTION => take_bytes(&mut e.description, tlv),
+            _ => false,
+        })?;
+        Some(ErrorRecord {
+            decoder_id,
+            unknown,
+            ..e
+        })
     }
 }
 
@@ -653,28 +635,18 @@ impl<'a> Fields<'a> for Resend<'a> {
 
 impl<'a> Resend<'a> {
     fn read(frame: &Frame<'a>) -> Option<Self> {
-        let (mut from, mut until, mut decoder_id) = (None::<u32>, None::<u32>, None::<u32>);
-        let mut seen = [0u64; 4];
-        let mut r = Resend {
-            unknown: Unknown::within(frame.body()),
-            ..Default::default()
-        };
-        for (i, tlv) in frame.tlvs().flatten().enumerate() {
-            first_of_known(&mut seen, &Self::KNOWN, tlv.tag)?;
-            let known = match tlv.tag {
-                tag::resend::FROM => take_uint(&mut from, tlv, 4),
-                tag::resend::UNTIL => take_uint(&mut until, tlv, 4),
-                tag::DECODER_ID => take_uint(&mut decoder_id, tlv, 4),
-                _ => false,
-            };
-            if !known {
-                r.unknown.mark(i)?;
-            }
-        }
-        r.from = from?;
-        r.until = until?;
-        r.decoder_id = decoder_id.map(DecoderId);
-        Some(r)
+        let (mut from, mut until) = (None::<u32>, None::<u32>);
+        let (unknown, decoder_id) = read_tlvs(frame, &Self::KNOWN, |tlv| match tlv.tag {
+            tag::resend::FROM => take_uint(&mut from, tlv, 4),
+            tag::resend::UNTIL => take_uint(&mut until, tlv, 4),
+            _ => false,
+        })?;
+        Some(Resend {
+            from: from?,
+            until: until?,
+            decoder_id,
+            unknown,
+        })
     }
 }
 

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use events::catalog;
-use node::config::{ClockSettings, Config, DecoderConfig, DecoderKind, SpoolSettings};
+use node::config::Config;
 use node::runtime::Node;
 use spool::schema::EventPayload;
 use spool::{Filter, Spool};
@@ -41,17 +41,7 @@ fn config(dir: &Path, device: std::path::PathBuf) -> Config {
     Config {
         node_id: Some("bench".into()),
         track_id: "bench".into(),
-        data_dir: dir.join("data"),
-        decoders: vec![DecoderConfig {
-            name: "finish".into(),
-            kind: DecoderKind::Serial {
-                device,
-                baud: 115_200,
-            },
-        }],
-        spool: SpoolSettings::default(),
-        clock: ClockSettings::default(),
-        uplink: None,
+        ..Config::demo(dir.join("data"), device)
     }
 }
 

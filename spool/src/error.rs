@@ -1,6 +1,6 @@
 //! The crate's one error type.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::types::{ExpectedVersion, Seq, StreamId, StreamVersion};
 
@@ -188,6 +188,19 @@ impl SpoolError {
 
     pub(crate) fn corrupted(what: impl Into<String>) -> SpoolError {
         SpoolError::Corrupted { what: what.into() }
+    }
+
+    /// What `map_err` turns an I/O failure at `path` into, while the spool was doing `action`.
+    pub(crate) fn io(
+        path: &Path,
+        action: &'static str,
+    ) -> impl FnOnce(std::io::Error) -> SpoolError + use<> {
+        let path = path.to_path_buf();
+        move |source| SpoolError::Io {
+            path,
+            action,
+            source,
+        }
     }
 }
 

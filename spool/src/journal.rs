@@ -30,14 +30,8 @@ impl Journal {
     /// Zeros are written, not a sparse `set_len`: writing into holes later would allocate blocks
     /// and turn every `fdatasync` into a metadata commit as well.
     pub(crate) fn open(storage: &dyn Storage, capacity: u64) -> Result<Journal> {
-        let io = |action: &'static str| {
-            let path = storage.describe().join(JOURNAL_FILE);
-            move |source| SpoolError::Io {
-                path,
-                action,
-                source,
-            }
-        };
+        let path = storage.describe().join(JOURNAL_FILE);
+        let io = |action: &'static str| SpoolError::io(&path, action);
         let file = storage
             .open(JOURNAL_FILE)
             .map_err(io("opening the journal"))?;

@@ -314,6 +314,25 @@ struct View<'a> {
     db_last_seq: u64,
 }
 
+impl View<'_> {
+    /// How far cursor `name` has acknowledged (`Seq::ZERO` if never).
+    fn cursor(&self, name: &str) -> Result<Seq> {
+        let cursors = self
+            .txn
+            .open_table(tables::CURSORS)
+            .ctx("opening cursors")?;
+        let committed = cursors
+            .get(name)
+            .ctx("reading a cursor")?
+            .map(|v| v.value())
+            .unwrap_or(0);
+        // A cursor never moves back: the tail holds acknowledgements since the checkpoint,
+        // which may be older than the committed position.
+        let tail = self.tail.cursors.get(name).copied().unwrap_or(0);
+        Ok(Seq(committed.max(tail)))
+    }
+}
+
 /// A read transaction begun under the tail's lock, and the tail generation it continues, without
 /// holding the lock: long reads of the database must not hold up the writer, which takes the lock
 /// to publish every append.
@@ -344,14 +363,7 @@ impl SpoolReader {
         schemas: Arc<Schemas>,
     ) -> Result<SpoolReader> {
         let path = storage.describe();
-        let io = |action: &'static str| {
-            let path = path.clone();
-            move |source| SpoolError::Io {
-                path,
-                action,
-                source,
-            }
-        };
+        let io = |action: &'static str| SpoolError::io(&path, action);
         let open = || -> Result<ReadOnlyDatabase> {
             let backend = storage
                 .open_read_only(DB_FILE)
@@ -398,16 +410,10 @@ impl SpoolReader {
         let journal = self
             .storage
             .open_read_only(crate::storage::JOURNAL_FILE)
-            .map_err(|source| SpoolError::Io {
-                path: path.clone(),
-                action: "opening the journal read-only",
-                source,
-            })?;
-        let capacity = journal.len().map_err(|source| SpoolError::Io {
-            path,
-            action: "reading the journal's length",
-            source,
-        })?;
+            .map_err(SpoolError::io(&path, "opening the journal read-only"))?;
+        let capacity = journal
+            .len()
+            .map_err(SpoolError::io(&path, "reading the journal's length"))?;
         // The writer may checkpoint and restart the journal while we scan it: then the frames
         // after our checkpoint are gone from the journal but in the database; try again.
         let mut tail = Tail::default();
@@ -716,20 +722,7 @@ impl SpoolReader {
 
     /// How far a cursor has acknowledged (`Seq::ZERO` if never).
     pub fn cursor(&self, name: &str) -> Result<Seq> {
-        let view = self.view()?;
-        let cursors = view
-            .txn
-            .open_table(tables::CURSORS)
-            .ctx("opening cursors")?;
-        let committed = cursors
-            .get(name)
-            .ctx("reading a cursor")?
-            .map(|v| v.value())
-            .unwrap_or(0);
-        // A cursor never moves back: the tail holds acknowledgements since the checkpoint,
-        // which may be older than the committed position.
-        let tail = view.tail.cursors.get(name).copied().unwrap_or(0);
-        Ok(Seq(committed.max(tail)))
+        self.view()?.cursor(name)
     }
 
     /// The events a cursor parked as rejected, oldest first.
@@ -857,19 +850,9 @@ impl SpoolReader {
     /// its backlog).
     pub fn backlog(&self, name: &str) -> Result<Backlog> {
         let view = self.view()?;
-        let cursors = view
-            .txn
-            .open_table(tables::CURSORS)
-            .ctx("opening cursors")?;
-        let committed = cursors
-            .get(name)
-            .ctx("reading a cursor")?
-            .map(|v| v.value())
-            .unwrap_or(0);
-        let tail = view.tail.cursors.get(name).copied().unwrap_or(0);
         let head = view.tail.last_seq().unwrap_or(0).max(view.db_last_seq);
         Ok(Backlog {
-            acked: Seq(committed.max(tail)),
+            acked: view.cursor(name)?,
             head: Seq(head),
         })
     }

@@ -134,11 +134,8 @@ impl Spool {
     /// [`SpoolError::AlreadyOpen`] while another writer has it open.
     pub fn open(dir: impl AsRef<Path>, config: SpoolConfig) -> Result<Spool> {
         let path = dir.as_ref().to_path_buf();
-        let storage = DirStorage::new(&path).map_err(|source| SpoolError::Io {
-            path,
-            action: "creating the spool directory",
-            source,
-        })?;
+        let storage = DirStorage::new(&path)
+            .map_err(SpoolError::io(&path, "creating the spool directory"))?;
         Spool::open_with_storage(Arc::new(storage), config)
     }
 
@@ -151,14 +148,7 @@ impl Spool {
             )));
         }
         let path = storage.describe();
-        let io = |action: &'static str| {
-            let path = path.clone();
-            move |source| SpoolError::Io {
-                path,
-                action,
-                source,
-            }
-        };
+        let io = |action: &'static str| SpoolError::io(&path, action);
         let mut builder = redb::Builder::new();
         builder.set_cache_size(config.cache_bytes);
         if storage.supports_shared_readers() {
@@ -502,14 +492,8 @@ pub fn compact(dir: impl AsRef<Path>, config: SpoolConfig) -> Result<(u64, u64)>
 /// while creating it leaves no half-made database behind.
 fn create_database(storage: &dyn Storage, builder: &redb::Builder) -> Result<()> {
     let path = storage.describe();
-    let io = |action: &'static str| {
-        let path = path.join(crate::storage::DB_TMP_FILE);
-        move |source| SpoolError::Io {
-            path,
-            action,
-            source,
-        }
-    };
+    let tmp = path.join(crate::storage::DB_TMP_FILE);
+    let io = |action: &'static str| SpoolError::io(&tmp, action);
     storage
         .remove(crate::storage::DB_TMP_FILE)
         .map_err(io("removing a stale new database"))?;

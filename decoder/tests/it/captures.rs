@@ -1,6 +1,6 @@
 //! Every frame of the real captures decodes to exactly the expected values and re-encodes to its bytes.
 
-use decoder::{Accumulator, Event, Frame, Record, WIRE_BYTES_MAX, json};
+use decoder::{Accumulator, Body, Event, Frame, Record, WIRE_BYTES_MAX, json};
 
 use crate::{capture_bytes, capture_files, expected};
 
@@ -94,83 +94,78 @@ fn every_frame_reencodes_to_its_bytes() {
     assert_eq!(checked, 393);
 }
 
+/// Decodes the first frame of capture `file` and hands its typed body to `check`.
+fn first_body_of(file: &str, check: impl FnOnce(Body<'_>)) {
+    let bytes = capture_bytes(file);
+    let mut acc = Accumulator::new();
+    let mut input = &bytes[..];
+    let Some(Event::Frame { frame, .. }) = acc.feed(&mut input) else {
+        panic!("{file}: no frame")
+    };
+    check(Record::parse(frame).body);
+}
+
 #[test]
 fn typed_passing_and_status_from_the_prochip_capture() {
-    use decoder::{Body, DecoderId};
-    let bytes = capture_bytes("bmx-prochip-2025/captured_message_017.bin");
-    let mut acc = Accumulator::new();
-    let mut input = &bytes[..];
-    let Some(Event::Frame { frame, .. }) = acc.feed(&mut input) else {
-        panic!("no frame")
-    };
-    let Body::Passing(p) = Record::parse(frame).body else {
-        panic!("not a passing")
-    };
-    assert_eq!(p.passing_number, 8857);
-    assert_eq!(p.transponder, Some(102_758_186));
-    assert_eq!(p.tran_code, Some(&b"FL-94890"[..]));
-    assert_eq!(p.rtc_time_us, 1_761_855_861_817_733);
-    assert_eq!(
-        (p.strength, p.hits, p.flags),
-        (Some(133), Some(29), Some(0))
-    );
-    assert_eq!(p.decoder_id, Some(DecoderId(0x000C_00D0)));
-    assert_eq!(p.decoder_id.unwrap().to_string(), "D0000C00");
-    assert!(p.unknown.is_empty());
-
+    use decoder::DecoderId;
+    first_body_of("bmx-prochip-2025/captured_message_017.bin", |body| {
+        let Body::Passing(p) = body else {
+            panic!("not a passing")
+        };
+        assert_eq!(p.passing_number, 8857);
+        assert_eq!(p.transponder, Some(102_758_186));
+        assert_eq!(p.tran_code, Some(&b"FL-94890"[..]));
+        assert_eq!(p.rtc_time_us, 1_761_855_861_817_733);
+        assert_eq!(
+            (p.strength, p.hits, p.flags),
+            (Some(133), Some(29), Some(0))
+        );
+        assert_eq!(p.decoder_id, Some(DecoderId(0x000C_00D0)));
+        assert_eq!(p.decoder_id.unwrap().to_string(), "D0000C00");
+        assert!(p.unknown.is_empty());
+    });
     // A gate beacon has no STRENGTH or HITS.
-    let bytes = capture_bytes("bmx-prochip-2025/captured_message_008.bin");
-    let mut acc = Accumulator::new();
-    let mut input = &bytes[..];
-    let Some(Event::Frame { frame, .. }) = acc.feed(&mut input) else {
-        panic!("no frame")
-    };
-    let Body::Passing(p) = Record::parse(frame).body else {
-        panic!("not a passing")
-    };
-    assert_eq!(
-        (p.transponder, p.strength, p.hits),
-        (Some(9992), None, None)
-    );
-
-    let bytes = capture_bytes("bmx-prochip-2025/captured_message_001.bin");
-    let mut acc = Accumulator::new();
-    let mut input = &bytes[..];
-    let Some(Event::Frame { frame, .. }) = acc.feed(&mut input) else {
-        panic!("no frame")
-    };
-    let Body::Status(s) = Record::parse(frame).body else {
-        panic!("not a status")
-    };
-    assert_eq!(
-        (s.noise, s.gps, s.temperature, s.satellites),
-        (Some(53), Some(1), Some(16), Some(0))
-    );
-    assert_eq!(s.input_voltage, None);
+    first_body_of("bmx-prochip-2025/captured_message_008.bin", |body| {
+        let Body::Passing(p) = body else {
+            panic!("not a passing")
+        };
+        assert_eq!(
+            (p.transponder, p.strength, p.hits),
+            (Some(9992), None, None)
+        );
+    });
+    first_body_of("bmx-prochip-2025/captured_message_001.bin", |body| {
+        let Body::Status(s) = body else {
+            panic!("not a status")
+        };
+        assert_eq!(
+            (s.noise, s.gps, s.temperature, s.satellites),
+            (Some(53), Some(1), Some(16), Some(0))
+        );
+        assert_eq!(s.input_voltage, None);
+    });
 }
 
 #[test]
 fn commands_match_the_bytes_in_the_protocol_notes() {
-    let mut out = [0u8; 64];
-    let n = decoder::command::get_time_query()
-        .finish_wire(&mut out)
-        .unwrap();
-    assert_eq!(json::hex(&out[..n]), "8e0211004e4e000024000100040005008f");
-    let n = decoder::command::resend(157_777, 157_860, None)
-        .unwrap()
-        .finish_wire(&mut out)
-        .unwrap();
-    assert_eq!(
-        json::hex(&out[..n]),
-        "8e021700aaab000004000104516802000204a46802008f"
-    );
     let id = Some(decoder::DecoderId(0x0004_1813));
-    let n = decoder::command::resend(157_777, 157_860, id)
-        .unwrap()
-        .finish_wire(&mut out)
-        .unwrap();
-    assert_eq!(
-        json::hex(&out[..n]),
-        "8e021d00711d000004000104516802000204a46802008104131804008f"
-    );
+    let cases = [
+        (
+            decoder::command::get_time_query(),
+            "8e0211004e4e000024000100040005008f",
+        ),
+        (
+            decoder::command::resend(157_777, 157_860, None).unwrap(),
+            "8e021700aaab000004000104516802000204a46802008f",
+        ),
+        (
+            decoder::command::resend(157_777, 157_860, id).unwrap(),
+            "8e021d00711d000004000104516802000204a46802008104131804008f",
+        ),
+    ];
+    let mut out = [0u8; 64];
+    for (command, hex) in cases {
+        let n = command.finish_wire(&mut out).unwrap();
+        assert_eq!(json::hex(&out[..n]), hex);
+    }
 }

@@ -29,6 +29,14 @@ fn config(seed: u64, rate_per_s: f64) -> SimConfig {
     }
 }
 
+/// [`config`] with the faults `faults` (the `--faults` syntax) played.
+fn faulty_config(seed: u64, rate_per_s: f64, faults: &str) -> SimConfig {
+    SimConfig {
+        faults: faults.parse().unwrap(),
+        ..config(seed, rate_per_s)
+    }
+}
+
 /// Waits for `cond` with a timeout.
 async fn wait_for(what: &str, cond: impl FnMut() -> bool) {
     testkit::wait_for(what, WAIT, cond).await;
@@ -113,6 +121,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Reader<S> {
         self.frames.iter().filter_map(|g| g.number).collect()
     }
 
+    /// The passing numbers read, which must count up by one from the first (none lost, none
+    /// reordered); `what` says why they must.
+    fn consecutive_numbers(&self, what: &str) -> Vec<u32> {
+        let numbers = self.numbers();
+        let first = numbers[0];
+        assert!(
+            numbers
+                .iter()
+                .copied()
+                .eq(first..first + numbers.len() as u32),
+            "{what}: {numbers:?}"
+        );
+        numbers
+    }
+
     fn count(&self, tor: u16) -> usize {
         self.frames.iter().filter(|g| g.tor == tor).count()
     }
@@ -128,24 +151,42 @@ fn open_link(link: &Path) -> tokio_serial::SerialStream {
         .unwrap_or_else(|e| panic!("opening {}: {e}", link.display()))
 }
 
-async fn pty(cfg: SimConfig, dir: &Path, cancel: &CancellationToken) -> (PtyHandle, PathBuf) {
-    let link = dir.join("serial").join("by-id").join("decoder0");
-    let handle = serve_pty(
+/// A simulator serving a PTY behind a link in a temporary directory; [`Served::stop`] stops it.
+struct Served {
+    sim: PtyHandle,
+    link: PathBuf,
+    cancel: CancellationToken,
+    /// Holds the link's directory until the test ends.
+    _dir: tempfile::TempDir,
+}
+
+async fn pty(cfg: SimConfig) -> Served {
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("serial").join("by-id").join("decoder0");
+    let cancel = CancellationToken::new();
+    let sim = serve_pty(
         Decoder::new(cfg).unwrap(),
         PtyOptions::new(&link),
         cancel.clone(),
     )
     .await
     .unwrap();
-    (handle, link)
+    Served {
+        sim,
+        link,
+        cancel,
+        _dir: dir,
+    }
 }
 
-/// A simulator on TCP on a free port of 127.0.0.1.
-async fn tcp(cfg: SimConfig, cancel: &CancellationToken) -> TcpHandle {
+/// A simulator on TCP on a free port of 127.0.0.1, and the token that stops it.
+async fn tcp(cfg: SimConfig) -> (TcpHandle, CancellationToken) {
+    let cancel = CancellationToken::new();
     let addr = "127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap();
-    serve_tcp(Decoder::new(cfg).unwrap(), addr, cancel.clone())
+    let sim = serve_tcp(Decoder::new(cfg).unwrap(), addr, cancel.clone())
         .await
-        .unwrap()
+        .unwrap();
+    (sim, cancel)
 }
 
 async fn stop_tcp(handle: &TcpHandle, cancel: &CancellationToken) {
@@ -155,22 +196,24 @@ async fn stop_tcp(handle: &TcpHandle, cancel: &CancellationToken) {
         .expect("the simulator stops when cancelled");
 }
 
-async fn stop(handle: &PtyHandle, cancel: &CancellationToken) {
-    cancel.cancel();
-    tokio::time::timeout(WAIT, handle.closed())
-        .await
-        .expect("the simulator stops when cancelled");
-    assert!(
-        std::fs::symlink_metadata(handle.link()).is_err(),
-        "the link is removed on shutdown"
-    );
+impl Served {
+    /// Cancels the simulator and checks that it stops and removes its link.
+    async fn stop(self) {
+        self.cancel.cancel();
+        tokio::time::timeout(WAIT, self.sim.closed())
+            .await
+            .expect("the simulator stops when cancelled");
+        assert!(
+            std::fs::symlink_metadata(self.sim.link()).is_err(),
+            "the link is removed on shutdown"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pty_reader_gets_status_and_consecutive_passings_as_emitted() {
-    let dir = tempfile::tempdir().unwrap();
-    let cancel = CancellationToken::new();
-    let (sim, link) = pty(config(3, 200.0), dir.path(), &cancel).await;
+    let served = pty(config(3, 200.0)).await;
+    let (sim, link) = (&served.sim, served.link.clone());
     let device = sim.device().expect("plugged at start");
     assert!(device.starts_with("/dev/pts"), "{}", device.display());
     assert_eq!(std::fs::read_link(&link).unwrap(), device);
@@ -181,15 +224,7 @@ async fn pty_reader_gets_status_and_consecutive_passings_as_emitted() {
     })
     .await;
     assert!(sim.is_open_by_reader());
-    let numbers = r.numbers();
-    let first = numbers[0];
-    assert!(
-        numbers
-            .iter()
-            .copied()
-            .eq(first..first + numbers.len() as u32),
-        "passing numbers count up by one: {numbers:?}"
-    );
+    r.consecutive_numbers("passing numbers count up by one");
     let emitted = sim.emitted();
     for g in r.frames.iter().filter(|g| g.tor == tor::PASSING) {
         let Body::Passing(p) = g.record().body else {
@@ -209,14 +244,13 @@ async fn pty_reader_gets_status_and_consecutive_passings_as_emitted() {
     }
     assert_eq!(r.acc.stats().rejected_total(), 0);
     assert_eq!(sim.stats().frames_dropped_queue_full, 0);
-    stop(&sim, &cancel).await;
+    served.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resend_brings_back_exactly_the_requested_range_byte_for_byte() {
-    let dir = tempfile::tempdir().unwrap();
-    let cancel = CancellationToken::new();
-    let (sim, link) = pty(config(4, 300.0), dir.path(), &cancel).await;
+    let served = pty(config(4, 300.0)).await;
+    let (sim, link) = (&served.sim, served.link.clone());
     let mut r = Reader::new(open_link(&link));
     r.read_until("100 passings", |r| r.count(tor::PASSING) >= 100)
         .await;
@@ -252,15 +286,14 @@ async fn resend_brings_back_exactly_the_requested_range_byte_for_byte() {
     }
     let stats = sim.stats().model;
     assert_eq!((stats.resend_requests, stats.passings_resent), (1, 41));
-    stop(&sim, &cancel).await;
+    served.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_time_is_answered_also_in_the_vmindru_form() {
-    let dir = tempfile::tempdir().unwrap();
-    let cancel = CancellationToken::new();
     let started = Instant::now();
-    let (sim, link) = pty(config(5, 50.0), dir.path(), &cancel).await;
+    let served = pty(config(5, 50.0)).await;
+    let (sim, link) = (&served.sim, served.link.clone());
     let mut r = Reader::new(open_link(&link));
     r.read_until("a passing", |r| r.count(tor::PASSING) >= 1)
         .await;
@@ -308,19 +341,17 @@ async fn get_time_is_answered_also_in_the_vmindru_form() {
     }
     assert_eq!(sim.stats().model.get_time_requests, 2);
     assert_eq!(sim.stats().model.commands_refused, 0);
-    stop(&sim, &cancel).await;
+    served.stop().await;
 }
 
 /// Reads passings from a fresh simulator until numbers 1..=200 have all gone by, and returns the frames
 /// of those it got.
 async fn passings_of(seed: u64) -> BTreeMap<u32, Vec<u8>> {
-    let dir = tempfile::tempdir().unwrap();
-    let cancel = CancellationToken::new();
-    let (sim, link) = pty(config(seed, 500.0), dir.path(), &cancel).await;
-    let mut r = Reader::new(open_link(&link));
+    let served = pty(config(seed, 500.0)).await;
+    let mut r = Reader::new(open_link(&served.link));
     r.read_until("passing 200", |r| r.max_number() >= Some(200))
         .await;
-    stop(&sim, &cancel).await;
+    served.stop().await;
     r.frames
         .iter()
         .filter_map(|g| Some((g.number?, g.bytes.clone())))
@@ -349,9 +380,8 @@ async fn same_seed_gives_the_same_passings_byte_for_byte() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn yank_and_plug_gives_a_new_device_behind_the_same_link_and_numbers_go_on() {
-    let dir = tempfile::tempdir().unwrap();
-    let cancel = CancellationToken::new();
-    let (sim, link) = pty(config(6, 200.0), dir.path(), &cancel).await;
+    let served = pty(config(6, 200.0)).await;
+    let (sim, link) = (&served.sim, served.link.clone());
     let old_device = sim.device().unwrap();
     let mut r = Reader::new(open_link(&link));
     r.read_until("50 passings", |r| r.count(tor::PASSING) >= 50)
@@ -407,20 +437,19 @@ async fn yank_and_plug_gives_a_new_device_behind_the_same_link_and_numbers_go_on
     let last = r2.max_number().unwrap();
     assert!((first..=last).all(|n| have.contains(&n)));
     assert!(sim.stats().frames_unheard > 100);
-    stop(&sim, &cancel).await;
+    served.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sustains_5000_passings_per_second_over_a_pty() {
     const RATE: f64 = 5_000.0;
-    let dir = tempfile::tempdir().unwrap();
-    let cancel = CancellationToken::new();
     let cfg = SimConfig {
         field_size: 200,
         status_interval: Duration::from_secs(5),
         ..config(7, RATE)
     };
-    let (sim, link) = pty(cfg, dir.path(), &cancel).await;
+    let served = pty(cfg).await;
+    let (sim, link) = (&served.sim, served.link.clone());
     let emitted = sim.emitted();
     let mut r = Reader::new(open_link(&link));
     r.read_until("the first passing", |r| r.count(tor::PASSING) >= 1)
@@ -444,15 +473,8 @@ async fn sustains_5000_passings_per_second_over_a_pty() {
         r.max_number() >= Some(n1)
     })
     .await;
-    let numbers = r.numbers();
+    let numbers = r.consecutive_numbers("no passing lost or reordered");
     let first = numbers[0];
-    assert!(
-        numbers
-            .iter()
-            .copied()
-            .eq(first..first + numbers.len() as u32),
-        "no passing lost or reordered"
-    );
     assert!(first <= n0 + 1);
     let s = sim.stats();
     assert_eq!(s.frames_dropped_queue_full, 0);
@@ -462,16 +484,14 @@ async fn sustains_5000_passings_per_second_over_a_pty() {
         t0.elapsed().as_secs_f64(),
         numbers.len()
     );
-    stop(&sim, &cancel).await;
+    served.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faults_show_as_rejected_frames_and_junk_and_only_intact_passings_arrive() {
-    let dir = tempfile::tempdir().unwrap();
-    let cancel = CancellationToken::new();
-    let mut cfg = config(8, 1000.0);
-    cfg.faults = "drop=0.03,corrupt=0.03,garbage=0.03".parse().unwrap();
-    let (sim, link) = pty(cfg, dir.path(), &cancel).await;
+    let cfg = faulty_config(8, 1000.0, "drop=0.03,corrupt=0.03,garbage=0.03");
+    let served = pty(cfg).await;
+    let (sim, link) = (&served.sim, served.link.clone());
     let emitted = sim.emitted();
     let mut r = Reader::new(open_link(&link));
     wait_for("the reader to be noticed", || sim.is_open_by_reader()).await;
@@ -516,16 +536,14 @@ async fn faults_show_as_rejected_frames_and_junk_and_only_intact_passings_arrive
     );
     assert!(acc.junk_bytes > 0, "garbage is counted as junk");
     assert_eq!(sim.stats().frames_dropped_queue_full, 0);
-    stop(&sim, &cancel).await;
+    served.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scheduled_disconnects_yank_and_replug_the_device() {
-    let dir = tempfile::tempdir().unwrap();
-    let cancel = CancellationToken::new();
-    let mut cfg = config(9, 100.0);
-    cfg.faults = "disconnect=600ms/200ms".parse().unwrap();
-    let (sim, link) = pty(cfg, dir.path(), &cancel).await;
+    let cfg = faulty_config(9, 100.0, "disconnect=600ms/200ms");
+    let served = pty(cfg).await;
+    let (sim, link) = (&served.sim, served.link.clone());
     let first = sim.device().unwrap();
     wait_for("the scheduled yank", || sim.device().is_none()).await;
     assert!(std::fs::symlink_metadata(&link).is_err());
@@ -534,19 +552,18 @@ async fn scheduled_disconnects_yank_and_replug_the_device() {
     assert_ne!(first, second);
     assert_eq!(std::fs::read_link(&link).unwrap(), second);
     assert!(sim.stats().disconnects >= 1);
-    stop(&sim, &cancel).await;
+    served.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_serves_four_clients_the_same_passings_and_turns_a_fifth_away() {
-    let cancel = CancellationToken::new();
     let cfg = SimConfig {
         style: TagStyle::ProChip,
         gate_beacons: true,
         gate_interval: Duration::from_millis(100),
         ..config(10, 200.0)
     };
-    let sim = tcp(cfg, &cancel).await;
+    let (sim, cancel) = tcp(cfg).await;
     let addr = sim.local_addr();
     let mut clients = Vec::new();
     for _ in 0..4 {
@@ -625,10 +642,7 @@ async fn tcp_serves_four_clients_the_same_passings_and_turns_a_fifth_away() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stall_pauses_the_output_and_loses_nothing() {
-    let cancel = CancellationToken::new();
-    let mut cfg = config(12, 200.0);
-    cfg.faults = "stall=700ms/400ms".parse().unwrap();
-    let sim = tcp(cfg, &cancel).await;
+    let (sim, cancel) = tcp(faulty_config(12, 200.0, "stall=700ms/400ms")).await;
     let mut r = Reader::new(TcpStream::connect(sim.local_addr()).await.unwrap());
     // Read through at least one whole stall, noting when each read returned.
     let mut gap_max = Duration::ZERO;
@@ -650,23 +664,13 @@ async fn a_stall_pauses_the_output_and_loses_nothing() {
         gap_max >= Duration::from_millis(300),
         "longest silence {gap_max:?}"
     );
-    let numbers = r.numbers();
-    assert!(
-        numbers
-            .iter()
-            .copied()
-            .eq(numbers[0]..numbers[0] + numbers.len() as u32),
-        "what was generated during the stall went out afterwards"
-    );
+    r.consecutive_numbers("what was generated during the stall went out afterwards");
     stop_tcp(&sim, &cancel).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scheduled_disconnects_cut_tcp_clients_who_can_come_back() {
-    let cancel = CancellationToken::new();
-    let mut cfg = config(13, 100.0);
-    cfg.faults = "disconnect=800ms/300ms".parse().unwrap();
-    let sim = tcp(cfg, &cancel).await;
+    let (sim, cancel) = tcp(faulty_config(13, 100.0, "disconnect=800ms/300ms")).await;
     let mut r = Reader::new(TcpStream::connect(sim.local_addr()).await.unwrap());
     r.read_until("a passing", |r| r.count(tor::PASSING) >= 1)
         .await;

@@ -38,7 +38,7 @@ Events stay in the spool whatever happens; parking only marks that a consumer ga
 pub struct RejectedArgs {
     /// The consumer whose parked events to list (the uplink's cursor is `uplink`; only its
     /// events can be retried).
-    #[arg(long, global = true, default_value = uplink::drain::UPLINK_CURSOR_DEFAULT, value_name = "NAME")]
+    #[arg(long, global = true, default_value = crate::runtime::UPLINK_CURSOR, value_name = "NAME")]
     pub cursor: String,
     /// Print a JSON array instead of text.
     #[arg(long)]

@@ -12,13 +12,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use ::sim::{self, Decoder, PtyOptions, SimConfig};
+use ::sim::{self, PtyOptions};
 use spool::{Seq, SpoolReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::process::{logs, spawn, spawn_node, terminate};
+use crate::runtime::sim_decoder;
 
 const TRACK: &str = "chaos-track";
 const TOKEN: &str = "chaos-token";
@@ -118,7 +119,10 @@ async fn wait_until(dir: &Path, what: &str, limit: Duration, mut check: impl FnM
 /// (head, uplink cursor) of the node's spool, read beside the running node.
 fn progress(spool_dir: &Path) -> Option<(u64, u64)> {
     let reader = SpoolReader::open(spool_dir, Arc::new(events::catalog::schemas())).ok()?;
-    Some((reader.head().ok()?.0, reader.cursor("uplink").ok()?.0))
+    Some((
+        reader.head().ok()?.0,
+        reader.cursor(events::UPLINK_CURSOR).ok()?.0,
+    ))
 }
 
 /// Waits until central has confirmed more than it had when called: the link works again.
@@ -138,12 +142,7 @@ async fn wan_cuts_and_kill_9_of_node_and_central_lose_nothing_and_store_nothing_
     std::fs::write(dir.join("token"), TOKEN).unwrap();
 
     let decoder_cancel = CancellationToken::new();
-    let decoder = Decoder::new(SimConfig {
-        seed: 17,
-        rate_per_s: 300.0,
-        ..Default::default()
-    })
-    .unwrap();
+    let decoder = sim_decoder(17, 300.0);
     let link = dir.join("decoder0");
     let _pty = sim::serve_pty(decoder, PtyOptions::new(&link), decoder_cancel.clone())
         .await

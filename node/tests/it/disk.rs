@@ -17,6 +17,7 @@ use node::runtime::status::{NodeStatus, SpoolState};
 use spool::schema::EventPayload;
 use spool::storage::{BackendError, DirStorage, Storage, StorageBackend};
 use spool::{AppendStream, ExpectedVersion, Seq, Spool, SpoolReader, StreamId};
+use testkit::Tmpfs;
 
 /// Longest a test waits for any one condition.
 const WAIT: Duration = Duration::from_secs(60);
@@ -32,39 +33,6 @@ const SIM_RATE_PER_S: u32 = 500;
 /// checkpoint interval (30 s), since the field's failure was the checkpoint that met the full disk
 /// and left the writer stopped for good.
 const FULL_HOLD: Duration = Duration::from_secs(35);
-
-/// A tmpfs mounted on a temporary directory; unmounted when dropped.
-struct Tmpfs {
-    dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    /// Mounts a tmpfs of `bytes`. Panics, naming the reason, when the mount is refused: this test
-    /// needs root (or CAP_SYS_ADMIN) and must not pass without having run.
-    fn mount(bytes: u64) -> Tmpfs {
-        let dir = tempfile::tempdir().unwrap();
-        let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={bytes}")])
-            .arg("tmpfs")
-            .arg(dir.path())
-            .output()
-            .expect("running mount(8)");
-        assert!(
-            out.status.success(),
-            "this test mounts a small tmpfs to fill it up, and needs root for that: `mount -t tmpfs` failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-        Tmpfs { dir }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg(self.dir.path())
-            .status();
-    }
-}
 
 /// Writes `path` from another thread until the file system is full (ENOSPC).
 fn fill(path: PathBuf) {
@@ -166,7 +134,7 @@ fn lines_between(log: &str, from: &str, to: &str) -> usize {
 fn a_disk_filled_by_another_process_then_freed_loses_no_passing() {
     let fs = Tmpfs::mount(TMPFS_BYTES);
     let dir = tempfile::tempdir().unwrap();
-    let data = fs.dir.path().join("data");
+    let data = fs.path().join("data");
     let config = write_config(dir.path(), &data);
     let mut node = KillOnDrop(crate::process::spawn_node(dir.path(), &config));
     let spool_dir = node::config::spool_dir(&data);
@@ -178,7 +146,7 @@ fn a_disk_filled_by_another_process_then_freed_loses_no_passing() {
         (passings(&reader).0.len() > 500).then_some(())
     });
 
-    let filler = fs.dir.path().join("filler");
+    let filler = fs.path().join("filler");
     let started = Instant::now();
     fill(filler.clone());
     std::thread::sleep(FULL_HOLD);

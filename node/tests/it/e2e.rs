@@ -11,7 +11,7 @@ use spool::{Seq, SpoolReader};
 use tokio_util::sync::CancellationToken;
 
 use crate::process::{logs, spawn_node, terminate};
-use crate::runtime::{Running, config, events_of, wait_for};
+use crate::runtime::{Running, config, events_of, sim_decoder, wait_for};
 
 /// Stored passings by number, with how many times each was stored.
 fn stored(read: impl Fn(Seq) -> Vec<spool::RecordedEvent>) -> BTreeMap<u32, (u32, u64, usize)> {
@@ -161,12 +161,7 @@ async fn simulator_to_node_over_a_pty_stores_exactly_what_it_emitted_through_a_c
 async fn kill_9_at_1000_passings_per_second_loses_nothing_and_duplicates_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let cancel = CancellationToken::new();
-    let decoder = Decoder::new(SimConfig {
-        seed: 9,
-        rate_per_s: 1000.0,
-        ..Default::default()
-    })
-    .unwrap();
+    let decoder = sim_decoder(9, 1000.0);
     let emitted = decoder.emitted();
     let link = dir.path().join("decoder0");
     let _pty = sim::serve_pty(decoder, PtyOptions::new(&link), cancel.clone())
@@ -245,12 +240,7 @@ async fn kill_9_at_1000_passings_per_second_loses_nothing_and_duplicates_nothing
 async fn networked_decoder_over_tcp_survives_a_dropped_connection() {
     let dir = tempfile::tempdir().unwrap();
     let cancel = CancellationToken::new();
-    let decoder = Decoder::new(SimConfig {
-        seed: 11,
-        rate_per_s: 300.0,
-        ..Default::default()
-    })
-    .unwrap();
+    let decoder = sim_decoder(11, 300.0);
     let emitted = decoder.emitted();
     let addr: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
     let tcp = sim::serve_tcp(decoder, addr, cancel.clone()).await.unwrap();
@@ -296,12 +286,7 @@ async fn a_decoder_that_drops_every_connection_is_retried_with_backoff_and_recor
     use node::runtime::input::{RECONNECT_BACKOFF_MS_MAX, RECONNECT_BACKOFF_MS_MIN};
     let dir = tempfile::tempdir().unwrap();
     let cancel = CancellationToken::new();
-    let decoder = Decoder::new(SimConfig {
-        seed: 15,
-        rate_per_s: 50.0,
-        ..Default::default()
-    })
-    .unwrap();
+    let decoder = sim_decoder(15, 50.0);
     let opts = sim::TcpOptions {
         clients_max: 0,
         ..sim::TcpOptions::from("127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap())

@@ -45,6 +45,11 @@ impl Output {
         self
     }
 
+    /// Asserts that stderr holds `text`, showing all of stderr when it does not.
+    fn says(&self, text: &str) {
+        assert!(self.stderr.contains(text), "{}", self.stderr);
+    }
+
     fn json(&self) -> Value {
         serde_json::from_str(&self.stdout)
             .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", self.stdout))
@@ -56,6 +61,25 @@ impl Output {
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
             .collect()
     }
+}
+
+/// Asserts that `text` holds each of `wants`, showing all of `text` when one is missing.
+fn contains_all(text: &str, wants: &[&str]) {
+    for want in wants {
+        assert!(text.contains(want), "no {want:?} in:\n{text}");
+    }
+}
+
+/// All a child wrote to its piped stderr, up to its end.
+fn read_stderr(child: &mut std::process::Child) -> String {
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr piped")
+        .read_to_string(&mut stderr)
+        .expect("reading stderr");
+    stderr
 }
 
 /// Runs `venue-node ARGS` to completion within [`CLI_TIMEOUT_S`].
@@ -257,12 +281,14 @@ fn stats_counts_events_and_cursor_backlog_beside_a_writer() {
     assert_eq!(stats["node_status"], Value::Null, "no status file yet");
 
     let text = f.cli(&["stats"]).ok().stdout;
-    assert!(text.contains("9 (seq 1 to 9)"), "{text}");
-    assert!(
-        text.contains("uplink      acked to seq 4, backlog 5, parked 1"),
-        "{text}"
+    contains_all(
+        &text,
+        &[
+            "9 (seq 1 to 9)",
+            "uplink      acked to seq 4, backlog 5, parked 1",
+            "the node is not running",
+        ],
     );
-    assert!(text.contains("the node is not running"), "{text}");
 }
 
 #[test]
@@ -280,13 +306,15 @@ fn stats_shows_the_node_status_file_and_says_when_it_is_stale() {
     };
     write_status(spool::now_us());
     let fresh = f.cli(&["stats"]).ok().stdout;
-    assert!(fresh.contains("backlog 42, forwarding 12.5/s"), "{fresh}");
-    assert!(
-        fresh.contains("last error  HTTP 503 from central"),
-        "{fresh}"
+    contains_all(
+        &fresh,
+        &[
+            "backlog 42, forwarding 12.5/s",
+            "last error  HTTP 503 from central",
+            "finish      connected",
+            "passings_stored=7",
+        ],
     );
-    assert!(fresh.contains("finish      connected"), "{fresh}");
-    assert!(fresh.contains("passings_stored=7"), "{fresh}");
     assert!(!fresh.contains("STALE"), "{fresh}");
     let json = f.cli(&["stats", "--json"]).ok().json();
     assert_eq!(json["node_status"]["stale"], false);
@@ -506,18 +534,17 @@ fn show_prints_the_envelope_and_the_payload() {
     assert_eq!(event["payload"]["transponder"], 1002);
 
     let text = f.cli(&["show", "9"]).ok().stdout;
-    assert!(text.contains("race-control/moto-1 (version 1)"), "{text}");
-    assert!(text.contains("\"subject\": \"rider 12\""), "{text}");
+    contains_all(
+        &text,
+        &[
+            "race-control/moto-1 (version 1)",
+            "\"subject\": \"rider 12\"",
+        ],
+    );
 
     let missing = f.cli(&["show", "99"]);
     assert_eq!(missing.code, Some(1));
-    assert!(
-        missing
-            .stderr
-            .contains("no event at seq 99: the spool holds seq 1 to 9"),
-        "{}",
-        missing.stderr
-    );
+    missing.says("no event at seq 99: the spool holds seq 1 to 9");
     let usage = f.cli(&["show", "nine"]);
     assert_eq!(
         usage.code,
@@ -607,7 +634,7 @@ fn export_writes_jsonl_and_csv() {
         jsonl.to_str().unwrap(),
     ]);
     let run = run.ok();
-    assert!(run.stderr.contains("exported 6 events"), "{}", run.stderr);
+    run.says("exported 6 events");
     assert_eq!(run.stdout, "", "the export went to the file");
     assert!(
         !run.stderr.contains('\r') && !run.stderr.contains('#'),
@@ -660,19 +687,14 @@ fn export_writes_jsonl_and_csv() {
 
     let empty = f.cli(&["export", "--format", "csv", "--from", "5", "--to", "4"]);
     assert_eq!(empty.code, Some(2), "a wrong range is a usage error");
-    assert!(
-        empty.stderr.contains("--from 5 is after --to 4"),
-        "{}",
-        empty.stderr
-    );
+    empty.says("--from 5 is after --to 4");
 }
 
 #[test]
 fn verify_passes_on_a_good_spool_and_fails_on_an_undecodable_payload() {
     let f = Fixture::new();
     let good = f.cli(&["verify"]).ok().stdout;
-    assert!(good.contains("checked 9 events in 3 streams"), "{good}");
-    assert!(good.contains("OK"), "{good}");
+    contains_all(&good, &["checked 9 events in 3 streams", "OK"]);
 
     // An event no schema knows: verify must report it and exit 1.
     let odd = NewEvent::new("x.unknown", 1, vec![1, 2, 3], meta(None));
@@ -711,11 +733,7 @@ fn verify_passes_on_a_good_spool_and_fails_on_an_undecodable_payload() {
         "{}",
         bad.stdout
     );
-    assert!(
-        bad.stderr.contains("verify found 1 problem"),
-        "{}",
-        bad.stderr
-    );
+    bad.says("verify found 1 problem");
 }
 
 /// The track and token the test central accepts.
@@ -825,18 +843,8 @@ fn rejected_lists_parked_events_and_retry_needs_the_node_stopped() {
     // The writer is open, as the node's is: retry must refuse and say what to do.
     let refused = retry(&[]);
     assert_eq!(refused.code, Some(1));
-    assert!(
-        refused
-            .stderr
-            .contains("the node is running and holds the spool"),
-        "{}",
-        refused.stderr
-    );
-    assert!(
-        refused.stderr.contains("sudo systemctl stop venue-node"),
-        "{}",
-        refused.stderr
-    );
+    refused.says("the node is running and holds the spool");
+    refused.says("sudo systemctl stop venue-node");
     assert_eq!(
         f.cli(&["rejected", "--json"]).ok().json()[0]["seq"],
         3,
@@ -850,13 +858,7 @@ fn rejected_lists_parked_events_and_retry_needs_the_node_stopped() {
     drop(f.spool.take());
     let not_parked = retry(&["5"]);
     assert_eq!(not_parked.code, Some(1));
-    assert!(
-        not_parked
-            .stderr
-            .contains("seq 5 is not parked by the uplink"),
-        "{}",
-        not_parked.stderr
-    );
+    not_parked.says("seq 5 is not parked by the uplink");
     let retried = retry(&["3"]).ok().stdout;
     assert!(retried.contains("central stored 1 event"), "{retried}");
     assert_eq!(central.accepted(), 1, "central holds the event now");
@@ -899,23 +901,13 @@ fn the_spool_is_found_through_the_configuration_and_never_created_by_a_reader() 
         Some(2),
         "a configuration that cannot be read is a usage error"
     );
-    assert!(
-        unconfigured
-            .stderr
-            .contains("give --data-dir DIR or --config FILE"),
-        "{}",
-        unconfigured.stderr
-    );
-    assert!(
-        unconfigured.stderr.contains("missing.toml"),
-        "{}",
-        unconfigured.stderr
-    );
+    unconfigured.says("give --data-dir DIR or --config FILE");
+    unconfigured.says("missing.toml");
 
     let nowhere: PathBuf = config_dir.path().join("no-such-data-dir");
     let missing = venue_node(&["spool", "--data-dir", nowhere.to_str().unwrap(), "stats"]);
     assert_eq!(missing.code, Some(1));
-    assert!(missing.stderr.contains("no spool at"), "{}", missing.stderr);
+    missing.says("no spool at");
     assert!(!nowhere.exists(), "a read must not create a spool");
 }
 
@@ -940,6 +932,14 @@ fn doctor_line<'a>(out: &'a str, level: &str, text: &str) -> Option<&'a str> {
         .find(|l| l.starts_with(level) && l.contains(text))
 }
 
+/// The doctor's line at `level` about `text`, which must be there, holding each of `wants`.
+fn doctor_says<'a>(out: &'a Output, level: &str, text: &str, wants: &[&str]) -> &'a str {
+    let line = doctor_line(&out.stdout, level, text)
+        .unwrap_or_else(|| panic!("no {level} line about {text:?}:\n{}", out.stdout));
+    contains_all(line, wants);
+    line
+}
+
 #[test]
 fn doctor_fails_on_a_missing_serial_device_and_names_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -953,23 +953,15 @@ fn doctor_fails_on_a_missing_serial_device_and_names_it() {
     );
     let out = venue_node(&["doctor", "--config", config.to_str().unwrap()]);
     assert_eq!(out.code, Some(1), "{}", out.stdout);
-    let line = doctor_line(&out.stdout, "FAIL", "decoder finish")
-        .unwrap_or_else(|| panic!("{}", out.stdout));
-    assert!(
-        line.contains(&device.display().to_string()) && line.contains("does not exist"),
-        "{line}"
-    );
+    let device = device.display().to_string();
+    doctor_says(&out, "FAIL", "decoder finish", &[&device, "does not exist"]);
     assert!(
         out.stdout.contains("fix: plug the adapter in"),
         "{}",
         out.stdout
     );
-    assert!(
-        doctor_line(&out.stdout, "OK", "data directory").is_some(),
-        "{}",
-        out.stdout
-    );
-    assert!(out.stderr.contains("doctor found"), "{}", out.stderr);
+    doctor_says(&out, "OK", "data directory", &[]);
+    out.says("doctor found");
 }
 
 #[test]
@@ -991,12 +983,8 @@ fn doctor_resolves_links_and_checks_what_a_device_is() {
         ),
     );
     let out = venue_node(&["doctor", "--config", config.to_str().unwrap()]);
-    let finish = doctor_line(&out.stdout, "OK", "decoder finish")
-        .unwrap_or_else(|| panic!("{}", out.stdout));
-    assert!(finish.contains("(= /dev/null)"), "{finish}");
-    let start = doctor_line(&out.stdout, "FAIL", "decoder start")
-        .unwrap_or_else(|| panic!("{}", out.stdout));
-    assert!(start.contains("not a serial device"), "{start}");
+    doctor_says(&out, "OK", "decoder finish", &["(= /dev/null)"]);
+    doctor_says(&out, "FAIL", "decoder start", &["not a serial device"]);
     assert_eq!(out.code, Some(1));
 }
 
@@ -1008,18 +996,10 @@ fn doctor_on_a_good_setup_reports_the_data_directory_writable_and_a_broken_confi
         "[spool]\ncap_bytes = 1000\n[[decoder]]\nname = \"sim\"\nkind = \"sim\"\n",
     );
     let out = venue_node(&["doctor", "--config", config.to_str().unwrap()]);
-    assert!(
-        doctor_line(&out.stdout, "OK", "configuration").is_some(),
-        "{}",
-        out.stdout
-    );
+    doctor_says(&out, "OK", "configuration", &[]);
     let data = dir.path().join("data");
-    let line = doctor_line(&out.stdout, "OK", "data directory")
-        .unwrap_or_else(|| panic!("{}", out.stdout));
-    assert!(
-        line.contains(&data.display().to_string()) && line.contains("writable"),
-        "{line}"
-    );
+    let data = data.display().to_string();
+    doctor_says(&out, "OK", "data directory", &[&data, "writable"]);
     assert!(
         doctor_line(&out.stdout, "OK", "disk:").is_some(),
         "a 1000-byte cap fits: {}",
@@ -1190,13 +1170,7 @@ fn ctrl_c_during_a_file_export_leaves_no_partial_file() {
         assert!(Instant::now() < deadline, "export did not stop on Ctrl-C");
         std::thread::sleep(Duration::from_millis(5));
     };
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let stderr = read_stderr(&mut child);
     assert_eq!(
         status.code(),
         Some(1),
@@ -1255,13 +1229,15 @@ fn stats_reads_the_status_file_through_its_types_and_prints_times_for_people() {
         text.contains("last error  HTTP 503 from central, at 20") && text.contains("(4 s ago)"),
         "the error's time for people: {text}"
     );
-    assert!(text.contains("ALARM: refusing new events since"), "{text}");
-    assert!(text.contains("1000 bytes free"), "{text}");
-    assert!(
-        text.contains("fix         free space on the disk"),
-        "{text}"
+    contains_all(
+        &text,
+        &[
+            "ALARM: refusing new events since",
+            "1000 bytes free",
+            "fix         free space on the disk",
+            "passings_stored=7",
+        ],
     );
-    assert!(text.contains("passings_stored=7"), "{text}");
     assert!(
         text.contains("disk free") && text.contains("the node refuses new events below 96.0 MiB"),
         "{text}"
@@ -1295,13 +1271,7 @@ fn every_command_ends_quietly_when_its_reader_closes_the_pipe() {
             .expect("starting venue-node");
         // The reader goes away before the command writes, as `| head -0` would.
         drop(child.stdout.take());
-        let mut stderr = String::new();
-        child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut stderr)
-            .unwrap();
+        let stderr = read_stderr(&mut child);
         let status = child.wait().unwrap();
         assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
         assert_eq!(status.code(), Some(0), "{args:?}: {stderr}");

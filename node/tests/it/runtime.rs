@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use decoder::{Accumulator, Body, Event, FrameBuilder, Record, tor};
 use events::catalog;
-use node::config::{ClockSettings, Config, DecoderConfig, DecoderKind, SpoolSettings};
+use node::config::Config;
 use node::runtime::Node;
 use spool::schema::EventPayload;
 use spool::{Seq, Spool};
@@ -126,18 +126,18 @@ pub fn config(dir: &Path, device: PathBuf) -> Config {
     Config {
         node_id: Some("test-node".into()),
         track_id: "test-track".into(),
-        data_dir: dir.join("data"),
-        decoders: vec![DecoderConfig {
-            name: "finish".into(),
-            kind: DecoderKind::Serial {
-                device,
-                baud: 115_200,
-            },
-        }],
-        spool: SpoolSettings::default(),
-        clock: ClockSettings::default(),
-        uplink: None,
+        ..Config::demo(dir.join("data"), device)
     }
+}
+
+/// A simulated decoder with default settings but for its seed and rate.
+pub fn sim_decoder(seed: u64, rate_per_s: f64) -> ::sim::Decoder {
+    ::sim::Decoder::new(::sim::SimConfig {
+        seed,
+        rate_per_s,
+        ..Default::default()
+    })
+    .expect("a valid simulator config")
 }
 
 /// The passing numbers stored, in spool order.

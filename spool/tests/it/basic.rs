@@ -2,7 +2,9 @@
 
 use spool::{ExpectedVersion, Seq, Spool, SpoolError};
 
-use crate::common::{body, event, keyed, opaque_config, part, stream};
+use crate::common::{
+    append_part, body, event, keyed, opaque_config, part, spool_half_checkpointed, stream,
+};
 
 #[test]
 fn append_then_read_globally_and_by_stream() {
@@ -43,27 +45,12 @@ fn append_then_read_globally_and_by_stream() {
 #[test]
 fn events_survive_a_reopen_with_and_without_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        let spool = Spool::open(dir.path(), opaque_config()).unwrap();
-        spool
-            .append_blocking(vec![part("a", ExpectedVersion::Any, vec![event(b"1")])])
-            .unwrap();
-        spool.checkpoint_blocking().unwrap();
-        spool
-            .append_blocking(vec![part("a", ExpectedVersion::Any, vec![event(b"2")])])
-            .unwrap();
-    }
+    drop(spool_half_checkpointed(dir.path()));
     let spool = Spool::open(dir.path(), opaque_config()).unwrap();
     let all = spool.read_global(Seq::FIRST, 10).unwrap();
     assert_eq!(all.len(), 2);
     assert_eq!(body(&all[1]), b"2");
-    let next = spool
-        .append_blocking(vec![part(
-            "a",
-            ExpectedVersion::Exact(2),
-            vec![event(b"3")],
-        )])
-        .unwrap();
+    let next = append_part(&spool, "a", ExpectedVersion::Exact(2), vec![event(b"3")]);
     assert_eq!(next[0].seq, Seq(3));
     assert_eq!(next[0].version, 3);
 }
@@ -72,13 +59,7 @@ fn events_survive_a_reopen_with_and_without_checkpoint() {
 fn wrong_expected_version_fails_the_whole_batch_and_names_the_stream() {
     let dir = tempfile::tempdir().unwrap();
     let spool = Spool::open(dir.path(), opaque_config()).unwrap();
-    spool
-        .append_blocking(vec![part(
-            "a",
-            ExpectedVersion::NoStream,
-            vec![event(b"1")],
-        )])
-        .unwrap();
+    append_part(&spool, "a", ExpectedVersion::NoStream, vec![event(b"1")]);
     let error = spool
         .append_blocking(vec![
             part("b", ExpectedVersion::NoStream, vec![event(b"b")]),
@@ -111,22 +92,15 @@ fn wrong_expected_version_fails_the_whole_batch_and_names_the_stream() {
 fn duplicate_idempotency_keys_return_the_existing_seq() {
     let dir = tempfile::tempdir().unwrap();
     let spool = Spool::open(dir.path(), opaque_config()).unwrap();
-    let first = spool
-        .append_blocking(vec![part(
-            "a",
-            ExpectedVersion::Any,
-            vec![keyed(b"x", "k1")],
-        )])
-        .unwrap();
+    let first = append_part(&spool, "a", ExpectedVersion::Any, vec![keyed(b"x", "k1")]);
     assert!(!first[0].duplicate);
     spool.checkpoint_blocking().unwrap();
-    let again = spool
-        .append_blocking(vec![part(
-            "a",
-            ExpectedVersion::Any,
-            vec![keyed(b"x", "k1"), keyed(b"y", "k2"), keyed(b"y", "k2")],
-        )])
-        .unwrap();
+    let again = append_part(
+        &spool,
+        "a",
+        ExpectedVersion::Any,
+        vec![keyed(b"x", "k1"), keyed(b"y", "k2"), keyed(b"y", "k2")],
+    );
     assert!(again[0].duplicate);
     assert_eq!(again[0].seq, first[0].seq);
     assert!(!again[1].duplicate);
@@ -139,13 +113,12 @@ fn duplicate_idempotency_keys_return_the_existing_seq() {
     let found = spool.find_by_idempotency_key("k2").unwrap().unwrap();
     assert_eq!(body(&found), b"y");
     // A retried batch whose events are all stored succeeds whatever the version is now.
-    let retry = spool
-        .append_blocking(vec![part(
-            "a",
-            ExpectedVersion::NoStream,
-            vec![keyed(b"x", "k1")],
-        )])
-        .unwrap();
+    let retry = append_part(
+        &spool,
+        "a",
+        ExpectedVersion::NoStream,
+        vec![keyed(b"x", "k1")],
+    );
     assert!(retry[0].duplicate);
 }
 

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use spool::schema::{EventPayload, Schemas};
-use spool::{AppendStream, ExpectedVersion, Metadata, NewEvent, RecordedEvent, StreamId};
+use spool::{AppendStream, ExpectedVersion, Metadata, NewEvent, RecordedEvent, Spool, StreamId};
 
 /// The tests' own event type: opaque bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,4 +65,33 @@ pub fn opaque_config() -> spool::SpoolConfig {
         schemas: test_schemas(),
         ..spool::SpoolConfig::default()
     }
+}
+
+/// Appends `events` to stream `name` in a batch of one part, which must succeed.
+pub fn append_part(
+    spool: &Spool,
+    name: &str,
+    expected: ExpectedVersion,
+    events: Vec<NewEvent>,
+) -> Vec<spool::Appended> {
+    spool
+        .append_blocking(vec![part(name, expected, events)])
+        .expect("append")
+}
+
+/// Appends one test event carrying `body` to stream `a`, with no version expected.
+pub fn append_one(spool: &Spool, body: &[u8]) {
+    spool
+        .append_blocking(vec![part("a", ExpectedVersion::Any, vec![event(body)])])
+        .expect("append");
+}
+
+/// A spool at `dir` holding two events in stream `a`: `1` checkpointed into the database, `2` only
+/// in the journal, so a test sees both halves of what a reopen or a reader must merge.
+pub fn spool_half_checkpointed(dir: &std::path::Path) -> Spool {
+    let spool = Spool::open(dir, opaque_config()).expect("open");
+    append_one(&spool, b"1");
+    spool.checkpoint_blocking().expect("checkpoint");
+    append_one(&spool, b"2");
+    spool
 }

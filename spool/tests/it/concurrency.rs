@@ -2,7 +2,7 @@
 
 use spool::{ExpectedVersion, Seq, Spool, SpoolError, SpoolReader};
 
-use crate::common::{body, event, opaque_config, part};
+use crate::common::{append_one, append_part, body, event, opaque_config, spool_half_checkpointed};
 
 #[test]
 fn a_second_writer_is_refused_with_a_clear_message() {
@@ -16,22 +16,12 @@ fn a_second_writer_is_refused_with_a_clear_message() {
 #[test]
 fn a_read_only_open_sees_acknowledged_events_beside_the_writer() {
     let dir = tempfile::tempdir().unwrap();
-    let spool = Spool::open(dir.path(), opaque_config()).unwrap();
-    spool
-        .append_blocking(vec![part("a", ExpectedVersion::Any, vec![event(b"1")])])
-        .unwrap();
-    spool.checkpoint_blocking().unwrap();
-    // This one is only in the journal.
-    spool
-        .append_blocking(vec![part("a", ExpectedVersion::Any, vec![event(b"2")])])
-        .unwrap();
+    let spool = spool_half_checkpointed(dir.path());
     let reader = SpoolReader::open(dir.path(), opaque_config().schemas).unwrap();
     let all = reader.read_global(Seq::FIRST, 10).unwrap();
     assert_eq!(all.len(), 2);
     assert_eq!(body(&all[1]), b"2");
-    spool
-        .append_blocking(vec![part("a", ExpectedVersion::Any, vec![event(b"3")])])
-        .unwrap();
+    append_one(&spool, b"3");
     reader.refresh().unwrap();
     assert_eq!(reader.head().unwrap(), Seq(3));
 }
@@ -46,13 +36,12 @@ fn concurrent_appenders_share_commits_and_get_gapless_seqs() {
             std::thread::spawn(move || {
                 for i in 0..50u32 {
                     let payload = format!("{t}-{i}");
-                    spool
-                        .append_blocking(vec![part(
-                            &format!("s{t}"),
-                            ExpectedVersion::Exact(u64::from(i)),
-                            vec![event(payload.as_bytes())],
-                        )])
-                        .unwrap();
+                    append_part(
+                        &spool,
+                        &format!("s{t}"),
+                        ExpectedVersion::Exact(u64::from(i)),
+                        vec![event(payload.as_bytes())],
+                    );
                 }
             })
         })
@@ -90,13 +79,12 @@ fn reads_that_straddle_checkpoints_see_no_gap_and_no_repeat() {
         std::thread::spawn(move || {
             for n in 0..EVENTS {
                 let payload = n.to_string();
-                spool
-                    .append_blocking(vec![part(
-                        "s",
-                        ExpectedVersion::Any,
-                        vec![event(payload.as_bytes())],
-                    )])
-                    .unwrap();
+                append_part(
+                    &spool,
+                    "s",
+                    ExpectedVersion::Any,
+                    vec![event(payload.as_bytes())],
+                );
             }
         })
     };

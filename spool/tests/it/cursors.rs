@@ -4,16 +4,14 @@ use std::time::Duration;
 
 use spool::{ExpectedVersion, Seq, Spool, SpoolConfig, SpoolError};
 
-use crate::common::{body, event, keyed, opaque_config, part};
+use crate::common::{append_part, body, event, keyed, opaque_config, part};
 
 fn fill(spool: &Spool, n: u32) {
     for chunk in 0..n.div_ceil(100) {
         let events = (chunk * 100..((chunk + 1) * 100).min(n))
             .map(|i| event(&i.to_le_bytes()))
             .collect();
-        spool
-            .append_blocking(vec![part("s", ExpectedVersion::Any, events)])
-            .unwrap();
+        append_part(spool, "s", ExpectedVersion::Any, events);
     }
 }
 
@@ -72,13 +70,12 @@ fn retention_deletes_only_acknowledged_old_history_and_keeps_parked_events() {
         ..opaque_config()
     };
     let spool = Spool::open(dir.path(), config).unwrap();
-    let keyed_first = spool
-        .append_blocking(vec![part(
-            "s",
-            ExpectedVersion::Any,
-            vec![keyed(b"k", "key-1")],
-        )])
-        .unwrap();
+    let keyed_first = append_part(
+        &spool,
+        "s",
+        ExpectedVersion::Any,
+        vec![keyed(b"k", "key-1")],
+    );
     fill(&spool, 99);
     assert_eq!(
         spool.run_retention_blocking().unwrap(),
@@ -100,13 +97,12 @@ fn retention_deletes_only_acknowledged_old_history_and_keeps_parked_events() {
     assert_eq!(stats.first_seq, Some(Seq(51)));
     assert_eq!(stats.events, 50);
     // The key outlives its event: a late retry is still a duplicate.
-    let again = spool
-        .append_blocking(vec![part(
-            "s",
-            ExpectedVersion::Any,
-            vec![keyed(b"k", "key-1")],
-        )])
-        .unwrap();
+    let again = append_part(
+        &spool,
+        "s",
+        ExpectedVersion::Any,
+        vec![keyed(b"k", "key-1")],
+    );
     assert!(again[0].duplicate);
     assert_eq!(again[0].seq, keyed_first[0].seq);
     assert!(
@@ -165,9 +161,7 @@ fn compaction_returns_the_space_retention_freed_to_the_file_system() {
         let payload = vec![9u8; 4000];
         for _ in 0..200 {
             let events = (0..10).map(|_| event(&payload)).collect();
-            spool
-                .append_blocking(vec![part("s", ExpectedVersion::Any, events)])
-                .unwrap();
+            append_part(&spool, "s", ExpectedVersion::Any, events);
         }
         let head = spool.head().unwrap();
         spool.ack_blocking("uplink", head).unwrap();

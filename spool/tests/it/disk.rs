@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use spool::{ExpectedVersion, Seq, Spool, SpoolConfig, SpoolError, SpoolHealth};
+use testkit::Tmpfs;
 
 use crate::common::{body, event, part, test_schemas};
 
@@ -17,43 +18,6 @@ const RESERVE_BYTES: u64 = 4 * 1024 * 1024;
 
 /// How long a test waits for the spool to notice a change of free space.
 const WAIT: Duration = Duration::from_secs(20);
-
-/// A tmpfs mounted on a temporary directory; unmounted when dropped.
-pub struct Tmpfs {
-    dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    /// Mounts a tmpfs of `bytes`. Panics, naming the reason, when the mount is refused: these tests
-    /// need root (or CAP_SYS_ADMIN) and must not pass without having run.
-    pub fn mount(bytes: u64) -> Tmpfs {
-        let dir = tempfile::tempdir().unwrap();
-        let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={bytes}")])
-            .arg("tmpfs")
-            .arg(dir.path())
-            .output()
-            .expect("running mount(8)");
-        assert!(
-            out.status.success(),
-            "this test mounts a small tmpfs to fill it up, and needs root for that: `mount -t tmpfs` failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-        Tmpfs { dir }
-    }
-
-    pub fn path(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg(self.dir.path())
-            .status();
-    }
-}
 
 /// Bytes free on the file system at `path`, as the spool measures them.
 pub fn free_bytes(path: &Path) -> u64 {

@@ -7,7 +7,7 @@ use spool::aggregate::{self, Aggregate};
 use spool::projection::{self, Projection};
 use spool::{ExpectedVersion, Filter, Metadata, NewEvent, RecordedEvent, Spool, SpoolError};
 
-use crate::common::{body, event, opaque_config, part, stream};
+use crate::common::{append_part, body, event, opaque_config, part, stream};
 
 /// Counts events per stream.
 struct PerStream;
@@ -32,25 +32,15 @@ fn a_projection_resumes_from_its_checkpoint_and_rebuilds_identically() {
     let spool = Spool::open(dir.path(), opaque_config()).unwrap();
     for i in 0..30u32 {
         let s = format!("count/{}", i % 3);
-        spool
-            .append_blocking(vec![part(&s, ExpectedVersion::Any, vec![event(b"x")])])
-            .unwrap();
-        spool
-            .append_blocking(vec![part("other", ExpectedVersion::Any, vec![event(b"y")])])
-            .unwrap();
+        append_part(&spool, &s, ExpectedVersion::Any, vec![event(b"x")]);
+        append_part(&spool, "other", ExpectedVersion::Any, vec![event(b"y")]);
     }
     let (state, checkpoint) = projection::catch_up(&spool, &PerStream).unwrap();
     assert_eq!(state.values().sum::<u64>(), 30);
     assert_eq!(checkpoint.0, 60);
     let (saved, at) = projection::load(&spool, &PerStream).unwrap();
     assert_eq!((saved, at), (state.clone(), checkpoint));
-    spool
-        .append_blocking(vec![part(
-            "count/9",
-            ExpectedVersion::Any,
-            vec![event(b"x")],
-        )])
-        .unwrap();
+    append_part(&spool, "count/9", ExpectedVersion::Any, vec![event(b"x")]);
     drop(spool);
     let spool = Spool::open(dir.path(), opaque_config()).unwrap();
     let (resumed, at) = projection::catch_up(&spool, &PerStream).unwrap();

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use spool::{ExpectedVersion, Filter, Seq, Spool};
 
-use crate::common::{body, event, opaque_config, part};
+use crate::common::{append_part, body, event, opaque_config, part};
 
 /// How long a test waits for an event that must come.
 const WAIT: Duration = Duration::from_secs(20);
@@ -104,9 +104,7 @@ fn a_subscriber_that_never_reads_does_not_hold_appends_back() {
         let events = (0..100)
             .map(|j| event(&(i * 100 + j).to_le_bytes()))
             .collect();
-        spool
-            .append_blocking(vec![part("s", ExpectedVersion::Any, events)])
-            .unwrap();
+        append_part(&spool, "s", ExpectedVersion::Any, events);
     }
     assert_eq!(spool.head().unwrap(), Seq(5000));
     // It still reads everything afterwards, in order.

@@ -4,6 +4,7 @@
 //!   test sleeps and hopes; each waits on what it needs, and fails naming it.
 //! - [`passing_frame`]: a decoder's PASSING as wire bytes, as a real decoder sends it.
 //! - [`passing_event`]: a `decoder.passing` event as the node stores it.
+//! - [`Tmpfs`]: a small real file system to fill up, unmounted when dropped.
 //!
 //! A dev-dependency only; nothing here ships in the box.
 //!
@@ -20,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 use std::future::Future;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use decoder::{FrameBuilder, tor};
@@ -94,4 +96,45 @@ pub fn passing_event(n: u32, meta: Metadata) -> NewEvent {
         unknown_tlvs: Vec::new(),
     }
     .to_event(meta)
+}
+
+/// A tmpfs mounted on a temporary directory; unmounted when dropped. For the tests of a full disk,
+/// which need a real file system that really fills up.
+pub struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `bytes`. Panics, naming the reason, when the mount is refused: these tests
+    /// need root (or CAP_SYS_ADMIN) and must not pass without having run.
+    pub fn mount(bytes: u64) -> Tmpfs {
+        let dir = tempfile::tempdir().expect("a temporary directory to mount on");
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}")])
+            .arg("tmpfs")
+            .arg(dir.path())
+            .output()
+            .expect("running mount(8)");
+        assert!(
+            out.status.success(),
+            "this test mounts a small tmpfs to fill it up, and needs root for that: `mount -t tmpfs` failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Tmpfs { dir }
+    }
+
+    /// Where the file system is mounted.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        // Best effort: a busy mount (a process still holding a file) stays until reboot, and the
+        // test has already said what failed.
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
+    }
 }

@@ -99,9 +99,6 @@ const _: () = assert!(UPLINK_BATCH_BYTES_MAX < crate::wire::INGEST_BODY_BYTES_MA
 const _: () = assert!(UPLINK_BATCH_EVENTS_MAX <= crate::wire::INGEST_BATCH_EVENTS_MAX);
 const _: () = assert!(UPLINK_BATCH_EVENTS_MAX <= spool::READ_EVENTS_MAX);
 
-/// The cursor the drain keeps in the spool, unless configured otherwise.
-pub const UPLINK_CURSOR_DEFAULT: &str = "uplink";
-
 /// What the drain forwards unless configured otherwise: the event types that map onto the
 /// contract's own message types (PASSING, STATUS, VERSION), which a strict `track_ingest.v2` central
 /// accepts. Everything else is an extension that such a central refuses, so it is opt-in.
@@ -135,6 +132,8 @@ pub struct DrainConfig {
     /// not forwarded are passed over (the cursor moves past them).
     #[serde(default = "default_forward")]
     pub forward: Vec<String>,
+    /// The cursor the drain keeps in the spool; defaults to [`events::UPLINK_CURSOR`], the one
+    /// name the node's runtime and the technician's commands use too.
     #[serde(default = "default_cursor")]
     pub cursor: String,
     #[serde(default)]
@@ -142,7 +141,7 @@ pub struct DrainConfig {
 }
 
 fn default_cursor() -> String {
-    UPLINK_CURSOR_DEFAULT.into()
+    events::UPLINK_CURSOR.into()
 }
 
 fn default_forward() -> Vec<String> {

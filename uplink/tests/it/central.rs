@@ -27,13 +27,24 @@ async fn post(
     token: Option<&str>,
     body: Value,
 ) -> (StatusCode, Value) {
-    let mut request =
+    let request =
         Request::post("/api/ingest/batch").header(header::CONTENT_TYPE, "application/json");
+    send(central, request, token, Body::from(body.to_string())).await
+}
+
+/// Sends a request to central's router, with `token` as its bearer; returns the status and the
+/// JSON body (`Null` when the body is not JSON).
+async fn send(
+    central: &std::sync::Arc<Central<SpoolStore>>,
+    mut request: axum::http::request::Builder,
+    token: Option<&str>,
+    body: Body,
+) -> (StatusCode, Value) {
     if let Some(token) = token {
         request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
     }
     let response = router(central.clone())
-        .oneshot(request.body(Body::from(body.to_string())).unwrap())
+        .oneshot(request.body(body).unwrap())
         .await
         .unwrap();
     let status = response.status();
@@ -121,22 +132,8 @@ async fn stats_need_a_token_and_show_only_that_token_s_track() {
         let central = central.clone();
         let token = token.map(str::to_owned);
         async move {
-            let mut request = Request::get("/api/ingest/stats");
-            if let Some(token) = token {
-                request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
-            }
-            let response = router(central)
-                .oneshot(request.body(Body::empty()).unwrap())
-                .await
-                .unwrap();
-            let status = response.status();
-            let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
-                .await
-                .unwrap();
-            (
-                status,
-                serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null),
-            )
+            let request = Request::get("/api/ingest/stats");
+            send(&central, request, token.as_deref(), Body::empty()).await
         }
     };
     assert_eq!(stats(None).await.0, StatusCode::UNAUTHORIZED);

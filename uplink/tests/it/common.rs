@@ -120,6 +120,14 @@ pub async fn append_passings(spool: &Spool, from: u32, count: u32) {
     append(spool, (from..from + count).map(passing).collect()).await;
 }
 
+/// A spool under `dir/node` holding passings 0 to `count - 1`, and its head seq.
+pub async fn spool_of_passings(dir: &Path, count: u32) -> (Spool, u64) {
+    let spool = open_spool(&dir.join("node"));
+    append_passings(&spool, 0, count).await;
+    let head = spool.head().unwrap().0;
+    (spool, head)
+}
+
 pub fn write(path: &Path, text: &str) {
     std::fs::write(path, text).expect("write file");
 }
@@ -174,6 +182,26 @@ pub async fn spool_store(dir: &Path) -> SpoolStore {
     SpoolStore::open(dir).await.expect("open central store")
 }
 
+/// A central storing under `dir/central`, on a free loopback port, over TLS when `tls` is given.
+pub async fn start_spool_central(
+    dir: &Path,
+    tls: Option<&ServerTlsConfig>,
+) -> RunningCentral<SpoolStore> {
+    start_central(
+        spool_store(&dir.join("central")).await,
+        "127.0.0.1:0".parse().unwrap(),
+        tls,
+    )
+    .await
+}
+
+/// `dir/token`, holding the track's token, for a drain to read.
+pub fn token_file(dir: &Path) -> PathBuf {
+    let token = dir.join("token");
+    write(&token, TOKEN);
+    token
+}
+
 /// Limits that make a test fast: small batches, short backoff.
 pub fn fast_limits() -> DrainLimits {
     DrainLimits {
@@ -202,6 +230,21 @@ pub struct RunningDrain {
 }
 
 impl RunningDrain {
+    /// Waits until the drain has acknowledged every event up to `head`; panics naming `what`
+    /// after `timeout`.
+    pub async fn wait_acked(&mut self, head: u64, timeout: Duration, what: &str) -> DrainStatus {
+        wait_status(&mut self.status, timeout, what, |s| s.acked_seq == head).await
+    }
+
+    /// Waits as [`RunningDrain::wait_acked`] does, then stops the drain; returns its status as it
+    /// stood just before the stop.
+    pub async fn finish(mut self, head: u64, timeout: Duration, what: &str) -> DrainStatus {
+        self.wait_acked(head, timeout, what).await;
+        let status = self.status.borrow().clone();
+        self.stop().await;
+        status
+    }
+
     pub async fn stop(self) {
         self.cancel.cancel();
         self.task.await.expect("drain task").expect("drain run");
@@ -218,6 +261,23 @@ pub fn start_drain(config: DrainConfig, spool: &Spool) -> RunningDrain {
         cancel,
         task,
     }
+}
+
+/// Runs a drain with `config` until it has acknowledged `head`, stops it, and checks that central
+/// stored each of seqs `1..=head` exactly once. Returns the drain's last status.
+pub async fn drain_all_exactly_once(
+    config: DrainConfig,
+    spool: &Spool,
+    central: &RunningCentral<SpoolStore>,
+    head: u64,
+) -> DrainStatus {
+    let drain = start_drain(config, spool);
+    let status = drain
+        .finish(head, Duration::from_secs(60), "everything acknowledged")
+        .await;
+    let stored = central.central.store().stored().await.unwrap();
+    assert_exactly_once(&stored, &(1..=head).collect());
+    status
 }
 
 /// Checks that `stored` holds each of `expected` node seqs exactly once, and per client in

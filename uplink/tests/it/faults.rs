@@ -245,6 +245,31 @@ pub fn assert_every_fault_happened(state: &ProxyState) {
     );
 }
 
+/// Drains `spool` into the central at `upstream` through a [`FaultProxy`] playing
+/// [`chaos_schedule`], in small batches with a 1 s request timeout, until the drain has
+/// acknowledged `head`; checks that every fault happened. Returns the drain's status at the end.
+pub async fn drain_through_chaos(
+    upstream: SocketAddr,
+    spool: &spool::Spool,
+    token: std::path::PathBuf,
+    head: u64,
+) -> uplink::drain::DrainStatus {
+    let proxy = FaultProxy::start(upstream, chaos_schedule(), 5).await;
+    let mut config = drain_config(&proxy.url(), token);
+    config.limits.batch_events_max = 100;
+    config.limits.request_ms_max = 1_000;
+    let drain = start_drain(config, spool);
+    let status = drain
+        .finish(
+            head,
+            Duration::from_secs(120),
+            "the whole spool acknowledged",
+        )
+        .await;
+    assert_every_fault_happened(&proxy.state);
+    status
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_event_once_through_a_faulty_network_into_the_spool_store() {
     let dir = tempfile::tempdir().unwrap();
@@ -252,32 +277,9 @@ async fn every_event_once_through_a_faulty_network_into_the_spool_store() {
     const EVENTS: u32 = 3_000;
     append_passings(&spool, 0, EVENTS).await;
 
-    let central = start_central(
-        spool_store(&dir.path().join("central")).await,
-        "127.0.0.1:0".parse().unwrap(),
-        None,
-    )
-    .await;
-    let proxy = FaultProxy::start(central.addr, chaos_schedule(), 5).await;
-    let token = dir.path().join("token");
-    write(&token, TOKEN);
-    let mut config = drain_config(&proxy.url(), token);
-    config.limits.batch_events_max = 100;
-    config.limits.request_ms_max = 1_000;
-    let mut drain = start_drain(config, &spool);
-
+    let central = start_spool_central(dir.path(), None).await;
     let head = spool.head().unwrap().0;
-    wait_status(
-        &mut drain.status,
-        Duration::from_secs(120),
-        "the whole spool acknowledged",
-        |s| s.acked_seq == head,
-    )
-    .await;
-    let status = drain.status.borrow().clone();
-    drain.stop().await;
-
-    assert_every_fault_happened(&proxy.state);
+    let status = drain_through_chaos(central.addr, &spool, token_file(dir.path()), head).await;
     assert!(
         status.last_error.is_some(),
         "the faults were seen by the drain"

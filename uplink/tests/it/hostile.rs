@@ -148,8 +148,7 @@ async fn hostile_load() {
         tokio::spawn(server.run(::central::router(central.clone()), central_cancel.clone()));
 
     // Written before the flood, so that a failure to open files shows where it matters: the drain.
-    let token = dir.path().join("token");
-    write(&token, TOKEN);
+    let token = token_file(dir.path());
 
     let counters = Arc::new(Counters::default());
     let stop = CancellationToken::new();
@@ -172,13 +171,13 @@ async fn hostile_load() {
         append_passings(&spool, round * 200, 200).await;
     }
     let head = spool.head().unwrap().0;
-    wait_status(
-        &mut drain.status,
-        Duration::from_secs(120),
-        "every batch landed despite the flood",
-        |s| s.acked_seq == head,
-    )
-    .await;
+    drain
+        .wait_acked(
+            head,
+            Duration::from_secs(120),
+            "every batch landed despite the flood",
+        )
+        .await;
     let drained = started.elapsed();
     let open_at_end = counters.open.load(Ordering::SeqCst);
     let closed = counters.closed_by_central.load(Ordering::SeqCst);

@@ -9,7 +9,7 @@ use central::JetStreamStore;
 use central::store::jetstream::JETSTREAM_STREAM;
 
 use crate::common::*;
-use crate::faults::{FaultProxy, assert_every_fault_happened, chaos_schedule};
+use crate::faults::drain_through_chaos;
 
 /// The raw stream's limit here: the default (100 GB) is more than a test machine's disk.
 const JETSTREAM_TEST_BYTES: i64 = 1 << 30;
@@ -106,22 +106,8 @@ async fn every_event_once_in_jetstream_through_a_faulty_network_and_a_central_re
         .await
         .expect("connect JetStream");
     let central = start_central(store, "127.0.0.1:0".parse().unwrap(), None).await;
-    let proxy = FaultProxy::start(central.addr, chaos_schedule(), 5).await;
-    let token = dir.path().join("token");
-    write(&token, TOKEN);
-    let mut config = drain_config(&proxy.url(), token.clone());
-    config.limits.batch_events_max = 100;
-    config.limits.request_ms_max = 1_000;
-    let mut drain = start_drain(config, &spool);
-    wait_status(
-        &mut drain.status,
-        Duration::from_secs(120),
-        "the whole spool acknowledged",
-        |s| s.acked_seq == head,
-    )
-    .await;
-    drain.stop().await;
-    assert_every_fault_happened(&proxy.state);
+    let token = token_file(dir.path());
+    drain_through_chaos(central.addr, &spool, token.clone(), head).await;
     let stats = central.central.stats()[TRACK];
     assert_eq!(stats.accepted, u64::from(EVENTS));
     assert!(stats.duplicates > 0, "re-sent batches were deduplicated");
@@ -153,15 +139,10 @@ async fn every_event_once_in_jetstream_through_a_faulty_network_and_a_central_re
     let central = start_central(store, addr, None).await;
     let mut config = drain_config(&format!("http://{addr}/"), token);
     config.cursor = "uplink-replay".into();
-    let mut drain = start_drain(config, &spool);
-    wait_status(
-        &mut drain.status,
-        Duration::from_secs(60),
-        "the replay acknowledged",
-        |s| s.acked_seq == head,
-    )
-    .await;
-    drain.stop().await;
+    let drain = start_drain(config, &spool);
+    drain
+        .finish(head, Duration::from_secs(60), "the replay acknowledged")
+        .await;
     let stats = central.central.stats()[TRACK];
     assert_eq!(stats.accepted, 0);
     assert_eq!(stats.duplicates, u64::from(EVENTS));

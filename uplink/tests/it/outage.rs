@@ -16,8 +16,7 @@ async fn a_long_outage_drains_once_and_a_poison_event_is_parked_not_blocking() {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         probe.local_addr().unwrap()
     };
-    let token = dir.path().join("token");
-    write(&token, TOKEN);
+    let token = token_file(dir.path());
     let mut config = drain_config(&format!("http://{addr}/"), token);
     config.limits = uplink::drain::DrainLimits {
         backoff_ms_min: 10,
@@ -49,15 +48,13 @@ async fn a_long_outage_drains_once_and_a_poison_event_is_parked_not_blocking() {
     );
 
     let central = start_central(spool_store(&dir.path().join("central")).await, addr, None).await;
-    wait_status(
-        &mut drain.status,
-        Duration::from_secs(300),
-        "the whole backlog acknowledged",
-        |s| s.acked_seq == head,
-    )
-    .await;
-    let status = drain.status.borrow().clone();
-    drain.stop().await;
+    let status = drain
+        .finish(
+            head,
+            Duration::from_secs(300),
+            "the whole backlog acknowledged",
+        )
+        .await;
 
     assert_eq!(status.backlog, 0);
     assert_eq!(status.parked, 1);

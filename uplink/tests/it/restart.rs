@@ -12,14 +12,8 @@ async fn a_restart_mid_drain_stores_nothing_twice() {
     const EVENTS: u32 = 20_000;
     append_passings(&spool, 0, EVENTS).await;
     let head = spool.head().unwrap().0;
-    let central = start_central(
-        spool_store(&dir.path().join("central")).await,
-        "127.0.0.1:0".parse().unwrap(),
-        None,
-    )
-    .await;
-    let token = dir.path().join("token");
-    write(&token, TOKEN);
+    let central = start_spool_central(dir.path(), None).await;
+    let token = token_file(dir.path());
     let url = format!("http://{}/", central.addr);
 
     // The first run acknowledges rarely, so central holds more than the cursor says.
@@ -50,14 +44,9 @@ async fn a_restart_mid_drain_stores_nothing_twice() {
         .expect("the drain's first status");
     let resend_from = second.status.borrow().acked_seq;
     assert!(resend_from >= cursor_at_kill && resend_from < head);
-    let status = wait_status(
-        &mut second.status,
-        Duration::from_secs(120),
-        "the rest acknowledged",
-        |s| s.acked_seq == head,
-    )
-    .await;
-    second.stop().await;
+    let status = second
+        .finish(head, Duration::from_secs(120), "the rest acknowledged")
+        .await;
     assert_eq!(
         status.forwarded,
         head - resend_from,
@@ -93,14 +82,8 @@ async fn a_parked_event_resent_by_a_technician_is_stored_once() {
         )
         .await
         .unwrap();
-    let central = start_central(
-        spool_store(&dir.path().join("central")).await,
-        "127.0.0.1:0".parse().unwrap(),
-        None,
-    )
-    .await;
-    let token = dir.path().join("token");
-    write(&token, TOKEN);
+    let central = start_spool_central(dir.path(), None).await;
+    let token = token_file(dir.path());
     let config = drain_config(&format!("http://{}/", central.addr), token);
     let drain = uplink::drain::Drain::new(config, spool.clone()).unwrap();
     let outcome = drain
@@ -132,17 +115,9 @@ async fn a_parked_event_resent_by_a_technician_is_stored_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spawned_drain_runs_on_its_own_thread_behind_the_live_path() {
     let dir = tempfile::tempdir().unwrap();
-    let spool = open_spool(&dir.path().join("node"));
-    append_passings(&spool, 0, 2_000).await;
-    let head = spool.head().unwrap().0;
-    let central = start_central(
-        spool_store(&dir.path().join("central")).await,
-        "127.0.0.1:0".parse().unwrap(),
-        None,
-    )
-    .await;
-    let token = dir.path().join("token");
-    write(&token, TOKEN);
+    let (spool, head) = spool_of_passings(dir.path(), 2_000).await;
+    let central = start_spool_central(dir.path(), None).await;
+    let token = token_file(dir.path());
     let config = drain_config(&format!("http://{}/", central.addr), token);
     let drain = uplink::drain::Drain::new(config, spool.clone()).unwrap();
     let mut status = drain.status();

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use ::central::{Central, Contract, TrackStats};
+use ::central::{Central, Contract, SpoolStore, TrackStats};
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use tower::ServiceExt;
@@ -79,6 +79,18 @@ async fn a_strict_central_refuses_extensions_in_plain_text_naming_the_event() {
     }
 }
 
+/// A plain-HTTP central that holds to the strict `track_ingest.v2` contract, storing under
+/// `dir/central`.
+async fn strict_central(dir: &std::path::Path) -> RunningCentral<SpoolStore> {
+    start_central_with(
+        spool_store(&dir.join("central")).await,
+        "127.0.0.1:0".parse().unwrap(),
+        None,
+        Contract::StrictV2,
+    )
+    .await
+}
+
 /// What a drain did against a strict central: central's counters and the drain's status.
 struct Run {
     stats: TrackStats,
@@ -93,27 +105,15 @@ async fn drain_into_strict_central(forward: Vec<String>) -> Run {
     let spool = open_spool(&dir.path().join("node"));
     let extensions = spool_with_extensions(&spool, 20_000, 100).await;
     let head = spool.head().unwrap().0;
-    let central = start_central_with(
-        spool_store(&dir.path().join("central")).await,
-        "127.0.0.1:0".parse().unwrap(),
-        None,
-        Contract::StrictV2,
-    )
-    .await;
-    let token = dir.path().join("token");
-    write(&token, TOKEN);
+    let central = strict_central(dir.path()).await;
+    let token = token_file(dir.path());
     let mut config = drain_config(&format!("http://{}/", central.addr), token);
     config.forward = forward;
     config.limits.batch_events_max = uplink::drain::UPLINK_BATCH_EVENTS_MAX;
-    let mut drain = start_drain(config, &spool);
-    let status = wait_status(
-        &mut drain.status,
-        Duration::from_secs(120),
-        "the whole spool settled",
-        |s| s.acked_seq == head,
-    )
-    .await;
-    drain.stop().await;
+    let drain = start_drain(config, &spool);
+    let status = drain
+        .finish(head, Duration::from_secs(120), "the whole spool settled")
+        .await;
     let parked: HashSet<u64> = spool
         .parked("uplink")
         .unwrap()
@@ -181,20 +181,13 @@ async fn a_drain_killed_mid_isolation_resends_nothing_central_stored() {
     // One batch of 5,050 events, 50 of them refused.
     let extensions = spool_with_extensions(&spool, 5_000, 100).await;
     let head = spool.head().unwrap().0;
-    let central = start_central_with(
-        spool_store(&dir.path().join("central")).await,
-        "127.0.0.1:0".parse().unwrap(),
-        None,
-        Contract::StrictV2,
-    )
-    .await;
+    let central = strict_central(dir.path()).await;
     // Sixty requests go through, then one is held in flight: the batch is then half isolated.
     const PASSED: usize = 60;
     let mut schedule = vec![Fault::Pass; PASSED];
     schedule.push(Fault::Hold);
     let proxy = FaultProxy::start(central.addr, schedule, 0).await;
-    let token = dir.path().join("token");
-    write(&token, TOKEN);
+    let token = token_file(dir.path());
     let mut config = drain_config(&proxy.url(), token.clone());
     config.forward = vec![FORWARD_ALL.into()];
     config.limits.batch_events_max = uplink::drain::UPLINK_BATCH_EVENTS_MAX;
@@ -219,15 +212,10 @@ async fn a_drain_killed_mid_isolation_resends_nothing_central_stored() {
     );
 
     config.central_url = format!("http://{}/", central.addr);
-    let mut second = start_drain(config, &spool);
-    wait_status(
-        &mut second.status,
-        Duration::from_secs(120),
-        "the rest settled",
-        |s| s.acked_seq == head,
-    )
-    .await;
-    second.stop().await;
+    let second = start_drain(config, &spool);
+    second
+        .finish(head, Duration::from_secs(120), "the rest settled")
+        .await;
     let after = central.central.stats()[TRACK];
     eprintln!(
         "killed mid-isolation with {} events stored at central; re-sent after the restart: {}",

@@ -45,6 +45,31 @@ fn leaf(
     (cert_path, key_path)
 }
 
+/// Runs a drain with `config` until it reports an error (named by `what`), then stops it; returns
+/// its status.
+async fn refused(
+    config: uplink::drain::DrainConfig,
+    spool: &spool::Spool,
+    what: &str,
+) -> uplink::drain::DrainStatus {
+    let mut drain = start_drain(config, spool);
+    let status = wait_status(&mut drain.status, Duration::from_secs(30), what, |s| {
+        s.last_error.is_some()
+    })
+    .await;
+    drain.stop().await;
+    status
+}
+
+/// Central's TLS settings from `pki`, asking for a client certificate when `client_ca`.
+fn server_tls(pki: &Pki, client_ca: bool) -> ServerTlsConfig {
+    ServerTlsConfig {
+        cert_file: pki.server_cert.clone(),
+        key_file: pki.server_key.clone(),
+        client_ca_file: client_ca.then(|| pki.client_ca.clone()),
+    }
+}
+
 fn pki(dir: &Path) -> Pki {
     let server_ca = ca("central CA");
     let other = ca("someone else's CA");
@@ -74,35 +99,14 @@ fn pki(dir: &Path) -> Pki {
 async fn a_wrong_ca_is_refused_and_the_right_one_drains() {
     let dir = tempfile::tempdir().unwrap();
     let pki = pki(dir.path());
-    let spool = open_spool(&dir.path().join("node"));
-    append_passings(&spool, 0, 500).await;
-    let head = spool.head().unwrap().0;
-    let tls = ServerTlsConfig {
-        cert_file: pki.server_cert.clone(),
-        key_file: pki.server_key.clone(),
-        client_ca_file: None,
-    };
-    let central = start_central(
-        spool_store(&dir.path().join("central")).await,
-        "127.0.0.1:0".parse().unwrap(),
-        Some(&tls),
-    )
-    .await;
+    let (spool, head) = spool_of_passings(dir.path(), 500).await;
+    let central = start_spool_central(dir.path(), Some(&server_tls(&pki, false))).await;
     let url = format!("https://localhost:{}/", central.addr.port());
-    let token = dir.path().join("token");
-    write(&token, TOKEN);
+    let token = token_file(dir.path());
 
     let mut config = drain_config(&url, token.clone());
     config.tls.ca_file = Some(pki.other_ca.clone());
-    let mut drain = start_drain(config, &spool);
-    let status = wait_status(
-        &mut drain.status,
-        Duration::from_secs(30),
-        "a TLS failure",
-        |s| s.last_error.is_some(),
-    )
-    .await;
-    drain.stop().await;
+    let status = refused(config, &spool, "a TLS failure").await;
     let error = status.last_error.unwrap();
     assert!(
         error.contains("certificate") || error.contains("UnknownIssuer"),
@@ -116,17 +120,7 @@ async fn a_wrong_ca_is_refused_and_the_right_one_drains() {
 
     let mut config = drain_config(&url, token);
     config.tls.ca_file = Some(pki.ca.clone());
-    let mut drain = start_drain(config, &spool);
-    wait_status(
-        &mut drain.status,
-        Duration::from_secs(60),
-        "everything acknowledged",
-        |s| s.acked_seq == head,
-    )
-    .await;
-    drain.stop().await;
-    let stored = central.central.store().stored().await.unwrap();
-    assert_exactly_once(&stored, &(1..=head).collect::<HashSet<_>>());
+    drain_all_exactly_once(config, &spool, &central, head).await;
     central.stop().await;
 }
 
@@ -134,36 +128,15 @@ async fn a_wrong_ca_is_refused_and_the_right_one_drains() {
 async fn mtls_requires_the_client_certificate() {
     let dir = tempfile::tempdir().unwrap();
     let pki = pki(dir.path());
-    let spool = open_spool(&dir.path().join("node"));
-    append_passings(&spool, 0, 300).await;
-    let head = spool.head().unwrap().0;
-    let tls = ServerTlsConfig {
-        cert_file: pki.server_cert.clone(),
-        key_file: pki.server_key.clone(),
-        client_ca_file: Some(pki.client_ca.clone()),
-    };
-    let central = start_central(
-        spool_store(&dir.path().join("central")).await,
-        "127.0.0.1:0".parse().unwrap(),
-        Some(&tls),
-    )
-    .await;
+    let (spool, head) = spool_of_passings(dir.path(), 300).await;
+    let central = start_spool_central(dir.path(), Some(&server_tls(&pki, true))).await;
     let url = format!("https://127.0.0.1:{}/", central.addr.port());
-    let token = dir.path().join("token");
-    write(&token, TOKEN);
+    let token = token_file(dir.path());
 
     // Without a client certificate the handshake fails.
     let mut config = drain_config(&url, token.clone());
     config.tls.ca_file = Some(pki.ca.clone());
-    let mut drain = start_drain(config, &spool);
-    let status = wait_status(
-        &mut drain.status,
-        Duration::from_secs(30),
-        "a refused handshake",
-        |s| s.last_error.is_some(),
-    )
-    .await;
-    drain.stop().await;
+    let status = refused(config, &spool, "a refused handshake").await;
     assert_eq!(status.forwarded, 0);
     assert!(central.central.stats().is_empty());
 
@@ -173,17 +146,7 @@ async fn mtls_requires_the_client_certificate() {
         client_cert_file: Some(pki.client_cert.clone()),
         client_key_file: Some(pki.client_key.clone()),
     };
-    let mut drain = start_drain(config, &spool);
-    wait_status(
-        &mut drain.status,
-        Duration::from_secs(60),
-        "everything acknowledged",
-        |s| s.acked_seq == head,
-    )
-    .await;
-    drain.stop().await;
-    let stored = central.central.store().stored().await.unwrap();
-    assert_exactly_once(&stored, &(1..=head).collect::<HashSet<_>>());
+    drain_all_exactly_once(config, &spool, &central, head).await;
     central.stop().await;
 }
 
@@ -191,20 +154,8 @@ async fn mtls_requires_the_client_certificate() {
 async fn refused_tokens_raise_an_alarm_and_lose_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let pki = pki(dir.path());
-    let spool = open_spool(&dir.path().join("node"));
-    append_passings(&spool, 0, 400).await;
-    let head = spool.head().unwrap().0;
-    let tls = ServerTlsConfig {
-        cert_file: pki.server_cert.clone(),
-        key_file: pki.server_key.clone(),
-        client_ca_file: None,
-    };
-    let central = start_central(
-        spool_store(&dir.path().join("central")).await,
-        "127.0.0.1:0".parse().unwrap(),
-        Some(&tls),
-    )
-    .await;
+    let (spool, head) = spool_of_passings(dir.path(), 400).await;
+    let central = start_spool_central(dir.path(), Some(&server_tls(&pki, false))).await;
     let url = format!("https://localhost:{}/", central.addr.port());
     let token = dir.path().join("token");
     let mut config = drain_config(&url, token.clone());
@@ -247,14 +198,9 @@ async fn refused_tokens_raise_an_alarm_and_lose_nothing() {
 
     // The right token: picked up without a restart, and everything arrives once.
     write(&token, TOKEN);
-    let status = wait_status(
-        &mut drain.status,
-        Duration::from_secs(60),
-        "everything acknowledged",
-        |s| s.acked_seq == head,
-    )
-    .await;
-    drain.stop().await;
+    let status = drain
+        .finish(head, Duration::from_secs(60), "everything acknowledged")
+        .await;
     assert_eq!(status.alarm, None, "the alarm clears");
     let stored = central.central.store().stored().await.unwrap();
     assert_exactly_once(&stored, &(1..=head).collect::<HashSet<_>>());
