@@ -55,11 +55,12 @@ fn passing(n: u32) -> NewEvent {
         decoder_id: Some(0x000C_00D0),
         unknown_tlvs: Vec::new(),
     }
-    .to_event(Metadata {
+    .encode(Metadata {
         captured_at_us: 1_761_855_822_438_911 + u64::from(n) * 1000,
         boot_id: "b-000042".into(),
         ..Metadata::default()
     })
+    .unwrap()
 }
 
 fn decoder_stream() -> StreamId {
@@ -87,6 +88,7 @@ fn record_bytes() -> usize {
         },
     }
     .encode()
+    .unwrap()
     .len()
 }
 

@@ -142,6 +142,16 @@ pub enum SpoolError {
         source: postcard::Error,
     },
 
+    /// One of the spool's own records (a stored event, a journal frame, a row) could not be encoded:
+    /// nothing is written, rather than empty bytes.
+    #[error("the spool's {what} does not encode")]
+    EncodeRecord {
+        /// What was being encoded.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: postcard::Error,
+    },
     /// A payload could not be encoded: nothing is appended, rather than an empty payload.
     #[error("payload of {event_type} v{schema_version} does not encode")]
     Encode {

@@ -32,7 +32,7 @@
 //! let appended = spool.append_blocking(vec![AppendStream::new(
 //!     stream.clone(),
 //!     ExpectedVersion::Any,
-//!     vec![decision.to_event(meta)],
+//!     vec![decision.encode(meta)?],
 //! )])?;
 //! let events = spool.read_stream(&stream, 1, 100)?;
 //! let mut live = spool.subscribe(Filter::stream_prefix("race-control/"), Some(Seq::FIRST));

@@ -6,7 +6,18 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::{Result, SpoolError};
 use crate::types::{Metadata, RecordedEvent, Seq, StreamId};
+
+/// postcard bytes of one of the spool's own records. postcard fails only on what these plain types
+/// never hold (a sequence of unknown length); should it ever, the caller gets an error and writes
+/// nothing, never empty bytes in place of a record.
+pub(crate) fn postcard_bytes<T: Serialize + ?Sized>(
+    what: &'static str,
+    value: &T,
+) -> Result<Vec<u8>> {
+    postcard::to_allocvec(value).map_err(|source| SpoolError::EncodeRecord { what, source })
+}
 
 /// An event as stored, in a versioned envelope. The value of the `events` table and the unit of
 /// the journal's append frames.
@@ -93,9 +104,8 @@ impl StoredRecord {
     }
 
     /// postcard bytes of the envelope.
-    pub fn to_bytes(&self) -> Vec<u8> {
-        // Serializing owned strings, integers and byte vectors into a Vec cannot fail.
-        postcard::to_allocvec(self).unwrap_or_default()
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        postcard_bytes("stored record", self)
     }
 
     /// Decode an envelope.
@@ -139,7 +149,7 @@ impl Serialize for Bytes<'_> {
 }
 
 /// The `StoredRecord` bytes of an event, encoded once for both the journal and the database.
-pub fn encode_event(event: &RecordedEvent) -> Vec<u8> {
+pub fn encode_event(event: &RecordedEvent) -> Result<Vec<u8>> {
     let record = StoredRecordRef::V1(StoredEventV1Ref {
         seq: event.seq.0,
         stream: event.stream.as_str(),
@@ -155,7 +165,7 @@ pub fn encode_event(event: &RecordedEvent) -> Vec<u8> {
         idempotency_key: event.meta.idempotency_key.as_deref(),
         payload: Bytes(&event.payload),
     });
-    postcard::to_allocvec(&record).unwrap_or_default()
+    postcard_bytes("stored record", &record)
 }
 
 /// The bytes of `JournalFrame::V1 { lsn, op: Append { records } }` with its header, from
@@ -225,14 +235,14 @@ pub const FRAME_HEADER_BYTES: usize = 8;
 
 impl JournalFrame {
     /// The frame with its header, ready to write.
-    pub fn encode(&self) -> Vec<u8> {
-        let body = postcard::to_allocvec(self).unwrap_or_default();
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        let body = postcard_bytes("journal frame", self)?;
         let mut out = Vec::with_capacity(FRAME_HEADER_BYTES + body.len());
         // Bodies are bounded by SPOOL_BATCH_BYTES_MAX, far below u32::MAX.
         out.extend_from_slice(&u32::try_from(body.len()).unwrap_or(u32::MAX).to_le_bytes());
         out.extend_from_slice(&crc32c(&body).to_le_bytes());
         out.extend_from_slice(&body);
-        out
+        Ok(out)
     }
 
     /// The frame's lsn.
@@ -326,8 +336,8 @@ mod tests {
         for (seq, key) in [(1, None), (300, Some("k")), (u64::MAX / 3, Some(""))] {
             let event = sample(seq, key);
             assert_eq!(
-                encode_event(&event),
-                StoredRecord::from_event(&event).to_bytes()
+                encode_event(&event).unwrap(),
+                StoredRecord::from_event(&event).to_bytes().unwrap()
             );
         }
     }
@@ -336,14 +346,14 @@ mod tests {
     fn hand_built_append_frames_equal_the_serde_encoding() {
         for lsn in [0u64, 1, 127, 128, 300, u64::MAX] {
             let events: Vec<RecordedEvent> = (1..=130).map(|i| sample(i, Some("key"))).collect();
-            let encoded: Vec<Vec<u8>> = events.iter().map(encode_event).collect();
+            let encoded: Vec<Vec<u8>> = events.iter().map(|e| encode_event(e).unwrap()).collect();
             let frame = JournalFrame::V1 {
                 lsn,
                 op: JournalOpV1::Append {
                     records: events.iter().map(StoredRecord::from_event).collect(),
                 },
             };
-            assert_eq!(encode_append_frame(lsn, &encoded), frame.encode());
+            assert_eq!(encode_append_frame(lsn, &encoded), frame.encode().unwrap());
         }
     }
 

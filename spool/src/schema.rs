@@ -21,7 +21,7 @@ pub trait EventPayload: Serialize + DeserializeOwned {
     const SCHEMA_VERSION: u16;
 
     /// This payload as an event to append, or [`SpoolError::Encode`] when it does not encode: never
-    /// an event with an empty payload. Paths that store what comes from outside use this one.
+    /// an event with an empty payload. It is the only way a payload becomes an event.
     fn encode(&self, meta: Metadata) -> Result<NewEvent> {
         let payload = postcard::to_allocvec(self).map_err(|source| SpoolError::Encode {
             event_type: Self::EVENT_TYPE,
@@ -34,13 +34,6 @@ pub trait EventPayload: Serialize + DeserializeOwned {
             payload,
             meta,
         ))
-    }
-
-    /// This payload as an event to append.
-    fn to_event(&self, meta: Metadata) -> NewEvent {
-        // Our payload types hold plain data; postcard cannot fail on them.
-        let payload = postcard::to_allocvec(self).unwrap_or_default();
-        NewEvent::new(Self::EVENT_TYPE, Self::SCHEMA_VERSION, payload, meta)
     }
 
     /// Decode a read event of this type (reads are upcast to the current version).

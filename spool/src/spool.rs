@@ -556,7 +556,10 @@ pub(crate) fn recover(db: &redb::Database, journal: &mut Journal) -> Result<(u64
                     events.push(event);
                 }
                 replayed += events.len();
-                let encoded: Vec<Vec<u8>> = records.iter().map(StoredRecord::to_bytes).collect();
+                let encoded = records
+                    .iter()
+                    .map(StoredRecord::to_bytes)
+                    .collect::<Result<Vec<_>>>()?;
                 tables::insert_events(&txn, &events, &encoded)?;
             }
             JournalOpV1::Ack { cursor, seq } => tables::ack_cursor(&txn, cursor, *seq)?,

@@ -192,7 +192,7 @@ mod tests {
         let spool = Spool::open(dir, config).unwrap();
         let decision = Noted { text: "n".into() };
         let event = |_| -> NewEvent {
-            crate::schema::EventPayload::to_event(&decision, Metadata::default())
+            crate::schema::EventPayload::encode(&decision, Metadata::default()).unwrap()
         };
         spool
             .append_blocking(vec![AppendStream::new(
@@ -248,7 +248,7 @@ mod tests {
             let crate::record::StoredRecord::V1(v1) = &mut record;
             v1.seq = 2;
             v1.payload = vec![0xFF];
-            let bytes = record.to_bytes();
+            let bytes = record.to_bytes().unwrap();
             events.insert(2, bytes.as_slice()).unwrap();
         });
         let found = problems(dir.path());

@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::error::{DbContext, Result, SpoolError, error_chain};
 use crate::journal::Journal;
 use crate::reader::{Counters, SpoolHealth, Tail};
-use crate::record::{JournalFrame, JournalOpV1, encode_append_frame, encode_event};
+use crate::record::{JournalFrame, JournalOpV1, encode_append_frame, encode_event, postcard_bytes};
 use crate::tables::{self, ParkedRow, ProjectionRow, SnapshotRow};
 use crate::types::{
     AppendStream, Appended, EVENT_PAYLOAD_BYTES_MAX, EVENT_TYPE_BYTES_MAX,
@@ -512,14 +512,24 @@ impl Writer {
             self.group_pending.push(Pending::Append(reply, appended));
             return;
         }
-        let encoded: Vec<Vec<u8>> = events.iter().map(encode_event).collect();
-        if let Err(error) = self.stage_bytes(|lsn| encode_append_frame(lsn, &encoded)) {
-            self.counters
-                .rejected_appends
-                .fetch_add(1, Ordering::Relaxed);
-            drop(reply.send(Err(error)));
-            return;
-        }
+        let staged = events
+            .iter()
+            .map(encode_event)
+            .collect::<Result<Vec<_>>>()
+            .and_then(|encoded| {
+                self.stage_bytes(|lsn| Ok(encode_append_frame(lsn, &encoded)))?;
+                Ok(encoded)
+            });
+        let encoded = match staged {
+            Ok(encoded) => encoded,
+            Err(error) => {
+                self.counters
+                    .rejected_appends
+                    .fetch_add(1, Ordering::Relaxed);
+                drop(reply.send(Err(error)));
+                return;
+            }
+        };
         let txn = self
             .txn
             .as_ref()
@@ -549,8 +559,8 @@ impl Writer {
     }
 
     /// Add the frame `encode(lsn)` to the group, making room in the journal first.
-    fn stage_bytes(&mut self, encode: impl Fn(u64) -> Vec<u8>) -> Result<()> {
-        let mut bytes = encode(self.next_lsn);
+    fn stage_bytes(&mut self, encode: impl Fn(u64) -> Result<Vec<u8>>) -> Result<()> {
+        let mut bytes = encode(self.next_lsn)?;
         if bytes.len() > SPOOL_BATCH_BYTES_MAX || bytes.len() as u64 > self.journal.capacity() / 2 {
             return Err(SpoolError::invalid(format!(
                 "one append of {} journal bytes exceeds SPOOL_BATCH_BYTES_MAX ({SPOOL_BATCH_BYTES_MAX}) or half the journal",
@@ -568,7 +578,7 @@ impl Writer {
                     reason: failure.reason.clone(),
                 });
             }
-            bytes = encode(self.next_lsn);
+            bytes = encode(self.next_lsn)?;
         }
         self.next_lsn += 1;
         self.group_bytes.extend_from_slice(&bytes);
@@ -1026,11 +1036,13 @@ impl Writer {
                         )));
                     }
                     truncate_utf8(&mut reason, PARK_REASON_BYTES_MAX);
-                    let row = postcard::to_allocvec(&ParkedRow::V1 {
-                        reason,
-                        parked_at_us: now_us(),
-                    })
-                    .unwrap_or_default();
+                    let row = postcard_bytes(
+                        "parked row",
+                        &ParkedRow::V1 {
+                            reason,
+                            parked_at_us: now_us(),
+                        },
+                    )?;
                     let mut parked = txn.open_table(tables::PARKED).ctx("opening parked")?;
                     parked
                         .insert((cursor.as_str(), seq.0), row.as_slice())
@@ -1069,11 +1081,13 @@ impl Writer {
                             state.len()
                         )));
                     }
-                    let row = postcard::to_allocvec(&ProjectionRow::V1 {
-                        checkpoint: checkpoint.0,
-                        state,
-                    })
-                    .unwrap_or_default();
+                    let row = postcard_bytes(
+                        "projection row",
+                        &ProjectionRow::V1 {
+                            checkpoint: checkpoint.0,
+                            state,
+                        },
+                    )?;
                     let mut table = txn
                         .open_table(tables::PROJECTIONS)
                         .ctx("opening projections")?;
@@ -1092,8 +1106,7 @@ impl Writer {
                             state.len()
                         )));
                     }
-                    let row = postcard::to_allocvec(&SnapshotRow::V1 { version, state })
-                        .unwrap_or_default();
+                    let row = postcard_bytes("snapshot row", &SnapshotRow::V1 { version, state })?;
                     let mut table = txn.open_table(tables::SNAPSHOTS).ctx("opening snapshots")?;
                     table
                         .insert(stream.as_str(), row.as_slice())

@@ -25,7 +25,7 @@
 //! spool.append_blocking(vec![AppendStream::new(
 //!     StreamId::node(),
 //!     ExpectedVersion::Any,
-//!     vec![started.to_event(meta)],
+//!     vec![started.encode(meta)?],
 //! )])?;
 //! # Ok(())
 //! # }

@@ -387,7 +387,8 @@ async fn the_watchdog_stops_while_the_spool_writer_has_failed_and_resumes_once_i
         version: "test".into(),
         boot_id: "b-test".into(),
     }
-    .to_event(spool::Metadata::default());
+    .encode(spool::Metadata::default())
+    .unwrap();
     let append = |event| AppendStream::new(StreamId::node(), ExpectedVersion::Any, vec![event]);
     assert!(spool.append(vec![append(event.clone())]).await.is_err());
     assert!(matches!(spool.health(), spool::SpoolHealth::Failed { .. }));

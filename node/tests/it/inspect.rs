@@ -151,7 +151,8 @@ fn passing(number: u32) -> NewEvent {
         decoder_id: Some(0x000C_00D0),
         unknown_tlvs: Vec::new(),
     }
-    .to_event(meta(Some(format!("D0000C00:{number}"))))
+    .encode(meta(Some(format!("D0000C00:{number}"))))
+    .unwrap()
 }
 
 fn status() -> NewEvent {
@@ -164,7 +165,8 @@ fn status() -> NewEvent {
         decoder_id: Some(0x000C_00D0),
         unknown_tlvs: Vec::new(),
     }
-    .to_event(meta(None))
+    .encode(meta(None))
+    .unwrap()
 }
 
 /// A data directory with a spool of nine events in three streams, the uplink cursor acknowledged to
@@ -205,7 +207,8 @@ impl Fixture {
                     version: "0.1.0".into(),
                     boot_id: "b-test".into(),
                 }
-                .to_event(meta(None)),
+                .encode(meta(None))
+                .unwrap(),
             ],
         );
         append(&decoder, vec![passing(106)]);
@@ -217,12 +220,14 @@ impl Fixture {
         };
         let appended = append(
             &StreamId::race_control("moto-1").unwrap(),
-            vec![decision.to_event(meta(None))],
+            vec![decision.encode(meta(None)).unwrap()],
         );
         assert_eq!(appended[0].seq, Seq(9), "the fixture's layout");
-        spool.ack_blocking("uplink", Seq(4)).expect("ack");
         spool
-            .park_blocking("uplink", Seq(3), PARK_REASON)
+            .ack_blocking(events::UPLINK_CURSOR, Seq(4))
+            .expect("ack");
+        spool
+            .park_blocking(events::UPLINK_CURSOR, Seq(3), PARK_REASON)
             .expect("park");
         Fixture {
             dir,
@@ -272,7 +277,7 @@ fn stats_counts_events_and_cursor_backlog_beside_a_writer() {
     assert_eq!(stats["first_seq"], 1);
     assert_eq!(stats["last_seq"], 9);
     assert_eq!(stats["streams"], 3);
-    assert_eq!(stats["cursors"][0]["name"], "uplink");
+    assert_eq!(stats["cursors"][0]["name"], events::UPLINK_CURSOR);
     assert_eq!(stats["cursors"][0]["acked_seq"], 4);
     assert_eq!(stats["cursors"][0]["backlog"], 5);
     assert_eq!(stats["cursors"][0]["parked"], 1);
@@ -1390,7 +1395,7 @@ async fn the_status_and_spool_stats_count_the_uplink_backlog_alike() {
         let in_stats = stats["cursors"]
             .as_array()?
             .iter()
-            .find(|c| c["name"] == "uplink")
+            .find(|c| c["name"] == events::UPLINK_CURSOR)
             .map_or(stats["last_seq"].as_u64()?, |c| {
                 c["backlog"].as_u64().unwrap_or(0)
             });

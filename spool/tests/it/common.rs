@@ -23,11 +23,12 @@ pub fn event(body: &[u8]) -> NewEvent {
     TestEvent {
         body: body.to_vec(),
     }
-    .to_event(Metadata {
+    .encode(Metadata {
         captured_at_us: 1,
         boot_id: "b-1".into(),
         ..Metadata::default()
     })
+    .unwrap()
 }
 
 /// The body of a read test event.

@@ -23,7 +23,7 @@ fn record_v1() -> StoredRecord {
 
 #[test]
 fn stored_record_v1_bytes_are_pinned() {
-    let bytes = record_v1().to_bytes();
+    let bytes = record_v1().to_bytes().unwrap();
     #[rustfmt::skip]
     let expected: &[u8] = &[
         0x00,                               // variant V1
@@ -54,7 +54,7 @@ fn journal_frame_v1_bytes_are_pinned() {
             seq: 9,
         },
     };
-    let bytes = frame.encode();
+    let bytes = frame.encode().unwrap();
     let body: &[u8] = &[0x00, 0x07, 0x01, 0x02, b'u', b'p', 0x09];
     let mut expected = vec![body.len() as u8, 0, 0, 0];
     expected.extend_from_slice(&crc32c(body).to_le_bytes());
@@ -67,7 +67,8 @@ fn journal_frame_v1_bytes_are_pinned() {
             records: vec![record_v1()],
         },
     }
-    .encode();
+    .encode()
+    .unwrap();
     assert_eq!(&append[8..12], &[0x00, 0x01, 0x00, 0x01]);
-    assert_eq!(&append[12..], record_v1().to_bytes().as_slice());
+    assert_eq!(&append[12..], record_v1().to_bytes().unwrap().as_slice());
 }

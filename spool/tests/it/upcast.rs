@@ -95,7 +95,8 @@ fn an_unknown_schema_version_fails_to_render_and_verify_reports_it() {
         text: "x".into(),
         user: "judge".into(),
     }
-    .to_event(spool::Metadata::default());
+    .encode(spool::Metadata::default())
+    .unwrap();
     event.schema_version = 9;
     spool
         .append_blocking(vec![spool::AppendStream::new(

@@ -95,7 +95,8 @@ pub fn passing_event(n: u32, meta: Metadata) -> NewEvent {
         decoder_id: Some(DECODER_ID),
         unknown_tlvs: Vec::new(),
     }
-    .to_event(meta)
+    .encode(meta)
+    .unwrap()
 }
 
 /// A tmpfs mounted on a temporary directory; unmounted when dropped. For the tests of a full disk,

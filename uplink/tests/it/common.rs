@@ -70,7 +70,8 @@ pub fn poison() -> NewEvent {
         build: Some(7),
         unknown_tlvs: Vec::new(),
     }
-    .to_event(meta())
+    .encode(meta())
+    .unwrap()
 }
 
 /// An extension event (`decoder.connected`, `node.started`, in turn): a strict v2 central refuses
@@ -81,13 +82,15 @@ pub fn extension(n: u32) -> NewEvent {
             input: "finish".into(),
             address: format!("/dev/ttyUSB{n}"),
         }
-        .to_event(meta())
+        .encode(meta())
+        .unwrap()
     } else {
         catalog::NodeStarted {
             version: "0.1.0".into(),
             boot_id: "b-000001".into(),
         }
-        .to_event(meta())
+        .encode(meta())
+        .unwrap()
     }
 }
 

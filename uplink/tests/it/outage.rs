@@ -42,7 +42,7 @@ async fn a_long_outage_drains_once_and_a_poison_event_is_parked_not_blocking() {
     .await;
     assert_eq!(drain.status.borrow().forwarded, 0);
     assert_eq!(
-        spool.cursor("uplink").unwrap(),
+        spool.cursor(events::UPLINK_CURSOR).unwrap(),
         Seq::ZERO,
         "nothing acknowledged while down"
     );
@@ -58,7 +58,7 @@ async fn a_long_outage_drains_once_and_a_poison_event_is_parked_not_blocking() {
 
     assert_eq!(status.backlog, 0);
     assert_eq!(status.parked, 1);
-    let parked = spool.parked("uplink").unwrap();
+    let parked = spool.parked(events::UPLINK_CURSOR).unwrap();
     assert_eq!(parked.len(), 1);
     assert_eq!(parked[0].seq, poison_seq);
     assert!(

@@ -30,7 +30,7 @@ async fn a_restart_mid_drain_stores_nothing_twice() {
     // Killed, not stopped: no final acknowledgement.
     first.task.abort();
     let _ = first.task.await;
-    let cursor_at_kill = spool.cursor("uplink").unwrap().0;
+    let cursor_at_kill = spool.cursor(events::UPLINK_CURSOR).unwrap().0;
     assert!(cursor_at_kill < head, "the kill came mid-drain");
 
     let held_at_restart = central.central.stats()[TRACK].accepted;
@@ -76,7 +76,7 @@ async fn a_parked_event_resent_by_a_technician_is_stored_once() {
     append_passings(&spool, 0, 10).await;
     spool
         .park(
-            "uplink",
+            events::UPLINK_CURSOR,
             spool::Seq(4),
             "HTTP 400: unsupported message_type (a strict v2 server)",
         )
@@ -97,7 +97,7 @@ async fn a_parked_event_resent_by_a_technician_is_stored_once() {
             parked_again: 0
         }
     );
-    assert!(spool.parked("uplink").unwrap().is_empty());
+    assert!(spool.parked(events::UPLINK_CURSOR).unwrap().is_empty());
     let stored = central.central.store().stored().await.unwrap();
     assert_eq!(stored.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![4]);
     // Sent again (say, the technician pressed twice): a duplicate, not a second copy.

@@ -115,7 +115,7 @@ async fn drain_into_strict_central(forward: Vec<String>) -> Run {
         .finish(head, Duration::from_secs(120), "the whole spool settled")
         .await;
     let parked: HashSet<u64> = spool
-        .parked("uplink")
+        .parked(events::UPLINK_CURSOR)
         .unwrap()
         .iter()
         .map(|p| p.seq.0)
@@ -229,6 +229,9 @@ async fn a_drain_killed_mid_isolation_resends_nothing_central_stored() {
     let stored = central.central.store().stored().await.unwrap();
     let expected: HashSet<u64> = (1..=head).filter(|s| !extensions.contains(s)).collect();
     assert_exactly_once(&stored, &expected);
-    assert_eq!(spool.parked("uplink").unwrap().len(), extensions.len());
+    assert_eq!(
+        spool.parked(events::UPLINK_CURSOR).unwrap().len(),
+        extensions.len()
+    );
     central.stop().await;
 }

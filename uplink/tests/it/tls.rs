@@ -191,7 +191,7 @@ async fn refused_tokens_raise_an_alarm_and_lose_nothing() {
     assert_eq!(status.forwarded, 0);
     assert_eq!(status.backlog, head, "everything kept");
     assert!(
-        spool.parked("uplink").unwrap().is_empty(),
+        spool.parked(events::UPLINK_CURSOR).unwrap().is_empty(),
         "nothing parked for an auth failure"
     );
     assert!(central.central.store().stored().await.unwrap().is_empty());
