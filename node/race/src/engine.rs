@@ -608,19 +608,11 @@ impl Engine {
             return Vec::new();
         };
         let from = oldest.saturating_sub(self.track.lookback_us());
-        let overlay = crate::session::Overlay::default();
-        let beacons = self.all_beacons();
-        let src = Sources {
-            track: &self.track,
-            roster: &self.roster,
-            overlay: &overlay,
-            beacons: &beacons,
-        };
         let passings = self
             .passings
             .range((from, DecoderId(0), 0)..)
             .map(|(_, p)| p);
-        let g = track::gather(&src, passings, (from, u64::MAX), true);
+        let g = self.gather_raw(passings, (from, u64::MAX));
         self.passings
             .values()
             .rev()
@@ -651,6 +643,24 @@ impl Engine {
 
 impl Engine {
     /// Any session's gate beacons, and the default ones: beacons to the announcer and the health page.
+    /// `passings` gathered as the raw feed judges them: without judge decisions and with every
+    /// session's gate beacons, so the feed and the decoder health page agree on each outcome.
+    pub(crate) fn gather_raw<'p>(
+        &self,
+        passings: impl Iterator<Item = &'p Passing>,
+        window: (u64, u64),
+    ) -> track::Gathered {
+        let overlay = crate::session::Overlay::default();
+        let beacons = self.all_beacons();
+        let src = Sources {
+            track: &self.track,
+            roster: &self.roster,
+            overlay: &overlay,
+            beacons: &beacons,
+        };
+        track::gather(&src, passings, window, true)
+    }
+
     pub(crate) fn all_beacons(&self) -> Vec<u32> {
         let mut beacons = crate::MotoSettings::default().gate_beacons;
         for s in self.sessions.values() {

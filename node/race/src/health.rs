@@ -6,8 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::Engine;
 use crate::ids::{DecoderId, Passing};
-use crate::session::Overlay;
-use crate::track::{self, Outcome, Sources};
+use crate::track::Outcome;
 
 /// What the engine counted of one decoder's passings as they came in.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,15 +49,7 @@ impl Engine {
     /// the raw feed judges them: over every passing held, without judge decisions, so the cost grows
     /// with the passings held (a status page's read, not one per passing).
     pub fn decoder_health(&self) -> Vec<DecoderHealth> {
-        let overlay = Overlay::default();
-        let beacons = self.all_beacons();
-        let src = Sources {
-            track: &self.track,
-            roster: &self.roster,
-            overlay: &overlay,
-            beacons: &beacons,
-        };
-        let gathered = track::gather(&src, self.passings.values(), (0, u64::MAX), true);
+        let gathered = self.gather_raw(self.passings.values(), (0, u64::MAX));
         let mut out: Vec<DecoderHealth> = self
             .decoders
             .iter()
