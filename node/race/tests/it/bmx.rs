@@ -38,22 +38,7 @@ fn moto(w: &mut World, id: u32, armed: f64) -> SessionId {
         },
         ..Settings::default()
     };
-    let moto = w.session(id, SessionKind::Moto, settings);
-    let gates = (1..=5)
-        .map(|g| Staged {
-            gate: g,
-            competitor: CompetitorId(u32::from(g)),
-        })
-        .collect();
-    w.run(RaceEvent::RidersStaged {
-        session: moto,
-        gates,
-    });
-    w.run(RaceEvent::SessionStarted {
-        session: moto,
-        start: Start::Green { at_us: s(armed) },
-    });
-    moto
+    w.staged_moto(id, settings, 5, s(armed))
 }
 
 /// Riders finish in `order` (transponders), 0.5 s apart from 40 s after `drop`.

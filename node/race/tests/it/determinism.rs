@@ -194,21 +194,7 @@ fn moto_world() -> (World, SessionId) {
     for r in 0..8 {
         w.rider(&format!("{}", 10 + r), 700 + r);
     }
-    let moto = w.session(1, SessionKind::Moto, Settings::default());
-    let gates = (1..=8)
-        .map(|g| Staged {
-            gate: g,
-            competitor: CompetitorId(u32::from(g)),
-        })
-        .collect();
-    w.run(RaceEvent::RidersStaged {
-        session: moto,
-        gates,
-    });
-    w.run(RaceEvent::SessionStarted {
-        session: moto,
-        start: Start::Green { at_us: 0 },
-    });
+    let moto = w.staged_moto(1, Settings::default(), 8, 0);
     (w, moto)
 }
 

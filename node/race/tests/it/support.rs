@@ -109,6 +109,30 @@ impl World {
         session
     }
 
+    /// A moto with competitor n staged at gate n for gates 1..=`riders`, started on a green flag at
+    /// `at_us`.
+    pub fn staged_moto(
+        &mut self,
+        id: u32,
+        settings: Settings,
+        riders: u8,
+        at_us: u64,
+    ) -> SessionId {
+        let session = self.session(id, SessionKind::Moto, settings);
+        let gates = (1..=riders)
+            .map(|g| Staged {
+                gate: g,
+                competitor: CompetitorId(u32::from(g)),
+            })
+            .collect();
+        self.run(RaceEvent::RidersStaged { session, gates });
+        self.run(RaceEvent::SessionStarted {
+            session,
+            start: Start::Green { at_us },
+        });
+        session
+    }
+
     /// A passing of `transponder` at `decoder`, `t_us` on the decoder's clock.
     pub fn passing(&mut self, decoder: DecoderId, transponder: u32, t_us: u64) -> Passing {
         let n = self.numbers.entry(decoder).or_insert(1);
