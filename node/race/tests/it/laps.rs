@@ -306,11 +306,7 @@ fn a_timed_race_ends_on_the_leaders_next_crossing() {
         finish: FinishRule::EachAfterTime,
         ..Settings::default()
     };
-    w.run(RaceEvent::SettingsChanged {
-        session: race,
-        settings: rc,
-        meta: meta("rd", "RC rules"),
-    });
+    w.change_settings(race, rc, "RC rules");
     let b = w.engine.leaderboard(race).unwrap();
     assert_eq!(
         standings(&b),
@@ -360,11 +356,7 @@ fn practice_ranks_by_best_lap_and_an_equal_best_goes_to_who_set_it_first() {
         best_lap_tie: BestLapTie::TotalTime,
         ..Settings::default()
     };
-    w.run(RaceEvent::SettingsChanged {
-        session: practice,
-        settings: total,
-        meta: meta("rd", "club rules"),
-    });
+    w.change_settings(practice, total, "club rules");
     let b = w.engine.leaderboard(practice).unwrap();
     assert_eq!(b.rows[0].number, "A");
 }

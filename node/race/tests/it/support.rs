@@ -133,6 +133,15 @@ impl World {
         session
     }
 
+    /// The race director changes `session`'s settings, giving `reason`.
+    pub fn change_settings(&mut self, session: SessionId, settings: Settings, reason: &str) {
+        self.run(RaceEvent::SettingsChanged {
+            session,
+            settings,
+            meta: meta("rd", reason),
+        });
+    }
+
     /// A passing of `transponder` at `decoder`, `t_us` on the decoder's clock.
     pub fn passing(&mut self, decoder: DecoderId, transponder: u32, t_us: u64) -> Passing {
         let n = self.numbers.entry(decoder).or_insert(1);
