@@ -52,7 +52,7 @@ Exit codes:
   2  wrong command line or configuration";
 
 /// venue-node: reads MyLaps/AMB P3 timing decoders, stores every event durably on the box, and forwards
-/// everything to the central store whenever the WAN works. Start with `venue-node demo`.
+/// them to the central store whenever the WAN works. Start with `venue-node demo`.
 #[derive(Debug, Parser)]
 #[command(name = "venue-node", version, after_help = AFTER_HELP)]
 pub struct Cli {
