@@ -292,6 +292,25 @@ impl EventPayload for Decision {
     const SCHEMA_VERSION: u16 = 1;
 }
 
+/// `race.event` v1: one event of the race engine (the roster, the timing lines, a session, a BMX
+/// series), filed under its aggregate's stream (`race/roster`, `race/track`, `race/session-<id>`,
+/// `race/series-<id>`, see [`crate::VenueStreams::race`]) at the version the engine gave it.
+///
+/// One event type for every race event, not one per variant: the race crate owns their layout
+/// and its versioning (`race::RaceRecord`, an enum envelope whose variants only grow, pinned
+/// byte for byte in its `pins` tests), and the engine folds them in stream order whatever their
+/// kind. A type per variant would write each of its sixteen structs a second time here, and
+/// the two copies could drift. The payload is the envelope's own postcard bytes (the newtype is
+/// transparent), so this type's schema version changes only if the envelope itself is replaced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RaceEvent(pub race::RaceRecord);
+
+impl EventPayload for RaceEvent {
+    const EVENT_TYPE: &'static str = "race.event";
+    const SCHEMA_VERSION: u16 = 1;
+}
+
 /// `node.started`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeStarted {
@@ -337,6 +356,7 @@ pub fn schemas() -> Schemas {
         .register::<Clock>()
         .register::<PassingsMissing>()
         .register::<Decision>()
+        .register::<RaceEvent>()
         .register::<NodeStarted>()
         .register::<NodeStopping>();
     schemas
@@ -368,6 +388,26 @@ mod tests {
             (CounterShared::EVENT_TYPE, CounterShared::SCHEMA_VERSION),
             ("decoder.counter_shared", 1)
         );
+    }
+
+    /// Stored events outlive releases: the bytes of `race.event` v1 are pinned. They are the race
+    /// crate's `RaceRecord::V1` bytes, unwrapped: the catalog adds no framing of its own.
+    #[test]
+    fn race_event_v1_bytes_are_pinned() {
+        let e = RaceEvent(race::RaceRecord::V1(race::RaceEvent::Chequered {
+            session: race::SessionId(300),
+            at_us: 5_000_000,
+        }));
+        let bytes = postcard::to_allocvec(&e).unwrap();
+        // Envelope V1 (0), variant Chequered (9), session 300, at_us 5,000,000 as varints.
+        assert_eq!(bytes, [0, 9, 0xAC, 0x02, 0xC0, 0x96, 0xB1, 0x02]);
+        assert_eq!(bytes, postcard::to_allocvec(&e.0).unwrap());
+        assert_eq!(postcard::from_bytes::<RaceEvent>(&bytes).unwrap(), e);
+        assert_eq!(
+            (RaceEvent::EVENT_TYPE, RaceEvent::SCHEMA_VERSION),
+            ("race.event", 1)
+        );
+        assert!(schemas().current_version("race.event") == Some(1));
     }
 
     /// Stored events outlive releases: the bytes of `decoder.flapping` v1 are pinned.

@@ -7,7 +7,8 @@
 //!   postcard struct with a schema version, and the upcasters from older versions;
 //! - [`spool_config`]: a spool configuration with that catalog registered, which every opener of a
 //!   venue spool uses so old events read as the current version;
-//! - [`VenueStreams`]: the stream ids events are filed under (`decoder/D0000C00`, `node`, ...);
+//! - [`VenueStreams`]: the stream ids events are filed under (`decoder/D0000C00`, `node`, ...),
+//!   including the race engine's aggregates (`race/session-3`; [`race_stream`] reads them back);
 //! - the names and rules every part shares, each defined once here: the id alphabet ([`is_id`]),
 //!   the uplink's cursor ([`UPLINK_CURSOR`]), the start-gate beacons
 //!   ([`GATE_BEACON_TRANSPONDERS`]).
@@ -38,7 +39,7 @@ mod streams;
 
 use std::sync::Arc;
 
-pub use streams::VenueStreams;
+pub use streams::{RACE_STREAM_PREFIX, VenueStreams, race_stream};
 
 /// The durable cursor the uplink drains the spool through. The node requires it (nothing it has not
 /// acknowledged is deleted), the drain moves it, and the technician's commands report on it.

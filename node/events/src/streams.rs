@@ -1,4 +1,6 @@
-//! The venue's stream ids: `decoder/D0000C00`, `input/<name>`, `race-control/<session>`, `node`.
+//! The venue's stream ids: `decoder/D0000C00`, `input/<name>`, `race-control/<session>`, `node`,
+//! and the race engine's aggregates: `race/roster`, `race/track`, `race/session-<id>`,
+//! `race/series-<id>`.
 //!
 //! The spool accepts any stream id; these are the names the venue files its events under, and what
 //! subscriptions filter on by prefix.
@@ -19,6 +21,38 @@ pub trait VenueStreams: Sized {
     fn race_control(session: &str) -> Result<Self, InvalidStreamId>;
     /// The node's own stream.
     fn node() -> Self;
+    /// The stream of one race aggregate. Its spool version is the engine's version of that stream
+    /// (every event in it is a `race.event` of that aggregate), so a command's expected version is
+    /// checked by the engine and again, atomically, by the spool's append.
+    fn race(stream: race::Stream) -> Self;
+}
+
+/// The prefix of every race stream, for subscriptions and exports.
+pub const RACE_STREAM_PREFIX: &str = "race/";
+
+/// The race aggregate a stream id names, if it is one of [`VenueStreams::race`]'s: the inverse, so
+/// the projection can check that an event was filed under its own aggregate.
+pub fn race_stream(id: &str) -> Option<race::Stream> {
+    let rest = id.strip_prefix(RACE_STREAM_PREFIX)?;
+    let number = |s: &str| {
+        // Only the canonical form (no sign, no leading zero) so each aggregate has one name.
+        let canonical = !s.is_empty()
+            && s.bytes().all(|b| b.is_ascii_digit())
+            && (s == "0" || !s.starts_with('0'));
+        canonical.then(|| s.parse::<u32>().ok()).flatten()
+    };
+    match rest {
+        "roster" => Some(race::Stream::Roster),
+        "track" => Some(race::Stream::Track),
+        _ => {
+            if let Some(n) = rest.strip_prefix("session-") {
+                number(n).map(|n| race::Stream::Session(race::SessionId(n)))
+            } else {
+                let n = rest.strip_prefix("series-")?;
+                number(n).map(|n| race::Stream::Series(race::SeriesId(n)))
+            }
+        }
+    }
 }
 
 impl VenueStreams for StreamId {
@@ -41,6 +75,16 @@ impl VenueStreams for StreamId {
     fn node() -> StreamId {
         StreamId::new("node").expect("\"node\" is a valid stream id")
     }
+
+    fn race(stream: race::Stream) -> StreamId {
+        let id = match stream {
+            race::Stream::Roster => format!("{RACE_STREAM_PREFIX}roster"),
+            race::Stream::Track => format!("{RACE_STREAM_PREFIX}track"),
+            race::Stream::Session(s) => format!("{RACE_STREAM_PREFIX}session-{}", s.0),
+            race::Stream::Series(s) => format!("{RACE_STREAM_PREFIX}series-{}", s.0),
+        };
+        StreamId::new(id).expect("a race stream id is at most 22 printable bytes, always valid")
+    }
 }
 
 #[cfg(test)]
@@ -53,5 +97,31 @@ mod tests {
             StreamId::decoder([0xD0, 0x00, 0x0C, 0x00]).as_str(),
             "decoder/D0000C00"
         );
+    }
+
+    #[test]
+    fn race_streams_are_named_and_read_back() {
+        use race::{SeriesId, SessionId, Stream};
+        let all = [
+            (Stream::Roster, "race/roster"),
+            (Stream::Track, "race/track"),
+            (Stream::Session(SessionId(42)), "race/session-42"),
+            (Stream::Series(SeriesId(u32::MAX)), "race/series-4294967295"),
+        ];
+        for (stream, id) in all {
+            assert_eq!(StreamId::race(stream).as_str(), id);
+            assert_eq!(race_stream(id), Some(stream));
+        }
+        for other in [
+            "race/session-",
+            "race/session-042",
+            "race/session-+1",
+            "race/session-4294967296",
+            "race/lap",
+            "race-control/x",
+            "decoder/D0000C00",
+        ] {
+            assert_eq!(race_stream(other), None, "{other}");
+        }
     }
 }
