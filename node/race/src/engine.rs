@@ -111,6 +111,11 @@ impl Engine {
         self.sessions.get(&id).map(Session::summary)
     }
 
+    /// Every session, in id order.
+    pub fn sessions(&self) -> Vec<SessionSummary> {
+        self.sessions.values().map(Session::summary).collect()
+    }
+
     /// The latest decoder time seen in any passing: the engine's "now" (decoders on one track are
     /// expected to share a clock, as GPS-synced ones do).
     pub fn latest_us(&self) -> Option<u64> {

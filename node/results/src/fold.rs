@@ -1,0 +1,134 @@
+//! One spool event into the engine: the only place the spool's events become the engine's inputs,
+//! shared by the live projection and the one-shot [`replay`] the CLI and the tests use.
+
+use events::catalog;
+use race::{Engine, Passing, RaceRecord, Recorded};
+use serde::{Deserialize, Serialize};
+use spool::schema::EventPayload;
+use spool::{Filter, RecordedEvent, Seq, SpoolReader};
+
+use crate::Error;
+
+/// What the projection reads from the spool: passings and race events; nothing else changes a
+/// result.
+pub fn filter() -> Filter {
+    Filter::all().with_event_types([catalog::Passing::EVENT_TYPE, catalog::RaceEvent::EVENT_TYPE])
+}
+
+/// Counters of what the fold did with the events it was given. Nothing it cannot use is dropped
+/// silently: it is counted here, and the last reason is kept.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FoldCounts {
+    /// Passings and race events folded in.
+    pub folded: u64,
+    /// Passings without a DECODER_ID: no line can be known for them, so they time nothing.
+    pub passings_without_decoder: u64,
+    /// Events that did not decode, race events filed under another aggregate's stream, and race
+    /// events the engine refused (a version gap): stored, but not part of any result.
+    pub refused: u64,
+    /// Why the last refused event was refused, with its seq.
+    pub last_refusal: Option<String>,
+}
+
+/// Folds one event read through [`filter`] into `engine`.
+pub fn apply(engine: &mut Engine, counts: &mut FoldCounts, event: &RecordedEvent) {
+    match fold_one(engine, counts, event) {
+        Ok(()) => counts.folded += 1,
+        Err(why) => {
+            counts.refused += 1;
+            let why = format!(
+                "seq {} ({} in {}): {why}",
+                event.seq, event.event_type, event.stream
+            );
+            tracing::warn!(%why, "the race projection refused an event");
+            counts.last_refusal = Some(why);
+        }
+    }
+}
+
+fn fold_one(
+    engine: &mut Engine,
+    counts: &mut FoldCounts,
+    event: &RecordedEvent,
+) -> Result<(), String> {
+    match event.event_type.as_str() {
+        catalog::Passing::EVENT_TYPE => {
+            let p = catalog::Passing::from_event(event).map_err(|e| spool::error_chain(&e))?;
+            let Some(decoder_id) = p.decoder_id else {
+                counts.passings_without_decoder += 1;
+                return Ok(());
+            };
+            engine.ingest(Passing {
+                decoder_id: race::DecoderId(decoder_id),
+                transponder: p.transponder,
+                tran_code: p.tran_code,
+                passing_number: p.passing_number,
+                rtc_time_us: p.rtc_time_us,
+            });
+            Ok(())
+        }
+        catalog::RaceEvent::EVENT_TYPE => {
+            let catalog::RaceEvent(RaceRecord::V1(race_event)) =
+                catalog::RaceEvent::from_event(event).map_err(|e| spool::error_chain(&e))?;
+            // The spool's stream and the event's own aggregate must agree, or the spool's version
+            // check guarded some other stream than the engine's.
+            let stream = race_event.stream();
+            if events::race_stream(event.stream.as_str()) != Some(stream) {
+                return Err(format!("it belongs to {stream:?}, not to this stream"));
+            }
+            let recorded = Recorded {
+                stream,
+                version: event.version,
+                event: race_event,
+            };
+            engine.apply(&recorded).map_err(|e| e.to_string())
+        }
+        other => Err(format!("{other} is not an input of the race engine")),
+    }
+}
+
+/// An engine folded from a spool in one go.
+#[derive(Debug)]
+pub struct Replayed {
+    pub engine: Engine,
+    /// The last seq read.
+    pub position: Seq,
+    pub counts: FoldCounts,
+}
+
+/// Folds every passing and race event of the spool from the first, on the caller's thread: what the
+/// CLI reads results with, and the reference the projection is tested against.
+pub fn replay(reader: &SpoolReader) -> Result<Replayed, Error> {
+    replay_from(reader, Engine::default(), Seq::ZERO)
+}
+
+/// [`replay`] from an engine already folded up to `position`.
+pub fn replay_from(
+    reader: &SpoolReader,
+    mut engine: Engine,
+    position: Seq,
+) -> Result<Replayed, Error> {
+    let filter = filter();
+    let mut counts = FoldCounts::default();
+    let mut next = position.next();
+    let head = reader
+        .head()
+        .map_err(Error::spool("reading the spool's head"))?;
+    while next <= head {
+        let (page, after) = reader
+            .read_filtered(next, &filter, spool::READ_EVENTS_MAX)
+            .map_err(Error::spool("reading the spool"))?;
+        for event in &page {
+            apply(&mut engine, &mut counts, event);
+        }
+        if after <= next {
+            break;
+        }
+        next = after;
+    }
+    Ok(Replayed {
+        engine,
+        position: Seq(next.0 - 1),
+        counts,
+    })
+}
