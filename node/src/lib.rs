@@ -12,6 +12,7 @@ pub mod decode;
 pub mod demo;
 pub mod doctor;
 pub mod inspect;
+pub mod race;
 pub mod run;
 pub mod runtime;
 pub mod signal;

@@ -171,16 +171,20 @@ impl Results {
         let thread = std::thread::Builder::new()
             .name("results-fold".into())
             .spawn(move || {
+                // Even if the fold panics, waiting commands learn that it stopped.
+                let _stopped = StopGuard(&inner, Some(done_tx));
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_time()
                     .build();
                 match rt {
-                    Ok(rt) => rt.block_on(fold_loop(&inner, cancel)),
+                    Ok(rt) => {
+                        let snapshots = rt.block_on(fold_loop(&inner, cancel));
+                        // Outside the runtime: a save blocks on the spool's writer.
+                        let position = Seq(*inner.changed.borrow());
+                        snapshots.finish(&inner, position);
+                    }
                     Err(e) => tracing::error!(error = %e, "the race projection cannot start"),
                 }
-                inner.stats().running = false;
-                inner.stopped.cancel();
-                done_tx.send(()).ok();
             })
             .map_err(Error::Thread)?;
         Ok(Folder {
@@ -260,6 +264,19 @@ impl Folder {
         if let Some(thread) = self.thread.take() {
             // It has signalled its end, so this join does not block for long.
             drop(tokio::task::spawn_blocking(move || thread.join()).await);
+        }
+    }
+}
+
+/// Marks the projection stopped when the fold thread ends, however it ends.
+struct StopGuard<'a>(&'a Inner, Option<tokio::sync::oneshot::Sender<()>>);
+
+impl Drop for StopGuard<'_> {
+    fn drop(&mut self) {
+        self.0.stats().running = false;
+        self.0.stopped.cancel();
+        if let Some(done) = self.1.take() {
+            done.send(()).ok();
         }
     }
 }
@@ -366,7 +383,7 @@ fn sign(event: &mut race::RaceEvent, user: &str) {
 }
 
 /// The fold thread's loop: read what is stored, fold it, tick, snapshot now and then.
-async fn fold_loop(inner: &Inner, cancel: CancellationToken) {
+async fn fold_loop(inner: &Inner, cancel: CancellationToken) -> Snapshots {
     let start = Seq(*inner.changed.borrow());
     let mut sub = inner.spool.subscribe(fold::filter(), Some(start.next()));
     let mut snapshots = Snapshots::new(start);
@@ -408,8 +425,7 @@ async fn fold_loop(inner: &Inner, cancel: CancellationToken) {
         inner.fold(&batch, position);
         snapshots.maybe_save(inner, position, batch.len() as u64);
     }
-    let position = Seq(*inner.changed.borrow());
-    snapshots.finish(inner, position);
+    snapshots
 }
 
 impl Inner {

@@ -106,6 +106,10 @@ pub enum Command {
     Spool(crate::inspect::SpoolArgs),
     /// Check the box: serial devices, disk, data directory, clock, configuration.
     Doctor(crate::doctor::DoctorArgs),
+    /// Race data: roster, timing lines, sessions, judge decisions, results and audit trail.
+    ///
+    /// Reads work beside the running node; changes need it stopped (the spool has one writer).
+    Race(crate::race::RaceArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -209,6 +213,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Simulate(args) => crate::simulate::run(args),
         Command::Spool(args) => crate::inspect::run(args),
         Command::Doctor(args) => crate::doctor::run(args),
+        Command::Race(args) => crate::race::run(args),
     };
     match result {
         Ok(()) => ExitCode::from(exit::OK),

@@ -288,7 +288,7 @@ pub fn run(args: SpoolArgs) -> anyhow::Result<()> {
 }
 
 /// Fails with a clear message when `dir` holds no spool, before anything could create one.
-fn ensure_spool(dir: &Path) -> anyhow::Result<()> {
+pub(crate) fn ensure_spool(dir: &Path) -> anyhow::Result<()> {
     let db = dir.join(spool::storage::DB_FILE);
     if !db.exists() {
         anyhow::bail!(

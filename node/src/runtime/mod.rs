@@ -18,6 +18,7 @@ pub mod notify;
 pub mod status;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ::events::VenueStreams;
@@ -134,6 +135,9 @@ pub struct Node {
     pub data_dir: PathBuf,
     /// systemd's notify socket and watchdog, from the environment ([`notify::Notifier::from_env`]).
     pub notifier: notify::Notifier,
+    /// The race projection over the spool, folding from [`Node::run`] on. It holds a clone of the
+    /// spool: the spool closes when the last clone of both is dropped.
+    pub results: Arc<results::Results>,
 }
 
 impl Node {
@@ -185,6 +189,14 @@ impl Node {
             boot_id: boot_id.clone(),
         };
         append_node_event(&spool, &boot_id, started).await?;
+        let results = {
+            let (spool, config) = (spool.clone(), results::ResultsConfig::new(boot_id.clone()));
+            tokio::task::spawn_blocking(move || results::Results::open(spool, config))
+                .await
+                .context("race projection task")?
+                .map_err(|e| anyhow::anyhow!(spool::error_chain(&e)))
+                .context("opening the race projection")?
+        };
         let status = Shared::new(NodeStatus {
             node_id: node_id.clone(),
             boot_id: boot_id.clone(),
@@ -200,6 +212,7 @@ impl Node {
             client_id,
             data_dir,
             notifier: notify::Notifier::from_env(),
+            results,
         })
     }
 
@@ -228,12 +241,19 @@ impl Node {
         if let Some(u) = &config.uplink {
             self.start_uplink(&tracker, config, u, cancel.clone())?;
         }
+        // Beside the inputs, on a thread of its own; it saves a snapshot as it stops.
+        let folder = self
+            .results
+            .spawn(cancel.clone())
+            .map_err(|e| anyhow::anyhow!(spool::error_chain(&e)))?;
+        tracker.spawn(folder.join());
         let writer = StatusWriter::new(
             self.data_dir.clone(),
             self.status.clone(),
             self.spool.clone(),
             self.notifier.clone(),
             config.uplink.is_some(),
+            Some(self.results.clone()),
         );
         tracker.spawn(writer.run(cancel.clone()));
         tracker.close();
@@ -261,9 +281,9 @@ impl Node {
             boot_id: self.boot_id.clone(),
         };
         append_node_event(&self.spool, &self.boot_id, stopping).await?;
-        let spool = self.spool;
-        // The last clone: dropping it checkpoints and joins the writer thread, which blocks.
-        tokio::task::spawn_blocking(move || drop(spool))
+        let (spool, results) = (self.spool, self.results);
+        // The last clones: dropping them checkpoints and joins the writer thread, which blocks.
+        tokio::task::spawn_blocking(move || drop((results, spool)))
             .await
             .context("closing the spool")?;
         tracing::info!("stopped cleanly");
@@ -354,6 +374,8 @@ struct StatusWriter {
     spool: Spool,
     notifier: notify::Notifier,
     uplink: bool,
+    /// The race projection, whose position and lag go into the status.
+    results: Option<Arc<results::Results>>,
     /// The spool's state as last seen, since when, and its refused appends then.
     state: status::SpoolState,
     since_us: u64,
@@ -369,6 +391,7 @@ struct Tick {
     health: spool::SpoolHealth,
     refused: u64,
     backlog: Option<u64>,
+    race: Option<status::RaceStatus>,
 }
 
 impl StatusWriter {
@@ -378,6 +401,7 @@ impl StatusWriter {
         spool: Spool,
         notifier: notify::Notifier,
         uplink: bool,
+        results: Option<Arc<results::Results>>,
     ) -> StatusWriter {
         StatusWriter {
             data_dir,
@@ -385,6 +409,7 @@ impl StatusWriter {
             spool,
             notifier,
             uplink,
+            results,
             state: status::SpoolState::Storing,
             since_us: now_us(),
             refused_at_summary: 0,
@@ -401,17 +426,22 @@ impl StatusWriter {
                 _ = tick.tick() => {}
                 () = cancel.cancelled() => break,
             }
-            let (spool, uplink) = (self.spool.clone(), self.uplink);
+            let (spool, uplink, results) = (self.spool.clone(), self.uplink, self.results.clone());
             let read = tokio::task::spawn_blocking(move || Tick {
                 health: spool.health(),
                 refused: spool.rejected_appends(),
                 backlog: uplink
                     .then(|| spool.backlog(UPLINK_CURSOR).ok().map(|b| b.events()))
                     .flatten(),
+                race: results.map(|r| {
+                    let head = spool.head().map_or(0, |h| h.0);
+                    status::RaceStatus::new(&r.stats(), head)
+                }),
             })
             .await;
             let Ok(read) = read else { continue };
             self.spool_state(&read);
+            self.status.update(|s| s.race = read.race.clone());
             let mut snap = self.status.snapshot();
             snap.updated_at_us = now_us();
             let path = crate::config::status_file(&self.data_dir);

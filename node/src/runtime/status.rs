@@ -177,6 +177,43 @@ pub struct NodeStatus {
     /// The spool's problem in one line while it refuses events (`spool.problem`); `None` while it
     /// stores. The watchdog stops while the spool has failed.
     pub spool_alarm: Option<String>,
+    /// The race projection (the engine's read models over the spool); `None` from an older node.
+    pub race: Option<RaceStatus>,
+}
+
+/// Where the race projection stands against the spool.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RaceStatus {
+    /// The last spool seq the read models take into account.
+    pub position: u64,
+    /// Events stored after it: how far the read models are behind the spool.
+    pub lag_events: u64,
+    /// Events folded since the node started, and events stored but not part of any result (the
+    /// last reason in `last_refusal`).
+    pub folded: u64,
+    pub refused: u64,
+    pub last_refusal: Option<String>,
+    /// The snapshot it started from; `None`: it folded the spool from the first event.
+    pub restored_from: Option<u64>,
+    pub last_snapshot_position: Option<u64>,
+    pub last_error: Option<String>,
+}
+
+impl RaceStatus {
+    /// The status of a projection at `stats` over a spool whose newest seq is `head`.
+    pub fn new(stats: &results::ProjectionStats, head: u64) -> RaceStatus {
+        RaceStatus {
+            position: stats.position,
+            lag_events: head.saturating_sub(stats.position),
+            folded: stats.folded_since_open,
+            refused: stats.counts.refused,
+            last_refusal: stats.counts.last_refusal.clone(),
+            restored_from: stats.restored_from,
+            last_snapshot_position: stats.last_snapshot_position,
+            last_error: stats.last_error.clone(),
+        }
+    }
 }
 
 /// Logs an append that failed. A refusal caused by the spool's state (full, disk low, failed) is

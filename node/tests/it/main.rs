@@ -6,6 +6,7 @@ mod e2e;
 mod inspect;
 mod logs;
 mod process;
+mod race;
 mod run;
 mod runtime;
 mod simulate;

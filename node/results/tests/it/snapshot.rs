@@ -18,7 +18,12 @@ fn often() -> ResultsConfig {
 async fn a_restart_restores_the_snapshot_and_folds_only_what_came_after() {
     let dir = tempfile::tempdir().unwrap();
     let spool = open_spool(dir.path());
-    let (results, folder, cancel) = start(&spool, often());
+    // Only the stop saves a snapshot in this first run.
+    let at_stop = ResultsConfig {
+        snapshot_every_events: u64::MAX,
+        ..config()
+    };
+    let (results, folder, cancel) = start(&spool, at_stop);
     track_and_race(&results, 5).await;
     let seq = store(&spool, laps(1, 5, 20)).await;
     folded(&results, seq).await;
