@@ -216,3 +216,111 @@ fn the_race_cli_changes_a_stopped_node_and_the_running_node_folds_and_reports_it
     assert!(terminate(&mut node).success(), "{}", logs(dir.path()));
     assert!(!ok(dir.path(), &["roster", "list"]).contains("Late"));
 }
+
+/// Issue 10: race events forward to central as the extension `RACE.EVENT`, chosen like any other
+/// type by `uplink.forward` in the node's configuration; a type left out is passed over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn race_events_forward_to_central_as_an_extension_when_configured() {
+    use events::VenueStreams;
+    use events::catalog;
+    use race::*;
+    use spool::{AppendStream, ExpectedVersion, Metadata, StreamId};
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = central::SpoolStore::open(&dir.path().join("central"))
+        .await
+        .unwrap();
+    let tokens = central::Tokens::parse("t test-token-0123456789\n").unwrap();
+    let central = central::Central::new(store, tokens);
+    let server = central::Server::bind("127.0.0.1:0".parse().unwrap(), None)
+        .await
+        .unwrap();
+    let addr = server.local_addr();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(server.run(central::router(central.clone()), cancel.clone()));
+
+    let token = dir.path().join("token");
+    std::fs::write(&token, "test-token-0123456789").unwrap();
+    let config = node::config::Config::parse(&format!(
+        "track_id = \"t\"\ndata_dir = \"{}\"\n[[decoder]]\nname = \"f\"\nkind = \"tcp\"\naddress = \"h\"\n\
+         [uplink]\ncentral_url = \"http://{addr}\"\ntoken_file = \"{}\"\nforward = [\"decoder.passing\", \"race.*\"]\n",
+        dir.path().join("data").display(),
+        token.display()
+    ))
+    .unwrap();
+    let spool = spool::Spool::open(config.spool_dir(), events::spool_config()).unwrap();
+    let results =
+        results::Results::open(spool.clone(), results::ResultsConfig::new("b-1")).unwrap();
+    let folder = results.spawn(cancel.clone()).unwrap();
+    let line = RaceEvent::LineDefined(LineDef {
+        line: LineId(1),
+        name: "finish".into(),
+        kind: LineKind::Finish,
+        merge_window_us: 0,
+        min_gap_us: 0,
+    });
+    let command = Command {
+        expected_version: 0,
+        event: line,
+    };
+    results.execute(command, "jo".into()).await.unwrap();
+    // Not in `forward`: passed over.
+    let started = catalog::NodeStarted {
+        version: "0".into(),
+        boot_id: "b-1".into(),
+    };
+    spool
+        .append(vec![AppendStream::new(
+            StreamId::node(),
+            ExpectedVersion::Any,
+            vec![spool::schema::EventPayload::encode(&started, Metadata::default()).unwrap()],
+        )])
+        .await
+        .unwrap();
+    let seq = testkit_passing(&spool).await;
+
+    let u = config.uplink.clone().unwrap();
+    let drain_config = node::runtime::drain_config(&config, &u, "node-1".into());
+    let drain = uplink::drain::Drain::new(drain_config, spool.clone()).unwrap();
+    let drained = tokio::spawn(drain.run(cancel.clone()));
+    testkit::wait_for_async("central to store the forwarded events", WAIT, || async {
+        central
+            .store()
+            .stored()
+            .await
+            .unwrap()
+            .iter()
+            .any(|s| s.seq == seq)
+    })
+    .await;
+    let stored = central.store().stored().await.unwrap();
+    let types: Vec<String> = stored
+        .iter()
+        .map(|s| {
+            let v: serde_json::Value = serde_json::from_str(&s.json).unwrap();
+            v["message_type"].as_str().unwrap_or_default().to_owned()
+        })
+        .collect();
+    assert_eq!(types, ["RACE.EVENT", "PASSING"], "{stored:?}");
+    let race: serde_json::Value = serde_json::from_str(&stored[0].json).unwrap();
+    assert_eq!(race["payload"]["event_type"], "race.event");
+    assert_eq!(race["payload"]["V1"]["LineDefined"]["name"], "finish");
+    cancel.cancel();
+    drained.await.unwrap().unwrap();
+    folder.join().await;
+}
+
+/// One passing stored on decoder 7's stream; its seq.
+async fn testkit_passing(spool: &spool::Spool) -> u64 {
+    use events::VenueStreams;
+    let event = testkit::passing_event(1, spool::Metadata::default());
+    let appended = spool
+        .append(vec![spool::AppendStream::new(
+            spool::StreamId::decoder(testkit::DECODER_ID.to_le_bytes()),
+            spool::ExpectedVersion::Any,
+            vec![event],
+        )])
+        .await
+        .unwrap();
+    appended[0].seq.0
+}
