@@ -324,3 +324,227 @@ async fn testkit_passing(spool: &spool::Spool) -> u64 {
         .unwrap();
     appended[0].seq.0
 }
+
+/// Writes one venue's race into a spool at `data/spool`: the race events, then the passings in the
+/// given arrival order, each as `decoder.passing` v1 (before `utc_time_us`, upcast on every read)
+/// or v2.
+fn write_race(data: &Path, passings: &[(u32, u32, u64)], v1: bool) {
+    use events::VenueStreams;
+    use events::catalog;
+    use race::*;
+    use spool::schema::EventPayload;
+    use spool::{AppendStream, ExpectedVersion, Metadata, NewEvent, StreamId};
+
+    let spool = spool::Spool::open(data.join("spool"), events::spool_config()).unwrap();
+    let mut engine = Engine::default();
+    let meta = |reason: &str| Meta {
+        user: "jo".into(),
+        reason: reason.into(),
+        causation: None,
+    };
+    let mut events = vec![
+        RaceEvent::LineDefined(LineDef {
+            line: LineId(1),
+            name: "finish".into(),
+            kind: LineKind::Finish,
+            merge_window_us: 200_000,
+            min_gap_us: 1_000_000,
+        }),
+        RaceEvent::DecoderMapped {
+            decoder: DecoderId(7),
+            line: LineId(1),
+            role: LoopRole::Main,
+        },
+    ];
+    for n in 1..=3 {
+        events.push(RaceEvent::CompetitorAdded(Competitor {
+            id: CompetitorId(n),
+            number: format!("{n}"),
+            name: format!("Rider, \"{n}\""),
+            class: "Open".into(),
+            club: String::new(),
+            transponders: vec![Transponder::Number(100 + n)],
+        }));
+    }
+    let session = SessionId(1);
+    events.extend([
+        RaceEvent::SessionCreated {
+            session,
+            name: "Final".into(),
+            kind: SessionKind::Race,
+            settings: Settings::default(),
+        },
+        RaceEvent::SessionStarted {
+            session,
+            start: Start::Green { at_us: 0 },
+        },
+        RaceEvent::Decided {
+            session,
+            decision: Decision {
+                meta: meta("cut the course"),
+                action: Action::TimePenalty {
+                    competitor: CompetitorId(2),
+                    penalty_us: 5_000_000,
+                },
+            },
+        },
+        RaceEvent::Decided {
+            session,
+            decision: Decision {
+                meta: meta("wrong rider"),
+                action: Action::Disqualify {
+                    competitor: CompetitorId(3),
+                },
+            },
+        },
+        RaceEvent::Undone {
+            session,
+            target_version: 4,
+            meta: meta("video"),
+        },
+        RaceEvent::SettingsChanged {
+            session,
+            settings: Settings {
+                min_lap: MinLap::Absolute { us: 20_000_000 },
+                ..Settings::default()
+            },
+            meta: meta("short lap was a double read"),
+        },
+    ]);
+    for event in events {
+        let stream = event.stream();
+        let expected_version = engine.version(stream);
+        let r = engine
+            .execute(Command {
+                expected_version,
+                event,
+            })
+            .unwrap();
+        let e = catalog::RaceEvent(RaceRecord::V1(r.event))
+            .encode(Metadata::default())
+            .unwrap();
+        spool
+            .append_blocking(vec![AppendStream::new(
+                StreamId::race(stream),
+                ExpectedVersion::Exact(expected_version),
+                vec![e],
+            )])
+            .unwrap();
+    }
+    for chunk in passings.chunks(4) {
+        let events = chunk
+            .iter()
+            .map(|&(number, rider, at)| {
+                let v2 = catalog::Passing {
+                    passing_number: number,
+                    transponder: Some(100 + rider),
+                    rtc_time_us: at,
+                    utc_time_us: None,
+                    strength: Some(90),
+                    hits: Some(12),
+                    flags: Some(0),
+                    tran_code: None,
+                    decoder_id: Some(7),
+                    unknown_tlvs: Vec::new(),
+                };
+                match v1 {
+                    false => v2.encode(Metadata::default()).unwrap(),
+                    true => {
+                        let old = catalog::PassingV1 {
+                            passing_number: v2.passing_number,
+                            transponder: v2.transponder,
+                            rtc_time_us: v2.rtc_time_us,
+                            strength: v2.strength,
+                            hits: v2.hits,
+                            flags: v2.flags,
+                            tran_code: None,
+                            decoder_id: v2.decoder_id,
+                            unknown_tlvs: Vec::new(),
+                        };
+                        let bytes = postcard::to_allocvec(&old).unwrap();
+                        NewEvent::new("decoder.passing", 1, bytes, Metadata::default())
+                    }
+                }
+            })
+            .collect();
+        spool
+            .append_blocking(vec![AppendStream::new(
+                StreamId::decoder(7u32.to_le_bytes()),
+                ExpectedVersion::Any,
+                events,
+            )])
+            .unwrap();
+    }
+}
+
+/// Issue 10 §6: replaying a session's streams gives the same results byte for byte: whether the
+/// passings were stored as `decoder.passing` v1 (and upcast on reading) or v2, and whatever order
+/// they arrived in (a RESEND's passings land late). The results come from the binary's export.
+#[test]
+fn replay_reproduces_the_results_byte_for_byte_across_an_upcaster_and_arrival_order() {
+    // Rider r crosses at lap * 30 s + r s; rider 1 also has a 12 s double read on lap 2.
+    let mut passings = Vec::new();
+    let mut number = 1;
+    for lap in 1..=5u64 {
+        for rider in 1..=3u32 {
+            passings.push((
+                number,
+                rider,
+                lap * 30_000_000 + u64::from(rider) * 1_000_000,
+            ));
+            number += 1;
+        }
+    }
+    passings.push((number, 1, 42_000_000));
+    let mut late = passings.clone();
+    // The second lap arrives last, as after a cable pull and a RESEND.
+    let second: Vec<_> = late.drain(3..6).collect();
+    late.extend(second);
+
+    let dir = tempfile::tempdir().unwrap();
+    let variants = [
+        ("v2", &passings, false),
+        ("v1", &passings, true),
+        ("late", &late, true),
+    ];
+    let mut outputs = Vec::new();
+    for (name, p, v1) in variants {
+        let data = dir.path().join(name);
+        write_race(&data, p, v1);
+        let run = |format: &str| {
+            let out = Command::new(env!("CARGO_BIN_EXE_venue-node"))
+                .args(["race", "--data-dir"])
+                .arg(&data)
+                .args(["results", "1", "--format", format])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{name}: {}", text(&out));
+            out.stdout
+        };
+        outputs.push((name, run("csv"), run("json")));
+    }
+    let csv = String::from_utf8(outputs[0].1.clone()).unwrap();
+    // The upcaster ran: the v1 spool's passings read as v2.
+    let reader = SpoolReader::open(
+        dir.path().join("v1").join("spool"),
+        Arc::new(events::catalog::schemas()),
+    )
+    .unwrap();
+    let first = reader
+        .read_global(Seq::FIRST, 100)
+        .unwrap()
+        .into_iter()
+        .find(|e| e.event_type == "decoder.passing")
+        .unwrap();
+    assert_eq!((first.stored_schema_version, first.schema_version), (1, 2));
+    // Known truth: five laps each; rider 2's 5 s penalty puts them behind rider 3, whose DQ was
+    // undone; rider 1's double read is under the 20 s minimum lap set after the race.
+    let lines: Vec<&str> = csv.lines().collect();
+    assert!(lines[1].starts_with("1,1,\"Rider, \"\"1\"\"\",5,"), "{csv}");
+    assert!(lines[2].starts_with("2,3,"), "{csv}");
+    assert!(lines[3].starts_with("3,2,"), "{csv}");
+    for (name, csv, json) in &outputs[1..] {
+        assert_eq!(csv, &outputs[0].1, "{name}: the CSV differs");
+        assert_eq!(json, &outputs[0].2, "{name}: the JSON differs");
+    }
+}
