@@ -471,7 +471,7 @@ fn decision(engine: &Engine, command: JudgeCommand) -> anyhow::Result<Action> {
             competitor: c,
             seconds,
         } => {
-            if !(seconds.is_finite() && seconds >= 0.0 && seconds < 86_400.0) {
+            if !(0.0..86_400.0).contains(&seconds) {
                 return Err(usage(format!("--seconds {seconds}: 0 to a day")));
             }
             Action::TimePenalty {
