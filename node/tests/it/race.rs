@@ -548,3 +548,134 @@ fn replay_reproduces_the_results_byte_for_byte_across_an_upcaster_and_arrival_or
         assert_eq!(json, &outputs[0].2, "{name}: the JSON differs");
     }
 }
+
+/// Every change command of `venue-node race` against a stopped node's spool: each is stored with
+/// its user and reason and shows in the audit trail; a decision after Final revises the results; a
+/// bad passing, competitor, decoder or session is refused by name (exit 2) and nothing is stored.
+#[test]
+fn every_race_change_command_is_stored_audited_and_bad_input_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // Two riders, five laps each, rider 2 a second behind.
+    let mut passings = Vec::new();
+    for lap in 1..=5u64 {
+        passings.push((lap as u32 * 2 - 1, 1, lap * 30_000_000 + 1_000_000));
+        passings.push((lap as u32 * 2, 2, lap * 30_000_000 + 2_000_000));
+    }
+    write_race(&data, &passings, false);
+    let d = dir.path();
+    ok(
+        d,
+        &[
+            "roster",
+            "add",
+            "--number",
+            "9",
+            "--name",
+            "Nia",
+            "--transponder",
+            "FL-94890",
+        ],
+    );
+    ok(
+        d,
+        &[
+            "roster",
+            "edit",
+            "9",
+            "--new-number",
+            "19",
+            "--club",
+            "VC Gent",
+        ],
+    );
+    let roster = ok(d, &["roster", "list"]);
+    assert!(
+        roster.contains("19") && roster.contains("VC Gent") && roster.contains("FL-94890"),
+        "{roster}"
+    );
+    ok(
+        d,
+        &[
+            "line", "define", "2", "--name", "split", "--kind", "split:1",
+        ],
+    );
+    ok(d, &["line", "map", "08000000", "--line", "1", "--backup"]);
+    ok(d, &["line", "unmap", "08000000"]);
+    ok(
+        d,
+        &[
+            "session", "create", "2", "--name", "Heat 2", "--kind", "race", "--laps", "5",
+        ],
+    );
+    ok(d, &["session", "start", "2"]);
+    ok(
+        d,
+        &[
+            "session",
+            "settings",
+            "2",
+            "--min-lap-ms",
+            "10000",
+            "--reason",
+            "tight track",
+        ],
+    );
+    let why = ["--reason", "r"];
+    for judge in [
+        &["penalty", "1", "--seconds", "2.5"][..],
+        &["void", "07000000/9/151000000"][..],
+        &["insert", "2", "--line", "1", "--at-us", "150000000"][..],
+        &["reassign", "07000000/10/152000000", "--to", "19"][..],
+        &["dnf", "19"][..],
+        &["dns", "3"][..],
+    ] {
+        ok(d, &[&["judge", "2"][..], judge, &why[..]].concat());
+    }
+    ok(d, &["session", "chequer", "2"]);
+    ok(d, &["session", "end", "2"]);
+    ok(d, &["status", "2", "final", "--reason", "no protest"]);
+    ok(
+        d,
+        &[&["judge", "2", "rerun", "--after-us", "0"][..], &why[..]].concat(),
+    );
+    let sessions = ok(d, &["session", "list", "--json"]);
+    let sessions: serde_json::Value = serde_json::from_str(&sessions).unwrap();
+    assert_eq!(
+        sessions[1]["status"], "Revised",
+        "a decision after Final revises"
+    );
+    let audit = ok(d, &["audit", "2"]);
+    assert_eq!(audit.lines().count(), 13, "{audit}");
+    assert!(
+        audit.contains("TimePenalty") && audit.contains("by judge-jo"),
+        "{audit}"
+    );
+
+    for (args, says) in [
+        (
+            &["judge", "2", "void", "07000000/9", "--reason", "r"][..],
+            "DECODER/NUMBER/RTC_US",
+        ),
+        (
+            &["judge", "2", "dq", "77", "--reason", "r"][..],
+            "no competitor with number \"77\"",
+        ),
+        (&["judge", "2", "dq", "1"][..], "needs --reason"),
+        (&["line", "map", "XYZ", "--line", "1"][..], "8 hex digits"),
+        (&["session", "start", "9"][..], "no session"),
+    ] {
+        let out = venue_node(d, args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(says),
+            "{args:?}: {}",
+            text(&out)
+        );
+    }
+    assert_eq!(
+        ok(d, &["audit", "2"]),
+        audit,
+        "the refused commands stored nothing"
+    );
+}
