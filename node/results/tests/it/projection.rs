@@ -188,3 +188,33 @@ async fn the_live_projection_equals_a_replay() {
     assert_eq!(results.leaderboard(SESSION).unwrap().rows[0].laps, 6);
     stop(folder, cancel).await;
 }
+
+/// Events the projection does not fold (the node's own, decoder status) are not lag: an idle
+/// projection's position reaches the head.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_it_does_not_fold_are_not_counted_as_lag() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = open_spool(dir.path());
+    let (results, folder, cancel) = start(&spool, config());
+    let seq = store(&spool, laps(1, 1, 1)).await;
+    folded(&results, seq).await;
+    let started = catalog::NodeStarted {
+        version: "0".into(),
+        boot_id: "b".into(),
+    };
+    let appended = spool
+        .append(vec![AppendStream::new(
+            StreamId::node(),
+            ExpectedVersion::Any,
+            vec![started.encode(Metadata::default()).unwrap()],
+        )])
+        .await
+        .unwrap();
+    let head = appended[0].seq.0;
+    testkit::wait_for("the position to reach the head", WAIT, || {
+        results.stats().position == head
+    })
+    .await;
+    assert_eq!(results.stats().folded_since_open, 1);
+    stop(folder, cancel).await;
+}
