@@ -68,7 +68,7 @@ pub enum RaceCommand {
         #[command(subcommand)]
         command: LineCommand,
     },
-    /// Sessions: create, start, chequered flag, end, settings, list.
+    /// Sessions: create, start, chequered flag, end, settings, BMX staging, list.
     Session {
         #[command(subcommand)]
         command: SessionCommand,
@@ -224,6 +224,13 @@ pub enum SessionCommand {
         #[command(flatten)]
         why: Why,
     },
+    /// BMX: stage riders to gates (replaces any earlier staging), as GATE=NUMBER pairs.
+    Stage {
+        session: u32,
+        /// e.g. 1=12 3=7: rider number 12 on gate 1, number 7 on gate 3.
+        #[arg(required = true)]
+        gates: Vec<String>,
+    },
     /// Every session.
     List {
         #[arg(long)]
@@ -303,6 +310,11 @@ pub enum JudgeCommand {
     Rerun {
         #[arg(long)]
         after_us: Option<u64>,
+    },
+    /// BMX: the gate dropped at --at-us (no beacon, or a wrong one).
+    GateDrop {
+        #[arg(long)]
+        at_us: u64,
     },
 }
 

@@ -9,7 +9,7 @@ use events::catalog;
 use race::{
     Action, Command, Competitor, CompetitorId, Decision, DecoderId, Engine, Limit, LineDef, LineId,
     LineKind, LoopRole, Meta, MinLap, PassingRef, RaceEvent, RaceRecord, ResultsStatus, SessionId,
-    SessionKind, Settings, Start, Transponder,
+    SessionKind, Settings, Staged, Start, Transponder,
 };
 use spool::schema::EventPayload;
 use spool::{AppendStream, ExpectedVersion, Metadata, Spool, SpoolConfig, SpoolError, StreamId};
@@ -445,7 +445,31 @@ fn session(
                 meta: meta(why),
             }
         }
+        SessionCommand::Stage { session, gates } => RaceEvent::RidersStaged {
+            session: SessionId(session),
+            gates: gates
+                .iter()
+                .map(|pair| staged(engine, pair))
+                .collect::<anyhow::Result<_>>()?,
+        },
         SessionCommand::List { .. } => unreachable!("a read"),
+    })
+}
+
+/// GATE=NUMBER: a rider, by number, on a gate.
+fn staged(engine: &Engine, pair: &str) -> anyhow::Result<Staged> {
+    let Some((gate, number)) = pair.split_once('=') else {
+        return Err(usage(format!("{pair:?}: GATE=NUMBER, e.g. 1=12")));
+    };
+    let gate = gate.parse().map_err(|_| {
+        usage(format!(
+            "{pair:?}: the gate is a number, 1 to {}",
+            race::GATES_MAX
+        ))
+    })?;
+    Ok(Staged {
+        gate,
+        competitor: competitor(engine, number)?,
     })
 }
 
@@ -491,5 +515,6 @@ fn decision(engine: &Engine, command: JudgeCommand) -> anyhow::Result<Action> {
         JudgeCommand::Rerun { after_us } => Action::Rerun {
             after_us: now_us(engine, after_us)?,
         },
+        JudgeCommand::GateDrop { at_us } => Action::GateDrop { at_us },
     })
 }

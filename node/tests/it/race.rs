@@ -639,6 +639,40 @@ fn every_race_change_command_is_stored_audited_and_bad_input_refused() {
         d,
         &[&["judge", "2", "rerun", "--after-us", "0"][..], &why[..]].concat(),
     );
+    // A BMX moto: riders staged to gates, the gate drop entered by hand, its board as CSV.
+    ok(
+        d,
+        &[
+            "session", "create", "3", "--name", "Moto 1", "--kind", "moto",
+        ],
+    );
+    ok(d, &["session", "stage", "3", "1=2", "4=19"]);
+    ok(d, &["session", "start", "3", "--at-us", "0"]);
+    ok(
+        d,
+        &[
+            &["judge", "3", "gate-drop", "--at-us", "1000000"][..],
+            &why[..],
+        ]
+        .concat(),
+    );
+    let moto = ok(d, &["results", "3", "--format", "csv"]);
+    let gates: Vec<&str> = moto
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(1).unwrap())
+        .collect();
+    assert_eq!(
+        moto.lines().next(),
+        Some("place,gate,number,name,time_us,status,points,splits")
+    );
+    assert_eq!(gates.len(), 2, "{moto}");
+    let out = venue_node(d, &["session", "stage", "3", "9=1"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("gate 9 is not 1 to 8"),
+        "{}",
+        text(&out)
+    );
     let sessions = ok(d, &["session", "list", "--json"]);
     let sessions: serde_json::Value = serde_json::from_str(&sessions).unwrap();
     assert_eq!(
