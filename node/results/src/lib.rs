@@ -1,7 +1,7 @@
 //! The race projection: the spool's passings and race events, folded into the race engine
 //! ([`race::Engine`]) as they become durable, and the engine's read models served from it.
 //!
-//! - **Fold.** A thread of its own subscribes to the spool (`decoder.passing` and `race.event`,
+//! - **Fold.** A thread of its own, a little nicer than the inputs ([`RESULTS_FOLD_NICE`]), subscribes to the spool (`decoder.passing` and `race.event`,
 //!   [`fold::filter`]) from where the engine's state ends, takes whatever is stored in one batch
 //!   (up to [`FOLD_BATCH_EVENTS_MAX`]), folds it under the engine's write lock, and ticks
 //!   [`Results::changed`] with the last seq folded. Async callers never wait on it; readers take the
@@ -83,6 +83,12 @@ pub const RESULTS_SNAPSHOT_INTERVAL_S: u64 = 1_800;
 /// move its position to the head, so the node's status does not show them as lag. It ticks
 /// nothing: no read model changed.
 pub const FOLD_IDLE_POSITION_MS: u64 = 1_000;
+
+/// How much nicer than the rest of the node the fold thread (and the snapshot saves it starts)
+/// runs, in `nice(1)` steps. The read models come second to storing passings: when a small box's
+/// cores are short, the decoder inputs and the spool's writer go first. Still ahead of the uplink's
+/// drain (19), so screens update before a backlog drains.
+pub const RESULTS_FOLD_NICE: i32 = 5;
 
 /// How long the fold waits after a failed read of the spool before reading again, ms. A read fails
 /// only on I/O or a corrupted record; retrying at once would spin.
@@ -185,6 +191,10 @@ impl Results {
             .spawn(move || {
                 // Even if the fold panics, waiting commands learn that it stopped.
                 let _stopped = StopGuard(&inner, Some(done_tx));
+                let tid = rustix::thread::gettid();
+                if let Err(e) = rustix::process::setpriority_process(Some(tid), RESULTS_FOLD_NICE) {
+                    tracing::warn!(error = %e, "cannot lower the race projection's priority; it competes with live input");
+                }
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_time()
                     .build();

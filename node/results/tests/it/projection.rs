@@ -218,3 +218,27 @@ async fn events_it_does_not_fold_are_not_counted_as_lag() {
     assert_eq!(results.stats().folded_since_open, 1);
     stop(folder, cancel).await;
 }
+
+/// The fold runs nicer than the inputs, so storing passings goes first when the cores are short.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fold_thread_runs_at_a_lower_priority() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = open_spool(dir.path());
+    let (results, folder, cancel) = start(&spool, config());
+    let seq = store(&spool, laps(1, 1, 1)).await;
+    folded(&results, seq).await;
+    let nice = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .flatten()
+        .find_map(|task| {
+            let comm = std::fs::read_to_string(task.path().join("comm")).ok()?;
+            (comm.trim() == "results-fold").then_some(())?;
+            let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+            // Fields after the command's closing parenthesis; nice is field 19 of stat(5).
+            let rest = &stat[stat.rfind(')')? + 2..];
+            rest.split(' ').nth(16)?.parse::<i32>().ok()
+        })
+        .expect("the fold thread is found");
+    assert_eq!(nice, results::RESULTS_FOLD_NICE);
+    stop(folder, cancel).await;
+}
