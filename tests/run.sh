@@ -18,6 +18,11 @@ if ! command -v nats-server >/dev/null 2>&1; then
   say "installing nats-server (Debian package)"
   apt_install nats-server
 fi
+# systemd-analyze: node's unit test scores the hardened systemd unit offline.
+if ! command -v systemd-analyze >/dev/null 2>&1; then
+  say "installing systemd-analyze (Debian package systemd)"
+  apt_install systemd
+fi
 # cargo-fuzz: the decoder's fuzz smoke. The toolchain here is stable; cargo-fuzz needs nightly flags,
 # which RUSTC_BOOTSTRAP=1 enables for this one build.
 if ! command -v cargo-fuzz >/dev/null 2>&1; then

@@ -9,3 +9,4 @@ mod process;
 mod run;
 mod runtime;
 mod simulate;
+mod unit;
