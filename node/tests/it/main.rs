@@ -9,4 +9,5 @@ mod process;
 mod run;
 mod runtime;
 mod simulate;
+mod udev;
 mod unit;
