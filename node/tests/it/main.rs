@@ -6,6 +6,7 @@ mod e2e;
 mod inspect;
 mod logs;
 mod process;
+mod release;
 mod run;
 mod runtime;
 mod simulate;

@@ -8,7 +8,10 @@ use node::doctor::{Level, UDEV_RULE, UDEV_RULE_NAME, check_udev, decoder_links};
 
 /// A real pseudo-terminal pair and its slave's path; the caller keeps the pair for the test's
 /// length so `/dev/pts/N` exists.
-fn pty() -> ((tokio_serial::SerialStream, tokio_serial::SerialStream), PathBuf) {
+fn pty() -> (
+    (tokio_serial::SerialStream, tokio_serial::SerialStream),
+    PathBuf,
+) {
     use tokio_serial::SerialPort;
     let (master, slave) = tokio_serial::SerialStream::pair().expect("a pseudo-terminal pair");
     let name = PathBuf::from(slave.name().expect("the slave has a device name"));
@@ -85,7 +88,10 @@ async fn doctor_names_the_installed_rule_and_the_adapters_it_matched() {
     );
     for (link, tty) in [(&link1, &tty1), (&link2, &tty2)] {
         let want = format!("{} -> {}", link.display(), tty.display());
-        assert!(finding.text.contains(&want), "{want} missing in:\n{finding}");
+        assert!(
+            finding.text.contains(&want),
+            "{want} missing in:\n{finding}"
+        );
     }
     assert_eq!(decoder_links(&b.dev).len(), 2);
 }
@@ -99,8 +105,14 @@ async fn doctor_warns_about_a_serial_decoder_the_rule_did_not_match() {
     b.plug("FTDI_A", &matched);
     let finding = check_udev(&b.dirs(), &b.dev, &[("start".into(), other.clone())]);
     assert_eq!(finding.level, Level::Warn, "{finding}");
-    let want = format!("not matched by the rule: decoder start ({})", other.display());
-    assert!(finding.text.contains(&want), "{want} missing in:\n{finding}");
+    let want = format!(
+        "not matched by the rule: decoder start ({})",
+        other.display()
+    );
+    assert!(
+        finding.text.contains(&want),
+        "{want} missing in:\n{finding}"
+    );
 }
 
 #[tokio::test]
@@ -112,10 +124,9 @@ async fn an_edited_copy_in_etc_takes_the_packaged_rules_place() {
     let finding = check_udev(&b.dirs(), &b.dev, &[]);
     let etc = b.etc.join(UDEV_RULE_NAME);
     assert!(
-        finding.text.contains(&format!(
-            "udev rule {} is installed (edited",
-            etc.display()
-        )),
+        finding
+            .text
+            .contains(&format!("udev rule {} is installed (edited", etc.display())),
         "{finding}"
     );
     assert!(finding.text.contains("matched no adapter"), "{finding}");

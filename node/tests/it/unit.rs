@@ -61,11 +61,18 @@ fn unit_keeps_notify_and_the_watchdog() {
         .map(str::trim)
         .filter(|l| !l.starts_with('#'))
         .collect();
-    for want in ["Type=notify", "NotifyAccess=main", "WatchdogSec=30", "User=venue-node"] {
+    for want in [
+        "Type=notify",
+        "NotifyAccess=main",
+        "WatchdogSec=30",
+        "User=venue-node",
+    ] {
         assert!(settings.contains(&want), "the unit lost {want}");
     }
     assert!(
-        settings.iter().any(|l| l.starts_with("StateDirectory=venue-node")),
+        settings
+            .iter()
+            .any(|l| l.starts_with("StateDirectory=venue-node")),
         "the spool directory must be the unit's StateDirectory"
     );
 }
