@@ -64,6 +64,9 @@ pub const CLOCK_COMMAND_OUTPUT_BYTES_MAX: u64 = 64 * 1024;
 /// disk check warns: the OS, logs and redb's own growth need room too.
 pub const DISK_HEADROOM_PERCENT: u64 = 10;
 
+/// A status file older than this means the node is not running: it rewrites the file every second.
+pub const STATUS_FILE_STALE_S: u64 = 10;
+
 /// `/etc/group` larger than this is not read (it is a few KiB on the box).
 pub const GROUP_FILE_BYTES_MAX: u64 = 4 * 1024 * 1024;
 
@@ -74,6 +77,8 @@ Checks, one line each, OK / WARN / FAIL with how to fix it:
   configuration   the file loads, every mistake listed with its line
   decoder NAME    each serial device exists (symlinks such as /dev/serial/by-id/... resolved), is a
                   serial port, and is readable and writable by the service user's group (venue-node)
+  auto            with decoders = \"auto\": what the running node found (adopted decoders, devices left
+                  alone and why), from its status file
   udev rule       71-venue-node-decoders.rules is installed, and which adapters it matched
                   (/dev/venue-decoder-* links); whether each serial decoder is one of them
   disk            free space on the data directory's filesystem against spool.cap_bytes
@@ -200,6 +205,9 @@ pub fn check_all(args: &DoctorArgs) -> Vec<Finding> {
                 .collect();
             let dirs: Vec<&Path> = UDEV_RULE_DIRS.iter().map(Path::new).collect();
             findings.push(check_udev(&dirs, Path::new("/dev"), &serial));
+            if let Some(finding) = check_auto(config) {
+                findings.push(finding);
+            }
             findings.push(check_disk(config));
             findings.push(check_data_dir(&config.data_dir));
         }
@@ -496,6 +504,73 @@ pub fn check_udev(rule_dirs: &[&Path], dev_dir: &Path, serial: &[(String, PathBu
             rule.display()
         ),
     )
+}
+
+/// With `decoders = "auto"`: what the running node's prober found, from its status file. `None`
+/// without auto.
+pub fn check_auto(config: &Config) -> Option<Finding> {
+    use crate::runtime::status::NodeStatus;
+    let settings = config.decoders.iter().find_map(|d| match &d.kind {
+        DecoderKind::Auto(a) => Some(a),
+        _ => None,
+    })?;
+    let path = config::status_file(&config.data_dir);
+    let status: Option<NodeStatus> = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok());
+    let fresh = status.as_ref().is_some_and(|s| {
+        spool::now_us().saturating_sub(s.updated_at_us) < STATUS_FILE_STALE_S * 1_000_000
+    });
+    let probe = match status.and_then(|s| s.probe) {
+        Some(probe) if fresh => probe,
+        _ => {
+            return Some(Finding::warn(
+                format!(
+                    "auto: the node is not running (no fresh {}), so nothing has been probed; it will probe {}/*{}",
+                    path.display(),
+                    settings.serial_dir.display(),
+                    if settings.addresses.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" and {}", settings.addresses.join(", "))
+                    }
+                ),
+                "start it (`sudo systemctl start venue-node`), plug the decoder in, and run doctor again",
+            ));
+        }
+    };
+    let mut lines = Vec::new();
+    for a in &probe.adopted {
+        let baud = a.baud.map(|b| format!(" @ {b} 8N1")).unwrap_or_default();
+        lines.push(format!("adopted {} <- {}{baud}", a.name, a.address));
+    }
+    for i in &probe.ignored {
+        lines.push(format!("left alone {}: {}", i.address, i.reason));
+    }
+    for p in &probe.probing {
+        lines.push(format!("probing {p}"));
+    }
+    let head = format!(
+        "auto: probing {}/*{}",
+        probe.serial_dir,
+        if probe.addresses.is_empty() {
+            String::new()
+        } else {
+            format!(" and {}", probe.addresses.join(", "))
+        }
+    );
+    let text = std::iter::once(head)
+        .chain(lines)
+        .collect::<Vec<_>>()
+        .join("\n");
+    if probe.adopted.is_empty() {
+        return Some(Finding::warn(
+            format!("{text}\nno decoder found yet"),
+            "plug the decoder's USB cable in (or list its address under [auto] addresses), and set its RS-232 \
+             protocol menu to P3; a device left alone is probed again when it is plugged in again",
+        ));
+    }
+    Some(Finding::ok(text))
 }
 
 /// The nearest existing directory at or above `path` (the filesystem the data directory will be on).

@@ -177,6 +177,8 @@ pub struct NodeStatus {
     /// The spool's problem in one line while it refuses events (`spool.problem`); `None` while it
     /// stores. The watchdog stops while the spool has failed.
     pub spool_alarm: Option<String>,
+    /// What `decoders = "auto"` found: adopted, ignored and probed devices; `None` without it.
+    pub probe: Option<super::probe::ProbeStatus>,
 }
 
 /// Logs an append that failed. A refusal caused by the spool's state (full, disk low, failed) is

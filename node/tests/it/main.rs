@@ -5,6 +5,7 @@ mod disk;
 mod e2e;
 mod inspect;
 mod logs;
+mod probe;
 mod process;
 mod release;
 mod run;
