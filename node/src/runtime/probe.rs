@@ -60,6 +60,11 @@ pub const PROBES_AT_ONCE_MAX: usize = 4;
 /// fast is judged on this much, not read for the whole listen.
 pub const PROBE_READ_BYTES_MAX: usize = 64 * 1024;
 
+/// Wait before a serial device that could not be opened (busy: another program, or a node that
+/// has just been restarted, still holds it; or no permission yet) is tried again. Being unable to
+/// open a device says nothing about what it is, so it is not left alone for good.
+pub const PROBE_OPEN_RETRY_MS: u64 = 2_000;
+
 /// Wait before a network address that did not answer as a decoder is tried again: a decoder on
 /// the LAN may be switched on after the box.
 pub const PROBE_NETWORK_RETRY_MS: u64 = 30_000;
@@ -143,6 +148,8 @@ enum Verdict {
     },
     /// Not a decoder, or not reachable: the reason.
     No(String),
+    /// A serial device that could not be opened: tried again after [`PROBE_OPEN_RETRY_MS`].
+    Unavailable(String),
 }
 
 /// The prober's timing; [`ProbeTiming::default`] in the node, shorter in tests.
@@ -178,6 +185,8 @@ struct Prober {
     running: HashMap<String, Running>,
     /// Serial candidates left alone, with the reason.
     ignored: HashMap<Candidate, String>,
+    /// Serial candidates that could not be opened, with the reason and when to try again.
+    unavailable: HashMap<Candidate, (String, Instant)>,
     probing: Vec<Candidate>,
     /// When each network address was last tried.
     tried: HashMap<String, Instant>,
@@ -198,6 +207,7 @@ pub async fn run(
         timing,
         running: HashMap::new(),
         ignored: HashMap::new(),
+        unavailable: HashMap::new(),
         probing: Vec::new(),
         tried: HashMap::new(),
     };
@@ -257,6 +267,10 @@ impl Prober {
                 reason: reason.clone(),
             })
             .collect();
+        ignored.extend(self.unavailable.iter().map(|(c, (reason, _))| Ignored {
+            address: c.address(),
+            reason: format!("{reason} (tried again every {PROBE_OPEN_RETRY_MS} ms)"),
+        }));
         ignored.sort_by(|a, b| a.address.cmp(&b.address));
         ProbeStatus {
             serial_dir: self.settings.serial_dir.display().to_string(),
@@ -294,11 +308,16 @@ impl Prober {
             Candidate::Serial { .. } => listed.contains(c),
             Candidate::Tcp { .. } => true,
         });
+        self.unavailable.retain(|c, _| listed.contains(c));
+        let now = Instant::now();
         let mut out: Vec<Candidate> = listed
             .into_iter()
-            .filter(|c| !self.ignored.contains_key(c) && !self.is_taken(c))
+            .filter(|c| {
+                !self.ignored.contains_key(c)
+                    && !self.is_taken(c)
+                    && self.unavailable.get(c).is_none_or(|(_, at)| now >= *at)
+            })
             .collect();
-        let now = Instant::now();
         for address in &self.settings.addresses {
             let candidate = Candidate::Tcp {
                 address: address.clone(),
@@ -326,8 +345,24 @@ impl Prober {
         tracker: &TaskTracker,
         cancel: &CancellationToken,
     ) {
+        if !matches!(verdict, Verdict::Unavailable(_)) {
+            self.unavailable.remove(&candidate);
+        }
         let (decoder_id, baud) = match verdict {
             Verdict::Decoder { decoder_id, baud } => (decoder_id, baud),
+            Verdict::Unavailable(reason) => {
+                // Logged once per device and reason, not at every retry.
+                if self
+                    .unavailable
+                    .get(&candidate)
+                    .is_none_or(|(r, _)| *r != reason)
+                {
+                    tracing::info!(address = %candidate.address(), %reason, "cannot probe yet; trying again");
+                }
+                let again = Instant::now() + Duration::from_millis(PROBE_OPEN_RETRY_MS);
+                self.unavailable.insert(candidate, (reason, again));
+                return;
+            }
             Verdict::No(reason) => {
                 tracing::info!(address = %candidate.address(), %reason, "not a decoder; left alone");
                 if let Candidate::Serial { .. } = candidate {
@@ -468,8 +503,8 @@ async fn probe_serial(link: &Path, listen: Duration) -> Verdict {
         let opened = tokio::task::spawn_blocking(move || open_serial(&path, baud)).await;
         let mut port = match opened {
             Ok(Ok((port, _))) => port,
-            Ok(Err(e)) => return Verdict::No(format!("cannot open: {e}")),
-            Err(e) => return Verdict::No(format!("cannot open: {e}")),
+            Ok(Err(e)) => return Verdict::Unavailable(format!("cannot open: {e}")),
+            Err(e) => return Verdict::Unavailable(format!("cannot open: {e}")),
         };
         // The one write a device that is not a decoder ever gets from the node.
         let query = !queried;

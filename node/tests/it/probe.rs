@@ -240,3 +240,44 @@ async fn a_networked_decoder_at_a_listed_address_is_adopted() {
     node.stop().await;
     cancel.cancel();
 }
+
+/// Found by the image's boot test: a node restarted by the watchdog found the decoder's device still
+/// held by its killed predecessor (EBUSY) and left it alone for good. A device that cannot be opened
+/// is tried again, and adopted once it is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_device_is_tried_again_and_adopted_once_free() {
+    let dir = tempfile::tempdir().unwrap();
+    let by_id = dir.path().join("by-id");
+    std::fs::create_dir_all(&by_id).unwrap();
+    let cancel = CancellationToken::new();
+    let decoder = sim_decoder(11, 5.0);
+    let name = catalog::decoder_id_hex(decoder.config().decoder_id);
+    let link = by_id.join("usb-Prolific_PL2303-if00-port0");
+    let _pty = sim::serve_pty(decoder, sim::PtyOptions::new(&link), cancel.clone())
+        .await
+        .unwrap();
+    // Another program holds the device (tokio-serial opens it exclusively, as the node does).
+    let holder =
+        tokio_serial::SerialStream::open(&tokio_serial::new(link.to_string_lossy(), 115_200))
+            .expect("the first open of the PTY");
+    let node = Running::start(&auto_config(dir.path(), &by_id, None)).await;
+    let busy = wait_for("the prober to find the device busy", || {
+        probe_status(&node)
+            .ignored
+            .into_iter()
+            .find(|i| i.address == link.display().to_string())
+    })
+    .await;
+    assert!(busy.reason.contains("cannot open"), "{busy:?}");
+    drop(holder);
+    wait_for("a passing once the device is free", || {
+        (!stored_passings(&node.spool).is_empty()).then_some(())
+    })
+    .await;
+    let probe = probe_status(&node);
+    assert_eq!(probe.adopted.len(), 1, "{probe:?}");
+    assert_eq!(probe.adopted[0].name, name);
+    assert!(probe.ignored.is_empty(), "{probe:?}");
+    node.stop().await;
+    cancel.cancel();
+}
