@@ -2,6 +2,9 @@
 # Every test of venue-node, from a fresh Debian machine with the Rust toolchain: installs what the tests
 # need when it is missing, then runs formatting, lints, the whole test suite and a short fuzz smoke.
 # `.ci/run` calls exactly this. Usage: bash tests/run.sh
+# Two slower checks of the appliance run as steps of their own (as root), not from here:
+#   bash packaging/test-deb.sh   the .deb installs, upgrades and purges in a Debian 12 chroot
+#   bash images/test-boot.sh     the appliance image boots under systemd-nspawn and reads a decoder
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +20,11 @@ apt_install() {
 if ! command -v nats-server >/dev/null 2>&1; then
   say "installing nats-server (Debian package)"
   apt_install nats-server
+fi
+# systemd-analyze: node's unit test scores the hardened systemd unit offline.
+if ! command -v systemd-analyze >/dev/null 2>&1; then
+  say "installing systemd-analyze (Debian package systemd)"
+  apt_install systemd
 fi
 # cargo-fuzz: the decoder's fuzz smoke. The toolchain here is stable; cargo-fuzz needs nightly flags,
 # which RUSTC_BOOTSTRAP=1 enables for this one build.

@@ -35,6 +35,16 @@ pub const DECODER_NAME_BYTES_MAX: usize = 32;
 /// Most decoders one box reads. A track has a handful of loops; 16 bounds the tasks and buffers.
 pub const DECODERS_MAX: usize = 16;
 
+/// Where `decoders = "auto"` looks for serial decoders by default: udev's stable links to every
+/// USB-serial adapter plugged in.
+pub const SERIAL_BY_ID_DIR: &str = "/dev/serial/by-id";
+
+/// The input name of the prober that `decoders = "auto"` runs; no configured decoder may use it.
+pub const AUTO_INPUT_NAME: &str = "auto";
+
+/// Most network addresses `[auto] addresses` lists: each is tried every half minute.
+pub const AUTO_ADDRESSES_MAX: usize = 16;
+
 /// How often the node asks each decoder for its clock (GET_TIME), by default.
 pub const CLOCK_QUERY_INTERVAL_S_DEFAULT: u64 = 60;
 
@@ -111,6 +121,23 @@ pub enum DecoderKind {
     /// The built-in simulator: `venue-node run` serves it on a pseudo-terminal at
     /// `<data_dir>/sim-<name>` and the runtime reads it as a serial decoder.
     Sim { seed: u64, rate_per_s: f64 },
+    /// `decoders = "auto"` (or no `[[decoder]]` at all): not a decoder but the prober
+    /// (`runtime::probe`), which finds decoders and adopts each under its DECODER_ID.
+    Auto(AutoSettings),
+}
+
+/// Where `decoders = "auto"` looks for decoders (`[auto]` in the file).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AutoSettings {
+    /// Every entry of this directory is probed as a serial device (default [`SERIAL_BY_ID_DIR`]).
+    pub serial_dir: PathBuf,
+    /// Networked decoders to try, `host:port` (port 5403 when the file gives none).
+    pub addresses: Vec<String>,
+    /// Serial devices and addresses of the configured `[[decoder]]` tables: never probed, since
+    /// their own inputs read them.
+    pub configured: Vec<String>,
+    /// Probe timing; not in the file (the defaults suit a venue), set by tests.
+    pub timing: Option<crate::runtime::probe::ProbeTiming>,
 }
 
 /// One mistake in the file.
@@ -401,7 +428,8 @@ impl Checker<'_> {
 
     fn root(&mut self, root: &Table<'_>, span: Range<usize>) -> Option<Config> {
         const KEYS: &[&str] = &[
-            "node_id", "track_id", "data_dir", "decoder", "spool", "clock", "uplink",
+            "node_id", "track_id", "data_dir", "decoders", "decoder", "auto", "spool", "clock",
+            "uplink",
         ];
         self.unknown_keys(root, "", KEYS);
         let start = 0..span.end.min(1);
@@ -434,7 +462,8 @@ impl Checker<'_> {
             );
         }
         let data_dir = self.required_string(root, "", "data_dir", &start);
-        let decoders = self.decoders(root, &start);
+        let decoders = self.decoders(root);
+        let decoders = self.auto(root, decoders);
         let spool = self.spool(root);
         let clock = self.clock(root);
         let uplink = self.uplink(root);
@@ -449,14 +478,10 @@ impl Checker<'_> {
         })
     }
 
-    fn decoders(&mut self, root: &Table<'_>, start: &Range<usize>) -> Option<Vec<DecoderConfig>> {
+    fn decoders(&mut self, root: &Table<'_>) -> Option<Vec<DecoderConfig>> {
+        // No [[decoder]] table: the prober finds them (see `auto`).
         let Some(v) = self.get(root, "decoder") else {
-            self.err(
-                start.clone(),
-                "decoder",
-                "missing: add at least one [[decoder]] table",
-            );
-            return None;
+            return Some(Vec::new());
         };
         let Some(items) = v.get_ref().as_array() else {
             self.err(
@@ -499,6 +524,98 @@ impl Checker<'_> {
             }
         }
         ok.then_some(out)
+    }
+
+    /// `decoders = "auto"` and `[auto]`: adds the prober to the configured decoders when asked for,
+    /// or when there is no `[[decoder]]` table at all (a box fresh from its package).
+    fn auto(
+        &mut self,
+        root: &Table<'_>,
+        decoders: Option<Vec<DecoderConfig>>,
+    ) -> Option<Vec<DecoderConfig>> {
+        let asked = match self.get(root, "decoders") {
+            None => false,
+            Some(v) if v.get_ref().as_str() == Some("auto") => true,
+            Some(v) => {
+                self.err(
+                    v.span(),
+                    "decoders",
+                    "expected \"auto\" (or leave it out and list [[decoder]] tables)",
+                );
+                return None;
+            }
+        };
+        let table = self.table(root, "", "auto")?;
+        let mut decoders = decoders?;
+        if !asked && !decoders.is_empty() {
+            if let Some(t) = table {
+                self.err(
+                    t.span(),
+                    "auto",
+                    "[auto] is read only with decoders = \"auto\" (or with no [[decoder]] table)",
+                );
+                return None;
+            }
+            return Some(decoders);
+        }
+        let mut settings = AutoSettings {
+            serial_dir: PathBuf::from(SERIAL_BY_ID_DIR),
+            addresses: Vec::new(),
+            configured: Vec::new(),
+            timing: None,
+        };
+        if let Some(v) = table {
+            let t = v.get_ref().as_table()?;
+            self.unknown_keys(t, "auto", &["serial_dir", "addresses"]);
+            if let Some(dir) = self.string(t, "auto", "serial_dir", &v.span())? {
+                settings.serial_dir = PathBuf::from(dir);
+            }
+            if let Some(list) = self.get(t, "addresses") {
+                let items = list.get_ref().as_array().filter(|items| {
+                    items.iter().all(|i| i.get_ref().is_str()) && items.len() <= AUTO_ADDRESSES_MAX
+                });
+                let Some(items) = items else {
+                    self.err(
+                        list.span(),
+                        "auto.addresses",
+                        format!(
+                            "expected a list of at most {AUTO_ADDRESSES_MAX} addresses, e.g. [\"192.168.1.21\"]"
+                        ),
+                    );
+                    return None;
+                };
+                settings.addresses = items
+                    .iter()
+                    .filter_map(|i| i.get_ref().as_str())
+                    .map(with_default_port)
+                    .collect();
+            }
+        }
+        if let Some(d) = decoders.iter().find(|d| d.name == AUTO_INPUT_NAME) {
+            let line = self.get(root, "decoder").map(|v| v.span()).unwrap_or(0..0);
+            self.err(
+                line,
+                "decoder.name",
+                format!(
+                    "{:?} is the name of the decoder prober (decoders = \"auto\"); choose another",
+                    d.name
+                ),
+            );
+            return None;
+        }
+        settings.configured = decoders
+            .iter()
+            .filter_map(|d| match &d.kind {
+                DecoderKind::Serial { device, .. } => Some(device.display().to_string()),
+                DecoderKind::Tcp { address } => Some(address.clone()),
+                _ => None,
+            })
+            .collect();
+        decoders.push(DecoderConfig {
+            name: AUTO_INPUT_NAME.into(),
+            kind: DecoderKind::Auto(settings),
+        });
+        Some(decoders)
     }
 
     fn decoder(&mut self, t: &Table<'_>, path: &str, span: Range<usize>) -> Option<DecoderConfig> {
@@ -763,6 +880,57 @@ mod tests {
         assert!(!c.decoders.is_empty());
     }
 
+    fn auto_of(c: &Config) -> &AutoSettings {
+        match &c.decoders.last().unwrap().kind {
+            DecoderKind::Auto(a) => a,
+            other => panic!("expected the prober, found {other:?}"),
+        }
+    }
+
+    #[test]
+    fn no_decoder_table_means_auto_with_defaults() {
+        let c = Config::parse("track_id = \"t\"\ndata_dir = \"/d\"\n").unwrap();
+        assert_eq!(c.decoders.len(), 1);
+        assert_eq!(c.decoders[0].name, AUTO_INPUT_NAME);
+        let a = auto_of(&c);
+        assert_eq!(a.serial_dir, PathBuf::from(SERIAL_BY_ID_DIR));
+        assert!(a.addresses.is_empty() && a.configured.is_empty());
+    }
+
+    #[test]
+    fn auto_beside_configured_decoders_skips_them_and_reads_its_table() {
+        let c = Config::parse(
+            "track_id = \"t\"\ndata_dir = \"/d\"\ndecoders = \"auto\"\n\
+             [auto]\nserial_dir = \"/tmp/by-id\"\naddresses = [\"10.0.0.5\", \"10.0.0.6:6000\"]\n\
+             [[decoder]]\nname = \"finish\"\nkind = \"serial\"\ndevice = \"/dev/ttyUSB0\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.decoders.len(), 2);
+        let a = auto_of(&c);
+        assert_eq!(a.serial_dir, PathBuf::from("/tmp/by-id"));
+        assert_eq!(a.addresses, ["10.0.0.5:5403", "10.0.0.6:6000"]);
+        assert_eq!(a.configured, ["/dev/ttyUSB0"]);
+    }
+
+    #[test]
+    fn auto_mistakes_are_named() {
+        assert_eq!(
+            errors("track_id = \"t\"\ndata_dir = \"/d\"\ndecoders = \"all\"\n"),
+            ["3: decoders: expected \"auto\" (or leave it out and list [[decoder]] tables)"]
+        );
+        let table_without_auto = "track_id = \"t\"\ndata_dir = \"/d\"\n[auto]\naddresses = []\n\
+             [[decoder]]\nname = \"a\"\nkind = \"tcp\"\naddress = \"h\"\n";
+        assert_eq!(
+            errors(table_without_auto),
+            [
+                "3: auto: [auto] is read only with decoders = \"auto\" (or with no [[decoder]] table)"
+            ]
+        );
+        let reserved = "track_id = \"t\"\ndata_dir = \"/d\"\ndecoders = \"auto\"\n\
+             [[decoder]]\nname = \"auto\"\nkind = \"tcp\"\naddress = \"h\"\n";
+        assert!(errors(reserved)[0].contains("is the name of the decoder prober"));
+    }
+
     #[test]
     fn minimal_file_gets_defaults() {
         let c = Config::parse(
@@ -806,7 +974,7 @@ kind = \"usb\"
             [
                 "1: track_id: use letters, digits, '-' and '_' only (at most 64)",
                 "2: data_dir: expected a string, found integer",
-                "3: colour: unknown key (expected one of: node_id, track_id, data_dir, decoder, spool, clock, uplink)",
+                "3: colour: unknown key (expected one of: node_id, track_id, data_dir, decoders, decoder, auto, spool, clock, uplink)",
                 "9: decoder[0].baud: 11520 is not a supported baud rate (9600, 19200, 38400, 57600, 115200)",
                 "11: decoder[1].address: missing (required)",
                 "14: decoder[1].adress: unknown key (expected one of: name, kind, address)",

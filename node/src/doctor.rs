@@ -23,8 +23,31 @@ use std::time::{Duration, Instant};
 use crate::config::{self, Config, DecoderKind};
 use crate::inspect::render::bytes;
 
-/// The group whose members may open serial ports on Debian-like systems; the service user is in it.
-pub const SERIAL_GROUP_DEFAULT: &str = "dialout";
+/// The group through which the service user opens serial ports: the udev rule
+/// ([`UDEV_RULE_NAME`]) gives the decoder adapters to it, and the service user is in no other.
+pub const SERIAL_GROUP_DEFAULT: &str = "venue-node";
+
+/// The udev rule this release ships (`packaging/`), compared with the copy installed.
+pub const UDEV_RULE: &str = include_str!("../../packaging/71-venue-node-decoders.rules");
+
+/// The udev rule's file name; the Debian package installs it in `/usr/lib/udev/rules.d/`.
+pub const UDEV_RULE_NAME: &str = "71-venue-node-decoders.rules";
+
+/// Where udev reads rules, first to last: a file in an earlier directory hides one of the same name
+/// in a later one.
+pub const UDEV_RULE_DIRS: [&str; 4] = [
+    "/etc/udev/rules.d",
+    "/run/udev/rules.d",
+    "/usr/lib/udev/rules.d",
+    "/lib/udev/rules.d",
+];
+
+/// The stable links the udev rule makes: `/dev/venue-decoder-<serial>-if<interface>`.
+pub const DECODER_LINK_PREFIX: &str = "venue-decoder-";
+
+/// Most entries of `/dev` read when listing the rule's links. A box has a few hundred; the bound
+/// keeps a strange `/dev` from stalling the doctor.
+pub const DEV_ENTRIES_MAX: usize = 10_000;
 
 /// Longest wait for one clock-status command (`timedatectl`, `chronyc`, `ntpstat`). They answer in
 /// milliseconds; a hung D-Bus must not hang the doctor, so after this the command is killed and the
@@ -41,6 +64,9 @@ pub const CLOCK_COMMAND_OUTPUT_BYTES_MAX: u64 = 64 * 1024;
 /// disk check warns: the OS, logs and redb's own growth need room too.
 pub const DISK_HEADROOM_PERCENT: u64 = 10;
 
+/// A status file older than this means the node is not running: it rewrites the file every second.
+pub const STATUS_FILE_STALE_S: u64 = 10;
+
 /// `/etc/group` larger than this is not read (it is a few KiB on the box).
 pub const GROUP_FILE_BYTES_MAX: u64 = 4 * 1024 * 1024;
 
@@ -50,7 +76,11 @@ pub const GROUP_FILE_BYTES_MAX: u64 = 4 * 1024 * 1024;
 Checks, one line each, OK / WARN / FAIL with how to fix it:
   configuration   the file loads, every mistake listed with its line
   decoder NAME    each serial device exists (symlinks such as /dev/serial/by-id/... resolved), is a
-                  serial port, and is readable and writable by the service user's group (dialout)
+                  serial port, and is readable and writable by the service user's group (venue-node)
+  auto            with decoders = \"auto\": what the running node found (adopted decoders, devices left
+                  alone and why), from its status file
+  udev rule       71-venue-node-decoders.rules is installed, and which adapters it matched
+                  (/dev/venue-decoder-* links); whether each serial decoder is one of them
   disk            free space on the data directory's filesystem against spool.cap_bytes
   data directory  exists and is writable (a probe file is created and removed)
   clock           the host clock is synchronised (timedatectl, systemd-timesyncd, chrony or ntpd)
@@ -164,6 +194,19 @@ pub fn check_all(args: &DoctorArgs) -> Vec<Finding> {
                 if let DecoderKind::Serial { device, .. } = &decoder.kind {
                     findings.push(check_serial(&decoder.name, device, &args.serial_group, &groups));
                 }
+            }
+            let serial: Vec<(String, PathBuf)> = config
+                .decoders
+                .iter()
+                .filter_map(|d| match &d.kind {
+                    DecoderKind::Serial { device, .. } => Some((d.name.clone(), device.clone())),
+                    _ => None,
+                })
+                .collect();
+            let dirs: Vec<&Path> = UDEV_RULE_DIRS.iter().map(Path::new).collect();
+            findings.push(check_udev(&dirs, Path::new("/dev"), &serial));
+            if let Some(finding) = check_auto(config) {
+                findings.push(finding);
             }
             findings.push(check_disk(config));
             findings.push(check_data_dir(&config.data_dir));
@@ -313,7 +356,8 @@ fn check_serial(name: &str, device: &Path, group: &str, groups: &GroupDb) -> Fin
     let group_rw = service_gid == Some(meta.gid()) && mode & 0o060 == 0o060;
     let world_rw = mode & 0o006 == 0o006;
     let perms = format!("group {owner_group}, mode {mode:03o}");
-    if service_gid.is_none() {
+    // A device anyone may open needs no group; otherwise the group must exist to be checked.
+    if service_gid.is_none() && !world_rw {
         return Finding::warn(
             format!(
                 "{shown} ({perms}): this system has no group {group}, so the service user's access cannot be checked"
@@ -330,8 +374,9 @@ fn check_serial(name: &str, device: &Path, group: &str, groups: &GroupDb) -> Fin
                 "{shown} ({perms}) is not readable and writable by group {group}, so the service user cannot open it"
             ),
             format!(
-                "add a udev rule, e.g. /etc/udev/rules.d/60-venue-node.rules: SUBSYSTEM==\"tty\", GROUP=\"{group}\", MODE=\"0660\", \
-                 then `sudo udevadm control --reload && sudo udevadm trigger`; for now: sudo chgrp {group} {0} && sudo chmod g+rw {0}",
+                "install the udev rule {UDEV_RULE_NAME} (the venue-node package does; add the adapter's vendor id \
+                 to it if it is not one of FTDI, Prolific, CH340, CP210x), then `sudo udevadm control --reload && \
+                 sudo udevadm trigger`; for now: sudo chgrp {group} {0} && sudo chmod g+rw {0}",
                 resolved.display()
             ),
         );
@@ -362,6 +407,170 @@ fn check_serial(name: &str, device: &Path, group: &str, groups: &GroupDb) -> Fin
     Finding::ok(format!(
         "{shown} is a serial device readable and writable by group {group} ({perms}; {me})"
     ))
+}
+
+/// A stable link the udev rule made, and the tty it points at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecoderLink {
+    pub link: PathBuf,
+    pub target: PathBuf,
+}
+
+/// The `venue-decoder-*` links in `dev_dir`, sorted, each with the device it resolves to; at most
+/// [`DEV_ENTRIES_MAX`] entries are looked at.
+pub fn decoder_links(dev_dir: &Path) -> Vec<DecoderLink> {
+    let Ok(entries) = std::fs::read_dir(dev_dir) else {
+        return Vec::new();
+    };
+    let mut links: Vec<DecoderLink> = entries
+        .take(DEV_ENTRIES_MAX)
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(DECODER_LINK_PREFIX)
+        })
+        .filter_map(|e| {
+            let link = e.path();
+            let target = std::fs::canonicalize(&link).ok()?;
+            Some(DecoderLink { link, target })
+        })
+        .collect();
+    links.sort_by(|a, b| a.link.cmp(&b.link));
+    links
+}
+
+/// Whether the udev rule is installed (the first copy udev would read, from `rule_dirs` in order),
+/// which adapters it matched (its links in `dev_dir`), and whether each configured serial decoder is
+/// one of them.
+pub fn check_udev(rule_dirs: &[&Path], dev_dir: &Path, serial: &[(String, PathBuf)]) -> Finding {
+    let Some(rule) = rule_dirs
+        .iter()
+        .map(|d| d.join(UDEV_RULE_NAME))
+        .find(|p| p.is_file())
+    else {
+        let looked: Vec<String> = rule_dirs.iter().map(|d| d.display().to_string()).collect();
+        return Finding::warn(
+            format!(
+                "udev rule {UDEV_RULE_NAME} is not installed (looked in {}): USB-serial adapters stay in \
+                 group dialout, which the service user is not in, and get no /dev/{DECODER_LINK_PREFIX}* link",
+                looked.join(", ")
+            ),
+            format!(
+                "install the venue-node package, or: sudo cp packaging/{UDEV_RULE_NAME} /etc/udev/rules.d/ && \
+                 sudo udevadm control --reload && sudo udevadm trigger"
+            ),
+        );
+    };
+    let differs = std::fs::read_to_string(&rule).is_ok_and(|text| text != UDEV_RULE);
+    let installed = if differs {
+        format!(
+            "udev rule {} is installed (edited: it differs from this release's)",
+            rule.display()
+        )
+    } else {
+        format!("udev rule {} is installed", rule.display())
+    };
+    let links = decoder_links(dev_dir);
+    let mut text = if links.is_empty() {
+        format!("{installed}; it matched no adapter plugged in now")
+    } else {
+        let shown: Vec<String> = links
+            .iter()
+            .map(|l| format!("{} -> {}", l.link.display(), l.target.display()))
+            .collect();
+        format!("{installed}; it matched:\n{}", shown.join("\n"))
+    };
+    let unmatched: Vec<String> = serial
+        .iter()
+        .filter_map(|(name, device)| {
+            let resolved = std::fs::canonicalize(device).ok()?;
+            (!links.iter().any(|l| l.target == resolved))
+                .then(|| format!("decoder {name} ({})", resolved.display()))
+        })
+        .collect();
+    if unmatched.is_empty() {
+        return Finding::ok(text);
+    }
+    text.push_str(&format!(
+        "\nnot matched by the rule: {}",
+        unmatched.join(", ")
+    ));
+    Finding::warn(
+        text,
+        format!(
+            "the node reaches an adapter the rule does not know only if its group lets it: add the adapter's USB \
+             vendor id (`udevadm info -q property -n DEVICE | grep ID_VENDOR_ID`) to {}",
+            rule.display()
+        ),
+    )
+}
+
+/// With `decoders = "auto"`: what the running node's prober found, from its status file. `None`
+/// without auto.
+pub fn check_auto(config: &Config) -> Option<Finding> {
+    use crate::runtime::status::NodeStatus;
+    let settings = config.decoders.iter().find_map(|d| match &d.kind {
+        DecoderKind::Auto(a) => Some(a),
+        _ => None,
+    })?;
+    let path = config::status_file(&config.data_dir);
+    let status: Option<NodeStatus> = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok());
+    let fresh = status.as_ref().is_some_and(|s| {
+        spool::now_us().saturating_sub(s.updated_at_us) < STATUS_FILE_STALE_S * 1_000_000
+    });
+    let probe = match status.and_then(|s| s.probe) {
+        Some(probe) if fresh => probe,
+        _ => {
+            return Some(Finding::warn(
+                format!(
+                    "auto: the node is not running (no fresh {}), so nothing has been probed; it will probe {}/*{}",
+                    path.display(),
+                    settings.serial_dir.display(),
+                    if settings.addresses.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" and {}", settings.addresses.join(", "))
+                    }
+                ),
+                "start it (`sudo systemctl start venue-node`), plug the decoder in, and run doctor again",
+            ));
+        }
+    };
+    let mut lines = Vec::new();
+    for a in &probe.adopted {
+        let baud = a.baud.map(|b| format!(" @ {b} 8N1")).unwrap_or_default();
+        lines.push(format!("adopted {} <- {}{baud}", a.name, a.address));
+    }
+    for i in &probe.ignored {
+        lines.push(format!("left alone {}: {}", i.address, i.reason));
+    }
+    for p in &probe.probing {
+        lines.push(format!("probing {p}"));
+    }
+    let head = format!(
+        "auto: probing {}/*{}",
+        probe.serial_dir,
+        if probe.addresses.is_empty() {
+            String::new()
+        } else {
+            format!(" and {}", probe.addresses.join(", "))
+        }
+    );
+    let text = std::iter::once(head)
+        .chain(lines)
+        .collect::<Vec<_>>()
+        .join("\n");
+    if probe.adopted.is_empty() {
+        return Some(Finding::warn(
+            format!("{text}\nno decoder found yet"),
+            "plug the decoder's USB cable in (or list its address under [auto] addresses), and set its RS-232 \
+             protocol menu to P3; a device left alone is probed again when it is plugged in again",
+        ));
+    }
+    Some(Finding::ok(text))
 }
 
 /// The nearest existing directory at or above `path` (the filesystem the data directory will be on).

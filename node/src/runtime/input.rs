@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 use super::events::{self, FrameEvent};
 use super::gaps::{self, Addressed, Counters, Heard};
 use super::status::Shared;
-use crate::config::{ClockSettings, DecoderConfig, DecoderKind};
+use crate::config::{AutoSettings, ClockSettings, DecoderConfig, DecoderKind};
 
 /// Bytes read from the line at once. A PASSING is about 51 bytes; 4 KiB holds 80 of them, the most a
 /// 115200-baud line delivers in a third of a second.
@@ -70,8 +70,16 @@ const _: () = assert!(RECONNECT_BACKOFF_MS_MAX < FLAPPING_REPORT_INTERVAL_MS);
 /// Where the bytes come from.
 #[derive(Debug, Clone)]
 pub enum Source {
-    Serial { device: PathBuf, baud: u32 },
-    Tcp { address: String },
+    Serial {
+        device: PathBuf,
+        baud: u32,
+    },
+    Tcp {
+        address: String,
+    },
+    /// `decoders = "auto"`: this input runs the prober (`super::probe`), which adopts the decoders
+    /// it finds as inputs of their own.
+    Probe(AutoSettings),
 }
 
 impl Source {
@@ -85,6 +93,7 @@ impl Source {
                 address: address.clone(),
             }),
             DecoderKind::Sim { .. } => None,
+            DecoderKind::Auto(settings) => Some(Source::Probe(settings.clone())),
         }
     }
 
@@ -92,6 +101,7 @@ impl Source {
         match self {
             Source::Serial { device, baud } => format!("{} @ {baud} 8N1", device.display()),
             Source::Tcp { address } => format!("tcp://{address}"),
+            Source::Probe(settings) => format!("probing {}", settings.serial_dir.display()),
         }
     }
 }
@@ -127,12 +137,13 @@ async fn open(source: &Source) -> std::io::Result<(Box<dyn Line>, String)> {
                 .unwrap_or_else(|_| address.clone());
             Ok((Box::new(stream), peer))
         }
+        Source::Probe(_) => Err(std::io::Error::other("the prober is not a line to open")),
     }
 }
 
 /// Opens a serial device, blocking. Registers it with the Tokio reactor, so it runs on a thread of
 /// the runtime (`spawn_blocking`).
-fn open_serial(
+pub(super) fn open_serial(
     device: &std::path::Path,
     baud: u32,
 ) -> std::io::Result<(tokio_serial::SerialStream, String)> {
@@ -363,6 +374,10 @@ impl Input {
 
     /// Runs until cancelled: connect, read, reconnect.
     pub async fn run(self, cancel: CancellationToken) {
+        if let Source::Probe(settings) = &self.source {
+            let (settings, timing) = (settings.clone(), settings.timing.unwrap_or_default());
+            return super::probe::run(self, settings, timing, cancel).await;
+        }
         let mut memory = Memory::default();
         for group in self.remembered_counters().await {
             memory.counters.remember(group);

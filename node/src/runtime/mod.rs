@@ -15,6 +15,7 @@ pub mod gaps;
 pub mod identity;
 pub mod input;
 pub mod notify;
+pub mod probe;
 pub mod status;
 
 use std::path::PathBuf;

@@ -179,6 +179,8 @@ pub struct NodeStatus {
     pub spool_alarm: Option<String>,
     /// The race projection (the engine's read models over the spool); `None` from an older node.
     pub race: Option<RaceStatus>,
+    /// What `decoders = "auto"` found: adopted, ignored and probed devices; `None` without it.
+    pub probe: Option<super::probe::ProbeStatus>,
 }
 
 /// Where the race projection stands against the spool.
