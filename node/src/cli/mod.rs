@@ -131,6 +131,25 @@ pub struct CentralArgs {
     /// Store in NATS JetStream at this URL instead (e.g. nats://127.0.0.1:4222).
     #[arg(long)]
     pub nats: Option<String>,
+    /// Most bytes of the raw ingest stream (timing_ingest_raw_v1): 100GB, 512MB, 2GiB, or -1 for
+    /// no limit. The NATS server reserves this much disk; lower it if the server refuses.
+    #[arg(long, default_value = "100GB", value_parser = central::store::streams::parse_bytes, requires = "nats")]
+    pub raw_max_bytes: i64,
+    /// How long the raw ingest stream keeps an event: 7d, 24h, 30m.
+    #[arg(long, default_value = "7d", value_parser = central::store::streams::parse_age, requires = "nats")]
+    pub raw_max_age: std::time::Duration,
+    /// Most bytes of the derived race events stream (timing_race_events_v1).
+    #[arg(long, default_value = "50GB", value_parser = central::store::streams::parse_bytes, requires = "nats")]
+    pub events_max_bytes: i64,
+    /// How long the race events stream keeps an event.
+    #[arg(long, default_value = "30d", value_parser = central::store::streams::parse_age, requires = "nats")]
+    pub events_max_age: std::time::Duration,
+    /// Most bytes of the dead-letter stream (timing_dlq_v1: rejected events with the reason).
+    #[arg(long, default_value = "10GB", value_parser = central::store::streams::parse_bytes, requires = "nats")]
+    pub dlq_max_bytes: i64,
+    /// How long the dead-letter stream keeps a rejected event.
+    #[arg(long, default_value = "14d", value_parser = central::store::streams::parse_age, requires = "nats")]
+    pub dlq_max_age: std::time::Duration,
     /// Accept only PASSING, STATUS and VERSION and refuse extension types as a strict
     /// track_ingest.v2 server does (422, plain text naming events[N]): to try a node's settings
     /// against such a central.
@@ -159,10 +178,27 @@ fn central(args: CentralArgs) -> anyhow::Result<()> {
         _ => None,
     };
     let store = match args.nats {
-        Some(url) => StoreConfig::JetStream {
-            url,
-            max_bytes: None,
-        },
+        Some(url) => {
+            let defaults = central::StreamSettings::default();
+            StoreConfig::JetStream {
+                url,
+                streams: central::StreamSettings {
+                    raw: central::StreamLimits {
+                        max_bytes: args.raw_max_bytes,
+                        max_age: args.raw_max_age,
+                    },
+                    events: central::StreamLimits {
+                        max_bytes: args.events_max_bytes,
+                        max_age: args.events_max_age,
+                    },
+                    dlq: central::StreamLimits {
+                        max_bytes: args.dlq_max_bytes,
+                        max_age: args.dlq_max_age,
+                    },
+                    ..defaults
+                },
+            }
+        }
         None => StoreConfig::Spool { path: args.store },
     };
     let config = CentralConfig {

@@ -52,6 +52,7 @@ pub use server::{
 };
 pub use store::jetstream::JetStreamStore;
 pub use store::spool::{SpoolStore, StoredIngest};
+pub use store::streams::{StreamLimits, StreamSettings};
 pub use tokens::Tokens;
 pub use validate::{Reject, ValidBatch, ValidEvent};
 
@@ -110,12 +111,12 @@ pub const STRICT_V2_MESSAGE_TYPES: [&str; 3] = [
 pub enum StoreConfig {
     /// The embedded default: a local spool (redb) file.
     Spool { path: PathBuf },
-    /// NATS JetStream at `url` (`nats://host:4222`); the raw stream holds at most `max_bytes`
-    /// (default 100 GB, ADR-0001).
+    /// NATS JetStream at `url` (`nats://host:4222`), with the streams of ADR-0001 set up with
+    /// `streams`' limits.
     JetStream {
         url: String,
         #[serde(default)]
-        max_bytes: Option<i64>,
+        streams: StreamSettings,
     },
 }
 
@@ -187,8 +188,8 @@ pub async fn serve(config: CentralConfig, cancel: CancellationToken) -> Result<(
             let central = Central::with_contract(store, tokens, config.contract);
             server.run(router(central), cancel).await
         }
-        StoreConfig::JetStream { url, max_bytes } => {
-            let store = JetStreamStore::connect(url, *max_bytes).await?;
+        StoreConfig::JetStream { url, streams } => {
+            let store = JetStreamStore::connect(url, streams).await?;
             let central = Central::with_contract(store, tokens, config.contract);
             server.run(router(central), cancel).await
         }

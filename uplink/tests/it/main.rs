@@ -3,10 +3,12 @@
 //! proxy between node and central.
 
 mod central;
+mod cluster;
 mod common;
 mod faults;
 mod hostile;
 mod jetstream;
+mod nats;
 mod outage;
 mod restart;
 mod strict;
