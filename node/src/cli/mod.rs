@@ -167,8 +167,37 @@ pub enum ConfigCommand {
 
 pub use crate::usage::UsageError;
 
+/// The store `venue-node central` was asked for: the spool, or JetStream with the flags' limits.
+fn central_store(nats: Option<String>, args: &CentralArgs) -> central::StoreConfig {
+    use central::{StoreConfig, StreamLimits, StreamSettings};
+    match nats {
+        Some(url) => StoreConfig::JetStream {
+            url,
+            streams: StreamSettings {
+                raw: StreamLimits {
+                    max_bytes: args.raw_max_bytes,
+                    max_age: args.raw_max_age,
+                },
+                events: StreamLimits {
+                    max_bytes: args.events_max_bytes,
+                    max_age: args.events_max_age,
+                },
+                dlq: StreamLimits {
+                    max_bytes: args.dlq_max_bytes,
+                    max_age: args.dlq_max_age,
+                },
+                ..StreamSettings::default()
+            },
+        },
+        None => StoreConfig::Spool {
+            path: args.store.clone(),
+        },
+    }
+}
+
 fn central(args: CentralArgs) -> anyhow::Result<()> {
-    use central::{CentralConfig, Contract, StoreConfig};
+    use central::{CentralConfig, Contract};
+    let store = central_store(args.nats.clone(), &args);
     let tls = match (args.tls_cert, args.tls_key) {
         (Some(cert_file), Some(key_file)) => Some(uplink::tls::ServerTlsConfig {
             cert_file,
@@ -176,30 +205,6 @@ fn central(args: CentralArgs) -> anyhow::Result<()> {
             client_ca_file: args.client_ca,
         }),
         _ => None,
-    };
-    let store = match args.nats {
-        Some(url) => {
-            let defaults = central::StreamSettings::default();
-            StoreConfig::JetStream {
-                url,
-                streams: central::StreamSettings {
-                    raw: central::StreamLimits {
-                        max_bytes: args.raw_max_bytes,
-                        max_age: args.raw_max_age,
-                    },
-                    events: central::StreamLimits {
-                        max_bytes: args.events_max_bytes,
-                        max_age: args.events_max_age,
-                    },
-                    dlq: central::StreamLimits {
-                        max_bytes: args.dlq_max_bytes,
-                        max_age: args.dlq_max_age,
-                    },
-                    ..defaults
-                },
-            }
-        }
-        None => StoreConfig::Spool { path: args.store },
     };
     let config = CentralConfig {
         listen: args.listen,
@@ -257,5 +262,62 @@ pub fn run(cli: Cli) -> ExitCode {
             eprintln!("venue-node: {err:#}");
             ExitCode::from(exit::FAILURE)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    /// The flags' defaults are the ADR's limits, as `central` defines them (issue 13).
+    #[test]
+    fn central_stream_flags_default_to_the_adrs_limits() {
+        let cli = Cli::try_parse_from([
+            "venue-node",
+            "central",
+            "--tokens",
+            "t",
+            "--nats",
+            "nats://n:4222",
+        ])
+        .unwrap();
+        let Command::Central(args) = cli.command else {
+            panic!("not the central command");
+        };
+        let store = central_store(args.nats.clone(), &args);
+        assert_eq!(
+            store,
+            central::StoreConfig::JetStream {
+                url: "nats://n:4222".into(),
+                streams: central::StreamSettings::default(),
+            }
+        );
+        let cli = Cli::try_parse_from([
+            "venue-node",
+            "central",
+            "--tokens",
+            "t",
+            "--nats",
+            "nats://n:4222",
+            "--raw-max-bytes",
+            "20GB",
+            "--raw-max-age",
+            "2d",
+        ])
+        .unwrap();
+        let Command::Central(args) = cli.command else {
+            panic!("not the central command");
+        };
+        let central::StoreConfig::JetStream { streams, .. } =
+            central_store(args.nats.clone(), &args)
+        else {
+            panic!("not JetStream");
+        };
+        assert_eq!(streams.raw.max_bytes, 20_000_000_000);
+        assert_eq!(
+            streams.raw.max_age,
+            std::time::Duration::from_secs(2 * 86_400)
+        );
     }
 }

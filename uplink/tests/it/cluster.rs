@@ -248,3 +248,101 @@ async fn a_node_fails_over_to_the_next_central() {
     assert_eq!(ids.len() as u64, head);
     live.stop().await;
 }
+
+/// The streams as the cluster holds them, after a central set them up: the ADR's subjects and
+/// policies, three replicas, the limits given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_holds_the_adrs_streams_replicated_three_times() {
+    use async_nats::jetstream::stream::{DiscardPolicy, RetentionPolicy};
+    let nats = Nats::cluster().await;
+    let urls = nats.urls();
+    let central = cluster_central(&urls).await;
+    let client = async_nats::connect(urls.split(',').collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let js = async_nats::jetstream::new(client);
+    let settings = test_streams(3);
+    let expected = [
+        (
+            "timing_ingest_raw_v1",
+            "timing.ingest.raw.v1.*",
+            settings.raw,
+            -1,
+        ),
+        (
+            "timing_race_events_v1",
+            "timing.race.events.v1.*",
+            settings.events,
+            -1,
+        ),
+        (
+            "timing_race_snapshot_v1",
+            "timing.race.snapshot.v1.*.*",
+            settings.snapshots,
+            1,
+        ),
+        ("timing_dlq_v1", "timing.dlq.v1.*", settings.dlq, -1),
+    ];
+    for (name, subject, limits, per_subject) in expected {
+        let mut stream = js.get_stream(name).await.unwrap();
+        let info = stream.info().await.unwrap();
+        let c = &info.config;
+        assert_eq!(c.subjects, vec![subject.to_string()], "{name}");
+        assert_eq!(c.retention, RetentionPolicy::Limits, "{name}");
+        assert_eq!(c.discard, DiscardPolicy::Old, "{name}");
+        assert_eq!(c.max_age, limits.max_age, "{name}");
+        assert_eq!(c.max_bytes, limits.max_bytes, "{name}");
+        assert_eq!(c.max_messages_per_subject, per_subject, "{name}");
+        assert_eq!(c.num_replicas, 3, "{name}");
+        let cluster = info.cluster.as_ref().expect("a clustered stream");
+        assert_eq!(
+            cluster.replicas.len(),
+            2,
+            "{name}: a leader and two replicas"
+        );
+    }
+    central.stop().await;
+}
+
+/// A refused event lands in the dead-letter stream with the reason, as the node sent it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_event_is_kept_in_the_dead_letter_stream_with_the_reason() {
+    let nats = Nats::cluster().await;
+    let urls = nats.urls();
+    let central = cluster_central(&urls).await;
+    let good = String::from_utf8(batch_body(CLIENT, 1..=3)).unwrap();
+    // The second event's transponder_id is not a number: 422 naming events[1].
+    let needle = "\"transponder_id\":9992";
+    let at = good.match_indices(needle).nth(1).unwrap().0;
+    let bad = format!(
+        "{}\"transponder_id\":\"not-a-number\"{}",
+        &good[..at],
+        &good[at + needle.len()..]
+    );
+    let (status, _) = post(&http_client(), central.addr, bad.into_bytes()).await;
+    assert_eq!(status, 422);
+
+    let client = async_nats::connect(urls.split(',').collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let js = async_nats::jetstream::new(client);
+    let stream = js.get_stream("timing_dlq_v1").await.unwrap();
+    let letter = stream
+        .get_last_raw_message_by_subject("timing.dlq.v1.ingest")
+        .await
+        .expect("a dead letter");
+    let header = |name: &str| letter.headers.get(name).map(|v| v.to_string());
+    assert_eq!(header("Timing-Track-Id").as_deref(), Some(TRACK));
+    assert_eq!(header("Timing-Status").as_deref(), Some("422"));
+    assert_eq!(header("Timing-Event-Index").as_deref(), Some("1"));
+    assert!(
+        header("Timing-Field").unwrap().contains("transponder_id"),
+        "{:?}",
+        header("Timing-Field")
+    );
+    assert!(header("Timing-Reason").unwrap().contains("integer"));
+    let event: serde_json::Value = serde_json::from_slice(&letter.payload).unwrap();
+    assert_eq!(event["event_id_context"]["seq"], 2);
+    assert_eq!(event["payload"]["transponder_id"], "not-a-number");
+    central.stop().await;
+}

@@ -480,7 +480,39 @@ fn has_code(error: &jetstream::context::PublishError, codes: &[jetstream::ErrorC
         .is_some_and(|e| codes.contains(&e.error_code()))
 }
 
+/// The subject of the dead letters central writes: `timing.dlq.v1.<source>` with source `ingest`.
+pub const DLQ_INGEST_SUBJECT: &str = "timing.dlq.v1.ingest";
+
 impl IngestStore for JetStreamStore {
+    /// One message on [`DLQ_INGEST_SUBJECT`]: the refused event (or body) as the node sent it, and
+    /// the reason in headers (`Timing-Track-Id`, `Timing-Status`, `Timing-Reason`, and
+    /// `Timing-Event-Index`, `Timing-Field`, `Timing-Truncated` when they apply).
+    async fn dead_letter(&self, letter: crate::DeadLetter) -> Result<(), Error> {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Timing-Track-Id", letter.track_id.as_str());
+        headers.insert("Timing-Status", letter.status.to_string().as_str());
+        // A header value is one line.
+        let reason = letter.reason.replace(['\r', '\n'], " ");
+        headers.insert("Timing-Reason", reason.as_str());
+        if let Some(index) = letter.event_index {
+            headers.insert("Timing-Event-Index", index.to_string().as_str());
+        }
+        if let Some(field) = &letter.field {
+            headers.insert("Timing-Field", field.as_str());
+        }
+        if letter.truncated {
+            headers.insert("Timing-Truncated", "true");
+        }
+        self.inner
+            .js
+            .publish_with_headers(DLQ_INGEST_SUBJECT, headers, letter.body.into())
+            .await
+            .map_err(|e| Error::nats("writing a dead letter", e))?
+            .await
+            .map_err(|e| Error::nats("acknowledgement of a dead letter", e))?;
+        Ok(())
+    }
+
     async fn ingest(&self, batch: ValidBatch) -> Result<BatchAccepted, Error> {
         let inner = &*self.inner;
         let subject = format!("{RAW_SUBJECT_PREFIX}.{}", batch.track_id);

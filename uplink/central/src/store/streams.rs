@@ -337,6 +337,81 @@ mod tests {
         assert!(parse_age("1w").unwrap_err().contains("unknown unit"));
     }
 
+    /// Issue 13: the streams of ADR-0001 "Stream and Subject Design" and "Retention Policy", with the
+    /// numbers written out as the ADR gives them, not taken from the code under test.
+    #[test]
+    fn the_default_streams_are_the_adrs() {
+        use stream::{DiscardPolicy, RetentionPolicy, StorageType};
+        let configs = StreamSettings::default().configs();
+        let by_name = |name: &str| {
+            configs
+                .iter()
+                .find(|c| c.name == name)
+                .unwrap_or_else(|| panic!("no stream {name}"))
+                .clone()
+        };
+        let day = 24 * 3600;
+        let gb = 1_000_000_000i64;
+        // (name, subject, max age, max bytes, max messages per subject: 0 is no limit here, the
+        // server shows it as -1)
+        let adr = [
+            (
+                "timing_ingest_raw_v1",
+                "timing.ingest.raw.v1.*",
+                7 * day,
+                100 * gb,
+                0,
+            ),
+            (
+                "timing_race_events_v1",
+                "timing.race.events.v1.*",
+                30 * day,
+                50 * gb,
+                0,
+            ),
+            (
+                "timing_race_snapshot_v1",
+                "timing.race.snapshot.v1.*.*",
+                day,
+                -1,
+                1,
+            ),
+            ("timing_dlq_v1", "timing.dlq.v1.*", 14 * day, 10 * gb, 0),
+        ];
+        for (name, subject, age_s, bytes, per_subject) in adr {
+            let c = by_name(name);
+            assert_eq!(c.subjects, vec![subject.to_string()], "{name}");
+            assert_eq!(c.retention, RetentionPolicy::Limits, "{name}");
+            assert_eq!(c.discard, DiscardPolicy::Old, "{name}");
+            assert_eq!(c.storage, StorageType::File, "{name}");
+            assert_eq!(c.max_age, Duration::from_secs(age_s), "{name}");
+            assert_eq!(c.max_bytes, bytes, "{name}");
+            assert_eq!(c.max_messages_per_subject, per_subject, "{name}");
+            assert_eq!(c.num_replicas, 1, "{name}");
+        }
+        assert_eq!(
+            by_name("timing_ingest_raw_v1").duplicate_window,
+            Duration::from_secs(120)
+        );
+        let ranges = by_name("timing_ingest_seq_ranges_v2");
+        assert_eq!(
+            ranges.subjects,
+            vec!["timing.ingest.seqranges.v2.>".to_string()]
+        );
+        assert_eq!(ranges.max_messages_per_subject, 1);
+        assert_eq!(
+            ranges.max_age,
+            Duration::ZERO,
+            "the ranges are kept for ever"
+        );
+        assert_eq!(configs.len(), 5);
+        let three = StreamSettings {
+            replicas: 3,
+            ..StreamSettings::default()
+        };
+        assert!(three.configs().iter().all(|c| c.num_replicas == 3));
+    }
+
     #[test]
     fn bytes_print_for_people() {
         assert_eq!(Bytes(100 * GB).to_string(), "100 GB");
