@@ -128,9 +128,13 @@ pub struct CentralArgs {
     /// Directory of the embedded store (a spool file).
     #[arg(long, default_value = "central-data", conflicts_with = "nats")]
     pub store: PathBuf,
-    /// Store in NATS JetStream at this URL instead (e.g. nats://127.0.0.1:4222).
+    /// Store in NATS JetStream at this URL instead (e.g. nats://127.0.0.1:4222); several servers of
+    /// one cluster comma-separated. Any number of centrals may share one JetStream.
     #[arg(long)]
     pub nats: Option<String>,
+    /// Copies JetStream keeps of each stream: 1 for a single server, 3 for a 3-server cluster.
+    #[arg(long, default_value_t = 1, requires = "nats")]
+    pub nats_replicas: usize,
     /// Most bytes of the raw ingest stream (timing_ingest_raw_v1): 100GB, 512MB, 2GiB, or -1 for
     /// no limit. The NATS server reserves this much disk; lower it if the server refuses.
     #[arg(long, default_value = "100GB", value_parser = central::store::streams::parse_bytes, requires = "nats")]
@@ -186,6 +190,7 @@ fn central_store(nats: Option<String>, args: &CentralArgs) -> central::StoreConf
                     max_bytes: args.dlq_max_bytes,
                     max_age: args.dlq_max_age,
                 },
+                replicas: args.nats_replicas,
                 ..StreamSettings::default()
             },
         },

@@ -34,7 +34,9 @@
 //! may run at once. A pass that started at time `s` covers every event stored before `s`; an event
 //! stored after `s` is still inside the duplicate window as long as the publish happens less than the
 //! window after `s`. So a central refuses to publish (503, the node retries) when its last completed
-//! pass started more than [`RANGES_STALE_MS`] ago, and [`RANGES_STALE_MS`] is well inside the window.
+//! pass started more than [`RANGES_STALE_MS`] ago, and [`RANGES_STALE_MS`] is well inside the window. A
+//! batch that finds the ranges stale runs a pass itself first, so a central whose reconciler failed
+//! while a server was down heals on its next batch.
 //!
 //! Costs: one ranges read and one compare-and-set per client per batch, and every raw message's
 //! headers read once more by the reconciler.
@@ -81,6 +83,8 @@ const _: () = assert!(RANGES_STALE_MS + JETSTREAM_REQUEST_MS_MAX < RAW_DUPLICATE
 /// Compare-and-set tries on one ranges entry before the batch fails (503; the retry is safe). Each
 /// lost try means another writer grew the entry, so many in a row mean heavy contention.
 pub const RANGES_CAS_ATTEMPTS_MAX: usize = 64;
+/// Raw messages the reconciler reads before it records its progress (the watermark).
+const RECONCILE_CHUNK_MESSAGES: u64 = 10_000;
 /// How long the reconciler waits for the next header of the raw stream before it gives the pass up.
 const RECONCILE_MESSAGE_MS_MAX: u64 = 10_000;
 
@@ -112,6 +116,8 @@ struct Inner {
     ranges: stream::Stream,
     /// Start of the last completed reconcile pass.
     reconciled_at: Mutex<Instant>,
+    /// One pass at a time per process: the loop's, or a batch's that found the ranges stale.
+    reconciling: tokio::sync::Mutex<()>,
 }
 
 pub struct JetStreamStore {
@@ -151,6 +157,7 @@ impl JetStreamStore {
             raw,
             ranges,
             reconciled_at: Mutex::new(started),
+            reconciling: tokio::sync::Mutex::new(()),
         });
         inner.reconcile().await?;
         let cancel = CancellationToken::new();
@@ -311,8 +318,28 @@ impl Inner {
         }
     }
 
-    /// One reconcile pass (module docs): every raw message after the watermark into the ranges.
+    /// Brings the ranges up to date if they are stale: a batch that finds them so runs a pass
+    /// itself rather than refuse (the loop's passes may have been failing while a server was down).
+    async fn freshen(&self) -> Result<(), Error> {
+        if self.check_fresh().is_ok() {
+            return Ok(());
+        }
+        let _one = self.reconciling.lock().await;
+        if self.check_fresh().is_ok() {
+            return Ok(());
+        }
+        self.reconcile_pass().await?;
+        self.check_fresh()
+    }
+
+    /// One reconcile pass (module docs), unless another is running; then waits for it.
     async fn reconcile(&self) -> Result<(), Error> {
+        let _one = self.reconciling.lock().await;
+        self.reconcile_pass().await
+    }
+
+    /// One reconcile pass: every raw message after the watermark into the ranges.
+    async fn reconcile_pass(&self) -> Result<(), Error> {
         let started = Instant::now();
         let mark = self.read_watermark().await?;
         let watermark = mark.set.iter_ranges().next().map_or(0, |(s, _)| s);
@@ -325,16 +352,21 @@ impl Inner {
             .state
             .clone();
         let last = state.last_sequence;
-        if last > watermark && state.messages > 0 {
-            let found = self
-                .scan_ids(watermark.max(state.first_sequence.saturating_sub(1)), last)
-                .await?;
+        let mut from = watermark.max(state.first_sequence.saturating_sub(1));
+        let mut mark = mark;
+        // In chunks, each moving the watermark: a pass cut short by a failing server keeps what it
+        // did, and the next one goes on from there.
+        while last > from && state.messages > 0 {
+            let to = last.min(from + RECONCILE_CHUNK_MESSAGES);
+            let found = self.scan_ids(from, to).await?;
             for ((track, client), add) in &found {
                 let known = self.read_ranges(track, client).await?;
                 self.grow_ranges(track, client, add, known).await?;
             }
-            self.advance_watermark(last, mark).await?;
-            tracing::debug!(from = watermark + 1, to = last, "seq ranges reconciled");
+            self.advance_watermark(to, mark).await?;
+            mark = self.read_watermark().await?;
+            tracing::debug!(from = from + 1, to, "seq ranges reconciled");
+            from = to;
         }
         *self
             .reconciled_at
@@ -515,6 +547,7 @@ impl IngestStore for JetStreamStore {
 
     async fn ingest(&self, batch: ValidBatch) -> Result<BatchAccepted, Error> {
         let inner = &*self.inner;
+        inner.freshen().await?;
         let subject = format!("{RAW_SUBJECT_PREFIX}.{}", batch.track_id);
         let ingested_at_us = super::now_us();
         let mut done = BatchAccepted {

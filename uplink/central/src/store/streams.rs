@@ -153,11 +153,54 @@ impl StreamSettings {
         for config in self.configs() {
             let name = config.name.clone();
             let max_bytes = config.max_bytes;
-            js.create_or_update_stream(config)
-                .await
-                .map_err(|e| provision_error(&name, max_bytes, reserved, self.replicas, e))?;
+            let started = std::time::Instant::now();
+            let mut pause = Duration::from_millis(PROVISION_PAUSE_MS_MIN);
+            loop {
+                match js.create_or_update_stream(config.clone()).await {
+                    Ok(_) => break,
+                    Err(e)
+                        if transient(&e)
+                            && started.elapsed() < Duration::from_millis(PROVISION_MS_MAX) =>
+                    {
+                        tracing::info!(stream = name, error = %e, "the NATS cluster is not ready; retrying");
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_millis(PROVISION_PAUSE_MS_MAX));
+                    }
+                    Err(e) => {
+                        return Err(provision_error(
+                            &name,
+                            max_bytes,
+                            reserved,
+                            self.replicas,
+                            e,
+                        ));
+                    }
+                }
+            }
         }
         Ok(())
+    }
+}
+
+/// How long central keeps trying to set a stream up while the cluster answers "timed out" or "no
+/// JetStream" (a server restarting, a leader election): a central started beside a recovering
+/// cluster waits for it rather than exiting.
+pub const PROVISION_MS_MAX: u64 = 60_000;
+const PROVISION_PAUSE_MS_MIN: u64 = 100;
+const PROVISION_PAUSE_MS_MAX: u64 = 2_000;
+
+/// Whether a refused stream set-up may succeed when tried again.
+fn transient(error: &jetstream::context::CreateStreamError) -> bool {
+    use jetstream::context::CreateStreamErrorKind;
+    match error.kind() {
+        CreateStreamErrorKind::TimedOut => true,
+        CreateStreamErrorKind::JetStream(e) => [
+            jetstream::ErrorCode::CLUSTER_NOT_AVAILABLE,
+            jetstream::ErrorCode::CLUSTER_NOT_LEADER,
+            jetstream::ErrorCode::STREAM_OFFLINE,
+        ]
+        .contains(&e.error_code()),
+        _ => false,
     }
 }
 
