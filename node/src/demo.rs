@@ -264,6 +264,7 @@ async fn demo(args: DemoArgs, cancel: CancellationToken) -> anyhow::Result<()> {
     let mut config = Config::demo(dir.join("node"), link.clone());
     config.uplink = Some(UplinkSettings {
         central_url: format!("http://{wan_addr}"),
+        failover_urls: Vec::new(),
         token_file,
         ca_file: None,
         client_cert: None,

@@ -472,7 +472,9 @@ async fn main() {
                 assert!(Instant::now() < deadline, "nats-server did not start");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            let store = JetStreamStore::connect(&url, Some(4 << 30)).await.unwrap();
+            let store = JetStreamStore::connect(&url, &bench_streams())
+                .await
+                .unwrap();
             let js_rate = ingest_throughput(&store, &batches).await;
             println!(
                 "  JetStream    {js_rate:.0} events/s (file storage, every publish acknowledged)"
@@ -480,5 +482,20 @@ async fn main() {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// Stream limits that fit any bench machine's disk (the ADR's 100 GB does not).
+fn bench_streams() -> central::StreamSettings {
+    let small = |max_bytes| central::StreamLimits {
+        max_bytes,
+        max_age: Duration::from_secs(3600),
+    };
+    central::StreamSettings {
+        raw: small(4 << 30),
+        events: small(64 << 20),
+        snapshots: small(-1),
+        dlq: small(16 << 20),
+        replicas: 1,
     }
 }

@@ -77,6 +77,18 @@ pub enum Error {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// Central's JetStream store has not brought its seq ranges up to date for too long (see
+    /// `central::store::jetstream`): an event re-sent now might be stored twice, so it is not stored.
+    #[error(
+        "the seq ranges were last brought up to date {age_ms} ms ago, more than {limit_ms} ms: \
+         refusing to store what could be a duplicate until they are"
+    )]
+    RangesStale { age_ms: u64, limit_ms: u64 },
+    /// Other centrals kept winning the compare-and-set on one ranges entry.
+    #[error(
+        "{attempts} compare-and-set tries on the seq ranges of {what} all lost to other writers"
+    )]
+    RangesContended { what: String, attempts: usize },
     /// Data read back from a store does not decode; the store holds something this code did not write.
     #[error("corrupt {what}")]
     Corrupt {

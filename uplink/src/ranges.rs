@@ -49,6 +49,37 @@ impl RangeSet {
         true
     }
 
+    /// Adds every value of `start..=end`.
+    pub fn insert_range(&mut self, start: u64, end: u64) {
+        assert!(start <= end, "a range starts at or before its end");
+        let (mut lo, mut hi) = (start, end);
+        // A range that starts before `start` and reaches it (or touches it) joins.
+        if let Some((&s, &e)) = self.ranges.range(..start).next_back()
+            && e.saturating_add(1) >= start
+        {
+            lo = s;
+            hi = hi.max(e);
+        }
+        // So does every range that starts inside `start..=end + 1`.
+        let joined: Vec<(u64, u64)> = self
+            .ranges
+            .range(lo..=end.saturating_add(1))
+            .map(|(&s, &e)| (s, e))
+            .collect();
+        for (s, e) in joined {
+            self.ranges.remove(&s);
+            hi = hi.max(e);
+        }
+        self.ranges.insert(lo, hi);
+    }
+
+    /// Adds every value of `other`.
+    pub fn union(&mut self, other: &RangeSet) {
+        for (start, end) in other.iter_ranges() {
+            self.insert_range(start, end);
+        }
+    }
+
     /// Number of ranges (not values).
     pub fn range_count(&self) -> usize {
         self.ranges.len()
@@ -138,6 +169,44 @@ mod tests {
         }
         let json = serde_json::to_string(&set).unwrap();
         assert_eq!(serde_json::from_str::<RangeSet>(&json).unwrap(), set);
+    }
+
+    #[test]
+    fn union_agrees_with_a_btreeset_model() {
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..500 {
+            let (mut a, mut b) = (RangeSet::new(), RangeSet::new());
+            let mut model = BTreeSet::new();
+            for _ in 0..(next() % 8) {
+                let s = next() % 100;
+                let e = s + next() % 10;
+                a.insert_range(s, e);
+                model.extend(s..=e);
+            }
+            for _ in 0..(next() % 8) {
+                let s = next() % 100;
+                let e = s + next() % 10;
+                b.insert_range(s, e);
+                model.extend(s..=e);
+            }
+            a.union(&b);
+            let values: BTreeSet<u64> = a.iter_ranges().flat_map(|(s, e)| s..=e).collect();
+            assert_eq!(values, model);
+            let pairs: Vec<_> = a.iter_ranges().collect();
+            for w in pairs.windows(2) {
+                assert!(w[0].1 + 1 < w[1].0, "ranges must not touch: {w:?}");
+            }
+        }
+        let mut top = RangeSet::new();
+        top.insert_range(u64::MAX - 3, u64::MAX);
+        top.insert_range(0, u64::MAX - 4);
+        assert_eq!(top.range_count(), 1);
     }
 
     #[test]

@@ -132,9 +132,32 @@ pub struct CentralArgs {
     /// Directory of the embedded store (a spool file).
     #[arg(long, default_value = "central-data", conflicts_with = "nats")]
     pub store: PathBuf,
-    /// Store in NATS JetStream at this URL instead (e.g. nats://127.0.0.1:4222).
+    /// Store in NATS JetStream at this URL instead (e.g. nats://127.0.0.1:4222); several servers of
+    /// one cluster comma-separated. Any number of centrals may share one JetStream.
     #[arg(long)]
     pub nats: Option<String>,
+    /// Copies JetStream keeps of each stream: 1 for a single server, 3 for a 3-server cluster.
+    #[arg(long, default_value_t = 1, requires = "nats")]
+    pub nats_replicas: usize,
+    /// Most bytes of the raw ingest stream (timing_ingest_raw_v1): 100GB, 512MB, 2GiB, or -1 for
+    /// no limit. The NATS server reserves this much disk; lower it if the server refuses.
+    #[arg(long, default_value = "100GB", value_parser = central::store::streams::parse_bytes, requires = "nats")]
+    pub raw_max_bytes: i64,
+    /// How long the raw ingest stream keeps an event: 7d, 24h, 30m.
+    #[arg(long, default_value = "7d", value_parser = central::store::streams::parse_age, requires = "nats")]
+    pub raw_max_age: std::time::Duration,
+    /// Most bytes of the derived race events stream (timing_race_events_v1).
+    #[arg(long, default_value = "50GB", value_parser = central::store::streams::parse_bytes, requires = "nats")]
+    pub events_max_bytes: i64,
+    /// How long the race events stream keeps an event.
+    #[arg(long, default_value = "30d", value_parser = central::store::streams::parse_age, requires = "nats")]
+    pub events_max_age: std::time::Duration,
+    /// Most bytes of the dead-letter stream (timing_dlq_v1: rejected events with the reason).
+    #[arg(long, default_value = "10GB", value_parser = central::store::streams::parse_bytes, requires = "nats")]
+    pub dlq_max_bytes: i64,
+    /// How long the dead-letter stream keeps a rejected event.
+    #[arg(long, default_value = "14d", value_parser = central::store::streams::parse_age, requires = "nats")]
+    pub dlq_max_age: std::time::Duration,
     /// Accept only PASSING, STATUS and VERSION and refuse extension types as a strict
     /// track_ingest.v2 server does (422, plain text naming events[N]): to try a node's settings
     /// against such a central.
@@ -152,8 +175,38 @@ pub enum ConfigCommand {
 
 pub use crate::usage::UsageError;
 
+/// The store `venue-node central` was asked for: the spool, or JetStream with the flags' limits.
+fn central_store(nats: Option<String>, args: &CentralArgs) -> central::StoreConfig {
+    use central::{StoreConfig, StreamLimits, StreamSettings};
+    match nats {
+        Some(url) => StoreConfig::JetStream {
+            url,
+            streams: StreamSettings {
+                raw: StreamLimits {
+                    max_bytes: args.raw_max_bytes,
+                    max_age: args.raw_max_age,
+                },
+                events: StreamLimits {
+                    max_bytes: args.events_max_bytes,
+                    max_age: args.events_max_age,
+                },
+                dlq: StreamLimits {
+                    max_bytes: args.dlq_max_bytes,
+                    max_age: args.dlq_max_age,
+                },
+                replicas: args.nats_replicas,
+                ..StreamSettings::default()
+            },
+        },
+        None => StoreConfig::Spool {
+            path: args.store.clone(),
+        },
+    }
+}
+
 fn central(args: CentralArgs) -> anyhow::Result<()> {
-    use central::{CentralConfig, Contract, StoreConfig};
+    use central::{CentralConfig, Contract};
+    let store = central_store(args.nats.clone(), &args);
     let tls = match (args.tls_cert, args.tls_key) {
         (Some(cert_file), Some(key_file)) => Some(uplink::tls::ServerTlsConfig {
             cert_file,
@@ -161,13 +214,6 @@ fn central(args: CentralArgs) -> anyhow::Result<()> {
             client_ca_file: args.client_ca,
         }),
         _ => None,
-    };
-    let store = match args.nats {
-        Some(url) => StoreConfig::JetStream {
-            url,
-            max_bytes: None,
-        },
-        None => StoreConfig::Spool { path: args.store },
     };
     let config = CentralConfig {
         listen: args.listen,
@@ -226,5 +272,62 @@ pub fn run(cli: Cli) -> ExitCode {
             eprintln!("venue-node: {err:#}");
             ExitCode::from(exit::FAILURE)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    /// The flags' defaults are the ADR's limits, as `central` defines them (issue 13).
+    #[test]
+    fn central_stream_flags_default_to_the_adrs_limits() {
+        let cli = Cli::try_parse_from([
+            "venue-node",
+            "central",
+            "--tokens",
+            "t",
+            "--nats",
+            "nats://n:4222",
+        ])
+        .unwrap();
+        let Command::Central(args) = cli.command else {
+            panic!("not the central command");
+        };
+        let store = central_store(args.nats.clone(), &args);
+        assert_eq!(
+            store,
+            central::StoreConfig::JetStream {
+                url: "nats://n:4222".into(),
+                streams: central::StreamSettings::default(),
+            }
+        );
+        let cli = Cli::try_parse_from([
+            "venue-node",
+            "central",
+            "--tokens",
+            "t",
+            "--nats",
+            "nats://n:4222",
+            "--raw-max-bytes",
+            "20GB",
+            "--raw-max-age",
+            "2d",
+        ])
+        .unwrap();
+        let Command::Central(args) = cli.command else {
+            panic!("not the central command");
+        };
+        let central::StoreConfig::JetStream { streams, .. } =
+            central_store(args.nats.clone(), &args)
+        else {
+            panic!("not JetStream");
+        };
+        assert_eq!(streams.raw.max_bytes, 20_000_000_000);
+        assert_eq!(
+            streams.raw.max_age,
+            std::time::Duration::from_secs(2 * 86_400)
+        );
     }
 }

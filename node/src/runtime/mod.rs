@@ -106,6 +106,7 @@ pub fn drain_config(
         client_id,
         u.token_file.clone(),
     );
+    dc.failover_urls = u.failover_urls.clone();
     dc.tls = uplink::tls::ClientTlsConfig {
         ca_file: u.ca_file.clone(),
         client_cert_file: u.client_cert.clone(),

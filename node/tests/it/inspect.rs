@@ -1365,6 +1365,7 @@ async fn the_status_and_spool_stats_count_the_uplink_backlog_alike() {
     config.decoders.clear();
     config.uplink = Some(node::config::UplinkSettings {
         central_url,
+        failover_urls: Vec::new(),
         token_file: token,
         ca_file: None,
         client_cert: None,

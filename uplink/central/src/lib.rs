@@ -52,8 +52,35 @@ pub use server::{
 };
 pub use store::jetstream::JetStreamStore;
 pub use store::spool::{SpoolStore, StoredIngest};
+pub use store::streams::{StreamLimits, StreamSettings};
 pub use tokens::Tokens;
 pub use validate::{Reject, ValidBatch, ValidEvent};
+
+/// Dead-letters a refused request; a failure is logged, never turned into the node's answer.
+async fn dead_letter<S: IngestStore>(
+    central: &Central<S>,
+    track: &str,
+    status: StatusCode,
+    reason: &RejectBody,
+    request: Bytes,
+) {
+    // Finding the named event parses the body again: milliseconds of CPU for a large one.
+    let letter = {
+        let (track, reason) = (track.to_owned(), reason.clone());
+        tokio::task::spawn_blocking(move || DeadLetter::new(&track, status, &reason, &request))
+            .await
+    };
+    let letter = match letter {
+        Ok(letter) => letter,
+        Err(join) => {
+            tracing::error!(track, error = %join, "building a dead letter failed");
+            return;
+        }
+    };
+    if let Err(error) = central.store.dead_letter(letter).await {
+        tracing::warn!(track, error = %uplink::chain(&error), "keeping a refused event in the dead-letter stream failed");
+    }
+}
 
 use uplink::Error;
 use uplink::tls::ServerTlsConfig;
@@ -67,6 +94,60 @@ pub trait IngestStore: Send + Sync + 'static {
         &self,
         batch: ValidBatch,
     ) -> impl Future<Output = Result<BatchAccepted, Error>> + Send;
+
+    /// Keeps a refused event (or batch) with the reason, for whoever investigates it, where the
+    /// store has a place for that (JetStream's dead-letter stream). The node keeps the event parked
+    /// either way, so a store without one loses nothing by doing nothing.
+    fn dead_letter(&self, letter: DeadLetter) -> impl Future<Output = Result<(), Error>> + Send {
+        let _ = letter;
+        async { Ok(()) }
+    }
+}
+
+/// Most bytes of a refused batch kept in a dead letter: the offending event when central named one
+/// (at most [`uplink::wire::INGEST_EVENT_BYTES_MAX`]), else the start of the body. Well under NATS's
+/// default 1 MB message limit; a refused 8 MB body is investigated from its start.
+pub const DEAD_LETTER_BYTES_MAX: usize = 64 * 1024;
+const _: () = assert!(uplink::wire::INGEST_EVENT_BYTES_MAX <= DEAD_LETTER_BYTES_MAX);
+
+/// A refused event or batch, with why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// The track of the token the request came with.
+    pub track_id: String,
+    /// The HTTP status central answered.
+    pub status: u16,
+    /// What central told the node.
+    pub reason: String,
+    pub event_index: Option<usize>,
+    pub field: Option<String>,
+    /// The offending event's JSON when central named one, else the body; at most
+    /// [`DEAD_LETTER_BYTES_MAX`].
+    pub body: Vec<u8>,
+    /// Whether `body` was cut at [`DEAD_LETTER_BYTES_MAX`].
+    pub truncated: bool,
+}
+
+impl DeadLetter {
+    fn new(track_id: &str, status: StatusCode, body: &RejectBody, request: &[u8]) -> Self {
+        // The named event alone, when the body parses far enough to find it.
+        let event = body.event_index.and_then(|index| {
+            let batch: serde_json::Value = serde_json::from_slice(request).ok()?;
+            let event = batch.get("events")?.get(index)?;
+            serde_json::to_vec(event).ok()
+        });
+        let whole = event.as_deref().unwrap_or(request);
+        let cut = whole.len().min(DEAD_LETTER_BYTES_MAX);
+        Self {
+            track_id: track_id.to_owned(),
+            status: status.as_u16(),
+            reason: body.error.clone(),
+            event_index: body.event_index,
+            field: body.field.clone(),
+            body: whole[..cut].to_vec(),
+            truncated: cut < whole.len(),
+        }
+    }
 }
 
 /// What `venue-node central` needs to run.
@@ -110,12 +191,12 @@ pub const STRICT_V2_MESSAGE_TYPES: [&str; 3] = [
 pub enum StoreConfig {
     /// The embedded default: a local spool (redb) file.
     Spool { path: PathBuf },
-    /// NATS JetStream at `url` (`nats://host:4222`); the raw stream holds at most `max_bytes`
-    /// (default 100 GB, ADR-0001).
+    /// NATS JetStream at `url` (`nats://host:4222`), with the streams of ADR-0001 set up with
+    /// `streams`' limits.
     JetStream {
         url: String,
         #[serde(default)]
-        max_bytes: Option<i64>,
+        streams: StreamSettings,
     },
 }
 
@@ -187,8 +268,8 @@ pub async fn serve(config: CentralConfig, cancel: CancellationToken) -> Result<(
             let central = Central::with_contract(store, tokens, config.contract);
             server.run(router(central), cancel).await
         }
-        StoreConfig::JetStream { url, max_bytes } => {
-            let store = JetStreamStore::connect(url, *max_bytes).await?;
+        StoreConfig::JetStream { url, streams } => {
+            let store = JetStreamStore::connect(url, streams).await?;
             let central = Central::with_contract(store, tokens, config.contract);
             server.run(router(central), cancel).await
         }
@@ -302,6 +383,7 @@ async fn ingest_batch<S: IngestStore>(
     // Parsing and checking a large batch takes milliseconds of CPU: off the async workers.
     let validated = {
         let track = track.clone();
+        let body = body.clone();
         tokio::task::spawn_blocking(move || validate::validate(&body, &track)).await
     };
     let batch = match validated {
@@ -318,6 +400,7 @@ async fn ingest_batch<S: IngestStore>(
             if reject.status != StatusCode::FORBIDDEN {
                 central.count(&track, |s| s.rejected += 1);
             }
+            dead_letter(&central, &track, reject.status, &reject.body, body).await;
             return reject_response(reject);
         }
         Err(join) => {
@@ -339,6 +422,13 @@ async fn ingest_batch<S: IngestStore>(
             event.message_type,
             STRICT_V2_MESSAGE_TYPES.join(", ")
         );
+        let reason = RejectBody {
+            error: text.clone(),
+            event_index: Some(index),
+            field: Some("message_type".into()),
+        };
+        let status = StatusCode::UNPROCESSABLE_ENTITY;
+        dead_letter(&central, &track, status, &reason, body).await;
         return (
             StatusCode::UNPROCESSABLE_ENTITY,
             [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],

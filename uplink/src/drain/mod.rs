@@ -118,6 +118,11 @@ pub struct DrainConfig {
     /// Base URL of central (`https://central.example/`); the batch goes to `api/ingest/batch` below
     /// it. `http://` is accepted only for a loopback host (the demo, tests).
     pub central_url: String,
+    /// Other instances of the same central (`venue-node central` processes on one JetStream), tried
+    /// in turn after a transient failure (timeout, 5xx, connection refused) of the current one. A
+    /// batch re-sent to another instance is stored once: central deduplicates across instances.
+    #[serde(default)]
+    pub failover_urls: Vec<String>,
     /// The track this node times; the token must be scoped to it.
     pub track_id: String,
     /// This box, stable across restarts and reinstalls.
@@ -187,6 +192,7 @@ impl DrainConfig {
     ) -> Self {
         Self {
             central_url: central_url.into(),
+            failover_urls: Vec::new(),
             track_id: track_id.into(),
             client_id: client_id.into(),
             token_file: token_file.into(),
@@ -242,7 +248,8 @@ struct Batch {
 pub struct Drain {
     config: DrainConfig,
     spool: Spool,
-    url: reqwest::Url,
+    /// Central's ingest URL, then those of the other instances to fail over to.
+    urls: Vec<reqwest::Url>,
     client: reqwest::Client,
     status: watch::Sender<DrainStatus>,
 }
@@ -258,26 +265,9 @@ impl Drain {
                  types {FORWARD_DEFAULT:?}, or use [\"{FORWARD_ALL}\"] for every type"
             )));
         }
-        let base = reqwest::Url::parse(&config.central_url)
-            .map_err(|e| Error::Config(format!("central_url {:?}: {e}", config.central_url)))?;
-        let base = if base.path().ends_with('/') {
-            base
-        } else {
-            reqwest::Url::parse(&format!("{base}/")).expect("a valid URL with a slash is valid")
-        };
-        let url = base
-            .join("api/ingest/batch")
-            .map_err(|e| Error::Config(format!("central_url {:?}: {e}", config.central_url)))?;
-        match url.scheme() {
-            "https" => {}
-            "http" if is_loopback(&url) => {}
-            "http" => {
-                return Err(Error::Config(format!(
-                    "central_url {} must be https: plain HTTP only to a loopback address",
-                    config.central_url
-                )));
-            }
-            other => return Err(Error::Config(format!("central_url scheme {other:?}"))),
+        let mut urls = vec![ingest_url(&config.central_url)?];
+        for url in &config.failover_urls {
+            urls.push(ingest_url(url)?);
         }
         for (name, id) in [
             ("track_id", &config.track_id),
@@ -304,7 +294,7 @@ impl Drain {
         Ok(Self {
             config,
             spool,
-            url,
+            urls,
             client,
             status,
         })
@@ -455,6 +445,28 @@ struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
 impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+/// `base` + `api/ingest/batch`, checked: https, or http to a loopback host only.
+fn ingest_url(central_url: &str) -> Result<reqwest::Url, Error> {
+    let base = reqwest::Url::parse(central_url)
+        .map_err(|e| Error::Config(format!("central_url {central_url:?}: {e}")))?;
+    let base = if base.path().ends_with('/') {
+        base
+    } else {
+        reqwest::Url::parse(&format!("{base}/")).expect("a valid URL with a slash is valid")
+    };
+    let url = base
+        .join("api/ingest/batch")
+        .map_err(|e| Error::Config(format!("central_url {central_url:?}: {e}")))?;
+    match url.scheme() {
+        "https" => Ok(url),
+        "http" if is_loopback(&url) => Ok(url),
+        "http" => Err(Error::Config(format!(
+            "central_url {central_url} must be https: plain HTTP only to a loopback address"
+        ))),
+        other => Err(Error::Config(format!("central_url scheme {other:?}"))),
     }
 }
 
@@ -699,6 +711,8 @@ struct Sender<'a> {
     done: Seq,
     last_ack: Instant,
     rate: VecDeque<(Instant, u64)>,
+    /// Index in `drain.urls` of the central instance batches go to now.
+    central: usize,
 }
 
 /// The sender stopped because of `cancel`.
@@ -730,6 +744,7 @@ impl<'a> Sender<'a> {
             done: start,
             last_ack: Instant::now(),
             rate: VecDeque::new(),
+            central: 0,
         }
     }
 
@@ -823,7 +838,7 @@ impl<'a> Sender<'a> {
                 let body = crate::wire::batch_body(&self.drain.config.track_id, part);
                 let outcome = tokio::select! {
                     () = cancel.cancelled() => return Err(Cancelled),
-                    outcome = http::post(&self.drain.client, &self.drain.url, &token, body) => outcome,
+                    outcome = http::post(&self.drain.client, &self.drain.urls[self.central], &token, body) => outcome,
                 };
                 match outcome {
                     Outcome::Stored(accepted) => {
@@ -843,6 +858,7 @@ impl<'a> Sender<'a> {
                         retry_after,
                     } => {
                         self.failure(&reason);
+                        self.fail_over();
                         let delay = self.backoff.next_delay(retry_after);
                         sleep_or_cancel(delay, cancel).await?;
                     }
@@ -996,6 +1012,15 @@ impl<'a> Sender<'a> {
             s.last_success_at_us = Some(spool::now_us());
             s.alarm = None;
         });
+    }
+
+    /// After a transient failure, the next central instance (if there are several) gets the retry:
+    /// the one that failed may be down for longer than a backoff.
+    fn fail_over(&mut self) {
+        if self.drain.urls.len() > 1 {
+            self.central = (self.central + 1) % self.drain.urls.len();
+            tracing::info!(url = %self.drain.urls[self.central], "failing over to another central");
+        }
     }
 
     fn failure(&self, reason: &str) {

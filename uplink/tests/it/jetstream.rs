@@ -1,74 +1,14 @@
 //! Central on a real `nats-server -js`, started here from PATH, through the fault proxy.
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use central::JetStreamStore;
 use central::store::jetstream::JETSTREAM_STREAM;
+use central::{JetStreamStore, StreamSettings};
 
 use crate::common::*;
 use crate::faults::drain_through_chaos;
-
-/// The raw stream's limit here: the default (100 GB) is more than a test machine's disk.
-const JETSTREAM_TEST_BYTES: i64 = 1 << 30;
-
-/// A `nats-server` child process, killed on drop.
-struct NatsServer {
-    child: Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn nats_server_binary() -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    // Debian installs it in /usr/sbin, which is not on every user's PATH.
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/bin")])
-        .map(|dir| dir.join("nats-server"))
-        .find(|p| p.is_file())
-        .expect("nats-server is not installed: apt-get install -y nats-server")
-}
-
-async fn start_nats() -> NatsServer {
-    let dir = tempfile::tempdir().unwrap();
-    let port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap().port()
-    };
-    let child = Command::new(nats_server_binary())
-        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start nats-server");
-    let url = format!("nats://127.0.0.1:{port}");
-    let server = NatsServer {
-        child,
-        url,
-        _dir: dir,
-    };
-    wait_until(
-        Duration::from_secs(20),
-        "nats-server to accept connections",
-        || async {
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-        },
-    )
-    .await;
-    server
-}
+use crate::nats::{Nats, test_streams};
 
 /// Every message of the raw stream: (subject, Nats-Msg-Id, node seq from the payload).
 async fn read_stream(url: &str) -> Vec<(String, String, u64)> {
@@ -95,14 +35,15 @@ async fn read_stream(url: &str) -> Vec<(String, String, u64)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_event_once_in_jetstream_through_a_faulty_network_and_a_central_restart() {
-    let nats = start_nats().await;
+    let nats = Nats::single("").await;
+    let url = nats.urls();
     let dir = tempfile::tempdir().unwrap();
     let spool = open_spool(&dir.path().join("node"));
     const EVENTS: u32 = 2_000;
     append_passings(&spool, 0, EVENTS).await;
     let head = spool.head().unwrap().0;
 
-    let store = JetStreamStore::connect(&nats.url, Some(JETSTREAM_TEST_BYTES))
+    let store = JetStreamStore::connect(&url, &test_streams(1))
         .await
         .expect("connect JetStream");
     let central = start_central(store, "127.0.0.1:0".parse().unwrap(), None).await;
@@ -114,7 +55,7 @@ async fn every_event_once_in_jetstream_through_a_faulty_network_and_a_central_re
     let addr = central.addr;
     central.stop().await;
 
-    let messages = read_stream(&nats.url).await;
+    let messages = read_stream(&url).await;
     assert_eq!(messages.len(), EVENTS as usize, "one message per event");
     let ids: HashSet<&str> = messages.iter().map(|(_, id, _)| id.as_str()).collect();
     assert_eq!(ids.len(), EVENTS as usize, "distinct Nats-Msg-Ids");
@@ -127,13 +68,13 @@ async fn every_event_once_in_jetstream_through_a_faulty_network_and_a_central_re
         }
     }
 
-    // A new central process on the same JetStream: its ranges come from the KV bucket, so a node
+    // A new central process on the same JetStream: its ranges come from the ranges stream, so a node
     // that re-sends everything (a fresh cursor) stores nothing twice.
-    let store = JetStreamStore::connect(&nats.url, Some(JETSTREAM_TEST_BYTES))
+    let store = JetStreamStore::connect(&url, &test_streams(1))
         .await
         .expect("reconnect JetStream");
     assert_eq!(
-        store.ranges_of(TRACK, CLIENT).await.len(),
+        store.ranges_of(TRACK, CLIENT).await.unwrap().len(),
         u64::from(EVENTS)
     );
     let central = start_central(store, addr, None).await;
@@ -147,5 +88,49 @@ async fn every_event_once_in_jetstream_through_a_faulty_network_and_a_central_re
     assert_eq!(stats.accepted, 0);
     assert_eq!(stats.duplicates, u64::from(EVENTS));
     central.stop().await;
-    assert_eq!(read_stream(&nats.url).await.len(), EVENTS as usize);
+    assert_eq!(read_stream(&url).await.len(), EVENTS as usize);
+}
+
+/// Issue 13: against a server that cannot reserve the ADR's 100 GB, central says what to change in
+/// one line (the flag, the server setting), not "insufficient storage resources available"; with
+/// limits that fit, the same server works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_without_room_for_the_default_limits_gets_one_line_with_the_fix() {
+    // A server granting 1 GB stands for one whose free disk is below the ADR's 100 GB.
+    let nats = Nats::single("max_file_store: 1GB").await;
+    let url = nats.urls();
+    let error = match JetStreamStore::connect(&url, &StreamSettings::default()).await {
+        Ok(_) => panic!("a server granting 1 GB accepted a 100 GB stream"),
+        Err(e) => uplink::chain(&e),
+    };
+    assert!(!error.contains('\n'), "one line: {error}");
+    for part in [
+        "timing_ingest_raw_v1",
+        "100 GB",
+        "--raw-max-bytes",
+        "max_file_store",
+    ] {
+        assert!(error.contains(part), "{part:?} missing from: {error}");
+    }
+    for bare in ["10047", "insufficient storage"] {
+        assert!(!error.contains(bare), "{bare:?} in: {error}");
+    }
+
+    let store = JetStreamStore::connect(&url, &test_streams(1))
+        .await
+        .expect("limits within the server's grant");
+    drop(store);
+    // The limits are the flags': a second start with other limits updates the streams.
+    let mut smaller = test_streams(1);
+    smaller.raw.max_bytes = 128 << 20;
+    smaller.raw.max_age = Duration::from_secs(600);
+    JetStreamStore::connect(&url, &smaller)
+        .await
+        .expect("smaller limits");
+    let client = async_nats::connect(url.as_str()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let mut raw = js.get_stream(JETSTREAM_STREAM).await.unwrap();
+    let config = raw.info().await.unwrap().config.clone();
+    assert_eq!(config.max_bytes, 128 << 20);
+    assert_eq!(config.max_age, Duration::from_secs(600));
 }

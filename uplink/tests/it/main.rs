@@ -3,10 +3,13 @@
 //! proxy between node and central.
 
 mod central;
+mod cluster;
 mod common;
+mod fanin;
 mod faults;
 mod hostile;
 mod jetstream;
+mod nats;
 mod outage;
 mod restart;
 mod strict;

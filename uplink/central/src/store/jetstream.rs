@@ -1,49 +1,65 @@
-//! NATS JetStream store: stream `timing_ingest_raw_v1` on `timing.ingest.raw.v1.<track_id>`, file
-//! storage, each event published with its idempotency key as `Nats-Msg-Id`.
+//! NATS JetStream store: each event published to `timing.ingest.raw.v1.<track_id>` (stream
+//! [`RAW_STREAM`]) with its idempotency key as `Nats-Msg-Id`. Stateless: any number of central
+//! processes may serve the same tracks in front of the same JetStream (one server or a cluster with
+//! replicated streams).
 //!
-//! The per-(track, client) seq ranges live in the stream [`JETSTREAM_RANGES_STREAM`]: one subject
-//! that keeps only its last message, a JSON document of every `(track, client)` range set and the
-//! watermark, the last raw stream sequence whose event is reflected in it. (Not a KV bucket: the
-//! Debian nats-server 2.9 and async-nats 0.51 disagree on the KV creation answer; this is the same
-//! mechanism, one level down.) Publishing comes first and the ranges follow, so a crash between
-//! the two leaves events in the stream that the ranges miss; on start the store reads the stream from
-//! the watermark on and adds them back. That makes the ranges, not the two-minute duplicate window,
-//! the guard against a batch re-sent days later.
+//! # Exactly once with many writers
 //!
-//! One central process per stream is assumed: the ranges are cached in memory and written without a
-//! compare-and-set.
+//! Two lines of defence, in this order:
+//!
+//! 1. **`Nats-Msg-Id`.** Two centrals publishing the same event within the raw stream's duplicate
+//!    window ([`RAW_DUPLICATE_WINDOW_S`]) store it once: the server answers the second publish
+//!    "duplicate". This is what makes two centrals that receive the same batch at the same moment
+//!    store one copy.
+//! 2. **The seq ranges**, for everything older than the window (a node re-sending after a days-long
+//!    outage). Per `(track_id, client_id)` the set of node seqs stored, as ranges, is one message on
+//!    subject `timing.ingest.seqranges.v2.r.<track_id>.<client_id>` of stream [`RANGES_STREAM`],
+//!    which keeps one message per subject: a key-value entry whose revision is the message's stream
+//!    sequence. It is only ever *grown*, by compare-and-set: a writer publishes the union of what it
+//!    read and what it stored with `Nats-Expected-Last-Subject-Sequence` set to the revision it read;
+//!    if another writer got there first the server refuses, and the writer reads again and retries.
+//!    Union is commutative, so concurrent writers converge and no seq is ever lost from the set.
+//!
+//! A batch: read the ranges of its clients; count the events found there as duplicates; publish the
+//! rest (pipelined) and count each acknowledgement `duplicate` or stored; then add every published
+//! seq to the ranges by compare-and-set. The ranges never claim an event the stream does not hold:
+//! they grow only after the publish acknowledgement.
+//!
+//! **A central that dies between the publish and the ranges update** leaves events in the stream
+//! that the ranges miss. The **reconciler** closes that gap: every central, at start (before it
+//! serves) and every [`RANGES_RECONCILE_MS`] after, reads the raw stream's headers from the
+//! *watermark* (subject `timing.ingest.seqranges.v2.watermark`, itself grown by compare-and-set) to
+//! the stream's last sequence, adds every `Nats-Msg-Id` it finds to the ranges, then moves the
+//! watermark. Adding a stored event to the ranges is always correct, so any number of reconcilers
+//! may run at once. A pass that started at time `s` covers every event stored before `s`; an event
+//! stored after `s` is still inside the duplicate window as long as the publish happens less than the
+//! window after `s`. So a central refuses to publish (503, the node retries) when its last completed
+//! pass started more than [`RANGES_STALE_MS`] ago, and [`RANGES_STALE_MS`] is well inside the window. A
+//! batch that finds the ranges stale runs a pass itself first, so a central whose reconciler failed
+//! while a server was down heals on its next batch.
+//!
+//! Costs: one ranges read and one compare-and-set per client per batch, and every raw message's
+//! headers read once more by the reconciler.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, stream};
+use async_nats::jetstream::{self, consumer, context::PublishErrorKind, stream};
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
-use tokio::sync::Mutex;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
+use super::streams::{RANGES_STREAM, RANGES_SUBJECT_PREFIX, StreamSettings};
+pub use super::streams::{
+    RAW_DUPLICATE_WINDOW_S, RAW_DUPLICATE_WINDOW_S as JETSTREAM_DUPLICATE_WINDOW_S, RAW_STREAM,
+    RAW_STREAM as JETSTREAM_STREAM, RAW_SUBJECT_PREFIX,
+    RAW_SUBJECT_PREFIX as JETSTREAM_SUBJECT_PREFIX,
+};
 use crate::{IngestStore, ValidBatch};
 use uplink::Error;
 use uplink::ranges::RangeSet;
 use uplink::wire::BatchAccepted;
-
-pub const JETSTREAM_STREAM: &str = "timing_ingest_raw_v1";
-pub const JETSTREAM_SUBJECT_PREFIX: &str = "timing.ingest.raw.v1";
-pub const JETSTREAM_RANGES_STREAM: &str = "timing_ingest_seq_ranges_v1";
-const RANGES_SUBJECT: &str = "timing.ingest.seqranges.v1";
-
-/// The stored document of the ranges stream.
-#[derive(Serialize, Deserialize, Default)]
-struct RangesDoc {
-    watermark: u64,
-    ranges: Vec<(String, String, RangeSet)>,
-}
-
-/// JetStream's own duplicate window; the ranges cover everything older.
-pub const JETSTREAM_DUPLICATE_WINDOW_S: u64 = 120;
-
-/// Retention of the raw stream (ADR-0001: a week, 100 GB, discard old).
-pub const JETSTREAM_MAX_AGE_S: u64 = 7 * 24 * 3600;
-/// See [`JETSTREAM_MAX_AGE_S`].
-pub const JETSTREAM_MAX_BYTES: i64 = 100 * 1000 * 1000 * 1000;
 
 /// Publishes awaiting their acknowledgement at once. Pipelining hides the round trip; the bound keeps
 /// the client's in-flight permits (sized [`JETSTREAM_ACK_PERMITS_MAX`]) from running out.
@@ -55,195 +71,503 @@ const _: () = assert!(JETSTREAM_ACKS_INFLIGHT_MAX < JETSTREAM_ACK_PERMITS_MAX);
 /// How long one JetStream request or publish acknowledgement may take before the batch fails (503).
 pub const JETSTREAM_REQUEST_MS_MAX: u64 = 10_000;
 
-pub struct JetStreamStore {
+/// How often every central brings the ranges up to date with the raw stream. Short enough that a
+/// pass or two may fail and [`RANGES_STALE_MS`] still holds.
+pub const RANGES_RECONCILE_MS: u64 = 15_000;
+/// Oldest start of the last completed reconcile pass at which a central still publishes. Half the
+/// duplicate window: an event a dead central stored after that pass started is still caught by
+/// `Nats-Msg-Id` when its copy is published.
+pub const RANGES_STALE_MS: u64 = RAW_DUPLICATE_WINDOW_S * 1000 / 2;
+const _: () = assert!(2 * RANGES_RECONCILE_MS < RANGES_STALE_MS);
+const _: () = assert!(RANGES_STALE_MS + JETSTREAM_REQUEST_MS_MAX < RAW_DUPLICATE_WINDOW_S * 1000);
+/// Compare-and-set tries on one ranges entry before the batch fails (503; the retry is safe). Each
+/// lost try means another writer grew the entry, so many in a row mean heavy contention.
+pub const RANGES_CAS_ATTEMPTS_MAX: usize = 64;
+/// Raw messages the reconciler reads before it records its progress (the watermark).
+const RECONCILE_CHUNK_MESSAGES: u64 = 10_000;
+/// How long the reconciler waits for the next header of the raw stream before it gives the pass up.
+const RECONCILE_MESSAGE_MS_MAX: u64 = 10_000;
+
+/// The subject of one (track, client)'s ranges; ids are of the id alphabet, valid subject tokens.
+fn ranges_subject(track: &str, client: &str) -> String {
+    format!("{RANGES_SUBJECT_PREFIX}.r.{track}.{client}")
+}
+
+fn watermark_subject() -> String {
+    format!("{RANGES_SUBJECT_PREFIX}.watermark")
+}
+
+/// The stored watermark: every raw message up to this stream sequence is in the ranges.
+#[derive(Serialize, Deserialize, Default)]
+struct Watermark {
+    raw_sequence: u64,
+}
+
+/// A ranges entry as read: the set and its revision (0: no entry yet).
+struct Entry {
+    set: RangeSet,
+    revision: u64,
+}
+
+/// What the store and its reconciler task share.
+struct Inner {
     js: jetstream::Context,
-    ranges: Mutex<HashMap<(String, String), RangeSet>>,
+    raw: stream::Stream,
+    ranges: stream::Stream,
+    /// Start of the last completed reconcile pass.
+    reconciled_at: Mutex<Instant>,
+    /// One pass at a time per process: the loop's, or a batch's that found the ranges stale.
+    reconciling: tokio::sync::Mutex<()>,
+}
+
+pub struct JetStreamStore {
+    inner: Arc<Inner>,
+    _reconciler: DropGuard,
 }
 
 impl JetStreamStore {
-    /// Connects, provisions the stream (at most `max_bytes`, [`JETSTREAM_MAX_BYTES`] by default) and
-    /// the ranges bucket if they are missing, and loads the ranges.
-    pub async fn connect(url: &str, max_bytes: Option<i64>) -> Result<Self, Error> {
-        let client = async_nats::connect(url)
+    /// Connects to `urls` (one or more servers of the same cluster, comma-separated; the client fails
+    /// over between them), sets up the streams of ADR-0001 with `streams`' limits (see
+    /// [`StreamSettings::provision`]), brings the ranges up to date with the raw stream, and starts
+    /// the reconciler.
+    pub async fn connect(urls: &str, streams: &StreamSettings) -> Result<Self, Error> {
+        let servers: Vec<&str> = urls.split(',').map(str::trim).collect();
+        let client = async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .connection_timeout(Duration::from_millis(JETSTREAM_REQUEST_MS_MAX))
+            .connect(servers)
             .await
-            .map_err(|e| Error::nats(format!("connecting to {url}"), e))?;
+            .map_err(|e| Error::nats(format!("connecting to {urls}"), e))?;
         let js = jetstream::context::ContextBuilder::new()
             .timeout(Duration::from_millis(JETSTREAM_REQUEST_MS_MAX))
             .max_ack_inflight(JETSTREAM_ACK_PERMITS_MAX)
             .build(client);
-        js.get_or_create_stream(stream::Config {
-            name: JETSTREAM_STREAM.into(),
-            subjects: vec![format!("{JETSTREAM_SUBJECT_PREFIX}.*")],
-            storage: stream::StorageType::File,
-            retention: stream::RetentionPolicy::Limits,
-            discard: stream::DiscardPolicy::Old,
-            max_age: Duration::from_secs(JETSTREAM_MAX_AGE_S),
-            max_bytes: max_bytes.unwrap_or(JETSTREAM_MAX_BYTES),
-            duplicate_window: Duration::from_secs(JETSTREAM_DUPLICATE_WINDOW_S),
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| Error::nats(format!("provisioning stream {JETSTREAM_STREAM}"), e))?;
-        js.get_or_create_stream(stream::Config {
-            name: JETSTREAM_RANGES_STREAM.into(),
-            subjects: vec![RANGES_SUBJECT.into()],
-            storage: stream::StorageType::File,
-            max_messages_per_subject: 1,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| Error::nats(format!("provisioning stream {JETSTREAM_RANGES_STREAM}"), e))?;
-        let store = Self {
+        streams.provision(&js).await?;
+        let raw = js
+            .get_stream(RAW_STREAM)
+            .await
+            .map_err(|e| Error::nats("opening the raw stream", e))?;
+        let ranges = js
+            .get_stream(RANGES_STREAM)
+            .await
+            .map_err(|e| Error::nats("opening the ranges stream", e))?;
+        let started = Instant::now();
+        let inner = Arc::new(Inner {
             js,
-            ranges: Mutex::new(HashMap::new()),
-        };
-        store.load_ranges().await?;
-        Ok(store)
-    }
-
-    async fn load_ranges(&self) -> Result<(), Error> {
-        let mut ranges = self.ranges.lock().await;
-        let ranges_stream = self
-            .js
-            .get_stream(JETSTREAM_RANGES_STREAM)
-            .await
-            .map_err(|e| Error::nats("opening the ranges stream", e))?;
-        let doc: RangesDoc = match ranges_stream
-            .get_last_raw_message_by_subject(RANGES_SUBJECT)
-            .await
-        {
-            Ok(message) => {
-                serde_json::from_slice(&message.payload).map_err(|source| Error::Corrupt {
-                    what: "JetStream seq ranges".into(),
-                    source,
-                })?
-            }
-            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => {
-                RangesDoc::default()
-            }
-            Err(e) => return Err(Error::nats("reading the seq ranges", e)),
-        };
-        let watermark = doc.watermark;
-        for (track, client, set) in doc.ranges {
-            ranges.insert((track, client), set);
-        }
-        // Events published after the last saved ranges (a crash between publish and save).
-        let mut stream = self
-            .js
-            .get_stream(JETSTREAM_STREAM)
-            .await
-            .map_err(|e| Error::nats("opening the stream", e))?;
-        let last = stream
-            .info()
-            .await
-            .map_err(|e| Error::nats("reading stream info", e))?
-            .state
-            .last_sequence;
-        let mut touched = BTreeSet::new();
-        for seq in watermark.saturating_add(1)..=last {
-            let message = match stream.get_raw_message(seq).await {
-                Ok(message) => message,
-                // Deleted by retention or never there (sequence gaps): nothing to recover.
-                Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => continue,
-                Err(e) => return Err(Error::nats(format!("reading stream message {seq}"), e)),
-            };
-            let Some(id) = message.headers.get("Nats-Msg-Id") else {
-                continue;
-            };
-            if let Some((track, client, seq)) = super::parse_key(id.as_str()) {
-                let pair = (track.to_owned(), client.to_owned());
-                ranges.entry(pair.clone()).or_default().insert(seq);
-                touched.insert(pair);
-            }
-        }
-        if last > watermark {
-            tracing::info!(
-                from = watermark + 1,
-                to = last,
-                "recovered seq ranges from the stream"
-            );
-            let _ = touched;
-            self.save(&ranges, Some(last)).await?;
-        }
-        Ok(())
-    }
-
-    /// Saves every range set and, if given, the new watermark (else the stored one stays).
-    async fn save(
-        &self,
-        ranges: &HashMap<(String, String), RangeSet>,
-        watermark: Option<u64>,
-    ) -> Result<(), Error> {
-        let watermark = match watermark {
-            Some(w) => w,
-            None => self.stored_watermark().await?,
-        };
-        let doc = RangesDoc {
-            watermark,
-            ranges: ranges
-                .iter()
-                .map(|((t, c), set)| (t.clone(), c.clone(), set.clone()))
-                .collect(),
-        };
-        let body = serde_json::to_vec(&doc).expect("ranges always encode");
-        self.js
-            .publish(RANGES_SUBJECT, body.into())
-            .await
-            .map_err(|e| Error::nats("saving the seq ranges", e))?
-            .await
-            .map_err(|e| Error::nats("acknowledgement of the seq ranges", e))?;
-        Ok(())
-    }
-
-    async fn stored_watermark(&self) -> Result<u64, Error> {
-        let stream = self
-            .js
-            .get_stream(JETSTREAM_RANGES_STREAM)
-            .await
-            .map_err(|e| Error::nats("opening the ranges stream", e))?;
-        match stream.get_last_raw_message_by_subject(RANGES_SUBJECT).await {
-            Ok(message) => serde_json::from_slice::<RangesDoc>(&message.payload)
-                .map(|d| d.watermark)
-                .map_err(|source| Error::Corrupt {
-                    what: "JetStream seq ranges".into(),
-                    source,
-                }),
-            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(0),
-            Err(e) => Err(Error::nats("reading the seq ranges", e)),
-        }
+            raw,
+            ranges,
+            reconciled_at: Mutex::new(started),
+            reconciling: tokio::sync::Mutex::new(()),
+        });
+        inner.reconcile().await?;
+        let cancel = CancellationToken::new();
+        tokio::spawn(reconcile_loop(inner.clone(), cancel.clone()));
+        Ok(Self {
+            inner,
+            _reconciler: cancel.drop_guard(),
+        })
     }
 
     /// The ranges of seqs held for `(track, client)`, for tests and the operator.
-    pub async fn ranges_of(&self, track: &str, client: &str) -> RangeSet {
-        self.ranges
-            .lock()
-            .await
-            .get(&(track.to_owned(), client.to_owned()))
-            .cloned()
-            .unwrap_or_default()
+    pub async fn ranges_of(&self, track: &str, client: &str) -> Result<RangeSet, Error> {
+        Ok(self.inner.read_ranges(track, client).await?.set)
+    }
+
+    /// Runs one reconcile pass now (the store runs them on its own every [`RANGES_RECONCILE_MS`]).
+    pub async fn reconcile(&self) -> Result<(), Error> {
+        self.inner.reconcile().await
     }
 }
 
+async fn reconcile_loop(inner: Arc<Inner>, cancel: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_millis(RANGES_RECONCILE_MS)) => {}
+        }
+        if let Err(error) = inner.reconcile().await {
+            tracing::warn!(error = %uplink::chain(&error), "reconciling the seq ranges failed; retrying");
+        }
+    }
+}
+
+impl Inner {
+    async fn read_ranges(&self, track: &str, client: &str) -> Result<Entry, Error> {
+        match self
+            .ranges
+            .get_last_raw_message_by_subject(&ranges_subject(track, client))
+            .await
+        {
+            Ok(message) => Ok(Entry {
+                set: serde_json::from_slice(&message.payload).map_err(|source| Error::Corrupt {
+                    what: format!("JetStream seq ranges of {track}/{client}"),
+                    source,
+                })?,
+                revision: message.sequence,
+            }),
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(Entry {
+                set: RangeSet::new(),
+                revision: 0,
+            }),
+            Err(e) => Err(Error::nats(
+                format!("reading the seq ranges of {track}/{client}"),
+                e,
+            )),
+        }
+    }
+
+    /// Publishes `body` on `subject` if its last message is still `revision`. `Ok(false)`: another
+    /// writer moved it first.
+    async fn compare_and_set(
+        &self,
+        subject: String,
+        revision: u64,
+        body: Vec<u8>,
+    ) -> Result<bool, Error> {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            "Nats-Expected-Last-Subject-Sequence",
+            revision.to_string().as_str(),
+        );
+        let ack = self
+            .js
+            .publish_with_headers(subject.clone(), headers, body.into())
+            .await
+            .map_err(|e| Error::nats(format!("writing {subject}"), e))?;
+        match ack.await {
+            Ok(_) => Ok(true),
+            // 10071 from older servers, 10164 from 2.12 on: both mean another writer moved it.
+            Err(e)
+                if e.kind() == PublishErrorKind::WrongLastSequence || has_code(&e, WRONG_LAST) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(Error::nats(format!("acknowledgement of {subject}"), e)),
+        }
+    }
+
+    /// Grows the ranges of `(track, client)` by `add`, starting from `known` (as read earlier).
+    async fn grow_ranges(
+        &self,
+        track: &str,
+        client: &str,
+        add: &RangeSet,
+        mut known: Entry,
+    ) -> Result<(), Error> {
+        for _ in 0..RANGES_CAS_ATTEMPTS_MAX {
+            let mut set = known.set.clone();
+            set.union(add);
+            if set == known.set {
+                return Ok(());
+            }
+            let body = serde_json::to_vec(&set).expect("ranges always encode");
+            if self
+                .compare_and_set(ranges_subject(track, client), known.revision, body)
+                .await?
+            {
+                return Ok(());
+            }
+            known = self.read_ranges(track, client).await?;
+        }
+        Err(Error::RangesContended {
+            what: format!("{track}/{client}"),
+            attempts: RANGES_CAS_ATTEMPTS_MAX,
+        })
+    }
+
+    /// Fails when the last completed reconcile pass started too long ago to publish safely.
+    fn check_fresh(&self) -> Result<(), Error> {
+        let age = self
+            .reconciled_at
+            .lock()
+            .expect("reconcile clock lock poisoned")
+            .elapsed();
+        if age > Duration::from_millis(RANGES_STALE_MS) {
+            return Err(Error::RangesStale {
+                age_ms: age.as_millis() as u64,
+                limit_ms: RANGES_STALE_MS,
+            });
+        }
+        Ok(())
+    }
+
+    async fn read_watermark(&self) -> Result<Entry, Error> {
+        match self
+            .ranges
+            .get_last_raw_message_by_subject(&watermark_subject())
+            .await
+        {
+            Ok(message) => {
+                let mark: Watermark =
+                    serde_json::from_slice(&message.payload).map_err(|source| Error::Corrupt {
+                        what: "JetStream seq ranges watermark".into(),
+                        source,
+                    })?;
+                let mut set = RangeSet::new();
+                set.insert(mark.raw_sequence);
+                Ok(Entry {
+                    set,
+                    revision: message.sequence,
+                })
+            }
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(Entry {
+                set: RangeSet::new(),
+                revision: 0,
+            }),
+            Err(e) => Err(Error::nats("reading the seq ranges watermark", e)),
+        }
+    }
+
+    /// Brings the ranges up to date if they are stale: a batch that finds them so runs a pass
+    /// itself rather than refuse (the loop's passes may have been failing while a server was down).
+    async fn freshen(&self) -> Result<(), Error> {
+        if self.check_fresh().is_ok() {
+            return Ok(());
+        }
+        let _one = self.reconciling.lock().await;
+        if self.check_fresh().is_ok() {
+            return Ok(());
+        }
+        self.reconcile_pass().await?;
+        self.check_fresh()
+    }
+
+    /// One reconcile pass (module docs), unless another is running; then waits for it.
+    async fn reconcile(&self) -> Result<(), Error> {
+        let _one = self.reconciling.lock().await;
+        self.reconcile_pass().await
+    }
+
+    /// One reconcile pass: every raw message after the watermark into the ranges.
+    async fn reconcile_pass(&self) -> Result<(), Error> {
+        let started = Instant::now();
+        let mark = self.read_watermark().await?;
+        let watermark = mark.set.iter_ranges().next().map_or(0, |(s, _)| s);
+        let state = self
+            .raw
+            .clone()
+            .info()
+            .await
+            .map_err(|e| Error::nats("reading the raw stream's state", e))?
+            .state
+            .clone();
+        let last = state.last_sequence;
+        let mut from = watermark.max(state.first_sequence.saturating_sub(1));
+        let mut mark = mark;
+        // In chunks, each moving the watermark: a pass cut short by a failing server keeps what it
+        // did, and the next one goes on from there.
+        while last > from && state.messages > 0 {
+            let to = last.min(from + RECONCILE_CHUNK_MESSAGES);
+            let found = self.scan_ids(from, to).await?;
+            for ((track, client), add) in &found {
+                let known = self.read_ranges(track, client).await?;
+                self.grow_ranges(track, client, add, known).await?;
+            }
+            self.advance_watermark(to, mark).await?;
+            mark = self.read_watermark().await?;
+            tracing::debug!(from = from + 1, to, "seq ranges reconciled");
+            from = to;
+        }
+        *self
+            .reconciled_at
+            .lock()
+            .expect("reconcile clock lock poisoned") = started;
+        Ok(())
+    }
+
+    /// The keys of raw messages `after + 1 ..= last`, per (track, client), read headers only.
+    async fn scan_ids(
+        &self,
+        after: u64,
+        last: u64,
+    ) -> Result<HashMap<(String, String), RangeSet>, Error> {
+        let consumer = self
+            .raw
+            .create_consumer(consumer::pull::OrderedConfig {
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: after + 1,
+                },
+                headers_only: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::nats("creating the reconcile consumer", e))?;
+        let mut messages = consumer
+            .messages()
+            .await
+            .map_err(|e| Error::nats("reading the raw stream", e))?;
+        let mut found: HashMap<(String, String), RangeSet> = HashMap::new();
+        let mut unreadable = 0u64;
+        loop {
+            let next = tokio::time::timeout(
+                Duration::from_millis(RECONCILE_MESSAGE_MS_MAX),
+                messages.next(),
+            )
+            .await;
+            let message = match next {
+                Ok(Some(Ok(message))) => message,
+                Ok(Some(Err(e))) => return Err(Error::nats("reading the raw stream", e)),
+                Ok(None) => break,
+                Err(_) => {
+                    return Err(Error::nats(
+                        format!("reading the raw stream up to {last}"),
+                        format!("no message for {RECONCILE_MESSAGE_MS_MAX} ms"),
+                    ));
+                }
+            };
+            let sequence = message
+                .info()
+                .map_err(|e| Error::nats("reading a raw message's sequence", e))?
+                .stream_sequence;
+            let key = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("Nats-Msg-Id"))
+                .and_then(|id| super::parse_key(id.as_str()));
+            match key {
+                Some((track, client, seq)) => {
+                    found
+                        .entry((track.to_owned(), client.to_owned()))
+                        .or_default()
+                        .insert(seq);
+                }
+                None => unreadable += 1,
+            }
+            if sequence >= last {
+                break;
+            }
+        }
+        if unreadable > 0 {
+            tracing::warn!(
+                unreadable,
+                "raw messages without an idempotency key; central did not write them"
+            );
+        }
+        Ok(found)
+    }
+
+    async fn advance_watermark(&self, to: u64, mut known: Entry) -> Result<(), Error> {
+        for _ in 0..RANGES_CAS_ATTEMPTS_MAX {
+            let current = known.set.iter_ranges().next().map_or(0, |(s, _)| s);
+            if current >= to {
+                return Ok(());
+            }
+            let body = serde_json::to_vec(&Watermark { raw_sequence: to })
+                .expect("a watermark always encodes");
+            if self
+                .compare_and_set(watermark_subject(), known.revision, body)
+                .await?
+            {
+                return Ok(());
+            }
+            known = self.read_watermark().await?;
+        }
+        Err(Error::RangesContended {
+            what: "the watermark".into(),
+            attempts: RANGES_CAS_ATTEMPTS_MAX,
+        })
+    }
+}
+
+/// How long a publish may keep meeting "duplicate message id is in process" (a clustered stream's
+/// answer while another central's copy of the same event is being replicated) before the batch fails
+/// (503; the node retries). The other copy commits within a replication round trip, or fails and
+/// ours goes in.
+pub const JETSTREAM_IN_PROCESS_MS_MAX: u64 = 5_000;
+/// The longest pause between two tries of such a publish.
+const IN_PROCESS_PAUSE_MS_MAX: u64 = 100;
+
+/// One event published and awaiting its acknowledgement, with what it takes to publish it again.
+struct Pending<'a> {
+    event: &'a crate::ValidEvent,
+    subject: &'a str,
+    body: axum::body::Bytes,
+    ack: jetstream::context::PublishAckFuture,
+}
+
+fn publish_headers(event: &crate::ValidEvent) -> async_nats::HeaderMap {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", event.key.as_str());
+    headers
+}
+
+/// Whether JetStream answered that another publish of the same `Nats-Msg-Id` is being stored.
+fn in_process(error: &jetstream::context::PublishError) -> bool {
+    has_code(
+        error,
+        &[jetstream::ErrorCode::STREAM_DUPLICATE_MESSAGE_CONFLICT],
+    )
+}
+
+/// The answers to a compare-and-set that lost.
+const WRONG_LAST: &[jetstream::ErrorCode] = &[
+    jetstream::ErrorCode::STREAM_WRONG_LAST_SEQUENCE,
+    jetstream::ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT,
+];
+
+/// Whether a publish failed with one of JetStream's error `codes`.
+fn has_code(error: &jetstream::context::PublishError, codes: &[jetstream::ErrorCode]) -> bool {
+    std::error::Error::source(error)
+        .and_then(|source| source.downcast_ref::<jetstream::Error>())
+        .is_some_and(|e| codes.contains(&e.error_code()))
+}
+
+/// The subject of the dead letters central writes: `timing.dlq.v1.<source>` with source `ingest`.
+pub const DLQ_INGEST_SUBJECT: &str = "timing.dlq.v1.ingest";
+
 impl IngestStore for JetStreamStore {
+    /// One message on [`DLQ_INGEST_SUBJECT`]: the refused event (or body) as the node sent it, and
+    /// the reason in headers (`Timing-Track-Id`, `Timing-Status`, `Timing-Reason`, and
+    /// `Timing-Event-Index`, `Timing-Field`, `Timing-Truncated` when they apply).
+    async fn dead_letter(&self, letter: crate::DeadLetter) -> Result<(), Error> {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Timing-Track-Id", letter.track_id.as_str());
+        headers.insert("Timing-Status", letter.status.to_string().as_str());
+        // A header value is one line.
+        let reason = letter.reason.replace(['\r', '\n'], " ");
+        headers.insert("Timing-Reason", reason.as_str());
+        if let Some(index) = letter.event_index {
+            headers.insert("Timing-Event-Index", index.to_string().as_str());
+        }
+        if let Some(field) = &letter.field {
+            headers.insert("Timing-Field", field.as_str());
+        }
+        if letter.truncated {
+            headers.insert("Timing-Truncated", "true");
+        }
+        self.inner
+            .js
+            .publish_with_headers(DLQ_INGEST_SUBJECT, headers, letter.body.into())
+            .await
+            .map_err(|e| Error::nats("writing a dead letter", e))?
+            .await
+            .map_err(|e| Error::nats("acknowledgement of a dead letter", e))?;
+        Ok(())
+    }
+
     async fn ingest(&self, batch: ValidBatch) -> Result<BatchAccepted, Error> {
-        // One batch at a time: the duplicate check and the publish must not interleave with another
-        // copy of the same batch (a retry racing its lost original).
-        let mut ranges = self.ranges.lock().await;
-        let subject = format!("{JETSTREAM_SUBJECT_PREFIX}.{}", batch.track_id);
+        let inner = &*self.inner;
+        inner.freshen().await?;
+        let subject = format!("{RAW_SUBJECT_PREFIX}.{}", batch.track_id);
         let ingested_at_us = super::now_us();
         let mut done = BatchAccepted {
             accepted: 0,
             duplicates: 0,
         };
+        // The ranges of every client of the batch (almost always one), as read now.
+        let mut known: HashMap<&str, Entry> = HashMap::new();
+        for event in &batch.events {
+            if !known.contains_key(event.client_id.as_str()) {
+                let entry = inner.read_ranges(&batch.track_id, &event.client_id).await?;
+                known.insert(&event.client_id, entry);
+            }
+        }
         let mut in_batch: HashMap<&str, RangeSet> = HashMap::new();
-        let mut pending = VecDeque::new();
-        let mut touched = BTreeSet::new();
-        let mut last_sequence = 0u64;
+        let mut stored: HashMap<&str, RangeSet> = HashMap::new();
+        let mut pending = std::collections::VecDeque::new();
         let mut failure = None;
         for event in &batch.events {
-            let held = ranges
-                .get(&(batch.track_id.clone(), event.client_id.clone()))
-                .is_some_and(|set| set.contains(event.seq));
+            let held = known[event.client_id.as_str()].set.contains(event.seq);
             if held
                 || !in_batch
                     .entry(&event.client_id)
@@ -254,61 +578,48 @@ impl IngestStore for JetStreamStore {
                 continue;
             }
             if pending.len() >= JETSTREAM_ACKS_INFLIGHT_MAX {
-                let (seq_event, ack) = pending.pop_front().expect("pending is not empty");
-                if let Err(e) = settle(
-                    ack,
-                    seq_event,
-                    &batch.track_id,
-                    &mut ranges,
-                    &mut done,
-                    &mut touched,
-                    &mut last_sequence,
-                )
-                .await
-                {
+                let next: Pending<'_> = pending.pop_front().expect("pending is not empty");
+                if let Err(e) = settle(&inner.js, next, &mut done, &mut stored).await {
                     failure = Some(e);
                     break;
                 }
             }
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert("Nats-Msg-Id", event.key.as_str());
-            match self
+            // Checked before every publish: the one that matters is the publish's time.
+            if let Err(e) = inner.check_fresh() {
+                failure = Some(e);
+                break;
+            }
+            let body = axum::body::Bytes::from(event.stored_json(ingested_at_us));
+            match inner
                 .js
-                .publish_with_headers(
-                    subject.clone(),
-                    headers,
-                    event.stored_json(ingested_at_us).into(),
-                )
+                .publish_with_headers(subject.clone(), publish_headers(event), body.clone())
                 .await
             {
-                Ok(ack) => pending.push_back((event, ack)),
+                Ok(ack) => pending.push_back(Pending {
+                    event,
+                    subject: &subject,
+                    body,
+                    ack,
+                }),
                 Err(e) => {
                     failure = Some(Error::nats(format!("publishing {}", event.key), e));
                     break;
                 }
             }
         }
-        while let Some((event, ack)) = pending.pop_front() {
-            if let Err(e) = settle(
-                ack,
-                event,
-                &batch.track_id,
-                &mut ranges,
-                &mut done,
-                &mut touched,
-                &mut last_sequence,
-            )
-            .await
-            {
+        while let Some(next) = pending.pop_front() {
+            if let Err(e) = settle(&inner.js, next, &mut done, &mut stored).await {
                 failure.get_or_insert(e);
             }
         }
-        // Save what was stored even when part of the batch failed: the retry then finds it.
-        // The watermark only moves when the whole batch is settled: a failed publish may still have
-        // been stored, and recovery must then read it back from the stream.
-        if !touched.is_empty() {
-            let watermark = failure.is_none().then_some(last_sequence);
-            self.save(&ranges, watermark).await?;
+        // Grown even when part of the batch failed: the retry then finds what was stored.
+        for (client, add) in stored {
+            let entry = known
+                .remove(client)
+                .expect("every client's ranges were read");
+            inner
+                .grow_ranges(&batch.track_id, client, &add, entry)
+                .await?;
         }
         match failure {
             Some(e) => Err(e),
@@ -317,26 +628,49 @@ impl IngestStore for JetStreamStore {
     }
 }
 
-async fn settle(
-    ack: jetstream::context::PublishAckFuture,
-    event: &crate::ValidEvent,
-    track: &str,
-    ranges: &mut HashMap<(String, String), RangeSet>,
+async fn settle<'a>(
+    js: &jetstream::Context,
+    pending: Pending<'a>,
     done: &mut BatchAccepted,
-    touched: &mut BTreeSet<(String, String)>,
-    last_sequence: &mut u64,
+    stored: &mut HashMap<&'a str, RangeSet>,
 ) -> Result<(), Error> {
-    let ack = ack
-        .await
-        .map_err(|e| Error::nats(format!("acknowledgement of {}", event.key), e))?;
+    let Pending {
+        event,
+        subject,
+        body,
+        mut ack,
+    } = pending;
+    let started = Instant::now();
+    let mut pause_ms = 1;
+    let ack = loop {
+        match ack.await {
+            Ok(ack) => break ack,
+            Err(e)
+                if in_process(&e)
+                    && started.elapsed() < Duration::from_millis(JETSTREAM_IN_PROCESS_MS_MAX) =>
+            {
+                // Another central's copy is being stored: once it is, ours is answered duplicate.
+                tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+                pause_ms = (pause_ms * 2).min(IN_PROCESS_PAUSE_MS_MAX);
+                ack = js
+                    .publish_with_headers(subject.to_owned(), publish_headers(event), body.clone())
+                    .await
+                    .map_err(|e| Error::nats(format!("publishing {}", event.key), e))?;
+            }
+            Err(e) => {
+                return Err(Error::nats(format!("acknowledgement of {}", event.key), e));
+            }
+        }
+    };
+    // A duplicate acknowledgement: another central (or an earlier try) stored it within the window.
     if ack.duplicate {
         done.duplicates += 1;
     } else {
         done.accepted += 1;
     }
-    *last_sequence = (*last_sequence).max(ack.sequence);
-    let pair = (track.to_owned(), event.client_id.clone());
-    ranges.entry(pair.clone()).or_default().insert(event.seq);
-    touched.insert(pair);
+    stored
+        .entry(&event.client_id)
+        .or_default()
+        .insert(event.seq);
     Ok(())
 }

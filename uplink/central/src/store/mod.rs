@@ -6,6 +6,7 @@
 
 pub mod jetstream;
 pub mod spool;
+pub mod streams;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
