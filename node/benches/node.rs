@@ -68,7 +68,37 @@ fn floor(dir: &Path, n: usize) -> Vec<f64> {
     out
 }
 
-async fn latency_run(rate: u32, seconds: u64) -> Vec<f64> {
+/// Where one passing's time went, µs, from the wall-clock stamps along the path: the bench's write on
+/// the master, the node's `captured_at_us` (taken when the read returned), the writer's
+/// `recorded_at_us` (taken when it began the group's validation) and the bench seeing it durable.
+#[derive(Default)]
+struct Stages {
+    /// Byte written -> the node's read returned: the PTY and the read wake-up.
+    read: Vec<f64>,
+    /// Read returned -> the writer thread took it: accumulator, record, encode, hand-off.
+    hand_off: Vec<f64>,
+    /// Writer took it -> a subscriber saw it durable: index, journal write, fdatasync, publish.
+    commit: Vec<f64>,
+}
+
+impl Stages {
+    fn print(mut self) {
+        for (name, v) in [
+            ("PTY + read wake-up", &mut self.read),
+            ("frame -> encode -> writer", &mut self.hand_off),
+            ("write + fdatasync + publish", &mut self.commit),
+        ] {
+            v.sort_by(f64::total_cmp);
+            println!(
+                "        {name:<28} p50 {:>6.0} µs  p99 {:>6.0} µs",
+                pct(v, 0.5),
+                pct(v, 0.99)
+            );
+        }
+    }
+}
+
+async fn latency_run(rate: u32, seconds: u64) -> (Vec<f64>, Stages) {
     let dir = tempfile::tempdir_in(".").unwrap();
     let (mut master, link) = pty(dir.path());
     let config = config(dir.path(), link);
@@ -94,7 +124,7 @@ async fn latency_run(rate: u32, seconds: u64) -> Vec<f64> {
     }
     let total = rate as u64 * seconds;
     let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
-    let sent: std::sync::Arc<std::sync::Mutex<HashMap<u32, Instant>>> = Default::default();
+    let sent: std::sync::Arc<std::sync::Mutex<HashMap<u32, (Instant, u64)>>> = Default::default();
     let writer = tokio::spawn({
         let sent = sent.clone();
         async move {
@@ -103,28 +133,40 @@ async fn latency_run(rate: u32, seconds: u64) -> Vec<f64> {
                 tokio::time::sleep_until(start + interval * n).await;
                 let frame = passing(n);
                 AsyncWriteExt::write_all(&mut master, &frame).await.unwrap();
-                sent.lock().unwrap().insert(n, Instant::now());
+                sent.lock()
+                    .unwrap()
+                    .insert(n, (Instant::now(), spool::now_us()));
             }
             master
         }
     });
     let mut lat = Vec::with_capacity(total as usize);
+    let mut stages = Stages::default();
     while (lat.len() as u64) < total {
         let e = tokio::time::timeout(Duration::from_secs(10), sub.next())
             .await
             .expect("passings keep arriving")
             .unwrap();
         let durable = Instant::now();
+        let durable_us = spool::now_us();
         let p = catalog::Passing::from_event(&e).unwrap();
-        if let Some(t) = sent.lock().unwrap().get(&p.passing_number) {
+        if let Some((t, wrote_us)) = sent.lock().unwrap().get(&p.passing_number) {
             lat.push(durable.saturating_duration_since(*t).as_secs_f64() * 1e6);
+            let (captured, recorded) = (e.meta.captured_at_us, e.recorded_at_us);
+            stages.read.push(captured.saturating_sub(*wrote_us) as f64);
+            stages
+                .hand_off
+                .push(recorded.saturating_sub(captured) as f64);
+            stages
+                .commit
+                .push(durable_us.saturating_sub(recorded) as f64);
         }
     }
     let _master = writer.await.unwrap();
     cancel.cancel();
     run.await.unwrap().unwrap();
     lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    lat
+    (lat, stages)
 }
 
 /// The node as a process at 100 passings/s: CPU % and peak RSS.
@@ -210,7 +252,7 @@ fn main() {
         pct(&fl, 0.999)
     );
     for rate in [100u32, 1000] {
-        let lat = rt.block_on(latency_run(rate, seconds));
+        let (lat, stages) = rt.block_on(latency_run(rate, seconds));
         println!(
             "{rate:>5} passings/s: byte in -> durable p50 {:.0} µs ({:.2}x floor)  p99 {:.0} µs ({:.2}x floor p99)  p99.9 {:.0} µs  [{} samples]",
             pct(&lat, 0.5),
@@ -220,6 +262,7 @@ fn main() {
             pct(&lat, 0.999),
             lat.len()
         );
+        stages.print();
     }
     let (cpu, rss, hwm) = resources(seconds);
     println!(
