@@ -7,7 +7,14 @@
 //! record + fdatasync to a file in the same directory) as a ratio. Then the node as its own process at
 //! a steady 100 passings/s: CPU % and RSS, the small-box budget.
 //!
-//! `cargo bench -p node --bench node` (`NODE_BENCH_SECONDS` scales the run, default 10).
+//! Each latency run is a child process of the bench, once with the input on its own thread (the
+//! node's way) and once on the shared async workers (the way before, kept behind
+//! `VENUE_NODE_INPUT_ON_WORKERS=1`), in rounds after a fresh floor, so every line is a ratio to a
+//! floor measured moments before it. Each run also prints where the time went, from the wall-clock
+//! stamps the path leaves on every event (see `Stages`).
+//!
+//! `cargo bench -p node --bench node` (`NODE_BENCH_SECONDS` scales each run, default 10;
+//! `NODE_BENCH_ROUNDS`, default 2).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -170,7 +177,7 @@ async fn latency_run(rate: u32, seconds: u64) -> (Vec<f64>, Stages) {
 }
 
 /// The node as a process at 100 passings/s: CPU % and peak RSS.
-fn resources(seconds: u64) -> (f64, u64, u64) {
+fn resources(seconds: u64, on_workers: &str) -> (f64, u64, u64) {
     let dir = tempfile::tempdir_in(".").unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (mut master, link) = rt.block_on(async { pty(dir.path()) });
@@ -189,6 +196,7 @@ fn resources(seconds: u64) -> (f64, u64, u64) {
         .args(["run", "--config"])
         .arg(&cfg)
         .env("RUST_LOG", "warn")
+        .env(node::runtime::input::INPUT_ON_WORKERS_ENV, on_workers)
         .spawn()
         .unwrap_or_else(|e| panic!("starting {exe}: {e}"));
     let pid = child.id();
@@ -233,40 +241,87 @@ fn resources(seconds: u64) -> (f64, u64, u64) {
     })
 }
 
-fn main() {
-    let seconds: u64 = std::env::var("NODE_BENCH_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10);
+/// One latency run, in a child process so the old path (the input on the shared workers,
+/// [`node::runtime::input::INPUT_ON_WORKERS_ENV`]) and the new one each start clean. Prints the
+/// figures as ratios to the floor the parent measured just before.
+fn child(rate: u32, seconds: u64) {
+    let floor: Vec<f64> = std::env::var("NODE_BENCH_FLOOR")
+        .unwrap()
+        .split(',')
+        .map(|v| v.parse().unwrap())
+        .collect();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let dir = tempfile::tempdir_in(".").unwrap();
-    let fl = floor(dir.path(), 2000);
+    let (lat, stages) = rt.block_on(latency_run(rate, seconds));
     println!(
-        "floor (append 96 B + fdatasync, same disk): p50 {:.0} µs  p99 {:.0} µs  p99.9 {:.0} µs",
-        pct(&fl, 0.5),
-        pct(&fl, 0.99),
-        pct(&fl, 0.999)
+        "{rate:>5} passings/s: byte in -> durable p50 {:.0} µs ({:.2}x floor)  p99 {:.0} µs ({:.2}x floor p99)  p99.9 {:.0} µs  [{} samples]",
+        pct(&lat, 0.5),
+        pct(&lat, 0.5) / floor[0],
+        pct(&lat, 0.99),
+        pct(&lat, 0.99) / floor[1],
+        pct(&lat, 0.999),
+        lat.len()
     );
-    for rate in [100u32, 1000] {
-        let (lat, stages) = rt.block_on(latency_run(rate, seconds));
-        println!(
-            "{rate:>5} passings/s: byte in -> durable p50 {:.0} µs ({:.2}x floor)  p99 {:.0} µs ({:.2}x floor p99)  p99.9 {:.0} µs  [{} samples]",
-            pct(&lat, 0.5),
-            pct(&lat, 0.5) / pct(&fl, 0.5),
-            pct(&lat, 0.99),
-            pct(&lat, 0.99) / pct(&fl, 0.99),
-            pct(&lat, 0.999),
-            lat.len()
-        );
-        stages.print();
+    stages.print();
+}
+
+/// The two paths the bench compares: (label, value of the input-on-workers variable).
+const PATHS: [(&str, &str); 2] = [
+    ("new (input on its own thread)", "0"),
+    ("old (input on the shared workers)", "1"),
+];
+
+fn main() {
+    let seconds: u64 = std::env::var("NODE_BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    if let Ok(rate) = std::env::var("NODE_BENCH_CHILD") {
+        child(rate.parse().unwrap(), seconds);
+        return;
     }
-    let (cpu, rss, hwm) = resources(seconds);
-    println!(
-        "node process at 100 passings/s: CPU {cpu:.1} % of one core, RSS {} KiB (peak {} KiB)",
-        rss, hwm
-    );
+    let rounds: usize = std::env::var("NODE_BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2);
+    let dir = tempfile::tempdir_in(".").unwrap();
+    let exe = std::env::current_exe().unwrap();
+    // Floor, new, old, in rounds, so the other engineers' load hits each alike; each ratio is to
+    // the floor measured just before it.
+    for rate in [100u32, 1000] {
+        for round in 1..=rounds {
+            let fl = floor(dir.path(), 1000);
+            println!(
+                "round {round}: floor (append 96 B + fdatasync, same disk): p50 {:.0} µs  p99 {:.0} µs  p99.9 {:.0} µs",
+                pct(&fl, 0.5),
+                pct(&fl, 0.99),
+                pct(&fl, 0.999)
+            );
+            for (label, on_workers) in PATHS {
+                let out = std::process::Command::new(&exe)
+                    .env("NODE_BENCH_CHILD", rate.to_string())
+                    .env(
+                        "NODE_BENCH_FLOOR",
+                        format!("{},{}", pct(&fl, 0.5), pct(&fl, 0.99)),
+                    )
+                    .env(node::runtime::input::INPUT_ON_WORKERS_ENV, on_workers)
+                    .env("RUST_LOG", "error")
+                    .stderr(std::process::Stdio::null())
+                    .output()
+                    .unwrap();
+                println!("  {label}:");
+                print!("{}", String::from_utf8_lossy(&out.stdout));
+            }
+        }
+    }
+    for (label, on_workers) in PATHS {
+        let (cpu, rss, hwm) = resources(seconds, on_workers);
+        println!(
+            "node process at 100 passings/s, {label}: CPU {cpu:.1} % of one core, RSS {} KiB (peak {} KiB)",
+            rss, hwm
+        );
+    }
 }
