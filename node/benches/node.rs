@@ -7,7 +7,14 @@
 //! record + fdatasync to a file in the same directory) as a ratio. Then the node as its own process at
 //! a steady 100 passings/s: CPU % and RSS, the small-box budget.
 //!
-//! `cargo bench -p node --bench node` (`NODE_BENCH_SECONDS` scales the run, default 10).
+//! Each latency run is a child process of the bench, once with the input on its own thread (the
+//! node's way) and once on the shared async workers (the way before, kept behind
+//! `VENUE_NODE_INPUT_ON_WORKERS=1`), in rounds after a fresh floor, so every line is a ratio to a
+//! floor measured moments before it. Each run also prints where the time went, from the wall-clock
+//! stamps the path leaves on every event (see `Stages`).
+//!
+//! `cargo bench -p node --bench node` (`NODE_BENCH_SECONDS` scales each run, default 10;
+//! `NODE_BENCH_ROUNDS`, default 2).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -68,7 +75,37 @@ fn floor(dir: &Path, n: usize) -> Vec<f64> {
     out
 }
 
-async fn latency_run(rate: u32, seconds: u64) -> Vec<f64> {
+/// Where one passing's time went, µs, from the wall-clock stamps along the path: the bench's write on
+/// the master, the node's `captured_at_us` (taken when the read returned), the writer's
+/// `recorded_at_us` (taken when it began the group's validation) and the bench seeing it durable.
+#[derive(Default)]
+struct Stages {
+    /// Byte written -> the node's read returned: the PTY and the read wake-up.
+    read: Vec<f64>,
+    /// Read returned -> the writer thread took it: accumulator, record, encode, hand-off.
+    hand_off: Vec<f64>,
+    /// Writer took it -> a subscriber saw it durable: index, journal write, fdatasync, publish.
+    commit: Vec<f64>,
+}
+
+impl Stages {
+    fn print(mut self) {
+        for (name, v) in [
+            ("PTY + read wake-up", &mut self.read),
+            ("frame -> encode -> writer", &mut self.hand_off),
+            ("write + fdatasync + publish", &mut self.commit),
+        ] {
+            v.sort_by(f64::total_cmp);
+            println!(
+                "        {name:<28} p50 {:>6.0} µs  p99 {:>6.0} µs",
+                pct(v, 0.5),
+                pct(v, 0.99)
+            );
+        }
+    }
+}
+
+async fn latency_run(rate: u32, seconds: u64) -> (Vec<f64>, Stages) {
     let dir = tempfile::tempdir_in(".").unwrap();
     let (mut master, link) = pty(dir.path());
     let config = config(dir.path(), link);
@@ -94,7 +131,7 @@ async fn latency_run(rate: u32, seconds: u64) -> Vec<f64> {
     }
     let total = rate as u64 * seconds;
     let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
-    let sent: std::sync::Arc<std::sync::Mutex<HashMap<u32, Instant>>> = Default::default();
+    let sent: std::sync::Arc<std::sync::Mutex<HashMap<u32, (Instant, u64)>>> = Default::default();
     let writer = tokio::spawn({
         let sent = sent.clone();
         async move {
@@ -103,32 +140,44 @@ async fn latency_run(rate: u32, seconds: u64) -> Vec<f64> {
                 tokio::time::sleep_until(start + interval * n).await;
                 let frame = passing(n);
                 AsyncWriteExt::write_all(&mut master, &frame).await.unwrap();
-                sent.lock().unwrap().insert(n, Instant::now());
+                sent.lock()
+                    .unwrap()
+                    .insert(n, (Instant::now(), spool::now_us()));
             }
             master
         }
     });
     let mut lat = Vec::with_capacity(total as usize);
+    let mut stages = Stages::default();
     while (lat.len() as u64) < total {
         let e = tokio::time::timeout(Duration::from_secs(10), sub.next())
             .await
             .expect("passings keep arriving")
             .unwrap();
         let durable = Instant::now();
+        let durable_us = spool::now_us();
         let p = catalog::Passing::from_event(&e).unwrap();
-        if let Some(t) = sent.lock().unwrap().get(&p.passing_number) {
+        if let Some((t, wrote_us)) = sent.lock().unwrap().get(&p.passing_number) {
             lat.push(durable.saturating_duration_since(*t).as_secs_f64() * 1e6);
+            let (captured, recorded) = (e.meta.captured_at_us, e.recorded_at_us);
+            stages.read.push(captured.saturating_sub(*wrote_us) as f64);
+            stages
+                .hand_off
+                .push(recorded.saturating_sub(captured) as f64);
+            stages
+                .commit
+                .push(durable_us.saturating_sub(recorded) as f64);
         }
     }
     let _master = writer.await.unwrap();
     cancel.cancel();
     run.await.unwrap().unwrap();
     lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    lat
+    (lat, stages)
 }
 
 /// The node as a process at 100 passings/s: CPU % and peak RSS.
-fn resources(seconds: u64) -> (f64, u64, u64) {
+fn resources(seconds: u64, on_workers: &str) -> (f64, u64, u64) {
     let dir = tempfile::tempdir_in(".").unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (mut master, link) = rt.block_on(async { pty(dir.path()) });
@@ -147,6 +196,7 @@ fn resources(seconds: u64) -> (f64, u64, u64) {
         .args(["run", "--config"])
         .arg(&cfg)
         .env("RUST_LOG", "warn")
+        .env(node::runtime::input::INPUT_ON_WORKERS_ENV, on_workers)
         .spawn()
         .unwrap_or_else(|e| panic!("starting {exe}: {e}"));
     let pid = child.id();
@@ -191,39 +241,87 @@ fn resources(seconds: u64) -> (f64, u64, u64) {
     })
 }
 
-fn main() {
-    let seconds: u64 = std::env::var("NODE_BENCH_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10);
+/// One latency run, in a child process so the old path (the input on the shared workers,
+/// [`node::runtime::input::INPUT_ON_WORKERS_ENV`]) and the new one each start clean. Prints the
+/// figures as ratios to the floor the parent measured just before.
+fn child(rate: u32, seconds: u64) {
+    let floor: Vec<f64> = std::env::var("NODE_BENCH_FLOOR")
+        .unwrap()
+        .split(',')
+        .map(|v| v.parse().unwrap())
+        .collect();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let dir = tempfile::tempdir_in(".").unwrap();
-    let fl = floor(dir.path(), 2000);
+    let (lat, stages) = rt.block_on(latency_run(rate, seconds));
     println!(
-        "floor (append 96 B + fdatasync, same disk): p50 {:.0} µs  p99 {:.0} µs  p99.9 {:.0} µs",
-        pct(&fl, 0.5),
-        pct(&fl, 0.99),
-        pct(&fl, 0.999)
+        "{rate:>5} passings/s: byte in -> durable p50 {:.0} µs ({:.2}x floor)  p99 {:.0} µs ({:.2}x floor p99)  p99.9 {:.0} µs  [{} samples]",
+        pct(&lat, 0.5),
+        pct(&lat, 0.5) / floor[0],
+        pct(&lat, 0.99),
+        pct(&lat, 0.99) / floor[1],
+        pct(&lat, 0.999),
+        lat.len()
     );
+    stages.print();
+}
+
+/// The two paths the bench compares: (label, value of the input-on-workers variable).
+const PATHS: [(&str, &str); 2] = [
+    ("new (input on its own thread)", "0"),
+    ("old (input on the shared workers)", "1"),
+];
+
+fn main() {
+    let seconds: u64 = std::env::var("NODE_BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    if let Ok(rate) = std::env::var("NODE_BENCH_CHILD") {
+        child(rate.parse().unwrap(), seconds);
+        return;
+    }
+    let rounds: usize = std::env::var("NODE_BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2);
+    let dir = tempfile::tempdir_in(".").unwrap();
+    let exe = std::env::current_exe().unwrap();
+    // Floor, new, old, in rounds, so the other engineers' load hits each alike; each ratio is to
+    // the floor measured just before it.
     for rate in [100u32, 1000] {
-        let lat = rt.block_on(latency_run(rate, seconds));
+        for round in 1..=rounds {
+            let fl = floor(dir.path(), 1000);
+            println!(
+                "round {round}: floor (append 96 B + fdatasync, same disk): p50 {:.0} µs  p99 {:.0} µs  p99.9 {:.0} µs",
+                pct(&fl, 0.5),
+                pct(&fl, 0.99),
+                pct(&fl, 0.999)
+            );
+            for (label, on_workers) in PATHS {
+                let out = std::process::Command::new(&exe)
+                    .env("NODE_BENCH_CHILD", rate.to_string())
+                    .env(
+                        "NODE_BENCH_FLOOR",
+                        format!("{},{}", pct(&fl, 0.5), pct(&fl, 0.99)),
+                    )
+                    .env(node::runtime::input::INPUT_ON_WORKERS_ENV, on_workers)
+                    .env("RUST_LOG", "error")
+                    .stderr(std::process::Stdio::null())
+                    .output()
+                    .unwrap();
+                println!("  {label}:");
+                print!("{}", String::from_utf8_lossy(&out.stdout));
+            }
+        }
+    }
+    for (label, on_workers) in PATHS {
+        let (cpu, rss, hwm) = resources(seconds, on_workers);
         println!(
-            "{rate:>5} passings/s: byte in -> durable p50 {:.0} µs ({:.2}x floor)  p99 {:.0} µs ({:.2}x floor p99)  p99.9 {:.0} µs  [{} samples]",
-            pct(&lat, 0.5),
-            pct(&lat, 0.5) / pct(&fl, 0.5),
-            pct(&lat, 0.99),
-            pct(&lat, 0.99) / pct(&fl, 0.99),
-            pct(&lat, 0.999),
-            lat.len()
+            "node process at 100 passings/s, {label}: CPU {cpu:.1} % of one core, RSS {} KiB (peak {} KiB)",
+            rss, hwm
         );
     }
-    let (cpu, rss, hwm) = resources(seconds);
-    println!(
-        "node process at 100 passings/s: CPU {cpu:.1} % of one core, RSS {} KiB (peak {} KiB)",
-        rss, hwm
-    );
 }

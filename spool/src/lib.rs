@@ -65,10 +65,12 @@
 //!   page-sized writes, so a sync flushes one data page and never file metadata.
 //! - **redb is the indexed store.** The writer applies each group to one long-lived write
 //!   transaction and commits it durably (with quick-repair, so a crash never needs a full-file
-//!   repair) at *checkpoints*: every [`SpoolConfig::checkpoint_events`] events, every
-//!   [`SpoolConfig::checkpoint_interval`], when the journal fills, and for rare operations that
-//!   are committed directly (park, projections, snapshots, retention). After a checkpoint the
-//!   journal restarts at offset 0.
+//!   repair) at *checkpoints*. A large append that ends its group is inserted while a second
+//!   thread syncs the journal, so a batch costs the longer of the two, not their sum
+//!   ([`SPOOL_OVERLAP_EVENTS_MIN`]). Checkpoints come every
+//!   [`SpoolConfig::checkpoint_events`] events, every [`SpoolConfig::checkpoint_interval`],
+//!   when the journal fills, and for rare operations that are committed directly (park,
+//!   projections, snapshots, retention). After a checkpoint the journal restarts at offset 0.
 //! - **Reads merge the two.** Acknowledged events since the last checkpoint are kept in memory
 //!   (the tail) and merged into every read; a read-only open rebuilds the tail by scanning the
 //!   journal.
@@ -177,6 +179,6 @@ pub use crate::types::{
 pub use crate::writer::{
     CURSOR_NAME_BYTES_MAX, PARK_REASON_BYTES_MAX, RETENTION_EVENTS_PER_RUN_MAX,
     SPOOL_BATCH_BYTES_MAX, SPOOL_BATCH_EVENTS_MAX, SPOOL_DISK_CHECK_INTERVAL_MS,
-    SPOOL_GROUP_BYTES_MAX, SPOOL_GROUP_REQUESTS_MAX, SPOOL_QUEUE_REQUESTS_MAX,
-    SPOOL_REOPEN_INTERVAL_MS, STATE_BYTES_MAX,
+    SPOOL_GROUP_BYTES_MAX, SPOOL_GROUP_REQUESTS_MAX, SPOOL_OVERLAP_EVENTS_MIN,
+    SPOOL_QUEUE_REQUESTS_MAX, SPOOL_REOPEN_INTERVAL_MS, STATE_BYTES_MAX,
 };

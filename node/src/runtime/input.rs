@@ -64,6 +64,13 @@ pub const REJECTED_FRAMES_STORED_PER_MIN_MAX: u32 = 60;
 /// How long the node waits for the answer to GET_TIME before it stops matching it to the query.
 pub const CLOCK_ANSWER_TIMEOUT_MS: u64 = 2_000;
 
+/// Set to `1`, each input runs as a task on the node's shared work-stealing workers, as it did
+/// before: kept so `cargo bench -p node` can measure the old path beside the new one in one run.
+/// By default each input has a thread of its own with a single-threaded runtime: a byte on the
+/// line wakes that thread from its own epoll and nothing else, the status writer and the spool
+/// reads never sit between it and a worker, and no second worker is woken to steal the task.
+pub const INPUT_ON_WORKERS_ENV: &str = "VENUE_NODE_INPUT_ON_WORKERS";
+
 const _: () = assert!(RECONNECT_BACKOFF_MS_MIN < RECONNECT_BACKOFF_MS_MAX);
 const _: () = assert!(RECONNECT_BACKOFF_MS_MAX < FLAPPING_REPORT_INTERVAL_MS);
 
@@ -372,12 +379,51 @@ impl Input {
         }
     }
 
-    /// Runs until cancelled: connect, read, reconnect.
+    /// Runs until cancelled: connect, read, reconnect. The input gets a thread of its own with a
+    /// single-threaded runtime (see [`INPUT_ON_WORKERS_ENV`] for why), and this future waits for it.
     pub async fn run(self, cancel: CancellationToken) {
         if let Source::Probe(settings) = &self.source {
             let (settings, timing) = (settings.clone(), settings.timing.unwrap_or_default());
             return super::probe::run(self, settings, timing, cancel).await;
         }
+        if std::env::var_os(INPUT_ON_WORKERS_ENV).is_some_and(|v| v == "1") {
+            return self.run_here(cancel).await;
+        }
+        let name = self.name.clone();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!(input = %name, error = %e, "cannot start the input's own runtime; running it on the shared workers");
+                return self.run_here(cancel).await;
+            }
+        };
+        let status = self.status.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("input-{name}"))
+            .spawn(move || {
+                runtime.block_on(self.run_here(cancel));
+                // The receiver is gone only if `run` was dropped, and then nobody waits.
+                let _ = done_tx.send(());
+            });
+        match spawned {
+            // An Err means the thread panicked; the panic is already on stderr.
+            Ok(_) => drop(done_rx.await),
+            Err(e) => {
+                tracing::error!(input = %name, error = %e, "cannot start the input's thread; the input is not read");
+                status.input(&name, |s| {
+                    s.state = "stopped".into();
+                    s.last_error = Some(format!("cannot start the input's thread: {e}"));
+                });
+            }
+        }
+    }
+
+    /// [`Input::run`] on the runtime it is called from.
+    async fn run_here(self, cancel: CancellationToken) {
         let mut memory = Memory::default();
         for group in self.remembered_counters().await {
             memory.counters.remember(group);

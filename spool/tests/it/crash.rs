@@ -35,6 +35,18 @@ struct Outcome {
 /// Append batches of 1 to 3 events over three streams, acknowledge a cursor now and then, until
 /// `steps` appends or the first failure.
 fn workload(spool: &Spool, steps: u32, seed: u64, out: &mut Outcome) {
+    workload_sized(spool, steps, seed, 1, 3, out);
+}
+
+/// [`workload`] with batches of `least` to `most` events.
+fn workload_sized(
+    spool: &Spool,
+    steps: u32,
+    seed: u64,
+    least: usize,
+    most: usize,
+    out: &mut Outcome,
+) {
     let mut rng = seed | 1;
     let mut next = move || {
         rng ^= rng << 13;
@@ -43,7 +55,7 @@ fn workload(spool: &Spool, steps: u32, seed: u64, out: &mut Outcome) {
         rng
     };
     for step in 0..steps {
-        let n = 1 + (next() % 3) as usize;
+        let n = least + (next() % (most - least + 1) as u64) as usize;
         let bodies: Vec<Vec<u8>> = (0..n)
             .map(|i| format!("{seed}-{step}-{i}").into_bytes())
             .collect();
@@ -191,6 +203,58 @@ fn an_io_error_at_every_write_and_sync_keeps_every_acknowledged_append() {
             &out,
             &format!("I/O error at op {n}, power loss"),
         );
+    }
+}
+
+/// Batches at and above `SPOOL_OVERLAP_EVENTS_MIN` are indexed on the writer thread while a
+/// second thread syncs the journal: a failure of either, at any disk operation, still keeps every
+/// acknowledged append and never a torn batch.
+#[test]
+fn large_batches_indexed_beside_their_sync_keep_every_acknowledged_append() {
+    let (least, most) = (
+        spool::SPOOL_OVERLAP_EVENTS_MIN,
+        spool::SPOOL_OVERLAP_EVENTS_MIN + 40,
+    );
+    let total = {
+        let disk = SimDisk::new();
+        let spool = Spool::open_with_storage(disk.storage(), small_config()).expect("open");
+        let mut out = Outcome::default();
+        workload_sized(&spool, 12, 7, least, most, &mut out);
+        assert!(out.failed_batches.is_empty());
+        drop(spool);
+        disk.ops()
+    };
+    for n in 1..=total {
+        let disk = SimDisk::new();
+        disk.fail_op(n);
+        let mut out = Outcome::default();
+        if let Ok(spool) = Spool::open_with_storage(disk.storage(), small_config()) {
+            workload_sized(&spool, 12, 7, least, most, &mut out);
+        }
+        check_recovered(
+            &disk.after_restart(),
+            &out,
+            &format!("large, I/O error at op {n}"),
+        );
+        check_recovered(
+            &disk.after_power_loss(n),
+            &out,
+            &format!("large, I/O error at op {n}, power loss"),
+        );
+    }
+    for seed in 1..=20u64 {
+        let disk = SimDisk::new();
+        let mut out = Outcome::default();
+        {
+            let spool =
+                Spool::open_with_storage(disk.storage(), small_config()).expect("first open");
+            let opened = disk.ops();
+            disk.crash_at_op(opened + 1 + (seed * 7919) % 200);
+            workload_sized(&spool, 12, seed, least, most, &mut out);
+            disk.crash();
+        }
+        let recovered = disk.after_power_loss(seed);
+        check_recovered(&recovered, &out, &format!("large, power loss, seed {seed}"));
     }
 }
 

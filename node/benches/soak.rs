@@ -1,0 +1,372 @@
+//! The soak: the node at a steady rate for an hour, with its uplink cutting in and out, sampled every
+//! minute. Not a test and not in CI; run it by hand, niced, on the box you care about:
+//!
+//! ```text
+//! nice cargo bench -p node --bench soak            # 60 minutes at 100 passings/s
+//! SOAK_MINUTES=3 cargo bench -p node --bench soak  # a short look
+//! ```
+//!
+//! The decoder is played on a real PTY, as in the `node` bench; the node runs in this process (its
+//! runtime, input, spool writer, status writer and drain), so RSS, CPU and open fds are this
+//! process's. The bench's own share is constant: the PTY writer, one subscription that stamps each
+//! passing durable (its in-flight map holds only the passings not yet durable), and the per-minute
+//! latencies. Central runs as a child process (`venue-node central`), reached through a TCP relay in
+//! this process that is up for `SOAK_UPLINK_UP_S` and then down for `SOAK_UPLINK_DOWN_S`: while down
+//! it closes the drain's open connections and refuses new ones, as a WAN that drops does.
+//!
+//! Each minute prints: RSS, CPU % of one core over the minute, open fds, spool files' size, the
+//! uplink backlog, whether the uplink was up, and the byte-in -> durable latency p50/p99/max of the
+//! minute's passings. At the end, the first and last ten minutes are compared.
+//!
+//! | variable | default | what |
+//! |---|---|---|
+//! | `SOAK_MINUTES` | 60 | how long |
+//! | `SOAK_RATE` | 100 | passings per second |
+//! | `SOAK_UPLINK_UP_S` | 240 | seconds the uplink works in each cycle |
+//! | `SOAK_UPLINK_DOWN_S` | 120 | seconds it is cut in each cycle |
+//! | `SOAK_CAP_MIB` | 128 | the spool's `cap_bytes`: near it, history central has acknowledged is deleted, so the spool stops growing once it gets there |
+//! | `SOAK_DIR` | system temp dir | where the node's data and central's store go |
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use events::catalog;
+use node::config::{Config, UplinkSettings};
+use node::runtime::{Node, UPLINK_CURSOR};
+use spool::schema::EventPayload;
+use spool::{Filter, Spool};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_serial::SerialPort;
+use tokio_util::sync::CancellationToken;
+
+const TRACK: &str = "soak";
+const TOKEN: &str = "soak-token-0123456789abcdef";
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn passing(n: u32) -> Vec<u8> {
+    testkit::passing_frame(n, testkit::DECODER_ID, 1_700_000_000_000_000 + u64::from(n))
+}
+
+/// A free port on 127.0.0.1, for central (bound and released: central binds it next).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Central as its own process, so its memory and CPU are not counted as the node's.
+fn start_central(dir: &Path, port: u16) -> std::process::Child {
+    let tokens = dir.join("central-tokens");
+    std::fs::write(&tokens, format!("{TRACK} {TOKEN}\n")).expect("tokens file");
+    std::process::Command::new(env!("CARGO_BIN_EXE_venue-node"))
+        .arg("central")
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--tokens")
+        .arg(&tokens)
+        .arg("--store")
+        .arg(dir.join("central-store"))
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .expect("starting central")
+}
+
+/// The WAN: relays the drain's connections to central while `up` is true. When it turns false,
+/// open connections are closed and new ones are closed at once.
+async fn relay(listener: TcpListener, central: u16, up: watch::Receiver<bool>) {
+    loop {
+        let Ok((mut inbound, _)) = listener.accept().await else {
+            continue;
+        };
+        if !*up.borrow() {
+            drop(inbound);
+            continue;
+        }
+        let mut up = up.clone();
+        tokio::spawn(async move {
+            let Ok(mut outbound) = TcpStream::connect(("127.0.0.1", central)).await else {
+                return;
+            };
+            tokio::select! {
+                _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                _ = up.wait_for(|u| !*u) => {}
+            }
+        });
+    }
+}
+
+/// This process's CPU seconds (user + system).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
+    let after = stat.rsplit_once(')').expect("stat format").1;
+    let f: Vec<&str> = after.split_whitespace().collect();
+    (f[11].parse::<f64>().expect("utime") + f[12].parse::<f64>().expect("stime")) / 100.0
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .expect("/proc/self/status")
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
+}
+
+/// Bytes of the spool's files (database and journal).
+fn spool_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir).map_or(0, |d| {
+        d.filter_map(|e| e.ok()?.metadata().ok())
+            .filter(|m| m.is_file())
+            .map(|m| m.len())
+            .sum()
+    })
+}
+
+fn pct(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+/// One minute's sample.
+struct Sample {
+    minute: u64,
+    rss_kib: u64,
+    cpu_pct: f64,
+    fds: usize,
+    spool_mib: f64,
+    backlog: u64,
+    uplink_up_s: u64,
+    p50_us: f64,
+    p99_us: f64,
+    max_us: f64,
+    passings: usize,
+}
+
+fn config(dir: &Path, device: PathBuf, central: u16, cap_mib: u64) -> Config {
+    let token = dir.join("uplink-token");
+    std::fs::write(&token, TOKEN).expect("token file");
+    let mut config = Config {
+        node_id: Some("soak".into()),
+        track_id: TRACK.into(),
+        ..Config::demo(dir.join("data"), device)
+    };
+    config.spool.cap_bytes = Some(cap_mib * 1024 * 1024);
+    config.uplink = Some(UplinkSettings {
+        central_url: format!("http://127.0.0.1:{central}"),
+        token_file: token,
+        ca_file: None,
+        client_cert: None,
+        client_key: None,
+        forward: None,
+        limits: None,
+    });
+    config
+}
+
+fn print_sample(s: &Sample) {
+    println!(
+        "| {:>3} | {:>7} | {:>5.1} | {:>3} | {:>7.1} | {:>7} | {:>3} | {:>6.0} | {:>6.0} | {:>7.0} | {:>5} |",
+        s.minute,
+        s.rss_kib,
+        s.cpu_pct,
+        s.fds,
+        s.spool_mib,
+        s.backlog,
+        s.uplink_up_s,
+        s.p50_us,
+        s.p99_us,
+        s.max_us,
+        s.passings
+    );
+}
+
+async fn soak(
+    dir: &Path,
+    minutes: u64,
+    rate: u32,
+    (up_s, down_s): (u64, u64),
+    cap_mib: u64,
+) -> Vec<Sample> {
+    let (mut master, slave) = tokio_serial::SerialStream::pair().expect("a PTY pair");
+    let link = dir.join("decoder0");
+    std::os::unix::fs::symlink(slave.name().expect("PTY name"), &link).expect("device link");
+    drop(slave);
+    let central_port = free_port();
+    let mut central = start_central(dir, central_port);
+    let wan = TcpListener::bind("127.0.0.1:0").await.expect("relay");
+    let wan_port = wan.local_addr().expect("relay address").port();
+    let (up_tx, up_rx) = watch::channel(true);
+    tokio::spawn(relay(wan, central_port, up_rx));
+
+    let config = config(dir, link, wan_port, cap_mib);
+    let node = Node::open(&config).await.expect("node open");
+    let spool: Spool = node.spool.clone();
+    let cancel = CancellationToken::new();
+    let run = tokio::spawn({
+        let (config, cancel) = (config.clone(), cancel.clone());
+        async move { node.run(&config, cancel).await }
+    });
+    let mut sub = spool.subscribe(
+        Filter::all().with_event_types([catalog::Passing::EVENT_TYPE]),
+        None,
+    );
+    // The node has opened the device once its first command (GET_TIME) arrives.
+    let mut probe = [0u8; 64];
+    while !matches!(master.read(&mut probe).await, Ok(n) if n > 0) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let in_flight: Arc<Mutex<HashMap<u32, Instant>>> = Arc::default();
+    let total = u64::from(rate) * 60 * minutes;
+    let writer = tokio::spawn({
+        let in_flight = in_flight.clone();
+        let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
+        async move {
+            let start = tokio::time::Instant::now();
+            for n in 1..=total as u32 {
+                tokio::time::sleep_until(start + interval * n).await;
+                master.write_all(&passing(n)).await.expect("PTY write");
+                in_flight
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(n, Instant::now());
+                // The node's GET_TIME queries pile up in the PTY unless read.
+                let mut sink = [0u8; 256];
+                while let Ok(Ok(_)) =
+                    tokio::time::timeout(Duration::ZERO, master.read(&mut sink)).await
+                {
+                }
+            }
+            master
+        }
+    });
+
+    println!(
+        "| min | RSS KiB | CPU % | fds | spool MiB | backlog | up s | p50 µs | p99 µs | max µs | passings |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    let started = Instant::now();
+    let cycle = Duration::from_secs(up_s + down_s);
+    let mut samples = Vec::new();
+    let mut cpu0 = cpu_seconds();
+    let mut minute_lat: Vec<f64> = Vec::new();
+    let mut received = 0u64;
+    let mut next_sample = started + Duration::from_secs(60);
+    let mut uplink_up_s = 0u64;
+    let mut last_tick = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    while received < total {
+        tokio::select! {
+            e = sub.next() => {
+                let e = e.expect("subscription");
+                let durable = Instant::now();
+                let p = catalog::Passing::from_event(&e).expect("a passing");
+                if let Some(t) = in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&p.passing_number) {
+                    minute_lat.push(durable.saturating_duration_since(t).as_secs_f64() * 1e6);
+                }
+                received += 1;
+            }
+            _ = tick.tick() => {
+                let up = started.elapsed().as_secs() % cycle.as_secs() < up_s;
+                up_tx.send_if_modified(|u| std::mem::replace(u, up) != up);
+                if up {
+                    uplink_up_s += last_tick.elapsed().as_secs_f64().round() as u64;
+                }
+                last_tick = Instant::now();
+                if Instant::now() >= next_sample {
+                    next_sample += Duration::from_secs(60);
+                    let cpu1 = cpu_seconds();
+                    minute_lat.sort_by(f64::total_cmp);
+                    let s = Sample {
+                        minute: samples.len() as u64 + 1,
+                        rss_kib: rss_kib(),
+                        cpu_pct: (cpu1 - cpu0) / 60.0 * 100.0,
+                        fds: open_fds(),
+                        spool_mib: spool_bytes(&config.spool_dir()) as f64 / 1_048_576.0,
+                        backlog: spool.backlog(UPLINK_CURSOR).map_or(0, |b| b.events()),
+                        uplink_up_s,
+                        p50_us: pct(&minute_lat, 0.5),
+                        p99_us: pct(&minute_lat, 0.99),
+                        max_us: minute_lat.last().copied().unwrap_or(f64::NAN),
+                        passings: minute_lat.len(),
+                    };
+                    print_sample(&s);
+                    samples.push(s);
+                    cpu0 = cpu1;
+                    minute_lat.clear();
+                    uplink_up_s = 0;
+                }
+            }
+        }
+    }
+    let _master = writer.await.expect("writer");
+    cancel.cancel();
+    run.await.expect("node task").expect("node run");
+    drop(central.kill());
+    drop(central.wait());
+    samples
+}
+
+/// One figure of a sample, for the first-against-last comparison.
+type Field = fn(&Sample) -> f64;
+
+/// Mean of a field over samples.
+fn mean(samples: &[Sample], f: impl Fn(&Sample) -> f64) -> f64 {
+    samples.iter().map(f).sum::<f64>() / samples.len().max(1) as f64
+}
+
+fn main() {
+    let minutes = env_u64("SOAK_MINUTES", 60);
+    let rate = u32::try_from(env_u64("SOAK_RATE", 100)).expect("SOAK_RATE fits u32");
+    let up_s = env_u64("SOAK_UPLINK_UP_S", 240);
+    let down_s = env_u64("SOAK_UPLINK_DOWN_S", 120);
+    let cap_mib = env_u64("SOAK_CAP_MIB", 128);
+    let base = std::env::var("SOAK_DIR").map_or_else(|_| std::env::temp_dir(), PathBuf::from);
+    let dir = tempfile::tempdir_in(base).expect("soak dir");
+    println!(
+        "soak: {minutes} min at {rate} passings/s; uplink up {up_s} s, down {down_s} s; spool cap {cap_mib} MiB; in {}",
+        dir.path().display()
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let samples = rt.block_on(soak(dir.path(), minutes, rate, (up_s, down_s), cap_mib));
+    let window = (samples.len() / 6).clamp(1, 10);
+    let (first, last) = (&samples[..window], &samples[samples.len() - window..]);
+    println!("\nfirst {window} min vs last {window} min (means):");
+    let fields: [(&str, Field); 6] = [
+        ("RSS KiB", |s| s.rss_kib as f64),
+        ("CPU %", |s| s.cpu_pct),
+        ("fds", |s| s.fds as f64),
+        ("spool MiB", |s| s.spool_mib),
+        ("p50 µs", |s| s.p50_us),
+        ("p99 µs", |s| s.p99_us),
+    ];
+    for (name, f) in fields {
+        let (a, b) = (mean(first, f), mean(last, f));
+        println!(
+            "  {name:>9}: {a:>10.1} -> {b:>10.1} ({:+.1} %)",
+            (b / a - 1.0) * 100.0
+        );
+    }
+}
