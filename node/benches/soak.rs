@@ -175,6 +175,7 @@ fn config(dir: &Path, device: PathBuf, central: u16, cap_mib: u64) -> Config {
         ca_file: None,
         client_cert: None,
         client_key: None,
+        failover_urls: Vec::new(),
         forward: None,
         limits: None,
     });
