@@ -201,7 +201,13 @@ impl SpoolEngine {
             )])
             .await
             .map_err(|e| CommandError::Storage(spool::error_chain(&e)))?;
-        self.engine().apply(&recorded)?;
+        {
+            // The fold may have read it back from the spool and applied it already.
+            let mut engine = self.engine();
+            if engine.version(recorded.stream) < recorded.version {
+                engine.apply(&recorded)?;
+            }
+        }
         if let Some(a) = appended.first() {
             self.changed.send_modify(|seq| *seq = (*seq).max(a.seq.0));
         }
