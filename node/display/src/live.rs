@@ -53,7 +53,7 @@ pub fn routes() -> Router<Arc<Display>> {
 
 /// Where a client's stream starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum From {
+pub enum StartAt {
     Now,
     After(u64),
 }
@@ -63,7 +63,7 @@ pub enum From {
 pub struct Scope {
     pub channels: Channels,
     pub event_id: Option<u32>,
-    pub from: From,
+    pub from: StartAt,
 }
 
 impl Scope {
@@ -97,7 +97,7 @@ impl FromRequestParts<Arc<Display>> for LiveQuery {
         let mut scope = Scope {
             channels: Channels::default(),
             event_id: None,
-            from: From::Now,
+            from: StartAt::Now,
         };
         for (key, value) in pairs {
             match key.as_str() {
@@ -118,18 +118,20 @@ impl FromRequestParts<Arc<Display>> for LiveQuery {
                         scope.channels.insert(c);
                     }
                 }
-                "from" if value == "now" => scope.from = From::Now,
+                "from" if value == "now" => scope.from = StartAt::Now,
                 "from" => {
                     let seq: u64 = value
                         .parse()
                         .map_err(|_| bad(format!("from {value:?} is neither \"now\" nor a seq")))?;
-                    let head = display.hub.position();
+                    // The spool's durable head, not the hub's position: the hub may not have read
+                    // the newest events yet, and a client may have them from before a restart.
+                    let head = display.spool.watch_head().borrow().0;
                     if seq > head {
                         return Err(bad(format!(
                             "from {seq} is ahead of this box's newest seq {head}"
                         )));
                     }
-                    scope.from = From::After(seq);
+                    scope.from = StartAt::After(seq);
                 }
                 other => return Err(bad(format!("unknown query parameter {other:?}"))),
             }
@@ -311,8 +313,10 @@ impl Client {
     async fn run(&mut self) -> Result<(), Gone> {
         let (mut ring, ring_start) = self.display.hub.subscribe();
         self.position = match self.scope.from {
-            From::Now => ring_start,
-            From::After(seq) => seq.min(ring_start),
+            StartAt::Now => ring_start,
+            // Past the ring's start when the hub has not caught up with what the client saw:
+            // then the ring's events up to `seq` are skipped as sent.
+            StartAt::After(seq) => seq,
         };
         self.snapshots().await?;
         self.catch_up(ring_start).await?;
