@@ -2,6 +2,7 @@
 //! page loads and goes live, the leaderboard changes after a passing, a race-control button works,
 //! and a page resumes after the box restarts. Screenshots are saved under the target directory.
 
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -29,7 +30,9 @@ impl Browser {
             .local_addr()
             .unwrap()
             .port();
+        // Its own process group, so the browsers it starts end with it (see Drop).
         let driver = Command::new(CHROMEDRIVER)
+            .process_group(0)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -154,9 +157,20 @@ impl Browser {
     }
 }
 
+impl Browser {
+    /// Ends the browser session: chromedriver closes the browser.
+    async fn quit(&self) {
+        let url = format!("{}/session/{}", self.base, self.session);
+        let _ = self.http.delete(url).send().await;
+    }
+}
+
 impl Drop for Browser {
     fn drop(&mut self) {
-        let _ = self.driver.kill();
+        // A browser left by a failed test goes with chromedriver's whole process group.
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.driver.id())])
+            .status();
         let _ = self.driver.wait();
     }
 }
@@ -256,6 +270,7 @@ async fn the_pages_load_follow_passings_send_commands_and_resume_after_a_restart
         .await;
     browser.until("the announcer live again", LIVE).await;
     browser.screenshot("announcer-after-restart").await;
+    browser.quit().await;
     drop(browser);
     b.stop().await;
 }
