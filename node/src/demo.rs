@@ -55,6 +55,9 @@ pub struct DemoArgs {
     /// No dropped frames, no unplugging, no WAN outages.
     #[arg(long)]
     pub calm: bool,
+    /// Where the live display listens (scoreboards, race control); every interface by default.
+    #[arg(long, default_value = crate::config::DISPLAY_LISTEN_DEFAULT)]
+    pub display: SocketAddr,
 }
 
 /// A TCP proxy standing in for the WAN: while `up` is false it refuses connections and cuts the open
@@ -262,6 +265,7 @@ async fn demo(args: DemoArgs, cancel: CancellationToken) -> anyhow::Result<()> {
 
     // The node.
     let mut config = Config::demo(dir.join("node"), link.clone());
+    config.display.listen = args.display;
     config.uplink = Some(UplinkSettings {
         central_url: format!("http://{wan_addr}"),
         failover_urls: Vec::new(),
@@ -281,6 +285,8 @@ async fn demo(args: DemoArgs, cancel: CancellationToken) -> anyhow::Result<()> {
     let node = Node::open(&config).await?;
     let spool = node.spool.clone();
     let status = node.status.clone();
+    let display =
+        crate::run::LiveDisplay::start(&config, &spool, &status, &node.results, &cancel).await;
     println!(
         "venue-node demo: a simulated decoder on {} (a pseudo-terminal behind {}),",
         pty.device()
@@ -292,6 +298,15 @@ async fn demo(args: DemoArgs, cancel: CancellationToken) -> anyhow::Result<()> {
         "read by the node through tokio-serial; spool in {}; central on {central_addr} behind a flaky WAN.",
         config.spool_dir().display()
     );
+    match &display {
+        Some(d) => println!(
+            "The live display: {} (scoreboard {}board, race control {}control).",
+            d.url(),
+            d.url(),
+            d.url()
+        ),
+        None => println!("The live display did not start (see the log): its port may be taken."),
+    }
     println!(
         "Try `venue-node spool stats --data-dir {}` in another terminal. Ctrl-C stops.\n",
         config.data_dir.display()
@@ -395,8 +410,12 @@ async fn demo(args: DemoArgs, cancel: CancellationToken) -> anyhow::Result<()> {
         }
     });
 
+    drop(spool);
     let result = node.run(&config, cancel.clone()).await;
     cancel.cancel();
     let _ = tokio::join!(printer, chaos);
+    if let Some(display) = display {
+        display.stopped().await;
+    }
     result
 }

@@ -11,6 +11,7 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, DecoderKind, SERIAL_BAUD_DEFAULT};
+use crate::runtime::status::Shared;
 use crate::runtime::{Node, block_on};
 
 /// `venue-node run`.
@@ -21,10 +22,15 @@ pub fn run(config_path: &std::path::Path) -> anyhow::Result<()> {
         let (config, simulators) = start_simulators(config, &cancel).await?;
         let config = Arc::new(config);
         let node = Node::open(&config).await?;
+        let display =
+            LiveDisplay::start(&config, &node.spool, &node.status, &node.results, &cancel).await;
         let result = node.run(&config, cancel).await;
-        // The node has stopped reading; the simulators stop with the same token.
+        // The node has stopped reading; the simulators and the display stop with the same token.
         for sim in &simulators {
             sim.closed().await;
+        }
+        if let Some(display) = display {
+            display.stopped().await;
         }
         result
     })
@@ -62,4 +68,93 @@ pub async fn start_simulators(
         simulators.push(pty);
     }
     Ok((config, simulators))
+}
+
+/// The live display as `run` and `demo` start it: the display and its server, over the node's race
+/// projection.
+pub struct LiveDisplay {
+    pub addr: std::net::SocketAddr,
+    display: Arc<display::Display>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl LiveDisplay {
+    /// Starts the display of `[display]` until `cancel`. A display that cannot start (its port is
+    /// taken) is logged and left out: the path from decoder to disk never depends on the screens.
+    pub async fn start(
+        config: &Config,
+        spool: &spool::Spool,
+        status: &Shared,
+        results: &Arc<results::Results>,
+        cancel: &CancellationToken,
+    ) -> Option<LiveDisplay> {
+        let settings = &config.display;
+        if !settings.enabled {
+            return None;
+        }
+        let started = Self::try_start(config, spool, status, results, cancel).await;
+        match started {
+            Ok(live) => {
+                let addr = live.addr;
+                tracing::info!(%addr, "live display serving");
+                Some(live)
+            }
+            Err(error) => {
+                tracing::error!(listen = %settings.listen, error = %format!("{error:#}"), "the live display did not start; the node runs without it");
+                None
+            }
+        }
+    }
+
+    async fn try_start(
+        config: &Config,
+        spool: &spool::Spool,
+        status: &Shared,
+        results: &Arc<results::Results>,
+        cancel: &CancellationToken,
+    ) -> anyhow::Result<LiveDisplay> {
+        let settings = &config.display;
+        let server = display::server::Server::bind(settings.listen)
+            .await
+            .with_context(|| format!("binding the display to {}", settings.listen))?;
+        let mut dc = display::DisplayConfig::new(config.track_id.clone());
+        dc.clients_max = settings.clients_max;
+        dc.tokens = display::auth::Tokens {
+            staff_sha256: settings.staff_token_sha256,
+            technician_sha256: settings.technician_token_sha256,
+        };
+        dc.data_dir = Some(config.data_dir.clone());
+        let status = status.clone();
+        let source = Arc::new(move || {
+            serde_json::to_value(status.snapshot()).unwrap_or(serde_json::Value::Null)
+        });
+        let race: Arc<dyn display::race::RaceModels> = results.clone();
+        let display = display::Display::start(dc, spool, source, race, cancel.clone())
+            .context("starting the display")?;
+        let addr = server.local_addr();
+        let server = tokio::spawn(server.run(display::router(display.clone()), cancel.clone()));
+        Ok(LiveDisplay {
+            addr,
+            display,
+            server,
+        })
+    }
+
+    /// The address to give people: a LAN-wide listen address is shown as this host's loopback.
+    pub fn url(&self) -> String {
+        let mut addr = self.addr;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        format!("http://{addr}/")
+    }
+
+    /// Waits, after the token is cancelled, until the display has let go of the spool.
+    pub async fn stopped(self) {
+        let _ = self.server.await;
+        self.display.stopped().await;
+        let display = self.display;
+        // Possibly the spool's last clone: dropping it checkpoints and joins its writer thread.
+        let _ = tokio::task::spawn_blocking(move || drop(display)).await;
+    }
 }

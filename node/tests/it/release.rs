@@ -96,6 +96,7 @@ async fn every_release_fixture_opens_and_reads_every_event() {
             spool: SpoolSettings::default(),
             clock: ClockSettings::default(),
             uplink: None,
+            display: node::config::DisplaySettings::default(),
         };
         let node = Node::open(&config).await.unwrap();
         assert_eq!(

@@ -1,0 +1,311 @@
+//! The hub: one reader of the spool that turns every new event into an envelope once, and hands it
+//! to every live client through one broadcast ring.
+//!
+//! ```text
+//!  spool ──subscription (thread "display-hub")──> envelope JSON, once ──> broadcast ring ──> client 1..n
+//!  race models' `changed` ──(at most every RACE_SNAPSHOT_INTERVAL_MS)──> race snapshot ──┘
+//!  every STATUS_INTERVAL_MS ──> status snapshot ──────────────────────────────────────────┘
+//! ```
+//!
+//! The ring is each client's bounded queue: the hub never waits for a client, and a client more than
+//! [`crate::DisplayConfig::client_queue_events`] behind finds its place overwritten, is told where to
+//! resume from, and is closed. The spool's writer never sees any of it: the hub reads with the
+//! subscription, which costs the writer nothing.
+//!
+//! Publishing and subscribing take one lock, so a new client knows exactly which seq the ring
+//! starts after ([`Hub::subscribe`]): what came before is read from the spool, what comes after
+//! from the ring, with no gap and no duplicate.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use spool::{RecordedEvent, Seq, Spool};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use crate::envelope::{Channel, ENVELOPE_VERSION, Envelope, Kind};
+
+/// The most decoders the technician's board follows; a venue has a handful. Past it a new decoder's
+/// events still stream, but it gets no row (counted in `decoders_untracked`).
+pub const DECODERS_TRACKED_MAX: usize = 64;
+
+/// How many of the newest stored events the hub reads at start to fill the decoders' board, so a
+/// restarted box shows each decoder's last status at once. STATUS comes every 5 s: at 100 passings/s
+/// this still reaches back 20 s.
+pub const DECODER_SEED_EVENTS: u64 = 2_000;
+
+/// One message on the ring, serialized once for every client.
+#[derive(Debug)]
+pub struct Item {
+    pub kind: Kind,
+    pub channel: Channel,
+    pub event_id: Option<u32>,
+    pub seq: u64,
+    pub json: Arc<str>,
+}
+
+/// The newest state of one decoder, from its own events.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DecoderState {
+    /// The `decoder.status` payload last stored (noise, GPS, temperature, ...).
+    pub status: Option<serde_json::Value>,
+    pub status_at_us: Option<u64>,
+    pub last_passing_at_us: Option<u64>,
+    pub last_passing_number: Option<u32>,
+    /// The last connection event of its input: `decoder.connected` or `decoder.disconnected`.
+    pub link: Option<String>,
+}
+
+/// Every decoder the hub has seen, by its stream's hex id.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DecoderBoard {
+    pub decoders: BTreeMap<String, DecoderState>,
+    pub decoders_untracked: u64,
+}
+
+impl DecoderBoard {
+    fn fold(&mut self, e: &RecordedEvent, data: &serde_json::Value) {
+        let Some(id) = e.stream.as_str().strip_prefix("decoder/") else {
+            return;
+        };
+        let at = e.meta.captured_at_us.max(e.recorded_at_us);
+        if !self.decoders.contains_key(id) && self.decoders.len() >= DECODERS_TRACKED_MAX {
+            self.decoders_untracked += 1;
+            return;
+        }
+        let d = self.decoders.entry(id.to_owned()).or_default();
+        match e.event_type.as_str() {
+            "decoder.passing" => {
+                d.last_passing_at_us = Some(at);
+                d.last_passing_number = data
+                    .get("passing_number")
+                    .and_then(serde_json::Value::as_u64)
+                    .and_then(|n| u32::try_from(n).ok());
+            }
+            "decoder.status" => {
+                d.status = Some(data.clone());
+                d.status_at_us = Some(at);
+            }
+            t @ ("decoder.connected" | "decoder.disconnected") => d.link = Some(t.to_owned()),
+            _ => {}
+        }
+    }
+}
+
+/// The hub's shared state.
+pub struct Hub {
+    track_id: String,
+    tx: broadcast::Sender<Arc<Item>>,
+    /// The seq of the newest event on the ring; held while publishing, so subscribers see a ring and
+    /// a position that agree.
+    position: Mutex<u64>,
+    decoders: Mutex<DecoderBoard>,
+    pub events_published: AtomicU64,
+}
+
+impl Hub {
+    /// A hub whose ring holds `queue_events` items, starting after `position`.
+    pub fn new(track_id: String, queue_events: usize, position: u64) -> Arc<Hub> {
+        let (tx, _) = broadcast::channel(queue_events);
+        Arc::new(Hub {
+            track_id,
+            tx,
+            position: Mutex::new(position),
+            decoders: Mutex::new(DecoderBoard::default()),
+            events_published: AtomicU64::new(0),
+        })
+    }
+
+    pub fn track_id(&self) -> &str {
+        &self.track_id
+    }
+
+    fn lock_position(&self) -> std::sync::MutexGuard<'_, u64> {
+        self.position.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A receiver of everything published after the returned seq.
+    pub fn subscribe(&self) -> (broadcast::Receiver<Arc<Item>>, u64) {
+        let position = self.lock_position();
+        (self.tx.subscribe(), *position)
+    }
+
+    /// The seq of the newest event published.
+    pub fn position(&self) -> u64 {
+        *self.lock_position()
+    }
+
+    pub fn decoders(&self) -> DecoderBoard {
+        self.decoders
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// An envelope of this hub's track.
+    pub fn envelope(
+        &self,
+        kind: Kind,
+        channel: Option<Channel>,
+        event_id: Option<u32>,
+        seq: u64,
+        payload: serde_json::Value,
+    ) -> Envelope {
+        Envelope {
+            v: ENVELOPE_VERSION,
+            kind,
+            channel,
+            track_id: self.track_id.clone(),
+            event_id,
+            seq,
+            ts_us: spool::now_us(),
+            payload,
+        }
+    }
+
+    /// The envelope of one stored event.
+    pub fn event_envelope(&self, schemas: &spool::schema::Schemas, e: &RecordedEvent) -> Envelope {
+        let data = schemas
+            .to_json(e)
+            .unwrap_or_else(|error| serde_json::json!({ "undecoded": spool::error_chain(&error) }));
+        let channel = Channel::of(&e.event_type, e.stream.as_str());
+        Envelope {
+            v: ENVELOPE_VERSION,
+            kind: Kind::Event,
+            channel: Some(channel),
+            track_id: self.track_id.clone(),
+            event_id: session_of(e.stream.as_str()),
+            seq: e.seq.0,
+            ts_us: e.recorded_at_us,
+            payload: serde_json::json!({
+                "type": e.event_type,
+                "stream": e.stream.as_str(),
+                "user": e.meta.user,
+                "data": data,
+            }),
+        }
+    }
+
+    /// Publishes one stored event; events must come in seq order.
+    fn publish_event(&self, envelope: &Envelope) {
+        let channel = envelope.channel.unwrap_or(Channel::Status);
+        let item = Arc::new(Item {
+            kind: Kind::Event,
+            channel,
+            event_id: envelope.event_id,
+            seq: envelope.seq,
+            json: envelope.to_json().into(),
+        });
+        let mut position = self.lock_position();
+        assert!(
+            item.seq > *position,
+            "the hub publishes spool events in seq order, once"
+        );
+        *position = item.seq;
+        // No receiver is not an error: nobody is watching.
+        let _ = self.tx.send(item);
+        self.events_published.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Publishes a snapshot of `channel`, at the current position.
+    pub fn publish_snapshot(&self, channel: Channel, payload: serde_json::Value) {
+        let position = self.lock_position();
+        let envelope = self.envelope(Kind::Snapshot, Some(channel), None, *position, payload);
+        let item = Arc::new(Item {
+            kind: Kind::Snapshot,
+            channel,
+            event_id: None,
+            seq: *position,
+            json: envelope.to_json().into(),
+        });
+        let _ = self.tx.send(item);
+    }
+
+    fn fold_decoder(&self, e: &RecordedEvent, data: &serde_json::Value) {
+        self.decoders
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .fold(e, data);
+    }
+}
+
+/// The race session a stored event is about, from its stream (`race/session-7` is session 7).
+fn session_of(stream: &str) -> Option<u32> {
+    stream.strip_prefix("race/session-")?.parse().ok()
+}
+
+/// Starts the hub's reader on a thread of its own (spool reads block), following the spool from
+/// after `hub`'s position until `cancel` or the spool closes. The thread's handle is returned so a
+/// caller can wait for it to let go of the spool.
+pub fn start(
+    hub: Arc<Hub>,
+    spool: &Spool,
+    cancel: CancellationToken,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let reader = spool.reader();
+    let start = hub.position();
+    let mut subscription = spool.subscribe(spool::Filter::all(), Some(Seq(start + 1)));
+    std::thread::Builder::new()
+        .name("display-hub".into())
+        .spawn(move || {
+            seed_decoders(&hub, &reader, start);
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    tracing::error!(%error, "display hub: no runtime");
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                loop {
+                    let next = tokio::select! {
+                        () = cancel.cancelled() => return,
+                        next = subscription.next() => next,
+                    };
+                    match next {
+                        Ok(e) => {
+                            let envelope = hub.event_envelope(reader.schemas(), &e);
+                            if let Some(data) = envelope.payload.get("data") {
+                                hub.fold_decoder(&e, data);
+                            }
+                            hub.publish_event(&envelope);
+                        }
+                        Err(spool::SpoolError::Closed) => return,
+                        Err(error) => {
+                            // A read error is the disk's: the live stream stops and says so in the
+                            // log; clients reconnect and resume from the spool once it reads again.
+                            tracing::error!(error = %spool::error_chain(&error), "display hub: spool read failed");
+                            return;
+                        }
+                    }
+                }
+            });
+        })
+}
+
+/// Fills the decoders' board from the newest stored events up to `head`.
+fn seed_decoders(hub: &Hub, reader: &spool::SpoolReader, head: u64) {
+    let mut from = head.saturating_sub(DECODER_SEED_EVENTS) + 1;
+    let filter = spool::Filter::stream_prefix("decoder/");
+    while from <= head {
+        let Ok((events, next)) =
+            reader.read_filtered(Seq(from), &filter, spool::SUBSCRIPTION_PAGE_EVENTS)
+        else {
+            return;
+        };
+        for e in events.iter().filter(|e| e.seq.0 <= head) {
+            if let Ok(data) = reader.schemas().to_json(e) {
+                hub.fold_decoder(e, &data);
+            }
+        }
+        if next.0 <= from {
+            return;
+        }
+        from = next.0;
+    }
+}

@@ -1,0 +1,274 @@
+//! The live display: what the box serves on the LAN to the screens at the track (the big
+//! leaderboard, the BMX moto board, the announcer's feed, race control, the technician's status),
+//! with no internet and without slowing the path from decoder to disk.
+//!
+//! - [`live`]: `GET /ws/v1/live` (WebSocket) and `GET /sse/v1/live` (Server-Sent Events), the seed
+//!   ADR's subscription contract: a snapshot first, then events; heartbeats; `from=<seq>` resumes
+//!   from the spool without gap or duplicate; a bounded queue per client (the [`hub`]'s ring); a cap
+//!   on clients.
+//! - [`api`]: the JSON API (status, sessions, boards, passings, roster, exports) and the race
+//!   commands, checked against their expected version (409 and the current state when stale).
+//! - [`auth`]: reading is open; commands need a role token (staff, technician), configured as
+//!   SHA-256 hashes and sent as a bearer header (no cookies, so no CSRF); wrong tokens are
+//!   rate-limited.
+//! - [`pages`]: plain HTML/CSS/JS compiled into the binary.
+//! - [`server`]: the listening socket, with a cap on connections (as central's).
+//!
+//! The race engine is reached only through [`race::RaceModels`]; the node's status through a
+//! function returning its JSON ([`StatusSource`]).
+//!
+//! ```no_run
+//! # async fn run(spool: spool::Spool, cancel: tokio_util::sync::CancellationToken) -> Result<(), Box<dyn std::error::Error>> {
+//! let models = results::Results::open(spool.clone(), results::ResultsConfig::new("b-000001"))?;
+//! let _fold = models.spawn(cancel.clone())?;
+//! let config = display::DisplayConfig::new("bmx-main");
+//! let status = std::sync::Arc::new(|| serde_json::json!({ "node_id": "n-1" }));
+//! let display = display::Display::start(config, &spool, status, models, cancel.clone())?;
+//! let server = display::server::Server::bind("0.0.0.0:8080".parse().unwrap()).await?;
+//! server.run(display::router(display), cancel).await;
+//! # Ok(()) }
+//! ```
+
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod auth;
+pub mod envelope;
+pub mod hub;
+pub mod live;
+pub mod pages;
+pub mod race;
+pub mod server;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::envelope::Channel;
+use crate::hub::Hub;
+use crate::race::RaceModels;
+
+/// Live clients (WebSocket and SSE) served at once by default. 200 screens is a big venue; each
+/// costs a task and a place in the ring. Past it a new client gets 503 and the cap.
+pub const LIVE_CLIENTS_MAX: usize = 256;
+
+/// The ring's length, in envelopes: how far a client may fall behind before it is closed with the
+/// seq to resume from. At 1,000 passings/s that is 2 s of slack for a client on bad WiFi; memory is
+/// shared by all clients (about 0.5 KiB an envelope).
+pub const CLIENT_QUEUE_EVENTS: usize = 2_048;
+
+/// How often a live client gets a heartbeat, by default.
+pub const HEARTBEAT_INTERVAL_MS: u64 = 5_000;
+
+/// How often the race models are snapshotted for the screens at most: more often than a screen
+/// redraws is waste, and at 1,000 passings/s a snapshot per passing would be the display's CPU.
+pub const RACE_SNAPSHOT_INTERVAL_MS: u64 = 250;
+
+/// How often the status snapshot (the node's status and the decoders' board) is sent.
+pub const STATUS_INTERVAL_MS: u64 = 1_000;
+
+/// The passings a live race snapshot carries for the announcer's feed.
+pub const SNAPSHOT_FEED_PASSINGS: usize = 50;
+
+/// The node's status as JSON, read whenever a status snapshot is made (every
+/// [`STATUS_INTERVAL_MS`] and for each new client): the node hands its status handle.
+pub trait StatusSource: Send + Sync + 'static {
+    fn status(&self) -> serde_json::Value;
+}
+
+impl<F: Fn() -> serde_json::Value + Send + Sync + 'static> StatusSource for F {
+    fn status(&self) -> serde_json::Value {
+        self()
+    }
+}
+
+/// The display's settings (the node's `[display]` section).
+#[derive(Debug, Clone)]
+pub struct DisplayConfig {
+    /// The track this box times; a live client names it (`track_id=`).
+    pub track_id: String,
+    pub heartbeat_interval_ms: u64,
+    pub clients_max: usize,
+    pub client_queue_events: usize,
+    pub tokens: auth::Tokens,
+    /// The directory whose file system the technician's page reports (the node's data directory).
+    pub data_dir: Option<std::path::PathBuf>,
+}
+
+impl DisplayConfig {
+    /// The defaults, with no role tokens (commands are refused until tokens are configured).
+    pub fn new(track_id: impl Into<String>) -> DisplayConfig {
+        DisplayConfig {
+            track_id: track_id.into(),
+            heartbeat_interval_ms: HEARTBEAT_INTERVAL_MS,
+            clients_max: LIVE_CLIENTS_MAX,
+            client_queue_events: CLIENT_QUEUE_EVENTS,
+            tokens: auth::Tokens::default(),
+            data_dir: None,
+        }
+    }
+}
+
+/// Counts of what the display refused or dropped, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub bad_requests: AtomicU64,
+    pub bad_frames: AtomicU64,
+    pub clients_refused: AtomicU64,
+    pub clients_lagged: AtomicU64,
+    pub auth_refused: AtomicU64,
+    pub auth_limited: AtomicU64,
+    pub commands: AtomicU64,
+    pub commands_stale: AtomicU64,
+}
+
+impl Counters {
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The running display, shared by every handler.
+pub struct Display {
+    pub config: DisplayConfig,
+    pub hub: Arc<Hub>,
+    pub spool: spool::Spool,
+    pub status: Arc<dyn StatusSource>,
+    pub race: Arc<dyn RaceModels>,
+    pub counters: Counters,
+    pub clients: Arc<Semaphore>,
+    pub auth: auth::Limiter,
+    pub cancel: CancellationToken,
+    /// The snapshot tasks and every live client's: [`Display::stopped`] waits for them.
+    pub tasks: TaskTracker,
+    hub_thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Display {
+    /// Starts the hub (its spool reader thread) and the race and status snapshot tasks; call from
+    /// within a tokio runtime.
+    pub fn start(
+        config: DisplayConfig,
+        spool: &spool::Spool,
+        status: Arc<dyn StatusSource>,
+        race: Arc<dyn RaceModels>,
+        cancel: CancellationToken,
+    ) -> std::io::Result<Arc<Display>> {
+        let head = spool
+            .reader()
+            .head()
+            .map_err(|e| std::io::Error::other(spool::error_chain(&e)))?;
+        let hub = Hub::new(config.track_id.clone(), config.client_queue_events, head.0);
+        let thread = hub::start(hub.clone(), spool, cancel.clone())?;
+        let display = Arc::new(Display {
+            clients: Arc::new(Semaphore::new(config.clients_max)),
+            config,
+            hub,
+            spool: spool.clone(),
+            status,
+            race,
+            counters: Counters::default(),
+            auth: auth::Limiter::default(),
+            cancel: cancel.clone(),
+            tasks: TaskTracker::new(),
+            hub_thread: std::sync::Mutex::new(Some(thread)),
+        });
+        display.tasks.spawn(race_snapshots(display.clone()));
+        display.tasks.spawn(status_snapshots(display.clone()));
+        Ok(display)
+    }
+
+    /// Waits, after `cancel`, for every task and the hub's thread to let go of the display and the
+    /// spool, so the spool can close.
+    pub async fn stopped(&self) {
+        self.tasks.close();
+        self.tasks.wait().await;
+        let thread = self
+            .hub_thread
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(thread) = thread {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+
+    /// The race channel's snapshot: every session, the boards of those running (and of `also`), the
+    /// newest passings. Computed on a blocking thread: the folds are CPU work.
+    pub async fn race_snapshot(self: &Arc<Self>, also: Option<u32>) -> serde_json::Value {
+        let display = self.clone();
+        tokio::task::spawn_blocking(move || live::race_payload(display.race.as_ref(), also))
+            .await
+            .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }))
+    }
+
+    /// The status channel's snapshot: the node's status, the decoders' board and the disk. Made on
+    /// a blocking thread: it asks the file system for its free space.
+    pub async fn status_snapshot(self: &Arc<Self>) -> serde_json::Value {
+        let display = self.clone();
+        tokio::task::spawn_blocking(move || display.status_payload())
+            .await
+            .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }))
+    }
+
+    fn status_payload(&self) -> serde_json::Value {
+        let disk = self.config.data_dir.as_ref().and_then(|dir| {
+            let s = rustix::fs::statvfs(dir).ok()?;
+            Some(serde_json::json!({
+                "free_bytes": s.f_bavail.saturating_mul(s.f_frsize),
+                "total_bytes": s.f_blocks.saturating_mul(s.f_frsize),
+            }))
+        });
+        serde_json::json!({
+            "track_id": self.config.track_id,
+            "disk": disk,
+            "node": self.status.status(),
+            "decoders": self.hub.decoders(),
+            "live_clients": self.config.clients_max - self.clients.available_permits(),
+            "spool_seq": self.hub.position(),
+        })
+    }
+}
+
+/// Snapshots the race models whenever they change, at most every [`RACE_SNAPSHOT_INTERVAL_MS`].
+async fn race_snapshots(display: Arc<Display>) {
+    let mut changed = display.race.changed();
+    loop {
+        tokio::select! {
+            () = display.cancel.cancelled() => return,
+            r = changed.changed() => if r.is_err() { return },
+        }
+        let payload = display.race_snapshot(None).await;
+        display.hub.publish_snapshot(Channel::Race, payload);
+        tokio::select! {
+            () = display.cancel.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_millis(RACE_SNAPSHOT_INTERVAL_MS)) => {}
+        }
+    }
+}
+
+/// Sends the status snapshot every [`STATUS_INTERVAL_MS`].
+async fn status_snapshots(display: Arc<Display>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(STATUS_INTERVAL_MS));
+    loop {
+        tokio::select! {
+            () = display.cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let payload = display.status_snapshot().await;
+        display.hub.publish_snapshot(Channel::Status, payload);
+    }
+}
+
+/// The display's whole router: pages, API, live stream, metrics.
+pub fn router(display: Arc<Display>) -> Router {
+    pages::routes()
+        .merge(api::routes())
+        .merge(live::routes())
+        .with_state(display)
+}

@@ -1,0 +1,470 @@
+//! `GET /ws/v1/live` and its Server-Sent Events mirror `GET /sse/v1/live`.
+//!
+//! Query: `track_id` (required, this box's), `event_id` (optional: a race session; events of other
+//! sessions are left out), `channels` (comma-separated `race`, `decoder`, `status`; default `race`),
+//! `from` (`now`, the default, or a seq to resume after).
+//!
+//! One task per client reads the [`Hub`](crate::hub::Hub)'s ring (after catching up from the spool)
+//! and writes envelopes to a small queue its socket drains. A client that falls more than the
+//! ring's length behind gets an `error` with `resume_from` and is closed; one whose socket takes no
+//! bytes for [`CLIENT_SEND_MS_MAX`] is closed. Either way nobody else waits for it.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{FromRequestParts, Query, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use spool::{Filter, Seq};
+use tokio::sync::{OwnedSemaphorePermit, broadcast, mpsc};
+
+use crate::api::ApiError;
+use crate::envelope::{Channel, Channels, Kind};
+use crate::race::RaceModels;
+use crate::{Counters, Display, SNAPSHOT_FEED_PASSINGS};
+
+/// Envelopes waiting for one client's socket. Small: the real queue is the hub's ring, where a
+/// slow client is noticed; this only lets the socket write while the task reads on.
+pub const CLIENT_WRITE_QUEUE_MESSAGES: usize = 32;
+
+/// Longest one message may take to reach a client's socket buffer before the client is closed: a
+/// phone that left the WiFi stops reading long before its TCP connection times out.
+pub const CLIENT_SEND_MS_MAX: u64 = 10_000;
+
+/// Events one catch-up read takes from the spool.
+pub const CATCHUP_PAGE_EVENTS: usize = 512;
+
+/// Bytes of one frame a client may send (a `{"type":"ping"}` is 15).
+pub const CLIENT_FRAME_BYTES_MAX: usize = 1_024;
+
+pub fn routes() -> Router<Arc<Display>> {
+    Router::new()
+        .route("/ws/v1/live", get(websocket))
+        .route("/sse/v1/live", get(server_sent_events))
+}
+
+/// Where a client's stream starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartAt {
+    Now,
+    After(u64),
+}
+
+/// What one client asked for.
+#[derive(Debug, Clone, Copy)]
+pub struct Scope {
+    pub channels: Channels,
+    pub event_id: Option<u32>,
+    pub from: StartAt,
+}
+
+impl Scope {
+    fn wants(&self, channel: Channel, event_id: Option<u32>) -> bool {
+        self.channels.contains(channel)
+            && match (self.event_id, event_id) {
+                (Some(want), Some(got)) => want == got,
+                _ => true,
+            }
+    }
+}
+
+/// The live query, checked, or a 4xx that says what is wrong.
+pub struct LiveQuery(pub Scope);
+
+impl FromRequestParts<Arc<Display>> for LiveQuery {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        display: &Arc<Display>,
+    ) -> Result<LiveQuery, ApiError> {
+        let bad = |message: String| {
+            Counters::bump(&display.counters.bad_requests);
+            ApiError::new(StatusCode::BAD_REQUEST, message)
+        };
+        let Query(pairs) = Query::<Vec<(String, String)>>::from_request_parts(parts, display)
+            .await
+            .map_err(|e| bad(format!("malformed query string: {e}")))?;
+        let mut track_id = None;
+        let mut scope = Scope {
+            channels: Channels::default(),
+            event_id: None,
+            from: StartAt::Now,
+        };
+        for (key, value) in pairs {
+            match key.as_str() {
+                "track_id" => track_id = Some(value),
+                "event_id" => {
+                    scope.event_id =
+                        Some(value.parse().map_err(|_| {
+                            bad(format!("event_id {value:?} is not a session number"))
+                        })?)
+                }
+                "channels" => {
+                    for name in value.split(',') {
+                        let c = Channel::parse(name).ok_or_else(|| {
+                            bad(format!(
+                                "unknown channel {name:?}: the channels are race, decoder and status"
+                            ))
+                        })?;
+                        scope.channels.insert(c);
+                    }
+                }
+                "from" if value == "now" => scope.from = StartAt::Now,
+                "from" => {
+                    let seq: u64 = value
+                        .parse()
+                        .map_err(|_| bad(format!("from {value:?} is neither \"now\" nor a seq")))?;
+                    // The spool's durable head, not the hub's position: the hub may not have read
+                    // the newest events yet, and a client may have them from before a restart.
+                    let head = display.spool.watch_head().borrow().0;
+                    if seq > head {
+                        return Err(bad(format!(
+                            "from {seq} is ahead of this box's newest seq {head}"
+                        )));
+                    }
+                    scope.from = StartAt::After(seq);
+                }
+                other => return Err(bad(format!("unknown query parameter {other:?}"))),
+            }
+        }
+        match track_id {
+            None => return Err(bad("track_id is required".into())),
+            Some(t) if t != display.config.track_id => {
+                Counters::bump(&display.counters.bad_requests);
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    format!(
+                        "this box times track {:?}, not {t:?}",
+                        display.config.track_id
+                    ),
+                ));
+            }
+            Some(_) => {}
+        }
+        if scope.channels.is_empty() {
+            scope.channels.insert(Channel::Race);
+        }
+        Ok(LiveQuery(scope))
+    }
+}
+
+/// A place among the live clients, or 503 with the cap.
+fn admit(display: &Arc<Display>) -> Result<OwnedSemaphorePermit, ApiError> {
+    display.clients.clone().try_acquire_owned().map_err(|_| {
+        Counters::bump(&display.counters.clients_refused);
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "this box serves at most {} live clients and all places are taken; try again shortly",
+                display.config.clients_max
+            ),
+        )
+    })
+}
+
+async fn websocket(
+    State(display): State<Arc<Display>>,
+    LiveQuery(scope): LiveQuery,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let place = match admit(&display) {
+        Ok(place) => place,
+        Err(e) => return e.into_response(),
+    };
+    upgrade
+        .max_message_size(CLIENT_FRAME_BYTES_MAX)
+        .on_upgrade(move |socket| {
+            let tasks = display.tasks.clone();
+            tasks.track_future(serve_websocket(display, scope, socket, place))
+        })
+}
+
+async fn serve_websocket(
+    display: Arc<Display>,
+    scope: Scope,
+    socket: WebSocket,
+    place: OwnedSemaphorePermit,
+) {
+    let (mut sink, mut incoming) = socket.split();
+    let mut out = spawn_client(display.clone(), scope, place);
+    let send_max = Duration::from_millis(CLIENT_SEND_MS_MAX);
+    loop {
+        tokio::select! {
+            message = out.recv() => {
+                let Some(message) = message else { break };
+                let closing = message.close;
+                match tokio::time::timeout(send_max, sink.send(Message::Text((&*message.text).into()))).await {
+                    Ok(Ok(())) if !closing => {}
+                    _ => break,
+                }
+            }
+            frame = incoming.next() => match frame {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                Some(Ok(Message::Text(text))) if is_ping(text.as_str()) => {
+                    let beat = display.hub.envelope(Kind::Heartbeat, None, None, display.hub.position(), json!({}));
+                    let _ = tokio::time::timeout(send_max, sink.send(Message::Text(beat.to_json().into()))).await;
+                }
+                Some(Ok(_)) => {
+                    // This stream takes nothing but pings: say so, count it, close.
+                    Counters::bump(&display.counters.bad_frames);
+                    let error = display.hub.envelope(Kind::Error, None, None, display.hub.position(), json!({
+                        "code": "bad_frame",
+                        "message": "this stream takes no messages but {\"type\":\"ping\"}",
+                    }));
+                    let _ = tokio::time::timeout(send_max, sink.send(Message::Text(error.to_json().into()))).await;
+                    let _ = tokio::time::timeout(send_max, sink.send(Message::Close(Some(CloseFrame {
+                        code: 1008,
+                        reason: "bad frame".into(),
+                    })))).await;
+                    break;
+                }
+            },
+        }
+    }
+    let _ = tokio::time::timeout(send_max, sink.close()).await;
+}
+
+fn is_ping(text: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(text)
+        .is_ok_and(|v| v.get("type").and_then(|t| t.as_str()) == Some("ping"))
+}
+
+async fn server_sent_events(
+    State(display): State<Arc<Display>>,
+    LiveQuery(scope): LiveQuery,
+) -> Response {
+    let place = match admit(&display) {
+        Ok(place) => place,
+        Err(e) => return e.into_response(),
+    };
+    let out = spawn_client(display, scope, place);
+    let stream = futures_util::stream::unfold(out, |mut out| async move {
+        let message = out.recv().await?;
+        Some((
+            Ok::<_, Infallible>(Event::default().data(message.text)),
+            out,
+        ))
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+/// One message for a client's socket.
+#[derive(Debug)]
+pub struct Outgoing {
+    pub text: Arc<str>,
+    /// The last message: close after it.
+    pub close: bool,
+}
+
+/// Starts a client's task; its messages come out of the returned queue, which ends when the task
+/// does. The place is held until then.
+pub fn spawn_client(
+    display: Arc<Display>,
+    scope: Scope,
+    place: OwnedSemaphorePermit,
+) -> mpsc::Receiver<Outgoing> {
+    let (tx, rx) = mpsc::channel(CLIENT_WRITE_QUEUE_MESSAGES);
+    let tasks = display.tasks.clone();
+    tasks.spawn(async move {
+        let _place = place;
+        let mut client = Client {
+            display,
+            scope,
+            tx,
+            position: 0,
+        };
+        // Err: the socket went away; nothing to tell anyone.
+        let _ = client.run().await;
+    });
+    rx
+}
+
+/// The socket is gone.
+struct Gone;
+
+struct Client {
+    display: Arc<Display>,
+    scope: Scope,
+    tx: mpsc::Sender<Outgoing>,
+    /// Every event in scope up to this seq has been sent.
+    position: u64,
+}
+
+impl Client {
+    async fn send(&self, text: Arc<str>, close: bool) -> Result<(), Gone> {
+        self.tx
+            .send(Outgoing { text, close })
+            .await
+            .map_err(|_| Gone)
+    }
+
+    async fn run(&mut self) -> Result<(), Gone> {
+        let (mut ring, ring_start) = self.display.hub.subscribe();
+        self.position = match self.scope.from {
+            StartAt::Now => ring_start,
+            // Past the ring's start when the hub has not caught up with what the client saw:
+            // then the ring's events up to `seq` are skipped as sent.
+            StartAt::After(seq) => seq,
+        };
+        self.snapshots().await?;
+        self.catch_up(ring_start).await?;
+        let heartbeat_every = Duration::from_millis(self.display.config.heartbeat_interval_ms);
+        let mut heartbeat = tokio::time::interval_at(
+            tokio::time::Instant::now() + heartbeat_every,
+            heartbeat_every,
+        );
+        loop {
+            tokio::select! {
+                () = self.display.cancel.cancelled() => return Ok(()),
+                () = self.tx.closed() => return Err(Gone),
+                _ = heartbeat.tick() => {
+                    let beat = self.display.hub.envelope(Kind::Heartbeat, None, None, self.position, json!({}));
+                    self.send(beat.to_json().into(), false).await?;
+                }
+                item = ring.recv() => match item {
+                    Ok(item) => {
+                        if item.kind == Kind::Event && item.seq <= self.position {
+                            continue;
+                        }
+                        if self.scope.wants(item.channel, item.event_id) {
+                            self.send(item.json.clone(), false).await?;
+                        }
+                        self.position = self.position.max(item.seq);
+                    }
+                    Err(broadcast::error::RecvError::Lagged(missed)) => return self.lagged(missed).await,
+                    Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                },
+            }
+        }
+    }
+
+    /// One snapshot per channel subscribed, at the client's starting seq.
+    async fn snapshots(&self) -> Result<(), Gone> {
+        for channel in Channel::ALL {
+            if !self.scope.channels.contains(channel) {
+                continue;
+            }
+            let payload = match channel {
+                Channel::Race => self.display.race_snapshot(self.scope.event_id).await,
+                Channel::Decoder => json!({ "decoders": self.display.hub.decoders() }),
+                Channel::Status => self.display.status_snapshot().await,
+            };
+            let envelope = self.display.hub.envelope(
+                Kind::Snapshot,
+                Some(channel),
+                self.scope.event_id,
+                self.position,
+                payload,
+            );
+            self.send(envelope.to_json().into(), false).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends the stored events after the client's position up to `until`, where the ring starts.
+    async fn catch_up(&mut self, until: u64) -> Result<(), Gone> {
+        while self.position < until {
+            let reader = self.display.spool.reader();
+            let from = Seq(self.position + 1);
+            let read = tokio::task::spawn_blocking(move || {
+                reader.read_filtered(from, &Filter::all(), CATCHUP_PAGE_EVENTS)
+            })
+            .await;
+            let (events, next) = match read {
+                Ok(Ok(read)) => read,
+                Ok(Err(error)) => return self.fail(&spool::error_chain(&error)).await,
+                Err(error) => return self.fail(&error.to_string()).await,
+            };
+            let schemas = self.display.spool.reader();
+            for e in events.iter().filter(|e| e.seq.0 <= until) {
+                let envelope = self.display.hub.event_envelope(schemas.schemas(), e);
+                let channel = envelope.channel.unwrap_or(Channel::Status);
+                if self.scope.wants(channel, envelope.event_id) {
+                    self.send(envelope.to_json().into(), false).await?;
+                }
+                self.position = e.seq.0;
+            }
+            let reached = next.0.saturating_sub(1).min(until);
+            assert!(
+                reached >= self.position,
+                "a spool read never goes back: the catch-up must advance"
+            );
+            if next.0 <= from.0 {
+                return self.fail("the spool read made no progress").await;
+            }
+            self.position = reached;
+        }
+        Ok(())
+    }
+
+    async fn lagged(&self, missed: u64) -> Result<(), Gone> {
+        Counters::bump(&self.display.counters.clients_lagged);
+        let error = self.display.hub.envelope(
+            Kind::Error,
+            None,
+            None,
+            self.position,
+            json!({
+                "code": "lagging",
+                "message": format!("this client fell {missed} messages behind and is closed; reconnect with from={}", self.position),
+                "resume_from": self.position,
+            }),
+        );
+        self.send(error.to_json().into(), true).await
+    }
+
+    async fn fail(&self, why: &str) -> Result<(), Gone> {
+        tracing::warn!(why, "live client: reading the spool failed");
+        let error = self.display.hub.envelope(
+            Kind::Error,
+            None,
+            None,
+            self.position,
+            json!({ "code": "unavailable", "message": format!("reading the spool failed: {why}"), "resume_from": self.position }),
+        );
+        self.send(error.to_json().into(), true).await
+    }
+}
+
+/// The race channel's snapshot payload; see [`Display::race_snapshot`].
+pub fn race_payload(race: &dyn RaceModels, also: Option<u32>) -> serde_json::Value {
+    let sessions = race.sessions();
+    let newest = sessions.iter().map(|s| s.session.0).max();
+    let mut boards = serde_json::Map::new();
+    for s in &sessions {
+        let running = s.start.is_some() && s.ended_us.is_none();
+        let id = s.session.0;
+        if !(running || Some(id) == also || Some(id) == newest) {
+            continue;
+        }
+        let board = if s.kind == ::race::SessionKind::Moto {
+            race.moto_board(s.session).map(|b| json!({ "moto": b }))
+        } else {
+            race.leaderboard(s.session)
+                .map(|b| json!({ "leaderboard": b }))
+        };
+        let board = board.unwrap_or_else(|e| json!({ "error": e.to_string() }));
+        boards.insert(id.to_string(), board);
+    }
+    json!({
+        "sessions": sessions,
+        "boards": boards,
+        "feed": race.feed(SNAPSHOT_FEED_PASSINGS),
+        "versions": {
+            "roster": race.version(::race::Stream::Roster),
+            "track": race.version(::race::Stream::Track),
+        },
+    })
+}

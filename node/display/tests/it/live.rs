@@ -1,0 +1,441 @@
+//! The live stream's contract: snapshot first, gapless resume (across a restart too), heartbeats,
+//! lagging clients closed without holding up others, the cap, bad input, the SSE mirror.
+
+use display::envelope::{Channel, ENVELOPE_VERSION, Envelope, Kind};
+use futures_util::StreamExt;
+use serde_json::json;
+use spool::{AppendStream, ExpectedVersion, Metadata, StreamId};
+
+use crate::support::*;
+
+/// The envelope's bytes are the contract with every screen: a change here is a new version.
+#[test]
+fn the_envelope_v1_bytes_are_pinned() {
+    let e = Envelope {
+        v: ENVELOPE_VERSION,
+        kind: Kind::Event,
+        channel: Some(Channel::Race),
+        track_id: "bmx-main".into(),
+        event_id: Some(3),
+        seq: 42,
+        ts_us: 1_764_590_000_000_000,
+        payload: json!({ "type": "decoder.passing" }),
+    };
+    assert_eq!(
+        e.to_json(),
+        r#"{"v":1,"kind":"event","channel":"race","track_id":"bmx-main","event_id":3,"seq":42,"ts_us":1764590000000000,"payload":{"type":"decoder.passing"}}"#
+    );
+    let beat = Envelope {
+        kind: Kind::Heartbeat,
+        channel: None,
+        event_id: None,
+        ..e
+    };
+    assert_eq!(
+        beat.to_json(),
+        r#"{"v":1,"kind":"heartbeat","channel":null,"track_id":"bmx-main","event_id":null,"seq":42,"ts_us":1764590000000000,"payload":{"type":"decoder.passing"}}"#
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gets_a_snapshot_of_each_channel_first_then_events() {
+    let b = TestBox::start(config()).await;
+    let before = b.passing(1, 7001, 1_000_000).await;
+    let mut ws = connect(&b.ws_url("&channels=race,decoder,status")).await;
+    let mut kinds = Vec::new();
+    for _ in 0..3 {
+        let e = next(&mut ws).await;
+        assert_eq!(e["v"], 1);
+        assert_eq!(e["track_id"], TRACK);
+        assert_eq!(
+            e["seq"], before,
+            "from=now: the snapshot is at the newest seq"
+        );
+        kinds.push((e["kind"].clone(), e["channel"].clone()));
+    }
+    assert_eq!(
+        kinds,
+        vec![
+            (json!("snapshot"), json!("race")),
+            (json!("snapshot"), json!("decoder")),
+            (json!("snapshot"), json!("status")),
+        ]
+    );
+    let seq = b.passing(2, 7001, 2_000_000).await;
+    let event = next_kind(&mut ws, "event").await;
+    assert_eq!(event["seq"], seq);
+    assert_eq!(event["channel"], "race");
+    assert_eq!(event["payload"]["type"], "decoder.passing");
+    assert_eq!(event["payload"]["data"]["passing_number"], 2);
+    b.stop().await;
+}
+
+/// Appends `n` passings, numbered from `first`, in batches (one fsync each) and returns their seqs.
+async fn passings(b: &TestBox, first: u32, n: u32) -> Vec<u64> {
+    let mut seqs = Vec::new();
+    let mut number = first;
+    while number < first + n {
+        let end = (number + 100).min(first + n);
+        let batch = (number..end)
+            .map(|k| testkit::passing_event(k, Metadata::default()))
+            .collect();
+        let stream = StreamId::new("decoder/D0000C00").unwrap();
+        let appended = b
+            .spool
+            .append(vec![AppendStream::new(stream, ExpectedVersion::Any, batch)])
+            .await
+            .unwrap();
+        seqs.extend(appended.iter().map(|a| a.seq.0));
+        number = end;
+    }
+    seqs
+}
+
+fn seqs_of(events: &[serde_json::Value]) -> Vec<u64> {
+    events.iter().map(|e| e["seq"].as_u64().unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_from_a_seq_is_gapless_and_has_no_duplicate_also_after_a_restart() {
+    let b = TestBox::start(config()).await;
+    let first = passings(&b, 1, 300).await;
+    // A client that saw up to the 100th passing, then lost its WiFi.
+    let seen = first[99];
+    // It comes back while passings keep coming: part of what it missed is read from the spool, part
+    // from the ring, and the join between the two must hold.
+    let writer = {
+        let spool = b.spool.clone();
+        tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            for k in 0..20u32 {
+                let stream = StreamId::new("decoder/D0000C00").unwrap();
+                let batch = (0..10)
+                    .map(|i| testkit::passing_event(1_000 + k * 10 + i, Metadata::default()))
+                    .collect();
+                let a = spool
+                    .append(vec![AppendStream::new(stream, ExpectedVersion::Any, batch)])
+                    .await
+                    .unwrap();
+                seqs.extend(a.iter().map(|a| a.seq.0));
+            }
+            seqs
+        })
+    };
+    let mut ws = connect(&b.ws_url(&format!("&from={seen}"))).await;
+    let snapshot = next(&mut ws).await;
+    assert_eq!(snapshot["kind"], "snapshot");
+    assert_eq!(
+        snapshot["seq"], seen,
+        "the events after the snapshot follow its seq"
+    );
+    let during = writer.await.unwrap();
+    let last = *during.last().unwrap();
+    let got = seqs_of(&events_until(&mut ws, last).await);
+    let want: Vec<u64> = first[100..].iter().chain(&during).copied().collect();
+    assert_eq!(got, want, "every passing after {seen}, once, in order");
+    drop(ws);
+
+    // The box restarts; the client resumes from the last seq it has.
+    let b = b.restart().await;
+    let after = passings(&b, 2_000, 50).await;
+    let mut ws = connect(&b.ws_url(&format!("&from={last}"))).await;
+    assert_eq!(next(&mut ws).await["kind"], "snapshot");
+    // The node's own events are stored between (none here): only passings are on `race`.
+    let got = seqs_of(&events_until(&mut ws, *after.last().unwrap()).await);
+    assert_eq!(got, after, "after the restart: gapless, no duplicate");
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_arrive_with_the_seq_to_resume_from() {
+    let mut c = config();
+    c.heartbeat_interval_ms = 100;
+    let b = TestBox::start(c).await;
+    let seq = b.passing(1, 7001, 1_000_000).await;
+    let mut ws = connect(&b.ws_url("&from=0")).await;
+    for _ in 0..3 {
+        let beat = next_kind(&mut ws, "heartbeat").await;
+        assert_eq!(
+            beat["seq"], seq,
+            "a heartbeat carries the seq everything up to is sent"
+        );
+        assert_eq!(beat["channel"], serde_json::Value::Null);
+    }
+    // A ping frame from the client is answered with one too.
+    send_text(&mut ws, r#"{"type":"ping"}"#).await;
+    assert_eq!(next_kind(&mut ws, "heartbeat").await["seq"], seq);
+    b.stop().await;
+}
+
+/// A client that reads nothing, through a socket with a small receive buffer.
+async fn stalled_client(b: &TestBox) -> Ws {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = socket.connect(b.addr).await.unwrap();
+    let (ws, _) = tokio_tungstenite::client_async(
+        b.ws_url(""),
+        tokio_tungstenite::MaybeTlsStream::Plain(tcp),
+    )
+    .await
+    .unwrap();
+    ws
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_client_gets_an_error_with_its_resume_seq_and_is_closed_without_slowing_others() {
+    let mut c = config();
+    c.client_queue_events = 1_024;
+    let b = TestBox::start(c).await;
+    let mut slow = stalled_client(&b).await;
+    let mut fast = connect(&b.ws_url("")).await;
+    assert_eq!(next(&mut fast).await["kind"], "snapshot");
+    // The fast client reads as it comes; the writer goes on as soon as it has each batch, so the
+    // test shows the stalled client holds up neither the writer nor the fast client.
+    let (progress, mut fast_has) = tokio::sync::watch::channel(0usize);
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        while got.len() < 6_000 {
+            let e = next(&mut fast).await;
+            assert_ne!(e["kind"], "error", "the fast client must never lag: {e}");
+            if e["kind"] == "event" {
+                got.push(e["seq"].as_u64().unwrap());
+                progress.send_replace(got.len());
+            }
+        }
+        got
+    });
+    let mut seqs = Vec::new();
+    for k in 0..60u32 {
+        seqs.extend(passings(&b, 1 + k * 100, 100).await);
+        let want = seqs.len();
+        tokio::time::timeout(WAIT, fast_has.wait_for(|n| *n >= want))
+            .await
+            .expect("the fast client keeps up")
+            .unwrap();
+    }
+    assert_eq!(
+        reader.await.unwrap(),
+        seqs,
+        "the fast client got everything, in order"
+    );
+
+    // The slow one now reads: what its socket held, then the error, then the close.
+    let mut last_event = 0;
+    let mut read = 0;
+    let error = loop {
+        read += 1;
+        assert!(read < 6_000, "the stalled client was never told it lagged");
+        let e = next(&mut slow).await;
+        match e["kind"].as_str() {
+            Some("event") => last_event = e["seq"].as_u64().unwrap(),
+            Some("error") => break e,
+            _ => {}
+        }
+    };
+    assert_eq!(error["payload"]["code"], "lagging");
+    assert_eq!(
+        error["payload"]["resume_from"], last_event,
+        "it resumes right after the last event it got"
+    );
+    let closed = tokio::time::timeout(WAIT, slow.next()).await.unwrap();
+    assert!(
+        matches!(
+            closed,
+            None | Some(Ok(tokio_tungstenite::tungstenite::Message::Close(_))) | Some(Err(_))
+        ),
+        "the lagging client is closed, got {closed:?}"
+    );
+    let (_, metrics) = get(&b.url("/metrics")).await;
+    assert!(
+        metrics.contains("display_clients_lagged_total 1"),
+        "{metrics}"
+    );
+    // Resuming from there loses nothing.
+    let mut again = connect(&b.ws_url(&format!("&from={last_event}"))).await;
+    let rest = seqs_of(&events_until(&mut again, *seqs.last().unwrap()).await);
+    let want: Vec<u64> = seqs.iter().copied().filter(|s| *s > last_event).collect();
+    assert_eq!(rest, want);
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_client_cap_a_client_gets_a_clear_503() {
+    let mut c = config();
+    c.clients_max = 2;
+    let b = TestBox::start(c).await;
+    let mut one = connect(&b.ws_url("")).await;
+    let mut two = connect(&b.ws_url("")).await;
+    next(&mut one).await;
+    next(&mut two).await;
+    match tokio_tungstenite::connect_async(b.ws_url("")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 503);
+            let body = String::from_utf8(response.body().clone().unwrap_or_default()).unwrap();
+            assert!(body.contains("at most 2 live clients"), "{body}");
+        }
+        other => panic!("expected a 503 refusal, got {other:?}"),
+    }
+    let sse = http()
+        .get(b.url(&format!("/sse/v1/live?track_id={TRACK}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sse.status(), 503);
+    // A place frees when a client leaves.
+    drop(one);
+    testkit::wait_for_async("a place to free up", WAIT, || async {
+        tokio_tungstenite::connect_async(b.ws_url("")).await.is_ok()
+    })
+    .await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_live_queries_get_a_clear_4xx_and_are_counted() {
+    let b = TestBox::start(config()).await;
+    let cases = [
+        ("", 400, "track_id is required"),
+        ("?track_id=other", 404, "not \\\"other\\\""),
+        (
+            "?track_id=test-track&channels=race,bogus",
+            400,
+            "unknown channel",
+        ),
+        ("?track_id=test-track&from=abc", 400, "neither"),
+        ("?track_id=test-track&from=99999", 400, "ahead of this box"),
+        (
+            "?track_id=test-track&event_id=-1",
+            400,
+            "not a session number",
+        ),
+        (
+            "?track_id=test-track&colour=red",
+            400,
+            "unknown query parameter",
+        ),
+        ("?track_id=test-track&from=", 400, "neither"),
+    ];
+    for (query, status, says) in cases {
+        for path in ["/ws/v1/live", "/sse/v1/live"] {
+            let (got, body) = get(&b.url(&format!("{path}{query}"))).await;
+            assert_eq!(got, status, "{path}{query}");
+            assert!(
+                body.contains(says) && body.starts_with("{\"error\""),
+                "{path}{query}: {body}"
+            );
+        }
+    }
+    let (_, metrics) = get(&b.url("/metrics")).await;
+    assert!(
+        metrics.contains("display_bad_requests_total 16"),
+        "{metrics}"
+    );
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_the_stream_does_not_take_gets_an_error_and_a_close() {
+    let b = TestBox::start(config()).await;
+    let mut ws = connect(&b.ws_url("")).await;
+    next(&mut ws).await;
+    send_text(&mut ws, "{not json").await;
+    let error = next_kind(&mut ws, "error").await;
+    assert_eq!(error["payload"]["code"], "bad_frame");
+    let close = tokio::time::timeout(WAIT, ws.next()).await.unwrap();
+    assert!(
+        matches!(close, Some(Ok(tokio_tungstenite::tungstenite::Message::Close(Some(ref f)))) if u16::from(f.code) == 1008),
+        "{close:?}"
+    );
+    let (_, metrics) = get(&b.url("/metrics")).await;
+    assert!(metrics.contains("display_bad_frames_total 1"), "{metrics}");
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sse_mirror_carries_the_same_envelopes() {
+    let b = TestBox::start(config()).await;
+    let first = b.passing(1, 7001, 1_000_000).await;
+    let r = http()
+        .get(b.url(&format!("/sse/v1/live?track_id={TRACK}&from=0")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+    let second = b.passing(2, 7001, 2_000_000).await;
+    let mut r = r;
+    let mut text = String::new();
+    let mut envelopes = Vec::new();
+    while envelopes.len() < 3 {
+        let chunk = tokio::time::timeout(WAIT, r.chunk())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+        while let Some(end) = text.find("\n\n") {
+            let block: String = text.drain(..end + 2).collect();
+            if let Some(data) = block.strip_prefix("data: ") {
+                envelopes.push(serde_json::from_str::<serde_json::Value>(data.trim()).unwrap());
+            }
+        }
+    }
+    assert_eq!(envelopes[0]["kind"], "snapshot");
+    assert_eq!(envelopes[1]["seq"], first);
+    assert_eq!(envelopes[2]["seq"], second);
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_clients_each_get_every_event_in_order() {
+    let b = TestBox::start(config()).await;
+    let mut clients = Vec::new();
+    for _ in 0..200 {
+        let mut ws = connect(&b.ws_url("")).await;
+        assert_eq!(next(&mut ws).await["kind"], "snapshot");
+        clients.push(ws);
+    }
+    let readers: Vec<_> = clients
+        .into_iter()
+        .map(|mut ws| {
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                while got.len() < 500 {
+                    let e = next(&mut ws).await;
+                    assert_ne!(e["kind"], "error", "{e}");
+                    if e["kind"] == "event" {
+                        got.push(e["seq"].as_u64().unwrap());
+                    }
+                }
+                got
+            })
+        })
+        .collect();
+    let seqs = passings(&b, 1, 500).await;
+    for r in readers {
+        assert_eq!(r.await.unwrap(), seqs);
+    }
+    b.stop().await;
+}
+
+/// Events of the channels a client did not ask for are left out, and its position still moves
+/// over them (its heartbeat says so).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gets_only_its_channels() {
+    let mut c = config();
+    c.heartbeat_interval_ms = 100;
+    let b = TestBox::start(c).await;
+    let mut ws = connect(&b.ws_url("&channels=decoder")).await;
+    assert_eq!(next(&mut ws).await["channel"], "decoder");
+    b.passing(1, 7001, 1_000_000).await;
+    let status = b.decoder_status(55).await;
+    let e = next_kind(&mut ws, "event").await;
+    assert_eq!(
+        e["seq"], status,
+        "the passing (race) is not on the decoder channel"
+    );
+    assert_eq!(e["payload"]["data"]["noise"], 55);
+    let beat = next_kind(&mut ws, "heartbeat").await;
+    assert_eq!(beat["seq"], status);
+    b.stop().await;
+}

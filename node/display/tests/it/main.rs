@@ -1,0 +1,6 @@
+//! The display's integration tests: one binary, a module per concern.
+
+mod api;
+mod browser;
+mod live;
+mod support;
