@@ -7,9 +7,9 @@
 //! record + fdatasync to a file in the same directory) as a ratio. Then the node as its own process at
 //! a steady 100 passings/s: CPU % and RSS, the small-box budget.
 //!
-//! Each latency run is a child process of the bench, once with the input on its own thread (the
-//! node's way) and once on the shared async workers (the way before, kept behind
-//! `VENUE_NODE_INPUT_ON_WORKERS=1`), in rounds after a fresh floor, so every line is a ratio to a
+//! Each latency run is a child process of the bench, once with the input on the shared async
+//! workers (the node's default) and once on a thread of its own (`VENUE_NODE_INPUT_THREAD=1`), in
+//! rounds after a fresh floor, so every line is a ratio to a
 //! floor measured moments before it. Each run also prints where the time went, from the wall-clock
 //! stamps the path leaves on every event (see `Stages`).
 //!
@@ -196,7 +196,7 @@ fn resources(seconds: u64, on_workers: &str) -> (f64, u64, u64) {
         .args(["run", "--config"])
         .arg(&cfg)
         .env("RUST_LOG", "warn")
-        .env(node::runtime::input::INPUT_ON_WORKERS_ENV, on_workers)
+        .env(node::runtime::input::INPUT_THREAD_ENV, on_workers)
         .spawn()
         .unwrap_or_else(|e| panic!("starting {exe}: {e}"));
     let pid = child.id();
@@ -241,8 +241,8 @@ fn resources(seconds: u64, on_workers: &str) -> (f64, u64, u64) {
     })
 }
 
-/// One latency run, in a child process so the old path (the input on the shared workers,
-/// [`node::runtime::input::INPUT_ON_WORKERS_ENV`]) and the new one each start clean. Prints the
+/// One latency run, in a child process so each input placement
+/// ([`node::runtime::input::INPUT_THREAD_ENV`]) starts clean. Prints the
 /// figures as ratios to the floor the parent measured just before.
 fn child(rate: u32, seconds: u64) {
     let floor: Vec<f64> = std::env::var("NODE_BENCH_FLOOR")
@@ -268,10 +268,10 @@ fn child(rate: u32, seconds: u64) {
     stages.print();
 }
 
-/// The two paths the bench compares: (label, value of the input-on-workers variable).
+/// The two paths the bench compares: (label, value of the input-thread variable).
 const PATHS: [(&str, &str); 2] = [
-    ("new (input on its own thread)", "0"),
-    ("old (input on the shared workers)", "1"),
+    ("input on the shared workers (the node's default)", "0"),
+    ("input on its own thread (VENUE_NODE_INPUT_THREAD=1)", "1"),
 ];
 
 fn main() {
@@ -307,7 +307,7 @@ fn main() {
                         "NODE_BENCH_FLOOR",
                         format!("{},{}", pct(&fl, 0.5), pct(&fl, 0.99)),
                     )
-                    .env(node::runtime::input::INPUT_ON_WORKERS_ENV, on_workers)
+                    .env(node::runtime::input::INPUT_THREAD_ENV, on_workers)
                     .env("RUST_LOG", "error")
                     .stderr(std::process::Stdio::null())
                     .output()

@@ -71,7 +71,9 @@ pub struct SpoolConfig {
     /// Known event types and their upcasters.
     pub schemas: Arc<Schemas>,
     /// Insert a large append into the database beside its journal `fdatasync` rather than before
-    /// it ([`writer::SPOOL_OVERLAP_EVENTS_MIN`]). On by default; off only to measure the gain.
+    /// it ([`writer::SPOOL_OVERLAP_EVENTS_MIN`]). Off by default: on the shared 2-core box
+    /// `cargo bench -p spool` measured batches of 100 and 1,000 slower with it (the extra thread
+    /// hops cost more under load than the overlap saves); kept for measuring on other hardware.
     pub overlap_sync: bool,
 }
 
@@ -88,7 +90,7 @@ impl Default for SpoolConfig {
             cache_bytes: SPOOL_CACHE_BYTES_DEFAULT,
             // The spool knows no event types: a venue's catalog comes from whoever opens it.
             schemas: Arc::new(crate::schema::Schemas::empty()),
-            overlap_sync: true,
+            overlap_sync: false,
         }
     }
 }

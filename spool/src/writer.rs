@@ -6,8 +6,9 @@
 //!
 //! Each append is inserted into the open write transaction as it is validated, since the next
 //! request of the group reads it there (stream versions, idempotency keys). The last append of a
-//! group has no such reader; when it is large ([`SPOOL_OVERLAP_EVENTS_MIN`]) its insert runs on
-//! this thread while a scoped thread writes and syncs the group's journal bytes, and the group
+//! group has no such reader; with `SpoolConfig::overlap_sync` (off by default) and when it is
+//! large ([`SPOOL_OVERLAP_EVENTS_MIN`]) its insert runs on this thread while a scoped thread
+//! writes and syncs the group's journal bytes, and the group
 //! is answered only when both are done. Nothing reads the transaction before the next checkpoint
 //! commits it, so the order of the two does not matter; the reply still waits for the sync.
 //!
@@ -77,8 +78,8 @@ pub const SPOOL_DISK_CHECK_INTERVAL_MS: u64 = 100;
 /// once with [`SpoolError::Failed`].
 pub const SPOOL_REOPEN_INTERVAL_MS: u64 = 1_000;
 
-/// An append of at least this many events, the last of its group, has its database insert run on a
-/// second thread beside the group's journal write and `fdatasync`, so a large batch costs the
+/// With `SpoolConfig::overlap_sync`, an append of at least this many events, the last of its
+/// group, has its database insert run on a second thread beside the group's journal write and `fdatasync`, so a large batch costs the
 /// longer of the two instead of their sum. Below it the insert takes microseconds and the thread
 /// would cost more than it saves, so small appends (the live path) insert first, then sync.
 pub const SPOOL_OVERLAP_EVENTS_MIN: usize = 64;

@@ -64,12 +64,12 @@ pub const REJECTED_FRAMES_STORED_PER_MIN_MAX: u32 = 60;
 /// How long the node waits for the answer to GET_TIME before it stops matching it to the query.
 pub const CLOCK_ANSWER_TIMEOUT_MS: u64 = 2_000;
 
-/// Set to `1`, each input runs as a task on the node's shared work-stealing workers, as it did
-/// before: kept so `cargo bench -p node` can measure the old path beside the new one in one run.
-/// By default each input has a thread of its own with a single-threaded runtime: a byte on the
-/// line wakes that thread from its own epoll and nothing else, the status writer and the spool
-/// reads never sit between it and a worker, and no second worker is woken to steal the task.
-pub const INPUT_ON_WORKERS_ENV: &str = "VENUE_NODE_INPUT_ON_WORKERS";
+/// Set to `1`, each input runs on a thread of its own with a single-threaded runtime instead of
+/// as a task on the node's shared work-stealing workers: a byte on the line then wakes that
+/// thread's epoll and nothing else. Off by default: on the shared 2-core box under load,
+/// `cargo bench -p node` measured it no faster (its read wake-up was slower in the runs of
+/// issue 14), so it stays an experiment the bench runs beside the default.
+pub const INPUT_THREAD_ENV: &str = "VENUE_NODE_INPUT_THREAD";
 
 const _: () = assert!(RECONNECT_BACKOFF_MS_MIN < RECONNECT_BACKOFF_MS_MAX);
 const _: () = assert!(RECONNECT_BACKOFF_MS_MAX < FLAPPING_REPORT_INTERVAL_MS);
@@ -379,14 +379,14 @@ impl Input {
         }
     }
 
-    /// Runs until cancelled: connect, read, reconnect. The input gets a thread of its own with a
-    /// single-threaded runtime (see [`INPUT_ON_WORKERS_ENV`] for why), and this future waits for it.
+    /// Runs until cancelled: connect, read, reconnect. With [`INPUT_THREAD_ENV`] set, on a thread
+    /// of its own that this future waits for.
     pub async fn run(self, cancel: CancellationToken) {
         if let Source::Probe(settings) = &self.source {
             let (settings, timing) = (settings.clone(), settings.timing.unwrap_or_default());
             return super::probe::run(self, settings, timing, cancel).await;
         }
-        if std::env::var_os(INPUT_ON_WORKERS_ENV).is_some_and(|v| v == "1") {
+        if std::env::var_os(INPUT_THREAD_ENV).is_none_or(|v| v != "1") {
             return self.run_here(cancel).await;
         }
         let name = self.name.clone();

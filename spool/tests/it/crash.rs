@@ -206,7 +206,15 @@ fn an_io_error_at_every_write_and_sync_keeps_every_acknowledged_append() {
     }
 }
 
-/// Batches at and above `SPOOL_OVERLAP_EVENTS_MIN` are indexed on the writer thread while a
+/// [`small_config`] with large appends indexed beside their journal sync.
+fn overlapping() -> SpoolConfig {
+    SpoolConfig {
+        overlap_sync: true,
+        ..small_config()
+    }
+}
+
+/// With `overlap_sync`, batches at and above `SPOOL_OVERLAP_EVENTS_MIN` are indexed on the writer thread while a
 /// second thread syncs the journal: a failure of either, at any disk operation, still keeps every
 /// acknowledged append and never a torn batch.
 #[test]
@@ -217,7 +225,7 @@ fn large_batches_indexed_beside_their_sync_keep_every_acknowledged_append() {
     );
     let total = {
         let disk = SimDisk::new();
-        let spool = Spool::open_with_storage(disk.storage(), small_config()).expect("open");
+        let spool = Spool::open_with_storage(disk.storage(), overlapping()).expect("open");
         let mut out = Outcome::default();
         workload_sized(&spool, 12, 7, least, most, &mut out);
         assert!(out.failed_batches.is_empty());
@@ -228,7 +236,7 @@ fn large_batches_indexed_beside_their_sync_keep_every_acknowledged_append() {
         let disk = SimDisk::new();
         disk.fail_op(n);
         let mut out = Outcome::default();
-        if let Ok(spool) = Spool::open_with_storage(disk.storage(), small_config()) {
+        if let Ok(spool) = Spool::open_with_storage(disk.storage(), overlapping()) {
             workload_sized(&spool, 12, 7, least, most, &mut out);
         }
         check_recovered(
@@ -247,7 +255,7 @@ fn large_batches_indexed_beside_their_sync_keep_every_acknowledged_append() {
         let mut out = Outcome::default();
         {
             let spool =
-                Spool::open_with_storage(disk.storage(), small_config()).expect("first open");
+                Spool::open_with_storage(disk.storage(), overlapping()).expect("first open");
             let opened = disk.ops();
             disk.crash_at_op(opened + 1 + (seed * 7919) % 200);
             workload_sized(&spool, 12, seed, least, most, &mut out);
