@@ -67,6 +67,10 @@ cp "$deb" "$rootfs/tmp/venue-node.deb"
 chroot "$rootfs" dpkg -i /tmp/venue-node.deb
 rm "$rootfs/tmp/venue-node.deb"
 cp -r images/files/etc/. "$rootfs/etc/"
+# The display on port 80, so staff open http://venue-node.local (the sysctl in files/ lets the
+# unprivileged service bind it; avahi announces it).
+printf '\n# The appliance image: the live display on port 80.\n[display]\nlisten = "0.0.0.0:80"\n' \
+  >>"$rootfs/etc/venue-node/venue-node.toml"
 echo venue-node >"$rootfs/etc/hostname"
 printf '127.0.0.1\tlocalhost\n127.0.1.1\tvenue-node\n::1\tlocalhost ip6-localhost ip6-loopback\n' >"$rootfs/etc/hosts"
 # resolved answers DNS for the box: networkd hands it the DHCP server's resolvers.

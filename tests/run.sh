@@ -2,9 +2,11 @@
 # Every test of venue-node, from a fresh Debian machine with the Rust toolchain: installs what the tests
 # need when it is missing, then runs formatting, lints, the whole test suite and a short fuzz smoke.
 # `.ci/run` calls exactly this. Usage: bash tests/run.sh
-# Two slower checks of the appliance run as steps of their own (as root), not from here:
+# Last come the two slower checks of the appliance, as root (with sudo when not root), each also
+# runnable alone:
 #   bash packaging/test-deb.sh   the .deb installs, upgrades and purges in a Debian 12 chroot
-#   bash images/test-boot.sh     the appliance image boots under systemd-nspawn and reads a decoder
+#   bash images/test-boot.sh     the appliance image boots under systemd-nspawn, reads a decoder and
+#                                serves the display
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -57,5 +59,14 @@ cargo test --workspace --quiet
 
 say "fuzz: known crashing inputs, then ${FUZZ_SECONDS:=20} s a target"
 bash tests/fuzz.sh
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+say "appliance: the Debian package on a clean Debian 12 root"
+as_root bash packaging/test-deb.sh
+
+say "appliance: the image boots and works"
+# The package test's release build is up to date, so the image's package build reuses it.
+as_root bash images/test-boot.sh
 
 say "all green"
