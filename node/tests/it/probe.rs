@@ -34,15 +34,8 @@ fn auto_config(dir: &Path, by_id: &Path, timing: Option<ProbeTiming>) -> Config 
     }
 }
 
-async fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(t) = f() {
-            return t;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+async fn wait_for<T>(what: &str, find: impl FnMut() -> Option<T>) -> T {
+    testkit::wait_for_some(what, WAIT, find).await
 }
 
 fn probe_status(node: &Running) -> ProbeStatus {

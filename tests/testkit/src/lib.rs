@@ -55,6 +55,21 @@ where
     }
 }
 
+/// [`wait_for`] for a condition that yields what it found: returns the first `Some`.
+pub async fn wait_for_some<T>(
+    what: &str,
+    limit: Duration,
+    mut find: impl FnMut() -> Option<T>,
+) -> T {
+    let mut found = None;
+    wait_for(what, limit, || {
+        found = find();
+        found.is_some()
+    })
+    .await;
+    found.expect("wait_for returned, so the last look found it")
+}
+
 /// The decoder id the factories use unless told otherwise; renders as `D0000C00`.
 pub const DECODER_ID: u32 = 0x000C_00D0;
 
