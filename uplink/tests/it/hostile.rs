@@ -187,10 +187,17 @@ async fn hostile_load() {
          {} connects failed or timed out",
         counters.connect_failures.load(Ordering::SeqCst)
     );
-    assert!(
-        closed >= ATTACKERS as u64,
-        "central closed idle and slow sockets ({closed})"
-    );
+    // Central closes each hostile socket when its header time runs out, which a fast drain can
+    // finish before: wait for that, rather than requiring it by the time the drain is done.
+    wait_until(
+        Duration::from_secs(60),
+        "central to close every idle and slow socket",
+        || {
+            let closed = counters.closed_by_central.load(Ordering::SeqCst);
+            async move { closed >= ATTACKERS as u64 }
+        },
+    )
+    .await;
     stop.cancel();
     for attacker in attackers {
         attacker.await.unwrap();
