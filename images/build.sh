@@ -14,7 +14,7 @@
 #   DEBIAN_MIRROR=URL   the mirror to debootstrap from (default: the one this machine's apt uses)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-. packaging/debian-mirror.sh
+. packaging/lib.sh
 
 out=${1:-/tmp/venue-node-image}
 disk=${IMAGE_DISK:-1}
@@ -25,18 +25,8 @@ ESP_MIB=256
 ROOT_MIB=2048
 SPOOL_MIB=512
 
-if [ "$(id -u)" -ne 0 ]; then
-  echo "build.sh: run as root (debootstrap and chroot need it)" >&2
-  exit 2
-fi
-need=()
-for tool in debootstrap:debootstrap mkfs.vfat:dosfstools mcopy:mtools sfdisk:fdisk; do
-  command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool#*:}")
-done
-if [ ${#need[@]} -gt 0 ]; then
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
-fi
+require_root build.sh
+install_missing debootstrap:debootstrap mkfs.vfat:dosfstools mcopy:mtools sfdisk:fdisk
 
 start=$(date +%s)
 mkdir -p "$out"

@@ -15,15 +15,9 @@
 # CI calls it as a step of its own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-
-if [ "$(id -u)" -ne 0 ]; then
-  echo "test-boot.sh: run as root (systemd-nspawn needs it)" >&2
-  exit 2
-fi
-if ! command -v systemd-nspawn >/dev/null 2>&1; then
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd-container
-fi
+. packaging/lib.sh
+require_root test-boot.sh
+install_missing systemd-nspawn:systemd-container bc:bc
 
 start=$(date +%s)
 work=$(mktemp -d /tmp/venue-boot-test.XXXXXX)
@@ -44,19 +38,6 @@ if [ -z "$rootfs" ]; then
 fi
 built=$(date +%s)
 
-passed=0
-failed=0
-check() {
-  local what=$1
-  shift
-  if "$@" >/dev/null 2>&1; then
-    echo "ok    $what"
-    passed=$((passed + 1))
-  else
-    echo "FAIL  $what"
-    failed=$((failed + 1))
-  fi
-}
 # Waits up to $1 seconds for the command after it to succeed; prints the seconds it took.
 wait_for() {
   local limit=$1 t0
@@ -164,5 +145,4 @@ wait "$nspawn_pid" || echo "the container exited with $?"
 nspawn_pid=""
 
 echo "figures: build $((built - start)) s, boot-to-READY ${boot_ready} s, plug-in to first stored passing ${plug_to_passing} s, watchdog restart ${watchdog} s, whole test $(($(date +%s) - start)) s"
-echo "$passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+checks_summary

@@ -9,33 +9,13 @@
 # DEB_BUILD_ARGS=--no-build uses target/release/venue-node as it is instead of building it first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-. packaging/debian-mirror.sh
-
-if [ "$(id -u)" -ne 0 ]; then
-  echo "test-deb.sh: run as root (debootstrap and chroot need it)" >&2
-  exit 2
-fi
-if ! command -v debootstrap >/dev/null 2>&1; then
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap
-fi
+. packaging/lib.sh
+require_root test-deb.sh
+install_missing debootstrap:debootstrap
 
 work=$(mktemp -d /tmp/venue-deb-test.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 root="$work/root"
-passed=0
-failed=0
-check() {
-  local what=$1
-  shift
-  if "$@" >/dev/null 2>&1; then
-    echo "ok    $what"
-    passed=$((passed + 1))
-  else
-    echo "FAIL  $what"
-    failed=$((failed + 1))
-  fi
-}
 in_root() { chroot "$root" "$@"; }
 # Names as the chroot knows them: the host has no user venue-node.
 owner_mode() { [ "$(chroot "$root" stat -c '%U:%G %a' "$1")" = "$2" ]; }
@@ -97,5 +77,4 @@ check "the service is no longer enabled" test ! -e "$root/etc/systemd/system/mul
 check "the system user stays" in_root getent passwd venue-node
 
 echo "test-deb: $(($(date +%s) - start)) s"
-echo "$passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+checks_summary
