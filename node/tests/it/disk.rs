@@ -75,19 +75,8 @@ fn write_config(dir: &Path, data_dir: &Path) -> PathBuf {
     config
 }
 
-fn wait_for<T>(what: &str, dir: &Path, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(found) = check() {
-            return found;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}\n{}",
-            crate::process::logs(dir)
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+fn wait_for<T>(what: &str, dir: &Path, check: impl FnMut() -> Option<T>) -> T {
+    crate::process::wait_logged(what, dir, WAIT, check)
 }
 
 /// The passing numbers stored, and how many `decoder.passings_missing` events there are.

@@ -1167,14 +1167,10 @@ fn ctrl_c_during_a_file_export_leaves_no_partial_file() {
         .status()
         .unwrap();
     assert!(killed.success());
-    let deadline = Instant::now() + Duration::from_secs(CLI_TIMEOUT_S);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "export did not stop on Ctrl-C");
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    let status = testkit::poll_blocking(Duration::from_secs(CLI_TIMEOUT_S), || {
+        child.try_wait().unwrap()
+    })
+    .expect("export stops on Ctrl-C");
     let stderr = read_stderr(&mut child);
     assert_eq!(
         status.code(),
@@ -1311,23 +1307,14 @@ fn export_and_verify_do_not_change_a_crashed_spool() {
     let data = dir.path().join("data");
     let mut node = crate::process::spawn_node(dir.path(), &config);
     // Kill -9 once the node has stored passings (they are in its journal, not yet checkpointed).
-    let deadline = Instant::now() + Duration::from_secs(CLI_TIMEOUT_S);
-    loop {
-        let stored = std::fs::read_to_string(node::config::status_file(&data))
+    let limit = Duration::from_secs(CLI_TIMEOUT_S);
+    crate::process::wait_logged("the node to store passings", dir.path(), limit, || {
+        std::fs::read_to_string(node::config::status_file(&data))
             .ok()
             .and_then(|t| serde_json::from_str::<Value>(&t).ok())
             .and_then(|s| s["decoders"][0]["passings_stored"].as_u64())
-            .unwrap_or(0);
-        if stored > 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the node stored nothing: {}",
-            crate::process::logs(dir.path())
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+            .filter(|&stored| stored > 0)
+    });
     node.kill().unwrap();
     node.wait().unwrap();
     let spool_dir = node::config::spool_dir(&data);

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// `venue-node <args>`, logging at info to `<dir>/<what>-<nanos>.log` (one file per start).
 pub fn spawn(dir: &Path, what: &str, args: &[&std::ffi::OsStr]) -> Child {
@@ -34,14 +34,24 @@ pub fn spawn_node(dir: &Path, config: &Path) -> Child {
 pub fn terminate(child: &mut Child) -> ExitStatus {
     let pid = child.id().to_string();
     Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "process {pid} stops on SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    testkit::poll_blocking(Duration::from_secs(30), || child.try_wait().unwrap())
+        .unwrap_or_else(|| panic!("process {pid} stops on SIGTERM"))
+}
+
+/// Waits up to `limit` for `check` to find something, and fails naming `what` with the logs of the
+/// processes that write into `dir`: what a test of the binary needs to say why it waited in vain.
+pub fn wait_logged<T>(
+    what: &str,
+    dir: &Path,
+    limit: Duration,
+    check: impl FnMut() -> Option<T>,
+) -> T {
+    testkit::poll_blocking(limit, check).unwrap_or_else(|| {
+        panic!(
+            "timed out after {limit:?} waiting for {what}\n{}",
+            logs(dir)
+        )
+    })
 }
 
 /// Every `*.log` in `dir`, each under its name.

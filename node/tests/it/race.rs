@@ -6,12 +6,12 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use spool::schema::EventPayload;
 use spool::{Seq, SpoolReader};
 
-use crate::process::{logs, spawn_node, terminate};
+use crate::process::{logs, spawn_node, terminate, wait_logged};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -74,15 +74,7 @@ fn status(data: &Path) -> Option<serde_json::Value> {
 }
 
 fn wait(what: &str, dir: &Path, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !check() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}\n{}",
-            logs(dir)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_logged(what, dir, WAIT, || check().then_some(()));
 }
 
 /// The stored passings' decoder (as the spool names it) and transponders.

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use spool::{RecordedEvent, Seq, SpoolReader};
 
@@ -41,15 +41,12 @@ fn a_sim_decoder_is_read_as_a_serial_device_and_sigterm_stops_both_cleanly() {
     .unwrap();
     let spool_dir = node::config::Config::load(&config).unwrap().spool_dir();
     let mut child = spawn_node(dir.path(), &config);
-    let deadline = Instant::now() + WAIT;
-    while count(&stored(&spool_dir), "decoder.passing") < 20 {
-        assert!(
-            Instant::now() < deadline,
-            "no passings from the simulated decoder\n{}",
-            logs(dir.path())
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    crate::process::wait_logged(
+        "passings from the simulated decoder",
+        dir.path(),
+        WAIT,
+        || (count(&stored(&spool_dir), "decoder.passing") >= 20).then_some(()),
+    );
     let link = data.join("sim-pit");
     assert!(
         std::fs::symlink_metadata(&link).is_ok_and(|m| m.file_type().is_symlink()),

@@ -2,6 +2,8 @@
 //!
 //! - [`wait_for`] and [`wait_for_async`]: poll a condition until it holds or a deadline passes. No
 //!   test sleeps and hopes; each waits on what it needs, and fails naming it.
+//! - [`poll_blocking`]: the same for tests that are not async (a child process, a file), returning
+//!   what was found, or `None` so the caller fails with what it knows (the node's logs).
 //! - [`passing_frame`]: a decoder's PASSING as wire bytes, as a real decoder sends it.
 //! - [`passing_event`]: a `decoder.passing` event as the node stores it.
 //! - [`Tmpfs`]: a small real file system to fill up, unmounted when dropped.
@@ -68,6 +70,20 @@ pub async fn wait_for_some<T>(
     })
     .await;
     found.expect("wait_for returned, so the last look found it")
+}
+
+/// Looks for something every [`POLL_INTERVAL_MS`] on the calling thread, for tests that are not
+/// async: the first `Some`, or `None` once `limit` has passed (after one last look), so the caller
+/// can fail with its own context, such as the logs of the process it waited on.
+pub fn poll_blocking<T>(limit: Duration, mut find: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let found = find();
+        if found.is_some() || Instant::now() >= deadline {
+            return found;
+        }
+        std::thread::sleep(Duration::from_millis(POLL_INTERVAL_MS));
+    }
 }
 
 /// The decoder id the factories use unless told otherwise; renders as `D0000C00`.
