@@ -175,8 +175,14 @@ fn retry(config: &Config, only: Option<Seq>) -> anyhow::Result<()> {
     let drain = uplink::drain::Drain::new(drain_config, spool.clone())
         .map_err(|e| anyhow::anyhow!(uplink::chain(&e)))
         .context("preparing the uplink")?;
+    // The resend fails over as the node's drain does, so name every instance it may use.
+    let failover = if settings.failover_urls.is_empty() {
+        String::new()
+    } else {
+        format!(" (failing over to {})", settings.failover_urls.join(", "))
+    };
     crate::outln!(
-        "sending {count} parked event{} to {} ...",
+        "sending {count} parked event{} to {}{failover} ...",
         if count == 1 { "" } else { "s" },
         settings.central_url
     )?;
