@@ -222,6 +222,22 @@ impl fmt::Display for ConfigErrors {
 }
 
 impl Config {
+    /// What the node will read, for `config check` and `doctor`: the configured decoders counted
+    /// apart from the prober of `decoders = "auto"`, which is not a decoder.
+    pub fn inputs_summary(&self) -> String {
+        let auto = self
+            .decoders
+            .iter()
+            .any(|d| matches!(d.kind, DecoderKind::Auto(_)));
+        let n = self.decoders.len() - usize::from(auto);
+        let decoders = format!("{n} decoder{}", if n == 1 { "" } else { "s" });
+        match (auto, n) {
+            (false, _) => decoders,
+            (true, 0) => "decoders found by the auto prober".to_owned(),
+            (true, _) => format!("{decoders}, and more found by the auto prober"),
+        }
+    }
+
     /// Reads and checks a file.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
@@ -1033,6 +1049,7 @@ mod tests {
         let a = auto_of(&c);
         assert_eq!(a.serial_dir, PathBuf::from(SERIAL_BY_ID_DIR));
         assert!(a.addresses.is_empty() && a.configured.is_empty());
+        assert_eq!(c.inputs_summary(), "decoders found by the auto prober");
     }
 
     #[test]
@@ -1048,6 +1065,8 @@ mod tests {
         assert_eq!(a.serial_dir, PathBuf::from("/tmp/by-id"));
         assert_eq!(a.addresses, ["10.0.0.5:5403", "10.0.0.6:6000"]);
         assert_eq!(a.configured, ["/dev/ttyUSB0"]);
+        // The prober is not counted as a decoder.
+        assert_eq!(c.inputs_summary(), "1 decoder, and more found by the auto prober");
     }
 
     #[test]

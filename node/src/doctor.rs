@@ -224,10 +224,9 @@ fn check_config(path: &Path, findings: &mut Vec<Finding>) -> Option<Config> {
     match Config::load(path) {
         Ok(config) => {
             findings.push(Finding::ok(format!(
-                "configuration {} is valid ({} decoder{}, data in {})",
+                "configuration {} is valid ({}, data in {})",
                 path.display(),
-                config.decoders.len(),
-                if config.decoders.len() == 1 { "" } else { "s" },
+                config.inputs_summary(),
                 config.data_dir.display()
             )));
             Some(config)

@@ -243,12 +243,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Config {
             command: ConfigCommand::Check { file },
         } => match crate::config::Config::load(&file) {
-            Ok(c) => crate::outln!(
-                "{}: ok ({} decoder{})",
-                file.display(),
-                c.decoders.len(),
-                if c.decoders.len() == 1 { "" } else { "s" }
-            )
+            Ok(c) => crate::outln!("{}: ok ({})", file.display(), c.inputs_summary())
             .map_err(anyhow::Error::from),
             Err(e) => Err(anyhow::Error::new(UsageError(e.to_string()))),
         },
