@@ -1066,7 +1066,10 @@ mod tests {
         assert_eq!(a.addresses, ["10.0.0.5:5403", "10.0.0.6:6000"]);
         assert_eq!(a.configured, ["/dev/ttyUSB0"]);
         // The prober is not counted as a decoder.
-        assert_eq!(c.inputs_summary(), "1 decoder, and more found by the auto prober");
+        assert_eq!(
+            c.inputs_summary(),
+            "1 decoder, and more found by the auto prober"
+        );
     }
 
     #[test]

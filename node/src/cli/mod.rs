@@ -244,7 +244,7 @@ pub fn run(cli: Cli) -> ExitCode {
             command: ConfigCommand::Check { file },
         } => match crate::config::Config::load(&file) {
             Ok(c) => crate::outln!("{}: ok ({})", file.display(), c.inputs_summary())
-            .map_err(anyhow::Error::from),
+                .map_err(anyhow::Error::from),
             Err(e) => Err(anyhow::Error::new(UsageError(e.to_string()))),
         },
         Command::Config {

@@ -61,6 +61,65 @@ pub fn sessions(engine: &Engine, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A BMX series' board: one line per rider in rank order, or the board as JSON.
+pub fn series(engine: &Engine, series: race::SeriesId, json: bool) -> anyhow::Result<()> {
+    let board = engine
+        .series_board(series)
+        .map_err(|e| crate::UsageError(e.to_string()))?;
+    if json {
+        return crate::outln!("{}", serde_json::to_string_pretty(&board)?).map_err(Into::into);
+    }
+    crate::outln!(
+        "series {} {:?}: {}{}",
+        board.series.0,
+        board.name,
+        if board.complete {
+            "complete"
+        } else {
+            "motos still running"
+        },
+        if board.transfer_row_missing {
+            " (the transfer table has no row for this many riders: nobody marked qualified)"
+        } else {
+            ""
+        }
+    )?;
+    crate::outln!(
+        "{:>4}  {:<8} {:<24} {:<16} {:>5}  flags",
+        "rank",
+        "number",
+        "name",
+        "points",
+        "total"
+    )?;
+    for row in &board.rows {
+        let points: Vec<String> = row
+            .points
+            .iter()
+            .map(|p| p.map_or("-".into(), |p| p.to_string()))
+            .collect();
+        let flags = [
+            (row.qualified, "qualified"),
+            (row.tied, "tied"),
+            (row.transferred_in.is_some(), "transferred"),
+        ]
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, name)| *name)
+        .collect::<Vec<_>>()
+        .join(" ");
+        crate::outln!(
+            "{:>4}  {:<8} {:<24} {:<16} {:>5}  {flags}",
+            row.rank,
+            row.number,
+            row.name,
+            points.join(" "),
+            row.total
+        )?;
+    }
+    Ok(())
+}
+
 /// A session's results in `format`, to `output` or standard output.
 pub fn results(
     engine: &Engine,

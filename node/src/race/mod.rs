@@ -73,6 +73,11 @@ pub enum RaceCommand {
         #[command(subcommand)]
         command: SessionCommand,
     },
+    /// BMX series: motos whose points add up, and their board.
+    Series {
+        #[command(subcommand)]
+        command: SeriesCommand,
+    },
     /// A judge decision in a session. Every decision names the user and a reason.
     Judge(JudgeArgs),
     /// Take back a decision by its version in the session (see `audit`): a compensating event.
@@ -238,6 +243,39 @@ pub enum SessionCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum SeriesCommand {
+    /// Create a series from moto sessions (created first with `session create N --kind moto`).
+    Create {
+        /// The series' number, unique at this track.
+        series: u32,
+        /// Its name on the board, e.g. "Boys 9".
+        #[arg(long)]
+        name: String,
+        /// The motos in running order, e.g. --motos 3,4,5.
+        #[arg(long, value_delimiter = ',', required = true)]
+        motos: Vec<u32>,
+        /// Equal totals: the better place in the last moto ranks ahead, or a run-off decides.
+        #[arg(long, value_enum, default_value = "last-moto")]
+        tie_break: TieBreakArg,
+        /// How many of the lowest totals advance to the next round.
+        #[arg(long, default_value_t = 4)]
+        transfer: u8,
+    },
+    /// The series' totals in rank order: points per moto, total, tied, qualified.
+    Board {
+        series: u32,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum TieBreakArg {
+    LastMoto,
+    RunOff,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct LimitArgs {
     /// A race of this many laps.
@@ -358,6 +396,9 @@ pub fn run(args: RaceArgs) -> anyhow::Result<()> {
             output,
         } => export::results(&read(&dir)?, race::SessionId(session), format, output),
         RaceCommand::Audit { session, json } => export::audit(&dir, race::SessionId(session), json),
+        RaceCommand::Series {
+            command: SeriesCommand::Board { series, json },
+        } => export::series(&read(&dir)?, race::SeriesId(series), json),
         change => {
             let spool_config = match args.location.data_dir {
                 Some(_) => events::spool_config(),

@@ -15,8 +15,8 @@ use spool::schema::EventPayload;
 use spool::{AppendStream, ExpectedVersion, Metadata, Spool, SpoolConfig, SpoolError, StreamId};
 
 use super::{
-    JudgeCommand, KindArg, LimitArgs, LineCommand, RaceCommand, RosterCommand, SessionCommand,
-    StatusArg, Why,
+    JudgeCommand, KindArg, LimitArgs, LineCommand, RaceCommand, RosterCommand, SeriesCommand,
+    SessionCommand, StatusArg, TieBreakArg, Why,
 };
 use crate::UsageError;
 
@@ -141,6 +141,30 @@ fn events_of(engine: &Engine, user: &str, command: RaceCommand) -> anyhow::Resul
         RaceCommand::Roster { command } => roster(engine, command)?,
         RaceCommand::Line { command } => vec![line(command)?],
         RaceCommand::Session { command } => vec![session(engine, command, meta)?],
+        RaceCommand::Series {
+            command:
+                SeriesCommand::Create {
+                    series,
+                    name,
+                    motos,
+                    tie_break,
+                    transfer,
+                },
+        } => vec![RaceEvent::SeriesCreated {
+            series: race::SeriesId(series),
+            name,
+            motos: motos.into_iter().map(SessionId).collect(),
+            settings: race::SeriesSettings {
+                tie_break: match tie_break {
+                    TieBreakArg::LastMoto => race::TieBreak::LastMoto,
+                    TieBreakArg::RunOff => race::TieBreak::RunOff,
+                },
+                transfer: race::Transfer::LowestTotals { count: transfer },
+            },
+        }],
+        RaceCommand::Series {
+            command: SeriesCommand::Board { .. },
+        } => unreachable!("a read"),
         RaceCommand::Judge(judge) => {
             let session = SessionId(judge.session);
             let action = decision(engine, judge.decision)?;

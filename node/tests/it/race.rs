@@ -671,6 +671,28 @@ fn every_race_change_command_is_stored_audited_and_bad_input_refused() {
         Some("place,gate,number,name,time_us,status,points,splits")
     );
     assert_eq!(gates.len(), 2, "{moto}");
+    // A series of that one moto: both staged riders on its board, ranked.
+    ok(
+        d,
+        &[
+            "series",
+            "create",
+            "1",
+            "--name",
+            "Boys 9",
+            "--motos",
+            "3",
+            "--transfer",
+            "1",
+        ],
+    );
+    let board = ok(d, &["series", "board", "1"]);
+    let rows: Vec<&str> = board.lines().skip(2).collect();
+    assert_eq!(rows.len(), 2, "{board}");
+    assert!(board.starts_with("series 1 \"Boys 9\""), "{board}");
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(d, &["series", "board", "1", "--json"])).unwrap();
+    assert_eq!(json["rows"].as_array().map(Vec::len), Some(2), "{json}");
     let out = venue_node(d, &["session", "stage", "3", "9=1"]);
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("gate 9 is not 1 to 8"),
@@ -702,6 +724,11 @@ fn every_race_change_command_is_stored_audited_and_bad_input_refused() {
         (&["judge", "2", "dq", "1"][..], "needs --reason"),
         (&["line", "map", "XYZ", "--line", "1"][..], "8 hex digits"),
         (&["session", "start", "9"][..], "no session"),
+        (
+            &["series", "create", "2", "--name", "S", "--motos", "2"][..],
+            "moto",
+        ),
+        (&["series", "board", "7"][..], "series"),
     ] {
         let out = venue_node(d, args);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
