@@ -171,3 +171,47 @@ pub fn replay_from(
         counts,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What is not folded is counted with where it came from, never dropped silently.
+    #[test]
+    fn fold_counts_what_it_cannot_take() {
+        let mut engine = Engine::default();
+        let mut counts = FoldCounts::default();
+        assert!(fold(
+            &mut engine,
+            &mut counts,
+            Ok(Input::PassingWithoutDecoder),
+            "seq 1"
+        ));
+        let unreadable = Err("it does not decode".to_owned());
+        assert!(!fold(
+            &mut engine,
+            &mut counts,
+            unreadable,
+            "raw message 7 of bmx-main"
+        ));
+        let gap = Input::Race(Recorded {
+            stream: race::Stream::Track,
+            version: 2,
+            event: race::RaceEvent::DecoderUnmapped {
+                decoder: race::DecoderId(1),
+            },
+        });
+        assert!(!fold(&mut engine, &mut counts, Ok(gap), "seq 3"));
+        assert_eq!(counts.folded, 1);
+        assert_eq!(counts.passings_without_decoder, 1);
+        assert_eq!(counts.refused, 2);
+        assert!(
+            counts
+                .last_refusal
+                .as_deref()
+                .unwrap()
+                .starts_with("seq 3: "),
+            "{counts:?}"
+        );
+    }
+}

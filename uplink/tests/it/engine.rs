@@ -343,21 +343,22 @@ async fn central_results_are_the_boxs_byte_for_byte() {
 }
 
 /// Not a test: the body of a worker process the tests below start and kill. It returns at once
-/// unless `ENGINE_WORKER` names the NATS URL and the worker id.
+/// unless `ENGINE_WORKER` names the NATS URL, the worker id and the snapshot interval in ms.
 #[test]
 fn engine_worker_process() {
     let Ok(spec) = std::env::var("ENGINE_WORKER") else {
         return;
     };
-    let (url, worker) = spec
-        .split_once(' ')
-        .expect("ENGINE_WORKER is \"<url> <worker id>\"");
+    let [url, worker, snapshot_ms]: [&str; 3] = spec
+        .split(' ')
+        .collect::<Vec<_>>()
+        .try_into()
+        .expect("ENGINE_WORKER is \"<url> <worker id> <snapshot interval ms>\"");
+    let mut config = test_config(url, worker);
+    config.snapshot_interval = Duration::from_millis(snapshot_ms.parse().unwrap());
     let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(engine::run(
-        test_config(url, worker),
-        CancellationToken::new(),
-    ))
-    .expect("the worker runs");
+    rt.block_on(engine::run(config, CancellationToken::new()))
+        .expect("the worker runs");
 }
 
 /// A worker in a process of its own (this test binary, running [`engine_worker_process`]).
@@ -367,6 +368,10 @@ struct WorkerProcess {
 
 impl WorkerProcess {
     fn start(url: &str, worker: &str) -> Self {
+        Self::with_snapshots_every(url, worker, Duration::from_millis(100))
+    }
+
+    fn with_snapshots_every(url: &str, worker: &str, interval: Duration) -> Self {
         let child = Command::new(std::env::current_exe().unwrap())
             .args([
                 "engine::engine_worker_process",
@@ -374,7 +379,10 @@ impl WorkerProcess {
                 "--nocapture",
                 "--test-threads=1",
             ])
-            .env("ENGINE_WORKER", format!("{url} {worker}"))
+            .env(
+                "ENGINE_WORKER",
+                format!("{url} {worker} {}", interval.as_millis()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -411,8 +419,9 @@ async fn snapshot_position(js: &jetstream::Context) -> u64 {
         .map_or(0, |l| l.position)
 }
 
-/// A worker killed with `kill -9` mid-session, with raw messages it had folded and not yet
-/// acknowledged, resumes from its snapshot and its consumer with the box's results.
+/// A worker killed with `kill -9` mid-session, after it folded the first half and published its
+/// derived events but before any snapshot covered them (so nothing was acknowledged), resumes
+/// from its consumer with the box's results, and publishes no derived event twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_session_resumes_with_identical_results() {
     let nats = Nats::single("").await;
@@ -424,7 +433,8 @@ async fn a_worker_killed_mid_session_resumes_with_identical_results() {
         .unwrap();
     let central = start_central(store, "127.0.0.1:0".parse().unwrap(), None).await;
     let js = jetstream(&url).await;
-    let mut worker = WorkerProcess::start(&url, "w-1");
+    // No snapshot while the test runs: whatever it folds stays unacknowledged.
+    let mut worker = WorkerProcess::with_snapshots_every(&url, "w-1", Duration::from_secs(3600));
 
     first_half(&spool, 6).await;
     let head = spool.head().unwrap().0;
@@ -432,36 +442,39 @@ async fn a_worker_killed_mid_session_resumes_with_identical_results() {
     drain
         .wait_acked(head, Duration::from_secs(60), "the first half drained")
         .await;
-    let first_half_last = raw_last(&js).await;
+    let inputs = engine_inputs(&js).await;
     wait_until(
         Duration::from_secs(30),
         "the worker to fold the first half",
-        || async { snapshot_position(&js).await >= first_half_last },
+        || async { derived_events(&js).await.len() == inputs.len() },
     )
     .await;
-    // Mid-session: the second half arrives while the worker is dead.
     worker.kill();
+    let consumer = || async {
+        js.get_stream(RAW_STREAM)
+            .await
+            .unwrap()
+            .consumer_info(&engine::consumer_name(TRACK))
+            .await
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(
+        snapshot_position(&js).await,
+        0,
+        "killed before any snapshot"
+    );
+    assert_eq!(
+        consumer().await.ack_floor.stream_sequence,
+        0,
+        "nothing acknowledged without a snapshot"
+    );
+    // The second half arrives while the worker is dead.
     second_half(&spool, 6, 5).await;
     let head = spool.head().unwrap().0;
     drain
         .finish(head, Duration::from_secs(60), "the second half drained")
         .await;
-    let consumer = js
-        .get_stream(RAW_STREAM)
-        .await
-        .unwrap()
-        .consumer_info(&engine::consumer_name(TRACK))
-        .await
-        .unwrap()
-        .clone();
-    assert!(
-        consumer.ack_floor.stream_sequence <= snapshot_position(&js).await,
-        "the consumer never acknowledges past the snapshot"
-    );
-    assert!(
-        consumer.num_pending > 0,
-        "the dead worker left the second half to its consumer"
-    );
 
     let _restarted = WorkerProcess::start(&url, "w-1");
     let at_central = central_results(&js, Duration::from_secs(30)).await;
@@ -477,6 +490,12 @@ async fn a_worker_killed_mid_session_resumes_with_identical_results() {
         derived.keys().copied().collect::<Vec<_>>(),
         engine_inputs(&js).await
     );
+    wait_until(
+        Duration::from_secs(10),
+        "the restarted worker to acknowledge",
+        || async { consumer().await.ack_floor.stream_sequence == raw_last(&js).await },
+    )
+    .await;
     central.stop().await;
 }
 
@@ -528,6 +547,7 @@ async fn two_workers_one_runs_the_track_and_the_other_takes_over() {
     )
     .await;
     let handover = killed.elapsed();
+    eprintln!("handover after {handover:?} (lease TTL {TEST_LEASE_TTL_MS} ms)");
     // Its wait starts when it last saw the lease move, at most a renewal (a third of the TTL)
     // before the kill; then a poll (a quarter) to notice.
     assert!(

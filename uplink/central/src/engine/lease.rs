@@ -201,3 +201,21 @@ impl Lease {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The lease stream's settings, pinned: one message per track, kept for ever, on disk.
+    #[test]
+    fn the_lease_stream_keeps_one_message_per_track() {
+        let config = lease_stream_config(3);
+        assert_eq!(config.name, "timing_race_leases_v1");
+        assert_eq!(config.subjects, vec!["timing.race.lease.v1.*".to_string()]);
+        assert_eq!(config.max_messages_per_subject, 1);
+        assert_eq!(config.max_age, Duration::ZERO);
+        assert_eq!(config.storage, stream::StorageType::File);
+        assert_eq!(config.num_replicas, 3);
+        assert_eq!(lease_subject("bmx-main"), "timing.race.lease.v1.bmx-main");
+    }
+}

@@ -21,8 +21,9 @@
 //! - **Effects before acknowledgement.** A raw message is acknowledged only once its derived event
 //!   (or dead letter) is stored and a snapshot at or past it is stored: the consumer's position
 //!   never passes the latest snapshot, so a restart — of this worker or another — loads the
-//!   snapshot and the consumer delivers what came after. Derived events re-published after a
-//!   restart carry the same `Nats-Msg-Id` and bytes, so the stream's duplicate window drops them.
+//!   snapshot and the consumer delivers what came after. What it folds again is not published
+//!   again: it starts from the raw sequence of the track's last derived event, and a derived event
+//!   carries `Nats-Msg-Id` `<track>:<raw seq>` besides (the same bytes, whoever derives it).
 //!   A snapshot is taken every [`ENGINE_SNAPSHOT_EVERY_MESSAGES`] raw messages, and when the
 //!   consumer runs dry and [`EngineConfig::snapshot_interval`] has passed since the last.
 //! - **One engine per track.** A worker runs a track only while it holds the track's lease

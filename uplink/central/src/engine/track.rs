@@ -66,6 +66,10 @@ struct TrackEngine<'a> {
     snapshot_position: u64,
     snapshot_revision: u64,
     snapshot_at: Instant,
+    /// The raw sequence of the last derived event on the track's subject when the engine started:
+    /// folding again what a dead worker folded publishes nothing twice, even past the events
+    /// stream's duplicate window.
+    published_upto: u64,
     /// The newest message received, not yet acknowledged: acknowledged (with every one before it,
     /// `AckPolicy::All`) once a snapshot covers it.
     unacked: Option<jetstream::Message>,
@@ -94,6 +98,7 @@ pub(crate) async fn run(
         Err(LoadError::Nats(e)) => return Err(e),
     };
     let consumer = open_consumer(raw, track, position).await?;
+    let published_upto = last_derived(js, track).await?;
     tracing::info!(
         track,
         position,
@@ -110,11 +115,14 @@ pub(crate) async fn run(
         snapshot_position: position,
         snapshot_revision: revision,
         snapshot_at: Instant::now(),
+        published_upto,
         unacked: None,
     };
     loop {
         if cancel.is_cancelled() {
-            te.snapshot().await?;
+            if te.snapshot().await? {
+                te.ack_covered().await?;
+            }
             return Ok(Stop::Cancelled);
         }
         if !lease.renew_if_due().await? {
@@ -136,9 +144,11 @@ pub(crate) async fn run(
     }
 }
 
-/// The durable consumer of the track's raw subject, positioned after `position`: as left, when its
-/// acknowledgements are within the snapshot (they always are, as only what a snapshot covers is
-/// acknowledged), else created again from there (the snapshot expired, or was refused).
+/// The durable consumer of the track's raw subject, positioned after `position`: as left, when it
+/// delivered nothing past the snapshot (a clean stop), else created again from there. A worker
+/// that died left messages delivered and unacknowledged past its snapshot, which the server would
+/// deliver again only after [`ENGINE_ACK_WAIT_MS`]; a snapshot that expired or was refused leaves
+/// the consumer past it. Only the lease holder touches the consumer, so starting it again is safe.
 async fn open_consumer(
     raw: &stream::Stream,
     track: &str,
@@ -161,15 +171,16 @@ async fn open_consumer(
         },
     };
     match raw.consumer_info(&name).await {
-        Ok(info) if info.ack_floor.stream_sequence <= position => {
+        Ok(info) if info.delivered.stream_sequence <= position => {
             return raw
                 .get_consumer(&name)
                 .await
                 .map_err(|e| Error::nats(format!("opening the consumer {name}"), e));
         }
         Ok(info) => {
-            tracing::warn!(
+            tracing::info!(
                 track,
+                delivered = info.delivered.stream_sequence,
                 acknowledged = info.ack_floor.stream_sequence,
                 snapshot = position,
                 "the race engine's consumer is past its snapshot; starting it again from the snapshot"
@@ -184,6 +195,29 @@ async fn open_consumer(
     raw.create_consumer(config(start))
         .await
         .map_err(|e| Error::nats(format!("creating the consumer {name}"), e))
+}
+
+/// The raw sequence of the last derived event published for `track`, 0 if none.
+async fn last_derived(js: &jetstream::Context, track: &str) -> Result<u64, Error> {
+    let events = js
+        .get_stream(crate::store::streams::EVENTS_STREAM)
+        .await
+        .map_err(|e| Error::nats("opening the race events stream", e))?;
+    match events
+        .get_last_raw_message_by_subject(&format!("{EVENTS_SUBJECT_PREFIX}.{track}"))
+        .await
+    {
+        Ok(message) => Ok(message
+            .headers
+            .get(RAW_SEQUENCE_HEADER)
+            .and_then(|v| v.as_str().parse().ok())
+            .unwrap_or(0)),
+        Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(0),
+        Err(e) => Err(Error::nats(
+            format!("reading the last race event of {track}"),
+            e,
+        )),
+    }
 }
 
 /// The next messages of the track, at most [`ENGINE_BATCH_MESSAGES_MAX`], waiting up to
@@ -265,6 +299,9 @@ impl TrackEngine<'_> {
         if !results::fold::fold(&mut self.engine, &mut self.counts, input, &what) {
             let why = self.counts.last_refusal.clone().unwrap_or_default();
             return self.dead_letter(sequence, &why, raw).await.map(Some);
+        }
+        if sequence <= self.published_upto {
+            return Ok(None);
         }
         let derived = match &kept {
             Ok(Input::Passing(p)) => DerivedInput::Passing(p),
