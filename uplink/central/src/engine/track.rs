@@ -373,9 +373,8 @@ impl TrackEngine<'_> {
             bytes,
         )
         .await
-        .map_err(|e| {
+        .inspect_err(|_| {
             tracing::error!(track = self.track, bytes = size, "saving the race engine's snapshot failed; if it is larger than the server's max_payload, raise max_payload");
-            e
         })?;
         match written {
             Some(revision) => {
