@@ -19,9 +19,10 @@
 //!   `results::export::render`. The engine's read models do not depend on the order passings
 //!   arrive in, and race events keep their stream order, so central's bytes are the box's.
 //! - **Effects before acknowledgement.** A raw message is acknowledged only once its derived event
-//!   (or dead letter) is stored and a snapshot at or past it is stored: the consumer's position
-//!   never passes the latest snapshot, so a restart — of this worker or another — loads the
-//!   snapshot and the consumer delivers what came after. What it folds again is not published
+//!   (or dead letter) is stored and a snapshot at or past it is stored: the consumer's
+//!   acknowledgements never pass the latest snapshot, so a restart — of this worker or another —
+//!   loads the snapshot and the consumer delivers what came after (started again from the
+//!   snapshot when a dead worker left messages delivered past it). What it folds again is not published
 //!   again: it starts from the raw sequence of the track's last derived event, and a derived event
 //!   carries `Nats-Msg-Id` `<track>:<raw seq>` besides (the same bytes, whoever derives it).
 //!   A snapshot is taken every [`ENGINE_SNAPSHOT_EVERY_MESSAGES`] raw messages, and when the
@@ -102,6 +103,8 @@ pub struct EngineConfig {
     pub tracks: Vec<String>,
     /// This worker's name in the leases and the derived events' headers; unique per process.
     pub worker_id: String,
+    /// How long a dead worker's tracks wait for another. The holder renews every third of it
+    /// between batches, so it must exceed a batch's fold and a snapshot's save by a margin.
     pub lease_ttl: Duration,
     pub snapshot_interval: Duration,
     /// Copies of the lease stream: as `--nats-replicas` of central.
