@@ -30,42 +30,82 @@ pub struct FoldCounts {
     pub last_refusal: Option<String>,
 }
 
+/// One input of the race engine, whatever carried it: a spool event on the box ([`input_of`]), a
+/// raw ingest message at central (`central::engine`). Both fold it through [`fold`], so the two
+/// cannot come to different results from the same events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    Passing(Passing),
+    /// A passing without a DECODER_ID: no line can be known for it, so it times nothing; counted.
+    PassingWithoutDecoder,
+    /// A race event at its stream's version.
+    Race(Recorded),
+}
+
 /// Folds one event read through [`filter`] into `engine`.
 pub fn apply(engine: &mut Engine, counts: &mut FoldCounts, event: &RecordedEvent) {
-    match fold_one(engine, counts, event) {
-        Ok(()) => counts.folded += 1,
+    let input = input_of(event);
+    fold(
+        engine,
+        counts,
+        input,
+        format_args!(
+            "seq {} ({} in {})",
+            event.seq, event.event_type, event.stream
+        ),
+    );
+}
+
+/// Folds one input into `engine` and counts it; an input that could not be read (`Err`, with why) or
+/// that the engine refuses is counted as refused, with `what` (where it came from) in the reason.
+/// Returns whether it was folded. Pure: no I/O, no clock.
+pub fn fold(
+    engine: &mut Engine,
+    counts: &mut FoldCounts,
+    input: Result<Input, String>,
+    what: impl std::fmt::Display,
+) -> bool {
+    let folded = input.and_then(|input| match input {
+        Input::Passing(passing) => {
+            engine.ingest(passing);
+            Ok(())
+        }
+        Input::PassingWithoutDecoder => {
+            counts.passings_without_decoder += 1;
+            Ok(())
+        }
+        Input::Race(recorded) => engine.apply(&recorded).map_err(|e| e.to_string()),
+    });
+    match folded {
+        Ok(()) => {
+            counts.folded += 1;
+            true
+        }
         Err(why) => {
             counts.refused += 1;
-            let why = format!(
-                "seq {} ({} in {}): {why}",
-                event.seq, event.event_type, event.stream
-            );
+            let why = format!("{what}: {why}");
             tracing::warn!(%why, "the race projection refused an event");
             counts.last_refusal = Some(why);
+            false
         }
     }
 }
 
-fn fold_one(
-    engine: &mut Engine,
-    counts: &mut FoldCounts,
-    event: &RecordedEvent,
-) -> Result<(), String> {
+/// The engine's input carried by a spool event; `Err` says why it carries none.
+pub fn input_of(event: &RecordedEvent) -> Result<Input, String> {
     match event.event_type.as_str() {
         catalog::Passing::EVENT_TYPE => {
             let p = catalog::Passing::from_event(event).map_err(|e| spool::error_chain(&e))?;
             let Some(decoder_id) = p.decoder_id else {
-                counts.passings_without_decoder += 1;
-                return Ok(());
+                return Ok(Input::PassingWithoutDecoder);
             };
-            engine.ingest(Passing {
+            Ok(Input::Passing(Passing {
                 decoder_id: race::DecoderId(decoder_id),
                 transponder: p.transponder,
                 tran_code: p.tran_code,
                 passing_number: p.passing_number,
                 rtc_time_us: p.rtc_time_us,
-            });
-            Ok(())
+            }))
         }
         catalog::RaceEvent::EVENT_TYPE => {
             let catalog::RaceEvent(RaceRecord::V1(race_event)) =
@@ -76,12 +116,11 @@ fn fold_one(
             if events::race_stream(event.stream.as_str()) != Some(stream) {
                 return Err(format!("it belongs to {stream:?}, not to this stream"));
             }
-            let recorded = Recorded {
+            Ok(Input::Race(Recorded {
                 stream,
                 version: event.version,
                 event: race_event,
-            };
-            engine.apply(&recorded).map_err(|e| e.to_string())
+            }))
         }
         other => Err(format!("{other} is not an input of the race engine")),
     }
@@ -131,4 +170,48 @@ pub fn replay_from(
         position: Seq(next.0 - 1),
         counts,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What is not folded is counted with where it came from, never dropped silently.
+    #[test]
+    fn fold_counts_what_it_cannot_take() {
+        let mut engine = Engine::default();
+        let mut counts = FoldCounts::default();
+        assert!(fold(
+            &mut engine,
+            &mut counts,
+            Ok(Input::PassingWithoutDecoder),
+            "seq 1"
+        ));
+        let unreadable = Err("it does not decode".to_owned());
+        assert!(!fold(
+            &mut engine,
+            &mut counts,
+            unreadable,
+            "raw message 7 of bmx-main"
+        ));
+        let gap = Input::Race(Recorded {
+            stream: race::Stream::Track,
+            version: 2,
+            event: race::RaceEvent::DecoderUnmapped {
+                decoder: race::DecoderId(1),
+            },
+        });
+        assert!(!fold(&mut engine, &mut counts, Ok(gap), "seq 3"));
+        assert_eq!(counts.folded, 1);
+        assert_eq!(counts.passings_without_decoder, 1);
+        assert_eq!(counts.refused, 2);
+        assert!(
+            counts
+                .last_refusal
+                .as_deref()
+                .unwrap()
+                .starts_with("seq 3: "),
+            "{counts:?}"
+        );
+    }
 }

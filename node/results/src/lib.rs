@@ -47,6 +47,7 @@
 #![forbid(unsafe_code)]
 
 mod error;
+pub mod export;
 pub mod fold;
 pub mod store;
 
@@ -65,7 +66,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 pub use error::{CommandError, Error};
-pub use fold::{FoldCounts, Replayed, replay};
+pub use fold::{FoldCounts, Input, Replayed, replay};
 
 /// Events folded under one take of the engine's write lock. Whatever is stored when the fold
 /// wakes is taken together (a rebuild folds pages, not events), but a bound keeps readers from

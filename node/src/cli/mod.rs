@@ -100,6 +100,15 @@ pub enum Command {
     /// Stores every event exactly once, in a local spool file (default) or NATS JetStream (--nats),
     /// and answers 200 only once the store is durable. Plain HTTP is allowed only on loopback.
     Central(CentralArgs),
+    /// Run central's race engine: the box's race engine, per track, over JetStream (issue 13).
+    ///
+    /// Folds each --track's raw ingest stream (timing.ingest.raw.v1.<track>, through a durable
+    /// consumer) into the same race engine the box runs, and publishes the derived race events
+    /// (timing.race.events.v1.<track>) and the engine's snapshot
+    /// (timing.race.snapshot.v1.<track>.engine). Start `venue-node central --nats` first: it sets the
+    /// streams up. Any number of workers may name the same tracks: one runs each track while it holds
+    /// the track's lease, and a worker that dies hands its tracks over when the lease expires.
+    RaceEngine(RaceEngineArgs),
     /// Serve a simulated P3 decoder on a pseudo-terminal or TCP.
     Simulate(crate::simulate::SimulateArgs),
     /// Inspect the spool (works while the node runs, read-only beside it).
@@ -163,6 +172,40 @@ pub struct CentralArgs {
     /// against such a central.
     #[arg(long)]
     pub strict_v2: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RaceEngineArgs {
+    /// The NATS servers central stores in, comma-separated (e.g. nats://127.0.0.1:4222).
+    #[arg(long)]
+    pub nats: String,
+    /// A track to run; repeat for several.
+    #[arg(long = "track", required = true)]
+    pub tracks: Vec<String>,
+    /// This worker's name in the leases; unique per process. Default: host name and process id.
+    #[arg(long)]
+    pub worker_id: Option<String>,
+    /// How long a dead worker's tracks wait before another takes them: 10s, 30s, 1m.
+    #[arg(long, default_value = "10s", value_parser = central::store::streams::parse_age)]
+    pub lease_ttl: std::time::Duration,
+    /// Copies NATS keeps of the lease stream: as central's --nats-replicas.
+    #[arg(long, default_value_t = 1)]
+    pub nats_replicas: usize,
+}
+
+fn race_engine(args: RaceEngineArgs) -> anyhow::Result<()> {
+    let mut config = central::engine::EngineConfig::new(args.nats, args.tracks);
+    if let Some(id) = args.worker_id {
+        config.worker_id = id;
+    }
+    config.lease_ttl = args.lease_ttl;
+    config.replicas = args.nats_replicas;
+    crate::runtime::block_on(|cancel| async move {
+        tracing::info!(worker = config.worker_id, tracks = ?config.tracks, "race engine starting");
+        central::engine::run(config, cancel)
+            .await
+            .map_err(|e| anyhow::anyhow!(uplink::chain(&e)))
+    })
 }
 
 #[derive(Debug, Subcommand)]
@@ -251,6 +294,7 @@ pub fn run(cli: Cli) -> ExitCode {
             command: ConfigCommand::Example,
         } => crate::out!("{}", crate::config::Config::EXAMPLE).map_err(anyhow::Error::from),
         Command::Central(args) => central(args),
+        Command::RaceEngine(args) => race_engine(args),
         Command::Simulate(args) => crate::simulate::run(args),
         Command::Spool(args) => crate::inspect::run(args),
         Command::Doctor(args) => crate::doctor::run(args),

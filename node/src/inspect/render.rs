@@ -120,14 +120,8 @@ pub fn bytes(n: u64) -> String {
     }
 }
 
-/// One CSV field (RFC 4180): quoted when it holds a comma, a quote or a line break.
-pub fn csv_field(text: &str) -> String {
-    if text.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", text.replace('"', "\"\""))
-    } else {
-        text.to_owned()
-    }
-}
+/// One CSV field (RFC 4180): one rule for the spool export and the race results.
+pub use results::export::csv_field;
 
 /// The CSV columns of `spool export --format csv`, in order.
 pub const CSV_COLUMNS: [&str; 12] = [

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use events::VenueStreams;
-use race::{Engine, SessionId, SessionKind, Stream};
+use race::{Engine, SessionId, Stream};
 use spool::StreamId;
 
 use super::Format;
@@ -140,81 +140,16 @@ pub fn results(
 }
 
 /// The bytes of a session's results: what `race results` writes, and what replay must reproduce.
+/// Written by `results::export`, which central's race engine uses too.
 pub fn render(engine: &Engine, session: SessionId, format: Format) -> anyhow::Result<Vec<u8>> {
-    let summary = engine
-        .session(session)
-        .ok_or_else(|| crate::UsageError(format!("no session {}", session.0)))?;
-    let moto = summary.kind == SessionKind::Moto;
-    match format {
-        Format::Json => {
-            let board = match moto {
-                true => serde_json::to_value(engine.moto_board(session)?)?,
-                false => serde_json::to_value(engine.leaderboard(session)?)?,
-            };
-            let doc = serde_json::json!({ "session": summary, "results": board });
-            let mut out = serde_json::to_vec_pretty(&doc)?;
-            out.push(b'\n');
-            Ok(out)
-        }
-        Format::Csv if moto => moto_csv(engine, session),
-        Format::Csv => lap_csv(engine, session),
-    }
-}
-
-use crate::inspect::render::csv_field as cell;
-
-fn opt(v: Option<impl ToString>) -> String {
-    v.map_or(String::new(), |v| v.to_string())
-}
-
-fn lap_csv(engine: &Engine, session: SessionId) -> anyhow::Result<Vec<u8>> {
-    let board = engine.leaderboard(session)?;
-    let mut out = String::from(
-        "position,number,name,laps,last_lap_us,best_lap_us,gap_us,gap_laps,interval_us,interval_laps,total_us,status,personal_best,overall_best\n",
-    );
-    let gap = |g: Option<race::lap::Gap>| match g {
-        Some(race::lap::Gap::Time { us }) => (us.to_string(), String::new()),
-        Some(race::lap::Gap::Laps { laps }) => (String::new(), laps.to_string()),
-        None => (String::new(), String::new()),
+    let format = match format {
+        Format::Csv => results::export::Format::Csv,
+        Format::Json => results::export::Format::Json,
     };
-    for r in &board.rows {
-        let (gap_us, gap_laps) = gap(r.gap);
-        let (int_us, int_laps) = gap(r.interval);
-        out.push_str(&format!(
-            "{},{},{},{},{},{},{gap_us},{gap_laps},{int_us},{int_laps},{},{:?},{},{}\n",
-            r.position,
-            cell(&r.number),
-            cell(&r.name),
-            r.laps,
-            opt(r.last_lap_us),
-            opt(r.best_lap_us),
-            opt(r.total_us),
-            r.status,
-            r.personal_best,
-            r.overall_best
-        ));
-    }
-    Ok(out.into_bytes())
-}
-
-fn moto_csv(engine: &Engine, session: SessionId) -> anyhow::Result<Vec<u8>> {
-    let board = engine.moto_board(session)?;
-    let mut out = String::from("place,gate,number,name,time_us,status,points,splits\n");
-    for r in &board.rows {
-        let splits: Vec<String> = r.splits.iter().map(|(n, us)| format!("{n}:{us}")).collect();
-        out.push_str(&format!(
-            "{},{},{},{},{},{:?},{},{}\n",
-            opt(r.place),
-            r.gate,
-            cell(&r.number),
-            cell(&r.name),
-            opt(r.time_us),
-            r.status,
-            opt(r.points),
-            splits.join(" ")
-        ));
-    }
-    Ok(out.into_bytes())
+    results::export::render(engine, session, format).map_err(|e| match e {
+        results::export::ExportError::NoSession(_) => crate::UsageError(e.to_string()).into(),
+        other => anyhow::Error::new(other),
+    })
 }
 
 /// Every event of the session's stream, oldest first, read-only beside a running node.

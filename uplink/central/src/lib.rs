@@ -25,6 +25,7 @@
 //! # }
 //! ```
 
+pub mod engine;
 mod server;
 pub mod store;
 mod tokens;

@@ -5,6 +5,7 @@
 mod central;
 mod cluster;
 mod common;
+mod engine;
 mod fanin;
 mod faults;
 mod hostile;

@@ -224,26 +224,15 @@ impl Inner {
         revision: u64,
         body: Vec<u8>,
     ) -> Result<bool, Error> {
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert(
-            "Nats-Expected-Last-Subject-Sequence",
-            revision.to_string().as_str(),
-        );
-        let ack = self
-            .js
-            .publish_with_headers(subject.clone(), headers, body.into())
-            .await
-            .map_err(|e| Error::nats(format!("writing {subject}"), e))?;
-        match ack.await {
-            Ok(_) => Ok(true),
-            // 10071 from older servers, 10164 from 2.12 on: both mean another writer moved it.
-            Err(e)
-                if e.kind() == PublishErrorKind::WrongLastSequence || has_code(&e, WRONG_LAST) =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(Error::nats(format!("acknowledgement of {subject}"), e)),
-        }
+        compare_and_set(
+            &self.js,
+            subject,
+            revision,
+            async_nats::HeaderMap::new(),
+            body,
+        )
+        .await
+        .map(|written| written.is_some())
     }
 
     /// Grows the ranges of `(track, client)` by `add`, starting from `known` (as read earlier).
@@ -466,6 +455,36 @@ impl Inner {
             what: "the watermark".into(),
             attempts: RANGES_CAS_ATTEMPTS_MAX,
         })
+    }
+}
+
+/// Publishes `body` on `subject` (with `headers`) if the subject's last message is still
+/// `revision` (0: the subject has none): a compare-and-set on a stream that keeps one message per
+/// subject. `Ok(Some(sequence))`: written, and `sequence` is the new revision; `Ok(None)`: another
+/// writer moved it first. The seq ranges here and the race engine's leases and snapshots
+/// (`crate::engine`) grow by it.
+pub(crate) async fn compare_and_set(
+    js: &jetstream::Context,
+    subject: String,
+    revision: u64,
+    mut headers: async_nats::HeaderMap,
+    body: Vec<u8>,
+) -> Result<Option<u64>, Error> {
+    headers.insert(
+        "Nats-Expected-Last-Subject-Sequence",
+        revision.to_string().as_str(),
+    );
+    let ack = js
+        .publish_with_headers(subject.clone(), headers, body.into())
+        .await
+        .map_err(|e| Error::nats(format!("writing {subject}"), e))?;
+    match ack.await {
+        Ok(ack) => Ok(Some(ack.sequence)),
+        // 10071 from older servers, 10164 from 2.12 on: both mean another writer moved it.
+        Err(e) if e.kind() == PublishErrorKind::WrongLastSequence || has_code(&e, WRONG_LAST) => {
+            Ok(None)
+        }
+        Err(e) => Err(Error::nats(format!("acknowledgement of {subject}"), e)),
     }
 }
 

@@ -1,0 +1,136 @@
+//! A raw ingest message (the JSON central stored) as an input of the race engine.
+//!
+//! The node sends its spool's `decoder.passing` as `PASSING` and its `race.event` as the extension
+//! `RACE.EVENT` (the race record's JSON, `uplink::payload`). The box folds the spool's events
+//! through `results::fold`; this module turns the ingest messages into the same
+//! [`results::Input`]s, so the same fold runs on them.
+//!
+//! A race event on the wire carries its record but not the spool stream's version it was filed
+//! at. The spool appends race events with `ExpectedVersion::Exact`, so their versions are gapless
+//! in seq order, and the drain sends a node's events in seq order: the version is the next of its
+//! stream. (Two nodes writing the same track's race streams would interleave here; one box per
+//! track is the deployment this assumes.)
+
+use events::catalog;
+use race::{Engine, RaceRecord, Recorded};
+use serde::Deserialize;
+use spool::schema::EventPayload;
+
+use results::Input;
+use uplink::wire::{self, MESSAGE_TYPE_PASSING};
+
+/// The fields of a stored raw message this module reads.
+#[derive(Deserialize)]
+struct Stored {
+    message_type: String,
+    payload: serde_json::Value,
+}
+
+/// The engine's input in a stored raw message: `None` for a type the engine does not take
+/// (STATUS, VERSION, other extensions), `Some(Err(why))` for one it takes that does not read.
+pub fn input_of(engine: &Engine, raw: &[u8]) -> Option<Result<Input, String>> {
+    let stored: Stored = match serde_json::from_slice(raw) {
+        Ok(stored) => stored,
+        Err(e) => return Some(Err(format!("not a stored ingest event: {e}"))),
+    };
+    if stored.message_type == MESSAGE_TYPE_PASSING {
+        return Some(passing(stored.payload));
+    }
+    if stored.message_type == race_event_type() {
+        return Some(race_event(engine, stored.payload));
+    }
+    None
+}
+
+/// `RACE.EVENT`: the extension type the node sends `race.event` as.
+pub fn race_event_type() -> String {
+    uplink::payload::extension_type(catalog::RaceEvent::EVENT_TYPE)
+}
+
+fn passing(payload: serde_json::Value) -> Result<Input, String> {
+    let p: wire::Passing = serde_json::from_value(payload)
+        .map_err(|e| format!("a PASSING that does not read: {e}"))?;
+    let Some(hex) = p.decoder_id else {
+        return Ok(Input::PassingWithoutDecoder);
+    };
+    Ok(Input::Passing(race::Passing {
+        decoder_id: race::DecoderId(decoder_id_of_hex(&hex)?),
+        // The wire writes a passing without a TRANSPONDER tag as transponder_id 0.
+        transponder: (p.transponder_id != 0).then_some(p.transponder_id),
+        tran_code: p.transponder_string,
+        passing_number: p.passing_number,
+        rtc_time_us: p.rtc_time_us,
+    }))
+}
+
+/// The inverse of `events::catalog::decoder_id_hex`: eight hex digits, the id's little-endian
+/// bytes.
+pub fn decoder_id_of_hex(hex: &str) -> Result<u32, String> {
+    let bad = || format!("decoder_id {hex:?} is not 8 hex digits");
+    if hex.len() != 8 || !hex.is_ascii() {
+        return Err(bad());
+    }
+    let mut bytes = [0u8; 4];
+    for (i, byte) in bytes.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+    }
+    Ok(u32::from_le_bytes(bytes))
+}
+
+fn race_event(engine: &Engine, payload: serde_json::Value) -> Result<Input, String> {
+    let serde_json::Value::Object(mut fields) = payload else {
+        return Err("a RACE.EVENT payload that is not an object".into());
+    };
+    fields.remove("message_type");
+    let event_type = fields.remove("event_type");
+    let version = fields.remove("schema_version");
+    if event_type.as_ref().and_then(|v| v.as_str()) != Some(catalog::RaceEvent::EVENT_TYPE)
+        || version.as_ref().and_then(serde_json::Value::as_u64)
+            != Some(u64::from(catalog::RaceEvent::SCHEMA_VERSION))
+    {
+        return Err(format!(
+            "a RACE.EVENT of event_type {event_type:?} schema_version {version:?}; this engine reads {} v{}",
+            catalog::RaceEvent::EVENT_TYPE,
+            catalog::RaceEvent::SCHEMA_VERSION
+        ));
+    }
+    let RaceRecord::V1(event) = serde_json::from_value(serde_json::Value::Object(fields))
+        .map_err(|e| format!("a RACE.EVENT record that does not read: {e}"))?;
+    let stream = event.stream();
+    Ok(Input::Race(Recorded {
+        stream,
+        version: engine.version(stream) + 1,
+        event,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One rule in two directions: the hex the node writes reads back as the same id.
+    #[test]
+    fn decoder_ids_read_back_from_the_nodes_hex() {
+        for id in [0, 1, 0x000C_00D0, u32::MAX, 0x1234_5678] {
+            assert_eq!(
+                decoder_id_of_hex(&catalog::decoder_id_hex(id)),
+                Ok(id),
+                "{id:#x}"
+            );
+        }
+        assert!(decoder_id_of_hex("D0000C0").is_err());
+        assert!(decoder_id_of_hex("D0000C0G").is_err());
+        assert!(decoder_id_of_hex("é0000C0").is_err());
+    }
+
+    #[test]
+    fn other_types_are_not_inputs_and_garbage_is_refused() {
+        let engine = Engine::default();
+        let status = br#"{"message_type":"STATUS","payload":{"noise":1}}"#;
+        assert!(input_of(&engine, status).is_none());
+        assert!(input_of(&engine, b"{").unwrap().is_err());
+        let bad = br#"{"message_type":"RACE.EVENT","payload":{"event_type":"race.event","schema_version":9,"V1":{}}}"#;
+        let why = input_of(&engine, bad).unwrap().unwrap_err();
+        assert!(why.contains("schema_version"), "{why}");
+    }
+}

@@ -1,0 +1,332 @@
+//! The race engine beside the stream: a worker that folds each track's raw ingest messages into
+//! the box's own race engine (`race`, through `results::fold`, the fold the box's projection
+//! runs), and publishes what it derives. `venue-node race-engine --nats URL --track ID...` runs it.
+//!
+//! ```text
+//!   timing.ingest.raw.v1.<track>  --durable consumer "race-engine-<track>"-->  fold (race::Engine)
+//!        |                                                                      |
+//!        |   ack (AckPolicy::All) once a snapshot covers it   <-----------------+
+//!        |                                                                      v
+//!   timing.race.events.v1.<track>        one derived event per input (Nats-Msg-Id <track>:<raw seq>)
+//!   timing.race.snapshot.v1.<track>.engine   the engine's snapshot at a raw sequence (postcard)
+//!   timing.dlq.v1.race-engine                an input the engine refused, with the reason
+//!   timing.race.lease.v1.<track>             which worker runs the track (see [`lease`])
+//! ```
+//!
+//! - **Same results as the box.** A `PASSING` and a `RACE.EVENT` become the same
+//!   [`results::Input`]s the box folds from its spool ([`input`]), through the same
+//!   `results::fold::fold`, and a session's results are written by the same
+//!   `results::export::render`. The engine's read models do not depend on the order passings
+//!   arrive in, and race events keep their stream order, so central's bytes are the box's.
+//! - **Effects before acknowledgement.** A raw message is acknowledged only once its derived event
+//!   (or dead letter) is stored and a snapshot at or past it is stored: the consumer's
+//!   acknowledgements never pass the latest snapshot, so a restart — of this worker or another —
+//!   loads the snapshot and the consumer delivers what came after (started again from the
+//!   snapshot when a dead worker left messages delivered past it). What it folds again is not published
+//!   again: it starts from the raw sequence of the track's last derived event, and a derived event
+//!   carries `Nats-Msg-Id` `<track>:<raw seq>` besides (the same bytes, whoever derives it).
+//!   A snapshot is taken every [`ENGINE_SNAPSHOT_EVERY_MESSAGES`] raw messages, and when the
+//!   consumer runs dry and [`EngineConfig::snapshot_interval`] has passed since the last.
+//! - **One engine per track.** A worker runs a track only while it holds the track's lease
+//!   ([`lease`]); workers configured with the same tracks share them, and one that dies hands its
+//!   tracks over when its lease expires ([`EngineConfig::lease_ttl`]).
+//!
+//! Limits: a snapshot is one message, so an engine larger than the server's `max_payload` (1 MB
+//! by default, up to 64 MB) cannot be saved: the worker logs it and retries, and acknowledges
+//! nothing meanwhile. The snapshot stream keeps a snapshot 24 hours (ADR-0001): a track quiet for
+//! longer folds its raw stream again from the start when its worker restarts, and the raw stream
+//! keeps 7 days.
+
+pub mod input;
+pub mod lease;
+mod track;
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::store::jetstream::{JETSTREAM_ACK_PERMITS_MAX, JETSTREAM_REQUEST_MS_MAX};
+use crate::store::streams::{
+    DLQ_STREAM, EVENTS_STREAM, RAW_STREAM, SNAPSHOT_STREAM, SNAPSHOT_SUBJECT_PREFIX,
+};
+pub use track::{RAW_SEQUENCE_HEADER, WORKER_HEADER, consumer_name};
+use uplink::Error;
+
+/// Raw messages asked for at once. A batch's derived events are published pipelined and awaited
+/// together; the bound keeps that within the client's ack permits.
+pub const ENGINE_BATCH_MESSAGES_MAX: usize = 256;
+const _: () = assert!(ENGINE_BATCH_MESSAGES_MAX < JETSTREAM_ACK_PERMITS_MAX);
+
+/// How long one ask for raw messages waits when there are none, ms: the pace at which an idle
+/// engine renews its lease and looks at its snapshot.
+pub const ENGINE_POLL_MS: u64 = 250;
+
+/// Raw messages folded between two snapshots while a backlog is worked off. A snapshot holds every
+/// passing, so it is not taken per batch; a restart folds at most this many again.
+pub const ENGINE_SNAPSHOT_EVERY_MESSAGES: u64 = 10_000;
+
+/// Raw messages delivered and not acknowledged at once: they are acknowledged only when a snapshot
+/// covers them, so it must exceed what is folded between two snapshots.
+pub const ENGINE_ACK_PENDING_MAX: i64 = 4 * ENGINE_SNAPSHOT_EVERY_MESSAGES as i64;
+const _: () = assert!(
+    ENGINE_ACK_PENDING_MAX
+        > (ENGINE_SNAPSHOT_EVERY_MESSAGES + ENGINE_BATCH_MESSAGES_MAX as u64) as i64
+);
+
+/// How long the server waits for an acknowledgement before it delivers a message again, ms. Long
+/// enough for the snapshot interval, so a healthy worker sees no redeliveries; a redelivered
+/// message is passed over (it is behind the position) either way.
+pub const ENGINE_ACK_WAIT_MS: u64 = 120_000;
+
+/// Default for [`EngineConfig::lease_ttl`], ms: how long a dead worker's tracks wait for another.
+pub const ENGINE_LEASE_TTL_MS: u64 = 10_000;
+/// The shortest lease TTL: a renewal every third of it must fit beside an ask for messages.
+pub const ENGINE_LEASE_TTL_MS_MIN: u64 = 12 * ENGINE_POLL_MS;
+const _: () = assert!(ENGINE_LEASE_TTL_MS >= ENGINE_LEASE_TTL_MS_MIN);
+
+/// Default for [`EngineConfig::snapshot_interval`], ms.
+pub const ENGINE_SNAPSHOT_INTERVAL_MS: u64 = 5_000;
+const _: () = assert!(ENGINE_SNAPSHOT_INTERVAL_MS < ENGINE_ACK_WAIT_MS / 2);
+
+/// How long a track's engine waits after a failure (a server down, a snapshot refused) before it
+/// tries again, ms.
+pub const ENGINE_RETRY_MS: u64 = 1_000;
+
+/// How the worker runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// The NATS servers, comma-separated, as `venue-node central --nats` takes them.
+    pub nats: String,
+    /// The tracks this worker may run; each runs where its lease is held.
+    pub tracks: Vec<String>,
+    /// This worker's name in the leases and the derived events' headers; unique per process.
+    pub worker_id: String,
+    /// How long a dead worker's tracks wait for another. The holder renews every third of it
+    /// between batches, so it must exceed a batch's fold and a snapshot's save by a margin.
+    pub lease_ttl: Duration,
+    pub snapshot_interval: Duration,
+    /// Copies of the lease stream: as `--nats-replicas` of central.
+    pub replicas: usize,
+}
+
+impl EngineConfig {
+    /// The defaults, with a worker id made of the host name and the process id.
+    pub fn new(nats: impl Into<String>, tracks: Vec<String>) -> EngineConfig {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "worker".into());
+        EngineConfig {
+            nats: nats.into(),
+            tracks,
+            worker_id: format!("{host}-{}", std::process::id()),
+            lease_ttl: Duration::from_millis(ENGINE_LEASE_TTL_MS),
+            snapshot_interval: Duration::from_millis(ENGINE_SNAPSHOT_INTERVAL_MS),
+            replicas: 1,
+        }
+    }
+
+    fn check(&self) -> Result<(), Error> {
+        if self.tracks.is_empty() {
+            return Err(Error::Config("name at least one track (--track)".into()));
+        }
+        // A track id is a subject token: the id alphabet has no '.', '*', '>' or space.
+        let id_bytes_max = uplink::wire::INGEST_ID_BYTES_MAX;
+        for track in &self.tracks {
+            if track.is_empty()
+                || track.len() > id_bytes_max
+                || !track.bytes().all(events::is_id_byte)
+            {
+                return Err(Error::Config(format!(
+                    "track {track:?} is not an id (1 to {id_bytes_max} of the id alphabet)"
+                )));
+            }
+        }
+        if self.lease_ttl < Duration::from_millis(ENGINE_LEASE_TTL_MS_MIN) {
+            return Err(Error::Config(format!(
+                "a lease TTL of {:?} is shorter than {ENGINE_LEASE_TTL_MS_MIN} ms",
+                self.lease_ttl
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The subject of a track's engine snapshot.
+pub fn snapshot_subject(track: &str) -> String {
+    format!("{SNAPSHOT_SUBJECT_PREFIX}.{track}.engine")
+}
+
+/// A track's engine as its latest snapshot holds it.
+pub struct Loaded {
+    pub engine: race::Engine,
+    /// The raw stream sequence it has folded up to.
+    pub position: u64,
+    /// The snapshot's revision on its subject.
+    pub revision: u64,
+}
+
+/// The latest snapshot of `track`'s engine, `None` if there is none: what the worker resumes from,
+/// and what an operator (or a test) renders central's results from.
+pub async fn load(js: &jetstream::Context, track: &str) -> Result<Option<Loaded>, Error> {
+    match load_snapshot(js, track).await {
+        Ok(loaded) => Ok(loaded),
+        Err(track::LoadError::Nats(e)) => Err(e),
+        Err(track::LoadError::Unusable { why, .. }) => Err(Error::Config(format!(
+            "the race engine snapshot of {track} cannot be used: {why}"
+        ))),
+    }
+}
+
+async fn load_snapshot(
+    js: &jetstream::Context,
+    track: &str,
+) -> Result<Option<Loaded>, track::LoadError> {
+    let snapshots = js
+        .get_stream(SNAPSHOT_STREAM)
+        .await
+        .map_err(|e| track::LoadError::Nats(Error::nats("opening the snapshot stream", e)))?;
+    let message = match snapshots
+        .get_last_raw_message_by_subject(&snapshot_subject(track))
+        .await
+    {
+        Ok(message) => message,
+        Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => return Ok(None),
+        Err(e) => {
+            return Err(track::LoadError::Nats(Error::nats(
+                format!("reading the snapshot of {track}"),
+                e,
+            )));
+        }
+    };
+    let revision = message.sequence;
+    let unusable = |why: String| track::LoadError::Unusable { revision, why };
+    let snapshot: race::Snapshot =
+        postcard::from_bytes(&message.payload).map_err(|e| unusable(e.to_string()))?;
+    let (engine, position) =
+        race::Engine::restore(snapshot).map_err(|e| unusable(e.to_string()))?;
+    Ok(Some(Loaded {
+        engine,
+        position,
+        revision,
+    }))
+}
+
+/// Connects to the NATS servers of `urls` (comma-separated).
+pub async fn connect(urls: &str) -> Result<jetstream::Context, Error> {
+    let servers: Vec<&str> = urls.split(',').map(str::trim).collect();
+    let client = async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_millis(JETSTREAM_REQUEST_MS_MAX))
+        .connect(servers)
+        .await
+        .map_err(|e| Error::nats(format!("connecting to {urls}"), e))?;
+    Ok(jetstream::context::ContextBuilder::new()
+        .timeout(Duration::from_millis(JETSTREAM_REQUEST_MS_MAX))
+        .max_ack_inflight(JETSTREAM_ACK_PERMITS_MAX)
+        .build(client))
+}
+
+/// Runs the worker until `cancel`: every track of the configuration, each while its lease is held.
+/// The streams must exist (`venue-node central --nats` sets them up); the lease stream is the
+/// worker's own and is created here.
+pub async fn run(config: EngineConfig, cancel: CancellationToken) -> Result<(), Error> {
+    config.check()?;
+    let js = connect(&config.nats).await?;
+    for name in [RAW_STREAM, EVENTS_STREAM, SNAPSHOT_STREAM, DLQ_STREAM] {
+        js.get_stream(name).await.map_err(|e| {
+            Error::Config(format!(
+                "stream {name} is missing ({e}): start `venue-node central --nats {}` once, it sets the streams up",
+                config.nats
+            ))
+        })?;
+    }
+    let raw = js
+        .get_stream(RAW_STREAM)
+        .await
+        .map_err(|e| Error::nats("opening the raw stream", e))?;
+    let leases = js
+        .get_or_create_stream(lease::lease_stream_config(config.replicas))
+        .await
+        .map_err(|e| Error::nats("setting up the lease stream", e))?;
+    let tracker = TaskTracker::new();
+    for track in config.tracks.clone() {
+        let (js, raw, leases, config, cancel) = (
+            js.clone(),
+            raw.clone(),
+            leases.clone(),
+            config.clone(),
+            cancel.clone(),
+        );
+        tracker.spawn(async move { run_track(&js, &raw, &leases, &config, &track, &cancel).await });
+    }
+    tracker.close();
+    tracker.wait().await;
+    Ok(())
+}
+
+/// One track: take its lease, run its engine while it is held, and start over when it is lost or
+/// a failure stops the engine; release it at the end.
+async fn run_track(
+    js: &jetstream::Context,
+    raw: &stream::Stream,
+    leases: &stream::Stream,
+    config: &EngineConfig,
+    track: &str,
+    cancel: &CancellationToken,
+) {
+    loop {
+        let acquired = lease::Lease::acquire(
+            js,
+            leases,
+            track,
+            &config.worker_id,
+            config.lease_ttl,
+            cancel,
+        )
+        .await;
+        let mut lease = match acquired {
+            Ok(Some(lease)) => lease,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(track, error = %uplink::chain(&e), "reading the race engine's lease failed; retrying");
+                if pause(cancel).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        tracing::info!(track, worker = config.worker_id, "race engine lease taken");
+        match track::run(js, raw, config, track, &mut lease, cancel).await {
+            Ok(track::Stop::Cancelled) => {
+                if let Err(e) = lease.release().await {
+                    tracing::warn!(track, error = %uplink::chain(&e), "releasing the race engine's lease failed; it expires");
+                }
+                return;
+            }
+            Ok(track::Stop::LeaseLost) => {
+                tracing::warn!(
+                    track,
+                    worker = config.worker_id,
+                    "race engine lease lost; another worker runs the track"
+                );
+            }
+            Err(e) => {
+                tracing::error!(track, error = %uplink::chain(&e), "the race engine stopped; starting it again from its snapshot");
+                drop(lease.release().await);
+                if pause(cancel).await {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Waits [`ENGINE_RETRY_MS`]; `true` if `cancel` came first.
+async fn pause(cancel: &CancellationToken) -> bool {
+    tokio::select! {
+        () = cancel.cancelled() => true,
+        () = tokio::time::sleep(Duration::from_millis(ENGINE_RETRY_MS)) => false,
+    }
+}

@@ -1,0 +1,583 @@
+//! Issue 13.3, the race engine at central, against a real `nats-server`: the results central's
+//! engine derives from the raw stream are the box's, byte for byte, whether its worker runs
+//! throughout, is killed (`kill -9` of a real process) mid-session, or shares the track with
+//! another worker that takes over when it dies.
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use central::JetStreamStore;
+use central::engine::{self, EngineConfig, RAW_SEQUENCE_HEADER, WORKER_HEADER};
+use central::store::streams::{EVENTS_STREAM, RAW_STREAM, RAW_SUBJECT_PREFIX};
+use events::VenueStreams;
+use events::catalog;
+use race::{
+    Competitor, CompetitorId, DecoderId, LineDef, LineId, LineKind, LoopRole, RaceEvent,
+    RaceRecord, SessionId, SessionKind, Settings, Start, Transponder,
+};
+use results::export::Format;
+use spool::schema::EventPayload;
+use spool::{AppendStream, ExpectedVersion, Metadata, NewEvent, Spool, StreamId};
+use tokio_util::sync::CancellationToken;
+
+use crate::common::*;
+use crate::nats::{Nats, test_streams};
+
+const SESSION: SessionId = SessionId(1);
+const START_US: u64 = testkit::RTC_START_US;
+const LAP_US: u64 = 60_000_000;
+/// The lease TTL of the tests' workers: short, so a takeover is quick to wait for.
+const TEST_LEASE_TTL_MS: u64 = 3_000;
+
+fn meta() -> Metadata {
+    Metadata {
+        captured_at_us: spool::now_us(),
+        boot_id: "b-000001".into(),
+        ..Metadata::default()
+    }
+}
+
+async fn append_race(spool: &Spool, events: Vec<RaceEvent>) {
+    for event in events {
+        let stream = StreamId::race(event.stream());
+        let new = catalog::RaceEvent(RaceRecord::V1(event))
+            .encode(meta())
+            .unwrap();
+        spool
+            .append(vec![AppendStream::new(
+                stream,
+                ExpectedVersion::Any,
+                vec![new],
+            )])
+            .await
+            .expect("append a race event");
+    }
+}
+
+fn rider(id: u32, number: &str, transponder: Transponder) -> RaceEvent {
+    RaceEvent::CompetitorAdded(Competitor {
+        id: CompetitorId(id),
+        number: number.into(),
+        name: format!("Rider, {number}"),
+        class: "Pro".into(),
+        club: String::new(),
+        transponders: vec![transponder],
+    })
+}
+
+/// A passing of the test decoder at `rtc_time_us`, by transponder number or ProChip code.
+fn crossing(
+    number: u32,
+    rtc_time_us: u64,
+    transponder: Option<u32>,
+    code: Option<&str>,
+) -> NewEvent {
+    passing_of(number, rtc_time_us, transponder, code)
+        .encode(meta())
+        .unwrap()
+}
+
+fn passing_of(
+    number: u32,
+    rtc_time_us: u64,
+    transponder: Option<u32>,
+    code: Option<&str>,
+) -> catalog::Passing {
+    catalog::Passing {
+        passing_number: number,
+        transponder,
+        rtc_time_us,
+        utc_time_us: None,
+        strength: Some(120),
+        hits: Some(30),
+        flags: Some(0),
+        tran_code: code.map(str::to_owned),
+        decoder_id: Some(testkit::DECODER_ID),
+        unknown_tlvs: Vec::new(),
+    }
+}
+
+/// The session's first half on the box: the track, three riders (one on a ProChip code), the
+/// start, `laps` laps each, a passing without a decoder id, and an event the engine does not take.
+async fn first_half(spool: &Spool, laps: u32) {
+    append_race(
+        spool,
+        vec![
+            RaceEvent::LineDefined(LineDef {
+                line: LineId(1),
+                name: "finish".into(),
+                kind: LineKind::Finish,
+                merge_window_us: 500_000,
+                min_gap_us: 1_000_000,
+            }),
+            RaceEvent::DecoderMapped {
+                decoder: DecoderId(testkit::DECODER_ID),
+                line: LineId(1),
+                role: LoopRole::Main,
+            },
+            rider(1, "12", Transponder::Number(4242)),
+            rider(2, "7", Transponder::Number(1717)),
+            rider(3, "33", Transponder::Code("ABC1234".into())),
+            RaceEvent::SessionCreated {
+                session: SESSION,
+                name: "Final, A".into(),
+                kind: SessionKind::Race,
+                settings: Settings::default(),
+            },
+            RaceEvent::SessionStarted {
+                session: SESSION,
+                start: Start::Green { at_us: START_US },
+            },
+        ],
+    )
+    .await;
+    append(spool, laps_of(0..laps)).await;
+    let no_decoder = catalog::Passing {
+        decoder_id: None,
+        ..passing_of(9_999, START_US + 5_000_000, Some(4242), None)
+    };
+    append(
+        spool,
+        vec![no_decoder.encode(meta()).unwrap(), extension(2)],
+    )
+    .await;
+}
+
+/// Every rider's crossings of laps `laps`, the ProChip rider on its code.
+fn laps_of(laps: std::ops::Range<u32>) -> Vec<NewEvent> {
+    let mut out = Vec::new();
+    for lap in laps {
+        let at = START_US + u64::from(lap + 1) * LAP_US;
+        out.push(crossing(3 * lap, at + 1_000_000, Some(4242), None));
+        out.push(crossing(
+            3 * lap + 1,
+            at + 2_500_000 + u64::from(lap) * 10_000,
+            Some(1717),
+            None,
+        ));
+        out.push(crossing(
+            3 * lap + 2,
+            at + 4_000_000 - u64::from(lap) * 20_000,
+            None,
+            Some("ABC1234"),
+        ));
+    }
+    out
+}
+
+/// The second half: a fourth rider joins, more laps (some of the first half's riders sent late),
+/// and the session ends.
+async fn second_half(spool: &Spool, from: u32, laps: u32) {
+    append_race(spool, vec![rider(4, "99", Transponder::Number(9090))]).await;
+    let mut late = laps_of(from..from + laps);
+    late.reverse();
+    late.push(crossing(
+        10_000,
+        START_US + u64::from(from + 1) * LAP_US + 3_000_000,
+        Some(9090),
+        None,
+    ));
+    append(spool, late).await;
+    append_race(
+        spool,
+        vec![RaceEvent::SessionEnded {
+            session: SESSION,
+            at_us: START_US + u64::from(from + laps + 2) * LAP_US,
+        }],
+    )
+    .await;
+}
+
+/// The box's results of the session: its projection folded from the spool, written as
+/// `venue-node race results` writes them.
+fn box_results(spool: &Spool) -> [Vec<u8>; 2] {
+    let replayed = results::replay(&spool.reader()).expect("replay the box's spool");
+    assert_eq!(replayed.counts.refused, 0, "{:?}", replayed.counts);
+    assert_eq!(replayed.counts.passings_without_decoder, 1);
+    render(&replayed.engine)
+}
+
+fn render(engine: &race::Engine) -> [Vec<u8>; 2] {
+    [Format::Csv, Format::Json].map(|format| {
+        results::export::render(engine, SESSION, format).expect("render the session's results")
+    })
+}
+
+/// The drain of the box, forwarding passings and race events (and the rest) to `central`.
+fn drain_to(central: std::net::SocketAddr, dir: &std::path::Path, spool: &Spool) -> RunningDrain {
+    let mut config = drain_config(&format!("http://{central}/"), token_file(dir));
+    config.forward = vec![uplink::drain::FORWARD_ALL.into()];
+    start_drain(config, spool)
+}
+
+async fn jetstream(url: &str) -> jetstream::Context {
+    jetstream::new(async_nats::connect(url).await.expect("connect to NATS"))
+}
+
+/// The last raw stream sequence of the track.
+async fn raw_last(js: &jetstream::Context) -> u64 {
+    let raw = js.get_stream(RAW_STREAM).await.unwrap();
+    raw.get_last_raw_message_by_subject(&format!("{RAW_SUBJECT_PREFIX}.{TRACK}"))
+        .await
+        .expect("the track has raw messages")
+        .sequence
+}
+
+/// Waits until central's engine has a snapshot of everything in the raw stream, and renders its
+/// results from it.
+async fn central_results(js: &jetstream::Context, timeout: Duration) -> [Vec<u8>; 2] {
+    let last = raw_last(js).await;
+    wait_until(
+        timeout,
+        "central's engine to snapshot the whole raw stream",
+        || async { snapshot_position(js).await >= last },
+    )
+    .await;
+    let loaded = engine::load(js, TRACK).await.unwrap().expect("a snapshot");
+    render(&loaded.engine)
+}
+
+/// Every derived event of the track: raw sequence -> the worker that published it. Each raw
+/// sequence once: a re-published one is dropped by its `Nats-Msg-Id`.
+async fn derived_events(js: &jetstream::Context) -> BTreeMap<u64, String> {
+    let mut stream = js.get_stream(EVENTS_STREAM).await.unwrap();
+    let state = stream.info().await.unwrap().state.clone();
+    let mut out = BTreeMap::new();
+    for seq in state.first_sequence..=state.last_sequence {
+        let Ok(message) = stream.get_raw_message(seq).await else {
+            continue;
+        };
+        let raw: u64 = message
+            .headers
+            .get(RAW_SEQUENCE_HEADER)
+            .unwrap()
+            .as_str()
+            .parse()
+            .unwrap();
+        let worker = message.headers.get(WORKER_HEADER).unwrap().to_string();
+        assert!(
+            out.insert(raw, worker).is_none(),
+            "raw message {raw} derived twice"
+        );
+    }
+    out
+}
+
+/// The raw messages the engine takes in (passings with a decoder, race events), by sequence.
+async fn engine_inputs(js: &jetstream::Context) -> Vec<u64> {
+    let raw = js.get_stream(RAW_STREAM).await.unwrap();
+    let last = raw_last(js).await;
+    let mut out = Vec::new();
+    let mut stream = raw;
+    let first = stream.info().await.unwrap().state.first_sequence;
+    for seq in first..=last {
+        let message = stream.get_raw_message(seq).await.unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
+        let is_input = match json["message_type"].as_str() {
+            Some("PASSING") => json["payload"]["decoder_id"].is_string(),
+            Some("RACE.EVENT") => true,
+            _ => false,
+        };
+        if is_input {
+            out.push(seq);
+        }
+    }
+    out
+}
+
+fn test_config(url: &str, worker: &str) -> EngineConfig {
+    let mut config = EngineConfig::new(url, vec![TRACK.into()]);
+    config.worker_id = worker.into();
+    config.lease_ttl = Duration::from_millis(TEST_LEASE_TTL_MS);
+    config.snapshot_interval = Duration::from_millis(100);
+    config
+}
+
+/// The acceptance test of issue 13.3: for the same session, the results at central are byte for
+/// byte the results the box exports, CSV and JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn central_results_are_the_boxs_byte_for_byte() {
+    let nats = Nats::single("").await;
+    let url = nats.urls();
+    let dir = tempfile::tempdir().unwrap();
+    let spool = open_spool(&dir.path().join("node"));
+    let store = JetStreamStore::connect(&url, &test_streams(1))
+        .await
+        .unwrap();
+    let central = start_central(store, "127.0.0.1:0".parse().unwrap(), None).await;
+    let cancel = CancellationToken::new();
+    let worker = tokio::spawn(engine::run(test_config(&url, "w-1"), cancel.clone()));
+
+    first_half(&spool, 5).await;
+    second_half(&spool, 5, 4).await;
+    let head = spool.head().unwrap().0;
+    drain_to(central.addr, dir.path(), &spool)
+        .finish(head, Duration::from_secs(60), "the session drained")
+        .await;
+    let js = jetstream(&url).await;
+    let at_central = central_results(&js, Duration::from_secs(30)).await;
+    let on_the_box = box_results(&spool);
+    assert!(
+        String::from_utf8_lossy(&on_the_box[0]).lines().count() == 5,
+        "the box's CSV has a header and four riders:\n{}",
+        String::from_utf8_lossy(&on_the_box[0])
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&at_central[0]),
+        String::from_utf8_lossy(&on_the_box[0]),
+        "CSV"
+    );
+    assert_eq!(at_central[1], on_the_box[1], "JSON");
+    // One derived event per input, none for the rest.
+    let derived = derived_events(&js).await;
+    assert_eq!(
+        derived.keys().copied().collect::<Vec<_>>(),
+        engine_inputs(&js).await
+    );
+
+    cancel.cancel();
+    worker.await.unwrap().expect("the worker stops cleanly");
+    central.stop().await;
+}
+
+/// Not a test: the body of a worker process the tests below start and kill. It returns at once
+/// unless `ENGINE_WORKER` names the NATS URL, the worker id and the snapshot interval in ms.
+#[test]
+fn engine_worker_process() {
+    let Ok(spec) = std::env::var("ENGINE_WORKER") else {
+        return;
+    };
+    let [url, worker, snapshot_ms]: [&str; 3] = spec
+        .split(' ')
+        .collect::<Vec<_>>()
+        .try_into()
+        .expect("ENGINE_WORKER is \"<url> <worker id> <snapshot interval ms>\"");
+    let mut config = test_config(url, worker);
+    config.snapshot_interval = Duration::from_millis(snapshot_ms.parse().unwrap());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(engine::run(config, CancellationToken::new()))
+        .expect("the worker runs");
+}
+
+/// A worker in a process of its own (this test binary, running [`engine_worker_process`]).
+struct WorkerProcess {
+    child: Child,
+}
+
+impl WorkerProcess {
+    fn start(url: &str, worker: &str) -> Self {
+        Self::with_snapshots_every(url, worker, Duration::from_millis(100))
+    }
+
+    fn with_snapshots_every(url: &str, worker: &str, interval: Duration) -> Self {
+        let child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "engine::engine_worker_process",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(
+                "ENGINE_WORKER",
+                format!("{url} {worker} {}", interval.as_millis()),
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start a worker process");
+        WorkerProcess { child }
+    }
+
+    /// `kill -9`.
+    fn kill(&mut self) {
+        self.child.kill().expect("kill the worker");
+        self.child.wait().expect("reap the worker");
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.kill();
+        }
+    }
+}
+
+/// Who holds the track's lease now.
+async fn holder(js: &jetstream::Context) -> Option<String> {
+    let leases = js.get_stream(engine::lease::LEASE_STREAM).await.ok()?;
+    let (record, _) = engine::lease::read(&leases, TRACK).await.unwrap();
+    record.map(|r| r.holder).filter(|h| !h.is_empty())
+}
+
+async fn snapshot_position(js: &jetstream::Context) -> u64 {
+    engine::load(js, TRACK)
+        .await
+        .unwrap()
+        .map_or(0, |l| l.position)
+}
+
+/// A worker killed with `kill -9` mid-session, after it folded the first half and published its
+/// derived events but before any snapshot covered them (so nothing was acknowledged), resumes
+/// from its consumer with the box's results, and publishes no derived event twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_session_resumes_with_identical_results() {
+    let nats = Nats::single("").await;
+    let url = nats.urls();
+    let dir = tempfile::tempdir().unwrap();
+    let spool = open_spool(&dir.path().join("node"));
+    let store = JetStreamStore::connect(&url, &test_streams(1))
+        .await
+        .unwrap();
+    let central = start_central(store, "127.0.0.1:0".parse().unwrap(), None).await;
+    let js = jetstream(&url).await;
+    // No snapshot while the test runs: whatever it folds stays unacknowledged.
+    let mut worker = WorkerProcess::with_snapshots_every(&url, "w-1", Duration::from_secs(3600));
+
+    first_half(&spool, 6).await;
+    let head = spool.head().unwrap().0;
+    let mut drain = drain_to(central.addr, dir.path(), &spool);
+    drain
+        .wait_acked(head, Duration::from_secs(60), "the first half drained")
+        .await;
+    let inputs = engine_inputs(&js).await;
+    wait_until(
+        Duration::from_secs(30),
+        "the worker to fold the first half",
+        || async { derived_events(&js).await.len() == inputs.len() },
+    )
+    .await;
+    worker.kill();
+    let consumer = || async {
+        js.get_stream(RAW_STREAM)
+            .await
+            .unwrap()
+            .consumer_info(&engine::consumer_name(TRACK))
+            .await
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(
+        snapshot_position(&js).await,
+        0,
+        "killed before any snapshot"
+    );
+    assert_eq!(
+        consumer().await.ack_floor.stream_sequence,
+        0,
+        "nothing acknowledged without a snapshot"
+    );
+    // The second half arrives while the worker is dead.
+    second_half(&spool, 6, 5).await;
+    let head = spool.head().unwrap().0;
+    drain
+        .finish(head, Duration::from_secs(60), "the second half drained")
+        .await;
+
+    let _restarted = WorkerProcess::start(&url, "w-1");
+    let at_central = central_results(&js, Duration::from_secs(30)).await;
+    let on_the_box = box_results(&spool);
+    assert_eq!(
+        String::from_utf8_lossy(&at_central[0]),
+        String::from_utf8_lossy(&on_the_box[0]),
+        "CSV"
+    );
+    assert_eq!(at_central[1], on_the_box[1], "JSON");
+    let derived = derived_events(&js).await;
+    assert_eq!(
+        derived.keys().copied().collect::<Vec<_>>(),
+        engine_inputs(&js).await
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "the restarted worker to acknowledge",
+        || async { consumer().await.ack_floor.stream_sequence == raw_last(&js).await },
+    )
+    .await;
+    central.stop().await;
+}
+
+/// Two workers name the same track: one runs it, the other waits. The active one is killed; the
+/// other takes the track within the lease TTL, and the results are still the box's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_one_runs_the_track_and_the_other_takes_over() {
+    let nats = Nats::single("").await;
+    let url = nats.urls();
+    let dir = tempfile::tempdir().unwrap();
+    let spool = open_spool(&dir.path().join("node"));
+    let store = JetStreamStore::connect(&url, &test_streams(1))
+        .await
+        .unwrap();
+    let central = start_central(store, "127.0.0.1:0".parse().unwrap(), None).await;
+    let js = jetstream(&url).await;
+    let mut workers = BTreeMap::from([
+        ("w-a".to_string(), WorkerProcess::start(&url, "w-a")),
+        ("w-b".to_string(), WorkerProcess::start(&url, "w-b")),
+    ]);
+
+    first_half(&spool, 6).await;
+    let head = spool.head().unwrap().0;
+    let mut drain = drain_to(central.addr, dir.path(), &spool);
+    drain
+        .wait_acked(head, Duration::from_secs(60), "the first half drained")
+        .await;
+    let first_half_last = raw_last(&js).await;
+    wait_until(
+        Duration::from_secs(30),
+        "a worker to fold the first half",
+        || async { snapshot_position(&js).await >= first_half_last },
+    )
+    .await;
+    let active = holder(&js).await.expect("a worker holds the track");
+    let derived = derived_events(&js).await;
+    assert!(
+        derived.values().all(|w| *w == active),
+        "only the lease holder {active} ran the track: {derived:?}"
+    );
+    let other = workers.keys().find(|w| **w != active).unwrap().clone();
+
+    workers.get_mut(&active).unwrap().kill();
+    let killed = Instant::now();
+    wait_until(
+        Duration::from_millis(3 * TEST_LEASE_TTL_MS),
+        "the other worker to take the track",
+        || async { holder(&js).await.as_deref() == Some(other.as_str()) },
+    )
+    .await;
+    let handover = killed.elapsed();
+    eprintln!("handover after {handover:?} (lease TTL {TEST_LEASE_TTL_MS} ms)");
+    // Its wait starts when it last saw the lease move, at most a renewal (a third of the TTL)
+    // before the kill; then a poll (a quarter) to notice.
+    assert!(
+        handover <= Duration::from_millis(TEST_LEASE_TTL_MS * 2),
+        "taken over after {handover:?}, TTL {TEST_LEASE_TTL_MS} ms"
+    );
+
+    second_half(&spool, 6, 5).await;
+    let head = spool.head().unwrap().0;
+    drain
+        .finish(head, Duration::from_secs(60), "the second half drained")
+        .await;
+    let at_central = central_results(&js, Duration::from_secs(30)).await;
+    let on_the_box = box_results(&spool);
+    assert_eq!(
+        String::from_utf8_lossy(&at_central[0]),
+        String::from_utf8_lossy(&on_the_box[0]),
+        "CSV"
+    );
+    assert_eq!(at_central[1], on_the_box[1], "JSON");
+    let derived = derived_events(&js).await;
+    assert_eq!(
+        derived.keys().copied().collect::<Vec<_>>(),
+        engine_inputs(&js).await
+    );
+    assert!(
+        derived
+            .range(first_half_last + 1..)
+            .all(|(_, w)| *w == other),
+        "after the handover only {other} ran the track"
+    );
+    central.stop().await;
+}
