@@ -131,6 +131,16 @@ impl LiveDisplay {
         let race: Arc<dyn display::race::RaceModels> = results.clone();
         let display = display::Display::start(dc, spool, source, race, cancel.clone())
             .context("starting the display")?;
+        if let Some(listen) = settings.rmonitor {
+            let feed = display::rmonitor::RMonitorConfig::new(listen);
+            // Like the display itself, a feed that cannot bind is logged and left out.
+            match display::rmonitor::serve(display.clone(), feed).await {
+                Ok(addr) => tracing::info!(%addr, "rmonitor feed serving"),
+                Err(error) => {
+                    tracing::error!(%listen, %error, "the rmonitor feed did not start; the display runs without it");
+                }
+            }
+        }
         let addr = server.local_addr();
         let server = tokio::spawn(server.run(display::router(display.clone()), cancel.clone()));
         Ok(LiveDisplay {

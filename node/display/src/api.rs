@@ -136,6 +136,7 @@ async fn healthz(State(display): State<Arc<Display>>) -> Response {
 
 async fn metrics(State(display): State<Arc<Display>>) -> Response {
     let c = &display.counters;
+    let r = &display.rmonitor;
     let live = display.config.clients_max - display.clients.available_permits();
     let lines = [
         (
@@ -203,6 +204,36 @@ async fn metrics(State(display): State<Arc<Display>>) -> Response {
             "counter",
             "Race commands refused as stale (409).",
             c.commands_stale.load(Ordering::Relaxed),
+        ),
+        (
+            "display_rmonitor_clients",
+            "gauge",
+            "RMonitor feed clients connected.",
+            r.clients.load(Ordering::Relaxed),
+        ),
+        (
+            "display_rmonitor_clients_refused_total",
+            "counter",
+            "RMonitor feed connections closed at the cap.",
+            r.clients_refused.load(Ordering::Relaxed),
+        ),
+        (
+            "display_rmonitor_clients_lagged_total",
+            "counter",
+            "RMonitor feed clients closed for a full queue.",
+            r.clients_lagged.load(Ordering::Relaxed),
+        ),
+        (
+            "display_rmonitor_clients_timed_out_total",
+            "counter",
+            "RMonitor feed clients closed for a stalled write.",
+            r.clients_timed_out.load(Ordering::Relaxed),
+        ),
+        (
+            "display_rmonitor_chunks_sent_total",
+            "counter",
+            "RMonitor record chunks written to clients.",
+            r.chunks_sent.load(Ordering::Relaxed),
         ),
     ];
     let mut text = String::new();

@@ -13,6 +13,8 @@
 //!   rate-limited.
 //! - [`pages`]: plain HTML/CSS/JS compiled into the binary.
 //! - [`server`]: the listening socket, with a cap on connections (as central's).
+//! - [`rmonitor`]: the RMonitor TCP feed for existing scoreboards and TV graphics (`$F` every
+//!   second, the state dump on connect, Orbits' records per passing), off unless configured.
 //!
 //! The race engine is reached only through [`race::RaceModels`]; the node's status through a
 //! function returning its JSON ([`StatusSource`]).
@@ -38,6 +40,7 @@ pub mod hub;
 pub mod live;
 pub mod pages;
 pub mod race;
+pub mod rmonitor;
 pub mod server;
 
 use std::sync::Arc;
@@ -141,6 +144,8 @@ pub struct Display {
     pub status: Arc<dyn StatusSource>,
     pub race: Arc<dyn RaceModels>,
     pub counters: Counters,
+    /// The RMonitor feed's counts (zero while it is not served).
+    pub rmonitor: rmonitor::RMonitorCounters,
     pub clients: Arc<Semaphore>,
     pub auth: auth::Limiter,
     pub cancel: CancellationToken,
@@ -173,6 +178,7 @@ impl Display {
             status,
             race,
             counters: Counters::default(),
+            rmonitor: rmonitor::RMonitorCounters::default(),
             auth: auth::Limiter::default(),
             cancel: cancel.clone(),
             tasks: TaskTracker::new(),

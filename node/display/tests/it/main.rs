@@ -3,4 +3,5 @@
 mod api;
 mod browser;
 mod live;
+mod rmonitor;
 mod support;
