@@ -5,3 +5,4 @@ mod browser;
 mod live;
 mod rmonitor;
 mod support;
+mod tech;
