@@ -281,7 +281,7 @@ async fn a_slow_reader_is_closed_and_counted_without_stalling_another_client() {
     let riders: Vec<u32> = (1..=8).collect();
     let transponders: Vec<u32> = riders.iter().map(|r| 7000 + r).collect();
     b.race_setup(&transponders).await;
-    let addr = serve(&b, 4, 4).await;
+    let addr = serve(&b, 4, 2).await;
     // The slow one: a small receive buffer, and it never reads.
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
@@ -299,7 +299,13 @@ async fn a_slow_reader_is_closed_and_counted_without_stalling_another_client() {
     });
     let (mut number, mut lap) = (0, 0);
     let deadline = Instant::now() + WAIT;
-    while metric(&b, "display_rmonitor_clients_lagged_total").await == 0 {
+    // Closed for a full queue, or (on a loaded box, where the passings come slower than a write
+    // may stall) for a write stalled past RMONITOR_WRITE_MS_MAX: either way closed and counted.
+    let closed = async || {
+        metric(&b, "display_rmonitor_clients_lagged_total").await
+            + metric(&b, "display_rmonitor_clients_timed_out_total").await
+    };
+    while closed().await == 0 {
         assert!(
             Instant::now() < deadline,
             "the slow reader was never closed"
@@ -336,10 +342,7 @@ async fn a_slow_reader_is_closed_and_counted_without_stalling_another_client() {
             Err(_) => panic!("the slow client's connection was not closed"),
         }
     }
-    assert_eq!(
-        metric(&b, "display_rmonitor_clients_timed_out_total").await,
-        0
-    );
+    assert_eq!(closed().await, 1, "only the slow client was closed");
     reader.abort();
     b.stop().await;
 }
