@@ -81,6 +81,9 @@ pub struct DisplaySettings {
     pub technician_token_sha256: Option<[u8; 32]>,
     /// Live clients at once; past it a new one is refused.
     pub clients_max: usize,
+    /// Where the RMonitor feed for scoreboards listens (`rmonitor = "0.0.0.0:50000"`); `None`, the
+    /// default: not served, so no port is open that no scoreboard at the venue reads.
+    pub rmonitor: Option<std::net::SocketAddr>,
 }
 
 impl Default for DisplaySettings {
@@ -93,6 +96,7 @@ impl Default for DisplaySettings {
             staff_token_sha256: None,
             technician_token_sha256: None,
             clients_max: display::LIVE_CLIENTS_MAX,
+            rmonitor: None,
         }
     }
 }
@@ -545,6 +549,7 @@ impl Checker<'_> {
             "staff_token_sha256",
             "technician_token_sha256",
             "clients_max",
+            "rmonitor",
         ];
         self.unknown_keys(t, "display", KEYS);
         let mut d = DisplaySettings::default();
@@ -570,6 +575,23 @@ impl Checker<'_> {
                         at,
                         "display.listen",
                         format!("{listen:?} is not an address and port, e.g. \"0.0.0.0:8080\""),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        if let Some(listen) = self.string(t, "display", "rmonitor", &span)? {
+            match listen.parse() {
+                Ok(addr) => d.rmonitor = Some(addr),
+                Err(_) => {
+                    let at = self
+                        .get(t, "rmonitor")
+                        .map(|v| v.span())
+                        .unwrap_or(span.clone());
+                    self.err(
+                        at,
+                        "display.rmonitor",
+                        format!("{listen:?} is not an address and port, e.g. \"0.0.0.0:50000\""),
                     );
                     ok = false;
                 }
@@ -1149,7 +1171,7 @@ kind = \"usb\"
     fn display_mistakes_are_named_with_key_and_line() {
         let base = "track_id = \"bmx-main\"\ndata_dir = \"/d\"\n[[decoder]]\nname = \"f\"\nkind = \"tcp\"\naddress = \"h\"\n";
         let text = format!(
-            "{base}[display]\nlisten = \"everywhere\"\nstaff_token_sha256 = \"hunter2\"\nclients_max = 0\nport = 80\nenabled = \"yes\"\n"
+            "{base}[display]\nlisten = \"everywhere\"\nstaff_token_sha256 = \"hunter2\"\nclients_max = 0\nport = 80\nenabled = \"yes\"\nrmonitor = \"50000\"\n"
         );
         assert_eq!(
             errors(&text),
@@ -1157,17 +1179,22 @@ kind = \"usb\"
                 "8: display.listen: \"everywhere\" is not an address and port, e.g. \"0.0.0.0:8080\"",
                 "9: display.staff_token_sha256: expected the token's SHA-256 as 64 hex digits (`printf %s TOKEN | sha256sum`), never the token itself",
                 "10: display.clients_max: must be at least 1",
-                "11: display.port: unknown key (expected one of: enabled, listen, staff_token_sha256, technician_token_sha256, clients_max)",
+                "11: display.port: unknown key (expected one of: enabled, listen, staff_token_sha256, technician_token_sha256, clients_max, rmonitor)",
                 "12: display.enabled: expected true or false",
+                "13: display.rmonitor: \"50000\" is not an address and port, e.g. \"0.0.0.0:50000\"",
             ]
             .map(String::from)
         );
         let hash = display::auth::Tokens::sha256_hex("s3cret");
         let good = Config::parse(&format!(
-            "{base}[display]\nlisten = \"127.0.0.1:9000\"\nstaff_token_sha256 = \"{hash}\"\n"
+            "{base}[display]\nlisten = \"127.0.0.1:9000\"\nstaff_token_sha256 = \"{hash}\"\nrmonitor = \"0.0.0.0:50000\"\n"
         ))
         .unwrap();
         assert_eq!(good.display.listen, "127.0.0.1:9000".parse().unwrap());
+        assert_eq!(
+            good.display.rmonitor,
+            Some("0.0.0.0:50000".parse().unwrap())
+        );
         assert_eq!(
             good.display.staff_token_sha256,
             display::auth::Tokens::parse_sha256(&hash)
@@ -1175,6 +1202,7 @@ kind = \"usb\"
         let default = Config::parse(base).unwrap();
         assert_eq!(default.display.listen.to_string(), DISPLAY_LISTEN_DEFAULT);
         assert!(default.display.enabled);
+        assert_eq!(default.display.rmonitor, None);
     }
 
     #[test]

@@ -282,11 +282,13 @@ async fn demo(args: DemoArgs, cancel: CancellationToken) -> anyhow::Result<()> {
             ..Default::default()
         }),
     });
-    let node = Node::open(&config).await?;
+    let mut node = Node::open(&config).await?;
     let spool = node.spool.clone();
     let status = node.status.clone();
+    let tech = Some(node.tech_channel());
     let display =
-        crate::run::LiveDisplay::start(&config, &spool, &status, &node.results, &cancel).await;
+        crate::run::LiveDisplay::start(&config, &spool, &status, &node.results, tech, &cancel)
+            .await;
     println!(
         "venue-node demo: a simulated decoder on {} (a pseudo-terminal behind {}),",
         pty.device()

@@ -21,9 +21,17 @@ pub fn run(config_path: &std::path::Path) -> anyhow::Result<()> {
     block_on(|cancel| async move {
         let (config, simulators) = start_simulators(config, &cancel).await?;
         let config = Arc::new(config);
-        let node = Node::open(&config).await?;
-        let display =
-            LiveDisplay::start(&config, &node.spool, &node.status, &node.results, &cancel).await;
+        let mut node = Node::open(&config).await?;
+        let tech = Some(node.tech_channel());
+        let display = LiveDisplay::start(
+            &config,
+            &node.spool,
+            &node.status,
+            &node.results,
+            tech,
+            &cancel,
+        )
+        .await;
         let result = node.run(&config, cancel).await;
         // The node has stopped reading; the simulators and the display stop with the same token.
         for sim in &simulators {
@@ -81,18 +89,20 @@ pub struct LiveDisplay {
 impl LiveDisplay {
     /// Starts the display of `[display]` until `cancel`. A display that cannot start (its port is
     /// taken) is logged and left out: the path from decoder to disk never depends on the screens.
+    /// `tech` is where the tech page's actions go ([`crate::runtime::Node::tech_channel`]).
     pub async fn start(
         config: &Config,
         spool: &spool::Spool,
         status: &Shared,
         results: &Arc<results::Results>,
+        tech: Option<display::TechSender>,
         cancel: &CancellationToken,
     ) -> Option<LiveDisplay> {
         let settings = &config.display;
         if !settings.enabled {
             return None;
         }
-        let started = Self::try_start(config, spool, status, results, cancel).await;
+        let started = Self::try_start(config, spool, status, results, tech, cancel).await;
         match started {
             Ok(live) => {
                 let addr = live.addr;
@@ -111,6 +121,7 @@ impl LiveDisplay {
         spool: &spool::Spool,
         status: &Shared,
         results: &Arc<results::Results>,
+        tech: Option<display::TechSender>,
         cancel: &CancellationToken,
     ) -> anyhow::Result<LiveDisplay> {
         let settings = &config.display;
@@ -124,6 +135,7 @@ impl LiveDisplay {
             technician_sha256: settings.technician_token_sha256,
         };
         dc.data_dir = Some(config.data_dir.clone());
+        dc.tech = tech;
         let status = status.clone();
         let source = Arc::new(move || {
             serde_json::to_value(status.snapshot()).unwrap_or(serde_json::Value::Null)
@@ -131,6 +143,16 @@ impl LiveDisplay {
         let race: Arc<dyn display::race::RaceModels> = results.clone();
         let display = display::Display::start(dc, spool, source, race, cancel.clone())
             .context("starting the display")?;
+        if let Some(listen) = settings.rmonitor {
+            let feed = display::rmonitor::RMonitorConfig::new(listen);
+            // Like the display itself, a feed that cannot bind is logged and left out.
+            match display::rmonitor::serve(display.clone(), feed).await {
+                Ok(addr) => tracing::info!(%addr, "rmonitor feed serving"),
+                Err(error) => {
+                    tracing::error!(%listen, %error, "the rmonitor feed did not start; the display runs without it");
+                }
+            }
+        }
         let addr = server.local_addr();
         let server = tokio::spawn(server.run(display::router(display.clone()), cancel.clone()));
         Ok(LiveDisplay {

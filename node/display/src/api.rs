@@ -12,7 +12,15 @@
 //! GET  /api/v1/feed?max=<n>                   the announcer's raw passings, newest first
 //! GET  /api/v1/whoami                         the role of the bearer token
 //! POST /api/v1/commands                       {"expected_version":n,"event":{..},"user":".."}
+//! POST /api/v1/tech/actions                   {"action":"reconnect","input":"finish","reason":".."}
+//!                                             ("resend" with "from": <passing number>; "uplink_retry")
 //! ```
+//!
+//! A technician's action needs the technician's token, is limited to
+//! [`crate::auth::ACTIONS_PER_MINUTE_MAX`] a minute (429), is handed to the node's runtime over a
+//! bounded channel (503 when it is full or the runtime does not answer within
+//! [`crate::TECH_REPLY_MS_MAX`]; 404 for an unknown input), and once taken is stored in the spool as
+//! `node.technician_action` with who and why.
 //!
 //! Every refusal is JSON `{"error": "..."}` with a 4xx/5xx status and is counted in `/metrics`; a
 //! stale command gets 409 with the stream's current version and, for a session, its current state.
@@ -20,6 +28,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
@@ -97,6 +106,7 @@ pub fn routes() -> Router<Arc<Display>> {
         .route("/api/v1/feed", get(feed))
         .route("/api/v1/whoami", get(whoami))
         .route("/api/v1/commands", post(command))
+        .route("/api/v1/tech/actions", post(tech_action))
         .layer(DefaultBodyLimit::max(COMMAND_BODY_BYTES_MAX))
 }
 
@@ -136,6 +146,7 @@ async fn healthz(State(display): State<Arc<Display>>) -> Response {
 
 async fn metrics(State(display): State<Arc<Display>>) -> Response {
     let c = &display.counters;
+    let r = &display.rmonitor;
     let live = display.config.clients_max - display.clients.available_permits();
     let lines = [
         (
@@ -203,6 +214,54 @@ async fn metrics(State(display): State<Arc<Display>>) -> Response {
             "counter",
             "Race commands refused as stale (409).",
             c.commands_stale.load(Ordering::Relaxed),
+        ),
+        (
+            "display_tech_actions_total",
+            "counter",
+            "Technician's actions taken and recorded.",
+            c.tech_actions.load(Ordering::Relaxed),
+        ),
+        (
+            "display_tech_actions_limited_total",
+            "counter",
+            "Technician's actions refused for the rate limit (429).",
+            c.tech_actions_limited.load(Ordering::Relaxed),
+        ),
+        (
+            "display_tech_actions_refused_total",
+            "counter",
+            "Technician's actions the runtime did not take (404, 503).",
+            c.tech_actions_refused.load(Ordering::Relaxed),
+        ),
+        (
+            "display_rmonitor_clients",
+            "gauge",
+            "RMonitor feed clients connected.",
+            r.clients.load(Ordering::Relaxed),
+        ),
+        (
+            "display_rmonitor_clients_refused_total",
+            "counter",
+            "RMonitor feed connections closed at the cap.",
+            r.clients_refused.load(Ordering::Relaxed),
+        ),
+        (
+            "display_rmonitor_clients_lagged_total",
+            "counter",
+            "RMonitor feed clients closed for a full queue.",
+            r.clients_lagged.load(Ordering::Relaxed),
+        ),
+        (
+            "display_rmonitor_clients_timed_out_total",
+            "counter",
+            "RMonitor feed clients closed for a stalled write.",
+            r.clients_timed_out.load(Ordering::Relaxed),
+        ),
+        (
+            "display_rmonitor_chunks_sent_total",
+            "counter",
+            "RMonitor record chunks written to clients.",
+            r.chunks_sent.load(Ordering::Relaxed),
         ),
     ];
     let mut text = String::new();
@@ -583,4 +642,181 @@ async fn command(
             format!("the command was not recorded: {why}"),
         )),
     }
+}
+
+/// A technician's action as the tech page sends it.
+#[derive(Debug, Deserialize)]
+pub struct TechBody {
+    #[serde(flatten)]
+    pub action: crate::TechAction,
+    /// Why, for the record; required.
+    pub reason: String,
+    /// Who is at the phone, for the record; the role's name if left out.
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+/// The longest `reason` of a technician's action, in bytes.
+pub const TECH_REASON_BYTES_MAX: usize = 200;
+
+/// The longest input name, in bytes (input names are ids of the node's config).
+pub const TECH_INPUT_BYTES_MAX: usize = 64;
+
+fn tech_refused(display: &Display, status: StatusCode, message: impl Into<String>) -> ApiError {
+    Counters::bump(&display.counters.tech_actions_refused);
+    ApiError::new(status, message)
+}
+
+fn check_tech_body(display: &Display, body: &TechBody) -> Result<(), ApiError> {
+    let reason = body.reason.trim();
+    if reason.is_empty() || reason.len() > TECH_REASON_BYTES_MAX {
+        return Err(bad(
+            display,
+            format!("reason must be 1 to {TECH_REASON_BYTES_MAX} bytes: say why, for the record"),
+        ));
+    }
+    if body
+        .user
+        .as_ref()
+        .is_some_and(|u| u.len() > COMMAND_USER_BYTES_MAX)
+    {
+        return Err(bad(
+            display,
+            format!("user is longer than {COMMAND_USER_BYTES_MAX} bytes"),
+        ));
+    }
+    match &body.action {
+        crate::TechAction::Resend { input, .. } | crate::TechAction::Reconnect { input }
+            if input.is_empty() || input.len() > TECH_INPUT_BYTES_MAX =>
+        {
+            Err(bad(
+                display,
+                format!("input must be 1 to {TECH_INPUT_BYTES_MAX} bytes"),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Hands an action to the runtime and waits (asynchronously, bounded) for its answer.
+async fn ask_runtime(display: &Display, action: crate::TechAction) -> Result<String, ApiError> {
+    let Some(tech) = &display.config.tech else {
+        return Err(tech_refused(
+            display,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this display has no runtime to take technician's actions",
+        ));
+    };
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    if let Err(e) = tech.try_send(crate::TechRequest { action, reply }) {
+        let why = match e {
+            tokio::sync::mpsc::error::TrySendError::Full(_) => {
+                "the runtime is busy with other actions; try again"
+            }
+            tokio::sync::mpsc::error::TrySendError::Closed(_) => "the runtime is stopping",
+        };
+        let mut e = tech_refused(display, StatusCode::SERVICE_UNAVAILABLE, why);
+        e.retry_after_s = Some(1);
+        return Err(e);
+    }
+    let waited =
+        tokio::time::timeout(Duration::from_millis(crate::TECH_REPLY_MS_MAX), answer).await;
+    match waited {
+        Ok(Ok(Ok(done))) => Ok(done),
+        Ok(Ok(Err(crate::TechRefusal::UnknownInput(name)))) => Err(tech_refused(
+            display,
+            StatusCode::NOT_FOUND,
+            format!("no decoder input is named {name:?}"),
+        )),
+        Ok(Ok(Err(crate::TechRefusal::Unavailable(why)))) => {
+            Err(tech_refused(display, StatusCode::SERVICE_UNAVAILABLE, why))
+        }
+        Ok(Err(_)) | Err(_) => Err(tech_refused(
+            display,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the runtime did not answer in time; the action may not have been taken",
+        )),
+    }
+}
+
+async fn tech_action(
+    State(display): State<Arc<Display>>,
+    peer: Option<Extension<Peer>>,
+    headers: HeaderMap,
+    body: Result<Json<TechBody>, JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let role = authorize(&display, &headers, peer, Role::Technician)?;
+    let Json(body) = body.map_err(|e| {
+        Counters::bump(&display.counters.bad_requests);
+        ApiError::new(e.status(), format!("malformed action: {}", e.body_text()))
+    })?;
+    check_tech_body(&display, &body)?;
+    if let Err(retry_after_s) = display.tech_limit.take() {
+        Counters::bump(&display.counters.tech_actions_limited);
+        let mut e = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "at most {} technician's actions a minute; try again in {retry_after_s} s",
+                crate::auth::ACTIONS_PER_MINUTE_MAX
+            ),
+        );
+        e.retry_after_s = Some(retry_after_s);
+        return Err(e);
+    }
+    let user = match &body.user {
+        Some(u) => format!("{}:{u}", role.name()),
+        None => role.name().to_owned(),
+    };
+    let detail = ask_runtime(&display, body.action.clone()).await?;
+    let (action, target) = match &body.action {
+        crate::TechAction::Resend { input, .. } => ("resend", input.clone()),
+        crate::TechAction::Reconnect { input } => ("reconnect", input.clone()),
+        crate::TechAction::UplinkRetry => ("uplink_retry", String::new()),
+    };
+    let record = events::catalog::TechnicianAction {
+        action: action.to_owned(),
+        target,
+        detail: detail.clone(),
+        user: user.clone(),
+        reason: body.reason.trim().to_owned(),
+    };
+    let seq = record_tech_action(&display, record, user)
+        .await
+        .map_err(|why| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{detail}; but the action was not recorded: {why}"),
+            )
+        })?;
+    Counters::bump(&display.counters.tech_actions);
+    tracing::info!(action, %detail, seq, "technician's action taken");
+    Ok(Json(
+        json!({ "action": action, "detail": detail, "seq": seq }),
+    ))
+}
+
+/// Stores a technician's action on the node's stream; its seq.
+async fn record_tech_action(
+    display: &Display,
+    record: events::catalog::TechnicianAction,
+    user: String,
+) -> Result<u64, String> {
+    use events::VenueStreams;
+    use spool::schema::EventPayload;
+    let meta = spool::Metadata {
+        captured_at_us: spool::now_us(),
+        user: Some(user),
+        ..spool::Metadata::default()
+    };
+    let event = record.encode(meta).map_err(|e| spool::error_chain(&e))?;
+    let appended = display
+        .spool
+        .append(vec![spool::AppendStream::new(
+            spool::StreamId::node(),
+            spool::ExpectedVersion::Any,
+            vec![event],
+        )])
+        .await
+        .map_err(|e| spool::error_chain(&e))?;
+    Ok(appended.first().map_or(0, |a| a.seq.0))
 }

@@ -5,7 +5,8 @@
 //! file never holds one. A client sends `Authorization: Bearer <token>`: a header a browser never
 //! adds by itself, so another site cannot make a visitor's browser send a command (no cookies, no
 //! CSRF). Wrong tokens are counted per address: past [`AUTH_FAILURES_PER_MINUTE_MAX`] in a minute
-//! that address gets 429 until the minute is over, right token or not.
+//! that address gets 429 until the minute is over, right token or not. The technician's actions
+//! are limited as well, to [`ACTIONS_PER_MINUTE_MAX`] a minute whatever the token.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -160,5 +161,34 @@ impl Limiter {
                 Err(Refusal::Wrong)
             }
         }
+    }
+}
+
+/// Technician's actions the box takes per minute, from all addresses together. Each reconnects a
+/// decoder, asks it to resend or wakes the uplink: a person needs a few; a script in a loop would
+/// keep a decoder from ever staying connected.
+pub const ACTIONS_PER_MINUTE_MAX: u32 = 20;
+
+/// A fixed one-minute window over the technician's actions.
+#[derive(Debug, Default)]
+pub struct ActionLimiter {
+    window: Mutex<Option<(Instant, u32)>>,
+}
+
+impl ActionLimiter {
+    /// Counts one action; past [`ACTIONS_PER_MINUTE_MAX`] in the window, the seconds to wait.
+    pub fn take(&self) -> Result<(), u64> {
+        let now = Instant::now();
+        let mut window = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        let (start, count) = match *window {
+            Some((start, count)) if now.duration_since(start) < WINDOW => (start, count),
+            _ => (now, 0),
+        };
+        if count >= ACTIONS_PER_MINUTE_MAX {
+            let left = WINDOW.saturating_sub(now.duration_since(start));
+            return Err(left.as_secs().max(1));
+        }
+        *window = Some((start, count + 1));
+        Ok(())
     }
 }

@@ -13,6 +13,8 @@
 //!   rate-limited.
 //! - [`pages`]: plain HTML/CSS/JS compiled into the binary.
 //! - [`server`]: the listening socket, with a cap on connections (as central's).
+//! - [`rmonitor`]: the RMonitor TCP feed for existing scoreboards and TV graphics (`$F` every
+//!   second, the state dump on connect, Orbits' records per passing), off unless configured.
 //!
 //! The race engine is reached only through [`race::RaceModels`]; the node's status through a
 //! function returning its JSON ([`StatusSource`]).
@@ -38,6 +40,7 @@ pub mod hub;
 pub mod live;
 pub mod pages;
 pub mod race;
+pub mod rmonitor;
 pub mod server;
 
 use std::sync::Arc;
@@ -98,7 +101,54 @@ pub struct DisplayConfig {
     pub tokens: auth::Tokens,
     /// The directory whose file system the technician's page reports (the node's data directory).
     pub data_dir: Option<std::path::PathBuf>,
+    /// Where the technician's actions go: the node's runtime. `None`: the tech page's actions get
+    /// 503 (a display with no runtime behind it, as in the display's own tests).
+    pub tech: Option<TechSender>,
 }
+
+/// The technician's actions waiting for the runtime, at most: a person clicks a few a minute, and
+/// the runtime takes each at once; a full channel gets 503 rather than a wait.
+pub const TECH_COMMANDS_MAX: usize = 8;
+
+/// How long a technician's action waits for the runtime's answer, in milliseconds; past it the
+/// answer is 503. The runtime only hands the action over (it never waits on a decoder), so this is
+/// far more than it takes.
+pub const TECH_REPLY_MS_MAX: u64 = 2_000;
+
+/// What a technician may ask of the node's runtime from the tech page.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum TechAction {
+    /// Ask the decoders on an input to resend their passings `from..=from + RESEND_SPAN_PASSINGS - 1`.
+    Resend { input: String, from: u32 },
+    /// Close an input's connection and open it again at once, without waiting out a backoff.
+    Reconnect { input: String },
+    /// End the uplink's backoff and try central now.
+    UplinkRetry,
+}
+
+/// How many passings one resend asks for: a decoder's memory holds thousands, and a technician
+/// recovering a gap asks from its start; a larger range would be a flood on a 9,600-baud line.
+pub const RESEND_SPAN_PASSINGS: u32 = 1_000;
+
+/// Why the runtime did not take an action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TechRefusal {
+    /// No input of that name.
+    UnknownInput(String),
+    /// The runtime cannot do it now (the input's queue is full, no uplink is configured, ...).
+    Unavailable(String),
+}
+
+/// One action on its way to the runtime, with where its answer goes: what was done, or why not.
+#[derive(Debug)]
+pub struct TechRequest {
+    pub action: TechAction,
+    pub reply: tokio::sync::oneshot::Sender<Result<String, TechRefusal>>,
+}
+
+/// The display's end of the runtime's command channel.
+pub type TechSender = tokio::sync::mpsc::Sender<TechRequest>;
 
 impl DisplayConfig {
     /// The defaults, with no role tokens (commands are refused until tokens are configured).
@@ -110,6 +160,7 @@ impl DisplayConfig {
             client_queue_events: CLIENT_QUEUE_EVENTS,
             tokens: auth::Tokens::default(),
             data_dir: None,
+            tech: None,
         }
     }
 }
@@ -125,6 +176,9 @@ pub struct Counters {
     pub auth_limited: AtomicU64,
     pub commands: AtomicU64,
     pub commands_stale: AtomicU64,
+    pub tech_actions: AtomicU64,
+    pub tech_actions_limited: AtomicU64,
+    pub tech_actions_refused: AtomicU64,
 }
 
 impl Counters {
@@ -141,8 +195,12 @@ pub struct Display {
     pub status: Arc<dyn StatusSource>,
     pub race: Arc<dyn RaceModels>,
     pub counters: Counters,
+    /// The RMonitor feed's counts (zero while it is not served).
+    pub rmonitor: rmonitor::RMonitorCounters,
     pub clients: Arc<Semaphore>,
     pub auth: auth::Limiter,
+    /// The technician's actions a minute, whoever sends them ([`auth::ACTIONS_PER_MINUTE_MAX`]).
+    pub tech_limit: auth::ActionLimiter,
     pub cancel: CancellationToken,
     /// The snapshot tasks and every live client's: [`Display::stopped`] waits for them.
     pub tasks: TaskTracker,
@@ -173,7 +231,9 @@ impl Display {
             status,
             race,
             counters: Counters::default(),
+            rmonitor: rmonitor::RMonitorCounters::default(),
             auth: auth::Limiter::default(),
+            tech_limit: auth::ActionLimiter::default(),
             cancel: cancel.clone(),
             tasks: TaskTracker::new(),
             hub_thread: std::sync::Mutex::new(Some(thread)),

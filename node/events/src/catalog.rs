@@ -339,6 +339,28 @@ impl EventPayload for NodeStopping {
     const SCHEMA_VERSION: u16 = 1;
 }
 
+/// `node.technician_action`: an action a technician took from the display's tech page (reconnect a
+/// decoder input, ask for a resend, retry the uplink now), with who and why. Stored once the
+/// runtime took the action.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TechnicianAction {
+    /// `reconnect`, `resend` or `uplink_retry`.
+    pub action: String,
+    /// The input it was about; empty for the uplink.
+    pub target: String,
+    /// What the runtime did, in its words (e.g. the passing numbers asked for).
+    pub detail: String,
+    /// Who: the role and the name given at the page.
+    pub user: String,
+    /// Why, as the technician wrote it.
+    pub reason: String,
+}
+
+impl EventPayload for TechnicianAction {
+    const EVENT_TYPE: &'static str = "node.technician_action";
+    const SCHEMA_VERSION: u16 = 1;
+}
+
 /// The catalog's schemas with their upcasters: what a venue spool reads and verifies with.
 pub fn schemas() -> Schemas {
     let mut schemas = Schemas::empty();
@@ -358,7 +380,8 @@ pub fn schemas() -> Schemas {
         .register::<Decision>()
         .register::<RaceEvent>()
         .register::<NodeStarted>()
-        .register::<NodeStopping>();
+        .register::<NodeStopping>()
+        .register::<TechnicianAction>();
     schemas
 }
 
@@ -408,6 +431,43 @@ mod tests {
             ("race.event", 1)
         );
         assert!(schemas().current_version("race.event") == Some(1));
+    }
+
+    /// Stored events outlive releases: the bytes of `node.technician_action` v1 are pinned.
+    #[test]
+    fn technician_action_v1_bytes_are_pinned() {
+        let e = TechnicianAction {
+            action: "resend".into(),
+            target: "gate".into(),
+            detail: "5".into(),
+            user: "t".into(),
+            reason: "gap".into(),
+        };
+        let bytes = postcard::to_allocvec(&e).unwrap();
+        assert_eq!(
+            bytes,
+            [
+                &[6][..],
+                b"resend",
+                &[4],
+                b"gate",
+                &[1],
+                b"5",
+                &[1],
+                b"t",
+                &[3],
+                b"gap"
+            ]
+            .concat()
+        );
+        assert_eq!(postcard::from_bytes::<TechnicianAction>(&bytes).unwrap(), e);
+        assert_eq!(
+            (
+                TechnicianAction::EVENT_TYPE,
+                TechnicianAction::SCHEMA_VERSION
+            ),
+            ("node.technician_action", 1)
+        );
     }
 
     /// Stored events outlive releases: the bytes of `decoder.flapping` v1 are pinned.

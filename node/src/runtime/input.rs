@@ -71,6 +71,19 @@ pub const CLOCK_ANSWER_TIMEOUT_MS: u64 = 2_000;
 /// issue 14), so it stays an experiment the bench runs beside the default.
 pub const INPUT_THREAD_ENV: &str = "VENUE_NODE_INPUT_THREAD";
 
+/// A technician's commands waiting for one input: one click at a time is the use; a full queue
+/// is refused at the tech page (503) rather than waited on.
+pub const INPUT_COMMANDS_MAX: usize = 4;
+
+/// A technician's command to one input, from the display's tech page through [`super::tech`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputCommand {
+    /// Close the connection (or end the backoff) and open the line again.
+    Reconnect,
+    /// Ask the decoders on the line to resend passings `from..=until`.
+    Resend { from: u32, until: u32 },
+}
+
 const _: () = assert!(RECONNECT_BACKOFF_MS_MIN < RECONNECT_BACKOFF_MS_MAX);
 const _: () = assert!(RECONNECT_BACKOFF_MS_MAX < FLAPPING_REPORT_INTERVAL_MS);
 
@@ -245,6 +258,8 @@ pub struct Input {
     pub boot_id: String,
     pub clock: ClockSettings,
     pub status: Shared,
+    /// A technician's commands ([`Input::set_commands`]); `None`: nobody sends any.
+    pub(super) commands: Option<tokio::sync::mpsc::Receiver<InputCommand>>,
 }
 
 impl Input {
@@ -263,7 +278,13 @@ impl Input {
             boot_id,
             clock,
             status,
+            commands: None,
         }
+    }
+
+    /// Takes a technician's commands from `commands` while it runs.
+    pub fn set_commands(&mut self, commands: tokio::sync::mpsc::Receiver<InputCommand>) {
+        self.commands = Some(commands);
     }
 
     fn meta(&self, captured_at_us: u64) -> Metadata {
@@ -423,7 +444,8 @@ impl Input {
     }
 
     /// [`Input::run`] on the runtime it is called from.
-    async fn run_here(self, cancel: CancellationToken) {
+    async fn run_here(mut self, cancel: CancellationToken) {
+        let mut commands = self.commands.take();
         let mut memory = Memory::default();
         for group in self.remembered_counters().await {
             memory.counters.remember(group);
@@ -444,7 +466,7 @@ impl Input {
                 Ok(x) => x,
                 Err(e) => {
                     self.open_failed(&e);
-                    if !self.wait(&mut backoff_ms, &cancel).await {
+                    if !self.wait(&mut backoff_ms, &mut commands, &cancel).await {
                         break;
                     }
                     continue;
@@ -470,14 +492,21 @@ impl Input {
                     .await;
             }
             let end = self
-                .session(line, &mut memory, &mut flapping, &address, &cancel)
+                .session(
+                    line,
+                    &mut memory,
+                    &mut flapping,
+                    &address,
+                    &mut commands,
+                    &cancel,
+                )
                 .await;
             memory.counters.on_disconnect();
             let empty = end.frames == 0 && !cancel.is_cancelled();
             self.ended(end, address, &mut flapping, cancel.is_cancelled())
                 .await;
             if empty {
-                if !self.wait(&mut backoff_ms, &cancel).await {
+                if !self.wait(&mut backoff_ms, &mut commands, &cancel).await {
                     break;
                 }
             } else {
@@ -504,13 +533,33 @@ impl Input {
         });
     }
 
-    /// Waits `backoff_ms`, then doubles it up to [`RECONNECT_BACKOFF_MS_MAX`]. False if cancelled.
-    async fn wait(&self, backoff_ms: &mut u64, cancel: &CancellationToken) -> bool {
+    /// Waits `backoff_ms`, then doubles it up to [`RECONNECT_BACKOFF_MS_MAX`]; a technician's
+    /// reconnect ends the wait at once. False if cancelled.
+    async fn wait(
+        &self,
+        backoff_ms: &mut u64,
+        commands: &mut Option<tokio::sync::mpsc::Receiver<InputCommand>>,
+        cancel: &CancellationToken,
+    ) -> bool {
         let wait_ms = *backoff_ms;
         self.status.input(&self.name, |s| s.backoff_ms = wait_ms);
-        tokio::select! {
-            () = tokio::time::sleep(Duration::from_millis(wait_ms)) => {}
-            () = cancel.cancelled() => return false,
+        let sleep = tokio::time::sleep(Duration::from_millis(wait_ms));
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                () = &mut sleep => break,
+                () = cancel.cancelled() => return false,
+                command = next_command(commands) => match command {
+                    InputCommand::Reconnect => {
+                        tracing::info!(input = %self.name, "a technician asked to reconnect; trying now");
+                        return true;
+                    }
+                    InputCommand::Resend { from, until } => {
+                        // Checked as connected when sent; the line went down since.
+                        tracing::warn!(input = %self.name, from, until, "a technician's resend came while the input is not connected; not sent");
+                    }
+                },
+            }
         }
         *backoff_ms = (wait_ms * 2).min(RECONNECT_BACKOFF_MS_MAX);
         true
@@ -608,6 +657,7 @@ impl Input {
         memory: &mut Memory,
         flapping: &mut Option<Flapping>,
         address: &str,
+        commands: &mut Option<tokio::sync::mpsc::Receiver<InputCommand>>,
         cancel: &CancellationToken,
     ) -> SessionEnd {
         let (mut rx, mut tx) = tokio::io::split(line);
@@ -657,6 +707,26 @@ impl Input {
                     continue;
                 }
                 () = cancel.cancelled() => return end("node shutting down".into(), &acc),
+                command = next_command(commands) => {
+                    match command {
+                        InputCommand::Reconnect => {
+                            tracing::info!(input = %self.name, "a technician asked to reconnect");
+                            return end("reconnect asked by a technician".into(), &acc);
+                        }
+                        InputCommand::Resend { from, until } => {
+                            tracing::info!(input = %self.name, from, until, "a technician asked the decoders to resend passings");
+                            let sent = match decoder::command::resend(from, until, None) {
+                                Ok(cmd) => send(&mut tx, cmd).await.map_err(|e| format!("write failed: {e}")),
+                                Err(e) => Err(format!("encoding RESEND: {e}")),
+                            };
+                            if let Err(e) = sent {
+                                return end(e, &acc);
+                            }
+                            self.status.input(&self.name, |s| s.resend_requests += 1);
+                        }
+                    }
+                    continue;
+                }
             };
             let n = match read {
                 Err(_) => {
@@ -974,6 +1044,19 @@ impl Flapping {
             reason: String::new(),
         }
     }
+}
+
+/// The next technician's command; never, once nobody can send one.
+async fn next_command(
+    commands: &mut Option<tokio::sync::mpsc::Receiver<InputCommand>>,
+) -> InputCommand {
+    if let Some(rx) = commands {
+        if let Some(command) = rx.recv().await {
+            return command;
+        }
+        *commands = None;
+    }
+    std::future::pending().await
 }
 
 async fn send<W: AsyncWrite + Unpin>(

@@ -17,6 +17,7 @@ pub mod input;
 pub mod notify;
 pub mod probe;
 pub mod status;
+pub mod tech;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -140,6 +141,8 @@ pub struct Node {
     /// The race projection over the spool, folding from [`Node::run`] on. It holds a clone of the
     /// spool: the spool closes when the last clone of both is dropped.
     pub results: Arc<results::Results>,
+    /// The technician's actions from the display ([`Node::tech_channel`]), taken while it runs.
+    tech: Option<tokio::sync::mpsc::Receiver<display::TechRequest>>,
 }
 
 impl Node {
@@ -215,12 +218,25 @@ impl Node {
             data_dir,
             notifier: notify::Notifier::from_env(),
             results,
+            tech: None,
         })
     }
 
+    /// The channel the display sends the technician's actions on; [`Node::run`] takes them.
+    pub fn tech_channel(&mut self) -> display::TechSender {
+        let (tx, rx) = tokio::sync::mpsc::channel(display::TECH_COMMANDS_MAX);
+        self.tech = Some(rx);
+        tx
+    }
+
     /// Runs every input and the status writer until `cancel`, then shuts down in order.
-    pub async fn run(self, config: &Config, cancel: CancellationToken) -> anyhow::Result<()> {
+    pub async fn run(mut self, config: &Config, cancel: CancellationToken) -> anyhow::Result<()> {
         let tracker = TaskTracker::new();
+        let mut targets = tech::Targets {
+            inputs: std::collections::HashMap::new(),
+            uplink: None,
+            status: self.status.clone(),
+        };
         for d in &config.decoders {
             let Some(source) = input::Source::from_config(&d.kind) else {
                 // The runtime reads real devices only; `venue-node run` (node::run) serves a
@@ -230,7 +246,8 @@ impl Node {
                     d.name
                 );
             };
-            let input = input::Input::new(
+            let probed = matches!(source, input::Source::Probe(_));
+            let mut input = input::Input::new(
                 d,
                 source,
                 self.spool.clone(),
@@ -238,10 +255,20 @@ impl Node {
                 config.clock.clone(),
                 self.status.clone(),
             );
+            // Probed inputs adopt their decoders as they are found; they take no commands yet.
+            let commands = (!probed).then(|| {
+                let (tx, rx) = tokio::sync::mpsc::channel(input::INPUT_COMMANDS_MAX);
+                input.set_commands(rx);
+                tx
+            });
+            targets.inputs.insert(d.name.clone(), commands);
             tracker.spawn(input.run(cancel.clone()));
         }
         if let Some(u) = &config.uplink {
-            self.start_uplink(&tracker, config, u, cancel.clone())?;
+            targets.uplink = Some(self.start_uplink(&tracker, config, u, cancel.clone())?);
+        }
+        if let Some(requests) = self.tech.take() {
+            tracker.spawn(tech::run(requests, targets, cancel.clone()));
         }
         // Beside the inputs, on a thread of its own; it saves a snapshot as it stops.
         let folder = self
@@ -295,16 +322,18 @@ impl Node {
 
 impl Node {
     /// Starts the drain to central beside the inputs; its status is mirrored into the node's.
+    /// Returns its retry handle, for the technician's "retry now".
     fn start_uplink(
         &self,
         tracker: &TaskTracker,
         config: &Config,
         u: &crate::config::UplinkSettings,
         cancel: CancellationToken,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Arc<tokio::sync::Notify>> {
         let dc = drain_config(config, u, self.client_id.clone());
         let drain = uplink::drain::Drain::new(dc, self.spool.clone())
             .map_err(|e| anyhow::anyhow!(uplink::chain(&e)))?;
+        let retry_now = drain.retry_now_handle();
         let mut watch = drain.status();
         let status = self.status.clone();
         // On a thread of its own at a lower CPU priority: a backlog of days drains with the cores
@@ -335,7 +364,7 @@ impl Node {
                 });
             }
         });
-        Ok(())
+        Ok(retry_now)
     }
 }
 

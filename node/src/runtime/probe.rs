@@ -397,6 +397,8 @@ impl Prober {
             boot_id: input.boot_id.clone(),
             clock: input.clock.clone(),
             status: input.status.clone(),
+            // A probed decoder takes no technician's commands yet (see `runtime::tech`).
+            commands: None,
         };
         let token = cancel.child_token();
         tracker.spawn(adopted_input.run(token.clone()));

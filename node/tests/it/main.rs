@@ -12,5 +12,6 @@ mod release;
 mod run;
 mod runtime;
 mod simulate;
+mod tech;
 mod udev;
 mod unit;

@@ -38,6 +38,7 @@ mod http;
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -252,6 +253,8 @@ pub struct Drain {
     urls: Vec<reqwest::Url>,
     client: reqwest::Client,
     status: watch::Sender<DrainStatus>,
+    /// Woken by a technician's "retry now": the backoff being waited out (or the next one) ends.
+    retry_now: Arc<tokio::sync::Notify>,
 }
 
 impl Drain {
@@ -297,7 +300,14 @@ impl Drain {
             urls,
             client,
             status,
+            retry_now: Arc::new(tokio::sync::Notify::new()),
         })
+    }
+
+    /// A handle that ends the drain's current backoff at once (or, if it is not waiting, its next
+    /// one): a technician who fixed the WAN need not wait out a backoff of up to a minute.
+    pub fn retry_now_handle(&self) -> Arc<tokio::sync::Notify> {
+        self.retry_now.clone()
     }
 
     /// A live view of the drain's status.
@@ -796,7 +806,10 @@ impl<'a> Sender<'a> {
                     let error = Error::spool("acknowledging the uplink cursor")(e);
                     self.error(&error.to_string(), &error);
                     let delay = self.backoff.next_delay(None);
-                    if sleep_or_cancel(delay, cancel).await.is_err() {
+                    if sleep_or_cancel(delay, cancel, &self.drain.retry_now)
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -860,7 +873,7 @@ impl<'a> Sender<'a> {
                         self.failure(&reason);
                         self.fail_over();
                         let delay = self.backoff.next_delay(retry_after);
-                        sleep_or_cancel(delay, cancel).await?;
+                        sleep_or_cancel(delay, cancel, &self.drain.retry_now).await?;
                     }
                     Outcome::Auth { reason } => {
                         tracing::error!(%reason, "central refuses the token; forwarding stopped, nothing is lost");
@@ -870,7 +883,7 @@ impl<'a> Sender<'a> {
                         self.failure(&reason);
                         self.token = None;
                         let delay = Duration::from_millis(self.drain.config.limits.auth_retry_ms);
-                        sleep_or_cancel(delay, cancel).await?;
+                        sleep_or_cancel(delay, cancel, &self.drain.retry_now).await?;
                     }
                     Outcome::TooLarge { reason } if part.len() > 1 => {
                         tracing::info!(events = part.len(), %reason, "batch too large; splitting");
@@ -957,7 +970,7 @@ impl<'a> Sender<'a> {
                     let error = Error::spool("parking a rejected event")(e);
                     self.error(&error.to_string(), &error);
                     let delay = self.backoff.next_delay(None);
-                    sleep_or_cancel(delay, cancel).await?;
+                    sleep_or_cancel(delay, cancel, &self.drain.retry_now).await?;
                 }
             }
         }
@@ -984,7 +997,7 @@ impl<'a> Sender<'a> {
                     self.publish(|s| s.alarm = Some(problem.clone()));
                     self.failure(&problem);
                     let delay = Duration::from_millis(self.drain.config.limits.auth_retry_ms);
-                    sleep_or_cancel(delay, cancel).await?;
+                    sleep_or_cancel(delay, cancel, &self.drain.retry_now).await?;
                 }
             }
         }
@@ -1071,10 +1084,15 @@ fn halve(work: &mut Vec<Piece>, lo: usize, hi: usize) {
     });
 }
 
-async fn sleep_or_cancel(delay: Duration, cancel: &CancellationToken) -> Result<(), Cancelled> {
+async fn sleep_or_cancel(
+    delay: Duration,
+    cancel: &CancellationToken,
+    retry_now: &tokio::sync::Notify,
+) -> Result<(), Cancelled> {
     tokio::select! {
         () = cancel.cancelled() => Err(Cancelled),
         () = tokio::time::sleep(delay) => Ok(()),
+        () = retry_now.notified() => Ok(()),
     }
 }
 

@@ -1,6 +1,7 @@
 //! The pages in a real headless Chromium, driven over WebDriver (plain HTTP to chromedriver): every
 //! page loads and goes live, the leaderboard changes after a passing, a race-control button works,
-//! and a page resumes after the box restarts. Screenshots are saved under the target directory.
+//! a technician's action button works, and a page resumes after the box restarts. Screenshots are
+//! saved under the target directory.
 
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
@@ -179,7 +180,8 @@ const LIVE: &str = "return document.getElementById('conn') !== null && document.
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pages_load_follow_passings_send_commands_and_resume_after_a_restart() {
-    let b = TestBox::start(config()).await;
+    let (config, mut runtime) = with_runtime(config());
+    let b = TestBox::start(config).await;
     b.race_setup(&[7001, 7002]).await;
     b.passing(1, 7001, 30_000_000).await;
     b.decoder_status(21).await;
@@ -251,6 +253,31 @@ async fn the_pages_load_follow_passings_send_commands_and_resume_after_a_restart
     assert_eq!(stale, Value::Bool(true));
     browser.until("the conflict shown", "return document.getElementById('banner').className.includes('conflict') && document.getElementById('state').textContent.includes('ended');").await;
     browser.screenshot("control-conflict").await;
+
+    // A technician's action button works: with the technician's token and a reason, the runtime
+    // gets the action and the page shows it recorded.
+    browser
+        .js(&format!(
+            "localStorage.setItem('venue-token', '{TECH_TOKEN}'); return true;"
+        ))
+        .await;
+    browser.go(&b.url("/tech")).await;
+    browser.until("the tech page live", LIVE).await;
+    browser
+        .js("document.getElementById('reason').value = 'central is back'; return true;")
+        .await;
+    browser.click("#uplink-retry").await;
+    browser
+        .until(
+            "the action shown recorded",
+            "return document.getElementById('banner').textContent.startsWith('Done: the uplink tries now (recorded as seq');",
+        )
+        .await;
+    assert_eq!(
+        tokio::time::timeout(WAIT, runtime.recv()).await.unwrap(),
+        Some(display::TechAction::UplinkRetry)
+    );
+    browser.screenshot("tech-after-action").await;
 
     // A page resumes after the box restarts, from the last seq it had.
     browser.go(&b.url("/announcer")).await;

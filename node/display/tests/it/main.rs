@@ -3,4 +3,6 @@
 mod api;
 mod browser;
 mod live;
+mod rmonitor;
 mod support;
+mod tech;

@@ -295,3 +295,38 @@ pub async fn events_until(ws: &mut Ws, seq: u64) -> Vec<Value> {
 pub async fn send_text(ws: &mut Ws, text: &str) {
     ws.send(Message::Text(text.into())).await.unwrap();
 }
+
+/// The node's runtime as the display sees it, behind the tech channel: takes every action (an
+/// input named `missing` is unknown) and reports each one on the returned receiver. The runtime's
+/// own side is tested in the node's tests.
+pub fn with_runtime(
+    mut config: DisplayConfig,
+) -> (
+    DisplayConfig,
+    tokio::sync::mpsc::UnboundedReceiver<display::TechAction>,
+) {
+    let (tx, mut rx) =
+        tokio::sync::mpsc::channel::<display::TechRequest>(display::TECH_COMMANDS_MAX);
+    let (seen_tx, seen) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(request) = rx.recv().await {
+            let answer = match &request.action {
+                display::TechAction::Reconnect { input }
+                | display::TechAction::Resend { input, .. }
+                    if input == "missing" =>
+                {
+                    Err(display::TechRefusal::UnknownInput(input.clone()))
+                }
+                display::TechAction::Reconnect { input } => Ok(format!("reconnecting {input}")),
+                display::TechAction::Resend { input, from } => {
+                    Ok(format!("asked {input} to resend from {from}"))
+                }
+                display::TechAction::UplinkRetry => Ok("the uplink tries now".to_owned()),
+            };
+            let _ = seen_tx.send(request.action);
+            let _ = request.reply.send(answer);
+        }
+    });
+    config.tech = Some(tx);
+    (config, seen)
+}
