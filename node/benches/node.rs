@@ -16,8 +16,9 @@
 //! `cargo bench -p node --bench node` (`NODE_BENCH_SECONDS` scales each run, default 10;
 //! `NODE_BENCH_ROUNDS`, default 2).
 
+mod common;
+
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -27,21 +28,12 @@ use node::runtime::Node;
 use spool::schema::EventPayload;
 use spool::{Filter, Spool};
 use tokio::io::AsyncWriteExt;
-use tokio_serial::SerialPort;
 use tokio_util::sync::CancellationToken;
+
+use common::{floor, pct, pty};
 
 fn passing(n: u32) -> Vec<u8> {
     testkit::passing_frame(n, testkit::DECODER_ID, 1_700_000_000_000_000 + u64::from(n))
-}
-
-fn pty(dir: &Path) -> (tokio_serial::SerialStream, std::path::PathBuf) {
-    let (master, slave) = tokio_serial::SerialStream::pair().unwrap();
-    let name = slave.name().unwrap();
-    drop(slave);
-    let link = dir.join("decoder0");
-    let _ = std::fs::remove_file(&link);
-    std::os::unix::fs::symlink(name, &link).unwrap();
-    (master, link)
 }
 
 fn config(dir: &Path, device: std::path::PathBuf) -> Config {
@@ -50,29 +42,6 @@ fn config(dir: &Path, device: std::path::PathBuf) -> Config {
         track_id: "bench".into(),
         ..Config::demo(dir.join("data"), device)
     }
-}
-
-fn pct(sorted: &[f64], q: f64) -> f64 {
-    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
-}
-
-/// The floor: one small record appended and fdatasynced, `n` times, in `dir`.
-fn floor(dir: &Path, n: usize) -> Vec<f64> {
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("floor"))
-        .unwrap();
-    let record = [0x5au8; 96];
-    let mut out = Vec::with_capacity(n);
-    for _ in 0..n {
-        let t = Instant::now();
-        f.write_all(&record).unwrap();
-        f.sync_data().unwrap();
-        out.push(t.elapsed().as_secs_f64() * 1e6);
-    }
-    out.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    out
 }
 
 /// Where one passing's time went, µs, from the wall-clock stamps along the path: the bench's write on

@@ -1,19 +1,13 @@
-//! The display's listening socket, bounded as central's is (`central::server`): at most
+//! The display's listening socket, bounded by the accept loop central shares ([`listener`]): at most
 //! [`DISPLAY_CONNECTIONS_MAX`] connections at once (more wait in the kernel's accept queue), and a
 //! request's headers within [`DISPLAY_HEADER_READ_MS_MAX`]. Plain HTTP: it serves the venue's LAN,
 //! where the screens are, and holds no secret but the role tokens' hashes.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
 
 use axum::{Extension, Router};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::api::Peer;
 
@@ -51,35 +45,17 @@ impl Server {
 
     /// Serves `router` until `cancel`; live streams end with it.
     pub async fn run(self, router: Router, cancel: CancellationToken) {
-        let places = Arc::new(Semaphore::new(DISPLAY_CONNECTIONS_MAX));
-        let connections = TaskTracker::new();
-        loop {
-            // A place first: at the limit, connections wait in the kernel's queue, not in ours.
-            let place = tokio::select! {
-                () = cancel.cancelled() => break,
-                place = places.clone().acquire_owned() => place.expect("the semaphore is never closed"),
-            };
-            let (tcp, peer) = tokio::select! {
-                () = cancel.cancelled() => break,
-                accepted = self.listener.accept() => match accepted {
-                    Ok(pair) => pair,
-                    Err(error) => {
-                        // EMFILE and the like: back off a little instead of spinning.
-                        tracing::warn!(%error, "display: accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
-            let router = router.clone().layer(Extension(Peer(peer)));
-            let cancel = cancel.clone();
-            connections.spawn(async move {
-                let _place = place;
-                serve_connection(tcp, router, cancel).await;
-            });
-        }
-        connections.close();
-        connections.wait().await;
+        listener::accept_capped(
+            &self.listener,
+            DISPLAY_CONNECTIONS_MAX,
+            &cancel,
+            "display",
+            |tcp, peer| {
+                let router = router.clone().layer(Extension(Peer(peer)));
+                serve_connection(tcp, router, cancel.clone())
+            },
+        )
+        .await;
     }
 }
 
@@ -91,22 +67,5 @@ async fn serve_connection(tcp: TcpStream, router: Router, cancel: CancellationTo
     {
         tracing::debug!(%error, "display: SO_SNDBUF refused; the kernel's default stays");
     }
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_millis(DISPLAY_HEADER_READ_MS_MAX));
-    let connection = builder
-        .serve_connection(TokioIo::new(tcp), TowerToHyperService::new(router))
-        .with_upgrades();
-    tokio::pin!(connection);
-    let served = tokio::select! {
-        served = connection.as_mut() => served,
-        () = cancel.cancelled() => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
-        }
-    };
-    if let Err(error) = served {
-        tracing::debug!(%error, "display: connection ended");
-    }
+    listener::serve_http(tcp, router, DISPLAY_HEADER_READ_MS_MAX, cancel, "display").await;
 }

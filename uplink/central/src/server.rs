@@ -1,6 +1,7 @@
 //! The listening socket of central: plain HTTP on loopback, or HTTPS through rustls.
 //!
-//! Central faces the internet, so every connection is bounded in number and in time:
+//! Central faces the internet, so every connection is bounded in number and in time, by the accept
+//! loop the display shares ([`listener`]) and, here, the TLS handshake's own bounds:
 //!
 //! ```text
 //!  accept ──(a permit of CENTRAL_CONNECTIONS_MAX, or wait in the kernel's queue)──▶ task
@@ -19,14 +20,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use uplink::Error;
 use uplink::tls::ServerTlsConfig;
@@ -139,48 +136,34 @@ impl Server {
             connections_max = limits.connections_max,
             "central serving"
         );
-        let places = Arc::new(Semaphore::new(limits.connections_max));
         let handshakes = Arc::new(Semaphore::new(limits.tls_handshakes_max));
-        let connections = TaskTracker::new();
-        loop {
-            // A place first: at the limit, connections wait in the kernel's queue, not in ours.
-            let place = tokio::select! {
-                () = cancel.cancelled() => break,
-                place = places.clone().acquire_owned() => place.expect("the semaphore is never closed"),
-            };
-            let (tcp, peer) = tokio::select! {
-                () = cancel.cancelled() => break,
-                accepted = self.listener.accept() => match accepted {
-                    Ok(pair) => pair,
-                    Err(error) => {
-                        // EMFILE and the like: back off a little instead of spinning.
-                        tracing::warn!(%error, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
-            let router = router.clone();
-            let cancel = cancel.clone();
-            let acceptor = acceptor.clone();
-            let handshakes = handshakes.clone();
-            connections.spawn(async move {
-                // Held until the connection ends, whichever way.
-                let _place = place;
-                match acceptor {
-                    None => serve_connection(tcp, router, limits, cancel).await,
-                    Some(acceptor) => {
-                        if let Some(tls) =
-                            handshake(tcp, peer, &acceptor, &handshakes, limits).await
-                        {
-                            serve_connection(tls, router, limits, cancel).await;
+        listener::accept_capped(
+            &self.listener,
+            limits.connections_max,
+            &cancel,
+            "central",
+            |tcp, peer| {
+                let (router, cancel) = (router.clone(), cancel.clone());
+                let (acceptor, handshakes) = (acceptor.clone(), handshakes.clone());
+                async move {
+                    let header_ms = limits.header_read_ms_max;
+                    match acceptor {
+                        None => {
+                            listener::serve_http(tcp, router, header_ms, cancel, "central").await
+                        }
+                        Some(acceptor) => {
+                            if let Some(tls) =
+                                handshake(tcp, peer, &acceptor, &handshakes, limits).await
+                            {
+                                listener::serve_http(tls, router, header_ms, cancel, "central")
+                                    .await;
+                            }
                         }
                     }
                 }
-            });
-        }
-        connections.close();
-        connections.wait().await;
+            },
+        )
+        .await;
         Ok(())
     }
 }
@@ -212,30 +195,5 @@ async fn handshake(
             tracing::info!(%peer, "TLS handshake timed out");
             None
         }
-    }
-}
-
-/// HTTP/1.1 on one connection until the client leaves, a header timeout closes it, or `cancel`
-/// (then the request in progress finishes, and the connection closes).
-async fn serve_connection<I>(io: I, router: Router, limits: ServerLimits, cancel: CancellationToken)
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_millis(limits.header_read_ms_max));
-    let connection = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(router));
-    tokio::pin!(connection);
-    let served = tokio::select! {
-        served = connection.as_mut() => served,
-        () = cancel.cancelled() => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
-        }
-    };
-    if let Err(error) = served {
-        // Timeouts and clients that vanish are routine on the internet: not warnings.
-        tracing::debug!(error = %error, "connection ended");
     }
 }

@@ -1,0 +1,605 @@
+//! The live display under load: decoder byte in to a WebSocket screen having the event, the node's
+//! RSS and CPU with 200 screens, and whether the screens slow the path from decoder to disk.
+//!
+//! The decoder is played by the bench on the master of a real pseudo-terminal at a steady rate, with
+//! the PASSING frames the `node` bench writes (`testkit::passing_frame`); the bench stamps each
+//! passing just before its bytes are written. The node reads the slave through
+//! tokio-serial.
+//!
+//! - **Latency** (`rate` x `clients`): each run is a child process holding the node (runtime,
+//!   input, spool writer, the display as `venue-node run` starts it, on 127.0.0.1) and, on a runtime
+//!   of its own, the screens: `clients` WebSocket clients of `/ws/v1/live` (the `race` channel, as
+//!   the leaderboard subscribes), each stamping every passing it receives. A spool subscription
+//!   stamps each passing durable. Reported per run: byte -> durable, and byte -> screen over every
+//!   delivery to every client, p50/p99/p99.9, and durable -> screen (the display's own share). The
+//!   floor (append 96 B + fdatasync, the same disk; `common::floor`, as the `node` bench measures
+//!   it) is measured just before each round; the target is screen p99 within 5 ms of the floor's
+//!   p99. The runs without the display and with it but no client are the decoder-to-disk baseline.
+//! - **Resources**: the real `venue-node run` process (every thread of it, from `/proc/<pid>`), at
+//!   100 passings/s with 0 and with 200 screens connected (the screens are in the bench's
+//!   process). Targets: RSS <= 64 MiB, CPU <= 10 % of one core.
+//!
+//! ```text
+//! nice cargo bench -p node --bench display                       # 10 s runs, 2 rounds
+//! DISPLAY_BENCH_SHORT=1 nice cargo bench -p node --bench display # 3 s runs, 1 round: a rerun
+//! ```
+//!
+//! `DISPLAY_BENCH_SECONDS` and `DISPLAY_BENCH_ROUNDS` override either mode. On a shared machine
+//! read the ratios to the floor of the same round, not the absolute figures.
+
+mod common;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use events::catalog;
+use futures_util::StreamExt;
+use node::config::Config;
+use node::run::LiveDisplay;
+use node::runtime::Node;
+use spool::Filter;
+use spool::schema::EventPayload;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+use common::{floor, pct, pty};
+
+/// The track the bench's node times.
+const TRACK: &str = "bench";
+
+/// How long after the last passing is written every client and the spool must have it.
+const DRAIN_MS_MAX: u64 = 15_000;
+
+/// How long the node may take to open the PTY and its display to take connections.
+const START_MS_MAX: u64 = 20_000;
+
+/// The screen latency's target: p99 within this of the floor's p99 (issue 11).
+const TARGET_OVER_FLOOR_P99_US: f64 = 5_000.0;
+const TARGET_RSS_KIB: u64 = 64 * 1024;
+const TARGET_CPU_PCT: f64 = 10.0;
+
+/// One latency run: the rate, the screens, and whether the display runs at all.
+#[derive(Debug, Clone, Copy)]
+struct Case {
+    rate: u32,
+    clients: usize,
+    display: bool,
+}
+
+impl Case {
+    fn label(&self) -> String {
+        if self.display {
+            format!("{:>3} screens", self.clients)
+        } else {
+            "display off".into()
+        }
+    }
+
+    fn encode(&self) -> String {
+        format!("{},{},{}", self.rate, self.clients, self.display)
+    }
+
+    fn decode(s: &str) -> Case {
+        let f: Vec<&str> = s.split(',').collect();
+        Case {
+            rate: f[0].parse().unwrap(),
+            clients: f[1].parse().unwrap(),
+            display: f[2].parse().unwrap(),
+        }
+    }
+}
+
+/// Passing `n` as the decoder sends it: the same frame the `node` bench plays.
+fn passing(n: u32) -> Vec<u8> {
+    testkit::passing_frame(n, testkit::DECODER_ID, 1_700_000_000_000_000 + u64::from(n))
+}
+
+/// Per-passing stamps, indexed by passing number (1-based; index 0 unused).
+type Stamps = Arc<Mutex<Vec<Option<Instant>>>>;
+
+fn stamps(total: usize) -> Stamps {
+    Arc::new(Mutex::new(vec![None; total + 1]))
+}
+
+/// Plays `total` passings at `rate` on `master`, stamping each in `sent` just before its bytes go.
+/// Returns the master: closing it hangs the line up, and the node may lose what it has not read.
+async fn play(
+    mut master: tokio_serial::SerialStream,
+    rate: u32,
+    total: u32,
+    sent: Stamps,
+) -> tokio_serial::SerialStream {
+    let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
+    let start = tokio::time::Instant::now();
+    for i in 1..=total {
+        tokio::time::sleep_until(start + interval * i).await;
+        let frame = passing(i);
+        sent.lock().unwrap()[i as usize] = Some(Instant::now());
+        AsyncWriteExt::write_all(&mut master, &frame).await.unwrap();
+    }
+    master
+}
+
+/// Waits for the node's first command (GET_TIME) on the master: then it reads the slave.
+async fn node_reading(master: &mut tokio_serial::SerialStream) {
+    let mut probe = [0u8; 64];
+    tokio::time::timeout(Duration::from_millis(START_MS_MAX), async {
+        loop {
+            match master.read(&mut probe).await {
+                Ok(n) if n > 0 => return,
+                _ => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    })
+    .await
+    .expect("the node opens the decoder's PTY");
+}
+
+/// What one screen saw: each passing's number and when it arrived, and whether it was closed for
+/// lagging.
+#[derive(Default)]
+struct Seen {
+    passings: Vec<(u32, Instant)>,
+    lagged: bool,
+}
+
+/// The passing number of a live `decoder.passing` event, without parsing the JSON: 200 screens at
+/// 1,000 passings/s are 200,000 messages a second for the bench's own two threads.
+fn passing_number(text: &str) -> Option<u32> {
+    if !text.contains(r#""kind":"event""#) || !text.contains(r#""type":"decoder.passing""#) {
+        return None;
+    }
+    let at = text.find(r#""passing_number":"#)? + r#""passing_number":"#.len();
+    let digits = &text[at..];
+    let end = digits
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(digits.len());
+    digits[..end].parse().ok()
+}
+
+/// One screen: connects, says it is ready once its snapshot came, then stamps passings until it
+/// has `last` or `stop`.
+async fn screen(
+    url: String,
+    last: u32,
+    ready: tokio::sync::mpsc::Sender<()>,
+    stop: CancellationToken,
+) -> Seen {
+    let deadline = Instant::now() + Duration::from_millis(START_MS_MAX);
+    let mut ws = loop {
+        match tokio_tungstenite::connect_async(&url).await {
+            Ok((ws, _)) => break ws,
+            Err(error) => {
+                assert!(Instant::now() < deadline, "connecting {url}: {error}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let mut seen = Seen::default();
+    let mut announced = false;
+    loop {
+        let message = tokio::select! {
+            () = stop.cancelled() => break,
+            m = ws.next() => m,
+        };
+        let now = Instant::now();
+        let text = match message {
+            Some(Ok(Message::Text(text))) => text,
+            Some(Ok(_)) => continue,
+            None | Some(Err(_)) => break,
+        };
+        if !announced {
+            announced = true;
+            let _ = ready.send(()).await;
+        }
+        if let Some(n) = passing_number(text.as_str()) {
+            seen.passings.push((n, now));
+            if n >= last {
+                break;
+            }
+        } else if text.as_str().contains(r#""code":"lagging""#) {
+            seen.lagged = true;
+            break;
+        }
+    }
+    seen
+}
+
+/// Connects `n` screens on `runtime` and waits until each has its snapshot.
+async fn screens(
+    runtime: &tokio::runtime::Runtime,
+    addr: std::net::SocketAddr,
+    n: usize,
+    last: u32,
+    stop: &CancellationToken,
+) -> Vec<tokio::task::JoinHandle<Seen>> {
+    let url = format!("ws://{addr}/ws/v1/live?track_id={TRACK}&channels=race");
+    let (ready_tx, mut ready) = tokio::sync::mpsc::channel(n.max(1));
+    let handles: Vec<_> = (0..n)
+        .map(|_| runtime.spawn(screen(url.clone(), last, ready_tx.clone(), stop.clone())))
+        .collect();
+    tokio::time::timeout(Duration::from_millis(START_MS_MAX), async {
+        for _ in 0..n {
+            ready
+                .recv()
+                .await
+                .expect("a screen's task ended before its snapshot");
+        }
+    })
+    .await
+    .expect("every screen connects and gets its snapshot");
+    handles
+}
+
+fn sorted(mut v: Vec<f64>) -> Vec<f64> {
+    v.sort_by(f64::total_cmp);
+    v
+}
+
+/// p50/p99/p99.9 as `key_p50=.. key_p99=.. key_p999=..`, or nothing for no samples.
+fn quantiles(key: &str, v: &[f64]) -> String {
+    if v.is_empty() {
+        return String::new();
+    }
+    format!(
+        " {key}_p50={:.0} {key}_p99={:.0} {key}_p999={:.0}",
+        pct(v, 0.5),
+        pct(v, 0.99),
+        pct(v, 0.999)
+    )
+}
+
+/// One latency run in this (child) process; prints one `RESULT key=value ...` line.
+fn child(case: Case, seconds: u64) {
+    let node_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("node")
+        .enable_all()
+        .build()
+        .unwrap();
+    let screen_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("screens")
+        .enable_all()
+        .build()
+        .unwrap();
+    let line = node_rt.block_on(latency_run(case, seconds, &screen_rt));
+    println!("RESULT {line}");
+}
+
+async fn latency_run(case: Case, seconds: u64, screen_rt: &tokio::runtime::Runtime) -> String {
+    let dir = tempfile::tempdir_in(".").unwrap();
+    let (mut master, link) = pty(dir.path());
+    let mut config = Config {
+        node_id: Some("bench".into()),
+        track_id: TRACK.into(),
+        ..Config::demo(dir.path().join("data"), link)
+    };
+    config.display.enabled = case.display;
+    config.display.listen = "127.0.0.1:0".parse().unwrap();
+    let node = Node::open(&config).await.unwrap();
+    let spool = node.spool.clone();
+    let cancel = CancellationToken::new();
+    let (status, results) = (node.status.clone(), node.results.clone());
+    let run = tokio::spawn({
+        let (config, cancel) = (config.clone(), cancel.clone());
+        async move { node.run(&config, cancel).await }
+    });
+    let mut sub = spool.subscribe(
+        Filter::all().with_event_types([catalog::Passing::EVENT_TYPE]),
+        None,
+    );
+    let display = LiveDisplay::start(&config, &spool, &status, &results, &cancel).await;
+    assert_eq!(
+        display.is_some(),
+        case.display,
+        "the display starts when enabled"
+    );
+    node_reading(&mut master).await;
+
+    let total = case.rate * seconds as u32;
+    let stop = CancellationToken::new();
+    let clients = match &display {
+        Some(d) => screens(screen_rt, d.addr, case.clients, total, &stop).await,
+        None => Vec::new(),
+    };
+    let sent = stamps(total as usize);
+    let durable = stamps(total as usize);
+    let writer = tokio::spawn(play(master, case.rate, total, sent.clone()));
+    let mut stored = 0;
+    while stored < total {
+        let e = tokio::time::timeout(Duration::from_millis(DRAIN_MS_MAX), sub.next())
+            .await
+            .expect("passings keep becoming durable")
+            .unwrap();
+        let at = Instant::now();
+        let p = catalog::Passing::from_event(&e).unwrap();
+        durable.lock().unwrap()[p.passing_number as usize] = Some(at);
+        stored += 1;
+    }
+    let _master = writer.await.unwrap();
+    // Every screen ends when it has the last passing; one that has not by the deadline is stopped
+    // and its missing deliveries counted.
+    let drain = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(DRAIN_MS_MAX)).await;
+            stop.cancel();
+        }
+    });
+    let mut seen = Vec::new();
+    for c in clients {
+        seen.push(c.await.unwrap());
+    }
+    drain.abort();
+    cancel.cancel();
+    run.await.unwrap().unwrap();
+    if let Some(d) = display {
+        d.stopped().await;
+    }
+
+    let sent = sent.lock().unwrap().clone();
+    let durable = durable.lock().unwrap().clone();
+    let disk: Vec<f64> = (1..=total as usize)
+        .filter_map(|n| Some(durable[n]?.saturating_duration_since(sent[n]?)))
+        .map(|d| d.as_secs_f64() * 1e6)
+        .collect();
+    let mut screen = Vec::new();
+    let mut display_share = Vec::new();
+    let mut delivered = 0usize;
+    let lagged = seen.iter().filter(|s| s.lagged).count();
+    for s in &seen {
+        for &(n, at) in &s.passings {
+            let n = n as usize;
+            if n > total as usize {
+                continue;
+            }
+            delivered += 1;
+            if let Some(t) = sent[n] {
+                screen.push(at.saturating_duration_since(t).as_secs_f64() * 1e6);
+            }
+            if let Some(t) = durable[n] {
+                display_share.push(at.saturating_duration_since(t).as_secs_f64() * 1e6);
+            }
+        }
+    }
+    format!(
+        "passings={total} delivered={delivered} expected={} lagged={lagged}{}{}{}",
+        total as usize * case.clients * usize::from(case.display),
+        quantiles("disk", &sorted(disk)),
+        quantiles("screen", &sorted(screen)),
+        quantiles("share", &sorted(display_share)),
+    )
+}
+
+/// A `RESULT` line's values by key.
+fn field(line: &str, key: &str) -> Option<f64> {
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+        .and_then(|v| v.parse().ok())
+}
+
+/// Runs `case` in a child process and returns its `RESULT` line.
+fn run_child(case: Case, seconds: u64) -> String {
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new(&exe)
+        .env("DISPLAY_BENCH_CHILD", case.encode())
+        .env("DISPLAY_BENCH_SECONDS", seconds.to_string())
+        .env("RUST_LOG", "error")
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    match stdout.lines().find_map(|l| l.strip_prefix("RESULT ")) {
+        Some(line) if out.status.success() => line.to_owned(),
+        _ => panic!("the run {case:?} failed ({}): {stdout}", out.status),
+    }
+}
+
+/// One row of the latency table.
+fn print_row(case: Case, line: &str, floor_p99: f64) {
+    let g = |k: &str| field(line, k).unwrap_or(f64::NAN);
+    let ms = |us: f64| us / 1000.0;
+    let mut row = format!(
+        "  {:>5}/s {:<12} | disk {:>6.2} {:>6.2} {:>6.2}",
+        case.rate,
+        case.label(),
+        ms(g("disk_p50")),
+        ms(g("disk_p99")),
+        ms(g("disk_p999")),
+    );
+    if case.display && case.clients > 0 {
+        let over = g("screen_p99") - floor_p99;
+        row += &format!(
+            " | screen {:>6.2} {:>6.2} {:>6.2} | display {:>6.2} {:>6.2} | p99-floor {:>6.2} {} | {}/{} delivered, {} lagged",
+            ms(g("screen_p50")),
+            ms(g("screen_p99")),
+            ms(g("screen_p999")),
+            ms(g("share_p50")),
+            ms(g("share_p99")),
+            ms(over),
+            if over <= TARGET_OVER_FLOOR_P99_US {
+                "ok  "
+            } else {
+                "MISS"
+            },
+            g("delivered"),
+            g("expected"),
+            g("lagged"),
+        );
+    }
+    println!("{row}");
+}
+
+/// The node as its own process (`venue-node run`, display on 127.0.0.1) at 100 passings/s with
+/// `clients` screens: CPU % of one core over the measured window, RSS and peak RSS in KiB, and the
+/// passings the screens received.
+fn resources(seconds: u64, clients: usize) -> (f64, u64, u64, usize) {
+    let dir = tempfile::tempdir_in(".").unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (mut master, link) = rt.block_on(async { pty(dir.path()) });
+    // A free port for the display: taken from the kernel and released for the node to bind.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cfg = dir.path().join("venue.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "track_id = \"{TRACK}\"\ndata_dir = \"{}\"\n[[decoder]]\nname = \"finish\"\nkind = \"serial\"\ndevice = \"{}\"\n[display]\nlisten = \"127.0.0.1:{port}\"\n",
+            dir.path().join("data").display(),
+            link.display()
+        ),
+    )
+    .unwrap();
+    let exe = env!("CARGO_BIN_EXE_venue-node");
+    let mut child = std::process::Command::new(exe)
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {exe}: {e}"));
+    let pid = child.id();
+    let measured = rt.block_on(async {
+        node_reading(&mut master).await;
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let warm_up = 2;
+        let total = ((seconds + warm_up) * 100) as u32;
+        let stop = CancellationToken::new();
+        let handles = screens(&rt, addr, clients, total, &stop).await;
+        let sent = stamps(total as usize);
+        let writer = tokio::spawn(play(master, 100, total, sent));
+        tokio::time::sleep(Duration::from_secs(warm_up)).await;
+        let (c0, t0) = (cpu_seconds(pid), Instant::now());
+        let _master = writer.await.unwrap();
+        let cpu = (cpu_seconds(pid) - c0) / t0.elapsed().as_secs_f64() * 100.0;
+        let (rss, hwm) = (
+            proc_status_kib(pid, "VmRSS:"),
+            proc_status_kib(pid, "VmHWM:"),
+        );
+        let drain = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(DRAIN_MS_MAX)).await;
+                stop.cancel();
+            }
+        });
+        let mut received = 0;
+        for h in handles {
+            received += h.await.unwrap().passings.len();
+        }
+        drain.abort();
+        (cpu, rss, hwm, received)
+    });
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let _ = child.wait();
+    measured
+}
+
+/// User + system CPU seconds of every thread of `pid` so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = stat.rsplit_once(')').unwrap().1;
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // utime and stime, fields 14 and 15 of stat(5), in clock ticks (100 a second on Linux).
+    (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0
+}
+
+/// A `kB` line of `/proc/<pid>/status`.
+fn proc_status_kib(pid: u32, key: &str) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+fn latency_table(dir: &Path, seconds: u64, rounds: u64) {
+    let cases = |rate| {
+        [
+            Case {
+                rate,
+                clients: 0,
+                display: false,
+            },
+            Case {
+                rate,
+                clients: 0,
+                display: true,
+            },
+            Case {
+                rate,
+                clients: 1,
+                display: true,
+            },
+            Case {
+                rate,
+                clients: 50,
+                display: true,
+            },
+            Case {
+                rate,
+                clients: 200,
+                display: true,
+            },
+        ]
+    };
+    println!(
+        "latency, ms: p50 p99 p99.9 of byte -> durable (disk), byte -> screen over every delivery (screen), durable -> screen p50 p99 (display)"
+    );
+    for rate in [100u32, 1000] {
+        for round in 1..=rounds {
+            let fl = floor(dir, 1000);
+            println!(
+                "round {round}, floor (append 96 B + fdatasync, same disk): p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms",
+                pct(&fl, 0.5) / 1000.0,
+                pct(&fl, 0.99) / 1000.0,
+                pct(&fl, 0.999) / 1000.0
+            );
+            for case in cases(rate) {
+                let line = run_child(case, seconds);
+                print_row(case, &line, pct(&fl, 0.99));
+            }
+        }
+    }
+}
+
+fn main() {
+    let short = std::env::var_os("DISPLAY_BENCH_SHORT").is_some_and(|v| v == "1");
+    let seconds = env_or("DISPLAY_BENCH_SECONDS", if short { 3 } else { 10 });
+    if let Ok(case) = std::env::var("DISPLAY_BENCH_CHILD") {
+        child(Case::decode(&case), seconds);
+        return;
+    }
+    let rounds = env_or("DISPLAY_BENCH_ROUNDS", if short { 1 } else { 2 });
+    let dir = tempfile::tempdir_in(".").unwrap();
+    latency_table(dir.path(), seconds, rounds);
+    for clients in [0, 200] {
+        let (cpu, rss, hwm, received) = resources(seconds, clients);
+        println!(
+            "venue-node run at 100 passings/s, {clients:>3} screens: CPU {cpu:.1} % of one core ({}), RSS {:.1} MiB (peak {:.1} MiB, {}), {received} passings delivered",
+            if cpu <= TARGET_CPU_PCT { "ok" } else { "MISS" },
+            rss as f64 / 1024.0,
+            hwm as f64 / 1024.0,
+            if hwm <= TARGET_RSS_KIB { "ok" } else { "MISS" },
+        );
+    }
+}
