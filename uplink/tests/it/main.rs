@@ -14,3 +14,4 @@ mod outage;
 mod restart;
 mod strict;
 mod tls;
+mod window;
