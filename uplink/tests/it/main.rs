@@ -8,6 +8,7 @@ mod common;
 mod fanin;
 mod faults;
 mod hostile;
+mod inflight;
 mod jetstream;
 mod nats;
 mod outage;

@@ -62,8 +62,13 @@ use uplink::Error;
 use uplink::ranges::RangeSet;
 use uplink::wire::BatchAccepted;
 
-/// Publishes awaiting their acknowledgement at once. Pipelining hides the round trip; the bound keeps
-/// the client's in-flight permits (sized [`JETSTREAM_ACK_PERMITS_MAX`]) from running out.
+/// Publishes awaiting their acknowledgement at once, across all the batches a central stores at the
+/// same moment. Pipelining hides the round trip; the bound keeps the client's in-flight permits
+/// (sized [`JETSTREAM_ACK_PERMITS_MAX`]) from running out, which matters because the client makes a
+/// publish *wait* for a permit: batches that each held unacknowledged publishes while waiting for
+/// one more would wait on each other for ever. So a batch takes a permit of the store's own
+/// semaphore first, and when none is free it settles its own oldest publish (freeing a permit)
+/// before it waits, so it never waits while holding any.
 pub const JETSTREAM_ACKS_INFLIGHT_MAX: usize = 512;
 /// The async-nats context's in-flight ack permits.
 pub const JETSTREAM_ACK_PERMITS_MAX: usize = 2 * JETSTREAM_ACKS_INFLIGHT_MAX;
@@ -146,6 +151,8 @@ struct Inner {
     /// One pass at a time per process: the loop's, or a batch's that found the ranges stale.
     reconciling: tokio::sync::Mutex<()>,
     pace: Pace,
+    /// [`JETSTREAM_ACKS_INFLIGHT_MAX`] permits, one per publish awaiting its acknowledgement.
+    inflight: Arc<tokio::sync::Semaphore>,
 }
 
 pub struct JetStreamStore {
@@ -187,6 +194,7 @@ impl JetStreamStore {
             reconciled_at: Mutex::new(started),
             reconciling: tokio::sync::Mutex::new(()),
             pace: Pace::of(streams.raw_duplicate_window),
+            inflight: Arc::new(tokio::sync::Semaphore::new(JETSTREAM_ACKS_INFLIGHT_MAX)),
         });
         inner.reconcile().await?;
         let cancel = CancellationToken::new();
@@ -513,6 +521,8 @@ struct Pending<'a> {
     subject: &'a str,
     body: axum::body::Bytes,
     ack: jetstream::context::PublishAckFuture,
+    /// Returned to [`Inner::inflight`] once the acknowledgement is settled.
+    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 fn publish_headers(event: &crate::ValidEvent) -> async_nats::HeaderMap {
@@ -607,13 +617,31 @@ impl IngestStore for JetStreamStore {
                 done.duplicates += 1;
                 continue;
             }
-            if pending.len() >= JETSTREAM_ACKS_INFLIGHT_MAX {
-                let next: Pending<'_> = pending.pop_front().expect("pending is not empty");
-                if let Err(e) = settle(&inner.js, next, &mut done, &mut stored).await {
-                    failure = Some(e);
-                    break;
+            // A permit, settling our own oldest publishes while none is free: wait only empty-handed.
+            let permit = loop {
+                match inner.inflight.clone().try_acquire_owned() {
+                    Ok(permit) => break Some(permit),
+                    Err(_) => match pending.pop_front() {
+                        Some(next) => {
+                            if let Err(e) = settle(&inner.js, next, &mut done, &mut stored).await {
+                                failure = Some(e);
+                                break None;
+                            }
+                        }
+                        None => {
+                            break Some(
+                                inner
+                                    .inflight
+                                    .clone()
+                                    .acquire_owned()
+                                    .await
+                                    .expect("the in-flight semaphore is never closed"),
+                            );
+                        }
+                    },
                 }
-            }
+            };
+            let Some(permit) = permit else { break };
             // Checked before every publish: the one that matters is the publish's time.
             if let Err(e) = inner.check_fresh() {
                 failure = Some(e);
@@ -630,6 +658,7 @@ impl IngestStore for JetStreamStore {
                     subject: &subject,
                     body,
                     ack,
+                    _permit: permit,
                 }),
                 Err(e) => {
                     failure = Some(Error::nats(format!("publishing {}", event.key), e));
@@ -669,6 +698,7 @@ async fn settle<'a>(
         subject,
         body,
         mut ack,
+        _permit,
     } = pending;
     let started = Instant::now();
     let mut pause_ms = 1;
