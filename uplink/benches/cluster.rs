@@ -579,7 +579,7 @@ async fn fanin(urls: &str, dir: &std::path::Path, node_events: u32) -> (Duration
         } else {
             (&b_url, &a_url)
         };
-        let mut config = DrainConfig::new(first, TRACK, &format!("fanin-{i:03}"), token.clone());
+        let mut config = DrainConfig::new(first, TRACK, format!("fanin-{i:03}"), token.clone());
         config.failover_urls = vec![second.clone()];
         let drain = Drain::new(config, spool).expect("a drain");
         nodes.push((drain, head));
