@@ -497,5 +497,7 @@ fn bench_streams() -> central::StreamSettings {
         snapshots: small(-1),
         dlq: small(16 << 20),
         replicas: 1,
+
+        ..central::StreamSettings::default()
     }
 }

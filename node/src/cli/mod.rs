@@ -155,6 +155,11 @@ pub struct CentralArgs {
     /// How long the raw ingest stream keeps an event: 7d, 24h, 30m.
     #[arg(long, default_value = "7d", value_parser = central::store::streams::parse_age, requires = "nats")]
     pub raw_max_age: std::time::Duration,
+    /// How long JetStream itself answers a re-sent event "duplicate" (the raw stream's duplicate
+    /// window; ADR-0001: 2m). Older copies are refused by central's seq ranges; central paces its
+    /// reconciler by this window, so keep the default outside tests.
+    #[arg(long, default_value = "2m", value_parser = central::store::streams::parse_age, requires = "nats")]
+    pub raw_duplicate_window: std::time::Duration,
     /// Most bytes of the derived race events stream (timing_race_events_v1).
     #[arg(long, default_value = "50GB", value_parser = central::store::streams::parse_bytes, requires = "nats")]
     pub events_max_bytes: i64,
@@ -238,6 +243,7 @@ fn central_store(nats: Option<String>, args: &CentralArgs) -> central::StoreConf
                     max_age: args.dlq_max_age,
                 },
                 replicas: args.nats_replicas,
+                raw_duplicate_window: args.raw_duplicate_window,
                 ..StreamSettings::default()
             },
         },
@@ -353,6 +359,8 @@ mod tests {
             "20GB",
             "--raw-max-age",
             "2d",
+            "--raw-duplicate-window",
+            "5s",
         ])
         .unwrap();
         let Command::Central(args) = cli.command else {
@@ -367,6 +375,10 @@ mod tests {
         assert_eq!(
             streams.raw.max_age,
             std::time::Duration::from_secs(2 * 86_400)
+        );
+        assert_eq!(
+            streams.raw_duplicate_window,
+            std::time::Duration::from_secs(5)
         );
     }
 }

@@ -1,76 +1,185 @@
-//! Issue 13 fan-in: 100 nodes drain at once through two centrals in front of a 3-node JetStream
-//! cluster; one NATS server and one central are killed without warning and restarted; at the end
-//! every event is in the raw stream exactly once.
+//! Issue 13 fan-in: 100 nodes drain at once through two `venue-node central` processes in front of
+//! a 3-node JetStream cluster; one NATS server and one central are killed with SIGKILL (`kill -9`)
+//! mid-drain and restarted; at the end every event is in the raw stream exactly once, per
+//! `{track}:{client}:{boot}:{seq}`.
+//!
+//! The nodes are the uplink's own drain (`uplink::drain::Drain`), each emptying a real spool, in
+//! this test process: they are the client side under test, and the centrals are what gets killed.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::Duration;
-
-use central::{Central, JetStreamStore};
 
 use crate::cluster::raw_ids;
 use crate::common::*;
-use crate::nats::{Nats, test_streams};
+use crate::nats::Nats;
 
-/// A central on a runtime of its own, so that killing it stops every one of its tasks wherever it
-/// is (between a publish and its ranges update, too), as `kill -9` stops a process: nothing of it
-/// runs after [`IsolatedCentral::kill`], and nothing is flushed.
-pub struct IsolatedCentral {
+/// The `venue-node` binary of this workspace, built now (once per test run) so that it is the
+/// central of the code under test, not whatever an earlier build left: `$VENUE_NODE` if set, else
+/// `cargo build -p node --bin venue-node` in this build's profile and target directory. Cargo
+/// releases its build lock before it runs the tests, so the nested build does not wait on it.
+pub fn venue_node_binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        if let Some(path) = std::env::var_os("VENUE_NODE") {
+            return PathBuf::from(path);
+        }
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+        let mut build = Command::new(env!("CARGO"));
+        // Without the variables cargo sets for this test, the build sees the environment the
+        // outer `cargo test` saw: a build script that watches one of them (ring's) would otherwise
+        // rebuild, and the outer run rebuild it back the next time.
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy();
+            let set_for_tests = key == "CARGO"
+                || key == "LD_LIBRARY_PATH"
+                || key == "OUT_DIR"
+                || key.starts_with("CARGO_PKG_")
+                || [
+                    "CARGO_MANIFEST_DIR",
+                    "CARGO_MANIFEST_PATH",
+                    "CARGO_CRATE_NAME",
+                    "CARGO_PRIMARY_PACKAGE",
+                    "CARGO_TARGET_TMPDIR",
+                    "CARGO_RUSTC_CURRENT_DIR",
+                    "CARGO_BIN_NAME",
+                ]
+                .contains(&key.as_ref());
+            if set_for_tests {
+                build.env_remove(key.as_ref());
+            }
+        }
+        let out = build
+            .args(["build", "--quiet", "-p", "node", "--bin", "venue-node"])
+            .args(["--message-format", "json"])
+            .arg("--manifest-path")
+            .arg(&manifest)
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run cargo build for venue-node");
+        assert!(out.status.success(), "cargo build -p node failed");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter_map(|m| m["executable"].as_str().map(PathBuf::from))
+            .find(|p| p.file_name().is_some_and(|n| n == "venue-node"))
+            .expect("cargo build named the venue-node executable")
+    })
+}
+
+/// One `venue-node central --nats ...` process on a fixed loopback port, so a restart takes the
+/// same address the nodes know.
+pub struct CentralProcess {
     pub addr: SocketAddr,
-    runtime: Option<tokio::runtime::Runtime>,
+    args: Vec<String>,
+    log: PathBuf,
+    child: Option<Child>,
 }
 
-impl IsolatedCentral {
-    /// Starts a central on `listen` (port 0: any) connected to `urls`.
-    pub async fn start(urls: &str, listen: SocketAddr) -> Self {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let urls = urls.to_owned();
-        let started = runtime.spawn(async move {
-            let store = JetStreamStore::connect(&urls, &test_streams(3))
-                .await
-                .expect("connect to the cluster");
-            // A restart takes the dead one's port, which its runtime's threads release as they go.
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-            let server = loop {
-                match central::Server::bind(listen, None).await {
-                    Ok(server) => break server,
-                    Err(e) if tokio::time::Instant::now() < deadline => {
-                        let _ = e;
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                    Err(e) => panic!("bind central on {listen}: {e}"),
-                }
-            };
-            let addr = server.local_addr();
-            let central = Central::new(store, tokens());
-            let cancel = tokio_util::sync::CancellationToken::new();
-            tokio::spawn(server.run(central::router(central), cancel.clone()));
-            // Never cancelled: the runtime's end is the process's death.
-            std::mem::forget(cancel);
-            addr
-        });
-        let addr = started.await.expect("central started");
-        Self {
+impl CentralProcess {
+    /// Starts a central in front of `urls` (R3 streams, limits that fit a test machine's disk)
+    /// with the tests' tokens, and waits until it serves.
+    pub async fn start(urls: &str, dir: &Path, name: &str) -> Self {
+        let tokens = dir.join("tokens");
+        write(&tokens, &format!("{TRACK} {TOKEN}\n"));
+        let addr = {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            probe.local_addr().unwrap()
+        };
+        let args = [
+            "central",
+            "--listen",
+            &addr.to_string(),
+            "--tokens",
+            &tokens.display().to_string(),
+            "--nats",
+            urls,
+            "--nats-replicas",
+            "3",
+            "--raw-max-bytes",
+            "256MiB",
+            "--events-max-bytes",
+            "64MiB",
+            "--dlq-max-bytes",
+            "16MiB",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        let mut central = Self {
             addr,
-            runtime: Some(runtime),
+            args,
+            log: dir.join(format!("{name}.log")),
+            child: None,
+        };
+        central.spawn().await;
+        central
+    }
+
+    async fn spawn(&mut self) {
+        assert!(self.child.is_none(), "a central is started once at a time");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(venue_node_binary())
+            .args(&self.args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start venue-node central");
+        self.child = Some(child);
+        let (addr, log) = (self.addr, self.log.clone());
+        let client = crate::cluster::http_client();
+        wait_until(
+            Duration::from_secs(90),
+            &format!("central on {addr} to serve (its log: {})", log.display()),
+            || {
+                let client = client.clone();
+                async move {
+                    let answer = client
+                        .get(format!("http://{addr}/api/ingest/stats"))
+                        .bearer_auth(TOKEN)
+                        .timeout(Duration::from_secs(2))
+                        .send()
+                        .await;
+                    answer.is_ok_and(|r| r.status() == 200)
+                }
+            },
+        )
+        .await;
+    }
+
+    /// `kill -9`: SIGKILL, wherever the process is (between a publish and its ranges update, too).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("SIGKILL venue-node central");
+            child.wait().expect("reap venue-node central");
         }
     }
 
-    /// Stops every task of this central at once.
-    pub fn kill(&mut self) {
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
-        }
+    /// Starts it again on the same port, and waits until it serves.
+    pub async fn restart(&mut self) {
+        self.spawn().await;
     }
 }
 
-impl Drop for IsolatedCentral {
+impl Drop for CentralProcess {
     fn drop(&mut self) {
         self.kill();
+        // A failed test shows what central logged: its log lives in the test's temporary directory.
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            eprintln!("--- last lines of {} ---", self.log.display());
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
     }
 }
 
@@ -80,11 +189,11 @@ async fn a_hundred_nodes_drain_through_two_centrals_while_a_server_and_a_central
     const EVENTS: u32 = 400;
     let mut nats = Nats::cluster().await;
     let urls = nats.urls();
-    let mut a = IsolatedCentral::start(&urls, "127.0.0.1:0".parse().unwrap()).await;
-    let b = IsolatedCentral::start(&urls, "127.0.0.1:0".parse().unwrap()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = CentralProcess::start(&urls, dir.path(), "central-a").await;
+    let b = CentralProcess::start(&urls, dir.path(), "central-b").await;
     let (a_url, b_url) = (format!("http://{}/", a.addr), format!("http://{}/", b.addr));
 
-    let dir = tempfile::tempdir().unwrap();
     let token = token_file(dir.path());
     let mut configs = Vec::new();
     let mut expected = HashSet::new();
@@ -154,17 +263,25 @@ async fn a_hundred_nodes_drain_through_two_centrals_while_a_server_and_a_central
         at_kill < total / 2,
         "killed mid-drain: {at_kill} of {total} acknowledged"
     );
-    wait_until(
-        Duration::from_secs(120),
-        "draining to go on through the survivors",
-        || {
-            let done = acked(&nodes);
-            async move { done >= at_kill + total / 10 }
-        },
-    )
-    .await;
+    // Polled rather than wait_until'd so that a failure shows why the nodes made no progress.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while acked(&nodes) < at_kill + total / 10 {
+        if tokio::time::Instant::now() > deadline {
+            let errors: Vec<_> = nodes
+                .iter()
+                .filter_map(|(d, _, _)| d.status.borrow().last_error.clone())
+                .take(5)
+                .collect();
+            panic!(
+                "draining did not go on through the survivors: {} of {total} acknowledged, {at_kill} \
+                 at the kill; some nodes' last errors: {errors:#?}",
+                acked(&nodes)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     nats.nodes[0].restart().await;
-    a = IsolatedCentral::start(&urls, a.addr).await;
+    a.restart().await;
 
     for (drain, head, _) in &mut nodes {
         drain

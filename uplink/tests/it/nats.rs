@@ -21,6 +21,8 @@ pub fn test_streams(replicas: usize) -> StreamSettings {
         snapshots: small(-1),
         dlq: small(16 << 20),
         replicas,
+
+        ..StreamSettings::default()
     }
 }
 

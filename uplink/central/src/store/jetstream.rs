@@ -8,7 +8,7 @@
 //! Two lines of defence, in this order:
 //!
 //! 1. **`Nats-Msg-Id`.** Two centrals publishing the same event within the raw stream's duplicate
-//!    window ([`RAW_DUPLICATE_WINDOW_S`]) store it once: the server answers the second publish
+//!    window ([`RAW_DUPLICATE_WINDOW_S`], or `--raw-duplicate-window`) store it once: the server answers the second publish
 //!    "duplicate". This is what makes two centrals that receive the same batch at the same moment
 //!    store one copy.
 //! 2. **The seq ranges**, for everything older than the window (a node re-sending after a days-long
@@ -34,7 +34,8 @@
 //! may run at once. A pass that started at time `s` covers every event stored before `s`; an event
 //! stored after `s` is still inside the duplicate window as long as the publish happens less than the
 //! window after `s`. So a central refuses to publish (503, the node retries) when its last completed
-//! pass started more than [`RANGES_STALE_MS`] ago, and [`RANGES_STALE_MS`] is well inside the window. A
+//! pass started more than [`RANGES_STALE_MS`] ago, and [`RANGES_STALE_MS`] is well inside the window
+//! (both scale with a configured window: half of it, and an eighth of it between passes). A
 //! batch that finds the ranges stale runs a pass itself first, so a central whose reconciler failed
 //! while a server was down heals on its next batch.
 //!
@@ -61,8 +62,13 @@ use uplink::Error;
 use uplink::ranges::RangeSet;
 use uplink::wire::BatchAccepted;
 
-/// Publishes awaiting their acknowledgement at once. Pipelining hides the round trip; the bound keeps
-/// the client's in-flight permits (sized [`JETSTREAM_ACK_PERMITS_MAX`]) from running out.
+/// Publishes awaiting their acknowledgement at once, across all the batches a central stores at the
+/// same moment. Pipelining hides the round trip; the bound keeps the client's in-flight permits
+/// (sized [`JETSTREAM_ACK_PERMITS_MAX`]) from running out, which matters because the client makes a
+/// publish *wait* for a permit: batches that each held unacknowledged publishes while waiting for
+/// one more would wait on each other for ever. So a batch takes a permit of the store's own
+/// semaphore first, and when none is free it settles its own oldest publish (freeing a permit)
+/// before it waits, so it never waits while holding any.
 pub const JETSTREAM_ACKS_INFLIGHT_MAX: usize = 512;
 /// The async-nats context's in-flight ack permits.
 pub const JETSTREAM_ACK_PERMITS_MAX: usize = 2 * JETSTREAM_ACKS_INFLIGHT_MAX;
@@ -71,15 +77,41 @@ const _: () = assert!(JETSTREAM_ACKS_INFLIGHT_MAX < JETSTREAM_ACK_PERMITS_MAX);
 /// How long one JetStream request or publish acknowledgement may take before the batch fails (503).
 pub const JETSTREAM_REQUEST_MS_MAX: u64 = 10_000;
 
-/// How often every central brings the ranges up to date with the raw stream. Short enough that a
-/// pass or two may fail and [`RANGES_STALE_MS`] still holds.
-pub const RANGES_RECONCILE_MS: u64 = 15_000;
-/// Oldest start of the last completed reconcile pass at which a central still publishes. Half the
-/// duplicate window: an event a dead central stored after that pass started is still caught by
-/// `Nats-Msg-Id` when its copy is published.
+/// How often every central brings the ranges up to date with the raw stream, at the default
+/// duplicate window: a quarter of [`RANGES_STALE_MS`], so that a pass or two may fail and the limit
+/// still holds. Other windows scale it (`Pace`).
+pub const RANGES_RECONCILE_MS: u64 = RANGES_STALE_MS / 4;
+/// Oldest start of the last completed reconcile pass at which a central still publishes, at the
+/// default duplicate window. Half the window: an event a dead central stored after that pass
+/// started is still caught by `Nats-Msg-Id` when its copy is published. Other windows scale it
+/// (`Pace`).
 pub const RANGES_STALE_MS: u64 = RAW_DUPLICATE_WINDOW_S * 1000 / 2;
 const _: () = assert!(2 * RANGES_RECONCILE_MS < RANGES_STALE_MS);
 const _: () = assert!(RANGES_STALE_MS + JETSTREAM_REQUEST_MS_MAX < RAW_DUPLICATE_WINDOW_S * 1000);
+
+/// The reconciler's pace for the raw stream's duplicate window (`--raw-duplicate-window`): at the
+/// default window, [`RANGES_STALE_MS`] and [`RANGES_RECONCILE_MS`].
+///
+/// A window shorter than twice [`JETSTREAM_REQUEST_MS_MAX`] keeps the rule only for publishes
+/// the server takes within half the window: a test setting, not one for production.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Pace {
+    /// A central publishes only while its last completed pass started less than this ago.
+    stale: Duration,
+    /// How often the reconcile loop runs a pass.
+    every: Duration,
+}
+
+impl Pace {
+    fn of(window: Duration) -> Self {
+        let stale = window / 2;
+        Self {
+            stale,
+            every: stale / 4,
+        }
+    }
+}
+
 /// Compare-and-set tries on one ranges entry before the batch fails (503; the retry is safe). Each
 /// lost try means another writer grew the entry, so many in a row mean heavy contention.
 pub const RANGES_CAS_ATTEMPTS_MAX: usize = 64;
@@ -118,6 +150,9 @@ struct Inner {
     reconciled_at: Mutex<Instant>,
     /// One pass at a time per process: the loop's, or a batch's that found the ranges stale.
     reconciling: tokio::sync::Mutex<()>,
+    pace: Pace,
+    /// [`JETSTREAM_ACKS_INFLIGHT_MAX`] permits, one per publish awaiting its acknowledgement.
+    inflight: Arc<tokio::sync::Semaphore>,
 }
 
 pub struct JetStreamStore {
@@ -158,6 +193,8 @@ impl JetStreamStore {
             ranges,
             reconciled_at: Mutex::new(started),
             reconciling: tokio::sync::Mutex::new(()),
+            pace: Pace::of(streams.raw_duplicate_window),
+            inflight: Arc::new(tokio::sync::Semaphore::new(JETSTREAM_ACKS_INFLIGHT_MAX)),
         });
         inner.reconcile().await?;
         let cancel = CancellationToken::new();
@@ -173,7 +210,8 @@ impl JetStreamStore {
         Ok(self.inner.read_ranges(track, client).await?.set)
     }
 
-    /// Runs one reconcile pass now (the store runs them on its own every [`RANGES_RECONCILE_MS`]).
+    /// Runs one reconcile pass now (the store runs them on its own every [`RANGES_RECONCILE_MS`], or
+    /// an eighth of the configured duplicate window).
     pub async fn reconcile(&self) -> Result<(), Error> {
         self.inner.reconcile().await
     }
@@ -183,7 +221,7 @@ async fn reconcile_loop(inner: Arc<Inner>, cancel: CancellationToken) {
     loop {
         tokio::select! {
             () = cancel.cancelled() => return,
-            () = tokio::time::sleep(Duration::from_millis(RANGES_RECONCILE_MS)) => {}
+            () = tokio::time::sleep(inner.pace.every) => {}
         }
         if let Err(error) = inner.reconcile().await {
             tracing::warn!(error = %uplink::chain(&error), "reconciling the seq ranges failed; retrying");
@@ -271,10 +309,10 @@ impl Inner {
             .lock()
             .expect("reconcile clock lock poisoned")
             .elapsed();
-        if age > Duration::from_millis(RANGES_STALE_MS) {
+        if age > self.pace.stale {
             return Err(Error::RangesStale {
                 age_ms: age.as_millis() as u64,
-                limit_ms: RANGES_STALE_MS,
+                limit_ms: self.pace.stale.as_millis() as u64,
             });
         }
         Ok(())
@@ -502,6 +540,8 @@ struct Pending<'a> {
     subject: &'a str,
     body: axum::body::Bytes,
     ack: jetstream::context::PublishAckFuture,
+    /// Returned to [`Inner::inflight`] once the acknowledgement is settled.
+    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 fn publish_headers(event: &crate::ValidEvent) -> async_nats::HeaderMap {
@@ -596,13 +636,31 @@ impl IngestStore for JetStreamStore {
                 done.duplicates += 1;
                 continue;
             }
-            if pending.len() >= JETSTREAM_ACKS_INFLIGHT_MAX {
-                let next: Pending<'_> = pending.pop_front().expect("pending is not empty");
-                if let Err(e) = settle(&inner.js, next, &mut done, &mut stored).await {
-                    failure = Some(e);
-                    break;
+            // A permit, settling our own oldest publishes while none is free: wait only empty-handed.
+            let permit = loop {
+                match inner.inflight.clone().try_acquire_owned() {
+                    Ok(permit) => break Some(permit),
+                    Err(_) => match pending.pop_front() {
+                        Some(next) => {
+                            if let Err(e) = settle(&inner.js, next, &mut done, &mut stored).await {
+                                failure = Some(e);
+                                break None;
+                            }
+                        }
+                        None => {
+                            break Some(
+                                inner
+                                    .inflight
+                                    .clone()
+                                    .acquire_owned()
+                                    .await
+                                    .expect("the in-flight semaphore is never closed"),
+                            );
+                        }
+                    },
                 }
-            }
+            };
+            let Some(permit) = permit else { break };
             // Checked before every publish: the one that matters is the publish's time.
             if let Err(e) = inner.check_fresh() {
                 failure = Some(e);
@@ -619,6 +677,7 @@ impl IngestStore for JetStreamStore {
                     subject: &subject,
                     body,
                     ack,
+                    _permit: permit,
                 }),
                 Err(e) => {
                     failure = Some(Error::nats(format!("publishing {}", event.key), e));
@@ -658,6 +717,7 @@ async fn settle<'a>(
         subject,
         body,
         mut ack,
+        _permit,
     } = pending;
     let started = Instant::now();
     let mut pause_ms = 1;

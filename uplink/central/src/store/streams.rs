@@ -2,7 +2,7 @@
 //!
 //! | stream | subjects | limits (ADR defaults) |
 //! |---|---|---|
-//! | [`RAW_STREAM`] | `timing.ingest.raw.v1.<track_id>` | 7 days, 100 GB, discard old, 2 min duplicate window |
+//! | [`RAW_STREAM`] | `timing.ingest.raw.v1.<track_id>` | 7 days, 100 GB, discard old, 2 min duplicate window (`--raw-duplicate-window`) |
 //! | [`EVENTS_STREAM`] | `timing.race.events.v1.<track_id>` | 30 days, 50 GB, discard old |
 //! | [`SNAPSHOT_STREAM`] | `timing.race.snapshot.v1.<track_id>.<event_id>` | one message per subject, 24 hours |
 //! | [`DLQ_STREAM`] | `timing.dlq.v1.<source>` | 14 days, 10 GB, discard old |
@@ -34,8 +34,15 @@ pub const DLQ_SUBJECT_PREFIX: &str = "timing.dlq.v1";
 pub const RANGES_STREAM: &str = "timing_ingest_seq_ranges_v2";
 pub const RANGES_SUBJECT_PREFIX: &str = "timing.ingest.seqranges.v2";
 
-/// JetStream's own duplicate window on the raw stream; the seq ranges cover everything older.
+/// JetStream's own duplicate window on the raw stream (ADR-0001's 2 minutes, and JetStream's
+/// default); the seq ranges cover everything older. The default of
+/// [`StreamSettings::raw_duplicate_window`] (`--raw-duplicate-window`).
 pub const RAW_DUPLICATE_WINDOW_S: u64 = 120;
+/// The shortest duplicate window central accepts. Central's reconciler refuses to publish once its
+/// last pass started more than half the window ago and runs every eighth of it, so a window much
+/// shorter would make every batch wait for a pass of its own; a second is for tests, which show
+/// that the ranges alone refuse a copy sent after the window.
+pub const RAW_DUPLICATE_WINDOW_MS_MIN: u64 = 1_000;
 
 const GB: i64 = 1000 * 1000 * 1000;
 const DAY_S: u64 = 24 * 3600;
@@ -59,6 +66,11 @@ pub struct StreamSettings {
     pub dlq: StreamLimits,
     /// Copies of each stream: 1 for a single server, 3 for the ADR's cluster.
     pub replicas: usize,
+    /// How long JetStream remembers a `Nats-Msg-Id` on the raw stream and answers a second publish
+    /// of it "duplicate" ([`RAW_DUPLICATE_WINDOW_S`] by default, at least
+    /// [`RAW_DUPLICATE_WINDOW_MS_MIN`]). Older copies are refused by central's seq ranges, whose
+    /// reconciler paces itself by this window (see `jetstream`).
+    pub raw_duplicate_window: Duration,
 }
 
 impl Default for StreamSettings {
@@ -83,6 +95,7 @@ impl Default for StreamSettings {
                 max_age: Duration::from_secs(14 * DAY_S),
             },
             replicas: 1,
+            raw_duplicate_window: Duration::from_secs(RAW_DUPLICATE_WINDOW_S),
         }
     }
 }
@@ -113,7 +126,7 @@ impl StreamSettings {
         };
         vec![
             stream::Config {
-                duplicate_window: Duration::from_secs(RAW_DUPLICATE_WINDOW_S),
+                duplicate_window: self.raw_duplicate_window,
                 ..limits(RAW_STREAM, format!("{RAW_SUBJECT_PREFIX}.*"), self.raw)
             },
             limits(
@@ -143,8 +156,29 @@ impl StreamSettings {
         ]
     }
 
+    /// Refuses settings JetStream would refuse with a bare code, or that central cannot keep its
+    /// promise with: a duplicate window below [`RAW_DUPLICATE_WINDOW_MS_MIN`] or above the raw
+    /// stream's max age.
+    pub fn check(&self) -> Result<(), Error> {
+        let window = self.raw_duplicate_window;
+        if window < Duration::from_millis(RAW_DUPLICATE_WINDOW_MS_MIN) {
+            return Err(Error::Config(format!(
+                "--raw-duplicate-window {window:?} is shorter than {RAW_DUPLICATE_WINDOW_MS_MIN} ms"
+            )));
+        }
+        if window > self.raw.max_age {
+            return Err(Error::Config(format!(
+                "--raw-duplicate-window {window:?} is longer than --raw-max-age {:?}: JetStream keeps \
+                 no window longer than the stream keeps its messages",
+                self.raw.max_age
+            )));
+        }
+        Ok(())
+    }
+
     /// Creates every stream that is missing and sets the limits of those that exist.
     pub async fn provision(&self, js: &jetstream::Context) -> Result<(), Error> {
+        self.check()?;
         let reserved: i64 = self
             .configs()
             .iter()
@@ -453,6 +487,22 @@ mod tests {
             ..StreamSettings::default()
         };
         assert!(three.configs().iter().all(|c| c.num_replicas == 3));
+    }
+
+    /// `--raw-duplicate-window` below the floor, or longer than the stream keeps messages, is
+    /// refused before JetStream is asked.
+    #[test]
+    fn a_duplicate_window_out_of_bounds_is_refused_with_the_flag() {
+        assert!(StreamSettings::default().check().is_ok());
+        let with = |window| StreamSettings {
+            raw_duplicate_window: window,
+            ..StreamSettings::default()
+        };
+        assert!(with(Duration::from_secs(1)).check().is_ok());
+        for bad in [Duration::from_millis(500), Duration::from_secs(8 * DAY_S)] {
+            let error = with(bad).check().unwrap_err().to_string();
+            assert!(error.contains("--raw-duplicate-window"), "{error}");
+        }
     }
 
     #[test]
