@@ -10,9 +10,10 @@
 //! another). Then the node as its own process at a steady 100 passings/s: CPU % and RSS, the
 //! small-box budget.
 //!
-//! Each latency run is a child process of the bench, once with the input on the shared async
-//! workers (the node's default) and once on a thread of its own (`VENUE_NODE_INPUT_THREAD=1`), in
-//! rounds after a fresh floor, so every line is a ratio to a
+//! Each latency run is a child process of the bench, once with the input reading while its append
+//! is in flight (the node's default) and once waiting for each append before it reads again (the
+//! previous path, `VENUE_NODE_INPUT_SERIAL=1`), in rounds after a fresh floor, so every line is a
+//! ratio to a
 //! floor measured moments before it. Each run also prints where the time went, from the wall-clock
 //! stamps the path leaves on every event (see `Stages`).
 //!
@@ -107,7 +108,9 @@ fn paced_floor(dir: &Path, n: usize, rate: u32) -> Vec<f64> {
     let start = Instant::now();
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
-        if let Some(wait) = (start + interval * (i as u32 + 1)).checked_duration_since(Instant::now()) {
+        if let Some(wait) =
+            (start + interval * (i as u32 + 1)).checked_duration_since(Instant::now())
+        {
             std::thread::sleep(wait);
         }
         let t = Instant::now();
@@ -221,7 +224,7 @@ async fn latency_run(rate: u32, seconds: u64) -> (Vec<f64>, Stages) {
 }
 
 /// The node as a process at 100 passings/s: CPU % and peak RSS.
-fn resources(seconds: u64, on_workers: &str) -> (f64, u64, u64) {
+fn resources(seconds: u64, serial: &str) -> (f64, u64, u64) {
     let dir = tempfile::tempdir_in(".").unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (mut master, link) = rt.block_on(async { pty(dir.path()) });
@@ -240,7 +243,7 @@ fn resources(seconds: u64, on_workers: &str) -> (f64, u64, u64) {
         .args(["run", "--config"])
         .arg(&cfg)
         .env("RUST_LOG", "warn")
-        .env(node::runtime::input::INPUT_THREAD_ENV, on_workers)
+        .env(node::runtime::input::INPUT_SERIAL_ENV, serial)
         .spawn()
         .unwrap_or_else(|e| panic!("starting {exe}: {e}"));
     let pid = child.id();
@@ -286,7 +289,7 @@ fn resources(seconds: u64, on_workers: &str) -> (f64, u64, u64) {
 }
 
 /// One latency run, in a child process so each input placement
-/// ([`node::runtime::input::INPUT_THREAD_ENV`]) starts clean. Prints the
+/// ([`node::runtime::input::INPUT_SERIAL_ENV`]) starts clean. Prints the
 /// figures as ratios to the floor the parent measured just before.
 fn child(rate: u32, seconds: u64) {
     let floor: Vec<f64> = std::env::var("NODE_BENCH_FLOOR")
@@ -317,10 +320,16 @@ fn child(rate: u32, seconds: u64) {
 /// Seconds of the paced floor measured before each run.
 const FLOOR_PACED_SECONDS: usize = 5;
 
-/// The two paths the bench compares: (label, value of the input-thread variable).
+/// The two paths the bench compares: (label, value of [`node::runtime::input::INPUT_SERIAL_ENV`]).
 const PATHS: [(&str, &str); 2] = [
-    ("input on the shared workers (the node's default)", "0"),
-    ("input on its own thread (VENUE_NODE_INPUT_THREAD=1)", "1"),
+    (
+        "read while the append is in flight (the node's default)",
+        "0",
+    ),
+    (
+        "read after each append (VENUE_NODE_INPUT_SERIAL=1, the previous path)",
+        "1",
+    ),
 ];
 
 fn main() {
@@ -363,11 +372,11 @@ fn main() {
                 pct(&fl, 0.5),
                 pct(&fl, 0.99)
             );
-            for (label, on_workers) in PATHS {
+            for (label, serial) in PATHS {
                 let out = std::process::Command::new(&exe)
                     .env("NODE_BENCH_CHILD", rate.to_string())
                     .env("NODE_BENCH_FLOOR", &floors)
-                    .env(node::runtime::input::INPUT_THREAD_ENV, on_workers)
+                    .env(node::runtime::input::INPUT_SERIAL_ENV, serial)
                     .env("RUST_LOG", "error")
                     .stderr(std::process::Stdio::null())
                     .output()
@@ -377,8 +386,8 @@ fn main() {
             }
         }
     }
-    for (label, on_workers) in PATHS {
-        let (cpu, rss, hwm) = resources(seconds, on_workers);
+    for (label, serial) in PATHS {
+        let (cpu, rss, hwm) = resources(seconds, serial);
         println!(
             "node process at 100 passings/s, {label}: CPU {cpu:.1} % of one core, RSS {} KiB (peak {} KiB)",
             rss, hwm
