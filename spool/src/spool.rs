@@ -70,11 +70,6 @@ pub struct SpoolConfig {
     pub cache_bytes: usize,
     /// Known event types and their upcasters.
     pub schemas: Arc<Schemas>,
-    /// Insert a large append into the database beside its journal `fdatasync` rather than before
-    /// it ([`writer::SPOOL_OVERLAP_EVENTS_MIN`]). Off by default: on the shared 2-core box
-    /// `cargo bench -p spool` measured batches of 100 and 1,000 slower with it (the extra thread
-    /// hops cost more under load than the overlap saves); kept for measuring on other hardware.
-    pub overlap_sync: bool,
 }
 
 impl Default for SpoolConfig {
@@ -90,7 +85,6 @@ impl Default for SpoolConfig {
             cache_bytes: SPOOL_CACHE_BYTES_DEFAULT,
             // The spool knows no event types: a venue's catalog comes from whoever opens it.
             schemas: Arc::new(crate::schema::Schemas::empty()),
-            overlap_sync: false,
         }
     }
 }
@@ -200,7 +194,6 @@ impl Spool {
             required_cursors: config.required_cursors.clone(),
             disk_cap_bytes: config.disk_cap_bytes,
             disk_reserve_bytes: config.disk_reserve_bytes,
-            overlap_sync: config.overlap_sync,
         };
         let reopen = writer::ReopenSettings {
             cache_bytes: config.cache_bytes,
