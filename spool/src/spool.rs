@@ -34,9 +34,14 @@ pub const SPOOL_CHECKPOINT_EVENTS_DEFAULT: usize = 20_000;
 /// database pages; at 10 events/s a 30 s interval spreads them over 300 events (SD card wear).
 pub const SPOOL_CHECKPOINT_INTERVAL_MS_DEFAULT: u64 = 30_000;
 
-/// redb's page cache for the writer, in bytes. The box has little memory; the spool reads
-/// mostly recent pages.
-pub const SPOOL_CACHE_BYTES_DEFAULT: usize = 64 * 1024 * 1024;
+/// redb's page cache for the writer, in bytes, and so the most memory the spool's pages take.
+/// redb moves every page it writes into this cache until it is full, so a node's RSS grows with
+/// its database until the cache holds this much: at the former 64 MiB, 64 MiB of a small box's
+/// memory (issue 14's soak). The spool's reads are of recent events, mostly served from the
+/// un-checkpointed tail in memory, and a checkpoint's dirty pages (up to
+/// [`SPOOL_CHECKPOINT_EVENTS_DEFAULT`] events, a few MiB) fit in the half of the cache redb lets
+/// them use; beyond that they are written early, not lost.
+pub const SPOOL_CACHE_BYTES_DEFAULT: usize = 16 * 1024 * 1024;
 
 /// The free space kept on the spool's file system by default, in bytes: appends are refused
 /// (with [`SpoolError::DiskLow`]) while less is free, so the checkpoint that moves a full journal
