@@ -291,7 +291,7 @@ async fn latency_run(case: Case, seconds: u64, screen_rt: &tokio::runtime::Runti
         Filter::all().with_event_types([catalog::Passing::EVENT_TYPE]),
         None,
     );
-    let display = LiveDisplay::start(&config, &spool, &status, &results, &cancel).await;
+    let display = LiveDisplay::start(&config, &spool, &status, &results, None, &cancel).await;
     assert_eq!(
         display.is_some(),
         case.display,

@@ -3,13 +3,17 @@
 //! The bench plays the decoder on the PTY master, stamping the moment each PASSING's last byte is
 //! written; the node (in this process) reads the slave, and a live spool subscription, which fires only
 //! after the group's fdatasync, stamps the moment each passing is durable. Reported: p50/p99/p99.9 of
-//! that latency at 100 and 1,000 passings/s, beside the floor measured in the same run (write one
-//! record + fdatasync to a file in the same directory) as a ratio. Then the node as its own process at
-//! a steady 100 passings/s: CPU % and RSS, the small-box budget.
+//! that latency at 100 and 1,000 passings/s, as ratios to two floors measured in the same run, in the
+//! same directory: one record written in place and fdatasynced *at the run's rate* (the floor a
+//! passing at that rate can reach, see `paced_floor`), and the same back to back (the floor of
+//! earlier runs, which no paced writer reaches on a disk whose flush is cheap only right after
+//! another). Then the node as its own process at a steady 100 passings/s: CPU % and RSS, the
+//! small-box budget.
 //!
-//! Each latency run is a child process of the bench, once with the input on the shared async
-//! workers (the node's default) and once on a thread of its own (`VENUE_NODE_INPUT_THREAD=1`), in
-//! rounds after a fresh floor, so every line is a ratio to a
+//! Each latency run is a child process of the bench, once with the input reading while its append
+//! is in flight (the node's default) and once waiting for each append before it reads again (the
+//! previous path, `VENUE_NODE_INPUT_SERIAL=1`), in rounds after a fresh floor, so every line is a
+//! ratio to a
 //! floor measured moments before it. Each run also prints where the time went, from the wall-clock
 //! stamps the path leaves on every event (see `Stages`).
 //!
@@ -30,7 +34,7 @@ use spool::{Filter, Spool};
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
-use common::{floor, pct, pty};
+use common::{floor, paced_floor, pct, pty};
 
 fn passing(n: u32) -> Vec<u8> {
     testkit::passing_frame(n, testkit::DECODER_ID, 1_700_000_000_000_000 + u64::from(n))
@@ -146,7 +150,7 @@ async fn latency_run(rate: u32, seconds: u64) -> (Vec<f64>, Stages) {
 }
 
 /// The node as a process at 100 passings/s: CPU % and peak RSS.
-fn resources(seconds: u64, on_workers: &str) -> (f64, u64, u64) {
+fn resources(seconds: u64, serial: &str) -> (f64, u64, u64) {
     let dir = tempfile::tempdir_in(".").unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (mut master, link) = rt.block_on(async { pty(dir.path()) });
@@ -165,7 +169,7 @@ fn resources(seconds: u64, on_workers: &str) -> (f64, u64, u64) {
         .args(["run", "--config"])
         .arg(&cfg)
         .env("RUST_LOG", "warn")
-        .env(node::runtime::input::INPUT_THREAD_ENV, on_workers)
+        .env(node::runtime::input::INPUT_SERIAL_ENV, serial)
         .spawn()
         .unwrap_or_else(|e| panic!("starting {exe}: {e}"));
     let pid = child.id();
@@ -211,7 +215,7 @@ fn resources(seconds: u64, on_workers: &str) -> (f64, u64, u64) {
 }
 
 /// One latency run, in a child process so each input placement
-/// ([`node::runtime::input::INPUT_THREAD_ENV`]) starts clean. Prints the
+/// ([`node::runtime::input::INPUT_SERIAL_ENV`]) starts clean. Prints the
 /// figures as ratios to the floor the parent measured just before.
 fn child(rate: u32, seconds: u64) {
     let floor: Vec<f64> = std::env::var("NODE_BENCH_FLOOR")
@@ -226,21 +230,32 @@ fn child(rate: u32, seconds: u64) {
         .unwrap();
     let (lat, stages) = rt.block_on(latency_run(rate, seconds));
     println!(
-        "{rate:>5} passings/s: byte in -> durable p50 {:.0} µs ({:.2}x floor)  p99 {:.0} µs ({:.2}x floor p99)  p99.9 {:.0} µs  [{} samples]",
+        "{rate:>5} passings/s: byte in -> durable p50 {:.0} µs ({:.2}x paced floor, {:.2}x back to back)  p99 {:.0} µs ({:.2}x paced floor p99, {:.2}x back to back)  p99.9 {:.0} µs  [{} samples]",
         pct(&lat, 0.5),
         pct(&lat, 0.5) / floor[0],
+        pct(&lat, 0.5) / floor[2],
         pct(&lat, 0.99),
         pct(&lat, 0.99) / floor[1],
+        pct(&lat, 0.99) / floor[3],
         pct(&lat, 0.999),
         lat.len()
     );
     stages.print();
 }
 
-/// The two paths the bench compares: (label, value of the input-thread variable).
+/// Seconds of the paced floor measured before each run.
+const FLOOR_PACED_SECONDS: usize = 5;
+
+/// The two paths the bench compares: (label, value of [`node::runtime::input::INPUT_SERIAL_ENV`]).
 const PATHS: [(&str, &str); 2] = [
-    ("input on the shared workers (the node's default)", "0"),
-    ("input on its own thread (VENUE_NODE_INPUT_THREAD=1)", "1"),
+    (
+        "read while the append is in flight (the node's default)",
+        "0",
+    ),
+    (
+        "read after each append (VENUE_NODE_INPUT_SERIAL=1, the previous path)",
+        "1",
+    ),
 ];
 
 fn main() {
@@ -263,20 +278,31 @@ fn main() {
     for rate in [100u32, 1000] {
         for round in 1..=rounds {
             let fl = floor(dir.path(), 1000);
+            let paced = paced_floor(dir.path(), rate as usize * FLOOR_PACED_SECONDS, rate);
             println!(
-                "round {round}: floor (append 96 B + fdatasync, same disk): p50 {:.0} µs  p99 {:.0} µs  p99.9 {:.0} µs",
+                "round {round}: floor at {rate}/s (96 B in place + fdatasync, paced, same disk): p50 {:.0} µs  p99 {:.0} µs  p99.9 {:.0} µs",
+                pct(&paced, 0.5),
+                pct(&paced, 0.99),
+                pct(&paced, 0.999)
+            );
+            println!(
+                "         floor back to back (append 96 B + fdatasync): p50 {:.0} µs  p99 {:.0} µs  p99.9 {:.0} µs",
                 pct(&fl, 0.5),
                 pct(&fl, 0.99),
                 pct(&fl, 0.999)
             );
-            for (label, on_workers) in PATHS {
+            let floors = format!(
+                "{},{},{},{}",
+                pct(&paced, 0.5),
+                pct(&paced, 0.99),
+                pct(&fl, 0.5),
+                pct(&fl, 0.99)
+            );
+            for (label, serial) in PATHS {
                 let out = std::process::Command::new(&exe)
                     .env("NODE_BENCH_CHILD", rate.to_string())
-                    .env(
-                        "NODE_BENCH_FLOOR",
-                        format!("{},{}", pct(&fl, 0.5), pct(&fl, 0.99)),
-                    )
-                    .env(node::runtime::input::INPUT_THREAD_ENV, on_workers)
+                    .env("NODE_BENCH_FLOOR", &floors)
+                    .env(node::runtime::input::INPUT_SERIAL_ENV, serial)
                     .env("RUST_LOG", "error")
                     .stderr(std::process::Stdio::null())
                     .output()
@@ -286,8 +312,8 @@ fn main() {
             }
         }
     }
-    for (label, on_workers) in PATHS {
-        let (cpu, rss, hwm) = resources(seconds, on_workers);
+    for (label, serial) in PATHS {
+        let (cpu, rss, hwm) = resources(seconds, serial);
         println!(
             "node process at 100 passings/s, {label}: CPU {cpu:.1} % of one core, RSS {} KiB (peak {} KiB)",
             rss, hwm

@@ -8,8 +8,7 @@
 //! directory, then `fdatasync`), SQLite (WAL, synchronous=FULL, same records and batch sizes),
 //! the raw journal (the same bytes per batch written in place into a preallocated file and
 //! `fdatasync`ed: the disk's own bound for the spool's format), naive redb (one
-//! `Durability::Immediate` commit per append, the spool's tables), and the experiment of indexing
-//! a large append beside its sync (`SpoolConfig::overlap_sync = true`).
+//! `Durability::Immediate` commit per append, the spool's tables).
 //!
 //! Sizes come from the environment, so a run fits in a few minutes by default:
 //!
@@ -508,7 +507,6 @@ fn main() {
         for batch in [1usize, 10, 100, 1000] {
             let n = if batch == 1 { events.min(5000) } else { events };
             let mut spool_rates = Vec::new();
-            let mut overlap_rates = Vec::new();
             let mut sqlite_rates = Vec::new();
             let mut raw_rates = Vec::new();
             for round in 0..3 {
@@ -522,16 +520,6 @@ fn main() {
                         dir.path().join(format!("b{batch}-{round}")),
                     ));
                 }
-                // The experiment: a large append indexed beside its sync.
-                let overlap_dir = dir.path().join(format!("overlap-b{batch}-{round}"));
-                let overlap = SpoolConfig {
-                    overlap_sync: true,
-                    ..config()
-                };
-                let spool = Spool::open(&overlap_dir, overlap).expect("open");
-                overlap_rates.push(batched(&spool, batch, n));
-                drop(spool);
-                drop(std::fs::remove_dir_all(overlap_dir));
                 sqlite_rates.push(sqlite_batched(&mut sqlite, batch, n, record, &mut sqlite_seq).0);
             }
             // Every round's own ratios, worst first: the bar holds in every run or not at all.
@@ -550,21 +538,18 @@ fn main() {
                 v.sort_by(f64::total_cmp);
                 v[1]
             };
-            let (rate, overlap, sq, raw) = (
+            let (rate, sq, raw) = (
                 median(&spool_rates),
-                median(&overlap_rates),
                 median(&sqlite_rates),
                 median(&raw_rates),
             );
             println!(
-                "| 1 × {batch} | {rate:.0} (overlap_sync: {overlap:.0}) | {sq:.0} | {:.2} (worst round {w_sqlite:.2}; overlap_sync {:.2}) | {raw:.0} | {:.2} (worst round {w_raw:.2}; overlap_sync {:.2}) |",
+                "| 1 × {batch} | {rate:.0} | {sq:.0} | {:.2} (worst round {w_sqlite:.2}) | {raw:.0} | {:.2} (worst round {w_raw:.2}) |",
                 rate / sq,
-                overlap / sq,
                 rate / raw,
-                overlap / raw
             );
             println!(
-                "|   rounds: spool, overlap_sync, SQLite, raw | {spool_rates:.0?} {overlap_rates:.0?} | {sqlite_rates:.0?} | | {raw_rates:.0?} | |"
+                "|   rounds: spool, SQLite, raw | {spool_rates:.0?} | {sqlite_rates:.0?} | | {raw_rates:.0?} | |"
             );
         }
     }

@@ -65,8 +65,7 @@
 //!   page-sized writes, so a sync flushes one data page and never file metadata.
 //! - **redb is the indexed store.** The writer applies each group to one long-lived write
 //!   transaction and commits it durably (with quick-repair, so a crash never needs a full-file
-//!   repair) at *checkpoints*. (`SpoolConfig::overlap_sync` inserts a large append while a
-//!   second thread syncs the journal; off by default, see there.) Checkpoints come every
+//!   repair) at *checkpoints*. Checkpoints come every
 //!   [`SpoolConfig::checkpoint_events`] events, every [`SpoolConfig::checkpoint_interval`],
 //!   when the journal fills, and for rare operations that are committed directly (park,
 //!   projections, snapshots, retention). After a checkpoint the journal restarts at offset 0.
@@ -82,7 +81,12 @@
 //! append p50 0.93–0.98× and p99 0.90–1.19× the append+`fdatasync` floor; batches of 1000 at
 //! 0.88–1.11× SQLite's throughput (WAL, synchronous=FULL), and on 2026-12-01 (load average
 //! 15–18) 1.17–1.23× SQLite and 0.30–0.48× the raw journal (the same bytes written in place and
-//! synced) as the median of three rounds, single rounds ranging far wider; reopen after kill -9 at 10 M events
+//! synced) as the median of three rounds, single rounds ranging far wider. What bounds the
+//! batch figure against the raw journal is, we believe, the disk more than the CPU: on that
+//! VM's disk the device flush ending an `fdatasync` costs ~0.2 ms within ~2 ms of the previous
+//! one and 3–6 ms after a longer pause (a lone loop sweeping the pause shows the step), and the
+//! raw journal syncs back to back while the spool spends a batch's validation, encoding and
+//! index inserts between two syncs (as SQLite spends its inserts). Reopen after kill -9 at 10 M events
 //! ready to append in 19–44 ms; 4.5 KiB written per event at 10 events/s (floor 4.2 KiB). Segment files were the alternative for bounded restart; quick-repair plus a
 //! bounded journal replay met the bar without them.
 //!
@@ -180,6 +184,6 @@ pub use crate::types::{
 pub use crate::writer::{
     CURSOR_NAME_BYTES_MAX, PARK_REASON_BYTES_MAX, RETENTION_EVENTS_PER_RUN_MAX,
     SPOOL_BATCH_BYTES_MAX, SPOOL_BATCH_EVENTS_MAX, SPOOL_DISK_CHECK_INTERVAL_MS,
-    SPOOL_GROUP_BYTES_MAX, SPOOL_GROUP_REQUESTS_MAX, SPOOL_OVERLAP_EVENTS_MIN,
-    SPOOL_QUEUE_REQUESTS_MAX, SPOOL_REOPEN_INTERVAL_MS, STATE_BYTES_MAX,
+    SPOOL_GROUP_BYTES_MAX, SPOOL_GROUP_REQUESTS_MAX, SPOOL_QUEUE_REQUESTS_MAX,
+    SPOOL_REOPEN_INTERVAL_MS, STATE_BYTES_MAX,
 };

@@ -34,9 +34,14 @@ pub const SPOOL_CHECKPOINT_EVENTS_DEFAULT: usize = 20_000;
 /// database pages; at 10 events/s a 30 s interval spreads them over 300 events (SD card wear).
 pub const SPOOL_CHECKPOINT_INTERVAL_MS_DEFAULT: u64 = 30_000;
 
-/// redb's page cache for the writer, in bytes. The box has little memory; the spool reads
-/// mostly recent pages.
-pub const SPOOL_CACHE_BYTES_DEFAULT: usize = 64 * 1024 * 1024;
+/// redb's page cache for the writer, in bytes, and so the most memory the spool's pages take.
+/// redb moves every page it writes into this cache until it is full, so a node's RSS grows with
+/// its database until the cache holds this much: at the former 64 MiB, 64 MiB of a small box's
+/// memory (issue 14's soak). The spool's reads are of recent events, mostly served from the
+/// un-checkpointed tail in memory, and a checkpoint's dirty pages (up to
+/// [`SPOOL_CHECKPOINT_EVENTS_DEFAULT`] events, a few MiB) fit in the half of the cache redb lets
+/// them use; beyond that they are written early, not lost.
+pub const SPOOL_CACHE_BYTES_DEFAULT: usize = 16 * 1024 * 1024;
 
 /// The free space kept on the spool's file system by default, in bytes: appends are refused
 /// (with [`SpoolError::DiskLow`]) while less is free, so the checkpoint that moves a full journal
@@ -70,11 +75,6 @@ pub struct SpoolConfig {
     pub cache_bytes: usize,
     /// Known event types and their upcasters.
     pub schemas: Arc<Schemas>,
-    /// Insert a large append into the database beside its journal `fdatasync` rather than before
-    /// it ([`writer::SPOOL_OVERLAP_EVENTS_MIN`]). Off by default: on the shared 2-core box
-    /// `cargo bench -p spool` measured batches of 100 and 1,000 slower with it (the extra thread
-    /// hops cost more under load than the overlap saves); kept for measuring on other hardware.
-    pub overlap_sync: bool,
 }
 
 impl Default for SpoolConfig {
@@ -90,7 +90,6 @@ impl Default for SpoolConfig {
             cache_bytes: SPOOL_CACHE_BYTES_DEFAULT,
             // The spool knows no event types: a venue's catalog comes from whoever opens it.
             schemas: Arc::new(crate::schema::Schemas::empty()),
-            overlap_sync: false,
         }
     }
 }
@@ -200,7 +199,6 @@ impl Spool {
             required_cursors: config.required_cursors.clone(),
             disk_cap_bytes: config.disk_cap_bytes,
             disk_reserve_bytes: config.disk_reserve_bytes,
-            overlap_sync: config.overlap_sync,
         };
         let reopen = writer::ReopenSettings {
             cache_bytes: config.cache_bytes,

@@ -5,12 +5,9 @@
 //! waits for company.
 //!
 //! Each append is inserted into the open write transaction as it is validated, since the next
-//! request of the group reads it there (stream versions, idempotency keys). The last append of a
-//! group has no such reader; with `SpoolConfig::overlap_sync` (off by default) and when it is
-//! large ([`SPOOL_OVERLAP_EVENTS_MIN`]) its insert runs on this thread while a scoped thread
-//! writes and syncs the group's journal bytes, and the group
-//! is answered only when both are done. Nothing reads the transaction before the next checkpoint
-//! commits it, so the order of the two does not matter; the reply still waits for the sync.
+//! request of the group reads it there (stream versions, idempotency keys). (Inserting the last
+//! append of a group on this thread while a second one synced the journal was tried for issue 14
+//! and measured slower on the 2-core build machine; it was removed.)
 //!
 //! The database is updated in the same long-lived write transaction and committed
 //! ([`redb::Durability::Immediate`], quick-repair) at checkpoints: every
@@ -78,12 +75,6 @@ pub const SPOOL_DISK_CHECK_INTERVAL_MS: u64 = 100;
 /// once with [`SpoolError::Failed`].
 pub const SPOOL_REOPEN_INTERVAL_MS: u64 = 1_000;
 
-/// With `SpoolConfig::overlap_sync`, an append of at least this many events, the last of its
-/// group, has its database insert run on a second thread beside the group's journal write and `fdatasync`, so a large batch costs the
-/// longer of the two instead of their sum. Below it the insert takes microseconds and the thread
-/// would cost more than it saves, so small appends (the live path) insert first, then sync.
-pub const SPOOL_OVERLAP_EVENTS_MIN: usize = 64;
-
 const _: () = assert!(SPOOL_GROUP_REQUESTS_MAX <= SPOOL_QUEUE_REQUESTS_MAX);
 const _: () = assert!(SPOOL_BATCH_BYTES_MAX <= SPOOL_GROUP_BYTES_MAX);
 
@@ -149,8 +140,6 @@ pub(crate) struct Policy {
     pub(crate) required_cursors: Vec<String>,
     pub(crate) disk_cap_bytes: Option<u64>,
     pub(crate) disk_reserve_bytes: u64,
-    /// Whether large appends insert beside the journal sync ([`SPOOL_OVERLAP_EVENTS_MIN`]).
-    pub(crate) overlap_sync: bool,
 }
 
 /// How the writer opens the database again after a failure: as [`crate::Spool::open`] did.
@@ -175,15 +164,6 @@ enum Dup {
     Stored(Appended),
     /// Repeats the key of the event at this index of the same part.
     Earlier(usize),
-}
-
-/// The last append of a group, validated and journaled, whose database insert runs beside the
-/// group's sync ([`SPOOL_OVERLAP_EVENTS_MIN`]). No later request of the group reads the
-/// transaction before it is inserted: it is the last.
-struct Deferred {
-    /// Where its events start in the group's events.
-    from: usize,
-    encoded: Vec<Vec<u8>>,
 }
 
 enum Pending {
@@ -214,7 +194,6 @@ pub(crate) struct Writer {
     group_events: Vec<RecordedEvent>,
     group_acks: Vec<(String, u64)>,
     group_pending: Vec<Pending>,
-    group_deferred: Option<Deferred>,
 }
 
 impl Writer {
@@ -255,7 +234,6 @@ impl Writer {
             group_events: Vec::new(),
             group_acks: Vec::new(),
             group_pending: Vec::new(),
-            group_deferred: None,
         })
     }
 
@@ -269,9 +247,8 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            let last = group.len() - 1;
-            for (i, request) in group.into_iter().enumerate() {
-                self.handle(request, i == last);
+            for request in group {
+                self.handle(request);
             }
             self.flush();
             self.maybe_checkpoint(false);
@@ -291,8 +268,8 @@ impl Writer {
         usize::try_from(self.journal.capacity() - self.journal.remaining()).unwrap_or(usize::MAX)
     }
 
-    /// Serve one request; `last` if no other request of its group follows it.
-    fn handle(&mut self, request: Request, last: bool) {
+    /// Serve one request of a group.
+    fn handle(&mut self, request: Request) {
         self.reopen_if_due();
         if let Some(failure) = &self.failed {
             let error = || SpoolError::Failed {
@@ -313,7 +290,7 @@ impl Writer {
         }
         match request {
             Request::Append { parts, reply } => match self.prepare_append(parts) {
-                Ok((appended, events)) => self.stage_append(reply, appended, events, last),
+                Ok((appended, events)) => self.stage_append(reply, appended, events),
                 Err(error) => {
                     self.counters
                         .rejected_appends
@@ -528,14 +505,12 @@ impl Writer {
         Ok((appended, new_events))
     }
 
-    /// Journal and apply a validated append. The reply waits for the group's sync. The last append
-    /// of a group, if large, is inserted by [`Writer::flush`] beside the sync.
+    /// Journal and apply a validated append. The reply waits for the group's sync.
     fn stage_append(
         &mut self,
         reply: oneshot::Sender<Result<Vec<Appended>>>,
         appended: Vec<Appended>,
         events: Vec<RecordedEvent>,
-        last: bool,
     ) {
         if events.is_empty() {
             // Only duplicates: nothing to write, but answer after the group is durable, since
@@ -563,55 +538,28 @@ impl Writer {
         };
         self.next_seq += events.len() as u64;
         self.uncheckpointed_events += events.len();
-        if last && self.policy.overlap_sync && events.len() >= SPOOL_OVERLAP_EVENTS_MIN {
-            self.group_deferred = Some(Deferred {
-                from: self.group_events.len(),
-                encoded,
-            });
-        } else {
-            let txn = self
-                .txn
-                .as_ref()
-                .expect("an open write transaction while not failed");
-            if let Err(error) = tables::insert_events(txn, &events, &encoded) {
-                self.fail(&error);
-                drop(reply.send(Err(error)));
-                return;
-            }
+        let txn = self
+            .txn
+            .as_ref()
+            .expect("an open write transaction while not failed");
+        if let Err(error) = tables::insert_events(txn, &events, &encoded) {
+            self.fail(&error);
+            drop(reply.send(Err(error)));
+            return;
         }
         self.group_events.extend(events);
         self.group_pending.push(Pending::Append(reply, appended));
     }
 
-    /// Write and sync the group's journal bytes; a deferred append is inserted into the open
-    /// transaction meanwhile, on this thread, while a scoped thread waits for the disk.
+    /// Write and sync the group's journal bytes.
     fn sync_group(&mut self) -> Result<()> {
-        let journal_error = |source| SpoolError::Io {
-            path: self.path.join(crate::storage::JOURNAL_FILE),
-            action: "appending to the journal",
-            source,
-        };
-        let Some(deferred) = self.group_deferred.take() else {
-            return self
-                .journal
-                .append(&self.group_bytes)
-                .map_err(journal_error);
-        };
-        let txn = self
-            .txn
-            .as_ref()
-            .expect("an open write transaction while not failed");
-        let (journal, bytes) = (&mut self.journal, &self.group_bytes);
-        let events = &self.group_events[deferred.from..];
-        let (synced, inserted) = std::thread::scope(|scope| {
-            let sync = scope.spawn(move || journal.append(bytes));
-            let inserted = tables::insert_events(txn, events, &deferred.encoded);
-            // A panic in the sync thread is a bug in the journal: let it surface here.
-            let synced = sync.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
-            (synced, inserted)
-        });
-        synced.map_err(journal_error)?;
-        inserted
+        self.journal
+            .append(&self.group_bytes)
+            .map_err(|source| SpoolError::Io {
+                path: self.path.join(crate::storage::JOURNAL_FILE),
+                action: "appending to the journal",
+                source,
+            })
     }
 
     /// Give the frame its lsn and add it to the group, making room in the journal first.
@@ -667,7 +615,6 @@ impl Writer {
                 Err(error) => self.fail(&error),
             }
         }
-        self.group_deferred = None;
         self.group_bytes.clear();
         let events = std::mem::take(&mut self.group_events);
         let acks = std::mem::take(&mut self.group_acks);
@@ -728,7 +675,6 @@ impl Writer {
         self.group_bytes.clear();
         self.group_events.clear();
         self.group_acks.clear();
-        self.group_deferred = None;
         self.publish_health();
     }
 

@@ -1,9 +1,13 @@
 //! What the node's benches share, so each measures the same way: the disk's floor, the percentile,
 //! and the pseudo-terminal a bench plays the decoder on.
+#![allow(
+    dead_code,
+    reason = "each bench includes this module and uses only part of it"
+)]
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// The `q` quantile of `sorted` (ascending), by nearest rank.
 pub fn pct(sorted: &[f64], q: f64) -> f64 {
@@ -40,4 +44,47 @@ pub fn pty(dir: &Path) -> (tokio_serial::SerialStream, PathBuf) {
     let _ = std::fs::remove_file(&link);
     std::os::unix::fs::symlink(name, &link).unwrap();
     (master, link)
+}
+
+/// The floor at a rate: one small record written in place into a preallocated file (as the
+/// spool's journal does) and fdatasynced, `rate` times a second for `n` records, in `dir`.
+///
+/// This, not the back-to-back [`floor`], is what a passing at `rate` can cost. On the build
+/// machine's virtual disk (no FUA, a volatile write cache, ext4 without a journal) the device
+/// cache flush that ends every fdatasync costs ~0.2 ms when it follows another within ~2 ms and
+/// 3–6 ms after a longer pause: sampled kernel stacks put the slow time in
+/// `blkdev_issue_flush` and the data page's writeback, in a lone process with nothing else
+/// writing. A node at 100/s syncs every 10 ms, so it pays the slow flush; a back-to-back floor
+/// never does.
+pub fn paced_floor(dir: &Path, n: usize, rate: u32) -> Vec<f64> {
+    use std::os::unix::fs::FileExt;
+    const RECORD_BYTES: usize = 96;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(dir.join("paced-floor"))
+        .unwrap();
+    let len = n * RECORD_BYTES;
+    f.write_all_at(&vec![0u8; len.next_multiple_of(4096)], 0)
+        .unwrap();
+    f.sync_data().unwrap();
+    let record = [0x5au8; RECORD_BYTES];
+    let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
+    let start = Instant::now();
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        if let Some(wait) =
+            (start + interval * (i as u32 + 1)).checked_duration_since(Instant::now())
+        {
+            std::thread::sleep(wait);
+        }
+        let t = Instant::now();
+        f.write_all_at(&record, (i * RECORD_BYTES) as u64).unwrap();
+        f.sync_data().unwrap();
+        out.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    out.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    out
 }

@@ -11,6 +11,9 @@
 //!   └── disconnected event; backoff again if not one valid frame came
 //! ```
 //!
+//! The line is read while a chunk's append is in flight: what arrives meanwhile is framed at once
+//! and becomes the next append, started the moment the previous one returns (see `session`).
+//!
 //! Gap state changes only after the append is durable: a passing that could not be stored is fetched
 //! again by the next gap check, never counted as received.
 //!
@@ -64,12 +67,10 @@ pub const REJECTED_FRAMES_STORED_PER_MIN_MAX: u32 = 60;
 /// How long the node waits for the answer to GET_TIME before it stops matching it to the query.
 pub const CLOCK_ANSWER_TIMEOUT_MS: u64 = 2_000;
 
-/// Set to `1`, each input runs on a thread of its own with a single-threaded runtime instead of
-/// as a task on the node's shared work-stealing workers: a byte on the line then wakes that
-/// thread's epoll and nothing else. Off by default: on the shared 2-core box under load,
-/// `cargo bench -p node` measured it no faster (its read wake-up was slower in the runs of
-/// issue 14), so it stays an experiment the bench runs beside the default.
-pub const INPUT_THREAD_ENV: &str = "VENUE_NODE_INPUT_THREAD";
+/// Set to `1`, an input waits for each append to be durable before it reads the line again (the
+/// node's path before issue 14), instead of reading, and framing what it reads, while the append is
+/// in flight. Kept so `cargo bench -p node` measures both in the same run; not for production.
+pub const INPUT_SERIAL_ENV: &str = "VENUE_NODE_INPUT_SERIAL";
 
 /// A technician's commands waiting for one input: one click at a time is the use; a full queue
 /// is refused at the tech page (503) rather than waited on.
@@ -84,6 +85,14 @@ pub enum InputCommand {
     Resend { from: u32, until: u32 },
 }
 
+/// The most events read and framed while an append is in flight, waiting to be the next append.
+/// At it the input stops reading until the append returns, and the line's own buffer holds the
+/// rest: a disk that stalls must not grow memory without bound. A 115200-baud line delivers about
+/// 225 passings a second, so this is seconds of a stalled disk, and it is well under
+/// [`spool::SPOOL_BATCH_EVENTS_MAX`], so the waiting events always fit one append.
+pub const INPUT_WAITING_EVENTS_MAX: usize = 1_000;
+
+const _: () = assert!(INPUT_WAITING_EVENTS_MAX + READ_CHUNK_BYTES <= spool::SPOOL_BATCH_EVENTS_MAX);
 const _: () = assert!(RECONNECT_BACKOFF_MS_MIN < RECONNECT_BACKOFF_MS_MAX);
 const _: () = assert!(RECONNECT_BACKOFF_MS_MAX < FLAPPING_REPORT_INTERVAL_MS);
 
@@ -235,6 +244,29 @@ struct Chunk {
     batch: Vec<(StreamId, NewEvent)>,
     passings: Vec<BatchPassing>,
     clock_answers: Vec<(Option<u32>, u64)>,
+}
+
+impl Chunk {
+    /// Adds a later chunk's events behind these, as one append will store them.
+    fn extend(&mut self, later: Chunk) {
+        let offset = self.batch.len();
+        self.batch.extend(later.batch);
+        self.passings
+            .extend(later.passings.into_iter().map(|p| BatchPassing {
+                index: p.index + offset,
+                ..p
+            }));
+        self.clock_answers.extend(later.clock_answers);
+    }
+}
+
+/// An append on its way to the spool, and what its chunk needs once it returns (its events are
+/// inside the append).
+struct InFlight<'a> {
+    append: std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Vec<spool::Appended>, SpoolError>> + Send + 'a>,
+    >,
+    chunk: Chunk,
 }
 
 /// The offset of the decoder's clock from the host's, `rtc - host`, in µs: saturated to the i64 range
@@ -400,50 +432,16 @@ impl Input {
         }
     }
 
-    /// Runs until cancelled: connect, read, reconnect. With [`INPUT_THREAD_ENV`] set, on a thread
-    /// of its own that this future waits for.
+    /// Runs until cancelled: connect, read, reconnect.
     pub async fn run(self, cancel: CancellationToken) {
         if let Source::Probe(settings) = &self.source {
             let (settings, timing) = (settings.clone(), settings.timing.unwrap_or_default());
             return super::probe::run(self, settings, timing, cancel).await;
         }
-        if std::env::var_os(INPUT_THREAD_ENV).is_none_or(|v| v != "1") {
-            return self.run_here(cancel).await;
-        }
-        let name = self.name.clone();
-        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
-        let runtime = match tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
-            Ok(rt) => rt,
-            Err(e) => {
-                tracing::error!(input = %name, error = %e, "cannot start the input's own runtime; running it on the shared workers");
-                return self.run_here(cancel).await;
-            }
-        };
-        let status = self.status.clone();
-        let spawned = std::thread::Builder::new()
-            .name(format!("input-{name}"))
-            .spawn(move || {
-                runtime.block_on(self.run_here(cancel));
-                // The receiver is gone only if `run` was dropped, and then nobody waits.
-                let _ = done_tx.send(());
-            });
-        match spawned {
-            // An Err means the thread panicked; the panic is already on stderr.
-            Ok(_) => drop(done_rx.await),
-            Err(e) => {
-                tracing::error!(input = %name, error = %e, "cannot start the input's thread; the input is not read");
-                status.input(&name, |s| {
-                    s.state = "stopped".into();
-                    s.last_error = Some(format!("cannot start the input's thread: {e}"));
-                });
-            }
-        }
+        self.run_here(cancel).await
     }
 
-    /// [`Input::run`] on the runtime it is called from.
+    /// [`Input::run`] for a serial or TCP line.
     async fn run_here(mut self, cancel: CancellationToken) {
         let mut commands = self.commands.take();
         let mut memory = Memory::default();
@@ -651,6 +649,12 @@ impl Input {
     }
 
     /// Reads one connection until it ends.
+    ///
+    /// The line is read while the previous chunk's append is in flight: what arrives meanwhile is
+    /// framed at once and waits (up to [`INPUT_WAITING_EVENTS_MAX`] events) to be the next append,
+    /// which starts the moment the previous one returns. So a passing waits for at most the sync in
+    /// flight and its own, never for a read that could not start. The gap checks still run in
+    /// order, each after its chunk is durable. Every chunk read is stored before the session ends.
     async fn session(
         &self,
         line: Box<dyn Line>,
@@ -669,6 +673,9 @@ impl Input {
         };
         let mut clock_query: Option<ClockQuery> = None;
         let mut next_clock = Instant::now();
+        let serial = std::env::var_os(INPUT_SERIAL_ENV).is_some_and(|v| v == "1");
+        let mut in_flight: Option<InFlight<'_>> = None;
+        let mut waiting = Chunk::default();
         let end = |reason: String, acc: &Accumulator| SessionEnd {
             reason,
             frames: acc.stats().frames,
@@ -679,12 +686,12 @@ impl Input {
                 return end(e, &acc);
             }
         }
-        loop {
+        let reason = loop {
             let now = Instant::now();
             if now >= next_clock {
                 next_clock = now + Duration::from_secs(self.clock.query_interval_s);
                 if let Err(e) = send(&mut tx, decoder::command::get_time_query()).await {
-                    return end(format!("write failed: {e}"), &acc);
+                    break format!("write failed: {e}");
                 }
                 clock_query = Some(ClockQuery {
                     sent: now,
@@ -695,23 +702,42 @@ impl Input {
                 .counters
                 .next_deadline()
                 .map_or(next_clock, |d| d.min(next_clock));
+            let room = waiting.batch.len() < INPUT_WAITING_EVENTS_MAX;
             let read = tokio::select! {
-                r = tokio::time::timeout(Duration::from_millis(INPUT_IDLE_TIMEOUT_MS), rx.read(&mut buf)) => r,
-                () = tokio::time::sleep_until(deadline.into()) => {
-                    // Gap deadlines: ask again or give up.
-                    for a in memory.counters.tick(Instant::now()) {
-                        if let Err(e) = self.act(&mut tx, a, &memory.counters).await {
-                            return end(e, &acc);
-                        }
+                biased;
+                appended = async { (&mut in_flight.as_mut().expect("polled only when some").append).await }, if in_flight.is_some() => {
+                    let done = in_flight.take().expect("an append in flight");
+                    if let Err(e) = self.stored(appended, done.chunk, memory, &mut tx, &mut clock_query).await {
+                        break e;
+                    }
+                    if !waiting.batch.is_empty() {
+                        in_flight = Some(self.start(std::mem::take(&mut waiting)));
                     }
                     continue;
                 }
-                () = cancel.cancelled() => return end("node shutting down".into(), &acc),
+                r = tokio::time::timeout(Duration::from_millis(INPUT_IDLE_TIMEOUT_MS), rx.read(&mut buf)), if room => r,
+                // Gap deadlines wait while frames are read but not yet stored: they may be the
+                // very passings a deadline would ask for again or declare missing.
+                () = tokio::time::sleep_until(deadline.into()), if in_flight.is_none() => {
+                    // Gap deadlines: ask again or give up.
+                    let mut failed = None;
+                    for a in memory.counters.tick(Instant::now()) {
+                        if let Err(e) = self.act(&mut tx, a, &memory.counters).await {
+                            failed = Some(e);
+                            break;
+                        }
+                    }
+                    match failed {
+                        Some(e) => break e,
+                        None => continue,
+                    }
+                }
+                () = cancel.cancelled() => break "node shutting down".into(),
                 command = next_command(commands) => {
                     match command {
                         InputCommand::Reconnect => {
                             tracing::info!(input = %self.name, "a technician asked to reconnect");
-                            return end("reconnect asked by a technician".into(), &acc);
+                            break "reconnect asked by a technician".into();
                         }
                         InputCommand::Resend { from, until } => {
                             tracing::info!(input = %self.name, from, until, "a technician asked the decoders to resend passings");
@@ -720,7 +746,7 @@ impl Input {
                                 Err(e) => Err(format!("encoding RESEND: {e}")),
                             };
                             if let Err(e) = sent {
-                                return end(e, &acc);
+                                break e;
                             }
                             self.status.input(&self.name, |s| s.resend_requests += 1);
                         }
@@ -729,14 +755,9 @@ impl Input {
                 }
             };
             let n = match read {
-                Err(_) => {
-                    return end(
-                        format!("no data for {} s", INPUT_IDLE_TIMEOUT_MS / 1000),
-                        &acc,
-                    );
-                }
-                Ok(Err(e)) => return end(format!("read failed: {e}"), &acc),
-                Ok(Ok(0)) => return end("end of stream".into(), &acc),
+                Err(_) => break format!("no data for {} s", INPUT_IDLE_TIMEOUT_MS / 1000),
+                Ok(Err(e)) => break format!("read failed: {e}"),
+                Ok(Ok(0)) => break "end of stream".into(),
                 Ok(Ok(n)) => n,
             };
             let chunk = match self
@@ -744,17 +765,51 @@ impl Input {
                 .await
             {
                 Ok(chunk) => chunk,
-                Err(e) => return end(e, &acc),
+                Err(e) => break e,
             };
             if acc.stats().frames > 0
                 && let Some(f) = flapping.take()
             {
                 self.flapping_over(f, address).await;
             }
-            if let Err(e) = self.store(chunk, memory, &mut tx, &mut clock_query).await {
-                return end(e, &acc);
+            waiting.extend(chunk);
+            if in_flight.is_none() && !waiting.batch.is_empty() {
+                in_flight = Some(self.start(std::mem::take(&mut waiting)));
+            }
+            if serial && let Some(done) = in_flight.take() {
+                // The previous path: the next read waits for this append.
+                let appended = done.append.await;
+                if let Err(e) = self
+                    .stored(appended, done.chunk, memory, &mut tx, &mut clock_query)
+                    .await
+                {
+                    break e;
+                }
+            }
+        };
+        // What was read is stored before the session ends, whatever ended it: the append in flight
+        // first, then what waits behind it. A RESEND that cannot be written now is asked again
+        // by the next session's gap check.
+        if let Some(done) = in_flight.take() {
+            let appended = done.append.await;
+            if let Err(e) = self
+                .stored(appended, done.chunk, memory, &mut tx, &mut clock_query)
+                .await
+            {
+                tracing::debug!(input = %self.name, error = %e, "the line failed while the session ended");
             }
         }
+        if !waiting.batch.is_empty() {
+            let done = self.start(waiting);
+            let appended = done.append.await;
+            if let Err(e) = self
+                .stored(appended, done.chunk, memory, &mut tx, &mut clock_query)
+                .await
+            {
+                tracing::debug!(input = %self.name, error = %e, "the line failed while the session ended");
+            }
+        }
+        end(reason, &acc)
     }
 
     /// Turns a chunk of bytes into events; a decoder heard for the first time gets its gap state (and
@@ -862,23 +917,30 @@ impl Input {
         chunk.batch.push((stream, event));
     }
 
-    /// Stores a chunk in one append, then checks the gaps its passings reveal and records the clock.
-    async fn store<W: AsyncWrite + Unpin>(
+    /// Starts the append of a chunk; [`Input::stored`] finishes it once it returns.
+    fn start(&self, mut chunk: Chunk) -> InFlight<'_> {
+        let batch = std::mem::take(&mut chunk.batch);
+        InFlight {
+            append: Box::pin(self.append(batch)),
+            chunk,
+        }
+    }
+
+    /// After a chunk's append returned: checks the gaps its passings reveal and records the clock.
+    async fn stored<W: AsyncWrite + Unpin>(
         &self,
+        appended: Result<Vec<spool::Appended>, SpoolError>,
         chunk: Chunk,
         memory: &mut Memory,
         tx: &mut W,
         clock_query: &mut Option<ClockQuery>,
     ) -> Result<(), String> {
         let Chunk {
-            batch,
             passings,
             clock_answers,
+            ..
         } = chunk;
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let appended = match self.append(batch).await {
+        let appended = match appended {
             Ok(a) => a,
             Err(e) => {
                 // Not stored: the gap check of a later passing fetches these again.

@@ -337,3 +337,87 @@ async fn garbage_and_corrupted_frames_are_counted_and_good_frames_around_them_st
     assert_eq!(kept[1].raw.len(), 20);
     node.stop().await;
 }
+
+/// Issue 14: a passing that arrives while the previous one's append is in flight is read and framed
+/// at once, not after that append returns. The writer is kept busy with checkpoints from other
+/// threads, so each append waits in its queue; the test sends the next passing as soon as the node
+/// has read the one before. Its `captured_at_us` (taken when the read returned) then precedes the
+/// earlier passing's `recorded_at_us` (taken when the writer began that append). A node that waits
+/// for each append before it reads again can never show that: its read comes after the reply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_line_is_read_while_an_append_is_in_flight() {
+    const PAIRS: u32 = 5;
+    const CHECKPOINTERS: usize = 16;
+    let dir = tempfile::tempdir().unwrap();
+    let mut pty = Pty::new(dir.path());
+    let config = config(dir.path(), pty.link.clone());
+    let node = Running::start(&config).await;
+    let (spool, status) = (node.spool.clone(), node.status.clone());
+    let (t, _) = pty.command().await;
+    assert_eq!(t, tor::GET_TIME);
+    pty.send(&passing(1)).await;
+    wait_for("passing 1 stored", || {
+        status.snapshot().decoders[0].passings_stored == 1
+    })
+    .await;
+
+    let busy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let checkpointers: Vec<_> = (0..CHECKPOINTERS)
+        .map(|_| {
+            let (spool, busy) = (spool.clone(), busy.clone());
+            std::thread::spawn(move || {
+                while busy.load(std::sync::atomic::Ordering::Relaxed) {
+                    spool.checkpoint_blocking().unwrap();
+                }
+            })
+        })
+        .collect();
+    // Reacting within a millisecond or two of the read keeps the test's own delay far below the
+    // time an append waits behind the checkpoints.
+    let read = |frames: u64| {
+        let status = status.clone();
+        async move {
+            let deadline = Instant::now() + WAIT;
+            while status.snapshot().decoders[0].frames < frames {
+                assert!(
+                    Instant::now() < deadline,
+                    "the node never read frame {frames}"
+                );
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    };
+    for pair in 0..PAIRS {
+        let first = 2 + 2 * pair;
+        pty.send(&passing(first)).await;
+        read(u64::from(first)).await;
+        pty.send(&passing(first + 1)).await;
+        read(u64::from(first + 1)).await;
+    }
+    let last = 1 + 2 * PAIRS;
+    wait_for("every passing stored", || {
+        status.snapshot().decoders[0].passings_stored == u64::from(last)
+    })
+    .await;
+    busy.store(false, std::sync::atomic::Ordering::Relaxed);
+    for c in checkpointers {
+        c.join().unwrap();
+    }
+
+    let mut stamps = std::collections::HashMap::new();
+    for e in spool.read_global(Seq::FIRST, 1000).unwrap() {
+        if e.event_type == catalog::Passing::EVENT_TYPE {
+            let n = catalog::Passing::from_event(&e).unwrap().passing_number;
+            stamps.insert(n, (e.meta.captured_at_us, e.recorded_at_us));
+        }
+    }
+    let overlapped: Vec<u32> = (0..PAIRS)
+        .map(|pair| 2 + 2 * pair)
+        .filter(|&first| stamps[&(first + 1)].0 < stamps[&first].1)
+        .collect();
+    assert!(
+        !overlapped.is_empty(),
+        "no passing was read while the one before it waited for the writer: {stamps:?}"
+    );
+    node.stop().await;
+}

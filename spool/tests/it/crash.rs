@@ -206,26 +206,14 @@ fn an_io_error_at_every_write_and_sync_keeps_every_acknowledged_append() {
     }
 }
 
-/// [`small_config`] with large appends indexed beside their journal sync.
-fn overlapping() -> SpoolConfig {
-    SpoolConfig {
-        overlap_sync: true,
-        ..small_config()
-    }
-}
-
-/// With `overlap_sync`, batches at and above `SPOOL_OVERLAP_EVENTS_MIN` are indexed on the writer thread while a
-/// second thread syncs the journal: a failure of either, at any disk operation, still keeps every
-/// acknowledged append and never a torn batch.
+/// Batches of 64 to 104 events, whose frames span journal pages: a failure at any disk operation
+/// still keeps every acknowledged append and never a torn batch.
 #[test]
-fn large_batches_indexed_beside_their_sync_keep_every_acknowledged_append() {
-    let (least, most) = (
-        spool::SPOOL_OVERLAP_EVENTS_MIN,
-        spool::SPOOL_OVERLAP_EVENTS_MIN + 40,
-    );
+fn large_batches_keep_every_acknowledged_append_at_any_failure() {
+    let (least, most) = (64, 104);
     let total = {
         let disk = SimDisk::new();
-        let spool = Spool::open_with_storage(disk.storage(), overlapping()).expect("open");
+        let spool = Spool::open_with_storage(disk.storage(), small_config()).expect("open");
         let mut out = Outcome::default();
         workload_sized(&spool, 12, 7, least, most, &mut out);
         assert!(out.failed_batches.is_empty());
@@ -236,7 +224,7 @@ fn large_batches_indexed_beside_their_sync_keep_every_acknowledged_append() {
         let disk = SimDisk::new();
         disk.fail_op(n);
         let mut out = Outcome::default();
-        if let Ok(spool) = Spool::open_with_storage(disk.storage(), overlapping()) {
+        if let Ok(spool) = Spool::open_with_storage(disk.storage(), small_config()) {
             workload_sized(&spool, 12, 7, least, most, &mut out);
         }
         check_recovered(
@@ -255,7 +243,7 @@ fn large_batches_indexed_beside_their_sync_keep_every_acknowledged_append() {
         let mut out = Outcome::default();
         {
             let spool =
-                Spool::open_with_storage(disk.storage(), overlapping()).expect("first open");
+                Spool::open_with_storage(disk.storage(), small_config()).expect("first open");
             let opened = disk.ops();
             disk.crash_at_op(opened + 1 + (seed * 7919) % 200);
             workload_sized(&spool, 12, seed, least, most, &mut out);
