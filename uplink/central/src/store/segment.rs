@@ -86,7 +86,8 @@ const RECORD_FIXED_BYTES_MAX: usize = 1 + 8 + 2 + INGEST_ID_BYTES_MAX + 2 + INGE
 /// Bytes each event adds besides its JSON: seq and length.
 const EVENT_OVERHEAD_BYTES: usize = 8 + 4;
 
-/// Event bytes after which a record is closed and the next one begins. Small enough that open
+/// Bytes of events (their JSON and [`EVENT_OVERHEAD_BYTES`] each) after which a record is closed
+/// and the next one begins. Small enough that open
 /// reads a record in one go without a large buffer, large enough that a record's fixed cost is
 /// noise; one event may overshoot it by its own size.
 pub const RECORD_EVENTS_BYTES_MAX: usize = 1024 * 1024;
@@ -675,7 +676,7 @@ impl Writer {
                 record.clear();
                 record_bytes = 0;
             }
-            record_bytes += event.raw.len();
+            record_bytes += EVENT_OVERHEAD_BYTES + event.raw.len();
             record.push(event);
         }
         if !record.is_empty() {
@@ -820,6 +821,21 @@ mod tests {
         let mut got = seqs(&stored);
         got.sort();
         assert_eq!(got, expected);
+    }
+
+    /// Events of a few hundred bytes: a record's per-event overhead, not only its JSON, must be
+    /// counted against the record's bound (the drain's full batches of 5,000 hit it).
+    #[tokio::test]
+    async fn a_full_batch_of_small_events_splits_into_records_within_their_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SegmentStore::open(dir.path()).await.unwrap();
+        let full = batch("node-a", 1..=INGEST_BATCH_EVENTS_MAX as u64);
+        let done = store.ingest(full).await.unwrap();
+        assert_eq!(done.accepted, INGEST_BATCH_EVENTS_MAX as u64);
+        drop(store);
+        let store = SegmentStore::open(dir.path()).await.unwrap();
+        assert!(store.recovery().records > 1, "{:?}", store.recovery());
+        assert_eq!(store.recovery().events, INGEST_BATCH_EVENTS_MAX as u64);
     }
 
     /// Cuts the file at every byte of its last record, and appends junk to it: each time open
