@@ -256,7 +256,8 @@ async fn main() {
         .skip(1)
         .find_map(|a| a.parse().ok())
         .unwrap_or(160_000);
-    let parent = std::env::var_os("CENTRAL_BENCH_DIR").map_or_else(std::env::temp_dir, PathBuf::from);
+    let parent =
+        std::env::var_os("CENTRAL_BENCH_DIR").map_or_else(std::env::temp_dir, PathBuf::from);
     let dir = tempfile::tempdir_in(parent).unwrap();
     let pki = pki(dir.path());
     let work = workload(events);
@@ -277,7 +278,9 @@ async fn main() {
     )
     .await;
     let segment = through_https(
-        SegmentStore::open(&dir.path().join("segment")).await.unwrap(),
+        SegmentStore::open(&dir.path().join("segment"))
+            .await
+            .unwrap(),
         &pki,
         &work,
     )
@@ -286,7 +289,11 @@ async fn main() {
     println!(
         "  floor: append + fdatasync per {NODES} batches  {floor_group:>9.0} events/s (no HTTP)"
     );
-    row("spool store (--store-engine spool)", &spool, spool.events_per_s);
+    row(
+        "spool store (--store-engine spool)",
+        &spool,
+        spool.events_per_s,
+    );
     row("segment store (default)", &segment, spool.events_per_s);
     match nats_server() {
         None => println!("  JetStream: skipped, no nats-server in .nats-venv/bin or on PATH"),

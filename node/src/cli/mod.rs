@@ -309,15 +309,24 @@ mod tests {
             central_store(args.nats.clone(), &args)
         };
         let path = PathBuf::from("d");
-        assert_eq!(store(&[]), central::StoreConfig::Segment { path: path.clone() });
+        assert_eq!(
+            store(&[]),
+            central::StoreConfig::Segment { path: path.clone() }
+        );
         assert_eq!(
             store(&["--store-engine", "spool"]),
             central::StoreConfig::Spool { path }
         );
         assert!(
             Cli::try_parse_from([
-                "venue-node", "central", "--tokens", "t", "--nats", "nats://n:4222",
-                "--store-engine", "spool",
+                "venue-node",
+                "central",
+                "--tokens",
+                "t",
+                "--nats",
+                "nats://n:4222",
+                "--store-engine",
+                "spool",
             ])
             .is_err(),
             "an embedded engine and NATS at once is a mistake"

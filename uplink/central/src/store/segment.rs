@@ -456,6 +456,13 @@ fn scan(
     }
 }
 
+/// Most bytes `batch` can encode to, every event in a record of its own: the group's bound counts
+/// this, so a group's buffer stays within [`TORN_TAIL_BYTES_MAX`].
+fn encoded_bytes_max(batch: &ValidBatch) -> usize {
+    let per_event = FRAME_HEADER_BYTES + RECORD_FIXED_BYTES_MAX + EVENT_OVERHEAD_BYTES;
+    batch.events.iter().map(|e| e.raw.len() + per_event).sum()
+}
+
 /// Appends one record of `events` (of one client) to `out`.
 fn encode(out: &mut Vec<u8>, ingested_at_us: u64, track: &str, events: &[&ValidEvent]) {
     let client = &events.first().expect("a record holds an event").client_id;
@@ -575,17 +582,12 @@ struct Writer {
 impl Writer {
     fn run(mut self, mut queue: mpsc::Receiver<Job>) {
         while let Some(first) = queue.blocking_recv() {
-            let mut bytes = first
-                .batch
-                .events
-                .iter()
-                .map(|e| e.raw.len())
-                .sum::<usize>();
+            let mut bytes = encoded_bytes_max(&first.batch);
             let mut group = vec![first];
             // Everything that queued while the last group was syncing goes into this one.
             while bytes < WRITE_GROUP_BYTES_MAX {
                 let Ok(job) = queue.try_recv() else { break };
-                bytes += job.batch.events.iter().map(|e| e.raw.len()).sum::<usize>();
+                bytes += encoded_bytes_max(&job.batch);
                 group.push(job);
             }
             self.commit(group);
