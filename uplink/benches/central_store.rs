@@ -15,7 +15,6 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use central::{Central, IngestStore, JetStreamStore, SegmentStore, Server, SpoolStore, Tokens};

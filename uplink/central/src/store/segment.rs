@@ -1094,8 +1094,7 @@ mod tests {
         let error = store
             .ingest(batch("node-a", 3..=4))
             .await
-            .err()
-            .expect("no false success");
+            .expect_err("no false success");
         assert!(
             uplink::chain(&error).contains("appending"),
             "{}",
@@ -1126,8 +1125,7 @@ mod tests {
         let error = store
             .ingest(batch("node-a", 1..=2))
             .await
-            .err()
-            .expect("refused");
+            .expect_err("refused");
         assert!(matches!(error, Error::StoreFailed { .. }), "{error:?}");
         drop(store);
         // The reopened store reads what reached the disk: here all of it, so the retry is a
