@@ -96,6 +96,25 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// Central's segment store could not read or write its file.
+    #[error("central store {path}: {op}")]
+    StoreIo {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Central's segment store holds bytes this version cannot read, away from its tail (where a
+    /// torn write would be truncated instead).
+    #[error("central store {path}: {what}")]
+    StoreFormat { path: PathBuf, what: String },
+    /// Central's segment store takes no more writes (an `fdatasync` failed, so what reached the
+    /// disk is unknown; or its writer thread stopped) until central restarts and re-reads the file.
+    #[error(
+        "central store {path} takes no more writes ({why}); restart central to re-read what the \
+         disk holds"
+    )]
+    StoreFailed { path: PathBuf, why: &'static str },
     /// The drain's own thread or runtime could not be started, or it panicked.
     #[error("the drain's background thread: {0}")]
     Background(String),

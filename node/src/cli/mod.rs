@@ -138,9 +138,13 @@ pub struct CentralArgs {
     /// Require client certificates signed by this CA (mTLS).
     #[arg(long, requires = "tls_cert")]
     pub client_ca: Option<PathBuf>,
-    /// Directory of the embedded store (a spool file).
+    /// Directory of the embedded store.
     #[arg(long, default_value = "central-data", conflicts_with = "nats")]
     pub store: PathBuf,
+    /// The embedded store's engine: `segment` (one append-only file, group commit) or `spool`
+    /// (the redb spool of earlier versions, for a directory it wrote).
+    #[arg(long, value_enum, default_value = "segment", conflicts_with = "nats")]
+    pub store_engine: StoreEngine,
     /// Store in NATS JetStream at this URL instead (e.g. nats://127.0.0.1:4222); several servers of
     /// one cluster comma-separated. Any number of centrals may share one JetStream.
     #[arg(long)]
@@ -213,6 +217,13 @@ fn race_engine(args: RaceEngineArgs) -> anyhow::Result<()> {
     })
 }
 
+/// `venue-node central --store-engine`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreEngine {
+    Segment,
+    Spool,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
     /// Check FILE and print every mistake with its line; exit 2 if there is any.
@@ -223,7 +234,8 @@ pub enum ConfigCommand {
 
 pub use crate::usage::UsageError;
 
-/// The store `venue-node central` was asked for: the spool, or JetStream with the flags' limits.
+/// The store `venue-node central` was asked for: the segment file, the spool, or JetStream with the
+/// flags' limits.
 fn central_store(nats: Option<String>, args: &CentralArgs) -> central::StoreConfig {
     use central::{StoreConfig, StreamLimits, StreamSettings};
     match nats {
@@ -247,8 +259,13 @@ fn central_store(nats: Option<String>, args: &CentralArgs) -> central::StoreConf
                 ..StreamSettings::default()
             },
         },
-        None => StoreConfig::Spool {
-            path: args.store.clone(),
+        None => match args.store_engine {
+            StoreEngine::Segment => StoreConfig::Segment {
+                path: args.store.clone(),
+            },
+            StoreEngine::Spool => StoreConfig::Spool {
+                path: args.store.clone(),
+            },
         },
     }
 }
@@ -324,6 +341,42 @@ pub fn run(cli: Cli) -> ExitCode {
 mod tests {
     use super::*;
     use clap::Parser;
+
+    /// Without `--nats`, central stores in the segment file unless asked for the spool.
+    #[test]
+    fn central_store_engine_defaults_to_the_segment_file() {
+        let store = |extra: &[&str]| {
+            let mut argv = vec!["venue-node", "central", "--tokens", "t", "--store", "d"];
+            argv.extend_from_slice(extra);
+            let Command::Central(args) = Cli::try_parse_from(argv).unwrap().command else {
+                panic!("not the central command");
+            };
+            central_store(args.nats.clone(), &args)
+        };
+        let path = PathBuf::from("d");
+        assert_eq!(
+            store(&[]),
+            central::StoreConfig::Segment { path: path.clone() }
+        );
+        assert_eq!(
+            store(&["--store-engine", "spool"]),
+            central::StoreConfig::Spool { path }
+        );
+        assert!(
+            Cli::try_parse_from([
+                "venue-node",
+                "central",
+                "--tokens",
+                "t",
+                "--nats",
+                "nats://n:4222",
+                "--store-engine",
+                "spool",
+            ])
+            .is_err(),
+            "an embedded engine and NATS at once is a mistake"
+        );
+    }
 
     /// The flags' defaults are the ADR's limits, as `central` defines them (issue 13).
     #[test]

@@ -236,7 +236,7 @@ async fn wan_cuts_and_kill_9_of_node_and_central_lose_nothing_and_store_nothing_
     let passings = node_seqs.len();
 
     // What central stored, by (client, seq).
-    let store = central::SpoolStore::open(&dir.join("central-store"))
+    let store = central::SegmentStore::open(&dir.join("central-store"))
         .await
         .unwrap();
     let mut stored: BTreeMap<(String, u64), usize> = BTreeMap::new();

@@ -18,7 +18,7 @@
 //!     listen: "127.0.0.1:8443".parse().unwrap(),
 //!     tls: None, // plain HTTP is allowed on loopback only
 //!     tokens_file: "tokens.txt".into(),
-//!     store: StoreConfig::Spool { path: "central.redb".into() },
+//!     store: StoreConfig::Segment { path: "central-data".into() },
 //!     contract: Contract::WithExtensions,
 //! };
 //! central::serve(config, tokio_util::sync::CancellationToken::new()).await
@@ -51,8 +51,10 @@ pub use server::{
     CENTRAL_BODY_READ_MS_MAX, CENTRAL_CONNECTIONS_MAX, CENTRAL_HEADER_READ_MS_MAX,
     CENTRAL_TLS_HANDSHAKE_MS_MAX, CENTRAL_TLS_HANDSHAKES_MAX, Server, ServerLimits,
 };
+pub use store::StoredIngest;
 pub use store::jetstream::JetStreamStore;
-pub use store::spool::{SpoolStore, StoredIngest};
+pub use store::segment::SegmentStore;
+pub use store::spool::SpoolStore;
 pub use store::streams::{StreamLimits, StreamSettings};
 pub use tokens::Tokens;
 pub use validate::{Reject, ValidBatch, ValidEvent};
@@ -190,7 +192,10 @@ pub const STRICT_V2_MESSAGE_TYPES: [&str; 3] = [
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum StoreConfig {
-    /// The embedded default: a local spool (redb) file.
+    /// The embedded default: one append-only segment file in directory `path`
+    /// ([`store::segment`]).
+    Segment { path: PathBuf },
+    /// The embedded store of earlier versions: a spool (redb) in directory `path`.
     Spool { path: PathBuf },
     /// NATS JetStream at `url` (`nats://host:4222`), with the streams of ADR-0001 set up with
     /// `streams`' limits.
@@ -264,6 +269,11 @@ pub async fn serve(config: CentralConfig, cancel: CancellationToken) -> Result<(
     let tokens = Tokens::load(&config.tokens_file)?;
     let server = Server::bind(config.listen, config.tls.as_ref()).await?;
     match &config.store {
+        StoreConfig::Segment { path } => {
+            let store = SegmentStore::open(path).await?;
+            let central = Central::with_contract(store, tokens, config.contract);
+            server.run(router(central), cancel).await
+        }
         StoreConfig::Spool { path } => {
             let store = store::spool::SpoolStore::open(path).await?;
             let central = Central::with_contract(store, tokens, config.contract);

@@ -74,17 +74,23 @@ impl ValidEvent {
     /// What a store keeps: the event object with `contract_version` and `ingested_at_us` in front
     /// (the canonical envelope of ADR-0001).
     pub fn stored_json(&self, ingested_at_us: u64) -> Vec<u8> {
-        let body = self.raw.trim_start();
-        debug_assert!(body.starts_with('{'), "a valid event is an object");
-        let mut out = Vec::with_capacity(body.len() + 80);
-        out.extend_from_slice(b"{\"contract_version\":\"");
-        out.extend_from_slice(CONTRACT_VERSION.as_bytes());
-        out.extend_from_slice(b"\",\"ingested_at_us\":");
-        out.extend_from_slice(ingested_at_us.to_string().as_bytes());
-        out.push(b',');
-        out.extend_from_slice(&body.as_bytes()[1..]);
-        out
+        stored_envelope(&self.raw, ingested_at_us)
     }
+}
+
+/// The stored envelope of a valid event's raw JSON `raw` (see [`ValidEvent::stored_json`]). The
+/// segment store keeps `raw` and builds the envelope when it is read.
+pub fn stored_envelope(raw: &str, ingested_at_us: u64) -> Vec<u8> {
+    let body = raw.trim_start();
+    debug_assert!(body.starts_with('{'), "a valid event is an object");
+    let mut out = Vec::with_capacity(body.len() + 80);
+    out.extend_from_slice(b"{\"contract_version\":\"");
+    out.extend_from_slice(CONTRACT_VERSION.as_bytes());
+    out.extend_from_slice(b"\",\"ingested_at_us\":");
+    out.extend_from_slice(ingested_at_us.to_string().as_bytes());
+    out.push(b',');
+    out.extend_from_slice(&body.as_bytes()[1..]);
+    out
 }
 
 #[derive(Deserialize)]

@@ -2,7 +2,7 @@
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use central::{Central, SpoolStore, router};
+use central::{Central, router};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -23,7 +23,7 @@ fn event(seq: u64, transponder: Value) -> Value {
 }
 
 async fn post(
-    central: &std::sync::Arc<Central<SpoolStore>>,
+    central: &std::sync::Arc<Central<EmbeddedStore>>,
     token: Option<&str>,
     body: Value,
 ) -> (StatusCode, Value) {
@@ -35,7 +35,7 @@ async fn post(
 /// Sends a request to central's router, with `token` as its bearer; returns the status and the
 /// JSON body (`Null` when the body is not JSON).
 async fn send(
-    central: &std::sync::Arc<Central<SpoolStore>>,
+    central: &std::sync::Arc<Central<EmbeddedStore>>,
     mut request: axum::http::request::Builder,
     token: Option<&str>,
     body: Body,
@@ -64,7 +64,7 @@ fn batch(events: Vec<Value>) -> Value {
 #[tokio::test]
 async fn the_contract_answers() {
     let dir = tempfile::tempdir().unwrap();
-    let central = Central::new(spool_store(dir.path()).await, tokens());
+    let central = Central::new(embedded_store(dir.path()).await, tokens());
     let good = batch(vec![event(1, json!(7)), event(2, json!(8))]);
 
     let (status, _) = post(&central, None, good.clone()).await;
@@ -109,7 +109,7 @@ async fn the_contract_answers() {
 
     // Reopened, the store still knows what it holds.
     drop(central);
-    let central = Central::new(spool_store(dir.path()).await, tokens());
+    let central = Central::new(embedded_store(dir.path()).await, tokens());
     let (status, body) = post(&central, Some(TOKEN), good).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, json!({ "accepted": 0, "duplicates": 2 }));
@@ -119,7 +119,7 @@ async fn the_contract_answers() {
 #[tokio::test]
 async fn stats_need_a_token_and_show_only_that_token_s_track() {
     let dir = tempfile::tempdir().unwrap();
-    let central = Central::new(spool_store(dir.path()).await, tokens());
+    let central = Central::new(embedded_store(dir.path()).await, tokens());
     let (status, _) = post(
         &central,
         Some(TOKEN),
@@ -158,7 +158,7 @@ async fn stats_need_a_token_and_show_only_that_token_s_track() {
 #[tokio::test(start_paused = true)]
 async fn bodies_are_limited_in_size_and_time_before_parsing() {
     let dir = tempfile::tempdir().unwrap();
-    let central = Central::new(spool_store(dir.path()).await, tokens());
+    let central = Central::new(embedded_store(dir.path()).await, tokens());
     let send = |body: Body, length: Option<u64>| {
         let mut request = Request::post("/api/ingest/batch")
             .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"));

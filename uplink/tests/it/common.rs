@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use central::{Central, Contract, IngestStore, Server, SpoolStore, StoredIngest, Tokens};
+use central::{Central, Contract, IngestStore, Server, StoredIngest, Tokens};
 use events::VenueStreams;
 use events::catalog;
 use spool::schema::EventPayload;
@@ -181,17 +181,20 @@ pub async fn start_central_with<S: IngestStore>(
     }
 }
 
-pub async fn spool_store(dir: &Path) -> SpoolStore {
-    SpoolStore::open(dir).await.expect("open central store")
+/// The embedded store `venue-node central` uses by default.
+pub type EmbeddedStore = central::SegmentStore;
+
+pub async fn embedded_store(dir: &Path) -> EmbeddedStore {
+    EmbeddedStore::open(dir).await.expect("open central store")
 }
 
 /// A central storing under `dir/central`, on a free loopback port, over TLS when `tls` is given.
-pub async fn start_spool_central(
+pub async fn start_embedded_central(
     dir: &Path,
     tls: Option<&ServerTlsConfig>,
-) -> RunningCentral<SpoolStore> {
+) -> RunningCentral<EmbeddedStore> {
     start_central(
-        spool_store(&dir.join("central")).await,
+        embedded_store(&dir.join("central")).await,
         "127.0.0.1:0".parse().unwrap(),
         tls,
     )
@@ -271,7 +274,7 @@ pub fn start_drain(config: DrainConfig, spool: &Spool) -> RunningDrain {
 pub async fn drain_all_exactly_once(
     config: DrainConfig,
     spool: &Spool,
-    central: &RunningCentral<SpoolStore>,
+    central: &RunningCentral<EmbeddedStore>,
     head: u64,
 ) -> DrainStatus {
     let drain = start_drain(config, spool);

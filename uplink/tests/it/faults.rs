@@ -271,13 +271,13 @@ pub async fn drain_through_chaos(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_event_once_through_a_faulty_network_into_the_spool_store() {
+async fn every_event_once_through_a_faulty_network_into_the_embedded_store() {
     let dir = tempfile::tempdir().unwrap();
     let spool = open_spool(&dir.path().join("node"));
     const EVENTS: u32 = 3_000;
     append_passings(&spool, 0, EVENTS).await;
 
-    let central = start_spool_central(dir.path(), None).await;
+    let central = start_embedded_central(dir.path(), None).await;
     let head = spool.head().unwrap().0;
     let status = drain_through_chaos(central.addr, &spool, token_file(dir.path()), head).await;
     assert!(

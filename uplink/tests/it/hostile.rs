@@ -142,7 +142,7 @@ async fn hostile_load() {
         .unwrap()
         .with_limits(limits);
     let addr = server.local_addr();
-    let central = Central::new(spool_store(&dir.path().join("central")).await, tokens());
+    let central = Central::new(embedded_store(&dir.path().join("central")).await, tokens());
     let central_cancel = CancellationToken::new();
     let central_task =
         tokio::spawn(server.run(::central::router(central.clone()), central_cancel.clone()));

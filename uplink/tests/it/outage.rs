@@ -47,7 +47,12 @@ async fn a_long_outage_drains_once_and_a_poison_event_is_parked_not_blocking() {
         "nothing acknowledged while down"
     );
 
-    let central = start_central(spool_store(&dir.path().join("central")).await, addr, None).await;
+    let central = start_central(
+        embedded_store(&dir.path().join("central")).await,
+        addr,
+        None,
+    )
+    .await;
     let status = drain
         .finish(
             head,

@@ -12,7 +12,7 @@ async fn a_restart_mid_drain_stores_nothing_twice() {
     const EVENTS: u32 = 20_000;
     append_passings(&spool, 0, EVENTS).await;
     let head = spool.head().unwrap().0;
-    let central = start_spool_central(dir.path(), None).await;
+    let central = start_embedded_central(dir.path(), None).await;
     let token = token_file(dir.path());
     let url = format!("http://{}/", central.addr);
 
@@ -82,7 +82,7 @@ async fn a_parked_event_resent_by_a_technician_is_stored_once() {
         )
         .await
         .unwrap();
-    let central = start_spool_central(dir.path(), None).await;
+    let central = start_embedded_central(dir.path(), None).await;
     let token = token_file(dir.path());
     let config = drain_config(&format!("http://{}/", central.addr), token);
     let drain = uplink::drain::Drain::new(config, spool.clone()).unwrap();
@@ -116,7 +116,7 @@ async fn a_parked_event_resent_by_a_technician_is_stored_once() {
 async fn a_spawned_drain_runs_on_its_own_thread_behind_the_live_path() {
     let dir = tempfile::tempdir().unwrap();
     let (spool, head) = spool_of_passings(dir.path(), 2_000).await;
-    let central = start_spool_central(dir.path(), None).await;
+    let central = start_embedded_central(dir.path(), None).await;
     let token = token_file(dir.path());
     let config = drain_config(&format!("http://{}/", central.addr), token);
     let drain = uplink::drain::Drain::new(config, spool.clone()).unwrap();

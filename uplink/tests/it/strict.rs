@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use ::central::{Central, Contract, SpoolStore, TrackStats};
+use ::central::{Central, Contract, TrackStats};
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use tower::ServiceExt;
@@ -49,7 +49,7 @@ async fn a_strict_central_refuses_extensions_in_plain_text_naming_the_event() {
         (Contract::WithExtensions, StatusCode::OK),
         (Contract::StrictV2, StatusCode::UNPROCESSABLE_ENTITY),
     ] {
-        let store = spool_store(&dir.path().join(format!("{contract:?}"))).await;
+        let store = embedded_store(&dir.path().join(format!("{contract:?}"))).await;
         let central = Central::with_contract(store, tokens(), contract);
         let response = ::central::router(central.clone())
             .oneshot(
@@ -81,9 +81,9 @@ async fn a_strict_central_refuses_extensions_in_plain_text_naming_the_event() {
 
 /// A plain-HTTP central that holds to the strict `track_ingest.v2` contract, storing under
 /// `dir/central`.
-async fn strict_central(dir: &std::path::Path) -> RunningCentral<SpoolStore> {
+async fn strict_central(dir: &std::path::Path) -> RunningCentral<EmbeddedStore> {
     start_central_with(
-        spool_store(&dir.join("central")).await,
+        embedded_store(&dir.join("central")).await,
         "127.0.0.1:0".parse().unwrap(),
         None,
         Contract::StrictV2,

@@ -100,7 +100,7 @@ async fn a_wrong_ca_is_refused_and_the_right_one_drains() {
     let dir = tempfile::tempdir().unwrap();
     let pki = pki(dir.path());
     let (spool, head) = spool_of_passings(dir.path(), 500).await;
-    let central = start_spool_central(dir.path(), Some(&server_tls(&pki, false))).await;
+    let central = start_embedded_central(dir.path(), Some(&server_tls(&pki, false))).await;
     let url = format!("https://localhost:{}/", central.addr.port());
     let token = token_file(dir.path());
 
@@ -129,7 +129,7 @@ async fn mtls_requires_the_client_certificate() {
     let dir = tempfile::tempdir().unwrap();
     let pki = pki(dir.path());
     let (spool, head) = spool_of_passings(dir.path(), 300).await;
-    let central = start_spool_central(dir.path(), Some(&server_tls(&pki, true))).await;
+    let central = start_embedded_central(dir.path(), Some(&server_tls(&pki, true))).await;
     let url = format!("https://127.0.0.1:{}/", central.addr.port());
     let token = token_file(dir.path());
 
@@ -155,7 +155,7 @@ async fn refused_tokens_raise_an_alarm_and_lose_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let pki = pki(dir.path());
     let (spool, head) = spool_of_passings(dir.path(), 400).await;
-    let central = start_spool_central(dir.path(), Some(&server_tls(&pki, false))).await;
+    let central = start_embedded_central(dir.path(), Some(&server_tls(&pki, false))).await;
     let url = format!("https://localhost:{}/", central.addr.port());
     let token = dir.path().join("token");
     let mut config = drain_config(&url, token.clone());

@@ -1,12 +1,25 @@
-//! The stores of central: the embedded spool file (default) and NATS JetStream.
+//! The stores of central: the embedded segment file (default, [`segment`]), the embedded spool
+//! file of earlier versions ([`spool`], `--store-engine spool`), and NATS JetStream.
 //!
-//! Both apply the same rule (INGEST.md "Exactly once at central"): per `(track_id, client_id)` a
+//! All apply the same rule (INGEST.md "Exactly once at central"): per `(track_id, client_id)` a
 //! [`RangeSet`](uplink::ranges::RangeSet) of the seqs already stored decides what is a duplicate, for
 //! ever, not only within JetStream's two-minute duplicate window.
 
 pub mod jetstream;
+pub mod segment;
 pub mod spool;
 pub mod streams;
+
+/// One event as an embedded store holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredIngest {
+    pub track_id: String,
+    pub client_id: String,
+    /// The node's seq.
+    pub seq: u64,
+    /// The stored envelope ([`crate::validate::stored_envelope`]).
+    pub json: String,
+}
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

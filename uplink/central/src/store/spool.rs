@@ -1,5 +1,6 @@
-//! The embedded store of central: a spool directory of its own (the spool crate is the only user of
-//! redb).
+//! The spool store of central (`--store-engine spool`), the embedded default before the segment
+//! store ([`super::segment`]): a spool directory of its own (the spool crate is the only user of
+//! redb). Kept for directories it wrote, and as the baseline the benchmark measures against.
 //!
 //! Accepted events are stored in chunks: one spool event of type [`STORED_EVENT_TYPE`] in stream
 //! `ingest/<track_id>/<client_id>` holds up to [`STORED_CHUNK_BYTES_MAX`] of events, as JSON
@@ -22,6 +23,7 @@ use spool::schema::Schemas;
 use spool::{AppendStream, ExpectedVersion, Metadata, NewEvent, Seq, Spool, SpoolConfig, StreamId};
 use tokio::sync::Mutex;
 
+use crate::store::StoredIngest;
 use crate::validate::INGEST_EVENT_BYTES_MAX;
 use crate::{IngestStore, ValidBatch};
 use uplink::Error;
@@ -50,17 +52,6 @@ const _: () = assert!(STORED_CHUNK_BYTES_MAX < STORED_APPEND_BYTES_MAX);
 pub struct SpoolStore {
     spool: Spool,
     ranges: Mutex<HashMap<(String, String), RangeSet>>,
-}
-
-/// One event as central stored it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredIngest {
-    pub track_id: String,
-    pub client_id: String,
-    /// The node's seq.
-    pub seq: u64,
-    /// The stored envelope.
-    pub json: String,
 }
 
 #[derive(Deserialize)]
