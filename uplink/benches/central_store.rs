@@ -228,6 +228,7 @@ async fn jetstream(bin: &Path, dir: &Path, pki: &Pki, work: &[Vec<Vec<u8>>]) -> 
         snapshots: small(-1),
         dlq: small(16 << 20),
         replicas: 1,
+        ..central::StreamSettings::default()
     };
     let store = JetStreamStore::connect(&format!("nats://127.0.0.1:{port}"), &streams)
         .await
