@@ -44,7 +44,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use common::{floor, pct, pty};
+use common::{cpu_seconds, floor, pct, proc_status_kib, pty, spawn_run};
 
 /// The track the bench's node times.
 const TRACK: &str = "bench";
@@ -450,23 +450,8 @@ fn resources(seconds: u64, clients: usize) -> (f64, u64, u64, usize) {
         .local_addr()
         .unwrap()
         .port();
-    let cfg = dir.path().join("venue.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "track_id = \"{TRACK}\"\ndata_dir = \"{}\"\n[[decoder]]\nname = \"finish\"\nkind = \"serial\"\ndevice = \"{}\"\n[display]\nlisten = \"127.0.0.1:{port}\"\n",
-            dir.path().join("data").display(),
-            link.display()
-        ),
-    )
-    .unwrap();
-    let exe = env!("CARGO_BIN_EXE_venue-node");
-    let mut child = std::process::Command::new(exe)
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .env("RUST_LOG", "warn")
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting {exe}: {e}"));
+    let display = format!("[display]\nlisten = \"127.0.0.1:{port}\"\n");
+    let mut child = spawn_run(dir.path(), &link, &display, &[]);
     let pid = child.id();
     let measured = rt.block_on(async {
         node_reading(&mut master).await;
@@ -504,25 +489,6 @@ fn resources(seconds: u64, clients: usize) -> (f64, u64, u64, usize) {
         .status();
     let _ = child.wait();
     measured
-}
-
-/// User + system CPU seconds of every thread of `pid` so far.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let after = stat.rsplit_once(')').unwrap().1;
-    let f: Vec<&str> = after.split_whitespace().collect();
-    // utime and stime, fields 14 and 15 of stat(5), in clock ticks (100 a second on Linux).
-    (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0
-}
-
-/// A `kB` line of `/proc/<pid>/status`.
-fn proc_status_kib(pid: u32, key: &str) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    s.lines()
-        .find(|l| l.starts_with(key))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 fn env_or(name: &str, default: u64) -> u64 {

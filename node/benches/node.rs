@@ -34,7 +34,7 @@ use spool::{Filter, Spool};
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
-use common::{floor, paced_floor, pct, pty};
+use common::{cpu_seconds, floor, paced_floor, pct, proc_status_kib, pty, spawn_run};
 
 fn passing(n: u32) -> Vec<u8> {
     testkit::passing_frame(n, testkit::DECODER_ID, 1_700_000_000_000_000 + u64::from(n))
@@ -154,39 +154,13 @@ fn resources(seconds: u64, serial: &str) -> (f64, u64, u64) {
     let dir = tempfile::tempdir_in(".").unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (mut master, link) = rt.block_on(async { pty(dir.path()) });
-    let cfg = dir.path().join("venue.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "track_id = \"bench\"\ndata_dir = \"{}\"\n[[decoder]]\nname = \"finish\"\nkind = \"serial\"\ndevice = \"{}\"\n",
-            dir.path().join("data").display(),
-            link.display()
-        ),
-    )
-    .unwrap();
-    let exe = env!("CARGO_BIN_EXE_venue-node");
-    let mut child = std::process::Command::new(exe)
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .env("RUST_LOG", "warn")
-        .env(node::runtime::input::INPUT_SERIAL_ENV, serial)
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting {exe}: {e}"));
+    let mut child = spawn_run(
+        dir.path(),
+        &link,
+        "",
+        &[(node::runtime::input::INPUT_SERIAL_ENV, serial)],
+    );
     let pid = child.id();
-    let ticks = |pid: u32| -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-        let after = stat.rsplit_once(')').unwrap().1;
-        let f: Vec<&str> = after.split_whitespace().collect();
-        (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0
-    };
-    let status = |pid: u32, key: &str| -> u64 {
-        let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-        s.lines()
-            .find(|l| l.starts_with(key))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
     rt.block_on(async {
         // Warm up for 2 s, then measure.
         let mut n = 0u32;
@@ -199,13 +173,13 @@ fn resources(seconds: u64, serial: &str) -> (f64, u64, u64) {
             tokio::time::sleep_until(start + interval * n).await;
             let _ = AsyncWriteExt::write_all(&mut master, &passing(n)).await;
             if n == 200 {
-                cpu0 = Some((ticks(pid), Instant::now()));
+                cpu0 = Some((cpu_seconds(pid), Instant::now()));
             }
         }
         let (c0, t0) = cpu0.unwrap();
-        let cpu = (ticks(pid) - c0) / t0.elapsed().as_secs_f64() * 100.0;
-        let rss = status(pid, "VmRSS:");
-        let hwm = status(pid, "VmHWM:");
+        let cpu = (cpu_seconds(pid) - c0) / t0.elapsed().as_secs_f64() * 100.0;
+        let rss = proc_status_kib(pid, "VmRSS:");
+        let hwm = proc_status_kib(pid, "VmHWM:");
         let _ = std::process::Command::new("kill")
             .args(["-TERM", &pid.to_string()])
             .status();

@@ -88,3 +88,50 @@ pub fn paced_floor(dir: &Path, n: usize, rate: u32) -> Vec<f64> {
     out.sort_by(|a, b| a.partial_cmp(b).unwrap());
     out
 }
+
+/// `venue-node run` as a process of its own, reading the decoder at `link` (a PTY), with `extra`
+/// appended to its config (e.g. a `[display]` table) and `envs` set; its logs at warn.
+pub fn spawn_run(
+    dir: &Path,
+    link: &Path,
+    extra: &str,
+    envs: &[(&str, &str)],
+) -> std::process::Child {
+    let cfg = dir.join("venue.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "track_id = \"bench\"\ndata_dir = \"{}\"\n[[decoder]]\nname = \"finish\"\nkind = \"serial\"\ndevice = \"{}\"\n{extra}",
+            dir.join("data").display(),
+            link.display()
+        ),
+    )
+    .unwrap();
+    let exe = env!("CARGO_BIN_EXE_venue-node");
+    std::process::Command::new(exe)
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .env("RUST_LOG", "warn")
+        .envs(envs.iter().copied())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {exe}: {e}"))
+}
+
+/// User + system CPU seconds of every thread of `pid` so far.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = stat.rsplit_once(')').unwrap().1;
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // utime and stime, fields 14 and 15 of stat(5), in clock ticks (100 a second on Linux).
+    (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0
+}
+
+/// A `kB` line of `/proc/<pid>/status`.
+pub fn proc_status_kib(pid: u32, key: &str) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
