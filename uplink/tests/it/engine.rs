@@ -241,6 +241,25 @@ async fn central_results(js: &jetstream::Context, timeout: Duration) -> [Vec<u8>
 
 /// Every derived event of the track: raw sequence -> the worker that published it. Each raw
 /// sequence once: a re-published one is dropped by its `Nats-Msg-Id`.
+/// The acceptance check: central's CSV and JSON equal the box's byte for byte, and central derived
+/// one event per engine input and none for the rest. Returns the derived events by raw seq.
+async fn central_matches_the_box(js: &jetstream::Context, spool: &Spool) -> BTreeMap<u64, String> {
+    let at_central = central_results(js, Duration::from_secs(30)).await;
+    let on_the_box = box_results(spool);
+    assert_eq!(
+        String::from_utf8_lossy(&at_central[0]),
+        String::from_utf8_lossy(&on_the_box[0]),
+        "CSV"
+    );
+    assert_eq!(at_central[1], on_the_box[1], "JSON");
+    let derived = derived_events(js).await;
+    assert_eq!(
+        derived.keys().copied().collect::<Vec<_>>(),
+        engine_inputs(js).await
+    );
+    derived
+}
+
 async fn derived_events(js: &jetstream::Context) -> BTreeMap<u64, String> {
     let mut stream = js.get_stream(EVENTS_STREAM).await.unwrap();
     let state = stream.info().await.unwrap().state.clone();
@@ -317,25 +336,13 @@ async fn central_results_are_the_boxs_byte_for_byte() {
         .finish(head, Duration::from_secs(60), "the session drained")
         .await;
     let js = jetstream(&url).await;
-    let at_central = central_results(&js, Duration::from_secs(30)).await;
     let on_the_box = box_results(&spool);
     assert!(
         String::from_utf8_lossy(&on_the_box[0]).lines().count() == 5,
         "the box's CSV has a header and four riders:\n{}",
         String::from_utf8_lossy(&on_the_box[0])
     );
-    assert_eq!(
-        String::from_utf8_lossy(&at_central[0]),
-        String::from_utf8_lossy(&on_the_box[0]),
-        "CSV"
-    );
-    assert_eq!(at_central[1], on_the_box[1], "JSON");
-    // One derived event per input, none for the rest.
-    let derived = derived_events(&js).await;
-    assert_eq!(
-        derived.keys().copied().collect::<Vec<_>>(),
-        engine_inputs(&js).await
-    );
+    central_matches_the_box(&js, &spool).await;
 
     cancel.cancel();
     worker.await.unwrap().expect("the worker stops cleanly");
@@ -477,19 +484,7 @@ async fn a_worker_killed_mid_session_resumes_with_identical_results() {
         .await;
 
     let _restarted = WorkerProcess::start(&url, "w-1");
-    let at_central = central_results(&js, Duration::from_secs(30)).await;
-    let on_the_box = box_results(&spool);
-    assert_eq!(
-        String::from_utf8_lossy(&at_central[0]),
-        String::from_utf8_lossy(&on_the_box[0]),
-        "CSV"
-    );
-    assert_eq!(at_central[1], on_the_box[1], "JSON");
-    let derived = derived_events(&js).await;
-    assert_eq!(
-        derived.keys().copied().collect::<Vec<_>>(),
-        engine_inputs(&js).await
-    );
+    central_matches_the_box(&js, &spool).await;
     wait_until(
         Duration::from_secs(10),
         "the restarted worker to acknowledge",
@@ -560,19 +555,7 @@ async fn two_workers_one_runs_the_track_and_the_other_takes_over() {
     drain
         .finish(head, Duration::from_secs(60), "the second half drained")
         .await;
-    let at_central = central_results(&js, Duration::from_secs(30)).await;
-    let on_the_box = box_results(&spool);
-    assert_eq!(
-        String::from_utf8_lossy(&at_central[0]),
-        String::from_utf8_lossy(&on_the_box[0]),
-        "CSV"
-    );
-    assert_eq!(at_central[1], on_the_box[1], "JSON");
-    let derived = derived_events(&js).await;
-    assert_eq!(
-        derived.keys().copied().collect::<Vec<_>>(),
-        engine_inputs(&js).await
-    );
+    let derived = central_matches_the_box(&js, &spool).await;
     assert!(
         derived
             .range(first_half_last + 1..)
