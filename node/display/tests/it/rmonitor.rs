@@ -132,38 +132,6 @@ impl Client {
     }
 }
 
-/// Stores `(number, transponder, rtc_time_us)` passings in one append.
-async fn append_passings(b: &TestBox, passings: &[(u32, u32, u64)]) {
-    use spool::schema::EventPayload;
-    let events = passings
-        .iter()
-        .map(|&(passing_number, transponder, rtc_time_us)| {
-            events::catalog::Passing {
-                passing_number,
-                transponder: Some(transponder),
-                rtc_time_us,
-                utc_time_us: None,
-                strength: Some(100),
-                hits: Some(20),
-                flags: Some(0),
-                tran_code: None,
-                decoder_id: Some(DECODER),
-                unknown_tlvs: Vec::new(),
-            }
-            .encode(spool::Metadata::default())
-            .unwrap()
-        })
-        .collect();
-    b.spool
-        .append(vec![spool::AppendStream::new(
-            spool::StreamId::new("decoder/D0000C00").unwrap(),
-            spool::ExpectedVersion::Any,
-            events,
-        )])
-        .await
-        .unwrap();
-}
-
 async fn serve(b: &TestBox, clients_max: usize, queue: usize) -> SocketAddr {
     let mut c = RMonitorConfig::new("127.0.0.1:0".parse().unwrap());
     c.clients_max = clients_max;
@@ -353,7 +321,7 @@ async fn a_slow_reader_is_closed_and_counted_without_stalling_another_client() {
                 burst.push((number, 7000 + r, at(*r, lap)));
             }
         }
-        append_passings(&b, &burst).await;
+        b.passings(&burst).await;
     }
     // The other client still gets every passing, up to the newest.
     lap += 1;

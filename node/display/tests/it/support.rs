@@ -121,31 +121,41 @@ impl TestBox {
 
     /// Stores a passing and returns its seq.
     pub async fn passing(&self, number: u32, transponder: u32, rtc_time_us: u64) -> u64 {
-        let event = catalog::Passing {
-            passing_number: number,
-            transponder: Some(transponder),
-            rtc_time_us,
-            utc_time_us: None,
-            strength: Some(100),
-            hits: Some(20),
-            flags: Some(0),
-            tran_code: None,
-            decoder_id: Some(DECODER),
-            unknown_tlvs: Vec::new(),
-        }
-        .encode(Metadata::default())
-        .unwrap();
+        self.passings(&[(number, transponder, rtc_time_us)]).await[0]
+    }
+
+    /// Stores `(number, transponder, rtc_time_us)` passings in one append; returns their seqs.
+    pub async fn passings(&self, passings: &[(u32, u32, u64)]) -> Vec<u64> {
+        let events = passings
+            .iter()
+            .map(|&(passing_number, transponder, rtc_time_us)| {
+                catalog::Passing {
+                    passing_number,
+                    transponder: Some(transponder),
+                    rtc_time_us,
+                    utc_time_us: None,
+                    strength: Some(100),
+                    hits: Some(20),
+                    flags: Some(0),
+                    tran_code: None,
+                    decoder_id: Some(DECODER),
+                    unknown_tlvs: Vec::new(),
+                }
+                .encode(Metadata::default())
+                .unwrap()
+            })
+            .collect();
         let stream = StreamId::new("decoder/D0000C00").unwrap();
         let appended = self
             .spool
             .append(vec![AppendStream::new(
                 stream,
                 ExpectedVersion::Any,
-                vec![event],
+                events,
             )])
             .await
             .unwrap();
-        appended[0].seq.0
+        appended.iter().map(|a| a.seq.0).collect()
     }
 
     /// Stores a decoder status and returns its seq.
