@@ -6,14 +6,7 @@ use serde_json::{Value, json};
 use crate::support::*;
 
 async fn post(b: &TestBox, token: Option<&str>, body: &str) -> (u16, Value) {
-    let mut r = http()
-        .post(b.url("/api/v1/commands"))
-        .header("content-type", "application/json")
-        .body(body.to_owned());
-    if let Some(t) = token {
-        r = r.bearer_auth(t);
-    }
-    let r = r.send().await.unwrap();
+    let r = post_json(b, "/api/v1/commands", token, body).await;
     let status = r.status().as_u16();
     (status, r.json().await.unwrap_or(Value::Null))
 }

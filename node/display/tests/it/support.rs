@@ -249,6 +249,23 @@ pub fn http() -> reqwest::Client {
     reqwest::Client::new()
 }
 
+/// POSTs a JSON `body` to `path`, with `token` as the bearer when given.
+pub async fn post_json(
+    b: &TestBox,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> reqwest::Response {
+    let mut r = http()
+        .post(b.url(path))
+        .header("content-type", "application/json")
+        .body(body.to_owned());
+    if let Some(t) = token {
+        r = r.bearer_auth(t);
+    }
+    r.send().await.unwrap()
+}
+
 /// GET, the answer's status and body.
 pub async fn get(url: &str) -> (u16, String) {
     let r = http().get(url).send().await.unwrap();

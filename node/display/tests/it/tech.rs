@@ -7,14 +7,7 @@ use spool::{Filter, Seq};
 use crate::support::*;
 
 async fn act(b: &TestBox, token: Option<&str>, body: &str) -> (u16, Value, Option<String>) {
-    let mut r = http()
-        .post(b.url("/api/v1/tech/actions"))
-        .header("content-type", "application/json")
-        .body(body.to_owned());
-    if let Some(t) = token {
-        r = r.bearer_auth(t);
-    }
-    let r = r.send().await.unwrap();
+    let r = post_json(b, "/api/v1/tech/actions", token, body).await;
     let status = r.status().as_u16();
     let retry = r
         .headers()
