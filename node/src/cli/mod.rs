@@ -100,7 +100,7 @@ pub enum Command {
     /// Stores every event exactly once, in a local spool file (default) or NATS JetStream (--nats),
     /// and answers 200 only once the store is durable. Plain HTTP is allowed only on loopback.
     Central(CentralArgs),
-    /// Run central's race engine: the box's race engine, per track, over JetStream (issue 13).
+    /// Run central's race engine: the box's results for each track, derived from JetStream beside central
     ///
     /// Folds each --track's raw ingest stream (timing.ingest.raw.v1.<track>, through a durable
     /// consumer) into the same race engine the box runs, and publishes the derived race events
@@ -115,7 +115,7 @@ pub enum Command {
     Spool(crate::inspect::SpoolArgs),
     /// Check the box: serial devices, disk, data directory, clock, configuration.
     Doctor(crate::doctor::DoctorArgs),
-    /// Race data: roster, timing lines, sessions, judge decisions, results and audit trail.
+    /// Race data: roster, timing lines, sessions, BMX series, judge decisions, results and audit trail.
     ///
     /// Reads work beside the running node; changes need it stopped (the spool has one writer).
     Race(crate::race::RaceArgs),
