@@ -253,6 +253,12 @@ async fn gaps_are_filled_by_resend_and_unfillable_ones_recorded() {
         }]
     );
 
+    // The status follows the append: wait for it rather than race it.
+    wait_for("the status to count the stored passings and the declared loss", || {
+        let d = &status.snapshot().decoders[0];
+        d.passings_stored == 7 && d.passings_declared_missing == 3
+    })
+    .await;
     let s = status.snapshot();
     assert_eq!(s.decoders[0].passings_stored, 7);
     assert_eq!(s.decoders[0].passings_duplicate, 1);
@@ -294,6 +300,10 @@ async fn gaps_are_filled_by_resend_and_unfillable_ones_recorded() {
             until: 4
         }
     );
+    wait_for("the status to count the second loss", || {
+        status.snapshot().decoders[0].passings_declared_missing == 5
+    })
+    .await;
     let s = status.snapshot();
     assert_eq!(s.decoders[0].counter_restarts, 1);
     assert_eq!(s.decoders[0].passings_declared_missing, 5);
