@@ -509,12 +509,26 @@ fn main() {
             let mut spool_rates = Vec::new();
             let mut sqlite_rates = Vec::new();
             let mut raw_rates = Vec::new();
+            // The former per-event B-tree inserts, beside the bulk ones, so the gain is a ratio
+            // from this run (only where batches are large enough for it to show).
+            let mut per_key_rates = Vec::new();
             for round in 0..3 {
                 raw_rates.push(raw_journal(dir.path(), batch, n, record));
                 let spool = Spool::open(dir.path().join(format!("b{batch}-{round}")), config())
                     .expect("open");
                 spool_rates.push(batched(&spool, batch, n));
                 drop(spool);
+                if batch >= 100 {
+                    let per_key_dir = dir.path().join(format!("b{batch}-{round}-per-key"));
+                    let per_key = SpoolConfig {
+                        appended_event_inserts: false,
+                        ..config()
+                    };
+                    let spool = Spool::open(&per_key_dir, per_key).expect("open");
+                    per_key_rates.push(batched(&spool, batch, n));
+                    drop(spool);
+                    drop(std::fs::remove_dir_all(per_key_dir));
+                }
                 if round > 0 || batch != 1000 {
                     drop(std::fs::remove_dir_all(
                         dir.path().join(format!("b{batch}-{round}")),
@@ -551,6 +565,20 @@ fn main() {
             println!(
                 "|   rounds: spool, SQLite, raw | {spool_rates:.0?} | {sqlite_rates:.0?} | | {raw_rates:.0?} | |"
             );
+            if !per_key_rates.is_empty() {
+                let per_key = median(&per_key_rates);
+                println!(
+                    "|   spool with per-event inserts (before) | {per_key:.0} | | {:.2} (worst round {:.2}) | | {:.2} (worst round {:.2}) |",
+                    per_key / sq,
+                    worst(&per_key_rates, &sqlite_rates),
+                    per_key / raw,
+                    worst(&per_key_rates, &raw_rates),
+                );
+                println!(
+                    "|   rounds: per-event inserts; bulk / per-event | {per_key_rates:.0?} | | | | {:.2} (median) |",
+                    rate / per_key
+                );
+            }
         }
     }
 

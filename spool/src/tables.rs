@@ -110,12 +110,25 @@ pub(crate) fn decode_event(seq: u64, bytes: &[u8]) -> Result<RecordedEvent> {
     Ok(event)
 }
 
+/// How a batch of events goes into the `events` table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EventInserts {
+    /// Through one cursor at the end of the table, in seq order: redb buffers the entries and
+    /// splices them into leaves in bulk, instead of one descent from the root and one leaf
+    /// rewrite per event. New seqs are always above every stored one, so the end is their place.
+    Appended,
+    /// One `insert` (a descent and a leaf rewrite) per event: the former way, kept so the
+    /// benchmark can measure both in one run ([`crate::SpoolConfig::appended_event_inserts`]).
+    PerKey,
+}
+
 /// Insert events whose seqs, versions and keys were already decided (live or replayed), with
 /// their `StoredRecord` bytes.
 pub(crate) fn insert_events(
     txn: &WriteTransaction,
     events: &[RecordedEvent],
     encoded: &[Vec<u8>],
+    inserts: EventInserts,
 ) -> Result<()> {
     assert_eq!(
         events.len(),
@@ -123,15 +136,35 @@ pub(crate) fn insert_events(
         "every event to insert must come with its encoding"
     );
     let mut table = txn.open_table(EVENTS).ctx("opening events")?;
+    match inserts {
+        EventInserts::Appended => {
+            let mut cursor = table
+                .upper_bound_mut(std::ops::Bound::<u64>::Unbounded)
+                .ctx("opening the end of events")?;
+            for (event, bytes) in events.iter().zip(encoded) {
+                // A seq not above every stored one is refused (UnorderedKey), never overwrites:
+                // the spool sequence must only grow.
+                cursor
+                    .insert_before(event.seq.0, bytes.as_slice())
+                    .ctx("inserting an event")?;
+            }
+            // Applies the buffered entries; only close reports their errors.
+            cursor.close().ctx("inserting events")?;
+        }
+        EventInserts::PerKey => {
+            for (event, bytes) in events.iter().zip(encoded) {
+                table
+                    .insert(event.seq.0, bytes.as_slice())
+                    .ctx("inserting an event")?;
+            }
+        }
+    }
     let mut runs = txn.open_table(STREAM_RUNS).ctx("opening stream runs")?;
     let mut heads = txn.open_table(STREAM_HEADS).ctx("opening stream heads")?;
     let mut keys = txn.open_table(IDEMPOTENCY).ctx("opening idempotency")?;
     let mut last_seq = 0;
     let mut run_start = 0;
-    for (i, (event, bytes)) in events.iter().zip(encoded).enumerate() {
-        table
-            .insert(event.seq.0, bytes.as_slice())
-            .ctx("inserting an event")?;
+    for (i, event) in events.iter().enumerate() {
         if let Some(key) = &event.meta.idempotency_key {
             keys.insert(key.as_str(), event.seq.0)
                 .ctx("indexing an idempotency key")?;

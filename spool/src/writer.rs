@@ -140,6 +140,7 @@ pub(crate) struct Policy {
     pub(crate) required_cursors: Vec<String>,
     pub(crate) disk_cap_bytes: Option<u64>,
     pub(crate) disk_reserve_bytes: u64,
+    pub(crate) event_inserts: tables::EventInserts,
 }
 
 /// How the writer opens the database again after a failure: as [`crate::Spool::open`] did.
@@ -542,7 +543,7 @@ impl Writer {
             .txn
             .as_ref()
             .expect("an open write transaction while not failed");
-        if let Err(error) = tables::insert_events(txn, &events, &encoded) {
+        if let Err(error) = tables::insert_events(txn, &events, &encoded, self.policy.event_inserts) {
             self.fail(&error);
             drop(reply.send(Err(error)));
             return;
