@@ -20,6 +20,8 @@
 //! | `SPOOL_BENCH_REOPEN` | 1000000 | comma-separated spool sizes for the kill -9 reopen (add 10000000) |
 //! | `SPOOL_BENCH_WEAR_SECS` | 65 | seconds of the steady 10 events/s run (spans two checkpoints) |
 //! | `SPOOL_BENCH_ONLY` | all | comma-separated sections: latency, throughput, read, reopen, wear |
+//! | `SPOOL_BENCH_APPENDERS` | 1,8,64 | comma-separated thread counts of the single-event figures (empty: none) |
+//! | `SPOOL_BENCH_BATCHES` | 1,10,100,1000 | comma-separated batch sizes of the throughput section (to profile one) |
 
 use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader, Write};
@@ -495,7 +497,12 @@ fn main() {
         println!("|---|---|---|---|---|---|");
         let mut sqlite = sqlite_open(dir.path());
         let mut sqlite_seq = 0i64;
-        for appenders in [1usize, 8, 64] {
+        let appender_counts: Vec<usize> = std::env::var("SPOOL_BENCH_APPENDERS")
+            .unwrap_or_else(|_| "1,8,64".into())
+            .split(',')
+            .filter_map(|v| v.trim().parse().ok())
+            .collect();
+        for appenders in appender_counts {
             let spool =
                 Spool::open(dir.path().join(format!("c{appenders}")), config()).expect("open");
             let n = events.min(20_000 * appenders.min(8));
@@ -504,7 +511,12 @@ fn main() {
         }
         // Spool and SQLite alternate, three rounds each, and each reports its median: background
         // writeback and the other engineers' compiles hit both alike.
-        for batch in [1usize, 10, 100, 1000] {
+        let batches: Vec<usize> = std::env::var("SPOOL_BENCH_BATCHES")
+            .unwrap_or_else(|_| "1,10,100,1000".into())
+            .split(',')
+            .filter_map(|v| v.trim().parse().ok())
+            .collect();
+        for batch in batches {
             let n = if batch == 1 { events.min(5000) } else { events };
             let mut spool_rates = Vec::new();
             let mut sqlite_rates = Vec::new();

@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::error::{DbContext, Result, SpoolError};
 use crate::journal::Journal;
 use crate::reader::{Counters, Db, DbSlot, SpoolReader, Tail};
-use crate::record::{JournalFrame, JournalOpV1, StoredRecord};
+use crate::record::{EncodedRecords, JournalFrame, JournalOpV1};
 use crate::schema::Schemas;
 use crate::storage::{Boxed, DB_FILE, DirStorage, Storage};
 use crate::subscription::Subscription;
@@ -572,10 +572,10 @@ pub(crate) fn recover(db: &redb::Database, journal: &mut Journal) -> Result<(u64
                     events.push(event);
                 }
                 replayed += events.len();
-                let encoded = records
-                    .iter()
-                    .map(StoredRecord::to_bytes)
-                    .collect::<Result<Vec<_>>>()?;
+                let mut encoded = EncodedRecords::with_capacity(records.len(), 128);
+                for record in records {
+                    encoded.push_bytes(&record.to_bytes()?);
+                }
                 // Replay always appends in seq order: the gapless check above refused anything else.
                 tables::insert_events(&txn, &events, &encoded, tables::EventInserts::Appended)?;
             }

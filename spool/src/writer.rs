@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::error::{DbContext, Result, SpoolError, error_chain};
 use crate::journal::Journal;
 use crate::reader::{Counters, SpoolHealth, Tail};
-use crate::record::{JournalFrame, JournalOpV1, encode_append_frame, encode_event, postcard_bytes};
+use crate::record::{EncodedRecords, JournalFrame, JournalOpV1, append_frame, postcard_bytes};
 use crate::tables::{self, ParkedRow, ProjectionRow, SnapshotRow};
 use crate::types::{
     AppendStream, Appended, EVENT_PAYLOAD_BYTES_MAX, EVENT_TYPE_BYTES_MAX,
@@ -519,14 +519,12 @@ impl Writer {
             self.group_pending.push(Pending::Append(reply, appended));
             return;
         }
+        let mut encoded = EncodedRecords::with_capacity(events.len(), 128);
         let staged = events
             .iter()
-            .map(encode_event)
-            .collect::<Result<Vec<_>>>()
-            .and_then(|encoded| {
-                self.stage_bytes(|lsn| Ok(encode_append_frame(lsn, &encoded)))?;
-                Ok(encoded)
-            });
+            .try_for_each(|event| encoded.push_event(event))
+            .and_then(|()| self.stage_bytes(|lsn| Ok(append_frame(lsn, &encoded))))
+            .map(|()| encoded);
         let encoded = match staged {
             Ok(encoded) => encoded,
             Err(error) => {
