@@ -153,9 +153,7 @@ pub(crate) fn insert_events(
         }
         EventInserts::PerKey => {
             for (event, bytes) in events.iter().zip(encoded.iter()) {
-                table
-                    .insert(event.seq.0, bytes)
-                    .ctx("inserting an event")?;
+                table.insert(event.seq.0, bytes).ctx("inserting an event")?;
             }
         }
     }
@@ -274,7 +272,11 @@ mod tests {
             .expect("an in-memory database")
     }
 
-    fn insert(txn: &WriteTransaction, seqs: std::ops::RangeInclusive<u64>, how: EventInserts) -> Result<()> {
+    fn insert(
+        txn: &WriteTransaction,
+        seqs: std::ops::RangeInclusive<u64>,
+        how: EventInserts,
+    ) -> Result<()> {
         let events: Vec<RecordedEvent> = seqs
             .map(|seq| event(seq, (seq % 3 == 0).then(|| format!("key-{seq}")).as_deref()))
             .collect();

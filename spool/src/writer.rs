@@ -4,7 +4,8 @@
 //! then answers and notifies subscribers. A lone request is committed at once: the thread never
 //! waits for company.
 //!
-//! Each append is inserted into the open write transaction as it is validated, since the next
+//! Each append is inserted into the open write transaction as it is validated (its events through
+//! one cursor at the end of the events table, see [`crate::tables`]), since the next
 //! request of the group reads it there (stream versions, idempotency keys). (Inserting the last
 //! append of a group on this thread while a second one synced the journal was tried for issue 14
 //! and measured slower on the 2-core build machine; it was removed.)
@@ -541,7 +542,8 @@ impl Writer {
             .txn
             .as_ref()
             .expect("an open write transaction while not failed");
-        if let Err(error) = tables::insert_events(txn, &events, &encoded, self.policy.event_inserts) {
+        if let Err(error) = tables::insert_events(txn, &events, &encoded, self.policy.event_inserts)
+        {
             self.fail(&error);
             drop(reply.send(Err(error)));
             return;
