@@ -20,6 +20,8 @@
 //! | `SPOOL_BENCH_REOPEN` | 1000000 | comma-separated spool sizes for the kill -9 reopen (add 10000000) |
 //! | `SPOOL_BENCH_WEAR_SECS` | 65 | seconds of the steady 10 events/s run (spans two checkpoints) |
 //! | `SPOOL_BENCH_ONLY` | all | comma-separated sections: latency, throughput, read, reopen, wear |
+//! | `SPOOL_BENCH_APPENDERS` | 1,8,64 | comma-separated thread counts of the single-event figures (empty: none) |
+//! | `SPOOL_BENCH_BATCHES` | 1,10,100,1000 | comma-separated batch sizes of the throughput section (to profile one) |
 
 use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader, Write};
@@ -495,7 +497,12 @@ fn main() {
         println!("|---|---|---|---|---|---|");
         let mut sqlite = sqlite_open(dir.path());
         let mut sqlite_seq = 0i64;
-        for appenders in [1usize, 8, 64] {
+        let appender_counts: Vec<usize> = std::env::var("SPOOL_BENCH_APPENDERS")
+            .unwrap_or_else(|_| "1,8,64".into())
+            .split(',')
+            .filter_map(|v| v.trim().parse().ok())
+            .collect();
+        for appenders in appender_counts {
             let spool =
                 Spool::open(dir.path().join(format!("c{appenders}")), config()).expect("open");
             let n = events.min(20_000 * appenders.min(8));
@@ -504,17 +511,36 @@ fn main() {
         }
         // Spool and SQLite alternate, three rounds each, and each reports its median: background
         // writeback and the other engineers' compiles hit both alike.
-        for batch in [1usize, 10, 100, 1000] {
+        let batches: Vec<usize> = std::env::var("SPOOL_BENCH_BATCHES")
+            .unwrap_or_else(|_| "1,10,100,1000".into())
+            .split(',')
+            .filter_map(|v| v.trim().parse().ok())
+            .collect();
+        for batch in batches {
             let n = if batch == 1 { events.min(5000) } else { events };
             let mut spool_rates = Vec::new();
             let mut sqlite_rates = Vec::new();
             let mut raw_rates = Vec::new();
+            // The former per-event B-tree inserts, beside the bulk ones, so the gain is a ratio
+            // from this run (only where batches are large enough for it to show).
+            let mut per_key_rates = Vec::new();
             for round in 0..3 {
                 raw_rates.push(raw_journal(dir.path(), batch, n, record));
                 let spool = Spool::open(dir.path().join(format!("b{batch}-{round}")), config())
                     .expect("open");
                 spool_rates.push(batched(&spool, batch, n));
                 drop(spool);
+                if batch >= 100 {
+                    let per_key_dir = dir.path().join(format!("b{batch}-{round}-per-key"));
+                    let per_key = SpoolConfig {
+                        appended_event_inserts: false,
+                        ..config()
+                    };
+                    let spool = Spool::open(&per_key_dir, per_key).expect("open");
+                    per_key_rates.push(batched(&spool, batch, n));
+                    drop(spool);
+                    drop(std::fs::remove_dir_all(per_key_dir));
+                }
                 if round > 0 || batch != 1000 {
                     drop(std::fs::remove_dir_all(
                         dir.path().join(format!("b{batch}-{round}")),
@@ -551,6 +577,20 @@ fn main() {
             println!(
                 "|   rounds: spool, SQLite, raw | {spool_rates:.0?} | {sqlite_rates:.0?} | | {raw_rates:.0?} | |"
             );
+            if !per_key_rates.is_empty() {
+                let per_key = median(&per_key_rates);
+                println!(
+                    "|   spool with per-event inserts (before) | {per_key:.0} | | {:.2} (worst round {:.2}) | | {:.2} (worst round {:.2}) |",
+                    per_key / sq,
+                    worst(&per_key_rates, &sqlite_rates),
+                    per_key / raw,
+                    worst(&per_key_rates, &raw_rates),
+                );
+                println!(
+                    "|   rounds: per-event inserts; bulk / per-event | {per_key_rates:.0?} | | | | {:.2} (median) |",
+                    rate / per_key
+                );
+            }
         }
     }
 

@@ -150,40 +150,106 @@ impl Serialize for Bytes<'_> {
 
 /// The `StoredRecord` bytes of an event, encoded once for both the journal and the database.
 pub fn encode_event(event: &RecordedEvent) -> Result<Vec<u8>> {
-    let record = StoredRecordRef::V1(StoredEventV1Ref {
-        seq: event.seq.0,
-        stream: event.stream.as_str(),
-        version: event.version,
-        event_type: &event.event_type,
-        schema_version: event.stored_schema_version,
-        recorded_at_us: event.recorded_at_us,
-        captured_at_us: event.meta.captured_at_us,
-        boot_id: &event.meta.boot_id,
-        causation_id: event.meta.causation_id.as_deref(),
-        correlation_id: event.meta.correlation_id.as_deref(),
-        user: event.meta.user.as_deref(),
-        idempotency_key: event.meta.idempotency_key.as_deref(),
-        payload: Bytes(&event.payload),
-    });
-    postcard_bytes("stored record", &record)
+    let mut records = EncodedRecords::default();
+    records.push_event(event)?;
+    Ok(records.bytes)
+}
+
+/// The `StoredRecord` bytes of a batch of events, back to back in one buffer: what an append
+/// frame's body holds after its prefix, and the values of the `events` table. One buffer rather
+/// than a `Vec` per event saves an allocation and a free per event, which the writer's profile
+/// showed costing more than the encoding itself.
+#[derive(Debug, Default)]
+pub(crate) struct EncodedRecords {
+    bytes: Vec<u8>,
+    /// Where each record ends in `bytes`.
+    ends: Vec<usize>,
+}
+
+impl EncodedRecords {
+    /// Room for `events` records of about `bytes_each` bytes.
+    pub(crate) fn with_capacity(events: usize, bytes_each: usize) -> EncodedRecords {
+        EncodedRecords {
+            bytes: Vec::with_capacity(events * bytes_each),
+            ends: Vec::with_capacity(events),
+        }
+    }
+
+    /// Encode `event` behind the records already here. On error nothing is added.
+    pub(crate) fn push_event(&mut self, event: &RecordedEvent) -> Result<()> {
+        let record = StoredRecordRef::V1(StoredEventV1Ref {
+            seq: event.seq.0,
+            stream: event.stream.as_str(),
+            version: event.version,
+            event_type: &event.event_type,
+            schema_version: event.stored_schema_version,
+            recorded_at_us: event.recorded_at_us,
+            captured_at_us: event.meta.captured_at_us,
+            boot_id: &event.meta.boot_id,
+            causation_id: event.meta.causation_id.as_deref(),
+            correlation_id: event.meta.correlation_id.as_deref(),
+            user: event.meta.user.as_deref(),
+            idempotency_key: event.meta.idempotency_key.as_deref(),
+            payload: Bytes(&event.payload),
+        });
+        let start = self.bytes.len();
+        if let Err(source) = postcard::to_io(&record, &mut self.bytes) {
+            self.bytes.truncate(start);
+            return Err(SpoolError::EncodeRecord {
+                what: "stored record",
+                source,
+            });
+        }
+        self.ends.push(self.bytes.len());
+        Ok(())
+    }
+
+    /// Add a record already encoded (a replayed journal's).
+    pub(crate) fn push_bytes(&mut self, record: &[u8]) {
+        self.bytes.extend_from_slice(record);
+        self.ends.push(self.bytes.len());
+    }
+
+    /// How many records.
+    pub(crate) fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Each record's bytes, in order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts
+            .zip(&self.ends)
+            .map(|(start, &end)| &self.bytes[start..end])
+    }
 }
 
 /// The bytes of `JournalFrame::V1 { lsn, op: Append { records } }` with its header, from
 /// records already encoded: the same bytes as [`JournalFrame::encode`], without decoding.
 pub fn encode_append_frame(lsn: u64, records: &[Vec<u8>]) -> Vec<u8> {
-    let records_len: usize = records.iter().map(Vec::len).sum();
-    let mut body = Vec::with_capacity(records_len + 24);
-    body.push(0); // JournalFrame::V1
-    push_varint(&mut body, lsn);
-    body.push(0); // JournalOpV1::Append
-    push_varint(&mut body, records.len() as u64);
+    let mut encoded = EncodedRecords::default();
     for record in records {
-        body.extend_from_slice(record);
+        encoded.push_bytes(record);
     }
-    let mut out = Vec::with_capacity(FRAME_HEADER_BYTES + body.len());
-    out.extend_from_slice(&u32::try_from(body.len()).unwrap_or(u32::MAX).to_le_bytes());
-    out.extend_from_slice(&crc32c(&body).to_le_bytes());
-    out.extend_from_slice(&body);
+    append_frame(lsn, &encoded)
+}
+
+/// [`encode_append_frame`] from records back to back in one buffer, written straight into the
+/// frame (the header is filled in once the body's length and CRC are known).
+pub(crate) fn append_frame(lsn: u64, records: &EncodedRecords) -> Vec<u8> {
+    let mut out = Vec::with_capacity(FRAME_HEADER_BYTES + 24 + records.bytes.len());
+    out.extend_from_slice(&[0; FRAME_HEADER_BYTES]);
+    out.push(0); // JournalFrame::V1
+    push_varint(&mut out, lsn);
+    out.push(0); // JournalOpV1::Append
+    push_varint(&mut out, records.len() as u64);
+    out.extend_from_slice(&records.bytes);
+    let body = &out[FRAME_HEADER_BYTES..];
+    // Bodies are bounded by SPOOL_BATCH_BYTES_MAX, far below u32::MAX.
+    let len = u32::try_from(body.len()).unwrap_or(u32::MAX).to_le_bytes();
+    let crc = crc32c(body).to_le_bytes();
+    out[..4].copy_from_slice(&len);
+    out[4..FRAME_HEADER_BYTES].copy_from_slice(&crc);
     out
 }
 
@@ -354,6 +420,20 @@ mod tests {
                 },
             };
             assert_eq!(encode_append_frame(lsn, &encoded), frame.encode().unwrap());
+        }
+    }
+
+    #[test]
+    fn records_back_to_back_split_into_each_event_s_encoding() {
+        let events: Vec<RecordedEvent> = (1..=300).map(|i| sample(i, Some("key"))).collect();
+        let mut records = EncodedRecords::with_capacity(1, 1);
+        for event in &events {
+            records.push_event(event).unwrap();
+        }
+        assert_eq!(records.len(), events.len());
+        let split: Vec<&[u8]> = records.iter().collect();
+        for (event, bytes) in events.iter().zip(split) {
+            assert_eq!(bytes, StoredRecord::from_event(event).to_bytes().unwrap());
         }
     }
 

@@ -4,7 +4,7 @@ use redb::{ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{DbContext, Result, SpoolError};
-use crate::record::StoredRecord;
+use crate::record::{EncodedRecords, StoredRecord};
 use crate::types::{RecordedEvent, Seq};
 
 /// seq → `StoredRecord` bytes.
@@ -110,12 +110,25 @@ pub(crate) fn decode_event(seq: u64, bytes: &[u8]) -> Result<RecordedEvent> {
     Ok(event)
 }
 
+/// How a batch of events goes into the `events` table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EventInserts {
+    /// Through one cursor at the end of the table, in seq order: redb buffers the entries and
+    /// splices them into leaves in bulk, instead of one descent from the root and one leaf
+    /// rewrite per event. New seqs are always above every stored one, so the end is their place.
+    Appended,
+    /// One `insert` (a descent and a leaf rewrite) per event: the former way, kept so the
+    /// benchmark can measure both in one run ([`crate::SpoolConfig::appended_event_inserts`]).
+    PerKey,
+}
+
 /// Insert events whose seqs, versions and keys were already decided (live or replayed), with
 /// their `StoredRecord` bytes.
 pub(crate) fn insert_events(
     txn: &WriteTransaction,
     events: &[RecordedEvent],
-    encoded: &[Vec<u8>],
+    encoded: &EncodedRecords,
+    inserts: EventInserts,
 ) -> Result<()> {
     assert_eq!(
         events.len(),
@@ -123,15 +136,33 @@ pub(crate) fn insert_events(
         "every event to insert must come with its encoding"
     );
     let mut table = txn.open_table(EVENTS).ctx("opening events")?;
+    match inserts {
+        EventInserts::Appended => {
+            let mut cursor = table
+                .upper_bound_mut(std::ops::Bound::<u64>::Unbounded)
+                .ctx("opening the end of events")?;
+            for (event, bytes) in events.iter().zip(encoded.iter()) {
+                // A seq not above every stored one is refused (UnorderedKey), never overwrites:
+                // the spool sequence must only grow.
+                cursor
+                    .insert_before(event.seq.0, bytes)
+                    .ctx("inserting an event")?;
+            }
+            // Applies the buffered entries; only close reports their errors.
+            cursor.close().ctx("inserting events")?;
+        }
+        EventInserts::PerKey => {
+            for (event, bytes) in events.iter().zip(encoded.iter()) {
+                table.insert(event.seq.0, bytes).ctx("inserting an event")?;
+            }
+        }
+    }
     let mut runs = txn.open_table(STREAM_RUNS).ctx("opening stream runs")?;
     let mut heads = txn.open_table(STREAM_HEADS).ctx("opening stream heads")?;
     let mut keys = txn.open_table(IDEMPOTENCY).ctx("opening idempotency")?;
     let mut last_seq = 0;
     let mut run_start = 0;
-    for (i, (event, bytes)) in events.iter().zip(encoded).enumerate() {
-        table
-            .insert(event.seq.0, bytes.as_slice())
-            .ctx("inserting an event")?;
+    for (i, event) in events.iter().enumerate() {
         if let Some(key) = &event.meta.idempotency_key {
             keys.insert(key.as_str(), event.seq.0)
                 .ctx("indexing an idempotency key")?;
@@ -211,4 +242,103 @@ pub(crate) fn ack_cursor(txn: &WriteTransaction, cursor: &str, seq: u64) -> Resu
         table.insert(cursor, seq).ctx("writing a cursor")?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{Metadata, StreamId};
+
+    fn event(seq: u64, key: Option<&str>) -> RecordedEvent {
+        RecordedEvent {
+            seq: Seq(seq),
+            stream: StreamId::new("decoder/D0000C00").expect("a valid stream id"),
+            version: seq,
+            event_type: "decoder.passing".into(),
+            schema_version: 1,
+            stored_schema_version: 1,
+            payload: vec![seq as u8; 40],
+            recorded_at_us: 1,
+            meta: Metadata {
+                idempotency_key: key.map(str::to_owned),
+                ..Metadata::default()
+            },
+        }
+    }
+
+    fn database() -> redb::Database {
+        redb::Builder::new()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .expect("an in-memory database")
+    }
+
+    fn insert(
+        txn: &WriteTransaction,
+        seqs: std::ops::RangeInclusive<u64>,
+        how: EventInserts,
+    ) -> Result<()> {
+        let events: Vec<RecordedEvent> = seqs
+            .map(|seq| event(seq, (seq % 3 == 0).then(|| format!("key-{seq}")).as_deref()))
+            .collect();
+        let mut encoded = EncodedRecords::default();
+        for event in &events {
+            encoded.push_event(event)?;
+        }
+        insert_events(txn, &events, &encoded, how)
+    }
+
+    /// Every row of every table the inserts touch, to compare two databases.
+    fn rows(txn: &WriteTransaction) -> Vec<String> {
+        let mut out = Vec::new();
+        for item in txn.open_table(EVENTS).unwrap().iter().unwrap() {
+            let (k, v) = item.unwrap();
+            out.push(format!("event {} {:?}", k.value(), v.value()));
+        }
+        for item in txn.open_table(STREAM_RUNS).unwrap().iter().unwrap() {
+            let (k, v) = item.unwrap();
+            out.push(format!("run {:?} {:?}", k.value(), v.value()));
+        }
+        for item in txn.open_table(STREAM_HEADS).unwrap().iter().unwrap() {
+            let (k, v) = item.unwrap();
+            out.push(format!("head {} {}", k.value(), v.value()));
+        }
+        for item in txn.open_table(IDEMPOTENCY).unwrap().iter().unwrap() {
+            let (k, v) = item.unwrap();
+            out.push(format!("key {} {}", k.value(), v.value()));
+        }
+        out
+    }
+
+    #[test]
+    fn appended_inserts_store_the_same_rows_as_per_key_inserts() {
+        let (a, b) = (database(), database());
+        let (ta, tb) = (a.begin_write().unwrap(), b.begin_write().unwrap());
+        // Several batches, one past redb's leaf size, as the writer's groups arrive.
+        for range in [1..=1, 2..=900, 901..=3000] {
+            insert(&ta, range.clone(), EventInserts::Appended).unwrap();
+            insert(&tb, range, EventInserts::PerKey).unwrap();
+        }
+        let (ra, rb) = (rows(&ta), rows(&tb));
+        assert_eq!(ra.iter().filter(|r| r.starts_with("event ")).count(), 3000);
+        assert_eq!(ra, rb);
+    }
+
+    #[test]
+    fn an_appended_insert_refuses_a_seq_that_does_not_grow() {
+        let db = database();
+        let txn = db.begin_write().unwrap();
+        insert(&txn, 1..=10, EventInserts::Appended).unwrap();
+        let error = insert(&txn, 10..=10, EventInserts::Appended)
+            .expect_err("seq 10 again must be refused, not overwritten");
+        assert!(
+            matches!(
+                error,
+                SpoolError::Database {
+                    source: redb::Error::UnorderedKey,
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+    }
 }

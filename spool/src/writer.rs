@@ -4,7 +4,8 @@
 //! then answers and notifies subscribers. A lone request is committed at once: the thread never
 //! waits for company.
 //!
-//! Each append is inserted into the open write transaction as it is validated, since the next
+//! Each append is inserted into the open write transaction as it is validated (its events through
+//! one cursor at the end of the events table, see [`crate::tables`]), since the next
 //! request of the group reads it there (stream versions, idempotency keys). (Inserting the last
 //! append of a group on this thread while a second one synced the journal was tried for issue 14
 //! and measured slower on the 2-core build machine; it was removed.)
@@ -27,7 +28,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::error::{DbContext, Result, SpoolError, error_chain};
 use crate::journal::Journal;
 use crate::reader::{Counters, SpoolHealth, Tail};
-use crate::record::{JournalFrame, JournalOpV1, encode_append_frame, encode_event, postcard_bytes};
+use crate::record::{EncodedRecords, JournalFrame, JournalOpV1, append_frame, postcard_bytes};
 use crate::tables::{self, ParkedRow, ProjectionRow, SnapshotRow};
 use crate::types::{
     AppendStream, Appended, EVENT_PAYLOAD_BYTES_MAX, EVENT_TYPE_BYTES_MAX,
@@ -140,6 +141,7 @@ pub(crate) struct Policy {
     pub(crate) required_cursors: Vec<String>,
     pub(crate) disk_cap_bytes: Option<u64>,
     pub(crate) disk_reserve_bytes: u64,
+    pub(crate) event_inserts: tables::EventInserts,
 }
 
 /// How the writer opens the database again after a failure: as [`crate::Spool::open`] did.
@@ -518,14 +520,12 @@ impl Writer {
             self.group_pending.push(Pending::Append(reply, appended));
             return;
         }
+        let mut encoded = EncodedRecords::with_capacity(events.len(), 128);
         let staged = events
             .iter()
-            .map(encode_event)
-            .collect::<Result<Vec<_>>>()
-            .and_then(|encoded| {
-                self.stage_bytes(|lsn| Ok(encode_append_frame(lsn, &encoded)))?;
-                Ok(encoded)
-            });
+            .try_for_each(|event| encoded.push_event(event))
+            .and_then(|()| self.stage_bytes(|lsn| Ok(append_frame(lsn, &encoded))))
+            .map(|()| encoded);
         let encoded = match staged {
             Ok(encoded) => encoded,
             Err(error) => {
@@ -542,7 +542,8 @@ impl Writer {
             .txn
             .as_ref()
             .expect("an open write transaction while not failed");
-        if let Err(error) = tables::insert_events(txn, &events, &encoded) {
+        if let Err(error) = tables::insert_events(txn, &events, &encoded, self.policy.event_inserts)
+        {
             self.fail(&error);
             drop(reply.send(Err(error)));
             return;
