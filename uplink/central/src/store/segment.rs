@@ -12,6 +12,10 @@
 //!   again (`set_len` back to the last durable length) and answered with an error; an `fdatasync`
 //!   that fails leaves the disk's content unknown, so the store refuses every later write until
 //!   central restarts and re-reads the file ([`uplink::Error::StoreFailed`]).
+//! - One process at a time: open takes an exclusive `flock` on `<dir>/central.lock` (holding
+//!   the holder's pid, for the message a second opener gets) and keeps it until the store is
+//!   closed and its writer thread has stopped, so two centrals on one directory never both
+//!   append.
 //! - A crash can tear only what was written after the last `fdatasync`: at most one write group,
 //!   [`TORN_TAIL_BYTES_MAX`]. Open truncates a bad record that close to the end (logged, and counted
 //!   in [`Recovery`]); a bad record further from the end is corruption of acknowledged data, and
@@ -63,6 +67,10 @@ use uplink::wire::{
 
 /// The segment file's name inside the store directory.
 pub const SEGMENT_FILE: &str = "central.seg";
+
+/// The lock file inside the store directory: flocked by the process that has the store open,
+/// and holding its pid.
+pub const LOCK_FILE: &str = "central.lock";
 
 /// The first bytes of a segment file.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"VNCSTORE";
@@ -160,6 +168,8 @@ pub struct SegmentStore {
     jobs: mpsc::Sender<Job>,
     shared: Arc<Shared>,
     recovery: Recovery,
+    /// Closed when the writer thread has stopped and dropped its share of [`Shared`].
+    writer_stopped: oneshot::Receiver<()>,
 }
 
 /// What the writer thread and readers share.
@@ -168,6 +178,53 @@ struct Shared {
     path: PathBuf,
     /// Bytes of the file known durable: readers read up to here, never into a group in flight.
     durable_len: AtomicU64,
+    /// The directory's lock, released when the store and its writer thread are both gone.
+    _lock: Option<DirLock>,
+}
+
+/// An exclusive `flock` on [`LOCK_FILE`], held for as long as the file stays open.
+struct DirLock {
+    _file: std::fs::File,
+}
+
+impl DirLock {
+    /// Locks `dir` for this process, or says which process holds it.
+    fn take(dir: &Path) -> Result<DirLock, Error> {
+        use std::io::{Read, Write};
+        let path = dir.join(LOCK_FILE);
+        let io = |op: &'static str| {
+            let path = path.clone();
+            move |source| Error::StoreIo { op, path, source }
+        };
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io("opening the lock file"))?;
+        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::WOULDBLOCK) => {
+                let mut pid = String::new();
+                file.read_to_string(&mut pid)
+                    .map_err(io("reading the lock holder's pid"))?;
+                let holder = match pid.trim().parse::<u32>() {
+                    Ok(pid) => format!("another process (pid {pid})"),
+                    // It took the lock and has not written its pid yet.
+                    Err(_) => "another process (pid not yet written)".to_owned(),
+                };
+                return Err(Error::StoreLocked {
+                    path: dir.to_owned(),
+                    holder,
+                });
+            }
+            Err(errno) => return Err(io("locking the lock file")(errno.into())),
+        }
+        file.set_len(0).map_err(io("writing our pid"))?;
+        writeln!(file, "{}", std::process::id()).map_err(io("writing our pid"))?;
+        Ok(DirLock { _file: file })
+    }
 }
 
 /// One batch for the writer, and where its answer goes.
@@ -177,21 +234,29 @@ struct Job {
 }
 
 impl SegmentStore {
-    /// Opens (or creates) the store in directory `path`: truncates a torn tail, rebuilds the seq
-    /// ranges, and starts the writer thread.
+    /// Opens (or creates) the store in directory `path`: locks the directory against a second
+    /// process, truncates a torn tail, rebuilds the seq ranges, and starts the writer thread.
     pub async fn open(path: &Path) -> Result<Self, Error> {
         let dir = path.to_owned();
-        let storage = DirStorage::new(&dir).map_err(|source| Error::StoreIo {
-            op: "creating the store directory",
-            path: dir.clone(),
+        tokio::task::spawn_blocking(move || {
+            let storage = DirStorage::new(&dir).map_err(|source| Error::StoreIo {
+                op: "creating the store directory",
+                path: dir.clone(),
+                source,
+            })?;
+            let lock = DirLock::take(&dir)?;
+            Self::open_blocking(Arc::new(storage), Some(lock))
+        })
+        .await
+        .map_err(|source| Error::Join {
+            what: "opening the segment store",
             source,
-        })?;
-        Self::open_in(Arc::new(storage)).await
+        })?
     }
 
-    /// Opens the store in `storage` (a directory, or the tests' faulty disks).
+    /// Opens the store in `storage` (the tests' faulty disks), without the directory lock.
     pub async fn open_in(storage: Arc<dyn Storage>) -> Result<Self, Error> {
-        tokio::task::spawn_blocking(move || Self::open_blocking(storage))
+        tokio::task::spawn_blocking(move || Self::open_blocking(storage, None))
             .await
             .map_err(|source| Error::Join {
                 what: "opening the segment store",
@@ -199,7 +264,23 @@ impl SegmentStore {
             })?
     }
 
-    fn open_blocking(storage: Arc<dyn Storage>) -> Result<Self, Error> {
+    /// Stops the writer thread and waits until it has, which releases the directory's lock: a
+    /// store opened after this returns is the only writer. (Dropping the store stops the thread
+    /// too, without waiting.)
+    pub async fn close(self) {
+        let Self {
+            jobs,
+            shared,
+            writer_stopped,
+            ..
+        } = self;
+        drop(jobs);
+        drop(shared);
+        // Err once the thread dropped its end, which is all this waits for.
+        let _ = writer_stopped.await;
+    }
+
+    fn open_blocking(storage: Arc<dyn Storage>, lock: Option<DirLock>) -> Result<Self, Error> {
         let path = storage.describe().join(SEGMENT_FILE);
         let io = |op: &'static str| {
             let path = path.clone();
@@ -259,7 +340,9 @@ impl SegmentStore {
             storage,
             path: path.clone(),
             durable_len: AtomicU64::new(end.valid_len),
+            _lock: lock,
         });
+        let (stopped, writer_stopped) = oneshot::channel();
         let (jobs, queue) = mpsc::channel(SEGMENT_QUEUE_BATCHES_MAX);
         let writer = Writer {
             file,
@@ -267,6 +350,7 @@ impl SegmentStore {
             ranges,
             failed: None,
             shared: shared.clone(),
+            _stopped: stopped,
         };
         std::thread::Builder::new()
             .name("central-store".into())
@@ -276,6 +360,7 @@ impl SegmentStore {
             jobs,
             shared,
             recovery,
+            writer_stopped,
         })
     }
 
@@ -577,6 +662,9 @@ struct Writer {
     /// Why the store refuses writes, once an `fdatasync` failed.
     failed: Option<&'static str>,
     shared: Arc<Shared>,
+    /// Dropped after `shared` (fields drop in order), so [`SegmentStore::close`] returns only
+    /// once this thread's share of the lock is gone.
+    _stopped: oneshot::Sender<()>,
 }
 
 impl Writer {
@@ -779,7 +867,7 @@ mod tests {
         let envelope: serde_json::Value = serde_json::from_str(&stored[0].json).unwrap();
         assert_eq!(envelope["contract_version"], "track_ingest.v2");
         assert_eq!(envelope["event_id_context"]["seq"], 1);
-        drop(store);
+        store.close().await;
 
         let store = SegmentStore::open(dir.path()).await.unwrap();
         assert_eq!(
@@ -834,7 +922,7 @@ mod tests {
         let full = batch("node-a", 1..=INGEST_BATCH_EVENTS_MAX as u64);
         let done = store.ingest(full).await.unwrap();
         assert_eq!(done.accepted, INGEST_BATCH_EVENTS_MAX as u64);
-        drop(store);
+        store.close().await;
         let store = SegmentStore::open(dir.path()).await.unwrap();
         assert!(store.recovery().records > 1, "{:?}", store.recovery());
         assert_eq!(store.recovery().events, INGEST_BATCH_EVENTS_MAX as u64);
@@ -847,11 +935,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SegmentStore::open(dir.path()).await.unwrap();
         store.ingest(batch("node-a", 1..=2)).await.unwrap();
-        drop(store);
+        store.close().await;
         let good = file_len(dir.path());
         let store = SegmentStore::open(dir.path()).await.unwrap();
         store.ingest(batch("node-a", 3..=4)).await.unwrap();
-        drop(store);
+        store.close().await;
         let whole = std::fs::read(dir.path().join(SEGMENT_FILE)).unwrap();
         let mut tails: Vec<Vec<u8>> = (good as usize + 1..whole.len())
             .map(|cut| whole[..cut].to_vec())
@@ -879,7 +967,31 @@ mod tests {
             let done = store.ingest(batch("node-a", 1..=4)).await.unwrap();
             assert_eq!((done.accepted, done.duplicates), (2, 2));
             assert_eq!(store.stored().await.unwrap().len(), 4);
+            store.close().await;
         }
+    }
+
+    /// Two centrals on one directory would both append at what each thinks is the end; the
+    /// second is refused, in one line naming the directory and the holder's pid, until the first
+    /// is closed.
+    #[tokio::test]
+    async fn a_second_open_of_one_directory_is_refused_naming_the_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SegmentStore::open(dir.path()).await.unwrap();
+        store.ingest(batch("node-a", 1..=2)).await.unwrap();
+        let error = SegmentStore::open(dir.path()).await.err().expect("refused");
+        let message = uplink::chain(&error);
+        assert!(matches!(error, Error::StoreLocked { .. }), "{error:?}");
+        assert!(
+            message.contains(&dir.path().display().to_string())
+                && message.contains(&format!("pid {}", std::process::id()))
+                && !message.contains('\n'),
+            "{message}"
+        );
+        store.close().await;
+        let store = SegmentStore::open(dir.path()).await.unwrap();
+        let done = store.ingest(batch("node-a", 1..=3)).await.unwrap();
+        assert_eq!((done.accepted, done.duplicates), (1, 2));
     }
 
     #[tokio::test]
@@ -887,7 +999,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SegmentStore::open(dir.path()).await.unwrap();
         store.ingest(batch("node-a", 1..=1)).await.unwrap();
-        drop(store);
+        store.close().await;
         // Records behind it, past TORN_TAIL_BYTES_MAX: written directly, as the writer encodes
         // them (which seqs they hold does not matter to open).
         let behind = batch("node-a", 2..1_002);
@@ -1127,7 +1239,7 @@ mod tests {
             .await
             .expect_err("refused");
         assert!(matches!(error, Error::StoreFailed { .. }), "{error:?}");
-        drop(store);
+        store.close().await;
         // The reopened store reads what reached the disk: here all of it, so the retry is a
         // duplicate, not a second copy.
         let store = SegmentStore::open_in(disk).await.unwrap();
