@@ -343,10 +343,40 @@ async fn central_results_are_the_boxs_byte_for_byte() {
         String::from_utf8_lossy(&on_the_box[0])
     );
     central_matches_the_box(&js, &spool).await;
+    race_events_carry_gapless_stream_versions(&js).await;
 
     cancel.cancel();
     worker.await.unwrap().expect("the worker stops cleanly");
     central.stop().await;
+}
+
+/// Every raw `RACE.EVENT` carries its version in its race stream, 1 and up without a gap per
+/// stream, in stream order: what lets central's engine tell a gap or a duplicate.
+async fn race_events_carry_gapless_stream_versions(js: &jetstream::Context) {
+    let raw = js.get_stream(RAW_STREAM).await.unwrap();
+    let last = raw_last(js).await;
+    let mut versions: BTreeMap<race::Stream, Vec<u64>> = BTreeMap::new();
+    for seq in 1..=last {
+        let message = raw.get_raw_message(seq).await.unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
+        if json["message_type"] != "RACE.EVENT" {
+            continue;
+        }
+        let version = json["payload"][uplink::payload::STREAM_VERSION_FIELD]
+            .as_u64()
+            .unwrap_or_else(|| panic!("raw message {seq} has no stream_version: {json}"));
+        let record: RaceRecord = serde_json::from_value(serde_json::json!({
+            "V1": json["payload"]["V1"].clone()
+        }))
+        .unwrap();
+        let RaceRecord::V1(event) = record;
+        versions.entry(event.stream()).or_default().push(version);
+    }
+    assert!(!versions.is_empty(), "the session has race events");
+    for (stream, got) in versions {
+        let expected: Vec<u64> = (1..=got.len() as u64).collect();
+        assert_eq!(got, expected, "the versions of {stream:?}");
+    }
 }
 
 /// Not a test: the body of a worker process the tests below start and kill. It returns at once
