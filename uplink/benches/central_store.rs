@@ -10,6 +10,10 @@
 //!
 //! `cargo bench -p uplink --bench central_store [-- EVENTS]`; the store directories go under
 //! `CENTRAL_BENCH_DIR` (default: the system temp directory, which is the disk under test).
+//!
+//! With `CENTRAL_BENCH_OPEN_EVENTS=1000000,10000000` it also times opening a segment store that
+//! holds that many events (written directly, not over HTTPS): what a restarted central waits
+//! before it serves. The file is read from the page cache if it fits, as after a quick restart.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -173,6 +177,49 @@ async fn through_https<S: IngestStore>(store: S, pki: &Pki, work: &[Vec<Vec<u8>>
     }
 }
 
+/// Fills a segment store in `dir` with `events` events straight through `ingest` (`NODES`
+/// batches at a time, so they commit in groups), closes it, and times the open that follows.
+/// Returns the open's duration with the checkpoint and without, what open found, and the file's
+/// bytes.
+async fn open_time(
+    dir: &Path,
+    events: usize,
+) -> ([Duration; 2], central::store::segment::Recovery, u64) {
+    let store = std::sync::Arc::new(SegmentStore::open(dir).await.unwrap());
+    let rounds = events / NODES / BATCH_EVENTS;
+    for round in 0..rounds {
+        let mut group = tokio::task::JoinSet::new();
+        for node in 0..NODES {
+            let store = store.clone();
+            let first = (round * BATCH_EVENTS + 1) as u64;
+            let body = body(&format!("node-{node:02}"), first);
+            group.spawn(async move {
+                let batch = central::validate::validate(&body, TRACK).unwrap();
+                assert_eq!(store.ingest(batch).await.unwrap().duplicates, 0);
+            });
+        }
+        group.join_all().await;
+    }
+    let store = std::sync::Arc::into_inner(store).expect("no batch in flight");
+    store.close().await;
+    let mut took = [Duration::ZERO; 2];
+    let mut recovery = Default::default();
+    // First from the checkpoint the close wrote, then without it, as before checkpoints.
+    for took in &mut took {
+        let start = Instant::now();
+        let store = SegmentStore::open(dir).await.unwrap();
+        *took = start.elapsed();
+        recovery = store.recovery();
+        assert_eq!(recovery.events, (rounds * NODES * BATCH_EVENTS) as u64);
+        store.close().await;
+        std::fs::remove_file(dir.join(central::store::checkpoint::CHECKPOINT_FILE)).unwrap();
+    }
+    let bytes = std::fs::metadata(dir.join(central::store::segment::SEGMENT_FILE))
+        .unwrap()
+        .len();
+    (took, recovery, bytes)
+}
+
 /// The disk's floor: every batch's bytes appended, with one `fdatasync` per `group` batches.
 fn raw_append(path: &Path, work: &[Vec<Vec<u8>>], group: usize) -> f64 {
     let mut file = std::fs::File::create(path).unwrap();
@@ -301,5 +348,23 @@ async fn main() {
             let figures = jetstream(&bin, &dir.path().join("nats"), &pki, &work).await;
             row("JetStream (one server, file)", &figures, spool.events_per_s);
         }
+    }
+    let open_events = std::env::var("CENTRAL_BENCH_OPEN_EVENTS").unwrap_or_default();
+    for events in open_events
+        .split(',')
+        .filter_map(|n| n.trim().parse::<usize>().ok())
+    {
+        let store_dir = dir.path().join(format!("open-{events}"));
+        let (took, recovery, bytes) = open_time(&store_dir, events).await;
+        println!(
+            "  segment store open with {} events ({} records, {} MB): {:.2} s from its checkpoint, \
+             {:.2} s reading the whole file",
+            recovery.events,
+            recovery.records,
+            bytes / 1_000_000,
+            took[0].as_secs_f64(),
+            took[1].as_secs_f64()
+        );
+        std::fs::remove_dir_all(&store_dir).unwrap();
     }
 }

@@ -115,6 +115,12 @@ pub enum Error {
          disk holds"
     )]
     StoreFailed { path: PathBuf, why: &'static str },
+    /// Another process holds central's store directory: two writers appending to one segment
+    /// file would interleave their records. `holder` names it ("pid 1234").
+    #[error(
+        "central store {path} is in use by {holder}: stop it, or give --store another directory"
+    )]
+    StoreLocked { path: PathBuf, holder: String },
     /// The drain's own thread or runtime could not be started, or it panicked.
     #[error("the drain's background thread: {0}")]
     Background(String),

@@ -6,6 +6,7 @@
 //! | `decoder.status` | `STATUS` | only when noise, GPS, temperature and satellites are all present; otherwise the extension `DECODER.STATUS` carries what there is |
 //! | `decoder.version` | `VERSION` | only with a decoder id, description and version; otherwise the extension `DECODER.VERSION` |
 //! | anything else | its type upper-cased (`race_control.decision` → `RACE_CONTROL.DECISION`) | extension: the payload's JSON fields plus `event_type` and `schema_version` |
+//! | `race.event` | `RACE.EVENT` | extension, plus [`STREAM_VERSION_FIELD`]: its version in its spool stream |
 //!
 //! Unknown TLVs of decoder records are not sent in v2 payloads (v2 has no field for them); they stay
 //! in the spool, and the raw record is its own `decoder.record` event.
@@ -16,6 +17,12 @@ use spool::RecordedEvent;
 use spool::schema::{EventPayload, Schemas};
 
 use crate::wire::{Passing, Payload, Status, Version};
+
+/// The field of a `RACE.EVENT` extension that holds the event's version in its race stream (1 for
+/// a stream's first, gapless after). Central's race engine folds the event at that version, so a
+/// gap (an event it never got) or a duplicate is refused with the reason instead of being folded
+/// as the next one.
+pub const STREAM_VERSION_FIELD: &str = "stream_version";
 
 /// Maps one spooled event to its payload. Never fails: an event whose payload does not decode is
 /// sent as an extension carrying its bytes, so central (or a technician) can see it; it is not
@@ -92,6 +99,9 @@ fn extension(event: &RecordedEvent, schemas: &Schemas) -> Payload {
     fields.remove("message_type");
     fields.insert("event_type".into(), event.event_type.clone().into());
     fields.insert("schema_version".into(), event.schema_version.into());
+    if event.event_type == catalog::RaceEvent::EVENT_TYPE {
+        fields.insert(STREAM_VERSION_FIELD.into(), event.version.into());
+    }
     Payload::Extension {
         message_type: extension_type(&event.event_type),
         fields,
@@ -110,5 +120,44 @@ mod tests {
         );
         assert_eq!(extension_type("node.started"), "NODE.STARTED");
         assert_eq!(extension_type("9lives"), "X_9LIVES");
+    }
+
+    /// A race event's payload, pinned: its record's JSON, its type and schema, and its version in
+    /// its stream, which central's race engine checks for gaps and duplicates.
+    #[test]
+    fn a_race_event_carries_its_stream_version() {
+        let new = catalog::RaceEvent(race::RaceRecord::V1(race::RaceEvent::DecoderUnmapped {
+            decoder: race::DecoderId(7),
+        }))
+        .encode(spool::Metadata::default())
+        .unwrap();
+        let event = RecordedEvent {
+            seq: spool::Seq(12),
+            stream: <spool::StreamId as events::VenueStreams>::race(race::Stream::Track),
+            version: 5,
+            event_type: new.event_type,
+            schema_version: new.schema_version,
+            stored_schema_version: new.schema_version,
+            payload: new.payload,
+            recorded_at_us: 2,
+            meta: new.meta,
+        };
+        let Payload::Extension {
+            message_type,
+            fields,
+        } = to_payload(&event, &events::catalog::schemas())
+        else {
+            panic!("a race event is an extension");
+        };
+        assert_eq!(message_type, "RACE.EVENT");
+        assert_eq!(
+            Value::Object(fields),
+            serde_json::json!({
+                "V1": { "DecoderUnmapped": { "decoder": 7 } },
+                "event_type": "race.event",
+                "schema_version": 1,
+                "stream_version": 5,
+            })
+        );
     }
 }

@@ -231,9 +231,12 @@ pub struct DrainStatus {
     pub forward_rate_per_s: f64,
     /// Host time (µs) of the last 200.
     pub last_success_at_us: Option<u64>,
-    /// The last failure, with its time (µs); kept after recovery, for the technician.
+    /// The last failure since the last 200, with its time (µs): cleared by the next 200, so a
+    /// status shows only an error that still stands (the log keeps every one).
     pub last_error: Option<String>,
     pub last_error_at_us: Option<u64>,
+    /// Failed tries (transient failures and errors) since start, kept after recovery.
+    pub failures: u64,
     /// Set while central refuses the token (401/403): forwarding has stopped, nothing is lost.
     pub alarm: Option<String>,
 }
@@ -1024,6 +1027,10 @@ impl<'a> Sender<'a> {
             s.forward_rate_per_s = in_window as f64 / span.as_secs_f64();
             s.last_success_at_us = Some(spool::now_us());
             s.alarm = None;
+            if let Some(error) = s.last_error.take() {
+                tracing::info!(last_error = error, "uplink recovered: central answered 200");
+            }
+            s.last_error_at_us = None;
         });
     }
 
@@ -1041,6 +1048,7 @@ impl<'a> Sender<'a> {
         self.publish(|s| {
             s.last_error = Some(reason.to_owned());
             s.last_error_at_us = Some(spool::now_us());
+            s.failures += 1;
         });
     }
 
@@ -1049,6 +1057,7 @@ impl<'a> Sender<'a> {
         self.publish(|s| {
             s.last_error = Some(message.to_owned());
             s.last_error_at_us = Some(spool::now_us());
+            s.failures += 1;
         });
     }
 

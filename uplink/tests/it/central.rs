@@ -109,7 +109,7 @@ async fn the_contract_answers() {
 
     // Reopened, the store still knows what it holds.
     drop(central);
-    let central = Central::new(embedded_store(dir.path()).await, tokens());
+    let central = Central::new(embedded_store_reopened(dir.path()).await, tokens());
     let (status, body) = post(&central, Some(TOKEN), good).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, json!({ "accepted": 0, "duplicates": 2 }));

@@ -188,6 +188,21 @@ pub async fn embedded_store(dir: &Path) -> EmbeddedStore {
     EmbeddedStore::open(dir).await.expect("open central store")
 }
 
+/// Opens the store in `dir` again after the last one there was dropped: its writer thread lets
+/// the directory's lock go once it has finished (and written its checkpoint), moments later.
+pub async fn embedded_store_reopened(dir: &Path) -> EmbeddedStore {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match EmbeddedStore::open(dir).await {
+            Ok(store) => return store,
+            Err(uplink::Error::StoreLocked { .. }) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(e) => panic!("reopen central store: {}", uplink::chain(&e)),
+        }
+    }
+}
+
 /// A central storing under `dir/central`, on a free loopback port, over TLS when `tls` is given.
 pub async fn start_embedded_central(
     dir: &Path,

@@ -343,10 +343,40 @@ async fn central_results_are_the_boxs_byte_for_byte() {
         String::from_utf8_lossy(&on_the_box[0])
     );
     central_matches_the_box(&js, &spool).await;
+    race_events_carry_gapless_stream_versions(&js).await;
 
     cancel.cancel();
     worker.await.unwrap().expect("the worker stops cleanly");
     central.stop().await;
+}
+
+/// Every raw `RACE.EVENT` carries its version in its race stream, 1 and up without a gap per
+/// stream, in stream order: what lets central's engine tell a gap or a duplicate.
+async fn race_events_carry_gapless_stream_versions(js: &jetstream::Context) {
+    let raw = js.get_stream(RAW_STREAM).await.unwrap();
+    let last = raw_last(js).await;
+    let mut versions: BTreeMap<race::Stream, Vec<u64>> = BTreeMap::new();
+    for seq in 1..=last {
+        let message = raw.get_raw_message(seq).await.unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
+        if json["message_type"] != "RACE.EVENT" {
+            continue;
+        }
+        let version = json["payload"][uplink::payload::STREAM_VERSION_FIELD]
+            .as_u64()
+            .unwrap_or_else(|| panic!("raw message {seq} has no stream_version: {json}"));
+        let record: RaceRecord = serde_json::from_value(serde_json::json!({
+            "V1": json["payload"]["V1"].clone()
+        }))
+        .unwrap();
+        let RaceRecord::V1(event) = record;
+        versions.entry(event.stream()).or_default().push(version);
+    }
+    assert!(!versions.is_empty(), "the session has race events");
+    for (stream, got) in versions {
+        let expected: Vec<u64> = (1..=got.len() as u64).collect();
+        assert_eq!(got, expected, "the versions of {stream:?}");
+    }
 }
 
 /// Not a test: the body of a worker process the tests below start and kill. It returns at once
@@ -563,4 +593,153 @@ async fn two_workers_one_runs_the_track_and_the_other_takes_over() {
         "after the handover only {other} ran the track"
     );
     central.stop().await;
+}
+
+/// An engine holding `passings` passings, each with a long TRAN_CODE so the snapshot grows fast.
+fn engine_of(passings: u32) -> race::Engine {
+    let mut engine = race::Engine::default();
+    for n in 1..=passings {
+        engine.ingest(race::Passing {
+            decoder_id: DecoderId(7),
+            transponder: None,
+            tran_code: Some(format!("TRAN-CODE-{n:020}-PADDING")),
+            passing_number: n,
+            rtc_time_us: START_US + u64::from(n) * 1_000,
+        });
+    }
+    engine
+}
+
+/// A snapshot larger than the server's `max_payload` is saved in parts and reads back whole;
+/// the next one goes to the other slot, so the first stays readable until the manifest moves.
+#[tokio::test]
+async fn a_snapshot_larger_than_max_payload_round_trips_in_parts() {
+    use central::engine::snapshot::{self, Slot, Written};
+    let nats = Nats::single("").await;
+    let url = nats.urls();
+    drop(
+        JetStreamStore::connect(&url, &test_streams(1))
+            .await
+            .unwrap(),
+    );
+    let client = async_nats::connect(&url).await.unwrap();
+    let max_payload = client.server_info().max_payload;
+    let js = jetstream::new(client);
+    let mut last = Written::default();
+    for (round, passings) in [(1u64, 40_000), (2, 45_000)] {
+        let engine = engine_of(passings);
+        let bytes = postcard::to_allocvec(&engine.snapshot(round)).unwrap();
+        assert!(
+            bytes.len() > max_payload,
+            "{} bytes fit the server's max_payload {max_payload}",
+            bytes.len()
+        );
+        let written = snapshot::save(
+            &js,
+            TRACK,
+            last,
+            async_nats::HeaderMap::new(),
+            bytes.clone(),
+        )
+        .await
+        .unwrap()
+        .expect("no other writer");
+        let slot = if round == 1 { Slot::A } else { Slot::B };
+        assert_eq!(written.slot, Some(slot));
+        let loaded = engine::load(&js, TRACK).await.unwrap().expect("a snapshot");
+        assert_eq!(loaded.position, round);
+        assert_eq!(loaded.written, written);
+        assert!(
+            postcard::to_allocvec(&loaded.engine.snapshot(round)).unwrap() == bytes,
+            "round {round}: the engine reads back as saved"
+        );
+        let parts = bytes
+            .len()
+            .div_ceil(snapshot::ENGINE_SNAPSHOT_PART_BYTES_MAX) as u32;
+        let stream = js.get_stream("timing_race_snapshot_v1").await.unwrap();
+        for index in 0..parts {
+            let subject = format!(
+                "timing.race.snapshot.v1.{TRACK}.engine-{}-{index}",
+                ["a", "b"][round as usize - 1]
+            );
+            assert_eq!(subject, snapshot::part_subject(TRACK, slot, index));
+            stream
+                .get_last_raw_message_by_subject(&subject)
+                .await
+                .unwrap();
+        }
+        last = written;
+    }
+    // A save that lost the compare-and-set (another worker moved the manifest) writes nothing
+    // that the manifest names.
+    let stale = Written {
+        revision: 1,
+        slot: Some(Slot::A),
+    };
+    let small = postcard::to_allocvec(&engine_of(10).snapshot(3)).unwrap();
+    assert_eq!(
+        snapshot::save(&js, TRACK, stale, async_nats::HeaderMap::new(), small)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(engine::load(&js, TRACK).await.unwrap().unwrap().position, 2);
+}
+
+/// A snapshot written as one message, as centrals before the parts wrote every snapshot, still
+/// loads; and a manifest whose parts do not add up is unusable, not a wrong engine.
+#[tokio::test]
+async fn a_one_message_snapshot_still_loads_and_a_damaged_manifest_is_refused() {
+    use central::engine::snapshot::{self, Manifest, Slot};
+    let nats = Nats::single("").await;
+    let url = nats.urls();
+    drop(
+        JetStreamStore::connect(&url, &test_streams(1))
+            .await
+            .unwrap(),
+    );
+    let js = jetstream(&url).await;
+    let engine = engine_of(100);
+    let bytes = postcard::to_allocvec(&engine.snapshot(9)).unwrap();
+    js.publish(engine::snapshot_subject(TRACK), bytes.clone().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let loaded = engine::load(&js, TRACK).await.unwrap().expect("a snapshot");
+    assert_eq!(loaded.position, 9);
+    assert!(postcard::to_allocvec(&loaded.engine.snapshot(9)).unwrap() == bytes);
+    assert_eq!(loaded.written.slot, None);
+
+    let manifest = Manifest {
+        slot: Slot::B,
+        parts: 1,
+        bytes: bytes.len() as u64,
+        crc: 0,
+    };
+    js.publish(snapshot::part_subject(TRACK, Slot::B, 0), bytes.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(
+        snapshot::SNAPSHOT_FORMAT_HEADER,
+        snapshot::SNAPSHOT_FORMAT_PARTS_V1,
+    );
+    js.publish_with_headers(
+        engine::snapshot_subject(TRACK),
+        headers,
+        manifest.encode().to_vec().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let error = engine::load(&js, TRACK).await.err().expect("unusable");
+    assert!(
+        uplink::chain(&error).contains("CRC"),
+        "{}",
+        uplink::chain(&error)
+    );
 }

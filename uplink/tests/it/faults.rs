@@ -280,10 +280,7 @@ async fn every_event_once_through_a_faulty_network_into_the_embedded_store() {
     let central = start_embedded_central(dir.path(), None).await;
     let head = spool.head().unwrap().0;
     let status = drain_through_chaos(central.addr, &spool, token_file(dir.path()), head).await;
-    assert!(
-        status.last_error.is_some(),
-        "the faults were seen by the drain"
-    );
+    assert!(status.failures > 0, "the faults were seen by the drain");
     let stored = central.central.store().stored().await.unwrap();
     let expected: HashSet<u64> = (1..=head).collect();
     assert_exactly_once(&stored, &expected);

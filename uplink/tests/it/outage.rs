@@ -63,6 +63,13 @@ async fn a_long_outage_drains_once_and_a_poison_event_is_parked_not_blocking() {
 
     assert_eq!(status.backlog, 0);
     assert_eq!(status.parked, 1);
+    // Central is back: the status no longer shows the outage's error, and counts it.
+    assert_eq!(
+        (status.last_error.as_deref(), status.last_error_at_us),
+        (None, None),
+        "the outage's error is cleared by the 200s after it"
+    );
+    assert!(status.failures > 0);
     let parked = spool.parked(events::UPLINK_CURSOR).unwrap();
     assert_eq!(parked.len(), 1);
     assert_eq!(parked[0].seq, poison_seq);

@@ -5,11 +5,12 @@
 //! through `results::fold`; this module turns the ingest messages into the same
 //! [`results::Input`]s, so the same fold runs on them.
 //!
-//! A race event on the wire carries its record but not the spool stream's version it was filed
-//! at. The spool appends race events with `ExpectedVersion::Exact`, so their versions are gapless
-//! in seq order, and the drain sends a node's events in seq order: the version is the next of its
-//! stream. (Two nodes writing the same track's race streams would interleave here; one box per
-//! track is the deployment this assumes.)
+//! A race event on the wire carries its record and the version it was filed at in its spool
+//! stream ([`uplink::payload::STREAM_VERSION_FIELD`]). The engine applies it at that version, so
+//! an event that arrives twice, or after a gap (one central never got), is refused with the
+//! reason and dead-lettered, not folded as the next one. A node older than the field sends none;
+//! its events are taken as the next of their stream, which holds because the spool appends race
+//! events with `ExpectedVersion::Exact` and the drain sends them in seq order.
 
 use events::catalog;
 use race::{Engine, RaceRecord, Recorded};
@@ -84,6 +85,7 @@ fn race_event(engine: &Engine, payload: serde_json::Value) -> Result<Input, Stri
     fields.remove("message_type");
     let event_type = fields.remove("event_type");
     let version = fields.remove("schema_version");
+    let stream_version = fields.remove(uplink::payload::STREAM_VERSION_FIELD);
     if event_type.as_ref().and_then(|v| v.as_str()) != Some(catalog::RaceEvent::EVENT_TYPE)
         || version.as_ref().and_then(serde_json::Value::as_u64)
             != Some(u64::from(catalog::RaceEvent::SCHEMA_VERSION))
@@ -97,9 +99,15 @@ fn race_event(engine: &Engine, payload: serde_json::Value) -> Result<Input, Stri
     let RaceRecord::V1(event) = serde_json::from_value(serde_json::Value::Object(fields))
         .map_err(|e| format!("a RACE.EVENT record that does not read: {e}"))?;
     let stream = event.stream();
+    let version = match stream_version {
+        None => engine.version(stream) + 1,
+        Some(v) => v.as_u64().filter(|v| *v > 0).ok_or_else(|| {
+            format!("a RACE.EVENT whose stream_version {v} is not a positive integer")
+        })?,
+    };
     Ok(Input::Race(Recorded {
         stream,
-        version: engine.version(stream) + 1,
+        version,
         event,
     }))
 }
@@ -132,5 +140,40 @@ mod tests {
         let bad = br#"{"message_type":"RACE.EVENT","payload":{"event_type":"race.event","schema_version":9,"V1":{}}}"#;
         let why = input_of(&engine, bad).unwrap().unwrap_err();
         assert!(why.contains("schema_version"), "{why}");
+    }
+
+    fn race_event_at(stream_version: Option<u64>) -> Vec<u8> {
+        let mut payload = serde_json::json!({
+            "V1": { "DecoderUnmapped": { "decoder": 7 } },
+            "event_type": "race.event",
+            "schema_version": 1,
+        });
+        if let Some(v) = stream_version {
+            payload[uplink::payload::STREAM_VERSION_FIELD] = v.into();
+        }
+        serde_json::to_vec(&serde_json::json!({ "message_type": "RACE.EVENT", "payload": payload }))
+            .unwrap()
+    }
+
+    /// The wire's stream version is the one folded: the next one applies, a duplicate and a gap
+    /// are refused with the versions in the reason; without the field (an older node) the event is
+    /// the next of its stream.
+    #[test]
+    fn a_race_event_is_folded_at_its_stream_version() {
+        let mut engine = Engine::default();
+        let mut counts = results::FoldCounts::default();
+        let mut fold = |engine: &mut Engine, raw: Vec<u8>| {
+            let input = input_of(engine, &raw).expect("an input");
+            results::fold::fold(engine, &mut counts, input, "test")
+        };
+        assert!(fold(&mut engine, race_event_at(Some(1))));
+        assert!(!fold(&mut engine, race_event_at(Some(1))), "a duplicate");
+        assert!(!fold(&mut engine, race_event_at(Some(3))), "a gap");
+        assert!(fold(&mut engine, race_event_at(Some(2))));
+        assert!(fold(&mut engine, race_event_at(None)), "an older node's");
+        assert_eq!(engine.version(race::Stream::Track), 3);
+        assert_eq!(counts.refused, 2);
+        let zero = input_of(&engine, &race_event_at(Some(0))).unwrap();
+        assert!(zero.unwrap_err().contains("stream_version 0"));
     }
 }

@@ -8,7 +8,8 @@
 //!        |   ack (AckPolicy::All) once a snapshot covers it   <-----------------+
 //!        |                                                                      v
 //!   timing.race.events.v1.<track>        one derived event per input (Nats-Msg-Id <track>:<raw seq>)
-//!   timing.race.snapshot.v1.<track>.engine   the engine's snapshot at a raw sequence (postcard)
+//!   timing.race.snapshot.v1.<track>.engine   the engine's snapshot at a raw sequence (postcard),
+//!                                            or past 512 KiB a manifest of its parts (see [`snapshot`])
 //!   timing.dlq.v1.race-engine                an input the engine refused, with the reason
 //!   timing.race.lease.v1.<track>             which worker runs the track (see [`lease`])
 //! ```
@@ -31,14 +32,15 @@
 //!   ([`lease`]); workers configured with the same tracks share them, and one that dies hands its
 //!   tracks over when its lease expires ([`EngineConfig::lease_ttl`]).
 //!
-//! Limits: a snapshot is one message, so an engine larger than the server's `max_payload` (1 MB
-//! by default, up to 64 MB) cannot be saved: the worker logs it and retries, and acknowledges
-//! nothing meanwhile. The snapshot stream keeps a snapshot 24 hours (ADR-0001): a track quiet for
+//! Limits: a snapshot larger than [`snapshot::ENGINE_SNAPSHOT_PART_BYTES_MAX`] is saved in parts
+//! (at most [`snapshot::ENGINE_SNAPSHOT_PARTS_MAX`]), so the server's `max_payload` does not bound
+//! it. The snapshot stream keeps a snapshot 24 hours (ADR-0001): a track quiet for
 //! longer folds its raw stream again from the start when its worker restarts, and the raw stream
 //! keeps 7 days.
 
 pub mod input;
 pub mod lease;
+pub mod snapshot;
 mod track;
 
 use std::time::Duration;
@@ -163,8 +165,8 @@ pub struct Loaded {
     pub engine: race::Engine,
     /// The raw stream sequence it has folded up to.
     pub position: u64,
-    /// The snapshot's revision on its subject.
-    pub revision: u64,
+    /// The snapshot's revision on its subject, and the slot of its parts.
+    pub written: snapshot::Written,
 }
 
 /// The latest snapshot of `track`'s engine, `None` if there is none: what the worker resumes from,
@@ -183,33 +185,21 @@ async fn load_snapshot(
     js: &jetstream::Context,
     track: &str,
 ) -> Result<Option<Loaded>, track::LoadError> {
-    let snapshots = js
-        .get_stream(SNAPSHOT_STREAM)
-        .await
-        .map_err(|e| track::LoadError::Nats(Error::nats("opening the snapshot stream", e)))?;
-    let message = match snapshots
-        .get_last_raw_message_by_subject(&snapshot_subject(track))
-        .await
-    {
-        Ok(message) => message,
-        Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => return Ok(None),
-        Err(e) => {
-            return Err(track::LoadError::Nats(Error::nats(
-                format!("reading the snapshot of {track}"),
-                e,
-            )));
-        }
+    let Some((written, bytes)) = snapshot::read(js, track).await? else {
+        return Ok(None);
     };
-    let revision = message.sequence;
-    let unusable = |why: String| track::LoadError::Unusable { revision, why };
+    let unusable = |why: String| track::LoadError::Unusable {
+        revision: written.revision,
+        why,
+    };
     let snapshot: race::Snapshot =
-        postcard::from_bytes(&message.payload).map_err(|e| unusable(e.to_string()))?;
+        postcard::from_bytes(&bytes).map_err(|e| unusable(e.to_string()))?;
     let (engine, position) =
         race::Engine::restore(snapshot).map_err(|e| unusable(e.to_string()))?;
     Ok(Some(Loaded {
         engine,
         position,
-        revision,
+        written,
     }))
 }
 

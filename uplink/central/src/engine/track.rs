@@ -11,11 +11,11 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::lease::Lease;
+use super::snapshot::Written;
 use super::{
     ENGINE_ACK_PENDING_MAX, ENGINE_ACK_WAIT_MS, ENGINE_BATCH_MESSAGES_MAX, ENGINE_POLL_MS,
-    ENGINE_SNAPSHOT_EVERY_MESSAGES, EngineConfig, snapshot_subject,
+    ENGINE_SNAPSHOT_EVERY_MESSAGES, EngineConfig,
 };
-use crate::store::jetstream::compare_and_set;
 use crate::store::streams::{DLQ_SUBJECT_PREFIX, EVENTS_SUBJECT_PREFIX, RAW_SUBJECT_PREFIX};
 use uplink::Error;
 
@@ -62,9 +62,9 @@ struct TrackEngine<'a> {
     counts: FoldCounts,
     /// The last raw stream sequence folded (or passed over: not an input).
     position: u64,
-    /// The position of the latest snapshot published, and its revision on the snapshot subject.
+    /// The position of the latest snapshot published, and where it is on the snapshot stream.
     snapshot_position: u64,
-    snapshot_revision: u64,
+    snapshot_written: Written,
     snapshot_at: Instant,
     /// The raw sequence of the last derived event on the track's subject when the engine started:
     /// folding again what a dead worker folded publishes nothing twice, even past the events
@@ -84,16 +84,22 @@ pub(crate) async fn run(
     lease: &mut Lease,
     cancel: &CancellationToken,
 ) -> Result<Stop, Error> {
-    let (engine, position, revision) = match super::load_snapshot(js, track).await {
-        Ok(Some(loaded)) => (loaded.engine, loaded.position, loaded.revision),
-        Ok(None) => (Engine::default(), 0, 0),
+    let (engine, position, written) = match super::load_snapshot(js, track).await {
+        Ok(Some(loaded)) => (loaded.engine, loaded.position, loaded.written),
+        Ok(None) => (Engine::default(), 0, Written::default()),
         Err(LoadError::Unusable { revision, why }) => {
             tracing::warn!(
                 track,
                 why,
                 "the race engine's snapshot cannot be used; folding the raw stream from its start"
             );
-            (Engine::default(), 0, revision)
+            // Saved over at the revision it has; its parts' slot is not known, and either will
+            // do for the next one: nothing else reads them.
+            let written = Written {
+                revision,
+                slot: None,
+            };
+            (Engine::default(), 0, written)
         }
         Err(LoadError::Nats(e)) => return Err(e),
     };
@@ -113,7 +119,7 @@ pub(crate) async fn run(
         counts: FoldCounts::default(),
         position,
         snapshot_position: position,
-        snapshot_revision: revision,
+        snapshot_written: written,
         snapshot_at: Instant::now(),
         published_upto,
         unacked: None,
@@ -365,20 +371,24 @@ impl TrackEngine<'_> {
         let bytes = postcard::to_allocvec(&self.engine.snapshot(self.position))
             .map_err(|e| Error::nats("encoding the race engine's snapshot", e))?;
         let size = bytes.len();
-        let written = compare_and_set(
+        let written = super::snapshot::save(
             self.js,
-            snapshot_subject(self.track),
-            self.snapshot_revision,
+            self.track,
+            self.snapshot_written,
             self.headers(self.position),
             bytes,
         )
         .await
         .inspect_err(|_| {
-            tracing::error!(track = self.track, bytes = size, "saving the race engine's snapshot failed; if it is larger than the server's max_payload, raise max_payload");
+            tracing::error!(
+                track = self.track,
+                bytes = size,
+                "saving the race engine's snapshot failed"
+            );
         })?;
         match written {
-            Some(revision) => {
-                self.snapshot_revision = revision;
+            Some(written) => {
+                self.snapshot_written = written;
                 self.snapshot_position = self.position;
                 self.snapshot_at = Instant::now();
                 tracing::debug!(

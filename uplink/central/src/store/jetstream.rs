@@ -39,6 +39,11 @@
 //! batch that finds the ranges stale runs a pass itself first, so a central whose reconciler failed
 //! while a server was down heals on its next batch.
 //!
+//! **A dropped connection** fails the batches in flight at once (503), instead of after
+//! [`JETSTREAM_REQUEST_MS_MAX`]: what they sent went to a server that is gone, and its answers
+//! never come. The client reconnects to a survivor within milliseconds, and the retries go there;
+//! a batch cut short is a batch whose central died mid-way, which the above already covers.
+//!
 //! Costs: one ranges read and one compare-and-set per client per batch, and every raw message's
 //! headers read once more by the reconciler.
 
@@ -112,6 +117,42 @@ impl Pace {
     }
 }
 
+/// How long one read of a ranges entry or the watermark waits before it is sent again, ms, up to
+/// [`JETSTREAM_REQUEST_MS_MAX`] in all. A read that reached a stream leader as it died is never
+/// answered; the stream elects a new leader within seconds, and the read sent again gets there,
+/// where waiting out the whole request time would keep the batch (and the node) waiting longer
+/// than the cluster did. Reads are safe to send twice.
+pub const JETSTREAM_READ_TRY_MS: u64 = 2_000;
+const _: () = assert!(JETSTREAM_READ_TRY_MS < JETSTREAM_REQUEST_MS_MAX);
+
+/// Reads the last message of `subject` on `stream`, sending the request again every
+/// [`JETSTREAM_READ_TRY_MS`] while it goes unanswered, until [`JETSTREAM_REQUEST_MS_MAX`].
+async fn last_message(
+    stream: &stream::Stream,
+    subject: &str,
+) -> Result<jetstream::message::StreamMessage, stream::LastRawMessageError> {
+    let deadline = Instant::now() + Duration::from_millis(JETSTREAM_REQUEST_MS_MAX);
+    loop {
+        let try_ms = Duration::from_millis(JETSTREAM_READ_TRY_MS)
+            .min(deadline.saturating_duration_since(Instant::now()));
+        match tokio::time::timeout(try_ms, stream.get_last_raw_message_by_subject(subject)).await {
+            Ok(answer) => return answer,
+            Err(_) if Instant::now() < deadline => {
+                tracing::debug!(
+                    subject,
+                    "a JetStream read went unanswered; sending it again"
+                );
+            }
+            Err(_) => {
+                return Err(stream::LastRawMessageError::with_source(
+                    stream::LastRawMessageErrorKind::Other,
+                    format!("no answer in {JETSTREAM_REQUEST_MS_MAX} ms"),
+                ));
+            }
+        }
+    }
+}
+
 /// Compare-and-set tries on one ranges entry before the batch fails (503; the retry is safe). Each
 /// lost try means another writer grew the entry, so many in a row mean heavy contention.
 pub const RANGES_CAS_ATTEMPTS_MAX: usize = 64;
@@ -153,6 +194,8 @@ struct Inner {
     pace: Pace,
     /// [`JETSTREAM_ACKS_INFLIGHT_MAX`] permits, one per publish awaiting its acknowledgement.
     inflight: Arc<tokio::sync::Semaphore>,
+    /// Counts the client's lost connections: a batch in flight when it moves is answered 503.
+    disconnects: tokio::sync::watch::Receiver<u64>,
 }
 
 pub struct JetStreamStore {
@@ -167,7 +210,23 @@ impl JetStreamStore {
     /// the reconciler.
     pub async fn connect(urls: &str, streams: &StreamSettings) -> Result<Self, Error> {
         let servers: Vec<&str> = urls.split(',').map(str::trim).collect();
+        let (disconnected, disconnects) = tokio::sync::watch::channel(0u64);
         let client = async_nats::ConnectOptions::new()
+            .event_callback(move |event| {
+                let disconnected = disconnected.clone();
+                async move {
+                    match event {
+                        async_nats::Event::Disconnected => {
+                            tracing::warn!("lost the connection to the NATS server; batches in flight fail, and the client reconnects");
+                            disconnected.send_modify(|n| *n += 1);
+                        }
+                        async_nats::Event::Connected => {
+                            tracing::info!("connected to a NATS server");
+                        }
+                        _ => {}
+                    }
+                }
+            })
             .retry_on_initial_connect()
             .connection_timeout(Duration::from_millis(JETSTREAM_REQUEST_MS_MAX))
             .connect(servers)
@@ -195,6 +254,7 @@ impl JetStreamStore {
             reconciling: tokio::sync::Mutex::new(()),
             pace: Pace::of(streams.raw_duplicate_window),
             inflight: Arc::new(tokio::sync::Semaphore::new(JETSTREAM_ACKS_INFLIGHT_MAX)),
+            disconnects,
         });
         inner.reconcile().await?;
         let cancel = CancellationToken::new();
@@ -231,11 +291,7 @@ async fn reconcile_loop(inner: Arc<Inner>, cancel: CancellationToken) {
 
 impl Inner {
     async fn read_ranges(&self, track: &str, client: &str) -> Result<Entry, Error> {
-        match self
-            .ranges
-            .get_last_raw_message_by_subject(&ranges_subject(track, client))
-            .await
-        {
+        match last_message(&self.ranges, &ranges_subject(track, client)).await {
             Ok(message) => Ok(Entry {
                 set: serde_json::from_slice(&message.payload).map_err(|source| Error::Corrupt {
                     what: format!("JetStream seq ranges of {track}/{client}"),
@@ -319,11 +375,7 @@ impl Inner {
     }
 
     async fn read_watermark(&self) -> Result<Entry, Error> {
-        match self
-            .ranges
-            .get_last_raw_message_by_subject(&watermark_subject())
-            .await
-        {
+        match last_message(&self.ranges, &watermark_subject()).await {
             Ok(message) => {
                 let mark: Watermark =
                     serde_json::from_slice(&message.payload).map_err(|source| Error::Corrupt {
@@ -605,7 +657,23 @@ impl IngestStore for JetStreamStore {
     }
 
     async fn ingest(&self, batch: ValidBatch) -> Result<BatchAccepted, Error> {
-        let inner = &*self.inner;
+        let mut disconnects = self.inner.disconnects.clone();
+        disconnects.borrow_and_update();
+        tokio::select! {
+            stored = self.inner.ingest(batch) => stored,
+            // Cancelling leaves what a central that died mid-batch leaves: events in the stream
+            // the ranges may miss, which Nats-Msg-Id and the reconciler cover.
+            _ = disconnects.changed() => Err(Error::nats(
+                "storing a batch",
+                "the connection to the NATS server was lost mid-batch; the node's retry goes over the new one",
+            )),
+        }
+    }
+}
+
+impl Inner {
+    async fn ingest(&self, batch: ValidBatch) -> Result<BatchAccepted, Error> {
+        let inner = self;
         inner.freshen().await?;
         let subject = format!("{RAW_SUBJECT_PREFIX}.{}", batch.track_id);
         let ingested_at_us = super::now_us();

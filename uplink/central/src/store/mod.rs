@@ -5,6 +5,7 @@
 //! [`RangeSet`](uplink::ranges::RangeSet) of the seqs already stored decides what is a duplicate, for
 //! ever, not only within JetStream's two-minute duplicate window.
 
+pub mod checkpoint;
 pub mod jetstream;
 pub mod segment;
 pub mod spool;
