@@ -74,14 +74,14 @@ mod snapshot;
 mod track;
 
 pub use bmx::{MotoBoard, SeriesBoard};
-pub use engine::{Command, Counts, Engine, FeedItem, Ingest, Outcome, Recorded};
+pub use engine::{Bounds, Command, Counts, Engine, FeedItem, Ingest, Outcome, Recorded};
 pub use error::Error;
 pub use event::*;
 pub use health::DecoderHealth;
 pub use ids::*;
 pub use lap::Leaderboard;
 pub use session::SessionSummary;
-pub use snapshot::{ENGINE_VERSION, Snapshot, State};
+pub use snapshot::{ENGINE_VERSION, Snapshot, State, StateV1};
 
 /// The longest ProChip TRAN_CODE accepted. Real codes are 8 ASCII bytes (`FL-94890`); twice that
 /// leaves room for other makes without letting a roster cell grow without bound.
@@ -99,10 +99,30 @@ pub const ROSTER_COMPETITORS_MAX: usize = 20_000;
 /// one event carries to every scoreboard.
 pub const TEXT_BYTES_MAX: usize = 120;
 
-/// The most passings held in memory. A busy day is about 20 passings/s for 10 hours (720,000), so
-/// this is several days; beyond it new passings are refused and counted ([`Counts::refused_full`]),
-/// never dropped silently.
-pub const PASSINGS_HELD_MAX: usize = 4_000_000;
+/// The most passings held in memory, pinned ones included (about 130 bytes each, so ~130 MB). Only a
+/// session left open pins passings for long (see [`Bounds`]); a busy day is about 20 passings/s for
+/// 10 hours (720,000), so even a session open all day fits. Beyond it new passings are refused and
+/// counted ([`Counts::refused_full`]), never dropped silently.
+pub const PASSINGS_HELD_MAX: usize = 1_000_000;
+
+/// Default for [`Bounds::passings_kept_max`]: the passings outside every open session kept for the
+/// raw feed, decoder health and a session started a little late. 20,000 is over three minutes at 100
+/// passings/s and about 2.6 MB; the feed shows at most [`FEED_PASSINGS_MAX`].
+pub const PASSINGS_KEPT_MAX: usize = 20_000;
+
+/// Default for [`Bounds::passings_kept_us`]: how long, in decoder time, passings outside every open
+/// session are kept below [`PASSINGS_KEPT_MAX`], so that a green flag entered a few minutes after the
+/// fact still finds its session's first laps. Ten minutes.
+pub const PASSINGS_KEPT_US: u64 = 600_000_000;
+
+/// Default for [`Bounds::seal_after_us`]: how long, in decoder time, after a session ended its
+/// results stay open to late passings (a RESEND, a decoder replaying after reconnecting) and to
+/// judge decisions that need its passings. Then the session is sealed: its board is kept and its
+/// passings may leave memory. Half an hour.
+pub const SESSION_SEAL_AFTER_US: u64 = 1_800_000_000;
+
+const _: () = assert!(PASSINGS_KEPT_MAX >= 10 * FEED_PASSINGS_MAX);
+const _: () = assert!(PASSINGS_KEPT_MAX < PASSINGS_HELD_MAX);
 
 /// The most decisions in one session; a judge makes tens. At the limit a decision is refused with
 /// [`Error::Limit`] so one runaway client cannot grow a session without bound.
