@@ -221,7 +221,10 @@ impl Engine {
     pub fn ingest(&mut self, p: Passing) -> Ingest {
         let key = (p.rtc_time_us, p.decoder_id, p.passing_number);
         if self.evicted_to.is_some_and(|e| key <= e) {
-            self.decoders.entry(p.decoder_id).or_default().seen(&p, false);
+            self.decoders
+                .entry(p.decoder_id)
+                .or_default()
+                .seen(&p, false);
             self.counts.refused_evicted += 1;
             return Ingest::Evicted;
         }

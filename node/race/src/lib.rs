@@ -11,10 +11,35 @@
 //!
 //! Read models are folds computed on demand from that state: [`Engine::leaderboard`],
 //! [`Engine::moto_board`], [`Engine::series_board`], [`Engine::feed`], [`Engine::decoder_health`]. They are pure functions of the
-//! events and passings held, never of the order they came in, so replaying gives the same bytes.
+//! events and passings held, never of the order they came in (within a session's life: see
+//! Memory), so replaying gives the same bytes.
 //! The leaderboard keeps the crossings it gathered, so a passing that is the newest of its session
 //! costs one competitor's re-filtering, not a pass over the session; anything else recomputes in full
 //! ([`Engine::recompute_leaderboard`], held equal by a property test).
+//!
+//! # Memory
+//!
+//! The engine's memory is flat at a steady rate ([`Bounds`]):
+//! - **Sealing.** [`SESSION_SEAL_AFTER_US`] of decoder time after a session ended (late RESENDs and
+//!   decisions come well within it), it is sealed: its board is computed in full once, kept (in the
+//!   snapshot too) and served from then on. A sealed session takes only a results status change; a
+//!   command that would need its passings (a decision, an undo, a settings change, a new start or
+//!   end) is refused with [`Error::Sealed`], since the passings may be gone. Sealing is part of the
+//!   results, not of the bounds: it happens at the same input whatever is kept, so the box and
+//!   central, and an engine that keeps every passing, agree byte for byte. A roster edit after the
+//!   seal does not change a sealed board (it does change the boards of open sessions).
+//! - **Eviction.** Passings before the window of every started session not yet sealed leave memory,
+//!   oldest first, once older than [`PASSINGS_KEPT_US`] or more than [`PASSINGS_KEPT_MAX`] are held;
+//!   counted in [`Counts::evicted`]. A session left open pins its passings, up to
+//!   [`PASSINGS_HELD_MAX`].
+//! - **Idempotence.** A passing at or before the newest evicted one is not held
+//!   ([`Ingest::Evicted`], [`Counts::refused_evicted`]): a re-delivery is never counted twice. A
+//!   green flag reaching back into evicted passings is refused with [`Error::Evicted`].
+//! - The raw feed and decoder health are judged over the passings held, so they cover the recent
+//!   past, not the whole day.
+//!
+//! The test `bounds::` holds an evicting engine to one that keeps every passing, over a day of
+//! sessions, and checks that the passings held stay flat.
 //!
 //! [`Engine::snapshot`] and [`Engine::restore`] save and bring back the folded state in a versioned
 //! envelope ([`Snapshot`]), so a restart folds only what came after; see [`Snapshot`] for what it holds

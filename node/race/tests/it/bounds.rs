@@ -310,10 +310,14 @@ fn results(engine: &Engine, sessions: &[SessionId], series: Option<SeriesId>) ->
         };
         out.extend(postcard::to_allocvec(&summary).unwrap());
         match summary.kind {
-            SessionKind::Moto => out.extend(postcard::to_allocvec(&engine.moto_board(id).unwrap()).unwrap()),
+            SessionKind::Moto => {
+                out.extend(postcard::to_allocvec(&engine.moto_board(id).unwrap()).unwrap())
+            }
             _ => {
                 out.extend(postcard::to_allocvec(&engine.leaderboard(id).unwrap()).unwrap());
-                out.extend(postcard::to_allocvec(&engine.recompute_leaderboard(id).unwrap()).unwrap());
+                out.extend(
+                    postcard::to_allocvec(&engine.recompute_leaderboard(id).unwrap()).unwrap(),
+                );
             }
         }
     }
@@ -438,7 +442,12 @@ fn sealed_race() -> (World, SessionId, Passing) {
 #[test]
 fn a_late_decision_on_a_sealed_session_is_refused_and_its_status_still_changes() {
     let (mut w, race, first) = sealed_race();
-    w.decide(race, Action::VoidPassing { passing: first.key() });
+    w.decide(
+        race,
+        Action::VoidPassing {
+            passing: first.key(),
+        },
+    );
     assert_eq!(standings(&w.engine.leaderboard(race).unwrap())[1].1, 4);
     assert!(!w.engine.is_sealed(race));
     // Ten minutes and a little after the end, the stranger's passing seals it and evicts its laps.

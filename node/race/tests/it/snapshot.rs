@@ -260,7 +260,14 @@ fn unhex(hex: &str) -> Vec<u8> {
 #[test]
 fn a_version_1_snapshot_still_decodes_and_is_refused_as_stale() {
     let old: Snapshot = postcard::from_bytes(&unhex(V1_BYTES)).unwrap();
-    assert!(matches!(old, Snapshot::V1 { engine: 1, position: 9, .. }));
+    assert!(matches!(
+        old,
+        Snapshot::V1 {
+            engine: 1,
+            position: 9,
+            ..
+        }
+    ));
     assert!(matches!(
         Engine::restore(old),
         Err(Error::SnapshotStale {

@@ -61,9 +61,11 @@ async fn a_restart_restores_the_snapshot_and_folds_only_what_came_after() {
     stop(folder, cancel).await;
 }
 
-/// An engine holding `n` passings: its snapshot is several MB.
+/// An engine holding `n` passings: its snapshot is several MB. It keeps every passing, as one whose
+/// session stays open all day pins them.
 fn engine_with(n: u32) -> Engine {
     let mut engine = Engine::default();
+    engine.set_bounds(race::Bounds::keep_all());
     for i in 0..n {
         engine.ingest(Passing {
             decoder_id: DecoderId(DECODER),
