@@ -15,8 +15,9 @@
 //! it closes the drain's open connections and refuses new ones, as a WAN that drops does.
 //!
 //! Each minute prints: RSS, CPU % of one core over the minute, open fds, spool files' size, the
-//! uplink backlog, whether the uplink was up, and the byte-in -> durable latency p50/p99/max of the
-//! minute's passings. At the end, the first and last ten minutes are compared.
+//! uplink backlog, whether the uplink was up, the byte-in -> durable latency p50/p99/max of the
+//! minute's passings, the passings the race engine holds in memory, and the race snapshots saved so
+//! far. At the end, the first and last ten minutes are compared.
 //!
 //! | variable | default | what |
 //! |---|---|---|
@@ -158,6 +159,11 @@ struct Sample {
     p99_us: f64,
     max_us: f64,
     passings: usize,
+    /// Passings the race engine holds in memory: flat once it evicts what no open session needs.
+    held: usize,
+    /// Race snapshots saved so far: a minute where this moves is one where the spool's writer also
+    /// committed the snapshot's chunks.
+    snapshots: u64,
 }
 
 fn config(dir: &Path, device: PathBuf, central: u16, cap_mib: u64) -> Config {
@@ -184,7 +190,7 @@ fn config(dir: &Path, device: PathBuf, central: u16, cap_mib: u64) -> Config {
 
 fn print_sample(s: &Sample) {
     println!(
-        "| {:>3} | {:>7} | {:>5.1} | {:>3} | {:>7.1} | {:>7} | {:>3} | {:>6.0} | {:>6.0} | {:>7.0} | {:>5} |",
+        "| {:>3} | {:>7} | {:>5.1} | {:>3} | {:>7.1} | {:>7} | {:>3} | {:>6.0} | {:>6.0} | {:>7.0} | {:>5} | {:>7} | {:>2} |",
         s.minute,
         s.rss_kib,
         s.cpu_pct,
@@ -195,7 +201,9 @@ fn print_sample(s: &Sample) {
         s.p50_us,
         s.p99_us,
         s.max_us,
-        s.passings
+        s.passings,
+        s.held,
+        s.snapshots
     );
 }
 
@@ -220,6 +228,7 @@ async fn soak(
     let config = config(dir, link, wan_port, cap_mib);
     let node = Node::open(&config).await.expect("node open");
     let spool: Spool = node.spool.clone();
+    let results = node.results.clone();
     let cancel = CancellationToken::new();
     let run = tokio::spawn({
         let (config, cancel) = (config.clone(), cancel.clone());
@@ -261,9 +270,9 @@ async fn soak(
     });
 
     println!(
-        "| min | RSS KiB | CPU % | fds | spool MiB | backlog | up s | p50 µs | p99 µs | max µs | passings |"
+        "| min | RSS KiB | CPU % | fds | spool MiB | backlog | up s | p50 µs | p99 µs | max µs | passings | held | snap |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let started = Instant::now();
     let cycle = Duration::from_secs(up_s + down_s);
     let mut samples = Vec::new();
@@ -308,6 +317,8 @@ async fn soak(
                         p99_us: pct(&minute_lat, 0.99),
                         max_us: minute_lat.last().copied().unwrap_or(f64::NAN),
                         passings: minute_lat.len(),
+                        held: results.engine().passings_in_memory(),
+                        snapshots: results.stats().snapshots_saved,
                     };
                     print_sample(&s);
                     samples.push(s);

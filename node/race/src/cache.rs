@@ -118,6 +118,11 @@ impl Cache {
         self.entries().retain(|_, live| live.add(track, roster, p));
     }
 
+    /// A session was sealed: its board no longer comes from gathered crossings.
+    pub fn forget(&mut self, id: SessionId) {
+        self.entries().remove(&id);
+    }
+
     /// An event of `stream` was applied.
     pub fn event(&mut self, stream: Stream) {
         match stream {

@@ -49,6 +49,51 @@ pub enum Ingest {
     Duplicate,
     /// [`PASSINGS_HELD_MAX`] is reached; the passing is counted and not held.
     Full,
+    /// It sorts at or before the newest passing evicted ([`Bounds`]): a re-delivery of one evicted,
+    /// or one too late for any open session. Counted ([`Counts::refused_evicted`]) and not held, so
+    /// it is never counted twice.
+    Evicted,
+}
+
+/// How much of its input the engine keeps in memory; the defaults are the crate's constants.
+///
+/// A passing leaves memory (is evicted, oldest first) once every session whose window could hold it
+/// is sealed, and it is older than `passings_kept_us` or more than `passings_kept_max` are held. A
+/// session is sealed `seal_after_us` after it ended: its boards are computed once, kept, and served
+/// from then on, so eviction never changes a result. Sealing is part of the results, not of the
+/// bounds: an engine that keeps every passing ([`Bounds::keep_all`]) seals the same sessions at the
+/// same inputs and gives the same bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    /// Passings outside every open session kept at most ([`crate::PASSINGS_KEPT_MAX`]).
+    pub passings_kept_max: usize,
+    /// Decoder microseconds that passings outside every open session are kept at least, while under
+    /// `passings_kept_max` ([`crate::PASSINGS_KEPT_US`]).
+    pub passings_kept_us: u64,
+    /// Decoder microseconds after its end that a session is sealed ([`crate::SESSION_SEAL_AFTER_US`]).
+    pub seal_after_us: u64,
+}
+
+impl Default for Bounds {
+    fn default() -> Bounds {
+        Bounds {
+            passings_kept_max: crate::PASSINGS_KEPT_MAX,
+            passings_kept_us: crate::PASSINGS_KEPT_US,
+            seal_after_us: crate::SESSION_SEAL_AFTER_US,
+        }
+    }
+}
+
+impl Bounds {
+    /// Evicts nothing (up to [`PASSINGS_HELD_MAX`]) and seals as the defaults do: the reference the
+    /// bounded engine is tested against.
+    pub fn keep_all() -> Bounds {
+        Bounds {
+            passings_kept_max: usize::MAX,
+            passings_kept_us: u64::MAX,
+            ..Bounds::default()
+        }
+    }
 }
 
 /// Counters of inputs that were not taken in.
@@ -57,6 +102,15 @@ pub struct Counts {
     pub passings_held: u64,
     pub duplicates: u64,
     pub refused_full: u64,
+    /// Passings that left memory once no open session needed them ([`Bounds`]).
+    pub evicted: u64,
+    /// Passings not held because they sort at or before the newest evicted one ([`Ingest::Evicted`]).
+    pub refused_evicted: u64,
+    /// Session events folded that the session's board cannot show: one for a sealed session, or a
+    /// start reaching back into evicted passings. [`Engine::decide`] refuses such commands; these
+    /// were decided just before the session was sealed, and are kept in the session but not in its
+    /// board.
+    pub past_bounds: u64,
 }
 
 /// One raw passing for the announcer, with what became of it.
@@ -91,6 +145,24 @@ pub struct Engine {
     pub(crate) decoders: BTreeMap<DecoderId, DecoderCounts>,
     /// Crossings gathered for live leaderboards; derived, never part of the state compared or saved.
     pub(crate) cache: Cache,
+    /// What is kept in memory; not saved: a restored engine takes [`Bounds::default`].
+    pub(crate) bounds: Bounds,
+    /// The boards of sealed sessions, served instead of a gather over passings that may be gone.
+    pub(crate) sealed: BTreeMap<SessionId, Sealed>,
+    /// The newest passing evicted: anything at or before it may be gone.
+    pub(crate) evicted_to: Option<(u64, DecoderId, u32)>,
+    /// Derived: the earliest window start of a started session not sealed; nothing from it on is
+    /// evicted.
+    pub(crate) pin_us: Option<u64>,
+    /// Derived: the decoder time past which the next ended session is sealed.
+    pub(crate) seal_due_us: Option<u64>,
+}
+
+/// A sealed session's board, as it was computed when the session was sealed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Sealed {
+    Lap(Leaderboard),
+    Moto(MotoBoard),
 }
 
 impl Engine {
@@ -105,6 +177,29 @@ impl Engine {
 
     pub fn counts(&self) -> Counts {
         self.counts
+    }
+
+    /// How many passings are held in memory now.
+    pub fn passings_in_memory(&self) -> usize {
+        self.passings.len()
+    }
+
+    /// The bounds in force.
+    pub fn bounds(&self) -> Bounds {
+        self.bounds
+    }
+
+    /// Keeps what `bounds` says from the next input on (a restored engine takes the defaults).
+    pub fn set_bounds(&mut self, bounds: Bounds) {
+        self.bounds = bounds;
+        self.refresh();
+        self.settle();
+    }
+
+    /// Whether a session is sealed: its board is fixed, and a command that would need its passings
+    /// is refused with [`Error::Sealed`].
+    pub fn is_sealed(&self, id: SessionId) -> bool {
+        self.sealed.contains_key(&id)
     }
 
     pub fn session(&self, id: SessionId) -> Option<SessionSummary> {
@@ -125,6 +220,14 @@ impl Engine {
     /// Takes in a passing. Its place is its decoder time; when it arrives does not matter.
     pub fn ingest(&mut self, p: Passing) -> Ingest {
         let key = (p.rtc_time_us, p.decoder_id, p.passing_number);
+        if self.evicted_to.is_some_and(|e| key <= e) {
+            self.decoders
+                .entry(p.decoder_id)
+                .or_default()
+                .seen(&p, false);
+            self.counts.refused_evicted += 1;
+            return Ingest::Evicted;
+        }
         let duplicate = self.passings.contains_key(&key);
         let full = !duplicate && self.passings.len() >= PASSINGS_HELD_MAX;
         // A decoder is known once one of its passings is held, so the map is no larger than they are.
@@ -145,7 +248,113 @@ impl Engine {
         self.cache.passing(&self.track, &self.roster, &p);
         self.passings.insert(key, p);
         self.counts.passings_held += 1;
+        self.settle();
         Ingest::Held
+    }
+
+    /// Recomputes what is derived from the sessions: the pin and the next seal.
+    fn refresh(&mut self) {
+        let open = self
+            .sessions
+            .iter()
+            .filter(|(id, _)| !self.sealed.contains_key(id));
+        let (mut pin, mut due) = (None::<u64>, None::<u64>);
+        for (_, s) in open {
+            if let Some(start) = s.window_start_us(&s.overlay()) {
+                pin = Some(pin.map_or(start, |p| p.min(start)));
+            }
+            if let Some(end) = s.ended_us {
+                let at = end.saturating_add(self.bounds.seal_after_us);
+                due = Some(due.map_or(at, |d| d.min(at)));
+            }
+        }
+        self.pin_us = pin;
+        self.seal_due_us = due;
+    }
+
+    /// Seals the sessions due, then evicts what no open session needs, oldest first.
+    fn settle(&mut self) {
+        let Some(latest) = self.latest_us() else {
+            return;
+        };
+        if self.seal_due_us.is_some_and(|due| latest > due) {
+            self.seal(latest);
+        }
+        let old = latest.saturating_sub(self.bounds.passings_kept_us);
+        while let Some((&key, _)) = self.passings.first_key_value() {
+            if self.pin_us.is_some_and(|pin| key.0 >= pin) {
+                break;
+            }
+            if self.passings.len() <= self.bounds.passings_kept_max && key.0 >= old {
+                break;
+            }
+            self.passings.pop_first();
+            self.evicted_to = Some(key);
+            self.counts.evicted += 1;
+        }
+    }
+
+    /// Seals every ended session whose seal time `latest` passed: its board, computed in full from
+    /// the passings still held (its window was pinned until now), is kept and served from now on.
+    fn seal(&mut self, latest: u64) {
+        let after = self.bounds.seal_after_us;
+        let due: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(id, s)| {
+                !self.sealed.contains_key(id)
+                    && s.ended_us.is_some_and(|e| latest > e.saturating_add(after))
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            let s = &self.sessions[&id];
+            let board = match s.kind {
+                SessionKind::Moto => Sealed::Moto(bmx::moto_board(self, s)),
+                _ => {
+                    let overlay = s.overlay();
+                    let gathered = self.gather(s, &overlay);
+                    Sealed::Lap(lap::leaderboard(self, s, &overlay, gathered.as_ref()))
+                }
+            };
+            self.sealed.insert(id, board);
+            self.cache.forget(id);
+        }
+        self.refresh();
+    }
+
+    /// Why a session event cannot be decided now because of what is no longer in memory.
+    fn check_bounds(&self, event: &RaceEvent) -> Result<(), Error> {
+        let Stream::Session(session) = event.stream() else {
+            return Ok(());
+        };
+        if matches!(
+            event,
+            RaceEvent::SessionCreated { .. } | RaceEvent::StatusSet { .. }
+        ) {
+            return Ok(());
+        }
+        if self.sealed.contains_key(&session) {
+            return Err(Error::Sealed { session });
+        }
+        if let RaceEvent::SessionStarted { start, .. } = event
+            && let Some(evicted) = self.evicted_to
+        {
+            let s = self.get_session(session)?;
+            let mut started = s.clone();
+            started.start = Some(*start);
+            let from = started.window_start_us(&started.overlay());
+            if let Some(from) = from
+                && from <= evicted.0
+            {
+                return Err(Error::Evicted {
+                    session,
+                    from_us: from,
+                    kept_after_us: evicted.0,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Checks a command against the current state; on success, the event to append at its version.
@@ -168,6 +377,7 @@ impl Engine {
             check_meta(meta)?;
         }
         self.check(&cmd.event)?;
+        self.check_bounds(&cmd.event)?;
         Ok(Recorded {
             stream,
             version: current + 1,
@@ -364,6 +574,11 @@ impl Engine {
             });
         }
         self.cache.event(r.stream);
+        // Decided and checked before a passing sealed the session (or evicted its start): kept,
+        // counted, and left out of the board, the same on every replay.
+        if let Err(Error::Sealed { .. } | Error::Evicted { .. }) = self.check_bounds(&r.event) {
+            self.counts.past_bounds += 1;
+        }
         self.fold(r)?;
         self.versions.insert(r.stream, r.version);
         if let Stream::Session(id) = r.stream
@@ -371,6 +586,8 @@ impl Engine {
         {
             s.version = r.version;
         }
+        self.refresh();
+        self.settle();
         Ok(())
     }
 
@@ -517,6 +734,9 @@ impl Engine {
     /// event) gathers in full again. See [`Engine::recompute_leaderboard`].
     pub fn leaderboard(&self, id: SessionId) -> Result<Leaderboard, Error> {
         let s = self.lap_session(id)?;
+        if let Some(board) = self.sealed_lap(s) {
+            return Ok(board);
+        }
         let mut cache = self.cache.lock();
         let live = match cache.entry(id) {
             Entry::Occupied(e) => e.into_mut(),
@@ -537,9 +757,24 @@ impl Engine {
     /// path of [`Engine::leaderboard`] must always equal.
     pub fn recompute_leaderboard(&self, id: SessionId) -> Result<Leaderboard, Error> {
         let s = self.lap_session(id)?;
+        if let Some(board) = self.sealed_lap(s) {
+            return Ok(board);
+        }
         let overlay = s.overlay();
         let gathered = self.gather(s, &overlay);
         Ok(lap::leaderboard(self, s, &overlay, gathered.as_ref()))
+    }
+
+    /// A sealed session's board, with its results status as it is now (the one change a sealed
+    /// session still takes).
+    fn sealed_lap(&self, s: &Session) -> Option<Leaderboard> {
+        match self.sealed.get(&s.id)? {
+            Sealed::Lap(board) => Some(Leaderboard {
+                status: s.status,
+                ..board.clone()
+            }),
+            Sealed::Moto(_) => None,
+        }
     }
 
     fn lap_session(&self, id: SessionId) -> Result<&Session, Error> {
@@ -583,7 +818,14 @@ impl Engine {
 
     /// The board of a BMX moto.
     pub fn moto_board(&self, id: SessionId) -> Result<MotoBoard, Error> {
-        Ok(bmx::moto_board(self, self.moto(id)?))
+        let s = self.moto(id)?;
+        if let Some(Sealed::Moto(board)) = self.sealed.get(&id) {
+            return Ok(MotoBoard {
+                status: s.status,
+                ..board.clone()
+            });
+        }
+        Ok(bmx::moto_board(self, s))
     }
 
     /// The totals, ranks and transfers of a BMX series.

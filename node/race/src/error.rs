@@ -70,6 +70,21 @@ pub enum Error {
         column: String,
         why: String,
     },
+    /// The session is sealed ([`crate::Bounds`]): its board is fixed and its passings may be gone,
+    /// so only its results status can still change.
+    #[error(
+        "session {session:?} is sealed: its results are fixed and its passings left memory; only its results status can change"
+    )]
+    Sealed { session: SessionId },
+    /// A start that would open the session's window on passings no longer held.
+    #[error(
+        "session {session:?} cannot start at {from_us}: passings up to {kept_after_us} are no longer held"
+    )]
+    Evicted {
+        session: SessionId,
+        from_us: u64,
+        kept_after_us: u64,
+    },
     /// A snapshot made by an engine that folds differently: replay the events in full instead.
     #[error(
         "the snapshot is of engine version {found}, this engine is version {wanted}; replay in full"

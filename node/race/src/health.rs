@@ -46,8 +46,9 @@ pub struct DecoderHealth {
 
 impl Engine {
     /// Every decoder that sent a passing held, in id order. Merged and too-soon reads are judged as
-    /// the raw feed judges them: over every passing held, without judge decisions, so the cost grows
-    /// with the passings held (a status page's read, not one per passing).
+    /// the raw feed judges them: over every passing held (the recent past and open sessions, see
+    /// [`crate::Bounds`]), without judge decisions, so the cost grows with the passings held (a
+    /// status page's read, not one per passing).
     pub fn decoder_health(&self) -> Vec<DecoderHealth> {
         let gathered = self.gather_raw(self.passings.values(), (0, u64::MAX));
         let mut out: Vec<DecoderHealth> = self

@@ -11,10 +11,35 @@
 //!
 //! Read models are folds computed on demand from that state: [`Engine::leaderboard`],
 //! [`Engine::moto_board`], [`Engine::series_board`], [`Engine::feed`], [`Engine::decoder_health`]. They are pure functions of the
-//! events and passings held, never of the order they came in, so replaying gives the same bytes.
+//! events and passings held, never of the order they came in (within a session's life: see
+//! Memory), so replaying gives the same bytes.
 //! The leaderboard keeps the crossings it gathered, so a passing that is the newest of its session
 //! costs one competitor's re-filtering, not a pass over the session; anything else recomputes in full
 //! ([`Engine::recompute_leaderboard`], held equal by a property test).
+//!
+//! # Memory
+//!
+//! The engine's memory is flat at a steady rate ([`Bounds`]):
+//! - **Sealing.** [`SESSION_SEAL_AFTER_US`] of decoder time after a session ended (late RESENDs and
+//!   decisions come well within it), it is sealed: its board is computed in full once, kept (in the
+//!   snapshot too) and served from then on. A sealed session takes only a results status change; a
+//!   command that would need its passings (a decision, an undo, a settings change, a new start or
+//!   end) is refused with [`Error::Sealed`], since the passings may be gone. Sealing is part of the
+//!   results, not of the bounds: it happens at the same input whatever is kept, so the box and
+//!   central, and an engine that keeps every passing, agree byte for byte. A roster edit after the
+//!   seal does not change a sealed board (it does change the boards of open sessions).
+//! - **Eviction.** Passings before the window of every started session not yet sealed leave memory,
+//!   oldest first, once older than [`PASSINGS_KEPT_US`] or more than [`PASSINGS_KEPT_MAX`] are held;
+//!   counted in [`Counts::evicted`]. A session left open pins its passings, up to
+//!   [`PASSINGS_HELD_MAX`].
+//! - **Idempotence.** A passing at or before the newest evicted one is not held
+//!   ([`Ingest::Evicted`], [`Counts::refused_evicted`]): a re-delivery is never counted twice. A
+//!   green flag reaching back into evicted passings is refused with [`Error::Evicted`].
+//! - The raw feed and decoder health are judged over the passings held, so they cover the recent
+//!   past, not the whole day.
+//!
+//! The test `bounds::` holds an evicting engine to one that keeps every passing, over a day of
+//! sessions, and checks that the passings held stay flat.
 //!
 //! [`Engine::snapshot`] and [`Engine::restore`] save and bring back the folded state in a versioned
 //! envelope ([`Snapshot`]), so a restart folds only what came after; see [`Snapshot`] for what it holds
@@ -74,14 +99,14 @@ mod snapshot;
 mod track;
 
 pub use bmx::{MotoBoard, SeriesBoard};
-pub use engine::{Command, Counts, Engine, FeedItem, Ingest, Outcome, Recorded};
+pub use engine::{Bounds, Command, Counts, Engine, FeedItem, Ingest, Outcome, Recorded};
 pub use error::Error;
 pub use event::*;
 pub use health::DecoderHealth;
 pub use ids::*;
 pub use lap::Leaderboard;
 pub use session::SessionSummary;
-pub use snapshot::{ENGINE_VERSION, Snapshot, State};
+pub use snapshot::{ENGINE_VERSION, Snapshot, State, StateV1};
 
 /// The longest ProChip TRAN_CODE accepted. Real codes are 8 ASCII bytes (`FL-94890`); twice that
 /// leaves room for other makes without letting a roster cell grow without bound.
@@ -99,10 +124,30 @@ pub const ROSTER_COMPETITORS_MAX: usize = 20_000;
 /// one event carries to every scoreboard.
 pub const TEXT_BYTES_MAX: usize = 120;
 
-/// The most passings held in memory. A busy day is about 20 passings/s for 10 hours (720,000), so
-/// this is several days; beyond it new passings are refused and counted ([`Counts::refused_full`]),
-/// never dropped silently.
-pub const PASSINGS_HELD_MAX: usize = 4_000_000;
+/// The most passings held in memory, pinned ones included (about 130 bytes each, so ~130 MB). Only a
+/// session left open pins passings for long (see [`Bounds`]); a busy day is about 20 passings/s for
+/// 10 hours (720,000), so even a session open all day fits. Beyond it new passings are refused and
+/// counted ([`Counts::refused_full`]), never dropped silently.
+pub const PASSINGS_HELD_MAX: usize = 1_000_000;
+
+/// Default for [`Bounds::passings_kept_max`]: the passings outside every open session kept for the
+/// raw feed, decoder health and a session started a little late. 20,000 is over three minutes at 100
+/// passings/s and about 2.6 MB; the feed shows at most [`FEED_PASSINGS_MAX`].
+pub const PASSINGS_KEPT_MAX: usize = 20_000;
+
+/// Default for [`Bounds::passings_kept_us`]: how long, in decoder time, passings outside every open
+/// session are kept below [`PASSINGS_KEPT_MAX`], so that a green flag entered a few minutes after the
+/// fact still finds its session's first laps. Ten minutes.
+pub const PASSINGS_KEPT_US: u64 = 600_000_000;
+
+/// Default for [`Bounds::seal_after_us`]: how long, in decoder time, after a session ended its
+/// results stay open to late passings (a RESEND, a decoder replaying after reconnecting) and to
+/// judge decisions that need its passings. Then the session is sealed: its board is kept and its
+/// passings may leave memory. Half an hour.
+pub const SESSION_SEAL_AFTER_US: u64 = 1_800_000_000;
+
+const _: () = assert!(PASSINGS_KEPT_MAX >= 10 * FEED_PASSINGS_MAX);
+const _: () = assert!(PASSINGS_KEPT_MAX < PASSINGS_HELD_MAX);
 
 /// The most decisions in one session; a judge makes tens. At the limit a decision is refused with
 /// [`Error::Limit`] so one runaway client cannot grow a session without bound.

@@ -2,31 +2,33 @@
 //!
 //! What it holds: every stream's last applied version, the roster's competitors, the track's lines
 //! and decoder mappings, every session and series as folded (settings, course, staging, decisions and
-//! undos, results status), every passing held, the intake counters and each decoder's counters. Read models are not in it:
-//! they are computed from that state, so [`Engine::restore`] plus the events and passings after the
-//! snapshot gives the same bytes as a full replay (the test `snapshot::`).
+//! undos, results status), the boards of sealed sessions, the passings held (see [`crate::Bounds`]:
+//! only those some open session or the recent past needs) and the newest one evicted, the intake
+//! counters and each decoder's counters. Read models of open sessions are not in it: they are
+//! computed from that state, so [`Engine::restore`] plus the events and passings after the snapshot
+//! gives the same bytes as a full replay (the test `snapshot::`).
 //!
 //! The caller's `position` (for the node, the spool sequence of the last record folded in) is kept
 //! as given, so it knows where to resume. Events at or below a stream's last applied version are
-//! refused by [`Engine::apply`] with [`Error::VersionGap`], and passings held already count as
-//! duplicates, so resuming a little early is safe; resuming late loses what was skipped.
+//! refused by [`Engine::apply`] with [`Error::VersionGap`], and passings held (or evicted) already
+//! are not held again, so resuming a little early is safe; resuming late loses what was skipped.
 //!
 //! When it is invalid, and the events must be replayed in full instead:
 //! - [`ENGINE_VERSION`] changed: the engine now folds or reads the same events differently, so state
 //!   folded by the old one would disagree with a replay. [`Engine::restore`] refuses it with
-//!   [`Error::SnapshotStale`].
+//!   [`Error::SnapshotStale`]. A `V1` snapshot is always stale: engine 1 did not seal sessions.
 //! - The envelope is not one this build knows (decoding fails): a snapshot from a newer build.
 //! - The spool it was taken from was rewritten below `position` (an upcaster, a restore from
 //!   backup): the caller must drop snapshots then; the engine cannot tell.
 //!
 //! The envelope is an enum and only ever grows: a new layout is `V2`, never an edit of `V1`, and the
-//! bytes of one are pinned in a test, as the race events are.
+//! bytes of each are pinned in a test, as the race events are.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{Counts, Engine, Series};
+use crate::engine::{Counts, Engine, Sealed, Series};
 use crate::error::Error;
 use crate::event::{Competitor, Stream};
 use crate::health::DecoderCounts;
@@ -36,13 +38,21 @@ use crate::track::Track;
 use crate::{PASSINGS_HELD_MAX, ROSTER_COMPETITORS_MAX};
 
 /// The version of what the engine makes of its events. Bump it whenever a fold or a read model
-/// changes its result for the same events; every snapshot taken before is then stale.
-pub const ENGINE_VERSION: u32 = 1;
+/// changes its result for the same events; every snapshot taken before is then stale. 2: sessions
+/// are sealed ([`crate::Bounds`]).
+pub const ENGINE_VERSION: u32 = 2;
 
 /// A snapshot, in a versioned envelope. Encode it with postcard, as the spool's records are.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Snapshot {
+    /// Taken by engine version 1, which held every passing; decoded only to be refused as stale.
     V1 {
+        engine: u32,
+        position: u64,
+        last_applied: BTreeMap<Stream, u64>,
+        state: StateV1,
+    },
+    V2 {
         /// The [`ENGINE_VERSION`] that took it.
         engine: u32,
         /// The caller's position of the last input folded in, kept as given.
@@ -64,12 +74,34 @@ pub struct State {
     passings: Vec<Passing>,
     counts: Counts,
     decoders: BTreeMap<DecoderId, DecoderCounts>,
+    sealed: BTreeMap<SessionId, Sealed>,
+    evicted_to: Option<(u64, DecoderId, u32)>,
+}
+
+/// The state of a `V1` snapshot, kept so that one still decodes (and is refused as stale).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StateV1 {
+    competitors: Vec<Competitor>,
+    track: Track,
+    sessions: BTreeMap<SessionId, Session>,
+    series: BTreeMap<SeriesId, Series>,
+    passings: Vec<Passing>,
+    counts: CountsV1,
+    decoders: BTreeMap<DecoderId, DecoderCounts>,
+}
+
+/// [`Counts`] as engine 1 kept them.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct CountsV1 {
+    passings_held: u64,
+    duplicates: u64,
+    refused_full: u64,
 }
 
 impl Engine {
     /// The state now, with the caller's position of the last input folded in.
     pub fn snapshot(&self, position: u64) -> Snapshot {
-        Snapshot::V1 {
+        Snapshot::V2 {
             engine: ENGINE_VERSION,
             position,
             last_applied: self.versions.clone(),
@@ -81,19 +113,29 @@ impl Engine {
                 passings: self.passings.values().cloned().collect(),
                 counts: self.counts,
                 decoders: self.decoders.clone(),
+                sealed: self.sealed.clone(),
+                evicted_to: self.evicted_to,
             },
         }
     }
 
-    /// An engine as it was at a snapshot, and the position given when it was taken. A snapshot of
-    /// another engine version is refused: replay in full.
+    /// An engine as it was at a snapshot, and the position given when it was taken, with the
+    /// default [`crate::Bounds`]. A snapshot of another engine version is refused: replay in full.
     pub fn restore(snapshot: Snapshot) -> Result<(Engine, u64), Error> {
-        let Snapshot::V1 {
-            engine,
-            position,
-            last_applied,
-            state,
-        } = snapshot;
+        let (engine, position, last_applied, state) = match snapshot {
+            Snapshot::V1 { engine, .. } => {
+                return Err(Error::SnapshotStale {
+                    found: engine,
+                    wanted: ENGINE_VERSION,
+                });
+            }
+            Snapshot::V2 {
+                engine,
+                position,
+                last_applied,
+                state,
+            } => (engine, position, last_applied, state),
+        };
         if engine != ENGINE_VERSION {
             return Err(Error::SnapshotStale {
                 found: engine,
@@ -123,7 +165,7 @@ impl Engine {
             .into_iter()
             .map(|p| ((p.rtc_time_us, p.decoder_id, p.passing_number), p))
             .collect();
-        let e = Engine {
+        let mut e = Engine {
             versions: last_applied,
             roster,
             track: state.track,
@@ -132,8 +174,11 @@ impl Engine {
             passings,
             counts: state.counts,
             decoders: state.decoders,
+            sealed: state.sealed,
+            evicted_to: state.evicted_to,
             ..Engine::default()
         };
+        e.set_bounds(crate::Bounds::default());
         Ok((e, position))
     }
 }

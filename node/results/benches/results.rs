@@ -5,9 +5,14 @@
 //!    Target: p99 under 1 ms.
 //! 2. Rebuilding every read model from a spool of 1 M events (passings and race events): the
 //!    one-shot replay and the live projection from zero, against a plain read of the same spool.
+//! 3. Saving the race snapshot after an hour at 100 passings/s with no session open (the soak's
+//!    load): with the default bounds, against every passing held (`Bounds::keep_all`, what engine 1
+//!    did). The save holds the spool's writer for one commit per chunk, so its time is the stall a
+//!    passing's append can meet.
 //!
 //! `cargo bench -p results` (set `RESULTS_BENCH_EVENTS` for another spool size, and
-//! `RESULTS_BENCH_DIR` to put the spool somewhere other than the temp directory).
+//! `RESULTS_BENCH_DIR` to put the spool somewhere other than the temp directory;
+//! `RESULTS_BENCH_ONLY=snapshot` runs only the third).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,6 +41,12 @@ fn main() {
         Some(dir) => tempfile::Builder::new().prefix(prefix).tempdir_in(dir),
         None => tempfile::Builder::new().prefix(prefix).tempdir(),
     };
+    let dir = tmp("results-snapshot").unwrap();
+    snapshot_save(dir.path());
+    drop(dir);
+    if std::env::var("RESULTS_BENCH_ONLY").is_ok_and(|v| v == "snapshot") {
+        return;
+    }
     let dir = tmp("results-latency").unwrap();
     rt.block_on(latency(dir.path()));
     drop(dir);
@@ -100,6 +111,58 @@ fn passing(k: u64) -> catalog::Passing {
         tran_code: None,
         decoder_id: Some(DECODER),
         unknown_tlvs: Vec::new(),
+    }
+}
+
+/// An hour at 100 passings/s, one decoder, no session open: the soak's input.
+const SNAPSHOT_PASSINGS: u64 = 360_000;
+
+/// Times [`results::store::save`] of an engine fed [`SNAPSHOT_PASSINGS`] under `bounds`, three
+/// times; returns the snapshot's bytes and the save times.
+fn save_times(spool: &Spool, bounds: Bounds) -> (usize, usize, Vec<Duration>) {
+    let mut engine = Engine::default();
+    engine.set_bounds(bounds);
+    for k in 0..SNAPSHOT_PASSINGS {
+        engine.ingest(Passing {
+            decoder_id: DecoderId(DECODER),
+            transponder: Some(100 + (k % 50) as u32),
+            tran_code: None,
+            passing_number: k as u32 + 1,
+            rtc_time_us: 1_000_000 + k * 10_000,
+        });
+    }
+    let snapshot = engine.snapshot(0);
+    let bytes = postcard::to_allocvec(&snapshot).unwrap().len();
+    let times = (0..3)
+        .map(|_| {
+            let t = Instant::now();
+            results::store::save(spool, &snapshot, Seq::ZERO).unwrap();
+            t.elapsed()
+        })
+        .collect();
+    (engine.passings_in_memory(), bytes, times)
+}
+
+fn snapshot_save(dir: &std::path::Path) {
+    let spool = Spool::open(dir, events::spool_config()).unwrap();
+    println!(
+        "
+saving the race snapshot after {SNAPSHOT_PASSINGS} passings, no session open:"
+    );
+    for (what, bounds) in [
+        (
+            "baseline: every passing held (engine 1)",
+            Bounds::keep_all(),
+        ),
+        ("default bounds", Bounds::default()),
+    ] {
+        let (held, bytes, times) = save_times(&spool, bounds);
+        let chunks = bytes.div_ceil(results::store::SNAPSHOT_CHUNK_BYTES);
+        println!(
+            "  {what:<40} {held:>7} held, {:>5.2} MB in {chunks} chunk(s), saved in {:.1?}",
+            bytes as f64 / 1e6,
+            times
+        );
     }
 }
 

@@ -73,10 +73,11 @@ pub use fold::{FoldCounts, Input, Replayed, replay};
 /// waiting behind a long rebuild: at the limit the lock is let go and taken again.
 pub const FOLD_BATCH_EVENTS_MAX: usize = 4_096;
 
-/// Default for [`ResultsConfig::snapshot_every_events`]. A snapshot holds every passing (tens of
-/// MB on a busy day) and its save holds the spool's writer for a commit per 2 MiB chunk, so it is
-/// taken rarely: at 20 passings/s, every 80 minutes. A restart then folds at most this many
-/// events, well under a second.
+/// Default for [`ResultsConfig::snapshot_every_events`]. A snapshot holds the passings the engine
+/// keeps ([`race::Bounds`]: those of open sessions, and at most [`race::PASSINGS_KEPT_MAX`] others,
+/// under a megabyte at a steady rate) and its save holds the spool's writer for a commit per 2 MiB
+/// chunk, so it is taken rarely: at 20 passings/s, every 80 minutes. A restart then folds at most
+/// this many events, well under a second.
 pub const RESULTS_SNAPSHOT_EVERY_EVENTS: u64 = 100_000;
 
 /// Default for [`ResultsConfig::snapshot_interval`], seconds: a quiet day still gets a snapshot

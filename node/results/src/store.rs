@@ -1,7 +1,8 @@
 //! The engine's snapshot in the spool's projection table, in chunks.
 //!
-//! A snapshot holds every passing, so a busy day's is tens of megabytes, and the spool keeps at most
-//! [`spool::STATE_BYTES_MAX`] in one projection row. It is therefore cut into chunks saved as rows
+//! A snapshot holds the passings the engine keeps ([`race::Bounds`]): under a megabyte at a steady
+//! rate, but a session left open all day pins its passings, tens of megabytes, and the spool keeps
+//! at most [`spool::STATE_BYTES_MAX`] in one projection row. It is therefore cut into chunks saved as rows
 //! of their own, and a small manifest row, saved last, says which chunks make the snapshot:
 //!
 //! ```text

@@ -1,6 +1,7 @@
 //! The race engine's tests, one binary. Scenarios with known truth, worked out by hand in each test.
 
 mod bmx;
+mod bounds;
 mod decisions;
 mod determinism;
 mod health;
