@@ -254,10 +254,13 @@ async fn gaps_are_filled_by_resend_and_unfillable_ones_recorded() {
     );
 
     // The status follows the append: wait for it rather than race it.
-    wait_for("the status to count the stored passings and the declared loss", || {
-        let d = &status.snapshot().decoders[0];
-        d.passings_stored == 7 && d.passings_declared_missing == 3
-    })
+    wait_for(
+        "the status to count the stored passings and the declared loss",
+        || {
+            let d = &status.snapshot().decoders[0];
+            d.passings_stored == 7 && d.passings_declared_missing == 3
+        },
+    )
     .await;
     let s = status.snapshot();
     assert_eq!(s.decoders[0].passings_stored, 7);
