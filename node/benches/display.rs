@@ -63,7 +63,7 @@ const TARGET_CPU_PCT: f64 = 10.0;
 /// The environment variable that puts the display's live stream back to its first design (one
 /// message per write, two tasks a client, the race snapshot rebuilt for every change), so the
 /// bench measures the old and the new in the same run; see `display::live::LiveWriter`.
-const LEGACY_ENV: &str = "VENUE_DISPLAY_LEGACY_LIVE";
+const LEGACY_ENV: &str = display::live::LEGACY_ENV;
 
 /// One latency run: the rate, the screens, whether the display runs at all, and whether its live
 /// stream runs the first design ([`LEGACY_ENV`]).
@@ -638,10 +638,10 @@ fn main() {
         );
         if clients > 0 {
             println!(
-                "  per screen: {} messages, {:.0} KiB; of which {} snapshots, {:.0} KiB ({:.1} KiB each)",
-                r.messages / clients,
+                "  per screen: {:.0} messages, {:.0} KiB; of which {:.0} snapshots, {:.0} KiB ({:.1} KiB each)",
+                r.messages as f64 / clients as f64,
                 r.bytes as f64 / 1024.0 / clients as f64,
-                r.snapshots / clients,
+                r.snapshots as f64 / clients as f64,
                 r.snapshot_bytes as f64 / 1024.0 / clients as f64,
                 r.snapshot_bytes as f64 / 1024.0 / r.snapshots.max(1) as f64,
             );
