@@ -19,7 +19,9 @@
 //! alone: two tasks and two wake-ups, a copy and a `write` per message per client. Now
 //! ([`LiveWriter::Batched`]) the ring's bytes are shared ([`Item::json`] is a reference-counted
 //! frame payload), one task per client feeds everything its ring holds into the socket's buffer and
-//! flushes once, at most [`CLIENT_BATCH_MESSAGES_MAX`] to a write, and the race snapshot is built
+//! flushes once, at most [`CLIENT_BATCH_MESSAGES_MAX`] to a write, its socket reads into a small
+//! buffer ([`CLIENT_READ_BUFFER_BYTES`]: tungstenite zero-fills the whole read buffer on every
+//! poll, which profiling found to be most of the CPU), and the race snapshot is built
 //! only while some client watches the `race` channel ([`crate::Display::watch_race`]). A client
 //! catching up from the spool gets a page in one write. The race snapshot itself stays whole and
 //! at most every [`crate::RACE_SNAPSHOT_INTERVAL_MS`]: the pages redraw their boards from it.
@@ -52,6 +54,18 @@ use crate::{Counters, Display, SNAPSHOT_FEED_PASSINGS};
 /// Small: the real queue is the hub's ring, where a slow client is noticed; this only lets the
 /// socket write while the task reads on.
 pub const CLIENT_WRITE_QUEUE_MESSAGES: usize = 32;
+
+/// Bytes one read from a client's socket takes at most. tungstenite zero-fills this much of its
+/// read buffer before every read, also one that finds nothing: at its default (128 KiB) and a
+/// poll per message per client, that fill was 40 % of the node's CPU with 200 screens (perf, the
+/// display bench). A client sends only pings, so a small buffer costs nothing; a larger frame is
+/// read in several reads.
+pub const CLIENT_READ_BUFFER_BYTES: usize = 4_096;
+
+const _: () = assert!(
+    CLIENT_READ_BUFFER_BYTES >= CLIENT_FRAME_BYTES_MAX,
+    "a client's largest frame fits one read"
+);
 
 /// Messages fed into one client's socket buffer before it is flushed, at most: everything the
 /// ring holds goes out in one `write`, but a client that never empties the ring still gets its
@@ -229,6 +243,10 @@ async fn websocket(
     let place = match admit(&display) {
         Ok(place) => place,
         Err(e) => return e.into_response(),
+    };
+    let upgrade = match display.config.live_writer {
+        LiveWriter::Batched => upgrade.read_buffer_size(CLIENT_READ_BUFFER_BYTES),
+        LiveWriter::PerMessage => upgrade,
     };
     upgrade
         .max_message_size(CLIENT_FRAME_BYTES_MAX)
