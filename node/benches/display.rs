@@ -60,20 +60,27 @@ const TARGET_OVER_FLOOR_P99_US: f64 = 5_000.0;
 const TARGET_RSS_KIB: u64 = 64 * 1024;
 const TARGET_CPU_PCT: f64 = 10.0;
 
-/// One latency run: the rate, the screens, and whether the display runs at all.
+/// The environment variable that puts the display's live stream back to its first design (one
+/// message per write, two tasks a client, the race snapshot rebuilt for every change), so the
+/// bench measures the old and the new in the same run; see `display::live::LiveWriter`.
+const LEGACY_ENV: &str = display::live::LEGACY_ENV;
+
+/// One latency run: the rate, the screens, whether the display runs at all, and whether its live
+/// stream runs the first design ([`LEGACY_ENV`]).
 #[derive(Debug, Clone, Copy)]
 struct Case {
     rate: u32,
     clients: usize,
     display: bool,
+    legacy: bool,
 }
 
 impl Case {
     fn label(&self) -> String {
-        if self.display {
-            format!("{:>3} screens", self.clients)
-        } else {
-            "display off".into()
+        match (self.display, self.legacy) {
+            (false, _) => "display off".into(),
+            (true, false) => format!("{:>3} screens", self.clients),
+            (true, true) => format!("{:>3} scr. old", self.clients),
         }
     }
 
@@ -87,6 +94,7 @@ impl Case {
             rate: f[0].parse().unwrap(),
             clients: f[1].parse().unwrap(),
             display: f[2].parse().unwrap(),
+            legacy: std::env::var_os(LEGACY_ENV).is_some_and(|v| v == "1"),
         }
     }
 }
@@ -143,6 +151,11 @@ async fn node_reading(master: &mut tokio_serial::SerialStream) {
 struct Seen {
     passings: Vec<(u32, Instant)>,
     lagged: bool,
+    /// Every message and its bytes, and of those the snapshots: what the node writes per screen.
+    messages: usize,
+    bytes: usize,
+    snapshots: usize,
+    snapshot_bytes: usize,
 }
 
 /// The passing number of a live `decoder.passing` event, without parsing the JSON: 200 screens at
@@ -193,6 +206,12 @@ async fn screen(
         if !announced {
             announced = true;
             let _ = ready.send(()).await;
+        }
+        seen.messages += 1;
+        seen.bytes += text.len();
+        if text.as_str().starts_with(r#"{"v":1,"kind":"snapshot""#) {
+            seen.snapshots += 1;
+            seen.snapshot_bytes += text.len();
         }
         if let Some(n) = passing_number(text.as_str()) {
             seen.passings.push((n, now));
@@ -384,7 +403,13 @@ fn field(line: &str, key: &str) -> Option<f64> {
 /// Runs `case` in a child process and returns its `RESULT` line.
 fn run_child(case: Case, seconds: u64) -> String {
     let exe = std::env::current_exe().unwrap();
-    let out = std::process::Command::new(&exe)
+    let mut command = std::process::Command::new(&exe);
+    if case.legacy {
+        command.env(LEGACY_ENV, "1");
+    } else {
+        command.env_remove(LEGACY_ENV);
+    }
+    let out = command
         .env("DISPLAY_BENCH_CHILD", case.encode())
         .env("DISPLAY_BENCH_SECONDS", seconds.to_string())
         .env("RUST_LOG", "error")
@@ -433,10 +458,27 @@ fn print_row(case: Case, line: &str, floor_p99: f64) {
     println!("{row}");
 }
 
+/// What [`resources`] measured.
+struct Resources {
+    /// The node's CPU, % of one core, over the measured window.
+    cpu_pct: f64,
+    /// The bench's own CPU (the screens' clients), % of one core, over the same window: on two
+    /// cores it competes with the node.
+    screens_cpu_pct: f64,
+    rss_kib: u64,
+    hwm_kib: u64,
+    /// Passings the screens received.
+    received: usize,
+    /// What the screens received in all: messages, bytes, and of those the snapshots.
+    messages: usize,
+    bytes: usize,
+    snapshots: usize,
+    snapshot_bytes: usize,
+}
+
 /// The node as its own process (`venue-node run`, display on 127.0.0.1) at 100 passings/s with
-/// `clients` screens: CPU % of one core over the measured window, RSS and peak RSS in KiB, and the
-/// passings the screens received.
-fn resources(seconds: u64, clients: usize) -> (f64, u64, u64, usize) {
+/// `clients` screens, its live stream in the first design when `legacy`.
+fn resources(seconds: u64, clients: usize, legacy: bool) -> Resources {
     let dir = tempfile::tempdir_in(".").unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -451,7 +493,8 @@ fn resources(seconds: u64, clients: usize) -> (f64, u64, u64, usize) {
         .unwrap()
         .port();
     let display = format!("[display]\nlisten = \"127.0.0.1:{port}\"\n");
-    let mut child = spawn_run(dir.path(), &link, &display, &[]);
+    let envs: &[(&str, &str)] = if legacy { &[(LEGACY_ENV, "1")] } else { &[] };
+    let mut child = spawn_run(dir.path(), &link, &display, envs);
     let pid = child.id();
     let measured = rt.block_on(async {
         node_reading(&mut master).await;
@@ -463,9 +506,12 @@ fn resources(seconds: u64, clients: usize) -> (f64, u64, u64, usize) {
         let sent = stamps(total as usize);
         let writer = tokio::spawn(play(master, 100, total, sent));
         tokio::time::sleep(Duration::from_secs(warm_up)).await;
-        let (c0, t0) = (cpu_seconds(pid), Instant::now());
+        let me = std::process::id();
+        let (c0, b0, t0) = (cpu_seconds(pid), cpu_seconds(me), Instant::now());
         let _master = writer.await.unwrap();
-        let cpu = (cpu_seconds(pid) - c0) / t0.elapsed().as_secs_f64() * 100.0;
+        let elapsed = t0.elapsed().as_secs_f64();
+        let cpu = (cpu_seconds(pid) - c0) / elapsed * 100.0;
+        let screens_cpu = (cpu_seconds(me) - b0) / elapsed * 100.0;
         let (rss, hwm) = (
             proc_status_kib(pid, "VmRSS:"),
             proc_status_kib(pid, "VmHWM:"),
@@ -477,12 +523,27 @@ fn resources(seconds: u64, clients: usize) -> (f64, u64, u64, usize) {
                 stop.cancel();
             }
         });
-        let mut received = 0;
+        let mut r = Resources {
+            cpu_pct: cpu,
+            screens_cpu_pct: screens_cpu,
+            rss_kib: rss,
+            hwm_kib: hwm,
+            received: 0,
+            messages: 0,
+            bytes: 0,
+            snapshots: 0,
+            snapshot_bytes: 0,
+        };
         for h in handles {
-            received += h.await.unwrap().passings.len();
+            let seen = h.await.unwrap();
+            r.received += seen.passings.len();
+            r.messages += seen.messages;
+            r.bytes += seen.bytes;
+            r.snapshots += seen.snapshots;
+            r.snapshot_bytes += seen.snapshot_bytes;
         }
         drain.abort();
-        (cpu, rss, hwm, received)
+        r
     });
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &pid.to_string()])
@@ -499,37 +560,25 @@ fn env_or(name: &str, default: u64) -> u64 {
 }
 
 fn latency_table(dir: &Path, seconds: u64, rounds: u64) {
+    let case = |rate, clients, display, legacy| Case {
+        rate,
+        clients,
+        display,
+        legacy,
+    };
     let cases = |rate| {
         [
-            Case {
-                rate,
-                clients: 0,
-                display: false,
-            },
-            Case {
-                rate,
-                clients: 0,
-                display: true,
-            },
-            Case {
-                rate,
-                clients: 1,
-                display: true,
-            },
-            Case {
-                rate,
-                clients: 50,
-                display: true,
-            },
-            Case {
-                rate,
-                clients: 200,
-                display: true,
-            },
+            case(rate, 0, false, false),
+            case(rate, 0, true, false),
+            case(rate, 1, true, false),
+            case(rate, 50, true, true),
+            case(rate, 50, true, false),
+            case(rate, 200, true, true),
+            case(rate, 200, true, false),
         ]
     };
     println!(
-        "latency, ms: p50 p99 p99.9 of byte -> durable (disk), byte -> screen over every delivery (screen), durable -> screen p50 p99 (display)"
+        "latency, ms: p50 p99 p99.9 of byte -> durable (disk), byte -> screen over every delivery (screen), durable -> screen p50 p99 (display); \"old\": the live stream's first design ({LEGACY_ENV}=1)"
     );
     for rate in [100u32, 1000] {
         for round in 1..=rounds {
@@ -555,17 +604,47 @@ fn main() {
         child(Case::decode(&case), seconds);
         return;
     }
+    // `latency` or `resources` runs only that part (while profiling one); anything else both.
+    let part = std::env::var("DISPLAY_BENCH_PART").unwrap_or_default();
     let rounds = env_or("DISPLAY_BENCH_ROUNDS", if short { 1 } else { 2 });
     let dir = tempfile::tempdir_in(".").unwrap();
-    latency_table(dir.path(), seconds, rounds);
-    for clients in [0, 200] {
-        let (cpu, rss, hwm, received) = resources(seconds, clients);
+    if part != "resources" {
+        latency_table(dir.path(), seconds, rounds);
+    }
+    if part == "latency" {
+        return;
+    }
+    println!("uptime: {}", common::uptime());
+    for (clients, legacy) in [(0, false), (200, true), (200, false)] {
+        let r = resources(seconds, clients, legacy);
         println!(
-            "venue-node run at 100 passings/s, {clients:>3} screens: CPU {cpu:.1} % of one core ({}), RSS {:.1} MiB (peak {:.1} MiB, {}), {received} passings delivered",
-            if cpu <= TARGET_CPU_PCT { "ok" } else { "MISS" },
-            rss as f64 / 1024.0,
-            hwm as f64 / 1024.0,
-            if hwm <= TARGET_RSS_KIB { "ok" } else { "MISS" },
+            "venue-node run at 100 passings/s, {clients:>3} screens{}: CPU {:.1} % of one core ({}), RSS {:.1} MiB (peak {:.1} MiB, {}), {} passings delivered; the screens' clients took {:.1} % of one core",
+            if legacy { " (old)" } else { "" },
+            r.cpu_pct,
+            if r.cpu_pct <= TARGET_CPU_PCT {
+                "ok"
+            } else {
+                "MISS"
+            },
+            r.rss_kib as f64 / 1024.0,
+            r.hwm_kib as f64 / 1024.0,
+            if r.hwm_kib <= TARGET_RSS_KIB {
+                "ok"
+            } else {
+                "MISS"
+            },
+            r.received,
+            r.screens_cpu_pct,
         );
+        if clients > 0 {
+            println!(
+                "  per screen: {:.0} messages, {:.0} KiB; of which {:.0} snapshots, {:.0} KiB ({:.1} KiB each)",
+                r.messages as f64 / clients as f64,
+                r.bytes as f64 / 1024.0 / clients as f64,
+                r.snapshots as f64 / clients as f64,
+                r.snapshot_bytes as f64 / 1024.0 / clients as f64,
+                r.snapshot_bytes as f64 / 1024.0 / r.snapshots.max(1) as f64,
+            );
+        }
     }
 }

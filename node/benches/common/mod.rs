@@ -135,3 +135,11 @@ pub fn proc_status_kib(pid: u32, key: &str) -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
 }
+
+/// The load average as `uptime` prints it, for a bench to print beside its figures: on a shared
+/// machine they mean little without it.
+pub fn uptime() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}

@@ -44,7 +44,7 @@ pub mod rmonitor;
 pub mod server;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -104,6 +104,8 @@ pub struct DisplayConfig {
     /// Where the technician's actions go: the node's runtime. `None`: the tech page's actions get
     /// 503 (a display with no runtime behind it, as in the display's own tests).
     pub tech: Option<TechSender>,
+    /// How WebSocket clients are written; [`live::LiveWriter::from_env`] by default.
+    pub live_writer: live::LiveWriter,
 }
 
 /// The technician's actions waiting for the runtime, at most: a person clicks a few a minute, and
@@ -161,6 +163,7 @@ impl DisplayConfig {
             tokens: auth::Tokens::default(),
             data_dir: None,
             tech: None,
+            live_writer: live::LiveWriter::from_env(),
         }
     }
 }
@@ -179,6 +182,14 @@ pub struct Counters {
     pub tech_actions: AtomicU64,
     pub tech_actions_limited: AtomicU64,
     pub tech_actions_refused: AtomicU64,
+    /// Messages written to WebSocket clients, and the writes (flushes) that carried them: one
+    /// write carries every message a client's ring holds at the time.
+    pub live_messages: AtomicU64,
+    pub live_writes: AtomicU64,
+    /// Race snapshots built for the ring (not those a new client gets), and changes of the race
+    /// models passed over because no client watched the race channel.
+    pub race_snapshots: AtomicU64,
+    pub race_changes_unwatched: AtomicU64,
 }
 
 impl Counters {
@@ -198,6 +209,8 @@ pub struct Display {
     /// The RMonitor feed's counts (zero while it is not served).
     pub rmonitor: rmonitor::RMonitorCounters,
     pub clients: Arc<Semaphore>,
+    /// Live clients subscribed to the race channel now: with none, no race snapshot is built.
+    race_clients: AtomicUsize,
     pub auth: auth::Limiter,
     /// The technician's actions a minute, whoever sends them ([`auth::ACTIONS_PER_MINUTE_MAX`]).
     pub tech_limit: auth::ActionLimiter,
@@ -225,6 +238,7 @@ impl Display {
         let thread = hub::start(hub.clone(), spool, cancel.clone())?;
         let display = Arc::new(Display {
             clients: Arc::new(Semaphore::new(config.clients_max)),
+            race_clients: AtomicUsize::new(0),
             config,
             hub,
             spool: spool.clone(),
@@ -256,6 +270,13 @@ impl Display {
         if let Some(thread) = thread {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
+    }
+
+    /// Counts a race client until the returned guard is dropped. Taken before the client's own
+    /// snapshot is built, so every change after that snapshot is published to it.
+    pub fn watch_race(self: &Arc<Self>) -> RaceWatch {
+        self.race_clients.fetch_add(1, Ordering::SeqCst);
+        RaceWatch(self.clone())
     }
 
     /// The race channel's snapshot: every session, the boards of those running (and of `also`), the
@@ -295,7 +316,19 @@ impl Display {
     }
 }
 
-/// Snapshots the race models whenever they change, at most every [`RACE_SNAPSHOT_INTERVAL_MS`].
+/// A race client, counted while it lives ([`Display::watch_race`]).
+pub struct RaceWatch(Arc<Display>);
+
+impl Drop for RaceWatch {
+    fn drop(&mut self) {
+        self.0.race_clients.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Snapshots the race models whenever they change, at most every [`RACE_SNAPSHOT_INTERVAL_MS`],
+/// while a client watches the race channel: a snapshot nobody receives is CPU for nothing, and a
+/// client that connects builds its own. The first design ([`live::LiveWriter::PerMessage`])
+/// built it on every change, watched or not.
 async fn race_snapshots(display: Arc<Display>) {
     let mut changed = display.race.changed();
     loop {
@@ -303,8 +336,14 @@ async fn race_snapshots(display: Arc<Display>) {
             () = display.cancel.cancelled() => return,
             r = changed.changed() => if r.is_err() { return },
         }
+        let watched = display.race_clients.load(Ordering::SeqCst) > 0;
+        if !watched && display.config.live_writer == live::LiveWriter::Batched {
+            Counters::bump(&display.counters.race_changes_unwatched);
+            continue;
+        }
         let payload = display.race_snapshot(None).await;
         display.hub.publish_snapshot(Channel::Race, payload);
+        Counters::bump(&display.counters.race_snapshots);
         tokio::select! {
             () = display.cancel.cancelled() => return,
             () = tokio::time::sleep(Duration::from_millis(RACE_SNAPSHOT_INTERVAL_MS)) => {}

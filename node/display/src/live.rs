@@ -4,36 +4,100 @@
 //! sessions are left out), `channels` (comma-separated `race`, `decoder`, `status`; default `race`),
 //! `from` (`now`, the default, or a seq to resume after).
 //!
-//! One task per client reads the [`Hub`](crate::hub::Hub)'s ring (after catching up from the spool)
-//! and writes envelopes to a small queue its socket drains. A client that falls more than the
-//! ring's length behind gets an `error` with `resume_from` and is closed; one whose socket takes no
-//! bytes for [`CLIENT_SEND_MS_MAX`] is closed. Either way nobody else waits for it.
+//! One task per WebSocket client reads the [`Hub`](crate::hub::Hub)'s ring (after catching up from
+//! the spool), feeds the envelopes into its socket and reads the client's frames. A client that
+//! falls more than the ring's length behind gets an `error` with `resume_from` and is closed; one
+//! whose socket takes no bytes for [`CLIENT_SEND_MS_MAX`] is closed. Either way nobody else waits
+//! for it. (An SSE client's task writes to a small queue the response's stream drains.)
+//!
+//! # Cost per message
+//!
+//! With 200 screens every event is 200 messages, so what a message costs a client is what the
+//! display costs the box. The first design (kept as [`LiveWriter::PerMessage`], selected by
+//! [`LEGACY_ENV`], so the bench measures both in one run) had a client task hand each message
+//! through a queue to a socket task, which copied it into a new buffer and wrote and flushed it
+//! alone: two tasks and two wake-ups, a copy and a `write` per message per client. Now
+//! ([`LiveWriter::Batched`]) the ring's bytes are shared ([`Item::json`] is a reference-counted
+//! frame payload), one task per client feeds everything its ring holds into the socket's buffer and
+//! flushes once, at most [`CLIENT_BATCH_MESSAGES_MAX`] to a write, its socket reads into a small
+//! buffer ([`CLIENT_READ_BUFFER_BYTES`]: tungstenite zero-fills the whole read buffer on every
+//! poll, which profiling found to be most of the CPU), and the race snapshot is built
+//! only while some client watches the `race` channel ([`crate::Display::watch_race`]). A client
+//! catching up from the spool gets a page in one write. The race snapshot itself stays whole and
+//! at most every [`crate::RACE_SNAPSHOT_INTERVAL_MS`]: the pages redraw their boards from it.
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{FromRequestParts, Query, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use serde_json::json;
 use spool::{Filter, Seq};
 use tokio::sync::{OwnedSemaphorePermit, broadcast, mpsc};
 
 use crate::api::ApiError;
 use crate::envelope::{Channel, Channels, Kind};
+use crate::hub::Item;
 use crate::race::RaceModels;
 use crate::{Counters, Display, SNAPSHOT_FEED_PASSINGS};
 
-/// Envelopes waiting for one client's socket. Small: the real queue is the hub's ring, where a
-/// slow client is noticed; this only lets the socket write while the task reads on.
+/// Envelopes waiting for one client's socket task (the SSE mirror, and [`LiveWriter::PerMessage`]).
+/// Small: the real queue is the hub's ring, where a slow client is noticed; this only lets the
+/// socket write while the task reads on.
 pub const CLIENT_WRITE_QUEUE_MESSAGES: usize = 32;
+
+/// Bytes one read from a client's socket takes at most. tungstenite zero-fills this much of its
+/// read buffer before every read, also one that finds nothing: at its default (128 KiB) and a
+/// poll per message per client, that fill was 40 % of the node's CPU with 200 screens (perf, the
+/// display bench). A client sends only pings, so a small buffer costs nothing; a larger frame is
+/// read in several reads.
+pub const CLIENT_READ_BUFFER_BYTES: usize = 4_096;
+
+const _: () = assert!(
+    CLIENT_READ_BUFFER_BYTES >= CLIENT_FRAME_BYTES_MAX,
+    "a client's largest frame fits one read"
+);
+
+/// Messages fed into one client's socket buffer before it is flushed, at most: everything the
+/// ring holds goes out in one `write`, but a client that never empties the ring still gets its
+/// bytes, and its task still notices a close or a cancel, every this many messages.
+pub const CLIENT_BATCH_MESSAGES_MAX: usize = 64;
+
+/// The environment variable that selects [`LiveWriter::PerMessage`] when set to `1`; the bench
+/// sets it to measure the first design against the current one in the same run.
+pub const LEGACY_ENV: &str = "VENUE_DISPLAY_LEGACY_LIVE";
+
+/// How a WebSocket client's messages reach its socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LiveWriter {
+    /// One task per client reads the ring and writes its socket: every message the ring holds is
+    /// fed into the socket's buffer (shared bytes, no copy) and flushed in one `write`.
+    Batched,
+    /// The first design, kept so the bench can measure the gain: a client task hands each
+    /// message through a queue to a socket task, which copies it and writes and flushes it alone
+    /// (two tasks, two wake-ups, a copy and a `write` per message per client).
+    PerMessage,
+}
+
+impl LiveWriter {
+    /// [`LiveWriter::PerMessage`] if [`LEGACY_ENV`] is `1`, else [`LiveWriter::Batched`].
+    pub fn from_env() -> LiveWriter {
+        if std::env::var_os(LEGACY_ENV).is_some_and(|v| v == "1") {
+            LiveWriter::PerMessage
+        } else {
+            LiveWriter::Batched
+        }
+    }
+}
 
 /// Longest one message may take to reach a client's socket buffer before the client is closed: a
 /// phone that left the WiFi stops reading long before its TCP connection times out.
@@ -180,15 +244,51 @@ async fn websocket(
         Ok(place) => place,
         Err(e) => return e.into_response(),
     };
+    let upgrade = match display.config.live_writer {
+        LiveWriter::Batched => upgrade.read_buffer_size(CLIENT_READ_BUFFER_BYTES),
+        LiveWriter::PerMessage => upgrade,
+    };
     upgrade
         .max_message_size(CLIENT_FRAME_BYTES_MAX)
         .on_upgrade(move |socket| {
             let tasks = display.tasks.clone();
-            tasks.track_future(serve_websocket(display, scope, socket, place))
+            match display.config.live_writer {
+                LiveWriter::Batched => tasks
+                    .track_future(serve_websocket(display, scope, socket, place))
+                    .boxed(),
+                LiveWriter::PerMessage => tasks
+                    .track_future(serve_websocket_per_message(display, scope, socket, place))
+                    .boxed(),
+            }
         })
 }
 
+/// One task serves the client: it reads the ring, feeds the socket and reads the client's frames.
 async fn serve_websocket(
+    display: Arc<Display>,
+    scope: Scope,
+    socket: WebSocket,
+    place: OwnedSemaphorePermit,
+) {
+    let _place = place;
+    let mut client = Client {
+        display,
+        scope,
+        out: Out::Socket(socket),
+        position: 0,
+        fed: 0,
+    };
+    // Err: the socket went away; nothing to tell anyone.
+    let _ = client.run().await;
+    if let Out::Socket(mut socket) = client.out {
+        let _ =
+            tokio::time::timeout(Duration::from_millis(CLIENT_SEND_MS_MAX), socket.close()).await;
+    }
+}
+
+/// The first design, kept to be measured against ([`LiveWriter::PerMessage`]): a client task
+/// hands each message through a queue to a socket task, which copies it and writes it alone.
+async fn serve_websocket_per_message(
     display: Arc<Display>,
     scope: Scope,
     socket: WebSocket,
@@ -202,7 +302,10 @@ async fn serve_websocket(
             message = out.recv() => {
                 let Some(message) = message else { break };
                 let closing = message.close;
-                match tokio::time::timeout(send_max, sink.send(Message::Text((&*message.text).into()))).await {
+                let sent = tokio::time::timeout(send_max, sink.send(Message::Text(message.text.as_str().into()))).await;
+                Counters::bump(&display.counters.live_writes);
+                Counters::bump(&display.counters.live_messages);
+                match sent {
                     Ok(Ok(())) if !closing => {}
                     _ => break,
                 }
@@ -215,17 +318,9 @@ async fn serve_websocket(
                     let _ = tokio::time::timeout(send_max, sink.send(Message::Text(beat.to_json().into()))).await;
                 }
                 Some(Ok(_)) => {
-                    // This stream takes nothing but pings: say so, count it, close.
                     Counters::bump(&display.counters.bad_frames);
-                    let error = display.hub.envelope(Kind::Error, None, None, display.hub.position(), json!({
-                        "code": "bad_frame",
-                        "message": "this stream takes no messages but {\"type\":\"ping\"}",
-                    }));
-                    let _ = tokio::time::timeout(send_max, sink.send(Message::Text(error.to_json().into()))).await;
-                    let _ = tokio::time::timeout(send_max, sink.send(Message::Close(Some(CloseFrame {
-                        code: 1008,
-                        reason: "bad frame".into(),
-                    })))).await;
+                    let _ = tokio::time::timeout(send_max, sink.send(Message::Text(bad_frame(&display, display.hub.position())))).await;
+                    let _ = tokio::time::timeout(send_max, sink.send(bad_frame_close())).await;
                     break;
                 }
             },
@@ -237,6 +332,28 @@ async fn serve_websocket(
 fn is_ping(text: &str) -> bool {
     serde_json::from_str::<serde_json::Value>(text)
         .is_ok_and(|v| v.get("type").and_then(|t| t.as_str()) == Some("ping"))
+}
+
+/// The `error` a client gets for a frame the stream does not take.
+fn bad_frame(display: &Display, seq: u64) -> Utf8Bytes {
+    let error = display.hub.envelope(
+        Kind::Error,
+        None,
+        None,
+        seq,
+        json!({
+            "code": "bad_frame",
+            "message": "this stream takes no messages but {\"type\":\"ping\"}",
+        }),
+    );
+    error.to_json().into()
+}
+
+fn bad_frame_close() -> Message {
+    Message::Close(Some(CloseFrame {
+        code: 1008,
+        reason: "bad frame".into(),
+    }))
 }
 
 async fn server_sent_events(
@@ -251,7 +368,7 @@ async fn server_sent_events(
     let stream = futures_util::stream::unfold(out, |mut out| async move {
         let message = out.recv().await?;
         Some((
-            Ok::<_, Infallible>(Event::default().data(message.text)),
+            Ok::<_, Infallible>(Event::default().data(message.text.as_str())),
             out,
         ))
     });
@@ -260,16 +377,17 @@ async fn server_sent_events(
         .into_response()
 }
 
-/// One message for a client's socket.
+/// One message for a client's queue.
 #[derive(Debug)]
 pub struct Outgoing {
-    pub text: Arc<str>,
+    pub text: Utf8Bytes,
     /// The last message: close after it.
     pub close: bool,
 }
 
 /// Starts a client's task; its messages come out of the returned queue, which ends when the task
-/// does. The place is held until then.
+/// does. The place is held until then. The SSE mirror's clients, and the WebSocket's in the first
+/// design, are served this way.
 pub fn spawn_client(
     display: Arc<Display>,
     scope: Scope,
@@ -282,8 +400,9 @@ pub fn spawn_client(
         let mut client = Client {
             display,
             scope,
-            tx,
+            out: Out::Queue(tx),
             position: 0,
+            fed: 0,
         };
         // Err: the socket went away; nothing to tell anyone.
         let _ = client.run().await;
@@ -294,23 +413,110 @@ pub fn spawn_client(
 /// The socket is gone.
 struct Gone;
 
+/// Where a client's messages go.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one per client, made once and never moved while it serves"
+)]
+enum Out {
+    /// A queue another task drains: the SSE response's stream, or the socket task of
+    /// [`LiveWriter::PerMessage`].
+    Queue(mpsc::Sender<Outgoing>),
+    /// The WebSocket itself: messages are fed into its buffer as they come off the ring, and
+    /// flushed (one `write`) when the ring has no more or [`CLIENT_BATCH_MESSAGES_MAX`] were fed.
+    Socket(WebSocket),
+}
+
+impl Out {
+    /// Takes one message; a socket keeps it in its buffer until [`Out::flush`].
+    async fn feed(&mut self, text: Utf8Bytes) -> Result<(), Gone> {
+        match self {
+            Out::Queue(tx) => tx
+                .send(Outgoing { text, close: false })
+                .await
+                .map_err(|_| Gone),
+            Out::Socket(socket) => within_send_max(socket.feed(Message::Text(text))).await,
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), Gone> {
+        match self {
+            Out::Queue(_) => Ok(()),
+            Out::Socket(socket) => within_send_max(socket.flush()).await,
+        }
+    }
+
+    /// Sends the last message and closes.
+    async fn last(&mut self, text: Utf8Bytes) -> Result<(), Gone> {
+        match self {
+            Out::Queue(tx) => tx
+                .send(Outgoing { text, close: true })
+                .await
+                .map_err(|_| Gone),
+            Out::Socket(socket) => {
+                within_send_max(socket.feed(Message::Text(text))).await?;
+                within_send_max(socket.close()).await
+            }
+        }
+    }
+
+    /// The next frame from the client; `None` when it is gone (for a queue: when its reader is).
+    async fn incoming(&mut self) -> Option<Message> {
+        match self {
+            Out::Queue(tx) => {
+                tx.closed().await;
+                None
+            }
+            Out::Socket(socket) => socket.recv().await?.ok(),
+        }
+    }
+}
+
+/// A socket operation that must finish within [`CLIENT_SEND_MS_MAX`].
+async fn within_send_max(
+    op: impl std::future::Future<Output = Result<(), axum::Error>>,
+) -> Result<(), Gone> {
+    match tokio::time::timeout(Duration::from_millis(CLIENT_SEND_MS_MAX), op).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(Gone),
+    }
+}
+
 struct Client {
     display: Arc<Display>,
     scope: Scope,
-    tx: mpsc::Sender<Outgoing>,
+    out: Out,
     /// Every event in scope up to this seq has been sent.
     position: u64,
+    /// Messages fed since the last flush.
+    fed: u64,
 }
 
 impl Client {
-    async fn send(&self, text: Arc<str>, close: bool) -> Result<(), Gone> {
-        self.tx
-            .send(Outgoing { text, close })
-            .await
-            .map_err(|_| Gone)
+    async fn send(&mut self, text: Utf8Bytes) -> Result<(), Gone> {
+        self.out.feed(text).await?;
+        self.fed += 1;
+        Ok(())
+    }
+
+    /// Writes what was fed; counts the write and its messages for a socket.
+    async fn flush(&mut self) -> Result<(), Gone> {
+        self.out.flush().await?;
+        if self.fed > 0 && matches!(self.out, Out::Socket(_)) {
+            let c = &self.display.counters;
+            c.live_writes.fetch_add(1, Ordering::Relaxed);
+            c.live_messages.fetch_add(self.fed, Ordering::Relaxed);
+        }
+        self.fed = 0;
+        Ok(())
     }
 
     async fn run(&mut self) -> Result<(), Gone> {
+        let _race = self
+            .scope
+            .channels
+            .contains(Channel::Race)
+            .then(|| self.display.watch_race());
         let (mut ring, ring_start) = self.display.hub.subscribe();
         self.position = match self.scope.from {
             StartAt::Now => ring_start,
@@ -320,6 +526,7 @@ impl Client {
         };
         self.snapshots().await?;
         self.catch_up(ring_start).await?;
+        self.flush().await?;
         let heartbeat_every = Duration::from_millis(self.display.config.heartbeat_interval_ms);
         let mut heartbeat = tokio::time::interval_at(
             tokio::time::Instant::now() + heartbeat_every,
@@ -328,30 +535,86 @@ impl Client {
         loop {
             tokio::select! {
                 () = self.display.cancel.cancelled() => return Ok(()),
-                () = self.tx.closed() => return Err(Gone),
+                frame = self.out.incoming() => self.answer(frame).await?,
                 _ = heartbeat.tick() => {
                     let beat = self.display.hub.envelope(Kind::Heartbeat, None, None, self.position, json!({}));
-                    self.send(beat.to_json().into(), false).await?;
+                    self.send(beat.to_json().into()).await?;
+                    self.flush().await?;
                 }
-                item = ring.recv() => match item {
-                    Ok(item) => {
-                        if item.kind == Kind::Event && item.seq <= self.position {
-                            continue;
+                item = ring.recv() => {
+                    // Everything the ring holds now goes out in one write, not one write each.
+                    let mut next = item;
+                    let mut fed = 0;
+                    loop {
+                        match next {
+                            Ok(item) => self.forward(&item).await?,
+                            Err(broadcast::error::RecvError::Lagged(missed)) => return self.lagged(missed).await,
+                            Err(broadcast::error::RecvError::Closed) => {
+                                self.flush().await?;
+                                return Ok(());
+                            }
                         }
-                        if self.scope.wants(item.channel, item.event_id) {
-                            self.send(item.json.clone(), false).await?;
+                        fed += 1;
+                        if fed == CLIENT_BATCH_MESSAGES_MAX {
+                            break;
                         }
-                        self.position = self.position.max(item.seq);
+                        next = match ring.try_recv() {
+                            Ok(item) => Ok(item),
+                            Err(broadcast::error::TryRecvError::Empty) => break,
+                            Err(broadcast::error::TryRecvError::Lagged(missed)) => Err(broadcast::error::RecvError::Lagged(missed)),
+                            Err(broadcast::error::TryRecvError::Closed) => Err(broadcast::error::RecvError::Closed),
+                        };
                     }
-                    Err(broadcast::error::RecvError::Lagged(missed)) => return self.lagged(missed).await,
-                    Err(broadcast::error::RecvError::Closed) => return Ok(()),
-                },
+                    self.flush().await?;
+                }
+            }
+        }
+    }
+
+    /// Feeds one item of the ring if the client wants it.
+    async fn forward(&mut self, item: &Item) -> Result<(), Gone> {
+        if item.kind == Kind::Event && item.seq <= self.position {
+            return Ok(());
+        }
+        if self.scope.wants(item.channel, item.event_id) {
+            self.send(item.json.clone()).await?;
+        }
+        self.position = self.position.max(item.seq);
+        Ok(())
+    }
+
+    /// What the client sent: a ping is answered with a heartbeat; anything else but the
+    /// protocol's own frames gets an error and a close.
+    async fn answer(&mut self, frame: Option<Message>) -> Result<(), Gone> {
+        match frame {
+            None | Some(Message::Close(_)) => Err(Gone),
+            Some(Message::Ping(_) | Message::Pong(_)) => Ok(()),
+            Some(Message::Text(text)) if is_ping(text.as_str()) => {
+                let beat = self.display.hub.envelope(
+                    Kind::Heartbeat,
+                    None,
+                    None,
+                    self.position,
+                    json!({}),
+                );
+                self.send(beat.to_json().into()).await?;
+                self.flush().await
+            }
+            Some(_) => {
+                // This stream takes nothing but pings: say so, count it, close.
+                Counters::bump(&self.display.counters.bad_frames);
+                let error = bad_frame(&self.display, self.position);
+                if let Out::Socket(socket) = &mut self.out {
+                    within_send_max(socket.feed(Message::Text(error))).await?;
+                    within_send_max(socket.send(bad_frame_close())).await?;
+                }
+                Err(Gone)
             }
         }
     }
 
     /// One snapshot per channel subscribed, at the client's starting seq.
-    async fn snapshots(&self) -> Result<(), Gone> {
+    async fn snapshots(&mut self) -> Result<(), Gone> {
         for channel in Channel::ALL {
             if !self.scope.channels.contains(channel) {
                 continue;
@@ -368,7 +631,7 @@ impl Client {
                 self.position,
                 payload,
             );
-            self.send(envelope.to_json().into(), false).await?;
+            self.send(envelope.to_json().into()).await?;
         }
         Ok(())
     }
@@ -392,10 +655,11 @@ impl Client {
                 let envelope = self.display.hub.event_envelope(schemas.schemas(), e);
                 let channel = envelope.channel.unwrap_or(Channel::Status);
                 if self.scope.wants(channel, envelope.event_id) {
-                    self.send(envelope.to_json().into(), false).await?;
+                    self.send(envelope.to_json().into()).await?;
                 }
                 self.position = e.seq.0;
             }
+            self.flush().await?;
             let reached = next.0.saturating_sub(1).min(until);
             assert!(
                 reached >= self.position,
@@ -409,7 +673,7 @@ impl Client {
         Ok(())
     }
 
-    async fn lagged(&self, missed: u64) -> Result<(), Gone> {
+    async fn lagged(&mut self, missed: u64) -> Result<(), Gone> {
         Counters::bump(&self.display.counters.clients_lagged);
         let error = self.display.hub.envelope(
             Kind::Error,
@@ -422,10 +686,10 @@ impl Client {
                 "resume_from": self.position,
             }),
         );
-        self.send(error.to_json().into(), true).await
+        self.out.last(error.to_json().into()).await
     }
 
-    async fn fail(&self, why: &str) -> Result<(), Gone> {
+    async fn fail(&mut self, why: &str) -> Result<(), Gone> {
         tracing::warn!(why, "live client: reading the spool failed");
         let error = self.display.hub.envelope(
             Kind::Error,
@@ -434,7 +698,7 @@ impl Client {
             self.position,
             json!({ "code": "unavailable", "message": format!("reading the spool failed: {why}"), "resume_from": self.position }),
         );
-        self.send(error.to_json().into(), true).await
+        self.out.last(error.to_json().into()).await
     }
 }
 
