@@ -216,6 +216,30 @@ async fn metrics(State(display): State<Arc<Display>>) -> Response {
             c.commands_stale.load(Ordering::Relaxed),
         ),
         (
+            "display_live_messages_total",
+            "counter",
+            "Messages written to live WebSocket clients.",
+            c.live_messages.load(Ordering::Relaxed),
+        ),
+        (
+            "display_live_writes_total",
+            "counter",
+            "Socket writes to live WebSocket clients (several messages share one when they queued together).",
+            c.live_writes.load(Ordering::Relaxed),
+        ),
+        (
+            "display_race_snapshots_total",
+            "counter",
+            "Race snapshots built for the live stream.",
+            c.race_snapshots.load(Ordering::Relaxed),
+        ),
+        (
+            "display_race_changes_unwatched_total",
+            "counter",
+            "Race changes with no client on the race channel, so no snapshot was built.",
+            c.race_changes_unwatched.load(Ordering::Relaxed),
+        ),
+        (
             "display_tech_actions_total",
             "counter",
             "Technician's actions taken and recorded.",

@@ -466,7 +466,7 @@ impl StatusWriter {
                     .flatten(),
                 race: results.map(|r| {
                     let head = spool.head().map_or(0, |h| h.0);
-                    status::RaceStatus::new(&r.stats(), head)
+                    status::RaceStatus::new(&r.stats(), &r.engine(), head)
                 }),
             })
             .await;

@@ -200,12 +200,25 @@ pub struct RaceStatus {
     pub restored_from: Option<u64>,
     pub last_snapshot_position: Option<u64>,
     pub last_error: Option<String>,
+    /// The engine's memory bound (`race::Bounds`): passings in memory now, passings that left
+    /// memory once no open session needed them, passings refused because they sort before the
+    /// newest one that left, and session events its sealed boards cannot show.
+    pub passings_in_memory: u64,
+    pub passings_evicted: u64,
+    pub passings_refused_evicted: u64,
+    pub past_bounds: u64,
 }
 
 impl RaceStatus {
-    /// The status of a projection at `stats` over a spool whose newest seq is `head`.
-    pub fn new(stats: &results::ProjectionStats, head: u64) -> RaceStatus {
+    /// The status of a projection at `stats`, with its `engine`, over a spool whose newest seq is
+    /// `head`.
+    pub fn new(stats: &results::ProjectionStats, engine: &race::Engine, head: u64) -> RaceStatus {
+        let counts = engine.counts();
         RaceStatus {
+            passings_in_memory: engine.passings_in_memory() as u64,
+            passings_evicted: counts.evicted,
+            passings_refused_evicted: counts.refused_evicted,
+            past_bounds: counts.past_bounds,
             position: stats.position,
             lag_events: head.saturating_sub(stats.position),
             folded: stats.folded_since_open,

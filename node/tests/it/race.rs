@@ -104,6 +104,18 @@ fn the_race_cli_changes_a_stopped_node_and_the_running_node_folds_and_reports_it
     wait("the projection to fold passings", dir.path(), || {
         status(&data).is_some_and(|s| s["race"]["position"].as_u64() > Some(30))
     });
+    // The engine's memory shows in the status: the simulator's passings are held, none has left
+    // yet (that takes ten minutes of decoder time).
+    wait(
+        "the status to show the passings in memory",
+        dir.path(),
+        || {
+            status(&data).is_some_and(|s| {
+                s["race"]["passings_in_memory"].as_u64() > Some(0)
+                    && s["race"]["passings_evicted"].as_u64() == Some(0)
+            })
+        },
+    );
     assert!(terminate(&mut node.0).success(), "{}", logs(dir.path()));
     let (decoder, transponders) = heard(&data);
     assert!(transponders.len() >= 2, "the simulator's riders were heard");

@@ -520,6 +520,22 @@ async fn the_race_snapshot_is_built_only_while_a_client_watches_the_race() {
     let snapshot = next_kind(&mut race, "snapshot").await;
     assert_eq!(snapshot["channel"], "race");
     assert!(counters.race_snapshots.load(Ordering::Relaxed) >= 1);
+    // The same counts are on /metrics, for the technician's Prometheus.
+    let (_, metrics) = get(&b.url("/metrics")).await;
+    for name in [
+        "display_race_snapshots_total",
+        "display_race_changes_unwatched_total",
+        "display_live_messages_total",
+        "display_live_writes_total",
+    ] {
+        let value = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<u64>().ok());
+        assert!(
+            value.is_some_and(|v| v >= 1),
+            "{name} >= 1 on /metrics:\n{metrics}"
+        );
+    }
     drop(decoder);
     b.stop().await;
 }
