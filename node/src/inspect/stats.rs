@@ -282,6 +282,9 @@ fn print_status(
                 Some(at) => parts.push(format!("last success {}", when(at, now))),
                 None => parts.push("no success yet".into()),
             }
+            if uplink.failures > 0 {
+                parts.push(format!("{} failed tries since start", uplink.failures));
+            }
             crate::outln!("  uplink      {}", parts.join(", "))?;
             if let Some(error) = &uplink.last_error {
                 match uplink.last_error_at_us {

@@ -359,6 +359,7 @@ impl Node {
                         last_success_at_us: d.last_success_at_us,
                         last_error: d.last_error.clone(),
                         last_error_at_us: d.last_error_at_us,
+                        failures: d.failures,
                         alarm: d.alarm.clone(),
                     })
                 });

@@ -70,8 +70,11 @@ pub struct UplinkStatus {
     pub backlog: u64,
     pub forward_rate_per_s: f64,
     pub last_success_at_us: Option<u64>,
+    /// The last failure since the last success (cleared by the next 200), with its time.
     pub last_error: Option<String>,
     pub last_error_at_us: Option<u64>,
+    /// Failed tries since the node started, kept after recovery.
+    pub failures: u64,
     pub alarm: Option<String>,
 }
 

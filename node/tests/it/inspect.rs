@@ -304,7 +304,7 @@ fn stats_shows_the_node_status_file_and_says_when_it_is_stale() {
         let status = serde_json::json!({
             "updated_at_us": updated_at_us,
             "uplink": {"backlog": 42, "forward_rate_per_s": 12.5, "last_success_at_us": updated_at_us,
-                       "last_error": "HTTP 503 from central"},
+                       "last_error": "HTTP 503 from central", "failures": 3},
             "decoders": [{"name": "finish", "state": "connected", "passings_stored": 7}],
         });
         std::fs::write(&status_path, status.to_string()).expect("write the status file");
@@ -315,6 +315,7 @@ fn stats_shows_the_node_status_file_and_says_when_it_is_stale() {
         &fresh,
         &[
             "backlog 42, forwarding 12.5/s",
+            "3 failed tries since start",
             "last error  HTTP 503 from central",
             "finish      connected",
             "passings_stored=7",
