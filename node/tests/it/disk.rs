@@ -191,8 +191,11 @@ fn a_disk_filled_by_another_process_then_freed_loses_no_passing() {
         lines <= 4,
         "a state change logs once and then once a minute, not a line per read:\n{log}"
     );
+    // The spool looks at the free space every 100 ms; on a quiet machine storing resumes within
+    // about a second. The bound leaves room for a build machine under load (5.35 s was seen beside
+    // the image boot test) and still fails a design that waits for a minute-long timer.
     assert!(
-        resumed < Duration::from_secs(5),
+        resumed < Duration::from_secs(10),
         "storing resumes within seconds of the space coming back: {resumed:?}"
     );
 }
