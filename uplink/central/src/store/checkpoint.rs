@@ -25,6 +25,8 @@ use spool::record::crc32c;
 use spool::storage::Storage;
 use uplink::ranges::RangeSet;
 
+use super::segment::Cursor;
+
 /// The checkpoint's file name inside the store directory.
 pub const CHECKPOINT_FILE: &str = "central.ranges";
 /// What it is written as before the rename.
@@ -161,39 +163,6 @@ impl Checkpoint {
         file.read(0, &mut bytes)
             .map_err(|e| format!("reading it: {e}"))?;
         Self::decode(&bytes).map(Some)
-    }
-}
-
-/// Reads the checkpoint front to back, every read bounds-checked.
-struct Cursor<'a> {
-    bytes: &'a [u8],
-}
-
-impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
-        if self.bytes.len() < n {
-            return Err("ends in the middle of a field".into());
-        }
-        let (head, rest) = self.bytes.split_at(n);
-        self.bytes = rest;
-        Ok(head)
-    }
-
-    fn u32(&mut self) -> Result<u32, String> {
-        Ok(u32::from_le_bytes(
-            self.take(4)?.try_into().expect("four bytes"),
-        ))
-    }
-
-    fn u64(&mut self) -> Result<u64, String> {
-        Ok(u64::from_le_bytes(
-            self.take(8)?.try_into().expect("eight bytes"),
-        ))
-    }
-
-    fn str16(&mut self) -> Result<&'a str, String> {
-        let len = u16::from_le_bytes(self.take(2)?.try_into().expect("two bytes"));
-        std::str::from_utf8(self.take(len.into())?).map_err(|_| "an id that is not UTF-8".into())
     }
 }
 

@@ -666,13 +666,13 @@ pub(crate) fn decode(body: &[u8]) -> Result<Record<'_>, String> {
     })
 }
 
-/// Reads a record body front to back, every read bounds-checked.
-struct Cursor<'a> {
-    bytes: &'a [u8],
+/// Reads a record body (or the ranges checkpoint) front to back, every read bounds-checked.
+pub(super) struct Cursor<'a> {
+    pub(super) bytes: &'a [u8],
 }
 
 impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+    pub(super) fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
         if self.bytes.len() < n {
             return Err("ends in the middle of a field".into());
         }
@@ -681,19 +681,19 @@ impl<'a> Cursor<'a> {
         Ok(head)
     }
 
-    fn u64(&mut self) -> Result<u64, String> {
+    pub(super) fn u64(&mut self) -> Result<u64, String> {
         Ok(u64::from_le_bytes(
             self.take(8)?.try_into().expect("eight bytes"),
         ))
     }
 
-    fn u32(&mut self) -> Result<u32, String> {
+    pub(super) fn u32(&mut self) -> Result<u32, String> {
         Ok(u32::from_le_bytes(
             self.take(4)?.try_into().expect("four bytes"),
         ))
     }
 
-    fn str16(&mut self) -> Result<&'a str, String> {
+    pub(super) fn str16(&mut self) -> Result<&'a str, String> {
         let len = u16::from_le_bytes(self.take(2)?.try_into().expect("two bytes"));
         std::str::from_utf8(self.take(len.into())?)
             .map_err(|_| "holds an id that is not UTF-8".into())
