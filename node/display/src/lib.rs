@@ -342,8 +342,9 @@ async fn race_snapshots(display: Arc<Display>) {
             continue;
         }
         let payload = display.race_snapshot(None).await;
-        display.hub.publish_snapshot(Channel::Race, payload);
+        // Counted before it is published, so a client holding it always finds it counted.
         Counters::bump(&display.counters.race_snapshots);
+        display.hub.publish_snapshot(Channel::Race, payload);
         tokio::select! {
             () = display.cancel.cancelled() => return,
             () = tokio::time::sleep(Duration::from_millis(RACE_SNAPSHOT_INTERVAL_MS)) => {}

@@ -271,13 +271,7 @@ async fn serve_websocket(
     place: OwnedSemaphorePermit,
 ) {
     let _place = place;
-    let mut client = Client {
-        display,
-        scope,
-        out: Out::Socket(socket),
-        position: 0,
-        fed: 0,
-    };
+    let mut client = Client::new(display, scope, Out::Socket(socket));
     // Err: the socket went away; nothing to tell anyone.
     let _ = client.run().await;
     if let Out::Socket(mut socket) = client.out {
@@ -397,13 +391,7 @@ pub fn spawn_client(
     let tasks = display.tasks.clone();
     tasks.spawn(async move {
         let _place = place;
-        let mut client = Client {
-            display,
-            scope,
-            out: Out::Queue(tx),
-            position: 0,
-            fed: 0,
-        };
+        let mut client = Client::new(display, scope, Out::Queue(tx));
         // Err: the socket went away; nothing to tell anyone.
         let _ = client.run().await;
     });
@@ -493,6 +481,16 @@ struct Client {
 }
 
 impl Client {
+    fn new(display: Arc<Display>, scope: Scope, out: Out) -> Client {
+        Client {
+            display,
+            scope,
+            out,
+            position: 0,
+            fed: 0,
+        }
+    }
+
     async fn send(&mut self, text: Utf8Bytes) -> Result<(), Gone> {
         self.out.feed(text).await?;
         self.fed += 1;

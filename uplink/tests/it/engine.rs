@@ -610,11 +610,8 @@ fn engine_of(passings: u32) -> race::Engine {
     engine
 }
 
-/// A snapshot larger than the server's `max_payload` is saved in parts and reads back whole;
-/// the next one goes to the other slot, so the first stays readable until the manifest moves.
-#[tokio::test]
-async fn a_snapshot_larger_than_max_payload_round_trips_in_parts() {
-    use central::engine::snapshot::{self, Slot, Written};
+/// A nats-server with central's streams made (the store that made them is dropped), and its URL.
+async fn nats_with_streams() -> (Nats, String) {
     let nats = Nats::single("").await;
     let url = nats.urls();
     drop(
@@ -622,6 +619,15 @@ async fn a_snapshot_larger_than_max_payload_round_trips_in_parts() {
             .await
             .unwrap(),
     );
+    (nats, url)
+}
+
+/// A snapshot larger than the server's `max_payload` is saved in parts and reads back whole;
+/// the next one goes to the other slot, so the first stays readable until the manifest moves.
+#[tokio::test]
+async fn a_snapshot_larger_than_max_payload_round_trips_in_parts() {
+    use central::engine::snapshot::{self, Slot, Written};
+    let (_nats, url) = nats_with_streams().await;
     let client = async_nats::connect(&url).await.unwrap();
     let max_payload = client.server_info().max_payload;
     let js = jetstream::new(client);
@@ -691,13 +697,7 @@ async fn a_snapshot_larger_than_max_payload_round_trips_in_parts() {
 #[tokio::test]
 async fn a_one_message_snapshot_still_loads_and_a_damaged_manifest_is_refused() {
     use central::engine::snapshot::{self, Manifest, Slot};
-    let nats = Nats::single("").await;
-    let url = nats.urls();
-    drop(
-        JetStreamStore::connect(&url, &test_streams(1))
-            .await
-            .unwrap(),
-    );
+    let (_nats, url) = nats_with_streams().await;
     let js = jetstream(&url).await;
     let engine = engine_of(100);
     let bytes = postcard::to_allocvec(&engine.snapshot(9)).unwrap();
