@@ -60,30 +60,30 @@ const TARGET_OVER_FLOOR_P99_US: f64 = 5_000.0;
 const TARGET_RSS_KIB: u64 = 64 * 1024;
 const TARGET_CPU_PCT: f64 = 10.0;
 
-/// The environment variable that picks how the display writes its WebSocket clients (`direct`,
-/// the default; `batched`, the design before it), so the bench measures both in the same run;
-/// see `display::live::LiveWriter`.
+/// The environment variable that picks how the display writes its WebSocket clients (`batched`,
+/// the default; `direct`, the hub writing every socket itself), so the bench measures both in the
+/// same run; see `display::live::LiveWriter`.
 const WRITER_ENV: &str = display::live::LIVE_WRITER_ENV;
 
-/// The live writer the runs compare against: the design before the direct writer.
-const BASELINE_WRITER: &str = "batched";
+/// The live writer measured against the default.
+const CANDIDATE_WRITER: &str = "direct";
 
 /// One latency run: the rate, the screens, whether the display runs at all, and whether its live
-/// stream runs the baseline writer ([`BASELINE_WRITER`]).
+/// stream runs the candidate writer ([`CANDIDATE_WRITER`]) instead of the default.
 #[derive(Debug, Clone, Copy)]
 struct Case {
     rate: u32,
     clients: usize,
     display: bool,
-    baseline: bool,
+    candidate: bool,
 }
 
 impl Case {
     fn label(&self) -> String {
-        match (self.display, self.baseline) {
+        match (self.display, self.candidate) {
             (false, _) => "display off".into(),
             (true, false) => format!("{:>3} screens", self.clients),
-            (true, true) => format!("{:>3} scr. old", self.clients),
+            (true, true) => format!("{:>3} scr. dir.", self.clients),
         }
     }
 
@@ -97,7 +97,7 @@ impl Case {
             rate: f[0].parse().unwrap(),
             clients: f[1].parse().unwrap(),
             display: f[2].parse().unwrap(),
-            baseline: std::env::var(WRITER_ENV).is_ok_and(|v| v == BASELINE_WRITER),
+            candidate: std::env::var(WRITER_ENV).is_ok_and(|v| v == CANDIDATE_WRITER),
         }
     }
 }
@@ -407,8 +407,8 @@ fn field(line: &str, key: &str) -> Option<f64> {
 fn run_child(case: Case, seconds: u64) -> String {
     let exe = std::env::current_exe().unwrap();
     let mut command = std::process::Command::new(&exe);
-    if case.baseline {
-        command.env(WRITER_ENV, BASELINE_WRITER);
+    if case.candidate {
+        command.env(WRITER_ENV, CANDIDATE_WRITER);
     } else {
         command.env_remove(WRITER_ENV);
     }
@@ -480,8 +480,8 @@ struct Resources {
 }
 
 /// The node as its own process (`venue-node run`, display on 127.0.0.1) at 100 passings/s with
-/// `clients` screens, its live stream on the baseline writer when `baseline`.
-fn resources(seconds: u64, clients: usize, baseline: bool) -> Resources {
+/// `clients` screens, its live stream on the candidate writer when `candidate`.
+fn resources(seconds: u64, clients: usize, candidate: bool) -> Resources {
     let dir = tempfile::tempdir_in(".").unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -496,8 +496,8 @@ fn resources(seconds: u64, clients: usize, baseline: bool) -> Resources {
         .unwrap()
         .port();
     let display = format!("[display]\nlisten = \"127.0.0.1:{port}\"\n");
-    let envs: &[(&str, &str)] = if baseline {
-        &[(WRITER_ENV, BASELINE_WRITER)]
+    let envs: &[(&str, &str)] = if candidate {
+        &[(WRITER_ENV, CANDIDATE_WRITER)]
     } else {
         &[]
     };
@@ -567,11 +567,11 @@ fn env_or(name: &str, default: u64) -> u64 {
 }
 
 fn latency_table(dir: &Path, seconds: u64, rounds: u64) {
-    let case = |rate, clients, display, baseline| Case {
+    let case = |rate, clients, display, candidate| Case {
         rate,
         clients,
         display,
-        baseline,
+        candidate,
     };
     let cases = |rate| {
         [
@@ -585,7 +585,7 @@ fn latency_table(dir: &Path, seconds: u64, rounds: u64) {
         ]
     };
     println!(
-        "latency, ms: p50 p99 p99.9 of byte -> durable (disk), byte -> screen over every delivery (screen), durable -> screen p50 p99 (display); \"old\": the live stream's writer before the direct one ({WRITER_ENV}={BASELINE_WRITER})"
+        "latency, ms: p50 p99 p99.9 of byte -> durable (disk), byte -> screen over every delivery (screen), durable -> screen p50 p99 (display); \"dir.\": the live stream's direct writer ({WRITER_ENV}={CANDIDATE_WRITER})"
     );
     for rate in [100u32, 1000] {
         for round in 1..=rounds {
@@ -622,11 +622,11 @@ fn main() {
         return;
     }
     println!("uptime: {}", common::uptime());
-    for (clients, baseline) in [(0, false), (200, true), (200, false)] {
-        let r = resources(seconds, clients, baseline);
+    for (clients, candidate) in [(0, false), (200, false), (200, true)] {
+        let r = resources(seconds, clients, candidate);
         println!(
             "venue-node run at 100 passings/s, {clients:>3} screens{}: CPU {:.1} % of one core ({}), RSS {:.1} MiB (peak {:.1} MiB, {}), {} passings delivered; the screens' clients took {:.1} % of one core",
-            if baseline { " (old)" } else { "" },
+            if candidate { " (direct)" } else { "" },
             r.cpu_pct,
             if r.cpu_pct <= TARGET_CPU_PCT {
                 "ok"

@@ -304,6 +304,15 @@ impl Display {
             .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }))
     }
 
+    /// Publishes a snapshot from a blocking thread: the hub writes its frame into every direct
+    /// client's socket there and then, and 200 sends of a 7 KiB snapshot are milliseconds of CPU
+    /// that an async worker should not hold.
+    async fn publish_snapshot(self: &Arc<Self>, channel: Channel, payload: serde_json::Value) {
+        let display = self.clone();
+        let _ = tokio::task::spawn_blocking(move || display.hub.publish_snapshot(channel, payload))
+            .await;
+    }
+
     fn status_payload(&self) -> serde_json::Value {
         let disk = self.config.data_dir.as_ref().and_then(|dir| {
             let s = rustix::fs::statvfs(dir).ok()?;
@@ -351,7 +360,7 @@ async fn race_snapshots(display: Arc<Display>) {
         let payload = display.race_snapshot(None).await;
         // Counted before it is published, so a client holding it always finds it counted.
         Counters::bump(&display.counters.race_snapshots);
-        display.hub.publish_snapshot(Channel::Race, payload);
+        display.publish_snapshot(Channel::Race, payload).await;
         tokio::select! {
             () = display.cancel.cancelled() => return,
             () = tokio::time::sleep(Duration::from_millis(RACE_SNAPSHOT_INTERVAL_MS)) => {}
@@ -368,7 +377,7 @@ async fn status_snapshots(display: Arc<Display>) {
             _ = tick.tick() => {}
         }
         let payload = display.status_snapshot().await;
-        display.hub.publish_snapshot(Channel::Status, payload);
+        display.publish_snapshot(Channel::Status, payload).await;
     }
 }
 

@@ -4,14 +4,13 @@
 //! sessions are left out), `channels` (comma-separated `race`, `decoder`, `status`; default `race`),
 //! `from` (`now`, the default, or a seq to resume after).
 //!
-//! Each WebSocket client has a task that sends its snapshot and catches it up from the spool;
-//! from then on the [`Hub`](crate::hub::Hub) writes each event into the client's socket itself
-//! ([`crate::direct`]), and the task only reads the client's frames, sends heartbeats and writes
-//! what a full socket left in the client's queue. A client whose queue fills up (it fell the
-//! queue's length behind) gets an `error` with `resume_from` and is closed; one whose socket takes
-//! no bytes for [`CLIENT_SEND_MS_MAX`] is closed. Either way nobody else waits for it. (An SSE
-//! client's task reads the hub's broadcast ring and writes to a small queue the response's stream
-//! drains.)
+//! One task per WebSocket client reads the [`Hub`](crate::hub::Hub)'s ring (after catching up from
+//! the spool), feeds the envelopes into its socket and reads the client's frames. A client that
+//! falls more than the ring's length behind gets an `error` with `resume_from` and is closed; one
+//! whose socket takes no bytes for [`CLIENT_SEND_MS_MAX`] is closed. Either way nobody else waits
+//! for it. (An SSE client's task writes to a small queue the response's stream drains.) With
+//! [`LiveWriter::Direct`] the hub writes the client's socket itself instead ([`crate::direct`]),
+//! with the same contract.
 //!
 //! # Cost per message
 //!
@@ -28,11 +27,18 @@
 //!   ([`CLIENT_READ_BUFFER_BYTES`]: tungstenite zero-fills the whole read buffer on every poll,
 //!   which profiling found to be most of the CPU). Still a task woken, polled and a frame built
 //!   per client per event.
-//! - [`LiveWriter::Direct`], the default: a server's frames are unmasked, so the hub builds each
-//!   event's frame once ([`Item::frame`]) and writes it into every client's socket with a
-//!   `try_write` that never blocks; only a socket that takes less queues the rest and wakes its
-//!   task. Per client per event that is one `send` and no wake-up. A client catching up from the
-//!   spool still gets a page in one write.
+//! - [`LiveWriter::Batched`] is the default. [`LiveWriter::Direct`] was tried against it: a
+//!   server's frames are unmasked, so the hub builds each event's frame once ([`Item::frame`]) and
+//!   writes it into every client's socket with a `try_write` that never blocks; only a socket that
+//!   takes less queues the rest and wakes its task. Per client per event that is one `send` and
+//!   no wake-up, and the profile's user-space share fell from about 40 % to under 10 %. But the
+//!   `send`s are the cost: on loopback each one also runs the reader's TCP receive and wake-up,
+//!   and the one hub thread makes every one of them, one per message, where the batched tasks
+//!   coalesce whatever queued while they waited. On the shared two-core build machine the bench
+//!   measured it worse (200 screens at 100/s: CPU 26-31 % against 18-21 %, and screen latency
+//!   seconds behind as the hub thread fell behind), so it stays selectable, not the default.
+//!   Coalescing in the hub (every event it reads at once in one `send` per client) is the next
+//!   step it would need.
 //!
 //! With every design the race snapshot is built only while some client watches the `race` channel
 //! ([`crate::Display::watch_race`]) and at most every [`crate::RACE_SNAPSHOT_INTERVAL_MS`]: the
@@ -89,21 +95,22 @@ const _: () = assert!(
 /// bytes, and its task still notices a close or a cancel, every this many messages.
 pub const CLIENT_BATCH_MESSAGES_MAX: usize = 64;
 
-/// The environment variable that selects how WebSocket clients are written: `direct` (the
-/// default), `batched` or `per-message` ([`LiveWriter`]); the bench sets it to measure the
+/// The environment variable that selects how WebSocket clients are written: `batched` (the
+/// default), `direct` or `per-message` ([`LiveWriter`]); the bench sets it to measure the
 /// designs against each other in the same run.
 pub const LIVE_WRITER_ENV: &str = "VENUE_DISPLAY_LIVE_WRITER";
 
 /// How a WebSocket client's messages reach its socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LiveWriter {
-    /// The hub writes each event's frame, built once, into every client's socket itself
-    /// ([`crate::direct`]); a client's task runs only to catch up, to write what a full socket
-    /// left queued, to read the client's frames and to send heartbeats.
-    Direct,
     /// One task per client reads the ring and writes its socket: every message the ring holds is
     /// fed into the socket's buffer (shared bytes, no copy) and flushed in one `write`.
     Batched,
+    /// The hub writes each event's frame, built once, into every client's socket itself
+    /// ([`crate::direct`]); a client's task runs only to catch up, to write what a full socket
+    /// left queued, to read the client's frames and to send heartbeats. Not the default: see
+    /// the module docs for what the bench measured.
+    Direct,
     /// The first design, kept so the bench can measure the gain: a client task hands each
     /// message through a queue to a socket task, which copies it and writes and flushes it alone
     /// (two tasks, two wake-ups, a copy and a `write` per message per client).
@@ -111,23 +118,23 @@ pub enum LiveWriter {
 }
 
 impl LiveWriter {
-    /// The writer [`LIVE_WRITER_ENV`] names; [`LiveWriter::Direct`] when it is unset, or (with a
+    /// The writer [`LIVE_WRITER_ENV`] names; [`LiveWriter::Batched`] when it is unset, or (with a
     /// warning) when it names none.
     pub fn from_env() -> LiveWriter {
         let name = std::env::var(LIVE_WRITER_ENV).unwrap_or_default();
         LiveWriter::parse(&name).unwrap_or_else(|| {
             tracing::warn!(
-                "{LIVE_WRITER_ENV}={name:?} names no live writer (direct, batched, per-message): direct it is"
+                "{LIVE_WRITER_ENV}={name:?} names no live writer (batched, direct, per-message): batched it is"
             );
-            LiveWriter::Direct
+            LiveWriter::Batched
         })
     }
 
     /// A writer by its name in [`LIVE_WRITER_ENV`]; the empty name is the default.
     pub fn parse(name: &str) -> Option<LiveWriter> {
         match name {
-            "" | "direct" => Some(LiveWriter::Direct),
-            "batched" => Some(LiveWriter::Batched),
+            "" | "batched" => Some(LiveWriter::Batched),
+            "direct" => Some(LiveWriter::Direct),
             "per-message" => Some(LiveWriter::PerMessage),
             _ => None,
         }

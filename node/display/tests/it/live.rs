@@ -547,6 +547,13 @@ async fn the_race_snapshot_is_built_only_while_a_client_watches_the_race() {
     b.stop().await;
 }
 
+/// The test box's configuration with the direct writer, which is not the default.
+fn direct() -> display::DisplayConfig {
+    let mut c = config();
+    c.live_writer = LiveWriter::Direct;
+    c
+}
+
 /// 20 race clients; `n` passings stored one at a time, each read by every client before the next
 /// is stored. Returns what the display counted meanwhile: (messages, task wakes).
 async fn lock_step_wakes(writer: LiveWriter, n: u32) -> (u64, u64) {
@@ -604,7 +611,7 @@ async fn the_direct_writer_delivers_events_without_waking_a_task_per_client() {
 /// in its queue and its task writes them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_whose_socket_filled_up_gets_every_event_in_order_once_it_reads() {
-    let b = TestBox::start(config()).await;
+    let b = TestBox::start(direct()).await;
     let mut slow = stalled_client(&b).await;
     assert_eq!(next(&mut slow).await["kind"], "snapshot");
     // Some 400 KB of envelopes: far more than the socket's buffers, well within the queue.
@@ -628,7 +635,7 @@ async fn a_control_ping_gets_a_pong_and_a_close_gets_a_close() {
     use tokio_tungstenite::tungstenite::Message;
     use tokio_tungstenite::tungstenite::protocol::CloseFrame;
     use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-    let b = TestBox::start(config()).await;
+    let b = TestBox::start(direct()).await;
     let mut ws = connect(&b.ws_url("")).await;
     assert_eq!(next(&mut ws).await["kind"], "snapshot");
     ws.send(Message::Ping("are you there".into()))
@@ -692,7 +699,7 @@ fn server_frames(mut bytes: &[u8]) -> (Vec<String>, Option<u16>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_handshake_and_the_clients_frames_are_checked() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let b = TestBox::start(config()).await;
+    let b = TestBox::start(direct()).await;
     let (status, body) = get(&b.ws_url("").replace("ws://", "http://")).await;
     assert_eq!(status, 400);
     assert!(body.contains("Connection: upgrade"), "{body}");
