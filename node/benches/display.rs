@@ -60,27 +60,30 @@ const TARGET_OVER_FLOOR_P99_US: f64 = 5_000.0;
 const TARGET_RSS_KIB: u64 = 64 * 1024;
 const TARGET_CPU_PCT: f64 = 10.0;
 
-/// The environment variable that puts the display's live stream back to its first design (one
-/// message per write, two tasks a client, the race snapshot rebuilt for every change), so the
-/// bench measures the old and the new in the same run; see `display::live::LiveWriter`.
-const LEGACY_ENV: &str = display::live::LEGACY_ENV;
+/// The environment variable that picks how the display writes its WebSocket clients (`batched`,
+/// the default; `direct`, the hub writing every socket itself), so the bench measures both in the
+/// same run; see `display::live::LiveWriter`.
+const WRITER_ENV: &str = display::live::LIVE_WRITER_ENV;
+
+/// The live writer measured against the default.
+const CANDIDATE_WRITER: &str = "direct";
 
 /// One latency run: the rate, the screens, whether the display runs at all, and whether its live
-/// stream runs the first design ([`LEGACY_ENV`]).
+/// stream runs the candidate writer ([`CANDIDATE_WRITER`]) instead of the default.
 #[derive(Debug, Clone, Copy)]
 struct Case {
     rate: u32,
     clients: usize,
     display: bool,
-    legacy: bool,
+    candidate: bool,
 }
 
 impl Case {
     fn label(&self) -> String {
-        match (self.display, self.legacy) {
+        match (self.display, self.candidate) {
             (false, _) => "display off".into(),
             (true, false) => format!("{:>3} screens", self.clients),
-            (true, true) => format!("{:>3} scr. old", self.clients),
+            (true, true) => format!("{:>3} scr. dir.", self.clients),
         }
     }
 
@@ -94,7 +97,7 @@ impl Case {
             rate: f[0].parse().unwrap(),
             clients: f[1].parse().unwrap(),
             display: f[2].parse().unwrap(),
-            legacy: std::env::var_os(LEGACY_ENV).is_some_and(|v| v == "1"),
+            candidate: std::env::var(WRITER_ENV).is_ok_and(|v| v == CANDIDATE_WRITER),
         }
     }
 }
@@ -404,10 +407,10 @@ fn field(line: &str, key: &str) -> Option<f64> {
 fn run_child(case: Case, seconds: u64) -> String {
     let exe = std::env::current_exe().unwrap();
     let mut command = std::process::Command::new(&exe);
-    if case.legacy {
-        command.env(LEGACY_ENV, "1");
+    if case.candidate {
+        command.env(WRITER_ENV, CANDIDATE_WRITER);
     } else {
-        command.env_remove(LEGACY_ENV);
+        command.env_remove(WRITER_ENV);
     }
     let out = command
         .env("DISPLAY_BENCH_CHILD", case.encode())
@@ -477,8 +480,8 @@ struct Resources {
 }
 
 /// The node as its own process (`venue-node run`, display on 127.0.0.1) at 100 passings/s with
-/// `clients` screens, its live stream in the first design when `legacy`.
-fn resources(seconds: u64, clients: usize, legacy: bool) -> Resources {
+/// `clients` screens, its live stream on the candidate writer when `candidate`.
+fn resources(seconds: u64, clients: usize, candidate: bool) -> Resources {
     let dir = tempfile::tempdir_in(".").unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -493,7 +496,11 @@ fn resources(seconds: u64, clients: usize, legacy: bool) -> Resources {
         .unwrap()
         .port();
     let display = format!("[display]\nlisten = \"127.0.0.1:{port}\"\n");
-    let envs: &[(&str, &str)] = if legacy { &[(LEGACY_ENV, "1")] } else { &[] };
+    let envs: &[(&str, &str)] = if candidate {
+        &[(WRITER_ENV, CANDIDATE_WRITER)]
+    } else {
+        &[]
+    };
     let mut child = spawn_run(dir.path(), &link, &display, envs);
     let pid = child.id();
     let measured = rt.block_on(async {
@@ -560,11 +567,11 @@ fn env_or(name: &str, default: u64) -> u64 {
 }
 
 fn latency_table(dir: &Path, seconds: u64, rounds: u64) {
-    let case = |rate, clients, display, legacy| Case {
+    let case = |rate, clients, display, candidate| Case {
         rate,
         clients,
         display,
-        legacy,
+        candidate,
     };
     let cases = |rate| {
         [
@@ -578,7 +585,7 @@ fn latency_table(dir: &Path, seconds: u64, rounds: u64) {
         ]
     };
     println!(
-        "latency, ms: p50 p99 p99.9 of byte -> durable (disk), byte -> screen over every delivery (screen), durable -> screen p50 p99 (display); \"old\": the live stream's first design ({LEGACY_ENV}=1)"
+        "latency, ms: p50 p99 p99.9 of byte -> durable (disk), byte -> screen over every delivery (screen), durable -> screen p50 p99 (display); \"dir.\": the live stream's direct writer ({WRITER_ENV}={CANDIDATE_WRITER})"
     );
     for rate in [100u32, 1000] {
         for round in 1..=rounds {
@@ -615,11 +622,11 @@ fn main() {
         return;
     }
     println!("uptime: {}", common::uptime());
-    for (clients, legacy) in [(0, false), (200, true), (200, false)] {
-        let r = resources(seconds, clients, legacy);
+    for (clients, candidate) in [(0, false), (200, false), (200, true)] {
+        let r = resources(seconds, clients, candidate);
         println!(
             "venue-node run at 100 passings/s, {clients:>3} screens{}: CPU {:.1} % of one core ({}), RSS {:.1} MiB (peak {:.1} MiB, {}), {} passings delivered; the screens' clients took {:.1} % of one core",
-            if legacy { " (old)" } else { "" },
+            if candidate { " (direct)" } else { "" },
             r.cpu_pct,
             if r.cpu_pct <= TARGET_CPU_PCT {
                 "ok"

@@ -228,6 +228,12 @@ async fn metrics(State(display): State<Arc<Display>>) -> Response {
             c.live_writes.load(Ordering::Relaxed),
         ),
         (
+            "display_live_task_wakes_total",
+            "counter",
+            "Times a live WebSocket client's task woke to write (with the direct writer, only for a full socket).",
+            c.live_task_wakes.load(Ordering::Relaxed),
+        ),
+        (
             "display_race_snapshots_total",
             "counter",
             "Race snapshots built for the live stream.",

@@ -15,17 +15,23 @@
 //! Publishing and subscribing take one lock, so a new client knows exactly which seq the ring
 //! starts after ([`Hub::subscribe`]): what came before is read from the spool, what comes after
 //! from the ring, with no gap and no duplicate.
+//!
+//! WebSocket clients of the direct writer ([`crate::direct`]) are not on the ring: the hub offers
+//! each item to each of them itself, under the same lock ([`Hub::attach`]), and writes its frame
+//! straight into the client's socket; a client's own queue is then its bound.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::extract::ws::Utf8Bytes;
+use bytes::Bytes;
 use serde::Serialize;
 use spool::{RecordedEvent, Seq, Spool};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
+use crate::direct::Outbox;
 use crate::envelope::{Channel, ENVELOPE_VERSION, Envelope, Kind};
 
 /// The most decoders the technician's board follows; a venue has a handful. Past it a new decoder's
@@ -47,6 +53,23 @@ pub struct Item {
     /// The envelope's JSON as the WebSocket frame's payload: a clone is a reference count, so 200
     /// clients share one buffer instead of copying it 200 times.
     pub json: Utf8Bytes,
+    /// The same envelope as a whole WebSocket frame (a server's frames are unmasked, so the bytes
+    /// are the same for every client), for the direct writer.
+    pub frame: Bytes,
+}
+
+impl Item {
+    fn new(kind: Kind, channel: Channel, envelope: &Envelope) -> Item {
+        let json = envelope.to_json();
+        Item {
+            kind,
+            channel,
+            event_id: envelope.event_id,
+            seq: envelope.seq,
+            frame: crate::frame::text(&json),
+            json: json.into(),
+        }
+    }
 }
 
 /// The newest state of one decoder, from its own events.
@@ -97,13 +120,20 @@ impl DecoderBoard {
     }
 }
 
+/// What the hub has published, and to whom it writes itself.
+struct Published {
+    /// The seq of the newest event on the ring.
+    position: u64,
+    /// The direct writer's clients, each offered every item.
+    direct: Vec<Arc<Outbox>>,
+}
+
 /// The hub's shared state.
 pub struct Hub {
     track_id: String,
     tx: broadcast::Sender<Arc<Item>>,
-    /// The seq of the newest event on the ring; held while publishing, so subscribers see a ring and
-    /// a position that agree.
-    position: Mutex<u64>,
+    /// Held while publishing, so subscribers see a ring and a position that agree.
+    published: Mutex<Published>,
     decoders: Mutex<DecoderBoard>,
     pub events_published: AtomicU64,
 }
@@ -115,7 +145,10 @@ impl Hub {
         Arc::new(Hub {
             track_id,
             tx,
-            position: Mutex::new(position),
+            published: Mutex::new(Published {
+                position,
+                direct: Vec::new(),
+            }),
             decoders: Mutex::new(DecoderBoard::default()),
             events_published: AtomicU64::new(0),
         })
@@ -125,19 +158,33 @@ impl Hub {
         &self.track_id
     }
 
-    fn lock_position(&self) -> std::sync::MutexGuard<'_, u64> {
-        self.position.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Published> {
+        self.published.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A receiver of everything published after the returned seq.
     pub fn subscribe(&self) -> (broadcast::Receiver<Arc<Item>>, u64) {
-        let position = self.lock_position();
-        (self.tx.subscribe(), *position)
+        let published = self.lock();
+        (self.tx.subscribe(), published.position)
+    }
+
+    /// Offers `outbox` every item published after the returned seq, skipping events up to
+    /// `from` (a client resuming after what the hub has read yet); until [`Hub::detach`].
+    pub fn attach(&self, outbox: Arc<Outbox>, from: Option<u64>) -> u64 {
+        let mut published = self.lock();
+        let start = published.position;
+        outbox.start_at(from.map_or(start, |from| from.max(start)));
+        published.direct.push(outbox);
+        start
+    }
+
+    pub fn detach(&self, outbox: &Arc<Outbox>) {
+        self.lock().direct.retain(|o| !Arc::ptr_eq(o, outbox));
     }
 
     /// The seq of the newest event published.
     pub fn position(&self) -> u64 {
-        *self.lock_position()
+        self.lock().position
     }
 
     pub fn decoders(&self) -> DecoderBoard {
@@ -194,36 +241,38 @@ impl Hub {
     /// Publishes one stored event; events must come in seq order.
     fn publish_event(&self, envelope: &Envelope) {
         let channel = envelope.channel.unwrap_or(Channel::Status);
-        let item = Arc::new(Item {
-            kind: Kind::Event,
-            channel,
-            event_id: envelope.event_id,
-            seq: envelope.seq,
-            json: envelope.to_json().into(),
-        });
-        let mut position = self.lock_position();
+        let item = Arc::new(Item::new(Kind::Event, channel, envelope));
+        let mut published = self.lock();
         assert!(
-            item.seq > *position,
+            item.seq > published.position,
             "the hub publishes spool events in seq order, once"
         );
-        *position = item.seq;
-        // No receiver is not an error: nobody is watching.
-        let _ = self.tx.send(item);
+        published.position = item.seq;
+        Self::send(&self.tx, &published, item);
         self.events_published.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Publishes a snapshot of `channel`, at the current position.
     pub fn publish_snapshot(&self, channel: Channel, payload: serde_json::Value) {
-        let position = self.lock_position();
-        let envelope = self.envelope(Kind::Snapshot, Some(channel), None, *position, payload);
-        let item = Arc::new(Item {
-            kind: Kind::Snapshot,
-            channel,
-            event_id: None,
-            seq: *position,
-            json: envelope.to_json().into(),
-        });
-        let _ = self.tx.send(item);
+        let published = self.lock();
+        let envelope = self.envelope(
+            Kind::Snapshot,
+            Some(channel),
+            None,
+            published.position,
+            payload,
+        );
+        let item = Arc::new(Item::new(Kind::Snapshot, channel, &envelope));
+        Self::send(&self.tx, &published, item);
+    }
+
+    /// Hands `item` to the ring and to each direct client, under the lock.
+    fn send(tx: &broadcast::Sender<Arc<Item>>, published: &Published, item: Arc<Item>) {
+        for outbox in &published.direct {
+            outbox.offer(&item);
+        }
+        // No receiver is not an error: nobody is watching.
+        let _ = tx.send(item);
     }
 
     fn fold_decoder(&self, e: &RecordedEvent, data: &serde_json::Value) {

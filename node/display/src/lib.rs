@@ -35,7 +35,9 @@
 
 pub mod api;
 pub mod auth;
+pub mod direct;
 pub mod envelope;
+pub mod frame;
 pub mod hub;
 pub mod live;
 pub mod pages;
@@ -186,6 +188,10 @@ pub struct Counters {
     /// write carries every message a client's ring holds at the time.
     pub live_messages: AtomicU64,
     pub live_writes: AtomicU64,
+    /// Times a WebSocket client's task woke to write what came for it: with the batched writer
+    /// once per batch off the ring; with the direct writer only when its socket was full and its
+    /// queue held frames (the hub writes the rest itself).
+    pub live_task_wakes: AtomicU64,
     /// Race snapshots built for the ring (not those a new client gets), and changes of the race
     /// models passed over because no client watched the race channel.
     pub race_snapshots: AtomicU64,
@@ -205,7 +211,8 @@ pub struct Display {
     pub spool: spool::Spool,
     pub status: Arc<dyn StatusSource>,
     pub race: Arc<dyn RaceModels>,
-    pub counters: Counters,
+    /// Shared with the direct writer's clients ([`direct::Outbox`]), which count their writes.
+    pub counters: Arc<Counters>,
     /// The RMonitor feed's counts (zero while it is not served).
     pub rmonitor: rmonitor::RMonitorCounters,
     pub clients: Arc<Semaphore>,
@@ -244,7 +251,7 @@ impl Display {
             spool: spool.clone(),
             status,
             race,
-            counters: Counters::default(),
+            counters: Arc::new(Counters::default()),
             rmonitor: rmonitor::RMonitorCounters::default(),
             auth: auth::Limiter::default(),
             tech_limit: auth::ActionLimiter::default(),
@@ -297,6 +304,15 @@ impl Display {
             .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }))
     }
 
+    /// Publishes a snapshot from a blocking thread: the hub writes its frame into every direct
+    /// client's socket there and then, and 200 sends of a 7 KiB snapshot are milliseconds of CPU
+    /// that an async worker should not hold.
+    async fn publish_snapshot(self: &Arc<Self>, channel: Channel, payload: serde_json::Value) {
+        let display = self.clone();
+        let _ = tokio::task::spawn_blocking(move || display.hub.publish_snapshot(channel, payload))
+            .await;
+    }
+
     fn status_payload(&self) -> serde_json::Value {
         let disk = self.config.data_dir.as_ref().and_then(|dir| {
             let s = rustix::fs::statvfs(dir).ok()?;
@@ -337,14 +353,14 @@ async fn race_snapshots(display: Arc<Display>) {
             r = changed.changed() => if r.is_err() { return },
         }
         let watched = display.race_clients.load(Ordering::SeqCst) > 0;
-        if !watched && display.config.live_writer == live::LiveWriter::Batched {
+        if !watched && display.config.live_writer != live::LiveWriter::PerMessage {
             Counters::bump(&display.counters.race_changes_unwatched);
             continue;
         }
         let payload = display.race_snapshot(None).await;
         // Counted before it is published, so a client holding it always finds it counted.
         Counters::bump(&display.counters.race_snapshots);
-        display.hub.publish_snapshot(Channel::Race, payload);
+        display.publish_snapshot(Channel::Race, payload).await;
         tokio::select! {
             () = display.cancel.cancelled() => return,
             () = tokio::time::sleep(Duration::from_millis(RACE_SNAPSHOT_INTERVAL_MS)) => {}
@@ -361,7 +377,7 @@ async fn status_snapshots(display: Arc<Display>) {
             _ = tick.tick() => {}
         }
         let payload = display.status_snapshot().await;
-        display.hub.publish_snapshot(Channel::Status, payload);
+        display.publish_snapshot(Channel::Status, payload).await;
     }
 }
 

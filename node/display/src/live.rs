@@ -8,23 +8,41 @@
 //! the spool), feeds the envelopes into its socket and reads the client's frames. A client that
 //! falls more than the ring's length behind gets an `error` with `resume_from` and is closed; one
 //! whose socket takes no bytes for [`CLIENT_SEND_MS_MAX`] is closed. Either way nobody else waits
-//! for it. (An SSE client's task writes to a small queue the response's stream drains.)
+//! for it. (An SSE client's task writes to a small queue the response's stream drains.) With
+//! [`LiveWriter::Direct`] the hub writes the client's socket itself instead ([`crate::direct`]),
+//! with the same contract.
 //!
 //! # Cost per message
 //!
 //! With 200 screens every event is 200 messages, so what a message costs a client is what the
-//! display costs the box. The first design (kept as [`LiveWriter::PerMessage`], selected by
-//! [`LEGACY_ENV`], so the bench measures both in one run) had a client task hand each message
-//! through a queue to a socket task, which copied it into a new buffer and wrote and flushed it
-//! alone: two tasks and two wake-ups, a copy and a `write` per message per client. Now
-//! ([`LiveWriter::Batched`]) the ring's bytes are shared ([`Item::json`] is a reference-counted
-//! frame payload), one task per client feeds everything its ring holds into the socket's buffer and
-//! flushes once, at most [`CLIENT_BATCH_MESSAGES_MAX`] to a write, its socket reads into a small
-//! buffer ([`CLIENT_READ_BUFFER_BYTES`]: tungstenite zero-fills the whole read buffer on every
-//! poll, which profiling found to be most of the CPU), and the race snapshot is built
-//! only while some client watches the `race` channel ([`crate::Display::watch_race`]). A client
-//! catching up from the spool gets a page in one write. The race snapshot itself stays whole and
-//! at most every [`crate::RACE_SNAPSHOT_INTERVAL_MS`]: the pages redraw their boards from it.
+//! display costs the box. Three designs, selectable by [`LIVE_WRITER_ENV`] so the bench measures
+//! them in one run:
+//!
+//! - [`LiveWriter::PerMessage`], the first: a client task handed each message through a queue to
+//!   a socket task, which copied it into a new buffer and wrote and flushed it alone: two tasks
+//!   and two wake-ups, a copy and a `write` per message per client.
+//! - [`LiveWriter::Batched`]: the ring's bytes are shared ([`Item::json`]), one task per client
+//!   feeds everything its ring holds into the socket's buffer and flushes once, at most
+//!   [`CLIENT_BATCH_MESSAGES_MAX`] to a write, its socket reads into a small buffer
+//!   ([`CLIENT_READ_BUFFER_BYTES`]: tungstenite zero-fills the whole read buffer on every poll,
+//!   which profiling found to be most of the CPU). Still a task woken, polled and a frame built
+//!   per client per event.
+//! - [`LiveWriter::Batched`] is the default. [`LiveWriter::Direct`] was tried against it: a
+//!   server's frames are unmasked, so the hub builds each event's frame once ([`Item::frame`]) and
+//!   writes it into every client's socket with a `try_write` that never blocks; only a socket that
+//!   takes less queues the rest and wakes its task. Per client per event that is one `send` and
+//!   no wake-up, and the profile's user-space share fell from about 40 % to under 10 %. But the
+//!   `send`s are the cost: on loopback each one also runs the reader's TCP receive and wake-up,
+//!   and the one hub thread makes every one of them, one per message, where the batched tasks
+//!   coalesce whatever queued while they waited. On the shared two-core build machine the bench
+//!   measured it worse (200 screens at 100/s: CPU 26-31 % against 18-21 %, and screen latency
+//!   seconds behind as the hub thread fell behind), so it stays selectable, not the default.
+//!   Coalescing in the hub (every event it reads at once in one `send` per client) is the next
+//!   step it would need.
+//!
+//! With every design the race snapshot is built only while some client watches the `race` channel
+//! ([`crate::Display::watch_race`]) and at most every [`crate::RACE_SNAPSHOT_INTERVAL_MS`]: the
+//! pages redraw their boards from it.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -39,13 +57,18 @@ use axum::http::request::Parts;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use bytes::BytesMut;
 use futures_util::{FutureExt, SinkExt, StreamExt};
+use hyper_util::rt::TokioIo;
 use serde_json::json;
 use spool::{Filter, Seq};
+use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, broadcast, mpsc};
 
 use crate::api::ApiError;
+use crate::direct::{End, Outbox};
 use crate::envelope::{Channel, Channels, Kind};
+use crate::frame::{self, ClientMessage};
 use crate::hub::Item;
 use crate::race::RaceModels;
 use crate::{Counters, Display, SNAPSHOT_FEED_PASSINGS};
@@ -72,9 +95,10 @@ const _: () = assert!(
 /// bytes, and its task still notices a close or a cancel, every this many messages.
 pub const CLIENT_BATCH_MESSAGES_MAX: usize = 64;
 
-/// The environment variable that selects [`LiveWriter::PerMessage`] when set to `1`; the bench
-/// sets it to measure the first design against the current one in the same run.
-pub const LEGACY_ENV: &str = "VENUE_DISPLAY_LEGACY_LIVE";
+/// The environment variable that selects how WebSocket clients are written: `batched` (the
+/// default), `direct` or `per-message` ([`LiveWriter`]); the bench sets it to measure the
+/// designs against each other in the same run.
+pub const LIVE_WRITER_ENV: &str = "VENUE_DISPLAY_LIVE_WRITER";
 
 /// How a WebSocket client's messages reach its socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +106,11 @@ pub enum LiveWriter {
     /// One task per client reads the ring and writes its socket: every message the ring holds is
     /// fed into the socket's buffer (shared bytes, no copy) and flushed in one `write`.
     Batched,
+    /// The hub writes each event's frame, built once, into every client's socket itself
+    /// ([`crate::direct`]); a client's task runs only to catch up, to write what a full socket
+    /// left queued, to read the client's frames and to send heartbeats. Not the default: see
+    /// the module docs for what the bench measured.
+    Direct,
     /// The first design, kept so the bench can measure the gain: a client task hands each
     /// message through a queue to a socket task, which copies it and writes and flushes it alone
     /// (two tasks, two wake-ups, a copy and a `write` per message per client).
@@ -89,12 +118,25 @@ pub enum LiveWriter {
 }
 
 impl LiveWriter {
-    /// [`LiveWriter::PerMessage`] if [`LEGACY_ENV`] is `1`, else [`LiveWriter::Batched`].
+    /// The writer [`LIVE_WRITER_ENV`] names; [`LiveWriter::Batched`] when it is unset, or (with a
+    /// warning) when it names none.
     pub fn from_env() -> LiveWriter {
-        if std::env::var_os(LEGACY_ENV).is_some_and(|v| v == "1") {
-            LiveWriter::PerMessage
-        } else {
+        let name = std::env::var(LIVE_WRITER_ENV).unwrap_or_default();
+        LiveWriter::parse(&name).unwrap_or_else(|| {
+            tracing::warn!(
+                "{LIVE_WRITER_ENV}={name:?} names no live writer (batched, direct, per-message): batched it is"
+            );
             LiveWriter::Batched
+        })
+    }
+
+    /// A writer by its name in [`LIVE_WRITER_ENV`]; the empty name is the default.
+    pub fn parse(name: &str) -> Option<LiveWriter> {
+        match name {
+            "" | "batched" => Some(LiveWriter::Batched),
+            "direct" => Some(LiveWriter::Direct),
+            "per-message" => Some(LiveWriter::PerMessage),
+            _ => None,
         }
     }
 }
@@ -131,7 +173,7 @@ pub struct Scope {
 }
 
 impl Scope {
-    fn wants(&self, channel: Channel, event_id: Option<u32>) -> bool {
+    pub(crate) fn wants(&self, channel: Channel, event_id: Option<u32>) -> bool {
         self.channels.contains(channel)
             && match (self.event_id, event_id) {
                 (Some(want), Some(got)) => want == got,
@@ -238,14 +280,34 @@ fn admit(display: &Arc<Display>) -> Result<OwnedSemaphorePermit, ApiError> {
 async fn websocket(
     State(display): State<Arc<Display>>,
     LiveQuery(scope): LiveQuery,
-    upgrade: WebSocketUpgrade,
+    request: axum::extract::Request,
 ) -> Response {
+    let (mut parts, _) = request.into_parts();
+    if display.config.live_writer == LiveWriter::Direct {
+        let handshake = match Handshake::check(&mut parts) {
+            Ok(handshake) => handshake,
+            Err(e) => {
+                Counters::bump(&display.counters.bad_requests);
+                return e.into_response();
+            }
+        };
+        return match admit(&display) {
+            Ok(place) => handshake.serve(display, scope, place),
+            Err(e) => e.into_response(),
+        };
+    }
+    let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &display).await {
+        Ok(upgrade) => upgrade,
+        Err(e) => return e.into_response(),
+    };
     let place = match admit(&display) {
         Ok(place) => place,
         Err(e) => return e.into_response(),
     };
     let upgrade = match display.config.live_writer {
-        LiveWriter::Batched => upgrade.read_buffer_size(CLIENT_READ_BUFFER_BYTES),
+        LiveWriter::Batched | LiveWriter::Direct => {
+            upgrade.read_buffer_size(CLIENT_READ_BUFFER_BYTES)
+        }
         LiveWriter::PerMessage => upgrade,
     };
     upgrade
@@ -253,14 +315,136 @@ async fn websocket(
         .on_upgrade(move |socket| {
             let tasks = display.tasks.clone();
             match display.config.live_writer {
-                LiveWriter::Batched => tasks
-                    .track_future(serve_websocket(display, scope, socket, place))
-                    .boxed(),
                 LiveWriter::PerMessage => tasks
                     .track_future(serve_websocket_per_message(display, scope, socket, place))
                     .boxed(),
+                LiveWriter::Batched | LiveWriter::Direct => tasks
+                    .track_future(serve_websocket(display, scope, socket, place))
+                    .boxed(),
             }
         })
+}
+
+/// The WebSocket handshake, checked and answered here rather than by axum's `WebSocketUpgrade`:
+/// the direct writer needs the raw socket after the upgrade, which axum's `WebSocket` keeps.
+struct Handshake {
+    accept: String,
+    upgraded: hyper::upgrade::OnUpgrade,
+}
+
+impl Handshake {
+    /// An HTTP/1.1 upgrade to WebSocket version 13 (RFC 6455, 4.2.1), or a 4xx that says what is
+    /// missing.
+    fn check(parts: &mut Parts) -> Result<Handshake, ApiError> {
+        use axum::http::{Method, header};
+        let bad = |message: &str| ApiError::new(StatusCode::BAD_REQUEST, message.to_owned());
+        if parts.method != Method::GET {
+            return Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "the live stream is opened with GET",
+            ));
+        }
+        let header = |name: header::HeaderName| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+        };
+        if !header(header::CONNECTION)
+            .split(',')
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        {
+            return Err(bad("a WebSocket client sends Connection: upgrade"));
+        }
+        if !header(header::UPGRADE).eq_ignore_ascii_case("websocket") {
+            return Err(bad("a WebSocket client sends Upgrade: websocket"));
+        }
+        if header(header::SEC_WEBSOCKET_VERSION) != "13" {
+            return Err(bad("this stream speaks WebSocket version 13"));
+        }
+        let key = header(header::SEC_WEBSOCKET_KEY);
+        if key.is_empty() {
+            return Err(bad("a WebSocket client sends a Sec-WebSocket-Key"));
+        }
+        let accept = accept_key(key);
+        let upgraded = parts
+            .extensions
+            .remove::<hyper::upgrade::OnUpgrade>()
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::UPGRADE_REQUIRED,
+                    "this connection cannot be upgraded to a WebSocket",
+                )
+            })?;
+        Ok(Handshake { accept, upgraded })
+    }
+
+    /// Answers 101 and serves the client once hyper hands the connection over.
+    fn serve(self, display: Arc<Display>, scope: Scope, place: OwnedSemaphorePermit) -> Response {
+        use axum::http::header;
+        let tasks = display.tasks.clone();
+        let upgraded = self.upgraded;
+        tasks.spawn(async move {
+            let upgraded = tokio::select! {
+                () = display.cancel.cancelled() => return,
+                upgraded = upgraded => upgraded,
+            };
+            let Ok(upgraded) = upgraded else { return };
+            // The display's server hands hyper the accepted `TcpStream` (`server::Server`).
+            let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
+                tracing::error!(
+                    "display: an upgraded connection is not a TCP stream, which the direct writer needs; closed"
+                );
+                return;
+            };
+            serve_direct(display, scope, parts.io.into_inner(), parts.read_buf, place).await;
+        });
+        Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header(header::CONNECTION, "upgrade")
+            .header(header::UPGRADE, "websocket")
+            .header(header::SEC_WEBSOCKET_ACCEPT, self.accept)
+            .body(axum::body::Body::empty())
+            .expect("a 101 of fixed headers and a base64 value is a valid response")
+    }
+}
+
+/// `Sec-WebSocket-Accept` for a client's `Sec-WebSocket-Key` (RFC 6455, 4.2.2): the key and the
+/// protocol's GUID, SHA-1, base64.
+pub fn accept_key(key: &str) -> String {
+    use base64::Engine;
+    const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+    let mut sha1 = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
+    sha1.update(key.as_bytes());
+    sha1.update(GUID.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(sha1.finish())
+}
+
+/// The direct writer's client: the hub writes its events; its task catches it up, then reads its
+/// frames, sends heartbeats and writes what the socket could not take at once.
+async fn serve_direct(
+    display: Arc<Display>,
+    scope: Scope,
+    tcp: TcpStream,
+    read: bytes::Bytes,
+    place: OwnedSemaphorePermit,
+) {
+    let _place = place;
+    let outbox = Arc::new(Outbox::new(
+        tcp,
+        scope,
+        display.config.client_queue_events,
+        display.counters.clone(),
+    ));
+    let direct = Out::Direct(DirectOut {
+        outbox: outbox.clone(),
+        pending: BytesMut::new(),
+    });
+    let mut client = Client::new(display.clone(), scope, direct);
+    // Err: the socket went away; nothing to tell anyone.
+    let _ = client.run_direct(&outbox, read).await;
+    display.hub.detach(&outbox);
 }
 
 /// One task serves the client: it reads the ring, feeds the socket and reads the client's frames.
@@ -401,6 +585,13 @@ pub fn spawn_client(
 /// The socket is gone.
 struct Gone;
 
+/// Whether a direct client's connection goes on after its message was answered.
+#[derive(Debug, PartialEq, Eq)]
+enum Answered {
+    Going,
+    Closed,
+}
+
 /// Where a client's messages go.
 #[allow(
     clippy::large_enum_variant,
@@ -413,6 +604,14 @@ enum Out {
     /// The WebSocket itself: messages are fed into its buffer as they come off the ring, and
     /// flushed (one `write`) when the ring has no more or [`CLIENT_BATCH_MESSAGES_MAX`] were fed.
     Socket(WebSocket),
+    /// The direct writer's socket, while the task writes the snapshot and the catch-up itself.
+    Direct(DirectOut),
+}
+
+/// A direct client's socket and the frames fed but not yet written.
+struct DirectOut {
+    outbox: Arc<Outbox>,
+    pending: BytesMut,
 }
 
 impl Out {
@@ -424,6 +623,10 @@ impl Out {
                 .await
                 .map_err(|_| Gone),
             Out::Socket(socket) => within_send_max(socket.feed(Message::Text(text))).await,
+            Out::Direct(d) => {
+                frame::put(&mut d.pending, frame::Opcode::Text, text.as_bytes());
+                Ok(())
+            }
         }
     }
 
@@ -431,6 +634,10 @@ impl Out {
         match self {
             Out::Queue(_) => Ok(()),
             Out::Socket(socket) => within_send_max(socket.flush()).await,
+            Out::Direct(d) => {
+                let pending = d.pending.split();
+                d.outbox.write_now(&pending).await.map_err(|_| Gone)
+            }
         }
     }
 
@@ -445,6 +652,12 @@ impl Out {
                 within_send_max(socket.feed(Message::Text(text))).await?;
                 within_send_max(socket.close()).await
             }
+            Out::Direct(d) => {
+                let pending = d.pending.split().freeze();
+                let close = frame::close(frame::CLOSE_SERVER_ERROR, "");
+                d.outbox.close(&[pending, frame::text(&text), close]).await;
+                Ok(())
+            }
         }
     }
 
@@ -456,6 +669,8 @@ impl Out {
                 None
             }
             Out::Socket(socket) => socket.recv().await?.ok(),
+            // The direct writer's task reads the socket itself ([`Client::run_direct`]).
+            Out::Direct(_) => None,
         }
     }
 }
@@ -500,22 +715,34 @@ impl Client {
     /// Writes what was fed; counts the write and its messages for a socket.
     async fn flush(&mut self) -> Result<(), Gone> {
         self.out.flush().await?;
-        if self.fed > 0 && matches!(self.out, Out::Socket(_)) {
+        if self.fed > 0 {
             let c = &self.display.counters;
-            c.live_writes.fetch_add(1, Ordering::Relaxed);
-            c.live_messages.fetch_add(self.fed, Ordering::Relaxed);
+            match self.out {
+                Out::Socket(_) => {
+                    c.live_writes.fetch_add(1, Ordering::Relaxed);
+                    c.live_messages.fetch_add(self.fed, Ordering::Relaxed);
+                }
+                // The outbox counts its own writes.
+                Out::Direct(_) => {
+                    c.live_messages.fetch_add(self.fed, Ordering::Relaxed);
+                }
+                Out::Queue(_) => {}
+            }
         }
         self.fed = 0;
         Ok(())
     }
 
-    async fn run(&mut self) -> Result<(), Gone> {
-        let _race = self
-            .scope
+    /// Counts the client as watching the race, if it does, while the guard lives.
+    fn watch_race(&self) -> Option<crate::RaceWatch> {
+        self.scope
             .channels
             .contains(Channel::Race)
-            .then(|| self.display.watch_race());
-        let (mut ring, ring_start) = self.display.hub.subscribe();
+            .then(|| self.display.watch_race())
+    }
+
+    /// The snapshots, then the stored events up to `ring_start`, where the hub takes over.
+    async fn start(&mut self, ring_start: u64) -> Result<(), Gone> {
         self.position = match self.scope.from {
             StartAt::Now => ring_start,
             // Past the ring's start when the hub has not caught up with what the client saw:
@@ -524,7 +751,13 @@ impl Client {
         };
         self.snapshots().await?;
         self.catch_up(ring_start).await?;
-        self.flush().await?;
+        self.flush().await
+    }
+
+    async fn run(&mut self) -> Result<(), Gone> {
+        let _race = self.watch_race();
+        let (mut ring, ring_start) = self.display.hub.subscribe();
+        self.start(ring_start).await?;
         let heartbeat_every = Duration::from_millis(self.display.config.heartbeat_interval_ms);
         let mut heartbeat = tokio::time::interval_at(
             tokio::time::Instant::now() + heartbeat_every,
@@ -540,6 +773,7 @@ impl Client {
                     self.flush().await?;
                 }
                 item = ring.recv() => {
+                    Counters::bump(&self.display.counters.live_task_wakes);
                     // Everything the ring holds now goes out in one write, not one write each.
                     let mut next = item;
                     let mut fed = 0;
@@ -567,6 +801,138 @@ impl Client {
                 }
             }
         }
+    }
+
+    /// The direct writer's client: attached to the hub, caught up, then live until it leaves,
+    /// lags, sends what the stream does not take, or the display stops. `read` is what hyper read
+    /// past the upgrade request.
+    async fn run_direct(&mut self, outbox: &Arc<Outbox>, read: bytes::Bytes) -> Result<(), Gone> {
+        let _race = self.watch_race();
+        let from = match self.scope.from {
+            StartAt::Now => None,
+            StartAt::After(seq) => Some(seq),
+        };
+        let ring_start = self.display.hub.attach(outbox.clone(), from);
+        self.start(ring_start).await?;
+        outbox.go_live().await.map_err(|_| Gone)?;
+        let mut reader = frame::Reader::new(CLIENT_FRAME_BYTES_MAX);
+        reader.push(&read);
+        let mut buffer = vec![0u8; CLIENT_READ_BUFFER_BYTES];
+        let heartbeat_every = Duration::from_millis(self.display.config.heartbeat_interval_ms);
+        let mut heartbeat = tokio::time::interval_at(
+            tokio::time::Instant::now() + heartbeat_every,
+            heartbeat_every,
+        );
+        loop {
+            // What the client sent first: the upgrade may have read some of it already.
+            loop {
+                match reader.message() {
+                    Ok(Some(message)) => {
+                        if self.answer_direct(outbox, message).await == Answered::Closed {
+                            return Ok(());
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(error) => {
+                        self.refuse_frame(outbox, &error.to_string()).await;
+                        return Ok(());
+                    }
+                }
+            }
+            match outbox.end() {
+                None | Some(End::Closing) => {}
+                Some(End::Gone) => return Err(Gone),
+                Some(End::Lagged) => {
+                    self.lagged_direct(outbox).await;
+                    return Ok(());
+                }
+            }
+            tokio::select! {
+                () = self.display.cancel.cancelled() => {
+                    outbox.close(&[frame::close(frame::CLOSE_GOING_AWAY, "the box is stopping")]).await;
+                    return Ok(());
+                }
+                () = outbox.woken() => {
+                    Counters::bump(&self.display.counters.live_task_wakes);
+                    outbox.drain().await.map_err(|_| Gone)?;
+                }
+                readable = outbox.tcp().readable() => {
+                    readable.map_err(|_| Gone)?;
+                    match outbox.tcp().try_read(&mut buffer) {
+                        Ok(0) => return Err(Gone),
+                        Ok(n) => reader.push(&buffer[..n]),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(_) => return Err(Gone),
+                    }
+                }
+                _ = heartbeat.tick() => self.heartbeat_direct(outbox),
+            }
+        }
+    }
+
+    /// A heartbeat at the outbox's position, queued behind what it holds.
+    fn heartbeat_direct(&self, outbox: &Outbox) {
+        outbox.send_at_position(|seq| {
+            let beat = self
+                .display
+                .hub
+                .envelope(Kind::Heartbeat, None, None, seq, json!({}));
+            frame::text(&beat.to_json())
+        });
+    }
+
+    /// What a direct client sent: a ping is answered with a heartbeat, a control ping with a
+    /// pong, a close with a close; anything else gets an error and a close.
+    async fn answer_direct(&mut self, outbox: &Outbox, message: ClientMessage) -> Answered {
+        match message {
+            ClientMessage::Text(text) if is_ping(&text) => self.heartbeat_direct(outbox),
+            ClientMessage::Ping(payload) => {
+                outbox.send(frame::server_frame(frame::Opcode::Pong, &payload));
+            }
+            ClientMessage::Pong => {}
+            ClientMessage::Close(code) => {
+                let reply = match code {
+                    Some(code) => frame::close(code, ""),
+                    None => frame::server_frame(frame::Opcode::Close, &[]),
+                };
+                outbox.close(&[reply]).await;
+                return Answered::Closed;
+            }
+            ClientMessage::Text(_) | ClientMessage::Binary(_) => {
+                self.refuse_frame(outbox, "not a ping").await;
+                return Answered::Closed;
+            }
+        }
+        Answered::Going
+    }
+
+    /// A frame the stream does not take: an `error` that says so, counted, and a close.
+    async fn refuse_frame(&mut self, outbox: &Outbox, why: &str) {
+        Counters::bump(&self.display.counters.bad_frames);
+        tracing::debug!(why, "live client: a frame the stream does not take");
+        let error = bad_frame(&self.display, outbox.position());
+        let close = frame::close(frame::CLOSE_POLICY, "bad frame");
+        outbox.close(&[frame::text(error.as_str()), close]).await;
+    }
+
+    /// The queue filled up: what it holds, then the `error` with the seq to resume from, then a
+    /// close.
+    async fn lagged_direct(&mut self, outbox: &Outbox) {
+        Counters::bump(&self.display.counters.clients_lagged);
+        let position = outbox.position();
+        let error = self.display.hub.envelope(
+            Kind::Error,
+            None,
+            None,
+            position,
+            json!({
+                "code": "lagging",
+                "message": format!("this client fell more than {} messages behind and is closed; reconnect with from={position}", self.display.config.client_queue_events),
+                "resume_from": position,
+            }),
+        );
+        let close = frame::close(frame::CLOSE_POLICY, "lagging");
+        outbox.close(&[frame::text(&error.to_json()), close]).await;
     }
 
     /// Feeds one item of the ring if the client wants it.

@@ -546,3 +546,215 @@ async fn the_race_snapshot_is_built_only_while_a_client_watches_the_race() {
     drop(decoder);
     b.stop().await;
 }
+
+/// The test box's configuration with the direct writer, which is not the default.
+fn direct() -> display::DisplayConfig {
+    let mut c = config();
+    c.live_writer = LiveWriter::Direct;
+    c
+}
+
+/// 20 race clients; `n` passings stored one at a time, each read by every client before the next
+/// is stored. Returns what the display counted meanwhile: (messages, task wakes).
+async fn lock_step_wakes(writer: LiveWriter, n: u32) -> (u64, u64) {
+    let mut c = config();
+    c.live_writer = writer;
+    let b = TestBox::start(c).await;
+    let mut clients = Vec::new();
+    for _ in 0..20 {
+        let mut ws = connect(&b.ws_url("")).await;
+        assert_eq!(next(&mut ws).await["kind"], "snapshot");
+        clients.push(ws);
+    }
+    let counters = &b.display.counters;
+    let count = || {
+        (
+            counters.live_messages.load(Ordering::Relaxed),
+            counters.live_task_wakes.load(Ordering::Relaxed),
+        )
+    };
+    let before = count();
+    for k in 1..=n {
+        let seq = b.passing(k, 7001, u64::from(k) * 1_000_000).await;
+        for ws in &mut clients {
+            assert_eq!(next_kind(ws, "event").await["seq"], seq, "in order");
+        }
+    }
+    let after = count();
+    b.stop().await;
+    (after.0 - before.0, after.1 - before.1)
+}
+
+/// With 200 screens every event is 200 messages: the direct writer writes each frame into every
+/// client's socket from the hub, so no client's task wakes for it; the batched writer (the
+/// design before) woke every client's task for every event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_direct_writer_delivers_events_without_waking_a_task_per_client() {
+    let (messages, wakes) = lock_step_wakes(LiveWriter::Direct, 50).await;
+    assert!(
+        messages >= 50 * 20,
+        "every client got every passing ({messages} messages)"
+    );
+    assert!(
+        wakes * 10 <= messages,
+        "{messages} messages cost {wakes} task wakes: the hub wrote them itself"
+    );
+    let (_, wakes) = lock_step_wakes(LiveWriter::Batched, 50).await;
+    assert!(
+        wakes >= 50 * 20,
+        "the batched writer wakes each client's task for each event ({wakes} wakes): the baseline this test measures against"
+    );
+}
+
+/// A client whose socket is full (it stopped reading for a while, within its queue) gets every
+/// event in order once it reads again: the frames the socket did not take, whole or in part, wait
+/// in its queue and its task writes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_whose_socket_filled_up_gets_every_event_in_order_once_it_reads() {
+    let b = TestBox::start(direct()).await;
+    let mut slow = stalled_client(&b).await;
+    assert_eq!(next(&mut slow).await["kind"], "snapshot");
+    // Some 400 KB of envelopes: far more than the socket's buffers, well within the queue.
+    let seqs = passings(&b, 1, 1_000).await;
+    let last = *seqs.last().unwrap();
+    let counters = &b.display.counters;
+    testkit::wait_for("the socket to fill and the rest to queue", WAIT, || {
+        counters.live_task_wakes.load(Ordering::Relaxed) >= 1
+    })
+    .await;
+    let got = seqs_of(&events_until(&mut slow, last).await);
+    assert_eq!(got, seqs, "every passing, once, in order");
+    assert_eq!(counters.clients_lagged.load(Ordering::Relaxed), 0);
+    b.stop().await;
+}
+
+/// The protocol's own frames: a ping gets a pong with its payload, a close gets a close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_control_ping_gets_a_pong_and_a_close_gets_a_close() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    let b = TestBox::start(direct()).await;
+    let mut ws = connect(&b.ws_url("")).await;
+    assert_eq!(next(&mut ws).await["kind"], "snapshot");
+    ws.send(Message::Ping("are you there".into()))
+        .await
+        .unwrap();
+    loop {
+        match tokio::time::timeout(WAIT, ws.next()).await.unwrap() {
+            Some(Ok(Message::Pong(payload))) => {
+                assert_eq!(&payload[..], b"are you there");
+                break;
+            }
+            Some(Ok(Message::Text(_))) => {}
+            other => panic!("expected a pong, got {other:?}"),
+        }
+    }
+    ws.send(Message::Close(Some(CloseFrame {
+        code: CloseCode::Normal,
+        reason: "".into(),
+    })))
+    .await
+    .unwrap();
+    loop {
+        match tokio::time::timeout(WAIT, ws.next()).await.unwrap() {
+            Some(Ok(Message::Close(Some(f)))) => {
+                assert_eq!(f.code, CloseCode::Normal);
+                break;
+            }
+            Some(Ok(Message::Text(_))) => {}
+            other => panic!("expected the server's close, got {other:?}"),
+        }
+    }
+    b.stop().await;
+}
+
+/// The server's frames in `bytes` (unmasked): each text's payload, and a close frame's code.
+fn server_frames(mut bytes: &[u8]) -> (Vec<String>, Option<u16>) {
+    let (mut texts, mut close) = (Vec::new(), None);
+    while bytes.len() >= 2 {
+        let (len, at) = match bytes[1] & 0x7f {
+            126 => (u16::from_be_bytes([bytes[2], bytes[3]]) as usize, 4),
+            127 => (
+                u64::from_be_bytes(bytes[2..10].try_into().unwrap()) as usize,
+                10,
+            ),
+            n => (n as usize, 2),
+        };
+        let payload = &bytes[at..at + len];
+        match bytes[0] & 0x0f {
+            0x1 => texts.push(String::from_utf8(payload.to_vec()).unwrap()),
+            0x8 => close = Some(u16::from_be_bytes([payload[0], payload[1]])),
+            _ => {}
+        }
+        bytes = &bytes[at + len..];
+    }
+    (texts, close)
+}
+
+/// A request that is no WebSocket upgrade gets a 4xx that says what is missing. A real upgrade
+/// gets RFC 6455's accept key; a ping sent in the same packet as the upgrade is answered; an
+/// unmasked frame (a client's must be masked) gets an `error` and a close 1008.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_handshake_and_the_clients_frames_are_checked() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let b = TestBox::start(direct()).await;
+    let (status, body) = get(&b.ws_url("").replace("ws://", "http://")).await;
+    assert_eq!(status, 400);
+    assert!(body.contains("Connection: upgrade"), "{body}");
+
+    let mut tcp = tokio::net::TcpStream::connect(b.addr).await.unwrap();
+    let mut request = format!(
+        "GET /ws/v1/live?track_id={TRACK} HTTP/1.1\r\nHost: test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    .into_bytes();
+    // {"type":"ping"}, masked as a browser sends it.
+    let key = [1u8, 2, 3, 4];
+    request.extend_from_slice(&[0x81, 0x80 | 15]);
+    request.extend_from_slice(&key);
+    request.extend(br#"{"type":"ping"}"#.iter().enumerate().map(|(i, c)| c ^ key[i % 4]));
+    tcp.write_all(&request).await.unwrap();
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        let n = tokio::time::timeout(WAIT, tcp.read(&mut chunk))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "the server answers the handshake");
+        got.extend_from_slice(&chunk[..n]);
+        if let Some(at) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&got[..head_end]).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(
+        head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "RFC 6455's example key: {head}"
+    );
+    // An unmasked frame, then everything until the server closes.
+    tcp.write_all(b"\x81\x05Hello").await.unwrap();
+    tokio::time::timeout(WAIT, tcp.read_to_end(&mut got))
+        .await
+        .expect("the server closes the connection")
+        .unwrap();
+    let (texts, close) = server_frames(&got[head_end..]);
+    let kinds: Vec<serde_json::Value> = texts
+        .iter()
+        .map(|t| serde_json::from_str::<serde_json::Value>(t).unwrap()["kind"].clone())
+        .collect();
+    assert_eq!(kinds[0], "snapshot", "{texts:?}");
+    let answers: Vec<_> = kinds.iter().filter(|k| *k != "snapshot").collect();
+    assert_eq!(answers, [&json!("heartbeat"), &json!("error")], "{texts:?}");
+    assert!(texts.last().unwrap().contains("bad_frame"), "{texts:?}");
+    assert_eq!(close, Some(1008));
+    let (_, metrics) = get(&b.url("/metrics")).await;
+    assert!(metrics.contains("display_bad_frames_total 1"), "{metrics}");
+    assert!(
+        metrics.contains("display_bad_requests_total 1"),
+        "{metrics}"
+    );
+    b.stop().await;
+}
