@@ -8,6 +8,10 @@
 //! `fdatasync` per `NODES` batches (what group commit can reach), and, if a `nats-server` is found
 //! (`.nats-venv/bin` or `PATH`), central on a one-server JetStream.
 //!
+//! The two stores run in turns, `CENTRAL_BENCH_ROUNDS` pairs (default 2), each on a new
+//! directory and the first of a pair alternating, and each pair's ratio is printed: the
+//! machine's other load then weighs on both, and no store always runs on a warmer page cache.
+//!
 //! `cargo bench -p uplink --bench central_store [-- EVENTS]`; the store directories go under
 //! `CENTRAL_BENCH_DIR` (default: the system temp directory, which is the disk under test).
 //!
@@ -303,6 +307,11 @@ async fn main() {
         .skip(1)
         .find_map(|a| a.parse().ok())
         .unwrap_or(160_000);
+    let rounds: usize = std::env::var("CENTRAL_BENCH_ROUNDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(2);
     let parent =
         std::env::var_os("CENTRAL_BENCH_DIR").map_or_else(std::env::temp_dir, PathBuf::from);
     let dir = tempfile::tempdir_in(parent).unwrap();
@@ -318,35 +327,60 @@ async fn main() {
     );
     let floor_each = raw_append(&dir.path().join("floor-each"), &work, 1);
     let floor_group = raw_append(&dir.path().join("floor-group"), &work, NODES);
-    let spool = through_https(
-        SpoolStore::open(&dir.path().join("spool")).await.unwrap(),
-        &pki,
-        &work,
-    )
-    .await;
-    let segment = through_https(
-        SegmentStore::open(&dir.path().join("segment"))
-            .await
-            .unwrap(),
-        &pki,
-        &work,
-    )
-    .await;
     println!("  floor: append + fdatasync per batch      {floor_each:>9.0} events/s (no HTTP)");
     println!(
         "  floor: append + fdatasync per {NODES} batches  {floor_group:>9.0} events/s (no HTTP)"
     );
-    row(
-        "spool store (--store-engine spool)",
-        &spool,
-        spool.events_per_s,
+    // The two stores in turns, each on a new directory, the first of a pair alternating: what
+    // the machine's other load does to one it does to the other, and a ratio is taken within a
+    // pair measured back to back.
+    let mut ratios = Vec::new();
+    let mut spool_last = None;
+    for round in 0..rounds {
+        let spool_dir = dir.path().join(format!("spool-{round}"));
+        let segment_dir = dir.path().join(format!("segment-{round}"));
+        let spool_store = || async { SpoolStore::open(&spool_dir).await.unwrap() };
+        let segment_store = || async { SegmentStore::open(&segment_dir).await.unwrap() };
+        let (spool, segment) = if round % 2 == 0 {
+            let spool = through_https(spool_store().await, &pki, &work).await;
+            (
+                spool,
+                through_https(segment_store().await, &pki, &work).await,
+            )
+        } else {
+            let segment = through_https(segment_store().await, &pki, &work).await;
+            (
+                through_https(spool_store().await, &pki, &work).await,
+                segment,
+            )
+        };
+        let first = if round % 2 == 0 { "spool" } else { "segment" };
+        println!("  round {} of {rounds} ({first} first):", round + 1);
+        row(
+            "spool store (--store-engine spool)",
+            &spool,
+            spool.events_per_s,
+        );
+        row("segment store (default)", &segment, spool.events_per_s);
+        ratios.push(segment.events_per_s / spool.events_per_s);
+        spool_last = Some(spool.events_per_s);
+    }
+    ratios.sort_by(f64::total_cmp);
+    println!(
+        "  segment / spool, each round: {}; lowest {:.2}x",
+        ratios
+            .iter()
+            .map(|r| format!("{r:.2}x"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        ratios[0]
     );
-    row("segment store (default)", &segment, spool.events_per_s);
+    let spool_events_per_s = spool_last.expect("at least one round");
     match nats_server() {
         None => println!("  JetStream: skipped, no nats-server in .nats-venv/bin or on PATH"),
         Some(bin) => {
             let figures = jetstream(&bin, &dir.path().join("nats"), &pki, &work).await;
-            row("JetStream (one server, file)", &figures, spool.events_per_s);
+            row("JetStream (one server, file)", &figures, spool_events_per_s);
         }
     }
     let open_events = std::env::var("CENTRAL_BENCH_OPEN_EVENTS").unwrap_or_default();

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use central::JetStreamStore;
 use central::engine::{self, EngineConfig, RAW_SEQUENCE_HEADER, WORKER_HEADER};
-use central::store::streams::{EVENTS_STREAM, RAW_STREAM, RAW_SUBJECT_PREFIX};
+use central::store::streams::{
+    EVENTS_STREAM, EVENTS_SUBJECT_PREFIX, RAW_STREAM, RAW_SUBJECT_PREFIX,
+};
 use events::VenueStreams;
 use events::catalog;
 use race::{
@@ -592,6 +594,127 @@ async fn two_workers_one_runs_the_track_and_the_other_takes_over() {
             .all(|(_, w)| *w == other),
         "after the handover only {other} ran the track"
     );
+    central.stop().await;
+}
+
+/// The raw sequence of the track's last derived event (0 if none, or if the read goes
+/// unanswered within a second while the cluster elects leaders).
+async fn derived_last(js: &jetstream::Context) -> u64 {
+    let read = async {
+        let events = js.get_stream(EVENTS_STREAM).await.ok()?;
+        let last = events
+            .get_last_raw_message_by_subject(&format!("{EVENTS_SUBJECT_PREFIX}.{TRACK}"))
+            .await
+            .ok()?;
+        last.headers.get(RAW_SEQUENCE_HEADER)?.as_str().parse().ok()
+    };
+    tokio::time::timeout(Duration::from_secs(1), read)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(0)
+}
+
+/// Kills (`kill -9`) the NATS server the worker is connected to, the leader of the race events
+/// stream, while passings keep coming: the worker knows only that server's URL, so its client
+/// reconnects to one it learned from the cluster, and the streams and the worker's consumer led
+/// there elect new leaders. A passing central stores after the kill is derived within
+/// [`RECOVERY_MS_MAX`].
+///
+/// What the worker adds to the cluster's elections: the lost connection stops its engine at once
+/// (before, a publish in flight waited out the 10 s request time), and its reads are sent again
+/// every 2 s while unanswered (before, a read that reached a stream with no leader waited 10 s).
+/// On this 2-core machine under load the elections themselves took 4 to 20 s, so the bound here
+/// only says that the worker comes back; the timeline it prints shows when.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_derives_again_after_its_server_is_killed() {
+    /// The cluster's elections (of the streams and of the worker's consumer), and the worker's
+    /// restart after them.
+    const RECOVERY_MS_MAX: u128 = 60_000;
+    let mut nats = Nats::cluster().await;
+    let setup = JetStreamStore::connect(&nats.urls(), &test_streams(3))
+        .await
+        .unwrap();
+    drop(setup);
+    let js = jetstream::new(
+        async_nats::connect(nats.urls().split(',').collect::<Vec<_>>())
+            .await
+            .unwrap(),
+    );
+    let mut events = js.get_stream(EVENTS_STREAM).await.unwrap();
+    let leader = events.info().await.unwrap().cluster.clone().unwrap().leader;
+    let doomed = (0..3)
+        .find(|i| leader.as_deref() == Some(format!("n{i}").as_str()))
+        .expect("the events stream has a leader");
+    let others: Vec<String> = (0..3)
+        .filter(|i| *i != doomed)
+        .map(|i| nats.nodes[i].url())
+        .collect();
+    // Central and the test's reads go to the servers that stay up.
+    let central = crate::cluster::cluster_central(&others.join(",")).await;
+    let js = jetstream::new(async_nats::connect(others).await.unwrap());
+    let mut config = test_config(&nats.nodes[doomed].url(), "w-1");
+    config.replicas = 3;
+    // Alone on the track: the default lease, which covers a start while streams elect leaders.
+    config.lease_ttl = Duration::from_millis(engine::ENGINE_LEASE_TTL_MS);
+    let cancel = CancellationToken::new();
+    let worker = tokio::spawn(engine::run(config, cancel.clone()));
+    let http = crate::cluster::http_client();
+    let mut seq = 0u64;
+    let mut next_batch = || {
+        seq += 10;
+        crate::cluster::batch_body("node-a", seq - 9..=seq)
+    };
+    for _ in 0..3 {
+        assert_eq!(
+            crate::cluster::post(&http, central.addr, next_batch())
+                .await
+                .0,
+            200
+        );
+    }
+    let before = raw_last(&js).await;
+    wait_until(
+        Duration::from_secs(30),
+        "the worker to derive the first batches",
+        || {
+            let js = js.clone();
+            async move { derived_last(&js).await >= before }
+        },
+    )
+    .await;
+    // Busy at the kill: a batch on its way to the worker.
+    assert_eq!(
+        crate::cluster::post(&http, central.addr, next_batch())
+            .await
+            .0,
+        200
+    );
+    nats.nodes[doomed].kill();
+    let killed = Instant::now();
+    let mut timeline = Vec::new();
+    // The raw sequence of the first passing stored after the kill, once there is one.
+    let mut after_kill = None;
+    let recovered = loop {
+        let (status, _) = crate::cluster::post(&http, central.addr, next_batch()).await;
+        if status == 200 && after_kill.is_none() {
+            let raw = tokio::time::timeout(Duration::from_secs(1), raw_last(&js)).await;
+            after_kill = raw.ok();
+        }
+        let derived = derived_last(&js).await;
+        timeline.push((killed.elapsed().as_millis(), status, derived));
+        if after_kill.is_some_and(|raw| derived >= raw) {
+            break killed.elapsed().as_millis();
+        }
+        assert!(
+            killed.elapsed().as_millis() < RECOVERY_MS_MAX,
+            "not derived yet (ms since the kill, central's status, last derived): {timeline:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    eprintln!("derived {recovered} ms after the kill: {timeline:?}");
+    cancel.cancel();
+    worker.await.unwrap().unwrap();
     central.stop().await;
 }
 

@@ -28,7 +28,7 @@ use async_nats::jetstream::{self, stream};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::store::jetstream::compare_and_set;
+use crate::store::jetstream::{compare_and_set, last_message};
 use uplink::Error;
 
 /// The stream of the leases: one message per track, for ever (a track's lease is a few bytes).
@@ -65,10 +65,7 @@ pub async fn read(
     leases: &stream::Stream,
     track: &str,
 ) -> Result<(Option<LeaseRecord>, u64), Error> {
-    match leases
-        .get_last_raw_message_by_subject(&lease_subject(track))
-        .await
-    {
+    match last_message(leases, &lease_subject(track)).await {
         Ok(message) => {
             let record =
                 serde_json::from_slice(&message.payload).map_err(|source| Error::Corrupt {

@@ -49,7 +49,7 @@ use async_nats::jetstream::{self, stream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::store::jetstream::{JETSTREAM_ACK_PERMITS_MAX, JETSTREAM_REQUEST_MS_MAX};
+use crate::store::jetstream::{JETSTREAM_ACK_PERMITS_MAX, Nats};
 use crate::store::streams::{
     DLQ_STREAM, EVENTS_STREAM, RAW_STREAM, SNAPSHOT_STREAM, SNAPSHOT_SUBJECT_PREFIX,
 };
@@ -205,17 +205,7 @@ async fn load_snapshot(
 
 /// Connects to the NATS servers of `urls` (comma-separated).
 pub async fn connect(urls: &str) -> Result<jetstream::Context, Error> {
-    let servers: Vec<&str> = urls.split(',').map(str::trim).collect();
-    let client = async_nats::ConnectOptions::new()
-        .retry_on_initial_connect()
-        .connection_timeout(Duration::from_millis(JETSTREAM_REQUEST_MS_MAX))
-        .connect(servers)
-        .await
-        .map_err(|e| Error::nats(format!("connecting to {urls}"), e))?;
-    Ok(jetstream::context::ContextBuilder::new()
-        .timeout(Duration::from_millis(JETSTREAM_REQUEST_MS_MAX))
-        .max_ack_inflight(JETSTREAM_ACK_PERMITS_MAX)
-        .build(client))
+    Ok(Nats::connect(urls).await?.js)
 }
 
 /// Runs the worker until `cancel`: every track of the configuration, each while its lease is held.
@@ -223,7 +213,8 @@ pub async fn connect(urls: &str) -> Result<jetstream::Context, Error> {
 /// worker's own and is created here.
 pub async fn run(config: EngineConfig, cancel: CancellationToken) -> Result<(), Error> {
     config.check()?;
-    let js = connect(&config.nats).await?;
+    let nats = Nats::connect(&config.nats).await?;
+    let js = nats.js.clone();
     for name in [RAW_STREAM, EVENTS_STREAM, SNAPSHOT_STREAM, DLQ_STREAM] {
         js.get_stream(name).await.map_err(|e| {
             Error::Config(format!(
@@ -242,14 +233,15 @@ pub async fn run(config: EngineConfig, cancel: CancellationToken) -> Result<(), 
         .map_err(|e| Error::nats("setting up the lease stream", e))?;
     let tracker = TaskTracker::new();
     for track in config.tracks.clone() {
-        let (js, raw, leases, config, cancel) = (
-            js.clone(),
+        let (nats, raw, leases, config, cancel) = (
+            nats.clone(),
             raw.clone(),
             leases.clone(),
             config.clone(),
             cancel.clone(),
         );
-        tracker.spawn(async move { run_track(&js, &raw, &leases, &config, &track, &cancel).await });
+        tracker
+            .spawn(async move { run_track(&nats, &raw, &leases, &config, &track, &cancel).await });
     }
     tracker.close();
     tracker.wait().await;
@@ -258,24 +250,35 @@ pub async fn run(config: EngineConfig, cancel: CancellationToken) -> Result<(), 
 
 /// One track: take its lease, run its engine while it is held, and start over when it is lost or
 /// a failure stops the engine; release it at the end.
+///
+/// A lost connection to NATS stops the engine at once, wherever it is: what it sent over that
+/// connection is never answered, and waiting for the answers would hold the track (and let its
+/// lease run out) for [`crate::store::jetstream::JETSTREAM_REQUEST_MS_MAX`]. Stopping there is
+/// stopping as a worker that died there, which the engine is built for (module docs); it starts
+/// again from its snapshot over the new connection.
 async fn run_track(
-    js: &jetstream::Context,
+    nats: &Nats,
     raw: &stream::Stream,
     leases: &stream::Stream,
     config: &EngineConfig,
     track: &str,
     cancel: &CancellationToken,
 ) {
+    let js = &nats.js;
     loop {
-        let acquired = lease::Lease::acquire(
-            js,
-            leases,
-            track,
-            &config.worker_id,
-            config.lease_ttl,
-            cancel,
-        )
-        .await;
+        let acquired = nats
+            .unless_disconnected(
+                "taking the race engine's lease",
+                lease::Lease::acquire(
+                    js,
+                    leases,
+                    track,
+                    &config.worker_id,
+                    config.lease_ttl,
+                    cancel,
+                ),
+            )
+            .await;
         let mut lease = match acquired {
             Ok(Some(lease)) => lease,
             Ok(None) => return,
@@ -288,7 +291,14 @@ async fn run_track(
             }
         };
         tracing::info!(track, worker = config.worker_id, "race engine lease taken");
-        match track::run(js, raw, config, track, &mut lease, cancel).await {
+        let connection = nats.connection();
+        let ran = nats
+            .unless_disconnected(
+                "running the race engine",
+                track::run(js, raw, config, track, &mut lease, cancel),
+            )
+            .await;
+        match ran {
             Ok(track::Stop::Cancelled) => {
                 if let Err(e) = lease.release().await {
                     tracing::warn!(track, error = %uplink::chain(&e), "releasing the race engine's lease failed; it expires");
@@ -304,7 +314,12 @@ async fn run_track(
             }
             Err(e) => {
                 tracing::error!(track, error = %uplink::chain(&e), "the race engine stopped; starting it again from its snapshot");
-                drop(lease.release().await);
+                // After a lost connection the lease stream may still be electing its leader, and a
+                // release would wait for it; the lease names this worker, which takes it again at
+                // once.
+                if nats.connection() == connection {
+                    drop(lease.release().await);
+                }
                 if pause(cancel).await {
                     return;
                 }

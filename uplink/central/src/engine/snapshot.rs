@@ -31,7 +31,7 @@ use spool::record::crc32c;
 
 use super::track::LoadError;
 use super::{SNAPSHOT_SUBJECT_PREFIX, snapshot_subject};
-use crate::store::jetstream::compare_and_set;
+use crate::store::jetstream::{compare_and_set, get_stream, last_message};
 use uplink::Error;
 
 /// Bytes of snapshot in one message. Half the server's default `max_payload` (1 MB): a part and
@@ -217,14 +217,10 @@ pub(crate) async fn read(
     js: &jetstream::Context,
     track: &str,
 ) -> Result<Option<(Written, Vec<u8>)>, LoadError> {
-    let snapshots = js
-        .get_stream(super::SNAPSHOT_STREAM)
+    let snapshots = get_stream(js, super::SNAPSHOT_STREAM)
         .await
         .map_err(|e| LoadError::Nats(Error::nats("opening the snapshot stream", e)))?;
-    let message = match snapshots
-        .get_last_raw_message_by_subject(&snapshot_subject(track))
-        .await
-    {
+    let message = match last_message(&snapshots, &snapshot_subject(track)).await {
         Ok(message) => message,
         Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => return Ok(None),
         Err(e) => {
@@ -249,7 +245,7 @@ pub(crate) async fn read(
     let mut bytes = Vec::with_capacity(manifest.bytes as usize);
     for index in 0..manifest.parts {
         let subject = part_subject(track, manifest.slot, index);
-        match snapshots.get_last_raw_message_by_subject(&subject).await {
+        match last_message(&snapshots, &subject).await {
             Ok(part) => bytes.extend_from_slice(&part.payload),
             Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => {
                 return Err(unusable(format!("its part {subject} is missing")));

@@ -16,6 +16,7 @@ use super::{
     ENGINE_ACK_PENDING_MAX, ENGINE_ACK_WAIT_MS, ENGINE_BATCH_MESSAGES_MAX, ENGINE_POLL_MS,
     ENGINE_SNAPSHOT_EVERY_MESSAGES, EngineConfig,
 };
+use crate::store::jetstream::{get_stream, last_message, resent};
 use crate::store::streams::{DLQ_SUBJECT_PREFIX, EVENTS_SUBJECT_PREFIX, RAW_SUBJECT_PREFIX};
 use uplink::Error;
 
@@ -176,10 +177,20 @@ async fn open_consumer(
             start_sequence: p + 1,
         },
     };
-    match raw.consumer_info(&name).await {
+    let info = resent(
+        &name,
+        || raw.consumer_info(&name),
+        |why| {
+            jetstream::context::ConsumerInfoError::with_source(
+                jetstream::context::ConsumerInfoErrorKind::TimedOut,
+                why,
+            )
+        },
+    )
+    .await;
+    match info {
         Ok(info) if info.delivered.stream_sequence <= position => {
-            return raw
-                .get_consumer(&name)
+            return resent(&name, || raw.get_consumer(&name), |why| why.into())
                 .await
                 .map_err(|e| Error::nats(format!("opening the consumer {name}"), e));
         }
@@ -191,28 +202,43 @@ async fn open_consumer(
                 snapshot = position,
                 "the race engine's consumer is past its snapshot; starting it again from the snapshot"
             );
-            raw.delete_consumer(&name)
-                .await
-                .map_err(|e| Error::nats(format!("deleting the consumer {name}"), e))?;
+            // Sent again while unanswered: the delete a second try finds done is done.
+            let deleted = resent(
+                &name,
+                || raw.delete_consumer(&name),
+                |why| stream::ConsumerError::with_source(stream::ConsumerErrorKind::TimedOut, why),
+            )
+            .await;
+            match deleted {
+                Ok(_) => {}
+                Err(e) if consumer_not_found(&e) => {}
+                Err(e) => return Err(Error::nats(format!("deleting the consumer {name}"), e)),
+            }
         }
         Err(e) if e.kind() == jetstream::context::ConsumerInfoErrorKind::NotFound => {}
         Err(e) => return Err(Error::nats(format!("reading the consumer {name}"), e)),
     }
-    raw.create_consumer(config(start))
-        .await
-        .map_err(|e| Error::nats(format!("creating the consumer {name}"), e))
+    // Creating a consumer that exists with the same settings is a no-op: safe to send again.
+    resent(
+        &name,
+        || raw.create_consumer(config(start)),
+        |why| stream::ConsumerError::with_source(stream::ConsumerErrorKind::TimedOut, why),
+    )
+    .await
+    .map_err(|e| Error::nats(format!("creating the consumer {name}"), e))
+}
+
+fn consumer_not_found(error: &stream::ConsumerError) -> bool {
+    matches!(error.kind(), stream::ConsumerErrorKind::JetStream(e)
+        if e.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND)
 }
 
 /// The raw sequence of the last derived event published for `track`, 0 if none.
 async fn last_derived(js: &jetstream::Context, track: &str) -> Result<u64, Error> {
-    let events = js
-        .get_stream(crate::store::streams::EVENTS_STREAM)
+    let events = get_stream(js, crate::store::streams::EVENTS_STREAM)
         .await
         .map_err(|e| Error::nats("opening the race events stream", e))?;
-    match events
-        .get_last_raw_message_by_subject(&format!("{EVENTS_SUBJECT_PREFIX}.{track}"))
-        .await
-    {
+    match last_message(&events, &format!("{EVENTS_SUBJECT_PREFIX}.{track}")).await {
         Ok(message) => Ok(message
             .headers
             .get(RAW_SEQUENCE_HEADER)

@@ -127,27 +127,60 @@ const _: () = assert!(JETSTREAM_READ_TRY_MS < JETSTREAM_REQUEST_MS_MAX);
 
 /// Reads the last message of `subject` on `stream`, sending the request again every
 /// [`JETSTREAM_READ_TRY_MS`] while it goes unanswered, until [`JETSTREAM_REQUEST_MS_MAX`].
-async fn last_message(
+pub(crate) async fn last_message(
     stream: &stream::Stream,
     subject: &str,
 ) -> Result<jetstream::message::StreamMessage, stream::LastRawMessageError> {
+    resent(
+        subject,
+        || stream.get_last_raw_message_by_subject(subject),
+        |why| stream::LastRawMessageError::with_source(stream::LastRawMessageErrorKind::Other, why),
+    )
+    .await
+}
+
+/// A handle on the stream `name`, its info read with [`resent`].
+pub(crate) async fn get_stream(
+    js: &jetstream::Context,
+    name: &str,
+) -> Result<stream::Stream, jetstream::context::GetStreamError> {
+    resent(
+        name,
+        || js.get_stream(name),
+        |why| {
+            jetstream::context::GetStreamError::with_source(
+                jetstream::context::GetStreamErrorKind::Request,
+                why,
+            )
+        },
+    )
+    .await
+}
+
+/// Runs the read `read` makes, sending it again every [`JETSTREAM_READ_TRY_MS`] while it goes
+/// unanswered, until [`JETSTREAM_REQUEST_MS_MAX`]; then the error `timed_out` makes. Only for
+/// reads: a write sent twice may be done twice.
+pub(crate) async fn resent<T, E, Fut>(
+    what: &str,
+    mut read: impl FnMut() -> Fut,
+    timed_out: impl FnOnce(String) -> E,
+) -> Result<T, E>
+where
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
     let deadline = Instant::now() + Duration::from_millis(JETSTREAM_REQUEST_MS_MAX);
     loop {
         let try_ms = Duration::from_millis(JETSTREAM_READ_TRY_MS)
             .min(deadline.saturating_duration_since(Instant::now()));
-        match tokio::time::timeout(try_ms, stream.get_last_raw_message_by_subject(subject)).await {
+        match tokio::time::timeout(try_ms, read()).await {
             Ok(answer) => return answer,
             Err(_) if Instant::now() < deadline => {
-                tracing::debug!(
-                    subject,
-                    "a JetStream read went unanswered; sending it again"
-                );
+                tracing::debug!(what, "a JetStream read went unanswered; sending it again");
             }
             Err(_) => {
-                return Err(stream::LastRawMessageError::with_source(
-                    stream::LastRawMessageErrorKind::Other,
-                    format!("no answer in {JETSTREAM_REQUEST_MS_MAX} ms"),
-                ));
+                return Err(timed_out(format!(
+                    "no answer in {JETSTREAM_REQUEST_MS_MAX} ms"
+                )));
             }
         }
     }
@@ -194,21 +227,26 @@ struct Inner {
     pace: Pace,
     /// [`JETSTREAM_ACKS_INFLIGHT_MAX`] permits, one per publish awaiting its acknowledgement.
     inflight: Arc<tokio::sync::Semaphore>,
-    /// Counts the client's lost connections: a batch in flight when it moves is answered 503.
+    /// The connection `js` came from: a batch in flight when it is lost is answered 503.
+    nats: Nats,
+}
+
+/// A client of the NATS servers that tells when it loses its connection. What was sent over a
+/// lost connection is never answered: the client reconnects to another server within
+/// milliseconds, but a request or publish acknowledgement in flight would wait out
+/// [`JETSTREAM_REQUEST_MS_MAX`]. [`Nats::unless_disconnected`] fails it at once instead, so the
+/// caller (central's batch, the race engine's step) starts again over the new connection.
+#[derive(Clone)]
+pub(crate) struct Nats {
+    pub(crate) js: jetstream::Context,
+    /// Counts the client's lost connections.
     disconnects: tokio::sync::watch::Receiver<u64>,
 }
 
-pub struct JetStreamStore {
-    inner: Arc<Inner>,
-    _reconciler: DropGuard,
-}
-
-impl JetStreamStore {
-    /// Connects to `urls` (one or more servers of the same cluster, comma-separated; the client fails
-    /// over between them), sets up the streams of ADR-0001 with `streams`' limits (see
-    /// [`StreamSettings::provision`]), brings the ranges up to date with the raw stream, and starts
-    /// the reconciler.
-    pub async fn connect(urls: &str, streams: &StreamSettings) -> Result<Self, Error> {
+impl Nats {
+    /// Connects to `urls` (one or more servers of the same cluster, comma-separated; the client
+    /// fails over between them), waiting for the first to answer.
+    pub(crate) async fn connect(urls: &str) -> Result<Self, Error> {
         let servers: Vec<&str> = urls.split(',').map(str::trim).collect();
         let (disconnected, disconnects) = tokio::sync::watch::channel(0u64);
         let client = async_nats::ConnectOptions::new()
@@ -217,7 +255,7 @@ impl JetStreamStore {
                 async move {
                     match event {
                         async_nats::Event::Disconnected => {
-                            tracing::warn!("lost the connection to the NATS server; batches in flight fail, and the client reconnects");
+                            tracing::warn!("lost the connection to the NATS server; what was in flight fails, and the client reconnects");
                             disconnected.send_modify(|n| *n += 1);
                         }
                         async_nats::Event::Connected => {
@@ -236,6 +274,47 @@ impl JetStreamStore {
             .timeout(Duration::from_millis(JETSTREAM_REQUEST_MS_MAX))
             .max_ack_inflight(JETSTREAM_ACK_PERMITS_MAX)
             .build(client);
+        Ok(Self { js, disconnects })
+    }
+
+    /// Which connection the client is on: a count of the connections it lost so far.
+    pub(crate) fn connection(&self) -> u64 {
+        *self.disconnects.borrow()
+    }
+
+    /// Runs `work` to its end, or fails it as soon as the connection it started on is lost:
+    /// `work` is dropped there, as if its process had died at that point, so it must be work
+    /// whose every step is safe to cut short and do again.
+    pub(crate) async fn unless_disconnected<T>(
+        &self,
+        what: &'static str,
+        work: impl std::future::Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        let mut disconnects = self.disconnects.clone();
+        disconnects.borrow_and_update();
+        tokio::select! {
+            done = work => done,
+            _ = disconnects.changed() => Err(Error::nats(
+                what,
+                "the connection to the NATS server was lost; what was sent over it is never answered",
+            )),
+        }
+    }
+}
+
+pub struct JetStreamStore {
+    inner: Arc<Inner>,
+    _reconciler: DropGuard,
+}
+
+impl JetStreamStore {
+    /// Connects to `urls` (one or more servers of the same cluster, comma-separated; the client fails
+    /// over between them), sets up the streams of ADR-0001 with `streams`' limits (see
+    /// [`StreamSettings::provision`]), brings the ranges up to date with the raw stream, and starts
+    /// the reconciler.
+    pub async fn connect(urls: &str, streams: &StreamSettings) -> Result<Self, Error> {
+        let nats = Nats::connect(urls).await?;
+        let js = nats.js.clone();
         streams.provision(&js).await?;
         let raw = js
             .get_stream(RAW_STREAM)
@@ -254,7 +333,7 @@ impl JetStreamStore {
             reconciling: tokio::sync::Mutex::new(()),
             pace: Pace::of(streams.raw_duplicate_window),
             inflight: Arc::new(tokio::sync::Semaphore::new(JETSTREAM_ACKS_INFLIGHT_MAX)),
-            disconnects,
+            nats,
         });
         inner.reconcile().await?;
         let cancel = CancellationToken::new();
@@ -657,17 +736,13 @@ impl IngestStore for JetStreamStore {
     }
 
     async fn ingest(&self, batch: ValidBatch) -> Result<BatchAccepted, Error> {
-        let mut disconnects = self.inner.disconnects.clone();
-        disconnects.borrow_and_update();
-        tokio::select! {
-            stored = self.inner.ingest(batch) => stored,
-            // Cancelling leaves what a central that died mid-batch leaves: events in the stream
-            // the ranges may miss, which Nats-Msg-Id and the reconciler cover.
-            _ = disconnects.changed() => Err(Error::nats(
-                "storing a batch",
-                "the connection to the NATS server was lost mid-batch; the node's retry goes over the new one",
-            )),
-        }
+        // Cut short, a batch leaves what a central that died mid-batch leaves: events in the
+        // stream the ranges may miss, which Nats-Msg-Id and the reconciler cover. The node's
+        // retry goes over the new connection.
+        self.inner
+            .nats
+            .unless_disconnected("storing a batch", self.inner.ingest(batch))
+            .await
     }
 }
 

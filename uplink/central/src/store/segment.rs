@@ -371,6 +371,7 @@ impl SegmentStore {
             records,
             events,
             checkpoint_len: scanned_from,
+            buf: Vec::new(),
             shared: shared.clone(),
             _stopped: stopped,
         };
@@ -714,6 +715,9 @@ struct Writer {
     events: u64,
     /// The file's length at the last checkpoint (or where open began to read).
     checkpoint_len: u64,
+    /// The buffer a group is encoded into, kept from one group to the next: at most
+    /// [`TORN_TAIL_BYTES_MAX`] held for as long as the store is open.
+    buf: Vec<u8>,
     shared: Arc<Shared>,
     /// Dropped after `shared` (fields drop in order), so [`SegmentStore::close`] returns only
     /// once this thread's share of the lock is gone.
@@ -777,7 +781,11 @@ impl Writer {
         }
         let ingested_at_us = super::now_us();
         let mut claimed = Ranges::new();
-        let mut buf = Vec::new();
+        // The group's bytes go into the buffer the last group used: a group of megabytes in a
+        // new allocation each time was mapped, zero-filled by the kernel page by page, and grown
+        // by copying.
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
         let mut records = 0;
         let outcomes: Vec<BatchAccepted> = group
             .iter()
@@ -825,6 +833,7 @@ impl Writer {
             // A client that went away is answered by its retry, which finds these seqs stored.
             let _ = job.reply.send(Ok(outcome));
         }
+        self.buf = buf;
     }
 
     /// Encodes what `batch` holds that is neither stored nor claimed by the group yet.
