@@ -63,8 +63,12 @@
 //!   (group commit: many appends, one write and one `fdatasync`); a lone append commits at
 //!   once. The journal is preallocated and zero-filled, written in place from offset 0 in
 //!   page-sized writes, so a sync flushes one data page and never file metadata.
-//! - **redb is the indexed store.** The writer applies each group to one long-lived write
-//!   transaction and commits it durably (with quick-repair, so a crash never needs a full-file
+//! - **redb is the indexed store.** A second thread applies each acknowledged append to one
+//!   long-lived write transaction while the writer validates, journals and syncs the next ones
+//!   ([`SpoolConfig::apply_on_thread`]; validation reads the appends staged in the group, the
+//!   tail and the last checkpoint, which together are what the transaction holds). The
+//!   transaction goes back to the writer for acks, direct operations and checkpoints, and is
+//!   committed durably (with quick-repair, so a crash never needs a full-file
 //!   repair) at *checkpoints*. Checkpoints come every
 //!   [`SpoolConfig::checkpoint_events`] events, every [`SpoolConfig::checkpoint_interval`],
 //!   when the journal fills, and for rare operations that are committed directly (park,
@@ -177,7 +181,9 @@ pub mod verify;
 mod writer;
 
 pub use crate::error::{Result, SpoolError, error_chain};
-pub use crate::reader::{Backlog, CursorStats, READ_EVENTS_MAX, SpoolHealth, SpoolReader, Stats};
+pub use crate::reader::{
+    Backlog, CursorStats, Memory, READ_EVENTS_MAX, SpoolHealth, SpoolReader, Stats,
+};
 pub use crate::spool::{
     SPOOL_CACHE_BYTES_DEFAULT, SPOOL_CHECKPOINT_EVENTS_DEFAULT,
     SPOOL_CHECKPOINT_INTERVAL_MS_DEFAULT, SPOOL_DISK_RESERVE_BYTES_DEFAULT,
