@@ -91,7 +91,7 @@ pub const SPOOL_APPLY_QUEUE_APPENDS_MAX: usize = 8;
 /// What the writer asks its apply thread.
 enum ApplyJob {
     /// Hold the write transaction: every insert goes into it until it is asked back.
-    Take(WriteTransaction),
+    Take(Box<WriteTransaction>),
     /// Insert an append's records and index rows.
     Insert(tables::IndexRows, EncodedRecords),
     /// Give the transaction back, or the error that stopped the inserts.
@@ -145,7 +145,7 @@ impl Applier {
     ) -> Result<()> {
         if let Some(t) = txn.take() {
             self.jobs
-                .send(ApplyJob::Take(t))
+                .send(ApplyJob::Take(Box::new(t)))
                 .map_err(|_| Self::lost())?;
             self.holds = true;
         }
@@ -190,7 +190,7 @@ fn apply_loop(
     let mut error: Option<SpoolError> = None;
     while let Ok(job) = jobs.recv() {
         match job {
-            ApplyJob::Take(t) => txn = Some(t),
+            ApplyJob::Take(t) => txn = Some(*t),
             ApplyJob::Insert(rows, encoded) => {
                 if error.is_none()
                     && let Some(t) = &txn
@@ -1347,7 +1347,9 @@ impl Writer {
     }
 }
 
-/// Where an append's validation finds stream heads and stored idempotency keys.
+/// Where an append's validation finds stream heads and stored idempotency keys. One lives on the
+/// stack for the length of one validation, so its variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 enum Lookup<'a> {
     /// The open write transaction, which holds every earlier append.
     Txn {
