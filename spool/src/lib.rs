@@ -98,7 +98,14 @@
 //! then shows no single cost: malloc and free of the events' own strings and payloads (kept in
 //! the tail, freed at checkpoints), encoding, the tail's per-event index, redb's splices and the
 //! checkpoint commits, all CPU work that the other engineers' load stretches while the raw
-//! journal does none. Reopen after kill -9 at 10 M events
+//! journal does none. The bench then built the spool's events inside its timer and the baselines'
+//! records outside; with every contender's records built beforehand and the inserts moved to the
+//! apply thread, three runs on 2026-12-02 (load average 8–12, a soak running beside) gave batches
+//! of 1000 at 2.11×, 1.94× and 2.38× SQLite (worst rounds 2.00×, 1.11×, 1.68×) and 0.60×, 0.44×
+//! and 0.33× the raw journal (worst 0.56×, 0.22×, 0.24×); inserting on the writer, measured in the
+//! same runs, was 1.76×, 1.23× and 1.73× slower. `perf` then shows the writer's own CPU between
+//! syncs as the bound: freeing the tail's events at checkpoints, the tail's per-event version
+//! index, building and checksumming the frame, encoding; the apply thread is a fraction of it. Reopen after kill -9 at 10 M events
 //! ready to append in 19–44 ms; 4.5 KiB written per event at 10 events/s (floor 4.2 KiB). Segment files were the alternative for bounded restart; quick-repair plus a
 //! bounded journal replay met the bar without them.
 //!
