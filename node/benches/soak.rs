@@ -14,10 +14,18 @@
 //! this process that is up for `SOAK_UPLINK_UP_S` and then down for `SOAK_UPLINK_DOWN_S`: while down
 //! it closes the drain's open connections and refuses new ones, as a WAN that drops does.
 //!
-//! Each minute prints: RSS, CPU % of one core over the minute, open fds, spool files' size, the
+//! Each minute prints: RSS; the anonymous part of it split into glibc's main heap, its thread
+//! arenas and the rest (from `/proc/self/smaps`); redb's page cache and the spool's in-memory tail
+//! (`Spool::memory`); CPU % of one core over the minute, open fds, spool files' size, the
 //! uplink backlog, whether the uplink was up, the byte-in -> durable latency p50/p99/max of the
 //! minute's passings, the passings the race engine holds in memory, and the race snapshots saved so
 //! far. At the end, the first and last ten minutes are compared.
+//!
+//! The memory columns tell a bounded cache from a leak: redb's cache fills up to the spool's
+//! `cache_bytes` (16 MiB) in the first minutes and stays there, and what glibc's per-thread arenas
+//! hold beyond the live data shows as `arenas` minus `cache KiB`. To see the allocator's share,
+//! run a second soak with `MALLOC_ARENA_MAX=1` in its environment (glibc reads it at start) and
+//! compare the two.
 //!
 //! | variable | default | what |
 //! |---|---|---|
@@ -125,6 +133,56 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// This process's anonymous memory by who holds it, in KiB, from `/proc/self/smaps`: glibc's main
+/// heap (`[heap]`), its per-thread arenas (read-write mappings that start on a 64 MiB boundary,
+/// as glibc aligns each arena's reservation), and the rest (large allocations malloc maps alone,
+/// thread stacks). Memory an arena keeps after what it held was freed shows here and not in the
+/// spool's or the engine's own counts.
+#[derive(Clone, Copy, Default)]
+struct Anon {
+    heap: u64,
+    arenas: u64,
+    other: u64,
+}
+
+impl Anon {
+    fn total(self) -> u64 {
+        self.heap + self.arenas + self.other
+    }
+}
+
+/// glibc's `HEAP_MAX_SIZE` on 64-bit: each thread arena is reserved at this alignment.
+const ARENA_ALIGN_BYTES: u64 = 64 * 1024 * 1024;
+
+fn anon_kib() -> Anon {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap_or_default();
+    let mut anon = Anon::default();
+    // The mapping whose fields follow: which of the three it counts towards.
+    let mut bucket: Option<fn(&mut Anon) -> &mut u64> = None;
+    for line in smaps.lines() {
+        let mut f = line.split_whitespace();
+        let Some(first) = f.next() else { continue };
+        if let Some((start, _)) = first.split_once('-').filter(|_| !first.ends_with(':')) {
+            let start = u64::from_str_radix(start, 16).unwrap_or(1);
+            let perms = f.next().unwrap_or("");
+            let name = f.nth(3).unwrap_or("");
+            bucket = Some(if name == "[heap]" {
+                |a| &mut a.heap
+            } else if perms == "rw-p" && name.is_empty() && start % ARENA_ALIGN_BYTES == 0 {
+                |a| &mut a.arenas
+            } else {
+                |a| &mut a.other
+            });
+        } else if first == "Anonymous:" {
+            let kib: u64 = f.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+            if let Some(b) = bucket {
+                *b(&mut anon) += kib;
+            }
+        }
+    }
+    anon
+}
+
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
 }
@@ -150,6 +208,12 @@ fn pct(sorted: &[f64], q: f64) -> f64 {
 struct Sample {
     minute: u64,
     rss_kib: u64,
+    /// Anonymous memory by holder; the rest of RSS is the binary and libraries.
+    anon: Anon,
+    /// redb's page cache, which fills up to the spool's `cache_bytes` as reads touch new pages.
+    cache_kib: u64,
+    /// Acknowledged events the spool holds in memory until its next checkpoint.
+    tail: usize,
     cpu_pct: f64,
     fds: usize,
     spool_mib: f64,
@@ -190,9 +254,15 @@ fn config(dir: &Path, device: PathBuf, central: u16, cap_mib: u64) -> Config {
 
 fn print_sample(s: &Sample) {
     println!(
-        "| {:>3} | {:>7} | {:>5.1} | {:>3} | {:>7.1} | {:>7} | {:>3} | {:>6.0} | {:>6.0} | {:>7.0} | {:>5} | {:>7} | {:>2} |",
+        "| {:>3} | {:>7} | {:>7} | {:>6} | {:>6} | {:>6} | {:>6} | {:>5} | {:>5.1} | {:>3} | {:>7.1} | {:>7} | {:>3} | {:>6.0} | {:>6.0} | {:>7.0} | {:>5} | {:>7} | {:>2} |",
         s.minute,
         s.rss_kib,
+        s.anon.total(),
+        s.anon.heap,
+        s.anon.arenas,
+        s.anon.other,
+        s.cache_kib,
+        s.tail,
         s.cpu_pct,
         s.fds,
         s.spool_mib,
@@ -270,9 +340,9 @@ async fn soak(
     });
 
     println!(
-        "| min | RSS KiB | CPU % | fds | spool MiB | backlog | up s | p50 µs | p99 µs | max µs | passings | held | snap |"
+        "| min | RSS KiB | anon KiB | heap | arenas | other | cache KiB | tail | CPU % | fds | spool MiB | backlog | up s | p50 µs | p99 µs | max µs | passings | held | snap |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let started = Instant::now();
     let cycle = Duration::from_secs(up_s + down_s);
     let mut samples = Vec::new();
@@ -305,9 +375,13 @@ async fn soak(
                     next_sample += Duration::from_secs(60);
                     let cpu1 = cpu_seconds();
                     minute_lat.sort_by(f64::total_cmp);
+                    let memory = spool.memory();
                     let s = Sample {
                         minute: samples.len() as u64 + 1,
                         rss_kib: rss_kib(),
+                        anon: anon_kib(),
+                        cache_kib: memory.cache_bytes as u64 / 1024,
+                        tail: memory.tail_events,
                         cpu_pct: (cpu1 - cpu0) / 60.0 * 100.0,
                         fds: open_fds(),
                         spool_mib: spool_bytes(&config.spool_dir()) as f64 / 1_048_576.0,
@@ -366,8 +440,13 @@ fn main() {
     let window = (samples.len() / 6).clamp(1, 10);
     let (first, last) = (&samples[..window], &samples[samples.len() - window..]);
     println!("\nfirst {window} min vs last {window} min (means):");
-    let fields: [(&str, Field); 6] = [
+    let fields: [(&str, Field); 11] = [
         ("RSS KiB", |s| s.rss_kib as f64),
+        ("anon KiB", |s| s.anon.total() as f64),
+        ("heap KiB", |s| s.anon.heap as f64),
+        ("arenas KiB", |s| s.anon.arenas as f64),
+        ("other KiB", |s| s.anon.other as f64),
+        ("cache KiB", |s| s.cache_kib as f64),
         ("CPU %", |s| s.cpu_pct),
         ("fds", |s| s.fds as f64),
         ("spool MiB", |s| s.spool_mib),
@@ -377,7 +456,7 @@ fn main() {
     for (name, f) in fields {
         let (a, b) = (mean(first, f), mean(last, f));
         println!(
-            "  {name:>9}: {a:>10.1} -> {b:>10.1} ({:+.1} %)",
+            "  {name:>10}: {a:>10.1} -> {b:>10.1} ({:+.1} %)",
             (b / a - 1.0) * 100.0
         );
     }

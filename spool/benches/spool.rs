@@ -8,7 +8,9 @@
 //! directory, then `fdatasync`), SQLite (WAL, synchronous=FULL, same records and batch sizes),
 //! the raw journal (the same bytes per batch written in place into a preallocated file and
 //! `fdatasync`ed: the disk's own bound for the spool's format), naive redb (one
-//! `Durability::Immediate` commit per append, the spool's tables).
+//! `Durability::Immediate` commit per append, the spool's tables). In the throughput section every
+//! contender's records are built before its timer starts (the spool's events as the baselines'
+//! blobs), so the figures compare write paths, not the bench's own event construction.
 //!
 //! Sizes come from the environment, so a run fits in a few minutes by default:
 //!
@@ -22,6 +24,7 @@
 //! | `SPOOL_BENCH_ONLY` | all | comma-separated sections: latency, throughput, read, reopen, wear |
 //! | `SPOOL_BENCH_APPENDERS` | 1,8,64 | comma-separated thread counts of the single-event figures (empty: none) |
 //! | `SPOOL_BENCH_BATCHES` | 1,10,100,1000 | comma-separated batch sizes of the throughput section (to profile one) |
+//! | `SPOOL_BENCH_PER_KEY` | unset | set: also the per-event inserts (`appended_event_inserts: false`) at batches of 100 and more |
 
 use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader, Write};
@@ -185,31 +188,33 @@ fn concurrent(spool: &Spool, appenders: usize, total: usize) -> f64 {
     (per * appenders) as f64 / start.elapsed().as_secs_f64()
 }
 
-/// Append `count` passings numbered after `n` in one call.
-fn append_passings(spool: &Spool, stream: &StreamId, n: &mut u32, count: usize) {
-    let events = (0..count)
-        .map(|_| {
-            *n += 1;
-            passing(*n)
+/// `total / batch` batches of passings, numbered from 1: built before any timing starts, as
+/// the baselines' records are, so every contender's figure is its write path alone.
+fn passing_batches(batch: usize, total: usize) -> Vec<Vec<NewEvent>> {
+    (0..total / batch)
+        .map(|b| {
+            (0..batch)
+                .map(|i| passing(u32::try_from(b * batch + i + 1).expect("fits u32")))
+                .collect()
         })
-        .collect();
-    spool
-        .append_blocking(vec![AppendStream::new(
-            stream.clone(),
-            ExpectedVersion::Any,
-            events,
-        )])
-        .expect("append");
+        .collect()
 }
 
-fn batched(spool: &Spool, batch: usize, total: usize) -> f64 {
+/// Append the prebuilt batches, one call each. Events/s.
+fn batched(spool: &Spool, batches: Vec<Vec<NewEvent>>) -> f64 {
     let stream = decoder_stream();
+    let count: usize = batches.iter().map(Vec::len).sum();
     let start = Instant::now();
-    let mut n = 0u32;
-    for _ in 0..total / batch {
-        append_passings(spool, &stream, &mut n, batch);
+    for events in batches {
+        spool
+            .append_blocking(vec![AppendStream::new(
+                stream.clone(),
+                ExpectedVersion::Any,
+                events,
+            )])
+            .expect("append");
     }
-    (total / batch * batch) as f64 / start.elapsed().as_secs_f64()
+    count as f64 / start.elapsed().as_secs_f64()
 }
 
 /// SQLite WAL, synchronous=FULL: the spool's essentials (events by seq, unique stream index).
@@ -348,7 +353,19 @@ fn child(dir: &Path, count: usize) {
     let mut left = count.saturating_sub(have);
     while left > 0 {
         let batch = left.min(1000);
-        append_passings(&spool, &stream, &mut n, batch);
+        let events = (0..batch)
+            .map(|_| {
+                n += 1;
+                passing(n)
+            })
+            .collect();
+        spool
+            .append_blocking(vec![AppendStream::new(
+                stream.clone(),
+                ExpectedVersion::Any,
+                events,
+            )])
+            .expect("append");
         left -= batch;
     }
     println!("loaded {}", spool.head().expect("head"));
@@ -521,25 +538,41 @@ fn main() {
             let mut spool_rates = Vec::new();
             let mut sqlite_rates = Vec::new();
             let mut raw_rates = Vec::new();
-            // The former per-event B-tree inserts, beside the bulk ones, so the gain is a ratio
-            // from this run (only where batches are large enough for it to show).
-            let mut per_key_rates = Vec::new();
+            // The former ways beside the current one, so each gain is a ratio from this run
+            // (only where batches are large enough for it to show): inserts on the writer
+            // between its syncs, and (with SPOOL_BENCH_PER_KEY=1) per-event B-tree inserts.
+            let mut before: Vec<(&str, SpoolConfig, Vec<f64>)> = vec![(
+                "spool applying on the writer thread (before)",
+                SpoolConfig {
+                    apply_on_thread: false,
+                    ..config()
+                },
+                Vec::new(),
+            )];
+            if std::env::var_os("SPOOL_BENCH_PER_KEY").is_some() {
+                before.push((
+                    "spool with per-event inserts",
+                    SpoolConfig {
+                        appended_event_inserts: false,
+                        ..config()
+                    },
+                    Vec::new(),
+                ));
+            }
             for round in 0..3 {
                 raw_rates.push(raw_journal(dir.path(), batch, n, record));
                 let spool = Spool::open(dir.path().join(format!("b{batch}-{round}")), config())
                     .expect("open");
-                spool_rates.push(batched(&spool, batch, n));
+                spool_rates.push(batched(&spool, passing_batches(batch, n)));
                 drop(spool);
                 if batch >= 100 {
-                    let per_key_dir = dir.path().join(format!("b{batch}-{round}-per-key"));
-                    let per_key = SpoolConfig {
-                        appended_event_inserts: false,
-                        ..config()
-                    };
-                    let spool = Spool::open(&per_key_dir, per_key).expect("open");
-                    per_key_rates.push(batched(&spool, batch, n));
-                    drop(spool);
-                    drop(std::fs::remove_dir_all(per_key_dir));
+                    for (i, (_, config, rates)) in before.iter_mut().enumerate() {
+                        let before_dir = dir.path().join(format!("b{batch}-{round}-before{i}"));
+                        let spool = Spool::open(&before_dir, config.clone()).expect("open");
+                        rates.push(batched(&spool, passing_batches(batch, n)));
+                        drop(spool);
+                        drop(std::fs::remove_dir_all(before_dir));
+                    }
                 }
                 if round > 0 || batch != 1000 {
                     drop(std::fs::remove_dir_all(
@@ -577,18 +610,18 @@ fn main() {
             println!(
                 "|   rounds: spool, SQLite, raw | {spool_rates:.0?} | {sqlite_rates:.0?} | | {raw_rates:.0?} | |"
             );
-            if !per_key_rates.is_empty() {
-                let per_key = median(&per_key_rates);
+            for (name, _, rates) in before.iter().filter(|(_, _, r)| !r.is_empty()) {
+                let then = median(rates);
                 println!(
-                    "|   spool with per-event inserts (before) | {per_key:.0} | | {:.2} (worst round {:.2}) | | {:.2} (worst round {:.2}) |",
-                    per_key / sq,
-                    worst(&per_key_rates, &sqlite_rates),
-                    per_key / raw,
-                    worst(&per_key_rates, &raw_rates),
+                    "|   {name} | {then:.0} | | {:.2} (worst round {:.2}) | | {:.2} (worst round {:.2}) |",
+                    then / sq,
+                    worst(rates, &sqlite_rates),
+                    then / raw,
+                    worst(rates, &raw_rates),
                 );
                 println!(
-                    "|   rounds: per-event inserts; bulk / per-event | {per_key_rates:.0?} | | | | {:.2} (median) |",
-                    rate / per_key
+                    "|   rounds; now / then | {rates:.0?} | | | | {:.2} (median) |",
+                    rate / then
                 );
             }
         }

@@ -258,6 +258,18 @@ pub struct CursorStats {
     pub parked: u64,
 }
 
+/// The spool's memory that grows with use, for a soak or a technician watching RSS: both are
+/// bounded, this says how near their bounds they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Memory {
+    /// Bytes in redb's page cache (read cache and write buffer), bounded by
+    /// [`crate::SpoolConfig::cache_bytes`]; it fills as reads touch pages it has not held.
+    pub cache_bytes: usize,
+    /// Acknowledged events held in memory until the next checkpoint applies them to the
+    /// database.
+    pub tail_events: usize,
+}
+
 /// What the spool holds and what it has done.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stats {
@@ -753,6 +765,24 @@ impl SpoolReader {
             });
         }
         Ok(out)
+    }
+
+    /// How much of its bounded memory the spool uses now.
+    pub fn memory(&self) -> Memory {
+        let cache_bytes = match &self.db {
+            Db::Writer(slot) => slot.get().map_or(0, |db| db.cache_stats().used_bytes()),
+            Db::ReadOnly(db) => db.cache_stats().used_bytes(),
+        };
+        let tail_events = self
+            .tail
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .events
+            .len();
+        Memory {
+            cache_bytes,
+            tail_events,
+        }
     }
 
     /// Counts, sizes, oldest and newest, and every cursor's backlog.

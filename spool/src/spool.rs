@@ -80,6 +80,11 @@ pub struct SpoolConfig {
     /// Both store the same rows; `false` is the former way, kept so `cargo bench -p spool`
     /// measures the gain in one run.
     pub appended_event_inserts: bool,
+    /// Insert each acknowledged append into redb on a second thread while the writer journals
+    /// the next (the default), rather than on the writer between its journal syncs. The journal
+    /// is the durability either way and validation sees the same state; `false` is the former
+    /// way, kept so `cargo bench -p spool` measures the gain in one run.
+    pub apply_on_thread: bool,
 }
 
 impl Default for SpoolConfig {
@@ -96,6 +101,7 @@ impl Default for SpoolConfig {
             // The spool knows no event types: a venue's catalog comes from whoever opens it.
             schemas: Arc::new(crate::schema::Schemas::empty()),
             appended_event_inserts: true,
+            apply_on_thread: true,
         }
     }
 }
@@ -205,6 +211,7 @@ impl Spool {
             required_cursors: config.required_cursors.clone(),
             disk_cap_bytes: config.disk_cap_bytes,
             disk_reserve_bytes: config.disk_reserve_bytes,
+            apply_on_thread: config.apply_on_thread,
             event_inserts: if config.appended_event_inserts {
                 tables::EventInserts::Appended
             } else {

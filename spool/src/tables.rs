@@ -130,8 +130,77 @@ pub(crate) fn insert_events(
     encoded: &EncodedRecords,
     inserts: EventInserts,
 ) -> Result<()> {
+    insert_rows(txn, &IndexRows::of(events), encoded, inserts)
+}
+
+/// What an append adds to the tables besides its records: the rows of its seqs, runs, heads and
+/// keys, taken from its events so that the events themselves can go to the tail while another
+/// thread inserts these ([`crate::SpoolConfig::apply_on_thread`]). One row per run of a stream,
+/// not per event.
+#[derive(Debug, Default)]
+pub(crate) struct IndexRows {
+    /// Each record's seq, in order.
+    seqs: Vec<u64>,
+    /// Stream, first version, first seq, count, of each run; the last version is the head.
+    runs: Vec<(String, u64, u64, u64)>,
+    /// Idempotency keys and their seqs.
+    keys: Vec<(String, u64)>,
+}
+
+impl IndexRows {
+    pub(crate) fn of(events: &[RecordedEvent]) -> IndexRows {
+        let mut rows = IndexRows {
+            seqs: Vec::with_capacity(events.len()),
+            ..IndexRows::default()
+        };
+        let mut run_start = 0;
+        for (i, event) in events.iter().enumerate() {
+            rows.seqs.push(event.seq.0);
+            if let Some(key) = &event.meta.idempotency_key {
+                rows.keys.push((key.clone(), event.seq.0));
+            }
+            let continues = events.get(i + 1).is_some_and(|next| {
+                next.stream == event.stream
+                    && next.version == event.version + 1
+                    && next.seq.0 == event.seq.0 + 1
+            });
+            if !continues {
+                let first = &events[run_start];
+                let count = (i - run_start + 1) as u64;
+                rows.runs.push((
+                    first.stream.as_str().to_owned(),
+                    first.version,
+                    first.seq.0,
+                    count,
+                ));
+                run_start = i + 1;
+            }
+        }
+        rows
+    }
+
+    /// Stream, first version, first seq and count of each run.
+    pub(crate) fn runs(&self) -> impl Iterator<Item = (&str, u64, u64, u64)> {
+        self.runs
+            .iter()
+            .map(|(stream, version, seq, count)| (stream.as_str(), *version, *seq, *count))
+    }
+
+    /// Idempotency keys and their seqs.
+    pub(crate) fn keys(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.keys.iter().map(|(key, seq)| (key.as_str(), *seq))
+    }
+}
+
+/// Insert an append's records and its index rows.
+pub(crate) fn insert_rows(
+    txn: &WriteTransaction,
+    rows: &IndexRows,
+    encoded: &EncodedRecords,
+    inserts: EventInserts,
+) -> Result<()> {
     assert_eq!(
-        events.len(),
+        rows.seqs.len(),
         encoded.len(),
         "every event to insert must come with its encoding"
     );
@@ -141,50 +210,35 @@ pub(crate) fn insert_events(
             let mut cursor = table
                 .upper_bound_mut(std::ops::Bound::<u64>::Unbounded)
                 .ctx("opening the end of events")?;
-            for (event, bytes) in events.iter().zip(encoded.iter()) {
+            for (&seq, bytes) in rows.seqs.iter().zip(encoded.iter()) {
                 // A seq not above every stored one is refused (UnorderedKey), never overwrites:
                 // the spool sequence must only grow.
-                cursor
-                    .insert_before(event.seq.0, bytes)
-                    .ctx("inserting an event")?;
+                cursor.insert_before(seq, bytes).ctx("inserting an event")?;
             }
             // Applies the buffered entries; only close reports their errors.
             cursor.close().ctx("inserting events")?;
         }
         EventInserts::PerKey => {
-            for (event, bytes) in events.iter().zip(encoded.iter()) {
-                table.insert(event.seq.0, bytes).ctx("inserting an event")?;
+            for (&seq, bytes) in rows.seqs.iter().zip(encoded.iter()) {
+                table.insert(seq, bytes).ctx("inserting an event")?;
             }
         }
     }
     let mut runs = txn.open_table(STREAM_RUNS).ctx("opening stream runs")?;
     let mut heads = txn.open_table(STREAM_HEADS).ctx("opening stream heads")?;
     let mut keys = txn.open_table(IDEMPOTENCY).ctx("opening idempotency")?;
-    let mut last_seq = 0;
-    let mut run_start = 0;
-    for (i, event) in events.iter().enumerate() {
-        if let Some(key) = &event.meta.idempotency_key {
-            keys.insert(key.as_str(), event.seq.0)
-                .ctx("indexing an idempotency key")?;
-        }
-        last_seq = event.seq.0;
-        let continues = events.get(i + 1).is_some_and(|next| {
-            next.stream == event.stream
-                && next.version == event.version + 1
-                && next.seq.0 == event.seq.0 + 1
-        });
-        if !continues {
-            let first = &events[run_start];
-            let count = (i - run_start + 1) as u64;
-            runs.insert((first.stream.as_str(), first.version), (first.seq.0, count))
-                .ctx("indexing a run of events")?;
-            heads
-                .insert(event.stream.as_str(), event.version)
-                .ctx("updating a stream head")?;
-            run_start = i + 1;
-        }
+    for (key, seq) in &rows.keys {
+        keys.insert(key.as_str(), *seq)
+            .ctx("indexing an idempotency key")?;
     }
-    if last_seq > 0 {
+    for (stream, first_version, first_seq, count) in &rows.runs {
+        runs.insert((stream.as_str(), *first_version), (*first_seq, *count))
+            .ctx("indexing a run of events")?;
+        heads
+            .insert(stream.as_str(), first_version + count - 1)
+            .ctx("updating a stream head")?;
+    }
+    if let Some(&last_seq) = rows.seqs.last().filter(|&&s| s > 0) {
         let mut meta_table = txn.open_table(META).ctx("opening meta")?;
         meta_table
             .insert(META_LAST_SEQ, last_seq)

@@ -4,11 +4,15 @@
 //! then answers and notifies subscribers. A lone request is committed at once: the thread never
 //! waits for company.
 //!
-//! Each append is inserted into the open write transaction as it is validated (its events through
-//! one cursor at the end of the events table, see [`crate::tables`]), since the next
-//! request of the group reads it there (stream versions, idempotency keys). (Inserting the last
-//! append of a group on this thread while a second one synced the journal was tried for issue 14
-//! and measured slower on the 2-core build machine; it was removed.)
+//! Each append's events go into the open write transaction through one cursor at the end of the
+//! events table (see [`crate::tables`]). By default ([`crate::SpoolConfig::apply_on_thread`]) a
+//! second thread does those inserts while this one validates, journals and syncs the next
+//! appends, so the syncs follow each other without the inserts between them; the next request is
+//! then validated against the heads and keys staged in its group, the tail and the last
+//! checkpoint. Otherwise each append is inserted here as it is validated, and the next request of
+//! the group reads it in the transaction. (Inserting the last append of a group on this thread
+//! while a second one synced the journal was tried for issue 14 and measured slower on the 2-core
+//! build machine; it was removed.)
 //!
 //! The database is updated in the same long-lived write transaction and committed
 //! ([`redb::Durability::Immediate`], quick-repair) at checkpoints: every
@@ -22,7 +26,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use redb::{Database, Durability, ReadableTable, WriteTransaction};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, WriteTransaction};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::{DbContext, Result, SpoolError, error_chain};
@@ -78,6 +82,136 @@ pub const SPOOL_REOPEN_INTERVAL_MS: u64 = 1_000;
 
 const _: () = assert!(SPOOL_GROUP_REQUESTS_MAX <= SPOOL_QUEUE_REQUESTS_MAX);
 const _: () = assert!(SPOOL_BATCH_BYTES_MAX <= SPOOL_GROUP_BYTES_MAX);
+
+/// The most appends queued for the apply thread ([`crate::SpoolConfig::apply_on_thread`]). A
+/// full queue makes the writer wait: it bounds the memory of records not yet in redb (each append
+/// at most [`SPOOL_BATCH_BYTES_MAX`]) and keeps the apply thread at most this far behind.
+pub const SPOOL_APPLY_QUEUE_APPENDS_MAX: usize = 8;
+
+/// What the writer asks its apply thread.
+enum ApplyJob {
+    /// Hold the write transaction: every insert goes into it until it is asked back.
+    Take(Box<WriteTransaction>),
+    /// Insert an append's records and index rows.
+    Insert(tables::IndexRows, EncodedRecords),
+    /// Give the transaction back, or the error that stopped the inserts.
+    Return,
+}
+
+/// A thread that inserts acknowledged appends into the open write transaction while the writer
+/// validates, journals and syncs the next ones: the inserts are CPU the journal's syncs need
+/// not wait for (the journal holds the events; readers and validation find them in the tail).
+/// The writer asks for the transaction back before anything else uses it.
+struct Applier {
+    jobs: std::sync::mpsc::SyncSender<ApplyJob>,
+    back: std::sync::mpsc::Receiver<Result<WriteTransaction>>,
+    /// Whether the apply thread holds the transaction.
+    holds: bool,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Applier {
+    fn start(inserts: tables::EventInserts) -> Result<Applier> {
+        let (jobs, rx) = std::sync::mpsc::sync_channel(SPOOL_APPLY_QUEUE_APPENDS_MAX);
+        let (back_tx, back) = std::sync::mpsc::sync_channel(1);
+        let thread = std::thread::Builder::new()
+            .name("spool-apply".into())
+            .spawn(move || apply_loop(&rx, &back_tx, inserts))
+            .map_err(|source| SpoolError::Io {
+                path: PathBuf::new(),
+                action: "starting the spool's apply thread",
+                source,
+            })?;
+        Ok(Applier {
+            jobs,
+            back,
+            holds: false,
+            thread: Some(thread),
+        })
+    }
+
+    fn lost() -> SpoolError {
+        SpoolError::Failed {
+            reason: "the spool's apply thread stopped".into(),
+        }
+    }
+
+    /// Queue an append's inserts, handing over the transaction first if the writer has it.
+    fn insert(
+        &mut self,
+        txn: &mut Option<WriteTransaction>,
+        rows: tables::IndexRows,
+        encoded: EncodedRecords,
+    ) -> Result<()> {
+        if let Some(t) = txn.take() {
+            self.jobs
+                .send(ApplyJob::Take(Box::new(t)))
+                .map_err(|_| Self::lost())?;
+            self.holds = true;
+        }
+        if !self.holds {
+            return Err(Self::lost());
+        }
+        self.jobs
+            .send(ApplyJob::Insert(rows, encoded))
+            .map_err(|_| Self::lost())
+    }
+
+    /// Wait for the queued inserts and take the transaction back, if the thread holds it.
+    fn reclaim(&mut self, txn: &mut Option<WriteTransaction>) -> Result<()> {
+        if !self.holds {
+            return Ok(());
+        }
+        self.holds = false;
+        self.jobs.send(ApplyJob::Return).map_err(|_| Self::lost())?;
+        *txn = Some(self.back.recv().map_err(|_| Self::lost())??);
+        Ok(())
+    }
+}
+
+impl Drop for Applier {
+    fn drop(&mut self) {
+        // Closing the queue ends the thread; a transaction it still holds is dropped unapplied,
+        // as the writer's own would be (the journal keeps its events).
+        let (jobs, _) = std::sync::mpsc::sync_channel(0);
+        drop(std::mem::replace(&mut self.jobs, jobs));
+        if let Some(thread) = self.thread.take() {
+            drop(thread.join());
+        }
+    }
+}
+
+fn apply_loop(
+    jobs: &std::sync::mpsc::Receiver<ApplyJob>,
+    back: &std::sync::mpsc::SyncSender<Result<WriteTransaction>>,
+    inserts: tables::EventInserts,
+) {
+    let mut txn: Option<WriteTransaction> = None;
+    let mut error: Option<SpoolError> = None;
+    while let Ok(job) = jobs.recv() {
+        match job {
+            ApplyJob::Take(t) => txn = Some(*t),
+            ApplyJob::Insert(rows, encoded) => {
+                if error.is_none()
+                    && let Some(t) = &txn
+                    && let Err(e) = tables::insert_rows(t, &rows, &encoded, inserts)
+                {
+                    error = Some(e);
+                }
+            }
+            ApplyJob::Return => {
+                let answer = match (error.take(), txn.take()) {
+                    (Some(e), _) => Err(e),
+                    (None, Some(t)) => Ok(t),
+                    (None, None) => Err(Applier::lost()),
+                };
+                if back.send(answer).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
 
 /// What one request asks the writer.
 pub(crate) enum Request {
@@ -142,6 +276,7 @@ pub(crate) struct Policy {
     pub(crate) disk_cap_bytes: Option<u64>,
     pub(crate) disk_reserve_bytes: u64,
     pub(crate) event_inserts: tables::EventInserts,
+    pub(crate) apply_on_thread: bool,
 }
 
 /// How the writer opens the database again after a failure: as [`crate::Spool::open`] did.
@@ -196,6 +331,13 @@ pub(crate) struct Writer {
     group_events: Vec<RecordedEvent>,
     group_acks: Vec<(String, u64)>,
     group_pending: Vec<Pending>,
+    /// Inserts on their own thread, if [`Policy::apply_on_thread`].
+    applier: Option<Applier>,
+    /// Stream heads and idempotency keys of the group staged but not yet in the tail: with the
+    /// apply thread, the next request of the group is validated against these, the tail and the
+    /// last checkpoint, since the transaction may be on the other thread.
+    staged_heads: HashMap<String, StreamVersion>,
+    staged_keys: HashMap<String, Appended>,
 }
 
 impl Writer {
@@ -214,6 +356,11 @@ impl Writer {
     ) -> Result<Writer> {
         let path = storage.describe();
         let txn = begin(&*current(&db)?)?;
+        let applier = if policy.apply_on_thread {
+            Some(Applier::start(policy.event_inserts)?)
+        } else {
+            None
+        };
         Ok(Writer {
             db,
             reopen,
@@ -236,7 +383,36 @@ impl Writer {
             group_events: Vec::new(),
             group_acks: Vec::new(),
             group_pending: Vec::new(),
+            applier,
+            staged_heads: HashMap::new(),
+            staged_keys: HashMap::new(),
         })
+    }
+
+    /// The open write transaction, back from the apply thread if it has it. An error means the
+    /// inserts failed there (the writer then fails, and its reopen replays the journal).
+    fn txn(&mut self) -> Result<&WriteTransaction> {
+        if let Some(applier) = &mut self.applier {
+            applier.reclaim(&mut self.txn)?;
+        }
+        Ok(self
+            .txn
+            .as_ref()
+            .expect("an open write transaction while not failed"))
+    }
+
+    /// Take the transaction back from the apply thread, if it has it.
+    fn reclaim(&mut self) -> Result<()> {
+        match &mut self.applier {
+            Some(applier) => applier.reclaim(&mut self.txn),
+            None => Ok(()),
+        }
+    }
+
+    /// Drop the open transaction, wherever it is, unapplied.
+    fn discard_txn(&mut self) {
+        drop(self.reclaim());
+        self.txn = None;
     }
 
     /// Serve requests until every sender is gone, then checkpoint and return.
@@ -325,11 +501,10 @@ impl Writer {
                     drop(reply.send(Err(error)));
                     return;
                 }
-                let txn = self
-                    .txn
-                    .as_ref()
-                    .expect("an open write transaction while not failed");
-                if let Err(error) = tables::ack_cursor(txn, &cursor, seq.0) {
+                let acked = self
+                    .txn()
+                    .and_then(|txn| tables::ack_cursor(txn, &cursor, seq.0));
+                if let Err(error) = acked {
                     self.fail(&error);
                     drop(reply.send(Err(error)));
                     return;
@@ -376,17 +551,29 @@ impl Writer {
                 });
             }
         }
-        let txn = self
-            .txn
-            .as_ref()
-            .expect("an open write transaction while not failed");
-        let heads = txn
-            .open_table(tables::STREAM_HEADS)
-            .ctx("opening stream heads")?;
-        let keys = txn
-            .open_table(tables::IDEMPOTENCY)
-            .ctx("opening idempotency keys")?;
-        let events_table = txn.open_table(tables::EVENTS).ctx("opening events")?;
+        let mut lookup = if self.applier.is_some() {
+            Lookup::Staged {
+                heads: &self.staged_heads,
+                keys: &self.staged_keys,
+                tail: self.tail.read().unwrap_or_else(|p| p.into_inner()),
+                db: current(&self.db)?,
+                committed: None,
+            }
+        } else {
+            let txn = self
+                .txn
+                .as_ref()
+                .expect("an open write transaction while not failed");
+            Lookup::Txn {
+                heads: txn
+                    .open_table(tables::STREAM_HEADS)
+                    .ctx("opening stream heads")?,
+                keys: txn
+                    .open_table(tables::IDEMPOTENCY)
+                    .ctx("opening idempotency keys")?,
+                events: txn.open_table(tables::EVENTS).ctx("opening events")?,
+            }
+        };
         let mut versions: HashMap<String, StreamVersion> = HashMap::new();
         let mut batch_keys: HashMap<String, Appended> = HashMap::new();
         let mut appended = Vec::with_capacity(count);
@@ -397,11 +584,7 @@ impl Writer {
             let stream_key = part.stream.as_str().to_owned();
             let mut current = match versions.get(&stream_key) {
                 Some(v) => *v,
-                None => heads
-                    .get(stream_key.as_str())
-                    .ctx("reading a stream head")?
-                    .map(|v| v.value())
-                    .unwrap_or(0),
+                None => lookup.head(&stream_key)?,
             };
             // Duplicates first: a retried batch whose events are all stored succeeds with the
             // original seqs whatever the stream's version is now.
@@ -420,20 +603,8 @@ impl Writer {
                     dups.push(Dup::Stored(*found));
                     continue;
                 }
-                match keys.get(key).ctx("reading an idempotency key")? {
-                    Some(found) => {
-                        let found = found.value();
-                        let version = match events_table.get(found).ctx("reading an event")? {
-                            Some(bytes) => tables::decode_event(found, bytes.value())?.version,
-                            // Deleted by retention: the key outlives the event.
-                            None => 0,
-                        };
-                        dups.push(Dup::Stored(Appended {
-                            seq: Seq(found),
-                            version,
-                            duplicate: true,
-                        }));
-                    }
+                match lookup.key(key)? {
+                    Some(found) => dups.push(Dup::Stored(found)),
                     None => {
                         part_keys.insert(key, i);
                         dups.push(Dup::New);
@@ -538,12 +709,36 @@ impl Writer {
         };
         self.next_seq += events.len() as u64;
         self.uncheckpointed_events += events.len();
-        let txn = self
-            .txn
-            .as_ref()
-            .expect("an open write transaction while not failed");
-        if let Err(error) = tables::insert_events(txn, &events, &encoded, self.policy.event_inserts)
-        {
+        let inserted = match &mut self.applier {
+            Some(applier) => {
+                let rows = tables::IndexRows::of(&events);
+                let first_seq = events[0].seq.0;
+                for (stream, first_version, _, count) in rows.runs() {
+                    self.staged_heads
+                        .insert(stream.to_owned(), first_version + count - 1);
+                }
+                for (key, seq) in rows.keys() {
+                    let version = events[usize::try_from(seq - first_seq).unwrap_or(0)].version;
+                    self.staged_keys.insert(
+                        key.to_owned(),
+                        Appended {
+                            seq: Seq(seq),
+                            version,
+                            duplicate: true,
+                        },
+                    );
+                }
+                applier.insert(&mut self.txn, rows, encoded)
+            }
+            None => {
+                let txn = self
+                    .txn
+                    .as_ref()
+                    .expect("an open write transaction while not failed");
+                tables::insert_events(txn, &events, &encoded, self.policy.event_inserts)
+            }
+        };
+        if let Err(error) = inserted {
             self.fail(&error);
             drop(reply.send(Err(error)));
             return;
@@ -617,6 +812,9 @@ impl Writer {
             }
         }
         self.group_bytes.clear();
+        // Whatever happens next, the group's heads and keys are in the tail or nowhere.
+        self.staged_heads.clear();
+        self.staged_keys.clear();
         let events = std::mem::take(&mut self.group_events);
         let acks = std::mem::take(&mut self.group_acks);
         let pending = std::mem::take(&mut self.group_pending);
@@ -672,10 +870,12 @@ impl Writer {
                 attempts: 0,
             });
         }
-        self.txn = None;
+        self.discard_txn();
         self.group_bytes.clear();
         self.group_events.clear();
         self.group_acks.clear();
+        self.staged_heads.clear();
+        self.staged_keys.clear();
         self.publish_health();
     }
 
@@ -802,7 +1002,7 @@ impl Writer {
     fn reopen(&mut self) -> Result<usize> {
         // Let go of the failed database first: redb holds its file lock until the last handle
         // (and the last read transaction on it) is gone. Readers get `Failed` meanwhile.
-        self.txn = None;
+        self.discard_txn();
         self.db.set(None);
         let mut builder = redb::Builder::new();
         builder.set_cache_size(self.reopen.cache_bytes);
@@ -866,6 +1066,7 @@ impl Writer {
             self.group_bytes.is_empty(),
             "a checkpoint must not overtake journal frames not yet synced"
         );
+        self.reclaim()?;
         let txn = self
             .txn
             .take()
@@ -951,6 +1152,7 @@ impl Writer {
     /// Delete events recorded at or before `older_than_us` that every required cursor has
     /// acknowledged and none has parked. Returns how many were deleted.
     fn retain(&mut self, older_than_us: u64) -> Result<u64> {
+        self.reclaim()?;
         let txn = self
             .txn
             .as_ref()
@@ -1025,6 +1227,10 @@ impl Writer {
             return Err(SpoolError::Failed {
                 reason: failure.reason.clone(),
             });
+        }
+        if let Err(error) = self.reclaim() {
+            self.fail(&error);
+            return Err(error);
         }
         let mut outcome = DirectOutcome::default();
         let head = self.next_seq - 1;
@@ -1139,6 +1345,124 @@ impl Writer {
         }
         Ok(outcome)
     }
+}
+
+/// Where an append's validation finds stream heads and stored idempotency keys. One lives on the
+/// stack for the length of one validation, so its variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
+enum Lookup<'a> {
+    /// The open write transaction, which holds every earlier append.
+    Txn {
+        heads: redb::Table<'a, &'static str, u64>,
+        keys: redb::Table<'a, &'static str, u64>,
+        events: redb::Table<'a, u64, &'static [u8]>,
+    },
+    /// The apply thread may hold the transaction: the group staged so far, then the tail (every
+    /// append since the last checkpoint), then the last checkpoint, read when needed.
+    Staged {
+        heads: &'a HashMap<String, StreamVersion>,
+        keys: &'a HashMap<String, Appended>,
+        tail: std::sync::RwLockReadGuard<'a, Tail>,
+        db: Arc<Database>,
+        committed: Option<redb::ReadTransaction>,
+    },
+}
+
+impl Lookup<'_> {
+    /// A stream's current version (0 if it has no events).
+    fn head(&mut self, stream: &str) -> Result<StreamVersion> {
+        match self {
+            Lookup::Txn { heads, .. } => Ok(heads
+                .get(stream)
+                .ctx("reading a stream head")?
+                .map_or(0, |v| v.value())),
+            Lookup::Staged {
+                heads,
+                tail,
+                db,
+                committed,
+                ..
+            } => {
+                if let Some(version) = heads.get(stream) {
+                    return Ok(*version);
+                }
+                if let Some((version, _)) =
+                    tail.streams.get(stream).and_then(|v| v.last_key_value())
+                {
+                    return Ok(*version);
+                }
+                let heads = committed_read(db, committed)?
+                    .open_table(tables::STREAM_HEADS)
+                    .ctx("opening stream heads")?;
+                Ok(heads
+                    .get(stream)
+                    .ctx("reading a stream head")?
+                    .map_or(0, |v| v.value()))
+            }
+        }
+    }
+
+    /// The event stored under an idempotency key, as a duplicate's answer.
+    fn key(&mut self, key: &str) -> Result<Option<Appended>> {
+        let found = |seq: u64, version: StreamVersion| Appended {
+            seq: Seq(seq),
+            version,
+            duplicate: true,
+        };
+        match self {
+            Lookup::Txn { keys, events, .. } => {
+                let Some(seq) = keys.get(key).ctx("reading an idempotency key")? else {
+                    return Ok(None);
+                };
+                let seq = seq.value();
+                Ok(Some(found(seq, stored_version(events, seq)?)))
+            }
+            Lookup::Staged {
+                keys,
+                tail,
+                db,
+                committed,
+                ..
+            } => {
+                if let Some(appended) = keys.get(key) {
+                    return Ok(Some(*appended));
+                }
+                if let Some(&seq) = tail.keys.get(key) {
+                    let version = tail.get(seq).map_or(0, |e| e.version);
+                    return Ok(Some(found(seq, version)));
+                }
+                let txn = committed_read(db, committed)?;
+                let keys = txn
+                    .open_table(tables::IDEMPOTENCY)
+                    .ctx("opening idempotency keys")?;
+                let Some(seq) = keys.get(key).ctx("reading an idempotency key")? else {
+                    return Ok(None);
+                };
+                let seq = seq.value();
+                let events = txn.open_table(tables::EVENTS).ctx("opening events")?;
+                Ok(Some(found(seq, stored_version(&events, seq)?)))
+            }
+        }
+    }
+}
+
+/// The version of the stored event at `seq`; 0 once retention deleted it (its key outlives it).
+fn stored_version(events: &impl ReadableTable<u64, &'static [u8]>, seq: u64) -> Result<u64> {
+    Ok(match events.get(seq).ctx("reading an event")? {
+        Some(bytes) => tables::decode_event(seq, bytes.value())?.version,
+        None => 0,
+    })
+}
+
+/// A read of the last checkpoint, begun on first use.
+fn committed_read<'t>(
+    db: &Database,
+    committed: &'t mut Option<redb::ReadTransaction>,
+) -> Result<&'t redb::ReadTransaction> {
+    if committed.is_none() {
+        *committed = Some(db.begin_read().ctx("beginning a read")?);
+    }
+    Ok(committed.as_ref().expect("begun above"))
 }
 
 /// The writer's database; only a reopen in progress leaves the slot empty, and the writer does
