@@ -616,8 +616,8 @@ async fn fanin(urls: &str, dir: &std::path::Path, node_events: u32) -> (Duration
     assert_eq!(ids.len(), unique.len(), "no fan-in event stored twice");
     assert_eq!(ids.len() as u64, total, "every fan-in event stored");
     println!(
-        "  in the raw stream: {} of {total} events, each once; the centrals counted {accepted} as \
-         accepted (the rest came back as duplicates of retried batches)",
+        "  in the raw stream: {} of {total} events, each once; the centrals' counters say {accepted} \
+         accepted (a batch retried on the other central after a late answer counts there as duplicates)",
         ids.len()
     );
     (elapsed, total)
