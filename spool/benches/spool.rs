@@ -74,6 +74,17 @@ fn decoder_stream() -> StreamId {
     StreamId::decoder([0xD0, 0x00, 0x0C, 0x00])
 }
 
+/// One durable append of `events` to `stream`, whatever its version.
+fn append(spool: &Spool, stream: &StreamId, events: Vec<NewEvent>) {
+    spool
+        .append_blocking(vec![AppendStream::new(
+            stream.clone(),
+            ExpectedVersion::Any,
+            events,
+        )])
+        .expect("append");
+}
+
 /// The bytes one event costs in the journal, for the baselines' record size.
 fn record_bytes() -> usize {
     let event = passing(1);
@@ -149,13 +160,7 @@ fn single_appends(spool: &Spool, n: usize) -> Percentiles {
     for i in 0..n {
         let event = passing(i as u32);
         let start = Instant::now();
-        spool
-            .append_blocking(vec![AppendStream::new(
-                stream.clone(),
-                ExpectedVersion::Any,
-                vec![event],
-            )])
-            .expect("append");
+        append(spool, &stream, vec![event]);
         samples.push(start.elapsed());
     }
     percentiles(samples)
@@ -171,13 +176,7 @@ fn concurrent(spool: &Spool, appenders: usize, total: usize) -> f64 {
             std::thread::spawn(move || {
                 let stream = StreamId::new(format!("bench/{t}")).expect("stream id");
                 for i in 0..per {
-                    spool
-                        .append_blocking(vec![AppendStream::new(
-                            stream.clone(),
-                            ExpectedVersion::Any,
-                            vec![passing(i as u32)],
-                        )])
-                        .expect("append");
+                    append(&spool, &stream, vec![passing(i as u32)]);
                 }
             })
         })
@@ -206,13 +205,7 @@ fn batched(spool: &Spool, batches: Vec<Vec<NewEvent>>) -> f64 {
     let count: usize = batches.iter().map(Vec::len).sum();
     let start = Instant::now();
     for events in batches {
-        spool
-            .append_blocking(vec![AppendStream::new(
-                stream.clone(),
-                ExpectedVersion::Any,
-                events,
-            )])
-            .expect("append");
+        append(spool, &stream, events);
     }
     count as f64 / start.elapsed().as_secs_f64()
 }
@@ -359,26 +352,14 @@ fn child(dir: &Path, count: usize) {
                 passing(n)
             })
             .collect();
-        spool
-            .append_blocking(vec![AppendStream::new(
-                stream.clone(),
-                ExpectedVersion::Any,
-                events,
-            )])
-            .expect("append");
+        append(&spool, &stream, events);
         left -= batch;
     }
     println!("loaded {}", spool.head().expect("head"));
     std::io::stdout().flush().expect("stdout");
     loop {
         n += 1;
-        spool
-            .append_blocking(vec![AppendStream::new(
-                stream.clone(),
-                ExpectedVersion::Any,
-                vec![passing(n)],
-            )])
-            .expect("child append");
+        append(&spool, &stream, vec![passing(n)]);
     }
 }
 
@@ -401,13 +382,7 @@ fn reopen_after_kill(dir: &Path, count: usize) -> (Duration, Duration, u64, u64)
     let start = Instant::now();
     let spool = Spool::open(dir, config()).expect("reopen after kill");
     let opened = start.elapsed();
-    spool
-        .append_blocking(vec![AppendStream::new(
-            decoder_stream(),
-            ExpectedVersion::Any,
-            vec![passing(0)],
-        )])
-        .expect("append after reopen");
+    append(&spool, &decoder_stream(), vec![passing(0)]);
     let ready = start.elapsed();
     let head = spool.head().expect("head").0;
     let db = std::fs::metadata(dir.join(spool::storage::DB_FILE))

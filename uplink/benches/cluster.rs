@@ -611,7 +611,12 @@ async fn fanin(urls: &str, dir: &std::path::Path, node_events: u32) -> (Duration
         .iter()
         .map(|c| c.central.stats().get(TRACK).map_or(0, |s| s.accepted))
         .sum();
-    let ids = fanin_ids(urls).await;
+    let prefix = format!("{TRACK}:fanin-");
+    let ids: Vec<String> = nats::raw_ids(urls)
+        .await
+        .into_iter()
+        .filter(|id| id.starts_with(&prefix))
+        .collect();
     let unique: std::collections::HashSet<&String> = ids.iter().collect();
     assert_eq!(ids.len(), unique.len(), "no fan-in event stored twice");
     assert_eq!(ids.len() as u64, total, "every fan-in event stored");
@@ -621,47 +626,6 @@ async fn fanin(urls: &str, dir: &std::path::Path, node_events: u32) -> (Duration
         ids.len()
     );
     (elapsed, total)
-}
-
-/// The `Nats-Msg-Id` of every fan-in event in the raw stream (one message per event), read with a
-/// headers-only ordered consumer.
-async fn fanin_ids(urls: &str) -> Vec<String> {
-    use futures_util::StreamExt;
-    let client = async_nats::connect(urls.split(',').collect::<Vec<_>>())
-        .await
-        .unwrap();
-    let js = jetstream::new(client);
-    let mut stream = js
-        .get_stream(central::store::jetstream::JETSTREAM_STREAM)
-        .await
-        .unwrap();
-    let last = stream.info().await.unwrap().state.last_sequence;
-    let consumer = stream
-        .create_consumer(jetstream::consumer::pull::OrderedConfig {
-            headers_only: true,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let prefix = format!("{TRACK}:fanin-");
-    let mut ids = Vec::new();
-    let mut messages = consumer.messages().await.unwrap();
-    while let Some(message) = tokio::time::timeout(Duration::from_secs(30), messages.next())
-        .await
-        .expect("the raw stream's next message")
-    {
-        let message = message.unwrap();
-        let sequence = message.info().unwrap().stream_sequence;
-        let id = message.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id"));
-        let id = id.expect("every raw message has a Nats-Msg-Id").to_string();
-        if id.starts_with(&prefix) {
-            ids.push(id);
-        }
-        if sequence >= last {
-            break;
-        }
-    }
-    ids
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

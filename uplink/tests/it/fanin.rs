@@ -13,9 +13,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use crate::cluster::raw_ids;
 use crate::common::*;
 use crate::nats::Nats;
+use crate::nats::raw_ids;
 
 /// The `venue-node` binary of this workspace, built now (once per test run) so that it is the
 /// central of the code under test, not whatever an earlier build left: `$VENUE_NODE` if set, else

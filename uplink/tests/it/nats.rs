@@ -222,3 +222,45 @@ impl Nats {
         .await;
     }
 }
+
+/// Every `Nats-Msg-Id` in the raw stream, in stream order (one message per event), read with a
+/// headers-only ordered consumer.
+pub async fn raw_ids(urls: &str) -> Vec<String> {
+    let client = async_nats::connect(urls.split(',').collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let js = async_nats::jetstream::new(client);
+    let stream = js
+        .get_stream(central::store::jetstream::JETSTREAM_STREAM)
+        .await
+        .unwrap();
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+            headers_only: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut stream = stream;
+    let info = stream.info().await.unwrap().state.clone();
+    let mut out = Vec::with_capacity(info.messages as usize);
+    if info.messages == 0 {
+        return out;
+    }
+    use futures_util::StreamExt;
+    let mut messages = consumer.messages().await.unwrap();
+    while let Some(message) = tokio::time::timeout(Duration::from_secs(20), messages.next())
+        .await
+        .expect("the raw stream's next message")
+    {
+        let message = message.unwrap();
+        let sequence = message.info().unwrap().stream_sequence;
+        let id = message.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id"));
+        out.push(id.expect("every message has a Nats-Msg-Id").to_string());
+        if sequence >= info.last_sequence {
+            break;
+        }
+    }
+    assert_eq!(out.len() as u64, info.messages);
+    out
+}

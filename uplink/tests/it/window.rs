@@ -8,8 +8,9 @@ use central::JetStreamStore;
 use central::store::jetstream::JETSTREAM_STREAM;
 use uplink::wire::BatchAccepted;
 
-use crate::cluster::{batch_body, http_client, post, raw_ids};
+use crate::cluster::{batch_body, http_client, post};
 use crate::common::*;
+use crate::nats::raw_ids;
 use crate::nats::{Nats, test_streams};
 
 /// The window the test sets: long enough for a batch to be stored well inside it, short enough
