@@ -15,25 +15,29 @@
 //!
 //! Each latency run is a child process of the bench, once with the input reading while its append
 //! is in flight (the node's default) and once waiting for each append before it reads again (the
-//! previous path, `VENUE_NODE_INPUT_SERIAL=1`), in rounds after a fresh floor, so every line is a
-//! ratio to a
-//! floor measured moments before it. Each run also prints where the time went, from the wall-clock
+//! previous path, `VENUE_NODE_INPUT_SERIAL=1`), and once more on the default path while the uplink
+//! drains a backlog of stored events to a central of its own (the issue's "held while the uplink
+//! drains": the line says how many events the drain moved meanwhile). They run in rounds after a
+//! fresh floor, so every line is a ratio to a floor measured moments before it. Each run also prints where the time went, from the wall-clock
 //! stamps the path leaves on every event (see `Stages`).
 //!
 //! `cargo bench -p node --bench node` (`NODE_BENCH_SECONDS` scales each run, default 10;
-//! `NODE_BENCH_ROUNDS`, default 2).
+//! `NODE_BENCH_ROUNDS`, default 2; `NODE_BENCH_TRACE=<file>` writes each passing's stamps as CSV, for
+//! finding when a stall happened: use it with one child run, `NODE_BENCH_CHILD=<rate>`).
 
 mod common;
 
 use std::collections::HashMap;
+use std::io::Write as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use events::VenueStreams as _;
 use events::catalog;
-use node::config::Config;
-use node::runtime::Node;
+use node::config::{Config, UplinkSettings};
+use node::runtime::{Node, UPLINK_CURSOR};
 use spool::schema::EventPayload;
-use spool::{Filter, Spool};
+use spool::{AppendStream, ExpectedVersion, Filter, Metadata, Spool, StreamId};
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
@@ -117,13 +121,149 @@ fn durable_at(stamps: &HeadStamps, seq: u64) -> Option<(Instant, u64)> {
     stamps.get(i).map(|&(_, at, at_us)| (at, at_us))
 }
 
-/// Byte in -> durable, byte in -> seen by a subscriber (µs, sorted), and the stages.
-async fn latency_run(rate: u32, seconds: u64) -> (Vec<f64>, Vec<f64>, Stages) {
+/// The events waiting for central when a drain round starts. More than a 10 s round drains on
+/// this machine, so the drain runs for the whole round; the round prints how far it got.
+const DRAIN_BACKLOG_EVENTS: u32 = 400_000;
+
+/// The token the node and the drain round's central share.
+const DRAIN_TOKEN: &str = "bench-token-0123456789abcdef";
+
+/// Central as a child process of the latency run, for the drain round, with its store: killed
+/// and removed when dropped.
+struct Central {
+    child: std::process::Child,
+    /// Removed after the child is killed.
+    _store: tempfile::TempDir,
+}
+
+impl Drop for Central {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts central on a free port and points the node's uplink at it.
+fn with_central(dir: &Path, config: &mut Config) -> Central {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap();
+    let tokens = dir.join("central-tokens");
+    std::fs::write(&tokens, format!("bench {DRAIN_TOKEN}\n")).unwrap();
+    let token = dir.join("uplink-token");
+    std::fs::write(&token, DRAIN_TOKEN).unwrap();
+    // In the field central is another machine. Here it runs at the lowest CPU priority, off the
+    // cores that take the disk's interrupts (its loopback sends and receives would delay the
+    // node's fdatasyncs there, as the drain's would: see `uplink::drain::cores`), and keeps its
+    // store in memory (`/dev/shm` where there is one), so neither its CPU, its network work nor its
+    // fsyncs are counted as the node's drain.
+    let shm = Path::new("/dev/shm");
+    let store = if shm.is_dir() {
+        tempfile::tempdir_in(shm)
+    } else {
+        tempfile::tempdir_in(dir)
+    }
+    .unwrap();
+    let online = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let avoid = uplink::drain::storage_interrupt_cores(dir).unwrap_or_default();
+    let cores: Vec<String> = (0..online)
+        .filter(|c| !avoid.contains(c))
+        .map(|c| c.to_string())
+        .collect();
+    let mut command = if cores.is_empty() {
+        std::process::Command::new("nice")
+    } else {
+        let mut c = std::process::Command::new("taskset");
+        c.args(["-c", &cores.join(","), "nice"]);
+        c
+    };
+    let child = command
+        .args(["-n", "19"])
+        .arg(env!("CARGO_BIN_EXE_venue-node"))
+        .arg("central")
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--tokens")
+        .arg(&tokens)
+        .arg("--store")
+        .arg(store.path())
+        .env("RUST_LOG", "error")
+        .spawn()
+        .unwrap();
+    config.uplink = Some(UplinkSettings {
+        central_url: format!("http://127.0.0.1:{port}"),
+        token_file: token,
+        ca_file: None,
+        client_cert: None,
+        client_key: None,
+        failover_urls: Vec::new(),
+        forward: None,
+        limits: None,
+    });
+    Central {
+        child,
+        _store: store,
+    }
+}
+
+/// A backlog for the drain round: decoder status events of a second decoder, stored as a day
+/// offline leaves them. Status events keep the race engine out of it, so the round measures the
+/// drain's reads and uploads beside the live path, not a replay.
+async fn fill_backlog(spool: &Spool, count: u32) {
+    let stream = StreamId::decoder([0xD1, 0x00, 0x0C, 0x00]);
+    for start in (0..count).step_by(5_000) {
+        let chunk = (start..(start + 5_000).min(count))
+            .map(|n| {
+                catalog::Status {
+                    noise: Some(20 + (n % 7) as u16),
+                    gps: Some(1),
+                    temperature: Some(31),
+                    satellites: Some(9),
+                    input_voltage: Some(120),
+                    decoder_id: Some(0x000C_00D1),
+                    unknown_tlvs: Default::default(),
+                }
+                .encode(Metadata {
+                    captured_at_us: spool::now_us(),
+                    boot_id: "b-000001".into(),
+                    ..Metadata::default()
+                })
+                .unwrap()
+            })
+            .collect();
+        spool
+            .append(vec![AppendStream::new(
+                stream.clone(),
+                ExpectedVersion::Any,
+                chunk,
+            )])
+            .await
+            .unwrap();
+    }
+}
+
+/// What one latency run measured: byte in -> durable and byte in -> seen by a subscriber (µs,
+/// sorted), the stages, and with a drain beside it, what the drain did meanwhile.
+struct Run {
+    durable: Vec<f64>,
+    seen: Vec<f64>,
+    stages: Stages,
+    drain: Option<String>,
+}
+
+/// One latency run. With `drain`, the uplink drains a backlog of [`DRAIN_BACKLOG_EVENTS`] to a
+/// central of its own the whole time.
+async fn latency_run(rate: u32, seconds: u64, drain: bool) -> Run {
     let dir = tempfile::tempdir_in(".").unwrap();
     let (mut master, link) = pty(dir.path());
-    let config = config(dir.path(), link);
+    let mut config = config(dir.path(), link);
+    let _central = drain.then(|| with_central(dir.path(), &mut config));
     let node = Node::open(&config).await.unwrap();
     let spool: Spool = node.spool.clone();
+    if drain {
+        fill_backlog(&spool, DRAIN_BACKLOG_EVENTS).await;
+    }
     let cancel = CancellationToken::new();
     let run = tokio::spawn({
         let (config, cancel) = (config.clone(), cancel.clone());
@@ -142,6 +282,9 @@ async fn latency_run(rate: u32, seconds: u64) -> (Vec<f64>, Vec<f64>, Stages) {
             _ => tokio::time::sleep(Duration::from_millis(10)).await,
         }
     }
+    let backlog = || spool.backlog(UPLINK_CURSOR).map_or(0, |b| b.events());
+    let backlog_before = backlog();
+    let started = Instant::now();
     let stop_heads = CancellationToken::new();
     let heads = watch_head(&spool, stop_heads.clone());
     let total = rate as u64 * seconds;
@@ -172,6 +315,18 @@ async fn latency_run(rate: u32, seconds: u64) -> (Vec<f64>, Vec<f64>, Stages) {
         seen.push((Instant::now(), spool::now_us(), e));
     }
     let _master = writer.await.unwrap();
+    let drained = drain.then(|| {
+        let after = backlog();
+        format!(
+            "        uplink drain beside it: backlog {backlog_before} -> {after} events, {:.0} events/s drained to central{}",
+            backlog_before.saturating_sub(after) as f64 / started.elapsed().as_secs_f64(),
+            if after == 0 {
+                " (it ran dry before the round ended: the last part had no drain beside it)"
+            } else {
+                ""
+            }
+        )
+    });
     stop_heads.cancel();
     let heads = heads.join().unwrap();
     cancel.cancel();
@@ -179,6 +334,16 @@ async fn latency_run(rate: u32, seconds: u64) -> (Vec<f64>, Vec<f64>, Stages) {
     let sent = sent.lock().unwrap();
     let (mut durable, mut read) = (Vec::new(), Vec::new());
     let mut stages = Stages::default();
+    // Each passing's stamps, one line each, for finding when a stall happened (`NODE_BENCH_TRACE`).
+    let mut trace = std::env::var_os("NODE_BENCH_TRACE").map(|path| {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+        writeln!(
+            f,
+            "passing,seq,wrote_us,captured_us,recorded_us,durable_us,seen_us"
+        )
+        .unwrap();
+        f
+    });
     for (seen_at, seen_us, e) in seen {
         let p = catalog::Passing::from_event(&e).unwrap();
         let (Some((t, wrote_us)), Some((durable_at, durable_us))) =
@@ -189,6 +354,14 @@ async fn latency_run(rate: u32, seconds: u64) -> (Vec<f64>, Vec<f64>, Stages) {
         durable.push(durable_at.saturating_duration_since(*t).as_secs_f64() * 1e6);
         read.push(seen_at.saturating_duration_since(*t).as_secs_f64() * 1e6);
         let (captured, recorded) = (e.meta.captured_at_us, e.recorded_at_us);
+        if let Some(f) = trace.as_mut() {
+            writeln!(
+                f,
+                "{},{},{wrote_us},{captured},{recorded},{durable_us},{seen_us}",
+                p.passing_number, e.seq.0
+            )
+            .unwrap();
+        }
         stages.read.push(captured.saturating_sub(*wrote_us) as f64);
         stages
             .hand_off
@@ -200,7 +373,12 @@ async fn latency_run(rate: u32, seconds: u64) -> (Vec<f64>, Vec<f64>, Stages) {
     }
     durable.sort_by(f64::total_cmp);
     read.sort_by(f64::total_cmp);
-    (durable, read, stages)
+    Run {
+        durable,
+        seen: read,
+        stages,
+        drain: drained,
+    }
 }
 
 /// The node as a process at 100 passings/s: CPU % and peak RSS.
@@ -256,7 +434,13 @@ fn child(rate: u32, seconds: u64) {
         .enable_all()
         .build()
         .unwrap();
-    let (durable, seen, stages) = rt.block_on(latency_run(rate, seconds));
+    let drain = std::env::var("NODE_BENCH_DRAIN").is_ok_and(|v| v == "1");
+    let Run {
+        durable,
+        seen,
+        stages,
+        drain,
+    } = rt.block_on(latency_run(rate, seconds, drain));
     for (what, lat) in [("durable", &durable), ("seen by a subscriber", &seen)] {
         println!(
             "{rate:>5} passings/s: byte in -> {what} p50 {:.0} µs ({:.2}x paced floor, {:.2}x back to back)  p99 {:.0} µs ({:.2}x paced floor p99, {:.2}x back to back)  p99.9 {:.0} µs  [{} samples]",
@@ -271,20 +455,37 @@ fn child(rate: u32, seconds: u64) {
         );
     }
     stages.print();
+    if let Some(drain) = drain {
+        println!("{drain}");
+    }
 }
 
 /// Seconds of the paced floor measured before each run.
 const FLOOR_PACED_SECONDS: usize = 5;
 
-/// The two paths the bench compares: (label, value of [`node::runtime::input::INPUT_SERIAL_ENV`]).
-const PATHS: [(&str, &str); 2] = [
+/// The runs the bench compares: (label, value of [`node::runtime::input::INPUT_SERIAL_ENV`],
+/// and if the uplink drains a backlog beside the run, the value of
+/// [`uplink::drain::UPLINK_DRAIN_CORE_ENV`]).
+const PATHS: [(&str, &str, Option<&str>); 4] = [
     (
         "read while the append is in flight (the node's default)",
         "0",
+        None,
     ),
     (
         "read after each append (VENUE_NODE_INPUT_SERIAL=1, the previous path)",
         "1",
+        None,
+    ),
+    (
+        "the node's default while the uplink drains a backlog to central (drain off the disk's interrupt cores, the default)",
+        "0",
+        Some("auto"),
+    ),
+    (
+        "the same, the drain on the last core (VENUE_UPLINK_DRAIN_CORE=last, the previous placement)",
+        "0",
+        Some("last"),
     ),
 ];
 
@@ -328,10 +529,15 @@ fn main() {
                 pct(&fl, 0.5),
                 pct(&fl, 0.99)
             );
-            for (label, serial) in PATHS {
+            for (label, serial, drain) in PATHS {
                 let out = std::process::Command::new(&exe)
                     .env("NODE_BENCH_CHILD", rate.to_string())
                     .env("NODE_BENCH_FLOOR", &floors)
+                    .env("NODE_BENCH_DRAIN", if drain.is_some() { "1" } else { "0" })
+                    .env(
+                        uplink::drain::UPLINK_DRAIN_CORE_ENV,
+                        drain.unwrap_or("auto"),
+                    )
                     .env(node::runtime::input::INPUT_SERIAL_ENV, serial)
                     .env("RUST_LOG", "error")
                     .stderr(std::process::Stdio::null())
@@ -342,7 +548,7 @@ fn main() {
             }
         }
     }
-    for (label, serial) in PATHS {
+    for (label, serial, _) in PATHS.iter().filter(|(_, _, drain)| drain.is_none()) {
         let (cpu, rss, hwm) = resources(seconds, serial);
         println!(
             "node process at 100 passings/s, {label}: CPU {cpu:.1} % of one core, RSS {} KiB (peak {} KiB)",

@@ -332,7 +332,8 @@ impl Node {
     ) -> anyhow::Result<Arc<tokio::sync::Notify>> {
         let dc = drain_config(config, u, self.client_id.clone());
         let drain = uplink::drain::Drain::new(dc, self.spool.clone())
-            .map_err(|e| anyhow::anyhow!(uplink::chain(&e)))?;
+            .map_err(|e| anyhow::anyhow!(uplink::chain(&e)))?
+            .beside_storage(config.spool_dir());
         let retry_now = drain.retry_now_handle();
         let mut watch = drain.status();
         let status = self.status.clone();

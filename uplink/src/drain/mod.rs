@@ -34,10 +34,11 @@
 //!   latency while a backlog drains.
 
 mod backoff;
+mod cores;
 mod http;
 
 use std::collections::VecDeque;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -48,6 +49,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use self::backoff::Backoff;
+pub use self::cores::{UPLINK_DRAIN_CORE_ENV, storage_interrupt_cores};
 use self::http::Outcome;
 pub use self::http::{UPLINK_REASON_BYTES_MAX, UPLINK_RETRY_AFTER_MS_MAX};
 use crate::Error;
@@ -258,6 +260,9 @@ pub struct Drain {
     status: watch::Sender<DrainStatus>,
     /// Woken by a technician's "retry now": the backoff being waited out (or the next one) ends.
     retry_now: Arc<tokio::sync::Notify>,
+    /// A directory on the spool's disk, whose interrupts [`Drain::spawn`] keeps the drain away
+    /// from; see [`Drain::beside_storage`].
+    storage: Option<PathBuf>,
 }
 
 impl Drain {
@@ -304,7 +309,16 @@ impl Drain {
             client,
             status,
             retry_now: Arc::new(tokio::sync::Notify::new()),
+            storage: None,
         })
+    }
+
+    /// Tells [`Drain::spawn`] where the spool lives, so the drain keeps off the cores that take
+    /// that disk's interrupts (see `cores.rs`): its network work there would delay the live
+    /// path's every `fdatasync`.
+    pub fn beside_storage(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.storage = Some(dir.into());
+        self
     }
 
     /// A handle that ends the drain's current backoff at once (or, if it is not waiting, its next
@@ -390,17 +404,34 @@ impl Background {
     }
 }
 
-/// The core the drain keeps to: the last one this process may use, when it may use two or more.
-/// The other cores stay free of drain work, so the spool's writer and the kernel's I/O completion
-/// find one idle whenever a live event arrives. `None` on a single core: priority alone then.
-fn drain_core() -> Option<usize> {
-    let allowed = rustix::thread::sched_getaffinity(None).ok()?;
-    if allowed.count() < 2 {
-        return None;
-    }
-    (0..rustix::thread::CpuSet::MAX_CPU)
-        .rev()
-        .find(|&cpu| allowed.is_set(cpu))
+/// The core the drain keeps to, when this process may use two or more: the last one that does
+/// not take the interrupts of the spool's disk (`storage`), else the last one. The other cores
+/// stay free of drain work, so the spool's writer and the kernel's I/O completion find one idle
+/// whenever a live event arrives. `None` on a single core: priority alone then. Reads sysfs, so
+/// it runs on the drain's own thread.
+fn drain_core(storage: Option<&Path>) -> Option<usize> {
+    let set = rustix::thread::sched_getaffinity(None).ok()?;
+    let allowed: Vec<usize> = (0..rustix::thread::CpuSet::MAX_CPU)
+        .filter(|&cpu| set.is_set(cpu))
+        .collect();
+    let avoid = match std::env::var(UPLINK_DRAIN_CORE_ENV).as_deref() {
+        Ok("last") => Vec::new(),
+        Ok("auto") | Err(_) => storage
+            .and_then(storage_interrupt_cores)
+            .unwrap_or_default(),
+        Ok(other) => {
+            tracing::warn!(
+                value = other,
+                "{UPLINK_DRAIN_CORE_ENV} is neither auto nor last; using auto"
+            );
+            storage
+                .and_then(storage_interrupt_cores)
+                .unwrap_or_default()
+        }
+    };
+    let core = cores::choose(&allowed, &avoid);
+    tracing::debug!(?core, disk_interrupt_cores = ?avoid, "the drain's core");
+    core
 }
 
 /// Puts the calling thread behind the live path: [`UPLINK_NICE`], and on `core` alone if given.
@@ -422,16 +453,17 @@ fn step_aside(core: Option<usize>) {
 impl Drain {
     /// Runs the drain until `cancel` on an OS thread of its own, with its own single-threaded
     /// runtime, at a lower CPU priority ([`UPLINK_NICE`]) and, on a box with two or more cores, on
-    /// the last core alone. This is how the node runs it: the live path keeps its latency while a
+    /// one core alone: the last that does not take the spool disk's interrupts
+    /// ([`Drain::beside_storage`]). This is how the node runs it: the live path keeps its latency while a
     /// backlog of days drains, because the drain's CPU work (reading, encoding, TLS, HTTP) never
     /// queues ahead of it, neither on the node's async workers nor in the kernel's scheduler, and
     /// never takes every core.
     pub fn spawn(self, cancel: CancellationToken) -> Result<Background, Error> {
         let (tx, done) = tokio::sync::oneshot::channel();
-        let core = drain_core();
         let thread = std::thread::Builder::new()
             .name("uplink-drain".into())
             .spawn(move || {
+                let core = drain_core(self.storage.as_deref());
                 step_aside(core);
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
