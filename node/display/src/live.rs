@@ -36,9 +36,9 @@
 //!   and the one hub thread makes every one of them, one per message, where the batched tasks
 //!   coalesce whatever queued while they waited. On the shared two-core build machine the bench
 //!   measured it worse (200 screens at 100/s: CPU 26-31 % against 18-21 %, and screen latency
-//!   seconds behind as the hub thread fell behind), so it stays selectable, not the default.
-//!   Coalescing in the hub (every event it reads at once in one `send` per client) is the next
-//!   step it would need.
+//!   seconds behind as the hub thread fell behind), so it stayed selectable, not the default.
+//!   The hub now groups: every event already durable when it wakes (at most
+//!   [`crate::direct::HUB_GROUP_EVENTS_MAX`]) goes to each client in one vectored `send`.
 //!
 //! With every design the race snapshot is built only while some client watches the `race` channel
 //! ([`crate::Display::watch_race`]) and at most every [`crate::RACE_SNAPSHOT_INTERVAL_MS`]: the
