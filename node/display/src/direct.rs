@@ -2,8 +2,9 @@
 //! straight into every live WebSocket client's socket, with no task woken per client per event.
 //!
 //! ```text
-//!  hub (under its lock), per event:  frame once ──> each client's Outbox:
-//!     queue empty and live ──try_write (never blocks)──> socket        (the usual case: done)
+//!  hub (under its lock), per group (every event durable when it woke, <= HUB_GROUP_EVENTS_MAX):
+//!     frames once ──> each client's Outbox:
+//!     queue empty and live ──one try_write_vectored (never blocks)──> socket   (usual: done)
 //!     otherwise / WouldBlock / part written ──> the client's queue ──wake──> its task
 //!  client task:  snapshot + catch-up (written itself, the hub only queues meanwhile) ──> live
 //!                drains its queue when woken (waits for the socket, CLIENT_SEND_MS_MAX)
@@ -11,7 +12,9 @@
 //! ```
 //!
 //! A server's frames are unmasked, so an event's frame is the same bytes for every client
-//! ([`crate::hub::Item::frame`]); a write is one `send` from the hub's thread. The queue is the
+//! ([`crate::hub::Item::frame`]); a group's frames are one `send` per client from the hub's
+//! thread, so at 1,000 passings/s (a few durable with each fdatasync) a client costs one `send`
+//! per group, not one per event; a lone event is a group of one, sent at once. The queue is the
 //! client's bound: a client whose queue holds [`crate::DisplayConfig::client_queue_events`] frames
 //! gets no more; its task writes what is queued, then the `error` with the seq to resume from,
 //! and closes it. Nobody else waits for it: the hub never waits for a socket.
@@ -34,6 +37,13 @@ use crate::Counters;
 use crate::envelope::Kind;
 use crate::hub::Item;
 use crate::live::{CLIENT_BATCH_MESSAGES_MAX, CLIENT_SEND_MS_MAX, Scope};
+
+/// Events the hub takes from the spool and offers its direct clients as one group, at most: every
+/// event already durable when it wakes, so at 1,000 passings/s (a few per fdatasync) a client gets
+/// them in one `send` instead of one each, and at low rates a group is the one event there is (the
+/// hub never waits to fill one). The bound keeps a group's frames one vectored write
+/// (`IOV_MAX` is 1,024) and a long catch-up's groups small enough to interleave the snapshots.
+pub const HUB_GROUP_EVENTS_MAX: usize = 64;
 
 /// How long a closing connection waits for the client's own close (or its end of the stream)
 /// after the server's close frame, in milliseconds. Closing before the client has read the last
@@ -140,22 +150,75 @@ impl Outbox {
         self.wake.notified().await;
     }
 
-    /// One item of the hub, if the client wants it; called by the hub under its lock, in order.
-    pub(crate) fn offer(&self, item: &Item) {
+    /// The items of one hub group the client wants, in order; called by the hub under its lock.
+    /// Those a live client's socket takes go out in one `send` (a vectored write of their frames),
+    /// the rest queue behind it in order, whole or the front one in part.
+    pub(crate) fn offer(&self, items: &[Arc<Item>]) {
+        assert!(
+            items.len() <= HUB_GROUP_EVENTS_MAX,
+            "a hub group is at most HUB_GROUP_EVENTS_MAX items"
+        );
         let mut st = self.lock();
-        if st.end.is_some() || (item.kind == Kind::Event && item.seq <= st.position) {
+        if st.end.is_some() {
             return;
         }
-        let wake = self.scope.wants(item.channel, item.event_id)
-            && matches!(
-                self.write_or_queue(&mut st, item.frame.clone()),
-                Offered::Wake
-            );
-        if st.end != Some(End::Lagged) {
+        let wanted = |st: &State, item: &Item| {
+            !(item.kind == Kind::Event && item.seq <= st.position)
+                && self.scope.wants(item.channel, item.event_id)
+        };
+        // Bytes the socket took of the wanted frames, written together; `None`: nothing was
+        // written, so whatever is wanted queues (behind frames the task writes, or until live).
+        let mut written = None;
+        let mut attempted = false;
+        if st.live && st.queue.is_empty() {
+            let mut slices = [IoSlice::new(&[]); HUB_GROUP_EVENTS_MAX];
+            let mut n = 0;
+            for item in items.iter().filter(|item| wanted(&st, item)) {
+                slices[n] = IoSlice::new(&item.frame);
+                n += 1;
+            }
+            if n > 0 {
+                attempted = true;
+                match self.tcp.try_write_vectored(&slices[..n]) {
+                    Ok(bytes) => {
+                        self.counters.live_writes.fetch_add(1, Ordering::Relaxed);
+                        written = Some(bytes);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => st.end = Some(End::Gone),
+                }
+            }
+        }
+        let mut left = written.unwrap_or(0);
+        for item in items {
+            if st.end.is_some() {
+                break;
+            }
+            if wanted(&st, item) {
+                let len = item.frame.len();
+                if left >= len {
+                    left -= len;
+                    self.counters.live_messages.fetch_add(1, Ordering::Relaxed);
+                } else if left > 0 {
+                    // The socket took the front of this frame: the task writes the rest first.
+                    st.queue.push_back(item.frame.clone());
+                    st.front_written = left;
+                    left = 0;
+                } else if st.queue.len() >= self.queue_frames_max {
+                    st.end = Some(End::Lagged);
+                    break;
+                } else {
+                    st.queue.push_back(item.frame.clone());
+                }
+            }
             // Written, queued or not wanted: the client has everything up to here. A lagging
             // client's last item was not queued, so it resumes from before it.
             st.position = st.position.max(item.seq);
         }
+        // The task must run if frames wait for a socket the hub found full, or the hub stopped
+        // writing; frames queued behind the task's own writes, or before the client is live, are
+        // drained without a wake.
+        let wake = st.end.is_some() || (attempted && !st.queue.is_empty());
         drop(st);
         if wake {
             self.wake.notify_one();
@@ -352,4 +415,128 @@ enum Drained {
     Empty,
     /// The socket takes no more now.
     Blocked,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::{Channel, Channels};
+    use crate::live::StartAt;
+    use tokio::io::AsyncReadExt;
+
+    /// Bytes each of the two sockets buffers, at most: small, so a group's `send` is cut short.
+    const SOCKET_BUFFER_BYTES: u32 = 4_096;
+
+    fn item(seq: u64) -> Arc<Item> {
+        // About 1 KiB a frame: a group of 64 is many times the sockets' buffers.
+        let json = format!("{seq:0>1000}");
+        Arc::new(Item {
+            kind: Kind::Event,
+            channel: Channel::Race,
+            event_id: None,
+            seq,
+            frame: crate::frame::text(&json),
+            json: json.into(),
+        })
+    }
+
+    /// A burst the socket cannot take at once (groups of 64 frames of 1 KiB into 4 KiB buffers)
+    /// reaches the client whole and in order: each group goes out in one `send` as far as the
+    /// socket takes it, the frame it cut stays at the queue's front with what was written of it,
+    /// and the groups after queue behind it until the task has drained them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_reaches_the_client_whole_and_in_order_across_partial_writes() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(SOCKET_BUFFER_BYTES).unwrap();
+        let mut client = socket
+            .connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        rustix::net::sockopt::set_socket_send_buffer_size(&server, SOCKET_BUFFER_BYTES as usize)
+            .unwrap();
+        let mut channels = Channels::default();
+        channels.insert(Channel::Race);
+        let scope = Scope {
+            channels,
+            event_id: None,
+            from: StartAt::Now,
+        };
+        let counters = Arc::new(Counters::default());
+        let outbox = Arc::new(Outbox::new(server, scope, 100_000, counters.clone()));
+        outbox.go_live().await.unwrap();
+        // The client's task, as `live` runs it: it drains the queue whenever the hub wakes it.
+        let drains = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let task = tokio::spawn({
+            let (outbox, drains) = (outbox.clone(), drains.clone());
+            async move {
+                loop {
+                    outbox.woken().await;
+                    drains.fetch_add(1, Ordering::Relaxed);
+                    if outbox.end().is_some() || outbox.drain().await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        let groups = 10u64;
+        let per_group = HUB_GROUP_EVENTS_MAX as u64;
+        let mut expected = Vec::new();
+        for g in 0..groups {
+            let items: Vec<_> = (1..=per_group).map(|k| item(g * per_group + k)).collect();
+            expected.extend(items.iter().flat_map(|i| i.frame.to_vec()));
+            outbox.offer(&items);
+        }
+        let mut got = vec![0u8; expected.len()];
+        tokio::time::timeout(Duration::from_secs(30), client.read_exact(&mut got))
+            .await
+            .expect("every byte of the burst within 30 s")
+            .unwrap();
+        assert!(got == expected, "every frame, whole and in order");
+        assert_eq!(outbox.position(), groups * per_group);
+        assert_eq!(outbox.end(), None, "no client was ended");
+        assert!(
+            drains.load(Ordering::Relaxed) >= 1,
+            "the socket filled up, so the task wrote the rest"
+        );
+        task.abort();
+    }
+
+    /// A group the socket takes whole is one `send` for all its frames, not one each.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_group_that_fits_the_socket_is_one_send() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let mut channels = Channels::default();
+        channels.insert(Channel::Race);
+        let scope = Scope {
+            channels,
+            event_id: None,
+            from: StartAt::After(2),
+        };
+        let counters = Arc::new(Counters::default());
+        let outbox = Arc::new(Outbox::new(server, scope, 100, counters.clone()));
+        // Resuming after 2: events 1 and 2 are the task's catch-up, not the hub's to send.
+        outbox.start_at(2);
+        outbox.go_live().await.unwrap();
+        let items: Vec<_> = (1..=10).map(item).collect();
+        outbox.offer(&items);
+        let expected: Vec<u8> = items[2..].iter().flat_map(|i| i.frame.to_vec()).collect();
+        let mut got = vec![0u8; expected.len()];
+        tokio::time::timeout(Duration::from_secs(30), client.read_exact(&mut got))
+            .await
+            .expect("the group within 30 s")
+            .unwrap();
+        assert!(got == expected, "events 3..=10, whole and in order");
+        assert_eq!(counters.live_messages.load(Ordering::Relaxed), 8);
+        assert_eq!(
+            counters.live_writes.load(Ordering::Relaxed),
+            1,
+            "8 frames in one send"
+        );
+    }
 }

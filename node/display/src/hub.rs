@@ -31,7 +31,7 @@ use spool::{RecordedEvent, Seq, Spool};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::direct::Outbox;
+use crate::direct::{HUB_GROUP_EVENTS_MAX, Outbox};
 use crate::envelope::{Channel, ENVELOPE_VERSION, Envelope, Kind};
 
 /// The most decoders the technician's board follows; a venue has a handful. Past it a new decoder's
@@ -238,18 +238,28 @@ impl Hub {
         }
     }
 
-    /// Publishes one stored event; events must come in seq order.
-    fn publish_event(&self, envelope: &Envelope) {
-        let channel = envelope.channel.unwrap_or(Channel::Status);
-        let item = Arc::new(Item::new(Kind::Event, channel, envelope));
+    /// Publishes a group of stored events (at most [`HUB_GROUP_EVENTS_MAX`]); events must come
+    /// in seq order. Each direct client is offered the group at once, so it gets all of it in one
+    /// `send`; the ring gets each event.
+    fn publish_events(&self, envelopes: &[Envelope]) {
+        let items: Vec<Arc<Item>> = envelopes
+            .iter()
+            .map(|envelope| {
+                let channel = envelope.channel.unwrap_or(Channel::Status);
+                Arc::new(Item::new(Kind::Event, channel, envelope))
+            })
+            .collect();
         let mut published = self.lock();
-        assert!(
-            item.seq > published.position,
-            "the hub publishes spool events in seq order, once"
-        );
-        published.position = item.seq;
-        Self::send(&self.tx, &published, item);
-        self.events_published.fetch_add(1, Ordering::Relaxed);
+        for item in &items {
+            assert!(
+                item.seq > published.position,
+                "the hub publishes spool events in seq order, once"
+            );
+            published.position = item.seq;
+        }
+        Self::send(&self.tx, &published, items);
+        self.events_published
+            .fetch_add(envelopes.len() as u64, Ordering::Relaxed);
     }
 
     /// Publishes a snapshot of `channel`, at the current position.
@@ -263,16 +273,19 @@ impl Hub {
             payload,
         );
         let item = Arc::new(Item::new(Kind::Snapshot, channel, &envelope));
-        Self::send(&self.tx, &published, item);
+        Self::send(&self.tx, &published, vec![item]);
     }
 
-    /// Hands `item` to the ring and to each direct client, under the lock.
-    fn send(tx: &broadcast::Sender<Arc<Item>>, published: &Published, item: Arc<Item>) {
+    /// Hands `items` to each direct client as one group and to the ring one by one, under the
+    /// lock.
+    fn send(tx: &broadcast::Sender<Arc<Item>>, published: &Published, items: Vec<Arc<Item>>) {
         for outbox in &published.direct {
-            outbox.offer(&item);
+            outbox.offer(&items);
         }
-        // No receiver is not an error: nobody is watching.
-        let _ = tx.send(item);
+        for item in items {
+            // No receiver is not an error: nobody is watching.
+            let _ = tx.send(item);
+        }
     }
 
     fn fold_decoder(&self, e: &RecordedEvent, data: &serde_json::Value) {
@@ -299,6 +312,7 @@ pub fn start(
     let reader = spool.reader();
     let start = hub.position();
     let mut subscription = spool.subscribe(spool::Filter::all(), Some(Seq(start + 1)));
+    let head = spool.watch_head();
     std::thread::Builder::new()
         .name("display-hub".into())
         .spawn(move || {
@@ -314,27 +328,45 @@ pub fn start(
                 }
             };
             runtime.block_on(async move {
+                let mut group = Vec::with_capacity(HUB_GROUP_EVENTS_MAX);
                 loop {
                     let next = tokio::select! {
                         () = cancel.cancelled() => return,
                         next = subscription.next() => next,
                     };
-                    match next {
-                        Ok(e) => {
-                            let envelope = hub.event_envelope(reader.schemas(), &e);
-                            if let Some(data) = envelope.payload.get("data") {
-                                hub.fold_decoder(&e, data);
+                    // Every event already durable joins the first, up to the group's bound: only
+                    // what is there, so a lone passing goes out at once. Below the head a
+                    // `try_next` finds its event stored; at the head it would read for nothing.
+                    let durable = head.borrow().0;
+                    let mut next = Some(next);
+                    while let Some(read) = next.take() {
+                        match read {
+                            Ok(e) => {
+                                let envelope = hub.event_envelope(reader.schemas(), &e);
+                                if let Some(data) = envelope.payload.get("data") {
+                                    hub.fold_decoder(&e, data);
+                                }
+                                group.push(envelope);
+                                if group.len() < HUB_GROUP_EVENTS_MAX && e.seq.0 < durable {
+                                    next = subscription.try_next().transpose();
+                                }
                             }
-                            hub.publish_event(&envelope);
-                        }
-                        Err(spool::SpoolError::Closed) => return,
-                        Err(error) => {
-                            // A read error is the disk's: the live stream stops and says so in the
-                            // log; clients reconnect and resume from the spool once it reads again.
-                            tracing::error!(error = %spool::error_chain(&error), "display hub: spool read failed");
-                            return;
+                            Err(spool::SpoolError::Closed) => {
+                                hub.publish_events(&group);
+                                return;
+                            }
+                            Err(error) => {
+                                hub.publish_events(&group);
+                                // A read error is the disk's: the live stream stops and says so in
+                                // the log; clients reconnect and resume from the spool once it
+                                // reads again.
+                                tracing::error!(error = %spool::error_chain(&error), "display hub: spool read failed");
+                                return;
+                            }
                         }
                     }
+                    hub.publish_events(&group);
+                    group.clear();
                 }
             });
         })
