@@ -102,12 +102,14 @@ pub enum Command {
     Central(CentralArgs),
     /// Run central's race engine: the box's results for each track, derived from JetStream beside central
     ///
-    /// Folds each --track's raw ingest stream (timing.ingest.raw.v1.<track>, through a durable
+    /// Folds each track's raw ingest stream (timing.ingest.raw.v1.<track>, through a durable
     /// consumer) into the same race engine the box runs, and publishes the derived race events
     /// (timing.race.events.v1.<track>) and the engine's snapshot
     /// (timing.race.snapshot.v1.<track>.engine). Start `venue-node central --nats` first: it sets the
-    /// streams up. Any number of workers may name the same tracks: one runs each track while it holds
-    /// the track's lease, and a worker that dies hands its tracks over when the lease expires.
+    /// streams up. Without --track it runs every track that sends, found from the raw stream's
+    /// subjects, a new one without a restart. Any number of workers may share the tracks: one runs
+    /// each track while it holds the track's lease, and a worker that dies hands its tracks over when
+    /// the lease expires.
     RaceEngine(RaceEngineArgs),
     /// Serve a simulated P3 decoder on a pseudo-terminal or TCP.
     Simulate(crate::simulate::SimulateArgs),
@@ -188,8 +190,9 @@ pub struct RaceEngineArgs {
     /// The NATS servers central stores in, comma-separated (e.g. nats://127.0.0.1:4222).
     #[arg(long)]
     pub nats: String,
-    /// A track to run; repeat for several.
-    #[arg(long = "track", required = true)]
+    /// A track to run; repeat for several. Left out: every track of the raw stream, found as it
+    /// starts sending (its subjects are read every second), each contended for by lease.
+    #[arg(long = "track")]
     pub tracks: Vec<String>,
     /// This worker's name in the leases; unique per process. Default: host name and process id.
     #[arg(long)]

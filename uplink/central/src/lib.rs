@@ -395,7 +395,7 @@ async fn ingest_batch<S: IngestStore>(
     let validated = {
         let track = track.clone();
         let body = body.clone();
-        tokio::task::spawn_blocking(move || validate::validate(&body, &track)).await
+        tokio::task::spawn_blocking(move || validate::validate_body(&body, &track)).await
     };
     let batch = match validated {
         Ok(Ok(batch)) => batch,
@@ -424,7 +424,7 @@ async fn ingest_batch<S: IngestStore>(
             .events
             .iter()
             .enumerate()
-            .find(|(_, e)| !STRICT_V2_MESSAGE_TYPES.contains(&e.message_type.as_str()))
+            .find(|(_, e)| !STRICT_V2_MESSAGE_TYPES.contains(&&*e.message_type))
     {
         tracing::warn!(track, index, message_type = %event.message_type, "ingest refused: not a track_ingest.v2 type");
         central.count(&track, |s| s.rejected += 1);

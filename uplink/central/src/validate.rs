@@ -4,6 +4,9 @@
 //! find the offender in the node's spool. The batch envelope is parsed first with each event kept as
 //! its raw JSON: what central stores is the bytes the node sent, prefixed with the fields central adds.
 
+use std::borrow::Cow;
+
+use axum::body::Bytes;
 use axum::http::StatusCode;
 use events::is_id_byte;
 use serde::Deserialize;
@@ -65,16 +68,23 @@ pub struct ValidEvent {
     pub client_id: String,
     pub seq: u64,
     pub key: IdempotencyKey,
-    pub message_type: String,
-    /// The raw event JSON as the node sent it.
-    pub raw: Box<str>,
+    /// Borrowed for the types central names (a passing, from the fast path): nothing to allocate.
+    pub message_type: Cow<'static, str>,
+    /// The raw event JSON as the node sent it: a slice of the request body, shared, not copied;
+    /// the segment store copies it once, into the group it writes.
+    pub raw: Bytes,
 }
 
 impl ValidEvent {
     /// What a store keeps: the event object with `contract_version` and `ingested_at_us` in front
     /// (the canonical envelope of ADR-0001).
     pub fn stored_json(&self, ingested_at_us: u64) -> Vec<u8> {
-        stored_envelope(&self.raw, ingested_at_us)
+        stored_envelope(self.raw_str(), ingested_at_us)
+    }
+
+    /// [`ValidEvent::raw`] as text.
+    pub fn raw_str(&self) -> &str {
+        std::str::from_utf8(&self.raw).expect("a valid event was parsed from UTF-8 JSON")
     }
 }
 
@@ -103,8 +113,15 @@ struct RawBatch<'a> {
     events: Option<Vec<&'a RawValue>>,
 }
 
-/// Checks a request body for the track `token_track` its bearer token allows.
+/// Checks a request body for the track `token_track` its bearer token allows. The valid events
+/// are copies of their bytes; central's handler uses [`validate_body`], which shares them.
 pub fn validate(body: &[u8], token_track: &str) -> Result<ValidBatch, Reject> {
+    validate_body(&Bytes::copy_from_slice(body), token_track)
+}
+
+/// [`validate`] of a request body as received: each valid event's [`ValidEvent::raw`] is a slice of
+/// `body`, so the batch is parsed once and its events are not copied or allocated one by one.
+pub fn validate_body(body: &Bytes, token_track: &str) -> Result<ValidBatch, Reject> {
     let raw: RawBatch<'_> = serde_json::from_slice(body).map_err(|e| {
         Reject::batch(
             StatusCode::BAD_REQUEST,
@@ -163,9 +180,9 @@ pub fn validate(body: &[u8], token_track: &str) -> Result<ValidBatch, Reject> {
     let events = events
         .into_iter()
         .enumerate()
-        .map(|(index, raw)| match fast::passing(raw, &track_id) {
+        .map(|(index, raw)| match fast::passing(body, raw, &track_id) {
             Some(valid) => Ok(valid),
-            None => validate_event(index, raw, &track_id),
+            None => validate_event(body, index, raw, &track_id),
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(ValidBatch { track_id, events })
@@ -177,6 +194,9 @@ pub fn validate(body: &[u8], token_track: &str) -> Result<ValidBatch, Reject> {
 /// goes the field-by-field way, which decides, and names the field when it refuses. A backlog is
 /// almost all passings, so this is most of what central parses.
 mod fast {
+    use std::borrow::Cow;
+
+    use axum::body::Bytes;
     use serde::{Deserialize, Deserializer};
     use serde_json::value::RawValue;
 
@@ -242,7 +262,8 @@ mod fast {
     }
 
     /// The event, if it is a PASSING this path can vouch for; `None` sends it the slow way.
-    pub(super) fn passing(raw: &RawValue, batch_track: &str) -> Option<ValidEvent> {
+    /// `raw` is a part of `body`.
+    pub(super) fn passing(body: &Bytes, raw: &RawValue, batch_track: &str) -> Option<ValidEvent> {
         const U16: u64 = u16::MAX as u64;
         const U32: u64 = u32::MAX as u64;
         let json = raw.get();
@@ -275,8 +296,8 @@ mod fast {
             client_id: ctx.client_id.to_owned(),
             seq: ctx.seq,
             key: IdempotencyKey::new(batch_track, ctx.client_id, ctx.boot_id, ctx.seq),
-            message_type: MESSAGE_TYPE_PASSING.to_owned(),
-            raw: json.into(),
+            message_type: Cow::Borrowed(MESSAGE_TYPE_PASSING),
+            raw: body.slice_ref(json.as_bytes()),
         })
     }
 }
@@ -380,7 +401,13 @@ impl<'a> Obj<'a> {
     }
 }
 
-fn validate_event(index: usize, raw: &RawValue, batch_track: &str) -> Result<ValidEvent, Reject> {
+/// Checks one event field by field; `raw` is a part of `body`.
+fn validate_event(
+    body: &Bytes,
+    index: usize,
+    raw: &RawValue,
+    batch_track: &str,
+) -> Result<ValidEvent, Reject> {
     let path = format!("events[{index}]");
     if raw.get().len() > INGEST_EVENT_BYTES_MAX {
         return Err(Reject::event(
@@ -430,8 +457,8 @@ fn validate_event(index: usize, raw: &RawValue, batch_track: &str) -> Result<Val
         client_id: client_id.to_owned(),
         seq,
         key: IdempotencyKey::new(batch_track, client_id, boot_id, seq),
-        message_type: message_type.to_owned(),
-        raw: raw.get().into(),
+        message_type: Cow::Owned(message_type.to_owned()),
+        raw: body.slice_ref(raw.get().as_bytes()),
     })
 }
 
@@ -620,9 +647,10 @@ mod tests {
     /// Both paths on one event: the fast path may decline, but what it accepts the full check
     /// accepts too, read the same. True if the fast path accepted.
     fn agree(event: &Value) -> bool {
-        let raw = RawValue::from_string(event.to_string()).unwrap();
-        let slow = validate_event(0, &raw, "bmx-main");
-        let Some(fast) = fast::passing(&raw, "bmx-main") else {
+        let body = Bytes::from(event.to_string());
+        let raw: &RawValue = serde_json::from_slice(&body).unwrap();
+        let slow = validate_event(&body, 0, raw, "bmx-main");
+        let Some(fast) = fast::passing(&body, raw, "bmx-main") else {
             return false;
         };
         let slow = slow.unwrap_or_else(|r| {
@@ -663,8 +691,9 @@ mod tests {
     #[test]
     fn the_fast_path_takes_plain_passings_and_leaves_the_rest() {
         let take = |e: Value| {
-            let raw = RawValue::from_string(e.to_string()).unwrap();
-            fast::passing(&raw, "bmx-main").is_some()
+            let body = Bytes::from(e.to_string());
+            let raw: &RawValue = serde_json::from_slice(&body).unwrap();
+            fast::passing(&body, raw, "bmx-main").is_some()
         };
         assert!(take(event(1, passing())));
         let mut with_all = passing();
@@ -784,6 +813,31 @@ mod tests {
         assert!(validate(&batch(vec![event(1, ext)]), "bmx-main").is_ok());
         let ext = json!({ "message_type": "race decision" });
         assert!(validate(&batch(vec![event(1, ext)]), "bmx-main").is_err());
+    }
+
+    /// The handler's path parses a body once: each valid event, passing (the fast path) or not,
+    /// is a slice of the request body, not a copy of its bytes.
+    #[test]
+    fn valid_events_are_slices_of_the_request_body() {
+        let status = json!({ "message_type": "STATUS", "noise": 1, "gps_status": 0,
+                             "temperature": 20, "satellites": 0 });
+        let body = Bytes::from(batch(vec![event(1, passing()), event(2, status)]));
+        let valid = validate_body(&body, "bmx-main").unwrap();
+        assert_eq!(valid.events.len(), 2);
+        let whole = body.as_ptr_range();
+        for event in &valid.events {
+            let raw = event.raw.as_ptr_range();
+            assert!(
+                whole.start <= raw.start && raw.end <= whole.end,
+                "event {} is a copy",
+                event.seq
+            );
+            assert!(event.raw_str().starts_with('{') && event.raw_str().ends_with('}'));
+        }
+        assert!(matches!(
+            valid.events[0].message_type,
+            Cow::Borrowed("PASSING")
+        ));
     }
 
     #[test]

@@ -16,12 +16,17 @@ use crate::nats::{Nats, raw_ids, test_streams};
 
 /// A batch of passings with node seqs `seqs` from `client`, as the drain would send it.
 pub fn batch_body(client: &str, seqs: impl Iterator<Item = u64>) -> Vec<u8> {
+    batch_body_of(TRACK, client, seqs)
+}
+
+/// [`batch_body`] on the track `track`.
+pub fn batch_body_of(track: &str, client: &str, seqs: impl Iterator<Item = u64>) -> Vec<u8> {
     let events: Vec<EncodedEvent> = seqs
         .map(|seq| {
-            let key = IdempotencyKey::new(TRACK, client, "b-000001", seq);
+            let key = IdempotencyKey::new(track, client, "b-000001", seq);
             WireEvent {
                 event_id: key.event_id(),
-                track_id: TRACK.into(),
+                track_id: track.into(),
                 event_id_context: EventIdContext {
                     client_id: client.into(),
                     boot_id: "b-000001".into(),
@@ -44,7 +49,7 @@ pub fn batch_body(client: &str, seqs: impl Iterator<Item = u64>) -> Vec<u8> {
             .expect("encode")
         })
         .collect();
-    uplink::wire::batch_body(TRACK, &events)
+    uplink::wire::batch_body(track, &events)
 }
 
 /// POSTs `body` to the central at `addr`; the status and, on 200, the counts.
@@ -53,9 +58,19 @@ pub async fn post(
     addr: SocketAddr,
     body: Vec<u8>,
 ) -> (u16, Option<BatchAccepted>) {
+    post_as(client, addr, TOKEN, body).await
+}
+
+/// [`post`] with the bearer token `token` (the token names the track).
+pub async fn post_as(
+    client: &reqwest::Client,
+    addr: SocketAddr,
+    token: &str,
+    body: Vec<u8>,
+) -> (u16, Option<BatchAccepted>) {
     let response = client
         .post(format!("http://{addr}/api/ingest/batch"))
-        .bearer_auth(TOKEN)
+        .bearer_auth(token)
         .header("content-type", "application/json")
         .body(body)
         .send()

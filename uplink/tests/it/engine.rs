@@ -382,19 +382,22 @@ async fn race_events_carry_gapless_stream_versions(js: &jetstream::Context) {
 }
 
 /// Not a test: the body of a worker process the tests below start and kill. It returns at once
-/// unless `ENGINE_WORKER` names the NATS URL, the worker id and the snapshot interval in ms.
+/// unless `ENGINE_WORKER` names the NATS URL, the worker id, the snapshot interval in ms and the
+/// tracks (`TRACK`, or `discover`: none named, every track found in the raw stream).
 #[test]
 fn engine_worker_process() {
     let Ok(spec) = std::env::var("ENGINE_WORKER") else {
         return;
     };
-    let [url, worker, snapshot_ms]: [&str; 3] = spec
-        .split(' ')
-        .collect::<Vec<_>>()
-        .try_into()
-        .expect("ENGINE_WORKER is \"<url> <worker id> <snapshot interval ms>\"");
+    let [url, worker, snapshot_ms, tracks]: [&str; 4] =
+        spec.split(' ').collect::<Vec<_>>().try_into().expect(
+            "ENGINE_WORKER is \"<url> <worker id> <snapshot interval ms> <track|discover>\"",
+        );
     let mut config = test_config(url, worker);
     config.snapshot_interval = Duration::from_millis(snapshot_ms.parse().unwrap());
+    if tracks == "discover" {
+        config.tracks.clear();
+    }
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(engine::run(config, CancellationToken::new()))
         .expect("the worker runs");
@@ -411,6 +414,15 @@ impl WorkerProcess {
     }
 
     fn with_snapshots_every(url: &str, worker: &str, interval: Duration) -> Self {
+        Self::spawn(url, worker, interval, "track")
+    }
+
+    /// A worker given no track: it runs every track it finds in the raw stream.
+    fn discovering(url: &str, worker: &str) -> Self {
+        Self::spawn(url, worker, Duration::from_millis(100), "discover")
+    }
+
+    fn spawn(url: &str, worker: &str, interval: Duration, tracks: &str) -> Self {
         let child = Command::new(std::env::current_exe().unwrap())
             .args([
                 "engine::engine_worker_process",
@@ -420,7 +432,7 @@ impl WorkerProcess {
             ])
             .env(
                 "ENGINE_WORKER",
-                format!("{url} {worker} {}", interval.as_millis()),
+                format!("{url} {worker} {} {tracks}", interval.as_millis()),
             )
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -446,8 +458,12 @@ impl Drop for WorkerProcess {
 
 /// Who holds the track's lease now.
 async fn holder(js: &jetstream::Context) -> Option<String> {
+    holder_of(js, TRACK).await
+}
+
+async fn holder_of(js: &jetstream::Context, track: &str) -> Option<String> {
     let leases = js.get_stream(engine::lease::LEASE_STREAM).await.ok()?;
-    let (record, _) = engine::lease::read(&leases, TRACK).await.unwrap();
+    let (record, _) = engine::lease::read(&leases, track).await.unwrap();
     record.map(|r| r.holder).filter(|h| !h.is_empty())
 }
 
@@ -600,10 +616,14 @@ async fn two_workers_one_runs_the_track_and_the_other_takes_over() {
 /// The raw sequence of the track's last derived event (0 if none, or if the read goes
 /// unanswered within a second while the cluster elects leaders).
 async fn derived_last(js: &jetstream::Context) -> u64 {
+    derived_last_of(js, TRACK).await
+}
+
+async fn derived_last_of(js: &jetstream::Context, track: &str) -> u64 {
     let read = async {
         let events = js.get_stream(EVENTS_STREAM).await.ok()?;
         let last = events
-            .get_last_raw_message_by_subject(&format!("{EVENTS_SUBJECT_PREFIX}.{TRACK}"))
+            .get_last_raw_message_by_subject(&format!("{EVENTS_SUBJECT_PREFIX}.{track}"))
             .await
             .ok()?;
         last.headers.get(RAW_SEQUENCE_HEADER)?.as_str().parse().ok()
@@ -865,4 +885,111 @@ async fn a_one_message_snapshot_still_loads_and_a_damaged_manifest_is_refused() 
         "{}",
         uplink::chain(&error)
     );
+}
+
+/// The raw stream sequence of `track`'s last message.
+async fn raw_last_of(js: &jetstream::Context, track: &str) -> u64 {
+    let raw = js.get_stream(RAW_STREAM).await.unwrap();
+    raw.get_last_raw_message_by_subject(&format!("{RAW_SUBJECT_PREFIX}.{track}"))
+        .await
+        .expect("the track has raw messages")
+        .sequence
+}
+
+/// Workers given no track (`venue-node race-engine --nats URL` alone) find the tracks in the raw
+/// stream: one running picks up a track that starts sending while it runs, without a restart, and
+/// a second one, started beside it, takes over both tracks when the first is killed (`kill -9` of
+/// a real process) and derives what came after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_without_tracks_find_new_tracks_and_take_over_a_dead_ones() {
+    const OTHER_TRACK: &str = "kart-2";
+    let nats = Nats::single("").await;
+    let url = nats.urls();
+    let store = JetStreamStore::connect(&url, &test_streams(1))
+        .await
+        .unwrap();
+    let central = start_central(store, "127.0.0.1:0".parse().unwrap(), None).await;
+    let js = jetstream(&url).await;
+    let http = crate::cluster::http_client();
+    let send = |track: &'static str, token: &'static str, seqs: std::ops::RangeInclusive<u64>| {
+        let (http, addr) = (http.clone(), central.addr);
+        async move {
+            let body = crate::cluster::batch_body_of(track, CLIENT, seqs);
+            let (status, _) = crate::cluster::post_as(&http, addr, token, body).await;
+            assert_eq!(status, 200, "central stores the batch of {track}");
+        }
+    };
+    // Held by `worker`, and everything stored on it so far derived.
+    let caught_up = |track: &'static str, worker: &'static str| {
+        let js = js.clone();
+        async move {
+            let last = raw_last_of(&js, track).await;
+            holder_of(&js, track).await.as_deref() == Some(worker)
+                && derived_last_of(&js, track).await >= last
+        }
+    };
+    let mut first = WorkerProcess::discovering(&url, "w-1");
+    send(TRACK, TOKEN, 1..=5).await;
+    wait_until(
+        Duration::from_secs(30),
+        "the first worker to find the track and derive it",
+        || caught_up(TRACK, "w-1"),
+    )
+    .await;
+    // A track that starts sending while the worker runs.
+    send(OTHER_TRACK, OTHER_TRACK_TOKEN, 1..=5).await;
+    wait_until(
+        Duration::from_secs(30),
+        "the running worker to find the new track and derive it",
+        || caught_up(OTHER_TRACK, "w-1"),
+    )
+    .await;
+
+    let _second = WorkerProcess::discovering(&url, "w-2");
+    // The second worker waits on both leases; it holds neither while the first lives.
+    send(TRACK, TOKEN, 6..=10).await;
+    wait_until(
+        Duration::from_secs(30),
+        "the first worker to derive the track's new batch",
+        || caught_up(TRACK, "w-1"),
+    )
+    .await;
+    first.kill();
+    let raw_before = raw_last_of(&js, OTHER_TRACK)
+        .await
+        .max(raw_last_of(&js, TRACK).await);
+    send(TRACK, TOKEN, 11..=15).await;
+    send(OTHER_TRACK, OTHER_TRACK_TOKEN, 6..=10).await;
+    for track in [TRACK, OTHER_TRACK] {
+        wait_until(
+            Duration::from_secs(30),
+            "the second worker to take over the dead one's track and derive it",
+            || caught_up(track, "w-2"),
+        )
+        .await;
+    }
+    let events = js.get_stream(EVENTS_STREAM).await.unwrap();
+    for track in [TRACK, OTHER_TRACK] {
+        let last = events
+            .get_last_raw_message_by_subject(&format!("{EVENTS_SUBJECT_PREFIX}.{track}"))
+            .await
+            .unwrap();
+        let raw: u64 = last
+            .headers
+            .get(RAW_SEQUENCE_HEADER)
+            .unwrap()
+            .as_str()
+            .parse()
+            .unwrap();
+        assert!(
+            raw > raw_before,
+            "{track}'s last derived event is from after the kill"
+        );
+        assert_eq!(
+            last.headers.get(WORKER_HEADER).unwrap().as_str(),
+            "w-2",
+            "{track}'s last derived event is the second worker's"
+        );
+    }
+    central.stop().await;
 }

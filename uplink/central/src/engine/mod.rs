@@ -1,6 +1,7 @@
 //! The race engine beside the stream: a worker that folds each track's raw ingest messages into
 //! the box's own race engine (`race`, through `results::fold`, the fold the box's projection
-//! runs), and publishes what it derives. `venue-node race-engine --nats URL --track ID...` runs it.
+//! runs), and publishes what it derives. `venue-node race-engine --nats URL` runs it, on every
+//! track that sends ([`discover`]) or on the tracks `--track ID...` names.
 //!
 //! ```text
 //!   timing.ingest.raw.v1.<track>  --durable consumer "race-engine-<track>"-->  fold (race::Engine)
@@ -31,6 +32,11 @@
 //! - **One engine per track.** A worker runs a track only while it holds the track's lease
 //!   ([`lease`]); workers configured with the same tracks share them, and one that dies hands its
 //!   tracks over when its lease expires ([`EngineConfig::lease_ttl`]).
+//! - **Tracks found, not listed.** A worker given no track reads the raw stream's subjects every
+//!   [`ENGINE_DISCOVER_MS`] ([`discover`]) and contends for the lease of each track it has not seen
+//!   yet, so a track that starts sending gets an engine without a restart, and every worker waits
+//!   on every track's lease, ready to take over a dead worker's. A track is never dropped: one
+//!   whose raw messages all aged out keeps its (idle) engine until the worker stops.
 //!
 //! Limits: a snapshot larger than [`snapshot::ENGINE_SNAPSHOT_PART_BYTES_MAX`] is saved in parts
 //! (at most [`snapshot::ENGINE_SNAPSHOT_PARTS_MAX`]), so the server's `max_payload` does not bound
@@ -43,15 +49,17 @@ pub mod lease;
 pub mod snapshot;
 mod track;
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::store::jetstream::{JETSTREAM_ACK_PERMITS_MAX, Nats};
+use crate::store::jetstream::{JETSTREAM_ACK_PERMITS_MAX, Nats, resent};
 use crate::store::streams::{
-    DLQ_STREAM, EVENTS_STREAM, RAW_STREAM, SNAPSHOT_STREAM, SNAPSHOT_SUBJECT_PREFIX,
+    DLQ_STREAM, EVENTS_STREAM, RAW_STREAM, RAW_SUBJECT_PREFIX, SNAPSHOT_STREAM,
+    SNAPSHOT_SUBJECT_PREFIX,
 };
 pub use track::{RAW_SEQUENCE_HEADER, WORKER_HEADER, consumer_name};
 use uplink::Error;
@@ -92,6 +100,16 @@ const _: () = assert!(ENGINE_LEASE_TTL_MS >= ENGINE_LEASE_TTL_MS_MIN);
 pub const ENGINE_SNAPSHOT_INTERVAL_MS: u64 = 5_000;
 const _: () = assert!(ENGINE_SNAPSHOT_INTERVAL_MS < ENGINE_ACK_WAIT_MS / 2);
 
+/// How often a worker without named tracks reads the raw stream's subjects for new tracks, ms: how
+/// long a track that starts sending waits at most for a worker to contend for its lease.
+pub const ENGINE_DISCOVER_MS: u64 = 1_000;
+
+/// The most tracks one worker runs or waits on. Each costs a task and a lease read every quarter
+/// of the lease TTL, and a discovery reads every subject of the raw stream; a raw stream with more
+/// tracks than this is an organisation to split over several clusters, so the rest are refused
+/// with a warning (and a count), not run.
+pub const ENGINE_TRACKS_MAX: usize = 1_024;
+
 /// How long a track's engine waits after a failure (a server down, a snapshot refused) before it
 /// tries again, ms.
 pub const ENGINE_RETRY_MS: u64 = 1_000;
@@ -101,7 +119,8 @@ pub const ENGINE_RETRY_MS: u64 = 1_000;
 pub struct EngineConfig {
     /// The NATS servers, comma-separated, as `venue-node central --nats` takes them.
     pub nats: String,
-    /// The tracks this worker may run; each runs where its lease is held.
+    /// The tracks this worker may run; each runs where its lease is held. Empty: every track of
+    /// the raw stream, found as it starts sending ([`discover`]).
     pub tracks: Vec<String>,
     /// This worker's name in the leases and the derived events' headers; unique per process.
     pub worker_id: String,
@@ -130,16 +149,15 @@ impl EngineConfig {
     }
 
     fn check(&self) -> Result<(), Error> {
-        if self.tracks.is_empty() {
-            return Err(Error::Config("name at least one track (--track)".into()));
+        if self.tracks.len() > ENGINE_TRACKS_MAX {
+            return Err(Error::Config(format!(
+                "{} tracks named; one worker runs at most {ENGINE_TRACKS_MAX}",
+                self.tracks.len()
+            )));
         }
-        // A track id is a subject token: the id alphabet has no '.', '*', '>' or space.
         let id_bytes_max = uplink::wire::INGEST_ID_BYTES_MAX;
         for track in &self.tracks {
-            if track.is_empty()
-                || track.len() > id_bytes_max
-                || !track.bytes().all(events::is_id_byte)
-            {
+            if !is_track_id(track) {
                 return Err(Error::Config(format!(
                     "track {track:?} is not an id (1 to {id_bytes_max} of the id alphabet)"
                 )));
@@ -208,7 +226,64 @@ pub async fn connect(urls: &str) -> Result<jetstream::Context, Error> {
     Ok(Nats::connect(urls).await?.js)
 }
 
-/// Runs the worker until `cancel`: every track of the configuration, each while its lease is held.
+/// The tracks of the raw stream: the `<track>` of every `timing.ingest.raw.v1.<track>` subject it
+/// holds a message on, sorted, at most `max` of them; subjects that are not a track id are counted
+/// in `malformed`. One stream info request (paged by the server), sent again while unanswered.
+pub async fn discover(raw: &stream::Stream, max: usize) -> Result<Discovered, Error> {
+    use futures_util::TryStreamExt;
+    let filter = format!("{RAW_SUBJECT_PREFIX}.*");
+    let read = || async {
+        let mut found = Discovered::default();
+        let mut subjects = raw.info_with_subjects(&filter).await?;
+        while let Some((subject, _count)) = subjects.try_next().await? {
+            match subject
+                .strip_prefix(RAW_SUBJECT_PREFIX)
+                .and_then(|s| s.strip_prefix('.'))
+            {
+                Some(track) if is_track_id(track) => {
+                    if found.tracks.len() < max {
+                        found.tracks.push(track.to_owned());
+                    } else {
+                        found.over_max += 1;
+                    }
+                }
+                _ => found.malformed += 1,
+            }
+        }
+        found.tracks.sort();
+        Ok(found)
+    };
+    resent("the raw stream's subjects", read, |why| {
+        jetstream::context::RequestError::with_source(
+            jetstream::context::RequestErrorKind::TimedOut,
+            why,
+        )
+    })
+    .await
+    .map_err(|e| Error::nats("reading the raw stream's subjects", e))
+}
+
+/// What [`discover`] found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Discovered {
+    /// The track ids, sorted.
+    pub tracks: Vec<String>,
+    /// Tracks left out past the bound.
+    pub over_max: usize,
+    /// Subjects whose last token is not a track id (published by something other than central).
+    pub malformed: usize,
+}
+
+/// Whether `track` is a track id, and so a subject token: the id alphabet has no '.', '*', '>' or
+/// space.
+fn is_track_id(track: &str) -> bool {
+    !track.is_empty()
+        && track.len() <= uplink::wire::INGEST_ID_BYTES_MAX
+        && track.bytes().all(events::is_id_byte)
+}
+
+/// Runs the worker until `cancel`: every track of the configuration, each while its lease is held,
+/// or with no track named every track [`discover`] finds, polled every [`ENGINE_DISCOVER_MS`].
 /// The streams must exist (`venue-node central --nats` sets them up); the lease stream is the
 /// worker's own and is created here.
 pub async fn run(config: EngineConfig, cancel: CancellationToken) -> Result<(), Error> {
@@ -232,7 +307,7 @@ pub async fn run(config: EngineConfig, cancel: CancellationToken) -> Result<(), 
         .await
         .map_err(|e| Error::nats("setting up the lease stream", e))?;
     let tracker = TaskTracker::new();
-    for track in config.tracks.clone() {
+    let spawn = |track: String| {
         let (nats, raw, leases, config, cancel) = (
             nats.clone(),
             raw.clone(),
@@ -242,6 +317,64 @@ pub async fn run(config: EngineConfig, cancel: CancellationToken) -> Result<(), 
         );
         tracker
             .spawn(async move { run_track(&nats, &raw, &leases, &config, &track, &cancel).await });
+    };
+    if config.tracks.is_empty() {
+        tracing::info!(
+            every_ms = ENGINE_DISCOVER_MS,
+            "no track named: running every track of the raw stream as it starts sending"
+        );
+        let mut running = HashSet::new();
+        let mut warned = Discovered::default();
+        loop {
+            match nats
+                .unless_disconnected(
+                    "reading the raw stream's subjects",
+                    discover(&raw, ENGINE_TRACKS_MAX),
+                )
+                .await
+            {
+                Ok(found) => {
+                    if (found.over_max, found.malformed) != (warned.over_max, warned.malformed) {
+                        tracing::warn!(
+                            over_max = found.over_max,
+                            malformed = found.malformed,
+                            tracks_max = ENGINE_TRACKS_MAX,
+                            "raw subjects not run: past the worker's track bound, or not a track id"
+                        );
+                    }
+                    warned = found.clone();
+                    for track in found.tracks {
+                        if running.contains(&track) {
+                            continue;
+                        }
+                        if running.len() >= ENGINE_TRACKS_MAX {
+                            // Tracks whose raw messages aged out keep their place: the bound
+                            // is on what this worker runs, not on what the stream holds now.
+                            tracing::warn!(
+                                track,
+                                tracks_max = ENGINE_TRACKS_MAX,
+                                "a new track is not run: the worker runs its most tracks"
+                            );
+                            continue;
+                        }
+                        tracing::info!(track, "race engine: a new track, contending for its lease");
+                        running.insert(track.clone());
+                        spawn(track);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %uplink::chain(&e), "reading the raw stream's subjects failed; retrying");
+                }
+            }
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                () = tokio::time::sleep(Duration::from_millis(ENGINE_DISCOVER_MS)) => {}
+            }
+        }
+    } else {
+        for track in config.tracks.clone() {
+            spawn(track);
+        }
     }
     tracker.close();
     tracker.wait().await;

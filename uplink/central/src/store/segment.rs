@@ -619,7 +619,7 @@ fn encode(out: &mut Vec<u8>, ingested_at_us: u64, track: &str, events: &[&ValidE
         let raw_len = u32::try_from(event.raw.len()).expect("events are validated small");
         out.extend_from_slice(&event.seq.to_le_bytes());
         out.extend_from_slice(&raw_len.to_le_bytes());
-        out.extend_from_slice(event.raw.as_bytes());
+        out.extend_from_slice(&event.raw);
     }
     let body_len = out.len() - start - FRAME_HEADER_BYTES;
     assert!(
