@@ -64,8 +64,11 @@ pub struct SpoolConfig {
     pub retention_age: Option<Duration>,
     /// Cursors that must acknowledge an event before retention or the disk cap may delete it.
     pub required_cursors: Vec<String>,
-    /// The most bytes the spool may occupy; near it acknowledged history is deleted, at it
-    /// appends fail with [`SpoolError::SpoolFull`].
+    /// The most bytes the spool's data may use: redb's allocated pages plus the journal. Near it
+    /// acknowledged history is deleted, at it appends fail with [`SpoolError::SpoolFull`]. The
+    /// database file does not shrink, and pages freed by retention are reused only after later
+    /// commits, so the files settle at a high-water mark above it (168 MiB at a 128 MiB cap in an
+    /// hour's soak at 100 events/s with the uplink cutting in and out).
     pub disk_cap_bytes: Option<u64>,
     /// Free space to keep on the file system, in bytes, whatever `disk_cap_bytes` says: below it
     /// appends fail with [`SpoolError::DiskLow`] and resume by themselves once space is freed.
