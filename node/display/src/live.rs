@@ -27,7 +27,7 @@
 //!   ([`CLIENT_READ_BUFFER_BYTES`]: tungstenite zero-fills the whole read buffer on every poll,
 //!   which profiling found to be most of the CPU). Still a task woken, polled and a frame built
 //!   per client per event.
-//! - [`LiveWriter::Batched`] is the default. [`LiveWriter::Direct`] was tried against it: a
+//! - [`LiveWriter::Direct`], the default, was tried against batched: a
 //!   server's frames are unmasked, so the hub builds each event's frame once ([`Item::frame`]) and
 //!   writes it into every client's socket with a `try_write` that never blocks; only a socket that
 //!   takes less queues the rest and wakes its task. Per client per event that is one `send` and
@@ -43,8 +43,12 @@
 //!   screens, screen p99 minus floor 172 against 464 ms and 80 against 689 ms (it no longer falls
 //!   behind); 1,000/s, 50 screens, 28 against 60 and 93 against 62 ms; 100/s a tie within the
 //!   disk's noise (200 screens 108 against 100 and 215 against 116 ms); `venue-node run` with 200
-//!   screens at 100/s 0.74 and 0.84 of the batched writer's CPU. Not a win at both rates, so
-//!   batched stays the default.
+//!   screens at 100/s 0.74 and 0.84 of the batched writer's CPU. Two quiet rounds (load 1-2.4)
+//!   agreed: at 1,000/s, screen p99 minus floor 6.96 against 22.1 and 7.38 against 9.08 ms (50
+//!   screens), 25.9 against 35.6 and 21.8 against 29.6 ms (200), with the decoder -> disk p50 at
+//!   200 screens 1.67 and 1.19 ms against 5.92 and 5.96 ms; at 100/s a tie (5.50 against 5.11,
+//!   9.62 against 9.47 ms); CPU with 200 screens at 100/s 40.3 % against 53.0 %. So the direct
+//!   writer is the default, and batched stays selectable for the bench.
 //!
 //! With every design the race snapshot is built only while some client watches the `race` channel
 //! ([`crate::Display::watch_race`]) and at most every [`crate::RACE_SNAPSHOT_INTERVAL_MS`]: the
@@ -101,8 +105,8 @@ const _: () = assert!(
 /// bytes, and its task still notices a close or a cancel, every this many messages.
 pub const CLIENT_BATCH_MESSAGES_MAX: usize = 64;
 
-/// The environment variable that selects how WebSocket clients are written: `batched` (the
-/// default), `direct` or `per-message` ([`LiveWriter`]); the bench sets it to measure the
+/// The environment variable that selects how WebSocket clients are written: `direct` (the
+/// default), `batched` or `per-message` ([`LiveWriter`]); the bench sets it to measure the
 /// designs against each other in the same run.
 pub const LIVE_WRITER_ENV: &str = "VENUE_DISPLAY_LIVE_WRITER";
 
@@ -114,8 +118,8 @@ pub enum LiveWriter {
     Batched,
     /// The hub writes each event's frame, built once, into every client's socket itself
     /// ([`crate::direct`]); a client's task runs only to catch up, to write what a full socket
-    /// left queued, to read the client's frames and to send heartbeats. Not the default: see
-    /// the module docs for what the bench measured.
+    /// left queued, to read the client's frames and to send heartbeats. The default: see the
+    /// module docs for what the bench measured.
     Direct,
     /// The first design, kept so the bench can measure the gain: a client task hands each
     /// message through a queue to a socket task, which copies it and writes and flushes it alone
@@ -124,23 +128,23 @@ pub enum LiveWriter {
 }
 
 impl LiveWriter {
-    /// The writer [`LIVE_WRITER_ENV`] names; [`LiveWriter::Batched`] when it is unset, or (with a
+    /// The writer [`LIVE_WRITER_ENV`] names; [`LiveWriter::Direct`] when it is unset, or (with a
     /// warning) when it names none.
     pub fn from_env() -> LiveWriter {
         let name = std::env::var(LIVE_WRITER_ENV).unwrap_or_default();
         LiveWriter::parse(&name).unwrap_or_else(|| {
             tracing::warn!(
-                "{LIVE_WRITER_ENV}={name:?} names no live writer (batched, direct, per-message): batched it is"
+                "{LIVE_WRITER_ENV}={name:?} names no live writer (batched, direct, per-message): direct it is"
             );
-            LiveWriter::Batched
+            LiveWriter::Direct
         })
     }
 
     /// A writer by its name in [`LIVE_WRITER_ENV`]; the empty name is the default.
     pub fn parse(name: &str) -> Option<LiveWriter> {
         match name {
-            "" | "batched" => Some(LiveWriter::Batched),
-            "direct" => Some(LiveWriter::Direct),
+            "batched" => Some(LiveWriter::Batched),
+            "" | "direct" => Some(LiveWriter::Direct),
             "per-message" => Some(LiveWriter::PerMessage),
             _ => None,
         }
