@@ -15,6 +15,8 @@
 //!   floor (append 96 B + fdatasync, the same disk; `common::floor`, as the `node` bench measures
 //!   it) is measured just before each round; the target is screen p99 within 5 ms of the floor's
 //!   p99. The runs without the display and with it but no client are the decoder-to-disk baseline.
+//!   The previous designs run beside the default in every round: "bat." is the batched live writer,
+//!   "any" the hub's thread free to run on the core that takes the disk's interrupts.
 //! - **Resources**: the real `venue-node run` process (every thread of it, from `/proc/<pid>`), at
 //!   100 passings/s with 0 and with 200 screens connected (the screens are in the bench's
 //!   process). Targets: RSS <= 64 MiB, CPU <= 10 % of one core.
@@ -68,27 +70,79 @@ const WRITER_ENV: &str = display::live::LIVE_WRITER_ENV;
 /// The live writer measured against the default: the previous default.
 const CANDIDATE_WRITER: &str = "batched";
 
-/// One latency run: the rate, the screens, whether the display runs at all, and whether its live
-/// stream runs the candidate writer ([`CANDIDATE_WRITER`]) instead of the default.
+/// The environment variable that places the display hub's thread (`auto`, the default, off the
+/// cores that take the disk's interrupts; `any`, the previous placement); see
+/// `node::run::DISPLAY_HUB_CORES_ENV`.
+const HUB_CORES_ENV: &str = node::run::DISPLAY_HUB_CORES_ENV;
+
+/// How a run's display differs from the default, so the previous designs are measured beside it in
+/// the same round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Variant {
+    /// The node's defaults.
+    Default,
+    /// The live stream on the candidate writer ([`CANDIDATE_WRITER`]).
+    Batched,
+    /// The hub's thread on any core (`VENUE_DISPLAY_HUB_CORES=any`), as before it kept off the
+    /// disk's interrupt cores.
+    HubAnyCore,
+}
+
+impl Variant {
+    /// The environment the node runs with.
+    fn envs(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Variant::Default => &[],
+            Variant::Batched => &[(WRITER_ENV, CANDIDATE_WRITER)],
+            Variant::HubAnyCore => &[(HUB_CORES_ENV, "any")],
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Variant::Default => "default",
+            Variant::Batched => "batched",
+            Variant::HubAnyCore => "hub-any",
+        }
+    }
+
+    fn parse(s: &str) -> Variant {
+        match s {
+            "batched" => Variant::Batched,
+            "hub-any" => Variant::HubAnyCore,
+            _ => Variant::Default,
+        }
+    }
+}
+
+/// One latency run: the rate, the screens, whether the display runs at all, and how it differs from
+/// the default ([`Variant`]).
 #[derive(Debug, Clone, Copy)]
 struct Case {
     rate: u32,
     clients: usize,
     display: bool,
-    candidate: bool,
+    variant: Variant,
 }
 
 impl Case {
     fn label(&self) -> String {
-        match (self.display, self.candidate) {
+        match (self.display, self.variant) {
             (false, _) => "display off".into(),
-            (true, false) => format!("{:>3} screens", self.clients),
-            (true, true) => format!("{:>3} scr. bat.", self.clients),
+            (true, Variant::Default) => format!("{:>3} screens", self.clients),
+            (true, Variant::Batched) => format!("{:>3} scr. bat.", self.clients),
+            (true, Variant::HubAnyCore) => format!("{:>3} scr. any", self.clients),
         }
     }
 
     fn encode(&self) -> String {
-        format!("{},{},{}", self.rate, self.clients, self.display)
+        format!(
+            "{},{},{},{}",
+            self.rate,
+            self.clients,
+            self.display,
+            self.variant.name()
+        )
     }
 
     fn decode(s: &str) -> Case {
@@ -97,7 +151,7 @@ impl Case {
             rate: f[0].parse().unwrap(),
             clients: f[1].parse().unwrap(),
             display: f[2].parse().unwrap(),
-            candidate: std::env::var(WRITER_ENV).is_ok_and(|v| v == CANDIDATE_WRITER),
+            variant: Variant::parse(f[3]),
         }
     }
 }
@@ -407,11 +461,8 @@ fn field(line: &str, key: &str) -> Option<f64> {
 fn run_child(case: Case, seconds: u64) -> String {
     let exe = std::env::current_exe().unwrap();
     let mut command = std::process::Command::new(&exe);
-    if case.candidate {
-        command.env(WRITER_ENV, CANDIDATE_WRITER);
-    } else {
-        command.env_remove(WRITER_ENV);
-    }
+    command.env_remove(WRITER_ENV).env_remove(HUB_CORES_ENV);
+    command.envs(case.variant.envs().iter().copied());
     let out = command
         .env("DISPLAY_BENCH_CHILD", case.encode())
         .env("DISPLAY_BENCH_SECONDS", seconds.to_string())
@@ -480,8 +531,8 @@ struct Resources {
 }
 
 /// The node as its own process (`venue-node run`, display on 127.0.0.1) at 100 passings/s with
-/// `clients` screens, its live stream on the candidate writer when `candidate`.
-fn resources(seconds: u64, clients: usize, candidate: bool) -> Resources {
+/// `clients` screens, its display as `variant` says.
+fn resources(seconds: u64, clients: usize, variant: Variant) -> Resources {
     let dir = tempfile::tempdir_in(".").unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -496,12 +547,7 @@ fn resources(seconds: u64, clients: usize, candidate: bool) -> Resources {
         .unwrap()
         .port();
     let display = format!("[display]\nlisten = \"127.0.0.1:{port}\"\n");
-    let envs: &[(&str, &str)] = if candidate {
-        &[(WRITER_ENV, CANDIDATE_WRITER)]
-    } else {
-        &[]
-    };
-    let mut child = spawn_run(dir.path(), &link, &display, envs);
+    let mut child = spawn_run(dir.path(), &link, &display, variant.envs());
     let pid = child.id();
     let measured = rt.block_on(async {
         node_reading(&mut master).await;
@@ -567,25 +613,26 @@ fn env_or(name: &str, default: u64) -> u64 {
 }
 
 fn latency_table(dir: &Path, seconds: u64, rounds: u64) {
-    let case = |rate, clients, display, candidate| Case {
+    let case = |rate, clients, display, variant| Case {
         rate,
         clients,
         display,
-        candidate,
+        variant,
     };
     let cases = |rate| {
         [
-            case(rate, 0, false, false),
-            case(rate, 0, true, false),
-            case(rate, 1, true, false),
-            case(rate, 50, true, true),
-            case(rate, 50, true, false),
-            case(rate, 200, true, true),
-            case(rate, 200, true, false),
+            case(rate, 0, false, Variant::Default),
+            case(rate, 0, true, Variant::Default),
+            case(rate, 1, true, Variant::Default),
+            case(rate, 50, true, Variant::Batched),
+            case(rate, 50, true, Variant::Default),
+            case(rate, 200, true, Variant::Batched),
+            case(rate, 200, true, Variant::HubAnyCore),
+            case(rate, 200, true, Variant::Default),
         ]
     };
     println!(
-        "latency, ms: p50 p99 p99.9 of byte -> durable (disk), byte -> screen over every delivery (screen), durable -> screen p50 p99 (display); \"bat.\": the live stream's batched writer, the previous default ({WRITER_ENV}={CANDIDATE_WRITER})"
+        "latency, ms: p50 p99 p99.9 of byte -> durable (disk), byte -> screen over every delivery (screen), durable -> screen p50 p99 (display); \"bat.\": the live stream's batched writer, the previous default ({WRITER_ENV}={CANDIDATE_WRITER}); \"any\": the hub's thread on any core, as before it kept off the disk's interrupt cores ({HUB_CORES_ENV}=any)"
     );
     for rate in [100u32, 1000] {
         for round in 1..=rounds {
@@ -622,14 +669,19 @@ fn main() {
         return;
     }
     println!("uptime: {}", common::uptime());
-    for (clients, candidate) in [(0, false), (200, false), (200, true)] {
-        let r = resources(seconds, clients, candidate);
+    for (clients, variant) in [
+        (0, Variant::Default),
+        (200, Variant::Default),
+        (200, Variant::HubAnyCore),
+        (200, Variant::Batched),
+    ] {
+        let r = resources(seconds, clients, variant);
         println!(
             "venue-node run at 100 passings/s, {clients:>3} screens{}: CPU {:.1} % of one core ({}), RSS {:.1} MiB (peak {:.1} MiB, {}), {} passings delivered; the screens' clients took {:.1} % of one core",
-            if candidate {
-                " (batched, the previous default)"
-            } else {
-                ""
+            match variant {
+                Variant::Default => "",
+                Variant::Batched => " (batched, the previous default)",
+                Variant::HubAnyCore => " (the hub on any core, as before)",
             },
             r.cpu_pct,
             if r.cpu_pct <= TARGET_CPU_PCT {

@@ -58,6 +58,11 @@ impl Subscription {
     fn fill(&mut self) -> Result<bool> {
         // Mark the head seen before reading, so a commit after the read wakes us.
         let head = *self.head.borrow_and_update();
+        // Past the head nothing is durable yet: a read would find nothing, and a live subscriber
+        // would pay a read transaction for it after every event it takes.
+        if self.next > head {
+            return Ok(false);
+        }
         let (events, next) =
             self.reader
                 .read_filtered(self.next, &self.filter, SUBSCRIPTION_PAGE_EVENTS)?;

@@ -302,11 +302,13 @@ fn session_of(stream: &str) -> Option<u32> {
 }
 
 /// Starts the hub's reader on a thread of its own (spool reads block), following the spool from
-/// after `hub`'s position until `cancel` or the spool closes. The thread's handle is returned so a
-/// caller can wait for it to let go of the spool.
+/// after `hub`'s position until `cancel` or the spool closes, on `cores` if given (see
+/// [`crate::DisplayConfig::hub_cores`]). The thread's handle is returned so a caller can wait for
+/// it to let go of the spool.
 pub fn start(
     hub: Arc<Hub>,
     spool: &Spool,
+    cores: Option<Vec<usize>>,
     cancel: CancellationToken,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     let reader = spool.reader();
@@ -316,6 +318,9 @@ pub fn start(
     std::thread::Builder::new()
         .name("display-hub".into())
         .spawn(move || {
+            if let Some(cores) = cores {
+                keep_to(&cores);
+            }
             seed_decoders(&hub, &reader, start);
             let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_time()
@@ -370,6 +375,21 @@ pub fn start(
                 }
             });
         })
+}
+
+/// Keeps the calling thread to `cores`. Only a warning if it cannot (an empty or foreign set):
+/// the hub still works, wherever the scheduler puts it.
+fn keep_to(cores: &[usize]) {
+    let mut set = rustix::thread::CpuSet::new();
+    for &core in cores.iter().filter(|&&c| c < rustix::thread::CpuSet::MAX_CPU) {
+        set.set(core);
+    }
+    match rustix::thread::sched_setaffinity(None, &set) {
+        Ok(()) => tracing::debug!(?cores, "display hub: kept to cores"),
+        Err(error) => {
+            tracing::warn!(%error, ?cores, "display hub: cannot keep to its cores; it runs on any")
+        }
+    }
 }
 
 /// Fills the decoders' board from the newest stored events up to `head`.

@@ -108,6 +108,11 @@ pub struct DisplayConfig {
     pub tech: Option<TechSender>,
     /// How WebSocket clients are written; [`live::LiveWriter::from_env`] by default.
     pub live_writer: live::LiveWriter,
+    /// The cores the hub's thread (`display-hub`) may run on; `None`: any. The node keeps it off
+    /// the cores that take the spool disk's interrupts: the direct writer's sends to every screen
+    /// run the loopback (or NIC) softirq work on the sending core, and a disk completion queued
+    /// behind it delays the next passing's fdatasync (issue 14's finding for the uplink's drain).
+    pub hub_cores: Option<Vec<usize>>,
 }
 
 /// The technician's actions waiting for the runtime, at most: a person clicks a few a minute, and
@@ -166,6 +171,7 @@ impl DisplayConfig {
             data_dir: None,
             tech: None,
             live_writer: live::LiveWriter::from_env(),
+            hub_cores: None,
         }
     }
 }
@@ -242,7 +248,7 @@ impl Display {
             .head()
             .map_err(|e| std::io::Error::other(spool::error_chain(&e)))?;
         let hub = Hub::new(config.track_id.clone(), config.client_queue_events, head.0);
-        let thread = hub::start(hub.clone(), spool, cancel.clone())?;
+        let thread = hub::start(hub.clone(), spool, config.hub_cores.clone(), cancel.clone())?;
         let display = Arc::new(Display {
             clients: Arc::new(Semaphore::new(config.clients_max)),
             race_clients: AtomicUsize::new(0),
