@@ -34,14 +34,17 @@ use std::time::{Duration, Instant};
 
 use events::VenueStreams as _;
 use events::catalog;
-use node::config::{Config, UplinkSettings};
+use node::config::Config;
 use node::runtime::{Node, UPLINK_CURSOR};
 use spool::schema::EventPayload;
 use spool::{AppendStream, ExpectedVersion, Filter, Metadata, Spool, StreamId};
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
-use common::{cpu_seconds, floor, paced_floor, pct, proc_status_kib, pty, spawn_run};
+use common::{
+    cpu_seconds, floor, free_port, paced_floor, pct, proc_status_kib, pty, spawn_central,
+    spawn_run, uplink_to,
+};
 
 fn passing(n: u32) -> Vec<u8> {
     testkit::passing_frame(n, testkit::DECODER_ID, 1_700_000_000_000_000 + u64::from(n))
@@ -145,14 +148,7 @@ impl Drop for Central {
 
 /// Starts central on a free port and points the node's uplink at it.
 fn with_central(dir: &Path, config: &mut Config) -> Central {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap();
-    let tokens = dir.join("central-tokens");
-    std::fs::write(&tokens, format!("bench {DRAIN_TOKEN}\n")).unwrap();
-    let token = dir.join("uplink-token");
-    std::fs::write(&token, DRAIN_TOKEN).unwrap();
+    let port = free_port();
     // In the field central is another machine. Here it runs at the lowest CPU priority, off the
     // cores that take the disk's interrupts (its loopback sends and receives would delay the
     // node's fdatasyncs there, as the drain's would: see `uplink::drain::cores`), and keeps its
@@ -171,36 +167,20 @@ fn with_central(dir: &Path, config: &mut Config) -> Central {
         .filter(|c| !avoid.contains(c))
         .map(|c| c.to_string())
         .collect();
-    let mut command = if cores.is_empty() {
-        std::process::Command::new("nice")
-    } else {
-        let mut c = std::process::Command::new("taskset");
-        c.args(["-c", &cores.join(","), "nice"]);
-        c
-    };
-    let child = command
-        .args(["-n", "19"])
-        .arg(env!("CARGO_BIN_EXE_venue-node"))
-        .arg("central")
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--tokens")
-        .arg(&tokens)
-        .arg("--store")
-        .arg(store.path())
-        .env("RUST_LOG", "error")
-        .spawn()
-        .unwrap();
-    config.uplink = Some(UplinkSettings {
-        central_url: format!("http://127.0.0.1:{port}"),
-        token_file: token,
-        ca_file: None,
-        client_cert: None,
-        client_key: None,
-        failover_urls: Vec::new(),
-        forward: None,
-        limits: None,
-    });
+    let mut prefix: Vec<String> = Vec::new();
+    if !cores.is_empty() {
+        prefix.extend(["taskset".into(), "-c".into(), cores.join(",")]);
+    }
+    prefix.extend(["nice".into(), "-n".into(), "19".into()]);
+    let child = spawn_central(
+        dir,
+        port,
+        ("bench", DRAIN_TOKEN),
+        store.path(),
+        &prefix,
+        "error",
+    );
+    config.uplink = Some(uplink_to(dir, port, DRAIN_TOKEN));
     Central {
         child,
         _store: store,

@@ -36,21 +36,24 @@
 //! | `SOAK_CAP_MIB` | 128 | the spool's `cap_bytes`: near it, history central has acknowledged is deleted, so the spool stops growing once it gets there |
 //! | `SOAK_DIR` | system temp dir | where the node's data and central's store go |
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use events::catalog;
-use node::config::{Config, UplinkSettings};
+use node::config::Config;
 use node::runtime::{Node, UPLINK_CURSOR};
 use spool::schema::EventPayload;
 use spool::{Filter, Spool};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tokio_serial::SerialPort;
 use tokio_util::sync::CancellationToken;
+
+use common::{free_port, pct, pty, spawn_central, uplink_to};
 
 const TRACK: &str = "soak";
 const TOKEN: &str = "soak-token-0123456789abcdef";
@@ -64,31 +67,6 @@ fn env_u64(name: &str, default: u64) -> u64 {
 
 fn passing(n: u32) -> Vec<u8> {
     testkit::passing_frame(n, testkit::DECODER_ID, 1_700_000_000_000_000 + u64::from(n))
-}
-
-/// A free port on 127.0.0.1, for central (bound and released: central binds it next).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// Central as its own process, so its memory and CPU are not counted as the node's.
-fn start_central(dir: &Path, port: u16) -> std::process::Child {
-    let tokens = dir.join("central-tokens");
-    std::fs::write(&tokens, format!("{TRACK} {TOKEN}\n")).expect("tokens file");
-    std::process::Command::new(env!("CARGO_BIN_EXE_venue-node"))
-        .arg("central")
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--tokens")
-        .arg(&tokens)
-        .arg("--store")
-        .arg(dir.join("central-store"))
-        .env("RUST_LOG", "warn")
-        .spawn()
-        .expect("starting central")
 }
 
 /// The WAN: relays the drain's connections to central while `up` is true. When it turns false,
@@ -197,13 +175,6 @@ fn spool_bytes(dir: &Path) -> u64 {
     })
 }
 
-fn pct(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
-}
-
 /// One minute's sample.
 struct Sample {
     minute: u64,
@@ -231,24 +202,13 @@ struct Sample {
 }
 
 fn config(dir: &Path, device: PathBuf, central: u16, cap_mib: u64) -> Config {
-    let token = dir.join("uplink-token");
-    std::fs::write(&token, TOKEN).expect("token file");
     let mut config = Config {
         node_id: Some("soak".into()),
         track_id: TRACK.into(),
         ..Config::demo(dir.join("data"), device)
     };
     config.spool.cap_bytes = Some(cap_mib * 1024 * 1024);
-    config.uplink = Some(UplinkSettings {
-        central_url: format!("http://127.0.0.1:{central}"),
-        token_file: token,
-        ca_file: None,
-        client_cert: None,
-        client_key: None,
-        failover_urls: Vec::new(),
-        forward: None,
-        limits: None,
-    });
+    config.uplink = Some(uplink_to(dir, central, TOKEN));
     config
 }
 
@@ -284,12 +244,16 @@ async fn soak(
     (up_s, down_s): (u64, u64),
     cap_mib: u64,
 ) -> Vec<Sample> {
-    let (mut master, slave) = tokio_serial::SerialStream::pair().expect("a PTY pair");
-    let link = dir.join("decoder0");
-    std::os::unix::fs::symlink(slave.name().expect("PTY name"), &link).expect("device link");
-    drop(slave);
+    let (mut master, link) = pty(dir);
     let central_port = free_port();
-    let mut central = start_central(dir, central_port);
+    let mut central = spawn_central(
+        dir,
+        central_port,
+        (TRACK, TOKEN),
+        &dir.join("central-store"),
+        &[],
+        "warn",
+    );
     let wan = TcpListener::bind("127.0.0.1:0").await.expect("relay");
     let wan_port = wan.local_addr().expect("relay address").port();
     let (up_tx, up_rx) = watch::channel(true);

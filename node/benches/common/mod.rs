@@ -1,5 +1,6 @@
 //! What the node's benches share, so each measures the same way: the disk's floor, the percentile,
-//! and the pseudo-terminal a bench plays the decoder on.
+//! the pseudo-terminal a bench plays the decoder on, and central as a child process for the
+//! benches that drain.
 #![allow(
     dead_code,
     reason = "each bench includes this module and uses only part of it"
@@ -9,8 +10,12 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// The `q` quantile of `sorted` (ascending), by nearest rank.
+/// The `q` quantile of `sorted` (ascending), by nearest rank; NaN when there is none (a soak
+/// minute with no passing, say).
 pub fn pct(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
     sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
 
@@ -142,4 +147,63 @@ pub fn uptime() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default()
+}
+
+/// A free port on 127.0.0.1 (bound and released: the caller's server binds it next).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// `venue-node central` as a child process on `port`, taking `token` for `track` and storing in
+/// `store`, its logs at `log`: its CPU and memory are not counted as the node's. `prefix` runs it
+/// under other commands first (e.g. `taskset -c 0 nice -n 19`).
+pub fn spawn_central(
+    dir: &Path,
+    port: u16,
+    (track, token): (&str, &str),
+    store: &Path,
+    prefix: &[String],
+    log: &str,
+) -> std::process::Child {
+    let tokens = dir.join("central-tokens");
+    std::fs::write(&tokens, format!("{track} {token}\n")).expect("central's tokens file");
+    let exe = env!("CARGO_BIN_EXE_venue-node");
+    let mut command = match prefix.split_first() {
+        Some((first, rest)) => {
+            let mut c = std::process::Command::new(first);
+            c.args(rest).arg(exe);
+            c
+        }
+        None => std::process::Command::new(exe),
+    };
+    command
+        .arg("central")
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--tokens")
+        .arg(&tokens)
+        .arg("--store")
+        .arg(store)
+        .env("RUST_LOG", log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting central ({exe}): {e}"))
+}
+
+/// The node's uplink to a central on 127.0.0.1:`port`, with `token` in a file in `dir`.
+pub fn uplink_to(dir: &Path, port: u16, token: &str) -> node::config::UplinkSettings {
+    let token_file = dir.join("uplink-token");
+    std::fs::write(&token_file, token).expect("the uplink's token file");
+    node::config::UplinkSettings {
+        central_url: format!("http://127.0.0.1:{port}"),
+        token_file,
+        ca_file: None,
+        client_cert: None,
+        client_key: None,
+        failover_urls: Vec::new(),
+        forward: None,
+        limits: None,
+    }
 }

@@ -381,7 +381,10 @@ pub fn start(
 /// the hub still works, wherever the scheduler puts it.
 fn keep_to(cores: &[usize]) {
     let mut set = rustix::thread::CpuSet::new();
-    for &core in cores.iter().filter(|&&c| c < rustix::thread::CpuSet::MAX_CPU) {
+    for &core in cores
+        .iter()
+        .filter(|&&c| c < rustix::thread::CpuSet::MAX_CPU)
+    {
         set.set(core);
     }
     match rustix::thread::sched_setaffinity(None, &set) {
