@@ -338,6 +338,12 @@ pub(crate) struct Writer {
     /// last checkpoint, since the transaction may be on the other thread.
     staged_heads: HashMap<String, StreamVersion>,
     staged_keys: HashMap<String, Appended>,
+    /// A read of the last checkpoint for validation with the apply thread, begun by the first
+    /// lookup that the group and the tail cannot answer, and kept until the next checkpoint or
+    /// failure: only a checkpoint's commit changes what it sees. Beginning one per append cost
+    /// each passing a read transaction (with shared readers, two `fcntl` range locks) on the
+    /// live path.
+    committed: Option<redb::ReadTransaction>,
 }
 
 impl Writer {
@@ -386,6 +392,7 @@ impl Writer {
             applier,
             staged_heads: HashMap::new(),
             staged_keys: HashMap::new(),
+            committed: None,
         })
     }
 
@@ -413,6 +420,7 @@ impl Writer {
     fn discard_txn(&mut self) {
         drop(self.reclaim());
         self.txn = None;
+        self.committed = None;
     }
 
     /// Serve requests until every sender is gone, then checkpoint and return.
@@ -557,7 +565,7 @@ impl Writer {
                 keys: &self.staged_keys,
                 tail: self.tail.read().unwrap_or_else(|p| p.into_inner()),
                 db: current(&self.db)?,
-                committed: None,
+                committed: &mut self.committed,
             }
         } else {
             let txn = self
@@ -1067,6 +1075,9 @@ impl Writer {
             "a checkpoint must not overtake journal frames not yet synced"
         );
         self.reclaim()?;
+        // The checkpoint changes what the last checkpoint is; letting go of the old read first
+        // also lets redb reuse the pages this commit frees.
+        self.committed = None;
         let txn = self
             .txn
             .take()
@@ -1364,7 +1375,8 @@ enum Lookup<'a> {
         keys: &'a HashMap<String, Appended>,
         tail: std::sync::RwLockReadGuard<'a, Tail>,
         db: Arc<Database>,
-        committed: Option<redb::ReadTransaction>,
+        /// The writer's read of the last checkpoint ([`Writer::committed`]).
+        committed: &'a mut Option<redb::ReadTransaction>,
     },
 }
 
