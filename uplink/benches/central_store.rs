@@ -8,15 +8,22 @@
 //! `fdatasync` per `NODES` batches (what group commit can reach), and, if a `nats-server` is found
 //! (`.nats-venv/bin` or `PATH`), central on a one-server JetStream.
 //!
-//! The two stores run in turns, `CENTRAL_BENCH_ROUNDS` pairs (default 2), each on a new
-//! directory and the first of a pair alternating, and each pair's ratio is printed: the
-//! machine's other load then weighs on both, and no store always runs on a warmer page cache.
+//! The two stores run in turns, pairs of one turn each, each turn on a new directory and the
+//! first of a pair alternating, and each pair's ratio is printed with the lowest: the machine's
+//! other load then weighs on both, and no store always runs on a warmer page cache. Each turn
+//! lasts seconds, not one: at 160,000 events a turn of the segment store took about a second, so
+//! one burst of other work (a build, a test binary) could halve one pair's ratio on its own.
 //!
-//! `cargo bench -p uplink --bench central_store [-- EVENTS]`; the store directories go under
-//! `CENTRAL_BENCH_DIR` (default: the system temp directory, which is the disk under test).
+//! `cargo bench -p uplink --bench central_store [-- EVENTS]`, with these knobs:
 //!
-//! With `CENTRAL_BENCH_OPEN_EVENTS=1000000,10000000` it also times opening a segment store that
-//! holds that many events (written directly, not over HTTPS): what a restarted central waits
+//! | variable | default | what it sets |
+//! |---|---|---|
+//! | `EVENTS` (argument) | 640000 | events each store ingests per turn, `NODES` × `BATCH_EVENTS` at a time; about 2 s for the segment store and 6 s for the spool store on a quiet 2-core machine, 2 minutes for the whole run |
+//! | `CENTRAL_BENCH_ROUNDS` | 3 | pairs of turns (segment store, spool store) |
+//! | `CENTRAL_BENCH_DIR` | the system temp directory | where the store directories go: the disk under test |
+//! | `CENTRAL_BENCH_OPEN_EVENTS` | none | e.g. `1000000,10000000`: also time opening a segment store that holds that many events |
+//!
+//! The open time is of a store written directly, not over HTTPS: what a restarted central waits
 //! before it serves. The file is read from the page cache if it fits, as after a quick restart.
 
 use std::io::Write as _;
@@ -37,6 +44,12 @@ const NODES: usize = 16;
 /// Events per batch: a catching-up node's batches are full, but a node that keeps up sends what
 /// arrived since its last batch; this is in between.
 const BATCH_EVENTS: usize = 500;
+/// Events each store ingests per turn unless the argument says otherwise: enough that a turn
+/// lasts seconds, so a burst of the machine's other load is a small part of it.
+const EVENTS_DEFAULT: usize = 640_000;
+/// Pairs of turns unless `CENTRAL_BENCH_ROUNDS` says otherwise: three ratios, so one odd pair
+/// shows as odd beside the others.
+const ROUNDS_DEFAULT: usize = 3;
 
 fn body(client: &str, first_seq: u64) -> Vec<u8> {
     let events: Vec<serde_json::Value> = (first_seq..first_seq + BATCH_EVENTS as u64)
@@ -306,12 +319,12 @@ async fn main() {
     let events: usize = std::env::args()
         .skip(1)
         .find_map(|a| a.parse().ok())
-        .unwrap_or(160_000);
+        .unwrap_or(EVENTS_DEFAULT);
     let rounds: usize = std::env::var("CENTRAL_BENCH_ROUNDS")
         .ok()
         .and_then(|n| n.parse().ok())
         .filter(|n| *n > 0)
-        .unwrap_or(2);
+        .unwrap_or(ROUNDS_DEFAULT);
     let parent =
         std::env::var_os("CENTRAL_BENCH_DIR").map_or_else(std::env::temp_dir, PathBuf::from);
     let dir = tempfile::tempdir_in(parent).unwrap();
@@ -365,15 +378,14 @@ async fn main() {
         ratios.push(segment.events_per_s / spool.events_per_s);
         spool_last = Some(spool.events_per_s);
     }
-    ratios.sort_by(f64::total_cmp);
+    let lowest = ratios.iter().copied().fold(f64::INFINITY, f64::min);
     println!(
-        "  segment / spool, each round: {}; lowest {:.2}x",
+        "  segment / spool, each round in order: {}; lowest {lowest:.2}x",
         ratios
             .iter()
             .map(|r| format!("{r:.2}x"))
             .collect::<Vec<_>>()
             .join(", "),
-        ratios[0]
     );
     let spool_events_per_s = spool_last.expect("at least one round");
     match nats_server() {
