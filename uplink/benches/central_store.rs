@@ -8,17 +8,17 @@
 //! `fdatasync` per `NODES` batches (what group commit can reach), and, if a `nats-server` is found
 //! (`.nats-venv/bin` or `PATH`), central on a one-server JetStream.
 //!
-//! The two stores run in turns, pairs of one turn each, each turn on a new directory and the
-//! first of a pair alternating, and each pair's ratio is printed with the lowest: the machine's
-//! other load then weighs on both, and no store always runs on a warmer page cache. Each turn
-//! lasts seconds, not one: at 160,000 events a turn of the segment store took about a second, so
-//! one burst of other work (a build, a test binary) could halve one pair's ratio on its own.
+//! The two stores run in pairs of turns, one turn each, on a new directory each time, the first of
+//! a pair alternating; each pair's ratio is printed in order, then the lowest. The machine's other
+//! load then weighs on both, and no store always runs on a warmer page cache. A turn lasts
+//! seconds: at 160,000 events the segment store's took about one, so a single burst of other work
+//! (a build, a test binary) could halve a pair's ratio on its own.
 //!
 //! `cargo bench -p uplink --bench central_store [-- EVENTS]`, with these knobs:
 //!
 //! | variable | default | what it sets |
 //! |---|---|---|
-//! | `EVENTS` (argument) | 640000 | events each store ingests per turn, `NODES` × `BATCH_EVENTS` at a time; about 2 s for the segment store and 6 s for the spool store on a quiet 2-core machine, 2 minutes for the whole run |
+//! | `EVENTS` (argument) | 640000 | events each store ingests per turn, `NODES` × `BATCH_EVENTS` at a time: 2–4 s for the segment store and 5–10 s for the spool store on this 2-core machine, about 95 s for the whole run with JetStream |
 //! | `CENTRAL_BENCH_ROUNDS` | 3 | pairs of turns (segment store, spool store) |
 //! | `CENTRAL_BENCH_DIR` | the system temp directory | where the store directories go: the disk under test |
 //! | `CENTRAL_BENCH_OPEN_EVENTS` | none | e.g. `1000000,10000000`: also time opening a segment store that holds that many events |
@@ -379,6 +379,11 @@ async fn main() {
         row("segment store (default)", &segment, spool.events_per_s);
         ratios.push(segment.events_per_s / spool.events_per_s);
         spool_last = Some(spool.events_per_s);
+        // A pair's stores hold about a gigabyte at 640,000 events: gone before the next pair, so
+        // a run leaves the shared disk as it found it and no pair writes beside the last one's files.
+        for store_dir in [&spool_dir, &segment_dir] {
+            std::fs::remove_dir_all(store_dir).unwrap();
+        }
     }
     let lowest = ratios.iter().copied().fold(f64::INFINITY, f64::min);
     println!(
