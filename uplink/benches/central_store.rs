@@ -8,15 +8,22 @@
 //! `fdatasync` per `NODES` batches (what group commit can reach), and, if a `nats-server` is found
 //! (`.nats-venv/bin` or `PATH`), central on a one-server JetStream.
 //!
-//! The two stores run in turns, `CENTRAL_BENCH_ROUNDS` pairs (default 2), each on a new
-//! directory and the first of a pair alternating, and each pair's ratio is printed: the
-//! machine's other load then weighs on both, and no store always runs on a warmer page cache.
+//! The two stores run in pairs of turns, one turn each, on a new directory each time, the first of
+//! a pair alternating; each pair's ratio is printed in order, then the lowest. The machine's other
+//! load then weighs on both, and no store always runs on a warmer page cache. A turn lasts
+//! seconds: at 160,000 events the segment store's took about one, so a single burst of other work
+//! (a build, a test binary) could halve a pair's ratio on its own.
 //!
-//! `cargo bench -p uplink --bench central_store [-- EVENTS]`; the store directories go under
-//! `CENTRAL_BENCH_DIR` (default: the system temp directory, which is the disk under test).
+//! `cargo bench -p uplink --bench central_store [-- EVENTS]`, with these knobs:
 //!
-//! With `CENTRAL_BENCH_OPEN_EVENTS=1000000,10000000` it also times opening a segment store that
-//! holds that many events (written directly, not over HTTPS): what a restarted central waits
+//! | variable | default | what it sets |
+//! |---|---|---|
+//! | `EVENTS` (argument) | 640000 | events each store ingests per turn, `NODES` × `BATCH_EVENTS` at a time: 2–4 s for the segment store and 5–10 s for the spool store on this 2-core machine, about 95 s for the whole run with JetStream |
+//! | `CENTRAL_BENCH_ROUNDS` | 3 | pairs of turns (segment store, spool store) |
+//! | `CENTRAL_BENCH_DIR` | the system temp directory | where the store directories go: the disk under test |
+//! | `CENTRAL_BENCH_OPEN_EVENTS` | none | e.g. `1000000,10000000`: also time opening a segment store that holds that many events |
+//!
+//! The open time is of a store written directly, not over HTTPS: what a restarted central waits
 //! before it serves. The file is read from the page cache if it fits, as after a quick restart.
 
 use std::io::Write as _;
@@ -25,6 +32,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use axum::body::Bytes;
 use central::{Central, IngestStore, JetStreamStore, SegmentStore, Server, SpoolStore, Tokens};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use tokio_util::sync::CancellationToken;
@@ -37,6 +45,12 @@ const NODES: usize = 16;
 /// Events per batch: a catching-up node's batches are full, but a node that keeps up sends what
 /// arrived since its last batch; this is in between.
 const BATCH_EVENTS: usize = 500;
+/// Events each store ingests per turn unless the argument says otherwise: enough that a turn
+/// lasts seconds, so a burst of the machine's other load is a small part of it.
+const EVENTS_DEFAULT: usize = 640_000;
+/// Pairs of turns unless `CENTRAL_BENCH_ROUNDS` says otherwise: three ratios, so one odd pair
+/// shows as odd beside the others.
+const ROUNDS_DEFAULT: usize = 3;
 
 fn body(client: &str, first_seq: u64) -> Vec<u8> {
     let events: Vec<serde_json::Value> = (first_seq..first_seq + BATCH_EVENTS as u64)
@@ -59,14 +73,15 @@ fn body(client: &str, first_seq: u64) -> Vec<u8> {
     .unwrap()
 }
 
-/// Each node's batches, in order.
-fn workload(events: usize) -> Vec<Vec<Vec<u8>>> {
+/// Each node's batches, in order. Shared bytes: a turn hands each client its batches without
+/// copying them inside the timed part.
+fn workload(events: usize) -> Vec<Vec<Bytes>> {
     let per_node = events / NODES / BATCH_EVENTS;
     (0..NODES)
         .map(|node| {
             let client = format!("node-{node:02}");
             (0..per_node)
-                .map(|i| body(&client, 1 + (i * BATCH_EVENTS) as u64))
+                .map(|i| Bytes::from(body(&client, 1 + (i * BATCH_EVENTS) as u64)))
                 .collect()
         })
         .collect()
@@ -109,7 +124,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 /// Serves `store` over HTTPS and drains `work` into it from `NODES` clients at once.
-async fn through_https<S: IngestStore>(store: S, pki: &Pki, work: &[Vec<Vec<u8>>]) -> Figures {
+async fn through_https<S: IngestStore>(store: S, pki: &Pki, work: &[Vec<Bytes>]) -> Figures {
     let tokens_file = pki.ca.with_file_name("tokens");
     std::fs::write(&tokens_file, format!("{TRACK} {TOKEN}\n")).unwrap();
     let tls = ServerTlsConfig {
@@ -225,9 +240,9 @@ async fn open_time(
 }
 
 /// The disk's floor: every batch's bytes appended, with one `fdatasync` per `group` batches.
-fn raw_append(path: &Path, work: &[Vec<Vec<u8>>], group: usize) -> f64 {
+fn raw_append(path: &Path, work: &[Vec<Bytes>], group: usize) -> f64 {
     let mut file = std::fs::File::create(path).unwrap();
-    let batches: Vec<&Vec<u8>> = work.iter().flatten().collect();
+    let batches: Vec<&Bytes> = work.iter().flatten().collect();
     let start = Instant::now();
     for group in batches.chunks(group) {
         for batch in group {
@@ -248,7 +263,7 @@ fn nats_server() -> Option<PathBuf> {
         .find(|p| p.exists())
 }
 
-async fn jetstream(bin: &Path, dir: &Path, pki: &Pki, work: &[Vec<Vec<u8>>]) -> Figures {
+async fn jetstream(bin: &Path, dir: &Path, pki: &Pki, work: &[Vec<Bytes>]) -> Figures {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -306,19 +321,19 @@ async fn main() {
     let events: usize = std::env::args()
         .skip(1)
         .find_map(|a| a.parse().ok())
-        .unwrap_or(160_000);
+        .unwrap_or(EVENTS_DEFAULT);
     let rounds: usize = std::env::var("CENTRAL_BENCH_ROUNDS")
         .ok()
         .and_then(|n| n.parse().ok())
         .filter(|n| *n > 0)
-        .unwrap_or(2);
+        .unwrap_or(ROUNDS_DEFAULT);
     let parent =
         std::env::var_os("CENTRAL_BENCH_DIR").map_or_else(std::env::temp_dir, PathBuf::from);
     let dir = tempfile::tempdir_in(parent).unwrap();
     let pki = pki(dir.path());
     let work = workload(events);
     let total: usize = work.iter().map(|b| b.len() * BATCH_EVENTS).sum();
-    let bytes: usize = work.iter().flatten().map(Vec::len).sum();
+    let bytes: usize = work.iter().flatten().map(Bytes::len).sum();
     println!(
         "central ingest over HTTPS: {NODES} nodes at once, {total} events in batches of \
          {BATCH_EVENTS} ({} MB of JSON), stores in {}",
@@ -364,16 +379,20 @@ async fn main() {
         row("segment store (default)", &segment, spool.events_per_s);
         ratios.push(segment.events_per_s / spool.events_per_s);
         spool_last = Some(spool.events_per_s);
+        // A pair's stores hold about a gigabyte at 640,000 events: gone before the next pair, so
+        // a run leaves the shared disk as it found it and no pair writes beside the last one's files.
+        for store_dir in [&spool_dir, &segment_dir] {
+            std::fs::remove_dir_all(store_dir).unwrap();
+        }
     }
-    ratios.sort_by(f64::total_cmp);
+    let lowest = ratios.iter().copied().fold(f64::INFINITY, f64::min);
     println!(
-        "  segment / spool, each round: {}; lowest {:.2}x",
+        "  segment / spool, each round in order: {}; lowest {lowest:.2}x",
         ratios
             .iter()
             .map(|r| format!("{r:.2}x"))
             .collect::<Vec<_>>()
             .join(", "),
-        ratios[0]
     );
     let spool_events_per_s = spool_last.expect("at least one round");
     match nats_server() {

@@ -179,7 +179,7 @@ fn stored_messages(body: &[u8]) -> Vec<(String, Bytes)> {
     batch
         .events
         .iter()
-        .map(|e| (e.key.as_str().to_owned(), e.stored_json(1).into()))
+        .map(|e| (e.key(TRACK).to_string(), e.stored_json(1).into()))
         .collect()
 }
 

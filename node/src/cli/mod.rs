@@ -109,7 +109,8 @@ pub enum Command {
     /// streams up. Without --track it runs every track that sends, found from the raw stream's
     /// subjects, a new one without a restart. Any number of workers may share the tracks: one runs
     /// each track while it holds the track's lease, and a worker that dies hands its tracks over when
-    /// the lease expires.
+    /// the lease expires. Without --track, a worker that runs tracks already leaves a new track a
+    /// second or two to the others, so new tracks spread over the workers.
     RaceEngine(RaceEngineArgs),
     /// Serve a simulated P3 decoder on a pseudo-terminal or TCP.
     Simulate(crate::simulate::SimulateArgs),

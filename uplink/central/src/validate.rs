@@ -65,9 +65,9 @@ pub struct ValidBatch {
 /// One valid event, ready to store.
 #[derive(Debug, Clone)]
 pub struct ValidEvent {
-    pub client_id: String,
+    pub client_id: Id,
+    pub boot_id: Id,
     pub seq: u64,
-    pub key: IdempotencyKey,
     /// Borrowed for the types central names (a passing, from the fast path): nothing to allocate.
     pub message_type: Cow<'static, str>,
     /// The raw event JSON as the node sent it: a slice of the request body, shared, not copied;
@@ -85,6 +85,63 @@ impl ValidEvent {
     /// [`ValidEvent::raw`] as text.
     pub fn raw_str(&self) -> &str {
         std::str::from_utf8(&self.raw).expect("a valid event was parsed from UTF-8 JSON")
+    }
+
+    /// The event's idempotency key in the batch of `track_id`. Built on demand, not kept: only
+    /// the JetStream store needs it (as `Nats-Msg-Id`), and the embedded stores ingest without
+    /// allocating it for every event.
+    pub fn key(&self, track_id: &str) -> IdempotencyKey {
+        IdempotencyKey::new(track_id, &self.client_id, &self.boot_id, self.seq)
+    }
+}
+
+/// A validated id of an event (`client_id`, `boot_id`): 1 to [`INGEST_ID_BYTES_MAX`] bytes of
+/// `[A-Za-z0-9_-]`. On the fast path it is a slice of the request body, as the event's
+/// [`ValidEvent::raw`] is, so validating a batch allocates no string for each event.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Id(Bytes);
+
+impl Id {
+    /// `bytes` must be a valid id (checked by the caller, which names the field if it is not).
+    fn new(bytes: Bytes) -> Self {
+        debug_assert!(!bytes.is_empty() && bytes.iter().copied().all(is_id_byte));
+        Self(bytes)
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("an id is ASCII, checked when it was validated")
+    }
+}
+
+impl std::ops::Deref for Id {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Debug for Id {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl std::fmt::Display for Id {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<str> for Id {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other.as_bytes()
+    }
+}
+
+impl PartialEq<&str> for Id {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == other.as_bytes()
     }
 }
 
@@ -201,10 +258,10 @@ mod fast {
     use serde_json::value::RawValue;
 
     use super::{
-        INGEST_EVENT_BYTES_MAX, INGEST_ID_BYTES_MAX, INGEST_PAYLOAD_STRING_BYTES_MAX, ValidEvent,
-        is_id_byte,
+        INGEST_EVENT_BYTES_MAX, INGEST_ID_BYTES_MAX, INGEST_PAYLOAD_STRING_BYTES_MAX, Id,
+        ValidEvent, is_id_byte,
     };
-    use uplink::wire::{IdempotencyKey, MESSAGE_TYPE_PASSING};
+    use uplink::wire::MESSAGE_TYPE_PASSING;
 
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -293,9 +350,9 @@ mod fast {
                         .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
             });
         valid.then(|| ValidEvent {
-            client_id: ctx.client_id.to_owned(),
+            client_id: Id::new(body.slice_ref(ctx.client_id.as_bytes())),
+            boot_id: Id::new(body.slice_ref(ctx.boot_id.as_bytes())),
             seq: ctx.seq,
-            key: IdempotencyKey::new(batch_track, ctx.client_id, ctx.boot_id, ctx.seq),
             message_type: Cow::Borrowed(MESSAGE_TYPE_PASSING),
             raw: body.slice_ref(json.as_bytes()),
         })
@@ -453,10 +510,12 @@ fn validate_event(
         return Err(payload.err("message_type", "must equal the event's message_type"));
     }
     validate_payload(message_type, &event, &payload)?;
+    // Unescaped by the parser, so not a slice of the body: one of the few allocations per event
+    // the slow path adds to its `Value` tree.
     Ok(ValidEvent {
-        client_id: client_id.to_owned(),
+        client_id: Id::new(Bytes::copy_from_slice(client_id.as_bytes())),
+        boot_id: Id::new(Bytes::copy_from_slice(boot_id.as_bytes())),
         seq,
-        key: IdempotencyKey::new(batch_track, client_id, boot_id, seq),
         message_type: Cow::Owned(message_type.to_owned()),
         raw: body.slice_ref(raw.get().as_bytes()),
     })
@@ -658,7 +717,8 @@ mod tests {
         });
         assert_eq!(fast.client_id, slow.client_id);
         assert_eq!(fast.seq, slow.seq);
-        assert_eq!(fast.key, slow.key);
+        assert_eq!(fast.boot_id, slow.boot_id);
+        assert_eq!(fast.key("bmx-main"), slow.key("bmx-main"));
         assert_eq!(fast.message_type, slow.message_type);
         assert_eq!(fast.raw, slow.raw);
         true
@@ -721,7 +781,7 @@ mod tests {
         let valid = validate(&batch(vec![event(181233, passing())]), "bmx-main").unwrap();
         assert_eq!(valid.events.len(), 1);
         assert_eq!(
-            valid.events[0].key.as_str(),
+            valid.events[0].key("bmx-main").as_str(),
             "bmx-main:node-7f3a:b-000042:181233"
         );
     }
@@ -838,6 +898,17 @@ mod tests {
             valid.events[0].message_type,
             Cow::Borrowed("PASSING")
         ));
+        // A passing's ids are slices too: the fast path allocates nothing for each event.
+        let passing = &valid.events[0];
+        for id in [&passing.client_id, &passing.boot_id] {
+            let at = id.as_bytes().as_ptr_range();
+            assert!(
+                whole.start <= at.start && at.end <= whole.end,
+                "{id} is a copy"
+            );
+        }
+        assert_eq!(passing.client_id, "node-7f3a");
+        assert_eq!(passing.boot_id, "b-000042");
     }
 
     #[test]

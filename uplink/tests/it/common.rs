@@ -22,6 +22,8 @@ pub const TRACK: &str = "bmx-main";
 pub const CLIENT: &str = "node-7f3a";
 pub const TOKEN: &str = "s3cret-bmx";
 pub const OTHER_TRACK_TOKEN: &str = "s3cret-kart";
+/// Two more tracks central takes, with their tokens: enough tracks to see them spread over workers.
+pub const MORE_TRACKS: [(&str, &str); 2] = [("trail-3", "s3cret-trail"), ("moto-4", "s3cret-moto")];
 
 /// Polls `condition` until it holds; panics naming `what` after `timeout`.
 pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, condition: F)
@@ -136,7 +138,11 @@ pub fn write(path: &Path, text: &str) {
 }
 
 pub fn tokens() -> Tokens {
-    Tokens::parse(&format!("{TRACK} {TOKEN}\nkart-2 {OTHER_TRACK_TOKEN}\n")).expect("tokens")
+    let mut tokens = format!("{TRACK} {TOKEN}\nkart-2 {OTHER_TRACK_TOKEN}\n");
+    for (track, token) in MORE_TRACKS {
+        tokens.push_str(&format!("{track} {token}\n"));
+    }
+    Tokens::parse(&tokens).expect("tokens")
 }
 
 /// A running central.

@@ -993,3 +993,92 @@ async fn workers_without_tracks_find_new_tracks_and_take_over_a_dead_ones() {
     }
     central.stop().await;
 }
+
+/// Two workers given no track, running when four tracks start sending at once: the tracks spread
+/// over both. Without the spreading, the first worker to read the raw stream's subjects after the
+/// batches took all four leases within milliseconds, and the second stood by with none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_without_tracks_spread_new_tracks_between_them() {
+    use futures_util::StreamExt as _;
+    let nats = Nats::single("").await;
+    let url = nats.urls();
+    let store = JetStreamStore::connect(&url, &test_streams(1))
+        .await
+        .unwrap();
+    let central = start_central(store, "127.0.0.1:0".parse().unwrap(), None).await;
+    let js = jetstream(&url).await;
+    let http = crate::cluster::http_client();
+    let tracks = [(TRACK, TOKEN), ("kart-2", OTHER_TRACK_TOKEN)]
+        .into_iter()
+        .chain(MORE_TRACKS)
+        .collect::<Vec<_>>();
+    // Each worker's discovery is a stream info request on the raw stream with a subject filter,
+    // answered to its connection's inbox: a copy of those requests says when both workers read
+    // the raw stream's subjects, and so are up before any track sends.
+    let watcher = async_nats::connect(&url).await.unwrap();
+    let mut discoveries = watcher
+        .subscribe(format!("$JS.API.STREAM.INFO.{RAW_STREAM}"))
+        .await
+        .unwrap();
+    watcher.flush().await.unwrap();
+    let _workers = [
+        WorkerProcess::discovering(&url, "w-1"),
+        WorkerProcess::discovering(&url, "w-2"),
+    ];
+    let mut discovering = std::collections::HashSet::new();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while discovering.len() < 2 {
+            let request = discoveries
+                .next()
+                .await
+                .expect("the watcher stays connected");
+            let is_discovery =
+                std::str::from_utf8(&request.payload).is_ok_and(|p| p.contains("subjects_filter"));
+            if let Some(reply) = request.reply.filter(|_| is_discovery) {
+                let inbox: Vec<&str> = reply.split('.').take(2).collect();
+                discovering.insert(inbox.join("."));
+            }
+        }
+    })
+    .await
+    .expect("both workers read the raw stream's subjects within 30 s");
+    let sends = tracks.iter().map(|&(track, token)| {
+        let (http, addr) = (http.clone(), central.addr);
+        async move {
+            let body = crate::cluster::batch_body_of(track, CLIENT, 1..=5);
+            let (status, _) = crate::cluster::post_as(&http, addr, token, body).await;
+            assert_eq!(status, 200, "central stores the batch of {track}");
+        }
+    });
+    futures_util::future::join_all(sends).await;
+    let holders = |js: jetstream::Context, tracks: Vec<(&'static str, &'static str)>| async move {
+        let mut holders = Vec::new();
+        for (track, _) in tracks {
+            let holder = holder_of(&js, track).await;
+            let derived = derived_last_of(&js, track).await >= raw_last_of(&js, track).await;
+            holders.push(holder.filter(|_| derived));
+        }
+        holders
+    };
+    wait_until(
+        Duration::from_secs(60),
+        "every track held by a worker and derived",
+        || {
+            let (js, tracks) = (js.clone(), tracks.clone());
+            async move { holders(js, tracks).await.iter().all(Option::is_some) }
+        },
+    )
+    .await;
+    let held: Vec<String> = holders(js.clone(), tracks.clone())
+        .await
+        .into_iter()
+        .map(|h| h.expect("still held"))
+        .collect();
+    for worker in ["w-1", "w-2"] {
+        assert!(
+            held.iter().any(|h| h == worker),
+            "{worker} runs a track: the holders are {held:?}"
+        );
+    }
+    central.stop().await;
+}

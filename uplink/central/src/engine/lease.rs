@@ -21,7 +21,15 @@
 //!   engine is deterministic.
 //! - **Handing over.** A worker that stops releases its tracks (an empty holder) so another takes
 //!   them at once; a worker that dies hands them over when its lease expires.
+//! - **Spreading.** A worker that finds its tracks ([`Spread`]) and already holds a lease waits one
+//!   discovery interval before it takes a free one, and a second if it holds its fair share (the
+//!   tracks it knows over the workers it sees holding them, itself included), so the first worker
+//!   to see a batch of new tracks does not take them all. It then takes the track if it is still
+//!   free: a track never waits more than two intervals for an engine, and a dead worker's tracks
+//!   are still taken over.
 
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, stream};
@@ -79,6 +87,62 @@ pub async fn read(
     }
 }
 
+/// What a worker that finds its tracks sees of their leases, to leave free tracks to workers that
+/// hold fewer (module docs). Shared by the worker's track tasks.
+pub struct Spread {
+    /// Per track the worker knows, the holder its last read of the lease found ("" for none).
+    holders: Mutex<HashMap<String, String>>,
+    /// Held from a decision to take a free track until its write is answered, so the worker's
+    /// next decision counts the lease this one took.
+    gate: tokio::sync::Mutex<()>,
+    /// How long a free track is left to others each time: the discovery interval, within which
+    /// every other worker reads the raw stream's subjects again and contends for it.
+    interval: Duration,
+}
+
+impl Spread {
+    pub fn new(interval: Duration) -> Spread {
+        Spread {
+            holders: Mutex::new(HashMap::new()),
+            gate: tokio::sync::Mutex::new(()),
+            interval,
+        }
+    }
+
+    fn saw(&self, track: &str, holder: &str) {
+        let mut holders = self.holders.lock().expect("never poisoned");
+        match holders.get_mut(track) {
+            Some(known) if known == holder => {}
+            Some(known) => holder.clone_into(known),
+            None => {
+                holders.insert(track.to_owned(), holder.to_owned());
+            }
+        }
+    }
+
+    /// Whether `me`, having left a free track to others `deferred` times, leaves it once more:
+    /// the first time if it holds any lease (a worker that holds none shows in no lease, so it
+    /// cannot be counted, only waited for), the second if it holds its fair share, never a third.
+    fn defers(&self, me: &str, deferred: u32) -> bool {
+        let holders = self.holders.lock().expect("never poisoned");
+        let mine = holders.values().filter(|h| *h == me).count();
+        match deferred {
+            _ if mine == 0 => false,
+            0 => true,
+            1 => {
+                let workers: HashSet<&str> = holders
+                    .values()
+                    .map(String::as_str)
+                    .filter(|h| !h.is_empty())
+                    .chain([me])
+                    .collect();
+                mine >= holders.len().div_ceil(workers.len())
+            }
+            _ => false,
+        }
+    }
+}
+
 /// A track's lease, held.
 pub struct Lease {
     js: jetstream::Context,
@@ -92,18 +156,26 @@ pub struct Lease {
 
 impl Lease {
     /// Waits until this worker (`holder`) holds `track`'s lease; `None` if `cancel` came first.
+    /// With `spread`, a worker that holds leases already lets others take a free track first
+    /// (module docs).
     pub async fn acquire(
         js: &jetstream::Context,
         leases: &stream::Stream,
         track: &str,
         holder: &str,
         ttl: Duration,
+        spread: Option<&Spread>,
         cancel: &CancellationToken,
     ) -> Result<Option<Lease>, Error> {
         // The revision another holds the track at, and since when this worker has seen it.
         let mut watched: Option<(u64, Instant)> = None;
+        // Discovery intervals this track was left to others while free.
+        let mut deferred = 0;
         loop {
             let (record, revision) = read(leases, track).await?;
+            if let Some(spread) = spread {
+                spread.saw(track, record.as_ref().map_or("", |r| r.holder.as_str()));
+            }
             let free = match &record {
                 None => true,
                 Some(r) if r.holder.is_empty() || r.holder == holder => true,
@@ -117,6 +189,24 @@ impl Lease {
                     }
                 },
             };
+            // Decided and written under the gate: this worker's next decision counts this one.
+            let mut gate = None;
+            if free
+                && let Some(spread) = spread
+                && record.as_ref().is_none_or(|r| r.holder != holder)
+            {
+                let held = spread.gate.lock().await;
+                if spread.defers(holder, deferred) {
+                    deferred += 1;
+                    drop(held);
+                    tokio::select! {
+                        () = cancel.cancelled() => return Ok(None),
+                        () = tokio::time::sleep(spread.interval) => {}
+                    }
+                    continue;
+                }
+                gate = Some(held);
+            }
             if free {
                 let mut lease = Lease {
                     js: js.clone(),
@@ -127,6 +217,10 @@ impl Lease {
                     written_at: Instant::now(),
                 };
                 if lease.write(holder).await? {
+                    if let Some(spread) = spread {
+                        spread.saw(track, holder);
+                    }
+                    drop(gate);
                     if let Some(r) = record.filter(|r| !r.holder.is_empty() && r.holder != holder) {
                         tracing::info!(
                             track,
@@ -138,6 +232,7 @@ impl Lease {
                 }
                 // Another worker wrote first: watch its revision from now.
                 watched = None;
+                drop(gate);
             }
             tokio::select! {
                 () = cancel.cancelled() => return Ok(None),
@@ -214,5 +309,35 @@ mod tests {
         assert_eq!(config.storage, stream::StorageType::File);
         assert_eq!(config.num_replicas, 3);
         assert_eq!(lease_subject("bmx-main"), "timing.race.lease.v1.bmx-main");
+    }
+
+    /// The decision to leave a free track to other workers: never for a worker without a lease,
+    /// once for one with any, twice for one at its fair share, never a third time.
+    #[test]
+    fn a_worker_leaves_a_free_track_to_others_by_what_it_holds() {
+        let spread = Spread::new(Duration::from_secs(1));
+        for track in ["a", "b", "c", "d"] {
+            spread.saw(track, "");
+        }
+        assert!(!spread.defers("w-1", 0), "holding none, it takes the track");
+        spread.saw("a", "w-1");
+        assert!(
+            spread.defers("w-1", 0),
+            "holding one, it waits for workers that hold none and so show in no lease"
+        );
+        assert!(
+            !spread.defers("w-1", 1),
+            "alone, all four tracks are its share"
+        );
+        spread.saw("c", "w-2");
+        assert!(!spread.defers("w-1", 1), "one of a share of two");
+        spread.saw("b", "w-1");
+        assert!(spread.defers("w-1", 1), "two of a share of two");
+        assert!(
+            !spread.defers("w-1", 2),
+            "a free track waits at most two intervals for an engine"
+        );
+        spread.saw("b", "");
+        assert!(!spread.defers("w-1", 1), "a lease it lost no longer counts");
     }
 }

@@ -50,6 +50,7 @@ pub mod snapshot;
 mod track;
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
@@ -61,6 +62,7 @@ use crate::store::streams::{
     DLQ_STREAM, EVENTS_STREAM, RAW_STREAM, RAW_SUBJECT_PREFIX, SNAPSHOT_STREAM,
     SNAPSHOT_SUBJECT_PREFIX,
 };
+use lease::Spread;
 pub use track::{RAW_SEQUENCE_HEADER, WORKER_HEADER, consumer_name};
 use uplink::Error;
 
@@ -307,16 +309,24 @@ pub async fn run(config: EngineConfig, cancel: CancellationToken) -> Result<(), 
         .await
         .map_err(|e| Error::nats("setting up the lease stream", e))?;
     let tracker = TaskTracker::new();
+    // Found tracks are spread over the workers; named ones go to whichever worker takes them.
+    let spread = config
+        .tracks
+        .is_empty()
+        .then(|| Arc::new(Spread::new(Duration::from_millis(ENGINE_DISCOVER_MS))));
     let spawn = |track: String| {
-        let (nats, raw, leases, config, cancel) = (
+        let (nats, raw, leases, config, spread, cancel) = (
             nats.clone(),
             raw.clone(),
             leases.clone(),
             config.clone(),
+            spread.clone(),
             cancel.clone(),
         );
-        tracker
-            .spawn(async move { run_track(&nats, &raw, &leases, &config, &track, &cancel).await });
+        tracker.spawn(async move {
+            let spread = spread.as_deref();
+            run_track(&nats, &raw, &leases, &config, &track, spread, &cancel).await;
+        });
     };
     if config.tracks.is_empty() {
         tracing::info!(
@@ -395,6 +405,7 @@ async fn run_track(
     leases: &stream::Stream,
     config: &EngineConfig,
     track: &str,
+    spread: Option<&Spread>,
     cancel: &CancellationToken,
 ) {
     let js = &nats.js;
@@ -408,6 +419,7 @@ async fn run_track(
                     track,
                     &config.worker_id,
                     config.lease_ttl,
+                    spread,
                     cancel,
                 ),
             )

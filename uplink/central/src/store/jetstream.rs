@@ -668,6 +668,7 @@ const IN_PROCESS_PAUSE_MS_MAX: u64 = 100;
 /// One event published and awaiting its acknowledgement, with what it takes to publish it again.
 struct Pending<'a> {
     event: &'a crate::ValidEvent,
+    track: &'a str,
     subject: &'a str,
     body: axum::body::Bytes,
     ack: jetstream::context::PublishAckFuture,
@@ -675,9 +676,9 @@ struct Pending<'a> {
     _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
-fn publish_headers(event: &crate::ValidEvent) -> async_nats::HeaderMap {
+fn publish_headers(event: &crate::ValidEvent, track: &str) -> async_nats::HeaderMap {
     let mut headers = async_nats::HeaderMap::new();
-    headers.insert("Nats-Msg-Id", event.key.as_str());
+    headers.insert("Nats-Msg-Id", event.key(track).as_str());
     headers
 }
 
@@ -812,18 +813,24 @@ impl Inner {
             let body = axum::body::Bytes::from(event.stored_json(ingested_at_us));
             match inner
                 .js
-                .publish_with_headers(subject.clone(), publish_headers(event), body.clone())
+                .publish_with_headers(
+                    subject.clone(),
+                    publish_headers(event, &batch.track_id),
+                    body.clone(),
+                )
                 .await
             {
                 Ok(ack) => pending.push_back(Pending {
                     event,
+                    track: &batch.track_id,
                     subject: &subject,
                     body,
                     ack,
                     _permit: permit,
                 }),
                 Err(e) => {
-                    failure = Some(Error::nats(format!("publishing {}", event.key), e));
+                    let key = event.key(&batch.track_id);
+                    failure = Some(Error::nats(format!("publishing {key}"), e));
                     break;
                 }
             }
@@ -857,6 +864,7 @@ async fn settle<'a>(
 ) -> Result<(), Error> {
     let Pending {
         event,
+        track,
         subject,
         body,
         mut ack,
@@ -875,12 +883,17 @@ async fn settle<'a>(
                 tokio::time::sleep(Duration::from_millis(pause_ms)).await;
                 pause_ms = (pause_ms * 2).min(IN_PROCESS_PAUSE_MS_MAX);
                 ack = js
-                    .publish_with_headers(subject.to_owned(), publish_headers(event), body.clone())
+                    .publish_with_headers(
+                        subject.to_owned(),
+                        publish_headers(event, track),
+                        body.clone(),
+                    )
                     .await
-                    .map_err(|e| Error::nats(format!("publishing {}", event.key), e))?;
+                    .map_err(|e| Error::nats(format!("publishing {}", event.key(track)), e))?;
             }
             Err(e) => {
-                return Err(Error::nats(format!("acknowledgement of {}", event.key), e));
+                let key = event.key(track);
+                return Err(Error::nats(format!("acknowledgement of {key}"), e));
             }
         }
     };

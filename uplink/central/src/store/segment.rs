@@ -60,6 +60,7 @@ use crate::store::checkpoint::{CHECKPOINT_EVERY_BYTES, Checkpoint, Ranges};
 use crate::validate::stored_envelope;
 use crate::{IngestStore, ValidBatch, ValidEvent};
 use uplink::Error;
+use uplink::ranges::RangeSet;
 use uplink::wire::{
     BatchAccepted, INGEST_BATCH_EVENTS_MAX, INGEST_BODY_BYTES_MAX, INGEST_EVENT_BYTES_MAX,
     INGEST_ID_BYTES_MAX,
@@ -142,22 +143,17 @@ pub struct Recovery {
     pub truncated_bytes: u64,
 }
 
-fn holds(ranges: &Ranges, track: &str, client: &str, seq: u64) -> bool {
-    ranges
-        .get(track)
-        .and_then(|clients| clients.get(client))
-        .is_some_and(|set| set.contains(seq))
-}
-
-fn claim(ranges: &mut Ranges, track: &str, client: &str, seq: u64) {
-    let clients = match ranges.get_mut(track) {
-        Some(clients) => clients,
-        None => ranges.entry(track.to_owned()).or_default(),
-    };
-    match clients.get_mut(client) {
-        Some(set) => set.insert(seq),
-        None => clients.entry(client.to_owned()).or_default().insert(seq),
-    };
+/// The set of seqs `claimed` holds for `client` of `track`, added empty if it holds none: looked
+/// up once for a run of one client's seqs.
+fn claimed_set<'a>(claimed: &'a mut Ranges, track: &str, client: &str) -> &'a mut RangeSet {
+    if !claimed.contains_key(track) {
+        claimed.insert(track.to_owned(), Default::default());
+    }
+    let clients = claimed.get_mut(track).expect("just added");
+    if !clients.contains_key(client) {
+        clients.insert(client.to_owned(), RangeSet::new());
+    }
+    clients.get_mut(client).expect("just added")
 }
 
 /// Central's default embedded store; see the module docs.
@@ -512,9 +508,10 @@ fn scan_into(
 ) -> Result<ScanEnd, Error> {
     scan(file, from, len, path, |record| {
         recovery.records += 1;
+        let set = claimed_set(ranges, record.track, record.client);
         for (seq, _) in &record.events {
             recovery.events += 1;
-            claim(ranges, record.track, record.client, *seq);
+            set.insert(*seq);
         }
     })
 }
@@ -701,6 +698,30 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// Adds `event` to the open `record`, encoding the record into `buf` first if it is of
+/// another client or full.
+fn add_event<'a>(
+    event: &'a ValidEvent,
+    ingested_at_us: u64,
+    track: &str,
+    record: &mut Vec<&'a ValidEvent>,
+    record_bytes: &mut usize,
+    buf: &mut Vec<u8>,
+    records: &mut u64,
+) {
+    let same_client = record
+        .first()
+        .is_some_and(|e| e.client_id == event.client_id);
+    if !record.is_empty() && (!same_client || *record_bytes >= RECORD_EVENTS_BYTES_MAX) {
+        encode(buf, ingested_at_us, track, record);
+        *records += 1;
+        record.clear();
+        *record_bytes = 0;
+    }
+    *record_bytes += EVENT_OVERHEAD_BYTES + event.raw.len();
+    record.push(event);
+}
+
 /// The thread that owns the file: takes the queued batches, decides what is new, writes it in one
 /// go, syncs, and answers.
 struct Writer {
@@ -852,27 +873,31 @@ impl Writer {
         };
         let mut record: Vec<&ValidEvent> = Vec::new();
         let mut record_bytes = 0;
-        for event in &batch.events {
-            let client = event.client_id.as_str();
-            if holds(&self.ranges, track, client, event.seq)
-                || holds(claimed, track, client, event.seq)
-            {
-                done.duplicates += 1;
-                continue;
+        // A batch is almost always one client's: its two sets of seqs are looked up (two string
+        // hashes each) once per run of one client's events, not once per event.
+        for run in batch.events.chunk_by(|a, b| a.client_id == b.client_id) {
+            let client = run[0].client_id.as_str();
+            let stored = self
+                .ranges
+                .get(track)
+                .and_then(|clients| clients.get(client));
+            let claims = claimed_set(claimed, track, client);
+            for event in run {
+                if stored.is_some_and(|set| set.contains(event.seq)) || !claims.insert(event.seq) {
+                    done.duplicates += 1;
+                    continue;
+                }
+                done.accepted += 1;
+                add_event(
+                    event,
+                    ingested_at_us,
+                    track,
+                    &mut record,
+                    &mut record_bytes,
+                    buf,
+                    records,
+                );
             }
-            claim(claimed, track, client, event.seq);
-            done.accepted += 1;
-            let same_client = record
-                .first()
-                .is_some_and(|e| e.client_id == event.client_id);
-            if !record.is_empty() && (!same_client || record_bytes >= RECORD_EVENTS_BYTES_MAX) {
-                encode(buf, ingested_at_us, track, &record);
-                *records += 1;
-                record.clear();
-                record_bytes = 0;
-            }
-            record_bytes += EVENT_OVERHEAD_BYTES + event.raw.len();
-            record.push(event);
         }
         if !record.is_empty() {
             encode(buf, ingested_at_us, track, &record);

@@ -203,7 +203,7 @@ impl IngestStore for SpoolStore {
         let mut chunks: Vec<Chunk> = Vec::new();
         for event in &batch.events {
             let held = ranges
-                .get(&(batch.track_id.clone(), event.client_id.clone()))
+                .get(&(batch.track_id.clone(), event.client_id.to_string()))
                 .is_some_and(|set| set.contains(event.seq));
             if held || !seen.insert((&event.client_id, event.seq)) {
                 done.duplicates += 1;
@@ -211,12 +211,12 @@ impl IngestStore for SpoolStore {
             }
             let json = event.stored_json(ingested_at_us);
             let fits = chunks.last().is_some_and(|c| {
-                c.client_id == event.client_id
+                event.client_id == c.client_id.as_str()
                     && c.bytes() + json.len() + 22 <= STORED_CHUNK_BYTES_MAX
             });
             if !fits {
                 chunks.push(Chunk {
-                    client_id: event.client_id.clone(),
+                    client_id: event.client_id.to_string(),
                     seqs: Vec::new(),
                     events_json: Vec::with_capacity(STORED_CHUNK_BYTES_MAX),
                 });
