@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use redb::{Database, ReadOnlyDatabase, ReadTransaction, ReadableDatabase, ReadableTable};
 
 use crate::error::{DbContext, Result, SpoolError};
-use crate::record::{JournalFrame, JournalOpV1};
+use crate::record::{EncodedRecords, JournalFrame, JournalOpV1, StoredRecord};
 use crate::schema::Schemas;
 use crate::storage::{DB_FILE, Storage};
 use crate::tables::{self, ParkedRow};
@@ -72,13 +72,47 @@ impl Db {
     }
 }
 
-/// Acknowledged changes not yet checkpointed into the database.
+/// An append's records as journaled, with the rows that index them: the tail keeps it until the
+/// checkpoint and the apply thread inserts the same bytes, sharing one allocation. Nothing is
+/// kept per event but the bytes, so a checkpoint frees a few buffers, not every event's strings.
+#[derive(Debug)]
+pub(crate) struct AppendBatch {
+    pub(crate) records: EncodedRecords,
+    pub(crate) rows: tables::IndexRows,
+}
+
+impl AppendBatch {
+    pub(crate) fn new(records: EncodedRecords, rows: tables::IndexRows) -> AppendBatch {
+        assert_eq!(
+            records.len(),
+            rows.len(),
+            "every record of an append batch must have its index row"
+        );
+        AppendBatch { records, rows }
+    }
+
+    fn first_seq(&self) -> u64 {
+        self.rows.first_seq().unwrap_or(0)
+    }
+}
+
+/// Hash maps of the tail, filled for every append on the writer's path between two syncs:
+/// foldhash (already in the dependency tree), several times faster than SipHash on short keys.
+/// Its per-process random seed keeps the keys' order unpredictable to whoever chooses them.
+type TailMap<V> = HashMap<String, V, foldhash::fast::RandomState>;
+
+/// Acknowledged changes not yet checkpointed into the database: the appends' encoded records in
+/// order, a run index per stream and the idempotency keys.
 #[derive(Debug, Default)]
 pub(crate) struct Tail {
-    /// Consecutive seqs: `events[i].seq == events[0].seq + i`.
-    pub(crate) events: VecDeque<RecordedEvent>,
-    pub(crate) streams: HashMap<String, BTreeMap<u64, u64>>,
-    pub(crate) keys: HashMap<String, u64>,
+    /// Consecutive seqs: each batch starts right after the one before it.
+    batches: VecDeque<Arc<AppendBatch>>,
+    /// Events in `batches`.
+    events: usize,
+    /// Each stream's runs of consecutive versions and seqs, in version order (one per append).
+    streams: TailMap<Vec<tables::Run>>,
+    /// Each idempotency key's seq and version.
+    keys: TailMap<(u64, StreamVersion)>,
     pub(crate) cursors: HashMap<String, u64>,
     /// Counts clears and replacements: a reader that let go of the lock knows the tail it saw
     /// still continues its read transaction only while this is unchanged.
@@ -86,47 +120,108 @@ pub(crate) struct Tail {
 }
 
 impl Tail {
-    pub(crate) fn push_event(&mut self, event: RecordedEvent) {
-        let seq = event.seq.0;
-        match self.streams.get_mut(event.stream.as_str()) {
-            Some(versions) => {
-                versions.insert(event.version, seq);
-            }
-            None => {
-                let versions = BTreeMap::from([(event.version, seq)]);
-                self.streams
-                    .insert(event.stream.as_str().to_owned(), versions);
-            }
+    /// Publish an append: index its runs and keys (per run and per key, not per event).
+    pub(crate) fn push_batch(&mut self, batch: Arc<AppendBatch>) {
+        if batch.rows.len() == 0 {
+            return;
         }
-        if let Some(key) = &event.meta.idempotency_key {
-            self.keys.insert(key.clone(), seq);
-        }
-        if let Some(last) = self.events.back() {
+        if let Some(last) = self.last_seq() {
             assert_eq!(
-                last.seq.0 + 1,
-                seq,
+                last + 1,
+                batch.first_seq(),
                 "the tail's seqs must be gapless (the writer publishes in seq order)"
             );
         }
-        self.events.push_back(event);
+        for (stream, first_version, first_seq, count) in batch.rows.runs() {
+            let run = tables::Run {
+                first_version,
+                first_seq,
+                count,
+            };
+            match self.streams.get_mut(stream) {
+                Some(runs) => runs.push(run),
+                None => {
+                    self.streams.insert(stream.to_owned(), vec![run]);
+                }
+            }
+        }
+        for (key, seq, version) in batch.rows.keys() {
+            self.keys.insert(key.to_owned(), (seq, version));
+        }
+        self.events += batch.rows.len();
+        self.batches.push_back(batch);
     }
 
-    /// The tail's event at `seq`.
-    pub(crate) fn get(&self, seq: u64) -> Option<&RecordedEvent> {
-        let first = self.events.front()?.seq.0;
+    /// How many events the tail holds.
+    pub(crate) fn len(&self) -> usize {
         self.events
-            .get(usize::try_from(seq.checked_sub(first)?).ok()?)
     }
 
-    /// The tail's events from `seq` on.
-    pub(crate) fn range_from(&self, seq: u64) -> impl Iterator<Item = &RecordedEvent> {
-        let skip = self
-            .events
-            .front()
-            .map_or(0, |first| seq.saturating_sub(first.seq.0));
-        self.events
-            .iter()
-            .skip(usize::try_from(skip).unwrap_or(usize::MAX))
+    /// A stream's last version in the tail, if the tail holds any of its events.
+    pub(crate) fn head(&self, stream: &str) -> Option<StreamVersion> {
+        let run = self.streams.get(stream)?.last()?;
+        Some(run.first_version + run.count - 1)
+    }
+
+    /// The seq and version of the tail's event with this idempotency key.
+    pub(crate) fn key(&self, key: &str) -> Option<(u64, StreamVersion)> {
+        self.keys.get(key).copied()
+    }
+
+    /// The streams with events in the tail.
+    pub(crate) fn stream_names(&self) -> impl Iterator<Item = &str> {
+        self.streams.keys().map(String::as_str)
+    }
+
+    /// The stored bytes of the tail's event at `seq`.
+    fn bytes(&self, seq: u64) -> Option<&[u8]> {
+        let at = self
+            .batches
+            .partition_point(|b| b.first_seq() + b.rows.len() as u64 <= seq);
+        let batch = self.batches.get(at)?;
+        let index = usize::try_from(seq.checked_sub(batch.first_seq())?).ok()?;
+        batch.records.get(index)
+    }
+
+    /// The tail's event at `seq`, decoded.
+    pub(crate) fn get(&self, seq: u64) -> Result<Option<RecordedEvent>> {
+        self.bytes(seq)
+            .map(|bytes| tables::decode_event(seq, bytes))
+            .transpose()
+    }
+
+    /// The tail's events from `seq` on, as seqs and stored bytes.
+    pub(crate) fn range_from(&self, seq: u64) -> impl Iterator<Item = (u64, &[u8])> {
+        let at = self
+            .batches
+            .partition_point(|b| b.first_seq() + b.rows.len() as u64 <= seq);
+        self.batches.range(at..).flat_map(move |batch| {
+            let first = batch.first_seq();
+            let skip = usize::try_from(seq.saturating_sub(first)).unwrap_or(usize::MAX);
+            batch
+                .records
+                .iter()
+                .enumerate()
+                .skip(skip)
+                .map(move |(i, bytes)| (first + i as u64, bytes))
+        })
+    }
+
+    /// The versions and seqs of a stream's events in the tail from `from_version` on.
+    pub(crate) fn versions(
+        &self,
+        stream: &str,
+        from_version: StreamVersion,
+    ) -> impl Iterator<Item = (StreamVersion, u64)> {
+        self.streams
+            .get(stream)
+            .into_iter()
+            .flatten()
+            .flat_map(move |run| {
+                let first = run.first_version.max(from_version);
+                let end = run.first_version + run.count;
+                (first..end).map(move |version| (version, run.seq_of(version)))
+            })
     }
 
     pub(crate) fn ack(&mut self, cursor: &str, seq: u64) {
@@ -138,12 +233,24 @@ impl Tail {
         let JournalFrame::V1 { op, .. } = frame;
         match op {
             JournalOpV1::Append { records } => {
+                let mut encoded = EncodedRecords::with_capacity(records.len(), 128);
+                let mut rows = tables::IndexRows::with_capacity(records.len());
                 for record in records {
-                    let event = record.clone().into_event().ok_or_else(|| {
-                        SpoolError::corrupted("journal record with an invalid stream id")
-                    })?;
-                    self.push_event(event);
+                    let StoredRecord::V1(v1) = record;
+                    if StreamId::new(v1.stream.as_str()).is_err() {
+                        return Err(SpoolError::corrupted(
+                            "journal record with an invalid stream id",
+                        ));
+                    }
+                    encoded.push_bytes(&record.to_bytes()?);
+                    rows.push(
+                        &v1.stream,
+                        v1.version,
+                        v1.seq,
+                        v1.idempotency_key.as_deref(),
+                    );
                 }
+                self.push_batch(Arc::new(AppendBatch::new(encoded, rows)));
             }
             JournalOpV1::Ack { cursor, seq } => self.ack(cursor, *seq),
         }
@@ -167,8 +274,14 @@ impl Tail {
         };
     }
 
+    fn first_seq(&self) -> Option<u64> {
+        self.batches.front().map(|b| b.first_seq())
+    }
+
     fn last_seq(&self) -> Option<u64> {
-        self.events.back().map(|e| e.seq.0)
+        self.batches
+            .back()
+            .map(|b| b.first_seq() + b.rows.len() as u64 - 1)
     }
 }
 
@@ -569,14 +682,15 @@ impl SpoolReader {
             let Some(tail) = self.tail_after(&view) else {
                 return Ok(None);
             };
-            for event in tail.range_from(next.max(view.db_last_seq + 1)) {
+            for (seq, bytes) in tail.range_from(next.max(view.db_last_seq + 1)) {
                 if out.len() >= limit || scanned >= READ_EVENTS_MAX {
                     break;
                 }
-                next = event.seq.0 + 1;
+                let event = tables::decode_event(seq, bytes)?;
+                next = seq + 1;
                 scanned += 1;
                 if filter.matches(event.stream.as_str(), &event.event_type) {
-                    out.push(RecordedEvent::clone(event));
+                    out.push(event);
                 }
             }
         }
@@ -655,17 +769,15 @@ impl SpoolReader {
         let Some(tail) = self.tail_after(&view) else {
             return Ok(None);
         };
-        if let Some(versions) = tail.streams.get(stream.as_str()) {
-            for (_, seq) in versions.range(next_version..) {
-                if out.len() >= limit {
-                    break;
-                }
-                if *seq <= view.db_last_seq {
-                    continue;
-                }
-                if let Some(event) = tail.get(*seq) {
-                    out.push(event.clone());
-                }
+        for (_, seq) in tail.versions(stream.as_str(), next_version) {
+            if out.len() >= limit {
+                break;
+            }
+            if seq <= view.db_last_seq {
+                continue;
+            }
+            if let Some(event) = tail.get(seq)? {
+                out.push(event);
             }
         }
         Ok(Some(out))
@@ -674,10 +786,8 @@ impl SpoolReader {
     /// The current version of a stream (0 if it has no events).
     pub fn stream_version(&self, stream: &StreamId) -> Result<StreamVersion> {
         let view = self.view()?;
-        if let Some(versions) = view.tail.streams.get(stream.as_str())
-            && let Some((version, _)) = versions.iter().next_back()
-        {
-            return Ok(*version);
+        if let Some(version) = view.tail.head(stream.as_str()) {
+            return Ok(version);
         }
         let heads = view
             .txn
@@ -703,8 +813,8 @@ impl SpoolReader {
     pub fn find_by_idempotency_key(&self, key: &str) -> Result<Option<RecordedEvent>> {
         let seq = {
             let view = self.view()?;
-            match view.tail.keys.get(key) {
-                Some(seq) => Some(*seq),
+            match view.tail.key(key) {
+                Some((seq, _)) => Some(seq),
                 None => {
                     let keys = view
                         .txn
@@ -773,12 +883,7 @@ impl SpoolReader {
             Db::Writer(slot) => slot.get().map_or(0, |db| db.cache_stats().used_bytes()),
             Db::ReadOnly(db) => db.cache_stats().used_bytes(),
         };
-        let tail_events = self
-            .tail
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .events
-            .len();
+        let tail_events = self.tail.read().unwrap_or_else(|p| p.into_inner()).len();
         Memory {
             cache_bytes,
             tail_events,
@@ -795,10 +900,13 @@ impl SpoolReader {
         let table = view.txn.open_table(tables::EVENTS).ctx("opening events")?;
         let oldest = match table.first().ctx("reading events")? {
             Some((seq, bytes)) => Some(tables::decode_event(seq.value(), bytes.value())?),
-            None => view.tail.events.front().cloned(),
+            None => match view.tail.first_seq() {
+                Some(seq) => view.tail.get(seq)?,
+                None => None,
+            },
         };
-        let newest = match view.tail.events.back() {
-            Some(e) => Some(e.clone()),
+        let newest = match view.tail.last_seq() {
+            Some(seq) => view.tail.get(seq)?,
             None => match table.last().ctx("reading events")? {
                 Some((seq, bytes)) => Some(tables::decode_event(seq.value(), bytes.value())?),
                 None => None,
@@ -809,12 +917,8 @@ impl SpoolReader {
             .open_table(tables::STREAM_HEADS)
             .ctx("opening stream heads")?;
         let mut streams = redb::ReadableTableMetadata::len(&heads).ctx("counting streams")?;
-        for name in view.tail.streams.keys() {
-            if heads
-                .get(name.as_str())
-                .ctx("reading a stream head")?
-                .is_none()
-            {
+        for name in view.tail.stream_names() {
+            if heads.get(name).ctx("reading a stream head")?.is_none() {
                 streams += 1;
             }
         }
@@ -906,5 +1010,114 @@ impl SpoolReader {
     /// The schemas this spool reads with.
     pub fn schemas(&self) -> &Schemas {
         &self.schemas
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::StoredRecord;
+    use crate::types::Metadata;
+
+    fn event(seq: u64, stream: &str, version: u64, key: Option<String>) -> RecordedEvent {
+        RecordedEvent {
+            seq: Seq(seq),
+            stream: StreamId::new(stream).unwrap(),
+            version,
+            event_type: "decoder.passing".into(),
+            schema_version: 1,
+            stored_schema_version: 1,
+            payload: vec![seq as u8; 3],
+            recorded_at_us: 1_000 + seq,
+            meta: Metadata {
+                boot_id: "b-1".into(),
+                idempotency_key: key,
+                ..Metadata::default()
+            },
+        }
+    }
+
+    fn batch(events: &[RecordedEvent]) -> Arc<AppendBatch> {
+        let mut records = EncodedRecords::default();
+        for e in events {
+            records.push_event(e).unwrap();
+        }
+        Arc::new(AppendBatch::new(records, tables::IndexRows::of(events)))
+    }
+
+    /// The tail keeps appends as encoded batches with a run index; every lookup must answer as
+    /// a plain list of the events would.
+    #[test]
+    fn the_tail_answers_as_the_list_of_its_events() {
+        let mut events = Vec::new();
+        let mut tail = Tail::default();
+        let mut versions: HashMap<&str, u64> = HashMap::new();
+        let streams = ["decoder/a", "decoder/b", "node"];
+        let mut seq = 41;
+        for size in [1usize, 3, 7, 2, 5] {
+            let mut part = Vec::new();
+            for i in 0..size {
+                // Runs of two of the same stream, so a batch holds several runs.
+                let stream = streams[(seq as usize / 2 + i) % streams.len()];
+                let version = versions.entry(stream).or_insert(0);
+                *version += 1;
+                let key = (seq % 3 == 0).then(|| format!("k-{seq}"));
+                part.push(event(seq, stream, *version, key));
+                seq += 1;
+            }
+            tail.push_batch(batch(&part));
+            events.extend(part);
+        }
+        assert_eq!(tail.len(), events.len());
+        assert_eq!(tail.first_seq(), Some(41));
+        assert_eq!(tail.last_seq(), Some(seq - 1));
+        assert_eq!(tail.get(40).unwrap(), None);
+        assert_eq!(tail.get(seq).unwrap(), None);
+        for e in &events {
+            assert_eq!(tail.get(e.seq.0).unwrap().as_ref(), Some(e));
+            let from: Vec<u64> = tail.range_from(e.seq.0).map(|(s, _)| s).collect();
+            let expected: Vec<u64> = (e.seq.0..seq).collect();
+            assert_eq!(from, expected, "range from {}", e.seq);
+            let (first_seq, bytes) = tail.range_from(e.seq.0).next().unwrap();
+            assert_eq!(first_seq, e.seq.0);
+            assert_eq!(bytes, StoredRecord::from_event(e).to_bytes().unwrap());
+            if let Some(key) = &e.meta.idempotency_key {
+                assert_eq!(tail.key(key), Some((e.seq.0, e.version)));
+            }
+        }
+        assert_eq!(tail.key("k-none"), None);
+        for stream in streams {
+            let of_stream: Vec<&RecordedEvent> = events
+                .iter()
+                .filter(|e| e.stream.as_str() == stream)
+                .collect();
+            assert_eq!(tail.head(stream), of_stream.last().map(|e| e.version));
+            for from in 0..=of_stream.len() as u64 + 1 {
+                let found: Vec<(u64, u64)> = tail.versions(stream, from).collect();
+                let expected: Vec<(u64, u64)> = of_stream
+                    .iter()
+                    .filter(|e| e.version >= from)
+                    .map(|e| (e.version, e.seq.0))
+                    .collect();
+                assert_eq!(found, expected, "{stream} from v{from}");
+            }
+        }
+        assert_eq!(tail.head("decoder/none"), None);
+        let mut names: Vec<&str> = tail.stream_names().collect();
+        names.sort_unstable();
+        assert_eq!(names, ["decoder/a", "decoder/b", "node"]);
+        tail.clear();
+        assert_eq!(
+            (tail.len(), tail.last_seq(), tail.head("node")),
+            (0, None, None)
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "the tail's seqs must be gapless")]
+    fn a_batch_that_skips_a_seq_is_refused() {
+        let mut tail = Tail::default();
+        tail.push_batch(batch(&[event(1, "node", 1, None)]));
+        tail.push_batch(batch(&[event(3, "node", 2, None)]));
     }
 }

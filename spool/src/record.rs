@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, SpoolError};
-use crate::types::{Metadata, RecordedEvent, Seq, StreamId};
+use crate::types::{Metadata, NewEvent, RecordedEvent, Seq, StreamId};
 
 /// postcard bytes of one of the spool's own records. postcard fails only on what these plain types
 /// never hold (a sequence of unknown length); should it ever, the caller gets an error and writes
@@ -114,14 +114,10 @@ impl StoredRecord {
     }
 }
 
-/// A borrowed mirror of [`StoredRecord::V1`] that serializes to the same bytes without
-/// copying the event (postcard encodes `&str` as `String` and `&[u8]` as `Vec<u8>`).
-#[derive(Serialize)]
-enum StoredRecordRef<'a> {
-    V1(StoredEventV1Ref<'a>),
-}
-
-#[derive(Serialize)]
+/// A borrowed view of [`StoredRecord::V1`]'s fields, written by hand in postcard's encoding
+/// ([`EncodedRecords::push_record`]) without copying the event. By hand rather than through
+/// serde: the writer encodes every event between two syncs, and serde's field-by-field calls into
+/// an `io::Write` cost more than the bytes themselves. `tests` hold it to serde's bytes.
 struct StoredEventV1Ref<'a> {
     seq: u64,
     stream: &'a str,
@@ -135,16 +131,23 @@ struct StoredEventV1Ref<'a> {
     correlation_id: Option<&'a str>,
     user: Option<&'a str>,
     idempotency_key: Option<&'a str>,
-    payload: Bytes<'a>,
+    payload: &'a [u8],
 }
 
-/// Bytes serialized with `serialize_bytes`: in postcard the same varint length and raw bytes
-/// as a `Vec<u8>`, without a call per byte.
-struct Bytes<'a>(&'a [u8]);
+/// postcard's `&str`, `String`, `&[u8]` and `Vec<u8>`: the length as a varint, then the bytes.
+fn push_bytes_field(out: &mut Vec<u8>, bytes: &[u8]) {
+    push_varint(out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+}
 
-impl Serialize for Bytes<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_bytes(self.0)
+/// postcard's `Option<&str>`: 0, or 1 and the string.
+fn push_option_str(out: &mut Vec<u8>, value: Option<&str>) {
+    match value {
+        None => out.push(0),
+        Some(text) => {
+            out.push(1);
+            push_bytes_field(out, text.as_bytes());
+        }
     }
 }
 
@@ -177,7 +180,7 @@ impl EncodedRecords {
 
     /// Encode `event` behind the records already here. On error nothing is added.
     pub(crate) fn push_event(&mut self, event: &RecordedEvent) -> Result<()> {
-        let record = StoredRecordRef::V1(StoredEventV1Ref {
+        self.push_record(&StoredEventV1Ref {
             seq: event.seq.0,
             stream: event.stream.as_str(),
             version: event.version,
@@ -190,16 +193,65 @@ impl EncodedRecords {
             correlation_id: event.meta.correlation_id.as_deref(),
             user: event.meta.user.as_deref(),
             idempotency_key: event.meta.idempotency_key.as_deref(),
-            payload: Bytes(&event.payload),
-        });
-        let start = self.bytes.len();
-        if let Err(source) = postcard::to_io(&record, &mut self.bytes) {
-            self.bytes.truncate(start);
-            return Err(SpoolError::EncodeRecord {
-                what: "stored record",
-                source,
-            });
-        }
+            payload: &event.payload,
+        })
+    }
+
+    /// Encode a new event as it will be stored at `seq` and `version`, straight from the caller's
+    /// [`NewEvent`]: the writer never builds a [`RecordedEvent`] for it. The same bytes as
+    /// [`Self::push_event`] of the recorded event.
+    pub(crate) fn push_new(
+        &mut self,
+        seq: u64,
+        stream: &str,
+        version: u64,
+        recorded_at_us: u64,
+        event: &NewEvent,
+    ) -> Result<()> {
+        self.push_record(&StoredEventV1Ref {
+            seq,
+            stream,
+            version,
+            event_type: &event.event_type,
+            schema_version: event.schema_version,
+            recorded_at_us,
+            captured_at_us: event.meta.captured_at_us,
+            boot_id: &event.meta.boot_id,
+            causation_id: event.meta.causation_id.as_deref(),
+            correlation_id: event.meta.correlation_id.as_deref(),
+            user: event.meta.user.as_deref(),
+            idempotency_key: event.meta.idempotency_key.as_deref(),
+            payload: &event.payload,
+        })
+    }
+
+    /// Write `StoredRecord::V1` of `record` in postcard's encoding: the variant index, then every
+    /// field in declaration order (integers as varints, strings and bytes with a varint length,
+    /// options as 0 or 1 and the value). Cannot fail; `Result` keeps the callers' shape should a
+    /// later version's encoding be fallible.
+    #[allow(clippy::unnecessary_wraps)]
+    fn push_record(&mut self, record: &StoredEventV1Ref<'_>) -> Result<()> {
+        let out = &mut self.bytes;
+        out.reserve(
+            24 + record.stream.len()
+                + record.event_type.len()
+                + record.boot_id.len()
+                + record.payload.len(),
+        );
+        out.push(0); // StoredRecord::V1
+        push_varint(out, record.seq);
+        push_bytes_field(out, record.stream.as_bytes());
+        push_varint(out, record.version);
+        push_bytes_field(out, record.event_type.as_bytes());
+        push_varint(out, u64::from(record.schema_version));
+        push_varint(out, record.recorded_at_us);
+        push_varint(out, record.captured_at_us);
+        push_bytes_field(out, record.boot_id.as_bytes());
+        push_option_str(out, record.causation_id);
+        push_option_str(out, record.correlation_id);
+        push_option_str(out, record.user);
+        push_option_str(out, record.idempotency_key);
+        push_bytes_field(out, record.payload);
         self.ends.push(self.bytes.len());
         Ok(())
     }
@@ -213,6 +265,13 @@ impl EncodedRecords {
     /// How many records.
     pub(crate) fn len(&self) -> usize {
         self.ends.len()
+    }
+
+    /// The bytes of record `i`.
+    pub(crate) fn get(&self, i: usize) -> Option<&[u8]> {
+        let end = *self.ends.get(i)?;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        Some(&self.bytes[start..end])
     }
 
     /// Each record's bytes, in order.
@@ -238,19 +297,27 @@ pub fn encode_append_frame(lsn: u64, records: &[Vec<u8>]) -> Vec<u8> {
 /// frame (the header is filled in once the body's length and CRC are known).
 pub(crate) fn append_frame(lsn: u64, records: &EncodedRecords) -> Vec<u8> {
     let mut out = Vec::with_capacity(FRAME_HEADER_BYTES + 24 + records.bytes.len());
+    append_frame_to(&mut out, lsn, records);
+    out
+}
+
+/// [`append_frame`] written behind whatever `out` holds: the writer builds its group's bytes in
+/// one reused buffer, so a frame is copied once and never allocated on its own.
+pub(crate) fn append_frame_to(out: &mut Vec<u8>, lsn: u64, records: &EncodedRecords) {
+    let start = out.len();
+    out.reserve(FRAME_HEADER_BYTES + 24 + records.bytes.len());
     out.extend_from_slice(&[0; FRAME_HEADER_BYTES]);
     out.push(0); // JournalFrame::V1
-    push_varint(&mut out, lsn);
+    push_varint(out, lsn);
     out.push(0); // JournalOpV1::Append
-    push_varint(&mut out, records.len() as u64);
+    push_varint(out, records.len() as u64);
     out.extend_from_slice(&records.bytes);
-    let body = &out[FRAME_HEADER_BYTES..];
+    let body = &out[start + FRAME_HEADER_BYTES..];
     // Bodies are bounded by SPOOL_BATCH_BYTES_MAX, far below u32::MAX.
     let len = u32::try_from(body.len()).unwrap_or(u32::MAX).to_le_bytes();
     let crc = crc32c(body).to_le_bytes();
-    out[..4].copy_from_slice(&len);
-    out[4..FRAME_HEADER_BYTES].copy_from_slice(&crc);
-    out
+    out[start..start + 4].copy_from_slice(&len);
+    out[start + 4..start + FRAME_HEADER_BYTES].copy_from_slice(&crc);
 }
 
 /// postcard's varint (LEB128) for unsigned integers.
@@ -406,6 +473,85 @@ mod tests {
                 StoredRecord::from_event(&event).to_bytes().unwrap()
             );
         }
+    }
+
+    #[test]
+    fn new_events_encode_as_their_recorded_envelope() {
+        for (seq, key) in [(1, None), (300, Some("k")), (u64::MAX / 3, Some(""))] {
+            let recorded = sample(seq, key);
+            let new = NewEvent {
+                event_type: recorded.event_type.clone(),
+                schema_version: recorded.stored_schema_version,
+                payload: recorded.payload.clone(),
+                meta: recorded.meta.clone(),
+            };
+            let mut records = EncodedRecords::default();
+            records
+                .push_new(
+                    seq,
+                    recorded.stream.as_str(),
+                    recorded.version,
+                    recorded.recorded_at_us,
+                    &new,
+                )
+                .unwrap();
+            assert_eq!(
+                records.get(0).unwrap(),
+                StoredRecord::from_event(&recorded).to_bytes().unwrap()
+            );
+            assert_eq!(records.get(1), None);
+        }
+    }
+
+    /// The hand-written encoding must be serde's, byte for byte, at every varint boundary.
+    #[test]
+    fn hand_encoded_records_equal_serde_at_varint_boundaries() {
+        let long = |n: usize| "é".repeat(n / 2) + &"x".repeat(n % 2);
+        for (i, n) in [0usize, 1, 127, 128, 255, 16_383, 16_384]
+            .into_iter()
+            .enumerate()
+        {
+            let number = [0u64, 1, 127, 128, 16_383, 16_384, u64::MAX][i];
+            let event = RecordedEvent {
+                seq: Seq(number),
+                stream: StreamId::new(format!("s{}", long(n.min(120)))).unwrap(),
+                version: number ^ 5,
+                event_type: long(n.min(64)),
+                schema_version: [0u16, 1, 127, 128, 16_384, 300, u16::MAX][i],
+                stored_schema_version: [0u16, 1, 127, 128, 16_384, 300, u16::MAX][i],
+                payload: vec![0x80; n],
+                recorded_at_us: u64::MAX - number,
+                meta: Metadata {
+                    captured_at_us: number / 3,
+                    boot_id: long(n),
+                    causation_id: (i % 2 == 0).then(|| long(n)),
+                    correlation_id: (i % 3 == 0).then(|| long(n / 2)),
+                    user: (i % 2 == 1).then(String::new),
+                    idempotency_key: (i > 2).then(|| long(n.min(256))),
+                },
+            };
+            assert_eq!(
+                encode_event(&event).unwrap(),
+                StoredRecord::from_event(&event).to_bytes().unwrap(),
+                "lengths {n}, numbers {number}"
+            );
+        }
+    }
+
+    #[test]
+    fn frames_built_behind_other_frames_equal_frames_built_alone() {
+        let mut first = EncodedRecords::default();
+        let mut second = EncodedRecords::default();
+        for i in 1..=40 {
+            first.push_event(&sample(i, None)).unwrap();
+            second.push_event(&sample(40 + i, Some("key"))).unwrap();
+        }
+        let mut group = Vec::new();
+        append_frame_to(&mut group, 7, &first);
+        append_frame_to(&mut group, 8, &second);
+        let mut alone = append_frame(7, &first);
+        alone.extend_from_slice(&append_frame(8, &second));
+        assert_eq!(group, alone);
     }
 
     #[test]

@@ -134,49 +134,72 @@ pub(crate) fn insert_events(
 }
 
 /// What an append adds to the tables besides its records: the rows of its seqs, runs, heads and
-/// keys, taken from its events so that the events themselves can go to the tail while another
-/// thread inserts these ([`crate::SpoolConfig::apply_on_thread`]). One row per run of a stream,
-/// not per event.
+/// keys, taken from its events so that the events themselves need not be kept: the tail indexes
+/// them and another thread inserts them ([`crate::SpoolConfig::apply_on_thread`]). One row per
+/// run of a stream, not per event.
 #[derive(Debug, Default)]
 pub(crate) struct IndexRows {
     /// Each record's seq, in order.
     seqs: Vec<u64>,
     /// Stream, first version, first seq, count, of each run; the last version is the head.
     runs: Vec<(String, u64, u64, u64)>,
-    /// Idempotency keys and their seqs.
-    keys: Vec<(String, u64)>,
+    /// Idempotency keys, their seqs and their versions.
+    keys: Vec<(String, u64, u64)>,
 }
 
 impl IndexRows {
     pub(crate) fn of(events: &[RecordedEvent]) -> IndexRows {
-        let mut rows = IndexRows {
-            seqs: Vec::with_capacity(events.len()),
-            ..IndexRows::default()
-        };
-        let mut run_start = 0;
-        for (i, event) in events.iter().enumerate() {
-            rows.seqs.push(event.seq.0);
-            if let Some(key) = &event.meta.idempotency_key {
-                rows.keys.push((key.clone(), event.seq.0));
-            }
-            let continues = events.get(i + 1).is_some_and(|next| {
-                next.stream == event.stream
-                    && next.version == event.version + 1
-                    && next.seq.0 == event.seq.0 + 1
-            });
-            if !continues {
-                let first = &events[run_start];
-                let count = (i - run_start + 1) as u64;
-                rows.runs.push((
-                    first.stream.as_str().to_owned(),
-                    first.version,
-                    first.seq.0,
-                    count,
-                ));
-                run_start = i + 1;
-            }
+        let mut rows = IndexRows::with_capacity(events.len());
+        for event in events {
+            rows.push(
+                event.stream.as_str(),
+                event.version,
+                event.seq.0,
+                event.meta.idempotency_key.as_deref(),
+            );
         }
         rows
+    }
+
+    /// Room for `events` events.
+    pub(crate) fn with_capacity(events: usize) -> IndexRows {
+        IndexRows {
+            seqs: Vec::with_capacity(events),
+            ..IndexRows::default()
+        }
+    }
+
+    /// Add the next event: it continues the last run if it follows it in stream, version and seq.
+    pub(crate) fn push(&mut self, stream: &str, version: u64, seq: u64, key: Option<&str>) {
+        self.seqs.push(seq);
+        if let Some(key) = key {
+            self.keys.push((key.to_owned(), seq, version));
+        }
+        match self.runs.last_mut() {
+            Some((run_stream, first_version, first_seq, count))
+                if run_stream == stream
+                    && *first_version + *count == version
+                    && *first_seq + *count == seq =>
+            {
+                *count += 1;
+            }
+            _ => self.runs.push((stream.to_owned(), version, seq, 1)),
+        }
+    }
+
+    /// How many events.
+    pub(crate) fn len(&self) -> usize {
+        self.seqs.len()
+    }
+
+    /// The first event's seq.
+    pub(crate) fn first_seq(&self) -> Option<u64> {
+        self.seqs.first().copied()
+    }
+
+    /// The last event's seq.
+    pub(crate) fn last_seq(&self) -> Option<u64> {
+        self.seqs.last().copied()
     }
 
     /// Stream, first version, first seq and count of each run.
@@ -186,9 +209,11 @@ impl IndexRows {
             .map(|(stream, version, seq, count)| (stream.as_str(), *version, *seq, *count))
     }
 
-    /// Idempotency keys and their seqs.
-    pub(crate) fn keys(&self) -> impl Iterator<Item = (&str, u64)> {
-        self.keys.iter().map(|(key, seq)| (key.as_str(), *seq))
+    /// Idempotency keys, their seqs and their versions.
+    pub(crate) fn keys(&self) -> impl Iterator<Item = (&str, u64, u64)> {
+        self.keys
+            .iter()
+            .map(|(key, seq, version)| (key.as_str(), *seq, *version))
     }
 }
 
@@ -227,7 +252,7 @@ pub(crate) fn insert_rows(
     let mut runs = txn.open_table(STREAM_RUNS).ctx("opening stream runs")?;
     let mut heads = txn.open_table(STREAM_HEADS).ctx("opening stream heads")?;
     let mut keys = txn.open_table(IDEMPOTENCY).ctx("opening idempotency")?;
-    for (key, seq) in &rows.keys {
+    for (key, seq, _) in &rows.keys {
         keys.insert(key.as_str(), *seq)
             .ctx("indexing an idempotency key")?;
     }
@@ -300,6 +325,47 @@ pub(crate) fn ack_cursor(txn: &WriteTransaction, cursor: &str, seq: u64) -> Resu
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn index_rows_merge_consecutive_events_of_a_stream_into_one_run() {
+        let meta = |key: Option<&str>| crate::types::Metadata {
+            idempotency_key: key.map(str::to_owned),
+            ..crate::types::Metadata::default()
+        };
+        let event = |seq: u64, stream: &str, version: u64, key: Option<&str>| RecordedEvent {
+            seq: crate::types::Seq(seq),
+            stream: crate::types::StreamId::new(stream).unwrap(),
+            version,
+            event_type: "t".into(),
+            schema_version: 1,
+            stored_schema_version: 1,
+            payload: Vec::new(),
+            recorded_at_us: 0,
+            meta: meta(key),
+        };
+        let rows = IndexRows::of(&[
+            event(10, "a", 4, None),
+            event(11, "a", 5, Some("k")),
+            // Another stream breaks the run, and so does a gap in versions.
+            event(12, "b", 1, None),
+            event(13, "a", 6, None),
+            event(14, "a", 8, None),
+        ]);
+        assert_eq!(
+            rows.runs().collect::<Vec<_>>(),
+            [
+                ("a", 4, 10, 2),
+                ("b", 1, 12, 1),
+                ("a", 6, 13, 1),
+                ("a", 8, 14, 1)
+            ]
+        );
+        assert_eq!(rows.keys().collect::<Vec<_>>(), [("k", 11, 5)]);
+        assert_eq!(
+            (rows.len(), rows.first_seq(), rows.last_seq()),
+            (5, Some(10), Some(14))
+        );
+    }
     use super::*;
     use crate::types::{Metadata, StreamId};
 

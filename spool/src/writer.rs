@@ -31,12 +31,12 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::{DbContext, Result, SpoolError, error_chain};
 use crate::journal::Journal;
-use crate::reader::{Counters, SpoolHealth, Tail};
-use crate::record::{EncodedRecords, JournalFrame, JournalOpV1, append_frame, postcard_bytes};
+use crate::reader::{AppendBatch, Counters, SpoolHealth, Tail};
+use crate::record::{EncodedRecords, JournalFrame, JournalOpV1, append_frame_to, postcard_bytes};
 use crate::tables::{self, ParkedRow, ProjectionRow, SnapshotRow};
 use crate::types::{
     AppendStream, Appended, EVENT_PAYLOAD_BYTES_MAX, EVENT_TYPE_BYTES_MAX,
-    IDEMPOTENCY_KEY_BYTES_MAX, RecordedEvent, Seq, StreamId, StreamVersion, now_us,
+    IDEMPOTENCY_KEY_BYTES_MAX, Seq, StreamId, StreamVersion, now_us,
 };
 
 /// The most events in one append call. Bounds one journal frame and one caller's share of a
@@ -92,8 +92,9 @@ pub const SPOOL_APPLY_QUEUE_APPENDS_MAX: usize = 8;
 enum ApplyJob {
     /// Hold the write transaction: every insert goes into it until it is asked back.
     Take(Box<WriteTransaction>),
-    /// Insert an append's records and index rows.
-    Insert(tables::IndexRows, EncodedRecords),
+    /// Insert an append's records and index rows, then drop the caller's events it was encoded
+    /// from: freeing their strings here keeps that work off the writer's path between syncs.
+    Insert(Arc<AppendBatch>, Vec<AppendStream>),
     /// Give the transaction back, or the error that stopped the inserts.
     Return,
 }
@@ -140,8 +141,8 @@ impl Applier {
     fn insert(
         &mut self,
         txn: &mut Option<WriteTransaction>,
-        rows: tables::IndexRows,
-        encoded: EncodedRecords,
+        batch: Arc<AppendBatch>,
+        spent: Vec<AppendStream>,
     ) -> Result<()> {
         if let Some(t) = txn.take() {
             self.jobs
@@ -153,7 +154,7 @@ impl Applier {
             return Err(Self::lost());
         }
         self.jobs
-            .send(ApplyJob::Insert(rows, encoded))
+            .send(ApplyJob::Insert(batch, spent))
             .map_err(|_| Self::lost())
     }
 
@@ -191,13 +192,14 @@ fn apply_loop(
     while let Ok(job) = jobs.recv() {
         match job {
             ApplyJob::Take(t) => txn = Some(*t),
-            ApplyJob::Insert(rows, encoded) => {
+            ApplyJob::Insert(batch, spent) => {
                 if error.is_none()
                     && let Some(t) = &txn
-                    && let Err(e) = tables::insert_rows(t, &rows, &encoded, inserts)
+                    && let Err(e) = tables::insert_rows(t, &batch.rows, &batch.records, inserts)
                 {
                     error = Some(e);
                 }
+                drop(spent);
             }
             ApplyJob::Return => {
                 let answer = match (error.take(), txn.take()) {
@@ -327,8 +329,13 @@ pub(crate) struct Writer {
     /// When the free space was last measured, and what was free if it was below the reserve.
     disk_checked: Option<Instant>,
     disk_low: Option<u64>,
+    /// The group's journal frames, built in place: one buffer reused from group to group.
     group_bytes: Vec<u8>,
-    group_events: Vec<RecordedEvent>,
+    group_batches: Vec<Arc<AppendBatch>>,
+    /// The caller's events of the group's appends, encoded and no longer needed: dropped after
+    /// the replies, not between the group's encoding and its sync (without the apply thread,
+    /// which drops them otherwise).
+    group_spent: Vec<Vec<AppendStream>>,
     group_acks: Vec<(String, u64)>,
     group_pending: Vec<Pending>,
     /// Inserts on their own thread, if [`Policy::apply_on_thread`].
@@ -336,8 +343,8 @@ pub(crate) struct Writer {
     /// Stream heads and idempotency keys of the group staged but not yet in the tail: with the
     /// apply thread, the next request of the group is validated against these, the tail and the
     /// last checkpoint, since the transaction may be on the other thread.
-    staged_heads: HashMap<String, StreamVersion>,
-    staged_keys: HashMap<String, Appended>,
+    staged_heads: FastMap<StreamVersion>,
+    staged_keys: FastMap<Appended>,
     /// A read of the last checkpoint for validation with the apply thread, begun by the first
     /// lookup that the group and the tail cannot answer, and kept until the next checkpoint or
     /// failure: only a checkpoint's commit changes what it sees. Beginning one per append cost
@@ -345,6 +352,10 @@ pub(crate) struct Writer {
     /// live path.
     committed: Option<redb::ReadTransaction>,
 }
+
+/// The writer's maps keyed by stream or idempotency key, filled per append between two syncs:
+/// foldhash, as the tail's (see [`crate::reader`]).
+type FastMap<V> = HashMap<String, V, foldhash::fast::RandomState>;
 
 impl Writer {
     #[allow(clippy::too_many_arguments)]
@@ -386,12 +397,13 @@ impl Writer {
             disk_checked: None,
             disk_low: None,
             group_bytes: Vec::new(),
-            group_events: Vec::new(),
+            group_batches: Vec::new(),
+            group_spent: Vec::new(),
             group_acks: Vec::new(),
             group_pending: Vec::new(),
             applier,
-            staged_heads: HashMap::new(),
-            staged_keys: HashMap::new(),
+            staged_heads: FastMap::default(),
+            staged_keys: FastMap::default(),
             committed: None,
         })
     }
@@ -475,8 +487,8 @@ impl Writer {
             return;
         }
         match request {
-            Request::Append { parts, reply } => match self.prepare_append(parts) {
-                Ok((appended, events)) => self.stage_append(reply, appended, events),
+            Request::Append { parts, reply } => match self.prepare_append(&parts) {
+                Ok((appended, batch)) => self.stage_append(reply, appended, batch, parts),
                 Err(error) => {
                     self.counters
                         .rejected_appends
@@ -530,18 +542,19 @@ impl Writer {
     }
 
     /// Validate an append against the open transaction and decide seqs and versions (and which
-    /// events are duplicates). Nothing is written here.
+    /// events are duplicates), encoding the new events as they will be stored, straight from the
+    /// caller's. Nothing is written here; `None` if every event is a duplicate.
     fn prepare_append(
         &mut self,
-        parts: Vec<AppendStream>,
-    ) -> Result<(Vec<Appended>, Vec<RecordedEvent>)> {
+        parts: &[AppendStream],
+    ) -> Result<(Vec<Appended>, Option<AppendBatch>)> {
         let count: usize = parts.iter().map(|p| p.events.len()).sum();
         if count > SPOOL_BATCH_EVENTS_MAX {
             return Err(SpoolError::invalid(format!(
                 "{count} events in one append, more than SPOOL_BATCH_EVENTS_MAX ({SPOOL_BATCH_EVENTS_MAX})"
             )));
         }
-        for part in &parts {
+        for part in parts {
             for event in &part.events {
                 check_event(event)?;
             }
@@ -582,10 +595,12 @@ impl Writer {
                 events: txn.open_table(tables::EVENTS).ctx("opening events")?,
             }
         };
-        let mut versions: HashMap<String, StreamVersion> = HashMap::new();
-        let mut batch_keys: HashMap<String, Appended> = HashMap::new();
+        let mut versions: FastMap<StreamVersion> = FastMap::default();
+        let mut batch_keys: FastMap<Appended> = FastMap::default();
         let mut appended = Vec::with_capacity(count);
-        let mut new_events = Vec::with_capacity(count);
+        // Sized for a decoder passing's record (about 120 bytes); larger ones grow it.
+        let mut records = EncodedRecords::with_capacity(count, 128);
+        let mut rows = tables::IndexRows::with_capacity(count);
         let mut seq = self.next_seq;
         let recorded_at_us = now_us();
         for part in parts {
@@ -597,7 +612,8 @@ impl Writer {
             // Duplicates first: a retried batch whose events are all stored succeeds with the
             // original seqs whatever the stream's version is now.
             let mut dups: Vec<Dup> = Vec::with_capacity(part.events.len());
-            let mut part_keys: HashMap<&str, usize> = HashMap::new();
+            let mut part_keys: HashMap<&str, usize, foldhash::fast::RandomState> =
+                HashMap::default();
             for (i, event) in part.events.iter().enumerate() {
                 let Some(key) = event.meta.idempotency_key.as_deref() else {
                     dups.push(Dup::New);
@@ -623,13 +639,13 @@ impl Writer {
                 !part.events.is_empty() && dups.iter().all(|d| !matches!(d, Dup::New));
             if !all_duplicates && !part.expected.matches(current) {
                 return Err(SpoolError::WrongExpectedVersion {
-                    stream: part.stream,
+                    stream: part.stream.clone(),
                     expected: part.expected,
                     actual: current,
                 });
             }
             let part_start = appended.len();
-            for (event, dup) in part.events.into_iter().zip(dups) {
+            for (event, dup) in part.events.iter().zip(dups) {
                 match dup {
                     Dup::Stored(found) => {
                         appended.push(Appended {
@@ -664,17 +680,13 @@ impl Writer {
                     );
                 }
                 appended.push(this);
-                new_events.push(RecordedEvent {
-                    seq: Seq(seq),
-                    stream: part.stream.clone(),
-                    version: current,
-                    event_type: event.event_type,
-                    schema_version: event.schema_version,
-                    stored_schema_version: event.schema_version,
-                    payload: event.payload,
-                    recorded_at_us,
-                    meta: event.meta,
-                });
+                records.push_new(seq, &stream_key, current, recorded_at_us, event)?;
+                rows.push(
+                    &stream_key,
+                    current,
+                    seq,
+                    event.meta.idempotency_key.as_deref(),
+                );
                 seq += 1;
             }
             versions.insert(stream_key, current);
@@ -683,7 +695,8 @@ impl Writer {
         self.counters
             .duplicate_events
             .fetch_add(duplicates, Ordering::Relaxed);
-        Ok((appended, new_events))
+        let batch = (rows.len() > 0).then(|| AppendBatch::new(records, rows));
+        Ok((appended, batch))
     }
 
     /// Journal and apply a validated append. The reply waits for the group's sync.
@@ -691,42 +704,38 @@ impl Writer {
         &mut self,
         reply: oneshot::Sender<Result<Vec<Appended>>>,
         appended: Vec<Appended>,
-        events: Vec<RecordedEvent>,
+        batch: Option<AppendBatch>,
+        parts: Vec<AppendStream>,
     ) {
-        if events.is_empty() {
+        let Some(batch) = batch else {
             // Only duplicates: nothing to write, but answer after the group is durable, since
             // the originals may be in it.
             self.group_pending.push(Pending::Append(reply, appended));
+            self.group_spent.push(parts);
+            return;
+        };
+        let staged = self.stage_bytes(|lsn, out| {
+            append_frame_to(out, lsn, &batch.records);
+            Ok(())
+        });
+        if let Err(error) = staged {
+            self.counters
+                .rejected_appends
+                .fetch_add(1, Ordering::Relaxed);
+            drop(reply.send(Err(error)));
             return;
         }
-        let mut encoded = EncodedRecords::with_capacity(events.len(), 128);
-        let staged = events
-            .iter()
-            .try_for_each(|event| encoded.push_event(event))
-            .and_then(|()| self.stage_bytes(|lsn| Ok(append_frame(lsn, &encoded))))
-            .map(|()| encoded);
-        let encoded = match staged {
-            Ok(encoded) => encoded,
-            Err(error) => {
-                self.counters
-                    .rejected_appends
-                    .fetch_add(1, Ordering::Relaxed);
-                drop(reply.send(Err(error)));
-                return;
-            }
-        };
-        self.next_seq += events.len() as u64;
-        self.uncheckpointed_events += events.len();
+        let events = batch.rows.len();
+        self.next_seq += events as u64;
+        self.uncheckpointed_events += events;
+        let batch = Arc::new(batch);
         let inserted = match &mut self.applier {
             Some(applier) => {
-                let rows = tables::IndexRows::of(&events);
-                let first_seq = events[0].seq.0;
-                for (stream, first_version, _, count) in rows.runs() {
+                for (stream, first_version, _, count) in batch.rows.runs() {
                     self.staged_heads
                         .insert(stream.to_owned(), first_version + count - 1);
                 }
-                for (key, seq) in rows.keys() {
-                    let version = events[usize::try_from(seq - first_seq).unwrap_or(0)].version;
+                for (key, seq, version) in batch.rows.keys() {
                     self.staged_keys.insert(
                         key.to_owned(),
                         Appended {
@@ -736,14 +745,15 @@ impl Writer {
                         },
                     );
                 }
-                applier.insert(&mut self.txn, rows, encoded)
+                applier.insert(&mut self.txn, batch.clone(), parts)
             }
             None => {
                 let txn = self
                     .txn
                     .as_ref()
                     .expect("an open write transaction while not failed");
-                tables::insert_events(txn, &events, &encoded, self.policy.event_inserts)
+                self.group_spent.push(parts);
+                tables::insert_rows(txn, &batch.rows, &batch.records, self.policy.event_inserts)
             }
         };
         if let Err(error) = inserted {
@@ -751,7 +761,7 @@ impl Writer {
             drop(reply.send(Err(error)));
             return;
         }
-        self.group_events.extend(events);
+        self.group_batches.push(batch);
         self.group_pending.push(Pending::Append(reply, appended));
     }
 
@@ -770,26 +780,36 @@ impl Writer {
     /// The lsn passed in is ignored.
     fn stage_frame(&mut self, frame: JournalFrame) -> Result<()> {
         let JournalFrame::V1 { op, .. } = frame;
-        self.stage_bytes(|lsn| {
-            JournalFrame::V1 {
+        self.stage_bytes(|lsn, out| {
+            let bytes = JournalFrame::V1 {
                 lsn,
                 op: op.clone(),
             }
-            .encode()
+            .encode()?;
+            out.extend_from_slice(&bytes);
+            Ok(())
         })
     }
 
-    /// Add the frame `encode(lsn)` to the group, making room in the journal first.
-    fn stage_bytes(&mut self, encode: impl Fn(u64) -> Result<Vec<u8>>) -> Result<()> {
-        let mut bytes = encode(self.next_lsn)?;
-        if bytes.len() > SPOOL_BATCH_BYTES_MAX || bytes.len() as u64 > self.journal.capacity() / 2 {
+    /// Add the frame `encode(lsn, group bytes)` writes behind the group's bytes, making room in
+    /// the journal first.
+    fn stage_bytes(&mut self, encode: impl Fn(u64, &mut Vec<u8>) -> Result<()>) -> Result<()> {
+        let start = self.group_bytes.len();
+        if let Err(error) = encode(self.next_lsn, &mut self.group_bytes) {
+            self.group_bytes.truncate(start);
+            return Err(error);
+        }
+        let len = self.group_bytes.len() - start;
+        if len > SPOOL_BATCH_BYTES_MAX || len as u64 > self.journal.capacity() / 2 {
+            self.group_bytes.truncate(start);
             return Err(SpoolError::invalid(format!(
-                "one append of {} journal bytes exceeds SPOOL_BATCH_BYTES_MAX ({SPOOL_BATCH_BYTES_MAX}) or half the journal",
-                bytes.len()
+                "one append of {len} journal bytes exceeds SPOOL_BATCH_BYTES_MAX ({SPOOL_BATCH_BYTES_MAX}) or half the journal"
             )));
         }
-        let full = (self.group_bytes.len() + bytes.len()) as u64 > self.journal.remaining();
-        if full || self.group_bytes.len() + bytes.len() > SPOOL_GROUP_BYTES_MAX {
+        let full = self.group_bytes.len() as u64 > self.journal.remaining();
+        if full || self.group_bytes.len() > SPOOL_GROUP_BYTES_MAX {
+            // The frames staged before this one go first, as a group of their own.
+            self.group_bytes.truncate(start);
             self.flush();
             if full {
                 self.maybe_checkpoint(true);
@@ -799,10 +819,12 @@ impl Writer {
                     reason: failure.reason.clone(),
                 });
             }
-            bytes = encode(self.next_lsn)?;
+            if let Err(error) = encode(self.next_lsn, &mut self.group_bytes) {
+                self.group_bytes.clear();
+                return Err(error);
+            }
         }
         self.next_lsn += 1;
-        self.group_bytes.extend_from_slice(&bytes);
         Ok(())
     }
 
@@ -823,7 +845,7 @@ impl Writer {
         // Whatever happens next, the group's heads and keys are in the tail or nowhere.
         self.staged_heads.clear();
         self.staged_keys.clear();
-        let events = std::mem::take(&mut self.group_events);
+        let batches = std::mem::take(&mut self.group_batches);
         let acks = std::mem::take(&mut self.group_acks);
         let pending = std::mem::take(&mut self.group_pending);
         if let Some(failure) = &self.failed {
@@ -836,14 +858,15 @@ impl Writer {
                     Pending::Ack(reply) => drop(reply.send(Err(error))),
                 }
             }
+            self.group_spent.clear();
             return;
         }
-        let appended = events.len() as u64;
-        let last = events.last().map(|e| e.seq);
+        let appended: u64 = batches.iter().map(|b| b.rows.len() as u64).sum();
+        let last = batches.last().and_then(|b| b.rows.last_seq()).map(Seq);
         {
             let mut tail = self.tail.write().unwrap_or_else(|p| p.into_inner());
-            for event in events {
-                tail.push_event(event);
+            for batch in batches {
+                tail.push_batch(batch);
             }
             for (cursor, seq) in &acks {
                 tail.ack(cursor, *seq);
@@ -861,6 +884,7 @@ impl Writer {
                 Pending::Ack(reply) => drop(reply.send(Ok(()))),
             }
         }
+        self.group_spent.clear();
     }
 
     /// Stop writing: drop the open transaction and refuse everything until reopened.
@@ -880,7 +904,8 @@ impl Writer {
         }
         self.discard_txn();
         self.group_bytes.clear();
-        self.group_events.clear();
+        self.group_batches.clear();
+        self.group_spent.clear();
         self.group_acks.clear();
         self.staged_heads.clear();
         self.staged_keys.clear();
@@ -1371,8 +1396,8 @@ enum Lookup<'a> {
     /// The apply thread may hold the transaction: the group staged so far, then the tail (every
     /// append since the last checkpoint), then the last checkpoint, read when needed.
     Staged {
-        heads: &'a HashMap<String, StreamVersion>,
-        keys: &'a HashMap<String, Appended>,
+        heads: &'a FastMap<StreamVersion>,
+        keys: &'a FastMap<Appended>,
         tail: std::sync::RwLockReadGuard<'a, Tail>,
         db: Arc<Database>,
         /// The writer's read of the last checkpoint ([`Writer::committed`]).
@@ -1398,10 +1423,8 @@ impl Lookup<'_> {
                 if let Some(version) = heads.get(stream) {
                     return Ok(*version);
                 }
-                if let Some((version, _)) =
-                    tail.streams.get(stream).and_then(|v| v.last_key_value())
-                {
-                    return Ok(*version);
+                if let Some(version) = tail.head(stream) {
+                    return Ok(version);
                 }
                 let heads = committed_read(db, committed)?
                     .open_table(tables::STREAM_HEADS)
@@ -1439,8 +1462,7 @@ impl Lookup<'_> {
                 if let Some(appended) = keys.get(key) {
                     return Ok(Some(*appended));
                 }
-                if let Some(&seq) = tail.keys.get(key) {
-                    let version = tail.get(seq).map_or(0, |e| e.version);
+                if let Some((seq, version)) = tail.key(key) {
                     return Ok(Some(found(seq, version)));
                 }
                 let txn = committed_read(db, committed)?;
