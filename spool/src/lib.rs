@@ -65,7 +65,8 @@
 //!   page-sized writes, so a sync flushes one data page and never file metadata.
 //! - **redb is the indexed store.** A second thread applies each acknowledged append to one
 //!   long-lived write transaction while the writer validates, journals and syncs the next ones
-//!   ([`SpoolConfig::apply_on_thread`]; validation reads the appends staged in the group, the
+//!   (handed over once its group is durable and answered, so a lone append's sync never waits
+//!   behind its own inserts; [`SpoolConfig::apply_on_thread`]; validation reads the appends staged in the group, the
 //!   tail and the last checkpoint, which together are what the transaction holds). The
 //!   transaction goes back to the writer for acks, direct operations and checkpoints, and is
 //!   committed durably (with quick-repair, so a crash never needs a full-file

@@ -336,6 +336,11 @@ pub(crate) struct Writer {
     /// the replies, not between the group's encoding and its sync (without the apply thread,
     /// which drops them otherwise).
     group_spent: Vec<Vec<AppendStream>>,
+    /// The group's appends for the apply thread, handed over once the group is durable and
+    /// answered: waking that thread before the sync let it take the writer's core (the scheduler
+    /// runs a wakee on the waker's core) and put ~0.1 ms of inserts between a lone passing and its
+    /// `pwrite`. Handed over after, the inserts overlap the next group's sync instead.
+    group_applies: Vec<(Arc<AppendBatch>, Vec<AppendStream>)>,
     group_acks: Vec<(String, u64)>,
     group_pending: Vec<Pending>,
     /// Inserts on their own thread, if [`Policy::apply_on_thread`].
@@ -399,6 +404,7 @@ impl Writer {
             group_bytes: Vec::new(),
             group_batches: Vec::new(),
             group_spent: Vec::new(),
+            group_applies: Vec::new(),
             group_acks: Vec::new(),
             group_pending: Vec::new(),
             applier,
@@ -729,8 +735,8 @@ impl Writer {
         self.next_seq += events as u64;
         self.uncheckpointed_events += events;
         let batch = Arc::new(batch);
-        let inserted = match &mut self.applier {
-            Some(applier) => {
+        let inserted = match &self.applier {
+            Some(_) => {
                 for (stream, first_version, _, count) in batch.rows.runs() {
                     self.staged_heads
                         .insert(stream.to_owned(), first_version + count - 1);
@@ -745,7 +751,8 @@ impl Writer {
                         },
                     );
                 }
-                applier.insert(&mut self.txn, batch.clone(), parts)
+                self.group_applies.push((batch.clone(), parts));
+                Ok(())
             }
             None => {
                 let txn = self
@@ -859,6 +866,7 @@ impl Writer {
                 }
             }
             self.group_spent.clear();
+            self.group_applies.clear();
             return;
         }
         let appended: u64 = batches.iter().map(|b| b.rows.len() as u64).sum();
@@ -885,6 +893,22 @@ impl Writer {
             }
         }
         self.group_spent.clear();
+        self.hand_to_applier();
+    }
+
+    /// Queue the durable group's inserts on the apply thread. A failure there fails the writer,
+    /// whose reopen replays the journal: the events are durable and answered already.
+    fn hand_to_applier(&mut self) {
+        let applies = std::mem::take(&mut self.group_applies);
+        let Some(applier) = &mut self.applier else {
+            return;
+        };
+        for (batch, parts) in applies {
+            if let Err(error) = applier.insert(&mut self.txn, batch, parts) {
+                self.fail(&error);
+                return;
+            }
+        }
     }
 
     /// Stop writing: drop the open transaction and refuse everything until reopened.
@@ -906,6 +930,7 @@ impl Writer {
         self.group_bytes.clear();
         self.group_batches.clear();
         self.group_spent.clear();
+        self.group_applies.clear();
         self.group_acks.clear();
         self.staged_heads.clear();
         self.staged_keys.clear();
