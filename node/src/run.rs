@@ -191,9 +191,9 @@ impl LiveDisplay {
 pub const DISPLAY_HUB_CORES_ENV: &str = "VENUE_DISPLAY_HUB_CORES";
 
 /// The cores the display hub may run on ([`display::DisplayConfig::hub_cores`]): every core this
-/// process may use except those that take the interrupts of the disk holding `spool_dir`. `None`
-/// (any core) when sysfs does not say, when every core takes them, on a single core, or when
-/// [`DISPLAY_HUB_CORES_ENV`] is `any`. Reads sysfs: call it off the async workers.
+/// process may use except those that take the interrupts of the disk holding `spool_dir`
+/// ([`uplink::drain::cores_beside_storage`]), or `None` (any core) when [`DISPLAY_HUB_CORES_ENV`]
+/// is `any`. Reads sysfs: call it off the async workers.
 fn display_hub_cores(spool_dir: &std::path::Path) -> Option<Vec<usize>> {
     match std::env::var(DISPLAY_HUB_CORES_ENV).as_deref() {
         Ok("any") => return None,
@@ -205,37 +205,5 @@ fn display_hub_cores(spool_dir: &std::path::Path) -> Option<Vec<usize>> {
             );
         }
     }
-    let set = rustix::thread::sched_getaffinity(None).ok()?;
-    let allowed: Vec<usize> = (0..rustix::thread::CpuSet::MAX_CPU)
-        .filter(|&cpu| set.is_set(cpu))
-        .collect();
-    let avoid = uplink::drain::storage_interrupt_cores(spool_dir)?;
-    beside(&allowed, &avoid)
-}
-
-/// `allowed` without `avoid`, when that leaves at least one core and avoids at least one.
-fn beside(allowed: &[usize], avoid: &[usize]) -> Option<Vec<usize>> {
-    let cores: Vec<usize> = allowed
-        .iter()
-        .copied()
-        .filter(|c| !avoid.contains(c))
-        .collect();
-    (!cores.is_empty() && cores.len() < allowed.len()).then_some(cores)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::beside;
-
-    #[test]
-    fn the_hub_keeps_off_the_disks_interrupt_cores_only_when_another_core_is_left() {
-        // This build machine: two cores, the disk's interrupts on core 1.
-        assert_eq!(beside(&[0, 1], &[1]), Some(vec![0]));
-        assert_eq!(beside(&[0, 1, 2, 3], &[0, 2]), Some(vec![1, 3]));
-        // Every core takes them, or the one core there is: any core.
-        assert_eq!(beside(&[0, 1], &[0, 1]), None);
-        assert_eq!(beside(&[0], &[0]), None);
-        // The interrupts go to a core this process may not use: nothing to avoid.
-        assert_eq!(beside(&[0, 1], &[5]), None);
-    }
+    uplink::drain::cores_beside_storage(spool_dir)
 }

@@ -117,6 +117,34 @@ pub fn storage_interrupt_cores(dir: &Path) -> Option<Vec<usize>> {
     storage_irq_cores(&Roots::system(), dir)
 }
 
+/// The cores this thread may run on, ascending, or `None` when the kernel does not say.
+pub fn allowed_cores() -> Option<Vec<usize>> {
+    let set = rustix::thread::sched_getaffinity(None).ok()?;
+    Some(
+        (0..rustix::thread::CpuSet::MAX_CPU)
+            .filter(|&cpu| set.is_set(cpu))
+            .collect(),
+    )
+}
+
+/// The cores this thread may run on except those that take the interrupts of the disk holding
+/// `dir`: `None` (any core) when sysfs does not say, when every allowed core takes them, or on a
+/// single core. For live work that sends through the kernel's TCP stack (the display's hub), as
+/// the drain keeps off them. Reads sysfs: call it off the async workers.
+pub fn cores_beside_storage(dir: &Path) -> Option<Vec<usize>> {
+    beside(&allowed_cores()?, &storage_interrupt_cores(dir)?)
+}
+
+/// `allowed` without `avoid`, when that leaves at least one core and avoids at least one.
+pub(crate) fn beside(allowed: &[usize], avoid: &[usize]) -> Option<Vec<usize>> {
+    let cores: Vec<usize> = allowed
+        .iter()
+        .copied()
+        .filter(|c| !avoid.contains(c))
+        .collect();
+    (!cores.is_empty() && cores.len() < allowed.len()).then_some(cores)
+}
+
 /// The drain's core among `allowed` (ascending): the last one not in `avoid`, or the last one
 /// when every core is in it. `None` with fewer than two cores: priority alone then.
 pub(crate) fn choose(allowed: &[usize], avoid: &[usize]) -> Option<usize> {
@@ -143,6 +171,18 @@ mod tests {
         assert_eq!(parse_cpu_list("3-1"), None);
         assert_eq!(parse_cpu_list("x"), None);
         assert_eq!(parse_cpu_list("0-99999"), None);
+    }
+
+    #[test]
+    fn live_work_keeps_off_the_disks_interrupt_cores_only_when_another_core_is_left() {
+        // This build machine: two cores, the disk's interrupts on core 1.
+        assert_eq!(beside(&[0, 1], &[1]), Some(vec![0]));
+        assert_eq!(beside(&[0, 1, 2, 3], &[0, 2]), Some(vec![1, 3]));
+        // Every core takes them, or the one core there is: any core.
+        assert_eq!(beside(&[0, 1], &[0, 1]), None);
+        assert_eq!(beside(&[0], &[0]), None);
+        // The interrupts go to a core this process may not use: nothing to avoid.
+        assert_eq!(beside(&[0, 1], &[5]), None);
     }
 
     #[test]

@@ -49,7 +49,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use self::backoff::Backoff;
-pub use self::cores::{UPLINK_DRAIN_CORE_ENV, storage_interrupt_cores};
+pub use self::cores::{UPLINK_DRAIN_CORE_ENV, cores_beside_storage, storage_interrupt_cores};
 use self::http::Outcome;
 pub use self::http::{UPLINK_REASON_BYTES_MAX, UPLINK_RETRY_AFTER_MS_MAX};
 use crate::Error;
@@ -410,10 +410,7 @@ impl Background {
 /// whenever a live event arrives. `None` on a single core: priority alone then. Reads sysfs, so
 /// it runs on the drain's own thread.
 fn drain_core(storage: Option<&Path>) -> Option<usize> {
-    let set = rustix::thread::sched_getaffinity(None).ok()?;
-    let allowed: Vec<usize> = (0..rustix::thread::CpuSet::MAX_CPU)
-        .filter(|&cpu| set.is_set(cpu))
-        .collect();
+    let allowed = cores::allowed_cores()?;
     let avoid = match std::env::var(UPLINK_DRAIN_CORE_ENV).as_deref() {
         Ok("last") => Vec::new(),
         Ok("auto") | Err(_) => storage

@@ -318,16 +318,46 @@ fn test_config(url: &str, worker: &str) -> EngineConfig {
 
 /// The acceptance test of issue 13.3: for the same session, the results at central are byte for
 /// byte the results the box exports, CSV and JSON.
+/// One `nats-server` with the streams, a box's spool and a central in front of the store: what
+/// most tests here start from.
+struct Single {
+    /// Held so the server outlives the test.
+    _nats: Nats,
+    url: String,
+    dir: tempfile::TempDir,
+    spool: Spool,
+    central: RunningCentral<JetStreamStore>,
+}
+
+impl Single {
+    async fn start() -> Single {
+        let nats = Nats::single("").await;
+        let url = nats.urls();
+        let dir = tempfile::tempdir().unwrap();
+        let spool = open_spool(&dir.path().join("node"));
+        let store = JetStreamStore::connect(&url, &test_streams(1))
+            .await
+            .unwrap();
+        let central = start_central(store, "127.0.0.1:0".parse().unwrap(), None).await;
+        Single {
+            _nats: nats,
+            url,
+            dir,
+            spool,
+            central,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn central_results_are_the_boxs_byte_for_byte() {
-    let nats = Nats::single("").await;
-    let url = nats.urls();
-    let dir = tempfile::tempdir().unwrap();
-    let spool = open_spool(&dir.path().join("node"));
-    let store = JetStreamStore::connect(&url, &test_streams(1))
-        .await
-        .unwrap();
-    let central = start_central(store, "127.0.0.1:0".parse().unwrap(), None).await;
+    let Single {
+        _nats,
+        url,
+        dir,
+        spool,
+        central,
+    } = Single::start().await;
     let cancel = CancellationToken::new();
     let worker = tokio::spawn(engine::run(test_config(&url, "w-1"), cancel.clone()));
 
@@ -479,14 +509,13 @@ async fn snapshot_position(js: &jetstream::Context) -> u64 {
 /// from its consumer with the box's results, and publishes no derived event twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_session_resumes_with_identical_results() {
-    let nats = Nats::single("").await;
-    let url = nats.urls();
-    let dir = tempfile::tempdir().unwrap();
-    let spool = open_spool(&dir.path().join("node"));
-    let store = JetStreamStore::connect(&url, &test_streams(1))
-        .await
-        .unwrap();
-    let central = start_central(store, "127.0.0.1:0".parse().unwrap(), None).await;
+    let Single {
+        _nats,
+        url,
+        dir,
+        spool,
+        central,
+    } = Single::start().await;
     let js = jetstream(&url).await;
     // No snapshot while the test runs: whatever it folds stays unacknowledged.
     let mut worker = WorkerProcess::with_snapshots_every(&url, "w-1", Duration::from_secs(3600));
@@ -546,14 +575,13 @@ async fn a_worker_killed_mid_session_resumes_with_identical_results() {
 /// other takes the track within the lease TTL, and the results are still the box's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_workers_one_runs_the_track_and_the_other_takes_over() {
-    let nats = Nats::single("").await;
-    let url = nats.urls();
-    let dir = tempfile::tempdir().unwrap();
-    let spool = open_spool(&dir.path().join("node"));
-    let store = JetStreamStore::connect(&url, &test_streams(1))
-        .await
-        .unwrap();
-    let central = start_central(store, "127.0.0.1:0".parse().unwrap(), None).await;
+    let Single {
+        _nats,
+        url,
+        dir,
+        spool,
+        central,
+    } = Single::start().await;
     let js = jetstream(&url).await;
     let mut workers = BTreeMap::from([
         ("w-a".to_string(), WorkerProcess::start(&url, "w-a")),
