@@ -16,8 +16,7 @@
 //!   it) is measured just before each round; the target is screen p99 within 5 ms of the floor's
 //!   p99. The runs without the display and with it but no client are the decoder-to-disk baseline.
 //!   The previous designs run beside the default in every round: "bat." is the batched live writer,
-//!   "any" the hub's thread free to run on the core that takes the disk's interrupts, "1 th." the
-//!   hub's thread sending to every screen alone (no second sending thread).
+//!   "any" the hub's thread free to run on the core that takes the disk's interrupts.
 //! - **Resources**: the real `venue-node run` process (every thread of it, from `/proc/<pid>`), at
 //!   100 passings/s with 0 and with 200 screens connected (the screens are in the bench's
 //!   process). Targets: RSS <= 64 MiB, CPU <= 10 % of one core.
@@ -76,10 +75,6 @@ const CANDIDATE_WRITER: &str = "batched";
 /// `node::run::DISPLAY_HUB_CORES_ENV`.
 const HUB_CORES_ENV: &str = node::run::DISPLAY_HUB_CORES_ENV;
 
-/// The environment variable that sets how many threads send each group to the screens (2, the
-/// default; 1, the hub's thread alone as before); see `display::HUB_SEND_THREADS_ENV`.
-const SEND_THREADS_ENV: &str = display::HUB_SEND_THREADS_ENV;
-
 /// How a run's display differs from the default, so the previous designs are measured beside it in
 /// the same round.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,9 +86,6 @@ enum Variant {
     /// The hub's thread on any core (`VENUE_DISPLAY_HUB_CORES=any`), as before it kept off the
     /// disk's interrupt cores.
     HubAnyCore,
-    /// The hub's thread sending to every screen alone (`VENUE_DISPLAY_HUB_SEND_THREADS=1`), as
-    /// before a second thread took half of the sends.
-    OneSender,
 }
 
 impl Variant {
@@ -103,7 +95,6 @@ impl Variant {
             Variant::Default => &[],
             Variant::Batched => &[(WRITER_ENV, CANDIDATE_WRITER)],
             Variant::HubAnyCore => &[(HUB_CORES_ENV, "any")],
-            Variant::OneSender => &[(SEND_THREADS_ENV, "1")],
         }
     }
 
@@ -112,7 +103,6 @@ impl Variant {
             Variant::Default => "default",
             Variant::Batched => "batched",
             Variant::HubAnyCore => "hub-any",
-            Variant::OneSender => "one-sender",
         }
     }
 
@@ -120,7 +110,6 @@ impl Variant {
         match s {
             "batched" => Variant::Batched,
             "hub-any" => Variant::HubAnyCore,
-            "one-sender" => Variant::OneSender,
             _ => Variant::Default,
         }
     }
@@ -143,7 +132,6 @@ impl Case {
             (true, Variant::Default) => format!("{:>3} screens", self.clients),
             (true, Variant::Batched) => format!("{:>3} scr. bat.", self.clients),
             (true, Variant::HubAnyCore) => format!("{:>3} scr. any", self.clients),
-            (true, Variant::OneSender) => format!("{:>3} scr. 1 th.", self.clients),
         }
     }
 
@@ -473,10 +461,7 @@ fn field(line: &str, key: &str) -> Option<f64> {
 fn run_child(case: Case, seconds: u64) -> String {
     let exe = std::env::current_exe().unwrap();
     let mut command = std::process::Command::new(&exe);
-    command
-        .env_remove(WRITER_ENV)
-        .env_remove(HUB_CORES_ENV)
-        .env_remove(SEND_THREADS_ENV);
+    command.env_remove(WRITER_ENV).env_remove(HUB_CORES_ENV);
     command.envs(case.variant.envs().iter().copied());
     let out = command
         .env("DISPLAY_BENCH_CHILD", case.encode())
@@ -643,12 +628,11 @@ fn latency_table(dir: &Path, seconds: u64, rounds: u64) {
             case(rate, 50, true, Variant::Default),
             case(rate, 200, true, Variant::Batched),
             case(rate, 200, true, Variant::HubAnyCore),
-            case(rate, 200, true, Variant::OneSender),
             case(rate, 200, true, Variant::Default),
         ]
     };
     println!(
-        "latency, ms: p50 p99 p99.9 of byte -> durable (disk), byte -> screen over every delivery (screen), durable -> screen p50 p99 (display); \"bat.\": the live stream's batched writer, the previous default ({WRITER_ENV}={CANDIDATE_WRITER}); \"any\": the hub's thread on any core, as before it kept off the disk's interrupt cores ({HUB_CORES_ENV}=any); \"1 th.\": the hub's thread sending to every screen alone, as before a second thread shared the sends ({SEND_THREADS_ENV}=1)"
+        "latency, ms: p50 p99 p99.9 of byte -> durable (disk), byte -> screen over every delivery (screen), durable -> screen p50 p99 (display); \"bat.\": the live stream's batched writer, the previous default ({WRITER_ENV}={CANDIDATE_WRITER}); \"any\": the hub's thread on any core, as before it kept off the disk's interrupt cores ({HUB_CORES_ENV}=any)"
     );
     for rate in [100u32, 1000] {
         for round in 1..=rounds {
@@ -689,7 +673,6 @@ fn main() {
         (0, Variant::Default),
         (200, Variant::Default),
         (200, Variant::HubAnyCore),
-        (200, Variant::OneSender),
         (200, Variant::Batched),
     ] {
         let r = resources(seconds, clients, variant);
@@ -699,7 +682,6 @@ fn main() {
                 Variant::Default => "",
                 Variant::Batched => " (batched, the previous default)",
                 Variant::HubAnyCore => " (the hub on any core, as before)",
-                Variant::OneSender => " (one sending thread, as before)",
             },
             r.cpu_pct,
             if r.cpu_pct <= TARGET_CPU_PCT {

@@ -168,12 +168,6 @@ async fn metrics(State(display): State<Arc<Display>>) -> Response {
             display.hub.events_published.load(Ordering::Relaxed),
         ),
         (
-            "display_hub_groups_shared_total",
-            "counter",
-            "Groups of live events whose sends to the screens the hub shared with its second sending thread.",
-            display.hub.groups_shared.load(Ordering::Relaxed),
-        ),
-        (
             "display_bad_requests_total",
             "counter",
             "Requests refused as malformed.",

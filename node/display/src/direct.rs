@@ -13,8 +13,7 @@
 //!
 //! A server's frames are unmasked, so an event's frame is the same bytes for every client
 //! ([`crate::hub::Item::frame`]); a group's frames are one `send` per client from the hub's
-//! thread (or, for half of the clients, from its second sending thread while the hub waits:
-//! [`crate::hub::HUB_SHARED_SEND_CLIENTS_MIN`]), so at 1,000 passings/s (a few durable with each fdatasync) a client costs one `send`
+//! thread, so at 1,000 passings/s (a few durable with each fdatasync) a client costs one `send`
 //! per group, not one per event; a lone event is a group of one, sent at once. The queue is the
 //! client's bound: a client whose queue holds [`crate::DisplayConfig::client_queue_events`] frames
 //! gets no more; its task writes what is queued, then the `error` with the seq to resume from,

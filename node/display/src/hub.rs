@@ -120,62 +120,12 @@ impl DecoderBoard {
     }
 }
 
-/// Direct clients from which the hub shares a group's sends with a second thread
-/// ([`crate::DisplayConfig::hub_send_threads`]). Below it one thread's sends take well under a
-/// millisecond, and handing half of them over (a futex wake and a wait) costs more than it saves.
-pub const HUB_SHARED_SEND_CLIENTS_MIN: usize = 32;
-
 /// What the hub has published, and to whom it writes itself.
 struct Published {
     /// The seq of the newest event on the ring.
     position: u64,
     /// The direct writer's clients, each offered every item.
     direct: Vec<Arc<Outbox>>,
-    /// The second sending thread, once there are [`HUB_SHARED_SEND_CLIENTS_MIN`] clients; `None`
-    /// with one sending thread configured, or if it could not start (the hub then sends alone).
-    helper: Option<SendHelper>,
-    /// Whether a second sending thread is wanted.
-    share_sends: bool,
-}
-
-/// A group's sends to the second half of the direct clients.
-struct Share {
-    outboxes: Vec<Arc<Outbox>>,
-    items: Arc<[Arc<Item>]>,
-}
-
-/// A thread that writes a group to half of the direct clients while the hub's own thread writes
-/// it to the other half. Each send is a syscall that runs the kernel's TCP transmit (and, on
-/// loopback, the receiver's half as well): 200 screens cost one thread several milliseconds per
-/// group, and the last screen's latency is all of them. Two threads on two cores halve it.
-///
-/// Ordering needs nothing new: the hub hands a half over and waits for it under its lock, so a
-/// client's frames are still offered one group at a time, in order, by one thread at a time.
-struct SendHelper {
-    jobs: std::sync::mpsc::SyncSender<Share>,
-    done: std::sync::mpsc::Receiver<()>,
-}
-
-impl SendHelper {
-    fn start() -> std::io::Result<SendHelper> {
-        let (jobs, rx) = std::sync::mpsc::sync_channel::<Share>(1);
-        let (done_tx, done) = std::sync::mpsc::sync_channel(1);
-        std::thread::Builder::new()
-            .name("display-send".into())
-            .spawn(move || {
-                // Ends when the hub (and with it the job sender) is dropped.
-                while let Ok(share) = rx.recv() {
-                    for outbox in &share.outboxes {
-                        outbox.offer(&share.items);
-                    }
-                    drop(share);
-                    if done_tx.send(()).is_err() {
-                        return;
-                    }
-                }
-            })?;
-        Ok(SendHelper { jobs, done })
-    }
 }
 
 /// The hub's shared state.
@@ -186,19 +136,11 @@ pub struct Hub {
     published: Mutex<Published>,
     decoders: Mutex<DecoderBoard>,
     pub events_published: AtomicU64,
-    /// Groups whose sends the hub shared with its second sending thread.
-    pub groups_shared: AtomicU64,
 }
 
 impl Hub {
-    /// A hub whose ring holds `queue_events` items, starting after `position`, writing to its
-    /// direct clients from `send_threads` threads (1 or 2; see [`HUB_SHARED_SEND_CLIENTS_MIN`]).
-    pub fn new(
-        track_id: String,
-        queue_events: usize,
-        position: u64,
-        send_threads: usize,
-    ) -> Arc<Hub> {
+    /// A hub whose ring holds `queue_events` items, starting after `position`.
+    pub fn new(track_id: String, queue_events: usize, position: u64) -> Arc<Hub> {
         let (tx, _) = broadcast::channel(queue_events);
         Arc::new(Hub {
             track_id,
@@ -206,12 +148,9 @@ impl Hub {
             published: Mutex::new(Published {
                 position,
                 direct: Vec::new(),
-                helper: None,
-                share_sends: send_threads >= 2,
             }),
             decoders: Mutex::new(DecoderBoard::default()),
             events_published: AtomicU64::new(0),
-            groups_shared: AtomicU64::new(0),
         })
     }
 
@@ -318,14 +257,14 @@ impl Hub {
             );
             published.position = item.seq;
         }
-        self.send(&mut published, items);
+        Self::send(&self.tx, &published, items);
         self.events_published
             .fetch_add(envelopes.len() as u64, Ordering::Relaxed);
     }
 
     /// Publishes a snapshot of `channel`, at the current position.
     pub fn publish_snapshot(&self, channel: Channel, payload: serde_json::Value) {
-        let mut published = self.lock();
+        let published = self.lock();
         let envelope = self.envelope(
             Kind::Snapshot,
             Some(channel),
@@ -334,66 +273,18 @@ impl Hub {
             payload,
         );
         let item = Arc::new(Item::new(Kind::Snapshot, channel, &envelope));
-        self.send(&mut published, vec![item]);
+        Self::send(&self.tx, &published, vec![item]);
     }
 
     /// Hands `items` to each direct client as one group and to the ring one by one, under the
-    /// lock. With [`HUB_SHARED_SEND_CLIENTS_MIN`] clients or more and two sending threads, the
-    /// second thread takes the second half of the clients meanwhile, and this waits for it.
-    fn send(&self, published: &mut Published, items: Vec<Arc<Item>>) {
-        let clients = published.direct.len();
-        if published.share_sends
-            && clients >= HUB_SHARED_SEND_CLIENTS_MIN
-            && published.helper.is_none()
-        {
-            match SendHelper::start() {
-                Ok(helper) => published.helper = Some(helper),
-                Err(error) => {
-                    tracing::warn!(%error, "display hub: no second sending thread; sending alone");
-                    published.share_sends = false;
-                }
-            }
-        }
-        let items: Arc<[Arc<Item>]> = items.into();
-        let half = clients / 2;
-        let shared = match &published.helper {
-            Some(helper) if clients >= HUB_SHARED_SEND_CLIENTS_MIN => helper
-                .jobs
-                .send(Share {
-                    outboxes: published.direct[half..].to_vec(),
-                    items: items.clone(),
-                })
-                .is_ok(),
-            _ => false,
-        };
-        let mine = if shared {
-            &published.direct[..half]
-        } else {
-            &published.direct[..]
-        };
-        for outbox in mine {
+    /// lock.
+    fn send(tx: &broadcast::Sender<Arc<Item>>, published: &Published, items: Vec<Arc<Item>>) {
+        for outbox in &published.direct {
             outbox.offer(&items);
         }
-        if shared {
-            self.groups_shared.fetch_add(1, Ordering::Relaxed);
-            let helper = published
-                .helper
-                .as_ref()
-                .expect("shared through the helper");
-            if helper.done.recv().is_err() {
-                // The thread is gone (it panicked in an offer, before writing anything of it:
-                // `offer` checks first): its half gets the group from here, and the hub sends alone.
-                tracing::error!("display hub: the second sending thread stopped; sending alone");
-                for outbox in &published.direct[half..] {
-                    outbox.offer(&items);
-                }
-                published.helper = None;
-                published.share_sends = false;
-            }
-        }
-        for item in items.iter() {
+        for item in items {
             // No receiver is not an error: nobody is watching.
-            let _ = self.tx.send(item.clone());
+            let _ = tx.send(item);
         }
     }
 

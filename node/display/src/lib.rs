@@ -113,29 +113,6 @@ pub struct DisplayConfig {
     /// run the loopback (or NIC) softirq work on the sending core, and a disk completion queued
     /// behind it delays the next passing's fdatasync (issue 14's finding for the uplink's drain).
     pub hub_cores: Option<Vec<usize>>,
-    /// Threads writing each group to the direct writer's clients: 2 (the default) shares the
-    /// sends with a second thread from [`hub::HUB_SHARED_SEND_CLIENTS_MIN`] clients on; 1 is the
-    /// hub's thread alone, as before.
-    pub hub_send_threads: usize,
-}
-
-/// Sets [`DisplayConfig::hub_send_threads`]: `1` (the hub's thread alone, the previous design)
-/// or `2` (the default), so a bench can compare the two.
-pub const HUB_SEND_THREADS_ENV: &str = "VENUE_DISPLAY_HUB_SEND_THREADS";
-
-/// [`HUB_SEND_THREADS_ENV`], or 2; anything but 1 or 2 is a warning and 2.
-fn hub_send_threads_from_env() -> usize {
-    match std::env::var(HUB_SEND_THREADS_ENV).as_deref() {
-        Err(_) | Ok("2") => 2,
-        Ok("1") => 1,
-        Ok(other) => {
-            tracing::warn!(
-                value = other,
-                "{HUB_SEND_THREADS_ENV} is neither 1 nor 2; using 2"
-            );
-            2
-        }
-    }
 }
 
 /// The technician's actions waiting for the runtime, at most: a person clicks a few a minute, and
@@ -195,7 +172,6 @@ impl DisplayConfig {
             tech: None,
             live_writer: live::LiveWriter::from_env(),
             hub_cores: None,
-            hub_send_threads: hub_send_threads_from_env(),
         }
     }
 }
@@ -271,12 +247,7 @@ impl Display {
             .reader()
             .head()
             .map_err(|e| std::io::Error::other(spool::error_chain(&e)))?;
-        let hub = Hub::new(
-            config.track_id.clone(),
-            config.client_queue_events,
-            head.0,
-            config.hub_send_threads,
-        );
+        let hub = Hub::new(config.track_id.clone(), config.client_queue_events, head.0);
         let thread = hub::start(hub.clone(), spool, config.hub_cores.clone(), cancel.clone())?;
         let display = Arc::new(Display {
             clients: Arc::new(Semaphore::new(config.clients_max)),
