@@ -24,6 +24,7 @@
 //! | `SPOOL_BENCH_ONLY` | all | comma-separated sections: latency, throughput, read, reopen, wear |
 //! | `SPOOL_BENCH_APPENDERS` | 1,8,64 | comma-separated thread counts of the single-event figures (empty: none) |
 //! | `SPOOL_BENCH_BATCHES` | 1,10,100,1000 | comma-separated batch sizes of the throughput section (to profile one) |
+//! | `SPOOL_BENCH_CHECKPOINT_EVENTS` | 20000 | the spool's `checkpoint_events` (what checkpoints cost) |
 //! | `SPOOL_BENCH_PER_KEY` | unset | set: also the per-event inserts (`appended_event_inserts: false`) at batches of 100 and more |
 
 use std::fs::OpenOptions;
@@ -130,8 +131,16 @@ fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
+/// The spool's configuration in every section: the default, but for the checkpoint size when
+/// `SPOOL_BENCH_CHECKPOINT_EVENTS` sets it (to measure what the checkpoint's frequency costs).
 fn config() -> SpoolConfig {
-    SpoolConfig::default()
+    SpoolConfig {
+        checkpoint_events: env_usize(
+            "SPOOL_BENCH_CHECKPOINT_EVENTS",
+            spool::SPOOL_CHECKPOINT_EVENTS_DEFAULT,
+        ),
+        ..SpoolConfig::default()
+    }
 }
 
 /// The floor: append a record and fdatasync, to a file in the same directory.

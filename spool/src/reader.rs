@@ -110,7 +110,7 @@ pub(crate) struct Tail {
     /// Events in `batches`.
     events: usize,
     /// Each stream's runs of consecutive versions and seqs, in version order (one per append).
-    streams: TailMap<Vec<tables::Run>>,
+    streams: TailMap<VecDeque<tables::Run>>,
     /// Each idempotency key's seq and version.
     keys: TailMap<(u64, StreamVersion)>,
     pub(crate) cursors: HashMap<String, u64>,
@@ -139,9 +139,9 @@ impl Tail {
                 count,
             };
             match self.streams.get_mut(stream) {
-                Some(runs) => runs.push(run),
+                Some(runs) => runs.push_back(run),
                 None => {
-                    self.streams.insert(stream.to_owned(), vec![run]);
+                    self.streams.insert(stream.to_owned(), VecDeque::from([run]));
                 }
             }
         }
@@ -159,7 +159,7 @@ impl Tail {
 
     /// A stream's last version in the tail, if the tail holds any of its events.
     pub(crate) fn head(&self, stream: &str) -> Option<StreamVersion> {
-        let run = self.streams.get(stream)?.last()?;
+        let run = self.streams.get(stream)?.back()?;
         Some(run.first_version + run.count - 1)
     }
 
@@ -255,6 +255,43 @@ impl Tail {
             JournalOpV1::Ack { cursor, seq } => self.ack(cursor, *seq),
         }
         Ok(())
+    }
+
+    /// Drop the appends up to `seq` once a committed checkpoint holds them (readers find them in
+    /// the database from then on), keeping the later ones; a new generation. Acknowledged cursor
+    /// positions stay: they only grow, and readers take the larger of the tail's and the
+    /// database's.
+    pub(crate) fn trim_through(&mut self, seq: u64) {
+        while let Some(batch) = self.batches.front() {
+            if batch.first_seq() + batch.rows.len() as u64 - 1 > seq {
+                break;
+            }
+            for (stream, first_version, first_seq, count) in batch.rows.runs() {
+                let runs = self
+                    .streams
+                    .get_mut(stream)
+                    .expect("every run of a tail batch is indexed under its stream");
+                let front = runs
+                    .pop_front()
+                    .expect("every run of a tail batch is indexed under its stream");
+                assert_eq!(
+                    (front.first_version, front.first_seq, front.count),
+                    (first_version, first_seq, count),
+                    "a stream's runs in the tail must be in seq order"
+                );
+                if runs.is_empty() {
+                    self.streams.remove(stream);
+                }
+            }
+            for (key, seq, _) in batch.rows.keys() {
+                if self.keys.get(key).is_some_and(|&(s, _)| s == seq) {
+                    self.keys.remove(key);
+                }
+            }
+            self.events -= batch.rows.len();
+            self.batches.pop_front();
+        }
+        self.generation += 1;
     }
 
     pub(crate) fn clear(&mut self) {
@@ -542,14 +579,16 @@ impl SpoolReader {
         // The writer may checkpoint and restart the journal while we scan it: then the frames
         // after our checkpoint are gone from the journal but in the database; try again.
         let mut tail = Tail::default();
+        // It overwrites journal bytes only behind a committed checkpoint, so frames read while
+        // the checkpoint we started from is still the last one are intact.
         for _ in 0..3 {
-            let lsn_before = self.checkpoint_lsn()?;
-            let (frames, _) = crate::journal::scan(journal.as_ref(), capacity, lsn_before)?;
+            let (lsn_before, start) = self.checkpoint_position()?;
+            let (frames, _) = crate::journal::scan(journal.as_ref(), capacity, lsn_before, start)?;
             tail = Tail::default();
             for frame in &frames {
                 tail.apply_frame(frame)?;
             }
-            if self.checkpoint_lsn()? == lsn_before {
+            if self.checkpoint_position()?.0 == lsn_before {
                 break;
             }
         }
@@ -560,10 +599,14 @@ impl SpoolReader {
         Ok(())
     }
 
-    fn checkpoint_lsn(&self) -> Result<u64> {
+    /// The last checkpoint's lsn and the journal offset of the frame after it.
+    fn checkpoint_position(&self) -> Result<(u64, u64)> {
         let txn = self.db.begin_read()?;
-        let meta = txn.open_table(tables::META).ctx("opening meta")?;
-        tables::meta(&meta, tables::META_CHECKPOINT_LSN)
+        let meta = tables::read_meta(&txn)?;
+        Ok((
+            tables::meta(&meta, tables::META_CHECKPOINT_LSN)?,
+            tables::meta(&meta, tables::META_JOURNAL_START)?,
+        ))
     }
 
     /// A read transaction of the committed database alone (state kept only there: projections,
@@ -576,7 +619,7 @@ impl SpoolReader {
         let tail = self.tail.read().unwrap_or_else(|p| p.into_inner());
         let txn = self.db.begin_read()?;
         let db_last_seq = {
-            let meta = txn.open_table(tables::META).ctx("opening meta")?;
+            let meta = tables::read_meta(&txn)?;
             tables::meta(&meta, tables::META_LAST_SEQ)?
         };
         Ok(View {
@@ -729,7 +772,7 @@ impl SpoolReader {
                 .open_table(tables::STREAM_RUNS)
                 .ctx("opening stream runs")?;
             let events = view.txn.open_table(tables::EVENTS).ctx("opening events")?;
-            let meta = view.txn.open_table(tables::META).ctx("opening meta")?;
+            let meta = tables::read_meta(&view.txn)?;
             let first_seq = tables::meta(&meta, tables::META_FIRST_SEQ)?;
             let start = tables::run_containing(&runs, stream.as_str(), next_version)?
                 .map_or(next_version, |run| run.first_version);
@@ -893,7 +936,7 @@ impl SpoolReader {
     /// Counts, sizes, oldest and newest, and every cursor's backlog.
     pub fn stats(&self) -> Result<Stats> {
         let view = self.view()?;
-        let meta = view.txn.open_table(tables::META).ctx("opening meta")?;
+        let meta = tables::read_meta(&view.txn)?;
         let first_seq = tables::meta(&meta, tables::META_FIRST_SEQ)?.max(1);
         let last_seq = view.tail.last_seq().unwrap_or(0).max(view.db_last_seq);
         let events = (last_seq + 1).saturating_sub(first_seq);
