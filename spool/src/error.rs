@@ -122,7 +122,9 @@ pub enum SpoolError {
     },
 
     /// The spool's stored layout is not one this release knows (written by a newer release).
-    #[error("spool layout {found} is not one this release reads (it reads layout {supported} and migrates older ones)")]
+    #[error(
+        "spool layout {found} is not one this release reads (it reads layout {supported} and migrates older ones)"
+    )]
     UnknownLayout {
         /// The layout found in the spool's meta.
         found: u64,

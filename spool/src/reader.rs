@@ -117,6 +117,10 @@ pub(crate) struct Tail {
     /// Counts clears and replacements: a reader that let go of the lock knows the tail it saw
     /// still continues its read transaction only while this is unchanged.
     pub(crate) generation: u64,
+    /// The last seq the tail let go of because a committed checkpoint holds it: a read
+    /// transaction that does not reach it began before that commit, and would miss the events
+    /// between the two.
+    trimmed_through: u64,
 }
 
 impl Tail {
@@ -141,7 +145,8 @@ impl Tail {
             match self.streams.get_mut(stream) {
                 Some(runs) => runs.push_back(run),
                 None => {
-                    self.streams.insert(stream.to_owned(), VecDeque::from([run]));
+                    self.streams
+                        .insert(stream.to_owned(), VecDeque::from([run]));
                 }
             }
         }
@@ -291,13 +296,16 @@ impl Tail {
             self.events -= batch.rows.len();
             self.batches.pop_front();
         }
+        self.trimmed_through = self.trimmed_through.max(seq);
         self.generation += 1;
     }
 
-    pub(crate) fn clear(&mut self) {
+    /// Drop everything: a committed checkpoint holds every seq up to `seq`, the last appended.
+    pub(crate) fn clear_through(&mut self, seq: u64) {
         let generation = self.generation + 1;
         *self = Tail {
             generation,
+            trimmed_through: self.trimmed_through.max(seq),
             ..Tail::default()
         };
     }
@@ -330,6 +338,7 @@ pub(crate) struct Counters {
     pub(crate) rejected_appends: AtomicU64,
     pub(crate) commits: AtomicU64,
     pub(crate) checkpoints: AtomicU64,
+    pub(crate) journal_full_waits: AtomicU64,
     pub(crate) retained_deleted_events: AtomicU64,
     pub(crate) spool_full: AtomicBool,
     pub(crate) db_allocated_bytes: AtomicU64,
@@ -451,6 +460,9 @@ pub struct Stats {
     pub commits: u64,
     /// Checkpoints into the database since open.
     pub checkpoints: u64,
+    /// Times since open that the journal's ring was full and appends waited for a checkpoint
+    /// to commit (often: the disk cannot keep up with the checkpoints, or the journal is small).
+    pub journal_full_waits: u64,
     /// Events deleted by retention since open.
     pub retention_deleted_events: u64,
     /// Whether the last append found the spool full.
@@ -615,18 +627,28 @@ impl SpoolReader {
         self.db.begin_read()
     }
 
+    /// The database and the tail as one: the read transaction first, then the tail. Not the
+    /// other way round: redb's `begin_read` waits while a commit syncs, and a reader holding the
+    /// tail's lock meanwhile would stop the writer's next append behind a background checkpoint.
+    /// If a checkpoint committed and trimmed the tail between the two, the transaction misses
+    /// what the tail let go of: read again (each retry follows a newer commit, and commits come
+    /// far apart, so this ends).
     fn view(&self) -> Result<View<'_>> {
-        let tail = self.tail.read().unwrap_or_else(|p| p.into_inner());
-        let txn = self.db.begin_read()?;
-        let db_last_seq = {
-            let meta = tables::read_meta(&txn)?;
-            tables::meta(&meta, tables::META_LAST_SEQ)?
-        };
-        Ok(View {
-            tail,
-            txn,
-            db_last_seq,
-        })
+        loop {
+            let txn = self.db.begin_read()?;
+            let db_last_seq = {
+                let meta = tables::read_meta(&txn)?;
+                tables::meta(&meta, tables::META_LAST_SEQ)?
+            };
+            let tail = self.tail.read().unwrap_or_else(|p| p.into_inner());
+            if tail.trimmed_through <= db_last_seq {
+                return Ok(View {
+                    tail,
+                    txn,
+                    db_last_seq,
+                });
+            }
+        }
     }
 
     fn detached(&self) -> Result<Detached> {
@@ -1018,6 +1040,7 @@ impl SpoolReader {
             rejected_appends: c.rejected_appends.load(Ordering::Relaxed),
             commits: c.commits.load(Ordering::Relaxed),
             checkpoints: c.checkpoints.load(Ordering::Relaxed),
+            journal_full_waits: c.journal_full_waits.load(Ordering::Relaxed),
             retention_deleted_events: c.retained_deleted_events.load(Ordering::Relaxed),
             spool_full: c.spool_full.load(Ordering::Relaxed),
         })
@@ -1032,6 +1055,12 @@ impl SpoolReader {
             acked: view.cursor(name)?,
             head: Seq(head),
         })
+    }
+
+    /// Times since open that the journal's ring was full and appends waited for a checkpoint's
+    /// commit (as [`Stats::journal_full_waits`], without reading the database).
+    pub fn journal_full_waits(&self) -> u64 {
+        self.counters.journal_full_waits.load(Ordering::Relaxed)
     }
 
     /// Append calls refused since this process opened the spool (bad input, wrong expected version,
@@ -1149,7 +1178,7 @@ mod tests {
         let mut names: Vec<&str> = tail.stream_names().collect();
         names.sort_unstable();
         assert_eq!(names, ["decoder/a", "decoder/b", "node"]);
-        tail.clear();
+        tail.clear_through(0);
         assert_eq!(
             (tail.len(), tail.last_seq(), tail.head("node")),
             (0, None, None)

@@ -104,7 +104,10 @@ pub(crate) fn create_all(txn: &WriteTransaction) -> Result<()> {
     if has_legacy {
         migrate_legacy_meta(txn, &mut meta)?;
     }
-    let layout = meta.get(META_LAYOUT).ctx("reading meta")?.map(|v| v.value());
+    let layout = meta
+        .get(META_LAYOUT)
+        .ctx("reading meta")?
+        .map(|v| v.value());
     match layout {
         None => {
             meta.insert(META_LAYOUT, LAYOUT_VERSION)

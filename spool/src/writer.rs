@@ -524,6 +524,9 @@ impl Writer {
             .unwrap_or_else(|p| p.into_inner())
             .trim_through(in_flight.last_seq);
         self.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
+        // Begin the read of this checkpoint now, while no commit is in flight: redb's
+        // `begin_read` waits while a commit syncs, and validation would wait with it.
+        committed_read(&*current(&self.db)?, &mut self.committed)?;
         Ok(())
     }
 
@@ -970,6 +973,9 @@ impl Writer {
         if self.failed.is_some() || self.journal.fits(len) {
             return;
         }
+        self.counters
+            .journal_full_waits
+            .fetch_add(1, Ordering::Relaxed);
         if self.in_flight.is_some() {
             if let Err(error) = self.settle(true) {
                 self.fail(&error);
@@ -1229,7 +1235,10 @@ impl Writer {
         let (next_seq, next_lsn, replayed) = crate::spool::recover(&db, &mut self.journal)?;
         let txn = begin(&db)?;
         // Everything acknowledged is in the database now: the tail's events were in the journal.
-        self.tail.write().unwrap_or_else(|p| p.into_inner()).clear();
+        self.tail
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear_through(next_seq - 1);
         self.next_seq = next_seq;
         self.next_lsn = next_lsn;
         self.uncheckpointed_events = 0;
@@ -1323,7 +1332,10 @@ impl Writer {
             .expect("an open write transaction while not failed");
         commit_checkpoint(txn, self.next_lsn - 1, self.journal.head_offset())?;
         self.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
-        self.tail.write().unwrap_or_else(|p| p.into_inner()).clear();
+        self.tail
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear_through(self.next_seq - 1);
         self.journal.release_to(self.journal.head());
         self.uncheckpointed_events = 0;
         self.last_checkpoint = Instant::now();
