@@ -193,13 +193,20 @@ fn a_full_ring_waits_for_the_background_checkpoint_and_then_proceeds() {
 
 #[test]
 fn a_crash_in_the_middle_of_a_background_checkpoint_loses_no_acknowledged_append() {
+    let mut appended_during_commits = 0;
     for seed in 1..=8u64 {
         let disk = SimDisk::new();
         let spool = Spool::open_with_storage(disk.storage(), ring_config()).expect("open");
-        disk.hold_header_writes(DB_FILE);
         let _release = ReleaseOnDrop(&disk);
         let acked = Arc::new(Mutex::new(Vec::new()));
         let thread = appender(spool.clone(), 200, acked.clone());
+        // Let checkpoints commit over more than a lap first (each append is a ninth of the
+        // ring), so the commit that dies starts mid-file and its frames wrap.
+        let lapped = 10 + seed as usize;
+        wait_until(&disk, "a lap of the ring", || {
+            acked.lock().unwrap().len() >= lapped
+        });
+        disk.hold_header_writes(DB_FILE);
         wait_until(
             &disk,
             "a background commit to reach its header write",
@@ -207,15 +214,14 @@ fn a_crash_in_the_middle_of_a_background_checkpoint_loses_no_acknowledged_append
         );
         let at_commit = acked.lock().unwrap().len();
         // Appends go on behind the commit until the ring is full: these live only in the
-        // journal, past the start the database records.
+        // journal, past the start the database records. (How many depends on how far the
+        // last committed checkpoint lags; some seeds find the ring full at once.)
         wait_until(&disk, "the ring to fill behind the commit", || {
             spool.journal_full_waits() >= 1
         });
-        let before_crash = acked.lock().unwrap().len();
-        assert!(
-            before_crash > at_commit,
-            "seed {seed}: appends were acknowledged during the commit ({at_commit} then {before_crash})"
-        );
+        if acked.lock().unwrap().len() > at_commit {
+            appended_during_commits += 1;
+        }
         // Power fails in the middle of the commit: it writes part of its pages, and fails.
         disk.crash();
         disk.release();
@@ -236,6 +242,10 @@ fn a_crash_in_the_middle_of_a_background_checkpoint_loses_no_acknowledged_append
             &format!("kill in a background commit, seed {seed}"),
         );
     }
+    assert!(
+        appended_during_commits > 0,
+        "in some runs appends were acknowledged while the commit that died was in flight"
+    );
 }
 
 #[test]
