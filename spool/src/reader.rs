@@ -29,6 +29,11 @@ use crate::types::{Filter, Parked, RecordedEvent, Seq, StreamId, StreamVersion};
 /// tail's lock briefly; a bound keeps them short so the writer is never held up.
 pub const READ_EVENTS_MAX: usize = 10_000;
 
+/// The most times a read begins again because a checkpoint trimmed the tail between its database
+/// read and its look at the tail. Each retry needs another commit in between, so reaching it
+/// means the tail was trimmed ahead of the database: an error, not a loop.
+const VIEW_TRIES_MAX: usize = 64;
+
 /// The writer's database, which the writer replaces when it reopens the spool after a failed
 /// write (redb refuses every operation after an I/O error until the database is reopened).
 /// Empty while the reopen is under way.
@@ -632,9 +637,9 @@ impl SpoolReader {
     /// tail's lock meanwhile would stop the writer's next append behind a background checkpoint.
     /// If a checkpoint committed and trimmed the tail between the two, the transaction misses
     /// what the tail let go of: read again (each retry follows a newer commit, and commits come
-    /// far apart, so this ends).
+    /// far apart, so one retry is the most a read meets in practice).
     fn view(&self) -> Result<View<'_>> {
-        loop {
+        for _ in 0..VIEW_TRIES_MAX {
             let txn = self.db.begin_read()?;
             let db_last_seq = {
                 let meta = tables::read_meta(&txn)?;
@@ -649,6 +654,9 @@ impl SpoolReader {
                 });
             }
         }
+        Err(SpoolError::corrupted(format!(
+            "the tail was trimmed past the database's last seq in {VIEW_TRIES_MAX} reads in a row: a checkpoint must be visible before the tail lets go of it"
+        )))
     }
 
     fn detached(&self) -> Result<Detached> {

@@ -87,12 +87,19 @@ const _: () = assert!(SPOOL_GROUP_REQUESTS_MAX <= SPOOL_QUEUE_REQUESTS_MAX);
 const _: () = assert!(SPOOL_BATCH_BYTES_MAX <= SPOOL_GROUP_BYTES_MAX);
 
 /// The most appends queued for the apply thread ([`crate::SpoolConfig::apply_on_thread`]). A
-/// full queue makes the writer wait: it bounds the memory of records not yet in redb (each append
-/// at most [`SPOOL_BATCH_BYTES_MAX`]) and keeps the apply thread at most this far behind. It also
-/// bounds how many appends the writer journals while a background checkpoint commits (the
-/// thread inserts nothing meanwhile): at batches of 1000 about 8 ms of appends, less than a
-/// slow disk's commit. Measuring a byte bound instead is left for later.
-pub const SPOOL_APPLY_QUEUE_APPENDS_MAX: usize = 8;
+/// full queue makes the writer wait. A queued append's records are the tail's own (shared, not
+/// copied), so the queue costs little memory of its own; what it bounds is how far the apply
+/// thread may lag, and so how many appends the writer journals while a background checkpoint
+/// commits there (at batches of 1000, about 0.2 s of appends, more than a slow disk's commit).
+pub const SPOOL_APPLY_QUEUE_APPENDS_MAX: usize = 256;
+
+/// The most queued appends that still carry their callers' events for the apply thread to free.
+/// Beyond it (the apply thread is busy, typically committing a checkpoint) the writer frees them
+/// itself: it bounds the memory of events already encoded (each append at most
+/// [`SPOOL_BATCH_BYTES_MAX`] of them) at this many appends, as the queue's former length did.
+pub const SPOOL_APPLY_QUEUE_SPENT_MAX: usize = 8;
+
+const _: () = assert!(SPOOL_APPLY_QUEUE_SPENT_MAX <= SPOOL_APPLY_QUEUE_APPENDS_MAX);
 
 /// What the writer asks its apply thread.
 enum ApplyJob {
@@ -138,6 +145,8 @@ struct Applier {
     done: std::sync::mpsc::Receiver<Result<()>>,
     /// Whether the apply thread holds the transaction.
     holds: bool,
+    /// Queued appends that carry their callers' events, counted down by the apply thread.
+    spent_queued: Arc<std::sync::atomic::AtomicUsize>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -146,9 +155,11 @@ impl Applier {
         let (jobs, rx) = std::sync::mpsc::sync_channel(SPOOL_APPLY_QUEUE_APPENDS_MAX);
         let (back_tx, back) = std::sync::mpsc::sync_channel(1);
         let (done_tx, done) = std::sync::mpsc::sync_channel(1);
+        let spent_queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let spent = spent_queued.clone();
         let thread = std::thread::Builder::new()
             .name("spool-apply".into())
-            .spawn(move || apply_loop(&rx, &back_tx, &done_tx, inserts))
+            .spawn(move || apply_loop(&rx, &back_tx, &done_tx, &spent, inserts))
             .map_err(|source| SpoolError::Io {
                 path: PathBuf::new(),
                 action: "starting the spool's apply thread",
@@ -159,6 +170,7 @@ impl Applier {
             back,
             done,
             holds: false,
+            spent_queued,
             thread: Some(thread),
         })
     }
@@ -180,6 +192,18 @@ impl Applier {
         if !self.holds {
             return Err(Self::lost());
         }
+        let job = match job {
+            ApplyJob::Insert(batch, spent) if !spent.is_empty() => {
+                if self.spent_queued.load(Ordering::Acquire) < SPOOL_APPLY_QUEUE_SPENT_MAX {
+                    self.spent_queued.fetch_add(1, Ordering::AcqRel);
+                    ApplyJob::Insert(batch, spent)
+                } else {
+                    drop(spent);
+                    ApplyJob::Insert(batch, Vec::new())
+                }
+            }
+            other => other,
+        };
         self.jobs.send(job).map_err(|_| Self::lost())
     }
 
@@ -211,6 +235,7 @@ fn apply_loop(
     jobs: &std::sync::mpsc::Receiver<ApplyJob>,
     back: &std::sync::mpsc::SyncSender<Result<WriteTransaction>>,
     done: &std::sync::mpsc::SyncSender<Result<()>>,
+    spent_queued: &std::sync::atomic::AtomicUsize,
     inserts: tables::EventInserts,
 ) {
     let mut txn: Option<WriteTransaction> = None;
@@ -225,7 +250,10 @@ fn apply_loop(
                 {
                     error = Some(e);
                 }
-                drop(spent);
+                if !spent.is_empty() {
+                    drop(spent);
+                    spent_queued.fetch_sub(1, Ordering::AcqRel);
+                }
             }
             ApplyJob::Ack(cursor, seq) => {
                 if error.is_none()

@@ -27,9 +27,8 @@ fn ring_config() -> SpoolConfig {
 /// An event body large enough that one append is 1/40 of the journal.
 const BODY_BYTES: usize = 1500;
 
-/// A body that fills a ninth of the journal: the ring fills behind a held commit before the
-/// apply thread's queue does (`SPOOL_APPLY_QUEUE_APPENDS_MAX`, 8), which would stop the writer
-/// first.
+/// A body that fills a ninth of the journal: the ring fills behind a held commit within a few
+/// appends, long before the apply thread's queue (`SPOOL_APPLY_QUEUE_APPENDS_MAX`) would.
 const HUGE_BODY_BYTES: usize = 7000;
 
 fn big_body(n: usize) -> Vec<u8> {
