@@ -140,19 +140,22 @@
 //! 150–190 ms) and for the caller's wake-up between batches (54–170 ms); the raw journal pays
 //! neither. Taking the commit off the appends' path needed the journal to keep the frames
 //! written during a commit in progress, which layout 2 (the ring) does. On 2026-12-02 with the
-//! commit in the background, beside the synchronous commit in the same runs (median of three
-//! rounds; the figures swing with the disk's state more than with the code): at a quiet disk
-//! (the raw journal at 4.6-5.8 M events/s, load 0.7-1.1) 1.38-1.51 M events/s, 1.99-2.08×
-//! SQLite and 0.24-0.30× the raw journal, the synchronous commit 0.21-0.34× (0.89-1.12× of
-//! it, a tie); at a busy disk (raw 0.26-0.53 M events/s, load 1.4-3.1, and 1 M events per
-//! figure) 1.46-1.69× SQLite and 0.69-1.18× the raw journal, 1.13-1.38× the synchronous
-//! commit. With no checkpoint at all in the timed 100k events
-//! (`SPOOL_BENCH_CHECKPOINT_EVENTS=200000`, former binary, quiet disk) it made 0.37× the raw
-//! journal, so at a quiet disk the commit was no longer what keeps the spool from 0.5×: the
-//! writer's own CPU is, about 0.49 µs per event against the raw journal's 0.17-0.23 µs of
-//! wall time per event (`perf` of the writer: building and CRC-checking the frame about 30 %,
-//! encoding about 15 %, `pwrite` and softirqs most of the rest), plus the caller's wake-up per
-//! batch. Single appends: p50 1.00× and p99 1.04× the floor (before: 1.02× and 1.40×).
+//! commit in the background and the apply queue long enough for the writer to journal on during
+//! it, beside the synchronous commit in the same runs (median of three rounds; the figures swing
+//! with the disk's state more than with the code), at a quiet disk (the raw journal at 4.8-5.7 M
+//! events/s, load 1.9-2.7): 1.34-1.49 M events/s, 1.89-2.14× SQLite (worst round 1.88×) and
+//! 0.24-0.31× the raw journal (worst 0.21×), the synchronous commit 0.25-0.26× (now / then
+//! 0.96-1.21×); with 1 M events per figure 1.85-1.87 M events/s, 2.52-2.63× SQLite and
+//! 0.33-0.35× the raw journal, 1.36-2.02× the synchronous commit. At a busy disk (raw 0.26-0.53
+//! M events/s, load 1.4-3.1) 1.46-1.69× SQLite and 0.69-1.18× the raw journal. With no
+//! checkpoint at all in the timed 100k events (`SPOOL_BENCH_CHECKPOINT_EVENTS=200000`, former
+//! binary, quiet disk) the spool made 0.37× the raw journal, so at a quiet disk the commit is
+//! not what keeps it from 0.5×: the writer's own CPU is, about 0.49 µs per event against the raw
+//! journal's 0.17-0.23 µs of wall time per event (`perf` of the writer: building and
+//! CRC-checking the frame, software CRC-32C, about 30 %; encoding about 15 %; `pwrite` and
+//! softirqs most of the rest), plus the caller's wake-up per batch. Single appends did not get
+//! worse: p50 0.85-0.97× and p99 0.87-1.34× the floor, the former binary 0.77-0.93× and
+//! 0.85-1.08× in the same minutes.
 //! ready to append in 19–44 ms; 4.5 KiB written per event at 10 events/s (floor 4.2 KiB). Segment files were the alternative for bounded restart; quick-repair plus a
 //! bounded journal replay met the bar without them.
 //!
