@@ -147,7 +147,8 @@
 //! 0.24-0.31× the raw journal (worst 0.21×), the synchronous commit 0.25-0.26× (now / then
 //! 0.96-1.21×); with 1 M events per figure 1.85-1.87 M events/s, 2.52-2.63× SQLite and
 //! 0.33-0.35× the raw journal, 1.36-2.02× the synchronous commit. At a busy disk (raw 0.26-0.53
-//! M events/s, load 1.4-3.1) 1.46-1.69× SQLite and 0.69-1.18× the raw journal. With no
+//! M events/s, load 1.4-3.1; measured with the apply queue at 8 and at 64, not the final
+//! 256) 1.46-1.69× SQLite and 0.69-1.18× the raw journal. With no
 //! checkpoint at all in the timed 100k events (`SPOOL_BENCH_CHECKPOINT_EVENTS=200000`, former
 //! binary, quiet disk) the spool made 0.37× the raw journal, so at a quiet disk the commit is
 //! not what keeps it from 0.5×: the writer's own CPU is, about 0.49 µs per event against the raw
