@@ -24,6 +24,8 @@
 //! | `SPOOL_BENCH_ONLY` | all | comma-separated sections: latency, throughput, read, reopen, wear |
 //! | `SPOOL_BENCH_APPENDERS` | 1,8,64 | comma-separated thread counts of the single-event figures (empty: none) |
 //! | `SPOOL_BENCH_BATCHES` | 1,10,100,1000 | comma-separated batch sizes of the throughput section (to profile one) |
+//! | `SPOOL_BENCH_CHECKPOINT_EVENTS` | 20000 | the spool's `checkpoint_events` (what checkpoints cost) |
+//! | `SPOOL_BENCH_WRITER_APPLY` | unset | set: also the inserts on the writer thread (`apply_on_thread: false`) at batches of 100 and more |
 //! | `SPOOL_BENCH_PER_KEY` | unset | set: also the per-event inserts (`appended_event_inserts: false`) at batches of 100 and more |
 
 use std::fs::OpenOptions;
@@ -130,8 +132,16 @@ fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
+/// The spool's configuration in every section: the default, but for the checkpoint size when
+/// `SPOOL_BENCH_CHECKPOINT_EVENTS` sets it (to measure what the checkpoint's frequency costs).
 fn config() -> SpoolConfig {
-    SpoolConfig::default()
+    SpoolConfig {
+        checkpoint_events: env_usize(
+            "SPOOL_BENCH_CHECKPOINT_EVENTS",
+            spool::SPOOL_CHECKPOINT_EVENTS_DEFAULT,
+        ),
+        ..SpoolConfig::default()
+    }
 }
 
 /// The floor: append a record and fdatasync, to a file in the same directory.
@@ -514,16 +524,27 @@ fn main() {
             let mut sqlite_rates = Vec::new();
             let mut raw_rates = Vec::new();
             // The former ways beside the current one, so each gain is a ratio from this run
-            // (only where batches are large enough for it to show): inserts on the writer
-            // between its syncs, and (with SPOOL_BENCH_PER_KEY=1) per-event B-tree inserts.
+            // (only where batches are large enough for it to show): checkpoints committed on
+            // the writer with appends stopped, (with SPOOL_BENCH_WRITER_APPLY=1) inserts on the
+            // writer between its syncs, and (with SPOOL_BENCH_PER_KEY=1) per-event inserts.
             let mut before: Vec<(&str, SpoolConfig, Vec<f64>)> = vec![(
-                "spool applying on the writer thread (before)",
+                "spool committing checkpoints on the writer (before)",
                 SpoolConfig {
-                    apply_on_thread: false,
+                    background_checkpoints: false,
                     ..config()
                 },
                 Vec::new(),
             )];
+            if std::env::var_os("SPOOL_BENCH_WRITER_APPLY").is_some() {
+                before.push((
+                    "spool applying on the writer thread",
+                    SpoolConfig {
+                        apply_on_thread: false,
+                        ..config()
+                    },
+                    Vec::new(),
+                ));
+            }
             if std::env::var_os("SPOOL_BENCH_PER_KEY").is_some() {
                 before.push((
                     "spool with per-event inserts",

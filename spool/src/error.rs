@@ -121,6 +121,17 @@ pub enum SpoolError {
         source: postcard::Error,
     },
 
+    /// The spool's stored layout is not one this release knows (written by a newer release).
+    #[error(
+        "spool layout {found} is not one this release reads (it reads layout {supported} and migrates older ones)"
+    )]
+    UnknownLayout {
+        /// The layout found in the spool's meta.
+        found: u64,
+        /// The layout this release writes.
+        supported: u64,
+    },
+
     /// A stored invariant does not hold: the file is corrupted.
     #[error("corrupted spool: {what}")]
     Corrupted {

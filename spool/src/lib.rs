@@ -61,24 +61,37 @@
 //!
 //! - **The journal is the acknowledgement point.** One writer thread takes everything queued
 //!   (group commit: many appends, one write and one `fdatasync`); a lone append commits at
-//!   once. The journal is preallocated and zero-filled, written in place from offset 0 in
-//!   page-sized writes, so a sync flushes one data page and never file metadata.
+//!   once. The journal is preallocated and zero-filled, written in place in page-sized writes,
+//!   so a sync flushes one data page and never file metadata. It is a ring: frames follow each
+//!   other, and one that does not fit before the end goes to offset 0.
 //! - **redb is the indexed store.** A second thread applies each acknowledged append to one
 //!   long-lived write transaction while the writer validates, journals and syncs the next ones
 //!   (handed over once its group is durable and answered, so a lone append's sync never waits
 //!   behind its own inserts; [`SpoolConfig::apply_on_thread`]; validation reads the appends staged in the group, the
 //!   tail and the last checkpoint, which together are what the transaction holds). The
-//!   transaction goes back to the writer for acks, direct operations and checkpoints, and is
-//!   committed durably (with quick-repair, so a crash never needs a full-file
-//!   repair) at *checkpoints*. Checkpoints come every
-//!   [`SpoolConfig::checkpoint_events`] events, every [`SpoolConfig::checkpoint_interval`],
-//!   when the journal fills, and for rare operations that are committed directly (park,
-//!   projections, snapshots, retention). After a checkpoint the journal restarts at offset 0.
+//!   transaction goes back to the writer for direct operations, and is committed durably (with
+//!   quick-repair, so a crash never needs a full-file repair) at *checkpoints*. Checkpoints come
+//!   every [`SpoolConfig::checkpoint_events`] events, every [`SpoolConfig::checkpoint_interval`],
+//!   after a quarter of the journal, and for rare operations that are committed directly (park,
+//!   projections, snapshots, retention). The apply thread commits a checkpoint *in the
+//!   background* ([`SpoolConfig::background_checkpoints`]) while the writer journals the next
+//!   appends behind it: the checkpoint records the journal offset of the first frame it does not
+//!   hold, the writer never overwrites the ring from the last *committed* checkpoint's start on
+//!   (when the ring is full, appends wait for the commit: back-pressure, never loss), and only
+//!   once the commit is visible does the writer move that start and let the tail go of what the
+//!   commit holds. Everything that needs the transaction (direct operations, retention, the cap,
+//!   a synchronous checkpoint) waits for a commit in flight first; a failed background commit
+//!   fails the writer as a failed checkpoint does, and the reopen replays the ring. At most one
+//!   commit is in flight, so the tail holds at most about two checkpoints' worth of events and
+//!   never more than the journal's bytes, and a replay at open is bounded the same way.
 //! - **Reads merge the two.** Acknowledged events since the last checkpoint are kept in memory
 //!   (the tail: each append's records as journaled, one buffer per append shared with the apply
 //!   thread, with a run index per stream and the idempotency keys) and merged into every read,
 //!   which decodes them as it decodes the database's; a read-only open rebuilds the tail by
-//!   scanning the journal.
+//!   scanning the journal. A read begins its database transaction before it takes the tail
+//!   (redb's `begin_read` waits while a commit syncs, and the writer must not wait behind a
+//!   reader that waits for the background commit), and reads again if a checkpoint trimmed the
+//!   tail in between.
 //! - **Open replays the journal**: frames after the checkpoint are applied and checkpointed,
 //!   bounded by the checkpoint size, so reopening after kill -9 takes redb's quick-repair open
 //!   plus at most one checkpoint's worth of replay, whatever the spool's size.
@@ -125,8 +138,25 @@
 //! time (the writer's loop timed, load 4.5, per 100k events), besides the journal's syncs
 //! (270–350 ms), appends wait for the checkpoint commits (one every 20,000 events, 23–55 ms each:
 //! 150–190 ms) and for the caller's wake-up between batches (54–170 ms); the raw journal pays
-//! neither. Taking the commit off the appends' path would need the journal to keep the frames
-//! written during a commit in progress, a change of its layout, not made here.
+//! neither. Taking the commit off the appends' path needed the journal to keep the frames
+//! written during a commit in progress, which layout 2 (the ring) does. On 2026-12-02 with the
+//! commit in the background and the apply queue long enough for the writer to journal on during
+//! it, beside the synchronous commit in the same runs (median of three rounds; the figures swing
+//! with the disk's state more than with the code), at a quiet disk (the raw journal at 4.8-5.7 M
+//! events/s, load 1.9-2.7): 1.34-1.49 M events/s, 1.89-2.14× SQLite (worst round 1.88×) and
+//! 0.24-0.31× the raw journal (worst 0.21×), the synchronous commit 0.25-0.26× (now / then
+//! 0.96-1.21×); with 1 M events per figure 1.85-1.87 M events/s, 2.52-2.63× SQLite and
+//! 0.33-0.35× the raw journal, 1.36-2.02× the synchronous commit. At a busy disk (raw 0.26-0.53
+//! M events/s, load 1.4-3.1; measured with the apply queue at 8 and at 64, not the final
+//! 256) 1.46-1.69× SQLite and 0.69-1.18× the raw journal. With no
+//! checkpoint at all in the timed 100k events (`SPOOL_BENCH_CHECKPOINT_EVENTS=200000`, former
+//! binary, quiet disk) the spool made 0.37× the raw journal, so at a quiet disk the commit is
+//! not what keeps it from 0.5×: the writer's own CPU is, about 0.49 µs per event against the raw
+//! journal's 0.17-0.23 µs of wall time per event (`perf` of the writer: building and
+//! CRC-checking the frame, software CRC-32C, about 30 %; encoding about 15 %; `pwrite` and
+//! softirqs most of the rest), plus the caller's wake-up per batch. Single appends did not get
+//! worse: p50 0.85-0.97× and p99 0.87-1.34× the floor, the former binary 0.77-0.93× and
+//! 0.85-1.08× in the same minutes.
 //! ready to append in 19–44 ms; 4.5 KiB written per event at 10 events/s (floor 4.2 KiB). Segment files were the alternative for bounded restart; quick-repair plus a
 //! bounded journal replay met the bar without them.
 //!
@@ -140,18 +170,25 @@
 //!   spool.redb       redb database (ConcurrencyMode::SingleWriter)
 //!   spool.journal    preallocated journal, SpoolConfig::journal_bytes long
 //!
-//! spool.journal:
-//!   offset 0                                                          journal_bytes
-//!   +-------------+-------------+-----+-------------+- - - - - - - - - - - - - -+
-//!   | frame lsn=n | frame n+1   | ... | frame n+k   | older frames, torn bytes  |
-//!   +-------------+-------------+-----+-------------+ or zeros (ignored)        |
+//! spool.journal (layout 2, a ring):
+//!   offset 0                  journal_start                           journal_bytes
+//!   +-------------+-----+-----+-------------+-----+-------------+- - - - - - +
+//!   | frame n+j+1 | ... | old | frame lsn=n | ... | frame n+j   | unused tail |
+//!   +-------------+-----+-----+-------------+-----+-------------+- - - - - - +
+//!   n = checkpoint_lsn + 1 at journal_start (both from the database). The chain runs to the
+//!   end, and goes on at offset 0 when the next frame did not fit before the end; it never
+//!   reaches journal_start again. Layout 1: the chain always started at offset 0 and never
+//!   wrapped (the journal restarted at 0 after each checkpoint).
 //!   frame:
 //!   +----------------+----------------+-------------------------------------------+
 //!   | body len u32le | CRC-32C u32le  | body: postcard JournalFrame::V1 { lsn, op }|
 //!   +----------------+----------------+-------------------------------------------+
 //!   op: Append { records: Vec<StoredRecord> } | Ack { cursor, seq }
-//!   n = checkpoint_lsn + 1 (from the database). A scan stops at the first frame whose
-//!   CRC fails, whose length runs past the end, or whose lsn does not continue the chain.
+//!   A scan from journal_start stops at the first frame whose CRC fails, whose length runs past
+//!   the end, or whose lsn does not continue the chain; there it tries offset 0 once (a wrap),
+//!   up to journal_start. Recovery then checkpoints everything, skips a group's worth of lsns
+//!   (so frames a dying writer left past the chain's end never pass for new ones) and restarts
+//!   the ring at offset 0.
 //!
 //! spool.redb tables:
 //!   events        u64 seq            -> postcard StoredRecord::V1 { seq, stream, version,
@@ -166,7 +203,16 @@
 //!   parked        (cursor, seq)      -> postcard ParkedRow::V1 { reason, parked_at_us }
 //!   projections   name               -> postcard ProjectionRow::V1 { checkpoint, state }
 //!   snapshots     stream             -> postcard SnapshotRow::V1 { version, state }
-//!   meta          "checkpoint_lsn" | "last_seq" | "first_seq" | "layout" -> u64
+//!   spool_meta    "checkpoint_lsn" | "journal_start" | "last_seq" | "first_seq" | "layout"
+//!                                    -> u64 (layout 2; layout 1 kept these in `meta`)
+//!   meta          "moved" -> bytes   (layout 2: a table of another type under layout 1's
+//!                                     meta name, so a layout-1 release, which never checked
+//!                                     "layout", fails to open the spool with a table type
+//!                                     mismatch instead of misreading the ring)
+//!
+//! A writer of layout 2 migrates a layout-1 spool on open (meta moved, journal_start 0, in the
+//! transaction that replays its journal) and refuses a layout it does not know
+//! (SpoolError::UnknownLayout).
 //! ```
 //!
 //! Assumptions about the disk, as redb's: `fdatasync` returning means the data is durable; a

@@ -29,6 +29,11 @@ use crate::types::{Filter, Parked, RecordedEvent, Seq, StreamId, StreamVersion};
 /// tail's lock briefly; a bound keeps them short so the writer is never held up.
 pub const READ_EVENTS_MAX: usize = 10_000;
 
+/// The most times a read begins again because a checkpoint trimmed the tail between its database
+/// read and its look at the tail. Each retry needs another commit in between, so reaching it
+/// means the tail was trimmed ahead of the database: an error, not a loop.
+const VIEW_TRIES_MAX: usize = 64;
+
 /// The writer's database, which the writer replaces when it reopens the spool after a failed
 /// write (redb refuses every operation after an I/O error until the database is reopened).
 /// Empty while the reopen is under way.
@@ -110,13 +115,17 @@ pub(crate) struct Tail {
     /// Events in `batches`.
     events: usize,
     /// Each stream's runs of consecutive versions and seqs, in version order (one per append).
-    streams: TailMap<Vec<tables::Run>>,
+    streams: TailMap<VecDeque<tables::Run>>,
     /// Each idempotency key's seq and version.
     keys: TailMap<(u64, StreamVersion)>,
     pub(crate) cursors: HashMap<String, u64>,
     /// Counts clears and replacements: a reader that let go of the lock knows the tail it saw
     /// still continues its read transaction only while this is unchanged.
     pub(crate) generation: u64,
+    /// The last seq the tail let go of because a committed checkpoint holds it: a read
+    /// transaction that does not reach it began before that commit, and would miss the events
+    /// between the two.
+    trimmed_through: u64,
 }
 
 impl Tail {
@@ -139,9 +148,10 @@ impl Tail {
                 count,
             };
             match self.streams.get_mut(stream) {
-                Some(runs) => runs.push(run),
+                Some(runs) => runs.push_back(run),
                 None => {
-                    self.streams.insert(stream.to_owned(), vec![run]);
+                    self.streams
+                        .insert(stream.to_owned(), VecDeque::from([run]));
                 }
             }
         }
@@ -159,7 +169,7 @@ impl Tail {
 
     /// A stream's last version in the tail, if the tail holds any of its events.
     pub(crate) fn head(&self, stream: &str) -> Option<StreamVersion> {
-        let run = self.streams.get(stream)?.last()?;
+        let run = self.streams.get(stream)?.back()?;
         Some(run.first_version + run.count - 1)
     }
 
@@ -257,10 +267,50 @@ impl Tail {
         Ok(())
     }
 
-    pub(crate) fn clear(&mut self) {
+    /// Drop the appends up to `seq` once a committed checkpoint holds them (readers find them in
+    /// the database from then on), keeping the later ones; a new generation. Acknowledged cursor
+    /// positions stay: they only grow, and readers take the larger of the tail's and the
+    /// database's.
+    pub(crate) fn trim_through(&mut self, seq: u64) {
+        while let Some(batch) = self.batches.front() {
+            if batch.first_seq() + batch.rows.len() as u64 - 1 > seq {
+                break;
+            }
+            for (stream, first_version, first_seq, count) in batch.rows.runs() {
+                let runs = self
+                    .streams
+                    .get_mut(stream)
+                    .expect("every run of a tail batch is indexed under its stream");
+                let front = runs
+                    .pop_front()
+                    .expect("every run of a tail batch is indexed under its stream");
+                assert_eq!(
+                    (front.first_version, front.first_seq, front.count),
+                    (first_version, first_seq, count),
+                    "a stream's runs in the tail must be in seq order"
+                );
+                if runs.is_empty() {
+                    self.streams.remove(stream);
+                }
+            }
+            for (key, seq, _) in batch.rows.keys() {
+                if self.keys.get(key).is_some_and(|&(s, _)| s == seq) {
+                    self.keys.remove(key);
+                }
+            }
+            self.events -= batch.rows.len();
+            self.batches.pop_front();
+        }
+        self.trimmed_through = self.trimmed_through.max(seq);
+        self.generation += 1;
+    }
+
+    /// Drop everything: a committed checkpoint holds every seq up to `seq`, the last appended.
+    pub(crate) fn clear_through(&mut self, seq: u64) {
         let generation = self.generation + 1;
         *self = Tail {
             generation,
+            trimmed_through: self.trimmed_through.max(seq),
             ..Tail::default()
         };
     }
@@ -293,6 +343,7 @@ pub(crate) struct Counters {
     pub(crate) rejected_appends: AtomicU64,
     pub(crate) commits: AtomicU64,
     pub(crate) checkpoints: AtomicU64,
+    pub(crate) journal_full_waits: AtomicU64,
     pub(crate) retained_deleted_events: AtomicU64,
     pub(crate) spool_full: AtomicBool,
     pub(crate) db_allocated_bytes: AtomicU64,
@@ -414,6 +465,9 @@ pub struct Stats {
     pub commits: u64,
     /// Checkpoints into the database since open.
     pub checkpoints: u64,
+    /// Times since open that the journal's ring was full and appends waited for a checkpoint
+    /// to commit (often: the disk cannot keep up with the checkpoints, or the journal is small).
+    pub journal_full_waits: u64,
     /// Events deleted by retention since open.
     pub retention_deleted_events: u64,
     /// Whether the last append found the spool full.
@@ -542,14 +596,16 @@ impl SpoolReader {
         // The writer may checkpoint and restart the journal while we scan it: then the frames
         // after our checkpoint are gone from the journal but in the database; try again.
         let mut tail = Tail::default();
+        // It overwrites journal bytes only behind a committed checkpoint, so frames read while
+        // the checkpoint we started from is still the last one are intact.
         for _ in 0..3 {
-            let lsn_before = self.checkpoint_lsn()?;
-            let (frames, _) = crate::journal::scan(journal.as_ref(), capacity, lsn_before)?;
+            let (lsn_before, start) = self.checkpoint_position()?;
+            let (frames, _) = crate::journal::scan(journal.as_ref(), capacity, lsn_before, start)?;
             tail = Tail::default();
             for frame in &frames {
                 tail.apply_frame(frame)?;
             }
-            if self.checkpoint_lsn()? == lsn_before {
+            if self.checkpoint_position()?.0 == lsn_before {
                 break;
             }
         }
@@ -560,10 +616,14 @@ impl SpoolReader {
         Ok(())
     }
 
-    fn checkpoint_lsn(&self) -> Result<u64> {
+    /// The last checkpoint's lsn and the journal offset of the frame after it.
+    fn checkpoint_position(&self) -> Result<(u64, u64)> {
         let txn = self.db.begin_read()?;
-        let meta = txn.open_table(tables::META).ctx("opening meta")?;
-        tables::meta(&meta, tables::META_CHECKPOINT_LSN)
+        let meta = tables::read_meta(&txn)?;
+        Ok((
+            tables::meta(&meta, tables::META_CHECKPOINT_LSN)?,
+            tables::meta(&meta, tables::META_JOURNAL_START)?,
+        ))
     }
 
     /// A read transaction of the committed database alone (state kept only there: projections,
@@ -572,18 +632,31 @@ impl SpoolReader {
         self.db.begin_read()
     }
 
+    /// The database and the tail as one: the read transaction first, then the tail. Not the
+    /// other way round: redb's `begin_read` waits while a commit syncs, and a reader holding the
+    /// tail's lock meanwhile would stop the writer's next append behind a background checkpoint.
+    /// If a checkpoint committed and trimmed the tail between the two, the transaction misses
+    /// what the tail let go of: read again (each retry follows a newer commit, and commits come
+    /// far apart, so one retry is the most a read meets in practice).
     fn view(&self) -> Result<View<'_>> {
-        let tail = self.tail.read().unwrap_or_else(|p| p.into_inner());
-        let txn = self.db.begin_read()?;
-        let db_last_seq = {
-            let meta = txn.open_table(tables::META).ctx("opening meta")?;
-            tables::meta(&meta, tables::META_LAST_SEQ)?
-        };
-        Ok(View {
-            tail,
-            txn,
-            db_last_seq,
-        })
+        for _ in 0..VIEW_TRIES_MAX {
+            let txn = self.db.begin_read()?;
+            let db_last_seq = {
+                let meta = tables::read_meta(&txn)?;
+                tables::meta(&meta, tables::META_LAST_SEQ)?
+            };
+            let tail = self.tail.read().unwrap_or_else(|p| p.into_inner());
+            if tail.trimmed_through <= db_last_seq {
+                return Ok(View {
+                    tail,
+                    txn,
+                    db_last_seq,
+                });
+            }
+        }
+        Err(SpoolError::corrupted(format!(
+            "the tail was trimmed past the database's last seq in {VIEW_TRIES_MAX} reads in a row: a checkpoint must be visible before the tail lets go of it"
+        )))
     }
 
     fn detached(&self) -> Result<Detached> {
@@ -729,7 +802,7 @@ impl SpoolReader {
                 .open_table(tables::STREAM_RUNS)
                 .ctx("opening stream runs")?;
             let events = view.txn.open_table(tables::EVENTS).ctx("opening events")?;
-            let meta = view.txn.open_table(tables::META).ctx("opening meta")?;
+            let meta = tables::read_meta(&view.txn)?;
             let first_seq = tables::meta(&meta, tables::META_FIRST_SEQ)?;
             let start = tables::run_containing(&runs, stream.as_str(), next_version)?
                 .map_or(next_version, |run| run.first_version);
@@ -893,7 +966,7 @@ impl SpoolReader {
     /// Counts, sizes, oldest and newest, and every cursor's backlog.
     pub fn stats(&self) -> Result<Stats> {
         let view = self.view()?;
-        let meta = view.txn.open_table(tables::META).ctx("opening meta")?;
+        let meta = tables::read_meta(&view.txn)?;
         let first_seq = tables::meta(&meta, tables::META_FIRST_SEQ)?.max(1);
         let last_seq = view.tail.last_seq().unwrap_or(0).max(view.db_last_seq);
         let events = (last_seq + 1).saturating_sub(first_seq);
@@ -975,6 +1048,7 @@ impl SpoolReader {
             rejected_appends: c.rejected_appends.load(Ordering::Relaxed),
             commits: c.commits.load(Ordering::Relaxed),
             checkpoints: c.checkpoints.load(Ordering::Relaxed),
+            journal_full_waits: c.journal_full_waits.load(Ordering::Relaxed),
             retention_deleted_events: c.retained_deleted_events.load(Ordering::Relaxed),
             spool_full: c.spool_full.load(Ordering::Relaxed),
         })
@@ -989,6 +1063,12 @@ impl SpoolReader {
             acked: view.cursor(name)?,
             head: Seq(head),
         })
+    }
+
+    /// Times since open that the journal's ring was full and appends waited for a checkpoint's
+    /// commit (as [`Stats::journal_full_waits`], without reading the database).
+    pub fn journal_full_waits(&self) -> u64 {
+        self.counters.journal_full_waits.load(Ordering::Relaxed)
     }
 
     /// Append calls refused since this process opened the spool (bad input, wrong expected version,
@@ -1106,7 +1186,7 @@ mod tests {
         let mut names: Vec<&str> = tail.stream_names().collect();
         names.sort_unstable();
         assert_eq!(names, ["decoder/a", "decoder/b", "node"]);
-        tail.clear();
+        tail.clear_through(0);
         assert_eq!(
             (tail.len(), tail.last_seq(), tail.head("node")),
             (0, None, None)

@@ -1,6 +1,6 @@
 //! The redb tables and the writes every path (live append, journal replay) shares.
 
-use redb::{ReadableTable, TableDefinition, WriteTransaction};
+use redb::{ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{DbContext, Result, SpoolError};
@@ -20,8 +20,17 @@ pub(crate) const STREAM_HEADS: TableDefinition<'_, &str, u64> =
     TableDefinition::new("stream_heads");
 /// idempotency key → seq. Kept after retention, so a late retry is still recognised.
 pub(crate) const IDEMPOTENCY: TableDefinition<'_, &str, u64> = TableDefinition::new("idempotency");
-/// Spool-wide counters and positions, see the `META_*` keys.
-pub(crate) const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+/// Spool-wide counters and positions, see the `META_*` keys (layout 2 on; layout 1 kept them in
+/// [`LEGACY_META`]).
+pub(crate) const META: TableDefinition<'_, &str, u64> = TableDefinition::new("spool_meta");
+/// Layout 1's meta table, with the same keys: read when migrating a layout-1 spool, and by a
+/// reader beside a writer that has not migrated it yet.
+pub(crate) const LEGACY_META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+/// What layout 2 on keeps under layout 1's meta name: a table of another value type, so a release
+/// of layout 1 (which never checked `layout`) fails to open the spool with a table type mismatch
+/// instead of reading a missing `checkpoint_lsn` as 0, scanning the journal from offset 0 and
+/// silently dropping acknowledged events that now sit elsewhere in the ring.
+pub(crate) const META_TOMBSTONE: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
 /// cursor name → acknowledged seq.
 pub(crate) const CURSORS: TableDefinition<'_, &str, u64> = TableDefinition::new("cursors");
 /// (cursor, seq) → `ParkedRow` bytes.
@@ -38,10 +47,21 @@ pub(crate) const META_CHECKPOINT_LSN: &str = "checkpoint_lsn";
 pub(crate) const META_LAST_SEQ: &str = "last_seq";
 /// The first seq not yet deleted by retention (1 until retention runs).
 pub(crate) const META_FIRST_SEQ: &str = "first_seq";
+/// The journal offset of the first frame after `checkpoint_lsn` (layout 2 on; layout 1's
+/// journal always started at 0). The writer never overwrites journal bytes from here on until a
+/// later checkpoint moves it.
+pub(crate) const META_JOURNAL_START: &str = "journal_start";
 /// The layout version of the tables, so a later release can tell and migrate.
 pub(crate) const META_LAYOUT: &str = "layout";
-/// The current table layout.
-pub(crate) const LAYOUT_VERSION: u64 = 1;
+/// The current layout: 2, the journal is a ring whose current frames start at
+/// [`META_JOURNAL_START`] and may wrap to offset 0, and meta lives in [`META`]. Layout 1: the
+/// journal restarted at offset 0 after each checkpoint, meta in [`LEGACY_META`].
+pub(crate) const LAYOUT_VERSION: u64 = 2;
+/// The layout before the journal became a ring.
+pub(crate) const LAYOUT_LEGACY: u64 = 1;
+/// What the tombstone says, for a person looking at the file with other tools.
+const TOMBSTONE_KEY: &str = "moved";
+const TOMBSTONE_TEXT: &[u8] = b"spool meta moved to the spool_meta table at layout 2";
 
 /// A parked event as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,13 +91,90 @@ pub(crate) fn create_all(txn: &WriteTransaction) -> Result<()> {
     txn.open_table(PARKED).ctx("creating tables")?;
     txn.open_table(PROJECTIONS).ctx("creating tables")?;
     txn.open_table(SNAPSHOTS).ctx("creating tables")?;
+    let has_meta = txn
+        .list_tables()
+        .ctx("listing tables")?
+        .any(|t| t.name() == META.name());
+    let has_legacy = !has_meta
+        && txn
+            .list_tables()
+            .ctx("listing tables")?
+            .any(|t| t.name() == LEGACY_META.name());
     let mut meta = txn.open_table(META).ctx("creating tables")?;
-    if meta.get(META_LAYOUT).ctx("reading meta")?.is_none() {
-        meta.insert(META_LAYOUT, LAYOUT_VERSION)
+    if has_legacy {
+        migrate_legacy_meta(txn, &mut meta)?;
+    }
+    let layout = meta
+        .get(META_LAYOUT)
+        .ctx("reading meta")?
+        .map(|v| v.value());
+    match layout {
+        None => {
+            meta.insert(META_LAYOUT, LAYOUT_VERSION)
+                .ctx("writing meta")?;
+            meta.insert(META_FIRST_SEQ, 1).ctx("writing meta")?;
+            meta.insert(META_JOURNAL_START, 0).ctx("writing meta")?;
+        }
+        Some(LAYOUT_VERSION) => {}
+        Some(found) => {
+            return Err(SpoolError::UnknownLayout {
+                found,
+                supported: LAYOUT_VERSION,
+            });
+        }
+    }
+    drop(meta);
+    let mut tombstone = txn.open_table(META_TOMBSTONE).ctx("creating tables")?;
+    if tombstone.is_empty().ctx("reading meta")? {
+        tombstone
+            .insert(TOMBSTONE_KEY, TOMBSTONE_TEXT)
             .ctx("writing meta")?;
-        meta.insert(META_FIRST_SEQ, 1).ctx("writing meta")?;
     }
     Ok(())
+}
+
+/// Move layout 1's meta into [`META`] as layout 2. Layout 1's journal frames start at offset 0,
+/// which is where layout 2's journal start says they are; the replay that follows in the same
+/// transaction reads them as it would have. Refuses a layout it does not know.
+fn migrate_legacy_meta(
+    txn: &WriteTransaction,
+    meta: &mut redb::Table<'_, &'static str, u64>,
+) -> Result<()> {
+    {
+        let legacy = txn.open_table(LEGACY_META).ctx("opening layout 1's meta")?;
+        let layout = self::meta(&legacy, META_LAYOUT)?;
+        if layout != LAYOUT_LEGACY {
+            return Err(SpoolError::UnknownLayout {
+                found: layout,
+                supported: LAYOUT_VERSION,
+            });
+        }
+        for item in legacy.iter().ctx("reading layout 1's meta")? {
+            let (key, value) = item.ctx("reading layout 1's meta")?;
+            meta.insert(key.value(), value.value())
+                .ctx("writing meta")?;
+        }
+    }
+    meta.insert(META_LAYOUT, LAYOUT_VERSION)
+        .ctx("writing meta")?;
+    meta.insert(META_JOURNAL_START, 0).ctx("writing meta")?;
+    txn.delete_table(LEGACY_META)
+        .ctx("removing layout 1's meta")?;
+    tracing::info!("spool migrated from layout {LAYOUT_LEGACY} to {LAYOUT_VERSION}");
+    Ok(())
+}
+
+/// Open the meta table for reading: [`META`], or layout 1's [`LEGACY_META`] in a spool that a
+/// writer of this release has not opened yet (its journal start then reads as 0, as it was).
+pub(crate) fn read_meta(
+    txn: &redb::ReadTransaction,
+) -> Result<redb::ReadOnlyTable<&'static str, u64>> {
+    match txn.open_table(META) {
+        Err(redb::TableError::TableDoesNotExist(_)) => {
+            txn.open_table(LEGACY_META).ctx("opening meta")
+        }
+        other => other.ctx("opening meta"),
+    }
 }
 
 /// Read one meta value (0 when absent).

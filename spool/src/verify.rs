@@ -50,7 +50,7 @@ impl SpoolReader {
     pub fn verify(&self) -> Result<VerifyReport> {
         let mut report = VerifyReport::default();
         let txn = self.db_read()?;
-        let meta = txn.open_table(tables::META).ctx("opening meta")?;
+        let meta = tables::read_meta(&txn)?;
         let first_seq = tables::meta(&meta, tables::META_FIRST_SEQ)?.max(1);
         let runs = txn
             .open_table(tables::STREAM_RUNS)

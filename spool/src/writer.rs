@@ -16,9 +16,12 @@
 //!
 //! The database is updated in the same long-lived write transaction and committed
 //! ([`redb::Durability::Immediate`], quick-repair) at checkpoints: every
-//! [`SpoolConfig::checkpoint_events`](crate::SpoolConfig) events, every checkpoint interval, when
-//! the journal fills, and for operations that are not journaled (parking, projections,
-//! snapshots, retention).
+//! [`SpoolConfig::checkpoint_events`](crate::SpoolConfig) events, every checkpoint interval, after
+//! a quarter of the journal, and for operations that are not journaled (parking, projections,
+//! snapshots, retention). With the apply thread, a checkpoint that comes due after appends is
+//! committed there, behind the inserts queued before it, while this thread journals on (see
+//! [`crate::journal`] for the ring that keeps those frames); the others are committed here, after
+//! any commit in flight.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -84,9 +87,19 @@ const _: () = assert!(SPOOL_GROUP_REQUESTS_MAX <= SPOOL_QUEUE_REQUESTS_MAX);
 const _: () = assert!(SPOOL_BATCH_BYTES_MAX <= SPOOL_GROUP_BYTES_MAX);
 
 /// The most appends queued for the apply thread ([`crate::SpoolConfig::apply_on_thread`]). A
-/// full queue makes the writer wait: it bounds the memory of records not yet in redb (each append
-/// at most [`SPOOL_BATCH_BYTES_MAX`]) and keeps the apply thread at most this far behind.
-pub const SPOOL_APPLY_QUEUE_APPENDS_MAX: usize = 8;
+/// full queue makes the writer wait. A queued append's records are the tail's own (shared, not
+/// copied), so the queue costs little memory of its own; what it bounds is how far the apply
+/// thread may lag, and so how many appends the writer journals while a background checkpoint
+/// commits there (at batches of 1000, about 0.2 s of appends, more than a slow disk's commit).
+pub const SPOOL_APPLY_QUEUE_APPENDS_MAX: usize = 256;
+
+/// The most queued appends that still carry their callers' events for the apply thread to free.
+/// Beyond it (the apply thread is busy, typically committing a checkpoint) the writer frees them
+/// itself: it bounds the memory of events already encoded (each append at most
+/// [`SPOOL_BATCH_BYTES_MAX`] of them) at this many appends, as the queue's former length did.
+pub const SPOOL_APPLY_QUEUE_SPENT_MAX: usize = 8;
+
+const _: () = assert!(SPOOL_APPLY_QUEUE_SPENT_MAX <= SPOOL_APPLY_QUEUE_APPENDS_MAX);
 
 /// What the writer asks its apply thread.
 enum ApplyJob {
@@ -95,8 +108,30 @@ enum ApplyJob {
     /// Insert an append's records and index rows, then drop the caller's events it was encoded
     /// from: freeing their strings here keeps that work off the writer's path between syncs.
     Insert(Arc<AppendBatch>, Vec<AppendStream>),
+    /// Record a cursor's acknowledgement, journaled and synced already.
+    Ack(String, u64),
+    /// Commit the transaction as a checkpoint of everything queued before this job, answer on
+    /// the `done` channel, and go on in a new transaction: the commit's syncs and page writes
+    /// overlap the writer's next appends instead of stopping them.
+    Commit(Box<CommitJob>),
     /// Give the transaction back, or the error that stopped the inserts.
     Return,
+}
+
+/// A background checkpoint: what it records, and where to begin the next transaction.
+struct CommitJob {
+    checkpoint_lsn: u64,
+    journal_start: u64,
+    db: Arc<Database>,
+}
+
+/// A background checkpoint the writer started and has not yet seen committed.
+#[derive(Debug, Clone, Copy)]
+struct InFlight {
+    /// The journal's virtual position of the first frame it does not hold.
+    journal_start: u64,
+    /// The last seq it holds.
+    last_seq: u64,
 }
 
 /// A thread that inserts acknowledged appends into the open write transaction while the writer
@@ -106,8 +141,12 @@ enum ApplyJob {
 struct Applier {
     jobs: std::sync::mpsc::SyncSender<ApplyJob>,
     back: std::sync::mpsc::Receiver<Result<WriteTransaction>>,
+    /// The outcome of each background checkpoint, in order (at most one is in flight).
+    done: std::sync::mpsc::Receiver<Result<()>>,
     /// Whether the apply thread holds the transaction.
     holds: bool,
+    /// Queued appends that carry their callers' events, counted down by the apply thread.
+    spent_queued: Arc<std::sync::atomic::AtomicUsize>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -115,9 +154,12 @@ impl Applier {
     fn start(inserts: tables::EventInserts) -> Result<Applier> {
         let (jobs, rx) = std::sync::mpsc::sync_channel(SPOOL_APPLY_QUEUE_APPENDS_MAX);
         let (back_tx, back) = std::sync::mpsc::sync_channel(1);
+        let (done_tx, done) = std::sync::mpsc::sync_channel(1);
+        let spent_queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let spent = spent_queued.clone();
         let thread = std::thread::Builder::new()
             .name("spool-apply".into())
-            .spawn(move || apply_loop(&rx, &back_tx, inserts))
+            .spawn(move || apply_loop(&rx, &back_tx, &done_tx, &spent, inserts))
             .map_err(|source| SpoolError::Io {
                 path: PathBuf::new(),
                 action: "starting the spool's apply thread",
@@ -126,7 +168,9 @@ impl Applier {
         Ok(Applier {
             jobs,
             back,
+            done,
             holds: false,
+            spent_queued,
             thread: Some(thread),
         })
     }
@@ -137,13 +181,8 @@ impl Applier {
         }
     }
 
-    /// Queue an append's inserts, handing over the transaction first if the writer has it.
-    fn insert(
-        &mut self,
-        txn: &mut Option<WriteTransaction>,
-        batch: Arc<AppendBatch>,
-        spent: Vec<AppendStream>,
-    ) -> Result<()> {
+    /// Queue a job on the transaction, handing the transaction over first if the writer has it.
+    fn queue(&mut self, txn: &mut Option<WriteTransaction>, job: ApplyJob) -> Result<()> {
         if let Some(t) = txn.take() {
             self.jobs
                 .send(ApplyJob::Take(Box::new(t)))
@@ -153,9 +192,19 @@ impl Applier {
         if !self.holds {
             return Err(Self::lost());
         }
-        self.jobs
-            .send(ApplyJob::Insert(batch, spent))
-            .map_err(|_| Self::lost())
+        let job = match job {
+            ApplyJob::Insert(batch, spent) if !spent.is_empty() => {
+                if self.spent_queued.load(Ordering::Acquire) < SPOOL_APPLY_QUEUE_SPENT_MAX {
+                    self.spent_queued.fetch_add(1, Ordering::AcqRel);
+                    ApplyJob::Insert(batch, spent)
+                } else {
+                    drop(spent);
+                    ApplyJob::Insert(batch, Vec::new())
+                }
+            }
+            other => other,
+        };
+        self.jobs.send(job).map_err(|_| Self::lost())
     }
 
     /// Wait for the queued inserts and take the transaction back, if the thread holds it.
@@ -185,6 +234,8 @@ impl Drop for Applier {
 fn apply_loop(
     jobs: &std::sync::mpsc::Receiver<ApplyJob>,
     back: &std::sync::mpsc::SyncSender<Result<WriteTransaction>>,
+    done: &std::sync::mpsc::SyncSender<Result<()>>,
+    spent_queued: &std::sync::atomic::AtomicUsize,
     inserts: tables::EventInserts,
 ) {
     let mut txn: Option<WriteTransaction> = None;
@@ -199,7 +250,43 @@ fn apply_loop(
                 {
                     error = Some(e);
                 }
-                drop(spent);
+                if !spent.is_empty() {
+                    drop(spent);
+                    spent_queued.fetch_sub(1, Ordering::AcqRel);
+                }
+            }
+            ApplyJob::Ack(cursor, seq) => {
+                if error.is_none()
+                    && let Some(t) = &txn
+                    && let Err(e) = tables::ack_cursor(t, &cursor, seq)
+                {
+                    error = Some(e);
+                }
+            }
+            ApplyJob::Commit(job) => {
+                let outcome = match (error.take(), txn.take()) {
+                    (Some(e), _) => Err(e),
+                    (None, None) => Err(Applier::lost()),
+                    (None, Some(t)) => commit_checkpoint(t, job.checkpoint_lsn, job.journal_start)
+                        .and_then(|()| begin(&job.db)),
+                };
+                let answer = match outcome {
+                    Ok(next) => {
+                        txn = Some(next);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        // Nothing more goes into a transaction until the writer, failed by
+                        // this answer, takes it back (and gets this error) and reopens.
+                        error = Some(SpoolError::Failed {
+                            reason: format!("a background checkpoint failed: {}", error_chain(&e)),
+                        });
+                        Err(e)
+                    }
+                };
+                if done.send(answer).is_err() {
+                    return;
+                }
             }
             ApplyJob::Return => {
                 let answer = match (error.take(), txn.take()) {
@@ -279,6 +366,7 @@ pub(crate) struct Policy {
     pub(crate) disk_reserve_bytes: u64,
     pub(crate) event_inserts: tables::EventInserts,
     pub(crate) apply_on_thread: bool,
+    pub(crate) background_checkpoints: bool,
 }
 
 /// How the writer opens the database again after a failure: as [`crate::Spool::open`] did.
@@ -340,7 +428,7 @@ pub(crate) struct Writer {
     /// answered: waking that thread before the sync let it take the writer's core (the scheduler
     /// runs a wakee on the waker's core) and put ~0.1 ms of inserts between a lone passing and its
     /// `pwrite`. Handed over after, the inserts overlap the next group's sync instead.
-    group_applies: Vec<(Arc<AppendBatch>, Vec<AppendStream>)>,
+    group_applies: Vec<ApplyJob>,
     group_acks: Vec<(String, u64)>,
     group_pending: Vec<Pending>,
     /// Inserts on their own thread, if [`Policy::apply_on_thread`].
@@ -356,6 +444,11 @@ pub(crate) struct Writer {
     /// each passing a read transaction (with shared readers, two `fcntl` range locks) on the
     /// live path.
     committed: Option<redb::ReadTransaction>,
+    /// The background checkpoint committing on the apply thread, if any (at most one).
+    in_flight: Option<InFlight>,
+    /// The journal's virtual head when the last checkpoint was taken (committed or not): how
+    /// much has been journaled since decides when the next is due.
+    checkpoint_head: u64,
 }
 
 /// The writer's maps keyed by stream or idempotency key, filled per append between two syncs:
@@ -411,32 +504,74 @@ impl Writer {
             staged_heads: FastMap::default(),
             staged_keys: FastMap::default(),
             committed: None,
+            in_flight: None,
+            checkpoint_head: 0,
         })
     }
 
     /// The open write transaction, back from the apply thread if it has it. An error means the
     /// inserts failed there (the writer then fails, and its reopen replays the journal).
     fn txn(&mut self) -> Result<&WriteTransaction> {
-        if let Some(applier) = &mut self.applier {
-            applier.reclaim(&mut self.txn)?;
-        }
+        self.reclaim()?;
         Ok(self
             .txn
             .as_ref()
             .expect("an open write transaction while not failed"))
     }
 
-    /// Take the transaction back from the apply thread, if it has it.
+    /// Take the transaction back from the apply thread, if it has it, after the background
+    /// checkpoint in flight (queued before) has committed: every operation that is not an append
+    /// waits for that commit here.
     fn reclaim(&mut self) -> Result<()> {
         match &mut self.applier {
-            Some(applier) => applier.reclaim(&mut self.txn),
-            None => Ok(()),
+            Some(applier) => applier.reclaim(&mut self.txn)?,
+            None => return Ok(()),
         }
+        self.settle(true)
+    }
+
+    /// Learn the outcome of the background checkpoint in flight, waiting for it if `wait`. Once
+    /// it is committed (and so visible to every new read), the ring may overwrite the journal
+    /// before its start, and the tail lets go of the appends it holds: a reader that took the
+    /// tail before finds them in both, and takes them once. An error is the commit's.
+    fn settle(&mut self, wait: bool) -> Result<()> {
+        let (Some(in_flight), Some(applier)) = (self.in_flight, &self.applier) else {
+            return Ok(());
+        };
+        let outcome = if wait {
+            applier.done.recv().map_err(|_| Applier::lost())
+        } else {
+            match applier.done.try_recv() {
+                Ok(outcome) => Ok(outcome),
+                Err(std::sync::mpsc::TryRecvError::Empty) => return Ok(()),
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => Err(Applier::lost()),
+            }
+        };
+        self.in_flight = None;
+        outcome??;
+        // The writer's read of the last checkpoint goes with the tail's appends it covers, so
+        // validation never misses them in both.
+        self.committed = None;
+        self.journal.release_to(in_flight.journal_start);
+        self.tail
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .trim_through(in_flight.last_seq);
+        self.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
+        // Begin the read of this checkpoint now, while no commit is in flight: redb's
+        // `begin_read` waits while a commit syncs, and validation would wait with it.
+        committed_read(&*current(&self.db)?, &mut self.committed)?;
+        Ok(())
     }
 
     /// Drop the open transaction, wherever it is, unapplied.
     fn discard_txn(&mut self) {
         drop(self.reclaim());
+        if let Some(applier) = &self.applier {
+            // A commit that failed answered before the transaction came back.
+            while applier.done.try_recv().is_ok() {}
+        }
+        self.in_flight = None;
         self.txn = None;
         self.committed = None;
     }
@@ -455,10 +590,13 @@ impl Writer {
                 self.handle(request);
             }
             self.flush();
+            self.settle_background();
             self.maybe_checkpoint(false);
         }
         if self.failed.is_none()
-            && self.uncheckpointed_events + self.journal_used() > 0
+            && (self.uncheckpointed_events > 0
+                || self.journal.used() > 0
+                || self.in_flight.is_some())
             && let Err(error) = self.checkpoint()
         {
             tracing::error!(
@@ -468,8 +606,27 @@ impl Writer {
         }
     }
 
-    fn journal_used(&self) -> usize {
-        usize::try_from(self.journal.capacity() - self.journal.remaining()).unwrap_or(usize::MAX)
+    /// Take in a background checkpoint that has committed, without waiting, and apply retention
+    /// and the cap after it (which need the transaction back).
+    fn settle_background(&mut self) {
+        if self.failed.is_some() || self.in_flight.is_none() {
+            return;
+        }
+        let result = self.settle(false).and_then(|()| {
+            if self.in_flight.is_none() && self.has_policy() {
+                self.enforce_policy()
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(error) = result {
+            self.fail(&error);
+        }
+    }
+
+    /// Whether retention or the disk cap run after checkpoints.
+    fn has_policy(&self) -> bool {
+        self.policy.retention_age_us.is_some() || self.policy.disk_cap_bytes.is_some()
     }
 
     /// Serve one request of a group.
@@ -527,9 +684,15 @@ impl Writer {
                     drop(reply.send(Err(error)));
                     return;
                 }
-                let acked = self
-                    .txn()
-                    .and_then(|txn| tables::ack_cursor(txn, &cursor, seq.0));
+                let acked = if self.applier.is_some() {
+                    // Into the transaction after the sync, in order with the appends.
+                    self.group_applies
+                        .push(ApplyJob::Ack(cursor.clone(), seq.0));
+                    Ok(())
+                } else {
+                    self.txn()
+                        .and_then(|txn| tables::ack_cursor(txn, &cursor, seq.0))
+                };
                 if let Err(error) = acked {
                     self.fail(&error);
                     drop(reply.send(Err(error)));
@@ -751,7 +914,8 @@ impl Writer {
                         },
                     );
                 }
-                self.group_applies.push((batch.clone(), parts));
+                self.group_applies
+                    .push(ApplyJob::Insert(batch.clone(), parts));
                 Ok(())
             }
             None => {
@@ -813,13 +977,13 @@ impl Writer {
                 "one append of {len} journal bytes exceeds SPOOL_BATCH_BYTES_MAX ({SPOOL_BATCH_BYTES_MAX}) or half the journal"
             )));
         }
-        let full = self.group_bytes.len() as u64 > self.journal.remaining();
+        let full = !self.journal.fits(self.group_bytes.len());
         if full || self.group_bytes.len() > SPOOL_GROUP_BYTES_MAX {
             // The frames staged before this one go first, as a group of their own.
             self.group_bytes.truncate(start);
             self.flush();
             if full {
-                self.maybe_checkpoint(true);
+                self.make_room(len);
             }
             if let Some(failure) = &self.failed {
                 return Err(SpoolError::Failed {
@@ -833,6 +997,29 @@ impl Writer {
         }
         self.next_lsn += 1;
         Ok(())
+    }
+
+    /// Wait until the ring has room for `len` more bytes (at most half the journal, so one
+    /// checkpoint of everything makes room): for the background checkpoint in flight, which
+    /// frees the ring before its start, or else for a checkpoint taken now. Back-pressure: the
+    /// requests behind wait in the writer's queue, nothing is dropped.
+    fn make_room(&mut self, len: usize) {
+        if self.failed.is_some() || self.journal.fits(len) {
+            return;
+        }
+        self.counters
+            .journal_full_waits
+            .fetch_add(1, Ordering::Relaxed);
+        if self.in_flight.is_some() {
+            if let Err(error) = self.settle(true) {
+                self.fail(&error);
+                return;
+            }
+            if self.journal.fits(len) {
+                return;
+            }
+        }
+        self.maybe_checkpoint(true);
     }
 
     /// Make the staged group durable, publish it, and answer its requests.
@@ -903,8 +1090,8 @@ impl Writer {
         let Some(applier) = &mut self.applier else {
             return;
         };
-        for (batch, parts) in applies {
-            if let Err(error) = applier.insert(&mut self.txn, batch, parts) {
+        for job in applies {
+            if let Err(error) = applier.queue(&mut self.txn, job) {
                 self.fail(&error);
                 return;
             }
@@ -1082,11 +1269,15 @@ impl Writer {
         let (next_seq, next_lsn, replayed) = crate::spool::recover(&db, &mut self.journal)?;
         let txn = begin(&db)?;
         // Everything acknowledged is in the database now: the tail's events were in the journal.
-        self.tail.write().unwrap_or_else(|p| p.into_inner()).clear();
+        self.tail
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear_through(next_seq - 1);
         self.next_seq = next_seq;
         self.next_lsn = next_lsn;
         self.uncheckpointed_events = 0;
         self.last_checkpoint = Instant::now();
+        self.checkpoint_head = self.journal.head();
         self.txn = Some(txn);
         self.db.set(Some(db));
         // An append answered `Err` may have reached the journal before the failure; it is stored
@@ -1105,10 +1296,19 @@ impl Writer {
             return;
         }
         let due = self.uncheckpointed_events >= self.policy.checkpoint_events
-            || self.journal.remaining() < self.journal.capacity() / 4
+            || self.journal.head() - self.checkpoint_head >= self.journal.capacity() / 4
             || (self.uncheckpointed_events > 0
                 && self.last_checkpoint.elapsed() >= self.policy.checkpoint_interval);
         if !(due || force) {
+            return;
+        }
+        if !force && self.policy.background_checkpoints && self.applier.is_some() {
+            // One at a time: a checkpoint due while one commits waits for the next group.
+            if self.in_flight.is_none()
+                && let Err(error) = self.start_checkpoint()
+            {
+                self.fail(&error);
+            }
             return;
         }
         let result = self.checkpoint().and_then(|()| self.enforce_policy());
@@ -1117,8 +1317,40 @@ impl Writer {
         }
     }
 
-    /// Commit the open transaction durably with everything journaled so far; restart the
-    /// journal.
+    /// Start a checkpoint of everything journaled so far on the apply thread, behind the
+    /// inserts queued there, and go on journaling: the ring keeps every frame from the last
+    /// committed checkpoint's start, so a crash before this commit loses nothing.
+    fn start_checkpoint(&mut self) -> Result<()> {
+        assert!(
+            self.group_bytes.is_empty() && self.group_applies.is_empty(),
+            "a checkpoint must not overtake journal frames not yet synced or handed over"
+        );
+        assert!(
+            self.in_flight.is_none(),
+            "at most one background checkpoint is in flight"
+        );
+        let job = CommitJob {
+            checkpoint_lsn: self.next_lsn - 1,
+            journal_start: self.journal.head_offset(),
+            db: current(&self.db)?,
+        };
+        let applier = self
+            .applier
+            .as_mut()
+            .expect("background checkpoints run on the apply thread");
+        applier.queue(&mut self.txn, ApplyJob::Commit(Box::new(job)))?;
+        self.in_flight = Some(InFlight {
+            journal_start: self.journal.head(),
+            last_seq: self.next_seq - 1,
+        });
+        self.uncheckpointed_events = 0;
+        self.last_checkpoint = Instant::now();
+        self.checkpoint_head = self.journal.head();
+        Ok(())
+    }
+
+    /// Commit the open transaction durably with everything journaled so far, here and now
+    /// (after the background checkpoint in flight, if any).
     pub(crate) fn checkpoint(&mut self) -> Result<()> {
         assert!(
             self.group_bytes.is_empty(),
@@ -1132,23 +1364,23 @@ impl Writer {
             .txn
             .take()
             .expect("an open write transaction while not failed");
-        {
-            let mut meta = txn.open_table(tables::META).ctx("opening meta")?;
-            meta.insert(tables::META_CHECKPOINT_LSN, self.next_lsn - 1)
-                .ctx("writing the checkpoint")?;
-        }
-        txn.commit().ctx("committing a checkpoint")?;
+        commit_checkpoint(txn, self.next_lsn - 1, self.journal.head_offset())?;
         self.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
-        self.tail.write().unwrap_or_else(|p| p.into_inner()).clear();
-        self.journal.reset();
+        self.tail
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear_through(self.next_seq - 1);
+        self.journal.release_to(self.journal.head());
         self.uncheckpointed_events = 0;
         self.last_checkpoint = Instant::now();
+        self.checkpoint_head = self.journal.head();
         self.txn = Some(begin(&*current(&self.db)?)?);
         Ok(())
     }
 
     /// Retention by age and cursors, then the disk cap.
     fn enforce_policy(&mut self) -> Result<()> {
+        self.reclaim()?;
         let mut deleted = 0;
         if let Some(age_us) = self.policy.retention_age_us {
             deleted += self.retain(now_us().saturating_sub(age_us))?;
@@ -1543,6 +1775,20 @@ pub(crate) fn begin(db: &Database) -> Result<WriteTransaction> {
         })?;
     txn.set_quick_repair(true);
     Ok(txn)
+}
+
+/// Record the checkpoint's journal position in the transaction and commit it durably: from then on
+/// the database holds every frame before that position, and recovery reads the journal from
+/// `journal_start` (an offset) on.
+fn commit_checkpoint(txn: WriteTransaction, checkpoint_lsn: u64, journal_start: u64) -> Result<()> {
+    {
+        let mut meta = txn.open_table(tables::META).ctx("opening meta")?;
+        meta.insert(tables::META_CHECKPOINT_LSN, checkpoint_lsn)
+            .ctx("writing the checkpoint")?;
+        meta.insert(tables::META_JOURNAL_START, journal_start)
+            .ctx("writing the checkpoint")?;
+    }
+    txn.commit().ctx("committing a checkpoint")
 }
 
 /// Refuse an event that breaks a bound, before anything is stored.

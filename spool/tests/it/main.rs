@@ -10,6 +10,7 @@ mod disk;
 mod format;
 mod model;
 mod projections;
+mod ring;
 mod sim;
 mod subscribe;
 mod upcast;

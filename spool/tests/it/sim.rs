@@ -4,14 +4,17 @@
 //!
 //! - crash: every later operation fails, and the disk that "comes back" holds the durable bytes
 //!   plus a random prefix of the unsynced writes (the last one possibly torn);
-//! - fail the Nth write or sync (counting every write and sync on every file).
+//! - fail the Nth write or sync (counting every write and sync on every file);
+//! - hold every write of one file's first sector until released: redb writes its header there
+//!   only when a commit makes its new root current, so this stops a commit in the middle (the
+//!   spool's background checkpoint) while the rest goes on.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use redb::StorageBackend;
 use spool::storage::Storage;
@@ -51,6 +54,10 @@ struct State {
     /// Crash when the op counter reaches this; 0: never.
     crash_at: AtomicU64,
     crashed: AtomicBool,
+    /// The file whose first-sector writes wait while held, and how many are waiting.
+    held: Mutex<Option<String>>,
+    held_waiting: AtomicU64,
+    released: Condvar,
 }
 
 impl State {
@@ -69,6 +76,22 @@ impl State {
             return Err(io::Error::other(format!("simulated I/O error at op {n}")));
         }
         Ok(())
+    }
+}
+
+impl State {
+    /// Wait while writes to `name`'s first sector are held; then count the write.
+    fn write_tick(&self, name: &str, offset: u64) -> io::Result<()> {
+        let mut held = self.held.lock().unwrap();
+        if offset < 512 && held.as_deref() == Some(name) {
+            self.held_waiting.fetch_add(1, Ordering::SeqCst);
+            while held.as_deref() == Some(name) {
+                held = self.released.wait(held).unwrap();
+            }
+            self.held_waiting.fetch_sub(1, Ordering::SeqCst);
+        }
+        drop(held);
+        self.tick()
     }
 }
 
@@ -104,6 +127,23 @@ impl SimDisk {
     /// Crash when operation number `n` is attempted.
     pub fn crash_at_op(&self, n: u64) {
         self.state.crash_at.store(n, Ordering::SeqCst);
+    }
+
+    /// Make every write to file `name`'s first sector (redb's header) wait until
+    /// [`SimDisk::release`].
+    pub fn hold_header_writes(&self, name: &str) {
+        *self.state.held.lock().unwrap() = Some(name.to_owned());
+    }
+
+    /// Let held writes go on.
+    pub fn release(&self) {
+        *self.state.held.lock().unwrap() = None;
+        self.state.released.notify_all();
+    }
+
+    /// How many writes wait on [`SimDisk::hold_header_writes`] now.
+    pub fn held_writes(&self) -> u64 {
+        self.state.held_waiting.load(Ordering::SeqCst)
     }
 
     /// Crash now: every later operation fails.
@@ -208,6 +248,7 @@ impl SimDisk {
 }
 
 struct SimFile {
+    name: String,
     data: Arc<Mutex<FileData>>,
     state: Arc<State>,
 }
@@ -254,7 +295,7 @@ impl StorageBackend for SimFile {
     }
 
     fn write(&self, offset: u64, bytes: &[u8]) -> Result<(), io::Error> {
-        self.state.tick()?;
+        self.state.write_tick(&self.name, offset)?;
         let mut data = self.data.lock().unwrap();
         let op = Op::Write {
             offset,
@@ -276,6 +317,7 @@ impl Storage for SimDisk {
             .or_default()
             .clone();
         Ok(Box::new(SimFile {
+            name: name.to_owned(),
             data,
             state: self.state.clone(),
         }))
@@ -290,6 +332,7 @@ impl Storage for SimDisk {
             .cloned()
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, name.to_owned()))?;
         Ok(Box::new(SimFile {
+            name: name.to_owned(),
             data,
             state: self.state.clone(),
         }))
