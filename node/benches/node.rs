@@ -13,9 +13,10 @@
 //! another). Then the node as its own process at a steady 100 passings/s: CPU % and RSS, the
 //! small-box budget.
 //!
-//! Each latency run is a child process of the bench, once with the input reading while its append
-//! is in flight (the node's default) and once waiting for each append before it reads again (the
-//! previous path, `VENUE_NODE_INPUT_SERIAL=1`), and once more on the default path while the uplink
+//! Each latency run is a child process of the bench, once with the input reading while up to two of
+//! its appends are in flight (the node's default), once with one in flight (the previous default,
+//! `VENUE_NODE_INPUT_IN_FLIGHT=1`), once waiting for each append before it reads again (the path
+//! before that, `VENUE_NODE_INPUT_SERIAL=1`), and once more on the default path while the uplink
 //! drains a backlog of stored events to a central of its own (the issue's "held while the uplink
 //! drains": the line says how many events the drain moved meanwhile). They run in rounds after a
 //! fresh floor, so every line is a ratio to a floor measured moments before it. Each run also prints where the time went, from the wall-clock
@@ -370,7 +371,16 @@ fn resources(seconds: u64, serial: &str) -> (f64, u64, u64) {
         dir.path(),
         &link,
         "",
-        &[(node::runtime::input::INPUT_SERIAL_ENV, serial)],
+        &[
+            (
+                node::runtime::input::INPUT_SERIAL_ENV,
+                if serial == "1" { "1" } else { "0" },
+            ),
+            (
+                node::runtime::input::INPUT_IN_FLIGHT_ENV,
+                if serial == "one" { "1" } else { "2" },
+            ),
+        ],
     );
     let pid = child.id();
     rt.block_on(async {
@@ -445,15 +455,21 @@ const FLOOR_PACED_SECONDS: usize = 5;
 
 /// The runs the bench compares: (label, value of [`node::runtime::input::INPUT_SERIAL_ENV`],
 /// and if the uplink drains a backlog beside the run, the value of
-/// [`uplink::drain::UPLINK_DRAIN_CORE_ENV`]).
-const PATHS: [(&str, &str, Option<&str>); 4] = [
+/// [`uplink::drain::UPLINK_DRAIN_CORE_ENV`]). A value of `one` for the serial setting is the
+/// default path with one append in flight ([`node::runtime::input::INPUT_IN_FLIGHT_ENV`]`=1`).
+const PATHS: [(&str, &str, Option<&str>); 5] = [
     (
-        "read while the append is in flight (the node's default)",
+        "read while two appends are in flight (the node's default)",
         "0",
         None,
     ),
     (
-        "read after each append (VENUE_NODE_INPUT_SERIAL=1, the previous path)",
+        "read while one append is in flight (VENUE_NODE_INPUT_IN_FLIGHT=1, the previous default)",
+        "one",
+        None,
+    ),
+    (
+        "read after each append (VENUE_NODE_INPUT_SERIAL=1, the path before that)",
         "1",
         None,
     ),
@@ -518,7 +534,14 @@ fn main() {
                         uplink::drain::UPLINK_DRAIN_CORE_ENV,
                         drain.unwrap_or("auto"),
                     )
-                    .env(node::runtime::input::INPUT_SERIAL_ENV, serial)
+                    .env(
+                        node::runtime::input::INPUT_SERIAL_ENV,
+                        if serial == "1" { "1" } else { "0" },
+                    )
+                    .env(
+                        node::runtime::input::INPUT_IN_FLIGHT_ENV,
+                        if serial == "one" { "1" } else { "2" },
+                    )
                     .env("RUST_LOG", "error")
                     .stderr(std::process::Stdio::null())
                     .output()

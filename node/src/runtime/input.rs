@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use ::events::VenueStreams;
 use ::events::catalog::{self, decoder_id_hex};
 use decoder::{Accumulator, Event};
+use futures_util::StreamExt as _;
 use spool::schema::EventPayload;
 use spool::{
     AppendStream, ExpectedVersion, Metadata, NewEvent, Spool, SpoolError, StreamId, now_us,
@@ -91,6 +92,17 @@ pub enum InputCommand {
 /// 225 passings a second, so this is seconds of a stalled disk, and it is well under
 /// [`spool::SPOOL_BATCH_EVENTS_MAX`], so the waiting events always fit one append.
 pub const INPUT_WAITING_EVENTS_MAX: usize = 1_000;
+
+/// Appends one input keeps in flight at most. With two, a chunk read while the spool syncs the
+/// previous one is handed to the writer at once and joins the writer's next group the moment that
+/// sync ends, instead of waiting for the previous append's answer to reach this task first (a
+/// wake-up of the input, then one of the writer). More would add nothing: the writer takes
+/// everything queued into its next group anyway.
+pub const INPUT_APPENDS_IN_FLIGHT_MAX: usize = 2;
+
+/// Set to `1`, an input keeps one append in flight, as before [`INPUT_APPENDS_IN_FLIGHT_MAX`], so
+/// `cargo bench -p node` can measure both in the same run; not for production.
+pub const INPUT_IN_FLIGHT_ENV: &str = "VENUE_NODE_INPUT_IN_FLIGHT";
 
 const _: () = assert!(INPUT_WAITING_EVENTS_MAX + READ_CHUNK_BYTES <= spool::SPOOL_BATCH_EVENTS_MAX);
 const _: () = assert!(RECONNECT_BACKOFF_MS_MIN < RECONNECT_BACKOFF_MS_MAX);
@@ -262,12 +274,14 @@ impl Chunk {
 
 /// An append on its way to the spool, and what its chunk needs once it returns (its events are
 /// inside the append).
-struct InFlight<'a> {
-    append: std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Vec<spool::Appended>, SpoolError>> + Send + 'a>,
+/// A chunk's append on its way to the spool, answering with the chunk once it returns.
+type InFlight<'a> = std::pin::Pin<
+    Box<
+        dyn std::future::Future<Output = (Result<Vec<spool::Appended>, SpoolError>, Chunk)>
+            + Send
+            + 'a,
     >,
-    chunk: Chunk,
-}
+>;
 
 /// The offset of the decoder's clock from the host's, `rtc - host`, in µs: saturated to the i64 range
 /// for any two u64 clocks (a decoder reporting a garbage time must not overflow it).
@@ -650,10 +664,12 @@ impl Input {
 
     /// Reads one connection until it ends.
     ///
-    /// The line is read while the previous chunk's append is in flight: what arrives meanwhile is
-    /// framed at once and waits (up to [`INPUT_WAITING_EVENTS_MAX`] events) to be the next append,
-    /// which starts the moment the previous one returns. So a passing waits for at most the sync in
-    /// flight and its own, never for a read that could not start. The gap checks still run in
+    /// The line is read while chunks' appends are in flight: a chunk read while one append is in
+    /// flight starts its own at once ([`INPUT_APPENDS_IN_FLIGHT_MAX`]), so it is in the writer's
+    /// queue when the sync in flight ends; past that, what arrives is framed at once and waits (up
+    /// to [`INPUT_WAITING_EVENTS_MAX`] events) to be the next append, which starts the moment the
+    /// oldest returns. So a passing waits for at most the sync in flight and its own, never for a
+    /// read that could not start. The gap checks still run in
     /// order, each after its chunk is durable. Every chunk read is stored before the session ends.
     async fn session(
         &self,
@@ -674,7 +690,15 @@ impl Input {
         let mut clock_query: Option<ClockQuery> = None;
         let mut next_clock = Instant::now();
         let serial = std::env::var_os(INPUT_SERIAL_ENV).is_some_and(|v| v == "1");
-        let mut in_flight: Option<InFlight<'_>> = None;
+        let in_flight_max = if std::env::var_os(INPUT_IN_FLIGHT_ENV).is_some_and(|v| v == "1") {
+            1
+        } else {
+            INPUT_APPENDS_IN_FLIGHT_MAX
+        };
+        // In the order started; answered in that order (the spool takes them in that order too:
+        // each is handed to the writer's queue when first polled, the older always first).
+        let mut in_flight: futures_util::stream::FuturesOrdered<InFlight<'_>> =
+            futures_util::stream::FuturesOrdered::new();
         let mut waiting = Chunk::default();
         let end = |reason: String, acc: &Accumulator| SessionEnd {
             reason,
@@ -705,20 +729,19 @@ impl Input {
             let room = waiting.batch.len() < INPUT_WAITING_EVENTS_MAX;
             let read = tokio::select! {
                 biased;
-                appended = async { (&mut in_flight.as_mut().expect("polled only when some").append).await }, if in_flight.is_some() => {
-                    let done = in_flight.take().expect("an append in flight");
-                    if let Err(e) = self.stored(appended, done.chunk, memory, &mut tx, &mut clock_query).await {
+                Some((appended, chunk)) = in_flight.next(), if !in_flight.is_empty() => {
+                    if let Err(e) = self.stored(appended, chunk, memory, &mut tx, &mut clock_query).await {
                         break e;
                     }
                     if !waiting.batch.is_empty() {
-                        in_flight = Some(self.start(std::mem::take(&mut waiting)));
+                        in_flight.push_back(self.start(std::mem::take(&mut waiting)));
                     }
                     continue;
                 }
                 r = tokio::time::timeout(Duration::from_millis(INPUT_IDLE_TIMEOUT_MS), rx.read(&mut buf)), if room => r,
                 // Gap deadlines wait while frames are read but not yet stored: they may be the
                 // very passings a deadline would ask for again or declare missing.
-                () = tokio::time::sleep_until(deadline.into()), if in_flight.is_none() => {
+                () = tokio::time::sleep_until(deadline.into()), if in_flight.is_empty() => {
                     // Gap deadlines: ask again or give up.
                     let mut failed = None;
                     for a in memory.counters.tick(Instant::now()) {
@@ -773,37 +796,28 @@ impl Input {
                 self.flapping_over(f, address).await;
             }
             waiting.extend(chunk);
-            if in_flight.is_none() && !waiting.batch.is_empty() {
-                in_flight = Some(self.start(std::mem::take(&mut waiting)));
+            if in_flight.len() < in_flight_max && !waiting.batch.is_empty() {
+                in_flight.push_back(self.start(std::mem::take(&mut waiting)));
             }
-            if serial && let Some(done) = in_flight.take() {
+            if serial && let Some((appended, chunk)) = in_flight.next().await {
                 // The previous path: the next read waits for this append.
-                let appended = done.append.await;
                 if let Err(e) = self
-                    .stored(appended, done.chunk, memory, &mut tx, &mut clock_query)
+                    .stored(appended, chunk, memory, &mut tx, &mut clock_query)
                     .await
                 {
                     break e;
                 }
             }
         };
-        // What was read is stored before the session ends, whatever ended it: the append in flight
-        // first, then what waits behind it. A RESEND that cannot be written now is asked again
-        // by the next session's gap check.
-        if let Some(done) = in_flight.take() {
-            let appended = done.append.await;
-            if let Err(e) = self
-                .stored(appended, done.chunk, memory, &mut tx, &mut clock_query)
-                .await
-            {
-                tracing::debug!(input = %self.name, error = %e, "the line failed while the session ended");
-            }
-        }
+        // What was read is stored before the session ends, whatever ended it: the appends in
+        // flight first, in order, then what waits behind them. A RESEND that cannot be written now
+        // is asked again by the next session's gap check.
         if !waiting.batch.is_empty() {
-            let done = self.start(waiting);
-            let appended = done.append.await;
+            in_flight.push_back(self.start(waiting));
+        }
+        while let Some((appended, chunk)) = in_flight.next().await {
             if let Err(e) = self
-                .stored(appended, done.chunk, memory, &mut tx, &mut clock_query)
+                .stored(appended, chunk, memory, &mut tx, &mut clock_query)
                 .await
             {
                 tracing::debug!(input = %self.name, error = %e, "the line failed while the session ended");
@@ -920,10 +934,7 @@ impl Input {
     /// Starts the append of a chunk; [`Input::stored`] finishes it once it returns.
     fn start(&self, mut chunk: Chunk) -> InFlight<'_> {
         let batch = std::mem::take(&mut chunk.batch);
-        InFlight {
-            append: Box::pin(self.append(batch)),
-            chunk,
-        }
+        Box::pin(async move { (self.append(batch).await, chunk) })
     }
 
     /// After a chunk's append returned: checks the gaps its passings reveal and records the clock.
