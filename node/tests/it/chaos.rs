@@ -125,6 +125,19 @@ fn progress(spool_dir: &Path) -> Option<(u64, u64)> {
     ))
 }
 
+/// How many batches the node's drains have seen fail, across every node process so far.
+fn failed_batches(dir: &Path) -> usize {
+    logs(dir).matches("forwarding a batch failed").count()
+}
+
+/// Waits until the drain has seen more failed batches than `before`.
+async fn drain_saw_a_failure(dir: &Path, before: usize, what: &str) {
+    wait_until(dir, what, Duration::from_secs(60), || {
+        failed_batches(dir) > before
+    })
+    .await;
+}
+
 /// Waits until central has confirmed more than it had when called: the link works again.
 async fn forwarding_again(dir: &Path, spool_dir: &Path, what: &str) {
     let before = progress(spool_dir).map_or(0, |(_, acked)| acked);
@@ -180,9 +193,13 @@ async fn wan_cuts_and_kill_9_of_node_and_central_lose_nothing_and_store_nothing_
     .await;
 
     for _ in 0..ROUNDS {
-        // The WAN is away for a while (the fault's length, not a wait for anything), then back.
+        // The WAN is away for a while, then back. It stays away until the drain has seen a batch
+        // fail: on a loaded machine the drain (the node's lowest-priority thread) may get no
+        // time during a short cut, and a fault it never saw tests nothing.
+        let failed = failed_batches(dir);
         wan.cut();
         tokio::time::sleep(Duration::from_millis(1_500)).await;
+        drain_saw_a_failure(dir, failed, "the drain to see the WAN cut").await;
         wan.restore();
         forwarding_again(dir, &spool_dir, "forwarding after the WAN came back").await;
         // The node dies mid-drain and mid-append, stays dead a moment, and comes back.
@@ -190,9 +207,12 @@ async fn wan_cuts_and_kill_9_of_node_and_central_lose_nothing_and_store_nothing_
         tokio::time::sleep(Duration::from_millis(300)).await;
         node = spawn_node(dir, &config);
         forwarding_again(dir, &spool_dir, "forwarding after the node restarted").await;
-        // Central dies with batches in flight, and comes back on the same port.
+        // Central dies with batches in flight, and comes back on the same port once the drain
+        // has seen it gone.
+        let failed = failed_batches(dir);
         kill_9(&mut central);
         tokio::time::sleep(Duration::from_millis(500)).await;
+        drain_saw_a_failure(dir, failed, "the drain to see central gone").await;
         central = spawn_central(dir, central_port);
         forwarding_again(dir, &spool_dir, "forwarding after central restarted").await;
     }
@@ -268,9 +288,7 @@ async fn wan_cuts_and_kill_9_of_node_and_central_lose_nothing_and_store_nothing_
         passings > 1_000,
         "the chaos ran over a real stream ({passings} events)"
     );
-    // The faults reached the drain: it saw batches fail and retried them.
-    let logs = logs(dir);
-    let failed = logs.matches("forwarding a batch failed").count();
-    assert!(failed >= ROUNDS, "the drain saw {failed} failed batches");
+    // Every fault reached the drain (each round waited for that); the count is for the record.
+    let failed = failed_batches(dir);
     eprintln!("{passings} events, {failed} failed tries, all stored once");
 }
