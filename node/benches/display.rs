@@ -9,7 +9,11 @@
 //! - **Latency** (`rate` x `clients`): each run is a child process holding the node (runtime,
 //!   input, spool writer, the display as `venue-node run` starts it, on 127.0.0.1) and, on a runtime
 //!   of its own, the screens: `clients` WebSocket clients of `/ws/v1/live` (the `race` channel, as
-//!   the leaderboard subscribes), each stamping every passing it receives. A spool subscription
+//!   the leaderboard subscribes), each stamping every passing it receives. The screens are light
+//!   clients (`Screens::Light`: the upgrade by hand, each read of the socket parsed in place),
+//!   because on this machine they share the node's two cores and a heavier client's CPU is taken
+//!   from the node; the tungstenite clients the bench had before run as one row beside them
+//!   ("tung."). A spool subscription
 //!   stamps each passing durable. Reported per run: byte -> durable, and byte -> screen over every
 //!   delivery to every client, p50/p99/p99.9, and durable -> screen (the display's own share). The
 //!   floor (append 96 B + fdatasync, the same disk; `common::floor`, as the `node` bench measures
@@ -115,6 +119,19 @@ impl Variant {
     }
 }
 
+/// What the bench's screens are. Every screen shares the node's two cores, so what a screen costs
+/// to read a frame is taken from the node: at 1,000 passings/s, 200 tungstenite clients took about
+/// one core of the two (97 % against the display hub's 41 %). A browser on a TV costs the box
+/// nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Screens {
+    /// The default: each screen reads its socket into one buffer and finds the frames in it
+    /// ([`light_screen`]); a read of several frames stamps them all at once.
+    Light,
+    /// tokio-tungstenite clients, one message at a time, as the bench had them before.
+    Tungstenite,
+}
+
 /// One latency run: the rate, the screens, whether the display runs at all, and how it differs from
 /// the default ([`Variant`]).
 #[derive(Debug, Clone, Copy)]
@@ -123,6 +140,7 @@ struct Case {
     clients: usize,
     display: bool,
     variant: Variant,
+    screens: Screens,
 }
 
 impl Case {
@@ -133,15 +151,24 @@ impl Case {
             (true, Variant::Batched) => format!("{:>3} scr. bat.", self.clients),
             (true, Variant::HubAnyCore) => format!("{:>3} scr. any", self.clients),
         }
+        .to_string()
+            + match self.screens {
+                Screens::Light => "",
+                Screens::Tungstenite => " tung.",
+            }
     }
 
     fn encode(&self) -> String {
         format!(
-            "{},{},{},{}",
+            "{},{},{},{},{}",
             self.rate,
             self.clients,
             self.display,
-            self.variant.name()
+            self.variant.name(),
+            match self.screens {
+                Screens::Light => "light",
+                Screens::Tungstenite => "tungstenite",
+            }
         )
     }
 
@@ -152,6 +179,10 @@ impl Case {
             clients: f[1].parse().unwrap(),
             display: f[2].parse().unwrap(),
             variant: Variant::parse(f[3]),
+            screens: match f.get(4) {
+                Some(&"tungstenite") => Screens::Tungstenite,
+                _ => Screens::Light,
+            },
         }
     }
 }
@@ -264,21 +295,135 @@ async fn screen(
             announced = true;
             let _ = ready.send(()).await;
         }
-        seen.messages += 1;
-        seen.bytes += text.len();
-        if text.as_str().starts_with(r#"{"v":1,"kind":"snapshot""#) {
-            seen.snapshots += 1;
-            seen.snapshot_bytes += text.len();
-        }
-        if let Some(n) = passing_number(text.as_str()) {
-            seen.passings.push((n, now));
-            if n >= last {
-                break;
-            }
-        } else if text.as_str().contains(r#""code":"lagging""#) {
-            seen.lagged = true;
+        if note(&mut seen, text.as_str(), now) || seen.passings.last().is_some_and(|p| p.0 >= last)
+        {
             break;
         }
+    }
+    seen
+}
+
+/// What one message tells a screen: the passing it carries, or that the screen was closed for
+/// lagging.
+fn note(seen: &mut Seen, text: &str, at: Instant) -> bool {
+    seen.messages += 1;
+    seen.bytes += text.len();
+    if text.starts_with(r#"{"v":1,"kind":"snapshot""#) {
+        seen.snapshots += 1;
+        seen.snapshot_bytes += text.len();
+    }
+    if let Some(n) = passing_number(text) {
+        seen.passings.push((n, at));
+    } else if text.contains(r#""code":"lagging""#) {
+        seen.lagged = true;
+    }
+    seen.lagged
+}
+
+/// The next whole frame at the front of `buf`: (opcode, payload range, frame length). A server's
+/// frames are unmasked and, from this server, never fragmented.
+fn next_frame(buf: &[u8]) -> Option<(u8, std::ops::Range<usize>, usize)> {
+    let (&b0, &b1) = (buf.first()?, buf.get(1)?);
+    assert!(b0 & 0x80 != 0, "the server fragments no frame");
+    assert!(b1 & 0x80 == 0, "a server's frame is unmasked");
+    let (len, header) = match b1 & 0x7f {
+        126 => (
+            u16::from_be_bytes(buf.get(2..4)?.try_into().unwrap()) as usize,
+            4,
+        ),
+        127 => (
+            u64::from_be_bytes(buf.get(2..10)?.try_into().unwrap()) as usize,
+            10,
+        ),
+        n => (usize::from(n), 2),
+    };
+    (buf.len() >= header + len).then_some((b0 & 0x0f, header..header + len, header + len))
+}
+
+/// One screen as a light client ([`Screens::Light`]): the WebSocket upgrade written by hand, then
+/// every read of the socket taken whole, each frame in it found in place and stamped with the
+/// read's time. The same contract as [`screen`]: ready once its snapshot came, then passings until
+/// `last` or `stop`.
+async fn light_screen(
+    addr: std::net::SocketAddr,
+    path: String,
+    last: u32,
+    ready: tokio::sync::mpsc::Sender<()>,
+    stop: CancellationToken,
+) -> Seen {
+    let deadline = Instant::now() + Duration::from_millis(START_MS_MAX);
+    let mut tcp = loop {
+        match tokio::net::TcpStream::connect(addr).await {
+            Ok(tcp) => break tcp,
+            Err(error) => {
+                assert!(Instant::now() < deadline, "connecting {addr}: {error}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    tcp.set_nodelay(true).unwrap();
+    let key = tokio_tungstenite::tungstenite::handshake::client::generate_key();
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let mut chunk = vec![0u8; 64 * 1024];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = tcp.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "the display closed during the upgrade");
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    assert!(
+        head.starts_with("HTTP/1.1 101"),
+        "the display upgrades the screen: {head}"
+    );
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    assert!(
+        head.contains(&accept),
+        "the upgrade answers the screen's key: {head}"
+    );
+    buf.drain(..head_end);
+    let mut seen = Seen::default();
+    let mut announced = false;
+    let mut at = Instant::now();
+    'read: loop {
+        let mut used = 0;
+        while let Some((opcode, payload, len)) = next_frame(&buf[used..]) {
+            let payload = &buf[used..][payload];
+            used += len;
+            match opcode {
+                0x1 => {
+                    let text = std::str::from_utf8(payload).expect("a text frame is UTF-8");
+                    if !announced {
+                        announced = true;
+                        let _ = ready.send(()).await;
+                    }
+                    if note(&mut seen, text, at)
+                        || seen.passings.last().is_some_and(|p| p.0 >= last)
+                    {
+                        break 'read;
+                    }
+                }
+                0x8 => break 'read,
+                _ => {}
+            }
+        }
+        buf.drain(..used);
+        let n = tokio::select! {
+            () = stop.cancelled() => break,
+            n = tcp.read(&mut chunk) => n.unwrap_or(0),
+        };
+        at = Instant::now();
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
     }
     seen
 }
@@ -287,14 +432,25 @@ async fn screen(
 async fn screens(
     runtime: &tokio::runtime::Runtime,
     addr: std::net::SocketAddr,
+    kind: Screens,
     n: usize,
     last: u32,
     stop: &CancellationToken,
 ) -> Vec<tokio::task::JoinHandle<Seen>> {
-    let url = format!("ws://{addr}/ws/v1/live?track_id={TRACK}&channels=race");
+    let path = format!("/ws/v1/live?track_id={TRACK}&channels=race");
     let (ready_tx, mut ready) = tokio::sync::mpsc::channel(n.max(1));
     let handles: Vec<_> = (0..n)
-        .map(|_| runtime.spawn(screen(url.clone(), last, ready_tx.clone(), stop.clone())))
+        .map(|_| {
+            let (ready, stop) = (ready_tx.clone(), stop.clone());
+            match kind {
+                Screens::Light => {
+                    runtime.spawn(light_screen(addr, path.clone(), last, ready, stop))
+                }
+                Screens::Tungstenite => {
+                    runtime.spawn(screen(format!("ws://{addr}{path}"), last, ready, stop))
+                }
+            }
+        })
         .collect();
     tokio::time::timeout(Duration::from_millis(START_MS_MAX), async {
         for _ in 0..n {
@@ -378,7 +534,7 @@ async fn latency_run(case: Case, seconds: u64, screen_rt: &tokio::runtime::Runti
     let total = case.rate * seconds as u32;
     let stop = CancellationToken::new();
     let clients = match &display {
-        Some(d) => screens(screen_rt, d.addr, case.clients, total, &stop).await,
+        Some(d) => screens(screen_rt, d.addr, case.screens, case.clients, total, &stop).await,
         None => Vec::new(),
     };
     let sent = stamps(total as usize);
@@ -532,7 +688,7 @@ struct Resources {
 
 /// The node as its own process (`venue-node run`, display on 127.0.0.1) at 100 passings/s with
 /// `clients` screens, its display as `variant` says.
-fn resources(seconds: u64, clients: usize, variant: Variant) -> Resources {
+fn resources(seconds: u64, clients: usize, variant: Variant, kind: Screens) -> Resources {
     let dir = tempfile::tempdir_in(".").unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -555,7 +711,7 @@ fn resources(seconds: u64, clients: usize, variant: Variant) -> Resources {
         let warm_up = 2;
         let total = ((seconds + warm_up) * 100) as u32;
         let stop = CancellationToken::new();
-        let handles = screens(&rt, addr, clients, total, &stop).await;
+        let handles = screens(&rt, addr, kind, clients, total, &stop).await;
         let sent = stamps(total as usize);
         let writer = tokio::spawn(play(master, 100, total, sent));
         tokio::time::sleep(Duration::from_secs(warm_up)).await;
@@ -618,6 +774,7 @@ fn latency_table(dir: &Path, seconds: u64, rounds: u64) {
         clients,
         display,
         variant,
+        screens: Screens::Light,
     };
     let cases = |rate| {
         [
@@ -628,6 +785,10 @@ fn latency_table(dir: &Path, seconds: u64, rounds: u64) {
             case(rate, 50, true, Variant::Default),
             case(rate, 200, true, Variant::Batched),
             case(rate, 200, true, Variant::HubAnyCore),
+            Case {
+                screens: Screens::Tungstenite,
+                ..case(rate, 200, true, Variant::Default)
+            },
             case(rate, 200, true, Variant::Default),
         ]
     };
@@ -669,19 +830,24 @@ fn main() {
         return;
     }
     println!("uptime: {}", common::uptime());
-    for (clients, variant) in [
-        (0, Variant::Default),
-        (200, Variant::Default),
-        (200, Variant::HubAnyCore),
-        (200, Variant::Batched),
+    for (clients, variant, kind) in [
+        (0, Variant::Default, Screens::Light),
+        (200, Variant::Default, Screens::Light),
+        (200, Variant::Default, Screens::Tungstenite),
+        (200, Variant::HubAnyCore, Screens::Light),
+        (200, Variant::Batched, Screens::Light),
     ] {
-        let r = resources(seconds, clients, variant);
+        let r = resources(seconds, clients, variant, kind);
         println!(
-            "venue-node run at 100 passings/s, {clients:>3} screens{}: CPU {:.1} % of one core ({}), RSS {:.1} MiB (peak {:.1} MiB, {}), {} passings delivered; the screens' clients took {:.1} % of one core",
+            "venue-node run at 100 passings/s, {clients:>3} screens{}{}: CPU {:.1} % of one core ({}), RSS {:.1} MiB (peak {:.1} MiB, {}), {} passings delivered; the screens' clients took {:.1} % of one core",
             match variant {
                 Variant::Default => "",
                 Variant::Batched => " (batched, the previous default)",
                 Variant::HubAnyCore => " (the hub on any core, as before)",
+            },
+            match kind {
+                Screens::Light => "",
+                Screens::Tungstenite => " (tungstenite screens, as the bench had them)",
             },
             r.cpu_pct,
             if r.cpu_pct <= TARGET_CPU_PCT {
