@@ -23,7 +23,12 @@
 //!   "any" the hub's thread free to run on the core that takes the disk's interrupts.
 //! - **Resources**: the real `venue-node run` process (every thread of it, from `/proc/<pid>`), at
 //!   100 passings/s with 0 and with 200 screens connected (the screens are in the bench's
-//!   process). Targets: RSS <= 64 MiB, CPU <= 10 % of one core.
+//!   process). Targets: RSS <= 64 MiB, CPU <= 10 % of one core. Beside it, the send floor: a
+//!   process of the bench's that only writes an event's frame (the size the screens received) to
+//!   each of 200 loopback sockets 100 times a second, its CPU measured the same way. On loopback a
+//!   `send` also runs the receiver's TCP input in the sender's time, so this is what any server
+//!   pays here for the deliveries alone; the display's share (200 screens less 0) is printed as a
+//!   ratio to it.
 //!
 //! ```text
 //! nice cargo bench -p node --bench display                       # 10 s runs, 2 rounds
@@ -761,6 +766,115 @@ fn resources(seconds: u64, clients: usize, variant: Variant, kind: Screens) -> R
     measured
 }
 
+/// The send floor's child: listens on 127.0.0.1, prints its port, takes `clients` connections, and
+/// then writes one `frame_bytes` WebSocket text frame to every one of them 100 times a second until
+/// its stdin closes. Nothing else: no spool, no JSON, no lock. It is the least CPU a process can
+/// spend to give 200 screens 100 events a second over TCP on this machine.
+fn send_floor_child(clients: usize, frame_bytes: usize) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    println!("PORT {}", listener.local_addr().unwrap().port());
+    std::io::stdout().flush().unwrap();
+    let mut sockets: Vec<std::net::TcpStream> = (0..clients)
+        .map(|_| {
+            let (s, _) = listener.accept().unwrap();
+            s.set_nodelay(true).unwrap();
+            s
+        })
+        .collect();
+    let frame = {
+        let payload = vec![b'x'; frame_bytes.saturating_sub(4).max(126)];
+        let mut f = vec![0x81, 126];
+        f.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        f.extend_from_slice(&payload);
+        f
+    };
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    std::thread::spawn({
+        let done = done.clone();
+        move || {
+            let _ = std::io::stdin().read(&mut [0u8; 1]);
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    let start = Instant::now();
+    let mut n = 0u32;
+    while !done.load(std::sync::atomic::Ordering::Relaxed) {
+        n += 1;
+        let at = start + Duration::from_millis(10) * n;
+        std::thread::sleep(at.saturating_duration_since(Instant::now()));
+        for s in &mut sockets {
+            s.write_all(&frame).unwrap();
+        }
+    }
+}
+
+/// What [`send_floor`] measured: the floor process's CPU, % of one core.
+struct SendFloor {
+    cpu_pct: f64,
+    frame_bytes: usize,
+}
+
+/// The send floor ([`send_floor_child`]) as its own process, read by `clients` light readers in
+/// this one, its CPU measured as [`resources`] measures the node's.
+fn send_floor(seconds: u64, clients: usize, frame_bytes: usize) -> SendFloor {
+    use std::io::BufRead;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .env(
+            "DISPLAY_BENCH_SEND_FLOOR",
+            format!("{clients},{frame_bytes}"),
+        )
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port: u16 = line.trim().strip_prefix("PORT ").unwrap().parse().unwrap();
+    let pid = child.id();
+    let cpu_pct = rt.block_on(async {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let mut readers = Vec::new();
+        for _ in 0..clients {
+            let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            readers.push(tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut total = 0usize;
+                while let Ok(n @ 1..) = tcp.read(&mut buf).await {
+                    total += n;
+                }
+                total
+            }));
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let (c0, t0) = (cpu_seconds(pid), Instant::now());
+        tokio::time::sleep(Duration::from_secs(seconds)).await;
+        let cpu = (cpu_seconds(pid) - c0) / t0.elapsed().as_secs_f64() * 100.0;
+        drop(child.stdin.take());
+        let mut received = 0;
+        for r in readers {
+            received += r.await.unwrap();
+        }
+        assert!(
+            received >= clients * frame_bytes * 100 * seconds as usize * 9 / 10,
+            "the floor's readers got what it sent ({received} bytes)"
+        );
+        cpu
+    });
+    child.wait().unwrap();
+    SendFloor {
+        cpu_pct,
+        frame_bytes,
+    }
+}
+
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
@@ -819,6 +933,11 @@ fn main() {
         child(Case::decode(&case), seconds);
         return;
     }
+    if let Ok(floor) = std::env::var("DISPLAY_BENCH_SEND_FLOOR") {
+        let (clients, bytes) = floor.split_once(',').unwrap();
+        send_floor_child(clients.parse().unwrap(), bytes.parse().unwrap());
+        return;
+    }
     // `latency` or `resources` runs only that part (while profiling one); anything else both.
     let part = std::env::var("DISPLAY_BENCH_PART").unwrap_or_default();
     let rounds = env_or("DISPLAY_BENCH_ROUNDS", if short { 1 } else { 2 });
@@ -830,6 +949,9 @@ fn main() {
         return;
     }
     println!("uptime: {}", common::uptime());
+    let mut idle_cpu = f64::NAN;
+    let mut event_frame_bytes = 0;
+    let mut display_cpu = f64::NAN;
     for (clients, variant, kind) in [
         (0, Variant::Default, Screens::Light),
         (200, Variant::Default, Screens::Light),
@@ -865,6 +987,16 @@ fn main() {
             r.received,
             r.screens_cpu_pct,
         );
+        match (clients, variant, kind) {
+            (0, _, _) => idle_cpu = r.cpu_pct,
+            (_, Variant::Default, Screens::Light) => {
+                display_cpu = r.cpu_pct - idle_cpu;
+                // An event's frame as the screens received it: every byte but the snapshots'.
+                event_frame_bytes =
+                    (r.bytes - r.snapshot_bytes) / (r.messages - r.snapshots).max(1);
+            }
+            _ => {}
+        }
         if clients > 0 {
             println!(
                 "  per screen: {:.0} messages, {:.0} KiB; of which {:.0} snapshots, {:.0} KiB ({:.1} KiB each)",
@@ -876,4 +1008,12 @@ fn main() {
             );
         }
     }
+    let f = send_floor(seconds, 200, event_frame_bytes);
+    println!(
+        "send floor: a process that only writes a {}-byte frame to each of 200 loopback sockets 100 times a second: CPU {:.1} % of one core; the display's share of the node's (200 screens - 0 screens) {:.1} % = {:.2}x that floor",
+        f.frame_bytes,
+        f.cpu_pct,
+        display_cpu,
+        display_cpu / f.cpu_pct,
+    );
 }
