@@ -125,12 +125,9 @@ struct StoredEventV1Ref<'a> {
     event_type: &'a str,
     schema_version: u16,
     recorded_at_us: u64,
-    captured_at_us: u64,
-    boot_id: &'a str,
-    causation_id: Option<&'a str>,
-    correlation_id: Option<&'a str>,
-    user: Option<&'a str>,
-    idempotency_key: Option<&'a str>,
+    /// `captured_at_us`, `boot_id`, `causation_id`, `correlation_id`, `user` and
+    /// `idempotency_key`, in that order.
+    meta: &'a Metadata,
     payload: &'a [u8],
 }
 
@@ -187,12 +184,7 @@ impl EncodedRecords {
             event_type: &event.event_type,
             schema_version: event.stored_schema_version,
             recorded_at_us: event.recorded_at_us,
-            captured_at_us: event.meta.captured_at_us,
-            boot_id: &event.meta.boot_id,
-            causation_id: event.meta.causation_id.as_deref(),
-            correlation_id: event.meta.correlation_id.as_deref(),
-            user: event.meta.user.as_deref(),
-            idempotency_key: event.meta.idempotency_key.as_deref(),
+            meta: &event.meta,
             payload: &event.payload,
         })
     }
@@ -215,12 +207,7 @@ impl EncodedRecords {
             event_type: &event.event_type,
             schema_version: event.schema_version,
             recorded_at_us,
-            captured_at_us: event.meta.captured_at_us,
-            boot_id: &event.meta.boot_id,
-            causation_id: event.meta.causation_id.as_deref(),
-            correlation_id: event.meta.correlation_id.as_deref(),
-            user: event.meta.user.as_deref(),
-            idempotency_key: event.meta.idempotency_key.as_deref(),
+            meta: &event.meta,
             payload: &event.payload,
         })
     }
@@ -235,7 +222,7 @@ impl EncodedRecords {
         out.reserve(
             24 + record.stream.len()
                 + record.event_type.len()
-                + record.boot_id.len()
+                + record.meta.boot_id.len()
                 + record.payload.len(),
         );
         out.push(0); // StoredRecord::V1
@@ -245,12 +232,13 @@ impl EncodedRecords {
         push_bytes_field(out, record.event_type.as_bytes());
         push_varint(out, u64::from(record.schema_version));
         push_varint(out, record.recorded_at_us);
-        push_varint(out, record.captured_at_us);
-        push_bytes_field(out, record.boot_id.as_bytes());
-        push_option_str(out, record.causation_id);
-        push_option_str(out, record.correlation_id);
-        push_option_str(out, record.user);
-        push_option_str(out, record.idempotency_key);
+        let meta = record.meta;
+        push_varint(out, meta.captured_at_us);
+        push_bytes_field(out, meta.boot_id.as_bytes());
+        push_option_str(out, meta.causation_id.as_deref());
+        push_option_str(out, meta.correlation_id.as_deref());
+        push_option_str(out, meta.user.as_deref());
+        push_option_str(out, meta.idempotency_key.as_deref());
         push_bytes_field(out, record.payload);
         self.ends.push(self.bytes.len());
         Ok(())
