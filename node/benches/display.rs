@@ -907,7 +907,7 @@ fn latency_table(dir: &Path, seconds: u64, rounds: u64) {
         ]
     };
     println!(
-        "latency, ms: p50 p99 p99.9 of byte -> durable (disk), byte -> screen over every delivery (screen), durable -> screen p50 p99 (display); \"bat.\": the live stream's batched writer, the previous default ({WRITER_ENV}={CANDIDATE_WRITER}); \"any\": the hub's thread on any core, as before it kept off the disk's interrupt cores ({HUB_CORES_ENV}=any)"
+        "latency, ms: p50 p99 p99.9 of byte -> durable (disk), byte -> screen over every delivery (screen), durable -> screen p50 p99 (display); \"bat.\": the live stream's batched writer, the previous default ({WRITER_ENV}={CANDIDATE_WRITER}); \"any\": the hub's thread on any core, as before it kept off the disk's interrupt cores ({HUB_CORES_ENV}=any); \"tung.\": tokio-tungstenite screens, as the bench had them"
     );
     for rate in [100u32, 1000] {
         for round in 1..=rounds {
