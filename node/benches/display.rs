@@ -28,7 +28,8 @@
 //!   each of 200 loopback sockets 100 times a second, its CPU measured the same way. On loopback a
 //!   `send` also runs the receiver's TCP input in the sender's time, so this is what any server
 //!   pays here for the deliveries alone; the display's share (200 screens less 0) is printed as a
-//!   ratio to it.
+//!   ratio to it. A second floor also writes each screen a snapshot-sized frame as often as the
+//!   screens got snapshots, so the ratio to it compares like with like.
 //!
 //! ```text
 //! nice cargo bench -p node --bench display                       # 10 s runs, 2 rounds
@@ -768,9 +769,15 @@ fn resources(seconds: u64, clients: usize, variant: Variant, kind: Screens) -> R
 
 /// The send floor's child: listens on 127.0.0.1, prints its port, takes `clients` connections, and
 /// then writes one `frame_bytes` WebSocket text frame to every one of them 100 times a second until
-/// its stdin closes. Nothing else: no spool, no JSON, no lock. It is the least CPU a process can
+/// its stdin closes; with `snapshot_every` ticks (0: never), also a `snapshot_bytes` frame every that
+/// many ticks, as the display sends its race and status snapshots. Nothing else: no spool, no JSON, no lock. It is the least CPU a process can
 /// spend to give 200 screens 100 events a second over TCP on this machine.
-fn send_floor_child(clients: usize, frame_bytes: usize) {
+fn send_floor_child(
+    clients: usize,
+    frame_bytes: usize,
+    snapshot_bytes: usize,
+    snapshot_every: u32,
+) {
     use std::io::{Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     println!("PORT {}", listener.local_addr().unwrap().port());
@@ -782,13 +789,16 @@ fn send_floor_child(clients: usize, frame_bytes: usize) {
             s
         })
         .collect();
-    let frame = {
-        let payload = vec![b'x'; frame_bytes.saturating_sub(4).max(126)];
+    // A text frame of about `bytes` (126 to 65,535 bytes of payload: a 16-bit length).
+    let text_frame = |bytes: usize| {
+        let payload = vec![b'x'; bytes.saturating_sub(4).clamp(126, 65_535)];
         let mut f = vec![0x81, 126];
         f.extend_from_slice(&(payload.len() as u16).to_be_bytes());
         f.extend_from_slice(&payload);
         f
     };
+    let frame = text_frame(frame_bytes);
+    let snapshot = text_frame(snapshot_bytes);
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     std::thread::spawn({
         let done = done.clone();
@@ -806,6 +816,11 @@ fn send_floor_child(clients: usize, frame_bytes: usize) {
         for s in &mut sockets {
             s.write_all(&frame).unwrap();
         }
+        if snapshot_every > 0 && n.is_multiple_of(snapshot_every) {
+            for s in &mut sockets {
+                s.write_all(&snapshot).unwrap();
+            }
+        }
     }
 }
 
@@ -817,7 +832,12 @@ struct SendFloor {
 
 /// The send floor ([`send_floor_child`]) as its own process, read by `clients` light readers in
 /// this one, its CPU measured as [`resources`] measures the node's.
-fn send_floor(seconds: u64, clients: usize, frame_bytes: usize) -> SendFloor {
+fn send_floor(
+    seconds: u64,
+    clients: usize,
+    frame_bytes: usize,
+    snapshots: Option<(usize, u32)>,
+) -> SendFloor {
     use std::io::BufRead;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -827,7 +847,11 @@ fn send_floor(seconds: u64, clients: usize, frame_bytes: usize) -> SendFloor {
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
         .env(
             "DISPLAY_BENCH_SEND_FLOOR",
-            format!("{clients},{frame_bytes}"),
+            format!(
+                "{clients},{frame_bytes},{},{}",
+                snapshots.map_or(0, |s| s.0),
+                snapshots.map_or(0, |s| s.1)
+            ),
         )
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -934,8 +958,8 @@ fn main() {
         return;
     }
     if let Ok(floor) = std::env::var("DISPLAY_BENCH_SEND_FLOOR") {
-        let (clients, bytes) = floor.split_once(',').unwrap();
-        send_floor_child(clients.parse().unwrap(), bytes.parse().unwrap());
+        let f: Vec<usize> = floor.split(',').map(|v| v.parse().unwrap()).collect();
+        send_floor_child(f[0], f[1], f[2], f[3] as u32);
         return;
     }
     // `latency` or `resources` runs only that part (while profiling one); anything else both.
@@ -951,6 +975,8 @@ fn main() {
     println!("uptime: {}", common::uptime());
     let mut idle_cpu = f64::NAN;
     let mut event_frame_bytes = 0;
+    // The snapshots a screen got: their mean size, and how many 10 ms ticks apart.
+    let mut snapshots = None;
     let mut display_cpu = f64::NAN;
     for (clients, variant, kind) in [
         (0, Variant::Default, Screens::Light),
@@ -994,6 +1020,13 @@ fn main() {
                 // An event's frame as the screens received it: every byte but the snapshots'.
                 event_frame_bytes =
                     (r.bytes - r.snapshot_bytes) / (r.messages - r.snapshots).max(1);
+                let per_screen = r.snapshots as f64 / clients as f64;
+                snapshots = (per_screen > 0.0).then(|| {
+                    (
+                        r.snapshot_bytes / r.snapshots,
+                        ((seconds + 2) as f64 * 100.0 / per_screen).round() as u32,
+                    )
+                });
             }
             _ => {}
         }
@@ -1008,7 +1041,7 @@ fn main() {
             );
         }
     }
-    let f = send_floor(seconds, 200, event_frame_bytes);
+    let f = send_floor(seconds, 200, event_frame_bytes, None);
     println!(
         "send floor: a process that only writes a {}-byte frame to each of 200 loopback sockets 100 times a second: CPU {:.1} % of one core; the display's share of the node's (200 screens - 0 screens) {:.1} % = {:.2}x that floor",
         f.frame_bytes,
@@ -1016,4 +1049,13 @@ fn main() {
         display_cpu,
         display_cpu / f.cpu_pct,
     );
+    if let Some((bytes, every)) = snapshots {
+        let f = send_floor(seconds, 200, event_frame_bytes, snapshots);
+        println!(
+            "send floor with the snapshots: the same, and a {bytes}-byte frame to each every {} ms, as the screens got them: CPU {:.1} % of one core; the display's share = {:.2}x that floor",
+            every * 10,
+            f.cpu_pct,
+            display_cpu / f.cpu_pct,
+        );
+    }
 }
