@@ -266,6 +266,25 @@ fn passing_number(text: &str) -> Option<u32> {
     digits[..end].parse().ok()
 }
 
+/// What `connect` gives once it succeeds: the node may still be starting (`venue-node run` binds
+/// its display a moment after it opens the decoder), so a refused connection is tried again until
+/// [`START_MS_MAX`].
+async fn connected<T, E: std::fmt::Display, F: std::future::Future<Output = Result<T, E>>>(
+    to: &(dyn std::fmt::Display + Sync),
+    mut connect: impl FnMut() -> F,
+) -> T {
+    let deadline = Instant::now() + Duration::from_millis(START_MS_MAX);
+    loop {
+        match connect().await {
+            Ok(connection) => return connection,
+            Err(error) => {
+                assert!(Instant::now() < deadline, "connecting {to}: {error}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
 /// One screen: connects, says it is ready once its snapshot came, then stamps passings until it
 /// has `last` or `stop`.
 async fn screen(
@@ -274,16 +293,7 @@ async fn screen(
     ready: tokio::sync::mpsc::Sender<()>,
     stop: CancellationToken,
 ) -> Seen {
-    let deadline = Instant::now() + Duration::from_millis(START_MS_MAX);
-    let mut ws = loop {
-        match tokio_tungstenite::connect_async(&url).await {
-            Ok((ws, _)) => break ws,
-            Err(error) => {
-                assert!(Instant::now() < deadline, "connecting {url}: {error}");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    };
+    let (mut ws, _) = connected(&url, || tokio_tungstenite::connect_async(&url)).await;
     let mut seen = Seen::default();
     let mut announced = false;
     loop {
@@ -357,16 +367,7 @@ async fn light_screen(
     ready: tokio::sync::mpsc::Sender<()>,
     stop: CancellationToken,
 ) -> Seen {
-    let deadline = Instant::now() + Duration::from_millis(START_MS_MAX);
-    let mut tcp = loop {
-        match tokio::net::TcpStream::connect(addr).await {
-            Ok(tcp) => break tcp,
-            Err(error) => {
-                assert!(Instant::now() < deadline, "connecting {addr}: {error}");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    };
+    let mut tcp = connected(&addr, || tokio::net::TcpStream::connect(addr)).await;
     tcp.set_nodelay(true).unwrap();
     let key = tokio_tungstenite::tungstenite::handshake::client::generate_key();
     let request = format!(
