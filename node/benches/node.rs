@@ -1,11 +1,12 @@
 //! Decoder byte in to durable in the spool, through a real pseudo-terminal and tokio-serial.
 //!
 //! The bench plays the decoder on the PTY master, stamping the moment each PASSING's last byte is
-//! written; the node (in this process) reads the slave. A thread of the bench's own, parked on the
-//! spool's head (which the writer moves right after the group's fdatasync returns), stamps the moment
-//! each passing is durable; a live spool subscription on the async workers, as a screen would read
-//! it, stamps the moment it is seen. The durable figure is the path's; the seen one adds a worker's
-//! wake-up and a read, and earlier runs of this bench reported only it. Reported: p50/p99/p99.9 of
+//! written; the node (in this process) reads the slave. Durable is the moment the writer's
+//! `fdatasync` returned, stamped on the writer's thread ([`spool::Spool::watch_durable`]), as the
+//! floor stamps its own sync; a thread of the bench's, parked on that mark, also stamps when it woke
+//! to it (how runs before 2026-12-02 stamped durable: it adds a wake-up, printed as its own line);
+//! a live spool subscription on the async workers, as a screen would read it, stamps the moment it
+//! is seen (a worker's wake-up and a read more; the first runs of this bench reported only it). Reported: p50/p99/p99.9 of
 //! that latency at 100 and 1,000 passings/s, as ratios to two floors measured in the same run, in the
 //! same directory: one record written in place and fdatasynced *at the run's rate* (the floor a
 //! passing at that rate can reach, see `paced_floor`), and the same back to back (the floor of
@@ -61,16 +62,19 @@ fn config(dir: &Path, device: std::path::PathBuf) -> Config {
 
 /// Where one passing's time went, µs, from the wall-clock stamps along the path: the bench's write on
 /// the master, the node's `captured_at_us` (taken when the read returned), the writer's
-/// `recorded_at_us` (taken when it began the group's validation) and the bench seeing it durable.
+/// `recorded_at_us` (taken when it began the group's validation), the writer's sync returning, and
+/// the bench's threads waking to it.
 #[derive(Default)]
 struct Stages {
     /// Byte written -> the node's read returned: the PTY and the read wake-up.
     read: Vec<f64>,
     /// Read returned -> the writer thread took it: accumulator, record, encode, hand-off.
     hand_off: Vec<f64>,
-    /// Writer took it -> the head moved: index, journal write, fdatasync, publish.
+    /// Writer took it -> its fdatasync returned: validation, encode, journal write, fdatasync.
     commit: Vec<f64>,
-    /// The head moved -> a subscriber on the async workers read it: its wake-up and read.
+    /// The sync returned -> a thread parked on the head woke: the publish and that wake-up.
+    woke: Vec<f64>,
+    /// The sync returned -> a subscriber on the async workers read it: its wake-up and read.
     seen: Vec<f64>,
 }
 
@@ -79,7 +83,8 @@ impl Stages {
         for (name, v) in [
             ("PTY + read wake-up", &mut self.read),
             ("frame -> encode -> writer", &mut self.hand_off),
-            ("write + fdatasync + publish", &mut self.commit),
+            ("write + fdatasync", &mut self.commit),
+            ("durable -> head's thread woke", &mut self.woke),
             ("durable -> subscriber read", &mut self.seen),
         ] {
             v.sort_by(f64::total_cmp);
@@ -92,14 +97,19 @@ impl Stages {
     }
 }
 
-/// When the spool's head reached each seq: (head, instant, wall-clock µs), in order.
-type HeadStamps = Vec<(u64, Instant, u64)>;
+/// When the spool's head reached each seq: (head, the writer's instant its sync returned, that
+/// instant as wall-clock µs, the instant this bench's thread woke to it), in order.
+type HeadStamps = Vec<(u64, Instant, u64, Instant)>;
 
-/// Stamps every move of the spool's head from a thread of its own, parked on the watch (a
-/// current-thread runtime without an I/O driver parks on a futex, so the writer's publish wakes
-/// this thread and nothing else), until `stop`.
+/// Records every move of the spool's durable mark ([`Spool::watch_durable`]: the seq and the
+/// instant the writer's `fdatasync` returned, taken on the writer's thread, as the floor takes its
+/// own) from a thread of its own, parked on the watch (a current-thread runtime without an I/O
+/// driver parks on a futex, so the writer's publish wakes this thread and nothing else), until
+/// `stop`. The thread's own wake-up is kept too: earlier runs of this bench stamped durable there.
 fn watch_head(spool: &Spool, stop: CancellationToken) -> std::thread::JoinHandle<HeadStamps> {
-    let mut head = spool.watch_head();
+    let mut durable = spool.watch_durable();
+    // The wall clock's reading at one instant, to turn the writer's instants into µs.
+    let (base, base_us) = (Instant::now(), spool::now_us());
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
@@ -108,21 +118,25 @@ fn watch_head(spool: &Spool, stop: CancellationToken) -> std::thread::JoinHandle
             let mut stamps = HeadStamps::new();
             loop {
                 tokio::select! {
-                    changed = head.changed() => if changed.is_err() { break },
+                    changed = durable.changed() => if changed.is_err() { break },
                     () = stop.cancelled() => break,
                 }
-                let seq = head.borrow_and_update().0;
-                stamps.push((seq, Instant::now(), spool::now_us()));
+                let woke = Instant::now();
+                let mark = *durable.borrow_and_update();
+                let at_us =
+                    base_us + mark.synced_at.saturating_duration_since(base).as_micros() as u64;
+                stamps.push((mark.seq.0, mark.synced_at, at_us, woke));
             }
             stamps
         })
     })
 }
 
-/// The first stamp at which the head had reached `seq`.
-fn durable_at(stamps: &HeadStamps, seq: u64) -> Option<(Instant, u64)> {
+/// The first stamp at which the head had reached `seq`: the writer's sync, as wall-clock µs, and
+/// when the bench's thread woke to it.
+fn durable_at(stamps: &HeadStamps, seq: u64) -> Option<(Instant, u64, Instant)> {
     let i = stamps.partition_point(|(head, ..)| *head < seq);
-    stamps.get(i).map(|&(_, at, at_us)| (at, at_us))
+    stamps.get(i).map(|&(_, at, at_us, woke)| (at, at_us, woke))
 }
 
 /// The events waiting for central when a drain round starts. More than a 10 s round drains on
@@ -228,6 +242,8 @@ async fn fill_backlog(spool: &Spool, count: u32) {
 /// sorted), the stages, and with a drain beside it, what the drain did meanwhile.
 struct Run {
     durable: Vec<f64>,
+    /// Byte in -> a thread parked on the spool's head woke to it (how earlier runs stamped durable).
+    woken: Vec<f64>,
     seen: Vec<f64>,
     stages: Stages,
     drain: Option<String>,
@@ -313,7 +329,7 @@ async fn latency_run(rate: u32, seconds: u64, drain: bool) -> Run {
     cancel.cancel();
     run.await.unwrap().unwrap();
     let sent = sent.lock().unwrap();
-    let (mut durable, mut read) = (Vec::new(), Vec::new());
+    let (mut durable, mut woken, mut read) = (Vec::new(), Vec::new(), Vec::new());
     let mut stages = Stages::default();
     // Each passing's stamps, one line each, for finding when a stall happened (`NODE_BENCH_TRACE`).
     let mut trace = std::env::var_os("NODE_BENCH_TRACE").map(|path| {
@@ -327,12 +343,13 @@ async fn latency_run(rate: u32, seconds: u64, drain: bool) -> Run {
     });
     for (seen_at, seen_us, e) in seen {
         let p = catalog::Passing::from_event(&e).unwrap();
-        let (Some((t, wrote_us)), Some((durable_at, durable_us))) =
+        let (Some((t, wrote_us)), Some((durable_at, durable_us, woke))) =
             (sent.get(&p.passing_number), durable_at(&heads, e.seq.0))
         else {
             continue;
         };
         durable.push(durable_at.saturating_duration_since(*t).as_secs_f64() * 1e6);
+        woken.push(woke.saturating_duration_since(*t).as_secs_f64() * 1e6);
         read.push(seen_at.saturating_duration_since(*t).as_secs_f64() * 1e6);
         let (captured, recorded) = (e.meta.captured_at_us, e.recorded_at_us);
         if let Some(f) = trace.as_mut() {
@@ -350,12 +367,17 @@ async fn latency_run(rate: u32, seconds: u64, drain: bool) -> Run {
         stages
             .commit
             .push(durable_us.saturating_sub(recorded) as f64);
+        stages
+            .woke
+            .push(woke.saturating_duration_since(durable_at).as_secs_f64() * 1e6);
         stages.seen.push(seen_us.saturating_sub(durable_us) as f64);
     }
     durable.sort_by(f64::total_cmp);
+    woken.sort_by(f64::total_cmp);
     read.sort_by(f64::total_cmp);
     Run {
         durable,
+        woken,
         seen: read,
         stages,
         drain: drained,
@@ -427,11 +449,16 @@ fn child(rate: u32, seconds: u64) {
     let drain = std::env::var("NODE_BENCH_DRAIN").is_ok_and(|v| v == "1");
     let Run {
         durable,
+        woken,
         seen,
         stages,
         drain,
     } = rt.block_on(latency_run(rate, seconds, drain));
-    for (what, lat) in [("durable", &durable), ("seen by a subscriber", &seen)] {
+    for (what, lat) in [
+        ("durable", &durable),
+        ("a thread woken on the head", &woken),
+        ("seen by a subscriber", &seen),
+    ] {
         println!(
             "{rate:>5} passings/s: byte in -> {what} p50 {:.0} µs ({:.2}x paced floor, {:.2}x back to back)  p99 {:.0} µs ({:.2}x paced floor p99, {:.2}x back to back)  p99.9 {:.0} µs  [{} samples]",
             pct(lat, 0.5),

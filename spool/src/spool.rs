@@ -116,10 +116,22 @@ impl Default for SpoolConfig {
     }
 }
 
+/// The newest durable seq and the moment the `fdatasync` that made it durable returned, on the
+/// writer's thread ([`Spool::watch_durable`]). After a reopen replayed the journal, the moment of
+/// that replay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurableMark {
+    /// The newest durable seq.
+    pub seq: Seq,
+    /// When the group holding it was synced.
+    pub synced_at: std::time::Instant,
+}
+
 struct Inner {
     reader: Arc<SpoolReader>,
     tx: Mutex<Option<mpsc::Sender<Request>>>,
     head: watch::Receiver<Seq>,
+    durable: watch::Receiver<DurableMark>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -212,6 +224,10 @@ impl Spool {
         let tail = Arc::new(RwLock::new(Tail::default()));
         let counters = Arc::new(Counters::default());
         let (head_tx, head_rx) = watch::channel(Seq(next_seq - 1));
+        let (durable_tx, durable_rx) = watch::channel(DurableMark {
+            seq: Seq(next_seq - 1),
+            synced_at: std::time::Instant::now(),
+        });
         let policy = Policy {
             checkpoint_events: config.checkpoint_events.max(1),
             checkpoint_interval: config.checkpoint_interval,
@@ -241,6 +257,7 @@ impl Spool {
             journal,
             tail.clone(),
             head_tx,
+            durable_tx,
             next_seq,
             next_lsn,
             counters.clone(),
@@ -270,6 +287,7 @@ impl Spool {
                 reader: Arc::new(reader),
                 tx: Mutex::new(Some(tx)),
                 head: head_rx,
+                durable: durable_rx,
                 thread: Mutex::new(Some(thread)),
             }),
         })
@@ -476,6 +494,13 @@ impl Spool {
     /// A receiver of the newest durable seq, for callers that want only the signal.
     pub fn watch_head(&self) -> watch::Receiver<Seq> {
         self.inner.head.clone()
+    }
+
+    /// A receiver of the newest durable seq with the moment its group's `fdatasync` returned,
+    /// taken on the writer's thread: what a latency measurement calls durable, without the wake-up
+    /// of whoever waits on [`Spool::watch_head`]. It moves with the head, just before it.
+    pub fn watch_durable(&self) -> watch::Receiver<DurableMark> {
+        self.inner.durable.clone()
     }
 
     /// The reader behind this spool, to hand to code that only reads.

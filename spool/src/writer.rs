@@ -405,6 +405,7 @@ pub(crate) struct Writer {
     pub(crate) journal: Journal,
     pub(crate) tail: Arc<RwLock<Tail>>,
     pub(crate) head: watch::Sender<Seq>,
+    pub(crate) durable: watch::Sender<crate::spool::DurableMark>,
     pub(crate) next_seq: u64,
     pub(crate) next_lsn: u64,
     pub(crate) counters: Arc<Counters>,
@@ -463,6 +464,7 @@ impl Writer {
         journal: Journal,
         tail: Arc<RwLock<Tail>>,
         head: watch::Sender<Seq>,
+        durable: watch::Sender<crate::spool::DurableMark>,
         next_seq: u64,
         next_lsn: u64,
         counters: Arc<Counters>,
@@ -483,6 +485,7 @@ impl Writer {
             journal,
             tail,
             head,
+            durable,
             next_seq,
             next_lsn,
             counters,
@@ -1027,9 +1030,11 @@ impl Writer {
         if self.group_pending.is_empty() && self.group_bytes.is_empty() {
             return;
         }
+        let mut synced_at = None;
         if self.failed.is_none() && !self.group_bytes.is_empty() {
             match self.sync_group() {
                 Ok(()) => {
+                    synced_at = Some(Instant::now());
                     self.counters.commits.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(error) => self.fail(&error),
@@ -1071,6 +1076,12 @@ impl Writer {
             .appended_events
             .fetch_add(appended, Ordering::Relaxed);
         if let Some(last) = last {
+            if let Some(synced_at) = synced_at {
+                self.durable.send_replace(crate::spool::DurableMark {
+                    seq: last,
+                    synced_at,
+                });
+            }
             self.head.send_replace(last);
         }
         for p in pending {
@@ -1282,6 +1293,16 @@ impl Writer {
         self.db.set(Some(db));
         // An append answered `Err` may have reached the journal before the failure; it is stored
         // now, and subscribers learn of it.
+        self.durable.send_if_modified(|mark| {
+            let changed = mark.seq.0 != next_seq - 1;
+            if changed {
+                *mark = crate::spool::DurableMark {
+                    seq: Seq(next_seq - 1),
+                    synced_at: Instant::now(),
+                };
+            }
+            changed
+        });
         self.head.send_if_modified(|head| {
             let changed = head.0 != next_seq - 1;
             *head = Seq(next_seq - 1);

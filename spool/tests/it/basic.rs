@@ -148,3 +148,38 @@ fn bad_input_is_refused_with_a_clear_error_and_counted() {
     assert_eq!(spool.stats().unwrap().rejected_appends, 2);
     assert_eq!(spool.head().unwrap(), Seq(0));
 }
+
+#[test]
+fn the_durable_mark_moves_with_the_head_stamped_when_the_sync_returned() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path(), opaque_config()).unwrap();
+    let mut durable = spool.watch_durable();
+    assert_eq!(durable.borrow_and_update().seq, Seq(0));
+    let before = std::time::Instant::now();
+    spool
+        .append_blocking(vec![part(
+            "a",
+            ExpectedVersion::Any,
+            vec![event(b"a1"), event(b"a2")],
+        )])
+        .unwrap();
+    let answered = std::time::Instant::now();
+    assert!(durable.has_changed().unwrap());
+    let mark = *durable.borrow_and_update();
+    assert_eq!(mark.seq, Seq(2));
+    assert_eq!(mark.seq, *spool.watch_head().borrow());
+    // Stamped on the writer's thread between the request and its answer.
+    assert!(mark.synced_at >= before && mark.synced_at <= answered);
+    // A failed append moves neither.
+    let stale = spool.append_blocking(vec![part(
+        "a",
+        ExpectedVersion::NoStream,
+        vec![event(b"a3")],
+    )]);
+    assert!(stale.is_err());
+    assert!(!durable.has_changed().unwrap());
+    drop(spool);
+    // A reopen starts the mark at the stored head.
+    let spool = Spool::open(dir.path(), opaque_config()).unwrap();
+    assert_eq!(spool.watch_durable().borrow().seq, Seq(2));
+}
