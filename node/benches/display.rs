@@ -13,8 +13,10 @@
 //!   clients (`Screens::Light`: the upgrade by hand, each read of the socket parsed in place),
 //!   because on this machine they share the node's two cores and a heavier client's CPU is taken
 //!   from the node; the tungstenite clients the bench had before run as one row beside them
-//!   ("tung."). A spool subscription
-//!   stamps each passing durable. Reported per run: byte -> durable, and byte -> screen over every
+//!   ("tung."). A passing is durable the moment the spool writer's `fdatasync` that holds it
+//!   returned, as the writer stamps it (`Spool::watch_durable`, as in the `node` bench; before
+//!   2026-12-02 a spool subscription on the node's workers stamped it, which added that task's
+//!   wake-up, delayed most when the screens kept the workers busy). Reported per run: byte -> durable, and byte -> screen over every
 //!   delivery to every client, p50/p99/p99.9, and durable -> screen (the display's own share). The
 //!   floor (append 96 B + fdatasync, the same disk; `common::floor`, as the `node` bench measures
 //!   it) is measured just before each round; the target is screen p99 within 5 ms of the floor's
@@ -56,7 +58,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use common::{cpu_seconds, floor, pct, proc_status_kib, pty, spawn_run};
+use common::{cpu_seconds, durable_at, floor, pct, proc_status_kib, pty, spawn_run, watch_durable};
 
 /// The track the bench's node times.
 const TRACK: &str = "bench";
@@ -545,7 +547,11 @@ async fn latency_run(case: Case, seconds: u64, screen_rt: &tokio::runtime::Runti
         None => Vec::new(),
     };
     let sent = stamps(total as usize);
-    let durable = stamps(total as usize);
+    let stop_marks = CancellationToken::new();
+    let marks = watch_durable(&spool, stop_marks.clone());
+    // Each passing's seq, by its number: its durable instant is the writer's mark that first
+    // reached that seq.
+    let mut seqs: Vec<Option<u64>> = vec![None; total as usize + 1];
     let writer = tokio::spawn(play(master, case.rate, total, sent.clone()));
     let mut stored = 0;
     while stored < total {
@@ -553,12 +559,15 @@ async fn latency_run(case: Case, seconds: u64, screen_rt: &tokio::runtime::Runti
             .await
             .expect("passings keep becoming durable")
             .unwrap();
-        let at = Instant::now();
         let p = catalog::Passing::from_event(&e).unwrap();
-        durable.lock().unwrap()[p.passing_number as usize] = Some(at);
+        if let Some(slot) = seqs.get_mut(p.passing_number as usize) {
+            *slot = Some(e.seq.0);
+        }
         stored += 1;
     }
     let _master = writer.await.unwrap();
+    stop_marks.cancel();
+    let marks = marks.join().unwrap();
     // Every screen ends when it has the last passing; one that has not by the deadline is stopped
     // and its missing deliveries counted.
     let drain = tokio::spawn({
@@ -580,7 +589,10 @@ async fn latency_run(case: Case, seconds: u64, screen_rt: &tokio::runtime::Runti
     }
 
     let sent = sent.lock().unwrap().clone();
-    let durable = durable.lock().unwrap().clone();
+    let durable: Vec<Option<Instant>> = seqs
+        .iter()
+        .map(|seq| Some(durable_at(&marks, (*seq)?)?.0))
+        .collect();
     let disk: Vec<f64> = (1..=total as usize)
         .filter_map(|n| Some(durable[n]?.saturating_duration_since(sent[n]?)))
         .map(|d| d.as_secs_f64() * 1e6)

@@ -44,8 +44,8 @@ use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
 use common::{
-    cpu_seconds, floor, free_port, paced_floor, pct, proc_status_kib, pty, spawn_central,
-    spawn_run, uplink_to,
+    cpu_seconds, durable_at, floor, free_port, paced_floor, pct, proc_status_kib, pty,
+    spawn_central, spawn_run, uplink_to, watch_durable,
 };
 
 fn passing(n: u32) -> Vec<u8> {
@@ -95,48 +95,6 @@ impl Stages {
             );
         }
     }
-}
-
-/// When the spool's head reached each seq: (head, the writer's instant its sync returned, that
-/// instant as wall-clock µs, the instant this bench's thread woke to it), in order.
-type HeadStamps = Vec<(u64, Instant, u64, Instant)>;
-
-/// Records every move of the spool's durable mark ([`Spool::watch_durable`]: the seq and the
-/// instant the writer's `fdatasync` returned, taken on the writer's thread, as the floor takes its
-/// own) from a thread of its own, parked on the watch (a current-thread runtime without an I/O
-/// driver parks on a futex, so the writer's publish wakes this thread and nothing else), until
-/// `stop`. The thread's own wake-up is kept too: earlier runs of this bench stamped durable there.
-fn watch_head(spool: &Spool, stop: CancellationToken) -> std::thread::JoinHandle<HeadStamps> {
-    let mut durable = spool.watch_durable();
-    // The wall clock's reading at one instant, to turn the writer's instants into µs.
-    let (base, base_us) = (Instant::now(), spool::now_us());
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let mut stamps = HeadStamps::new();
-            loop {
-                tokio::select! {
-                    changed = durable.changed() => if changed.is_err() { break },
-                    () = stop.cancelled() => break,
-                }
-                let woke = Instant::now();
-                let mark = *durable.borrow_and_update();
-                let at_us =
-                    base_us + mark.synced_at.saturating_duration_since(base).as_micros() as u64;
-                stamps.push((mark.seq.0, mark.synced_at, at_us, woke));
-            }
-            stamps
-        })
-    })
-}
-
-/// The first stamp at which the head had reached `seq`: the writer's sync, as wall-clock µs, and
-/// when the bench's thread woke to it.
-fn durable_at(stamps: &HeadStamps, seq: u64) -> Option<(Instant, u64, Instant)> {
-    let i = stamps.partition_point(|(head, ..)| *head < seq);
-    stamps.get(i).map(|&(_, at, at_us, woke)| (at, at_us, woke))
 }
 
 /// The events waiting for central when a drain round starts. More than a 10 s round drains on
@@ -283,7 +241,7 @@ async fn latency_run(rate: u32, seconds: u64, drain: bool) -> Run {
     let backlog_before = backlog();
     let started = Instant::now();
     let stop_heads = CancellationToken::new();
-    let heads = watch_head(&spool, stop_heads.clone());
+    let heads = watch_durable(&spool, stop_heads.clone());
     let total = rate as u64 * seconds;
     let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
     let sent: std::sync::Arc<std::sync::Mutex<HashMap<u32, (Instant, u64)>>> = Default::default();

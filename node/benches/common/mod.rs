@@ -207,3 +207,48 @@ pub fn uplink_to(dir: &Path, port: u16, token: &str) -> node::config::UplinkSett
         limits: None,
     }
 }
+
+/// When the spool's head reached each seq: (head, the writer's instant its sync returned, that
+/// instant as wall-clock µs, the instant this bench's thread woke to it), in order.
+pub type HeadStamps = Vec<(u64, Instant, u64, Instant)>;
+
+/// Records every move of the spool's durable mark ([`spool::Spool::watch_durable`]: the seq and the
+/// instant the writer's `fdatasync` returned, taken on the writer's thread, as the floor takes its
+/// own) from a thread of its own, parked on the watch (a current-thread runtime without an I/O
+/// driver parks on a futex, so the writer's publish wakes this thread and nothing else), until
+/// `stop`. The thread's own wake-up is kept too: the benches stamped durable there before 2026-12-02.
+pub fn watch_durable(
+    spool: &spool::Spool,
+    stop: tokio_util::sync::CancellationToken,
+) -> std::thread::JoinHandle<HeadStamps> {
+    let mut durable = spool.watch_durable();
+    // The wall clock's reading at one instant, to turn the writer's instants into µs.
+    let (base, base_us) = (Instant::now(), spool::now_us());
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let mut stamps = HeadStamps::new();
+            loop {
+                tokio::select! {
+                    changed = durable.changed() => if changed.is_err() { break },
+                    () = stop.cancelled() => break,
+                }
+                let woke = Instant::now();
+                let mark = *durable.borrow_and_update();
+                let at_us =
+                    base_us + mark.synced_at.saturating_duration_since(base).as_micros() as u64;
+                stamps.push((mark.seq.0, mark.synced_at, at_us, woke));
+            }
+            stamps
+        })
+    })
+}
+
+/// The first stamp at which the head had reached `seq`: the writer's sync, as wall-clock µs, and
+/// when the bench's thread woke to it.
+pub fn durable_at(stamps: &HeadStamps, seq: u64) -> Option<(Instant, u64, Instant)> {
+    let i = stamps.partition_point(|(head, ..)| *head < seq);
+    stamps.get(i).map(|&(_, at, at_us, woke)| (at, at_us, woke))
+}
