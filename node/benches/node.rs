@@ -14,14 +14,16 @@
 //! another). Then the node as its own process at a steady 100 passings/s: CPU % and RSS, the
 //! small-box budget.
 //!
-//! Each latency run is a child process of the bench, once with the input reading while up to two of
-//! its appends are in flight (the node's default), once with one in flight (the previous default,
-//! `VENUE_NODE_INPUT_IN_FLIGHT=1`), once waiting for each append before it reads again (the path
-//! before that, `VENUE_NODE_INPUT_SERIAL=1`), and once more on the default path while the uplink
-//! drains a backlog of stored events to a central of its own (the issue's "held while the uplink
-//! drains": the line says how many events the drain moved meanwhile). They run in rounds after a
-//! fresh floor, so every line is a ratio to a floor measured moments before it. Each run also prints where the time went, from the wall-clock
-//! stamps the path leaves on every event (see `Stages`).
+//! Each latency run is a child process of the bench: the node's default (an append commits on the
+//! input's thread when the spool's writer is idle, and the input reads while up to two appends are
+//! in flight), every append through the writer thread's queue (the previous default,
+//! `VENUE_SPOOL_CALLER_COMMITS=0`), one append in flight (`VENUE_NODE_INPUT_IN_FLIGHT=1`, the
+//! default before that), waiting for each append before reading again (`VENUE_NODE_INPUT_SERIAL=1`,
+//! the path before that), and once more on the default path while the uplink drains a backlog of
+//! stored events to a central of its own (the issue's "held while the uplink drains": the line says
+//! how many events the drain moved meanwhile). They run in rounds after a fresh floor, so every
+//! line is a ratio to a floor measured moments before it. Each run also prints where the time went,
+//! from the wall-clock stamps the path leaves on every event (see `Stages`).
 //!
 //! `cargo bench -p node --bench node` (`NODE_BENCH_SECONDS` scales each run, default 10;
 //! `NODE_BENCH_ROUNDS`, default 2; `NODE_BENCH_TRACE=<file>` writes each passing's stamps as CSV, for
@@ -347,21 +349,7 @@ fn resources(seconds: u64, serial: &str) -> (f64, u64, u64) {
     let dir = tempfile::tempdir_in(".").unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (mut master, link) = rt.block_on(async { pty(dir.path()) });
-    let mut child = spawn_run(
-        dir.path(),
-        &link,
-        "",
-        &[
-            (
-                node::runtime::input::INPUT_SERIAL_ENV,
-                if serial == "1" { "1" } else { "0" },
-            ),
-            (
-                node::runtime::input::INPUT_IN_FLIGHT_ENV,
-                if serial == "one" { "1" } else { "2" },
-            ),
-        ],
-    );
+    let mut child = spawn_run(dir.path(), &link, "", &path_envs(serial));
     let pid = child.id();
     rt.block_on(async {
         // Warm up for 2 s, then measure.
@@ -438,23 +426,30 @@ fn child(rate: u32, seconds: u64) {
 /// Seconds of the paced floor measured before each run.
 const FLOOR_PACED_SECONDS: usize = 5;
 
-/// The runs the bench compares: (label, value of [`node::runtime::input::INPUT_SERIAL_ENV`],
-/// and if the uplink drains a backlog beside the run, the value of
-/// [`uplink::drain::UPLINK_DRAIN_CORE_ENV`]). A value of `one` for the serial setting is the
-/// default path with one append in flight ([`node::runtime::input::INPUT_IN_FLIGHT_ENV`]`=1`).
+/// The runs the bench compares: (label, the input's path, and if the uplink drains a backlog
+/// beside the run, the value of [`uplink::drain::UPLINK_DRAIN_CORE_ENV`]). The input's path is
+/// `0` for the node's default, `queue` for the default with every append through the writer's
+/// queue ([`node::runtime::SPOOL_CALLER_COMMITS_ENV`]`=0`), `one` for one append in flight
+/// ([`node::runtime::input::INPUT_IN_FLIGHT_ENV`]`=1`) and `1` for reading only after each append
+/// ([`node::runtime::input::INPUT_SERIAL_ENV`]`=1`).
 const PATHS: [(&str, &str, Option<&str>); 5] = [
     (
-        "read while two appends are in flight (the node's default)",
+        "the node's default (an idle writer's commit on the input's thread, two appends in flight)",
         "0",
         None,
     ),
     (
-        "read while one append is in flight (VENUE_NODE_INPUT_IN_FLIGHT=1, the previous default)",
+        "every append through the writer thread's queue (VENUE_SPOOL_CALLER_COMMITS=0, the previous default)",
+        "queue",
+        None,
+    ),
+    (
+        "one append in flight, through the queue (VENUE_NODE_INPUT_IN_FLIGHT=1, the default before that)",
         "one",
         None,
     ),
     (
-        "read after each append (VENUE_NODE_INPUT_SERIAL=1, the path before that)",
+        "read after each append, through the queue (VENUE_NODE_INPUT_SERIAL=1, the path before that)",
         "1",
         None,
     ),
@@ -463,12 +458,25 @@ const PATHS: [(&str, &str, Option<&str>); 5] = [
         "0",
         Some("auto"),
     ),
-    (
-        "the same, the drain on the last core (VENUE_UPLINK_DRAIN_CORE=last, the previous placement)",
-        "0",
-        Some("last"),
-    ),
 ];
+
+/// The environment that selects the input's path (see [`PATHS`]).
+fn path_envs(path: &str) -> [(&'static str, &'static str); 3] {
+    [
+        (
+            node::runtime::input::INPUT_SERIAL_ENV,
+            if path == "1" { "1" } else { "0" },
+        ),
+        (
+            node::runtime::input::INPUT_IN_FLIGHT_ENV,
+            if path == "one" { "1" } else { "2" },
+        ),
+        (
+            node::runtime::SPOOL_CALLER_COMMITS_ENV,
+            if path == "0" { "1" } else { "0" },
+        ),
+    ]
+}
 
 fn main() {
     let seconds: u64 = std::env::var("NODE_BENCH_SECONDS")
@@ -519,14 +527,7 @@ fn main() {
                         uplink::drain::UPLINK_DRAIN_CORE_ENV,
                         drain.unwrap_or("auto"),
                     )
-                    .env(
-                        node::runtime::input::INPUT_SERIAL_ENV,
-                        if serial == "1" { "1" } else { "0" },
-                    )
-                    .env(
-                        node::runtime::input::INPUT_IN_FLIGHT_ENV,
-                        if serial == "one" { "1" } else { "2" },
-                    )
+                    .envs(path_envs(serial))
                     .env("RUST_LOG", "error")
                     .stderr(std::process::Stdio::null())
                     .output()

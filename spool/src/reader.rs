@@ -342,6 +342,9 @@ pub(crate) struct Counters {
     pub(crate) duplicate_events: AtomicU64,
     pub(crate) rejected_appends: AtomicU64,
     pub(crate) commits: AtomicU64,
+    pub(crate) caller_commits: AtomicU64,
+    /// When the writer last finished a group (wall-clock µs): how long it has been idle.
+    pub(crate) last_group_end_us: AtomicU64,
     pub(crate) checkpoints: AtomicU64,
     pub(crate) journal_full_waits: AtomicU64,
     pub(crate) retained_deleted_events: AtomicU64,
@@ -463,6 +466,9 @@ pub struct Stats {
     pub rejected_appends: u64,
     /// Group commits (journal syncs) since open.
     pub commits: u64,
+    /// Of those, the ones made on an async caller's thread while the writer was idle
+    /// ([`crate::SpoolConfig::caller_commits`]).
+    pub caller_commits: u64,
     /// Checkpoints into the database since open.
     pub checkpoints: u64,
     /// Times since open that the journal's ring was full and appends waited for a checkpoint
@@ -1047,6 +1053,7 @@ impl SpoolReader {
             duplicate_events: c.duplicate_events.load(Ordering::Relaxed),
             rejected_appends: c.rejected_appends.load(Ordering::Relaxed),
             commits: c.commits.load(Ordering::Relaxed),
+            caller_commits: c.caller_commits.load(Ordering::Relaxed),
             checkpoints: c.checkpoints.load(Ordering::Relaxed),
             journal_full_waits: c.journal_full_waits.load(Ordering::Relaxed),
             retention_deleted_events: c.retained_deleted_events.load(Ordering::Relaxed),

@@ -42,6 +42,12 @@ pub const STATUS_WRITE_INTERVAL_MS: u64 = 1_000;
 /// a line per read would flood a journal that may sit on the same full disk.
 pub const SPOOL_ALARM_SUMMARY_INTERVAL_S: u64 = 60;
 
+/// Set to `0`, every append goes through the spool writer's queue and waits for its thread (the
+/// node's path before 2026-12-02), instead of committing on the input's thread when the writer is
+/// idle ([`spool::SpoolConfig::caller_commits`]). Kept so `cargo bench -p node` measures both in
+/// the same run; not for production.
+pub const SPOOL_CALLER_COMMITS_ENV: &str = "VENUE_SPOOL_CALLER_COMMITS";
+
 /// Opens the spool the way the node does, from its configuration.
 pub fn spool_config(config: &Config) -> SpoolConfig {
     let mut sc = SpoolConfig {
@@ -53,6 +59,9 @@ pub fn spool_config(config: &Config) -> SpoolConfig {
     }
     if config.uplink.is_some() {
         sc.required_cursors = vec![UPLINK_CURSOR.to_string()];
+    }
+    if std::env::var_os(SPOOL_CALLER_COMMITS_ENV).is_some_and(|v| v == "0") {
+        sc.caller_commits = false;
     }
     sc
 }

@@ -2,7 +2,9 @@
 
 use spool::{ExpectedVersion, Seq, Spool, SpoolError, SpoolReader};
 
-use crate::common::{append_one, append_part, body, event, opaque_config, spool_half_checkpointed};
+use crate::common::{
+    append_one, append_part, body, event, opaque_config, part, spool_half_checkpointed, stream,
+};
 
 #[test]
 fn a_second_writer_is_refused_with_a_clear_message() {
@@ -212,6 +214,110 @@ fn racing_appenders_see_each_others_versions_and_keys_in_both_apply_modes() {
             by_key.values().any(|a| a.len() > 1),
             "some keys were answered as duplicates"
         );
+        let report = spool.verify().unwrap();
+        assert!(report.is_ok(), "{report:?}");
+    }
+}
+
+/// On a multi-thread runtime an append commits on its caller's thread when the writer has been
+/// idle for [`spool::SPOOL_CALLER_COMMIT_IDLE_US`], and through the writer's queue otherwise. Either way every task's appends are stored in the
+/// order it made them, with gapless seqs, once each; and with `caller_commits: false` none is
+/// committed on a caller's thread.
+#[test]
+fn appends_commit_on_the_callers_thread_when_the_writer_is_idle_and_keep_each_callers_order() {
+    const PER_TASK: u32 = 300;
+    for caller_commits in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = spool::SpoolConfig {
+            caller_commits,
+            ..opaque_config()
+        };
+        let spool = Spool::open(dir.path(), config).unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            // One caller alone, at a quiet track's pace: the writer is idle at each append.
+            let spool_ = spool.clone();
+            tokio::spawn(async move {
+                for i in 0..20u32 {
+                    tokio::time::sleep(std::time::Duration::from_micros(
+                        spool::SPOOL_CALLER_COMMIT_IDLE_US + 1_000,
+                    ))
+                    .await;
+                    spool_
+                        .append(vec![part(
+                            "alone",
+                            ExpectedVersion::Exact(u64::from(i)),
+                            vec![event(format!("alone-{i}").as_bytes())],
+                        )])
+                        .await
+                        .unwrap();
+                }
+            })
+            .await
+            .unwrap();
+            // Eight callers at once, each with two appends in flight at a time as the input keeps
+            // them: some commit on their thread, the others queue behind.
+            let tasks: Vec<_> = (0..8)
+                .map(|t| {
+                    let spool = spool.clone();
+                    tokio::spawn(async move {
+                        for i in (0..PER_TASK).step_by(2) {
+                            let a = spool.append(vec![part(
+                                &format!("s{t}"),
+                                ExpectedVersion::Any,
+                                vec![event(format!("{t}-{i}").as_bytes())],
+                            )]);
+                            let b = spool.append(vec![part(
+                                &format!("s{t}"),
+                                ExpectedVersion::Any,
+                                vec![event(format!("{t}-{}", i + 1).as_bytes())],
+                            )]);
+                            let (a, b) = tokio::join!(a, b);
+                            assert!(a.unwrap()[0].seq < b.unwrap()[0].seq);
+                        }
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await.unwrap();
+            }
+        });
+        let all = spool.read_global(Seq::FIRST, 10_000).unwrap();
+        assert_eq!(all.len(), 20 + 8 * PER_TASK as usize);
+        for (i, e) in all.iter().enumerate() {
+            assert_eq!(e.seq.0, i as u64 + 1);
+        }
+        for t in 0..8 {
+            let events = spool
+                .read_stream(&stream(&format!("s{t}")), 1, 1000)
+                .unwrap();
+            let bodies: Vec<Vec<u8>> = events.iter().map(body).collect();
+            let expected: Vec<Vec<u8>> = (0..PER_TASK)
+                .map(|i| format!("{t}-{i}").into_bytes())
+                .collect();
+            assert_eq!(
+                bodies, expected,
+                "stream s{t} in the order its task appended"
+            );
+        }
+        let stats = spool.stats().unwrap();
+        if caller_commits {
+            assert!(
+                stats.caller_commits >= 20,
+                "the lone caller's appends committed on its thread: {stats:?}"
+            );
+            assert!(stats.caller_commits <= stats.commits);
+        } else {
+            assert_eq!(stats.caller_commits, 0);
+        }
+        drop(spool);
+        // Everything is there after a reopen too.
+        let spool = Spool::open(dir.path(), opaque_config()).unwrap();
+        assert_eq!(spool.head().unwrap(), Seq(20 + 8 * u64::from(PER_TASK)));
         let report = spool.verify().unwrap();
         assert!(report.is_ok(), "{report:?}");
     }
