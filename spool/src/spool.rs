@@ -99,8 +99,8 @@ pub struct SpoolConfig {
     /// [`tokio::task::block_in_place`], which first hands the worker's other tasks to another
     /// thread, so the append pays no wake-up of the writer thread between the caller's read and
     /// its `pwrite`. A busy writer (or a current-thread runtime, or a synchronous caller) gets the
-    /// request through the queue as before. `false` sends every append
-    /// through the queue, the former way, kept so the benches measure both in one run.
+    /// request through the queue as before. `false` sends every append through the queue, the
+    /// former way, kept so the benches measure both in one run.
     pub caller_commits: bool,
 }
 
