@@ -95,13 +95,16 @@ pub struct SpoolConfig {
     /// the gain in one run.
     pub background_checkpoints: bool,
     /// Let an async append commit on its caller's thread when the writer is idle (the default):
-    /// nothing queued, and no group for [`SPOOL_CALLER_COMMIT_IDLE_US`]. It runs inside
+    /// nothing queued, and no group for [`SpoolConfig::caller_commit_idle`]. It runs inside
     /// [`tokio::task::block_in_place`], which first hands the worker's other tasks to another
     /// thread, so the append pays no wake-up of the writer thread between the caller's read and
     /// its `pwrite`. A busy writer (or a current-thread runtime, or a synchronous caller) gets the
     /// request through the queue as before. `false` sends every append through the queue, the
     /// former way, kept so the benches measure both in one run.
     pub caller_commits: bool,
+    /// How long the writer must have been idle for [`SpoolConfig::caller_commits`]; the default is
+    /// [`SPOOL_CALLER_COMMIT_IDLE_US`].
+    pub caller_commit_idle: Duration,
 }
 
 impl Default for SpoolConfig {
@@ -121,17 +124,18 @@ impl Default for SpoolConfig {
             apply_on_thread: true,
             background_checkpoints: true,
             caller_commits: true,
+            caller_commit_idle: Duration::from_micros(SPOOL_CALLER_COMMIT_IDLE_US),
         }
     }
 }
 
-/// How long (µs) the writer must have been idle before an append commits on its caller's thread
-/// ([`SpoolConfig::caller_commits`]). Measured on the 2-core build VM (2026-12-02): at 100
-/// passings/s, where the writer sleeps 10 ms between passings and its wake-up costs ~30 µs, the
-/// caller's commit took byte -> durable from a median p50 of 432 to 371 µs over 8 alternating
-/// pairs; at 1,000/s, with the writer busy every millisecond, it won little at p50 and its
-/// p99.9 was worse in 2 of 4 pairs, so an append that follows a group closer than this goes
-/// through the queue.
+/// How long (µs) the writer must have been idle before an append commits on its caller's thread,
+/// by default ([`SpoolConfig::caller_commit_idle`]). Measured on the 2-core build VM (2026-12-02):
+/// at 100 passings/s, where the writer sleeps 10 ms between passings and its wake-up costs
+/// ~30 µs, the caller's commit took byte -> durable from a median p50 of 432 to 371 µs over 8
+/// alternating pairs; at 1,000/s, with the writer busy every millisecond, it won little at p50
+/// and its p99.9 was worse in 2 of 4 pairs, so an append that follows a group closer than this
+/// goes through the queue.
 pub const SPOOL_CALLER_COMMIT_IDLE_US: u64 = 2_000;
 
 /// The newest durable seq and the moment the `fdatasync` that made it durable returned, on the
@@ -152,6 +156,8 @@ struct Inner {
     /// by an append that commits on its caller's thread ([`SpoolConfig::caller_commits`]).
     writer: Arc<Mutex<Writer>>,
     caller_commits: bool,
+    /// [`SpoolConfig::caller_commit_idle`], µs.
+    caller_commit_idle_us: u64,
     /// Requests sent through the queue whose callers have not had their answer yet. An append
     /// commits on its caller's thread only when it is 0, so it never overtakes one sent before
     /// it: a caller's appends are stored in the order it made them, either way.
@@ -316,6 +322,8 @@ impl Spool {
                 tx: Mutex::new(Some(tx)),
                 writer,
                 caller_commits: config.caller_commits,
+                caller_commit_idle_us: u64::try_from(config.caller_commit_idle.as_micros())
+                    .unwrap_or(u64::MAX),
                 queued: std::sync::atomic::AtomicUsize::new(0),
                 head: head_rx,
                 durable: durable_rx,
@@ -393,7 +401,7 @@ impl Spool {
                 .last_group_end_us
                 .load(std::sync::atomic::Ordering::Relaxed),
         );
-        if idle_us < SPOOL_CALLER_COMMIT_IDLE_US {
+        if idle_us < self.inner.caller_commit_idle_us {
             // A writer that finished a group moments ago is still awake (or its core is), and
             // waking it costs little; the queue then keeps the input reading while it syncs.
             return Err(batch);

@@ -3,8 +3,8 @@
 //! each request against the open write transaction, writes one journal write and one `fdatasync`
 //! for the whole group, and only then answers and notifies subscribers. A lone request is
 //! committed at once: the thread never waits for company. An async append that finds the writer
-//! idle (nothing queued, the lock free, no group for [`crate::SPOOL_CALLER_COMMIT_IDLE_US`]) takes
-//! the lock and serves itself as a group of one on its own thread, in `block_in_place`, by the
+//! idle (nothing queued, the lock free, no group for [`crate::SpoolConfig::caller_commit_idle`])
+//! takes the lock and serves itself as a group of one on its own thread, in `block_in_place`, by the
 //! same code ([`Writer::serve`]): it saves the writer thread's wake-up, which on the build VM is
 //! ~30 µs of a quiet track's ~0.45 ms from byte to durable.
 //!

@@ -219,8 +219,9 @@ fn racing_appenders_see_each_others_versions_and_keys_in_both_apply_modes() {
     }
 }
 
-/// On a multi-thread runtime an append commits on its caller's thread when the writer has been
-/// idle for [`spool::SPOOL_CALLER_COMMIT_IDLE_US`], and through the writer's queue otherwise. Either way every task's appends are stored in the
+/// On a multi-thread runtime an append commits on its caller's thread when the writer is idle (here
+/// with no idle time required, so the test needs no pause), and through the writer's queue
+/// otherwise. Either way every task's appends are stored in the
 /// order it made them, with gapless seqs, once each; and with `caller_commits: false` none is
 /// committed on a caller's thread.
 #[test]
@@ -230,6 +231,7 @@ fn appends_commit_on_the_callers_thread_when_the_writer_is_idle_and_keep_each_ca
         let dir = tempfile::tempdir().unwrap();
         let config = spool::SpoolConfig {
             caller_commits,
+            caller_commit_idle: std::time::Duration::ZERO,
             ..opaque_config()
         };
         let spool = Spool::open(dir.path(), config).unwrap();
@@ -239,14 +241,10 @@ fn appends_commit_on_the_callers_thread_when_the_writer_is_idle_and_keep_each_ca
             .build()
             .unwrap();
         rt.block_on(async {
-            // One caller alone, at a quiet track's pace: the writer is idle at each append.
+            // One caller alone: the writer is idle at each append.
             let spool_ = spool.clone();
             tokio::spawn(async move {
                 for i in 0..20u32 {
-                    tokio::time::sleep(std::time::Duration::from_micros(
-                        spool::SPOOL_CALLER_COMMIT_IDLE_US + 1_000,
-                    ))
-                    .await;
                     spool_
                         .append(vec![part(
                             "alone",
