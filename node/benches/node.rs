@@ -14,12 +14,14 @@
 //! another). Then the node as its own process at a steady 100 passings/s: CPU % and RSS, the
 //! small-box budget.
 //!
-//! Each latency run is a child process of the bench: the node's default (an append commits on the
-//! input's thread when the spool's writer is idle, and the input reads while up to two appends are
-//! in flight), every append through the writer thread's queue (the previous default,
-//! `VENUE_SPOOL_CALLER_COMMITS=0`), one append in flight (`VENUE_NODE_INPUT_IN_FLIGHT=1`, the
-//! default before that), waiting for each append before reading again (`VENUE_NODE_INPUT_SERIAL=1`,
-//! the path before that), and once more on the default path while the uplink drains a backlog of
+//! Each latency run is a child process of the bench: the node's default (the spool's writer and
+//! apply threads on cores apart, an append commits on the input's thread when the spool's writer
+//! is idle, and the input reads while up to two appends are in flight), the same with the spool's
+//! threads on any core (the previous default, `VENUE_SPOOL_THREAD_CORES=any`), every append
+//! through the writer thread's queue (`VENUE_SPOOL_CALLER_COMMITS=0`, the default before that),
+//! one append in flight (`VENUE_NODE_INPUT_IN_FLIGHT=1`, an earlier default; waiting for each
+//! append before reading again, `VENUE_NODE_INPUT_SERIAL=1`, is selectable with
+//! `NODE_BENCH_CHILD` but no longer a row), and once more on the default path while the uplink drains a backlog of
 //! stored events to a central of its own (the "held while the uplink drains": the line says
 //! how many events the drain moved meanwhile). They run in rounds after a fresh floor, so every
 //! line is a ratio to a floor measured moments before it. Each run also prints where the time went,
@@ -428,29 +430,30 @@ const FLOOR_PACED_SECONDS: usize = 5;
 
 /// The runs the bench compares: (label, the input's path, and if the uplink drains a backlog
 /// beside the run, the value of [`uplink::drain::UPLINK_DRAIN_CORE_ENV`]). The input's path is
-/// `0` for the node's default, `queue` for the default with every append through the writer's
-/// queue ([`node::runtime::SPOOL_CALLER_COMMITS_ENV`]`=0`), `one` for one append in flight
-/// ([`node::runtime::input::INPUT_IN_FLIGHT_ENV`]`=1`) and `1` for reading only after each append
-/// ([`node::runtime::input::INPUT_SERIAL_ENV`]`=1`).
+/// `0` for the node's default, `any` for the default with the spool's threads on any core
+/// ([`node::runtime::SPOOL_THREAD_CORES_ENV`]`=any`), `queue` for every append through the
+/// writer's queue ([`node::runtime::SPOOL_CALLER_COMMITS_ENV`]`=0`), `one` for one append in
+/// flight ([`node::runtime::input::INPUT_IN_FLIGHT_ENV`]`=1`) and `1` for reading only after each
+/// append ([`node::runtime::input::INPUT_SERIAL_ENV`]`=1`; no longer a row, still selectable).
 const PATHS: [(&str, &str, Option<&str>); 5] = [
     (
-        "the node's default (an idle writer's commit on the input's thread, two appends in flight)",
+        "the node's default (the spool's writer and apply threads on cores apart, an idle writer's commit on the input's thread, two appends in flight)",
         "0",
         None,
     ),
     (
-        "every append through the writer thread's queue (VENUE_SPOOL_CALLER_COMMITS=0, the previous default)",
+        "the spool's threads on any core (VENUE_SPOOL_THREAD_CORES=any, the previous default)",
+        "any",
+        None,
+    ),
+    (
+        "every append through the writer thread's queue (VENUE_SPOOL_CALLER_COMMITS=0, the default before that)",
         "queue",
         None,
     ),
     (
-        "one append in flight, through the queue (VENUE_NODE_INPUT_IN_FLIGHT=1, the default before that)",
+        "one append in flight, through the queue (VENUE_NODE_INPUT_IN_FLIGHT=1, an earlier default)",
         "one",
-        None,
-    ),
-    (
-        "read after each append, through the queue (VENUE_NODE_INPUT_SERIAL=1, the path before that)",
-        "1",
         None,
     ),
     (
@@ -461,7 +464,7 @@ const PATHS: [(&str, &str, Option<&str>); 5] = [
 ];
 
 /// The environment that selects the input's path (see [`PATHS`]).
-fn path_envs(path: &str) -> [(&'static str, &'static str); 3] {
+fn path_envs(path: &str) -> [(&'static str, &'static str); 4] {
     [
         (
             node::runtime::input::INPUT_SERIAL_ENV,
@@ -473,7 +476,15 @@ fn path_envs(path: &str) -> [(&'static str, &'static str); 3] {
         ),
         (
             node::runtime::SPOOL_CALLER_COMMITS_ENV,
-            if path == "0" { "1" } else { "0" },
+            if path == "0" || path == "any" {
+                "1"
+            } else {
+                "0"
+            },
+        ),
+        (
+            node::runtime::SPOOL_THREAD_CORES_ENV,
+            if path == "any" { "any" } else { "apart" },
         ),
     ]
 }

@@ -197,6 +197,13 @@ fn concurrent(spool: &Spool, appenders: usize, total: usize) -> f64 {
     (per * appenders) as f64 / start.elapsed().as_secs_f64()
 }
 
+/// The middle of three rounds.
+fn median3(rates: &[f64]) -> f64 {
+    let mut v = rates.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[1]
+}
+
 /// `total / batch` batches of passings, numbered from 1: built before any timing starts, as
 /// the baselines' records are, so every contender's figure is its write path alone.
 fn passing_batches(batch: usize, total: usize) -> Vec<Vec<NewEvent>> {
@@ -504,12 +511,32 @@ fn main() {
             .split(',')
             .filter_map(|v| v.trim().parse().ok())
             .collect();
+        // Each beside every append through the writer thread's queue (the former way), in
+        // alternating rounds: a caller's commit on its own thread must not cost the group
+        // commit of many appenders what it saves a lone one.
         for appenders in appender_counts {
-            let spool =
-                Spool::open(dir.path().join(format!("c{appenders}")), config()).expect("open");
             let n = events.min(20_000 * appenders.min(8));
-            let rate = concurrent(&spool, appenders, n);
-            println!("| {appenders} × 1 | {rate:.0} | | | | |");
+            let (mut now, mut then) = (Vec::new(), Vec::new());
+            for round in 0..3 {
+                for (caller_commits, rates) in [(true, &mut now), (false, &mut then)] {
+                    let path = dir
+                        .path()
+                        .join(format!("c{appenders}-{round}-{caller_commits}"));
+                    let config = SpoolConfig {
+                        caller_commits,
+                        ..config()
+                    };
+                    let spool = Spool::open(&path, config).expect("open");
+                    rates.push(concurrent(&spool, appenders, n));
+                    drop(spool);
+                    drop(std::fs::remove_dir_all(path));
+                }
+            }
+            let ratios: Vec<f64> = now.iter().zip(&then).map(|(a, b)| a / b).collect();
+            println!(
+                "| {appenders} × 1 | {:.0} (rounds {now:.0?}; through the queue {then:.0?}, now / then {ratios:.2?}) | | | | |",
+                median3(&now),
+            );
         }
         // Spool and SQLite alternate, three rounds each, and each reports its median: background
         // writeback and the other engineers' compiles hit both alike.
@@ -524,17 +551,38 @@ fn main() {
             let mut sqlite_rates = Vec::new();
             let mut raw_rates = Vec::new();
             // The former ways beside the current one, so each gain is a ratio from this run
-            // (only where batches are large enough for it to show): checkpoints committed on
-            // the writer with appends stopped, (with SPOOL_BENCH_WRITER_APPLY=1) inserts on the
-            // writer between its syncs, and (with SPOOL_BENCH_PER_KEY=1) per-event inserts.
-            let mut before: Vec<(&str, SpoolConfig, Vec<f64>)> = vec![(
-                "spool committing checkpoints on the writer (before)",
-                SpoolConfig {
-                    background_checkpoints: false,
-                    ..config()
-                },
-                Vec::new(),
-            )];
+            // (only where batches are large enough for it to show): every append through the
+            // writer thread's queue, alone and with the spool's threads on cores apart (as the
+            // node keeps them), checkpoints committed on the writer with appends stopped,
+            // (with SPOOL_BENCH_WRITER_APPLY=1) inserts on the writer between its syncs, and
+            // (with SPOOL_BENCH_PER_KEY=1) per-event inserts.
+            let mut before: Vec<(&str, SpoolConfig, Vec<f64>)> = vec![
+                (
+                    "spool with every append through the writer thread's queue (before)",
+                    SpoolConfig {
+                        caller_commits: false,
+                        ..config()
+                    },
+                    Vec::new(),
+                ),
+                (
+                    "the same with its writer and apply threads on cores apart",
+                    SpoolConfig {
+                        caller_commits: false,
+                        thread_cores: spool::ThreadCores::apart_here(&[]),
+                        ..config()
+                    },
+                    Vec::new(),
+                ),
+                (
+                    "spool committing checkpoints on the writer (before)",
+                    SpoolConfig {
+                        background_checkpoints: false,
+                        ..config()
+                    },
+                    Vec::new(),
+                ),
+            ];
             if std::env::var_os("SPOOL_BENCH_WRITER_APPLY").is_some() {
                 before.push((
                     "spool applying on the writer thread",
@@ -588,11 +636,7 @@ fn main() {
                 worst(&spool_rates, &sqlite_rates),
                 worst(&spool_rates, &raw_rates),
             );
-            let median = |v: &[f64]| {
-                let mut v = v.to_vec();
-                v.sort_by(f64::total_cmp);
-                v[1]
-            };
+            let median = median3;
             let (rate, sq, raw) = (
                 median(&spool_rates),
                 median(&sqlite_rates),

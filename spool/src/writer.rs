@@ -111,6 +111,9 @@ const _: () = assert!(SPOOL_APPLY_QUEUE_SPENT_MAX <= SPOOL_APPLY_QUEUE_APPENDS_M
 pub(crate) fn run(shared: &Mutex<Writer>, mut rx: mpsc::Receiver<Request>) {
     let lock = || shared.lock().unwrap_or_else(|p| p.into_inner());
     while let Some(first) = rx.blocking_recv() {
+        // The lock first, then the group: requests that queued while a caller's commit held
+        // the lock join this group instead of waiting for the next.
+        let mut writer = lock();
         let mut group = vec![first];
         while group.len() < SPOOL_GROUP_REQUESTS_MAX {
             match rx.try_recv() {
@@ -118,7 +121,7 @@ pub(crate) fn run(shared: &Mutex<Writer>, mut rx: mpsc::Receiver<Request>) {
                 Err(_) => break,
             }
         }
-        lock().serve(group);
+        writer.serve(group);
     }
     lock().finish();
 }
@@ -173,7 +176,7 @@ struct Applier {
 }
 
 impl Applier {
-    fn start(inserts: tables::EventInserts) -> Result<Applier> {
+    fn start(inserts: tables::EventInserts, cores: Option<Vec<usize>>) -> Result<Applier> {
         let (jobs, rx) = std::sync::mpsc::sync_channel(SPOOL_APPLY_QUEUE_APPENDS_MAX);
         let (back_tx, back) = std::sync::mpsc::sync_channel(1);
         let (done_tx, done) = std::sync::mpsc::sync_channel(1);
@@ -181,7 +184,12 @@ impl Applier {
         let spent = spent_queued.clone();
         let thread = std::thread::Builder::new()
             .name("spool-apply".into())
-            .spawn(move || apply_loop(&rx, &back_tx, &done_tx, &spent, inserts))
+            .spawn(move || {
+                if let Some(cores) = cores {
+                    crate::spool::keep_thread_to("spool-apply", &cores);
+                }
+                apply_loop(&rx, &back_tx, &done_tx, &spent, inserts)
+            })
             .map_err(|source| SpoolError::Io {
                 path: PathBuf::new(),
                 action: "starting the spool's apply thread",
@@ -388,6 +396,8 @@ pub(crate) struct Policy {
     pub(crate) disk_reserve_bytes: u64,
     pub(crate) event_inserts: tables::EventInserts,
     pub(crate) apply_on_thread: bool,
+    /// The apply thread's cores ([`crate::ThreadCores::apply`]), or any.
+    pub(crate) apply_cores: Option<Vec<usize>>,
     pub(crate) background_checkpoints: bool,
 }
 
@@ -496,7 +506,10 @@ impl Writer {
         let path = storage.describe();
         let txn = begin(&*current(&db)?)?;
         let applier = if policy.apply_on_thread {
-            Some(Applier::start(policy.event_inserts)?)
+            Some(Applier::start(
+                policy.event_inserts,
+                policy.apply_cores.clone(),
+            )?)
         } else {
             None
         };

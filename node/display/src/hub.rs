@@ -319,7 +319,7 @@ pub fn start(
         .name("display-hub".into())
         .spawn(move || {
             if let Some(cores) = cores {
-                keep_to(&cores);
+                spool::keep_thread_to("display-hub", &cores);
             }
             seed_decoders(&hub, &reader, start);
             let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -375,24 +375,6 @@ pub fn start(
                 }
             });
         })
-}
-
-/// Keeps the calling thread to `cores`. Only a warning if it cannot (an empty or foreign set):
-/// the hub still works, wherever the scheduler puts it.
-fn keep_to(cores: &[usize]) {
-    let mut set = rustix::thread::CpuSet::new();
-    for &core in cores
-        .iter()
-        .filter(|&&c| c < rustix::thread::CpuSet::MAX_CPU)
-    {
-        set.set(core);
-    }
-    match rustix::thread::sched_setaffinity(None, &set) {
-        Ok(()) => tracing::debug!(?cores, "display hub: kept to cores"),
-        Err(error) => {
-            tracing::warn!(%error, ?cores, "display hub: cannot keep to its cores; it runs on any")
-        }
-    }
 }
 
 /// Fills the decoders' board from the newest stored events up to `head`.

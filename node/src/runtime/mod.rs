@@ -48,6 +48,35 @@ pub const SPOOL_ALARM_SUMMARY_INTERVAL_S: u64 = 60;
 /// the same run; not for production.
 pub const SPOOL_CALLER_COMMITS_ENV: &str = "VENUE_SPOOL_CALLER_COMMITS";
 
+/// Set to `any`, the spool's writer and apply threads run wherever the scheduler puts them (the
+/// node's placement before 2026-12-02), instead of on cores apart ([`spool_thread_cores`]). Kept
+/// so the benches measure both in the same run; not for production.
+pub const SPOOL_THREAD_CORES_ENV: &str = "VENUE_SPOOL_THREAD_CORES";
+
+/// Where `run` keeps the spool's two threads ([`spool::SpoolConfig::thread_cores`]): apart, the
+/// writer on the cores that take the spool disk's interrupts (its `fdatasync` ends there) when
+/// they leave the apply thread one, else on all but the last core; `None` on one core or with
+/// [`SPOOL_THREAD_CORES_ENV`]`=any`. Reads sysfs: call it off the async workers.
+pub fn spool_thread_cores(spool_dir: &std::path::Path) -> Option<spool::ThreadCores> {
+    match std::env::var(SPOOL_THREAD_CORES_ENV).as_deref() {
+        Ok("any") => return None,
+        Ok("apart") | Err(_) => {}
+        Ok(other) => {
+            tracing::warn!(
+                value = other,
+                "{SPOOL_THREAD_CORES_ENV} is neither apart nor any; using apart"
+            );
+        }
+    }
+    // The spool's directory may not exist yet on a first start; its disk is its parent's.
+    let probe = spool_dir
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(spool_dir);
+    let disk = uplink::drain::storage_interrupt_cores(probe).unwrap_or_default();
+    spool::ThreadCores::apart_here(&disk)
+}
+
 /// Opens the spool the way the node does, from its configuration.
 pub fn spool_config(config: &Config) -> SpoolConfig {
     let mut sc = SpoolConfig {
@@ -82,10 +111,13 @@ pub async fn open_spool(config: &Config) -> anyhow::Result<Spool> {
     let deadline = std::time::Instant::now() + Duration::from_millis(SPOOL_OPEN_WAIT_MS);
     let mut logged = false;
     loop {
-        let (dir, sc) = (config.spool_dir(), spool_config(config));
-        let opened = tokio::task::spawn_blocking(move || Spool::open(&dir, sc))
-            .await
-            .context("spool open task")?;
+        let (dir, mut sc) = (config.spool_dir(), spool_config(config));
+        let opened = tokio::task::spawn_blocking(move || {
+            sc.thread_cores = spool_thread_cores(&dir);
+            Spool::open(&dir, sc)
+        })
+        .await
+        .context("spool open task")?;
         match opened {
             Err(spool::SpoolError::AlreadyOpen { .. }) if std::time::Instant::now() < deadline => {
                 if !logged {

@@ -320,3 +320,83 @@ fn appends_commit_on_the_callers_thread_when_the_writer_is_idle_and_keep_each_ca
         assert!(report.is_ok(), "{report:?}");
     }
 }
+
+/// The cores each thread named `name` of this process may run on, as the kernel lists them.
+fn cores_of_threads_named(name: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap() {
+        let dir = task.unwrap().path();
+        let Ok(comm) = std::fs::read_to_string(dir.join("comm")) else {
+            continue; // the thread ended meanwhile
+        };
+        if comm.trim() != name {
+            continue;
+        }
+        let Ok(status) = std::fs::read_to_string(dir.join("status")) else {
+            continue;
+        };
+        if let Some(list) = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        {
+            found.push(list.trim().to_owned());
+        }
+    }
+    found
+}
+
+/// With `thread_cores` set, the writer and apply threads keep to their cores from the start, and
+/// the spool works as before: appends in order, and everything there after a reopen.
+#[test]
+fn the_writer_and_apply_threads_keep_to_the_cores_they_are_given() {
+    let allowed = rustix::thread::sched_getaffinity(None).unwrap();
+    let allowed: Vec<usize> = (0..rustix::thread::CpuSet::MAX_CPU)
+        .filter(|&c| allowed.is_set(c))
+        .collect();
+    assert!(!allowed.is_empty());
+    // One core each, the first and the last this process may use: on a one-core machine both
+    // get it, and the check below cannot tell them from the scheduler's placement.
+    let cores = spool::ThreadCores {
+        writer: vec![allowed[0]],
+        apply: vec![*allowed.last().unwrap()],
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = spool::SpoolConfig {
+        thread_cores: Some(cores.clone()),
+        ..opaque_config()
+    };
+    let spool = Spool::open(dir.path(), config).unwrap();
+    for i in 0..50u32 {
+        append_part(
+            &spool,
+            "kept",
+            ExpectedVersion::Exact(u64::from(i)),
+            vec![event(format!("kept-{i}").as_bytes())],
+        );
+    }
+    // Other tests' spools run in this process too, on any core: ours are the ones kept to one.
+    let writer = cores.writer[0].to_string();
+    let apply = cores.apply[0].to_string();
+    assert!(
+        cores_of_threads_named("spool-writer").contains(&writer),
+        "a spool-writer kept to core {writer}: {:?}",
+        cores_of_threads_named("spool-writer")
+    );
+    assert!(
+        cores_of_threads_named("spool-apply").contains(&apply),
+        "a spool-apply kept to core {apply}: {:?}",
+        cores_of_threads_named("spool-apply")
+    );
+    drop(spool);
+    let spool = Spool::open(dir.path(), opaque_config()).unwrap();
+    let bodies: Vec<Vec<u8>> = spool
+        .read_stream(&stream("kept"), 1, 100)
+        .unwrap()
+        .iter()
+        .map(body)
+        .collect();
+    let expected: Vec<Vec<u8>> = (0..50u32)
+        .map(|i| format!("kept-{i}").into_bytes())
+        .collect();
+    assert_eq!(bodies, expected);
+}
