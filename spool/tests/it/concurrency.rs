@@ -400,3 +400,78 @@ fn the_writer_and_apply_threads_keep_to_the_cores_they_are_given() {
         .collect();
     assert_eq!(bodies, expected);
 }
+
+/// A synchronous append commits on its caller's thread whenever nothing is queued and the writer
+/// is free, with no idle time asked; beside other threads' appends each thread's events keep its
+/// order, gapless and once each. With `caller_commits: false` none is committed on a caller's
+/// thread.
+#[test]
+fn blocking_appends_commit_on_the_callers_thread_when_the_writer_is_free() {
+    const PER_THREAD: u32 = 200;
+    for caller_commits in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = spool::SpoolConfig {
+            caller_commits,
+            ..opaque_config()
+        };
+        let spool = Spool::open(dir.path(), config).unwrap();
+        // One caller alone, back to back: the writer is free at each append.
+        for i in 0..20u32 {
+            append_part(
+                &spool,
+                "alone",
+                ExpectedVersion::Exact(u64::from(i)),
+                vec![event(format!("alone-{i}").as_bytes())],
+            );
+        }
+        let alone = spool.stats().unwrap().caller_commits;
+        if caller_commits {
+            assert_eq!(
+                alone, 20,
+                "each lone append committed on its caller's thread"
+            );
+        } else {
+            assert_eq!(alone, 0);
+        }
+        // Six threads at once: some commit on their own thread, the others queue behind.
+        std::thread::scope(|s| {
+            for t in 0..6 {
+                let spool = &spool;
+                s.spawn(move || {
+                    for i in 0..PER_THREAD {
+                        append_part(
+                            spool,
+                            &format!("t{t}"),
+                            ExpectedVersion::Exact(u64::from(i)),
+                            vec![event(format!("{t}-{i}").as_bytes())],
+                        );
+                    }
+                });
+            }
+        });
+        let events = spool.read_global(Seq::FIRST, 10_000).unwrap();
+        let seqs: Vec<u64> = events.iter().map(|e| e.seq.0).collect();
+        let expected: Vec<u64> = (1..=20 + 6 * u64::from(PER_THREAD)).collect();
+        assert_eq!(seqs, expected, "gapless, once each");
+        for t in 0..6 {
+            let bodies: Vec<Vec<u8>> = spool
+                .read_stream(&stream(&format!("t{t}")), 1, 1000)
+                .unwrap()
+                .iter()
+                .map(body)
+                .collect();
+            let expected: Vec<Vec<u8>> = (0..PER_THREAD)
+                .map(|i| format!("{t}-{i}").into_bytes())
+                .collect();
+            assert_eq!(bodies, expected, "stream t{t} in its thread's order");
+        }
+        if !caller_commits {
+            assert_eq!(spool.stats().unwrap().caller_commits, 0);
+        }
+        drop(spool);
+        let spool = Spool::open(dir.path(), opaque_config()).unwrap();
+        assert_eq!(spool.head().unwrap(), Seq(20 + 6 * u64::from(PER_THREAD)));
+        let report = spool.verify().unwrap();
+        assert!(report.is_ok(), "{report:?}");
+    }
+}
