@@ -138,9 +138,11 @@ fn appender(
     spool: Spool,
     count: usize,
     acked: Arc<Mutex<Vec<Vec<u8>>>>,
+    pause: Duration,
 ) -> std::thread::JoinHandle<bool> {
     std::thread::spawn(move || {
         for n in 0..count {
+            std::thread::sleep(pause);
             let b = sized_body(n, HUGE_BODY_BYTES);
             match spool.append_blocking(vec![part("s", ExpectedVersion::Any, vec![event(&b)])]) {
                 Ok(_) => acked.lock().unwrap().push(b),
@@ -160,11 +162,12 @@ fn a_full_ring_waits_for_the_background_checkpoint_and_then_proceeds() {
     let _release = ReleaseOnDrop(&disk);
     let acked = Arc::new(Mutex::new(Vec::new()));
     let count = 200;
-    let thread = appender(spool.clone(), count, acked.clone());
-    wait_until(&disk, "the ring to fill", || {
-        spool.journal_full_waits() >= 1
+    let thread = appender(spool.clone(), count, acked.clone(), Duration::ZERO);
+    // The ring may fill before the commit reaches its header write (an appender committing on
+    // its own thread is quick): the writer then waits for the commit, which gets there.
+    wait_until(&disk, "the ring to fill and the commit to be held", || {
+        spool.journal_full_waits() >= 1 && disk.held_writes() >= 1
     });
-    assert!(disk.held_writes() >= 1, "the checkpoint's commit is held");
     // Nothing commits while the header write is held, so the ring holds at most its own size of appends:
     // the appender waits (back-pressure), and nothing it was told is stored is dropped.
     let frames_per_ring = spool::SPOOL_JOURNAL_BYTES_MIN as usize / HUGE_BODY_BYTES;
@@ -198,7 +201,10 @@ fn a_crash_in_the_middle_of_a_background_checkpoint_loses_no_acknowledged_append
         let spool = Spool::open_with_storage(disk.storage(), ring_config()).expect("open");
         let _release = ReleaseOnDrop(&disk);
         let acked = Arc::new(Mutex::new(Vec::new()));
-        let thread = appender(spool.clone(), 200, acked.clone());
+        // A pause between appends keeps the ring from filling between the commit's held write
+        // and this test seeing it (polled each millisecond): a caller that commits on its own
+        // thread appends back to back faster than that.
+        let thread = appender(spool.clone(), 200, acked.clone(), Duration::from_millis(3));
         // Let checkpoints commit over more than a lap first (each append is a ninth of the
         // ring), so the commit that dies starts mid-file and its frames wrap.
         let lapped = 10 + seed as usize;
@@ -254,13 +260,13 @@ fn a_failed_background_checkpoint_fails_the_writer_and_a_reopen_recovers_everyth
     disk.hold_header_writes(DB_FILE);
     let _release = ReleaseOnDrop(&disk);
     let acked = Arc::new(Mutex::new(Vec::new()));
-    let thread = appender(spool.clone(), 200, acked.clone());
+    let thread = appender(spool.clone(), 200, acked.clone(), Duration::ZERO);
     // Once the ring is full the writer waits for the commit and nothing else touches the disk:
-    // the held header write is the next operation, and it fails.
-    wait_until(&disk, "the ring to fill behind the commit", || {
-        spool.journal_full_waits() >= 1
+    // the held header write is the next operation, and it fails. (The ring may fill before the
+    // commit reaches that write; the writer waits for it either way.)
+    wait_until(&disk, "the ring to fill behind the held commit", || {
+        spool.journal_full_waits() >= 1 && disk.held_writes() >= 1
     });
-    assert!(disk.held_writes() >= 1, "the checkpoint's commit is held");
     disk.fail_op(disk.ops() + 1);
     disk.release();
     assert!(
