@@ -58,16 +58,36 @@ pub fn nats_server_version(binary: &Path) -> (u32, u32) {
     (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
 }
 
-/// A free loopback port (bound and released: the server binds it next).
+/// A free loopback port for a server to bind next, from below the kernel's ephemeral range
+/// (`ip_local_port_range`): a port probed there and released can be taken at once by any
+/// outgoing connection (the fan-in test makes hundreds beside the cluster's tests), one below it
+/// only by another listener. Falls back to a port the kernel picks.
 fn free_port() -> u16 {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    const LOW: u16 = 10_000;
+    if ephemeral_low > LOW + 1_000 {
+        use std::hash::{BuildHasher, Hasher};
+        for _ in 0..64 {
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u32(std::process::id());
+            let port = LOW + (h.finish() % u64::from(ephemeral_low - LOW)) as u16;
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     probe.local_addr().unwrap().port()
 }
 
-/// One `nats-server`: its configuration file, kept so it restarts the same.
+/// One `nats-server`: its configuration file, kept so it restarts the same, and its log.
 pub struct NatsNode {
     pub port: u16,
     config: PathBuf,
+    log: PathBuf,
     binary: PathBuf,
     child: Option<Child>,
 }
@@ -79,11 +99,16 @@ impl NatsNode {
 
     fn spawn(&mut self) {
         assert!(self.child.is_none(), "a node is started once at a time");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open the nats-server log");
         let child = Command::new(&self.binary)
             .arg("-c")
             .arg(&self.config)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("start nats-server");
         self.child = Some(child);
@@ -100,7 +125,69 @@ impl NatsNode {
     /// Starts it again on the same port and store, and waits until it accepts connections.
     pub async fn restart(&mut self) {
         self.spawn();
-        wait_accepting(self.port).await;
+        if let Err(why) = self.wait_accepting().await {
+            panic!("{why}");
+        }
+    }
+
+    /// True once this server greets a connection on its port: `INFO` with its own
+    /// `server_name`, so another listener that took the port does not pass for it.
+    async fn answers(&self) -> bool {
+        use tokio::io::AsyncReadExt;
+        let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await else {
+            return false;
+        };
+        let name = self
+            .config
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mut greeting = Vec::new();
+        let mut buf = [0u8; 4096];
+        let read = tokio::time::timeout(Duration::from_secs(1), async {
+            while !greeting.contains(&b'\n') {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => greeting.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await;
+        let greeting = String::from_utf8_lossy(&greeting);
+        read.is_ok()
+            && greeting.starts_with("INFO ")
+            && greeting.contains(&format!("\"server_name\":\"{name}\""))
+    }
+
+    /// Waits until it accepts connections; its log if it exits first (a port taken since it was
+    /// chosen, a bad configuration) or does not accept within 20 s.
+    async fn wait_accepting(&mut self) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if self.answers().await {
+                return Ok(());
+            }
+            let exited = match self.child.as_mut() {
+                Some(child) => child.try_wait().expect("poll nats-server"),
+                None => return Err("nats-server is not running".into()),
+            };
+            if let Some(status) = exited {
+                self.child = None;
+                return Err(format!(
+                    "nats-server on port {} exited ({status}) before it accepted connections; its log:\n{}",
+                    self.port,
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                ));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!(
+                    "timed out after 20s waiting for nats-server on port {} to accept connections; its log:\n{}",
+                    self.port,
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 
@@ -110,18 +197,8 @@ impl Drop for NatsNode {
     }
 }
 
-async fn wait_accepting(port: u16) {
-    wait_until(
-        Duration::from_secs(20),
-        "nats-server to accept connections",
-        || async {
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-        },
-    )
-    .await;
-}
+/// How many times [`Nats::start`] tries fresh ports.
+const START_ATTEMPTS: usize = 3;
 
 /// One server or a cluster, with its stores in a temporary directory.
 pub struct Nats {
@@ -162,7 +239,27 @@ impl Nats {
         nats
     }
 
+    /// Starts `count` servers on fresh ports; when one exits before it accepts connections (a
+    /// port another process took since it was chosen), all of them again on new ports, up to
+    /// [`START_ATTEMPTS`] times.
     async fn start(count: usize, extra: &str, binary: PathBuf) -> Self {
+        let mut failures = Vec::new();
+        for _ in 0..START_ATTEMPTS {
+            match Self::try_start(count, extra, &binary).await {
+                Ok(nats) => return nats,
+                Err(why) => {
+                    eprintln!("starting nats-server again on new ports: {why}");
+                    failures.push(why);
+                }
+            }
+        }
+        panic!(
+            "nats-server did not start in {START_ATTEMPTS} attempts:\n{}",
+            failures.join("\n")
+        );
+    }
+
+    async fn try_start(count: usize, extra: &str, binary: &Path) -> Result<Self, String> {
         let dir = tempfile::tempdir().unwrap();
         let ports: Vec<u16> = (0..count).map(|_| free_port()).collect();
         let routes: Vec<u16> = (0..count).map(|_| free_port()).collect();
@@ -192,16 +289,17 @@ impl Nats {
             let mut node = NatsNode {
                 port: ports[i],
                 config: path,
-                binary: binary.clone(),
+                log: dir.path().join(format!("n{i}.log")),
+                binary: binary.to_path_buf(),
                 child: None,
             };
             node.spawn();
             nodes.push(node);
         }
-        for node in &nodes {
-            wait_accepting(node.port).await;
+        for node in &mut nodes {
+            node.wait_accepting().await?;
         }
-        Self { nodes, _dir: dir }
+        Ok(Self { nodes, _dir: dir })
     }
 
     /// Waits until the cluster has elected its JetStream meta leader: before that, creating a
