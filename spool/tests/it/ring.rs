@@ -2,6 +2,7 @@
 //! wrap, a crash in the middle of a background commit loses no acknowledged append, and a full
 //! ring makes appends wait for the commit and then go on.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -133,19 +134,26 @@ impl Drop for ReleaseOnDrop<'_> {
 }
 
 /// Appends from another thread, recording each acknowledged body, until `count` or the first
-/// error.
+/// error. Each append that began with a write held on `disk` and was acknowledged is counted in
+/// `acked_while_held`: it was journaled and synced while the held commit was in flight.
 fn appender(
     spool: Spool,
     count: usize,
     acked: Arc<Mutex<Vec<Vec<u8>>>>,
-    pause: Duration,
+    disk: SimDisk,
+    acked_while_held: Arc<AtomicUsize>,
 ) -> std::thread::JoinHandle<bool> {
     std::thread::spawn(move || {
         for n in 0..count {
-            std::thread::sleep(pause);
             let b = sized_body(n, HUGE_BODY_BYTES);
+            let held = disk.held_writes() >= 1;
             match spool.append_blocking(vec![part("s", ExpectedVersion::Any, vec![event(&b)])]) {
-                Ok(_) => acked.lock().unwrap().push(b),
+                Ok(_) => {
+                    acked.lock().unwrap().push(b);
+                    if held {
+                        acked_while_held.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
                 Err(_) => return false,
             }
         }
@@ -162,7 +170,13 @@ fn a_full_ring_waits_for_the_background_checkpoint_and_then_proceeds() {
     let _release = ReleaseOnDrop(&disk);
     let acked = Arc::new(Mutex::new(Vec::new()));
     let count = 200;
-    let thread = appender(spool.clone(), count, acked.clone(), Duration::ZERO);
+    let thread = appender(
+        spool.clone(),
+        count,
+        acked.clone(),
+        disk.clone(),
+        Arc::default(),
+    );
     // The ring may fill before the commit reaches its header write (an appender committing on
     // its own thread is quick): the writer then waits for the commit, which gets there.
     wait_until(&disk, "the ring to fill and the commit to be held", || {
@@ -201,10 +215,14 @@ fn a_crash_in_the_middle_of_a_background_checkpoint_loses_no_acknowledged_append
         let spool = Spool::open_with_storage(disk.storage(), ring_config()).expect("open");
         let _release = ReleaseOnDrop(&disk);
         let acked = Arc::new(Mutex::new(Vec::new()));
-        // A pause between appends keeps the ring from filling between the commit's held write
-        // and this test seeing it (polled each millisecond): a caller that commits on its own
-        // thread appends back to back faster than that.
-        let thread = appender(spool.clone(), 200, acked.clone(), Duration::from_millis(3));
+        let acked_while_held = Arc::new(AtomicUsize::new(0));
+        let thread = appender(
+            spool.clone(),
+            200,
+            acked.clone(),
+            disk.clone(),
+            acked_while_held.clone(),
+        );
         // Let checkpoints commit over more than a lap first (each append is a ninth of the
         // ring), so the commit that dies starts mid-file and its frames wrap.
         let lapped = 10 + seed as usize;
@@ -217,14 +235,14 @@ fn a_crash_in_the_middle_of_a_background_checkpoint_loses_no_acknowledged_append
             "a background commit to reach its header write",
             || disk.held_writes() >= 1,
         );
-        let at_commit = acked.lock().unwrap().len();
         // Appends go on behind the commit until the ring is full: these live only in the
         // journal, past the start the database records. (How many depends on how far the
-        // last committed checkpoint lags; some seeds find the ring full at once.)
+        // last committed checkpoint lags; some seeds find the ring full at once.) The appender
+        // counts them as they are acknowledged, however fast it runs.
         wait_until(&disk, "the ring to fill behind the commit", || {
             spool.journal_full_waits() >= 1
         });
-        if acked.lock().unwrap().len() > at_commit {
+        if acked_while_held.load(Ordering::SeqCst) > 0 {
             appended_during_commits += 1;
         }
         // Power fails in the middle of the commit: it writes part of its pages, and fails.
@@ -260,7 +278,13 @@ fn a_failed_background_checkpoint_fails_the_writer_and_a_reopen_recovers_everyth
     disk.hold_header_writes(DB_FILE);
     let _release = ReleaseOnDrop(&disk);
     let acked = Arc::new(Mutex::new(Vec::new()));
-    let thread = appender(spool.clone(), 200, acked.clone(), Duration::ZERO);
+    let thread = appender(
+        spool.clone(),
+        200,
+        acked.clone(),
+        disk.clone(),
+        Arc::default(),
+    );
     // Once the ring is full the writer waits for the commit and nothing else touches the disk:
     // the held header write is the next operation, and it fails. (The ring may fill before the
     // commit reaches that write; the writer waits for it either way.)
