@@ -715,12 +715,8 @@ fn resources(seconds: u64, clients: usize, variant: Variant, kind: Screens) -> R
         .build()
         .unwrap();
     let (mut master, link) = rt.block_on(async { pty(dir.path()) });
-    // A free port for the display: taken from the kernel and released for the node to bind.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // A free port for the node's display to bind.
+    let port = common::free_port();
     let display = format!("[display]\nlisten = \"127.0.0.1:{port}\"\n");
     let mut child = spawn_run(dir.path(), &link, &display, variant.envs());
     let pid = child.id();

@@ -264,11 +264,7 @@ fn nats_server() -> Option<PathBuf> {
 }
 
 async fn jetstream(bin: &Path, dir: &Path, pki: &Pki, work: &[Vec<Bytes>]) -> Figures {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = testkit::free_port();
     let mut child = Command::new(bin)
         .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
         .arg(dir)

@@ -451,11 +451,7 @@ async fn main() {
         None => println!("  JetStream    skipped: nats-server not on PATH"),
         Some(bin) => {
             let nats_dir = dir.path().join("nats");
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
+            let port = testkit::free_port();
             let mut child = Command::new(bin)
                 .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
                 .arg(&nats_dir)

@@ -149,12 +149,9 @@ pub fn uptime() -> String {
         .unwrap_or_default()
 }
 
-/// A free port on 127.0.0.1 (bound and released: the caller's server binds it next).
+/// A free port on 127.0.0.1 for the caller's server to bind next ([`testkit::free_port`]).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    testkit::free_port()
 }
 
 /// `venue-node central` as a child process on `port`, taking `token` for `track` and storing in

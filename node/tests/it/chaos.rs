@@ -74,14 +74,6 @@ impl Wan {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn spawn_central(dir: &Path, port: u16) -> Child {
     let listen = format!("127.0.0.1:{port}");
     let tokens = dir.join("tokens");
@@ -161,7 +153,7 @@ async fn wan_cuts_and_kill_9_of_node_and_central_lose_nothing_and_store_nothing_
         .await
         .unwrap();
 
-    let central_port = free_port();
+    let central_port = testkit::free_port();
     let mut central = spawn_central(dir, central_port);
     let wan_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let wan_addr = wan_listener.local_addr().unwrap();

@@ -7,6 +7,7 @@
 //! - [`passing_frame`]: a decoder's PASSING as wire bytes, as a real decoder sends it.
 //! - [`passing_event`]: a `decoder.passing` event as the node stores it.
 //! - [`Tmpfs`]: a small real file system to fill up, unmounted when dropped.
+//! - [`free_port`]: a loopback port for a child process to bind next.
 //!
 //! A dev-dependency only; nothing here ships in the box.
 //!
@@ -30,6 +31,38 @@ use decoder::{FrameBuilder, tor};
 use events::catalog;
 use spool::schema::EventPayload;
 use spool::{Metadata, NewEvent};
+
+/// The lowest port [`free_port`] hands out.
+pub const FREE_PORT_MIN: u16 = 10_000;
+
+/// A free loopback port for another process (a server the test starts) to bind next. It comes from
+/// below the kernel's ephemeral range (`/proc/sys/net/ipv4/ip_local_port_range`), at random: a
+/// port taken with `bind(0)` and released is in that range, where any outgoing connection may take
+/// it before the server binds it (the test suites make thousands beside each other); below it only
+/// another listener can. Falls back to `bind(0)` when the range starts too low to leave room.
+pub fn free_port() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    let ephemeral_min = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    if ephemeral_min > FREE_PORT_MIN + 1_000 {
+        for _ in 0..64 {
+            // A fresh RandomState per try is a fresh random number: no rand crate for this.
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u32(std::process::id());
+            let span = u64::from(ephemeral_min - FREE_PORT_MIN);
+            let port = FREE_PORT_MIN + u16::try_from(h.finish() % span).unwrap_or(0);
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
 
 /// How often a condition is looked at again: short against the waits (seconds), long enough not to
 /// spin a core of a shared two-core machine.
@@ -168,5 +201,30 @@ impl Drop for Tmpfs {
         let _ = std::process::Command::new("umount")
             .arg(self.dir.path())
             .status();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_free_port_is_below_the_ephemeral_range_and_free() {
+        let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap();
+        let ephemeral_min: u16 = range.split_whitespace().next().unwrap().parse().unwrap();
+        assert!(
+            ephemeral_min > FREE_PORT_MIN + 1_000,
+            "this test needs the usual range; it is {range}"
+        );
+        let ports: Vec<u16> = (0..20).map(|_| free_port()).collect();
+        for &port in &ports {
+            assert!(
+                (FREE_PORT_MIN..ephemeral_min).contains(&port),
+                "{port} is not in {FREE_PORT_MIN}..{ephemeral_min}"
+            );
+            std::net::TcpListener::bind(("127.0.0.1", port)).expect("the port is free");
+        }
+        let distinct: std::collections::HashSet<_> = ports.iter().collect();
+        assert!(distinct.len() > 1, "20 ports, all {}", ports[0]);
     }
 }

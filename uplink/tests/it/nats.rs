@@ -58,31 +58,6 @@ pub fn nats_server_version(binary: &Path) -> (u32, u32) {
     (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
 }
 
-/// A free loopback port for a server to bind next, from below the kernel's ephemeral range
-/// (`ip_local_port_range`): a port probed there and released can be taken at once by any
-/// outgoing connection (the fan-in test makes hundreds beside the cluster's tests), one below it
-/// only by another listener. Falls back to a port the kernel picks.
-fn free_port() -> u16 {
-    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32_768);
-    const LOW: u16 = 10_000;
-    if ephemeral_low > LOW + 1_000 {
-        use std::hash::{BuildHasher, Hasher};
-        for _ in 0..64 {
-            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-            h.write_u32(std::process::id());
-            let port = LOW + (h.finish() % u64::from(ephemeral_low - LOW)) as u16;
-            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-                return port;
-            }
-        }
-    }
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    probe.local_addr().unwrap().port()
-}
-
 /// One `nats-server`: its configuration file, kept so it restarts the same, and its log.
 pub struct NatsNode {
     pub port: u16,
@@ -261,8 +236,8 @@ impl Nats {
 
     async fn try_start(count: usize, extra: &str, binary: &Path) -> Result<Self, String> {
         let dir = tempfile::tempdir().unwrap();
-        let ports: Vec<u16> = (0..count).map(|_| free_port()).collect();
-        let routes: Vec<u16> = (0..count).map(|_| free_port()).collect();
+        let ports: Vec<u16> = (0..count).map(|_| testkit::free_port()).collect();
+        let routes: Vec<u16> = (0..count).map(|_| testkit::free_port()).collect();
         let mut nodes = Vec::new();
         for i in 0..count {
             let store = dir.path().join(format!("n{i}"));

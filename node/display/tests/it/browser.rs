@@ -26,11 +26,7 @@ struct Browser {
 
 impl Browser {
     async fn start() -> Browser {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = testkit::free_port();
         // Its own process group, so the browsers it starts end with it (see Drop).
         let driver = Command::new(CHROMEDRIVER)
             .process_group(0)
