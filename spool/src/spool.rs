@@ -169,12 +169,18 @@ impl ThreadCores {
     /// [`ThreadCores::apart`] over the cores this thread may run on, or `None` when the kernel
     /// does not say or allows one core.
     pub fn apart_here(writer_first: &[usize]) -> Option<ThreadCores> {
-        let set = rustix::thread::sched_getaffinity(None).ok()?;
-        let allowed: Vec<usize> = (0..rustix::thread::CpuSet::MAX_CPU)
-            .filter(|&cpu| set.is_set(cpu))
-            .collect();
-        ThreadCores::apart(&allowed, writer_first)
+        ThreadCores::apart(&allowed_cores()?, writer_first)
     }
+}
+
+/// The cores the calling thread may run on, ascending, or `None` when the kernel does not say.
+pub fn allowed_cores() -> Option<Vec<usize>> {
+    let set = rustix::thread::sched_getaffinity(None).ok()?;
+    Some(
+        (0..rustix::thread::CpuSet::MAX_CPU)
+            .filter(|&cpu| set.is_set(cpu))
+            .collect(),
+    )
 }
 
 /// Keeps the calling thread (named `thread` in the log) to `cores`. Only a warning if it cannot

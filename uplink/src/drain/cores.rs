@@ -117,15 +117,9 @@ pub fn storage_interrupt_cores(dir: &Path) -> Option<Vec<usize>> {
     storage_irq_cores(&Roots::system(), dir)
 }
 
-/// The cores this thread may run on, ascending, or `None` when the kernel does not say.
-pub fn allowed_cores() -> Option<Vec<usize>> {
-    let set = rustix::thread::sched_getaffinity(None).ok()?;
-    Some(
-        (0..rustix::thread::CpuSet::MAX_CPU)
-            .filter(|&cpu| set.is_set(cpu))
-            .collect(),
-    )
-}
+/// The cores this thread may run on, ascending, or `None` when the kernel does not say (the
+/// spool's, which places its own threads by it).
+pub use spool::allowed_cores;
 
 /// The cores this thread may run on except those that take the interrupts of the disk holding
 /// `dir`: `None` (any core) when sysfs does not say, when every allowed core takes them, or on a
