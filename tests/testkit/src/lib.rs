@@ -2,8 +2,8 @@
 //!
 //! - [`wait_for`] and [`wait_for_async`]: poll a condition until it holds or a deadline passes. No
 //!   test sleeps and hopes; each waits on what it needs, and fails naming it.
-//! - [`poll_blocking`]: the same for tests that are not async (a child process, a file), returning
-//!   what was found, or `None` so the caller fails with what it knows (the node's logs).
+//! - [`poll_blocking`] and [`poll_async`]: the same, returning what was found, or `None` so the
+//!   caller fails with what it knows (the node's logs) or tries again.
 //! - [`passing_frame`]: a decoder's PASSING as wire bytes, as a real decoder sends it.
 //! - [`passing_event`]: a `decoder.passing` event as the node stores it.
 //! - [`Tmpfs`]: a small real file system to fill up, unmounted when dropped.
@@ -41,16 +41,15 @@ pub const FREE_PORT_MIN: u16 = 10_000;
 /// it before the server binds it (the test suites make thousands beside each other); below it only
 /// another listener can. Falls back to `bind(0)` when the range starts too low to leave room.
 pub fn free_port() -> u16 {
-    use std::hash::{BuildHasher, Hasher};
+    use std::hash::{BuildHasher, Hasher as _};
     let ephemeral_min = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
         .unwrap_or(32_768);
     if ephemeral_min > FREE_PORT_MIN + 1_000 {
         for _ in 0..64 {
-            // A fresh RandomState per try is a fresh random number: no rand crate for this.
-            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-            h.write_u32(std::process::id());
+            // A fresh RandomState is freshly keyed: a random number with no rand crate for it.
+            let h = std::collections::hash_map::RandomState::new().build_hasher();
             let span = u64::from(ephemeral_min - FREE_PORT_MIN);
             let port = FREE_PORT_MIN + u16::try_from(h.finish() % span).unwrap_or(0);
             if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
@@ -80,12 +79,31 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
+    let held = poll_async(limit, || {
+        let check = check();
+        async move { check.await.then_some(()) }
+    })
+    .await;
+    assert!(
+        held.is_some(),
+        "timed out after {limit:?} waiting for {what}"
+    );
+}
+
+/// [`poll_blocking`] for async tests, with a lookup that may itself await: the first `Some`, or
+/// `None` once `limit` has passed (after one last look), so the caller can fail with its own
+/// context (a child process's log) or try again.
+pub async fn poll_async<T, F, Fut>(limit: Duration, mut find: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
     let deadline = Instant::now() + limit;
-    while !check().await {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
+    loop {
+        let found = find().await;
+        if found.is_some() || Instant::now() >= deadline {
+            return found;
+        }
         tokio::time::sleep(Duration::from_millis(POLL_INTERVAL_MS)).await;
     }
 }

@@ -105,65 +105,69 @@ impl NatsNode {
         }
     }
 
-    /// True once this server greets a connection on its port: `INFO` with its own
-    /// `server_name`, so another listener that took the port does not pass for it.
-    async fn answers(&self) -> bool {
-        use tokio::io::AsyncReadExt;
-        let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await else {
-            return false;
+    /// Waits until it accepts connections; its log if it exits first (a port taken since it was
+    /// chosen, a bad configuration) or does not accept within 20 s.
+    async fn wait_accepting(&mut self) -> Result<(), String> {
+        let (port, name) = (self.port, self.name());
+        let Some(child) = self.child.as_mut() else {
+            return Err("nats-server is not running".into());
         };
-        let name = self
-            .config
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let mut greeting = Vec::new();
-        let mut buf = [0u8; 4096];
-        let read = tokio::time::timeout(Duration::from_secs(1), async {
-            while !greeting.contains(&b'\n') {
-                match stream.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => greeting.extend_from_slice(&buf[..n]),
+        let outcome = testkit::poll_async(Duration::from_secs(20), || {
+            let exited = child.try_wait().expect("poll nats-server");
+            let name = name.clone();
+            async move {
+                match exited {
+                    Some(status) => Some(Err(status)),
+                    None => greets(port, &name).await.then_some(Ok(())),
                 }
             }
         })
         .await;
-        let greeting = String::from_utf8_lossy(&greeting);
-        read.is_ok()
-            && greeting.starts_with("INFO ")
-            && greeting.contains(&format!("\"server_name\":\"{name}\""))
+        let why = match outcome {
+            Some(Ok(())) => return Ok(()),
+            Some(Err(status)) => {
+                self.child = None;
+                format!("exited ({status}) before it accepted connections")
+            }
+            None => "did not accept connections within 20 s".to_string(),
+        };
+        Err(format!(
+            "nats-server on port {port} {why}; its log:\n{}",
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        ))
     }
 
-    /// Waits until it accepts connections; its log if it exits first (a port taken since it was
-    /// chosen, a bad configuration) or does not accept within 20 s.
-    async fn wait_accepting(&mut self) -> Result<(), String> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            if self.answers().await {
-                return Ok(());
-            }
-            let exited = match self.child.as_mut() {
-                Some(child) => child.try_wait().expect("poll nats-server"),
-                None => return Err("nats-server is not running".into()),
-            };
-            if let Some(status) = exited {
-                self.child = None;
-                return Err(format!(
-                    "nats-server on port {} exited ({status}) before it accepted connections; its log:\n{}",
-                    self.port,
-                    std::fs::read_to_string(&self.log).unwrap_or_default()
-                ));
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(format!(
-                    "timed out after 20s waiting for nats-server on port {} to accept connections; its log:\n{}",
-                    self.port,
-                    std::fs::read_to_string(&self.log).unwrap_or_default()
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    /// Its `server_name`: the configuration file's stem (`n0`).
+    fn name(&self) -> String {
+        self.config
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default()
     }
+}
+
+/// True once the server on `port` greets a connection with `INFO` carrying `name` as its
+/// `server_name`, so another listener that took the port does not pass for it.
+async fn greets(port: u16, name: &str) -> bool {
+    use tokio::io::AsyncReadExt;
+    let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return false;
+    };
+    let mut greeting = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read = tokio::time::timeout(Duration::from_secs(1), async {
+        while !greeting.contains(&b'\n') {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => greeting.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    let greeting = String::from_utf8_lossy(&greeting);
+    read.is_ok()
+        && greeting.starts_with("INFO ")
+        && greeting.contains(&format!("\"server_name\":\"{name}\""))
 }
 
 impl Drop for NatsNode {
