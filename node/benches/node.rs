@@ -305,15 +305,15 @@ async fn latency_run(rate: u32, seconds: u64, drain: bool) -> Run {
     });
     for (seen_at, seen_us, e) in seen {
         let p = catalog::Passing::from_event(&e).unwrap();
-        let (Some((t, wrote_us)), Some((durable_at, _, woke))) =
+        let (Some((t, wrote_us)), Some((durable_at, woke))) =
             (sent.get(&p.passing_number), durable_at(&heads, e.seq.0))
         else {
             continue;
         };
-        // The sync's moment as wall-clock µs, from this passing's own pair of clock readings (its
-        // write's instant and µs), not from one pair taken when the run began: the node's stamps
-        // are wall-clock µs, and this VM's wall clock is stepped now and then (a 12 ms step made
-        // every commit read 0 µs and every subscriber 12 ms in two runs on 2026-12-02).
+        // The sync's moment as wall-clock µs (the node's stamps are), from this passing's own pair
+        // of clock readings, its write's instant and µs: with one pair taken when the run began, a
+        // wall-clock step during the run (likely ~12 ms in two runs on 2026-12-02) made every
+        // commit read 0 µs and every subscriber 12 ms late.
         let durable_us = wrote_us + durable_at.saturating_duration_since(*t).as_micros() as u64;
         durable.push(durable_at.saturating_duration_since(*t).as_secs_f64() * 1e6);
         woken.push(woke.saturating_duration_since(*t).as_secs_f64() * 1e6);

@@ -149,10 +149,8 @@ pub fn uptime() -> String {
         .unwrap_or_default()
 }
 
-/// A free port on 127.0.0.1 for the caller's server to bind next ([`testkit::free_port`]).
-pub fn free_port() -> u16 {
-    testkit::free_port()
-}
+/// A free port on 127.0.0.1 for the caller's server to bind next.
+pub use testkit::free_port;
 
 /// `venue-node central` as a child process on `port`, taking `token` for `track` and storing in
 /// `store`, its logs at `log`: its CPU and memory are not counted as the node's. `prefix` runs it
@@ -205,9 +203,9 @@ pub fn uplink_to(dir: &Path, port: u16, token: &str) -> node::config::UplinkSett
     }
 }
 
-/// When the spool's head reached each seq: (head, the writer's instant its sync returned, that
-/// instant as wall-clock µs, the instant this bench's thread woke to it), in order.
-pub type HeadStamps = Vec<(u64, Instant, u64, Instant)>;
+/// When the spool's head reached each seq: (head, the writer's instant its sync returned, the
+/// instant this bench's thread woke to it), in order.
+pub type HeadStamps = Vec<(u64, Instant, Instant)>;
 
 /// Records every move of the spool's durable mark ([`spool::Spool::watch_durable`]: the seq and the
 /// instant the writer's `fdatasync` returned, taken on the writer's thread, as the floor takes its
@@ -219,8 +217,6 @@ pub fn watch_durable(
     stop: tokio_util::sync::CancellationToken,
 ) -> std::thread::JoinHandle<HeadStamps> {
     let mut durable = spool.watch_durable();
-    // The wall clock's reading at one instant, to turn the writer's instants into µs.
-    let (base, base_us) = (Instant::now(), spool::now_us());
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
@@ -234,18 +230,16 @@ pub fn watch_durable(
                 }
                 let woke = Instant::now();
                 let mark = *durable.borrow_and_update();
-                let at_us =
-                    base_us + mark.synced_at.saturating_duration_since(base).as_micros() as u64;
-                stamps.push((mark.seq.0, mark.synced_at, at_us, woke));
+                stamps.push((mark.seq.0, mark.synced_at, woke));
             }
             stamps
         })
     })
 }
 
-/// The first stamp at which the head had reached `seq`: the writer's sync, as wall-clock µs, and
-/// when the bench's thread woke to it.
-pub fn durable_at(stamps: &HeadStamps, seq: u64) -> Option<(Instant, u64, Instant)> {
+/// The first stamp at which the head had reached `seq`: the writer's sync, and when the bench's
+/// thread woke to it.
+pub fn durable_at(stamps: &HeadStamps, seq: u64) -> Option<(Instant, Instant)> {
     let i = stamps.partition_point(|(head, ..)| *head < seq);
-    stamps.get(i).map(|&(_, at, at_us, woke)| (at, at_us, woke))
+    stamps.get(i).map(|&(_, at, woke)| (at, woke))
 }
