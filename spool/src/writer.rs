@@ -105,6 +105,16 @@ pub const SPOOL_APPLY_QUEUE_SPENT_MAX: usize = 8;
 
 const _: () = assert!(SPOOL_APPLY_QUEUE_SPENT_MAX <= SPOOL_APPLY_QUEUE_APPENDS_MAX);
 
+/// The most durable appends the writer holds back from the apply thread
+/// ([`crate::SpoolConfig::apply_linger`]) before it hands them over, whatever their age.
+pub const SPOOL_APPLY_HELD_APPENDS_MAX: usize = 64;
+
+/// The most events the writer holds back from the apply thread before it hands them over: one
+/// hand-over's inserts stay a fraction of a millisecond of the apply thread's time.
+pub const SPOOL_APPLY_HELD_EVENTS_MAX: usize = 64;
+
+const _: () = assert!(SPOOL_APPLY_HELD_APPENDS_MAX <= SPOOL_APPLY_QUEUE_APPENDS_MAX);
+
 /// The writer thread: serve the queued requests, in groups, until every sender is gone, then
 /// checkpoint and return. Each group holds the writer's lock, which an idle writer lends to an
 /// append committing on its caller's thread ([`crate::SpoolConfig::caller_commits`]).
@@ -399,6 +409,8 @@ pub(crate) struct Policy {
     /// The apply thread's cores ([`crate::ThreadCores::apply`]), or any.
     pub(crate) apply_cores: Option<Vec<usize>>,
     pub(crate) background_checkpoints: bool,
+    /// How long durable inserts may wait for the apply thread ([`crate::SpoolConfig::apply_linger`]).
+    pub(crate) apply_linger: Duration,
 }
 
 /// How the writer opens the database again after a failure: as [`crate::Spool::open`] did.
@@ -462,6 +474,11 @@ pub(crate) struct Writer {
     /// runs a wakee on the waker's core) and put ~0.1 ms of inserts between a lone passing and its
     /// `pwrite`. Handed over after, the inserts overlap the next group's sync instead.
     group_applies: Vec<ApplyJob>,
+    /// Durable groups' inserts not yet handed to the apply thread ([`Writer::hand_to_applier`]),
+    /// how many events they hold, and since when the oldest waits.
+    held_applies: Vec<ApplyJob>,
+    held_events: usize,
+    held_since: Option<Instant>,
     group_acks: Vec<(String, u64)>,
     group_pending: Vec<Pending>,
     /// Inserts on their own thread, if [`Policy::apply_on_thread`].
@@ -536,6 +553,9 @@ impl Writer {
             group_batches: Vec::new(),
             group_spent: Vec::new(),
             group_applies: Vec::new(),
+            held_applies: Vec::new(),
+            held_events: 0,
+            held_since: None,
             group_acks: Vec::new(),
             group_pending: Vec::new(),
             applier,
@@ -561,6 +581,7 @@ impl Writer {
     /// checkpoint in flight (queued before) has committed: every operation that is not an append
     /// waits for that commit here.
     fn reclaim(&mut self) -> Result<()> {
+        self.release_applies();
         match &mut self.applier {
             Some(applier) => applier.reclaim(&mut self.txn)?,
             None => return Ok(()),
@@ -604,6 +625,9 @@ impl Writer {
 
     /// Drop the open transaction, wherever it is, unapplied.
     fn discard_txn(&mut self) {
+        self.held_applies.clear();
+        self.held_events = 0;
+        self.held_since = None;
         drop(self.reclaim());
         if let Some(applier) = &self.applier {
             // A commit that failed answered before the transaction came back.
@@ -621,6 +645,7 @@ impl Writer {
             self.handle(request);
         }
         self.flush();
+        self.release_applies_if_due();
         self.settle_background();
         self.maybe_checkpoint(false);
     }
@@ -1128,14 +1153,56 @@ impl Writer {
             .store(now_us(), Ordering::Relaxed);
     }
 
-    /// Queue the durable group's inserts on the apply thread. A failure there fails the writer,
-    /// whose reopen replays the journal: the events are durable and answered already.
+    /// Hold the durable group's inserts for the apply thread, and hand over what is held once
+    /// enough is ([`Writer::release_applies_if_due`]). A failure there fails the writer, whose
+    /// reopen replays the journal: the events are durable and answered already.
     fn hand_to_applier(&mut self) {
-        let applies = std::mem::take(&mut self.group_applies);
+        if self.applier.is_none() {
+            self.group_applies.clear();
+            return;
+        }
+        for job in std::mem::take(&mut self.group_applies) {
+            let job = match job {
+                ApplyJob::Insert(batch, spent) => {
+                    self.held_events += batch.rows.len();
+                    // Held back, the callers' events are freed here, after the replies: at the
+                    // rates that hold appends back that is one passing's strings between syncs.
+                    drop(spent);
+                    ApplyJob::Insert(batch, Vec::new())
+                }
+                other => other,
+            };
+            self.held_since.get_or_insert_with(Instant::now);
+            self.held_applies.push(job);
+        }
+        self.release_applies_if_due();
+    }
+
+    /// Hand the held inserts to the apply thread if there are enough of them, or the oldest has
+    /// waited [`crate::SpoolConfig::apply_linger`]: at a quiet track the apply thread then wakes
+    /// a few times a second for a handful of appends, not once per passing.
+    fn release_applies_if_due(&mut self) {
+        let Some(since) = self.held_since else {
+            return;
+        };
+        if self.held_applies.len() >= SPOOL_APPLY_HELD_APPENDS_MAX
+            || self.held_events >= SPOOL_APPLY_HELD_EVENTS_MAX
+            || since.elapsed() >= self.policy.apply_linger
+        {
+            self.release_applies();
+        }
+    }
+
+    /// Hand every held insert to the apply thread now, in order: before anything else is queued
+    /// there (a checkpoint's commit, the transaction's return).
+    fn release_applies(&mut self) {
+        self.held_since = None;
+        self.held_events = 0;
+        let held = std::mem::take(&mut self.held_applies);
         let Some(applier) = &mut self.applier else {
             return;
         };
-        for job in applies {
+        for job in held {
             if let Err(error) = applier.queue(&mut self.txn, job) {
                 self.fail(&error);
                 return;
@@ -1384,6 +1451,7 @@ impl Writer {
             self.in_flight.is_none(),
             "at most one background checkpoint is in flight"
         );
+        self.release_applies();
         let job = CommitJob {
             checkpoint_lsn: self.next_lsn - 1,
             journal_start: self.journal.head_offset(),

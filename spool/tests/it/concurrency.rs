@@ -141,14 +141,22 @@ fn reads_that_straddle_checkpoints_see_no_gap_and_no_repeat() {
 /// repeat, with a checkpoint every few events: each request is validated against the ones before
 /// it in its group (staged while the apply thread may hold the transaction), the tail and the
 /// database, and both ways of applying appends agree: one winner per version, one event per key,
-/// every duplicate answered with its original's seq and version.
+/// every duplicate answered with its original's seq and version. The apply thread is given each
+/// group at once, after the default linger, and held back until the next checkpoint.
 #[test]
 fn racing_appenders_see_each_others_versions_and_keys_in_both_apply_modes() {
-    for apply_on_thread in [true, false] {
+    let lingers = [
+        (true, std::time::Duration::ZERO),
+        (true, spool::SpoolConfig::default().apply_linger),
+        (true, std::time::Duration::from_secs(3600)),
+        (false, spool::SpoolConfig::default().apply_linger),
+    ];
+    for (apply_on_thread, apply_linger) in lingers {
         let dir = tempfile::tempdir().unwrap();
         let config = spool::SpoolConfig {
             checkpoint_events: 7,
             apply_on_thread,
+            apply_linger,
             ..opaque_config()
         };
         let spool = Spool::open(dir.path(), config).unwrap();
@@ -180,7 +188,9 @@ fn racing_appenders_see_each_others_versions_and_keys_in_both_apply_modes() {
                 match result {
                     Ok(appended) => by_key.entry(key).or_default().push(appended[0]),
                     Err(SpoolError::WrongExpectedVersion { .. }) => {}
-                    Err(other) => panic!("apply_on_thread {apply_on_thread}: {other}"),
+                    Err(other) => {
+                        panic!("apply_on_thread {apply_on_thread} linger {apply_linger:?}: {other}")
+                    }
                 }
             }
         }
@@ -188,13 +198,17 @@ fn racing_appenders_see_each_others_versions_and_keys_in_both_apply_modes() {
             .read_stream(&crate::common::stream("race"), 1, 10_000)
             .unwrap();
         for (i, e) in all.iter().enumerate() {
-            assert_eq!(e.version, i as u64 + 1, "apply_on_thread {apply_on_thread}");
+            assert_eq!(
+                e.version,
+                i as u64 + 1,
+                "apply_on_thread {apply_on_thread} linger {apply_linger:?}"
+            );
         }
         let mut stored: std::collections::HashMap<Vec<u8>, u64> = std::collections::HashMap::new();
         for e in &all {
             assert!(
                 stored.insert(body(e), e.seq.0).is_none(),
-                "apply_on_thread {apply_on_thread}: key {:?} stored twice",
+                "apply_on_thread {apply_on_thread} linger {apply_linger:?}: key {:?} stored twice",
                 String::from_utf8_lossy(&body(e))
             );
         }
@@ -204,7 +218,7 @@ fn racing_appenders_see_each_others_versions_and_keys_in_both_apply_modes() {
             assert_eq!(
                 answers.iter().filter(|a| !a.duplicate).count(),
                 1,
-                "apply_on_thread {apply_on_thread}: key {key} has one original"
+                "apply_on_thread {apply_on_thread} linger {apply_linger:?}: key {key} has one original"
             );
             for a in answers {
                 assert_eq!((a.seq.0, a.version), (original, version), "key {key}");
