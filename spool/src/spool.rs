@@ -110,11 +110,11 @@ pub struct SpoolConfig {
     /// How long a durable append's inserts may wait before the writer hands them to the apply
     /// thread ([`SpoolConfig::apply_on_thread`]); the default is
     /// [`SPOOL_APPLY_LINGER_MS_DEFAULT`]. They go sooner once
-    /// [`crate::SPOOL_APPLY_HELD_EVENTS_MAX`] events (or as many appends) are held, and always
-    /// before a checkpoint. Readers and validation never wait for them (they read the journal's
-    /// tail), so holding them back costs nothing but the memory of a few appends, and at a quiet
-    /// track saves the apply thread's wake-up per passing. Zero hands each group over as it is
-    /// answered, the former way, kept so the benches measure both in one run.
+    /// [`crate::SPOOL_APPLY_HELD_EVENTS_MAX`] events are held, and always before a checkpoint.
+    /// Readers and validation never wait for them (they read the journal's tail), so holding them
+    /// back costs nothing but the memory of a few appends, and at a quiet track saves the apply
+    /// thread's wake-up per passing. Zero hands each group over as it is answered, the former way
+    /// (the spool's tests run both; the node has no knob for it).
     pub apply_linger: Duration,
     /// Keep the writer and apply threads to these cores ([`ThreadCores::apart`]); `None` (the
     /// default) leaves them to the scheduler. Apart, the apply thread's wake-up after each

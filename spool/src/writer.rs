@@ -105,15 +105,12 @@ pub const SPOOL_APPLY_QUEUE_SPENT_MAX: usize = 8;
 
 const _: () = assert!(SPOOL_APPLY_QUEUE_SPENT_MAX <= SPOOL_APPLY_QUEUE_APPENDS_MAX);
 
-/// The most durable appends the writer holds back from the apply thread
-/// ([`crate::SpoolConfig::apply_linger`]) before it hands them over, whatever their age.
-pub const SPOOL_APPLY_HELD_APPENDS_MAX: usize = 64;
-
-/// The most events the writer holds back from the apply thread before it hands them over: one
+/// The most events (and jobs: appends, cursor acks) the writer holds back from the apply thread
+/// ([`crate::SpoolConfig::apply_linger`]) before it hands them over, whatever their age: one
 /// hand-over's inserts stay a fraction of a millisecond of the apply thread's time.
 pub const SPOOL_APPLY_HELD_EVENTS_MAX: usize = 64;
 
-const _: () = assert!(SPOOL_APPLY_HELD_APPENDS_MAX <= SPOOL_APPLY_QUEUE_APPENDS_MAX);
+const _: () = assert!(SPOOL_APPLY_HELD_EVENTS_MAX <= SPOOL_APPLY_QUEUE_APPENDS_MAX);
 
 /// The writer thread: serve the queued requests, in groups, until every sender is gone, then
 /// checkpoint and return. Each group holds the writer's lock, which an idle writer lends to an
@@ -475,9 +472,8 @@ pub(crate) struct Writer {
     /// `pwrite`. Handed over after, the inserts overlap the next group's sync instead.
     group_applies: Vec<ApplyJob>,
     /// Durable groups' inserts not yet handed to the apply thread ([`Writer::hand_to_applier`]),
-    /// how many events they hold, and since when the oldest waits.
+    /// and since when the oldest waits.
     held_applies: Vec<ApplyJob>,
-    held_events: usize,
     held_since: Option<Instant>,
     group_acks: Vec<(String, u64)>,
     group_pending: Vec<Pending>,
@@ -554,7 +550,6 @@ impl Writer {
             group_spent: Vec::new(),
             group_applies: Vec::new(),
             held_applies: Vec::new(),
-            held_events: 0,
             held_since: None,
             group_acks: Vec::new(),
             group_pending: Vec::new(),
@@ -626,7 +621,6 @@ impl Writer {
     /// Drop the open transaction, wherever it is, unapplied.
     fn discard_txn(&mut self) {
         self.held_applies.clear();
-        self.held_events = 0;
         self.held_since = None;
         drop(self.reclaim());
         if let Some(applier) = &self.applier {
@@ -1164,7 +1158,6 @@ impl Writer {
         for job in std::mem::take(&mut self.group_applies) {
             let job = match job {
                 ApplyJob::Insert(batch, spent) => {
-                    self.held_events += batch.rows.len();
                     // Held back, the callers' events are freed here, after the replies: at the
                     // rates that hold appends back that is one passing's strings between syncs.
                     drop(spent);
@@ -1185,10 +1178,16 @@ impl Writer {
         let Some(since) = self.held_since else {
             return;
         };
-        if self.held_applies.len() >= SPOOL_APPLY_HELD_APPENDS_MAX
-            || self.held_events >= SPOOL_APPLY_HELD_EVENTS_MAX
-            || since.elapsed() >= self.policy.apply_linger
-        {
+        let events = || {
+            self.held_applies
+                .iter()
+                .map(|job| match job {
+                    ApplyJob::Insert(batch, _) => batch.rows.len(),
+                    _ => 1,
+                })
+                .sum::<usize>()
+        };
+        if since.elapsed() >= self.policy.apply_linger || events() >= SPOOL_APPLY_HELD_EVENTS_MAX {
             self.release_applies();
         }
     }
@@ -1197,7 +1196,6 @@ impl Writer {
     /// there (a checkpoint's commit, the transaction's return).
     fn release_applies(&mut self) {
         self.held_since = None;
-        self.held_events = 0;
         let held = std::mem::take(&mut self.held_applies);
         let Some(applier) = &mut self.applier else {
             return;
