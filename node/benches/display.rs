@@ -87,6 +87,12 @@ const CANDIDATE_WRITER: &str = "batched";
 /// `node::run::DISPLAY_HUB_CORES_ENV`.
 const HUB_CORES_ENV: &str = node::run::DISPLAY_HUB_CORES_ENV;
 
+/// `node::runtime::SPOOL_APPLY_LINGER_ENV`.
+const APPLY_LINGER_ENV: &str = node::runtime::SPOOL_APPLY_LINGER_ENV;
+
+/// `node::runtime::RESULTS_FOLD_LINGER_ENV`.
+const FOLD_LINGER_ENV: &str = node::runtime::RESULTS_FOLD_LINGER_ENV;
+
 /// How a run's display differs from the default, so the previous designs are measured beside it in
 /// the same round.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +104,10 @@ enum Variant {
     /// The hub's thread on any core (`VENUE_DISPLAY_HUB_CORES=any`), as before it kept off the
     /// disk's interrupt cores.
     HubAnyCore,
+    /// Each durable group's inserts handed to the spool's apply thread at once, and each stored
+    /// event folded by the race projection at once (`VENUE_SPOOL_APPLY_LINGER_MS=0`,
+    /// `VENUE_RESULTS_FOLD_LINGER_MS=0`), as before both lingered.
+    Eager,
 }
 
 impl Variant {
@@ -107,6 +117,7 @@ impl Variant {
             Variant::Default => &[],
             Variant::Batched => &[(WRITER_ENV, CANDIDATE_WRITER)],
             Variant::HubAnyCore => &[(HUB_CORES_ENV, "any")],
+            Variant::Eager => &[(APPLY_LINGER_ENV, "0"), (FOLD_LINGER_ENV, "0")],
         }
     }
 
@@ -115,6 +126,7 @@ impl Variant {
             Variant::Default => "default",
             Variant::Batched => "batched",
             Variant::HubAnyCore => "hub-any",
+            Variant::Eager => "eager",
         }
     }
 
@@ -122,6 +134,7 @@ impl Variant {
         match s {
             "batched" => Variant::Batched,
             "hub-any" => Variant::HubAnyCore,
+            "eager" => Variant::Eager,
             _ => Variant::Default,
         }
     }
@@ -158,6 +171,7 @@ impl Case {
             (true, Variant::Default) => format!("{:>3} screens", self.clients),
             (true, Variant::Batched) => format!("{:>3} scr. bat.", self.clients),
             (true, Variant::HubAnyCore) => format!("{:>3} scr. any", self.clients),
+            (true, Variant::Eager) => format!("{:>3} scr. eag.", self.clients),
         }
         .to_string()
             + match self.screens {
@@ -636,7 +650,11 @@ fn field(line: &str, key: &str) -> Option<f64> {
 fn run_child(case: Case, seconds: u64) -> String {
     let exe = std::env::current_exe().unwrap();
     let mut command = std::process::Command::new(&exe);
-    command.env_remove(WRITER_ENV).env_remove(HUB_CORES_ENV);
+    command
+        .env_remove(WRITER_ENV)
+        .env_remove(HUB_CORES_ENV)
+        .env_remove(APPLY_LINGER_ENV)
+        .env_remove(FOLD_LINGER_ENV);
     command.envs(case.variant.envs().iter().copied());
     let out = command
         .env("DISPLAY_BENCH_CHILD", case.encode())
@@ -989,7 +1007,9 @@ fn main() {
     let mut display_cpu = f64::NAN;
     for (clients, variant, kind) in [
         (0, Variant::Default, Screens::Light),
+        (0, Variant::Eager, Screens::Light),
         (200, Variant::Default, Screens::Light),
+        (200, Variant::Eager, Screens::Light),
         (200, Variant::Default, Screens::Tungstenite),
         (200, Variant::HubAnyCore, Screens::Light),
         (200, Variant::Batched, Screens::Light),
@@ -1001,6 +1021,7 @@ fn main() {
                 Variant::Default => "",
                 Variant::Batched => " (batched, the previous default)",
                 Variant::HubAnyCore => " (the hub on any core, as before)",
+                Variant::Eager => " (spool inserts and race fold at each event, as before)",
             },
             match kind {
                 Screens::Light => "",
@@ -1023,7 +1044,7 @@ fn main() {
             r.screens_cpu_pct,
         );
         match (clients, variant, kind) {
-            (0, _, _) => idle_cpu = r.cpu_pct,
+            (0, Variant::Default, _) => idle_cpu = r.cpu_pct,
             (_, Variant::Default, Screens::Light) => {
                 display_cpu = r.cpu_pct - idle_cpu;
                 // An event's frame as the screens received it: every byte but the snapshots'.

@@ -439,8 +439,10 @@ const FLOOR_PACED_SECONDS: usize = 5;
 /// ([`node::runtime::SPOOL_THREAD_CORES_ENV`]`=any`), `queue` for every append through the
 /// writer's queue ([`node::runtime::SPOOL_CALLER_COMMITS_ENV`]`=0`), `one` for one append in
 /// flight ([`node::runtime::input::INPUT_IN_FLIGHT_ENV`]`=1`) and `1` for reading only after each
-/// append ([`node::runtime::input::INPUT_SERIAL_ENV`]`=1`; no longer a row, still selectable).
-const PATHS: [(&str, &str, Option<&str>); 5] = [
+/// append ([`node::runtime::input::INPUT_SERIAL_ENV`]`=1`; no longer a row, still selectable),
+/// and `eager` for the default with the spool's inserts and the race fold at each event
+/// ([`node::runtime::SPOOL_APPLY_LINGER_ENV`]`=0`, [`node::runtime::RESULTS_FOLD_LINGER_ENV`]`=0`).
+const PATHS: [(&str, &str, Option<&str>); 6] = [
     (
         "the node's default (the spool's writer and apply threads on cores apart, an idle writer's commit on the input's thread, two appends in flight)",
         "0",
@@ -457,6 +459,11 @@ const PATHS: [(&str, &str, Option<&str>); 5] = [
         None,
     ),
     (
+        "the spool's inserts and the race fold at each event (VENUE_SPOOL_APPLY_LINGER_MS=0, VENUE_RESULTS_FOLD_LINGER_MS=0, the default before 2026-12-03)",
+        "eager",
+        None,
+    ),
+    (
         "one append in flight, through the queue (VENUE_NODE_INPUT_IN_FLIGHT=1, an earlier default)",
         "one",
         None,
@@ -468,8 +475,14 @@ const PATHS: [(&str, &str, Option<&str>); 5] = [
     ),
 ];
 
+/// [`spool::SPOOL_APPLY_LINGER_MS_DEFAULT`] and [`results::FOLD_LINGER_MS`] as the environment
+/// gives them (`main` checks they agree).
+const APPLY_LINGER_MS_DEFAULT: &str = "250";
+const FOLD_LINGER_MS_DEFAULT: &str = "100";
+
 /// The environment that selects the input's path (see [`PATHS`]).
-fn path_envs(path: &str) -> [(&'static str, &'static str); 4] {
+fn path_envs(path: &str) -> [(&'static str, &'static str); 6] {
+    let eager = path == "eager";
     [
         (
             node::runtime::input::INPUT_SERIAL_ENV,
@@ -481,7 +494,7 @@ fn path_envs(path: &str) -> [(&'static str, &'static str); 4] {
         ),
         (
             node::runtime::SPOOL_CALLER_COMMITS_ENV,
-            if path == "0" || path == "any" {
+            if path == "0" || path == "any" || eager {
                 "1"
             } else {
                 "0"
@@ -491,10 +504,26 @@ fn path_envs(path: &str) -> [(&'static str, &'static str); 4] {
             node::runtime::SPOOL_THREAD_CORES_ENV,
             if path == "any" { "any" } else { "apart" },
         ),
+        (
+            node::runtime::SPOOL_APPLY_LINGER_ENV,
+            if eager { "0" } else { APPLY_LINGER_MS_DEFAULT },
+        ),
+        (
+            node::runtime::RESULTS_FOLD_LINGER_ENV,
+            if eager { "0" } else { FOLD_LINGER_MS_DEFAULT },
+        ),
     ]
 }
 
 fn main() {
+    assert_eq!(
+        APPLY_LINGER_MS_DEFAULT.parse::<u64>().ok(),
+        Some(spool::SPOOL_APPLY_LINGER_MS_DEFAULT)
+    );
+    assert_eq!(
+        FOLD_LINGER_MS_DEFAULT.parse::<u64>().ok(),
+        Some(results::FOLD_LINGER_MS)
+    );
     let seconds: u64 = std::env::var("NODE_BENCH_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())

@@ -114,7 +114,8 @@ pub struct SpoolConfig {
     /// Readers and validation never wait for them (they read the journal's tail), so holding them
     /// back costs nothing but the memory of a few appends, and at a quiet track saves the apply
     /// thread's wake-up per passing. Zero hands each group over as it is answered, the former way
-    /// (the spool's tests run both; the node has no knob for it).
+    /// (the spool's tests run both; the node's benches select it with
+    /// `VENUE_SPOOL_APPLY_LINGER_MS=0` to measure both in one run).
     pub apply_linger: Duration,
     /// Keep the writer and apply threads to these cores ([`ThreadCores::apart`]); `None` (the
     /// default) leaves them to the scheduler. Apart, the apply thread's wake-up after each

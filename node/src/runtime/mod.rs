@@ -48,6 +48,18 @@ pub const SPOOL_ALARM_SUMMARY_INTERVAL_S: u64 = 60;
 /// the same run; not for production.
 pub const SPOOL_CALLER_COMMITS_ENV: &str = "VENUE_SPOOL_CALLER_COMMITS";
 
+/// Set to `0`, the spool's writer hands each durable group's inserts to its apply thread at once
+/// (the node's path before 2026-12-03), instead of holding them up to
+/// [`spool::SPOOL_APPLY_LINGER_MS_DEFAULT`] ms ([`spool::SpoolConfig::apply_linger`]). Kept so
+/// `cargo bench -p node --bench display` measures both in the same run; not for production.
+pub const SPOOL_APPLY_LINGER_ENV: &str = "VENUE_SPOOL_APPLY_LINGER_MS";
+
+/// Set to `0`, the race projection folds each event as soon as it is stored (the node's path
+/// before 2026-12-03), instead of waiting up to [`results::FOLD_LINGER_MS`] ms after each batch
+/// ([`results::ResultsConfig::fold_linger`]). Kept so `cargo bench -p node --bench display`
+/// measures both in the same run; not for production.
+pub const RESULTS_FOLD_LINGER_ENV: &str = "VENUE_RESULTS_FOLD_LINGER_MS";
+
 /// Set to `any`, the spool's writer and apply threads run wherever the scheduler puts them (the
 /// node's placement before 2026-12-02), instead of on cores apart ([`spool_thread_cores`]). Kept
 /// so the benches measure both in the same run; not for production.
@@ -91,6 +103,12 @@ pub fn spool_config(config: &Config) -> SpoolConfig {
     }
     if std::env::var_os(SPOOL_CALLER_COMMITS_ENV).is_some_and(|v| v == "0") {
         sc.caller_commits = false;
+    }
+    if let Some(ms) = std::env::var(SPOOL_APPLY_LINGER_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        sc.apply_linger = Duration::from_millis(ms);
     }
     sc
 }
@@ -236,7 +254,14 @@ impl Node {
         };
         append_node_event(&spool, &boot_id, started).await?;
         let results = {
-            let (spool, config) = (spool.clone(), results::ResultsConfig::new(boot_id.clone()));
+            let mut config = results::ResultsConfig::new(boot_id.clone());
+            if let Some(ms) = std::env::var(RESULTS_FOLD_LINGER_ENV)
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+            {
+                config.fold_linger = Duration::from_millis(ms);
+            }
+            let spool = spool.clone();
             tokio::task::spawn_blocking(move || results::Results::open(spool, config))
                 .await
                 .context("race projection task")?
