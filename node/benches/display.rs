@@ -90,9 +90,6 @@ const HUB_CORES_ENV: &str = node::run::DISPLAY_HUB_CORES_ENV;
 /// `node::runtime::SPOOL_APPLY_LINGER_ENV`.
 const APPLY_LINGER_ENV: &str = node::runtime::SPOOL_APPLY_LINGER_ENV;
 
-/// `node::runtime::RESULTS_FOLD_LINGER_ENV`.
-const FOLD_LINGER_ENV: &str = node::runtime::RESULTS_FOLD_LINGER_ENV;
-
 /// How a run's display differs from the default, so the previous designs are measured beside it in
 /// the same round.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,9 +101,8 @@ enum Variant {
     /// The hub's thread on any core (`VENUE_DISPLAY_HUB_CORES=any`), as before it kept off the
     /// disk's interrupt cores.
     HubAnyCore,
-    /// Each durable group's inserts handed to the spool's apply thread at once, and each stored
-    /// event folded by the race projection at once (`VENUE_SPOOL_APPLY_LINGER_MS=0`,
-    /// `VENUE_RESULTS_FOLD_LINGER_MS=0`), as before both lingered.
+    /// Each durable group's inserts handed to the spool's apply thread at once
+    /// (`VENUE_SPOOL_APPLY_LINGER_MS=0`), as before they lingered.
     Eager,
 }
 
@@ -117,7 +113,7 @@ impl Variant {
             Variant::Default => &[],
             Variant::Batched => &[(WRITER_ENV, CANDIDATE_WRITER)],
             Variant::HubAnyCore => &[(HUB_CORES_ENV, "any")],
-            Variant::Eager => &[(APPLY_LINGER_ENV, "0"), (FOLD_LINGER_ENV, "0")],
+            Variant::Eager => &[(APPLY_LINGER_ENV, "0")],
         }
     }
 
@@ -653,8 +649,7 @@ fn run_child(case: Case, seconds: u64) -> String {
     command
         .env_remove(WRITER_ENV)
         .env_remove(HUB_CORES_ENV)
-        .env_remove(APPLY_LINGER_ENV)
-        .env_remove(FOLD_LINGER_ENV);
+        .env_remove(APPLY_LINGER_ENV);
     command.envs(case.variant.envs().iter().copied());
     let out = command
         .env("DISPLAY_BENCH_CHILD", case.encode())
@@ -1021,7 +1016,7 @@ fn main() {
                 Variant::Default => "",
                 Variant::Batched => " (batched, the previous default)",
                 Variant::HubAnyCore => " (the hub on any core, as before)",
-                Variant::Eager => " (spool inserts and race fold at each event, as before)",
+                Variant::Eager => " (spool inserts handed over per group, as before)",
             },
             match kind {
                 Screens::Light => "",

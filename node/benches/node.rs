@@ -440,8 +440,8 @@ const FLOOR_PACED_SECONDS: usize = 5;
 /// writer's queue ([`node::runtime::SPOOL_CALLER_COMMITS_ENV`]`=0`), `one` for one append in
 /// flight ([`node::runtime::input::INPUT_IN_FLIGHT_ENV`]`=1`) and `1` for reading only after each
 /// append ([`node::runtime::input::INPUT_SERIAL_ENV`]`=1`; no longer a row, still selectable),
-/// and `eager` for the default with the spool's inserts and the race fold at each event
-/// ([`node::runtime::SPOOL_APPLY_LINGER_ENV`]`=0`, [`node::runtime::RESULTS_FOLD_LINGER_ENV`]`=0`).
+/// and `eager` for the default with each durable group's inserts handed to the spool's apply
+/// thread at once ([`node::runtime::SPOOL_APPLY_LINGER_ENV`]`=0`).
 const PATHS: [(&str, &str, Option<&str>); 6] = [
     (
         "the node's default (the spool's writer and apply threads on cores apart, an idle writer's commit on the input's thread, two appends in flight)",
@@ -459,7 +459,7 @@ const PATHS: [(&str, &str, Option<&str>); 6] = [
         None,
     ),
     (
-        "the spool's inserts and the race fold at each event (VENUE_SPOOL_APPLY_LINGER_MS=0, VENUE_RESULTS_FOLD_LINGER_MS=0, the default before 2026-12-03)",
+        "the spool's inserts handed to its apply thread per group (VENUE_SPOOL_APPLY_LINGER_MS=0, the default before 2026-12-03)",
         "eager",
         None,
     ),
@@ -475,13 +475,11 @@ const PATHS: [(&str, &str, Option<&str>); 6] = [
     ),
 ];
 
-/// [`spool::SPOOL_APPLY_LINGER_MS_DEFAULT`] and [`results::FOLD_LINGER_MS`] as the environment
-/// gives them (`main` checks they agree).
+/// [`spool::SPOOL_APPLY_LINGER_MS_DEFAULT`] as the environment gives it (`main` checks they agree).
 const APPLY_LINGER_MS_DEFAULT: &str = "250";
-const FOLD_LINGER_MS_DEFAULT: &str = "100";
 
 /// The environment that selects the input's path (see [`PATHS`]).
-fn path_envs(path: &str) -> [(&'static str, &'static str); 6] {
+fn path_envs(path: &str) -> [(&'static str, &'static str); 5] {
     let eager = path == "eager";
     [
         (
@@ -508,10 +506,6 @@ fn path_envs(path: &str) -> [(&'static str, &'static str); 6] {
             node::runtime::SPOOL_APPLY_LINGER_ENV,
             if eager { "0" } else { APPLY_LINGER_MS_DEFAULT },
         ),
-        (
-            node::runtime::RESULTS_FOLD_LINGER_ENV,
-            if eager { "0" } else { FOLD_LINGER_MS_DEFAULT },
-        ),
     ]
 }
 
@@ -519,10 +513,6 @@ fn main() {
     assert_eq!(
         APPLY_LINGER_MS_DEFAULT.parse::<u64>().ok(),
         Some(spool::SPOOL_APPLY_LINGER_MS_DEFAULT)
-    );
-    assert_eq!(
-        FOLD_LINGER_MS_DEFAULT.parse::<u64>().ok(),
-        Some(results::FOLD_LINGER_MS)
     );
     let seconds: u64 = std::env::var("NODE_BENCH_SECONDS")
         .ok()

@@ -53,7 +53,6 @@ pub mod store;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
@@ -96,12 +95,6 @@ pub const FOLD_IDLE_POSITION_MS: u64 = 1_000;
 /// drain (19), so screens update before a backlog drains.
 pub const RESULTS_FOLD_NICE: i32 = 5;
 
-/// Default for [`ResultsConfig::fold_linger`], ms. The race snapshots the screens get are made at
-/// most every 250 ms, so a fold that waits this long after each batch changes nothing a screen
-/// shows later than it would anyway by more than this, and at 100 passings/s folds ten times a
-/// second instead of a hundred. A command cuts the wait short: its answer waits for its fold.
-pub const FOLD_LINGER_MS: u64 = 100;
-
 /// How long the fold waits after a failed read of the spool before reading again, ms. A read fails
 /// only on I/O or a corrupted record; retrying at once would spin.
 pub const FOLD_RETRY_MS: u64 = 1_000;
@@ -117,9 +110,6 @@ pub struct ResultsConfig {
     pub snapshot_interval: Duration,
     /// Ignore any saved snapshot and fold from the first event.
     pub rebuild: bool,
-    /// How long the fold waits after folding a batch before it reads the next, unless a command
-    /// is waiting for its fold ([`FOLD_LINGER_MS`]). Zero folds as soon as an event is stored.
-    pub fold_linger: Duration,
 }
 
 impl ResultsConfig {
@@ -130,7 +120,6 @@ impl ResultsConfig {
             snapshot_every_events: RESULTS_SNAPSHOT_EVERY_EVENTS,
             snapshot_interval: Duration::from_secs(RESULTS_SNAPSHOT_INTERVAL_S),
             rebuild: false,
-            fold_linger: Duration::from_millis(FOLD_LINGER_MS),
         }
     }
 }
@@ -171,10 +160,6 @@ struct Inner {
     stats: Arc<Mutex<ProjectionStats>>,
     /// Cancelled when the fold thread has stopped: a command waiting for it gives up then.
     stopped: CancellationToken,
-    /// Commands between their append and their answer: while there is one, the fold does not
-    /// linger ([`ResultsConfig::fold_linger`]); `command_started` cuts a linger short.
-    commands: AtomicUsize,
-    command_started: tokio::sync::Notify,
 }
 
 impl Results {
@@ -196,8 +181,6 @@ impl Results {
                 changed,
                 stats: Arc::new(Mutex::new(stats)),
                 stopped: CancellationToken::new(),
-                commands: AtomicUsize::new(0),
-                command_started: tokio::sync::Notify::new(),
             }),
         }))
     }
@@ -369,8 +352,6 @@ impl Inner {
         let event = catalog::RaceEvent(RaceRecord::V1(recorded.event.clone()))
             .encode(meta)
             .map_err(|e| CommandError::Storage(spool::error_chain(&e)))?;
-        // Counted before it is stored, so the fold that takes it in does not linger first.
-        let _waiting = CommandWaiting::start(self);
         let append = AppendStream::new(
             StreamId::race(recorded.stream),
             ExpectedVersion::Exact(expected),
@@ -406,24 +387,6 @@ impl Inner {
             },
             () = self.stopped.cancelled() => Err(not_applied(appended.seq)),
         }
-    }
-}
-
-/// A command counted in [`Inner::commands`] while it lives.
-struct CommandWaiting<'a>(&'a Inner);
-
-impl CommandWaiting<'_> {
-    fn start(inner: &Inner) -> CommandWaiting<'_> {
-        inner.commands.fetch_add(1, Ordering::SeqCst);
-        // Only a linger in progress is cut short: no permit is kept to cut the next one.
-        inner.command_started.notify_waiters();
-        CommandWaiting(inner)
-    }
-}
-
-impl Drop for CommandWaiting<'_> {
-    fn drop(&mut self) {
-        self.0.commands.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -500,23 +463,6 @@ async fn fold_loop(inner: &Inner, cancel: CancellationToken) -> Snapshots {
         };
         inner.fold(&batch, position);
         snapshots.maybe_save(inner, position, batch.len() as u64);
-        // Only once caught up: behind the head (a backlog, a burst past one batch) the fold
-        // reads on at once.
-        let linger = inner.config.fold_linger;
-        if drained && !linger.is_zero() {
-            // Listening before the count is read: a command counted after the read still
-            // wakes it, and one counted before is seen in the count.
-            let started = inner.command_started.notified();
-            tokio::pin!(started);
-            started.as_mut().enable();
-            if inner.commands.load(Ordering::SeqCst) == 0 {
-                tokio::select! {
-                    () = cancel.cancelled() => break,
-                    () = started => {}
-                    () = tokio::time::sleep(linger) => {}
-                }
-            }
-        }
     }
     snapshots
 }

@@ -54,12 +54,6 @@ pub const SPOOL_CALLER_COMMITS_ENV: &str = "VENUE_SPOOL_CALLER_COMMITS";
 /// `cargo bench -p node --bench display` measures both in the same run; not for production.
 pub const SPOOL_APPLY_LINGER_ENV: &str = "VENUE_SPOOL_APPLY_LINGER_MS";
 
-/// Set to `0`, the race projection folds each event as soon as it is stored (the node's path
-/// before 2026-12-03), instead of waiting up to [`results::FOLD_LINGER_MS`] ms after each batch
-/// ([`results::ResultsConfig::fold_linger`]). Kept so `cargo bench -p node --bench display`
-/// measures both in the same run; not for production.
-pub const RESULTS_FOLD_LINGER_ENV: &str = "VENUE_RESULTS_FOLD_LINGER_MS";
-
 /// Set to `any`, the spool's writer and apply threads run wherever the scheduler puts them (the
 /// node's placement before 2026-12-02), instead of on cores apart ([`spool_thread_cores`]). Kept
 /// so the benches measure both in the same run; not for production.
@@ -254,14 +248,7 @@ impl Node {
         };
         append_node_event(&spool, &boot_id, started).await?;
         let results = {
-            let mut config = results::ResultsConfig::new(boot_id.clone());
-            if let Some(ms) = std::env::var(RESULTS_FOLD_LINGER_ENV)
-                .ok()
-                .and_then(|v| v.parse::<u64>().ok())
-            {
-                config.fold_linger = Duration::from_millis(ms);
-            }
-            let spool = spool.clone();
+            let (spool, config) = (spool.clone(), results::ResultsConfig::new(boot_id.clone()));
             tokio::task::spawn_blocking(move || results::Results::open(spool, config))
                 .await
                 .context("race projection task")?

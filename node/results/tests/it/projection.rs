@@ -47,58 +47,6 @@ async fn a_passing_stored_changes_the_leaderboard() {
     stop(folder, cancel).await;
 }
 
-/// The fold waits after a batch ([`results::ResultsConfig::fold_linger`]), but a command never
-/// waits for that: it cuts the wait short, and its answer holds every passing stored before it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lingering_fold_never_delays_a_command() {
-    let dir = tempfile::tempdir().unwrap();
-    let spool = open_spool(dir.path());
-    let config = results::ResultsConfig {
-        fold_linger: std::time::Duration::from_secs(3_600),
-        ..config()
-    };
-    let (results, folder, cancel) = start(&spool, config);
-    track_and_race(&results, 3).await;
-    // The fold was waiting for events: the first passing is folded at once, and the fold lingers.
-    let first = store(&spool, vec![passing(1, 1, 31_000_000)]).await;
-    folded(&results, first).await;
-    let second = store(&spool, vec![passing(2, 2, 32_000_000)]).await;
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    assert!(
-        *results.changed().borrow() < second.0,
-        "the fold lingers after a batch"
-    );
-    // A command is answered long before the hour is up, with the second passing folded.
-    let started = std::time::Instant::now();
-    tokio::time::timeout(
-        WAIT,
-        run(
-            &results,
-            RaceEvent::CompetitorAdded(Competitor {
-                id: CompetitorId(4),
-                number: "4".into(),
-                name: "Rider 4".into(),
-                class: "Open".into(),
-                club: String::new(),
-                transponders: vec![Transponder::Number(104)],
-            }),
-        ),
-    )
-    .await
-    .expect("the command is answered");
-    assert!(started.elapsed() < WAIT, "{:?}", started.elapsed());
-    assert!(*results.changed().borrow() > second.0);
-    let board = results.leaderboard(SESSION).unwrap();
-    let laps: Vec<_> = board
-        .rows
-        .iter()
-        .filter(|r| r.laps > 0)
-        .map(|r| r.number.as_str())
-        .collect();
-    assert_eq!(laps, ["1", "2"]);
-    stop(folder, cancel).await;
-}
-
 fn decision(action: Action) -> RaceEvent {
     RaceEvent::Decided {
         session: SESSION,
