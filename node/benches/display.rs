@@ -22,7 +22,8 @@
 //!   it) is measured just before each round; the target is screen p99 within 5 ms of the floor's
 //!   p99. The runs without the display and with it but no client are the decoder-to-disk baseline.
 //!   The previous designs run beside the default in every round: "bat." is the batched live writer,
-//!   "any" the hub's thread free to run on the core that takes the disk's interrupts.
+//!   "any" the hub's thread free to run on the core that takes the disk's interrupts, "eag." the
+//!   spool's inserts handed to its apply thread after every group.
 //! - **Resources**: the real `venue-node run` process (every thread of it, from `/proc/<pid>`), at
 //!   100 passings/s with 0 and with 200 screens connected (the screens are in the bench's
 //!   process). Targets: RSS <= 64 MiB, CPU <= 10 % of one core. Beside it, the send floor: a
@@ -945,6 +946,7 @@ fn latency_table(dir: &Path, seconds: u64, rounds: u64) {
             case(rate, 50, true, Variant::Default),
             case(rate, 200, true, Variant::Batched),
             case(rate, 200, true, Variant::HubAnyCore),
+            case(rate, 200, true, Variant::Eager),
             Case {
                 screens: Screens::Tungstenite,
                 ..case(rate, 200, true, Variant::Default)
@@ -953,7 +955,7 @@ fn latency_table(dir: &Path, seconds: u64, rounds: u64) {
         ]
     };
     println!(
-        "latency, ms: p50 p99 p99.9 of byte -> durable (disk), byte -> screen over every delivery (screen), durable -> screen p50 p99 (display); \"bat.\": the live stream's batched writer, the previous default ({WRITER_ENV}={CANDIDATE_WRITER}); \"any\": the hub's thread on any core, as before it kept off the disk's interrupt cores ({HUB_CORES_ENV}=any); \"tung.\": tokio-tungstenite screens, as the bench had them"
+        "latency, ms: p50 p99 p99.9 of byte -> durable (disk), byte -> screen over every delivery (screen), durable -> screen p50 p99 (display); \"bat.\": the live stream's batched writer, the previous default ({WRITER_ENV}={CANDIDATE_WRITER}); \"any\": the hub's thread on any core, as before it kept off the disk's interrupt cores ({HUB_CORES_ENV}=any); \"tung.\": tokio-tungstenite screens, as the bench had them; \"eag.\": the spool's inserts handed to its apply thread per group, as before they lingered ({APPLY_LINGER_ENV}=0)"
     );
     for rate in [100u32, 1000] {
         for round in 1..=rounds {
