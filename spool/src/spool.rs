@@ -107,9 +107,10 @@ pub struct SpoolConfig {
     /// How long the writer must have been idle for [`SpoolConfig::caller_commits`]; the default is
     /// [`SPOOL_CALLER_COMMIT_IDLE_US`].
     pub caller_commit_idle: Duration,
-    /// How long a durable append's inserts may wait before the writer hands them to the apply
-    /// thread ([`SpoolConfig::apply_on_thread`]); the default is
-    /// [`SPOOL_APPLY_LINGER_MS_DEFAULT`]. They go sooner once
+    /// How long a durable append's inserts wait at least before the writer hands them to the
+    /// apply thread ([`SpoolConfig::apply_on_thread`]); the default is
+    /// [`SPOOL_APPLY_LINGER_MS_DEFAULT`]. Once that has passed they go with the writer's next
+    /// group or its next tick (once a second), whichever comes first; sooner once
     /// [`crate::SPOOL_APPLY_HELD_EVENTS_MAX`] events are held, and always before a checkpoint.
     /// Readers and validation never wait for them (they read the journal's tail), so holding them
     /// back costs nothing but the memory of a few appends, and at a quiet track saves the apply
@@ -245,7 +246,7 @@ impl Default for SpoolConfig {
 /// goes through the queue.
 pub const SPOOL_CALLER_COMMIT_IDLE_US: u64 = 2_000;
 
-/// How long (ms) a durable append's inserts may wait for the apply thread by default
+/// How long (ms) a durable append's inserts wait for the apply thread at least, by default
 /// ([`SpoolConfig::apply_linger`]): at 100 passings/s the apply thread wakes four times a second
 /// instead of a hundred.
 pub const SPOOL_APPLY_LINGER_MS_DEFAULT: u64 = 250;

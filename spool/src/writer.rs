@@ -105,9 +105,10 @@ pub const SPOOL_APPLY_QUEUE_SPENT_MAX: usize = 8;
 
 const _: () = assert!(SPOOL_APPLY_QUEUE_SPENT_MAX <= SPOOL_APPLY_QUEUE_APPENDS_MAX);
 
-/// The most events (and jobs: appends, cursor acks) the writer holds back from the apply thread
-/// ([`crate::SpoolConfig::apply_linger`]) before it hands them over, whatever their age: one
-/// hand-over's inserts stay a fraction of a millisecond of the apply thread's time.
+/// The most events the writer holds back from the apply thread
+/// ([`crate::SpoolConfig::apply_linger`]) before it hands them over, whatever their age (a held
+/// job that is not an append, such as a cursor's ack, counts as one): one hand-over's inserts
+/// stay a fraction of a millisecond of the apply thread's time.
 pub const SPOOL_APPLY_HELD_EVENTS_MAX: usize = 64;
 
 const _: () = assert!(SPOOL_APPLY_HELD_EVENTS_MAX <= SPOOL_APPLY_QUEUE_APPENDS_MAX);

@@ -279,7 +279,7 @@ async fn f_comes_every_second_and_an_idle_box_says_no_session() {
 async fn a_slow_reader_is_closed_and_counted_without_stalling_another_client() {
     let b = TestBox::start(config()).await;
     // Forty riders, so every board the feed reads moves forty cars: the buffers fill within a few
-    // boards, however often the fold and the feed read (the fold waits between batches).
+    // boards, however few boards the feed reads on a loaded machine.
     let riders: Vec<u32> = (1..=40).collect();
     let transponders: Vec<u32> = riders.iter().map(|r| 7000 + r).collect();
     b.race_setup(&transponders).await;
