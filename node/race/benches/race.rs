@@ -234,7 +234,46 @@ fn main() {
              (target p99 < 1 ms); full recompute p50 {:.3} ms, p99 {:.3} ms",
             live.0, live.1, full.0, full.1
         );
+        // Screens and feeds read the board more often than a long race's passings come: a read
+        // with nothing new gets the board kept since the last one, against making it again from the
+        // crossings gathered (what every read cost before the board was kept).
+        let mut e = base.clone();
+        for p in &all[..size] {
+            e.ingest(p.clone());
+        }
+        let (kept, made) = rereads(&e, session);
+        println!(
+            "  a read with nothing new, {size:>6}-passing session: the board kept p50 {:.4} ms, p99 {:.4} ms; \
+             made again from the gathered crossings p50 {:.4} ms, p99 {:.4} ms ({:.0}x)",
+            kept.0,
+            kept.1,
+            made.0,
+            made.1,
+            made.0 / kept.0
+        );
     }
+}
+
+/// p50 and p99, in ms, of [`LATENCY_SAMPLES`] reads of the board with nothing new in between: the
+/// board kept, and the board made again from the crossings already gathered (the live path as it
+/// was before the board was kept, `Engine::leaderboard_made_again`).
+fn rereads(engine: &Engine, session: SessionId) -> ((f64, f64), (f64, f64)) {
+    black_box(engine.leaderboard(session).unwrap());
+    let time = |f: &dyn Fn() -> race::lap::Leaderboard| {
+        let mut v: Vec<Duration> = (0..LATENCY_SAMPLES)
+            .map(|_| {
+                let t = Instant::now();
+                black_box(f());
+                t.elapsed()
+            })
+            .collect();
+        v.sort_unstable();
+        let q = |q: f64| v[((v.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e3;
+        (q(0.5), q(0.99))
+    };
+    let kept = time(&|| engine.leaderboard(session).unwrap());
+    let made = time(&|| engine.leaderboard_made_again(session).unwrap());
+    (kept, made)
 }
 
 /// p50 and p99, in ms, of taking in each of the last [`LATENCY_SAMPLES`] passings (at most half of

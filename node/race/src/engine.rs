@@ -731,8 +731,22 @@ impl Engine {
     ///
     /// Live: the crossings gathered for the last call are kept, and a passing that is the newest of
     /// the session's window only re-filters its competitor's; anything else (a late passing, a race
-    /// event) gathers in full again. See [`Engine::recompute_leaderboard`].
+    /// event) gathers in full again. The board itself is kept until a passing of the window comes
+    /// in, so a read with nothing new is a clone. See [`Engine::recompute_leaderboard`].
     pub fn leaderboard(&self, id: SessionId) -> Result<Leaderboard, Error> {
+        self.live_leaderboard(id, true)
+    }
+
+    /// The live path as it was before the board was kept: the board made again from the crossings
+    /// gathered, whether or not anything changed since the last read. Only for the bench's
+    /// baseline (`cargo bench -p race`); it leaves the kept board as it is.
+    #[doc(hidden)]
+    pub fn leaderboard_made_again(&self, id: SessionId) -> Result<Leaderboard, Error> {
+        self.live_leaderboard(id, false)
+    }
+
+    /// [`Engine::leaderboard`], taking the board kept and keeping the one it makes if `keep`.
+    fn live_leaderboard(&self, id: SessionId, keep: bool) -> Result<Leaderboard, Error> {
         let s = self.lap_session(id)?;
         if let Some(board) = self.sealed_lap(s) {
             return Ok(board);
@@ -745,12 +759,14 @@ impl Engine {
                 None => return Ok(lap::leaderboard(self, s, &s.overlay(), None)),
             },
         };
-        Ok(lap::leaderboard(
-            self,
-            s,
-            &live.overlay,
-            Some(&live.gathered),
-        ))
+        if let (true, Some(board)) = (keep, &live.board) {
+            return Ok(board.clone());
+        }
+        let board = lap::leaderboard(self, s, &live.overlay, Some(&live.gathered));
+        if keep {
+            live.board = Some(board.clone());
+        }
+        Ok(board)
     }
 
     /// The leaderboard recomputed in full from the passings, as after a rule change: what the live
@@ -813,6 +829,7 @@ impl Engine {
             newest,
             groups,
             gathered,
+            board: None,
         })
     }
 
