@@ -179,7 +179,7 @@
 //! around each sync. Single appends: p50 0.70× and p99 0.97× the floor (which appends, so its sync
 //! also commits the file's size).
 //!
-//! On 2026-12-03 `strace` of 100 batches of 1000 counted the bytes: 12.0 MB to the journal and
+//! On 2026-12-03 `strace` of 100 batches of 1000 counted the bytes: 10.7 MB to the journal and
 //! 12.6 MB to the database (scattered 4 KiB pages), so the spool writes each event about twice
 //! where the raw journal writes it once. A journal `fdatasync` that meets a checkpoint's page
 //! writes takes ~10 ms instead of ~0.5 ms (the device's flush waits for them), about 8 ms per
