@@ -1157,10 +1157,10 @@ impl Writer {
             return;
         }
         // The callers' events stay with their inserts, so the apply thread frees them, off the
-        // writer's path: a caller committing on its own thread waits for everything here, and
-        // freeing a batch of 1,000 passings' strings took ~35 µs of it. Held, they are at most
-        // `SPOOL_APPLY_HELD_EVENTS_MAX` events for about a second; queued, past
-        // `SPOOL_APPLY_QUEUE_SPENT_MAX` they are freed here after all (`Applier::queue`).
+        // writer's path: a caller committing on its own thread waits for everything here (freed
+        // here, a batch of 1,000 passings took 40-156 µs longer at p50, 2026-12-03). Held, they
+        // are fewer than `SPOOL_APPLY_HELD_EVENTS_MAX` events for about a second at most; queued,
+        // past `SPOOL_APPLY_QUEUE_SPENT_MAX` they are freed here after all (`Applier::queue`).
         for job in std::mem::take(&mut self.group_applies) {
             self.held_since.get_or_insert_with(Instant::now);
             self.held_applies.push(job);
