@@ -9,6 +9,9 @@
 //!
 //! It prints what happens as it happens: passings (and the ones fetched back after a gap), the
 //! decoder's connection and clock, the WAN going down and the backlog draining when it comes back.
+//! As staff would at the start of a day, it sets up a race through the race engine's commands (a
+//! finish line, the simulated karts on the roster, a race started), so the scoreboard it prints the
+//! address of has something to show.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -34,6 +37,8 @@ pub const DEMO_UNPLUGGED_S: u64 = 4;
 pub const DEMO_WAN_UP_S: u64 = 40;
 /// How long each WAN outage lasts.
 pub const DEMO_WAN_DOWN_S: u64 = 20;
+/// How long race control waits for the race projection to fold what earlier demos stored.
+pub const DEMO_RACE_CATCH_UP_S: u64 = 30;
 /// How often the one-line summary is printed.
 pub const DEMO_SUMMARY_EVERY_S: u64 = 10;
 
@@ -196,9 +201,198 @@ fn describe(e: &RecordedEvent, highest: &mut u32) -> Option<String> {
                 r.frame.len()
             )
         }
+        t if t == catalog::RaceEvent::EVENT_TYPE => {
+            let catalog::RaceEvent(race::RaceRecord::V1(r)) =
+                catalog::RaceEvent::from_event(e).ok()?;
+            match r {
+                // The roster's additions are summed up in race control's own line.
+                race::RaceEvent::CompetitorAdded(_) => return None,
+                race::RaceEvent::LineDefined(l) => {
+                    format!("RACE     timing line {} defined", l.name)
+                }
+                race::RaceEvent::DecoderMapped { decoder, .. } => {
+                    format!(
+                        "RACE     decoder {} times the finish line",
+                        catalog::decoder_id_hex(decoder.0)
+                    )
+                }
+                race::RaceEvent::SessionCreated { session, name, .. } => {
+                    format!("RACE     session {} \"{name}\" created", session.0)
+                }
+                race::RaceEvent::SessionStarted { session, start } => match start {
+                    race::Start::Green { .. } => {
+                        format!("RACE     session {} started: green flag", session.0)
+                    }
+                    race::Start::FirstCrossing { .. } => format!(
+                        "RACE     session {} started: each kart's next crossing starts its lap 1",
+                        session.0
+                    ),
+                },
+                race::RaceEvent::SessionEnded { session, .. } => {
+                    format!("RACE     session {} ended", session.0)
+                }
+                other => format!("RACE     {:?}", other.stream()),
+            }
+        }
         _ => format!("{:<8} {}", e.event_type, e.stream.as_str()),
     };
     Some(format!("{at}  seq {:<6} {line}", e.seq.0))
+}
+
+/// The demo field's names, one per simulated transponder in turn (made up).
+const DEMO_NAMES: [&str; 20] = [
+    "A. Lindqvist",
+    "B. Okafor",
+    "C. Moreau",
+    "D. Tanaka",
+    "E. Novak",
+    "F. Haddad",
+    "G. Silva",
+    "H. Brennan",
+    "I. Kowalski",
+    "J. Mensah",
+    "K. Larsen",
+    "L. Ferreira",
+    "M. Ivanova",
+    "N. Schmidt",
+    "O. Castillo",
+    "P. Nakamura",
+    "Q. Dubois",
+    "R. Petrov",
+    "S. Jensen",
+    "T. Rossi",
+];
+
+/// Sets up what the scoreboard shows, through the same commands as race control: a finish line on
+/// the simulated decoder, with guards against double reads scaled to the field's lap, and a
+/// competitor for every transponder of the field not on the roster yet; then any session still open is ended, and a new race with no
+/// limit is armed now (the decoder's clock is the host's): the karts are already lapping, so each
+/// one's first crossing starts its lap 1. It first waits for the race projection to fold the
+/// spool up to `head`, so a second demo in the same directory sees the first one's race data.
+/// Returns what it did, in one line.
+async fn race_control(
+    results: &results::Results,
+    head: u64,
+    decoder_id: u32,
+    field: &[u32],
+    rate_per_s: f64,
+) -> anyhow::Result<String> {
+    // The field's mean lap: `--rate` spreads over every kart. The usual double-read guards (2 s,
+    // half a second's merge) would void every lap of a fast demo (`--rate 100`: 0.2 s laps).
+    let lap_us = field.len() as f64 / rate_per_s * 1e6;
+    let min_lap_us = (lap_us * 0.4).min(2e6) as u64;
+    let merge_us = (lap_us * 0.25).min(5e5) as u64;
+    let mut folded = results.changed();
+    tokio::time::timeout(
+        Duration::from_secs(DEMO_RACE_CATCH_UP_S),
+        folded.wait_for(|position| *position >= head),
+    )
+    .await
+    .map_err(|_| {
+        anyhow::anyhow!(
+            "the race projection did not fold the spool's {head} events within {DEMO_RACE_CATCH_UP_S} s"
+        )
+    })?
+    .map_err(|_| anyhow::anyhow!("the race projection stopped"))?;
+    let run = |event: race::RaceEvent| async {
+        let expected_version = results.version(event.stream());
+        results
+            .execute(
+                race::Command {
+                    expected_version,
+                    event,
+                },
+                "demo".into(),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    };
+    let now = spool::now_us();
+    let (new_riders, open, next_session) = {
+        let engine = results.engine();
+        let roster = engine.roster();
+        let new_riders: Vec<u32> = field
+            .iter()
+            .copied()
+            .filter(|t| roster.owner(Some(*t), None).is_none())
+            .collect();
+        let sessions = engine.sessions();
+        let open: Vec<race::SessionId> = sessions
+            .iter()
+            .filter(|s| s.start.is_some() && s.ended_us.is_none())
+            .map(|s| s.session)
+            .collect();
+        let next = sessions.iter().map(|s| s.session.0).max().unwrap_or(0) + 1;
+        (new_riders, open, race::SessionId(next))
+    };
+    // Defined on every run: its guards follow this run's rate.
+    run(race::RaceEvent::LineDefined(race::LineDef {
+        line: race::LineId(1),
+        name: "finish".into(),
+        kind: race::LineKind::Finish,
+        merge_window_us: merge_us,
+        min_gap_us: min_lap_us,
+    }))
+    .await?;
+    run(race::RaceEvent::DecoderMapped {
+        decoder: race::DecoderId(decoder_id),
+        line: race::LineId(1),
+        role: race::LoopRole::Main,
+    })
+    .await?;
+    for t in &new_riders {
+        let id = results.engine().roster().next_id();
+        let name = DEMO_NAMES[(id.0 as usize - 1) % DEMO_NAMES.len()];
+        run(race::RaceEvent::CompetitorAdded(race::Competitor {
+            id,
+            number: id.0.to_string(),
+            name: name.into(),
+            class: "Demo".into(),
+            club: String::new(),
+            transponders: vec![race::Transponder::Number(*t)],
+        }))
+        .await?;
+    }
+    for session in &open {
+        run(race::RaceEvent::SessionEnded {
+            session: *session,
+            at_us: now,
+        })
+        .await?;
+    }
+    let name = format!("Demo race {}", next_session.0);
+    run(race::RaceEvent::SessionCreated {
+        session: next_session,
+        name: name.clone(),
+        kind: race::SessionKind::Race,
+        settings: race::Settings {
+            min_lap: race::MinLap::FractionOfMedian {
+                permille: 400,
+                floor_us: min_lap_us,
+            },
+            ..race::Settings::default()
+        },
+    })
+    .await?;
+    run(race::RaceEvent::SessionStarted {
+        session: next_session,
+        // A flying field: each kart's own first crossing starts its lap 1, so no lap is a part lap.
+        start: race::Start::FirstCrossing { armed_at_us: now },
+    })
+    .await?;
+    Ok(format!(
+        "race control started session {} \"{name}\" for {} karts{}{}; the scoreboard follows it",
+        next_session.0,
+        field.len(),
+        match new_riders.len() {
+            0 => String::new(),
+            n => format!(" ({n} added to the roster)"),
+        },
+        match open.len() {
+            0 => String::new(),
+            n => format!(", after ending {n} session(s) an earlier demo left open"),
+        },
+    ))
 }
 
 fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
@@ -238,6 +432,8 @@ async fn demo(args: DemoArgs, cancel: CancellationToken) -> anyhow::Result<()> {
         ..Default::default()
     })
     .context("configuring the simulated decoder")?;
+    let field = decoder.transponders();
+    let decoder_id = decoder.decoder_id().0;
     let link = dir.join("decoder-tty");
     let pty = sim::serve_pty(decoder, sim::PtyOptions::new(&link), cancel.clone())
         .await
@@ -412,10 +608,29 @@ async fn demo(args: DemoArgs, cancel: CancellationToken) -> anyhow::Result<()> {
         }
     });
 
+    // Race control, as the staff would do it at the start of a day, so the scoreboard has a race
+    // to show. It runs beside the node: a command returns once the node's race projection has
+    // applied it, and the projection starts with the node.
+    let head = spool.head()?.0;
+    let rate = args.rate;
+    let staff = tokio::spawn({
+        let results = node.results.clone();
+        let cancel = cancel.clone();
+        async move {
+            tokio::select! {
+                r = race_control(&results, head, decoder_id, &field, rate) => match r {
+                    Ok(line) => println!("---- demo: {line}"),
+                    Err(e) => println!("---- demo: race control could not set up the demo race: {e:#}"),
+                },
+                () = cancel.cancelled() => {}
+            }
+        }
+    });
+
     drop(spool);
     let result = node.run(&config, cancel.clone()).await;
     cancel.cancel();
-    let _ = tokio::join!(printer, chaos);
+    let _ = tokio::join!(printer, chaos, staff);
     if let Some(display) = display {
         display.stopped().await;
     }

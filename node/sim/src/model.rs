@@ -347,6 +347,11 @@ impl Decoder {
         DecoderId(self.cfg.decoder_id)
     }
 
+    /// The field's transponder numbers, in the order the riders were made.
+    pub fn transponders(&self) -> Vec<u32> {
+        self.riders.iter().map(|r| r.transponder).collect()
+    }
+
     /// A handle on the log of generated passings; it stays valid after the decoder moves into a server.
     pub fn emitted(&self) -> Emitted {
         self.emitted.clone()

@@ -76,10 +76,14 @@ pub enum Command {
         hex: bool,
     },
     /// Try the whole box with no hardware and no internet: a simulated decoder on a pseudo-terminal,
-    /// the node reading it, a local central behind a WAN that fails on a schedule.
+    /// the node reading it, a local central behind a WAN that fails on a schedule, and the live
+    /// display with a race on it.
     ///
     /// Prints every event as it is stored: passings, passings fetched again after a gap, the decoder
-    /// being unplugged and found again, the uplink's backlog growing and draining.
+    /// being unplugged and found again, the uplink's backlog growing and draining. Race control (the
+    /// demo, as staff) puts the simulated karts on the roster and starts a race, which the
+    /// scoreboard at the printed address follows; each demo in the same directory starts the next
+    /// race.
     Demo(crate::demo::DemoArgs),
     /// Run the node: read the configured decoders into the spool until SIGTERM or Ctrl-C.
     ///

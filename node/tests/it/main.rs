@@ -1,6 +1,7 @@
 //! End-to-end tests of the node, one binary: real pseudo-terminals, real sockets, real processes.
 
 mod chaos;
+mod demo;
 mod disk;
 mod e2e;
 mod inspect;

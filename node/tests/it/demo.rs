@@ -1,0 +1,151 @@
+//! `venue-node demo`, the README's first command, run as the real binary: its decoder is read, its
+//! race control opens a race, and the scoreboard's API shows karts lapping in it.
+
+use std::io::{BufRead, Read, Write};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// How long any condition may take before the test fails. Generous: the machine is shared.
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A GET on the demo's display, by hand: status and body.
+fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).ok()?;
+    let status = answer.split_whitespace().nth(1)?.parse().ok()?;
+    let body = answer.split_once("\r\n\r\n")?.1.to_owned();
+    Some((status, body))
+}
+
+/// Runs the demo in `dir` until race control says what it started and the session's board shows
+/// `laps` laps for someone; returns race control's line. Stops the demo with Ctrl-C.
+fn demo_until_lapping(dir: &Path, session: u32, laps: u64) -> String {
+    let port = testkit::free_port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_venue-node"))
+        .args(["demo", "--calm", "--rate", "6", "--seconds", "120"])
+        .arg("--dir")
+        .arg(dir)
+        .args(["--display", &format!("127.0.0.1:{port}")])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + WAIT;
+    let mut seen = Vec::new();
+    let control = loop {
+        let line = lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| panic!("no race control line; the demo printed: {seen:#?}"));
+        if line.starts_with("---- demo: race control") {
+            break line;
+        }
+        seen.push(line);
+    };
+    assert!(
+        seen.iter()
+            .any(|l| l.contains(&format!("http://127.0.0.1:{port}/board"))),
+        "the demo prints the scoreboard's address: {seen:#?}"
+    );
+    let board = loop {
+        let answer = get(port, &format!("/api/v1/sessions/{session}/leaderboard"));
+        if let Some((200, body)) = &answer {
+            let board: serde_json::Value = serde_json::from_str(body).unwrap();
+            let most = board["rows"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|r| r["laps"].as_u64())
+                .max()
+                .unwrap_or(0);
+            if most >= laps {
+                break board;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "session {session} never showed {laps} laps: {answer:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let rows = board["rows"].as_array().unwrap();
+    // A kart gets its row at its first crossing of the session.
+    assert!(rows.len() <= 20, "at most one row per kart: {board}");
+    let (code, roster) = get(port, "/api/v1/roster").expect("the roster");
+    assert_eq!(code, 200, "{roster}");
+    let roster: serde_json::Value = serde_json::from_str(&roster).unwrap();
+    let competitors = roster
+        .as_array()
+        .or_else(|| roster["competitors"].as_array())
+        .unwrap_or_else(|| panic!("a list of competitors: {roster}"));
+    assert_eq!(competitors.len(), 20, "one competitor per kart: {roster}");
+    assert!(
+        rows.iter()
+            .all(|r| r["name"].as_str().is_some_and(|n| !n.is_empty())),
+        "every kart has its name: {board}"
+    );
+    // A flying start: no lap is a part lap, so no best lap is far below the field's median.
+    let mut best: Vec<u64> = rows
+        .iter()
+        .filter_map(|r| r["best_lap_us"].as_u64())
+        .collect();
+    best.sort_unstable();
+    assert!(!best.is_empty(), "{board}");
+    let median = best[best.len() / 2];
+    assert!(
+        best[0] * 2 > median,
+        "best laps {best:?}: a part lap was counted"
+    );
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline + WAIT,
+            "the demo still runs after Ctrl-C"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(exit.success(), "{exit}");
+    control
+}
+
+/// The first demo sets up the track, the roster and race 1; a second one in the same directory
+/// keeps them, ends race 1 and starts race 2, which the board then follows.
+#[test]
+fn the_demo_starts_a_race_the_scoreboard_shows_and_a_second_demo_starts_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = demo_until_lapping(dir.path(), 1, 2);
+    assert!(
+        first.contains("started session 1 \"Demo race 1\" for 20 karts (20 added to the roster)"),
+        "{first}"
+    );
+    let second = demo_until_lapping(dir.path(), 2, 1);
+    assert!(
+        second
+            .contains("started session 2 \"Demo race 2\" for 20 karts, after ending 1 session(s)"),
+        "{second}"
+    );
+    assert!(!second.contains("added to the roster"), "{second}");
+}
