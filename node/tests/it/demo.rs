@@ -112,6 +112,19 @@ fn demo_until_lapping(dir: &Path, session: u32, laps: u64) -> String {
         best[0] * 2 > median,
         "best laps {best:?}: a part lap was counted"
     );
+    // The technician's page joins each decoder to the input it is heard on by this id: the
+    // decoder board's key must be the id the input's status reports.
+    let (code, status) = get(port, "/api/v1/status").expect("the status");
+    assert_eq!(code, 200, "{status}");
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let heard_on = status["node"]["decoders"][0]["decoder_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("the input's decoder: {status}"))
+        .to_owned();
+    assert!(
+        status["decoders"]["decoders"].get(&heard_on).is_some(),
+        "decoder {heard_on} is on the decoder board: {status}"
+    );
     let status = std::process::Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
