@@ -46,6 +46,8 @@ pub fn sessions(engine: &Engine, json: bool) -> anyhow::Result<()> {
     if json {
         return crate::outln!("{}", serde_json::to_string_pretty(&all)?).map_err(Into::into);
     }
+    // Decoder times, as ISO 8601 UTC.
+    let at = crate::inspect::render::utc;
     for s in all {
         crate::outln!(
             "{:>4}  {:<24} {:<10} v{:<4} {:?}  started {}  ended {}",
@@ -54,8 +56,17 @@ pub fn sessions(engine: &Engine, json: bool) -> anyhow::Result<()> {
             format!("{:?}", s.kind).to_lowercase(),
             s.version,
             s.status,
-            s.start.map_or("no".into(), |st| format!("{st:?}")),
-            s.ended_us.map_or("no".into(), |t| t.to_string()),
+            match s.start {
+                None => "no".into(),
+                Some(race::Start::Green { at_us }) => format!("{} (green flag)", at(at_us)),
+                Some(race::Start::FirstCrossing { armed_at_us }) => {
+                    format!(
+                        "{} (armed; the clock starts at the first crossing)",
+                        at(armed_at_us)
+                    )
+                }
+            },
+            s.ended_us.map_or("no".into(), at),
         )?;
     }
     Ok(())
