@@ -638,7 +638,7 @@ where
     rt.block_on(async {
         let cancel = CancellationToken::new();
         crate::signal::cancel_on_shutdown_signal(cancel.clone())
-            .context("listening for SIGTERM and Ctrl-C")?;
+            .context("listening for SIGTERM, SIGHUP and Ctrl-C")?;
         f(cancel).await
     })
 }

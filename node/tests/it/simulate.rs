@@ -72,6 +72,12 @@ async fn the_simulate_command_stops_cleanly_on_sigterm() {
     simulate_serves_then_stops_on("TERM").await;
 }
 
+/// A closed terminal sends SIGHUP: the simulator stops as on Ctrl-C, not by the default action.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_simulate_command_stops_cleanly_on_sighup() {
+    simulate_serves_then_stops_on("HUP").await;
+}
+
 /// Runs `venue-node simulate` on a PTY, reads passings from it, sends `signal` and waits for a clean
 /// exit (status 0, link removed).
 async fn simulate_serves_then_stops_on(signal: &str) {
