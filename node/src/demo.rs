@@ -130,7 +130,12 @@ fn clock(us: u64) -> String {
 }
 
 /// One line per event, for a human watching.
-fn describe(e: &RecordedEvent, highest: &mut u32) -> Option<String> {
+/// One line for an event the demo shows; `rider` names a transponder's competitor, if any.
+fn describe(
+    e: &RecordedEvent,
+    highest: &mut u32,
+    rider: impl Fn(u32) -> Option<String>,
+) -> Option<String> {
     let at = clock(e.meta.captured_at_us.max(e.recorded_at_us));
     let line = match e.event_type.as_str() {
         t if t == catalog::Passing::EVENT_TYPE => {
@@ -149,8 +154,12 @@ fn describe(e: &RecordedEvent, highest: &mut u32) -> Option<String> {
                 (None, Some(t)) => t.to_string(),
                 (None, None) => "?".into(),
             };
+            let rider = p
+                .transponder
+                .and_then(rider)
+                .map_or_else(String::new, |r| format!("  {r}"));
             format!(
-                "PASSING  #{:<7} transponder {who:<10} decoder clock {}{note}",
+                "PASSING  #{:<7} transponder {who:<10} decoder clock {}{note}{rider}",
                 p.passing_number,
                 clock(p.rtc_time_us)
             )
@@ -514,6 +523,14 @@ async fn demo(args: DemoArgs, cancel: CancellationToken) -> anyhow::Result<()> {
     let mut sub = spool.subscribe(Filter::all(), Some(spool.head()?.next()));
     let printer = tokio::spawn({
         let cancel = cancel.clone();
+        let results = node.results.clone();
+        // The roster as the race projection has it: a competitor's number and name.
+        let rider = move |t: u32| {
+            let engine = results.engine();
+            let roster = engine.roster();
+            let c = roster.get(roster.owner(Some(t), None)?)?;
+            Some(format!("#{} {}", c.number, c.name))
+        };
         async move {
             let mut highest = 0;
             loop {
@@ -521,7 +538,7 @@ async fn demo(args: DemoArgs, cancel: CancellationToken) -> anyhow::Result<()> {
                     r = sub.next() => match r { Ok(e) => e, Err(_) => return },
                     () = cancel.cancelled() => return,
                 };
-                if let Some(line) = describe(&e, &mut highest) {
+                if let Some(line) = describe(&e, &mut highest, &rider) {
                     println!("{line}");
                 }
             }

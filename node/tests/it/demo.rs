@@ -112,6 +112,17 @@ fn demo_until_lapping(dir: &Path, session: u32, laps: u64) -> String {
         best[0] * 2 > median,
         "best laps {best:?}: a part lap was counted"
     );
+    // Once karts are on the roster, a passing's line names its rider: `... #17 Q. Dubois`.
+    let named = loop {
+        let line = lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("a passing line naming its rider");
+        let rider = line.rsplit("  ").next().unwrap_or("");
+        if line.contains(" PASSING ") && rider.starts_with('#') && rider.contains(". ") {
+            break line;
+        }
+    };
+    assert!(named.contains("transponder"), "{named}");
     // The technician's page joins each decoder to the input it is heard on by this id: the
     // decoder board's key must be the id the input's status reports.
     let (code, status) = get(port, "/api/v1/status").expect("the status");
