@@ -129,8 +129,7 @@ fn clock(us: u64) -> String {
     )
 }
 
-/// One line per event, for a human watching.
-/// One line for an event the demo shows; `rider` names a transponder's competitor, if any.
+/// One line per event, for a human watching; `rider` names a transponder's competitor, if any.
 fn describe(
     e: &RecordedEvent,
     highest: &mut u32,
@@ -274,11 +273,11 @@ const DEMO_NAMES: [&str; 20] = [
 
 /// Sets up what the scoreboard shows, through the same commands as race control: a finish line on
 /// the simulated decoder, with guards against double reads scaled to the field's lap, and a
-/// competitor for every transponder of the field not on the roster yet; then any session still open is ended, and a new race with no
-/// limit is armed now (the decoder's clock is the host's): the karts are already lapping, so each
-/// one's first crossing starts its lap 1. It first waits for the race projection to fold the
-/// spool up to `head`, so a second demo in the same directory sees the first one's race data.
-/// Returns what it did, in one line.
+/// competitor for every transponder of the field not on the roster yet; then any session still
+/// open is ended, and a new race with no limit is armed now (the decoder's clock is the host's):
+/// the karts are already lapping, so each one's first crossing starts its lap 1. It first waits
+/// for the race projection to fold the spool up to `head`, so a second demo in the same directory
+/// sees the first one's race data. Returns what it did, in one line.
 async fn race_control(
     results: &results::Results,
     head: u64,

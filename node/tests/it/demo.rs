@@ -1,7 +1,7 @@
 //! `venue-node demo`, the README's first command, run as the real binary: its decoder is read, its
 //! race control opens a race, and the scoreboard's API shows karts lapping in it.
 
-use std::io::{BufRead, Read, Write};
+use std::io::{Read, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -37,16 +37,7 @@ fn demo_until_lapping(dir: &Path, session: u32, laps: u64) -> String {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let out = child.stdout.take().unwrap();
-    let (tx, lines) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(out).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let lines = crate::simulate::lines_of(&mut child);
     let deadline = Instant::now() + WAIT;
     let mut seen = Vec::new();
     let control = loop {

@@ -46,7 +46,7 @@ async fn read_device(link: &Path, what: &str, enough: impl Fn(&Heard) -> bool) -
 }
 
 /// Reads the child's stdout lines on a thread, so the test can wait with a timeout.
-fn lines_of(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+pub(crate) fn lines_of(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
     let out = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
