@@ -25,6 +25,8 @@ Examples:
       A networked decoder on TCP port 5403, 50 passings a second.
   venue-node simulate --style prochip --gate-beacons --seed 7
       A BMX ProChip decoder with start-gate beacons; the same seed gives the same passings.
+  venue-node simulate --style prochip --gate-beacons --gate-interval 40 --moto 30 --field 8
+      BMX motos: every 40 s the gate drops and the 8 riders finish about 30 s later.
   venue-node simulate --rate 1000 --faults drop=0.01,corrupt=0.001,garbage=0.01,disconnect=60s/3s
       A stress run with faults, to watch the node fill gaps with RESEND.
 
@@ -67,6 +69,10 @@ pub struct SimulateArgs {
     /// Seconds between gate beacons.
     #[arg(long, default_value_t = 40.0, value_name = "SECONDS")]
     pub gate_interval: f64,
+    /// BMX motos instead of laps (with --gate-beacons): after each gate beacon the next 8 riders of
+    /// the field cross once, about this many seconds later. --rate does not apply.
+    #[arg(long, value_name = "SECONDS", requires = "gate_beacons")]
+    pub moto: Option<f64>,
     /// Seconds between STATUS records (real decoders: about 5).
     #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
     pub status_interval: f64,
@@ -123,6 +129,7 @@ impl SimulateArgs {
             style: self.style,
             gate_beacons: self.gate_beacons,
             gate_interval: seconds("gate-interval", self.gate_interval)?,
+            moto: self.moto.map(|m| seconds("moto", m)).transpose()?,
             status_interval: seconds("status-interval", self.status_interval)?,
             decoder_id: self.decoder_id.unwrap_or(sim::DEFAULT_DECODER_ID),
             loop_ids: self.loop_ids.clone(),

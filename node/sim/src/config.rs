@@ -38,6 +38,9 @@ pub const GARBAGE_BURST_BYTES_MAX: usize = 64;
 /// Transponder numbers of the BMX start-gate beacons on ProChip decoders: the venue's one definition.
 pub const GATE_BEACONS: [u32; 2] = events::GATE_BEACON_TRANSPONDERS;
 
+/// Riders in one simulated moto: a BMX start gate has 8 lanes.
+pub const MOTO_GATES: usize = 8;
+
 /// The decoder id the simulator reports unless told otherwise; displays as `5E1A0700`.
 pub const DEFAULT_DECODER_ID: u32 = 0x0007_1A5E;
 
@@ -241,6 +244,11 @@ pub struct SimConfig {
     /// BMX start-gate beacon passings ([`GATE_BEACONS`]), one each `gate_interval`.
     pub gate_beacons: bool,
     pub gate_interval: Duration,
+    /// BMX motos instead of laps: riders do not lap; after each gate beacon the next
+    /// [`MOTO_GATES`] riders of the field (in turn, so a field of 8 rides every moto) each cross
+    /// once, about this long after it, at their own pace and with the lap spread. Needs
+    /// `gate_beacons`, and a moto shorter than `gate_interval`. `rate_per_s` does not apply.
+    pub moto: Option<Duration>,
     /// Tag 0x81, sent in every record.
     pub decoder_id: u32,
     /// More loops on the same decoder (gate, split, finish...), at most [`LOOPS_MAX`] in all: their
@@ -274,6 +282,7 @@ impl Default for SimConfig {
             status_interval: Duration::from_secs(5),
             gate_beacons: false,
             gate_interval: Duration::from_secs(40),
+            moto: None,
             decoder_id: DEFAULT_DECODER_ID,
             loop_ids: Vec::new(),
             style: TagStyle::Rc,
@@ -317,6 +326,23 @@ impl SimConfig {
         }
         if self.gate_beacons && self.gate_interval < Duration::from_millis(1) {
             return bad("gate_interval", "shorter than 1 ms".into());
+        }
+        if let Some(moto) = self.moto {
+            if !self.gate_beacons {
+                return bad(
+                    "moto",
+                    "motos start at gate beacons: needs gate_beacons".into(),
+                );
+            }
+            if moto.is_zero() || moto >= self.gate_interval {
+                return bad(
+                    "moto",
+                    format!(
+                        "{moto:?} is not between 0 and the gate interval ({:?})",
+                        self.gate_interval
+                    ),
+                );
+            }
         }
         if self.memory_passings == 0 || self.memory_passings > PASSING_MEMORY_MAX {
             return bad(

@@ -46,8 +46,8 @@ use std::path::PathBuf;
 
 pub use config::{
     DEFAULT_DECODER_ID, EMITTED_LOG_MAX, FIELD_SIZE_MAX, Faults, GARBAGE_BURST_BYTES_MAX,
-    GATE_BEACONS, LOOPS_MAX, LapTimes, PASSING_MEMORY_MAX, RATE_PER_S_MAX, STATUS_INTERVAL_MS_MIN,
-    Schedule, SimConfig, TagStyle,
+    GATE_BEACONS, LOOPS_MAX, LapTimes, MOTO_GATES, PASSING_MEMORY_MAX, RATE_PER_S_MAX,
+    STATUS_INTERVAL_MS_MIN, Schedule, SimConfig, TagStyle,
 };
 pub use model::{
     ADVANCE_FRAMES_MAX, Decoder, Emitted, EmittedPassing, FrameFault, ModelStats, Reply,

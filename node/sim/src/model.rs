@@ -5,7 +5,8 @@
 //! ```text
 //!   advance(now) ──> STATUS every status_interval
 //!                    PASSING for each rider whose next lap ends before now (a heap of due times)
-//!                    gate beacon passings every gate_interval (BMX)
+//!                    gate beacon passings every gate_interval (BMX); with `moto`, riders do not
+//!                    lap: each beacon sends the next 8 of the field once round, a moto's time later
 //!                      │ each passing: number +1, remembered (bounded), logged in Emitted
 //!                      v
 //!                    faults (drop / corrupt / garbage, from the seed) ──> wire bytes
@@ -24,7 +25,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use decoder::{Body, DecoderId, Event, Frame, FrameBuilder, Record, Reject, tag, tor};
 
 use super::SimError;
-use super::config::{GARBAGE_BURST_BYTES_MAX, GATE_BEACONS, SimConfig, TagStyle};
+use super::config::{GARBAGE_BURST_BYTES_MAX, GATE_BEACONS, MOTO_GATES, SimConfig, TagStyle};
 use super::rng::Rng;
 
 /// The undocumented record some decoders send right after a TCP connect (PROTOCOL.md §4).
@@ -301,15 +302,22 @@ impl Decoder {
             .zip(&paces)
             .map(|(&transponder, &pace)| Rider {
                 transponder,
-                mean_lap_us: pace * inverse_sum / cfg.rate_per_s * 1e6,
+                mean_lap_us: match cfg.moto {
+                    Some(moto) => pace * moto.as_micros() as f64,
+                    None => pace * inverse_sum / cfg.rate_per_s * 1e6,
+                },
             })
             .collect();
-        // Riders are spread around the track at the start, so the rate is steady from the first second.
-        let due = riders
-            .iter()
-            .enumerate()
-            .map(|(i, r)| Reverse(((field_rng.unit() * r.mean_lap_us) as u64 + 1, i as u32)))
-            .collect();
+        // Riders are spread around the track at the start, so the rate is steady from the first
+        // second. In motos they wait at the gate.
+        let due = match cfg.moto {
+            Some(_) => BinaryHeap::new(),
+            None => riders
+                .iter()
+                .enumerate()
+                .map(|(i, r)| Reverse(((field_rng.unit() * r.mean_lap_us) as u64 + 1, i as u32)))
+                .collect(),
+        };
         let rtc_start_us = cfg.rtc_start_us.unwrap_or_else(|| {
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -397,6 +405,9 @@ impl Decoder {
             } else if Some(t) == self.next_gate_us {
                 self.next_gate_us = Some(t + self.cfg.gate_interval.as_micros() as u64);
                 let beacon = GATE_BEACONS[(self.gates % GATE_BEACONS.len() as u64) as usize];
+                if self.cfg.moto.is_some() {
+                    self.moto_from(t);
+                }
                 self.gates += 1;
                 self.passing(t, beacon, true, out);
             } else {
@@ -405,8 +416,10 @@ impl Decoder {
                 };
                 let rider = self.riders[i as usize];
                 self.passing(t, rider.transponder, false, out);
-                let lap = self.lap_us(rider.mean_lap_us);
-                self.due.push(Reverse((t + lap, i)));
+                if self.cfg.moto.is_none() {
+                    let lap = self.lap_us(rider.mean_lap_us);
+                    self.due.push(Reverse((t + lap, i)));
+                }
             }
         }
         if !self.new_passings.is_empty() {
@@ -414,6 +427,18 @@ impl Decoder {
             self.new_passings.clear();
         }
         frames
+    }
+
+    /// The gate drops at `t`: the riders of this moto (the next [`MOTO_GATES`] of the field, in
+    /// turn) cross the line once each, a moto's time later.
+    fn moto_from(&mut self, t: u64) {
+        let groups = self.riders.len().div_ceil(MOTO_GATES) as u64;
+        let first = (self.gates % groups) as usize * MOTO_GATES;
+        let last = (first + MOTO_GATES).min(self.riders.len());
+        for i in first..last {
+            let lap = self.lap_us(self.riders[i].mean_lap_us);
+            self.due.push(Reverse((t + lap, i as u32)));
+        }
     }
 
     fn lap_us(&mut self, mean_us: f64) -> u64 {
@@ -862,6 +887,66 @@ mod tests {
             "the frames depend on the seed, not on the call pattern"
         );
         assert_ne!(a, run(6, 1000));
+    }
+
+    /// In motos, every beacon sends its group of riders round once, a moto's time after it, and
+    /// nobody laps in between.
+    #[test]
+    fn motos_send_each_group_once_per_gate_drop() {
+        let transponders: Vec<u32> = (101..=112).collect();
+        let mut d = Decoder::new(SimConfig {
+            style: TagStyle::ProChip,
+            transponders: transponders.clone(),
+            gate_beacons: true,
+            gate_interval: Duration::from_secs(10),
+            moto: Some(Duration::from_secs(6)),
+            ..cfg()
+        })
+        .unwrap();
+        let mut out = Vec::new();
+        d.advance(39_000_000, &mut out, ADVANCE_FRAMES_MAX);
+        let start = cfg().rtc_start_us.unwrap();
+        let passings = d.emitted().passings();
+        let beacons: Vec<u64> = passings
+            .iter()
+            .filter(|p| p.gate_beacon)
+            .map(|p| p.rtc_us - start)
+            .collect();
+        assert_eq!(beacons, [10_000_000, 20_000_000, 30_000_000]);
+        // Moto k: the riders after beacon k and before the next one.
+        let moto = |k: usize| -> Vec<u32> {
+            let mut riders: Vec<u32> = passings
+                .iter()
+                .filter(|p| !p.gate_beacon)
+                .filter(|p| (beacons[k]..beacons[k] + 10_000_000).contains(&(p.rtc_us - start)))
+                .map(|p| p.transponder)
+                .collect();
+            riders.sort_unstable();
+            riders
+        };
+        assert_eq!(moto(0), transponders[..8], "the first eight, once each");
+        assert_eq!(moto(1), transponders[8..], "then the other four");
+        assert_eq!(moto(2), transponders[..8], "then the first eight again");
+        assert_eq!(
+            passings.iter().filter(|p| !p.gate_beacon).count(),
+            20,
+            "no rider crosses before a drop or twice in a moto"
+        );
+        for p in passings.iter().filter(|p| !p.gate_beacon) {
+            let after = (p.rtc_us - start) % 10_000_000;
+            assert!(
+                (3_000_000..=9_000_000).contains(&after),
+                "a moto takes about 6 s: {after} µs"
+            );
+        }
+        assert!(
+            Decoder::new(SimConfig {
+                moto: Some(Duration::from_secs(6)),
+                ..cfg()
+            })
+            .is_err(),
+            "motos need gate beacons"
+        );
     }
 
     #[test]
