@@ -39,6 +39,13 @@ pub const DEMO_WAN_UP_S: u64 = 40;
 pub const DEMO_WAN_DOWN_S: u64 = 20;
 /// How long race control waits for the race projection to fold what earlier demos stored.
 pub const DEMO_RACE_CATCH_UP_S: u64 = 30;
+/// `--bmx`: seconds between gate drops.
+pub const DEMO_MOTO_EVERY_S: u64 = 40;
+/// `--bmx`: a rider's mean time from the gate to the finish line.
+pub const DEMO_MOTO_S: u64 = 30;
+/// `--bmx`: the motos' maximum finish time: a moto is decided this long after its drop, before the
+/// next gate drops.
+pub const DEMO_MOTO_DECIDED_S: u64 = 36;
 /// How often the one-line summary is printed.
 pub const DEMO_SUMMARY_EVERY_S: u64 = 10;
 
@@ -63,6 +70,11 @@ pub struct DemoArgs {
     /// Where the live display listens (scoreboards, race control); every interface by default.
     #[arg(long, default_value = crate::config::DISPLAY_LISTEN_DEFAULT)]
     pub display: SocketAddr,
+    /// BMX instead of karting: a ProChip decoder with start-gate beacons and 8 riders; the gate
+    /// drops every 40 s and race control runs moto after moto, shown on the moto board (/moto).
+    /// --rate does not apply.
+    #[arg(long)]
+    pub bmx: bool,
 }
 
 /// A TCP proxy standing in for the WAN: while `up` is false it refuses connections and cuts the open
@@ -129,12 +141,22 @@ fn clock(us: u64) -> String {
     )
 }
 
+/// What [`describe`] remembers from earlier events.
+#[derive(Debug, Default)]
+struct Shown {
+    /// The highest passing number so far: a lower one was fetched again after a gap.
+    highest: u32,
+    /// Sessions created as BMX motos.
+    motos: std::collections::BTreeSet<u32>,
+}
+
 /// One line per event, for a human watching; `rider` names a transponder's competitor, if any.
 fn describe(
     e: &RecordedEvent,
-    highest: &mut u32,
+    shown: &mut Shown,
     rider: impl Fn(u32) -> Option<String>,
 ) -> Option<String> {
+    let highest = &mut shown.highest;
     let at = clock(e.meta.captured_at_us.max(e.recorded_at_us));
     let line = match e.event_type.as_str() {
         t if t == catalog::Passing::EVENT_TYPE => {
@@ -224,12 +246,33 @@ fn describe(
                         catalog::decoder_id_hex(decoder.0)
                     )
                 }
-                race::RaceEvent::SessionCreated { session, name, .. } => {
+                race::RaceEvent::SessionCreated {
+                    session,
+                    name,
+                    kind,
+                    ..
+                } => {
+                    if kind == race::SessionKind::Moto {
+                        shown.motos.insert(session.0);
+                    }
                     format!("RACE     session {} \"{name}\" created", session.0)
+                }
+                race::RaceEvent::RidersStaged { session, gates } => {
+                    format!(
+                        "RACE     session {}: {} riders on the gates",
+                        session.0,
+                        gates.len()
+                    )
                 }
                 race::RaceEvent::SessionStarted { session, start } => match start {
                     race::Start::Green { .. } => {
                         format!("RACE     session {} started: green flag", session.0)
+                    }
+                    race::Start::FirstCrossing { .. } if shown.motos.contains(&session.0) => {
+                        format!(
+                            "RACE     session {} armed: the next gate drop starts the moto",
+                            session.0
+                        )
                     }
                     race::Start::FirstCrossing { .. } => format!(
                         "RACE     session {} started: each kart's next crossing starts its lap 1",
@@ -271,50 +314,54 @@ const DEMO_NAMES: [&str; 20] = [
     "T. Rossi",
 ];
 
+/// What the demo's field does: karts lapping (`rate_per_s` passings a second over the field), or
+/// BMX motos (one every [`DEMO_MOTO_EVERY_S`]).
+#[derive(Debug, Clone, Copy)]
+enum Racing {
+    Laps { rate_per_s: f64 },
+    Motos,
+}
+
 /// Sets up what the scoreboard shows, through the same commands as race control: a finish line on
 /// the simulated decoder, with guards against double reads scaled to the field's lap, and a
 /// competitor for every transponder of the field not on the roster yet; then any session still
-/// open is ended, and a new race with no limit is armed now (the decoder's clock is the host's):
-/// the karts are already lapping, so each one's first crossing starts its lap 1. It first waits
-/// for the race projection to fold the spool up to `head`, so a second demo in the same directory
-/// sees the first one's race data. Returns what it did, in one line.
+/// open is ended. Karts get a race with no limit, armed now (the decoder's clock is the host's):
+/// they are already lapping, so each one's first crossing starts its lap 1. BMX gets moto after
+/// moto ([`motos`]). It first waits for the race projection to fold the spool up to `head`, so a
+/// second demo in the same directory sees the first one's race data. Prints what it does.
 async fn race_control(
     results: &results::Results,
     head: u64,
     decoder_id: u32,
     field: &[u32],
-    rate_per_s: f64,
-) -> anyhow::Result<String> {
+    racing: Racing,
+) -> anyhow::Result<()> {
     // The field's mean lap: `--rate` spreads over every kart. The usual double-read guards (2 s,
     // half a second's merge) would void every lap of a fast demo (`--rate 100`: 0.2 s laps).
-    let lap_us = field.len() as f64 / rate_per_s * 1e6;
+    let lap_us = match racing {
+        Racing::Laps { rate_per_s } => field.len() as f64 / rate_per_s * 1e6,
+        Racing::Motos => DEMO_MOTO_S as f64 * 1e6,
+    };
     let min_lap_us = (lap_us * 0.4).min(2e6) as u64;
     let merge_us = (lap_us * 0.25).min(5e5) as u64;
+    // The position moves past events the fold does not take (statuses, the node's own) only
+    // when it is idle, without a tick: look now and then as well as on every tick.
     let mut folded = results.changed();
-    tokio::time::timeout(
-        Duration::from_secs(DEMO_RACE_CATCH_UP_S),
-        folded.wait_for(|position| *position >= head),
-    )
+    tokio::time::timeout(Duration::from_secs(DEMO_RACE_CATCH_UP_S), async {
+        while results.stats().position < head {
+            tokio::select! {
+                r = folded.changed() => r.map_err(|_| anyhow::anyhow!("the race projection stopped"))?,
+                () = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+        }
+        anyhow::Ok(())
+    })
     .await
     .map_err(|_| {
         anyhow::anyhow!(
             "the race projection did not fold the spool's {head} events within {DEMO_RACE_CATCH_UP_S} s"
         )
-    })?
-    .map_err(|_| anyhow::anyhow!("the race projection stopped"))?;
-    let run = |event: race::RaceEvent| async {
-        let expected_version = results.version(event.stream());
-        results
-            .execute(
-                race::Command {
-                    expected_version,
-                    event,
-                },
-                "demo".into(),
-            )
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))
-    };
+    })??;
     let now = spool::now_us();
     let (new_riders, open, next_session) = {
         let engine = results.engine();
@@ -334,64 +381,54 @@ async fn race_control(
         (new_riders, open, race::SessionId(next))
     };
     // Defined on every run: its guards follow this run's rate.
-    run(race::RaceEvent::LineDefined(race::LineDef {
-        line: race::LineId(1),
-        name: "finish".into(),
-        kind: race::LineKind::Finish,
-        merge_window_us: merge_us,
-        min_gap_us: min_lap_us,
-    }))
+    staff(
+        results,
+        race::RaceEvent::LineDefined(race::LineDef {
+            line: race::LineId(1),
+            name: "finish".into(),
+            kind: race::LineKind::Finish,
+            merge_window_us: merge_us,
+            min_gap_us: min_lap_us,
+        }),
+    )
     .await?;
-    run(race::RaceEvent::DecoderMapped {
-        decoder: race::DecoderId(decoder_id),
-        line: race::LineId(1),
-        role: race::LoopRole::Main,
-    })
+    staff(
+        results,
+        race::RaceEvent::DecoderMapped {
+            decoder: race::DecoderId(decoder_id),
+            line: race::LineId(1),
+            role: race::LoopRole::Main,
+        },
+    )
     .await?;
     for t in &new_riders {
         let id = results.engine().roster().next_id();
         let name = DEMO_NAMES[(id.0 as usize - 1) % DEMO_NAMES.len()];
-        run(race::RaceEvent::CompetitorAdded(race::Competitor {
-            id,
-            number: id.0.to_string(),
-            name: name.into(),
-            class: "Demo".into(),
-            club: String::new(),
-            transponders: vec![race::Transponder::Number(*t)],
-        }))
+        staff(
+            results,
+            race::RaceEvent::CompetitorAdded(race::Competitor {
+                id,
+                number: id.0.to_string(),
+                name: name.into(),
+                class: "Demo".into(),
+                club: String::new(),
+                transponders: vec![race::Transponder::Number(*t)],
+            }),
+        )
         .await?;
     }
     for session in &open {
-        run(race::RaceEvent::SessionEnded {
-            session: *session,
-            at_us: now,
-        })
+        staff(
+            results,
+            race::RaceEvent::SessionEnded {
+                session: *session,
+                at_us: now,
+            },
+        )
         .await?;
     }
-    let name = format!("Demo race {}", next_session.0);
-    run(race::RaceEvent::SessionCreated {
-        session: next_session,
-        name: name.clone(),
-        kind: race::SessionKind::Race,
-        settings: race::Settings {
-            min_lap: race::MinLap::FractionOfMedian {
-                permille: 400,
-                floor_us: min_lap_us,
-            },
-            ..race::Settings::default()
-        },
-    })
-    .await?;
-    run(race::RaceEvent::SessionStarted {
-        session: next_session,
-        // A flying field: each kart's own first crossing starts its lap 1, so no lap is a part lap.
-        start: race::Start::FirstCrossing { armed_at_us: now },
-    })
-    .await?;
-    Ok(format!(
-        "race control started session {} \"{name}\" for {} karts{}{}; the scoreboard follows it",
-        next_session.0,
-        field.len(),
+    let before = format!(
+        "{}{}",
         match new_riders.len() {
             0 => String::new(),
             n => format!(" ({n} added to the roster)"),
@@ -400,7 +437,175 @@ async fn race_control(
             0 => String::new(),
             n => format!(", after ending {n} session(s) an earlier demo left open"),
         },
-    ))
+    );
+    match racing {
+        Racing::Laps { .. } => {
+            let name = format!("Demo race {}", next_session.0);
+            staff(
+                results,
+                race::RaceEvent::SessionCreated {
+                    session: next_session,
+                    name: name.clone(),
+                    kind: race::SessionKind::Race,
+                    settings: race::Settings {
+                        min_lap: race::MinLap::FractionOfMedian {
+                            permille: 400,
+                            floor_us: min_lap_us,
+                        },
+                        ..race::Settings::default()
+                    },
+                },
+            )
+            .await?;
+            staff(
+                results,
+                race::RaceEvent::SessionStarted {
+                    session: next_session,
+                    // A flying field: each kart's own first crossing starts its lap 1, so no lap
+                    // is a part lap.
+                    start: race::Start::FirstCrossing { armed_at_us: now },
+                },
+            )
+            .await?;
+            println!(
+                "---- demo: race control started session {} \"{name}\" for {} karts{before}; the scoreboard follows it",
+                next_session.0,
+                field.len(),
+            );
+            Ok(())
+        }
+        Racing::Motos => {
+            let riders: Vec<race::CompetitorId> = {
+                let engine = results.engine();
+                let roster = engine.roster();
+                field
+                    .iter()
+                    .filter_map(|t| roster.owner(Some(*t), None))
+                    .collect()
+            };
+            println!(
+                "---- demo: race control runs BMX motos for {} riders{before}, one every {DEMO_MOTO_EVERY_S} s; the moto board follows them",
+                riders.len()
+            );
+            motos(results, next_session, &riders, now).await
+        }
+    }
+}
+
+/// Runs one staff command against its stream's current version.
+async fn staff(results: &results::Results, event: race::RaceEvent) -> anyhow::Result<()> {
+    let expected_version = results.version(event.stream());
+    results
+        .execute(
+            race::Command {
+                expected_version,
+                event,
+            },
+            "demo".into(),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// BMX motos, one after another, as the staff at the start hill would run them: stage the riders
+/// (the gates rotate from moto to moto), arm the moto at `armed_at_us` (decoder time) so that the
+/// next gate beacon drops it, wait until it is decided (the decoder's clock passed the drop plus
+/// the maximum finish time), print its result, end it at that deadline, and arm the next one from
+/// there. Arming from the deadline rather than from "now" leaves no gap a beacon could fall into,
+/// however late this task runs. Runs until the demo stops.
+async fn motos(
+    results: &results::Results,
+    first: race::SessionId,
+    riders: &[race::CompetitorId],
+    mut armed_at_us: u64,
+) -> anyhow::Result<()> {
+    let settings = race::Settings {
+        moto: race::MotoSettings {
+            max_finish_us: DEMO_MOTO_DECIDED_S * 1_000_000,
+            ..race::MotoSettings::default()
+        },
+        ..race::Settings::default()
+    };
+    for k in 0.. {
+        let session = race::SessionId(first.0 + k);
+        staff(
+            results,
+            race::RaceEvent::SessionCreated {
+                session,
+                name: format!("Demo moto {}", k + 1),
+                kind: race::SessionKind::Moto,
+                settings: settings.clone(),
+            },
+        )
+        .await?;
+        let gates = (0..riders.len().min(8))
+            .map(|g| race::Staged {
+                gate: g as u8 + 1,
+                competitor: riders[(g + k as usize) % riders.len()],
+            })
+            .collect();
+        staff(results, race::RaceEvent::RidersStaged { session, gates }).await?;
+        staff(
+            results,
+            race::RaceEvent::SessionStarted {
+                session,
+                start: race::Start::FirstCrossing { armed_at_us },
+            },
+        )
+        .await?;
+        let mut changed = results.changed();
+        let board = loop {
+            let board = results
+                .moto_board(session)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            if board.decided {
+                break board;
+            }
+            changed
+                .changed()
+                .await
+                .map_err(|_| anyhow::anyhow!("the race projection stopped"))?;
+        };
+        let drop_us = board.drop.map_or(armed_at_us, |d| d.at_us);
+        let deadline = drop_us + settings.moto.max_finish_us;
+        println!("---- demo: {}", moto_result(session, &board));
+        staff(
+            results,
+            race::RaceEvent::SessionEnded {
+                session,
+                at_us: deadline,
+            },
+        )
+        .await?;
+        armed_at_us = deadline + 1;
+    }
+    Ok(())
+}
+
+/// A decided moto in one line: places, times and points.
+fn moto_result(session: race::SessionId, board: &race::MotoBoard) -> String {
+    let rows: Vec<String> = board
+        .rows
+        .iter()
+        .map(|r| {
+            let place = r.place.map_or_else(
+                || format!("{:?}", r.status).to_uppercase(),
+                |p| p.to_string(),
+            );
+            // Truncated to the thousandth, as the moto board shows it.
+            let time = r.time_us.map_or_else(String::new, |t| {
+                format!(" {}.{:03} s", t / 1_000_000, t / 1_000 % 1_000)
+            });
+            format!(
+                "{place} #{} {}{time} ({} pt)",
+                r.number,
+                r.name,
+                opt(r.points)
+            )
+        })
+        .collect();
+    format!("moto {} decided: {}", session.0, rows.join(", "))
 }
 
 fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
@@ -433,11 +638,28 @@ async fn demo(args: DemoArgs, cancel: CancellationToken) -> anyhow::Result<()> {
             ..sim::Faults::default()
         }
     };
+    let (sim_config, racing) = if args.bmx {
+        let config = sim::SimConfig {
+            style: sim::TagStyle::ProChip,
+            field_size: sim::MOTO_GATES,
+            gate_beacons: true,
+            gate_interval: Duration::from_secs(DEMO_MOTO_EVERY_S),
+            moto: Some(Duration::from_secs(DEMO_MOTO_S)),
+            ..Default::default()
+        };
+        (config, Racing::Motos)
+    } else {
+        let rate_per_s = args.rate;
+        let config = sim::SimConfig {
+            rate_per_s,
+            ..Default::default()
+        };
+        (config, Racing::Laps { rate_per_s })
+    };
     let decoder = sim::Decoder::new(sim::SimConfig {
         seed: args.seed,
-        rate_per_s: args.rate,
         faults,
-        ..Default::default()
+        ..sim_config
     })
     .context("configuring the simulated decoder")?;
     let field = decoder.transponders();
@@ -506,9 +728,11 @@ async fn demo(args: DemoArgs, cancel: CancellationToken) -> anyhow::Result<()> {
     );
     match &display {
         Some(d) => println!(
-            "The live display: {} (scoreboard {}board, race control {}control).",
+            "The live display: {} ({} {}{}, race control {}control).",
             d.url(),
+            if args.bmx { "moto board" } else { "scoreboard" },
             d.url(),
+            if args.bmx { "moto" } else { "board" },
             d.url()
         ),
         None => println!("The live display did not start (see the log): its port may be taken."),
@@ -531,13 +755,13 @@ async fn demo(args: DemoArgs, cancel: CancellationToken) -> anyhow::Result<()> {
             Some(format!("#{} {}", c.number, c.name))
         };
         async move {
-            let mut highest = 0;
+            let mut shown = Shown::default();
             loop {
                 let e = tokio::select! {
                     r = sub.next() => match r { Ok(e) => e, Err(_) => return },
                     () = cancel.cancelled() => return,
                 };
-                if let Some(line) = describe(&e, &mut highest, &rider) {
+                if let Some(line) = describe(&e, &mut shown, &rider) {
                     println!("{line}");
                 }
             }
@@ -628,15 +852,13 @@ async fn demo(args: DemoArgs, cancel: CancellationToken) -> anyhow::Result<()> {
     // to show. It runs beside the node: a command returns once the node's race projection has
     // applied it, and the projection starts with the node.
     let head = spool.head()?.0;
-    let rate = args.rate;
     let staff = tokio::spawn({
         let results = node.results.clone();
         let cancel = cancel.clone();
         async move {
             tokio::select! {
-                r = race_control(&results, head, decoder_id, &field, rate) => match r {
-                    Ok(line) => println!("---- demo: {line}"),
-                    Err(e) => println!("---- demo: race control could not set up the demo race: {e:#}"),
+                r = race_control(&results, head, decoder_id, &field, racing) => if let Err(e) = r {
+                    println!("---- demo: race control stopped: {e:#}");
                 },
                 () = cancel.cancelled() => {}
             }

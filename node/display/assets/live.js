@@ -3,10 +3,11 @@
 "use strict";
 
 const Live = {
-  // Seconds as m:ss.mmm from microseconds; "" for none.
+  // Seconds as m:ss.mmm from microseconds; "" for none. Truncated, never rounded up, as timing
+  // shows times and as the RMonitor feed and the CLI print them.
   lap(us) {
     if (us === null || us === undefined) return "";
-    const ms = Math.round(us / 1000);
+    const ms = Math.floor(us / 1000);
     const m = Math.floor(ms / 60000);
     const s = ((ms % 60000) / 1000).toFixed(3).padStart(6, "0");
     return m > 0 ? `${m}:${s}` : (ms / 1000).toFixed(3);

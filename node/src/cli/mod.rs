@@ -83,7 +83,8 @@ pub enum Command {
     /// being unplugged and found again, the uplink's backlog growing and draining. Race control (the
     /// demo, as staff) puts the simulated karts on the roster and starts a race, which the
     /// scoreboard at the printed address follows; each demo in the same directory starts the next
-    /// race.
+    /// race. With --bmx it is a BMX track instead: a start gate drops every 40 s, race control
+    /// stages and arms moto after moto, and the moto board shows each one's places and points.
     Demo(crate::demo::DemoArgs),
     /// Run the node: read the configured decoders into the spool until SIGTERM or Ctrl-C.
     ///

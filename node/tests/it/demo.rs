@@ -24,31 +24,75 @@ fn get(port: u16, path: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
+/// A running demo: the child, its display's port and its stdout's lines.
+struct Demo {
+    child: std::process::Child,
+    port: u16,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Demo {
+    /// Starts `venue-node demo --calm` in `dir` with `args` on a free display port.
+    fn start(dir: &Path, args: &[&str]) -> Demo {
+        let port = testkit::free_port();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_venue-node"))
+            .args(["demo", "--calm"])
+            .args(args)
+            .arg("--dir")
+            .arg(dir)
+            .args(["--display", &format!("127.0.0.1:{port}")])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let lines = crate::simulate::lines_of(&mut child);
+        Demo { child, port, lines }
+    }
+
+    /// The first line containing `text`, and every line before it; fails after `deadline`.
+    fn until(&self, text: &str, deadline: Instant) -> (String, Vec<String>) {
+        let mut seen = Vec::new();
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .unwrap_or_else(|_| panic!("no line with {text:?}; the demo printed: {seen:#?}"));
+            if line.contains(text) {
+                return (line, seen);
+            }
+            seen.push(line);
+        }
+    }
+
+    /// Ctrl-C, and the demo stops cleanly.
+    fn stop(mut self) {
+        let status = std::process::Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + WAIT;
+        let exit = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the demo still runs after Ctrl-C"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(exit.success(), "{exit}");
+    }
+}
+
 /// Runs the demo in `dir` until race control says what it started and the session's board shows
 /// `laps` laps for someone; returns race control's line. Stops the demo with Ctrl-C.
 fn demo_until_lapping(dir: &Path, session: u32, laps: u64) -> String {
-    let port = testkit::free_port();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_venue-node"))
-        .args(["demo", "--calm", "--rate", "6", "--seconds", "120"])
-        .arg("--dir")
-        .arg(dir)
-        .args(["--display", &format!("127.0.0.1:{port}")])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let lines = crate::simulate::lines_of(&mut child);
+    let demo = Demo::start(dir, &["--rate", "6", "--seconds", "120"]);
+    let (port, lines) = (demo.port, &demo.lines);
     let deadline = Instant::now() + WAIT;
-    let mut seen = Vec::new();
-    let control = loop {
-        let line = lines
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .unwrap_or_else(|_| panic!("no race control line; the demo printed: {seen:#?}"));
-        if line.starts_with("---- demo: race control") {
-            break line;
-        }
-        seen.push(line);
-    };
+    let (control, seen) = demo.until("---- demo: race control", deadline);
     assert!(
         seen.iter()
             .any(|l| l.contains(&format!("http://127.0.0.1:{port}/board"))),
@@ -127,22 +171,7 @@ fn demo_until_lapping(dir: &Path, session: u32, laps: u64) -> String {
         status["decoders"]["decoders"].get(&heard_on).is_some(),
         "decoder {heard_on} is on the decoder board: {status}"
     );
-    let status = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exit = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            Instant::now() < deadline + WAIT,
-            "the demo still runs after Ctrl-C"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(exit.success(), "{exit}");
+    demo.stop();
     control
 }
 
@@ -163,4 +192,76 @@ fn the_demo_starts_a_race_the_scoreboard_shows_and_a_second_demo_starts_the_next
         "{second}"
     );
     assert!(!second.contains("added to the roster"), "{second}");
+}
+
+/// `demo --bmx`: race control stages and arms a moto, the simulated start gate drops it, the eight
+/// riders finish about 30 s later, and once the next drop passes its deadline the moto is decided
+/// with places 1-8 and their points, on the terminal and on the moto board's API; the next moto is
+/// armed from that deadline, so the next drop counts for it.
+#[test]
+fn the_bmx_demo_runs_motos_the_moto_board_shows() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = Demo::start(dir.path(), &["--bmx", "--seconds", "240"]);
+    let port = demo.port;
+    // The first drop comes 40 s in, the second 80 s in: then moto 1 is decided.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let (control, seen) = demo.until("---- demo: race control", deadline);
+    assert!(
+        control.contains("runs BMX motos for 8 riders (8 added to the roster), one every 40 s"),
+        "{control}"
+    );
+    assert!(
+        seen.iter()
+            .any(|l| l.contains(&format!("moto board http://127.0.0.1:{port}/moto"))),
+        "the demo prints the moto board's address: {seen:#?}"
+    );
+    let (decided, _) = demo.until("---- demo: moto 1 decided: ", deadline);
+    let places: Vec<&str> = decided
+        .trim_start_matches("---- demo: moto 1 decided: ")
+        .split(", ")
+        .collect();
+    assert_eq!(places.len(), 8, "{decided}");
+    for (i, p) in places.iter().enumerate() {
+        assert!(
+            p.starts_with(&format!("{} #", i + 1)) && p.ends_with(&format!(" s ({} pt)", i + 1)),
+            "place {}: {p}",
+            i + 1
+        );
+    }
+    let (code, body) = get(port, "/api/v1/sessions/1/moto").expect("moto 1's board");
+    assert_eq!(code, 200, "{body}");
+    let board: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(board["decided"], true, "{board}");
+    assert_eq!(board["drop"]["source"], "Beacon", "{board}");
+    let rows = board["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 8, "{board}");
+    for (i, r) in rows.iter().enumerate() {
+        let time_s = r["time_us"].as_f64().unwrap_or_else(|| panic!("{r}")) / 1e6;
+        assert!(
+            (15.0..45.0).contains(&time_s),
+            "a 30 s moto's time: {time_s} s"
+        );
+        assert_eq!(r["place"], i as u64 + 1, "{board}");
+        assert_eq!(r["points"], i as u64 + 1, "{board}");
+        assert!(r["name"].as_str().is_some_and(|n| !n.is_empty()), "{r}");
+    }
+    // Moto 2 is armed from moto 1's deadline, so the drop that decided moto 1 is moto 2's. The
+    // terminal prints the arming from the spool; the read model applies it a moment later.
+    demo.until("RACE     session 2 armed", deadline);
+    let next = loop {
+        let answer = get(port, "/api/v1/sessions/2/moto");
+        if let Some((200, body)) = &answer {
+            let next: serde_json::Value = serde_json::from_str(body).unwrap();
+            if next["drop"]["source"] == "Beacon" {
+                break next;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "moto 2 never had the gate drop that decided moto 1: {answer:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(next["rows"].as_array().map(Vec::len), Some(8), "{next}");
+    demo.stop();
 }
