@@ -292,6 +292,63 @@ async fn the_pages_load_follow_passings_send_commands_and_resume_after_a_restart
         .await;
     browser.until("the announcer live again", LIVE).await;
     browser.screenshot("announcer-after-restart").await;
+
+    // The moto board: the moto in the gate, and below it the result of the last one, which stays
+    // on screen while the next moto waits for its drop.
+    let moto = |id: u32, name: &str| race::RaceEvent::SessionCreated {
+        session: race::SessionId(id),
+        name: name.into(),
+        kind: race::SessionKind::Moto,
+        settings: race::Settings::default(),
+    };
+    let stage = |id: u32| race::RaceEvent::RidersStaged {
+        session: race::SessionId(id),
+        gates: (1..=2)
+            .map(|g| race::Staged {
+                gate: g,
+                competitor: race::CompetitorId(u32::from(g)),
+            })
+            .collect(),
+    };
+    let arm = |id: u32, armed_at_us: u64| race::RaceEvent::SessionStarted {
+        session: race::SessionId(id),
+        start: race::Start::FirstCrossing { armed_at_us },
+    };
+    b.run(moto(2, "Moto A")).await;
+    b.run(stage(2)).await;
+    b.run(arm(2, 100_000_000)).await;
+    // The start gate's beacon (RULES.md: 9992), then competitor 2 ahead of competitor 1.
+    b.passings(&[
+        (4, 9992, 101_000_000),
+        (5, 7002, 131_000_000),
+        (6, 7001, 132_500_000),
+    ])
+    .await;
+    b.run(race::RaceEvent::SessionEnded {
+        session: race::SessionId(2),
+        at_us: 140_000_000,
+    })
+    .await;
+    b.run(moto(3, "Moto B")).await;
+    b.run(stage(3)).await;
+    b.run(arm(3, 140_000_001)).await;
+    browser.go(&b.url("/moto")).await;
+    browser.until("the moto board live", LIVE).await;
+    browser
+        .until(
+            "moto B in the gate, moto A's result below it",
+            "const last = document.getElementById('last-rows'); \
+             return document.getElementById('title').textContent === 'Moto B' \
+               && document.getElementById('rows').textContent.includes('In the gate') \
+               && !document.getElementById('last').hidden \
+               && document.getElementById('last-title').textContent === 'Last moto: Moto A' \
+               && last.rows.length === 2 \
+               && last.rows[0].cells[1].textContent === '1' && last.rows[0].cells[3].textContent === 'Rider 2' \
+               && last.rows[0].cells[5].textContent === '30.000' && last.rows[0].cells[6].textContent === '1' \
+               && last.rows[1].cells[5].textContent === '31.500';",
+        )
+        .await;
+    browser.screenshot("moto-in-the-gate").await;
     browser.quit().await;
     drop(browser);
     b.stop().await;
