@@ -97,6 +97,10 @@ pub const UPLINK_REQUEST_MS_MAX: u64 = 30_000;
 /// Window over which [`DrainStatus::forward_rate_per_s`] is averaged.
 pub const UPLINK_RATE_WINDOW_MS: u64 = 10_000;
 
+/// While forwarding keeps failing, one warning in this many seconds says so; the other failures
+/// are logged at debug and counted in the status.
+pub const UPLINK_FAILURE_WARN_EVERY_S: u64 = 60;
+
 const _: () = assert!(UPLINK_BACKOFF_MS_MIN <= UPLINK_BACKOFF_MS_MAX);
 const _: () = assert!(UPLINK_BATCH_BYTES_MAX < crate::wire::INGEST_BODY_BYTES_MAX);
 const _: () = assert!(UPLINK_BATCH_EVENTS_MAX <= crate::wire::INGEST_BATCH_EVENTS_MAX);
@@ -755,6 +759,8 @@ struct Sender<'a> {
     rate: VecDeque<(Instant, u64)>,
     /// Index in `drain.urls` of the central instance batches go to now.
     central: usize,
+    /// When the current run of failures was last logged as a warning; `None` after a success.
+    warned_at: Option<Instant>,
 }
 
 /// The sender stopped because of `cancel`.
@@ -787,6 +793,7 @@ impl<'a> Sender<'a> {
             last_ack: Instant::now(),
             rate: VecDeque::new(),
             central: 0,
+            warned_at: None,
         }
     }
 
@@ -1050,6 +1057,7 @@ impl<'a> Sender<'a> {
         let span = self.rate.front().map_or(window, |(t, _)| {
             now.duration_since(*t).max(Duration::from_secs(1))
         });
+        self.warned_at = None;
         self.publish(|s| {
             s.forwarded += events;
             s.duplicates += duplicates;
@@ -1072,8 +1080,30 @@ impl<'a> Sender<'a> {
         }
     }
 
-    fn failure(&self, reason: &str) {
-        tracing::warn!(reason, "forwarding a batch failed; will retry");
+    fn failure(&mut self, reason: &str) {
+        // The first failure after a success is a warning, and so is one every
+        // UPLINK_FAILURE_WARN_EVERY_S while they go on; the others are counted in the status
+        // (`failures`, `last_error`) and logged at debug, so a WAN that is down for days does not
+        // write a warning per retry. The recovery is logged once, with the last error.
+        let now = Instant::now();
+        let every = Duration::from_secs(UPLINK_FAILURE_WARN_EVERY_S);
+        match self.warned_at {
+            Some(at) if now.duration_since(at) < every => {
+                tracing::debug!(reason, "forwarding a batch failed again; will retry");
+            }
+            first => {
+                let failures = self.drain.status.borrow().failures + 1;
+                match first {
+                    None => tracing::warn!(reason, "forwarding a batch failed; will retry"),
+                    Some(_) => tracing::warn!(
+                        reason,
+                        failures,
+                        "forwarding batches still fails; will retry"
+                    ),
+                }
+                self.warned_at = Some(now);
+            }
+        }
         self.publish(|s| {
             s.last_error = Some(reason.to_owned());
             s.last_error_at_us = Some(spool::now_us());
