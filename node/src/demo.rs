@@ -43,6 +43,8 @@ pub const DEMO_RACE_CATCH_UP_S: u64 = 30;
 pub const DEMO_MOTO_EVERY_S: u64 = 40;
 /// `--bmx`: a rider's mean time from the gate to the finish line.
 pub const DEMO_MOTO_S: u64 = 30;
+/// `--bmx`: motos per series; their points add up, and the 4 lowest totals go through.
+pub const DEMO_SERIES_MOTOS: u32 = 3;
 /// `--bmx`: the motos' maximum finish time: a moto is decided this long after its drop, before the
 /// next gate drops.
 pub const DEMO_MOTO_DECIDED_S: u64 = 36;
@@ -282,6 +284,19 @@ fn describe(
                 race::RaceEvent::SessionEnded { session, .. } => {
                     format!("RACE     session {} ended", session.0)
                 }
+                race::RaceEvent::SeriesCreated {
+                    series,
+                    name,
+                    motos,
+                    ..
+                } => {
+                    let motos: Vec<String> = motos.iter().map(|m| m.0.to_string()).collect();
+                    format!(
+                        "RACE     series {} \"{name}\" created: sessions {} add up",
+                        series.0,
+                        motos.join(", ")
+                    )
+                }
                 other => format!("RACE     {:?}", other.stream()),
             }
         }
@@ -508,12 +523,14 @@ async fn staff(results: &results::Results, event: race::RaceEvent) -> anyhow::Re
         .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-/// BMX motos, one after another, as the staff at the start hill would run them: stage the riders
-/// (the gates rotate from moto to moto), arm the moto at `armed_at_us` (decoder time) so that the
+/// BMX motos, one after another, as the staff at the start hill would run them, in series of
+/// [`DEMO_SERIES_MOTOS`]: create a series' motos and the series, then for each moto stage the
+/// riders (the gates rotate from moto to moto), arm it at `armed_at_us` (decoder time) so that the
 /// next gate beacon drops it, wait until it is decided (the decoder's clock passed the drop plus
 /// the maximum finish time), print its result, end it at that deadline, and arm the next one from
 /// there. Arming from the deadline rather than from "now" leaves no gap a beacon could fall into,
-/// however late this task runs. Runs until the demo stops.
+/// however late this task runs. Prints each series' standings once its motos are decided. Runs
+/// until the demo stops.
 async fn motos(
     results: &results::Results,
     first: race::SessionId,
@@ -527,18 +544,43 @@ async fn motos(
         },
         ..race::Settings::default()
     };
+    // The first series number no earlier demo used: its stream is empty.
+    let mut series = (1..)
+        .map(race::SeriesId)
+        .find(|id| results.version(race::Stream::Series(*id)) == 0)
+        .unwrap_or(race::SeriesId(1));
     for k in 0.. {
         let session = race::SessionId(first.0 + k);
-        staff(
-            results,
-            race::RaceEvent::SessionCreated {
-                session,
-                name: format!("Demo moto {}", k + 1),
-                kind: race::SessionKind::Moto,
-                settings: settings.clone(),
-            },
-        )
-        .await?;
+        if k % DEMO_SERIES_MOTOS == 0 {
+            let motos: Vec<race::SessionId> = (0..DEMO_SERIES_MOTOS)
+                .map(|j| race::SessionId(session.0 + j))
+                .collect();
+            for moto in &motos {
+                staff(
+                    results,
+                    race::RaceEvent::SessionCreated {
+                        session: *moto,
+                        name: format!("Demo moto {}", moto.0 - first.0 + 1),
+                        kind: race::SessionKind::Moto,
+                        settings: settings.clone(),
+                    },
+                )
+                .await?;
+            }
+            if k > 0 {
+                series = race::SeriesId(series.0 + 1);
+            }
+            staff(
+                results,
+                race::RaceEvent::SeriesCreated {
+                    series,
+                    name: format!("Demo series {}", series.0),
+                    motos,
+                    settings: race::SeriesSettings::default(),
+                },
+            )
+            .await?;
+        }
         let gates = (0..riders.len().min(8))
             .map(|g| race::Staged {
                 gate: g as u8 + 1,
@@ -570,6 +612,13 @@ async fn motos(
         let drop_us = board.drop.map_or(armed_at_us, |d| d.at_us);
         let deadline = drop_us + settings.moto.max_finish_us;
         println!("---- demo: {}", moto_result(session, &board));
+        if (k + 1) % DEMO_SERIES_MOTOS == 0 {
+            let standings = results.engine().series_board(series);
+            match standings {
+                Ok(b) => println!("---- demo: {}", series_result(&b)),
+                Err(e) => println!("---- demo: series {}: {e}", series.0),
+            }
+        }
         staff(
             results,
             race::RaceEvent::SessionEnded {
@@ -581,6 +630,33 @@ async fn motos(
         armed_at_us = deadline + 1;
     }
     Ok(())
+}
+
+/// A series' standings in one line: rank, total and the points of each moto, `Q` for those who
+/// go through.
+fn series_result(board: &race::SeriesBoard) -> String {
+    let rows: Vec<String> = board
+        .rows
+        .iter()
+        .map(|r| {
+            let points: Vec<String> = r.points.iter().map(|p| opt(*p)).collect();
+            format!(
+                "{} #{} {} {} pt ({}){}",
+                r.rank,
+                r.number,
+                r.name,
+                r.total,
+                points.join("+"),
+                if r.qualified { " Q" } else { "" }
+            )
+        })
+        .collect();
+    format!(
+        "series {} \"{}\" standings: {}",
+        board.series.0,
+        board.name,
+        rows.join(", ")
+    )
 }
 
 /// A decided moto in one line: places, times and points.

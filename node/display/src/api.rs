@@ -5,6 +5,7 @@
 //! GET  /api/v1/sessions                       every session, with the roster's and track's versions
 //! GET  /api/v1/sessions/{id}/leaderboard      a lap session's leaderboard
 //! GET  /api/v1/sessions/{id}/moto             a BMX moto's board
+//! GET  /api/v1/sessions/{id}/series           the board of the BMX series the moto is in (404: none)
 //! GET  /api/v1/sessions/{id}/results.csv      the results export (results.json: the same as JSON)
 //! GET  /api/v1/passings?from=<seq>&limit=<n>  stored passings after a seq (limit <= PASSINGS_PAGE_MAX)
 //! GET  /api/v1/roster                         the competitors
@@ -98,6 +99,7 @@ pub fn routes() -> Router<Arc<Display>> {
         .route("/api/v1/sessions", get(sessions))
         .route("/api/v1/sessions/{id}/leaderboard", get(leaderboard))
         .route("/api/v1/sessions/{id}/moto", get(moto))
+        .route("/api/v1/sessions/{id}/series", get(series))
         .route("/api/v1/sessions/{id}/results.csv", get(results_csv))
         .route("/api/v1/sessions/{id}/results.json", get(results_json))
         .route("/api/v1/passings", get(passings))
@@ -350,6 +352,28 @@ async fn moto(
         .await?
         .map(Json)
         .map_err(race_error)
+}
+
+async fn series(
+    State(display): State<Arc<Display>>,
+    id: Result<Path<u32>, PathRejection>,
+) -> Result<Json<race::SeriesBoard>, ApiError> {
+    let id = session_id(&display, id)?;
+    let race = display.race.clone();
+    blocking(move || {
+        if !race.sessions().iter().any(|s| s.session == id) {
+            return Err(race_error(race::Error::UnknownSession(id)));
+        }
+        match race.series_board_of(id) {
+            Some(board) => board.map_err(race_error),
+            None => Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("session {} is not a moto of any series", id.0),
+            )),
+        }
+    })
+    .await?
+    .map(Json)
 }
 
 async fn blocking<T: Send + 'static>(

@@ -1088,7 +1088,13 @@ pub fn race_payload(race: &dyn RaceModels, also: Option<u32>) -> serde_json::Val
             continue;
         }
         let board = if s.kind == ::race::SessionKind::Moto {
-            race.moto_board(s.session).map(|b| json!({ "moto": b }))
+            // A moto of a series carries the series' board: the page shows the standings under
+            // the moto, live.
+            let series = race
+                .series_board_of(s.session)
+                .map(|b| b.map_or_else(|e| json!({ "error": e.to_string() }), |b| json!(b)));
+            race.moto_board(s.session)
+                .map(|b| json!({ "moto": b, "series": series }))
         } else {
             race.leaderboard(s.session)
                 .map(|b| json!({ "leaderboard": b }))

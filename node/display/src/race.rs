@@ -17,6 +17,11 @@ pub trait RaceModels: Send + Sync + 'static {
     fn sessions(&self) -> Vec<race::SessionSummary>;
     fn leaderboard(&self, session: race::SessionId) -> Result<race::Leaderboard, race::Error>;
     fn moto_board(&self, session: race::SessionId) -> Result<race::MotoBoard, race::Error>;
+    /// The board of the BMX series `session` is a moto of; `None` if it is in none.
+    fn series_board_of(
+        &self,
+        session: race::SessionId,
+    ) -> Option<Result<race::SeriesBoard, race::Error>>;
     /// The roster, in competitor id order.
     fn roster(&self) -> Vec<race::Competitor>;
     /// The newest raw passings for the announcer, newest first, at most `max`.
@@ -43,6 +48,12 @@ impl RaceModels for results::Results {
     }
     fn moto_board(&self, session: race::SessionId) -> Result<race::MotoBoard, race::Error> {
         results::Results::moto_board(self, session)
+    }
+    fn series_board_of(
+        &self,
+        session: race::SessionId,
+    ) -> Option<Result<race::SeriesBoard, race::Error>> {
+        results::Results::series_board_of(self, session)
     }
     fn roster(&self) -> Vec<race::Competitor> {
         results::Results::roster(self)

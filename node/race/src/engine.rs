@@ -846,6 +846,14 @@ impl Engine {
     }
 
     /// The totals, ranks and transfers of a BMX series.
+    /// The series `session` is a moto of, if any (the lowest id, should several list it).
+    pub fn series_of(&self, session: SessionId) -> Option<SeriesId> {
+        self.series
+            .iter()
+            .find(|(_, s)| s.motos.contains(&session))
+            .map(|(id, _)| *id)
+    }
+
     pub fn series_board(&self, id: SeriesId) -> Result<SeriesBoard, Error> {
         let series = self.series.get(&id).ok_or(Error::UnknownSeries(id))?;
         let boards = series

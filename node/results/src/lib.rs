@@ -244,6 +244,15 @@ impl Results {
         self.engine().moto_board(session)
     }
 
+    /// The board of the BMX series `session` is a moto of; `None` if it is in none.
+    pub fn series_board_of(
+        &self,
+        session: race::SessionId,
+    ) -> Option<Result<race::SeriesBoard, race::Error>> {
+        let engine = self.engine();
+        engine.series_of(session).map(|id| engine.series_board(id))
+    }
+
     /// The roster, in competitor id order.
     pub fn roster(&self) -> Vec<race::Competitor> {
         self.engine().roster().iter().cloned().collect()

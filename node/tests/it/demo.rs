@@ -245,6 +245,19 @@ fn the_bmx_demo_runs_motos_the_moto_board_shows() {
         assert_eq!(r["points"], i as u64 + 1, "{board}");
         assert!(r["name"].as_str().is_some_and(|n| !n.is_empty()), "{r}");
     }
+    // Moto 1 is the first of a series of 3: its points are the standings so far.
+    let (code, body) = get(port, "/api/v1/sessions/1/series").expect("the series' board");
+    assert_eq!(code, 200, "{body}");
+    let series: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(series["name"], "Demo series 1", "{series}");
+    assert_eq!(series["complete"], false, "{series}");
+    let standings = series["rows"].as_array().unwrap();
+    assert_eq!(standings.len(), 8, "{series}");
+    for (i, r) in standings.iter().enumerate() {
+        assert_eq!(r["points"][0], i as u64 + 1, "{series}");
+        assert_eq!(r["points"][1], serde_json::Value::Null, "{series}");
+        assert_eq!(r["total"], i as u64 + 1, "{series}");
+    }
     // Moto 2 is armed from moto 1's deadline, so the drop that decided moto 1 is moto 2's. The
     // terminal prints the arming from the spool; the read model applies it a moment later.
     demo.until("RACE     session 2 armed", deadline);

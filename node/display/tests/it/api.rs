@@ -105,6 +105,8 @@ async fn malformed_bodies_and_queries_get_a_clear_4xx_and_are_counted() {
         ("/api/v1/passings?colour=red", 400),
         ("/api/v1/sessions/x/leaderboard", 400),
         ("/api/v1/sessions/9/leaderboard", 404),
+        ("/api/v1/sessions/x/series", 400),
+        ("/api/v1/sessions/9/series", 404),
         ("/api/v1/feed?max=many", 400),
     ] {
         let (got, body) = get(&b.url(path)).await;
@@ -113,7 +115,7 @@ async fn malformed_bodies_and_queries_get_a_clear_4xx_and_are_counted() {
     }
     let (_, metrics) = get(&b.url("/metrics")).await;
     assert!(
-        metrics.contains("display_bad_requests_total 10"),
+        metrics.contains("display_bad_requests_total 11"),
         "{metrics}"
     );
     b.stop().await;

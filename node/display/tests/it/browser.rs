@@ -315,6 +315,14 @@ async fn the_pages_load_follow_passings_send_commands_and_resume_after_a_restart
         start: race::Start::FirstCrossing { armed_at_us },
     };
     b.run(moto(2, "Moto A")).await;
+    b.run(moto(3, "Moto B")).await;
+    b.run(race::RaceEvent::SeriesCreated {
+        series: race::SeriesId(1),
+        name: "Heat 1".into(),
+        motos: vec![race::SessionId(2), race::SessionId(3)],
+        settings: race::SeriesSettings::default(),
+    })
+    .await;
     b.run(stage(2)).await;
     b.run(arm(2, 100_000_000)).await;
     // The start gate's beacon (RULES.md: 9992), then competitor 2 ahead of competitor 1.
@@ -329,7 +337,6 @@ async fn the_pages_load_follow_passings_send_commands_and_resume_after_a_restart
         at_us: 140_000_000,
     })
     .await;
-    b.run(moto(3, "Moto B")).await;
     b.run(stage(3)).await;
     b.run(arm(3, 140_000_001)).await;
     browser.go(&b.url("/moto")).await;
@@ -346,6 +353,18 @@ async fn the_pages_load_follow_passings_send_commands_and_resume_after_a_restart
                && last.rows[0].cells[1].textContent === '1' && last.rows[0].cells[3].textContent === 'Rider 2' \
                && last.rows[0].cells[5].textContent === '30.000' && last.rows[0].cells[6].textContent === '1' \
                && last.rows[1].cells[5].textContent === '31.500';",
+        )
+        .await;
+    browser
+        .until(
+            "the series' standings after moto A",
+            "const rows = document.getElementById('series-rows').rows; \
+             return !document.getElementById('series').hidden \
+               && document.getElementById('series-title').textContent === 'Heat 1: standings so far' \
+               && rows.length === 2 \
+               && rows[0].cells[2].textContent === 'Rider 2' && rows[0].cells[3].textContent === '1' \
+               && rows[0].cells[4].textContent === '' && rows[0].cells[5].textContent === '1' \
+               && rows[1].cells[2].textContent === 'Rider 1' && rows[1].cells[5].textContent === '2';",
         )
         .await;
     browser.screenshot("moto-in-the-gate").await;
