@@ -499,7 +499,7 @@ async fn race_control(
                     .collect()
             };
             println!(
-                "---- demo: race control runs BMX motos for {} riders{before}, one every {DEMO_MOTO_EVERY_S} s; the moto board follows them",
+                "---- demo: race control runs BMX motos for {} riders{before}, one every {DEMO_MOTO_EVERY_S} s in series of {DEMO_SERIES_MOTOS}; the moto board follows them",
                 riders.len()
             );
             motos(results, next_session, &riders, now).await

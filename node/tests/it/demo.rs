@@ -207,7 +207,9 @@ fn the_bmx_demo_runs_motos_the_moto_board_shows() {
     let deadline = Instant::now() + Duration::from_secs(180);
     let (control, seen) = demo.until("---- demo: race control", deadline);
     assert!(
-        control.contains("runs BMX motos for 8 riders (8 added to the roster), one every 40 s"),
+        control.contains(
+            "runs BMX motos for 8 riders (8 added to the roster), one every 40 s in series of 3"
+        ),
         "{control}"
     );
     assert!(

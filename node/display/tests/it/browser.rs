@@ -368,6 +368,37 @@ async fn the_pages_load_follow_passings_send_commands_and_resume_after_a_restart
         )
         .await;
     browser.screenshot("moto-in-the-gate").await;
+    // The next series starts: until one of its motos is decided, the finished series' standings
+    // stay up, complete.
+    b.passings(&[
+        (7, 9992, 141_000_000),
+        (8, 7001, 171_000_000),
+        (9, 7002, 172_000_000),
+    ])
+    .await;
+    b.run(race::RaceEvent::SessionEnded {
+        session: race::SessionId(3),
+        at_us: 180_000_000,
+    })
+    .await;
+    b.run(moto(4, "Moto C")).await;
+    b.run(race::RaceEvent::SeriesCreated {
+        series: race::SeriesId(2),
+        name: "Heat 2".into(),
+        motos: vec![race::SessionId(4)],
+        settings: race::SeriesSettings::default(),
+    })
+    .await;
+    b.run(stage(4)).await;
+    b.run(arm(4, 180_000_001)).await;
+    browser
+        .until(
+            "moto C in the gate, with heat 1's final standings",
+            "return document.getElementById('title').textContent === 'Moto C' \
+               && document.getElementById('last-title').textContent === 'Last moto: Moto B' \
+               && document.getElementById('series-title').textContent === 'Heat 1: standings';",
+        )
+        .await;
     browser.quit().await;
     drop(browser);
     b.stop().await;
