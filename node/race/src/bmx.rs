@@ -6,8 +6,10 @@
 //! staged rider (as Sqorz does). Later beacons in the moto are ignored (the start box blocks repeats
 //! for 5 s; a second drop is a rerun, which a judge decides).
 //!
-//! Once the moto is decided (it ended, or the decoders' clock passed the drop plus the maximum finish
-//! time), a staged rider with no finish is DNF if any loop saw them after the drop, else DNS.
+//! Once the moto is decided (it ended, every staged rider finished or has a judge's verdict, or the
+//! decoders' clock passed the drop plus the maximum finish time), a staged rider with no finish is
+//! DNF if any loop saw them after the drop, else DNS. Deciding when the last rider is in puts the
+//! points on the board at once, not at the next moto's beacon.
 //! Points: the finishing place; DNF scores last place of the moto; DNS and DQ as set.
 
 use std::collections::BTreeMap;
@@ -27,7 +29,8 @@ pub struct MotoBoard {
     pub session: SessionId,
     pub status: ResultsStatus,
     pub drop: Option<GateDrop>,
-    /// No more crossings can change the order.
+    /// Points are given: the moto ended, every staged rider is in, or its time is up. A passing
+    /// recovered later (a RESEND) can still move a time, as it can any result.
     pub decided: bool,
     /// In finishing order, then the riders still racing, DNF, DQ, DNS (by gate).
     pub rows: Vec<MotoRow>,
@@ -95,7 +98,7 @@ pub(crate) fn moto_board(engine: &Engine, s: &Session) -> MotoBoard {
         return board;
     };
     let deadline = drop.at_us.saturating_add(m.max_finish_us);
-    board.decided = s.ended_us.is_some() || engine.latest_us().is_some_and(|t| t > deadline);
+    let mut seen_any = Vec::with_capacity(s.staged.len());
     for g in &s.staged {
         let mut row = blank_row(engine, g.gate, g.competitor, MotoStatus::Racing);
         let seen: Vec<&Crossing> = gathered
@@ -111,16 +114,28 @@ pub(crate) fn moto_board(engine: &Engine, s: &Session) -> MotoBoard {
             .copied()
             .unwrap_or(0);
         timing(&mut row, &seen, drop.at_us, penalty);
-        row.status = match (overlay.verdicts.get(&g.competitor), row.time_us) {
+        seen_any.push(!seen.is_empty());
+        board.rows.push(row);
+    }
+    // Decided once nothing more can come: the moto ended, the decoders' clock passed the deadline,
+    // or every staged rider has finished or has a judge's verdict.
+    let all_in = board
+        .rows
+        .iter()
+        .all(|r| r.time_us.is_some() || overlay.verdicts.contains_key(&r.competitor));
+    board.decided = s.ended_us.is_some()
+        || engine.latest_us().is_some_and(|t| t > deadline)
+        || (all_in && !board.rows.is_empty());
+    for (row, seen_any) in board.rows.iter_mut().zip(seen_any) {
+        row.status = match (overlay.verdicts.get(&row.competitor), row.time_us) {
             (Some(Verdict::Dq), _) => MotoStatus::Dq,
             (Some(Verdict::Dnf), _) => MotoStatus::Dnf,
             (Some(Verdict::Dns), _) => MotoStatus::Dns,
             (None, Some(_)) => MotoStatus::Finished,
             (None, None) if !board.decided => MotoStatus::Racing,
-            (None, None) if seen.is_empty() => MotoStatus::Dns,
+            (None, None) if !seen_any => MotoStatus::Dns,
             (None, None) => MotoStatus::Dnf,
         };
-        board.rows.push(row);
     }
     score(&mut board, s.staged.len() as u32, m);
     board

@@ -203,7 +203,8 @@ fn the_bmx_demo_runs_motos_the_moto_board_shows() {
     let dir = tempfile::tempdir().unwrap();
     let demo = Demo::start(dir.path(), &["--bmx", "--seconds", "240"]);
     let port = demo.port;
-    // The first drop comes 40 s in, the second 80 s in: then moto 1 is decided.
+    // The first drop comes 40 s in and its riders are all in about 30 s later: then moto 1 is
+    // decided, before the second drop (80 s in).
     let deadline = Instant::now() + Duration::from_secs(180);
     let (control, seen) = demo.until("---- demo: race control", deadline);
     assert!(
@@ -217,7 +218,16 @@ fn the_bmx_demo_runs_motos_the_moto_board_shows() {
             .any(|l| l.contains(&format!("moto board http://127.0.0.1:{port}/moto"))),
         "the demo prints the moto board's address: {seen:#?}"
     );
-    let (decided, _) = demo.until("---- demo: moto 1 decided: ", deadline);
+    let (decided, before) = demo.until("---- demo: moto 1 decided: ", deadline);
+    let drops = seen
+        .iter()
+        .chain(&before)
+        .filter(|l| l.contains("PASSING") && l.contains("start gate"))
+        .count();
+    assert_eq!(
+        drops, 1,
+        "moto 1 is decided when its last rider is in, not at the next drop: {before:#?}"
+    );
     let places: Vec<&str> = decided
         .trim_start_matches("---- demo: moto 1 decided: ")
         .split(", ")
@@ -260,8 +270,8 @@ fn the_bmx_demo_runs_motos_the_moto_board_shows() {
         assert_eq!(r["points"][1], serde_json::Value::Null, "{series}");
         assert_eq!(r["total"], i as u64 + 1, "{series}");
     }
-    // Moto 2 is armed from moto 1's deadline, so the drop that decided moto 1 is moto 2's. The
-    // terminal prints the arming from the spool; the read model applies it a moment later.
+    // Moto 2 is armed from moto 1's deadline, so the next drop is moto 2's. The terminal prints
+    // the arming from the spool; the read model applies it a moment later.
     demo.until("RACE     session 2 armed", deadline);
     let next = loop {
         let answer = get(port, "/api/v1/sessions/2/moto");

@@ -132,6 +132,54 @@ fn a_gate_drop_from_the_beacon_gives_the_finish_order_splits_dnf_and_dns() {
 }
 
 #[test]
+fn a_moto_is_decided_when_its_last_rider_is_in_not_at_the_next_beacon() {
+    let mut w = track();
+    let m = moto(&mut w, 1, 1000.0);
+    w.pass(FINISH_MAIN, 9992, s(1010.0));
+    let drop = 1010.075;
+    // Four of the five riders finish; the fifth (55, gate 5) is still out on the track.
+    ride(&mut w, drop, &[502, 500, 501, 503]);
+    w.pass(HILL_DECODER, 504, s(drop + 2.5));
+    let b = w.engine.moto_board(m).unwrap();
+    assert!(!b.decided, "a rider is still racing");
+    assert_eq!(b.rows[4].status, MotoStatus::Racing);
+    assert!(b.rows.iter().all(|r| r.points.is_none()));
+    // The last rider crosses the line, long before the maximum finish time is up.
+    w.pass(FINISH_MAIN, 504, s(drop + 45.0));
+    let b = w.engine.moto_board(m).unwrap();
+    assert!(b.decided, "every staged rider is in");
+    let points: Vec<_> = b
+        .rows
+        .iter()
+        .map(|r| (r.number.as_str(), r.points))
+        .collect();
+    assert_eq!(
+        points,
+        [
+            ("33", Some(1)),
+            ("11", Some(2)),
+            ("22", Some(3)),
+            ("44", Some(4)),
+            ("55", Some(5))
+        ]
+    );
+
+    // The next moto: a rider who falls is in once a judge marks the DNF.
+    let m2 = moto(&mut w, 2, 1200.0);
+    w.pass(FINISH_MAIN, 9992, s(1210.0));
+    let drop = 1210.075;
+    ride(&mut w, drop, &[500, 501, 502, 503]);
+    w.pass(HILL_DECODER, 504, s(drop + 2.5));
+    assert!(!w.engine.moto_board(m2).unwrap().decided);
+    let fallen = w.engine.moto_board(m2).unwrap().rows[4].competitor;
+    w.decide(m2, Action::DidNotFinish { competitor: fallen });
+    let b = w.engine.moto_board(m2).unwrap();
+    assert!(b.decided, "the last rider has a verdict");
+    assert_eq!(b.rows[4].status, MotoStatus::Dnf);
+    assert_eq!(b.rows[4].points, Some(5));
+}
+
+#[test]
 fn a_drop_entered_by_hand_wins_and_a_rerun_forgets_the_first_run() {
     let mut w = track();
     let m = moto(&mut w, 1, 1000.0);
