@@ -10,6 +10,7 @@
 //! GET  /api/v1/passings?from=<seq>&limit=<n>  stored passings after a seq (limit <= PASSINGS_PAGE_MAX)
 //! GET  /api/v1/roster                         the competitors
 //! GET  /api/v1/settings/default               a new session's default settings
+//! GET  /api/v1/clock                          "now" on the decoders' clock (503 until one is heard)
 //! GET  /api/v1/feed?max=<n>                   the announcer's raw passings, newest first
 //! GET  /api/v1/whoami                         the role of the bearer token
 //! POST /api/v1/commands                       {"expected_version":n,"event":{..},"user":".."}
@@ -42,6 +43,7 @@ use serde_json::json;
 use spool::{Filter, Seq};
 
 use crate::auth::{Refusal, Role};
+use crate::hub::DecoderNow;
 use crate::race::CommandError;
 use crate::{Counters, Display};
 
@@ -105,6 +107,7 @@ pub fn routes() -> Router<Arc<Display>> {
         .route("/api/v1/passings", get(passings))
         .route("/api/v1/roster", get(roster))
         .route("/api/v1/settings/default", get(default_settings))
+        .route("/api/v1/clock", get(clock))
         .route("/api/v1/feed", get(feed))
         .route("/api/v1/whoami", get(whoami))
         .route("/api/v1/commands", post(command))
@@ -307,6 +310,24 @@ async fn metrics(State(display): State<Arc<Display>>) -> Response {
 
 async fn status(State(display): State<Arc<Display>>) -> Json<serde_json::Value> {
     Json(display.status_snapshot().await)
+}
+
+/// "Now" on the decoders' clock, for race control's buttons: a green flag, a chequered flag or a
+/// gate drop is stamped in decoder time, as the passings it times are. 503 while no decoder has
+/// answered a clock query or sent a passing.
+async fn clock(State(display): State<Arc<Display>>) -> Result<Json<DecoderNow>, ApiError> {
+    display
+        .hub
+        .decoders()
+        .decoder_now(spool::now_us())
+        .map(Json)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the decoders' time is not known yet: no decoder has answered the box's clock \
+                 query or sent a passing",
+            )
+        })
 }
 
 /// A new session's settings as the engine defaults them, for race control's "new session".

@@ -82,6 +82,30 @@ pub struct DecoderState {
     pub last_passing_number: Option<u32>,
     /// The last connection event of its input: `decoder.connected` or `decoder.disconnected`.
     pub link: Option<String>,
+    /// Its clock minus the box's, µs, from the node's last clock query (`decoder.clock`).
+    pub clock_offset_us: Option<i64>,
+    /// When that query was answered, box time.
+    pub clock_at_us: Option<u64>,
+    /// Its clock minus the box's as its newest passing (by decoder time) shows it: the crossing's
+    /// time less when the box captured it (or stored it, if no capture time was kept), so short by
+    /// the line's delay. A passing resent later
+    /// is older than the newest and does not count.
+    pub passing_offset_us: Option<i64>,
+    /// The decoder time of that passing.
+    pub newest_passing_us: Option<u64>,
+}
+
+/// "Now" on the decoders' clock, which race times are in: the box's time plus a decoder's offset.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DecoderNow {
+    pub decoder_now_us: u64,
+    pub host_now_us: u64,
+    pub offset_us: i64,
+    /// The decoder whose clock it is (its stream's hex id).
+    pub decoder: String,
+    /// `clock_query` (the node asked the decoder its time) or `newest_passing` (no answer yet:
+    /// the offset of its newest passing, a few ms short).
+    pub source: &'static str,
 }
 
 /// Every decoder the hub has seen, by its stream's hex id.
@@ -109,6 +133,23 @@ impl DecoderBoard {
                     .get("passing_number")
                     .and_then(serde_json::Value::as_u64)
                     .and_then(|n| u32::try_from(n).ok());
+                let rtc = data.get("rtc_time_us").and_then(serde_json::Value::as_u64);
+                if let Some(rtc) = rtc
+                    && d.newest_passing_us.is_none_or(|n| rtc > n)
+                {
+                    d.newest_passing_us = Some(rtc);
+                    let captured = match e.meta.captured_at_us {
+                        0 => e.recorded_at_us,
+                        t => t,
+                    };
+                    d.passing_offset_us = Some(offset_us(rtc, captured));
+                }
+            }
+            "decoder.clock" => {
+                if let Some(offset) = data.get("offset_us").and_then(serde_json::Value::as_i64) {
+                    d.clock_offset_us = Some(offset);
+                    d.clock_at_us = data.get("host_us").and_then(serde_json::Value::as_u64);
+                }
             }
             "decoder.status" => {
                 d.status = Some(data.clone());
@@ -118,6 +159,40 @@ impl DecoderBoard {
             _ => {}
         }
     }
+}
+
+impl DecoderBoard {
+    /// "Now" on the decoders' clock at box time `host_now_us`: by the decoder that last had a
+    /// passing (the one timing), else the one last asked its time; its clock query's offset,
+    /// else its newest passing's. `None` while no decoder has answered or passed.
+    pub fn decoder_now(&self, host_now_us: u64) -> Option<DecoderNow> {
+        let (_, id, offset_us, source) = self
+            .decoders
+            .iter()
+            .filter_map(|(id, d)| {
+                let (offset, source) = match (d.clock_offset_us, d.passing_offset_us) {
+                    (Some(o), _) => (o, "clock_query"),
+                    (None, Some(o)) => (o, "newest_passing"),
+                    (None, None) => return None,
+                };
+                Some(((d.last_passing_at_us, d.clock_at_us), id, offset, source))
+            })
+            .max_by_key(|(recency, ..)| *recency)?;
+        let now = i128::from(host_now_us) + i128::from(offset_us);
+        Some(DecoderNow {
+            decoder_now_us: u64::try_from(now.max(0)).unwrap_or(u64::MAX),
+            host_now_us,
+            offset_us,
+            decoder: id.clone(),
+            source,
+        })
+    }
+}
+
+/// A decoder time less a box time, saturating.
+fn offset_us(decoder_us: u64, host_us: u64) -> i64 {
+    let offset = i128::from(decoder_us) - i128::from(host_us);
+    i64::try_from(offset).unwrap_or(if offset < 0 { i64::MIN } else { i64::MAX })
 }
 
 /// What the hub has published, and to whom it writes itself.
@@ -396,5 +471,66 @@ fn seed_decoders(hub: &Hub, reader: &spool::SpoolReader, head: u64) {
             return;
         }
         from = next.0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use spool::{Metadata, StreamId};
+
+    use super::*;
+
+    fn stored(seq: u64, event_type: &str, at_us: u64) -> RecordedEvent {
+        RecordedEvent {
+            seq: Seq(seq),
+            stream: StreamId::new("decoder/D0000C00").unwrap(),
+            version: seq,
+            event_type: event_type.into(),
+            schema_version: 1,
+            stored_schema_version: 1,
+            payload: Vec::new(),
+            recorded_at_us: at_us,
+            meta: Metadata {
+                captured_at_us: at_us,
+                ..Metadata::default()
+            },
+        }
+    }
+
+    #[test]
+    fn the_decoders_now_is_their_clock_answer_else_their_newest_passing() {
+        let mut board = DecoderBoard::default();
+        assert_eq!(board.decoder_now(1_000_000_000), None);
+        // A passing at decoder time 50 s, stored at box time 1,000 s: the decoder is 950 s behind.
+        let passing = |n: u32, rtc_us: u64| json!({ "passing_number": n, "rtc_time_us": rtc_us });
+        board.fold(
+            &stored(1, "decoder.passing", 1_000_000_000),
+            &passing(1, 50_000_000),
+        );
+        let now = board.decoder_now(1_010_000_000).unwrap();
+        assert_eq!(
+            (now.decoder_now_us, now.offset_us, now.source),
+            (60_000_000, -950_000_000, "newest_passing")
+        );
+        // A passing resent later is older than the newest: it does not move the clock.
+        board.fold(
+            &stored(2, "decoder.passing", 1_005_000_000),
+            &passing(0, 40_000_000),
+        );
+        assert_eq!(
+            board.decoder_now(1_010_000_000).unwrap().decoder_now_us,
+            60_000_000
+        );
+        // The node's clock query wins over the passings.
+        let clock = json!({ "decoder_rtc_us": 56_500_000, "host_us": 1_006_000_000, "offset_us": -949_500_000 });
+        board.fold(&stored(3, "decoder.clock", 1_006_000_100), &clock);
+        let now = board.decoder_now(1_010_000_000).unwrap();
+        assert_eq!(
+            (now.decoder_now_us, now.offset_us, now.source),
+            (60_500_000, -949_500_000, "clock_query")
+        );
+        assert_eq!(now.decoder, "D0000C00");
+        assert_eq!(now.host_now_us, 1_010_000_000);
     }
 }

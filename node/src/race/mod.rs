@@ -40,8 +40,9 @@ node runs is refused, and nothing is stored.
 
 Competitors are named by their number (plate). Decoders by the 8 hex digits of their id as the
 spool names them (D0000C00). Passings as DECODER/NUMBER/RTC_US, as `venue-node spool` shows them
-(rtc_time_us is the decoder's clock). Times on the decoder's clock default to the newest passing
-stored.";
+(rtc_time_us is the decoder's clock). Times on the decoder's clock (--at-us, --after-us) default
+to now on that clock: the box's time plus the offset from the decoder's last answer to the node's
+clock query (every minute). Before any answer, to the newest passing stored.";
 
 /// The `race` command's arguments.
 #[derive(Debug, Args)]

@@ -46,7 +46,11 @@ pub fn run(
     let engine = results::replay(&spool)
         .map_err(|e| anyhow::anyhow!(spool::error_chain(&e)))?
         .engine;
-    let events = events_of(&engine, user, command)?;
+    let now = Now {
+        clock_us: decoder_now_us(&spool),
+        newest_passing_us: engine.latest_us(),
+    };
+    let events = events_of(&engine, now, user, command)?;
     let stored = record(&spool, &engine, user, events)?;
     // Close the spool here, on this thread: dropping it checkpoints and joins its writer.
     drop(spool);
@@ -131,7 +135,12 @@ fn usage(msg: impl Into<String>) -> anyhow::Error {
     UsageError(msg.into()).into()
 }
 
-fn events_of(engine: &Engine, user: &str, command: RaceCommand) -> anyhow::Result<Vec<RaceEvent>> {
+fn events_of(
+    engine: &Engine,
+    now: Now,
+    user: &str,
+    command: RaceCommand,
+) -> anyhow::Result<Vec<RaceEvent>> {
     let meta = |why: Why| Meta {
         user: user.to_owned(),
         reason: why.reason,
@@ -140,7 +149,7 @@ fn events_of(engine: &Engine, user: &str, command: RaceCommand) -> anyhow::Resul
     Ok(match command {
         RaceCommand::Roster { command } => roster(engine, command)?,
         RaceCommand::Line { command } => vec![line(command)?],
-        RaceCommand::Session { command } => vec![session(engine, command, meta)?],
+        RaceCommand::Session { command } => vec![session(engine, now, command, meta)?],
         RaceCommand::Series {
             command:
                 SeriesCommand::Create {
@@ -167,7 +176,7 @@ fn events_of(engine: &Engine, user: &str, command: RaceCommand) -> anyhow::Resul
         } => unreachable!("a read"),
         RaceCommand::Judge(judge) => {
             let session = SessionId(judge.session);
-            let action = decision(engine, judge.decision)?;
+            let action = decision(engine, now, judge.decision)?;
             let Some(reason) = judge.reason else {
                 return Err(usage("a judge decision needs --reason"));
             };
@@ -382,15 +391,60 @@ fn limit(args: &LimitArgs) -> Option<Limit> {
     }
 }
 
-/// "Now" on the decoders' clock: the newest passing stored.
-fn now_us(engine: &Engine, at_us: Option<u64>) -> anyhow::Result<u64> {
-    at_us.or(engine.latest_us()).ok_or_else(|| {
-        usage("no passing is stored yet, so the decoders' time is unknown: give --at-us")
-    })
+/// How far back from the spool's head a command without `--at-us` looks for the decoders' clock:
+/// the node asks every minute, so at 1,000 passings/s this still holds several answers.
+const CLOCK_LOOKBACK_EVENTS: u64 = 500_000;
+
+/// "Now" on the decoders' clock (race times are decoder times), for a command without `--at-us`.
+#[derive(Debug, Clone, Copy)]
+struct Now {
+    /// The box's time plus the offset in the newest clock answer stored (`decoder.clock`).
+    clock_us: Option<u64>,
+    /// The newest passing's decoder time: the fallback when no decoder has answered a clock
+    /// query. It lags "now" by however long the track has been quiet.
+    newest_passing_us: Option<u64>,
+}
+
+impl Now {
+    fn or(self, at_us: Option<u64>) -> anyhow::Result<u64> {
+        at_us
+            .or(self.clock_us)
+            .or(self.newest_passing_us)
+            .ok_or_else(|| {
+                usage(
+                    "no decoder has answered a clock query and no passing is stored yet, so the \
+                     decoders' time is unknown: give --at-us",
+                )
+            })
+    }
+}
+
+/// The box's time now plus the decoder's clock offset in the newest `decoder.clock` event among
+/// the spool's last [`CLOCK_LOOKBACK_EVENTS`]; `None` if there is none.
+fn decoder_now_us(spool: &Spool) -> Option<u64> {
+    let reader = spool.reader();
+    let head = reader.head().ok()?.0;
+    let filter = spool::Filter::all().with_event_types([catalog::Clock::EVENT_TYPE]);
+    let mut from = head.saturating_sub(CLOCK_LOOKBACK_EVENTS) + 1;
+    let mut newest = None;
+    while from <= head {
+        let (events, next) = reader
+            .read_filtered(spool::Seq(from), &filter, spool::SUBSCRIPTION_PAGE_EVENTS)
+            .ok()?;
+        newest = events.into_iter().last().or(newest);
+        if next.0 <= from {
+            break;
+        }
+        from = next.0;
+    }
+    let clock = catalog::Clock::from_event(&newest?).ok()?;
+    let now = i128::from(spool::now_us()) + i128::from(clock.offset_us);
+    u64::try_from(now).ok()
 }
 
 fn session(
     engine: &Engine,
+    now: Now,
     command: SessionCommand,
     meta: impl FnOnce(Why) -> Meta,
 ) -> anyhow::Result<RaceEvent> {
@@ -419,7 +473,7 @@ fn session(
             at_us,
             first_crossing,
         } => {
-            let at = now_us(engine, at_us)?;
+            let at = now.or(at_us)?;
             RaceEvent::SessionStarted {
                 session: SessionId(session),
                 start: match first_crossing {
@@ -430,11 +484,11 @@ fn session(
         }
         SessionCommand::Chequer { session, at_us } => RaceEvent::Chequered {
             session: SessionId(session),
-            at_us: now_us(engine, at_us)?,
+            at_us: now.or(at_us)?,
         },
         SessionCommand::End { session, at_us } => RaceEvent::SessionEnded {
             session: SessionId(session),
-            at_us: now_us(engine, at_us)?,
+            at_us: now.or(at_us)?,
         },
         SessionCommand::Settings {
             session,
@@ -497,7 +551,7 @@ fn staged(engine: &Engine, pair: &str) -> anyhow::Result<Staged> {
     })
 }
 
-fn decision(engine: &Engine, command: JudgeCommand) -> anyhow::Result<Action> {
+fn decision(engine: &Engine, now: Now, command: JudgeCommand) -> anyhow::Result<Action> {
     Ok(match command {
         JudgeCommand::Insert {
             competitor: c,
@@ -537,7 +591,7 @@ fn decision(engine: &Engine, command: JudgeCommand) -> anyhow::Result<Action> {
             competitor: competitor(engine, &c)?,
         },
         JudgeCommand::Rerun { after_us } => Action::Rerun {
-            after_us: now_us(engine, after_us)?,
+            after_us: now.or(after_us)?,
         },
         JudgeCommand::GateDrop { at_us } => Action::GateDrop { at_us },
     })

@@ -565,6 +565,79 @@ fn replay_reproduces_the_results_byte_for_byte_across_an_upcaster_and_arrival_or
     }
 }
 
+/// A flag given "now" (no `--at-us`) is stamped on the decoders' clock: the box's time plus the
+/// offset of the decoder's last answer to the node's clock query. Before any answer, the newest
+/// passing's time stands in.
+#[test]
+fn a_flag_given_now_is_stamped_on_the_decoders_clock_not_at_the_newest_passing() {
+    use events::catalog;
+    use spool::{AppendStream, ExpectedVersion, Metadata, StreamId};
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    write_race(&data, &[(1, 1, 31_000_000), (2, 2, 32_000_000)], false);
+    let d = dir.path();
+    let start_of = |session: u64| -> u64 {
+        let list: serde_json::Value =
+            serde_json::from_str(&ok(d, &["session", "list", "--json"])).unwrap();
+        let s = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["session"] == session)
+            .unwrap_or_else(|| panic!("no session {session}: {list}"));
+        s["start"]["Green"]["at_us"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{s}"))
+    };
+    ok(
+        d,
+        &[
+            "session", "create", "2", "--name", "Heat 2", "--kind", "race",
+        ],
+    );
+    ok(d, &["session", "start", "2"]);
+    assert_eq!(
+        start_of(2),
+        32_000_000,
+        "no clock answer: the newest passing"
+    );
+
+    // The decoder answered the node's clock query: its clock read 1,000 s then.
+    let host_us = spool::now_us();
+    let offset_us = 1_000_000_000 - i64::try_from(host_us).unwrap();
+    let clock = catalog::Clock {
+        decoder_id: Some(7),
+        decoder_rtc_us: 1_000_000_000,
+        host_us,
+        offset_us,
+    }
+    .encode(Metadata::default())
+    .unwrap();
+    let spool = spool::Spool::open(data.join("spool"), events::spool_config()).unwrap();
+    spool
+        .append_blocking(vec![AppendStream::new(
+            StreamId::new("decoder/07000000").unwrap(),
+            ExpectedVersion::Any,
+            vec![clock],
+        )])
+        .unwrap();
+    drop(spool);
+    ok(
+        d,
+        &[
+            "session", "create", "3", "--name", "Heat 3", "--kind", "race",
+        ],
+    );
+    ok(d, &["session", "start", "3"]);
+    let since = spool::now_us() - host_us;
+    let at = start_of(3);
+    assert!(
+        (1_000_000_000..=1_000_000_000 + since).contains(&at),
+        "the green flag at {at} µs on the decoder's clock, {since} µs after it read 1,000 s"
+    );
+}
+
 /// Every change command of `venue-node race` against a stopped node's spool: each is stored with
 /// its user and reason and shows in the audit trail; a decision after Final revises the results; a
 /// bad passing, competitor, decoder or session is refused by name (exit 2) and nothing is stored.

@@ -41,6 +41,36 @@ async fn a_stale_command_gets_409_with_the_current_state() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_decoders_now_comes_from_their_clock_answer_else_their_newest_passing() {
+    let b = TestBox::start(config()).await;
+    // Nothing heard yet: race control cannot stamp a flag, and says why.
+    let (status, body) = get(&b.url("/api/v1/clock")).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("not known yet"), "{body}");
+    // A passing alone: its decoder time, plus the time since the box stored it.
+    b.passing(1, 7001, 30_000_000).await;
+    let c = b.clock_when(|c| c["source"] == "newest_passing").await;
+    let now = c["decoder_now_us"].as_u64().unwrap();
+    assert!((30_000_000..40_000_000).contains(&now), "{c}");
+    assert_eq!(c["decoder"], "D0000C00", "{c}");
+    // The node's clock query: this decoder runs an hour ahead of the box.
+    b.decoder_clock(3_600_000_000).await;
+    let c = b.clock_when(|c| c["source"] == "clock_query").await;
+    assert_eq!(c["offset_us"], 3_600_000_000_i64, "{c}");
+    let (now, host) = (
+        c["decoder_now_us"].as_u64().unwrap(),
+        c["host_now_us"].as_u64().unwrap(),
+    );
+    assert_eq!(now - host, 3_600_000_000, "{c}");
+    let here = spool::now_us();
+    assert!(
+        host.abs_diff(here) < 10_000_000,
+        "the box's now: {host} against {here}"
+    );
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_need_the_right_role_and_wrong_tokens_are_rate_limited() {
     let b = TestBox::start(config()).await;
     b.race_setup(&[7001]).await;

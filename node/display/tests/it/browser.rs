@@ -204,7 +204,12 @@ async fn the_pages_load_follow_passings_send_commands_and_resume_after_a_restart
     browser.until("the second lap on the board", "const r = document.querySelector('#rows tr[data-competitor=\"1\"]'); return r !== null && r.dataset.laps === '2';").await;
     browser.screenshot("board-after-passing").await;
 
-    // A race-control button works.
+    // A race-control button works, and stamps its flag with now on the decoders' clock: the node's
+    // clock query says that is 65 s (past the newest passing, 61 s), as it is when the flag falls.
+    b.decoder_clock(65_000_000 - i64::try_from(spool::now_us()).unwrap())
+        .await;
+    b.clock_when(|c| c["source"] == "clock_query").await;
+    let clock_set = Instant::now();
     browser.go(&b.url("/control")).await;
     browser
         .js(&format!(
@@ -232,12 +237,20 @@ async fn the_pages_load_follow_passings_send_commands_and_resume_after_a_restart
         )
         .await;
     browser.screenshot("control-after-chequered").await;
+    let (_, sessions) = get(&b.url("/api/v1/sessions")).await;
+    let sessions: Value = serde_json::from_str(&sessions).unwrap();
+    let flag_us = sessions["sessions"][0]["chequered_us"].as_u64().unwrap();
+    let since = u64::try_from(clock_set.elapsed().as_micros()).unwrap();
+    assert!(
+        (65_000_000..=65_000_000 + since).contains(&flag_us),
+        "the flag at {flag_us} µs on the decoders' clock, {since} µs after it read 65 s"
+    );
     // A change from another tablet shows rather than being overwritten: this page still holds the
     // version it saw before someone else ends the session.
     let version = b.models.version(race::Stream::Session(race::SessionId(1)));
     b.run(race::RaceEvent::SessionEnded {
         session: race::SessionId(1),
-        at_us: 90_000_000,
+        at_us: flag_us + 1_000_000,
     })
     .await;
     // The page's old version and the click in one script, so no snapshot lands between them.

@@ -184,6 +184,48 @@ impl TestBox {
         appended[0].seq.0
     }
 
+    /// Stores the decoder's answer to the node's clock query: its clock is `offset_us` ahead of
+    /// the box's now. Returns its seq.
+    pub async fn decoder_clock(&self, offset_us: i64) -> u64 {
+        let host_us = spool::now_us();
+        let event = catalog::Clock {
+            decoder_id: Some(DECODER),
+            decoder_rtc_us: host_us.saturating_add_signed(offset_us),
+            host_us,
+            offset_us,
+        }
+        .encode(Metadata::default())
+        .unwrap();
+        let stream = StreamId::new("decoder/D0000C00").unwrap();
+        let appended = self
+            .spool
+            .append(vec![AppendStream::new(
+                stream,
+                ExpectedVersion::Any,
+                vec![event],
+            )])
+            .await
+            .unwrap();
+        appended[0].seq.0
+    }
+
+    /// `GET /api/v1/clock` until its answer passes `check`, for at most 10 s.
+    pub async fn clock_when(&self, check: impl Fn(&Value) -> bool) -> Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let (status, body) = get(&self.url("/api/v1/clock")).await;
+            let answer: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+            if status == 200 && check(&answer) {
+                return answer;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the clock never answered as expected: {status} {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Runs a race command straight on the models, as the staff would.
     pub async fn run(&self, event: race::RaceEvent) -> race::Recorded {
         let expected_version = self.models.version(event.stream());
