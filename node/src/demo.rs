@@ -50,6 +50,11 @@ pub const DEMO_SERIES_MOTOS: u32 = 3;
 pub const DEMO_MOTO_DECIDED_S: u64 = 36;
 /// How often the one-line summary is printed.
 pub const DEMO_SUMMARY_EVERY_S: u64 = 10;
+/// The demo's race-control token (`/control`): printed at the start, so a newcomer can press the
+/// buttons. Not a secret; a real box's tokens are set in its config.
+pub const DEMO_STAFF_TOKEN: &str = "demo-staff";
+/// The demo's technician token (`/tech`), likewise.
+pub const DEMO_TECHNICIAN_TOKEN: &str = "demo-technician";
 
 /// The `demo` command's arguments.
 #[derive(Debug, clap::Args)]
@@ -768,6 +773,11 @@ async fn demo(args: DemoArgs, cancel: CancellationToken) -> anyhow::Result<()> {
     // The node.
     let mut config = Config::demo(dir.join("node"), link.clone());
     config.display.listen = args.display;
+    let hash = |token: &str| {
+        display::auth::Tokens::parse_sha256(&display::auth::Tokens::sha256_hex(token))
+    };
+    config.display.staff_token_sha256 = hash(DEMO_STAFF_TOKEN);
+    config.display.technician_token_sha256 = hash(DEMO_TECHNICIAN_TOKEN);
     config.uplink = Some(UplinkSettings {
         central_url: format!("http://{wan_addr}"),
         failover_urls: Vec::new(),
@@ -812,6 +822,12 @@ async fn demo(args: DemoArgs, cancel: CancellationToken) -> anyhow::Result<()> {
             d.url()
         ),
         None => println!("The live display did not start (see the log): its port may be taken."),
+    }
+    if display.is_some() {
+        println!(
+            "Tokens for the pages' token box (the demo's own, not secret): race control \
+             `{DEMO_STAFF_TOKEN}`, technician `{DEMO_TECHNICIAN_TOKEN}`."
+        );
     }
     println!(
         "Try `venue-node spool stats --data-dir {}` in another terminal. Ctrl-C stops.\n",

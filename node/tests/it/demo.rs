@@ -10,11 +10,17 @@ const WAIT: Duration = Duration::from_secs(60);
 
 /// A GET on the demo's display, by hand: status and body.
 fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    get_as(port, path, None)
+}
+
+/// `get` with a bearer token.
+fn get_as(port: u16, path: &str, token: Option<&str>) -> Option<(u16, String)> {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let auth = token.map_or_else(String::new, |t| format!("Authorization: Bearer {t}\r\n"));
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Connection: close\r\n\r\n"
     )
     .ok()?;
     let mut answer = String::new();
@@ -98,6 +104,17 @@ fn demo_until_lapping(dir: &Path, session: u32, laps: u64) -> String {
             .any(|l| l.contains(&format!("http://127.0.0.1:{port}/board"))),
         "the demo prints the scoreboard's address: {seen:#?}"
     );
+    // The tokens it prints open race control and the technician's actions.
+    assert!(
+        seen.iter().any(|l| l.contains("race control `demo-staff`")
+            && l.contains("technician `demo-technician`")),
+        "the demo prints its tokens: {seen:#?}"
+    );
+    for (token, role) in [("demo-staff", "staff"), ("demo-technician", "technician")] {
+        let (code, body) = get_as(port, "/api/v1/whoami", Some(token)).expect("whoami");
+        assert_eq!(code, 200, "{body}");
+        assert!(body.contains(&format!("\"role\":\"{role}\"")), "{body}");
+    }
     let board = loop {
         let answer = get(port, &format!("/api/v1/sessions/{session}/leaderboard"));
         if let Some((200, body)) = &answer {
