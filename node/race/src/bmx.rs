@@ -264,7 +264,14 @@ pub(crate) fn series_board(
                 .or_insert_with(|| vec![None; boards.len()])[i] = r.points;
         }
     }
-    let last = |p: &Vec<Option<u32>>| p.last().copied().flatten().unwrap_or(u32::MAX);
+    // The last moto ridden: the series' last once complete; before that, the latest decided one,
+    // so standings mid-series break ties as they will at the end rather than showing them level.
+    let last_ridden = boards.iter().rposition(|b| b.decided);
+    let last = |p: &Vec<Option<u32>>| {
+        last_ridden
+            .and_then(|i| p.get(i).copied().flatten())
+            .unwrap_or(u32::MAX)
+    };
     let mut rows: Vec<SeriesRow> = points
         .into_iter()
         .map(|(c, p)| {

@@ -414,7 +414,8 @@ impl Default for SeriesSettings {
 /// Equal totals after the motos (RULES.md §1: varies by federation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TieBreak {
-    /// The better place in the last moto ranks ahead (FFC).
+    /// The better place in the last moto ranks ahead (FFC); before the series is complete, the
+    /// last moto ridden so far.
     LastMoto,
     /// Left tied and flagged: the riders race again (British Cycling).
     RunOff,

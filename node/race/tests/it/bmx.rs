@@ -214,6 +214,11 @@ fn a_drop_entered_by_hand_wins_and_a_rerun_forgets_the_first_run() {
 
 /// Three motos of five riders with points (transponder order = finishing order).
 fn series(w: &mut World, settings: SeriesSettings) -> SeriesId {
+    series_ridden(w, settings, 3)
+}
+
+/// A series of three motos of which the first `ridden` are ridden and ended.
+fn series_ridden(w: &mut World, settings: SeriesSettings, ridden: usize) -> SeriesId {
     let orders: [&[u32]; 3] = [
         &[500, 501, 502, 503, 504],
         &[501, 502, 500, 504, 503],
@@ -223,12 +228,14 @@ fn series(w: &mut World, settings: SeriesSettings) -> SeriesId {
     for (i, order) in orders.iter().enumerate() {
         let armed = 1000.0 + 500.0 * i as f64;
         let m = moto(w, i as u32 + 1, armed);
-        w.pass(FINISH_MAIN, 9992, s(armed + 10.0));
-        ride(w, armed + 10.075, order);
-        w.run(RaceEvent::SessionEnded {
-            session: m,
-            at_us: s(armed + 300.0),
-        });
+        if i < ridden {
+            w.pass(FINISH_MAIN, 9992, s(armed + 10.0));
+            ride(w, armed + 10.075, order);
+            w.run(RaceEvent::SessionEnded {
+                session: m,
+                at_us: s(armed + 300.0),
+            });
+        }
         motos.push(m);
     }
     let series = SeriesId(1);
@@ -281,6 +288,32 @@ fn a_three_moto_series_totals_breaks_ties_and_transfers() {
         .map(|r| r.tied)
         .collect();
     assert_eq!(tied, [true, true, true, false, false]);
+}
+
+#[test]
+fn standings_mid_series_break_ties_by_the_last_moto_ridden() {
+    // After two motos of three: 22: 2+1 = 3; 11: 1+3 = 4; 33: 3+2 = 5; 44: 4+5 = 9; 55: 5+4 = 9.
+    // 44 and 55 are level; moto 2 is the last one ridden, and 55 placed ahead of 44 there.
+    let mut w = track();
+    let id = series_ridden(&mut w, SeriesSettings::default(), 2);
+    let b = w.engine.series_board(id).unwrap();
+    assert!(!b.complete);
+    let rows: Vec<_> = b
+        .rows
+        .iter()
+        .map(|r| (r.rank, r.number.as_str(), r.total, r.tied, r.qualified))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            (1, "22", 3, false, false),
+            (2, "11", 4, false, false),
+            (3, "33", 5, false, false),
+            (4, "55", 9, false, false),
+            (5, "44", 9, false, false),
+        ]
+    );
+    assert_eq!(b.rows[3].points, [Some(5), Some(4), None]);
 }
 
 #[test]
