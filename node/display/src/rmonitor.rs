@@ -31,7 +31,8 @@
 //!   `$E,"TRACKNAME"` (the track id); then a `$F` at once.
 //! - **`$F` every second,** idle or not: laps to go (9999 when the session has no lap limit, 0 with
 //!   no session), time to go (`00:00:00` with no time limit), the box's UTC time of day, the race
-//!   time since the clock's start, and the flag (`"Green "`, `"Finish"` once chequered, `"      "`
+//!   time since the clock's start (on the decoders' clock: the box's time plus the offset from the
+//!   decoder's answer to the node's clock query), and the flag (`"Green "`, `"Finish"` once chequered, `"      "`
 //!   with no session).
 //! - **Per passing:** `$C`/`$A`/`$COMP` when that competitor is new or changed since last sent,
 //!   then `$J` (lap time, total time), `$G` and `$H` of the passing car, then `$G` and `$H` of the
@@ -279,6 +280,7 @@ async fn feed(display: Arc<Display>, mut joins: mpsc::Receiver<Client>) {
                 let records = state.update(&picture(&display).await);
                 broadcast(&display, &mut clients, records);
                 dirty = false;
+                state.set_decoder_offset(decoder_offset(&display));
                 let dump = state.dump() + &state.heartbeat(SystemTime::now());
                 if client.queue.try_send(dump.into()).is_ok() {
                     clients.push(client);
@@ -297,11 +299,22 @@ async fn feed(display: Arc<Display>, mut joins: mpsc::Receiver<Client>) {
                 next_board = Instant::now() + Duration::from_millis(RMONITOR_BOARD_INTERVAL_MS);
             }
             _ = heartbeat.tick() => {
+                state.set_decoder_offset(decoder_offset(&display));
                 let f = state.heartbeat(SystemTime::now());
                 broadcast(&display, &mut clients, f);
             }
         }
     }
+}
+
+/// The decoders' clock less the box's, from the hub's decoder board (a copy of a small map, once
+/// a second).
+fn decoder_offset(display: &Display) -> Option<i64> {
+    display
+        .hub
+        .decoders()
+        .decoder_now(spool::now_us())
+        .map(|now| now.offset_us)
 }
 
 /// Puts `records` in every client's queue; a client whose queue is full is closed and counted.
@@ -392,6 +405,10 @@ pub struct Feed {
     classes: Vec<String>,
     /// Decoder time minus the box's time, from the newest passing when it was new.
     clock_offset_us: Option<i128>,
+    /// The same from the hub ([`DecoderBoard::decoder_now`](crate::hub::DecoderBoard::decoder_now)):
+    /// the decoder's answer to the node's clock query, else its newest passing's capture time.
+    /// Used when known.
+    decoder_offset_us: Option<i64>,
     latest_us: Option<u64>,
 }
 
@@ -408,8 +425,15 @@ impl Feed {
             sent: HashMap::new(),
             classes: Vec::new(),
             clock_offset_us: None,
+            decoder_offset_us: None,
             latest_us: None,
         }
+    }
+
+    /// The decoders' clock less the box's, as the hub knows it; `None` keeps the estimate from
+    /// the newest passing's arrival.
+    pub fn set_decoder_offset(&mut self, offset_us: Option<i64>) {
+        self.decoder_offset_us = offset_us;
     }
 
     /// Takes a new picture; returns the records that tell what changed since the last one.
@@ -634,7 +658,11 @@ impl Feed {
             return format!("$F,0,\"00:00:00\",\"{tod}\",\"00:00:00\",\"      \"\r\n");
         };
         let board = self.board.as_ref();
-        let race_us = match (board.and_then(|b| b.clock_start_us), self.clock_offset_us) {
+        let offset = self
+            .decoder_offset_us
+            .map(i128::from)
+            .or(self.clock_offset_us);
+        let race_us = match (board.and_then(|b| b.clock_start_us), offset) {
             (Some(start), Some(offset)) => {
                 let decoder_now = i128::from(spool::now_us()) + offset;
                 u64::try_from((decoder_now - i128::from(start)).max(0)).unwrap_or(u64::MAX)

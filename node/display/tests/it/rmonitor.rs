@@ -276,6 +276,27 @@ async fn f_comes_every_second_and_an_idle_box_says_no_session() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f_counts_race_time_on_the_decoders_clock() {
+    let b = TestBox::start(config()).await;
+    // A race whose green flag fell at decoder time 0, and no passing yet.
+    b.race_setup(&[7001]).await;
+    // The decoder answered the node's clock query: its clock reads 10 minutes now.
+    b.decoder_clock(600_000_000 - i64::try_from(spool::now_us()).unwrap())
+        .await;
+    b.clock_when(|c| c["source"] == "clock_query").await;
+    let addr = serve(&b, 4, 64).await;
+    let mut client = Client::connect(addr).await;
+    let dump = client.until(|l| l.starts_with("$F,")).await;
+    let f = dump.last().unwrap();
+    let race_time = f.split(',').nth(4).unwrap();
+    assert!(
+        ["\"00:10:00\"", "\"00:10:01\"", "\"00:10:02\""].contains(&race_time),
+        "ten minutes since the green flag on the decoder's clock: {f}"
+    );
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_reader_is_closed_and_counted_without_stalling_another_client() {
     let b = TestBox::start(config()).await;
     // Forty riders, so every board the feed reads moves forty cars: the buffers fill within a few
