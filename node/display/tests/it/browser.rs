@@ -223,6 +223,13 @@ async fn the_pages_load_follow_passings_send_commands_and_resume_after_a_restart
             "return document.body.dataset.phase === 'running';",
         )
         .await;
+    // The page shows the clock it will stamp with, and where the box has it from.
+    browser
+        .until(
+            "race control to show the decoders' clock",
+            "const t = document.getElementById('clock').textContent; return /^decoder clock 00:0[12]:\\d\\d UTC/.test(t) && t.includes(\"from the decoder's answer\");",
+        )
+        .await;
     browser.click("#chequered").await;
     browser
         .until(
