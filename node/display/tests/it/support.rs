@@ -145,6 +145,11 @@ impl TestBox {
                 .unwrap()
             })
             .collect();
+        self.store(events).await
+    }
+
+    /// Stores events on the test decoder's stream in one append; returns their seqs.
+    async fn store(&self, events: Vec<spool::NewEvent>) -> Vec<u64> {
         let stream = StreamId::new("decoder/D0000C00").unwrap();
         let appended = self
             .spool
@@ -171,17 +176,7 @@ impl TestBox {
         }
         .encode(Metadata::default())
         .unwrap();
-        let stream = StreamId::new("decoder/D0000C00").unwrap();
-        let appended = self
-            .spool
-            .append(vec![AppendStream::new(
-                stream,
-                ExpectedVersion::Any,
-                vec![event],
-            )])
-            .await
-            .unwrap();
-        appended[0].seq.0
+        self.store(vec![event]).await[0]
     }
 
     /// Stores the decoder's answer to the node's clock query: its clock is `offset_us` ahead of
@@ -196,17 +191,7 @@ impl TestBox {
         }
         .encode(Metadata::default())
         .unwrap();
-        let stream = StreamId::new("decoder/D0000C00").unwrap();
-        let appended = self
-            .spool
-            .append(vec![AppendStream::new(
-                stream,
-                ExpectedVersion::Any,
-                vec![event],
-            )])
-            .await
-            .unwrap();
-        appended[0].seq.0
+        self.store(vec![event]).await[0]
     }
 
     /// `GET /api/v1/clock` until its answer passes `check`, for at most 10 s.

@@ -248,6 +248,14 @@ fn series_ridden(w: &mut World, settings: SeriesSettings, ridden: usize) -> Seri
     series
 }
 
+/// A series board's rows as (rank, number, total, tied, qualified).
+fn standings_of(b: &race::SeriesBoard) -> Vec<(u32, &str, u32, bool, bool)> {
+    b.rows
+        .iter()
+        .map(|r| (r.rank, r.number.as_str(), r.total, r.tied, r.qualified))
+        .collect()
+}
+
 #[test]
 fn a_three_moto_series_totals_breaks_ties_and_transfers() {
     // Points: 11: 1+3+2 = 6; 22: 2+1+3 = 6; 33: 3+2+1 = 6; 44: 4+5+4 = 13; 55: 5+4+5 = 14.
@@ -256,13 +264,8 @@ fn a_three_moto_series_totals_breaks_ties_and_transfers() {
     let id = series(&mut w, SeriesSettings::default());
     let b = w.engine.series_board(id).unwrap();
     assert!(b.complete);
-    let rows: Vec<_> = b
-        .rows
-        .iter()
-        .map(|r| (r.rank, r.number.as_str(), r.total, r.tied, r.qualified))
-        .collect();
     assert_eq!(
-        rows,
+        standings_of(&b),
         [
             (1, "33", 6, false, true),
             (2, "11", 6, false, true),
@@ -298,13 +301,8 @@ fn standings_mid_series_break_ties_by_the_last_moto_ridden() {
     let id = series_ridden(&mut w, SeriesSettings::default(), 2);
     let b = w.engine.series_board(id).unwrap();
     assert!(!b.complete);
-    let rows: Vec<_> = b
-        .rows
-        .iter()
-        .map(|r| (r.rank, r.number.as_str(), r.total, r.tied, r.qualified))
-        .collect();
     assert_eq!(
-        rows,
+        standings_of(&b),
         [
             (1, "22", 3, false, false),
             (2, "11", 4, false, false),
