@@ -1,6 +1,6 @@
 //! Decoder byte in to durable in the spool, through a real pseudo-terminal and tokio-serial.
 //!
-//! The bench plays the decoder on the PTY master, stamping the moment each PASSING's last byte is
+//! The bench plays the decoder on the PTY master, stamping each PASSING just before its bytes are
 //! written; the node (in this process) reads the slave. Durable is the moment the writer's
 //! `fdatasync` returned, stamped on the writer's thread ([`spool::Spool::watch_durable`]), as the
 //! floor stamps its own sync; a thread of the bench's, parked on that mark, also stamps when it woke
@@ -14,10 +14,13 @@
 //! another). Then the node as its own process at a steady 100 passings/s: CPU % and RSS, the
 //! small-box budget.
 //!
-//! Each latency run is a child process of the bench: the node's default (the spool's writer and
-//! apply threads on cores apart, an append commits on the input's thread when the spool's writer
-//! is idle, and the input reads while up to two appends are in flight), the same with the spool's
-//! threads on any core (the previous default, `VENUE_SPOOL_THREAD_CORES=any`), every append
+//! Each latency run is a child process of the bench: the node's default (the decoder inputs on a
+//! thread of their own, kept with the spool's writer to the core that takes the disk's
+//! interrupts, the spool's apply thread on another core, and the input reading while up to two
+//! appends are in flight; see `node::runtime::input_thread`), the inputs on the runtime's workers
+//! where an append commits on the input's worker when the spool's writer is idle (the previous
+//! default, `VENUE_NODE_INPUT_THREAD=workers`; the rows below all keep it), the same with the
+//! spool's threads on any core (`VENUE_SPOOL_THREAD_CORES=any`), every append
 //! through the writer thread's queue (`VENUE_SPOOL_CALLER_COMMITS=0`, the default before that),
 //! one append in flight (`VENUE_NODE_INPUT_IN_FLIGHT=1`, an earlier default; waiting for each
 //! append before reading again, `VENUE_NODE_INPUT_SERIAL=1`, is selectable with
@@ -256,10 +259,12 @@ async fn latency_run(rate: u32, seconds: u64, drain: bool) -> Run {
             for n in 1..=total as u32 {
                 tokio::time::sleep_until(start + interval * n).await;
                 let frame = passing(n);
+                // Stamped before the write (as the display bench does): stamped after it, a
+                // reader on this core that preempts the write's return is already framing and
+                // syncing the passing when the stamp is taken (before 2026-12-03 it was).
+                let stamp = (Instant::now(), spool::now_us());
                 AsyncWriteExt::write_all(&mut master, &frame).await.unwrap();
-                sent.lock()
-                    .unwrap()
-                    .insert(n, (Instant::now(), spool::now_us()));
+                sent.lock().unwrap().insert(n, stamp);
             }
             master
         }
@@ -430,9 +435,6 @@ fn child(rate: u32, seconds: u64) {
     }
 }
 
-/// Seconds of the paced floor measured before each run.
-const FLOOR_PACED_SECONDS: usize = 5;
-
 /// The runs the bench compares: (label, the input's path, and if the uplink drains a backlog
 /// beside the run, the value of [`uplink::drain::UPLINK_DRAIN_CORE_ENV`]). The input's path is
 /// `0` for the node's default, `any` for the default with the spool's threads on any core
@@ -442,10 +444,15 @@ const FLOOR_PACED_SECONDS: usize = 5;
 /// append ([`node::runtime::input::INPUT_SERIAL_ENV`]`=1`; no longer a row, still selectable),
 /// and `eager` for the default with each durable group's inserts handed to the spool's apply
 /// thread at once ([`node::runtime::SPOOL_APPLY_LINGER_ENV`]`=0`).
-const PATHS: [(&str, &str, Option<&str>); 6] = [
+const PATHS: [(&str, &str, Option<&str>); 7] = [
     (
-        "the node's default (the spool's writer and apply threads on cores apart, an idle writer's commit on the input's thread, two appends in flight)",
+        "the node's default (the inputs on a thread of their own on the disk's interrupt core, beside the spool's writer; its apply thread on another core; two appends in flight)",
         "0",
+        None,
+    ),
+    (
+        "the inputs on the runtime's workers, an idle writer's commit on the input's worker (VENUE_NODE_INPUT_THREAD=workers, the default before 2026-12-03)",
+        "workers",
         None,
     ),
     (
@@ -479,9 +486,17 @@ const PATHS: [(&str, &str, Option<&str>); 6] = [
 const APPLY_LINGER_MS_DEFAULT: &str = "250";
 
 /// The environment that selects the input's path (see [`PATHS`]).
-fn path_envs(path: &str) -> [(&'static str, &'static str); 5] {
+fn path_envs(path: &str) -> [(&'static str, &'static str); 6] {
     let eager = path == "eager";
     [
+        (
+            node::runtime::input_thread::INPUT_THREAD_ENV,
+            if path == "0" || path == "1" {
+                "own"
+            } else {
+                "workers"
+            },
+        ),
         (
             node::runtime::input::INPUT_SERIAL_ENV,
             if path == "1" { "1" } else { "0" },
@@ -492,7 +507,7 @@ fn path_envs(path: &str) -> [(&'static str, &'static str); 5] {
         ),
         (
             node::runtime::SPOOL_CALLER_COMMITS_ENV,
-            if path == "0" || path == "any" || eager {
+            if path == "0" || path == "workers" || path == "any" || eager {
                 "1"
             } else {
                 "0"
@@ -533,7 +548,11 @@ fn main() {
     for rate in [100u32, 1000] {
         for round in 1..=rounds {
             let fl = floor(dir.path(), 1000);
-            let paced = paced_floor(dir.path(), rate as usize * FLOOR_PACED_SECONDS, rate);
+            // As many samples as each node run takes (before 2026-12-03: 5 s, half a run). This
+            // disk has episodes of ~0.2 s in which every sync takes ~1 ms, a lone process's too
+            // (a 60-s paced floor had its p99 at 916 µs, its p50 at 258), so a p99 over fewer
+            // samples than the node's caught them by chance.
+            let paced = paced_floor(dir.path(), rate as usize * seconds as usize, rate);
             println!(
                 "round {round}: floor at {rate}/s (96 B in place + fdatasync, paced, same disk): p50 {:.0} µs  p99 {:.0} µs  p99.9 {:.0} µs",
                 pct(&paced, 0.5),

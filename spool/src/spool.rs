@@ -101,7 +101,8 @@ pub struct SpoolConfig {
     /// the writer thread between the caller's read and its `pwrite`. A synchronous append
     /// ([`Spool::append_blocking`]) needs only nothing queued and the writer's lock free: it
     /// waits either way, and saves the writer's wake-up and its own. A busy writer (or a
-    /// current-thread runtime) gets the request through the queue as before. `false` sends every
+    /// current-thread runtime, unless its thread is marked by [`commit_appends_on_this_thread`])
+    /// gets the request through the queue as before. `false` sends every
     /// append through the queue, the former way, kept so the benches measure both in one run.
     pub caller_commits: bool,
     /// How long the writer must have been idle for [`SpoolConfig::caller_commits`]; the default is
@@ -132,6 +133,20 @@ enum Caller {
     Async,
     /// [`Spool::append_blocking`], on a thread of its own.
     Blocking,
+}
+
+std::thread_local! {
+    /// Set by [`commit_appends_on_this_thread`]: this thread's async appends may commit right here.
+    static CALLER_COMMITS_HERE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Lets [`Spool::append`] commit on the calling thread when the writer is idle
+/// ([`SpoolConfig::caller_commits`]) though it runs a current-thread runtime, blocking that
+/// runtime for the journal write and its sync, without `block_in_place`. For a thread of its
+/// caller's own whose every task can wait that long (the node's decoder inputs' thread); any other
+/// current-thread runtime sends its appends through the writer's queue.
+pub fn commit_appends_on_this_thread() {
+    CALLER_COMMITS_HERE.set(true);
 }
 
 /// Where the spool's writer and apply threads run ([`SpoolConfig::thread_cores`]).
@@ -500,7 +515,8 @@ impl Spool {
 
     /// Commit `batch` on this thread if the writer is free ([`SpoolConfig::caller_commits`]);
     /// the batch back otherwise, for the queue. An async caller must be a worker of a
-    /// multi-thread runtime and find the writer idle for [`SpoolConfig::caller_commit_idle`]; a
+    /// multi-thread runtime, or on a thread marked by [`commit_appends_on_this_thread`], and find
+    /// the writer idle for [`SpoolConfig::caller_commit_idle`]; a
     /// synchronous caller (on no runtime's thread) only needs the writer free. The writer's lock
     /// makes this group one like any other: validated against the same state, journaled and
     /// synced, published and answered by the same code, then the same upkeep (a background
@@ -520,7 +536,7 @@ impl Spool {
                 let multi_thread = tokio::runtime::Handle::try_current().is_ok_and(|h| {
                     h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
                 });
-                if !multi_thread {
+                if !multi_thread && !CALLER_COMMITS_HERE.get() {
                     return Err(batch);
                 }
                 let idle_us = crate::types::now_us().saturating_sub(
@@ -570,8 +586,8 @@ impl Spool {
             }));
         };
         match caller {
-            Caller::Async => tokio::task::block_in_place(serve),
-            Caller::Blocking => serve(),
+            Caller::Async if !CALLER_COMMITS_HERE.get() => tokio::task::block_in_place(serve),
+            Caller::Async | Caller::Blocking => serve(),
         }
         if commits.load(std::sync::atomic::Ordering::Relaxed) != before {
             self.inner

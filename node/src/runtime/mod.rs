@@ -14,6 +14,7 @@ pub mod events;
 pub mod gaps;
 pub mod identity;
 pub mod input;
+pub mod input_thread;
 pub mod notify;
 pub mod probe;
 pub mod status;
@@ -290,6 +291,7 @@ impl Node {
             uplink: None,
             status: self.status.clone(),
         };
+        let inputs_thread = self.start_inputs_thread(config).await?;
         for d in &config.decoders {
             let Some(source) = input::Source::from_config(&d.kind) else {
                 // The runtime reads real devices only; `venue-node run` (node::run) serves a
@@ -315,7 +317,14 @@ impl Node {
                 tx
             });
             targets.inputs.insert(d.name.clone(), commands);
-            tracker.spawn(input.run(cancel.clone()));
+            match &inputs_thread {
+                Some(thread) => {
+                    tracker.spawn(thread.spawn(input.run(cancel.clone())));
+                }
+                None => {
+                    tracker.spawn(input.run(cancel.clone()));
+                }
+            }
         }
         if let Some(u) = &config.uplink {
             targets.uplink = Some(self.start_uplink(&tracker, config, u, cancel.clone())?);
@@ -358,6 +367,11 @@ impl Node {
         self.notifier.notify("STOPPING=1");
         tracing::info!("shutting down: finishing in-flight frames");
         tracker.wait().await;
+        if let Some(thread) = inputs_thread {
+            tokio::task::spawn_blocking(move || thread.stop())
+                .await
+                .context("stopping the decoder inputs' thread")?;
+        }
         let stopping = catalog::NodeStopping {
             version: env!("CARGO_PKG_VERSION").into(),
             boot_id: self.boot_id.clone(),
@@ -374,6 +388,29 @@ impl Node {
 }
 
 impl Node {
+    /// The decoder inputs' thread ([`input_thread`]), kept to the spool writer's cores when the
+    /// node keeps its spool threads apart; `None` when the inputs run on the runtime's workers
+    /// ([`input_thread::INPUT_THREAD_ENV`]) or there is no decoder.
+    async fn start_inputs_thread(
+        &self,
+        config: &Config,
+    ) -> anyhow::Result<Option<input_thread::InputThread>> {
+        if config.decoders.is_empty()
+            || input_thread::Placement::from_env() == input_thread::Placement::Workers
+        {
+            return Ok(None);
+        }
+        let dir = config.spool_dir();
+        let thread = tokio::task::spawn_blocking(move || {
+            let cores = spool_thread_cores(&dir).map(|c| c.writer);
+            input_thread::InputThread::start(cores)
+        })
+        .await
+        .context("decoder inputs' thread task")?
+        .context("starting the decoder inputs' thread")?;
+        Ok(Some(thread))
+    }
+
     /// Starts the drain to central beside the inputs; its status is mirrored into the node's.
     /// Returns its retry handle, for the technician's "retry now".
     fn start_uplink(

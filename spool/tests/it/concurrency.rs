@@ -233,6 +233,60 @@ fn racing_appenders_see_each_others_versions_and_keys_in_both_apply_modes() {
     }
 }
 
+/// A current-thread runtime's appends go through the writer's queue (it has no `block_in_place`),
+/// unless its thread was marked with `commit_appends_on_this_thread` (the node's decoder inputs'
+/// thread): then an append that finds the writer idle commits right there. Either way each one is
+/// stored, in order.
+#[test]
+fn a_marked_current_thread_runtime_commits_appends_on_its_thread() {
+    for marked in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = spool::SpoolConfig {
+            caller_commit_idle: std::time::Duration::ZERO,
+            ..opaque_config()
+        };
+        let spool = Spool::open(dir.path(), config).unwrap();
+        let spool_ = spool.clone();
+        std::thread::spawn(move || {
+            if marked {
+                spool::commit_appends_on_this_thread();
+            }
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                for i in 0..10u32 {
+                    spool_
+                        .append(vec![part(
+                            "here",
+                            ExpectedVersion::Exact(u64::from(i)),
+                            vec![event(format!("here-{i}").as_bytes())],
+                        )])
+                        .await
+                        .unwrap();
+                }
+            });
+        })
+        .join()
+        .unwrap();
+        let stats = spool.stats().unwrap();
+        if marked {
+            assert_eq!(stats.caller_commits, 10, "{stats:?}");
+        } else {
+            assert_eq!(stats.caller_commits, 0, "{stats:?}");
+        }
+        let bodies: Vec<Vec<u8>> = spool
+            .read_stream(&stream("here"), 1, 100)
+            .unwrap()
+            .iter()
+            .map(body)
+            .collect();
+        let expected: Vec<Vec<u8>> = (0..10).map(|i| format!("here-{i}").into_bytes()).collect();
+        assert_eq!(bodies, expected);
+    }
+}
+
 /// On a multi-thread runtime an append commits on its caller's thread when the writer is idle (here
 /// with no idle time required, so the test needs no pause), and through the writer's queue
 /// otherwise. Either way every task's appends are stored in the

@@ -1,0 +1,153 @@
+//! The decoder inputs' own thread: a single-threaded async runtime on a thread of its own, kept to
+//! the cores where the spool's `fdatasync` ends (the spool writer's cores, see
+//! [`super::spool_thread_cores`]).
+//!
+//! Why (issue 14, measured on the 2-core build VM): a passing's append ends in an `fdatasync`
+//! whose completion interrupt arrives on the disk's interrupt core. A thread waiting on another
+//! core is woken from there by an inter-processor interrupt, and on a virtual machine whose other
+//! vCPU is halted that wake-up costs about 100 µs: the same paced 96-byte `fdatasync` measured
+//! p50 259 µs kept to the interrupt core and 358-387 µs kept to the other one. On the runtime's
+//! work-stealing workers a decoder's task, and the append it commits on its worker, land on
+//! either core, so the node paid that wake-up for a share of its passings.
+//!
+//! Here the inputs' reads, framing and appends stay on the disk's core, and so does the spool's
+//! writer thread. An append that finds the writer idle (a quiet track) commits right here
+//! ([`spool::commit_appends_on_this_thread`]): the thread blocks for the journal write and its
+//! sync, which saves the writer thread's wake-up (the hand-off fell from 14-15 to 6-7 µs at p50,
+//! 100/s). A busy writer (1,000/s) gets the append through its queue, a wake-up on the same core,
+//! and the input reads on while it syncs. While a commit blocks the thread, the other decoders'
+//! bytes wait in the kernel's buffers (a sync is ~0.3 ms; a line at 115200 baud fills 4 KiB in a
+//! third of a second). Everything else (the display, the uplink, the race projection) runs on the
+//! runtime's workers and the other cores.
+//!
+//! [`INPUT_THREAD_ENV`]`=workers` runs the inputs on the runtime's workers, as before 2026-12-03,
+//! so `cargo bench -p node` measures both in one run.
+
+use std::future::Future;
+
+use tokio::runtime::Handle;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Set to `workers`, the decoder inputs run on the async runtime's workers (the node's placement
+/// before 2026-12-03) instead of on a thread of their own ([`InputThread`]). Kept so
+/// `cargo bench -p node` measures both in the same run; not for production.
+pub const INPUT_THREAD_ENV: &str = "VENUE_NODE_INPUT_THREAD";
+
+/// Where the decoder inputs run, from [`INPUT_THREAD_ENV`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// On a thread of their own (the default).
+    OwnThread,
+    /// On the runtime's workers (before 2026-12-03).
+    Workers,
+}
+
+impl Placement {
+    /// The placement the environment asks for; an unknown value is logged and ignored.
+    pub fn from_env() -> Placement {
+        match std::env::var(INPUT_THREAD_ENV).as_deref() {
+            Ok("workers") => Placement::Workers,
+            Ok("own") | Err(_) => Placement::OwnThread,
+            Ok(other) => {
+                tracing::warn!(
+                    value = other,
+                    "{INPUT_THREAD_ENV} is neither own nor workers; using own"
+                );
+                Placement::OwnThread
+            }
+        }
+    }
+}
+
+/// The inputs' thread and its runtime. Tasks spawned here run until they end or the thread is
+/// stopped ([`InputThread::stop`], or dropped: then it stops without waiting).
+pub struct InputThread {
+    handle: Handle,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl InputThread {
+    /// Starts the thread, kept to `cores` when given (a warning, not an error, if it cannot be).
+    pub fn start(cores: Option<Vec<usize>>) -> std::io::Result<InputThread> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("decoder-input".into())
+            .spawn(move || {
+                if let Some(cores) = cores {
+                    spool::keep_thread_to("decoder-input", &cores);
+                }
+                spool::commit_appends_on_this_thread();
+                // A current-thread runtime runs its spawned tasks while its thread is inside
+                // `block_on`: this thread stays there until it is asked to stop.
+                runtime.block_on(async {
+                    let _ = stopped.await;
+                });
+                // Tasks still running are dropped with the runtime, here on its own thread.
+            })?;
+        Ok(InputThread {
+            handle,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    /// Runs `task` on the inputs' thread; await the handle from any runtime.
+    pub fn spawn<F>(&self, task: F) -> JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.handle.spawn(task)
+    }
+
+    /// Stops the thread and waits for it (this blocks: call it off the async workers). Tasks still
+    /// running are dropped.
+    pub fn stop(mut self) {
+        self.stop.take().map(|s| s.send(()));
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("the decoder inputs' thread panicked");
+        }
+    }
+}
+
+impl Drop for InputThread {
+    fn drop(&mut self) {
+        // Not joined here: a drop may happen on an async worker, which must not block.
+        self.stop.take().map(|s| s.send(()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tasks_run_on_the_inputs_thread_and_stop_ends_it() {
+        let thread = InputThread::start(spool::allowed_cores()).unwrap();
+        let name = thread
+            .spawn(async {
+                // A timer and a blocking call work there, as the inputs use both.
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                tokio::task::spawn_blocking(|| 1 + 1).await.unwrap();
+                std::thread::current().name().map(str::to_owned)
+            })
+            .await
+            .unwrap();
+        assert_eq!(name.as_deref(), Some("decoder-input"));
+        // A task that never ends is dropped when the thread stops, and stop returns.
+        let forever = thread.spawn(std::future::pending::<()>());
+        tokio::task::spawn_blocking(move || thread.stop())
+            .await
+            .unwrap();
+        let ended = forever.await.unwrap_err();
+        assert!(ended.is_cancelled(), "{ended}");
+    }
+}
