@@ -6,15 +6,15 @@
 //! whose completion interrupt arrives on the disk's interrupt core. A thread waiting on another
 //! core is woken from there by an inter-processor interrupt, and on a virtual machine whose other
 //! vCPU is halted that wake-up costs about 100 µs: the same paced 96-byte `fdatasync` measured
-//! p50 259 µs kept to the interrupt core and 358-387 µs kept to the other one. On the runtime's
+//! p50 262-264 µs kept to the interrupt core and 373-379 µs kept to the other one. On the runtime's
 //! work-stealing workers a decoder's task, and the append it commits on its worker, land on
 //! either core, so the node paid that wake-up for a share of its passings.
 //!
 //! Here the inputs' reads, framing and appends stay on the disk's core, and so does the spool's
 //! writer thread. An append that finds the writer idle (a quiet track) commits right here
 //! ([`spool::commit_appends_on_this_thread`]): the thread blocks for the journal write and its
-//! sync, which saves the writer thread's wake-up (the hand-off fell from 14-15 to 6-7 µs at p50,
-//! 100/s). A busy writer (1,000/s) gets the append through its queue, a wake-up on the same core,
+//! sync, which saves the writer thread's wake-up (frame to hand-off 8 µs at p50 at 100/s,
+//! against 12 µs on the workers). A busy writer (1,000/s) gets the append through its queue, a wake-up on the same core,
 //! and the input reads on while it syncs. While a commit blocks the thread, the other decoders'
 //! bytes wait in the kernel's buffers (a sync is ~0.3 ms; a line at 115200 baud fills 4 KiB in a
 //! third of a second). Everything else (the display, the uplink, the race projection) runs on the
