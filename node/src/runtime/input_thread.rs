@@ -71,8 +71,17 @@ pub struct InputThread {
 impl InputThread {
     /// Starts the thread, kept to `cores` when given (a warning, not an error, if it cannot be).
     pub fn start(cores: Option<Vec<usize>>) -> std::io::Result<InputThread> {
+        // Its blocking jobs (opening a device, reading the spool as a decoder connects) run on
+        // threads it starts, which would inherit its cores: they get the process's back, so the
+        // disk's core stays with the inputs and the writer.
+        let anywhere = spool::allowed_cores();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
+            .on_thread_start(move || {
+                if let Some(all) = &anywhere {
+                    spool::keep_thread_to("decoder-input-blocking", all);
+                }
+            })
             .build()?;
         let handle = runtime.handle().clone();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -131,17 +140,25 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn tasks_run_on_the_inputs_thread_and_stop_ends_it() {
-        let thread = InputThread::start(spool::allowed_cores()).unwrap();
-        let name = thread
+        let all = spool::allowed_cores().unwrap();
+        let first = vec![all[0]];
+        let thread = InputThread::start(Some(first.clone())).unwrap();
+        let (name, cores, blocking_cores) = thread
             .spawn(async {
                 // A timer and a blocking call work there, as the inputs use both.
                 tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-                tokio::task::spawn_blocking(|| 1 + 1).await.unwrap();
-                std::thread::current().name().map(str::to_owned)
+                let blocking_cores = tokio::task::spawn_blocking(spool::allowed_cores)
+                    .await
+                    .unwrap();
+                let name = std::thread::current().name().map(str::to_owned);
+                (name, spool::allowed_cores(), blocking_cores)
             })
             .await
             .unwrap();
         assert_eq!(name.as_deref(), Some("decoder-input"));
+        // The inputs keep to the cores given; their blocking jobs run anywhere.
+        assert_eq!(cores, Some(first));
+        assert_eq!(blocking_cores, Some(all));
         // A task that never ends is dropped when the thread stops, and stop returns.
         let forever = thread.spawn(std::future::pending::<()>());
         tokio::task::spawn_blocking(move || thread.stop())
