@@ -80,6 +80,21 @@ pub fn append_part(
         .expect("append")
 }
 
+/// Appends `n` events to stream `name` through the async API, one append each, the `i`-th at
+/// version `i` carrying `{name}-{i}`.
+pub async fn append_numbered(spool: &Spool, name: &str, n: u32) {
+    for i in 0..n {
+        spool
+            .append(vec![part(
+                name,
+                ExpectedVersion::Exact(u64::from(i)),
+                vec![event(format!("{name}-{i}").as_bytes())],
+            )])
+            .await
+            .expect("append");
+    }
+}
+
 /// Appends one test event carrying `body` to stream `a`, with no version expected.
 pub fn append_one(spool: &Spool, body: &[u8]) {
     spool

@@ -3,7 +3,8 @@
 use spool::{ExpectedVersion, Seq, Spool, SpoolError, SpoolReader};
 
 use crate::common::{
-    append_one, append_part, body, event, opaque_config, part, spool_half_checkpointed, stream,
+    append_numbered, append_one, append_part, body, event, opaque_config, part,
+    spool_half_checkpointed, stream,
 };
 
 #[test]
@@ -255,18 +256,7 @@ fn a_marked_current_thread_runtime_commits_appends_on_its_thread() {
                 .enable_all()
                 .build()
                 .unwrap();
-            rt.block_on(async {
-                for i in 0..10u32 {
-                    spool_
-                        .append(vec![part(
-                            "here",
-                            ExpectedVersion::Exact(u64::from(i)),
-                            vec![event(format!("here-{i}").as_bytes())],
-                        )])
-                        .await
-                        .unwrap();
-                }
-            });
+            rt.block_on(append_numbered(&spool_, "here", 10));
         })
         .join()
         .unwrap();
@@ -311,20 +301,9 @@ fn appends_commit_on_the_callers_thread_when_the_writer_is_idle_and_keep_each_ca
         rt.block_on(async {
             // One caller alone: the writer is idle at each append.
             let spool_ = spool.clone();
-            tokio::spawn(async move {
-                for i in 0..20u32 {
-                    spool_
-                        .append(vec![part(
-                            "alone",
-                            ExpectedVersion::Exact(u64::from(i)),
-                            vec![event(format!("alone-{i}").as_bytes())],
-                        )])
-                        .await
-                        .unwrap();
-                }
-            })
-            .await
-            .unwrap();
+            tokio::spawn(async move { append_numbered(&spool_, "alone", 20).await })
+                .await
+                .unwrap();
             // Eight callers at once, each with two appends in flight at a time as the input keeps
             // them: some commit on their thread, the others queue behind.
             let tasks: Vec<_> = (0..8)
