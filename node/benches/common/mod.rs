@@ -62,36 +62,57 @@ pub fn pty(dir: &Path) -> (tokio_serial::SerialStream, PathBuf) {
 /// writing. A node at 100/s syncs every 10 ms, so it pays the slow flush; a back-to-back floor
 /// never does.
 pub fn paced_floor(dir: &Path, n: usize, rate: u32) -> Vec<f64> {
-    use std::os::unix::fs::FileExt;
-    const RECORD_BYTES: usize = 96;
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .read(true)
-        .write(true)
-        .open(dir.join("paced-floor"))
-        .unwrap();
-    let len = n * RECORD_BYTES;
-    f.write_all_at(&vec![0u8; len.next_multiple_of(4096)], 0)
-        .unwrap();
-    f.sync_data().unwrap();
-    let record = [0x5au8; RECORD_BYTES];
     let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
-    let start = Instant::now();
-    let mut out = Vec::with_capacity(n);
-    for i in 0..n {
-        if let Some(wait) =
-            (start + interval * (i as u32 + 1)).checked_duration_since(Instant::now())
-        {
-            std::thread::sleep(wait);
-        }
-        let t = Instant::now();
-        f.write_all_at(&record, (i * RECORD_BYTES) as u64).unwrap();
-        f.sync_data().unwrap();
-        out.push(t.elapsed().as_secs_f64() * 1e6);
+    FloorFile::new(dir, n).run(Instant::now(), |i| interval * (i as u32 + 1))
+}
+
+/// The floor's file: room for `n` records of [`FloorFile::RECORD_BYTES`], preallocated and
+/// synced, so that every timed write lands in place.
+pub struct FloorFile {
+    file: std::fs::File,
+    n: usize,
+}
+
+impl FloorFile {
+    /// A passing's frame is about this size.
+    const RECORD_BYTES: usize = 96;
+
+    pub fn new(dir: &Path, n: usize) -> FloorFile {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(dir.join("paced-floor"))
+            .unwrap();
+        let len = n * Self::RECORD_BYTES;
+        file.write_all_at(&vec![0u8; len.next_multiple_of(4096)], 0)
+            .unwrap();
+        file.sync_data().unwrap();
+        FloorFile { file, n }
     }
-    out.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    out
+
+    /// Record `i` written in place and fdatasynced at `start + at(i)` (at once if that moment has
+    /// passed), for every record. Each one's latency in µs, sorted.
+    pub fn run(self, start: Instant, at: impl Fn(usize) -> Duration) -> Vec<f64> {
+        use std::os::unix::fs::FileExt;
+        let record = [0x5au8; Self::RECORD_BYTES];
+        let mut out = Vec::with_capacity(self.n);
+        for i in 0..self.n {
+            if let Some(wait) = (start + at(i)).checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            let t = Instant::now();
+            self.file
+                .write_all_at(&record, (i * Self::RECORD_BYTES) as u64)
+                .unwrap();
+            self.file.sync_data().unwrap();
+            out.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+        out.sort_by(f64::total_cmp);
+        out
+    }
 }
 
 /// `venue-node run` as a process of its own, reading the decoder at `link` (a PTY), with `extra`
