@@ -17,10 +17,13 @@
 //!   returned, as the writer stamps it (`Spool::watch_durable`, as in the `node` bench; before
 //!   2026-12-02 a spool subscription on the node's workers stamped it, which added that task's
 //!   wake-up, delayed most when the screens kept the workers busy). Reported per run: byte -> durable, and byte -> screen over every
-//!   delivery to every client, p50/p99/p99.9, and durable -> screen (the display's own share). The
-//!   floor (append 96 B + fdatasync, the same disk; `common::floor`, as the `node` bench measures
-//!   it) is measured just before each round; the target is screen p99 within 5 ms of the floor's
-//!   p99. The runs without the display and with it but no client are the decoder-to-disk baseline.
+//!   delivery to every client, p50/p99/p99.9, and durable -> screen (the display's own share).
+//!   Through the run the node takes turns with a floor (`common::Turns`: 96 B written in place and
+//!   fdatasynced at the run's rate, in the bench's process), and byte -> durable is printed as a
+//!   ratio to it: the decoder-to-disk path with the screens connected, against the disk in the same
+//!   moments (issue 14). A back-to-back floor (append 96 B + fdatasync, the same disk;
+//!   `common::floor`) is measured just before each round; the screens' target is their p99 within
+//!   5 ms of its p99. The runs without the display and with it but no client are the decoder-to-disk baseline.
 //!   The previous designs run beside the default in every round: "bat." is the batched live writer,
 //!   "any" the hub's thread free to run on the core that takes the disk's interrupts, "eag." the
 //!   spool's inserts handed to its apply thread after every group.
@@ -59,7 +62,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use common::{cpu_seconds, durable_at, floor, pct, proc_status_kib, pty, spawn_run, watch_durable};
+use common::{
+    FloorFile, Turns, cpu_seconds, durable_at, floor, pct, proc_status_kib, pty, spawn_run,
+    watch_durable,
+};
 
 /// The track the bench's node times.
 const TRACK: &str = "bench";
@@ -218,18 +224,19 @@ fn stamps(total: usize) -> Stamps {
     Arc::new(Mutex::new(vec![None; total + 1]))
 }
 
-/// Plays `total` passings at `rate` on `master`, stamping each in `sent` just before its bytes go.
+/// Plays `total` passings on `master`, stamping each in `sent` just before its bytes go.
 /// Returns the master: closing it hangs the line up, and the node may lose what it has not read.
+/// Passing `k` (from 0) goes at `start + at(k)`.
 async fn play(
     mut master: tokio_serial::SerialStream,
-    rate: u32,
+    start: Instant,
+    at: impl Fn(usize) -> Duration,
     total: u32,
     sent: Stamps,
 ) -> tokio_serial::SerialStream {
-    let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
-    let start = tokio::time::Instant::now();
+    let start = tokio::time::Instant::from_std(start);
     for i in 1..=total {
-        tokio::time::sleep_until(start + interval * i).await;
+        tokio::time::sleep_until(start + at(i as usize - 1)).await;
         let frame = passing(i);
         sent.lock().unwrap()[i as usize] = Some(Instant::now());
         AsyncWriteExt::write_all(&mut master, &frame).await.unwrap();
@@ -563,7 +570,18 @@ async fn latency_run(case: Case, seconds: u64, screen_rt: &tokio::runtime::Runti
     // Each passing's seq, by its number: its durable instant is the writer's mark that first
     // reached that seq.
     let mut seqs: Vec<Option<u64>> = vec![None; total as usize + 1];
-    let writer = tokio::spawn(play(master, case.rate, total, sent.clone()));
+    // The floor writes and syncs in the other turns, at the same rate.
+    let turns = Turns::new(case.rate);
+    let floor_file = FloorFile::new(dir.path(), total as usize);
+    let start = Instant::now() + Duration::from_millis(20);
+    let floor = std::thread::spawn(move || floor_file.run(start, |k| turns.at(k, true)));
+    let writer = tokio::spawn(play(
+        master,
+        start,
+        move |k| turns.at(k, false),
+        total,
+        sent.clone(),
+    ));
     let mut stored = 0;
     while stored < total {
         let e = tokio::time::timeout(Duration::from_millis(DRAIN_MS_MAX), sub.next())
@@ -577,6 +595,7 @@ async fn latency_run(case: Case, seconds: u64, screen_rt: &tokio::runtime::Runti
         stored += 1;
     }
     let _master = writer.await.unwrap();
+    let floor = floor.join().unwrap();
     stop_marks.cancel();
     let marks = marks.join().unwrap();
     // Every screen ends when it has the last passing; one that has not by the deadline is stopped
@@ -628,9 +647,10 @@ async fn latency_run(case: Case, seconds: u64, screen_rt: &tokio::runtime::Runti
         }
     }
     format!(
-        "passings={total} delivered={delivered} expected={} lagged={lagged}{}{}{}",
+        "passings={total} delivered={delivered} expected={} lagged={lagged}{}{}{}{}",
         total as usize * case.clients * usize::from(case.display),
         quantiles("disk", &sorted(disk)),
+        quantiles("turns", &floor),
         quantiles("screen", &sorted(screen)),
         quantiles("share", &sorted(display_share)),
     )
@@ -671,12 +691,16 @@ fn print_row(case: Case, line: &str, floor_p99: f64) {
     let g = |k: &str| field(line, k).unwrap_or(f64::NAN);
     let ms = |us: f64| us / 1000.0;
     let mut row = format!(
-        "  {:>5}/s {:<12} | disk {:>6.2} {:>6.2} {:>6.2}",
+        "  {:>5}/s {:<12} | disk {:>6.2} {:>6.2} {:>6.2} | floor in turns {:>5.2} {:>5.2}, disk / it {:>4.2}x {:>4.2}x",
         case.rate,
         case.label(),
         ms(g("disk_p50")),
         ms(g("disk_p99")),
         ms(g("disk_p999")),
+        ms(g("turns_p50")),
+        ms(g("turns_p99")),
+        g("disk_p50") / g("turns_p50"),
+        g("disk_p99") / g("turns_p99"),
     );
     if case.display && case.clients > 0 {
         let over = g("screen_p99") - floor_p99;
@@ -742,7 +766,13 @@ fn resources(seconds: u64, clients: usize, variant: Variant, kind: Screens) -> R
         let stop = CancellationToken::new();
         let handles = screens(&rt, addr, kind, clients, total, &stop).await;
         let sent = stamps(total as usize);
-        let writer = tokio::spawn(play(master, 100, total, sent));
+        let writer = tokio::spawn(play(
+            master,
+            Instant::now(),
+            |k| Duration::from_millis(10) * (k as u32 + 1),
+            total,
+            sent,
+        ));
         tokio::time::sleep(Duration::from_secs(warm_up)).await;
         let me = std::process::id();
         let (c0, b0, t0) = (cpu_seconds(pid), cpu_seconds(me), Instant::now());
@@ -955,7 +985,7 @@ fn latency_table(dir: &Path, seconds: u64, rounds: u64) {
         ]
     };
     println!(
-        "latency, ms: p50 p99 p99.9 of byte -> durable (disk), byte -> screen over every delivery (screen), durable -> screen p50 p99 (display); \"bat.\": the live stream's batched writer, the previous default ({WRITER_ENV}={CANDIDATE_WRITER}); \"any\": the hub's thread on any core, as before it kept off the disk's interrupt cores ({HUB_CORES_ENV}=any); \"tung.\": tokio-tungstenite screens, as the bench had them; \"eag.\": the spool's inserts handed to its apply thread per group, as before they lingered ({APPLY_LINGER_ENV}=0)"
+        "latency, ms: p50 p99 p99.9 of byte -> durable (disk); p50 p99 of a floor that took turns with the node through the run (96 B in place + fdatasync at the run's rate, `common::Turns`) and disk's ratios to it; byte -> screen over every delivery (screen), durable -> screen p50 p99 (display); \"bat.\": the live stream's batched writer, the previous default ({WRITER_ENV}={CANDIDATE_WRITER}); \"any\": the hub's thread on any core, as before it kept off the disk's interrupt cores ({HUB_CORES_ENV}=any); \"tung.\": tokio-tungstenite screens, as the bench had them; \"eag.\": the spool's inserts handed to its apply thread per group, as before they lingered ({APPLY_LINGER_ENV}=0)"
     );
     for rate in [100u32, 1000] {
         for round in 1..=rounds {

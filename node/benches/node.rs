@@ -9,7 +9,7 @@
 //! is seen (a worker's wake-up and a read more; the first runs of this bench reported only it). Reported: p50/p99/p99.9 of
 //! that latency at 100 and 1,000 passings/s, as ratios to floors measured in the same directory: one
 //! record written in place and fdatasynced *at the run's rate* (the floor a passing at that rate can
-//! reach, see `paced_floor`), in turns with the node through the run (`FLOOR_SLICE`: the ratio the
+//! reach, see `paced_floor`), in turns with the node through the run (`common::Turns`: the ratio the
 //! issue's targets are read against, since both then meet the same moments of the disk) and in a
 //! window of its own just before the run (the only one before 2026-12-04), and the same back to back (the floor of
 //! earlier runs, which no paced writer reaches on a disk whose flush is cheap only right after
@@ -53,8 +53,8 @@ use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
 use common::{
-    FloorFile, cpu_seconds, durable_at, floor, free_port, paced_floor, pct, proc_status_kib, pty,
-    spawn_central, spawn_run, uplink_to, watch_durable,
+    FloorFile, Turns, cpu_seconds, durable_at, floor, free_port, paced_floor, pct, proc_status_kib,
+    pty, spawn_central, spawn_run, uplink_to, watch_durable,
 };
 
 fn passing(n: u32) -> Vec<u8> {
@@ -106,9 +106,11 @@ impl Stages {
     }
 }
 
-/// The events waiting for central when a drain round starts. More than a 10 s round drains on
-/// this machine, so the drain runs for the whole round; the round prints how far it got.
-const DRAIN_BACKLOG_EVENTS: u32 = 400_000;
+/// The events waiting for central when a drain round starts. More than a round (10 s of the
+/// node's turns and 10 s of the floor's) drains on this machine (about 40,000 events/s), so the
+/// drain runs for the whole round; the round prints how far it got, and when it caught up if it
+/// did.
+const DRAIN_BACKLOG_EVENTS: u32 = 1_000_000;
 
 /// The token the node and the drain round's central share.
 const DRAIN_TOKEN: &str = "bench-token-0123456789abcdef";
@@ -205,26 +207,6 @@ async fn fill_backlog(spool: &Spool, count: u32) {
     }
 }
 
-/// The node and a floor take turns of this length through each latency run: the node's passings
-/// arrive in its turns, the floor writes and syncs in the others, at the same rate. This disk has
-/// episodes of ~0.2 s in which every sync takes ~1 ms (a lone process's too), so a floor measured
-/// in a window of its own before the run caught them by chance, a different number than the run
-/// did, and the p99 ratio was a lottery either way (on 2026-12-03 the same build's p99 ranged
-/// 0.59-1.44× it at 100/s). Turns of half a second put both under the same episodes, so the ratio
-/// compares the paths and not the moments. Which of a pair of turns goes first is drawn at random:
-/// in strict alternation anything periodic on the box whose period is a whole number of pairs (the
-/// kernel's 5-s writeback, say) falls in the same one's turns every time. The floor before the run
-/// is still printed beside it.
-const FLOOR_SLICE: Duration = Duration::from_millis(500);
-
-/// A well-mixed 64-bit hash (splitmix64's finaliser), for the turns' order.
-fn splitmix64(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
-}
-
 /// What one latency run measured: byte in -> durable and byte in -> seen by a subscriber (µs,
 /// sorted), the stages, and with a drain beside it, what the drain did meanwhile.
 struct Run {
@@ -271,32 +253,36 @@ async fn latency_run(rate: u32, seconds: u64, drain: bool) -> Run {
     let backlog = || spool.backlog(UPLINK_CURSOR).map_or(0, |b| b.events());
     let backlog_before = backlog();
     let started = Instant::now();
+    // When the drain caught up: fewer events waiting than a second of passings.
+    let stop_watch = CancellationToken::new();
+    let caught_up = drain.then(|| {
+        let (spool, stop) = (spool.clone(), stop_watch.clone());
+        std::thread::spawn(move || {
+            while !stop.is_cancelled() {
+                let waiting = spool.backlog(UPLINK_CURSOR).map_or(0, |b| b.events());
+                if waiting < u64::from(rate) {
+                    return Some(started.elapsed());
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            None
+        })
+    });
     let stop_heads = CancellationToken::new();
     let heads = watch_durable(&spool, stop_heads.clone());
     let total = rate as u64 * seconds;
-    let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
-    // The node's turns and the floor's take the run's clock in pairs (see `FLOOR_SLICE`), each
-    // pair in an order drawn at random: the k-th sample of either, at `interval * (k + 1)` into
-    // its own time, falls in its own turn of its pair.
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    let turns = move |k: usize, floor: bool| {
-        let own = interval * (k as u32 + 1);
-        let pair = (own.as_nanos() / FLOOR_SLICE.as_nanos()) as u32;
-        let node_second = splitmix64(seed ^ u64::from(pair)) & 1 == 1;
-        own + FLOOR_SLICE * (pair + u32::from(node_second != floor))
-    };
+    // The node's turns and the floor's take the run's clock in pairs (see `Turns`).
+    let turns = Turns::new(rate);
     let floor_file = FloorFile::new(dir.path(), total as usize);
     let started_std = Instant::now() + Duration::from_millis(20);
-    let floor = std::thread::spawn(move || floor_file.run(started_std, |k| turns(k, true)));
+    let floor = std::thread::spawn(move || floor_file.run(started_std, |k| turns.at(k, true)));
     let sent: std::sync::Arc<std::sync::Mutex<HashMap<u32, (Instant, u64)>>> = Default::default();
     let writer = tokio::spawn({
         let sent = sent.clone();
         async move {
             let start = tokio::time::Instant::from_std(started_std);
             for n in 1..=total as u32 {
-                tokio::time::sleep_until(start + turns(n as usize - 1, false)).await;
+                tokio::time::sleep_until(start + turns.at(n as usize - 1, false)).await;
                 let frame = passing(n);
                 // Stamped before the write (as the display bench does): stamped after it, a
                 // reader on this core that preempts the write's return is already framing and
@@ -319,15 +305,22 @@ async fn latency_run(rate: u32, seconds: u64, drain: bool) -> Run {
     }
     let _master = writer.await.unwrap();
     let floor = floor.join().unwrap();
+    let ended = started.elapsed();
+    stop_watch.cancel();
+    let caught_up = caught_up.and_then(|t| t.join().unwrap());
     let drained = drain.then(|| {
         let after = backlog();
+        let busy = caught_up.unwrap_or(ended);
         format!(
             "        uplink drain beside it: backlog {backlog_before} -> {after} events, {:.0} events/s drained to central{}",
-            backlog_before.saturating_sub(after) as f64 / started.elapsed().as_secs_f64(),
-            if after == 0 {
-                " (it ran dry before the round ended: the last part had no drain beside it)"
-            } else {
-                ""
+            backlog_before.saturating_sub(after) as f64 / busy.as_secs_f64(),
+            match caught_up {
+                Some(t) => format!(
+                    " (it caught up {:.1} s into the {:.1}-s round: the rest had no drain beside it)",
+                    t.as_secs_f64(),
+                    ended.as_secs_f64()
+                ),
+                None => format!(" (draining the whole {:.1}-s round)", ended.as_secs_f64()),
             }
         )
     });

@@ -66,6 +66,53 @@ pub fn paced_floor(dir: &Path, n: usize, rate: u32) -> Vec<f64> {
     FloorFile::new(dir, n).run(Instant::now(), |i| interval * (i as u32 + 1))
 }
 
+/// The node and a floor take turns of [`Turns::SLICE`] through a latency run: the node's passings
+/// arrive in its turns, the floor ([`FloorFile`]) writes and syncs in the others, at the same rate.
+/// This disk has episodes of ~0.2 s in which every sync takes ~1 ms (a lone process's too), so a
+/// floor measured in a window of its own before the run caught them by chance, a different number
+/// than the run did, and the p99 ratio was a lottery either way (on 2026-12-03 one build's p99
+/// ranged 0.59-1.44x it at 100/s). Turns put both under the same episodes, so the ratio compares
+/// the paths and not the moments. Which of a pair of turns goes first is drawn at random: in strict
+/// alternation anything periodic on the box whose period is a whole number of pairs (the kernel's
+/// 5-s writeback, say) would fall in the same one's turns every time.
+#[derive(Clone, Copy)]
+pub struct Turns {
+    interval: Duration,
+    seed: u64,
+}
+
+impl Turns {
+    /// One turn.
+    pub const SLICE: Duration = Duration::from_millis(500);
+
+    /// Turns for samples at `rate` a second, in an order drawn from the clock.
+    pub fn new(rate: u32) -> Turns {
+        Turns {
+            interval: Duration::from_secs_f64(1.0 / f64::from(rate)),
+            seed: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64),
+        }
+    }
+
+    /// When sample `k` (from 0) of the node's (or with `floor`, the floor's) is due, from the
+    /// run's start: at `interval * (k + 1)` into its own time, in its own turn of that pair.
+    pub fn at(self, k: usize, floor: bool) -> Duration {
+        let own = self.interval * (k as u32 + 1);
+        let pair = (own.as_nanos() / Self::SLICE.as_nanos()) as u32;
+        let node_second = splitmix64(self.seed ^ u64::from(pair)) & 1 == 1;
+        own + Self::SLICE * (pair + u32::from(node_second != floor))
+    }
+}
+
+/// A well-mixed 64-bit hash (splitmix64's finaliser), for the turns' order.
+fn splitmix64(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
 /// The floor's file: room for `n` records of [`FloorFile::RECORD_BYTES`], preallocated and
 /// synced, so that every timed write lands in place.
 pub struct FloorFile {
