@@ -26,7 +26,10 @@
 //!   5 ms of its p99. The runs without the display and with it but no client are the decoder-to-disk baseline.
 //!   The previous designs run beside the default in every round: "bat." is the batched live writer,
 //!   "any" the hub's thread free to run on the core that takes the disk's interrupts, "eag." the
-//!   spool's inserts handed to its apply thread after every group.
+//!   spool's inserts handed to its apply thread after every group. "apart" keeps the bench's
+//!   screens (their runtime) off the cores that take the disk's interrupts, where the node keeps
+//!   its input and writer: in the field the screens are other machines, and here their reads on
+//!   that core preempt the decoder's path.
 //! - **Resources**: the real `venue-node run` process (every thread of it, from `/proc/<pid>`), at
 //!   100 passings/s with 0 and with 200 screens connected (the screens are in the bench's
 //!   process). Targets: RSS <= 64 MiB, CPU <= 10 % of one core. Beside it, the send floor: a
@@ -165,6 +168,10 @@ struct Case {
     display: bool,
     variant: Variant,
     screens: Screens,
+    /// The screens' runtime kept off the cores that take the disk's interrupts, where the node
+    /// keeps its decoder input and spool writer. In the field the screens are other machines;
+    /// here they share the box's two cores, and on any core their reads preempt the node's path.
+    apart: bool,
 }
 
 impl Case {
@@ -181,11 +188,12 @@ impl Case {
                 Screens::Light => "",
                 Screens::Tungstenite => " tung.",
             }
+            + if self.apart { " apart" } else { "" }
     }
 
     fn encode(&self) -> String {
         format!(
-            "{},{},{},{},{}",
+            "{},{},{},{},{},{}",
             self.rate,
             self.clients,
             self.display,
@@ -193,7 +201,8 @@ impl Case {
             match self.screens {
                 Screens::Light => "light",
                 Screens::Tungstenite => "tungstenite",
-            }
+            },
+            self.apart
         )
     }
 
@@ -208,6 +217,7 @@ impl Case {
                 Some(&"tungstenite") => Screens::Tungstenite,
                 _ => Screens::Light,
             },
+            apart: f.get(5).is_some_and(|v| *v == "true"),
         }
     }
 }
@@ -518,12 +528,20 @@ fn child(case: Case, seconds: u64) {
         .enable_all()
         .build()
         .unwrap();
-    let screen_rt = tokio::runtime::Builder::new_multi_thread()
+    let mut screen_rt = tokio::runtime::Builder::new_multi_thread();
+    screen_rt
         .worker_threads(2)
         .thread_name("screens")
-        .enable_all()
-        .build()
-        .unwrap();
+        .enable_all();
+    if case.apart {
+        let avoid = uplink::drain::storage_interrupt_cores(Path::new(".")).unwrap_or_default();
+        let online = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cores: Vec<usize> = (0..online).filter(|c| !avoid.contains(c)).collect();
+        if !cores.is_empty() {
+            screen_rt.on_thread_start(move || spool::keep_thread_to("screens", &cores));
+        }
+    }
+    let screen_rt = screen_rt.build().unwrap();
     let line = node_rt.block_on(latency_run(case, seconds, &screen_rt));
     println!("RESULT {line}");
 }
@@ -966,6 +984,7 @@ fn latency_table(dir: &Path, seconds: u64, rounds: u64) {
         display,
         variant,
         screens: Screens::Light,
+        apart: false,
     };
     let cases = |rate| {
         [
@@ -981,11 +1000,15 @@ fn latency_table(dir: &Path, seconds: u64, rounds: u64) {
                 screens: Screens::Tungstenite,
                 ..case(rate, 200, true, Variant::Default)
             },
+            Case {
+                apart: true,
+                ..case(rate, 200, true, Variant::Default)
+            },
             case(rate, 200, true, Variant::Default),
         ]
     };
     println!(
-        "latency, ms: p50 p99 p99.9 of byte -> durable (disk); p50 p99 of a floor that took turns with the node through the run (96 B in place + fdatasync at the run's rate, `common::Turns`) and disk's ratios to it; byte -> screen over every delivery (screen), durable -> screen p50 p99 (display); \"bat.\": the live stream's batched writer, the previous default ({WRITER_ENV}={CANDIDATE_WRITER}); \"any\": the hub's thread on any core, as before it kept off the disk's interrupt cores ({HUB_CORES_ENV}=any); \"tung.\": tokio-tungstenite screens, as the bench had them; \"eag.\": the spool's inserts handed to its apply thread per group, as before they lingered ({APPLY_LINGER_ENV}=0)"
+        "latency, ms: p50 p99 p99.9 of byte -> durable (disk); p50 p99 of a floor that took turns with the node through the run (96 B in place + fdatasync at the run's rate, `common::Turns`) and disk's ratios to it; byte -> screen over every delivery (screen), durable -> screen p50 p99 (display); \"bat.\": the live stream's batched writer, the previous default ({WRITER_ENV}={CANDIDATE_WRITER}); \"any\": the hub's thread on any core, as before it kept off the disk's interrupt cores ({HUB_CORES_ENV}=any); \"tung.\": tokio-tungstenite screens, as the bench had them; \"eag.\": the spool's inserts handed to its apply thread per group, as before they lingered ({APPLY_LINGER_ENV}=0); \"apart\": the bench's screens kept off the disk's interrupt cores (in the field they are other machines)"
     );
     for rate in [100u32, 1000] {
         for round in 1..=rounds {
