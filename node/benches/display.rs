@@ -66,8 +66,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use common::{
-    FloorFile, Turns, cpu_seconds, durable_at, floor, pct, proc_status_kib, pty, spawn_run,
-    watch_durable,
+    Turns, cpu_seconds, durable_at, floor, pct, proc_status_kib, pty, spawn_run, watch_durable,
 };
 
 /// The track the bench's node times.
@@ -589,10 +588,7 @@ async fn latency_run(case: Case, seconds: u64, screen_rt: &tokio::runtime::Runti
     // reached that seq.
     let mut seqs: Vec<Option<u64>> = vec![None; total as usize + 1];
     // The floor writes and syncs in the other turns, at the same rate.
-    let turns = Turns::new(case.rate);
-    let floor_file = FloorFile::new(dir.path(), total as usize);
-    let start = Instant::now() + Duration::from_millis(20);
-    let floor = std::thread::spawn(move || floor_file.run(start, |k| turns.at(k, true)));
+    let (turns, start, floor) = Turns::with_floor(dir.path(), case.rate, total as usize);
     let writer = tokio::spawn(play(
         master,
         start,

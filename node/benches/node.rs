@@ -53,8 +53,8 @@ use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
 use common::{
-    FloorFile, Turns, cpu_seconds, durable_at, floor, free_port, paced_floor, pct, proc_status_kib,
-    pty, spawn_central, spawn_run, uplink_to, watch_durable,
+    Turns, cpu_seconds, durable_at, floor, free_port, paced_floor, pct, proc_status_kib, pty,
+    spawn_central, spawn_run, uplink_to, watch_durable,
 };
 
 fn passing(n: u32) -> Vec<u8> {
@@ -274,10 +274,7 @@ async fn latency_run(rate: u32, seconds: u64, drain: bool) -> Run {
     let heads = watch_durable(&spool, stop_heads.clone());
     let total = rate as u64 * seconds;
     // The node's turns and the floor's take the run's clock in pairs (see `Turns`).
-    let turns = Turns::new(rate);
-    let floor_file = FloorFile::new(dir.path(), total as usize);
-    let started_std = Instant::now() + Duration::from_millis(20);
-    let floor = std::thread::spawn(move || floor_file.run(started_std, |k| turns.at(k, true)));
+    let (turns, started_std, floor) = Turns::with_floor(dir.path(), rate, total as usize);
     let sent: std::sync::Arc<std::sync::Mutex<HashMap<u32, (Instant, u64)>>> = Default::default();
     let writer = tokio::spawn({
         let sent = sent.clone();

@@ -95,6 +95,21 @@ impl Turns {
         }
     }
 
+    /// Turns at `rate` a second for `n` samples each, and the floor's side of them started: the
+    /// run's start (a moment from now, once the floor's file is ready) and the floor's thread,
+    /// which returns its latencies (µs, sorted). The node's side plays at `start + at(k, false)`.
+    pub fn with_floor(
+        dir: &Path,
+        rate: u32,
+        n: usize,
+    ) -> (Turns, Instant, std::thread::JoinHandle<Vec<f64>>) {
+        let turns = Turns::new(rate);
+        let file = FloorFile::new(dir, n);
+        let start = Instant::now() + Duration::from_millis(20);
+        let floor = std::thread::spawn(move || file.run(start, |k| turns.at(k, true)));
+        (turns, start, floor)
+    }
+
     /// When sample `k` (from 0) of the node's (or with `floor`, the floor's) is due, from the
     /// run's start: at `interval * (k + 1)` into its own time, in its own turn of that pair.
     pub fn at(self, k: usize, floor: bool) -> Duration {
