@@ -3,8 +3,8 @@
 //!
 //! The decoder is played by the bench on the master of a real pseudo-terminal at a steady rate, with
 //! the PASSING frames the `node` bench writes (`testkit::passing_frame`); the bench stamps each
-//! passing just before its bytes are written. The node reads the slave through
-//! tokio-serial.
+//! passing just before its bytes are written, from a thread of its own kept to the node's input
+//! core (`common::play`, as the `node` bench does). The node reads the slave through tokio-serial.
 //!
 //! - **Latency** (`rate` x `clients`): each run is a child process holding the node (runtime,
 //!   input, spool writer, the display as `venue-node run` starts it, on 127.0.0.1) and, on a runtime
@@ -66,7 +66,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use common::{
-    Turns, cpu_seconds, durable_at, floor, pct, proc_status_kib, pty, spawn_run, watch_durable,
+    Turns, cpu_seconds, durable_at, floor, pct, proc_status_kib, pty_blocking, spawn_run,
+    watch_durable,
 };
 
 /// The track the bench's node times.
@@ -233,39 +234,38 @@ fn stamps(total: usize) -> Stamps {
     Arc::new(Mutex::new(vec![None; total + 1]))
 }
 
-/// Plays `total` passings on `master`, stamping each in `sent` just before its bytes go.
-/// Returns the master: closing it hangs the line up, and the node may lose what it has not read.
-/// Passing `k` (from 0) goes at `start + at(k)`.
-async fn play(
-    mut master: tokio_serial::SerialStream,
+/// Plays `total` passings on `master` from a thread of its own ([`common::play`]), passing `k`
+/// (from 0) at `start + at(k)`, stamping each in `sent` just before its bytes go.
+fn play_passings(
+    dir: &Path,
+    master: serialport::TTYPort,
     start: Instant,
-    at: impl Fn(usize) -> Duration,
+    at: impl Fn(usize) -> Duration + Send + 'static,
     total: u32,
     sent: Stamps,
-) -> tokio_serial::SerialStream {
-    let start = tokio::time::Instant::from_std(start);
-    for i in 1..=total {
-        tokio::time::sleep_until(start + at(i as usize - 1)).await;
-        let frame = passing(i);
-        sent.lock().unwrap()[i as usize] = Some(Instant::now());
-        AsyncWriteExt::write_all(&mut master, &frame).await.unwrap();
-    }
-    master
+) -> std::thread::JoinHandle<serialport::TTYPort> {
+    let cores = common::player_cores(dir);
+    common::play(cores, master, start, at, total, passing, move |n, at, _| {
+        sent.lock().unwrap()[n as usize] = Some(at);
+    })
 }
 
-/// Waits for the node's first command (GET_TIME) on the master: then it reads the slave.
-async fn node_reading(master: &mut tokio_serial::SerialStream) {
-    let mut probe = [0u8; 64];
-    tokio::time::timeout(Duration::from_millis(START_MS_MAX), async {
-        loop {
-            match master.read(&mut probe).await {
-                Ok(n) if n > 0 => return,
-                _ => tokio::time::sleep(Duration::from_millis(10)).await,
-            }
-        }
+/// Waits for the writer thread off the async workers; returns the master.
+async fn played(writer: std::thread::JoinHandle<serialport::TTYPort>) -> serialport::TTYPort {
+    tokio::task::spawn_blocking(move || writer.join().unwrap())
+        .await
+        .unwrap()
+}
+
+/// [`common::node_reading`] off the async workers.
+async fn node_reading(master: serialport::TTYPort) -> serialport::TTYPort {
+    tokio::task::spawn_blocking(move || {
+        let mut master = master;
+        common::node_reading(&mut master, Duration::from_millis(START_MS_MAX));
+        master
     })
     .await
-    .expect("the node opens the decoder's PTY");
+    .unwrap()
 }
 
 /// What one screen saw: each passing's number and when it arrived, and whether it was closed for
@@ -547,7 +547,7 @@ fn child(case: Case, seconds: u64) {
 
 async fn latency_run(case: Case, seconds: u64, screen_rt: &tokio::runtime::Runtime) -> String {
     let dir = tempfile::tempdir_in(".").unwrap();
-    let (mut master, link) = pty(dir.path());
+    let (master, link) = pty_blocking(dir.path());
     let mut config = Config {
         node_id: Some("bench".into()),
         track_id: TRACK.into(),
@@ -573,7 +573,7 @@ async fn latency_run(case: Case, seconds: u64, screen_rt: &tokio::runtime::Runti
         case.display,
         "the display starts when enabled"
     );
-    node_reading(&mut master).await;
+    let master = node_reading(master).await;
 
     let total = case.rate * seconds as u32;
     let stop = CancellationToken::new();
@@ -589,13 +589,14 @@ async fn latency_run(case: Case, seconds: u64, screen_rt: &tokio::runtime::Runti
     let mut seqs: Vec<Option<u64>> = vec![None; total as usize + 1];
     // The floor writes and syncs in the other turns, at the same rate.
     let (turns, start, floor) = Turns::with_floor(dir.path(), case.rate, total as usize);
-    let writer = tokio::spawn(play(
+    let writer = play_passings(
+        dir.path(),
         master,
         start,
         move |k| turns.at(k, false),
         total,
         sent.clone(),
-    ));
+    );
     let mut stored = 0;
     while stored < total {
         let e = tokio::time::timeout(Duration::from_millis(DRAIN_MS_MAX), sub.next())
@@ -608,7 +609,7 @@ async fn latency_run(case: Case, seconds: u64, screen_rt: &tokio::runtime::Runti
         }
         stored += 1;
     }
-    let _master = writer.await.unwrap();
+    let _master = played(writer).await;
     let floor = floor.join().unwrap();
     stop_marks.cancel();
     let marks = marks.join().unwrap();
@@ -766,31 +767,32 @@ fn resources(seconds: u64, clients: usize, variant: Variant, kind: Screens) -> R
         .enable_all()
         .build()
         .unwrap();
-    let (mut master, link) = rt.block_on(async { pty(dir.path()) });
+    let (master, link) = pty_blocking(dir.path());
     // A free port for the node's display to bind.
     let port = common::free_port();
     let display = format!("[display]\nlisten = \"127.0.0.1:{port}\"\n");
     let mut child = spawn_run(dir.path(), &link, &display, variant.envs());
     let pid = child.id();
     let measured = rt.block_on(async {
-        node_reading(&mut master).await;
+        let master = node_reading(master).await;
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
         let warm_up = 2;
         let total = ((seconds + warm_up) * 100) as u32;
         let stop = CancellationToken::new();
         let handles = screens(&rt, addr, kind, clients, total, &stop).await;
         let sent = stamps(total as usize);
-        let writer = tokio::spawn(play(
+        let writer = play_passings(
+            dir.path(),
             master,
             Instant::now(),
             |k| Duration::from_millis(10) * (k as u32 + 1),
             total,
             sent,
-        ));
+        );
         tokio::time::sleep(Duration::from_secs(warm_up)).await;
         let me = std::process::id();
         let (c0, b0, t0) = (cpu_seconds(pid), cpu_seconds(me), Instant::now());
-        let _master = writer.await.unwrap();
+        let _master = played(writer).await;
         let elapsed = t0.elapsed().as_secs_f64();
         let cpu = (cpu_seconds(pid) - c0) / elapsed * 100.0;
         let screens_cpu = (cpu_seconds(me) - b0) / elapsed * 100.0;

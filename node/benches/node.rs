@@ -1,7 +1,10 @@
 //! Decoder byte in to durable in the spool, through a real pseudo-terminal and tokio-serial.
 //!
 //! The bench plays the decoder on the PTY master, stamping each PASSING just before its bytes are
-//! written; the node (in this process) reads the slave. Durable is the moment the writer's
+//! written, from a thread of its own that sleeps to each passing's moment as the floor's thread does
+//! and keeps to the node's input core (`common::play`, `common::player_cores`; before 2026-12-05 a
+//! tokio task, whose millisecond timer sent some passings back to back); the node (in this
+//! process) reads the slave. Durable is the moment the writer's
 //! `fdatasync` returned, stamped on the writer's thread ([`spool::Spool::watch_durable`]), as the
 //! floor stamps its own sync; a thread of the bench's, parked on that mark, also stamps when it woke
 //! to it (how runs before 2026-12-02 stamped durable: it adds a wake-up, printed as its own line);
@@ -34,7 +37,8 @@
 //!
 //! `cargo bench -p node --bench node` (`NODE_BENCH_SECONDS` scales each run, default 10;
 //! `NODE_BENCH_ROUNDS`, default 2; `NODE_BENCH_TRACE=<file>` writes each passing's stamps as CSV, for
-//! finding when a stall happened: use it with one child run, `NODE_BENCH_CHILD=<rate>`).
+//! finding when a stall happened: use it with one child run, `NODE_BENCH_CHILD=<rate>`;
+//! `NODE_BENCH_PLAY_CORES=other` or `any` moves the decoder player off the input's core).
 
 mod common;
 
@@ -53,8 +57,9 @@ use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
 use common::{
-    Turns, cpu_seconds, durable_at, floor, free_port, paced_floor, pct, proc_status_kib, pty,
-    spawn_central, spawn_run, uplink_to, watch_durable,
+    Turns, cpu_seconds, durable_at, floor, free_port, node_reading, paced_floor, pct, play,
+    player_cores, proc_status_kib, pty, pty_blocking, spawn_central, spawn_run, uplink_to,
+    watch_durable,
 };
 
 fn passing(n: u32) -> Vec<u8> {
@@ -226,7 +231,7 @@ struct Run {
 /// central of its own the whole time.
 async fn latency_run(rate: u32, seconds: u64, drain: bool) -> Run {
     let dir = tempfile::tempdir_in(".").unwrap();
-    let (mut master, link) = pty(dir.path());
+    let (master, link) = pty_blocking(dir.path());
     let mut config = config(dir.path(), link);
     let _central = drain.then(|| with_central(dir.path(), &mut config));
     let node = Node::open(&config).await.unwrap();
@@ -244,14 +249,13 @@ async fn latency_run(rate: u32, seconds: u64, drain: bool) -> Run {
         Filter::all().with_event_types([catalog::Passing::EVENT_TYPE]),
         None,
     );
-    let mut probe = [0u8; 64];
-    loop {
-        use tokio::io::AsyncReadExt;
-        match master.read(&mut probe).await {
-            Ok(n) if n > 0 => break,
-            _ => tokio::time::sleep(Duration::from_millis(10)).await,
-        }
-    }
+    let master = tokio::task::spawn_blocking(move || {
+        let mut master = master;
+        node_reading(&mut master, Duration::from_secs(30));
+        master
+    })
+    .await
+    .unwrap();
     let backlog = || spool.backlog(UPLINK_CURSOR).map_or(0, |b| b.events());
     let backlog_before = backlog();
     let started = Instant::now();
@@ -276,23 +280,23 @@ async fn latency_run(rate: u32, seconds: u64, drain: bool) -> Run {
     // The node's turns and the floor's take the run's clock in pairs (see `Turns`).
     let (turns, started_std, floor) = Turns::with_floor(dir.path(), rate, total as usize);
     let sent: std::sync::Arc<std::sync::Mutex<HashMap<u32, (Instant, u64)>>> = Default::default();
-    let writer = tokio::spawn({
-        let sent = sent.clone();
-        async move {
-            let start = tokio::time::Instant::from_std(started_std);
-            for n in 1..=total as u32 {
-                tokio::time::sleep_until(start + turns.at(n as usize - 1, false)).await;
-                let frame = passing(n);
-                // Stamped before the write (as the display bench does): stamped after it, a
-                // reader on this core that preempts the write's return is already framing and
-                // syncing the passing when the stamp is taken (before 2026-12-03 it was).
-                let stamp = (Instant::now(), spool::now_us());
-                AsyncWriteExt::write_all(&mut master, &frame).await.unwrap();
-                sent.lock().unwrap().insert(n, stamp);
+    // Stamped before the write (as the display bench does): stamped after it, a reader on this
+    // core that preempts the write's return is already framing and syncing the passing when the
+    // stamp is taken (before 2026-12-03 it was).
+    let writer = play(
+        player_cores(dir.path()),
+        master,
+        started_std,
+        move |k| turns.at(k, false),
+        total as u32,
+        passing,
+        {
+            let sent = sent.clone();
+            move |n, at, us| {
+                sent.lock().unwrap().insert(n, (at, us));
             }
-            master
-        }
-    });
+        },
+    );
     // (seq, seen, seen µs, the event) per passing, matched to the head's stamps once the run is over.
     let mut seen = Vec::with_capacity(total as usize);
     while (seen.len() as u64) < total {
@@ -302,7 +306,9 @@ async fn latency_run(rate: u32, seconds: u64, drain: bool) -> Run {
             .unwrap();
         seen.push((Instant::now(), spool::now_us(), e));
     }
-    let _master = writer.await.unwrap();
+    let _master = tokio::task::spawn_blocking(move || writer.join().unwrap())
+        .await
+        .unwrap();
     let floor = floor.join().unwrap();
     let ended = started.elapsed();
     stop_watch.cancel();

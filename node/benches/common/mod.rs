@@ -51,6 +51,97 @@ pub fn pty(dir: &Path) -> (tokio_serial::SerialStream, PathBuf) {
     (master, link)
 }
 
+/// A pseudo-terminal pair like [`pty`]'s, with a blocking master for [`play`]'s thread.
+pub fn pty_blocking(dir: &Path) -> (serialport::TTYPort, PathBuf) {
+    use serialport::SerialPort;
+    let (mut master, slave) = serialport::TTYPort::pair().unwrap();
+    let name = slave.name().unwrap();
+    drop(slave);
+    master.set_timeout(Duration::from_millis(10)).unwrap();
+    let link = dir.join("decoder0");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(name, &link).unwrap();
+    (master, link)
+}
+
+/// Waits, up to `limit`, for the node's first command (GET_TIME) on the master: then it reads the
+/// slave. Blocking: call it off the async workers.
+pub fn node_reading(master: &mut serialport::TTYPort, limit: Duration) {
+    use std::io::Read;
+    let until = Instant::now() + limit;
+    let mut probe = [0u8; 64];
+    loop {
+        if matches!(master.read(&mut probe), Ok(n) if n > 0) {
+            return;
+        }
+        assert!(Instant::now() < until, "the node opens the decoder's PTY");
+    }
+}
+
+/// Plays `total` frames on `master` from a thread of its own: frame `n` (from 1) at
+/// `start + at(n - 1)`, after the same `std::thread::sleep` as [`FloorFile::run`]'s, so that the
+/// node and the floor in turns get the same arrivals. `stamp(n, instant, µs)` runs just before
+/// the frame's bytes go. Returns the master: closing it hangs the line up. The thread keeps to
+/// `cores` ([`player_cores`]).
+///
+/// Before 2026-12-05 a tokio task played them with `sleep_until`, and tokio's timer fires on whole
+/// milliseconds: at 1,000/s about 3 % of the passings went a few µs behind the one before (the
+/// bench's trace: the 1st percentile of the gaps was 4 µs), and waited out its sync, which the
+/// floor's evenly spaced records never did. Nearly every slow hand-off to the spool's writer in
+/// that trace (283 of 284 over 150 µs) was such a passing.
+pub fn play(
+    cores: Option<Vec<usize>>,
+    mut master: serialport::TTYPort,
+    start: Instant,
+    at: impl Fn(usize) -> Duration + Send + 'static,
+    total: u32,
+    frame: fn(u32) -> Vec<u8>,
+    mut stamp: impl FnMut(u32, Instant, u64) + Send + 'static,
+) -> std::thread::JoinHandle<serialport::TTYPort> {
+    std::thread::spawn(move || {
+        if let Some(cores) = &cores {
+            spool::keep_thread_to("decoder-player", cores);
+        }
+        for n in 1..=total {
+            if let Some(wait) = (start + at(n as usize - 1)).checked_duration_since(Instant::now())
+            {
+                std::thread::sleep(wait);
+            }
+            let bytes = frame(n);
+            stamp(n, Instant::now(), spool::now_us());
+            master.write_all(&bytes).unwrap();
+        }
+        master
+    })
+}
+
+/// Chooses the bench's decoder player's cores: those of the node's decoder input for the spool in
+/// `dir` ([`node::runtime::spool_thread_cores`], the writer's), as when the serial line's
+/// interrupt lands on the input's core; with [`PLAY_CORES_ENV`]`=other`, the other cores; `any`
+/// leaves it to the scheduler.
+///
+/// Where its bytes come from matters on this VM: an idle core costs ~55 µs to wake from another
+/// (at 100/s on 2026-12-05: read wake-up p50 64 µs with the player on core 0, against 10 µs beside
+/// the input on core 1, byte -> durable 1.32x against 1.05x the floor in turns), and the floor,
+/// which wakes on its own timer, never pays it. Real hardware wakes an idle core in a few µs.
+pub fn player_cores(dir: &Path) -> Option<Vec<usize>> {
+    let input = node::runtime::spool_thread_cores(dir).map(|c| c.writer);
+    match std::env::var(PLAY_CORES_ENV).as_deref() {
+        Ok("any") => None,
+        Ok("other") => {
+            let online = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let input = input.unwrap_or_default();
+            let other: Vec<usize> = (0..online).filter(|c| !input.contains(c)).collect();
+            (!other.is_empty()).then_some(other)
+        }
+        _ => input,
+    }
+}
+
+/// Where the bench's decoder player runs ([`player_cores`]): unset for the input's core, `other`
+/// or `any`.
+pub const PLAY_CORES_ENV: &str = "NODE_BENCH_PLAY_CORES";
+
 /// The floor at a rate: one small record written in place into a preallocated file (as the
 /// spool's journal does) and fdatasynced, `rate` times a second for `n` records, in `dir`.
 ///
