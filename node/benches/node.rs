@@ -509,9 +509,10 @@ fn child(rate: u32, seconds: u64) {
 /// writer's queue ([`node::runtime::SPOOL_CALLER_COMMITS_ENV`]`=0`), `one` for one append in
 /// flight ([`node::runtime::input::INPUT_IN_FLIGHT_ENV`]`=1`) and `1` for reading only after each
 /// append ([`node::runtime::input::INPUT_SERIAL_ENV`]`=1`; no longer a row, still selectable),
-/// and `eager` for the default with each durable group's inserts handed to the spool's apply
-/// thread at once ([`node::runtime::SPOOL_APPLY_LINGER_ENV`]`=0`).
-const PATHS: [(&str, &str, Option<&str>); 7] = [
+/// `eager` for the default with each durable group's inserts handed to the spool's apply
+/// thread at once ([`node::runtime::SPOOL_APPLY_LINGER_ENV`]`=0`), and `fold-any` for the default
+/// with the race projection's fold on any core ([`node::runtime::RESULTS_FOLD_CORES_ENV`]`=any`).
+const PATHS: [(&str, &str, Option<&str>); 8] = [
     (
         "the node's default (the inputs on a thread of their own on the disk's interrupt core, beside the spool's writer; its apply thread on another core; two appends in flight)",
         "0",
@@ -547,14 +548,21 @@ const PATHS: [(&str, &str, Option<&str>); 7] = [
         "0",
         Some("auto"),
     ),
+    (
+        "the same with the race projection's fold on any core (VENUE_RESULTS_FOLD_CORES=any, the default before 2026-12-05)",
+        "fold-any",
+        Some("auto"),
+    ),
 ];
 
 /// [`spool::SPOOL_APPLY_LINGER_MS_DEFAULT`] as the environment gives it (`main` checks they agree).
 const APPLY_LINGER_MS_DEFAULT: &str = "250";
 
 /// The environment that selects the input's path (see [`PATHS`]).
-fn path_envs(path: &str) -> [(&'static str, &'static str); 6] {
+fn path_envs(path: &str) -> [(&'static str, &'static str); 7] {
     let eager = path == "eager";
+    let fold_any = path == "fold-any";
+    let path = if fold_any { "0" } else { path };
     [
         (
             node::runtime::input_thread::INPUT_THREAD_ENV,
@@ -587,6 +595,10 @@ fn path_envs(path: &str) -> [(&'static str, &'static str); 6] {
         (
             node::runtime::SPOOL_APPLY_LINGER_ENV,
             if eager { "0" } else { APPLY_LINGER_MS_DEFAULT },
+        ),
+        (
+            node::runtime::RESULTS_FOLD_CORES_ENV,
+            if fold_any { "any" } else { "apart" },
         ),
     ]
 }

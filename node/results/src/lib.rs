@@ -110,6 +110,11 @@ pub struct ResultsConfig {
     pub snapshot_interval: Duration,
     /// Ignore any saved snapshot and fold from the first event.
     pub rebuild: bool,
+    /// Keep the fold's thread to these cores; `None` leaves it to the scheduler. The node keeps it
+    /// off the decoder input's core: a catch-up over a long stretch of events (a restart after a
+    /// backlog, a rebuild) is seconds of CPU, and on the input's core it held up the block layer's
+    /// flush worker, and so the input's `fdatasync`, by up to 6 ms (issue 14).
+    pub cores: Option<Vec<usize>>,
 }
 
 impl ResultsConfig {
@@ -120,6 +125,7 @@ impl ResultsConfig {
             snapshot_every_events: RESULTS_SNAPSHOT_EVERY_EVENTS,
             snapshot_interval: Duration::from_secs(RESULTS_SNAPSHOT_INTERVAL_S),
             rebuild: false,
+            cores: None,
         }
     }
 }
@@ -196,6 +202,9 @@ impl Results {
             .spawn(move || {
                 // Even if the fold panics, waiting commands learn that it stopped.
                 let _stopped = StopGuard(&inner, Some(done_tx));
+                if let Some(cores) = &inner.config.cores {
+                    spool::keep_thread_to("results-fold", cores);
+                }
                 let tid = rustix::thread::gettid();
                 if let Err(e) = rustix::process::setpriority_process(Some(tid), RESULTS_FOLD_NICE) {
                     tracing::warn!(error = %e, "cannot lower the race projection's priority; it competes with live input");

@@ -60,6 +60,23 @@ pub const SPOOL_APPLY_LINGER_ENV: &str = "VENUE_SPOOL_APPLY_LINGER_MS";
 /// so the benches measure both in the same run; not for production.
 pub const SPOOL_THREAD_CORES_ENV: &str = "VENUE_SPOOL_THREAD_CORES";
 
+/// Set to `any`, the race projection's fold runs wherever the scheduler puts it (the node's
+/// placement before 2026-12-05), instead of on the spool's apply cores, off the decoder input's
+/// ([`results::ResultsConfig::cores`]). Kept so `cargo bench -p node` measures both in the same
+/// run; not for production.
+pub const RESULTS_FOLD_CORES_ENV: &str = "VENUE_RESULTS_FOLD_CORES";
+
+/// Where the node keeps the race projection's fold: with the spool's apply thread, off the cores
+/// of the decoder input and the spool's writer ([`spool_thread_cores`]); `None` where those are
+/// not kept apart, or with [`RESULTS_FOLD_CORES_ENV`]`=any`. Reads sysfs: call it off the async
+/// workers.
+pub fn results_fold_cores(spool_dir: &std::path::Path) -> Option<Vec<usize>> {
+    if std::env::var(RESULTS_FOLD_CORES_ENV).as_deref() == Ok("any") {
+        return None;
+    }
+    spool_thread_cores(spool_dir).map(|c| c.apply)
+}
+
 /// Where `run` keeps the spool's two threads ([`spool::SpoolConfig::thread_cores`]): apart, the
 /// writer on the cores that take the spool disk's interrupts (its `fdatasync` ends there) when
 /// they leave the apply thread one, else on all but the last core; `None` on one core or with
@@ -249,12 +266,19 @@ impl Node {
         };
         append_node_event(&spool, &boot_id, started).await?;
         let results = {
-            let (spool, config) = (spool.clone(), results::ResultsConfig::new(boot_id.clone()));
-            tokio::task::spawn_blocking(move || results::Results::open(spool, config))
-                .await
-                .context("race projection task")?
-                .map_err(|e| anyhow::anyhow!(spool::error_chain(&e)))
-                .context("opening the race projection")?
+            let (spool, dir) = (spool.clone(), config.spool_dir());
+            let rc = results::ResultsConfig::new(boot_id.clone());
+            tokio::task::spawn_blocking(move || {
+                let rc = results::ResultsConfig {
+                    cores: results_fold_cores(&dir),
+                    ..rc
+                };
+                results::Results::open(spool, rc)
+            })
+            .await
+            .context("race projection task")?
+            .map_err(|e| anyhow::anyhow!(spool::error_chain(&e)))
+            .context("opening the race projection")?
         };
         let status = Shared::new(NodeStatus {
             node_id: node_id.clone(),

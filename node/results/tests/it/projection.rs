@@ -242,3 +242,36 @@ async fn the_fold_thread_runs_at_a_lower_priority() {
     assert_eq!(nice, results::RESULTS_FOLD_NICE);
     stop(folder, cancel).await;
 }
+
+/// Given cores, the fold keeps to them: the node keeps it off the decoder input's core.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fold_thread_keeps_to_the_cores_it_is_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = open_spool(dir.path());
+    let config = results::ResultsConfig {
+        cores: Some(vec![0]),
+        ..config()
+    };
+    let (results, folder, cancel) = start(&spool, config);
+    let seq = store(&spool, laps(1, 1, 1)).await;
+    folded(&results, seq).await;
+    // Other tests' folds in this process run anywhere; this one alone keeps to core 0.
+    let kept: Vec<String> = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .flatten()
+        .filter_map(|task| {
+            let comm = std::fs::read_to_string(task.path().join("comm")).ok()?;
+            (comm.trim() == "results-fold").then_some(())?;
+            let status = std::fs::read_to_string(task.path().join("status")).ok()?;
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                .map(|v| v.trim().to_owned())
+        })
+        .collect();
+    assert!(
+        kept.iter().any(|cores| cores == "0"),
+        "a fold thread keeps to core 0: {kept:?}"
+    );
+    stop(folder, cancel).await;
+}
