@@ -14,11 +14,12 @@
 //! writer thread. An append that finds the writer idle (a quiet track) commits right here
 //! ([`spool::commit_appends_on_this_thread`]): the thread blocks for the journal write and its
 //! sync, which saves the writer thread's wake-up (frame to hand-off 8 µs at p50 at 100/s,
-//! against 12 µs on the workers). A busy writer (1,000/s) gets the append through its queue, a wake-up on the same core,
-//! and the input reads on while it syncs. While a commit blocks the thread, the other decoders'
-//! bytes wait in the kernel's buffers (a sync is ~0.3 ms; a line at 115200 baud fills 4 KiB in a
-//! third of a second). Everything else (the display, the uplink, the race projection) runs on the
-//! runtime's workers and the other cores.
+//! against 12 µs on the workers). A busy writer (1,000/s) gets the append through its queue, a
+//! wake-up on the same core, and the input reads on while it syncs. While a commit blocks the
+//! thread, the other decoders' bytes wait in the kernel's buffers (a sync is ~0.3 ms; a line at
+//! 115200 baud fills 4 KiB in a third of a second). Everything else runs on the runtime's workers
+//! and the other cores: the display, the uplink, and the race projection, whose fold the node keeps
+//! off this core ([`super::results_fold_cores`]).
 //!
 //! [`INPUT_THREAD_ENV`]`=workers` runs the inputs on the runtime's workers, as before 2026-12-03,
 //! so `cargo bench -p node` measures both in one run.
