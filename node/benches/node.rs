@@ -2,7 +2,7 @@
 //!
 //! The bench plays the decoder on the PTY master, stamping each PASSING just before its bytes are
 //! written, from a thread of its own that sleeps to each passing's moment as the floor's thread does
-//! and keeps to the node's input core (`common::play`, `common::player_cores`; before 2026-12-05 a
+//! and keeps to the node's input core (`common::play`, `common::player_cores`; until 2026-12-04 a
 //! tokio task, whose millisecond timer sent some passings back to back); the node (in this
 //! process) reads the slave. Durable is the moment the writer's
 //! `fdatasync` returned, stamped on the writer's thread ([`spool::Spool::watch_durable`]), as the
@@ -549,7 +549,7 @@ const PATHS: [(&str, &str, Option<&str>); 8] = [
         Some("auto"),
     ),
     (
-        "the same with the race projection's fold on any core (VENUE_RESULTS_FOLD_CORES=any, the default before 2026-12-05)",
+        "the same with the race projection's fold on any core (VENUE_RESULTS_FOLD_CORES=any, the default until 2026-12-04)",
         "fold-any",
         Some("auto"),
     ),

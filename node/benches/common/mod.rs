@@ -84,7 +84,7 @@ pub fn node_reading(master: &mut serialport::TTYPort, limit: Duration) {
 /// the frame's bytes go. Returns the master: closing it hangs the line up. The thread keeps to
 /// `cores` ([`player_cores`]).
 ///
-/// Before 2026-12-05 a tokio task played them with `sleep_until`, and tokio's timer fires on whole
+/// Until 2026-12-04 a tokio task played them with `sleep_until`, and tokio's timer fires on whole
 /// milliseconds: at 1,000/s about 3 % of the passings went a few µs behind the one before (the
 /// bench's trace: the 1st percentile of the gaps was 4 µs), and waited out its sync, which the
 /// floor's evenly spaced records never did. Nearly every slow hand-off to the spool's writer in
@@ -121,7 +121,7 @@ pub fn play(
 /// leaves it to the scheduler.
 ///
 /// Where its bytes come from matters on this VM: an idle core costs ~55 µs to wake from another
-/// (at 100/s on 2026-12-05: read wake-up p50 64 µs with the player on core 0, against 10 µs beside
+/// (at 100/s on 2026-12-04: read wake-up p50 64 µs with the player on core 0, against 10 µs beside
 /// the input on core 1, byte -> durable 1.32x against 1.05x the floor in turns), and the floor,
 /// which wakes on its own timer, never pays it. Real hardware wakes an idle core in a few µs.
 pub fn player_cores(dir: &Path) -> Option<Vec<usize>> {
@@ -178,7 +178,7 @@ pub const TURN_MS_ENV: &str = "NODE_BENCH_TURN_MS";
 
 impl Turns {
     /// One turn, by default (ms). Turns of 50 ms (`NODE_BENCH_TURN_MS=50`) split each of the
-    /// disk's ~0.2-s episodes between both sides; in four drain runs at 1,000/s on 2026-12-05 the
+    /// disk's ~0.2-s episodes between both sides; in four drain runs at 1,000/s on 2026-12-04 the
     /// floor's p99 spread no less for it (293-611 µs against 261-783), so the default stays.
     pub const SLICE_MS: u64 = 500;
 

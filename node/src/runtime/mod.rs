@@ -61,7 +61,7 @@ pub const SPOOL_APPLY_LINGER_ENV: &str = "VENUE_SPOOL_APPLY_LINGER_MS";
 pub const SPOOL_THREAD_CORES_ENV: &str = "VENUE_SPOOL_THREAD_CORES";
 
 /// Set to `any`, the race projection's fold runs wherever the scheduler puts it (the node's
-/// placement before 2026-12-05), instead of on the spool's apply cores, off the decoder input's
+/// placement until 2026-12-04), instead of on the spool's apply cores, off the decoder input's
 /// ([`results::ResultsConfig::cores`]). Kept so `cargo bench -p node` measures both in the same
 /// run; not for production.
 pub const RESULTS_FOLD_CORES_ENV: &str = "VENUE_RESULTS_FOLD_CORES";
