@@ -66,8 +66,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use common::{
-    Turns, cpu_seconds, durable_at, floor, pct, proc_status_kib, pty_blocking, spawn_run,
-    watch_durable,
+    Turns, cpu_seconds, durable_at, floor, node_reading, pct, played, proc_status_kib,
+    pty_blocking, spawn_run, watch_durable,
 };
 
 /// The track the bench's node times.
@@ -248,24 +248,6 @@ fn play_passings(
     common::play(cores, master, start, at, total, passing, move |n, at, _| {
         sent.lock().unwrap()[n as usize] = Some(at);
     })
-}
-
-/// Waits for the writer thread off the async workers; returns the master.
-async fn played(writer: std::thread::JoinHandle<serialport::TTYPort>) -> serialport::TTYPort {
-    tokio::task::spawn_blocking(move || writer.join().unwrap())
-        .await
-        .unwrap()
-}
-
-/// [`common::node_reading`] off the async workers.
-async fn node_reading(master: serialport::TTYPort) -> serialport::TTYPort {
-    tokio::task::spawn_blocking(move || {
-        let mut master = master;
-        common::node_reading(&mut master, Duration::from_millis(START_MS_MAX));
-        master
-    })
-    .await
-    .unwrap()
 }
 
 /// What one screen saw: each passing's number and when it arrived, and whether it was closed for
@@ -573,7 +555,7 @@ async fn latency_run(case: Case, seconds: u64, screen_rt: &tokio::runtime::Runti
         case.display,
         "the display starts when enabled"
     );
-    let master = node_reading(master).await;
+    let master = node_reading(master, Duration::from_millis(START_MS_MAX)).await;
 
     let total = case.rate * seconds as u32;
     let stop = CancellationToken::new();
@@ -774,7 +756,7 @@ fn resources(seconds: u64, clients: usize, variant: Variant, kind: Screens) -> R
     let mut child = spawn_run(dir.path(), &link, &display, variant.envs());
     let pid = child.id();
     let measured = rt.block_on(async {
-        let master = node_reading(master).await;
+        let master = node_reading(master, Duration::from_millis(START_MS_MAX)).await;
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
         let warm_up = 2;
         let total = ((seconds + warm_up) * 100) as u32;

@@ -57,7 +57,7 @@ use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
 use common::{
-    Turns, cpu_seconds, durable_at, floor, free_port, node_reading, paced_floor, pct, play,
+    Turns, cpu_seconds, durable_at, floor, free_port, node_reading, paced_floor, pct, play, played,
     player_cores, proc_status_kib, pty, pty_blocking, spawn_central, spawn_run, uplink_to,
     watch_durable,
 };
@@ -249,13 +249,7 @@ async fn latency_run(rate: u32, seconds: u64, drain: bool) -> Run {
         Filter::all().with_event_types([catalog::Passing::EVENT_TYPE]),
         None,
     );
-    let master = tokio::task::spawn_blocking(move || {
-        let mut master = master;
-        node_reading(&mut master, Duration::from_secs(30));
-        master
-    })
-    .await
-    .unwrap();
+    let master = node_reading(master, Duration::from_secs(30)).await;
     let backlog = || spool.backlog(UPLINK_CURSOR).map_or(0, |b| b.events());
     let backlog_before = backlog();
     let started = Instant::now();
@@ -306,9 +300,7 @@ async fn latency_run(rate: u32, seconds: u64, drain: bool) -> Run {
             .unwrap();
         seen.push((Instant::now(), spool::now_us(), e));
     }
-    let _master = tokio::task::spawn_blocking(move || writer.join().unwrap())
-        .await
-        .unwrap();
+    let _master = played(writer).await;
     let floor = floor.join().unwrap();
     let ended = started.elapsed();
     stop_watch.cancel();

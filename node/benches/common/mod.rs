@@ -43,11 +43,7 @@ pub fn floor(dir: &Path, n: usize) -> Vec<f64> {
 pub fn pty(dir: &Path) -> (tokio_serial::SerialStream, PathBuf) {
     use tokio_serial::SerialPort;
     let (master, slave) = tokio_serial::SerialStream::pair().unwrap();
-    let name = slave.name().unwrap();
-    drop(slave);
-    let link = dir.join("decoder0");
-    let _ = std::fs::remove_file(&link);
-    std::os::unix::fs::symlink(name, &link).unwrap();
+    let link = link_slave(dir, slave.name().unwrap());
     (master, link)
 }
 
@@ -55,27 +51,49 @@ pub fn pty(dir: &Path) -> (tokio_serial::SerialStream, PathBuf) {
 pub fn pty_blocking(dir: &Path) -> (serialport::TTYPort, PathBuf) {
     use serialport::SerialPort;
     let (mut master, slave) = serialport::TTYPort::pair().unwrap();
-    let name = slave.name().unwrap();
-    drop(slave);
     master.set_timeout(Duration::from_millis(10)).unwrap();
-    let link = dir.join("decoder0");
-    let _ = std::fs::remove_file(&link);
-    std::os::unix::fs::symlink(name, &link).unwrap();
+    let link = link_slave(dir, slave.name().unwrap());
     (master, link)
 }
 
+/// Links `dir/decoder0` to the slave's device, the node's serial device. The slave itself closes
+/// with its caller's handle: the node opens the device by that link.
+fn link_slave(dir: &Path, name: String) -> PathBuf {
+    let link = dir.join("decoder0");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(name, &link).unwrap();
+    link
+}
+
 /// Waits, up to `limit`, for the node's first command (GET_TIME) on the master: then it reads the
-/// slave. Blocking: call it off the async workers.
-pub fn node_reading(master: &mut serialport::TTYPort, limit: Duration) {
-    use std::io::Read;
-    let until = Instant::now() + limit;
-    let mut probe = [0u8; 64];
-    loop {
-        if matches!(master.read(&mut probe), Ok(n) if n > 0) {
-            return;
+/// slave. Returns the master. Until the node opens the slave, a read of the master fails at once
+/// (no slave is open), so a failed read is tried again 10 ms later; a read that times out already
+/// waited that long.
+pub async fn node_reading(master: serialport::TTYPort, limit: Duration) -> serialport::TTYPort {
+    tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let mut master = master;
+        let until = Instant::now() + limit;
+        let mut probe = [0u8; 64];
+        loop {
+            match master.read(&mut probe) {
+                Ok(n) if n > 0 => return master,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+            assert!(Instant::now() < until, "the node opens the decoder's PTY");
         }
-        assert!(Instant::now() < until, "the node opens the decoder's PTY");
-    }
+    })
+    .await
+    .unwrap()
+}
+
+/// Waits off the async workers for [`play`]'s thread to end; returns the master.
+pub async fn played(player: std::thread::JoinHandle<serialport::TTYPort>) -> serialport::TTYPort {
+    tokio::task::spawn_blocking(move || player.join().unwrap())
+        .await
+        .unwrap()
 }
 
 /// Plays `total` frames on `master` from a thread of its own: frame `n` (from 1) at

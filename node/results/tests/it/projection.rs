@@ -227,13 +227,9 @@ async fn the_fold_thread_runs_at_a_lower_priority() {
     let (results, folder, cancel) = start(&spool, config());
     let seq = store(&spool, laps(1, 1, 1)).await;
     folded(&results, seq).await;
-    let nice = std::fs::read_dir("/proc/self/task")
-        .unwrap()
-        .flatten()
-        .find_map(|task| {
-            let comm = std::fs::read_to_string(task.path().join("comm")).ok()?;
-            (comm.trim() == "results-fold").then_some(())?;
-            let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+    let nice = fold_threads("stat")
+        .iter()
+        .find_map(|stat| {
             // Fields after the command's closing parenthesis; nice is field 19 of stat(5).
             let rest = &stat[stat.rfind(')')? + 2..];
             rest.split(' ').nth(16)?.parse::<i32>().ok()
@@ -256,13 +252,9 @@ async fn the_fold_thread_keeps_to_the_cores_it_is_given() {
     let seq = store(&spool, laps(1, 1, 1)).await;
     folded(&results, seq).await;
     // Other tests' folds in this process run anywhere; this one alone keeps to core 0.
-    let kept: Vec<String> = std::fs::read_dir("/proc/self/task")
-        .unwrap()
-        .flatten()
-        .filter_map(|task| {
-            let comm = std::fs::read_to_string(task.path().join("comm")).ok()?;
-            (comm.trim() == "results-fold").then_some(())?;
-            let status = std::fs::read_to_string(task.path().join("status")).ok()?;
+    let kept: Vec<String> = fold_threads("status")
+        .iter()
+        .filter_map(|status| {
             status
                 .lines()
                 .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
@@ -274,4 +266,17 @@ async fn the_fold_thread_keeps_to_the_cores_it_is_given() {
         "a fold thread keeps to core 0: {kept:?}"
     );
     stop(folder, cancel).await;
+}
+
+/// The `/proc` file `file` of every fold thread of this process (each test's fold has one).
+fn fold_threads(file: &str) -> Vec<String> {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .flatten()
+        .filter_map(|task| {
+            let comm = std::fs::read_to_string(task.path().join("comm")).ok()?;
+            (comm.trim() == "results-fold").then_some(())?;
+            std::fs::read_to_string(task.path().join(file)).ok()
+        })
+        .collect()
 }
