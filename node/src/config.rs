@@ -319,9 +319,13 @@ pub fn spool_dir(data_dir: &Path) -> PathBuf {
 
 /// The file a running node rewrites every second with its live status (decoders, uplink), for
 /// `venue-node spool stats` and other readers outside the process. JSON; see `runtime::status`.
+/// Under systemd it is a link into the service's runtime directory, where the node writes it.
 pub fn status_file(data_dir: &Path) -> PathBuf {
-    data_dir.join("status.json")
+    data_dir.join(STATUS_FILE_NAME)
 }
+
+/// The status file's name, in the data directory and in the runtime directory.
+pub const STATUS_FILE_NAME: &str = "status.json";
 
 /// Where `run` looks for its configuration when none is given.
 pub const CONFIG_PATH_DEFAULT: &str = "/etc/venue-node/venue-node.toml";

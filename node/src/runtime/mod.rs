@@ -20,7 +20,7 @@ pub mod probe;
 pub mod status;
 pub mod tech;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -567,6 +567,12 @@ impl StatusWriter {
     }
 
     async fn run(mut self, cancel: CancellationToken) {
+        let (data_dir, runtime_dir) = (self.data_dir.clone(), runtime_dir());
+        let path = tokio::task::spawn_blocking(move || {
+            place_status_file(&data_dir, runtime_dir.as_deref())
+        })
+        .await
+        .unwrap_or_else(|_| crate::config::status_file(&self.data_dir));
         let mut tick = tokio::time::interval(Duration::from_millis(STATUS_WRITE_INTERVAL_MS));
         loop {
             tokio::select! {
@@ -591,11 +597,11 @@ impl StatusWriter {
             self.status.update(|s| s.race = read.race.clone());
             let mut snap = self.status.snapshot();
             snap.updated_at_us = now_us();
-            let path = crate::config::status_file(&self.data_dir);
-            let written = tokio::task::spawn_blocking(move || write_status_file(&path, &snap))
+            let at = path.clone();
+            let written = tokio::task::spawn_blocking(move || write_status_file(&at, &snap))
                 .await
                 .unwrap_or_else(|e| Err(std::io::Error::other(e)));
-            self.file_result(written);
+            self.file_result(&path, written);
         }
     }
 
@@ -650,8 +656,7 @@ impl StatusWriter {
     }
 
     /// Logs a failing status file once, then a summary every [`SPOOL_ALARM_SUMMARY_INTERVAL_S`].
-    fn file_result(&mut self, written: std::io::Result<()>) {
-        let path = crate::config::status_file(&self.data_dir);
+    fn file_result(&mut self, path: &Path, written: std::io::Result<()>) {
         match (written, &mut self.file_error) {
             (Ok(()), None) => {}
             (Ok(()), Some((_, failures))) => {
@@ -677,8 +682,64 @@ impl StatusWriter {
     }
 }
 
-/// Writes the status file atomically: a temp file beside it, then a rename.
-fn write_status_file(path: &std::path::Path, status: &NodeStatus) -> std::io::Result<()> {
+/// The variable systemd sets to the service's runtime directory (`RuntimeDirectory=`, a tmpfs
+/// under `/run`, removed when the service stops).
+pub const RUNTIME_DIRECTORY_ENV: &str = "RUNTIME_DIRECTORY";
+
+/// The runtime directory systemd gave the node, if any (the first, where it lists several).
+pub fn runtime_dir() -> Option<PathBuf> {
+    let value = std::env::var_os(RUNTIME_DIRECTORY_ENV)?;
+    let first = value.to_str()?.split(':').next()?.to_owned();
+    (!first.is_empty()).then(|| PathBuf::from(first))
+}
+
+/// Where the node writes its status each second, and the link readers find it through.
+///
+/// With a runtime directory, the file is written there and `<data_dir>/status.json` (what
+/// `spool stats`, `doctor` and scripts read) becomes a symbolic link to it. The data directory
+/// is the spool's disk: a file replaced there every second cost it a data write (ext4 writes a
+/// file renamed over another at once), a discard of the old block and the directory's and
+/// inodes' writeback, 86,400 times a day of flash wear, beside the journal's syncs. On tmpfs it
+/// costs no I/O, it can still be written when the spool's disk is full or failing (the alarm is
+/// in it), and it goes when the service stops, so a reader finds no status rather than a stale
+/// one. Without a runtime directory (the demo, a node run by hand), or if the link cannot be
+/// made, the file is written in the data directory itself, as before.
+fn place_status_file(data_dir: &Path, runtime_dir: Option<&Path>) -> PathBuf {
+    let link = crate::config::status_file(data_dir);
+    let Some(runtime_dir) = runtime_dir else {
+        return link;
+    };
+    let target = runtime_dir.join(crate::config::STATUS_FILE_NAME);
+    if std::fs::read_link(&link).is_ok_and(|to| to == target) {
+        return target;
+    }
+    // A link made beside it and renamed over it: a reader sees the old file or the link.
+    let made = link.with_extension("json.link");
+    let cleared = match std::fs::remove_file(&made) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    };
+    let placed = cleared
+        .and_then(|()| std::os::unix::fs::symlink(&target, &made))
+        .and_then(|()| std::fs::rename(&made, &link));
+    match placed {
+        Ok(()) => target,
+        Err(e) => {
+            tracing::warn!(
+                error = %e,
+                link = %link.display(),
+                runtime_dir = %runtime_dir.display(),
+                "could not link the status file to the runtime directory; writing it in the data \
+                 directory"
+            );
+            link
+        }
+    }
+}
+
+/// Writes the status file atomically: a temp file beside it, then a rename. Where `path` is a
+/// link (a runtime directory was given before, not now), the rename replaces the link.
+fn write_status_file(path: &Path, status: &NodeStatus) -> std::io::Result<()> {
     let json = serde_json::to_vec_pretty(status).map_err(std::io::Error::other)?;
     let tmp = path.with_extension("json.tmp");
     std::fs::write(&tmp, json)?;
@@ -702,4 +763,77 @@ where
             .context("listening for SIGTERM, SIGHUP and Ctrl-C")?;
         f(cancel).await
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn written(path: &Path, at_us: u64) {
+        let status = NodeStatus {
+            updated_at_us: at_us,
+            ..NodeStatus::default()
+        };
+        write_status_file(path, &status).unwrap();
+    }
+
+    fn read_through(data_dir: &Path) -> u64 {
+        let text = std::fs::read_to_string(crate::config::status_file(data_dir)).unwrap();
+        serde_json::from_str::<NodeStatus>(&text)
+            .unwrap()
+            .updated_at_us
+    }
+
+    #[test]
+    fn with_a_runtime_directory_the_status_is_written_there_and_read_through_the_data_dir() {
+        let (data, run) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        // A node of an earlier version left a file of its own.
+        written(&crate::config::status_file(data.path()), 1);
+        let path = place_status_file(data.path(), Some(run.path()));
+        assert_eq!(path, run.path().join("status.json"));
+        written(&path, 2);
+        assert_eq!(
+            read_through(data.path()),
+            2,
+            "the reader's path leads to it"
+        );
+        assert!(
+            std::fs::symlink_metadata(crate::config::status_file(data.path()))
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        // A restart finds its link in place and keeps it.
+        assert_eq!(place_status_file(data.path(), Some(run.path())), path);
+        written(&path, 3);
+        assert_eq!(read_through(data.path()), 3);
+        // The service stopped and systemd removed its runtime directory: no status, not a stale
+        // one.
+        drop(run);
+        assert!(std::fs::read_to_string(crate::config::status_file(data.path())).is_err());
+    }
+
+    #[test]
+    fn without_a_runtime_directory_the_status_is_a_file_in_the_data_dir_again() {
+        let (data, run) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        place_status_file(data.path(), Some(run.path()));
+        let path = place_status_file(data.path(), None);
+        assert_eq!(path, crate::config::status_file(data.path()));
+        written(&path, 4);
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        assert!(meta.is_file(), "the rename replaced the link with the file");
+        assert_eq!(read_through(data.path()), 4);
+    }
+
+    #[test]
+    fn a_link_that_cannot_be_made_leaves_the_status_in_the_data_dir() {
+        let (data, run) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        // In the way of the link: a directory with something in it.
+        let blocker = crate::config::status_file(data.path()).with_extension("json.link");
+        std::fs::create_dir_all(blocker.join("x")).unwrap();
+        let path = place_status_file(data.path(), Some(run.path()));
+        assert_eq!(path, crate::config::status_file(data.path()));
+        written(&path, 5);
+        assert_eq!(read_through(data.path()), 5);
+    }
 }

@@ -75,4 +75,10 @@ fn unit_keeps_notify_and_the_watchdog() {
             .any(|l| l.starts_with("StateDirectory=venue-node")),
         "the spool directory must be the unit's StateDirectory"
     );
+    assert!(
+        settings
+            .iter()
+            .any(|l| l.starts_with("RuntimeDirectory=venue-node")),
+        "the status file must be written in the unit's RuntimeDirectory, off the spool's disk"
+    );
 }
