@@ -46,7 +46,9 @@
 //! ```
 //!
 //! `DISPLAY_BENCH_SECONDS` and `DISPLAY_BENCH_ROUNDS` override either mode. On a shared machine
-//! read the ratios to the floor of the same round, not the absolute figures.
+//! read the ratios to the floor of the same round, not the absolute figures. The node writes its
+//! status file on tmpfs, as on the box (`NODE_BENCH_STATUS=data`: in the data directory, as
+//! before 2026-12-04; `common::RunDir`).
 
 mod common;
 
@@ -66,7 +68,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use common::{
-    Turns, cpu_seconds, durable_at, floor, node_reading, pct, played, proc_status_kib,
+    RunDir, Turns, cpu_seconds, durable_at, floor, node_reading, pct, played, proc_status_kib,
     pty_blocking, spawn_run, watch_durable,
 };
 
@@ -644,10 +646,11 @@ async fn latency_run(case: Case, seconds: u64, screen_rt: &tokio::runtime::Runti
         }
     }
     format!(
-        "passings={total} delivered={delivered} expected={} lagged={lagged}{}{}{}{}",
+        "passings={total} delivered={delivered} expected={} lagged={lagged}{}{}{}{}{}",
         total as usize * case.clients * usize::from(case.display),
         quantiles("disk", &sorted(disk)),
-        quantiles("turns", &floor),
+        quantiles("turns", &floor.response),
+        quantiles("syncs", &floor.service),
         quantiles("screen", &sorted(screen)),
         quantiles("share", &sorted(display_share)),
     )
@@ -661,7 +664,7 @@ fn field(line: &str, key: &str) -> Option<f64> {
 }
 
 /// Runs `case` in a child process and returns its `RESULT` line.
-fn run_child(case: Case, seconds: u64) -> String {
+fn run_child(case: Case, seconds: u64, run_dir: &RunDir) -> String {
     let exe = std::env::current_exe().unwrap();
     let mut command = std::process::Command::new(&exe);
     command
@@ -669,6 +672,7 @@ fn run_child(case: Case, seconds: u64) -> String {
         .env_remove(HUB_CORES_ENV)
         .env_remove(APPLY_LINGER_ENV);
     command.envs(case.variant.envs().iter().copied());
+    command.envs(run_dir.env());
     let out = command
         .env("DISPLAY_BENCH_CHILD", case.encode())
         .env("DISPLAY_BENCH_SECONDS", seconds.to_string())
@@ -688,7 +692,7 @@ fn print_row(case: Case, line: &str, floor_p99: f64) {
     let g = |k: &str| field(line, k).unwrap_or(f64::NAN);
     let ms = |us: f64| us / 1000.0;
     let mut row = format!(
-        "  {:>5}/s {:<12} | disk {:>6.2} {:>6.2} {:>6.2} | floor in turns {:>5.2} {:>5.2}, disk / it {:>4.2}x {:>4.2}x",
+        "  {:>5}/s {:<12} | disk {:>6.2} {:>6.2} {:>6.2} | floor in turns {:>5.2} {:>5.2}, disk / it {:>4.2}x {:>4.2}x (its syncs alone {:>4.2}x {:>4.2}x)",
         case.rate,
         case.label(),
         ms(g("disk_p50")),
@@ -698,6 +702,8 @@ fn print_row(case: Case, line: &str, floor_p99: f64) {
         ms(g("turns_p99")),
         g("disk_p50") / g("turns_p50"),
         g("disk_p99") / g("turns_p99"),
+        g("disk_p50") / g("syncs_p50"),
+        g("disk_p99") / g("syncs_p99"),
     );
     if case.display && case.clients > 0 {
         let over = g("screen_p99") - floor_p99;
@@ -742,7 +748,13 @@ struct Resources {
 
 /// The node as its own process (`venue-node run`, display on 127.0.0.1) at 100 passings/s with
 /// `clients` screens, its display as `variant` says.
-fn resources(seconds: u64, clients: usize, variant: Variant, kind: Screens) -> Resources {
+fn resources(
+    seconds: u64,
+    clients: usize,
+    variant: Variant,
+    kind: Screens,
+    run_dir: &RunDir,
+) -> Resources {
     let dir = tempfile::tempdir_in(".").unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -753,7 +765,9 @@ fn resources(seconds: u64, clients: usize, variant: Variant, kind: Screens) -> R
     // A free port for the node's display to bind.
     let port = common::free_port();
     let display = format!("[display]\nlisten = \"127.0.0.1:{port}\"\n");
-    let mut child = spawn_run(dir.path(), &link, &display, variant.envs());
+    let mut envs = variant.envs().to_vec();
+    envs.extend(run_dir.env());
+    let mut child = spawn_run(dir.path(), &link, &display, &envs);
     let pid = child.id();
     let measured = rt.block_on(async {
         let master = node_reading(master, Duration::from_millis(START_MS_MAX)).await;
@@ -957,7 +971,7 @@ fn env_or(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn latency_table(dir: &Path, seconds: u64, rounds: u64) {
+fn latency_table(dir: &Path, seconds: u64, rounds: u64, run_dir: &RunDir) {
     let case = |rate, clients, display, variant| Case {
         rate,
         clients,
@@ -988,7 +1002,7 @@ fn latency_table(dir: &Path, seconds: u64, rounds: u64) {
         ]
     };
     println!(
-        "latency, ms: p50 p99 p99.9 of byte -> durable (disk); p50 p99 of a floor that took turns with the node through the run (96 B in place + fdatasync at the run's rate, `common::Turns`) and disk's ratios to it; byte -> screen over every delivery (screen), durable -> screen p50 p99 (display); \"bat.\": the live stream's batched writer, the previous default ({WRITER_ENV}={CANDIDATE_WRITER}); \"any\": the hub's thread on any core, as before it kept off the disk's interrupt cores ({HUB_CORES_ENV}=any); \"tung.\": tokio-tungstenite screens, as the bench had them; \"eag.\": the spool's inserts handed to its apply thread per group, as before they lingered ({APPLY_LINGER_ENV}=0); \"apart\": the bench's screens kept off the disk's interrupt cores (in the field they are other machines)"
+        "latency, ms: p50 p99 p99.9 of byte -> durable (disk); p50 p99 of a floor that took turns with the node through the run (96 B in place + fdatasync at the run's rate, `common::Turns`, each record from its arrival) and disk's ratios to it, and in brackets to its syncs alone (what it reported before 2026-12-04); byte -> screen over every delivery (screen), durable -> screen p50 p99 (display); \"bat.\": the live stream's batched writer, the previous default ({WRITER_ENV}={CANDIDATE_WRITER}); \"any\": the hub's thread on any core, as before it kept off the disk's interrupt cores ({HUB_CORES_ENV}=any); \"tung.\": tokio-tungstenite screens, as the bench had them; \"eag.\": the spool's inserts handed to its apply thread per group, as before they lingered ({APPLY_LINGER_ENV}=0); \"apart\": the bench's screens kept off the disk's interrupt cores (in the field they are other machines)"
     );
     for rate in [100u32, 1000] {
         for round in 1..=rounds {
@@ -1000,7 +1014,7 @@ fn latency_table(dir: &Path, seconds: u64, rounds: u64) {
                 pct(&fl, 0.999) / 1000.0
             );
             for case in cases(rate) {
-                let line = run_child(case, seconds);
+                let line = run_child(case, seconds, run_dir);
                 print_row(case, &line, pct(&fl, 0.99));
             }
         }
@@ -1023,8 +1037,10 @@ fn main() {
     let part = std::env::var("DISPLAY_BENCH_PART").unwrap_or_default();
     let rounds = env_or("DISPLAY_BENCH_ROUNDS", if short { 1 } else { 2 });
     let dir = tempfile::tempdir_in(".").unwrap();
+    let run_dir = RunDir::new();
+    println!("node: {}", run_dir.describe());
     if part != "resources" {
-        latency_table(dir.path(), seconds, rounds);
+        latency_table(dir.path(), seconds, rounds, &run_dir);
     }
     if part == "latency" {
         return;
@@ -1044,7 +1060,7 @@ fn main() {
         (200, Variant::HubAnyCore, Screens::Light),
         (200, Variant::Batched, Screens::Light),
     ] {
-        let r = resources(seconds, clients, variant, kind);
+        let r = resources(seconds, clients, variant, kind, &run_dir);
         println!(
             "venue-node run at 100 passings/s, {clients:>3} screens{}{}: CPU {:.1} % of one core ({}), RSS {:.1} MiB (peak {:.1} MiB, {}), {} passings delivered; the screens' clients took {:.1} % of one core",
             match variant {

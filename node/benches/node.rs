@@ -13,7 +13,10 @@
 //! that latency at 100 and 1,000 passings/s, as ratios to floors measured in the same directory: one
 //! record written in place and fdatasynced *at the run's rate* (the floor a passing at that rate can
 //! reach, see `paced_floor`), in turns with the node through the run (`common::Turns`: the ratio the
-//! issue's targets are read against, since both then meet the same moments of the disk) and in a
+//! issue's targets are read against, since both then meet the same moments of the disk; each record
+//! timed from its arrival as the passings are, and records that arrive during a sync synced
+//! together after it, `common::FloorFile::run`; its syncs alone, what it reported before
+//! 2026-12-04, are printed beside it) and in a
 //! window of its own just before the run (the only one before 2026-12-04), and the same back to back (the floor of
 //! earlier runs, which no paced writer reaches on a disk whose flush is cheap only right after
 //! another). Then the node as its own process at a steady 100 passings/s: CPU % and RSS, the
@@ -38,7 +41,10 @@
 //! `cargo bench -p node --bench node` (`NODE_BENCH_SECONDS` scales each run, default 10;
 //! `NODE_BENCH_ROUNDS`, default 2; `NODE_BENCH_TRACE=<file>` writes each passing's stamps as CSV, for
 //! finding when a stall happened: use it with one child run, `NODE_BENCH_CHILD=<rate>`;
-//! `NODE_BENCH_PLAY_CORES=other` or `any` moves the decoder player off the input's core).
+//! `NODE_BENCH_PLAY_CORES=other` or `any` moves the decoder player off the input's core;
+//! `NODE_BENCH_STATUS=data` has the node rewrite its status file in the data directory, on the
+//! spool's disk, as before 2026-12-04, instead of on tmpfs as systemd has it on the box,
+//! `common::RunDir`).
 
 mod common;
 
@@ -57,8 +63,8 @@ use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
 use common::{
-    Turns, cpu_seconds, durable_at, floor, free_port, node_reading, paced_floor, pct, play, played,
-    player_cores, proc_status_kib, pty, pty_blocking, spawn_central, spawn_run, uplink_to,
+    RunDir, Turns, cpu_seconds, durable_at, floor, free_port, node_reading, paced_floor, pct, play,
+    played, player_cores, proc_status_kib, pty, pty_blocking, spawn_central, spawn_run, uplink_to,
     watch_durable,
 };
 
@@ -219,8 +225,8 @@ struct Run {
     /// Byte in -> a thread parked on the spool's head woke to it (how earlier runs stamped durable).
     woken: Vec<f64>,
     seen: Vec<f64>,
-    /// The floor measured in the run's other turns (µs, sorted).
-    floor: Vec<f64>,
+    /// The floor measured in the run's other turns.
+    floor: common::FloorRun,
     stages: Stages,
     /// With a drain: what it did, and byte in -> durable (µs, sorted) over the passings written
     /// while it ran.
@@ -396,11 +402,13 @@ async fn latency_run(rate: u32, seconds: u64, drain: bool) -> Run {
 }
 
 /// The node as a process at 100 passings/s: CPU % and peak RSS.
-fn resources(seconds: u64, serial: &str) -> (f64, u64, u64) {
+fn resources(seconds: u64, serial: &str, run_dir: &RunDir) -> (f64, u64, u64) {
     let dir = tempfile::tempdir_in(".").unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (mut master, link) = rt.block_on(async { pty(dir.path()) });
-    let mut child = spawn_run(dir.path(), &link, "", &path_envs(serial));
+    let mut envs = path_envs(serial).to_vec();
+    envs.extend(run_dir.env());
+    let mut child = spawn_run(dir.path(), &link, "", &envs);
     let pid = child.id();
     rt.block_on(async {
         // Warm up for 2 s, then measure.
@@ -448,16 +456,24 @@ fn child(rate: u32, seconds: u64) {
         durable,
         woken,
         seen,
-        floor: turns,
+        floor: floor_run,
         stages,
         drain,
     } = rt.block_on(latency_run(rate, seconds, drain));
+    // The floor in turns from each record's arrival, as the node's latency is taken: the ratio the
+    // targets read against. Its syncs alone are what it reported before 2026-12-04 (see
+    // `FloorFile::run`), printed beside it.
+    let (turns, syncs) = (&floor_run.response, &floor_run.service);
     println!(
-        "{rate:>5} passings/s: floor in the run's other turns (96 B in place + fdatasync, paced): p50 {:.0} µs  p99 {:.0} µs  p99.9 {:.0} µs  [{} samples]",
-        pct(&turns, 0.5),
-        pct(&turns, 0.99),
-        pct(&turns, 0.999),
-        turns.len()
+        "{rate:>5} passings/s: floor in the run's other turns (96 B in place + fdatasync, paced), from each record's arrival: p50 {:.0} µs  p99 {:.0} µs  p99.9 {:.0} µs  [{} records]; its syncs alone: p50 {:.0} µs  p99 {:.0} µs  p99.9 {:.0} µs  [{} syncs]",
+        pct(turns, 0.5),
+        pct(turns, 0.99),
+        pct(turns, 0.999),
+        turns.len(),
+        pct(syncs, 0.5),
+        pct(syncs, 0.99),
+        pct(syncs, 0.999),
+        syncs.len()
     );
     for (what, lat) in [
         ("durable", &durable),
@@ -465,13 +481,15 @@ fn child(rate: u32, seconds: u64) {
         ("seen by a subscriber", &seen),
     ] {
         println!(
-            "{rate:>5} passings/s: byte in -> {what} p50 {:.0} µs ({:.2}x floor in turns, {:.2}x paced floor before, {:.2}x back to back)  p99 {:.0} µs ({:.2}x floor in turns p99, {:.2}x paced floor before, {:.2}x back to back)  p99.9 {:.0} µs  [{} samples]",
+            "{rate:>5} passings/s: byte in -> {what} p50 {:.0} µs ({:.2}x floor in turns, {:.2}x its syncs alone, {:.2}x paced floor before, {:.2}x back to back)  p99 {:.0} µs ({:.2}x floor in turns p99, {:.2}x its syncs alone, {:.2}x paced floor before, {:.2}x back to back)  p99.9 {:.0} µs  [{} samples]",
             pct(lat, 0.5),
-            pct(lat, 0.5) / pct(&turns, 0.5),
+            pct(lat, 0.5) / pct(turns, 0.5),
+            pct(lat, 0.5) / pct(syncs, 0.5),
             pct(lat, 0.5) / floor[0],
             pct(lat, 0.5) / floor[2],
             pct(lat, 0.99),
-            pct(lat, 0.99) / pct(&turns, 0.99),
+            pct(lat, 0.99) / pct(turns, 0.99),
+            pct(lat, 0.99) / pct(syncs, 0.99),
             pct(lat, 0.99) / floor[1],
             pct(lat, 0.99) / floor[3],
             pct(lat, 0.999),
@@ -483,11 +501,13 @@ fn child(rate: u32, seconds: u64) {
         println!("{drain}");
         if !during.is_empty() {
             println!(
-                "        byte in -> durable over the passings written while the drain ran: p50 {:.0} µs ({:.2}x floor in turns)  p99 {:.0} µs ({:.2}x floor in turns p99)  [{} samples]",
+                "        byte in -> durable over the passings written while the drain ran: p50 {:.0} µs ({:.2}x floor in turns, {:.2}x its syncs alone)  p99 {:.0} µs ({:.2}x floor in turns p99, {:.2}x its syncs alone)  [{} samples]",
                 pct(&during, 0.5),
-                pct(&during, 0.5) / pct(&turns, 0.5),
+                pct(&during, 0.5) / pct(turns, 0.5),
+                pct(&during, 0.5) / pct(syncs, 0.5),
                 pct(&during, 0.99),
-                pct(&during, 0.99) / pct(&turns, 0.99),
+                pct(&during, 0.99) / pct(turns, 0.99),
+                pct(&during, 0.99) / pct(syncs, 0.99),
                 during.len()
             );
         }
@@ -613,6 +633,8 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(2);
     let dir = tempfile::tempdir_in(".").unwrap();
+    let run_dir = RunDir::new();
+    println!("node: {}", run_dir.describe());
     let exe = std::env::current_exe().unwrap();
     // Floor, new, old, in rounds, so the other engineers' load hits each alike; each ratio is to
     // the floor measured just before it.
@@ -653,6 +675,7 @@ fn main() {
                         drain.unwrap_or("auto"),
                     )
                     .envs(path_envs(serial))
+                    .envs(run_dir.env())
                     .env("RUST_LOG", "error")
                     .stderr(std::process::Stdio::null())
                     .output()
@@ -663,7 +686,7 @@ fn main() {
         }
     }
     for (label, serial, _) in PATHS.iter().filter(|(_, _, drain)| drain.is_none()) {
-        let (cpu, rss, hwm) = resources(seconds, serial);
+        let (cpu, rss, hwm) = resources(seconds, serial, &run_dir);
         println!(
             "node process at 100 passings/s, {label}: CPU {cpu:.1} % of one core, RSS {} KiB (peak {} KiB)",
             rss, hwm

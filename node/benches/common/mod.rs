@@ -172,7 +172,9 @@ pub const PLAY_CORES_ENV: &str = "NODE_BENCH_PLAY_CORES";
 /// never does.
 pub fn paced_floor(dir: &Path, n: usize, rate: u32) -> Vec<f64> {
     let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
-    FloorFile::new(dir, n).run(Instant::now(), |i| interval * (i as u32 + 1))
+    FloorFile::new(dir, n)
+        .run(Instant::now(), |i| interval * (i as u32 + 1))
+        .service
 }
 
 /// The node and a floor take turns of [`Turns::SLICE_MS`] through a latency run: the node's passings
@@ -217,12 +219,12 @@ impl Turns {
 
     /// Turns at `rate` a second for `n` samples each, and the floor's side of them started: the
     /// run's start (a moment from now, once the floor's file is ready) and the floor's thread,
-    /// which returns its latencies (µs, sorted). The node's side plays at `start + at(k, false)`.
+    /// which returns what it measured. The node's side plays at `start + at(k, false)`.
     pub fn with_floor(
         dir: &Path,
         rate: u32,
         n: usize,
-    ) -> (Turns, Instant, std::thread::JoinHandle<Vec<f64>>) {
+    ) -> (Turns, Instant, std::thread::JoinHandle<FloorRun>) {
         let turns = Turns::new(rate);
         let file = FloorFile::new(dir, n);
         let start = Instant::now() + Duration::from_millis(20);
@@ -275,25 +277,100 @@ impl FloorFile {
         FloorFile { file, n }
     }
 
-    /// Record `i` written in place and fdatasynced at `start + at(i)` (at once if that moment has
-    /// passed), for every record. Each one's latency in µs, sorted.
-    pub fn run(self, start: Instant, at: impl Fn(usize) -> Duration) -> Vec<f64> {
+    /// Record `i` written in place and fdatasynced at `start + at(i)`, for every record; records
+    /// that fell due while a sync ran are written together and synced once when it returns, as
+    /// the node's group commit takes the passings that arrived during a sync.
+    ///
+    /// [`FloorRun::response`] times each record from its arrival: its due moment, or, when the
+    /// writer was idle then, the moment it woke and wrote (as the node's passing is stamped at the
+    /// player's write). [`FloorRun::service`] times each sync alone, from its write, which is all
+    /// the floor measured before 2026-12-04: a sync that stalled for 8 ms then counted once, while
+    /// the node's byte -> durable counted it for each of the eight passings that arrived during it
+    /// (a trace at 1,000/s on 2026-12-04: one 7.2-ms sync, then 7.6, 6.6, 5.6, 4.5, 3.5 and
+    /// 2.5 ms for the passings behind it), so the two p99s measured different things. A late
+    /// record's arrival is taken at its due moment, without the sleep's overshoot (10-60 µs here)
+    /// that the node's player pays before it writes: in that case the floor is a little the slower.
+    pub fn run(self, start: Instant, at: impl Fn(usize) -> Duration) -> FloorRun {
         use std::os::unix::fs::FileExt;
-        let record = [0x5au8; Self::RECORD_BYTES];
-        let mut out = Vec::with_capacity(self.n);
-        for i in 0..self.n {
-            if let Some(wait) = (start + at(i)).checked_duration_since(Instant::now()) {
-                std::thread::sleep(wait);
-            }
+        let records = vec![0x5au8; Self::RECORD_BYTES * self.n];
+        let (mut service, mut response) = (Vec::new(), Vec::with_capacity(self.n));
+        let mut i = 0;
+        while i < self.n {
+            let due = start + at(i);
+            let idle = match due.checked_duration_since(Instant::now()) {
+                Some(wait) => {
+                    std::thread::sleep(wait);
+                    true
+                }
+                None => false,
+            };
             let t = Instant::now();
+            let end = (i + 1..self.n)
+                .find(|&k| start + at(k) > t)
+                .unwrap_or(self.n);
             self.file
-                .write_all_at(&record, (i * Self::RECORD_BYTES) as u64)
+                .write_all_at(
+                    &records[i * Self::RECORD_BYTES..end * Self::RECORD_BYTES],
+                    (i * Self::RECORD_BYTES) as u64,
+                )
                 .unwrap();
             self.file.sync_data().unwrap();
-            out.push(t.elapsed().as_secs_f64() * 1e6);
+            let done = Instant::now();
+            service.push((done - t).as_secs_f64() * 1e6);
+            for k in i..end {
+                let arrived = if k == i && idle { t } else { start + at(k) };
+                response.push(done.saturating_duration_since(arrived).as_secs_f64() * 1e6);
+            }
+            i = end;
         }
-        out.sort_by(f64::total_cmp);
-        out
+        service.sort_by(f64::total_cmp);
+        response.sort_by(f64::total_cmp);
+        FloorRun { service, response }
+    }
+}
+
+/// What a [`FloorFile::run`] measured, µs, each sorted.
+pub struct FloorRun {
+    /// Each sync from its write to its return, one per sync.
+    pub service: Vec<f64>,
+    /// Each record from its arrival to the return of the sync that made it durable: the floor of
+    /// the node's byte -> durable.
+    pub response: Vec<f64>,
+}
+
+/// The runtime directory systemd gives the node on the box (`RuntimeDirectory=`, tmpfs), where it
+/// writes its status each second, made on this machine's tmpfs for the node the bench runs, so
+/// the spool's disk sees what it sees on the box. `NODE_BENCH_STATUS=data` gives none: the status
+/// is then rewritten in the data directory, as before 2026-12-04 (a data write, a discard and
+/// metadata writeback a second on the spool's disk).
+pub struct RunDir(Option<tempfile::TempDir>);
+
+/// Set to `data` for the status file in the data directory ([`RunDir`]).
+pub const STATUS_PLACE_ENV: &str = "NODE_BENCH_STATUS";
+
+impl RunDir {
+    pub fn new() -> RunDir {
+        if std::env::var(STATUS_PLACE_ENV).is_ok_and(|v| v == "data") {
+            return RunDir(None);
+        }
+        RunDir(tempfile::tempdir_in("/dev/shm").ok())
+    }
+
+    /// The variable to give the node's process, if there is a runtime directory.
+    pub fn env(&self) -> Option<(&'static str, &str)> {
+        let dir = self.0.as_ref()?.path().to_str()?;
+        Some((node::runtime::RUNTIME_DIRECTORY_ENV, dir))
+    }
+
+    /// Where the status is written, for the bench's output.
+    pub fn describe(&self) -> String {
+        match &self.0 {
+            Some(dir) => format!(
+                "status file on tmpfs ({}), as on the box",
+                dir.path().display()
+            ),
+            None => "status file in the data directory (NODE_BENCH_STATUS=data)".into(),
+        }
     }
 }
 
