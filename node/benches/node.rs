@@ -16,7 +16,8 @@
 //! issue's targets are read against, since both then meet the same moments of the disk; each record
 //! timed from its arrival as the passings are, and records that arrive during a sync synced
 //! together after it, `common::FloorFile::run`; its syncs alone, what it reported before
-//! 2026-12-04, are printed beside it) and in a
+//! 2026-12-04, are printed beside it; each round also runs the floor against itself in the same
+//! turns, `NODE_BENCH_FLOOR_AA=<rate>` alone, to show the spread of the measure itself) and in a
 //! window of its own just before the run (the only one before 2026-12-04), and the same back to back (the floor of
 //! earlier runs, which no paced writer reaches on a disk whose flush is cheap only right after
 //! another). Then the node as its own process at a steady 100 passings/s: CPU % and RSS, the
@@ -437,6 +438,30 @@ fn resources(seconds: u64, serial: &str, run_dir: &RunDir) -> (f64, u64, u64) {
     })
 }
 
+/// The floor against itself: a second floor ([`common::FloorFile`]) in the node's turns, as a
+/// latency run has the node there, against the floor in the other turns. Both are the same code
+/// on the same disk, so whatever their ratios are is the measure's own spread on this disk (its
+/// episodes falling in one side's turns more than the other's), the yardstick for the node's.
+fn floor_against_floor(rate: u32, seconds: u64) {
+    let dir = tempfile::tempdir_in(".").unwrap();
+    let total = rate as usize * seconds as usize;
+    std::fs::create_dir(dir.path().join("a")).unwrap();
+    let (turns, start, floor) = Turns::with_floor(dir.path(), rate, total);
+    let node_side = common::FloorFile::new(&dir.path().join("a"), total)
+        .run(start, |k| turns.at(k, false))
+        .response;
+    let floor = floor.join().unwrap().response;
+    println!(
+        "{rate:>5} passings/s: the floor in the node's turns against the floor in the others (the measure's own spread): p50 {:.2}x  p99 {:.2}x  ({:.0} / {:.0} µs, {:.0} / {:.0} µs)",
+        pct(&node_side, 0.5) / pct(&floor, 0.5),
+        pct(&node_side, 0.99) / pct(&floor, 0.99),
+        pct(&node_side, 0.5),
+        pct(&floor, 0.5),
+        pct(&node_side, 0.99),
+        pct(&floor, 0.99),
+    );
+}
+
 /// One latency run, in a child process so each input placement
 /// ([`node::runtime::input::INPUT_SERIAL_ENV`]) starts clean. Prints the
 /// figures as ratios to the floor the parent measured just before.
@@ -624,6 +649,10 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(10);
+    if let Ok(rate) = std::env::var("NODE_BENCH_FLOOR_AA") {
+        floor_against_floor(rate.parse().unwrap(), seconds);
+        return;
+    }
     if let Ok(rate) = std::env::var("NODE_BENCH_CHILD") {
         child(rate.parse().unwrap(), seconds);
         return;
@@ -665,6 +694,11 @@ fn main() {
                 pct(&fl, 0.5),
                 pct(&fl, 0.99)
             );
+            let out = std::process::Command::new(&exe)
+                .env("NODE_BENCH_FLOOR_AA", rate.to_string())
+                .output()
+                .unwrap();
+            print!("{}", String::from_utf8_lossy(&out.stdout));
             for (label, serial, drain) in PATHS {
                 let out = std::process::Command::new(&exe)
                     .env("NODE_BENCH_CHILD", rate.to_string())
