@@ -335,6 +335,52 @@ fn stats_shows_the_node_status_file_and_says_when_it_is_stale() {
     );
 }
 
+/// On the box systemd gives the node a runtime directory on tmpfs: the status is written there and
+/// read through `<data_dir>/status.json`, and once the node has stopped and systemd has removed the
+/// directory, `spool stats` says the node is not running instead of showing a stale status.
+#[test]
+fn under_systemd_the_status_is_written_in_the_runtime_directory_and_read_through_the_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "[[decoder]]\nname = \"sim\"\nkind = \"sim\"\nrate = 50\n",
+    );
+    let data = dir.path().join("data");
+    let run = tempfile::tempdir().unwrap();
+    let mut node = crate::process::spawn_with(
+        dir.path(),
+        "node",
+        &["run".as_ref(), "--config".as_ref(), config.as_os_str()],
+        &[(node::runtime::RUNTIME_DIRECTORY_ENV, run.path().as_os_str())],
+    );
+    let limit = Duration::from_secs(CLI_TIMEOUT_S);
+    crate::process::wait_logged("the node to store passings", dir.path(), limit, || {
+        std::fs::read_to_string(run.path().join("status.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .and_then(|s| s["decoders"][0]["passings_stored"].as_u64())
+            .filter(|&stored| stored > 0)
+    });
+    let link = node::config::status_file(&data);
+    assert_eq!(
+        std::fs::read_link(&link).unwrap(),
+        run.path().join("status.json"),
+        "the data directory's status.json leads to the runtime directory"
+    );
+    let data_arg = data.to_str().unwrap();
+    let live = venue_node(&["spool", "--data-dir", data_arg, "stats"]);
+    assert_eq!(live.code, Some(0), "{}", live.stderr);
+    contains_all(&live.stdout, &["node status", "sim"]);
+    assert!(!live.stdout.contains("not running"), "{}", live.stdout);
+    assert!(!live.stdout.contains("STALE"), "{}", live.stdout);
+
+    assert!(crate::process::terminate(&mut node).success());
+    drop(run);
+    let stopped = venue_node(&["spool", "--data-dir", data_arg, "stats"]);
+    assert_eq!(stopped.code, Some(0), "{}", stopped.stderr);
+    contains_all(&stopped.stdout, &["the node is not running"]);
+}
+
 #[test]
 fn tail_filters_by_type_and_stream() {
     let f = Fixture::new();

@@ -7,6 +7,16 @@ use std::time::Duration;
 
 /// `venue-node <args>`, logging at info to `<dir>/<what>-<nanos>.log` (one file per start).
 pub fn spawn(dir: &Path, what: &str, args: &[&std::ffi::OsStr]) -> Child {
+    spawn_with(dir, what, args, &[])
+}
+
+/// [`spawn`] with `envs` set.
+pub fn spawn_with(
+    dir: &Path,
+    what: &str,
+    args: &[&std::ffi::OsStr],
+    envs: &[(&str, &std::ffi::OsStr)],
+) -> Child {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -15,6 +25,7 @@ pub fn spawn(dir: &Path, what: &str, args: &[&std::ffi::OsStr]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_venue-node"))
         .args(args)
         .env("RUST_LOG", "info")
+        .envs(envs.iter().copied())
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
