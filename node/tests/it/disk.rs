@@ -50,18 +50,6 @@ fn fill(path: PathBuf) {
     .unwrap();
 }
 
-/// The node's process, killed if the test ends early, so the tmpfs can be unmounted.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
 fn write_config(dir: &Path, data_dir: &Path) -> PathBuf {
     let config = dir.join("venue-node.toml");
     std::fs::write(
@@ -125,7 +113,7 @@ fn a_disk_filled_by_another_process_then_freed_loses_no_passing() {
     let dir = tempfile::tempdir().unwrap();
     let data = fs.path().join("data");
     let config = write_config(dir.path(), &data);
-    let mut node = KillOnDrop(crate::process::spawn_node(dir.path(), &config));
+    let mut node = crate::process::KillOnDrop(crate::process::spawn_node(dir.path(), &config));
     let spool_dir = node::config::spool_dir(&data);
     let reader = wait_for("the node's spool", dir.path(), || {
         SpoolReader::open(&spool_dir, Arc::new(catalog::schemas())).ok()

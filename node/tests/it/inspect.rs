@@ -347,12 +347,12 @@ fn under_systemd_the_status_is_written_in_the_runtime_directory_and_read_through
     );
     let data = dir.path().join("data");
     let run = tempfile::tempdir().unwrap();
-    let mut node = crate::process::spawn_with(
+    let mut node = crate::process::KillOnDrop(crate::process::spawn_with(
         dir.path(),
         "node",
         &["run".as_ref(), "--config".as_ref(), config.as_os_str()],
         &[(node::runtime::RUNTIME_DIRECTORY_ENV, run.path().as_os_str())],
-    );
+    ));
     let limit = Duration::from_secs(CLI_TIMEOUT_S);
     crate::process::wait_logged("the node to store passings", dir.path(), limit, || {
         std::fs::read_to_string(run.path().join("status.json"))
@@ -374,7 +374,7 @@ fn under_systemd_the_status_is_written_in_the_runtime_directory_and_read_through
     assert!(!live.stdout.contains("not running"), "{}", live.stdout);
     assert!(!live.stdout.contains("STALE"), "{}", live.stdout);
 
-    assert!(crate::process::terminate(&mut node).success());
+    assert!(crate::process::terminate(&mut node.0).success());
     drop(run);
     let stopped = venue_node(&["spool", "--data-dir", data_arg, "stats"]);
     assert_eq!(stopped.code, Some(0), "{}", stopped.stderr);

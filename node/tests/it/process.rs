@@ -41,6 +41,18 @@ pub fn spawn_node(dir: &Path, config: &Path) -> Child {
     )
 }
 
+/// A node's process, killed if the test ends early (a failed wait), so none outlives its test.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// SIGTERM, then waits (at most 30 s) for the process to exit.
 pub fn terminate(child: &mut Child) -> ExitStatus {
     let pid = child.id().to_string();
