@@ -7,7 +7,7 @@
 
 use spool::{InvalidStreamId, StreamId};
 
-use crate::catalog::decoder_id_hex;
+use crate::catalog::push_decoder_id_hex;
 
 /// The venue's streams, as constructors on [`StreamId`]: `use events::VenueStreams;` and write
 /// `StreamId::decoder(..)`, `StreamId::node()`.
@@ -57,10 +57,9 @@ pub fn race_stream(id: &str) -> Option<race::Stream> {
 
 impl VenueStreams for StreamId {
     fn decoder(decoder_id_wire: [u8; 4]) -> StreamId {
-        let id = format!(
-            "decoder/{}",
-            decoder_id_hex(u32::from_le_bytes(decoder_id_wire))
-        );
+        let mut id = String::with_capacity(16);
+        id.push_str("decoder/");
+        push_decoder_id_hex(&mut id, u32::from_le_bytes(decoder_id_wire));
         StreamId::new(id).expect("a decoder stream id is 16 printable bytes, always valid")
     }
 

@@ -49,13 +49,21 @@ pub fn input_stream(input: &str) -> StreamId {
 /// decoder whose memory was cleared counts from 1 anew): its new passing 1 is a different passing
 /// from the old one, and must be stored, not taken for a duplicate.
 pub fn passing_key(decoder_id: Option<u32>, input: &str, number: u32, rtc_time_us: u64) -> String {
+    // Written by hand, not with `format!`: every passing makes one on the live path (issue 14).
+    let mut key = String::with_capacity(48 + input.len());
+    key.push_str("passing/");
     match decoder_id {
-        Some(id) => format!(
-            "passing/{}/{number}/{rtc_time_us}",
-            catalog::decoder_id_hex(id)
-        ),
-        None => format!("passing/input-{input}/{number}/{rtc_time_us}"),
+        Some(id) => catalog::push_decoder_id_hex(&mut key, id),
+        None => {
+            key.push_str("input-");
+            key.push_str(input);
+        }
     }
+    key.push('/');
+    catalog::push_decimal(&mut key, u64::from(number));
+    key.push('/');
+    catalog::push_decimal(&mut key, rtc_time_us);
+    key
 }
 
 /// Turns an accepted frame into its event; an error if the event does not encode (nothing to store).
