@@ -122,6 +122,29 @@ fn duplicate_idempotency_keys_return_the_existing_seq() {
     assert!(retry[0].duplicate);
 }
 
+/// The writer keeps one read of the last checkpoint for key lookups: each checkpoint must replace
+/// it, or a key stored between two checkpoints would be looked up in the older one, missed, and
+/// stored twice.
+#[test]
+fn a_key_is_found_after_every_checkpoint_that_moved_it_out_of_the_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path(), opaque_config()).unwrap();
+    let mut stored = Vec::new();
+    for round in 0..3 {
+        let key = format!("k{round}");
+        let first = append_part(&spool, "a", ExpectedVersion::Any, vec![keyed(b"x", &key)]);
+        assert!(!first[0].duplicate);
+        spool.checkpoint_blocking().unwrap();
+        stored.push((key, first[0]));
+        for (key, original) in &stored {
+            let again = append_part(&spool, "a", ExpectedVersion::Any, vec![keyed(b"x", key)]);
+            assert!(again[0].duplicate, "{key} after checkpoint {round}");
+            assert_eq!(again[0].seq, original.seq, "{key} after checkpoint {round}");
+        }
+    }
+    assert_eq!(spool.head().unwrap(), Seq(3));
+}
+
 #[test]
 fn bad_input_is_refused_with_a_clear_error_and_counted() {
     let dir = tempfile::tempdir().unwrap();
