@@ -353,14 +353,7 @@ fn under_systemd_the_status_is_written_in_the_runtime_directory_and_read_through
         &["run".as_ref(), "--config".as_ref(), config.as_os_str()],
         &[(node::runtime::RUNTIME_DIRECTORY_ENV, run.path().as_os_str())],
     ));
-    let limit = Duration::from_secs(CLI_TIMEOUT_S);
-    crate::process::wait_logged("the node to store passings", dir.path(), limit, || {
-        std::fs::read_to_string(run.path().join("status.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-            .and_then(|s| s["decoders"][0]["passings_stored"].as_u64())
-            .filter(|&stored| stored > 0)
-    });
+    wait_for_stored_passings(dir.path(), &run.path().join("status.json"));
     let link = node::config::status_file(&data);
     assert_eq!(
         std::fs::read_link(&link).unwrap(),
@@ -1344,6 +1337,19 @@ fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>, std::time::SystemTime)> {
     files
 }
 
+/// Waits until the node started in `dir` reports stored passings in the status file at `status`
+/// (its log is shown if it never does).
+fn wait_for_stored_passings(dir: &Path, status: &Path) {
+    let limit = Duration::from_secs(CLI_TIMEOUT_S);
+    crate::process::wait_logged("the node to store passings", dir, limit, || {
+        std::fs::read_to_string(status)
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .and_then(|s| s["decoders"][0]["passings_stored"].as_u64())
+            .filter(|&stored| stored > 0)
+    });
+}
+
 #[test]
 fn export_and_verify_do_not_change_a_crashed_spool() {
     let dir = tempfile::tempdir().unwrap();
@@ -1354,14 +1360,7 @@ fn export_and_verify_do_not_change_a_crashed_spool() {
     let data = dir.path().join("data");
     let mut node = crate::process::spawn_node(dir.path(), &config);
     // Kill -9 once the node has stored passings (they are in its journal, not yet checkpointed).
-    let limit = Duration::from_secs(CLI_TIMEOUT_S);
-    crate::process::wait_logged("the node to store passings", dir.path(), limit, || {
-        std::fs::read_to_string(node::config::status_file(&data))
-            .ok()
-            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-            .and_then(|s| s["decoders"][0]["passings_stored"].as_u64())
-            .filter(|&stored| stored > 0)
-    });
+    wait_for_stored_passings(dir.path(), &node::config::status_file(&data));
     node.kill().unwrap();
     node.wait().unwrap();
     let spool_dir = node::config::spool_dir(&data);
