@@ -453,6 +453,7 @@ impl Node {
         let status = self.status.clone();
         // On a thread of its own at a lower CPU priority: a backlog of days drains with the cores
         // the live path leaves idle, and never queues ahead of it.
+        let stop = cancel.clone();
         let background = drain
             .spawn(cancel)
             .map_err(|e| anyhow::anyhow!(uplink::chain(&e)))?;
@@ -461,6 +462,11 @@ impl Node {
                 tracing::error!(error = %uplink::chain(&e), "uplink stopped");
             }
         });
+        // The drain publishes after every batch, ~25 times a second while a backlog drains, and
+        // status.json is written once a second: the copy waits a quarter of that between looks,
+        // so the drain's progress does not wake the node's workers (which may run on the live
+        // input's core) once per batch.
+        let pause = Duration::from_millis(STATUS_WRITE_INTERVAL_MS / 4);
         tracker.spawn(async move {
             while watch.changed().await.is_ok() {
                 let d = watch.borrow_and_update().clone();
@@ -478,6 +484,10 @@ impl Node {
                         alarm: d.alarm.clone(),
                     })
                 });
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep(pause) => {}
+                }
             }
         });
         Ok(retry_now)
