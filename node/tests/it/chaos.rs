@@ -18,7 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::process::{logs, spawn, spawn_node, terminate};
+use crate::process::{KillOnDrop, logs, spawn, spawn_node, terminate};
 use crate::runtime::sim_decoder;
 
 const TRACK: &str = "chaos-track";
@@ -74,7 +74,7 @@ impl Wan {
     }
 }
 
-fn spawn_central(dir: &Path, port: u16) -> Child {
+fn spawn_central(dir: &Path, port: u16) -> KillOnDrop {
     let listen = format!("127.0.0.1:{port}");
     let tokens = dir.join("tokens");
     let store = dir.join("central-store");

@@ -113,7 +113,7 @@ fn a_disk_filled_by_another_process_then_freed_loses_no_passing() {
     let dir = tempfile::tempdir().unwrap();
     let data = fs.path().join("data");
     let config = write_config(dir.path(), &data);
-    let mut node = crate::process::KillOnDrop(crate::process::spawn_node(dir.path(), &config));
+    let mut node = crate::process::spawn_node(dir.path(), &config);
     let spool_dir = node::config::spool_dir(&data);
     let reader = wait_for("the node's spool", dir.path(), || {
         SpoolReader::open(&spool_dir, Arc::new(catalog::schemas())).ok()
@@ -150,7 +150,7 @@ fn a_disk_filled_by_another_process_then_freed_loses_no_passing() {
     });
     assert!(status.spool.refused_appends > 0, "appends were refused");
     assert!(
-        crate::process::terminate(&mut node.0).success(),
+        crate::process::terminate(&mut node).success(),
         "{}",
         crate::process::logs(dir.path())
     );

@@ -347,12 +347,12 @@ fn under_systemd_the_status_is_written_in_the_runtime_directory_and_read_through
     );
     let data = dir.path().join("data");
     let run = tempfile::tempdir().unwrap();
-    let mut node = crate::process::KillOnDrop(crate::process::spawn_with(
+    let mut node = crate::process::spawn_with(
         dir.path(),
         "node",
         &["run".as_ref(), "--config".as_ref(), config.as_os_str()],
         &[(node::runtime::RUNTIME_DIRECTORY_ENV, run.path().as_os_str())],
-    ));
+    );
     wait_for_stored_passings(dir.path(), &run.path().join("status.json"));
     let link = node::config::status_file(&data);
     assert_eq!(
@@ -367,7 +367,7 @@ fn under_systemd_the_status_is_written_in_the_runtime_directory_and_read_through
     assert!(!live.stdout.contains("not running"), "{}", live.stdout);
     assert!(!live.stdout.contains("STALE"), "{}", live.stdout);
 
-    assert!(crate::process::terminate(&mut node.0).success());
+    assert!(crate::process::terminate(&mut node).success());
     drop(run);
     let stopped = venue_node(&["spool", "--data-dir", data_arg, "stats"]);
     assert_eq!(stopped.code, Some(0), "{}", stopped.stderr);

@@ -5,8 +5,9 @@ use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
-/// `venue-node <args>`, logging at info to `<dir>/<what>-<nanos>.log` (one file per start).
-pub fn spawn(dir: &Path, what: &str, args: &[&std::ffi::OsStr]) -> Child {
+/// `venue-node <args>`, logging at info to `<dir>/<what>-<nanos>.log` (one file per start), killed
+/// when the test lets go of it ([`KillOnDrop`]).
+pub fn spawn(dir: &Path, what: &str, args: &[&std::ffi::OsStr]) -> KillOnDrop {
     spawn_with(dir, what, args, &[])
 }
 
@@ -16,24 +17,25 @@ pub fn spawn_with(
     what: &str,
     args: &[&std::ffi::OsStr],
     envs: &[(&str, &std::ffi::OsStr)],
-) -> Child {
+) -> KillOnDrop {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos();
     let log = std::fs::File::create(dir.join(format!("{what}-{nanos}.log"))).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_venue-node"))
+    let child = Command::new(env!("CARGO_BIN_EXE_venue-node"))
         .args(args)
         .env("RUST_LOG", "info")
         .envs(envs.iter().copied())
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
-        .unwrap_or_else(|e| panic!("venue-node {what} starts: {e}"))
+        .unwrap_or_else(|e| panic!("venue-node {what} starts: {e}"));
+    KillOnDrop(child)
 }
 
 /// `venue-node run --config <config>`.
-pub fn spawn_node(dir: &Path, config: &Path) -> Child {
+pub fn spawn_node(dir: &Path, config: &Path) -> KillOnDrop {
     spawn(
         dir,
         "node",
@@ -42,7 +44,21 @@ pub fn spawn_node(dir: &Path, config: &Path) -> Child {
 }
 
 /// A node's process, killed if the test ends early (a failed wait), so none outlives its test.
+/// Every [`spawn`] returns one; it is used as the [`Child`] it holds.
 pub struct KillOnDrop(pub Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {

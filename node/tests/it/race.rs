@@ -56,18 +56,6 @@ fn setup(dir: &Path) -> (PathBuf, PathBuf) {
     (data, config)
 }
 
-/// A node process, killed if the test fails while it runs (a panic must not leave it running).
-struct Running(std::process::Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(None)) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
 fn status(data: &Path) -> Option<serde_json::Value> {
     let text = std::fs::read_to_string(data.join("status.json")).ok()?;
     serde_json::from_str(&text).ok()
@@ -100,7 +88,7 @@ fn heard(data: &Path) -> (String, BTreeSet<u32>) {
 fn the_race_cli_changes_a_stopped_node_and_the_running_node_folds_and_reports_it() {
     let dir = tempfile::tempdir().unwrap();
     let (data, config) = setup(dir.path());
-    let mut node = Running(spawn_node(dir.path(), &config));
+    let mut node = spawn_node(dir.path(), &config);
     wait("the projection to fold passings", dir.path(), || {
         status(&data).is_some_and(|s| s["race"]["position"].as_u64() > Some(30))
     });
@@ -116,7 +104,7 @@ fn the_race_cli_changes_a_stopped_node_and_the_running_node_folds_and_reports_it
             })
         },
     );
-    assert!(terminate(&mut node.0).success(), "{}", logs(dir.path()));
+    assert!(terminate(&mut node).success(), "{}", logs(dir.path()));
     let (decoder, transponders) = heard(&data);
     assert!(transponders.len() >= 2, "the simulator's riders were heard");
 
@@ -194,7 +182,7 @@ fn the_race_cli_changes_a_stopped_node_and_the_running_node_folds_and_reports_it
     assert_eq!(audit.as_array().unwrap().len(), 4);
 
     // The node starts from its snapshot and folds the CLI's events after it.
-    let mut node = Running(spawn_node(dir.path(), &config));
+    let mut node = spawn_node(dir.path(), &config);
     wait(
         "the projection to fold the CLI's events",
         dir.path(),
@@ -229,7 +217,7 @@ fn the_race_cli_changes_a_stopped_node_and_the_running_node_folds_and_reports_it
         json["results"]["rows"].as_array().unwrap().len(),
         transponders.len()
     );
-    assert!(terminate(&mut node.0).success(), "{}", logs(dir.path()));
+    assert!(terminate(&mut node).success(), "{}", logs(dir.path()));
     assert!(!ok(dir.path(), &["roster", "list"]).contains("Late"));
 }
 
