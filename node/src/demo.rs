@@ -310,6 +310,9 @@ fn describe(
     Some(format!("{at}  seq {:<6} {line}", e.seq.0))
 }
 
+/// The class of the competitors the demo adds (and removes, when a later demo's field is another).
+const DEMO_CLASS: &str = "Demo";
+
 /// The demo field's names, one per simulated transponder in turn (made up).
 const DEMO_NAMES: [&str; 20] = [
     "A. Lindqvist",
@@ -344,7 +347,8 @@ enum Racing {
 
 /// Sets up what the scoreboard shows, through the same commands as race control: a finish line on
 /// the simulated decoder, with guards against double reads scaled to the field's lap, and a
-/// competitor for every transponder of the field not on the roster yet; then any session still
+/// competitor for every transponder of the field not on the roster yet, and none for an earlier
+/// demo's rider whose transponder is not in this field (another `--seed`); then any session still
 /// open is ended. Karts get a race with no limit, armed now (the decoder's clock is the host's):
 /// they are already lapping, so each one's first crossing starts its lap 1. BMX gets moto after
 /// moto ([`motos`]). It first waits for the race projection to fold the spool up to `head`, so a
@@ -383,13 +387,25 @@ async fn race_control(
         )
     })??;
     let now = spool::now_us();
-    let (new_riders, open, next_session) = {
+    let (new_riders, gone, open, next_session) = {
         let engine = results.engine();
         let roster = engine.roster();
         let new_riders: Vec<u32> = field
             .iter()
             .copied()
             .filter(|t| roster.owner(Some(*t), None).is_none())
+            .collect();
+        // Riders an earlier demo added for another seed's field: no passing will ever be theirs.
+        // Competitors added by hand (through race control) are left alone.
+        let gone: Vec<race::CompetitorId> = roster
+            .iter()
+            .filter(|c| c.class == DEMO_CLASS)
+            .filter(|c| {
+                !c.transponders
+                    .iter()
+                    .any(|t| matches!(t, race::Transponder::Number(n) if field.contains(n)))
+            })
+            .map(|c| c.id)
             .collect();
         let sessions = engine.sessions();
         let open: Vec<race::SessionId> = sessions
@@ -398,7 +414,7 @@ async fn race_control(
             .map(|s| s.session)
             .collect();
         let next = sessions.iter().map(|s| s.session.0).max().unwrap_or(0) + 1;
-        (new_riders, open, race::SessionId(next))
+        (new_riders, gone, open, race::SessionId(next))
     };
     // Defined on every run: its guards follow this run's rate.
     staff(
@@ -421,6 +437,9 @@ async fn race_control(
         },
     )
     .await?;
+    for id in &gone {
+        staff(results, race::RaceEvent::CompetitorRemoved { id: *id }).await?;
+    }
     for t in &new_riders {
         let id = results.engine().roster().next_id();
         let name = DEMO_NAMES[(id.0 as usize - 1) % DEMO_NAMES.len()];
@@ -430,7 +449,7 @@ async fn race_control(
                 id,
                 number: id.0.to_string(),
                 name: name.into(),
-                class: "Demo".into(),
+                class: DEMO_CLASS.into(),
                 club: String::new(),
                 transponders: vec![race::Transponder::Number(*t)],
             }),
@@ -447,11 +466,20 @@ async fn race_control(
         )
         .await?;
     }
+    let roster_changes: Vec<String> = [
+        (new_riders.len(), "added to the roster"),
+        (gone.len(), "of an earlier demo's other field removed"),
+    ]
+    .into_iter()
+    .filter(|(n, _)| *n > 0)
+    .map(|(n, what)| format!("{n} {what}"))
+    .collect();
     let before = format!(
         "{}{}",
-        match new_riders.len() {
-            0 => String::new(),
-            n => format!(" ({n} added to the roster)"),
+        if roster_changes.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", roster_changes.join(", "))
         },
         match open.len() {
             0 => String::new(),

@@ -94,8 +94,12 @@ impl Demo {
 
 /// Runs the demo in `dir` until race control says what it started and the session's board shows
 /// `laps` laps for someone; returns race control's line. Stops the demo with Ctrl-C.
-fn demo_until_lapping(dir: &Path, session: u32, laps: u64) -> String {
-    let demo = Demo::start(dir, &["--rate", "6", "--seconds", "120"]);
+fn demo_until_lapping(dir: &Path, session: u32, laps: u64, extra: &[&str]) -> String {
+    let args: Vec<&str> = ["--rate", "6", "--seconds", "120"]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect();
+    let demo = Demo::start(dir, &args);
     let (port, lines) = (demo.port, &demo.lines);
     let deadline = Instant::now() + WAIT;
     let (control, seen) = demo.until("---- demo: race control", deadline);
@@ -193,22 +197,35 @@ fn demo_until_lapping(dir: &Path, session: u32, laps: u64) -> String {
 }
 
 /// The first demo sets up the track, the roster and race 1; a second one in the same directory
-/// keeps them, ends race 1 and starts race 2, which the board then follows.
+/// keeps them, ends race 1 and starts race 2, which the board then follows. A third with another
+/// `--seed` (another field of karts) swaps the demo's riders, so the roster is still one competitor
+/// per kart.
 #[test]
 fn the_demo_starts_a_race_the_scoreboard_shows_and_a_second_demo_starts_the_next() {
     let dir = tempfile::tempdir().unwrap();
-    let first = demo_until_lapping(dir.path(), 1, 2);
+    let first = demo_until_lapping(dir.path(), 1, 2, &[]);
     assert!(
         first.contains("started session 1 \"Demo race 1\" for 20 karts (20 added to the roster)"),
         "{first}"
     );
-    let second = demo_until_lapping(dir.path(), 2, 1);
+    let second = demo_until_lapping(dir.path(), 2, 1, &[]);
     assert!(
         second
             .contains("started session 2 \"Demo race 2\" for 20 karts, after ending 1 session(s)"),
         "{second}"
     );
     assert!(!second.contains("added to the roster"), "{second}");
+    // As many of the first field's riders leave as the new field brings (two seeds may share a
+    // transponder or two); `demo_until_lapping` checks the roster holds 20.
+    let third = demo_until_lapping(dir.path(), 3, 1, &["--seed", "2"]);
+    let counts = |what: &str| -> Option<u32> {
+        let at = third.find(what)?;
+        third[..at].rsplit([' ', '(']).next()?.parse().ok()
+    };
+    let added = counts(" added to the roster").unwrap_or_else(|| panic!("{third}"));
+    let removed =
+        counts(" of an earlier demo's other field removed").unwrap_or_else(|| panic!("{third}"));
+    assert!(added > 0 && added == removed, "{third}");
 }
 
 /// `demo --bmx`: race control stages and arms a moto, the simulated start gate drops it, the eight
