@@ -7,7 +7,8 @@
 //! for 5 s; a second drop is a rerun, which a judge decides).
 //!
 //! Once the moto is decided (it ended, every staged rider finished or has a judge's verdict, or the
-//! decoders' clock passed the drop plus the maximum finish time), a staged rider with no finish is
+//! decoders' clock passed the drop plus the maximum finish time: a passing's time or a clock answer's,
+//! [`Engine::now_us`](crate::Engine::now_us)), a staged rider with no finish is
 //! DNF if any loop saw them after the drop, else DNS. Deciding when the last rider is in puts the
 //! points on the board at once, not at the next moto's beacon.
 //! Points: the finishing place; DNF scores last place of the moto; DNS and DQ as set.
@@ -124,7 +125,7 @@ pub(crate) fn moto_board(engine: &Engine, s: &Session) -> MotoBoard {
         .iter()
         .all(|r| r.time_us.is_some() || overlay.verdicts.contains_key(&r.competitor));
     board.decided = s.ended_us.is_some()
-        || engine.latest_us().is_some_and(|t| t > deadline)
+        || engine.now_us().is_some_and(|t| t > deadline)
         || (all_in && !board.rows.is_empty());
     for (row, seen_any) in board.rows.iter_mut().zip(seen_any) {
         row.status = match (overlay.verdicts.get(&row.competitor), row.time_us) {

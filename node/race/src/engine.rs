@@ -156,6 +156,9 @@ pub struct Engine {
     pub(crate) pin_us: Option<u64>,
     /// Derived: the decoder time past which the next ended session is sealed.
     pub(crate) seal_due_us: Option<u64>,
+    /// The newest decoder time a clock answer gave (`decoder.clock`): "now" on a track where
+    /// nobody passes.
+    pub(crate) clock_us: Option<u64>,
 }
 
 /// A sealed session's board, as it was computed when the session was sealed.
@@ -215,6 +218,20 @@ impl Engine {
     /// expected to share a clock, as GPS-synced ones do).
     pub fn latest_us(&self) -> Option<u64> {
         self.passings.keys().next_back().map(|k| k.0)
+    }
+
+    /// "Now" on the decoders' clock: the later of the newest passing and the newest clock answer
+    /// ([`Self::clock`]). What decides a moto whose time ran out while nobody passed. Sealing and
+    /// eviction go by passings alone ([`Self::latest_us`]): a clock answer moves no passing out.
+    pub fn now_us(&self) -> Option<u64> {
+        self.latest_us().max(self.clock_us)
+    }
+
+    /// Takes in a decoder's answer to a clock query (GET_TIME): its real-time clock when it
+    /// answered. The node asks every decoder once a minute, so "now" moves on without passings.
+    /// An answer older than the newest one changes nothing.
+    pub fn clock(&mut self, rtc_time_us: u64) {
+        self.clock_us = self.clock_us.max(Some(rtc_time_us));
     }
 
     /// Takes in a passing. Its place is its decoder time; when it arrives does not matter.

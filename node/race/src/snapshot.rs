@@ -1,12 +1,13 @@
 //! A snapshot of the engine's state, so that a restart folds only the events after it.
 //!
 //! What it holds: every stream's last applied version, the roster's competitors, the track's lines
-//! and decoder mappings, every session and series as folded (settings, course, staging, decisions and
-//! undos, results status), the boards of sealed sessions, the passings held (see [`crate::Bounds`]:
-//! only those some open session or the recent past needs) and the newest one evicted, the intake
-//! counters and each decoder's counters. Read models of open sessions are not in it: they are
-//! computed from that state, so [`Engine::restore`] plus the events and passings after the snapshot
-//! gives the same bytes as a full replay (the test `snapshot::`).
+//! and decoder mappings, every session and series as folded (settings, course, staging, decisions
+//! and undos, results status), the boards of sealed sessions, the newest clock answer, the passings
+//! held (see [`crate::Bounds`]: only those some open session or the recent past needs) and the
+//! newest one evicted, the intake counters and each decoder's counters. Read models of open
+//! sessions are not in it: they are computed from that state, so [`Engine::restore`] plus the
+//! events and passings after the snapshot gives the same bytes as a full replay (the test
+//! `snapshot::`).
 //!
 //! The caller's `position` (for the node, the spool sequence of the last record folded in) is kept
 //! as given, so it knows where to resume. Events at or below a stream's last applied version are
@@ -16,13 +17,14 @@
 //! When it is invalid, and the events must be replayed in full instead:
 //! - [`ENGINE_VERSION`] changed: the engine now folds or reads the same events differently, so state
 //!   folded by the old one would disagree with a replay. [`Engine::restore`] refuses it with
-//!   [`Error::SnapshotStale`]. A `V1` snapshot is always stale: engine 1 did not seal sessions.
+//!   [`Error::SnapshotStale`]. A `V1` snapshot is always stale: engine 1 did not seal sessions;
+//!   so is a `V2`: engine 2 took in no clock answers.
 //! - The envelope is not one this build knows (decoding fails): a snapshot from a newer build.
 //! - The spool it was taken from was rewritten below `position` (an upcaster, a restore from
 //!   backup): the caller must drop snapshots then; the engine cannot tell.
 //!
-//! The envelope is an enum and only ever grows: a new layout is `V2`, never an edit of `V1`, and the
-//! bytes of each are pinned in a test, as the race events are.
+//! The envelope is an enum and only ever grows: a new layout is `V4`, never an edit of `V3`, and
+//! the bytes of each are pinned in a test, as the race events are.
 
 use std::collections::BTreeMap;
 
@@ -39,8 +41,9 @@ use crate::{PASSINGS_HELD_MAX, ROSTER_COMPETITORS_MAX};
 
 /// The version of what the engine makes of its events. Bump it whenever a fold or a read model
 /// changes its result for the same events; every snapshot taken before is then stale. 2: sessions
-/// are sealed ([`crate::Bounds`]).
-pub const ENGINE_VERSION: u32 = 2;
+/// are sealed ([`crate::Bounds`]). 3: clock answers move "now" ([`Engine::clock`]), so a moto
+/// whose time ran out is decided without a passing after it.
+pub const ENGINE_VERSION: u32 = 3;
 
 /// A snapshot, in a versioned envelope. Encode it with postcard, as the spool's records are.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -52,6 +55,7 @@ pub enum Snapshot {
         last_applied: BTreeMap<Stream, u64>,
         state: StateV1,
     },
+    /// Taken by engine version 2, which had no clock answers; decoded only to be refused as stale.
     V2 {
         /// The [`ENGINE_VERSION`] that took it.
         engine: u32,
@@ -60,6 +64,18 @@ pub enum Snapshot {
         /// Every stream's last applied version.
         last_applied: BTreeMap<Stream, u64>,
         state: State,
+    },
+    /// The layout engine version 3 takes: `V2` and the newest clock answer.
+    V3 {
+        /// The [`ENGINE_VERSION`] that took it.
+        engine: u32,
+        /// The caller's position of the last input folded in, kept as given.
+        position: u64,
+        /// Every stream's last applied version.
+        last_applied: BTreeMap<Stream, u64>,
+        state: State,
+        /// The newest decoder time a clock answer gave ([`Engine::clock`]).
+        clock_us: Option<u64>,
     },
 }
 
@@ -101,9 +117,10 @@ struct CountsV1 {
 impl Engine {
     /// The state now, with the caller's position of the last input folded in.
     pub fn snapshot(&self, position: u64) -> Snapshot {
-        Snapshot::V2 {
+        Snapshot::V3 {
             engine: ENGINE_VERSION,
             position,
+            clock_us: self.clock_us,
             last_applied: self.versions.clone(),
             state: State {
                 competitors: self.roster.iter().cloned().collect(),
@@ -122,19 +139,20 @@ impl Engine {
     /// An engine as it was at a snapshot, and the position given when it was taken, with the
     /// default [`crate::Bounds`]. A snapshot of another engine version is refused: replay in full.
     pub fn restore(snapshot: Snapshot) -> Result<(Engine, u64), Error> {
-        let (engine, position, last_applied, state) = match snapshot {
-            Snapshot::V1 { engine, .. } => {
+        let (engine, position, last_applied, state, clock_us) = match snapshot {
+            Snapshot::V1 { engine, .. } | Snapshot::V2 { engine, .. } => {
                 return Err(Error::SnapshotStale {
                     found: engine,
                     wanted: ENGINE_VERSION,
                 });
             }
-            Snapshot::V2 {
+            Snapshot::V3 {
                 engine,
                 position,
                 last_applied,
                 state,
-            } => (engine, position, last_applied, state),
+                clock_us,
+            } => (engine, position, last_applied, state, clock_us),
         };
         if engine != ENGINE_VERSION {
             return Err(Error::SnapshotStale {
@@ -176,6 +194,7 @@ impl Engine {
             decoders: state.decoders,
             sealed: state.sealed,
             evicted_to: state.evicted_to,
+            clock_us,
             ..Engine::default()
         };
         e.set_bounds(crate::Bounds::default());

@@ -9,17 +9,21 @@ use spool::{Filter, RecordedEvent, Seq, SpoolReader};
 
 use crate::Error;
 
-/// What the projection reads from the spool: passings and race events; nothing else changes a
-/// result.
+/// What the projection reads from the spool: passings, race events and the decoders' clock
+/// answers (which move "now" on a quiet track); nothing else changes a result.
 pub fn filter() -> Filter {
-    Filter::all().with_event_types([catalog::Passing::EVENT_TYPE, catalog::RaceEvent::EVENT_TYPE])
+    Filter::all().with_event_types([
+        catalog::Passing::EVENT_TYPE,
+        catalog::RaceEvent::EVENT_TYPE,
+        catalog::Clock::EVENT_TYPE,
+    ])
 }
 
 /// Counters of what the fold did with the events it was given. Nothing it cannot use is dropped
 /// silently: it is counted here, and the last reason is kept.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FoldCounts {
-    /// Passings and race events folded in.
+    /// Passings, race events and clock answers folded in.
     pub folded: u64,
     /// Passings without a DECODER_ID: no line can be known for them, so they time nothing.
     pub passings_without_decoder: u64,
@@ -40,6 +44,8 @@ pub enum Input {
     PassingWithoutDecoder,
     /// A race event at its stream's version.
     Race(Recorded),
+    /// A decoder's answer to a clock query: its real-time clock, µs ([`Engine::clock`]).
+    Clock(u64),
 }
 
 /// Folds one event read through [`filter`] into `engine`.
@@ -75,6 +81,10 @@ pub fn fold(
             Ok(())
         }
         Input::Race(recorded) => engine.apply(&recorded).map_err(|e| e.to_string()),
+        Input::Clock(rtc_time_us) => {
+            engine.clock(rtc_time_us);
+            Ok(())
+        }
     });
     match folded {
         Ok(()) => {
@@ -121,6 +131,10 @@ pub fn input_of(event: &RecordedEvent) -> Result<Input, String> {
                 version: event.version,
                 event: race_event,
             }))
+        }
+        catalog::Clock::EVENT_TYPE => {
+            let c = catalog::Clock::from_event(event).map_err(|e| spool::error_chain(&e))?;
+            Ok(Input::Clock(c.decoder_rtc_us))
         }
         other => Err(format!("{other} is not an input of the race engine")),
     }

@@ -1,7 +1,7 @@
 //! The race projection: the spool's passings and race events, folded into the race engine
 //! ([`race::Engine`]) as they become durable, and the engine's read models served from it.
 //!
-//! - **Fold.** A thread of its own, a little nicer than the inputs ([`RESULTS_FOLD_NICE`]), subscribes to the spool (`decoder.passing` and `race.event`,
+//! - **Fold.** A thread of its own, a little nicer than the inputs ([`RESULTS_FOLD_NICE`]), subscribes to the spool (`decoder.passing`, `race.event` and `decoder.clock`,
 //!   [`fold::filter`]) from where the engine's state ends, takes whatever is stored in one batch
 //!   (up to [`FOLD_BATCH_EVENTS_MAX`]), folds it under the engine's write lock, and ticks
 //!   [`Results::changed`] with the last seq folded. Async callers never wait on it; readers take the

@@ -55,10 +55,11 @@ enum Manifest {
 
 /// The schema versions of the projection's inputs: a snapshot taken under others is stale.
 fn input_schemas() -> Vec<(String, u16)> {
-    use events::catalog::{Passing, RaceEvent};
+    use events::catalog::{Clock, Passing, RaceEvent};
     vec![
         (Passing::EVENT_TYPE.into(), Passing::SCHEMA_VERSION),
         (RaceEvent::EVENT_TYPE.into(), RaceEvent::SCHEMA_VERSION),
+        (Clock::EVENT_TYPE.into(), Clock::SCHEMA_VERSION),
     ]
 }
 
@@ -171,4 +172,37 @@ pub fn load(reader: &SpoolReader) -> Result<Option<race::Snapshot>, Error> {
         source: Some(source),
     })?;
     Ok(Some(snapshot))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A snapshot taken before the projection took in the decoders' clock answers (its manifest
+    /// lists the passing's and the race event's schemas only) is not used: the engine rebuilds
+    /// from the first event, clock answers included.
+    #[test]
+    fn a_snapshot_taken_with_other_input_schemas_is_not_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), events::spool_config()).unwrap();
+        save(&spool, &race::Engine::default().snapshot(0), Seq(0)).unwrap();
+        assert!(load(&spool.reader()).unwrap().is_some());
+        let Some((_, Manifest::V1 { mut schemas, .. })) = read_manifest(&spool.reader()).unwrap()
+        else {
+            panic!("a manifest was saved");
+        };
+        schemas.retain(|(event_type, _)| event_type != "decoder.clock");
+        let old = Manifest::V1 {
+            generation: 1,
+            chunks: 0,
+            bytes: 0,
+            fnv64: fnv64(&[]),
+            schemas,
+        };
+        spool
+            .save_projection_blocking(SNAPSHOT_ROW, Seq(0), postcard::to_allocvec(&old).unwrap())
+            .unwrap();
+        let why = load(&spool.reader()).unwrap_err().to_string();
+        assert!(why.contains("input schemas"), "{why}");
+    }
 }

@@ -179,6 +179,35 @@ fn a_moto_is_decided_when_its_last_rider_is_in_not_at_the_next_beacon() {
     assert_eq!(b.rows[4].points, Some(5));
 }
 
+/// A rider falls and nobody marks it, and nothing passes after the moto's time is up (the last
+/// moto of the day): the decoders' clock answers still decide the moto, and the fallen rider is
+/// DNF. Before clock answers were an input, such a moto stayed "racing" until the next passing.
+#[test]
+fn a_clock_answer_past_the_time_limit_decides_a_moto_nobody_passed_after() {
+    let mut w = track();
+    let m = moto(&mut w, 1, 1000.0);
+    w.pass(FINISH_MAIN, 9992, s(1010.0));
+    let drop = 1010.075;
+    ride(&mut w, drop, &[500, 501, 502, 503]);
+    w.pass(HILL_DECODER, 504, s(drop + 2.5));
+    let limit = MotoSettings::default().max_finish_us;
+    // A clock answer inside the time limit decides nothing.
+    w.engine.clock(s(drop) + limit - s(1.0));
+    let b = w.engine.moto_board(m).unwrap();
+    assert!(!b.decided);
+    assert_eq!(b.rows[4].status, MotoStatus::Racing);
+    // One past it does, with no passing after it.
+    w.engine.clock(s(drop) + limit + s(1.0));
+    let b = w.engine.moto_board(m).unwrap();
+    assert!(b.decided, "the time is up on the decoders' clock");
+    assert_eq!(b.rows[4].status, MotoStatus::Dnf);
+    assert_eq!(b.rows[4].points, Some(5));
+    // An older answer arriving late does not take it back.
+    w.engine.clock(s(drop));
+    assert!(w.engine.moto_board(m).unwrap().decided);
+    assert_eq!(w.engine.latest_us(), Some(s(drop + 41.5)), "passings alone");
+}
+
 #[test]
 fn a_drop_entered_by_hand_wins_and_a_rerun_forgets_the_first_run() {
     let mut w = track();

@@ -9,6 +9,8 @@ use crate::support::*;
 enum Input {
     Event(Recorded),
     Passing(Passing),
+    /// A decoder's clock answer (`decoder.clock`).
+    Clock(u64),
 }
 
 /// Inputs as the node reads them from its spool, recorded while an engine accepts them.
@@ -43,6 +45,11 @@ impl Tape {
         };
         self.engine.ingest(p.clone());
         self.inputs.push(Input::Passing(p));
+    }
+
+    fn clock(&mut self, rtc_time_us: u64) {
+        self.engine.clock(rtc_time_us);
+        self.inputs.push(Input::Clock(rtc_time_us));
     }
 
     fn decide(&mut self, session: SessionId, action: Action) {
@@ -118,6 +125,9 @@ fn inputs() -> Vec<Input> {
         },
     );
     t.pass(FINISH_MAIN, 702, s(33.0));
+    // A clock answer while the track is quiet, then one older than it (changes nothing).
+    t.clock(s(45.0));
+    t.clock(s(40.0));
     t.pass(FINISH_MAIN, 700, s(61.0));
     t.pass(FINISH_MAIN, 702, s(64.0));
     // Late, by RESEND: rider 11 crossed before the newest passing.
@@ -160,6 +170,7 @@ fn feed(engine: &mut Engine, inputs: &[Input]) {
             Input::Passing(p) => {
                 engine.ingest(p.clone());
             }
+            Input::Clock(t) => engine.clock(*t),
         }
     }
 }
@@ -214,27 +225,29 @@ fn resuming_early_refuses_the_events_applied_and_counts_the_passings_held() {
     ));
     let passing = inputs.iter().find_map(|i| match i {
         Input::Passing(p) => Some(p.clone()),
-        Input::Event(_) => None,
+        Input::Event(_) | Input::Clock(_) => None,
     });
     assert_eq!(restored.ingest(passing.unwrap()), Ingest::Duplicate);
 }
 
 #[test]
 fn a_snapshot_of_another_engine_version_is_refused() {
-    let Snapshot::V2 {
+    let Snapshot::V3 {
         position,
         last_applied,
         state,
+        clock_us,
         ..
     } = Engine::default().snapshot(7)
     else {
-        unreachable!("this engine takes V2 snapshots")
+        unreachable!("this engine takes V3 snapshots")
     };
-    let old = Snapshot::V2 {
+    let old = Snapshot::V3 {
         engine: ENGINE_VERSION - 1,
         position,
         last_applied,
         state,
+        clock_us,
     };
     assert!(matches!(
         Engine::restore(old),
@@ -257,28 +270,37 @@ fn unhex(hex: &str) -> Vec<u8> {
         .collect()
 }
 
+/// The bytes a version 2 engine stored for the snapshot pinned below (before clock answers): they
+/// still decode, as `V2`, and are refused as stale, so the node replays in full.
+const V2_BYTES: &str = "010209030003010302010103010231300752696465722030044f70656e000100bc05020231310752696465722031\
+         044f70656e000100bd05030231320752696465722032044f70656e000100be050101010666696e69736802e0a712\
+         c0843d02070100080101010101014602000001900380897a0003874e884e8b4e0080aaea550a0a00000000000000\
+         0100010701bc050001050100000000000107010001050000";
+
+/// The older envelopes still decode, as what they were, and are refused as stale.
 #[test]
-fn a_version_1_snapshot_still_decodes_and_is_refused_as_stale() {
-    let old: Snapshot = postcard::from_bytes(&unhex(V1_BYTES)).unwrap();
-    assert!(matches!(
-        old,
-        Snapshot::V1 {
-            engine: 1,
-            position: 9,
-            ..
-        }
-    ));
-    assert!(matches!(
-        Engine::restore(old),
-        Err(Error::SnapshotStale {
-            found: 1,
-            wanted: ENGINE_VERSION
-        })
-    ));
+fn older_snapshots_still_decode_and_are_refused_as_stale() {
+    for (bytes, version) in [(V1_BYTES, 1), (V2_BYTES, 2)] {
+        let old: Snapshot = postcard::from_bytes(&unhex(bytes)).unwrap();
+        let (engine, position) = match &old {
+            Snapshot::V1 {
+                engine, position, ..
+            } if version == 1 => (*engine, *position),
+            Snapshot::V2 {
+                engine, position, ..
+            } if version == 2 => (*engine, *position),
+            other => panic!("version {version}'s bytes decode as another envelope: {other:?}"),
+        };
+        assert_eq!((engine, position), (version, 9));
+        assert!(matches!(
+            Engine::restore(old),
+            Err(Error::SnapshotStale { found, wanted: ENGINE_VERSION }) if found == version
+        ));
+    }
 }
 
 /// The stored bytes of a small snapshot, pinned: postcard is not self-describing, so a reordered
-/// field would make an old snapshot read as something else. A change is a `V3`, or a new
+/// field would make an old snapshot read as something else. A change is a `V4`, or a new
 /// [`ENGINE_VERSION`] that makes old ones stale, never an edit of these bytes.
 #[test]
 fn a_snapshot_keeps_its_bytes() {
@@ -291,13 +313,14 @@ fn a_snapshot_keeps_its_bytes() {
         settings: Settings::default(),
     });
     t.pass(FINISH_MAIN, 700, 5);
+    t.clock(300);
     let bytes = postcard::to_allocvec(&t.engine.snapshot(9)).unwrap();
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     assert_eq!(
         hex,
-        "010209030003010302010103010231300752696465722030044f70656e000100bc05020231310752696465722031\
+        "020309030003010302010103010231300752696465722030044f70656e000100bc05020231310752696465722031\
          044f70656e000100bd05030231320752696465722032044f70656e000100be050101010666696e69736802e0a712\
          c0843d02070100080101010101014602000001900380897a0003874e884e8b4e0080aaea550a0a00000000000000\
-         0100010701bc050001050100000000000107010001050000"
+         0100010701bc05000105010000000000010701000105000001ac02"
     );
 }

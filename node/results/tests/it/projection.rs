@@ -202,20 +202,52 @@ async fn events_it_does_not_fold_are_not_counted_as_lag() {
         version: "0".into(),
         boot_id: "b".into(),
     };
-    let appended = spool
-        .append(vec![AppendStream::new(
-            StreamId::node(),
-            ExpectedVersion::Any,
-            vec![started.encode(Metadata::default()).unwrap()],
-        )])
-        .await
-        .unwrap();
-    let head = appended[0].seq.0;
+    let head = store_events(
+        &spool,
+        StreamId::node(),
+        vec![started.encode(Metadata::default()).unwrap()],
+    )
+    .await
+    .0;
     testkit::wait_for("the position to reach the head", WAIT, || {
         results.stats().position == head
     })
     .await;
     assert_eq!(results.stats().folded_since_open, 1);
+    stop(folder, cancel).await;
+}
+
+/// A decoder's clock answer is folded: it moves the engine's "now" on a track where nobody passes
+/// (what decides a BMX moto whose time ran out), and it is counted as folded, not refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clock_answer_moves_the_engines_now() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = open_spool(dir.path());
+    let (results, folder, cancel) = start(&spool, config());
+    let seq = store(&spool, laps(1, 1, 1)).await;
+    folded(&results, seq).await;
+    assert_eq!(results.engine().now_us(), Some(31_000_000));
+    let clock = catalog::Clock {
+        decoder_id: Some(DECODER),
+        decoder_rtc_us: 500_000_000,
+        host_us: 1_800_000_000_000_000,
+        offset_us: 1_799_999_500_000_000,
+    };
+    let seq = store_events(
+        &spool,
+        StreamId::decoder(DECODER.to_le_bytes()),
+        vec![clock.encode(Metadata::default()).unwrap()],
+    )
+    .await;
+    folded(&results, seq).await;
+    assert_eq!(results.engine().now_us(), Some(500_000_000));
+    assert_eq!(
+        results.engine().latest_us(),
+        Some(31_000_000),
+        "passings alone"
+    );
+    let stats = results.stats();
+    assert_eq!((stats.counts.folded, stats.counts.refused), (2, 0));
     stop(folder, cancel).await;
 }
 

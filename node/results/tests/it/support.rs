@@ -9,7 +9,7 @@ use events::catalog;
 use race::*;
 use results::{Folder, Results, ResultsConfig};
 use spool::schema::EventPayload;
-use spool::{AppendStream, ExpectedVersion, Metadata, Seq, Spool, StreamId};
+use spool::{AppendStream, ExpectedVersion, Metadata, NewEvent, Seq, Spool, StreamId};
 use tokio_util::sync::CancellationToken;
 
 pub const DECODER: u32 = 7;
@@ -126,14 +126,19 @@ pub async fn store(spool: &Spool, passings: Vec<catalog::Passing>) -> Seq {
         .into_iter()
         .map(|p| p.encode(Metadata::default()).unwrap())
         .collect();
+    store_events(spool, StreamId::decoder(DECODER.to_le_bytes()), events).await
+}
+
+/// Stores `events` on `stream` in one append, whatever its version; the seq of the last.
+pub async fn store_events(spool: &Spool, stream: StreamId, events: Vec<NewEvent>) -> Seq {
     let appended = spool
         .append(vec![AppendStream::new(
-            StreamId::decoder(DECODER.to_le_bytes()),
+            stream,
             ExpectedVersion::Any,
             events,
         )])
         .await
-        .expect("the passings are stored");
+        .expect("the events are stored");
     appended.last().unwrap().seq
 }
 
