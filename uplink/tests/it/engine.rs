@@ -102,7 +102,8 @@ fn passing_of(
 }
 
 /// The session's first half on the box: the track, three riders (one on a ProChip code), the
-/// start, `laps` laps each, a passing without a decoder id, and an event the engine does not take.
+/// start, `laps` laps each, a passing without a decoder id, an event the engine does not take, and
+/// a clock answer.
 async fn first_half(spool: &Spool, laps: u32) {
     append_race(
         spool,
@@ -140,9 +141,20 @@ async fn first_half(spool: &Spool, laps: u32) {
         decoder_id: None,
         ..passing_of(9_999, START_US + 5_000_000, Some(4242), None)
     };
+    // A decoder's answer to the node's clock query: an engine input (it moves "now").
+    let clock = catalog::Clock {
+        decoder_id: Some(testkit::DECODER_ID),
+        decoder_rtc_us: START_US + 6_000_000,
+        host_us: 1_800_000_000_000_000,
+        offset_us: 1_800_000_000_000_000 - i64::try_from(START_US + 6_000_000).unwrap(),
+    };
     append(
         spool,
-        vec![no_decoder.encode(meta()).unwrap(), extension(2)],
+        vec![
+            no_decoder.encode(meta()).unwrap(),
+            extension(2),
+            clock.encode(meta()).unwrap(),
+        ],
     )
     .await;
 }
@@ -298,7 +310,7 @@ async fn engine_inputs(js: &jetstream::Context) -> Vec<u64> {
         let json: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
         let is_input = match json["message_type"].as_str() {
             Some("PASSING") => json["payload"]["decoder_id"].is_string(),
-            Some("RACE.EVENT") => true,
+            Some("RACE.EVENT" | "DECODER.CLOCK") => true,
             _ => false,
         };
         if is_input {

@@ -1,9 +1,9 @@
 //! A raw ingest message (the JSON central stored) as an input of the race engine.
 //!
-//! The node sends its spool's `decoder.passing` as `PASSING` and its `race.event` as the extension
-//! `RACE.EVENT` (the race record's JSON, `uplink::payload`). The box folds the spool's events
-//! through `results::fold`; this module turns the ingest messages into the same
-//! [`results::Input`]s, so the same fold runs on them.
+//! The node sends its spool's `decoder.passing` as `PASSING`, its `race.event` as the extension
+//! `RACE.EVENT` (the race record's JSON, `uplink::payload`) and its `decoder.clock` as the extension
+//! `DECODER.CLOCK`. The box folds the spool's events through `results::fold`; this module turns
+//! the ingest messages into the same [`results::Input`]s, so the same fold runs on them.
 //!
 //! A race event on the wire carries its record and the version it was filed at in its spool
 //! stream ([`uplink::payload::STREAM_VERSION_FIELD`]). The engine applies it at that version, so
@@ -29,6 +29,8 @@ struct Stored {
 
 /// The engine's input in a stored raw message: `None` for a type the engine does not take
 /// (STATUS, VERSION, other extensions), `Some(Err(why))` for one it takes that does not read.
+/// A node forwards the extensions only when told to (`forward`): without `decoder.clock`, a BMX
+/// moto whose time ran out is decided here at the next passing, not at the next clock answer.
 pub fn input_of(engine: &Engine, raw: &[u8]) -> Option<Result<Input, String>> {
     let stored: Stored = match serde_json::from_slice(raw) {
         Ok(stored) => stored,
@@ -40,7 +42,39 @@ pub fn input_of(engine: &Engine, raw: &[u8]) -> Option<Result<Input, String>> {
     if stored.message_type == race_event_type() {
         return Some(race_event(engine, stored.payload));
     }
+    if stored.message_type == clock_type() {
+        return Some(clock(stored.payload));
+    }
     None
+}
+
+/// `DECODER.CLOCK`: the extension type the node sends `decoder.clock` as.
+pub fn clock_type() -> String {
+    uplink::payload::extension_type(catalog::Clock::EVENT_TYPE)
+}
+
+/// A decoder's answer to the node's clock query: its real-time clock moves the engine's "now".
+fn clock(payload: serde_json::Value) -> Result<Input, String> {
+    #[derive(Deserialize)]
+    struct Clock {
+        event_type: String,
+        schema_version: u16,
+        decoder_rtc_us: u64,
+    }
+    let c: Clock = serde_json::from_value(payload)
+        .map_err(|e| format!("a DECODER.CLOCK that does not read: {e}"))?;
+    if c.event_type != catalog::Clock::EVENT_TYPE
+        || c.schema_version != catalog::Clock::SCHEMA_VERSION
+    {
+        return Err(format!(
+            "a DECODER.CLOCK of event_type {:?} schema_version {}; this engine reads {} v{}",
+            c.event_type,
+            c.schema_version,
+            catalog::Clock::EVENT_TYPE,
+            catalog::Clock::SCHEMA_VERSION
+        ));
+    }
+    Ok(Input::Clock(c.decoder_rtc_us))
 }
 
 /// `RACE.EVENT`: the extension type the node sends `race.event` as.
@@ -140,6 +174,47 @@ mod tests {
         let bad = br#"{"message_type":"RACE.EVENT","payload":{"event_type":"race.event","schema_version":9,"V1":{}}}"#;
         let why = input_of(&engine, bad).unwrap().unwrap_err();
         assert!(why.contains("schema_version"), "{why}");
+    }
+
+    /// A `decoder.clock` as the node's uplink sends it (`uplink::payload::to_payload`) is a clock
+    /// input at the decoder's time; one of another schema version is refused with the reason.
+    #[test]
+    fn a_clock_answer_is_an_input() {
+        let new = catalog::Clock {
+            decoder_id: Some(0x000C_00D0),
+            decoder_rtc_us: 1_234_567,
+            host_us: 1_800_000_000_000_000,
+            offset_us: 1_799_999_998_765_433,
+        }
+        .encode(spool::Metadata::default())
+        .unwrap();
+        let event = spool::RecordedEvent {
+            seq: spool::Seq(3),
+            stream: <spool::StreamId as events::VenueStreams>::decoder([0xD0, 0, 0x0C, 0]),
+            version: 2,
+            event_type: new.event_type,
+            schema_version: new.schema_version,
+            stored_schema_version: new.schema_version,
+            payload: new.payload,
+            recorded_at_us: 2,
+            meta: new.meta,
+        };
+        let uplink::wire::Payload::Extension {
+            message_type,
+            fields,
+        } = uplink::payload::to_payload(&event, &catalog::schemas())
+        else {
+            panic!("a clock answer is an extension");
+        };
+        assert_eq!(message_type, clock_type());
+        let mut stored = serde_json::json!({ "message_type": message_type, "payload": fields });
+        let raw = serde_json::to_vec(&stored).unwrap();
+        let engine = Engine::default();
+        assert_eq!(input_of(&engine, &raw), Some(Ok(Input::Clock(1_234_567))));
+        stored["payload"]["schema_version"] = 2.into();
+        let raw = serde_json::to_vec(&stored).unwrap();
+        let why = input_of(&engine, &raw).unwrap().unwrap_err();
+        assert!(why.contains("schema_version 2"), "{why}");
     }
 
     fn race_event_at(stream_version: Option<u64>) -> Vec<u8> {

@@ -47,6 +47,10 @@ struct Derived<'a> {
 enum DerivedInput<'a> {
     Passing(&'a race::Passing),
     RaceEvent(&'a Recorded),
+    /// A decoder's clock answer: its real-time clock, µs.
+    Clock {
+        rtc_time_us: u64,
+    },
 }
 
 /// The durable consumer's name for a track.
@@ -338,6 +342,9 @@ impl TrackEngine<'_> {
         let derived = match &kept {
             Ok(Input::Passing(p)) => DerivedInput::Passing(p),
             Ok(Input::Race(r)) => DerivedInput::RaceEvent(r),
+            Ok(Input::Clock(rtc_time_us)) => DerivedInput::Clock {
+                rtc_time_us: *rtc_time_us,
+            },
             Ok(Input::PassingWithoutDecoder) | Err(_) => return Ok(None),
         };
         let body = serde_json::to_vec(&Derived {
