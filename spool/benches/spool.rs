@@ -218,13 +218,19 @@ fn passing_batches(batch: usize, total: usize) -> Vec<Vec<NewEvent>> {
 
 /// Append the prebuilt batches, one call each. Events/s.
 fn batched(spool: &Spool, batches: Vec<Vec<NewEvent>>) -> f64 {
+    batched_cpu(spool, batches).0
+}
+
+/// [`batched`], and the time the appending thread spent on a core meanwhile.
+fn batched_cpu(spool: &Spool, batches: Vec<Vec<NewEvent>>) -> (f64, Duration) {
     let stream = decoder_stream();
     let count: usize = batches.iter().map(Vec::len).sum();
-    let start = Instant::now();
+    let (start, cpu) = (Instant::now(), thread_cpu());
     for events in batches {
         append(spool, &stream, events);
     }
-    count as f64 / start.elapsed().as_secs_f64()
+    let cpu = thread_cpu().saturating_sub(cpu);
+    (count as f64 / start.elapsed().as_secs_f64(), cpu)
 }
 
 /// SQLite WAL, synchronous=FULL: the spool's essentials (events by seq, unique stream index).
@@ -288,9 +294,14 @@ fn device_written(dir: &Path) -> Option<u64> {
 
 /// The raw journal: the same bytes a batch costs in the journal, written in place into a
 /// preallocated, zero-filled file and `fdatasync`ed, one write per batch. No encoding, no index:
-/// what the disk allows the spool's own format. Events/s, and the bytes the device wrote
-/// meanwhile (see [`device_written`]).
-fn raw_journal(dir: &Path, batch: usize, total: usize, record: usize) -> (f64, Option<u64>) {
+/// what the disk allows the spool's own format. Events/s, the bytes the device wrote meanwhile
+/// (see [`device_written`]), and the time the writing thread spent on a core.
+fn raw_journal(
+    dir: &Path,
+    batch: usize,
+    total: usize,
+    record: usize,
+) -> (f64, Option<u64>, Duration) {
     let path = dir.join("raw.journal");
     let file = OpenOptions::new()
         .create(true)
@@ -309,17 +320,27 @@ fn raw_journal(dir: &Path, batch: usize, total: usize, record: usize) -> (f64, O
     }
     file.sync_all().expect("preallocate sync");
     let written = device_written(dir);
-    let start = Instant::now();
+    let (start, cpu) = (Instant::now(), thread_cpu());
     let mut at = 0u64;
     for _ in 0..total / batch {
         file.write_all_at(&bytes, at).expect("raw write");
         file.sync_data().expect("raw fdatasync");
         at += bytes.len() as u64;
     }
+    let cpu = thread_cpu().saturating_sub(cpu);
     let rate = (total / batch * batch) as f64 / start.elapsed().as_secs_f64();
     let written = written.zip(device_written(dir)).map(|(a, b)| b - a);
     drop(std::fs::remove_file(path));
-    (rate, written)
+    (rate, written, cpu)
+}
+
+/// The calling thread's time on a core (user and system), from the kernel's thread CPU clock.
+fn thread_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(
+        u64::try_from(t.tv_sec).unwrap_or(0),
+        u32::try_from(t.tv_nsec).unwrap_or(0),
+    )
 }
 
 /// Naive redb: one Immediate commit per append, SingleWriter mode, same record bytes.
@@ -565,6 +586,9 @@ fn main() {
             let mut spool_rates = Vec::new();
             let mut sqlite_rates = Vec::new();
             let mut raw_rates = Vec::new();
+            // µs on a core per batch, of the thread that appends (the spool's caller commits on
+            // its own thread when the writer is idle, as here) and of the raw journal's.
+            let (mut spool_cpu, mut raw_cpu) = (Vec::new(), Vec::new());
             // The former ways beside the current one, so each gain is a ratio from this run
             // (only where batches are large enough for it to show): every append through the
             // writer thread's queue, alone and with the spool's threads on cores apart (as the
@@ -623,13 +647,16 @@ fn main() {
             // events into the database (the journal was preallocated at open, before).
             let (mut raw_written, mut spool_written) = (Some(0u64), Some(0u64));
             for round in 0..3 {
-                let (rate, written) = raw_journal(dir.path(), batch, n, record);
+                let (rate, written, cpu) = raw_journal(dir.path(), batch, n, record);
                 raw_rates.push(rate);
+                raw_cpu.push(cpu.as_secs_f64() * 1e6 / (n / batch) as f64);
                 raw_written = raw_written.zip(written).map(|(a, b)| a + b);
                 let spool = Spool::open(dir.path().join(format!("b{batch}-{round}")), config())
                     .expect("open");
                 let written_before = device_written(dir.path());
-                spool_rates.push(batched(&spool, passing_batches(batch, n)));
+                let (rate, cpu) = batched_cpu(&spool, passing_batches(batch, n));
+                spool_rates.push(rate);
+                spool_cpu.push(cpu.as_secs_f64() * 1e6 / (n / batch) as f64);
                 drop(spool);
                 let written = written_before
                     .zip(device_written(dir.path()))
@@ -680,9 +707,10 @@ fn main() {
                 // Both contenders sync every batch; the spool's device writes the events twice
                 // (the journal, then the database's pages at each checkpoint). Were the disk's
                 // time spent by the byte, the spool could reach at most raw × raw bytes / spool
-                // bytes: printed beside what it reached. It nearly is at batches of 1,000, whose
-                // syncs carry ~120 KB each; at small batches each sync's own cost dominates and
-                // the spool passes this figure.
+                // bytes: printed beside what it reached. At batches of 1,000 it stays below
+                // this figure: the caller's own work between syncs (the next line) costs more
+                // than the bytes (ARCHITECTURE.md); at small batches each sync's own cost
+                // dominates and the spool passes it.
                 let events = (3 * (n / batch * batch)) as f64;
                 let (per_spool, per_raw) = (spool_b as f64 / events, raw_b as f64 / events);
                 println!(
@@ -690,6 +718,19 @@ fn main() {
                     per_spool / per_raw,
                     per_raw / per_spool,
                     rate / raw,
+                );
+            }
+            if batch >= 100 {
+                // Where a batch's time goes: on the appending thread's core (validating,
+                // encoding, copying, the syscalls' own work), or off it (the device, and the
+                // checkpoints' writes sharing it).
+                let wall = |rate: f64| batch as f64 / rate * 1e6;
+                let (spool_wall, raw_wall) = (wall(rate), wall(raw));
+                let (spool_on, raw_on) = (median(&spool_cpu), median(&raw_cpu));
+                println!(
+                    "|   per batch (median of 3 rounds): spool {spool_wall:.0} µs, {spool_on:.0} on the caller's core; raw journal {raw_wall:.0} µs, {raw_on:.0} on its core; the spool's caller spends {:.0} µs more on a core and waits {:.0} µs more off it |",
+                    spool_on - raw_on,
+                    (spool_wall - spool_on) - (raw_wall - raw_on),
                 );
             }
             for (name, _, rates) in before.iter().filter(|(_, _, r)| !r.is_empty()) {
