@@ -7,7 +7,8 @@
 //! Baselines: the floor (append a record of the journal frame's size to a file in the same
 //! directory, then `fdatasync`), SQLite (WAL, synchronous=FULL, same records and batch sizes),
 //! the raw journal (the same bytes per batch written in place into a preallocated file and
-//! `fdatasync`ed: the disk's own bound for the spool's format), naive redb (one
+//! `fdatasync`ed: the disk's own bound for the spool's format; at batches of 100 and more also
+//! written past the page cache, as the spool's journal is where it can), naive redb (one
 //! `Durability::Immediate` commit per append, the spool's tables). In the throughput section every
 //! contender's records are built before its timer starts (the spool's events as the baselines'
 //! blobs), so the figures compare write paths, not the bench's own event construction.
@@ -296,12 +297,19 @@ fn device_written(dir: &Path) -> Option<u64> {
 /// preallocated, zero-filled file and `fdatasync`ed, one write per batch. No encoding, no index:
 /// what the disk allows the spool's own format. Events/s, the bytes the device wrote meanwhile
 /// (see [`device_written`]), and the time the writing thread spent on a core.
+///
+/// With `direct`, the writes bypass the page cache (`O_DIRECT`) as the spool's journal does where
+/// it can: each covers whole blocks, from the start of the block that holds the batch's first
+/// byte to the end of the one that holds its last, from an aligned buffer.
 fn raw_journal(
     dir: &Path,
     batch: usize,
     total: usize,
     record: usize,
+    direct: bool,
 ) -> (f64, Option<u64>, Duration) {
+    use std::os::unix::fs::OpenOptionsExt;
+    const BLOCK: u64 = spool::storage::DIRECT_BLOCK_BYTES as u64;
     let path = dir.join("raw.journal");
     let file = OpenOptions::new()
         .create(true)
@@ -311,6 +319,9 @@ fn raw_journal(
         .open(&path)
         .expect("raw journal");
     let bytes = vec![0xA5u8; record * batch];
+    let mut aligned_buf = vec![0xA5u8; bytes.len() + 3 * BLOCK as usize];
+    let align = aligned_buf.as_ptr().align_offset(BLOCK as usize);
+    let aligned = &mut aligned_buf[align..];
     let span = (total / batch * bytes.len()) as u64;
     let zeros = vec![0u8; 4096];
     let mut at = 0;
@@ -319,11 +330,28 @@ fn raw_journal(
         at += zeros.len() as u64;
     }
     file.sync_all().expect("preallocate sync");
+    let file = if direct {
+        OpenOptions::new()
+            .write(true)
+            .custom_flags(rustix::fs::OFlags::DIRECT.bits().cast_signed())
+            .open(&path)
+            .expect("raw journal, O_DIRECT")
+    } else {
+        file
+    };
     let written = device_written(dir);
     let (start, cpu) = (Instant::now(), thread_cpu());
     let mut at = 0u64;
     for _ in 0..total / batch {
-        file.write_all_at(&bytes, at).expect("raw write");
+        if direct {
+            let from = at / BLOCK * BLOCK;
+            let to = (at + bytes.len() as u64).next_multiple_of(BLOCK);
+            let len = usize::try_from(to - from).expect("fits");
+            file.write_all_at(&aligned[..len], from)
+                .expect("raw direct write");
+        } else {
+            file.write_all_at(&bytes, at).expect("raw write");
+        }
         file.sync_data().expect("raw fdatasync");
         at += bytes.len() as u64;
     }
@@ -586,6 +614,7 @@ fn main() {
             let mut spool_rates = Vec::new();
             let mut sqlite_rates = Vec::new();
             let mut raw_rates = Vec::new();
+            let mut raw_direct_rates = Vec::new();
             // µs on a core per batch, of the thread that appends (the spool's caller commits on
             // its own thread when the writer is idle, as here) and of the raw journal's.
             let (mut spool_cpu, mut raw_cpu) = (Vec::new(), Vec::new());
@@ -609,6 +638,14 @@ fn main() {
                     SpoolConfig {
                         caller_commits: false,
                         thread_cores: spool::ThreadCores::apart_here(&[]),
+                        ..config()
+                    },
+                    Vec::new(),
+                ),
+                (
+                    "spool writing its journal through the page cache (before)",
+                    SpoolConfig {
+                        direct_journal_writes: false,
                         ..config()
                     },
                     Vec::new(),
@@ -647,7 +684,10 @@ fn main() {
             // events into the database (the journal was preallocated at open, before).
             let (mut raw_written, mut spool_written) = (Some(0u64), Some(0u64));
             for round in 0..3 {
-                let (rate, written, cpu) = raw_journal(dir.path(), batch, n, record);
+                if batch >= 100 {
+                    raw_direct_rates.push(raw_journal(dir.path(), batch, n, record, true).0);
+                }
+                let (rate, written, cpu) = raw_journal(dir.path(), batch, n, record, false);
                 raw_rates.push(rate);
                 raw_cpu.push(cpu.as_secs_f64() * 1e6 / (n / batch) as f64);
                 raw_written = raw_written.zip(written).map(|(a, b)| a + b);
@@ -731,6 +771,17 @@ fn main() {
                     "|   per batch (median of 3 rounds): spool {spool_wall:.0} µs, {spool_on:.0} on the caller's core; raw journal {raw_wall:.0} µs, {raw_on:.0} on its core; the spool's caller spends {:.0} µs more on a core and waits {:.0} µs more off it |",
                     spool_on - raw_on,
                     (spool_wall - spool_on) - (raw_wall - raw_on),
+                );
+            }
+            if !raw_direct_rates.is_empty() {
+                // The disk's own bound for the spool's way of writing its journal: what a direct
+                // write leaves to the caller, beside the buffered raw journal above.
+                let direct = median(&raw_direct_rates);
+                println!(
+                    "|   raw journal written past the page cache (O_DIRECT), the spool's way | {direct:.0} | | | | spool / it: {:.2} (worst round {:.2}); it / raw journal: {:.2} |",
+                    rate / direct,
+                    worst(&spool_rates, &raw_direct_rates),
+                    direct / raw,
                 );
             }
             for (name, _, rates) in before.iter().filter(|(_, _, r)| !r.is_empty()) {

@@ -61,9 +61,12 @@
 //!
 //! - **The journal is the acknowledgement point.** One writer thread takes everything queued
 //!   (group commit: many appends, one write and one `fdatasync`); a lone append commits at
-//!   once. The journal is preallocated and zero-filled, written in place in page-sized writes,
-//!   so a sync flushes one data page and never file metadata. It is a ring: frames follow each
-//!   other, and one that does not fit before the end goes to offset 0.
+//!   once. The journal is preallocated and zero-filled and written in place, so a sync never
+//!   flushes file metadata: past the page cache (`O_DIRECT`, whole blocks, the head's block
+//!   rewritten with the same bytes) where the file system allows it
+//!   ([`SpoolConfig::direct_journal_writes`]), else in page-sized writes, so a sync flushes the
+//!   pages written and no larger folio. It is a ring: frames follow each other, and one that
+//!   does not fit before the end goes to offset 0.
 //! - **redb is the indexed store.** A second thread applies each acknowledged append to one
 //!   long-lived write transaction while the writer validates, journals and syncs the next ones
 //!   (handed over once its group is durable and answered, so a lone append's sync never waits
@@ -219,6 +222,7 @@
 //!   | body len u32le | CRC-32C u32le  | body: postcard JournalFrame::V1 { lsn, op }|
 //!   +----------------+----------------+-------------------------------------------+
 //!   op: Append { records: Vec<StoredRecord> } | Ack { cursor, seq }
+//!   Direct writes leave zeros behind a frame to its block's end.
 //!   A scan from journal_start stops at the first frame whose CRC fails, whose length runs past
 //!   the end, or whose lsn does not continue the chain; there it tries offset 0 once (a wrap),
 //!   up to journal_start. Recovery then checkpoints everything, skips a group's worth of lsns

@@ -42,7 +42,20 @@ pub trait Storage: Debug + Send + Sync + 'static {
     fn free_bytes(&self) -> io::Result<Option<u64>> {
         Ok(None)
     }
+    /// Open the existing `name` a second time for writes that bypass the page cache
+    /// (`O_DIRECT`), or `None` where the storage has none. Every write through it must be
+    /// aligned to [`DIRECT_BLOCK_BYTES`] in its offset, its length and its buffer's address;
+    /// `sync_data` on it still flushes the device's cache. The journal writes through it when it
+    /// can (see `journal.rs`).
+    fn open_direct(&self, name: &str) -> io::Result<Option<Box<dyn StorageBackend>>> {
+        let _ = name;
+        Ok(None)
+    }
 }
+
+/// The alignment of writes through [`Storage::open_direct`]: a page, a multiple of every
+/// common disk's logical block (512 or 4,096 bytes).
+pub const DIRECT_BLOCK_BYTES: usize = 4096;
 
 /// The spool's files in a directory of the real file system.
 #[derive(Debug, Clone)]
@@ -114,6 +127,20 @@ impl Storage for DirStorage {
 
     fn supports_shared_readers(&self) -> bool {
         true
+    }
+
+    fn open_direct(&self, name: &str) -> io::Result<Option<Box<dyn StorageBackend>>> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let direct = OpenOptions::new()
+            .write(true)
+            .custom_flags(rustix::fs::OFlags::DIRECT.bits().cast_signed())
+            .open(self.dir.join(name));
+        match direct {
+            Ok(file) => Ok(Some(Box::new(PlainFile { file }))),
+            // A file system without direct I/O refuses the flag itself.
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     fn free_bytes(&self) -> io::Result<Option<u64>> {

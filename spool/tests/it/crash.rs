@@ -144,8 +144,7 @@ fn check_recovered(disk: &SimDisk, out: &Outcome, context: &str) {
 
 #[test]
 fn power_loss_at_random_points_keeps_every_acknowledged_append() {
-    for seed in 1..=60u64 {
-        let disk = SimDisk::new();
+    for (seed, disk) in (1..=60u64).flat_map(|seed| SimDisk::both().map(|disk| (seed, disk))) {
         let mut out = Outcome::default();
         {
             let spool =
@@ -156,15 +155,33 @@ fn power_loss_at_random_points_keeps_every_acknowledged_append() {
             disk.crash();
         }
         let recovered = disk.after_power_loss(seed);
-        check_recovered(&recovered, &out, &format!("power loss, seed {seed}"));
+        check_recovered(
+            &recovered,
+            &out,
+            &format!("power loss, seed {seed}, direct I/O {}", disk.direct()),
+        );
     }
 }
 
 #[test]
 fn an_io_error_at_every_write_and_sync_keeps_every_acknowledged_append() {
+    for disk in SimDisk::both() {
+        io_errors_at_every_write_and_sync(disk.direct());
+    }
+}
+
+/// Fail each disk operation of a small workload in turn, on a disk with direct I/O or without.
+fn io_errors_at_every_write_and_sync(direct: bool) {
+    let new_disk = || {
+        if direct {
+            SimDisk::with_direct_io()
+        } else {
+            SimDisk::new()
+        }
+    };
     // Count the operations of a clean run, then fail each one in turn.
     let total = {
-        let disk = SimDisk::new();
+        let disk = new_disk();
         let spool = Spool::open_with_storage(disk.storage(), small_config()).expect("open");
         let mut out = Outcome::default();
         workload(&spool, 30, 42, &mut out);
@@ -174,7 +191,7 @@ fn an_io_error_at_every_write_and_sync_keeps_every_acknowledged_append() {
     };
     assert!(total > 50, "the workload exercises the disk ({total} ops)");
     for n in 1..=total {
-        let disk = SimDisk::new();
+        let disk = new_disk();
         disk.fail_op(n);
         let mut out = Outcome::default();
         match Spool::open_with_storage(disk.storage(), small_config()) {
@@ -196,12 +213,16 @@ fn an_io_error_at_every_write_and_sync_keeps_every_acknowledged_append() {
             }
         }
         let restarted = disk.after_restart();
-        check_recovered(&restarted, &out, &format!("I/O error at op {n}, restart"));
+        check_recovered(
+            &restarted,
+            &out,
+            &format!("I/O error at op {n}, restart, direct I/O {direct}"),
+        );
         let powerless = disk.after_power_loss(n);
         check_recovered(
             &powerless,
             &out,
-            &format!("I/O error at op {n}, power loss"),
+            &format!("I/O error at op {n}, power loss, direct I/O {direct}"),
         );
     }
 }
@@ -210,9 +231,23 @@ fn an_io_error_at_every_write_and_sync_keeps_every_acknowledged_append() {
 /// still keeps every acknowledged append and never a torn batch.
 #[test]
 fn large_batches_keep_every_acknowledged_append_at_any_failure() {
+    for disk in SimDisk::both() {
+        large_batches_at_any_failure(disk.direct());
+    }
+}
+
+/// [`large_batches_keep_every_acknowledged_append_at_any_failure`] on one kind of disk.
+fn large_batches_at_any_failure(direct: bool) {
+    let new_disk = || {
+        if direct {
+            SimDisk::with_direct_io()
+        } else {
+            SimDisk::new()
+        }
+    };
     let (least, most) = (64, 104);
     let total = {
-        let disk = SimDisk::new();
+        let disk = new_disk();
         let spool = Spool::open_with_storage(disk.storage(), small_config()).expect("open");
         let mut out = Outcome::default();
         workload_sized(&spool, 12, 7, least, most, &mut out);
@@ -221,7 +256,7 @@ fn large_batches_keep_every_acknowledged_append_at_any_failure() {
         disk.ops()
     };
     for n in 1..=total {
-        let disk = SimDisk::new();
+        let disk = new_disk();
         disk.fail_op(n);
         let mut out = Outcome::default();
         if let Ok(spool) = Spool::open_with_storage(disk.storage(), small_config()) {
@@ -230,16 +265,16 @@ fn large_batches_keep_every_acknowledged_append_at_any_failure() {
         check_recovered(
             &disk.after_restart(),
             &out,
-            &format!("large, I/O error at op {n}"),
+            &format!("large, I/O error at op {n}, direct I/O {direct}"),
         );
         check_recovered(
             &disk.after_power_loss(n),
             &out,
-            &format!("large, I/O error at op {n}, power loss"),
+            &format!("large, I/O error at op {n}, power loss, direct I/O {direct}"),
         );
     }
     for seed in 1..=20u64 {
-        let disk = SimDisk::new();
+        let disk = new_disk();
         let mut out = Outcome::default();
         {
             let spool =
@@ -250,7 +285,11 @@ fn large_batches_keep_every_acknowledged_append_at_any_failure() {
             disk.crash();
         }
         let recovered = disk.after_power_loss(seed);
-        check_recovered(&recovered, &out, &format!("large, power loss, seed {seed}"));
+        check_recovered(
+            &recovered,
+            &out,
+            &format!("large, power loss, seed {seed}, direct I/O {direct}"),
+        );
     }
 }
 

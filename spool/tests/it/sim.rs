@@ -100,6 +100,8 @@ impl State {
 pub struct SimDisk {
     files: Arc<Mutex<HashMap<String, Arc<Mutex<FileData>>>>>,
     state: Arc<State>,
+    /// Whether the disk offers direct I/O (`Storage::open_direct`), as ext4 does.
+    direct: bool,
 }
 
 impl fmt::Debug for SimDisk {
@@ -112,6 +114,25 @@ impl SimDisk {
     /// An empty disk.
     pub fn new() -> SimDisk {
         SimDisk::default()
+    }
+
+    /// An empty disk with direct I/O: the journal then writes whole blocks through a second
+    /// handle, and an unaligned write through it fails the test.
+    pub fn with_direct_io() -> SimDisk {
+        SimDisk {
+            direct: true,
+            ..SimDisk::default()
+        }
+    }
+
+    /// Both kinds of disk, for tests that must hold on either.
+    pub fn both() -> [SimDisk; 2] {
+        [SimDisk::new(), SimDisk::with_direct_io()]
+    }
+
+    /// Whether this disk offers direct I/O.
+    pub fn direct(&self) -> bool {
+        self.direct
     }
 
     /// Writes and syncs so far.
@@ -200,6 +221,7 @@ impl SimDisk {
         SimDisk {
             files: Arc::new(Mutex::new(out)),
             state: Arc::new(State::default()),
+            direct: self.direct,
         }
     }
 
@@ -223,6 +245,7 @@ impl SimDisk {
         SimDisk {
             files: Arc::new(Mutex::new(out)),
             state: Arc::new(State::default()),
+            direct: self.direct,
         }
     }
 
@@ -363,5 +386,60 @@ impl Storage for SimDisk {
 
     fn supports_shared_readers(&self) -> bool {
         false
+    }
+
+    fn open_direct(&self, name: &str) -> io::Result<Option<Box<dyn StorageBackend>>> {
+        if !self.direct {
+            return Ok(None);
+        }
+        let data = self
+            .files
+            .lock()
+            .unwrap()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, name.to_owned()))?;
+        Ok(Some(Box::new(Aligned(SimFile {
+            name: name.to_owned(),
+            data,
+            state: self.state.clone(),
+        }))))
+    }
+}
+
+/// A file opened for direct I/O: every write must cover whole blocks.
+#[derive(Debug)]
+struct Aligned(SimFile);
+
+impl StorageBackend for Aligned {
+    fn len(&self) -> Result<u64, io::Error> {
+        self.0.len()
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), io::Error> {
+        self.0.read(offset, out)
+    }
+
+    fn set_len(&self, len: u64) -> Result<(), io::Error> {
+        self.0.set_len(len)
+    }
+
+    fn sync_data(&self) -> Result<(), io::Error> {
+        self.0.sync_data()
+    }
+
+    fn write(&self, offset: u64, bytes: &[u8]) -> Result<(), io::Error> {
+        let block = spool::storage::DIRECT_BLOCK_BYTES;
+        assert!(
+            offset.is_multiple_of(block as u64) && bytes.len().is_multiple_of(block),
+            "a direct write of {} bytes at offset {offset} is not whole blocks",
+            bytes.len()
+        );
+        assert_eq!(
+            bytes.as_ptr().align_offset(block),
+            0,
+            "a direct write's buffer is not aligned"
+        );
+        self.0.write(offset, bytes)
     }
 }
