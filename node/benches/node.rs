@@ -31,7 +31,8 @@
 //! default, `VENUE_NODE_INPUT_THREAD=workers`; the rows below all keep it), the same with the
 //! spool's threads on any core (`VENUE_SPOOL_THREAD_CORES=any`), every append
 //! through the writer thread's queue (`VENUE_SPOOL_CALLER_COMMITS=0`, the default before that),
-//! one append in flight (`VENUE_NODE_INPUT_IN_FLIGHT=1`, an earlier default; waiting for each
+//! the default with the spool's journal written through the page cache
+//! (`VENUE_SPOOL_DIRECT_JOURNAL=0`, the default before 2026-12-05), one append in flight (`VENUE_NODE_INPUT_IN_FLIGHT=1`, an earlier default; waiting for each
 //! append before reading again, `VENUE_NODE_INPUT_SERIAL=1`, is selectable with
 //! `NODE_BENCH_CHILD` but no longer a row), and once more on the default path while the uplink drains a backlog of
 //! stored events to a central of its own (the "held while the uplink drains": the line says
@@ -548,11 +549,18 @@ fn child(rate: u32, seconds: u64) {
 /// append ([`node::runtime::input::INPUT_SERIAL_ENV`]`=1`; no longer a row, still selectable),
 /// `eager` for the default with each durable group's inserts handed to the spool's apply
 /// thread at once ([`node::runtime::SPOOL_APPLY_LINGER_ENV`]`=0`), and `fold-any` for the default
-/// with the race projection's fold on any core ([`node::runtime::RESULTS_FOLD_CORES_ENV`]`=any`).
-const PATHS: [(&str, &str, Option<&str>); 8] = [
+/// with the race projection's fold on any core ([`node::runtime::RESULTS_FOLD_CORES_ENV`]`=any`),
+/// and `buffered` for the default with the spool's journal written through the page cache
+/// ([`node::runtime::SPOOL_DIRECT_JOURNAL_ENV`]`=0`).
+const PATHS: [(&str, &str, Option<&str>); 9] = [
     (
         "the node's default (the inputs on a thread of their own on the disk's interrupt core, beside the spool's writer; its apply thread on another core; two appends in flight)",
         "0",
+        None,
+    ),
+    (
+        "the default with the spool's journal written through the page cache (VENUE_SPOOL_DIRECT_JOURNAL=0, the default before 2026-12-05)",
+        "buffered",
         None,
     ),
     (
@@ -596,11 +604,16 @@ const PATHS: [(&str, &str, Option<&str>); 8] = [
 const APPLY_LINGER_MS_DEFAULT: &str = "250";
 
 /// The environment that selects the input's path (see [`PATHS`]).
-fn path_envs(path: &str) -> [(&'static str, &'static str); 7] {
+fn path_envs(path: &str) -> [(&'static str, &'static str); 8] {
     let eager = path == "eager";
     let fold_any = path == "fold-any";
-    let path = if fold_any { "0" } else { path };
+    let buffered = path == "buffered";
+    let path = if fold_any || buffered { "0" } else { path };
     [
+        (
+            node::runtime::SPOOL_DIRECT_JOURNAL_ENV,
+            if buffered { "0" } else { "1" },
+        ),
         (
             node::runtime::input_thread::INPUT_THREAD_ENV,
             if path == "0" || path == "1" {

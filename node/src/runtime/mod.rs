@@ -49,6 +49,12 @@ pub const SPOOL_ALARM_SUMMARY_INTERVAL_S: u64 = 60;
 /// the same run; not for production.
 pub const SPOOL_CALLER_COMMITS_ENV: &str = "VENUE_SPOOL_CALLER_COMMITS";
 
+/// Set to `0`, the spool writes its journal through the page cache (the node's path before
+/// 2026-12-05) instead of past it where the file system allows
+/// ([`spool::SpoolConfig::direct_journal_writes`]). Kept so `cargo bench -p node` measures both in
+/// the same run; not for production.
+pub const SPOOL_DIRECT_JOURNAL_ENV: &str = "VENUE_SPOOL_DIRECT_JOURNAL";
+
 /// Set to `0`, the spool's writer hands each durable group's inserts to its apply thread at once
 /// (the node's path before 2026-12-03), instead of holding them up to
 /// [`spool::SPOOL_APPLY_LINGER_MS_DEFAULT`] ms ([`spool::SpoolConfig::apply_linger`]). Kept so
@@ -115,6 +121,9 @@ pub fn spool_config(config: &Config) -> SpoolConfig {
     }
     if std::env::var_os(SPOOL_CALLER_COMMITS_ENV).is_some_and(|v| v == "0") {
         sc.caller_commits = false;
+    }
+    if std::env::var_os(SPOOL_DIRECT_JOURNAL_ENV).is_some_and(|v| v == "0") {
+        sc.direct_journal_writes = false;
     }
     if let Some(ms) = std::env::var(SPOOL_APPLY_LINGER_ENV)
         .ok()
