@@ -512,10 +512,21 @@ fn main() {
         let mut naive_s = Vec::new();
         let spool_dir = dir.path().join("latency");
         let spool = Spool::open(&spool_dir, config()).expect("open");
+        // The former way beside it: the journal through the page cache.
+        let mut buffered_s = Vec::new();
+        let buffered = Spool::open(
+            dir.path().join("latency-buffered"),
+            SpoolConfig {
+                direct_journal_writes: false,
+                ..config()
+            },
+        )
+        .expect("open");
         for _ in 0..rounds {
             let f = floor(dir.path(), single_n / rounds, record);
             floor_s.push(f);
             spool_s.push(single_appends(&spool, single_n / rounds));
+            buffered_s.push(single_appends(&buffered, single_n / rounds));
             naive_s.push(naive_redb(dir.path(), single_n / rounds / 2, record));
             drop(std::fs::remove_file(dir.path().join("naive.redb")));
         }
@@ -534,6 +545,12 @@ fn main() {
             med(&spool_s, |p| p.p99),
             med(&spool_s, |p| p.p999),
         );
+        let (bp50, bp99, bp999) = (
+            med(&buffered_s, |p| p.p50),
+            med(&buffered_s, |p| p.p99),
+            med(&buffered_s, |p| p.p999),
+        );
+        drop(buffered);
         let (np50, np99, np999) = (
             med(&naive_s, |p| p.p50),
             med(&naive_s, |p| p.p99),
@@ -557,6 +574,14 @@ fn main() {
             us(sp999),
             us(sp50) / us(fp50),
             us(sp99) / us(fp99)
+        );
+        println!(
+            "| spool writing its journal through the page cache (before) | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} |",
+            us(bp50),
+            us(bp99),
+            us(bp999),
+            us(bp50) / us(fp50),
+            us(bp99) / us(fp99)
         );
         println!(
             "| naive redb (Immediate, SingleWriter) | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} |",
