@@ -172,16 +172,9 @@ fn an_io_error_at_every_write_and_sync_keeps_every_acknowledged_append() {
 
 /// Fail each disk operation of a small workload in turn, on a disk with direct I/O or without.
 fn io_errors_at_every_write_and_sync(direct: bool) {
-    let new_disk = || {
-        if direct {
-            SimDisk::with_direct_io()
-        } else {
-            SimDisk::new()
-        }
-    };
     // Count the operations of a clean run, then fail each one in turn.
     let total = {
-        let disk = new_disk();
+        let disk = SimDisk::with_direct_io(direct);
         let spool = Spool::open_with_storage(disk.storage(), small_config()).expect("open");
         let mut out = Outcome::default();
         workload(&spool, 30, 42, &mut out);
@@ -191,7 +184,7 @@ fn io_errors_at_every_write_and_sync(direct: bool) {
     };
     assert!(total > 50, "the workload exercises the disk ({total} ops)");
     for n in 1..=total {
-        let disk = new_disk();
+        let disk = SimDisk::with_direct_io(direct);
         disk.fail_op(n);
         let mut out = Outcome::default();
         match Spool::open_with_storage(disk.storage(), small_config()) {
@@ -238,16 +231,9 @@ fn large_batches_keep_every_acknowledged_append_at_any_failure() {
 
 /// [`large_batches_keep_every_acknowledged_append_at_any_failure`] on one kind of disk.
 fn large_batches_at_any_failure(direct: bool) {
-    let new_disk = || {
-        if direct {
-            SimDisk::with_direct_io()
-        } else {
-            SimDisk::new()
-        }
-    };
     let (least, most) = (64, 104);
     let total = {
-        let disk = new_disk();
+        let disk = SimDisk::with_direct_io(direct);
         let spool = Spool::open_with_storage(disk.storage(), small_config()).expect("open");
         let mut out = Outcome::default();
         workload_sized(&spool, 12, 7, least, most, &mut out);
@@ -256,7 +242,7 @@ fn large_batches_at_any_failure(direct: bool) {
         disk.ops()
     };
     for n in 1..=total {
-        let disk = new_disk();
+        let disk = SimDisk::with_direct_io(direct);
         disk.fail_op(n);
         let mut out = Outcome::default();
         if let Ok(spool) = Spool::open_with_storage(disk.storage(), small_config()) {
@@ -274,7 +260,7 @@ fn large_batches_at_any_failure(direct: bool) {
         );
     }
     for seed in 1..=20u64 {
-        let disk = new_disk();
+        let disk = SimDisk::with_direct_io(direct);
         let mut out = Outcome::default();
         {
             let spool =

@@ -116,18 +116,34 @@ impl SimDisk {
         SimDisk::default()
     }
 
-    /// An empty disk with direct I/O: the journal then writes whole blocks through a second
-    /// handle, and an unaligned write through it fails the test.
-    pub fn with_direct_io() -> SimDisk {
+    /// An empty disk, with direct I/O or without: with it, the journal writes whole blocks
+    /// through a second handle, and an unaligned write through it fails the test.
+    pub fn with_direct_io(direct: bool) -> SimDisk {
         SimDisk {
-            direct: true,
+            direct,
             ..SimDisk::default()
         }
     }
 
     /// Both kinds of disk, for tests that must hold on either.
     pub fn both() -> [SimDisk; 2] {
-        [SimDisk::new(), SimDisk::with_direct_io()]
+        [false, true].map(SimDisk::with_direct_io)
+    }
+
+    /// Existing file `name`, opened.
+    fn existing(&self, name: &str) -> io::Result<SimFile> {
+        let data = self
+            .files
+            .lock()
+            .unwrap()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, name.to_owned()))?;
+        Ok(SimFile {
+            name: name.to_owned(),
+            data,
+            state: self.state.clone(),
+        })
     }
 
     /// Whether this disk offers direct I/O.
@@ -347,18 +363,7 @@ impl Storage for SimDisk {
     }
 
     fn open_read_only(&self, name: &str) -> io::Result<Box<dyn StorageBackend>> {
-        let data = self
-            .files
-            .lock()
-            .unwrap()
-            .get(name)
-            .cloned()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, name.to_owned()))?;
-        Ok(Box::new(SimFile {
-            name: name.to_owned(),
-            data,
-            state: self.state.clone(),
-        }))
+        Ok(Box::new(self.existing(name)?))
     }
 
     fn exists(&self, name: &str) -> io::Result<bool> {
@@ -392,18 +397,7 @@ impl Storage for SimDisk {
         if !self.direct {
             return Ok(None);
         }
-        let data = self
-            .files
-            .lock()
-            .unwrap()
-            .get(name)
-            .cloned()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, name.to_owned()))?;
-        Ok(Some(Box::new(Aligned(SimFile {
-            name: name.to_owned(),
-            data,
-            state: self.state.clone(),
-        }))))
+        Ok(Some(Box::new(Aligned(self.existing(name)?))))
     }
 }
 
