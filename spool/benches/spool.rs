@@ -652,12 +652,20 @@ fn main() {
             // its own thread when the writer is idle, as here) and of the raw journal's.
             let (mut spool_cpu, mut raw_cpu) = (Vec::new(), Vec::new());
             // The former ways beside the current one, so each gain is a ratio from this run
-            // (only where batches are large enough for it to show): every append through the
-            // writer thread's queue, alone and with the spool's threads on cores apart (as the
+            // (only where batches are large enough for it to show): a database row per event
+            // (before chunk rows), every append through the writer thread's queue, alone and with the spool's threads on cores apart (as the
             // node keeps them), checkpoints committed on the writer with appends stopped,
             // (with SPOOL_BENCH_WRITER_APPLY=1) inserts on the writer between its syncs, and
             // (with SPOOL_BENCH_PER_KEY=1) per-event inserts.
             let mut before: Vec<(&str, SpoolConfig, Vec<f64>)> = vec![
+                (
+                    "spool storing a database row per event (before chunks)",
+                    SpoolConfig {
+                        chunked_events: false,
+                        ..config()
+                    },
+                    Vec::new(),
+                ),
                 (
                     "spool with every append through the writer thread's queue (before)",
                     SpoolConfig {

@@ -230,10 +230,14 @@
 //!   the ring at offset 0.
 //!
 //! spool.redb tables:
-//!   events        u64 seq            -> postcard StoredRecord::V1 { seq, stream, version,
-//!                                       event_type, schema_version, recorded_at_us,
-//!                                       captured_at_us, boot_id, causation_id,
-//!                                       correlation_id, user, idempotency_key, payload }
+//!   events        u64 first seq      -> a chunk (layout 3 on; first byte 0xC1): the events
+//!                                       from that seq on, one seq apart, each written against
+//!                                       the one before it, up to ~3.9 KB (see `chunk`)
+//!                 u64 seq            -> or one event (layouts 1 and 2; first byte 0): postcard
+//!                                       StoredRecord::V1 { seq, stream, version, event_type,
+//!                                       schema_version, recorded_at_us, captured_at_us,
+//!                                       boot_id, causation_id, correlation_id, user,
+//!                                       idempotency_key, payload }
 //!   stream_runs   (stream, first version) -> (first seq, count): one row per run of
 //!                                       consecutive versions and seqs (one append)
 //!   stream_heads  stream             -> last version (kept after retention)
@@ -243,15 +247,17 @@
 //!   projections   name               -> postcard ProjectionRow::V1 { checkpoint, state }
 //!   snapshots     stream             -> postcard SnapshotRow::V1 { version, state }
 //!   spool_meta    "checkpoint_lsn" | "journal_start" | "last_seq" | "first_seq" | "layout"
-//!                                    -> u64 (layout 2; layout 1 kept these in `meta`)
-//!   meta          "moved" -> bytes   (layout 2: a table of another type under layout 1's
+//!                                    -> u64 (layout 2 on; layout 1 kept these in `meta`)
+//!   meta          "moved" -> bytes   (layout 2 on: a table of another type under layout 1's
 //!                                     meta name, so a layout-1 release, which never checked
 //!                                     "layout", fails to open the spool with a table type
 //!                                     mismatch instead of misreading the ring)
 //!
-//! A writer of layout 2 migrates a layout-1 spool on open (meta moved, journal_start 0, in the
-//! transaction that replays its journal) and refuses a layout it does not know
-//! (SpoolError::UnknownLayout).
+//! A writer of layout 3 migrates a layout-1 spool on open (meta moved, journal_start 0, in the
+//! transaction that replays its journal), moves a layout-2 spool to 3 by writing the number
+//! (its rows of one event are read where they are, beside the chunks that follow), and
+//! refuses a layout it does not know (SpoolError::UnknownLayout), as a layout-2 release
+//! refuses layout 3.
 //! ```
 //!
 //! Assumptions about the disk, as redb's: `fdatasync` returning means the data is durable; a
@@ -279,6 +285,7 @@
 #![warn(missing_docs)]
 
 pub mod aggregate;
+pub mod chunk;
 mod error;
 mod journal;
 pub mod projection;

@@ -741,18 +741,17 @@ impl SpoolReader {
         let view = self.detached()?;
         if next <= view.db_last_seq {
             let table = view.txn.open_table(tables::EVENTS).ctx("opening events")?;
-            for item in table.range(next..=view.db_last_seq).ctx("reading events")? {
+            tables::visit_events(&table, next, view.db_last_seq, |event| {
                 if out.len() >= limit || scanned >= READ_EVENTS_MAX {
-                    break;
+                    return Ok(false);
                 }
-                let (seq, bytes) = item.ctx("reading an event")?;
-                let event = tables::decode_event(seq.value(), bytes.value())?;
-                next = seq.value() + 1;
+                next = event.seq.0 + 1;
                 scanned += 1;
                 if filter.matches(event.stream.as_str(), &event.event_type) {
                     out.push(event);
                 }
-            }
+                Ok(true)
+            })?;
             if out.len() < limit && scanned < READ_EVENTS_MAX {
                 next = next.max(view.db_last_seq + 1);
             }
@@ -823,22 +822,43 @@ impl SpoolReader {
                     first_seq: first_seq_of_run,
                     count,
                 };
-                for version in next_version.max(run.first_version)..run.first_version + count {
-                    let seq = run.seq_of(version);
-                    if out.len() >= limit || seq > view.db_last_seq {
-                        break 'runs;
+                let first_version = next_version.max(run.first_version);
+                let end_version = run.first_version + count;
+                if first_version >= end_version {
+                    continue;
+                }
+                let run_from = run.seq_of(first_version);
+                if out.len() >= limit || run_from > view.db_last_seq {
+                    break 'runs;
+                }
+                let run_to = run.seq_of(end_version - 1);
+                // Seqs below the first were deleted by retention.
+                let from = run_from.max(first_seq);
+                let mut to = run_to.min(view.db_last_seq);
+                if from <= to {
+                    to = to.min(from + (limit - out.len()) as u64 - 1);
+                }
+                let missing = |seq: u64| {
+                    let version = first_version + (seq - run_from);
+                    SpoolError::corrupted(format!(
+                        "stream {stream} v{version} points at missing seq {seq}"
+                    ))
+                };
+                let mut expected = from;
+                tables::visit_events(&events, from, to, |event| {
+                    if event.seq.0 != expected {
+                        return Err(missing(expected));
                     }
-                    next_version = version + 1;
-                    match events.get(seq).ctx("reading an event")? {
-                        Some(bytes) => out.push(tables::decode_event(seq, bytes.value())?),
-                        // Deleted by retention.
-                        None if seq < first_seq => {}
-                        None => {
-                            return Err(SpoolError::corrupted(format!(
-                                "stream {stream} v{version} points at missing seq {seq}"
-                            )));
-                        }
-                    }
+                    expected += 1;
+                    out.push(event);
+                    Ok(true)
+                })?;
+                if expected <= to {
+                    return Err(missing(expected));
+                }
+                next_version = first_version + (to - run_from) + 1;
+                if out.len() >= limit || to < run_to {
+                    break 'runs;
                 }
             }
         }
@@ -977,8 +997,9 @@ impl SpoolReader {
         let last_seq = view.tail.last_seq().unwrap_or(0).max(view.db_last_seq);
         let events = (last_seq + 1).saturating_sub(first_seq);
         let table = view.txn.open_table(tables::EVENTS).ctx("opening events")?;
-        let oldest = match table.first().ctx("reading events")? {
-            Some((seq, bytes)) => Some(tables::decode_event(seq.value(), bytes.value())?),
+        let (db_oldest, db_newest) = tables::first_and_last_events(&table)?;
+        let oldest = match db_oldest {
+            Some(event) => Some(event),
             None => match view.tail.first_seq() {
                 Some(seq) => view.tail.get(seq)?,
                 None => None,
@@ -986,10 +1007,7 @@ impl SpoolReader {
         };
         let newest = match view.tail.last_seq() {
             Some(seq) => view.tail.get(seq)?,
-            None => match table.last().ctx("reading events")? {
-                Some((seq, bytes)) => Some(tables::decode_event(seq.value(), bytes.value())?),
-                None => None,
-            },
+            None => db_newest,
         };
         let heads = view
             .txn

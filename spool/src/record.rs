@@ -309,7 +309,7 @@ pub(crate) fn append_frame_to(out: &mut Vec<u8>, lsn: u64, records: &EncodedReco
 }
 
 /// postcard's varint (LEB128) for unsigned integers.
-fn push_varint(out: &mut Vec<u8>, mut value: u64) {
+pub(crate) fn push_varint(out: &mut Vec<u8>, mut value: u64) {
     loop {
         let byte = (value & 0x7F) as u8;
         value >>= 7;

@@ -83,6 +83,12 @@ pub struct SpoolConfig {
     /// Both store the same rows; `false` is the former way, kept so `cargo bench -p spool`
     /// measures the gain in one run.
     pub appended_event_inserts: bool,
+    /// Store events in the database as chunk rows, many consecutive events to a row, each
+    /// written against the one before it (the default, [`crate::chunk`]), rather than a row of
+    /// its full record per event. Either kind of row is read wherever it is; `false` is the
+    /// former way (then [`SpoolConfig::appended_event_inserts`] chooses how its rows go in), kept
+    /// so `cargo bench -p spool` measures the gain in one run.
+    pub chunked_events: bool,
     /// Insert each acknowledged append into redb on a second thread while the writer journals
     /// the next (the default), rather than on the writer between its journal syncs. The journal
     /// is the durability either way and validation sees the same state; `false` is the former
@@ -248,6 +254,7 @@ impl Default for SpoolConfig {
             // The spool knows no event types: a venue's catalog comes from whoever opens it.
             schemas: Arc::new(crate::schema::Schemas::empty()),
             appended_event_inserts: true,
+            chunked_events: true,
             apply_on_thread: true,
             background_checkpoints: true,
             caller_commits: true,
@@ -416,7 +423,9 @@ impl Spool {
             apply_cores: config.thread_cores.as_ref().map(|c| c.apply.clone()),
             background_checkpoints: config.background_checkpoints,
             apply_linger: config.apply_linger,
-            event_inserts: if config.appended_event_inserts {
+            event_inserts: if config.chunked_events {
+                tables::EventInserts::Chunks
+            } else if config.appended_event_inserts {
                 tables::EventInserts::Appended
             } else {
                 tables::EventInserts::PerKey
@@ -922,7 +931,7 @@ pub(crate) fn recover(db: &redb::Database, journal: &mut Journal) -> Result<(u64
                     encoded.push_bytes(&record.to_bytes()?);
                 }
                 // Replay always appends in seq order: the gapless check above refused anything else.
-                tables::insert_events(&txn, &events, &encoded, tables::EventInserts::Appended)?;
+                tables::insert_events(&txn, &events, &encoded, tables::EventInserts::Chunks)?;
             }
             JournalOpV1::Ack { cursor, seq } => tables::ack_cursor(&txn, cursor, *seq)?,
         }
@@ -1165,9 +1174,133 @@ mod tests {
         ));
         drop((meta, txn));
         drop(db);
-        // And it opens again as layout 2.
+        // And it opens again at the current layout.
         let spool = Spool::open(dir.path(), config).expect("reopen");
         assert_eq!(spool.head().expect("head"), Seq(9));
+    }
+
+    #[test]
+    fn a_layout_2_spool_of_a_row_per_event_moves_to_layout_3_and_reads_beside_chunks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut schemas = Schemas::empty();
+        schemas.register::<Byte>();
+        let config = SpoolConfig {
+            journal_bytes: SPOOL_JOURNAL_BYTES_MIN,
+            schemas: Arc::new(schemas),
+            retention_age: Some(std::time::Duration::ZERO),
+            ..SpoolConfig::default()
+        };
+        let stream = StreamId::new("s").expect("id");
+        let append = |spool: &Spool, from: u8, to: u8| {
+            spool
+                .append_blocking(vec![AppendStream::new(
+                    stream.clone(),
+                    crate::types::ExpectedVersion::Any,
+                    (from..=to)
+                        .map(|b| crate::types::NewEvent {
+                            event_type: "test.event".into(),
+                            schema_version: 1,
+                            payload: vec![b],
+                            meta: crate::types::Metadata::default(),
+                        })
+                        .collect(),
+                )])
+                .expect("append");
+        };
+        // Layout 2 as its release wrote it: a row per event.
+        {
+            let spool = Spool::open(
+                dir.path(),
+                SpoolConfig {
+                    chunked_events: false,
+                    ..config.clone()
+                },
+            )
+            .expect("create");
+            append(&spool, 1, 10);
+        }
+        let layout_and_rows = || {
+            let db = database(&dir.path().join(DB_FILE), false);
+            let txn = db.begin_read().expect("read");
+            let meta = txn.open_table(tables::META).expect("spool_meta");
+            let layout = tables::meta(&meta, tables::META_LAYOUT).expect("layout");
+            let events = txn.open_table(tables::EVENTS).expect("events");
+            let rows: Vec<(u64, bool)> = events
+                .iter()
+                .expect("rows")
+                .map(|item| {
+                    let (key, bytes) = item.expect("row");
+                    (
+                        key.value(),
+                        bytes.value().first() == Some(&crate::chunk::CHUNK_V1_TAG),
+                    )
+                })
+                .collect();
+            (layout, rows)
+        };
+        {
+            let db = database(&dir.path().join(DB_FILE), false);
+            let txn = db.begin_write().expect("write");
+            txn.open_table(tables::META)
+                .expect("meta")
+                .insert(tables::META_LAYOUT, tables::LAYOUT_ROW_PER_EVENT)
+                .expect("insert");
+            txn.commit().expect("commit");
+        }
+        let (layout, rows) = layout_and_rows();
+        assert_eq!(layout, 2);
+        assert_eq!(rows, (1..=10).map(|k| (k, false)).collect::<Vec<_>>());
+        {
+            let spool = Spool::open(dir.path(), config.clone()).expect("open layout 2");
+            append(&spool, 11, 20);
+            let payloads = |spool: &Spool| -> Vec<u8> {
+                spool
+                    .read_global(Seq::FIRST, 100)
+                    .expect("read")
+                    .iter()
+                    .map(|e| e.payload[0])
+                    .collect()
+            };
+            assert_eq!(payloads(&spool), (1..=20).collect::<Vec<_>>());
+            let versions: Vec<u64> = spool
+                .read_stream(&stream, 8, 5)
+                .expect("read stream")
+                .iter()
+                .map(|e| e.version)
+                .collect();
+            assert_eq!(versions, vec![8, 9, 10, 11, 12], "across both kinds of row");
+            let report = spool.verify().expect("verify");
+            assert!(report.is_ok(), "verify: {:?}", report.problems);
+            // Retention through both kinds: every row of one event, then part of the chunk,
+            // whose rest is written again from its new first seq.
+            spool.ack_blocking("any", Seq(15)).expect("ack");
+        }
+        let (layout, rows) = layout_and_rows();
+        assert_eq!(layout, tables::LAYOUT_VERSION);
+        assert_eq!(rows.len(), 11);
+        assert_eq!(rows[10], (11, true));
+        let spool = Spool::open(
+            dir.path(),
+            SpoolConfig {
+                required_cursors: vec!["any".into()],
+                ..config
+            },
+        )
+        .expect("reopen");
+        assert_eq!(spool.run_retention_blocking().expect("retention"), 15);
+        let left: Vec<u64> = spool
+            .read_global(Seq::FIRST, 100)
+            .expect("read")
+            .iter()
+            .map(|e| e.seq.0)
+            .collect();
+        assert_eq!(left, (16..=20).collect::<Vec<_>>());
+        assert_eq!(spool.stats().expect("stats").first_seq, Some(Seq(16)));
+        let report = spool.verify().expect("verify");
+        assert!(report.is_ok(), "verify: {:?}", report.problems);
+        drop(spool);
+        let (_, rows) = layout_and_rows();
+        assert_eq!(rows, vec![(16, true)]);
     }
 
     #[test]

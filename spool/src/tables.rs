@@ -3,6 +3,7 @@
 use redb::{ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
+use crate::chunk;
 use crate::error::{DbContext, Result, SpoolError};
 use crate::record::{EncodedRecords, StoredRecord};
 use crate::types::{RecordedEvent, Seq};
@@ -53,10 +54,17 @@ pub(crate) const META_FIRST_SEQ: &str = "first_seq";
 pub(crate) const META_JOURNAL_START: &str = "journal_start";
 /// The layout version of the tables, so a later release can tell and migrate.
 pub(crate) const META_LAYOUT: &str = "layout";
-/// The current layout: 2, the journal is a ring whose current frames start at
+/// The current layout: 3, the events table may hold chunk rows ([`crate::chunk`]) beside rows of
+/// one event. Layout 2: a row per event; the journal is a ring whose current frames start at
 /// [`META_JOURNAL_START`] and may wrap to offset 0, and meta lives in [`META`]. Layout 1: the
 /// journal restarted at offset 0 after each checkpoint, meta in [`LEGACY_META`].
-pub(crate) const LAYOUT_VERSION: u64 = 2;
+///
+/// Layout 2 becomes 3 by writing the number alone: its rows are read as they are. The number
+/// is what stops a release of layout 2, which would take a chunk row for a damaged record,
+/// from opening the spool.
+pub(crate) const LAYOUT_VERSION: u64 = 3;
+/// The layout before chunk rows.
+pub(crate) const LAYOUT_ROW_PER_EVENT: u64 = 2;
 /// The layout before the journal became a ring.
 pub(crate) const LAYOUT_LEGACY: u64 = 1;
 /// What the tombstone says, for a person looking at the file with other tools.
@@ -116,6 +124,11 @@ pub(crate) fn create_all(txn: &WriteTransaction) -> Result<()> {
             meta.insert(META_JOURNAL_START, 0).ctx("writing meta")?;
         }
         Some(LAYOUT_VERSION) => {}
+        Some(LAYOUT_ROW_PER_EVENT) => {
+            meta.insert(META_LAYOUT, LAYOUT_VERSION)
+                .ctx("writing meta")?;
+            tracing::info!("spool moved from layout {LAYOUT_ROW_PER_EVENT} to {LAYOUT_VERSION}");
+        }
         Some(found) => {
             return Err(SpoolError::UnknownLayout {
                 found,
@@ -207,12 +220,89 @@ pub(crate) fn decode_event(seq: u64, bytes: &[u8]) -> Result<RecordedEvent> {
     Ok(event)
 }
 
+/// The events of one row of the `events` table (before upcasting): a chunk's
+/// ([`crate::chunk`]), up to `stop_after` if given, or the one event of a `StoredRecord` row.
+pub(crate) fn decode_row(
+    key: u64,
+    bytes: &[u8],
+    stop_after: Option<u64>,
+) -> Result<Vec<RecordedEvent>> {
+    if bytes.first() == Some(&chunk::CHUNK_V1_TAG) {
+        chunk::decode_chunk(key, bytes, stop_after)
+    } else {
+        Ok(vec![decode_event(key, bytes)?])
+    }
+}
+
+/// The stored event at `seq` (before upcasting); `None` if no row holds it.
+pub(crate) fn event_at(
+    table: &impl ReadableTable<u64, &'static [u8]>,
+    seq: u64,
+) -> Result<Option<RecordedEvent>> {
+    let mut range = table.range(..=seq).ctx("reading events")?;
+    let Some(item) = range.next_back() else {
+        return Ok(None);
+    };
+    let (key, bytes) = item.ctx("reading an event")?;
+    let events = decode_row(key.value(), bytes.value(), Some(seq))?;
+    Ok(events.into_iter().last().filter(|e| e.seq.0 == seq))
+}
+
+/// Hand `visit` the stored events (before upcasting) with seqs in `from..=to`, in seq order,
+/// until it answers `false`.
+pub(crate) fn visit_events(
+    table: &impl ReadableTable<u64, &'static [u8]>,
+    from: u64,
+    to: u64,
+    mut visit: impl FnMut(RecordedEvent) -> Result<bool>,
+) -> Result<()> {
+    if from > to {
+        return Ok(());
+    }
+    // The row that holds `from` may start before it.
+    let start = match table.range(..=from).ctx("reading events")?.next_back() {
+        Some(item) => item.ctx("reading an event")?.0.value(),
+        None => from,
+    };
+    for item in table.range(start..=to).ctx("reading events")? {
+        let (key, bytes) = item.ctx("reading an event")?;
+        for event in decode_row(key.value(), bytes.value(), Some(to))? {
+            if event.seq.0 >= from && !visit(event)? {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The stored events of lowest and highest seq (before upcasting).
+pub(crate) fn first_and_last_events(
+    table: &impl ReadableTable<u64, &'static [u8]>,
+) -> Result<(Option<RecordedEvent>, Option<RecordedEvent>)> {
+    let first = match table.first().ctx("reading events")? {
+        Some((key, bytes)) => decode_row(key.value(), bytes.value(), Some(key.value()))?
+            .into_iter()
+            .next(),
+        None => None,
+    };
+    let last = match table.last().ctx("reading events")? {
+        Some((key, bytes)) => decode_row(key.value(), bytes.value(), None)?.pop(),
+        None => None,
+    };
+    Ok((first, last))
+}
+
 /// How a batch of events goes into the `events` table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum EventInserts {
-    /// Through one cursor at the end of the table, in seq order: redb buffers the entries and
-    /// splices them into leaves in bulk, instead of one descent from the root and one leaf
-    /// rewrite per event. New seqs are always above every stored one, so the end is their place.
+    /// As chunk rows ([`crate::chunk`]), through one cursor at the end of the table: a few rows
+    /// per batch, each event about half its record's size (layout 3 on).
+    Chunks,
+    /// A row per event, through one cursor at the end of the table, in seq order: redb buffers
+    /// the entries and splices them into leaves in bulk, instead of one descent from the root
+    /// and one leaf rewrite per event. New seqs are always above every stored one, so the end is
+    /// their place. The way before chunks, kept for the benchmark's comparison
+    /// ([`crate::SpoolConfig::chunked_events`]).
     Appended,
     /// One `insert` (a descent and a leaf rewrite) per event: the former way, kept so the
     /// benchmark can measure both in one run ([`crate::SpoolConfig::appended_event_inserts`]).
@@ -328,6 +418,32 @@ pub(crate) fn insert_rows(
     );
     let mut table = txn.open_table(EVENTS).ctx("opening events")?;
     match inserts {
+        EventInserts::Chunks => {
+            let mut cursor = table
+                .upper_bound_mut(std::ops::Bound::<u64>::Unbounded)
+                .ctx("opening the end of events")?;
+            let mut builder = chunk::ChunkBuilder::new(|first_seq, bytes: &[u8]| {
+                // As below: a key not above every stored one is refused, never overwrites.
+                cursor
+                    .insert_before(first_seq, bytes)
+                    .ctx("inserting a chunk of events")
+            });
+            for (&seq, bytes) in rows.seqs.iter().zip(encoded.iter()) {
+                if bytes.first() == Some(&chunk::CHUNK_V1_TAG) {
+                    return Err(SpoolError::corrupted(format!(
+                        "the record of seq {seq} reads as a chunk"
+                    )));
+                }
+                builder.push_record(bytes)?;
+                if builder.last_seq() != Some(seq) {
+                    return Err(SpoolError::corrupted(format!(
+                        "the record indexed as seq {seq} says another seq"
+                    )));
+                }
+            }
+            builder.finish()?;
+            cursor.close().ctx("inserting events")?;
+        }
         EventInserts::Appended => {
             let mut cursor = table
                 .upper_bound_mut(std::ops::Bound::<u64>::Unbounded)

@@ -242,14 +242,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         spool_with_events(dir.path());
         tamper(dir.path(), |txn| {
+            // The five events are one chunk row. They go back as rows of one event for seqs 1
+            // and 2 (2 with a payload its schema cannot read), and a chunk from seq 4: seq 3 is
+            // gone.
             let mut events = txn.open_table(tables::EVENTS).unwrap();
-            let third = events.remove(3).unwrap().unwrap().value().to_vec();
-            let mut record = crate::record::StoredRecord::from_bytes(&third).unwrap();
-            let crate::record::StoredRecord::V1(v1) = &mut record;
-            v1.seq = 2;
-            v1.payload = vec![0xFF];
-            let bytes = record.to_bytes().unwrap();
-            events.insert(2, bytes.as_slice()).unwrap();
+            let chunk = events.remove(1).unwrap().unwrap().value().to_vec();
+            let mut stored = crate::chunk::decode_chunk(1, &chunk, None).unwrap();
+            assert_eq!(stored.len(), 5);
+            stored[1].payload = vec![0xFF];
+            for event in &stored[..2] {
+                let bytes = crate::record::encode_event(event).unwrap();
+                events.insert(event.seq.0, bytes.as_slice()).unwrap();
+            }
+            let rest = crate::chunk::encode_chunk(&stored[3..]).unwrap();
+            events.insert(4, rest.as_slice()).unwrap();
         });
         let found = problems(dir.path());
         assert!(

@@ -1618,24 +1618,58 @@ impl Writer {
         let mut seq = first;
         let mut deleted = 0;
         while seq <= limit && deleted < RETENTION_EVENTS_PER_RUN_MAX {
-            let Some(bytes) = events.get(seq).ctx("reading an event")? else {
-                break;
+            // The row that holds `seq`: a row of one event keyed by it, or a chunk keyed by its
+            // first event's seq, at or below it.
+            let row = match events.range(..=seq).ctx("reading events")?.next_back() {
+                Some(item) => {
+                    let (key, bytes) = item.ctx("reading an event")?;
+                    let key = key.value();
+                    (key, tables::decode_row(key, bytes.value(), None)?)
+                }
+                None => break,
             };
-            let event = tables::decode_event(seq, bytes.value())?;
-            drop(bytes);
-            if event.recorded_at_us > older_than_us {
+            let (key, row_events) = row;
+            let mut kept = Vec::new();
+            let mut removed = false;
+            for event in row_events {
+                if event.seq.0 < seq {
+                    // Below the first seq: deleted already.
+                    removed = true;
+                    continue;
+                }
+                if !kept.is_empty()
+                    || event.seq.0 != seq
+                    || seq > limit
+                    || deleted >= RETENTION_EVENTS_PER_RUN_MAX
+                    || event.recorded_at_us > older_than_us
+                {
+                    kept.push(event);
+                    continue;
+                }
+                // A run goes with its last event (events are deleted in seq order).
+                if let Some(run) =
+                    tables::run_containing(&runs, event.stream.as_str(), event.version)?
+                    && run.seq_of(event.version) == run.first_seq + run.count - 1
+                {
+                    runs.remove((event.stream.as_str(), run.first_version))
+                        .ctx("deleting a run")?;
+                }
+                removed = true;
+                seq += 1;
+                deleted += 1;
+            }
+            if !removed {
                 break;
             }
-            events.remove(seq).ctx("deleting an event")?;
-            // A run goes with its last event (events are deleted in seq order).
-            if let Some(run) = tables::run_containing(&runs, event.stream.as_str(), event.version)?
-                && run.seq_of(event.version) == run.first_seq + run.count - 1
-            {
-                runs.remove((event.stream.as_str(), run.first_version))
-                    .ctx("deleting a run")?;
+            events.remove(key).ctx("deleting events")?;
+            // What the row keeps goes back as a chunk from its new first seq.
+            if let Some(first_kept) = kept.first() {
+                let bytes = crate::chunk::encode_chunk(&kept)?;
+                events
+                    .insert(first_kept.seq.0, bytes.as_slice())
+                    .ctx("rewriting the rest of a chunk")?;
+                break;
             }
-            seq += 1;
-            deleted += 1;
         }
         if deleted > 0 {
             meta.insert(tables::META_FIRST_SEQ, seq)
@@ -1871,10 +1905,7 @@ impl Lookup<'_> {
 
 /// The version of the stored event at `seq`; 0 once retention deleted it (its key outlives it).
 fn stored_version(events: &impl ReadableTable<u64, &'static [u8]>, seq: u64) -> Result<u64> {
-    Ok(match events.get(seq).ctx("reading an event")? {
-        Some(bytes) => tables::decode_event(seq, bytes.value())?.version,
-        None => 0,
-    })
+    Ok(tables::event_at(events, seq)?.map_or(0, |event| event.version))
 }
 
 /// The writer's read of the last checkpoint, with the tables validation looks up in it opened
