@@ -890,11 +890,14 @@ pub(crate) fn recover(db: &redb::Database, journal: &mut Journal) -> Result<(u64
     };
     {
         let events = txn.open_table(tables::EVENTS).ctx("opening events")?;
-        if let Some((seq, _)) = events.last().ctx("reading events")? {
+        if let Some((key, bytes)) = events.last().ctx("reading events")? {
+            // The last row may be a chunk: its last event's seq, not its key, must be covered.
+            let newest = tables::decode_row(key.value(), bytes.value(), None)?
+                .last()
+                .map_or(key.value(), |event| event.seq.0);
             assert!(
-                seq.value() <= last_seq,
-                "the meta last seq must cover every stored event (found {} beyond {last_seq})",
-                seq.value()
+                newest <= last_seq,
+                "the meta last seq must cover every stored event (found {newest} beyond {last_seq})"
             );
         }
     }
