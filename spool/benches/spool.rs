@@ -540,22 +540,7 @@ fn main() {
             med(&floor_s, |p| p.p99),
             med(&floor_s, |p| p.p999),
         );
-        let (sp50, sp99, sp999) = (
-            med(&spool_s, |p| p.p50),
-            med(&spool_s, |p| p.p99),
-            med(&spool_s, |p| p.p999),
-        );
-        let (bp50, bp99, bp999) = (
-            med(&buffered_s, |p| p.p50),
-            med(&buffered_s, |p| p.p99),
-            med(&buffered_s, |p| p.p999),
-        );
         drop(buffered);
-        let (np50, np99, np999) = (
-            med(&naive_s, |p| p.p50),
-            med(&naive_s, |p| p.p99),
-            med(&naive_s, |p| p.p999),
-        );
         println!(
             "\n## durable single-event append latency ({single_n} appends, median of {rounds} interleaved rounds)"
         );
@@ -567,30 +552,29 @@ fn main() {
             us(fp99),
             us(fp999)
         );
-        println!(
-            "| spool | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} |",
-            us(sp50),
-            us(sp99),
-            us(sp999),
-            us(sp50) / us(fp50),
-            us(sp99) / us(fp99)
-        );
-        println!(
-            "| spool writing its journal through the page cache (before) | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} |",
-            us(bp50),
-            us(bp99),
-            us(bp999),
-            us(bp50) / us(fp50),
-            us(bp99) / us(fp99)
-        );
-        println!(
-            "| naive redb (Immediate, SingleWriter) | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} |",
-            us(np50),
-            us(np99),
-            us(np999),
-            us(np50) / us(fp50),
-            us(np99) / us(fp99)
-        );
+        // Each contender's medians over the rounds, and their ratios to the floor's.
+        for (name, rounds) in [
+            ("spool", &spool_s),
+            (
+                "spool writing its journal through the page cache (before)",
+                &buffered_s,
+            ),
+            ("naive redb (Immediate, SingleWriter)", &naive_s),
+        ] {
+            let (p50, p99, p999) = (
+                med(rounds, |p| p.p50),
+                med(rounds, |p| p.p99),
+                med(rounds, |p| p.p999),
+            );
+            println!(
+                "| {name} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} |",
+                us(p50),
+                us(p99),
+                us(p999),
+                us(p50) / us(fp50),
+                us(p99) / us(fp99)
+            );
+        }
         drop(spool);
     }
 

@@ -997,8 +997,7 @@ impl SpoolReader {
         let last_seq = view.tail.last_seq().unwrap_or(0).max(view.db_last_seq);
         let events = (last_seq + 1).saturating_sub(first_seq);
         let table = view.txn.open_table(tables::EVENTS).ctx("opening events")?;
-        let (db_oldest, db_newest) = tables::first_and_last_events(&table)?;
-        let oldest = match db_oldest {
+        let oldest = match tables::first_event(&table)? {
             Some(event) => Some(event),
             None => match view.tail.first_seq() {
                 Some(seq) => view.tail.get(seq)?,
@@ -1007,7 +1006,7 @@ impl SpoolReader {
         };
         let newest = match view.tail.last_seq() {
             Some(seq) => view.tail.get(seq)?,
-            None => db_newest,
+            None => tables::last_event(&table)?,
         };
         let heads = view
             .txn
@@ -1122,24 +1121,11 @@ impl SpoolReader {
 mod tests {
     use super::*;
     use crate::record::StoredRecord;
-    use crate::types::Metadata;
 
     fn event(seq: u64, stream: &str, version: u64, key: Option<String>) -> RecordedEvent {
-        RecordedEvent {
-            seq: Seq(seq),
-            stream: StreamId::new(stream).unwrap(),
-            version,
-            event_type: "decoder.passing".into(),
-            schema_version: 1,
-            stored_schema_version: 1,
-            payload: vec![seq as u8; 3],
-            recorded_at_us: 1_000 + seq,
-            meta: Metadata {
-                boot_id: "b-1".into(),
-                idempotency_key: key,
-                ..Metadata::default()
-            },
-        }
+        let mut event = RecordedEvent::fixture(seq, stream, version);
+        event.meta.idempotency_key = key;
+        event
     }
 
     fn batch(events: &[RecordedEvent]) -> Arc<AppendBatch> {

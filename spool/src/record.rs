@@ -132,7 +132,7 @@ struct StoredEventV1Ref<'a> {
 }
 
 /// postcard's `&str`, `String`, `&[u8]` and `Vec<u8>`: the length as a varint, then the bytes.
-fn push_bytes_field(out: &mut Vec<u8>, bytes: &[u8]) {
+pub(crate) fn push_bytes_field(out: &mut Vec<u8>, bytes: &[u8]) {
     push_varint(out, bytes.len() as u64);
     out.extend_from_slice(bytes);
 }

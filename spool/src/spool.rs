@@ -1182,6 +1182,17 @@ mod tests {
         assert_eq!(spool.head().expect("head"), Seq(9));
     }
 
+    /// Write `layout` into a closed spool's meta, as a release of that layout would have left it.
+    fn set_layout(dir: &Path, layout: u64) {
+        let db = database(&dir.join(DB_FILE), false);
+        let txn = db.begin_write().expect("write");
+        txn.open_table(tables::META)
+            .expect("meta")
+            .insert(tables::META_LAYOUT, layout)
+            .expect("insert");
+        txn.commit().expect("commit");
+    }
+
     #[test]
     fn a_layout_2_spool_of_a_row_per_event_moves_to_layout_3_and_reads_beside_chunks() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -1241,15 +1252,7 @@ mod tests {
                 .collect();
             (layout, rows)
         };
-        {
-            let db = database(&dir.path().join(DB_FILE), false);
-            let txn = db.begin_write().expect("write");
-            txn.open_table(tables::META)
-                .expect("meta")
-                .insert(tables::META_LAYOUT, tables::LAYOUT_ROW_PER_EVENT)
-                .expect("insert");
-            txn.commit().expect("commit");
-        }
+        set_layout(dir.path(), tables::LAYOUT_ROW_PER_EVENT);
         let (layout, rows) = layout_and_rows();
         assert_eq!(layout, 2);
         assert_eq!(rows, (1..=10).map(|k| (k, false)).collect::<Vec<_>>());
@@ -1310,15 +1313,7 @@ mod tests {
     fn a_layout_newer_than_this_release_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         drop(Spool::open(dir.path(), SpoolConfig::default()).expect("create"));
-        {
-            let db = database(&dir.path().join(DB_FILE), false);
-            let txn = db.begin_write().expect("write");
-            txn.open_table(tables::META)
-                .expect("meta")
-                .insert(tables::META_LAYOUT, tables::LAYOUT_VERSION + 1)
-                .expect("insert");
-            txn.commit().expect("commit");
-        }
+        set_layout(dir.path(), tables::LAYOUT_VERSION + 1);
         match Spool::open(dir.path(), SpoolConfig::default()) {
             Err(SpoolError::UnknownLayout { found, .. }) => {
                 assert_eq!(found, tables::LAYOUT_VERSION + 1);

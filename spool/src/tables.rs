@@ -275,21 +275,26 @@ pub(crate) fn visit_events(
     Ok(())
 }
 
-/// The stored events of lowest and highest seq (before upcasting).
-pub(crate) fn first_and_last_events(
+/// The stored event of lowest seq (before upcasting).
+pub(crate) fn first_event(
     table: &impl ReadableTable<u64, &'static [u8]>,
-) -> Result<(Option<RecordedEvent>, Option<RecordedEvent>)> {
-    let first = match table.first().ctx("reading events")? {
+) -> Result<Option<RecordedEvent>> {
+    Ok(match table.first().ctx("reading events")? {
         Some((key, bytes)) => decode_row(key.value(), bytes.value(), Some(key.value()))?
             .into_iter()
             .next(),
         None => None,
-    };
-    let last = match table.last().ctx("reading events")? {
+    })
+}
+
+/// The stored event of highest seq (before upcasting).
+pub(crate) fn last_event(
+    table: &impl ReadableTable<u64, &'static [u8]>,
+) -> Result<Option<RecordedEvent>> {
+    Ok(match table.last().ctx("reading events")? {
         Some((key, bytes)) => decode_row(key.value(), bytes.value(), None)?.pop(),
         None => None,
-    };
-    Ok((first, last))
+    })
 }
 
 /// How a batch of events goes into the `events` table.
@@ -429,11 +434,6 @@ pub(crate) fn insert_rows(
                     .ctx("inserting a chunk of events")
             });
             for (&seq, bytes) in rows.seqs.iter().zip(encoded.iter()) {
-                if bytes.first() == Some(&chunk::CHUNK_V1_TAG) {
-                    return Err(SpoolError::corrupted(format!(
-                        "the record of seq {seq} reads as a chunk"
-                    )));
-                }
                 builder.push_record(bytes)?;
                 if builder.last_seq() != Some(seq) {
                     return Err(SpoolError::corrupted(format!(
@@ -580,23 +580,12 @@ mod tests {
         );
     }
     use super::*;
-    use crate::types::{Metadata, StreamId};
 
     fn event(seq: u64, key: Option<&str>) -> RecordedEvent {
-        RecordedEvent {
-            seq: Seq(seq),
-            stream: StreamId::new("decoder/D0000C00").expect("a valid stream id"),
-            version: seq,
-            event_type: "decoder.passing".into(),
-            schema_version: 1,
-            stored_schema_version: 1,
-            payload: vec![seq as u8; 40],
-            recorded_at_us: 1,
-            meta: Metadata {
-                idempotency_key: key.map(str::to_owned),
-                ..Metadata::default()
-            },
-        }
+        let mut event = RecordedEvent::fixture(seq, "decoder/D0000C00", seq);
+        event.payload = vec![seq as u8; 40];
+        event.meta.idempotency_key = key.map(str::to_owned);
+        event
     }
 
     fn database() -> redb::Database {

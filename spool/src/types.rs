@@ -222,6 +222,28 @@ pub struct RecordedEvent {
     pub meta: Metadata,
 }
 
+#[cfg(test)]
+impl RecordedEvent {
+    /// A decoder passing as the unit tests store it: a small payload of `seq`'s low byte,
+    /// recorded at 1,000 + `seq` µs, on boot "b-1".
+    pub(crate) fn fixture(seq: u64, stream: &str, version: StreamVersion) -> RecordedEvent {
+        RecordedEvent {
+            seq: Seq(seq),
+            stream: StreamId::new(stream).expect("a valid stream id"),
+            version,
+            event_type: "decoder.passing".into(),
+            schema_version: 1,
+            stored_schema_version: 1,
+            payload: vec![seq as u8; 3],
+            recorded_at_us: 1_000 + seq,
+            meta: Metadata {
+                boot_id: "b-1".into(),
+                ..Metadata::default()
+            },
+        }
+    }
+}
+
 /// Which events a subscription or a filtered read wants.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Filter {
