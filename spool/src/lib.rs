@@ -74,7 +74,8 @@
 //!   tail and the last checkpoint, which together are what the transaction holds). The
 //!   transaction goes back to the writer for direct operations, and is committed durably (with
 //!   quick-repair, so a crash never needs a full-file repair) at *checkpoints*. Checkpoints come
-//!   every [`SpoolConfig::checkpoint_events`] events, every [`SpoolConfig::checkpoint_interval`],
+//!   every [`SpoolConfig::checkpoint_events`] events (but at most one per
+//!   [`SpoolConfig::checkpoint_spacing`]), every [`SpoolConfig::checkpoint_interval`],
 //!   after a quarter of the journal, and for rare operations that are committed directly (park,
 //!   projections, snapshots, retention). The apply thread commits a checkpoint *in the
 //!   background* ([`SpoolConfig::background_checkpoints`]) while the writer journals the next
@@ -307,9 +308,10 @@ pub use crate::reader::{
 pub use crate::spool::{
     DurableMark, SPOOL_APPLY_LINGER_MS_DEFAULT, SPOOL_CACHE_BYTES_DEFAULT,
     SPOOL_CALLER_COMMIT_IDLE_US, SPOOL_CHECKPOINT_EVENTS_DEFAULT,
-    SPOOL_CHECKPOINT_INTERVAL_MS_DEFAULT, SPOOL_DISK_RESERVE_BYTES_DEFAULT,
-    SPOOL_JOURNAL_BYTES_DEFAULT, SPOOL_JOURNAL_BYTES_MIN, Spool, SpoolConfig, ThreadCores,
-    allowed_cores, commit_appends_on_this_thread, compact, keep_thread_to,
+    SPOOL_CHECKPOINT_INTERVAL_MS_DEFAULT, SPOOL_CHECKPOINT_SPACING_MS_DEFAULT,
+    SPOOL_DISK_RESERVE_BYTES_DEFAULT, SPOOL_JOURNAL_BYTES_DEFAULT, SPOOL_JOURNAL_BYTES_MIN, Spool,
+    SpoolConfig, ThreadCores, allowed_cores, commit_appends_on_this_thread, compact,
+    keep_thread_to,
 };
 pub use crate::subscription::{SUBSCRIPTION_PAGE_EVENTS, Subscription};
 pub use crate::types::{

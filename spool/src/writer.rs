@@ -398,6 +398,7 @@ pub(crate) struct DirectOutcome {
 pub(crate) struct Policy {
     pub(crate) checkpoint_events: usize,
     pub(crate) checkpoint_interval: Duration,
+    pub(crate) checkpoint_spacing: Duration,
     pub(crate) retention_age_us: Option<u64>,
     pub(crate) required_cursors: Vec<String>,
     pub(crate) disk_cap_bytes: Option<u64>,
@@ -1432,7 +1433,8 @@ impl Writer {
         if self.failed.is_some() {
             return;
         }
-        let due = self.uncheckpointed_events >= self.policy.checkpoint_events
+        let spaced = self.last_checkpoint.elapsed() >= self.policy.checkpoint_spacing;
+        let due = (self.uncheckpointed_events >= self.policy.checkpoint_events && spaced)
             || self.journal.head() - self.checkpoint_head >= self.journal.capacity() / 4
             || (self.uncheckpointed_events > 0
                 && self.last_checkpoint.elapsed() >= self.policy.checkpoint_interval);

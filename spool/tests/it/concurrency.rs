@@ -74,6 +74,7 @@ fn reads_that_straddle_checkpoints_see_no_gap_and_no_repeat() {
     let dir = tempfile::tempdir().unwrap();
     let config = spool::SpoolConfig {
         checkpoint_events: 7,
+        checkpoint_spacing: std::time::Duration::ZERO,
         ..opaque_config()
     };
     let spool = Spool::open(dir.path(), config).unwrap();
@@ -156,6 +157,7 @@ fn racing_appenders_see_each_others_versions_and_keys_in_both_apply_modes() {
         let dir = tempfile::tempdir().unwrap();
         let config = spool::SpoolConfig {
             checkpoint_events: 7,
+            checkpoint_spacing: std::time::Duration::ZERO,
             apply_on_thread,
             apply_linger,
             ..opaque_config()

@@ -16,6 +16,8 @@ pub fn small_config() -> SpoolConfig {
     SpoolConfig {
         journal_bytes: spool::SPOOL_JOURNAL_BYTES_MIN,
         checkpoint_events: 7,
+        // Every 7 events, however fast they come: the crash tests want many checkpoints.
+        checkpoint_spacing: Duration::ZERO,
         checkpoint_interval: Duration::from_secs(3600),
         cache_bytes: 1024 * 1024,
         schemas: test_schemas(),

@@ -118,6 +118,7 @@ fn at_the_disk_cap_unacknowledged_events_are_kept_and_appends_fail_with_spool_fu
     let config = SpoolConfig {
         journal_bytes: spool::SPOOL_JOURNAL_BYTES_MIN,
         checkpoint_events: 100,
+        checkpoint_spacing: Duration::ZERO,
         disk_cap_bytes: Some(3 * 1024 * 1024),
         required_cursors: vec!["uplink".into()],
         ..opaque_config()

@@ -50,6 +50,7 @@ fn config() -> SpoolConfig {
     SpoolConfig {
         journal_bytes: 256 * 1024,
         checkpoint_events: 500,
+        checkpoint_spacing: Duration::ZERO,
         checkpoint_interval: Duration::from_secs(3600),
         cache_bytes: 1024 * 1024,
         disk_reserve_bytes: RESERVE_BYTES,

@@ -315,3 +315,51 @@ fn a_failed_background_checkpoint_fails_the_writer_and_a_reopen_recovers_everyth
         "after a failed background commit",
     );
 }
+
+#[test]
+fn checkpoints_asked_for_by_event_count_are_spaced_but_a_quarter_journal_still_gets_one() {
+    let appends = |spool: &Spool, count: usize, bytes: usize| {
+        for n in 0..count {
+            spool
+                .append_blocking(vec![part(
+                    "s",
+                    ExpectedVersion::Any,
+                    vec![event(&sized_body(n, bytes))],
+                )])
+                .expect("append");
+        }
+    };
+    let checkpoints = |spool: &Spool| spool.stats().expect("stats").checkpoints;
+    let config = |spacing: Duration| SpoolConfig {
+        checkpoint_events: 5,
+        checkpoint_spacing: spacing,
+        ..ring_config()
+    };
+    // Unspaced, the former way: 40 events ask for a checkpoint every 5.
+    let disk = SimDisk::new();
+    let spool = Spool::open_with_storage(disk.storage(), config(Duration::ZERO)).expect("open");
+    appends(&spool, 40, 10);
+    wait_until(&disk, "checkpoints every 5 events", || {
+        checkpoints(&spool) >= 2
+    });
+    drop(spool);
+    // Spaced an hour apart: the same 40 events (far below a quarter of the journal) get none.
+    let disk = SimDisk::new();
+    let hour = Duration::from_secs(3600);
+    let spool = Spool::open_with_storage(disk.storage(), config(hour)).expect("open");
+    appends(&spool, 40, 10);
+    // Long enough for a checkpoint started by those appends to commit; the next append takes
+    // in whatever committed.
+    std::thread::sleep(Duration::from_millis(1500));
+    appends(&spool, 1, 10);
+    assert_eq!(checkpoints(&spool), 0, "no checkpoint within the spacing");
+    // A quarter of the journal asks for one whatever the spacing: the tail stays bounded.
+    let quarter = spool::SPOOL_JOURNAL_BYTES_MIN as usize / 4;
+    appends(&spool, quarter / BODY_BYTES + 2, BODY_BYTES);
+    wait_until(&disk, "the quarter journal's checkpoint", || {
+        checkpoints(&spool) >= 1
+    });
+    let events = spool.read_global(Seq::FIRST, 100_000).expect("read");
+    assert_eq!(events.len(), 41 + quarter / BODY_BYTES + 2);
+    assert!(spool.verify().expect("verify").is_ok());
+}
