@@ -168,6 +168,21 @@ impl Journal {
         self.direct.is_some()
     }
 
+    /// Once the journal is open and scanned, let the page cache drop the pages the zero-fill
+    /// wrote or the scan read: while a page is cached, each direct write over it invalidates it
+    /// first, which cost a batch of 1,000's write 15 % (a probe of 10 alternating pairs of 300
+    /// writes of 119 KB and `fdatasync`: 148 µs median without cached pages, 174 with, 2026-12-05),
+    /// and it would pay that over the whole first lap after every open. Advice only: a failure is
+    /// logged, and the writes stay correct either way.
+    pub(crate) fn forget_cached(&self, storage: &dyn Storage) {
+        if self.direct.is_none() {
+            return;
+        }
+        if let Err(error) = storage.forget_cached(JOURNAL_FILE) {
+            tracing::warn!(%error, "the journal's cached pages stay cached; its first lap's direct writes invalidate them one by one");
+        }
+    }
+
     /// The journal's size.
     pub(crate) fn capacity(&self) -> u64 {
         self.capacity

@@ -416,6 +416,7 @@ impl Spool {
             "journal open (direct writes bypass the page cache)"
         );
         let (next_seq, next_lsn, replayed) = recover(&db, &mut journal)?;
+        journal.forget_cached(storage.as_ref());
         if replayed > 0 {
             tracing::info!(
                 replayed,

@@ -51,6 +51,13 @@ pub trait Storage: Debug + Send + Sync + 'static {
         let _ = name;
         Ok(None)
     }
+    /// Let the page cache drop the clean pages it holds of `name` (written and synced, or read):
+    /// while a page of a file is cached, every direct write over it must first invalidate it
+    /// (see `journal.rs`). Where the storage has no page cache, nothing.
+    fn forget_cached(&self, name: &str) -> io::Result<()> {
+        let _ = name;
+        Ok(())
+    }
 }
 
 /// The alignment of writes through [`Storage::open_direct`]: a page, a multiple of every
@@ -141,6 +148,12 @@ impl Storage for DirStorage {
             Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    fn forget_cached(&self, name: &str) -> io::Result<()> {
+        let file = File::open(self.dir.join(name))?;
+        rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed)?;
+        Ok(())
     }
 
     fn free_bytes(&self) -> io::Result<Option<u64>> {

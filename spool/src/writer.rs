@@ -1395,6 +1395,7 @@ impl Writer {
             .ctx("reopening the database")?;
         let db = Arc::new(db);
         let (next_seq, next_lsn, replayed) = crate::spool::recover(&db, &mut self.journal)?;
+        self.journal.forget_cached(self.storage.as_ref());
         let txn = begin(&db)?;
         // Everything acknowledged is in the database now: the tail's events were in the journal.
         self.tail

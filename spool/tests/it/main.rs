@@ -9,6 +9,7 @@ mod cursors;
 mod disk;
 mod format;
 mod model;
+mod page_cache;
 mod projections;
 mod ring;
 mod sim;
