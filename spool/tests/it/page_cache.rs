@@ -34,6 +34,18 @@ fn a_direct_journal_holds_no_pages_in_the_page_cache_after_open_or_appends() {
     // Under the target directory: the repository's file system, which has direct I/O where a
     // tmpfs /tmp would not.
     let base = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    let probe = base.path().join("probe");
+    std::fs::write(&probe, [0u8; 4096]).expect("probe file");
+    let direct = rustix::fs::open(
+        &probe,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECT,
+        rustix::fs::Mode::empty(),
+    );
+    assert!(
+        direct.is_ok(),
+        "this test needs a file system with direct I/O under {} (ext4, xfs): {direct:?}",
+        env!("CARGO_TARGET_TMPDIR")
+    );
     let config = |direct: bool| SpoolConfig {
         journal_bytes: 4 * 1024 * 1024,
         direct_journal_writes: direct,
