@@ -232,11 +232,16 @@ fn passing_batches(batch: usize, total: usize) -> Vec<Vec<NewEvent>> {
 /// worth (at the record's size), so the timed ones run as in a spool that has been appending a
 /// while, its journal past its first lap and redb's page cache grown, as SQLite's connection runs
 /// warm from the figures before its own. The warm-up is timed too, and printed as the fresh
-/// spool's figure. Events/s.
+/// spool's figure. A checkpoint then puts all of it into the database, so the device bytes
+/// counted from the timed batches on are theirs alone. Events/s.
 fn warm_up(spool: &Spool, batch: usize, record: usize) -> f64 {
     let events = (usize::try_from(spool::SPOOL_JOURNAL_BYTES_DEFAULT).expect("fits") / record)
         .next_multiple_of(batch);
-    batched(spool, passing_batches(batch, events))
+    let rate = batched(spool, passing_batches(batch, events));
+    spool
+        .checkpoint_blocking()
+        .expect("checkpoint after the warm-up");
+    rate
 }
 
 /// Append the prebuilt batches, one call each. Events/s.
