@@ -619,6 +619,11 @@ impl SpoolReader {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .replace(tail);
+        // The scan read the journal through the page cache; a running writer's direct writes
+        // would have to invalidate those pages one by one over the next lap (see `journal.rs`).
+        if let Err(error) = self.storage.forget_cached(crate::storage::JOURNAL_FILE) {
+            tracing::debug!(%error, "the journal's pages read by a read-only open stay cached");
+        }
         Ok(())
     }
 

@@ -1,13 +1,13 @@
 //! The journal and the page cache, on the real file system: a journal written past the page
 //! cache keeps none of its pages there after open (the zero-fill's and the scan's are dropped),
-//! so no direct write has to invalidate one. `fincore` (util-linux, in every Debian) reads what
+//! nor after a read-only open's scan, so no direct write has to invalidate one. `fincore` (util-linux, in every Debian) reads what
 //! the cache holds.
 
 use std::path::Path;
 use std::process::Command;
 
 use spool::storage::JOURNAL_FILE;
-use spool::{ExpectedVersion, Spool, SpoolConfig};
+use spool::{ExpectedVersion, Seq, Spool, SpoolConfig, SpoolReader};
 
 use crate::common::{event, part, test_schemas};
 
@@ -74,6 +74,16 @@ fn a_direct_journal_holds_no_pages_in_the_page_cache_after_open_or_appends() {
             resident_bytes(&journal),
             0,
             "after appends (reopen: {reopen})"
+        );
+        // A technician's read-only open beside the writer scans the journal, and leaves none of
+        // it cached either.
+        let reader = SpoolReader::open(&dir, test_schemas()).expect("read-only open");
+        let events = reader.read_global(Seq::FIRST, 1_000).expect("read");
+        assert_eq!(events.len(), if reopen { 40 } else { 20 });
+        assert_eq!(
+            resident_bytes(&journal),
+            0,
+            "after a read-only open (reopen: {reopen})"
         );
         drop(spool);
     }
