@@ -322,7 +322,7 @@ pub(crate) fn insert_events(
     encoded: &EncodedRecords,
     inserts: EventInserts,
 ) -> Result<()> {
-    insert_rows(txn, &IndexRows::of(events), encoded, inserts)
+    insert_rows(txn, &[(&IndexRows::of(events), encoded)], inserts)
 }
 
 /// What an append adds to the tables besides its records: the rows of its seqs, runs, heads and
@@ -409,18 +409,26 @@ impl IndexRows {
     }
 }
 
-/// Insert an append's records and its index rows.
+/// Insert the records and index rows of appends in seq order, all in one pass: the tables are
+/// opened once, and with chunk rows the events of consecutive appends share chunks (so the
+/// apply thread's hand-over of 64 single passings is a row or two, not 64).
 pub(crate) fn insert_rows(
     txn: &WriteTransaction,
-    rows: &IndexRows,
-    encoded: &EncodedRecords,
+    appends: &[(&IndexRows, &EncodedRecords)],
     inserts: EventInserts,
 ) -> Result<()> {
-    assert_eq!(
-        rows.seqs.len(),
-        encoded.len(),
-        "every event to insert must come with its encoding"
-    );
+    for (rows, encoded) in appends {
+        assert_eq!(
+            rows.seqs.len(),
+            encoded.len(),
+            "every event to insert must come with its encoding"
+        );
+    }
+    let records = || {
+        appends
+            .iter()
+            .flat_map(|(rows, encoded)| rows.seqs.iter().zip(encoded.iter()))
+    };
     let mut table = txn.open_table(EVENTS).ctx("opening events")?;
     match inserts {
         EventInserts::Chunks => {
@@ -433,7 +441,7 @@ pub(crate) fn insert_rows(
                     .insert_before(first_seq, bytes)
                     .ctx("inserting a chunk of events")
             });
-            for (&seq, bytes) in rows.seqs.iter().zip(encoded.iter()) {
+            for (&seq, bytes) in records() {
                 builder.push_record(bytes)?;
                 if builder.last_seq() != Some(seq) {
                     return Err(SpoolError::corrupted(format!(
@@ -448,7 +456,7 @@ pub(crate) fn insert_rows(
             let mut cursor = table
                 .upper_bound_mut(std::ops::Bound::<u64>::Unbounded)
                 .ctx("opening the end of events")?;
-            for (&seq, bytes) in rows.seqs.iter().zip(encoded.iter()) {
+            for (&seq, bytes) in records() {
                 // A seq not above every stored one is refused (UnorderedKey), never overwrites:
                 // the spool sequence must only grow.
                 cursor.insert_before(seq, bytes).ctx("inserting an event")?;
@@ -457,7 +465,7 @@ pub(crate) fn insert_rows(
             cursor.close().ctx("inserting events")?;
         }
         EventInserts::PerKey => {
-            for (&seq, bytes) in rows.seqs.iter().zip(encoded.iter()) {
+            for (&seq, bytes) in records() {
                 table.insert(seq, bytes).ctx("inserting an event")?;
             }
         }
@@ -465,18 +473,25 @@ pub(crate) fn insert_rows(
     let mut runs = txn.open_table(STREAM_RUNS).ctx("opening stream runs")?;
     let mut heads = txn.open_table(STREAM_HEADS).ctx("opening stream heads")?;
     let mut keys = txn.open_table(IDEMPOTENCY).ctx("opening idempotency")?;
-    for (key, seq, _) in &rows.keys {
-        keys.insert(key.as_str(), *seq)
-            .ctx("indexing an idempotency key")?;
+    for (rows, _) in appends {
+        for (key, seq, _) in &rows.keys {
+            keys.insert(key.as_str(), *seq)
+                .ctx("indexing an idempotency key")?;
+        }
+        for (stream, first_version, first_seq, count) in &rows.runs {
+            runs.insert((stream.as_str(), *first_version), (*first_seq, *count))
+                .ctx("indexing a run of events")?;
+            heads
+                .insert(stream.as_str(), first_version + count - 1)
+                .ctx("updating a stream head")?;
+        }
     }
-    for (stream, first_version, first_seq, count) in &rows.runs {
-        runs.insert((stream.as_str(), *first_version), (*first_seq, *count))
-            .ctx("indexing a run of events")?;
-        heads
-            .insert(stream.as_str(), first_version + count - 1)
-            .ctx("updating a stream head")?;
-    }
-    if let Some(&last_seq) = rows.seqs.last().filter(|&&s| s > 0) {
+    if let Some(last_seq) = appends
+        .iter()
+        .filter_map(|(rows, _)| rows.seqs.last().copied())
+        .max()
+        .filter(|&s| s > 0)
+    {
         let mut meta_table = txn.open_table(META).ctx("opening meta")?;
         meta_table
             .insert(META_LAST_SEQ, last_seq)
@@ -643,6 +658,64 @@ mod tests {
         let (ra, rb) = (rows(&ta), rows(&tb));
         assert_eq!(ra.iter().filter(|r| r.starts_with("event ")).count(), 3000);
         assert_eq!(ra, rb);
+    }
+
+    #[test]
+    fn appends_inserted_together_share_chunk_rows_and_index_as_they_would_one_by_one() {
+        let appends: Vec<(IndexRows, EncodedRecords, Vec<RecordedEvent>)> =
+            [1..=1, 2..=2, 3..=5, 6..=6, 7..=70]
+                .into_iter()
+                .map(|range| {
+                    let events: Vec<RecordedEvent> = range
+                        .map(|seq| {
+                            event(seq, (seq % 3 == 0).then(|| format!("k-{seq}")).as_deref())
+                        })
+                        .collect();
+                    let mut encoded = EncodedRecords::default();
+                    for event in &events {
+                        encoded.push_event(event).unwrap();
+                    }
+                    (IndexRows::of(&events), encoded, events)
+                })
+                .collect();
+        let (together, apart) = (database(), database());
+        let (tt, ta) = (
+            together.begin_write().unwrap(),
+            apart.begin_write().unwrap(),
+        );
+        let all: Vec<(&IndexRows, &EncodedRecords)> = appends
+            .iter()
+            .map(|(rows, encoded, _)| (rows, encoded))
+            .collect();
+        insert_rows(&tt, &all, EventInserts::Chunks).unwrap();
+        for pair in &all {
+            insert_rows(&ta, std::slice::from_ref(pair), EventInserts::Chunks).unwrap();
+        }
+        let chunk_rows = |txn: &WriteTransaction| txn.open_table(EVENTS).unwrap().len().unwrap();
+        // 70 passings of ~55 bytes fit one chunk row; one by one, every append had its own.
+        assert_eq!((chunk_rows(&tt), chunk_rows(&ta)), (1, 5));
+        let read = |txn: &WriteTransaction| {
+            let mut events = Vec::new();
+            visit_events(&txn.open_table(EVENTS).unwrap(), 1, u64::MAX, |event| {
+                events.push(event);
+                Ok(true)
+            })
+            .unwrap();
+            events
+        };
+        let expected: Vec<RecordedEvent> = appends
+            .iter()
+            .flat_map(|(_, _, events)| events.clone())
+            .collect();
+        assert_eq!(read(&tt), expected);
+        assert_eq!(read(&ta), expected);
+        let index = |txn: &WriteTransaction| {
+            rows(txn)
+                .into_iter()
+                .filter(|r| !r.starts_with("event "))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(index(&tt), index(&ta));
     }
 
     #[test]
