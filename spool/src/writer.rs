@@ -92,7 +92,8 @@ const _: () = assert!(SPOOL_BATCH_BYTES_MAX <= SPOOL_GROUP_BYTES_MAX);
 
 /// The most hand-overs queued for the apply thread ([`crate::SpoolConfig::apply_on_thread`]):
 /// each is one append, or the smaller appends (and cursor acks) held back together, up to
-/// [`SPOOL_APPLY_HELD_EVENTS_MAX`] events and one group. A full queue makes the writer wait. A queued append's records are the tail's own (shared, not
+/// [`SPOOL_APPLY_HELD_EVENTS_MAX`] events and one group. A full queue makes the writer wait. A
+/// queued append's records are the tail's own (shared, not
 /// copied), so the queue costs little memory of its own; what it bounds is how far the apply
 /// thread may lag, and so how many appends the writer journals while a background checkpoint
 /// commits there (at batches of 1000, about 0.2 s of appends, more than a slow disk's commit).
@@ -139,10 +140,10 @@ pub(crate) fn run(shared: &Mutex<Writer>, mut rx: mpsc::Receiver<Request>) {
 enum ApplyJob {
     /// Hold the write transaction: every insert goes into it until it is asked back.
     Take(Box<WriteTransaction>),
-    /// The inserts and acks the writer held back, in order, handed over at once: one wake-up of
-    /// the apply thread, not one per append (handed over one by one, 64 single-event appends
-    /// woke it 64 times, and the append that handed them over took 0.4-1.0 ms instead of
-    /// ~0.1, every 64th append, 2026-12-05).
+    /// The inserts and acks the writer held back, in order, handed over at once and inserted in
+    /// one pass (`tables::insert_rows`). Handed over and inserted one by one, 64 held
+    /// single-event appends cost the apply thread ~0.6 ms, and every 64th append, the one that
+    /// handed them over, took 0.4-1.0 ms instead of ~0.1 (2026-12-05).
     Held(Vec<Held>),
     /// Commit the transaction as a checkpoint of everything queued before this job, answer on
     /// the `done` channel, and go on in a new transaction: the commit's syncs and page writes
