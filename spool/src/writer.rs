@@ -450,6 +450,24 @@ pub(crate) struct Policy {
     pub(crate) apply_linger: Duration,
 }
 
+impl Policy {
+    /// Whether a checkpoint is due with `events` appended and `journal_bytes` journaled since the
+    /// last one, which began `since` ago: after `checkpoint_events` events once
+    /// `checkpoint_spacing` has passed, after a quarter of the journal at once, and after
+    /// `checkpoint_interval` if anything waits.
+    fn checkpoint_due(
+        &self,
+        events: usize,
+        journal_bytes: u64,
+        journal_capacity: u64,
+        since: Duration,
+    ) -> bool {
+        (events >= self.checkpoint_events && since >= self.checkpoint_spacing)
+            || journal_bytes >= journal_capacity / 4
+            || (events > 0 && since >= self.checkpoint_interval)
+    }
+}
+
 /// How the writer opens the database again after a failure: as [`crate::Spool::open`] did.
 #[derive(Debug, Clone)]
 pub(crate) struct ReopenSettings {
@@ -1474,11 +1492,12 @@ impl Writer {
         if self.failed.is_some() {
             return;
         }
-        let spaced = self.last_checkpoint.elapsed() >= self.policy.checkpoint_spacing;
-        let due = (self.uncheckpointed_events >= self.policy.checkpoint_events && spaced)
-            || self.journal.head() - self.checkpoint_head >= self.journal.capacity() / 4
-            || (self.uncheckpointed_events > 0
-                && self.last_checkpoint.elapsed() >= self.policy.checkpoint_interval);
+        let due = self.policy.checkpoint_due(
+            self.uncheckpointed_events,
+            self.journal.head() - self.checkpoint_head,
+            self.journal.capacity(),
+            self.last_checkpoint.elapsed(),
+        );
         if !(due || force) {
             return;
         }
@@ -2052,5 +2071,49 @@ fn truncate_utf8(text: &mut String, max: usize) {
             cut -= 1;
         }
         text.truncate(cut);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoints_asked_for_by_the_event_count_wait_out_the_spacing_but_a_quarter_journal_does_not()
+     {
+        let policy = Policy {
+            checkpoint_events: 5,
+            checkpoint_interval: Duration::from_secs(30),
+            checkpoint_spacing: Duration::from_millis(100),
+            retention_age_us: None,
+            required_cursors: Vec::new(),
+            disk_cap_bytes: None,
+            disk_reserve_bytes: 0,
+            event_inserts: tables::EventInserts::Chunks,
+            apply_on_thread: true,
+            apply_cores: None,
+            background_checkpoints: true,
+            apply_linger: Duration::ZERO,
+        };
+        let ms = Duration::from_millis;
+        let due = |events, journal_bytes, since| {
+            policy.checkpoint_due(events, journal_bytes, 1_000, since)
+        };
+        // Enough events, but within the spacing: not yet; once it has passed: due.
+        assert!(!due(5, 0, ms(99)));
+        assert!(due(5, 0, ms(100)));
+        assert!(!due(4, 0, ms(1_000)));
+        // A quarter of the journal asks at once, whatever the spacing.
+        assert!(due(1, 250, ms(0)));
+        assert!(!due(1, 249, ms(0)));
+        // The interval asks for whatever waits, and never for nothing.
+        assert!(due(1, 0, Duration::from_secs(30)));
+        assert!(!due(0, 0, Duration::from_secs(3600)));
+        // Zero spacing, the former way: every `checkpoint_events` at once.
+        let unspaced = Policy {
+            checkpoint_spacing: Duration::ZERO,
+            ..policy.clone()
+        };
+        assert!(unspaced.checkpoint_due(5, 0, 1_000, ms(0)));
     }
 }
