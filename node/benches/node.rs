@@ -17,7 +17,9 @@
 //! timed from its arrival as the passings are, and records that arrive during a sync synced
 //! together after it, `common::FloorFile::run`; its syncs alone, what it reported before
 //! 2026-12-04, are printed beside it; each round also runs the floor against itself in the same
-//! turns, `NODE_BENCH_FLOOR_AA=<rate>` alone, to show the spread of the measure itself) and in a
+//! turns, `NODE_BENCH_FLOOR_AA=<rate>` alone, to show the spread of the measure itself, and a bare
+//! reader of a PTY against it, `NODE_BENCH_BARE_READER=<rate>` alone: the least any program reading
+//! this line can reach, see `bare_reader_against_floor`) and in a
 //! window of its own just before the run (the only one before 2026-12-04), and the same back to back (the floor of
 //! earlier runs, which no paced writer reaches on a disk whose flush is cheap only right after
 //! another). Then the node as its own process at a steady 100 passings/s: CPU % and RSS, the
@@ -463,6 +465,115 @@ fn floor_against_floor(rate: u32, seconds: u64) {
     );
 }
 
+/// The least any program can take from a decoder's byte on this PTY to durable: a bare reader in
+/// the node's turns against the floor in the others. A thread on the node's input core (the
+/// player's, [`player_cores`]) blocks in read(2) on the slave (raw, VMIN 1, no poll, no async
+/// runtime), writes each read in place and fdatasyncs it as the floor does, and stamps the sync's
+/// return; each passing is timed from the player's stamp, as the node's are. What it adds to the
+/// floor is the PTY's own delivery (the master's write, the tty layer's flush on a kernel worker,
+/// the reader's wake-up), which no reader of this line can skip: the node's ratio is to be read
+/// against this one's. Printed with the read alone (byte in -> read(2) returned), the node's
+/// "PTY + read wake-up" stage's floor.
+fn bare_reader_against_floor(rate: u32, seconds: u64) {
+    use std::os::unix::fs::{FileExt as _, OpenOptionsExt as _};
+    let dir = tempfile::tempdir_in(".").unwrap();
+    let total = rate as usize * seconds as usize;
+    let (master, link) = pty_blocking(dir.path());
+    let slave = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(rustix::fs::OFlags::NOCTTY.bits() as i32)
+        .open(&link)
+        .unwrap();
+    let mut tio = rustix::termios::tcgetattr(&slave).unwrap();
+    tio.make_raw();
+    tio.special_codes[rustix::termios::SpecialCodeIndex::VMIN] = 1;
+    tio.special_codes[rustix::termios::SpecialCodeIndex::VTIME] = 0;
+    rustix::termios::tcsetattr(&slave, rustix::termios::OptionalActions::Now, &tio).unwrap();
+    std::fs::create_dir(dir.path().join("a")).unwrap();
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(dir.path().join("a").join("bare-reader"))
+        .unwrap();
+    out.write_all_at(&vec![0u8; (total * 96).next_multiple_of(4096)], 0)
+        .unwrap();
+    out.sync_data().unwrap();
+    let cores = player_cores(dir.path());
+    // Each passing's end in the byte stream, with its stamp, in the order played.
+    let sent: std::sync::Arc<std::sync::Mutex<Vec<(usize, Instant)>>> = Default::default();
+    let reader = std::thread::spawn({
+        let (sent, cores) = (sent.clone(), cores.clone());
+        move || {
+            use std::io::Read as _;
+            if let Some(cores) = &cores {
+                spool::keep_thread_to("bare-reader", cores);
+            }
+            let (mut slave, mut buf) = (slave, vec![0u8; 4096]);
+            let (mut got, mut next, mut at) = (0usize, 0usize, 0u64);
+            let (mut durable, mut read, mut sync) =
+                (Vec::with_capacity(total), Vec::new(), Vec::new());
+            while next < total {
+                let n = slave.read(&mut buf).unwrap();
+                let read_at = Instant::now();
+                assert!(n > 0, "the player hung up early");
+                got += n;
+                out.write_all_at(&buf[..n], at).unwrap();
+                out.sync_data().unwrap();
+                let done = Instant::now();
+                sync.push((done - read_at).as_secs_f64() * 1e6);
+                // A passing's frame is under 96 bytes, so the file has room for every byte read.
+                at += n as u64;
+                let sent = sent.lock().unwrap();
+                while next < total && sent.get(next).is_some_and(|&(end, _)| end <= got) {
+                    let stamped = sent[next].1;
+                    read.push(read_at.saturating_duration_since(stamped).as_secs_f64() * 1e6);
+                    durable.push(done.saturating_duration_since(stamped).as_secs_f64() * 1e6);
+                    next += 1;
+                }
+            }
+            durable.sort_by(f64::total_cmp);
+            read.sort_by(f64::total_cmp);
+            sync.sort_by(f64::total_cmp);
+            (durable, read, sync)
+        }
+    });
+    let (turns, start, floor) = Turns::with_floor(dir.path(), rate, total);
+    let player = play(
+        cores,
+        master,
+        start,
+        move |k| turns.at(k, false),
+        total as u32,
+        passing,
+        {
+            let (sent, mut end) = (sent.clone(), 0usize);
+            move |n, at, _| {
+                end += passing(n).len();
+                sent.lock().unwrap().push((end, at));
+            }
+        },
+    );
+    let (durable, read, sync) = reader.join().unwrap();
+    let _master = player.join().unwrap();
+    let floor = floor.join().unwrap().response;
+    println!(
+        "{rate:>5} passings/s: a bare reader (blocking read(2) of the PTY, then the floor's write and fdatasync) in the node's turns against the floor in the others: p50 {:.2}x  p99 {:.2}x  ({:.0} / {:.0} µs, {:.0} / {:.0} µs); byte in -> its read(2) returned p50 {:.0} µs  p99 {:.0} µs; its write + fdatasync p50 {:.0} µs  p99 {:.0} µs",
+        pct(&durable, 0.5) / pct(&floor, 0.5),
+        pct(&durable, 0.99) / pct(&floor, 0.99),
+        pct(&durable, 0.5),
+        pct(&floor, 0.5),
+        pct(&durable, 0.99),
+        pct(&floor, 0.99),
+        pct(&read, 0.5),
+        pct(&read, 0.99),
+        pct(&sync, 0.5),
+        pct(&sync, 0.99),
+    );
+}
+
 /// One latency run, in a child process so each input placement
 /// ([`node::runtime::input::INPUT_SERIAL_ENV`]) starts clean. Prints the
 /// figures as ratios to the floor the parent measured just before.
@@ -666,6 +777,10 @@ fn main() {
         floor_against_floor(rate.parse().unwrap(), seconds);
         return;
     }
+    if let Ok(rate) = std::env::var("NODE_BENCH_BARE_READER") {
+        bare_reader_against_floor(rate.parse().unwrap(), seconds);
+        return;
+    }
     if let Ok(rate) = std::env::var("NODE_BENCH_CHILD") {
         child(rate.parse().unwrap(), seconds);
         return;
@@ -709,6 +824,11 @@ fn main() {
             );
             let out = std::process::Command::new(&exe)
                 .env("NODE_BENCH_FLOOR_AA", rate.to_string())
+                .output()
+                .unwrap();
+            print!("{}", String::from_utf8_lossy(&out.stdout));
+            let out = std::process::Command::new(&exe)
+                .env("NODE_BENCH_BARE_READER", rate.to_string())
                 .output()
                 .unwrap();
             print!("{}", String::from_utf8_lossy(&out.stdout));
