@@ -455,13 +455,8 @@ fn floor_against_floor(rate: u32, seconds: u64) {
         .response;
     let floor = floor.join().unwrap().response;
     println!(
-        "{rate:>5} passings/s: the floor in the node's turns against the floor in the others (the measure's own spread): p50 {:.2}x  p99 {:.2}x  ({:.0} / {:.0} µs, {:.0} / {:.0} µs)",
-        pct(&node_side, 0.5) / pct(&floor, 0.5),
-        pct(&node_side, 0.99) / pct(&floor, 0.99),
-        pct(&node_side, 0.5),
-        pct(&floor, 0.5),
-        pct(&node_side, 0.99),
-        pct(&floor, 0.99),
+        "{rate:>5} passings/s: the floor in the node's turns against the floor in the others (the measure's own spread): {}",
+        common::against(&node_side, &floor)
     );
 }
 
@@ -491,16 +486,10 @@ fn bare_reader_against_floor(rate: u32, seconds: u64) {
     tio.special_codes[rustix::termios::SpecialCodeIndex::VTIME] = 0;
     rustix::termios::tcsetattr(&slave, rustix::termios::OptionalActions::Now, &tio).unwrap();
     std::fs::create_dir(dir.path().join("a")).unwrap();
-    let out = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .read(true)
-        .write(true)
-        .open(dir.path().join("a").join("bare-reader"))
-        .unwrap();
-    out.write_all_at(&vec![0u8; (total * 96).next_multiple_of(4096)], 0)
-        .unwrap();
-    out.sync_data().unwrap();
+    let out = common::preallocated(
+        &dir.path().join("a").join("bare-reader"),
+        total * common::FloorFile::RECORD_BYTES,
+    );
     let cores = player_cores(dir.path());
     // Each passing's end in the byte stream, with its stamp, in the order played.
     let sent: std::sync::Arc<std::sync::Mutex<Vec<(usize, Instant)>>> = Default::default();
@@ -524,7 +513,8 @@ fn bare_reader_against_floor(rate: u32, seconds: u64) {
                 out.sync_data().unwrap();
                 let done = Instant::now();
                 sync.push((done - read_at).as_secs_f64() * 1e6);
-                // A passing's frame is under 96 bytes, so the file has room for every byte read.
+                // A passing's frame is under `FloorFile::RECORD_BYTES`, so the file has room for
+                // every byte read.
                 at += n as u64;
                 let sent = sent.lock().unwrap();
                 while next < total && sent.get(next).is_some_and(|&(end, _)| end <= got) {
@@ -560,13 +550,8 @@ fn bare_reader_against_floor(rate: u32, seconds: u64) {
     let _master = player.join().unwrap();
     let floor = floor.join().unwrap().response;
     println!(
-        "{rate:>5} passings/s: a bare reader (blocking read(2) of the PTY, then the floor's write and fdatasync) in the node's turns against the floor in the others: p50 {:.2}x  p99 {:.2}x  ({:.0} / {:.0} µs, {:.0} / {:.0} µs); byte in -> its read(2) returned p50 {:.0} µs  p99 {:.0} µs; its write + fdatasync p50 {:.0} µs  p99 {:.0} µs",
-        pct(&durable, 0.5) / pct(&floor, 0.5),
-        pct(&durable, 0.99) / pct(&floor, 0.99),
-        pct(&durable, 0.5),
-        pct(&floor, 0.5),
-        pct(&durable, 0.99),
-        pct(&floor, 0.99),
+        "{rate:>5} passings/s: a bare reader (blocking read(2) of the PTY, then the floor's write and fdatasync) in the node's turns against the floor in the others: {}; byte in -> its read(2) returned p50 {:.0} µs  p99 {:.0} µs; its write + fdatasync p50 {:.0} µs  p99 {:.0} µs",
+        common::against(&durable, &floor),
         pct(&read, 0.5),
         pct(&read, 0.99),
         pct(&sync, 0.5),

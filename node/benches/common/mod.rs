@@ -258,23 +258,14 @@ pub struct FloorFile {
 }
 
 impl FloorFile {
-    /// A passing's frame is about this size.
-    const RECORD_BYTES: usize = 96;
+    /// A passing's frame is about this size (under it: the node bench's bare reader counts on that).
+    pub const RECORD_BYTES: usize = 96;
 
     pub fn new(dir: &Path, n: usize) -> FloorFile {
-        use std::os::unix::fs::FileExt;
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .read(true)
-            .write(true)
-            .open(dir.join("paced-floor"))
-            .unwrap();
-        let len = n * Self::RECORD_BYTES;
-        file.write_all_at(&vec![0u8; len.next_multiple_of(4096)], 0)
-            .unwrap();
-        file.sync_data().unwrap();
-        FloorFile { file, n }
+        FloorFile {
+            file: preallocated(&dir.join("paced-floor"), n * Self::RECORD_BYTES),
+            n,
+        }
     }
 
     /// Record `i` written in place and fdatasynced at `start + at(i)`, for every record; records
@@ -327,6 +318,36 @@ impl FloorFile {
         response.sort_by(f64::total_cmp);
         FloorRun { service, response }
     }
+}
+
+/// A new file at `path` of at least `len` bytes, zeroed and synced, so that writes into it land in
+/// place and their `fdatasync`s change no metadata.
+pub fn preallocated(path: &Path, len: usize) -> std::fs::File {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    file.write_all_at(&vec![0u8; len.next_multiple_of(4096)], 0)
+        .unwrap();
+    file.sync_data().unwrap();
+    file
+}
+
+/// `side`'s p50 and p99 as ratios to `floor`'s, then both sides' figures in µs (both sorted).
+pub fn against(side: &[f64], floor: &[f64]) -> String {
+    format!(
+        "p50 {:.2}x  p99 {:.2}x  ({:.0} / {:.0} µs, {:.0} / {:.0} µs)",
+        pct(side, 0.5) / pct(floor, 0.5),
+        pct(side, 0.99) / pct(floor, 0.99),
+        pct(side, 0.5),
+        pct(floor, 0.5),
+        pct(side, 0.99),
+        pct(floor, 0.99),
+    )
 }
 
 /// What a [`FloorFile::run`] measured, µs, each sorted.
