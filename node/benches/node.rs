@@ -34,7 +34,9 @@
 //! spool's threads on any core (`VENUE_SPOOL_THREAD_CORES=any`), every append
 //! through the writer thread's queue (`VENUE_SPOOL_CALLER_COMMITS=0`, the default before that),
 //! the default with the spool's journal written through the page cache
-//! (`VENUE_SPOOL_DIRECT_JOURNAL=0`, the default before 2026-12-05), one append in flight (`VENUE_NODE_INPUT_IN_FLIGHT=1`, an earlier default; waiting for each
+//! (`VENUE_SPOOL_DIRECT_JOURNAL=0`, the default before 2026-12-05), the default with an append
+//! committing on the input's thread only after the writer was idle 2 ms
+//! (`VENUE_SPOOL_CALLER_COMMIT_IDLE_US=2000`, the default before 2026-12-05), one append in flight (`VENUE_NODE_INPUT_IN_FLIGHT=1`, an earlier default; waiting for each
 //! append before reading again, `VENUE_NODE_INPUT_SERIAL=1`, is selectable with
 //! `NODE_BENCH_CHILD` but no longer a row), and once more on the default path while the uplink drains a backlog of
 //! stored events to a central of its own (the "held while the uplink drains": the line says
@@ -646,12 +648,19 @@ fn child(rate: u32, seconds: u64) {
 /// `eager` for the default with each durable group's inserts handed to the spool's apply
 /// thread at once ([`node::runtime::SPOOL_APPLY_LINGER_ENV`]`=0`), and `fold-any` for the default
 /// with the race projection's fold on any core ([`node::runtime::RESULTS_FOLD_CORES_ENV`]`=any`),
-/// and `buffered` for the default with the spool's journal written through the page cache
-/// ([`node::runtime::SPOOL_DIRECT_JOURNAL_ENV`]`=0`).
-const PATHS: [(&str, &str, Option<&str>); 9] = [
+/// `buffered` for the default with the spool's journal written through the page cache
+/// ([`node::runtime::SPOOL_DIRECT_JOURNAL_ENV`]`=0`), and `idle-2ms` for the default with an
+/// append committing on the input's thread only after the writer was idle 2 ms
+/// ([`node::runtime::SPOOL_CALLER_COMMIT_IDLE_ENV`]`=2000`).
+const PATHS: [(&str, &str, Option<&str>); 10] = [
     (
         "the node's default (the inputs on a thread of their own on the disk's interrupt core, beside the spool's writer; its apply thread on another core; two appends in flight)",
         "0",
+        None,
+    ),
+    (
+        "the default with the writer idle 2 ms before an append commits on the input's thread (VENUE_SPOOL_CALLER_COMMIT_IDLE_US=2000, the default before 2026-12-05)",
+        "idle-2ms",
         None,
     ),
     (
@@ -699,13 +708,30 @@ const PATHS: [(&str, &str, Option<&str>); 9] = [
 /// [`spool::SPOOL_APPLY_LINGER_MS_DEFAULT`] as the environment gives it (`main` checks they agree).
 const APPLY_LINGER_MS_DEFAULT: &str = "250";
 
+/// [`node::runtime::NODE_CALLER_COMMIT_IDLE_US`] as the environment gives it (`main` checks they
+/// agree).
+const CALLER_COMMIT_IDLE_US: &str = "200";
+
 /// The environment that selects the input's path (see [`PATHS`]).
-fn path_envs(path: &str) -> [(&'static str, &'static str); 8] {
+fn path_envs(path: &str) -> [(&'static str, &'static str); 9] {
     let eager = path == "eager";
     let fold_any = path == "fold-any";
     let buffered = path == "buffered";
-    let path = if fold_any || buffered { "0" } else { path };
+    let idle_2ms = path == "idle-2ms";
+    let path = if fold_any || buffered || idle_2ms {
+        "0"
+    } else {
+        path
+    };
     [
+        (
+            node::runtime::SPOOL_CALLER_COMMIT_IDLE_ENV,
+            if idle_2ms {
+                "2000"
+            } else {
+                CALLER_COMMIT_IDLE_US
+            },
+        ),
         (
             node::runtime::SPOOL_DIRECT_JOURNAL_ENV,
             if buffered { "0" } else { "1" },
@@ -753,6 +779,10 @@ fn main() {
     assert_eq!(
         APPLY_LINGER_MS_DEFAULT.parse::<u64>().ok(),
         Some(spool::SPOOL_APPLY_LINGER_MS_DEFAULT)
+    );
+    assert_eq!(
+        CALLER_COMMIT_IDLE_US.parse::<u64>().ok(),
+        Some(node::runtime::NODE_CALLER_COMMIT_IDLE_US)
     );
     let seconds: u64 = std::env::var("NODE_BENCH_SECONDS")
         .ok()

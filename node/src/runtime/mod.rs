@@ -61,6 +61,23 @@ pub const SPOOL_DIRECT_JOURNAL_ENV: &str = "VENUE_SPOOL_DIRECT_JOURNAL";
 /// `cargo bench -p node --bench display` measures both in the same run; not for production.
 pub const SPOOL_APPLY_LINGER_ENV: &str = "VENUE_SPOOL_APPLY_LINGER_MS";
 
+/// How long (µs) the spool's writer must have been idle before a decoder's append commits on the
+/// input's own thread instead of waking the writer ([`spool::SpoolConfig::caller_commit_idle`]).
+/// The spool's default, [`spool::SPOOL_CALLER_COMMIT_IDLE_US`] (2 ms), was measured when the inputs
+/// ran on the runtime's workers; the node's input thread now shares its core with the writer, and
+/// waking the writer there costs ~11 µs even 0.85 ms after its last group (the bench's "frame ->
+/// encode -> writer" stage, 15-17 µs through the queue against 5-6 on the input's thread at
+/// 1,000 passings/s). In 21 alternating pairs at 1,000/s on 2026-12-05, byte -> durable over the
+/// floor in turns at p50 was lower with 200 µs in 17 (medians of the three sets of pairs 1.32 ->
+/// 1.19, 1.31 -> 1.30 and 1.33 -> 1.26), p99 and p99.9 alike. An append that follows a group by
+/// less than this (a burst, or passings that queued up in the line during a sync) still goes
+/// through the queue, so that the input reads on while the writer syncs.
+pub const NODE_CALLER_COMMIT_IDLE_US: u64 = 200;
+
+/// Overrides [`NODE_CALLER_COMMIT_IDLE_US`], in µs; `2000` is the node's value before 2026-12-05.
+/// Kept so `cargo bench -p node` measures both in the same run; not for production.
+pub const SPOOL_CALLER_COMMIT_IDLE_ENV: &str = "VENUE_SPOOL_CALLER_COMMIT_IDLE_US";
+
 /// Set to `any`, the spool's writer and apply threads run wherever the scheduler puts them (the
 /// node's placement before 2026-12-02), instead of on cores apart ([`spool_thread_cores`]). Kept
 /// so the benches measure both in the same run; not for production.
@@ -121,6 +138,16 @@ pub fn spool_config(config: &Config) -> SpoolConfig {
     }
     if std::env::var_os(SPOOL_CALLER_COMMITS_ENV).is_some_and(|v| v == "0") {
         sc.caller_commits = false;
+    }
+    sc.caller_commit_idle = Duration::from_micros(NODE_CALLER_COMMIT_IDLE_US);
+    if let Ok(value) = std::env::var(SPOOL_CALLER_COMMIT_IDLE_ENV) {
+        match value.parse::<u64>() {
+            Ok(us) => sc.caller_commit_idle = Duration::from_micros(us),
+            Err(_) => tracing::warn!(
+                "{SPOOL_CALLER_COMMIT_IDLE_ENV}={value:?} is not a whole number of µs; \
+                 keeping {NODE_CALLER_COMMIT_IDLE_US}"
+            ),
+        }
     }
     if std::env::var_os(SPOOL_DIRECT_JOURNAL_ENV).is_some_and(|v| v == "0") {
         sc.direct_journal_writes = false;
