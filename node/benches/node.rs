@@ -705,12 +705,12 @@ const PATHS: [(&str, &str, Option<&str>); 10] = [
     ),
 ];
 
-/// [`spool::SPOOL_APPLY_LINGER_MS_DEFAULT`] as the environment gives it (`main` checks they agree).
-const APPLY_LINGER_MS_DEFAULT: &str = "250";
-
-/// [`node::runtime::NODE_CALLER_COMMIT_IDLE_US`] as the environment gives it (`main` checks they
-/// agree).
-const CALLER_COMMIT_IDLE_US: &str = "200";
+/// The defaults the environment of every row but their own restates, as the environment gives
+/// them: [`spool::SPOOL_APPLY_LINGER_MS_DEFAULT`] and [`node::runtime::NODE_CALLER_COMMIT_IDLE_US`].
+static APPLY_LINGER_MS_DEFAULT: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| spool::SPOOL_APPLY_LINGER_MS_DEFAULT.to_string());
+static CALLER_COMMIT_IDLE_US: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| node::runtime::NODE_CALLER_COMMIT_IDLE_US.to_string());
 
 /// The environment that selects the input's path (see [`PATHS`]).
 fn path_envs(path: &str) -> [(&'static str, &'static str); 9] {
@@ -729,7 +729,7 @@ fn path_envs(path: &str) -> [(&'static str, &'static str); 9] {
             if idle_2ms {
                 "2000"
             } else {
-                CALLER_COMMIT_IDLE_US
+                CALLER_COMMIT_IDLE_US.as_str()
             },
         ),
         (
@@ -766,7 +766,11 @@ fn path_envs(path: &str) -> [(&'static str, &'static str); 9] {
         ),
         (
             node::runtime::SPOOL_APPLY_LINGER_ENV,
-            if eager { "0" } else { APPLY_LINGER_MS_DEFAULT },
+            if eager {
+                "0"
+            } else {
+                APPLY_LINGER_MS_DEFAULT.as_str()
+            },
         ),
         (
             node::runtime::RESULTS_FOLD_CORES_ENV,
@@ -776,14 +780,6 @@ fn path_envs(path: &str) -> [(&'static str, &'static str); 9] {
 }
 
 fn main() {
-    assert_eq!(
-        APPLY_LINGER_MS_DEFAULT.parse::<u64>().ok(),
-        Some(spool::SPOOL_APPLY_LINGER_MS_DEFAULT)
-    );
-    assert_eq!(
-        CALLER_COMMIT_IDLE_US.parse::<u64>().ok(),
-        Some(node::runtime::NODE_CALLER_COMMIT_IDLE_US)
-    );
     let seconds: u64 = std::env::var("NODE_BENCH_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())

@@ -128,6 +128,7 @@ pub fn spool_thread_cores(spool_dir: &std::path::Path) -> Option<spool::ThreadCo
 pub fn spool_config(config: &Config) -> SpoolConfig {
     let mut sc = SpoolConfig {
         disk_cap_bytes: config.spool.cap_bytes,
+        caller_commit_idle: Duration::from_micros(NODE_CALLER_COMMIT_IDLE_US),
         ..::events::spool_config()
     };
     if let Some(days) = config.spool.retention_days {
@@ -139,7 +140,6 @@ pub fn spool_config(config: &Config) -> SpoolConfig {
     if std::env::var_os(SPOOL_CALLER_COMMITS_ENV).is_some_and(|v| v == "0") {
         sc.caller_commits = false;
     }
-    sc.caller_commit_idle = Duration::from_micros(NODE_CALLER_COMMIT_IDLE_US);
     if let Ok(value) = std::env::var(SPOOL_CALLER_COMMIT_IDLE_ENV) {
         match value.parse::<u64>() {
             Ok(us) => sc.caller_commit_idle = Duration::from_micros(us),
