@@ -1035,7 +1035,8 @@ fn doctor_resolves_links_and_checks_what_a_device_is() {
 
 #[test]
 fn doctor_on_a_good_setup_reports_the_data_directory_writable_and_a_broken_config_with_lines() {
-    let dir = tempfile::tempdir().unwrap();
+    // On disk beside the build, not in /tmp: where /tmp is a tmpfs the filesystem check rightly fails.
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let config = write_config(
         dir.path(),
         "[spool]\ncap_bytes = 1000\n[[decoder]]\nname = \"sim\"\nkind = \"sim\"\n",
@@ -1052,6 +1053,13 @@ fn doctor_on_a_good_setup_reports_the_data_directory_writable_and_a_broken_confi
     );
     assert!(
         out.stdout.lines().any(|l| l.contains("clock:")),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .lines()
+            .any(|l| l.contains("filesystem: ") && l.contains(&data)),
         "{}",
         out.stdout
     );

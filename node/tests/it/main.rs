@@ -4,6 +4,7 @@ mod chaos;
 mod demo;
 mod disk;
 mod e2e;
+mod filesystem;
 mod inspect;
 mod logs;
 mod probe;
