@@ -36,7 +36,9 @@
 //! the default with the spool's journal written through the page cache
 //! (`VENUE_SPOOL_DIRECT_JOURNAL=0`, the default before 2026-12-05), the default with an append
 //! committing on the input's thread only after the writer was idle 2 ms
-//! (`VENUE_SPOOL_CALLER_COMMIT_IDLE_US=2000`, the default before 2026-12-05), one append in flight (`VENUE_NODE_INPUT_IN_FLIGHT=1`, an earlier default; waiting for each
+//! (`VENUE_SPOOL_CALLER_COMMIT_IDLE_US=2000`, the default before 2026-12-05), the default with
+//! the inputs' thread at nice 0 (`VENUE_NODE_INPUT_NICE=0`, the default before 2026-12-05; the
+//! bare reader runs at the input's nice), one append in flight (`VENUE_NODE_INPUT_IN_FLIGHT=1`, an earlier default; waiting for each
 //! append before reading again, `VENUE_NODE_INPUT_SERIAL=1`, is selectable with
 //! `NODE_BENCH_CHILD` but no longer a row), and once more on the default path while the uplink drains a backlog of
 //! stored events to a central of its own (the "held while the uplink drains": the line says
@@ -502,6 +504,14 @@ fn bare_reader_against_floor(rate: u32, seconds: u64) {
             if let Some(cores) = &cores {
                 spool::keep_thread_to("bare-reader", cores);
             }
+            // At the node's input's priority, so it stays the least a reader of this line pays.
+            let tid = rustix::thread::gettid();
+            if let Err(e) = rustix::process::setpriority_process(
+                Some(tid),
+                node::runtime::input_thread::INPUT_NICE,
+            ) {
+                eprintln!("the bare reader stays at nice 0: {e}");
+            }
             let (mut slave, mut buf) = (slave, vec![0u8; 4096]);
             let (mut got, mut next, mut at) = (0usize, 0usize, 0u64);
             let (mut durable, mut read, mut sync) =
@@ -649,10 +659,11 @@ fn child(rate: u32, seconds: u64) {
 /// thread at once ([`node::runtime::SPOOL_APPLY_LINGER_ENV`]`=0`), and `fold-any` for the default
 /// with the race projection's fold on any core ([`node::runtime::RESULTS_FOLD_CORES_ENV`]`=any`),
 /// `buffered` for the default with the spool's journal written through the page cache
-/// ([`node::runtime::SPOOL_DIRECT_JOURNAL_ENV`]`=0`), and `idle-2ms` for the default with an
+/// ([`node::runtime::SPOOL_DIRECT_JOURNAL_ENV`]`=0`), `idle-2ms` for the default with an
 /// append committing on the input's thread only after the writer was idle 2 ms
-/// ([`node::runtime::SPOOL_CALLER_COMMIT_IDLE_ENV`]`=2000`).
-const PATHS: [(&str, &str, Option<&str>); 10] = [
+/// ([`node::runtime::SPOOL_CALLER_COMMIT_IDLE_ENV`]`=2000`), and `nice0` for the default with the
+/// inputs' thread at nice 0 ([`node::runtime::input_thread::INPUT_NICE_ENV`]`=0`).
+const PATHS: [(&str, &str, Option<&str>); 11] = [
     (
         "the node's default (the inputs on a thread of their own on the disk's interrupt core, beside the spool's writer; its apply thread on another core; two appends in flight)",
         "0",
@@ -666,6 +677,11 @@ const PATHS: [(&str, &str, Option<&str>); 10] = [
     (
         "the default with the spool's journal written through the page cache (VENUE_SPOOL_DIRECT_JOURNAL=0, the default before 2026-12-05)",
         "buffered",
+        None,
+    ),
+    (
+        "the default with the inputs' thread at nice 0 (VENUE_NODE_INPUT_NICE=0, the default before 2026-12-05)",
+        "nice0",
         None,
     ),
     (
@@ -706,24 +722,32 @@ const PATHS: [(&str, &str, Option<&str>); 10] = [
 ];
 
 /// The defaults the environment of every row but their own restates, as the environment gives
-/// them: [`spool::SPOOL_APPLY_LINGER_MS_DEFAULT`] and [`node::runtime::NODE_CALLER_COMMIT_IDLE_US`].
+/// them: [`spool::SPOOL_APPLY_LINGER_MS_DEFAULT`], [`node::runtime::NODE_CALLER_COMMIT_IDLE_US`] and
+/// [`node::runtime::input_thread::INPUT_NICE`].
 static APPLY_LINGER_MS_DEFAULT: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| spool::SPOOL_APPLY_LINGER_MS_DEFAULT.to_string());
 static CALLER_COMMIT_IDLE_US: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| node::runtime::NODE_CALLER_COMMIT_IDLE_US.to_string());
+static INPUT_NICE: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| node::runtime::input_thread::INPUT_NICE.to_string());
 
 /// The environment that selects the input's path (see [`PATHS`]).
-fn path_envs(path: &str) -> [(&'static str, &'static str); 9] {
+fn path_envs(path: &str) -> [(&'static str, &'static str); 10] {
     let eager = path == "eager";
     let fold_any = path == "fold-any";
     let buffered = path == "buffered";
     let idle_2ms = path == "idle-2ms";
-    let path = if fold_any || buffered || idle_2ms {
+    let nice0 = path == "nice0";
+    let path = if fold_any || buffered || idle_2ms || nice0 {
         "0"
     } else {
         path
     };
     [
+        (
+            node::runtime::input_thread::INPUT_NICE_ENV,
+            if nice0 { "0" } else { INPUT_NICE.as_str() },
+        ),
         (
             node::runtime::SPOOL_CALLER_COMMIT_IDLE_ENV,
             if idle_2ms {

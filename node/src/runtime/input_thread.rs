@@ -21,8 +21,19 @@
 //! and the other cores: the display, the uplink, and the race projection, whose fold the node keeps
 //! off this core ([`super::results_fold_cores`]).
 //!
+//! The thread runs at nice [`INPUT_NICE`] (-5), so that when a decoder's bytes wake it, it takes
+//! its core from whatever ordinary thread holds it instead of queueing behind it. An ftrace of the
+//! node bench at 1,000/s (2026-12-05) showed the read waiting that way: the tty layer's worker woke
+//! the input, then yielded to the thread that had written the bytes, which ran on for ~7 µs
+//! before the input got the core. In the bench that thread is the decoder player; on a box it is
+//! whatever else is on this core when a passing arrives. At nice -5 the wake-up stage fell from
+//! 23-25 to 15-16 µs at p50 in every pair of runs. Lowering a thread's nice below 0 takes
+//! `LimitNICE=-5` (the systemd unit has it) or `CAP_SYS_NICE`; without either the thread stays at
+//! 0 and the node works as before.
+//!
 //! [`INPUT_THREAD_ENV`]`=workers` runs the inputs on the runtime's workers, as before 2026-12-03,
-//! so `cargo bench -p node` measures both in one run.
+//! and [`INPUT_NICE_ENV`]`=0` keeps the thread at nice 0, as before 2026-12-05, so
+//! `cargo bench -p node` measures each in one run.
 
 use std::future::Future;
 
@@ -34,6 +45,56 @@ use tokio::task::JoinHandle;
 /// before 2026-12-03) instead of on a thread of their own ([`InputThread`]). Kept so
 /// `cargo bench -p node` measures both in the same run; not for production.
 pub const INPUT_THREAD_ENV: &str = "VENUE_NODE_INPUT_THREAD";
+
+/// The inputs' thread's nice value: ahead of the node's other threads (0) when a decoder's bytes
+/// wake it. See the module's documentation.
+pub const INPUT_NICE: i32 = -5;
+
+/// Set to a nice value (-20 to 19), the inputs' thread runs at it instead of [`INPUT_NICE`]; `0`
+/// is the node before 2026-12-05. Kept so `cargo bench -p node` measures both in the same run.
+pub const INPUT_NICE_ENV: &str = "VENUE_NODE_INPUT_NICE";
+
+/// The inputs' thread's nice value, from [`INPUT_NICE_ENV`] ([`nice_from`]).
+pub fn input_nice() -> i32 {
+    nice_from(std::env::var(INPUT_NICE_ENV).ok().as_deref())
+}
+
+/// The nice value [`INPUT_NICE_ENV`]`=value` asks for; [`INPUT_NICE`] when unset, and when it is
+/// not a nice value (-20 to 19), which is logged.
+pub fn nice_from(value: Option<&str>) -> i32 {
+    let Some(value) = value else {
+        return INPUT_NICE;
+    };
+    match value.trim().parse::<i32>() {
+        Ok(nice) if (-20..=19).contains(&nice) => nice,
+        _ => {
+            tracing::warn!(
+                value,
+                "{INPUT_NICE_ENV} is not a nice value (-20 to 19); using {INPUT_NICE}"
+            );
+            INPUT_NICE
+        }
+    }
+}
+
+/// Sets the calling thread's nice value; what could not be done is logged (at debug when it was
+/// not permitted, the expected outcome without `LimitNICE` or `CAP_SYS_NICE`).
+fn set_own_nice(nice: i32) {
+    let tid = rustix::thread::gettid();
+    match rustix::process::setpriority_process(Some(tid), nice) {
+        Ok(()) => tracing::debug!(nice, "decoder inputs' thread priority set"),
+        Err(e) if e == rustix::io::Errno::ACCESS || e == rustix::io::Errno::PERM => {
+            tracing::debug!(
+                nice,
+                error = %e,
+                "the decoder inputs' thread stays at its priority: a nice below 0 takes LimitNICE or CAP_SYS_NICE"
+            );
+        }
+        Err(e) => {
+            tracing::warn!(nice, error = %e, "cannot set the decoder inputs' thread priority")
+        }
+    }
+}
 
 /// Where the decoder inputs run, from [`INPUT_THREAD_ENV`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,17 +131,23 @@ pub struct InputThread {
 }
 
 impl InputThread {
-    /// Starts the thread, kept to `cores` when given (a warning, not an error, if it cannot be).
-    pub fn start(cores: Option<Vec<usize>>) -> std::io::Result<InputThread> {
+    /// Starts the thread, kept to `cores` when given (a warning, not an error, if it cannot be),
+    /// at nice `nice` where it may be (see [`INPUT_NICE`]).
+    pub fn start(cores: Option<Vec<usize>>, nice: i32) -> std::io::Result<InputThread> {
         // Its blocking jobs (opening a device, reading the spool as a decoder connects) run on
         // threads it starts, which would inherit its cores: they get the process's back, so the
         // disk's core stays with the inputs and the writer.
+        // They would inherit its priority too: one above the node's others goes back to theirs.
         let anywhere = spool::allowed_cores();
+        let own = rustix::process::getpriority_process(None).unwrap_or(0);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .on_thread_start(move || {
                 if let Some(all) = &anywhere {
                     spool::keep_thread_to("decoder-input-blocking", all);
+                }
+                if nice < own {
+                    set_own_nice(own);
                 }
             })
             .build()?;
@@ -91,6 +158,9 @@ impl InputThread {
             .spawn(move || {
                 if let Some(cores) = cores {
                     spool::keep_thread_to("decoder-input", &cores);
+                }
+                if nice != 0 {
+                    set_own_nice(nice);
                 }
                 spool::commit_appends_on_this_thread();
                 // A current-thread runtime runs its spawned tasks while its thread is inside
@@ -143,8 +213,9 @@ mod tests {
     async fn tasks_run_on_the_inputs_thread_and_stop_ends_it() {
         let all = spool::allowed_cores().unwrap();
         let first = vec![all[0]];
-        let thread = InputThread::start(Some(first.clone())).unwrap();
-        let (name, cores, blocking_cores) = thread
+        // A nice above 0, which any user may take (below 0 needs a privilege the tests may lack).
+        let thread = InputThread::start(Some(first.clone()), 3).unwrap();
+        let (name, cores, blocking_cores, nice) = thread
             .spawn(async {
                 // A timer and a blocking call work there, as the inputs use both.
                 tokio::time::sleep(std::time::Duration::from_millis(5)).await;
@@ -152,11 +223,13 @@ mod tests {
                     .await
                     .unwrap();
                 let name = std::thread::current().name().map(str::to_owned);
-                (name, spool::allowed_cores(), blocking_cores)
+                let nice = rustix::process::getpriority_process(None).unwrap();
+                (name, spool::allowed_cores(), blocking_cores, nice)
             })
             .await
             .unwrap();
         assert_eq!(name.as_deref(), Some("decoder-input"));
+        assert_eq!(nice, 3, "the inputs' thread runs at the nice it was given");
         // The inputs keep to the cores given; their blocking jobs run anywhere.
         assert_eq!(cores, Some(first));
         assert_eq!(blocking_cores, Some(all));
@@ -167,5 +240,20 @@ mod tests {
             .unwrap();
         let ended = forever.await.unwrap_err();
         assert!(ended.is_cancelled(), "{ended}");
+    }
+
+    #[test]
+    fn the_nice_is_the_environment_s_when_it_is_one() {
+        for (value, want) in [
+            (None, INPUT_NICE),
+            (Some("0"), 0),
+            (Some(" -10 "), -10),
+            (Some("19"), 19),
+            (Some("20"), INPUT_NICE),
+            (Some("-21"), INPUT_NICE),
+            (Some("fast"), INPUT_NICE),
+        ] {
+            assert_eq!(nice_from(value), want, "{value:?}");
+        }
     }
 }

@@ -463,7 +463,7 @@ impl Node {
         let dir = config.spool_dir();
         let thread = tokio::task::spawn_blocking(move || {
             let cores = spool_thread_cores(&dir).map(|c| c.writer);
-            input_thread::InputThread::start(cores)
+            input_thread::InputThread::start(cores, input_thread::input_nice())
         })
         .await
         .context("decoder inputs' thread task")?
