@@ -96,6 +96,19 @@ in_ct systemd-run --quiet --unit=venue-sim -p User=venue-node \
   venue-node simulate --pty /dev/serial/by-id/usb-Venue_Simulator_SIM0001-if00-port0 --rate 5 --quiet
 plug_to_passing=$(wait_for 60 has_passings) || plug_to_passing=never
 check "the simulator is adopted and its passings stored (${plug_to_passing} s from plug-in)" has_passings
+# The unit's LimitNICE=-5 lets the decoder inputs' thread run at nice -5. systemd raises the limit
+# only as far as the host lets it (that takes CAP_SYS_RESOURCE, which some sandboxes withhold; the
+# node then stays at 0): the thread must have what its limit allows (field 19 of its stat).
+check "the unit asks for LimitNICE=-5 (max nice 25)" \
+  bash -c "[ \"\$(nsenter -t $leader -a systemctl show -p LimitNICE --value venue-node.service)\" = 25 ]"
+nice_limit=$(in_ct awk '/^Max nice priority/ {print $4}' "/proc/$main_pid/limits")
+want_nice=0
+if [ "${nice_limit:-0}" -ge 25 ]; then want_nice=-5; fi
+input_nice() {
+  in_ct sh -c "for t in /proc/$main_pid/task/*; do [ \"\$(cat \$t/comm)\" = decoder-input ] && cut -d' ' -f19 \$t/stat; done"
+}
+input_as_allowed() { [ "$(input_nice)" = "$want_nice" ]; }
+check "the decoder inputs' thread runs at nice $want_nice, as its max nice of ${nice_limit:-?} allows (it has $(input_nice))" input_as_allowed
 doctor_sees() { in_ct venue-node doctor | grep -q '^      adopted .* <- /dev/serial/by-id/usb-Venue_Simulator_SIM0001-if00-port0'; }
 # doctor reads the status file, which the node rewrites every second.
 check "doctor shows the adopted decoder" wait_for 10 doctor_sees
