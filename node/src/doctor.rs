@@ -758,12 +758,10 @@ impl FsKind {
     }
 }
 
-/// Whether the ext4 on block device `major:minor` has a journal, from the kernel's
+/// Whether the ext4 on the block device the kernel names `device` (`vda1`) has a journal, from
 /// `/sys/fs/ext4/<device>/journal_task` (`<none>` without one); `None` where that is not there.
-pub fn ext4_has_journal(major: u32, minor: u32) -> Option<bool> {
-    let device = std::fs::read_link(format!("/sys/dev/block/{major}:{minor}")).ok()?;
-    let name = device.file_name()?.to_str()?;
-    let task = std::fs::read_to_string(format!("/sys/fs/ext4/{name}/journal_task")).ok()?;
+pub fn ext4_has_journal(device: &str) -> Option<bool> {
+    let task = std::fs::read_to_string(format!("/sys/fs/ext4/{device}/journal_task")).ok()?;
     Some(task.trim() != "<none>")
 }
 
@@ -790,10 +788,8 @@ pub fn check_filesystem(dir: &Path) -> Finding {
             );
         }
     };
-    let journal = std::fs::metadata(at).ok().and_then(|m| {
-        let dev = m.dev();
-        ext4_has_journal(rustix::fs::major(dev), rustix::fs::minor(dev))
-    });
+    let journal =
+        uplink::drain::block_device(at).and_then(|d| ext4_has_journal(d.file_name()?.to_str()?));
     filesystem_finding(FsKind::from_magic(magic, journal), at)
 }
 

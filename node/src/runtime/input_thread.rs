@@ -27,7 +27,7 @@
 //! the input, then yielded to the thread that had written the bytes, which ran on for ~7 µs
 //! before the input got the core. In the bench that thread is the decoder player; on a box it is
 //! whatever else is on this core when a passing arrives. At nice -5 the wake-up stage fell from
-//! 23-25 to 15-16 µs at p50 in every pair of runs. Lowering a thread's nice below 0 takes
+//! 23-24 to 15-20 µs at p50 in every pair of runs (8 pairs at 1,000/s). Lowering a thread's nice below 0 takes
 //! `LimitNICE=-5` (the systemd unit has it) or `CAP_SYS_NICE`; without either the thread stays at
 //! 0 and the node works as before.
 //!
@@ -77,22 +77,21 @@ pub fn nice_from(value: Option<&str>) -> i32 {
     }
 }
 
-/// Sets the calling thread's nice value; what could not be done is logged (at debug when it was
-/// not permitted, the expected outcome without `LimitNICE` or `CAP_SYS_NICE`).
-fn set_own_nice(nice: i32) {
+/// Sets the calling thread's (`thread`'s) nice value; what could not be done is logged (at debug
+/// when it was not permitted, the expected outcome without `LimitNICE` or `CAP_SYS_NICE`).
+fn set_own_nice(thread: &'static str, nice: i32) {
     let tid = rustix::thread::gettid();
     match rustix::process::setpriority_process(Some(tid), nice) {
-        Ok(()) => tracing::debug!(nice, "decoder inputs' thread priority set"),
+        Ok(()) => tracing::debug!(thread, nice, "thread priority set"),
         Err(e) if e == rustix::io::Errno::ACCESS || e == rustix::io::Errno::PERM => {
             tracing::debug!(
+                thread,
                 nice,
                 error = %e,
-                "the decoder inputs' thread stays at its priority: a nice below 0 takes LimitNICE or CAP_SYS_NICE"
+                "the thread stays at its priority: a nice below 0 takes LimitNICE or CAP_SYS_NICE"
             );
         }
-        Err(e) => {
-            tracing::warn!(nice, error = %e, "cannot set the decoder inputs' thread priority")
-        }
+        Err(e) => tracing::warn!(thread, nice, error = %e, "cannot set the thread's priority"),
     }
 }
 
@@ -147,7 +146,7 @@ impl InputThread {
                     spool::keep_thread_to("decoder-input-blocking", all);
                 }
                 if nice < own {
-                    set_own_nice(own);
+                    set_own_nice("decoder-input-blocking", own);
                 }
             })
             .build()?;
@@ -160,7 +159,7 @@ impl InputThread {
                     spool::keep_thread_to("decoder-input", &cores);
                 }
                 if nice != 0 {
-                    set_own_nice(nice);
+                    set_own_nice("decoder-input", nice);
                 }
                 spool::commit_appends_on_this_thread();
                 // A current-thread runtime runs its spawned tasks while its thread is inside

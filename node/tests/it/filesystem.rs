@@ -67,7 +67,7 @@ fn an_ext4_s_journal_is_read_as_the_kernel_s_jbd2_lists_it() {
                 .is_some_and(|(dev, inode)| dev == name && inode.parse::<u64>().is_ok())
         });
         assert_eq!(
-            ext4_has_journal(major, minor),
+            ext4_has_journal(&name),
             Some(listed),
             "{point} on {name}: /proc/fs/jbd2 holds {jbd2:?}"
         );

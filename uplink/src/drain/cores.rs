@@ -85,15 +85,26 @@ fn device_irqs(roots: &Roots, mut dev: PathBuf) -> Vec<u32> {
     Vec::new()
 }
 
-/// The cores that take the interrupts of the block device holding `path`, or `None` when sysfs
-/// does not say (no sysfs, a virtual file system, a device without interrupts of its own).
-pub(crate) fn storage_irq_cores(roots: &Roots, path: &Path) -> Option<Vec<usize>> {
+/// The sysfs device directory of the block device holding `path` (`/sys/devices/.../block/vda`,
+/// named as the kernel names the device), or `None` when it has none (a virtual file system).
+fn block_device_in(roots: &Roots, path: &Path) -> Option<PathBuf> {
     let dev = std::fs::metadata(path).ok()?.dev();
     // The Linux encoding of a device number (glibc's `gnu_dev_major`/`gnu_dev_minor`).
     let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
     let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
-    let node = roots.sys.join(format!("dev/block/{major}:{minor}"));
-    let device = std::fs::canonicalize(&node).ok()?;
+    std::fs::canonicalize(roots.sys.join(format!("dev/block/{major}:{minor}"))).ok()
+}
+
+/// [`block_device_in`] this machine's sysfs: the block device holding `path`, whose file name is
+/// the kernel's name for it (the doctor reads `/sys/fs/ext4/<name>/` by it).
+pub fn block_device(path: &Path) -> Option<PathBuf> {
+    block_device_in(&Roots::system(), path)
+}
+
+/// The cores that take the interrupts of the block device holding `path`, or `None` when sysfs
+/// does not say (no sysfs, a virtual file system, a device without interrupts of its own).
+pub(crate) fn storage_irq_cores(roots: &Roots, path: &Path) -> Option<Vec<usize>> {
+    let device = block_device_in(roots, path)?;
     let mut cores: Vec<usize> = device_irqs(roots, device)
         .into_iter()
         .filter_map(|irq| {

@@ -49,7 +49,9 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use self::backoff::Backoff;
-pub use self::cores::{UPLINK_DRAIN_CORE_ENV, cores_beside_storage, storage_interrupt_cores};
+pub use self::cores::{
+    UPLINK_DRAIN_CORE_ENV, block_device, cores_beside_storage, storage_interrupt_cores,
+};
 use self::http::Outcome;
 pub use self::http::{UPLINK_REASON_BYTES_MAX, UPLINK_RETRY_AFTER_MS_MAX};
 use crate::Error;
