@@ -57,6 +57,9 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 say "tests"
 cargo test --workspace --quiet
 
+say "the path probe: the spool built with its path-probe feature (cargo bench -p node --features path-probe)"
+cargo test -p spool --features path-probe --lib --quiet path_probe
+
 say "fuzz: known crashing inputs, then ${FUZZ_SECONDS:=20} s a target"
 bash tests/fuzz.sh
 

@@ -44,7 +44,9 @@
 //! stored events to a central of its own (the "held while the uplink drains": the line says
 //! how many events the drain moved meanwhile). They run in rounds after a fresh floor, so every
 //! line is a ratio to a floor measured moments before it. Each run also prints where the time went,
-//! from the wall-clock stamps the path leaves on every event (see `Stages`).
+//! from the wall-clock stamps the path leaves on every event (see `Stages`). Built with
+//! `--features path-probe`, each run also splits the time from the read to the journal's write at
+//! six points (`spool::path_probe`), beside the same framing done warm, again and again.
 //!
 //! `cargo bench -p node --bench node` (`NODE_BENCH_SECONDS` scales each run, default 10;
 //! `NODE_BENCH_ROUNDS`, default 2; `NODE_BENCH_TRACE=<file>` writes each passing's stamps as CSV, for
@@ -571,6 +573,62 @@ fn bare_reader_against_floor(rate: u32, seconds: u64) {
     );
 }
 
+/// With `--features path-probe`: the run's appends that the input committed on its own thread,
+/// split at the marks of `spool::path_probe`, beside the same framing of a passing done again and
+/// again on a warm core (its caches and branch predictors full of it).
+fn print_path_probe() {
+    let samples = spool::path_probe::take();
+    if samples.is_empty() {
+        return;
+    }
+    println!(
+        "        path probe (--features path-probe), {} appends committed on the input's thread:",
+        samples.len()
+    );
+    for (i, name) in spool::path_probe::SEGMENTS.iter().enumerate() {
+        let mut v: Vec<f64> = samples.iter().map(|s| f64::from(s[i]) / 1e3).collect();
+        v.sort_by(f64::total_cmp);
+        println!(
+            "          {name:<32} p50 {:>6.1} µs  p99 {:>6.1} µs",
+            pct(&v, 0.5),
+            pct(&v, 0.99)
+        );
+    }
+    let mut warm = warm_framing_us();
+    warm.sort_by(f64::total_cmp);
+    println!(
+        "          the same framing, warm: one passing p50 {:.2} µs  p99 {:.2} µs (1,000 passings framed 20 times in a row)",
+        pct(&warm, 0.5),
+        pct(&warm, 0.99)
+    );
+}
+
+/// Framing one passing (accumulator, record, catalog encode), µs each, over 20 rounds of the same
+/// 1,000 passings in a row: what the path's first segment costs when nothing else ran between.
+fn warm_framing_us() -> Vec<f64> {
+    let frames: Vec<Vec<u8>> = (0..1_000).map(passing).collect();
+    let mut acc = decoder::Accumulator::new();
+    let meta = spool::Metadata {
+        boot_id: "bench".into(),
+        ..spool::Metadata::default()
+    };
+    let mut each = Vec::with_capacity(20 * frames.len());
+    for _ in 0..20 {
+        for bytes in &frames {
+            let mut input = &bytes[..];
+            let at = Instant::now();
+            while let Some(event) = acc.feed(&mut input) {
+                if let decoder::Event::Frame { frame, .. } = event {
+                    let e = node::runtime::events::from_frame(frame, "bench", meta.clone());
+                    std::hint::black_box(e.is_ok());
+                }
+            }
+            each.push(at.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    each
+}
+
 /// One latency run, in a child process so each input placement
 /// ([`node::runtime::input::INPUT_SERIAL_ENV`]) starts clean. Prints the
 /// figures as ratios to the floor the parent measured just before.
@@ -631,6 +689,7 @@ fn child(rate: u32, seconds: u64) {
         );
     }
     stages.print();
+    print_path_probe();
     if let Some((drain, during)) = drain {
         println!("{drain}");
         if !during.is_empty() {

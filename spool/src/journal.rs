@@ -234,6 +234,7 @@ impl Journal {
         let at = self.place(bytes.len() as u64).expect(
             "journal frames must fit without overwriting uncheckpointed ones (the writer waits for a checkpoint first)",
         );
+        crate::path_probe::journal_write();
         if let Some(direct) = &mut self.direct {
             if at != self.head {
                 // A wrap: the frame starts block 0 afresh.

@@ -289,6 +289,7 @@ pub mod aggregate;
 pub mod chunk;
 mod error;
 mod journal;
+pub mod path_probe;
 pub mod projection;
 mod reader;
 pub mod record;

@@ -621,6 +621,7 @@ impl Spool {
             Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
             Err(std::sync::TryLockError::WouldBlock) => return Err(batch),
         };
+        crate::path_probe::mark(crate::path_probe::Mark::Committing);
         let (reply, mut answer) = oneshot::channel();
         let commits = &self.inner.reader.counters.commits;
         let before = commits.load(std::sync::atomic::Ordering::Relaxed);

@@ -882,6 +882,7 @@ impl Writer {
         let mut records = EncodedRecords::with_capacity(count, 128);
         let mut rows = tables::IndexRows::with_capacity(count);
         let mut seq = self.next_seq;
+        crate::path_probe::mark(crate::path_probe::Mark::Validating);
         let recorded_at_us = now_us();
         for part in parts {
             let stream_key = part.stream.as_str().to_owned();

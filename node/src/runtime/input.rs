@@ -31,6 +31,7 @@ use ::events::VenueStreams;
 use ::events::catalog::{self, decoder_id_hex};
 use decoder::{Accumulator, Event};
 use futures_util::StreamExt as _;
+use spool::path_probe::{self, Mark};
 use spool::schema::EventPayload;
 use spool::{
     AppendStream, ExpectedVersion, Metadata, NewEvent, Spool, SpoolError, StreamId, now_us,
@@ -345,6 +346,7 @@ impl Input {
         &self,
         batch: Vec<(StreamId, NewEvent)>,
     ) -> Result<Vec<spool::Appended>, spool::SpoolError> {
+        path_probe::mark(Mark::AppendStarted);
         // One part per stream, in first-seen order; events keep their order within a stream.
         let mut parts: Vec<AppendStream> = Vec::new();
         let mut index: Vec<(usize, usize)> = Vec::with_capacity(batch.len());
@@ -836,6 +838,7 @@ impl Input {
         tx: &mut W,
         rejected: &mut RejectedWindow,
     ) -> Result<Chunk, String> {
+        path_probe::mark(Mark::Read);
         let captured_at_us = now_us();
         let mut chunk = Chunk::default();
         while let Some(event) = acc.feed(&mut input) {
@@ -891,12 +894,14 @@ impl Input {
                 }
             }
         }
+        path_probe::mark(Mark::Framed);
         let stats = acc.stats();
         self.status.input(&self.name, |s| {
             s.bytes = stats.bytes;
             s.frames = stats.frames;
             s.junk_bytes = stats.junk_bytes;
         });
+        path_probe::mark(Mark::Shown);
         Ok(chunk)
     }
 
