@@ -27,9 +27,9 @@
 //! the input, then yielded to the thread that had written the bytes, which ran on for ~7 µs
 //! before the input got the core. In the bench that thread is the decoder player; on a box it is
 //! whatever else is on this core when a passing arrives. At nice -5 the wake-up stage fell from
-//! 23-24 to 15-20 µs at p50 in every pair of runs (8 pairs at 1,000/s). Lowering a thread's nice below 0 takes
-//! `LimitNICE=-5` (the systemd unit has it) or `CAP_SYS_NICE`; without either the thread stays at
-//! 0 and the node works as before.
+//! 23-24 to 15-20 µs at p50 in every pair of runs (8 pairs at 1,000/s). Lowering a thread's nice
+//! below 0 takes `LimitNICE=-5` (the systemd unit has it) or `CAP_SYS_NICE`; without either the
+//! thread stays at 0 and the node works as before.
 //!
 //! [`INPUT_THREAD_ENV`]`=workers` runs the inputs on the runtime's workers, as before 2026-12-03,
 //! and [`INPUT_NICE_ENV`]`=0` keeps the thread at nice 0, as before 2026-12-05, so
