@@ -293,6 +293,7 @@ pub mod path_probe;
 pub mod projection;
 mod reader;
 pub mod record;
+mod retention;
 pub mod schema;
 mod spool;
 pub mod storage;
@@ -306,6 +307,7 @@ pub use crate::error::{Result, SpoolError, error_chain};
 pub use crate::reader::{
     Backlog, CursorStats, Memory, READ_EVENTS_MAX, SpoolHealth, SpoolReader, Stats,
 };
+pub use crate::retention::{RETENTION_EVENTS_PER_RUN_MAX, SPOOL_CAP_MEASURE_PARTS};
 pub use crate::spool::{
     DurableMark, SPOOL_APPLY_LINGER_MS_DEFAULT, SPOOL_CACHE_BYTES_DEFAULT,
     SPOOL_CALLER_COMMIT_IDLE_US, SPOOL_CHECKPOINT_EVENTS_DEFAULT,
@@ -321,8 +323,8 @@ pub use crate::types::{
     STREAM_ID_BYTES_MAX, Seq, StreamId, StreamVersion, now_us,
 };
 pub use crate::writer::{
-    CURSOR_NAME_BYTES_MAX, PARK_REASON_BYTES_MAX, RETENTION_EVENTS_PER_RUN_MAX,
-    SPOOL_APPLY_HELD_EVENTS_MAX, SPOOL_BATCH_BYTES_MAX, SPOOL_BATCH_EVENTS_MAX,
-    SPOOL_DISK_CHECK_INTERVAL_MS, SPOOL_GROUP_BYTES_MAX, SPOOL_GROUP_REQUESTS_MAX,
-    SPOOL_QUEUE_REQUESTS_MAX, SPOOL_REOPEN_INTERVAL_MS, STATE_BYTES_MAX,
+    CURSOR_NAME_BYTES_MAX, PARK_REASON_BYTES_MAX, SPOOL_APPLY_HELD_EVENTS_MAX,
+    SPOOL_BATCH_BYTES_MAX, SPOOL_BATCH_EVENTS_MAX, SPOOL_DISK_CHECK_INTERVAL_MS,
+    SPOOL_GROUP_BYTES_MAX, SPOOL_GROUP_REQUESTS_MAX, SPOOL_QUEUE_REQUESTS_MAX,
+    SPOOL_REOPEN_INTERVAL_MS, STATE_BYTES_MAX,
 };

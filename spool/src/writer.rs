@@ -40,6 +40,7 @@ use crate::error::{DbContext, Result, SpoolError, error_chain};
 use crate::journal::Journal;
 use crate::reader::{AppendBatch, Counters, SpoolHealth, Tail};
 use crate::record::{EncodedRecords, JournalFrame, JournalOpV1, append_frame_to, postcard_bytes};
+use crate::retention::Retention;
 use crate::tables::{self, ParkedRow, ProjectionRow, SnapshotRow};
 use crate::types::{
     AppendStream, Appended, EVENT_PAYLOAD_BYTES_MAX, EVENT_TYPE_BYTES_MAX,
@@ -63,9 +64,6 @@ pub const SPOOL_GROUP_REQUESTS_MAX: usize = 512;
 
 /// The most journal bytes in one group before the writer syncs it.
 pub const SPOOL_GROUP_BYTES_MAX: usize = 16 * 1024 * 1024;
-
-/// The most events deleted by one retention run, so a run never stalls appends for long.
-pub const RETENTION_EVENTS_PER_RUN_MAX: u64 = 50_000;
 
 /// The largest projection or snapshot state, in bytes.
 pub const STATE_BYTES_MAX: usize = 4 * 1024 * 1024;
@@ -145,9 +143,10 @@ enum ApplyJob {
     /// single-event appends cost the apply thread ~0.6 ms, and every 64th append, the one that
     /// handed them over, took 0.4-1.0 ms instead of ~0.1 (2026-12-05).
     Held(Vec<Held>),
-    /// Commit the transaction as a checkpoint of everything queued before this job, answer on
-    /// the `done` channel, and go on in a new transaction: the commit's syncs and page writes
-    /// overlap the writer's next appends instead of stopping them.
+    /// Commit the transaction as a checkpoint of everything queued before this job, run
+    /// retention and the cap in the new transaction (see [`crate::retention`]), and answer on
+    /// the `done` channel: the commit's syncs and page writes, and the cap's measuring and
+    /// deleting, overlap the writer's next appends instead of stopping them.
     Commit(Box<CommitJob>),
     /// Give the transaction back, or the error that stopped the inserts.
     Return,
@@ -166,6 +165,10 @@ enum Held {
 struct CommitJob {
     checkpoint_lsn: u64,
     journal_start: u64,
+    /// The last seq the transaction holds (every append before the job was handed over).
+    head: u64,
+    /// The journal's virtual head then.
+    journaled: u64,
     db: Arc<Database>,
 }
 
@@ -195,7 +198,11 @@ struct Applier {
 }
 
 impl Applier {
-    fn start(inserts: tables::EventInserts, cores: Option<Vec<usize>>) -> Result<Applier> {
+    fn start(
+        inserts: tables::EventInserts,
+        cores: Option<Vec<usize>>,
+        retention: Arc<Mutex<Retention>>,
+    ) -> Result<Applier> {
         let (jobs, rx) = std::sync::mpsc::sync_channel(SPOOL_APPLY_QUEUE_APPENDS_MAX);
         let (back_tx, back) = std::sync::mpsc::sync_channel(1);
         let (done_tx, done) = std::sync::mpsc::sync_channel(1);
@@ -207,7 +214,7 @@ impl Applier {
                 if let Some(cores) = cores {
                     crate::spool::keep_thread_to("spool-apply", &cores);
                 }
-                apply_loop(&rx, &back_tx, &done_tx, &spent, inserts)
+                apply_loop(&rx, &back_tx, &done_tx, &spent, inserts, &retention)
             })
             .map_err(|source| SpoolError::Io {
                 path: PathBuf::new(),
@@ -296,6 +303,7 @@ fn apply_loop(
     done: &std::sync::mpsc::SyncSender<Result<()>>,
     spent_queued: &std::sync::atomic::AtomicUsize,
     inserts: tables::EventInserts,
+    retention: &Mutex<Retention>,
 ) {
     let mut txn: Option<WriteTransaction> = None;
     let mut error: Option<SpoolError> = None;
@@ -344,7 +352,15 @@ fn apply_loop(
                     (Some(e), _) => Err(e),
                     (None, None) => Err(Applier::lost()),
                     (None, Some(t)) => commit_checkpoint(t, job.checkpoint_lsn, job.journal_start)
-                        .and_then(|()| begin(&job.db)),
+                        .and_then(|()| begin(&job.db))
+                        .and_then(|next| {
+                            // The next checkpoint makes what this deletes durable.
+                            let mut retention = lock_retention(retention);
+                            if retention.active() {
+                                retention.after_commit(&next, job.head, job.journaled, false)?;
+                            }
+                            Ok(next)
+                        }),
                 };
                 let answer = match outcome {
                     Ok(next) => {
@@ -537,6 +553,8 @@ pub(crate) struct Writer {
     group_pending: Vec<Pending>,
     /// Inserts on their own thread, if [`Policy::apply_on_thread`].
     applier: Option<Applier>,
+    /// Retention and the cap, run by whichever thread holds the transaction after a checkpoint.
+    retention: Arc<Mutex<Retention>>,
     /// Stream heads and idempotency keys of the group staged but not yet in the tail: with the
     /// apply thread, the next request of the group is validated against these, the tail and the
     /// last checkpoint, since the transaction may be on the other thread.
@@ -576,10 +594,19 @@ impl Writer {
     ) -> Result<Writer> {
         let path = storage.describe();
         let txn = begin(&*current(&db)?)?;
+        let retention = Arc::new(Mutex::new(Retention::new(
+            policy.retention_age_us,
+            policy.required_cursors.clone(),
+            policy.disk_cap_bytes,
+            journal.capacity(),
+            storage.clone(),
+            counters.clone(),
+        )));
         let applier = if policy.apply_on_thread {
             Some(Applier::start(
                 policy.event_inserts,
                 policy.apply_cores.clone(),
+                retention.clone(),
             )?)
         } else {
             None
@@ -612,6 +639,7 @@ impl Writer {
             group_acks: Vec::new(),
             group_pending: Vec::new(),
             applier,
+            retention,
             staged_heads: FastMap::default(),
             staged_keys: FastMap::default(),
             committed: None,
@@ -718,21 +746,17 @@ impl Writer {
         }
     }
 
-    /// Take in a background checkpoint that has committed, without waiting, and apply retention
-    /// and the cap after it (which need the transaction back).
+    /// Take in a background checkpoint that has committed, without waiting, and the health that
+    /// retention and the cap found after it.
     fn settle_background(&mut self) {
         if self.failed.is_some() || self.in_flight.is_none() {
             return;
         }
-        let result = self.settle(false).and_then(|()| {
-            if self.in_flight.is_none() && self.has_policy() {
-                self.enforce_policy()
-            } else {
-                Ok(())
-            }
-        });
-        if let Err(error) = result {
-            self.fail(&error);
+        match self.settle(false) {
+            // The apply thread ran retention and the cap before it answered.
+            Ok(()) if self.in_flight.is_none() && self.has_policy() => self.publish_health(),
+            Ok(()) => {}
+            Err(error) => self.fail(&error),
         }
     }
 
@@ -1511,7 +1535,7 @@ impl Writer {
             }
             return;
         }
-        let result = self.checkpoint().and_then(|()| self.enforce_policy());
+        let result = self.checkpoint().and_then(|()| self.enforce_policy(force));
         if let Err(error) = result {
             self.fail(&error);
         }
@@ -1533,6 +1557,8 @@ impl Writer {
         let job = CommitJob {
             checkpoint_lsn: self.next_lsn - 1,
             journal_start: self.journal.head_offset(),
+            head: self.next_seq - 1,
+            journaled: self.journal.head(),
             db: current(&self.db)?,
         };
         let applier = self
@@ -1579,174 +1605,25 @@ impl Writer {
         Ok(())
     }
 
-    /// Retention by age and cursors, then the disk cap.
-    fn enforce_policy(&mut self) -> Result<()> {
+    /// Retention and the cap after a checkpoint this thread committed (see [`crate::retention`]),
+    /// and a checkpoint for what they deleted. `urgent`: an append waits on a full spool.
+    fn enforce_policy(&mut self, urgent: bool) -> Result<()> {
+        if !self.has_policy() {
+            return Ok(());
+        }
         self.reclaim()?;
-        let mut deleted = 0;
-        if let Some(age_us) = self.policy.retention_age_us {
-            deleted += self.retain(now_us().saturating_sub(age_us))?;
-        }
-        if let Some(cap) = self.policy.disk_cap_bytes {
-            let file_bytes = self.db_file_bytes();
-            // Walking the trees for exact usage is costly: only near the cap.
-            if file_bytes + self.journal.capacity() >= cap / 10 * 9 {
-                let mut used = self.db_used_bytes()? + self.journal.capacity();
-                if used >= cap / 10 * 9 {
-                    // Near the cap, acknowledged history goes whatever its age. redb frees the
-                    // pages of deleted rows at the commits after the deleting one.
-                    let freed = self.retain(u64::MAX)?;
-                    if freed > 0 {
-                        deleted += freed;
-                        self.checkpoint()?;
-                        self.checkpoint()?;
-                        used = self.db_used_bytes()? + self.journal.capacity();
-                    }
-                }
-                let full = used >= cap;
-                let was_full = self.counters.spool_full.swap(full, Ordering::Relaxed);
-                self.publish_health();
-                if full && !was_full {
-                    tracing::error!(
-                        used_bytes = used,
-                        cap_bytes = cap,
-                        "ALARM: spool full; appends are refused until consumers acknowledge"
-                    );
-                }
-            } else {
-                self.counters.spool_full.store(false, Ordering::Relaxed);
-                self.publish_health();
-            }
-        }
+        let head = self.next_seq - 1;
+        let txn = self
+            .txn
+            .as_ref()
+            .expect("an open write transaction while not failed");
+        let journaled = self.journal.head();
+        let deleted = lock_retention(&self.retention).after_commit(txn, head, journaled, urgent)?;
+        self.publish_health();
         if deleted > 0 {
             self.checkpoint()?;
         }
         Ok(())
-    }
-
-    fn db_file_bytes(&self) -> u64 {
-        self.storage
-            .open_read_only(crate::storage::DB_FILE)
-            .and_then(|f| f.len())
-            .unwrap_or(0)
-    }
-
-    fn db_used_bytes(&self) -> Result<u64> {
-        let txn = self
-            .txn
-            .as_ref()
-            .expect("an open write transaction while not failed");
-        let stats = txn.stats().ctx("measuring the database")?;
-        let used = stats.allocated_pages() * stats.page_size() as u64;
-        self.counters
-            .db_allocated_bytes
-            .store(used, Ordering::Relaxed);
-        Ok(used)
-    }
-
-    /// Delete events recorded at or before `older_than_us` that every required cursor has
-    /// acknowledged and none has parked. Returns how many were deleted.
-    fn retain(&mut self, older_than_us: u64) -> Result<u64> {
-        self.reclaim()?;
-        let txn = self
-            .txn
-            .as_ref()
-            .expect("an open write transaction while not failed");
-        let mut limit = self.next_seq - 1;
-        {
-            let cursors = txn.open_table(tables::CURSORS).ctx("opening cursors")?;
-            let parked = txn.open_table(tables::PARKED).ctx("opening parked")?;
-            for name in &self.policy.required_cursors {
-                let acked = cursors
-                    .get(name.as_str())
-                    .ctx("reading a cursor")?
-                    .map(|v| v.value())
-                    .unwrap_or(0);
-                limit = limit.min(acked);
-                if let Some(first) = parked
-                    .range((name.as_str(), 0)..=(name.as_str(), u64::MAX))
-                    .ctx("reading parked")?
-                    .next()
-                {
-                    let (key, _) = first.ctx("reading parked")?;
-                    limit = limit.min(key.value().1.saturating_sub(1));
-                }
-            }
-        }
-        let mut meta = txn.open_table(tables::META).ctx("opening meta")?;
-        let first = tables::meta(&meta, tables::META_FIRST_SEQ)?.max(1);
-        let mut events = txn.open_table(tables::EVENTS).ctx("opening events")?;
-        let mut runs = txn
-            .open_table(tables::STREAM_RUNS)
-            .ctx("opening stream runs")?;
-        let mut seq = first;
-        let mut deleted = 0;
-        while seq <= limit && deleted < RETENTION_EVENTS_PER_RUN_MAX {
-            // The row that holds `seq`: a row of one event keyed by it, or a chunk keyed by its
-            // first event's seq, at or below it.
-            let row = match events.range(..=seq).ctx("reading events")?.next_back() {
-                Some(item) => {
-                    let (key, bytes) = item.ctx("reading an event")?;
-                    let key = key.value();
-                    (key, tables::decode_row(key, bytes.value(), None)?)
-                }
-                None => break,
-            };
-            let (key, row_events) = row;
-            let mut kept = Vec::new();
-            let mut removed = false;
-            for event in row_events {
-                if event.seq.0 < seq {
-                    // Below the first seq: deleted already.
-                    removed = true;
-                    continue;
-                }
-                if !kept.is_empty()
-                    || event.seq.0 != seq
-                    || seq > limit
-                    || deleted >= RETENTION_EVENTS_PER_RUN_MAX
-                    || event.recorded_at_us > older_than_us
-                {
-                    kept.push(event);
-                    continue;
-                }
-                // A run goes with its last event (events are deleted in seq order).
-                if let Some(run) =
-                    tables::run_containing(&runs, event.stream.as_str(), event.version)?
-                    && run.seq_of(event.version) == run.first_seq + run.count - 1
-                {
-                    runs.remove((event.stream.as_str(), run.first_version))
-                        .ctx("deleting a run")?;
-                }
-                removed = true;
-                seq += 1;
-                deleted += 1;
-            }
-            if !removed {
-                break;
-            }
-            events.remove(key).ctx("deleting events")?;
-            // What the row keeps goes back as a chunk from its new first seq.
-            if let Some(first_kept) = kept.first() {
-                let bytes = crate::chunk::encode_chunk(&kept)?;
-                events
-                    .insert(first_kept.seq.0, bytes.as_slice())
-                    .ctx("rewriting the rest of a chunk")?;
-                break;
-            }
-        }
-        if deleted > 0 {
-            meta.insert(tables::META_FIRST_SEQ, seq)
-                .ctx("writing meta")?;
-            self.counters
-                .retained_deleted_events
-                .fetch_add(deleted, Ordering::Relaxed);
-            tracing::info!(
-                deleted,
-                first_seq = seq,
-                "retention deleted acknowledged history"
-            );
-        }
-        Ok(deleted)
     }
 
     /// Apply an operation that is committed at once rather than journaled.
@@ -1862,7 +1739,11 @@ impl Writer {
                 }
                 DirectOp::Retention { now_us } => {
                     let age = self.policy.retention_age_us.unwrap_or(u64::MAX);
-                    outcome.deleted = self.retain(now_us.saturating_sub(age))?;
+                    outcome.deleted = lock_retention(&self.retention).retain(
+                        txn,
+                        head,
+                        now_us.saturating_sub(age),
+                    )?;
                 }
                 DirectOp::Checkpoint => {}
             }
@@ -2023,6 +1904,12 @@ pub(crate) fn begin(db: &Database) -> Result<WriteTransaction> {
         })?;
     txn.set_quick_repair(true);
     Ok(txn)
+}
+
+/// The retention state, whatever a thread that panicked holding it left: its fields are
+/// counters and marks, each whole.
+fn lock_retention(retention: &Mutex<Retention>) -> std::sync::MutexGuard<'_, Retention> {
+    retention.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Record the checkpoint's journal position in the transaction and commit it durably: from then on

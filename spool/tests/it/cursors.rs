@@ -150,6 +150,59 @@ fn at_the_disk_cap_unacknowledged_events_are_kept_and_appends_fail_with_spool_fu
 }
 
 #[test]
+fn at_the_disk_cap_acknowledged_history_goes_after_background_checkpoints_and_appends_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = SpoolConfig {
+        journal_bytes: spool::SPOOL_JOURNAL_BYTES_MIN,
+        checkpoint_events: 100,
+        checkpoint_spacing: Duration::ZERO,
+        disk_cap_bytes: Some(4 * 1024 * 1024),
+        required_cursors: vec!["uplink".into()],
+        ..opaque_config()
+    };
+    // The default path: the cap's work runs on the apply thread after each background checkpoint.
+    assert!(config.apply_on_thread && config.background_checkpoints);
+    let spool = Spool::open(dir.path(), config).unwrap();
+    let payload = vec![7u8; 2000];
+    // Three times the cap, each append acknowledged as the uplink would.
+    let batches = 600u64;
+    for _ in 0..batches {
+        let events = (0..10).map(|_| event(&payload)).collect();
+        let appended = spool
+            .append_blocking(vec![part("s", ExpectedVersion::Any, events)])
+            .expect("acknowledged history makes room, so the cap never refuses");
+        spool
+            .ack_blocking("uplink", appended.last().unwrap().seq)
+            .unwrap();
+    }
+    let stats = spool.stats().unwrap();
+    assert!(!stats.spool_full);
+    assert!(
+        stats.retention_deleted_events > 0,
+        "history was deleted: {stats:?}"
+    );
+    let first = stats.first_seq.unwrap();
+    assert!(first > Seq(1), "{stats:?}");
+    // The file stays near the cap (without the cap's work it reaches ~17 MiB here). It may pass
+    // the cap a little: the cap counts allocated pages, and the file also holds free ones.
+    let cap = 4 * 1024 * 1024;
+    assert!(
+        stats.db_file_bytes + stats.journal_bytes < cap + cap / 4,
+        "{stats:?}"
+    );
+    // What is left is whole and in order up to the head.
+    assert_eq!(spool.head().unwrap(), Seq(batches * 10));
+    let kept = spool.read_global(first, 100_000).unwrap();
+    assert_eq!(kept.first().unwrap().seq, first);
+    assert_eq!(kept.len() as u64, batches * 10 - first.0 + 1);
+    assert!(
+        spool.verify().unwrap().is_ok(),
+        "{:?}",
+        spool.verify().unwrap()
+    );
+}
+
+#[test]
 fn compaction_returns_the_space_retention_freed_to_the_file_system() {
     let dir = tempfile::tempdir().unwrap();
     let config = SpoolConfig {

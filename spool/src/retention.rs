@@ -1,0 +1,288 @@
+//! Retention and the disk cap: deleting history every required consumer has acknowledged, once it
+//! is older than the retention age, and near the cap whatever its age.
+//!
+//! Both run after a checkpoint commits, in the write transaction that follows it, and the next
+//! checkpoint makes their deletions durable. After a background checkpoint (the default) that is
+//! on the apply thread, which holds the transaction: the writer journals, syncs and answers
+//! appends meanwhile. Measuring the database walks every tree (`redb`'s `stats`), and deleting up
+//! to [`RETENTION_EVENTS_PER_RUN_MAX`] events takes as long; on the writer's thread, with two
+//! checkpoints committed at once after each deletion, that stalled every append by 51-236 ms a
+//! minute once the soak's spool reached its cap (2026-12-06).
+//!
+//! ```text
+//!   commit k            commit k+1              commit k+2            commit k+3
+//!  ───┬──────────────────┬───────────────────────┬──────────────────────┬────────
+//!     └ measure, delete ─┘ the deletion durable  └ its pages free again └ measure again
+//! ```
+//!
+//! redb frees a deletion's pages only at the commits after the one that makes it durable, so a
+//! measurement before then still counts them: after deleting, the cap is measured again only once
+//! [`CAP_SETTLE_COMMITS`] more checkpoints have committed, and the spool is not called full on the
+//! strength of a measurement that a deletion has already answered.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use redb::{ReadableTable, WriteTransaction};
+
+use crate::error::{DbContext, Result};
+use crate::reader::Counters;
+use crate::tables;
+use crate::types::now_us;
+
+/// The most events deleted by one retention run, so a run never holds the transaction for long.
+pub const RETENTION_EVENTS_PER_RUN_MAX: u64 = 50_000;
+
+/// Checkpoints that commit after a deletion before the cap is measured again: the one that makes
+/// the deletion durable and the one after it, at which redb frees the deleted rows' pages.
+pub(crate) const CAP_SETTLE_COMMITS: u32 = 2;
+
+/// Near the cap, it is measured again once this fraction of it (1/n) has been journaled since the
+/// last measurement, unless an append waits on a full spool. A measurement walks every tree, and
+/// checkpoints may come every 100 ms in a burst; spaced by bytes, not time, the spool grows past
+/// its last measurement by at most a hundredth of the cap, a tenth of the room kept between
+/// where deleting starts and the cap, at any rate. At 1,000 passings/s and a 128 MiB cap that is
+/// one walk every ~9 s.
+pub const SPOOL_CAP_MEASURE_PARTS: u64 = 100;
+const _: () = assert!(
+    SPOOL_CAP_MEASURE_PARTS >= 10 * 2,
+    "the spool must grow past a measurement by well under the tenth kept between deleting and the cap"
+);
+
+/// Retention and the cap, run after checkpoints. One lives behind a lock shared by the writer
+/// and its apply thread; only the one holding the write transaction runs it.
+pub(crate) struct Retention {
+    age_us: Option<u64>,
+    required_cursors: Vec<String>,
+    cap_bytes: Option<u64>,
+    /// The journal's fixed size, which counts against the cap.
+    journal_bytes: u64,
+    storage: Arc<dyn crate::storage::Storage>,
+    counters: Arc<Counters>,
+    /// Commits still to come before the cap is measured again, after a deletion.
+    settle_commits: u32,
+    /// The journal's virtual head at the last measurement.
+    measured_at: Option<u64>,
+}
+
+impl Retention {
+    pub(crate) fn new(
+        age_us: Option<u64>,
+        required_cursors: Vec<String>,
+        cap_bytes: Option<u64>,
+        journal_bytes: u64,
+        storage: Arc<dyn crate::storage::Storage>,
+        counters: Arc<Counters>,
+    ) -> Retention {
+        Retention {
+            age_us,
+            required_cursors,
+            cap_bytes,
+            journal_bytes,
+            storage,
+            counters,
+            settle_commits: 0,
+            measured_at: None,
+        }
+    }
+
+    /// Whether anything runs after checkpoints.
+    pub(crate) fn active(&self) -> bool {
+        self.age_us.is_some() || self.cap_bytes.is_some()
+    }
+
+    /// Run after a checkpoint committed, in `txn`, the transaction that follows it, which holds
+    /// every event up to `head`, with the journal's virtual head at `journaled`. `urgent` (the
+    /// spool is full and an append waits) measures without the spacing. Returns how many events
+    /// were deleted; the caller's next commit makes that durable.
+    pub(crate) fn after_commit(
+        &mut self,
+        txn: &WriteTransaction,
+        head: u64,
+        journaled: u64,
+        urgent: bool,
+    ) -> Result<u64> {
+        let mut deleted = 0;
+        if let Some(age_us) = self.age_us {
+            deleted += self.retain(txn, head, now_us().saturating_sub(age_us))?;
+        }
+        if let Some(cap) = self.cap_bytes {
+            deleted += self.cap(txn, head, journaled, cap, urgent)?;
+        }
+        Ok(deleted)
+    }
+
+    /// Near the cap, delete acknowledged history whatever its age; call the spool full when it is
+    /// at the cap and nothing could be deleted.
+    fn cap(
+        &mut self,
+        txn: &WriteTransaction,
+        head: u64,
+        journaled: u64,
+        cap: u64,
+        urgent: bool,
+    ) -> Result<u64> {
+        if self.settle_commits > 0 {
+            self.settle_commits -= 1;
+            return Ok(0);
+        }
+        let deleting_from = cap / 10 * 9;
+        // The file holds at least what is allocated in it: walking the trees for the exact
+        // figure is needed only once the file is near the cap.
+        if self.db_file_bytes() + self.journal_bytes < deleting_from {
+            self.counters.spool_full.store(false, Ordering::Relaxed);
+            return Ok(0);
+        }
+        let spacing = cap / SPOOL_CAP_MEASURE_PARTS;
+        if !urgent
+            && self
+                .measured_at
+                .is_some_and(|at| journaled.saturating_sub(at) < spacing)
+        {
+            return Ok(0);
+        }
+        self.measured_at = Some(journaled);
+        let used = self.db_used_bytes(txn)? + self.journal_bytes;
+        let mut deleted = 0;
+        if used >= deleting_from {
+            deleted = self.retain(txn, head, u64::MAX)?;
+            if deleted > 0 {
+                self.settle_commits = CAP_SETTLE_COMMITS;
+            }
+        }
+        let full = used >= cap && deleted == 0;
+        let was_full = self.counters.spool_full.swap(full, Ordering::Relaxed);
+        if full && !was_full {
+            tracing::error!(
+                used_bytes = used,
+                cap_bytes = cap,
+                "ALARM: spool full; appends are refused until consumers acknowledge"
+            );
+        }
+        Ok(deleted)
+    }
+
+    fn db_file_bytes(&self) -> u64 {
+        self.storage
+            .open_read_only(crate::storage::DB_FILE)
+            .and_then(|f| f.len())
+            .unwrap_or(0)
+    }
+
+    /// The bytes of the database's allocated pages, as `txn` sees them (a walk of every tree).
+    fn db_used_bytes(&self, txn: &WriteTransaction) -> Result<u64> {
+        let stats = txn.stats().ctx("measuring the database")?;
+        let used = stats.allocated_pages() * stats.page_size() as u64;
+        self.counters
+            .db_allocated_bytes
+            .store(used, Ordering::Relaxed);
+        Ok(used)
+    }
+
+    /// Delete events recorded at or before `older_than_us` that every required cursor has
+    /// acknowledged and none has parked, in `txn`, which holds every event up to `head`. Returns
+    /// how many were deleted; the next commit makes the deletion durable.
+    pub(crate) fn retain(
+        &self,
+        txn: &WriteTransaction,
+        head: u64,
+        older_than_us: u64,
+    ) -> Result<u64> {
+        let mut limit = head;
+        {
+            let cursors = txn.open_table(tables::CURSORS).ctx("opening cursors")?;
+            let parked = txn.open_table(tables::PARKED).ctx("opening parked")?;
+            for name in &self.required_cursors {
+                let acked = cursors
+                    .get(name.as_str())
+                    .ctx("reading a cursor")?
+                    .map(|v| v.value())
+                    .unwrap_or(0);
+                limit = limit.min(acked);
+                if let Some(first) = parked
+                    .range((name.as_str(), 0)..=(name.as_str(), u64::MAX))
+                    .ctx("reading parked")?
+                    .next()
+                {
+                    let (key, _) = first.ctx("reading parked")?;
+                    limit = limit.min(key.value().1.saturating_sub(1));
+                }
+            }
+        }
+        let mut meta = txn.open_table(tables::META).ctx("opening meta")?;
+        let first = tables::meta(&meta, tables::META_FIRST_SEQ)?.max(1);
+        let mut events = txn.open_table(tables::EVENTS).ctx("opening events")?;
+        let mut runs = txn
+            .open_table(tables::STREAM_RUNS)
+            .ctx("opening stream runs")?;
+        let mut seq = first;
+        let mut deleted = 0;
+        while seq <= limit && deleted < RETENTION_EVENTS_PER_RUN_MAX {
+            // The row that holds `seq`: a row of one event keyed by it, or a chunk keyed by its
+            // first event's seq, at or below it.
+            let row = match events.range(..=seq).ctx("reading events")?.next_back() {
+                Some(item) => {
+                    let (key, bytes) = item.ctx("reading an event")?;
+                    let key = key.value();
+                    (key, tables::decode_row(key, bytes.value(), None)?)
+                }
+                None => break,
+            };
+            let (key, row_events) = row;
+            let mut kept = Vec::new();
+            let mut removed = false;
+            for event in row_events {
+                if event.seq.0 < seq {
+                    // Below the first seq: deleted already.
+                    removed = true;
+                    continue;
+                }
+                if !kept.is_empty()
+                    || event.seq.0 != seq
+                    || seq > limit
+                    || deleted >= RETENTION_EVENTS_PER_RUN_MAX
+                    || event.recorded_at_us > older_than_us
+                {
+                    kept.push(event);
+                    continue;
+                }
+                // A run goes with its last event (events are deleted in seq order).
+                if let Some(run) =
+                    tables::run_containing(&runs, event.stream.as_str(), event.version)?
+                    && run.seq_of(event.version) == run.first_seq + run.count - 1
+                {
+                    runs.remove((event.stream.as_str(), run.first_version))
+                        .ctx("deleting a run")?;
+                }
+                removed = true;
+                seq += 1;
+                deleted += 1;
+            }
+            if !removed {
+                break;
+            }
+            events.remove(key).ctx("deleting events")?;
+            // What the row keeps goes back as a chunk from its new first seq.
+            if let Some(first_kept) = kept.first() {
+                let bytes = crate::chunk::encode_chunk(&kept)?;
+                events
+                    .insert(first_kept.seq.0, bytes.as_slice())
+                    .ctx("rewriting the rest of a chunk")?;
+                break;
+            }
+        }
+        if deleted > 0 {
+            meta.insert(tables::META_FIRST_SEQ, seq)
+                .ctx("writing meta")?;
+            self.counters
+                .retained_deleted_events
+                .fetch_add(deleted, Ordering::Relaxed);
+            tracing::info!(
+                deleted,
+                first_seq = seq,
+                "retention deleted acknowledged history"
+            );
+        }
+        Ok(deleted)
+    }
+}
