@@ -83,8 +83,10 @@
 //!   hold, the writer never overwrites the ring from the last *committed* checkpoint's start on
 //!   (when the ring is full, appends wait for the commit: back-pressure, never loss), and only
 //!   once the commit is visible does the writer move that start and let the tail go of what the
-//!   commit holds. Everything that needs the transaction (direct operations, retention, the cap,
-//!   a synchronous checkpoint) waits for a commit in flight first; a failed background commit
+//!   commit holds. Retention and the disk cap run on the apply thread too, in the transaction
+//!   that follows a background commit, and the next checkpoint makes their deletions durable.
+//!   Everything else that needs the transaction (direct operations, a synchronous checkpoint)
+//!   waits for a commit in flight first; a failed background commit
 //!   fails the writer as a failed checkpoint does, and the reopen replays the ring. At most one
 //!   commit is in flight, so the tail holds at most about two checkpoints' worth of events and
 //!   never more than the journal's bytes, and a replay at open is bounded the same way.
@@ -271,8 +273,10 @@
 //! space than [`SpoolConfig::disk_reserve_bytes`] (measured every
 //! [`SPOOL_DISK_CHECK_INTERVAL_MS`]), so checkpoints never meet a full disk that the spool itself
 //! filled; they are accepted again as soon as space is freed. The disk
-//! cap is evaluated at checkpoints, so the spool may pass it by up to one checkpoint's worth of
-//! events before appends fail with [`SpoolError::SpoolFull`]. An idempotency key outlives its
+//! cap is evaluated after checkpoints, measured again once a hundredth of it has been journaled
+//! ([`SPOOL_CAP_MEASURE_PARTS`]) and two checkpoints after a deletion, so the spool may pass it
+//! by that much, or one checkpoint's worth of events, before appends fail with
+//! [`SpoolError::SpoolFull`]. An idempotency key outlives its
 //! event under retention, so a late retry is still recognised.
 //!
 //! # Concurrency

@@ -86,7 +86,8 @@ pub struct SpoolConfig {
     /// acknowledged history is deleted, at it appends fail with [`SpoolError::SpoolFull`]. The
     /// database file does not shrink, and pages freed by retention are reused only after later
     /// commits, so the files settle at a high-water mark above it (168 MiB at a 128 MiB cap in an
-    /// hour's soak at 100 events/s with the uplink cutting in and out).
+    /// hour's soak at 100 events/s with the uplink cutting in and out, in two runs). The cap's
+    /// work runs on the apply thread after background checkpoints (see the crate docs).
     pub disk_cap_bytes: Option<u64>,
     /// Free space to keep on the file system, in bytes, whatever `disk_cap_bytes` says: below it
     /// appends fail with [`SpoolError::DiskLow`] and resume by themselves once space is freed.
