@@ -311,7 +311,9 @@ pub use crate::error::{Result, SpoolError, error_chain};
 pub use crate::reader::{
     Backlog, CursorStats, Memory, READ_EVENTS_MAX, SpoolHealth, SpoolReader, Stats,
 };
-pub use crate::retention::{RETENTION_EVENTS_PER_RUN_MAX, SPOOL_CAP_MEASURE_PARTS};
+pub use crate::retention::{
+    CAP_SLICE_EVENTS_MIN, RETENTION_EVENTS_PER_RUN_MAX, SPOOL_CAP_MEASURE_PARTS,
+};
 pub use crate::spool::{
     DurableMark, SPOOL_APPLY_LINGER_MS_DEFAULT, SPOOL_CACHE_BYTES_DEFAULT,
     SPOOL_CALLER_COMMIT_IDLE_US, SPOOL_CHECKPOINT_EVENTS_DEFAULT,

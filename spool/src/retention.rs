@@ -9,16 +9,22 @@
 //! checkpoints committed at once after each deletion, that stalled every append by 51-236 ms a
 //! minute once the soak's spool reached its cap (2026-12-06).
 //!
+//! Near the cap, one measurement that finds the spool at nine tenths of it starts a deletion of
+//! up to [`RETENTION_EVENTS_PER_RUN_MAX`] acknowledged events, carried out in slices, one per
+//! checkpoint ([`CAP_SLICE_EVENTS_MIN`]), so that no one commit carries all of its writes:
+//!
 //! ```text
-//!   commit k            commit k+1              commit k+2            commit k+3
-//!  ───┬──────────────────┬───────────────────────┬──────────────────────┬────────
-//!     └ measure, delete ─┘ the deletion durable  └ its pages free again └ measure again
+//!   commit k             k+1           ...   k+n            k+n+1          k+n+2
+//!  ───┬──────────────────┬─────────────────────┬──────────────┬──────────────┬──────
+//!     └ measure, slice 1 ┘ slice 2     ...     └ last slice ─┘ durable      └ pages free,
+//!                                                                             measure again
 //! ```
 //!
 //! redb frees a deletion's pages only at the commits after the one that makes it durable, so a
-//! measurement before then still counts them: after deleting, the cap is measured again only once
-//! [`CAP_SETTLE_COMMITS`] more checkpoints have committed, and the spool is not called full on the
-//! strength of a measurement that a deletion has already answered.
+//! measurement before then still counts them: after the last slice, the cap is measured again
+//! only once [`CAP_SETTLE_COMMITS`] more checkpoints have committed, and the spool is not called
+//! full on the strength of a measurement that a deletion has already answered. An append that
+//! waits on a full spool measures at once and takes a whole run.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -31,7 +37,19 @@ use crate::tables;
 use crate::types::now_us;
 
 /// The most events deleted by one retention run, so a run never holds the transaction for long.
+/// Near the cap it is what one deletion frees, spread over checkpoints in slices.
 pub const RETENTION_EVENTS_PER_RUN_MAX: u64 = 50_000;
+
+/// The fewest events one checkpoint deletes while the cap's deletion is under way. Each slice is
+/// twice what was appended since the last checkpoint, and at least this, so the spool shrinks
+/// while it goes. A whole run at once (50,000 events, ~8 minutes of passings at 100/s) cost one
+/// checkpoint's commit enough writes that two minutes of the soak's 27 at the cap had a passing
+/// over 30 ms (76 and 109 ms, 2026-12-06); in slices each commit carries a tenth of that.
+pub const CAP_SLICE_EVENTS_MIN: u64 = 5_000;
+const _: () = assert!(
+    CAP_SLICE_EVENTS_MIN <= RETENTION_EVENTS_PER_RUN_MAX,
+    "a slice of the cap's deletion is part of one run"
+);
 
 /// Checkpoints that commit after a deletion before the cap is measured again: the one that makes
 /// the deletion durable and the one after it, at which redb frees the deleted rows' pages.
@@ -61,6 +79,10 @@ pub(crate) struct Retention {
     counters: Arc<Counters>,
     /// Commits still to come before the cap is measured again, after a deletion.
     settle_commits: u32,
+    /// Events the cap's deletion under way still deletes, a slice per checkpoint.
+    to_delete: u64,
+    /// The head at the last run: what was appended since sizes the next slice.
+    last_head: Option<u64>,
     /// The journal's virtual head at the last measurement.
     measured_at: Option<u64>,
 }
@@ -82,6 +104,8 @@ impl Retention {
             storage,
             counters,
             settle_commits: 0,
+            to_delete: 0,
+            last_head: None,
             measured_at: None,
         }
     }
@@ -103,26 +127,37 @@ impl Retention {
         urgent: bool,
     ) -> Result<u64> {
         let mut deleted = 0;
+        let appended = head.saturating_sub(self.last_head.unwrap_or(head));
+        self.last_head = Some(head);
         if let Some(age_us) = self.age_us {
-            deleted += self.retain(txn, head, now_us().saturating_sub(age_us))?;
+            deleted += self.retain(
+                txn,
+                head,
+                now_us().saturating_sub(age_us),
+                RETENTION_EVENTS_PER_RUN_MAX,
+            )?;
         }
         if let Some(cap) = self.cap_bytes {
-            deleted += self.cap(txn, head, journaled, cap, urgent)?;
+            deleted += self.cap(txn, head, journaled, appended, cap, urgent)?;
         }
         Ok(deleted)
     }
 
-    /// Near the cap, delete acknowledged history whatever its age; call the spool full when it is
-    /// at the cap and nothing could be deleted.
+    /// Near the cap, delete acknowledged history whatever its age, a slice per checkpoint; call
+    /// the spool full when it is at the cap and nothing could be deleted.
     fn cap(
         &mut self,
         txn: &WriteTransaction,
         head: u64,
         journaled: u64,
+        appended: u64,
         cap: u64,
         urgent: bool,
     ) -> Result<u64> {
-        if self.settle_commits > 0 {
+        if self.to_delete > 0 && !urgent {
+            return self.delete_slice(txn, head, appended, false);
+        }
+        if self.settle_commits > 0 && !urgent {
             self.settle_commits -= 1;
             return Ok(0);
         }
@@ -145,10 +180,9 @@ impl Retention {
         let used = self.db_used_bytes(txn)? + self.journal_bytes;
         let mut deleted = 0;
         if used >= deleting_from {
-            deleted = self.retain(txn, head, u64::MAX)?;
-            if deleted > 0 {
-                self.settle_commits = CAP_SETTLE_COMMITS;
-            }
+            self.to_delete = RETENTION_EVENTS_PER_RUN_MAX;
+            // An append waiting on a full spool takes the whole run at once.
+            deleted = self.delete_slice(txn, head, appended, urgent)?;
         }
         let full = used >= cap && deleted == 0;
         let was_full = self.counters.spool_full.swap(full, Ordering::Relaxed);
@@ -158,6 +192,35 @@ impl Retention {
                 cap_bytes = cap,
                 "ALARM: spool full; appends are refused until consumers acknowledge"
             );
+        }
+        Ok(deleted)
+    }
+
+    /// The next slice of the cap's deletion (all that is left of it if `whole`). It ends when
+    /// its run is done or nothing more is acknowledged; the cap is measured again
+    /// [`CAP_SETTLE_COMMITS`] checkpoints after that.
+    fn delete_slice(
+        &mut self,
+        txn: &WriteTransaction,
+        head: u64,
+        appended: u64,
+        whole: bool,
+    ) -> Result<u64> {
+        let slice = if whole {
+            self.to_delete
+        } else {
+            appended
+                .saturating_mul(2)
+                .clamp(CAP_SLICE_EVENTS_MIN, self.to_delete)
+        };
+        let deleted = self.retain(txn, head, u64::MAX, slice)?;
+        self.to_delete = if deleted < slice {
+            0
+        } else {
+            self.to_delete - deleted
+        };
+        if self.to_delete == 0 {
+            self.settle_commits = CAP_SETTLE_COMMITS;
         }
         Ok(deleted)
     }
@@ -187,6 +250,7 @@ impl Retention {
         txn: &WriteTransaction,
         head: u64,
         older_than_us: u64,
+        events_max: u64,
     ) -> Result<u64> {
         let mut limit = head;
         {
@@ -217,7 +281,7 @@ impl Retention {
             .ctx("opening stream runs")?;
         let mut seq = first;
         let mut deleted = 0;
-        while seq <= limit && deleted < RETENTION_EVENTS_PER_RUN_MAX {
+        while seq <= limit && deleted < events_max {
             // The row that holds `seq`: a row of one event keyed by it, or a chunk keyed by its
             // first event's seq, at or below it.
             let row = match events.range(..=seq).ctx("reading events")?.next_back() {
@@ -240,7 +304,7 @@ impl Retention {
                 if !kept.is_empty()
                     || event.seq.0 != seq
                     || seq > limit
-                    || deleted >= RETENTION_EVENTS_PER_RUN_MAX
+                    || deleted >= events_max
                     || event.recorded_at_us > older_than_us
                 {
                     kept.push(event);

@@ -1743,6 +1743,7 @@ impl Writer {
                         txn,
                         head,
                         now_us.saturating_sub(age),
+                        crate::RETENTION_EVENTS_PER_RUN_MAX,
                     )?;
                 }
                 DirectOp::Checkpoint => {}

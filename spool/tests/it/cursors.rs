@@ -203,6 +203,53 @@ fn at_the_disk_cap_acknowledged_history_goes_after_background_checkpoints_and_ap
 }
 
 #[test]
+fn at_the_disk_cap_a_deletion_is_spread_over_checkpoints_in_slices() {
+    let dir = tempfile::tempdir().unwrap();
+    // Checkpoints on the writer, one per 100-event append: each runs the cap once, so what each
+    // deleted can be read between appends.
+    let config = SpoolConfig {
+        journal_bytes: spool::SPOOL_JOURNAL_BYTES_MIN,
+        checkpoint_events: 100,
+        checkpoint_spacing: Duration::ZERO,
+        background_checkpoints: false,
+        disk_cap_bytes: Some(6 * 1024 * 1024),
+        required_cursors: vec!["uplink".into()],
+        ..opaque_config()
+    };
+    let spool = Spool::open(dir.path(), config).unwrap();
+    let payload = vec![3u8; 200];
+    let deleted = || spool.stats().unwrap().retention_deleted_events;
+    let mut steps = Vec::new();
+    for _ in 0..400 {
+        let before = deleted();
+        let events = (0..100).map(|_| event(&payload)).collect();
+        let appended = spool
+            .append_blocking(vec![part("s", ExpectedVersion::Any, events)])
+            .expect("acknowledged history makes room");
+        spool
+            .ack_blocking("uplink", appended.last().unwrap().seq)
+            .unwrap();
+        steps.push(deleted() - before);
+    }
+    let total: u64 = steps.iter().sum();
+    let slices = steps.iter().filter(|&&d| d > 0).count();
+    // More than one slice's worth was acknowledged and deleted, and no checkpoint took more than
+    // a slice (twice the 100 appended since the last one is under the least slice).
+    assert!(total > 2 * spool::CAP_SLICE_EVENTS_MIN, "{total} deleted");
+    assert!(slices >= 3, "{slices} checkpoints deleted: {steps:?}");
+    assert!(
+        steps.iter().all(|&d| d <= spool::CAP_SLICE_EVENTS_MIN),
+        "a checkpoint deleted more than a slice: {steps:?}"
+    );
+    assert!(!spool.stats().unwrap().spool_full);
+    assert!(
+        spool.verify().unwrap().is_ok(),
+        "{:?}",
+        spool.verify().unwrap()
+    );
+}
+
+#[test]
 fn compaction_returns_the_space_retention_freed_to_the_file_system() {
     let dir = tempfile::tempdir().unwrap();
     let config = SpoolConfig {
