@@ -209,9 +209,7 @@ impl Retention {
         let slice = if whole {
             self.to_delete
         } else {
-            appended
-                .saturating_mul(2)
-                .clamp(CAP_SLICE_EVENTS_MIN, self.to_delete)
+            slice_events(appended, self.to_delete)
         };
         let deleted = self.retain(txn, head, u64::MAX, slice)?;
         self.to_delete = if deleted < slice {
@@ -348,5 +346,31 @@ impl Retention {
             );
         }
         Ok(deleted)
+    }
+}
+
+/// The events one checkpoint deletes of the `to_delete` left in the cap's run, `appended` having
+/// come in since the last: twice that, at least [`CAP_SLICE_EVENTS_MIN`], never more than is left
+/// (which near the run's end is less than the least slice: `clamp` would panic there).
+fn slice_events(appended: u64, to_delete: u64) -> u64 {
+    appended
+        .saturating_mul(2)
+        .max(CAP_SLICE_EVENTS_MIN)
+        .min(to_delete)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slice_is_twice_the_appends_at_least_the_least_slice_and_never_more_than_is_left() {
+        assert_eq!(slice_events(100, 50_000), CAP_SLICE_EVENTS_MIN);
+        assert_eq!(slice_events(3_000, 50_000), 6_000);
+        assert_eq!(slice_events(u64::MAX, 50_000), 50_000);
+        // The end of a run of 50,000 in slices of 6,000 leaves 2,000: the soak of 2026-12-06
+        // panicked there (`clamp` with its least above its most) and lost the apply thread.
+        assert_eq!(slice_events(3_000, 2_000), 2_000);
+        assert_eq!(slice_events(0, 1), 1);
     }
 }
