@@ -754,15 +754,10 @@ impl Writer {
         }
         match self.settle(false) {
             // The apply thread ran retention and the cap before it answered.
-            Ok(()) if self.in_flight.is_none() && self.has_policy() => self.publish_health(),
+            Ok(()) if self.in_flight.is_none() => self.publish_health(),
             Ok(()) => {}
             Err(error) => self.fail(&error),
         }
-    }
-
-    /// Whether retention or the disk cap run after checkpoints.
-    fn has_policy(&self) -> bool {
-        self.policy.retention_age_us.is_some() || self.policy.disk_cap_bytes.is_some()
     }
 
     /// Serve one request of a group.
@@ -1608,7 +1603,7 @@ impl Writer {
     /// Retention and the cap after a checkpoint this thread committed (see [`crate::retention`]),
     /// and a checkpoint for what they deleted. `urgent`: an append waits on a full spool.
     fn enforce_policy(&mut self, urgent: bool) -> Result<()> {
-        if !self.has_policy() {
+        if !lock_retention(&self.retention).active() {
             return Ok(());
         }
         self.reclaim()?;
