@@ -1021,6 +1021,8 @@ fn spawn_ticker(tx: mpsc::WeakSender<Request>, interval: Duration) {
 mod tests {
     use redb::ReadableDatabase;
 
+    use crate::reader::SpoolHealth;
+
     use super::*;
 
     #[test]
@@ -1203,6 +1205,100 @@ mod tests {
         // And it opens again at the current layout.
         let spool = Spool::open(dir.path(), config).expect("reopen");
         assert_eq!(spool.head().expect("head"), Seq(9));
+    }
+
+    #[test]
+    fn a_panic_on_the_apply_thread_fails_the_writer_whose_reopen_starts_a_new_one_and_loses_nothing()
+     {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut schemas = Schemas::empty();
+        schemas.register::<Byte>();
+        let config = SpoolConfig {
+            journal_bytes: SPOOL_JOURNAL_BYTES_MIN,
+            schemas: Arc::new(schemas),
+            // Every durable append goes to the apply thread at once.
+            apply_linger: std::time::Duration::ZERO,
+            ..SpoolConfig::default()
+        };
+        assert!(config.apply_on_thread, "the default runs the apply thread");
+        let append = |spool: &Spool, byte: u8| {
+            spool.append_blocking(vec![AppendStream::new(
+                StreamId::new("s").expect("id"),
+                crate::types::ExpectedVersion::Any,
+                vec![crate::types::NewEvent {
+                    event_type: "test.event".into(),
+                    schema_version: 1,
+                    payload: vec![byte],
+                    meta: crate::types::Metadata::default(),
+                }],
+            )])
+        };
+        let wait_for = |spool: &Spool, what: &str, ok: &dyn Fn(&SpoolHealth) -> bool| {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            loop {
+                let health = spool.health();
+                if ok(&health) {
+                    return health;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{what}: the health is still {health:?}"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        };
+        let spool = Spool::open(dir.path(), config.clone()).expect("open");
+        assert_eq!(append(&spool, 1).expect("append")[0].seq, Seq(1));
+        let writer = || spool.inner.writer.lock().unwrap_or_else(|p| p.into_inner());
+        writer().panic_apply_thread();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while writer().apply_thread_runs() {
+            assert!(std::time::Instant::now() < deadline, "the thread panics");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(spool.health(), SpoolHealth::Storing, "not noticed yet");
+
+        // The next append is durable before its inserts are handed over: it is answered, and
+        // the hand-over that finds the thread gone fails the writer, naming the panic.
+        assert_eq!(append(&spool, 2).expect("append")[0].seq, Seq(2));
+        let failed = wait_for(&spool, "after the panic", &|h| {
+            matches!(h, SpoolHealth::Failed { .. })
+        });
+        let SpoolHealth::Failed { reason, .. } = failed else {
+            unreachable!()
+        };
+        assert!(
+            reason.contains("apply thread") && reason.contains("a test asked"),
+            "the failure names the thread and its panic: {reason}"
+        );
+
+        // The reopen replays the journal and starts a new thread; storing goes on with it.
+        wait_for(&spool, "after the reopen", &|h| *h == SpoolHealth::Storing);
+        assert!(writer().apply_thread_runs(), "a new apply thread");
+        for byte in 3..=200 {
+            assert_eq!(
+                append(&spool, byte).expect("append after the reopen")[0].seq,
+                Seq(u64::from(byte))
+            );
+        }
+        spool.checkpoint_blocking().expect("checkpoint");
+        assert_eq!(spool.health(), SpoolHealth::Storing);
+        assert!(
+            writer().apply_thread_runs(),
+            "the new thread took the inserts"
+        );
+        drop(spool);
+
+        // Everything answered is stored, once, in order.
+        let spool = Spool::open(dir.path(), config).expect("reopen");
+        let payloads: Vec<u8> = spool
+            .read_global(Seq::FIRST, 1_000)
+            .expect("read")
+            .iter()
+            .map(|e| e.payload[0])
+            .collect();
+        assert_eq!(payloads, (1..=200).collect::<Vec<u8>>());
+        assert!(spool.verify().expect("verify").is_ok());
     }
 
     /// Write `layout` into a closed spool's meta, as a release of that layout would have left it.

@@ -150,6 +150,9 @@ enum ApplyJob {
     Commit(Box<CommitJob>),
     /// Give the transaction back, or the error that stopped the inserts.
     Return,
+    /// Panic, as a bug would: how the tests reach a lost apply thread.
+    #[cfg(test)]
+    Panic,
 }
 
 /// What the writer holds back for the apply thread after a group is durable.
@@ -194,6 +197,9 @@ struct Applier {
     holds: bool,
     /// Queued appends that carry their callers' events, counted down by the apply thread.
     spent_queued: Arc<std::sync::atomic::AtomicUsize>,
+    /// The message of the panic that ended the thread, if one did: set before the thread's
+    /// queue closes, so the writer that finds the queue closed finds the reason too.
+    panicked: Arc<Mutex<Option<String>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -208,13 +214,24 @@ impl Applier {
         let (done_tx, done) = std::sync::mpsc::sync_channel(1);
         let spent_queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let spent = spent_queued.clone();
+        let panicked = Arc::new(Mutex::new(None));
+        let panic_slot = panicked.clone();
         let thread = std::thread::Builder::new()
             .name("spool-apply".into())
             .spawn(move || {
                 if let Some(cores) = cores {
                     crate::spool::keep_thread_to("spool-apply", &cores);
                 }
-                apply_loop(&rx, &back_tx, &done_tx, &spent, inserts, &retention)
+                // Nothing of the loop is used after a panic: the transaction it held is gone
+                // unapplied (the journal keeps its events), and the writer starts a new thread
+                // when it reopens.
+                let run = std::panic::AssertUnwindSafe(|| {
+                    apply_loop(&rx, &back_tx, &done_tx, &spent, inserts, &retention)
+                });
+                if let Err(panic) = std::panic::catch_unwind(run) {
+                    *panic_slot.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some(panic_message(panic.as_ref()));
+                }
             })
             .map_err(|source| SpoolError::Io {
                 path: PathBuf::new(),
@@ -227,8 +244,17 @@ impl Applier {
             done,
             holds: false,
             spent_queued,
+            panicked,
             thread: Some(thread),
         })
+    }
+
+    /// The message of the panic that ended the thread, if one did.
+    fn panicked(&self) -> Option<String> {
+        self.panicked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn lost() -> SpoolError {
@@ -390,7 +416,20 @@ fn apply_loop(
                     return;
                 }
             }
+            #[cfg(test)]
+            ApplyJob::Panic => panic!("a test asked the spool's apply thread to panic"),
         }
+    }
+}
+
+/// What a panic said, for the writer's failure and its log.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(text) = panic.downcast_ref::<&str>() {
+        (*text).to_owned()
+    } else if let Some(text) = panic.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "a panic without a message".to_owned()
     }
 }
 
@@ -1288,7 +1327,10 @@ impl Writer {
     /// Stop writing: drop the open transaction and refuse everything until reopened.
     fn fail(&mut self, error: &SpoolError) {
         if self.failed.is_none() {
-            let reason = error_chain(error);
+            let mut reason = error_chain(error);
+            if let Some(panic) = self.applier.as_ref().and_then(Applier::panicked) {
+                reason = format!("{reason}: it panicked: {panic}");
+            }
             tracing::error!(
                 error = %reason,
                 "spool writer failed; refusing events and reopening from disk every {SPOOL_REOPEN_INTERVAL_MS} ms"
@@ -1454,6 +1496,16 @@ impl Writer {
         // Let go of the failed database first: redb holds its file lock until the last handle
         // (and the last read transaction on it) is gone. Readers get `Failed` meanwhile.
         self.discard_txn();
+        if let Some(panic) = self.applier.as_ref().and_then(Applier::panicked) {
+            // The old thread has ended (dropping it joins it); without a new one every
+            // hand-over would fail the writer again.
+            self.applier = Some(Applier::start(
+                self.policy.event_inserts,
+                self.policy.apply_cores.clone(),
+                self.retention.clone(),
+            )?);
+            tracing::warn!(%panic, "the spool's apply thread panicked; a new one is started");
+        }
         self.db.set(None);
         let mut builder = redb::Builder::new();
         builder.set_cache_size(self.reopen.cache_bytes);
@@ -1955,6 +2007,30 @@ fn truncate_utf8(text: &mut String, max: usize) {
             cut -= 1;
         }
         text.truncate(cut);
+    }
+}
+
+#[cfg(test)]
+impl Writer {
+    /// Make the apply thread panic at its next job, as a bug in it would, holding the
+    /// transaction.
+    pub(crate) fn panic_apply_thread(&mut self) {
+        self.release_applies();
+        let applier = self
+            .applier
+            .as_mut()
+            .expect("the spool runs an apply thread");
+        applier
+            .queue(&mut self.txn, ApplyJob::Panic)
+            .expect("the apply thread takes the job");
+    }
+
+    /// Whether the apply thread the writer hands its inserts to is running.
+    pub(crate) fn apply_thread_runs(&self) -> bool {
+        self.applier
+            .as_ref()
+            .and_then(|a| a.thread.as_ref())
+            .is_some_and(|t| !t.is_finished())
     }
 }
 
