@@ -317,6 +317,37 @@ async fn soak(
     let mut uplink_up_s = 0u64;
     let mut last_tick = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // One sample of the minute's passings (sorted and cleared here), `cpu` seconds of CPU over
+    // `seconds` of it.
+    let take_sample = |minute: u64, lat: &mut Vec<f64>, cpu: f64, seconds: f64, up_s: u64| {
+        lat.sort_by(f64::total_cmp);
+        let memory = spool.memory();
+        let s = Sample {
+            minute,
+            rss_kib: rss_kib(),
+            anon: anon_kib(),
+            cache_kib: memory.cache_bytes as u64 / 1024,
+            tail: memory.tail_events,
+            // Not measured over less than a second.
+            cpu_pct: if seconds >= 1.0 {
+                cpu / seconds * 100.0
+            } else {
+                f64::NAN
+            },
+            fds: open_fds(),
+            spool_mib: spool_bytes(&config.spool_dir()) as f64 / 1_048_576.0,
+            backlog: spool.backlog(UPLINK_CURSOR).map_or(0, |b| b.events()),
+            uplink_up_s: up_s,
+            p50_us: pct(lat, 0.5),
+            p99_us: pct(lat, 0.99),
+            max_us: lat.last().copied().unwrap_or(f64::NAN),
+            passings: lat.len(),
+            held: results.engine().passings_in_memory(),
+            snapshots: results.stats().snapshots_saved,
+        };
+        lat.clear();
+        s
+    };
     while received < total {
         tokio::select! {
             e = sub.next() => {
@@ -338,34 +369,34 @@ async fn soak(
                 if Instant::now() >= next_sample {
                     next_sample += Duration::from_secs(60);
                     let cpu1 = cpu_seconds();
-                    minute_lat.sort_by(f64::total_cmp);
-                    let memory = spool.memory();
-                    let s = Sample {
-                        minute: samples.len() as u64 + 1,
-                        rss_kib: rss_kib(),
-                        anon: anon_kib(),
-                        cache_kib: memory.cache_bytes as u64 / 1024,
-                        tail: memory.tail_events,
-                        cpu_pct: (cpu1 - cpu0) / 60.0 * 100.0,
-                        fds: open_fds(),
-                        spool_mib: spool_bytes(&config.spool_dir()) as f64 / 1_048_576.0,
-                        backlog: spool.backlog(UPLINK_CURSOR).map_or(0, |b| b.events()),
-                        uplink_up_s,
-                        p50_us: pct(&minute_lat, 0.5),
-                        p99_us: pct(&minute_lat, 0.99),
-                        max_us: minute_lat.last().copied().unwrap_or(f64::NAN),
-                        passings: minute_lat.len(),
-                        held: results.engine().passings_in_memory(),
-                        snapshots: results.stats().snapshots_saved,
-                    };
+                    let s = take_sample(samples.len() as u64 + 1, &mut minute_lat, cpu1 - cpu0, 60.0, uplink_up_s);
                     print_sample(&s);
                     samples.push(s);
                     cpu0 = cpu1;
-                    minute_lat.clear();
                     uplink_up_s = 0;
                 }
             }
         }
+    }
+    // The last passings usually arrive a little before the last full minute's mark: printed as
+    // a partial minute (CPU over its own seconds), left out of the first-against-last comparison.
+    if !minute_lat.is_empty() {
+        let seconds = 60.0
+            - next_sample
+                .saturating_duration_since(Instant::now())
+                .as_secs_f64();
+        let s = take_sample(
+            samples.len() as u64 + 1,
+            &mut minute_lat,
+            cpu_seconds() - cpu0,
+            seconds,
+            uplink_up_s,
+        );
+        print_sample(&s);
+        println!(
+            "(minute {} is partial: the run ended {seconds:.0} s into it)",
+            s.minute
+        );
     }
     let _master = writer.await.expect("writer");
     cancel.cancel();
