@@ -1221,34 +1221,8 @@ mod tests {
             ..SpoolConfig::default()
         };
         assert!(config.apply_on_thread, "the default runs the apply thread");
-        let append = |spool: &Spool, byte: u8| {
-            spool.append_blocking(vec![AppendStream::new(
-                StreamId::new("s").expect("id"),
-                crate::types::ExpectedVersion::Any,
-                vec![crate::types::NewEvent {
-                    event_type: "test.event".into(),
-                    schema_version: 1,
-                    payload: vec![byte],
-                    meta: crate::types::Metadata::default(),
-                }],
-            )])
-        };
-        let wait_for = |spool: &Spool, what: &str, ok: &dyn Fn(&SpoolHealth) -> bool| {
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-            loop {
-                let health = spool.health();
-                if ok(&health) {
-                    return health;
-                }
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "{what}: the health is still {health:?}"
-                );
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
-        };
         let spool = Spool::open(dir.path(), config.clone()).expect("open");
-        assert_eq!(append(&spool, 1).expect("append")[0].seq, Seq(1));
+        assert_eq!(test_append(&spool, 1).expect("append")[0].seq, Seq(1));
         let writer = || spool.inner.writer.lock().unwrap_or_else(|p| p.into_inner());
         writer().panic_apply_thread();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -1260,8 +1234,8 @@ mod tests {
 
         // The next append is durable before its inserts are handed over: it is answered, and
         // the hand-over that finds the thread gone fails the writer, naming the panic.
-        assert_eq!(append(&spool, 2).expect("append")[0].seq, Seq(2));
-        let failed = wait_for(&spool, "after the panic", &|h| {
+        assert_eq!(test_append(&spool, 2).expect("append")[0].seq, Seq(2));
+        let failed = wait_for_health(&spool, "after the panic", &|h| {
             matches!(h, SpoolHealth::Failed { .. })
         });
         let SpoolHealth::Failed { reason, .. } = failed else {
@@ -1273,11 +1247,11 @@ mod tests {
         );
 
         // The reopen replays the journal and starts a new thread; storing goes on with it.
-        wait_for(&spool, "after the reopen", &|h| *h == SpoolHealth::Storing);
+        wait_for_health(&spool, "after the reopen", &|h| *h == SpoolHealth::Storing);
         assert!(writer().apply_thread_runs(), "a new apply thread");
         for byte in 3..=200 {
             assert_eq!(
-                append(&spool, byte).expect("append after the reopen")[0].seq,
+                test_append(&spool, byte).expect("append after the reopen")[0].seq,
                 Seq(u64::from(byte))
             );
         }
@@ -1299,6 +1273,97 @@ mod tests {
             .collect();
         assert_eq!(payloads, (1..=200).collect::<Vec<u8>>());
         assert!(spool.verify().expect("verify").is_ok());
+    }
+
+    #[test]
+    fn a_panic_in_the_writer_fails_it_and_its_reopen_keeps_every_answered_append() {
+        for caller_commits in [false, true] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let mut schemas = Schemas::empty();
+            schemas.register::<Byte>();
+            let config = SpoolConfig {
+                journal_bytes: SPOOL_JOURNAL_BYTES_MIN,
+                schemas: Arc::new(schemas),
+                // On the writer's thread, or on the appending (test) thread.
+                caller_commits,
+                ..SpoolConfig::default()
+            };
+            let spool = Spool::open(dir.path(), config.clone()).expect("open");
+            assert_eq!(test_append(&spool, 1).expect("append")[0].seq, Seq(1));
+            spool
+                .inner
+                .writer
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .panic_after_flush = true;
+
+            // Answered, then the writer panics: the append is durable, the writer failed.
+            assert_eq!(test_append(&spool, 2).expect("append")[0].seq, Seq(2));
+            let failed = wait_for_health(&spool, "after the panic", &|h| {
+                matches!(h, SpoolHealth::Failed { .. })
+            });
+            let SpoolHealth::Failed { reason, .. } = failed else {
+                unreachable!()
+            };
+            assert!(
+                reason.contains("writer panicked") && reason.contains("a test asked"),
+                "the failure names the panic: {reason}"
+            );
+
+            // The reopen replays the journal; storing goes on where it was.
+            wait_for_health(&spool, "after the reopen", &|h| *h == SpoolHealth::Storing);
+            for byte in 3..=50 {
+                assert_eq!(
+                    test_append(&spool, byte).expect("append after the reopen")[0].seq,
+                    Seq(u64::from(byte)),
+                    "caller_commits: {caller_commits}"
+                );
+            }
+            drop(spool);
+            let spool = Spool::open(dir.path(), config).expect("reopen");
+            let payloads: Vec<u8> = spool
+                .read_global(Seq::FIRST, 1_000)
+                .expect("read")
+                .iter()
+                .map(|e| e.payload[0])
+                .collect();
+            assert_eq!(payloads, (1..=50).collect::<Vec<u8>>());
+            assert!(spool.verify().expect("verify").is_ok());
+        }
+    }
+
+    /// Append one test event with `byte` as its payload.
+    fn test_append(spool: &Spool, byte: u8) -> Result<Vec<Appended>> {
+        spool.append_blocking(vec![AppendStream::new(
+            StreamId::new("s").expect("id"),
+            crate::types::ExpectedVersion::Any,
+            vec![crate::types::NewEvent {
+                event_type: "test.event".into(),
+                schema_version: 1,
+                payload: vec![byte],
+                meta: crate::types::Metadata::default(),
+            }],
+        )])
+    }
+
+    /// Wait up to 10 s for the spool's health to be `ok`, and return it.
+    fn wait_for_health(
+        spool: &Spool,
+        what: &str,
+        ok: &dyn Fn(&SpoolHealth) -> bool,
+    ) -> SpoolHealth {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let health = spool.health();
+            if ok(&health) {
+                return health;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what}: the health is still {health:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
 
     /// Write `layout` into a closed spool's meta, as a release of that layout would have left it.

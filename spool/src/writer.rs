@@ -610,6 +610,9 @@ pub(crate) struct Writer {
     /// The journal's virtual head when the last checkpoint was taken (committed or not): how
     /// much has been journaled since decides when the next is due.
     checkpoint_head: u64,
+    /// Panic once the next group is durable and answered, as a bug after that would.
+    #[cfg(test)]
+    pub(crate) panic_after_flush: bool,
 }
 
 /// The writer's maps keyed by stream or idempotency key, filled per append between two syncs:
@@ -684,6 +687,8 @@ impl Writer {
             committed: None,
             in_flight: None,
             checkpoint_head: 0,
+            #[cfg(test)]
+            panic_after_flush: false,
         })
     }
 
@@ -760,10 +765,30 @@ impl Writer {
     /// Serve one group: handle each request, make the group durable and answer it, then take in
     /// a background checkpoint that committed and start one that is due.
     pub(crate) fn serve(&mut self, group: impl IntoIterator<Item = Request>) {
+        let served =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.serve_group(group)));
+        if let Err(panic) = served {
+            // A bug, not the disk, but handled as a failed write is: the group's state and the
+            // transaction are dropped (callers not yet answered get an error), the health says
+            // why, and a second later the database is reopened and the journal replayed, as a
+            // restart would. Every append answered before the panic is in the journal.
+            let message = panic_message(panic.as_ref());
+            tracing::error!(panic = %message, "the spool's writer panicked");
+            self.fail(&SpoolError::Failed {
+                reason: format!("the spool's writer panicked: {message}"),
+            });
+        }
+    }
+
+    fn serve_group(&mut self, group: impl IntoIterator<Item = Request>) {
         for request in group {
             self.handle(request);
         }
         self.flush();
+        #[cfg(test)]
+        if std::mem::take(&mut self.panic_after_flush) {
+            panic!("a test asked the spool's writer to panic");
+        }
         self.measure_disk_ahead();
         self.release_applies_if_due();
         self.settle_background();
