@@ -1211,50 +1211,32 @@ mod tests {
     fn a_panic_on_the_apply_thread_fails_the_writer_whose_reopen_starts_a_new_one_and_loses_nothing()
      {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut schemas = Schemas::empty();
-        schemas.register::<Byte>();
         let config = SpoolConfig {
-            journal_bytes: SPOOL_JOURNAL_BYTES_MIN,
-            schemas: Arc::new(schemas),
             // Every durable append goes to the apply thread at once.
             apply_linger: std::time::Duration::ZERO,
-            ..SpoolConfig::default()
+            ..panic_test_config()
         };
         assert!(config.apply_on_thread, "the default runs the apply thread");
         let spool = Spool::open(dir.path(), config.clone()).expect("open");
         assert_eq!(test_append(&spool, 1).expect("append")[0].seq, Seq(1));
         let writer = || spool.inner.writer.lock().unwrap_or_else(|p| p.into_inner());
         writer().panic_apply_thread();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while writer().apply_thread_runs() {
-            assert!(std::time::Instant::now() < deadline, "the thread panics");
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
+        wait_until("the apply thread panics", || !writer().apply_thread_runs());
         assert_eq!(spool.health(), SpoolHealth::Storing, "not noticed yet");
 
         // The next append is durable before its inserts are handed over: it is answered, and
         // the hand-over that finds the thread gone fails the writer, naming the panic.
         assert_eq!(test_append(&spool, 2).expect("append")[0].seq, Seq(2));
-        let failed = wait_for_health(&spool, "after the panic", &|h| {
-            matches!(h, SpoolHealth::Failed { .. })
-        });
-        let SpoolHealth::Failed { reason, .. } = failed else {
-            unreachable!()
-        };
+        let reason = failure_reason(&spool);
         assert!(
             reason.contains("apply thread") && reason.contains("a test asked"),
             "the failure names the thread and its panic: {reason}"
         );
 
         // The reopen replays the journal and starts a new thread; storing goes on with it.
-        wait_for_health(&spool, "after the reopen", &|h| *h == SpoolHealth::Storing);
+        wait_until("the reopen", || spool.health() == SpoolHealth::Storing);
         assert!(writer().apply_thread_runs(), "a new apply thread");
-        for byte in 3..=200 {
-            assert_eq!(
-                test_append(&spool, byte).expect("append after the reopen")[0].seq,
-                Seq(u64::from(byte))
-            );
-        }
+        append_from(&spool, 3, 200);
         spool.checkpoint_blocking().expect("checkpoint");
         assert_eq!(spool.health(), SpoolHealth::Storing);
         assert!(
@@ -1262,31 +1244,17 @@ mod tests {
             "the new thread took the inserts"
         );
         drop(spool);
-
-        // Everything answered is stored, once, in order.
-        let spool = Spool::open(dir.path(), config).expect("reopen");
-        let payloads: Vec<u8> = spool
-            .read_global(Seq::FIRST, 1_000)
-            .expect("read")
-            .iter()
-            .map(|e| e.payload[0])
-            .collect();
-        assert_eq!(payloads, (1..=200).collect::<Vec<u8>>());
-        assert!(spool.verify().expect("verify").is_ok());
+        assert_stored_once_in_order(dir.path(), config, 200);
     }
 
     #[test]
     fn a_panic_in_the_writer_fails_it_and_its_reopen_keeps_every_answered_append() {
         for caller_commits in [false, true] {
             let dir = tempfile::tempdir().expect("tempdir");
-            let mut schemas = Schemas::empty();
-            schemas.register::<Byte>();
             let config = SpoolConfig {
-                journal_bytes: SPOOL_JOURNAL_BYTES_MIN,
-                schemas: Arc::new(schemas),
                 // On the writer's thread, or on the appending (test) thread.
                 caller_commits,
-                ..SpoolConfig::default()
+                ..panic_test_config()
             };
             let spool = Spool::open(dir.path(), config.clone()).expect("open");
             assert_eq!(test_append(&spool, 1).expect("append")[0].seq, Seq(1));
@@ -1299,36 +1267,28 @@ mod tests {
 
             // Answered, then the writer panics: the append is durable, the writer failed.
             assert_eq!(test_append(&spool, 2).expect("append")[0].seq, Seq(2));
-            let failed = wait_for_health(&spool, "after the panic", &|h| {
-                matches!(h, SpoolHealth::Failed { .. })
-            });
-            let SpoolHealth::Failed { reason, .. } = failed else {
-                unreachable!()
-            };
+            let reason = failure_reason(&spool);
             assert!(
                 reason.contains("writer panicked") && reason.contains("a test asked"),
-                "the failure names the panic: {reason}"
+                "the failure names the panic (caller_commits {caller_commits}): {reason}"
             );
 
             // The reopen replays the journal; storing goes on where it was.
-            wait_for_health(&spool, "after the reopen", &|h| *h == SpoolHealth::Storing);
-            for byte in 3..=50 {
-                assert_eq!(
-                    test_append(&spool, byte).expect("append after the reopen")[0].seq,
-                    Seq(u64::from(byte)),
-                    "caller_commits: {caller_commits}"
-                );
-            }
+            wait_until("the reopen", || spool.health() == SpoolHealth::Storing);
+            append_from(&spool, 3, 50);
             drop(spool);
-            let spool = Spool::open(dir.path(), config).expect("reopen");
-            let payloads: Vec<u8> = spool
-                .read_global(Seq::FIRST, 1_000)
-                .expect("read")
-                .iter()
-                .map(|e| e.payload[0])
-                .collect();
-            assert_eq!(payloads, (1..=50).collect::<Vec<u8>>());
-            assert!(spool.verify().expect("verify").is_ok());
+            assert_stored_once_in_order(dir.path(), config, 50);
+        }
+    }
+
+    /// The panic tests' spool: a small journal, and the one-byte test events.
+    fn panic_test_config() -> SpoolConfig {
+        let mut schemas = Schemas::empty();
+        schemas.register::<Byte>();
+        SpoolConfig {
+            journal_bytes: SPOOL_JOURNAL_BYTES_MIN,
+            schemas: Arc::new(schemas),
+            ..SpoolConfig::default()
         }
     }
 
@@ -1346,24 +1306,49 @@ mod tests {
         )])
     }
 
-    /// Wait up to 10 s for the spool's health to be `ok`, and return it.
-    fn wait_for_health(
-        spool: &Spool,
-        what: &str,
-        ok: &dyn Fn(&SpoolHealth) -> bool,
-    ) -> SpoolHealth {
+    /// Append `first..=last` one by one; each must take the seq of its byte.
+    fn append_from(spool: &Spool, first: u8, last: u8) {
+        for byte in first..=last {
+            assert_eq!(
+                test_append(spool, byte).expect("append")[0].seq,
+                Seq(u64::from(byte))
+            );
+        }
+    }
+
+    /// Open the closed spool again: it holds the events `1..=last`, once, in order, and verifies.
+    fn assert_stored_once_in_order(dir: &Path, config: SpoolConfig, last: u8) {
+        let spool = Spool::open(dir, config).expect("reopen");
+        let payloads: Vec<u8> = spool
+            .read_global(Seq::FIRST, 1_000)
+            .expect("read")
+            .iter()
+            .map(|e| e.payload[0])
+            .collect();
+        assert_eq!(payloads, (1..=last).collect::<Vec<u8>>());
+        assert!(spool.verify().expect("verify").is_ok());
+    }
+
+    /// Wait up to 10 s for `done`.
+    fn wait_until(what: &str, done: impl Fn() -> bool) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            let health = spool.health();
-            if ok(&health) {
-                return health;
-            }
+        while !done() {
             assert!(
                 std::time::Instant::now() < deadline,
-                "{what}: the health is still {health:?}"
+                "waited 10 s for {what}"
             );
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
+    }
+
+    /// Wait for the writer to fail, and say why it did (read once: the reopen follows).
+    fn failure_reason(spool: &Spool) -> String {
+        let reason = std::cell::RefCell::new(None);
+        wait_until("the writer to fail", || match spool.health() {
+            SpoolHealth::Failed { reason: why, .. } => reason.borrow_mut().replace(why).is_none(),
+            _ => false,
+        });
+        reason.into_inner().expect("a failure's reason")
     }
 
     /// Write `layout` into a closed spool's meta, as a release of that layout would have left it.
