@@ -633,6 +633,14 @@ fn warm_framing_us() -> Vec<f64> {
 /// ([`node::runtime::input::INPUT_SERIAL_ENV`]) starts clean. Prints the
 /// figures as ratios to the floor the parent measured just before.
 fn child(rate: u32, seconds: u64) {
+    if std::env::var_os("NODE_BENCH_TRACE").is_some() {
+        // With the trace, the node's log (`RUST_LOG`, e.g. `spool=debug` for each background
+        // checkpoint's commit) goes to stderr with wall-clock µs, to match the trace's stamps.
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let floor: Vec<f64> = std::env::var("NODE_BENCH_FLOOR")
         .unwrap()
         .split(',')

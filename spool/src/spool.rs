@@ -1019,9 +1019,12 @@ fn spawn_ticker(tx: mpsc::WeakSender<Request>, interval: Duration) {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::Ordering;
+
     use redb::ReadableDatabase;
 
     use crate::reader::SpoolHealth;
+    use crate::writer::SPOOL_TAIL_TRIM_BATCHES;
 
     use super::*;
 
@@ -1279,6 +1282,61 @@ mod tests {
             drop(spool);
             assert_stored_once_in_order(dir.path(), config, 50);
         }
+    }
+
+    #[test]
+    fn a_background_checkpoint_lets_the_tail_go_a_slice_per_group_and_reads_see_each_event_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = SpoolConfig {
+            // A background checkpoint after 200 single-event appends, trimmed in 64s.
+            checkpoint_events: 200,
+            checkpoint_spacing: std::time::Duration::ZERO,
+            journal_bytes: 1024 * 1024,
+            ..panic_test_config()
+        };
+        assert!(config.background_checkpoints && config.apply_on_thread);
+        let spool = Spool::open(dir.path(), config.clone()).expect("open");
+        let tail_len = || spool.inner.reader.tail.read().expect("tail").len() as u64;
+        let checkpoints = || spool.counters.checkpoints.load(Ordering::Relaxed);
+        let reads_each_once = |last: u8| {
+            let seqs: Vec<u64> = spool
+                .read_global(Seq::FIRST, 1_000)
+                .expect("read")
+                .iter()
+                .map(|e| e.seq.0)
+                .collect();
+            assert_eq!(seqs, (1..=u64::from(last)).collect::<Vec<u64>>());
+        };
+        append_from(&spool, 1, 200);
+        assert_eq!(tail_len(), 200, "nothing committed yet");
+
+        // The group that learns of the commit lets go of the first slice only.
+        let mut last = 200;
+        while checkpoints() == 0 {
+            last += 1;
+            append_from(&spool, last, last);
+            assert!(last < 250, "the background checkpoint commits");
+        }
+        let after = u64::from(last) - 200;
+        assert_eq!(tail_len(), 200 + after - SPOOL_TAIL_TRIM_BATCHES as u64);
+        reads_each_once(last);
+
+        // Each later group lets go of another slice, and reads see every event once meanwhile.
+        while tail_len() > u64::from(last) - 200 {
+            let before = tail_len();
+            last += 1;
+            append_from(&spool, last, last);
+            reads_each_once(last);
+            assert!(tail_len() < before, "each group trims");
+        }
+        assert_eq!(
+            tail_len(),
+            u64::from(last) - 200,
+            "only what the checkpoint does not hold stays"
+        );
+        assert_eq!(checkpoints(), 1);
+        drop(spool);
+        assert_stored_once_in_order(dir.path(), config, last);
     }
 
     /// The panic tests' spool: a small journal, and the one-byte test events.
