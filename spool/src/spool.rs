@@ -155,6 +155,12 @@ pub struct SpoolConfig {
     /// reach the disk either way and each append is synced the same way; `false` is the former
     /// way, kept so `cargo bench -p spool` measures the gain in one run.
     pub direct_journal_writes: bool,
+    /// Let the in-memory tail go of a background checkpoint's appends a slice at a time, after
+    /// each group is answered (the default), rather than all at once in the group that learns of
+    /// the commit: at 1,000 appends a second that held the writer, and the ~10 appends behind
+    /// it, 8-9 ms (2026-12-06). `false` is the former way, kept so `cargo bench -p node` measures
+    /// the gain in one run (`VENUE_SPOOL_TAIL_TRIM=all`).
+    pub tail_trim_in_slices: bool,
 }
 
 /// Who asks [`Spool::commit_here`] to commit on its thread.
@@ -282,6 +288,7 @@ impl Default for SpoolConfig {
             apply_linger: Duration::from_millis(SPOOL_APPLY_LINGER_MS_DEFAULT),
             thread_cores: None,
             direct_journal_writes: true,
+            tail_trim_in_slices: true,
         }
     }
 }
@@ -445,6 +452,7 @@ impl Spool {
             apply_cores: config.thread_cores.as_ref().map(|c| c.apply.clone()),
             background_checkpoints: config.background_checkpoints,
             apply_linger: config.apply_linger,
+            tail_trim_in_slices: config.tail_trim_in_slices,
             event_inserts: if config.chunked_events {
                 tables::EventInserts::Chunks
             } else if config.appended_event_inserts {
@@ -1336,7 +1344,24 @@ mod tests {
         );
         assert_eq!(checkpoints(), 1);
         drop(spool);
-        assert_stored_once_in_order(dir.path(), config, last);
+        assert_stored_once_in_order(dir.path(), config.clone(), last);
+
+        // The former way lets go of all of them in that group.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = SpoolConfig {
+            tail_trim_in_slices: false,
+            ..config
+        };
+        let spool = Spool::open(dir.path(), config).expect("open");
+        let tail_len = || spool.inner.reader.tail.read().expect("tail").len() as u64;
+        append_from(&spool, 1, 200);
+        let mut last = 200;
+        while spool.counters.checkpoints.load(Ordering::Relaxed) == 0 {
+            last += 1;
+            append_from(&spool, last, last);
+            assert!(last < 250, "the background checkpoint commits");
+        }
+        assert_eq!(tail_len(), u64::from(last) - 200);
     }
 
     /// The panic tests' spool: a small journal, and the one-byte test events.

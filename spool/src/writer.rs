@@ -527,6 +527,8 @@ pub(crate) struct Policy {
     pub(crate) background_checkpoints: bool,
     /// How long durable inserts may wait for the apply thread ([`crate::SpoolConfig::apply_linger`]).
     pub(crate) apply_linger: Duration,
+    /// [`crate::SpoolConfig::tail_trim_in_slices`].
+    pub(crate) tail_trim_in_slices: bool,
 }
 
 impl Policy {
@@ -823,7 +825,11 @@ impl Writer {
         self.settle_background();
         self.maybe_checkpoint(false);
         // Twice the group's appends at least, so the trim outpaces a flood.
-        self.trim_tail(SPOOL_TAIL_TRIM_BATCHES.max(2 * requests));
+        self.trim_tail(if self.policy.tail_trim_in_slices {
+            SPOOL_TAIL_TRIM_BATCHES.max(2 * requests)
+        } else {
+            usize::MAX
+        });
     }
 
     /// Let the tail go of up to `max_batches` appends that a committed checkpoint holds, and
@@ -833,7 +839,7 @@ impl Writer {
         let Some(seq) = self.trim_pending else {
             return;
         };
-        let mut dropped = Vec::with_capacity(max_batches);
+        let mut dropped = Vec::with_capacity(max_batches.min(SPOOL_TAIL_TRIM_BATCHES));
         let done = self
             .tail
             .write()
@@ -2131,6 +2137,7 @@ mod tests {
             apply_cores: None,
             background_checkpoints: true,
             apply_linger: Duration::ZERO,
+            tail_trim_in_slices: true,
         };
         let ms = Duration::from_millis;
         let due = |events, journal_bytes, since| {

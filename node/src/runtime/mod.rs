@@ -55,6 +55,12 @@ pub const SPOOL_CALLER_COMMITS_ENV: &str = "VENUE_SPOOL_CALLER_COMMITS";
 /// the same run; not for production.
 pub const SPOOL_DIRECT_JOURNAL_ENV: &str = "VENUE_SPOOL_DIRECT_JOURNAL";
 
+/// Set to `all`, the spool lets go of a background checkpoint's appends from its memory all at
+/// once (the node's path before 2026-12-06) instead of a slice after each group
+/// ([`spool::SpoolConfig::tail_trim_in_slices`]). Kept so `cargo bench -p node` measures both in
+/// the same run; not for production.
+pub const SPOOL_TAIL_TRIM_ENV: &str = "VENUE_SPOOL_TAIL_TRIM";
+
 /// Set to `0`, the spool's writer hands each durable group's inserts to its apply thread at once
 /// (the node's path before 2026-12-03), instead of holding them up to
 /// [`spool::SPOOL_APPLY_LINGER_MS_DEFAULT`] ms ([`spool::SpoolConfig::apply_linger`]). Kept so
@@ -148,6 +154,9 @@ pub fn spool_config(config: &Config) -> SpoolConfig {
                  keeping {NODE_CALLER_COMMIT_IDLE_US}"
             ),
         }
+    }
+    if std::env::var_os(SPOOL_TAIL_TRIM_ENV).is_some_and(|v| v == "all") {
+        sc.tail_trim_in_slices = false;
     }
     if std::env::var_os(SPOOL_DIRECT_JOURNAL_ENV).is_some_and(|v| v == "0") {
         sc.direct_journal_writes = false;
