@@ -25,10 +25,14 @@
 //! another). Then the node as its own process at a steady 100 passings/s: CPU % and RSS, the
 //! small-box budget.
 //!
-//! Each latency run is a child process of the bench: the node's default (the decoder inputs on a
+//! Each latency run is a child process of the bench. Every run has the node's default, the design
+//! it replaced last and the default beside an uplink drain; `NODE_BENCH_PREVIOUS=1` adds the
+//! earlier designs' rows (see [`PATHS`]), which follow. The rows: the node's default (the decoder inputs on a
 //! thread of their own, kept with the spool's writer to the core that takes the disk's
 //! interrupts, the spool's apply thread on another core, and the input reading while up to two
-//! appends are in flight; see `node::runtime::input_thread`), the inputs on the runtime's workers
+//! appends are in flight; see `node::runtime::input_thread`), the same with the spool's tail letting
+//! go of a checkpoint's appends all at once (`VENUE_SPOOL_TAIL_TRIM=all`, the default before
+//! 2026-12-06), the inputs on the runtime's workers
 //! where an append commits on the input's worker when the spool's writer is idle (the previous
 //! default, `VENUE_NODE_INPUT_THREAD=workers`; the rows below all keep it), the same with the
 //! spool's threads on any core (`VENUE_SPOOL_THREAD_CORES=any`), every append
@@ -43,14 +47,19 @@
 //! `NODE_BENCH_CHILD` but no longer a row), and once more on the default path while the uplink drains a backlog of
 //! stored events to a central of its own (the "held while the uplink drains": the line says
 //! how many events the drain moved meanwhile). They run in rounds after a fresh floor, so every
-//! line is a ratio to a floor measured moments before it. Each run also prints where the time went,
+//! line is a ratio to a floor measured moments before it. After the rounds at each rate, each row's
+//! samples over all of them are pooled against the floor's in the same turns, with the floor
+//! against itself and the bare reader beside them (see [`pooled`]): the figures the targets
+//! are read against. Each run also prints where the time went,
 //! from the wall-clock stamps the path leaves on every event (see `Stages`). Built with
 //! `--features path-probe`, each run also splits the time from the read to the journal's write at
 //! six points (`spool::path_probe`), beside the same framing done warm, again and again.
 //!
-//! `cargo bench -p node --bench node` (`NODE_BENCH_SECONDS` scales each run, default 10;
+//! `cargo bench -p node --bench node` (`NODE_BENCH_SECONDS` scales each run, default 30, 10 before
+//! 2026-12-06;
 //! `NODE_BENCH_ROUNDS`, default 2; `NODE_BENCH_TRACE=<file>` writes each passing's stamps as CSV, for
-//! finding when a stall happened: use it with one child run, `NODE_BENCH_CHILD=<rate>`;
+//! finding when a stall happened: use it with one child run, `NODE_BENCH_CHILD=<rate>`, and with
+//! `RUST_LOG=spool=debug` the node's log, with each background checkpoint's commit, goes to stderr;
 //! `NODE_BENCH_PLAY_CORES=other` or `any` moves the decoder player off the input's core;
 //! `NODE_BENCH_STATUS=data` has the node rewrite its status file in the data directory, on the
 //! spool's disk, as before 2026-12-04, instead of on tmpfs as systemd has it on the box,
@@ -464,6 +473,7 @@ fn floor_against_floor(rate: u32, seconds: u64) {
         "{rate:>5} passings/s: the floor in the node's turns against the floor in the others (the measure's own spread): {}",
         common::against(&node_side, &floor)
     );
+    keep_samples(&node_side, &floor);
 }
 
 /// The least any program can take from a decoder's byte on this PTY to durable: a bare reader in
@@ -571,6 +581,61 @@ fn bare_reader_against_floor(rate: u32, seconds: u64) {
         pct(&sync, 0.5),
         pct(&sync, 0.99),
     );
+    keep_samples(&durable, &floor);
+}
+
+/// The environment variable naming where a child run leaves its samples for the parent's pooled
+/// figures ([`pooled`]): `<it>.side` and `<it>.floor`, µs, one a line.
+const SAMPLES_ENV: &str = "NODE_BENCH_SAMPLES";
+
+/// Leave a child run's samples, its side's and the floor's in its turns, where [`SAMPLES_ENV`]
+/// says, if it says.
+fn keep_samples(side: &[f64], floor: &[f64]) {
+    let Ok(at) = std::env::var(SAMPLES_ENV) else {
+        return;
+    };
+    for (ext, samples) in [("side", side), ("floor", floor)] {
+        let text: String = samples.iter().map(|v| format!("{v}\n")).collect();
+        std::fs::write(format!("{at}.{ext}"), text).unwrap();
+    }
+}
+
+/// Samples a child run left at `at` ([`keep_samples`]), or nothing if it left none.
+fn kept_samples(at: &Path, ext: &str) -> Vec<f64> {
+    std::fs::read_to_string(at.with_extension(ext))
+        .map(|text| text.lines().map(|l| l.parse().unwrap()).collect())
+        .unwrap_or_default()
+}
+
+/// A row's samples over every round at one rate, each side's together, against the floor's in
+/// the same turns: p50, p99 and p99.9 as ratios. One 30-s round at 100/s puts its p99 on the 30
+/// slowest of 3,000 passings, and this disk's ~0.2-s episodes of ~1-ms syncs fall unevenly
+/// between the two sides' turns (the floor against itself spread 0.57-1.35x at p99 in 10-s
+/// rounds, 2026-12-06); pooled, the most moments of the disk stand behind each ratio.
+fn pooled(samples: &Path, tag: &str, rounds: usize) -> String {
+    let (mut side, mut floor) = (Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        let at = samples.join(format!("{tag}-r{round}"));
+        side.extend(kept_samples(&at, "side"));
+        floor.extend(kept_samples(&at, "floor"));
+    }
+    side.sort_by(f64::total_cmp);
+    floor.sort_by(f64::total_cmp);
+    let ratio = |q| pct(&side, q) / pct(&floor, q);
+    format!(
+        "p50 {:.2}x  p99 {:.2}x  p99.9 {:.2}x  ({:.0} / {:.0} µs, {:.0} / {:.0} µs, {:.0} / {:.0} µs)  [{} / {} samples]",
+        ratio(0.5),
+        ratio(0.99),
+        ratio(0.999),
+        pct(&side, 0.5),
+        pct(&floor, 0.5),
+        pct(&side, 0.99),
+        pct(&floor, 0.99),
+        pct(&side, 0.999),
+        pct(&floor, 0.999),
+        side.len(),
+        floor.len()
+    )
 }
 
 /// With `--features path-probe`: the run's appends that the input committed on its own thread,
@@ -696,6 +761,7 @@ fn child(rate: u32, seconds: u64) {
             lat.len()
         );
     }
+    keep_samples(&durable, turns);
     stages.print();
     print_path_probe();
     if let Some((drain, during)) = drain {
@@ -715,6 +781,12 @@ fn child(rate: u32, seconds: u64) {
     }
 }
 
+/// Each run's length in seconds of passings, unless `NODE_BENCH_SECONDS` says otherwise. Until
+/// 2026-12-06 it was 10: a p99 over 1,000 passings at 100/s is their 10th slowest, and whether one
+/// more of this disk's ~0.2-s episodes of slow syncs fell in the node's turns or the floor's moved
+/// it by up to 1.8x (the floor against itself: 0.57-1.35x).
+const SECONDS_DEFAULT: u64 = 30;
+
 /// The runs the bench compares: (label, the input's path, and if the uplink drains a backlog
 /// beside the run, the value of [`uplink::drain::UPLINK_DRAIN_CORE_ENV`]). The input's path is
 /// `0` for the node's default, `any` for the default with the spool's threads on any core
@@ -728,65 +800,97 @@ fn child(rate: u32, seconds: u64) {
 /// `buffered` for the default with the spool's journal written through the page cache
 /// ([`node::runtime::SPOOL_DIRECT_JOURNAL_ENV`]`=0`), `idle-2ms` for the default with an
 /// append committing on the input's thread only after the writer was idle 2 ms
-/// ([`node::runtime::SPOOL_CALLER_COMMIT_IDLE_ENV`]`=2000`), and `nice0` for the default with the
-/// inputs' thread at nice 0 ([`node::runtime::input_thread::INPUT_NICE_ENV`]`=0`).
-const PATHS: [(&str, &str, Option<&str>); 11] = [
+/// ([`node::runtime::SPOOL_CALLER_COMMIT_IDLE_ENV`]`=2000`), `nice0` for the default with the
+/// inputs' thread at nice 0 ([`node::runtime::input_thread::INPUT_NICE_ENV`]`=0`), and `trim-all`
+/// for the default with the spool's tail letting go of a checkpoint's appends at once
+/// ([`node::runtime::SPOOL_TAIL_TRIM_ENV`]`=all`). Last, whether the row runs [`EVERY`] time or
+/// only with [`PREVIOUS_ENV`]`=1` ([`PREVIOUS`]).
+const PATHS: [(&str, &str, Option<&str>, bool); 12] = [
     (
         "the node's default (the inputs on a thread of their own on the disk's interrupt core, beside the spool's writer; its apply thread on another core; two appends in flight)",
         "0",
         None,
+        EVERY,
+    ),
+    (
+        "the default with the spool's tail letting go of a checkpoint's appends all at once (VENUE_SPOOL_TAIL_TRIM=all, the default before 2026-12-06)",
+        "trim-all",
+        None,
+        EVERY,
     ),
     (
         "the default with the writer idle 2 ms before an append commits on the input's thread (VENUE_SPOOL_CALLER_COMMIT_IDLE_US=2000, the default before 2026-12-05)",
         "idle-2ms",
         None,
+        PREVIOUS,
     ),
     (
         "the default with the spool's journal written through the page cache (VENUE_SPOOL_DIRECT_JOURNAL=0, the default before 2026-12-05)",
         "buffered",
         None,
+        PREVIOUS,
     ),
     (
         "the default with the inputs' thread at nice 0 (VENUE_NODE_INPUT_NICE=0, the default before 2026-12-05)",
         "nice0",
         None,
+        PREVIOUS,
     ),
     (
         "the inputs on the runtime's workers, an idle writer's commit on the input's worker (VENUE_NODE_INPUT_THREAD=workers, the default before 2026-12-03)",
         "workers",
         None,
+        PREVIOUS,
     ),
     (
         "the spool's threads on any core (VENUE_SPOOL_THREAD_CORES=any, the previous default)",
         "any",
         None,
+        PREVIOUS,
     ),
     (
         "every append through the writer thread's queue (VENUE_SPOOL_CALLER_COMMITS=0, the default before that)",
         "queue",
         None,
+        PREVIOUS,
     ),
     (
         "the spool's inserts handed to its apply thread per group (VENUE_SPOOL_APPLY_LINGER_MS=0, the default before 2026-12-03)",
         "eager",
         None,
+        PREVIOUS,
     ),
     (
         "one append in flight, through the queue (VENUE_NODE_INPUT_IN_FLIGHT=1, an earlier default)",
         "one",
         None,
+        PREVIOUS,
     ),
     (
         "the node's default while the uplink drains a backlog to central (drain off the disk's interrupt cores, the default)",
         "0",
         Some("auto"),
+        EVERY,
     ),
     (
         "the same with the race projection's fold on any core (VENUE_RESULTS_FOLD_CORES=any, the default until 2026-12-04)",
         "fold-any",
         Some("auto"),
+        PREVIOUS,
     ),
 ];
+
+/// A row of [`PATHS`] in every run: the node's default, alone and beside a drain, and the design
+/// it replaced last.
+const EVERY: bool = true;
+
+/// A row of [`PATHS`] only with [`PREVIOUS_ENV`]`=1`: the earlier designs, each measured against
+/// the default in the runs of its day (`docs/bench-runs/`). Left out by default so that the
+/// default's rows get rounds long enough for a p99 (a run of every row at 30 s would take an hour).
+const PREVIOUS: bool = false;
+
+/// Set to `1`, the bench runs the earlier designs' rows too ([`PREVIOUS`]).
+const PREVIOUS_ENV: &str = "NODE_BENCH_PREVIOUS";
 
 /// The defaults the environment of every row but their own restates, as the environment gives
 /// them: [`spool::SPOOL_APPLY_LINGER_MS_DEFAULT`], [`node::runtime::NODE_CALLER_COMMIT_IDLE_US`] and
@@ -799,13 +903,14 @@ static INPUT_NICE: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| node::runtime::input_thread::INPUT_NICE.to_string());
 
 /// The environment that selects the input's path (see [`PATHS`]).
-fn path_envs(path: &str) -> [(&'static str, &'static str); 10] {
+fn path_envs(path: &str) -> [(&'static str, &'static str); 11] {
     let eager = path == "eager";
+    let trim_all = path == "trim-all";
     let fold_any = path == "fold-any";
     let buffered = path == "buffered";
     let idle_2ms = path == "idle-2ms";
     let nice0 = path == "nice0";
-    let path = if fold_any || buffered || idle_2ms || nice0 {
+    let path = if fold_any || buffered || idle_2ms || nice0 || trim_all {
         "0"
     } else {
         path
@@ -826,6 +931,10 @@ fn path_envs(path: &str) -> [(&'static str, &'static str); 10] {
         (
             node::runtime::SPOOL_DIRECT_JOURNAL_ENV,
             if buffered { "0" } else { "1" },
+        ),
+        (
+            node::runtime::SPOOL_TAIL_TRIM_ENV,
+            if trim_all { "all" } else { "slices" },
         ),
         (
             node::runtime::input_thread::INPUT_THREAD_ENV,
@@ -874,7 +983,7 @@ fn main() {
     let seconds: u64 = std::env::var("NODE_BENCH_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(10);
+        .unwrap_or(SECONDS_DEFAULT);
     if let Ok(rate) = std::env::var("NODE_BENCH_FLOOR_AA") {
         floor_against_floor(rate.parse().unwrap(), seconds);
         return;
@@ -892,8 +1001,29 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(2);
     let dir = tempfile::tempdir_in(".").unwrap();
+    let samples = tempfile::tempdir().unwrap();
     let run_dir = RunDir::new();
+    let previous = std::env::var(PREVIOUS_ENV).is_ok_and(|v| v == "1");
+    let paths: Vec<_> = PATHS
+        .iter()
+        .filter(|(_, _, _, every)| *every || previous)
+        .collect();
     println!("node: {}", run_dir.describe());
+    println!(
+        "node: {seconds}-s runs, {rounds} rounds; {}",
+        if previous {
+            "with the earlier designs' rows"
+        } else {
+            "the earlier designs' rows left out (NODE_BENCH_PREVIOUS=1 runs them)"
+        }
+    );
+    // Each child's samples, for the figures pooled over the rounds (`pooled`).
+    let tag = |path: &str, drain: Option<&str>, rate: u32| {
+        format!(
+            "{path}-{}-{rate}",
+            if drain.is_some() { "drain" } else { "alone" }
+        )
+    };
     let exe = std::env::current_exe().unwrap();
     // Floor, new, old, in rounds, so the other engineers' load hits each alike; each ratio is to
     // the floor measured just before it.
@@ -924,19 +1054,23 @@ fn main() {
                 pct(&fl, 0.5),
                 pct(&fl, 0.99)
             );
+            let keep = |tag: &str| samples.path().join(format!("{tag}-r{round}"));
             let out = std::process::Command::new(&exe)
                 .env("NODE_BENCH_FLOOR_AA", rate.to_string())
+                .env(SAMPLES_ENV, keep(&format!("aa-{rate}")))
                 .output()
                 .unwrap();
             print!("{}", String::from_utf8_lossy(&out.stdout));
             let out = std::process::Command::new(&exe)
                 .env("NODE_BENCH_BARE_READER", rate.to_string())
+                .env(SAMPLES_ENV, keep(&format!("bare-{rate}")))
                 .output()
                 .unwrap();
             print!("{}", String::from_utf8_lossy(&out.stdout));
-            for (label, serial, drain) in PATHS {
+            for (label, serial, drain, _) in &paths {
                 let out = std::process::Command::new(&exe)
                     .env("NODE_BENCH_CHILD", rate.to_string())
+                    .env(SAMPLES_ENV, keep(&tag(serial, *drain, rate)))
                     .env("NODE_BENCH_FLOOR", &floors)
                     .env("NODE_BENCH_DRAIN", if drain.is_some() { "1" } else { "0" })
                     .env(
@@ -953,8 +1087,26 @@ fn main() {
                 print!("{}", String::from_utf8_lossy(&out.stdout));
             }
         }
+        println!(
+            "pooled at {rate}/s, each side's samples over the {rounds} rounds together, against the floor in the same turns (the ratios the issue's targets read):"
+        );
+        println!(
+            "  the floor against itself (the measure's own spread): {}",
+            pooled(samples.path(), &format!("aa-{rate}"), rounds)
+        );
+        println!(
+            "  a bare reader of the PTY (the least a reader of this line pays): {}",
+            pooled(samples.path(), &format!("bare-{rate}"), rounds)
+        );
+        for (label, serial, drain, _) in &paths {
+            let short = label.split(" (").next().unwrap_or(label);
+            println!(
+                "  {short}: byte in -> durable {}",
+                pooled(samples.path(), &tag(serial, *drain, rate), rounds)
+            );
+        }
     }
-    for (label, serial, _) in PATHS.iter().filter(|(_, _, drain)| drain.is_none()) {
+    for (label, serial, _, _) in paths.iter().filter(|(_, _, drain, _)| drain.is_none()) {
         let (cpu, rss, hwm) = resources(seconds, serial, &run_dir);
         println!(
             "node process at 100 passings/s, {label}: CPU {cpu:.1} % of one core, RSS {} KiB (peak {} KiB)",
