@@ -247,9 +247,9 @@ struct Run {
     /// The floor measured in the run's other turns.
     floor: common::FloorRun,
     stages: Stages,
-    /// With a drain: what it did, and byte in -> durable (µs, sorted) over the passings written
-    /// while it ran.
-    drain: Option<(String, Vec<f64>)>,
+    /// With a drain: what it did, byte in -> durable (µs, sorted) over the passings written while
+    /// it ran, and the floor over the records due in the same seconds (its turns between them).
+    drain: Option<(String, Vec<f64>, Vec<f64>)>,
 }
 
 /// One latency run. With `drain`, the uplink drains a backlog of [`DRAIN_BACKLOG_EVENTS`] to a
@@ -408,6 +408,15 @@ async fn latency_run(rate: u32, seconds: u64, drain: bool) -> Run {
     }
     durable.sort_by(f64::total_cmp);
     while_draining.sort_by(f64::total_cmp);
+    // The floor over the same seconds: the drain's reads and the central's writes share the disk
+    // with both sides' syncs while it runs, and not after.
+    let mut floor_while_draining: Vec<f64> = floor
+        .by_arrival
+        .iter()
+        .filter(|(at, _)| drain_end.is_none_or(|end| started_std + *at < end))
+        .map(|&(_, r)| r)
+        .collect();
+    floor_while_draining.sort_by(f64::total_cmp);
     woken.sort_by(f64::total_cmp);
     read.sort_by(f64::total_cmp);
     Run {
@@ -416,7 +425,7 @@ async fn latency_run(rate: u32, seconds: u64, drain: bool) -> Run {
         seen: read,
         floor,
         stages,
-        drain: drained.map(|line| (line, while_draining)),
+        drain: drained.map(|line| (line, while_draining, floor_while_draining)),
     }
 }
 
@@ -591,9 +600,17 @@ const SAMPLES_ENV: &str = "NODE_BENCH_SAMPLES";
 /// Leave a child run's samples, its side's and the floor's in its turns, where [`SAMPLES_ENV`]
 /// says, if it says.
 fn keep_samples(side: &[f64], floor: &[f64]) {
-    let Ok(at) = std::env::var(SAMPLES_ENV) else {
+    keep_samples_as("", side, floor);
+}
+
+/// [`keep_samples`], at `<it>-<part>` for a part of the run.
+fn keep_samples_as(part: &str, side: &[f64], floor: &[f64]) {
+    let Ok(mut at) = std::env::var(SAMPLES_ENV) else {
         return;
     };
+    if !part.is_empty() {
+        at = format!("{at}-{part}");
+    }
     for (ext, samples) in [("side", side), ("floor", floor)] {
         let text: String = samples.iter().map(|v| format!("{v}\n")).collect();
         std::fs::write(format!("{at}.{ext}"), text).unwrap();
@@ -615,7 +632,11 @@ fn kept_samples(at: &Path, ext: &str) -> Vec<f64> {
 fn pooled(samples: &Path, tag: &str, rounds: usize) -> String {
     let (mut side, mut floor) = (Vec::new(), Vec::new());
     for round in 1..=rounds {
-        let at = samples.join(format!("{tag}-r{round}"));
+        // `<tag>-during` names a part of each round's run (`keep_samples_as`).
+        let at = match tag.strip_suffix("-during") {
+            Some(tag) => samples.join(format!("{tag}-r{round}-during")),
+            None => samples.join(format!("{tag}-r{round}")),
+        };
         side.extend(kept_samples(&at, "side"));
         floor.extend(kept_samples(&at, "floor"));
     }
@@ -764,19 +785,23 @@ fn child(rate: u32, seconds: u64) {
     keep_samples(&durable, turns);
     stages.print();
     print_path_probe();
-    if let Some((drain, during)) = drain {
+    if let Some((drain, during, floor_during)) = drain {
         println!("{drain}");
         if !during.is_empty() {
+            // Against the floor over the same seconds since 2026-12-06; before, against the
+            // floor over the whole run, most of it after the drain had caught up.
             println!(
-                "        byte in -> durable over the passings written while the drain ran: p50 {:.0} µs ({:.2}x floor in turns, {:.2}x its syncs alone)  p99 {:.0} µs ({:.2}x floor in turns p99, {:.2}x its syncs alone)  [{} samples]",
+                "        byte in -> durable over the passings written while the drain ran: p50 {:.0} µs ({:.2}x the floor in its turns over the same seconds, {:.2}x over the whole run)  p99 {:.0} µs ({:.2}x the same seconds' floor p99, {:.2}x the whole run's)  [{} samples, {} floor records]",
                 pct(&during, 0.5),
+                pct(&during, 0.5) / pct(&floor_during, 0.5),
                 pct(&during, 0.5) / pct(turns, 0.5),
-                pct(&during, 0.5) / pct(syncs, 0.5),
                 pct(&during, 0.99),
+                pct(&during, 0.99) / pct(&floor_during, 0.99),
                 pct(&during, 0.99) / pct(turns, 0.99),
-                pct(&during, 0.99) / pct(syncs, 0.99),
-                during.len()
+                during.len(),
+                floor_during.len()
             );
+            keep_samples_as("during", &during, &floor_during);
         }
     }
 }
@@ -1104,6 +1129,16 @@ fn main() {
                 "  {short}: byte in -> durable {}",
                 pooled(samples.path(), &tag(serial, *drain, rate), rounds)
             );
+            if drain.is_some() {
+                println!(
+                    "    over the passings written while the drain ran, against the floor over the same seconds: {}",
+                    pooled(
+                        samples.path(),
+                        &format!("{}-during", tag(serial, *drain, rate)),
+                        rounds
+                    )
+                );
+            }
         }
     }
     for (label, serial, _, _) in paths.iter().filter(|(_, _, drain, _)| drain.is_none()) {

@@ -285,6 +285,7 @@ impl FloorFile {
         use std::os::unix::fs::FileExt;
         let records = vec![0x5au8; Self::RECORD_BYTES * self.n];
         let (mut service, mut response) = (Vec::new(), Vec::with_capacity(self.n));
+        let mut by_arrival = Vec::with_capacity(self.n);
         let mut i = 0;
         while i < self.n {
             let due = start + at(i);
@@ -311,12 +312,17 @@ impl FloorFile {
             for k in i..end {
                 let arrived = if k == i && idle { t } else { start + at(k) };
                 response.push(done.saturating_duration_since(arrived).as_secs_f64() * 1e6);
+                by_arrival.push((at(k), *response.last().unwrap()));
             }
             i = end;
         }
         service.sort_by(f64::total_cmp);
         response.sort_by(f64::total_cmp);
-        FloorRun { service, response }
+        FloorRun {
+            service,
+            response,
+            by_arrival,
+        }
     }
 }
 
@@ -357,6 +363,9 @@ pub struct FloorRun {
     /// Each record from its arrival to the return of the sync that made it durable: the floor of
     /// the node's byte -> durable.
     pub response: Vec<f64>,
+    /// The same, in the order the records were due, each with when it was due from the run's
+    /// start: for the floor over part of a run (the node bench's seconds beside a drain).
+    pub by_arrival: Vec<(Duration, f64)>,
 }
 
 /// The runtime directory systemd gives the node on the box (`RuntimeDirectory=`, tmpfs), where it
