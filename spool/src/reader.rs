@@ -99,6 +99,11 @@ impl AppendBatch {
     fn first_seq(&self) -> u64 {
         self.rows.first_seq().unwrap_or(0)
     }
+
+    /// The seq of the batch's last event (the tail holds no empty batch).
+    fn last_seq(&self) -> u64 {
+        self.rows.last_seq().unwrap_or(0)
+    }
 }
 
 /// Hash maps of the tail, filled for every append on the writer's path between two syncs:
@@ -186,9 +191,7 @@ impl Tail {
 
     /// The stored bytes of the tail's event at `seq`.
     fn bytes(&self, seq: u64) -> Option<&[u8]> {
-        let at = self
-            .batches
-            .partition_point(|b| b.first_seq() + b.rows.len() as u64 <= seq);
+        let at = self.batches.partition_point(|b| b.last_seq() < seq);
         let batch = self.batches.get(at)?;
         let index = usize::try_from(seq.checked_sub(batch.first_seq())?).ok()?;
         batch.records.get(index)
@@ -203,9 +206,7 @@ impl Tail {
 
     /// The tail's events from `seq` on, as seqs and stored bytes.
     pub(crate) fn range_from(&self, seq: u64) -> impl Iterator<Item = (u64, &[u8])> {
-        let at = self
-            .batches
-            .partition_point(|b| b.first_seq() + b.rows.len() as u64 <= seq);
+        let at = self.batches.partition_point(|b| b.last_seq() < seq);
         self.batches.range(at..).flat_map(move |batch| {
             let first = batch.first_seq();
             let skip = usize::try_from(seq.saturating_sub(first)).unwrap_or(usize::MAX);
@@ -261,7 +262,10 @@ impl Tail {
                         v1.idempotency_key.as_deref(),
                     );
                 }
-                self.push_batch(Arc::new(AppendBatch::new(encoded, rows)));
+                // The writer journals no empty append; were one there, it adds nothing.
+                if rows.len() > 0 {
+                    self.push_batch(Arc::new(AppendBatch::new(encoded, rows)));
+                }
             }
             JournalOpV1::Ack { cursor, seq } => self.ack(cursor, *seq),
         }
@@ -287,7 +291,7 @@ impl Tail {
             let Some(batch) = self.batches.front() else {
                 break;
             };
-            let last = batch.first_seq() + batch.rows.len() as u64 - 1;
+            let last = batch.last_seq();
             if last > seq {
                 break;
             }
@@ -317,10 +321,7 @@ impl Tail {
             self.trimmed_through = self.trimmed_through.max(last);
             dropped.extend(self.batches.pop_front());
         }
-        let done = self
-            .batches
-            .front()
-            .is_none_or(|b| b.first_seq() + b.rows.len() as u64 - 1 > seq);
+        let done = self.batches.front().is_none_or(|b| b.last_seq() > seq);
         if done {
             self.trimmed_through = self.trimmed_through.max(seq);
         }
@@ -351,9 +352,7 @@ impl Tail {
     }
 
     fn last_seq(&self) -> Option<u64> {
-        self.batches
-            .back()
-            .map(|b| b.first_seq() + b.rows.len() as u64 - 1)
+        self.batches.back().map(|b| b.last_seq())
     }
 }
 

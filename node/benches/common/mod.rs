@@ -284,7 +284,7 @@ impl FloorFile {
     pub fn run(self, start: Instant, at: impl Fn(usize) -> Duration) -> FloorRun {
         use std::os::unix::fs::FileExt;
         let records = vec![0x5au8; Self::RECORD_BYTES * self.n];
-        let (mut service, mut response) = (Vec::new(), Vec::with_capacity(self.n));
+        let mut service = Vec::new();
         let mut by_arrival = Vec::with_capacity(self.n);
         let mut i = 0;
         while i < self.n {
@@ -311,12 +311,13 @@ impl FloorFile {
             service.push((done - t).as_secs_f64() * 1e6);
             for k in i..end {
                 let arrived = if k == i && idle { t } else { start + at(k) };
-                response.push(done.saturating_duration_since(arrived).as_secs_f64() * 1e6);
-                by_arrival.push((at(k), *response.last().unwrap()));
+                let response = done.saturating_duration_since(arrived).as_secs_f64() * 1e6;
+                by_arrival.push((at(k), response));
             }
             i = end;
         }
         service.sort_by(f64::total_cmp);
+        let mut response: Vec<f64> = by_arrival.iter().map(|&(_, r)| r).collect();
         response.sort_by(f64::total_cmp);
         FloorRun {
             service,
