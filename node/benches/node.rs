@@ -136,11 +136,20 @@ impl Stages {
     }
 }
 
-/// The events waiting for central when a drain round starts: about what a round (10 s of the
-/// node's turns and 10 s of the floor's) drains on this machine, ~200,000 events/s (before
-/// 2026-12-04 it was 400,000, drained in the first ~2 s of a round). The round prints when the
-/// drain caught up, and byte -> durable over the passings written before then.
-const DRAIN_BACKLOG_EVENTS: u32 = 4_000_000;
+/// How fast this machine drains a backlog to the bench's central, events/s (~200,000 on
+/// 2026-12-06; 400,000 before 2026-12-04). A drain round starts with this many events waiting
+/// per second of the round (the node's turns and the floor's), so the drain runs the whole round
+/// and the p99 over the drain's seconds is taken from every passing, not the third of them a fixed
+/// 4,000,000 covered once rounds grew to 30 s (on 2026-12-06, 960 of 3,000 passings at 100/s:
+/// p99 was then the 10th slowest). The round prints when the drain caught up, and byte ->
+/// durable over the passings written before then.
+const DRAIN_EVENTS_PER_S: u64 = 200_000;
+
+/// The backlog a drain round starts with: [`DRAIN_EVENTS_PER_S`] for each second of a round of
+/// `seconds` of the node's turns and as many of the floor's.
+fn drain_backlog_events(seconds: u64) -> u32 {
+    u32::try_from(DRAIN_EVENTS_PER_S * 2 * seconds).unwrap_or(u32::MAX)
+}
 
 /// The token the node and the drain round's central share.
 const DRAIN_TOKEN: &str = "bench-token-0123456789abcdef";
@@ -252,7 +261,7 @@ struct Run {
     drain: Option<(String, Vec<f64>, Vec<f64>)>,
 }
 
-/// One latency run. With `drain`, the uplink drains a backlog of [`DRAIN_BACKLOG_EVENTS`] to a
+/// One latency run. With `drain`, the uplink drains a backlog of [`drain_backlog_events`] to a
 /// central of its own the whole time.
 async fn latency_run(rate: u32, seconds: u64, drain: bool) -> Run {
     let dir = tempfile::tempdir_in(".").unwrap();
@@ -262,7 +271,7 @@ async fn latency_run(rate: u32, seconds: u64, drain: bool) -> Run {
     let node = Node::open(&config).await.unwrap();
     let spool: Spool = node.spool.clone();
     if drain {
-        fill_backlog(&spool, DRAIN_BACKLOG_EVENTS).await;
+        fill_backlog(&spool, drain_backlog_events(seconds)).await;
     }
     let cancel = CancellationToken::new();
     let run = tokio::spawn({
