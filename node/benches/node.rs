@@ -138,11 +138,13 @@ impl Stages {
 
 /// How fast this machine drains a backlog to the bench's central, events/s (~200,000 on
 /// 2026-12-06; 400,000 before 2026-12-04). A drain round starts with this many events waiting
-/// per second of the round (the node's turns and the floor's), so the drain runs the whole round
-/// and the p99 over the drain's seconds is taken from every passing, not the third of them a fixed
-/// 4,000,000 covered once rounds grew to 30 s (on 2026-12-06, 960 of 3,000 passings at 100/s:
-/// p99 was then the 10th slowest). The round prints when the drain caught up, and byte ->
-/// durable over the passings written before then.
+/// per second of the round (the node's turns and the floor's), so the drain runs until just
+/// before the round ends (0.5-4 s before, on 2026-12-06) and the p99 over the drain's seconds is
+/// taken from nearly every passing, not the third of them a fixed 4,000,000 covered once rounds
+/// grew to 30 s (on 2026-12-06, 960 of 3,000 passings at 100/s: p99 was then the 10th slowest).
+/// The round prints when the drain caught up, and byte -> durable over the passings written
+/// before then. Central's store for a 30-s round's 12,000,000 events takes ~4 GB of `/dev/shm`
+/// (~1.3 GB per 4,000,000 measured); a shorter `NODE_BENCH_SECONDS` takes less.
 const DRAIN_EVENTS_PER_S: u64 = 200_000;
 
 /// The backlog a drain round starts with: [`DRAIN_EVENTS_PER_S`] for each second of a round of
