@@ -99,6 +99,9 @@ pub const RESULTS_FOLD_NICE: i32 = 5;
 /// only on I/O or a corrupted record; retrying at once would spin.
 pub const FOLD_RETRY_MS: u64 = 1_000;
 
+/// While reading the spool keeps failing, how often the fold logs it again, with a count.
+pub const FOLD_FAILURE_LOG_EVERY_S: u64 = 60;
+
 /// How the projection runs.
 #[derive(Debug, Clone)]
 pub struct ResultsConfig {
@@ -432,6 +435,9 @@ async fn fold_loop(inner: &Inner, cancel: CancellationToken) -> Snapshots {
     let start = Seq(*inner.changed.borrow());
     let mut sub = inner.spool.subscribe(fold::filter(), Some(start.next()));
     let mut snapshots = Snapshots::new(start);
+    // A spool that cannot be read (a full disk, a writer reopening) fails every retry: the first
+    // failure is logged, then a count once a minute, and the recovery once.
+    let mut failing: Option<(Instant, u64)> = None;
     loop {
         // `Subscription::next` is cancel-safe: an event it read stays in its buffer.
         let first = tokio::select! {
@@ -450,11 +456,28 @@ async fn fold_loop(inner: &Inner, cancel: CancellationToken) -> Snapshots {
             }
         };
         let first = match first {
-            Ok(event) => event,
+            Ok(event) => {
+                if let Some((_, failures)) = failing.take() {
+                    tracing::info!(failures, "race projection: reading the spool works again");
+                }
+                event
+            }
             Err(SpoolError::Closed) => break,
             Err(e) => {
                 let why = spool::error_chain(&e);
-                tracing::error!(error = %why, "race projection: reading the spool failed; retrying");
+                match &mut failing {
+                    None => {
+                        tracing::error!(error = %why, "race projection: reading the spool failed; retrying every second");
+                        failing = Some((Instant::now(), 1));
+                    }
+                    Some((logged, failures)) => {
+                        *failures += 1;
+                        if logged.elapsed() >= Duration::from_secs(FOLD_FAILURE_LOG_EVERY_S) {
+                            tracing::error!(error = %why, failures = *failures, "race projection: reading the spool still fails; retrying every second");
+                            *logged = Instant::now();
+                        }
+                    }
+                }
                 inner.stats().last_error = Some(why);
                 tokio::time::sleep(Duration::from_millis(FOLD_RETRY_MS)).await;
                 continue;
