@@ -82,9 +82,8 @@ use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
 use common::{
-    RunDir, Turns, cpu_seconds, durable_at, floor, free_port, node_reading, paced_floor, pct, play,
-    played, player_cores, proc_status_kib, pty, pty_blocking, spawn_central, spawn_run, uplink_to,
-    watch_durable,
+    Central, RunDir, Turns, cpu_seconds, durable_at, floor, node_reading, paced_floor, pct, play,
+    played, player_cores, proc_status_kib, pty, pty_blocking, spawn_run, uplink_to, watch_durable,
 };
 
 fn passing(n: u32) -> Vec<u8> {
@@ -156,60 +155,11 @@ fn drain_backlog_events(seconds: u64) -> u32 {
 /// The token the node and the drain round's central share.
 const DRAIN_TOKEN: &str = "bench-token-0123456789abcdef";
 
-/// Central as a child process of the latency run, for the drain round, with its store: killed
-/// and removed when dropped.
-struct Central {
-    child: std::process::Child,
-    /// Removed after the child is killed.
-    _store: tempfile::TempDir,
-}
-
-impl Drop for Central {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts central on a free port and points the node's uplink at it.
+/// Starts central apart from the node (see [`common::Central`]) and points the node's uplink at it.
 fn with_central(dir: &Path, config: &mut Config) -> Central {
-    let port = free_port();
-    // In the field central is another machine. Here it runs at the lowest CPU priority, off the
-    // cores that take the disk's interrupts (its loopback sends and receives would delay the
-    // node's fdatasyncs there, as the drain's would: see `uplink::drain::cores`), and keeps its
-    // store in memory (`/dev/shm` where there is one), so neither its CPU, its network work nor its
-    // fsyncs are counted as the node's drain.
-    let shm = Path::new("/dev/shm");
-    let store = if shm.is_dir() {
-        tempfile::tempdir_in(shm)
-    } else {
-        tempfile::tempdir_in(dir)
-    }
-    .unwrap();
-    let online = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let avoid = uplink::drain::storage_interrupt_cores(dir).unwrap_or_default();
-    let cores: Vec<String> = (0..online)
-        .filter(|c| !avoid.contains(c))
-        .map(|c| c.to_string())
-        .collect();
-    let mut prefix: Vec<String> = Vec::new();
-    if !cores.is_empty() {
-        prefix.extend(["taskset".into(), "-c".into(), cores.join(",")]);
-    }
-    prefix.extend(["nice".into(), "-n".into(), "19".into()]);
-    let child = spawn_central(
-        dir,
-        port,
-        ("bench", DRAIN_TOKEN),
-        store.path(),
-        &prefix,
-        "error",
-    );
-    config.uplink = Some(uplink_to(dir, port, DRAIN_TOKEN));
-    Central {
-        child,
-        _store: store,
-    }
+    let central = Central::apart(dir, ("bench", DRAIN_TOKEN), "error");
+    config.uplink = Some(uplink_to(dir, central.port, DRAIN_TOKEN));
+    central
 }
 
 /// A backlog for the drain round: decoder status events of a second decoder, stored as a day

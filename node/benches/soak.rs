@@ -38,7 +38,7 @@
 
 mod common;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -53,7 +53,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use common::{free_port, pct, pty, spawn_central, uplink_to};
+use common::{Central, pct, pty, uplink_to};
 
 const TRACK: &str = "soak";
 const TOKEN: &str = "soak-token-0123456789abcdef";
@@ -194,11 +194,37 @@ struct Sample {
     p99_us: f64,
     max_us: f64,
     passings: usize,
+    /// Where the minute's slowest passing spent its time.
+    slowest: Stages,
+    /// How long the previous sample took this loop: passings that became durable meanwhile were
+    /// stamped seen only after it.
+    sampling_ms: f64,
     /// Passings the race engine holds in memory: flat once it evicts what no open session needs.
     held: usize,
     /// Race snapshots saved so far: a minute where this moves is one where the spool's writer also
     /// committed the snapshot's chunks.
     snapshots: u64,
+}
+
+/// One passing's path in ms, from its stamps: byte written -> captured by the input (`read`),
+/// -> handed to the spool's writer (`hand`), -> its group's fdatasync returned (`sync`), -> this
+/// bench's loop took it from its subscription (`seen`).
+#[derive(Clone, Copy, Default)]
+struct Stages {
+    read: f64,
+    hand: f64,
+    sync: f64,
+    seen: f64,
+}
+
+impl std::fmt::Display for Stages {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:.1}/{:.1}/{:.1}/{:.1}",
+            self.read, self.hand, self.sync, self.seen
+        )
+    }
 }
 
 fn config(dir: &Path, device: PathBuf, central: u16, cap_mib: u64) -> Config {
@@ -214,7 +240,7 @@ fn config(dir: &Path, device: PathBuf, central: u16, cap_mib: u64) -> Config {
 
 fn print_sample(s: &Sample) {
     println!(
-        "| {:>3} | {:>7} | {:>7} | {:>6} | {:>6} | {:>6} | {:>6} | {:>5} | {:>5.1} | {:>3} | {:>7.1} | {:>7} | {:>3} | {:>6.0} | {:>6.0} | {:>7.0} | {:>5} | {:>7} | {:>2} |",
+        "| {:>3} | {:>7} | {:>7} | {:>6} | {:>6} | {:>6} | {:>6} | {:>5} | {:>5.1} | {:>3} | {:>7.1} | {:>7} | {:>3} | {:>6.0} | {:>6.0} | {:>7.0} | {:>21} | {:>5.1} | {:>5} | {:>7} | {:>2} |",
         s.minute,
         s.rss_kib,
         s.anon.total(),
@@ -231,6 +257,8 @@ fn print_sample(s: &Sample) {
         s.p50_us,
         s.p99_us,
         s.max_us,
+        s.slowest.to_string(),
+        s.sampling_ms,
         s.passings,
         s.held,
         s.snapshots
@@ -243,17 +271,11 @@ async fn soak(
     rate: u32,
     (up_s, down_s): (u64, u64),
     cap_mib: u64,
+    as_box: bool,
 ) -> Vec<Sample> {
     let (mut master, link) = pty(dir);
-    let central_port = free_port();
-    let mut central = spawn_central(
-        dir,
-        central_port,
-        (TRACK, TOKEN),
-        &dir.join("central-store"),
-        &[],
-        "warn",
-    );
+    let central = Central::start(dir, (TRACK, TOKEN), "warn", as_box);
+    let central_port = central.port;
     let wan = TcpListener::bind("127.0.0.1:0").await.expect("relay");
     let wan_port = wan.local_addr().expect("relay address").port();
     let (up_tx, up_rx) = watch::channel(true);
@@ -278,7 +300,12 @@ async fn soak(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
-    let in_flight: Arc<Mutex<HashMap<u32, Instant>>> = Arc::default();
+    // Each passing's write: its instant, and the same moment as wall-clock µs (the node's stamps
+    // are), so the node's stamps can be placed on this clock from the passing's own pair.
+    let in_flight: Arc<Mutex<HashMap<u32, (Instant, u64)>>> = Arc::default();
+    let mut durable = spool.watch_durable();
+    // The syncs not yet matched to a passing seen, oldest first: bounded by the passings in flight.
+    let mut syncs: VecDeque<(u64, Instant)> = VecDeque::new();
     let total = u64::from(rate) * 60 * minutes;
     let writer = tokio::spawn({
         let in_flight = in_flight.clone();
@@ -287,11 +314,12 @@ async fn soak(
             let start = tokio::time::Instant::now();
             for n in 1..=total as u32 {
                 tokio::time::sleep_until(start + interval * n).await;
-                master.write_all(&passing(n)).await.expect("PTY write");
+                let wrote = (Instant::now(), spool::now_us());
                 in_flight
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .insert(n, Instant::now());
+                    .insert(n, wrote);
+                master.write_all(&passing(n)).await.expect("PTY write");
                 // The node's GET_TIME queries pile up in the PTY unless read.
                 let mut sink = [0u8; 256];
                 while let Ok(Ok(_)) =
@@ -304,14 +332,20 @@ async fn soak(
     });
 
     println!(
-        "| min | RSS KiB | anon KiB | heap | arenas | other | cache KiB | tail | CPU % | fds | spool MiB | backlog | up s | p50 µs | p99 µs | max µs | passings | held | snap |"
+        "| min | RSS KiB | anon KiB | heap | arenas | other | cache KiB | tail | CPU % | fds | spool MiB | backlog | up s | p50 µs | p99 µs | max µs | max: read/hand/sync/seen ms | sample ms | passings | held | snap |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!(
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
     let started = Instant::now();
     let cycle = Duration::from_secs(up_s + down_s);
     let mut samples = Vec::new();
     let mut cpu0 = cpu_seconds();
     let mut minute_lat: Vec<f64> = Vec::new();
+    // The minute's slowest passing so far: µs byte -> seen, and its stages.
+    let mut slowest = (0.0, Stages::default());
+    let mut durable_open = true;
+    let mut sampling_ms = 0.0;
     let mut received = 0u64;
     let mut next_sample = started + Duration::from_secs(60);
     let mut uplink_up_s = 0u64;
@@ -319,7 +353,12 @@ async fn soak(
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     // One sample of the minute's passings (sorted and cleared here), `cpu` seconds of CPU over
     // `seconds` of it.
-    let take_sample = |minute: u64, lat: &mut Vec<f64>, cpu: f64, seconds: f64, up_s: u64| {
+    let take_sample = |minute: u64,
+                       lat: &mut Vec<f64>,
+                       (slowest, sampling_ms): (&mut (f64, Stages), f64),
+                       cpu: f64,
+                       seconds: f64,
+                       up_s: u64| {
         lat.sort_by(f64::total_cmp);
         let memory = spool.memory();
         let s = Sample {
@@ -341,6 +380,8 @@ async fn soak(
             p50_us: pct(lat, 0.5),
             p99_us: pct(lat, 0.99),
             max_us: lat.last().copied().unwrap_or(f64::NAN),
+            slowest: std::mem::take(slowest).1,
+            sampling_ms,
             passings: lat.len(),
             held: results.engine().passings_in_memory(),
             snapshots: results.stats().snapshots_saved,
@@ -352,12 +393,40 @@ async fn soak(
         tokio::select! {
             e = sub.next() => {
                 let e = e.expect("subscription");
-                let durable = Instant::now();
+                let (seen, seen_us) = (Instant::now(), spool::now_us());
                 let p = catalog::Passing::from_event(&e).expect("a passing");
-                if let Some(t) = in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&p.passing_number) {
-                    minute_lat.push(durable.saturating_duration_since(t).as_secs_f64() * 1e6);
+                // The first sync that made it durable; a watch keeps only the newest value, so
+                // one this loop did not take in time reads as the next (its `sync` longer).
+                while syncs.front().is_some_and(|&(seq, _)| seq < e.seq.0) {
+                    syncs.pop_front();
+                }
+                let synced = syncs.front().map_or(seen, |&(_, at)| at);
+                let wrote = in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&p.passing_number);
+                if let Some((t, wrote_us)) = wrote {
+                    let ms = |from: u64, to: u64| to.saturating_sub(from) as f64 / 1e3;
+                    let synced_us = wrote_us + synced.saturating_duration_since(t).as_micros() as u64;
+                    let (captured, recorded) = (e.meta.captured_at_us, e.recorded_at_us);
+                    let stages = Stages {
+                        read: ms(wrote_us, captured),
+                        hand: ms(captured, recorded),
+                        sync: ms(recorded, synced_us),
+                        seen: ms(synced_us, seen_us),
+                    };
+                    let us = seen.saturating_duration_since(t).as_secs_f64() * 1e6;
+                    if us > slowest.0 {
+                        slowest = (us, stages);
+                    }
+                    minute_lat.push(us);
                 }
                 received += 1;
+            }
+            changed = durable.changed(), if durable_open => {
+                if changed.is_ok() {
+                    let mark = *durable.borrow_and_update();
+                    syncs.push_back((mark.seq.0, mark.synced_at));
+                } else {
+                    durable_open = false;
+                }
             }
             _ = tick.tick() => {
                 let up = started.elapsed().as_secs() % cycle.as_secs() < up_s;
@@ -369,7 +438,16 @@ async fn soak(
                 if Instant::now() >= next_sample {
                     next_sample += Duration::from_secs(60);
                     let cpu1 = cpu_seconds();
-                    let s = take_sample(samples.len() as u64 + 1, &mut minute_lat, cpu1 - cpu0, 60.0, uplink_up_s);
+                    let began = Instant::now();
+                    let s = take_sample(
+                        samples.len() as u64 + 1,
+                        &mut minute_lat,
+                        (&mut slowest, sampling_ms),
+                        cpu1 - cpu0,
+                        60.0,
+                        uplink_up_s,
+                    );
+                    sampling_ms = began.elapsed().as_secs_f64() * 1e3;
                     print_sample(&s);
                     samples.push(s);
                     cpu0 = cpu1;
@@ -388,6 +466,7 @@ async fn soak(
         let s = take_sample(
             samples.len() as u64 + 1,
             &mut minute_lat,
+            (&mut slowest, sampling_ms),
             cpu_seconds() - cpu0,
             seconds,
             uplink_up_s,
@@ -401,8 +480,7 @@ async fn soak(
     let _master = writer.await.expect("writer");
     cancel.cancel();
     run.await.expect("node task").expect("node run");
-    drop(central.kill());
-    drop(central.wait());
+    drop(central);
     samples
 }
 
@@ -414,7 +492,50 @@ fn mean(samples: &[Sample], f: impl Fn(&Sample) -> f64) -> f64 {
     samples.iter().map(f).sum::<f64>() / samples.len().max(1) as f64
 }
 
+/// Set in the soak's own child process, which runs the node.
+const CHILD_ENV: &str = "SOAK_CHILD";
+
+/// `0` runs the soak as it ran before 2026-12-06, not as the box runs the node (see [`main`]).
+const AS_BOX_ENV: &str = "SOAK_AS_BOX";
+
+/// glibc's cap on its heap arenas, read when a process starts.
+const ARENA_MAX_ENV: &str = "MALLOC_ARENA_MAX";
+
+/// The arena cap the box's unit sets, read from the unit itself so the soak follows it.
+fn unit_arena_max() -> Option<&'static str> {
+    include_str!("../../systemd/venue-node.service")
+        .lines()
+        .find_map(|l| l.strip_prefix("Environment=MALLOC_ARENA_MAX="))
+}
+
+/// The soak runs the node as the box's unit does: with glibc's arenas capped as the unit caps
+/// them and the status file in a runtime directory on tmpfs, and with central placed apart
+/// ([`Central::apart`]). glibc reads its cap and the node its runtime directory from the
+/// environment at start, so the bench runs itself again as a child process with both set (a
+/// `MALLOC_ARENA_MAX` already in the environment is kept, to compare caps). With
+/// `SOAK_AS_BOX=0` it runs as before 2026-12-06: in this process, glibc's default arenas, the
+/// status file rewritten in the data directory each second, and central at normal priority with
+/// its store on the spool's disk.
 fn main() {
+    let as_box = std::env::var(AS_BOX_ENV).map_or(true, |v| v != "0");
+    if as_box && std::env::var_os(CHILD_ENV).is_none() {
+        let runtime = tempfile::tempdir_in("/dev/shm")
+            .or_else(|_| tempfile::tempdir())
+            .expect("a runtime directory");
+        let mut child = std::process::Command::new(std::env::current_exe().expect("this bench"));
+        child
+            .args(std::env::args_os().skip(1))
+            .env(CHILD_ENV, "1")
+            .env(node::runtime::RUNTIME_DIRECTORY_ENV, runtime.path());
+        if std::env::var_os(ARENA_MAX_ENV).is_none()
+            && let Some(max) = unit_arena_max()
+        {
+            child.env(ARENA_MAX_ENV, max);
+        }
+        let status = child.status().expect("the soak's child process");
+        drop(runtime);
+        std::process::exit(status.code().unwrap_or(1));
+    }
     let minutes = env_u64("SOAK_MINUTES", 60);
     let rate = u32::try_from(env_u64("SOAK_RATE", 100)).expect("SOAK_RATE fits u32");
     let up_s = env_u64("SOAK_UPLINK_UP_S", 240);
@@ -426,12 +547,36 @@ fn main() {
         "soak: {minutes} min at {rate} passings/s; uplink up {up_s} s, down {down_s} s; spool cap {cap_mib} MiB; in {}",
         dir.path().display()
     );
+    let var = |name| std::env::var(name).unwrap_or_else(|_| "unset".into());
+    println!(
+        "      {}: {ARENA_MAX_ENV}={}, {}={}, central {}",
+        if as_box {
+            "as the box runs the node"
+        } else {
+            "as before 2026-12-06 (SOAK_AS_BOX=0)"
+        },
+        var(ARENA_MAX_ENV),
+        node::runtime::RUNTIME_DIRECTORY_ENV,
+        var(node::runtime::RUNTIME_DIRECTORY_ENV),
+        if as_box {
+            "at nice 19 off the disk's interrupt cores, its store on /dev/shm"
+        } else {
+            "at normal priority, its store on the spool's disk"
+        }
+    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
-    let samples = rt.block_on(soak(dir.path(), minutes, rate, (up_s, down_s), cap_mib));
+    let samples = rt.block_on(soak(
+        dir.path(),
+        minutes,
+        rate,
+        (up_s, down_s),
+        cap_mib,
+        as_box,
+    ));
     let window = (samples.len() / 6).clamp(1, 10);
     let (first, last) = (&samples[..window], &samples[samples.len() - window..]);
     println!("\nfirst {window} min vs last {window} min (means):");

@@ -498,6 +498,67 @@ pub fn spawn_central(
         .unwrap_or_else(|e| panic!("starting central ({exe}): {e}"))
 }
 
+/// Central as a child process, placed as another machine would be: killed, and its store
+/// removed, when dropped.
+pub struct Central {
+    child: std::process::Child,
+    /// Where it listens, on 127.0.0.1.
+    pub port: u16,
+    /// Removed after the child is killed.
+    _store: tempfile::TempDir,
+}
+
+impl Central {
+    /// Central on a free port, taking `token` for `track`. In the field central is another
+    /// machine. Here it runs at the lowest CPU priority, off the cores that take the disk's
+    /// interrupts (its loopback sends and receives would delay the node's fdatasyncs there, as
+    /// the drain's would: see `uplink::drain::cores`), and keeps its store in memory (`/dev/shm`
+    /// where there is one), so neither its CPU, its network work nor its fsyncs are counted as
+    /// the node's.
+    pub fn apart(dir: &Path, auth: (&str, &str), log: &str) -> Central {
+        Central::start(dir, auth, log, true)
+    }
+
+    /// Central placed [`Central::apart`], or, with `apart` false, as the soak ran it before
+    /// 2026-12-06: at normal priority on any core, its store on the spool's disk in `dir`.
+    pub fn start(dir: &Path, (track, token): (&str, &str), log: &str, apart: bool) -> Central {
+        let port = free_port();
+        let shm = Path::new("/dev/shm");
+        let store = if apart && shm.is_dir() {
+            tempfile::tempdir_in(shm)
+        } else {
+            tempfile::tempdir_in(dir)
+        }
+        .expect("central's store directory");
+        let mut prefix: Vec<String> = Vec::new();
+        if apart {
+            let online = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let avoid = uplink::drain::storage_interrupt_cores(dir).unwrap_or_default();
+            let cores: Vec<String> = (0..online)
+                .filter(|c| !avoid.contains(c))
+                .map(|c| c.to_string())
+                .collect();
+            if !cores.is_empty() {
+                prefix.extend(["taskset".into(), "-c".into(), cores.join(",")]);
+            }
+            prefix.extend(["nice".into(), "-n".into(), "19".into()]);
+        }
+        let child = spawn_central(dir, port, (track, token), store.path(), &prefix, log);
+        Central {
+            child,
+            port,
+            _store: store,
+        }
+    }
+}
+
+impl Drop for Central {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// The node's uplink to a central on 127.0.0.1:`port`, with `token` in a file in `dir`.
 pub fn uplink_to(dir: &Path, port: u16, token: &str) -> node::config::UplinkSettings {
     let token_file = dir.join("uplink-token");
