@@ -297,6 +297,7 @@ pub mod path_probe;
 pub mod projection;
 mod reader;
 pub mod record;
+mod recurring;
 mod retention;
 pub mod schema;
 mod spool;
@@ -311,6 +312,7 @@ pub use crate::error::{Result, SpoolError, error_chain};
 pub use crate::reader::{
     Backlog, CursorStats, Memory, READ_EVENTS_MAX, SpoolHealth, SpoolReader, Stats,
 };
+pub use crate::recurring::{Due, RECURRING_LOG_EVERY, Recurring};
 pub use crate::retention::{
     CAP_SLICE_EVENTS_MIN, RETENTION_EVENTS_PER_RUN_MAX, SPOOL_CAP_MEASURE_PARTS,
 };

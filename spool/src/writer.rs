@@ -40,6 +40,7 @@ use crate::error::{DbContext, Result, SpoolError, error_chain};
 use crate::journal::Journal;
 use crate::reader::{AppendBatch, Counters, SpoolHealth, Tail};
 use crate::record::{EncodedRecords, JournalFrame, JournalOpV1, append_frame_to, postcard_bytes};
+use crate::recurring::{Due, Recurring};
 use crate::retention::Retention;
 use crate::tables::{self, ParkedRow, ProjectionRow, SnapshotRow};
 use crate::types::{
@@ -563,6 +564,8 @@ struct Failure {
     since_us: u64,
     last_attempt: Instant,
     attempts: u64,
+    /// The failed reopens: the first is logged, then one a minute.
+    reopen_log: Recurring,
 }
 
 /// Whether an event of an append is new or repeats a stored (or earlier) idempotency key.
@@ -1421,6 +1424,7 @@ impl Writer {
                 since_us: now_us(),
                 last_attempt: Instant::now(),
                 attempts: 0,
+                reopen_log: Recurring::default(),
             });
         }
         self.discard_txn();
@@ -1558,8 +1562,12 @@ impl Writer {
                 self.disk_checked = None;
             }
             Err(error) => {
-                // Logged once a minute: the failure itself was logged when it happened.
-                if attempts == 1 || attempts % 60 == 0 {
+                // The failure itself was logged when it happened.
+                let due = self
+                    .failed
+                    .as_mut()
+                    .map_or(Due::Quiet, |f| f.reopen_log.failed());
+                if due != Due::Quiet {
                     tracing::warn!(
                         error = %error_chain(&error),
                         attempts,

@@ -99,9 +99,6 @@ pub const RESULTS_FOLD_NICE: i32 = 5;
 /// only on I/O or a corrupted record; retrying at once would spin.
 pub const FOLD_RETRY_MS: u64 = 1_000;
 
-/// While reading the spool keeps failing, how often the fold logs it again, with a count.
-pub const FOLD_FAILURE_LOG_EVERY_S: u64 = 60;
-
 /// How the projection runs.
 #[derive(Debug, Clone)]
 pub struct ResultsConfig {
@@ -437,7 +434,8 @@ async fn fold_loop(inner: &Inner, cancel: CancellationToken) -> Snapshots {
     let mut snapshots = Snapshots::new(start);
     // A spool that cannot be read (a full disk, a writer reopening) fails every retry: the first
     // failure is logged, then a count once a minute, and the recovery once.
-    let mut failing: Option<(Instant, u64)> = None;
+    // While reading the spool keeps failing: its first failure, then a count once a minute.
+    let mut failing = spool::Recurring::default();
     loop {
         // `Subscription::next` is cancel-safe: an event it read stays in its buffer.
         let first = tokio::select! {
@@ -457,7 +455,7 @@ async fn fold_loop(inner: &Inner, cancel: CancellationToken) -> Snapshots {
         };
         let first = match first {
             Ok(event) => {
-                if let Some((_, failures)) = failing.take() {
+                if let Some(failures) = failing.recovered() {
                     tracing::info!(failures, "race projection: reading the spool works again");
                 }
                 event
@@ -465,18 +463,14 @@ async fn fold_loop(inner: &Inner, cancel: CancellationToken) -> Snapshots {
             Err(SpoolError::Closed) => break,
             Err(e) => {
                 let why = spool::error_chain(&e);
-                match &mut failing {
-                    None => {
+                match failing.failed() {
+                    spool::Due::First => {
                         tracing::error!(error = %why, "race projection: reading the spool failed; retrying every second");
-                        failing = Some((Instant::now(), 1));
                     }
-                    Some((logged, failures)) => {
-                        *failures += 1;
-                        if logged.elapsed() >= Duration::from_secs(FOLD_FAILURE_LOG_EVERY_S) {
-                            tracing::error!(error = %why, failures = *failures, "race projection: reading the spool still fails; retrying every second");
-                            *logged = Instant::now();
-                        }
+                    spool::Due::Again { failures } => {
+                        tracing::error!(error = %why, failures, "race projection: reading the spool still fails; retrying every second");
                     }
+                    spool::Due::Quiet => {}
                 }
                 inner.stats().last_error = Some(why);
                 tokio::time::sleep(Duration::from_millis(FOLD_RETRY_MS)).await;

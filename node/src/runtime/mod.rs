@@ -583,9 +583,8 @@ struct StatusWriter {
     since_us: u64,
     refused_at_summary: u64,
     last_summary: std::time::Instant,
-    /// The status file's write error, while writes fail, and how many failed.
-    file_error: Option<(String, u64)>,
-    last_file_summary: std::time::Instant,
+    /// The status file's failed writes, while they fail.
+    file_failures: spool::Recurring,
 }
 
 /// What one status tick learned on its blocking thread.
@@ -616,8 +615,9 @@ impl StatusWriter {
             since_us: now_us(),
             refused_at_summary: 0,
             last_summary: std::time::Instant::now(),
-            file_error: None,
-            last_file_summary: std::time::Instant::now(),
+            file_failures: spool::Recurring::new(Duration::from_secs(
+                SPOOL_ALARM_SUMMARY_INTERVAL_S,
+            )),
         }
     }
 
@@ -710,29 +710,24 @@ impl StatusWriter {
         });
     }
 
-    /// Logs a failing status file once, then a summary every [`SPOOL_ALARM_SUMMARY_INTERVAL_S`].
+    /// Logs a failing status file once, then a summary every [`SPOOL_ALARM_SUMMARY_INTERVAL_S`],
+    /// then its recovery once.
     fn file_result(&mut self, path: &Path, written: std::io::Result<()>) {
-        match (written, &mut self.file_error) {
-            (Ok(()), None) => {}
-            (Ok(()), Some((_, failures))) => {
-                tracing::info!(path = %path.display(), failures = *failures, "the status file is written again");
-                self.file_error = None;
-            }
-            (Err(e), None) => {
-                tracing::warn!(error = %e, path = %path.display(), "could not write the status file; retrying every second");
-                self.file_error = Some((e.to_string(), 1));
-                self.last_file_summary = std::time::Instant::now();
-            }
-            (Err(e), Some((last, failures))) => {
-                *failures += 1;
-                *last = e.to_string();
-                if self.last_file_summary.elapsed()
-                    >= Duration::from_secs(SPOOL_ALARM_SUMMARY_INTERVAL_S)
-                {
-                    tracing::warn!(error = %last, path = %path.display(), failures = *failures, "the status file still cannot be written");
-                    self.last_file_summary = std::time::Instant::now();
+        match written {
+            Ok(()) => {
+                if let Some(failures) = self.file_failures.recovered() {
+                    tracing::info!(path = %path.display(), failures, "the status file is written again");
                 }
             }
+            Err(e) => match self.file_failures.failed() {
+                spool::Due::First => {
+                    tracing::warn!(error = %e, path = %path.display(), "could not write the status file; retrying every second");
+                }
+                spool::Due::Again { failures } => {
+                    tracing::warn!(error = %e, path = %path.display(), failures, "the status file still cannot be written");
+                }
+                spool::Due::Quiet => {}
+            },
         }
     }
 }

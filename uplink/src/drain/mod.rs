@@ -772,8 +772,8 @@ struct Sender<'a> {
     rate: VecDeque<(Instant, u64)>,
     /// Index in `drain.urls` of the central instance batches go to now.
     central: usize,
-    /// When the current run of failures was last logged as a warning; `None` after a success.
-    warned_at: Option<Instant>,
+    /// The current run of failures, logged as a warning first and then once a minute.
+    failing: spool::Recurring,
 }
 
 /// The sender stopped because of `cancel`.
@@ -806,7 +806,7 @@ impl<'a> Sender<'a> {
             last_ack: Instant::now(),
             rate: VecDeque::new(),
             central: 0,
-            warned_at: None,
+            failing: spool::Recurring::new(Duration::from_secs(UPLINK_FAILURE_WARN_EVERY_S)),
         }
     }
 
@@ -1070,7 +1070,7 @@ impl<'a> Sender<'a> {
         let span = self.rate.front().map_or(window, |(t, _)| {
             now.duration_since(*t).max(Duration::from_secs(1))
         });
-        self.warned_at = None;
+        self.failing.recovered();
         self.publish(|s| {
             s.forwarded += events;
             s.duplicates += duplicates;
@@ -1095,26 +1095,18 @@ impl<'a> Sender<'a> {
 
     fn failure(&mut self, reason: &str) {
         // The first failure after a success is a warning, and so is one every
-        // UPLINK_FAILURE_WARN_EVERY_S while they go on; the others are counted in the status
+        // UPLINK_FAILURE_WARN_EVERY_S while they go on, with the run's count; the others are counted in the status
         // (`failures`, `last_error`) and logged at debug, so a WAN that is down for days does not
         // write a warning per retry. The recovery is logged once, with the last error.
-        let now = Instant::now();
-        let every = Duration::from_secs(UPLINK_FAILURE_WARN_EVERY_S);
-        match self.warned_at {
-            Some(at) if now.duration_since(at) < every => {
+        match self.failing.failed() {
+            spool::Due::First => tracing::warn!(reason, "forwarding a batch failed; will retry"),
+            spool::Due::Again { failures } => tracing::warn!(
+                reason,
+                failures,
+                "forwarding batches still fails; will retry"
+            ),
+            spool::Due::Quiet => {
                 tracing::debug!(reason, "forwarding a batch failed again; will retry");
-            }
-            first => {
-                let failures = self.drain.status.borrow().failures + 1;
-                match first {
-                    None => tracing::warn!(reason, "forwarding a batch failed; will retry"),
-                    Some(_) => tracing::warn!(
-                        reason,
-                        failures,
-                        "forwarding batches still fails; will retry"
-                    ),
-                }
-                self.warned_at = Some(now);
             }
         }
         self.publish(|s| {
