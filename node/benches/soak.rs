@@ -21,6 +21,12 @@
 //! minute's passings, the passings the race engine holds in memory, and the race snapshots saved so
 //! far. At the end, the first and last ten minutes are compared.
 //!
+//! Beside the node, a probe appends a 96-byte record to a preallocated file on the spool's disk
+//! and fdatasyncs it every `SOAK_DISK_PROBE_MS`: the disk's own floor, measured through the run.
+//! A minute whose slowest passing waited in the spool's sync while the probe's slowest sync of the
+//! same minute took as long was the disk's, not the node's. With `SOAK_TRACE`, each probe sync is
+//! also written to `<trace>.disk.csv` (its wall-clock start µs and its µs).
+//!
 //! The memory columns tell a bounded cache from a leak: redb's cache fills up to the spool's
 //! `cache_bytes` (16 MiB) in the first minutes and stays there, and what glibc's per-thread arenas
 //! hold beyond the live data shows as `arenas` minus `cache KiB`. To see the allocator's share,
@@ -35,6 +41,9 @@
 //! | `SOAK_UPLINK_DOWN_S` | 120 | seconds it is cut in each cycle |
 //! | `SOAK_CAP_MIB` | 128 | the spool's `cap_bytes`: near it, history central has acknowledged is deleted, so the spool stops growing once it gets there |
 //! | `SOAK_DIR` | system temp dir | where the node's data and central's store go |
+//! | `SOAK_DISK_PROBE_MS` | 100 | how often the disk probe syncs (see below); `0`: no probe |
+//! | `SOAK_AS_BOX` | 1 | `0` runs the soak as before 2026-12-06 (see `main`) |
+//! | `SOAK_TRACE` | unset | a file: each passing's stamps as CSV, the `node` bench's `NODE_BENCH_TRACE` columns; the node's log (`RUST_LOG`) then goes to stderr |
 
 mod common;
 
@@ -53,7 +62,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use common::{Central, pct, pty, uplink_to};
+use common::{Central, pct, preallocated, pty, uplink_to};
 
 const TRACK: &str = "soak";
 const TOKEN: &str = "soak-token-0123456789abcdef";
@@ -175,6 +184,81 @@ fn spool_bytes(dir: &Path) -> u64 {
     })
 }
 
+/// The disk's own floor through the run: a thread that writes a record in place and fdatasyncs it
+/// every `interval`, in a ring of [`DiskProbe::RECORDS`] in a preallocated file in `dir`.
+struct DiskProbe {
+    /// (wall-clock µs at the write, µs to the sync's return) of each sync not yet sampled.
+    syncs: Arc<Mutex<Vec<(u64, u64)>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl DiskProbe {
+    const RECORDS: usize = 4096;
+    const RECORD_BYTES: usize = 96;
+
+    fn start(dir: &Path, interval: Duration, trace: Option<PathBuf>) -> DiskProbe {
+        use std::os::unix::fs::FileExt;
+        let file = preallocated(&dir.join("disk-probe"), Self::RECORDS * Self::RECORD_BYTES);
+        let syncs: Arc<Mutex<Vec<(u64, u64)>>> = Arc::default();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = std::thread::spawn({
+            let (syncs, stop) = (syncs.clone(), stop.clone());
+            move || {
+                let mut trace = trace.map(|path| {
+                    std::io::BufWriter::new(std::fs::File::create(path).expect("the probe's trace"))
+                });
+                let record = [0x5au8; Self::RECORD_BYTES];
+                let start = Instant::now();
+                let mut i = 0usize;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    i += 1;
+                    let due = start + interval * i as u32;
+                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                    let (t, at_us) = (Instant::now(), spool::now_us());
+                    let offset = (i % Self::RECORDS * Self::RECORD_BYTES) as u64;
+                    file.write_all_at(&record, offset)
+                        .expect("the probe's write");
+                    file.sync_data().expect("the probe's fdatasync");
+                    let us = t.elapsed().as_micros() as u64;
+                    syncs
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push((at_us, us));
+                    if let Some(f) = trace.as_mut() {
+                        std::io::Write::write_fmt(f, format_args!("{at_us},{us}\n"))
+                            .expect("the probe's trace");
+                    }
+                }
+            }
+        });
+        DiskProbe {
+            syncs,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// The slowest sync since the last call, ms (NaN if none).
+    fn take_max_ms(&self) -> f64 {
+        let mut syncs = self.syncs.lock().unwrap_or_else(|p| p.into_inner());
+        let max = syncs.iter().map(|&(_, us)| us).max();
+        syncs.clear();
+        max.map_or(f64::NAN, |us| us as f64 / 1e3)
+    }
+}
+
+impl Drop for DiskProbe {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            drop(t.join());
+        }
+    }
+}
+
 /// One minute's sample.
 struct Sample {
     minute: u64,
@@ -196,6 +280,8 @@ struct Sample {
     passings: usize,
     /// Where the minute's slowest passing spent its time.
     slowest: Stages,
+    /// The disk probe's slowest sync of the minute, ms.
+    disk_max_ms: f64,
     /// How long the previous sample took this loop: passings that became durable meanwhile were
     /// stamped seen only after it.
     sampling_ms: f64,
@@ -240,7 +326,7 @@ fn config(dir: &Path, device: PathBuf, central: u16, cap_mib: u64) -> Config {
 
 fn print_sample(s: &Sample) {
     println!(
-        "| {:>3} | {:>7} | {:>7} | {:>6} | {:>6} | {:>6} | {:>6} | {:>5} | {:>5.1} | {:>3} | {:>7.1} | {:>7} | {:>3} | {:>6.0} | {:>6.0} | {:>7.0} | {:>21} | {:>5.1} | {:>5} | {:>7} | {:>2} |",
+        "| {:>3} | {:>7} | {:>7} | {:>6} | {:>6} | {:>6} | {:>6} | {:>5} | {:>5.1} | {:>3} | {:>7.1} | {:>7} | {:>3} | {:>6.0} | {:>6.0} | {:>7.0} | {:>21} | {:>5.1} | {:>5.1} | {:>5} | {:>7} | {:>2} |",
         s.minute,
         s.rss_kib,
         s.anon.total(),
@@ -258,6 +344,7 @@ fn print_sample(s: &Sample) {
         s.p99_us,
         s.max_us,
         s.slowest.to_string(),
+        s.disk_max_ms,
         s.sampling_ms,
         s.passings,
         s.held,
@@ -332,10 +419,10 @@ async fn soak(
     });
 
     println!(
-        "| min | RSS KiB | anon KiB | heap | arenas | other | cache KiB | tail | CPU % | fds | spool MiB | backlog | up s | p50 µs | p99 µs | max µs | max: read/hand/sync/seen ms | sample ms | passings | held | snap |"
+        "| min | RSS KiB | anon KiB | heap | arenas | other | cache KiB | tail | CPU % | fds | spool MiB | backlog | up s | p50 µs | p99 µs | max µs | max: read/hand/sync/seen ms | disk max ms | sample ms | passings | held | snap |"
     );
     println!(
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     let started = Instant::now();
     let cycle = Duration::from_secs(up_s + down_s);
@@ -345,6 +432,24 @@ async fn soak(
     // The minute's slowest passing so far: µs byte -> seen, and its stages.
     let mut slowest = (0.0, Stages::default());
     let mut durable_open = true;
+    let probe_ms = env_u64("SOAK_DISK_PROBE_MS", 100);
+    let probe = (probe_ms > 0).then(|| {
+        let trace = std::env::var_os("SOAK_TRACE").map(|p| {
+            let mut p = p;
+            p.push(".disk.csv");
+            PathBuf::from(p)
+        });
+        DiskProbe::start(dir, Duration::from_millis(probe_ms), trace)
+    });
+    let mut trace = std::env::var_os("SOAK_TRACE").map(|path| {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(path).expect("SOAK_TRACE"));
+        std::io::Write::write_all(
+            &mut f,
+            b"passing,seq,wrote_us,captured_us,recorded_us,durable_us,seen_us\n",
+        )
+        .expect("SOAK_TRACE");
+        f
+    });
     let mut sampling_ms = 0.0;
     let mut received = 0u64;
     let mut next_sample = started + Duration::from_secs(60);
@@ -381,6 +486,7 @@ async fn soak(
             p99_us: pct(lat, 0.99),
             max_us: lat.last().copied().unwrap_or(f64::NAN),
             slowest: std::mem::take(slowest).1,
+            disk_max_ms: probe.as_ref().map_or(f64::NAN, DiskProbe::take_max_ms),
             sampling_ms,
             passings: lat.len(),
             held: results.engine().passings_in_memory(),
@@ -412,6 +518,13 @@ async fn soak(
                         sync: ms(recorded, synced_us),
                         seen: ms(synced_us, seen_us),
                     };
+                    if let Some(f) = trace.as_mut() {
+                        std::io::Write::write_fmt(f, format_args!(
+                            "{},{},{wrote_us},{captured},{recorded},{synced_us},{seen_us}\n",
+                            p.passing_number, e.seq.0
+                        ))
+                        .expect("SOAK_TRACE");
+                    }
                     let us = seen.saturating_duration_since(t).as_secs_f64() * 1e6;
                     if us > slowest.0 {
                         slowest = (us, stages);
@@ -535,6 +648,13 @@ fn main() {
         let status = child.status().expect("the soak's child process");
         drop(runtime);
         std::process::exit(status.code().unwrap_or(1));
+    }
+    if std::env::var_os("SOAK_TRACE").is_some() {
+        // With the trace, the node's log goes to stderr with wall-clock µs, to match its stamps.
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
     }
     let minutes = env_u64("SOAK_MINUTES", 60);
     let rate = u32::try_from(env_u64("SOAK_RATE", 100)).expect("SOAK_RATE fits u32");
