@@ -321,11 +321,7 @@ async fn latency_run(rate: u32, seconds: u64, drain: bool) -> Run {
     // Each passing's stamps, one line each, for finding when a stall happened (`NODE_BENCH_TRACE`).
     let mut trace = std::env::var_os("NODE_BENCH_TRACE").map(|path| {
         let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-        writeln!(
-            f,
-            "passing,seq,wrote_us,captured_us,recorded_us,durable_us,seen_us"
-        )
-        .unwrap();
+        writeln!(f, "{}", common::TRACE_HEADER).unwrap();
         f
     });
     for (seen_at, seen_us, e) in seen {

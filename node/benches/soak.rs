@@ -62,7 +62,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use common::{Central, pct, preallocated, pty, uplink_to};
+use common::{Central, TRACE_HEADER, pct, preallocated, pty, uplink_to};
 
 const TRACK: &str = "soak";
 const TOKEN: &str = "soak-token-0123456789abcdef";
@@ -443,11 +443,7 @@ async fn soak(
     });
     let mut trace = std::env::var_os("SOAK_TRACE").map(|path| {
         let mut f = std::io::BufWriter::new(std::fs::File::create(path).expect("SOAK_TRACE"));
-        std::io::Write::write_all(
-            &mut f,
-            b"passing,seq,wrote_us,captured_us,recorded_us,durable_us,seen_us\n",
-        )
-        .expect("SOAK_TRACE");
+        std::io::Write::write_fmt(&mut f, format_args!("{TRACE_HEADER}\n")).expect("SOAK_TRACE");
         f
     });
     let mut sampling_ms = 0.0;

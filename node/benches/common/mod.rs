@@ -498,6 +498,10 @@ pub fn spawn_central(
         .unwrap_or_else(|e| panic!("starting central ({exe}): {e}"))
 }
 
+/// The header of a passing trace (the node bench's `NODE_BENCH_TRACE`, the soak's `SOAK_TRACE`):
+/// each passing's stamps in wall-clock µs, one line each.
+pub const TRACE_HEADER: &str = "passing,seq,wrote_us,captured_us,recorded_us,durable_us,seen_us";
+
 /// Central as a child process, placed as another machine would be: killed, and its store
 /// removed, when dropped.
 pub struct Central {
