@@ -244,7 +244,7 @@
 //!   stream_runs   (stream, first version) -> (first seq, count): one row per run of
 //!                                       consecutive versions and seqs (one append)
 //!   stream_heads  stream             -> last version (kept after retention)
-//!   idempotency   key                -> seq          (kept after retention)
+//!   idempotency   key                -> seq          (deleted with its event)
 //!   cursors       name               -> acknowledged seq
 //!   parked        (cursor, seq)      -> postcard ParkedRow::V1 { reason, parked_at_us }
 //!   projections   name               -> postcard ProjectionRow::V1 { checkpoint, state }
@@ -276,8 +276,10 @@
 //! cap is evaluated after checkpoints, measured again once a hundredth of it has been journaled
 //! ([`SPOOL_CAP_MEASURE_PARTS`]) and two checkpoints after a deletion, so the spool may pass it
 //! by that much, or one checkpoint's worth of events, before appends fail with
-//! [`SpoolError::SpoolFull`]. An idempotency key outlives its
-//! event under retention, so a late retry is still recognised.
+//! [`SpoolError::SpoolFull`]. Retention deletes an event's idempotency key with it: a
+//! key is recognised while its event is held, and a retry that comes after the event was deleted
+//! is stored again. Until 2026-12-06 keys outlived their events: ~99 bytes each on disk, they grew
+//! without end, and a spool at its cap deleted history to make room for them.
 //!
 //! # Concurrency
 //!

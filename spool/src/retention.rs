@@ -1,5 +1,6 @@
 //! Retention and the disk cap: deleting history every required consumer has acknowledged, once it
-//! is older than the retention age, and near the cap whatever its age.
+//! is older than the retention age, and near the cap whatever its age. An event's idempotency key
+//! goes with it.
 //!
 //! Both run after a checkpoint commits, in the write transaction that follows it, and the next
 //! checkpoint makes their deletions durable. After a background checkpoint (the default) that is
@@ -277,6 +278,9 @@ impl Retention {
         let mut runs = txn
             .open_table(tables::STREAM_RUNS)
             .ctx("opening stream runs")?;
+        let mut keys = txn
+            .open_table(tables::IDEMPOTENCY)
+            .ctx("opening idempotency keys")?;
         let mut seq = first;
         let mut deleted = 0;
         while seq <= limit && deleted < events_max {
@@ -315,6 +319,19 @@ impl Retention {
                 {
                     runs.remove((event.stream.as_str(), run.first_version))
                         .ctx("deleting a run")?;
+                }
+                // Its idempotency key goes with it: kept, the keys of deleted events would
+                // grow without end and, under the cap, crowd out the events themselves. A key
+                // names one event, so one naming another seq is put back as it was.
+                if let Some(key) = event.meta.idempotency_key.as_deref() {
+                    let other = keys
+                        .remove(key)
+                        .ctx("deleting an idempotency key")?
+                        .map(|stored| stored.value())
+                        .filter(|&stored| stored != event.seq.0);
+                    if let Some(other) = other {
+                        keys.insert(key, other).ctx("keeping an idempotency key")?;
+                    }
                 }
                 removed = true;
                 seq += 1;

@@ -19,7 +19,7 @@ pub(crate) const STREAM_RUNS: TableDefinition<'_, (&str, u64), (u64, u64)> =
 /// stream → version of its last event. Kept after retention, so versions stay gapless.
 pub(crate) const STREAM_HEADS: TableDefinition<'_, &str, u64> =
     TableDefinition::new("stream_heads");
-/// idempotency key → seq. Kept after retention, so a late retry is still recognised.
+/// idempotency key → seq, while the event is held: retention deletes the key with its event.
 pub(crate) const IDEMPOTENCY: TableDefinition<'_, &str, u64> = TableDefinition::new("idempotency");
 /// Spool-wide counters and positions, see the `META_*` keys (layout 2 on; layout 1 kept them in
 /// [`LEGACY_META`]).

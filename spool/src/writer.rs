@@ -1986,7 +1986,8 @@ impl Lookup<'_> {
     }
 }
 
-/// The version of the stored event at `seq`; 0 once retention deleted it (its key outlives it).
+/// The version of the stored event at `seq`; 0 if no row holds it (a key written before keys went
+/// with their events may outlive its event).
 fn stored_version(events: &impl ReadableTable<u64, &'static [u8]>, seq: u64) -> Result<u64> {
     Ok(tables::event_at(events, seq)?.map_or(0, |event| event.version))
 }

@@ -76,7 +76,14 @@ fn retention_deletes_only_acknowledged_old_history_and_keeps_parked_events() {
         ExpectedVersion::Any,
         vec![keyed(b"k", "key-1")],
     );
-    fill(&spool, 99);
+    fill(&spool, 98);
+    let keyed_held = append_part(
+        &spool,
+        "s",
+        ExpectedVersion::Any,
+        vec![keyed(b"k", "key-100")],
+    );
+    assert_eq!(keyed_held[0].seq, Seq(100));
     assert_eq!(
         spool.run_retention_blocking().unwrap(),
         0,
@@ -96,15 +103,34 @@ fn retention_deletes_only_acknowledged_old_history_and_keeps_parked_events() {
     let stats = spool.stats().unwrap();
     assert_eq!(stats.first_seq, Some(Seq(51)));
     assert_eq!(stats.events, 50);
-    // The key outlives its event: a late retry is still a duplicate.
-    let again = append_part(
+    // A held event's key still answers a retry with the event.
+    let retried = append_part(
+        &spool,
+        "s",
+        ExpectedVersion::Any,
+        vec![keyed(b"k", "key-100")],
+    );
+    assert!(retried[0].duplicate);
+    assert_eq!(retried[0].seq, keyed_held[0].seq);
+    // A deleted event's key went with it (kept, the keys alone would fill the cap in the end), so
+    // a retry that late is stored again, as a new event.
+    assert_eq!(keyed_first[0].seq, Seq(1));
+    assert!(spool.find_by_idempotency_key("key-1").unwrap().is_none());
+    let late = append_part(
         &spool,
         "s",
         ExpectedVersion::Any,
         vec![keyed(b"k", "key-1")],
     );
-    assert!(again[0].duplicate);
-    assert_eq!(again[0].seq, keyed_first[0].seq);
+    assert!(!late[0].duplicate);
+    assert_eq!(late[0].seq, Seq(101));
+    assert_eq!(
+        spool
+            .find_by_idempotency_key("key-1")
+            .unwrap()
+            .map(|e| e.seq),
+        Some(Seq(101))
+    );
     assert!(
         spool.verify().unwrap().is_ok(),
         "{:?}",
@@ -195,6 +221,71 @@ fn at_the_disk_cap_acknowledged_history_goes_after_background_checkpoints_and_ap
     let kept = spool.read_global(first, 100_000).unwrap();
     assert_eq!(kept.first().unwrap().seq, first);
     assert_eq!(kept.len() as u64, batches * 10 - first.0 + 1);
+    assert!(
+        spool.verify().unwrap().is_ok(),
+        "{:?}",
+        spool.verify().unwrap()
+    );
+}
+
+#[test]
+fn at_the_disk_cap_idempotency_keys_go_with_their_events_so_keyed_appends_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let cap = 4 * 1024 * 1024;
+    let config = SpoolConfig {
+        journal_bytes: spool::SPOOL_JOURNAL_BYTES_MIN,
+        checkpoint_events: 100,
+        checkpoint_spacing: Duration::ZERO,
+        disk_cap_bytes: Some(cap),
+        required_cursors: vec!["uplink".into()],
+        ..opaque_config()
+    };
+    let spool = Spool::open(dir.path(), config).unwrap();
+    // Small events with a key each, as a decoder's passings are: a key takes about as much room
+    // as its event. Kept after their events (until 2026-12-06), the keys grew the file to 26 MiB
+    // against this 4 MiB cap, the cap deleted whatever was acknowledged to make room, and the
+    // spool held only the last 1,300 events at the end.
+    let batches = 1_500u64;
+    for b in 0..batches {
+        let events = (0..100)
+            .map(|i| {
+                keyed(
+                    b"p",
+                    &format!("passing/D0000C00/{}/1765000000000000", b * 100 + i),
+                )
+            })
+            .collect();
+        let appended = spool
+            .append_blocking(vec![part("s", ExpectedVersion::Any, events)])
+            .unwrap_or_else(|e| panic!("batch {b}: {e}"));
+        spool
+            .ack_blocking("uplink", appended.last().unwrap().seq)
+            .unwrap();
+    }
+    let stats = spool.stats().unwrap();
+    assert!(!stats.spool_full, "{stats:?}");
+    let first = stats.first_seq.unwrap();
+    assert!(first > Seq(50_000), "history went to make room: {stats:?}");
+    // 15,900 held here; the file holds free pages beside the allocated ones the cap counts
+    // (5.3 MiB here).
+    assert!(stats.events > 10_000, "{stats:?}");
+    assert!(
+        stats.db_file_bytes + stats.journal_bytes < cap + cap / 2,
+        "{stats:?}"
+    );
+    // Held events keep their keys; deleted ones do not.
+    let held = spool.read_global(first, 1).unwrap();
+    let key = held[0].meta.idempotency_key.clone().unwrap();
+    assert_eq!(
+        spool.find_by_idempotency_key(&key).unwrap().map(|e| e.seq),
+        Some(first)
+    );
+    assert!(
+        spool
+            .find_by_idempotency_key("passing/D0000C00/0/1765000000000000")
+            .unwrap()
+            .is_none()
+    );
     assert!(
         spool.verify().unwrap().is_ok(),
         "{:?}",
