@@ -16,13 +16,17 @@
 //!
 //! Each minute prints: RSS; the anonymous part of it split into glibc's main heap, its thread
 //! arenas and the rest (from `/proc/self/smaps`); redb's page cache and the spool's in-memory tail
-//! (`Spool::memory`); CPU % of one core over the minute, open fds, spool files' size, the
-//! uplink backlog, whether the uplink was up, the byte-in -> durable latency p50/p99/max of the
-//! minute's passings, the passings the race engine holds in memory, and the race snapshots saved so
-//! far. At the end, the first and last ten minutes are compared.
+//! (`Spool::memory`); CPU % of one core over the minute, open fds, spool files' size, the events
+//! the spool holds, the uplink backlog, whether the uplink was up, the byte-in -> durable latency
+//! p50/p99/max of the minute's passings, the passings the race engine holds in memory, and the
+//! race snapshots saved so far. At the end, the first and last ten minutes are compared.
 //!
 //! Beside the node, a probe appends a 96-byte record to a preallocated file on the spool's disk
 //! and fdatasyncs it every `SOAK_DISK_PROBE_MS`: the disk's own floor, measured through the run.
+//! Each minute prints the probe's median sync and the node's p50 divided by it (`p50 ×disk`): this
+//! disk's own speed drifts (the probe's median moved between 289 and 354 µs from minute to minute
+//! in the first eight of one run, 2026-12-06), and the ratio is what tells the node's drift from
+//! the disk's.
 //! A minute whose slowest passing waited in the spool's sync while the probe's slowest sync of the
 //! same minute took as long was the disk's, not the node's. With `SOAK_TRACE`, each probe sync is
 //! also written to `<trace>.disk.csv` (its wall-clock start µs and its µs).
@@ -241,12 +245,17 @@ impl DiskProbe {
         }
     }
 
-    /// The slowest sync since the last call, ms (NaN if none).
-    fn take_max_ms(&self) -> f64 {
+    /// The median sync since the last call, µs, and the slowest, ms (NaN if none).
+    fn take(&self) -> (f64, f64) {
         let mut syncs = self.syncs.lock().unwrap_or_else(|p| p.into_inner());
-        let max = syncs.iter().map(|&(_, us)| us).max();
+        let mut us: Vec<f64> = syncs.iter().map(|&(_, us)| us as f64).collect();
         syncs.clear();
-        max.map_or(f64::NAN, |us| us as f64 / 1e3)
+        drop(syncs);
+        us.sort_by(f64::total_cmp);
+        match us.last() {
+            Some(&max) => (pct(&us, 0.5), max / 1e3),
+            None => (f64::NAN, f64::NAN),
+        }
     }
 }
 
@@ -272,6 +281,8 @@ struct Sample {
     cpu_pct: f64,
     fds: usize,
     spool_mib: f64,
+    /// Events the spool holds: at the cap, flat once what it deletes matches what comes in.
+    stored: u64,
     backlog: u64,
     uplink_up_s: u64,
     p50_us: f64,
@@ -282,6 +293,9 @@ struct Sample {
     slowest: Stages,
     /// The disk probe's slowest sync of the minute, ms.
     disk_max_ms: f64,
+    /// The disk probe's median sync of the minute, µs: the floor `p50_us` is divided by, since
+    /// this disk's own speed drifts through an hour.
+    disk_p50_us: f64,
     /// How long the previous sample took this loop: passings that became durable meanwhile were
     /// stamped seen only after it.
     sampling_ms: f64,
@@ -326,7 +340,7 @@ fn config(dir: &Path, device: PathBuf, central: u16, cap_mib: u64) -> Config {
 
 fn print_sample(s: &Sample) {
     println!(
-        "| {:>3} | {:>7} | {:>7} | {:>6} | {:>6} | {:>6} | {:>6} | {:>5} | {:>5.1} | {:>3} | {:>7.1} | {:>7} | {:>3} | {:>6.0} | {:>6.0} | {:>7.0} | {:>21} | {:>5.1} | {:>5.1} | {:>5} | {:>7} | {:>2} |",
+        "| {:>3} | {:>7} | {:>7} | {:>6} | {:>6} | {:>6} | {:>6} | {:>5} | {:>5.1} | {:>3} | {:>7.1} | {:>7} | {:>7} | {:>3} | {:>6.0} | {:>6.0} | {:>7.0} | {:>21} | {:>6.0} | {:>5.2} | {:>5.1} | {:>5.1} | {:>5} | {:>7} | {:>2} |",
         s.minute,
         s.rss_kib,
         s.anon.total(),
@@ -338,12 +352,15 @@ fn print_sample(s: &Sample) {
         s.cpu_pct,
         s.fds,
         s.spool_mib,
+        s.stored,
         s.backlog,
         s.uplink_up_s,
         s.p50_us,
         s.p99_us,
         s.max_us,
         s.slowest.to_string(),
+        s.disk_p50_us,
+        s.p50_us / s.disk_p50_us,
         s.disk_max_ms,
         s.sampling_ms,
         s.passings,
@@ -419,10 +436,10 @@ async fn soak(
     });
 
     println!(
-        "| min | RSS KiB | anon KiB | heap | arenas | other | cache KiB | tail | CPU % | fds | spool MiB | backlog | up s | p50 µs | p99 µs | max µs | max: read/hand/sync/seen ms | disk max ms | sample ms | passings | held | snap |"
+        "| min | RSS KiB | anon KiB | heap | arenas | other | cache KiB | tail | CPU % | fds | spool MiB | stored | backlog | up s | p50 µs | p99 µs | max µs | max: read/hand/sync/seen ms | disk p50 µs | p50 ×disk | disk max ms | sample ms | passings | held | snap |"
     );
     println!(
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     let started = Instant::now();
     let cycle = Duration::from_secs(up_s + down_s);
@@ -462,6 +479,8 @@ async fn soak(
                        up_s: u64| {
         lat.sort_by(f64::total_cmp);
         let memory = spool.memory();
+        let (disk_p50_us, disk_max_ms) =
+            probe.as_ref().map_or((f64::NAN, f64::NAN), DiskProbe::take);
         let s = Sample {
             minute,
             rss_kib: rss_kib(),
@@ -476,13 +495,15 @@ async fn soak(
             },
             fds: open_fds(),
             spool_mib: spool_bytes(&config.spool_dir()) as f64 / 1_048_576.0,
+            stored: spool.stats().map_or(0, |s| s.events),
             backlog: spool.backlog(UPLINK_CURSOR).map_or(0, |b| b.events()),
             uplink_up_s: up_s,
             p50_us: pct(lat, 0.5),
             p99_us: pct(lat, 0.99),
             max_us: lat.last().copied().unwrap_or(f64::NAN),
             slowest: std::mem::take(slowest).1,
-            disk_max_ms: probe.as_ref().map_or(f64::NAN, DiskProbe::take_max_ms),
+            disk_max_ms,
+            disk_p50_us,
             sampling_ms,
             passings: lat.len(),
             held: results.engine().passings_in_memory(),
@@ -696,7 +717,7 @@ fn main() {
     let window = (samples.len() / 6).clamp(1, 10);
     let (first, last) = (&samples[..window], &samples[samples.len() - window..]);
     println!("\nfirst {window} min vs last {window} min (means):");
-    let fields: [(&str, Field); 11] = [
+    let fields: [(&str, Field); 14] = [
         ("RSS KiB", |s| s.rss_kib as f64),
         ("anon KiB", |s| s.anon.total() as f64),
         ("heap KiB", |s| s.anon.heap as f64),
@@ -706,13 +727,16 @@ fn main() {
         ("CPU %", |s| s.cpu_pct),
         ("fds", |s| s.fds as f64),
         ("spool MiB", |s| s.spool_mib),
+        ("stored", |s| s.stored as f64),
         ("p50 µs", |s| s.p50_us),
         ("p99 µs", |s| s.p99_us),
+        ("disk p50 µs", |s| s.disk_p50_us),
+        ("p50 ×disk", |s| s.p50_us / s.disk_p50_us),
     ];
     for (name, f) in fields {
         let (a, b) = (mean(first, f), mean(last, f));
         println!(
-            "  {name:>10}: {a:>10.1} -> {b:>10.1} ({:+.1} %)",
+            "  {name:>11}: {a:>10.2} -> {b:>10.2} ({:+.1} %)",
             (b / a - 1.0) * 100.0
         );
     }
