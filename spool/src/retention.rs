@@ -322,16 +322,9 @@ impl Retention {
                 }
                 // Its idempotency key goes with it: kept, the keys of deleted events would
                 // grow without end and, under the cap, crowd out the events themselves. A key
-                // names one event, so one naming another seq is put back as it was.
+                // names one stored event (a second event with it is a duplicate, never stored).
                 if let Some(key) = event.meta.idempotency_key.as_deref() {
-                    let other = keys
-                        .remove(key)
-                        .ctx("deleting an idempotency key")?
-                        .map(|stored| stored.value())
-                        .filter(|&stored| stored != event.seq.0);
-                    if let Some(other) = other {
-                        keys.insert(key, other).ctx("keeping an idempotency key")?;
-                    }
+                    keys.remove(key).ctx("deleting an idempotency key")?;
                 }
                 removed = true;
                 seq += 1;
