@@ -111,3 +111,14 @@ pub fn spool_half_checkpointed(dir: &std::path::Path) -> Spool {
     append_one(&spool, b"2");
     spool
 }
+
+/// The bytes the file system holds for the spool's database: its written blocks, not its length.
+/// redb grows its file by doubling it (`set_len`, holes until pages are written there) and trims
+/// only trailing free pages, so the length can stand near twice what was ever written, while the
+/// disk holds only the pages written.
+pub fn db_disk_bytes(dir: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(dir.join("spool.redb"))
+        .map(|m| m.blocks() * 512)
+        .expect("the spool's database file")
+}

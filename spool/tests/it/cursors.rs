@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use spool::{ExpectedVersion, Seq, Spool, SpoolConfig, SpoolError};
 
-use crate::common::{append_part, body, event, keyed, opaque_config, part};
+use crate::common::{append_part, body, db_disk_bytes, event, keyed, opaque_config, part};
 
 fn fill(spool: &Spool, n: u32) {
     for chunk in 0..n.div_ceil(100) {
@@ -192,6 +192,7 @@ fn at_the_disk_cap_acknowledged_history_goes_after_background_checkpoints_and_ap
     let payload = vec![7u8; 2000];
     // Three times the cap, each append acknowledged as the uplink would.
     let batches = 600u64;
+    let mut disk_max = 0;
     for _ in 0..batches {
         let events = (0..10).map(|_| event(&payload)).collect();
         let appended = spool
@@ -200,6 +201,7 @@ fn at_the_disk_cap_acknowledged_history_goes_after_background_checkpoints_and_ap
         spool
             .ack_blocking("uplink", appended.last().unwrap().seq)
             .unwrap();
+        disk_max = disk_max.max(db_disk_bytes(dir.path()));
     }
     let stats = spool.stats().unwrap();
     assert!(!stats.spool_full);
@@ -209,11 +211,20 @@ fn at_the_disk_cap_acknowledged_history_goes_after_background_checkpoints_and_ap
     );
     let first = stats.first_seq.unwrap();
     assert!(first > Seq(1), "{stats:?}");
-    // The file stays near the cap (without the cap's work it reaches ~17 MiB here). It may pass
-    // the cap a little: the cap counts allocated pages, and the file also holds free ones.
+    // What the disk holds stays near the cap all along (without the cap's work it passes 12 MiB
+    // here). It passes the cap a little: the cap counts allocated pages, and redb reuses the
+    // pages a deletion frees only two checkpoints after the one that makes it durable, each
+    // checkpoint here a twentieth of the cap (4.8 MiB the most seen in 30 runs, 2026-12-06).
     let cap = 4 * 1024 * 1024;
     assert!(
-        stats.db_file_bytes + stats.journal_bytes < cap + cap / 4,
+        disk_max + stats.journal_bytes < cap + cap / 2,
+        "{disk_max} bytes on disk at most: {stats:?}"
+    );
+    // The file's length is another matter: redb doubles it to grow and trims only free pages
+    // at its end, so it stood at 4.3 to 6.6 MiB at the end of those runs, and 1.25 times the
+    // cap, asserted here until then, failed about one run in 25. It stays below twice the cap.
+    assert!(
+        stats.db_file_bytes + stats.journal_bytes < 2 * cap,
         "{stats:?}"
     );
     // What is left is whole and in order up to the head.
@@ -246,6 +257,7 @@ fn at_the_disk_cap_idempotency_keys_go_with_their_events_so_keyed_appends_go_on(
     // against this 4 MiB cap, the cap deleted whatever was acknowledged to make room, and the
     // spool held only the last 1,300 events at the end.
     let batches = 1_500u64;
+    let mut disk_max = 0;
     for b in 0..batches {
         let events = (0..100)
             .map(|i| {
@@ -261,16 +273,24 @@ fn at_the_disk_cap_idempotency_keys_go_with_their_events_so_keyed_appends_go_on(
         spool
             .ack_blocking("uplink", appended.last().unwrap().seq)
             .unwrap();
+        disk_max = disk_max.max(db_disk_bytes(dir.path()));
     }
     let stats = spool.stats().unwrap();
     assert!(!stats.spool_full, "{stats:?}");
     let first = stats.first_seq.unwrap();
     assert!(first > Seq(50_000), "history went to make room: {stats:?}");
-    // 15,900 held here; the file holds free pages beside the allocated ones the cap counts
-    // (5.3 MiB here).
+    // 15,900 held here. The disk holds free pages beside the allocated ones the cap counts, more
+    // than in the test above: a key lands mid-table, so each checkpoint copies many of the key
+    // table's pages and frees the old ones two checkpoints later (5.3-5.6 MiB at most in 32 runs,
+    // 12 of them with two busy loops beside, 2026-12-06; 26 MiB of file with the keys kept). The
+    // file's length may reach twice the cap (see the test above).
     assert!(stats.events > 10_000, "{stats:?}");
     assert!(
-        stats.db_file_bytes + stats.journal_bytes < cap + cap / 2,
+        disk_max + stats.journal_bytes < cap + cap * 3 / 4,
+        "{disk_max} bytes on disk at most: {stats:?}"
+    );
+    assert!(
+        stats.db_file_bytes + stats.journal_bytes < 2 * cap,
         "{stats:?}"
     );
     // Held events keep their keys; deleted ones do not.
