@@ -14,7 +14,10 @@
 //! blobs), so the figures compare write paths, not the bench's own event construction. At batches
 //! of 100 and more every spool first appends a journal's worth of events, so its timed figure is
 //! a running spool's, as SQLite's connection is warm from the figures before its own; that first
-//! journal's worth is timed as well and printed as the fresh spool's figure beside it.
+//! journal's worth is timed as well and printed as the fresh spool's figure beside it. The saves
+//! section times single appends while another thread saves a projection state of half
+//! `STATE_BYTES_MAX` every 200 ms, with each save committed on the apply thread (the default)
+//! and on the writer (`background_saves: false`, the former way), in alternating rounds.
 //!
 //! Sizes come from the environment, so a run fits in a few minutes by default:
 //!
@@ -25,7 +28,8 @@
 //! | `SPOOL_BENCH_EVENTS` | 100000 | events per throughput figure (three times as many at batches of 1,000) |
 //! | `SPOOL_BENCH_REOPEN` | 1000000 | comma-separated spool sizes for the kill -9 reopen (add 10000000) |
 //! | `SPOOL_BENCH_WEAR_SECS` | 65 | seconds of the steady 10 events/s run (spans two checkpoints) |
-//! | `SPOOL_BENCH_ONLY` | all | comma-separated sections: latency, throughput, read, reopen, wear |
+//! | `SPOOL_BENCH_ONLY` | all | comma-separated sections: latency, saves, throughput, read, reopen, wear |
+//! | `SPOOL_BENCH_SAVES_SECS` | 3 | seconds of each round of appends beside projection saves, each way |
 //! | `SPOOL_BENCH_APPENDERS` | 1,8,64 | comma-separated thread counts of the single-event figures (empty: none) |
 //! | `SPOOL_BENCH_BATCHES` | 1,10,100,1000 | comma-separated batch sizes of the throughput section (to profile one) |
 //! | `SPOOL_BENCH_CHECKPOINT_EVENTS` | 20000 | the spool's `checkpoint_events` (what checkpoints cost) |
@@ -499,6 +503,48 @@ fn reopen_after_kill(dir: &Path, count: usize) -> (Duration, Duration, u64, u64)
     (opened, ready, head, db)
 }
 
+/// Single appends back to back for `run`, while another thread saves a projection of
+/// `state_bytes` every `every` (as the race engine saves its snapshot's chunks): the appends'
+/// latencies, and how long each save took to be answered.
+fn appends_beside_saves(
+    spool: &Spool,
+    run: Duration,
+    state_bytes: usize,
+    every: Duration,
+) -> (Vec<Duration>, Vec<Duration>) {
+    let stream = decoder_stream();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let saver = scope.spawn(|| {
+            let mut took = Vec::new();
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(every);
+                n += 1;
+                let state = vec![(n % 251) as u8; state_bytes];
+                let start = Instant::now();
+                spool
+                    .save_projection_blocking("bench", spool::Seq(n), state)
+                    .expect("save");
+                took.push(start.elapsed());
+            }
+            took
+        });
+        let mut samples = Vec::new();
+        let started = Instant::now();
+        let mut i = 0u32;
+        while started.elapsed() < run {
+            let event = passing(i);
+            i += 1;
+            let start = Instant::now();
+            append(spool, &stream, vec![event]);
+            samples.push(start.elapsed());
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (samples, saver.join().expect("saver"))
+    })
+}
+
 fn main() {
     if let Ok(spec) = std::env::var("SPOOL_BENCH_CHILD") {
         let (dir, count) = spec.rsplit_once('|').expect("dir|count");
@@ -595,6 +641,94 @@ fn main() {
             );
         }
         drop(spool);
+    }
+
+    if run("saves") {
+        // Appends while projections are saved: each save committed on the apply thread as a
+        // background checkpoint (now), or on the writer with appends stopped (before), in
+        // alternating rounds beside the floor.
+        let rounds = 4;
+        let secs = env_usize("SPOOL_BENCH_SAVES_SECS", 3) as u64;
+        let state_bytes = spool::STATE_BYTES_MAX / 2;
+        let every = Duration::from_millis(200);
+        let mut floor_s = Vec::new();
+        let mut ways: [(&str, bool, Vec<Duration>, Vec<Duration>); 2] = [
+            (
+                "saves on the apply thread (now)",
+                true,
+                Vec::new(),
+                Vec::new(),
+            ),
+            (
+                "saves on the writer (before)",
+                false,
+                Vec::new(),
+                Vec::new(),
+            ),
+        ];
+        for round in 0..rounds {
+            floor_s.push(floor(dir.path(), 500, record));
+            for (name, background_saves, appends, saves) in &mut ways {
+                let path = dir.path().join(format!("saves-{background_saves}-{round}"));
+                let spool = Spool::open(
+                    &path,
+                    SpoolConfig {
+                        background_saves: *background_saves,
+                        ..config()
+                    },
+                )
+                .expect(name);
+                let (a, s) =
+                    appends_beside_saves(&spool, Duration::from_secs(secs), state_bytes, every);
+                appends.extend(a);
+                saves.extend(s);
+                drop(spool);
+                drop(std::fs::remove_dir_all(path));
+            }
+        }
+        let fp = |f: fn(&Percentiles) -> Duration| {
+            let mut x: Vec<Duration> = floor_s.iter().map(f).collect();
+            x.sort();
+            x[x.len() / 2]
+        };
+        let (fp50, fp99) = (fp(|p| p.p50), fp(|p| p.p99));
+        println!(
+            "\n## single appends back to back while a {} KiB projection is saved every {} ms ({rounds} alternating rounds of {secs} s each)",
+            state_bytes / 1024,
+            every.as_millis()
+        );
+        println!(
+            "| | appends | p50 µs | p99 µs | p99.9 µs | max ms | over 5 ms | p50 / floor | p99 / floor | saves | save p50 ms | save max ms |"
+        );
+        println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+        println!(
+            "| floor (append + fdatasync), median of rounds | | {:.0} | {:.0} | | | | 1.00 | 1.00 | | | |",
+            us(fp50),
+            us(fp99)
+        );
+        for (name, _, appends, saves) in ways {
+            let over = appends
+                .iter()
+                .filter(|d| **d > Duration::from_millis(5))
+                .count();
+            let max = appends.iter().max().copied().unwrap_or_default();
+            let n = appends.len();
+            let p = percentiles(appends);
+            let mut saves = saves;
+            saves.sort();
+            println!(
+                "| {name} | {n} | {:.0} | {:.0} | {:.0} | {:.1} | {over} | {:.2} | {:.2} | {} | {:.1} | {:.1} |",
+                us(p.p50),
+                us(p.p99),
+                us(p.p999),
+                us(max) / 1000.0,
+                us(p.p50) / us(fp50),
+                us(p.p99) / us(fp99),
+                saves.len(),
+                saves.get(saves.len() / 2).map_or(0.0, |d| us(*d) / 1000.0),
+                saves.last().map_or(0.0, |d| us(*d) / 1000.0),
+            );
+        }
     }
 
     if run("throughput") || run("read") {

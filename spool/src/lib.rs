@@ -85,8 +85,13 @@
 //!   once the commit is visible does the writer move that start and let the tail go of what the
 //!   commit holds. Retention and the disk cap run on the apply thread too, in the transaction
 //!   that follows a background commit, and the next checkpoint makes their deletions durable.
-//!   Everything else that needs the transaction (direct operations, a synchronous checkpoint)
-//!   waits for a commit in flight first; a failed background commit
+//!   A projection's or an aggregate's saved state goes into the next background checkpoint
+//!   ([`SpoolConfig::background_saves`]): the apply thread inserts it just before that commit
+//!   and answers the saver once it is durable, so appends go on while it commits. A save that
+//!   finds a commit in flight waits for it (the apply thread wakes the writer then), and a save
+//!   is never answered before its commit, nor left unanswered when it fails.
+//!   Everything else that needs the transaction (other direct operations, a synchronous
+//!   checkpoint) waits for a commit in flight first; a failed background commit
 //!   fails the writer as a failed checkpoint does, and the reopen replays the ring. At most one
 //!   commit is in flight, so the tail holds at most about two checkpoints' worth of events and
 //!   never more than the journal's bytes, and a replay at open is bounded the same way.

@@ -119,6 +119,12 @@ pub struct SpoolConfig {
     /// checkpoint either way; `false` is the former way, kept so `cargo bench -p spool` measures
     /// the gain in one run.
     pub background_checkpoints: bool,
+    /// Commit projection and aggregate snapshot saves as background checkpoints on the apply
+    /// thread (the default, with [`SpoolConfig::background_checkpoints`]): the caller waits for
+    /// its save's commit, appends do not. `false` commits each save on the writer, appends
+    /// stopped for it (a 2 MiB chunk of the race engine's snapshot stopped them 25-29 ms in the
+    /// soak, 2026-12-06), the former way, kept so the benches measure both in one run.
+    pub background_saves: bool,
     /// Let an append commit on its caller's thread when the writer is free (the default). An
     /// async append needs the writer idle, with nothing queued and no group for
     /// [`SpoolConfig::caller_commit_idle`], and runs inside [`tokio::task::block_in_place`],
@@ -283,6 +289,7 @@ impl Default for SpoolConfig {
             chunked_events: true,
             apply_on_thread: true,
             background_checkpoints: true,
+            background_saves: true,
             caller_commits: true,
             caller_commit_idle: Duration::from_micros(SPOOL_CALLER_COMMIT_IDLE_US),
             apply_linger: Duration::from_millis(SPOOL_APPLY_LINGER_MS_DEFAULT),
@@ -451,6 +458,7 @@ impl Spool {
             apply_on_thread: config.apply_on_thread,
             apply_cores: config.thread_cores.as_ref().map(|c| c.apply.clone()),
             background_checkpoints: config.background_checkpoints,
+            background_saves: config.background_saves,
             apply_linger: config.apply_linger,
             tail_trim_in_slices: config.tail_trim_in_slices,
             event_inserts: if config.chunked_events {
@@ -467,6 +475,7 @@ impl Spool {
         };
         let slot = Arc::new(DbSlot::new(db));
         let journal_capacity = journal.capacity();
+        let (tx, rx) = mpsc::channel(writer::SPOOL_QUEUE_REQUESTS_MAX);
         let writer = Writer::new(
             slot.clone(),
             reopen,
@@ -479,8 +488,8 @@ impl Spool {
             counters.clone(),
             policy,
             storage.clone(),
+            tx.downgrade(),
         )?;
-        let (tx, rx) = mpsc::channel(writer::SPOOL_QUEUE_REQUESTS_MAX);
         let writer = Arc::new(Mutex::new(writer));
         let shared = writer.clone();
         let writer_cores = config.thread_cores.as_ref().map(|c| c.writer.clone());

@@ -24,8 +24,10 @@
 //! a quarter of the journal, and for operations that are not journaled (parking, projections,
 //! snapshots, retention). With the apply thread, a checkpoint that comes due after appends is
 //! committed there, behind the inserts queued before it, while this thread journals on (see
-//! [`crate::journal`] for the ring that keeps those frames); the others are committed here, after
-//! any commit in flight.
+//! [`crate::journal`] for the ring that keeps those frames), and so is one that carries saved
+//! projection or aggregate states ([`crate::SpoolConfig::background_saves`]), whose savers the
+//! apply thread answers once it has committed; the others are committed here, after any commit in
+//! flight.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -171,6 +173,26 @@ enum Held {
     Ack(String, u64),
 }
 
+/// How the apply thread wakes the writer when saves wait for the checkpoint it is committing:
+/// a tick in the writer's queue, which takes in the commit and starts the next checkpoint with
+/// the saves. Without it they wait for the next append or the ticker (a second).
+struct Nudge {
+    wanted: std::sync::atomic::AtomicBool,
+    requests: mpsc::WeakSender<Request>,
+}
+
+impl Nudge {
+    /// After a commit's answer is sent: wake the writer if it asked to be.
+    fn after_commit(&self) {
+        if self.wanted.swap(false, Ordering::SeqCst)
+            && let Some(requests) = self.requests.upgrade()
+        {
+            // A full queue wakes the writer anyway.
+            drop(requests.try_send(Request::Tick));
+        }
+    }
+}
+
 /// A background checkpoint: what it records, and where to begin the next transaction.
 struct CommitJob {
     checkpoint_lsn: u64,
@@ -180,6 +202,108 @@ struct CommitJob {
     /// The journal's virtual head then.
     journaled: u64,
     db: Arc<Database>,
+    /// Saves that go into the transaction just before it commits, answered once it has.
+    saves: Vec<Save>,
+}
+
+/// A projection's or an aggregate's state, as its row is stored: a save is not journaled, it is
+/// durable when the checkpoint that holds it commits.
+struct SaveRow {
+    table: SaveTable,
+    name: String,
+    row: Vec<u8>,
+}
+
+#[derive(Clone, Copy)]
+enum SaveTable {
+    Projections,
+    Snapshots,
+}
+
+impl SaveRow {
+    /// The row a save op stores (checked), or the op back if it is not a save.
+    fn of(op: DirectOp) -> std::result::Result<Result<SaveRow>, DirectOp> {
+        match op {
+            DirectOp::SaveProjection {
+                name,
+                checkpoint,
+                state,
+            } => Ok(SaveRow::projection(name, checkpoint, state)),
+            DirectOp::SaveSnapshot {
+                stream,
+                version,
+                state,
+            } => Ok(SaveRow::snapshot(stream, version, state)),
+            op => Err(op),
+        }
+    }
+
+    fn projection(name: String, checkpoint: Seq, state: Vec<u8>) -> Result<SaveRow> {
+        if state.len() > STATE_BYTES_MAX {
+            return Err(SpoolError::invalid(format!(
+                "projection {name} state of {} bytes exceeds STATE_BYTES_MAX ({STATE_BYTES_MAX})",
+                state.len()
+            )));
+        }
+        let row = postcard_bytes(
+            "projection row",
+            &ProjectionRow::V1 {
+                checkpoint: checkpoint.0,
+                state,
+            },
+        )?;
+        Ok(SaveRow {
+            table: SaveTable::Projections,
+            name,
+            row,
+        })
+    }
+
+    fn snapshot(stream: StreamId, version: StreamVersion, state: Vec<u8>) -> Result<SaveRow> {
+        if state.len() > STATE_BYTES_MAX {
+            return Err(SpoolError::invalid(format!(
+                "snapshot of {stream} of {} bytes exceeds STATE_BYTES_MAX ({STATE_BYTES_MAX})",
+                state.len()
+            )));
+        }
+        let row = postcard_bytes("snapshot row", &SnapshotRow::V1 { version, state })?;
+        Ok(SaveRow {
+            table: SaveTable::Snapshots,
+            name: stream.as_str().to_owned(),
+            row,
+        })
+    }
+
+    fn insert(&self, txn: &WriteTransaction) -> Result<()> {
+        let (table, action) = match self.table {
+            SaveTable::Projections => (tables::PROJECTIONS, "saving a projection"),
+            SaveTable::Snapshots => (tables::SNAPSHOTS, "saving a snapshot"),
+        };
+        let mut table = txn.open_table(table).ctx("opening saved states")?;
+        table
+            .insert(self.name.as_str(), self.row.as_slice())
+            .ctx(action)?;
+        Ok(())
+    }
+}
+
+/// A save waiting for the checkpoint that commits it, and its caller.
+struct Save {
+    row: SaveRow,
+    reply: oneshot::Sender<Result<DirectOutcome>>,
+}
+
+/// Answer saves: all committed, or all failed with `error`.
+fn answer_saves(saves: Vec<Save>, error: Option<&SpoolError>) {
+    for save in saves {
+        let answer = match error {
+            None => Ok(DirectOutcome::default()),
+            Some(e) => Err(SpoolError::Failed {
+                reason: format!("the save was not committed: {}", error_chain(e)),
+            }),
+        };
+        drop(save.reply.send(answer));
+    }
 }
 
 /// A background checkpoint the writer started and has not yet seen committed.
@@ -215,6 +339,7 @@ impl Applier {
         inserts: tables::EventInserts,
         cores: Option<Vec<usize>>,
         retention: Arc<Mutex<Retention>>,
+        nudge: Arc<Nudge>,
     ) -> Result<Applier> {
         let (jobs, rx) = std::sync::mpsc::sync_channel(SPOOL_APPLY_QUEUE_APPENDS_MAX);
         let (back_tx, back) = std::sync::mpsc::sync_channel(1);
@@ -233,7 +358,7 @@ impl Applier {
                 // unapplied (the journal keeps its events), and the writer starts a new thread
                 // when it reopens.
                 let run = std::panic::AssertUnwindSafe(|| {
-                    apply_loop(&rx, &back_tx, &done_tx, &spent, inserts, &retention)
+                    apply_loop(&rx, &back_tx, &done_tx, &spent, inserts, &retention, &nudge)
                 });
                 if let Err(panic) = std::panic::catch_unwind(run) {
                     *panic_slot.lock().unwrap_or_else(|p| p.into_inner()) =
@@ -337,6 +462,7 @@ fn apply_loop(
     spent_queued: &std::sync::atomic::AtomicUsize,
     inserts: tables::EventInserts,
     retention: &Mutex<Retention>,
+    nudge: &Nudge,
 ) {
     let mut txn: Option<WriteTransaction> = None;
     let mut error: Option<SpoolError> = None;
@@ -380,13 +506,28 @@ fn apply_loop(
                     }
                 }
             }
-            ApplyJob::Commit(job) => {
+            ApplyJob::Commit(mut job) => {
+                let saves = std::mem::take(&mut job.saves);
                 let outcome = match (error.take(), txn.take()) {
-                    (Some(e), _) => Err(e),
-                    (None, None) => Err(Applier::lost()),
+                    (Some(e), _) => {
+                        answer_saves(saves, Some(&e));
+                        Err(e)
+                    }
+                    (None, None) => {
+                        answer_saves(saves, Some(&Applier::lost()));
+                        Err(Applier::lost())
+                    }
                     (None, Some(t)) => {
                         let started = std::time::Instant::now();
-                        commit_checkpoint(t, job.checkpoint_lsn, job.journal_start)
+                        let committed = saves
+                            .iter()
+                            .try_for_each(|save| save.row.insert(&t))
+                            .and_then(|()| {
+                                commit_checkpoint(t, job.checkpoint_lsn, job.journal_start)
+                            });
+                        // The savers wait for this commit only, not for retention after it.
+                        answer_saves(saves, committed.as_ref().err());
+                        committed
                             .inspect(|()| {
                                 // For a technician (and the node bench's trace) matching a slow sync
                                 // of the journal to the database's commit beside it.
@@ -430,6 +571,7 @@ fn apply_loop(
                 if done.send(answer).is_err() {
                     return;
                 }
+                nudge.after_commit();
             }
             ApplyJob::Return => {
                 let answer = match (error.take(), txn.take()) {
@@ -526,6 +668,8 @@ pub(crate) struct Policy {
     /// The apply thread's cores ([`crate::ThreadCores::apply`]), or any.
     pub(crate) apply_cores: Option<Vec<usize>>,
     pub(crate) background_checkpoints: bool,
+    /// [`crate::SpoolConfig::background_saves`].
+    pub(crate) background_saves: bool,
     /// How long durable inserts may wait for the apply thread ([`crate::SpoolConfig::apply_linger`]).
     pub(crate) apply_linger: Duration,
     /// [`crate::SpoolConfig::tail_trim_in_slices`].
@@ -636,6 +780,11 @@ pub(crate) struct Writer {
     committed: Option<Committed>,
     /// The background checkpoint committing on the apply thread, if any (at most one).
     in_flight: Option<InFlight>,
+    /// Saves ([`crate::SpoolConfig::background_saves`]) for the next checkpoint, which the
+    /// writer starts after the group that brought them, or after the one in flight commits.
+    saves: Vec<Save>,
+    /// Wakes the writer when the checkpoint in flight commits and saves wait.
+    nudge: Arc<Nudge>,
     /// The last seq of a committed background checkpoint whose appends the tail still holds:
     /// the writer lets go of them [`SPOOL_TAIL_TRIM_BATCHES`] at a time, after each group.
     trim_pending: Option<u64>,
@@ -665,7 +814,12 @@ impl Writer {
         counters: Arc<Counters>,
         policy: Policy,
         storage: Arc<dyn crate::storage::Storage>,
+        requests: mpsc::WeakSender<Request>,
     ) -> Result<Writer> {
+        let nudge = Arc::new(Nudge {
+            wanted: std::sync::atomic::AtomicBool::new(false),
+            requests,
+        });
         let path = storage.describe();
         let txn = begin(&*current(&db)?)?;
         let retention = Arc::new(Mutex::new(Retention::new(
@@ -681,6 +835,7 @@ impl Writer {
                 policy.event_inserts,
                 policy.apply_cores.clone(),
                 retention.clone(),
+                nudge.clone(),
             )?)
         } else {
             None
@@ -718,6 +873,8 @@ impl Writer {
             staged_keys: FastMap::default(),
             committed: None,
             in_flight: None,
+            saves: Vec::new(),
+            nudge,
             trim_pending: None,
             checkpoint_head: 0,
             #[cfg(test)]
@@ -827,6 +984,14 @@ impl Writer {
         self.release_applies_if_due();
         self.settle_background();
         self.maybe_checkpoint(false);
+        if !self.saves.is_empty() && self.in_flight.is_some() {
+            // Saves wait for the checkpoint in flight: ask the apply thread to wake this thread
+            // when it commits, then look once more, in case it committed before it could see
+            // the asking.
+            self.nudge.wanted.store(true, Ordering::SeqCst);
+            self.settle_background();
+            self.maybe_checkpoint(false);
+        }
         // Twice the group's appends at least, so the trim outpaces a flood.
         self.trim_tail(if self.policy.tail_trim_in_slices {
             SPOOL_TAIL_TRIM_BATCHES.max(2 * requests)
@@ -859,7 +1024,8 @@ impl Writer {
         if self.failed.is_none()
             && (self.uncheckpointed_events > 0
                 || self.journal.used() > 0
-                || self.in_flight.is_some())
+                || self.in_flight.is_some()
+                || !self.saves.is_empty())
             && let Err(error) = self.checkpoint()
         {
             tracing::error!(
@@ -955,11 +1121,33 @@ impl Writer {
                 self.group_pending.push(Pending::Ack(reply));
             }
             Request::Direct { op, reply } => {
+                let op = if self.saves_in_background() {
+                    match SaveRow::of(op) {
+                        Ok(row) => return self.save_later(row, reply),
+                        Err(op) => op,
+                    }
+                } else {
+                    op
+                };
                 self.flush();
                 let result = self.direct(op);
                 drop(reply.send(result));
             }
             Request::Tick => {}
+        }
+    }
+
+    /// Whether saves are committed as background checkpoints on the apply thread.
+    fn saves_in_background(&self) -> bool {
+        self.policy.background_saves && self.policy.background_checkpoints && self.applier.is_some()
+    }
+
+    /// Keep a save for the next checkpoint, which commits it on the apply thread and answers
+    /// `reply`: the writer goes on journaling appends meanwhile. It starts after this group.
+    fn save_later(&mut self, row: Result<SaveRow>, reply: oneshot::Sender<Result<DirectOutcome>>) {
+        match row {
+            Ok(row) => self.saves.push(Save { row, reply }),
+            Err(error) => drop(reply.send(Err(error))),
         }
     }
 
@@ -1428,6 +1616,7 @@ impl Writer {
             });
         }
         self.discard_txn();
+        answer_saves(std::mem::take(&mut self.saves), Some(error));
         self.group_bytes.clear();
         self.group_batches.clear();
         self.group_spent.clear();
@@ -1592,6 +1781,7 @@ impl Writer {
                 self.policy.event_inserts,
                 self.policy.apply_cores.clone(),
                 self.retention.clone(),
+                self.nudge.clone(),
             )?);
             tracing::warn!(%panic, "the spool's apply thread panicked; a new one is started");
         }
@@ -1654,12 +1844,14 @@ impl Writer {
         if self.failed.is_some() {
             return;
         }
-        let due = self.policy.checkpoint_due(
-            self.uncheckpointed_events,
-            self.journal.head() - self.checkpoint_head,
-            self.journal.capacity(),
-            self.last_checkpoint.elapsed(),
-        );
+        // Saves wait for a checkpoint, so one is due at once.
+        let due = !self.saves.is_empty()
+            || self.policy.checkpoint_due(
+                self.uncheckpointed_events,
+                self.journal.head() - self.checkpoint_head,
+                self.journal.capacity(),
+                self.last_checkpoint.elapsed(),
+            );
         if !(due || force) {
             return;
         }
@@ -1697,6 +1889,7 @@ impl Writer {
             head: self.next_seq - 1,
             journaled: self.journal.head(),
             db: current(&self.db)?,
+            saves: std::mem::take(&mut self.saves),
         };
         let applier = self
             .applier
@@ -1728,7 +1921,13 @@ impl Writer {
             .txn
             .take()
             .expect("an open write transaction while not failed");
-        commit_checkpoint(txn, self.next_lsn - 1, self.journal.head_offset())?;
+        let saves = std::mem::take(&mut self.saves);
+        let committed = saves
+            .iter()
+            .try_for_each(|save| save.row.insert(&txn))
+            .and_then(|()| commit_checkpoint(txn, self.next_lsn - 1, self.journal.head_offset()));
+        answer_saves(saves, committed.as_ref().err());
+        committed?;
         self.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
         self.tail
             .write()
@@ -1837,44 +2036,12 @@ impl Writer {
                     name,
                     checkpoint,
                     state,
-                } => {
-                    if state.len() > STATE_BYTES_MAX {
-                        return Err(SpoolError::invalid(format!(
-                            "projection {name} state of {} bytes exceeds STATE_BYTES_MAX ({STATE_BYTES_MAX})",
-                            state.len()
-                        )));
-                    }
-                    let row = postcard_bytes(
-                        "projection row",
-                        &ProjectionRow::V1 {
-                            checkpoint: checkpoint.0,
-                            state,
-                        },
-                    )?;
-                    let mut table = txn
-                        .open_table(tables::PROJECTIONS)
-                        .ctx("opening projections")?;
-                    table
-                        .insert(name.as_str(), row.as_slice())
-                        .ctx("saving a projection")?;
-                }
+                } => SaveRow::projection(name, checkpoint, state)?.insert(txn)?,
                 DirectOp::SaveSnapshot {
                     stream,
                     version,
                     state,
-                } => {
-                    if state.len() > STATE_BYTES_MAX {
-                        return Err(SpoolError::invalid(format!(
-                            "snapshot of {stream} of {} bytes exceeds STATE_BYTES_MAX ({STATE_BYTES_MAX})",
-                            state.len()
-                        )));
-                    }
-                    let row = postcard_bytes("snapshot row", &SnapshotRow::V1 { version, state })?;
-                    let mut table = txn.open_table(tables::SNAPSHOTS).ctx("opening snapshots")?;
-                    table
-                        .insert(stream.as_str(), row.as_slice())
-                        .ctx("saving a snapshot")?;
-                }
+                } => SaveRow::snapshot(stream, version, state)?.insert(txn)?,
                 DirectOp::Retention { now_us } => {
                     let age = self.policy.retention_age_us.unwrap_or(u64::MAX);
                     outcome.deleted = lock_retention(&self.retention).retain(
@@ -2145,6 +2312,7 @@ mod tests {
             apply_on_thread: true,
             apply_cores: None,
             background_checkpoints: true,
+            background_saves: true,
             apply_linger: Duration::ZERO,
             tail_trim_in_slices: true,
         };
