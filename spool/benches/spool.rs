@@ -15,9 +15,10 @@
 //! of 100 and more every spool first appends a journal's worth of events, so its timed figure is
 //! a running spool's, as SQLite's connection is warm from the figures before its own; that first
 //! journal's worth is timed as well and printed as the fresh spool's figure beside it. The saves
-//! section times single appends while another thread saves a projection state of half
-//! `STATE_BYTES_MAX` every 200 ms, with each save committed on the apply thread (the default)
-//! and on the writer (`background_saves: false`, the former way), in alternating rounds.
+//! section times single appends, one a millisecond, while another thread saves a projection
+//! state of half `STATE_BYTES_MAX` every 250 ms, with each save committed on the apply thread
+//! (the default) and on the writer (`background_saves: false`, the former way), and with no
+//! saves, in alternating rounds.
 //!
 //! Sizes come from the environment, so a run fits in a few minutes by default:
 //!
@@ -29,7 +30,7 @@
 //! | `SPOOL_BENCH_REOPEN` | 1000000 | comma-separated spool sizes for the kill -9 reopen (add 10000000) |
 //! | `SPOOL_BENCH_WEAR_SECS` | 65 | seconds of the steady 10 events/s run (spans two checkpoints) |
 //! | `SPOOL_BENCH_ONLY` | all | comma-separated sections: latency, saves, throughput, read, reopen, wear |
-//! | `SPOOL_BENCH_SAVES_SECS` | 3 | seconds of each round of appends beside projection saves, each way |
+//! | `SPOOL_BENCH_SAVES_SECS` | 5 | seconds of each round of appends beside projection saves, each way |
 //! | `SPOOL_BENCH_APPENDERS` | 1,8,64 | comma-separated thread counts of the single-event figures (empty: none) |
 //! | `SPOOL_BENCH_BATCHES` | 1,10,100,1000 | comma-separated batch sizes of the throughput section (to profile one) |
 //! | `SPOOL_BENCH_CHECKPOINT_EVENTS` | 20000 | the spool's `checkpoint_events` (what checkpoints cost) |
@@ -503,20 +504,24 @@ fn reopen_after_kill(dir: &Path, count: usize) -> (Duration, Duration, u64, u64)
     (opened, ready, head, db)
 }
 
-/// Single appends back to back for `run`, while another thread saves a projection of
-/// `state_bytes` every `every` (as the race engine saves its snapshot's chunks): the appends'
-/// latencies, and how long each save took to be answered.
+/// Single appends one per `gap` (as passings arrive) for `run`, while another thread saves a
+/// projection of `state_bytes` every `every` (as the race engine saves its snapshot's chunks),
+/// unless `every` is `None`: the appends' latencies, and how long each save took to be answered.
 fn appends_beside_saves(
     spool: &Spool,
     run: Duration,
+    gap: Duration,
     state_bytes: usize,
-    every: Duration,
+    every: Option<Duration>,
 ) -> (Vec<Duration>, Vec<Duration>) {
     let stream = decoder_stream();
     let stop = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|scope| {
         let saver = scope.spawn(|| {
             let mut took = Vec::new();
+            let Some(every) = every else {
+                return took;
+            };
             let mut n = 0u64;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 std::thread::sleep(every);
@@ -532,13 +537,18 @@ fn appends_beside_saves(
         });
         let mut samples = Vec::new();
         let started = Instant::now();
+        let mut next = started;
         let mut i = 0u32;
         while started.elapsed() < run {
+            next += gap;
             let event = passing(i);
             i += 1;
             let start = Instant::now();
             append(spool, &stream, vec![event]);
             samples.push(start.elapsed());
+            if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
         }
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         (samples, saver.join().expect("saver"))
@@ -644,24 +654,27 @@ fn main() {
     }
 
     if run("saves") {
-        // Appends while projections are saved: each save committed on the apply thread as a
-        // background checkpoint (now), or on the writer with appends stopped (before), in
-        // alternating rounds beside the floor.
+        // Paced appends while projections are saved: each save committed on the apply thread as
+        // a background checkpoint (now), or on the writer with appends stopped (before), and
+        // the same appends with no saves, in alternating rounds beside the floor.
         let rounds = 4;
-        let secs = env_usize("SPOOL_BENCH_SAVES_SECS", 3) as u64;
+        let secs = env_usize("SPOOL_BENCH_SAVES_SECS", 5) as u64;
         let state_bytes = spool::STATE_BYTES_MAX / 2;
-        let every = Duration::from_millis(200);
+        let every = Duration::from_millis(250);
+        let gap = Duration::from_millis(1);
         let mut floor_s = Vec::new();
-        let mut ways: [(&str, bool, Vec<Duration>, Vec<Duration>); 2] = [
+        type Way = (&'static str, Option<bool>, Vec<Duration>, Vec<Duration>);
+        let mut ways: [Way; 3] = [
+            ("no saves", None, Vec::new(), Vec::new()),
             (
                 "saves on the apply thread (now)",
-                true,
+                Some(true),
                 Vec::new(),
                 Vec::new(),
             ),
             (
                 "saves on the writer (before)",
-                false,
+                Some(false),
                 Vec::new(),
                 Vec::new(),
             ),
@@ -669,17 +682,22 @@ fn main() {
         for round in 0..rounds {
             floor_s.push(floor(dir.path(), 500, record));
             for (name, background_saves, appends, saves) in &mut ways {
-                let path = dir.path().join(format!("saves-{background_saves}-{round}"));
+                let path = dir.path().join(format!("saves-{round}"));
                 let spool = Spool::open(
                     &path,
                     SpoolConfig {
-                        background_saves: *background_saves,
+                        background_saves: background_saves.unwrap_or(true),
                         ..config()
                     },
                 )
                 .expect(name);
-                let (a, s) =
-                    appends_beside_saves(&spool, Duration::from_secs(secs), state_bytes, every);
+                let (a, s) = appends_beside_saves(
+                    &spool,
+                    Duration::from_secs(secs),
+                    gap,
+                    state_bytes,
+                    background_saves.map(|_| every),
+                );
                 appends.extend(a);
                 saves.extend(s);
                 drop(spool);
@@ -693,31 +711,36 @@ fn main() {
         };
         let (fp50, fp99) = (fp(|p| p.p50), fp(|p| p.p99));
         println!(
-            "\n## single appends back to back while a {} KiB projection is saved every {} ms ({rounds} alternating rounds of {secs} s each)",
+            "\n## single appends one per {} ms while a {} KiB projection is saved every {} ms ({rounds} alternating rounds of {secs} s each way)",
+            gap.as_millis(),
             state_bytes / 1024,
             every.as_millis()
         );
         println!(
-            "| | appends | p50 µs | p99 µs | p99.9 µs | max ms | over 5 ms | p50 / floor | p99 / floor | saves | save p50 ms | save max ms |"
+            "(over 1 ms: the appends' time past 1 ms, summed, per second of the run: what the saves cost the appends in all)"
         );
-        println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
         println!(
-            "| floor (append + fdatasync), median of rounds | | {:.0} | {:.0} | | | | 1.00 | 1.00 | | | |",
+            "| | appends | p50 µs | p99 µs | p99.9 µs | max ms | over 1 ms | over 5 ms | ms over 1 ms per s | p50 / floor | p99 / floor | saves | save p50 ms | save max ms |"
+        );
+        println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        println!(
+            "| floor (append + fdatasync), median of rounds | | {:.0} | {:.0} | | | | | | 1.00 | 1.00 | | | |",
             us(fp50),
             us(fp99)
         );
+        let ms = Duration::from_millis(1);
         for (name, _, appends, saves) in ways {
-            let over = appends
-                .iter()
-                .filter(|d| **d > Duration::from_millis(5))
-                .count();
+            let over = |limit: Duration| appends.iter().filter(|d| **d > limit).count();
+            let (over1, over5) = (over(ms), over(5 * ms));
+            let past: Duration = appends.iter().map(|d| d.saturating_sub(ms)).sum();
+            let past_per_s = us(past) / 1000.0 / (rounds as u64 * secs) as f64;
             let max = appends.iter().max().copied().unwrap_or_default();
             let n = appends.len();
             let p = percentiles(appends);
             let mut saves = saves;
             saves.sort();
             println!(
-                "| {name} | {n} | {:.0} | {:.0} | {:.0} | {:.1} | {over} | {:.2} | {:.2} | {} | {:.1} | {:.1} |",
+                "| {name} | {n} | {:.0} | {:.0} | {:.0} | {:.1} | {over1} | {over5} | {past_per_s:.2} | {:.2} | {:.2} | {} | {:.1} | {:.1} |",
                 us(p.p50),
                 us(p.p99),
                 us(p.p999),
