@@ -1268,6 +1268,46 @@ mod tests {
     }
 
     #[test]
+    fn a_save_that_finds_the_apply_thread_gone_is_answered_with_that_and_saves_after_the_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = SpoolConfig {
+            apply_linger: std::time::Duration::ZERO,
+            ..panic_test_config()
+        };
+        assert!(
+            config.background_saves,
+            "saves go to the apply thread by default"
+        );
+        let spool = Spool::open(dir.path(), config).expect("open");
+        assert_eq!(test_append(&spool, 1).expect("append")[0].seq, Seq(1));
+        let writer = || spool.inner.writer.lock().unwrap_or_else(|p| p.into_inner());
+        writer().panic_apply_thread();
+        wait_until("the apply thread panics", || !writer().apply_thread_runs());
+
+        // The checkpoint that would commit it cannot be queued: the save is answered with why,
+        // not left to a dropped reply ("closed").
+        let error = spool
+            .save_projection_blocking("p", Seq(1), vec![7; 100])
+            .expect_err("nothing commits the save");
+        assert!(
+            matches!(&error, SpoolError::Failed { reason } if reason.contains("apply thread")),
+            "{error:?}"
+        );
+        assert_eq!(spool.projection_state("p").expect("read"), None);
+        let reason = failure_reason(&spool);
+        assert!(reason.contains("apply thread"), "{reason}");
+
+        wait_until("the reopen", || spool.health() == SpoolHealth::Storing);
+        spool
+            .save_projection_blocking("p", Seq(1), vec![7; 100])
+            .expect("a save after the reopen");
+        assert_eq!(
+            spool.projection_state("p").expect("read"),
+            Some((Seq(1), vec![7; 100]))
+        );
+    }
+
+    #[test]
     fn a_panic_in_the_writer_fails_it_and_its_reopen_keeps_every_answered_append() {
         for caller_commits in [false, true] {
             let dir = tempfile::tempdir().expect("tempdir");

@@ -397,16 +397,25 @@ impl Applier {
 
     /// Queue a job on the transaction, handing the transaction over first if the writer has it.
     fn queue(&mut self, txn: &mut Option<WriteTransaction>, job: ApplyJob) -> Result<()> {
+        // A checkpoint that cannot be queued answers the saves it carries: the thread is gone.
+        let lost = |job: ApplyJob| {
+            if let ApplyJob::Commit(commit) = job {
+                answer_saves(commit.saves, Some(&Self::lost()));
+            }
+            Self::lost()
+        };
         if let Some(t) = txn.take() {
-            self.jobs
-                .send(ApplyJob::Take(Box::new(t)))
-                .map_err(|_| Self::lost())?;
+            if self.jobs.send(ApplyJob::Take(Box::new(t))).is_err() {
+                return Err(lost(job));
+            }
             self.holds = true;
         }
         if !self.holds {
-            return Err(Self::lost());
+            return Err(lost(job));
         }
-        self.jobs.send(job).map_err(|_| Self::lost())
+        self.jobs
+            .send(job)
+            .map_err(|std::sync::mpsc::SendError(job)| lost(job))
     }
 
     /// Queue the held inserts and acks as one job. Each insert keeps its caller's events for
