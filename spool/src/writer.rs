@@ -991,16 +991,14 @@ impl Writer {
         }
         self.measure_disk_ahead();
         self.release_applies_if_due();
+        if !self.saves.is_empty() {
+            // Saves wait for a checkpoint: if one is in flight, the apply thread wakes this
+            // thread when it commits. Asked before looking, so a commit that lands in between
+            // is seen here or wakes it (at worst one tick more, after the saves' own commit).
+            self.nudge.wanted.store(true, Ordering::SeqCst);
+        }
         self.settle_background();
         self.maybe_checkpoint(false);
-        if !self.saves.is_empty() && self.in_flight.is_some() {
-            // Saves wait for the checkpoint in flight: ask the apply thread to wake this thread
-            // when it commits, then look once more, in case it committed before it could see
-            // the asking.
-            self.nudge.wanted.store(true, Ordering::SeqCst);
-            self.settle_background();
-            self.maybe_checkpoint(false);
-        }
         // Twice the group's appends at least, so the trim outpaces a flood.
         self.trim_tail(if self.policy.tail_trim_in_slices {
             SPOOL_TAIL_TRIM_BATCHES.max(2 * requests)
