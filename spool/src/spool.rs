@@ -1367,12 +1367,16 @@ mod tests {
         append_from(&spool, 1, 200);
         assert_eq!(tail_len(), 200, "nothing committed yet");
 
-        // The group that learns of the commit lets go of the first slice only.
+        // The group that learns of the commit lets go of the first slice only. The events are
+        // numbered by a byte, so the commit has 49 appends to land in: a pause after each that
+        // does not see it gives it a second in all on a loaded machine (one run of 50 back to
+        // back appends, beside a CI, was once too short).
         let mut last = 200;
         while checkpoints() == 0 {
             last += 1;
             append_from(&spool, last, last);
             assert!(last < 250, "the background checkpoint commits");
+            pause_unless_committed(checkpoints());
         }
         let after = u64::from(last) - 200;
         assert_eq!(tail_len(), 200 + after - SPOOL_TAIL_TRIM_BATCHES as u64);
@@ -1409,8 +1413,19 @@ mod tests {
             last += 1;
             append_from(&spool, last, last);
             assert!(last < 250, "the background checkpoint commits");
+            pause_unless_committed(spool.counters.checkpoints.load(Ordering::Relaxed));
         }
         assert_eq!(tail_len(), u64::from(last) - 200);
+    }
+
+    /// A pause of 20 ms while no background checkpoint has been taken in (`checkpoints` is the
+    /// writer's count of them): the apply thread's commit gets time, not only appends. The
+    /// ticker's tick may take the commit in during it; that group lets go of a slice as an
+    /// append's would.
+    fn pause_unless_committed(checkpoints: u64) {
+        if checkpoints == 0 {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 
     /// The panic tests' spool: a small journal, and the one-byte test events.
