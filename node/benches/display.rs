@@ -18,6 +18,10 @@
 //!   2026-12-02 a spool subscription on the node's workers stamped it, which added that task's
 //!   wake-up, delayed most when the screens kept the workers busy). Reported per run: byte -> durable, and byte -> screen over every
 //!   delivery to every client, p50/p99/p99.9, and durable -> screen (the display's own share).
+//!   Each row ends with where byte -> durable went, from the stamps the node leaves on each event
+//!   as the `node` bench splits it (since 2026-12-07): the PTY and the read's wake-up ("read"),
+//!   the frame to the spool's writer taking it ("hand"), and the writer's group to its sync
+//!   returning ("commit").
 //!   Through the run the node takes turns with a floor (`common::Turns`: 96 B written in place and
 //!   fdatasynced at the run's rate, in the bench's process), and byte -> durable is printed as a
 //!   ratio to it: the decoder-to-disk path with the screens connected, against the disk in the same
@@ -229,8 +233,9 @@ fn passing(n: u32) -> Vec<u8> {
     testkit::passing_frame(n, testkit::DECODER_ID, 1_700_000_000_000_000 + u64::from(n))
 }
 
-/// Per-passing stamps, indexed by passing number (1-based; index 0 unused).
-type Stamps = Arc<Mutex<Vec<Option<Instant>>>>;
+/// Per-passing stamps, indexed by passing number (1-based; index 0 unused): the instant its bytes
+/// went, and the same moment as wall-clock µs (the node's own stamps are).
+type Stamps = Arc<Mutex<Vec<Option<(Instant, u64)>>>>;
 
 fn stamps(total: usize) -> Stamps {
     Arc::new(Mutex::new(vec![None; total + 1]))
@@ -247,9 +252,17 @@ fn play_passings(
     sent: Stamps,
 ) -> std::thread::JoinHandle<serialport::TTYPort> {
     let cores = common::player_cores(dir);
-    common::play(cores, master, start, at, total, passing, move |n, at, _| {
-        sent.lock().unwrap()[n as usize] = Some(at);
-    })
+    common::play(
+        cores,
+        master,
+        start,
+        at,
+        total,
+        passing,
+        move |n, at, us| {
+            sent.lock().unwrap()[n as usize] = Some((at, us));
+        },
+    )
 }
 
 /// What one screen saw: each passing's number and when it arrived, and whether it was closed for
@@ -571,6 +584,9 @@ async fn latency_run(case: Case, seconds: u64, screen_rt: &tokio::runtime::Runti
     // Each passing's seq, by its number: its durable instant is the writer's mark that first
     // reached that seq.
     let mut seqs: Vec<Option<u64>> = vec![None; total as usize + 1];
+    // Each passing's own stamps, by its number: when the node's read returned and when the
+    // spool's writer took it (wall-clock µs), for the stages.
+    let mut stamped: Vec<Option<(u64, u64)>> = vec![None; total as usize + 1];
     // The floor writes and syncs in the other turns, at the same rate.
     let (turns, start, floor) = Turns::with_floor(dir.path(), case.rate, total as usize);
     let writer = play_passings(
@@ -590,6 +606,9 @@ async fn latency_run(case: Case, seconds: u64, screen_rt: &tokio::runtime::Runti
         let p = catalog::Passing::from_event(&e).unwrap();
         if let Some(slot) = seqs.get_mut(p.passing_number as usize) {
             *slot = Some(e.seq.0);
+        }
+        if let Some(slot) = stamped.get_mut(p.passing_number as usize) {
+            *slot = Some((e.meta.captured_at_us, e.recorded_at_us));
         }
         stored += 1;
     }
@@ -623,9 +642,25 @@ async fn latency_run(case: Case, seconds: u64, screen_rt: &tokio::runtime::Runti
         .map(|seq| Some(durable_at(&marks, (*seq)?)?.0))
         .collect();
     let disk: Vec<f64> = (1..=total as usize)
-        .filter_map(|n| Some(durable[n]?.saturating_duration_since(sent[n]?)))
+        .filter_map(|n| Some(durable[n]?.saturating_duration_since(sent[n]?.0)))
         .map(|d| d.as_secs_f64() * 1e6)
         .collect();
+    // Where byte -> durable went, as the node bench splits it: the PTY and the read's wake-up
+    // (read), the frame to the spool's writer taking it (hand), and the writer's group to its
+    // sync returning (commit). The sync's moment in wall-clock µs comes from each passing's own
+    // pair of clock readings.
+    let (mut read, mut hand, mut commit) = (Vec::new(), Vec::new(), Vec::new());
+    for n in 1..=total as usize {
+        let (Some((t, wrote_us)), Some(at), Some((captured, recorded))) =
+            (sent[n], durable[n], stamped[n])
+        else {
+            continue;
+        };
+        let durable_us = wrote_us + at.saturating_duration_since(t).as_micros() as u64;
+        read.push(captured.saturating_sub(wrote_us) as f64);
+        hand.push(recorded.saturating_sub(captured) as f64);
+        commit.push(durable_us.saturating_sub(recorded) as f64);
+    }
     let mut screen = Vec::new();
     let mut display_share = Vec::new();
     let mut delivered = 0usize;
@@ -637,7 +672,7 @@ async fn latency_run(case: Case, seconds: u64, screen_rt: &tokio::runtime::Runti
                 continue;
             }
             delivered += 1;
-            if let Some(t) = sent[n] {
+            if let Some((t, _)) = sent[n] {
                 screen.push(at.saturating_duration_since(t).as_secs_f64() * 1e6);
             }
             if let Some(t) = durable[n] {
@@ -646,13 +681,16 @@ async fn latency_run(case: Case, seconds: u64, screen_rt: &tokio::runtime::Runti
         }
     }
     format!(
-        "passings={total} delivered={delivered} expected={} lagged={lagged}{}{}{}{}{}",
+        "passings={total} delivered={delivered} expected={} lagged={lagged}{}{}{}{}{}{}{}{}",
         total as usize * case.clients * usize::from(case.display),
         quantiles("disk", &sorted(disk)),
         quantiles("turns", &floor.response),
         quantiles("syncs", &floor.service),
         quantiles("screen", &sorted(screen)),
         quantiles("share", &sorted(display_share)),
+        quantiles("read", &sorted(read)),
+        quantiles("hand", &sorted(hand)),
+        quantiles("commit", &sorted(commit)),
     )
 }
 
@@ -725,6 +763,15 @@ fn print_row(case: Case, line: &str, floor_p99: f64) {
             g("lagged"),
         );
     }
+    row += &format!(
+        " | stages p50/p99 µs: read {:.0}/{:.0} hand {:.0}/{:.0} commit {:.0}/{:.0}",
+        g("read_p50"),
+        g("read_p99"),
+        g("hand_p50"),
+        g("hand_p99"),
+        g("commit_p50"),
+        g("commit_p99"),
+    );
     println!("{row}");
 }
 
