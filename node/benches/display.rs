@@ -21,7 +21,11 @@
 //!   Each row ends with where byte -> durable went, from the stamps the node leaves on each event
 //!   as the `node` bench splits it (since 2026-12-07): the PTY and the read's wake-up ("read"),
 //!   the frame to the spool's writer taking it ("hand"), and the writer's group to its sync
-//!   returning ("commit").
+//!   returning ("commit"). Every group's sync moment is the writer's own stamp, taken from
+//!   `Spool::durable_marks` (since 2026-12-07): before, the bench read a watch that keeps only the
+//!   newest mark, so when its thread woke late, earlier groups' passings took a later group's
+//!   sync and the p99 grew with the bench's own delays (`BENCH_DURABLE_MARKS=watch` measures that
+//!   way again).
 //!   Through the run the node takes turns with a floor (`common::Turns`: 96 B written in place and
 //!   fdatasynced at the run's rate, in the bench's process), and byte -> durable is printed as a
 //!   ratio to it: the decoder-to-disk path with the screens connected, against the disk in the same
@@ -615,7 +619,10 @@ async fn latency_run(case: Case, seconds: u64, screen_rt: &tokio::runtime::Runti
     let _master = played(writer).await;
     let floor = floor.join().unwrap();
     stop_marks.cancel();
-    let marks = marks.join().unwrap();
+    let common::DurableStamps {
+        stamps: marks,
+        missed: marks_missed,
+    } = marks.join().unwrap();
     // Every screen ends when it has the last passing; one that has not by the deadline is stopped
     // and its missing deliveries counted.
     let drain = tokio::spawn({
@@ -681,7 +688,7 @@ async fn latency_run(case: Case, seconds: u64, screen_rt: &tokio::runtime::Runti
         }
     }
     format!(
-        "passings={total} delivered={delivered} expected={} lagged={lagged}{}{}{}{}{}{}{}{}",
+        "passings={total} delivered={delivered} expected={} lagged={lagged} marks_missed={marks_missed}{}{}{}{}{}{}{}{}",
         total as usize * case.clients * usize::from(case.display),
         quantiles("disk", &sorted(disk)),
         quantiles("turns", &floor.response),
@@ -772,6 +779,12 @@ fn print_row(case: Case, line: &str, floor_p99: f64) {
         g("commit_p50"),
         g("commit_p99"),
     );
+    if g("marks_missed") > 0.0 {
+        row += &format!(
+            " | {:.0} durable marks missed (their passings stamped with a later sync)",
+            g("marks_missed")
+        );
+    }
     println!("{row}");
 }
 

@@ -5,8 +5,10 @@
 //! and keeps to the node's input core (`common::play`, `common::player_cores`; until 2026-12-04 a
 //! tokio task, whose millisecond timer sent some passings back to back); the node (in this
 //! process) reads the slave. Durable is the moment the writer's
-//! `fdatasync` returned, stamped on the writer's thread ([`spool::Spool::watch_durable`]), as the
-//! floor stamps its own sync; a thread of the bench's, parked on that mark, also stamps when it woke
+//! `fdatasync` returned, stamped on the writer's thread, as the floor stamps its own sync: every
+//! group's own stamp ([`spool::Spool::durable_marks`]; until 2026-12-07 a watch, which keeps only
+//! the newest, so a group the bench's thread woke too late for took a later group's sync,
+//! `BENCH_DURABLE_MARKS=watch`); a thread of the bench's, parked on that mark, also stamps when it woke
 //! to it (how runs before 2026-12-02 stamped durable: it adds a wake-up, printed as its own line);
 //! a live spool subscription on the async workers, as a screen would read it, stamps the moment it
 //! is seen (a worker's wake-up and a read more; the first runs of this bench reported only it). Reported: p50/p99/p99.9 of
@@ -308,7 +310,15 @@ async fn latency_run(rate: u32, seconds: u64, drain: bool) -> Run {
         )
     });
     stop_heads.cancel();
-    let heads = heads.join().unwrap();
+    let common::DurableStamps {
+        stamps: heads,
+        missed,
+    } = heads.join().unwrap();
+    if missed > 0 {
+        println!(
+            "    (the bench's thread missed {missed} of the spool's durable marks: their passings are stamped with a later sync)"
+        );
+    }
     cancel.cancel();
     run.await.unwrap().unwrap();
     let sent = sent.lock().unwrap();

@@ -407,7 +407,9 @@ async fn soak(
     // Each passing's write: its instant, and the same moment as wall-clock µs (the node's stamps
     // are), so the node's stamps can be placed on this clock from the passing's own pair.
     let in_flight: Arc<Mutex<HashMap<u32, (Instant, u64)>>> = Arc::default();
-    let mut durable = spool.watch_durable();
+    let mut durable = spool.durable_marks();
+    // Marks the loop fell too far behind to get (counted in the closing summary).
+    let mut marks_missed = 0u64;
     // The syncs not yet matched to a passing seen, oldest first: bounded by the passings in flight.
     let mut syncs: VecDeque<(u64, Instant)> = VecDeque::new();
     let total = u64::from(rate) * 60 * minutes;
@@ -518,8 +520,15 @@ async fn soak(
                 let e = e.expect("subscription");
                 let (seen, seen_us) = (Instant::now(), spool::now_us());
                 let p = catalog::Passing::from_event(&e).expect("a passing");
-                // The first sync that made it durable; a watch keeps only the newest value, so
-                // one this loop did not take in time reads as the next (its `sync` longer).
+                // Every group's mark is published before its events can be read: take in those
+                // this loop has not yet, then the first sync that made this one durable.
+                loop {
+                    match durable.try_recv() {
+                        Ok(mark) => syncs.push_back((mark.seq.0, mark.synced_at)),
+                        Err(tokio::sync::broadcast::error::TryRecvError::Lagged(n)) => marks_missed += n,
+                        Err(_) => break,
+                    }
+                }
                 while syncs.front().is_some_and(|&(seq, _)| seq < e.seq.0) {
                     syncs.pop_front();
                 }
@@ -550,14 +559,11 @@ async fn soak(
                 }
                 received += 1;
             }
-            changed = durable.changed(), if durable_open => {
-                if changed.is_ok() {
-                    let mark = *durable.borrow_and_update();
-                    syncs.push_back((mark.seq.0, mark.synced_at));
-                } else {
-                    durable_open = false;
-                }
-            }
+            mark = durable.recv(), if durable_open => match mark {
+                Ok(mark) => syncs.push_back((mark.seq.0, mark.synced_at)),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => marks_missed += n,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => durable_open = false,
+            },
             _ = tick.tick() => {
                 let up = started.elapsed().as_secs() % cycle.as_secs() < up_s;
                 up_tx.send_if_modified(|u| std::mem::replace(u, up) != up);
@@ -605,6 +611,11 @@ async fn soak(
         println!(
             "(minute {} is partial: the run ended {seconds:.0} s into it)",
             s.minute
+        );
+    }
+    if marks_missed > 0 {
+        println!(
+            "(the loop missed {marks_missed} of the spool's durable marks: their passings' sync stage runs to a later group's sync)"
         );
     }
     let _master = writer.await.expect("writer");

@@ -327,9 +327,9 @@ pub use crate::spool::{
     DurableMark, SPOOL_APPLY_LINGER_MS_DEFAULT, SPOOL_CACHE_BYTES_DEFAULT,
     SPOOL_CALLER_COMMIT_IDLE_US, SPOOL_CHECKPOINT_EVENTS_DEFAULT,
     SPOOL_CHECKPOINT_INTERVAL_MS_DEFAULT, SPOOL_CHECKPOINT_SPACING_MS_DEFAULT,
-    SPOOL_DISK_RESERVE_BYTES_DEFAULT, SPOOL_JOURNAL_BYTES_DEFAULT, SPOOL_JOURNAL_BYTES_MIN, Spool,
-    SpoolConfig, ThreadCores, allowed_cores, commit_appends_on_this_thread, compact,
-    keep_thread_to,
+    SPOOL_DISK_RESERVE_BYTES_DEFAULT, SPOOL_DURABLE_MARKS_MAX, SPOOL_JOURNAL_BYTES_DEFAULT,
+    SPOOL_JOURNAL_BYTES_MIN, Spool, SpoolConfig, ThreadCores, allowed_cores,
+    commit_appends_on_this_thread, compact, keep_thread_to,
 };
 pub use crate::subscription::{SUBSCRIPTION_PAGE_EVENTS, Subscription};
 pub use crate::types::{

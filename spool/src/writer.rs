@@ -36,7 +36,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, WriteTransaction};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::error::{DbContext, Result, SpoolError, error_chain};
 use crate::journal::Journal;
@@ -742,6 +742,8 @@ pub(crate) struct Writer {
     pub(crate) tail: Arc<RwLock<Tail>>,
     pub(crate) head: watch::Sender<Seq>,
     pub(crate) durable: watch::Sender<crate::spool::DurableMark>,
+    /// Every mark [`Writer::durable`] takes, for [`crate::Spool::durable_marks`].
+    pub(crate) durable_marks: broadcast::Sender<crate::spool::DurableMark>,
     pub(crate) next_seq: u64,
     pub(crate) next_lsn: u64,
     pub(crate) counters: Arc<Counters>,
@@ -818,6 +820,7 @@ impl Writer {
         tail: Arc<RwLock<Tail>>,
         head: watch::Sender<Seq>,
         durable: watch::Sender<crate::spool::DurableMark>,
+        durable_marks: broadcast::Sender<crate::spool::DurableMark>,
         next_seq: u64,
         next_lsn: u64,
         counters: Arc<Counters>,
@@ -857,6 +860,7 @@ impl Writer {
             tail,
             head,
             durable,
+            durable_marks,
             next_seq,
             next_lsn,
             counters,
@@ -1526,7 +1530,7 @@ impl Writer {
             .fetch_add(appended, Ordering::Relaxed);
         if let Some(last) = last {
             if let Some(synced_at) = synced_at {
-                self.durable.send_replace(crate::spool::DurableMark {
+                self.mark_durable(crate::spool::DurableMark {
                     seq: last,
                     synced_at,
                 });
@@ -1544,6 +1548,13 @@ impl Writer {
         self.counters
             .last_group_end_us
             .store(now_us(), Ordering::Relaxed);
+    }
+
+    /// Publishes a durable mark to the watch and to every receiver of all marks.
+    fn mark_durable(&self, mark: crate::spool::DurableMark) {
+        self.durable.send_replace(mark);
+        // No receiver is not an error: nobody is measuring.
+        let _ = self.durable_marks.send(mark);
     }
 
     /// Hold the durable group's inserts for the apply thread, and hand over what is held once
@@ -1828,16 +1839,12 @@ impl Writer {
         self.db.set(Some(db));
         // An append answered `Err` may have reached the journal before the failure; it is stored
         // now, and subscribers learn of it.
-        self.durable.send_if_modified(|mark| {
-            let changed = mark.seq.0 != next_seq - 1;
-            if changed {
-                *mark = crate::spool::DurableMark {
-                    seq: Seq(next_seq - 1),
-                    synced_at: Instant::now(),
-                };
-            }
-            changed
-        });
+        if self.durable.borrow().seq.0 != next_seq - 1 {
+            self.mark_durable(crate::spool::DurableMark {
+                seq: Seq(next_seq - 1),
+                synced_at: Instant::now(),
+            });
+        }
         self.head.send_if_modified(|head| {
             let changed = head.0 != next_seq - 1;
             *head = Seq(next_seq - 1);

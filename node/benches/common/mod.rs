@@ -583,32 +583,71 @@ pub fn uplink_to(dir: &Path, port: u16, token: &str) -> node::config::UplinkSett
 /// instant this bench's thread woke to it), in order.
 pub type HeadStamps = Vec<(u64, Instant, Instant)>;
 
-/// Records every move of the spool's durable mark ([`spool::Spool::watch_durable`]: the seq and the
+/// Set to `watch`, [`watch_durable`] reads the spool's durable mark as the benches did before
+/// 2026-12-07: from the watch, which keeps only the newest mark, so a group whose mark the
+/// bench's thread did not see in time is stamped with a later group's sync.
+pub const DURABLE_MARKS_ENV: &str = "BENCH_DURABLE_MARKS";
+
+/// Every move of the spool's durable mark as a bench's thread saw it, and how many marks it
+/// missed (none, unless it fell [`spool::SPOOL_DURABLE_MARKS_MAX`] groups behind).
+pub struct DurableStamps {
+    pub stamps: HeadStamps,
+    pub missed: u64,
+}
+
+/// Records every durable mark of the spool ([`spool::Spool::durable_marks`]: the seq and the
 /// instant the writer's `fdatasync` returned, taken on the writer's thread, as the floor takes its
-/// own) from a thread of its own, parked on the watch (a current-thread runtime without an I/O
+/// own) from a thread of its own, parked on the channel (a current-thread runtime without an I/O
 /// driver parks on a futex, so the writer's publish wakes this thread and nothing else), until
-/// `stop`. The thread's own wake-up is kept too: the benches stamped durable there before 2026-12-02.
+/// `stop`. The thread's own wake-up is kept too: the benches stamped durable there before
+/// 2026-12-02. Every group's mark is kept, however late this thread wakes; with
+/// [`DURABLE_MARKS_ENV`]`=watch` only the newest at each wake-up, as before 2026-12-07.
 pub fn watch_durable(
     spool: &spool::Spool,
     stop: tokio_util::sync::CancellationToken,
-) -> std::thread::JoinHandle<HeadStamps> {
-    let mut durable = spool.watch_durable();
+) -> std::thread::JoinHandle<DurableStamps> {
+    let mut watch = spool.watch_durable();
+    let mut marks = spool.durable_marks();
+    let every = std::env::var(DURABLE_MARKS_ENV).as_deref() != Ok("watch");
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
         rt.block_on(async move {
-            let mut stamps = HeadStamps::new();
+            let mut out = DurableStamps {
+                stamps: HeadStamps::new(),
+                missed: 0,
+            };
             loop {
-                tokio::select! {
-                    changed = durable.changed() => if changed.is_err() { break },
-                    () = stop.cancelled() => break,
-                }
-                let woke = Instant::now();
-                let mark = *durable.borrow_and_update();
-                stamps.push((mark.seq.0, mark.synced_at, woke));
+                let mark = if every {
+                    tokio::select! {
+                        mark = marks.recv() => match mark {
+                            Ok(mark) => mark,
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                                out.missed += n;
+                                continue;
+                            }
+                            Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                        },
+                        () = stop.cancelled() => {
+                            // What was published before the stop still counts.
+                            while let Ok(mark) = marks.try_recv() {
+                                out.stamps.push((mark.seq.0, mark.synced_at, Instant::now()));
+                            }
+                            break;
+                        }
+                    }
+                } else {
+                    tokio::select! {
+                        changed = watch.changed() => if changed.is_err() { break },
+                        () = stop.cancelled() => break,
+                    }
+                    *watch.borrow_and_update()
+                };
+                out.stamps
+                    .push((mark.seq.0, mark.synced_at, Instant::now()));
             }
-            stamps
+            out
         })
     })
 }

@@ -206,3 +206,59 @@ fn the_durable_mark_moves_with_the_head_stamped_when_the_sync_returned() {
     let spool = Spool::open(dir.path(), opaque_config()).unwrap();
     assert_eq!(spool.watch_durable().borrow().seq, Seq(2));
 }
+
+#[test]
+fn every_synced_group_leaves_its_own_durable_mark_for_a_receiver_that_reads_late() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path(), opaque_config()).unwrap();
+    let mut marks = spool.durable_marks();
+    let watch = spool.watch_durable();
+    let mut answered = Vec::new();
+    for n in 0..5u8 {
+        let before = std::time::Instant::now();
+        spool
+            .append_blocking(vec![part(
+                "a",
+                ExpectedVersion::Any,
+                vec![event(&[b'a', n]), event(&[b'b', n])],
+            )])
+            .unwrap();
+        answered.push((before, std::time::Instant::now()));
+    }
+    // Read only now: the watch has the last group's mark alone; the channel has all five, each
+    // with its own group's last seq, stamped between that append's request and its answer.
+    assert_eq!(watch.borrow().seq, Seq(10));
+    for (n, (before, after)) in answered.into_iter().enumerate() {
+        let mark = marks.try_recv().unwrap();
+        assert_eq!(mark.seq, Seq(2 * (n as u64 + 1)));
+        assert!(mark.synced_at >= before && mark.synced_at <= after);
+    }
+    assert!(marks.try_recv().is_err());
+    // A failed append leaves none.
+    let stale = spool.append_blocking(vec![part(
+        "a",
+        ExpectedVersion::NoStream,
+        vec![event(b"x")],
+    )]);
+    assert!(stale.is_err());
+    assert!(marks.try_recv().is_err());
+}
+
+#[test]
+fn a_durable_marks_receiver_further_behind_than_it_holds_is_told_how_many_it_missed() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path(), opaque_config()).unwrap();
+    let mut marks = spool.durable_marks();
+    let groups = spool::SPOOL_DURABLE_MARKS_MAX as u64 + 3;
+    for _ in 0..groups {
+        spool
+            .append_blocking(vec![part("a", ExpectedVersion::Any, vec![event(b"e")])])
+            .unwrap();
+    }
+    match marks.try_recv() {
+        Err(tokio::sync::broadcast::error::TryRecvError::Lagged(missed)) => assert_eq!(missed, 3),
+        other => panic!("expected Lagged(3), got {other:?}"),
+    }
+    // The oldest it still holds is the fourth group's.
+    assert_eq!(marks.try_recv().unwrap().seq, Seq(4));
+}
