@@ -450,7 +450,6 @@ async fn soak(
     let mut minute_lat: Vec<f64> = Vec::new();
     // The minute's slowest passing so far: µs byte -> seen, and its stages.
     let mut slowest = (0.0, Stages::default());
-    let mut durable_open = true;
     let probe_ms = env_u64("SOAK_DISK_PROBE_MS", 100);
     let probe = (probe_ms > 0).then(|| {
         let trace = std::env::var_os("SOAK_TRACE").map(|p| {
@@ -520,8 +519,10 @@ async fn soak(
                 let e = e.expect("subscription");
                 let (seen, seen_us) = (Instant::now(), spool::now_us());
                 let p = catalog::Passing::from_event(&e).expect("a passing");
-                // Every group's mark is published before its events can be read: take in those
-                // this loop has not yet, then the first sync that made this one durable.
+                // Every group's mark is published before its events can be read, so the marks
+                // are taken in here, each passing's before it is matched (the channel holds
+                // `spool::SPOOL_DURABLE_MARKS_MAX` between two passings), then the first sync
+                // that made this one durable.
                 loop {
                     match durable.try_recv() {
                         Ok(mark) => syncs.push_back((mark.seq.0, mark.synced_at)),
@@ -559,11 +560,6 @@ async fn soak(
                 }
                 received += 1;
             }
-            mark = durable.recv(), if durable_open => match mark {
-                Ok(mark) => syncs.push_back((mark.seq.0, mark.synced_at)),
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => marks_missed += n,
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => durable_open = false,
-            },
             _ = tick.tick() => {
                 let up = started.elapsed().as_secs() % cycle.as_secs() < up_s;
                 up_tx.send_if_modified(|u| std::mem::replace(u, up) != up);
