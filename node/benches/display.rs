@@ -652,10 +652,9 @@ async fn latency_run(case: Case, seconds: u64, screen_rt: &tokio::runtime::Runti
         .filter_map(|n| Some(durable[n]?.saturating_duration_since(sent[n]?.0)))
         .map(|d| d.as_secs_f64() * 1e6)
         .collect();
-    // Where byte -> durable went, as the node bench splits it: the PTY and the read's wake-up
-    // (read), the frame to the spool's writer taking it (hand), and the writer's group to its
-    // sync returning (commit). The sync's moment in wall-clock µs comes from each passing's own
-    // pair of clock readings.
+    // Where byte -> durable went, as the node bench splits it (`common::PathSplit`): the PTY
+    // and the read's wake-up (read), the frame to the spool's writer taking it (hand), and the
+    // writer's group to its sync returning (commit).
     let (mut read, mut hand, mut commit) = (Vec::new(), Vec::new(), Vec::new());
     for n in 1..=total as usize {
         let (Some((t, wrote_us)), Some(at), Some((captured, recorded))) =
@@ -663,10 +662,10 @@ async fn latency_run(case: Case, seconds: u64, screen_rt: &tokio::runtime::Runti
         else {
             continue;
         };
-        let durable_us = wrote_us + at.saturating_duration_since(t).as_micros() as u64;
-        read.push(captured.saturating_sub(wrote_us) as f64);
-        hand.push(recorded.saturating_sub(captured) as f64);
-        commit.push(durable_us.saturating_sub(recorded) as f64);
+        let split = common::PathSplit::new(t, wrote_us, at, captured, recorded);
+        read.push(split.read_us() as f64);
+        hand.push(split.hand_off_us() as f64);
+        commit.push(split.commit_us() as f64);
     }
     let mut screen = Vec::new();
     let mut display_share = Vec::new();

@@ -341,37 +341,36 @@ async fn latency_run(rate: u32, seconds: u64, drain: bool) -> Run {
         else {
             continue;
         };
-        // The sync's moment as wall-clock µs (the node's stamps are), from this passing's own pair
-        // of clock readings, its write's instant and µs: with one pair taken when the run began, a
-        // wall-clock step during the run (likely ~12 ms in two runs on 2026-12-02) made every
-        // commit read 0 µs and every subscriber 12 ms late.
-        let durable_us = wrote_us + durable_at.saturating_duration_since(*t).as_micros() as u64;
+        let split = common::PathSplit::new(
+            *t,
+            *wrote_us,
+            durable_at,
+            e.meta.captured_at_us,
+            e.recorded_at_us,
+        );
         durable.push(durable_at.saturating_duration_since(*t).as_secs_f64() * 1e6);
         if drain_end.is_none_or(|end| *t < end) {
             while_draining.push(durable_at.saturating_duration_since(*t).as_secs_f64() * 1e6);
         }
         woken.push(woke.saturating_duration_since(*t).as_secs_f64() * 1e6);
         read.push(seen_at.saturating_duration_since(*t).as_secs_f64() * 1e6);
-        let (captured, recorded) = (e.meta.captured_at_us, e.recorded_at_us);
         if let Some(f) = trace.as_mut() {
             writeln!(
                 f,
-                "{},{},{wrote_us},{captured},{recorded},{durable_us},{seen_us}",
-                p.passing_number, e.seq.0
+                "{}",
+                split.trace_line(p.passing_number, e.seq.0, seen_us)
             )
             .unwrap();
         }
-        stages.read.push(captured.saturating_sub(*wrote_us) as f64);
-        stages
-            .hand_off
-            .push(recorded.saturating_sub(captured) as f64);
-        stages
-            .commit
-            .push(durable_us.saturating_sub(recorded) as f64);
+        stages.read.push(split.read_us() as f64);
+        stages.hand_off.push(split.hand_off_us() as f64);
+        stages.commit.push(split.commit_us() as f64);
         stages
             .woke
             .push(woke.saturating_duration_since(durable_at).as_secs_f64() * 1e6);
-        stages.seen.push(seen_us.saturating_sub(durable_us) as f64);
+        stages
+            .seen
+            .push(seen_us.saturating_sub(split.durable_us) as f64);
     }
     durable.sort_by(f64::total_cmp);
     while_draining.sort_by(f64::total_cmp);

@@ -536,19 +536,18 @@ async fn soak(
                 let synced = syncs.front().map_or(seen, |&(_, at)| at);
                 let wrote = in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&p.passing_number);
                 if let Some((t, wrote_us)) = wrote {
-                    let ms = |from: u64, to: u64| to.saturating_sub(from) as f64 / 1e3;
-                    let synced_us = wrote_us + synced.saturating_duration_since(t).as_micros() as u64;
-                    let (captured, recorded) = (e.meta.captured_at_us, e.recorded_at_us);
+                    let split = common::PathSplit::new(t, wrote_us, synced, e.meta.captured_at_us, e.recorded_at_us);
+                    let ms = |us: u64| us as f64 / 1e3;
                     let stages = Stages {
-                        read: ms(wrote_us, captured),
-                        hand: ms(captured, recorded),
-                        sync: ms(recorded, synced_us),
-                        seen: ms(synced_us, seen_us),
+                        read: ms(split.read_us()),
+                        hand: ms(split.hand_off_us()),
+                        sync: ms(split.commit_us()),
+                        seen: ms(seen_us.saturating_sub(split.durable_us)),
                     };
                     if let Some(f) = trace.as_mut() {
                         std::io::Write::write_fmt(f, format_args!(
-                            "{},{},{wrote_us},{captured},{recorded},{synced_us},{seen_us}\n",
-                            p.passing_number, e.seq.0
+                            "{}\n",
+                            split.trace_line(p.passing_number, e.seq.0, seen_us)
                         ))
                         .expect("SOAK_TRACE");
                     }

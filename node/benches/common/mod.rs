@@ -499,8 +499,70 @@ pub fn spawn_central(
 }
 
 /// The header of a passing trace (the node bench's `NODE_BENCH_TRACE`, the soak's `SOAK_TRACE`):
-/// each passing's stamps in wall-clock µs, one line each.
+/// each passing's stamps in wall-clock µs, one line each ([`PathSplit::trace_line`]).
 pub const TRACE_HEADER: &str = "passing,seq,wrote_us,captured_us,recorded_us,durable_us,seen_us";
+
+/// Where one passing's byte -> durable went, in wall-clock µs: the stages every bench prints
+/// (the node bench's "PTY + read wake-up", "frame -> encode -> writer" and "write + fdatasync",
+/// the display bench's read, hand and commit, the soak's slowest passing). The node stamps the
+/// event itself when its read returned (`captured_at_us`) and when the spool's writer took it
+/// (`recorded_at_us`), in wall-clock µs; the player stamps the frame's write with both clocks.
+/// The sync's moment is taken from that pair, not from one pair read when the run began: a
+/// wall-clock step during a run (~12 ms, twice on 2026-12-02) would otherwise move every later
+/// commit stage by it.
+#[derive(Clone, Copy, Debug)]
+pub struct PathSplit {
+    /// The player's wall-clock µs as it wrote the frame.
+    pub wrote_us: u64,
+    /// The node's read returned (the event's `captured_at_us`).
+    pub captured_us: u64,
+    /// The spool's writer took the event (its `recorded_at_us`).
+    pub recorded_us: u64,
+    /// The sync that made it durable returned, in wall-clock µs.
+    pub durable_us: u64,
+}
+
+impl PathSplit {
+    /// The split of the passing the player wrote at `wrote` (instant) and `wrote_us` (wall
+    /// clock), made durable by the sync that returned at `durable`, with its event's own stamps.
+    pub fn new(
+        wrote: Instant,
+        wrote_us: u64,
+        durable: Instant,
+        captured_us: u64,
+        recorded_us: u64,
+    ) -> PathSplit {
+        PathSplit {
+            wrote_us,
+            captured_us,
+            recorded_us,
+            durable_us: wrote_us + durable.saturating_duration_since(wrote).as_micros() as u64,
+        }
+    }
+
+    /// Byte written -> the node's read returned: the PTY and the read's wake-up.
+    pub fn read_us(&self) -> u64 {
+        self.captured_us.saturating_sub(self.wrote_us)
+    }
+
+    /// Read returned -> the spool's writer took it: accumulator, record, encode, hand-off.
+    pub fn hand_off_us(&self) -> u64 {
+        self.recorded_us.saturating_sub(self.captured_us)
+    }
+
+    /// Writer took it -> its sync returned: validation, the journal's write, fdatasync.
+    pub fn commit_us(&self) -> u64 {
+        self.durable_us.saturating_sub(self.recorded_us)
+    }
+
+    /// The passing's line in a trace ([`TRACE_HEADER`]), seen by a reader at `seen_us`.
+    pub fn trace_line(&self, passing: u32, seq: u64, seen_us: u64) -> String {
+        format!(
+            "{passing},{seq},{},{},{},{},{seen_us}",
+            self.wrote_us, self.captured_us, self.recorded_us, self.durable_us
+        )
+    }
+}
 
 /// Central as a child process, placed as another machine would be: killed, and its store
 /// removed, when dropped.
