@@ -18,15 +18,19 @@
 //! arenas and the rest (from `/proc/self/smaps`); redb's page cache and the spool's in-memory tail
 //! (`Spool::memory`); CPU % of one core over the minute, open fds, spool files' size, the events
 //! the spool holds, the uplink backlog, whether the uplink was up, the byte-in -> durable latency
-//! p50/p99/max of the minute's passings, the passings the race engine holds in memory, and the
-//! race snapshots saved so far. At the end, the first and last ten minutes are compared.
+//! p50/p99/max of the minute's passings (each passing durable at its group's sync, from the
+//! spool's durable marks) and byte-in -> seen by this bench's subscription at p50, the passings
+//! the race engine holds in memory, and the race snapshots saved so far. At the end, the first and
+//! last ten minutes are compared. (Until 2026-12-07 the p50/p99/max columns were byte-in -> seen,
+//! ~80 µs later at p50 than durable, under the name durable; the `seen p50` column is that.)
 //!
 //! Beside the node, a probe appends a 96-byte record to a preallocated file on the spool's disk
 //! and fdatasyncs it every `SOAK_DISK_PROBE_MS`: the disk's own floor, measured through the run.
-//! Each minute prints the probe's median sync and the node's p50 divided by it (`p50 ×disk`): this
-//! disk's own speed drifts (the probe's median moved between 289 and 354 µs from minute to minute
-//! in the first eight of one run, 2026-12-06), and the ratio is what tells the node's drift from
-//! the disk's.
+//! Each minute prints the probe's median and p99 sync and the node's p50 and p99 divided by them
+//! (`p50 ×disk`, `p99 ×disk`): this disk's own speed drifts (the probe's median moved between
+//! 289 and 354 µs from minute to minute in the first eight of one run, 2026-12-06), and the
+//! ratios are what tell the node's drift from the disk's. The probe's p99 is over ~600 syncs a
+//! minute at the default interval (its 6th slowest), the node's over ~6,000 passings.
 //! A minute whose slowest passing waited in the spool's sync while the probe's slowest sync of the
 //! same minute took as long was the disk's, not the node's. With `SOAK_TRACE`, each probe sync is
 //! also written to `<trace>.disk.csv` (its wall-clock start µs and its µs).
@@ -245,16 +249,16 @@ impl DiskProbe {
         }
     }
 
-    /// The median sync since the last call, µs, and the slowest, ms (NaN if none).
-    fn take(&self) -> (f64, f64) {
+    /// The median and p99 sync since the last call, µs, and the slowest, ms (NaN if none).
+    fn take(&self) -> (f64, f64, f64) {
         let mut syncs = self.syncs.lock().unwrap_or_else(|p| p.into_inner());
         let mut us: Vec<f64> = syncs.iter().map(|&(_, us)| us as f64).collect();
         syncs.clear();
         drop(syncs);
         us.sort_by(f64::total_cmp);
         match us.last() {
-            Some(&max) => (pct(&us, 0.5), max / 1e3),
-            None => (f64::NAN, f64::NAN),
+            Some(&max) => (pct(&us, 0.5), pct(&us, 0.99), max / 1e3),
+            None => (f64::NAN, f64::NAN, f64::NAN),
         }
     }
 }
@@ -285,9 +289,12 @@ struct Sample {
     stored: u64,
     backlog: u64,
     uplink_up_s: u64,
+    /// Byte in -> durable over the minute's passings.
     p50_us: f64,
     p99_us: f64,
     max_us: f64,
+    /// Byte in -> seen by this bench's subscription, p50.
+    seen_p50_us: f64,
     passings: usize,
     /// Where the minute's slowest passing spent its time.
     slowest: Stages,
@@ -296,6 +303,8 @@ struct Sample {
     /// The disk probe's median sync of the minute, µs: the floor `p50_us` is divided by, since
     /// this disk's own speed drifts through an hour.
     disk_p50_us: f64,
+    /// The disk probe's p99 sync of the minute, µs: the floor `p99_us` is divided by.
+    disk_p99_us: f64,
     /// How long the previous sample took this loop: passings that became durable meanwhile were
     /// stamped seen only after it.
     sampling_ms: f64,
@@ -340,7 +349,7 @@ fn config(dir: &Path, device: PathBuf, central: u16, cap_mib: u64) -> Config {
 
 fn print_sample(s: &Sample) {
     println!(
-        "| {:>3} | {:>7} | {:>7} | {:>6} | {:>6} | {:>6} | {:>6} | {:>5} | {:>5.1} | {:>3} | {:>7.1} | {:>7} | {:>7} | {:>3} | {:>6.0} | {:>6.0} | {:>7.0} | {:>21} | {:>6.0} | {:>5.2} | {:>5.1} | {:>5.1} | {:>5} | {:>7} | {:>2} |",
+        "| {:>3} | {:>7} | {:>7} | {:>6} | {:>6} | {:>6} | {:>6} | {:>5} | {:>5.1} | {:>3} | {:>7.1} | {:>7} | {:>7} | {:>3} | {:>6.0} | {:>6.0} | {:>7.0} | {:>6.0} | {:>21} | {:>6.0} | {:>6.0} | {:>5.2} | {:>5.2} | {:>5.1} | {:>5.1} | {:>5} | {:>7} | {:>2} |",
         s.minute,
         s.rss_kib,
         s.anon.total(),
@@ -358,9 +367,12 @@ fn print_sample(s: &Sample) {
         s.p50_us,
         s.p99_us,
         s.max_us,
+        s.seen_p50_us,
         s.slowest.to_string(),
         s.disk_p50_us,
+        s.disk_p99_us,
         s.p50_us / s.disk_p50_us,
+        s.p99_us / s.disk_p99_us,
         s.disk_max_ms,
         s.sampling_ms,
         s.passings,
@@ -438,17 +450,18 @@ async fn soak(
     });
 
     println!(
-        "| min | RSS KiB | anon KiB | heap | arenas | other | cache KiB | tail | CPU % | fds | spool MiB | stored | backlog | up s | p50 µs | p99 µs | max µs | max: read/hand/sync/seen ms | disk p50 µs | p50 ×disk | disk max ms | sample ms | passings | held | snap |"
+        "| min | RSS KiB | anon KiB | heap | arenas | other | cache KiB | tail | CPU % | fds | spool MiB | stored | backlog | up s | p50 µs | p99 µs | max µs | seen p50 µs | max: read/hand/sync/seen ms | disk p50 µs | disk p99 µs | p50 ×disk | p99 ×disk | disk max ms | sample ms | passings | held | snap |"
     );
     println!(
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     let started = Instant::now();
     let cycle = Duration::from_secs(up_s + down_s);
     let mut samples = Vec::new();
     let mut cpu0 = cpu_seconds();
     let mut minute_lat: Vec<f64> = Vec::new();
-    // The minute's slowest passing so far: µs byte -> seen, and its stages.
+    let mut minute_seen: Vec<f64> = Vec::new();
+    // The minute's slowest passing so far: µs byte -> durable, and its stages.
     let mut slowest = (0.0, Stages::default());
     let probe_ms = env_u64("SOAK_DISK_PROBE_MS", 100);
     let probe = (probe_ms > 0).then(|| {
@@ -473,15 +486,17 @@ async fn soak(
     // One sample of the minute's passings (sorted and cleared here), `cpu` seconds of CPU over
     // `seconds` of it.
     let take_sample = |minute: u64,
-                       lat: &mut Vec<f64>,
+                       (lat, seen): (&mut Vec<f64>, &mut Vec<f64>),
                        (slowest, sampling_ms): (&mut (f64, Stages), f64),
                        cpu: f64,
                        seconds: f64,
                        up_s: u64| {
         lat.sort_by(f64::total_cmp);
+        seen.sort_by(f64::total_cmp);
         let memory = spool.memory();
-        let (disk_p50_us, disk_max_ms) =
-            probe.as_ref().map_or((f64::NAN, f64::NAN), DiskProbe::take);
+        let (disk_p50_us, disk_p99_us, disk_max_ms) = probe
+            .as_ref()
+            .map_or((f64::NAN, f64::NAN, f64::NAN), DiskProbe::take);
         let s = Sample {
             minute,
             rss_kib: rss_kib(),
@@ -502,15 +517,18 @@ async fn soak(
             p50_us: pct(lat, 0.5),
             p99_us: pct(lat, 0.99),
             max_us: lat.last().copied().unwrap_or(f64::NAN),
+            seen_p50_us: pct(seen, 0.5),
             slowest: std::mem::take(slowest).1,
             disk_max_ms,
             disk_p50_us,
+            disk_p99_us,
             sampling_ms,
             passings: lat.len(),
             held: results.engine().passings_in_memory(),
             snapshots: results.stats().snapshots_saved,
         };
         lat.clear();
+        seen.clear();
         s
     };
     while received < total {
@@ -551,11 +569,12 @@ async fn soak(
                         ))
                         .expect("SOAK_TRACE");
                     }
-                    let us = seen.saturating_duration_since(t).as_secs_f64() * 1e6;
+                    let us = synced.saturating_duration_since(t).as_secs_f64() * 1e6;
                     if us > slowest.0 {
                         slowest = (us, stages);
                     }
                     minute_lat.push(us);
+                    minute_seen.push(seen.saturating_duration_since(t).as_secs_f64() * 1e6);
                 }
                 received += 1;
             }
@@ -572,7 +591,7 @@ async fn soak(
                     let began = Instant::now();
                     let s = take_sample(
                         samples.len() as u64 + 1,
-                        &mut minute_lat,
+                        (&mut minute_lat, &mut minute_seen),
                         (&mut slowest, sampling_ms),
                         cpu1 - cpu0,
                         60.0,
@@ -596,7 +615,7 @@ async fn soak(
                 .as_secs_f64();
         let s = take_sample(
             samples.len() as u64 + 1,
-            &mut minute_lat,
+            (&mut minute_lat, &mut minute_seen),
             (&mut slowest, sampling_ms),
             cpu_seconds() - cpu0,
             seconds,
@@ -723,7 +742,7 @@ fn main() {
     let window = (samples.len() / 6).clamp(1, 10);
     let (first, last) = (&samples[..window], &samples[samples.len() - window..]);
     println!("\nfirst {window} min vs last {window} min (means):");
-    let fields: [(&str, Field); 14] = [
+    let fields: [(&str, Field); 17] = [
         ("RSS KiB", |s| s.rss_kib as f64),
         ("anon KiB", |s| s.anon.total() as f64),
         ("heap KiB", |s| s.anon.heap as f64),
@@ -736,8 +755,11 @@ fn main() {
         ("stored", |s| s.stored as f64),
         ("p50 µs", |s| s.p50_us),
         ("p99 µs", |s| s.p99_us),
+        ("seen p50 µs", |s| s.seen_p50_us),
         ("disk p50 µs", |s| s.disk_p50_us),
+        ("disk p99 µs", |s| s.disk_p99_us),
         ("p50 ×disk", |s| s.p50_us / s.disk_p50_us),
+        ("p99 ×disk", |s| s.p99_us / s.disk_p99_us),
     ];
     for (name, f) in fields {
         let (a, b) = (mean(first, f), mean(last, f));
