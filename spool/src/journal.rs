@@ -1,6 +1,11 @@
 //! The journal: a preallocated, zero-filled file of CRC-checked frames, used as a ring. Appending
-//! a frame is one `pwrite` and one `fdatasync` in place, which changes no file metadata, so the
-//! acknowledgement costs what the disk costs.
+//! a frame is one `pwrite` and one `fdatasync` in place, which changes neither the file's size nor
+//! its blocks, so the acknowledgement costs what the disk costs: the data block and the device's
+//! cache flush on ext4 with a journal (the appliance's spool partition). The write still moves the
+//! file's mtime and ctime, and ext4 without a journal writes the inode's block in every fsync that
+//! follows such a change (`ext4_fsync_nojournal`), a third device request before the flush; the
+//! build VM's disk is formatted so, and a bench's floor file pays the same there (2026-12-07,
+//! `docs/bench-runs/2026-12-07/sync-requests-b78c983.txt`).
 //!
 //! A frame is current when its lsn continues the chain that starts right after the database's
 //! checkpoint lsn, at the journal offset the database records beside it
