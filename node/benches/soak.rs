@@ -22,7 +22,8 @@
 //! spool's durable marks) and byte-in -> seen by this bench's subscription at p50, the passings
 //! the race engine holds in memory, and the race snapshots saved so far. At the end, the first and
 //! last ten minutes are compared. (Until 2026-12-07 the p50/p99/max columns were byte-in -> seen,
-//! ~80 µs later at p50 than durable, under the name durable; the `seen p50` column is that.)
+//! 100-168 µs later at p50 than durable in the soak of 2026-12-07, under the name durable; the
+//! `seen p50` column is that.)
 //!
 //! Beside the node, a probe appends a 96-byte record to a preallocated file on the spool's disk
 //! and fdatasyncs it every `SOAK_DISK_PROBE_MS`: the disk's own floor, measured through the run.
