@@ -18,7 +18,9 @@
 //! section times single appends, one a millisecond, while another thread saves a projection
 //! state of half `STATE_BYTES_MAX` every 250 ms, with each save committed on the apply thread
 //! (the default) and on the writer (`background_saves: false`, the former way), and with no
-//! saves, in alternating rounds.
+//! saves, in alternating rounds. The parks section does the same while another thread parks an
+//! event for a cursor again and again, each park once the last was answered, as a drain does
+//! that isolates a run of events its central rejects (`background_parks: false` the former way).
 //!
 //! Sizes come from the environment, so a run fits in a few minutes by default:
 //!
@@ -29,8 +31,8 @@
 //! | `SPOOL_BENCH_EVENTS` | 100000 | events per throughput figure (three times as many at batches of 1,000) |
 //! | `SPOOL_BENCH_REOPEN` | 1000000 | comma-separated spool sizes for the kill -9 reopen (add 10000000) |
 //! | `SPOOL_BENCH_WEAR_SECS` | 65 | seconds of the steady 10 events/s run (spans two checkpoints) |
-//! | `SPOOL_BENCH_ONLY` | all | comma-separated sections: latency, saves, throughput, read, reopen, wear |
-//! | `SPOOL_BENCH_SAVES_SECS` | 5 | seconds of each round of appends beside projection saves, each way |
+//! | `SPOOL_BENCH_ONLY` | all | comma-separated sections: latency, saves, parks, throughput, read, reopen, wear |
+//! | `SPOOL_BENCH_SAVES_SECS` | 5 | seconds of each round of appends beside projection saves or parks, each way |
 //! | `SPOOL_BENCH_APPENDERS` | 1,8,64 | comma-separated thread counts of the single-event figures (empty: none) |
 //! | `SPOOL_BENCH_BATCHES` | 1,10,100,1000 | comma-separated batch sizes of the throughput section (to profile one) |
 //! | `SPOOL_BENCH_CHECKPOINT_EVENTS` | 20000 | the spool's `checkpoint_events` (what checkpoints cost) |
@@ -507,30 +509,57 @@ fn reopen_after_kill(dir: &Path, count: usize) -> (Duration, Duration, u64, u64)
 /// Single appends one per `gap` (as passings arrive) for `run`, while another thread saves a
 /// projection of `state_bytes` every `every` (as the race engine saves its snapshot's chunks),
 /// unless `every` is `None`: the appends' latencies, and how long each save took to be answered.
-fn appends_beside_saves(
+/// What runs beside the paced appends of the saves and parks sections.
+#[derive(Clone, Copy)]
+enum Beside {
+    Nothing,
+    /// A projection state of `bytes` saved every `every`.
+    Saves {
+        every: Duration,
+        bytes: usize,
+    },
+    /// The first event parked for a cursor again and again, each park once the last was
+    /// answered: a drain isolating a run of events its central rejects parks them as fast.
+    Parks,
+}
+
+/// Single appends one per `gap` for `run`, timed each, while `beside` runs on another thread;
+/// the appends' times, and the other thread's operations' times.
+fn appends_beside(
     spool: &Spool,
     run: Duration,
     gap: Duration,
-    state_bytes: usize,
-    every: Option<Duration>,
+    beside: Beside,
 ) -> (Vec<Duration>, Vec<Duration>) {
     let stream = decoder_stream();
+    // Something to park.
+    append(spool, &stream, vec![passing(u32::MAX)]);
     let stop = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|scope| {
-        let saver = scope.spawn(|| {
+        let other = scope.spawn(|| {
             let mut took = Vec::new();
-            let Some(every) = every else {
-                return took;
-            };
             let mut n = 0u64;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                std::thread::sleep(every);
                 n += 1;
-                let state = vec![(n % 251) as u8; state_bytes];
-                let start = Instant::now();
-                spool
-                    .save_projection_blocking("bench", spool::Seq(n), state)
-                    .expect("save");
+                let start = match beside {
+                    Beside::Nothing => return took,
+                    Beside::Saves { every, bytes } => {
+                        std::thread::sleep(every);
+                        let state = vec![(n % 251) as u8; bytes];
+                        let start = Instant::now();
+                        spool
+                            .save_projection_blocking("bench", spool::Seq(n), state)
+                            .expect("save");
+                        start
+                    }
+                    Beside::Parks => {
+                        let start = Instant::now();
+                        spool
+                            .park_blocking("bench", spool::Seq(1), "HTTP 422: rejected")
+                            .expect("park");
+                        start
+                    }
+                };
                 took.push(start.elapsed());
             }
             took
@@ -551,8 +580,108 @@ fn appends_beside_saves(
             }
         }
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        (samples, saver.join().expect("saver"))
+        (samples, other.join().expect("the other thread"))
     })
+}
+
+/// One way of the saves or parks section: its row's name, the spool's config, what runs
+/// beside the appends; then the appends' and the other thread's times, over the rounds.
+struct BesideWay {
+    name: &'static str,
+    config: SpoolConfig,
+    beside: Beside,
+    appends: Vec<Duration>,
+    others: Vec<Duration>,
+}
+
+impl BesideWay {
+    fn new(name: &'static str, config: SpoolConfig, beside: Beside) -> BesideWay {
+        BesideWay {
+            name,
+            config,
+            beside,
+            appends: Vec::new(),
+            others: Vec::new(),
+        }
+    }
+}
+
+/// Paced appends (one per millisecond) beside each of `ways` in turn, in `rounds` alternating
+/// rounds of `secs` seconds each way, with the floor measured in each round; prints the table
+/// under `title`. `what` names the other thread's operations in the table's last columns.
+fn appends_beside_section(
+    dir: &Path,
+    record: usize,
+    title: &str,
+    what: &str,
+    rounds: usize,
+    secs: u64,
+    mut ways: Vec<BesideWay>,
+) {
+    let gap = Duration::from_millis(1);
+    let mut floor_s = Vec::new();
+    for round in 0..rounds {
+        floor_s.push(floor(dir, 500, record));
+        for way in &mut ways {
+            let path = dir.join(format!("beside-{round}"));
+            let spool = Spool::open(&path, way.config.clone()).expect(way.name);
+            let (a, o) = appends_beside(&spool, Duration::from_secs(secs), gap, way.beside);
+            way.appends.extend(a);
+            way.others.extend(o);
+            drop(spool);
+            drop(std::fs::remove_dir_all(path));
+        }
+    }
+    let fp = |f: fn(&Percentiles) -> Duration| {
+        let mut x: Vec<Duration> = floor_s.iter().map(f).collect();
+        x.sort();
+        x[x.len() / 2]
+    };
+    let (fp50, fp99) = (fp(|p| p.p50), fp(|p| p.p99));
+    println!(
+        "\n## single appends one per {} ms while {title} ({rounds} alternating rounds of {secs} s each way)",
+        gap.as_millis(),
+    );
+    println!(
+        "(over 1 ms: the appends' time past 1 ms, summed, per second of the run: what the {what} cost the appends in all)"
+    );
+    println!(
+        "| | appends | p50 µs | p99 µs | p99.9 µs | max ms | over 1 ms | over 5 ms | ms over 1 ms per s | p50 / floor | p99 / floor | {what} | {what} p50 ms | {what} max ms |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!(
+        "| floor (append + fdatasync), median of rounds | | {:.0} | {:.0} | | | | | | 1.00 | 1.00 | | | |",
+        us(fp50),
+        us(fp99)
+    );
+    let ms = Duration::from_millis(1);
+    for way in ways {
+        let appends = way.appends;
+        let over = |limit: Duration| appends.iter().filter(|d| **d > limit).count();
+        let (over1, over5) = (over(ms), over(5 * ms));
+        let past: Duration = appends.iter().map(|d| d.saturating_sub(ms)).sum();
+        let past_per_s = us(past) / 1000.0 / (rounds as u64 * secs) as f64;
+        let max = appends.iter().max().copied().unwrap_or_default();
+        let n = appends.len();
+        let p = percentiles(appends);
+        let mut others = way.others;
+        others.sort();
+        println!(
+            "| {} | {n} | {:.0} | {:.0} | {:.0} | {:.1} | {over1} | {over5} | {past_per_s:.2} | {:.2} | {:.2} | {} | {:.1} | {:.1} |",
+            way.name,
+            us(p.p50),
+            us(p.p99),
+            us(p.p999),
+            us(max) / 1000.0,
+            us(p.p50) / us(fp50),
+            us(p.p99) / us(fp99),
+            others.len(),
+            others
+                .get(others.len() / 2)
+                .map_or(0.0, |d| us(*d) / 1000.0),
+            others.last().map_or(0.0, |d| us(*d) / 1000.0),
+        );
+    }
 }
 
 fn main() {
@@ -657,101 +786,61 @@ fn main() {
         // Paced appends while projections are saved: each save committed on the apply thread as
         // a background checkpoint (now), or on the writer with appends stopped (before), and
         // the same appends with no saves, in alternating rounds beside the floor.
-        let rounds = 4;
         let secs = env_usize("SPOOL_BENCH_SAVES_SECS", 5) as u64;
-        let state_bytes = spool::STATE_BYTES_MAX / 2;
+        let bytes = spool::STATE_BYTES_MAX / 2;
         let every = Duration::from_millis(250);
-        let gap = Duration::from_millis(1);
-        let mut floor_s = Vec::new();
-        type Way = (&'static str, Option<bool>, Vec<Duration>, Vec<Duration>);
-        let mut ways: [Way; 3] = [
-            ("no saves", None, Vec::new(), Vec::new()),
-            (
-                "saves on the apply thread (now)",
-                Some(true),
-                Vec::new(),
-                Vec::new(),
+        let saves = Beside::Saves { every, bytes };
+        appends_beside_section(
+            dir.path(),
+            record,
+            &format!(
+                "a {} KiB projection is saved every {} ms",
+                bytes / 1024,
+                every.as_millis()
             ),
-            (
-                "saves on the writer (before)",
-                Some(false),
-                Vec::new(),
-                Vec::new(),
-            ),
-        ];
-        for round in 0..rounds {
-            floor_s.push(floor(dir.path(), 500, record));
-            for (name, background_saves, appends, saves) in &mut ways {
-                let path = dir.path().join(format!("saves-{round}"));
-                let spool = Spool::open(
-                    &path,
+            "saves",
+            4,
+            secs,
+            vec![
+                BesideWay::new("no saves", config(), Beside::Nothing),
+                BesideWay::new("saves on the apply thread (now)", config(), saves),
+                BesideWay::new(
+                    "saves on the writer (before)",
                     SpoolConfig {
-                        background_saves: background_saves.unwrap_or(true),
+                        background_saves: false,
                         ..config()
                     },
-                )
-                .expect(name);
-                let (a, s) = appends_beside_saves(
-                    &spool,
-                    Duration::from_secs(secs),
-                    gap,
-                    state_bytes,
-                    background_saves.map(|_| every),
-                );
-                appends.extend(a);
-                saves.extend(s);
-                drop(spool);
-                drop(std::fs::remove_dir_all(path));
-            }
-        }
-        let fp = |f: fn(&Percentiles) -> Duration| {
-            let mut x: Vec<Duration> = floor_s.iter().map(f).collect();
-            x.sort();
-            x[x.len() / 2]
-        };
-        let (fp50, fp99) = (fp(|p| p.p50), fp(|p| p.p99));
-        println!(
-            "\n## single appends one per {} ms while a {} KiB projection is saved every {} ms ({rounds} alternating rounds of {secs} s each way)",
-            gap.as_millis(),
-            state_bytes / 1024,
-            every.as_millis()
+                    saves,
+                ),
+            ],
         );
-        println!(
-            "(over 1 ms: the appends' time past 1 ms, summed, per second of the run: what the saves cost the appends in all)"
+    }
+
+    if run("parks") {
+        // Paced appends while another thread parks events back to back, as a drain does that
+        // isolates a run of events its central rejects: each park committed on the apply thread
+        // as a background checkpoint (now), or on the writer with appends stopped (before).
+        let secs = env_usize("SPOOL_BENCH_SAVES_SECS", 5) as u64;
+        appends_beside_section(
+            dir.path(),
+            record,
+            "another thread parks an event for a cursor, the next once the last is answered",
+            "parks",
+            4,
+            secs,
+            vec![
+                BesideWay::new("no parks", config(), Beside::Nothing),
+                BesideWay::new("parks on the apply thread (now)", config(), Beside::Parks),
+                BesideWay::new(
+                    "parks on the writer (before)",
+                    SpoolConfig {
+                        background_parks: false,
+                        ..config()
+                    },
+                    Beside::Parks,
+                ),
+            ],
         );
-        println!(
-            "| | appends | p50 µs | p99 µs | p99.9 µs | max ms | over 1 ms | over 5 ms | ms over 1 ms per s | p50 / floor | p99 / floor | saves | save p50 ms | save max ms |"
-        );
-        println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
-        println!(
-            "| floor (append + fdatasync), median of rounds | | {:.0} | {:.0} | | | | | | 1.00 | 1.00 | | | |",
-            us(fp50),
-            us(fp99)
-        );
-        let ms = Duration::from_millis(1);
-        for (name, _, appends, saves) in ways {
-            let over = |limit: Duration| appends.iter().filter(|d| **d > limit).count();
-            let (over1, over5) = (over(ms), over(5 * ms));
-            let past: Duration = appends.iter().map(|d| d.saturating_sub(ms)).sum();
-            let past_per_s = us(past) / 1000.0 / (rounds as u64 * secs) as f64;
-            let max = appends.iter().max().copied().unwrap_or_default();
-            let n = appends.len();
-            let p = percentiles(appends);
-            let mut saves = saves;
-            saves.sort();
-            println!(
-                "| {name} | {n} | {:.0} | {:.0} | {:.0} | {:.1} | {over1} | {over5} | {past_per_s:.2} | {:.2} | {:.2} | {} | {:.1} | {:.1} |",
-                us(p.p50),
-                us(p.p99),
-                us(p.p999),
-                us(max) / 1000.0,
-                us(p.p50) / us(fp50),
-                us(p.p99) / us(fp99),
-                saves.len(),
-                saves.get(saves.len() / 2).map_or(0.0, |d| us(*d) / 1000.0),
-                saves.last().map_or(0.0, |d| us(*d) / 1000.0),
-            );
-        }
     }
 
     if run("throughput") || run("read") {

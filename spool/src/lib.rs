@@ -89,7 +89,10 @@
 //!   ([`SpoolConfig::background_saves`]): the apply thread inserts it just before that commit
 //!   and answers the saver once it is durable, so appends go on while it commits. A save that
 //!   finds a commit in flight waits for it (the apply thread wakes the writer then), and a save
-//!   is never answered before its commit, nor left unanswered when it fails.
+//!   is never answered before its commit, nor left unanswered when it fails. Parking an event
+//!   for a cursor and taking parked events back go the same way
+//!   ([`SpoolConfig::background_parks`]), so a drain parking a run of rejected events does not
+//!   stop the appends for a commit per park.
 //!   Everything else that needs the transaction (other direct operations, a synchronous
 //!   checkpoint) waits for a commit in flight first; a failed background commit
 //!   fails the writer as a failed checkpoint does, and the reopen replays the ring. At most one

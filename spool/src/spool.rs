@@ -125,6 +125,13 @@ pub struct SpoolConfig {
     /// stopped for it (a 2 MiB chunk of the race engine's snapshot stopped them 25-29 ms in the
     /// soak, 2026-12-06), the former way, kept so the benches measure both in one run.
     pub background_saves: bool,
+    /// Commit parking an event for a cursor, and taking parked events back
+    /// ([`Spool::park`], [`Spool::retry_parked`]), as background checkpoints on the apply thread
+    /// as saves are (the default, with [`SpoolConfig::background_checkpoints`]): the caller waits
+    /// for the commit, appends do not. `false` commits each on the writer with appends stopped
+    /// for the commit, the former way, kept so `cargo bench -p spool` measures both in one run.
+    /// A drain that isolates a run of events its central rejects parks them one after another.
+    pub background_parks: bool,
     /// Let an append commit on its caller's thread when the writer is free (the default). An
     /// async append needs the writer idle, with nothing queued and no group for
     /// [`SpoolConfig::caller_commit_idle`], and runs inside [`tokio::task::block_in_place`],
@@ -290,6 +297,7 @@ impl Default for SpoolConfig {
             apply_on_thread: true,
             background_checkpoints: true,
             background_saves: true,
+            background_parks: true,
             caller_commits: true,
             caller_commit_idle: Duration::from_micros(SPOOL_CALLER_COMMIT_IDLE_US),
             apply_linger: Duration::from_millis(SPOOL_APPLY_LINGER_MS_DEFAULT),
@@ -465,6 +473,7 @@ impl Spool {
             apply_cores: config.thread_cores.as_ref().map(|c| c.apply.clone()),
             background_checkpoints: config.background_checkpoints,
             background_saves: config.background_saves,
+            background_parks: config.background_parks,
             apply_linger: config.apply_linger,
             tail_trim_in_slices: config.tail_trim_in_slices,
             event_inserts: if config.chunked_events {

@@ -25,7 +25,8 @@
 //! snapshots, retention). With the apply thread, a checkpoint that comes due after appends is
 //! committed there, behind the inserts queued before it, while this thread journals on (see
 //! [`crate::journal`] for the ring that keeps those frames), and so is one that carries saved
-//! projection or aggregate states ([`crate::SpoolConfig::background_saves`]), whose savers the
+//! projection or aggregate states ([`crate::SpoolConfig::background_saves`]) or events parked
+//! for a cursor and taken back ([`crate::SpoolConfig::background_parks`]), whose callers the
 //! apply thread answers once it has committed; the others are committed here, after any commit in
 //! flight.
 
@@ -221,23 +222,6 @@ enum SaveTable {
 }
 
 impl SaveRow {
-    /// The row a save op stores (checked), or the op back if it is not a save.
-    fn of(op: DirectOp) -> std::result::Result<Result<SaveRow>, DirectOp> {
-        match op {
-            DirectOp::SaveProjection {
-                name,
-                checkpoint,
-                state,
-            } => Ok(SaveRow::projection(name, checkpoint, state)),
-            DirectOp::SaveSnapshot {
-                stream,
-                version,
-                state,
-            } => Ok(SaveRow::snapshot(stream, version, state)),
-            op => Err(op),
-        }
-    }
-
     fn projection(name: String, checkpoint: Seq, state: Vec<u8>) -> Result<SaveRow> {
         if state.len() > STATE_BYTES_MAX {
             return Err(SpoolError::invalid(format!(
@@ -287,9 +271,124 @@ impl SaveRow {
     }
 }
 
-/// A save waiting for the checkpoint that commits it, and its caller.
+/// A write that is not journaled and waits for a background checkpoint, which puts it into the
+/// transaction just before it commits: a saved state, or a cursor's event parked or taken back.
+enum Later {
+    Save(SaveRow),
+    Park {
+        cursor: String,
+        seq: u64,
+        row: Vec<u8>,
+    },
+    Unpark {
+        cursor: String,
+        only: Option<Seq>,
+    },
+}
+
+impl Later {
+    /// The write `op` asks for (checked against `head`, the last seq journaled), or the op back
+    /// if it is none of these kinds.
+    fn of(op: DirectOp, head: u64) -> std::result::Result<Result<Later>, DirectOp> {
+        match op {
+            DirectOp::SaveProjection {
+                name,
+                checkpoint,
+                state,
+            } => Ok(SaveRow::projection(name, checkpoint, state).map(Later::Save)),
+            DirectOp::SaveSnapshot {
+                stream,
+                version,
+                state,
+            } => Ok(SaveRow::snapshot(stream, version, state).map(Later::Save)),
+            DirectOp::Park {
+                cursor,
+                seq,
+                reason,
+            } => Ok(
+                parked_row(&cursor, seq, reason, head).map(|row| Later::Park {
+                    cursor,
+                    seq: seq.0,
+                    row,
+                }),
+            ),
+            DirectOp::Unpark { cursor, only } => Ok(Ok(Later::Unpark { cursor, only })),
+            op => Err(op),
+        }
+    }
+
+    /// Put the write into `txn`; what it did (an unpark's seqs).
+    fn write(&self, txn: &WriteTransaction) -> Result<DirectOutcome> {
+        let mut outcome = DirectOutcome::default();
+        match self {
+            Later::Save(row) => row.insert(txn)?,
+            Later::Park { cursor, seq, row } => {
+                park_in(txn, cursor, *seq, row)?;
+                outcome.seqs.push(Seq(*seq));
+            }
+            Later::Unpark { cursor, only } => outcome.seqs = unpark_in(txn, cursor, *only)?,
+        }
+        Ok(outcome)
+    }
+}
+
+/// The stored row of `seq` parked by `cursor` for `reason` (cut to [`PARK_REASON_BYTES_MAX`]),
+/// once the cursor's name and the seq (1 to `head`) are checked.
+fn parked_row(cursor: &str, seq: Seq, mut reason: String, head: u64) -> Result<Vec<u8>> {
+    if cursor.is_empty() || cursor.len() > CURSOR_NAME_BYTES_MAX {
+        return Err(SpoolError::invalid(format!(
+            "cursor name {cursor:?} must be 1 to {CURSOR_NAME_BYTES_MAX} bytes"
+        )));
+    }
+    if seq.0 == 0 || seq.0 > head {
+        return Err(SpoolError::invalid(format!(
+            "cannot park seq {seq}: the spool holds 1 to {head}"
+        )));
+    }
+    truncate_utf8(&mut reason, PARK_REASON_BYTES_MAX);
+    postcard_bytes(
+        "parked row",
+        &ParkedRow::V1 {
+            reason,
+            parked_at_us: now_us(),
+        },
+    )
+}
+
+fn park_in(txn: &WriteTransaction, cursor: &str, seq: u64, row: &[u8]) -> Result<()> {
+    let mut parked = txn.open_table(tables::PARKED).ctx("opening parked")?;
+    parked.insert((cursor, seq), row).ctx("parking an event")?;
+    Ok(())
+}
+
+/// Take `cursor`'s parked events out (`only` one, or all); the seqs that were parked.
+fn unpark_in(txn: &WriteTransaction, cursor: &str, only: Option<Seq>) -> Result<Vec<Seq>> {
+    let mut parked = txn.open_table(tables::PARKED).ctx("opening parked")?;
+    let seqs: Vec<u64> = match only {
+        Some(seq) => vec![seq.0],
+        None => parked
+            .range((cursor, 0)..=(cursor, u64::MAX))
+            .ctx("reading parked")?
+            .map(|item| item.map(|(k, _)| k.value().1))
+            .collect::<Result<_, _>>()
+            .ctx("reading parked")?,
+    };
+    let mut out = Vec::with_capacity(seqs.len());
+    for seq in seqs {
+        if parked
+            .remove((cursor, seq))
+            .ctx("unparking an event")?
+            .is_some()
+        {
+            out.push(Seq(seq));
+        }
+    }
+    Ok(out)
+}
+
+/// A write waiting for the checkpoint that commits it, and its caller.
 struct Save {
-    row: SaveRow,
+    write: Later,
     reply: oneshot::Sender<Result<DirectOutcome>>,
 }
 
@@ -298,11 +397,37 @@ fn answer_saves(saves: Vec<Save>, error: Option<&SpoolError>) {
     for save in saves {
         let answer = match error {
             None => Ok(DirectOutcome::default()),
-            Some(e) => Err(SpoolError::Failed {
-                reason: format!("the save was not committed: {}", error_chain(e)),
-            }),
+            Some(e) => Err(not_committed(e)),
         };
         drop(save.reply.send(answer));
+    }
+}
+
+fn not_committed(e: &SpoolError) -> SpoolError {
+    SpoolError::Failed {
+        reason: format!("the write was not committed: {}", error_chain(e)),
+    }
+}
+
+/// Put `saves` into `txn` and commit it with `commit`; each save is answered with what it did
+/// once the commit returned, or with the failure.
+fn commit_with_saves(
+    txn: WriteTransaction,
+    saves: Vec<Save>,
+    commit: impl FnOnce(WriteTransaction) -> Result<()>,
+) -> Result<()> {
+    let written: Result<Vec<DirectOutcome>> = saves.iter().map(|s| s.write.write(&txn)).collect();
+    match written.and_then(|outcomes| commit(txn).map(|()| outcomes)) {
+        Ok(outcomes) => {
+            for (save, outcome) in saves.into_iter().zip(outcomes) {
+                drop(save.reply.send(Ok(outcome)));
+            }
+            Ok(())
+        }
+        Err(e) => {
+            answer_saves(saves, Some(&e));
+            Err(e)
+        }
     }
 }
 
@@ -528,14 +653,10 @@ fn apply_loop(
                     }
                     (None, Some(t)) => {
                         let started = std::time::Instant::now();
-                        let committed = saves
-                            .iter()
-                            .try_for_each(|save| save.row.insert(&t))
-                            .and_then(|()| {
-                                commit_checkpoint(t, job.checkpoint_lsn, job.journal_start)
-                            });
                         // The savers wait for this commit only, not for retention after it.
-                        answer_saves(saves, committed.as_ref().err());
+                        let committed = commit_with_saves(t, saves, |t| {
+                            commit_checkpoint(t, job.checkpoint_lsn, job.journal_start)
+                        });
                         committed
                             .inspect(|()| {
                                 // For a technician (and the node bench's trace) matching a slow sync
@@ -679,6 +800,8 @@ pub(crate) struct Policy {
     pub(crate) background_checkpoints: bool,
     /// [`crate::SpoolConfig::background_saves`].
     pub(crate) background_saves: bool,
+    /// [`crate::SpoolConfig::background_parks`].
+    pub(crate) background_parks: bool,
     /// How long durable inserts may wait for the apply thread ([`crate::SpoolConfig::apply_linger`]).
     pub(crate) apply_linger: Duration,
     /// [`crate::SpoolConfig::tail_trim_in_slices`].
@@ -1132,9 +1255,9 @@ impl Writer {
                 self.group_pending.push(Pending::Ack(reply));
             }
             Request::Direct { op, reply } => {
-                let op = if self.saves_in_background() {
-                    match SaveRow::of(op) {
-                        Ok(row) => return self.save_later(row, reply),
+                let op = if self.in_background(&op) {
+                    match Later::of(op, self.next_seq - 1) {
+                        Ok(write) => return self.save_later(write, reply),
                         Err(op) => op,
                     }
                 } else {
@@ -1148,16 +1271,27 @@ impl Writer {
         }
     }
 
-    /// Whether saves are committed as background checkpoints on the apply thread.
-    fn saves_in_background(&self) -> bool {
-        self.policy.background_saves && self.policy.background_checkpoints && self.applier.is_some()
+    /// Whether `op` is committed by a background checkpoint on the apply thread: saves
+    /// ([`crate::SpoolConfig::background_saves`]), parks and unparks
+    /// ([`crate::SpoolConfig::background_parks`]).
+    fn in_background(&self, op: &DirectOp) -> bool {
+        let background = self.policy.background_checkpoints && self.applier.is_some();
+        match op {
+            DirectOp::SaveProjection { .. } | DirectOp::SaveSnapshot { .. } => {
+                background && self.policy.background_saves
+            }
+            DirectOp::Park { .. } | DirectOp::Unpark { .. } => {
+                background && self.policy.background_parks
+            }
+            DirectOp::Retention { .. } | DirectOp::Checkpoint => false,
+        }
     }
 
-    /// Keep a save for the next checkpoint, which commits it on the apply thread and answers
+    /// Keep a write for the next checkpoint, which commits it on the apply thread and answers
     /// `reply`: the writer goes on journaling appends meanwhile. It starts after this group.
-    fn save_later(&mut self, row: Result<SaveRow>, reply: oneshot::Sender<Result<DirectOutcome>>) {
-        match row {
-            Ok(row) => self.saves.push(Save { row, reply }),
+    fn save_later(&mut self, write: Result<Later>, reply: oneshot::Sender<Result<DirectOutcome>>) {
+        match write {
+            Ok(write) => self.saves.push(Save { write, reply }),
             Err(error) => drop(reply.send(Err(error))),
         }
     }
@@ -1935,13 +2069,10 @@ impl Writer {
             .txn
             .take()
             .expect("an open write transaction while not failed");
-        let saves = std::mem::take(&mut self.saves);
-        let committed = saves
-            .iter()
-            .try_for_each(|save| save.row.insert(&txn))
-            .and_then(|()| commit_checkpoint(txn, self.next_lsn - 1, self.journal.head_offset()));
-        answer_saves(saves, committed.as_ref().err());
-        committed?;
+        let (lsn, journal_start) = (self.next_lsn - 1, self.journal.head_offset());
+        commit_with_saves(txn, std::mem::take(&mut self.saves), |txn| {
+            commit_checkpoint(txn, lsn, journal_start)
+        })?;
         self.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
         self.tail
             .write()
@@ -1999,52 +2130,14 @@ impl Writer {
                 DirectOp::Park {
                     cursor,
                     seq,
-                    mut reason,
+                    reason,
                 } => {
-                    if cursor.is_empty() || cursor.len() > CURSOR_NAME_BYTES_MAX {
-                        return Err(SpoolError::invalid(format!(
-                            "cursor name {cursor:?} must be 1 to {CURSOR_NAME_BYTES_MAX} bytes"
-                        )));
-                    }
-                    if seq.0 == 0 || seq.0 > head {
-                        return Err(SpoolError::invalid(format!(
-                            "cannot park seq {seq}: the spool holds 1 to {head}"
-                        )));
-                    }
-                    truncate_utf8(&mut reason, PARK_REASON_BYTES_MAX);
-                    let row = postcard_bytes(
-                        "parked row",
-                        &ParkedRow::V1 {
-                            reason,
-                            parked_at_us: now_us(),
-                        },
-                    )?;
-                    let mut parked = txn.open_table(tables::PARKED).ctx("opening parked")?;
-                    parked
-                        .insert((cursor.as_str(), seq.0), row.as_slice())
-                        .ctx("parking an event")?;
+                    let row = parked_row(&cursor, seq, reason, head)?;
+                    park_in(txn, &cursor, seq.0, &row)?;
                     outcome.seqs.push(seq);
                 }
                 DirectOp::Unpark { cursor, only } => {
-                    let mut parked = txn.open_table(tables::PARKED).ctx("opening parked")?;
-                    let seqs: Vec<u64> = match only {
-                        Some(seq) => vec![seq.0],
-                        None => parked
-                            .range((cursor.as_str(), 0)..=(cursor.as_str(), u64::MAX))
-                            .ctx("reading parked")?
-                            .map(|item| item.map(|(k, _)| k.value().1))
-                            .collect::<Result<_, _>>()
-                            .ctx("reading parked")?,
-                    };
-                    for seq in seqs {
-                        if parked
-                            .remove((cursor.as_str(), seq))
-                            .ctx("unparking an event")?
-                            .is_some()
-                        {
-                            outcome.seqs.push(Seq(seq));
-                        }
-                    }
+                    outcome.seqs = unpark_in(txn, &cursor, only)?;
                 }
                 DirectOp::SaveProjection {
                     name,
@@ -2327,6 +2420,7 @@ mod tests {
             apply_cores: None,
             background_checkpoints: true,
             background_saves: true,
+            background_parks: true,
             apply_linger: Duration::ZERO,
             tail_trim_in_slices: true,
         };

@@ -321,16 +321,19 @@ fn saved_state(n: u64) -> Vec<u8> {
     state
 }
 
-/// What a save workload learned: the last save answered, and the last one asked for.
+/// What a save workload learned: the last save answered, and the last one asked for; the same
+/// of its parks.
 #[derive(Debug, Default)]
 struct Saves {
     acked: Outcome,
     answered: u64,
     asked: u64,
+    parks_answered: u64,
+    parks_asked: u64,
 }
 
-/// Appends, each followed by a save of a projection at its seq, until `steps` or the first
-/// failure.
+/// Appends, each followed by a save of a projection at its seq and the event parked for the
+/// cursor `uplink`, until `steps` or the first failure.
 fn save_workload(spool: &Spool, steps: u64, out: &mut Saves) {
     for n in 1..=steps {
         let body = format!("event {n}").into_bytes();
@@ -351,6 +354,11 @@ fn save_workload(spool: &Spool, steps: u64, out: &mut Saves) {
             return;
         }
         out.answered = n;
+        out.parks_asked = n;
+        if spool.park_blocking("uplink", Seq(n), "rejected").is_err() {
+            return;
+        }
+        out.parks_answered = n;
     }
 }
 
@@ -359,6 +367,20 @@ fn save_workload(spool: &Spool, steps: u64, out: &mut Saves) {
 fn check_saves(disk: &SimDisk, out: &Saves, context: &str) {
     check_recovered(disk, &out.acked, context);
     let spool = Spool::open_with_storage(disk.storage(), small_config()).expect("reopen");
+    let parked: Vec<u64> = spool
+        .parked("uplink")
+        .expect("read the parked events")
+        .iter()
+        .map(|p| p.seq.0)
+        .collect();
+    assert!(
+        parked.len() as u64 >= out.parks_answered
+            && parked.iter().zip(1..).all(|(&seq, n)| seq == n)
+            && parked.len() as u64 <= out.parks_asked,
+        "{context}: parked {parked:?}, answered 1 to {}, asked to {}",
+        out.parks_answered,
+        out.parks_asked
+    );
     match spool.projection_state("p").expect("read the projection") {
         None => assert_eq!(out.answered, 0, "{context}: an answered save was lost"),
         Some((at, state)) => {
@@ -376,15 +398,16 @@ fn check_saves(disk: &SimDisk, out: &Saves, context: &str) {
     }
 }
 
-/// A save's caller is answered once its checkpoint has committed, whichever thread commits it:
-/// at an I/O error at every disk operation, and at power loss at random points, the state
-/// recovered is never older than the last answered save, and a failed save answers with an error
-/// (a save left unanswered would hang this test).
+/// A save's or a park's caller is answered once its checkpoint has committed, whichever thread
+/// commits it: at an I/O error at every disk operation, and at power loss at random points, the
+/// state recovered is never older than the last answered save, every answered park is there,
+/// and a failed save or park answers with an error (one left unanswered would hang this test).
 #[test]
-fn an_answered_save_is_durable_at_any_failure() {
+fn an_answered_save_or_park_is_durable_at_any_failure() {
     for background_saves in [true, false] {
         let config = || SpoolConfig {
             background_saves,
+            background_parks: background_saves,
             ..small_config()
         };
         for direct in [false, true] {
@@ -393,7 +416,7 @@ fn an_answered_save_is_durable_at_any_failure() {
                 let spool = Spool::open_with_storage(disk.storage(), config()).expect("open");
                 let mut out = Saves::default();
                 save_workload(&spool, 12, &mut out);
-                assert_eq!(out.answered, 12);
+                assert_eq!((out.answered, out.parks_answered), (12, 12));
                 drop(spool);
                 disk.ops()
             };
