@@ -370,6 +370,8 @@ pub(crate) struct Counters {
     pub(crate) journal_full_waits: AtomicU64,
     pub(crate) retained_deleted_events: AtomicU64,
     pub(crate) spool_full: AtomicBool,
+    /// Why retention and the cap stopped, after a panic in them ([`crate::retention`]).
+    pub(crate) retention_stopped: Mutex<Option<String>>,
     pub(crate) db_allocated_bytes: AtomicU64,
     pub(crate) health: Mutex<SpoolHealth>,
 }
@@ -499,6 +501,9 @@ pub struct Stats {
     pub retention_deleted_events: u64,
     /// Whether the last append found the spool full.
     pub spool_full: bool,
+    /// Why retention and the disk cap stopped, if a panic in them stopped them: nothing is
+    /// deleted until the process starts again, and the spool grows until the disk reserve.
+    pub retention_stopped: Option<String>,
 }
 
 /// Reads of a spool: the writer's own ([`crate::Spool`] dereferences to this) or a read-only
@@ -1103,6 +1108,11 @@ impl SpoolReader {
             journal_full_waits: c.journal_full_waits.load(Ordering::Relaxed),
             retention_deleted_events: c.retained_deleted_events.load(Ordering::Relaxed),
             spool_full: c.spool_full.load(Ordering::Relaxed),
+            retention_stopped: c
+                .retention_stopped
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
         })
     }
 
@@ -1134,6 +1144,16 @@ impl SpoolReader {
     pub fn health(&self) -> SpoolHealth {
         self.counters
             .health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Why retention and the disk cap stopped, if a panic in them stopped them (`None` for a
+    /// read-only open): storing goes on, nothing is deleted until the process starts again.
+    pub fn retention_stopped(&self) -> Option<String> {
+        self.counters
+            .retention_stopped
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()

@@ -86,6 +86,9 @@ pub(crate) struct Retention {
     last_head: Option<u64>,
     /// The journal's virtual head at the last measurement.
     measured_at: Option<u64>,
+    /// Panic at every run, as a bug would.
+    #[cfg(test)]
+    pub(crate) panic_in_tests: bool,
 }
 
 impl Retention {
@@ -108,12 +111,60 @@ impl Retention {
             to_delete: 0,
             last_head: None,
             measured_at: None,
+            #[cfg(test)]
+            panic_in_tests: false,
         }
     }
 
-    /// Whether anything runs after checkpoints.
+    /// Whether anything runs after checkpoints: an age or a cap is set, and retention has not
+    /// stopped after a panic ([`Retention::guarded`]).
     pub(crate) fn active(&self) -> bool {
-        self.age_us.is_some() || self.cap_bytes.is_some()
+        (self.age_us.is_some() || self.cap_bytes.is_some()) && self.stopped().is_none()
+    }
+
+    /// Why retention and the cap stopped, if a panic stopped them.
+    pub(crate) fn stopped(&self) -> Option<String> {
+        self.counters
+            .retention_stopped
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Run `work`, retention's part of a checkpoint or a technician's run. A panic in it stops
+    /// retention and the cap until the process starts again, and goes on unwinding: the writer
+    /// (or its apply thread) then fails, drops the transaction the work was deleting in, and
+    /// reopens and replays the journal, as after any panic, and this time storing goes on
+    /// without them. Were they run again, a bug that panics on the spool as it is would fail the
+    /// writer at every checkpoint. Without them nothing is deleted; the spool grows past its cap
+    /// and stops taking events only at the disk reserve ([`crate::SpoolHealth::DiskLow`]).
+    pub(crate) fn guarded<T>(&mut self, work: impl FnOnce(&mut Retention) -> T) -> T {
+        let run = std::panic::AssertUnwindSafe(|| {
+            #[cfg(test)]
+            if self.panic_in_tests {
+                panic!("a test asked retention to panic");
+            }
+            work(&mut *self)
+        });
+        match std::panic::catch_unwind(run) {
+            Ok(done) => done,
+            Err(panic) => {
+                let message = crate::writer::panic_message(panic.as_ref());
+                tracing::error!(
+                    panic = %message,
+                    "retention and the disk cap panicked: they stay stopped until the node \
+                     restarts; the spool keeps every event and stops storing only at the disk reserve"
+                );
+                *self
+                    .counters
+                    .retention_stopped
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(message);
+                // Nothing is refused for the cap while nothing can make room.
+                self.counters.spool_full.store(false, Ordering::Relaxed);
+                std::panic::resume_unwind(panic)
+            }
+        }
     }
 
     /// Run after a checkpoint committed, in `txn`, the transaction that follows it, which holds

@@ -1368,6 +1368,53 @@ mod tests {
     }
 
     #[test]
+    fn a_panic_in_retention_stops_retention_not_storing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = SpoolConfig {
+            retention_age: Some(std::time::Duration::ZERO),
+            required_cursors: vec!["uplink".into()],
+            // A background checkpoint, with retention after it, every few appends.
+            checkpoint_events: 5,
+            checkpoint_spacing: std::time::Duration::ZERO,
+            apply_linger: std::time::Duration::ZERO,
+            ..panic_test_config()
+        };
+        let spool = Spool::open(dir.path(), config.clone()).expect("open");
+        append_from(&spool, 1, 20);
+        spool.ack_blocking("uplink", Seq(10)).expect("ack");
+        assert_eq!(spool.retention_stopped(), None);
+        spool
+            .inner
+            .writer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retention_panics_in_tests();
+
+        // The panic fails the writer as any panic does, and stops retention.
+        assert!(spool.run_retention_blocking().is_err());
+        let reason = failure_reason(&spool);
+        assert!(reason.contains("a test asked retention"), "{reason}");
+        let stopped = spool.retention_stopped().expect("retention stopped");
+        assert!(stopped.contains("a test asked retention"), "{stopped}");
+
+        // The reopen replays the journal, and storing goes on through checkpoints that would
+        // each have run retention, which would panic again: none does.
+        wait_until("the reopen", || spool.health() == SpoolHealth::Storing);
+        append_from(&spool, 21, 200);
+        spool.checkpoint_blocking().expect("checkpoint");
+        assert_eq!(spool.health(), SpoolHealth::Storing);
+        let error = spool
+            .run_retention_blocking()
+            .expect_err("retention is stopped");
+        assert!(error.to_string().contains("retention stopped"), "{error}");
+        let stats = spool.stats().expect("stats");
+        assert_eq!((stats.events, stats.first_seq), (200, Some(Seq(1))));
+        assert_eq!(stats.retention_stopped, Some(stopped));
+        drop(spool);
+        assert_stored_once_in_order(dir.path(), config, 200);
+    }
+
+    #[test]
     fn a_background_checkpoint_lets_the_tail_go_a_slice_per_group_and_reads_see_each_event_once() {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = SpoolConfig {

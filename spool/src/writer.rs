@@ -673,12 +673,9 @@ fn apply_loop(
                                 // The next checkpoint makes what this deletes durable.
                                 let mut retention = lock_retention(retention);
                                 if retention.active() {
-                                    retention.after_commit(
-                                        &next,
-                                        job.head,
-                                        job.journaled,
-                                        false,
-                                    )?;
+                                    retention.guarded(|r| {
+                                        r.after_commit(&next, job.head, job.journaled, false)
+                                    })?;
                                 }
                                 Ok(next)
                             })
@@ -720,7 +717,7 @@ fn apply_loop(
 }
 
 /// What a panic said, for the writer's failure and its log.
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     if let Some(text) = panic.downcast_ref::<&str>() {
         (*text).to_owned()
     } else if let Some(text) = panic.downcast_ref::<String>() {
@@ -2100,7 +2097,8 @@ impl Writer {
             .as_ref()
             .expect("an open write transaction while not failed");
         let journaled = self.journal.head();
-        let deleted = lock_retention(&self.retention).after_commit(txn, head, journaled, urgent)?;
+        let deleted = lock_retention(&self.retention)
+            .guarded(|r| r.after_commit(txn, head, journaled, urgent))?;
         self.publish_health();
         if deleted > 0 {
             self.checkpoint()?;
@@ -2151,12 +2149,22 @@ impl Writer {
                 } => SaveRow::snapshot(stream, version, state)?.insert(txn)?,
                 DirectOp::Retention { now_us } => {
                     let age = self.policy.retention_age_us.unwrap_or(u64::MAX);
-                    outcome.deleted = lock_retention(&self.retention).retain(
-                        txn,
-                        head,
-                        now_us.saturating_sub(age),
-                        crate::RETENTION_EVENTS_PER_RUN_MAX,
-                    )?;
+                    let mut retention = lock_retention(&self.retention);
+                    if let Some(panic) = retention.stopped() {
+                        return Err(SpoolError::Failed {
+                            reason: format!(
+                                "retention stopped after a panic ({panic}); it runs again once the node restarts"
+                            ),
+                        });
+                    }
+                    outcome.deleted = retention.guarded(|r| {
+                        r.retain(
+                            txn,
+                            head,
+                            now_us.saturating_sub(age),
+                            crate::RETENTION_EVENTS_PER_RUN_MAX,
+                        )
+                    })?;
                 }
                 DirectOp::Checkpoint => {}
             }
@@ -2389,6 +2397,11 @@ impl Writer {
         applier
             .queue(&mut self.txn, ApplyJob::Panic)
             .expect("the apply thread takes the job");
+    }
+
+    /// Make retention panic at every run from now on, as a bug in it would.
+    pub(crate) fn retention_panics_in_tests(&mut self) {
+        lock_retention(&self.retention).panic_in_tests = true;
     }
 
     /// Whether the apply thread the writer hands its inserts to is running.

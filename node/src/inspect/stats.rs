@@ -250,11 +250,17 @@ fn print_status(
     }
     let spool = &status.spool;
     match spool.state {
-        SpoolState::Storing => match &status.spool_alarm {
-            // An older node wrote only the one-line alarm.
-            Some(alarm) => crate::outln!("  spool       ALARM: {alarm}")?,
-            None => crate::outln!("  spool       storing")?,
-        },
+        SpoolState::Storing => {
+            match &status.spool_alarm {
+                // An older node wrote only the one-line alarm.
+                Some(alarm) => crate::outln!("  spool       ALARM: {alarm}")?,
+                None => crate::outln!("  spool       storing")?,
+            }
+            // Storing, with something wrong all the same (retention stopped after a panic).
+            if let Some(fix) = &spool.fix {
+                crate::outln!("    fix         {fix}")?;
+            }
+        }
         _ => {
             crate::outln!(
                 "  spool       ALARM: refusing new events since {}",

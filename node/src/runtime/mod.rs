@@ -590,6 +590,7 @@ struct StatusWriter {
 /// What one status tick learned on its blocking thread.
 struct Tick {
     health: spool::SpoolHealth,
+    retention_stopped: Option<String>,
     refused: u64,
     backlog: Option<u64>,
     race: Option<status::RaceStatus>,
@@ -637,6 +638,7 @@ impl StatusWriter {
             let (spool, uplink, results) = (self.spool.clone(), self.uplink, self.results.clone());
             let read = tokio::task::spawn_blocking(move || Tick {
                 health: spool.health(),
+                retention_stopped: spool.retention_stopped(),
                 refused: spool.rejected_appends(),
                 backlog: uplink
                     .then(|| spool.backlog(UPLINK_CURSOR).ok().map(|b| b.events()))
@@ -698,7 +700,8 @@ impl StatusWriter {
         let spool_status = status::SpoolStatus {
             since_us: self.since_us,
             ..probe
-        };
+        }
+        .with_retention_stopped(read.retention_stopped.as_deref());
         let backlog = read.backlog;
         self.status.update(|s| {
             s.spool_alarm = spool_status.problem.clone();

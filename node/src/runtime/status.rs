@@ -101,9 +101,9 @@ pub struct SpoolStatus {
     pub state: SpoolState,
     /// Since when the state holds, µs since the Unix epoch.
     pub since_us: u64,
-    /// What is wrong, with figures; `None` while storing.
+    /// What is wrong, with figures; `None` while storing with nothing wrong.
     pub problem: Option<String>,
-    /// What the technician can do about it; `None` while storing.
+    /// What the technician can do about it; `None` while storing with nothing wrong.
     pub fix: Option<String>,
     /// Appends refused since the node started (by this state or any other reason).
     pub refused_appends: u64,
@@ -163,6 +163,24 @@ impl SpoolStatus {
             fix,
             refused_appends,
         }
+    }
+}
+
+impl SpoolStatus {
+    /// This status, with `stopped` (why retention and the disk cap stopped, from
+    /// [`spool::SpoolReader::retention_stopped`]) as its problem while the spool stores: it
+    /// stores on, but deletes nothing, so it fills the disk in the end.
+    pub fn with_retention_stopped(mut self, stopped: Option<&str>) -> Self {
+        if let (SpoolState::Storing, Some(panic)) = (self.state, stopped) {
+            self.problem = Some(format!(
+                "storing, but retention and the disk cap stopped after a panic ({panic}): nothing is deleted, the spool grows until the disk is nearly full"
+            ));
+            self.fix = Some(
+                "restart the node (`systemctl restart venue-node`) to run them again, and report the panic with `journalctl -u venue-node`; nothing stored is lost"
+                    .to_owned(),
+            );
+        }
+        self
     }
 }
 

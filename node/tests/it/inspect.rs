@@ -1300,6 +1300,46 @@ fn stats_reads_the_status_file_through_its_types_and_prints_times_for_people() {
 }
 
 #[test]
+fn stats_says_when_retention_stopped_while_the_spool_stores() {
+    use node::runtime::status::{NodeStatus, SpoolState, SpoolStatus};
+    let f = Fixture::new();
+    let now = spool::now_us();
+    let spool = SpoolStatus::from_health(&spool::SpoolHealth::Storing, now, 0)
+        .with_retention_stopped(Some("slice out of range"));
+    assert_eq!(spool.state, SpoolState::Storing);
+    let status = NodeStatus {
+        updated_at_us: now,
+        spool_alarm: spool.problem.clone(),
+        spool,
+        ..NodeStatus::default()
+    };
+    std::fs::write(
+        node::config::status_file(f.dir.path()),
+        serde_json::to_string(&status).unwrap(),
+    )
+    .unwrap();
+    let text = f.cli(&["stats"]).ok().stdout;
+    contains_all(
+        &text,
+        &[
+            "ALARM: storing, but retention and the disk cap stopped after a panic (slice out of range)",
+            "fix         restart the node",
+        ],
+    );
+    // A refusal's own problem is not replaced by it.
+    let refusing = SpoolStatus::from_health(
+        &spool::SpoolHealth::DiskLow {
+            free_bytes: 1,
+            reserve_bytes: 2,
+        },
+        now,
+        0,
+    );
+    let problem = refusing.problem.clone();
+    assert_eq!(refusing.with_retention_stopped(Some("x")).problem, problem);
+}
+
+#[test]
 fn every_command_ends_quietly_when_its_reader_closes_the_pipe() {
     let f = Fixture::new();
     for args in [
