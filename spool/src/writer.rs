@@ -392,20 +392,12 @@ struct Save {
     reply: oneshot::Sender<Result<DirectOutcome>>,
 }
 
-/// Answer saves: all committed, or all failed with `error`.
-fn answer_saves(saves: Vec<Save>, error: Option<&SpoolError>) {
+/// Answer saves that were not committed with why.
+fn fail_saves(saves: Vec<Save>, error: &SpoolError) {
     for save in saves {
-        let answer = match error {
-            None => Ok(DirectOutcome::default()),
-            Some(e) => Err(not_committed(e)),
-        };
-        drop(save.reply.send(answer));
-    }
-}
-
-fn not_committed(e: &SpoolError) -> SpoolError {
-    SpoolError::Failed {
-        reason: format!("the write was not committed: {}", error_chain(e)),
+        drop(save.reply.send(Err(SpoolError::Failed {
+            reason: format!("the write was not committed: {}", error_chain(error)),
+        })));
     }
 }
 
@@ -425,7 +417,7 @@ fn commit_with_saves(
             Ok(())
         }
         Err(e) => {
-            answer_saves(saves, Some(&e));
+            fail_saves(saves, &e);
             Err(e)
         }
     }
@@ -525,7 +517,7 @@ impl Applier {
         // A checkpoint that cannot be queued answers the saves it carries: the thread is gone.
         let lost = |job: ApplyJob| {
             if let ApplyJob::Commit(commit) = job {
-                answer_saves(commit.saves, Some(&Self::lost()));
+                fail_saves(commit.saves, &Self::lost());
             }
             Self::lost()
         };
@@ -644,11 +636,11 @@ fn apply_loop(
                 let saves = std::mem::take(&mut job.saves);
                 let outcome = match (error.take(), txn.take()) {
                     (Some(e), _) => {
-                        answer_saves(saves, Some(&e));
+                        fail_saves(saves, &e);
                         Err(e)
                     }
                     (None, None) => {
-                        answer_saves(saves, Some(&Applier::lost()));
+                        fail_saves(saves, &Applier::lost());
                         Err(Applier::lost())
                     }
                     (None, Some(t)) => {
@@ -1765,7 +1757,7 @@ impl Writer {
             });
         }
         self.discard_txn();
-        answer_saves(std::mem::take(&mut self.saves), Some(error));
+        fail_saves(std::mem::take(&mut self.saves), error);
         self.group_bytes.clear();
         self.group_batches.clear();
         self.group_spent.clear();
