@@ -506,14 +506,12 @@ fn reopen_after_kill(dir: &Path, count: usize) -> (Duration, Duration, u64, u64)
     (opened, ready, head, db)
 }
 
-/// Single appends one per `gap` (as passings arrive) for `run`, while another thread saves a
-/// projection of `state_bytes` every `every` (as the race engine saves its snapshot's chunks),
-/// unless `every` is `None`: the appends' latencies, and how long each save took to be answered.
 /// What runs beside the paced appends of the saves and parks sections.
 #[derive(Clone, Copy)]
 enum Beside {
     Nothing,
-    /// A projection state of `bytes` saved every `every`.
+    /// A projection state of `bytes` saved every `every` (as the race engine saves its
+    /// snapshot's chunks).
     Saves {
         every: Duration,
         bytes: usize,

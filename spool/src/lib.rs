@@ -76,7 +76,7 @@
 //!   quick-repair, so a crash never needs a full-file repair) at *checkpoints*. Checkpoints come
 //!   every [`SpoolConfig::checkpoint_events`] events (but at most one per
 //!   [`SpoolConfig::checkpoint_spacing`]), every [`SpoolConfig::checkpoint_interval`],
-//!   after a quarter of the journal, and for rare operations that are committed directly (park,
+//!   after a quarter of the journal, and for rare operations that are not journaled (parks,
 //!   projections, snapshots, retention). The apply thread commits a checkpoint *in the
 //!   background* ([`SpoolConfig::background_checkpoints`]) while the writer journals the next
 //!   appends behind it: the checkpoint records the journal offset of the first frame it does not

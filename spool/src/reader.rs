@@ -376,6 +376,16 @@ pub(crate) struct Counters {
     pub(crate) health: Mutex<SpoolHealth>,
 }
 
+impl Counters {
+    /// Why retention and the cap stopped, if a panic in them stopped them.
+    pub(crate) fn retention_stopped(&self) -> Option<String> {
+        self.retention_stopped
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
 /// Whether the writer takes new events, as its last append, check or checkpoint found. A read-only
 /// open does not know (it is not the writer) and always says [`SpoolHealth::Storing`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -1108,11 +1118,7 @@ impl SpoolReader {
             journal_full_waits: c.journal_full_waits.load(Ordering::Relaxed),
             retention_deleted_events: c.retained_deleted_events.load(Ordering::Relaxed),
             spool_full: c.spool_full.load(Ordering::Relaxed),
-            retention_stopped: c
-                .retention_stopped
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
+            retention_stopped: c.retention_stopped(),
         })
     }
 
@@ -1152,11 +1158,7 @@ impl SpoolReader {
     /// Why retention and the disk cap stopped, if a panic in them stopped them (`None` for a
     /// read-only open): storing goes on, nothing is deleted until the process starts again.
     pub fn retention_stopped(&self) -> Option<String> {
-        self.counters
-            .retention_stopped
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.counters.retention_stopped()
     }
 
     /// The schemas this spool reads with.

@@ -124,11 +124,7 @@ impl Retention {
 
     /// Why retention and the cap stopped, if a panic stopped them.
     pub(crate) fn stopped(&self) -> Option<String> {
-        self.counters
-            .retention_stopped
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.counters.retention_stopped()
     }
 
     /// Run `work`, retention's part of a checkpoint or a technician's run. A panic in it stops

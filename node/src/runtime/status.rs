@@ -164,9 +164,7 @@ impl SpoolStatus {
             refused_appends,
         }
     }
-}
 
-impl SpoolStatus {
     /// This status, with `stopped` (why retention and the disk cap stopped, from
     /// [`spool::SpoolReader::retention_stopped`]) as its problem while the spool stores: it
     /// stores on, but deletes nothing, so it fills the disk in the end.
