@@ -373,3 +373,56 @@ async fn central_recovers_within_seconds_of_its_server_killed() {
     }
     central.stop().await;
 }
+
+/// A central started while its cluster has lost two of its three servers (a power cut at the
+/// central site, the servers coming back one by one) waits for the cluster and then serves, with
+/// the ranges it had. Most of the wait is the streams' set-up, which has waited for a quorum since
+/// it was written; since the opening of the streams and the first reconcile pass wait too, a
+/// leader election after the set-up no longer ends the process either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_central_started_before_its_cluster_has_a_quorum_serves_once_it_has() {
+    let mut nats = Nats::cluster().await;
+    let urls = nats.urls();
+    let http = http_client();
+    let first = cluster_central(&urls).await;
+    let (status, counts) = post(&http, first.addr, batch_body("node-a", 1..=10)).await;
+    assert_eq!((status, counts.map(|c| c.accepted)), (200, Some(10)));
+    first.stop().await;
+
+    nats.nodes[1].kill();
+    nats.nodes[2].kill();
+    let starting = {
+        let urls = urls.clone();
+        tokio::spawn(async move { JetStreamStore::connect(&urls, &test_streams(3)).await })
+    };
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        !starting.is_finished(),
+        "central did not wait for a quorum: {:?}",
+        starting.await.unwrap().map(|_| "it started")
+    );
+    nats.nodes[1].restart().await;
+    nats.nodes[2].restart().await;
+    let store = tokio::time::timeout(
+        Duration::from_millis(central::store::jetstream::STARTUP_MS_MAX + 30_000),
+        starting,
+    )
+    .await
+    .expect("central started within its start-up limit of the cluster's return")
+    .unwrap()
+    .expect("central started once the cluster had a quorum");
+    let central = start_central(store, "127.0.0.1:0".parse().unwrap(), None).await;
+    // The first ten are known as stored; the next ten are new.
+    let (status, counts) = post(&http, central.addr, batch_body("node-a", 1..=20)).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        counts,
+        Some(BatchAccepted {
+            accepted: 10,
+            duplicates: 10
+        })
+    );
+    central.stop().await;
+    let ids = raw_ids(&urls).await;
+    assert_eq!(ids.len(), 20, "each event stored once: {ids:?}");
+}

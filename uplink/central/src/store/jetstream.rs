@@ -37,7 +37,10 @@
 //! pass started more than [`RANGES_STALE_MS`] ago, and [`RANGES_STALE_MS`] is well inside the window
 //! (both scale with a configured window: half of it, and an eighth of it between passes). A
 //! batch that finds the ranges stale runs a pass itself first, so a central whose reconciler failed
-//! while a server was down heals on its next batch.
+//! while a server was down heals on its next batch. A central started while the cluster recovers
+//! (its first pass or a stream's opening failing on a leader election) tries again for up to
+//! [`STARTUP_MS_MAX`] before it gives up; and a pass whose consumer goes silent (one made as a
+//! server died or rejoined) reads on from where it got with a new one.
 //!
 //! **A dropped connection** fails the batches in flight at once (503), instead of after
 //! [`JETSTREAM_REQUEST_MS_MAX`]: what they sent went to a server that is gone, and its answers
@@ -193,6 +196,49 @@ pub const RANGES_CAS_ATTEMPTS_MAX: usize = 64;
 const RECONCILE_CHUNK_MESSAGES: u64 = 10_000;
 /// How long the reconciler waits for the next header of the raw stream before it gives the pass up.
 const RECONCILE_MESSAGE_MS_MAX: u64 = 10_000;
+/// How long the reconciler waits for the next header from one consumer before it drops that
+/// consumer and reads on from the next sequence with a new one. A consumer made as a server died
+/// or rejoined can stay silent for as long as the pass would wait; a new one is placed afresh.
+const RECONCILE_CONSUMER_MS_MAX: u64 = JETSTREAM_READ_TRY_MS;
+const _: () = assert!(RECONCILE_CONSUMER_MS_MAX < RECONCILE_MESSAGE_MS_MAX);
+/// How long a starting central keeps trying to open its streams and make its first reconcile pass
+/// while the cluster fails them (a server restarting, a leader election), as it does the streams'
+/// set-up ([`super::streams::PROVISION_MS_MAX`]): a central started beside a recovering cluster
+/// waits for it rather than exiting.
+pub const STARTUP_MS_MAX: u64 = super::streams::PROVISION_MS_MAX;
+const STARTUP_PAUSE_MS_MAX: u64 = 2_000;
+
+/// Runs `step` of a central's start until it succeeds, again after each failure the cluster may
+/// recover from (a NATS error, or other centrals winning every compare-and-set) for up to
+/// [`STARTUP_MS_MAX`]; any other error at once. A reconcile pass tried again goes on from where
+/// the last got: each chunk moves the watermark.
+async fn while_the_cluster_recovers<T, Fut>(
+    what: &'static str,
+    mut step: impl FnMut() -> Fut,
+) -> Result<T, Error>
+where
+    Fut: std::future::Future<Output = Result<T, Error>>,
+{
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match step().await {
+            Ok(done) => return Ok(done),
+            Err(error @ (Error::Nats { .. } | Error::RangesContended { .. }))
+                if started.elapsed() < Duration::from_millis(STARTUP_MS_MAX) =>
+            {
+                tracing::warn!(
+                    what,
+                    error = %uplink::chain(&error),
+                    "failed on the NATS cluster; central serves once it succeeds, retrying"
+                );
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(STARTUP_PAUSE_MS_MAX));
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
 
 /// The subject of one (track, client)'s ranges; ids are of the id alphabet, valid subject tokens.
 fn ranges_subject(track: &str, client: &str) -> String {
@@ -316,14 +362,16 @@ impl JetStreamStore {
         let nats = Nats::connect(urls).await?;
         let js = nats.js.clone();
         streams.provision(&js).await?;
-        let raw = js
-            .get_stream(RAW_STREAM)
-            .await
-            .map_err(|e| Error::nats("opening the raw stream", e))?;
-        let ranges = js
-            .get_stream(RANGES_STREAM)
-            .await
-            .map_err(|e| Error::nats("opening the ranges stream", e))?;
+        let (raw, ranges) = while_the_cluster_recovers("opening the streams", || async {
+            let raw = get_stream(&js, RAW_STREAM)
+                .await
+                .map_err(|e| Error::nats("opening the raw stream", e))?;
+            let ranges = get_stream(&js, RANGES_STREAM)
+                .await
+                .map_err(|e| Error::nats("opening the ranges stream", e))?;
+            Ok((raw, ranges))
+        })
+        .await?;
         let started = Instant::now();
         let inner = Arc::new(Inner {
             js,
@@ -335,7 +383,7 @@ impl JetStreamStore {
             inflight: Arc::new(tokio::sync::Semaphore::new(JETSTREAM_ACKS_INFLIGHT_MAX)),
             nats,
         });
-        inner.reconcile().await?;
+        while_the_cluster_recovers("the first reconcile pass", || inner.reconcile()).await?;
         let cancel = CancellationToken::new();
         tokio::spawn(reconcile_loop(inner.clone(), cancel.clone()));
         Ok(Self {
@@ -478,15 +526,28 @@ impl Inner {
 
     /// Brings the ranges up to date if they are stale: a batch that finds them so runs a pass
     /// itself rather than refuse (the loop's passes may have been failing while a server was down).
-    async fn freshen(&self) -> Result<(), Error> {
+    ///
+    /// The pass runs in a task of its own, which the batch waits for. A node gives a request a
+    /// few seconds; when it gives up, the connection closes and the batch is dropped. A pass cut
+    /// short with it would keep only its whole chunks, so while the ranges were stale and a pass
+    /// took longer than the nodes wait, no pass would complete.
+    async fn freshen(self: &Arc<Self>) -> Result<(), Error> {
         if self.check_fresh().is_ok() {
             return Ok(());
         }
-        let _one = self.reconciling.lock().await;
-        if self.check_fresh().is_ok() {
-            return Ok(());
+        let inner = self.clone();
+        let pass = tokio::spawn(async move {
+            let _one = inner.reconciling.lock().await;
+            if inner.check_fresh().is_ok() {
+                return Ok(());
+            }
+            inner.reconcile_pass().await
+        });
+        match pass.await {
+            Ok(passed) => passed?,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => return Err(Error::nats("reconciling the seq ranges", e)),
         }
-        self.reconcile_pass().await?;
         self.check_fresh()
     }
 
@@ -501,12 +562,10 @@ impl Inner {
         let started = Instant::now();
         let mark = self.read_watermark().await?;
         let watermark = mark.set.iter_ranges().next().map_or(0, |(s, _)| s);
-        let state = self
-            .raw
-            .clone()
-            .info()
+        let state = get_stream(&self.js, RAW_STREAM)
             .await
             .map_err(|e| Error::nats("reading the raw stream's state", e))?
+            .cached_info()
             .state
             .clone();
         let last = state.last_sequence;
@@ -534,65 +593,100 @@ impl Inner {
     }
 
     /// The keys of raw messages `after + 1 ..= last`, per (track, client), read headers only.
+    ///
+    /// A consumer that delivers nothing for [`RECONCILE_CONSUMER_MS_MAX`], or fails, is dropped
+    /// and a new one reads on from the sequence after the last it delivered; the scan fails once
+    /// [`RECONCILE_MESSAGE_MS_MAX`] pass without a message.
     async fn scan_ids(
         &self,
         after: u64,
         last: u64,
     ) -> Result<HashMap<(String, String), RangeSet>, Error> {
-        let consumer = self
-            .raw
-            .create_consumer(consumer::pull::OrderedConfig {
-                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: after + 1,
-                },
-                headers_only: true,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| Error::nats("creating the reconcile consumer", e))?;
-        let mut messages = consumer
-            .messages()
-            .await
-            .map_err(|e| Error::nats("reading the raw stream", e))?;
         let mut found: HashMap<(String, String), RangeSet> = HashMap::new();
         let mut unreadable = 0u64;
-        loop {
-            let next = tokio::time::timeout(
-                Duration::from_millis(RECONCILE_MESSAGE_MS_MAX),
-                messages.next(),
+        let mut next = after + 1;
+        let mut heard = Instant::now();
+        let mut consumers = 0u32;
+        'consumers: while next <= last {
+            if heard.elapsed() >= Duration::from_millis(RECONCILE_MESSAGE_MS_MAX) {
+                return Err(Error::nats(
+                    format!("reading the raw stream from {next} up to {last}"),
+                    format!(
+                        "no message for {RECONCILE_MESSAGE_MS_MAX} ms from {consumers} consumers"
+                    ),
+                ));
+            }
+            if consumers > 0 {
+                tracing::info!(
+                    from = next,
+                    to = last,
+                    "the reconcile consumer went silent or failed; reading on with a new one"
+                );
+            }
+            consumers += 1;
+            let made = tokio::time::timeout(
+                Duration::from_millis(RECONCILE_CONSUMER_MS_MAX),
+                self.raw.create_consumer(consumer::pull::OrderedConfig {
+                    deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                        start_sequence: next,
+                    },
+                    headers_only: true,
+                    ..Default::default()
+                }),
             )
             .await;
-            let message = match next {
-                Ok(Some(Ok(message))) => message,
-                Ok(Some(Err(e))) => return Err(Error::nats("reading the raw stream", e)),
-                Ok(None) => break,
-                Err(_) => {
-                    return Err(Error::nats(
-                        format!("reading the raw stream up to {last}"),
-                        format!("no message for {RECONCILE_MESSAGE_MS_MAX} ms"),
-                    ));
+            let mut messages = match made {
+                Ok(Ok(consumer)) => match consumer.messages().await {
+                    Ok(messages) => messages,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "reading from the reconcile consumer failed");
+                        continue 'consumers;
+                    }
+                },
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "creating the reconcile consumer failed");
+                    continue 'consumers;
                 }
+                Err(_) => continue 'consumers,
             };
-            let sequence = message
-                .info()
-                .map_err(|e| Error::nats("reading a raw message's sequence", e))?
-                .stream_sequence;
-            let key = message
-                .headers
-                .as_ref()
-                .and_then(|h| h.get("Nats-Msg-Id"))
-                .and_then(|id| super::parse_key(id.as_str()));
-            match key {
-                Some((track, client, seq)) => {
-                    found
-                        .entry((track.to_owned(), client.to_owned()))
-                        .or_default()
-                        .insert(seq);
+            loop {
+                let message = match tokio::time::timeout(
+                    Duration::from_millis(RECONCILE_CONSUMER_MS_MAX),
+                    messages.next(),
+                )
+                .await
+                {
+                    Ok(Some(Ok(message))) => message,
+                    Ok(Some(Err(e))) => {
+                        tracing::debug!(error = %e, "the reconcile consumer failed");
+                        continue 'consumers;
+                    }
+                    Ok(None) => break 'consumers,
+                    Err(_) => continue 'consumers,
+                };
+                let sequence = message
+                    .info()
+                    .map_err(|e| Error::nats("reading a raw message's sequence", e))?
+                    .stream_sequence;
+                heard = Instant::now();
+                next = next.max(sequence + 1);
+                let key = message
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get("Nats-Msg-Id"))
+                    .and_then(|id| super::parse_key(id.as_str()));
+                match key {
+                    Some((track, client, seq)) => {
+                        found
+                            .entry((track.to_owned(), client.to_owned()))
+                            .or_default()
+                            .insert(seq);
+                    }
+                    None => unreadable += 1,
                 }
-                None => unreadable += 1,
-            }
-            if sequence >= last {
-                break;
+                if sequence >= last {
+                    break 'consumers;
+                }
             }
         }
         if unreadable > 0 {
@@ -748,7 +842,7 @@ impl IngestStore for JetStreamStore {
 }
 
 impl Inner {
-    async fn ingest(&self, batch: ValidBatch) -> Result<BatchAccepted, Error> {
+    async fn ingest(self: &Arc<Self>, batch: ValidBatch) -> Result<BatchAccepted, Error> {
         let inner = self;
         inner.freshen().await?;
         let subject = format!("{RAW_SUBJECT_PREFIX}.{}", batch.track_id);
