@@ -324,7 +324,8 @@ pub use crate::reader::{
 };
 pub use crate::recurring::{Due, RECURRING_LOG_EVERY, Recurring};
 pub use crate::retention::{
-    CAP_SLICE_EVENTS_MIN, RETENTION_EVENTS_PER_RUN_MAX, SPOOL_CAP_MEASURE_PARTS,
+    CAP_SLICE_EVENTS_MIN, KEY_SWEEP_KEYS_PER_RUN, RETENTION_EVENTS_PER_RUN_MAX,
+    SPOOL_CAP_MEASURE_PARTS,
 };
 pub use crate::spool::{
     DurableMark, SPOOL_APPLY_LINGER_MS_DEFAULT, SPOOL_CACHE_BYTES_DEFAULT,

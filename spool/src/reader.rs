@@ -369,6 +369,7 @@ pub(crate) struct Counters {
     pub(crate) checkpoints: AtomicU64,
     pub(crate) journal_full_waits: AtomicU64,
     pub(crate) retained_deleted_events: AtomicU64,
+    pub(crate) stale_keys_deleted: AtomicU64,
     pub(crate) spool_full: AtomicBool,
     /// Why retention and the cap stopped, after a panic in them ([`crate::retention`]).
     pub(crate) retention_stopped: Mutex<Option<String>>,
@@ -509,6 +510,10 @@ pub struct Stats {
     pub journal_full_waits: u64,
     /// Events deleted by retention since open.
     pub retention_deleted_events: u64,
+    /// Idempotency keys of events no longer held, deleted since open. Retention deletes a key
+    /// with its event; spools written before it did (before `b2f9d37`) kept them, and the first
+    /// runs after each open sweep them, [`crate::KEY_SWEEP_KEYS_PER_RUN`] keys looked at a run.
+    pub stale_keys_deleted: u64,
     /// Whether the last append found the spool full.
     pub spool_full: bool,
     /// Why retention and the disk cap stopped, if a panic in them stopped them: nothing is
@@ -1117,6 +1122,7 @@ impl SpoolReader {
             checkpoints: c.checkpoints.load(Ordering::Relaxed),
             journal_full_waits: c.journal_full_waits.load(Ordering::Relaxed),
             retention_deleted_events: c.retained_deleted_events.load(Ordering::Relaxed),
+            stale_keys_deleted: c.stale_keys_deleted.load(Ordering::Relaxed),
             spool_full: c.spool_full.load(Ordering::Relaxed),
             retention_stopped: c.retention_stopped(),
         })

@@ -26,6 +26,12 @@
 //! only once [`CAP_SETTLE_COMMITS`] more checkpoints have committed, and the spool is not called
 //! full on the strength of a measurement that a deletion has already answered. An append that
 //! waits on a full spool measures at once and takes a whole run.
+//!
+//! Spools written before keys went with their events (before `b2f9d37`) still hold the keys of
+//! every event retention deleted then: under the cap they would crowd out events for ever. After
+//! each open, the runs sweep them, [`KEY_SWEEP_KEYS_PER_RUN`] keys looked at per run, deleting
+//! those that name a seq below the first held ([`crate::Stats::stale_keys_deleted`]). The keys
+//! table is ordered by key, not seq, so the sweep reads it whole once per process.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -51,6 +57,10 @@ const _: () = assert!(
     CAP_SLICE_EVENTS_MIN <= RETENTION_EVENTS_PER_RUN_MAX,
     "a slice of the cap's deletion is part of one run"
 );
+
+/// Idempotency keys one run looks at while it sweeps the keys of events no longer held (module
+/// docs): reading them and deleting the stale costs a run a few ms at most.
+pub const KEY_SWEEP_KEYS_PER_RUN: usize = 10_000;
 
 /// Checkpoints that commit after a deletion before the cap is measured again: the one that makes
 /// the deletion durable and the one after it, at which redb frees the deleted rows' pages.
@@ -86,6 +96,11 @@ pub(crate) struct Retention {
     last_head: Option<u64>,
     /// The journal's virtual head at the last measurement.
     measured_at: Option<u64>,
+    /// Where the sweep of stale idempotency keys goes on from (the next key to look at); `None`
+    /// once it has read the whole table in this process.
+    key_sweep: Option<String>,
+    /// Stale keys the sweep has deleted so far, for its closing log line.
+    key_sweep_deleted: u64,
     /// Panic at every run, as a bug would.
     #[cfg(test)]
     pub(crate) panic_in_tests: bool,
@@ -111,6 +126,8 @@ impl Retention {
             to_delete: 0,
             last_head: None,
             measured_at: None,
+            key_sweep: Some(String::new()),
+            key_sweep_deleted: 0,
             #[cfg(test)]
             panic_in_tests: false,
         }
@@ -187,6 +204,57 @@ impl Retention {
         }
         if let Some(cap) = self.cap_bytes {
             deleted += self.cap(txn, head, journaled, appended, cap, urgent)?;
+        }
+        self.sweep_keys(txn)?;
+        Ok(deleted)
+    }
+
+    /// The next part of the sweep of idempotency keys that name events no longer held (module
+    /// docs), in `txn`: up to [`KEY_SWEEP_KEYS_PER_RUN`] keys looked at. Returns how many it
+    /// deleted; the caller's next commit makes that durable. Nothing once the sweep is done.
+    pub(crate) fn sweep_keys(&mut self, txn: &WriteTransaction) -> Result<u64> {
+        let Some(from) = self.key_sweep.take() else {
+            return Ok(0);
+        };
+        let first = {
+            let meta = txn.open_table(tables::META).ctx("opening meta")?;
+            tables::meta(&meta, tables::META_FIRST_SEQ)?.max(1)
+        };
+        let mut keys = txn
+            .open_table(tables::IDEMPOTENCY)
+            .ctx("opening idempotency keys")?;
+        let mut stale = Vec::new();
+        let mut next = None;
+        for (looked, item) in keys
+            .range(from.as_str()..)
+            .ctx("reading idempotency keys")?
+            .enumerate()
+        {
+            let (key, seq) = item.ctx("reading an idempotency key")?;
+            if looked == KEY_SWEEP_KEYS_PER_RUN {
+                next = Some(key.value().to_owned());
+                break;
+            }
+            if seq.value() < first {
+                stale.push(key.value().to_owned());
+            }
+        }
+        for key in &stale {
+            keys.remove(key.as_str())
+                .ctx("deleting a stale idempotency key")?;
+        }
+        let deleted = stale.len() as u64;
+        self.counters
+            .stale_keys_deleted
+            .fetch_add(deleted, Ordering::Relaxed);
+        self.key_sweep_deleted += deleted;
+        self.key_sweep = next;
+        if self.key_sweep.is_none() && self.key_sweep_deleted > 0 {
+            tracing::info!(
+                deleted = self.key_sweep_deleted,
+                first_seq = first,
+                "deleted the idempotency keys of events no longer held, left by an earlier version"
+            );
         }
         Ok(deleted)
     }

@@ -2150,12 +2150,14 @@ impl Writer {
                         });
                     }
                     outcome.deleted = retention.guarded(|r| {
-                        r.retain(
+                        let deleted = r.retain(
                             txn,
                             head,
                             now_us.saturating_sub(age),
                             crate::RETENTION_EVENTS_PER_RUN_MAX,
-                        )
+                        )?;
+                        r.sweep_keys(txn)?;
+                        Ok::<_, SpoolError>(deleted)
                     })?;
                 }
                 DirectOp::Checkpoint => {}

@@ -326,6 +326,91 @@ fn at_the_disk_cap_idempotency_keys_go_with_their_events_so_keyed_appends_go_on(
     );
 }
 
+/// A spool written before keys went with their events holds the keys of every event retention
+/// deleted. Such keys are written here straight into the database file, as that version left
+/// them; after the next open, retention's runs delete them, a slice a run, and only them.
+#[test]
+fn after_an_open_retention_sweeps_the_keys_an_earlier_version_left_of_deleted_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = || SpoolConfig {
+        retention_age: Some(Duration::ZERO),
+        required_cursors: vec!["uplink".into()],
+        ..opaque_config()
+    };
+    {
+        let spool = Spool::open(dir.path(), config()).unwrap();
+        for i in 1..=20 {
+            append_part(
+                &spool,
+                "s",
+                ExpectedVersion::Any,
+                vec![keyed(b"k", &format!("key-{i:02}"))],
+            );
+        }
+        spool.ack_blocking("uplink", Seq(10)).unwrap();
+        assert_eq!(spool.run_retention_blocking().unwrap(), 10);
+        assert_eq!(spool.stats().unwrap().first_seq, Some(Seq(11)));
+        spool.checkpoint_blocking().unwrap();
+    }
+    // Keys sorting before the held ones ("a-" < "key-"), each naming a deleted event (seqs 1-10).
+    let stale = spool::KEY_SWEEP_KEYS_PER_RUN as u64 + 500;
+    {
+        const KEYS: redb::TableDefinition<'_, &str, u64> =
+            redb::TableDefinition::new("idempotency");
+        let db = redb::Database::open(dir.path().join("spool.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut keys = txn.open_table(KEYS).unwrap();
+            for i in 0..stale {
+                keys.insert(format!("a-old-{i:06}").as_str(), 1 + i % 10)
+                    .unwrap();
+            }
+        }
+        txn.commit().unwrap();
+    }
+    let spool = Spool::open(dir.path(), config()).unwrap();
+    // A run looks at KEY_SWEEP_KEYS_PER_RUN keys; a background checkpoint's run may have taken a
+    // slice before this one.
+    spool.run_retention_blocking().unwrap();
+    let swept = spool.stats().unwrap().stale_keys_deleted;
+    assert!(
+        swept == spool::KEY_SWEEP_KEYS_PER_RUN as u64 || swept == stale,
+        "{swept} after one run"
+    );
+    spool.run_retention_blocking().unwrap();
+    spool.run_retention_blocking().unwrap();
+    assert_eq!(spool.stats().unwrap().stale_keys_deleted, stale);
+    assert!(
+        spool
+            .find_by_idempotency_key("a-old-000003")
+            .unwrap()
+            .is_none()
+    );
+    // The held events' keys are kept: a retry is still a duplicate.
+    let retried = append_part(
+        &spool,
+        "s",
+        ExpectedVersion::Any,
+        vec![keyed(b"k", "key-15")],
+    );
+    assert!(retried[0].duplicate);
+    assert_eq!(retried[0].seq, Seq(15));
+    // A stale key no longer answers "duplicate" for an event the spool does not hold.
+    let late = append_part(
+        &spool,
+        "s",
+        ExpectedVersion::Any,
+        vec![keyed(b"k", "a-old-000003")],
+    );
+    assert!(!late[0].duplicate);
+    assert_eq!(late[0].seq, Seq(21));
+    assert!(
+        spool.verify().unwrap().is_ok(),
+        "{:?}",
+        spool.verify().unwrap()
+    );
+}
+
 #[test]
 fn at_the_disk_cap_a_deletion_is_spread_over_checkpoints_in_slices() {
     let dir = tempfile::tempdir().unwrap();
