@@ -99,8 +99,6 @@ pub(crate) struct Retention {
     /// Where the sweep of stale idempotency keys goes on from (the next key to look at); `None`
     /// once it has read the whole table in this process.
     key_sweep: Option<String>,
-    /// Stale keys the sweep has deleted so far, for its closing log line.
-    key_sweep_deleted: u64,
     /// Panic at every run, as a bug would.
     #[cfg(test)]
     pub(crate) panic_in_tests: bool,
@@ -127,7 +125,6 @@ impl Retention {
             last_head: None,
             measured_at: None,
             key_sweep: Some(String::new()),
-            key_sweep_deleted: 0,
             #[cfg(test)]
             panic_in_tests: false,
         }
@@ -244,14 +241,15 @@ impl Retention {
                 .ctx("deleting a stale idempotency key")?;
         }
         let deleted = stale.len() as u64;
-        self.counters
-            .stale_keys_deleted
-            .fetch_add(deleted, Ordering::Relaxed);
-        self.key_sweep_deleted += deleted;
+        let swept = deleted
+            + self
+                .counters
+                .stale_keys_deleted
+                .fetch_add(deleted, Ordering::Relaxed);
         self.key_sweep = next;
-        if self.key_sweep.is_none() && self.key_sweep_deleted > 0 {
+        if self.key_sweep.is_none() && swept > 0 {
             tracing::info!(
-                deleted = self.key_sweep_deleted,
+                deleted = swept,
                 first_seq = first,
                 "deleted the idempotency keys of events no longer held, left by an earlier version"
             );

@@ -39,7 +39,7 @@
 //! batch that finds the ranges stale runs a pass itself first, so a central whose reconciler failed
 //! while a server was down heals on its next batch. A central started while the cluster recovers
 //! (its first pass or a stream's opening failing on a leader election) tries again for up to
-//! [`STARTUP_MS_MAX`] before it gives up; and a pass whose consumer goes silent (one made as a
+//! [`super::streams::STARTUP_MS_MAX`] before it gives up; and a pass whose consumer goes silent (one made as a
 //! server died or rejoined) reads on from where it got with a new one.
 //!
 //! **A dropped connection** fails the batches in flight at once (503), instead of after
@@ -59,7 +59,9 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use super::streams::{RANGES_STREAM, RANGES_SUBJECT_PREFIX, StreamSettings};
+use super::streams::{
+    RANGES_STREAM, RANGES_SUBJECT_PREFIX, StreamSettings, while_the_cluster_recovers,
+};
 pub use super::streams::{
     RAW_DUPLICATE_WINDOW_S, RAW_DUPLICATE_WINDOW_S as JETSTREAM_DUPLICATE_WINDOW_S, RAW_STREAM,
     RAW_STREAM as JETSTREAM_STREAM, RAW_SUBJECT_PREFIX,
@@ -201,43 +203,12 @@ const RECONCILE_MESSAGE_MS_MAX: u64 = 10_000;
 /// or rejoined can stay silent for as long as the pass would wait; a new one is placed afresh.
 const RECONCILE_CONSUMER_MS_MAX: u64 = JETSTREAM_READ_TRY_MS;
 const _: () = assert!(RECONCILE_CONSUMER_MS_MAX < RECONCILE_MESSAGE_MS_MAX);
-/// How long a starting central keeps trying to open its streams and make its first reconcile pass
-/// while the cluster fails them (a server restarting, a leader election), as it does the streams'
-/// set-up ([`super::streams::PROVISION_MS_MAX`]): a central started beside a recovering cluster
-/// waits for it rather than exiting.
-pub const STARTUP_MS_MAX: u64 = super::streams::PROVISION_MS_MAX;
-const STARTUP_PAUSE_MS_MAX: u64 = 2_000;
-
-/// Runs `step` of a central's start until it succeeds, again after each failure the cluster may
-/// recover from (a NATS error, or other centrals winning every compare-and-set) for up to
-/// [`STARTUP_MS_MAX`]; any other error at once. A reconcile pass tried again goes on from where
-/// the last got: each chunk moves the watermark.
-async fn while_the_cluster_recovers<T, Fut>(
-    what: &'static str,
-    mut step: impl FnMut() -> Fut,
-) -> Result<T, Error>
-where
-    Fut: std::future::Future<Output = Result<T, Error>>,
-{
-    let started = Instant::now();
-    let mut pause = Duration::from_millis(100);
-    loop {
-        match step().await {
-            Ok(done) => return Ok(done),
-            Err(error @ (Error::Nats { .. } | Error::RangesContended { .. }))
-                if started.elapsed() < Duration::from_millis(STARTUP_MS_MAX) =>
-            {
-                tracing::warn!(
-                    what,
-                    error = %uplink::chain(&error),
-                    "failed on the NATS cluster; central serves once it succeeds, retrying"
-                );
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(STARTUP_PAUSE_MS_MAX));
-            }
-            Err(error) => return Err(error),
-        }
-    }
+/// The pause before the reconciler makes a new consumer in place of one it dropped.
+const RECONCILE_CONSUMER_PAUSE_MS: u64 = 100;
+/// Whether a step of a central's start may succeed when tried again: a NATS error, or other
+/// centrals winning every compare-and-set.
+fn transient(error: &Error) -> bool {
+    matches!(error, Error::Nats { .. } | Error::RangesContended { .. })
 }
 
 /// The subject of one (track, client)'s ranges; ids are of the id alphabet, valid subject tokens.
@@ -362,16 +333,17 @@ impl JetStreamStore {
         let nats = Nats::connect(urls).await?;
         let js = nats.js.clone();
         streams.provision(&js).await?;
-        let (raw, ranges) = while_the_cluster_recovers("opening the streams", || async {
-            let raw = get_stream(&js, RAW_STREAM)
-                .await
-                .map_err(|e| Error::nats("opening the raw stream", e))?;
-            let ranges = get_stream(&js, RANGES_STREAM)
-                .await
-                .map_err(|e| Error::nats("opening the ranges stream", e))?;
-            Ok((raw, ranges))
-        })
-        .await?;
+        let (raw, ranges) =
+            while_the_cluster_recovers("opening the streams", transient, || async {
+                let raw = get_stream(&js, RAW_STREAM)
+                    .await
+                    .map_err(|e| Error::nats("opening the raw stream", e))?;
+                let ranges = get_stream(&js, RANGES_STREAM)
+                    .await
+                    .map_err(|e| Error::nats("opening the ranges stream", e))?;
+                Ok((raw, ranges))
+            })
+            .await?;
         let started = Instant::now();
         let inner = Arc::new(Inner {
             js,
@@ -383,7 +355,8 @@ impl JetStreamStore {
             inflight: Arc::new(tokio::sync::Semaphore::new(JETSTREAM_ACKS_INFLIGHT_MAX)),
             nats,
         });
-        while_the_cluster_recovers("the first reconcile pass", || inner.reconcile()).await?;
+        while_the_cluster_recovers("the first reconcile pass", transient, || inner.reconcile())
+            .await?;
         let cancel = CancellationToken::new();
         tokio::spawn(reconcile_loop(inner.clone(), cancel.clone()));
         Ok(Self {
@@ -607,12 +580,15 @@ impl Inner {
         let mut next = after + 1;
         let mut heard = Instant::now();
         let mut consumers = 0u32;
+        // Why the last consumer was dropped, for the error if none delivers in time.
+        let mut why = String::new();
         'consumers: while next <= last {
             if heard.elapsed() >= Duration::from_millis(RECONCILE_MESSAGE_MS_MAX) {
                 return Err(Error::nats(
                     format!("reading the raw stream from {next} up to {last}"),
                     format!(
-                        "no message for {RECONCILE_MESSAGE_MS_MAX} ms from {consumers} consumers"
+                        "no message for {RECONCILE_MESSAGE_MS_MAX} ms from {consumers} consumers \
+                         (the last: {why})"
                     ),
                 ));
             }
@@ -620,8 +596,11 @@ impl Inner {
                 tracing::info!(
                     from = next,
                     to = last,
-                    "the reconcile consumer went silent or failed; reading on with a new one"
+                    why,
+                    "the reconcile consumer was dropped; reading on with a new one"
                 );
+                // A server refusing at once is not asked again at once.
+                tokio::time::sleep(Duration::from_millis(RECONCILE_CONSUMER_PAUSE_MS)).await;
             }
             consumers += 1;
             let made = tokio::time::timeout(
@@ -639,15 +618,18 @@ impl Inner {
                 Ok(Ok(consumer)) => match consumer.messages().await {
                     Ok(messages) => messages,
                     Err(e) => {
-                        tracing::debug!(error = %e, "reading from the reconcile consumer failed");
+                        why = format!("reading from it failed: {}", uplink::chain(&e));
                         continue 'consumers;
                     }
                 },
                 Ok(Err(e)) => {
-                    tracing::debug!(error = %e, "creating the reconcile consumer failed");
+                    why = format!("creating it failed: {}", uplink::chain(&e));
                     continue 'consumers;
                 }
-                Err(_) => continue 'consumers,
+                Err(_) => {
+                    why = format!("not created in {RECONCILE_CONSUMER_MS_MAX} ms");
+                    continue 'consumers;
+                }
             };
             loop {
                 let message = match tokio::time::timeout(
@@ -658,11 +640,14 @@ impl Inner {
                 {
                     Ok(Some(Ok(message))) => message,
                     Ok(Some(Err(e))) => {
-                        tracing::debug!(error = %e, "the reconcile consumer failed");
+                        why = format!("it failed: {}", uplink::chain(&e));
                         continue 'consumers;
                     }
                     Ok(None) => break 'consumers,
-                    Err(_) => continue 'consumers,
+                    Err(_) => {
+                        why = format!("silent for {RECONCILE_CONSUMER_MS_MAX} ms");
+                        continue 'consumers;
+                    }
                 };
                 let sequence = message
                     .info()

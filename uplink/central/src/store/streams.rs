@@ -187,41 +187,57 @@ impl StreamSettings {
         for config in self.configs() {
             let name = config.name.clone();
             let max_bytes = config.max_bytes;
-            let started = std::time::Instant::now();
-            let mut pause = Duration::from_millis(PROVISION_PAUSE_MS_MIN);
-            loop {
-                match js.create_or_update_stream(config.clone()).await {
-                    Ok(_) => break,
-                    Err(e)
-                        if transient(&e)
-                            && started.elapsed() < Duration::from_millis(PROVISION_MS_MAX) =>
-                    {
-                        tracing::info!(stream = name, error = %e, "the NATS cluster is not ready; retrying");
-                        tokio::time::sleep(pause).await;
-                        pause = (pause * 2).min(Duration::from_millis(PROVISION_PAUSE_MS_MAX));
-                    }
-                    Err(e) => {
-                        return Err(provision_error(
-                            &name,
-                            max_bytes,
-                            reserved,
-                            self.replicas,
-                            e,
-                        ));
-                    }
-                }
-            }
+            while_the_cluster_recovers(&name, transient, || {
+                js.create_or_update_stream(config.clone())
+            })
+            .await
+            .map_err(|e| provision_error(&name, max_bytes, reserved, self.replicas, e))?;
         }
         Ok(())
     }
 }
 
-/// How long central keeps trying to set a stream up while the cluster answers "timed out" or "no
-/// JetStream" (a server restarting, a leader election): a central started beside a recovering
-/// cluster waits for it rather than exiting.
-pub const PROVISION_MS_MAX: u64 = 60_000;
-const PROVISION_PAUSE_MS_MIN: u64 = 100;
-const PROVISION_PAUSE_MS_MAX: u64 = 2_000;
+/// How long a starting central keeps trying each step of its start (setting a stream up, opening
+/// the streams, the first reconcile pass) while the cluster fails it in a way it may recover from
+/// (a server restarting, a leader election): a central started beside a recovering cluster waits
+/// for it rather than exiting.
+pub const STARTUP_MS_MAX: u64 = 60_000;
+const STARTUP_PAUSE_MS_MIN: u64 = 100;
+const STARTUP_PAUSE_MS_MAX: u64 = 2_000;
+
+/// Runs `step` of a central's start until it succeeds; again, after a pause that doubles up to
+/// [`STARTUP_PAUSE_MS_MAX`], after each error that `transient` says the cluster may recover from,
+/// for up to [`STARTUP_MS_MAX`]; any other error at once.
+pub(crate) async fn while_the_cluster_recovers<T, E, Fut>(
+    what: &str,
+    transient: impl Fn(&E) -> bool,
+    mut step: impl FnMut() -> Fut,
+) -> Result<T, E>
+where
+    E: std::error::Error + 'static,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let started = std::time::Instant::now();
+    let mut pause = Duration::from_millis(STARTUP_PAUSE_MS_MIN);
+    loop {
+        match step().await {
+            Ok(done) => return Ok(done),
+            Err(error)
+                if transient(&error)
+                    && started.elapsed() < Duration::from_millis(STARTUP_MS_MAX) =>
+            {
+                tracing::info!(
+                    what,
+                    error = %uplink::chain(&error),
+                    "the NATS cluster is not ready; retrying"
+                );
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(STARTUP_PAUSE_MS_MAX));
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
 
 /// Whether a refused stream set-up may succeed when tried again.
 fn transient(error: &jetstream::context::CreateStreamError) -> bool {
