@@ -54,6 +54,9 @@ cargo fmt --all -- --check
 say "lints"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
+say "API documentation: every link resolves (cargo doc, warnings are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
+
 say "tests"
 cargo test --workspace --quiet
 

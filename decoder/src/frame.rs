@@ -33,7 +33,7 @@ pub const FRAME_BYTES_MIN: usize = 11;
 ///
 /// The largest record with a known layout is about 70 bytes (NETWORK_SETTINGS, VERSION); 1 KiB leaves
 /// room for unknown records while keeping the accumulator's buffer small on the box. A longer frame is
-/// rejected as [`Reject::Overflow`](crate::Reject::Overflow) and the reader resynchronises on the next SOR.
+/// rejected as [`crate::Reject::Overflow`] and the reader resynchronises on the next SOR.
 pub const FRAME_BYTES_MAX: usize = 1024;
 
 /// The largest wire form of a frame: every byte between SOR and EOR escaped.

@@ -239,7 +239,7 @@ mod stream {
     pub const HELLO: u64 = 6;
 }
 
-/// The simulated decoder. See the [module docs](self).
+/// The simulated decoder. See the module's documentation.
 #[derive(Debug)]
 pub struct Decoder {
     cfg: SimConfig,

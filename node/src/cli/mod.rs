@@ -185,7 +185,7 @@ pub struct CentralArgs {
     #[arg(long, default_value = "14d", value_parser = central::store::streams::parse_age, requires = "nats")]
     pub dlq_max_age: std::time::Duration,
     /// Accept only PASSING, STATUS and VERSION and refuse extension types as a strict
-    /// track_ingest.v2 server does (422, plain text naming events[N]): to try a node's settings
+    /// track_ingest.v2 server does (422, plain text naming `events[N]`): to try a node's settings
     /// against such a central.
     #[arg(long)]
     pub strict_v2: bool,

@@ -116,7 +116,7 @@ pub enum RaceCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum RosterCommand {
-    /// Import a CSV (header: number,name[,class,club,transponders]); a row whose number exists edits
+    /// Import a CSV (header: `number,name[,class,club,transponders]`); a row whose number exists edits
     /// that competitor. Every bad line is printed with its reason; then nothing is stored.
     Import { file: PathBuf },
     /// The roster, one competitor a line.

@@ -95,8 +95,8 @@ fn block_device_in(roots: &Roots, path: &Path) -> Option<PathBuf> {
     std::fs::canonicalize(roots.sys.join(format!("dev/block/{major}:{minor}"))).ok()
 }
 
-/// [`block_device_in`] this machine's sysfs: the block device holding `path`, whose file name is
-/// the kernel's name for it (the doctor reads `/sys/fs/ext4/<name>/` by it).
+/// The sysfs directory of the block device holding `path`, on this machine; its file name is
+/// the kernel's name for the device (the doctor reads `/sys/fs/ext4/<name>/` by it).
 pub fn block_device(path: &Path) -> Option<PathBuf> {
     block_device_in(&Roots::system(), path)
 }
