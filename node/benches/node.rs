@@ -59,8 +59,8 @@
 //!
 //! `cargo bench -p node --bench node` (`NODE_BENCH_SECONDS` scales each run, default 30, 10 before
 //! 2026-12-06;
-//! `NODE_BENCH_ROUNDS`, default 2; `NODE_BENCH_TRACE=<file>` writes each passing's stamps as CSV, for
-//! finding when a stall happened: use it with one child run, `NODE_BENCH_CHILD=<rate>`, and with
+//! `NODE_BENCH_ROUNDS`, default 2; `NODE_BENCH_TRACE=<file>` writes each passing's stamps as CSV,
+//! and the floor's records beside them to `<file>.floor.csv`, for finding when a stall happened: use it with one child run, `NODE_BENCH_CHILD=<rate>`, and with
 //! `RUST_LOG=spool=debug` the node's log, with each background checkpoint's commit, goes to stderr;
 //! `NODE_BENCH_PLAY_CORES=other` or `any` moves the decoder player off the input's core;
 //! `NODE_BENCH_STATUS=data` has the node rewrite its status file in the data directory, on the
@@ -261,6 +261,14 @@ async fn latency_run(rate: u32, seconds: u64, drain: bool) -> Run {
     let total = rate as u64 * seconds;
     // The node's turns and the floor's take the run's clock in pairs (see `Turns`).
     let (turns, started_std, floor) = Turns::with_floor(dir.path(), rate, total as usize);
+    // The turns' start in wall-clock µs, for the floor's trace beside the passings'.
+    let started_wall_us = {
+        let (now, now_us) = (Instant::now(), spool::now_us() as i128);
+        match started_std.checked_duration_since(now) {
+            Some(ahead) => now_us + ahead.as_micros() as i128,
+            None => now_us - now.duration_since(started_std).as_micros() as i128,
+        }
+    };
     let sent: std::sync::Arc<std::sync::Mutex<HashMap<u32, (Instant, u64)>>> = Default::default();
     // Stamped before the write (as the display bench does): stamped after it, a reader on this
     // core that preempts the write's return is already framing and syncing the passing when the
@@ -290,6 +298,22 @@ async fn latency_run(rate: u32, seconds: u64, drain: bool) -> Run {
     }
     let _master = played(writer).await;
     let floor = floor.join().unwrap();
+    // With the trace, the floor's records too (`<trace>.floor.csv`): whether a stall of the
+    // node's was the disk's shows in the floor's turns beside it.
+    if let Some(path) = std::env::var_os("NODE_BENCH_TRACE") {
+        let mut path = path;
+        path.push(".floor.csv");
+        let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+        writeln!(f, "due_us,response_us").unwrap();
+        for (due, response) in &floor.by_arrival {
+            writeln!(
+                f,
+                "{},{response:.0}",
+                started_wall_us + due.as_micros() as i128
+            )
+            .unwrap();
+        }
+    }
     let ended = started.elapsed();
     stop_watch.cancel();
     let caught_up = caught_up.and_then(|t| t.join().unwrap());
