@@ -6,13 +6,16 @@
 //!       fix: plug the adapter in; `ls -l /dev/serial/by-id/` lists the ones present ...
 //! OK    disk: 27.1 GiB free on the data directory's filesystem; the spool uses 1.2 GiB of its 8.0 GiB cap
 //! OK    data directory /var/lib/venue-node is writable (as uid 998)
+//! OK    disk sync: a 4 KiB block written in place and fdatasynced, 32 times 10 ms apart: p50 0.31 ms, slowest 0.92 ms
+//!       (each passing counts as stored, and reaches the screens, one such sync after it arrives)
 //! OK    filesystem: /var/lib/venue-node is ext4 with a journal
 //! WARN  clock: unknown (no timedatectl, chronyc or ntpstat answered)
 //! ```
 //!
 //! Each check says OK, WARN (works, but look at it) or FAIL (the node will not work as it should),
 //! and every WARN and FAIL says how to fix it. The command exits 1 when anything FAILs. Checks only
-//! read, except the data directory's, which creates and removes one probe file.
+//! read, except the data directory's and the disk sync's, which each create and remove one probe
+//! file (the sync's writes 4 KiB 32 times, 10 ms apart: about a third of a second on an SSD).
 
 use std::fmt;
 use std::io::{Read as _, Write as _};
@@ -65,6 +68,25 @@ pub const CLOCK_COMMAND_OUTPUT_BYTES_MAX: u64 = 64 * 1024;
 /// disk check warns: the OS, logs and redb's own growth need room too.
 pub const DISK_HEADROOM_PERCENT: u64 = 10;
 
+/// Syncs the disk sync check times: each writes one 4 KiB block in place in a probe file in the
+/// data directory and waits for its `fdatasync`, as each of the spool's group commits does.
+pub const SYNC_PROBE_SYNCS: usize = 32;
+
+/// The pause between the disk sync check's syncs, as between passings at 100 a second: a disk
+/// (and a core) left idle that long answers more slowly than one kept busy back to back (on the
+/// 2-core build VM, 2026-12-07, the node bench's floor: 0.40-0.42 ms at p50 paced at 100/s,
+/// 0.12-0.18 ms back to back), and a track's passings come paced.
+pub const SYNC_PROBE_INTERVAL_MS: u64 = 10;
+
+/// The disk sync check stops after this long, however many syncs it has timed: a failing card
+/// must not hang the doctor.
+pub const SYNC_PROBE_MS_MAX: u64 = 3_000;
+
+/// A median sync above this, in ms, and the disk sync check warns. Every passing counts as stored,
+/// and reaches the screens, one sync after it arrives: an SSD or eMMC syncs in under 2 ms, while SD
+/// cards and USB sticks often take tens of ms, and wear out under the spool's writes.
+pub const SYNC_WARN_MS: f64 = 20.0;
+
 /// A status file older than this means the node is not running: it rewrites the file every second.
 pub const STATUS_FILE_STALE_S: u64 = 10;
 
@@ -84,6 +106,8 @@ Checks, one line each, OK / WARN / FAIL with how to fix it:
                   (/dev/venue-decoder-* links); whether each serial decoder is one of them
   disk            free space on the data directory's filesystem against spool.cap_bytes
   data directory  exists and is writable (a probe file is created and removed)
+  disk sync       how long the data directory's disk takes to make a write durable (fdatasync of a
+                  4 KiB block, 32 times 10 ms apart): what every stored passing waits for; slow warns
   filesystem      what the data directory is on: memory (tmpfs) fails, ext4 without a journal,
                   copy-on-write and network filesystems warn
   clock           the host clock is synchronised (timedatectl, systemd-timesyncd, chrony or ntpd)
@@ -212,7 +236,12 @@ pub fn check_all(args: &DoctorArgs) -> Vec<Finding> {
                 findings.push(finding);
             }
             findings.push(check_disk(config));
-            findings.push(check_data_dir(&config.data_dir));
+            let data_dir = check_data_dir(&config.data_dir);
+            let writable = data_dir.level == Level::Ok;
+            findings.push(data_dir);
+            if writable {
+                findings.push(check_sync(&config.data_dir));
+            }
             findings.push(check_filesystem(&config.data_dir));
         }
         None => findings.push(Finding::warn(
@@ -718,6 +747,90 @@ fn check_data_dir(dir: &Path) -> Finding {
             ),
             format!("remove {} by hand", probe.display()),
         ),
+    }
+}
+
+/// Times the syncs of the disk under `dir` ([`SYNC_PROBE_SYNCS`] at most, for at most
+/// [`SYNC_PROBE_MS_MAX`]) in a probe file it creates and removes, and says what they mean
+/// ([`sync_finding`]). A write or sync that fails is a FAIL: the node would fail the same way.
+pub fn check_sync(dir: &Path) -> Finding {
+    let probe = dir.join(format!(".venue-node-doctor-sync-{}", std::process::id()));
+    let timed = time_syncs(
+        &probe,
+        SYNC_PROBE_SYNCS,
+        Duration::from_millis(SYNC_PROBE_MS_MAX),
+    );
+    let removed = std::fs::remove_file(&probe);
+    match (timed, removed) {
+        (Ok(times), Ok(())) => sync_finding(&times),
+        (Err(error), _) => Finding::fail(
+            format!(
+                "disk sync: writing and syncing a probe file in {} failed: {error}",
+                dir.display()
+            ),
+            "the spool would fail the same way: check `dmesg` for disk errors, and that the data directory is writable",
+        ),
+        (Ok(_), Err(error)) => Finding::warn(
+            format!(
+                "disk sync: the probe file {} was written but not removed: {error}",
+                probe.display()
+            ),
+            format!("remove {} by hand", probe.display()),
+        ),
+    }
+}
+
+/// Writes a 4 KiB block at the start of a new file at `path` and syncs it, then times `syncs`
+/// more writes of it in place, each followed by `fdatasync`, [`SYNC_PROBE_INTERVAL_MS`] apart,
+/// stopping early after `budget`.
+fn time_syncs(path: &Path, syncs: usize, budget: Duration) -> std::io::Result<Vec<Duration>> {
+    use std::os::unix::fs::FileExt as _;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)?;
+    let block = [0x5au8; 4096];
+    // Allocated and on disk first, metadata too, so the timed syncs write in place as the
+    // spool's journal does.
+    file.write_all_at(&block, 0)?;
+    file.sync_all()?;
+    let started = Instant::now();
+    let mut times = Vec::with_capacity(syncs);
+    while times.len() < syncs && (times.is_empty() || started.elapsed() < budget) {
+        std::thread::sleep(Duration::from_millis(SYNC_PROBE_INTERVAL_MS));
+        let t = Instant::now();
+        file.write_all_at(&block, 0)?;
+        file.sync_data()?;
+        times.push(t.elapsed());
+    }
+    Ok(times)
+}
+
+/// What the disk sync check says of syncs that took `times`: OK with their median and slowest,
+/// WARN when the median is over [`SYNC_WARN_MS`].
+pub fn sync_finding(times: &[Duration]) -> Finding {
+    let mut ms: Vec<f64> = times.iter().map(|t| t.as_secs_f64() * 1e3).collect();
+    ms.sort_by(f64::total_cmp);
+    let (Some(&median), Some(&slowest)) = (ms.get(ms.len() / 2), ms.last()) else {
+        return Finding::warn(
+            "disk sync: no sync was timed",
+            "run doctor again; if this repeats, the disk is not answering",
+        );
+    };
+    let figures = format!(
+        "disk sync: a 4 KiB block written in place and fdatasynced, {} times {SYNC_PROBE_INTERVAL_MS} ms apart: p50 {median:.2} ms, slowest {slowest:.2} ms\n\
+         (each passing counts as stored, and reaches the screens, one such sync after it arrives)",
+        ms.len()
+    );
+    if median > SYNC_WARN_MS {
+        Finding::warn(
+            figures,
+            format!(
+                "a disk this slow to sync delays every passing by {median:.0} ms or more: put data_dir on an SSD or eMMC (under 2 ms); SD cards and USB sticks are slow to sync and wear out under the spool's writes"
+            ),
+        )
+    } else {
+        Finding::ok(figures)
     }
 }
 

@@ -1,5 +1,5 @@
-//! `doctor`'s filesystem check: what the data directory is on, asked of the real kernel (a tmpfs,
-//! this machine's ext4 mounts), and the finding for each kind.
+//! `doctor`'s filesystem and disk sync checks: what the data directory is on, asked of the real
+//! kernel (a tmpfs, this machine's ext4 mounts), the finding for each kind, and its disk's syncs.
 
 use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
@@ -117,4 +117,56 @@ fn each_kind_of_filesystem_has_its_finding() {
     )
     .fix;
     assert!(fix.unwrap().contains("tune2fs -j"));
+}
+
+/// `doctor`'s disk sync check, on this machine's disk (the test's target directory, not a tmpfs):
+/// it times real syncs, reports them, and leaves no probe file behind.
+#[test]
+fn the_disk_sync_check_times_real_syncs_and_cleans_up() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let finding = node::doctor::check_sync(dir.path());
+    // OK or WARN depends on this machine's disk; a FAIL would mean the write or sync failed.
+    assert_ne!(finding.level, Level::Fail, "{finding}");
+    let figures = format!(
+        "{} times {} ms apart: p50 ",
+        node::doctor::SYNC_PROBE_SYNCS,
+        node::doctor::SYNC_PROBE_INTERVAL_MS
+    );
+    assert!(finding.text.contains(&figures), "{finding}");
+    assert!(finding.text.contains(" ms, slowest "), "{finding}");
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert!(left.is_empty(), "the probe file was left: {left:?}");
+}
+
+#[test]
+fn the_disk_sync_check_fails_where_it_cannot_write() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let finding = node::doctor::check_sync(&dir.path().join("missing"));
+    assert_eq!(finding.level, Level::Fail, "{finding}");
+    assert!(finding.text.contains("failed"), "{finding}");
+    assert!(
+        finding.fix.as_deref().unwrap().contains("dmesg"),
+        "{finding}"
+    );
+}
+
+#[test]
+fn a_slow_median_sync_warns_and_a_fast_one_is_ok() {
+    use node::doctor::{SYNC_WARN_MS, sync_finding};
+    use std::time::Duration;
+    let ms = |v: f64| Duration::from_secs_f64(v / 1e3);
+    // One slow sync among fast ones is the median's business, not the check's.
+    let mut fast = vec![ms(0.3); 31];
+    fast.push(ms(250.0));
+    let finding = sync_finding(&fast);
+    assert_eq!(finding.level, Level::Ok, "{finding}");
+    assert!(
+        finding.text.contains("p50 0.30 ms, slowest 250.00 ms"),
+        "{finding}"
+    );
+    let slow = vec![ms(SYNC_WARN_MS * 1.5); 32];
+    let finding = sync_finding(&slow);
+    assert_eq!(finding.level, Level::Warn, "{finding}");
+    assert!(finding.fix.as_deref().unwrap().contains("SSD"), "{finding}");
+    assert_eq!(sync_finding(&[]).level, Level::Warn);
 }

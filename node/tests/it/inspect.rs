@@ -1056,6 +1056,16 @@ fn doctor_on_a_good_setup_reports_the_data_directory_writable_and_a_broken_confi
         "{}",
         out.stdout
     );
+    // OK or WARN with this disk's figures (WARN is a slow disk, not a broken one).
+    assert!(
+        out.stdout
+            .lines()
+            .any(|l| (l.starts_with("OK ") || l.starts_with("WARN "))
+                && l.contains("disk sync: ")
+                && l.contains(" ms, slowest ")),
+        "{}",
+        out.stdout
+    );
     assert!(
         out.stdout
             .lines()
@@ -1066,7 +1076,7 @@ fn doctor_on_a_good_setup_reports_the_data_directory_writable_and_a_broken_confi
     assert_eq!(
         std::fs::read_dir(&data).unwrap().count(),
         0,
-        "the probe file is removed"
+        "the probe files (the data directory's and the disk sync's) are removed"
     );
     // Nothing fails here; the clock only warns when the host is not synchronised.
     let fails: Vec<&str> = out
