@@ -257,6 +257,8 @@ struct Chunk {
     batch: Vec<(StreamId, NewEvent)>,
     passings: Vec<BatchPassing>,
     clock_answers: Vec<(Option<u32>, u64)>,
+    /// When the read that brought its first bytes returned, wall-clock µs (0: nothing read yet).
+    read_at_us: u64,
 }
 
 impl Chunk {
@@ -270,6 +272,9 @@ impl Chunk {
                 ..p
             }));
         self.clock_answers.extend(later.clock_answers);
+        if self.read_at_us == 0 {
+            self.read_at_us = later.read_at_us;
+        }
     }
 }
 
@@ -840,7 +845,10 @@ impl Input {
     ) -> Result<Chunk, String> {
         path_probe::mark(Mark::Read);
         let captured_at_us = now_us();
-        let mut chunk = Chunk::default();
+        let mut chunk = Chunk {
+            read_at_us: captured_at_us,
+            ..Chunk::default()
+        };
         while let Some(event) = acc.feed(&mut input) {
             match event {
                 Event::Frame { frame, .. } => {
@@ -951,9 +959,11 @@ impl Input {
         tx: &mut W,
         clock_query: &mut Option<ClockQuery>,
     ) -> Result<(), String> {
+        let answered_at_us = now_us();
         let Chunk {
             passings,
             clock_answers,
+            read_at_us,
             ..
         } = chunk;
         let appended = match appended {
@@ -981,6 +991,9 @@ impl Input {
             s.passings_duplicate += dup;
             if last.is_some() {
                 s.last_passing_number = last;
+            }
+            if read_at_us != 0 {
+                s.record_store(read_at_us, answered_at_us);
             }
         });
         for p in passings {

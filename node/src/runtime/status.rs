@@ -4,10 +4,18 @@
 //! The same types write the file and read it back: readers deserialize them, tolerating fields they
 //! do not know (a newer node) and missing ones (an older node), so a field is named in one place.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
+
+/// The store figures ([`InputStatus::stored_p50_us`]) are over the appends of this many seconds
+/// before the status was taken.
+pub const STORE_WINDOW_S: u64 = 60;
+
+/// The most appends the store figures are over: at 1,000 passings a second an input appends a few
+/// hundred times a second, so then they cover the last several seconds, not the whole minute.
+pub const STORE_SAMPLES_MAX: usize = 4_096;
 
 /// One decoder input, as the session sees it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -59,6 +67,63 @@ pub struct InputStatus {
     #[serde(default)]
     pub encode_errors: u64,
     pub last_error: Option<String>,
+    /// How long this input's events took to be stored, µs: from the read that brought their bytes
+    /// returning to their append being durable and answered, the median over the appends of the
+    /// last [`STORE_WINDOW_S`] (at most [`STORE_SAMPLES_MAX`] of them). A slow disk, a stalled
+    /// spool or a busy core shows here first. `None` without an append in that window.
+    #[serde(default)]
+    pub stored_p50_us: Option<u64>,
+    /// The same appends' 99th percentile, µs.
+    #[serde(default)]
+    pub stored_p99_us: Option<u64>,
+    /// The same appends' slowest, µs.
+    #[serde(default)]
+    pub stored_max_us: Option<u64>,
+    /// How many appends the `stored_*_us` figures are over.
+    #[serde(default)]
+    pub stored_over_appends: u64,
+    /// The appends behind those figures, oldest first: (answered at, wall-clock µs; took, µs). Not
+    /// in the file; [`InputStatus::record_store`] adds to it.
+    #[serde(skip)]
+    pub store_samples: VecDeque<(u64, u64)>,
+}
+
+impl InputStatus {
+    /// Records an append whose bytes' read returned at `read_at_us` and which was answered, durable,
+    /// at `answered_at_us` (wall-clock µs both); the oldest goes past [`STORE_SAMPLES_MAX`].
+    pub fn record_store(&mut self, read_at_us: u64, answered_at_us: u64) {
+        if self.store_samples.len() == STORE_SAMPLES_MAX {
+            self.store_samples.pop_front();
+        }
+        self.store_samples
+            .push_back((answered_at_us, answered_at_us.saturating_sub(read_at_us)));
+    }
+
+    /// Sets the `stored_*` figures from the appends answered in the [`STORE_WINDOW_S`] before
+    /// `now_us`, and forgets the older ones.
+    pub fn refresh_store_figures(&mut self, now_us: u64) {
+        let since = now_us.saturating_sub(STORE_WINDOW_S * 1_000_000);
+        while self
+            .store_samples
+            .front()
+            .is_some_and(|&(answered, _)| answered < since)
+        {
+            self.store_samples.pop_front();
+        }
+        let mut took: Vec<u64> = self.store_samples.iter().map(|&(_, t)| t).collect();
+        took.sort_unstable();
+        // The nearest rank: the smallest value at or above the fraction `q` of the appends.
+        let rank = |q: f64| {
+            let i = ((q * took.len() as f64).ceil() as usize).clamp(1, took.len());
+            took[i - 1]
+        };
+        self.stored_over_appends = took.len() as u64;
+        (self.stored_p50_us, self.stored_p99_us, self.stored_max_us) = if took.is_empty() {
+            (None, None, None)
+        } else {
+            (Some(rank(0.5)), Some(rank(0.99)), took.last().copied())
+        };
+    }
 }
 
 /// The uplink as the drain reports it.
@@ -297,7 +362,69 @@ impl Shared {
         })
     }
 
+    /// The status as it is now, with each input's store figures brought up to date. They are
+    /// worked out on the copy, after the lock is let go: the inputs take it after every append.
     pub fn snapshot(&self) -> NodeStatus {
-        self.update(|s| s.clone())
+        let mut status = self.update(|s| s.clone());
+        let now = spool::now_us();
+        for d in &mut status.decoders {
+            d.refresh_store_figures(now);
+        }
+        status
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000;
+
+    #[test]
+    fn the_store_figures_are_the_last_minute_s_appends_by_nearest_rank() {
+        let mut d = InputStatus::default();
+        d.refresh_store_figures(100 * S);
+        assert_eq!(
+            (d.stored_p50_us, d.stored_p99_us, d.stored_max_us),
+            (None, None, None)
+        );
+        assert_eq!(d.stored_over_appends, 0);
+        // An old append, outside the window, then 100 inside it taking 1..=100 µs.
+        d.record_store(10 * S - 5_000, 10 * S);
+        for took in 1..=100 {
+            d.record_store(100 * S - took, 100 * S);
+        }
+        d.refresh_store_figures(60 * S + 10 * S + 1);
+        assert_eq!(
+            d.stored_over_appends, 100,
+            "the one from 60 s before is gone"
+        );
+        assert_eq!(
+            (d.stored_p50_us, d.stored_p99_us, d.stored_max_us),
+            (Some(50), Some(99), Some(100))
+        );
+        // A minute after the last, nothing is left.
+        d.refresh_store_figures(161 * S);
+        assert_eq!((d.stored_over_appends, d.stored_max_us), (0, None));
+    }
+
+    #[test]
+    fn the_store_samples_are_bounded_and_never_written_to_the_file() {
+        let mut d = InputStatus::default();
+        for i in 0..(STORE_SAMPLES_MAX as u64 + 10) {
+            // The first ten took the longest; past the bound they are forgotten.
+            let took = if i < 10 { 1_000_000 } else { 7 };
+            d.record_store(100 * S - took, 100 * S);
+        }
+        d.refresh_store_figures(100 * S);
+        assert_eq!(d.stored_over_appends, STORE_SAMPLES_MAX as u64);
+        assert_eq!(d.stored_max_us, Some(7));
+        let json = serde_json::to_value(&d).unwrap();
+        assert_eq!(json["stored_p50_us"], 7);
+        assert_eq!(json["stored_over_appends"], STORE_SAMPLES_MAX as u64);
+        assert!(json.get("store_samples").is_none(), "{json}");
+        // A file without the fields (an older node) reads as no figures.
+        let old: InputStatus = serde_json::from_str(r#"{"name":"finish"}"#).unwrap();
+        assert_eq!((old.stored_p50_us, old.stored_over_appends), (None, 0));
     }
 }

@@ -266,6 +266,15 @@ async fn gaps_are_filled_by_resend_and_unfillable_ones_recorded() {
     assert_eq!(s.decoders[0].passings_stored, 7);
     assert_eq!(s.decoders[0].passings_duplicate, 1);
     assert_eq!(s.decoders[0].passings_declared_missing, 3);
+    // How long those appends took, read to durable, timed from the real reads and syncs above.
+    let d = &s.decoders[0];
+    assert!(d.stored_over_appends > 0, "{d:?}");
+    let (p50, p99, max) = (
+        d.stored_p50_us.unwrap(),
+        d.stored_p99_us.unwrap(),
+        d.stored_max_us.unwrap(),
+    );
+    assert!(p50 > 0 && p50 <= p99 && p99 <= max, "{d:?}");
 
     // The decoder's memory is cleared and it counts from 1 again, days later: new passings with old
     // numbers are stored, not taken for duplicates.
