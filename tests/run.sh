@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every test of venue-node, from a fresh Debian machine with the Rust toolchain: installs what the tests
-# need when it is missing, then runs formatting, lints, the whole test suite and a short fuzz smoke.
+# need when it is missing, then runs formatting, lints, the API docs' links, the whole test suite and a
+# short fuzz smoke.
 # `.ci/run` calls exactly this. Usage: bash tests/run.sh
 # Last come the two slower checks of the appliance, as root (with sudo when not root), each also
 # runnable alone:

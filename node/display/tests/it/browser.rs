@@ -279,6 +279,13 @@ async fn the_pages_load_follow_passings_send_commands_and_resume_after_a_restart
         .await;
     browser.go(&b.url("/tech")).await;
     browser.until("the tech page live", LIVE).await;
+    // Each input's row shows how long its passings took to be stored, from the node's status.
+    browser
+        .until(
+            "the input's store figures shown",
+            "const row = document.querySelector('#inputs tr'); return row !== null && row.textContent.includes('finish') && row.textContent.includes('0.41 / 1.18 ms');",
+        )
+        .await;
     browser
         .js("document.getElementById('reason').value = 'central is back'; return true;")
         .await;

@@ -68,7 +68,17 @@ impl TestBox {
         .unwrap()
         .unwrap();
         let fold = models.spawn(cancel.clone()).unwrap();
-        let status = Arc::new(|| serde_json::json!({ "node_id": "node-test", "track_id": TRACK }));
+        let status = Arc::new(|| {
+            serde_json::json!({
+                "node_id": "node-test",
+                "track_id": TRACK,
+                "decoders": [{
+                    "name": "finish", "state": "connected", "passings_stored": 7,
+                    "stored_p50_us": 412, "stored_p99_us": 1180, "stored_max_us": 3100,
+                    "stored_over_appends": 7
+                }]
+            })
+        });
         let race: Arc<dyn RaceModels> = models.clone();
         let display = Display::start(config, &spool, status, race, cancel.clone()).unwrap();
         let listen: SocketAddr = format!("127.0.0.1:{}", port.unwrap_or(0)).parse().unwrap();
