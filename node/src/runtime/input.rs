@@ -262,8 +262,13 @@ struct Chunk {
 }
 
 impl Chunk {
-    /// Adds a later chunk's events behind these, as one append will store them.
+    /// Adds a later chunk's events behind these, as one append will store them. Their read time
+    /// is the first read that brought events: a read that framed none (a frame's first half, noise)
+    /// would otherwise date the next events from whenever it came.
     fn extend(&mut self, later: Chunk) {
+        if self.read_at_us == 0 && !later.batch.is_empty() {
+            self.read_at_us = later.read_at_us;
+        }
         let offset = self.batch.len();
         self.batch.extend(later.batch);
         self.passings
@@ -272,9 +277,6 @@ impl Chunk {
                 ..p
             }));
         self.clock_answers.extend(later.clock_answers);
-        if self.read_at_us == 0 {
-            self.read_at_us = later.read_at_us;
-        }
     }
 }
 
@@ -1230,6 +1232,34 @@ mod tests {
             prop_assert_eq!(i128::from(offset), exact.clamp(i128::from(i64::MIN), i128::from(i64::MAX)));
             let _ = clock_drifted(prev, offset, alarm);
         }
+    }
+
+    #[test]
+    fn a_waiting_chunk_is_dated_by_the_first_read_that_brought_events() {
+        let event = || {
+            (
+                StreamId::node(),
+                NewEvent::new("test.event", 1, Vec::new(), Metadata::default()),
+            )
+        };
+        let mut waiting = Chunk::default();
+        // A read that framed nothing (half a frame, or noise) ten seconds before.
+        waiting.extend(Chunk {
+            read_at_us: 1_000,
+            ..Chunk::default()
+        });
+        assert_eq!(waiting.read_at_us, 0);
+        waiting.extend(Chunk {
+            batch: vec![event()],
+            read_at_us: 10_001_000,
+            ..Chunk::default()
+        });
+        waiting.extend(Chunk {
+            batch: vec![event()],
+            read_at_us: 10_002_000,
+            ..Chunk::default()
+        });
+        assert_eq!((waiting.read_at_us, waiting.batch.len()), (10_001_000, 2));
     }
 
     #[test]
