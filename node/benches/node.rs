@@ -261,14 +261,6 @@ async fn latency_run(rate: u32, seconds: u64, drain: bool) -> Run {
     let total = rate as u64 * seconds;
     // The node's turns and the floor's take the run's clock in pairs (see `Turns`).
     let (turns, started_std, floor) = Turns::with_floor(dir.path(), rate, total as usize);
-    // The turns' start in wall-clock µs, for the floor's trace beside the passings'.
-    let started_wall_us = {
-        let (now, now_us) = (Instant::now(), spool::now_us() as i128);
-        match started_std.checked_duration_since(now) {
-            Some(ahead) => now_us + ahead.as_micros() as i128,
-            None => now_us - now.duration_since(started_std).as_micros() as i128,
-        }
-    };
     let sent: std::sync::Arc<std::sync::Mutex<HashMap<u32, (Instant, u64)>>> = Default::default();
     // Stamped before the write (as the display bench does): stamped after it, a reader on this
     // core that preempts the write's return is already framing and syncing the passing when the
@@ -305,13 +297,14 @@ async fn latency_run(rate: u32, seconds: u64, drain: bool) -> Run {
         path.push(".floor.csv");
         let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
         writeln!(f, "due_us,response_us").unwrap();
+        // Every record fell due before the floor ended: its wall-clock moment is now's, less
+        // how long ago it was due.
+        let (now, now_us) = (Instant::now(), spool::now_us());
         for (due, response) in &floor.by_arrival {
-            writeln!(
-                f,
-                "{},{response:.0}",
-                started_wall_us + due.as_micros() as i128
-            )
-            .unwrap();
+            let ago = now
+                .saturating_duration_since(started_std + *due)
+                .as_micros() as u64;
+            writeln!(f, "{},{response:.0}", now_us - ago).unwrap();
         }
     }
     let ended = started.elapsed();

@@ -257,8 +257,8 @@ struct Chunk {
     batch: Vec<(StreamId, NewEvent)>,
     passings: Vec<BatchPassing>,
     clock_answers: Vec<(Option<u32>, u64)>,
-    /// When the read that brought its first bytes returned, wall-clock µs (0: nothing read yet).
-    read_at_us: u64,
+    /// When the first read that brought its events returned, wall-clock µs; `None` without events.
+    read_at_us: Option<u64>,
 }
 
 impl Chunk {
@@ -266,7 +266,7 @@ impl Chunk {
     /// is the first read that brought events: a read that framed none (a frame's first half, noise)
     /// would otherwise date the next events from whenever it came.
     fn extend(&mut self, later: Chunk) {
-        if self.read_at_us == 0 && !later.batch.is_empty() {
+        if self.read_at_us.is_none() && !later.batch.is_empty() {
             self.read_at_us = later.read_at_us;
         }
         let offset = self.batch.len();
@@ -848,7 +848,7 @@ impl Input {
         path_probe::mark(Mark::Read);
         let captured_at_us = now_us();
         let mut chunk = Chunk {
-            read_at_us: captured_at_us,
+            read_at_us: Some(captured_at_us),
             ..Chunk::default()
         };
         while let Some(event) = acc.feed(&mut input) {
@@ -994,7 +994,7 @@ impl Input {
             if last.is_some() {
                 s.last_passing_number = last;
             }
-            if read_at_us != 0 {
+            if let Some(read_at_us) = read_at_us {
                 s.record_store(read_at_us, answered_at_us);
             }
         });
@@ -1245,21 +1245,24 @@ mod tests {
         let mut waiting = Chunk::default();
         // A read that framed nothing (half a frame, or noise) ten seconds before.
         waiting.extend(Chunk {
-            read_at_us: 1_000,
+            read_at_us: Some(1_000),
             ..Chunk::default()
         });
-        assert_eq!(waiting.read_at_us, 0);
+        assert_eq!(waiting.read_at_us, None);
         waiting.extend(Chunk {
             batch: vec![event()],
-            read_at_us: 10_001_000,
+            read_at_us: Some(10_001_000),
             ..Chunk::default()
         });
         waiting.extend(Chunk {
             batch: vec![event()],
-            read_at_us: 10_002_000,
+            read_at_us: Some(10_002_000),
             ..Chunk::default()
         });
-        assert_eq!((waiting.read_at_us, waiting.batch.len()), (10_001_000, 2));
+        assert_eq!(
+            (waiting.read_at_us, waiting.batch.len()),
+            (Some(10_001_000), 2)
+        );
     }
 
     #[test]

@@ -39,8 +39,8 @@
 //! batch that finds the ranges stale runs a pass itself first, so a central whose reconciler failed
 //! while a server was down heals on its next batch. A central started while the cluster recovers
 //! (its first pass or a stream's opening failing on a leader election) tries again for up to
-//! [`super::streams::STARTUP_MS_MAX`] before it gives up; and a pass whose consumer goes silent (one made as a
-//! server died or rejoined) reads on from where it got with a new one.
+//! [`super::streams::STARTUP_MS_MAX`] before it gives up; and a pass whose consumer goes silent
+//! (one made as a server died or rejoined) reads on from where it got with a new one.
 //!
 //! **A dropped connection** fails the batches in flight at once (503), instead of after
 //! [`JETSTREAM_REQUEST_MS_MAX`]: what they sent went to a server that is gone, and its answers

@@ -95,7 +95,7 @@ const RECORD_FIXED_BYTES_MAX: usize = 1 + 8 + 2 + INGEST_ID_BYTES_MAX + 2 + INGE
 /// Bytes each event adds besides its JSON: seq and length.
 const EVENT_OVERHEAD_BYTES: usize = 8 + 4;
 
-/// Bytes of events (their JSON and 12 bytes of framing each) after which a record is closed
+/// Bytes of events (their JSON and `EVENT_OVERHEAD_BYTES` each) after which a record is closed
 /// and the next one begins. Small enough that open
 /// reads a record in one go without a large buffer, large enough that a record's fixed cost is
 /// noise; one event may overshoot it by its own size.
