@@ -1071,7 +1071,7 @@ fn main() {
                 // time spent by the byte, the spool could reach at most raw × raw bytes / spool
                 // bytes: printed beside what it reached. At batches of 1,000 it stays below
                 // this figure: the caller's own work between syncs (the next line) costs more
-                // than the bytes (ARCHITECTURE.md); at small batches each sync's own cost
+                // than the bytes (docs/performance.md); at small batches each sync's own cost
                 // dominates and the spool passes it.
                 let events = (3 * (n / batch * batch)) as f64;
                 let (per_spool, per_raw) = (spool_b as f64 / events, raw_b as f64 / events);
