@@ -53,6 +53,9 @@ fi
 # target directory (3.4 of 9.8 GB). A linker that runs out of disk dies of SIGBUS, not of a clear
 # error, so the free space is printed before and after the builds.
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+# With it off, incremental caches an earlier build left in a kept target directory are never read
+# again; they go, so that the disk has room for this build.
+[ "$CARGO_INCREMENTAL" != 0 ] || rm -rf "${CARGO_TARGET_DIR:-target}/debug/incremental"
 disk_free() { say "disk: $(df -h --output=avail . | tail -n 1 | tr -d ' ') free where the build writes"; }
 disk_free
 
