@@ -58,6 +58,17 @@ export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 [ "$CARGO_INCREMENTAL" != 0 ] || rm -rf "${CARGO_TARGET_DIR:-target}/debug/incremental"
 disk_free() { say "disk: $(df -h --output=avail . | tail -n 1 | tr -d ' ') free where the build writes"; }
 disk_free
+# A target directory kept from earlier runs only grows: cargo never removes the artifacts of older
+# sources or settings. A whole run needs ~3.5 GB (target 2.8 GB, the appliance's chroots 0.35 GB,
+# the tests' temporary spools the rest), so with less than DISK_FREE_GB_MIN free and a target
+# directory here, it starts clean.
+target_dir="${CARGO_TARGET_DIR:-target}"
+avail_kib=$(df --output=avail -k . | tail -n 1 | tr -d ' ')
+if [ -d "$target_dir" ] && [ "$avail_kib" -lt $(( ${DISK_FREE_GB_MIN:=8} * 1024 * 1024 )) ]; then
+  say "less than ${DISK_FREE_GB_MIN} GB free: removing $target_dir ($(du -sh "$target_dir" | cut -f1)) to start clean"
+  cargo clean --quiet
+  disk_free
+fi
 
 say "formatting"
 cargo fmt --all -- --check

@@ -198,7 +198,14 @@ async fn a_hundred_nodes_drain_through_two_centrals_while_a_server_and_a_central
     let mut configs = Vec::new();
     let mut expected = HashSet::new();
     for i in 0..NODES {
-        let spool = open_spool(&dir.path().join(format!("node-{i:03}")));
+        // A 1 MiB journal each (400 passings take ~50 KB of it): the default 32 MiB, zero-filled
+        // at open, made this test write 3.2 GB to the machine's disk.
+        let config = spool::SpoolConfig {
+            journal_bytes: 1 << 20,
+            ..events::spool_config()
+        };
+        let spool = spool::Spool::open(dir.path().join(format!("node-{i:03}")), config)
+            .expect("open spool");
         append_passings(&spool, 0, EVENTS).await;
         let head = spool.head().unwrap().0;
         let client = format!("node-{i:03}");
