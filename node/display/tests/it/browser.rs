@@ -277,8 +277,16 @@ async fn the_pages_load_follow_passings_send_commands_and_resume_after_a_restart
             "localStorage.setItem('venue-token', '{TECH_TOKEN}'); return true;"
         ))
         .await;
+    // A noisy status (amber from 40, red from 70): the decoder's row says why it is not green.
+    b.decoder_status(55).await;
     browser.go(&b.url("/tech")).await;
     browser.until("the tech page live", LIVE).await;
+    browser
+        .until(
+            "the decoder's amber light explained",
+            "const row = document.querySelector('#decoders tr'); return row !== null && row.dataset.light === 'amber' && row.querySelector('.dot').title === 'noise 55 (40 or more)' && row.textContent.includes('noise 55 (40 or more)');",
+        )
+        .await;
     // Each input's row shows how long its passings took to be stored, from the node's status.
     browser
         .until(
