@@ -15,6 +15,10 @@ fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // A line that cannot be written is dropped. By default the logger reports that on stderr
+        // with `eprintln!`, which panics when stderr is a terminal that has closed (EIO): the
+        // thread that logged, any thread, would die of it.
+        .log_internal_errors(false)
         .init();
     node::cli::run(cli)
 }

@@ -24,8 +24,10 @@ pub fn cancel_on_shutdown_signal(cancel: CancellationToken) -> std::io::Result<(
             _ = hangup.recv() => "SIGHUP",
             () = cancel.cancelled() => return,
         };
-        tracing::info!(signal = which, "shutdown requested");
+        // Cancel first: the log line after it can fail (a closed terminal), and nothing that
+        // happens to it may keep the process from stopping.
         cancel.cancel();
+        tracing::info!(signal = which, "shutdown requested");
     });
     Ok(())
 }

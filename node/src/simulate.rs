@@ -153,6 +153,8 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // As in `main`: a line that cannot be written is dropped, never a panic.
+        .log_internal_errors(false)
         .try_init();
     let cfg = args.config()?;
     let decoder = Decoder::new(cfg).context("bad simulator settings")?;

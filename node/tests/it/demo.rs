@@ -324,3 +324,75 @@ fn the_bmx_demo_runs_motos_the_moto_board_shows() {
     assert_eq!(next["rows"].as_array().map(Vec::len), Some(8), "{next}");
     demo.stop();
 }
+
+/// The demo's terminal closes (an SSH session dropped, a tmux window killed): the kernel sends
+/// SIGHUP, and every write to the terminal fails from then on. The demo stops cleanly all the same.
+/// It used to keep running: the signal's listener logged before it cancelled, the log line's
+/// write failed, and the logger's report of that failure panicked the listener.
+#[test]
+fn the_demo_stops_when_its_terminal_closes() {
+    use rustix::fs::{OFlags, fcntl_setfl};
+    use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
+    let dir = tempfile::tempdir().unwrap();
+    // A terminal: the master stays here, close-on-exec, so that closing it hangs the terminal up.
+    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC).unwrap();
+    grantpt(&master).unwrap();
+    unlockpt(&master).unwrap();
+    fcntl_setfl(&master, OFlags::NONBLOCK).unwrap();
+    let slave_path =
+        std::path::PathBuf::from(ptsname(&master, Vec::new()).unwrap().into_string().unwrap());
+    let terminal = || {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&slave_path)
+            .unwrap()
+    };
+    let port = testkit::free_port();
+    // `setsid --ctty`: the demo leads a session of its own whose controlling terminal is the PTY,
+    // as a shell's command does, so the kernel sends it SIGHUP when the terminal goes.
+    let mut child = std::process::Command::new("setsid")
+        .args(["--ctty", "--wait", env!("CARGO_BIN_EXE_venue-node")])
+        .args(["demo", "--calm", "--rate", "6", "--seconds", "600"])
+        .arg("--dir")
+        .arg(dir.path())
+        .args(["--display", &format!("127.0.0.1:{port}")])
+        .stdin(terminal())
+        .stdout(terminal())
+        .stderr(terminal())
+        .spawn()
+        .unwrap();
+    // The demo runs: its terminal shows passings.
+    let mut master = std::fs::File::from(master);
+    let deadline = Instant::now() + WAIT;
+    let mut shown = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&shown).contains("PASSING") {
+        assert!(
+            Instant::now() < deadline,
+            "no passing on the demo's terminal: {}",
+            String::from_utf8_lossy(&shown)
+        );
+        match master.read(&mut buf) {
+            Ok(n) => shown.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("reading the demo's terminal: {e}"),
+        }
+    }
+    // The terminal closes.
+    drop(master);
+    let deadline = Instant::now() + WAIT;
+    let exit = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("the demo still runs after its terminal closed");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(exit.success(), "{exit}");
+}
