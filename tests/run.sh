@@ -53,16 +53,16 @@ fi
 # target directory (3.4 of 9.8 GB). A linker that runs out of disk dies of SIGBUS, not of a clear
 # error, so the free space is printed before and after the builds.
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+target_dir="${CARGO_TARGET_DIR:-target}"
 # With it off, incremental caches an earlier build left in a kept target directory are never read
 # again; they go, so that the disk has room for this build.
-[ "$CARGO_INCREMENTAL" != 0 ] || rm -rf "${CARGO_TARGET_DIR:-target}/debug/incremental"
+[ "$CARGO_INCREMENTAL" != 0 ] || rm -rf "$target_dir/debug/incremental"
 disk_free() { say "disk: $(df -h --output=avail . | tail -n 1 | tr -d ' ') free where the build writes"; }
 disk_free
 # A target directory kept from earlier runs only grows: cargo never removes the artifacts of older
-# sources or settings. A whole run needs ~3.5 GB (target 2.8 GB, the appliance's chroots 0.35 GB,
-# the tests' temporary spools the rest), so with less than DISK_FREE_GB_MIN free and a target
-# directory here, it starts clean.
-target_dir="${CARGO_TARGET_DIR:-target}"
+# sources or settings. A whole run peaked at 3.0 GB on a fresh clone (target 2.7 GB, the
+# appliance's chroots and the tests' temporary files 0.33 GB), so with less than DISK_FREE_GB_MIN
+# free and a target directory here, it starts clean.
 avail_kib=$(df --output=avail -k . | tail -n 1 | tr -d ' ')
 if [ -d "$target_dir" ] && [ "$avail_kib" -lt $(( ${DISK_FREE_GB_MIN:=8} * 1024 * 1024 )) ]; then
   say "less than ${DISK_FREE_GB_MIN} GB free: removing $target_dir ($(du -sh "$target_dir" | cut -f1)) to start clean"

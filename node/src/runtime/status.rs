@@ -362,8 +362,10 @@ impl Shared {
         })
     }
 
-    /// The status as it is now, with each input's store figures brought up to date. They are
-    /// worked out on the copy, after the lock is let go: the inputs take it after every append.
+    /// The status as it is now, with each input's store figures brought up to date. The copy is
+    /// taken under the lock the inputs take after every append (with its samples, up to 64 KiB
+    /// an input); sorting them for the figures happens on the copy, after the lock is let go.
+    /// Callers that need one field read it with [`Shared::update`] instead.
     pub fn snapshot(&self) -> NodeStatus {
         let mut status = self.update(|s| s.clone());
         let now = spool::now_us();

@@ -79,13 +79,15 @@ impl Targets {
             }
             TechAction::Resend { input, from } => {
                 self.input(input)?;
+                // Only the state is read: no copy of the whole status, nor its store figures.
                 let state = self
                     .status
-                    .snapshot()
-                    .decoders
-                    .iter()
-                    .find(|i| i.name == *input)
-                    .map(|i| i.state.clone())
+                    .update(|s| {
+                        s.decoders
+                            .iter()
+                            .find(|i| i.name == *input)
+                            .map(|i| i.state.clone())
+                    })
                     .unwrap_or_default();
                 if state != "connected" {
                     return Err(TechRefusal::Unavailable(format!(

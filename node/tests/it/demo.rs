@@ -364,35 +364,27 @@ fn the_demo_stops_when_its_terminal_closes() {
         .unwrap();
     // The demo runs: its terminal shows passings.
     let mut master = std::fs::File::from(master);
-    let deadline = Instant::now() + WAIT;
     let mut shown = Vec::new();
     let mut buf = [0u8; 4096];
-    while !String::from_utf8_lossy(&shown).contains("PASSING") {
-        assert!(
-            Instant::now() < deadline,
-            "no passing on the demo's terminal: {}",
-            String::from_utf8_lossy(&shown)
-        );
-        match master.read(&mut buf) {
-            Ok(n) => shown.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(e) => panic!("reading the demo's terminal: {e}"),
+    let running = testkit::poll_blocking(WAIT, || {
+        // Non-blocking: reads what there is, then looks again.
+        while let Ok(n @ 1..) = master.read(&mut buf) {
+            shown.extend_from_slice(&buf[..n]);
         }
-    }
+        String::from_utf8_lossy(&shown)
+            .contains("PASSING")
+            .then_some(())
+    });
+    assert!(
+        running.is_some(),
+        "no passing on the demo's terminal: {}",
+        String::from_utf8_lossy(&shown)
+    );
     // The terminal closes.
     drop(master);
-    let deadline = Instant::now() + WAIT;
-    let exit = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            panic!("the demo still runs after its terminal closed");
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    let Some(exit) = testkit::poll_blocking(WAIT, || child.try_wait().unwrap()) else {
+        let _ = child.kill();
+        panic!("the demo still runs after its terminal closed");
     };
     assert!(exit.success(), "{exit}");
 }
