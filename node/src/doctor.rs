@@ -4,6 +4,8 @@
 //! OK    configuration /etc/venue-node/venue-node.toml is valid (2 decoders, data in /var/lib/venue-node)
 //! FAIL  decoder finish: /dev/serial/by-id/usb-FTDI_FT232R-if00-port0 does not exist
 //!       fix: plug the adapter in; `ls -l /dev/serial/by-id/` lists the ones present ...
+//! WARN  decoder start: the USB adapter of /dev/ttyUSB1 holds the decoder's bytes up to 16 ms before the box sees them ...
+//!       fix: install the udev rule 71-venue-node-decoders.rules (the venue-node package does) ...
 //! OK    disk: 27.1 GiB free on the data directory's filesystem; the spool uses 1.2 GiB of its 8.0 GiB cap
 //! OK    data directory /var/lib/venue-node is writable (as uid 998)
 //! OK    disk sync: a 4 KiB block written in place and fdatasynced, 32 times 10 ms apart: p50 0.31 ms, slowest 0.92 ms
@@ -24,6 +26,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::adapter;
 use crate::config::{self, Config, DecoderKind};
 use crate::inspect::render::bytes;
 
@@ -220,6 +223,8 @@ pub fn check_all(args: &DoctorArgs) -> Vec<Finding> {
             for decoder in &config.decoders {
                 if let DecoderKind::Serial { device, .. } = &decoder.kind {
                     findings.push(check_serial(&decoder.name, device, &args.serial_group, &groups));
+                    let sys = adapter::sys_class_tty();
+                    findings.extend(check_adapter_latency(&decoder.name, device, &sys));
                 }
             }
             let serial: Vec<(String, PathBuf)> = config
@@ -438,6 +443,39 @@ fn check_serial(name: &str, device: &Path, group: &str, groups: &GroupDb) -> Fin
     }
     Finding::ok(format!(
         "{shown} is a serial device readable and writable by group {group} ({perms}; {me})"
+    ))
+}
+
+/// The latency timer of an FTDI adapter ([`crate::adapter`]), read from `sys_class_tty`
+/// ([`adapter::SYS_CLASS_TTY`] on a box): OK at 1 ms, WARN above it. `None` for a device without
+/// one (another adapter family, a pseudo-terminal) or a path that leads nowhere, which
+/// [`check_serial`] reports.
+pub fn check_adapter_latency(name: &str, device: &Path, sys_class_tty: &Path) -> Option<Finding> {
+    let resolved = std::fs::canonicalize(device).ok()?;
+    let ms = adapter::latency_timer_ms(sys_class_tty, &resolved)?;
+    let label = format!("decoder {name}: the USB adapter of {}", resolved.display());
+    if ms <= adapter::LATENCY_TIMER_MS_BEST {
+        return Some(Finding::ok(format!(
+            "{label} passes the decoder's bytes on within {ms} ms (its latency timer)"
+        )));
+    }
+    let tty = resolved
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Some(Finding::warn(
+        format!(
+            "{label} holds the decoder's bytes up to {ms} ms before the box sees them (its latency \
+             timer), so every passing is stored and shown up to {ms} ms late (its times are the \
+             decoder's and do not change)"
+        ),
+        format!(
+            "install the udev rule {UDEV_RULE_NAME} (the venue-node package does), then `sudo udevadm \
+             control --reload && sudo udevadm trigger`: it sets {best} ms whenever an FTDI adapter is \
+             plugged in; until the adapter is next plugged in: `echo {best} | sudo tee \
+             /sys/bus/usb-serial/devices/{tty}/latency_timer`",
+            best = adapter::LATENCY_TIMER_MS_BEST,
+        ),
     ))
 }
 

@@ -42,6 +42,7 @@ use tokio_util::sync::CancellationToken;
 use super::events::{self, FrameEvent};
 use super::gaps::{self, Addressed, Counters, Heard};
 use super::status::Shared;
+use crate::adapter;
 use crate::config::{AutoSettings, ClockSettings, DecoderConfig, DecoderKind};
 
 /// Bytes read from the line at once. A PASSING is about 51 bytes; 4 KiB holds 80 of them, the most a
@@ -151,19 +152,31 @@ impl Source {
 trait Line: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Line for T {}
 
+/// An opened line, and what is known of its adapter.
+struct Opened {
+    line: Box<dyn Line>,
+    /// The serial device the configured path led to, or the TCP peer.
+    address: String,
+    /// The USB adapter's latency timer, ms, where it has one ([`crate::adapter`]).
+    latency_timer_ms: Option<u32>,
+}
+
 /// Opens the line. Serial devices are opened by their configured path on every attempt, so a stable
 /// `/dev/serial/by-id/...` link that now points at another ttyUSB is followed.
-async fn open(source: &Source) -> std::io::Result<(Box<dyn Line>, String)> {
+async fn open(source: &Source) -> std::io::Result<Opened> {
     match source {
         Source::Serial { device, baud } => {
-            // open(2), the termios ioctls and the link lookup block: they run on a blocking thread,
-            // not on the workers that serve the other inputs.
+            // open(2), the termios ioctls, the link lookup and the adapter's sysfs read block: they
+            // run on a blocking thread, not on the workers that serve the other inputs.
             let (device, baud) = (device.clone(), *baud);
-            let (stream, resolved) =
-                tokio::task::spawn_blocking(move || open_serial(&device, baud))
-                    .await
-                    .map_err(std::io::Error::other)??;
-            Ok((Box::new(stream), resolved))
+            let serial = tokio::task::spawn_blocking(move || open_serial(&device, baud))
+                .await
+                .map_err(std::io::Error::other)??;
+            Ok(Opened {
+                line: Box::new(serial.stream),
+                address: serial.resolved,
+                latency_timer_ms: serial.latency_timer_ms,
+            })
         }
         Source::Tcp { address } => {
             let connect = tokio::net::TcpStream::connect(address.as_str());
@@ -177,18 +190,28 @@ async fn open(source: &Source) -> std::io::Result<(Box<dyn Line>, String)> {
                 .peer_addr()
                 .map(|a| a.to_string())
                 .unwrap_or_else(|_| address.clone());
-            Ok((Box::new(stream), peer))
+            Ok(Opened {
+                line: Box::new(stream),
+                address: peer,
+                latency_timer_ms: None,
+            })
         }
         Source::Probe(_) => Err(std::io::Error::other("the prober is not a line to open")),
     }
 }
 
-/// Opens a serial device, blocking. Registers it with the Tokio reactor, so it runs on a thread of
-/// the runtime (`spawn_blocking`).
-pub(super) fn open_serial(
-    device: &std::path::Path,
-    baud: u32,
-) -> std::io::Result<(tokio_serial::SerialStream, String)> {
+/// An opened serial device.
+pub(super) struct Serial {
+    pub(super) stream: tokio_serial::SerialStream,
+    /// The device the configured path resolved to, e.g. `/dev/ttyUSB0`.
+    pub(super) resolved: String,
+    /// Its adapter's latency timer, ms, where it has one.
+    pub(super) latency_timer_ms: Option<u32>,
+}
+
+/// Opens a serial device, blocking, and reads its adapter's latency timer. Registers it with the
+/// Tokio reactor, so it runs on a thread of the runtime (`spawn_blocking`).
+pub(super) fn open_serial(device: &std::path::Path, baud: u32) -> std::io::Result<Serial> {
     let resolved = std::fs::canonicalize(device)?;
     let path = device.to_string_lossy().into_owned();
     let port = tokio_serial::new(path, baud)
@@ -198,7 +221,12 @@ pub(super) fn open_serial(
         .flow_control(tokio_serial::FlowControl::None)
         .timeout(Duration::from_millis(100));
     let stream = tokio_serial::SerialStream::open(&port).map_err(std::io::Error::from)?;
-    Ok((stream, resolved.display().to_string()))
+    let latency_timer_ms = adapter::latency_timer_ms(&adapter::sys_class_tty(), &resolved);
+    Ok(Serial {
+        stream,
+        resolved: resolved.display().to_string(),
+        latency_timer_ms,
+    })
 }
 
 /// What an input knows of its decoders beyond one connection.
@@ -483,7 +511,11 @@ impl Input {
                 r = open(&self.source) => r,
                 () = cancel.cancelled() => break,
             };
-            let (line, address) = match opened {
+            let Opened {
+                line,
+                address,
+                latency_timer_ms,
+            } = match opened {
                 Ok(x) => x,
                 Err(e) => {
                     self.open_failed(&e);
@@ -499,10 +531,28 @@ impl Input {
             } else {
                 tracing::debug!(input = %self.name, %address, "decoder connected");
             }
+            let slow_adapter = latency_timer_ms.filter(|&ms| ms > adapter::LATENCY_TIMER_MS_BEST);
             self.status.input(&self.name, |s| {
                 s.state = "connected".into();
                 s.connects += 1;
                 s.last_error = None;
+                // Once per change of adapter or setting, not per reconnect.
+                if let Some(ms) = slow_adapter
+                    && s.adapter_latency_timer_ms != latency_timer_ms
+                {
+                    tracing::warn!(
+                        input = %self.name,
+                        %address,
+                        latency_timer_ms = ms,
+                        "the USB adapter holds the decoder's bytes up to {ms} ms before the box sees \
+                         them, so every passing is stored up to {ms} ms late (its times are the \
+                         decoder's); the udev rule \
+                         {} sets {} ms (`venue-node doctor`)",
+                        crate::doctor::UDEV_RULE_NAME,
+                        adapter::LATENCY_TIMER_MS_BEST,
+                    );
+                }
+                s.adapter_latency_timer_ms = latency_timer_ms;
             });
             if flapping.is_none() {
                 let connected = catalog::Connected {

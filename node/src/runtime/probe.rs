@@ -504,7 +504,7 @@ async fn probe_serial(link: &Path, listen: Duration) -> Verdict {
         let path = link.to_path_buf();
         let opened = tokio::task::spawn_blocking(move || open_serial(&path, baud)).await;
         let mut port = match opened {
-            Ok(Ok((port, _))) => port,
+            Ok(Ok(serial)) => serial.stream,
             Ok(Err(e)) => return Verdict::Unavailable(format!("cannot open: {e}")),
             Err(e) => return Verdict::Unavailable(format!("cannot open: {e}")),
         };

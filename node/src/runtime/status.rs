@@ -63,6 +63,11 @@ pub struct InputStatus {
     /// Frames whose DECODER_ID is wider than 32 bits: stored under the input, not a decoder.
     #[serde(default)]
     pub decoder_id_too_wide: u64,
+    /// The USB adapter's latency timer when the line last opened, ms: an FTDI adapter holds the
+    /// decoder's bytes up to this long before the box sees them (16 unless set; the udev rule sets
+    /// 1). `None` for adapters without one, pseudo-terminals and TCP ([`crate::adapter`]).
+    #[serde(default)]
+    pub adapter_latency_timer_ms: Option<u32>,
     /// Events that could not be encoded and were not stored.
     #[serde(default)]
     pub encode_errors: u64,

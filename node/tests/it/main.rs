@@ -1,5 +1,6 @@
 //! End-to-end tests of the node, one binary: real pseudo-terminals, real sockets, real processes.
 
+mod adapter;
 mod chaos;
 mod demo;
 mod disk;

@@ -4,7 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
-use node::doctor::{Level, UDEV_RULE, UDEV_RULE_NAME, check_udev, decoder_links};
+use node::doctor::{
+    Level, UDEV_RULE, UDEV_RULE_NAME, check_adapter_latency, check_udev, decoder_links,
+};
 
 /// A real pseudo-terminal pair and its slave's path; the caller keeps the pair for the test's
 /// length so `/dev/pts/N` exists.
@@ -141,4 +143,65 @@ fn the_rule_covers_the_four_adapter_families_and_makes_the_stable_link() {
     }
     assert!(UDEV_RULE.contains("GROUP=\"venue-node\", MODE=\"0660\""));
     assert!(UDEV_RULE.contains("SYMLINK+=\"venue-decoder-"));
+    // An FTDI adapter's latency timer, on its port (the tty's parent), only where it has one.
+    assert!(
+        UDEV_RULE.contains(
+            "ATTRS{idVendor}==\"0403\", TEST==\"device/latency_timer\", ATTR{device/latency_timer}=\"1\""
+        ),
+        "no latency timer line for FTDI adapters"
+    );
+}
+
+/// A sysfs `class/tty` tree with `latency_timer` for `tty` (a device path's last part) as
+/// `ftdi_sio` lays it out. No FTDI adapter is plugged into this machine, so the tree stands in for
+/// the kernel's; the device and the links leading to it are real.
+fn sysfs(tty: &Path, latency_timer: &str) -> tempfile::TempDir {
+    let sys = tempfile::tempdir().unwrap();
+    let port = sys.path().join(tty.file_name().unwrap()).join("device");
+    std::fs::create_dir_all(&port).unwrap();
+    std::fs::write(port.join("latency_timer"), latency_timer).unwrap();
+    sys
+}
+
+#[tokio::test]
+async fn doctor_warns_when_an_ftdi_adapter_holds_bytes_longer_than_1_ms() {
+    let b = Box_::new();
+    let (_m, tty) = pty();
+    let link = b.plug("FTDI_FT232R_USB_UART_A50285BI", &tty);
+    let sys = sysfs(&tty, "16\n");
+    let finding = check_adapter_latency("finish", &link, sys.path()).expect("an FTDI adapter");
+    assert_eq!(finding.level, Level::Warn, "{finding}");
+    let want = format!(
+        "decoder finish: the USB adapter of {} holds the decoder's bytes up to 16 ms",
+        tty.display()
+    );
+    assert!(
+        finding.text.contains(&want),
+        "{want} missing in:\n{finding}"
+    );
+    let fix = finding.fix.as_deref().unwrap();
+    assert!(fix.contains(UDEV_RULE_NAME), "{finding}");
+    let echo = format!(
+        "echo 1 | sudo tee /sys/bus/usb-serial/devices/{}/latency_timer",
+        tty.file_name().unwrap().to_string_lossy()
+    );
+    assert!(fix.contains(&echo), "{echo} missing in:\n{finding}");
+}
+
+#[tokio::test]
+async fn doctor_passes_an_ftdi_adapter_at_1_ms_and_says_nothing_of_other_devices() {
+    let b = Box_::new();
+    let (_m, tty) = pty();
+    let link = b.plug("FTDI_A", &tty);
+    let sys = sysfs(&tty, "1\n");
+    let finding = check_adapter_latency("finish", &link, sys.path()).expect("an FTDI adapter");
+    assert_eq!(finding.level, Level::Ok, "{finding}");
+    assert!(finding.text.contains("within 1 ms"), "{finding}");
+    // A pseudo-terminal, as the real sysfs shows it: no latency timer, so no finding.
+    let real = Path::new(node::adapter::SYS_CLASS_TTY);
+    assert!(check_adapter_latency("finish", &link, real).is_none());
+    // A link to nothing is check_serial's to report.
+    let gone = b.dev.join("venue-decoder-gone-if00");
+    std::os::unix::fs::symlink(b.dev.join("ttyUSB9"), &gone).unwrap();
+    assert!(check_adapter_latency("finish", &gone, sys.path()).is_none());
 }
