@@ -294,6 +294,13 @@ async fn the_pages_load_follow_passings_send_commands_and_resume_after_a_restart
             "const row = document.querySelector('#inputs tr'); return row !== null && row.textContent.includes('finish') && row.textContent.includes('0.41 / 1.18 ms');",
         )
         .await;
+    // An FTDI adapter left at its 16-ms latency timer is named in its input's row.
+    browser
+        .until(
+            "the adapter's latency shown",
+            "const row = document.querySelector('#inputs tr'); return row !== null && row.textContent.includes('connected · adapter holds passings up to 16 ms');",
+        )
+        .await;
     browser
         .js("document.getElementById('reason').value = 'central is back'; return true;")
         .await;

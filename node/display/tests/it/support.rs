@@ -75,7 +75,7 @@ impl TestBox {
                 "decoders": [{
                     "name": "finish", "state": "connected", "passings_stored": 7,
                     "stored_p50_us": 412, "stored_p99_us": 1180, "stored_max_us": 3100,
-                    "stored_over_appends": 7
+                    "stored_over_appends": 7, "adapter_latency_timer_ms": 16
                 }]
             })
         });
