@@ -449,7 +449,7 @@ fn check_serial(name: &str, device: &Path, group: &str, groups: &GroupDb) -> Fin
 /// The latency timer of an FTDI adapter ([`crate::adapter`]), read from `sys_class_tty`
 /// ([`adapter::SYS_CLASS_TTY`] on a box): OK at 1 ms, WARN above it. `None` for a device without
 /// one (another adapter family, a pseudo-terminal) or a path that leads nowhere, which
-/// [`check_serial`] reports.
+/// `check_serial` reports.
 pub fn check_adapter_latency(name: &str, device: &Path, sys_class_tty: &Path) -> Option<Finding> {
     let resolved = std::fs::canonicalize(device).ok()?;
     let ms = adapter::latency_timer_ms(sys_class_tty, &resolved)?;
