@@ -6,6 +6,7 @@
 #   - the live display answers on port 80 (/healthz), and the node's status is live;
 #   - the watchdog restarts a hung node (SIGSTOP);
 #   - networkd, avahi and the journald cap are in place, timesyncd enabled;
+#   - Debian 12's udev reads the package's rule for decoder adapters without a complaint;
 #   - the spool, on its own directory (the spool partition on a real disk), survives a reboot.
 # The container has a private network (loopback only): nothing it does reaches the LAN.
 #
@@ -142,6 +143,25 @@ check "avahi runs (venue-node.local)" bash -c "[ \"\$(nsenter -t $leader -a syst
 check "the hostname is venue-node" bash -c "[ \"\$(nsenter -t $leader -a hostname)\" = venue-node ]"
 check "timesyncd is enabled (it skips itself in a container)" bash -c "[ \"\$(nsenter -t $leader -a systemctl is-enabled systemd-timesyncd)\" = enabled ]"
 check "journald is capped (SystemMaxUse=200M)" bash -c "nsenter -t $leader -a systemd-analyze cat-config systemd/journald.conf | grep -qx 'SystemMaxUse=200M'"
+# The image's udev (Debian 12's) reads the package's rule without a complaint. No USB adapter is
+# here, so `udevadm test` runs every rule against one of the container's ttys: it names the rules
+# files it reads and prints any line of them it rejects or cannot carry out (an unknown key, group
+# or attribute).
+# Its exit status is not the verdict (a container cannot carry out every rule); it is kept with the
+# output, which is shown when the check fails.
+udevadm_out="$work/udevadm-test.txt"
+rule_read_clean() {
+  local status=0
+  in_ct udevadm test --action=add /sys/class/tty/tty1 >"$udevadm_out" 2>&1 || status=$?
+  echo "(udevadm test exited with $status)" >>"$udevadm_out"
+  grep -q '^Reading rules file: /usr/lib/udev/rules.d/71-venue-node-decoders.rules$' "$udevadm_out" &&
+    ! grep -q '71-venue-node-decoders.rules:[0-9]' "$udevadm_out"
+}
+failed_before=$failed
+check "udev reads the decoders' rule without a complaint (udevadm test)" rule_read_clean
+if [ "$failed" != "$failed_before" ]; then
+  grep -E '71-venue-node|exited with' "$udevadm_out" | sed 's/^/      /'
+fi
 node_id=$(cat "$spool/node-id")
 events_before=$(events)
 
