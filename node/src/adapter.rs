@@ -1,10 +1,10 @@
 //! What the USB-serial adapter between a decoder and the box does to the passings' timing.
 //!
 //! An FTDI adapter (the chip in most decoder cables) does not pass each byte on as it arrives: it
-//! holds what it received until its buffer fills or its *latency timer* runs out, 16 ms unless set
-//! otherwise (FTDI's application note AN232B-04; Linux's `ftdi_sio` keeps that default). A P3
-//! passing is 30-60 bytes, far less than a USB packet, so every passing waits for the timer: up to
-//! 16 ms between the decoder's last byte and the box seeing it, where everything else the box does
+//! holds what it received until it has a whole USB packet's worth (62 bytes of data on the
+//! full-speed chips) or its *latency timer* runs out, 16 ms unless set otherwise (FTDI's
+//! application note AN232B-04; Linux's `ftdi_sio` keeps that default). A P3 passing is about 50
+//! bytes, so a passing that arrives on its own waits for the timer: up to 16 ms between the decoder's last byte and the box seeing it, where everything else the box does
 //! before the passing is durable takes under a millisecond. `ftdi_sio` shows the timer as the sysfs
 //! attribute `latency_timer` of the adapter's port, and root can set it, 1 to 255 ms; the package's
 //! udev rule (`packaging/71-venue-node-decoders.rules`) sets 1 when an FTDI adapter is plugged in.
